@@ -1,0 +1,77 @@
+"""The ``stslive`` console script: one entry point, one subcommand per service.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; the table below names it and is the only thing this module knows of it.
+Modules are imported only when their subcommand runs, so ``stslive view`` on a viewing machine
+never imports the instrument drivers, and ``stslive --help`` starts instantly.
+
+The dispatcher sits in ``acquisition`` because that is the composing layer (it may know
+drivers, mocks and the formats); the design card leaves no separate top-level folder for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from stslive.drivers.errors import StsliveError
+
+# name -> (module, one-line help). Keep sorted by the order a user meets them.
+COMMANDS: dict[str, tuple[str, str]] = {
+}
+
+
+def package_version() -> str:
+    """Installed version of the ``stslive`` distribution."""
+    try:
+        return version("stslive")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only ``selected`` gets its full set of arguments (lazy import)."""
+    parser = argparse.ArgumentParser(
+        prog="stslive",
+        description="Instrument software for low-temperature STM spectroscopy maps.",
+    )
+    parser.add_argument("--version", action="version", version=f"stslive {package_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in COMMANDS else None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except StsliveError as exc:  # a clear message, not a traceback, for every error we raise on purpose
+        print(f"stslive {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"stslive {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The one error hierarchy of stslive.
+
+It lives in ``stslive.drivers`` because that is the lowest layer every other package may import
+(mocks, acquisition and live all depend downwards on it) and it imports nothing itself, so a
+viewing machine that never talks to an instrument still gets it without pyvisa.
+
+Every error carries structured fields and, where one fits, also inherits the matching builtin
+(``InstrumentTimeout`` is a ``TimeoutError``), so callers can catch either. Messages say what
+went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class StsliveError(Exception):
+    """Root of every error stslive raises on purpose."""
+
+
+# -- instruments -------------------------------------------------------------------------------
+class InstrumentError(StsliveError):
+    """An instrument could not do what was asked.
+
+    Parameters
+    ----------
+    instrument
+        Short name of the instrument (``"nanonis"``, ``"sr830"``, ``"ls372"``).
+    message
+        What happened and what to do.
+    """
+
+    def __init__(self, instrument: str, message: str) -> None:
+        super().__init__(f"{instrument}: {message}")
+        self.instrument = instrument
+        self.detail = message
+
+
+class InstrumentTimeout(InstrumentError, TimeoutError):
+    """No (complete) reply within the configured timeout."""
+
+
+class InstrumentConnectionError(InstrumentError, ConnectionError):
+    """The connection could not be opened or was lost (and reconnects were exhausted)."""
+
+
+class InstrumentReplyError(InstrumentError, ValueError):
+    """The instrument replied with something the driver cannot parse (malformed, wrong size)."""
+
+
+class ControllerError(InstrumentError):
+    """The instrument reported an error itself (a Nanonis error section, an SR830 error bit)."""
+
+    def __init__(self, instrument: str, message: str, *, command: str = "", code: int = 0) -> None:
+        super().__init__(instrument, message if not command else f"{command}: {message}")
+        self.command = command
+        self.code = code
+
+
+class LockInOverload(InstrumentError):
+    """The lock-in reported an input/reserve or output overload; its readings are not data."""
+
+
+class SafetyLimitError(InstrumentError, ValueError):
+    """A requested value lies outside the configured safety limits; nothing was sent."""
+
+
+# -- files, streams, configuration --------------------------------------------------------------
+class FileFormatError(StsliveError, ValueError):
+    """A file is not what it claims to be (wrong format, version, truncated or corrupt).
+
+    Parameters
+    ----------
+    path
+        The file concerned.
+    message
+        What is wrong and what to do.
+    """
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = str(path)
+        self.detail = message
+
+
+class ArchiveError(FileFormatError):
+    """A run archive is missing, of another version, incomplete or corrupt."""
+
+
+class NanonisFileError(FileFormatError):
+    """A Nanonis ``.3ds`` grid file cannot be read (header, layout or size)."""
+
+
+class StreamError(StsliveError, ValueError):
+    """A stream document is malformed, of an unknown schema version, or inconsistent."""
+
+
+class ConfigError(StsliveError, ValueError):
+    """A configuration file or option is invalid; the message names the key and the fix."""
+
+
+class AnalysisError(StsliveError, ValueError):
+    """An analysis cannot run on the given input (wrong sweep kind, missing channel, bad option)."""

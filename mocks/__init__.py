@@ -1,0 +1,1 @@
+"""Simulated NbN film (forward model) and simulated instruments behind real TCP servers."""
