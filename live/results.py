@@ -1,0 +1,581 @@
+"""The live results model shared by the analyser, the control-room viewer and the analysis file.
+
+One :class:`ResultsModel` holds, for a (ny, nx) grid, every per-pixel result map (preallocated,
+so a 300 x 250 map never reallocates while a run fills it), the per-pixel quality flags, the
+run status, and the latest correlation snapshot. Writers (the analyser, a stream subscriber, a
+file loader) call :meth:`ResultsModel.update_pixel` / :meth:`ResultsModel.update_block`; readers
+(the viewer's timer) call the ``copy_*`` / ``statistics`` / ``flag_summary`` accessors, which take
+the lock only long enough to copy. Version counters tell a reader what changed since it last
+looked, so it redraws only that.
+
+Units are SI inside (eV for the gap because the analysis file stores it so, V, K, s, m); meV and
+nm only in the human-readable messages.
+
+Persistence (``maps.h5``, issue 2 layout) and the wire format live in
+:mod:`stslive.live.results_io`; the methods here delegate to it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, fields
+from enum import IntFlag
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stslive.drivers.errors import AnalysisError
+
+
+class FlagKind(IntFlag):
+    """Per-pixel quality flags, one bit each (issue 5 "Flags"); a pixel may carry several."""
+
+    MODULATION = 1 << 0
+    THERMAL = 1 << 1
+    SETPOINT = 1 << 2
+    TIP_CHANGE = 1 << 3
+    LOCKIN_OVERLOAD = 1 << 4
+    LOCKIN_SENSITIVITY = 1 << 5
+    SWEEP_COVERAGE = 1 << 6
+    NO_PEAKS = 1 << 7
+    POOR_FIT = 1 << 8
+    LOCKIN_MISMATCH = 1 << 9
+    FAILED_PIXEL = 1 << 10
+
+
+#: One-line description of each flag for display; the set message reads "set N: <this>, ...".
+FLAG_DESCRIPTIONS: dict[FlagKind, str] = {
+    FlagKind.MODULATION: "lock-in modulation too large for the gap: broadens the coherence peaks",
+    FlagKind.THERMAL: "temperature above the band (3.5 k_B T no longer small against Delta)",
+    FlagKind.SETPOINT: "I(V_set) differs from I_set: feedback not settled or tip unstable",
+    FlagKind.TIP_CHANGE: "abrupt change of the normal-state conductance: tip change",
+    FlagKind.LOCKIN_OVERLOAD: "lock-in overload during the sweep",
+    FlagKind.LOCKIN_SENSITIVITY: "lock-in sensitivity too coarse for the signal",
+    FlagKind.SWEEP_COVERAGE: "sweep does not cover the gap or the power-law fit window",
+    FlagKind.NO_PEAKS: "no coherence peaks found",
+    FlagKind.POOR_FIT: "power-law fit of the background is poor",
+    FlagKind.LOCKIN_MISMATCH: "lock-in dI/dV and the derivative of I(V) disagree",
+    FlagKind.FAILED_PIXEL: "pixel could not be measured",
+}
+
+#: Short label of each flag ("modulation", "lockin_overload", ...), its lower-case member name.
+FLAG_LABELS: dict[FlagKind, str] = {kind: str(kind.name).lower() for kind in FlagKind}
+
+#: Fixed map layout: name -> (dtype, fill value, SI unit, description). The order is the display order.
+MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
+    "delta_eV": (np.dtype(np.float32), np.nan, "eV", "gap: half the peak-to-peak bias distance"),
+    "alpha": (np.dtype(np.float32), np.nan, "1", "AA exponent, mean of both polarities"),
+    "alpha_pos": (np.dtype(np.float32), np.nan, "1", "AA exponent for V > 0"),
+    "alpha_neg": (np.dtype(np.float32), np.nan, "1", "AA exponent for V < 0"),
+    "b": (np.dtype(np.float32), np.nan, "S/V^alpha", "power-law prefactor, dI/dV = b |V|^alpha"),
+    "b_pos": (np.dtype(np.float32), np.nan, "S/V^alpha", "power-law prefactor for V > 0"),
+    "b_neg": (np.dtype(np.float32), np.nan, "S/V^alpha", "power-law prefactor for V < 0"),
+    "visibility": (np.dtype(np.float32), np.nan, "1", "coherence-peak height over background"),
+    "fit_quality": (np.dtype(np.float32), np.nan, "1", "power-law fit quality (kernel's measure)"),
+    "peak_neg_V": (np.dtype(np.float32), np.nan, "V", "bias of the negative coherence peak"),
+    "peak_pos_V": (np.dtype(np.float32), np.nan, "V", "bias of the positive coherence peak"),
+    "temperature_K": (np.dtype(np.float32), np.nan, "K", "temperature during the spectrum"),
+    "time": (np.dtype(np.float64), np.nan, "s", "unix time the result was produced"),
+    "reason": (np.dtype(np.int16), -1, "", "kernel reason code, 0 = OK, -1 = not analysed"),
+    "setpoint_set": (np.dtype(np.int16), -1, "", "set-point parameter set id, -1 = unknown"),
+    "valid": (np.dtype(np.bool_), False, "", "Delta and alpha extracted"),
+    "measured": (np.dtype(np.bool_), False, "", "a result exists for the pixel"),
+    "flags": (np.dtype(np.uint32), 0, "", "FlagKind bits"),
+}
+
+RUN_STATES = ("unknown", "idle", "running", "paused", "stopping", "done", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class PixelResult:
+    """Everything the analyser concludes about one pixel (SI units; NaN = could not extract)."""
+
+    iy: int
+    ix: int
+    setpoint_set: int = -1
+    delta_eV: float = float("nan")
+    alpha: float = float("nan")
+    alpha_pos: float = float("nan")
+    alpha_neg: float = float("nan")
+    b: float = float("nan")
+    visibility: float = float("nan")
+    fit_quality: float = float("nan")
+    peak_neg_V: float = float("nan")
+    peak_pos_V: float = float("nan")
+    valid: bool = False
+    reason: int = 0
+    flags: int = 0
+    temperature_K: float = float("nan")
+    time: float = float("nan")
+    b_pos: float = float("nan")
+    b_neg: float = float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtin scalars (JSON/msgpack-safe; NaN stays a float NaN)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PixelResult:
+        """Inverse of :meth:`to_dict`; unknown keys are refused so a schema drift is visible."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise AnalysisError(f"PixelResult got unknown fields {sorted(unknown)}; update stslive on both ends")
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class CorrelationSnapshot:
+    """Correlations of the measured part of the maps (paper Appendix A) and what they imply.
+
+    ``r_nm`` and the ``rho_*`` profiles are the circular averages of the periodic 2D
+    correlations; ``cross_map`` is the 2D Delta-alpha cross-correlation, zero shift at the centre
+    (fftshifted), ``pixel_nm`` per pixel. ``sigma_rho_ohm`` is the Eq. (2) sheet-resistance spread
+    and ``predicted_delta_rel_sigma`` the Eq. (3) gap spread that follows from it.
+    """
+
+    r_nm: np.ndarray
+    rho_delta: np.ndarray
+    rho_alpha: np.ndarray
+    rho_cross: np.ndarray
+    cross_map: np.ndarray
+    pixel_nm: float
+    l_delta_nm: float
+    l_alpha_nm: float
+    l_cross_nm: float
+    rho_cross_0: float
+    sigma_rho_ohm: float = float("nan")
+    predicted_delta_rel_sigma: float = float("nan")
+    n_pixels: int = 0
+    time: float = float("nan")
+
+    ARRAYS = ("r_nm", "rho_delta", "rho_alpha", "rho_cross", "cross_map")
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Counts per bin and the bin edges (len(edges) = len(counts) + 1), in the map's unit."""
+
+    counts: np.ndarray
+    edges: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class MapStatistics:
+    """Statistics of the valid pixels: mean, standard deviation (ddof=0) and a histogram."""
+
+    n_measured: int
+    n_valid: int
+    delta_mean_eV: float
+    delta_std_eV: float
+    alpha_mean: float
+    alpha_std: float
+    delta_hist: Histogram
+    alpha_hist: Histogram
+
+
+@dataclass(frozen=True, slots=True)
+class SetFlagSummary:
+    """Flags aggregated over the pixels of one set-point parameter set."""
+
+    set_id: int
+    n_pixels: int
+    n_flagged: int
+    counts: dict[str, int]
+    first_pixel: tuple[int, int] | None
+    last_pixel: tuple[int, int] | None
+    dominant: str | None
+    flagged: bool
+    message: str
+
+    @property
+    def fraction(self) -> float:
+        """Flagged fraction of the set's measured pixels (0 when the set has none)."""
+        return self.n_flagged / self.n_pixels if self.n_pixels else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """Where the run stands, as the viewer shows it."""
+
+    state: str
+    n_total: int
+    n_measured: int
+    pixels_per_hour: float
+    eta_s: float
+    current_set: int
+    last_seq: int
+    message: str
+    temperature_t: np.ndarray
+    temperature_K: np.ndarray
+
+    @property
+    def progress(self) -> float:
+        """Measured fraction of the grid, 0..1."""
+        return self.n_measured / self.n_total if self.n_total else 0.0
+
+
+def _set_message(set_id: int, dominant: str | None, fraction: float, params: dict[str, Any]) -> str:
+    """Human sentence for a set, e.g. "set 2: modulation 0.8 mV rms broadens peaks, 97 % ..."."""
+    if dominant is None:
+        return f"set {set_id}: no flags"
+    what = FLAG_DESCRIPTIONS[FlagKind[dominant.upper()]]
+    amp = params.get("lockin_amplitude_Vrms")
+    if dominant == "modulation" and amp is not None:
+        what = f"modulation {float(amp) * 1e3:.1f} mV rms broadens peaks"
+    return f"set {set_id}: {what}, {100.0 * fraction:.0f} % of its pixels flagged"
+
+
+class ResultsModel:
+    """Preallocated per-pixel result maps of one (ny, nx) run, with status, flags and correlations.
+
+    Thread safe: every method takes ``self.lock``; readers receive copies. ``version`` grows on
+    every change; ``maps_version``, ``snapshot_version`` and ``status_version`` say which part.
+
+    Parameters
+    ----------
+    ny, nx
+        Grid shape (rows, columns), the archive's pixel order.
+    pixel_nm
+        Pixel size in nm (display axes and correlation lengths); NaN when unknown.
+    topography
+        Optional (ny, nx) topography Z in m.
+    set_threshold
+        Flagged fraction above which a whole set-point set is reported as flagged.
+    rate_window
+        Number of most recent pixel times used for pixels/hour and the ETA.
+    temperature_points
+        Length of the temperature trace ring buffer.
+    """
+
+    def __init__(
+        self,
+        ny: int,
+        nx: int,
+        *,
+        pixel_nm: float = float("nan"),
+        topography: np.ndarray | None = None,
+        set_threshold: float = 0.5,
+        rate_window: int = 200,
+        temperature_points: int = 20_000,
+    ) -> None:
+        if ny < 1 or nx < 1:
+            raise AnalysisError(f"results grid must be at least 1 x 1 pixels, got ny={ny}, nx={nx}")
+        if not 0.0 < set_threshold <= 1.0:
+            raise AnalysisError(f"set_threshold must lie in (0, 1], got {set_threshold}")
+        self.ny, self.nx = int(ny), int(nx)
+        self.pixel_nm = float(pixel_nm)
+        self.set_threshold = float(set_threshold)
+        self.lock = threading.RLock()
+        self.maps: dict[str, np.ndarray] = {
+            name: np.full((self.ny, self.nx), fill, dtype=dtype) for name, (dtype, fill, _, _) in MAP_SPECS.items()
+        }
+        self.topography: np.ndarray | None = None
+        if topography is not None:
+            self.set_topography(topography)
+        self.setpoint_sets: dict[int, dict[str, Any]] = {}
+        self.snapshot: CorrelationSnapshot | None = None
+        self.version = 0
+        self.maps_version = 0
+        self.snapshot_version = 0
+        self.status_version = 0
+        self._state = "unknown"
+        self._current_set = -1
+        self._last_seq = -1
+        self._message = ""
+        self._rate_override: float | None = None
+        self._recent_times: deque[float] = deque(maxlen=max(2, rate_window))
+        self._temp_t: deque[float] = deque(maxlen=temperature_points)
+        self._temp_K: deque[float] = deque(maxlen=temperature_points)
+        self._stats_cache: tuple[int, int, MapStatistics] | None = None
+
+    # -- writing ---------------------------------------------------------------------------
+    def _bump(self, part: str) -> None:
+        self.version += 1
+        setattr(self, part, self.version)
+
+    def _check_pixel(self, iy: int, ix: int) -> None:
+        if not (0 <= iy < self.ny and 0 <= ix < self.nx):
+            raise AnalysisError(f"pixel (iy={iy}, ix={ix}) outside the {self.ny} x {self.nx} grid")
+
+    def update_pixel(self, result: PixelResult) -> None:
+        """Store one pixel's result (overwrites a previous one, e.g. a re-measured pixel)."""
+        self._check_pixel(result.iy, result.ix)
+        with self.lock:
+            for name in MAP_SPECS:
+                if name == "measured":
+                    continue
+                self.maps[name][result.iy, result.ix] = getattr(result, name)
+            self.maps["measured"][result.iy, result.ix] = True
+            if np.isfinite(result.time):
+                self._recent_times.append(float(result.time))
+                if np.isfinite(result.temperature_K):
+                    self._temp_t.append(float(result.time))
+                    self._temp_K.append(float(result.temperature_K))
+            self._current_set = int(result.setpoint_set)
+            self._bump("maps_version")
+
+    def update_block(self, iy: slice | np.ndarray, ix: slice | np.ndarray, **maps: np.ndarray) -> None:
+        """Vectorised update of many pixels at once (backfill, offline analysis files).
+
+        Parameters
+        ----------
+        iy, ix
+            Index expressions into the (ny, nx) grid (slices or integer/boolean arrays), used
+            as ``map[iy, ix] = value``.
+        **maps
+            Values per map name of :data:`MAP_SPECS`, broadcastable to the indexed region;
+            cast to the map's dtype. ``measured`` is set True for the region unless given.
+        """
+        unknown = set(maps) - set(MAP_SPECS)
+        if unknown:
+            raise AnalysisError(f"unknown result maps {sorted(unknown)}; known: {list(MAP_SPECS)}")
+        with self.lock:
+            for name, value in maps.items():
+                self.maps[name][iy, ix] = np.asarray(value).astype(MAP_SPECS[name][0], copy=False)
+            if "measured" not in maps:
+                self.maps["measured"][iy, ix] = True
+            self._bump("maps_version")
+
+    def set_topography(self, topography: np.ndarray) -> None:
+        """Attach a (ny, nx) topography map Z in m."""
+        topo = np.asarray(topography, dtype=np.float32)
+        if topo.shape != (self.ny, self.nx):
+            raise AnalysisError(f"topography shape {topo.shape} does not match the grid ({self.ny}, {self.nx})")
+        with self.lock:
+            self.topography = topo.copy()
+            self._bump("maps_version")
+
+    def set_setpoint_sets(self, sets: dict[int, dict[str, Any]]) -> None:
+        """Parameters per set id (e.g. ``lockin_amplitude_Vrms``), used in the set messages."""
+        with self.lock:
+            self.setpoint_sets = {int(k): dict(v) for k, v in sets.items()}
+            self._bump("status_version")
+
+    def set_snapshot(self, snapshot: CorrelationSnapshot) -> None:
+        """Replace the correlation snapshot."""
+        with self.lock:
+            self.snapshot = snapshot
+            self._bump("snapshot_version")
+
+    def update_status(
+        self,
+        *,
+        state: str | None = None,
+        current_set: int | None = None,
+        last_seq: int | None = None,
+        message: str | None = None,
+        pixels_per_hour: float | None = None,
+        temperature: tuple[float, float] | None = None,
+    ) -> None:
+        """Update the run status; ``pixels_per_hour`` overrides the rate measured from pixel times.
+
+        ``temperature`` is one (unix time s, K) point appended to the trace.
+        """
+        if state is not None and state not in RUN_STATES:
+            raise AnalysisError(f"run state {state!r} unknown; one of {RUN_STATES}")
+        with self.lock:
+            if state is not None:
+                self._state = state
+            if current_set is not None:
+                self._current_set = int(current_set)
+            if last_seq is not None:
+                self._last_seq = int(last_seq)
+            if message is not None:
+                self._message = message
+            if pixels_per_hour is not None:
+                self._rate_override = float(pixels_per_hour)
+            if temperature is not None:
+                self._temp_t.append(float(temperature[0]))
+                self._temp_K.append(float(temperature[1]))
+            self._bump("status_version")
+
+    # -- reading ---------------------------------------------------------------------------
+    def copy_maps(self, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Copies of the named maps (all when None), taken under the lock."""
+        with self.lock:
+            return {n: self.maps[n].copy() for n in (names or tuple(MAP_SPECS))}
+
+    def pixel(self, iy: int, ix: int) -> PixelResult | None:
+        """The stored result of one pixel, None if it has none yet."""
+        self._check_pixel(iy, ix)
+        with self.lock:
+            if not self.maps["measured"][iy, ix]:
+                return None
+            values = {n: self.maps[n][iy, ix].item() for n in MAP_SPECS if n != "measured"}
+        return PixelResult(iy=iy, ix=ix, **values)
+
+    def statistics(self, *, bins: int = 40) -> MapStatistics:
+        """Mean, std and histograms of the valid Delta (eV) and alpha; cached per ``maps_version``.
+
+        Done on demand because a pass over 75,000 pixels costs well under a millisecond and
+        keeps the numbers exact when a pixel is overwritten (running sums would drift).
+        """
+        with self.lock:
+            cached = self._stats_cache
+            if cached is not None and cached[0] == self.maps_version and cached[1] == bins:
+                return cached[2]
+            version = self.maps_version
+            valid = self.maps["valid"] & self.maps["measured"]
+            delta = self.maps["delta_eV"][valid]
+            alpha = self.maps["alpha"][valid]
+            n_measured = int(np.count_nonzero(self.maps["measured"]))
+        delta = delta[np.isfinite(delta)]
+        alpha = alpha[np.isfinite(alpha)]
+        stats = MapStatistics(
+            n_measured=n_measured,
+            n_valid=int(delta.size),
+            delta_mean_eV=float(delta.mean()) if delta.size else float("nan"),
+            delta_std_eV=float(delta.std()) if delta.size else float("nan"),
+            alpha_mean=float(alpha.mean()) if alpha.size else float("nan"),
+            alpha_std=float(alpha.std()) if alpha.size else float("nan"),
+            delta_hist=_histogram(delta, bins),
+            alpha_hist=_histogram(alpha, bins),
+        )
+        with self.lock:
+            self._stats_cache = (version, bins, stats)
+        return stats
+
+    def flag_summary(self) -> list[SetFlagSummary]:
+        """Flags per set-point set: counts per kind, fraction, first/last flagged pixel, message.
+
+        First/last are in acquisition time order (the ``time`` map), falling back to raster
+        order for pixels without a time.
+        """
+        with self.lock:
+            measured = self.maps["measured"].copy()
+            sets = self.maps["setpoint_set"][measured]
+            flags = self.maps["flags"][measured]
+            times = self.maps["time"][measured]
+            params = dict(self.setpoint_sets)
+        iy, ix = np.nonzero(measured)
+        order_key = np.where(np.isfinite(times), times, np.inf)
+        summaries = []
+        for set_id in np.unique(sets):
+            in_set = sets == set_id
+            f = flags[in_set]
+            flagged = f != 0
+            counts = {FLAG_LABELS[k]: int(np.count_nonzero(f & int(k))) for k in FlagKind}
+            counts = {k: v for k, v in counts.items() if v}
+            n, n_flagged = int(in_set.sum()), int(flagged.sum())
+            first = last = None
+            if n_flagged:
+                idx = np.flatnonzero(in_set)[flagged]
+                # stable lexsort: time first, raster index breaks ties and orders untimed pixels
+                order = idx[np.lexsort((idx, order_key[idx]))]
+                first = (int(iy[order[0]]), int(ix[order[0]]))
+                last = (int(iy[order[-1]]), int(ix[order[-1]]))
+            dominant = max(counts, key=lambda k: counts[k]) if counts else None
+            fraction = n_flagged / n if n else 0.0
+            summaries.append(
+                SetFlagSummary(
+                    set_id=int(set_id),
+                    n_pixels=n,
+                    n_flagged=n_flagged,
+                    counts=counts,
+                    first_pixel=first,
+                    last_pixel=last,
+                    dominant=dominant,
+                    flagged=fraction >= self.set_threshold,
+                    message=_set_message(int(set_id), dominant, fraction, params.get(int(set_id), {})),
+                )
+            )
+        return summaries
+
+    def flagged_pixels(self, *, limit: int = 5000) -> list[tuple[int, int, int]]:
+        """(iy, ix, flags) of flagged pixels in acquisition order, at most ``limit`` (latest kept)."""
+        with self.lock:
+            mask = self.maps["measured"] & (self.maps["flags"] != 0)
+            iy, ix = np.nonzero(mask)
+            flags = self.maps["flags"][mask]
+            times = self.maps["time"][mask]
+        order = np.lexsort((np.arange(iy.size), np.where(np.isfinite(times), times, np.inf)))[-limit:]
+        return [(int(iy[i]), int(ix[i]), int(flags[i])) for i in order]
+
+    def status(self, *, now: float | None = None) -> RunStatus:
+        """Progress, pixels/hour (from the recent pixel times unless overridden), ETA and trace."""
+        with self.lock:
+            n_measured = int(np.count_nonzero(self.maps["measured"]))
+            recent = list(self._recent_times)
+            rate = self._rate_override
+            state, current_set, last_seq, message = self._state, self._current_set, self._last_seq, self._message
+            temp_t = np.fromiter(self._temp_t, dtype=np.float64, count=len(self._temp_t))
+            temp_K = np.fromiter(self._temp_K, dtype=np.float64, count=len(self._temp_K))
+        if rate is None:
+            rate = _rate_per_hour(recent)
+        n_total = self.ny * self.nx
+        remaining = n_total - n_measured
+        eta = remaining / rate * 3600.0 if rate and rate > 0 and np.isfinite(rate) else float("nan")
+        if remaining == 0:
+            eta = 0.0
+        return RunStatus(
+            state=state,
+            n_total=n_total,
+            n_measured=n_measured,
+            pixels_per_hour=float(rate) if rate is not None else float("nan"),
+            eta_s=eta,
+            current_set=current_set,
+            last_seq=last_seq,
+            message=message,
+            temperature_t=temp_t,
+            temperature_K=temp_K,
+        )
+
+    def status_fields(self) -> dict[str, Any]:
+        """The raw status fields (state, current_set, last_seq, message, rate override)."""
+        with self.lock:
+            return {
+                "state": self._state,
+                "current_set": self._current_set,
+                "last_seq": self._last_seq,
+                "message": self._message,
+                "pixels_per_hour": self._rate_override,
+            }
+
+    # -- persistence and wire (see results_io) -----------------------------------------------
+    def save_maps_h5(self, path: str | Path) -> None:
+        """Write the issue-2 ``maps.h5`` layout plus the extra maps, flags and snapshot."""
+        from stslive.live.results_io import save_maps_h5
+
+        save_maps_h5(self, path)
+
+    def to_messages(self) -> list[tuple[str, dict[str, Any], dict[str, np.ndarray]]]:
+        """The model's full state as (topic, header, arrays) messages: maps, snapshot, status."""
+        from stslive.live.results_io import model_messages
+
+        return model_messages(self)
+
+    def apply_message(self, topic: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Apply one (topic, header, arrays) message built by :mod:`stslive.live.results_io`."""
+        from stslive.live.results_io import apply_message
+
+        apply_message(self, topic, header, arrays)
+
+
+def load_maps_h5(path: str | Path) -> ResultsModel:
+    """Read a ``maps.h5`` (ours or a bare issue-2 one) into a new :class:`ResultsModel`."""
+    from stslive.live.results_io import load_maps_h5 as _load
+
+    return _load(path)
+
+
+def _histogram(values: np.ndarray, bins: int) -> Histogram:
+    if values.size == 0:
+        return Histogram(counts=np.zeros(0, dtype=np.int64), edges=np.zeros(0, dtype=np.float64))
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:  # one distinct value: give the bar a finite width around it
+        pad = abs(lo) * 1e-3 or 1e-9
+        lo, hi = lo - pad, hi + pad
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    return Histogram(counts=counts, edges=edges)
+
+
+def _rate_per_hour(times: list[float]) -> float:
+    """Pixels per hour from the most recent pixel completion times (unix s)."""
+    if len(times) < 2:
+        return float("nan")
+    span = max(times) - min(times)
+    return (len(times) - 1) / span * 3600.0 if span > 0 else float("nan")
+

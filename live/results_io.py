@@ -1,0 +1,328 @@
+"""Persistence and wire format of :class:`~stslive.live.results.ResultsModel`.
+
+``maps.h5`` (issue 2 layout, owned here): root datasets ``delta`` (eV), ``alpha``, ``b``,
+``alpha_pos``, ``alpha_neg``, ``valid`` (bool), ``reason`` (int16), all (ny, nx) in the
+archive's pixel order with a ``units`` attribute; then the extra maps under their own names
+(``b_pos``, ``b_neg``, ``visibility``, ``fit_quality``, ``peak_neg``/``peak_pos`` (V),
+``temperature`` (K), ``time`` (s), ``setpoint_set``, ``measured``, ``flags`` with the bit
+names as attributes), optional ``topography`` (m), a ``correlation`` group holding the latest
+:class:`CorrelationSnapshot`, and ``setpoint_sets`` / status as JSON attributes.
+
+Wire: results travel as (topic, header, arrays) messages, topics ``pixel`` (one
+:class:`PixelResult`), ``maps`` (every map, for viewers that join late), ``snapshot``
+(correlations) and ``status`` (run status + temperature trace). :func:`encode_message` turns one
+into ZeroMQ frames ``[topic, JSON header, *raw little-endian array frames]`` described by dtype
+and shape in the header (the run stream's convention, ARCHITECTURE.md); never pickle.
+Non-finite floats are sent as JSON ``null`` so any strict JSON reader can parse the header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from stslive.drivers.errors import FileFormatError, StreamError
+from stslive.live.results import (
+    FLAG_DESCRIPTIONS,
+    FLAG_LABELS,
+    MAP_SPECS,
+    CorrelationSnapshot,
+    PixelResult,
+    ResultsModel,
+)
+
+MAPS_FORMAT_VERSION = 1
+SCHEMA = "stslive.results"
+SCHEMA_VERSION = 1
+TOPICS = ("pixel", "maps", "snapshot", "status")
+
+#: model map name -> maps.h5 dataset name (issue 2 names first; the rest keep a unit-free name)
+H5_NAMES: dict[str, str] = {
+    "delta_eV": "delta",
+    "peak_neg_V": "peak_neg",
+    "peak_pos_V": "peak_pos",
+    "temperature_K": "temperature",
+}
+ISSUE2_DATASETS = ("delta", "alpha", "b", "alpha_pos", "alpha_neg", "valid", "reason")
+
+#: dtypes a results message may carry; anything else is refused (no object arrays, no pickle)
+ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i2", "<i4", "<i8", "<u4", "|b1", "<u2", "|u1"})
+MAX_HEADER_BYTES = 1 << 20
+
+Message = tuple[str, dict[str, Any], dict[str, np.ndarray]]
+
+
+# -- maps.h5 ------------------------------------------------------------------------------------
+def _h5_name(name: str) -> str:
+    return H5_NAMES.get(name, name)
+
+
+def save_maps_h5(model: ResultsModel, path: str | Path) -> None:
+    """Write ``model`` to ``path`` in the ``maps.h5`` layout described in the module docstring."""
+    path = Path(path)
+    with model.lock:
+        maps = model.copy_maps()
+        topo = None if model.topography is None else model.topography.copy()
+        snap = model.snapshot
+        sets = dict(model.setpoint_sets)
+        status = model.status_fields()
+    tmp = path.with_name(path.name + ".part")
+    # write aside and rename so a reader (the viewer's FileSource) never opens a half-written file
+    with h5py.File(tmp, "w") as f:
+        f.attrs["stslive_maps_version"] = MAPS_FORMAT_VERSION
+        f.attrs["pixel_size_nm"] = model.pixel_nm
+        f.attrs["setpoint_sets"] = json.dumps({str(k): v for k, v in sets.items()})
+        f.attrs["status"] = json.dumps(_json_safe(status))
+        f.attrs["set_threshold"] = model.set_threshold
+        for name, (_, _, unit, description) in MAP_SPECS.items():
+            ds = f.create_dataset(_h5_name(name), data=maps[name])
+            ds.attrs["units"] = unit
+            ds.attrs["long_name"] = description
+        f["flags"].attrs["bits"] = json.dumps({FLAG_LABELS[k]: int(k) for k in FLAG_LABELS})
+        f["flags"].attrs["descriptions"] = json.dumps({FLAG_LABELS[k]: v for k, v in FLAG_DESCRIPTIONS.items()})
+        if topo is not None:
+            f.create_dataset("topography", data=topo).attrs["units"] = "m"
+        if snap is not None:
+            g = f.create_group("correlation")
+            for name in CorrelationSnapshot.ARRAYS:
+                g.create_dataset(name, data=getattr(snap, name))
+            g["r_nm"].attrs["units"] = "nm"
+            for key, value in _snapshot_scalars(snap).items():
+                g.attrs[key] = value
+    tmp.replace(path)
+
+
+def load_maps_h5(path: str | Path) -> ResultsModel:
+    """Read a ``maps.h5``; a bare issue-2 file (7 datasets) gives measured = every pixel.
+
+    Raises
+    ------
+    FileFormatError
+        Not HDF5, an issue-2 dataset missing, or inconsistent shapes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(path, "analysis file not found; run `stslive analyse` or give the right --analysis path")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise FileFormatError(path, f"not a readable HDF5 file ({exc}); re-run the analysis") from exc
+    with f:
+        missing = [n for n in ISSUE2_DATASETS if n not in f]
+        if missing:
+            raise FileFormatError(path, f"not a maps.h5 analysis file: datasets {missing} missing")
+        shape = f["delta"].shape
+        if len(shape) != 2 or any(f[n].shape != shape for n in ISSUE2_DATASETS):
+            raise FileFormatError(path, f"maps must all be 2D of one shape; delta is {shape}")
+        model = ResultsModel(*shape, pixel_nm=float(f.attrs.get("pixel_size_nm", np.nan)),
+                             set_threshold=float(f.attrs.get("set_threshold", 0.5)))
+        values = {name: f[_h5_name(name)][()] for name in MAP_SPECS if _h5_name(name) in f}
+        if "measured" not in values:
+            # an issue-2 file from `stslive analyse` covers the whole grid it was given
+            values["measured"] = np.ones(shape, dtype=bool)
+        model.update_block(slice(None), slice(None), **values)
+        if "topography" in f:
+            model.set_topography(f["topography"][()])
+        if "setpoint_sets" in f.attrs:
+            model.set_setpoint_sets({int(k): v for k, v in json.loads(f.attrs["setpoint_sets"]).items()})
+        if "status" in f.attrs:
+            st = json.loads(f.attrs["status"])
+            model.update_status(state=st.get("state"), current_set=st.get("current_set"),
+                                last_seq=st.get("last_seq"), message=st.get("message"),
+                                pixels_per_hour=st.get("pixels_per_hour"))
+        if "correlation" in f:
+            g = f["correlation"]
+            model.set_snapshot(_snapshot_from({n: g[n][()] for n in CorrelationSnapshot.ARRAYS}, dict(g.attrs)))
+    return model
+
+
+# -- messages -----------------------------------------------------------------------------------
+def _json_safe(value: Any) -> Any:
+    """Builtin types only, non-finite floats as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _snapshot_scalars_names() -> list[str]:
+    return [f.name for f in fields(CorrelationSnapshot) if f.name not in CorrelationSnapshot.ARRAYS]
+
+
+def _snapshot_scalars(snap: CorrelationSnapshot) -> dict[str, Any]:
+    return {k: getattr(snap, k) for k in _snapshot_scalars_names()}
+
+
+def _snapshot_from(arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> CorrelationSnapshot:
+    floats = {k: _nan(scalars.get(k)) for k in _snapshot_scalars_names() if k != "n_pixels"}
+    return CorrelationSnapshot(**{n: np.asarray(arrays[n]) for n in CorrelationSnapshot.ARRAYS},
+                               n_pixels=int(scalars.get("n_pixels", 0) or 0), **floats)
+
+
+def _header(kind: str, **body: Any) -> dict[str, Any]:
+    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "kind": kind, **_json_safe(body)}
+
+
+def pixel_message(result: PixelResult) -> Message:
+    """A ``pixel`` message for one result (no arrays)."""
+    return "pixel", _header("pixel", result=result.to_dict()), {}
+
+
+def snapshot_message(snap: CorrelationSnapshot) -> Message:
+    """A ``snapshot`` message: scalars in the header, profiles and the 2D cross map as arrays."""
+    return "snapshot", _header("snapshot", **_snapshot_scalars(snap)), {
+        n: np.ascontiguousarray(getattr(snap, n)) for n in CorrelationSnapshot.ARRAYS
+    }
+
+
+def status_message(model: ResultsModel) -> Message:
+    """A ``status`` message: grid shape, state, set, seq, rate override and the temperature trace."""
+    st = model.status()
+    with model.lock:
+        sets = dict(model.setpoint_sets)
+    header = _header("status", ny=model.ny, nx=model.nx, pixel_nm=model.pixel_nm,
+                     setpoint_sets={str(k): v for k, v in sets.items()}, **model.status_fields())
+    return "status", header, {"temperature_t": st.temperature_t, "temperature_K": st.temperature_K}
+
+
+def maps_message(model: ResultsModel) -> Message:
+    """A ``maps`` message carrying every map (and the topography), for late-joining viewers."""
+    arrays = model.copy_maps()
+    with model.lock:
+        if model.topography is not None:
+            arrays["topography"] = model.topography.copy()
+    return "maps", _header("maps", ny=model.ny, nx=model.nx, pixel_nm=model.pixel_nm), arrays
+
+
+def model_messages(model: ResultsModel) -> list[Message]:
+    """The full state of ``model``: maps, then the snapshot if any, then status."""
+    out = [maps_message(model)]
+    with model.lock:
+        snap = model.snapshot
+    if snap is not None:
+        out.append(snapshot_message(snap))
+    out.append(status_message(model))
+    return out
+
+
+def model_from_message(topic: str, header: dict[str, Any]) -> ResultsModel:
+    """An empty model sized by a ``maps`` or ``status`` header (a viewer joining a stream)."""
+    _check_header(topic, header)
+    if topic not in ("maps", "status"):
+        raise StreamError(f"a {topic!r} message does not carry the grid shape; wait for 'status' or 'maps'")
+    return ResultsModel(int(header["ny"]), int(header["nx"]), pixel_nm=_nan(header.get("pixel_nm")))
+
+
+def _check_header(topic: str, header: dict[str, Any]) -> None:
+    if header.get("schema") != SCHEMA:
+        raise StreamError(f"results message has schema {header.get('schema')!r}, expected {SCHEMA!r}")
+    if header.get("version") != SCHEMA_VERSION:
+        raise StreamError(f"results schema version {header.get('version')!r} unsupported (this viewer reads "
+                          f"{SCHEMA_VERSION}); update stslive on the viewing machine")
+    if topic not in TOPICS or header.get("kind") != topic:
+        raise StreamError(f"topic {topic!r} / kind {header.get('kind')!r} unknown; expected one of {TOPICS}")
+
+
+def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Apply one message to ``model``; :class:`StreamError` on anything inconsistent."""
+    _check_header(topic, header)
+    try:
+        if topic == "pixel":
+            raw = dict(header["result"])
+            ints = {"iy", "ix", "setpoint_set", "reason", "flags"}
+            result = PixelResult.from_dict(
+                {k: (int(v) if k in ints else bool(v) if k == "valid" else _nan(v)) for k, v in raw.items()})
+            model.update_pixel(result)
+        elif topic == "maps":
+            if (header["ny"], header["nx"]) != (model.ny, model.nx):
+                raise StreamError(f"maps are {header['ny']} x {header['nx']}, this model {model.ny} x {model.nx}: "
+                                  "a new run started; restart the viewer")
+            topo = arrays.pop("topography", None)
+            for name, arr in arrays.items():
+                if name not in MAP_SPECS or arr.shape != (model.ny, model.nx):
+                    raise StreamError(f"maps message: array {name!r} {arr.shape} not a known (ny, nx) map")
+            model.update_block(slice(None), slice(None), **arrays)
+            if topo is not None:
+                model.set_topography(topo)
+        elif topic == "snapshot":
+            model.set_snapshot(_snapshot_from(arrays, header))
+        else:
+            if (header["ny"], header["nx"]) != (model.ny, model.nx):
+                raise StreamError(f"status for a {header['ny']} x {header['nx']} grid, model is "
+                                  f"{model.ny} x {model.nx}: restart the viewer for the new run")
+            with model.lock:
+                model._temp_t.clear()
+                model._temp_K.clear()
+                model._temp_t.extend(np.asarray(arrays.get("temperature_t", [])).tolist())
+                model._temp_K.extend(np.asarray(arrays.get("temperature_K", [])).tolist())
+            model.set_setpoint_sets({int(k): v for k, v in header.get("setpoint_sets", {}).items()})
+            model.update_status(state=header["state"], current_set=header["current_set"],
+                                last_seq=header["last_seq"], message=header.get("message") or "",
+                                pixels_per_hour=header.get("pixels_per_hour"))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, StreamError):
+            raise
+        raise StreamError(f"malformed {topic!r} results message: {exc!r}") from exc
+
+
+# -- frames -------------------------------------------------------------------------------------
+def encode_message(topic: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[bytes]:
+    """ZeroMQ frames ``[topic, JSON header, *array buffers]``; arrays as little-endian raw bytes."""
+    descr, frames = [], []
+    for name, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        if a.dtype.str not in ALLOWED_DTYPES:
+            raise StreamError(f"array {name!r} has dtype {a.dtype.str}, not one of {sorted(ALLOWED_DTYPES)}")
+        descr.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape)})
+        frames.append(a.tobytes())
+    head = json.dumps({**header, "arrays": descr}, allow_nan=False).encode()
+    return [topic.encode(), head, *frames]
+
+
+def decode_message(frames: list[bytes]) -> Message:
+    """Inverse of :func:`encode_message`; :class:`StreamError` on any malformed frame set."""
+    if len(frames) < 2:
+        raise StreamError(f"results message needs at least 2 frames (topic, header), got {len(frames)}")
+    topic = bytes(frames[0]).decode("utf-8", errors="replace")
+    if len(frames[1]) > MAX_HEADER_BYTES:
+        raise StreamError(f"results header of {len(frames[1])} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(bytes(frames[1]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StreamError(f"results header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise StreamError("results header must be a JSON object")
+    descr = header.pop("arrays", [])
+    if not isinstance(descr, list) or len(descr) != len(frames) - 2:
+        raise StreamError(f"header describes {len(descr) if isinstance(descr, list) else '?'} arrays, "
+                          f"message has {len(frames) - 2} array frames")
+    arrays = {}
+    for d, buf in zip(descr, frames[2:], strict=True):
+        try:
+            name, dtype, shape = str(d["name"]), str(d["dtype"]), tuple(int(s) for s in d["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StreamError(f"bad array description {d!r}") from exc
+        if dtype not in ALLOWED_DTYPES:
+            raise StreamError(f"array {name!r}: dtype {dtype!r} not allowed")
+        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if len(buf) != expected or any(s < 0 for s in shape):
+            raise StreamError(f"array {name!r}: {len(buf)} bytes for shape {shape} of {dtype} ({expected} expected)")
+        arrays[name] = np.frombuffer(bytes(buf), dtype=dtype).reshape(shape)
+    _check_header(topic, header)
+    return topic, header, arrays
