@@ -1,0 +1,353 @@
+"""One pyvisa session with the habits every stslive driver needs.
+
+* timeouts (open and I/O) from configuration, in seconds;
+* ``TCP_NODELAY`` on ``TCPIP::host::port::SOCKET`` sessions. pyvisa-py rejects
+  ``VI_ATTR_TCPIP_NODELAY`` through ``set_visa_attribute``, so it is set on the session's
+  underlying socket; without it a small request waits for the peer's delayed ACK (~44 ms per
+  round trip measured on this machine, ARCHITECTURE.md);
+* a refused TCP connection is reported at open time (pyvisa-py's non-blocking connect otherwise
+  "succeeds" and the first write fails);
+* typed errors: :class:`InstrumentTimeout` (also a ``TimeoutError``) and
+  :class:`InstrumentConnectionError` (also a ``ConnectionError``);
+* bounded reconnect: a lost connection is reopened at most ``reconnect_attempts`` times, with a
+  doubling delay; an idempotent exchange is repeated once on the new connection, anything else
+  raises (the caller must decide whether the command ran);
+* after a timeout the session is closed, because a late reply would otherwise be read as the
+  answer to the next request; the next exchange reopens it;
+* ``close()`` on exit (context manager), idempotent.
+
+Text instruments (SR830, LakeShore) use :meth:`VisaSession.query` / :meth:`VisaSession.write`;
+the Nanonis binary protocol uses :meth:`VisaSession.transaction` with :meth:`VisaSession.write_raw`
+and :meth:`VisaSession.read_exact` inside it, so a retried exchange is the whole request/reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import pyvisa
+from pyvisa import constants
+from pyvisa.errors import VisaIOError
+from pyvisa.resources import MessageBasedResource
+
+from stslive.drivers.errors import ConfigError, InstrumentConnectionError, InstrumentTimeout
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# VISA status codes that mean "the link is gone" rather than "the peer is slow".
+_CONNECTION_CODES = frozenset(
+    {
+        constants.StatusCode.error_connection_lost,
+        constants.StatusCode.error_io,
+        constants.StatusCode.error_resource_not_found,
+        constants.StatusCode.error_invalid_object,
+    }
+)
+
+
+@dataclass(frozen=True)
+class VisaSettings:
+    """How to reach one instrument.
+
+    Parameters
+    ----------
+    resource
+        VISA resource string, e.g. ``"TCPIP::127.0.0.1::6501::SOCKET"`` or ``"GPIB0::8::INSTR"``.
+    timeout_s
+        I/O timeout of one read or write (s).
+    open_timeout_s
+        Timeout for opening the session (s).
+    reconnect_attempts
+        How many times a lost connection is reopened before giving up (0 = never).
+    reconnect_delay_s
+        First delay between reopen attempts (s); doubles after each failure.
+    backend
+        pyvisa backend (``"@py"`` for pyvisa-py, ``""`` for the system VISA library).
+    read_termination, write_termination
+        Text termination; ``None`` for binary protocols (termination char OFF: pyvisa-py would
+        otherwise stop a binary read at every ``0x0A`` byte).
+    """
+
+    resource: str
+    timeout_s: float = 5.0
+    open_timeout_s: float = 5.0
+    reconnect_attempts: int = 2
+    reconnect_delay_s: float = 0.1
+    backend: str = "@py"
+    read_termination: str | None = None
+    write_termination: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.resource, str) or "::" not in self.resource:
+            raise ConfigError(
+                f"'resource' = {self.resource!r} is not a VISA resource string; "
+                "use e.g. TCPIP::127.0.0.1::6501::SOCKET"
+            )
+        for key in ("timeout_s", "open_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"'{key}' = {getattr(self, key)!r} must be > 0 seconds")
+        if not isinstance(self.reconnect_attempts, int) or self.reconnect_attempts < 0:
+            raise ConfigError(f"'reconnect_attempts' = {self.reconnect_attempts!r} must be an integer >= 0")
+        if self.reconnect_delay_s < 0:
+            raise ConfigError(f"'reconnect_delay_s' = {self.reconnect_delay_s!r} must be >= 0 seconds")
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any], **defaults: Any) -> VisaSettings:
+        """Build from a config table (TOML); unknown keys raise ConfigError naming them.
+
+        ``defaults`` supply values the table does not give (e.g. a driver's termination).
+        """
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown instrument setting(s) {unknown}; allowed: {sorted(allowed)}")
+        if "resource" not in table and "resource" not in defaults:
+            raise ConfigError("instrument setting 'resource' (the VISA resource string) is missing")
+        return cls(**{**defaults, **dict(table)})
+
+    @property
+    def is_tcp_socket(self) -> bool:
+        """True for ``TCPIP::host::port::SOCKET`` resources."""
+        parts = self.resource.upper().split("::")
+        return parts[0].startswith("TCPIP") and parts[-1] == "SOCKET"
+
+
+def set_tcp_nodelay(resource: MessageBasedResource) -> bool:
+    """Disable Nagle's algorithm on a TCPIP SOCKET session; True if it was set.
+
+    pyvisa-py keeps the Python socket as the session's ``interface``; other VISA libraries take
+    the attribute.
+    """
+    sessions = getattr(resource.visalib, "sessions", None)
+    session = sessions.get(resource.session) if isinstance(sessions, dict) else None
+    sock = getattr(session, "interface", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True
+    resource.set_visa_attribute(constants.ResourceAttribute.tcpip_nodelay, constants.VI_TRUE)
+    return True
+
+
+def _underlying_socket(resource: MessageBasedResource) -> socket.socket | None:
+    sessions = getattr(resource.visalib, "sessions", None)
+    session = sessions.get(resource.session) if isinstance(sessions, dict) else None
+    sock = getattr(session, "interface", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def peer_closed(resource: MessageBasedResource) -> bool:
+    """True if the peer of a pyvisa-py socket session has closed (or reset) the connection.
+
+    pyvisa-py reports a closed peer only as a read timeout; a non-blocking peek tells the two
+    apart (``b""`` means end of stream).
+    """
+    sock = _underlying_socket(resource)
+    if sock is None:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class VisaSession:
+    """A reconnecting pyvisa session for one instrument.
+
+    Parameters
+    ----------
+    settings
+        Resource, timeouts, reconnect policy.
+    instrument
+        Short instrument name used in error messages (``"nanonis"``, ``"sr830"`` ...).
+    resource_manager
+        An existing ``pyvisa.ResourceManager``; by default one is made for ``settings.backend``
+        and closed with the session.
+    """
+
+    def __init__(
+        self,
+        settings: VisaSettings,
+        *,
+        instrument: str,
+        resource_manager: pyvisa.ResourceManager | None = None,
+    ) -> None:
+        self.settings = settings
+        self.instrument = instrument
+        self._rm = resource_manager
+        self._own_rm = resource_manager is None
+        self._resource: MessageBasedResource | None = None
+        # One exchange at a time: a request and its reply must not interleave with another's.
+        self._lock = threading.RLock()
+        self.reconnects = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the session now (otherwise the first exchange opens it)."""
+        with self._lock:
+            if self._resource is None:
+                self._open_with_retries()
+
+    @property
+    def is_open(self) -> bool:
+        """True while a session is held."""
+        return self._resource is not None
+
+    @property
+    def resource(self) -> MessageBasedResource:
+        """The open pyvisa resource (opened on demand)."""
+        with self._lock:
+            if self._resource is None:
+                self._open_with_retries()
+            assert self._resource is not None
+            return self._resource
+
+    def close(self) -> None:
+        """Close the resource (and the resource manager if owned); safe to call twice."""
+        with self._lock:
+            self._drop()
+            if self._own_rm and self._rm is not None:
+                self._rm.close()
+                self._rm = None
+
+    def __enter__(self) -> VisaSession:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- exchanges ----------------------------------------------------------------------------
+    def transaction(self, fn: Callable[[MessageBasedResource], T], *, what: str, idempotent: bool = True) -> T:
+        """Run one request/reply exchange ``fn(resource)`` with typed errors and reconnect.
+
+        Parameters
+        ----------
+        fn
+            Does the whole exchange on the resource and returns its result.
+        what
+            Names the exchange in error messages (e.g. the command).
+        idempotent
+            If true, a connection lost during the exchange is repaired and the exchange repeated
+            once; if false the error is raised (the command may have run).
+        """
+        with self._lock:
+            repeated = False
+            while True:
+                resource = self.resource
+                try:
+                    return fn(resource)
+                except VisaIOError as exc:
+                    if exc.error_code == constants.StatusCode.error_timeout and not peer_closed(resource):
+                        self._drop()
+                        raise InstrumentTimeout(
+                            self.instrument,
+                            f"no complete reply to {what} within {self.settings.timeout_s:g} s from "
+                            f"{self.settings.resource}; check the instrument is responsive or raise timeout_s",
+                        ) from exc
+                    if exc.error_code != constants.StatusCode.error_timeout and exc.error_code not in _CONNECTION_CODES:
+                        raise InstrumentConnectionError(
+                            self.instrument, f"VISA error during {what}: {exc}"
+                        ) from exc
+                    cause: Exception = exc
+                except (ConnectionError, OSError) as exc:
+                    cause = exc
+                self._drop()
+                if repeated or not idempotent or self.settings.reconnect_attempts == 0:
+                    raise InstrumentConnectionError(
+                        self.instrument,
+                        f"connection to {self.settings.resource} lost during {what} ({cause}); "
+                        + ("the command may have run; " if not idempotent else "")
+                        + "the next call reconnects",
+                    ) from cause
+                log.warning("%s: connection lost during %s (%s); reconnecting", self.instrument, what, cause)
+                repeated = True
+
+    def write_raw(self, data: bytes) -> None:
+        """Write bytes as one VISA write (call inside :meth:`transaction`)."""
+        self.resource.write_raw(data)
+
+    def read_exact(self, resource: MessageBasedResource, count: int) -> bytes:
+        """Read exactly ``count`` bytes, ignoring termination characters."""
+        if count == 0:
+            return b""
+        data = resource.read_bytes(count, break_on_termchar=False)
+        if len(data) != count:
+            raise ConnectionError(f"short read: {len(data)} of {count} bytes")
+        return bytes(data)
+
+    def query(self, message: str, *, idempotent: bool = True) -> str:
+        """Text query (write then read one reply line), stripped of the termination."""
+        return self.transaction(lambda r: r.query(message).strip(), what=repr(message), idempotent=idempotent)
+
+    def write(self, message: str, *, idempotent: bool = True) -> None:
+        """Text write."""
+        self.transaction(lambda r: r.write(message), what=repr(message), idempotent=idempotent)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _manager(self) -> pyvisa.ResourceManager:
+        if self._rm is None:
+            self._rm = pyvisa.ResourceManager(self.settings.backend)
+        return self._rm
+
+    def _open_with_retries(self) -> None:
+        delay = self.settings.reconnect_delay_s
+        attempts = 1 + self.settings.reconnect_attempts
+        last: Exception | None = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(delay)
+                delay *= 2
+            try:
+                self._resource = self._open_once()
+                if attempt:
+                    self.reconnects += 1
+                return
+            except (VisaIOError, OSError, ValueError) as exc:
+                last = exc
+                log.info("%s: open %s failed (%s), attempt %d/%d", self.instrument, self.settings.resource, exc,
+                         attempt + 1, attempts)
+        raise InstrumentConnectionError(
+            self.instrument,
+            f"cannot open {self.settings.resource} after {attempts} attempt(s) ({last}); check the instrument "
+            "(or `stslive mock-lab`) is running at that address",
+        ) from last
+
+    def _open_once(self) -> MessageBasedResource:
+        s = self.settings
+        resource = self._manager().open_resource(
+            s.resource, open_timeout=int(s.open_timeout_s * 1000), timeout=int(s.timeout_s * 1000)
+        )
+        if not isinstance(resource, MessageBasedResource):
+            resource.close()
+            raise ValueError(f"{s.resource} is not a message-based resource")
+        try:
+            resource.read_termination = s.read_termination  # type: ignore[assignment]
+            resource.write_termination = s.write_termination  # type: ignore[assignment]
+            if s.is_tcp_socket:
+                sock = _underlying_socket(resource)
+                # pyvisa-py's non-blocking connect reports success on a refused port.
+                if sock is not None and (err := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)):
+                    raise ConnectionRefusedError(err, f"connection refused ({err})")
+                set_tcp_nodelay(resource)
+        except BaseException:
+            resource.close()
+            raise
+        return resource
+
+    def _drop(self) -> None:
+        if self._resource is not None:
+            resource, self._resource = self._resource, None
+            try:
+                resource.close()
+            except (VisaIOError, OSError) as exc:  # already dead: nothing left to release
+                log.debug("%s: close after failure: %s", self.instrument, exc)
