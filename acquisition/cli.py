@@ -21,6 +21,7 @@ from stslive.drivers.errors import StsliveError
 
 # name -> (module, one-line help). Keep sorted by the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "theory": ("stslive.live.theory_cli", "theory quantities of the paper from its inputs or yours, beside its quoted values"),
 }
 
 
