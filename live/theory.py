@@ -409,3 +409,33 @@ def gap_map_from_resistance(
     """
     mean_gap = float(_positive("mean_gap_eV", mean_gap_eV))
     return mean_gap * (1.0 + gap_relative_shift(delta_rho_ohm, hbar_omega_D_K=hbar_omega_D_K, gap_K=gap_K))
+
+
+def debye_momentum_per_m(*, hbar_omega_D_K: ArrayLike, diffusion_m2_s: ArrayLike) -> FloatArray:
+    """q_D = sqrt(omega_D / D) in 1/m, paper Sec. III B (paper: ~1 nm^-1 for 300 K, 0.5 cm^2/s).
+
+    Parameters
+    ----------
+    hbar_omega_D_K
+        Debye energy in kelvin.
+    diffusion_m2_s
+        Diffusion constant in m^2/s.
+    """
+    omega_d_eV = K_B_EV_PER_K * _positive("hbar_omega_D_K", hbar_omega_D_K)
+    return np.sqrt(omega_d_eV / (HBAR_EV_S * _positive("diffusion_m2_s", diffusion_m2_s)))
+
+
+def transverse_thouless_energy_K(*, diffusion_m2_s: ArrayLike, thickness_m: ArrayLike) -> FloatArray:
+    """Transverse Thouless energy hbar D (pi / d)^2 in kelvin, paper App. C 1 (paper: ~950 K).
+
+    The film is 2D for the Finkelstein log-cube when this exceeds hbar omega_D.
+
+    Parameters
+    ----------
+    diffusion_m2_s
+        Diffusion constant in m^2/s.
+    thickness_m
+        Film thickness d in metres (paper: 2.1 nm).
+    """
+    energy_eV = HBAR_EV_S * _positive("diffusion_m2_s", diffusion_m2_s) * (np.pi / _positive("thickness_m", thickness_m)) ** 2
+    return energy_eV / K_B_EV_PER_K
