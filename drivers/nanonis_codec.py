@@ -1,0 +1,388 @@
+"""The Nanonis TCP programming interface: frames, typed bodies and the command table.
+
+Protocol (SPECS "Nanonis TCP protocol", argument lists as in the docstrings of the official
+``nanonis-spm`` client). Everything is big-endian.
+
+* Header, 40 bytes: command name (32 bytes, NUL padded), body size (int32), send-response flag
+  (uint16), 2 bytes padding. A response repeats the command name.
+* Body: the arguments in order. Scalars are ``float32``/``float64``/``int32``/``uint16``/
+  ``uint32``; a string is its int32 byte size then the bytes; a 1D array is preceded by its
+  int32 element count; a string array by its int32 total byte size and int32 element count,
+  each string by its own int32 size; a 2D array by int32 rows and int32 columns, row-major.
+* Every response body ends with the error section: int32 error status, int32 description size,
+  description. A non-zero status (or a non-empty description, as the official client reads it)
+  is a controller error.
+
+The command table is declarative: name, argument (field, type) pairs, return (field, type)
+pairs. The driver (``drivers/nanonis.py``) and the simulated server (``mocks/nanonis_server.py``)
+share it, so a wrong entry fails both the unit tests and the conformance test against the
+official client.
+
+Type codes: ``f32 f64 i32 u16 u32 str`` scalars, ``i32[] f32[]`` counted arrays, ``str[]``
+string arrays, ``f32[,]`` 2D arrays (rows, columns).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stslive.drivers.errors import ControllerError, InstrumentReplyError
+
+INSTRUMENT = "nanonis"
+HEADER = struct.Struct(">32siHH")
+HEADER_SIZE = HEADER.size  # 40
+ERROR_HEAD = struct.Struct(">ii")
+_I32 = struct.Struct(">i")
+
+_SCALARS: dict[str, struct.Struct] = {
+    "f32": struct.Struct(">f"),
+    "f64": struct.Struct(">d"),
+    "i32": struct.Struct(">i"),
+    "u16": struct.Struct(">H"),
+    "u32": struct.Struct(">I"),
+}
+_ARRAYS: dict[str, np.dtype[Any]] = {"i32[]": np.dtype(">i4"), "f32[]": np.dtype(">f4")}
+TYPES = frozenset(_SCALARS) | frozenset(_ARRAYS) | {"str", "str[]", "f32[,]"}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One Nanonis command: its arguments and return values as (field, type code) pairs."""
+
+    name: str
+    args: tuple[tuple[str, str], ...] = ()
+    returns: tuple[tuple[str, str], ...] = ()
+    doc: str = ""
+
+    @property
+    def arg_types(self) -> tuple[str, ...]:
+        """Type codes of the arguments."""
+        return tuple(t for _, t in self.args)
+
+    @property
+    def return_types(self) -> tuple[str, ...]:
+        """Type codes of the return values."""
+        return tuple(t for _, t in self.returns)
+
+
+_TIMING = (
+    ("z_averaging_s", "f32"),
+    ("z_offset_m", "f32"),
+    ("initial_settling_s", "f32"),
+    ("max_slew_rate_V_per_s", "f32"),
+    ("settling_s", "f32"),
+    ("integration_s", "f32"),
+    ("end_settling_s", "f32"),
+    ("z_control_s", "f32"),
+)
+_FRAME = (("center_x_m", "f32"), ("center_y_m", "f32"), ("width_m", "f32"), ("height_m", "f32"), ("angle_deg", "f32"))
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("Bias.Set", (("bias_V", "f32"),), doc="set the tip-sample bias (V)"),
+        Command("Bias.Get", returns=(("bias_V", "f32"),), doc="bias (V)"),
+        Command("Current.Get", returns=(("current_A", "f32"),), doc="tunnelling current (A)"),
+        Command("ZCtrl.OnOffSet", (("on", "u32"),), doc="Z controller off (0) / on (1)"),
+        Command("ZCtrl.OnOffGet", returns=(("on", "u32"),), doc="Z controller state"),
+        Command("ZCtrl.SetpntSet", (("setpoint", "f32"),), doc="Z controller set-point (A for current feedback)"),
+        Command("ZCtrl.SetpntGet", returns=(("setpoint", "f32"),), doc="Z controller set-point"),
+        Command("ZCtrl.ZPosGet", returns=(("z_m", "f32"),), doc="Z position (m)"),
+        Command(
+            "FolMe.XYPosSet",
+            (("x_m", "f64"), ("y_m", "f64"), ("wait_end_of_move", "u32")),
+            doc="move the tip (m)",
+        ),
+        Command("FolMe.XYPosGet", (("wait_newest", "u32"),), (("x_m", "f64"), ("y_m", "f64")), doc="tip x, y (m)"),
+        Command("BiasSpectr.ChsSet", (("indexes", "i32[]"),), doc="recorded channels (signal slots 0-23)"),
+        Command(
+            "BiasSpectr.ChsGet",
+            returns=(("indexes", "i32[]"), ("names", "str[]")),
+            doc="recorded channels: slot indexes and names",
+        ),
+        Command("BiasSpectr.LimitsSet", (("start_V", "f32"), ("end_V", "f32")), doc="sweep limits (V)"),
+        Command("BiasSpectr.LimitsGet", returns=(("start_V", "f32"), ("end_V", "f32")), doc="sweep limits (V)"),
+        Command(
+            "BiasSpectr.PropsSet",
+            (
+                ("save_all", "u16"),
+                ("sweeps", "i32"),
+                ("backward", "u16"),
+                ("points", "i32"),
+                ("z_offset_m", "f32"),
+                ("autosave", "u16"),
+                ("show_save_dialog", "u16"),
+            ),
+            doc="sweep properties; 0 = no change (u16 flags: 1 on, 2 off)",
+        ),
+        Command(
+            "BiasSpectr.PropsGet",
+            returns=(
+                ("save_all", "u16"),
+                ("sweeps", "i32"),
+                ("backward", "u16"),
+                ("points", "i32"),
+                ("channels", "str[]"),
+                ("parameters", "str[]"),
+                ("fixed_parameters", "str[]"),
+            ),
+            doc="sweep properties and the names of the parameters Start returns",
+        ),
+        Command("BiasSpectr.TimingSet", _TIMING, doc="sweep timing (s, m, V/s)"),
+        Command("BiasSpectr.TimingGet", returns=_TIMING, doc="sweep timing (s, m, V/s)"),
+        Command(
+            "BiasSpectr.Start",
+            (("get_data", "u32"), ("save_base_name", "str")),
+            (("channels", "str[]"), ("data", "f32[,]"), ("parameters", "f32[]")),
+            doc="run one sweep; data rows are channels, columns points; parameters: fixed then others",
+        ),
+        Command("Scan.FrameSet", _FRAME, doc="scan frame (m, deg clockwise)"),
+        Command("Scan.FrameGet", returns=_FRAME, doc="scan frame (m, deg clockwise)"),
+        Command(
+            "Signals.ValsGet",
+            (("indexes", "i32[]"), ("wait_newest", "u32")),
+            (("values", "f32[]"),),
+            doc="present values of signals 0-127",
+        ),
+        Command("Signals.NamesGet", returns=(("names", "str[]"),), doc="names of signals 0-127"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """A decoded frame header."""
+
+    name: str
+    body_size: int
+    send_response: bool
+
+
+# -- header -----------------------------------------------------------------------------------
+def encode_header(name: str, body_size: int, *, send_response: bool = True) -> bytes:
+    """40-byte header: name padded to 32 bytes with NUL, int32 body size, uint16 flag, padding."""
+    raw = name.encode("ascii")
+    if len(raw) > 32:
+        raise ValueError(f"command name {name!r} longer than 32 bytes")
+    return HEADER.pack(raw, body_size, int(send_response), 0)
+
+
+def decode_header(data: bytes) -> Header:
+    """Parse a 40-byte header; InstrumentReplyError if malformed."""
+    if len(data) != HEADER_SIZE:
+        raise InstrumentReplyError(INSTRUMENT, f"header of {len(data)} bytes, expected {HEADER_SIZE}")
+    raw, size, flag, _ = HEADER.unpack(data)
+    name_bytes = raw.split(b"\0", 1)[0]
+    try:
+        name = name_bytes.decode("ascii")
+    except UnicodeDecodeError:
+        raise InstrumentReplyError(INSTRUMENT, f"header command name is not ASCII: {name_bytes!r}") from None
+    if not name or any(b != 0 for b in raw[len(name_bytes):]):
+        raise InstrumentReplyError(INSTRUMENT, f"malformed header command field {raw!r}")
+    if size < 0:
+        raise InstrumentReplyError(INSTRUMENT, f"negative body size {size} in header of {name}")
+    return Header(name, size, bool(flag))
+
+
+# -- typed values -----------------------------------------------------------------------------
+def _encode_one(code: str, value: Any) -> bytes:
+    if code in _SCALARS:
+        return _SCALARS[code].pack(value)
+    if code == "str":
+        raw = str(value).encode("utf-8")
+        return _I32.pack(len(raw)) + raw
+    if code in _ARRAYS:
+        arr = np.ascontiguousarray(value, dtype=_ARRAYS[code])
+        if arr.ndim != 1:
+            raise ValueError(f"{code} needs a 1D array, got shape {arr.shape}")
+        return _I32.pack(arr.size) + arr.tobytes()
+    if code == "str[]":
+        items = [_encode_one("str", s) for s in value]
+        blob = b"".join(items)
+        return _I32.pack(len(blob)) + _I32.pack(len(items)) + blob
+    if code == "f32[,]":
+        arr = np.ascontiguousarray(value, dtype=">f4")
+        if arr.ndim != 2:
+            raise ValueError(f"f32[,] needs a 2D array, got shape {arr.shape}")
+        return struct.pack(">ii", *arr.shape) + arr.tobytes()
+    raise ValueError(f"unknown Nanonis type code {code!r}; known: {sorted(TYPES)}")
+
+
+def encode_values(types: Sequence[str], values: Sequence[Any]) -> bytes:
+    """Pack ``values`` by their type codes into a body (big-endian)."""
+    if len(types) != len(values):
+        raise ValueError(f"{len(values)} values for {len(types)} type codes")
+    try:
+        return b"".join(_encode_one(t, v) for t, v in zip(types, values, strict=True))
+    except struct.error as exc:
+        raise ValueError(f"value out of range for its Nanonis type: {exc}") from None
+
+
+class _Reader:
+    """Cursor over a body; every short read is an InstrumentReplyError naming ``what``."""
+
+    def __init__(self, body: bytes, what: str, offset: int = 0) -> None:
+        self.body = memoryview(body)
+        self.pos = offset
+        self.what = what
+
+    def take(self, n: int, field: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.body):
+            raise InstrumentReplyError(
+                INSTRUMENT,
+                f"{self.what}: body too short for {field} ({n} bytes at offset {self.pos}, body {len(self.body)})",
+            )
+        out = self.body[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def count(self, field: str) -> int:
+        n: int = _I32.unpack(self.take(4, field))[0]
+        if n < 0:
+            raise InstrumentReplyError(INSTRUMENT, f"{self.what}: negative size {n} for {field}")
+        return n
+
+    def string(self, field: str) -> str:
+        raw = bytes(self.take(self.count(field), field))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InstrumentReplyError(INSTRUMENT, f"{self.what}: {field} is not UTF-8 text: {raw[:40]!r}") from None
+
+    def value(self, code: str, field: str) -> Any:
+        if code in _SCALARS:
+            s = _SCALARS[code]
+            return s.unpack(self.take(s.size, field))[0]
+        if code == "str":
+            return self.string(field)
+        if code in _ARRAYS:
+            dt = _ARRAYS[code]
+            n = self.count(field)
+            native = np.int32 if code == "i32[]" else np.float32
+            return np.frombuffer(self.take(n * dt.itemsize, field), dtype=dt).astype(native)
+        if code == "str[]":
+            size = self.count(field)
+            n = self.count(field)
+            start = self.pos
+            items = tuple(self.string(f"{field}[{i}]") for i in range(n))
+            if self.pos - start != size:
+                raise InstrumentReplyError(
+                    INSTRUMENT, f"{self.what}: {field} declares {size} bytes but its {n} strings take {self.pos - start}"
+                )
+            return items
+        if code == "f32[,]":
+            rows, cols = self.count(field), self.count(field)
+            raw = self.take(rows * cols * 4, field)
+            return np.frombuffer(raw, dtype=">f4").astype(np.float32).reshape(rows, cols)
+        raise ValueError(f"unknown Nanonis type code {code!r}; known: {sorted(TYPES)}")
+
+
+def decode_values(types: Sequence[str], body: bytes, *, what: str, fields: Sequence[str] = ()) -> tuple[list[Any], int]:
+    """Unpack values by type codes from the start of ``body``; returns (values, bytes used)."""
+    r = _Reader(body, what)
+    names = list(fields) or [f"value {i}" for i in range(len(types))]
+    values = [r.value(t, f) for t, f in zip(types, names, strict=True)]
+    return values, r.pos
+
+
+# -- requests and responses -------------------------------------------------------------------
+def command(name: str) -> Command:
+    """The table entry for ``name``; KeyError names the known commands."""
+    try:
+        return COMMANDS[name]
+    except KeyError:
+        raise KeyError(f"Nanonis command {name!r} is not in the table; known: {sorted(COMMANDS)}") from None
+
+
+def encode_request(name: str, *args: Any, send_response: bool = True) -> bytes:
+    """A whole request frame (header + body) for a table command."""
+    cmd = command(name)
+    body = encode_values(cmd.arg_types, args)
+    return encode_header(name, len(body), send_response=send_response) + body
+
+
+def decode_request(cmd: Command, body: bytes) -> dict[str, Any]:
+    """The arguments of a request body by field name; InstrumentReplyError if malformed."""
+    values, used = decode_values(cmd.arg_types, body, what=f"{cmd.name} request", fields=[f for f, _ in cmd.args])
+    if used != len(body):
+        raise InstrumentReplyError(INSTRUMENT, f"{cmd.name} request: {len(body) - used} unexpected trailing bytes")
+    return dict(zip((f for f, _ in cmd.args), values, strict=True))
+
+
+def encode_error(status: int = 0, description: str = "") -> bytes:
+    """The error section that ends every response body."""
+    raw = description.encode("utf-8")
+    return ERROR_HEAD.pack(status, len(raw)) + raw
+
+
+def encode_response(
+    name: str, values: Sequence[Any] | None = None, *, status: int = 0, description: str = ""
+) -> bytes:
+    """A whole response frame: header, return values (table types), error section.
+
+    With ``values=None`` every return value is its type's zero (0, "", empty array), which is
+    what the controller sends beside a set error section; clients then read the error.
+    """
+    types = command(name).return_types
+    if values is None:
+        values = [_ZERO[t] for t in types]
+    body = encode_values(types, values) + encode_error(status, description)
+    return encode_header(name, len(body), send_response=False) + body
+
+
+_ZERO: dict[str, Any] = {
+    "f32": 0.0, "f64": 0.0, "i32": 0, "u16": 0, "u32": 0, "str": "",
+    "i32[]": (), "f32[]": (), "str[]": (), "f32[,]": np.zeros((0, 0), np.float32),
+}
+
+
+def encode_error_response(name: str, status: int, description: str) -> bytes:
+    """A response carrying only the error section (unknown command, controller refusal)."""
+    body = encode_error(status, description)
+    return encode_header(name, len(body), send_response=False) + body
+
+
+def check_error_section(name: str, body: bytes, offset: int) -> None:
+    """Parse the error section at ``offset``; ControllerError if set, InstrumentReplyError if malformed."""
+    r = _Reader(body, f"{name} response")
+    r.pos = offset
+    status, size = ERROR_HEAD.unpack(r.take(ERROR_HEAD.size, "error section"))
+    if size < 0:
+        raise InstrumentReplyError(INSTRUMENT, f"{name} response: negative error description size {size}")
+    description = bytes(r.take(size, "error description")).decode("utf-8", errors="replace")
+    if r.pos != len(body):
+        raise InstrumentReplyError(
+            INSTRUMENT, f"{name} response: {len(body) - r.pos} unexpected bytes after the error section"
+        )
+    if status != 0 or description:
+        raise ControllerError(INSTRUMENT, description or f"error status {status}", command=name, code=status)
+
+
+def decode_response(name: str, header: Header, body: bytes) -> dict[str, Any]:
+    """Return values of a response by field name.
+
+    Raises
+    ------
+    InstrumentReplyError
+        Wrong command in the header, wrong size, or a body that does not parse.
+    ControllerError
+        The controller's error section is set (its message is in the exception).
+    """
+    if header.name != name:
+        raise InstrumentReplyError(INSTRUMENT, f"reply is for {header.name!r}, expected {name!r}; connection out of step")
+    if header.body_size != len(body):
+        raise InstrumentReplyError(INSTRUMENT, f"{name}: body of {len(body)} bytes, header says {header.body_size}")
+    cmd = command(name)
+    # An error reply may carry no return values; look for a bare error section first.
+    if len(body) >= ERROR_HEAD.size:
+        status, size = ERROR_HEAD.unpack_from(body, 0)
+        if status != 0 and ERROR_HEAD.size + size == len(body):
+            check_error_section(name, body, 0)
+    values, used = decode_values(cmd.return_types, body, what=f"{name} response", fields=[f for f, _ in cmd.returns])
+    check_error_section(name, body, used)
+    return dict(zip((f for f, _ in cmd.returns), values, strict=True))
