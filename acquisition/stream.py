@@ -336,7 +336,7 @@ class _Document:
 
 @dataclass(frozen=True, kw_only=True)
 class StartDoc(_Document):
-    """Opens a run. ``grid`` is the grid geometry map (nx, ny, centre/size in m, angle in deg,
+    """Opens a run; its ``uid`` is the run uid. ``grid`` is the grid geometry map (nx, ny, centre/size in m, angle in deg,
     order); ``setpoint_sets`` the set-point parameter sets as maps (SI units, each with ``id``)."""
 
     KIND: ClassVar[str] = "start"
@@ -361,6 +361,8 @@ class StartDoc(_Document):
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.uid != self.run_uid:  # as in Bluesky: the start document's uid is the run uid
+            raise MalformedDocument("field", f"start: uid {self.uid!r} must equal run_uid {self.run_uid!r}")
         if len(self.channel_names) != len(self.channel_units):
             raise MalformedDocument("field", f"start: {len(self.channel_names)} channel names but {len(self.channel_units)} units")
         for key in ("nx", "ny"):
@@ -905,7 +907,7 @@ class RunPublisher:
         self._counts.clear()
         uid, seq = self._next("start")
         try:
-            doc = StartDoc(run_uid=uid, seq=seq, **fields)
+            doc = StartDoc(run_uid=uid, uid=uid, seq=seq, **fields)
         except (StreamError, TypeError):
             self._run_uid = None
             raise

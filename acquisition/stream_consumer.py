@@ -1,0 +1,386 @@
+"""Receiving the run stream: a subscriber that never dies on bad input and sees every loss.
+
+:class:`RunSubscriber` wraps a SUB (any number of consumers, may drop) or PULL (one consumer,
+no drop) socket. It decodes with :func:`stslive.acquisition.stream.decode`, counts rejected
+messages by reason and keeps going, checks events against their run's descriptor, and tracks
+``seq`` per run: a jump is recorded as a :class:`Gap`, a first document with ``seq > 0`` as a
+late join (gap from 0). Rejected documents do not advance ``seq`` tracking, so they show up as
+gaps too: everything a consumer must fetch from the archive is in :meth:`RunSubscriber.gaps`.
+
+A seq gap does not say which pixels were lost (a lost document may be a heartbeat), so recovery
+works on pixels: :func:`missing_pixels` = measured in the archive but never received, and
+:func:`recover_from_archive` rebuilds their events (``seq = -1``) from the HDF5 archive, which
+is the record. The archive module is imported only when recovery runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+
+from stslive.acquisition.stream import (
+    TOPIC_PREFIX,
+    DescriptorDoc,
+    Document,
+    EventDoc,
+    MalformedDocument,
+    StartDoc,
+    StopDoc,
+    decode,
+    event_fields,
+)
+from stslive.drivers.errors import StreamError
+
+__all__ = ["Gap", "RunSubscriber", "RunTracker", "missing_pixels", "recover_from_archive"]
+
+log = logging.getLogger(__name__)
+
+Pixel = tuple[int, int]  # (iy, ix)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Missing documents ``first_seq..last_seq`` (inclusive) of run ``run_uid``."""
+
+    run_uid: str
+    first_seq: int
+    last_seq: int
+    late_join: bool = False
+
+    @property
+    def size(self) -> int:
+        """Number of missing documents."""
+        return self.last_seq - self.first_seq + 1
+
+
+@dataclass
+class RunTracker:
+    """What one consumer knows of one run: seq bookkeeping, pixels seen, its start/descriptor."""
+
+    run_uid: str
+    next_seq: int = 0
+    missing: list[list[int]] = field(default_factory=list)  # [first, last] ranges, ascending
+    late_join: bool = False
+    received: int = 0
+    duplicates: int = 0
+    pixels: set[Pixel] = field(default_factory=set)
+    start: StartDoc | None = None
+    descriptors: dict[str, DescriptorDoc] = field(default_factory=dict)
+    stop: StopDoc | None = None
+
+    def observe(self, seq: int) -> Gap | None | Literal[False]:
+        """Account for ``seq``: returns a new Gap, None (in order), or False (duplicate)."""
+        if seq == self.next_seq:
+            self.next_seq += 1
+            return None
+        if seq > self.next_seq:
+            gap = Gap(self.run_uid, self.next_seq, seq - 1, late_join=self.received == 0)
+            self.late_join |= gap.late_join
+            self.missing.append([gap.first_seq, gap.last_seq])
+            self.next_seq = seq + 1
+            return gap
+        for i, (first, last) in enumerate(self.missing):  # a late arrival may fill a known gap
+            if first <= seq <= last:
+                pieces = [[first, seq - 1], [seq + 1, last]]
+                self.missing[i : i + 1] = [p for p in pieces if p[0] <= p[1]]
+                return None
+        return False
+
+    @property
+    def gaps(self) -> list[Gap]:
+        """The ranges still missing (late join first)."""
+        return [Gap(self.run_uid, a, b, late_join=self.late_join and a == 0) for a, b in self.missing]
+
+
+class RunSubscriber:
+    """Consumer of the run stream over SUB or PULL.
+
+    Parameters
+    ----------
+    endpoint
+        Publisher endpoint to connect to, e.g. ``"tcp://127.0.0.1:5556"``.
+    mode
+        ``"sub"`` (connect to the publisher's PUB) or ``"pull"`` (its PUSH; one consumer only,
+        since PUSH deals messages round-robin between peers).
+    topics
+        SUB topic prefixes. Sequence tracking is only meaningful when every kind is received
+        (the default, ``b"stslive.run."``); with a narrower filter it is switched off.
+    context
+        ZeroMQ context (tests inject one); by default a private one, terminated on close.
+    hwm
+        Receive high-water mark (messages); raised so a burst is queued, not dropped.
+    max_runs
+        Runs whose trackers are kept (oldest forgotten first).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        mode: Literal["sub", "pull"] = "sub",
+        topics: Iterable[bytes] = (TOPIC_PREFIX,),
+        context: zmq.Context | None = None,
+        hwm: int = 100_000,
+        max_runs: int = 16,
+    ) -> None:
+        if mode not in ("sub", "pull"):
+            raise StreamError(f"mode must be 'sub' or 'pull', not {mode!r}")
+        topics = tuple(topics)
+        self._own_context = context is None
+        self._ctx = zmq.Context() if context is None else context
+        self._sock = self._ctx.socket(zmq.SUB if mode == "sub" else zmq.PULL)
+        self._sock.setsockopt(zmq.RCVHWM, hwm)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        if mode == "sub":
+            for topic in topics:
+                self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            self._sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise StreamError(f"cannot connect to the run stream at {endpoint!r}: {exc}") from exc
+        self.endpoint = endpoint
+        self.mode = mode
+        self.tracking = mode == "pull" or TOPIC_PREFIX in topics
+        self._runs: collections.OrderedDict[str, RunTracker] = collections.OrderedDict()
+        self._max_runs = max_runs
+        self._new_gaps: list[Gap] = []
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.received = 0
+        self.duplicates = 0
+
+    # -- receiving --
+    def poll(self, timeout_s: float = 0.0) -> Document | None:
+        """The next valid document, or None if none arrived within ``timeout_s`` (s).
+
+        Malformed messages, events that contradict their descriptor and duplicates are counted
+        and skipped; they never raise.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(left_ms):
+                return None
+            frames = self._sock.recv_multipart(copy=False)
+            doc = self._accept(frames)
+            if doc is not None:
+                return doc
+
+    def __iter__(self) -> Iterator[Document]:
+        """Documents until the socket is idle for 1 s (use :meth:`iter` for other timeouts)."""
+        return self.iter()
+
+    def iter(self, *, idle_timeout_s: float = 1.0, until_stop: bool = False) -> Iterator[Document]:
+        """Yield documents until none arrives for ``idle_timeout_s`` or, if ``until_stop``, a stop."""
+        while (doc := self.poll(idle_timeout_s)) is not None:
+            yield doc
+            if until_stop and isinstance(doc, StopDoc):
+                return
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.rejected[reason] += 1
+        n = self.rejected[reason]
+        if n <= 10 or n % 1000 == 0:  # every reason is visible in the log without flooding it
+            log.warning("run stream %s: %s (%d rejected for %s so far)", self.endpoint, message, n, reason)
+
+    def _accept(self, frames: list[Any]) -> Document | None:
+        try:
+            doc = decode(frames)
+        except MalformedDocument as exc:
+            self._reject(exc.reason, str(exc))
+            return None
+        if not self.tracking or doc.run_uid is None:
+            self.received += 1
+            return doc
+        run = self._tracker(doc.run_uid)
+        if isinstance(doc, EventDoc):
+            descriptor = run.descriptors.get(doc.descriptor_uid)
+            if descriptor is None and run.descriptors:
+                self._reject("descriptor", f"event seq {doc.seq} names unknown descriptor {doc.descriptor_uid!r}")
+                return None
+            if descriptor is not None:
+                try:
+                    descriptor.check(doc)
+                except MalformedDocument as exc:
+                    self._reject(exc.reason, str(exc))
+                    return None
+        outcome = run.observe(doc.seq)
+        if outcome is False:
+            run.duplicates += 1
+            self.duplicates += 1
+            log.debug("run %s: duplicate seq %d dropped", doc.run_uid, doc.seq)
+            return None
+        if outcome is not None:
+            self._new_gaps.append(outcome)
+            log.warning("run %s: %s seq %d..%d (%d documents); fill from the archive",
+                        doc.run_uid, "joined late, missed" if outcome.late_join else "gap,",
+                        outcome.first_seq, outcome.last_seq, outcome.size)
+        run.received += 1
+        self.received += 1
+        if isinstance(doc, EventDoc):
+            run.pixels.add((doc.iy, doc.ix))
+        elif isinstance(doc, StartDoc):
+            run.start = doc
+        elif isinstance(doc, DescriptorDoc):
+            run.descriptors[doc.uid] = doc
+        elif isinstance(doc, StopDoc):
+            run.stop = doc
+        return doc
+
+    def _tracker(self, run_uid: str) -> RunTracker:
+        run = self._runs.get(run_uid)
+        if run is None:
+            run = self._runs[run_uid] = RunTracker(run_uid)
+            while len(self._runs) > self._max_runs:
+                self._runs.popitem(last=False)
+        return run
+
+    # -- what was seen and what is missing --
+    def run(self, run_uid: str) -> RunTracker:
+        """The tracker of a run seen on this stream."""
+        try:
+            return self._runs[run_uid]
+        except KeyError:
+            raise StreamError(f"run {run_uid!r} has not been seen on {self.endpoint} (known: {list(self._runs)})") from None
+
+    @property
+    def runs(self) -> list[str]:
+        """Run uids seen, oldest first."""
+        return list(self._runs)
+
+    def gaps(self, run_uid: str) -> list[Gap]:
+        """Sequence ranges of ``run_uid`` still missing."""
+        return self.run(run_uid).gaps
+
+    def take_new_gaps(self) -> list[Gap]:
+        """Gaps detected since the last call (to trigger recovery once per gap)."""
+        gaps, self._new_gaps = self._new_gaps, []
+        return gaps
+
+    def seen_pixels(self, run_uid: str) -> set[Pixel]:
+        """Pixels ``(iy, ix)`` whose event arrived (valid) for ``run_uid``."""
+        return set(self.run(run_uid).pixels)
+
+    def recover(self, archive_path: str | Path, run_uid: str, *, swmr: bool = True) -> Iterator[EventDoc]:
+        """Events of ``run_uid`` measured in the archive but never received here.
+
+        Each yielded pixel counts as seen; when the iteration completes, the run's seq gaps are
+        cleared (the archive, not the stream, is the record: it holds every lost pixel).
+        """
+        run = self.run(run_uid)
+        descriptor_uid = next(reversed(run.descriptors), "")
+        for event in recover_from_archive(archive_path, run_uid=run_uid, exclude=run.pixels,
+                                          descriptor_uid=descriptor_uid, swmr=swmr):
+            run.pixels.add((event.iy, event.ix))
+            yield event
+        run.missing.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for display: received, duplicates, rejected by reason, gaps per run."""
+        return {
+            "received": self.received,
+            "duplicates": self.duplicates,
+            "rejected": dict(self.rejected),
+            "gaps": {uid: [(g.first_seq, g.last_seq) for g in run.gaps] for uid, run in self._runs.items()},
+            "late_joins": [uid for uid, run in self._runs.items() if run.late_join],
+        }
+
+    def close(self) -> None:
+        """Close the socket (and the private context)."""
+        self._sock.close(linger=0)
+        if self._own_context:
+            self._ctx.term()
+
+    def __enter__(self) -> RunSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- recovery from the archive -------------------------------------------------------------------
+def missing_pixels(measured: np.ndarray, seen: Iterable[Pixel]) -> list[Pixel]:
+    """Pixels ``(iy, ix)`` marked measured in the archive but not in ``seen``, row-major order."""
+    mask = np.asarray(measured, dtype=bool).copy()
+    for iy, ix in seen:
+        mask[iy, ix] = False
+    return [(int(iy), int(ix)) for iy, ix in zip(*np.nonzero(mask), strict=True)]
+
+
+def recover_from_archive(
+    archive_path: str | Path,
+    *,
+    run_uid: str | None = None,
+    exclude: Iterable[Pixel] = (),
+    pixels: Iterable[Pixel] | None = None,
+    descriptor_uid: str = "",
+    array_name: str = "spectra",
+    swmr: bool = True,
+    wait_s: float = 0.0,
+) -> Iterator[EventDoc]:
+    """Rebuild events from the run archive (HDF5), one row of the grid read at a time.
+
+    Parameters
+    ----------
+    archive_path
+        The run's archive. If it does not exist yet, it is polled for up to ``wait_s`` s.
+    run_uid
+        Expected run uid; a different archive raises :class:`StreamError`.
+    exclude
+        Pixels ``(iy, ix)`` already received (typically :meth:`RunSubscriber.seen_pixels`).
+    pixels
+        Only these pixels (those not measured are skipped); default: every measured pixel.
+    descriptor_uid
+        Descriptor to name in the rebuilt events (the archive does not store descriptors).
+    array_name
+        Name of the ``(n_channels, n_points)`` float32 array in the events.
+    swmr
+        Open in SWMR mode, to read while the scan is still writing.
+    wait_s
+        How long to wait for the file to appear (s).
+
+    Yields
+    ------
+    EventDoc
+        With ``seq = -1`` (not from the wire), in row-major pixel order.
+
+    Raises
+    ------
+    StreamError
+        If the archive belongs to another run. ``ArchiveError`` if it is missing or unreadable.
+    """
+    from stslive.acquisition.archive import open_archive  # h5py only for consumers that recover
+
+    path = Path(archive_path)
+    deadline = time.monotonic() + wait_s
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open_archive(path, swmr=swmr) as reader:
+        if run_uid is not None and reader.run_uid != run_uid:
+            raise StreamError(f"{path} holds run {reader.run_uid!r}, not {run_uid!r}; pass the archive of this run")
+        measured = reader.measured
+        if pixels is None:
+            wanted = missing_pixels(measured, exclude)
+        else:
+            skip = set(exclude)
+            wanted = sorted(p for p in set(pixels) if measured[p] and p not in skip)
+        if not wanted:
+            return
+        meta = reader.pixel_meta  # whole (ny, nx) maps: one read per field, not per pixel
+        by_row: dict[int, list[int]] = collections.defaultdict(list)
+        for iy, ix in wanted:
+            by_row[iy].append(ix)
+        for iy, columns in by_row.items():
+            row = reader.read_pixels(slice(iy, iy + 1), slice(None))[0]
+            for ix in columns:
+                fields = event_fields({name: values[iy, ix].item() for name, values in meta.items()})
+                yield EventDoc(run_uid=reader.run_uid, seq=-1, descriptor_uid=descriptor_uid, ix=ix, iy=iy,
+                               arrays={array_name: row[ix]}, **fields)
