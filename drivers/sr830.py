@@ -1,0 +1,382 @@
+"""Stanford Research SR830 and SR860 lock-in amplifiers over VISA (GPIB, RS232, or a
+GPIB-Ethernet bridge seen as ``TCPIP::host::port::SOCKET`` with ``\\n`` termination).
+
+Written as a lean table driver on pyvisa rather than a wrapper of PyMeasure's ``SR830``/``SR860``:
+those truncate out-of-table values silently (``truncated_discrete_set``), return placeholders
+on aborted reads, and PyMeasure's SR860 sensitivity table is in the wrong order (the SR860
+numbers ``SCAL 0`` = 1 V down to ``SCAL 27`` = 1 nV, the reverse of the SR830's ``SENS``).
+Wrapping would have meant overriding most of it, and adding PyMeasure as a dependency for a
+dozen commands. The tables below are the manuals' (SR830 manual ch. 5; SR860 manual ch. 4):
+
+* SR830: ``SENS`` 2 nV .. 1 V (27 steps, 1-2-5), ``OFLT`` 10 us .. 30 ks (20 steps, 1-3),
+  ``SLVL`` 4 mV .. 5 V rms, ``FREQ`` 1 mHz .. 102 kHz, ``SNAP? 1,2,3,4`` = X, Y, R, theta,
+  status in ``LIAS?`` (overloads, unlock), ``ERRS?`` (hardware errors), ``*ESR?`` (command and
+  execution errors).
+* SR860: ``SCAL`` 1 V .. 1 nV (28 steps), ``OFLT`` 1 us .. 30 ks (22 steps), ``SLVL`` 1 nV .. 2 V,
+  ``FREQ`` 1 mHz .. 500 kHz, ``SNAP? 0,1,2,3``; overloads in ``CUROVLDSTAT?`` (bit 3 reference
+  unlock, bit 4 input range overload, bits 0/1 CH1/CH2 output overload); other set bits are
+  reported by number, never dropped.
+
+Values that are not table entries raise :class:`~stslive.drivers.errors.SafetyLimitError`;
+call :meth:`Setting.nearest_at_least` to round explicitly. Every set is followed by ``*ESR?`` so
+a command the instrument refused raises :class:`~stslive.drivers.errors.ControllerError` at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Mapping
+
+from stslive.drivers.errors import ControllerError, LockInOverload
+from stslive.drivers.protocols import LockInReading, LockInStatus
+from stslive.drivers.scpi import Setting, TextSession, parse_floats, parse_int
+from stslive.drivers.visa import VisaSession, VisaSettings
+
+log = logging.getLogger(__name__)
+
+#: SR830 full-scale sensitivities (V), index = ``SENS i`` (manual p. 5-6): 2 nV .. 1 V.
+SR830_SENSITIVITIES: tuple[float, ...] = (
+    2e-9, 5e-9, 10e-9, 20e-9, 50e-9, 100e-9, 200e-9, 500e-9,
+    1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6,
+    1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 200e-3, 500e-3, 1.0,
+)
+#: SR830 time constants (s), index = ``OFLT i`` (manual p. 5-6): 10 us .. 30 ks.
+SR830_TIME_CONSTANTS: tuple[float, ...] = (
+    10e-6, 30e-6, 100e-6, 300e-6, 1e-3, 3e-3, 10e-3, 30e-3, 100e-3, 300e-3,
+    1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 10e3, 30e3,
+)
+#: SR860 full-scale sensitivities (V), index = ``SCAL i``: 1 V first, 1 nV last.
+SR860_SENSITIVITIES: tuple[float, ...] = (
+    1.0, 500e-3, 200e-3, 100e-3, 50e-3, 20e-3, 10e-3, 5e-3, 2e-3, 1e-3,
+    500e-6, 200e-6, 100e-6, 50e-6, 20e-6, 10e-6, 5e-6, 2e-6, 1e-6,
+    500e-9, 200e-9, 100e-9, 50e-9, 20e-9, 10e-9, 5e-9, 2e-9, 1e-9,
+)
+#: SR860 time constants (s), index = ``OFLT i``: 1 us .. 30 ks.
+SR860_TIME_CONSTANTS: tuple[float, ...] = (1e-6, 3e-6) + SR830_TIME_CONSTANTS
+
+# SR830 LIA status byte (LIAS?), manual p. 5-20.
+LIAS_INPUT_OVERLOAD = 1 << 0
+LIAS_FILTER_OVERLOAD = 1 << 1  # time-constant filter = dynamic reserve overload
+LIAS_OUTPUT_OVERLOAD = 1 << 2
+LIAS_UNLOCK = 1 << 3
+LIAS_RANGE_CHANGE = 1 << 4
+LIAS_TC_CHANGE = 1 << 5
+LIAS_TRIGGER = 1 << 6
+# SR830 error status byte (ERRS?): bit -> name.
+ERRS_NAMES: Mapping[int, str] = MappingProxyType(
+    {1: "battery backup failed", 2: "RAM memory error", 4: "ROM memory error",
+     5: "GPIB fast data transfer aborted", 6: "DSP error", 7: "math error"}
+)
+# IEEE 488.2 standard event status (*ESR?), both models: bit -> name.
+ESR_NAMES: Mapping[int, str] = MappingProxyType(
+    {0: "input queue overflow", 2: "query error (output queue overflow)",
+     4: "execution error (parameter out of range or not allowed)", 5: "command error (unknown command or bad syntax)"}
+)
+# SR860 current overload status (CUROVLDSTAT?).
+CUROVLD_CH1_OUTPUT = 1 << 0
+CUROVLD_CH2_OUTPUT = 1 << 1
+CUROVLD_UNLOCK = 1 << 3
+CUROVLD_INPUT = 1 << 4
+
+
+class LockInWarning(UserWarning):
+    """The lock-in reports a condition worth knowing that does not invalidate the reading
+    by itself (reference unlock, detection range or time constant changed by the instrument)."""
+
+
+def esr_error_names(esr: int) -> tuple[str, ...]:
+    """Names of the error bits set in a ``*ESR?`` byte (power-on and request bits are not errors)."""
+    return tuple(ESR_NAMES[b] for b in sorted(ESR_NAMES) if esr >> b & 1)
+
+
+def _bits(byte: int, names: Mapping[int, str]) -> tuple[str, ...]:
+    return tuple(names.get(b, f"status bit {b}") for b in range(16) if byte >> b & 1)
+
+
+@dataclass(frozen=True)
+class LockInModel:
+    """What differs between the SR830 and the SR860: the command table and the status decoding.
+
+    Parameters
+    ----------
+    name
+        Model name as ``*IDN?`` prints it (``"SR830"``).
+    settings
+        Command table, by setting name.
+    snap_query
+        Query returning ``X, Y, R, theta`` in that order.
+    """
+
+    name: str
+    settings: Mapping[str, Setting]
+    snap_query: str
+
+    def decode_status(self, replies: Mapping[str, int]) -> LockInStatus:
+        """Decode the status registers read with :attr:`status_queries` into a LockInStatus."""
+        esr_errors = esr_error_names(replies["*ESR?"])
+        if self.name == "SR830":
+            lias, errs = replies["LIAS?"], replies["ERRS?"]
+            if lias & (LIAS_RANGE_CHANGE | LIAS_TC_CHANGE):
+                log.info("sr830: the instrument changed its detection range or time constant (LIAS %d)", lias)
+            return LockInStatus(
+                input_overload=bool(lias & LIAS_INPUT_OVERLOAD),
+                reserve_overload=bool(lias & LIAS_FILTER_OVERLOAD),
+                output_overload=bool(lias & LIAS_OUTPUT_OVERLOAD),
+                unlocked=bool(lias & LIAS_UNLOCK),
+                errors=_bits(errs, ERRS_NAMES) + esr_errors,
+            )
+        cur = replies["CUROVLDSTAT?"]
+        known = CUROVLD_CH1_OUTPUT | CUROVLD_CH2_OUTPUT | CUROVLD_UNLOCK | CUROVLD_INPUT
+        unknown = tuple(f"CUROVLDSTAT bit {b}" for b in range(16) if (cur & ~known) >> b & 1)
+        return LockInStatus(
+            input_overload=bool(cur & CUROVLD_INPUT),
+            output_overload=bool(cur & (CUROVLD_CH1_OUTPUT | CUROVLD_CH2_OUTPUT)),
+            unlocked=bool(cur & CUROVLD_UNLOCK),
+            errors=unknown + esr_errors,
+        )
+
+    @property
+    def status_queries(self) -> tuple[str, ...]:
+        """The registers :meth:`decode_status` needs (reading LIAS/ERRS/ESR clears them)."""
+        if self.name == "SR830":
+            return ("LIAS?", "ERRS?", "*ESR?")
+        return ("CUROVLDSTAT?", "*ESR?")
+
+
+def _table(*settings: Setting) -> Mapping[str, Setting]:
+    return MappingProxyType({s.name: s for s in settings})
+
+
+SR830 = LockInModel(
+    name="SR830",
+    snap_query="SNAP? 1,2,3,4",
+    settings=_table(
+        Setting("frequency", "FREQ?", "FREQ {:.6e}", "float", "Hz", "reference frequency", bounds=(1e-3, 102e3)),
+        Setting("amplitude", "SLVL?", "SLVL {:.4f}", "float", "V", "sine output amplitude (rms)", bounds=(0.004, 5.0)),
+        Setting("phase", "PHAS?", "PHAS {:.3f}", "float", "deg", "reference phase shift", bounds=(-360.0, 729.99)),
+        Setting("harmonic", "HARM?", "HARM {:d}", "int", "1", "detection harmonic", bounds=(1, 19999)),
+        Setting("time_constant", "OFLT?", "OFLT {:d}", "index", "s", "output filter time constant",
+                values=SR830_TIME_CONSTANTS),
+        Setting("sensitivity", "SENS?", "SENS {:d}", "index", "V", "full-scale sensitivity",
+                values=SR830_SENSITIVITIES),
+    ),
+)
+
+SR860 = LockInModel(
+    name="SR860",
+    snap_query="SNAP? 0,1,2,3",
+    settings=_table(
+        Setting("frequency", "FREQ?", "FREQ {:.6e}", "float", "Hz", "reference frequency", bounds=(1e-3, 500e3)),
+        Setting("amplitude", "SLVL?", "SLVL {:.6e}", "float", "V", "sine output amplitude (rms)", bounds=(1e-9, 2.0)),
+        Setting("phase", "PHAS?", "PHAS {:.6f}", "float", "deg", "reference phase shift", bounds=(-360000.0, 360000.0)),
+        Setting("harmonic", "HARM?", "HARM {:d}", "int", "1", "detection harmonic", bounds=(1, 99)),
+        Setting("time_constant", "OFLT?", "OFLT {:d}", "index", "s", "output filter time constant",
+                values=SR860_TIME_CONSTANTS),
+        Setting("sensitivity", "SCAL?", "SCAL {:d}", "index", "V", "full-scale sensitivity",
+                values=SR860_SENSITIVITIES),
+    ),
+)
+
+MODELS: Mapping[str, LockInModel] = MappingProxyType({"SR830": SR830, "SR860": SR860})
+
+
+class SrsLockIn:
+    """An SR830 or SR860 on a text session; implements the ``LockIn`` protocol.
+
+    Parameters
+    ----------
+    session
+        The text session (a :class:`~stslive.drivers.visa.VisaSession`, or a test fake).
+    model
+        :data:`SR830` or :data:`SR860`.
+    verify_sets
+        Query ``*ESR?`` after every set and raise ControllerError if the instrument refused it
+        (one extra round trip, ~0.1 ms on a socket).
+
+    Use :func:`open_lockin` to connect; it checks ``*IDN?`` against the model.
+    """
+
+    def __init__(self, session: TextSession, model: LockInModel, *, verify_sets: bool = True) -> None:
+        self.session = session
+        self.model = model
+        self.verify_sets = verify_sets
+
+    # -- generic table access -----------------------------------------------------------------
+    def get(self, name: str) -> float:
+        """Read setting ``name`` of the command table (SI units)."""
+        setting = self._setting(name)
+        return setting.decode(self.session.instrument, self.session.query(setting.query))
+
+    def set(self, name: str, value: float) -> None:
+        """Set ``name``; SafetyLimitError (nothing sent) if out of range or not a table value."""
+        setting = self._setting(name)
+        self.session.write(setting.encode(self.session.instrument, value))
+        if self.verify_sets:
+            self._raise_if_refused(setting.set_format or name)
+
+    def _setting(self, name: str) -> Setting:
+        try:
+            return self.model.settings[name]
+        except KeyError:
+            raise KeyError(f"{self.model.name} has no setting {name!r}; known: {sorted(self.model.settings)}") from None
+
+    def _raise_if_refused(self, what: str) -> None:
+        esr = parse_int(self.session.instrument, self.session.query("*ESR?"), what="*ESR?")
+        refused = esr_error_names(esr)
+        if refused:
+            raise ControllerError(self.session.instrument, "; ".join(refused), command=what.split()[0], code=esr)
+
+    # -- LockIn protocol ----------------------------------------------------------------------
+    def identity(self) -> str:
+        """The ``*IDN?`` line (maker, model, serial, firmware)."""
+        return self.session.query("*IDN?")
+
+    def get_frequency(self) -> float:
+        """Reference frequency (Hz)."""
+        return self.get("frequency")
+
+    def set_frequency(self, hertz: float) -> None:
+        """Set the reference frequency (Hz)."""
+        self.set("frequency", hertz)
+
+    def get_amplitude(self) -> float:
+        """Sine output amplitude (V rms)."""
+        return self.get("amplitude")
+
+    def set_amplitude(self, volts_rms: float) -> None:
+        """Set the sine output amplitude (V rms)."""
+        self.set("amplitude", volts_rms)
+
+    def get_time_constant(self) -> float:
+        """Output filter time constant (s)."""
+        return self.get("time_constant")
+
+    def set_time_constant(self, seconds: float) -> None:
+        """Set the time constant (s); must be a table value (see module docstring)."""
+        self.set("time_constant", seconds)
+
+    def get_sensitivity(self) -> float:
+        """Full-scale sensitivity (V)."""
+        return self.get("sensitivity")
+
+    def set_sensitivity(self, full_scale: float) -> None:
+        """Set the full-scale sensitivity (V); must be a table value."""
+        self.set("sensitivity", full_scale)
+
+    def read(self) -> LockInReading:
+        """X, Y, R (V) and theta (deg) from one ``SNAP?``, i.e. sampled at the same instant."""
+        x, y, r, theta = parse_floats(self.session.instrument, self.session.query(self.model.snap_query),
+                                      what=self.model.snap_query, count=4)
+        return LockInReading(x=x, y=y, r=r, theta_deg=theta)
+
+    def status(self) -> LockInStatus:
+        """Read (and thereby clear) the status registers and decode them."""
+        replies = {q: parse_int(self.session.instrument, self.session.query(q), what=q) for q in self.model.status_queries}
+        return self.model.decode_status(replies)
+
+    def check(self) -> LockInStatus:
+        """:meth:`status`, raising on what makes readings worthless.
+
+        Raises
+        ------
+        LockInOverload
+            Input, reserve or output overload: reduce the signal or raise the sensitivity/reserve.
+        ControllerError
+            The instrument reports errors (hardware or refused commands).
+
+        A reference unlock is issued as a :class:`LockInWarning`.
+        """
+        status = self.status()
+        if status.overloaded:
+            kinds = [k for k, on in (("input", status.input_overload), ("reserve", status.reserve_overload),
+                                     ("output", status.output_overload)) if on]
+            raise LockInOverload(
+                self.session.instrument,
+                f"{' and '.join(kinds)} overload; raise the sensitivity (full scale) or lower the signal, then retake the reading",
+            )
+        if status.errors:
+            raise ControllerError(self.session.instrument, "; ".join(status.errors), command="status")
+        if status.unlocked:
+            warnings.warn(f"{self.model.name}: reference unlocked; readings are not phase-locked", LockInWarning,
+                          stacklevel=2)
+        return status
+
+    def settings(self) -> dict[str, float]:
+        """Every readable setting of the table, by name (SI units)."""
+        return {name: self.get(name) for name in self.model.settings}
+
+    def close(self) -> None:
+        """Release the connection; safe to call twice."""
+        self.session.close()
+
+    def __enter__(self) -> SrsLockIn:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def model_from_identity(identity: str) -> LockInModel:
+    """The model named by an ``*IDN?`` line (``Stanford_Research_Systems,SR830,s/n...,ver...``).
+
+    Raises
+    ------
+    ControllerError
+        If the line names no supported model (wrong address, or another instrument).
+    """
+    fields = [f.strip() for f in identity.split(",")]
+    name = fields[1] if len(fields) >= 2 else ""
+    if name in MODELS:
+        return MODELS[name]
+    raise ControllerError(
+        "lockin", f"*IDN? answered {identity!r}, not an SR830/SR860; check the lock-in address", command="*IDN?"
+    )
+
+
+def open_lockin(settings: VisaSettings, *, model: str | None = None, verify_sets: bool = True) -> SrsLockIn:
+    """Connect to an SR830/SR860 and check its identity.
+
+    Parameters
+    ----------
+    settings
+        Resource string (``GPIB0::8::INSTR``, ``ASRL1::INSTR``, or
+        ``TCPIP::192.168.1.20::1234::SOCKET`` behind a GPIB-Ethernet bridge), timeouts (s) and
+        reconnect policy from the run config. Termination defaults to ``"\\n"`` when unset.
+    model
+        ``"SR830"`` or ``"SR860"`` to insist on; ``None`` accepts what ``*IDN?`` reports.
+    verify_sets
+        See :class:`SrsLockIn`.
+
+    Raises
+    ------
+    InstrumentConnectionError, InstrumentTimeout
+        The instrument cannot be reached.
+    ControllerError
+        Something else answered, or another model than ``model``.
+    """
+    if model is not None and model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
+    session = VisaSession(with_text_termination(settings), instrument="sr830")
+    try:
+        found = model_from_identity(session.query("*IDN?"))
+        if model is not None and found.name != model:
+            raise ControllerError("sr830", f"{settings.resource} is an {found.name}, not the configured {model}",
+                                  command="*IDN?")
+    except BaseException:
+        session.close()
+        raise
+    return SrsLockIn(session, found, verify_sets=verify_sets)
+
+
+def with_text_termination(settings: VisaSettings, termination: str = "\n") -> VisaSettings:
+    """``settings`` with ``termination`` wherever read/write termination is unset (text protocols)."""
+    return dataclasses.replace(
+        settings,
+        read_termination=settings.read_termination if settings.read_termination is not None else termination,
+        write_termination=settings.write_termination if settings.write_termination is not None else termination,
+    )

@@ -1,0 +1,435 @@
+"""A simulated SR830 (or SR860) lock-in on a TCP socket, as seen behind a GPIB-Ethernet bridge.
+
+The real driver reaches it through pyvisa-py (``TCPIP::127.0.0.1::PORT::SOCKET``) and has no
+code path of its own for it. Lines are ``\\n`` terminated; several commands may share a line
+separated by ``;`` as on the real instrument; each query reply is sent in one write with
+``TCP_NODELAY`` set. Like the real SR830, a query the instrument cannot execute gets *no* reply
+and sets a bit of the standard event status register (``*ESR?`` bit 4 execution error, bit 5
+command error); the driver checks ``*ESR?`` after every set.
+
+State lives in a :class:`LockInState` that the mock lab shares: the lab writes the demodulated
+signal (``set_signal``) and reads the modulation amplitude and time constant to broaden the
+simulated spectra; the overload flag may be set by the lab or by a ``lockin_overload`` fault.
+
+Faults (``FaultPlan.on_command("sr830", header)``, header such as ``"OUTP"`` or ``"*IDN"``):
+``delay`` (reply late by ``delay_s``), ``no_reply`` (command dropped), ``connection_drop`` (the
+socket is closed), ``error_reply`` (execution-error bit set, no reply, command not executed).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import re
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
+
+from stslive.drivers.scpi import Setting
+from stslive.drivers.sr830 import (
+    CUROVLD_CH1_OUTPUT,
+    CUROVLD_INPUT,
+    LIAS_INPUT_OVERLOAD,
+    LIAS_OUTPUT_OVERLOAD,
+    MODELS,
+)
+from stslive.mocks.faults import FaultKind, FaultPlan
+
+log = logging.getLogger(__name__)
+
+ESR_EXECUTION_ERROR = 1 << 4
+ESR_COMMAND_ERROR = 1 << 5
+
+
+@dataclass(frozen=True)
+class LockInSettings:
+    """A consistent copy of the lock-in state (SI units) for the lab to read.
+
+    ``bias_divider`` is the attenuation between the sine output and the tip bias (a 1:1000
+    divider is usual), so the modulation the junction sees is
+    ``amplitude_v / bias_divider`` (V rms).
+    """
+
+    model: str = "SR830"
+    frequency_hz: float = 1000.0
+    amplitude_v: float = 1.0
+    phase_deg: float = 0.0
+    harmonic: int = 1
+    time_constant_s: float = 0.1
+    sensitivity_v: float = 1.0
+    bias_divider: float = 1000.0
+    x_v: float = 0.0
+    y_v: float = 0.0
+    overload: bool = False
+
+    @property
+    def modulation_at_bias_v_rms(self) -> float:
+        """Bias modulation at the junction (V rms) = sine output / divider."""
+        return self.amplitude_v / self.bias_divider
+
+
+class LockInState:
+    """Thread-safe lock-in state shared by the SR830 server and the mock lab.
+
+    Parameters
+    ----------
+    model
+        ``"SR830"`` or ``"SR860"``.
+    **initial
+        Initial values of :class:`LockInSettings` fields.
+    """
+
+    def __init__(self, model: str = "SR830", **initial: Any) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
+        self._lock = threading.Lock()
+        self._settings = LockInSettings(model=model, **initial)
+        self._lias_latched = 0
+        self._esr = 0
+
+    def snapshot(self) -> LockInSettings:
+        """The present settings and signal, as one consistent frozen copy."""
+        with self._lock:
+            return self._settings
+
+    def update(self, **changes: Any) -> LockInSettings:
+        """Change fields of :class:`LockInSettings` atomically; returns the new snapshot."""
+        with self._lock:
+            self._settings = replace(self._settings, **changes)
+            return self._settings
+
+    def set_signal(self, x_v: float, y_v: float) -> None:
+        """The demodulated signal the lock-in now sees (V); written by the lab per point."""
+        self.update(x_v=float(x_v), y_v=float(y_v))
+
+    def set_overload(self, on: bool) -> None:
+        """Hold (or release) an input overload; the status bits latch while it holds."""
+        self.update(overload=bool(on))
+
+    def flag_esr(self, bits: int) -> None:
+        """Set standard-event status bits (command/execution error)."""
+        with self._lock:
+            self._esr |= bits
+
+    def take_esr(self) -> int:
+        """Read and clear ``*ESR?``, as the instrument does."""
+        with self._lock:
+            esr, self._esr = self._esr, 0
+            return esr
+
+    def take_overload_bits(self, *, overload: bool) -> int:
+        """Read and clear the latched overload bits (``LIAS?`` / ``CUROVLDSTAT?`` layout of the model).
+
+        Bits are set for an input overload (``overload``) and for an output overload (|X| or |Y|
+        above the full-scale sensitivity); the SR830 latches them until read, the SR860 reports
+        the present condition.
+        """
+        with self._lock:
+            s = self._settings
+            out_of_range = max(abs(s.x_v), abs(s.y_v)) > s.sensitivity_v
+            if s.model == "SR830":
+                now = (LIAS_INPUT_OVERLOAD if overload else 0) | (LIAS_OUTPUT_OVERLOAD if out_of_range else 0)
+                bits, self._lias_latched = self._lias_latched | now, 0
+                return bits
+            return (CUROVLD_INPUT if overload else 0) | (CUROVLD_CH1_OUTPUT if out_of_range else 0)
+
+    def clear(self) -> None:
+        """``*CLS``: clear the status registers."""
+        with self._lock:
+            self._esr = 0
+            self._lias_latched = 0
+
+
+# -- a threaded line server shared by the text-protocol mocks ----------------------------------
+_HEADER = re.compile(r"^\s*(\*?[A-Za-z]+)(\?)?\s*(.*?)\s*$")
+
+
+def split_command(command: str) -> tuple[str, bool, list[str]]:
+    """``"OUTP? 1"`` -> (``"OUTP"``, True, [``"1"``]); header upper-cased, arguments stripped."""
+    match = _HEADER.match(command)
+    if match is None:
+        return command.strip().upper(), False, []
+    header, query, rest = match.groups()
+    args = [a.strip() for a in rest.split(",")] if rest else []
+    return header.upper(), query is not None, args
+
+
+class CommandRefused(Exception):
+    """Raised by a handler when the simulated instrument would refuse a command."""
+
+    def __init__(self, esr_bits: int) -> None:
+        super().__init__(esr_bits)
+        self.esr_bits = esr_bits
+
+
+class LineServer(abc.ABC):
+    """Threaded TCP server for ``\\n``-terminated text instruments, with fault injection.
+
+    Subclasses implement :meth:`execute` (one command -> reply line or None) and
+    :meth:`refuse` (what the instrument does with a refused command).
+
+    Parameters
+    ----------
+    instrument
+        Name used for fault lookup (``"sr830"``, ``"ls372"``).
+    host, port
+        Where to listen; port 0 picks a free port (see :attr:`address`).
+    faults
+        The fault plan; ``None`` for a fault-free instrument.
+    reply_termination
+        Appended to every reply.
+    """
+
+    def __init__(self, instrument: str, *, host: str = "127.0.0.1", port: int = 0,
+                 faults: FaultPlan | None = None, reply_termination: str = "\n") -> None:
+        self.instrument = instrument
+        self.faults = faults
+        self.reply_termination = reply_termination
+        self._host, self._port = host, port
+        self._server: socketserver.ThreadingTCPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+
+    # -- subclass interface ----------------------------------------------------------------
+    @abc.abstractmethod
+    def execute(self, header: str, is_query: bool, args: list[str]) -> str | None:
+        """Run one command; return the reply line for a query. Raise CommandRefused to refuse."""
+
+    def refuse(self, esr_bits: int) -> None:
+        """Record a refused command in the instrument's status (default: nothing)."""
+
+    def split(self, line: str) -> list[str]:
+        """Commands on one received line (``;``-separated by default)."""
+        return [c for c in line.split(";") if c.strip()]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually bound; the server must be started."""
+        if self._server is None:
+            raise RuntimeError(f"{self.instrument} server not started; call start() first")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def resource(self) -> str:
+        """The VISA resource string that reaches this server."""
+        host, port = self.address
+        return f"TCPIP::{host}::{port}::SOCKET"
+
+    def start(self) -> LineServer:
+        """Bind and serve in a daemon thread; returns self."""
+        if self._server is not None:
+            return self
+        owner = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                owner._serve_connection(self.request)
+
+        server = socketserver.ThreadingTCPServer((self._host, self._port), Handler, bind_and_activate=False)
+        server.allow_reuse_address = True
+        server.daemon_threads = True
+        server.server_bind()
+        server.server_activate()
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"{self.instrument}-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close every open connection; safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._conn_lock:
+            conns, self._connections = set(self._connections), set()
+        for conn in conns:
+            _close_quietly(conn)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> LineServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- per connection --------------------------------------------------------------------
+    def _serve_connection(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._conn_lock:
+            self._connections.add(conn)
+        buffer = b""
+        try:
+            while True:
+                try:
+                    chunk = conn.recv(4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffer += chunk
+                while b"\n" in buffer:
+                    raw, buffer = buffer.split(b"\n", 1)
+                    line = raw.decode("ascii", errors="replace").strip("\r ")
+                    for command in self.split(line):
+                        if not self._serve_command(conn, command):
+                            return
+        finally:
+            with self._conn_lock:
+                self._connections.discard(conn)
+            _close_quietly(conn)
+
+    def _serve_command(self, conn: socket.socket, command: str) -> bool:
+        """Handle one command; False when the connection is to be closed."""
+        header, is_query, args = split_command(command)
+        fault = self.faults.on_command(self.instrument, header) if self.faults is not None else None
+        if fault is not None:
+            log.info("%s: fault %s on %r", self.instrument, fault.kind.value, command)
+            if fault.kind is FaultKind.CONNECTION_DROP:
+                return False
+            if fault.kind is FaultKind.NO_REPLY:
+                return True
+            if fault.kind is FaultKind.ERROR_REPLY:
+                self.refuse(ESR_EXECUTION_ERROR)
+                return True
+            if fault.kind is FaultKind.DELAY:
+                time.sleep(float(fault.params["delay_s"]))
+        try:
+            reply = self.execute(header, is_query, args)
+        except CommandRefused as refused:
+            log.info("%s: refused %r", self.instrument, command)
+            self.refuse(refused.esr_bits)
+            return True
+        if reply is not None:
+            try:
+                conn.sendall((reply + self.reply_termination).encode("ascii"))  # one write per reply
+            except OSError:
+                return False
+        return True
+
+
+def _close_quietly(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # the peer may already be gone; close() below still releases the descriptor
+    conn.close()
+
+
+# -- the SR830 / SR860 ---------------------------------------------------------------------------
+# Which LockInSettings field each table setting lives in.
+_FIELDS = {"frequency": "frequency_hz", "amplitude": "amplitude_v", "phase": "phase_deg", "harmonic": "harmonic",
+           "time_constant": "time_constant_s", "sensitivity": "sensitivity_v"}
+
+
+class SR830Server(LineServer):
+    """Simulated SR830/SR860 lock-in over TCP (see the module docstring).
+
+    Parameters
+    ----------
+    state
+        The shared :class:`LockInState` (a fresh SR830 by default).
+    host, port, faults
+        As for :class:`LineServer`.
+    serial
+        Serial number printed by ``*IDN?``.
+    """
+
+    def __init__(self, state: LockInState | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 faults: FaultPlan | None = None, serial: str = "s/n86001") -> None:
+        super().__init__("sr830", host=host, port=port, faults=faults)
+        self.state = state if state is not None else LockInState()
+        self.serial = serial
+        self.model = MODELS[self.state.snapshot().model]
+        self._by_header = {s.query.rstrip("?"): s for s in self.model.settings.values()}
+        self._outputs = _output_table(self.model.name)
+
+    def refuse(self, esr_bits: int) -> None:
+        self.state.flag_esr(esr_bits)
+
+    def _overloaded(self) -> bool:
+        if self.state.snapshot().overload:
+            return True
+        plan = self.faults
+        return plan is not None and plan.active(FaultKind.LOCKIN_OVERLOAD, spectrum=plan.spectrum) is not None
+
+    def execute(self, header: str, is_query: bool, args: list[str]) -> str | None:
+        s = self.state.snapshot()
+        if header == "*IDN" and is_query:
+            return f"Stanford_Research_Systems,{s.model},{self.serial},ver1.07"
+        if header == "*ESR" and is_query:
+            return str(self.state.take_esr())
+        if header == "*CLS" and not is_query:
+            self.state.clear()
+            return None
+        if header in self._by_header:
+            return self._setting(self._by_header[header], s, is_query, args)
+        if header == "OUTP" and is_query and len(args) == 1:
+            return _fmt(self._output(s, args[0]))
+        if header == "SNAP" and is_query and 2 <= len(args) <= 6:
+            return ",".join(_fmt(self._output(s, a)) for a in args)
+        status_query = {"SR830": "LIAS", "SR860": "CUROVLDSTAT"}[s.model]
+        if header == status_query and is_query and not args:
+            return str(self.state.take_overload_bits(overload=self._overloaded()))
+        if header == "ERRS" and is_query and not args and s.model == "SR830":
+            return "0"
+        raise CommandRefused(ESR_COMMAND_ERROR)
+
+    def _output(self, s: LockInSettings, arg: str) -> float:
+        try:
+            return self._outputs[int(arg)](s)
+        except (ValueError, KeyError):
+            raise CommandRefused(ESR_EXECUTION_ERROR) from None
+
+    def _setting(self, setting: Setting, s: LockInSettings, is_query: bool, args: list[str]) -> str | None:
+        name = _FIELDS[setting.name]
+        value = getattr(s, name)
+        if is_query:
+            if args:
+                raise CommandRefused(ESR_COMMAND_ERROR)
+            if setting.kind == "index":
+                return str(setting.values.index(value))
+            return str(int(value)) if setting.kind == "int" else _fmt(value)
+        if len(args) != 1:
+            raise CommandRefused(ESR_COMMAND_ERROR)
+        try:
+            number = float(args[0])
+        except ValueError:
+            raise CommandRefused(ESR_COMMAND_ERROR) from None
+        if setting.kind == "index":
+            if number != int(number) or not 0 <= number < len(setting.values):
+                raise CommandRefused(ESR_EXECUTION_ERROR)
+            self.state.update(**{name: setting.values[int(number)]})
+            return None
+        assert setting.bounds is not None
+        if not setting.bounds[0] <= number <= setting.bounds[1] or (setting.kind == "int" and number != int(number)):
+            raise CommandRefused(ESR_EXECUTION_ERROR)
+        self.state.update(**{name: int(number) if setting.kind == "int" else number})
+        return None
+
+
+def _output_table(model: str) -> dict[int, Callable[[LockInSettings], float]]:
+    x: Callable[[LockInSettings], float] = lambda s: s.x_v
+    y: Callable[[LockInSettings], float] = lambda s: s.y_v
+    r: Callable[[LockInSettings], float] = lambda s: math.hypot(s.x_v, s.y_v)
+    theta: Callable[[LockInSettings], float] = lambda s: math.degrees(math.atan2(s.y_v, s.x_v))
+    if model == "SR830":  # SNAP?/OUTP? parameters 1..4 = X, Y, R, theta; 9 = reference frequency
+        return {1: x, 2: y, 3: r, 4: theta, 9: lambda s: s.frequency_hz}
+    return {0: x, 1: y, 2: r, 3: theta}  # SR860 counts from 0
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6e}"
