@@ -1,0 +1,197 @@
+"""One read-only view of spectra files, whatever wrote them: stslive archives and Nanonis ``.3ds``.
+
+Offline analysis and replay use only :func:`open_spectra`; they never need to know the format.
+Channels are picked by name: the current (default: the first "Current" channel that is not a
+backward sweep) and, optionally, a lock-in dI/dV channel (default: the first of the usual
+Nanonis and external lock-in names present).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from stslive.acquisition.archive import ArchiveReader, open_archive
+from stslive.acquisition.nanonis3ds import NanonisGrid, open_3ds
+from stslive.acquisition.runmodel import GridGeometry
+from stslive.drivers.errors import AnalysisError, FileFormatError
+
+#: Lock-in channel names tried in order when none is given.
+LOCKIN_CANDIDATES: tuple[str, ...] = ("LI Demod 1 X (A)", "LIX 1 omega (A)", "Lock-in X (A)", "Input 2 (V)")
+
+
+@dataclass(frozen=True)
+class SpectraBlock:
+    """A block of grid rows.
+
+    Attributes
+    ----------
+    rows : slice
+        Grid rows covered.
+    current : ndarray
+        ``(rows, nx, n_points)`` float32, A (NaN where unmeasured).
+    lockin : ndarray or None
+        ``(rows, nx, n_points)`` float32 in the channel's unit, or None.
+    measured : ndarray
+        ``(rows, nx)`` bool.
+    bias : ndarray
+        ``(n_points,)`` when every pixel shares the sweep, else ``(rows, nx, n_points)`` (V).
+    """
+
+    rows: slice
+    current: np.ndarray
+    lockin: np.ndarray | None
+    measured: np.ndarray
+    bias: np.ndarray
+
+
+def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
+    if wanted is not None:
+        if wanted not in names:
+            raise AnalysisError(f"{path}: no {what} channel {wanted!r}; channels are {names}")
+        return wanted
+    return next((c for c in candidates if c in names), None)
+
+
+class SpectraSource:
+    """Read-only spectra of one file; build with :func:`open_spectra`."""
+
+    def __init__(self, path: Path, backend: ArchiveReader | NanonisGrid, *, current: str | None,
+                 lockin: str | None) -> None:
+        self.path = path
+        self._b = backend
+        self.kind = "stslive" if isinstance(backend, ArchiveReader) else "nanonis3ds"
+        self.channel_names: list[str] = list(backend.channel_names)
+        currents = tuple(n for n in self.channel_names if n.startswith("Current") and "[bwd]" not in n)
+        picked = _pick(self.channel_names, current, currents, "current", path)
+        if picked is None:
+            raise AnalysisError(f"{path}: no current channel among {self.channel_names}; pass current=NAME")
+        self.current_channel: str = picked
+        self.lockin_channel: str | None = _pick(self.channel_names, lockin, LOCKIN_CANDIDATES, "lock-in", path)
+        if isinstance(backend, ArchiveReader):
+            self.sweep_signal = "Bias (V)"
+            self._start, self._end = self._archive_sweeps(backend)
+        else:
+            self.sweep_signal = backend.sweep_signal
+            self._start, self._end = backend.parameter("Sweep Start"), backend.parameter("Sweep End")
+        done = self.measured
+        starts, ends = self._start[done], self._end[done]
+        self.bias_per_pixel = bool(starts.size) and bool(np.ptp(starts) > 0 or np.ptp(ends) > 0)
+
+    @staticmethod
+    def _archive_sweeps(ar: ArchiveReader) -> tuple[np.ndarray, np.ndarray]:
+        ids = ar.pixel_meta["setpoint_set_id"]
+        start = np.full(ids.shape, ar.bias[0])
+        end = np.full(ids.shape, ar.bias[-1])
+        for sid, s in ar.setpoint_sets.items():
+            start[ids == sid], end[ids == sid] = s.sweep_start_V, s.sweep_end_V
+        return start, end
+
+    # description
+    @property
+    def is_bias_sweep(self) -> bool:
+        return self.sweep_signal.startswith("Bias")
+
+    def require_bias_sweep(self) -> None:
+        """AnalysisError unless the sweep is the bias (a Z or other sweep cannot give Delta, alpha)."""
+        if not self.is_bias_sweep:
+            raise AnalysisError(f"{self.path}: the sweep signal is {self.sweep_signal!r}, not the bias; "
+                                "gap and AA-exponent analysis needs bias spectroscopy")
+
+    @property
+    def geometry(self) -> GridGeometry:
+        return self._b.geometry
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.geometry.shape
+
+    @property
+    def n_points(self) -> int:
+        return int(self._b.n_points)
+
+    @property
+    def pixel_size_m(self) -> tuple[float, float]:
+        return self.geometry.pixel_size_m
+
+    @property
+    def measured(self) -> np.ndarray:
+        return np.asarray(self._b.measured, dtype=bool)
+
+    @property
+    def bias(self) -> np.ndarray:
+        """Nominal sweep axis ``(n_points,)`` (the first measured pixel's for a .3ds)."""
+        if isinstance(self._b, ArchiveReader):
+            return self._b.bias
+        return self._b.nominal_sweep()
+
+    def bias_for(self, rows: slice) -> np.ndarray:
+        """Per-pixel sweep axes ``(rows, nx, n_points)`` (float64)."""
+        frac = np.linspace(0.0, 1.0, self.n_points)
+        s, e = self._start[rows, :, None], self._end[rows, :, None]
+        return s + (e - s) * frac
+
+    @property
+    def topography(self) -> np.ndarray | None:
+        """Topography (m) when the file has one (archives), else None."""
+        return self._b.topography if isinstance(self._b, ArchiveReader) else None
+
+    @property
+    def ground_truth(self) -> dict[str, np.ndarray] | None:
+        """Simulation ground truth maps, None when the file has none."""
+        if isinstance(self._b, ArchiveReader):
+            return self._b.ground_truth or None
+        return None
+
+    # data
+    def read_block(self, rows: slice) -> SpectraBlock:
+        """Current (and lock-in) spectra of grid rows ``rows``."""
+        names = [self.current_channel] + ([self.lockin_channel] if self.lockin_channel else [])
+        data = (self._b.read_pixels(rows, slice(None), names) if isinstance(self._b, ArchiveReader)
+                else self._b.read_block(rows, names))
+        bias = self.bias_for(rows) if self.bias_per_pixel else self.bias
+        return SpectraBlock(rows=rows, current=data[:, :, 0], lockin=data[:, :, 1] if self.lockin_channel else None,
+                            measured=self.measured[rows], bias=bias)
+
+    def iter_blocks(self, *, max_bytes: int = 64 * 2**20) -> Iterator[SpectraBlock]:
+        """Blocks of whole rows, each of at most ``max_bytes`` of spectra (at least one row)."""
+        per_row = self.shape[1] * self.n_points * 4 * (2 if self.lockin_channel else 1)
+        step = max(1, int(max_bytes // per_row))
+        for start in range(0, self.shape[0], step):
+            yield self.read_block(slice(start, min(self.shape[0], start + step)))
+
+    def close(self) -> None:
+        self._b.close()
+
+    def __enter__(self) -> SpectraSource:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def open_spectra(path: str | os.PathLike[str], *, current: str | None = None,
+                 lockin: str | None = None) -> SpectraSource:
+    """Open an stslive archive (HDF5) or a Nanonis ``.3ds`` grid as a :class:`SpectraSource`.
+
+    The format is recognised by content (HDF5 signature), not by the file name. Unknown channel
+    names raise AnalysisError listing the channels; unreadable files raise the format's
+    FileFormatError (ArchiveError or NanonisFileError).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(path, "no such file; check the path")
+    with open(path, "rb") as fh:
+        is_hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    backend: ArchiveReader | NanonisGrid = open_archive(path, swmr=True) if is_hdf5 else open_3ds(path)
+    try:
+        return SpectraSource(path, backend, current=current, lockin=lockin)
+    except BaseException:
+        backend.close()
+        raise
