@@ -1,0 +1,155 @@
+"""Periodic correlations of paper Appendix A and the two correlation-length rules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stslive.drivers.errors import AnalysisError
+from stslive.live import correlations as cr
+
+NM = 1e-9
+
+
+def gaussian_field(shape: tuple[int, int], kernel_sigma_px: float, seed: int) -> np.ndarray:
+    """White noise smoothed by a periodic Gaussian of std s: covariance exp(-r^2 / 4 s^2), 1/e at r = 2 s."""
+    rng = np.random.default_rng(seed)
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.fftfreq(shape[1])[None, :]
+    transfer = np.exp(-2 * math.pi**2 * kernel_sigma_px**2 * (ky**2 + kx**2))
+    return np.fft.ifft2(np.fft.fft2(rng.standard_normal(shape)) * transfer).real
+
+
+def brute_force(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Eq. (A2) literally: sum_r' (X(r') - <X>)(Y(r' - r) - <Y>) / (N sigma_X sigma_Y), periodic."""
+    dx, dy = x - x.mean(), y - y.mean()
+    out = np.empty(x.shape)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = np.sum(dx * np.roll(dy, (i, j), axis=(0, 1)))
+    return out / (x.size * x.std() * y.std())
+
+
+def test_fft_equals_the_definition_on_a_small_grid() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((5, 7)), rng.standard_normal((5, 7))
+    np.testing.assert_allclose(cr.correlation_map(x, y), brute_force(x, y), atol=1e-12)
+    np.testing.assert_allclose(cr.correlation_map(x), brute_force(x, x), atol=1e-12)
+
+
+def test_white_noise_is_a_delta_at_zero() -> None:
+    noise = np.random.default_rng(1).standard_normal((128, 96)).astype(np.float32)
+    rho = cr.correlation_map(noise)
+    assert rho.dtype == np.float32
+    assert rho[0, 0] == pytest.approx(1.0, abs=1e-6)
+    off = np.abs(rho.ravel()[1:])
+    assert off.max() < 5 / math.sqrt(noise.size)  # each lag ~ N(0, 1/N)
+    report = cr.correlation_report(noise, noise, pixel_size_m=NM)
+    assert report["l_delta_noise_nm"] is not None and report["l_delta_noise_nm"] <= 1.5
+    assert report["noise_band_delta"] == pytest.approx(2 / math.sqrt(noise.size), rel=0.2)
+
+
+@pytest.mark.parametrize("kernel_sigma_px", [2.0, 4.0])
+def test_gaussian_covariance_gives_its_1e_length(kernel_sigma_px: float) -> None:
+    field = gaussian_field((512, 512), kernel_sigma_px, seed=2)
+    profile = cr.radial_profile(cr.correlation_map(field), pixel_size_m=0.5 * NM)
+    expected = 2 * kernel_sigma_px * 0.5 * NM
+    assert cr.correlation_length_1e(profile) == pytest.approx(expected, rel=0.03)
+
+
+def test_cross_with_negative_is_minus_one_and_uses_abs_profile() -> None:
+    field = gaussian_field((128, 128), 3.0, seed=3)
+    assert cr.correlation_map(field, -field)[0, 0] == pytest.approx(-1.0, abs=1e-12)
+    report = cr.correlation_report(field, -field, pixel_size_m=NM)
+    assert report["rho_cross_0"] == pytest.approx(-1.0, abs=1e-12)
+    assert report["l_cross_nm"] == pytest.approx(report["l_delta_nm"], rel=1e-9)
+    assert report["l_cross_noise_nm"] == pytest.approx(report["l_delta_noise_nm"], rel=1e-9)
+
+
+def test_periodic_shift_invariance() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((32, 40)), rng.standard_normal((32, 40))
+    base = cr.correlation_map(x, y)
+    shift = (7, -13)
+    moved_both = cr.correlation_map(np.roll(x, shift, axis=(0, 1)), np.roll(y, shift, axis=(0, 1)))
+    np.testing.assert_allclose(moved_both, base, atol=1e-12)
+    # shifting X alone by s moves every correlation to lag r + s
+    moved_x = cr.correlation_map(np.roll(x, shift, axis=(0, 1)), y)
+    np.testing.assert_allclose(moved_x, np.roll(base, shift, axis=(0, 1)), atol=1e-12)
+
+
+def test_nan_pixels_use_pair_counts() -> None:
+    field = gaussian_field((256, 256), 3.0, seed=5)
+    full = cr.correlation_length_1e(cr.radial_profile(cr.correlation_map(field), pixel_size_m=NM))
+    holed = field.copy()
+    holed[np.random.default_rng(6).random(field.shape) < 0.2] = np.nan
+    rho = cr.correlation_map(holed)
+    assert rho[0, 0] == pytest.approx(1.0, abs=1e-12)  # zero lag: only measured pixels pair
+    masked = cr.correlation_length_1e(cr.radial_profile(rho, pixel_size_m=NM))
+    assert masked == pytest.approx(full, rel=0.03)
+    # a run stopped early: the unmeasured rows are excluded, not zeros that dilute rho
+    stopped = field.copy()
+    stopped[200:] = np.nan
+    # horizontal lags pair only measured rows: exactly the correlation of the measured block
+    assert cr.correlation_map(stopped)[0, 1] == pytest.approx(cr.correlation_map(field[:200])[0, 1], abs=1e-12)
+
+
+def test_sparse_lags_become_nan() -> None:
+    x = np.full((8, 8), np.nan)
+    x[0, :4] = [1.0, 2.0, 0.0, 3.0]
+    rho = cr.correlation_map(x, min_pair_fraction=0.5)
+    assert rho[0, 0] == pytest.approx(1.0) and np.isnan(rho[4, 4])
+
+
+def test_radial_profile_of_a_known_function() -> None:
+    shape = (64, 48)
+    radius = cr.lag_radius_m(shape, pixel_size_m=(2 * NM, 1 * NM))
+    assert radius[0, 0] == 0 and radius[1, 0] == pytest.approx(2 * NM) and radius[-1, -1] == pytest.approx(math.hypot(2, 1) * NM)
+    profile = cr.radial_profile(np.exp(-radius / (10 * NM)), pixel_size_m=(2 * NM, 1 * NM))
+    assert profile.radius_m[0] == 0 and profile.count[0] == 1
+    assert profile.radius_m.max() <= 24 * NM  # half the shorter side (48 px * 1 nm)
+    np.testing.assert_allclose(profile.value, np.exp(-profile.radius_m / (10 * NM)), rtol=0.02)
+    assert cr.correlation_length_1e(profile) == pytest.approx(10 * NM, rel=0.02)
+
+
+def test_noise_rule_is_longer_than_1e_for_a_correlated_field() -> None:
+    field = gaussian_field((256, 256), 3.0, seed=7)
+    other = gaussian_field((256, 256), 3.0, seed=8)
+    report = cr.correlation_report(field, other, pixel_size_m=NM, topography=other)
+    assert report["l_delta_nm"] is not None and report["l_delta_noise_nm"] is not None
+    assert report["l_delta_noise_nm"] > report["l_delta_nm"]
+    # two independent fields: the cross profile sits inside its noise band already at 0 or near it
+    assert abs(report["rho_cross_0"]) < report["noise_band_cross"] * 1.5
+    assert report["rho_delta_topo_0"] == pytest.approx(report["rho_cross_0"])
+
+
+def test_report_keys_and_none_topography() -> None:
+    field = gaussian_field((64, 64), 2.0, seed=9)
+    report = cr.correlation_report(field, 0.5 * field + gaussian_field((64, 64), 2.0, seed=10), pixel_size_m=NM)
+    assert set(report) == {
+        "l_delta_nm", "l_alpha_nm", "l_cross_nm", "l_delta_noise_nm", "l_alpha_noise_nm", "l_cross_noise_nm",
+        "noise_band_delta", "noise_band_alpha", "noise_band_cross", "rho_cross_0", "rho_delta_topo_0",
+    }
+    assert report["rho_delta_topo_0"] is None
+    assert 0.2 < report["rho_cross_0"] < 0.8
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "match"),
+    [
+        (np.ones((4, 4)), None, "constant"),
+        (np.zeros(5), None, "2D"),
+        (np.random.default_rng(0).random((4, 4)), np.random.default_rng(1).random((4, 5)), "shape"),
+        (np.full((4, 4), np.nan), None, "finite"),
+    ],
+)
+def test_bad_maps_are_refused(x: np.ndarray, y: np.ndarray | None, match: str) -> None:
+    with pytest.raises(AnalysisError, match=match):
+        cr.correlation_map(x, y)
+
+
+def test_bad_pixel_size_is_refused() -> None:
+    with pytest.raises(AnalysisError, match="pixel_size_m"):
+        cr.radial_profile(np.ones((4, 4)), pixel_size_m=0.0)
