@@ -14,13 +14,17 @@ The transport is not here: drivers talk to a :class:`TextSession` (in production
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from stslive.drivers.errors import InstrumentReplyError, SafetyLimitError
+
+if TYPE_CHECKING:  # visa imports pyvisa; the tables and parsers must load without it
+    from stslive.drivers.visa import VisaSettings
 
 # One number as instruments print it: sign, digits, optional fraction and exponent.
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -174,3 +178,12 @@ class TextSession(Protocol):
 def describe(settings: Sequence[Setting]) -> list[str]:
     """One line per setting: name, unit, query and doc (for help texts and the CLI)."""
     return [f"{s.name} [{s.unit}] ({s.query}): {s.doc}" for s in settings]
+
+
+def with_text_termination(settings: VisaSettings, termination: str = "\n") -> VisaSettings:
+    """``settings`` with ``termination`` wherever read/write termination is unset (text protocols)."""
+    return dataclasses.replace(
+        settings,
+        read_termination=settings.read_termination if settings.read_termination is not None else termination,
+        write_termination=settings.write_termination if settings.write_termination is not None else termination,
+    )

@@ -24,7 +24,6 @@ a command the instrument refused raises :class:`~stslive.drivers.errors.Controll
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Mapping
 
 from stslive.drivers.errors import ControllerError, LockInOverload
 from stslive.drivers.protocols import LockInReading, LockInStatus
-from stslive.drivers.scpi import Setting, TextSession, parse_floats, parse_int
+from stslive.drivers.scpi import Setting, TextSession, parse_floats, parse_int, with_text_termination
 from stslive.drivers.visa import VisaSession, VisaSettings
 
 log = logging.getLogger(__name__)
@@ -372,11 +371,3 @@ def open_lockin(settings: VisaSettings, *, model: str | None = None, verify_sets
         raise
     return SrsLockIn(session, found, verify_sets=verify_sets)
 
-
-def with_text_termination(settings: VisaSettings, termination: str = "\n") -> VisaSettings:
-    """``settings`` with ``termination`` wherever read/write termination is unset (text protocols)."""
-    return dataclasses.replace(
-        settings,
-        read_termination=settings.read_termination if settings.read_termination is not None else termination,
-        write_termination=settings.write_termination if settings.write_termination is not None else termination,
-    )
