@@ -437,5 +437,6 @@ def transverse_thouless_energy_K(*, diffusion_m2_s: ArrayLike, thickness_m: Arra
     thickness_m
         Film thickness d in metres (paper: 2.1 nm).
     """
-    energy_eV = HBAR_EV_S * _positive("diffusion_m2_s", diffusion_m2_s) * (np.pi / _positive("thickness_m", thickness_m)) ** 2
+    wavenumber = np.pi / _positive("thickness_m", thickness_m)
+    energy_eV = HBAR_EV_S * _positive("diffusion_m2_s", diffusion_m2_s) * wavenumber**2
     return energy_eV / K_B_EV_PER_K

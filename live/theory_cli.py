@@ -105,7 +105,8 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, float]:
         try:
             number = float(text)
         except ValueError:
-            raise ConfigError(f"--set {key}={text!r}: not a number. Give a positive number in {INPUTS[key].unit or 'units of 1'}.") from None
+            unit = INPUTS[key].unit or "units of 1"
+            raise ConfigError(f"--set {key}={text!r}: not a number. Give a positive number in {unit}.") from None
         if not (math.isfinite(number) and number > 0.0):
             raise ConfigError(f"--set {key}={text}: must be a finite number > 0 ({INPUTS[key].doc}).")
         values[key] = number
@@ -115,37 +116,45 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, float]:
 def evaluate(inputs: Mapping[str, float]) -> list[Quantity]:
     """Every theory quantity of PHYSICS.md for ``inputs`` (keys of :data:`INPUTS`, display units)."""
     v = {key: float(inputs[key]) for key in INPUTS}
-    bias_V = v["bias_mV"] * 1e-3
+    bias_V, gap_eV = v["bias_mV"] * 1e-3, v["gap_meV"] * 1e-3
     diffusion = v["diffusion_cm2_s"] * 1e-4
-    l_alpha = v["l_alpha_nm"] * 1e-9
-    gap_eV = v["gap_meV"] * 1e-3
+    r_max, r_normal = v["r_sq_max_ohm"], v["r_sq_normal_ohm"]
     tau = float(th.elastic_scattering_time_s(mean_free_path_m=v["mean_free_path_nm"] * 1e-9, diffusion_m2_s=diffusion))
-    b3 = {"r_sq_ohm": v["r_sq_max_ohm"], "hbar_omega0_eV": v["hbar_omega0_eV"], "tau_s": tau}
-    eq2 = {"bias_V": bias_V, "diffusion_m2_s": diffusion, "l_alpha_m": l_alpha}
+    b3 = {"r_sq_ohm": r_max, "hbar_omega0_eV": v["hbar_omega0_eV"], "tau_s": tau}
+    eq2 = {"bias_V": bias_V, "diffusion_m2_s": diffusion, "l_alpha_m": v["l_alpha_nm"] * 1e-9}
     log3 = {"hbar_omega_D_K": v["hbar_omega_D_K"], "gap_K": v["gap_K"]}
+    alpha = float(th.aa_exponent(r_max, bias_V=bias_V, hbar_omega0_eV=v["hbar_omega0_eV"]))
     sigma_rho = float(th.sheet_resistance_shift(v["sigma_alpha"], **eq2))
-    three_gi_ratio = float(th.mean_field_tc_ratio(v["r_sq_normal_ohm"]))
+    xi_m = float(th.coherence_length_m(diffusion_m2_s=diffusion, gap_eV=gap_eV))
+    q_d = float(th.debye_momentum_per_m(hbar_omega_D_K=v["hbar_omega_D_K"], diffusion_m2_s=diffusion))
+    thouless = float(th.transverse_thouless_energy_K(diffusion_m2_s=diffusion, thickness_m=v["thickness_nm"] * 1e-9))
+    Q = Quantity
     return [
-        Quantity("r_q", "resistance quantum R_Q = h/e^2", th.resistance_quantum_ohm() / 1e3, "kOhm", 25.8, "CODATA"),
-        Quantity("alpha_eq1", "AA exponent alpha(V)", float(th.aa_exponent(v["r_sq_max_ohm"], bias_V=bias_V, hbar_omega0_eV=v["hbar_omega0_eV"])), "", 0.29, "(1)", "measured mean 0.35"),
-        Quantity("alpha_b3", "alpha(eV) = -dS_homo/dlnE", float(th.aa_exponent_from_action(bias_V, **b3)), "", 0.29, "(B3)", "must equal Eq. (1)"),
-        Quantity("s_homo", "S_homo(eV)", float(th.action_homogeneous(bias_V, **b3)), "", None, "(B3)"),
-        Quantity("dos_ratio", "nu(eV)/nu_0 = exp(-S_homo)", float(th.dos_suppression(bias_V, **b3)), "", None, "(B3)"),
-        Quantity("tau", "elastic scattering time tau = l^2/3D", tau * 1e15, "fs", 1.7, "Sec. II"),
-        Quantity("hbar_over_tau", "hbar/tau", th.HBAR_EV_S / tau, "eV", 0.33, "Sec. III A"),
-        Quantity("xi0", "coherence length xi(0) = sqrt(hbar D/Delta)", float(th.coherence_length_m(diffusion_m2_s=diffusion, gap_eV=gap_eV)) * 1e9, "nm", 5.2, "Sec. II"),
-        Quantity("energy_ratio", "eV / (hbar D / l_alpha^2)", float(th.diffusive_energy_ratio(**eq2)), "", 70.0, "(2)"),
-        Quantity("sigma_rho", "sigma_rho from sigma_alpha", sigma_rho / 1e3, "kOhm", 1.1, "(2)"),
-        Quantity("sigma_rho_rel", "sigma_rho / R_sq(max)", sigma_rho / v["r_sq_max_ohm"], "", 0.16, "(2)"),
-        Quantity("log_cube", "ln^3(hbar omega_D / Delta)", float(th.log_cube_factor(**log3)), "", None, "(3)"),
-        Quantity("sigma_delta_rel", "predicted sigma_Delta/<Delta>", abs(float(th.gap_relative_shift(sigma_rho, **log3))), "", 0.074, "(3)", "measured 0.057"),
-        Quantity("c9", "|delta_Delta_low / Delta_1| at rho = R_sq(max)", abs(float(th.gap_suppression_low_momentum(v["r_sq_max_ohm"], **log3))), "", 0.55, "(C9)"),
-        Quantity("q_debye", "q_D = sqrt(omega_D / D)", float(th.debye_momentum_per_m(hbar_omega_D_K=v["hbar_omega_D_K"], diffusion_m2_s=diffusion)) * 1e-9, "1/nm", 1.0, "Sec. III B"),
-        Quantity("thouless_transverse", "hbar D (pi/d)^2", float(th.transverse_thouless_energy_K(diffusion_m2_s=diffusion, thickness_m=v["thickness_nm"] * 1e-9)), "K", 950.0, "App. C 1"),
-        Quantity("gap_in_K", "<Delta> in kelvin (gap_meV / k_B)", gap_eV / th.K_B_EV_PER_K, "K", 12.0, "(3)", "paper uses 12 K in the log-cube"),
-        Quantity("ginzburg", "Gi = (e^2/16 hbar) R_sq", float(th.ginzburg_number(v["r_sq_normal_ohm"])), "", None, "Sec. IV"),
-        Quantity("tc0_over_tc", "Tc0/Tc from (Tc0-Tc)/Tc0 = 3 Gi", three_gi_ratio, "", 1.4, "Sec. IV"),
-        Quantity("gap_over_kTc", "Delta(0)/(k_B Tc)", float(th.gap_to_tc_ratio(gap_eV=gap_eV, tc_K=v["tc_K"])), "", 3.7, "Sec. IV", f"BCS {th.BCS_GAP_RATIO:.3f}"),
+        Q("r_q", "resistance quantum R_Q = h/e^2", th.resistance_quantum_ohm() / 1e3, "kOhm", 25.8, "CODATA"),
+        Q("alpha_eq1", "AA exponent alpha(V)", alpha, "", 0.29, "(1)", "measured mean 0.35"),
+        Q("alpha_b3", "alpha(eV) = -dS_homo/dlnE", float(th.aa_exponent_from_action(bias_V, **b3)), "", 0.29, "(B3)",
+          "must equal Eq. (1)"),
+        Q("s_homo", "S_homo(eV)", float(th.action_homogeneous(bias_V, **b3)), "", None, "(B3)"),
+        Q("dos_ratio", "nu(eV)/nu_0 = exp(-S_homo)", float(th.dos_suppression(bias_V, **b3)), "", None, "(B3)"),
+        Q("tau", "elastic scattering time tau = l^2/3D", tau * 1e15, "fs", 1.7, "Sec. II"),
+        Q("hbar_over_tau", "hbar/tau", th.HBAR_EV_S / tau, "eV", 0.33, "Sec. III A"),
+        Q("xi0", "coherence length xi(0) = sqrt(hbar D/Delta)", xi_m * 1e9, "nm", 5.2, "Sec. II"),
+        Q("energy_ratio", "eV / (hbar D / l_alpha^2)", float(th.diffusive_energy_ratio(**eq2)), "", 70.0, "(2)"),
+        Q("sigma_rho", "sigma_rho from sigma_alpha", sigma_rho / 1e3, "kOhm", 1.1, "(2)"),
+        Q("sigma_rho_rel", "sigma_rho / R_sq(max)", sigma_rho / r_max, "", 0.16, "(2)"),
+        Q("log_cube", "ln^3(hbar omega_D / Delta)", float(th.log_cube_factor(**log3)), "", None, "(3)"),
+        Q("sigma_delta_rel", "predicted sigma_Delta/<Delta>", abs(float(th.gap_relative_shift(sigma_rho, **log3))),
+          "", 0.074, "(3)", "measured 0.057"),
+        Q("c9", "|delta_Delta_low / Delta_1| at rho = R_sq(max)",
+          abs(float(th.gap_suppression_low_momentum(r_max, **log3))), "", 0.55, "(C9)"),
+        Q("q_debye", "q_D = sqrt(omega_D / D)", q_d * 1e-9, "1/nm", 1.0, "Sec. III B"),
+        Q("thouless_transverse", "hbar D (pi/d)^2", thouless, "K", 950.0, "App. C 1"),
+        Q("gap_in_K", "<Delta> in kelvin (gap_meV / k_B)", gap_eV / th.K_B_EV_PER_K, "K", 12.0, "(3)",
+          "paper uses 12 K in the log-cube"),
+        Q("ginzburg", "Gi = (e^2/16 hbar) R_sq", float(th.ginzburg_number(r_normal)), "", None, "Sec. IV"),
+        Q("tc0_over_tc", "Tc0/Tc from (Tc0-Tc)/Tc0 = 3 Gi", float(th.mean_field_tc_ratio(r_normal)), "", 1.4, "Sec. IV"),
+        Q("gap_over_kTc", "Delta(0)/(k_B Tc)", float(th.gap_to_tc_ratio(gap_eV=gap_eV, tc_K=v["tc_K"])), "", 3.7,
+          "Sec. IV", f"BCS {th.BCS_GAP_RATIO:.3f}"),
     ]
 
 
