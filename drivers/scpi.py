@@ -187,3 +187,43 @@ def with_text_termination(settings: VisaSettings, termination: str = "\n") -> Vi
         read_termination=settings.read_termination if settings.read_termination is not None else termination,
         write_termination=settings.write_termination if settings.write_termination is not None else termination,
     )
+
+
+class RecordedSession:
+    """A :class:`TextSession` that replays recorded exchanges and checks each one is used.
+
+    After PyMeasure's ``expected_protocol``: ``exchanges`` is the list of ``(sent, reply)``
+    pairs in order, ``reply`` being ``None`` for a write. A mismatch raises AssertionError
+    naming the step; :meth:`assert_done` fails if exchanges were left unused.
+    """
+
+    def __init__(self, exchanges: Sequence[tuple[str, str | None]], *, instrument: str = "sr830") -> None:
+        self.instrument = instrument
+        self._exchanges = list(exchanges)
+        self._step = 0
+        self.closed = False
+
+    def _next(self, message: str, *, is_query: bool) -> str | None:
+        if self._step >= len(self._exchanges):
+            raise AssertionError(f"unexpected {'query' if is_query else 'write'} {message!r}: no exchange left")
+        sent, reply = self._exchanges[self._step]
+        if sent != message or (reply is not None) != is_query:
+            raise AssertionError(f"step {self._step}: expected {sent!r} -> {reply!r}, got {message!r}")
+        self._step += 1
+        return reply
+
+    def query(self, message: str) -> str:
+        reply = self._next(message, is_query=True)
+        assert reply is not None
+        return reply
+
+    def write(self, message: str) -> None:
+        self._next(message, is_query=False)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def assert_done(self) -> None:
+        """Every recorded exchange was used."""
+        if self._step != len(self._exchanges):
+            raise AssertionError(f"{len(self._exchanges) - self._step} exchange(s) unused: {self._exchanges[self._step:]}")

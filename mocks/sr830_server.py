@@ -105,12 +105,20 @@ class LockInState:
             return self._settings
 
     def set_signal(self, x_v: float, y_v: float) -> None:
-        """The demodulated signal the lock-in now sees (V); written by the lab per point."""
-        self.update(x_v=float(x_v), y_v=float(y_v))
+        """The demodulated signal the lock-in now sees (V); written by the lab per point.
+
+        A signal above full scale latches the output-overload bit (SR830) until read, as a
+        transient overload during a sweep must still show at the next status query.
+        """
+        with self._lock:
+            self._settings = replace(self._settings, x_v=float(x_v), y_v=float(y_v))
+            self._lias_latched |= self._present_bits(overload=False)
 
     def set_overload(self, on: bool) -> None:
-        """Hold (or release) an input overload; the status bits latch while it holds."""
-        self.update(overload=bool(on))
+        """Hold (or release) an input overload; on the SR830 the bit latches until read."""
+        with self._lock:
+            self._settings = replace(self._settings, overload=bool(on))
+            self._lias_latched |= self._present_bits(overload=False)
 
     def flag_esr(self, bits: int) -> None:
         """Set standard-event status bits (command/execution error)."""
@@ -124,20 +132,27 @@ class LockInState:
             return esr
 
     def take_overload_bits(self, *, overload: bool) -> int:
-        """Read and clear the latched overload bits (``LIAS?`` / ``CUROVLDSTAT?`` layout of the model).
+        """Read the overload bits in the model's layout (``LIAS?`` / ``CUROVLDSTAT?``).
 
-        Bits are set for an input overload (``overload``) and for an output overload (|X| or |Y|
-        above the full-scale sensitivity); the SR830 latches them until read, the SR860 reports
-        the present condition.
+        ``overload`` adds an input overload from outside the state (a fault window). The SR830
+        reports what latched since the last read plus the present condition and clears the
+        latch; the SR860's register is the present condition only.
         """
         with self._lock:
-            s = self._settings
-            out_of_range = max(abs(s.x_v), abs(s.y_v)) > s.sensitivity_v
-            if s.model == "SR830":
-                now = (LIAS_INPUT_OVERLOAD if overload else 0) | (LIAS_OUTPUT_OVERLOAD if out_of_range else 0)
+            now = self._present_bits(overload=overload)
+            if self._settings.model == "SR830":
                 bits, self._lias_latched = self._lias_latched | now, 0
                 return bits
-            return (CUROVLD_INPUT if overload else 0) | (CUROVLD_CH1_OUTPUT if out_of_range else 0)
+            return now
+
+    def _present_bits(self, *, overload: bool) -> int:
+        # caller holds the lock
+        s = self._settings
+        input_overload = overload or s.overload
+        output_overload = max(abs(s.x_v), abs(s.y_v)) > s.sensitivity_v
+        if s.model == "SR830":
+            return (LIAS_INPUT_OVERLOAD if input_overload else 0) | (LIAS_OUTPUT_OVERLOAD if output_overload else 0)
+        return (CUROVLD_INPUT if input_overload else 0) | (CUROVLD_CH1_OUTPUT if output_overload else 0)
 
     def clear(self) -> None:
         """``*CLS``: clear the status registers."""
@@ -361,8 +376,6 @@ class SR830Server(LineServer):
         self.state.flag_esr(esr_bits)
 
     def _overloaded(self) -> bool:
-        if self.state.snapshot().overload:
-            return True
         plan = self.faults
         return plan is not None and plan.active(FaultKind.LOCKIN_OVERLOAD, spectrum=plan.spectrum) is not None
 
