@@ -541,6 +541,17 @@ def _wire_array(arr: np.ndarray, name: str) -> np.ndarray:
     return wire
 
 
+def _nonfinite_key(obj: Any, key: str = "") -> str | None:
+    """Key path of the first NaN/inf float in a header tree, or None (cheap: no validation)."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else key
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        if isinstance(v, float | dict | list) and (bad := _nonfinite_key(v, f"{key}.{k}" if key else str(k))):
+            return bad
+    return None
+
+
 def encode(doc: Document, *, header_format: HeaderFormat = "json") -> list[bytes]:
     """Serialise a document to ``[topic, header, *array frames]``.
 
@@ -571,7 +582,9 @@ def encode(doc: Document, *, header_format: HeaderFormat = "json") -> list[bytes
         if header_format == "json":
             raw = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
         elif header_format == "msgpack":
-            _plain(header, doc.KIND)  # msgpack would carry NaN silently; refuse here as JSON does
+            bad = _nonfinite_key(header)  # msgpack would carry NaN silently; refuse it as JSON does
+            if bad is not None:
+                raise ValueError(f"field {bad!r} is not finite")
             raw = msgpack.packb(header, use_bin_type=True)
         else:
             raise StreamError(f"header_format must be 'json' or 'msgpack', not {header_format!r}")
@@ -925,7 +938,8 @@ class RunPublisher:
     def event(self, *, arrays: Mapping[str, np.ndarray], **fields: Any) -> EventDoc:
         """Publish one pixel's event; ``fields`` are :class:`EventDoc`'s (ix, iy, x_m, ...)."""
         if self._descriptor_uid is None:
-            raise StreamError("publish a descriptor before the first event")
+            stage = "start() and then a descriptor" if self._run_uid is None else "a descriptor"
+            raise StreamError(f"publish {stage} before the first event")
         run_uid, seq = self._next("event")
         doc = EventDoc(run_uid=run_uid, seq=seq, descriptor_uid=self._descriptor_uid, arrays=dict(arrays), **fields)
         self.publish(doc)
