@@ -126,10 +126,8 @@ def set_tcp_nodelay(resource: MessageBasedResource) -> bool:
     pyvisa-py keeps the Python socket as the session's ``interface``; other VISA libraries take
     the attribute.
     """
-    sessions = getattr(resource.visalib, "sessions", None)
-    session = sessions.get(resource.session) if isinstance(sessions, dict) else None
-    sock = getattr(session, "interface", None)
-    if isinstance(sock, socket.socket):
+    sock = _underlying_socket(resource)
+    if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return True
     resource.set_visa_attribute(constants.ResourceAttribute.tcpip_nodelay, constants.VI_TRUE)
@@ -137,8 +135,8 @@ def set_tcp_nodelay(resource: MessageBasedResource) -> bool:
 
 
 def _underlying_socket(resource: MessageBasedResource) -> socket.socket | None:
-    sessions = getattr(resource.visalib, "sessions", None)
-    session = sessions.get(resource.session) if isinstance(sessions, dict) else None
+    sessions = getattr(getattr(resource, "visalib", None), "sessions", None)
+    session = sessions.get(getattr(resource, "session", None)) if isinstance(sessions, dict) else None
     sock = getattr(session, "interface", None)
     return sock if isinstance(sock, socket.socket) else None
 
@@ -210,6 +208,12 @@ class VisaSession:
                 self._open_with_retries()
             assert self._resource is not None
             return self._resource
+
+    def reset(self) -> None:
+        """Drop the connection (e.g. after a reply that put the stream out of step); the next
+        exchange reopens it."""
+        with self._lock:
+            self._drop()
 
     def close(self) -> None:
         """Close the resource (and the resource manager if owned); safe to call twice."""
@@ -327,7 +331,7 @@ class VisaSession:
         resource = self._manager().open_resource(
             s.resource, open_timeout=int(s.open_timeout_s * 1000), timeout=int(s.timeout_s * 1000)
         )
-        if not isinstance(resource, MessageBasedResource):
+        if not hasattr(resource, "read_bytes"):
             resource.close()
             raise ValueError(f"{s.resource} is not a message-based resource")
         try:
