@@ -8,9 +8,11 @@ servers ask it two kinds of question:
 * ``active(kind, spectrum=n)`` while simulating: *state* faults (lock-in overload, temperature
   excursion, tip change, feedback failure) that hold over a window of spectra.
 
-Spectra are counted by the plan itself: the lab calls :meth:`FaultPlan.begin_spectrum` on every
-``BiasSpectr.Start``. Commands sent between start ``n-1`` and start ``n`` (moving the tip, setting
-the bias for pixel ``n``) and start ``n`` itself belong to spectrum ``n`` (0-based), so a window
+Spectra are counted by the plan itself: the lab calls :meth:`FaultPlan.begin_spectrum` when a
+``BiasSpectr.Start`` begins and :meth:`FaultPlan.end_spectrum` when it ends. Commands sent after
+sweep ``n-1`` ended (moving the tip, setting the bias for pixel ``n``), sweep ``n`` itself and
+anything queried while it runs (lock-in status, temperature) belong to spectrum ``n``
+(0-based); a Start lost to a transport fault does not advance the count. So a window
 ``from_spectrum=5, to_spectrum=7`` covers the whole preparation and sweep of spectra 5 and 6.
 
 Every fault that acts is recorded once per spectrum in :attr:`FaultPlan.fired`, the ground truth
@@ -305,16 +307,20 @@ class FaultPlan:
 
     @property
     def spectrum(self) -> int:
-        """Index of the spectrum being prepared or swept (= number of sweeps begun so far)."""
+        """Index of the spectrum being prepared or swept (= number of sweeps completed so far)."""
         with self._lock:
             return self._spectrum
 
     def begin_spectrum(self) -> int:
-        """Count one ``BiasSpectr.Start``; returns its 0-based index."""
+        """A ``BiasSpectr.Start`` begins; returns its 0-based index (= :attr:`spectrum`)."""
         with self._lock:
-            index = self._spectrum
+            return self._spectrum
+
+    def end_spectrum(self) -> int:
+        """The sweep is over (done or failed); later commands belong to the next spectrum."""
+        with self._lock:
             self._spectrum += 1
-            return index
+            return self._spectrum
 
     def on_command(self, instrument: str, command: str) -> Fault | None:
         """Count one call of ``command`` and return the transport fault to apply to it, if any.
