@@ -21,6 +21,7 @@ from stslive.drivers.errors import StsliveError
 
 # name -> (module, one-line help). Keep sorted by the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "instruments": ("stslive.acquisition.instruments_cli", "connect to the STM, lock-in and thermometer; print identity and settings"),
     "mock-lab": ("stslive.mocks.mocklab_cli", "run the simulated Nanonis, SR830 and LakeShore 372 on TCP ports"),
     "theory": ("stslive.live.theory_cli", "theory quantities of the paper from its inputs or yours, beside its quoted values"),
 }
