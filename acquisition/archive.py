@@ -505,7 +505,15 @@ class ArchiveReader:
         entry = file["entry"]
         self._entry = entry
         self.geometry = _read_geometry(entry, path)
-        self._spectra: h5py.Dataset = entry["data/spectra"]
+        # One handle per dataset, kept for the reader's life (see refresh()).
+        self._ds: dict[str, h5py.Dataset] = {}
+
+        def keep(name: str, obj: h5py.Group | h5py.Dataset) -> None:  # None: visititems goes on
+            if isinstance(obj, h5py.Dataset):
+                self._ds[name] = obj
+
+        entry.visititems(keep)
+        self._spectra: h5py.Dataset = self._ds["data/spectra"]
         self.channel_names: list[str] = [s.decode() if isinstance(s, bytes) else str(s)
                                          for s in entry["data/channel_names"][()]]
         self.channel_units: list[str] = [s.decode() if isinstance(s, bytes) else str(s)
@@ -517,9 +525,9 @@ class ArchiveReader:
         expect = (ny, nx, len(self.channel_names), self.bias.size)
         if self._spectra.shape != expect:
             raise ArchiveError(path, f"spectra shape {self._spectra.shape} does not match grid/channels {expect}")
-        for name in ("measured", "failed", "failure_code"):
-            if entry[name].shape != (ny, nx):
-                raise ArchiveError(path, f"/entry/{name} shape {entry[name].shape} != {(ny, nx)}")
+        for name in ("measured", "failed", "failure_code", *(f"pixels/{f.name}" for f in PIXEL_META_FIELDS)):
+            if name not in self._ds or self._ds[name].shape != (ny, nx):
+                raise ArchiveError(path, f"/entry/{name} missing or not of shape {(ny, nx)}")
 
     @property
     def n_points(self) -> int:
@@ -530,49 +538,58 @@ class ArchiveReader:
         return self.geometry.shape
 
     def refresh(self) -> None:
-        """Re-read dataset extents and chunk indexes (SWMR): new pixels, failures, log lines."""
-        for obj in self._entry.values():
-            _refresh(obj)
+        """Re-read dataset extents and chunk indexes (SWMR): new pixels, failures, log lines.
+
+        The flags are refreshed first: the writer flushes data before flags, so every pixel the
+        refreshed flags call measured is already in the spectra refreshed after them. Only the
+        handles this reader holds are refreshed: refreshing a second handle of a dataset left
+        the first one reading stale chunks (seen with HDF5 2.0 / h5py 3.16).
+        """
+        for name in ("measured", "failed", "failure_code"):
+            self._ds[name].refresh()
+        for name, ds in self._ds.items():
+            if name not in ("measured", "failed", "failure_code"):
+                ds.refresh()
 
     @property
     def measured(self) -> np.ndarray:
-        return self._entry["measured"][()]
+        return self._ds["measured"][()]
 
     @property
     def failed(self) -> np.ndarray:
-        return self._entry["failed"][()]
+        return self._ds["failed"][()]
 
     @property
     def failure_codes(self) -> np.ndarray:
-        return self._entry["failure_code"][()]
+        return self._ds["failure_code"][()]
 
     @property
     def failures(self) -> list[dict[str, Any]]:
         """Every recorded failure: dicts with iy, ix, code, reason, time and details."""
-        return _json_lines(self._entry["failures"])
+        return _json_lines(self._ds["failures"])
 
     @property
     def log(self) -> list[dict[str, Any]]:
-        return _json_lines(self._entry["log"])
+        return _json_lines(self._ds["log"])
 
     @property
     def setpoint_sets(self) -> dict[int, SetpointSet]:
-        return {d["id"]: SetpointSet.from_dict(d) for d in _json_lines(self._entry["setpoint_sets"])}
+        return {d["id"]: SetpointSet.from_dict(d) for d in _json_lines(self._ds["setpoint_sets"])}
 
     @property
     def pixel_meta(self) -> dict[str, np.ndarray]:
         """``field -> (ny, nx)`` array for every PixelMeta field (fill values where unmeasured)."""
-        return {f.name: self._entry["pixels"][f.name][()] for f in PIXEL_META_FIELDS}
+        return {f.name: self._ds[f"pixels/{f.name}"][()] for f in PIXEL_META_FIELDS}
 
     def pixel(self, iy: int, ix: int) -> PixelMeta:
         """The metadata of one pixel as a PixelMeta."""
-        return PixelMeta(**{f.name: self._entry["pixels"][f.name][iy, ix].item() for f in PIXEL_META_FIELDS})
+        return PixelMeta(**{f.name: self._ds[f"pixels/{f.name}"][iy, ix].item() for f in PIXEL_META_FIELDS})
 
     @property
     def documents(self) -> dict[str, Any]:
         """Run documents that were written, ``name -> dict`` (JSON)."""
-        docs = self._entry["documents"]
-        return {name: json.loads(_read_text(docs[name])) for name in docs if docs[name].shape[0]}
+        docs = {k.split("/", 1)[1]: ds for k, ds in self._ds.items() if k.startswith("documents/")}
+        return {name: json.loads(_read_text(ds)) for name, ds in docs.items() if ds.shape[0]}
 
     @property
     def topography(self) -> np.ndarray | None:
@@ -635,14 +652,6 @@ class ArchiveReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-def _refresh(obj: h5py.Group | h5py.Dataset) -> None:
-    if isinstance(obj, h5py.Dataset):
-        obj.refresh()
-    else:
-        for child in obj.values():
-            _refresh(child)
 
 
 def open_archive(path: str | os.PathLike[str], *, swmr: bool = False) -> ArchiveReader:
