@@ -1,0 +1,632 @@
+"""The simulated NbN film: a seeded forward model of the paper's sample (PHYSICS.md, issue 2).
+
+``make_film(FilmParams(ny=..., nx=..., seed=...))`` builds the maps (resistance field, alpha(r) by
+paper Eq. (2), Delta(r) by paper Eq. (3) smoothed over a few xi, independent topography) and the
+returned :class:`Film` produces per-pixel I(V) and lock-in X(V) spectra on demand
+(:meth:`Film.spectra`), the whole map in bounded-memory blocks (:meth:`Film.iter_blocks`), and the
+ground truth the analysis is judged against (:meth:`Film.definition_truth`).
+
+Reproducibility: the same parameters give bit-identical maps and spectra. The noise of pixel
+(iy, ix) comes from a Philox generator keyed by the seed with the counter set by the flat pixel
+index, so any pixel can be regenerated alone, in any order, and equals its block counterpart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from stslive.drivers.errors import ConfigError
+from stslive.live import theory
+from stslive.mocks import film_maps, film_spectra, film_truth
+
+FloatArray = npt.NDArray[np.float64]
+
+# Independent random streams derived from the seed (SeedSequence entropy = (seed, stream)).
+_STREAM_RESISTANCE = 1
+_STREAM_TOPOGRAPHY = 2
+_STREAM_NOISE = 3
+# Pixels per DOS/FFT chunk: ~32 x 6,600 float64 temporaries stay in cache (measured ~100 us per
+# pixel for the DOS at 32 vs ~800 us when a 256-row chunk is first-touched in RAM).
+_CHUNK_PIXELS = 32
+# Default block of iter_blocks: at most this many output values per channel (~32 MB float32).
+_BLOCK_VALUES = 8_000_000
+
+
+@dataclass(frozen=True)
+class FilmParams:
+    """Everything that defines a simulated film. SI units, energies in eV.
+
+    Sources: "paper" = the reference paper / PHYSICS.md, "issue" = issue 2, "chosen" = a
+    modelling choice documented here.
+
+    Attributes
+    ----------
+    ny, nx
+        Grid size in pixels (paper: 250 x 300).
+    pixel_m
+        Pixel pitch (paper: one spectrum per nm^2 -> 1e-9 m).
+    seed
+        Seed of every random stream of the film.
+    temperature_K
+        Sample temperature (paper: 0.3 K).
+    bias_start_V, bias_end_V, n_points
+        Default sweep (issue: 1601 points over -40..+40 mV; sweep direction follows start->end).
+    v_set_V, i_set_A
+        Spectroscopy set-point (paper: -10 mV, 150 pA). ``i_set_A`` is the set-point *magnitude*;
+        the current has the sign of the bias (I = C int_0^{eV} G, C > 0), so
+        I(v_set_V) = sign(v_set_V) * i_set_A.
+    current_noise_A
+        rms Gaussian noise of each I(V) sample (issue: 0.5 pA).
+    modulation_Vrms
+        Lock-in bias modulation, rms (chosen: 50 uV rms = 71 uV amplitude, below the 0.1 meV
+        scale of the coherence peaks and the usual choice at 300 mK; it broadens by ~k_B T).
+    lockin_noise_A
+        rms Gaussian noise of each lock-in X sample (chosen: 0.1 pA. A current-noise density of
+        ~30 fA/sqrt(Hz), which gives the 0.5 pA of the I(V) channel in its ~280 Hz bandwidth, seen
+        through a lock-in equivalent noise bandwidth of ~11 Hz, i.e. a ~7 ms time constant at
+        24 dB/oct: the lock-in trades sweep time for a cleaner dI/dV).
+    r_sq_ohm
+        Mean sheet resistance (paper: 6.8 kOhm); delta_rho is the deviation from it.
+    sigma_rho_ohm
+        Standard deviation of delta_rho (paper: 1.1 kOhm, inferred via Eq. (2)).
+    l_rho_m
+        1/e correlation length of delta_rho, covariance sigma^2 exp(-r^2/l^2) (paper: l_alpha =
+        18 nm); also the l_alpha of Eq. (2).
+    alpha_mean
+        Mean AA exponent of the background model (paper: measured mean 0.35).
+    aa_bias_V
+        Bias at which Eq. (2) is evaluated (paper: 10 mV).
+    diffusion_m2_s
+        Diffusion constant D (paper: 0.5 cm^2/s) for Eq. (2) and xi = sqrt(hbar D / Delta).
+    delta_mean_eV
+        Mean gap <Delta> (paper: 1.2 meV).
+    hbar_omega_D_K, gap_eq3_K
+        Debye energy and Delta(0) in the log-cube of Eq. (3) (paper: 300 K and 12 K; note
+        1.2 meV is 13.9 K, the paper's Eq. (3) input is 12 K and is kept as stated).
+    gap_smoothing_xi
+        Standard deviation of the Gaussian smoothing of the Eq. (3) gap map, in units of xi(0)
+        (chosen: 2 xi = 10.4 nm; the gap cannot vary on scales below a few xi, and this makes
+        l_Delta = sqrt(l_rho^2 + 4 s^2) ~ 28 nm > l_alpha, the paper's 27 vs 18 nm).
+    dynes_gamma_eV
+        Dynes broadening Gamma (chosen: 0.1 meV ~ 0.08 Delta: suppressed coherence peaks of a
+        2 nm film, and in-gap states from pair breaking, zero-bias DOS
+        Gamma / sqrt(Gamma^2 + Delta^2) ~ 0.08; the paper attributes its in-gap states to
+        paramagnetic defects, which is what a Dynes rate describes).
+    aa_saturation_eV
+        E_sat of the AA background ((E^2 + E_sat^2)/E_sat^2)^(alpha/2) (chosen: = <Delta>; the
+        paper's background "saturates below about Delta").
+    dos_slope_per_eV
+        s of the asymmetry factor 1 + s E (chosen: 1 /eV, +-3 % at +-30 mV: "slight asymmetry ...
+        probably from a non-constant tip DOS").
+    grain_diameter_m, grain_height_m
+        (min, max) of the topography's crystallites (paper: 2-5 nm; chosen heights 0.1-0.3 nm).
+    energy_step_eV
+        Largest step of the fine convolution grid (chosen: 12.5 uV = Gamma/8 ~ k_B T/2 at 0.3 K;
+        a quarter of the default 50 uV sweep step so bias points are grid points).
+    """
+
+    ny: int
+    nx: int
+    pixel_m: float = 1e-9
+    seed: int = 0
+    temperature_K: float = 0.3
+    bias_start_V: float = -0.04
+    bias_end_V: float = 0.04
+    n_points: int = 1601
+    v_set_V: float = -0.010
+    i_set_A: float = 150e-12
+    current_noise_A: float = 0.5e-12
+    modulation_Vrms: float = 50e-6
+    lockin_noise_A: float = 0.1e-12
+    r_sq_ohm: float = 6800.0
+    sigma_rho_ohm: float = 1100.0
+    l_rho_m: float = 18e-9
+    alpha_mean: float = 0.35
+    aa_bias_V: float = 0.010
+    diffusion_m2_s: float = 0.5e-4
+    delta_mean_eV: float = 1.2e-3
+    hbar_omega_D_K: float = 300.0
+    gap_eq3_K: float = 12.0
+    gap_smoothing_xi: float = 2.0
+    dynes_gamma_eV: float = 0.1e-3
+    aa_saturation_eV: float = 1.2e-3
+    dos_slope_per_eV: float = 1.0
+    grain_diameter_m: tuple[float, float] = (2e-9, 5e-9)
+    grain_height_m: tuple[float, float] = (0.1e-9, 0.3e-9)
+    energy_step_eV: float = 12.5e-6
+
+    def __post_init__(self) -> None:
+        for name in ("ny", "nx", "n_points", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"film parameter {name} must be an integer, got {value!r}.")
+        if self.ny < 1 or self.nx < 1 or self.n_points < 3 or self.seed < 0:
+            raise ConfigError("film needs ny, nx >= 1, n_points >= 3 and seed >= 0; fix the grid or seed.")
+        positive = (
+            "pixel_m", "temperature_K", "i_set_A", "r_sq_ohm", "l_rho_m", "diffusion_m2_s", "delta_mean_eV",
+            "hbar_omega_D_K", "gap_eq3_K", "dynes_gamma_eV", "aa_saturation_eV", "energy_step_eV", "aa_bias_V",
+        )
+        non_negative = ("current_noise_A", "modulation_Vrms", "lockin_noise_A", "sigma_rho_ohm", "gap_smoothing_xi")
+        for name in positive + non_negative:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+                bound = "> 0" if name in positive else ">= 0"
+                raise ConfigError(f"film parameter {name} must be finite and {bound}, got {value!r}.")
+        if self.bias_start_V == self.bias_end_V or self.v_set_V == 0:
+            raise ConfigError("the sweep needs bias_start_V != bias_end_V and a non-zero v_set_V.")
+        if not math.isfinite(self.alpha_mean) or not math.isfinite(self.dos_slope_per_eV):
+            raise ConfigError("alpha_mean and dos_slope_per_eV must be finite.")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FilmParams:
+        """Parameters from a mapping (CLI/TOML); unknown keys are refused with the valid ones."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown film parameter(s) {unknown}; valid keys: {sorted(known)}.")
+        converted: dict[str, Any] = {}
+        for key, value in values.items():
+            kind = known[key].type
+            try:
+                if kind == "int":
+                    if isinstance(value, bool) or int(value) != value:
+                        raise ValueError(value)
+                    converted[key] = int(value)
+                elif kind == "float":
+                    if isinstance(value, bool):
+                        raise ValueError(value)
+                    converted[key] = float(value)
+                else:
+                    pair = tuple(float(v) for v in value)
+                    if len(pair) != 2:
+                        raise ValueError(value)
+                    converted[key] = pair
+            except (TypeError, ValueError):
+                raise ConfigError(f"film parameter {key} = {value!r} is not a valid {kind}.") from None
+        return cls(**converted)
+
+    def default_bias_V(self) -> FloatArray:
+        """The default sweep, ``np.linspace(bias_start_V, bias_end_V, n_points)`` in V."""
+        return np.linspace(self.bias_start_V, self.bias_end_V, self.n_points)
+
+
+@dataclass(frozen=True)
+class TipState:
+    """State of the tip, for fault injection (tip changes).
+
+    Attributes
+    ----------
+    dos_factor
+        Multiplies both channels *after* the set-point normalisation: the junction conductance
+        changed after the feedback loop was opened (a tip change mid-spectrum). 1 = healthy tip.
+        (A factor before the normalisation would cancel exactly: the set-point absorbs it.)
+    extra_slope_per_eV
+        Added to the film's asymmetry slope s of the DOS factor 1 + s E (a tip whose DOS tilted).
+    """
+
+    dos_factor: float = 1.0
+    extra_slope_per_eV: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.dos_factor) and self.dos_factor >= 0 and math.isfinite(self.extra_slope_per_eV)):
+            raise ConfigError(f"TipState needs a finite dos_factor >= 0 and a finite slope, got {self!r}.")
+
+
+class FilmSpectra(NamedTuple):
+    """Spectra of one or many pixels.
+
+    Attributes
+    ----------
+    bias_V
+        Sweep (n,) in V, in sweep order.
+    current_A
+        Tunnel current I(V) in A, shape (..., n).
+    lockin_x_A
+        Lock-in X output (first harmonic, in phase, rms) in A, shape (..., n).
+    """
+
+    bias_V: FloatArray
+    current_A: npt.NDArray[np.floating]
+    lockin_x_A: npt.NDArray[np.floating]
+
+
+class DefinitionTruth(NamedTuple):
+    """The paper's definitions applied to each pixel's noise-free dI/dV (see :mod:`film_truth`).
+
+    Attributes
+    ----------
+    delta_pp_eV
+        Peak-to-peak gap map (ny, nx) in eV.
+    alpha_def
+        5-30 mV power-law exponent map (ny, nx), mean of both polarities.
+    """
+
+    delta_pp_eV: FloatArray
+    alpha_def: FloatArray
+
+
+@dataclass
+class _Sweep:
+    """Grid, kernels and sampling positions of one set of sweep settings (internal)."""
+
+    grid: film_spectra.EnergyGrid
+    thermal: FloatArray
+    lockin: FloatArray
+    log_background: FloatArray
+    asymmetry: FloatArray
+    pos_bias: FloatArray
+    pos_set: FloatArray
+    pos_zero: FloatArray
+
+    def conductance(self, delta_eV: FloatArray, alpha: FloatArray, *, gamma_eV: float) -> list[FloatArray]:
+        """Noise-free G and lock-in-broadened G_m on the grid, (P, n) each, arbitrary units."""
+        rows = film_spectra.dos(
+            self.grid.extended_energies(),
+            delta_eV=delta_eV[:, None],
+            alpha=alpha[:, None],
+            gamma_eV=gamma_eV,
+            log_background=self.log_background,
+            asymmetry=self.asymmetry,
+        )
+        return film_spectra.convolve_valid(rows, (self.thermal, self.lockin), n=self.grid.n)
+
+
+@dataclass
+class Film:
+    """A simulated film: maps, spectra and definition truth. Build it with :func:`make_film`.
+
+    Attributes
+    ----------
+    params
+        The parameters it was built from.
+    delta_rho_ohm
+        Sheet-resistance deviation map (ny, nx) in ohm.
+    alpha
+        Model AA exponent map (ny, nx), alpha_mean + Eq. (2).
+    delta_eV
+        Model gap map (ny, nx) in eV, <Delta> (1 + Eq. (3)) smoothed over gap_smoothing_xi xi.
+    topography_m
+        Height map Z (ny, nx) in metres, independent of the rest.
+    bias_V
+        Default sweep (n_points,) in V.
+    """
+
+    params: FilmParams
+    delta_rho_ohm: FloatArray
+    alpha: FloatArray
+    delta_eV: FloatArray
+    topography_m: FloatArray
+    bias_V: FloatArray
+    _noise_key: npt.NDArray[np.uint64] = field(repr=False)
+    _truth: DefinitionTruth | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx)."""
+        return self.params.ny, self.params.nx
+
+    def sheet_resistance_ohm(self) -> FloatArray:
+        """Local sheet resistance R_sq + delta_rho(r) in ohm."""
+        return self.params.r_sq_ohm + self.delta_rho_ohm
+
+    # -- spectra -----------------------------------------------------------------------------
+    def _sweep(
+        self, bias_V: FloatArray, *, temperature_K: float, v_set_V: float, modulation_Vrms: float, slope: float
+    ) -> _Sweep:
+        p = self.params
+        if not (math.isfinite(temperature_K) and temperature_K > 0):
+            raise ConfigError(f"temperature_K must be finite and > 0, got {temperature_K!r}.")
+        if not (math.isfinite(modulation_Vrms) and modulation_Vrms >= 0):
+            raise ConfigError(f"modulation_Vrms must be finite and >= 0, got {modulation_Vrms!r}.")
+        if not (math.isfinite(v_set_V) and v_set_V != 0):
+            raise ConfigError(f"v_set_V must be finite and non-zero (I(0) = 0), got {v_set_V!r}.")
+        reach = film_spectra.kernel_half_width_eV(temperature_K=temperature_K, modulation_Vrms=modulation_Vrms)
+        grid = film_spectra.make_grid(bias_V, extra_V=(v_set_V, 0.0), max_step_eV=p.energy_step_eV, half_width_eV=reach)
+        thermal, lockin = film_spectra.kernels(grid, temperature_K=temperature_K, modulation_Vrms=modulation_Vrms)
+        energies = grid.extended_energies()
+        asymmetry = 1.0 + slope * energies
+        if np.any(asymmetry <= 0):
+            raise ConfigError(
+                f"DOS asymmetry slope {slope} /eV makes 1 + s E <= 0 inside the sweep; use |s| < 1 / max|E|."
+            )
+        sat2 = p.aa_saturation_eV**2
+        return _Sweep(
+            grid=grid,
+            thermal=thermal,
+            lockin=lockin,
+            log_background=np.log((energies * energies + sat2) / sat2),
+            asymmetry=asymmetry,
+            pos_bias=grid.position(bias_V),
+            pos_set=grid.position([v_set_V]),
+            pos_zero=grid.position([0.0]),
+        )
+
+    def _pixel_noise(self, flat_index: int, n: int) -> FloatArray:
+        """(2, n) standard normals of one pixel: Philox keyed by the seed, counter = pixel index."""
+        bitgen = np.random.Philox(key=self._noise_key, counter=[0, 0, flat_index, 0])
+        return np.random.Generator(bitgen).standard_normal((2, n))
+
+    def _simulate(
+        self,
+        flat: npt.NDArray[np.intp],
+        sweep: _Sweep,
+        *,
+        i_set_A: float,
+        modulation_Vrms: float,
+        tip: TipState,
+        noise: bool,
+        rng: np.random.Generator | None,
+        current_out: npt.NDArray[np.floating],
+        lockin_out: npt.NDArray[np.floating],
+        truth_out: tuple[FloatArray, FloatArray] | None = None,
+    ) -> None:
+        """Fill ``current_out``/``lockin_out`` (len(flat), n) for the flat pixel indices."""
+        p = self.params
+        delta = self.delta_eV.ravel()[flat]
+        alpha = self.alpha.ravel()[flat]
+        step = sweep.grid.step_eV
+        n = sweep.pos_bias.size
+        for start in range(0, flat.size, _CHUNK_PIXELS):
+            part = slice(start, start + _CHUNK_PIXELS)
+            g, g_mod = sweep.conductance(delta[part], alpha[part], gamma_eV=p.dynes_gamma_eV)
+            running = film_spectra.cumulative_integral(g, step=step)
+            at_zero = film_spectra.integral_at(g, running, sweep.pos_zero, step=step)
+            at_set = film_spectra.integral_at(g, running, sweep.pos_set, step=step) - at_zero
+            # C > 0 with |I(V_set)| = i_set: the set-point fixes the junction conductance scale.
+            scale = (i_set_A * tip.dos_factor) / np.abs(at_set)
+            current = (film_spectra.integral_at(g, running, sweep.pos_bias, step=step) - at_zero) * scale
+            lockin = film_spectra.value_at(g_mod, sweep.pos_bias) * (scale * modulation_Vrms)
+            if noise:
+                for row, index in enumerate(flat[part]):
+                    draws = rng.standard_normal((2, n)) if rng is not None else self._pixel_noise(int(index), n)
+                    current[row] += p.current_noise_A * draws[0]
+                    lockin[row] += p.lockin_noise_A * draws[1]
+            current_out[part] = current
+            lockin_out[part] = lockin
+            if truth_out is not None:
+                truth_out[0][part] = film_truth.peak_to_peak_gap(g, sweep.grid.energies(), model_gap_eV=delta[part])
+                truth_out[1][part] = film_truth.power_law_alpha(
+                    film_spectra.value_at(g, sweep.pos_bias), self.bias_V
+                )
+
+    def _flat_indices(self, iy: npt.ArrayLike, ix: npt.ArrayLike) -> tuple[npt.NDArray[np.intp], tuple[int, ...]]:
+        y, x = np.broadcast_arrays(np.asarray(iy), np.asarray(ix))
+        if not (np.issubdtype(y.dtype, np.integer) and np.issubdtype(x.dtype, np.integer)):
+            raise ConfigError(f"pixel indices must be integers, got dtypes {y.dtype} and {x.dtype}.")
+        ny, nx = self.shape
+        if np.any((y < 0) | (y >= ny) | (x < 0) | (x >= nx)):
+            raise ConfigError(f"pixel index outside the {ny} x {nx} film (iy in 0..{ny - 1}, ix in 0..{nx - 1}).")
+        return (y * nx + x).ravel().astype(np.intp), y.shape
+
+    def spectra(
+        self,
+        iy: npt.ArrayLike,
+        ix: npt.ArrayLike,
+        *,
+        bias_V: npt.ArrayLike | None = None,
+        temperature_K: float | None = None,
+        v_set_V: float | None = None,
+        i_set_A: float | None = None,
+        modulation_Vrms: float | None = None,
+        noise: bool = True,
+        rng: np.random.Generator | None = None,
+        tip: TipState | None = None,
+        dtype: npt.DTypeLike = np.float32,
+    ) -> FilmSpectra:
+        """I(V) and lock-in X(V) of pixels (iy, ix), normalised to the set-point.
+
+        I(V) = C int N(E) [f(E - eV) - f(E)] dE with C fixed by |I(V_set)| = i_set, then Gaussian
+        noise of ``current_noise_A`` rms; X(V) = V_m C G_m(V), the exact first harmonic of a
+        sqrt(2) V_m cos(wt) modulation (see :mod:`film_spectra`), plus ``lockin_noise_A`` rms.
+
+        Parameters
+        ----------
+        iy, ix
+            Integer pixel indices, broadcast together; the output has their shape + (n,).
+        bias_V
+            Sweep in V, any order and spacing (default: the film's ``bias_V``).
+        temperature_K, v_set_V, i_set_A, modulation_Vrms
+            Measurement conditions (default: the film's parameters). ``i_set_A`` is the
+            set-point current magnitude; the current has the sign of the bias.
+        noise
+            Add current and lock-in noise.
+        rng
+            Noise source; default: each pixel's own Philox stream (seed, pixel index), so the
+            same call gives the same noise. Pass a generator for fresh noise on re-measurement;
+            it is drawn per pixel in order, (2, n) normals each (current, then X).
+        tip
+            Tip state (fault injection); default a healthy :class:`TipState`.
+        dtype
+            Output float dtype (float32 default, float64 for reference work).
+
+        Returns
+        -------
+        FilmSpectra
+        """
+        p = self.params
+        tip = TipState() if tip is None else tip
+        flat, shape = self._flat_indices(iy, ix)
+        bias = self.bias_V if bias_V is None else np.asarray(bias_V, dtype=np.float64).ravel()
+        i_set = p.i_set_A if i_set_A is None else float(i_set_A)
+        if not (math.isfinite(i_set) and i_set > 0):
+            raise ConfigError(f"i_set_A is the set-point magnitude and must be > 0, got {i_set_A!r}.")
+        vm = p.modulation_Vrms if modulation_Vrms is None else float(modulation_Vrms)
+        sweep = self._sweep(
+            bias,
+            temperature_K=p.temperature_K if temperature_K is None else float(temperature_K),
+            v_set_V=p.v_set_V if v_set_V is None else float(v_set_V),
+            modulation_Vrms=vm,
+            slope=p.dos_slope_per_eV + tip.extra_slope_per_eV,
+        )
+        current = np.empty((flat.size, bias.size), dtype=np.float64)
+        lockin = np.empty_like(current)
+        self._simulate(
+            flat, sweep, i_set_A=i_set, modulation_Vrms=vm, tip=tip, noise=noise, rng=rng,
+            current_out=current, lockin_out=lockin,
+        )
+        out_shape = shape + (bias.size,)
+        return FilmSpectra(
+            bias_V=bias.copy(),
+            current_A=current.reshape(out_shape).astype(dtype, copy=False),
+            lockin_x_A=lockin.reshape(out_shape).astype(dtype, copy=False),
+        )
+
+    def _default_sweep(self) -> _Sweep:
+        p = self.params
+        return self._sweep(
+            self.bias_V,
+            temperature_K=p.temperature_K,
+            v_set_V=p.v_set_V,
+            modulation_Vrms=p.modulation_Vrms,
+            slope=p.dos_slope_per_eV,
+        )
+
+    def _rows_per_block(self, rows_per_block: int | None) -> int:
+        if rows_per_block is None:
+            return max(1, _BLOCK_VALUES // (self.params.nx * self.params.n_points))
+        if isinstance(rows_per_block, bool) or not isinstance(rows_per_block, (int, np.integer)) or rows_per_block < 1:
+            raise ConfigError(f"rows_per_block must be an integer >= 1, got {rows_per_block!r}.")
+        return int(rows_per_block)
+
+    def iter_blocks(
+        self, *, rows_per_block: int | None = None, noise: bool = True, dtype: npt.DTypeLike = np.float32
+    ) -> Iterator[tuple[slice, FilmSpectra]]:
+        """The whole map in row blocks, at the film's own settings, with bounded memory.
+
+        Each block equals ``spectra(iy, ix)`` of its pixels (same per-pixel noise). As a side
+        product a complete pass fills the definition-truth cache (same noise-free conductance).
+
+        Parameters
+        ----------
+        rows_per_block
+            Rows per block (default: ~8 M values per channel, ~32 MB in float32).
+        noise
+            Add noise.
+        dtype
+            Output dtype.
+
+        Yields
+        ------
+        (slice, FilmSpectra)
+            Row slice of the map and spectra shaped (rows, nx, n_points).
+        """
+        rows = self._rows_per_block(rows_per_block)
+        ny, nx = self.shape
+        n = self.params.n_points
+        sweep = self._default_sweep()
+        fill_truth = self._truth is None
+        truth = (np.empty(ny * nx), np.empty(ny * nx)) if fill_truth else None
+        for row0 in range(0, ny, rows):
+            row_slice = slice(row0, min(ny, row0 + rows))
+            flat = np.arange(row_slice.start * nx, row_slice.stop * nx, dtype=np.intp)
+            current = np.empty((flat.size, n), dtype=np.float64)
+            lockin = np.empty_like(current)
+            part = None if truth is None else (truth[0][flat[0] : flat[-1] + 1], truth[1][flat[0] : flat[-1] + 1])
+            self._simulate(
+                flat, sweep, i_set_A=self.params.i_set_A, modulation_Vrms=self.params.modulation_Vrms,
+                tip=TipState(), noise=noise, rng=None, current_out=current, lockin_out=lockin, truth_out=part,
+            )
+            shape = (row_slice.stop - row_slice.start, nx, n)
+            yield row_slice, FilmSpectra(
+                bias_V=self.bias_V.copy(),
+                current_A=current.reshape(shape).astype(dtype, copy=False),
+                lockin_x_A=lockin.reshape(shape).astype(dtype, copy=False),
+            )
+        if truth is not None and self._truth is None:
+            self._truth = DefinitionTruth(truth[0].reshape(ny, nx), truth[1].reshape(ny, nx))
+
+    def definition_truth(self) -> DefinitionTruth:
+        """Peak-to-peak Delta and 5-30 mV alpha of every pixel's noise-free dI/dV (cached).
+
+        The paper's definitions (PHYSICS.md "Per-pixel quantities") on the conductance
+        G = dI/dV of the film's noise-free I(V) at its own temperature: the coherence peaks are
+        located on the fine grid (step <= ``energy_step_eV``) and refined by a parabola vertex;
+        alpha is the log-log least-squares slope on the default sweep's points with
+        5 mV <= |V| <= 30 mV, per polarity, then averaged. Not the model maps ``delta_eV`` and
+        ``alpha``, which differ from these by the thermal/Dynes peak shift and the BCS tail and
+        AA saturation inside the fit window.
+
+        Returns
+        -------
+        DefinitionTruth
+            (delta_pp_eV, alpha_def), each (ny, nx) float64.
+        """
+        if self._truth is None:
+            ny, nx = self.shape
+            sweep = self._default_sweep()
+            delta = self.delta_eV.ravel()
+            alpha = self.alpha.ravel()
+            gaps = np.empty(ny * nx)
+            alphas = np.empty(ny * nx)
+            energies = sweep.grid.energies()
+            for start in range(0, ny * nx, _CHUNK_PIXELS):
+                part = slice(start, start + _CHUNK_PIXELS)
+                g, _ = sweep.conductance(delta[part], alpha[part], gamma_eV=self.params.dynes_gamma_eV)
+                gaps[part] = film_truth.peak_to_peak_gap(g, energies, model_gap_eV=delta[part])
+                alphas[part] = film_truth.power_law_alpha(film_spectra.value_at(g, sweep.pos_bias), self.bias_V)
+            self._truth = DefinitionTruth(gaps.reshape(ny, nx), alphas.reshape(ny, nx))
+        return self._truth
+
+
+def _coherence_length_m(params: FilmParams) -> float:
+    return float(theory.coherence_length_m(diffusion_m2_s=params.diffusion_m2_s, gap_eV=params.delta_mean_eV))
+
+
+def make_film(params: FilmParams) -> Film:
+    """Build the maps of a film (resistance, alpha, Delta, topography); spectra come on demand.
+
+    delta_rho: Gaussian random field, covariance sigma_rho^2 exp(-r^2 / l_rho^2), generated
+    periodic on a grid larger than the film by 3 l_rho plus the gap-smoothing reach, of which the
+    film is a window.
+    alpha(r) = alpha_mean + delta_alpha, paper Eq. (2) at aa_bias_V, D, l_alpha = l_rho.
+    Delta(r) = <Delta> (1 + G_s * [delta_Delta/<Delta>]), paper Eq. (3), G_s a Gaussian of
+    standard deviation gap_smoothing_xi * xi(0), xi(0) = sqrt(hbar D / <Delta>).
+    Z(r): :func:`film_maps.grain_topography` from its own random stream.
+
+    Parameters
+    ----------
+    params
+        The film's parameters.
+
+    Returns
+    -------
+    Film
+    """
+    p = params
+    smoothing_px = p.gap_smoothing_xi * _coherence_length_m(p) / p.pixel_m
+    correlation_px = p.l_rho_m / p.pixel_m
+    margin = int(math.ceil(3.0 * correlation_px + 5.0 * smoothing_px))
+    shape = film_maps.padded_shape(p.ny, p.nx, margin_px=margin)
+    rng_rho = np.random.default_rng(np.random.SeedSequence([p.seed, _STREAM_RESISTANCE]))
+    rho = film_maps.gaussian_random_field(shape, sigma=p.sigma_rho_ohm, correlation_px=correlation_px, rng=rng_rho)
+    d_alpha = theory.aa_exponent_shift(rho, bias_V=p.aa_bias_V, diffusion_m2_s=p.diffusion_m2_s, l_alpha_m=p.l_rho_m)
+    d_gap = theory.gap_relative_shift(rho, hbar_omega_D_K=p.hbar_omega_D_K, gap_K=p.gap_eq3_K)
+    d_gap = film_maps.smooth_periodic(d_gap, sigma_px=smoothing_px)
+    window = (slice(0, p.ny), slice(0, p.nx))
+    delta = p.delta_mean_eV * (1.0 + d_gap[window])
+    if np.any(delta <= 5.0 * p.dynes_gamma_eV):
+        raise ConfigError(
+            "the gap map reaches <= 5 Gamma somewhere: no coherence peaks to define Delta there; "
+            "lower sigma_rho_ohm or dynes_gamma_eV."
+        )
+    rng_topo = np.random.default_rng(np.random.SeedSequence([p.seed, _STREAM_TOPOGRAPHY]))
+    topo = film_maps.grain_topography(
+        p.ny, p.nx, pixel_m=p.pixel_m, diameter_m=p.grain_diameter_m, height_m=p.grain_height_m, rng=rng_topo
+    )
+    noise_key = np.random.SeedSequence([p.seed, _STREAM_NOISE]).generate_state(2, np.uint64)
+    return Film(
+        params=p,
+        delta_rho_ohm=np.ascontiguousarray(rho[window]),
+        alpha=np.ascontiguousarray(p.alpha_mean + d_alpha[window]),
+        delta_eV=np.ascontiguousarray(delta),
+        topography_m=topo,
+        bias_V=p.default_bias_V(),
+        _noise_key=noise_key,
+    )
