@@ -14,6 +14,10 @@ simulated spectra; the overload flag may be set by the lab or by a ``lockin_over
 Faults (``FaultPlan.on_command("sr830", header)``, header such as ``"OUTP"`` or ``"*IDN"``):
 ``delay`` (reply late by ``delay_s``), ``no_reply`` (command dropped), ``connection_drop`` (the
 socket is closed), ``error_reply`` (execution-error bit set, no reply, command not executed).
+
+Benchmark (not a test): ``python -m stslive.mocks.sr830_server`` prints p50/p99 round trips of
+driver calls through pyvisa-py on loopback (measured on the 2-core dev VM under load ~3:
+``FREQ?`` ~80-150 us p50, ``SNAP?`` ~95 us p50).
 """
 
 from __future__ import annotations
@@ -446,3 +450,39 @@ def _output_table(model: str) -> dict[int, Callable[[LockInSettings], float]]:
 
 def _fmt(value: float) -> str:
     return f"{value:.6e}"
+
+
+def benchmark(*, queries: int = 3000, warmup: int = 200) -> dict[str, tuple[float, float]]:
+    """Round trip (p50, p99 in microseconds) of driver calls against this server on loopback.
+
+    The real driver through pyvisa-py (``@py``), one fresh server; numbers depend on machine
+    load. Run ``python -m stslive.mocks.sr830_server``.
+    """
+    import statistics
+
+    from stslive.drivers.sr830 import open_lockin
+    from stslive.drivers.visa import VisaSettings
+
+    results: dict[str, tuple[float, float]] = {}
+    with SR830Server() as server, open_lockin(VisaSettings(server.resource, timeout_s=2.0)) as lockin:
+        calls: dict[str, Callable[[], object]] = {
+            "FREQ? (get_frequency)": lockin.get_frequency,
+            "SNAP? 1,2,3,4 (read)": lockin.read,
+            "OFLT 5 + *ESR? (set_time_constant)": lambda: lockin.set_time_constant(3e-3),
+        }
+        for name, call in calls.items():
+            for _ in range(warmup):
+                call()
+            samples = []
+            for _ in range(queries):
+                t0 = time.perf_counter()
+                call()
+                samples.append((time.perf_counter() - t0) * 1e6)
+            cuts = statistics.quantiles(samples, n=100)
+            results[name] = (cuts[49], cuts[98])
+    return results
+
+
+if __name__ == "__main__":
+    for label, (p50, p99) in benchmark().items():
+        print(f"{label}: p50 {p50:.0f} us, p99 {p99:.0f} us")
