@@ -91,6 +91,7 @@ PARAMS: dict[FaultKind, dict[str, tuple[type, bool, Any, str]]] = {
     },
     FaultKind.TIP_CHANGE: {
         "factor": (float, False, 0.6, "multiplies the tip DOS/normalisation (dimensionless)"),
+        "extra_slope_per_eV": (float, False, 0.0, "added asymmetry slope of the tip DOS (1/eV)"),
     },
     FaultKind.FEEDBACK_FAIL: {
         "factor": (float, False, 0.5, "current reached / set-point current (dimensionless)"),

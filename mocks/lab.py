@@ -215,7 +215,9 @@ class MockLab:
             return None
         from stslive.mocks.film import TipState
 
-        return TipState(factor=float(fault.params["factor"]))
+        return TipState(
+            dos_factor=float(fault.params["factor"]), extra_slope_per_eV=float(fault.params["extra_slope_per_eV"])
+        )
 
     def _regulated_z(self, iy: int, ix: int) -> float:
         # I = I0 exp(-2 kappa z)  =>  z = ln(I0 / I_set) / (2 kappa), on top of the topography.
@@ -277,7 +279,8 @@ class MockLab:
                 current = sign * i
             else:
                 current = float("nan")
-            s = self._film_spectra(iy, ix, np.array([self.stm.bias_V]), spectrum)
+            # the film integrates over a sweep of >= 2 points; the first is the present bias
+            s = self._film_spectra(iy, ix, np.array([self.stm.bias_V, self.stm.bias_V + 1e-4]), spectrum)
         if math.isnan(current):
             current = float(s.current_A[..., 0])
         self._feed_lockin(float(s.lockin_x_A[..., 0]))
