@@ -789,6 +789,8 @@ class RunPublisher:
         try:
             if pub_endpoint is not None:
                 self._pub = self._bind(zmq.XPUB, pub_endpoint, hwm)
+                # report every SUB's subscription, not only the first one per topic
+                self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
             if push_endpoint is not None:
                 self._push = self._bind(zmq.PUSH, push_endpoint, hwm)
         except zmq.ZMQError as exc:
@@ -824,6 +826,10 @@ class RunPublisher:
 
     def wait_for_subscribers(self, count: int = 1, *, timeout_s: float = 5.0) -> int:
         """Wait until ``count`` subscriptions have reached the PUB socket; returns how many did.
+
+        Each SUB sends one subscription per topic prefix (one with the default filter). Once
+        it has arrived, that SUB receives everything published after; this is the handshake
+        that keeps a run's first documents from being lost.
 
         Raises
         ------
