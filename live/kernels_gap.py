@@ -1,0 +1,262 @@
+"""Coherence-peak location by a bank of physical peak templates (matched filtering).
+
+Why not argmax or a local polynomial: at 0.3 K the coherence peaks are only a few bias samples
+wide and strongly asymmetric (sharp rise on the gap side, slow decay outside). Every smoothing
+kernel and every low-order local polynomial then moves the maximum outwards. Measured on
+Dynes-BCS spectra with 1601 points over +-40 mV and 0.5 pA noise, a Savitzky-Golay derivative
+with a parabolic refinement has a bias of +0.04..+0.2 meV in Delta depending on the window, local
+quartic fits +0.09 meV at best: far above the 0.03 meV goal. The bias is a property of the
+*shape*, so the cure is to fit the right shape.
+
+Near a coherence peak the Dynes density of states N(E) = Re[(E + iG)/sqrt((E + iG)^2 - D^2)]
+reduces to Re sqrt(D / (2 (E - D + iG))): its shape in (E - D) depends on the Dynes width G only
+(D only scales the height). Convolved with the thermal window -f'(E) at the known temperature
+(and, for a lock-in channel, with the first-harmonic modulation kernel), this gives a small
+family of peak shapes S_G(x), x = eV - D. Each spectrum window is fitted, by linear least
+squares, with a * S_G(x - s) plus a low-order polynomial background for every template of the
+bank (every G, every sub-sample shift s); the polynomial is projected out of the templates once,
+so the whole fit is one matrix product per chunk of spectra. The best template gives the peak:
+s + argmax S_G, refined between shifts by a parabola through the fit scores.
+
+Fitting the current I(V) (templates integrated once) rather than its derivative uses the white
+current noise optimally; a lock-in channel is fitted in the dI/dV domain directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+from stslive.drivers.errors import AnalysisError
+
+K_B_EV_PER_K = 8.617333262e-5  # Boltzmann constant (CODATA 2018, exact), eV/K
+
+#: Dynes widths of the template bank, eV. Log-spaced from "thermally limited" to "very broad",
+#: so real tips and hotter samples are still covered; the fit picks the best per spectrum.
+DYNES_WIDTHS_EV: tuple[float, ...] = tuple(float(g) for g in np.geomspace(5e-6, 0.4e-3, 24))
+
+#: The coarse peak (argmax of an 11-point box-smoothed derivative) lies 0..5 samples outside the
+#: true maximum for 0.3 K Dynes peaks (measured); the template window is centred this far inside.
+COARSE_OUTWARD_SAMPLES = 2
+
+#: Spectra used to estimate the batch's Dynes width (more adds time, not accuracy).
+WIDTH_SAMPLE = 1024
+
+
+@dataclass(frozen=True)
+class TemplateBank:
+    """Projected, normalised peak templates for one sampling and one kind of channel.
+
+    Attributes
+    ----------
+    offsets : ndarray of int, (M,)
+        Sample offsets of the fit window relative to the coarse peak index.
+    vectors : ndarray, (M, n_widths * n_shifts), float32
+        Templates with the polynomial background projected out, unit norm.
+    shifts : ndarray, (n_shifts,)
+        Template shifts in samples (sub-sample grid).
+    peak_offset : ndarray, (n_widths,)
+        Position of the maximum of each dI/dV template relative to its shift, samples.
+    background : ndarray, (M, background_degree + 1)
+        Orthonormal basis of the polynomial background in the window.
+    n_widths, n_shifts : int
+    """
+
+    offsets: np.ndarray
+    vectors: np.ndarray
+    shifts: np.ndarray
+    peak_offset: np.ndarray
+    background: np.ndarray
+    n_widths: int
+    n_shifts: int
+
+
+def _peak_shape(x_eV: np.ndarray, *, gap_eV: float, width_eV: float) -> np.ndarray:
+    """Dynes-BCS density of states at energy gap_eV + x (the positive coherence peak)."""
+    z = gap_eV + x_eV + 1j * width_eV
+    return np.abs(np.real(z / np.sqrt(z * z - gap_eV**2)))
+
+
+@lru_cache(maxsize=16)
+def template_bank(
+    step_V: float,
+    *,
+    temperature_K: float,
+    modulation_Vrms: float,
+    integrated: bool,
+    widths: tuple[float, ...] = DYNES_WIDTHS_EV,
+    window: tuple[int, int] = (-24, 32),
+    max_shift: float = 5.0,
+    shift_step: float = 0.25,
+    background_degree: int = 3,
+    gap_eV: float = 1.2e-3,
+) -> TemplateBank:
+    """Build (and cache) the template bank for one bias step.
+
+    Parameters
+    ----------
+    step_V : float
+        Bias step of the (uniform, ascending) sweep, V.
+    temperature_K : float
+        Sample temperature; sets the thermal window -f'(E) = 1 / (4 kT cosh^2(E / 2kT)).
+    modulation_Vrms : float
+        Lock-in bias modulation, V rms (0 for a derivative of I(V)). The first harmonic of
+        G(V + a cos wt), a = sqrt(2) Vrms, is G convolved with sqrt(1 - (u/a)^2) on |u| < a.
+    integrated : bool
+        True for templates of the current I(V) (the dI/dV template integrated over bias).
+    widths : tuple of float
+        Dynes widths of the bank, eV. Measured: a free width per spectrum trades against the
+        shift (Delta rms 0.026 meV vs 0.013 meV with the width fixed), hence one width per batch
+        (:func:`estimate_width`) and a one-width bank for the final fit.
+    window : (int, int)
+        First and last sample offset of the fit window around the coarse peak.
+    max_shift, shift_step : float
+        Range (+-) and step of the template shifts, in samples.
+    background_degree : int
+        Degree of the polynomial background (in the fitted domain) projected out.
+    gap_eV : float
+        Gap used to draw the shapes; near the peak the shape hardly depends on it.
+    """
+    if step_V <= 0 or temperature_K <= 0 or modulation_Vrms < 0:
+        raise AnalysisError(
+            f"template bank needs step_V > 0, temperature_K > 0, modulation_Vrms >= 0 "
+            f"(got {step_V}, {temperature_K}, {modulation_Vrms}); check the sweep and KernelOptions"
+        )
+    oversample = 20
+    fine = step_V / oversample
+    kT = K_B_EV_PER_K * temperature_K
+    half_span = (max(abs(window[0]), abs(window[1])) + max_shift + 4) * step_V + 40 * kT + 3 * modulation_Vrms
+    x = np.arange(-round(half_span / fine), round(half_span / fine) + 1) * fine
+    u = np.arange(-round(30 * kT / fine), round(30 * kT / fine) + 1) * fine
+    thermal = 1.0 / (4 * kT * np.cosh(u / (2 * kT)) ** 2) * fine
+    kernels = [thermal]
+    if modulation_Vrms > 0:
+        a = np.sqrt(2.0) * modulation_Vrms
+        um = np.arange(-int(a / fine), int(a / fine) + 1) * fine
+        mod = np.sqrt(np.clip(1 - (um / a) ** 2, 0, None))
+        kernels.append(mod / mod.sum())
+    offsets = np.arange(window[0], window[1] + 1)
+    shifts = np.arange(-max_shift, max_shift + shift_step / 2, shift_step)
+    centre = len(x) // 2
+    # Polynomial background basis in the window, orthonormal, to project out of the templates.
+    t = offsets / max(abs(window[0]), abs(window[1]))
+    basis, _ = np.linalg.qr(np.vander(t, background_degree + 1, increasing=True))
+    vectors = np.empty((len(offsets), len(widths), len(shifts)))
+    peak_offset = np.empty(len(widths))
+    for iw, width in enumerate(widths):
+        g = _peak_shape(x, gap_eV=gap_eV, width_eV=width)
+        for k in kernels:
+            g = fftconvolve(g, k, mode="same")
+        # The convolution is only exact away from the ends; window and shifts stay well inside.
+        reach = len(x) // 4
+        peak_offset[iw] = _refined_argmax(g, slice(centre - reach, centre + reach)) - centre
+        y = np.cumsum(g) * fine if integrated else g
+        for js, s in enumerate(shifts):
+            idx = centre + np.rint((offsets - s) * oversample).astype(int)
+            vectors[:, iw, js] = y[idx]
+    vectors = vectors.reshape(len(offsets), -1)
+    vectors -= basis @ (basis.T @ vectors)
+    vectors /= np.linalg.norm(vectors, axis=0, keepdims=True)
+    return TemplateBank(
+        offsets=offsets,
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        shifts=shifts,
+        peak_offset=peak_offset / oversample,
+        background=basis,
+        n_widths=len(widths),
+        n_shifts=len(shifts),
+    )
+
+
+def _refined_argmax(y: np.ndarray, region: slice) -> float:
+    """Index of the maximum of ``y`` within ``region``, refined by a parabola through 3 points."""
+    i = int(np.argmax(y[region])) + (region.start or 0)
+    y0, y1, y2 = y[i - 1], y[i], y[i + 1]
+    return i + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
+
+
+def locate_peaks(
+    windows: np.ndarray, bank: TemplateBank
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-sample peak positions from fit windows (already mirrored for the negative peak).
+
+    Parameters
+    ----------
+    windows : ndarray, (n, M)
+        Signal samples at ``bank.offsets`` around each coarse peak index.
+    bank : TemplateBank
+
+    Returns
+    -------
+    offset : ndarray, (n,), float64
+        Peak position relative to the coarse index, samples; NaN where the best fit lies on the
+        edge of the shift range (peak not bracketed) or has a negative amplitude.
+    score : ndarray, (n,)
+        Fraction of the window's variance about the polynomial background explained by the
+        best template (1 = perfect peak, ~0 = no peak).
+    """
+    proj = windows @ bank.vectors  # (n, W*S): least-squares amplitude of each unit template
+    best = np.argmax(proj, axis=1)
+    rows = np.arange(len(best))
+    amp = proj[rows, best].astype(np.float64)
+    iw, js = np.divmod(best, bank.n_shifts)
+    inside = (js > 0) & (js < bank.n_shifts - 1) & (amp > 0)
+    jm = np.clip(js - 1, 0, bank.n_shifts - 1)
+    jp = np.clip(js + 1, 0, bank.n_shifts - 1)
+    # Fit quality is the explained sum of squares amp^2; a parabola through its neighbours
+    # locates the optimum between the grid shifts.
+    q0 = proj[rows, iw * bank.n_shifts + jm].astype(np.float64) ** 2
+    q2 = proj[rows, iw * bank.n_shifts + jp].astype(np.float64) ** 2
+    q1 = amp**2
+    denom = q0 - 2 * q1 + q2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(denom < 0, 0.5 * (q0 - q2) / denom, 0.0)
+    step = bank.shifts[1] - bank.shifts[0]
+    offset = bank.shifts[js] + np.clip(frac, -0.5, 0.5) * step + bank.peak_offset[iw]
+    offset = np.where(inside, offset, np.nan)
+    w64 = windows.astype(np.float64)
+    residual = w64 - (w64 @ bank.background) @ bank.background.T
+    total = np.einsum("ij,ij->i", residual, residual)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(total > 0, q1 / total, np.nan)
+    return offset, score
+
+
+def estimate_width(
+    sides: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    search_V: tuple[float, float],
+    step: float,
+    bank_args: dict[str, object],
+) -> float:
+    """Batch Dynes width, eV: geometric median of the best-fitting width over both peaks.
+
+    ``sides`` holds (bias, didv, signal) for the positive and the mirrored negative side, rows =
+    spectra (NaN-free). At most :data:`WIDTH_SAMPLE` spectra are used.
+    """
+    bank = template_bank(step, **bank_args, widths=DYNES_WIDTHS_EV)  # type: ignore[arg-type]
+    chosen = []
+    for bias, didv, signal in sides:
+        sel = np.flatnonzero((bias >= search_V[0]) & (bias <= search_V[1]))
+        if sel.size < 8:
+            continue
+        rows = slice(0, min(WIDTH_SAMPLE, didv.shape[0]))
+        j = np.argmax(didv[rows, sel[0]: sel[-1] + 1], axis=1)
+        centre = sel[0] + j - COARSE_OUTWARD_SAMPLES
+        idx = centre[:, None] + bank.offsets[None, :]
+        inside = (idx[:, 0] >= 0) & (idx[:, -1] < didv.shape[1])
+        if not inside.any():
+            continue
+        windows = np.take_along_axis(signal[rows][inside], idx[inside], axis=1)
+        proj = windows @ bank.vectors
+        best = np.argmax(proj, axis=1) // bank.n_shifts
+        chosen.append(np.log(np.asarray(DYNES_WIDTHS_EV)[best]))
+    if not chosen:
+        raise AnalysisError(
+            "cannot estimate the Dynes width: no spectrum covers the gap search range; "
+            "give KernelOptions(dynes_width_eV=...) or widen the sweep"
+        )
+    return float(np.exp(np.median(np.concatenate(chosen))))
