@@ -1,0 +1,192 @@
+"""The Nanonis driver on recorded byte frames: every exchange checked and used.
+
+The frames below were recorded from the simulated server (``mocks/nanonis_server.py``, film
+seed 5, 4x4 pixels, 5-point sweep) with the real driver through pyvisa-py, then frozen here,
+so a change of the driver's requests or of its parsing shows up byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from pyvisa import constants
+from pyvisa.errors import VisaIOError
+
+from stslive.drivers.errors import ControllerError, InstrumentReplyError, InstrumentTimeout
+from stslive.drivers.nanonis import NanonisController
+from stslive.drivers.protocols import SpectroscopyConfig, SpectroscopyTiming
+from stslive.drivers.visa import VisaSession, VisaSettings
+
+RESOURCE = "TCPIP::192.0.2.10::6501::SOCKET"
+
+# (request, reply) hex pairs, in order: Bias.Get, Bias.Set, Bias.Set (error reply), then
+# configure_spectroscopy, run_spectrum (feedback held and restored) and move_tip.
+RECORDED: list[tuple[str, str]] = [
+    ("426961732e4765740000000000000000000000000000000000000000000000000000000000010000",
+     "426961732e4765740000000000000000000000000000000000000000000000000000000c00000000bc23d70a0000000000000000"),
+    ("426961732e53657400000000000000000000000000000000000000000000000000000004000100003ba3d70a",
+     "426961732e53657400000000000000000000000000000000000000000000000000000008000000000000000000000000"),
+    ("426961732e53657400000000000000000000000000000000000000000000000000000004000100003f000000",
+     "426961732e5365740000000000000000000000000000000000000000000000000000001900000000000000030000001142696173206f7574206f662072616e6765"),
+    ("5369676e616c732e4e616d6573476574000000000000000000000000000000000000000000010000",
+     "5369676e616c732e4e616d6573476574000000000000000000000000000000000000006e000000000000005e000000070000000b43757272656e7420284129000000084269617320285629000000055a20286d29000000055820286d29000000055920286d29000000104c492044656d6f642031205820284129000000104c492044656d6f6420312059202841290000000000000000"),
+    ("426961735370656374722e43687353657400000000000000000000000000000000000008000100000000000100000000",
+     "426961735370656374722e43687353657400000000000000000000000000000000000008000000000000000000000000"),
+    ("426961735370656374722e4c696d6974735365740000000000000000000000000000000800010000bca3d70a3ca3d70a",
+     "426961735370656374722e4c696d69747353657400000000000000000000000000000008000000000000000000000000"),
+    ("426961735370656374722e50726f70735365740000000000000000000000000000000014000100000000000000010002000000050000000000020002",
+     "426961735370656374722e50726f70735365740000000000000000000000000000000008000000000000000000000000"),
+    ("426961735370656374722e54696d696e675365740000000000000000000000000000002000010000000000000000000000000000447a00003a83126f3a83126f0000000000000000",
+     "426961735370656374722e54696d696e6753657400000000000000000000000000000008000000000000000000000000"),
+    ("5a4374726c2e4f6e4f66664765740000000000000000000000000000000000000000000000010000",
+     "5a4374726c2e4f6e4f66664765740000000000000000000000000000000000000000000c00000000000000010000000000000000"),
+    ("5a4374726c2e4f6e4f6666536574000000000000000000000000000000000000000000040001000000000000",
+     "5a4374726c2e4f6e4f666653657400000000000000000000000000000000000000000008000000000000000000000000"),
+    ("426961735370656374722e53746172740000000000000000000000000000000000000008000100000000000100000000",
+     "426961735370656374722e5374617274000000000000000000000000000000000000008c0000000000000020000000020000000d426961732063616c63202856290000000b43757272656e74202841290000000200000005bca3d70abc23d70a000000003c23d70a3ca3d70ab06e9c8dafc4e0f0a9f5c53a2fc743463074330d0000000abca3d70a3ca3d70a00000000000000002ed94b60000000003a83126f3a83126f3f8000002ed94b600000000000000000"),
+    ("5a4374726c2e4f6e4f66664765740000000000000000000000000000000000000000000000010000",
+     "5a4374726c2e4f6e4f66664765740000000000000000000000000000000000000000000c00000000000000000000000000000000"),
+    ("5a4374726c2e4f6e4f6666536574000000000000000000000000000000000000000000040001000000000001",
+     "5a4374726c2e4f6e4f666653657400000000000000000000000000000000000000000008000000000000000000000000"),
+    ("5363616e2e4672616d65476574000000000000000000000000000000000000000000000000010000",
+     "5363616e2e4672616d65476574000000000000000000000000000000000000000000001c0000000000000000000000003189705f3189705f000000000000000000000000"),
+    ("466f6c4d652e5859506f7353657400000000000000000000000000000000000000000014000100003e112e0be826d695be112e0be826d69500000001",
+     "466f6c4d652e5859506f7353657400000000000000000000000000000000000000000008000000000000000000000000"),
+]
+
+
+class ReplayResource:
+    """A pyvisa resource that replays recorded exchanges and fails on any deviation."""
+
+    def __init__(self, exchanges: list[tuple[bytes, bytes]]) -> None:
+        self.exchanges = list(exchanges)
+        self.used = 0
+        self.pending = b""
+        self.timeout = 2000.0
+        self.read_termination: str | None = "\n"
+        self.write_termination: str | None = "\n"
+        self.attributes: dict[Any, Any] = {}
+        self.closed = False
+
+    def set_visa_attribute(self, name: Any, value: Any) -> None:
+        self.attributes[name] = value
+
+    def write_raw(self, data: bytes) -> None:
+        assert not self.pending, f"request sent before the reply was read: {self.pending.hex()}"
+        assert self.used < len(self.exchanges), f"unexpected extra request {bytes(data).hex()}"
+        request, reply = self.exchanges[self.used]
+        assert bytes(data) == request, f"exchange {self.used}: sent {bytes(data).hex()}, recorded {request.hex()}"
+        self.used += 1
+        self.pending = reply
+
+    def read_bytes(self, count: int, break_on_termchar: bool = False) -> bytes:
+        assert not break_on_termchar
+        if len(self.pending) < count:
+            raise VisaIOError(constants.StatusCode.error_timeout)
+        out, self.pending = self.pending[:count], self.pending[count:]
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+    def assert_all_used(self) -> None:
+        assert self.used == len(self.exchanges), f"{len(self.exchanges) - self.used} recorded exchanges unused"
+        assert not self.pending, "reply bytes left unread"
+
+
+class ReplayManager:
+    """Hands out replay resources in order, as ``pyvisa.ResourceManager.open_resource`` would."""
+
+    def __init__(self, *resources: ReplayResource) -> None:
+        self.resources = list(resources)
+        self.opened: list[ReplayResource] = []
+
+    def open_resource(self, name: str, **kwargs: Any) -> ReplayResource:
+        assert name == RESOURCE
+        resource = self.resources.pop(0)
+        self.opened.append(resource)
+        return resource
+
+    def close(self) -> None:
+        pass
+
+
+def _pairs(hexes: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(bytes.fromhex(q), bytes.fromhex(a)) for q, a in hexes]
+
+
+def _controller(*resources: ReplayResource) -> NanonisController:
+    settings = VisaSettings(RESOURCE, timeout_s=2.0, reconnect_attempts=0)
+    session = VisaSession(settings, instrument="nanonis", resource_manager=ReplayManager(*resources))  # type: ignore[arg-type]
+    return NanonisController(settings, session=session)
+
+
+def test_recorded_session_replays_completely() -> None:
+    replay = ReplayResource(_pairs(RECORDED))
+    stm = _controller(replay)
+    assert stm.get_bias() == pytest.approx(-0.010, rel=1e-6)
+    stm.set_bias(0.005)
+    with pytest.raises(ControllerError, match="Bias out of range") as info:
+        stm.set_bias(0.5)
+    assert info.value.code == 3 and info.value.command == "Bias.Set"
+    stm.configure_spectroscopy(
+        SpectroscopyConfig(("Current (A)",), -0.02, 0.02, 5, SpectroscopyTiming(settling_s=1e-3, integration_s=1e-3))
+    )
+    spectrum = stm.run_spectrum()
+    stm.move_tip(1e-9, -1e-9)
+    replay.assert_all_used()
+    assert spectrum.channels == ("Bias calc (V)", "Current (A)")
+    assert spectrum.data.dtype == np.float32 and spectrum.data.shape == (2, 5)
+    np.testing.assert_allclose(spectrum.data[0], np.linspace(-0.02, 0.02, 5), atol=1e-8)
+    assert np.all(np.isfinite(spectrum.data[1])) and spectrum.data[1][0] < 0 < spectrum.data[1][-1]
+
+
+def test_session_binary_settings_and_nodelay() -> None:
+    replay = ReplayResource(_pairs(RECORDED[:1]))
+    stm = _controller(replay)
+    stm.get_bias()
+    replay.assert_all_used()
+    assert replay.read_termination is None and replay.write_termination is None
+    assert replay.attributes == {constants.ResourceAttribute.tcpip_nodelay: constants.VI_TRUE}
+
+
+def test_reply_for_another_command_resets_the_connection() -> None:
+    bias_get_request = bytes.fromhex(RECORDED[0][0])
+    set_reply = bytes.fromhex(RECORDED[1][1])  # a Bias.Set reply: out of step
+    first = ReplayResource([(bias_get_request, set_reply)])
+    second = ReplayResource(_pairs(RECORDED[:1]))
+    stm = _controller(first, second)
+    with pytest.raises(InstrumentReplyError, match="out of step"):
+        stm.get_bias()
+    assert first.closed
+    assert stm.get_bias() == pytest.approx(-0.010, rel=1e-6)  # a fresh connection
+    first.assert_all_used()
+    second.assert_all_used()
+
+
+def test_truncated_reply_is_a_timeout() -> None:
+    request, reply = _pairs(RECORDED[:1])[0]
+    replay = ReplayResource([(request, reply[:-2])])
+    stm = _controller(replay)
+    with pytest.raises(InstrumentTimeout, match="Bias.Get"):
+        stm.get_bias()
+    assert replay.closed
+
+
+def test_feedback_restored_when_start_fails() -> None:
+    # configure (5 exchanges) + OnOffGet + OnOffSet(0) recorded; then Start gets no reply, and
+    # the restore (OnOffGet -> 0, OnOffSet(1)) runs on a fresh connection.
+    configure_and_hold = _pairs(RECORDED[3:10])
+    start_request = bytes.fromhex(RECORDED[10][0])
+    first = ReplayResource([*configure_and_hold, (start_request, b"")])
+    restore = ReplayResource(_pairs(RECORDED[11:13]))
+    stm = _controller(first, restore)
+    stm.configure_spectroscopy(
+        SpectroscopyConfig(("Current (A)",), -0.02, 0.02, 5, SpectroscopyTiming(settling_s=1e-3, integration_s=1e-3))
+    )
+    with pytest.raises(InstrumentTimeout):
+        stm.run_spectrum()
+    first.assert_all_used()
+    restore.assert_all_used()
