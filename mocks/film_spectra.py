@@ -225,31 +225,42 @@ def dos(
     return p
 
 
-def convolve_valid(dos_rows: FloatArray, kernel_list: tuple[FloatArray, ...], *, n: int) -> list[FloatArray]:
+def kernel_spectra(kernel_list: tuple[FloatArray, ...], *, length: int, dtype: npt.DTypeLike) -> tuple[int, list[npt.NDArray[np.complexfloating]]]:
+    """FFT length and the kernels' real FFTs for :func:`convolve_valid` of rows of ``length``.
+
+    A circular FFT convolution of length >= ``length`` is exact on the valid part (no
+    wrap-around reaches it), so ``next_fast_len(length)`` suffices.
+    """
+    nfft = scipy.fft.next_fast_len(length, real=True)
+    return nfft, [scipy.fft.rfft(np.asarray(k, dtype=dtype), n=nfft) for k in kernel_list]
+
+
+def convolve_valid(
+    dos_rows: npt.NDArray[np.floating],
+    spectra: list[npt.NDArray[np.complexfloating]],
+    *,
+    nfft: int,
+    width: int,
+    n: int,
+) -> list[npt.NDArray[np.floating]]:
     """Valid part of the convolution of each DOS row with each kernel (one forward FFT shared).
 
-    A circular FFT convolution of length >= len(row) is exact on the valid part (no wrap-around
-    reaches it), so ``next_fast_len(M)`` suffices; scipy.fft because it is the library's
-    maintained pocketfft and keeps the per-row work in C.
+    scipy.fft (pocketfft) keeps the per-row work in C and runs float32 rows in single
+    precision, about 3x faster than float64 here.
 
     Parameters
     ----------
     dos_rows
         (P, n + 2 pad) DOS samples.
-    kernel_list
-        Kernels of length 2 pad + 1.
+    spectra, nfft
+        From :func:`kernel_spectra`.
+    width
+        Kernel length 2 pad + 1.
     n
         Number of valid output points.
     """
-    length = dos_rows.shape[-1]
-    width = kernel_list[0].size
-    nfft = scipy.fft.next_fast_len(length, real=True)
     spectrum = scipy.fft.rfft(dos_rows, n=nfft, axis=-1)
-    out = []
-    for kernel in kernel_list:
-        full = scipy.fft.irfft(spectrum * scipy.fft.rfft(kernel, n=nfft), n=nfft, axis=-1)
-        out.append(full[:, width - 1 : width - 1 + n])
-    return out
+    return [scipy.fft.irfft(spectrum * k, n=nfft, axis=-1)[:, width - 1 : width - 1 + n] for k in spectra]
 
 
 def cumulative_integral(values: FloatArray, *, step: float) -> FloatArray:
