@@ -26,7 +26,14 @@ from scipy.ndimage import uniform_filter1d
 from scipy.signal import savgol_filter
 
 from stslive.drivers.errors import AnalysisError
-from stslive.live.kernels_gap import COARSE_OUTWARD_SAMPLES, estimate_width, locate_peaks, template_bank
+from stslive.live.kernels_gap import (
+    BACKGROUND_DEGREE,
+    COARSE_OUTWARD_SAMPLES,
+    LOCKIN_COARSE_OUTWARD_SAMPLES,
+    estimate_width,
+    locate_peaks,
+    template_bank,
+)
 
 __all__ = [
     "ReasonCode", "KernelOptions", "GapResult", "PowerLawResult", "SpectrumAnalysis",
@@ -342,6 +349,16 @@ def derivative(
     return out
 
 
+def _bank_args(temperature_K: float, modulation_Vrms: float, *, integrated: bool) -> dict[str, object]:
+    """Template-bank settings for a current (integrated templates) or a lock-in channel."""
+    return {
+        "temperature_K": float(temperature_K),
+        "modulation_Vrms": 0.0 if integrated else float(modulation_Vrms),
+        "integrated": integrated,
+        "background_degree": BACKGROUND_DEGREE["current" if integrated else "lockin"],
+    }
+
+
 def _mirror(bias: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """The negative-bias side seen as a positive one: V -> -V, bias re-sorted ascending."""
     return (-bias[::-1], *(a[..., ::-1] for a in arrays))
@@ -371,7 +388,7 @@ def _one_side(
     if signal is None:
         return nan, ratio, nan, reason
     bank = template_bank(step, **bank_args)
-    centre = sel[0] + j - COARSE_OUTWARD_SAMPLES
+    centre = sel[0] + j - (COARSE_OUTWARD_SAMPLES if bank_args["integrated"] else LOCKIN_COARSE_OUTWARD_SAMPLES)
     idx = centre[:, None] + bank.offsets[None, :]
     outside = (idx[:, 0] < 0) | (idx[:, -1] >= n)
     windows = np.take_along_axis(signal, np.clip(idx, 0, n - 1), axis=1)
@@ -435,11 +452,9 @@ def extract_gap(
     if bad.any():  # zeros keep the arithmetic quiet; the rows are reported as NAN_INPUT
         g2 = np.where(bad[:, None], 0, g2)
         refit = np.where(bad[:, None], 0, refit)
-    bank_args: dict[str, object] = {
-        "temperature_K": float(temperature_K),
-        "modulation_Vrms": float(modulation_Vrms) if signal is None else 0.0,
-        "integrated": signal is not None,
-    }
+    bank_args = _bank_args(temperature_K, modulation_Vrms, integrated=signal is not None)
+    if signal is None:  # raw lock-in: a 5-point running mean keeps noise spikes from the argmax
+        g2 = uniform_filter1d(g2, 5, axis=-1, mode="nearest")
     # Mirrored negative side: the current changes sign with V, the conductance does not.
     bias_m, g_m, r_m = _mirror(bias, g2, refit)
     if signal is not None:
@@ -629,12 +644,10 @@ def _batch_width(bias: np.ndarray, didv: np.ndarray, signal: np.ndarray | None, 
     refit = didv if signal is None else signal
     used = np.abs(bias) <= opts.gap_search_V[1] + 48 * step
     keep = np.isfinite(didv[:, used]).all(axis=1) & np.isfinite(refit[:, used]).all(axis=1)
-    bank_args: dict[str, object] = {
-        "temperature_K": opts.temperature_K,
-        "modulation_Vrms": opts.modulation_Vrms if signal is None else 0.0,
-        "integrated": signal is not None,
-    }
+    bank_args = _bank_args(opts.temperature_K, opts.modulation_Vrms, integrated=signal is not None)
     g, r = didv[keep], refit[keep]
+    if signal is None:
+        g = uniform_filter1d(g, 5, axis=-1, mode="nearest")
     bias_m, g_m, r_m = _mirror(bias, g, r)
     if signal is not None:
         r_m = -r_m

@@ -38,9 +38,18 @@ K_B_EV_PER_K = 8.617333262e-5  # Boltzmann constant (CODATA 2018, exact), eV/K
 #: so real tips and hotter samples are still covered; the fit picks the best per spectrum.
 DYNES_WIDTHS_EV: tuple[float, ...] = tuple(float(g) for g in np.geomspace(5e-6, 0.4e-3, 24))
 
-#: The coarse peak (argmax of an 11-point box-smoothed derivative) lies 0..5 samples outside the
-#: true maximum for 0.3 K Dynes peaks (measured); the template window is centred this far inside.
-COARSE_OUTWARD_SAMPLES = 2
+#: The coarse peak (argmax of an 11-point box-smoothed derivative) lies 2.5..9 samples outside the
+#: true maximum (median 5) for the simulated 0.3 K film (measured); the template window is
+#: centred this far inside and its shifts reach +-6 samples.
+COARSE_OUTWARD_SAMPLES = 4
+
+#: Same for a lock-in channel, whose coarse peak is the argmax of its 5-point running mean.
+LOCKIN_COARSE_OUTWARD_SAMPLES = 1
+
+#: Polynomial background degree of the fit, per domain (measured on the simulated film, Delta rms
+#: with the lock-in: degree 1 0.011 meV, 2 0.018, 3 0.017; with the current degree 3 is the
+#: lowest that absorbs the I(V) curvature over the 57-sample window).
+BACKGROUND_DEGREE = {"current": 3, "lockin": 1}
 
 #: Spectra used to estimate the batch's Dynes width (more adds time, not accuracy).
 WIDTH_SAMPLE = 1024
@@ -89,7 +98,7 @@ def template_bank(
     integrated: bool,
     widths: tuple[float, ...] = DYNES_WIDTHS_EV,
     window: tuple[int, int] = (-24, 32),
-    max_shift: float = 5.0,
+    max_shift: float = 6.0,
     shift_step: float = 0.25,
     background_degree: int = 3,
     gap_eV: float = 1.2e-3,
@@ -245,7 +254,7 @@ def estimate_width(
             continue
         rows = slice(0, min(WIDTH_SAMPLE, didv.shape[0]))
         j = np.argmax(didv[rows, sel[0]: sel[-1] + 1], axis=1)
-        centre = sel[0] + j - COARSE_OUTWARD_SAMPLES
+        centre = sel[0] + j - (COARSE_OUTWARD_SAMPLES if bank_args["integrated"] else LOCKIN_COARSE_OUTWARD_SAMPLES)
         idx = centre[:, None] + bank.offsets[None, :]
         inside = (idx[:, 0] >= 0) & (idx[:, -1] < didv.shape[1])
         if not inside.any():
