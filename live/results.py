@@ -273,8 +273,6 @@ class ResultsModel:
             name: np.full((self.ny, self.nx), fill, dtype=dtype) for name, (dtype, fill, _, _) in MAP_SPECS.items()
         }
         self.topography: np.ndarray | None = None
-        if topography is not None:
-            self.set_topography(topography)
         self.setpoint_sets: dict[int, dict[str, Any]] = {}
         self.snapshot: CorrelationSnapshot | None = None
         self.version = 0
@@ -290,6 +288,8 @@ class ResultsModel:
         self._temp_t: deque[float] = deque(maxlen=temperature_points)
         self._temp_K: deque[float] = deque(maxlen=temperature_points)
         self._stats_cache: tuple[int, int, MapStatistics] | None = None
+        if topography is not None:
+            self.set_topography(topography)
 
     # -- writing ---------------------------------------------------------------------------
     def _bump(self, part: str) -> None:
@@ -337,7 +337,23 @@ class ResultsModel:
                 self.maps[name][iy, ix] = np.asarray(value).astype(MAP_SPECS[name][0], copy=False)
             if "measured" not in maps:
                 self.maps["measured"][iy, ix] = True
+            if "time" in maps:
+                self._extend_traces(iy, ix, maps)
             self._bump("maps_version")
+
+    def _extend_traces(self, iy: slice | np.ndarray, ix: slice | np.ndarray, maps: dict[str, np.ndarray]) -> None:
+        """Feed a block's pixel times (rate, ETA) and temperatures (trace) in time order."""
+        region = self.maps["time"][iy, ix].shape
+        t = np.broadcast_to(np.asarray(maps["time"], dtype=np.float64), region).ravel()
+        temp = np.broadcast_to(np.asarray(maps.get("temperature_K", np.nan), dtype=np.float64), region).ravel()
+        keep = np.isfinite(t)
+        order = np.argsort(t[keep], kind="stable")
+        t, temp = t[keep][order], temp[keep][order]
+        self._recent_times.extend(t[-(self._recent_times.maxlen or 1):].tolist())
+        ok = np.isfinite(temp)
+        tail = -(self._temp_t.maxlen or 1)
+        self._temp_t.extend(t[ok][tail:].tolist())
+        self._temp_K.extend(temp[ok][tail:].tolist())
 
     def set_topography(self, topography: np.ndarray) -> None:
         """Attach a (ny, nx) topography map Z in m."""

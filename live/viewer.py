@@ -1,0 +1,266 @@
+"""The control-room window: live Delta/alpha maps, statistics, correlations, spectra, status, flags.
+
+The window never reads a file nor analyses anything: a :class:`~stslive.live.viewer_sources.DataSource`
+fills the shared :class:`~stslive.live.results.ResultsModel` on its own threads, and a QTimer
+(default 15 Hz) pulls from the model, redrawing only the parts whose version counter moved.
+The O(N) summaries (histograms, per-set flags) are refreshed at most ``summary_hz`` times a second,
+which keeps a 300 x 250 map responsive while 1,000 pixels/s arrive.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from pyqtgraph.Qt import QtCore, QtWidgets
+
+from stslive.live.results import ResultsModel
+from stslive.live.viewer_panels import (
+    CorrelationPanel,
+    FlagsPanel,
+    HistogramPanel,
+    MapPanel,
+    SpectrumPanel,
+    StatusPanel,
+    reversed_cmap,
+    set_title,
+)
+from stslive.live.viewer_sources import DataSource
+
+DEFAULT_SIZE = (1800, 1100)
+
+
+def qt_app() -> QtWidgets.QApplication:
+    """The process's QApplication (created once); pyqtgraph images are row-major throughout."""
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+    app = QtWidgets.QApplication.instance()
+    return app if app is not None else QtWidgets.QApplication([])
+
+
+def _levels(mean: float, std: float, lo: float, hi: float) -> tuple[float, float]:
+    """Colour levels: mean +- 2.5 sigma clipped to the data range, so outliers do not wash out the map."""
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        return (0.0, 1.0)
+    a, b = max(lo, mean - 2.5 * std), min(hi, mean + 2.5 * std)
+    return (a, b) if b > a else (a - 1e-6, a + 1e-6)
+
+
+class ControlRoomWindow(QtWidgets.QMainWindow):
+    """The control-room screen.
+
+    Parameters
+    ----------
+    model
+        The results model to show (filled by ``source`` or by the caller).
+    source
+        Optional data source; the window asks it for spectra and its status line.
+    refresh_hz
+        Redraw timer rate.
+    summary_hz
+        Maximum refresh rate of histograms, colour levels and flag summaries.
+    """
+
+    def __init__(self, model: ResultsModel, source: DataSource | None = None, *, refresh_hz: float = 15.0,
+                 summary_hz: float = 2.0) -> None:
+        super().__init__()
+        self.model, self.source = model, source
+        self.setWindowTitle("stslive control room")
+        self.setAttribute(QtCore.Qt.WA_DeleteOnClose)
+        self.resize(*DEFAULT_SIZE)
+        self.frames = 0
+        self.selected: tuple[int, int] | None = None
+        self.pinned = False
+        self._seen = {"maps": -1, "snapshot": -1, "status": -1}
+        self._summary_period = 1.0 / summary_hz
+        self._last_summary = -math.inf
+        self._levels = {"delta": (0.0, 1.0), "alpha": (0.0, 1.0), "topo": (0.0, 1.0)}
+        self._build()
+        self.timer = QtCore.QTimer(self)
+        self.timer.setInterval(int(1000 / refresh_hz))
+        # a slot without parameters: PySide6 6.12 crashed at interpreter exit when the slot had
+        # a keyword-only parameter (measured: refresh(*, force) connected directly)
+        self.timer.timeout.connect(self._on_timer)
+        self.timer.start()
+
+    # -- layout ------------------------------------------------------------------------------
+    def _build(self) -> None:
+        viridis = pg.colormap.get("viridis")
+        pick = dict(on_click=self.select_pixel, on_hover=self._hover)
+        self.delta_map = MapPanel("gap Delta", "Delta (meV)", viridis, **pick)
+        self.alpha_map = MapPanel("AA exponent alpha (reversed scale)", "alpha", reversed_cmap(viridis), **pick)
+        self.topo_map = MapPanel("topography Z", "Z (nm)", pg.colormap.get("afmhot", source="matplotlib"), **pick)
+        self.maps = (self.delta_map, self.alpha_map, self.topo_map)
+        for panel in self.maps:
+            panel.set_geometry(self.model.ny, self.model.nx, self.model.pixel_nm)
+        self.delta_hist = HistogramPanel("Delta", "Delta (meV)", "#4daf4a")
+        self.alpha_hist = HistogramPanel("alpha", "alpha", "#377eb8")
+        self.corr = CorrelationPanel()
+        self.spectrum = SpectrumPanel()
+        self.status_panel = StatusPanel()
+        self.flags = FlagsPanel(self.select_pixel)
+
+        grid = QtWidgets.QGridLayout()
+        for col, panel in enumerate(self.maps):
+            grid.addWidget(panel.widget, 0, col)
+        grid.addWidget(self.delta_hist.widget, 1, 0)
+        grid.addWidget(self.alpha_hist.widget, 1, 1)
+        grid.addWidget(self.corr.map_widget, 1, 2)
+        grid.addWidget(self.corr.profile_widget, 2, 0, 1, 3)
+        grid.setRowStretch(0, 5)
+        grid.setRowStretch(1, 3)
+        grid.setRowStretch(2, 3)
+        left = QtWidgets.QWidget()
+        left.setLayout(grid)
+        right = QtWidgets.QWidget()
+        rlay = QtWidgets.QVBoxLayout(right)
+        rlay.addWidget(self.spectrum.gap, 5)
+        rlay.addWidget(self.spectrum.wide, 5)
+        rlay.addWidget(self.status_panel.widget, 4)
+        rlay.addWidget(self.flags.widget, 4)
+        split = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setSizes([int(DEFAULT_SIZE[0] * 0.68), int(DEFAULT_SIZE[0] * 0.32)])
+        self.setCentralWidget(split)
+        self.readout = QtWidgets.QLabel("")
+        self.statusBar().addPermanentWidget(self.readout)
+
+    # -- interaction -------------------------------------------------------------------------
+    def select_pixel(self, iy: int, ix: int) -> None:
+        """Pin a pixel (map click or flagged-list click): mark it and fetch its spectrum."""
+        self.selected, self.pinned = (iy, ix), True
+        for panel in self.maps:
+            panel.mark(iy, ix)
+        if self.source is not None:
+            self.source.request_spectrum(iy, ix)
+
+    def _hover(self, iy: int, ix: int) -> None:
+        r = self.model.pixel(iy, ix)
+        text = f"(iy {iy}, ix {ix}): " + ("not measured" if r is None else
+                                          f"Delta {r.delta_eV * 1e3:.3f} meV, alpha {r.alpha:.3f}, reason {r.reason}")
+        self.readout.setText(text)
+        if not self.pinned and self.source is not None and (iy, ix) != self.selected:
+            self.selected = (iy, ix)
+            self.source.request_spectrum(iy, ix)
+
+    def keyPressEvent(self, event: object) -> None:  # noqa: N802 (Qt override)
+        if event.key() == QtCore.Qt.Key_Escape:
+            self.pinned = False  # spectrum follows the mouse again
+        super().keyPressEvent(event)
+
+    # -- timer -------------------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        self.refresh()
+
+    def refresh(self, force: bool = False) -> None:
+        """Pull what changed from the model and redraw it (the QTimer slot)."""
+        m = self.model
+        now = time.monotonic()
+        summary_due = force or now - self._last_summary >= self._summary_period
+        maps_changed = m.maps_version != self._seen["maps"]
+        if maps_changed and summary_due:
+            self._refresh_summaries()
+            self._last_summary = now
+        if maps_changed:
+            self._refresh_maps()
+        if m.snapshot_version != self._seen["snapshot"]:
+            self._seen["snapshot"] = m.snapshot_version
+            with m.lock:
+                snap = m.snapshot
+            self.corr.show(snap)
+        if summary_due or m.status_version != self._seen["status"]:
+            self._seen["status"] = m.status_version
+            self.status_panel.show(m.status())
+        if self.source is not None:
+            data = self.source.take_spectrum()
+            if data is not None:
+                self.spectrum.show(data)
+            self.statusBar().showMessage(self.source.status_text())
+        self.frames += 1
+
+    def _refresh_maps(self) -> None:
+        m = self.model
+        with m.lock:
+            self._seen["maps"] = m.maps_version
+            maps = m.copy_maps(("delta_eV", "alpha", "valid", "measured"))
+            topo = None if m.topography is None else m.topography.copy()
+        shown = maps["valid"]
+        self.delta_map.show(np.where(shown, maps["delta_eV"] * np.float32(1e3), np.float32(np.nan)),
+                            self._levels["delta"])
+        self.alpha_map.show(np.where(shown, maps["alpha"], np.float32(np.nan)), self._levels["alpha"])
+        if topo is not None:
+            self.topo_map.show(topo * np.float32(1e9), self._levels["topo"])
+        else:
+            set_title(self.topo_map.widget, "topography: none recorded")
+        n_meas, n_valid = int(maps["measured"].sum()), int(shown.sum())
+        set_title(self.delta_map.widget, f"gap Delta ({n_valid} valid of {n_meas} measured)")
+
+    def _refresh_summaries(self) -> None:
+        m = self.model
+        st = m.statistics()
+        for key, hist, mean, std, scale in (("delta", st.delta_hist, st.delta_mean_eV, st.delta_std_eV, 1e3),
+                                            ("alpha", st.alpha_hist, st.alpha_mean, st.alpha_std, 1.0)):
+            if hist.edges.size:
+                self._levels[key] = _levels(mean * scale, std * scale, hist.edges[0] * scale, hist.edges[-1] * scale)
+        self.delta_hist.show(st.delta_hist, st.delta_mean_eV, st.delta_std_eV, scale=1e3, unit=" meV", n=st.n_valid)
+        self.alpha_hist.show(st.alpha_hist, st.alpha_mean, st.alpha_std, scale=1.0, unit="", n=st.n_valid)
+        with m.lock:
+            topo = m.topography
+            if topo is not None:
+                zt = topo[np.isfinite(topo)] * 1e9
+                self._levels["topo"] = (float(zt.min()), float(zt.max())) if zt.size else (0.0, 1.0)
+        self.flags.show(m.flag_summary(), m.flagged_pixels(limit=2000))
+
+    def closeEvent(self, event: object) -> None:  # noqa: N802 (Qt override)
+        self.timer.stop()
+        if self.source is not None:
+            self.source.stop()
+        super().closeEvent(event)
+
+
+def dispose(window: ControlRoomWindow) -> None:
+    """Close ``window``, stop its source and delete it now.
+
+    Deleting the Qt objects before the interpreter shuts down matters: with PySide6 6.12 on
+    Python 3.11 a window left for the final garbage collection aborted the process
+    ("bool_dealloc", measured); closing and deleting it first does not.
+    """
+    window.close()  # WA_DeleteOnClose schedules the deletion, closeEvent stops the source
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.DeferredDelete)
+    QtCore.QCoreApplication.processEvents()
+
+
+def render_snapshot(window: ControlRoomWindow, path: str | Path, *, pixel: tuple[int, int] | None = None) -> Path:
+    """Draw ``window`` once with everything current and save it as a PNG of the window's size.
+
+    ``pixel`` (or, if None, the valid pixel nearest the centre) is selected and its spectrum read
+    synchronously, which is fine here: a snapshot has no interactive event loop to keep alive.
+    """
+    app = qt_app()
+    model = window.model
+    if pixel is None:
+        valid = model.copy_maps(("valid",))["valid"]
+        iy, ix = np.nonzero(valid)
+        if iy.size:
+            k = int(np.argmin((iy - model.ny / 2) ** 2 + (ix - model.nx / 2) ** 2))
+            pixel = (int(iy[k]), int(ix[k]))
+    if pixel is not None:
+        window.selected = pixel
+        for panel in window.maps:
+            panel.mark(*pixel)
+        fetch = getattr(window.source, "fetch_spectrum_now", None)
+        if fetch is not None:
+            window.spectrum.show(fetch(*pixel))
+    window.show()
+    for _ in range(3):  # plots update their auto-range on the next event pass; let them settle
+        window.refresh(force=True)
+        app.processEvents()
+    path = Path(path)
+    if not window.grab().save(str(path)):
+        from stslive.drivers.errors import FileFormatError
+
+        raise FileFormatError(path, "could not write the PNG; check the directory exists and is writable")
+    return path

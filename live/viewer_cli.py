@@ -1,0 +1,81 @@
+"""``stslive view``: the control-room screen on a run archive, an analysis file or a live stream.
+
+    stslive view RUN.h5 [--analysis maps.h5] [--snapshot FILE.png]
+    stslive view --connect tcp://127.0.0.1:5560 [--archive RUN.h5]
+
+``--snapshot`` renders the window offscreen to a PNG of ``--size`` pixels and exits (tests,
+sharing); without it the window opens and follows the source until closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from stslive.drivers.errors import ConfigError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT in pixels, e.g. 1800x1100; got {text!r}") from exc
+    if w < 400 or h < 300:
+        raise argparse.ArgumentTypeError(f"size {w}x{h} too small to draw the screen; use at least 400x300")
+    return w, h
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stslive view``."""
+    parser.add_argument("archive", nargs="?", type=Path, help="run archive RUN.h5 (finished or still running)")
+    parser.add_argument("--analysis", type=Path, help="analysis file (maps.h5); default: maps.h5 or "
+                        "RUN.analysis.h5 beside the archive when present")
+    parser.add_argument("--connect", metavar="ENDPOINT", help="follow the analyser's results stream, "
+                        "e.g. tcp://127.0.0.1:5560")
+    parser.add_argument("--current", metavar="NAME", help="current channel for the spectra (default: the "
+                        "first channel named 'Current ...')")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the first stream "
+                        "message or for the files to load (default 10)")
+    parser.add_argument("--snapshot", type=Path, metavar="FILE.png", help="render offscreen to a PNG and exit")
+    parser.add_argument("--size", type=_size, default=None, help="window size WIDTHxHEIGHT (default 1800x1100)")
+    parser.add_argument("--pixel", type=int, nargs=2, metavar=("IY", "IX"), help="pixel whose spectrum the "
+                        "snapshot shows (default: the valid pixel nearest the centre)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the source, then show the window (or render the snapshot)."""
+    if args.snapshot is not None:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if args.connect is None and args.archive is None and args.analysis is None:
+        raise ConfigError("give a run archive (stslive view RUN.h5), --analysis maps.h5, or --connect ENDPOINT")
+    from stslive.live.viewer import ControlRoomWindow, dispose, qt_app, render_snapshot
+    from stslive.live.viewer_sources import FileSource, StreamSource
+
+    app = qt_app()
+    if args.connect is not None:
+        if args.analysis is not None:
+            raise ConfigError("--analysis goes with a file view; with --connect the analyser supplies the results")
+        source = StreamSource.connect(args.connect, timeout_s=args.timeout, archive=args.archive,
+                                      current=args.current)
+    else:
+        source = FileSource(args.archive, analysis=args.analysis, current=args.current)
+    source.start()
+    window = ControlRoomWindow(source.model, source)
+    if args.size is not None:
+        window.resize(*args.size)
+    if args.snapshot is None:
+        window.show()
+        code = app.exec()
+        dispose(window)
+        return int(code)
+    size = (window.width(), window.height())
+    try:
+        loaded = getattr(source, "loaded", None)
+        if loaded is not None and not loaded.wait(args.timeout):
+            raise ConfigError(f"files did not load within {args.timeout:.0f} s; raise --timeout")
+        path = render_snapshot(window, args.snapshot, pixel=tuple(args.pixel) if args.pixel else None)
+    finally:
+        dispose(window)
+    print(f"wrote {path} ({size[0]}x{size[1]} px)")
+    return 0

@@ -1,0 +1,468 @@
+"""Data sources of the control-room viewer: they fill a ResultsModel off the GUI thread.
+
+A source owns a worker thread (file loading and polling, or a ZeroMQ subscription) and a
+spectrum fetcher thread; the window only calls the cheap, non-blocking methods of
+:class:`DataSource` from its timer. Topics a :class:`StreamSource` subscribes to are
+:data:`STREAM_TOPICS` (``pixel``, ``maps``, ``snapshot``, ``status``; messages built by
+:mod:`stslive.live.results_io`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from scipy.signal import savgol_filter
+
+from stslive.drivers.errors import FileFormatError, StreamError, StsliveError
+from stslive.live.results import PixelResult, ResultsModel
+from stslive.live.results_io import apply_message, decode_message, load_maps_h5, model_from_message
+
+log = logging.getLogger(__name__)
+
+STREAM_TOPICS = ("pixel", "maps", "snapshot", "status")
+
+
+@dataclass(frozen=True, slots=True)
+class SpectrumData:
+    """One pixel's spectrum prepared for display (SI units), with the stored fit results."""
+
+    iy: int
+    ix: int
+    bias_V: np.ndarray
+    didv_S: np.ndarray
+    result: PixelResult | None
+    note: str = ""
+
+
+class SpectrumReader(Protocol):
+    """Reads the display spectrum of one pixel (blocking I/O; called on a worker thread)."""
+
+    def __call__(self, iy: int, ix: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class DataSource(Protocol):
+    """What the window needs from a source; every method returns at once (no I/O)."""
+
+    model: ResultsModel
+
+    def start(self) -> None:
+        """Start the worker thread(s)."""
+
+    def stop(self) -> None:
+        """Stop and join the worker thread(s)."""
+
+    def request_spectrum(self, iy: int, ix: int) -> None:
+        """Ask for a pixel's spectrum; the latest request wins."""
+
+    def take_spectrum(self) -> SpectrumData | None:
+        """The spectrum fetched since the last call, else None."""
+
+    def status_text(self) -> str:
+        """One line for the status bar (what is loaded, what is missing, errors)."""
+
+
+def display_conductance(
+    bias_V: np.ndarray, current_A: np.ndarray, *, window: int = 21
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending bias (V) and dI/dV (S) of one I(V) sweep: Savitzky-Golay derivative, made positive.
+
+    The analysis kernels do their own derivative; this one only draws the curve the fits are
+    overlaid on, so it follows the same convention (conductance positive whatever the sign of
+    the recorded current) but needs no kernel options.
+    """
+    bias = np.asarray(bias_V, dtype=np.float64)
+    cur = np.asarray(current_A, dtype=np.float64)
+    order = np.argsort(bias)
+    bias, cur = bias[order], cur[order]
+    window = min(window, bias.size - (1 - bias.size % 2))
+    step = float(np.median(np.diff(bias)))
+    didv = savgol_filter(cur, window, 2, deriv=1, delta=step)
+    if np.nanmedian(didv) < 0:
+        didv = -didv
+    return bias, didv
+
+
+class SpectrumFetcher:
+    """A worker thread serving spectrum requests, newest first: hovering fires many, we read one.
+
+    Parameters
+    ----------
+    model
+        Supplies the pixel's stored fit results.
+    reader
+        Blocking function (iy, ix) -> (bias_V, current_A); None when no spectra are available,
+        then requests yield a :class:`SpectrumData` with an explanatory ``note`` and no curve.
+    missing_note
+        The note shown when ``reader`` is None.
+    """
+
+    def __init__(self, model: ResultsModel, reader: SpectrumReader | None, *, missing_note: str = "") -> None:
+        self.model = model
+        self.reader = reader
+        self.missing_note = missing_note
+        self._cond = threading.Condition()
+        self._request: tuple[int, int] | None = None
+        self._result: SpectrumData | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="stslive-spectrum", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def request(self, iy: int, ix: int) -> None:
+        with self._cond:
+            self._request = (iy, ix)
+            self._cond.notify_all()
+
+    def take(self) -> SpectrumData | None:
+        with self._cond:
+            out, self._result = self._result, None
+            return out
+
+    def fetch_now(self, iy: int, ix: int) -> SpectrumData:
+        """Read synchronously (snapshot rendering, tests); not for the GUI thread of a live window."""
+        result = self.model.pixel(iy, ix)
+        if self.reader is None:
+            empty = np.zeros(0)
+            return SpectrumData(iy, ix, empty, empty, result, note=self.missing_note)
+        try:
+            bias, current = self.reader(iy, ix)
+        except StsliveError as exc:
+            empty = np.zeros(0)
+            return SpectrumData(iy, ix, empty, empty, result, note=f"spectrum unavailable: {exc}")
+        if not np.all(np.isfinite(current)):
+            empty = np.zeros(0)
+            return SpectrumData(iy, ix, empty, empty, result, note="pixel not measured yet (NaN spectrum)")
+        bias, didv = display_conductance(bias, current)
+        return SpectrumData(iy, ix, bias, didv, result)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._request is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                iy, ix = self._request
+                self._request = None
+            data = self.fetch_now(iy, ix)
+            with self._cond:
+                self._result = data
+
+
+class ArchiveSpectra:
+    """Reads display spectra and geometry from a run archive through ``stslive.acquisition.archive``.
+
+    Opened in SWMR read mode so a running acquisition can keep appending; only the worker
+    threads call it. One lock serialises h5py access (h5py is thread safe but serial anyway).
+    """
+
+    def __init__(self, path: str | Path, *, current: str | None = None) -> None:
+        from stslive.acquisition.archive import open_archive
+
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.reader = open_archive(self.path)
+        names = list(self.reader.channel_names)
+        wanted = current or next((n for n in names if n.lower().startswith("current")), None)
+        if wanted not in names:
+            raise FileFormatError(self.path, f"no current channel {'named ' + repr(current) if current else ''} "
+                                  f"among {names}; pick one with --current NAME")
+        self.current_index = names.index(wanted)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        geo = self.reader.geometry
+        return int(geo.ny), int(geo.nx)
+
+    @property
+    def pixel_nm(self) -> float:
+        geo = self.reader.geometry
+        return float(geo.width_m / geo.nx * 1e9)
+
+    def topography(self) -> np.ndarray | None:
+        with self._lock:
+            topo = self.reader.topography
+        return None if topo is None else np.asarray(topo, dtype=np.float32)
+
+    def measured(self) -> np.ndarray:
+        with self._lock:
+            self.reader.refresh()
+            return np.asarray(self.reader.measured, dtype=bool)
+
+    def __call__(self, iy: int, ix: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            spectra = np.asarray(self.reader.read_pixels(iy, ix))
+            bias = np.asarray(self.reader.bias, dtype=np.float64)
+        return bias, spectra[..., self.current_index, :].reshape(-1)
+
+    def close(self) -> None:
+        with self._lock:
+            self.reader.close()
+
+
+class _SourceBase:
+    """Spectrum fetcher, status line and worker-thread plumbing shared by the sources."""
+
+    model: ResultsModel
+
+    def __init__(self, model: ResultsModel, spectra: SpectrumReader | None, missing_note: str) -> None:
+        self.model = model
+        self._fetcher = SpectrumFetcher(model, spectra, missing_note=missing_note)
+        self._status = ""
+        self._status_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    def _set_status(self, text: str) -> None:
+        with self._status_lock:
+            self._status = text
+
+    def status_text(self) -> str:
+        with self._status_lock:
+            return self._status
+
+    def request_spectrum(self, iy: int, ix: int) -> None:
+        self._fetcher.request(iy, ix)
+
+    def take_spectrum(self) -> SpectrumData | None:
+        return self._fetcher.take()
+
+    def fetch_spectrum_now(self, iy: int, ix: int) -> SpectrumData:
+        return self._fetcher.fetch_now(iy, ix)
+
+    def _start_worker(self, target: Callable[[], None], name: str) -> None:
+        self._fetcher.start()
+        self._worker = threading.Thread(target=target, name=name, daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=5)
+        self._fetcher.stop()
+
+
+class FileSource(_SourceBase):
+    """A run archive (``RUN.h5``) and its analysis file, followed while either grows.
+
+    The analysis file is ``analysis`` if given, else ``maps.h5`` or ``RUN.analysis.h5`` beside
+    the archive. Without one, the maps show only which pixels are measured and the status bar
+    says so; ``analyse_callback(archive_path, model)`` is the hook where the analyser runs the
+    analysis (called once on the worker thread; it fills ``model`` itself).
+
+    Parameters
+    ----------
+    archive
+        The run archive; None to show an analysis file alone (no spectra then).
+    analysis
+        Explicit analysis file.
+    poll_s
+        Interval of the worker's re-reads of the archive's measured mask and the analysis
+        file (reloaded when its modification time changes).
+    """
+
+    def __init__(
+        self,
+        archive: str | Path | None,
+        *,
+        analysis: str | Path | None = None,
+        current: str | None = None,
+        poll_s: float = 1.0,
+        analyse_callback: Callable[[Path, ResultsModel], None] | None = None,
+    ) -> None:
+        if archive is None and analysis is None:
+            raise FileFormatError("-", "give a run archive RUN.h5, an --analysis maps.h5, or both")
+        self.archive_path = None if archive is None else Path(archive)
+        self.spectra = None if archive is None else ArchiveSpectra(archive, current=current)
+        self.analysis_path = self._find_analysis(analysis)
+        self.poll_s = poll_s
+        self.analyse_callback = analyse_callback
+        self._analysis_mtime: float | None = None
+        if self.spectra is not None:
+            ny, nx = self.spectra.shape
+            model = ResultsModel(ny, nx, pixel_nm=self.spectra.pixel_nm)
+        else:
+            model = load_maps_h5(self.analysis_path)
+            self._analysis_mtime = self.analysis_path.stat().st_mtime
+        super().__init__(model, self.spectra, "no run archive given: spectra unavailable")
+        self.loaded = threading.Event()
+
+    def _find_analysis(self, analysis: str | Path | None) -> Path | None:
+        if analysis is not None:
+            path = Path(analysis)
+            if not path.is_file():
+                raise FileFormatError(path, "analysis file not found; check the --analysis path")
+            return path
+        if self.archive_path is None:
+            return None
+        for candidate in (self.archive_path.with_name("maps.h5"), self.archive_path.with_suffix(".analysis.h5")):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def start(self) -> None:
+        self._start_worker(self._run, "stslive-filesource")
+
+    def _load_once(self) -> None:
+        if self.spectra is not None and self.model.topography is None:
+            topo = self.spectra.topography()
+            if topo is not None:
+                self.model.set_topography(topo)
+        analysed = False
+        if self.analysis_path is not None and self.analysis_path.is_file():
+            mtime = self.analysis_path.stat().st_mtime
+            if mtime != self._analysis_mtime:
+                loaded = load_maps_h5(self.analysis_path)
+                if (loaded.ny, loaded.nx) != (self.model.ny, self.model.nx):
+                    raise FileFormatError(self.analysis_path, f"maps are {loaded.ny} x {loaded.nx} but the archive "
+                                          f"is {self.model.ny} x {self.model.nx}; give the matching --analysis")
+                _copy_into(loaded, self.model)
+                self._analysis_mtime = mtime
+            analysed = True
+        if self.spectra is not None:
+            measured = self.spectra.measured()
+            n = int(measured.sum())
+            if not analysed:
+                self.model.update_block(slice(None), slice(None), measured=measured)
+                self.model.update_status(state="unknown", message=f"{n} measured pixels, no analysis yet")
+                if self.analyse_callback is not None and not self.loaded.is_set():
+                    self.analyse_callback(self.archive_path, self.model)
+                    analysed = True
+            text = (f"{self.archive_path.name}: {n} of {measured.size} pixels measured; "
+                    + (f"analysis {self.analysis_path.name}" if self.analysis_path else
+                       "no analysis file yet - showing the measured pixels only (run `stslive analyse`)"))
+        else:
+            text = f"{self.analysis_path.name}: analysis only, no archive - spectra unavailable"
+        self._set_status(text)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._load_once()
+            except (StsliveError, OSError) as exc:
+                # a file being rewritten can fail to open for a moment; show it and retry next poll
+                log.warning("file source: %s", exc)
+                self._set_status(f"read error (retrying): {exc}")
+            self.loaded.set()
+            self._stop.wait(self.poll_s)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.spectra is not None:
+            self.spectra.close()
+
+
+def _copy_into(src: ResultsModel, dst: ResultsModel) -> None:
+    """Copy every map, the topography, snapshot and status fields of ``src`` into ``dst``."""
+    dst.update_block(slice(None), slice(None), **src.copy_maps())
+    if src.topography is not None:
+        dst.set_topography(src.topography)
+    if src.snapshot is not None:
+        dst.set_snapshot(src.snapshot)
+    dst.set_setpoint_sets(src.setpoint_sets)
+    st = src.status_fields()
+    dst.update_status(state=st["state"], current_set=st["current_set"], last_seq=st["last_seq"],
+                      message=st["message"], pixels_per_hour=st["pixels_per_hour"])
+
+
+class StreamSource(_SourceBase):
+    """Follows the analyser's PUB endpoint: SUB to :data:`STREAM_TOPICS`, apply each message.
+
+    Use :meth:`connect`, which waits for the first ``status`` or ``maps`` message (it carries
+    the grid shape) before building the model. Malformed messages are counted per reason and
+    shown in the status line; the subscription keeps going.
+    """
+
+    def __init__(self, socket: object, model: ResultsModel, endpoint: str, *,
+                 archive: str | Path | None = None, current: str | None = None) -> None:
+        spectra = None if archive is None else ArchiveSpectra(archive, current=current)
+        super().__init__(model, spectra, "live stream only: give --archive RUN.h5 to see spectra")
+        self._socket = socket
+        self.endpoint = endpoint
+        self.spectra = spectra
+        self.received = 0
+        self.rejected: Counter[str] = Counter()
+
+    @classmethod
+    def connect(cls, endpoint: str, *, timeout_s: float = 10.0, context: object | None = None,
+                archive: str | Path | None = None, current: str | None = None) -> StreamSource:
+        """Subscribe to ``endpoint`` and wait up to ``timeout_s`` for the grid shape."""
+        import zmq
+
+        ctx = context or zmq.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.LINGER, 0)
+        for topic in STREAM_TOPICS:
+            sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        sock.connect(endpoint)
+        deadline = time.monotonic() + timeout_s
+        pending = []
+        while time.monotonic() < deadline:
+            if not sock.poll(100):
+                continue
+            try:
+                topic, header, arrays = decode_message(sock.recv_multipart())
+            except StreamError as exc:
+                log.warning("rejected results message: %s", exc)
+                continue
+            if topic in ("status", "maps"):
+                model = model_from_message(topic, header)
+                source = cls(sock, model, endpoint, archive=archive, current=current)
+                for message in [*pending, (topic, header, arrays)]:
+                    source._apply(*message)
+                return source
+            pending.append((topic, header, arrays))
+        sock.close()
+        raise StreamError(f"no results on {endpoint} within {timeout_s:.0f} s: is `stslive analyser` running and "
+                          "publishing there?")
+
+    def _apply(self, topic: str, header: dict, arrays: dict) -> None:
+        try:
+            apply_message(self.model, topic, header, arrays)
+            self.received += 1
+        except StsliveError as exc:
+            self.rejected[type(exc).__name__] += 1
+            log.warning("rejected %s message: %s", topic, exc)
+
+    def start(self) -> None:
+        self._start_worker(self._run, "stslive-streamsource")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._socket.poll(100):
+                self._update_status()
+                continue
+            try:
+                self._apply(*decode_message(self._socket.recv_multipart()))
+            except StreamError as exc:
+                self.rejected[type(exc).__name__] += 1
+                log.warning("rejected results message: %s", exc)
+            self._update_status()
+
+    def _update_status(self) -> None:
+        bad = sum(self.rejected.values())
+        self._set_status(f"live: {self.endpoint}, {self.received} messages"
+                         + (f", {bad} rejected ({dict(self.rejected)})" if bad else ""))
+
+    def stop(self) -> None:
+        super().stop()
+        self._socket.close()
+        if self.spectra is not None:
+            self.spectra.close()
