@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "instruments": ("stslive.acquisition.instruments_cli", "connect to the STM, lock-in and thermometer; print identity and settings"),
     "mock-lab": ("stslive.mocks.mocklab_cli", "run the simulated Nanonis, SR830 and LakeShore 372 on TCP ports"),
     "theory": ("stslive.live.theory_cli", "theory quantities of the paper from its inputs or yours, beside its quoted values"),
+    "view": ("stslive.live.viewer_cli", "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)"),
 }
 
 
