@@ -186,7 +186,8 @@ class VisaSession:
         self._resource: MessageBasedResource | None = None
         # One exchange at a time: a request and its reply must not interleave with another's.
         self._lock = threading.RLock()
-        self.reconnects = 0
+        self.reconnects = 0  # re-opens after the first open (lost connections, timeouts)
+        self._opened_before = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open(self) -> None:
@@ -313,8 +314,9 @@ class VisaSession:
                 delay *= 2
             try:
                 self._resource = self._open_once()
-                if attempt:
+                if self._opened_before:
                     self.reconnects += 1
+                self._opened_before = True
                 return
             except (VisaIOError, OSError, ValueError) as exc:
                 last = exc

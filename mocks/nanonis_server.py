@@ -46,11 +46,6 @@ Handler = Callable[[MockLab, dict[str, Any]], list[Any]]
 
 
 # -- command handlers: arguments by field name -> return values in table order ----------------
-def _bias_set(lab: MockLab, a: dict[str, Any]) -> list[Any]:
-    lab.set_bias(a["bias_V"])
-    return []
-
-
 def _frame_set(lab: MockLab, a: dict[str, Any]) -> list[Any]:
     if not (a["width_m"] > 0 and a["height_m"] > 0):
         raise ControllerError("nanonis", "scan frame width and height must be > 0", command="Scan.FrameSet")
@@ -123,29 +118,41 @@ def _chs_get(lab: MockLab, a: dict[str, Any]) -> list[Any]:
         return [np.asarray(lab.stm.channel_slots, np.int32), lab.channel_names()]
 
 
-def _get(expr: Callable[[MockLab], Any]) -> Handler:
+def _get(*exprs: Callable[[MockLab], Any]) -> Handler:
+    """A query handler: the return values read from the lab under its lock."""
+
     def handler(lab: MockLab, a: dict[str, Any]) -> list[Any]:
         with lab.lock:
-            return [expr(lab)]
+            return [expr(lab) for expr in exprs]
+
+    return handler
+
+
+def _act(action: Callable[[MockLab, dict[str, Any]], object]) -> Handler:
+    """A set handler: performs the action, returns no values."""
+
+    def handler(lab: MockLab, a: dict[str, Any]) -> list[Any]:
+        action(lab, a)
+        return []
 
     return handler
 
 
 HANDLERS: dict[str, Handler] = {
-    "Bias.Set": _bias_set,
+    "Bias.Set": _act(lambda lab, a: lab.set_bias(a["bias_V"])),
     "Bias.Get": _get(lambda lab: lab.stm.bias_V),
     "Current.Get": lambda lab, a: [lab.point_values()[0]],
-    "ZCtrl.OnOffSet": lambda lab, a: (lab.set_feedback(bool(a["on"])), [])[1],
+    "ZCtrl.OnOffSet": _act(lambda lab, a: lab.set_feedback(bool(a["on"]))),
     "ZCtrl.OnOffGet": _get(lambda lab: int(lab.stm.feedback_on)),
-    "ZCtrl.SetpntSet": lambda lab, a: (lab.set_setpoint(a["setpoint"]), [])[1],
+    "ZCtrl.SetpntSet": _act(lambda lab, a: lab.set_setpoint(a["setpoint"])),
     "ZCtrl.SetpntGet": _get(lambda lab: lab.stm.setpoint_A),
     "ZCtrl.ZPosGet": _get(lambda lab: lab.z_m()),
-    "FolMe.XYPosSet": lambda lab, a: (lab.move_tip(a["x_m"], a["y_m"]), [])[1],
-    "FolMe.XYPosGet": lambda lab, a: _get(lambda lab: lab.stm.x_m)(lab, a) + _get(lambda lab: lab.stm.y_m)(lab, a),
-    "BiasSpectr.ChsSet": lambda lab, a: (lab.set_channels(a["indexes"]), [])[1],
+    "FolMe.XYPosSet": _act(lambda lab, a: lab.move_tip(a["x_m"], a["y_m"])),
+    "FolMe.XYPosGet": _get(lambda lab: lab.stm.x_m, lambda lab: lab.stm.y_m),
+    "BiasSpectr.ChsSet": _act(lambda lab, a: lab.set_channels(a["indexes"])),
     "BiasSpectr.ChsGet": _chs_get,
     "BiasSpectr.LimitsSet": _limits_set,
-    "BiasSpectr.LimitsGet": lambda lab, a: _get(lambda lab: lab.stm.start_V)(lab, a) + _get(lambda lab: lab.stm.end_V)(lab, a),
+    "BiasSpectr.LimitsGet": _get(lambda lab: lab.stm.start_V, lambda lab: lab.stm.end_V),
     "BiasSpectr.PropsSet": _props_set,
     "BiasSpectr.PropsGet": _props_get,
     "BiasSpectr.TimingSet": _timing_set,
@@ -154,7 +161,7 @@ HANDLERS: dict[str, Handler] = {
     "Scan.FrameSet": _frame_set,
     "Scan.FrameGet": _frame_get,
     "Signals.ValsGet": _vals_get,
-    "Signals.NamesGet": lambda lab, a: [SIGNAL_NAMES],
+    "Signals.NamesGet": _get(lambda lab: SIGNAL_NAMES),
 }
 assert set(HANDLERS) == set(codec.COMMANDS), "every table command needs a handler"
 
@@ -319,3 +326,50 @@ def _shutdown(conn: socket.socket) -> None:
     except OSError:  # already closed by the peer: nothing to shut down
         pass
     conn.close()
+
+
+def benchmark(*, repeats: int = 500, sweeps: int = 100, points: int = 1601, seed: int = 0) -> dict[str, float]:
+    """Round-trip latency through pyvisa-py on loopback (s): ``Bias.Get`` and a full
+    ``BiasSpectr.Start`` of ``points`` x 3 channels (sweep, current, lock-in X), p50/p99.
+
+    ``start_model`` is the film computation inside the server per sweep (p50), so the transport
+    share of a Start is ``start - start_model``. Run: ``python -m stslive.mocks.nanonis_server``.
+    """
+    from stslive.drivers.nanonis import NanonisController
+    from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL, SpectroscopyConfig
+    from stslive.drivers.visa import VisaSettings
+
+    lab = MockLab.from_seed(seed=seed, ny=8, nx=8, speed=0.0)
+    model: list[float] = []
+    run_sweep = lab.run_sweep
+
+    def timed_sweep() -> Any:
+        t0 = time.perf_counter()
+        try:
+            return run_sweep()
+        finally:
+            model.append(time.perf_counter() - t0)
+
+    lab.run_sweep = timed_sweep  # type: ignore[method-assign]
+    with NanonisServer(lab) as server, NanonisController(VisaSettings(server.resource, timeout_s=10)) as stm:
+        stm.configure_spectroscopy(SpectroscopyConfig((CURRENT_CHANNEL, LOCKIN_X_CHANNEL), -0.04, 0.04, points))
+        query = [_timed(stm.get_bias) for _ in range(repeats)]
+        start = [_timed(lambda: stm.call("BiasSpectr.Start", 1, "", idempotent=False)) for _ in range(sweeps)]
+    return {
+        "bias_get_p50_s": float(np.percentile(query, 50)),
+        "bias_get_p99_s": float(np.percentile(query, 99)),
+        "start_p50_s": float(np.percentile(start, 50)),
+        "start_p99_s": float(np.percentile(start, 99)),
+        "start_model_p50_s": float(np.percentile(model, 50)),
+    }
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    for key, value in benchmark().items():
+        print(f"{key:20s} {value * 1e3:8.3f} ms")
