@@ -166,10 +166,10 @@ class SpectrumFetcher:
 
 
 class ArchiveSpectra:
-    """Reads display spectra and geometry from a run archive through ``stslive.acquisition.archive``.
+    """Display spectra, geometry and pixel metadata of a run archive (``stslive.acquisition.archive``).
 
     Opened in SWMR read mode so a running acquisition can keep appending; only the worker
-    threads call it. One lock serialises h5py access (h5py is thread safe but serial anyway).
+    threads call it. One lock serialises the reads (h5py serialises them anyway).
     """
 
     def __init__(self, path: str | Path, *, current: str | None = None) -> None:
@@ -177,39 +177,54 @@ class ArchiveSpectra:
 
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.reader = open_archive(self.path)
+        self.reader = open_archive(self.path, swmr=True)
         names = list(self.reader.channel_names)
         wanted = current or next((n for n in names if n.lower().startswith("current")), None)
         if wanted not in names:
-            raise FileFormatError(self.path, f"no current channel {'named ' + repr(current) if current else ''} "
-                                  f"among {names}; pick one with --current NAME")
+            self.reader.close()
+            raise FileFormatError(self.path, f"no current channel {repr(current) + ' ' if current else ''}among "
+                                  f"{names}; pick one with --current NAME")
         self.current_index = names.index(wanted)
 
     @property
     def shape(self) -> tuple[int, int]:
-        geo = self.reader.geometry
-        return int(geo.ny), int(geo.nx)
+        ny, nx = self.reader.shape
+        return int(ny), int(nx)
 
     @property
     def pixel_nm(self) -> float:
-        geo = self.reader.geometry
-        return float(geo.width_m / geo.nx * 1e9)
+        return float(self.reader.geometry.pixel_size_m[0] * 1e9)
 
     def topography(self) -> np.ndarray | None:
         with self._lock:
             topo = self.reader.topography
         return None if topo is None else np.asarray(topo, dtype=np.float32)
 
-    def measured(self) -> np.ndarray:
+    def setpoint_sets(self) -> dict[int, dict]:
+        with self._lock:
+            return {int(k): v.to_dict() for k, v in self.reader.setpoint_sets.items()}
+
+    def progress(self) -> dict[str, np.ndarray]:
+        """Refreshed measured mask and the per-pixel set id, end time and temperature (mean of before/after)."""
         with self._lock:
             self.reader.refresh()
-            return np.asarray(self.reader.measured, dtype=bool)
+            measured = np.asarray(self.reader.measured, dtype=bool)
+            meta = self.reader.pixel_meta
+        temps = np.stack([meta["temperature_before_K"], meta["temperature_after_K"]]).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            temperature = np.nanmean(np.where(np.isfinite(temps), temps, np.nan), axis=0)
+        return {
+            "measured": measured,
+            "setpoint_set": np.asarray(meta["setpoint_set_id"]),
+            "time": np.asarray(meta["t_end"], dtype=np.float64),
+            "temperature_K": temperature,
+        }
 
     def __call__(self, iy: int, ix: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
-            spectra = np.asarray(self.reader.read_pixels(iy, ix))
+            spectra = np.asarray(self.reader.read_pixels(slice(iy, iy + 1), slice(ix, ix + 1)))
             bias = np.asarray(self.reader.bias, dtype=np.float64)
-        return bias, spectra[..., self.current_index, :].reshape(-1)
+        return bias, spectra[0, 0, self.current_index, :]
 
     def close(self) -> None:
         with self._lock:
@@ -336,10 +351,16 @@ class FileSource(_SourceBase):
                 self._analysis_mtime = mtime
             analysed = True
         if self.spectra is not None:
-            measured = self.spectra.measured()
+            if not self.model.setpoint_sets:
+                self.model.set_setpoint_sets(self.spectra.setpoint_sets())
+            progress = self.spectra.progress()
+            measured = progress["measured"]
             n = int(measured.sum())
             if not analysed:
-                self.model.update_block(slice(None), slice(None), measured=measured)
+                # without results the maps stay empty; status, rate and temperature come from the archive
+                iy, ix = np.nonzero(measured & ~self.model.copy_maps(("measured",))["measured"])
+                if iy.size:
+                    self.model.update_block(iy, ix, **{k: v[iy, ix] for k, v in progress.items()})
                 self.model.update_status(state="unknown", message=f"{n} measured pixels, no analysis yet")
                 if self.analyse_callback is not None and not self.loaded.is_set():
                     self.analyse_callback(self.archive_path, self.model)
