@@ -1,0 +1,382 @@
+"""The one code path from raw spectra to results, shared by ``stslive analyse`` and the live analyser.
+
+* :func:`analyse_pixels` - spectra as stored in an archive or carried by a stream event,
+  ``(..., n_channels, n_points)`` with their channel names, to a :class:`SpectrumAnalysis`. The
+  live analyser calls it with one pixel, the offline analysis with blocks of rows.
+* :func:`apply_to_model` - a batch of results into a :class:`ResultsModel` (vectorised).
+* :func:`analyse_input` - a whole file (archive or ``.3ds``) to a :class:`ResultsModel`, in
+  memory-bounded row blocks; unmeasured pixels stay NaN / ``measured=False``.
+* :func:`correlation_snapshot` - Appendix A correlations of the measured part of the maps, the
+  paper Eq. (2) sheet-resistance spread and the Eq. (3) gap spread it predicts.
+
+The theory constants the paper uses to turn alpha and Delta statistics into sigma_rho and a
+predicted gap spread are :class:`TheoryConstants` (documented, overridable defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from stslive.acquisition.inputs import open_spectra
+from stslive.drivers.errors import AnalysisError
+from stslive.live import theory
+from stslive.live.correlations import RadialProfile, correlation_length_1e, correlation_map, radial_profile
+from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, pick_channels
+from stslive.live.results import CorrelationSnapshot, ResultsModel
+
+__all__ = [
+    "TheoryConstants", "ProgressCallback", "uses_lockin", "analyse_pixels", "analyse_arrays",
+    "apply_to_model", "analyse_input", "correlation_snapshot", "sheet_resistance_sigma",
+]
+
+#: ``progress(pixels_done, pixels_total)``, called after every block.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TheoryConstants:
+    """Inputs of paper Eqs. (2) and (3) beyond the measured maps (SI units, paper's values).
+
+    Attributes
+    ----------
+    bias_V : float
+        Bias at which Eq. (2) is evaluated, V (paper: V = 10 mV).
+    diffusion_m2_s : float
+        Diffusion constant D, m^2/s (paper: 0.5 cm^2/s = 5e-5 m^2/s).
+    hbar_omega_D_K : float
+        Debye energy hbar omega_D in kelvin, for the log-cube of Eq. (3) (paper: 300 K).
+    """
+
+    bias_V: float = 10e-3
+    diffusion_m2_s: float = 0.5e-4
+    hbar_omega_D_K: float = 300.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise AnalysisError(f"theory constant {f.name}={value!r} must be a finite number > 0 (SI units)")
+
+    @classmethod
+    def from_assignments(cls, assignments: Mapping[str, str | float]) -> TheoryConstants:
+        """Constants from ``KEY=VALUE`` pairs (CLI ``--set``); unknown keys list the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(assignments) - known)
+        if unknown:
+            raise AnalysisError(f"unknown theory constant(s) {unknown}; known: {sorted(known)} (SI units)")
+        values: dict[str, float] = {}
+        for key, raw in assignments.items():
+            try:
+                values[key] = float(raw)
+            except ValueError:
+                raise AnalysisError(f"theory constant {key}={raw!r} is not a number; give e.g. {key}=1e-2") from None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def uses_lockin(options: KernelOptions) -> bool:
+    """True when the options take Delta or alpha from a lock-in channel (when one is present)."""
+    return options.gap_source in ("auto", "lockin") or options.alpha_source == "lockin"
+
+
+def analyse_arrays(
+    bias_V: np.ndarray,
+    *,
+    current: np.ndarray | None,
+    lockin: np.ndarray | None,
+    options: KernelOptions,
+) -> SpectrumAnalysis:
+    """:func:`~stslive.live.kernels.analyse_spectra` for any batch, including per-pixel sweeps.
+
+    Parameters
+    ----------
+    bias_V : ndarray
+        ``(n_points,)`` shared sweep, or ``(..., n_points)`` one sweep per spectrum (Nanonis grids
+        may store a sweep per pixel), V, either direction.
+    current, lockin : ndarray or None
+        ``(..., n_points)`` channels (A; lock-in in any unit).
+    options : KernelOptions
+
+    Returns
+    -------
+    SpectrumAnalysis
+        Arrays shaped ``(...)``; an empty batch gives empty arrays.
+    """
+    if not uses_lockin(options):
+        lockin = None  # a lock-in nobody uses would only cost its sign normalisation
+    ref = current if current is not None else lockin
+    if ref is None:
+        raise AnalysisError("no current or lock-in channel to analyse; name one with --current/--lockin")
+    lead = ref.shape[:-1]
+    bias = np.asarray(bias_V, dtype=np.float64)
+    if bias.ndim == 1 and math.prod(lead) > 0:
+        return analyse_spectra(bias, current=current, lockin=lockin, options=options)
+    flat_cur = None if current is None else current.reshape(-1, ref.shape[-1])
+    flat_li = None if lockin is None else lockin.reshape(-1, ref.shape[-1])
+    out = _empty_analysis(math.prod(lead), like=ref.dtype)
+    if out.valid.size:
+        # one kernel call per distinct sweep: sweeps differ only between set-point sets, so there are few
+        sweeps = np.broadcast_to(bias, (*lead, ref.shape[-1])).reshape(-1, ref.shape[-1])
+        unique, inverse = np.unique(sweeps[:, [0, -1]], axis=0, return_inverse=True)
+        for k in range(unique.shape[0]):
+            rows = np.flatnonzero(inverse.ravel() == k)
+            part = analyse_spectra(
+                sweeps[rows[0]],
+                current=None if flat_cur is None else flat_cur[rows],
+                lockin=None if flat_li is None else flat_li[rows],
+                options=options,
+            )
+            for name, values in zip(SpectrumAnalysis._fields, part):
+                getattr(out, name)[rows] = values
+    return SpectrumAnalysis(*(np.reshape(a, lead) for a in out))
+
+
+def _empty_analysis(n: int, *, like: np.dtype) -> SpectrumAnalysis:
+    """A SpectrumAnalysis of ``n`` not-yet-analysed spectra (NaN values, invalid)."""
+    dtype = like if like in (np.float32, np.float64) else np.dtype(np.float64)
+    values: dict[str, np.ndarray] = {}
+    for name in SpectrumAnalysis._fields:
+        if name in ("gap_reason", "alpha_reason", "reason"):
+            values[name] = np.zeros(n, np.int8)
+        elif name == "valid":
+            values[name] = np.zeros(n, bool)
+        else:
+            values[name] = np.full(n, np.nan, dtype)
+    return SpectrumAnalysis(**values)
+
+
+def analyse_pixels(
+    bias_V: np.ndarray,
+    spectra: np.ndarray,
+    channel_names: list[str],
+    *,
+    options: KernelOptions,
+) -> SpectrumAnalysis:
+    """Delta, alpha and quality of spectra as stored: ``(..., n_channels, n_points)``.
+
+    Channels are picked by name (:func:`~stslive.live.kernels.pick_channels`, honouring
+    ``options.current`` / ``options.lockin``); sweep direction and current sign are normalised by
+    the kernels. Both the offline analysis and the live analyser (one pixel: ``spectra`` shaped
+    ``(n_channels, n_points)``) go through here.
+
+    Parameters
+    ----------
+    bias_V : ndarray
+        ``(n_points,)`` or ``(..., n_points)`` sweep, V.
+    spectra : ndarray
+        ``(..., n_channels, n_points)``, channels in the order of ``channel_names``.
+    channel_names : list of str
+        Nanonis-style names, e.g. ``["Current (A)", "LI Demod 1 X (A)"]``.
+    options : KernelOptions
+
+    Returns
+    -------
+    SpectrumAnalysis
+        Arrays shaped ``(...)``.
+    """
+    data = np.asarray(spectra)
+    if data.ndim < 2 or data.shape[-2] != len(channel_names):
+        raise AnalysisError(
+            f"spectra of shape {data.shape} do not match {len(channel_names)} channel names {channel_names}; "
+            "give (..., n_channels, n_points)"
+        )
+    pick = pick_channels(list(channel_names), current=options.current, lockin=options.lockin)
+    current = None if pick.current is None else data[..., pick.current, :]
+    lockin = None if pick.lockin is None else data[..., pick.lockin, :]
+    return analyse_arrays(bias_V, current=current, lockin=lockin, options=options)
+
+
+def apply_to_model(
+    model: ResultsModel,
+    iy: int | slice | np.ndarray,
+    ix: int | slice | np.ndarray,
+    analysis: SpectrumAnalysis,
+    *,
+    setpoint_set: int | np.ndarray | None = None,
+    time_s: float | np.ndarray | None = None,
+) -> None:
+    """Store results into ``model`` at ``[iy, ix]`` (one pixel or many; vectorised) and mark them measured.
+
+    ``analysis`` arrays must broadcast to ``model.maps[...][iy, ix]``; ``fit_quality`` is the rms
+    log-residual of the power law and ``reason`` the kernel's :class:`ReasonCode`.
+    """
+    maps: dict[str, np.ndarray] = {
+        "delta_eV": analysis.delta_eV, "alpha": analysis.alpha, "alpha_pos": analysis.alpha_pos,
+        "alpha_neg": analysis.alpha_neg, "b": analysis.b, "b_pos": analysis.b_pos, "b_neg": analysis.b_neg,
+        "visibility": analysis.visibility, "fit_quality": analysis.rms_log_residual,
+        "peak_neg_V": analysis.peak_neg_V, "peak_pos_V": analysis.peak_pos_V,
+        "reason": analysis.reason, "valid": analysis.valid,
+    }
+    if setpoint_set is not None:
+        maps["setpoint_set"] = np.asarray(setpoint_set)
+    if time_s is not None:
+        maps["time"] = np.asarray(time_s)
+    model.update_block(iy, ix, **maps)
+
+
+def analyse_input(
+    path: str | os.PathLike[str],
+    *,
+    options: KernelOptions,
+    progress: ProgressCallback | None = None,
+    max_block_bytes: int = 64 * 2**20,
+) -> ResultsModel:
+    """Analyse every measured pixel of an stslive archive or a Nanonis ``.3ds`` file.
+
+    Reads whole grid rows in blocks of at most ``max_block_bytes`` of spectra, analyses the
+    measured pixels of each block with :func:`analyse_arrays` and stores them with
+    :func:`apply_to_model`; pixels never measured stay NaN with ``measured=False``.
+
+    Raises
+    ------
+    AnalysisError
+        The file's sweep is not the bias (e.g. a Z spectroscopy), or the channels are missing.
+    FileFormatError
+        The file is not a readable archive or ``.3ds`` (ArchiveError / NanonisFileError).
+    """
+    with open_spectra(path) as probe:
+        pick = pick_channels(probe.channel_names, current=options.current, lockin=options.lockin)
+        names = probe.channel_names
+    if pick.current is None:
+        raise AnalysisError(f"{path}: no current channel among {names}; name one with --current")
+    lockin = names[pick.lockin] if pick.lockin is not None and uses_lockin(options) else None
+    with open_spectra(path, current=names[pick.current], lockin=lockin) as source:
+        source.require_bias_sweep()
+        ny, nx = source.shape
+        dx, dy = source.pixel_size_m
+        model = ResultsModel(ny, nx, pixel_nm=float(math.sqrt(dx * dy) * 1e9), topography=source.topography)
+        total = int(source.measured.sum())
+        done = 0
+        if progress is not None:
+            progress(0, total)
+        for block in source.iter_blocks(max_bytes=max_block_bytes):
+            rows, cols = np.nonzero(block.measured)
+            if rows.size:
+                bias = block.bias if block.bias.ndim == 1 else block.bias[rows, cols]
+                analysis = analyse_arrays(
+                    bias, current=block.current[rows, cols],
+                    lockin=None if block.lockin is None else block.lockin[rows, cols], options=options,
+                )
+                iy = rows + block.rows.start
+                apply_to_model(model, iy, cols, analysis)
+                done += rows.size
+            if progress is not None:
+                progress(done, total)
+    model.update_status(state="done", message=f"analysed {done} of {ny * nx} pixels from {os.fspath(path)}")
+    return model
+
+
+def sheet_resistance_sigma(alpha_std: float, l_alpha_m: float, *, constants: TheoryConstants) -> float:
+    """sigma_rho in ohm from the spread of alpha, paper Eq. (2) inverted.
+
+    sigma_rho = 2 pi R_Q sigma_alpha / ln(eV / (hbar D / l_alpha^2)); NaN when alpha_std or
+    l_alpha is not finite, or when eV <= hbar D / l_alpha^2 (Eq. (2) does not apply there).
+    """
+    if not (math.isfinite(alpha_std) and math.isfinite(l_alpha_m) and l_alpha_m > 0):
+        return math.nan
+    ratio = float(theory.diffusive_energy_ratio(
+        bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m))
+    if ratio <= 1.0:
+        return math.nan
+    return float(theory.sheet_resistance_shift(
+        alpha_std, bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m))
+
+
+def predicted_gap_spread(sigma_rho_ohm: float, mean_gap_eV: float, *, constants: TheoryConstants) -> float:
+    """|delta_Delta| / <Delta> expected from sigma_rho, paper Eq. (3) with Delta(0) = the measured mean gap."""
+    if not (math.isfinite(sigma_rho_ohm) and math.isfinite(mean_gap_eV) and mean_gap_eV > 0):
+        return math.nan
+    gap_K = mean_gap_eV / theory.K_B_EV_PER_K
+    if gap_K >= constants.hbar_omega_D_K:
+        return math.nan
+    return abs(float(theory.gap_relative_shift(sigma_rho_ohm, hbar_omega_D_K=constants.hbar_omega_D_K, gap_K=gap_K)))
+
+
+def correlation_snapshot(
+    model: ResultsModel,
+    *,
+    pixel_size_m: float | tuple[float, float] | None = None,
+    constants: TheoryConstants | None = None,
+    min_pair_fraction: float = 0.05,
+) -> CorrelationSnapshot:
+    """Appendix A correlations of the valid part of ``model``'s maps and what Eqs. (2), (3) imply.
+
+    Parameters
+    ----------
+    model : ResultsModel
+        Maps so far; pixels not valid are left out (NaN), so it works mid-run.
+    pixel_size_m : float or (dy, dx), optional
+        Pixel size, m (default: ``model.pixel_nm``).
+    constants : TheoryConstants, optional
+        Eq. (2)/(3) constants (default: the paper's).
+
+    Returns
+    -------
+    CorrelationSnapshot
+        Radial profiles, the fftshifted 2D Delta-alpha cross-correlation, 1/e lengths,
+        rho_cross(0), sigma_rho (Eq. 2 from alpha's std and l_alpha) and the predicted relative
+        gap spread (Eq. 3 at the measured mean gap).
+
+    Raises
+    ------
+    AnalysisError
+        Fewer than 3 valid pixels, or no pixel size.
+    """
+    consts = constants or TheoryConstants()
+    size = (model.pixel_nm * 1e-9) if pixel_size_m is None else pixel_size_m
+    if not np.all(np.isfinite(np.asarray(size, dtype=np.float64))):
+        raise AnalysisError("correlations need the pixel size; pass pixel_size_m (metres)")
+    with model.lock:
+        valid = model.maps["valid"].copy()
+        delta = np.where(valid, model.maps["delta_eV"], np.nan)
+        alpha = np.where(valid, model.maps["alpha"], np.nan)
+    n_valid = int(valid.sum())
+    if n_valid < 3:
+        raise AnalysisError(f"only {n_valid} valid pixel(s): correlations need at least 3")
+    corr = {
+        "delta": correlation_map(delta, min_pair_fraction=min_pair_fraction),
+        "alpha": correlation_map(alpha, min_pair_fraction=min_pair_fraction),
+        "cross": correlation_map(delta, alpha, min_pair_fraction=min_pair_fraction),
+    }
+    profiles = {k: radial_profile(v, pixel_size_m=size) for k, v in corr.items()}
+    lengths = {k: _length_nm(p, absolute=k == "cross") for k, p in profiles.items()}
+    alpha_std = float(np.nanstd(alpha))
+    sigma_rho = sheet_resistance_sigma(alpha_std, lengths["alpha"] * 1e-9, constants=consts)
+    predicted = predicted_gap_spread(sigma_rho, float(np.nanmean(delta)), constants=consts)
+    r = profiles["delta"].radius_m
+    return CorrelationSnapshot(
+        r_nm=r * 1e9,
+        rho_delta=profiles["delta"].value,
+        rho_alpha=_on_radii(profiles["alpha"], r),
+        rho_cross=_on_radii(profiles["cross"], r),
+        cross_map=np.fft.fftshift(corr["cross"]),
+        pixel_nm=float(np.mean(np.asarray(size, dtype=np.float64)) * 1e9),
+        l_delta_nm=lengths["delta"], l_alpha_nm=lengths["alpha"], l_cross_nm=lengths["cross"],
+        rho_cross_0=float(corr["cross"][0, 0]),
+        sigma_rho_ohm=sigma_rho, predicted_delta_rel_sigma=predicted,
+        n_pixels=n_valid, time=time.time(),
+    )
+
+
+def _length_nm(profile: RadialProfile, *, absolute: bool) -> float:
+    """1/e length in nm, NaN when the profile is unusable (e.g. a constant map)."""
+    if profile.value.size == 0 or not abs(profile.value[0]) > 0:
+        return math.nan
+    return correlation_length_1e(profile, absolute=absolute) * 1e9
+
+
+def _on_radii(profile: RadialProfile, radius_m: np.ndarray) -> np.ndarray:
+    """A profile resampled on the radii of another (rings with no pair are dropped per profile)."""
+    r, v = profile.radius_m, profile.value
+    if r.shape == radius_m.shape and np.allclose(r, radius_m):
+        return v
+    return np.interp(radius_m, r, v, left=np.nan, right=np.nan)
