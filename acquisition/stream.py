@@ -493,7 +493,12 @@ _STATES = ("idle", "running", "paused", "stopping", "done", "failed")
 
 @dataclass(frozen=True, kw_only=True)
 class HeartbeatDoc(_Document):
-    """Sign of life while idle or paused; ``last_seq`` is the seq of the previous document."""
+    """Sign of life while idle or paused.
+
+    ``last_seq`` is the seq of the last document sent before this one, of run ``last_run_uid``:
+    inside a run that is the run itself; between runs it is the previous run (``None`` and -1
+    before any run), so a consumer sees even the loss of a run's last documents (its stop).
+    """
 
     KIND: ClassVar[str] = "heartbeat"
     COMMON: ClassVar[dict[str, Validator]] = {
@@ -501,10 +506,16 @@ class HeartbeatDoc(_Document):
         "run_uid": _opt(_str),
         "seq": _int(-1),
     }
-    FIELDS: ClassVar[dict[str, Validator]] = {"state": _one_of(*_STATES), "last_seq": _int(-1), "message": _str}
+    FIELDS: ClassVar[dict[str, Validator]] = {
+        "state": _one_of(*_STATES),
+        "last_run_uid": _opt(_str),
+        "last_seq": _int(-1),
+        "message": _str,
+    }
 
     state: str
     last_seq: int
+    last_run_uid: str | None = None
     message: str = ""
 
     def __post_init__(self) -> None:
@@ -798,6 +809,8 @@ class RunPublisher:
             raise StreamError(f"cannot bind the run stream ({exc}); is another process using the port?") from exc
         self._run_uid: str | None = None
         self._seq = -1
+        self._last_run_uid: str | None = None  # for idle heartbeats: where the last run ended
+        self._last_seq = -1
         self._descriptor_uid: str | None = None
         self._counts: collections.Counter[str] = collections.Counter()
 
@@ -839,18 +852,19 @@ class RunPublisher:
         if self._pub is None:
             raise StreamError("wait_for_subscribers needs a PUB socket")
         deadline = time.monotonic() + timeout_s
-        while self._subscribers < count:
+        wait_ms = 0  # first take in everything already queued (the count may be stale), then wait
+        while True:
+            while self._pub.poll(wait_ms):
+                msg = self._pub.recv()
+                self._subscribers += {b"\x01": 1, b"\x00": -1}.get(msg[:1], 0)
+                wait_ms = 0
+            if self._subscribers >= count:
+                return self._subscribers
             left = deadline - time.monotonic()
-            if left <= 0 or not self._pub.poll(int(left * 1000) + 1):
-                if self._subscribers < count:
-                    raise StreamError(f"only {self._subscribers} of {count} subscriber(s) connected to {self.pub_endpoint} within {timeout_s} s")
-                break
-            msg = self._pub.recv()
-            if msg[:1] == b"\x01":
-                self._subscribers += 1
-            elif msg[:1] == b"\x00":
-                self._subscribers -= 1
-        return self._subscribers
+            if left <= 0:
+                raise StreamError(f"only {self._subscribers} of {count} subscription(s) reached {self.pub_endpoint} "
+                                  f"within {timeout_s} s; is the consumer running and connected to it?")
+            wait_ms = int(left * 1000) + 1
 
     # -- sending --
     def publish(self, doc: Document) -> list[bytes]:
@@ -961,10 +975,12 @@ class RunPublisher:
     def heartbeat(self, state: RunState = "idle", *, message: str = "") -> HeartbeatDoc:
         """Publish a heartbeat; inside a run it takes the next seq, outside it has seq -1."""
         if self._run_uid is None:
-            doc = HeartbeatDoc(run_uid=None, seq=-1, state=state, last_seq=-1, message=message)
+            doc = HeartbeatDoc(run_uid=None, seq=-1, state=state, last_run_uid=self._last_run_uid,
+                               last_seq=self._last_seq, message=message)
         else:
             run_uid, seq = self._next("heartbeat")
-            doc = HeartbeatDoc(run_uid=run_uid, seq=seq, state=state, last_seq=seq - 1, message=message)
+            doc = HeartbeatDoc(run_uid=run_uid, seq=seq, state=state, last_run_uid=run_uid, last_seq=seq - 1,
+                               message=message)
         self.publish(doc)
         return doc
 
@@ -973,6 +989,7 @@ class RunPublisher:
         run_uid, seq = self._next("stop")
         doc = StopDoc(run_uid=run_uid, seq=seq, exit_status=exit_status, reason=reason, counts=dict(self._counts))
         self.publish(doc)
+        self._last_run_uid, self._last_seq = run_uid, seq
         self._run_uid, self._descriptor_uid = None, None
         return doc
 

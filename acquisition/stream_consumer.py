@@ -31,6 +31,7 @@ from stslive.acquisition.stream import (
     DescriptorDoc,
     Document,
     EventDoc,
+    HeartbeatDoc,
     MalformedDocument,
     StartDoc,
     StopDoc,
@@ -94,6 +95,15 @@ class RunTracker:
                 return None
         return False
 
+    def observe_tail(self, last_seq: int) -> Gap | None:
+        """A heartbeat says documents up to ``last_seq`` were sent: a Gap if some never came."""
+        if last_seq < self.next_seq:
+            return None
+        gap = Gap(self.run_uid, self.next_seq, last_seq)
+        self.missing.append([gap.first_seq, gap.last_seq])
+        self.next_seq = last_seq + 1
+        return gap
+
     @property
     def gaps(self) -> list[Gap]:
         """The ranges still missing (late join first)."""
@@ -119,6 +129,11 @@ class RunSubscriber:
         Receive high-water mark (messages); raised so a burst is queued, not dropped.
     max_runs
         Runs whose trackers are kept (oldest forgotten first).
+
+    Notes
+    -----
+    Like its ZeroMQ socket, a subscriber belongs to one thread. A lost stop document cannot be
+    seen on the stream; a consumer that hears nothing for long should consult the archive.
     """
 
     def __init__(
@@ -198,6 +213,8 @@ class RunSubscriber:
             self._reject(exc.reason, str(exc))
             return None
         if not self.tracking or doc.run_uid is None:
+            if self.tracking and isinstance(doc, HeartbeatDoc) and doc.last_run_uid in self._runs:
+                self._gap(self._runs[doc.last_run_uid].observe_tail(doc.last_seq))
             self.received += 1
             return doc
         run = self._tracker(doc.run_uid)
@@ -218,11 +235,7 @@ class RunSubscriber:
             self.duplicates += 1
             log.debug("run %s: duplicate seq %d dropped", doc.run_uid, doc.seq)
             return None
-        if outcome is not None:
-            self._new_gaps.append(outcome)
-            log.warning("run %s: %s seq %d..%d (%d documents); fill from the archive",
-                        doc.run_uid, "joined late, missed" if outcome.late_join else "gap,",
-                        outcome.first_seq, outcome.last_seq, outcome.size)
+        self._gap(outcome)
         run.received += 1
         self.received += 1
         if isinstance(doc, EventDoc):
@@ -234,6 +247,12 @@ class RunSubscriber:
         elif isinstance(doc, StopDoc):
             run.stop = doc
         return doc
+
+    def _gap(self, gap: Gap | None) -> None:
+        if gap is not None:
+            self._new_gaps.append(gap)
+            log.warning("run %s: %s seq %d..%d (%d documents); fill from the archive", gap.run_uid,
+                        "joined late, missed" if gap.late_join else "gap,", gap.first_seq, gap.last_seq, gap.size)
 
     def _tracker(self, run_uid: str) -> RunTracker:
         run = self._runs.get(run_uid)
