@@ -23,6 +23,8 @@ from stslive.drivers.errors import StsliveError
 COMMANDS: dict[str, tuple[str, str]] = {
     "instruments": ("stslive.acquisition.instruments_cli", "connect to the STM, lock-in and thermometer; print identity and settings"),
     "mock-lab": ("stslive.mocks.mocklab_cli", "run the simulated Nanonis, SR830 and LakeShore 372 on TCP ports"),
+    "scan": ("stslive.acquisition.scan_cli", "run a grid/line/point scan from a TOML config (--config RUN.toml --out RUN.h5) or --resume RUN.h5"),
+    "control": ("stslive.acquisition.control_cli", "send pause/resume/abort/remeasure/set/status to a running scan's control socket"),
     "theory": ("stslive.live.theory_cli", "theory quantities of the paper from its inputs or yours, beside its quoted values"),
     "view": ("stslive.live.viewer_cli", "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)"),
 }

@@ -1,0 +1,137 @@
+"""The control socket: JSON commands over ZeroMQ REQ/REP, served from a thread.
+
+Request: one frame, a JSON object ``{"command": NAME, ...arguments}`` (see ``state.py`` for the
+table). Reply: ``{"ok": bool, "state": STATE, "error": str | null, ...}``. A malformed request
+(not UTF-8, not JSON, not an object, no string ``command``) or a refused command gets
+``ok: false`` with the reason; malformed ones are counted in :attr:`ControlServer.malformed` and
+logged, and nothing a client sends can stop the server. Loopback endpoints only (as for the
+stream: remote control would need ZeroMQ CURVE keys).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import zmq
+
+from stslive.acquisition.state import CommandRefused, RunStateMachine
+from stslive.acquisition.stream import check_local_endpoint
+from stslive.drivers.errors import InstrumentTimeout, StreamError
+
+log = logging.getLogger(__name__)
+
+_MAX_REQUEST_BYTES = 64 * 1024
+
+
+class ControlServer:
+    """Serves :class:`RunStateMachine` commands on a REP socket in a daemon thread.
+
+    Parameters
+    ----------
+    machine
+        The run's state machine.
+    endpoint
+        Where to bind, e.g. ``"tcp://127.0.0.1:5557"`` (port 0 picks a free one, see
+        :attr:`endpoint`).
+    context
+        ZeroMQ context (injectable for tests); a private one by default.
+    """
+
+    def __init__(self, machine: RunStateMachine, endpoint: str, *, context: zmq.Context | None = None) -> None:
+        check_local_endpoint(endpoint)
+        self._machine = machine
+        self._own_context = context is None
+        self._ctx = zmq.Context() if context is None else context
+        self._sock = self._ctx.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST_BYTES)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close()
+            raise StreamError(f"cannot bind the control socket to {endpoint!r} ({exc}); is the port in use?") from exc
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.malformed = 0
+        self.refused = 0
+        self.handled = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="stslive-control", daemon=True)
+
+    def start(self) -> ControlServer:
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not dict(poller.poll(100)):
+                continue
+            raw = self._sock.recv_multipart()
+            reply = self.handle(raw)
+            self._sock.send(json.dumps(reply).encode())
+
+    def handle(self, frames: list[bytes]) -> dict[str, Any]:
+        """Parse and execute one request; always returns a reply map."""
+        try:
+            name, args = _parse(frames)
+        except CommandRefused as exc:
+            self.malformed += 1
+            log.warning("control: malformed request rejected (%d so far): %s", self.malformed, exc)
+            return {"ok": False, "state": self._machine.state, "error": str(exc)}
+        try:
+            reply = self._machine.execute(name, args)
+        except CommandRefused as exc:
+            self.refused += 1
+            return {"ok": False, "state": self._machine.state, "error": str(exc)}
+        self.handled += 1
+        return {**reply, "error": None}
+
+    def close(self) -> None:
+        """Stop the thread and close the socket; safe to call twice."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        if not self._sock.closed:
+            self._sock.close()
+        if self._own_context:
+            self._ctx.term()
+
+
+def _parse(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
+    if len(frames) != 1:
+        raise CommandRefused(f"a request is one frame of JSON, got {len(frames)} frames")
+    try:
+        doc = json.loads(frames[0].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandRefused(f"request is not UTF-8 JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("command"), str):
+        raise CommandRefused('request must be a JSON object with a string "command"')
+    name = doc.pop("command")
+    return name, doc
+
+
+def send_command(endpoint: str, command: str, *, timeout_s: float = 10.0,
+                 context: zmq.Context | None = None, **args: Any) -> dict[str, Any]:
+    """Send one command to a running scan's control socket and return its reply map.
+
+    Raises
+    ------
+    InstrumentTimeout
+        No reply within ``timeout_s`` (no scan at ``endpoint``, or it is stuck in a long sweep:
+        commands are answered at once, but check the endpoint).
+    """
+    ctx = zmq.Context.instance() if context is None else context
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(json.dumps({"command": command, **args}).encode())
+        if not sock.poll(int(timeout_s * 1000)):
+            raise InstrumentTimeout("control", f"no reply from {endpoint} within {timeout_s:g} s; is a scan running there?")
+        return json.loads(sock.recv().decode())
+    finally:
+        sock.close()

@@ -1,0 +1,44 @@
+"""``stslive control``: send one command to a running scan's control socket and print the reply.
+
+Examples::
+
+    stslive control --connect tcp://127.0.0.1:5557 pause
+    stslive control --connect tcp://127.0.0.1:5557 remeasure --pixels 3,4 3,5
+    stslive control --connect tcp://127.0.0.1:5557 set --setpoint-set 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from stslive.acquisition.state import COMMANDS
+from stslive.drivers.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stslive control``."""
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5557", help="the scan's control endpoint")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    parser.add_argument("name", choices=sorted(COMMANDS), metavar="COMMAND",
+                        help="; ".join(f"{n}: {c.doc}" for n, c in COMMANDS.items()))
+    parser.add_argument("--pixels", nargs="+", metavar="IY,IX", help="remeasure: pixels as IY,IX")
+    parser.add_argument("--setpoint-set", type=int, metavar="ID", help="set: the set-point set id")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Send the command; prints the JSON reply, returns 0 if it was accepted, 1 otherwise."""
+    from stslive.acquisition.control import send_command
+
+    extra: dict[str, Any] = {}
+    if args.pixels:
+        try:
+            extra["pixels"] = [[int(v) for v in p.split(",")] for p in args.pixels]
+        except ValueError:
+            raise ConfigError(f"--pixels {args.pixels}: give each pixel as IY,IX (integers)") from None
+    if args.setpoint_set is not None:
+        extra["setpoint_set"] = args.setpoint_set
+    reply = send_command(args.connect, args.name, timeout_s=args.timeout, **extra)
+    print(json.dumps(reply))
+    return 0 if reply.get("ok") else 1

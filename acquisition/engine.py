@@ -1,0 +1,258 @@
+"""The scan engine: walks a plan through the state machine, archives and streams every pixel.
+
+Small on purpose; the parts live beside it: ``state.py`` (states, commands), ``control.py``
+(the control socket), ``suspenders.py`` (temperature band), ``pixel.py`` (one pixel),
+``plans.py`` (where), ``archive.py`` and ``stream.py`` (formats).
+
+One thread does all instrument and file I/O (this one); the control thread only changes the
+state machine, whose change log this thread drains into the archive's run log between pixels,
+so HDF5 is never written from two threads.
+
+Per pixel: temperature -> suspender -> measure (bounded retries; the VISA session reconnects
+by itself) -> archive (data, flush, measured flag, flush) -> stream event. A pixel that still
+fails is recorded as failed with its reason (archive failure record + ``failed`` document),
+never as data; after ``max_consecutive_failures`` in a row the run pauses (reason
+``failures``) and waits for ``resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stslive.acquisition.archive import ArchiveWriter
+from stslive.acquisition.config import RunConfig
+from stslive.acquisition.control import ControlServer
+from stslive.acquisition.pixel import Instruments, PixelProcedure, PixelResult, failure_code
+from stslive.acquisition.plans import Plan, PlanPoint
+from stslive.acquisition.runmodel import SetpointSet
+from stslive.acquisition.state import CommandRefused, RunStateMachine
+from stslive.acquisition.stream import ArraySpec, RunPublisher
+from stslive.acquisition.suspenders import TemperatureSuspender
+from stslive.drivers.errors import InstrumentError, StsliveError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats:
+    """Counters and per-pixel software overhead of one engine run (s)."""
+
+    measured: int = 0
+    failed: int = 0
+    retries: int = 0
+    overhead_s: list[float] = field(default_factory=list)
+
+
+class ScanEngine:
+    """Runs one plan to the end (or abort) against the given instruments, archive and stream.
+
+    Parameters
+    ----------
+    config
+        The run config (run options, set-point sets, suspender).
+    plan
+        Where to measure; cells already measured (or failed) in the archive are skipped.
+    writer
+        The open archive (created or resumed).
+    publisher
+        The run stream; ``start`` and the descriptor are published by :meth:`run`.
+    instruments
+        The connected instruments.
+    run_uid
+        The archive's run uid (the stream's run uid too).
+    control_endpoint
+        Bind the control socket here (``None``: no socket; commands via :attr:`machine`).
+    skip
+        ``(ny, nx)`` mask of further cells not to visit (on resume: the failed ones, unless retried).
+    start_fields
+        Extra start-document fields (``instruments``, ``software_version``, ``metadata``).
+    sleep, clock, context
+        Injectable for tests.
+    """
+
+    def __init__(self, config: RunConfig, plan: Plan, writer: ArchiveWriter, publisher: RunPublisher,
+                 instruments: Instruments, *, run_uid: str, control_endpoint: str | None = None,
+                 skip: np.ndarray | None = None, start_fields: dict[str, Any] | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
+                 context: Any = None) -> None:
+        self.config, self.plan, self.writer, self.publisher = config, plan, writer, publisher
+        self.instruments = instruments
+        self.run_uid = run_uid
+        self._sleep, self._clock = sleep, clock
+        self._opts = config.run
+        self._sets = {s.id: s for s in config.setpoint_sets}
+        self._set_order = [s.id for s in config.setpoint_sets]
+        self.procedure = PixelProcedure(instruments, channels=self._opts["channels"],
+                                        move_settle_s=self._opts["move_settle_s"], sleep=sleep, clock=clock)
+        self._measured = writer.measured
+        self._todo = plan.remaining(self._measured if skip is None else self._measured | skip)
+        self._pending: PlanPoint | None = None
+        self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
+        self.machine = RunStateMachine(self._set_order, validate_pixel=self._validate_remeasure,
+                                       on_change=lambda event, fields: self._log_queue.put((event, fields)))
+        sus = config.suspender
+        self.suspender = (TemperatureSuspender(sus["min_K"], sus["max_K"], sus["hold_s"])
+                          if sus["enabled"] else None)
+        self.stats = RunStats()
+        self._consecutive_failures = 0
+        self._start_fields = start_fields or {}
+        self.control = (ControlServer(self.machine, control_endpoint, context=context).start()
+                        if control_endpoint else None)
+
+    @property
+    def control_endpoint(self) -> str | None:
+        """The bound control endpoint (port resolved), or None."""
+        return None if self.control is None else self.control.endpoint
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Run to the end; returns the exit status (``success``, ``abort`` or ``fail``)."""
+        names = self.procedure.channel_names
+        units = tuple(n[n.rindex("(") + 1:-1] if n.endswith(")") else "" for n in names)
+        self.publisher.start(run_uid=self.run_uid, grid=self.plan.geometry.to_dict(), channel_names=names,
+                             channel_units=units, n_points=self.config.n_points,
+                             setpoint_sets=[s.to_dict() for s in self.config.setpoint_sets], **self._start_fields)
+        self.publisher.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(names), self.config.n_points),
+                                                        labels=names, units=units)})
+        self.machine.begin()
+        try:
+            while self.machine.state in ("running", "paused"):
+                self._drain_log()
+                if self.machine.state == "paused":
+                    self._while_paused()
+                else:
+                    self._step()
+            if self.machine.state == "stopping":
+                self.machine.finish()
+        except (StsliveError, OSError) as exc:
+            self.machine.fail(f"{type(exc).__name__}: {exc}")
+            log.error("run failed: %s", exc)
+            raise
+        finally:
+            self._drain_log()
+            status = self.machine.exit_status or "fail"
+            self.writer.append_log("stop", exit_status=status, measured=self.stats.measured, failed=self.stats.failed)
+            self.publisher.stop(status, reason=self.machine.reason)  # type: ignore[arg-type]
+            if self.control is not None:
+                self.control.close()
+        return status
+
+    def _step(self) -> None:
+        point = self._next_point()
+        if point is None:
+            self.machine.finish_plan()
+            return
+        temperature = self.instruments.temperature() if self.instruments.thermometer is not None else math.nan
+        if self.suspender is not None and self.suspender.check(temperature) == "suspend":
+            self._pending = point  # measured when the temperature is back
+            self.machine.suspend("temperature", kelvin=temperature)
+            return
+        sp = self._set_for(point)
+        result, error, attempts = self._measure(point, sp, temperature)
+        t0 = time.perf_counter()
+        if result is not None:
+            self._record(point, result)
+            overhead = time.perf_counter() - t0 + (result.meta.t_end - result.meta.t_start) - result.sweep_call_s
+            self.stats.overhead_s.append(overhead)
+        else:
+            assert error is not None
+            self._record_failure(point, sp, error, attempts)
+
+    def _measure(self, point: PlanPoint, sp: SetpointSet,
+                 temperature: float) -> tuple[PixelResult | None, InstrumentError | None, int]:
+        error: InstrumentError | None = None
+        for attempt in range(1, self._opts["retries"] + 2):
+            try:
+                return self.procedure.measure(point, sp, temperature_before_K=temperature), None, attempt
+            except InstrumentError as exc:
+                error = exc
+                log.warning("pixel (%d, %d) attempt %d failed: %s", point.iy, point.ix, attempt, exc)
+                if attempt <= self._opts["retries"]:
+                    self.stats.retries += 1
+                    self.procedure.invalidate()  # the next attempt re-sends the set (new session)
+        return None, error, self._opts["retries"] + 1
+
+    def _record(self, point: PlanPoint, result: PixelResult) -> None:
+        self.writer.write_pixel(point.iy, point.ix, result.spectra, result.meta)
+        self._measured[point.iy, point.ix] = True
+        meta = result.meta
+        self.publisher.event(
+            arrays={"spectra": result.spectra}, ix=point.ix, iy=point.iy, x_m=point.x_m, y_m=point.y_m,
+            setpoint_set_id=meta.setpoint_set_id,
+            timestamps={"t_start": meta.t_start, "t_sweep_start": meta.t_sweep_start,
+                        "t_sweep_end": meta.t_sweep_end, "t_end": meta.t_end},
+            temperature_before_K=_known(meta.temperature_before_K), temperature_after_K=_known(meta.temperature_after_K),
+            z_m=_known(meta.z_m), lockin_status=meta.lockin_status, lockin_overload=meta.lockin_overload)
+        self.stats.measured += 1
+        self._consecutive_failures = 0
+
+    def _record_failure(self, point: PlanPoint, sp: SetpointSet, error: InstrumentError, attempts: int) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        self.writer.record_failure(point.iy, point.ix, reason, code=failure_code(error), attempts=attempts,
+                                   setpoint_set_id=sp.id)
+        self.publisher.failed_pixel(ix=point.ix, iy=point.iy, x_m=point.x_m, y_m=point.y_m,
+                                    setpoint_set_id=sp.id, reason=reason, attempts=attempts)
+        self.stats.failed += 1
+        self._consecutive_failures += 1
+        if self._consecutive_failures >= self._opts["max_consecutive_failures"]:
+            self.machine.suspend("failures", consecutive=self._consecutive_failures, last_reason=reason)
+            self._consecutive_failures = 0
+
+    def _while_paused(self) -> None:
+        self.publisher.heartbeat("paused", message=",".join(sorted(self.machine.pause_reasons)))
+        if self.suspender is not None and "temperature" in self.machine.pause_reasons:
+            kelvin = self.instruments.temperature()
+            if self.suspender.check(kelvin) == "resume":
+                self.machine.release("temperature", kelvin=kelvin)
+                return
+            self.machine.wait_change(min(self.config.suspender["poll_s"], self._opts["heartbeat_s"]))
+        else:
+            self.machine.wait_change(self._opts["heartbeat_s"])
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _next_point(self) -> PlanPoint | None:
+        if self._pending is not None:
+            point, self._pending = self._pending, None
+            return point
+        cell = self.machine.pop_remeasure()
+        if cell is not None:
+            return self.plan.at(*cell)
+        while True:
+            point = next(self._todo, None)
+            # a cell measured through 'remeasure' before the plan reached it is not measured twice
+            if point is None or not self._measured[point.iy, point.ix]:
+                return point
+
+    def _set_for(self, point: PlanPoint) -> SetpointSet:
+        if self._opts["setpoint_mode"] == "alternate":
+            return self._sets[self._set_order[point.index % len(self._set_order)]]
+        return self._sets[self.machine.active_set]
+
+    def _validate_remeasure(self, iy: int, ix: int) -> None:
+        try:
+            self.plan.at(iy, ix)
+        except StsliveError as exc:
+            raise CommandRefused(str(exc)) from None
+        if self._measured[iy, ix]:
+            raise CommandRefused(f"pixel ({iy}, {ix}) is already measured; the archive keeps one spectrum per "
+                                 "pixel, so only unmeasured or failed pixels can be queued")
+
+    def _drain_log(self) -> None:
+        while True:
+            try:
+                event, fields = self._log_queue.get_nowait()
+            except queue.Empty:
+                return
+            self.writer.append_log(event, **fields)
+
+
+def _known(value: float) -> float | None:
+    return None if not math.isfinite(value) else float(value)

@@ -1,0 +1,196 @@
+"""The per-pixel procedure: move, settle, set-point, sweep, read, temperatures, feedback back on.
+
+Sequence for one pixel (every step an instrument round trip through the Protocols, so the real
+drivers and the simulated lab are interchangeable)::
+
+    T_before (thermometer)           # read by the engine first, for the suspender
+    [set changed: configure sweep + lock-in, feedback on, bias and current set-point]
+    move tip (feedback on), wait move_settle_s
+    z at the set-point
+    sweep (the controller waits set.settle_s, opens the feedback and restores it, also on failure)
+    lock-in status (read and cleared), T_after
+
+Set-point values persist in the controller between pixels, so they are sent only when the set
+changes: re-sending them would cost two round trips per pixel for no effect. If anything fails
+the feedback is switched back on before the error propagates (a tip left without feedback
+crashes into the sample on the next move).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stslive.acquisition.plans import PlanPoint
+from stslive.acquisition.runmodel import PixelMeta, SetpointSet
+from stslive.drivers.errors import (
+    ControllerError,
+    InstrumentConnectionError,
+    InstrumentError,
+    InstrumentReplyError,
+    InstrumentTimeout,
+    SafetyLimitError,
+)
+from stslive.drivers.protocols import LockIn, LockInStatus, SpectroscopyConfig, SpectroscopyTiming, StmController, Thermometer
+
+log = logging.getLogger(__name__)
+
+#: Name of the archive channel holding the measured sweep signal (row 0 of every spectrum).
+BIAS_ROW = "Bias (V)"
+
+#: Bits of the recorded ``lockin_status`` (PixelMeta), decoded from the LockIn protocol's status.
+LOCKIN_STATUS_BITS = {"input_overload": 1, "reserve_overload": 2, "output_overload": 4, "unlocked": 8, "errors": 16}
+
+#: archive failure code per error class (first match wins; 9 = any other instrument error).
+FAILURE_CODES: tuple[tuple[type[InstrumentError], int], ...] = (
+    (InstrumentTimeout, 1),
+    (InstrumentConnectionError, 2),
+    (SafetyLimitError, 5),
+    (ControllerError, 3),
+    (InstrumentReplyError, 4),
+)
+
+
+def failure_code(exc: InstrumentError) -> int:
+    """Archive failure code of an instrument error (see :data:`FAILURE_CODES`, default 9)."""
+    return next((code for cls, code in FAILURE_CODES if isinstance(exc, cls)), 9)
+
+
+def status_bits(status: LockInStatus) -> int:
+    """The :class:`LockInStatus` as the bit field stored in ``PixelMeta.lockin_status``."""
+    return sum(bit for name, bit in LOCKIN_STATUS_BITS.items() if getattr(status, name))
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """The run's instruments; the lock-in and the thermometer are optional."""
+
+    controller: StmController
+    lockin: LockIn | None = None
+    thermometer: Thermometer | None = None
+
+    def identities(self) -> dict[str, str]:
+        """Instrument name -> identity line (one round trip each)."""
+        out = {"nanonis": self.controller.identity()}
+        if self.lockin is not None:
+            out["lockin"] = self.lockin.identity()
+        if self.thermometer is not None:
+            out["thermometer"] = self.thermometer.identity()
+        return out
+
+    def temperature(self) -> float:
+        """Sample temperature (K), NaN without a thermometer."""
+        return math.nan if self.thermometer is None else float(self.thermometer.temperature())
+
+    def close(self) -> None:
+        for inst in (self.thermometer, self.lockin, self.controller):
+            if inst is not None:
+                inst.close()
+
+
+@dataclass(frozen=True)
+class PixelResult:
+    """One measured pixel: spectra ``(channel, point)`` float32, metadata, time in the sweep call (s)."""
+
+    spectra: np.ndarray
+    meta: PixelMeta
+    sweep_call_s: float
+
+
+class PixelProcedure:
+    """Measures single pixels with the run's instruments.
+
+    Parameters
+    ----------
+    instruments
+        Controller, optional lock-in and thermometer.
+    channels
+        Controller signals recorded by the sweep; spectra rows are :data:`BIAS_ROW` then these.
+    move_settle_s
+        Wait after each tip move (s).
+    sleep, clock
+        Injectable for tests (``time.sleep``, ``time.time``).
+    """
+
+    def __init__(self, instruments: Instruments, *, channels: Sequence[str], move_settle_s: float = 0.0,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time) -> None:
+        self.instruments = instruments
+        self.channels = tuple(channels)
+        self.channel_names = (BIAS_ROW, *self.channels)
+        self.move_settle_s = move_settle_s
+        self._sleep, self._clock = sleep, clock
+        self._configured: int | None = None
+
+    def invalidate(self) -> None:
+        """Forget the configured set (after a reconnect the instrument may have been reset)."""
+        self._configured = None
+
+    def configure(self, sp: SetpointSet) -> None:
+        """Send the set's sweep, lock-in and set-point to the instruments (feedback on)."""
+        ctl, lockin = self.instruments.controller, self.instruments.lockin
+        ctl.configure_spectroscopy(SpectroscopyConfig(
+            channels=self.channels, start_V=sp.sweep_start_V, stop_V=sp.sweep_end_V, points=sp.n_points,
+            timing=SpectroscopyTiming(settling_s=0.0, integration_s=sp.integration_s, initial_settling_s=sp.settle_s),
+            z_controller_hold=sp.feedback_hold))
+        if lockin is not None and sp.lockin_amplitude_Vrms > 0:
+            lockin.set_frequency(sp.lockin_frequency_Hz)
+            lockin.set_amplitude(sp.lockin_amplitude_Vrms)
+            lockin.set_time_constant(sp.lockin_time_constant_s)
+            lockin.set_sensitivity(sp.lockin_sensitivity_V)
+            lockin.status()  # read-and-clear, so the first pixel's status is its own
+        ctl.set_feedback(True)
+        ctl.set_bias(sp.bias_setpoint_V)
+        ctl.set_setpoint(sp.current_setpoint_A)
+        self._configured = sp.id
+
+    def measure(self, point: PlanPoint, sp: SetpointSet, *, temperature_before_K: float) -> PixelResult:
+        """Measure one pixel with set ``sp``; InstrumentError on failure (feedback back on)."""
+        ctl = self.instruments.controller
+        t_start = self._clock()
+        try:
+            if self._configured != sp.id:
+                self.configure(sp)
+            ctl.move_tip(point.x_m, point.y_m, wait=True)
+            if self.move_settle_s > 0:
+                self._sleep(self.move_settle_s)
+            z = ctl.get_z()
+            t_sweep_start = self._clock()
+            spectrum = ctl.run_spectrum()
+            t_sweep_end = self._clock()
+            status = self.instruments.lockin.status() if self.instruments.lockin is not None else LockInStatus()
+            temperature_after = self.instruments.temperature()
+        except InstrumentError:
+            self._restore_feedback()
+            raise
+        spectra = self._rows(spectrum.data, spectrum.channels, sp.n_points)
+        meta = PixelMeta(
+            x_m=point.x_m, y_m=point.y_m, setpoint_set_id=sp.id, t_start=t_start, t_sweep_start=t_sweep_start,
+            t_sweep_end=t_sweep_end, t_end=self._clock(), temperature_before_K=temperature_before_K,
+            temperature_after_K=temperature_after, z_m=z, lockin_status=status_bits(status),
+            lockin_overload=status.overloaded)
+        return PixelResult(spectra, meta, t_sweep_end - t_sweep_start)
+
+    def _rows(self, data: np.ndarray, names: Sequence[str], n_points: int) -> np.ndarray:
+        if data.ndim != 2 or data.shape[1] != n_points:
+            raise InstrumentReplyError("nanonis", f"sweep returned data of shape {data.shape}, expected "
+                                       f"(channels, {n_points}); check the sweep configuration")
+        names = list(names)
+        missing = [c for c in self.channels if c not in names]
+        if missing:
+            raise InstrumentReplyError("nanonis", f"sweep did not record {missing} (recorded {names}); "
+                                       "check run.channels against the controller's signals")
+        # Row 0 is the sweep signal itself whatever the controller calls it ("Bias calc (V)").
+        rows = [0, *(names.index(c) for c in self.channels)]
+        return np.ascontiguousarray(data[rows], dtype=np.float32)
+
+    def _restore_feedback(self) -> None:
+        try:
+            self.instruments.controller.set_feedback(True)
+        except InstrumentError as exc:  # the original error matters more; this one is logged
+            log.error("feedback could not be switched back on after a failed pixel: %s", exc)
+        self._configured = None

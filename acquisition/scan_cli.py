@@ -1,0 +1,157 @@
+"""``stslive scan``: run a grid (or line, or point list) from a TOML config, or resume a run.
+
+``stslive scan --config RUN.toml --out RUN.h5`` creates the archive (the config is stored in
+its start document) and runs; ``stslive scan --resume RUN.h5`` continues the run at the first
+unmeasured pixel with only the archive. SIGINT/SIGTERM stop after the pixel in progress (exit
+status ``abort``); a SIGKILL loses at most the pixel in progress. On start the bound endpoints
+are printed, one ``name endpoint`` line each (``stream``, ``push``, ``control``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from stslive.acquisition.archive import ArchiveWriter, open_archive
+from stslive.acquisition.config import RunConfig
+from stslive.acquisition.engine import ScanEngine
+from stslive.acquisition.plans import plan_from_config
+from stslive.acquisition.stream import RunPublisher
+from stslive.drivers.errors import ArchiveError, ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stslive scan``."""
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", type=Path, help="run config (TOML); see acquisition/example_run.toml")
+    what.add_argument("--resume", type=Path, metavar="RUN.h5", help="continue the run in this archive")
+    parser.add_argument("--out", type=Path, help="archive to create (with --config)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--retry-failed", action="store_true", help="with --resume: measure failed pixels again")
+    parser.add_argument("--pub", help="override stream.pub (ZeroMQ PUB endpoint)")
+    parser.add_argument("--push", help="override stream.push ('' = none)")
+    parser.add_argument("--control", help="override stream.control (ZeroMQ REP endpoint, '' = none)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run or resume a scan; returns 0 on success, 3 on abort, 1 on failure."""
+    overrides = {k: v for k, v in (("pub", args.pub), ("push", args.push), ("control", args.control)) if v is not None}
+    if args.config is not None:
+        if args.out is None:
+            raise ConfigError("--out RUN.h5 is required with --config")
+        config = RunConfig.from_toml(args.config)
+        path, resume = args.out, False
+        if path.exists() and not args.overwrite:
+            raise ArchiveError(path, "file exists; resume it with --resume, choose another --out, or pass --overwrite")
+    else:
+        if args.out is not None:
+            raise ConfigError("--out is not used with --resume: the run continues in its own archive")
+        path, resume = args.resume, True
+        config = stored_config(path)
+    if overrides:
+        config = config.with_overrides(stream=overrides)
+    engine = run_scan(config, path, resume=resume, retry_failed=args.retry_failed, overwrite=args.overwrite,
+                      handle_signals=True)
+    status = engine.machine.exit_status
+    return {"success": 0, "abort": 3}.get(status, 1)
+
+
+def stored_config(path: Path) -> RunConfig:
+    """The run config stored in an archive's start document (for ``--resume``)."""
+    with open_archive(path, swmr=True) as reader:
+        start = reader.documents.get("start", {})
+    try:
+        return RunConfig.from_dict(start["metadata"]["config"], source=str(path))
+    except (KeyError, TypeError):
+        raise ArchiveError(path, "no run config in the start document: this archive was not written by "
+                                 "'stslive scan' and cannot be resumed") from None
+
+
+def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_failed: bool = False,
+             overwrite: bool = False, announce: bool = True, handle_signals: bool = False, context: Any = None,
+             on_ready: Callable[[ScanEngine], None] | None = None) -> ScanEngine:
+    """Open everything, run the engine, close everything; returns the finished engine.
+
+    ``on_ready(engine)`` is called just before the run starts (tests and benchmarks take the
+    control endpoint or the state machine from it); ``handle_signals`` makes SIGINT/SIGTERM
+    abort the run (main thread only).
+    """
+    from stslive.acquisition.rig import open_instruments  # drivers only when a scan really runs
+
+    plan = plan_from_config(config)
+    skip = None
+    if resume:
+        with open_archive(path, swmr=True) as reader:
+            if reader.geometry != plan.geometry:
+                raise ArchiveError(path, "grid in the archive differs from its stored config; the file is inconsistent")
+            run_uid = reader.run_uid
+            skip = None if retry_failed else reader.failed
+    instruments = open_instruments(config)
+    try:
+        identities = instruments.identities()
+        if resume:
+            writer = ArchiveWriter.open_for_resume(path)
+        else:
+            run_uid = str(uuid.uuid4())
+            start = {"uid": run_uid, "time": time.time(), "instruments": identities,
+                     "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind}}
+            writer = ArchiveWriter.create(
+                path, geometry=plan.geometry, channel_names=("Bias (V)", *config.run["channels"]),
+                n_points=config.n_points, setpoint_sets=config.setpoint_sets, start_doc=start, overwrite=overwrite)
+        with writer:
+            stream = config.stream
+            publisher = RunPublisher(stream["pub"] or None, push_endpoint=stream["push"] or None,
+                                     header_format=stream["header_format"], context=context)
+            try:
+                engine = ScanEngine(
+                    config, plan, writer, publisher, instruments, run_uid=run_uid, skip=skip,
+                    control_endpoint=stream["control"] or None, context=context,
+                    start_fields={"instruments": identities, "software_version": _version(),
+                                  "metadata": {"config": config.to_dict(), "resumed": resume, "archive": str(path)}})
+                if announce:
+                    for name, endpoint in (("stream", publisher.pub_endpoint), ("push", publisher.push_endpoint),
+                                           ("control", engine.control_endpoint)):
+                        if endpoint:
+                            print(f"{name} {endpoint}", flush=True)
+                if on_ready is not None:
+                    on_ready(engine)
+                with _abort_on_signals(engine) if handle_signals else contextlib.nullcontext():
+                    engine.run()
+                return engine
+            finally:
+                publisher.close()
+    finally:
+        instruments.close()
+
+
+class _abort_on_signals:
+    """SIGINT/SIGTERM -> the abort command: the pixel in progress completes, the stop is written."""
+
+    def __init__(self, engine: ScanEngine) -> None:
+        self._engine = engine
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._engine.machine.state in ("running", "paused"):
+            self._engine.machine.execute("abort", {})
+
+    def __enter__(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _version() -> str:
+    from stslive.acquisition.cli import package_version
+
+    return package_version()
