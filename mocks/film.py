@@ -35,8 +35,9 @@ _STREAM_NOISE = 3
 # Pixels per DOS/FFT chunk: ~32 x 6,600 float64 temporaries stay in cache (measured ~100 us per
 # pixel for the DOS at 32 vs ~800 us when a 256-row chunk is first-touched in RAM).
 _CHUNK_PIXELS = 32
-# Default block of iter_blocks: at most this many output values per channel (~32 MB float32).
-_BLOCK_VALUES = 8_000_000
+# Default block of iter_blocks: at most this many output values per channel (~16 MB float32;
+# the float64 working copies make ~100 MB per block in flight).
+_BLOCK_VALUES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -528,7 +529,7 @@ class Film:
         Parameters
         ----------
         rows_per_block
-            Rows per block (default: ~8 M values per channel, ~32 MB in float32).
+            Rows per block (default: ~4 M values per channel, ~16 MB in float32).
         noise
             Add noise.
         dtype
