@@ -24,6 +24,7 @@ current noise optimally; a lock-in channel is fitted in the dI/dV domain directl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,12 +39,13 @@ K_B_EV_PER_K = 8.617333262e-5  # Boltzmann constant (CODATA 2018, exact), eV/K
 #: so real tips and hotter samples are still covered; the fit picks the best per spectrum.
 DYNES_WIDTHS_EV: tuple[float, ...] = tuple(float(g) for g in np.geomspace(5e-6, 0.4e-3, 24))
 
-#: The coarse peak (argmax of an 11-point box-smoothed derivative) lies 2.5..9 samples outside the
-#: true maximum (median 5) for the simulated 0.3 K film (measured); the template window is
-#: centred this far inside and its shifts reach +-6 samples.
-COARSE_OUTWARD_SAMPLES = 4
+#: The coarse peak (argmax of an 11-point box-smoothed derivative minus its 41-point running
+#: mean) lies -0.1..6 samples outside the true maximum (median 2.8) on the simulated 0.3 K film
+#: (measured, seeds 3 and 2024); the template window is centred this far inside and its shifts
+#: reach +-6 samples.
+COARSE_OUTWARD_SAMPLES = 3
 
-#: Same for a lock-in channel, whose coarse peak is the argmax of its 5-point running mean.
+#: Same for a lock-in channel (5-point running mean, same contrast): -1.2..4 samples, median 0.7.
 LOCKIN_COARSE_OUTWARD_SAMPLES = 1
 
 #: Polynomial background degree of the fit, per domain (measured on the simulated film, Delta rms
@@ -240,11 +242,13 @@ def estimate_width(
     search_V: tuple[float, float],
     step: float,
     bank_args: dict[str, object],
+    coarse: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> float:
     """Batch Dynes width, eV: geometric median of the best-fitting width over both peaks.
 
     ``sides`` holds (bias, didv, signal) for the positive and the mirrored negative side, rows =
-    spectra (NaN-free). At most :data:`WIDTH_SAMPLE` spectra are used.
+    spectra (NaN-free); ``coarse(didv, columns)`` is the signal whose argmax is the coarse peak.
+    At most :data:`WIDTH_SAMPLE` spectra are used.
     """
     bank = template_bank(step, **bank_args, widths=DYNES_WIDTHS_EV)  # type: ignore[arg-type]
     chosen = []
@@ -253,7 +257,7 @@ def estimate_width(
         if sel.size < 8:
             continue
         rows = slice(0, min(WIDTH_SAMPLE, didv.shape[0]))
-        j = np.argmax(didv[rows, sel[0]: sel[-1] + 1], axis=1)
+        j = np.argmax(coarse(didv[rows], sel), axis=1)
         centre = sel[0] + j - (COARSE_OUTWARD_SAMPLES if bank_args["integrated"] else LOCKIN_COARSE_OUTWARD_SAMPLES)
         idx = centre[:, None] + bank.offsets[None, :]
         inside = (idx[:, 0] >= 0) & (idx[:, -1] < didv.shape[1])
