@@ -290,6 +290,11 @@ class _Sweep:
         )
         return [part.astype(np.float64) for part in out]
 
+    def truth(self, conductance: FloatArray, delta_eV: FloatArray, *, bias_V: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Peak-to-peak gap (eV) and 5-30 mV alpha of noise-free G rows (see :mod:`film_truth`)."""
+        gap = film_truth.peak_to_peak_gap(conductance, self.grid.energies(), model_gap_eV=delta_eV)
+        return gap, film_truth.power_law_alpha(film_spectra.value_at(conductance, self.pos_bias), bias_V)
+
 
 @dataclass
 class Film:
@@ -413,10 +418,7 @@ class Film:
             current_out[part] = current
             lockin_out[part] = lockin
             if truth_out is not None:
-                truth_out[0][part] = film_truth.peak_to_peak_gap(g, sweep.grid.energies(), model_gap_eV=delta[part])
-                truth_out[1][part] = film_truth.power_law_alpha(
-                    film_spectra.value_at(g, sweep.pos_bias), self.bias_V
-                )
+                truth_out[0][part], truth_out[1][part] = sweep.truth(g, delta[part], bias_V=self.bias_V)
 
     def _flat_indices(self, iy: npt.ArrayLike, ix: npt.ArrayLike) -> tuple[npt.NDArray[np.intp], tuple[int, ...]]:
         y, x = np.broadcast_arrays(np.asarray(iy), np.asarray(ix))
@@ -588,12 +590,10 @@ class Film:
             alpha = self.alpha.ravel()
             gaps = np.empty(ny * nx)
             alphas = np.empty(ny * nx)
-            energies = sweep.grid.energies()
             for start in range(0, ny * nx, _CHUNK_PIXELS):
                 part = slice(start, start + _CHUNK_PIXELS)
                 g, _ = sweep.conductance(delta[part], alpha[part], gamma_eV=self.params.dynes_gamma_eV)
-                gaps[part] = film_truth.peak_to_peak_gap(g, energies, model_gap_eV=delta[part])
-                alphas[part] = film_truth.power_law_alpha(film_spectra.value_at(g, sweep.pos_bias), self.bias_V)
+                gaps[part], alphas[part] = sweep.truth(g, delta[part], bias_V=self.bias_V)
             self._truth = DefinitionTruth(gaps.reshape(ny, nx), alphas.reshape(ny, nx))
         return self._truth
 
