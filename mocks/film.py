@@ -290,7 +290,9 @@ class _Sweep:
         )
         return [part.astype(np.float64) for part in out]
 
-    def truth(self, conductance: FloatArray, delta_eV: FloatArray, *, bias_V: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def truth(
+        self, conductance: FloatArray, delta_eV: FloatArray, *, bias_V: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
         """Peak-to-peak gap (eV) and 5-30 mV alpha of noise-free G rows (see :mod:`film_truth`)."""
         gap = film_truth.peak_to_peak_gap(conductance, self.grid.energies(), model_gap_eV=delta_eV)
         return gap, film_truth.power_law_alpha(film_spectra.value_at(conductance, self.pos_bias), bias_V)

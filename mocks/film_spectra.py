@@ -110,7 +110,9 @@ def make_grid(
         Kernel reach in eV (see :func:`kernel_half_width_eV`).
     """
     if bias_V.size < 2 or not np.all(np.isfinite(bias_V)):
-        raise ConfigError("bias_V needs at least 2 finite points (V); pass a sweep like np.linspace(-0.04, 0.04, 1601).")
+        raise ConfigError(
+            "bias_V needs at least 2 finite points (V); pass a sweep like np.linspace(-0.04, 0.04, 1601)."
+        )
     lo = min(float(bias_V.min()), *extra_V)
     hi = max(float(bias_V.max()), *extra_V)
     steps = np.diff(bias_V)
@@ -225,7 +227,9 @@ def dos(
     return p
 
 
-def kernel_spectra(kernel_list: tuple[FloatArray, ...], *, length: int, dtype: npt.DTypeLike) -> tuple[int, list[npt.NDArray[np.complexfloating]]]:
+def kernel_spectra(
+    kernel_list: tuple[FloatArray, ...], *, length: int, dtype: npt.DTypeLike
+) -> tuple[int, list[npt.NDArray[np.complexfloating]]]:
     """FFT length and the kernels' real FFTs for :func:`convolve_valid` of rows of ``length``.
 
     A circular FFT convolution of length >= ``length`` is exact on the valid part (no

@@ -89,7 +89,9 @@ def test_resistance_field_has_the_requested_sigma_and_correlation_length() -> No
 def test_alpha_and_delta_follow_eqs_2_and_3_and_delta_is_smoother() -> None:
     p = FilmParams(ny=256, nx=256, seed=1)
     f = make_film(p)
-    shift = theory.aa_exponent_shift(f.delta_rho_ohm, bias_V=p.aa_bias_V, diffusion_m2_s=p.diffusion_m2_s, l_alpha_m=p.l_rho_m)
+    shift = theory.aa_exponent_shift(
+        f.delta_rho_ohm, bias_V=p.aa_bias_V, diffusion_m2_s=p.diffusion_m2_s, l_alpha_m=p.l_rho_m
+    )
     np.testing.assert_allclose(f.alpha - p.alpha_mean, shift, rtol=0, atol=1e-15)
     # Unsmoothed Eq. (3) would be exactly proportional to delta_rho; smoothing keeps the
     # anti-correlation strong but not perfect, lowers sigma and lengthens the correlation.
