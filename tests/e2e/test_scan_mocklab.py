@@ -1,0 +1,181 @@
+"""The scan engine end to end against the simulated lab's TCP servers (in-process, port 0).
+
+A scan runs in a thread through ``run_scan`` (the code behind ``stslive scan``); the test
+reads the stream over PULL (lossless), drives the control socket and checks the archive.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stslive.acquisition.archive import open_archive
+from stslive.acquisition.bench_scan import mock_lab_config
+from stslive.acquisition.control import send_command
+from stslive.acquisition.scan_cli import run_scan
+from stslive.acquisition.stream import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
+from stslive.acquisition.stream_consumer import RunSubscriber
+from stslive.mocks.faults import FaultPlan
+from stslive.mocks.lab import MockLab
+
+NX, NY, POINTS = 5, 4, 101
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextmanager
+def scan(lab: MockLab, path: Path, **sections: Any) -> Iterator[tuple[RunSubscriber, str, dict[str, Any]]]:
+    """Run a scan over the whole film in a thread; yields (PULL subscriber, control endpoint, result)."""
+    with lab.start_servers() as servers:
+        sections.setdefault("stream", {}).update(push="tcp://127.0.0.1:0")
+        config = mock_lab_config(servers.resources, nx=lab.nx, ny=lab.ny, pixel_m=lab.pixel_m, n_points=POINTS,
+                                 **sections)
+        ready: queue.Queue = queue.Queue()
+        result: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                result["engine"] = run_scan(config, path, announce=False,
+                                            on_ready=lambda e: ready.put((e.publisher.push_endpoint, e.control_endpoint)))
+            except BaseException as exc:  # handed to the test thread, which re-raises it
+                result["error"] = exc
+                ready.put(None)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        endpoints = ready.get(timeout=20)
+        if endpoints is None:
+            raise result["error"]
+        with RunSubscriber(endpoints[0], mode="pull") as sub:
+            yield sub, endpoints[1], result
+            thread.join(timeout=30)
+        assert not thread.is_alive(), "scan did not finish"
+        if "error" in result:
+            raise result["error"]
+
+
+def collect(sub: RunSubscriber, until: Any = None, timeout_s: float = 20.0) -> list[Any]:
+    """Documents until the stop document (or until ``until(docs)`` is true)."""
+    docs: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        doc = sub.poll(0.05)
+        if doc is None:
+            continue
+        docs.append(doc)
+        if isinstance(doc, StopDoc) or (until is not None and until(docs)):
+            return docs
+    raise AssertionError(f"timed out after {len(docs)} documents")
+
+
+def events(docs: list[Any]) -> list[EventDoc]:
+    return [d for d in docs if isinstance(d, EventDoc)]
+
+
+def test_small_grid_completes_matches_film_and_streams_every_pixel_in_order(tmp_path: Path) -> None:
+    lab = MockLab.from_seed(seed=3, ny=NY, nx=NX, speed=0)
+    path = tmp_path / "run.h5"
+    with scan(lab, path) as (sub, _, result):
+        docs = collect(sub)
+    assert result["engine"].machine.state == "done"
+    seqs = [d.seq for d in docs]
+    assert seqs == list(range(len(docs))), "stream has a gap or reorders"
+    assert sub.gaps(docs[0].run_uid) == []
+    assert [(e.iy, e.ix) for e in events(docs)] == [(iy, ix) for iy in range(NY) for ix in range(NX)]
+    assert isinstance(docs[-1], StopDoc) and docs[-1].exit_status == "success"
+    with open_archive(path) as reader:
+        assert reader.measured.all() and not reader.failed.any()
+        assert reader.channel_names == ["Bias (V)", "Current (A)", "LI Demod 1 X (A)"]
+        data = reader.read_pixels()
+        meta = reader.pixel_meta
+        assert reader.run_uid == docs[0].run_uid
+    # the archive holds what the film predicts at the same pixels (noise off; tolerance 8 sigma)
+    bias = np.linspace(-0.04, 0.04, POINTS)
+    iy, ix = np.mgrid[:NY, :NX]
+    truth = lab.film.spectra(iy, ix, bias_V=bias, noise=False, dtype=np.float64)
+    params = lab.film.params
+    assert np.allclose(data[:, :, 0], bias, atol=1e-7)
+    assert np.abs(data[:, :, 1] - truth.current_A).max() < 8 * params.current_noise_A
+    assert np.abs(data[:, :, 2] * 1.0 - truth.lockin_x_A).max() < 8 * params.lockin_noise_A + 1e-3 * np.abs(truth.lockin_x_A).max()
+    # stream arrays are the archived ones; temperatures and phases are recorded
+    first = events(docs)[0]
+    assert np.array_equal(first.arrays["spectra"], data[0, 0])
+    assert np.allclose(meta["temperature_before_K"], params.temperature_K)
+    assert np.all(meta["t_start"] <= meta["t_sweep_start"]) and np.all(meta["t_sweep_end"] <= meta["t_end"])
+    assert np.all(np.isfinite(meta["z_m"])) and np.all(meta["setpoint_set_id"] == 0)
+
+
+def test_pause_resume_abort_via_control_socket(tmp_path: Path) -> None:
+    lab = MockLab.from_seed(seed=1, ny=6, nx=6, speed=1.0)
+    path = tmp_path / "run.h5"
+    slow = {"id": 0, "name": "slow", "bias_setpoint_V": -0.010, "current_setpoint_A": 150e-12,
+            "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": POINTS, "integration_s": 2e-4}  # 20 ms sweep
+    with scan(lab, path, setpoint_set=[slow]) as (sub, control, result):
+        docs = collect(sub, until=lambda d: len(events(d)) >= 3)
+        assert send_command(control, "pause")["state"] == "paused"
+        docs += collect(sub, until=lambda d: sum(isinstance(x, HeartbeatDoc) for x in d) >= 3)
+        n_paused = len(events(docs))
+        docs += collect(sub, until=lambda d: sum(isinstance(x, HeartbeatDoc) for x in d) >= 6)
+        assert len(events(docs)) == n_paused, "a pixel was measured while paused"
+        assert send_command(control, "resume")["state"] == "running"
+        docs += collect(sub, until=lambda d: len(events(d)) >= n_paused + 2)
+        assert send_command(control, "abort")["state"] == "stopping"
+        docs += collect(sub)
+    assert docs[-1].exit_status == "abort" and result["engine"].machine.state == "done"
+    n = len(events(docs))
+    assert n_paused + 2 <= n < 36
+    with open_archive(path) as reader:
+        assert int(reader.measured.sum()) == n
+        log_events = [r["event"] for r in reader.log]
+    assert log_events.count("paused") == 1 and log_events.count("resumed") == 1 and "stopping" in log_events
+
+
+def test_temperature_excursion_pauses_and_resumes(tmp_path: Path) -> None:
+    lab = MockLab.from_seed(seed=2, ny=NY, nx=NX, speed=0)
+    lab.thermometer.update(excursion_k=1.0)  # 1.3 K: outside the band from the first pixel
+    with scan(lab, tmp_path / "run.h5",
+              suspender={"enabled": True, "min_K": 0.1, "max_K": 0.5, "hold_s": 0.2, "poll_s": 0.02}) as (sub, _, result):
+        docs = collect(sub, until=lambda d: any(isinstance(x, HeartbeatDoc) for x in d))
+        assert not events(docs)
+        lab.thermometer.update(excursion_k=0.0)
+        docs += collect(sub)
+    assert len(events(docs)) == NX * NY and docs[-1].exit_status == "success"
+    with open_archive(tmp_path / "run.h5") as reader:
+        log = reader.log
+        temps = reader.pixel_meta["temperature_before_K"]
+    paused = [r for r in log if r["event"] == "paused"]
+    assert paused and paused[0]["reason"] == "temperature" and paused[0]["kelvin"] > 1.0
+    released = [r for r in log if r["event"] == "released"]
+    assert released and released[0]["time"] - paused[0]["time"] >= 0.2
+    assert np.all(temps < 0.5), "a pixel was measured out of band"
+
+
+def test_injected_faults_give_failed_pixels_and_the_run_continues(tmp_path: Path) -> None:
+    # Sweeps 3..11 get an error reply: with 2 retries pixels 2, 3, 4 fail (3 attempts each),
+    # then three failures in a row pause the run until the operator resumes it.
+    faults = FaultPlan.from_list([{"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start",
+                                   "at_call": n} for n in range(3, 12)])
+    lab = MockLab.from_seed(seed=4, ny=NY, nx=NX, speed=0, faults=faults)
+    path = tmp_path / "run.h5"
+    with scan(lab, path, run={"retries": 2, "max_consecutive_failures": 3}) as (sub, control, result):
+        docs = collect(sub, until=lambda d: any(isinstance(x, HeartbeatDoc) for x in d))
+        assert send_command(control, "resume")["state"] == "running"
+        docs += collect(sub)
+    failed = [d for d in docs if isinstance(d, FailedPixelDoc)]
+    assert [(d.iy, d.ix) for d in failed] == [(0, 2), (0, 3), (0, 4)]
+    assert all(d.attempts == 3 and "ControllerError" in d.reason for d in failed)
+    assert len(events(docs)) == NX * NY - 3 and docs[-1].exit_status == "success"
+    with open_archive(path) as reader:
+        assert reader.failed.sum() == 3 and not (reader.failed & reader.measured).any()
+        assert (reader.failed | reader.measured).all()
+        assert np.isnan(reader.read_pixels()[0, 2]).all(), "a failed pixel holds data"
+        reasons = reader.failures
+    assert [r["code"] for r in reasons] == [3, 3, 3] and all("simulated" in r["reason"] or r["reason"] for r in reasons)
+    assert result["engine"].stats.retries == 6
