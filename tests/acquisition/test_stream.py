@@ -479,7 +479,7 @@ def test_two_subscribers_with_the_same_filter_are_both_seen(ctx: zmq.Context) ->
 
 
 # -- benchmark (python tests/acquisition/test_stream.py --bench) ---------------------------------
-def _bench_publisher(queue, mode: str, fmt: str, n: int, rate_hz: float, hwm: int) -> None:
+def _bench_publisher(queue, done, mode: str, fmt: str, n: int, rate_hz: float, hwm: int) -> None:
     """Child process: bind, wait for the consumer, publish ``n`` 3 x 1601 float32 events."""
     pub_ep, push_ep = (LOCAL, None) if mode == "sub" else (None, LOCAL)
     with RunPublisher(pub_ep, push_endpoint=push_ep, header_format=fmt, hwm=hwm) as pub:
@@ -498,7 +498,9 @@ def _bench_publisher(queue, mode: str, fmt: str, n: int, rate_hz: float, hwm: in
             pub.event(arrays=spectra, **fields)
         pub.stop()
         pub.flush(timeout_s=30)
-        queue.get()  # keep the socket open until the consumer is done
+        while not done.is_set():  # idle heartbeats until the consumer is done: they reveal a lost stop
+            pub.heartbeat()
+            time.sleep(0.05)
 
 
 def _bench_run(mode: str, fmt: str, n: int, rate_hz: float, hwm: int = 100_000, busy_s: float = 0.0) -> dict[str, float]:
@@ -506,7 +508,8 @@ def _bench_run(mode: str, fmt: str, n: int, rate_hz: float, hwm: int = 100_000, 
 
     mp = multiprocessing.get_context("spawn")
     queue = mp.Queue()
-    child = mp.Process(target=_bench_publisher, args=(queue, mode, fmt, n, rate_hz, hwm))
+    done = mp.Event()
+    child = mp.Process(target=_bench_publisher, args=(queue, done, mode, fmt, n, rate_hz, hwm))
     child.start()
     endpoint = queue.get(timeout=30)
     latencies, first, last, events = [], 0.0, 0.0, 0
@@ -519,10 +522,10 @@ def _bench_run(mode: str, fmt: str, n: int, rate_hz: float, hwm: int = 100_000, 
                 events += 1
                 first = first or time.perf_counter()
                 last = time.perf_counter()
-            if isinstance(doc, StopDoc):
+            if isinstance(doc, StopDoc) or (isinstance(doc, HeartbeatDoc) and doc.run_uid is None):
                 break
         gaps = sum(g.size for g in sub.gaps(sub.runs[0]))
-    queue.put("done")
+    done.set()
     child.join(30)
     lat = np.array(latencies) * 1e6
     return {"received": events, "lost": n - events,  "gaps": gaps, "msg_per_s": (events - 1) / (last - first),
@@ -543,8 +546,8 @@ def bench() -> None:
               f"(publish to decoded document), lost {r['lost']}")
     for hwm in (1000, 100_000):
         r = _bench_run("sub", "msgpack", 20_000, 0, hwm=hwm, busy_s=5.0)
-        print(f"PUB/SUB HWM {hwm:>7,}, burst while the consumer is busy 5 s: lost {r['lost']} of 20000 events"
-              f" ({r['gaps']} documents reported as gaps)")
+        print(f"PUB/SUB HWM {hwm:>7,}, burst while the consumer is busy 5 s: lost {r['lost']} of 20000 events, "
+              f"{r['gaps']} documents reported as gaps")
 
 
 if __name__ == "__main__":
