@@ -38,7 +38,7 @@ from stslive.live.kernels_gap import (
 __all__ = [
     "ReasonCode", "KernelOptions", "GapResult", "PowerLawResult", "SpectrumAnalysis",
     "prepare_sweep", "conductance_sign", "pick_channels", "check_sweep_is_bias",
-    "derivative", "extract_gap", "fit_power_law", "analyse_spectra",
+    "derivative", "extract_gap", "fit_power_law", "analyse_spectra", "estimate_dynes_width",
 ]
 
 
@@ -553,7 +553,7 @@ def fit_power_law(
         x = np.log(mag[sel[0]: sel[-1] + 1])
         xc = (x - x.mean()).astype(y.dtype)
         sxx = float(xc @ xc)
-        slope = (y @ xc).astype(np.float64) / sxx
+        slope = np.einsum("ij,j->i", y, xc).astype(np.float64) / sxx  # einsum: no BLAS threads (kernels_gap)
         ybar = y.mean(axis=1, dtype=np.float64)
         resid = y - ybar[:, None].astype(y.dtype) - slope[:, None].astype(y.dtype) * xc
         rms = np.sqrt(np.einsum("ij,ij->i", resid, resid, dtype=np.float64) / x.size)
@@ -644,9 +644,8 @@ def analyse_spectra(
             search_V=opts.gap_search_V, temperature_K=opts.temperature_K, min_visibility=opts.min_visibility,
             min_peak_score=opts.min_peak_score,
         )
-        if width is None:
-            gap_input = (bias, li, None) if gap_from_lockin else (bias, g_cur, c)
-            width = _batch_width(*gap_input, opts=opts)
+        if width is None:  # from the first chunk, then fixed so every chunk uses the same templates
+            width = _batch_width(bias, li, None, opts=opts) if gap_from_lockin else _batch_width(bias, g_cur, c, opts=opts)
         if gap_from_lockin:
             gap = extract_gap(bias, li, modulation_Vrms=opts.modulation_Vrms, dynes_width_eV=width, **gap_kwargs)
         else:
@@ -664,6 +663,30 @@ def analyse_spectra(
             valid=valid, reason=np.where(gap.reason != 0, gap.reason, law.reason).astype(np.int8),
         ))
     return SpectrumAnalysis(*(np.concatenate(parts).reshape(lead) for parts in zip(*results)))
+
+
+def estimate_dynes_width(
+    bias_V: np.ndarray, *, current: np.ndarray | None = None, lockin: np.ndarray | None = None,
+    options: KernelOptions | None = None,
+) -> float:
+    """Dynes width (eV) of the peak templates that :func:`analyse_spectra` would estimate.
+
+    Uses the first ``options.chunk`` spectra. Callers that analyse a map in pieces (the live
+    analyser, block-wise offline analysis) call this once and pass the result as
+    ``KernelOptions(dynes_width_eV=...)`` so all pieces use the same templates.
+    """
+    opts = options or KernelOptions()
+    gap_from_lockin = opts.gap_source == "lockin" or (opts.gap_source == "auto" and lockin is not None)
+    chosen = lockin if gap_from_lockin else current
+    if chosen is None:
+        raise AnalysisError(f"gap_source={opts.gap_source!r} needs the {'lock-in' if gap_from_lockin else 'current'} channel")
+    bias, signal = prepare_sweep(np.asarray(bias_V, dtype=np.float64), chosen)
+    rows = np.asarray(signal).reshape(-1, bias.size)[: opts.chunk]
+    if gap_from_lockin:
+        rows = rows * conductance_sign(bias, rows, kind="didv")[:, None].astype(rows.dtype)
+        return _batch_width(bias, rows, None, opts=opts)
+    rows = rows * conductance_sign(bias, rows)[:, None].astype(rows.dtype)
+    return _batch_width(bias, derivative(bias, rows, points=opts.smoothing_points), rows, opts=opts)
 
 
 def _batch_width(bias: np.ndarray, didv: np.ndarray, signal: np.ndarray | None, *, opts: KernelOptions) -> float:
