@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("stslive.acquisition.scan_cli", "run a grid/line/point scan from a TOML config (--config RUN.toml --out RUN.h5) or --resume RUN.h5"),
     "control": ("stslive.acquisition.control_cli", "send pause/resume/abort/remeasure/set/status to a running scan's control socket"),
     "theory": ("stslive.live.theory_cli", "theory quantities of the paper from its inputs or yours, beside its quoted values"),
+    "bench": ("stslive.live.bench", "benchmark: 'bench analysis' times the batch kernels against a per-spectrum loop"),
     "view": ("stslive.live.viewer_cli", "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)"),
 }
 
