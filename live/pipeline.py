@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stslive.acquisition.inputs import open_spectra
-from stslive.drivers.errors import AnalysisError
+from stslive.acquisition.inputs import SpectraSource, open_spectra
+from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import RadialProfile, correlation_length_1e, correlation_map, radial_profile
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, pick_channels
@@ -33,7 +33,8 @@ from stslive.live.results import CorrelationSnapshot, ResultsModel
 
 __all__ = [
     "TheoryConstants", "ProgressCallback", "uses_lockin", "analyse_pixels", "analyse_arrays",
-    "apply_to_model", "analyse_input", "correlation_snapshot", "sheet_resistance_sigma",
+    "apply_to_model", "open_input", "analyse_source", "analyse_input", "correlation_snapshot",
+    "sheet_resistance_sigma", "predicted_gap_spread",
 ]
 
 #: ``progress(pixels_done, pixels_total)``, called after every block.
@@ -223,6 +224,69 @@ def apply_to_model(
     model.update_block(iy, ix, **maps)
 
 
+def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> SpectraSource:
+    """Open an archive or ``.3ds`` with the channels :func:`pick_channels` chooses for ``options``.
+
+    The same naming rule as :func:`analyse_pixels`, so offline and live pick the same channels;
+    the lock-in is not read at all when the options do not use it.
+
+    Raises
+    ------
+    AnalysisError
+        The sweep is not the bias (e.g. a Z spectroscopy), or no current channel.
+    FileFormatError
+        Not a readable archive or ``.3ds``.
+    """
+    with open_spectra(path) as probe:
+        names = probe.channel_names
+        probe.require_bias_sweep()
+    pick = pick_channels(names, current=options.current, lockin=options.lockin)
+    if pick.current is None:
+        raise AnalysisError(f"{path}: no current channel among {names}; name one with --current")
+    lockin = names[pick.lockin] if pick.lockin is not None and uses_lockin(options) else None
+    return open_spectra(path, current=names[pick.current], lockin=lockin)
+
+
+def analyse_source(
+    source: SpectraSource,
+    *,
+    options: KernelOptions,
+    progress: ProgressCallback | None = None,
+    max_block_bytes: int = 64 * 2**20,
+) -> ResultsModel:
+    """Analyse every measured pixel of an open source in row blocks (see :func:`analyse_input`)."""
+    source.require_bias_sweep()
+    ny, nx = source.shape
+    dx, dy = source.pixel_size_m
+    model = ResultsModel(ny, nx, pixel_nm=float(math.sqrt(dx * dy) * 1e9), topography=source.topography)
+    total = int(source.measured.sum())
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    blocks = source.iter_blocks(max_bytes=max_block_bytes)
+    while True:
+        try:
+            block = next(blocks, None)
+        except OSError as exc:  # h5py/numpy read errors of a damaged file: name the file, not a traceback
+            raise FileFormatError(source.path, f"cannot read the spectra ({exc}); the file is truncated "
+                                               "or corrupt, re-copy it or export it again") from exc
+        if block is None:
+            break
+        rows, cols = np.nonzero(block.measured)
+        if rows.size:
+            bias = block.bias if block.bias.ndim == 1 else block.bias[rows, cols]
+            analysis = analyse_arrays(
+                bias, current=block.current[rows, cols],
+                lockin=None if block.lockin is None else block.lockin[rows, cols], options=options,
+            )
+            apply_to_model(model, rows + block.rows.start, cols, analysis)
+            done += rows.size
+        if progress is not None:
+            progress(done, total)
+    model.update_status(state="done", message=f"analysed {done} of {ny * nx} pixels from {source.path}")
+    return model
+
+
 def analyse_input(
     path: str | os.PathLike[str],
     *,
@@ -235,44 +299,18 @@ def analyse_input(
     Reads whole grid rows in blocks of at most ``max_block_bytes`` of spectra, analyses the
     measured pixels of each block with :func:`analyse_arrays` and stores them with
     :func:`apply_to_model`; pixels never measured stay NaN with ``measured=False``.
+    ``progress(done, total)`` is called after every block.
 
     Raises
     ------
     AnalysisError
         The file's sweep is not the bias (e.g. a Z spectroscopy), or the channels are missing.
     FileFormatError
-        The file is not a readable archive or ``.3ds`` (ArchiveError / NanonisFileError).
+        The file is not a readable archive or ``.3ds`` (ArchiveError / NanonisFileError), or is
+        truncated.
     """
-    with open_spectra(path) as probe:
-        pick = pick_channels(probe.channel_names, current=options.current, lockin=options.lockin)
-        names = probe.channel_names
-    if pick.current is None:
-        raise AnalysisError(f"{path}: no current channel among {names}; name one with --current")
-    lockin = names[pick.lockin] if pick.lockin is not None and uses_lockin(options) else None
-    with open_spectra(path, current=names[pick.current], lockin=lockin) as source:
-        source.require_bias_sweep()
-        ny, nx = source.shape
-        dx, dy = source.pixel_size_m
-        model = ResultsModel(ny, nx, pixel_nm=float(math.sqrt(dx * dy) * 1e9), topography=source.topography)
-        total = int(source.measured.sum())
-        done = 0
-        if progress is not None:
-            progress(0, total)
-        for block in source.iter_blocks(max_bytes=max_block_bytes):
-            rows, cols = np.nonzero(block.measured)
-            if rows.size:
-                bias = block.bias if block.bias.ndim == 1 else block.bias[rows, cols]
-                analysis = analyse_arrays(
-                    bias, current=block.current[rows, cols],
-                    lockin=None if block.lockin is None else block.lockin[rows, cols], options=options,
-                )
-                iy = rows + block.rows.start
-                apply_to_model(model, iy, cols, analysis)
-                done += rows.size
-            if progress is not None:
-                progress(done, total)
-    model.update_status(state="done", message=f"analysed {done} of {ny * nx} pixels from {os.fspath(path)}")
-    return model
+    with open_input(path, options=options) as source:
+        return analyse_source(source, options=options, progress=progress, max_block_bytes=max_block_bytes)
 
 
 def sheet_resistance_sigma(alpha_std: float, l_alpha_m: float, *, constants: TheoryConstants) -> float:

@@ -1,0 +1,181 @@
+"""PNG figures of an offline analysis (matplotlib, Agg canvas).
+
+Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas rather than through
+``pyplot``: no global backend switch, no figure registry, so a process that also runs Qt (the
+viewer) is not affected and nothing leaks between calls.
+
+* ``maps.png`` - Delta and alpha maps (alpha with the reversed colour scale, as in the paper),
+  plus the topography when there is one;
+* ``histograms.png`` - Delta and alpha histograms with mean and standard deviation;
+* ``cross_correlation.png`` - the 2D Delta-alpha cross-correlation, zero shift at the centre;
+* ``correlation_profiles.png`` - radial auto/cross profiles with the 1/e lengths marked;
+* ``spectra.png`` - example spectra: dI/dV with the coherence peaks marked and b|V|^alpha.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from stslive.live.results import CorrelationSnapshot
+
+__all__ = ["ExampleSpectrum", "maps_figure", "histograms_figure", "cross_correlation_figure",
+           "profiles_figure", "spectra_figure"]
+
+_DPI = 120
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=_DPI)
+    return path
+
+
+def _extent_nm(shape: tuple[int, int], pixel_nm: float) -> tuple[float, float, float, float]:
+    ny, nx = shape
+    p = pixel_nm if np.isfinite(pixel_nm) else 1.0
+    return (0.0, nx * p, 0.0, ny * p)
+
+
+def _robust_limits(values: np.ndarray) -> tuple[float, float] | tuple[None, None]:
+    """1st-99th percentile colour limits, so a few outliers do not wash the map out."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None, None
+    lo, hi = np.percentile(finite, [1, 99])
+    return (float(lo), float(hi)) if hi > lo else (None, None)
+
+
+def maps_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, pixel_nm: float,
+                topography_m: np.ndarray | None = None) -> Path:
+    """Delta (meV) and alpha maps side by side (alpha colour scale reversed, paper Fig. 2)."""
+    panels = [("Gap $\\Delta$ (meV)", delta_eV * 1e3, "viridis"), ("AA exponent $\\alpha$", alpha, "viridis_r")]
+    if topography_m is not None:
+        panels.append(("Topography Z (pm)", (topography_m - np.nanmean(topography_m)) * 1e12, "gray"))
+    fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
+    extent = _extent_nm(delta_eV.shape, pixel_nm)
+    for ax, (title, values, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        lo, hi = _robust_limits(values)
+        im = ax.imshow(values, origin="lower", extent=extent, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xlabel("x (nm)")
+        ax.set_ylabel("y (nm)")
+        fig.colorbar(im, ax=ax, shrink=0.85)
+    return _save(fig, path)
+
+
+def histograms_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, bins: int = 50) -> Path:
+    """Histograms of the valid Delta (meV) and alpha values, mean and std in the legend."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, values, label, unit in zip(fig.subplots(1, 2), (delta_eV * 1e3, alpha),
+                                       ("$\\Delta$", "$\\alpha$"), (" meV", "")):
+        v = values[np.isfinite(values)]
+        if v.size:
+            lo, hi = np.percentile(v, [0.5, 99.5])
+            ax.hist(v, bins=bins, range=(lo, hi) if hi > lo else None, color="tab:blue", alpha=0.8,
+                    label=f"mean {v.mean():.4g}{unit}\nstd {v.std():.3g}{unit}\nN = {v.size}")
+            ax.axvline(v.mean(), color="k", lw=1)
+            ax.legend(loc="upper right")
+        ax.set_xlabel(f"{label}{' (meV)' if unit else ''}")
+        ax.set_ylabel("pixels")
+    return _save(fig, path)
+
+
+def cross_correlation_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
+    """The 2D Delta-alpha cross-correlation (fftshifted: zero lag at the centre), lags in nm."""
+    cmap_map = snapshot.cross_map
+    ny, nx = cmap_map.shape
+    p = snapshot.pixel_nm if np.isfinite(snapshot.pixel_nm) else 1.0
+    extent = (-(nx // 2) * p, (nx - 1 - nx // 2) * p, -(ny // 2) * p, (ny - 1 - ny // 2) * p)
+    limit = float(np.nanmax(np.abs(cmap_map))) if np.isfinite(cmap_map).any() else 1.0
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(cmap_map, origin="lower", extent=extent, cmap="RdBu_r", vmin=-limit, vmax=limit,
+                   interpolation="nearest")
+    ax.set_title(f"$\\Delta$-$\\alpha$ cross-correlation, $\\rho(0)$ = {snapshot.rho_cross_0:.2f}")
+    ax.set_xlabel("shift x (nm)")
+    ax.set_ylabel("shift y (nm)")
+    fig.colorbar(im, ax=ax, shrink=0.85, label="$\\rho_{\\Delta\\alpha}$")
+    return _save(fig, path)
+
+
+def profiles_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
+    """Radial profiles of the Delta and alpha autocorrelations and |cross|, 1/e lengths marked."""
+    fig = Figure(figsize=(7, 4.6), layout="constrained")
+    ax = fig.subplots()
+    curves = [("$\\Delta$ auto", snapshot.rho_delta, snapshot.l_delta_nm, "tab:blue"),
+              ("$\\alpha$ auto", snapshot.rho_alpha, snapshot.l_alpha_nm, "tab:orange"),
+              ("|$\\Delta$-$\\alpha$ cross|", np.abs(snapshot.rho_cross), snapshot.l_cross_nm, "tab:green")]
+    for label, values, length, colour in curves:
+        text = f"{length:.1f} nm" if np.isfinite(length) else "not reached"
+        ax.plot(snapshot.r_nm, values, color=colour, lw=1.6, label=f"{label}: $l_{{1/e}}$ = {text}")
+        if np.isfinite(length):
+            ax.axvline(length, color=colour, ls="--", lw=1)
+    ax.axhline(1 / np.e, color="gray", ls=":", lw=1)
+    ax.text(ax.get_xlim()[1], 1 / np.e, " 1/e of $\\rho(0)$=1 ", color="gray", ha="right", va="bottom")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlim(0, float(np.nanmax(snapshot.r_nm)) if snapshot.r_nm.size else 1)
+    ax.set_xlabel("r (nm)")
+    ax.set_ylabel("radial correlation $\\rho(r)$")
+    ax.set_title("Correlation profiles (Appendix A)")
+    ax.legend()
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class ExampleSpectrum:
+    """One pixel's dI/dV and the analysis results to draw on it (SI units)."""
+
+    iy: int
+    ix: int
+    bias_V: np.ndarray
+    didv: np.ndarray
+    unit: str
+    delta_eV: float
+    peak_neg_V: float
+    peak_pos_V: float
+    alpha_pos: float
+    alpha_neg: float
+    b_pos: float
+    b_neg: float
+
+
+def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V: tuple[float, float]) -> Path:
+    """Per example: full sweep with the b|V|^alpha fits (solid on the window), and a gap zoom with peaks."""
+    rows = max(1, len(examples))
+    fig = Figure(figsize=(11, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, squeeze=False)
+    lo, hi = fit_window_V
+    for (ax_full, ax_gap), ex in zip(axes, examples):
+        mv = ex.bias_V * 1e3
+        for ax in (ax_full, ax_gap):
+            ax.plot(mv, ex.didv, color="0.35", lw=0.8, label="dI/dV")
+            ax.set_xlabel("bias (mV)")
+            ax.set_ylabel(f"dI/dV ({ex.unit})")
+        for sign, b, a in ((1, ex.b_pos, ex.alpha_pos), (-1, ex.b_neg, ex.alpha_neg)):
+            if not (np.isfinite(b) and np.isfinite(a)):
+                continue
+            v_all = np.linspace(0.5e-3, np.max(np.abs(ex.bias_V)), 200)
+            v_fit = np.linspace(lo, hi, 100)
+            ax_full.plot(sign * v_all * 1e3, b * v_all**a, color="tab:red", ls=":", lw=1)
+            ax_full.plot(sign * v_fit * 1e3, b * v_fit**a, color="tab:red", lw=2,
+                         label=f"b|V|$^\\alpha$, $\\alpha_{{{'+' if sign > 0 else '-'}}}$ = {a:.3f}")
+        for edge in (-hi, -lo, lo, hi):
+            ax_full.axvline(edge * 1e3, color="tab:red", lw=0.5, alpha=0.4)
+        ax_full.set_title(f"pixel (iy={ex.iy}, ix={ex.ix}): power law on {lo * 1e3:g}-{hi * 1e3:g} mV")
+        ax_full.legend(fontsize=8, loc="upper center")
+        zoom = np.abs(ex.bias_V) <= 4e-3
+        ax_gap.set_xlim(-4, 4)
+        if zoom.any() and np.isfinite(ex.didv[zoom]).any():
+            finite = ex.didv[zoom][np.isfinite(ex.didv[zoom])]
+            pad = 0.05 * (finite.max() - finite.min())
+            ax_gap.set_ylim(finite.min() - pad, finite.max() + pad)
+        for peak in (ex.peak_neg_V, ex.peak_pos_V):
+            if np.isfinite(peak):
+                ax_gap.axvline(peak * 1e3, color="tab:blue", ls="--", lw=1)
+        ax_gap.set_title(f"coherence peaks (dashed): $\\Delta$ = {ex.delta_eV * 1e3:.3f} meV")
+    return _save(fig, path)
