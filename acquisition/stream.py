@@ -13,7 +13,7 @@ descriptor the arrays every event carries (name, dtype, shape, axis-0 labels and
 event      one per pixel: ix/iy, x/y (m), set-point set id, phase timestamps (unix s),
            temperature before/after (K), lock-in status, the arrays
 failed     a pixel that could not be measured: pixel + reason, never arrays
-heartbeat  while idle/paused: state and the last sequence number sent
+heartbeat  while idle/paused: state, and the run uid + seq of the last document sent
 stop       exit status and counts per kind
 ========== ==================================================================================
 
@@ -33,6 +33,10 @@ Wire format, one ZeroMQ multipart message::
   0x80-0x8f/0xde/0xdf) and accepts both. Its ``arrays`` entry lists ``{name, dtype, shape}``
   in frame order.
 - one raw little-endian C-order buffer per array; dtype from :data:`ALLOWED_DTYPES` only.
+
+Sockets (:class:`RunPublisher`): an XPUB (behaves as PUB, and sees subscriptions for the
+handshake) with a raised HWM, plus an optional non-blocking PUSH with a bounded local backlog;
+both bind to loopback only until CURVE keys exist. The subscriber is in ``stream_consumer``.
 
 Never pickle: nothing here can turn bytes into objects other than numbers, strings, lists and
 maps, so a pickled payload is just a malformed header.

@@ -12,7 +12,6 @@ import json
 import math
 import pickle
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +68,6 @@ def spec(npts: int = 9) -> dict[str, ArraySpec]:
 
 
 def pixel_fields(i: int, nx: int = 4) -> dict:
-    t = 1.7e9 + i
     return {"ix": i % nx, "iy": i // nx, "x_m": (i % nx) * 1e-9, "y_m": (i // nx) * 1e-9, "setpoint_set_id": 0}
 
 
