@@ -80,9 +80,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         self._build()
         self.timer = QtCore.QTimer(self)
         self.timer.setInterval(int(1000 / refresh_hz))
-        # a slot without parameters: PySide6 6.12 crashed at interpreter exit when the slot had
-        # a keyword-only parameter (measured: refresh(*, force) connected directly)
-        self.timer.timeout.connect(self._on_timer)
+        self.timer.timeout.connect(self.refresh)
         self.timer.start()
 
     # -- layout ------------------------------------------------------------------------------
@@ -152,14 +150,16 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         super().keyPressEvent(event)
 
     # -- timer -------------------------------------------------------------------------------
-    def _on_timer(self) -> None:
+    def redraw_all(self) -> None:
+        """Refresh now including the rate-limited summaries (snapshots, tests)."""
+        self._last_summary = -math.inf
         self.refresh()
 
-    def refresh(self, force: bool = False) -> None:
+    def refresh(self) -> None:
         """Pull what changed from the model and redraw it (the QTimer slot)."""
         m = self.model
         now = time.monotonic()
-        summary_due = force or now - self._last_summary >= self._summary_period
+        summary_due = now - self._last_summary >= self._summary_period
         maps_changed = m.maps_version != self._seen["maps"]
         if maps_changed and summary_due:
             self._refresh_summaries()
@@ -224,9 +224,8 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
 def dispose(window: ControlRoomWindow) -> None:
     """Close ``window``, stop its source and delete it now.
 
-    Deleting the Qt objects before the interpreter shuts down matters: with PySide6 6.12 on
-    Python 3.11 a window left for the final garbage collection aborted the process
-    ("bool_dealloc", measured); closing and deleting it first does not.
+    Deleting the Qt objects while the interpreter still runs keeps their teardown (and the
+    source's threads) out of interpreter finalisation.
     """
     window.close()  # WA_DeleteOnClose schedules the deletion, closeEvent stops the source
     QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.DeferredDelete)
@@ -256,7 +255,7 @@ def render_snapshot(window: ControlRoomWindow, path: str | Path, *, pixel: tuple
             window.spectrum.show(fetch(*pixel))
     window.show()
     for _ in range(3):  # plots update their auto-range on the next event pass; let them settle
-        window.refresh(force=True)
+        window.redraw_all()
         app.processEvents()
     path = Path(path)
     if not window.grab().save(str(path)):

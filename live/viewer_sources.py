@@ -211,8 +211,10 @@ class ArchiveSpectra:
             measured = np.asarray(self.reader.measured, dtype=bool)
             meta = self.reader.pixel_meta
         temps = np.stack([meta["temperature_before_K"], meta["temperature_after_K"]]).astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            temperature = np.nanmean(np.where(np.isfinite(temps), temps, np.nan), axis=0)
+        finite = np.isfinite(temps)
+        count = finite.sum(axis=0)
+        # mean of the readings that exist; NaN where neither was read (no warning for empty pixels)
+        temperature = np.where(count > 0, np.where(finite, temps, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
         return {
             "measured": measured,
             "setpoint_set": np.asarray(meta["setpoint_set_id"]),
