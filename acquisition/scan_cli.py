@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import time
 import uuid
@@ -48,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--out RUN.h5 is required with --config")
         config = RunConfig.from_toml(args.config)
         path, resume = args.out, False
-        if path.exists() and not args.overwrite:
-            raise ArchiveError(path, "file exists; resume it with --resume, choose another --out, or pass --overwrite")
     else:
         if args.out is not None:
             raise ConfigError("--out is not used with --resume: the run continues in its own archive")
@@ -87,6 +86,8 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
 
     plan = plan_from_config(config)
     skip = None
+    if not resume and path.exists() and not overwrite:
+        raise ArchiveError(path, "file exists; resume it with --resume, choose another --out, or pass --overwrite")
     if resume:
         with open_archive(path, swmr=True) as reader:
             if reader.geometry != plan.geometry:
@@ -102,9 +103,14 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
             run_uid = str(uuid.uuid4())
             start = {"uid": run_uid, "time": time.time(), "instruments": identities,
                      "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind}}
+            # Created under a temporary name and renamed once SWMR is on: a kill during creation
+            # leaves no half-made RUN.h5 that neither a reader nor --resume could open.
+            creating = path.with_name(path.name + ".creating")
             writer = ArchiveWriter.create(
-                path, geometry=plan.geometry, channel_names=("Bias (V)", *config.run["channels"]),
-                n_points=config.n_points, setpoint_sets=config.setpoint_sets, start_doc=start, overwrite=overwrite)
+                creating, geometry=plan.geometry, channel_names=("Bias (V)", *config.run["channels"]),
+                n_points=config.n_points, setpoint_sets=config.setpoint_sets, start_doc=start, overwrite=True)
+            os.replace(creating, path)
+            writer.path = path
         with writer:
             stream = config.stream
             publisher = RunPublisher(stream["pub"] or None, push_endpoint=stream["push"] or None,

@@ -1,0 +1,109 @@
+"""SIGKILL a real ``stslive scan`` at seeded random moments, resume, and lose or repeat nothing.
+
+The simulated lab runs in this process (TCP servers on free ports); each scan is a subprocess
+started with ``--config`` the first time and ``--resume`` after every kill.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stslive.acquisition.archive import open_archive
+from stslive.mocks.lab import MockLab
+
+NX, NY, POINTS = 8, 5, 101
+pytestmark = pytest.mark.timeout(120)
+
+CONFIG = """
+[run]
+channels = ["Current (A)"]
+[instruments.nanonis]
+resource = "{nanonis}"
+[instruments.thermometer]
+resource = "{ls372}"
+[grid]
+width_m = {width}
+height_m = {height}
+nx = {nx}
+ny = {ny}
+order = "serpentine"
+[[setpoint_set]]
+id = 0
+name = "kill"
+bias_setpoint_V = -0.010
+current_setpoint_A = 150e-12
+sweep_start_V = -0.04
+sweep_end_V = 0.04
+n_points = {points}
+integration_s = 6e-4
+[stream]
+pub = "tcp://127.0.0.1:0"
+control = ""
+"""
+
+
+def scan(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stslive.acquisition.cli", "scan", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    rng = random.Random(20261125)
+    lab = MockLab.from_seed(seed=5, ny=NY, nx=NX, speed=1.0)  # 60 ms sweeps: ~2.4 s of scanning
+    path = tmp_path / "run.h5"
+    with lab.start_servers(sr830_port=None) as servers:
+        res = servers.resources
+        cfg = tmp_path / "run.toml"
+        cfg.write_text(CONFIG.format(nanonis=res["nanonis"], ls372=res["ls372"], width=NX * lab.pixel_m,
+                                     height=NY * lab.pixel_m, nx=NX, ny=NY, points=POINTS))
+        kills, measured_at_kill = 0, []
+        proc = scan("--config", str(cfg), "--out", str(path))
+        while True:
+            try:
+                proc.wait(timeout=rng.uniform(0.7, 1.8))
+                break  # finished before the kill
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+            if path.exists():
+                with open_archive(path, swmr=True) as reader:  # opens after every kill
+                    measured_at_kill.append(int(reader.measured.sum()))
+            if kills >= 6:
+                proc = scan("--resume", str(path))
+                assert proc.wait(timeout=60) == 0, proc.stderr.read().decode() if proc.stderr else ""
+                break
+            proc = scan("--resume", str(path)) if path.exists() else scan("--config", str(cfg), "--out", str(path),
+                                                                           "--overwrite")
+        assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
+        sweeps = lab.faults.spectrum
+    print(f"kills {kills}, measured at each kill {measured_at_kill}, sweeps {sweeps}")
+    assert kills >= 2, "the seeded kill times never hit a running scan"
+    assert measured_at_kill == sorted(measured_at_kill)
+    assert any(0 < m < NX * NY for m in measured_at_kill), f"no kill landed mid-scan: {measured_at_kill}"
+    with open_archive(path) as reader:
+        assert reader.measured.all() and not reader.failed.any()
+        data = reader.read_pixels()
+        meta = reader.pixel_meta
+        resumes = [r for r in reader.log if r["event"] == "resume"]
+        order = reader.geometry.visit_order()
+    # every measured pixel is complete
+    assert np.isfinite(data).all()
+    # nothing measured twice: pixel start times increase along the visiting order, and the lab
+    # swept at most one extra spectrum per kill (the one in flight)
+    t = meta["t_start"][order[:, 0], order[:, 1]]
+    assert np.all(np.diff(t) > 0)
+    assert NX * NY <= sweeps <= NX * NY + kills
+    assert len(resumes) >= 1
+    # the data are those of the film at each pixel (noise off, 8 sigma)
+    truth = lab.film.spectra(*np.mgrid[:NY, :NX], bias_V=np.linspace(-0.04, 0.04, POINTS), noise=False)
+    assert np.abs(data[:, :, 1] - truth.current_A).max() < 8 * lab.film.params.current_noise_A
