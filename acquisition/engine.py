@@ -95,6 +95,7 @@ class ScanEngine:
         self._measured = writer.measured
         self._todo = plan.remaining(self._measured if skip is None else self._measured | skip)
         self._pending: PlanPoint | None = None
+        self._last_after: float | None = None
         self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self.machine = RunStateMachine(self._set_order, validate_pixel=self._validate_remeasure,
                                        on_change=lambda event, fields: self._log_queue.put((event, fields)))
@@ -150,7 +151,12 @@ class ScanEngine:
         if point is None:
             self.machine.finish_plan()
             return
-        temperature = self.instruments.temperature() if self.instruments.thermometer is not None else math.nan
+        # The previous pixel's after-sweep reading, taken a moment ago, serves as this pixel's
+        # before-reading (one thermometer round trip less per pixel); after a pause, a failure or
+        # a remeasure jump the thermometer is read afresh.
+        temperature, self._last_after = self._last_after, None
+        if temperature is None:
+            temperature = self.instruments.temperature()
         if self.suspender is not None and self.suspender.check(temperature) == "suspend":
             self._pending = point  # measured when the temperature is back
             self.machine.suspend("temperature", kelvin=temperature)
@@ -160,6 +166,7 @@ class ScanEngine:
         t0 = time.perf_counter()
         if result is not None:
             self._record(point, result)
+            self._last_after = result.meta.temperature_after_K
             overhead = time.perf_counter() - t0 + (result.meta.t_end - result.meta.t_start) - result.sweep_call_s
             self.stats.overhead_s.append(overhead)
         else:
@@ -207,6 +214,7 @@ class ScanEngine:
             self._consecutive_failures = 0
 
     def _while_paused(self) -> None:
+        self._last_after = None
         self.publisher.heartbeat("paused", message=",".join(sorted(self.machine.pause_reasons)))
         if self.suspender is not None and "temperature" in self.machine.pause_reasons:
             kelvin = self.instruments.temperature()
@@ -224,6 +232,7 @@ class ScanEngine:
             return point
         cell = self.machine.pop_remeasure()
         if cell is not None:
+            self._last_after = None
             return self.plan.at(*cell)
         while True:
             point = next(self._todo, None)
