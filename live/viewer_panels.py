@@ -265,7 +265,10 @@ class StatusPanel:
             form.addRow(label, w)
         self.temperature = _plot("temperature", "time (min, 0 = latest)", "T (K)")
         self.temperature.setMinimumHeight(110)
-        self.temp_curve = self.temperature.plot(pen=pg.mkPen("#ff7f00", width=1.5))
+        self.temp_curve = self.temperature.plot(pen=pg.mkPen("#ff7f00", width=1))
+        # a long run has ~10^4 readings: draw at most one peak pair per screen pixel
+        self.temp_curve.setDownsampling(auto=True, method="peak")
+        self.temp_curve.setClipToView(True)
         form.addRow(self.temperature)
 
     def show(self, st: RunStatus) -> None:
