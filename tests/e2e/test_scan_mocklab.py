@@ -179,3 +179,50 @@ def test_injected_faults_give_failed_pixels_and_the_run_continues(tmp_path: Path
         reasons = reader.failures
     assert [r["code"] for r in reasons] == [3, 3, 3] and all("simulated" in r["reason"] or r["reason"] for r in reasons)
     assert result["engine"].stats.retries == 6
+
+
+def test_line_cut_with_two_alternating_setpoint_sets(tmp_path: Path) -> None:
+    lab = MockLab.from_seed(seed=6, ny=NY, nx=NX, speed=0)
+    base = {"name": "a", "current_setpoint_A": 150e-12, "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": POINTS}
+    sets = [{**base, "id": 0, "bias_setpoint_V": -0.010}, {**base, "id": 3, "name": "b", "bias_setpoint_V": -0.020}]
+    with lab.start_servers() as servers:
+        config = mock_lab_config(servers.resources, nx=NX, ny=NY, pixel_m=lab.pixel_m, n_points=POINTS,
+                                 run={"setpoint_mode": "alternate"}, setpoint_set=sets)
+        doc = config.to_dict()
+        del doc["grid"]
+        doc["line"] = {"start_x_m": -2e-9, "start_y_m": -1e-9, "end_x_m": 2e-9, "end_y_m": -1e-9, "n": 5}
+        from stslive.acquisition.config import RunConfig
+
+        run_scan(RunConfig.from_dict(doc), tmp_path / "line.h5", announce=False)
+    with open_archive(tmp_path / "line.h5") as reader:
+        assert reader.geometry.shape == (1, 5) and reader.measured.all()
+        meta = reader.pixel_meta
+        data = reader.read_pixels()[0]
+        assert sorted(reader.setpoint_sets) == [0, 3]
+    assert meta["setpoint_set_id"][0].tolist() == [0, 3, 0, 3, 0]
+    assert np.allclose(meta["x_m"][0], np.linspace(-2e-9, 2e-9, 5)) and np.allclose(meta["y_m"][0], -1e-9)
+    # each spectrum is normalised at its own set-point: I(V_set) = -150 pA
+    bias = np.linspace(-0.04, 0.04, POINTS)
+    for k, v_set in enumerate([-0.010, -0.020] * 2 + [-0.010]):
+        assert abs(np.interp(v_set, bias, data[k, 1]) + 150e-12) < 5e-12
+
+
+def test_remeasure_a_failed_pixel_through_the_control_command(tmp_path: Path) -> None:
+    from stslive.acquisition.cli import main
+
+    faults = FaultPlan.from_list([{"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start",
+                                   "at_call": n} for n in (2, 3)])
+    lab = MockLab.from_seed(seed=7, ny=6, nx=6, speed=1.0, faults=faults)
+    slow = {"id": 0, "name": "slow", "bias_setpoint_V": -0.010, "current_setpoint_A": 150e-12,
+            "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": POINTS, "integration_s": 2e-4}
+    path = tmp_path / "run.h5"
+    with scan(lab, path, setpoint_set=[slow], run={"retries": 1}) as (sub, control, _):
+        docs = collect(sub, until=lambda d: any(isinstance(x, FailedPixelDoc) for x in d))
+        assert main(["control", "--connect", control, "remeasure", "--pixels", "0,1"]) == 0
+        assert main(["control", "--connect", control, "remeasure", "--pixels", "0,0"]) == 1  # measured: refused
+        docs += collect(sub)
+    cells = [(e.iy, e.ix) for e in events(docs)]
+    assert cells.count((0, 1)) == 1 and len(cells) == 36 and docs[-1].exit_status == "success"
+    with open_archive(path) as reader:
+        assert reader.measured.all() and reader.failed[0, 1] and reader.failed.sum() == 1
+        assert "remeasure_queued" in [r["event"] for r in reader.log]
