@@ -107,3 +107,28 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
     # the data are those of the film at each pixel (noise off, 8 sigma)
     truth = lab.film.spectra(*np.mgrid[:NY, :NX], bias_V=np.linspace(-0.04, 0.04, POINTS), noise=False)
     assert np.abs(data[:, :, 1] - truth.current_A).max() < 8 * lab.film.params.current_noise_A
+
+
+def test_sigterm_stops_after_the_pixel_in_progress_with_exit_status_abort(tmp_path: Path) -> None:
+    lab = MockLab.from_seed(seed=8, ny=NY, nx=NX, speed=1.0)
+    path = tmp_path / "run.h5"
+    with lab.start_servers(sr830_port=None) as servers:
+        res = servers.resources
+        cfg = tmp_path / "run.toml"
+        cfg.write_text(CONFIG.format(nanonis=res["nanonis"], ls372=res["ls372"], width=NX * lab.pixel_m,
+                                     height=NY * lab.pixel_m, nx=NX, ny=NY, points=POINTS))
+        proc = scan("--config", str(cfg), "--out", str(path))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # wait until a few pixels are in
+            if path.exists():
+                with open_archive(path, swmr=True) as reader:
+                    if reader.measured.sum() >= 3:
+                        break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 3, proc.stderr.read().decode() if proc.stderr else ""
+    with open_archive(path) as reader:
+        n = int(reader.measured.sum())
+        stop = [r for r in reader.log if r["event"] == "stop"]
+    assert 3 <= n < NX * NY
+    assert stop and stop[-1]["exit_status"] == "abort" and stop[-1]["measured"] == n
