@@ -25,11 +25,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mock-lab": ("stslive.mocks.mocklab_cli", "run the simulated Nanonis, SR830 and LakeShore 372 on TCP ports"),
     "scan": ("stslive.acquisition.scan_cli", "run a grid/line/point scan from a TOML config (--config RUN.toml --out RUN.h5) or --resume RUN.h5"),
     "control": ("stslive.acquisition.control_cli", "send pause/resume/abort/remeasure/set/status to a running scan's control socket"),
+    "keys": ("stslive.acquisition.keys_cli", "create ZeroMQ CURVE key pairs (server, viewer/control clients) for binding beyond loopback"),
     "simulate": ("stslive.acquisition.simulate_cli", "write a run archive of a simulated NbN film scan (ground truth inside)"),
     "analyse": ("stslive.live.analyse_cli", "analyse an archive or .3ds: maps.h5, report.json and figures"),
     "theory": ("stslive.live.theory_cli", "theory quantities of the paper from its inputs or yours, beside its quoted values"),
     "bench": ("stslive.live.bench", "benchmark: 'bench analysis' times the batch kernels against a per-spectrum loop"),
     "view": ("stslive.live.viewer_cli", "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)"),
+    "replay": ("stslive.acquisition.replay_cli", "publish an archive or a Nanonis .3ds as a run stream (--rate N/s or --as-recorded)"),
 }
 
 
