@@ -36,7 +36,9 @@ Wire format, one ZeroMQ multipart message::
 
 Sockets (:class:`RunPublisher`): an XPUB (behaves as PUB, and sees subscriptions for the
 handshake) with a raised HWM, plus an optional non-blocking PUSH with a bounded local backlog;
-both bind to loopback only until CURVE keys exist. The subscriber is in ``stream_consumer``.
+both bind to loopback only, unless given CURVE keys (``security=``, see
+:mod:`stslive.acquisition.security`; its helpers are re-exported here for ``stslive.live``).
+The subscriber is in ``stream_consumer``.
 
 Never pickle: nothing here can turn bytes into objects other than numbers, strings, lists and
 maps, so a pickled payload is just a malformed header.
@@ -50,7 +52,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import ipaddress
 import json
 import logging
 import math
@@ -64,7 +65,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from stslive.drivers.errors import StreamError
+from stslive.acquisition.security import Security, ServerGuard, check_bind, secure_client, secure_server
+from stslive.drivers.errors import StreamError, StsliveError
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -81,12 +83,17 @@ __all__ = [
     "HeartbeatDoc",
     "MalformedDocument",
     "RunPublisher",
+    "Security",
     "StartDoc",
     "StopDoc",
     "decode",
     "encode",
     "event_fields",
     "topic_for",
+    # CURVE security (stslive.acquisition.security), re-exported for stslive.live
+    "check_bind",
+    "secure_client",
+    "secure_server",
 ]
 
 log = logging.getLogger(__name__)
@@ -713,32 +720,13 @@ def decode(frames: Sequence[Any]) -> Document:
 
 # -- publisher ---------------------------------------------------------------------------------
 def check_local_endpoint(endpoint: str) -> None:
-    """Refuse endpoints that would publish beyond this machine.
+    """Refuse endpoints that would publish beyond this machine without keys.
 
     ``ipc://``/``inproc://`` and ``tcp://`` on a loopback address (127.0.0.0/8, ::1,
-    ``localhost``) are allowed. Anything else (``*``, 0.0.0.0, a LAN address, an interface name)
-    needs ZeroMQ CURVE keys, which this build does not take yet (issue 6).
+    ``localhost``) are allowed; anything else needs ZeroMQ CURVE keys: same as
+    :func:`stslive.acquisition.security.check_bind` with no :class:`Security`.
     """
-    transport, sep, rest = endpoint.partition("://")
-    if not sep:
-        raise StreamError(f"endpoint {endpoint!r} is not of the form tcp://HOST:PORT")
-    if transport in ("ipc", "inproc"):
-        return
-    if transport != "tcp":
-        raise StreamError(f"endpoint {endpoint!r}: transport {transport!r} not supported; use tcp://127.0.0.1:PORT")
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise StreamError(
-            f"refusing to bind the run stream to {endpoint!r}: it would be reachable from the network "
-            "without authentication. Bind to tcp://127.0.0.1:PORT, or publish remotely with ZeroMQ CURVE "
-            "keys (not supported by this build yet)."
-        )
+    check_bind(endpoint, None)
 
 
 class RunPublisher:
@@ -771,6 +759,9 @@ class RunPublisher:
         Send high-water mark (messages) of both sockets.
     push_backlog_bytes
         Bound of the local PUSH backlog (bytes).
+    security
+        CURVE keys (:class:`Security`): both sockets then admit only allowed viewer and
+        controller keys, on any address. ``None`` (default): loopback only, no keys.
     """
 
     def __init__(
@@ -782,6 +773,7 @@ class RunPublisher:
         header_format: HeaderFormat = "json",
         hwm: int = 100_000,
         push_backlog_bytes: int = 256 * 1024 * 1024,
+        security: Security | None = None,
     ) -> None:
         if pub_endpoint is None and push_endpoint is None:
             raise StreamError("RunPublisher needs a pub_endpoint, a push_endpoint or both")
@@ -789,7 +781,10 @@ class RunPublisher:
             raise StreamError(f"header_format must be 'json' or 'msgpack', not {header_format!r}")
         for ep in (pub_endpoint, push_endpoint):
             if ep is not None:
-                check_local_endpoint(ep)
+                check_bind(ep, security)
+        # -- CURVE (issue 6): set before any socket exists, released in close()
+        self._security = security
+        self._guards: list[ServerGuard] = []
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
         self.header_format: HeaderFormat = header_format
@@ -808,6 +803,9 @@ class RunPublisher:
                 self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
             if push_endpoint is not None:
                 self._push = self._bind(zmq.PUSH, push_endpoint, hwm)
+        except StsliveError:  # a CURVE key file or folder is missing (ConfigError)
+            self.close(linger_s=0)
+            raise
         except zmq.ZMQError as exc:
             self.close(linger_s=0)
             raise StreamError(f"cannot bind the run stream ({exc}); is another process using the port?") from exc
@@ -822,6 +820,12 @@ class RunPublisher:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.LINGER, 0)  # close() flushes explicitly with its own deadline
+        if self._security is not None:
+            try:
+                self._guards.append(secure_server(sock, self._security, role="data"))
+            except StsliveError:
+                sock.close()
+                raise
         sock.bind(endpoint)
         return sock
 
@@ -1009,6 +1013,8 @@ class RunPublisher:
         if self._pub is not None:
             self._pub.close(linger=int(linger_s * 1000))
             self._pub = None
+        for guard in self._guards:  # stops the context's authenticator with the last socket
+            guard.release()
         if self._own_context:
             self._ctx.term()
 

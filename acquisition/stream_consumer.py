@@ -38,7 +38,8 @@ from stslive.acquisition.stream import (
     decode,
     event_fields,
 )
-from stslive.drivers.errors import StreamError
+from stslive.acquisition.security import Security, secure_client
+from stslive.drivers.errors import ConfigError, StreamError
 
 __all__ = ["Gap", "RunSubscriber", "RunTracker", "missing_pixels", "recover_from_archive"]
 
@@ -129,6 +130,10 @@ class RunSubscriber:
         Receive high-water mark (messages); raised so a burst is queued, not dropped.
     max_runs
         Runs whose trackers are kept (oldest forgotten first).
+    security
+        CURVE client keys (:class:`~stslive.acquisition.security.Security` with
+        ``client_secret`` and ``server_public``) for a publisher bound with keys; ``None``
+        (default): plain connection, as to a loopback publisher without keys.
 
     Notes
     -----
@@ -145,6 +150,7 @@ class RunSubscriber:
         context: zmq.Context | None = None,
         hwm: int = 100_000,
         max_runs: int = 16,
+        security: Security | None = None,
     ) -> None:
         if mode not in ("sub", "pull"):
             raise StreamError(f"mode must be 'sub' or 'pull', not {mode!r}")
@@ -158,7 +164,12 @@ class RunSubscriber:
             for topic in topics:
                 self._sock.setsockopt(zmq.SUBSCRIBE, topic)
         try:
+            if security is not None:  # CURVE (issue 6): keys must be set before connect
+                secure_client(self._sock, security)
             self._sock.connect(endpoint)
+        except ConfigError:  # a key file is missing or invalid: the message says how to make one
+            self.close()
+            raise
         except zmq.ZMQError as exc:
             self.close()
             raise StreamError(f"cannot connect to the run stream at {endpoint!r}: {exc}") from exc
