@@ -45,14 +45,18 @@ def parse_float(instrument: str, reply: str, *, what: str) -> float:
         raise InstrumentReplyError(
             instrument, f"reply to {what} is not a number: {reply!r}; check the instrument's output settings"
         )
-    return float(text)
+    value = float(text)
+    if not math.isfinite(value):  # '1e999' matches the pattern but overflows to inf
+        raise InstrumentReplyError(instrument, f"reply to {what} overflows a float: {reply[:40]!r}")
+    return value
 
 
 def parse_int(instrument: str, reply: str, *, what: str) -> int:
     """Parse one integer (the instrument prints indices and status bytes as plain integers)."""
     text = reply.strip()
-    if not re.fullmatch(r"[+-]?\d+", text):
-        raise InstrumentReplyError(instrument, f"reply to {what} is not an integer: {reply!r}")
+    # 30 digits is far beyond any register; longer strings would also hit int()'s 4300-digit limit
+    if not re.fullmatch(r"[+-]?\d{1,30}", text):
+        raise InstrumentReplyError(instrument, f"reply to {what} is not an integer: {reply[:60]!r}")
     return int(text)
 
 
