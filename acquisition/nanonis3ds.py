@@ -28,6 +28,8 @@ from stslive.drivers.errors import NanonisFileError
 
 HEADER_END = b":HEADER_END:\r\n"
 _MAX_HEADER = 1 << 20
+#: Largest grid accepted (points); 4096 x 4096, far beyond any real STM grid.
+_MAX_GRID_POINTS = 1 << 24
 _REQUIRED_KEYS = ("Grid dim", "Grid settings", "Filetype", "Sweep Signal", "Fixed parameters",
                   "Experiment parameters", "# Parameters (4 byte)", "Points", "Channels")
 _FIXED = ["Sweep Start", "Sweep End"]
@@ -100,6 +102,7 @@ class NanonisGrid:
             self.settings = GridSettings(*values[:5])
             self.n_points = int(h["Points"])
             n_params = int(h["# Parameters (4 byte)"])
+            experiment_size = int(h["Experiment size (bytes)"]) if "Experiment size (bytes)" in h else None
         except (ValueError, TypeError) as exc:
             raise NanonisFileError(path, f"malformed grid header ({exc})") from exc
         self.sweep_signal = h["Sweep Signal"]
@@ -111,9 +114,12 @@ class NanonisGrid:
                                          f"{len(self.fixed_parameters) + len(self.experiment_parameters)}")
         if self.nx < 1 or self.ny < 1 or self.n_points < 1 or not self.channel_names:
             raise NanonisFileError(path, "grid dimensions, points and channels must be positive")
+        if self.nx * self.ny > _MAX_GRID_POINTS:  # the maps are allocated whole: refuse before trying
+            raise NanonisFileError(path, f"'Grid dim' {self.nx} x {self.ny} exceeds {_MAX_GRID_POINTS} points; "
+                                         "the header is corrupt")
         expected_exp = len(self.channel_names) * self.n_points * 4
-        if "Experiment size (bytes)" in h and int(h["Experiment size (bytes)"]) != expected_exp:
-            raise NanonisFileError(path, f"'Experiment size (bytes)' {h['Experiment size (bytes)']} != "
+        if experiment_size is not None and experiment_size != expected_exp:
+            raise NanonisFileError(path, f"'Experiment size (bytes)' {experiment_size} != "
                                          f"channels x points x 4 = {expected_exp}")
         self.n_params = n_params
         self.record_len = n_params + len(self.channel_names) * self.n_points
