@@ -6,10 +6,17 @@ for write (may use <h5clear file> to clear file consistency flags)". ``h5clear``
 C tool that h5py neither ships nor wraps, so resume does its one job here: zero the flags byte of
 a version 2/3 superblock and rewrite the superblock checksum (Jenkins lookup3, which HDF5 checks
 on every open, so a wrong checksum could never go unnoticed).
+
+The flags byte holds :data:`WRITE_ACCESS` and, for an SWMR writer, :data:`SWMR_WRITE_ACCESS`.
+A file left with the write bit alone (a writer opened it read-write and died before switching
+SWMR on) cannot be opened even by an SWMR reader, so the writer document inside cannot tell
+whether that writer still lives; :func:`held_by_writer` asks HDF5's own file lock instead,
+which a non-SWMR writer holds for as long as it has the file open.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 from pathlib import Path
@@ -18,6 +25,9 @@ from stslive.drivers.errors import ArchiveError
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MASK = 0xFFFFFFFF
+#: Superblock status flag bits (H5F_SUPER_WRITE_ACCESS, H5F_SUPER_SWMR_WRITE_ACCESS in HDF5).
+WRITE_ACCESS = 0x01
+SWMR_WRITE_ACCESS = 0x04
 
 
 def _rot(x: int, k: int) -> int:
@@ -96,3 +106,23 @@ def clear_status_flags(path: str | os.PathLike[str]) -> bool:
         fh.flush()
         os.fsync(fh.fileno())
     return True
+
+
+def held_by_writer(path: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds HDF5's lock on the file (a non-SWMR writer does).
+
+    HDF5 takes an exclusive ``flock`` when it opens a file for writing and drops it only when
+    it closes the file or, for SWMR writers, once SWMR is on; the kernel drops it when the
+    process dies. So a file whose flags say "open for write" but which nobody has locked was
+    left by a dead writer. (Unreliable if HDF5_USE_FILE_LOCKING=FALSE disables the locks.)
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

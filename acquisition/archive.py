@@ -26,7 +26,9 @@ creating objects or changing attributes once SWMR is on, so every dataset exists
 
 A pixel is written in two steps: spectra and metadata, flush, then the ``measured`` flag, flush.
 The first flush puts the data in the file before the flag can reach it (``flush`` does not
-fsync, so this protects against a killed process, not against a power cut).
+fsync, so this protects against a killed process, not against a power cut). Re-measuring a
+measured pixel (:meth:`ArchiveWriter.rewrite_pixel`) first clears its flag (flush) and logs the
+replaced record, so "complete and measured, or not measured" holds at every instant.
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ class ArchiveWriter:
         self._docs = entry["documents"]
         self._set_ids = {s["id"] for s in _json_lines(self._sets_ds)}
         self.n_channels, self.n_points = self._spectra.shape[2:]
+        # The writer is the file's only writer, so it keeps the flags in memory (no read per pixel).
+        self._measured_mask: np.ndarray = self._measured[()]
+        self._failed_mask: np.ndarray = self._failed[()]
         self._sinks = {name: _PointSink(ds) for name, ds in
                        [("spectra", self._spectra), ("measured", self._measured), *self._meta.items()]}
 
@@ -234,46 +239,97 @@ class ArchiveWriter:
         """Re-open an archive to continue its run (after a stop, crash or SIGKILL).
 
         The flags a killed writer leaves in the superblock are cleared, after checking that the
-        process recorded in ``documents/writer`` is no longer alive on this host.
+        writer is no longer alive: for an SWMR writer by the process recorded in
+        ``documents/writer`` (on this host), for a writer killed before SWMR was on (only the
+        write flag set, so not even an SWMR reader can open the file) by HDF5's file lock.
+        The file is then opened read-write *with* SWMR write access in one HDF5 call, so a kill
+        at any moment of this start-up leaves flags the next resume and SWMR readers accept.
         """
         path = Path(path)
+        if not path.is_file():
+            raise ArchiveError(path, "no such file; check the path")
+        flags = _h5status.status_flags(path)
+        if flags & _h5status.WRITE_ACCESS and not flags & _h5status.SWMR_WRITE_ACCESS:
+            if _h5status.held_by_writer(path):
+                raise ArchiveError(path, "another process has this archive open for writing; stop it first")
+            _h5status.clear_status_flags(path)
         with open_archive(path, swmr=True) as reader:  # validates version and layout
             writer_doc = reader.documents.get("writer", {})
         _refuse_live_writer(path, writer_doc)
         _h5status.clear_status_flags(path)
         try:
-            f = h5py.File(path, "r+", libver="latest")
+            f = _open_read_write(path, swmr=swmr)
         except OSError as exc:
             raise ArchiveError(path, f"cannot open for writing ({exc}); is another process using it?") from exc
         writer = cls(f, path)
         writer._start_writing(swmr)
-        writer.append_log("resume", measured=int(np.count_nonzero(writer._measured[()])))
+        writer.append_log("resume", measured=int(np.count_nonzero(writer._measured_mask)))
         return writer
 
     def _start_writing(self, swmr: bool) -> None:
         self.write_document("writer", {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
-        if swmr:
+        if swmr and not self._f.swmr_mode:
             self._f.swmr_mode = True
         self._f.flush()
 
     # per pixel
     def write_pixel(self, iy: int, ix: int, spectra: np.ndarray, meta: PixelMeta) -> None:
-        """Write one pixel's spectra ``(n_channels, n_points)`` and metadata, then mark it measured.
+        """Write one unmeasured pixel's spectra ``(n_channels, n_points)`` and metadata, mark it measured.
 
         Order: data and metadata, flush, ``measured`` flag, flush; a reader (or a resume after a
-        kill) sees either the complete pixel marked measured, or an unmeasured pixel.
+        kill) sees either the complete pixel marked measured, or an unmeasured pixel. A pixel
+        recorded as failed becomes measured and no longer failed (its failure record stays in
+        ``failures``; the log gets a ``pixel_recovered`` line). A measured pixel is refused:
+        overwriting it in place would expose a half-written pixel marked measured; use
+        :meth:`rewrite_pixel`.
         """
+        arr = self._check_write(iy, ix, spectra, meta)
+        if self._measured_mask[iy, ix]:
+            raise ArchiveError(self.path, f"pixel ({iy}, {ix}) is already measured; rewrite_pixel() replaces it")
+        self._write_unmeasured(iy, ix, arr, meta)
+
+    def rewrite_pixel(self, iy: int, ix: int, spectra: np.ndarray, meta: PixelMeta, *, reason: str) -> None:
+        """Replace a measured pixel's spectrum (re-measure), keeping the old record in the run log.
+
+        Sequence: log line ``pixel_replaced`` (the previous PixelMeta, the reason, the time) and
+        ``measured`` cleared, flush; then as :meth:`write_pixel`. At every instant the pixel is
+        either complete and marked measured (old or new spectrum) or unmeasured, so a kill in
+        between leaves a pixel that ``--resume`` measures again. An unmeasured pixel is simply
+        written (the reason is then not logged).
+        """
+        arr = self._check_write(iy, ix, spectra, meta)
+        if self._measured_mask[iy, ix]:
+            previous = PixelMeta(**{name: ds[iy, ix].item() for name, ds in self._meta.items()})
+            self._append_line(self._log_ds, {"time": time.time(), "event": "pixel_replaced", "iy": iy, "ix": ix,
+                                             "reason": reason, "previous": previous.to_dict()})
+            self._sinks["measured"].write(iy, ix, _FALSE)
+            self._measured_mask[iy, ix] = False
+            self._f.flush()
+        self._write_unmeasured(iy, ix, arr, meta)
+
+    def _check_write(self, iy: int, ix: int, spectra: np.ndarray, meta: PixelMeta) -> np.ndarray:
         self._check_pixel(iy, ix)
         arr = np.asarray(spectra, dtype=np.float32)
         if arr.shape != (self.n_channels, self.n_points):
             raise ArchiveError(self.path, f"spectra shape {arr.shape} != ({self.n_channels}, {self.n_points})")
         if meta.setpoint_set_id not in self._set_ids:
             raise ArchiveError(self.path, f"set-point set {meta.setpoint_set_id} unknown; add_setpoint_set() first")
+        return arr
+
+    def _write_unmeasured(self, iy: int, ix: int, arr: np.ndarray, meta: PixelMeta) -> None:
         self._sinks["spectra"].write(iy, ix, arr)
         for name in self._meta:
             self._sinks[name].write(iy, ix, np.asarray(getattr(meta, name)))
+        if self._failed_mask[iy, ix]:  # cleared with the data: never failed and measured at once
+            code = int(self._failure_code[iy, ix])
+            self._failed[iy, ix] = False
+            self._failure_code[iy, ix] = 0
+            self._failed_mask[iy, ix] = False
+            self._append_line(self._log_ds, {"time": time.time(), "event": "pixel_recovered", "iy": iy, "ix": ix,
+                                             "failure_code": code})
         self._f.flush()
         self._sinks["measured"].write(iy, ix, _TRUE)
+        self._measured_mask[iy, ix] = True
         self._f.flush()
 
     def write_block(self, iy: slice, ix: slice, spectra: np.ndarray, metas: Mapping[str, Any]) -> None:
@@ -317,6 +373,7 @@ class ArchiveWriter:
             self._meta[fld.name][iy, ix] = np.broadcast_to(np.asarray(value, dtype=fld.dtype), shape)
         self._f.flush()
         self._measured[iy, ix] = True
+        self._measured_mask[iy, ix] = True
         self._f.flush()
 
     def record_failure(self, iy: int, ix: int, reason: str, *, code: int = 1, **details: Any) -> None:
@@ -324,10 +381,14 @@ class ArchiveWriter:
         self._check_pixel(iy, ix)
         if code <= 0:
             raise ArchiveError(self.path, f"failure code must be > 0 (0 means no failure), got {code}")
+        if self._measured_mask[iy, ix]:
+            raise ArchiveError(self.path, f"pixel ({iy}, {ix}) is measured; a failed re-measure keeps its spectrum, "
+                                          "so log it with append_log() instead of marking the pixel failed")
         self._append_line(self._failures_ds, {"iy": iy, "ix": ix, "code": code, "reason": reason,
                                               "time": time.time(), **details})
         self._failure_code[iy, ix] = code
         self._failed[iy, ix] = True
+        self._failed_mask[iy, ix] = True
         self._f.flush()
 
     # run-level records
@@ -377,12 +438,17 @@ class ArchiveWriter:
 
     @property
     def measured(self) -> np.ndarray:
-        """Current ``measured`` mask (ny, nx)."""
-        return self._measured[()]
+        """Current ``measured`` mask (ny, nx), a copy."""
+        return self._measured_mask.copy()
+
+    @property
+    def failed(self) -> np.ndarray:
+        """Current ``failed`` mask (ny, nx), a copy."""
+        return self._failed_mask.copy()
 
     def first_unmeasured(self, order: str | None = None) -> tuple[int, int] | None:
         """First pixel ``(iy, ix)`` in visiting order that is not measured, None when all are."""
-        return _first_unmeasured(self.geometry, self._measured[()], order)
+        return _first_unmeasured(self.geometry, self._measured_mask, order)
 
     def _check_pixel(self, iy: int, ix: int) -> None:
         if not (0 <= iy < self.geometry.ny and 0 <= ix < self.geometry.nx):
@@ -399,6 +465,22 @@ _META_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PixelMeta) if f.
 
 
 _TRUE = np.array(True)
+_FALSE = np.array(False)
+
+
+def _open_read_write(path: Path, *, swmr: bool) -> h5py.File:
+    """Open read-write; with ``swmr`` in SWMR write mode from the first instant.
+
+    h5py offers SWMR writing only as a switch after a plain read-write open; a kill between the
+    two leaves the write flag without the SWMR flag, which no reader and no resume accepts.
+    Opening with ``ACC_SWMR_WRITE`` sets both flags in the one superblock write of the open.
+    """
+    if not swmr:
+        return h5py.File(path, "r+", libver="latest")
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl=fapl)
+    return h5py.File(fid)
 
 
 class _PointSink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -197,6 +198,7 @@ WRITER = textwrap.dedent("""
         w = ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS,
                                  setpoint_sets=sets(), start_doc={{"uid": "swmr"}})
     else:
+        print("opening", flush=True)  # the resume start-up begins now (kill tests time from here)
         w = ArchiveWriter.open_for_resume(path)
     print("ready", flush=True)
     start = w.first_unmeasured()
@@ -213,7 +215,12 @@ def _start_writer(tmp_path: Path, path: Path, mode: str, delay: float) -> subpro
     script.write_text(WRITER.format(tests=str(Path(__file__).parent)))
     proc = subprocess.Popen([sys.executable, str(script), str(path), mode, str(delay)], stdout=subprocess.PIPE,
                             text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if mode == "resume":
+        assert line == "opening"
+        line = proc.stdout.readline().strip()
+    assert line == "ready"
     return proc
 
 
@@ -303,3 +310,147 @@ def test_setpoint_set_validation_names_the_key() -> None:
     with pytest.raises(ConfigError, match="order"):
         GridGeometry.from_dict({**geometry().to_dict(), "order": "spiral"})
     assert json.loads(json.dumps(meta(geometry(), 0, 1).to_dict()))["z_m"] == pytest.approx(1e-10)
+
+
+def _kill_plain_read_write_opener(path: Path) -> None:
+    """Leave the state of a writer killed after its read-write open, before SWMR was switched on."""
+    code = f"import h5py, time; f = h5py.File({str(path)!r}, 'r+', libver='latest'); print('open', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        with pytest.raises(ArchiveError, match="open for writing"):  # alive: its HDF5 file lock says so
+            ArchiveWriter.open_for_resume(path)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def test_resume_after_a_kill_between_read_write_open_and_swmr_switch(tmp_path: Path) -> None:
+    """Regression (issue 4 follow-up): write flag without SWMR flag used to block every later open."""
+    geo = geometry()
+    path = tmp_path / "window.h5"
+    with ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
+                              start_doc={}) as w:
+        w.write_pixel(0, 0, spectrum(0, 0), meta(geo, 0, 0))
+    _kill_plain_read_write_opener(path)
+    assert _h5status.status_flags(path) == _h5status.WRITE_ACCESS
+    with pytest.raises(ArchiveError, match="resume it"):
+        open_archive(path, swmr=True)
+    with ArchiveWriter.open_for_resume(path) as w:
+        assert _h5status.status_flags(path) & _h5status.SWMR_WRITE_ACCESS  # SWMR from the open on
+        w.write_pixel(0, 1, spectrum(0, 1), meta(geo, 0, 1))
+        with open_archive(path, swmr=True) as r:  # a reader while the resumed writer holds the file
+            assert r.measured[0, :2].all()
+    assert _assert_complete(path).sum() == 2
+
+
+def test_kill_during_resume_start_up_at_seeded_moments(tmp_path: Path) -> None:
+    """SIGKILL within the first milliseconds of open_for_resume; the next resume and readers still open."""
+    rng = np.random.default_rng(11)
+    path = tmp_path / "startup.h5"
+    proc = _start_writer(tmp_path, path, "create", 0.002)
+    time.sleep(0.02)
+    script = tmp_path / "writer.py"
+    for _ in range(8):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        _assert_complete(path)  # an SWMR reader opens whatever the kill left
+        proc = subprocess.Popen([sys.executable, str(script), str(path), "resume", "0.002"], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "opening"
+        time.sleep(float(rng.uniform(0.0, 0.012)))  # open_for_resume takes a few ms
+    proc.kill()
+    proc.wait(timeout=10)
+    proc = _start_writer(tmp_path, path, "resume", 0.0)
+    assert proc.wait(timeout=30) == 0
+    assert _assert_complete(path).all()
+
+
+def test_rewrite_pixel_replaces_and_logs_the_previous_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    geo = geometry()
+    path = tmp_path / "re.h5"
+    w = ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
+                             start_doc={})
+    w.write_pixel(1, 1, spectrum(1, 1), meta(geo, 1, 1))
+    with pytest.raises(ArchiveError, match="rewrite_pixel"):
+        w.write_pixel(1, 1, spectrum(1, 1), meta(geo, 1, 1))
+    calls: list[str] = []
+    for name in ("measured", "spectra"):
+        sink = w._sinks[name]
+        monkeypatch.setattr(sink, "write", lambda iy, ix, v, _n=name, _w=sink.write: (calls.append(f"{_n}={v.flat[0]!r}" if _n == "measured" else _n), _w(iy, ix, v))[1])
+    real_flush = w._f.flush
+    monkeypatch.setattr(w._f, "flush", lambda: (calls.append("flush"), real_flush())[1])
+    new_meta = dataclasses.replace(meta(geo, 1, 1, set_id=1), t_start=99.0)
+    w.rewrite_pixel(1, 1, spectrum(1, 1) + 5, new_meta, reason="tip change flagged")
+    # flag cleared and flushed before any new data, set only after the data are flushed
+    assert calls == ["measured=np.False_", "flush", "spectra", "flush", "measured=np.True_", "flush"]
+    w.close()
+    with open_archive(path) as r:
+        assert r.measured[1, 1] and r.measured.sum() == 1
+        np.testing.assert_array_equal(r.read_pixels()[1, 1], spectrum(1, 1) + 5)
+        assert r.pixel(1, 1).t_start == 99.0 and r.pixel(1, 1).setpoint_set_id == 1
+        (rec,) = [e for e in r.log if e["event"] == "pixel_replaced"]
+    assert (rec["iy"], rec["ix"], rec["reason"]) == (1, 1, "tip change flagged")
+    assert rec["previous"]["t_start"] == meta(geo, 1, 1).t_start and rec["previous"]["setpoint_set_id"] == 0
+
+
+def test_failed_pixel_measured_later_is_no_longer_failed(tmp_path: Path) -> None:
+    geo = geometry()
+    path = tmp_path / "rec.h5"
+    with ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
+                              start_doc={}) as w:
+        w.record_failure(2, 2, "InstrumentTimeout: nanonis", code=1)
+        assert w.failed[2, 2]
+        w.write_pixel(2, 2, spectrum(2, 2), meta(geo, 2, 2))
+        assert not w.failed[2, 2] and w.measured[2, 2]
+        with pytest.raises(ArchiveError, match="is measured"):
+            w.record_failure(2, 2, "InstrumentTimeout: nanonis", code=1)
+    with open_archive(path) as r:
+        assert r.measured[2, 2] and not r.failed.any() and r.failure_codes[2, 2] == 0
+        assert [f["code"] for f in r.failures] == [1]  # the history stays
+        assert [e["failure_code"] for e in r.log if e["event"] == "pixel_recovered"] == [1]
+
+
+REWRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_archive import geometry, meta, sets, spectrum
+    from stslive.acquisition.archive import ArchiveWriter
+    import dataclasses
+    w = ArchiveWriter.open_for_resume(sys.argv[1])
+    geo = geometry(ny=6, nx=5)
+    print("ready", flush=True)
+    k = 1
+    while True:  # version k of every pixel: spectrum + k * 1e5, t_start = 100 + k
+        for iy, ix in geo.visit_order():
+            m = dataclasses.replace(meta(geo, iy, ix), t_start=100.0 + k)
+            w.rewrite_pixel(int(iy), int(ix), spectrum(iy, ix) + k * 1e5, m, reason=f"pass {{k}}")
+        k += 1
+""")
+
+
+def test_kill_during_rewrites_leaves_every_measured_pixel_whole(tmp_path: Path) -> None:
+    """SIGKILL while pixels are being re-measured: a measured pixel is one version, data and metadata."""
+    rng = np.random.default_rng(5)
+    path = tmp_path / "rewrite.h5"
+    assert _start_writer(tmp_path, path, "create", 0.0).wait(timeout=30) == 0
+    script = tmp_path / "rewriter.py"
+    script.write_text(REWRITER.format(tests=str(Path(__file__).parent)))
+    geo = geometry(ny=6, nx=5)
+    base = np.stack([spectrum(iy, ix) for iy, ix in np.ndindex(*geo.shape)]).reshape(*geo.shape, len(CHANNELS), NPTS)
+    unmeasured_seen = 0
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.02, 0.15)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        with open_archive(path, swmr=True) as r:
+            measured, data, t_start = r.measured, r.read_pixels(), r.pixel_meta["t_start"]
+        unmeasured_seen += int((~measured).sum())
+        for iy, ix in np.argwhere(measured):
+            offset = data[iy, ix] - base[iy, ix]
+            k = round(float(offset.flat[0]) / 1e5)
+            assert np.all(offset == np.float32(k * 1e5)), f"pixel ({iy}, {ix}) mixes versions"
+            assert t_start[iy, ix] == (100.0 + k if k else meta(geo, iy, ix).t_start)
+    assert unmeasured_seen <= 4  # at most the pixel in progress per kill
