@@ -13,6 +13,11 @@ by itself) -> archive (data, flush, measured flag, flush) -> stream event. A pix
 fails is recorded as failed with its reason (archive failure record + ``failed`` document),
 never as data; after ``max_consecutive_failures`` in a row the run pauses (reason
 ``failures``) and waits for ``resume``.
+
+Re-measure (``remeasure`` command, with an optional reason): a queued cell is measured next; if
+it was measured, :meth:`ArchiveWriter.rewrite_pixel` replaces its spectrum and logs the old
+record with the reason; if it had failed, it ends measured and no longer failed. A re-measure
+that fails keeps the old spectrum and logs ``remeasure_failed``.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ class ScanEngine:
         self._measured = writer.measured
         self._todo = plan.remaining(self._measured if skip is None else self._measured | skip)
         self._pending: PlanPoint | None = None
+        self._replace_reason: dict[tuple[int, int], str] = {}  # cells being re-measured -> why
         self._last_after: float | None = None
         self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self.machine = RunStateMachine(self._set_order, validate_pixel=self._validate_remeasure,
@@ -188,7 +194,12 @@ class ScanEngine:
         return None, error, self._opts["retries"] + 1
 
     def _record(self, point: PlanPoint, result: PixelResult) -> None:
-        self.writer.write_pixel(point.iy, point.ix, result.spectra, result.meta)
+        reason = self._replace_reason.pop((point.iy, point.ix), None)
+        if self._measured[point.iy, point.ix]:  # a re-measure: the archive logs what it replaces
+            self.writer.rewrite_pixel(point.iy, point.ix, result.spectra, result.meta,
+                                      reason=reason or "remeasure")
+        else:
+            self.writer.write_pixel(point.iy, point.ix, result.spectra, result.meta)
         self._measured[point.iy, point.ix] = True
         meta = result.meta
         self.publisher.event(
@@ -203,6 +214,14 @@ class ScanEngine:
 
     def _record_failure(self, point: PlanPoint, sp: SetpointSet, error: InstrumentError, attempts: int) -> None:
         reason = f"{type(error).__name__}: {error}"
+        replacing = self._replace_reason.pop((point.iy, point.ix), None)
+        if self._measured[point.iy, point.ix]:
+            # A failed re-measure keeps the pixel's spectrum: logged, not marked failed (a pixel is
+            # never failed and measured at once), and not counted towards the failure pause.
+            self.writer.append_log("remeasure_failed", iy=point.iy, ix=point.ix, reason=reason, attempts=attempts,
+                                   remeasure_reason=replacing)
+            self.stats.failed += 1
+            return
         self.writer.record_failure(point.iy, point.ix, reason, code=failure_code(error), attempts=attempts,
                                    setpoint_set_id=sp.id)
         self.publisher.failed_pixel(ix=point.ix, iy=point.iy, x_m=point.x_m, y_m=point.y_m,
@@ -230,9 +249,11 @@ class ScanEngine:
         if self._pending is not None:
             point, self._pending = self._pending, None
             return point
-        cell = self.machine.pop_remeasure()
-        if cell is not None:
+        request = self.machine.pop_remeasure_request()
+        if request is not None:
+            cell, reason = request
             self._last_after = None
+            self._replace_reason[cell] = reason
             return self.plan.at(*cell)
         while True:
             point = next(self._todo, None)
@@ -250,9 +271,6 @@ class ScanEngine:
             self.plan.at(iy, ix)
         except StsliveError as exc:
             raise CommandRefused(str(exc)) from None
-        if self._measured[iy, ix]:
-            raise CommandRefused(f"pixel ({iy}, {ix}) is already measured; the archive keeps one spectrum per "
-                                 "pixel, so only unmeasured or failed pixels can be queued")
 
     def _drain_log(self) -> None:
         while True:

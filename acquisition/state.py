@@ -21,7 +21,8 @@ status      -                             nothing; the reply carries the state
 pause       -                             pause after the pixel in progress
 resume      -                             clear the user/failure pause reasons
 abort       -                             stop after the pixel in progress (exit abort)
-remeasure   pixels: [[iy, ix], ...]       measure these cells next (not yet measured)
+remeasure   pixels: [[iy, ix], ...],      measure these cells next; a measured cell's
+            reason: str (optional)        spectrum is replaced, the old record logged
 set         setpoint_set: int             make this set the active one (single mode)
 =========== ============================= ===========================================
 """
@@ -36,6 +37,8 @@ from typing import Any
 
 from stslive.drivers.errors import StsliveError
 
+#: Reason recorded for a re-measure when the command gives none.
+DEFAULT_REMEASURE_REASON = "remeasure command"
 STATES = ("idle", "running", "paused", "stopping", "done", "failed")
 PAUSE_REASONS = ("user", "temperature", "failures")
 
@@ -77,6 +80,7 @@ class RunStateMachine:
             raise CommandRefused("a run needs at least one set-point set")
         self._active = self._ids[0]
         self._remeasure: collections.deque[tuple[int, int]] = collections.deque()
+        self._remeasure_reason: dict[tuple[int, int], str] = {}
         self._validate_pixel = validate_pixel or (lambda iy, ix: None)
         self._on_change = on_change or (lambda event, fields: None)
         self._pending: list[tuple[str, dict[str, Any]]] = []
@@ -101,8 +105,16 @@ class RunStateMachine:
 
     def pop_remeasure(self) -> tuple[int, int] | None:
         """The next cell queued by ``remeasure``, or None."""
+        request = self.pop_remeasure_request()
+        return None if request is None else request[0]
+
+    def pop_remeasure_request(self) -> tuple[tuple[int, int], str] | None:
+        """The next cell queued by ``remeasure`` with the reason given for it, or None."""
         with self._lock:
-            return self._remeasure.popleft() if self._remeasure else None
+            if not self._remeasure:
+                return None
+            cell = self._remeasure.popleft()
+            return cell, self._remeasure_reason.pop(cell, DEFAULT_REMEASURE_REASON)
 
     def wait_change(self, timeout_s: float) -> None:
         """Block until a transition or command, at most ``timeout_s`` (the paused loop's sleep)."""
@@ -199,8 +211,12 @@ class RunStateMachine:
 
     def _cmd_remeasure(self, args: Mapping[str, Any]) -> None:
         pixels = args.get("pixels")
-        if set(args) - {"pixels"} or not isinstance(pixels, list) or not pixels:
-            raise CommandRefused('remeasure takes {"pixels": [[iy, ix], ...]} (a non-empty list)')
+        reason = args.get("reason", DEFAULT_REMEASURE_REASON)
+        if set(args) - {"pixels", "reason"} or not isinstance(pixels, list) or not pixels:
+            raise CommandRefused('remeasure takes {"pixels": [[iy, ix], ...]} (a non-empty list) and an optional '
+                                 '"reason" string')
+        if not isinstance(reason, str) or not reason.strip():
+            raise CommandRefused(f"remeasure: reason must be a non-empty string, got {reason!r}")
         cells = []
         for p in pixels:
             if (not isinstance(p, list | tuple) or len(p) != 2
@@ -209,7 +225,8 @@ class RunStateMachine:
             self._validate_pixel(int(p[0]), int(p[1]))
             cells.append((int(p[0]), int(p[1])))
         self._remeasure.extend(c for c in cells if c not in self._remeasure)
-        self._log("remeasure_queued", pixels=[list(c) for c in cells])
+        self._remeasure_reason.update((c, reason) for c in cells)
+        self._log("remeasure_queued", pixels=[list(c) for c in cells], reason=reason)
 
     def _cmd_set(self, args: Mapping[str, Any]) -> None:
         set_id = args.get("setpoint_set")
@@ -259,6 +276,6 @@ COMMANDS: dict[str, Command] = {
     "pause": Command(_ACTIVE, RunStateMachine._cmd_pause, "pause after the pixel in progress"),
     "resume": Command(_ACTIVE, RunStateMachine._cmd_resume, "resume a user or failure pause"),
     "abort": Command(_ACTIVE, RunStateMachine._cmd_abort, "stop after the pixel in progress"),
-    "remeasure": Command(_ACTIVE, RunStateMachine._cmd_remeasure, "queue pixels [[iy, ix], ...] to measure next"),
+    "remeasure": Command(_ACTIVE, RunStateMachine._cmd_remeasure, "queue pixels [[iy, ix], ...] to measure (again) next"),
     "set": Command(_ACTIVE, RunStateMachine._cmd_set, "make set-point set ID the active one"),
 }

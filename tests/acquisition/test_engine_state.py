@@ -64,6 +64,18 @@ def test_remeasure_and_set_commands() -> None:
         m.execute("explode", {})
 
 
+def test_remeasure_carries_its_reason() -> None:
+    m = machine()
+    m.begin()
+    m.execute("remeasure", {"pixels": [[0, 1]], "reason": "tip change flagged"})
+    m.execute("remeasure", {"pixels": [[2, 2]]})
+    assert m.pop_remeasure_request() == ((0, 1), "tip change flagged")
+    assert m.pop_remeasure_request() == ((2, 2), "remeasure command")
+    for bad in ({"pixels": [[0, 1]], "reason": ""}, {"pixels": [[0, 1]], "reason": 3}):
+        with pytest.raises(CommandRefused, match="reason"):
+            m.execute("remeasure", bad)
+
+
 def test_control_socket_replies_and_counts_malformed_requests() -> None:
     ctx = zmq.Context()
     m = machine()

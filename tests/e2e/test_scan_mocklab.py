@@ -207,7 +207,8 @@ def test_line_cut_with_two_alternating_setpoint_sets(tmp_path: Path) -> None:
         assert abs(np.interp(v_set, bias, data[k, 1]) + 150e-12) < 5e-12
 
 
-def test_remeasure_a_failed_pixel_through_the_control_command(tmp_path: Path) -> None:
+def test_remeasure_a_failed_and_a_measured_pixel_through_the_control_command(tmp_path: Path) -> None:
+    """A failed pixel re-measured ends measured and not failed; a measured one is replaced, old record logged."""
     from stslive.acquisition.cli import main
 
     faults = FaultPlan.from_list([{"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start",
@@ -219,10 +220,21 @@ def test_remeasure_a_failed_pixel_through_the_control_command(tmp_path: Path) ->
     with scan(lab, path, setpoint_set=[slow], run={"retries": 1}) as (sub, control, _):
         docs = collect(sub, until=lambda d: any(isinstance(x, FailedPixelDoc) for x in d))
         assert main(["control", "--connect", control, "remeasure", "--pixels", "0,1"]) == 0
-        assert main(["control", "--connect", control, "remeasure", "--pixels", "0,0"]) == 1  # measured: refused
+        reply = send_command(control, "remeasure", pixels=[[0, 0]], reason="tip change flagged")
+        assert reply["ok"]
         docs += collect(sub)
     cells = [(e.iy, e.ix) for e in events(docs)]
-    assert cells.count((0, 1)) == 1 and len(cells) == 36 and docs[-1].exit_status == "success"
+    assert cells.count((0, 1)) == 1 and cells.count((0, 0)) == 2 and len(cells) == 37
+    assert docs[-1].exit_status == "success"
+    first_00 = next(e for e in events(docs) if (e.iy, e.ix) == (0, 0))
     with open_archive(path) as reader:
-        assert reader.measured.all() and reader.failed[0, 1] and reader.failed.sum() == 1
-        assert "remeasure_queued" in [r["event"] for r in reader.log]
+        assert reader.measured.all() and not reader.failed.any() and reader.failure_codes[0, 1] == 0
+        assert [(f["iy"], f["ix"]) for f in reader.failures] == [(0, 1)]  # the failure stays on record
+        log = reader.log
+        t_00 = reader.pixel(0, 0).t_start
+    assert "remeasure_queued" in [r["event"] for r in log]
+    assert [(r["iy"], r["ix"]) for r in log if r["event"] == "pixel_recovered"] == [(0, 1)]
+    (replaced,) = [r for r in log if r["event"] == "pixel_replaced"]
+    assert (replaced["iy"], replaced["ix"], replaced["reason"]) == (0, 0, "tip change flagged")
+    assert replaced["previous"]["t_start"] == pytest.approx(first_00.timestamps["t_start"])
+    assert t_00 > replaced["previous"]["t_start"]  # the archive holds the new spectrum
