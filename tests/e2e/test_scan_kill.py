@@ -21,6 +21,7 @@ from stslive.acquisition.archive import open_archive
 from stslive.mocks.lab import MockLab
 
 NX, NY, POINTS = 8, 5, 101
+STARTUP_KILLS = 4
 pytestmark = pytest.mark.timeout(120)
 
 CONFIG = """
@@ -56,6 +57,31 @@ def scan(*args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+# ``stslive scan`` with a marker line on stdout just before the archive is re-opened, so a kill
+# can be timed into the few milliseconds of the resume start-up.
+RESUME_MARKED = """
+import sys
+from stslive.acquisition.archive import ArchiveWriter
+from stslive.acquisition.cli import main
+real = ArchiveWriter.open_for_resume.__func__
+def marked(cls, *args, **kwargs):
+    print("opening", flush=True)
+    return real(cls, *args, **kwargs)
+ArchiveWriter.open_for_resume = classmethod(marked)
+sys.exit(main(["scan", "--resume", sys.argv[1]]))
+"""
+
+
+def kill_during_resume_start_up(path: Path, rng: random.Random) -> None:
+    """Start a resume and SIGKILL it 0-12 ms after it starts re-opening the archive."""
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_MARKED, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "opening"
+    time.sleep(rng.uniform(0.0, 0.012))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     rng = random.Random(20261125)
     lab = MockLab.from_seed(seed=5, ny=NY, nx=NX, speed=1.0)  # 60 ms sweeps: ~2.4 s of scanning
@@ -65,7 +91,7 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
         cfg = tmp_path / "run.toml"
         cfg.write_text(CONFIG.format(nanonis=res["nanonis"], ls372=res["ls372"], width=NX * lab.pixel_m,
                                      height=NY * lab.pixel_m, nx=NX, ny=NY, points=POINTS))
-        kills, measured_at_kill = 0, []
+        kills, startup_kills, measured_at_kill = 0, 0, []
         proc = scan("--config", str(cfg), "--out", str(path))
         while True:
             try:
@@ -78,6 +104,12 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
             if path.exists():
                 with open_archive(path, swmr=True) as reader:  # opens after every kill
                     measured_at_kill.append(int(reader.measured.sum()))
+            if kills == 2 and path.exists():
+                for _ in range(STARTUP_KILLS):  # kills inside the resume start-up (regression)
+                    kill_during_resume_start_up(path, rng)
+                    startup_kills += 1
+                    with open_archive(path, swmr=True) as reader:
+                        measured_at_kill.append(int(reader.measured.sum()))
             if kills >= 6:
                 proc = scan("--resume", str(path))
                 assert proc.wait(timeout=60) == 0, proc.stderr.read().decode() if proc.stderr else ""
@@ -86,7 +118,8 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
                                                                            "--overwrite")
         assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
         sweeps = lab.faults.spectrum
-    print(f"kills {kills}, measured at each kill {measured_at_kill}, sweeps {sweeps}")
+    assert startup_kills == STARTUP_KILLS
+    print(f"kills {kills} (+{startup_kills} in resume start-up), measured at each kill {measured_at_kill}, sweeps {sweeps}")
     assert kills >= 2, "the seeded kill times never hit a running scan"
     assert measured_at_kill == sorted(measured_at_kill)
     assert any(0 < m < NX * NY for m in measured_at_kill), f"no kill landed mid-scan: {measured_at_kill}"
@@ -102,7 +135,7 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
     # swept at most one extra spectrum per kill (the one in flight)
     t = meta["t_start"][order[:, 0], order[:, 1]]
     assert np.all(np.diff(t) > 0)
-    assert NX * NY <= sweeps <= NX * NY + kills
+    assert NX * NY <= sweeps <= NX * NY + kills + STARTUP_KILLS
     assert len(resumes) >= 1
     # the data are those of the film at each pixel (noise off, 8 sigma)
     truth = lab.film.spectra(*np.mgrid[:NY, :NX], bias_V=np.linspace(-0.04, 0.04, POINTS), noise=False)
