@@ -1,6 +1,6 @@
 """Per-pixel software overhead of the scan engine against the simulated lab (a benchmark, not a test).
 
-``python -m stslive.acquisition.bench_scan --grid 60x50`` runs a scan in-process against the
+``stslive bench-scan --grid 60x50`` (or ``python -m stslive.acquisition.bench_scan``) runs a scan in-process against the
 mock lab's TCP servers at "as fast as possible" (speed 0) and prints the per-pixel overhead
 at p50/p99 for the first and the last tenth of the run. Overhead is everything except the
 controller's sweep call (``run_spectrum``: the simulated sweep itself plus its feedback
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from stslive.acquisition.config import RunConfig
+from stslive.drivers.errors import ConfigError
 
 
 def mock_lab_config(resources: Mapping[str, str], *, nx: int, ny: int, pixel_m: float = 1e-9,
@@ -81,19 +82,38 @@ def bench(*, nx: int, ny: int, n_points: int, seed: int = 0) -> dict[str, Any]:
             "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--grid", default="40x30", help="NXxNY pixels (default 40x30)")
+def _grid(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"grid {text!r}: give NXxNY pixels, e.g. 100x80")
+    return int(parts[0]), int(parts[1])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stslive bench-scan``."""
+    parser.add_argument("--grid", type=_grid, default=(40, 30), help="NXxNY pixels (default 40x30)")
     parser.add_argument("--points", type=int, default=1601, help="points per sweep (default 1601)")
-    args = parser.parse_args(argv)
-    nx, ny = (int(v) for v in args.grid.lower().split("x"))
-    r = bench(nx=nx, ny=ny, n_points=args.points)
+    parser.add_argument("--seed", type=int, default=0, help="film seed of the mock lab (default 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print p50/p99 overhead for the whole run, its first and last tenth."""
+    if args.points < 2:
+        raise ConfigError(f"--points must be >= 2, got {args.points}")
+    nx, ny = args.grid
+    r = bench(nx=nx, ny=ny, n_points=args.points, seed=args.seed)
     print(f"scan overhead, {r['pixels']} pixels x {args.points} points, mock lab at speed 0 "
           f"(wall {r['wall_s']:.1f} s, {r['pixels'] / r['wall_s']:.0f} pixels/s, peak RSS {r['peak_rss_MB']:.0f} MB)")
     for part in ("all", "first", "last"):
         p50, p99 = r[part]
         print(f"  {part:>5}: p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

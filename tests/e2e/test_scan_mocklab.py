@@ -7,6 +7,7 @@ reads the stream over PULL (lossless), drives the control socket and checks the 
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -238,3 +239,15 @@ def test_remeasure_a_failed_and_a_measured_pixel_through_the_control_command(tmp
     assert (replaced["iy"], replaced["ix"], replaced["reason"]) == (0, 0, "tip change flagged")
     assert replaced["previous"]["t_start"] == pytest.approx(first_00.timestamps["t_start"])
     assert t_00 > replaced["previous"]["t_start"]  # the archive holds the new spectrum
+
+
+def test_bench_scan_subcommand_reports_overhead_of_every_pixel(capsys: pytest.CaptureFixture[str]) -> None:
+    from stslive.acquisition.cli import main
+
+    assert main(["bench-scan", "--grid", "4x3", "--points", "51"]) == 0
+    out = capsys.readouterr().out
+    assert "12 pixels x 51 points" in out
+    match = re.search(r"all: p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", out)
+    assert match is not None, out
+    assert 0 < float(match[1]) <= float(match[2])
+    assert main(["bench-scan", "--points", "1"]) == 1  # ConfigError, printed without a traceback
