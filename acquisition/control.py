@@ -4,8 +4,9 @@ Request: one frame, a JSON object ``{"command": NAME, ...arguments}`` (see ``sta
 table). Reply: ``{"ok": bool, "state": STATE, "error": str | null, ...}``. A malformed request
 (not UTF-8, not JSON, not an object, no string ``command``) or a refused command gets
 ``ok: false`` with the reason; malformed ones are counted in :attr:`ControlServer.malformed` and
-logged, and nothing a client sends can stop the server. Loopback endpoints only (as for the
-stream: remote control would need ZeroMQ CURVE keys).
+logged, and nothing a client sends can stop the server. Loopback endpoints only, unless given
+CURVE keys (``security=``): then only clients whose public key is in the ``controllers/``
+folder may connect (role ``control``, :mod:`stslive.acquisition.security`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 import zmq
 
 from stslive.acquisition.state import CommandRefused, RunStateMachine
-from stslive.acquisition.stream import check_local_endpoint
-from stslive.drivers.errors import InstrumentTimeout, StreamError
+from stslive.acquisition.security import Security, check_bind, secure_client, secure_server
+from stslive.drivers.errors import ConfigError, InstrumentTimeout, StreamError
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,30 @@ class ControlServer:
         :attr:`endpoint`).
     context
         ZeroMQ context (injectable for tests); a private one by default.
+    security
+        CURVE keys: only controller keys may connect (viewers are refused). ``None``: loopback only.
     """
 
-    def __init__(self, machine: RunStateMachine, endpoint: str, *, context: zmq.Context | None = None) -> None:
-        check_local_endpoint(endpoint)
+    def __init__(self, machine: RunStateMachine, endpoint: str, *, context: zmq.Context | None = None,
+                 security: Security | None = None) -> None:
+        check_bind(endpoint, security)
         self._machine = machine
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
         self._sock = self._ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST_BYTES)
+        self._guard = None  # CURVE (issue 6): released in close(), before the context ends
         try:
+            if security is not None:
+                self._guard = secure_server(self._sock, security, role="control")
             self._sock.bind(endpoint)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, ConfigError) as exc:
             self._sock.close()
+            if self._guard is not None:
+                self._guard.release()
+            if isinstance(exc, ConfigError):
+                raise
             raise StreamError(f"cannot bind the control socket to {endpoint!r} ({exc}); is the port in use?") from exc
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.malformed = 0
@@ -97,6 +108,8 @@ class ControlServer:
             self._thread.join(timeout=2.0)
         if not self._sock.closed:
             self._sock.close()
+        if self._guard is not None:
+            self._guard.release()
         if self._own_context:
             self._ctx.term()
 
@@ -115,8 +128,12 @@ def _parse(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
 
 
 def send_command(endpoint: str, command: str, *, timeout_s: float = 10.0,
-                 context: zmq.Context | None = None, **args: Any) -> dict[str, Any]:
+                 context: zmq.Context | None = None, security: Security | None = None,
+                 **args: Any) -> dict[str, Any]:
     """Send one command to a running scan's control socket and return its reply map.
+
+    ``security``: this client's CURVE keys, for a control socket bound with keys (a key the
+    scan does not list under ``controllers/`` gets no reply: the timeout below).
 
     Raises
     ------
@@ -128,6 +145,8 @@ def send_command(endpoint: str, command: str, *, timeout_s: float = 10.0,
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        if security is not None:
+            secure_client(sock, security)
         sock.connect(endpoint)
         sock.send(json.dumps({"command": command, **args}).encode())
         if not sock.poll(int(timeout_s * 1000)):

@@ -158,7 +158,7 @@ def is_local_endpoint(endpoint: str) -> bool:
     """
     transport, sep, rest = endpoint.partition("://")
     if not sep:
-        raise StreamError(f"endpoint {endpoint!r} is not of the form tcp://HOST:PORT")
+        raise StreamError(f"endpoint {endpoint!r} is not of the form TRANSPORT://ADDRESS, e.g. tcp://127.0.0.1:PORT")
     if transport in ("ipc", "inproc"):
         return True
     if transport != "tcp":
