@@ -57,12 +57,13 @@ class ControlServer:
             if security is not None:
                 self._guard = secure_server(self._sock, security, role="control")
             self._sock.bind(endpoint)
-        except (zmq.ZMQError, ConfigError) as exc:
+        except ConfigError:  # a CURVE key file or folder is missing: the message says how to make it
+            self._sock.close()
+            raise
+        except zmq.ZMQError as exc:
             self._sock.close()
             if self._guard is not None:
                 self._guard.release()
-            if isinstance(exc, ConfigError):
-                raise
             raise StreamError(f"cannot bind the control socket to {endpoint!r} ({exc}); is the port in use?") from exc
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.malformed = 0

@@ -201,7 +201,10 @@ def check_bind(endpoint: str, security: Security | None) -> None:
 
 # -- keys -------------------------------------------------------------------------------------
 def _load(path: Path | None, what: str, *, secret: bool) -> tuple[bytes, bytes | None]:
-    if path is None or not path.is_file():
+    if path is None:
+        side = "Security.from_dir(KEYDIR, client=NAME)" if what.startswith("client") else "Security.from_dir(KEYDIR)"
+        raise ConfigError(f"no {what} key file given; pass {side}, or {_HINT}")
+    if not path.is_file():
         raise ConfigError(f"{what} key file {path} not found; {_HINT}")
     if secret and os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("%s is readable by other users; run 'chmod 600 %s' (anyone who reads it can impersonate it)",
@@ -238,8 +241,10 @@ class _FolderKeys:
             self.allowed += 1
         else:
             self.denied += 1
-            log.warning("CURVE %s: denied client key %s (not in %s); %d denied so far", domain,
-                        key.decode(errors="replace"), [str(f) for f in self.folders], self.denied)
+            # a refused client retries every reconnect interval (0.1 s): log the first few, then rarely
+            if self.denied <= 10 or self.denied % 1000 == 0:
+                log.warning("CURVE %s: denied client key %s (not in %s); %d denied so far", domain,
+                            key.decode(errors="replace"), [str(f) for f in self.folders], self.denied)
         return ok
 
 

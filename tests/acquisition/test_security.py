@@ -147,12 +147,16 @@ def test_malformed_or_unsupported_endpoint(endpoint: str) -> None:
         check_bind(endpoint, None)
 
 
-def test_missing_keys_say_how_to_make_them(tmp_path: Path, ctx: zmq.Context) -> None:
+def test_missing_keys_say_how_to_make_them(keydir: Path, tmp_path: Path, ctx: zmq.Context) -> None:
     empty = Security.from_dir(tmp_path, client="nobody")
     with pytest.raises(ConfigError, match="stslive keys"):
         RunPublisher(LOCAL, security=empty, context=ctx)
     with pytest.raises(ConfigError, match="stslive keys"):
         RunSubscriber("tcp://127.0.0.1:1", security=empty, context=ctx)
+    with pytest.raises(ConfigError, match="controllers"):
+        ControlServer(RunStateMachine([0]), LOCAL, context=ctx, security=empty)
+    with pytest.raises(ConfigError, match=r"client=NAME"):  # a server-side Security used by a client
+        RunSubscriber("tcp://127.0.0.1:1", security=Security.from_dir(keydir), context=ctx)
     assert not authenticator_running(ctx)
 
 
