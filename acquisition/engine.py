@@ -46,14 +46,25 @@ from stslive.drivers.errors import InstrumentError, StsliveError
 log = logging.getLogger(__name__)
 
 
+#: Phases of a measured pixel's software overhead in :attr:`RunStats.phase_s`.
+OVERHEAD_PHASES = ("before_sweep", "after_sweep", "archive", "publish")
+
+
 @dataclass
 class RunStats:
-    """Counters and per-pixel software overhead of one engine run (s)."""
+    """Counters and per-pixel software overhead of one engine run (s).
+
+    ``overhead_s`` has one entry per measured pixel: the pixel's time minus the controller's
+    sweep call, plus archiving and publishing it. ``phase_s`` splits it (:data:`OVERHEAD_PHASES`):
+    round trips before the sweep (set-point set, move, z), after it (lock-in status,
+    temperature), the archive write with its flushes, the stream event.
+    """
 
     measured: int = 0
     failed: int = 0
     retries: int = 0
     overhead_s: list[float] = field(default_factory=list)
+    phase_s: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in OVERHEAD_PHASES})
 
 
 class ScanEngine:
@@ -169,12 +180,14 @@ class ScanEngine:
             return
         sp = self._set_for(point)
         result, error, attempts = self._measure(point, sp, temperature)
-        t0 = time.perf_counter()
         if result is not None:
-            self._record(point, result)
+            archive_s, publish_s = self._record(point, result)
             self._last_after = result.meta.temperature_after_K
-            overhead = time.perf_counter() - t0 + (result.meta.t_end - result.meta.t_start) - result.sweep_call_s
-            self.stats.overhead_s.append(overhead)
+            meta, stats = result.meta, self.stats
+            before, after = meta.t_sweep_start - meta.t_start, meta.t_end - meta.t_sweep_end
+            stats.overhead_s.append(before + after + archive_s + publish_s)
+            for name, value in zip(OVERHEAD_PHASES, (before, after, archive_s, publish_s), strict=True):
+                stats.phase_s[name].append(value)
         else:
             assert error is not None
             self._record_failure(point, sp, error, attempts)
@@ -193,7 +206,9 @@ class ScanEngine:
                     self.procedure.invalidate()  # the next attempt re-sends the set (new session)
         return None, error, self._opts["retries"] + 1
 
-    def _record(self, point: PlanPoint, result: PixelResult) -> None:
+    def _record(self, point: PlanPoint, result: PixelResult) -> tuple[float, float]:
+        """Archive and publish a measured pixel; returns the time (s) each took."""
+        t0 = time.perf_counter()
         reason = self._replace_reason.pop((point.iy, point.ix), None)
         if self._measured[point.iy, point.ix]:  # a re-measure: the archive logs what it replaces
             self.writer.rewrite_pixel(point.iy, point.ix, result.spectra, result.meta,
@@ -201,6 +216,7 @@ class ScanEngine:
         else:
             self.writer.write_pixel(point.iy, point.ix, result.spectra, result.meta)
         self._measured[point.iy, point.ix] = True
+        t1 = time.perf_counter()
         meta = result.meta
         self.publisher.event(
             arrays={"spectra": result.spectra}, ix=point.ix, iy=point.iy, x_m=point.x_m, y_m=point.y_m,
@@ -211,6 +227,7 @@ class ScanEngine:
             z_m=_known(meta.z_m), lockin_status=meta.lockin_status, lockin_overload=meta.lockin_overload)
         self.stats.measured += 1
         self._consecutive_failures = 0
+        return t1 - t0, time.perf_counter() - t1
 
     def _record_failure(self, point: PlanPoint, sp: SetpointSet, error: InstrumentError, attempts: int) -> None:
         reason = f"{type(error).__name__}: {error}"
