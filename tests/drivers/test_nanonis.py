@@ -14,15 +14,24 @@ import pytest
 from pyvisa import constants
 from pyvisa.errors import VisaIOError
 
-from stslive.drivers.errors import ControllerError, InstrumentReplyError, InstrumentTimeout
+from stslive.drivers import nanonis_codec as codec
+from stslive.drivers.errors import (
+    ConfigError,
+    ControllerError,
+    InstrumentReplyError,
+    InstrumentTimeout,
+    SafetyLimitError,
+)
 from stslive.drivers.nanonis import NanonisController
-from stslive.drivers.protocols import SpectroscopyConfig, SpectroscopyTiming
+from stslive.drivers.protocols import ScanFrame, SpectroscopyConfig, SpectroscopyTiming
 from stslive.drivers.visa import VisaSession, VisaSettings
 
 RESOURCE = "TCPIP::192.0.2.10::6501::SOCKET"
 
 # (request, reply) hex pairs, in order: Bias.Get, Bias.Set, Bias.Set (error reply), then
-# configure_spectroscopy, run_spectrum (feedback held and restored) and move_tip.
+# configure_spectroscopy, run_spectrum (feedback held and restored) and move_tip. The restore is
+# one OnOffSet since the driver stopped reading the state first (the recorded OnOffGet between
+# Start and the restoring OnOffSet was removed).
 RECORDED: list[tuple[str, str]] = [
     ("426961732e4765740000000000000000000000000000000000000000000000000000000000010000",
      "426961732e4765740000000000000000000000000000000000000000000000000000000c00000000bc23d70a0000000000000000"),
@@ -46,8 +55,6 @@ RECORDED: list[tuple[str, str]] = [
      "5a4374726c2e4f6e4f666653657400000000000000000000000000000000000000000008000000000000000000000000"),
     ("426961735370656374722e53746172740000000000000000000000000000000000000008000100000000000100000000",
      "426961735370656374722e5374617274000000000000000000000000000000000000008c0000000000000020000000020000000d426961732063616c63202856290000000b43757272656e74202841290000000200000005bca3d70abc23d70a000000003c23d70a3ca3d70ab06e9c8dafc4e0f0a9f5c53a2fc743463074330d0000000abca3d70a3ca3d70a00000000000000002ed94b60000000003a83126f3a83126f3f8000002ed94b600000000000000000"),
-    ("5a4374726c2e4f6e4f66664765740000000000000000000000000000000000000000000000010000",
-     "5a4374726c2e4f6e4f66664765740000000000000000000000000000000000000000000c00000000000000000000000000000000"),
     ("5a4374726c2e4f6e4f6666536574000000000000000000000000000000000000000000040001000000000001",
      "5a4374726c2e4f6e4f666653657400000000000000000000000000000000000000000008000000000000000000000000"),
     ("5363616e2e4672616d65476574000000000000000000000000000000000000000000000000010000",
@@ -117,10 +124,10 @@ def _pairs(hexes: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(bytes.fromhex(q), bytes.fromhex(a)) for q, a in hexes]
 
 
-def _controller(*resources: ReplayResource) -> NanonisController:
+def _controller(*resources: ReplayResource, **options: Any) -> NanonisController:
     settings = VisaSettings(RESOURCE, timeout_s=2.0, reconnect_attempts=0)
     session = VisaSession(settings, instrument="nanonis", resource_manager=ReplayManager(*resources))  # type: ignore[arg-type]
-    return NanonisController(settings, session=session)
+    return NanonisController(settings, session=session, **options)
 
 
 def test_recorded_session_replays_completely() -> None:
@@ -177,11 +184,11 @@ def test_truncated_reply_is_a_timeout() -> None:
 
 def test_feedback_restored_when_start_fails() -> None:
     # configure (5 exchanges) + OnOffGet + OnOffSet(0) recorded; then Start gets no reply, and
-    # the restore (OnOffGet -> 0, OnOffSet(1)) runs on a fresh connection.
+    # the restore (OnOffSet(1)) runs on a fresh connection.
     configure_and_hold = _pairs(RECORDED[3:10])
     start_request = bytes.fromhex(RECORDED[10][0])
     first = ReplayResource([*configure_and_hold, (start_request, b"")])
-    restore = ReplayResource(_pairs(RECORDED[11:13]))
+    restore = ReplayResource(_pairs(RECORDED[11:12]))
     stm = _controller(first, restore)
     stm.configure_spectroscopy(
         SpectroscopyConfig(("Current (A)",), -0.02, 0.02, 5, SpectroscopyTiming(settling_s=1e-3, integration_s=1e-3))
@@ -190,3 +197,123 @@ def test_feedback_restored_when_start_fails() -> None:
         stm.run_spectrum()
     first.assert_all_used()
     restore.assert_all_used()
+
+
+# -- scan frame cache ------------------------------------------------------------------------------
+FRAME_4NM = ScanFrame(0.0, 0.0, 4e-9, 4e-9)
+FRAME_8NM = ScanFrame(0.0, 0.0, 8e-9, 8e-9)
+
+
+def _frame_get(frame: ScanFrame) -> tuple[bytes, bytes]:
+    values = (frame.center_x_m, frame.center_y_m, frame.width_m, frame.height_m, frame.angle_deg)
+    return codec.encode_request("Scan.FrameGet"), codec.encode_response("Scan.FrameGet", values)
+
+
+def _move(x_m: float, y_m: float, *, refused: bool = False) -> tuple[bytes, bytes]:
+    reply = (codec.encode_error_response("FolMe.XYPosSet", 1, "tip move refused") if refused
+             else codec.encode_response("FolMe.XYPosSet"))
+    return codec.encode_request("FolMe.XYPosSet", x_m, y_m, 1), reply
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_recorded_frame_get_is_what_the_cache_sends() -> None:
+    assert _frame_get(FRAME_4NM)[0] == bytes.fromhex(RECORDED[12][0])  # the cache speaks the recorded protocol
+
+
+def test_frame_read_once_for_many_moves_within_max_age() -> None:
+    clock = FakeClock()
+    replay = ReplayResource([_frame_get(FRAME_4NM), _move(1e-9, 0.0), _move(0.0, 1e-9), _move(-1e-9, -1e-9)])
+    stm = _controller(replay, clock=clock, frame_max_age_s=1.0)
+    stm.move_tip(1e-9, 0.0)
+    clock.now += 0.45
+    stm.move_tip(0.0, 1e-9)
+    clock.now += 0.45
+    stm.move_tip(-1e-9, -1e-9)
+    replay.assert_all_used()
+
+
+def test_frame_reread_when_older_than_max_age() -> None:
+    clock = FakeClock()
+    replay = ReplayResource([_frame_get(FRAME_4NM), _move(1e-9, 0.0), _frame_get(FRAME_4NM), _move(0.0, 1e-9)])
+    stm = _controller(replay, clock=clock, frame_max_age_s=1.0)
+    stm.move_tip(1e-9, 0.0)
+    clock.now += 1.0
+    stm.move_tip(0.0, 1e-9)
+    replay.assert_all_used()
+
+
+def test_frame_max_age_zero_reads_before_every_move() -> None:
+    replay = ReplayResource([_frame_get(FRAME_4NM), _move(1e-9, 0.0), _frame_get(FRAME_4NM), _move(1e-9, 0.0)])
+    stm = _controller(replay, clock=FakeClock(), frame_max_age_s=0.0)
+    stm.move_tip(1e-9, 0.0)
+    stm.move_tip(1e-9, 0.0)
+    replay.assert_all_used()
+
+
+def test_target_outside_cached_frame_is_checked_against_a_fresh_frame() -> None:
+    # the frame grew on the controller: the move outside the cached 4 nm frame goes ahead
+    replay = ReplayResource([_frame_get(FRAME_4NM), _move(1e-9, 0.0), _frame_get(FRAME_8NM), _move(3e-9, 0.0),
+                             _frame_get(FRAME_8NM)])
+    stm = _controller(replay, clock=FakeClock())
+    stm.move_tip(1e-9, 0.0)
+    stm.move_tip(3e-9, 0.0)
+    # and still outside the fresh frame: refused, nothing sent
+    with pytest.raises(SafetyLimitError, match="outside the scan frame"):
+        stm.move_tip(5e-9, 0.0)
+    replay.assert_all_used()
+
+
+def test_non_finite_target_refused_without_any_exchange() -> None:
+    replay = ReplayResource([])
+    stm = _controller(replay, clock=FakeClock())
+    with pytest.raises(SafetyLimitError, match="not finite"):
+        stm.move_tip(float("nan"), 0.0)
+    replay.assert_all_used()
+
+
+def test_refused_move_drops_the_cached_frame() -> None:
+    replay = ReplayResource([_frame_get(FRAME_4NM), _move(1e-9, 0.0, refused=True), _frame_get(FRAME_4NM),
+                             _move(1e-9, 0.0)])
+    stm = _controller(replay, clock=FakeClock())
+    with pytest.raises(ControllerError, match="tip move refused"):
+        stm.move_tip(1e-9, 0.0)
+    stm.move_tip(1e-9, 0.0)
+    replay.assert_all_used()
+
+
+def test_set_scan_frame_drops_the_cached_frame() -> None:
+    frame_set = (codec.encode_request("Scan.FrameSet", 0.0, 0.0, 8e-9, 8e-9, 0.0), codec.encode_response("Scan.FrameSet"))
+    replay = ReplayResource([_frame_get(FRAME_4NM), _move(1e-9, 0.0), frame_set, _frame_get(FRAME_8NM),
+                             _move(3e-9, 0.0)])
+    stm = _controller(replay, clock=FakeClock())
+    stm.move_tip(1e-9, 0.0)
+    stm.set_scan_frame(FRAME_8NM)
+    stm.move_tip(3e-9, 0.0)
+    replay.assert_all_used()
+
+
+def test_reconnect_drops_the_cached_frame() -> None:
+    # the first connection dies after the move (a timeout closes the session); the next move
+    # runs on a new connection to a controller that may have restarted: the frame is read again
+    bias_request = bytes.fromhex(RECORDED[0][0])
+    first = ReplayResource([_frame_get(FRAME_4NM), _move(1e-9, 0.0), (bias_request, b"")])
+    second = ReplayResource([_frame_get(FRAME_4NM), _move(0.0, 1e-9)])
+    stm = _controller(first, second, clock=FakeClock())
+    stm.move_tip(1e-9, 0.0)
+    with pytest.raises(InstrumentTimeout):
+        stm.get_bias()
+    stm.move_tip(0.0, 1e-9)
+    first.assert_all_used()
+    second.assert_all_used()
+
+
+def test_frame_max_age_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="frame_max_age_s"):
+        _controller(ReplayResource([]), frame_max_age_s=-1.0)
