@@ -21,7 +21,7 @@ from stslive.acquisition.inputs import SpectraSource
 from stslive.drivers.errors import AnalysisError
 from stslive.live import figures
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
-from stslive.live.pipeline import TheoryConstants, analyse_source, correlation_snapshot, open_input
+from stslive.live.pipeline import TheoryConstants, analyse_source, correlation_snapshot, open_input, uses_lockin
 from stslive.live.report import build_report, write_report
 from stslive.live.results import ResultsModel
 
@@ -97,15 +97,23 @@ def _examples(source: SpectraSource, model: ResultsModel, options: KernelOptions
     for iy, ix in _example_pixels(model, count):
         block = source.read_block(slice(iy, iy + 1))
         bias_raw = block.bias if block.bias.ndim == 1 else block.bias[0, ix]
-        bias, current = prepare_sweep(bias_raw, block.current[0, ix])
+        channels = [block.current[0, ix]] + ([] if block.lockin is None else [block.lockin[0, ix]])
+        bias, current, *lockin = prepare_sweep(bias_raw, *channels)
         current = current * conductance_sign(bias, current)
-        didv = derivative(bias, current, points=options.smoothing_points)
+        didv = derivative(bias, current, points=options.smoothing_points) * 1e9
+        if lockin and uses_lockin(options):
+            in_amperes = str(source.lockin_channel).endswith("(A)")
+            gap_trace = lockin[0] * conductance_sign(bias, lockin[0], kind="didv") * (1e12 if in_amperes else 1.0)
+            gap_label = "lock-in X (pA)" if in_amperes else str(source.lockin_channel)
+        else:
+            gap_trace, gap_label = derivative(bias, current, points=3) * 1e9, "dI/dV, 3-point (nS)"
         m = model.maps
         out.append(figures.ExampleSpectrum(
-            iy=iy, ix=ix, bias_V=bias, didv=didv, unit="S", delta_eV=float(m["delta_eV"][iy, ix]),
+            iy=iy, ix=ix, bias_V=bias, didv=didv, unit="nS", gap_trace=gap_trace, gap_label=gap_label,
+            delta_eV=float(m["delta_eV"][iy, ix]),
             peak_neg_V=float(m["peak_neg_V"][iy, ix]), peak_pos_V=float(m["peak_pos_V"][iy, ix]),
             alpha_pos=float(m["alpha_pos"][iy, ix]), alpha_neg=float(m["alpha_neg"][iy, ix]),
-            b_pos=float(m["b_pos"][iy, ix]), b_neg=float(m["b_neg"][iy, ix]),
+            b_pos=float(m["b_pos"][iy, ix]) * 1e9, b_neg=float(m["b_neg"][iy, ix]) * 1e9,
         ))
     return out
 

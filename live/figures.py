@@ -115,8 +115,7 @@ def profiles_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
         ax.plot(snapshot.r_nm, values, color=colour, lw=1.6, label=f"{label}: $l_{{1/e}}$ = {text}")
         if np.isfinite(length):
             ax.axvline(length, color=colour, ls="--", lw=1)
-    ax.axhline(1 / np.e, color="gray", ls=":", lw=1)
-    ax.text(ax.get_xlim()[1], 1 / np.e, " 1/e of $\\rho(0)$=1 ", color="gray", ha="right", va="bottom")
+    ax.axhline(1 / np.e, color="gray", ls=":", lw=1, label="1/e (auto; cross: 1/e of |$\\rho(0)$|)")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xlim(0, float(np.nanmax(snapshot.r_nm)) if snapshot.r_nm.size else 1)
     ax.set_xlabel("r (nm)")
@@ -128,7 +127,12 @@ def profiles_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
 
 @dataclass(frozen=True)
 class ExampleSpectrum:
-    """One pixel's dI/dV and the analysis results to draw on it (SI units)."""
+    """One pixel's dI/dV and the analysis results to draw on it (SI units).
+
+    ``didv`` (unit ``unit``) is what the power law was fitted to; ``gap_trace`` (on ``bias_V``,
+    label ``gap_label``) is what the gap zoom shows: the lock-in, or a lightly smoothed
+    derivative, because the fit's 11-point smoothing moves the visible maxima outwards.
+    """
 
     iy: int
     ix: int
@@ -142,6 +146,8 @@ class ExampleSpectrum:
     alpha_neg: float
     b_pos: float
     b_neg: float
+    gap_trace: np.ndarray | None = None
+    gap_label: str = ""
 
 
 def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V: tuple[float, float]) -> Path:
@@ -152,10 +158,13 @@ def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V:
     lo, hi = fit_window_V
     for (ax_full, ax_gap), ex in zip(axes, examples):
         mv = ex.bias_V * 1e3
+        ax_full.plot(mv, ex.didv, color="0.35", lw=0.8, label="dI/dV")
+        ax_full.set_ylabel(f"dI/dV ({ex.unit})")
+        gap_trace = ex.didv if ex.gap_trace is None else ex.gap_trace
+        ax_gap.plot(mv, gap_trace, color="0.35", lw=0.8)
+        ax_gap.set_ylabel(ex.gap_label or f"dI/dV ({ex.unit})")
         for ax in (ax_full, ax_gap):
-            ax.plot(mv, ex.didv, color="0.35", lw=0.8, label="dI/dV")
             ax.set_xlabel("bias (mV)")
-            ax.set_ylabel(f"dI/dV ({ex.unit})")
         for sign, b, a in ((1, ex.b_pos, ex.alpha_pos), (-1, ex.b_neg, ex.alpha_neg)):
             if not (np.isfinite(b) and np.isfinite(a)):
                 continue
@@ -170,8 +179,8 @@ def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V:
         ax_full.legend(fontsize=8, loc="upper center")
         zoom = np.abs(ex.bias_V) <= 4e-3
         ax_gap.set_xlim(-4, 4)
-        if zoom.any() and np.isfinite(ex.didv[zoom]).any():
-            finite = ex.didv[zoom][np.isfinite(ex.didv[zoom])]
+        if zoom.any() and np.isfinite(gap_trace[zoom]).any():
+            finite = gap_trace[zoom][np.isfinite(gap_trace[zoom])]
             pad = 0.05 * (finite.max() - finite.min())
             ax_gap.set_ylim(finite.min() - pad, finite.max() + pad)
         for peak in (ex.peak_neg_V, ex.peak_pos_V):

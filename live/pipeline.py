@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from stslive.acquisition.inputs import SpectraSource, open_spectra
-from stslive.drivers.errors import AnalysisError, FileFormatError
+from stslive.drivers.errors import AnalysisError, ArchiveError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import RadialProfile, correlation_length_1e, correlation_map, radial_profile
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, pick_channels
@@ -120,7 +121,7 @@ def analyse_arrays(
     lead = ref.shape[:-1]
     bias = np.asarray(bias_V, dtype=np.float64)
     if bias.ndim == 1 and math.prod(lead) > 0:
-        return analyse_spectra(bias, current=current, lockin=lockin, options=options)
+        return _kernels(bias, current=current, lockin=lockin, options=options)
     flat_cur = None if current is None else current.reshape(-1, ref.shape[-1])
     flat_li = None if lockin is None else lockin.reshape(-1, ref.shape[-1])
     out = _empty_analysis(math.prod(lead), like=ref.dtype)
@@ -130,7 +131,7 @@ def analyse_arrays(
         unique, inverse = np.unique(sweeps[:, [0, -1]], axis=0, return_inverse=True)
         for k in range(unique.shape[0]):
             rows = np.flatnonzero(inverse.ravel() == k)
-            part = analyse_spectra(
+            part = _kernels(
                 sweeps[rows[0]],
                 current=None if flat_cur is None else flat_cur[rows],
                 lockin=None if flat_li is None else flat_li[rows],
@@ -139,6 +140,37 @@ def analyse_arrays(
             for name, values in zip(SpectrumAnalysis._fields, part):
                 getattr(out, name)[rows] = values
     return SpectrumAnalysis(*(np.reshape(a, lead) for a in out))
+
+
+#: Template width handed to the kernels when no spectrum can use one (see :func:`_kernels`), eV.
+_UNUSED_WIDTH_EV = 0.1e-3
+
+
+def _gap_search_covered(bias: np.ndarray, options: KernelOptions) -> bool:
+    """Whether a sweep reaches the coherence-peak search range on both polarities.
+
+    The kernels' own criterion (``kernels._one_side``): at least 8 samples with
+    lo <= |V| <= hi on each side and the sweep reaching hi to within a step.
+    """
+    lo, hi = options.gap_search_V
+    step = abs(float(bias[-1] - bias[0])) / max(1, bias.size - 1)
+    sides = (bias >= lo) & (bias <= hi), (bias <= -lo) & (bias >= -hi)
+    reach = bias.max() >= hi - step and bias.min() <= -(hi - step)
+    return bool(reach and all(int(side.sum()) >= 8 for side in sides))
+
+
+def _kernels(bias: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray | None,
+             options: KernelOptions) -> SpectrumAnalysis:
+    """analyse_spectra for one shared sweep.
+
+    A sweep that misses the gap search range (e.g. a KPFM grid at 2 mV steps) gives every
+    spectrum ReasonCode.SEARCH_NOT_COVERED; the kernels would still try to estimate the template
+    width from the batch first and refuse the whole batch, so a width is passed that no
+    spectrum will use (the templates are only built for spectra that cover the range).
+    """
+    if options.dynes_width_eV is None and not _gap_search_covered(bias, options):
+        options = dataclasses.replace(options, dynes_width_eV=_UNUSED_WIDTH_EV)
+    return analyse_spectra(bias, current=current, lockin=lockin, options=options)
 
 
 def _empty_analysis(n: int, *, like: np.dtype) -> SpectrumAnalysis:
@@ -237,6 +269,7 @@ def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> Spect
     FileFormatError
         Not a readable archive or ``.3ds``.
     """
+    _refuse_truncated_hdf5(path)
     with open_spectra(path) as probe:
         names = probe.channel_names
         probe.require_bias_sweep()
@@ -245,6 +278,25 @@ def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> Spect
         raise AnalysisError(f"{path}: no current channel among {names}; name one with --current")
     lockin = names[pick.lockin] if pick.lockin is not None and uses_lockin(options) else None
     return open_spectra(path, current=names[pick.current], lockin=lockin)
+
+
+def _refuse_truncated_hdf5(path: str | os.PathLike[str]) -> None:
+    """ArchiveError for an HDF5 file shorter than its superblock says (a cut copy).
+
+    Why here: open_spectra opens archives in SWMR mode, and HDF5's SWMR reader retries its
+    metadata reads on such a file for minutes instead of failing; the plain (non-SWMR) open
+    compares the end-of-file address with the file size and fails at once. ``locking=False``
+    so a file a live writer still holds can be checked too.
+    """
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+            return
+    try:
+        with h5py.File(path, "r", locking=False):
+            pass
+    except OSError as exc:
+        raise ArchiveError(path, f"cannot open ({exc}); the file is truncated or corrupt: copy it again "
+                                 "or resume the run that wrote it") from exc
 
 
 def analyse_source(
