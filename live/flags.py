@@ -166,7 +166,7 @@ def _band_mean(bias: np.ndarray, values: np.ndarray, lo: float, hi: float) -> np
     sel = (bias >= lo) & (bias <= hi)
     if np.count_nonzero(sel) < 2:
         return np.full(values.shape[:-1], np.nan)
-    return np.nanmean(values[..., sel], axis=-1, dtype=np.float64)
+    return np.mean(values[..., sel], axis=-1, dtype=np.float64)  # NaN inside the band stays NaN
 
 
 def spectral_features(
@@ -214,7 +214,7 @@ def spectral_features(
     if rest:
         x = rest[0]
         x = x * conductance_sign(bias, x, kind="didv")[..., None].astype(x.dtype)
-        peak = np.nanmax(np.abs(x), axis=-1)
+        peak = np.max(np.abs(x), axis=-1)
         # the same running mean as the derivative, so both channels compare at equal resolution
         # and the lock-in noise (~10 % of X at 50 uV modulation) does not dominate the residual
         x = uniform_filter1d(x, cfg.smoothing_points, axis=-1, mode="nearest")

@@ -1,0 +1,393 @@
+"""The live analyser service: run stream in, per-pixel results, flags and snapshots out.
+
+Two threads, so analysis never starves the socket (the SUB queue must not overflow):
+
+* the *receiver* owns the :class:`~stslive.acquisition.stream_consumer.RunSubscriber`: it
+  backfills from the archive at start (late join / restart, SWMR read, acquisition order),
+  fills sequence gaps from the archive (``recover_from_archive``) and queues everything;
+* the *worker* drains the queue in batches, analyses them with the one code path
+  (:meth:`RunContext.process`), publishes ``pixel`` results as they happen, recomputes the
+  correlations every ``snapshot_every`` pixels and at stop, publishes ``maps``/``snapshot``/
+  ``status`` periodically and writes the analysis file (temp file + rename: crash-safe).
+
+Bad input never stops it: malformed frames are counted by the subscriber, pixels that do not
+fit the run (grid, set, channel count, length) by the worker; both show in the status message.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from stslive.acquisition.stream import (
+    DescriptorDoc,
+    EventDoc,
+    FailedPixelDoc,
+    HeartbeatDoc,
+    StartDoc,
+    StopDoc,
+    check_local_endpoint,
+    event_fields,
+)
+from stslive.acquisition.stream_consumer import RunSubscriber, recover_from_archive
+from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
+from stslive.live.analyser_state import PixelInput, RunContext
+from stslive.live.flags import FlagConfig
+from stslive.live.kernels import KernelOptions
+from stslive.live.pipeline import correlation_snapshot
+from stslive.live.results_io import encode_message, model_messages, pixel_message, status_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalyserSettings:
+    """Tunables of the service (counts are pixels, times seconds)."""
+
+    batch: int = 256
+    snapshot_every: int = 500
+    publish_every_s: float = 2.0
+    write_every_s: float = 10.0
+    hwm: int = 100_000
+
+
+def analysis_path_for(archive: str | os.PathLike[str]) -> Path:
+    """Default analysis file beside the archive: ``RUN.analysis.h5`` (the viewer looks there)."""
+    return Path(archive).with_suffix(".analysis.h5")
+
+
+class AnalyserService:
+    """Subscribe to a run stream, analyse every pixel, publish and save the results.
+
+    Parameters
+    ----------
+    connect
+        Run stream endpoint (the scan engine's or replay's PUB).
+    archive
+        The run archive (backfill on late join / restart, gap recovery); optional.
+    bind
+        Endpoint of the results PUB socket (loopback only); None: do not publish.
+    out
+        Analysis file; default beside the archive, none without an archive.
+    options, flag_config, settings
+        Kernel options (fixed Dynes width), flag thresholds, service tunables.
+    context
+        ZeroMQ context (tests inject one).
+    """
+
+    def __init__(self, connect: str, *, archive: str | os.PathLike[str] | None = None, bind: str | None = None,
+                 out: str | os.PathLike[str] | None = None, options: KernelOptions | None = None,
+                 flag_config: FlagConfig | None = None, settings: AnalyserSettings | None = None,
+                 context: zmq.Context | None = None) -> None:
+        self.connect = connect
+        self.archive = None if archive is None else Path(archive)
+        self.out = Path(out) if out is not None else (analysis_path_for(self.archive) if self.archive else None)
+        self.options = options or KernelOptions(dynes_width_eV=0.1e-3)
+        self.flag_config = flag_config or FlagConfig()
+        self.settings = settings or AnalyserSettings()
+        self._ctx = context or zmq.Context.instance()
+        self._pub: zmq.Socket | None = None
+        if bind is not None:
+            check_local_endpoint(bind)
+            self._pub = self._ctx.socket(zmq.PUB)
+            self._pub.setsockopt(zmq.SNDHWM, self.settings.hwm)
+            self._pub.setsockopt(zmq.LINGER, 0)
+            try:
+                self._pub.bind(bind)
+            except zmq.ZMQError as exc:
+                self._pub.close()
+                raise StreamError(f"cannot bind the results stream to {bind!r} ({exc}); is the port in use?") from exc
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ready = threading.Event()
+        self.run: RunContext | None = None
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.subscriber_stats: dict[str, Any] = {}
+        self.analysed = 0
+        self.max_queue = 0
+        self.stopped_runs: list[str] = []
+        self._stop_seen = threading.Condition()
+        self._since_snapshot = 0
+        self._last_publish = 0.0
+        self._last_write = 0.0
+        self.errors: list[str] = []
+
+    @property
+    def results_endpoint(self) -> str | None:
+        """The results PUB endpoint actually bound (port resolved)."""
+        return None if self._pub is None else self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def start(self, *, timeout_s: float = 10.0) -> AnalyserService:
+        """Start both threads; returns once subscribed and the backfill is queued."""
+        for target, name in ((self._receive, "analyser-receiver"), (self._work, "analyser-worker")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        if not self._ready.wait(timeout_s):
+            raise StreamError(f"analyser did not subscribe to {self.connect} within {timeout_s} s")
+        return self
+
+    def close(self, *, timeout_s: float = 10.0) -> None:
+        """Stop the threads (the worker finishes its queue first), write the file, close sockets."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout_s)
+        if self._pub is not None:
+            self._pub.close(linger=0)
+            self._pub = None
+
+    def wait_for_stop(self, run_uid: str | None = None, *, timeout_s: float = 60.0) -> bool:
+        """Wait until a run's stop has been processed (any run when None); True if it was."""
+        deadline = time.monotonic() + timeout_s
+        with self._stop_seen:
+            while not (self.stopped_runs and (run_uid is None or run_uid in self.stopped_runs)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._stop_seen.wait(left)
+        return True
+
+    def __enter__(self) -> AnalyserService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- receiver thread ----------------------------------------------------------------------
+    def _receive(self) -> None:
+        sub = RunSubscriber(self.connect, hwm=self.settings.hwm, context=self._ctx)
+        backfilled: set[tuple[int, int]] = set()
+        try:
+            time.sleep(0.2)  # let the subscription reach the publisher before reading the archive
+            if self.archive is not None and self.archive.is_file():
+                backfilled = self._backfill()
+            self._ready.set()
+            while not self._stop.is_set():
+                doc = sub.poll(0.05)
+                self.subscriber_stats = sub.stats()
+                if doc is None:
+                    continue
+                gaps = sub.take_new_gaps()
+                if gaps and self.archive is not None and doc.run_uid is not None:
+                    self._recover(sub, doc.run_uid, backfilled)
+                self._queue.put(("doc", doc))
+                self.max_queue = max(self.max_queue, self._queue.qsize())
+        except StsliveError as exc:  # e.g. the endpoint is refused: say so in the status
+            self.errors.append(str(exc))
+            log.error("analyser receiver: %s", exc)
+        finally:
+            sub.close()
+            self._ready.set()
+            self._queue.put(("end", None))
+
+    def _backfill(self) -> set[tuple[int, int]]:
+        """Queue the archive's start document and measured pixels in acquisition order."""
+        from stslive.acquisition.archive import open_archive
+
+        assert self.archive is not None
+        with open_archive(self.archive, swmr=True) as reader:
+            start = reader.documents.get("start", {})
+            start = {**start, "setpoint_sets": [s.to_dict() for s in reader.setpoint_sets.values()],
+                     "channel_names": reader.channel_names, "n_points": reader.n_points,
+                     "grid": reader.geometry.to_dict()}
+            self._queue.put(("start", (reader.run_uid, start)))
+            measured = reader.measured
+            meta = reader.pixel_meta
+            iy, ix = measured.nonzero()
+            t = meta["t_end"][iy, ix]
+            order = sorted(range(iy.size), key=lambda k: (t[k] if math.isfinite(t[k]) else math.inf, k))
+            for k in order:
+                y, x = int(iy[k]), int(ix[k])
+                fields = event_fields({name: values[y, x].item() for name, values in meta.items()})
+                spectra = reader.read_pixels(slice(y, y + 1), slice(x, x + 1))[0, 0]
+                event = EventDoc(run_uid=reader.run_uid, seq=-1, descriptor_uid="", ix=x, iy=y,
+                                 arrays={"spectra": spectra}, **fields)
+                self._queue.put(("doc", event))
+            log.info("analyser: backfilled %d pixels from %s", iy.size, self.archive)
+            return {(int(a), int(b)) for a, b in zip(iy, ix, strict=True)}
+
+    def _recover(self, sub: RunSubscriber, run_uid: str, backfilled: set[tuple[int, int]]) -> None:
+        """Fill the run's seq gaps from the archive (pixels measured but never received)."""
+        assert self.archive is not None
+        try:
+            tracker = sub.run(run_uid)
+            events = list(recover_from_archive(self.archive, run_uid=run_uid, exclude=tracker.pixels | backfilled))
+        except StsliveError as exc:
+            self.rejected["recovery"] += 1
+            log.warning("analyser: cannot recover run %s from %s: %s", run_uid, self.archive, exc)
+            return
+        events.sort(key=lambda e: e.timestamps.get("t_end", math.inf))
+        for event in events:
+            tracker.pixels.add((event.iy, event.ix))
+            self._queue.put(("doc", event))
+        tracker.missing.clear()
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _work(self) -> None:
+        pending: list[PixelInput] = []
+        while True:
+            try:
+                kind, item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                self._flush(pending)
+                self._periodic()
+                continue
+            if kind == "end":
+                self._flush(pending)
+                self._finish_run(state=None)
+                return
+            if kind == "start":
+                self._flush(pending)
+                self._open_run(*item)
+                continue
+            doc = item
+            if isinstance(doc, EventDoc):
+                pixel = self._accept_event(doc)
+                if pixel is not None:
+                    pending.append(pixel)
+                if len(pending) >= self.settings.batch or self._queue.empty():
+                    self._flush(pending)
+                    self._periodic()
+                continue
+            self._flush(pending)
+            self._handle_other(doc)
+
+    def _accept_event(self, doc: EventDoc) -> PixelInput | None:
+        run = self.run
+        if run is None or doc.run_uid != run.run_uid:
+            self._reject("no_start", f"event seq {doc.seq} of run {doc.run_uid} before its start document")
+            return None
+        try:
+            pixel = PixelInput.from_event(doc)
+            run.check(pixel)
+        except StreamError as exc:
+            self._reject("pixel", str(exc))
+            return None
+        return pixel if run.is_new(pixel) else None
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.rejected[reason] += 1
+        if self.rejected[reason] <= 10:
+            log.warning("analyser rejected input (%s): %s", reason, message)
+
+    def _handle_other(self, doc: Any) -> None:
+        run = self.run
+        if isinstance(doc, StartDoc):
+            if run is None or run.run_uid != doc.run_uid:
+                self._open_run(doc.run_uid, doc.to_dict())
+        elif isinstance(doc, StopDoc):
+            if run is not None and run.run_uid == doc.run_uid:
+                self._finish_run(state="done" if doc.exit_status == "success" else "failed")
+            with self._stop_seen:
+                self.stopped_runs.append(str(doc.run_uid))
+                self._stop_seen.notify_all()
+        elif isinstance(doc, HeartbeatDoc) and run is not None and doc.run_uid == run.run_uid:
+            run.model.update_status(state=doc.state, last_seq=doc.seq)
+        elif isinstance(doc, FailedPixelDoc) and run is not None and doc.run_uid == run.run_uid:
+            self._reject("failed_pixel", f"pixel ({doc.iy}, {doc.ix}) failed in the scan: {doc.reason}")
+        elif not isinstance(doc, DescriptorDoc | HeartbeatDoc | FailedPixelDoc | StopDoc):
+            self._reject("kind", f"unexpected document {type(doc).__name__}")
+
+    def _open_run(self, run_uid: str, start: dict[str, Any]) -> None:
+        if self.run is not None and self.run.run_uid == run_uid:
+            return
+        if self.run is not None:
+            self._finish_run(state=None)
+        try:
+            self.run = RunContext(run_uid, start, options=self.options, flag_config=self.flag_config)
+        except (StreamError, AnalysisError) as exc:
+            self._reject("start", str(exc))
+            self.run = None
+            return
+        self.run.model.update_status(state="running", message="analysing")
+        self._since_snapshot = 0
+        self._publish_all()
+
+    def _flush(self, pending: list[PixelInput]) -> None:
+        if not pending or self.run is None:
+            pending.clear()
+            return
+        batch = list(pending)
+        pending.clear()
+        try:
+            results = self.run.process(batch)
+        except StsliveError as exc:  # never die: count the batch and go on
+            self._reject("analysis", f"{len(batch)} pixels not analysed: {exc}")
+            return
+        self.analysed += len(results)
+        self._since_snapshot += len(results)
+        if self._pub is not None:
+            for r in results:
+                self._pub.send_multipart(encode_message(*pixel_message(r)), copy=False)
+        if self._since_snapshot >= self.settings.snapshot_every:
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        assert self.run is not None
+        self._since_snapshot = 0
+        try:
+            self.run.model.set_snapshot(correlation_snapshot(self.run.model))
+        except AnalysisError as exc:  # too few valid pixels yet: the next snapshot will try again
+            log.info("analyser: no correlation snapshot yet (%s)", exc)
+
+    def _status_text(self) -> str:
+        rejected = collections.Counter(self.rejected)
+        rejected.update(self.subscriber_stats.get("rejected", {}))
+        gaps = sum(len(g) for g in self.subscriber_stats.get("gaps", {}).values())
+        text = f"{self.analysed} pixels analysed"
+        if rejected:
+            text += "; rejected " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
+        if gaps:
+            text += f"; {gaps} open seq gap(s)"
+        return text
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if self.run is None:
+            return
+        if now - self._last_publish >= self.settings.publish_every_s:
+            self.run.model.update_status(message=self._status_text())
+            self._publish_all()
+        if self.out is not None and now - self._last_write >= self.settings.write_every_s:
+            self._write()
+
+    def _publish_all(self) -> None:
+        self._last_publish = time.monotonic()
+        if self._pub is None or self.run is None:
+            return
+        for message in model_messages(self.run.model):
+            self._pub.send_multipart(encode_message(*message), copy=False)
+
+    def _write(self) -> None:
+        """Write the analysis file crash-safely: a temp file beside it, then an atomic rename."""
+        self._last_write = time.monotonic()
+        if self.out is None or self.run is None:
+            return
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        try:
+            self.run.model.save_maps_h5(tmp)
+            os.replace(tmp, self.out)
+        except (OSError, StsliveError) as exc:
+            self._reject("write", f"cannot write {self.out}: {exc}")
+
+    def _finish_run(self, *, state: str | None) -> None:
+        if self.run is None:
+            return
+        self._snapshot()
+        self.run.model.update_status(state=state, message=self._status_text())
+        self._write()
+        self._publish_all()
+        if self._pub is not None:
+            self._pub.send_multipart(encode_message(*status_message(self.run.model)), copy=False)

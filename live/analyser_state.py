@@ -1,0 +1,172 @@
+"""What the live analyser knows of one run, and the batch step pixel -> results + flags.
+
+:class:`RunContext` is built from the run's start document (from the stream, or from the
+archive when the analyser joins late). :class:`PixelInput` is one pixel to analyse, from a
+stream event or rebuilt from the archive. :meth:`RunContext.process` analyses a batch with the
+one code path (:func:`stslive.live.pipeline.analyse_pixels`), computes the flags in acquisition
+order (:class:`stslive.live.flags.FlagEngine`) and stores everything in the run's
+:class:`ResultsModel`; it returns the :class:`PixelResult` s to publish.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stslive.acquisition.runmodel import SetpointSet
+from stslive.acquisition.stream import EventDoc
+from stslive.drivers.errors import AnalysisError, ConfigError, StreamError
+from stslive.live.flags import (
+    FlagConfig,
+    FlagEngine,
+    PixelConditions,
+    SpectralFeatures,
+    channel_arrays,
+    conditions_for,
+    spectral_features,
+)
+from stslive.live.kernels import KernelOptions, SpectrumAnalysis
+from stslive.live.pipeline import analyse_pixels, apply_to_model
+from stslive.live.results import PixelResult, ResultsModel
+
+
+@dataclass(frozen=True, slots=True)
+class PixelInput:
+    """One pixel to analyse: position, set, spectra (n_channels, n_points), conditions, time (unix s)."""
+
+    iy: int
+    ix: int
+    set_id: int
+    spectra: np.ndarray
+    time: float
+    temperatures_K: tuple[float | None, float | None]
+    lockin_status: int
+    lockin_overload: bool
+
+    @classmethod
+    def from_event(cls, event: EventDoc) -> PixelInput:
+        """From an event; its one array (or the one named ``spectra``) holds the channels."""
+        arrays = event.arrays
+        arr = arrays.get("spectra") if "spectra" in arrays else next(iter(arrays.values()), None)
+        if arr is None or len(arrays) > 1 and "spectra" not in arrays:
+            raise StreamError(f"event seq {event.seq}: expected one array 'spectra', got {sorted(arrays)}")
+        t = event.timestamps.get("t_end", event.time)
+        return cls(iy=event.iy, ix=event.ix, set_id=event.setpoint_set_id, spectra=arr, time=float(t),
+                   temperatures_K=(event.temperature_before_K, event.temperature_after_K),
+                   lockin_status=event.lockin_status, lockin_overload=event.lockin_overload)
+
+
+class RunContext:
+    """Grid, channels, set-point sets, results model and flag history of one run.
+
+    Parameters
+    ----------
+    run_uid
+        The run.
+    start
+        The start document's fields: ``grid`` (nx, ny, width_m, ...), ``channel_names``,
+        ``n_points``, ``setpoint_sets`` (dicts of SetpointSet fields).
+    options
+        Kernel options (one code path with ``stslive analyse``: give both the same options,
+        with a fixed ``dynes_width_eV`` so no result depends on which pixels share a batch).
+    flag_config
+        Flag thresholds.
+    """
+
+    def __init__(self, run_uid: str, start: Mapping[str, Any], *, options: KernelOptions,
+                 flag_config: FlagConfig) -> None:
+        try:
+            grid = dict(start["grid"])
+            ny, nx = int(grid["ny"]), int(grid["nx"])
+            self.channel_names = [str(c) for c in start["channel_names"]]
+            self.n_points = int(start["n_points"])
+            self.sets = {int(s["id"]): SetpointSet.from_dict(s) for s in start["setpoint_sets"]}
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise StreamError(f"run {run_uid}: start document unusable ({exc}); check the scan engine's version") from exc
+        if options.dynes_width_eV is None:
+            raise AnalysisError("the live analyser needs a fixed Dynes width (KernelOptions.dynes_width_eV), "
+                                "else a pixel's result would depend on its batch; give --dynes-width-meV")
+        channel_arrays(np.zeros((len(self.channel_names), 2)), self.channel_names)  # needs a current channel
+        self.run_uid = run_uid
+        self.options = options
+        width = float(grid.get("width_m", math.nan))
+        self.model = ResultsModel(ny, nx, pixel_nm=width / nx * 1e9, set_threshold=flag_config.set_flag_fraction)
+        self.model.set_setpoint_sets({k: s.to_dict() for k, s in self.sets.items()})
+        self.flags = FlagEngine(flag_config)
+        self.last_time: dict[tuple[int, int], float] = {}
+
+    def check(self, pixel: PixelInput) -> None:
+        """Raise StreamError if the pixel does not fit the run (grid, set, channels, points)."""
+        if not (0 <= pixel.iy < self.model.ny and 0 <= pixel.ix < self.model.nx):
+            raise StreamError(f"pixel ({pixel.iy}, {pixel.ix}) outside the {self.model.ny} x {self.model.nx} grid")
+        if pixel.set_id not in self.sets:
+            raise StreamError(f"pixel ({pixel.iy}, {pixel.ix}) names unknown set-point set {pixel.set_id}")
+        want = (len(self.channel_names), self.sets[pixel.set_id].n_points)
+        if pixel.spectra.shape != want:
+            raise StreamError(f"pixel ({pixel.iy}, {pixel.ix}) spectra {pixel.spectra.shape}, expected {want}")
+
+    def is_new(self, pixel: PixelInput) -> bool:
+        """False for a pixel already analysed at this time or later (backfill/stream overlap)."""
+        return pixel.time > self.last_time.get((pixel.iy, pixel.ix), -math.inf)
+
+    def process(self, pixels: Sequence[PixelInput]) -> list[PixelResult]:
+        """Analyse ``pixels`` (already checked, in acquisition order), store and return their results."""
+        n = len(pixels)
+        if n == 0:
+            return []
+        ids = np.array([p.set_id for p in pixels])
+        parts: dict[str, np.ndarray] = {}
+        feats: dict[str, np.ndarray] = {}
+        for set_id in np.unique(ids):
+            rows = np.flatnonzero(ids == set_id)
+            sset = self.sets[int(set_id)]
+            spectra = np.stack([pixels[i].spectra for i in rows])
+            bias = sset.bias_axis
+            analysis = analyse_pixels(bias, spectra, self.channel_names, options=self.options)
+            current, lockin = channel_arrays(spectra, self.channel_names)
+            f = spectral_features(bias, current, v_set_V=sset.bias_setpoint_V, i_set_A=abs(sset.current_setpoint_A),
+                                  lockin=lockin)
+            _scatter(parts, analysis._asdict(), rows, n)
+            _scatter(feats, {k: getattr(f, k) for k in f.__slots__}, rows, n)
+        analysis = SpectrumAnalysis(**parts)
+        conditions: list[PixelConditions] = [
+            conditions_for(temperatures_K=p.temperatures_K, lockin_overload=p.lockin_overload,
+                           lockin_status=p.lockin_status, setpoint_set=self.sets[p.set_id].to_dict())
+            for p in pixels
+        ]
+        bits = self.flags.evaluate(analysis, SpectralFeatures(**feats), conditions)
+        iy = np.array([p.iy for p in pixels])
+        ix = np.array([p.ix for p in pixels])
+        times = np.array([p.time for p in pixels])
+        temps = np.array([c.temperature_K for c in conditions], dtype=np.float32)
+        # one pixel may appear twice in a batch (re-measured): numpy fancy assignment keeps the last
+        apply_to_model(self.model, iy, ix, analysis, setpoint_set=ids)
+        self.model.update_block(iy, ix, flags=bits, temperature_K=temps, time=times)
+        for p in pixels:
+            self.last_time[(p.iy, p.ix)] = p.time
+        return [_result(analysis, i, pixels[i], int(bits[i]), float(temps[i])) for i in range(n)]
+
+
+def _scatter(out: dict[str, np.ndarray], values: Mapping[str, np.ndarray], rows: np.ndarray, n: int) -> None:
+    """Place a group's per-pixel arrays (leading axis = group rows) into batch-wide arrays."""
+    for name, value in values.items():
+        v = np.asarray(value)
+        if name not in out:
+            fill = np.nan if v.dtype.kind == "f" else 0
+            out[name] = np.full((n, *v.shape[1:]), fill, dtype=v.dtype)
+        out[name][rows] = v
+
+
+def _result(a: SpectrumAnalysis, i: int, p: PixelInput, flags: int, temperature: float) -> PixelResult:
+    return PixelResult(
+        iy=p.iy, ix=p.ix, setpoint_set=p.set_id, delta_eV=float(a.delta_eV[i]), alpha=float(a.alpha[i]),
+        alpha_pos=float(a.alpha_pos[i]), alpha_neg=float(a.alpha_neg[i]), b=float(a.b[i]),
+        visibility=float(a.visibility[i]), fit_quality=float(a.rms_log_residual[i]),
+        peak_neg_V=float(a.peak_neg_V[i]), peak_pos_V=float(a.peak_pos_V[i]), valid=bool(a.valid[i]),
+        reason=int(a.reason[i]), flags=flags, temperature_K=temperature, time=p.time,
+        b_pos=float(a.b_pos[i]), b_neg=float(a.b_neg[i]),
+    )

@@ -1,0 +1,189 @@
+"""Live analyser: flags recall/precision on injected faults, stream end-to-end, restart, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from test_analyser_sim import CHANNELS, N_POINTS, RunProducer, geometry, make_lab, make_sets, measure_run, start_fields
+
+from stslive.acquisition.stream import RunPublisher, encode
+from stslive.drivers.errors import ConfigError
+from stslive.live.analyser import AnalyserService, AnalyserSettings
+from stslive.live.analyser_state import PixelInput, RunContext
+from stslive.live.flags import FlagConfig, load_flag_config
+from stslive.live.kernels import KernelOptions
+from stslive.live.pipeline import analyse_input
+from stslive.live.results import FlagKind
+from stslive.mocks.faults import FaultPlan
+
+NY = NX = 16
+OPTIONS = KernelOptions(dynes_width_eV=0.1e-3)
+FAULTS = [
+    {"kind": "tip_change", "from_spectrum": 40, "to_spectrum": 60, "params": {"factor": 1.0, "extra_slope_per_eV": 8.0}},
+    {"kind": "feedback_fail", "from_spectrum": 80, "to_spectrum": 95},
+    {"kind": "lockin_overload", "from_spectrum": 100, "to_spectrum": 110},
+    {"kind": "temperature_excursion", "from_spectrum": 120, "to_spectrum": 140, "params": {"kelvin": 1.0}},
+]
+KIND_FLAG = {"tip_change": FlagKind.TIP_CHANGE, "feedback_fail": FlagKind.SETPOINT,
+             "lockin_overload": FlagKind.LOCKIN_OVERLOAD, "temperature_excursion": FlagKind.THERMAL}
+SETS = make_sets(large_modulation_Vrms=0.8e-3)
+
+
+def set_of(iy: int, ix: int) -> int:
+    return 1 if iy >= 12 else 0
+
+
+@pytest.fixture(scope="module")
+def faulted_run():
+    plan = FaultPlan.from_list(FAULTS)
+    pixels = list(measure_run(make_lab(NY, NX, plan), SETS, set_of))
+    return plan, pixels
+
+
+def _inputs(pixels):
+    return [PixelInput(iy=p.iy, ix=p.ix, set_id=p.meta.setpoint_set_id, spectra=p.spectra, time=p.meta.t_end,
+                       temperatures_K=(p.meta.temperature_before_K, p.meta.temperature_after_K),
+                       lockin_status=p.meta.lockin_status, lockin_overload=p.meta.lockin_overload) for p in pixels]
+
+
+def _reference(pixels):
+    ctx = RunContext("ref", start_fields(geometry(NY, NX), SETS), options=OPTIONS, flag_config=FlagConfig())
+    ctx.process(_inputs(pixels))
+    return ctx.model
+
+
+def test_flags_find_injected_faults(faulted_run) -> None:
+    plan, pixels = faulted_run
+    model = _reference(pixels)
+    flags = model.maps["flags"]
+    spectrum_of = {p.spectrum: (p.iy, p.ix) for p in pixels}
+    for kind, bit in KIND_FLAG.items():
+        truth = {spectrum_of[s] for s in plan.fired_spectra(kind)}
+        found = {(int(a), int(b)) for a, b in zip(*np.nonzero(flags & int(bit)), strict=True)}
+        assert len(truth) >= 10
+        recall, precision = len(found & truth) / len(truth), len(found & truth) / max(1, len(found))
+        assert recall >= 0.9 and precision >= 0.9, (kind, recall, precision, sorted(found ^ truth))
+    truth = {(p.iy, p.ix) for p in pixels if p.meta.setpoint_set_id == 1}
+    found = {(int(a), int(b)) for a, b in zip(*np.nonzero(flags & int(FlagKind.MODULATION)), strict=True)}
+    assert len(found & truth) / len(truth) >= 0.9 and len(found & truth) / len(found) >= 0.9
+    summary = {s.set_id: s for s in model.flag_summary()}
+    assert summary[1].flagged and summary[1].dominant == "modulation" and summary[1].first_pixel == (12, 0)
+    assert summary[1].message.startswith("set 1: modulation 0.8 mV rms broadens peaks, 100 % of its pixels")
+    assert not summary[0].flagged
+
+
+def _run_service(tmp_path: Path, pixels, *, restart_at: int | None) -> tuple[Path, object]:
+    archive = tmp_path / "run.h5"
+    ctx = zmq.Context()
+    pub = RunPublisher("tcp://127.0.0.1:0", context=ctx)
+    settings = AnalyserSettings(snapshot_every=100, publish_every_s=0.2, write_every_s=0.5)
+
+    def service() -> AnalyserService:
+        svc = AnalyserService(pub.pub_endpoint, archive=archive, bind="tcp://127.0.0.1:0", options=OPTIONS,
+                              settings=settings, context=ctx).start()
+        pub.wait_for_subscribers(1)
+        return svc
+
+    svc = service()
+    producer = RunProducer(pub, archive, geometry(NY, NX), SETS)
+    for i, p in enumerate(pixels):
+        if i == restart_at:
+            svc.close()  # the analyser goes away mid-run; the scan goes on
+        if restart_at is not None and restart_at <= i < restart_at + 20:
+            producer.pixel(p)  # measured and published while no analyser listens
+            continue
+        if restart_at is not None and i == restart_at + 20:
+            svc = service()  # restart: backfills the archive, then follows the stream
+        producer.pixel(p)
+    run_uid = pub.run_uid
+    producer.stop()
+    assert svc.wait_for_stop(run_uid, timeout_s=60)
+    svc.close()
+    pub.close()
+    ctx.term()
+    return archive, svc
+
+
+@pytest.mark.parametrize("restart_at", [None, 100])
+def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run, restart_at) -> None:
+    _, pixels = faulted_run
+    archive, svc = _run_service(tmp_path, pixels, restart_at=restart_at)
+    live = svc.run.model
+    assert live.maps["measured"].all() and svc.analysed >= len(pixels) - (restart_at or 0)
+    offline = analyse_input(archive, options=OPTIONS)
+    # float32 sums over batches of different sizes (live: whatever arrived, offline: whole rows)
+    # round differently: equal to float32 tolerance, not bit for bit
+    for name in ("delta_eV", "alpha", "b", "valid", "reason"):
+        np.testing.assert_allclose(live.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-4,
+                                   equal_nan=True, err_msg=name)
+    reference = _reference(pixels)
+    np.testing.assert_array_equal(live.maps["flags"], reference.maps["flags"])
+    assert live.snapshot is not None and live.snapshot.n_pixels == int(live.maps["valid"].sum())
+    saved = archive.with_suffix(".analysis.h5")
+    from stslive.live.results import load_maps_h5
+
+    np.testing.assert_array_equal(load_maps_h5(saved).maps["flags"], live.maps["flags"])
+    assert live.status().state == "done"
+
+
+def test_bad_input_is_counted_and_the_service_goes_on(tmp_path: Path, faulted_run) -> None:
+    _, pixels = faulted_run
+    ctx = zmq.Context()
+    pub = RunPublisher("tcp://127.0.0.1:0", context=ctx)
+    svc = AnalyserService(pub.pub_endpoint, bind="tcp://127.0.0.1:0", options=OPTIONS,
+                          settings=AnalyserSettings(publish_every_s=0.1), context=ctx).start()
+    pub.wait_for_subscribers(1)
+    raw = pub._pub
+    raw.send_multipart([b"stslive.run.event", b"\x00garbage"])
+    raw.send_multipart([b"stslive.run.event"])
+    start = pub.start(**start_fields(geometry(NY, NX), SETS))
+    from stslive.acquisition.stream import ArraySpec
+
+    pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
+    frames = encode(start)
+    header = json.loads(frames[1])
+    header["version"] = 99
+    raw.send_multipart([frames[0], json.dumps(header).encode()])
+    good = pixels[0]
+    m = good.meta
+    kw = dict(x_m=m.x_m, y_m=m.y_m, setpoint_set_id=0, timestamps={"t_end": m.t_end}, temperature_before_K=0.3,
+              temperature_after_K=0.3)
+    pub.event(arrays={"spectra": np.zeros((2, 10), np.float32)}, ix=0, iy=0, **kw)  # wrong length
+    bad = good.spectra.copy()
+    bad[0, 5] = np.inf
+    event = pub.event(arrays={"spectra": good.spectra}, ix=1, iy=0, **kw)
+    frames = encode(event)
+    raw.send_multipart([*frames[:2], bad.tobytes()])  # inf in the array
+    pub.event(arrays={"spectra": np.full((2, N_POINTS), np.nan, np.float32)}, ix=2, iy=0, **kw)  # NaN: not measured
+    pub.event(arrays={"spectra": good.spectra}, ix=40, iy=0, **kw)  # outside the grid
+    pub.event(arrays={"spectra": good.spectra}, ix=3, iy=0, **kw)
+    pub.stop()
+    assert svc.wait_for_stop(start.run_uid, timeout_s=30)
+    model = svc.run.model
+    assert model.maps["valid"][0, 1] and model.maps["valid"][0, 3]
+    assert model.maps["measured"][0, 2] and not model.maps["valid"][0, 2]
+    rejected = dict(svc.subscriber_stats["rejected"]) | dict(svc.rejected)
+    assert {"header", "frames", "version", "descriptor", "nonfinite"} <= set(rejected)
+    assert svc.rejected["pixel"] == 1
+    assert "rejected" in model.status().message and "version 1" in model.status().message
+    svc.close()
+    pub.close()
+    ctx.term()
+
+
+def test_flag_config_toml(tmp_path: Path) -> None:
+    good = tmp_path / "flags.toml"
+    good.write_text("[flags]\nsetpoint_rel_tol = 0.2\ntip_band_V = [0.02, 0.03]\ntip_window = 40\n")
+    cfg = load_flag_config(good)
+    assert cfg.setpoint_rel_tol == 0.2 and cfg.tip_band_V == (0.02, 0.03) and cfg.tip_window == 40
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[flags]\nsetpoint_tolerance = 0.2\n")
+    with pytest.raises(ConfigError, match="setpoint_tolerance"):
+        load_flag_config(bad)
+    bad.write_text("[flags]\ntip_window = 2.5\n")
+    with pytest.raises(ConfigError, match="tip_window"):
+        load_flag_config(bad)
