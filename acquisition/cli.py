@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("stslive.live.bench", "benchmark: 'bench analysis' times the batch kernels against a per-spectrum loop"),
     "bench-scan": ("stslive.acquisition.bench_scan", "benchmark: per-pixel scan overhead (p50/p99) against the simulated lab"),
     "view": ("stslive.live.viewer_cli", "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)"),
+    "analyser": ("stslive.live.analyser_cli", "follow a run stream: per-pixel Delta, alpha, flags, correlations; publish and save them"),
     "replay": ("stslive.acquisition.replay_cli", "publish an archive or a Nanonis .3ds as a run stream (--rate N/s or --as-recorded)"),
 }
 

@@ -342,7 +342,7 @@ class AnalyserService:
         except AnalysisError as exc:  # too few valid pixels yet: the next snapshot will try again
             log.info("analyser: no correlation snapshot yet (%s)", exc)
 
-    def _status_text(self) -> str:
+    def status_text(self) -> str:
         rejected = collections.Counter(self.rejected)
         rejected.update(self.subscriber_stats.get("rejected", {}))
         gaps = sum(len(g) for g in self.subscriber_stats.get("gaps", {}).values())
@@ -358,7 +358,7 @@ class AnalyserService:
         if self.run is None:
             return
         if now - self._last_publish >= self.settings.publish_every_s:
-            self.run.model.update_status(message=self._status_text())
+            self.run.model.update_status(message=self.status_text())
             self._publish_all()
         if self.out is not None and now - self._last_write >= self.settings.write_every_s:
             self._write()
@@ -386,7 +386,7 @@ class AnalyserService:
         if self.run is None:
             return
         self._snapshot()
-        self.run.model.update_status(state=state, message=self._status_text())
+        self.run.model.update_status(state=state, message=self.status_text())
         self._write()
         self._publish_all()
         if self._pub is not None:

@@ -1,0 +1,55 @@
+"""``stslive analyser``: follow a run stream, analyse and flag every pixel, publish and save results.
+
+Examples::
+
+    stslive analyser --connect tcp://127.0.0.1:5556 --archive run.h5 --bind tcp://127.0.0.1:5560
+    stslive analyser --connect tcp://127.0.0.1:5556 --once --config flags.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from stslive.live.analyser import AnalyserService, AnalyserSettings
+from stslive.live.flags import FlagConfig, load_flag_config
+from stslive.live.kernels import KernelOptions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``analyser`` subcommand."""
+    parser.add_argument("--connect", required=True, help="run stream endpoint, e.g. tcp://127.0.0.1:5556")
+    parser.add_argument("--archive", help="the run archive RUN.h5: backfill on late join, fill seq gaps")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:5560", help="results PUB endpoint (loopback)")
+    parser.add_argument("--out", help="analysis file (default: RUN.analysis.h5 beside the archive)")
+    parser.add_argument("--config", help="TOML file with a [flags] table of flag thresholds")
+    parser.add_argument("--dynes-width-meV", type=float, default=0.1,
+                        help="Dynes width of the peak templates, meV (fixed: results do not depend on batching; "
+                             "give `stslive analyse` the same value to compare)")
+    parser.add_argument("--snapshot-every", type=int, default=500, help="pixels between correlation snapshots")
+    parser.add_argument("--once", action="store_true", help="exit after the first run's stop document")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the service until interrupted (or, with ``--once``, until the run stops)."""
+    flags = load_flag_config(args.config) if args.config else FlagConfig()
+    service = AnalyserService(
+        args.connect, archive=args.archive, bind=args.bind, out=args.out,
+        options=KernelOptions(dynes_width_eV=args.dynes_width_meV * 1e-3), flag_config=flags,
+        settings=AnalyserSettings(snapshot_every=args.snapshot_every),
+    )
+    with service:
+        print(f"stslive analyser: following {args.connect}, results on {service.results_endpoint}, "
+              f"analysis file {service.out or '(none: give --archive or --out)'}", flush=True)
+        try:
+            while True:
+                if args.once and service.wait_for_stop(timeout_s=1.0):
+                    break
+                if not args.once:
+                    time.sleep(1.0)
+                if service.errors:
+                    print(f"stslive analyser: {service.errors[-1]}")
+                    return 1
+        finally:
+            print(f"stslive analyser: {service.status_text()}", flush=True)
+    return 0
