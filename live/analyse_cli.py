@@ -63,8 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
     parser.add_argument("--current", help="current channel name (default: first 'Current ...' channel)")
     parser.add_argument("--lockin", help="lock-in channel name (default: 'LI Demod n X ...', else 'Input n ...')")
-    parser.add_argument("--use-lockin", action=argparse.BooleanOptionalAction, default=True,
-                        help="take Delta from the lock-in channel when there is one (default: yes)")
+    lockin = parser.add_mutually_exclusive_group()
+    lockin.add_argument("--use-lockin", dest="use_lockin", action="store_true", default=True,
+                        help="take Delta from the lock-in channel when there is one (default)")
+    lockin.add_argument("--no-lockin", dest="use_lockin", action="store_false",
+                        help="Delta and alpha from I(V) only; the lock-in channel is ignored")
     parser.add_argument("--fit-window", default="5,30", metavar="LOW,HIGH",
                         help="|V| range of the power-law fit, mV (default: 5,30, the paper's)")
     parser.add_argument("--gap-search", default="0.3,4", metavar="LOW,HIGH",
@@ -137,7 +140,9 @@ def analyse_to_directory(path: Path, out: Path, *, options: KernelOptions, const
             model.set_snapshot(correlation_snapshot(model, pixel_size_m=dy_dx, constants=constants))
         inputs = {
             "file": str(path.resolve()), "format": source.kind, "sweep_signal": source.sweep_signal,
-            "channels": {"current": source.current_channel, "lockin": source.lockin_channel},
+            # the lock-in the analysis used (open_spectra may read one that --no-lockin leaves unused)
+            "channels": {"current": source.current_channel,
+                         "lockin": source.lockin_channel if uses_lockin(options) else None},
             "available_channels": source.channel_names, "grid": list(source.shape),
             "pixel_size_nm": [dy_dx[0] * 1e9, dy_dx[1] * 1e9], "n_points": source.n_points,
         }

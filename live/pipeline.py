@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -288,6 +289,8 @@ def _refuse_truncated_hdf5(path: str | os.PathLike[str]) -> None:
     compares the end-of-file address with the file size and fails at once. ``locking=False``
     so a file a live writer still holds can be checked too.
     """
+    if not Path(path).is_file():
+        raise FileFormatError(path, "no such file; check the path")
     with open(path, "rb") as fh:
         if fh.read(8) != b"\x89HDF\r\n\x1a\n":
             return

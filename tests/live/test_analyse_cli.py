@@ -1,0 +1,157 @@
+"""``stslive analyse``: maps.h5, report.json and figures from an archive or a .3ds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from stslive.acquisition.archive import open_archive
+from stslive.acquisition.cli import main
+from stslive.acquisition.nanonis3ds import write_3ds
+from stslive.acquisition.runmodel import GridGeometry
+from stslive.acquisition.simulate_cli import write_film_archive
+from stslive.live.results import load_maps_h5
+from stslive.mocks.film import FilmParams, make_film
+
+NY, NX = 40, 48
+FIGURES = ("maps.png", "histograms.png", "cross_correlation.png", "correlation_profiles.png", "spectra.png")
+REPORT_KEYS = (
+    "pixels", "valid_pixels", "delta_mean_meV", "delta_std_meV", "alpha_mean", "alpha_std", "l_delta_nm",
+    "l_alpha_nm", "l_cross_nm", "l_delta_noise_nm", "l_alpha_noise_nm", "l_cross_noise_nm", "rho_cross_0",
+    "rho_delta_topo_0", "sigma_rho_ohm", "predicted_delta_rel_sigma", "theory_constants", "elapsed_s", "inputs",
+)
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
+    root = tmp_path_factory.mktemp("analyse")
+    archive = root / "film.h5"
+    write_film_archive(make_film(FilmParams(ny=NY, nx=NX, seed=0)), archive)
+    out = root / "out"
+    code = main(["analyse", str(archive), "--out", str(out), "--set", "diffusion_m2_s=4e-5"])
+    return archive, out, code
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_writes_every_output(analysed: tuple[Path, Path, int]) -> None:
+    _, out, code = analysed
+    assert code == 0
+    for name in ("maps.h5", "report.json", *FIGURES):
+        assert (out / name).stat().st_size > 1000, name
+    assert (out / "maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_keys_and_values_are_sane(analysed: tuple[Path, Path, int]) -> None:
+    archive, out, _ = analysed
+    r = _report(out)
+    assert set(REPORT_KEYS) <= set(r)
+    assert r["pixels"] == NY * NX and r["valid_pixels"] >= 0.99 * NY * NX
+    assert r["reasons"]["OK"] == r["valid_pixels"]
+    with open_archive(archive) as reader:
+        truth = reader.ground_truth
+    assert r["delta_mean_meV"] == pytest.approx(truth["delta_def"].mean() * 1e3, abs=0.015)  # within the RMS goal
+    assert r["delta_std_meV"] == pytest.approx(truth["delta_def"].std() * 1e3, rel=0.1)
+    assert r["alpha_mean"] == pytest.approx(truth["alpha_def"].mean(), abs=0.002)
+    assert 3 < r["l_alpha_nm"] < 40 and 3 < r["l_delta_nm"] < 40 and r["l_cross_nm"] > 3
+    assert -1 < r["rho_cross_0"] < -0.5  # the film's gap falls where alpha rises (paper: -0.55)
+    assert abs(r["rho_delta_topo_0"]) < 0.3  # topography is independent of the gap in the film
+    assert r["theory_constants"] == {"bias_V": 0.01, "diffusion_m2_s": 4e-5, "hbar_omega_D_K": 300.0}
+    assert 100 < r["sigma_rho_ohm"] < 5000 and 0 < r["predicted_delta_rel_sigma"] < 1
+    assert r["elapsed_s"] > 0
+    assert r["inputs"]["channels"] == {"current": "Current (A)", "lockin": "LI Demod 1 X (A)"}
+    assert r["inputs"]["options"]["fit_window_V"] == [0.005, 0.03] and r["inputs"]["software_version"]
+    assert r["inputs"]["file"].endswith("film.h5") and r["inputs"]["format"] == "stslive"
+    gt = r["ground_truth"]
+    assert gt["delta_rms_error_meV"] <= 0.015 and gt["alpha_rms_error"] <= 0.003
+    assert set(gt["true_maps"]) >= {"l_delta_nm", "l_alpha_nm"}
+
+
+def test_maps_h5_layout(analysed: tuple[Path, Path, int]) -> None:
+    _, out, _ = analysed
+    with h5py.File(out / "maps.h5", "r") as f:
+        for name in ("delta", "alpha", "b", "alpha_pos", "alpha_neg", "valid", "reason"):
+            assert f[name].shape == (NY, NX), name
+        assert f["delta"].attrs["units"] == "eV" and f["valid"].dtype == bool
+        assert np.issubdtype(f["reason"].dtype, np.integer)
+        assert "correlation" in f and f["correlation/cross_map"].shape == (NY, NX)
+    model = load_maps_h5(out / "maps.h5")
+    assert model.snapshot is not None and model.snapshot.l_alpha_nm == pytest.approx(_report(out)["l_alpha_nm"])
+
+
+def test_lockin_off_and_options_reach_the_kernels(analysed: tuple[Path, Path, int], tmp_path: Path) -> None:
+    archive, _, _ = analysed
+    out = tmp_path / "nolockin"
+    assert main(["analyse", str(archive), "--out", str(out), "--no-lockin", "--fit-window", "6,28",
+                 "--smoothing", "9", "--examples", "1"]) == 0
+    r = _report(out)
+    assert r["inputs"]["options"]["gap_source"] == "current" and r["inputs"]["channels"]["lockin"] is None
+    assert r["inputs"]["options"]["fit_window_V"] == pytest.approx([0.006, 0.028])
+    assert r["inputs"]["options"]["smoothing_points"] == 9
+    assert r["ground_truth"]["delta_rms_error_meV"] <= 0.03
+
+
+def test_analyses_a_3ds_written_from_a_film(tmp_path: Path) -> None:
+    """A Nanonis grid (sweep +40 -> -40 mV, as the lab records it) analysed like an archive."""
+    film = make_film(FilmParams(ny=16, nx=20, seed=5, bias_start_V=0.04, bias_end_V=-0.04))
+    geometry = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=20e-9, height_m=16e-9, nx=20, ny=16)
+    path = tmp_path / "film.3ds"
+    blocks = (np.stack([b.current_A, b.lockin_x_A], axis=2) for _, b in film.iter_blocks(rows_per_block=4))
+    write_3ds(path, spectra=blocks, channel_names=["Current (A)", "LI Demod 1 X (A)"], geometry=geometry,
+              sweep_start=0.04, sweep_end=-0.04, n_points=film.params.n_points)
+    out = tmp_path / "out"
+    assert main(["analyse", str(path), "--out", str(out)]) == 0
+    r = _report(out)
+    assert r["inputs"]["format"] == "nanonis3ds" and r["pixels"] == 320 and r["valid_pixels"] >= 316
+    truth = film.definition_truth()
+    model = load_maps_h5(out / "maps.h5")
+    valid = model.maps["valid"]
+    err = model.maps["delta_eV"][valid] - truth.delta_pp_eV[valid]
+    assert np.sqrt(np.mean(err**2)) <= 0.015e-3
+    assert r["rho_delta_topo_0"] is None  # a .3ds carries no topography map
+
+
+def test_real_kpfm_grid_runs_with_reasons(shared_data: Path, tmp_path: Path) -> None:
+    assert main(["analyse", str(shared_data / "nanonis-grid-kpfm-20x20.3ds"), "--out", str(tmp_path)]) == 0
+    r = _report(tmp_path)
+    assert r["pixels"] == 400 and r["valid_pixels"] == 0 and sum(r["reasons"].values()) == 400
+    assert "OK" not in r["reasons"] and r["delta_mean_meV"] is None and r["l_delta_nm"] is None
+    assert (tmp_path / "maps.png").is_file()
+
+
+def test_z_sweep_refused_without_traceback(shared_data: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["analyse", str(shared_data / "nanonis-grid-zspec.3ds"), "--out", str(tmp_path / "z")])
+    err = capsys.readouterr().err
+    assert code == 1 and "not the bias" in err and "Z (m)" in err and "Traceback" not in err
+    assert not (tmp_path / "z" / "report.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not-a-file", "garbage"])
+def test_bad_input_gives_a_clear_error(analysed: tuple[Path, Path, int], tmp_path: Path, kind: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    archive, _, _ = analysed
+    bad = tmp_path / "bad.h5"
+    if kind == "truncated":
+        data = archive.read_bytes()
+        bad.write_bytes(data[: len(data) * 2 // 3])
+    elif kind == "garbage":
+        bad.write_bytes(b"this is not a spectroscopy file\n" * 100)
+    code = main(["analyse", str(bad), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "bad.h5" in err and "Traceback" not in err
+
+
+def test_bad_options_are_refused(analysed: tuple[Path, Path, int], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    archive, _, _ = analysed
+    for extra, message in ((["--fit-window", "5"], "LOW,HIGH"), (["--set", "D=1"], "known"),
+                           (["--lockin", "Input 9 (V)"], "Input 9 (V)")):
+        assert main(["analyse", str(archive), "--out", str(tmp_path), *extra]) == 1
+        assert message in capsys.readouterr().err
