@@ -104,7 +104,7 @@ class RunProducer:
         self.writer = ArchiveWriter.create(archive, geometry=geom, channel_names=CHANNELS, n_points=N_POINTS,
                                            setpoint_sets=sets, start_doc={"uid": uid, **fields})
         publisher.start(run_uid=uid, **fields)
-        publisher.descriptor({"spectra": ArraySpec(name="spectra", dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
+        publisher.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
 
     def pixel(self, p: Pixel, *, publish: bool = True) -> None:
         self.writer.write_pixel(p.iy, p.ix, p.spectra, p.meta)
