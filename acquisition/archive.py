@@ -34,23 +34,24 @@ replaced record, so "complete and measured, or not measured" holds at every inst
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 
 from stslive.acquisition import _h5status
 from stslive.acquisition.runmodel import PIXEL_META_FIELDS, GridGeometry, PixelMeta, SetpointSet
-from stslive.drivers.errors import ArchiveError
+from stslive.drivers.errors import ArchiveError, StsliveError
 
 ARCHIVE_VERSION = 1
 VERSION_ATTR = "stslive_archive_version"
@@ -578,6 +579,27 @@ def _refuse_live_writer(path: Path, writer_doc: Mapping[str, Any]) -> None:
 
 
 # -- reader ------------------------------------------------------------------------------------
+#: What h5py, json and the value types raise on a damaged file (found by tests/fuzz/test_fuzz_archive.py).
+_DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
+_Read = TypeVar("_Read", bound=Callable[..., Any])
+
+
+def _reading(method: _Read) -> _Read:
+    """Turn errors deep in a damaged file into ArchiveError; our typed errors pass unchanged."""
+
+    @functools.wraps(method)
+    def wrapper(self: ArchiveReader, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except StsliveError:
+            raise
+        except _DAMAGE as exc:
+            raise ArchiveError(self.path, f"damaged archive ({type(exc).__name__}: {exc}); "
+                                          "the file is truncated or corrupt") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 class ArchiveReader:
     """Read-only view of an archive; in SWMR mode :meth:`refresh` shows pixels appended since."""
 
@@ -619,6 +641,7 @@ class ArchiveReader:
     def shape(self) -> tuple[int, int]:
         return self.geometry.shape
 
+    @_reading
     def refresh(self) -> None:
         """Re-read dataset extents and chunk indexes (SWMR): new pixels, failures, log lines.
 
@@ -634,56 +657,68 @@ class ArchiveReader:
                 ds.refresh()
 
     @property
+    @_reading
     def measured(self) -> np.ndarray:
         return self._ds["measured"][()]
 
     @property
+    @_reading
     def failed(self) -> np.ndarray:
         return self._ds["failed"][()]
 
     @property
+    @_reading
     def failure_codes(self) -> np.ndarray:
         return self._ds["failure_code"][()]
 
     @property
+    @_reading
     def failures(self) -> list[dict[str, Any]]:
         """Every recorded failure: dicts with iy, ix, code, reason, time and details."""
         return _json_lines(self._ds["failures"])
 
     @property
+    @_reading
     def log(self) -> list[dict[str, Any]]:
         return _json_lines(self._ds["log"])
 
     @property
+    @_reading
     def setpoint_sets(self) -> dict[int, SetpointSet]:
         return {d["id"]: SetpointSet.from_dict(d) for d in _json_lines(self._ds["setpoint_sets"])}
 
     @property
+    @_reading
     def pixel_meta(self) -> dict[str, np.ndarray]:
         """``field -> (ny, nx)`` array for every PixelMeta field (fill values where unmeasured)."""
         return {f.name: self._ds[f"pixels/{f.name}"][()] for f in PIXEL_META_FIELDS}
 
+    @_reading
     def pixel(self, iy: int, ix: int) -> PixelMeta:
         """The metadata of one pixel as a PixelMeta."""
         return PixelMeta(**{f.name: self._ds[f"pixels/{f.name}"][iy, ix].item() for f in PIXEL_META_FIELDS})
 
     @property
+    @_reading
     def documents(self) -> dict[str, Any]:
         """Run documents that were written, ``name -> dict`` (JSON)."""
         docs = {k.split("/", 1)[1]: ds for k, ds in self._ds.items() if k.startswith("documents/")}
         return {name: json.loads(_read_text(ds)) for name, ds in docs.items() if ds.shape[0]}
 
     @property
+    @_reading
     def topography(self) -> np.ndarray | None:
         sample = self._entry.get("sample")
         return None if sample is None or "topography" not in sample else sample["topography"][()]
 
     @property
+    @_reading
     def ground_truth(self) -> dict[str, np.ndarray]:
         group = self._entry.get("sample/ground_truth")
         return {} if group is None else {k: group[k][()] for k in group}
 
     @property
+    @_reading
     def ground_truth_units(self) -> dict[str, str]:
         group = self._entry.get("sample/ground_truth")
         return {} if group is None else {k: str(group[k].attrs.get("units", "")) for k in group}
@@ -695,6 +730,7 @@ class ArchiveReader:
         except ValueError:
             raise ArchiveError(self.path, f"no channel {name!r}; channels are {self.channel_names}") from None
 
+    @_reading
     def read_pixels(self, rows: slice = slice(None), cols: slice = slice(None),
                     channels: Sequence[str] | None = None) -> np.ndarray:
         """Spectra ``(rows, cols, channels, n_points)`` float32 (NaN where unmeasured)."""
@@ -720,6 +756,7 @@ class ArchiveReader:
             sl = slice(start, min(ny, start + rows))
             yield sl, self.read_pixels(sl, slice(None), channels)
 
+    @_reading
     def first_unmeasured(self, order: str | None = None) -> tuple[int, int] | None:
         """First pixel ``(iy, ix)`` in visiting order that is not measured, None when all are."""
         return _first_unmeasured(self.geometry, self.measured, order)
@@ -766,9 +803,12 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool = False) -> Archive
         if missing:
             raise ArchiveError(path, f"archive layout incomplete, missing {missing}")
         return ArchiveReader(f, path)
-    except ArchiveError:
+    except StsliveError:
         f.close()
         raise
-    except (OSError, KeyError, ValueError) as exc:  # HDF5 read errors deep in a damaged file
+    except _DAMAGE as exc:  # HDF5 read errors deep in a damaged file
         f.close()
         raise ArchiveError(path, f"damaged archive ({exc}); the file is truncated or corrupt") from exc
+    except BaseException:  # anything else still must not leave the file open
+        f.close()
+        raise

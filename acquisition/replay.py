@@ -42,7 +42,7 @@ from stslive.acquisition.archive import ArchiveReader, open_archive
 from stslive.acquisition.nanonis3ds import NanonisGrid, open_3ds
 from stslive.acquisition.runmodel import SetpointSet
 from stslive.acquisition.stream import ArraySpec, RunPublisher, StopDoc, event_fields
-from stslive.drivers.errors import ConfigError, FileFormatError, NanonisFileError, StsliveError
+from stslive.drivers.errors import ArchiveError, ConfigError, FileFormatError, NanonisFileError, StsliveError
 
 __all__ = ["ReplayItem", "ReplaySource", "open_replay", "replay", "schedule", "setpoint_set_from_3ds"]
 
@@ -179,13 +179,7 @@ def _archive_plan(path: Path, ar: ArchiveReader,
         t = pixel["t_end"] if math.isfinite(pixel["t_end"]) else pixel["t_start"]
         items.append(ReplayItem("event", int(iy), int(ix), float(t), {"ix": int(ix), "iy": int(iy),
                                                                      **event_fields(pixel)}))
-    for rec in ar.failures:
-        iy, ix = int(rec["iy"]), int(rec["ix"])
-        x_m, y_m = ar.geometry.pixel_xy(iy, ix)
-        items.append(ReplayItem("failed", iy, ix, float(rec.get("time", math.nan)), {
-            "ix": ix, "iy": iy, "x_m": float(x_m), "y_m": float(y_m),
-            "setpoint_set_id": int(rec.get("setpoint_set_id", min(ar.setpoint_sets, default=0))),
-            "reason": str(rec.get("reason", "")), "attempts": int(rec.get("attempts", 1))}))
+    items.extend(_failure_item(path, ar, rec) for rec in ar.failures)
     # stable sort: equal or unknown times keep the visiting order (failures after events)
     items.sort(key=lambda i: i.t if math.isfinite(i.t) else math.inf)
     status = stop.get("exit_status") if isinstance(stop, dict) else None
@@ -193,6 +187,22 @@ def _archive_plan(path: Path, ar: ArchiveReader,
         logged = [e.get("exit_status") for e in ar.log if e.get("event") == "stop"]
         status = logged[-1] if logged and logged[-1] in _EXIT_STATUSES else "success"
     return start_fields, items, str(status)
+
+
+def _failure_item(path: Path, ar: ArchiveReader, rec: Any) -> ReplayItem:
+    """A failed-pixel item from one record of the archive's failure log (validated: outside bytes)."""
+    ny, nx = ar.geometry.shape
+    try:
+        iy, ix = rec["iy"], rec["ix"]
+        if not (isinstance(iy, int) and isinstance(ix, int) and 0 <= iy < ny and 0 <= ix < nx):
+            raise ValueError(f"pixel ({iy!r}, {ix!r}) not in the {ny} x {nx} grid")
+        x_m, y_m = ar.geometry.pixel_xy(iy, ix)
+        fields = {"ix": ix, "iy": iy, "x_m": float(x_m), "y_m": float(y_m),
+                  "setpoint_set_id": int(rec.get("setpoint_set_id", min(ar.setpoint_sets, default=0))),
+                  "reason": str(rec.get("reason", "")), "attempts": int(rec.get("attempts", 1))}
+        return ReplayItem("failed", iy, ix, float(rec.get("time", math.nan)), fields)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArchiveError(path, f"failure log record {str(rec)[:80]} is damaged ({type(exc).__name__}: {exc})") from exc
 
 
 # -- Nanonis grids -------------------------------------------------------------------------------
