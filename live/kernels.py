@@ -16,9 +16,15 @@ Design decisions, each measured (1601 points over +-40 mV, T = 0.3 K, 0.5 pA rms
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import os
 import re
-from dataclasses import dataclass, field, fields
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -91,6 +97,9 @@ class KernelOptions:
         Maximum rms residual of ln(dI/dV) about the power law.
     chunk : int
         Spectra per processing chunk (cache-sized; ARCHITECTURE.md).
+    threads : int or None
+        Worker threads over the chunks (None: one per available core). numpy and scipy release
+        the GIL in the heavy calls, so a second core nearly doubles the throughput.
     """
 
     current: str | None = None
@@ -107,6 +116,7 @@ class KernelOptions:
     min_peak_score: float = 0.2
     max_log_residual: float = 0.1
     chunk: int = 512
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.gap_source not in ("auto", "current", "lockin"):
@@ -125,6 +135,8 @@ class KernelOptions:
             raise AnalysisError("dynes_width_eV must be > 0 eV, or None to estimate it from the data")
         if self.chunk < 1:
             raise AnalysisError(f"chunk={self.chunk}: give a positive number of spectra, e.g. 512")
+        if self.threads is not None and self.threads < 1:
+            raise AnalysisError(f"threads={self.threads}: give a positive number of threads, or None for one per core")
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> KernelOptions:
@@ -384,11 +396,38 @@ def _peak_contrast(didv: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return local[:, sel[0] - lo: sel[-1] + 1 - lo]
 
 
+class _Clock:
+    """CPU seconds per analysis stage of one thread (for ``stslive bench``); a no-op when disabled.
+
+    Thread CPU time, not wall time: on a shared machine it measures what a stage costs, not how
+    long another process held the core.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.seconds: dict[str, float] = {}
+        self._t = time.thread_time() if enabled else 0.0
+
+    def lap(self, stage: str) -> None:
+        """Charge the CPU time since the previous lap to ``stage``."""
+        if self.enabled:
+            now = time.thread_time()
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._t
+            self._t = now
+
+
+_NO_CLOCK = _Clock(False)
+
+
 def _one_side(
     bias: np.ndarray, didv: np.ndarray, signal: np.ndarray | None, *, search_V: tuple[float, float],
-    bank_args: dict[str, object], step: float,
+    bank_args: dict[str, object], step: float, negate: bool = False, clock: _Clock = _NO_CLOCK,
 ) -> tuple[np.ndarray, ...]:
-    """Positive-bias coherence peak of each row: position (V), peak/background ratio, score, reason."""
+    """Positive-bias coherence peak of each row: position (V), peak/background ratio, score, reason.
+
+    ``negate`` fits ``-signal`` (the mirrored current); only the fit windows are negated, not the
+    whole rows.
+    """
     n_rows, n = didv.shape
     sel = np.flatnonzero((bias >= search_V[0]) & (bias <= search_V[1]))
     reason = np.zeros(n_rows, np.int8)
@@ -405,6 +444,7 @@ def _one_side(
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = peak_height / background
     reason[(j == 0) | (j == sel.size - 1)] = ReasonCode.PEAK_AT_EDGE
+    clock.lap("coarse peaks")
     if signal is None:
         return nan, ratio, nan, reason
     bank = template_bank(step, **bank_args)
@@ -412,11 +452,65 @@ def _one_side(
     idx = centre[:, None] + bank.offsets[None, :]
     outside = (idx[:, 0] < 0) | (idx[:, -1] >= n)
     windows = np.take_along_axis(signal, np.clip(idx, 0, n - 1), axis=1)
+    if negate:
+        np.negative(windows, out=windows)
     offset, score = locate_peaks(windows, bank)
     position = bias[0] + (centre + offset) * step
     reason[(reason == 0) & outside] = ReasonCode.SEARCH_NOT_COVERED
     reason[(reason == 0) & ~np.isfinite(offset)] = ReasonCode.PEAK_NOT_BRACKETED
+    clock.lap("template refinement")
     return position, ratio, score, reason
+
+
+def _gap_columns(bias: np.ndarray, search_V: tuple[float, float], step: float) -> slice:
+    """Columns the gap search reads: |V| <= search end + 48 samples (contrast and template reach)."""
+    used = np.flatnonzero(np.abs(bias) <= search_V[1] + 48 * step)
+    return slice(int(used[0]), int(used[-1]) + 1) if used.size else slice(0, 0)
+
+
+def _gap_rows(
+    bias: np.ndarray, g2: np.ndarray, refit: np.ndarray, *, integrated: bool, step: float,
+    search_V: tuple[float, float], bank_args: dict[str, object], min_visibility: float, min_peak_score: float,
+    dtype: np.dtype, clock: _Clock = _NO_CLOCK,
+) -> GapResult:
+    """:func:`extract_gap` on rows (n_rows, n) whose columns :func:`_gap_columns` hold valid data.
+
+    ``g2`` is the (smoothed) conductance for the coarse peaks, ``refit`` the signal the templates
+    are fitted to; for ``integrated`` (a current) the mirrored side fits -I(-V).
+    """
+    cols = _gap_columns(bias, search_V, step)
+    # Only the columns the fits read must be finite (a derivative is NaN at the sweep ends).
+    bad = ~np.isfinite(g2[:, cols]).all(axis=1) | ~np.isfinite(refit[:, cols]).all(axis=1)
+    if bad.any():  # zeros keep the arithmetic quiet; the rows are reported as NAN_INPUT
+        g2 = np.where(bad[:, None], 0, g2)
+        refit = np.where(bad[:, None], 0, refit)
+    # Mirrored negative side: the current changes sign with V, the conductance does not.
+    bias_m, g_m, r_m = _mirror(bias, g2, refit)
+    side = dict(search_V=search_V, bank_args=bank_args, step=step, clock=clock)
+    pos, vis_p, sc_p, re_p = _one_side(bias, g2, refit, **side)  # type: ignore[arg-type]
+    neg, vis_n, sc_n, re_n = _one_side(bias_m, g_m, r_m, negate=integrated, **side)  # type: ignore[arg-type]
+    neg = -neg
+    visibility = np.minimum(vis_p, vis_n) - 1
+    score = np.minimum(sc_p, sc_n)
+    # The most basic failure wins: no data, then no sweep coverage, no peak, then fit trouble.
+    reason = np.zeros(pos.shape, np.int8)
+    for code, hit in (
+        (ReasonCode.POOR_PEAK_FIT, ~(score >= min_peak_score)),
+        (ReasonCode.PEAK_NOT_BRACKETED, (re_p == ReasonCode.PEAK_NOT_BRACKETED) | (re_n == ReasonCode.PEAK_NOT_BRACKETED)),
+        (ReasonCode.NO_PEAKS, ~(visibility >= min_visibility)),
+        (ReasonCode.PEAK_AT_EDGE, (re_p == ReasonCode.PEAK_AT_EDGE) | (re_n == ReasonCode.PEAK_AT_EDGE)),
+        (ReasonCode.SEARCH_NOT_COVERED, (re_p == ReasonCode.SEARCH_NOT_COVERED) | (re_n == ReasonCode.SEARCH_NOT_COVERED)),
+        (ReasonCode.NAN_INPUT, bad),
+    ):
+        reason[hit] = code
+    ok = reason == 0
+    out = [np.where(ok, v, np.nan).astype(dtype) for v in (0.5 * (pos - neg), neg, pos)]
+    return GapResult(
+        *out,
+        visibility=np.where(bad, np.nan, visibility).astype(dtype),
+        score=np.where(bad, np.nan, score).astype(dtype),
+        reason=reason,
+    )
 
 
 def extract_gap(
@@ -465,50 +559,103 @@ def extract_gap(
     lead = g.shape[:-1]
     g2 = g.reshape(-1, bias.size)
     signal = None if current_A is None else np.asarray(current_A).reshape(-1, bias.size)
-    refit = g2 if signal is None else signal
-    # Only the columns the fits read must be finite (a derivative is NaN at the sweep ends).
-    used = np.abs(bias) <= search_V[1] + 48 * step
-    bad = ~np.isfinite(g2[:, used]).all(axis=1) | ~np.isfinite(refit[:, used]).all(axis=1)
-    if bad.any():  # zeros keep the arithmetic quiet; the rows are reported as NAN_INPUT
-        g2 = np.where(bad[:, None], 0, g2)
-        refit = np.where(bad[:, None], 0, refit)
     bank_args = _bank_args(temperature_K, modulation_Vrms, integrated=signal is not None)
+    refit = g2 if signal is None else signal  # a lock-in is fitted raw, only its argmax is smoothed
     if signal is None:  # raw lock-in: a 5-point running mean keeps noise spikes from the argmax
         g2 = uniform_filter1d(g2, 5, axis=-1, mode="nearest")
-    # Mirrored negative side: the current changes sign with V, the conductance does not.
-    bias_m, g_m, r_m = _mirror(bias, g2, refit)
-    if signal is not None:
-        r_m = -r_m
     if dynes_width_eV is None:
+        cols = _gap_columns(bias, search_V, step)
+        bad = ~np.isfinite(g2[:, cols]).all(axis=1) | ~np.isfinite(refit[:, cols]).all(axis=1)
+        g_w, r_w = (np.where(bad[:, None], 0, a) for a in (g2, refit)) if bad.any() else (g2, refit)
+        bias_m, g_m, r_m = _mirror(bias, g_w, r_w)
         dynes_width_eV = estimate_width(
-            [(bias, g2, refit), (bias_m, g_m, r_m)], search_V=search_V, step=step, bank_args=bank_args,
-            coarse=_peak_contrast,
+            [(bias, g_w, r_w), (bias_m, g_m, -r_m if signal is not None else r_m)], search_V=search_V, step=step,
+            bank_args=bank_args, coarse=_peak_contrast,
         )
     bank_args["widths"] = (round(float(dynes_width_eV), 9),)
-    pos, vis_p, sc_p, re_p = _one_side(bias, g2, refit, search_V=search_V, bank_args=bank_args, step=step)
-    neg, vis_n, sc_n, re_n = _one_side(bias_m, g_m, r_m, search_V=search_V, bank_args=bank_args, step=step)
-    neg = -neg
-    visibility = np.minimum(vis_p, vis_n) - 1
-    score = np.minimum(sc_p, sc_n)
-    # The most basic failure wins: no data, then no sweep coverage, no peak, then fit trouble.
-    reason = np.zeros(pos.shape, np.int8)
-    for code, hit in (
-        (ReasonCode.POOR_PEAK_FIT, ~(score >= min_peak_score)),
-        (ReasonCode.PEAK_NOT_BRACKETED, (re_p == ReasonCode.PEAK_NOT_BRACKETED) | (re_n == ReasonCode.PEAK_NOT_BRACKETED)),
-        (ReasonCode.NO_PEAKS, ~(visibility >= min_visibility)),
-        (ReasonCode.PEAK_AT_EDGE, (re_p == ReasonCode.PEAK_AT_EDGE) | (re_n == ReasonCode.PEAK_AT_EDGE)),
-        (ReasonCode.SEARCH_NOT_COVERED, (re_p == ReasonCode.SEARCH_NOT_COVERED) | (re_n == ReasonCode.SEARCH_NOT_COVERED)),
-        (ReasonCode.NAN_INPUT, bad),
-    ):
-        reason[hit] = code
+    gap = _gap_rows(
+        bias, g2, refit, integrated=signal is not None, step=step, search_V=search_V, bank_args=bank_args,
+        min_visibility=min_visibility, min_peak_score=min_peak_score,
+        dtype=np.dtype(g.dtype if g.dtype == np.float32 else np.float64),
+    )
+    return GapResult(*(v.reshape(lead) for v in gap))
+
+
+def _window_columns(bias: np.ndarray, window_V: tuple[float, float]) -> list[slice] | None:
+    """Columns of the fit window per polarity (+, -), or None if the sweep does not cover it."""
+    step = abs(bias[1] - bias[0])
+    out = []
+    for sign in (1.0, -1.0):
+        mag = sign * bias
+        sel = np.flatnonzero((mag >= window_V[0]) & (mag <= window_V[1]))
+        if sel.size < 3 or mag.max() < window_V[1] - step:
+            return None
+        out.append(slice(int(sel[0]), int(sel[-1]) + 1))
+    return out
+
+
+@lru_cache(maxsize=32)
+def _log_design(bias_key: bytes, window: tuple[int, int], dtype: str) -> tuple[np.ndarray, float, float, int]:
+    """Centred ln|V| of one fit window: (x - <x>) in ``dtype``, <x>, Sxx, points (cached per grid)."""
+    bias = np.frombuffer(bias_key, dtype=np.float64)
+    x = np.log(np.abs(bias[window[0]: window[1]]))
+    xc = x - x.mean()
+    return xc.astype(dtype), float(x.mean()), float(xc @ xc), x.size
+
+
+def _power_law_rows(
+    bias: np.ndarray, g2: np.ndarray, *, window_V: tuple[float, float], max_log_residual: float, dtype: np.dtype,
+    clock: _Clock = _NO_CLOCK,
+) -> PowerLawResult:
+    """:func:`fit_power_law` on rows (n_rows, n); reads only the fit-window columns."""
+    n_rows = g2.shape[0]
+    reason = np.zeros(n_rows, np.int8)
+    windows = _window_columns(bias, window_V)
+    if windows is None:
+        nan = np.full(n_rows, np.nan, dtype)
+        reason[:] = ReasonCode.WINDOW_NOT_COVERED
+        return PowerLawResult(nan, nan, nan, nan, nan, nan, nan, reason)
+    nan_in = np.zeros(n_rows, bool)
+    parts = []
+    bias_key = np.ascontiguousarray(bias, dtype=np.float64).tobytes()
+    for cols in windows:
+        y_raw = g2[:, cols]
+        xc, x_mean, sxx, m = _log_design(bias_key, (cols.start, cols.stop), y_raw.dtype.str)
+        # ln of a non-positive or non-finite G is NaN/inf, and so is then the row's sum: the
+        # (rare) failed rows are told apart afterwards instead of checking every sample twice.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log(y_raw, out=_scratch("log_g", n_rows, m, y_raw.dtype))
+        total = y.sum(axis=1)  # numpy's pairwise sum: float32 stays accurate over ~500 terms
+        # einsum, not BLAS: a (rows x 501) GEMV goes multi-threaded in OpenBLAS (see kernels_gap)
+        slope = np.einsum("ij,j->i", y, xc).astype(np.float64) / sxx
+        ybar = total.astype(np.float64) / m
+        failed = ~(np.isfinite(total) & np.isfinite(slope))
+        if failed.any():
+            rows_failed = np.flatnonzero(failed)
+            nonfinite = ~np.isfinite(y_raw[rows_failed]).all(axis=1)
+            nan_in[rows_failed[nonfinite]] = True
+            reason[rows_failed[~nonfinite]] = ReasonCode.NONPOSITIVE_CONDUCTANCE
+        # residual = y - ybar - slope xc, formed in place in one buffer
+        resid = np.multiply(slope.astype(y.dtype)[:, None], xc, out=_scratch("resid", n_rows, m, y.dtype))
+        resid += ybar.astype(y.dtype)[:, None]
+        np.subtract(y, resid, out=resid)
+        rms = np.sqrt(np.einsum("ij,ij->i", resid, resid).astype(np.float64) / m)
+        parts.append((slope, ybar - slope * x_mean, rms))
+    clock.lap("power-law fit")
+    (a_p, lb_p, r_p), (a_n, lb_n, r_n) = parts
+    rms = np.maximum(r_p, r_n)
+    reason[(reason == 0) & ~(rms <= max_log_residual)] = ReasonCode.POOR_POWER_LAW_FIT
+    reason[nan_in] = ReasonCode.NAN_INPUT
     ok = reason == 0
-    dtype = g.dtype if g.dtype == np.float32 else np.float64
-    out = [np.where(ok, v, np.nan).astype(dtype).reshape(lead) for v in (0.5 * (pos - neg), neg, pos)]
-    return GapResult(
-        *out,
-        visibility=np.where(bad, np.nan, visibility).astype(dtype).reshape(lead),
-        score=np.where(bad, np.nan, score).astype(dtype).reshape(lead),
-        reason=reason.reshape(lead),
+
+    def out(v: np.ndarray) -> np.ndarray:
+        return np.where(ok, v, np.nan).astype(dtype)
+
+    return PowerLawResult(
+        alpha=out(0.5 * (a_p + a_n)), alpha_pos=out(a_p), alpha_neg=out(a_n),
+        b=out(np.exp(0.5 * (lb_p + lb_n))), b_pos=out(np.exp(lb_p)), b_neg=out(np.exp(lb_n)),
+        rms_log_residual=np.where(nan_in, np.nan, rms).astype(dtype),
+        reason=reason,
     )
 
 
@@ -525,60 +672,208 @@ def fit_power_law(
     Returns
     -------
     PowerLawResult
-        rms_log_residual is the larger of the two polarities' rms residual of ln G.
+        rms_log_residual is the larger of the two polarities' rms residual of ln G (NaN where
+        a window holds non-finite or non-positive dI/dV).
     """
     bias = np.asarray(bias_V, dtype=np.float64)
     g = np.asarray(didv)
     lead = g.shape[:-1]
+    dtype = np.dtype(g.dtype if g.dtype == np.float32 else np.float64)
     g2 = g.reshape(-1, bias.size)
-    dtype = g.dtype if g.dtype == np.float32 else np.float64
-    n_rows = g2.shape[0]
-    reason = np.zeros(n_rows, np.int8)
-    nan_in = np.zeros(n_rows, bool)
-    parts = []
-    for sign in (1.0, -1.0):
-        mag = sign * bias
-        sel = np.flatnonzero((mag >= window_V[0]) & (mag <= window_V[1]))
-        step = abs(bias[1] - bias[0])
-        if sel.size < 3 or mag.max() < window_V[1] - step:
-            reason[:] = ReasonCode.WINDOW_NOT_COVERED
-            nan = np.full(n_rows, np.nan)
-            parts.append((nan, nan, nan))
-            continue
-        y = g2[:, sel[0]: sel[-1] + 1]
-        bad = ~(y > 0).all(axis=1)  # NaN fails too
-        nan_in |= ~np.isfinite(y).all(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.log(np.where(bad[:, None], 1, y))
-        x = np.log(mag[sel[0]: sel[-1] + 1])
-        xc = (x - x.mean()).astype(y.dtype)
-        sxx = float(xc @ xc)
-        slope = np.einsum("ij,j->i", y, xc).astype(np.float64) / sxx  # einsum: no BLAS threads (kernels_gap)
-        ybar = y.mean(axis=1, dtype=np.float64)
-        resid = y - ybar[:, None].astype(y.dtype) - slope[:, None].astype(y.dtype) * xc
-        rms = np.sqrt(np.einsum("ij,ij->i", resid, resid, dtype=np.float64) / x.size)
-        log_b = ybar - slope * x.mean()
-        reason[(reason == 0) & bad] = ReasonCode.NONPOSITIVE_CONDUCTANCE
-        parts.append((slope, log_b, rms))
-    (a_p, lb_p, r_p), (a_n, lb_n, r_n) = parts
-    rms = np.maximum(r_p, r_n)
-    reason[(reason == 0) & ~(rms <= max_log_residual)] = ReasonCode.POOR_POWER_LAW_FIT
-    reason[nan_in] = ReasonCode.NAN_INPUT
-    ok = reason == 0
+    if g2.dtype not in (np.float32, np.float64):
+        g2 = g2.astype(np.float64)
+    law = _power_law_rows(bias, g2, window_V=window_V, max_log_residual=max_log_residual, dtype=dtype)
+    return PowerLawResult(*(v.reshape(lead) for v in law))
 
-    def out(v: np.ndarray) -> np.ndarray:
-        return np.where(ok, v, np.nan).astype(dtype).reshape(lead)
 
-    return PowerLawResult(
-        alpha=out(0.5 * (a_p + a_n)), alpha_pos=out(a_p), alpha_neg=out(a_n),
-        b=out(np.exp(0.5 * (lb_p + lb_n))), b_pos=out(np.exp(lb_p)), b_neg=out(np.exp(lb_n)),
-        rms_log_residual=np.where(nan_in, np.nan, rms).astype(dtype).reshape(lead),
-        reason=reason.reshape(lead),
+def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Union of half-open column ranges, sorted and merged."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in merged)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one batch analysis reads, fixed per bias grid and options (computed once per call)."""
+
+    bias: np.ndarray
+    step: float
+    gap_from_lockin: bool
+    alpha_from_lockin: bool
+    #: columns of the current's derivative that are read (gap region and/or fit windows)
+    derivative_columns: tuple[tuple[int, int], ...]
+    #: columns of the lock-in (5-point smoothed for the gap, raw for alpha) that are read
+    lockin_columns: tuple[tuple[int, int], ...]
+    #: the columns the gap fit reads (see _gap_columns)
+    gap_columns: slice
+
+
+def _plan(bias: np.ndarray, step: float, opts: KernelOptions, *, gap_from_lockin: bool) -> _Plan:
+    gap_cols = _gap_columns(bias, opts.gap_search_V, step)
+    windows = _window_columns(bias, opts.fit_window_V) or []
+    alpha_from_lockin = opts.alpha_source == "lockin"
+    fit = [(w.start, w.stop) for w in windows]
+    gap = [(gap_cols.start, gap_cols.stop)]
+    return _Plan(
+        bias=bias, step=step, gap_from_lockin=gap_from_lockin, alpha_from_lockin=alpha_from_lockin,
+        derivative_columns=_merge((fit if not alpha_from_lockin else []) + (gap if not gap_from_lockin else [])),
+        lockin_columns=_merge((fit if alpha_from_lockin else []) + (gap if gap_from_lockin else [])),
+        gap_columns=gap_cols,
     )
 
 
-def _flat(a: np.ndarray | None, n: int) -> np.ndarray | None:
-    return None if a is None else np.asarray(a).reshape(-1, n)
+def _box_difference_into(out: np.ndarray, x: np.ndarray, points: int) -> None:
+    """``out[:, k] = B[k + points + 1] - B[k]`` with B_j the sum of x[:, j : j + points].
+
+    Why not ``uniform_filter1d``: the binary decomposition of ``points`` (sums of 1, 2, 4, 8, ...
+    samples) costs O(log points) vector passes in the input dtype and needs no padding; every
+    pass writes into per-thread scratch arrays, because fresh multi-MB temporaries are paged in
+    anew on every chunk here (measured: most of the derivative's time).
+    """
+    rows, n_in = x.shape
+    length = n_in - points + 1  # number of sums B_j
+    total = _scratch("box_total", rows, length, x.dtype)
+    ping = [_scratch("box_a", rows, n_in, x.dtype), _scratch("box_b", rows, n_in, x.dtype)]
+    power, width, offset, rem, started = x, 1, 0, points, False
+    while rem:
+        if rem & 1:  # this power of two is in ``points``: add its block next to the previous ones
+            part = power[:, offset: offset + length]
+            if started:
+                total += part
+            else:
+                np.copyto(total, part)
+                started = True
+            offset += width
+        rem >>= 1
+        if rem:
+            nxt = ping[0][:, : power.shape[1] - width]
+            np.add(power[:, :-width], power[:, width:], out=nxt)
+            power, ping = nxt, ping[::-1]
+            width *= 2
+    np.subtract(total[:, points + 1:], total[:, : length - points - 1], out=out)
+
+
+def _derivative_into(
+    out: np.ndarray, current: np.ndarray, columns: tuple[tuple[int, int], ...], *, points: int, step: float,
+    row_scale: np.ndarray,
+) -> None:
+    """``out[:, lo:hi] = row_scale * derivative(current)[:, lo:hi]`` for each column range.
+
+    The box derivative of :func:`derivative`, D_i = (B_{i+1} - B_{i-p}) / (p 2 s h) with B_j the
+    sum of the p samples from j on (identical to the running-mean form away from the ends); only
+    the columns read are computed. Ranges that reach within ``points`` of the sweep ends, where
+    :func:`derivative` pads, fall back to it for the same numbers.
+    """
+    p, n = points, current.shape[1]
+    s = (p + 1) // 2
+    scale = (row_scale * (1.0 / (p * 2 * s * step))).astype(current.dtype)[:, None]
+    for lo, hi in columns:
+        if lo < p or hi > n - p:  # the padded ends: the reference implementation itself
+            full = derivative(np.arange(n) * step, current, points=p)
+            np.multiply(full[:, lo:hi], scale, out=out[:, lo:hi])
+            continue
+        _box_difference_into(out[:, lo:hi], current[:, lo - p: hi + p], p)  # B_j for j = lo - p .. hi
+        out[:, lo:hi] *= scale
+
+
+_BUFFERS = threading.local()
+
+
+def _buffer(name: str, rows: int, n: int, dtype: np.dtype, columns: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """A per-thread (rows, n) work array, NaN outside ``columns`` (reused: first touch is slow here).
+
+    Only ``columns`` are ever written, so the NaN elsewhere survives reuse; a column read outside
+    them shows up as NaN (NAN_INPUT), never as stale data.
+    """
+    cache: dict[tuple[object, ...], np.ndarray] = _BUFFERS.__dict__.setdefault("cache", {})
+    key = (name, n, np.dtype(dtype).str, columns)
+    buf = cache.get(key)
+    if buf is None or buf.shape[0] < rows:
+        if len(cache) > 16:
+            cache.clear()
+        buf = cache[key] = np.full((rows, n), np.nan, dtype)
+    return buf[:rows]
+
+
+def _scratch(name: str, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
+    """A per-thread scratch array (rows, cols) of undefined content, reused between chunks."""
+    cache: dict[tuple[object, ...], np.ndarray] = _BUFFERS.__dict__.setdefault("scratch", {})
+    key = (name, np.dtype(dtype).str)
+    buf = cache.get(key)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] < cols:
+        old = (0, 0) if buf is None else buf.shape
+        buf = cache[key] = np.empty((max(rows, old[0]), max(cols, old[1])), dtype)
+    return buf[:rows, :cols]
+
+
+def _float(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
+
+
+def _analyse_chunk(
+    plan: _Plan, opts: KernelOptions, width: float, cur: np.ndarray | None, lia: np.ndarray | None, clock: _Clock,
+) -> SpectrumAnalysis:
+    """Analyse one chunk of rows (n_rows, n); the work arrays are per-thread buffers."""
+    bias, step, n = plan.bias, plan.step, plan.bias.size
+    rows = (cur if cur is not None else lia).shape[0]  # type: ignore[union-attr]
+    g_cur = r_cur = g_lia = r_lia = None
+    if cur is not None:
+        sign = conductance_sign(bias, cur)
+        g_cur = _buffer("didv", rows, n, cur.dtype, plan.derivative_columns)
+        _derivative_into(g_cur, cur, plan.derivative_columns, points=opts.smoothing_points, step=step, row_scale=sign)
+        if not plan.gap_from_lockin:  # the template fit reads the signed current in the gap columns
+            cols = plan.gap_columns
+            r_cur = _buffer("current", rows, n, cur.dtype, ((cols.start, cols.stop),))
+            np.multiply(cur[:, cols], sign.astype(cur.dtype)[:, None], out=r_cur[:, cols])
+    if lia is not None:
+        sign_l = conductance_sign(bias, lia, kind="didv").astype(lia.dtype)[:, None]
+        r_lia = _buffer("lockin", rows, n, lia.dtype, plan.lockin_columns)
+        for lo, hi in plan.lockin_columns:
+            np.multiply(lia[:, lo:hi], sign_l, out=r_lia[:, lo:hi])
+        if plan.gap_from_lockin:  # a 5-point running mean keeps noise spikes from the argmax
+            cols = plan.gap_columns
+            g_lia = _buffer("lockin5", rows, n, lia.dtype, ((cols.start, cols.stop),))
+            lo, hi = max(cols.start - 2, 0), min(cols.stop + 2, n)
+            smooth = uniform_filter1d(lia[:, lo:hi], 5, axis=-1, mode="nearest") * sign_l
+            if lo == cols.start - 2 and hi == cols.stop + 2:
+                g_lia[:, cols] = smooth[:, 2:-2]
+            else:  # the sweep ends: the filter of the whole row pads exactly as extract_gap does
+                g_lia[:, cols] = (uniform_filter1d(lia, 5, axis=-1, mode="nearest") * sign_l)[:, cols]
+    clock.lap("sign + derivative")
+    dtype = np.dtype((cur if cur is not None else lia).dtype)  # type: ignore[union-attr]
+    bank_args = _bank_args(opts.temperature_K, opts.modulation_Vrms, integrated=not plan.gap_from_lockin)
+    bank_args["widths"] = (round(float(width), 9),)
+    g_gap, r_gap = (g_lia, r_lia) if plan.gap_from_lockin else (g_cur, r_cur)
+    gap = _gap_rows(
+        bias, g_gap, r_gap, integrated=not plan.gap_from_lockin, step=step,  # type: ignore[arg-type]
+        search_V=opts.gap_search_V, bank_args=bank_args, min_visibility=opts.min_visibility,
+        min_peak_score=opts.min_peak_score, dtype=dtype, clock=clock,
+    )
+    law = _power_law_rows(
+        bias, r_lia if plan.alpha_from_lockin else g_cur, window_V=opts.fit_window_V,  # type: ignore[arg-type]
+        max_log_residual=opts.max_log_residual, dtype=dtype, clock=clock,
+    )
+    valid = (gap.reason == 0) & (law.reason == 0)
+    result = SpectrumAnalysis(
+        delta_eV=gap.delta_eV, peak_neg_V=gap.peak_neg_V, peak_pos_V=gap.peak_pos_V,
+        visibility=gap.visibility, peak_score=gap.score, alpha=law.alpha, alpha_pos=law.alpha_pos,
+        alpha_neg=law.alpha_neg, b=law.b, b_pos=law.b_pos, b_neg=law.b_neg,
+        rms_log_residual=law.rms_log_residual, gap_reason=gap.reason, alpha_reason=law.reason,
+        valid=valid, reason=np.where(gap.reason != 0, gap.reason, law.reason).astype(np.int8),
+    )
+    clock.lap("assemble")
+    return result
+
+
+def _threads(opts: KernelOptions, chunks: int) -> int:
+    """Worker threads: ``opts.threads``, or one per available core; never more than chunks."""
+    wanted = opts.threads if opts.threads is not None else len(os.sched_getaffinity(0))
+    return max(1, min(wanted, chunks))
 
 
 def analyse_spectra(
@@ -587,6 +882,7 @@ def analyse_spectra(
     current: np.ndarray | None = None,
     lockin: np.ndarray | None = None,
     options: KernelOptions | None = None,
+    stage_seconds: dict[str, float] | None = None,
 ) -> SpectrumAnalysis:
     """Delta, alpha and their quality for a batch of spectra (the one entry point).
 
@@ -599,6 +895,9 @@ def analyse_spectra(
     lockin : ndarray, (..., n), optional
         Lock-in dI/dV channel (any units, either sign).
     options : KernelOptions
+    stage_seconds : dict, optional
+        If given, CPU seconds per stage ("sign + derivative", "coarse peaks", "template
+        refinement", "power-law fit", "assemble") are added to it, summed over chunks and threads.
 
     Returns
     -------
@@ -606,8 +905,10 @@ def analyse_spectra(
         Arrays shaped (...). Delta comes from the lock-in when ``gap_source`` is "lockin", or
         "auto" with a lock-in given, else from the current; alpha from ``alpha_source``.
         Spectra are processed in chunks of ``options.chunk`` (cache-sized, ~3x faster than the
-        whole array at once, ARCHITECTURE.md); the Dynes width of the peak templates, unless
-        given, is estimated once from the first chunk so every chunk uses the same templates.
+        whole array at once, ARCHITECTURE.md) on ``options.threads`` threads (numpy releases
+        the GIL in the heavy calls); only the columns the fits read are derived and smoothed.
+        The Dynes width of the peak templates, unless given, is estimated once from the first
+        chunk so every chunk uses the same templates.
     """
     opts = options or KernelOptions()
     if current is None and lockin is None:
@@ -627,42 +928,40 @@ def analyse_spectra(
     if opts.alpha_source == "lockin" and lia is None:
         raise AnalysisError("alpha_source='lockin' but no lock-in channel was given; use alpha_source='current'")
     n = bias.size
-    cur2, lia2 = _flat(cur, n), _flat(lia, n)
+    cur2 = None if cur is None else _float(np.asarray(cur).reshape(-1, n))
+    lia2 = None if lia is None else _float(np.asarray(lia).reshape(-1, n))
+    if opts.alpha_source == "current" and lia2 is not None and not gap_from_lockin:
+        lia2 = None  # the lock-in is read by neither fit
     total = int(np.prod(lead, dtype=np.int64))
+    plan = _plan(bias, step, opts, gap_from_lockin=gap_from_lockin)
     width = opts.dynes_width_eV
-    results: list[SpectrumAnalysis] = []
-    for start in range(0, total, opts.chunk):
+    if width is None:  # from the first chunk, then fixed so every chunk uses the same templates
+        first = slice(0, min(opts.chunk, total))
+        width = estimate_dynes_width(
+            bias, current=None if cur2 is None else cur2[first], lockin=None if lia2 is None else lia2[first],
+            options=dataclasses.replace(opts, gap_source="lockin" if gap_from_lockin else "current"),
+        )
+    starts = range(0, total, opts.chunk)
+
+    def work(start: int) -> tuple[SpectrumAnalysis, dict[str, float]]:
         rows = slice(start, min(start + opts.chunk, total))
-        c = None if cur2 is None else cur2[rows]
-        li = None if lia2 is None else lia2[rows]
-        if c is not None:
-            c = c * conductance_sign(bias, c)[:, None].astype(c.dtype)
-            g_cur = derivative(bias, c, points=opts.smoothing_points)
-        if li is not None:
-            li = li * conductance_sign(bias, li, kind="didv")[:, None].astype(li.dtype)
-        gap_kwargs = dict(
-            search_V=opts.gap_search_V, temperature_K=opts.temperature_K, min_visibility=opts.min_visibility,
-            min_peak_score=opts.min_peak_score,
+        clock = _Clock(stage_seconds is not None)
+        part = _analyse_chunk(
+            plan, opts, width, None if cur2 is None else cur2[rows], None if lia2 is None else lia2[rows], clock
         )
-        if width is None:  # from the first chunk, then fixed so every chunk uses the same templates
-            width = _batch_width(bias, li, None, opts=opts) if gap_from_lockin else _batch_width(bias, g_cur, c, opts=opts)
-        if gap_from_lockin:
-            gap = extract_gap(bias, li, modulation_Vrms=opts.modulation_Vrms, dynes_width_eV=width, **gap_kwargs)
-        else:
-            gap = extract_gap(bias, g_cur, current_A=c, dynes_width_eV=width, **gap_kwargs)
-        law = fit_power_law(
-            bias, li if opts.alpha_source == "lockin" else g_cur, window_V=opts.fit_window_V,
-            max_log_residual=opts.max_log_residual,
-        )
-        valid = (gap.reason == 0) & (law.reason == 0)
-        results.append(SpectrumAnalysis(
-            delta_eV=gap.delta_eV, peak_neg_V=gap.peak_neg_V, peak_pos_V=gap.peak_pos_V,
-            visibility=gap.visibility, peak_score=gap.score, alpha=law.alpha, alpha_pos=law.alpha_pos,
-            alpha_neg=law.alpha_neg, b=law.b, b_pos=law.b_pos, b_neg=law.b_neg,
-            rms_log_residual=law.rms_log_residual, gap_reason=gap.reason, alpha_reason=law.reason,
-            valid=valid, reason=np.where(gap.reason != 0, gap.reason, law.reason).astype(np.int8),
-        ))
-    return SpectrumAnalysis(*(np.concatenate(parts).reshape(lead) for parts in zip(*results)))
+        return part, clock.seconds
+
+    threads = _threads(opts, len(starts))
+    if threads == 1:
+        done = [work(s) for s in starts]
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="stslive-kernels") as pool:
+            done = list(pool.map(work, starts))
+    if stage_seconds is not None:
+        for _, seconds in done:
+            for stage, t in seconds.items():
+                stage_seconds[stage] = stage_seconds.get(stage, 0.0) + t
+    return SpectrumAnalysis(*(np.concatenate(parts).reshape(lead) for parts in zip(*(d[0] for d in done))))
 
 
 def estimate_dynes_width(
