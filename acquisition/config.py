@@ -204,6 +204,8 @@ class RunConfig:
             raise ConfigError(f"run config {path} not found; check the --config path") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"run config {path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+            raise ConfigError(f"run config {path}: not UTF-8 text ({exc}); save it as UTF-8") from None
         try:
             return cls.from_dict(doc, source=str(path))
         except ConfigError as exc:

@@ -289,6 +289,8 @@ class FaultPlan:
             raise ConfigError(f"fault file {path} not found; check the --faults path") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"fault file {path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+            raise ConfigError(f"fault file {path}: not UTF-8 text ({exc}); save it as UTF-8") from None
         unknown = sorted(set(doc) - {"fault"})
         if unknown:
             raise ConfigError(f"fault file {path}: unknown top-level key(s) {unknown}; use [[fault]] tables")
