@@ -9,7 +9,8 @@ state machine, whose change log this thread drains into the archive's run log be
 so HDF5 is never written from two threads.
 
 Per pixel: temperature -> suspender -> measure (bounded retries; the VISA session reconnects
-by itself) -> archive (data, flush, measured flag, flush) -> stream event. A pixel that still
+by itself) -> archive (data, flush, measured flag, flush) -> stream event. The archive write and
+the stream event of a pixel are deferred to the next pixel's sweep (see "Pipelining"). A pixel that still
 fails is recorded as failed with its reason (archive failure record + ``failed`` document),
 never as data; after ``max_consecutive_failures`` in a row the run pauses (reason
 ``failures``) and waits for ``resume``.
@@ -18,6 +19,15 @@ Re-measure (``remeasure`` command, with an optional reason): a queued cell is me
 it was measured, :meth:`ArchiveWriter.rewrite_pixel` replaces its spectrum and logs the old
 record with the reason; if it had failed, it ends measured and no longer failed. A re-measure
 that fails keeps the old spectrum and logs ``remeasure_failed``.
+
+Pipelining: a measured pixel is archived and published while the next pixel's sweep runs
+(:meth:`PixelProcedure.measure` ``during_sweep``: between the sweep request and its reply), so
+the archive and the stream cost a pixel nothing as long as they are shorter than a sweep. HDF5
+and the publisher are still used from this thread only. The crash-safety invariant is unchanged
+(the archive writes a pixel complete and flagged, or not at all); a kill loses at most the
+pixel waiting to be recorded, which stays unmeasured and ``--resume`` measures it. Everything
+else that writes the archive or the stream (failures, log lines, pause, re-measure, the end of
+the run) first records the waiting pixel, so the archive and the stream keep the pixel order.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ from stslive.drivers.errors import InstrumentError, StsliveError
 log = logging.getLogger(__name__)
 
 
-#: Phases of a measured pixel's software overhead in :attr:`RunStats.phase_s`.
+#: Phases of a measured pixel's software work in :attr:`RunStats.phase_s`.
 OVERHEAD_PHASES = ("before_sweep", "after_sweep", "archive", "publish")
 
 
@@ -54,16 +64,20 @@ OVERHEAD_PHASES = ("before_sweep", "after_sweep", "archive", "publish")
 class RunStats:
     """Counters and per-pixel software overhead of one engine run (s).
 
-    ``overhead_s`` has one entry per measured pixel: the pixel's time minus the controller's
-    sweep call, plus archiving and publishing it. ``phase_s`` splits it (:data:`OVERHEAD_PHASES`):
-    round trips before the sweep (set-point set, move, z), after it (lock-in status,
-    temperature), the archive write with its flushes, the stream event.
+    ``overhead_s`` has one entry per measured pixel: the wall time of its engine step minus the
+    controller's sweep call, i.e. what the pixel costs beyond the sweep (its round trips, and
+    whatever part of the previous pixel's archive write and event did not fit beside the sweep).
+    ``work_s`` is the software work of each recorded pixel, hidden or not: round trips before
+    the sweep (set-point set, move, z) and after it (lock-in status, temperature), the archive
+    write with its flushes, the stream event; ``phase_s`` holds these four parts
+    (:data:`OVERHEAD_PHASES`).
     """
 
     measured: int = 0
     failed: int = 0
     retries: int = 0
     overhead_s: list[float] = field(default_factory=list)
+    work_s: list[float] = field(default_factory=list)
     phase_s: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in OVERHEAD_PHASES})
 
 
@@ -113,6 +127,8 @@ class ScanEngine:
         self._pending: PlanPoint | None = None
         self._replace_reason: dict[tuple[int, int], str] = {}  # cells being re-measured -> why
         self._last_after: float | None = None
+        # measured, waiting to be archived and published beside the next sweep: (point, result, remeasure reason)
+        self._deferred: tuple[PlanPoint, PixelResult, str | None] | None = None
         self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self.machine = RunStateMachine(self._set_order, validate_pixel=self._validate_remeasure,
                                        on_change=lambda event, fields: self._log_queue.put((event, fields)))
@@ -148,11 +164,13 @@ class ScanEngine:
                     self._while_paused()
                 else:
                     self._step()
+            self._record_deferred()
             if self.machine.state == "stopping":
                 self.machine.finish()
         except (StsliveError, OSError) as exc:
             self.machine.fail(f"{type(exc).__name__}: {exc}")
             log.error("run failed: %s", exc)
+            self._record_deferred_after_failure(exc)
             raise
         finally:
             self._drain_log()
@@ -164,8 +182,10 @@ class ScanEngine:
         return status
 
     def _step(self) -> None:
+        t_step = time.perf_counter()
         point = self._next_point()
         if point is None:
+            self._record_deferred()
             self.machine.finish_plan()
             return
         # The previous pixel's after-sweep reading, taken a moment ago, serves as this pixel's
@@ -175,29 +195,56 @@ class ScanEngine:
         if temperature is None:
             temperature = self.instruments.temperature()
         if self.suspender is not None and self.suspender.check(temperature) == "suspend":
+            self._record_deferred()
             self._pending = point  # measured when the temperature is back
             self.machine.suspend("temperature", kelvin=temperature)
             return
         sp = self._set_for(point)
         result, error, attempts = self._measure(point, sp, temperature)
+        self._record_deferred()  # if no sweep ran (failures before it), the waiting pixel goes now
         if result is not None:
-            archive_s, publish_s = self._record(point, result)
             self._last_after = result.meta.temperature_after_K
-            meta, stats = result.meta, self.stats
-            before, after = meta.t_sweep_start - meta.t_start, meta.t_end - meta.t_sweep_end
-            stats.overhead_s.append(before + after + archive_s + publish_s)
-            for name, value in zip(OVERHEAD_PHASES, (before, after, archive_s, publish_s), strict=True):
-                stats.phase_s[name].append(value)
+            reason = self._replace_reason.pop((point.iy, point.ix), None)
+            self._deferred = (point, result, reason)
+            self.stats.overhead_s.append(time.perf_counter() - t_step - result.sweep_call_s)
         else:
             assert error is not None
             self._record_failure(point, sp, error, attempts)
+
+    def _record_deferred(self) -> None:
+        """Archive and publish the pixel waiting for it (if any); also counts its work."""
+        if self._deferred is None:
+            return
+        point, result, reason = self._deferred
+        self._deferred = None
+        archive_s, publish_s = self._record(point, result, reason)
+        meta, stats = result.meta, self.stats
+        before, after = meta.t_sweep_start - meta.t_start, meta.t_end - meta.t_sweep_end
+        stats.work_s.append(before + after + archive_s + publish_s)
+        for name, value in zip(OVERHEAD_PHASES, (before, after, archive_s, publish_s), strict=True):
+            stats.phase_s[name].append(value)
+
+    def _record_deferred_after_failure(self, exc: BaseException) -> None:
+        # The waiting pixel was measured correctly; if the archive or stream that failed the run
+        # still takes it, keep it, otherwise say so (it stays unmeasured: --resume measures it).
+        if self._deferred is None:
+            return
+        point = self._deferred[0]
+        try:
+            self._record_deferred()
+        except (StsliveError, OSError) as second:
+            log.error("pixel (%d, %d) was measured but could not be recorded after the failure: %s",
+                      point.iy, point.ix, second)
+            exc.add_note(f"pixel ({point.iy}, {point.ix}) measured but not recorded ({second}); --resume measures it")
 
     def _measure(self, point: PlanPoint, sp: SetpointSet,
                  temperature: float) -> tuple[PixelResult | None, InstrumentError | None, int]:
         error: InstrumentError | None = None
         for attempt in range(1, self._opts["retries"] + 2):
+            during_sweep = self._record_deferred if self._deferred is not None else None
             try:
-                return self.procedure.measure(point, sp, temperature_before_K=temperature), None, attempt
+                result = self.procedure.measure(point, sp, temperature_before_K=temperature, during_sweep=during_sweep)
+                return result, None, attempt
             except InstrumentError as exc:
                 error = exc
                 log.warning("pixel (%d, %d) attempt %d failed: %s", point.iy, point.ix, attempt, exc)
@@ -206,10 +253,9 @@ class ScanEngine:
                     self.procedure.invalidate()  # the next attempt re-sends the set (new session)
         return None, error, self._opts["retries"] + 1
 
-    def _record(self, point: PlanPoint, result: PixelResult) -> tuple[float, float]:
+    def _record(self, point: PlanPoint, result: PixelResult, reason: str | None) -> tuple[float, float]:
         """Archive and publish a measured pixel; returns the time (s) each took."""
         t0 = time.perf_counter()
-        reason = self._replace_reason.pop((point.iy, point.ix), None)
         if self._measured[point.iy, point.ix]:  # a re-measure: the archive logs what it replaces
             self.writer.rewrite_pixel(point.iy, point.ix, result.spectra, result.meta,
                                       reason=reason or "remeasure")
@@ -230,6 +276,7 @@ class ScanEngine:
         return t1 - t0, time.perf_counter() - t1
 
     def _record_failure(self, point: PlanPoint, sp: SetpointSet, error: InstrumentError, attempts: int) -> None:
+        self._record_deferred()
         reason = f"{type(error).__name__}: {error}"
         replacing = self._replace_reason.pop((point.iy, point.ix), None)
         if self._measured[point.iy, point.ix]:
@@ -250,6 +297,7 @@ class ScanEngine:
             self._consecutive_failures = 0
 
     def _while_paused(self) -> None:
+        self._record_deferred()
         self._last_after = None
         self.publisher.heartbeat("paused", message=",".join(sorted(self.machine.pause_reasons)))
         if self.suspender is not None and "temperature" in self.machine.pause_reasons:
@@ -268,6 +316,7 @@ class ScanEngine:
             return point
         request = self.machine.pop_remeasure_request()
         if request is not None:
+            self._record_deferred()  # a re-measure of the waiting pixel must find it archived
             cell, reason = request
             self._last_after = None
             self._replace_reason[cell] = reason
@@ -275,8 +324,13 @@ class ScanEngine:
         while True:
             point = next(self._todo, None)
             # a cell measured through 'remeasure' before the plan reached it is not measured twice
-            if point is None or not self._measured[point.iy, point.ix]:
+            # (it may still be waiting to be recorded)
+            if point is None or not (self._measured[point.iy, point.ix] or self._is_deferred(point)):
                 return point
+
+    def _is_deferred(self, point: PlanPoint) -> bool:
+        waiting = self._deferred[0] if self._deferred is not None else None
+        return waiting is not None and (waiting.iy, waiting.ix) == (point.iy, point.ix)
 
     def _set_for(self, point: PlanPoint) -> SetpointSet:
         if self._opts["setpoint_mode"] == "alternate":
@@ -290,6 +344,9 @@ class ScanEngine:
             raise CommandRefused(str(exc)) from None
 
     def _drain_log(self) -> None:
+        if self._log_queue.empty():
+            return
+        self._record_deferred()  # log lines after the pixels measured before them
         while True:
             try:
                 event, fields = self._log_queue.get_nowait()

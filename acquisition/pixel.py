@@ -14,6 +14,14 @@ Set-point values persist in the controller between pixels, so they are sent only
 changes: re-sending them would cost two round trips per pixel for no effect. If anything fails
 the feedback is switched back on before the error propagates (a tip left without feedback
 crashes into the sample on the next move).
+
+Work beside the sweep: ``measure(..., during_sweep=f)`` runs ``f()`` while the controller
+sweeps (the engine archives and publishes the previous pixel there), on this thread, between
+sending the sweep request and reading its reply, when the controller offers that
+(:class:`SweepsBeside`, as the Nanonis driver does); otherwise ``f()`` runs before the sweep.
+The sweep is the one long wait of a pixel, so that work costs the pixel nothing while it is
+shorter than the sweep. (A worker thread for the sweep was tried and measured slower than no
+overlap: the reply waited for the GIL behind the HDF5 writes.)
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,7 +45,15 @@ from stslive.drivers.errors import (
     InstrumentTimeout,
     SafetyLimitError,
 )
-from stslive.drivers.protocols import LockIn, LockInStatus, SpectroscopyConfig, SpectroscopyTiming, StmController, Thermometer
+from stslive.drivers.protocols import (
+    LockIn,
+    LockInStatus,
+    SpectroscopyConfig,
+    SpectroscopyTiming,
+    SpectrumData,
+    StmController,
+    Thermometer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +81,15 @@ def failure_code(exc: InstrumentError) -> int:
 def status_bits(status: LockInStatus) -> int:
     """The :class:`LockInStatus` as the bit field stored in ``PixelMeta.lockin_status``."""
     return sum(bit for name, bit in LOCKIN_STATUS_BITS.items() if getattr(status, name))
+
+
+@runtime_checkable
+class SweepsBeside(Protocol):
+    """A controller that can run work on the calling thread while it sweeps."""
+
+    def run_spectrum_beside(self, work: Callable[[], None]) -> tuple[SpectrumData, bool]:
+        """The sweep with ``work()`` run meanwhile; (spectrum, True if ``work`` ended before the reply)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +121,11 @@ class Instruments:
 
 @dataclass(frozen=True)
 class PixelResult:
-    """One measured pixel: spectra ``(channel, point)`` float32, metadata, time in the sweep call (s)."""
+    """One measured pixel: spectra ``(channel, point)`` float32, metadata, time in the sweep call (s).
+
+    ``sweep_call_s`` is the time of the controller's sweep call, less the work done beside it
+    unless that work provably ended while the controller was still sweeping.
+    """
 
     spectra: np.ndarray
     meta: PixelMeta
@@ -148,8 +178,14 @@ class PixelProcedure:
         ctl.set_setpoint(sp.current_setpoint_A)
         self._configured = sp.id
 
-    def measure(self, point: PlanPoint, sp: SetpointSet, *, temperature_before_K: float) -> PixelResult:
-        """Measure one pixel with set ``sp``; InstrumentError on failure (feedback back on)."""
+    def measure(self, point: PlanPoint, sp: SetpointSet, *, temperature_before_K: float,
+                during_sweep: Callable[[], None] | None = None) -> PixelResult:
+        """Measure one pixel with set ``sp``; InstrumentError on failure (feedback back on).
+
+        ``during_sweep`` (optional) runs once while the controller sweeps (see the module notes);
+        it is not called if the pixel fails before the sweep request was sent. An error it raises
+        propagates once the sweep has ended.
+        """
         ctl = self.instruments.controller
         t_start = self._clock()
         try:
@@ -159,9 +195,7 @@ class PixelProcedure:
             if self.move_settle_s > 0:
                 self._sleep(self.move_settle_s)
             z = ctl.get_z()
-            t_sweep_start = self._clock()
-            spectrum = ctl.run_spectrum()
-            t_sweep_end = self._clock()
+            spectrum, t_sweep_start, t_sweep_end, sweep_call_s = self._sweep(during_sweep)
             status = self.instruments.lockin.status() if self.instruments.lockin is not None else LockInStatus()
             temperature_after = self.instruments.temperature()
         except InstrumentError:
@@ -173,7 +207,34 @@ class PixelProcedure:
             t_sweep_end=t_sweep_end, t_end=self._clock(), temperature_before_K=temperature_before_K,
             temperature_after_K=temperature_after, z_m=z, lockin_status=status_bits(status),
             lockin_overload=status.overloaded)
-        return PixelResult(spectra, meta, t_sweep_end - t_sweep_start)
+        return PixelResult(spectra, meta, sweep_call_s)
+
+    def _sweep(self, during_sweep: Callable[[], None] | None) -> tuple[SpectrumData, float, float, float]:
+        """(spectrum, call start, call end, sweep_call_s), with ``during_sweep`` run meanwhile."""
+        ctl = self.instruments.controller
+        if during_sweep is not None and not isinstance(ctl, SweepsBeside):
+            during_sweep()  # no overlap possible: the work goes first
+            during_sweep = None
+        if during_sweep is None:
+            t0 = self._clock()
+            spectrum = ctl.run_spectrum()
+            t1 = self._clock()
+            return spectrum, t0, t1, t1 - t0
+        work_s = 0.0
+
+        def timed_work() -> None:
+            nonlocal work_s
+            w0 = self._clock()
+            try:
+                during_sweep()
+            finally:
+                work_s = self._clock() - w0
+
+        t0 = self._clock()
+        spectrum, hidden = ctl.run_spectrum_beside(timed_work)
+        t1 = self._clock()
+        # work that may have outlasted the sweep counts as overhead, all of it (an upper bound)
+        return spectrum, t0, t1, (t1 - t0) if hidden else (t1 - t0) - work_s
 
     def _rows(self, data: np.ndarray, names: Sequence[str], n_points: int) -> np.ndarray:
         if data.ndim != 2 or data.shape[1] != n_points:
