@@ -773,11 +773,22 @@ class ArchiveReader:
         self.close()
 
 
-def open_archive(path: str | os.PathLike[str], *, swmr: bool = False) -> ArchiveReader:
+def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> ArchiveReader:
     """Open and validate an archive; ArchiveError on anything that is not one of ours.
 
     ``swmr=True`` reads while a writer appends (call :meth:`ArchiveReader.refresh` to see more).
+    ``swmr="auto"`` opens a finished file normally and falls back to SWMR only when a writer holds
+    it (or was killed holding it). Use it wherever a file may or may not be live: an SWMR reader
+    retries every failed metadata read with back-off, so a truncated or corrupt file opened with
+    SWMR can stall for minutes inside HDF5, while a plain open fails at once with a clear error.
     """
+    if swmr == "auto":
+        try:
+            return open_archive(path, swmr=False)
+        except ArchiveError as exc:
+            if "already open" not in str(exc):
+                raise
+        return open_archive(path, swmr=True)
     path = Path(path)
     if not path.is_file():
         raise ArchiveError(path, "no such file; check the path")

@@ -189,7 +189,7 @@ def open_spectra(path: str | os.PathLike[str], *, current: str | None = None,
         raise FileFormatError(path, "no such file; check the path")
     with open(path, "rb") as fh:
         is_hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
-    backend: ArchiveReader | NanonisGrid = open_archive(path, swmr=True) if is_hdf5 else open_3ds(path)
+    backend: ArchiveReader | NanonisGrid = open_archive(path, swmr="auto") if is_hdf5 else open_3ds(path)
     try:
         return SpectraSource(path, backend, current=current, lockin=lockin)
     except BaseException:

@@ -139,7 +139,7 @@ def open_replay(path: str | os.PathLike[str]) -> ReplaySource:
         raise FileFormatError(path, "no such file; give an stslive archive (.h5) or a Nanonis grid (.3ds)")
     with open(path, "rb") as fh:
         is_hdf5 = fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-    backend: ArchiveReader | NanonisGrid = open_archive(path, swmr=True) if is_hdf5 else open_3ds(path)
+    backend: ArchiveReader | NanonisGrid = open_archive(path, swmr="auto") if is_hdf5 else open_3ds(path)
     try:
         return ReplaySource(path, backend)
     except BaseException:
