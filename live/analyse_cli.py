@@ -21,7 +21,9 @@ from stslive.acquisition.inputs import SpectraSource
 from stslive.drivers.errors import AnalysisError
 from stslive.live import figures
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
-from stslive.live.pipeline import TheoryConstants, analyse_source, correlation_snapshot, open_input, uses_lockin
+from stslive.live.pipeline import (
+    TheoryConstants, analyse_source, calibrate_source, correlation_snapshot, open_input, uses_lockin,
+)
 from stslive.live.report import build_report, write_report
 from stslive.live.results import ResultsModel
 
@@ -127,6 +129,7 @@ def analyse_to_directory(path: Path, out: Path, *, options: KernelOptions, const
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with open_input(path, options=options) as source:
+        options = calibrate_source(source, options=options)  # one template width, recorded in the report
         bar = tqdm(total=int(source.measured.sum()), unit="px", desc=path.name, disable=not show_progress,
                    file=sys.stderr)
 

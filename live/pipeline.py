@@ -30,12 +30,12 @@ from stslive.acquisition.inputs import SpectraSource, open_spectra
 from stslive.drivers.errors import AnalysisError, ArchiveError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import RadialProfile, correlation_length_1e, correlation_map, radial_profile
-from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, pick_channels
+from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, estimate_dynes_width, pick_channels
 from stslive.live.results import CorrelationSnapshot, ResultsModel
 
 __all__ = [
-    "TheoryConstants", "ProgressCallback", "uses_lockin", "analyse_pixels", "analyse_arrays",
-    "apply_to_model", "open_input", "analyse_source", "analyse_input", "correlation_snapshot",
+    "TheoryConstants", "ProgressCallback", "uses_lockin", "analyse_pixels", "analyse_arrays", "calibrate_options",
+    "apply_to_model", "open_input", "calibrate_source", "analyse_source", "analyse_input", "correlation_snapshot",
     "sheet_resistance_sigma", "predicted_gap_spread",
 ]
 
@@ -174,6 +174,53 @@ def _kernels(bias: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray
     return analyse_spectra(bias, current=current, lockin=lockin, options=options)
 
 
+def _with_template_width(bias_V: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray | None,
+                         options: KernelOptions) -> KernelOptions:
+    """``options`` with the Dynes width of the peak templates fixed from these spectra.
+
+    Unchanged when a width is already set, when the batch is empty, or when the sweep misses
+    the gap search range (no spectrum would use templates).
+    """
+    if options.dynes_width_eV is not None:
+        return options
+    if not uses_lockin(options):
+        lockin = None
+    ref = current if current is not None else lockin
+    if ref is None or ref.size == 0:
+        return options
+    bias = np.asarray(bias_V, dtype=np.float64)
+    if bias.ndim > 1:  # per-pixel sweeps: calibrate on the spectra sharing the first one
+        first = bias.reshape(-1, bias.shape[-1])[0]
+        same = np.all(bias.reshape(-1, bias.shape[-1])[:, [0, -1]] == first[[0, -1]], axis=1)
+
+        def flat(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a.reshape(-1, a.shape[-1])[same]
+
+        bias, current, lockin = first, flat(current), flat(lockin)
+    if not _gap_search_covered(bias, options):
+        return options
+    width = estimate_dynes_width(bias, current=current, lockin=lockin, options=options)
+    return dataclasses.replace(options, dynes_width_eV=float(width))
+
+
+def calibrate_options(
+    bias_V: np.ndarray, spectra: np.ndarray, channel_names: list[str], *, options: KernelOptions
+) -> KernelOptions:
+    """Fix the peak-template Dynes width from a batch of stored spectra ``(..., n_channels, n_points)``.
+
+    The kernels estimate the width per call when ``options.dynes_width_eV`` is None; a caller
+    that analyses a map in pieces (the live analyser one pixel at a time, the offline block
+    loop) calibrates once on the first spectra (e.g. the first row) and passes the returned
+    options to every :func:`analyse_pixels` call, so all pixels use the same templates (one
+    pixel alone gives a noisy width: ~0.02 meV spread in Delta, measured on mocks.film).
+    """
+    data = np.asarray(spectra)
+    pick = pick_channels(list(channel_names), current=options.current, lockin=options.lockin)
+    return _with_template_width(
+        bias_V, current=None if pick.current is None else data[..., pick.current, :],
+        lockin=None if pick.lockin is None else data[..., pick.lockin, :], options=options)
+
+
 def _empty_analysis(n: int, *, like: np.dtype) -> SpectrumAnalysis:
     """A SpectrumAnalysis of ``n`` not-yet-analysed spectra (NaN values, invalid)."""
     dtype = like if like in (np.float32, np.float64) else np.dtype(np.float64)
@@ -302,6 +349,24 @@ def _refuse_truncated_hdf5(path: str | os.PathLike[str]) -> None:
                                  "or resume the run that wrote it") from exc
 
 
+def calibrate_source(source: SpectraSource, *, options: KernelOptions,
+                     max_block_bytes: int = 64 * 2**20) -> KernelOptions:
+    """``options`` with the template width fixed from the first block holding measured pixels.
+
+    :func:`analyse_source` does the same on its first block; calling this first lets the caller
+    record the width it used (``stslive analyse`` puts it in report.json).
+    """
+    if options.dynes_width_eV is not None:
+        return options
+    for block in source.iter_blocks(max_bytes=max_block_bytes):
+        rows, cols = np.nonzero(block.measured)
+        if rows.size:
+            bias = block.bias if block.bias.ndim == 1 else block.bias[rows, cols]
+            return _with_template_width(bias, current=block.current[rows, cols], options=options,
+                                        lockin=None if block.lockin is None else block.lockin[rows, cols])
+    return options
+
+
 def analyse_source(
     source: SpectraSource,
     *,
@@ -330,10 +395,11 @@ def analyse_source(
         rows, cols = np.nonzero(block.measured)
         if rows.size:
             bias = block.bias if block.bias.ndim == 1 else block.bias[rows, cols]
-            analysis = analyse_arrays(
-                bias, current=block.current[rows, cols],
-                lockin=None if block.lockin is None else block.lockin[rows, cols], options=options,
-            )
+            current = block.current[rows, cols]
+            lockin = None if block.lockin is None else block.lockin[rows, cols]
+            # one template width for the whole map, from the first measured spectra
+            options = _with_template_width(bias, current=current, lockin=lockin, options=options)
+            analysis = analyse_arrays(bias, current=current, lockin=lockin, options=options)
             apply_to_model(model, rows + block.rows.start, cols, analysis)
             done += rows.size
         if progress is not None:

@@ -16,7 +16,8 @@ from stslive.live import theory
 from stslive.live.correlations import correlation_report
 from stslive.live.kernels import KernelOptions, ReasonCode
 from stslive.live.pipeline import (
-    TheoryConstants, analyse_arrays, analyse_input, analyse_pixels, apply_to_model, correlation_snapshot,
+    TheoryConstants, analyse_arrays, analyse_input, analyse_pixels, apply_to_model, calibrate_options,
+    correlation_snapshot,
     predicted_gap_spread, sheet_resistance_sigma,
 )
 from stslive.live.results import ResultsModel
@@ -77,6 +78,20 @@ def test_one_pixel_equals_its_batch_row(film_archive: Path) -> None:
     assert batch.delta_eV.shape == (2, NX) and one.delta_eV.shape == ()
     assert one.delta_eV == pytest.approx(float(batch.delta_eV[1, 7]), abs=1e-9)
     assert one.alpha == pytest.approx(float(batch.alpha[1, 7]), abs=1e-6)
+
+
+def test_calibrated_options_make_live_pixels_match_the_offline_map(film_archive: Path) -> None:
+    """The live analyser calibrates once on a first row, then analyses pixel by pixel."""
+    with open_archive(film_archive) as reader:
+        first_row = reader.read_pixels(slice(0, 1))
+        pixel = reader.read_pixels(slice(30, 31), slice(20, 21))[0, 0]
+        bias = reader.bias
+    options = calibrate_options(bias, first_row, list(CHANNELS), options=KernelOptions())
+    assert options.dynes_width_eV is not None and 1e-6 < options.dynes_width_eV < 1e-3
+    live = analyse_pixels(bias, pixel, list(CHANNELS), options=options)
+    offline = analyse_input(film_archive, options=KernelOptions())  # calibrates on its first block
+    assert float(live.delta_eV) == pytest.approx(float(offline.maps["delta_eV"][30, 20]), abs=2e-6)
+    assert float(live.alpha) == pytest.approx(float(offline.maps["alpha"][30, 20]), abs=1e-5)
 
 
 def test_channels_picked_by_name_sign_and_direction_normalised(film_archive: Path) -> None:
