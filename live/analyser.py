@@ -45,7 +45,7 @@ from stslive.live.analyser_state import PixelInput, RunContext
 from stslive.live.flags import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import correlation_snapshot
-from stslive.live.results_io import encode_message, model_messages, pixel_message, status_message
+from stslive.live.results_io import encode_message, model_messages, pixels_message, status_message
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,9 @@ class AnalyserService:
         self.stopped_runs: list[str] = []
         self._stop_seen = threading.Condition()
         self._since_snapshot = 0
+        self._snapshot_thread: threading.Thread | None = None
+        self._snapshot_wanted = threading.Event()
+        self._snapshot_quit = False
         self._last_publish = 0.0
         self._last_write = 0.0
         self.errors: list[str] = []
@@ -236,33 +239,52 @@ class AnalyserService:
 
     # -- worker thread ------------------------------------------------------------------------
     def _work(self) -> None:
-        pending: list[PixelInput] = []
-        while True:
-            try:
-                kind, item = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                self._flush(pending)
+        try:
+            while True:
+                try:
+                    first = self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    self._periodic()
+                    continue
+                if not self._handle_items(self._drain(first)):
+                    return
                 self._periodic()
-                continue
-            if kind == "end":
-                self._flush(pending)
-                self._finish_run(state=None)
-                return
-            if kind == "start":
-                self._flush(pending)
-                self._open_run(*item)
-                continue
-            doc = item
-            if isinstance(doc, EventDoc):
-                pixel = self._accept_event(doc)
+        finally:
+            self._stop_snapshots()
+
+    def _drain(self, first: tuple[str, Any]) -> list[tuple[str, Any]]:
+        """``first`` and whatever else is queued now, up to ``settings.batch`` items.
+
+        Never waits to fill a batch: at a low rate a batch is one pixel (lowest latency), at a
+        high rate it grows to what arrived while the previous batch was analysed.
+        """
+        items = [first]
+        while len(items) < self.settings.batch:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _handle_items(self, items: list[tuple[str, Any]]) -> bool:
+        """Process drained items in order (events batched between other documents); False at the end."""
+        pending: list[PixelInput] = []
+        for kind, item in items:
+            if kind == "doc" and isinstance(item, EventDoc):
+                pixel = self._accept_event(item)
                 if pixel is not None:
                     pending.append(pixel)
-                if len(pending) >= self.settings.batch or self._queue.empty():
-                    self._flush(pending)
-                    self._periodic()
                 continue
             self._flush(pending)
-            self._handle_other(doc)
+            if kind == "end":
+                self._finish_run(state=None)
+                return False
+            if kind == "start":
+                self._open_run(*item)
+            else:
+                self._handle_other(item)
+        self._flush(pending)
+        return True
 
     def _accept_event(self, doc: EventDoc) -> PixelInput | None:
         run = self.run
@@ -322,25 +344,58 @@ class AnalyserService:
         batch = list(pending)
         pending.clear()
         try:
-            results = self.run.process(batch)
+            columns = self.run.process(batch)
         except StsliveError as exc:  # never die: count the batch and go on
             self._reject("analysis", f"{len(batch)} pixels not analysed: {exc}")
             return
-        self.analysed += len(results)
-        self._since_snapshot += len(results)
+        self.analysed += len(batch)
+        self._since_snapshot += len(batch)
         if self._pub is not None:
-            for r in results:
-                self._pub.send_multipart(encode_message(*pixel_message(r)), copy=False)
+            # one message with arrays for the whole batch: per-pixel JSON would cost more than the analysis
+            self._pub.send_multipart(encode_message(*pixels_message(columns)), copy=False)
         if self._since_snapshot >= self.settings.snapshot_every:
-            self._snapshot()
+            self._since_snapshot = 0
+            self._request_snapshot()
 
-    def _snapshot(self) -> None:
-        assert self.run is not None
-        self._since_snapshot = 0
+    # -- correlation snapshots (off the hot path) ----------------------------------------------
+    def _request_snapshot(self) -> None:
+        """Ask the snapshot thread for a new snapshot; at most one is computed at a time.
+
+        The correlations of a 300 x 250 map take tens of ms: in the worker they would delay every
+        pixel queued behind them by as much, so they run on their own thread on a copy of the
+        maps (:func:`correlation_snapshot` copies under the model's lock). A request while one
+        is running is merged into the next.
+        """
+        if self._snapshot_thread is None:
+            self._snapshot_thread = threading.Thread(target=self._snapshots, name="analyser-snapshots", daemon=True)
+            self._snapshot_thread.start()
+        self._snapshot_wanted.set()
+
+    def _snapshots(self) -> None:
+        while True:
+            self._snapshot_wanted.wait()
+            self._snapshot_wanted.clear()
+            if self._snapshot_quit:
+                return
+            run = self.run
+            if run is not None:
+                self._snapshot(run)
+
+    def _stop_snapshots(self) -> None:
+        if self._snapshot_thread is not None:
+            self._snapshot_quit = True
+            self._snapshot_wanted.set()
+            self._snapshot_thread.join()
+            self._snapshot_thread = None
+            self._snapshot_quit = False
+
+    def _snapshot(self, run: RunContext) -> None:
         try:
-            self.run.model.set_snapshot(correlation_snapshot(self.run.model))
+            snap = correlation_snapshot(run.model)
         except AnalysisError as exc:  # too few valid pixels yet: the next snapshot will try again
             log.info("analyser: no correlation snapshot yet (%s)", exc)
+            return
+        run.model.set_snapshot(snap)
 
     def status_text(self) -> str:
         rejected = collections.Counter(self.rejected)
@@ -385,7 +440,8 @@ class AnalyserService:
     def _finish_run(self, *, state: str | None) -> None:
         if self.run is None:
             return
-        self._snapshot()
+        self._stop_snapshots()  # the final snapshot below sees every pixel and is the one kept
+        self._snapshot(self.run)
         self.run.model.update_status(state=state, message=self.status_text())
         self._write()
         self._publish_all()

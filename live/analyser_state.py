@@ -113,42 +113,79 @@ class RunContext:
         """False for a pixel already analysed at this time or later (backfill/stream overlap)."""
         return pixel.time > self.last_time.get((pixel.iy, pixel.ix), -math.inf)
 
-    def process(self, pixels: Sequence[PixelInput]) -> list[PixelResult]:
-        """Analyse ``pixels`` (already checked, in acquisition order), store and return their results."""
+    def process(self, pixels: Sequence[PixelInput]) -> dict[str, np.ndarray]:
+        """Analyse ``pixels`` (already checked, in acquisition order), store and return their results.
+
+        All pixels of a set-point set go through one :func:`analyse_pixels` call (the kernels are
+        batch-first), the flags through one :meth:`FlagEngine.evaluate`. Returns the results as
+        (n,) arrays named by :class:`PixelResult` fields, in the order given (the columns of
+        :func:`stslive.live.results_io.pixels_message`; :func:`result_rows` gives PixelResults).
+        """
         n = len(pixels)
         if n == 0:
-            return []
-        ids = np.array([p.set_id for p in pixels])
+            return {}
+        ids = np.fromiter((p.set_id for p in pixels), dtype=np.int64, count=n)
+        spectra_all = np.stack([p.spectra for p in pixels])
         parts: dict[str, np.ndarray] = {}
         feats: dict[str, np.ndarray] = {}
+        modulation = np.zeros(n)
+        sensitivity = np.zeros(n)
         for set_id in np.unique(ids):
             rows = np.flatnonzero(ids == set_id)
             sset = self.sets[int(set_id)]
-            spectra = np.stack([pixels[i].spectra for i in rows])
+            spectra = spectra_all if rows.size == n else spectra_all[rows]
             bias = sset.bias_axis
             analysis = analyse_pixels(bias, spectra, self.channel_names, options=self.options)
             current, lockin = channel_arrays(spectra, self.channel_names)
             f = spectral_features(bias, current, v_set_V=sset.bias_setpoint_V, i_set_A=abs(sset.current_setpoint_A),
-                                  lockin=lockin)
+                                  lockin=lockin, config=self.flags.config)
             _scatter(parts, analysis._asdict(), rows, n)
             _scatter(feats, {k: getattr(f, k) for k in f.__slots__}, rows, n)
+            c = conditions_for(temperatures_K=(), lockin_overload=False, lockin_status=0,
+                               setpoint_set=sset.to_dict())
+            modulation[rows], sensitivity[rows] = c.modulation_Vrms, c.sensitivity_V
         analysis = SpectrumAnalysis(**parts)
-        conditions: list[PixelConditions] = [
-            conditions_for(temperatures_K=p.temperatures_K, lockin_overload=p.lockin_overload,
-                           lockin_status=p.lockin_status, setpoint_set=self.sets[p.set_id].to_dict())
-            for p in pixels
-        ]
+        with np.errstate(invalid="ignore"):  # both readings missing: NaN, no thermometer
+            temps = np.fmax(*np.array([[_temp(t) for t in p.temperatures_K] for p in pixels], dtype=np.float64).T)
+        conditions = PixelConditions(
+            temperature_K=temps,
+            lockin_overload=np.fromiter((p.lockin_overload for p in pixels), dtype=bool, count=n),
+            lockin_status=np.fromiter((p.lockin_status for p in pixels), dtype=np.int64, count=n),
+            modulation_Vrms=modulation, sensitivity_V=sensitivity,
+        )
         bits = self.flags.evaluate(analysis, SpectralFeatures(**feats), conditions)
-        iy = np.array([p.iy for p in pixels])
-        ix = np.array([p.ix for p in pixels])
-        times = np.array([p.time for p in pixels])
-        temps = np.array([c.temperature_K for c in conditions], dtype=np.float32)
+        iy = np.fromiter((p.iy for p in pixels), dtype=np.int64, count=n)
+        ix = np.fromiter((p.ix for p in pixels), dtype=np.int64, count=n)
+        times = np.fromiter((p.time for p in pixels), dtype=np.float64, count=n)
+        temps32 = temps.astype(np.float32)
         # one pixel may appear twice in a batch (re-measured): numpy fancy assignment keeps the last
         apply_to_model(self.model, iy, ix, analysis, setpoint_set=ids)
-        self.model.update_block(iy, ix, flags=bits, temperature_K=temps, time=times)
+        self.model.update_block(iy, ix, flags=bits, temperature_K=temps32, time=times)
+        self.model.update_status(current_set=int(ids[-1]))
         for p in pixels:
             self.last_time[(p.iy, p.ix)] = p.time
-        return [_result(analysis, i, pixels[i], int(bits[i]), float(temps[i])) for i in range(n)]
+        return {
+            "iy": iy, "ix": ix, "setpoint_set": ids, "delta_eV": analysis.delta_eV, "alpha": analysis.alpha,
+            "alpha_pos": analysis.alpha_pos, "alpha_neg": analysis.alpha_neg, "b": analysis.b,
+            "b_pos": analysis.b_pos, "b_neg": analysis.b_neg, "visibility": analysis.visibility,
+            "fit_quality": analysis.rms_log_residual, "peak_neg_V": analysis.peak_neg_V,
+            "peak_pos_V": analysis.peak_pos_V, "valid": analysis.valid, "reason": analysis.reason,
+            "flags": bits, "temperature_K": temps32, "time": times,
+        }
+
+
+def _temp(value: float | None) -> float:
+    """A thermometer reading, NaN when missing or not finite (as :func:`conditions_for`)."""
+    return float(value) if value is not None and math.isfinite(value) else math.nan
+
+
+def result_rows(columns: Mapping[str, np.ndarray]) -> list[PixelResult]:
+    """The :class:`PixelResult` s of :meth:`RunContext.process` output (one per row)."""
+    ints = {"iy", "ix", "setpoint_set", "reason", "flags"}
+    names = list(columns)
+    rows = zip(*(np.asarray(columns[k]).tolist() for k in names), strict=True)
+    return [PixelResult(**{k: (int(v) if k in ints else bool(v) if k == "valid" else float(v))
+                           for k, v in zip(names, row, strict=True)}) for row in rows]
 
 
 def _scatter(out: dict[str, np.ndarray], values: Mapping[str, np.ndarray], rows: np.ndarray, n: int) -> None:
@@ -159,14 +196,3 @@ def _scatter(out: dict[str, np.ndarray], values: Mapping[str, np.ndarray], rows:
             fill = np.nan if v.dtype.kind == "f" else 0
             out[name] = np.full((n, *v.shape[1:]), fill, dtype=v.dtype)
         out[name][rows] = v
-
-
-def _result(a: SpectrumAnalysis, i: int, p: PixelInput, flags: int, temperature: float) -> PixelResult:
-    return PixelResult(
-        iy=p.iy, ix=p.ix, setpoint_set=p.set_id, delta_eV=float(a.delta_eV[i]), alpha=float(a.alpha[i]),
-        alpha_pos=float(a.alpha_pos[i]), alpha_neg=float(a.alpha_neg[i]), b=float(a.b[i]),
-        visibility=float(a.visibility[i]), fit_quality=float(a.rms_log_residual[i]),
-        peak_neg_V=float(a.peak_neg_V[i]), peak_pos_V=float(a.peak_pos_V[i]), valid=bool(a.valid[i]),
-        reason=int(a.reason[i]), flags=flags, temperature_K=temperature, time=p.time,
-        b_pos=float(a.b_pos[i]), b_neg=float(a.b_neg[i]),
-    )

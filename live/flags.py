@@ -162,11 +162,23 @@ class SpectralFeatures:
     lockin_rel_residual: np.ndarray
 
 
-def _band_mean(bias: np.ndarray, values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    sel = (bias >= lo) & (bias <= hi)
-    if np.count_nonzero(sel) < 2:
+def _columns(bias: np.ndarray, lo: float, hi: float) -> slice:
+    """Columns with lo <= bias <= hi of an ascending sweep (a slice: no boolean-mask copies)."""
+    return slice(int(np.searchsorted(bias, lo, "left")), int(np.searchsorted(bias, hi, "right")))
+
+
+def _band_mean(values: np.ndarray, cols: slice) -> np.ndarray:
+    if cols.stop - cols.start < 2:
         return np.full(values.shape[:-1], np.nan)
-    return np.mean(values[..., sel], axis=-1, dtype=np.float64)  # NaN inside the band stays NaN
+    return np.mean(values[..., cols], axis=-1, dtype=np.float64)  # NaN inside the band stays NaN
+
+
+def _sums(x: np.ndarray, g: np.ndarray, cols: Sequence[slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum over ``cols`` of x*x, x*g, g*g (float64 accumulation of float32 products)."""
+    sxx = sum((x[..., c] * x[..., c]).sum(axis=-1, dtype=np.float64) for c in cols)
+    sxg = sum((x[..., c] * g[..., c]).sum(axis=-1, dtype=np.float64) for c in cols)
+    sgg = sum((g[..., c] * g[..., c]).sum(axis=-1, dtype=np.float64) for c in cols)
+    return sxx, sxg, sgg
 
 
 def spectral_features(
@@ -196,35 +208,49 @@ def spectral_features(
     SpectralFeatures
         ``setpoint_rel_dev`` = |I(V_set)| / I_set - 1; ``tip_features`` = ln(G_band / G_set) for
         (V < 0, V > 0) with G_set = |I(V_set) / V_set|; ``lockin_peak`` = max |X|;
-        ``lockin_rel_residual`` = rms(X - k G) / rms(X) over the mismatch window (least-squares k).
+        ``lockin_rel_residual`` = rms(X - k G) / rms(X) over the mismatch window (least-squares k),
+        computed as sqrt(1 - S_xg^2 / (S_xx S_gg)) with S the sums over the window (the same value).
+
+    Notes
+    -----
+    Speed (the live analyser runs this on every pixel): the sign conventions are applied to the
+    few reduced numbers, not to the spectra - the band means of G are linear in the sign of I and
+    the residual ratio does not depend on the signs of X or G at all - and the derivative and
+    smoothing are computed only over the columns the features read (plus the filters' reach,
+    so the values equal those over the whole sweep).
     """
     if not i_set_A > 0 or v_set_V == 0:
         raise AnalysisError(f"set-point must have V_set != 0 and I_set > 0, got {v_set_V} V, {i_set_A} A")
     arrays = [current_A] if lockin is None else [current_A, lockin]
     bias, cur, *rest = prepare_sweep(np.asarray(bias_V, dtype=np.float64), *[np.asarray(a) for a in arrays])
-    cur = cur * conductance_sign(bias, cur)[..., None].astype(cur.dtype)
     cfg = config
-    i_at_set = _band_mean(bias, np.abs(cur), v_set_V - cfg.setpoint_halfwidth_V, v_set_V + cfg.setpoint_halfwidth_V)
-    g = derivative(bias, cur, points=cfg.smoothing_points)
-    g_set = i_at_set / abs(v_set_V)
+    sign = conductance_sign(bias, cur).astype(np.float64)
+    hw = cfg.setpoint_halfwidth_V
+    at_set = _columns(bias, v_set_V - hw, v_set_V + hw)
+    i_at_set = _band_mean(np.abs(cur[..., at_set]), slice(0, at_set.stop - at_set.start))
     lo, hi = cfg.tip_band_V
+    wlo, whi = cfg.mismatch_window_V
+    # columns the features read, widened by the reach of the box derivative (s + points // 2)
+    reach = cfg.smoothing_points + 1
+    top = max(hi, whi)
+    sub = _columns(bias, -top, top)
+    sub = slice(max(0, sub.start - reach), min(bias.size, sub.stop + reach))
+    b = bias[sub]
+    g = derivative(b, cur[..., sub], points=cfg.smoothing_points)
+    g_set = i_at_set / abs(v_set_V)
     with np.errstate(divide="ignore", invalid="ignore"):
-        tip = np.stack([np.log(_band_mean(bias, g, -hi, -lo) / g_set), np.log(_band_mean(bias, g, lo, hi) / g_set)], axis=-1)
+        tip = np.stack([np.log(sign * _band_mean(g, _columns(b, -hi, -lo)) / g_set),
+                        np.log(sign * _band_mean(g, _columns(b, lo, hi)) / g_set)], axis=-1)
     lead = cur.shape[:-1]
     if rest:
         x = rest[0]
-        x = x * conductance_sign(bias, x, kind="didv")[..., None].astype(x.dtype)
         peak = np.max(np.abs(x), axis=-1)
         # the same running mean as the derivative, so both channels compare at equal resolution
         # and the lock-in noise (~10 % of X at 50 uV modulation) does not dominate the residual
-        x = uniform_filter1d(x, cfg.smoothing_points, axis=-1, mode="nearest")
-        wlo, whi = cfg.mismatch_window_V
-        sel = (np.abs(bias) >= wlo) & (np.abs(bias) <= whi)
-        xs, gs = x[..., sel].astype(np.float64), g[..., sel].astype(np.float64)
+        xs = uniform_filter1d(x[..., sub], cfg.smoothing_points, axis=-1, mode="nearest")
+        sxx, sxg, sgg = _sums(xs, g, (_columns(b, -whi, -wlo), _columns(b, wlo, whi)))
         with np.errstate(divide="ignore", invalid="ignore"):
-            k = np.einsum("...i,...i->...", xs, gs) / np.einsum("...i,...i->...", gs, gs)
-            resid = xs - k[..., None] * gs
-            rel = np.sqrt(np.mean(resid**2, axis=-1) / np.mean(xs**2, axis=-1))
+            rel = np.sqrt(np.maximum(1.0 - sxg * sxg / (sxx * sgg), 0.0))
     else:
         peak = np.full(lead, np.nan)
         rel = np.full(lead, np.nan)
@@ -240,7 +266,10 @@ _POOR_FIT = (ReasonCode.POOR_POWER_LAW_FIT, ReasonCode.NONPOSITIVE_CONDUCTANCE)
 
 @dataclass(frozen=True, slots=True)
 class PixelConditions:
-    """What the event and its set say about one pixel's measurement (SI units)."""
+    """What the event and its set say about one pixel's measurement (SI units).
+
+    The same class carries a batch: every field an array of shape (n,) (:meth:`stack`).
+    """
 
     temperature_K: float
     lockin_overload: bool
@@ -248,9 +277,32 @@ class PixelConditions:
     modulation_Vrms: float
     sensitivity_V: float
 
+    @classmethod
+    def stack(cls, conditions: Sequence[PixelConditions]) -> PixelConditions:
+        """One PixelConditions of (n,) arrays from n single-pixel conditions."""
+        return cls(
+            temperature_K=np.array([c.temperature_K for c in conditions], dtype=np.float64),
+            lockin_overload=np.array([c.lockin_overload for c in conditions], dtype=bool),
+            lockin_status=np.array([c.lockin_status for c in conditions], dtype=np.int64),
+            modulation_Vrms=np.array([c.modulation_Vrms for c in conditions], dtype=np.float64),
+            sensitivity_V=np.array([c.sensitivity_V for c in conditions], dtype=np.float64),
+        )
+
+
+def _median(values: Sequence[float]) -> float:
+    # statistics-free median of a short list: sorted() on <= 256 Python floats is a few
+    # microseconds, where np.median on a deque costs ~20 us per call (once per pixel here)
+    v = sorted(values)
+    m = len(v) // 2
+    return v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m])
+
 
 class FlagEngine:
     """Applies every rule to pixels in acquisition order, keeping the history the rules need.
+
+    The history-free rules are evaluated on the whole batch at once (numpy); only the rules
+    with history (thermal band, tip change, the reference gap for pixels without one) step
+    through the batch pixel by pixel, in acquisition order, on Python floats.
 
     Parameters
     ----------
@@ -260,65 +312,75 @@ class FlagEngine:
 
     def __init__(self, config: FlagConfig = FlagConfig()) -> None:
         self.config = config
-        self._tip_history: deque[np.ndarray] = deque(maxlen=config.tip_window)
+        self._tip_history: deque[tuple[float, float]] = deque(maxlen=config.tip_window)
         self._temperatures: deque[float] = deque(maxlen=max(config.tip_window, 16))
         self._deltas: deque[float] = deque(maxlen=256)
+        self._tip_limits: tuple[float, float, float, float] | None = None  # cache: (med0, med1, lim0, lim1)
 
     def reference_delta_eV(self) -> float:
         """Median of the recent valid gaps, else the configured nominal gap (eV)."""
         if self._deltas:
-            return float(np.median(np.fromiter(self._deltas, float)))
+            return _median(self._deltas)
         return self.config.nominal_delta_eV
 
     def evaluate(
         self,
         analysis: SpectrumAnalysis,
         features: SpectralFeatures,
-        conditions: Sequence[PixelConditions],
+        conditions: Sequence[PixelConditions] | PixelConditions,
     ) -> np.ndarray:
         """FlagKind bits (uint32, shape (n,)) of n pixels given in acquisition order.
 
         ``analysis`` and ``features`` are flat batches of the same n pixels; ``conditions`` one
-        entry per pixel. The engine's history advances by these pixels.
+        entry per pixel, or one :meth:`PixelConditions.stack` of (n,) arrays. The engine's
+        history advances by these pixels.
         """
         cfg = self.config
-        n = len(conditions)
+        cond = conditions if isinstance(conditions, PixelConditions) else PixelConditions.stack(conditions)
+        temp = np.asarray(cond.temperature_K, dtype=np.float64).reshape(-1)
+        n = temp.size
         reason = np.asarray(analysis.reason).reshape(n)
         delta = np.asarray(analysis.delta_eV, dtype=np.float64).reshape(n)
         sp_dev = np.asarray(features.setpoint_rel_dev, dtype=np.float64).reshape(n)
         tip = np.asarray(features.tip_features, dtype=np.float64).reshape(n, 2)
         peak = np.asarray(features.lockin_peak, dtype=np.float64).reshape(n)
         mismatch = np.asarray(features.lockin_rel_residual, dtype=np.float64).reshape(n)
+        modulation = np.asarray(cond.modulation_Vrms, dtype=np.float64).reshape(n)
+        sensitivity = np.asarray(cond.sensitivity_V, dtype=np.float64).reshape(n)
+        status = np.asarray(cond.lockin_status, dtype=np.int64).reshape(n)
+        overload = np.asarray(cond.lockin_overload, dtype=bool).reshape(n)
+        # history-free rules, whole batch at once
         out = np.zeros(n, dtype=np.uint32)
-        for i, cond in enumerate(conditions):
-            bits = 0
-            r = int(reason[i])
-            if r in _COVERAGE:
-                bits |= FlagKind.SWEEP_COVERAGE
-            elif r in _NO_PEAKS:
-                bits |= FlagKind.NO_PEAKS
-            elif r in _POOR_FIT:
-                bits |= FlagKind.POOR_FIT
-            d = delta[i] if math.isfinite(delta[i]) else self.reference_delta_eV()
-            if math.sqrt(2.0) * cond.modulation_Vrms > cfg.modulation_max_fraction * d:
+        out[np.isin(reason, _COVERAGE)] |= np.uint32(FlagKind.SWEEP_COVERAGE)
+        out[np.isin(reason, _NO_PEAKS)] |= np.uint32(FlagKind.NO_PEAKS)
+        out[np.isin(reason, _POOR_FIT)] |= np.uint32(FlagKind.POOR_FIT)
+        out[~(np.abs(sp_dev) <= cfg.setpoint_rel_tol)] |= np.uint32(FlagKind.SETPOINT)  # NaN (no curve at V_set) too
+        out[overload | (status & cfg.overload_status_mask).astype(bool)] |= np.uint32(FlagKind.LOCKIN_OVERLOAD)
+        with np.errstate(invalid="ignore"):
+            coarse = np.isfinite(peak) & (peak * cfg.preamp_gain_V_per_A < cfg.sensitivity_min_fraction * sensitivity)
+        out[coarse] |= np.uint32(FlagKind.LOCKIN_SENSITIVITY)
+        out[np.isfinite(mismatch) & (mismatch > cfg.mismatch_rel_tol)] |= np.uint32(FlagKind.LOCKIN_MISMATCH)
+        # rules with history, in acquisition order
+        finite_delta = np.isfinite(delta)
+        ok = (reason == ReasonCode.OK) & finite_delta
+        tip_finite = np.isfinite(tip).all(axis=1)
+        broad = math.sqrt(2.0) * modulation
+        bits_list = out.tolist()
+        for i in range(n):
+            bits = bits_list[i]
+            d = float(delta[i]) if finite_delta[i] else self.reference_delta_eV()
+            if broad[i] > cfg.modulation_max_fraction * d:
                 bits |= FlagKind.MODULATION
-            bits |= self._thermal(cond.temperature_K, d)
-            if not abs(sp_dev[i]) <= cfg.setpoint_rel_tol:  # NaN (no curve at V_set) is flagged too
-                bits |= FlagKind.SETPOINT
-            if cond.lockin_overload or cond.lockin_status & cfg.overload_status_mask:
-                bits |= FlagKind.LOCKIN_OVERLOAD
-            if math.isfinite(peak[i]) and peak[i] * cfg.preamp_gain_V_per_A < cfg.sensitivity_min_fraction * cond.sensitivity_V:
-                bits |= FlagKind.LOCKIN_SENSITIVITY
-            if math.isfinite(mismatch[i]) and mismatch[i] > cfg.mismatch_rel_tol:
-                bits |= FlagKind.LOCKIN_MISMATCH
-            if self._tip_changed(tip[i]):
+            bits |= self._thermal(float(temp[i]), d)
+            if self._tip_changed(tip[i], bool(tip_finite[i])):
                 bits |= FlagKind.TIP_CHANGE
-            elif np.isfinite(tip[i]).all() and not bits & FlagKind.SETPOINT:
-                self._tip_history.append(tip[i])
-            if r == ReasonCode.OK and math.isfinite(delta[i]) and not bits & (FlagKind.THERMAL | FlagKind.MODULATION):
+            elif tip_finite[i] and not bits & FlagKind.SETPOINT:
+                self._tip_history.append((float(tip[i, 0]), float(tip[i, 1])))
+                self._tip_limits = None
+            if ok[i] and not bits & (FlagKind.THERMAL | FlagKind.MODULATION):
                 self._deltas.append(float(delta[i]))
-            out[i] = bits
-        return out
+            bits_list[i] = int(bits)
+        return np.array(bits_list, dtype=np.uint32)
 
     def _thermal(self, temperature_K: float, delta_eV: float) -> int:
         cfg = self.config
@@ -326,23 +388,27 @@ class FlagEngine:
             return 0  # no thermometer reading: nothing to judge (not a fault of the pixel)
         hot = temperature_K > cfg.temperature_max_K or 3.5 * K_B_EV * temperature_K > cfg.thermal_max_fraction * delta_eV
         if len(self._temperatures) >= 3:
-            base = float(np.median(np.fromiter(self._temperatures, float)))
-            hot |= temperature_K > base + cfg.temperature_band_K
+            hot |= temperature_K > _median(self._temperatures) + cfg.temperature_band_K
         if not hot:
             self._temperatures.append(temperature_K)
         return int(FlagKind.THERMAL) if hot else 0
 
-    def _tip_changed(self, features: np.ndarray) -> bool:
+    def _tip_changed(self, features: np.ndarray, finite: bool) -> bool:
         cfg = self.config
         if len(self._tip_history) < cfg.tip_min_history:
             return False
-        if not np.isfinite(features).all():
+        if not finite:
             return True
-        hist = np.stack(self._tip_history)
-        med = np.median(hist, axis=0)
-        mad = 1.4826 * np.median(np.abs(hist - med), axis=0)
-        limit = np.maximum(cfg.tip_mad_k * mad, cfg.tip_min_change)
-        return bool((np.abs(features - med) > limit).any())
+        if self._tip_limits is None:  # the history changed since the last pixel
+            limits = []
+            for k in (0, 1):
+                column = [h[k] for h in self._tip_history]
+                med = _median(column)
+                mad = 1.4826 * _median([abs(v - med) for v in column])
+                limits.append((med, max(cfg.tip_mad_k * mad, cfg.tip_min_change)))
+            self._tip_limits = (limits[0][0], limits[1][0], limits[0][1], limits[1][1])
+        m0, m1, l0, l1 = self._tip_limits
+        return abs(float(features[0]) - m0) > l0 or abs(float(features[1]) - m1) > l1
 
 
 def conditions_for(

@@ -9,7 +9,8 @@ names as attributes), optional ``topography`` (m), a ``correlation`` group holdi
 :class:`CorrelationSnapshot`, and ``setpoint_sets`` / status as JSON attributes.
 
 Wire: results travel as (topic, header, arrays) messages, topics ``pixel`` (one
-:class:`PixelResult`), ``maps`` (every map, for viewers that join late), ``snapshot``
+:class:`PixelResult`), ``pixels`` (a batch of results: one array per PixelResult field, what the
+live analyser sends - one JSON header per pixel would cost more than the analysis), ``maps`` (every map, for viewers that join late), ``snapshot``
 (correlations) and ``status`` (run status + temperature trace). :func:`encode_message` turns one
 into ZeroMQ frames ``[topic, JSON header, *raw little-endian array frames]`` described by dtype
 and shape in the header (the run stream's convention, ARCHITECTURE.md); never pickle.
@@ -40,7 +41,8 @@ from stslive.live.results import (
 MAPS_FORMAT_VERSION = 1
 SCHEMA = "stslive.results"
 SCHEMA_VERSION = 1
-TOPICS = ("pixel", "maps", "snapshot", "status")
+# "pixels" shares the "pixel" prefix, so a viewer subscribed to "pixel" receives both
+TOPICS = ("pixel", "pixels", "maps", "snapshot", "status")
 
 #: model map name -> maps.h5 dataset name (issue 2 names first; the rest keep a unit-free name)
 H5_NAMES: dict[str, str] = {
@@ -183,6 +185,46 @@ def pixel_message(result: PixelResult) -> Message:
     return "pixel", _header("pixel", result=result.to_dict()), {}
 
 
+#: wire dtype of each PixelResult field in a ``pixels`` message (the maps' dtypes; indices int32)
+PIXELS_DTYPES: dict[str, np.dtype] = {
+    f.name: np.dtype("<i4") if f.name in ("iy", "ix") else MAP_SPECS[f.name][0].newbyteorder("<")
+    for f in fields(PixelResult)
+}
+
+
+def pixels_message(columns: dict[str, np.ndarray]) -> Message:
+    """A ``pixels`` message: n results as (n,) arrays named by :class:`PixelResult` fields.
+
+    ``iy`` and ``ix`` are required; any other field may be left out (the receiver keeps the map's
+    fill value there). Values are cast to the maps' dtypes, so nothing is lost on the way.
+    """
+    unknown = set(columns) - set(PIXELS_DTYPES)
+    if unknown or not {"iy", "ix"} <= set(columns):
+        raise StreamError(f"pixels message needs iy, ix and PixelResult fields only; got unknown {sorted(unknown)}")
+    arrays = {k: np.ascontiguousarray(np.asarray(v).reshape(-1), dtype=PIXELS_DTYPES[k]) for k, v in columns.items()}
+    n = arrays["iy"].size
+    if any(a.size != n for a in arrays.values()):
+        raise StreamError(f"pixels message: arrays of unequal length {sorted({a.size for a in arrays.values()})}")
+    return "pixels", _header("pixels", n=n), arrays
+
+
+def _apply_pixels(model: ResultsModel, arrays: dict[str, np.ndarray]) -> None:
+    unknown = set(arrays) - set(PIXELS_DTYPES)
+    if unknown or "iy" not in arrays or "ix" not in arrays:
+        raise StreamError(f"pixels message: needs iy and ix, unknown arrays {sorted(unknown)}")
+    iy, ix = arrays["iy"].astype(np.intp), arrays["ix"].astype(np.intp)
+    if any(a.shape != iy.shape or a.ndim != 1 for a in arrays.values()):
+        raise StreamError("pixels message: every array must be 1-D of the same length")
+    if iy.size == 0:
+        return
+    if iy.min() < 0 or ix.min() < 0 or iy.max() >= model.ny or ix.max() >= model.nx:
+        raise StreamError(f"pixels message: a pixel lies outside the {model.ny} x {model.nx} grid; "
+                          "a new run started? restart the viewer")
+    model.update_block(iy, ix, **{k: v for k, v in arrays.items() if k not in ("iy", "ix")})
+    if "setpoint_set" in arrays:
+        model.update_status(current_set=int(arrays["setpoint_set"][-1]))
+
+
 def snapshot_message(snap: CorrelationSnapshot) -> Message:
     """A ``snapshot`` message: scalars in the header, profiles and the 2D cross map as arrays."""
     return "snapshot", _header("snapshot", **_snapshot_scalars(snap)), {
@@ -248,6 +290,8 @@ def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], array
             result = PixelResult.from_dict(
                 {k: (int(v) if k in ints else bool(v) if k == "valid" else _nan(v)) for k, v in raw.items()})
             model.update_pixel(result)
+        elif topic == "pixels":
+            _apply_pixels(model, arrays)
         elif topic == "maps":
             if (header["ny"], header["nx"]) != (model.ny, model.nx):
                 raise StreamError(f"maps are {header['ny']} x {header['nx']}, this model {model.ny} x {model.nx}: "
