@@ -99,3 +99,20 @@ class ConfigError(StsliveError, ValueError):
 
 class AnalysisError(StsliveError, ValueError):
     """An analysis cannot run on the given input (wrong sweep kind, missing channel, bad option)."""
+
+
+class ServiceError(StsliveError, RuntimeError):
+    """A service process of a composed job (``stslive demo``) failed or did not start.
+
+    Parameters
+    ----------
+    service
+        Name of the failed part (``"mock-lab"``, ``"scan"``, ``"analyser"``, ...).
+    message
+        What happened (exit status, last lines of its error output) and what to do.
+    """
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.detail = message
