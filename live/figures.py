@@ -69,17 +69,16 @@ def maps_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, pixel_nm
 
 
 def histograms_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, bins: int = 50) -> Path:
-    """Histograms of the valid Delta (meV) and alpha values, mean and std in the legend."""
+    """Histograms of the valid Delta (meV) and alpha values (0.5-99.5 % range), mean and std in the titles."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     for ax, values, label, unit in zip(fig.subplots(1, 2), (delta_eV * 1e3, alpha),
                                        ("$\\Delta$", "$\\alpha$"), (" meV", "")):
         v = values[np.isfinite(values)]
         if v.size:
             lo, hi = np.percentile(v, [0.5, 99.5])
-            ax.hist(v, bins=bins, range=(lo, hi) if hi > lo else None, color="tab:blue", alpha=0.8,
-                    label=f"mean {v.mean():.4g}{unit}\nstd {v.std():.3g}{unit}\nN = {v.size}")
+            ax.hist(v, bins=bins, range=(lo, hi) if hi > lo else None, color="tab:blue", alpha=0.8)
             ax.axvline(v.mean(), color="k", lw=1)
-            ax.legend(loc="upper right")
+            ax.set_title(f"{label}: mean {v.mean():.4g}{unit}, std {v.std():.3g}{unit}, N = {v.size}")
         ax.set_xlabel(f"{label}{' (meV)' if unit else ''}")
         ax.set_ylabel("pixels")
     return _save(fig, path)

@@ -14,7 +14,7 @@ from stslive.acquisition.simulate_cli import CHANNELS, write_film_archive
 from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import correlation_report
-from stslive.live.kernels import KernelOptions, ReasonCode
+from stslive.live.kernels import KernelOptions, ReasonCode, SpectrumAnalysis
 from stslive.live.pipeline import (
     TheoryConstants, analyse_arrays, analyse_input, analyse_pixels, apply_to_model, calibrate_options,
     correlation_snapshot,
@@ -159,7 +159,6 @@ def test_apply_to_model_single_pixel_and_block() -> None:
     fields = {f: np.full(n, 0.5, np.float32) for f in ("delta_eV", "peak_neg_V", "peak_pos_V", "visibility",
                                                         "peak_score", "alpha", "alpha_pos", "alpha_neg", "b",
                                                         "b_pos", "b_neg", "rms_log_residual")}
-    from stslive.live.kernels import SpectrumAnalysis
     analysis = SpectrumAnalysis(**fields, gap_reason=np.zeros(n, np.int8), alpha_reason=np.array([0, 9], np.int8),
                                 valid=np.array([True, False]), reason=np.array([0, 9], np.int8))
     apply_to_model(model, np.array([0, 2]), np.array([1, 3]), analysis, setpoint_set=4)
