@@ -319,10 +319,26 @@ def conductance_sign(bias_V: np.ndarray, signal: np.ndarray, *, kind: str = "cur
         direction = np.sign(np.asarray(bias_V)[-1] - np.asarray(bias_V)[0])
         s = np.sign(rise) * direction
     elif kind == "didv":
-        s = np.sign(np.median(x, axis=-1))
+        s = _median_sign(x)
     else:
         raise AnalysisError(f"kind={kind!r}: use 'current' or 'didv'")
     return np.where(s < 0, -1, 1).astype(np.int8)
+
+
+def _median_sign(x: np.ndarray) -> np.ndarray:
+    """np.sign(np.median(x, axis=-1)) by counting signs (one pass instead of a partition).
+
+    The median is negative exactly when more than half the samples are; only rows where that
+    does not decide it (zeros, NaN, or an even count split evenly) take np.median itself.
+    """
+    n = x.shape[-1]
+    neg = np.count_nonzero(x < 0, axis=-1)
+    pos = np.count_nonzero(x > 0, axis=-1)
+    s = np.where(2 * neg > n, -1.0, 1.0)
+    undecided = (neg + pos < n) | (2 * neg == n)
+    if undecided.any():
+        s[undecided] = np.sign(np.median(x[undecided], axis=-1))
+    return s
 
 
 def derivative(
