@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stslive.acquisition.inputs import SpectraSource
-from stslive.drivers.errors import AnalysisError
+from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live import figures
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
 from stslive.live.pipeline import (
@@ -127,6 +127,8 @@ def analyse_to_directory(path: Path, out: Path, *, options: KernelOptions, const
                          examples: int = 3, show_progress: bool = False) -> dict[str, Any]:
     """The whole ``analyse`` command for one input; returns the report dictionary."""
     t0 = time.perf_counter()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     with open_input(path, options=options) as source:
         options = calibrate_source(source, options=options)  # one template width, recorded in the report

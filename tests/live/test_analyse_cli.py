@@ -155,3 +155,7 @@ def test_bad_options_are_refused(analysed: tuple[Path, Path, int], tmp_path: Pat
                            (["--lockin", "Input 9 (V)"], "Input 9 (V)")):
         assert main(["analyse", str(archive), "--out", str(tmp_path), *extra]) == 1
         assert message in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["analyse", str(archive), "--out", str(a_file)]) == 1
+    assert "give a directory" in capsys.readouterr().err
