@@ -164,3 +164,58 @@ def test_gap_from_lockin_needs_a_lockin(film_spectra):
     film, current, _ = film_spectra
     with pytest.raises(AnalysisError, match="gap_source='current'"):
         analyse_spectra(film.bias_V, current=current, options=KernelOptions(gap_source="lockin"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_derivative_of_the_used_columns_equals_the_full_derivative(dtype):
+    """The batch path derives only the columns the fits read (also near the padded sweep ends)."""
+    from stslive.live.kernels import _derivative_into
+
+    rng = np.random.default_rng(5)
+    bias = np.linspace(-40e-3, 40e-3, 401)
+    current = (1e-8 * bias + 3e-6 * bias**3 + rng.normal(0, 1e-12, (7, bias.size))).astype(dtype)
+    sign = np.array([1, -1, 1, 1, -1, 1, 1], np.int8)
+    full = derivative(bias, current, points=11) * sign[:, None]
+    out = np.full_like(current, np.nan)
+    columns = ((6, 40), (100, 180), (390, 395))  # the first and last reach into the padded ends
+    _derivative_into(out, current, columns, points=11, step=float(bias[1] - bias[0]), row_scale=sign)
+    for lo, hi in columns:
+        np.testing.assert_allclose(out[:, lo:hi], full[:, lo:hi], rtol=2e-4 if dtype == np.float32 else 1e-9)
+    assert np.isnan(out[:, 40:100]).all() and out.dtype == dtype
+
+
+def test_median_sign_counts_like_numpy_median():
+    from stslive.live.kernels import _median_sign
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.1, 1, (200, 9))
+    even = np.array([[-1.0, -3.0, 2.0, 5.0], [-3.0, -1.0, 2.0, 1.0], [0.0, 0.0, -1.0, 1.0], [np.nan, 1, 2, 3]])
+    for arr in (x, even, np.where(x > 1, 0.0, x)):
+        expected = np.sign(np.median(arr, axis=-1))
+        np.testing.assert_array_equal(np.where(expected < 0, -1, 1), np.where(_median_sign(arr) < 0, -1, 1))
+
+
+def test_threads_and_chunks_do_not_change_the_result(film_spectra):
+    film, current, lockin = film_spectra
+    base = KernelOptions(dynes_width_eV=1e-4, modulation_Vrms=film.params.modulation_Vrms)
+    whole = analyse_spectra(film.bias_V, current=current, lockin=lockin, options=base)
+    runs = [
+        analyse_spectra(film.bias_V, current=current, lockin=lockin,
+                        options=KernelOptions(**{**base.__dict__, "chunk": 4, "threads": threads}))
+        for threads in (1, 2)
+    ]
+    for name in whole._fields:
+        # same chunks: bit-identical whatever the threads; other chunks: BLAS blocks sum in
+        # another order, equal to float32 rounding
+        np.testing.assert_array_equal(getattr(runs[1], name), getattr(runs[0], name), err_msg=name)
+        np.testing.assert_allclose(getattr(runs[1], name), getattr(whole, name), rtol=1e-5, err_msg=name)
+
+
+def test_stage_seconds_reports_every_stage(film_spectra):
+    film, current, _ = film_spectra
+    seconds: dict[str, float] = {}
+    analyse_spectra(film.bias_V, current=current, options=KernelOptions(chunk=8), stage_seconds=seconds)
+    assert set(seconds) == {"sign + derivative", "coarse peaks", "template refinement", "power-law fit", "assemble"}
+    assert all(t >= 0 for t in seconds.values()) and sum(seconds.values()) > 0
+    with pytest.raises(AnalysisError, match="threads"):
+        KernelOptions(threads=0)
