@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("stslive.live.viewer_cli", "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)"),
     "analyser": ("stslive.live.analyser_cli", "follow a run stream: per-pixel Delta, alpha, flags, correlations; publish and save them"),
     "replay": ("stslive.acquisition.replay_cli", "publish an archive or a Nanonis .3ds as a run stream (--rate N/s or --as-recorded)"),
+    "soak": ("stslive.acquisition.soak", "fault soak: a long simulated run with instrument faults and killed processes, checked end to end"),
     "demo": ("stslive.acquisition.demo_cli", "the main job in mock mode: simulated lab, scan, live analyser and screen (--headless: files in --out)"),
 }
 
