@@ -219,3 +219,21 @@ def test_stage_seconds_reports_every_stage(film_spectra):
     assert all(t >= 0 for t in seconds.values()) and sum(seconds.values()) > 0
     with pytest.raises(AnalysisError, match="threads"):
         KernelOptions(threads=0)
+
+
+def test_bench_prints_rates_ratio_and_the_stage_breakdown(capsys):
+    import argparse
+
+    from stslive.live import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(["analysis", "--grid", "12x10", "--sample", "5", "--repeat", "2", "--threads", "2"])) == 0
+    out = capsys.readouterr().out
+    assert "spectra/s" in out and "ratio:" in out and "median of 2 passes" in out
+    for stage in ("sign + derivative", "coarse peaks", "template refinement", "power-law fit"):
+        assert stage in out
+    from stslive.drivers.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="repeat"):
+        bench.run(parser.parse_args(["analysis", "--repeat", "0"]))
