@@ -180,7 +180,8 @@ class NanonisController:
         request = codec.encode_request(name, *args)
 
         def exchange(resource: MessageBasedResource) -> tuple[codec.Header, bytes]:
-            previous = resource.timeout
+            # reading resource.timeout is a VISA attribute query: only when it is to be changed
+            previous = resource.timeout if timeout_s is not None else None
             if timeout_s is not None:
                 resource.timeout = timeout_s * 1000
             try:
