@@ -125,6 +125,7 @@ class AnalyserService:
         self._last_publish = 0.0
         self._last_write = 0.0
         self.errors: list[str] = []
+        self._stages: dict[str, float] = dict.fromkeys(("receive+decode", "check", "publish", "snapshot"), 0.0)
 
     @property
     def results_endpoint(self) -> str | None:
@@ -177,9 +178,18 @@ class AnalyserService:
             if self.archive is not None and self.archive.is_file():
                 backfilled = self._backfill()
             self._ready.set()
+            last_stats = -math.inf
             while not self._stop.is_set():
-                doc = sub.poll(0.05)
-                self.subscriber_stats = sub.stats()
+                t0 = time.thread_time()
+                doc = sub.poll(0)  # timed only when a frame is waiting: receive + decode, no idle wait
+                if doc is not None:
+                    self._stages["receive+decode"] += time.thread_time() - t0
+                else:
+                    doc = sub.poll(0.05)
+                now = time.monotonic()
+                # stats() builds dicts: not once per event, but before any other document (a stop)
+                if doc is None or not isinstance(doc, EventDoc) or now - last_stats >= 0.1:
+                    self.subscriber_stats, last_stats = sub.stats(), now
                 if doc is None:
                     continue
                 gaps = sub.take_new_gaps()
@@ -191,6 +201,7 @@ class AnalyserService:
             self.errors.append(str(exc))
             log.error("analyser receiver: %s", exc)
         finally:
+            self.subscriber_stats = sub.stats()
             sub.close()
             self._ready.set()
             self._queue.put(("end", None))
@@ -271,7 +282,9 @@ class AnalyserService:
         pending: list[PixelInput] = []
         for kind, item in items:
             if kind == "doc" and isinstance(item, EventDoc):
+                t0 = time.thread_time()
                 pixel = self._accept_event(item)
+                self._stages["check"] += time.thread_time() - t0
                 if pixel is not None:
                     pending.append(pixel)
                 continue
@@ -351,8 +364,10 @@ class AnalyserService:
         self.analysed += len(batch)
         self._since_snapshot += len(batch)
         if self._pub is not None:
+            t0 = time.thread_time()
             # one message with arrays for the whole batch: per-pixel JSON would cost more than the analysis
             self._pub.send_multipart(encode_message(*pixels_message(columns)), copy=False)
+            self._stages["publish"] += time.thread_time() - t0
         if self._since_snapshot >= self.settings.snapshot_every:
             self._since_snapshot = 0
             self._request_snapshot()
@@ -390,12 +405,25 @@ class AnalyserService:
             self._snapshot_quit = False
 
     def _snapshot(self, run: RunContext) -> None:
+        t0 = time.thread_time()
         try:
             snap = correlation_snapshot(run.model)
         except AnalysisError as exc:  # too few valid pixels yet: the next snapshot will try again
             log.info("analyser: no correlation snapshot yet (%s)", exc)
             return
+        finally:
+            self._stages["snapshot"] += time.thread_time() - t0
         run.model.set_snapshot(snap)
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent so far per stage: receive+decode (receiver thread), check (event ->
+        PixelInput), analyse / features / flags / model (:meth:`RunContext.process`), publish
+        (encode + send), snapshot (correlations, own thread)."""
+        out = dict(self._stages)
+        if self.run is not None:
+            out.update(self.run.stage_seconds)
+        return {k: out[k] for k in ("receive+decode", "check", "analyse", "features", "flags", "model", "publish",
+                                    "snapshot") if k in out}
 
     def status_text(self) -> str:
         rejected = collections.Counter(self.rejected)

@@ -11,6 +11,7 @@ order (:class:`stslive.live.flags.FlagEngine`) and stores everything in the run'
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,8 @@ class RunContext:
         self.model.set_setpoint_sets({k: s.to_dict() for k, s in self.sets.items()})
         self.flags = FlagEngine(flag_config)
         self.last_time: dict[tuple[int, int], float] = {}
+        #: seconds spent per stage of :meth:`process` (benchmarks: ``stslive bench-analyser``)
+        self.stage_seconds: dict[str, float] = dict.fromkeys(("analyse", "features", "flags", "model"), 0.0)
 
     def check(self, pixel: PixelInput) -> None:
         """Raise StreamError if the pixel does not fit the run (grid, set, channels, points)."""
@@ -124,6 +127,9 @@ class RunContext:
         n = len(pixels)
         if n == 0:
             return {}
+        clock = time.thread_time  # CPU time of this thread: GIL waits and other processes excluded
+        t0 = clock()
+        t_features = 0.0
         ids = np.fromiter((p.set_id for p in pixels), dtype=np.int64, count=n)
         spectra_all = np.stack([p.spectra for p in pixels])
         parts: dict[str, np.ndarray] = {}
@@ -136,15 +142,18 @@ class RunContext:
             spectra = spectra_all if rows.size == n else spectra_all[rows]
             bias = sset.bias_axis
             analysis = analyse_pixels(bias, spectra, self.channel_names, options=self.options)
+            t1 = clock()
             current, lockin = channel_arrays(spectra, self.channel_names)
             f = spectral_features(bias, current, v_set_V=sset.bias_setpoint_V, i_set_A=abs(sset.current_setpoint_A),
                                   lockin=lockin, config=self.flags.config)
+            t_features += clock() - t1
             _scatter(parts, analysis._asdict(), rows, n)
             _scatter(feats, {k: getattr(f, k) for k in f.__slots__}, rows, n)
             c = conditions_for(temperatures_K=(), lockin_overload=False, lockin_status=0,
                                setpoint_set=sset.to_dict())
             modulation[rows], sensitivity[rows] = c.modulation_Vrms, c.sensitivity_V
         analysis = SpectrumAnalysis(**parts)
+        t2 = clock()
         with np.errstate(invalid="ignore"):  # both readings missing: NaN, no thermometer
             temps = np.fmax(*np.array([[_temp(t) for t in p.temperatures_K] for p in pixels], dtype=np.float64).T)
         conditions = PixelConditions(
@@ -154,6 +163,7 @@ class RunContext:
             modulation_Vrms=modulation, sensitivity_V=sensitivity,
         )
         bits = self.flags.evaluate(analysis, SpectralFeatures(**feats), conditions)
+        t3 = clock()
         iy = np.fromiter((p.iy for p in pixels), dtype=np.int64, count=n)
         ix = np.fromiter((p.ix for p in pixels), dtype=np.int64, count=n)
         times = np.fromiter((p.time for p in pixels), dtype=np.float64, count=n)
@@ -164,6 +174,11 @@ class RunContext:
         self.model.update_status(current_set=int(ids[-1]))
         for p in pixels:
             self.last_time[(p.iy, p.ix)] = p.time
+        stages = self.stage_seconds
+        stages["analyse"] += t2 - t0 - t_features
+        stages["features"] += t_features
+        stages["flags"] += t3 - t2
+        stages["model"] += clock() - t3
         return {
             "iy": iy, "ix": ix, "setpoint_set": ids, "delta_eV": analysis.delta_eV, "alpha": analysis.alpha,
             "alpha_pos": analysis.alpha_pos, "alpha_neg": analysis.alpha_neg, "b": analysis.b,

@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import math
 import tomllib
+import warnings
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -300,9 +301,9 @@ def _median(values: Sequence[float]) -> float:
 class FlagEngine:
     """Applies every rule to pixels in acquisition order, keeping the history the rules need.
 
-    The history-free rules are evaluated on the whole batch at once (numpy); only the rules
-    with history (thermal band, tip change, the reference gap for pixels without one) step
-    through the batch pixel by pixel, in acquisition order, on Python floats.
+    Every rule is evaluated on the whole batch at once (numpy); the rules with history
+    (thermal band, tip change, the reference gap for pixels without one) give the same bits as
+    stepping through the pixels one by one in acquisition order (:func:`_windowed_outliers`).
 
     Parameters
     ----------
@@ -315,7 +316,6 @@ class FlagEngine:
         self._tip_history: deque[tuple[float, float]] = deque(maxlen=config.tip_window)
         self._temperatures: deque[float] = deque(maxlen=max(config.tip_window, 16))
         self._deltas: deque[float] = deque(maxlen=256)
-        self._tip_limits: tuple[float, float, float, float] | None = None  # cache: (med0, med1, lim0, lim1)
 
     def reference_delta_eV(self) -> float:
         """Median of the recent valid gaps, else the configured nominal gap (eV)."""
@@ -360,55 +360,112 @@ class FlagEngine:
             coarse = np.isfinite(peak) & (peak * cfg.preamp_gain_V_per_A < cfg.sensitivity_min_fraction * sensitivity)
         out[coarse] |= np.uint32(FlagKind.LOCKIN_SENSITIVITY)
         out[np.isfinite(mismatch) & (mismatch > cfg.mismatch_rel_tol)] |= np.uint32(FlagKind.LOCKIN_MISMATCH)
-        # rules with history, in acquisition order
+        # rules with history, in acquisition order. A pixel without a gap of its own judges the
+        # modulation and 3.5 k_B T rules against the median of the gaps before it, so the batch is
+        # cut before each such pixel; within a segment every rule is then a windowed statistic.
         finite_delta = np.isfinite(delta)
-        ok = (reason == ReasonCode.OK) & finite_delta
+        cuts = [0, *np.flatnonzero(~finite_delta[1:]) + 1, n] if n else [0]
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+            out[lo:hi] |= self._segment(
+                delta[lo:hi], temp[lo:hi], tip[lo:hi], math.sqrt(2.0) * modulation[lo:hi],
+                ok=(reason[lo:hi] == ReasonCode.OK) & finite_delta[lo:hi],
+                setpoint=(out[lo:hi] & np.uint32(FlagKind.SETPOINT)).astype(bool),
+            )
+        return out
+
+    def _segment(self, delta: np.ndarray, temp: np.ndarray, tip: np.ndarray, broad: np.ndarray, *,
+                 ok: np.ndarray, setpoint: np.ndarray) -> np.ndarray:
+        """Modulation, thermal and tip bits of pixels whose gap is known (all but maybe the first)."""
+        cfg = self.config
+        d = delta.copy()
+        if d.size and not math.isfinite(d[0]):
+            d[0] = self.reference_delta_eV()
+        bits = np.zeros(d.size, dtype=np.uint32)
+        modulation = broad > cfg.modulation_max_fraction * d
+        bits[modulation] |= np.uint32(FlagKind.MODULATION)
+        finite_t = np.isfinite(temp)  # no thermometer reading: nothing to judge (not a fault of the pixel)
+        static_hot = finite_t & ((temp > cfg.temperature_max_K) | (3.5 * K_B_EV * temp > cfg.thermal_max_fraction * d))
+        band = cfg.temperature_band_K
+        above = _windowed_outliers(self._temperatures, temp[:, None], finite_t & ~static_hot, min_history=3,
+                                   outside=lambda v, med, mad: v[:, 0] > med[:, 0] + band)
+        thermal = finite_t & (static_hot | above)
+        bits[thermal] |= np.uint32(FlagKind.THERMAL)
         tip_finite = np.isfinite(tip).all(axis=1)
-        broad = math.sqrt(2.0) * modulation
-        bits_list = out.tolist()
-        for i in range(n):
-            bits = bits_list[i]
-            d = float(delta[i]) if finite_delta[i] else self.reference_delta_eV()
-            if broad[i] > cfg.modulation_max_fraction * d:
-                bits |= FlagKind.MODULATION
-            bits |= self._thermal(float(temp[i]), d)
-            if self._tip_changed(tip[i], bool(tip_finite[i])):
-                bits |= FlagKind.TIP_CHANGE
-            elif tip_finite[i] and not bits & FlagKind.SETPOINT:
-                self._tip_history.append((float(tip[i, 0]), float(tip[i, 1])))
-                self._tip_limits = None
-            if ok[i] and not bits & (FlagKind.THERMAL | FlagKind.MODULATION):
-                self._deltas.append(float(delta[i]))
-            bits_list[i] = int(bits)
-        return np.array(bits_list, dtype=np.uint32)
 
-    def _thermal(self, temperature_K: float, delta_eV: float) -> int:
-        cfg = self.config
-        if not math.isfinite(temperature_K):
-            return 0  # no thermometer reading: nothing to judge (not a fault of the pixel)
-        hot = temperature_K > cfg.temperature_max_K or 3.5 * K_B_EV * temperature_K > cfg.thermal_max_fraction * delta_eV
-        if len(self._temperatures) >= 3:
-            hot |= temperature_K > _median(self._temperatures) + cfg.temperature_band_K
-        if not hot:
-            self._temperatures.append(temperature_K)
-        return int(FlagKind.THERMAL) if hot else 0
+        def tip_outside(v: np.ndarray, med: np.ndarray, mad: np.ndarray) -> np.ndarray:
+            limit = np.maximum(cfg.tip_mad_k * mad, cfg.tip_min_change)
+            with np.errstate(invalid="ignore"):
+                return ~np.isfinite(v).all(axis=1) | (np.abs(v - med) > limit).any(axis=1)
 
-    def _tip_changed(self, features: np.ndarray, finite: bool) -> bool:
-        cfg = self.config
-        if len(self._tip_history) < cfg.tip_min_history:
-            return False
-        if not finite:
-            return True
-        if self._tip_limits is None:  # the history changed since the last pixel
-            limits = []
-            for k in (0, 1):
-                column = [h[k] for h in self._tip_history]
-                med = _median(column)
-                mad = 1.4826 * _median([abs(v - med) for v in column])
-                limits.append((med, max(cfg.tip_mad_k * mad, cfg.tip_min_change)))
-            self._tip_limits = (limits[0][0], limits[1][0], limits[0][1], limits[1][1])
-        m0, m1, l0, l1 = self._tip_limits
-        return abs(float(features[0]) - m0) > l0 or abs(float(features[1]) - m1) > l1
+        changed = _windowed_outliers(self._tip_history, tip, tip_finite & ~setpoint, min_history=cfg.tip_min_history,
+                                     outside=tip_outside)
+        bits[changed] |= np.uint32(FlagKind.TIP_CHANGE)
+        self._deltas.extend(delta[ok & ~thermal & ~modulation].tolist())
+        return bits
+
+
+def _median_mad(windows: np.ndarray, *, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and 1.4826 * MAD over the last axis; rows not ``full`` are NaN-padded (nanmedian,
+    ~50x slower, so only for them: the first ``width`` pixels of a run)."""
+    med = np.empty(windows.shape[:-1])
+    mad = np.empty(windows.shape[:-1])
+    for rows, median in ((full, np.median), (~full, np.nanmedian)):
+        if rows.any():
+            w = windows[rows]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: too short, never tested
+                med[rows] = median(w, axis=-1)
+                mad[rows] = 1.4826 * median(np.abs(w - med[rows][..., None]), axis=-1)
+    return med, mad
+
+
+def _windowed_outliers(
+    history: deque, values: np.ndarray, eligible: np.ndarray, *, min_history: int,
+    outside: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Sequential robust-window test of n values, vectorised.
+
+    Pixel i is flagged when ``outside(value_i, median, MAD)`` (1.4826-scaled) of the last
+    ``history.maxlen`` accepted values before it, provided there are at least ``min_history``;
+    a value joins the history when ``eligible`` and not flagged. Why not a loop: the medians of
+    all windows are one numpy call; the batch is assumed to be accepted and re-evaluated from
+    the first eligible flagged pixel on (flags are rare, so this is usually one pass).
+
+    Parameters
+    ----------
+    history : deque
+        Accepted values so far (floats, or tuples of k floats), ``maxlen`` = window; updated.
+    values : ndarray, (n, k)
+    eligible : ndarray of bool, (n,)
+
+    Returns
+    -------
+    ndarray of bool, (n,)
+    """
+    width = int(history.maxlen or 1)
+    n, k = values.shape
+    flagged = np.zeros(n, dtype=bool)
+    hist = np.array(list(history), dtype=np.float64).reshape(-1, k)
+    look = max(64, 2 * width)  # pixels per pass: a pass after a flagged pixel redoes at most this many
+    start = 0
+    while start < n:
+        end = min(n, start + look)
+        idx = start + np.flatnonzero(eligible[start:end])
+        entries = np.concatenate([hist, values[idx]])
+        count = hist.shape[0] + np.searchsorted(idx, np.arange(start, end))  # accepted values before each pixel
+        padded = np.concatenate([np.full((width, k), np.nan), entries])
+        windows = padded[count[:, None] + np.arange(width)].transpose(0, 2, 1)  # (m, k, width): entries[count-width:count]
+        med, mad = _median_mad(windows, full=count >= width)
+        test = (count >= min_history) & outside(values[start:end], med, mad)
+        bad = np.flatnonzero(test & eligible[start:end])
+        stop = end if bad.size == 0 else start + int(bad[0]) + 1
+        flagged[start:stop] = test[: stop - start]
+        accepted = idx if bad.size == 0 else idx[idx < stop - 1]  # the first flagged one and later: next pass
+        hist = np.concatenate([hist, values[accepted]])[-width:]
+        start = stop
+    history.clear()
+    history.extend(hist[:, 0].tolist() if k == 1 else [tuple(r) for r in hist.tolist()])
+    return flagged
 
 
 def conditions_for(
