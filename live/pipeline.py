@@ -21,13 +21,11 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 
 from stslive.acquisition.inputs import SpectraSource, open_spectra
-from stslive.drivers.errors import AnalysisError, ArchiveError, FileFormatError
+from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import RadialProfile, correlation_length_1e, correlation_map, radial_profile
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, estimate_dynes_width, pick_channels
@@ -317,7 +315,6 @@ def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> Spect
     FileFormatError
         Not a readable archive or ``.3ds``.
     """
-    _refuse_truncated_hdf5(path)
     with open_spectra(path) as probe:
         names = probe.channel_names
         probe.require_bias_sweep()
@@ -326,27 +323,6 @@ def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> Spect
         raise AnalysisError(f"{path}: no current channel among {names}; name one with --current")
     lockin = names[pick.lockin] if pick.lockin is not None and uses_lockin(options) else None
     return open_spectra(path, current=names[pick.current], lockin=lockin)
-
-
-def _refuse_truncated_hdf5(path: str | os.PathLike[str]) -> None:
-    """ArchiveError for an HDF5 file shorter than its superblock says (a cut copy).
-
-    Why here: open_spectra opens archives in SWMR mode, and HDF5's SWMR reader retries its
-    metadata reads on such a file for minutes instead of failing; the plain (non-SWMR) open
-    compares the end-of-file address with the file size and fails at once. ``locking=False``
-    so a file a live writer still holds can be checked too.
-    """
-    if not Path(path).is_file():
-        raise FileFormatError(path, "no such file; check the path")
-    with open(path, "rb") as fh:
-        if fh.read(8) != b"\x89HDF\r\n\x1a\n":
-            return
-    try:
-        with h5py.File(path, "r", locking=False):
-            pass
-    except OSError as exc:
-        raise ArchiveError(path, f"cannot open ({exc}); the file is truncated or corrupt: copy it again "
-                                 "or resume the run that wrote it") from exc
 
 
 def calibrate_source(source: SpectraSource, *, options: KernelOptions,
