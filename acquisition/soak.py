@@ -18,7 +18,14 @@ Checks (the JSON summary, also written to ``DIR/soak.json``): every pixel measur
 never both or neither, each failure with its reason; no pixel delivered twice on the stream
 except the re-measured ones; the analyser's final maps equal the offline analysis
 (:func:`stslive.live.analyse_cli.analyse_to_directory`, the code of ``stslive analyse``, with the
-analyser's options); peak RSS of the scan, analyser and lab in the first, middle and last third.
+analyser's options); peak RSS of the scan, analyser and lab in the first, middle and last third
+(bounded: the last third's peak at most max(100 MB, 50 %) above the first's).
+
+The full soak (issue 6)::
+
+    stslive soak --grid 300x250 --out /tmp/soak --duration-hint 2400
+
+A short one (the test suite's): ``stslive soak --grid 24x16 --points 401 --kills 1 --out DIR``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,10 @@ MAP_RTOL = 1e-4
 #: Maps compared between the analyser's file and the offline analysis.
 COMPARED_MAPS = ("delta_eV", "alpha", "b", "valid", "reason")
 PHASES = ("start", "middle", "end")
+#: RSS growth (MB) from the first to the last third of a run tolerated as noise, not a leak.
+RSS_SLACK_MB = 100.0
+#: Seconds the first viewer gets to come up before the paused scan resumes.
+VIEWER_SETTLE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class SoakSettings:
     dynes_width_meV: float = 0.1
     duration_hint_s: float = 600.0
     viewer: bool = True
+    analyser_first: bool = False
 
     @property
     def pixels(self) -> int:
@@ -199,6 +211,20 @@ class MemoryLog:
         return {role: (round(p["end"] - p["start"], 1) if "start" in p and "end" in p else None)
                 for role, p in self.peaks.items()}
 
+    def bounded(self, roles: tuple[str, ...] = ("lab", "scan", "analyser")) -> bool:
+        """True if no role's end peak exceeds its start peak by more than max(RSS_SLACK_MB, 50 %).
+
+        Growth that follows run length (a leak per pixel) shows as end >> start; a fixed
+        allowance absorbs allocator noise and the analyser's growing correlation snapshots.
+        """
+        for role in roles:
+            p = self.peaks.get(role, {})
+            if "start" not in p or "end" not in p:
+                return False
+            if p["end"] - p["start"] > max(RSS_SLACK_MB, 0.5 * p["start"]):
+                return False
+        return True
+
 
 class Soak:
     """One soak: builds the files, runs the processes under the schedule, checks the result."""
@@ -276,9 +302,9 @@ class Soak:
         summary["pixels"] = self._check_pixels()
         summary["maps"] = self._check_maps()
         summary["rss_MB"] = {"peak": self.memory.peaks, "growth_end_minus_start": self.memory.growth(),
-                             "samples": self.memory.samples}
+                             "bounded": self.memory.bounded(), "samples": self.memory.samples}
         summary["timeline"] = self.timeline
-        summary["ok"] = bool(summary["pixels"]["ok"] and summary["maps"]["ok"])
+        summary["ok"] = bool(summary["pixels"]["ok"] and summary["maps"]["ok"] and summary["rss_MB"]["bounded"])
         (self.out / "soak.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
 
@@ -318,16 +344,42 @@ class Soak:
         analyser_args = ["analyser", "--connect", stream_ep, "--archive", str(self.archive), "--bind", results_ep,
                          "--dynes-width-meV", str(s.dynes_width_meV), "--once"]
         viewer_args = ["view", "--connect", results_ep, "--timeout", "60"]
-        analyser: Child | None = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
+        scan_args = ["scan", "--config", str(config), "--out", str(self.archive)]
+        if s.analyser_first:
+            analyser: Child | None = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
+            analyser.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
+            scan = self._start(sup, "scan", scan_args, stop_signal=signal.SIGINT)
+        else:
+            # The analyser joins the running scan (backfill from the archive, then the stream): an
+            # analyser started first can miss the start document while its SUB socket connects
+            # (ZeroMQ slow joiner) and then rejects every event; --analyser-first shows that.
+            scan = self._start(sup, "scan", scan_args, stop_signal=signal.SIGINT)
+            wait_until = time.monotonic() + 300.0
+            while self.watch.seen() < 1:
+                sup.check()
+                if time.monotonic() > wait_until:
+                    raise scan.failure("published no pixel within 300 s")
+                time.sleep(0.05)
+            # paused while the services start (seconds each): on a small grid the scan would
+            # otherwise be half done before anyone watches it
+            self._control(control_ep, "pause")
+            analyser = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
         analyser.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
-        scan = self._start(sup, "scan", ["scan", "--config", str(config), "--out", str(self.archive)],
-                           stop_signal=signal.SIGINT)
         viewer = self._start(sup, "viewer", viewer_args, must_succeed=False) if s.viewer else None
+        if not s.analyser_first:
+            time.sleep(VIEWER_SETTLE_S)
+            sup.check()
+            self._control(control_ep, "resume")
         plan = self._schedule()
         deadline = time.monotonic() + 3 * s.duration_hint_s + 300
         last_mem = 0.0
+        next_report = 0.05
         while True:
             self._progress = self.watch.seen() / s.pixels
+            if self._progress >= next_report:
+                self.note(f"progress; {s.pixels * self._progress / max(time.monotonic() - self._t0, 1e-9):.0f} "
+                          "pixels/s since the soak started")
+                next_report += 0.05
             if time.monotonic() - last_mem >= 0.5:
                 last_mem = time.monotonic()
                 for role, child in (("lab", lab), ("scan", scan), ("analyser", analyser), ("viewer", viewer)):
@@ -374,14 +426,17 @@ class Soak:
         pixels = ([failed[0]] if failed else []) + ([measured[len(measured) // 2]] if measured else [])
         if not pixels:
             return
-        cmd = [sys.executable, "-m", "stslive.acquisition.cli", "control", "--connect", control_ep, "remeasure",
-               "--pixels", *(f"{iy},{ix}" for iy, ix in pixels)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        self.counts["remeasure_commands"] += 1
-        if done.returncode != 0:
-            raise ServiceError("control", f"remeasure {pixels} refused: {done.stdout.strip()} {done.stderr.strip()}")
+        self._control(control_ep, "remeasure", "--pixels", *(f"{iy},{ix}" for iy, ix in pixels))
         self._remeasured = pixels
-        self.note(f"stslive control remeasure {pixels}: {done.stdout.strip()}")
+
+    def _control(self, control_ep: str, *args: str) -> None:
+        """``stslive control --connect EP ARGS``; ServiceError if the scan refuses."""
+        cmd = [sys.executable, "-m", "stslive.acquisition.cli", "control", "--connect", control_ep, *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        self.counts[f"control_{args[0]}"] += 1
+        if done.returncode != 0:
+            raise ServiceError("control", f"{' '.join(args)} refused: {done.stdout.strip()} {done.stderr.strip()}")
+        self.note(f"stslive control {' '.join(args)}: {done.stdout.strip()}")
 
     # -- checks -------------------------------------------------------------------------------
     def _check_pixels(self) -> dict[str, Any]:
@@ -462,6 +517,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--viewer-kills", type=int, default=1, help="viewer SIGKILLs + new viewer (default 1)")
     parser.add_argument("--no-viewer", action="store_true", help="run no viewer (machines without Qt)")
     parser.add_argument("--no-remeasure", action="store_true", help="skip the control remeasure of two pixels")
+    parser.add_argument("--analyser-first", action="store_true",
+                        help="start the analyser before the scan (shows the analyser missing the start document)")
     parser.add_argument("--duration-hint", type=float, default=600.0, metavar="SECONDS",
                         help="expected scan wall time; the soak gives up after 3x this + 300 s (default 600)")
 
@@ -481,7 +538,7 @@ def run(args: argparse.Namespace) -> int:
     settings = SoakSettings(nx=nx, ny=ny, out=args.out, seed=args.seed, points=args.points, kills=args.kills,
                             analyser_kills=args.analyser_kills, viewer_kills=args.viewer_kills,
                             viewer=not args.no_viewer, remeasure=not args.no_remeasure,
-                            duration_hint_s=args.duration_hint)
+                            duration_hint_s=args.duration_hint, analyser_first=args.analyser_first)
     summary = Soak(settings, log=lambda line: print(line, file=sys.stderr, flush=True)).run()
     print(json.dumps(summary, indent=1))
     return 0 if summary["ok"] else 1
