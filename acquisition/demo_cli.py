@@ -173,6 +173,11 @@ def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: 
                   must_succeed=True)
     t_scan = time.perf_counter()
     _command(endpoints["control"], "resume")
+    if headless:  # nobody at a screen can resume a scan that paused itself: say so instead of waiting forever
+        sup.watch(until=lambda: scan.returncode is not None or _paused_for_failures(endpoints["control"]), poll_s=0.5)
+        if scan.returncode is None:
+            raise ServiceError("scan", f"paused itself after repeated failed pixels (see {scan.log_path}); "
+                                       "with the screen, `stslive control ... resume` would continue it")
     sup.wait("scan")
     scan_s = time.perf_counter() - t_scan
     sup.wait("analyser", timeout_s=120.0)
@@ -181,7 +186,9 @@ def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: 
     sup.start("analyse", ["analyse", str(paths.archive), "--out", str(paths.out)])
     sup.wait("analyse", timeout_s=600.0)
     if headless:
-        sup.start("snapshot", ["view", str(paths.archive), "--snapshot", str(paths.screen), "--timeout", "60"])
+        # the live analyser's file: the screen as the control room saw it (sets, flags, run status)
+        sup.start("snapshot", ["view", str(paths.archive), "--analysis", str(paths.analysis),
+                               "--snapshot", str(paths.screen), "--timeout", "60"])
         sup.wait("snapshot", timeout_s=300.0)
     wall_s = time.perf_counter() - t0
     report = json.loads((paths.out / "report.json").read_text(encoding="utf-8"))
@@ -196,6 +203,17 @@ def _command(endpoint: str, command: str) -> dict[str, Any]:
     if not reply.get("ok"):
         raise ServiceError("scan", f"refused {command!r} ({reply.get('error')}, state {reply.get('state')})")
     return reply
+
+
+def _paused_for_failures(endpoint: str) -> bool:
+    from stslive.acquisition.control import send_command
+    from stslive.drivers.errors import InstrumentTimeout
+
+    try:
+        reply = send_command(endpoint, "status", timeout_s=2.0)
+    except InstrumentTimeout:  # the scan is closing its control socket at the end of the run
+        return False
+    return reply.get("state") == "paused" and "failures" in reply.get("pause_reasons", ())
 
 
 def _hold_scan(endpoint: str, sup: Supervisor, *, timeout_s: float = 30.0) -> None:
