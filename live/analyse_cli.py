@@ -1,4 +1,11 @@
-"""``stslive analyse INPUT --out DIR``: offline analysis of an archive or a Nanonis ``.3ds``.
+"""``stslive analyse INPUT [INPUT ...] --out DIR [--dask [ADDRESS]]``: offline analysis of archives and ``.3ds``.
+
+An INPUT is an stslive archive, a Nanonis ``.3ds`` or a folder (every archive and ``.3ds``
+directly inside it; other HDF5 files such as an earlier ``maps.h5`` are skipped with a note).
+One input file writes into DIR itself; several write into ``DIR/<input stem>/`` each (the file
+name with ``_<suffix>`` when two inputs share a stem) and a campaign summary into DIR
+(:mod:`stslive.live.campaign`). ``--dask`` runs the kernels on a Dask cluster
+(:mod:`stslive.live.dask_analysis`): a LocalCluster here, or the scheduler at ADDRESS.
 
 Writes ``DIR/maps.h5`` (:meth:`ResultsModel.save_maps_h5`, the issue-2 layout plus the
 correlation snapshot), ``DIR/report.json`` (:mod:`stslive.live.report`) and the PNG figures of
@@ -9,23 +16,32 @@ the live analyser uses too.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
+from stslive.acquisition.archive import VERSION_ATTR
 from stslive.acquisition.inputs import SpectraSource
 from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live import figures
+from stslive.live.campaign import write_campaign
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
 from stslive.live.pipeline import (
     TheoryConstants, analyse_source, calibrate_source, correlation_snapshot, open_input, uses_lockin,
 )
 from stslive.live.report import build_report, write_report
 from stslive.live.results import ResultsModel
+
+#: ``--dask`` given without an address: start a LocalCluster.
+LOCAL_CLUSTER = "local"
+#: File suffixes a folder input is searched for (HDF5 ones must also be stslive archives).
+INPUT_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5", ".3ds")
 
 
 def parse_mV_pair(text: str, what: str) -> tuple[float, float]:
@@ -61,8 +77,18 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help="stslive run archive (.h5) or Nanonis grid (.3ds)")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                        help="stslive run archive (.h5), Nanonis grid (.3ds) or a folder of them; several "
+                             "inputs write OUT/<stem>/ each and a campaign summary in OUT")
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    parser.add_argument("--dask", nargs="?", const=LOCAL_CLUSTER, default=None, metavar="SCHEDULER_ADDRESS",
+                        help="run the kernels on Dask: a LocalCluster of worker processes, or the cluster "
+                             "at SCHEDULER_ADDRESS (tcp://HOST:PORT); needs pip install 'stslive[dask]'")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="LocalCluster worker processes for --dask (default: one per core)")
+    parser.add_argument("--block-mb", type=float, default=64.0,
+                        help="spectra per Dask task, MB of whole grid rows (default: 64, the row blocks of the "
+                             "single-process path, which makes both give bit-identical maps)")
     parser.add_argument("--current", help="current channel name (default: first 'Current ...' channel)")
     parser.add_argument("--lockin", help="lock-in channel name (default: 'LI Demod n X ...', else 'Input n ...')")
     lockin = parser.add_mutually_exclusive_group()
@@ -123,13 +149,18 @@ def _examples(source: SpectraSource, model: ResultsModel, options: KernelOptions
     return out
 
 
-def analyse_to_directory(path: Path, out: Path, *, options: KernelOptions, constants: TheoryConstants,
-                         examples: int = 3, show_progress: bool = False) -> dict[str, Any]:
-    """The whole ``analyse`` command for one input; returns the report dictionary."""
-    t0 = time.perf_counter()
+def prepare_out(out: Path) -> None:
+    """Create ``out`` (a directory); ConfigError when it is a file."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def analyse_to_directory(path: Path, out: Path, *, options: KernelOptions, constants: TheoryConstants,
+                         examples: int = 3, show_progress: bool = False) -> dict[str, Any]:
+    """The whole ``analyse`` command for one input, in this process; returns the report dictionary."""
+    t0 = time.perf_counter()
+    prepare_out(out)
     with open_input(path, options=options) as source:
         options = calibrate_source(source, options=options)  # one template width, recorded in the report
         bar = tqdm(total=int(source.measured.sum()), unit="px", desc=path.name, disable=not show_progress,
@@ -140,22 +171,32 @@ def analyse_to_directory(path: Path, out: Path, *, options: KernelOptions, const
 
         with bar:
             model = analyse_source(source, options=options, progress=progress)
-        dy_dx = (source.pixel_size_m[1], source.pixel_size_m[0])  # geometry gives (dx, dy)
-        if int(model.maps["valid"].sum()) >= 3:
-            model.set_snapshot(correlation_snapshot(model, pixel_size_m=dy_dx, constants=constants))
-        inputs = {
-            "file": str(path.resolve()), "format": source.kind, "sweep_signal": source.sweep_signal,
-            # the lock-in the analysis used (open_spectra may read one that --no-lockin leaves unused)
-            "channels": {"current": source.current_channel,
-                         "lockin": source.lockin_channel if uses_lockin(options) else None},
-            "available_channels": source.channel_names, "grid": list(source.shape),
-            "pixel_size_nm": [dy_dx[0] * 1e9, dy_dx[1] * 1e9], "n_points": source.n_points,
-        }
-        truth = source.ground_truth
-        example_spectra = _examples(source, model, options, examples)
+        return write_outputs(source, model, out, options=options, constants=constants, examples=examples, t0=t0)
+
+
+def write_outputs(source: SpectraSource, model: ResultsModel, out: Path, *, options: KernelOptions,
+                  constants: TheoryConstants, examples: int, t0: float) -> dict[str, Any]:
+    """Correlations, ``maps.h5``, ``report.json`` and figures of an analysed ``source`` into ``out``.
+
+    Shared by the single-process path and the Dask path (:mod:`stslive.live.dask_analysis`), so
+    both write the same files; ``t0`` is the ``time.perf_counter()`` the analysis started at.
+    """
+    prepare_out(out)
+    dy_dx = (source.pixel_size_m[1], source.pixel_size_m[0])  # geometry gives (dx, dy)
+    if int(model.maps["valid"].sum()) >= 3:
+        model.set_snapshot(correlation_snapshot(model, pixel_size_m=dy_dx, constants=constants))
+    inputs = {
+        "file": str(source.path.resolve()), "format": source.kind, "sweep_signal": source.sweep_signal,
+        # the lock-in the analysis used (open_spectra may read one that --no-lockin leaves unused)
+        "channels": {"current": source.current_channel,
+                     "lockin": source.lockin_channel if uses_lockin(options) else None},
+        "available_channels": source.channel_names, "grid": list(source.shape),
+        "pixel_size_nm": [dy_dx[0] * 1e9, dy_dx[1] * 1e9], "n_points": source.n_points,
+    }
+    example_spectra = _examples(source, model, options, examples)
     model.save_maps_h5(out / "maps.h5")
     report = build_report(model, pixel_size_m=dy_dx, inputs=inputs, options=options, constants=constants,
-                          elapsed_s=time.perf_counter() - t0, ground_truth=truth)
+                          elapsed_s=time.perf_counter() - t0, ground_truth=source.ground_truth)
     _write_figures(out, model, example_spectra, options)
     report["elapsed_s"] = time.perf_counter() - t0  # now including the figures
     write_report(report, out / "report.json")
@@ -177,19 +218,115 @@ def _write_figures(out: Path, model: ResultsModel, examples: list[figures.Exampl
         figures.spectra_figure(out / "spectra.png", examples, fit_window_V=options.fit_window_V)
 
 
-def run(args: argparse.Namespace) -> int:
-    options = kernel_options(args)
-    constants = TheoryConstants.from_assignments(parse_assignments(args.set))
-    report = analyse_to_directory(args.input, args.out, options=options, constants=constants,
-                                  examples=args.examples, show_progress=sys.stderr.isatty())
+def _is_archive(path: Path) -> bool:
+    """An HDF5 file carrying the stslive archive version attribute (maps.h5 and others do not)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return VERSION_ATTR in f.attrs
+    except OSError:
+        return True  # a damaged archive is still an input: its analysis reports the damage clearly
 
+
+def expand_inputs(items: list[Path]) -> list[Path]:
+    """Input files from files and folders (a folder: its archives and ``.3ds`` files, sorted by name).
+
+    Raises
+    ------
+    ConfigError
+        A folder holds no input, or a path is given twice.
+    """
+    files: list[Path] = []
+    for item in items:
+        if not item.is_dir():
+            files.append(item)
+            continue
+        found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+        for skipped in (p for p in found if p.suffix.lower() != ".3ds" and not _is_archive(p)):
+            print(f"skipping {skipped}: an HDF5 file but not an stslive run archive", file=sys.stderr)
+        picked = [p for p in found if p.suffix.lower() == ".3ds" or _is_archive(p)]
+        if not picked:
+            raise ConfigError(f"{item} holds no stslive archive or .3ds file; give the files or another folder")
+        files.extend(picked)
+    seen: set[Path] = set()
+    for f in files:
+        if f.resolve() in seen:
+            raise ConfigError(f"{f} is given twice (directly or through its folder); give each run once")
+        seen.add(f.resolve())
+    return files
+
+
+def output_dirs(inputs: list[Path], out: Path) -> list[Path]:
+    """``out`` for one input; ``out/<stem>`` per input for several (``<stem>_<suffix>`` when stems repeat)."""
+    if len(inputs) == 1:
+        return [out]
+    stems = [p.stem for p in inputs]
+    names = [f"{p.stem}_{p.suffix.lstrip('.')}" if stems.count(p.stem) > 1 else p.stem for p in inputs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ConfigError(f"several inputs would write to {out}/{clash[0]}; rename them or analyse them separately")
+    return [out / n for n in names]
+
+
+def _summary(report: dict[str, Any]) -> str:
     def fmt(key: str, scale: str = "") -> str:
         value = report.get(key)
         return "n/a" if value is None else f"{value:.4g}{scale}"
 
-    print(f"{report['valid_pixels']} of {report['pixels']} pixels valid; "
-          f"Delta {fmt('delta_mean_meV')} +- {fmt('delta_std_meV')} meV, alpha {fmt('alpha_mean')} "
-          f"+- {fmt('alpha_std')}; l_Delta {fmt('l_delta_nm')} nm, l_alpha {fmt('l_alpha_nm')} nm, "
-          f"rho_cross(0) {fmt('rho_cross_0')}")
-    print(f"wrote {args.out / 'maps.h5'}, {args.out / 'report.json'} and figures")
+    return (f"{report['valid_pixels']} of {report['pixels']} pixels valid; "
+            f"Delta {fmt('delta_mean_meV')} +- {fmt('delta_std_meV')} meV, alpha {fmt('alpha_mean')} "
+            f"+- {fmt('alpha_std')}; l_Delta {fmt('l_delta_nm')} nm, l_alpha {fmt('l_alpha_nm')} nm, "
+            f"rho_cross(0) {fmt('rho_cross_0')}")
+
+
+def analyse_many_dask(inputs: list[Path], outs: list[Path], *, address: str | None, options: KernelOptions,
+                      constants: TheoryConstants, examples: int, workers: int | None = None,
+                      max_block_bytes: int = 64 * 2**20, show_progress: bool = False) -> list[dict[str, Any]]:
+    """Every input through :func:`stslive.live.dask_analysis.analyse_inputs_dask`; reports in input order."""
+    from stslive.live.dask_analysis import analyse_inputs_dask, dask_client
+
+    for out in outs:
+        prepare_out(out)
+    t0 = time.perf_counter()
+    target = {p: o for p, o in zip(inputs, outs)}
+    reports: dict[Path, dict[str, Any]] = {}
+    with dask_client(address, workers=workers) as client:
+        bar = tqdm(unit="px", desc="dask", disable=not show_progress, file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        with bar:
+            for run in analyse_inputs_dask(inputs, client=client, options=options, progress=progress,
+                                           max_block_bytes=max_block_bytes):
+                with open_input(run.path, options=run.options) as source:
+                    # elapsed_s of a dask run: from the start of the whole campaign to this run's files
+                    reports[run.path] = write_outputs(source, run.model, target[run.path], options=run.options,
+                                                      constants=constants, examples=examples, t0=t0)
+    return [reports[p] for p in inputs]
+
+
+def run(args: argparse.Namespace) -> int:
+    options = kernel_options(args)
+    constants = TheoryConstants.from_assignments(parse_assignments(args.set))
+    if args.block_mb <= 0 or (args.workers is not None and args.workers < 1):
+        raise ConfigError("--block-mb must be > 0 and --workers >= 1")
+    inputs = expand_inputs(args.inputs)
+    outs = output_dirs(inputs, args.out)
+    show = sys.stderr.isatty()
+    if args.dask is not None:
+        address = None if args.dask == LOCAL_CLUSTER else args.dask
+        reports = analyse_many_dask(inputs, outs, address=address, options=options, constants=constants,
+                                    examples=args.examples, workers=args.workers, show_progress=show,
+                                    max_block_bytes=int(args.block_mb * 2**20))
+    else:
+        reports = [analyse_to_directory(path, out, options=options, constants=constants, examples=args.examples,
+                                        show_progress=show) for path, out in zip(inputs, outs)]
+    for path, out, report in zip(inputs, outs, reports):
+        print(f"{path.name}: {_summary(report)}")
+        print(f"wrote {out / 'maps.h5'}, {out / 'report.json'} and figures")
+    if len(inputs) > 1:
+        written = write_campaign(args.out, [(out.name, path, report) for path, out, report in
+                                            zip(inputs, outs, reports)])
+        print("campaign summary: " + ", ".join(os.fspath(p) for p in written))
     return 0

@@ -1,0 +1,217 @@
+"""Campaign summary of several analysed runs: one table (CSV + JSON) and figures against T or B.
+
+Written by ``stslive analyse`` when it analyses more than one input: ``OUT/campaign.csv``,
+``OUT/campaign.json`` (the same rows; JSON keeps nulls) and ``OUT/campaign_vs_temperature.png``,
+``OUT/campaign_vs_field.png`` (each only when at least two runs have distinct values of that
+condition) or, when neither varies, ``OUT/campaign_runs.png`` against the run index. The figures
+show Delta and alpha (mean, error bar = the map's standard deviation) and the 1/e correlation
+lengths l_Delta, l_alpha, l_cross.
+
+Where a run's conditions are read (:func:`run_conditions`, first found wins; the source is in
+the table as ``temperature_source`` / ``field_source``):
+
+* temperature, K
+    1. measured: median over measured pixels of the per-pixel thermometer readings - archive
+       ``entry/pixels/temperature_before_K`` and ``temperature_after_K``; ``.3ds`` experiment
+       parameters whose name contains "Temperature" and ends in "(K)" (stslive's export writes
+       "Temperature before (K)" / "Temperature after (K)");
+    2. archive start document: ``conditions.temperature_K``, then ``metadata.conditions.temperature_K``,
+       then ``film_params.temperature_K`` (``stslive simulate --set temperature_K=...``);
+       ``.3ds`` header: the first key containing "Temperature" and ending in "(K)" (Nanonis
+       modules write e.g. ``Temperature 1>Temperature 1 (K)``).
+* magnetic field, T
+    archive start document ``conditions.magnetic_field_T``, then
+    ``metadata.conditions.magnetic_field_T``; ``.3ds`` header: the first key containing
+    "Magnet" or "Field" and ending in "(T)" (e.g. ``Magnet>Field (T)``).
+
+Absent conditions are null in JSON and empty in CSV; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window (also on a head-less cluster node)
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend choice
+import numpy as np  # noqa: E402
+
+from stslive.acquisition.archive import open_archive  # noqa: E402
+from stslive.acquisition.nanonis3ds import open_3ds  # noqa: E402
+from stslive.drivers.errors import AnalysisError  # noqa: E402
+
+__all__ = ["run_conditions", "campaign_rows", "write_campaign", "campaign_figure", "CONDITIONS"]
+
+#: Conditions a campaign varies: table column -> (axis label, figure file suffix).
+CONDITIONS: dict[str, tuple[str, str]] = {"temperature_K": ("temperature (K)", "temperature"),
+                                          "field_T": ("magnetic field (T)", "field")}
+_T_3DS = re.compile(r"temperature.*\(K\)\s*$", re.IGNORECASE)
+_B_3DS = re.compile(r"(magnet|field).*\(T\)\s*$", re.IGNORECASE)
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a document value, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _lookup(doc: Mapping[str, Any], dotted: str) -> float | None:
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return _number(node)
+
+
+def _median_of(arrays: Sequence[np.ndarray], measured: np.ndarray) -> float | None:
+    values = np.concatenate([np.asarray(a, dtype=np.float64)[measured] for a in arrays]) if arrays else np.zeros(0)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
+
+
+def _archive_conditions(path: Path) -> dict[str, Any]:
+    with open_archive(path, swmr="auto") as ar:
+        meta, measured, start = ar.pixel_meta, ar.measured, ar.documents.get("start", {})
+    out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
+    measured_T = _median_of([meta["temperature_before_K"], meta["temperature_after_K"]], measured)
+    if measured_T is not None:
+        out.update(temperature_K=measured_T, temperature_source="pixels (median of thermometer readings)")
+    else:
+        for key in ("conditions.temperature_K", "metadata.conditions.temperature_K", "film_params.temperature_K"):
+            if (value := _lookup(start, key)) is not None:
+                out.update(temperature_K=value, temperature_source=f"start document {key}")
+                break
+    for key in ("conditions.magnetic_field_T", "metadata.conditions.magnetic_field_T"):
+        if (value := _lookup(start, key)) is not None:
+            out.update(field_T=value, field_source=f"start document {key}")
+            break
+    return out
+
+
+def _3ds_conditions(path: Path) -> dict[str, Any]:
+    with open_3ds(path) as grid:
+        header = dict(grid.header)
+        names = [n for n in grid.parameter_names if _T_3DS.search(n)]
+        per_pixel = [grid.parameter(n) for n in names]
+    out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
+    # unmeasured points of a .3ds are NaN records, parameters included: the finite values are the measured ones
+    measured_T = _median_of(per_pixel, np.ones(per_pixel[0].shape, bool)) if per_pixel else None
+    if measured_T is not None:
+        out.update(temperature_K=measured_T, temperature_source=f"parameters {names} (median)")
+    else:
+        for key, raw in header.items():
+            if _T_3DS.search(key) and (value := _number(raw)) is not None:
+                out.update(temperature_K=value, temperature_source=f"header {key}")
+                break
+    for key, raw in header.items():
+        if _B_3DS.search(key) and (value := _number(raw)) is not None:
+            out.update(field_T=value, field_source=f"header {key}")
+            break
+    return out
+
+
+def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Temperature (K) and magnetic field (T) of a run, with where each was read (module docstring).
+
+    Returns
+    -------
+    dict
+        ``temperature_K``, ``temperature_source``, ``field_T``, ``field_source``; None when absent.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        is_hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    return _archive_conditions(path) if is_hdf5 else _3ds_conditions(path)
+
+
+#: Report keys copied into the table, in column order (after run, file, format and the conditions).
+REPORT_COLUMNS: tuple[str, ...] = (
+    "pixels", "valid_pixels", "grid_pixels", "delta_mean_meV", "delta_std_meV", "alpha_mean", "alpha_std",
+    "l_delta_nm", "l_alpha_nm", "l_cross_nm", "l_delta_noise_nm", "l_alpha_noise_nm", "l_cross_noise_nm",
+    "rho_cross_0", "rho_delta_topo_0", "sigma_rho_ohm", "predicted_delta_rel_sigma", "measured_delta_rel_sigma",
+    "elapsed_s",
+)
+
+
+def campaign_rows(runs: Sequence[tuple[str, Path, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per ``(name, input path, report)``: identity, conditions and the report's scalar results.
+
+    Every key of :data:`REPORT_COLUMNS` is present (None when the report lacks it), so the CSV
+    has one fixed header; ``dynes_width_meV`` is the template width the run was analysed with.
+    """
+    rows = []
+    for name, path, report in runs:
+        inputs = report.get("inputs", {})
+        width = inputs.get("options", {}).get("dynes_width_eV")
+        row: dict[str, Any] = {"run": name, "file": str(path), "format": inputs.get("format"),
+                               **run_conditions(path)}
+        row.update({key: report.get(key) for key in REPORT_COLUMNS})
+        row["dynes_width_meV"] = None if width is None else float(width) * 1e3
+        rows.append(row)
+    return rows
+
+
+def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=np.float64)
+
+
+def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str | None) -> Path:
+    """Delta, alpha (mean +- map std) and l_Delta, l_alpha, l_cross against ``x_key`` (None: run index)."""
+    if x_key is None:
+        x, label = np.arange(len(rows), dtype=np.float64), "run"
+    elif x_key in CONDITIONS:
+        x, label = _column(rows, x_key), CONDITIONS[x_key][0]
+    else:
+        raise AnalysisError(f"campaign figure against {x_key!r}: choose one of {list(CONDITIONS)} or None")
+    order = np.argsort(x, kind="stable")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    panels = (("delta_mean_meV", "delta_std_meV", "Delta (meV)"), ("alpha_mean", "alpha_std", "alpha"))
+    for ax, (mean, std, title) in zip(axes, panels):
+        ax.errorbar(x[order], _column(rows, mean)[order], yerr=_column(rows, std)[order], marker="o", capsize=3)
+        ax.set_ylabel(title)
+    for key, name in (("l_delta_nm", "l_Delta"), ("l_alpha_nm", "l_alpha"), ("l_cross_nm", "l_cross")):
+        axes[2].plot(x[order], _column(rows, key)[order], marker="o", label=name)
+    axes[2].set_ylabel("1/e correlation length (nm)")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel(label)
+        if x_key is None:
+            ax.set_xticks(x, [str(r["run"]) for r in rows], rotation=45, ha="right")
+    fig.suptitle(f"campaign of {len(rows)} runs")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_campaign(out: str | os.PathLike[str], runs: Sequence[tuple[str, Path, Mapping[str, Any]]]) -> list[Path]:
+    """Write ``campaign.csv``, ``campaign.json`` and the figures into ``out``; returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = campaign_rows(runs)
+    written = [out / "campaign.csv", out / "campaign.json"]
+    with open(written[0], "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+    written[1].write_text(json.dumps({"runs": rows}, indent=2, allow_nan=False) + "\n")
+    varied = [key for key in CONDITIONS if len({v for v in _column(rows, key) if math.isfinite(v)}) >= 2]
+    for key in varied:
+        written.append(campaign_figure(out / f"campaign_vs_{CONDITIONS[key][1]}.png", rows, x_key=key))
+    if not varied:
+        written.append(campaign_figure(out / "campaign_runs.png", rows, x_key=None))
+    return written

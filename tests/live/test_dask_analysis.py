@@ -1,0 +1,134 @@
+"""The Dask path of ``stslive analyse`` gives the single-process maps (issue 7), on a 2-worker LocalCluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from stslive.acquisition.cli import main
+from stslive.acquisition.nanonis3ds import write_3ds
+from stslive.acquisition.runmodel import GridGeometry
+from stslive.acquisition.simulate_cli import write_film_archive
+from stslive.drivers.errors import ConfigError
+from stslive.live.dask_analysis import analyse_inputs_dask, require_dask, rows_per_block
+from stslive.live.kernels import KernelOptions
+from stslive.live.pipeline import analyse_source, calibrate_source, open_input
+from stslive.live.results import MAP_SPECS, ResultsModel
+from stslive.mocks.film import FilmParams, make_film
+
+NY, NX = 14, 18
+ROW_BYTES = NX * 1601 * 4 * 2  # current + lock-in, float32
+#: compared maps: every map the analysis fills ("time" is when a result was stored)
+MAPS = tuple(name for name in MAP_SPECS if name not in ("time",))
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("dask")
+    paths = []
+    for k, temperature in enumerate((0.3, 1.2)):
+        path = root / f"run{k}.h5"
+        write_film_archive(make_film(FilmParams(ny=NY, nx=NX, seed=10 + k, temperature_K=temperature)), path)
+        paths.append(path)
+    return paths
+
+
+def _single(path: Path, options: KernelOptions, max_block_bytes: int) -> tuple[ResultsModel, KernelOptions]:
+    with open_input(path, options=options) as source:
+        options = calibrate_source(source, options=options)
+        return analyse_source(source, options=options, max_block_bytes=max_block_bytes), options
+
+
+def _assert_same_maps(a: ResultsModel, b: ResultsModel) -> None:
+    for name in MAPS:
+        np.testing.assert_array_equal(a.maps[name], b.maps[name], err_msg=name)
+
+
+def test_maps_bit_identical_with_the_same_row_blocks(client: Client, archives: list[Path]) -> None:
+    """4-row blocks: 4 tasks per map, the same batches as the single path -> identical maps."""
+    block = 4 * ROW_BYTES
+    assert rows_per_block(NX, 1601, 2, max_block_bytes=block) == 4
+    runs = {run.path: run for run in analyse_inputs_dask(archives, client=client, options=KernelOptions(),
+                                                          max_block_bytes=block)}
+    assert set(runs) == set(archives)
+    for path in archives:
+        single, options = _single(path, KernelOptions(), block)
+        assert runs[path].options.dynes_width_eV == options.dynes_width_eV  # the same calibration rule
+        assert runs[path].options.threads == 1
+        _assert_same_maps(single, runs[path].model)
+        assert single.maps["valid"].sum() > 0.9 * NY * NX
+
+
+def test_other_blocks_differ_by_float32_rounding_only(client: Client, archives: list[Path]) -> None:
+    """2-row tasks against the single path's one 64 MB block: BLAS summation order, nothing else."""
+    (run,) = analyse_inputs_dask(archives[:1], client=client, options=KernelOptions(),
+                                 max_block_bytes=2 * ROW_BYTES)
+    single, _ = _single(archives[0], KernelOptions(), 64 * 2**20)
+    for name in ("valid", "reason", "alpha", "alpha_pos", "alpha_neg", "b"):
+        np.testing.assert_array_equal(single.maps[name], run.model.maps[name], err_msg=name)
+    np.testing.assert_allclose(run.model.maps["delta_eV"], single.maps["delta_eV"], rtol=1e-5, atol=0)
+
+
+def test_per_pixel_sweeps_of_a_3ds(client: Client, tmp_path: Path) -> None:
+    """A .3ds whose second half of rows sweeps another range: the per-pixel sweep array path."""
+    film = make_film(FilmParams(ny=8, nx=10, seed=3, bias_start_V=0.04, bias_end_V=-0.04))
+    start = np.full((8, 10), 0.04, np.float32)
+    end = np.full((8, 10), -0.04, np.float32)
+    start[4:], end[4:] = 0.039, -0.039  # another set-point set: the sweep differs per pixel
+    path = tmp_path / "grid.3ds"
+    write_3ds(path, spectra=np.concatenate([np.stack([b.current_A, b.lockin_x_A], axis=2)
+                                            for _, b in film.iter_blocks(rows_per_block=4)]),
+              channel_names=["Current (A)", "LI Demod 1 X (A)"], sweep_start=start, sweep_end=end,
+              geometry=GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=10e-9, height_m=8e-9, nx=10, ny=8),
+              n_points=film.params.n_points)
+    block = 3 * 10 * 1601 * 4 * 2
+    (run,) = analyse_inputs_dask([path], client=client, options=KernelOptions(), max_block_bytes=block)
+    single, _ = _single(path, KernelOptions(), block)
+    _assert_same_maps(single, run.model)
+    assert single.maps["valid"].sum() >= 70
+
+
+def test_cli_on_an_existing_cluster_writes_the_single_path_files(client: Client, archives: list[Path],
+                                                                 tmp_path: Path) -> None:
+    assert main(["analyse", *map(str, archives), "--out", str(tmp_path / "sp"), "--examples", "1"]) == 0
+    address = client.scheduler.address
+    assert main(["analyse", *map(str, archives), "--out", str(tmp_path / "dk"), "--examples", "1",
+                 "--dask", address]) == 0
+    for path in archives:
+        sp, dk = tmp_path / "sp" / path.stem, tmp_path / "dk" / path.stem
+        with h5py.File(sp / "maps.h5") as a, h5py.File(dk / "maps.h5") as b:
+            for name in ("delta", "alpha", "valid", "reason"):
+                np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=f"{path.name}: {name}")
+        ra, rb = (json.loads((d / "report.json").read_text()) for d in (sp, dk))
+        differing = {k for k in ra if ra[k] != rb[k]}
+        assert differing == {"elapsed_s", "inputs"}, differing
+        assert ra["inputs"]["options"] == {**rb["inputs"]["options"], "threads": None}
+        assert (dk / "maps.png").is_file()
+    assert (tmp_path / "dk" / "campaign.csv").is_file()
+
+
+def test_an_input_path_after_dask_is_a_clear_error(archives: list[Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["analyse", "--out", str(tmp_path / "o"), "--dask", str(archives[0]), str(archives[1])])
+    assert code != 0
+    assert "not a scheduler address" in capsys.readouterr().err
+
+
+def test_missing_dask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(ConfigError, match=r"stslive\[dask\]"):
+        require_dask()
