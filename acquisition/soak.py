@@ -489,7 +489,11 @@ class Soak:
         offline_dir = self.out / "offline"
         analyse_to_directory(self.archive, offline_dir, options=options, constants=TheoryConstants(), examples=0)
         offline = load_maps_h5(offline_dir / "maps.h5").maps
-        live = load_maps_h5(self.archive.with_suffix(".analysis.h5")).maps
+        live_path = self.archive.with_suffix(".analysis.h5")
+        if not live_path.is_file():  # the analyser never opened the run: a failed check, not a crash
+            return {"ok": False, "offline_s": round(time.perf_counter() - t0, 1),
+                    "error": f"the analyser wrote no {live_path.name}; see its log in logs/"}
+        live = load_maps_h5(live_path).maps
         result: dict[str, Any] = {"offline_s": round(time.perf_counter() - t0, 1),
                                   "measured_equal": bool(np.array_equal(live["measured"], offline["measured"]))}
         ok = result["measured_equal"]
@@ -526,7 +530,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the soak, print its JSON summary; 0 if every check passed, 1 otherwise."""
     for name in ("kills", "analyser_kills", "viewer_kills"):
-        if getattr(args, name) < (1 if name == "analyser_kills" else 0):
+        if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} = {getattr(args, name)} is too small")
     if args.points < 101:
         raise ConfigError(f"--points {args.points}: the fit window needs sweeps of at least 101 points")

@@ -102,6 +102,12 @@ def test_map_check_catches_a_live_map_that_differs_from_offline(soaked: tuple[Pa
     assert result["delta_eV"]["max_rel_diff"] == pytest.approx(0.01, rel=1e-3)
 
 
+def test_map_check_fails_without_an_analysis_file(soaked: tuple[Path, dict], tmp_path: Path) -> None:
+    shutil.copy(soaked[0] / "run.h5", tmp_path / "run.h5")
+    result = _soak_on(tmp_path)._check_maps()
+    assert not result["ok"] and "run.analysis.h5" in result["error"]
+
+
 def test_fault_schedule_is_seeded_valid_and_fails_the_planned_pixels(tmp_path: Path) -> None:
     entries, failing = fault_entries(NX * NY, seed=5, timeout_s=0.5)
     assert entries == fault_entries(NX * NY, seed=5, timeout_s=0.5)[0]
