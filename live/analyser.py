@@ -80,7 +80,9 @@ class AnalyserService:
     out
         Analysis file; default beside the archive, none without an archive.
     options, flag_config, settings
-        Kernel options (fixed Dynes width), flag thresholds, service tunables.
+        Kernel options (default: those of ``stslive analyse``; without a fixed Dynes width the
+        run's width is calibrated on its first spectra as offline, see :class:`RunContext`),
+        flag thresholds, service tunables.
     context
         ZeroMQ context (tests inject one).
     """
@@ -92,7 +94,7 @@ class AnalyserService:
         self.connect = connect
         self.archive = None if archive is None else Path(archive)
         self.out = Path(out) if out is not None else (analysis_path_for(self.archive) if self.archive else None)
-        self.options = options or KernelOptions(dynes_width_eV=0.1e-3)
+        self.options = options or KernelOptions()
         self.flag_config = flag_config or FlagConfig()
         self.settings = settings or AnalyserSettings()
         self._ctx = context or zmq.Context.instance()
@@ -361,8 +363,14 @@ class AnalyserService:
         except StsliveError as exc:  # never die: count the batch and go on
             self._reject("analysis", f"{len(batch)} pixels not analysed: {exc}")
             return
-        self.analysed += len(batch)
-        self._since_snapshot += len(batch)
+        self._publish_pixels(columns)
+
+    def _publish_pixels(self, columns: dict[str, Any]) -> None:
+        if not columns:  # held back for the width calibration
+            return
+        count = len(columns["iy"])
+        self.analysed += count
+        self._since_snapshot += count
         if self._pub is not None:
             t0 = time.thread_time()
             # one message with arrays for the whole batch: per-pixel JSON would cost more than the analysis
@@ -430,6 +438,10 @@ class AnalyserService:
         rejected.update(self.subscriber_stats.get("rejected", {}))
         gaps = sum(len(g) for g in self.subscriber_stats.get("gaps", {}).values())
         text = f"{self.analysed} pixels analysed"
+        if self.run is not None:
+            width = self.run.options.dynes_width_eV
+            text += (f" (calibrating the template width on the first {self.run.options.chunk} spectra)"
+                     if self.run.calibrating else "" if width is None else f"; Dynes width {width * 1e3:.4f} meV")
         if rejected:
             text += "; rejected " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
         if gaps:
@@ -468,6 +480,10 @@ class AnalyserService:
     def _finish_run(self, *, state: str | None) -> None:
         if self.run is None:
             return
+        try:
+            self._publish_pixels(self.run.finish())
+        except StsliveError as exc:
+            self._reject("analysis", f"pixels held for the width calibration not analysed: {exc}")
         self._stop_snapshots()  # the final snapshot below sees every pixel and is the one kept
         self._snapshot(self.run)
         self.run.model.update_status(state=state, message=self.status_text())

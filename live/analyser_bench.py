@@ -9,10 +9,12 @@ results PUB, twice:
   analyser's PUB (the maps are updated before the result is sent) minus the event's ``t_end``,
   stamped just before publishing; p50 and p99 in ms.
 
-Both runs print the analyser's own time per stage (receive + decode, pixel check, analysis,
-flags, model update, encode + publish, snapshots) so a slow stage shows. Publisher, analyser and
-listener share this process (and its GIL) as in the first measurements; on a busy machine the
-figures vary by tens of percent - say so when quoting them.
+Both runs print the analyser's own CPU time per stage (receive + decode, pixel check, analysis,
+flags, model update, encode + publish, snapshots; thread CPU time, so the kernels' helper threads
+on batches > 512 are not in "analyse") so a slow stage shows. The publisher runs in a child
+process like the scan engine (``--in-process``: in this process, sharing the analyser's GIL, as
+the first measurements did); on a busy machine the figures vary by tens of percent - say so
+when quoting them.
 
 Examples::
 
@@ -24,15 +26,18 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 import numpy as np
 import zmq
 
 from stslive.acquisition.stream import ArraySpec, RunPublisher
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserService, AnalyserSettings
 from stslive.live.kernels import KernelOptions
 from stslive.live.results_io import decode_message
@@ -71,13 +76,71 @@ def film_spectra(n: int, *, seed: int = 1) -> tuple[np.ndarray, int, int]:
     return spectra, ny, nx
 
 
-def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options: KernelOptions,
-           settings: AnalyserSettings, timeout_s: float = 60.0) -> BenchRun:
-    """Publish ``spectra`` as one run (at ``rate`` spectra/s, None: as fast as possible) and time the results."""
+def _start_run(pub: RunPublisher, ny: int, nx: int) -> None:
+    pub.start(grid={"nx": nx, "ny": ny, "width_m": nx * 1e-9, "height_m": ny * 1e-9, "centre_x_m": 0.0,
+                    "centre_y_m": 0.0}, channel_names=CHANNELS, channel_units=("A", "A"), n_points=N_POINTS,
+              setpoint_sets=(SET,), instruments={}, software_version="bench-analyser")
+    pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
+
+
+def _publish(pub: RunPublisher, spectra: np.ndarray, nx: int, rate: float | None,
+             between: Callable[[], None] = lambda: None) -> float:
+    """Publish the events (``t_end`` stamped just before sending); returns the start time (unix s)."""
+    start = time.time()
+    t0 = time.perf_counter()
+    for k in range(spectra.shape[0]):
+        if rate:
+            target = t0 + k / rate
+            while time.perf_counter() < target:  # busy wait: sleep() overshoots by ~0.1-1 ms
+                between()
+        iy, ix = divmod(k, nx)
+        pub.event(arrays={"spectra": spectra[k]}, ix=ix, iy=iy, x_m=0.0, y_m=0.0, setpoint_set_id=0,
+                  timestamps={"t_end": time.time()}, temperature_before_K=0.3, temperature_after_K=0.3)
+        between()
+    return start
+
+
+def _publisher_process(conn: Connection, n: int, rate: float | None) -> None:
+    """Child process: bind, report the endpoint, wait for 'go', publish, report the start time."""
+    spectra, ny, nx = film_spectra(n)
     ctx = zmq.Context()
     pub = RunPublisher("tcp://127.0.0.1:0", context=ctx, header_format="msgpack")
-    svc = AnalyserService(pub.pub_endpoint, bind="tcp://127.0.0.1:0", options=options, settings=settings,
-                          context=ctx).start()
+    try:
+        conn.send(pub.pub_endpoint)
+        conn.recv()
+        pub.wait_for_subscribers(1)
+        _start_run(pub, ny, nx)
+        conn.send(_publish(pub, spectra, nx, rate))
+        conn.recv()  # keep the socket open until the parent has every result
+    finally:
+        pub.close()
+        ctx.term()
+
+
+def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options: KernelOptions,
+           settings: AnalyserSettings, in_process: bool = False, timeout_s: float = 60.0) -> BenchRun:
+    """Publish ``spectra`` as one run (at ``rate`` spectra/s, None: as fast as possible) and time the results.
+
+    ``in_process``: the publisher runs in this process (sharing the GIL with the analyser, as
+    the first measurements did); otherwise in a child process, as the scan engine would.
+    """
+    n = spectra.shape[0]
+    ctx = zmq.Context()
+    child = None
+    pub = None
+    if in_process:
+        pub = RunPublisher("tcp://127.0.0.1:0", context=ctx, header_format="msgpack")
+        endpoint = pub.pub_endpoint
+    else:
+        parent_conn, child_conn = multiprocessing.get_context("spawn").Pipe()
+        child = multiprocessing.get_context("spawn").Process(target=_publisher_process, args=(child_conn, n, rate),
+                                                             name="bench-publisher", daemon=True)
+        child.start()
+        if not parent_conn.poll(timeout_s):
+            child.kill()
+            raise StreamError("the benchmark publisher process did not start; see its error above")
+        endpoint = parent_conn.recv()
+    svc = AnalyserService(endpoint, bind="tcp://127.0.0.1:0", options=options, settings=settings, context=ctx).start()
     results = ctx.socket(zmq.SUB)
     latencies: list[np.ndarray] = []
     received = 0
@@ -85,46 +148,42 @@ def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options
 
     def take() -> None:
         nonlocal received, batches
-        topic, _, arrays = decode_message(results.recv_multipart())
-        if topic == "pixels":
-            latencies.append(time.time() - arrays["time"])
-            received += arrays["time"].size
-            batches += 1
+        while results.poll(0):
+            topic, _, arrays = decode_message(results.recv_multipart())
+            if topic == "pixels":
+                latencies.append(time.time() - arrays["time"])
+                received += arrays["time"].size
+                batches += 1
 
     try:
-        pub.wait_for_subscribers(1)
         results.setsockopt(zmq.RCVHWM, 0)
         results.setsockopt(zmq.SUBSCRIBE, b"pixels")
         results.connect(svc.results_endpoint)
         time.sleep(0.3)  # let the subscription reach the analyser
-        pub.start(grid={"nx": nx, "ny": ny, "width_m": nx * 1e-9, "height_m": ny * 1e-9, "centre_x_m": 0.0,
-                        "centre_y_m": 0.0}, channel_names=CHANNELS, channel_units=("A", "A"), n_points=N_POINTS,
-                  setpoint_sets=(SET,), instruments={}, software_version="bench-analyser")
-        pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
-        n = spectra.shape[0]
-        t0 = time.perf_counter()
-        for k in range(n):
-            if rate:
-                target = t0 + k / rate
-                while time.perf_counter() < target:  # busy wait: sleep() overshoots by ~0.1 ms-1 ms
-                    if results.poll(0):
-                        take()
-            iy, ix = divmod(k, nx)
-            pub.event(arrays={"spectra": spectra[k]}, ix=ix, iy=iy, x_m=0.0, y_m=0.0, setpoint_set_id=0,
-                      timestamps={"t_end": time.time()}, temperature_before_K=0.3, temperature_after_K=0.3)
-            while results.poll(0):
+        if pub is not None:
+            pub.wait_for_subscribers(1)
+            _start_run(pub, ny, nx)
+            started = _publish(pub, spectra, nx, rate, take)
+        else:
+            parent_conn.send("go")
+            while not parent_conn.poll(0.01):
                 take()
+            started = parent_conn.recv()
         while received < n and results.poll(int(timeout_s * 1000)):
             take()
-        elapsed = time.perf_counter() - t0
+        elapsed = time.time() - started
         stages = svc.stage_seconds()
     finally:
         svc.close()
         results.close()
-        pub.close()
+        if pub is not None:
+            pub.close()
+        if child is not None:
+            parent_conn.send("done")
+            child.join(10)
         ctx.term()
     lat = np.concatenate(latencies) if latencies else np.zeros(0)
-    return BenchRun(n=spectra.shape[0], elapsed_s=elapsed, latencies_s=lat, stages_s=stages, batches=batches)
+    return BenchRun(n=n, elapsed_s=elapsed, latencies_s=lat, stages_s=stages, batches=batches)
 
 
 def _stages_line(run: BenchRun) -> str:
@@ -139,6 +198,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-n", type=int, default=3000, help="spectra of the latency run (default 3000)")
     parser.add_argument("--batch", type=int, default=AnalyserSettings.batch,
                         help=f"largest batch the analyser drains at once (default {AnalyserSettings.batch})")
+    parser.add_argument("--in-process", action="store_true",
+                        help="publish from this process (shares the GIL with the analyser; the first figures' setup)")
     parser.add_argument("--dynes-width-meV", type=float, default=None,
                         help="fixed Dynes width; default: the analyser's rule (estimated from the first spectra)")
 
@@ -151,11 +212,12 @@ def run(args: argparse.Namespace) -> int:
     # no periodic maps/status messages and no snapshots: they are not what is measured here
     settings = AnalyserSettings(batch=args.batch, snapshot_every=10**9, publish_every_s=3600.0)
     spectra, ny, nx = film_spectra(max(args.n, args.latency_n))
-    full = replay(spectra[: args.n], ny, nx, rate=None, options=options, settings=settings)
+    full = replay(spectra[: args.n], ny, nx, rate=None, options=options, settings=settings, in_process=args.in_process)
     print(f"sustained throughput: {full.throughput:,.0f} spectra/s of {N_POINTS} points "
           f"({full.latencies_s.size} of {full.n} results in {full.elapsed_s:.2f} s, {full.batches} batches; goal >= 5,000)")
     print(f"  analyser stages: {_stages_line(full)}")
-    slow = replay(spectra[: args.latency_n], ny, nx, rate=args.rate, options=options, settings=settings)
+    slow = replay(spectra[: args.latency_n], ny, nx, rate=args.rate, options=options, settings=settings,
+                  in_process=args.in_process)
     if slow.latencies_s.size == 0:
         print("latency: no result received", file=sys.stderr)
         return 1

@@ -23,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default="tcp://127.0.0.1:5560", help="results PUB endpoint (loopback)")
     parser.add_argument("--out", help="analysis file (default: RUN.analysis.h5 beside the archive)")
     parser.add_argument("--config", help="TOML file with a [flags] table of flag thresholds")
-    parser.add_argument("--dynes-width-meV", type=float, default=0.1,
-                        help="Dynes width of the peak templates, meV (fixed: results do not depend on batching; "
-                             "give `stslive analyse` the same value to compare)")
+    parser.add_argument("--dynes-width-meV", type=float, default=None,
+                        help="fix the Dynes width of the peak templates, meV (default: calibrated on the run's first "
+                             "spectra as `stslive analyse` does, so both give the same maps; results are held "
+                             "until those spectra arrived)")
     parser.add_argument("--snapshot-every", type=int, default=500, help="pixels between correlation snapshots")
     parser.add_argument("--once", action="store_true", help="exit after the first run's stop document")
 
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     flags = load_flag_config(args.config) if args.config else FlagConfig()
     service = AnalyserService(
         args.connect, archive=args.archive, bind=args.bind, out=args.out,
-        options=KernelOptions(dynes_width_eV=args.dynes_width_meV * 1e-3), flag_config=flags,
+        options=KernelOptions(dynes_width_eV=None if args.dynes_width_meV is None else args.dynes_width_meV * 1e-3),
+        flag_config=flags,
         settings=AnalyserSettings(snapshot_every=args.snapshot_every),
     )
     with service:

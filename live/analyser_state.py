@@ -20,7 +20,7 @@ import numpy as np
 
 from stslive.acquisition.runmodel import SetpointSet
 from stslive.acquisition.stream import EventDoc
-from stslive.drivers.errors import AnalysisError, ConfigError, StreamError
+from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.flags import (
     FlagConfig,
     FlagEngine,
@@ -31,7 +31,7 @@ from stslive.live.flags import (
     spectral_features,
 )
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis
-from stslive.live.pipeline import analyse_pixels, apply_to_model
+from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options
 from stslive.live.results import PixelResult, ResultsModel
 
 
@@ -72,8 +72,13 @@ class RunContext:
         The start document's fields: ``grid`` (nx, ny, width_m, ...), ``channel_names``,
         ``n_points``, ``setpoint_sets`` (dicts of SetpointSet fields).
     options
-        Kernel options (one code path with ``stslive analyse``: give both the same options,
-        with a fixed ``dynes_width_eV`` so no result depends on which pixels share a batch).
+        Kernel options (one code path with ``stslive analyse``). Without a fixed
+        ``dynes_width_eV`` the run's width follows the offline rule
+        (:func:`stslive.live.pipeline.calibrate_options` on the first ``options.chunk`` measured
+        spectra sharing the first one's sweep, in acquisition order - for a raster scan the
+        spectra ``stslive analyse`` calibrates on): pixels are held back until those arrived
+        (or the run ends, :meth:`finish`), then all use that width, so no result depends on
+        its batch and the finished maps equal the offline analysis without any option.
     flag_config
         Flag thresholds.
     """
@@ -88,12 +93,11 @@ class RunContext:
             self.sets = {int(s["id"]): SetpointSet.from_dict(s) for s in start["setpoint_sets"]}
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise StreamError(f"run {run_uid}: start document unusable ({exc}); check the scan engine's version") from exc
-        if options.dynes_width_eV is None:
-            raise AnalysisError("the live analyser needs a fixed Dynes width (KernelOptions.dynes_width_eV), "
-                                "else a pixel's result would depend on its batch; give --dynes-width-meV")
         channel_arrays(np.zeros((len(self.channel_names), 2)), self.channel_names)  # needs a current channel
         self.run_uid = run_uid
         self.options = options
+        #: pixels held back until the template width is calibrated (None: calibrated or given)
+        self._held: list[PixelInput] | None = None if options.dynes_width_eV is not None else []
         width = float(grid.get("width_m", math.nan))
         self.model = ResultsModel(ny, nx, pixel_nm=width / nx * 1e9, set_threshold=flag_config.set_flag_fraction)
         self.model.set_setpoint_sets({k: s.to_dict() for k, s in self.sets.items()})
@@ -116,14 +120,50 @@ class RunContext:
         """False for a pixel already analysed at this time or later (backfill/stream overlap)."""
         return pixel.time > self.last_time.get((pixel.iy, pixel.ix), -math.inf)
 
+    @property
+    def calibrating(self) -> bool:
+        """True while pixels are held back for the template-width calibration."""
+        return self._held is not None
+
+    def _sweep(self, set_id: int) -> tuple[float, float, int]:
+        s = self.sets[set_id]
+        return (s.sweep_start_V, s.sweep_end_V, s.n_points)
+
+    def _calibrate(self) -> list[PixelInput]:
+        """Fix the width from the held pixels sharing the first one's sweep; return every held pixel."""
+        held = self._held or []
+        self._held = None
+        if held:
+            sweep = self._sweep(held[0].set_id)
+            sample = [p for p in held if self._sweep(p.set_id) == sweep][: self.options.chunk]
+            self.options = calibrate_options(self.sets[held[0].set_id].bias_axis, np.stack([p.spectra for p in sample]),
+                                             self.channel_names, options=self.options)
+        return held
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """At the end of the run: calibrate on what was held (a run shorter than the sample) and analyse it."""
+        if self._held is None:
+            return {}
+        return self.process(self._calibrate())
+
     def process(self, pixels: Sequence[PixelInput]) -> dict[str, np.ndarray]:
         """Analyse ``pixels`` (already checked, in acquisition order), store and return their results.
+
+        While calibrating (no fixed width yet) pixels are held and ``{}`` is returned until
+        ``options.chunk`` pixels with the first one's sweep have arrived; then the held pixels are
+        analysed together with these.
 
         All pixels of a set-point set go through one :func:`analyse_pixels` call (the kernels are
         batch-first), the flags through one :meth:`FlagEngine.evaluate`. Returns the results as
         (n,) arrays named by :class:`PixelResult` fields, in the order given (the columns of
         :func:`stslive.live.results_io.pixels_message`; :func:`result_rows` gives PixelResults).
         """
+        if self._held is not None:
+            self._held.extend(pixels)
+            sweep = self._sweep(self._held[0].set_id) if self._held else None
+            if sum(self._sweep(p.set_id) == sweep for p in self._held) < self.options.chunk:
+                return {}
+            pixels = self._calibrate()
         n = len(pixels)
         if n == 0:
             return {}

@@ -22,6 +22,7 @@ from stslive.mocks.faults import FaultPlan
 
 NY = NX = 16
 OPTIONS = KernelOptions(dynes_width_eV=0.1e-3)
+DEFAULTS = KernelOptions()  # those of `stslive analyse`: the template width calibrated on the first spectra
 FAULTS = [
     {"kind": "tip_change", "from_spectrum": 40, "to_spectrum": 60, "params": {"factor": 1.0, "extra_slope_per_eV": 8.0}},
     {"kind": "feedback_fail", "from_spectrum": 80, "to_spectrum": 95},
@@ -50,9 +51,10 @@ def _inputs(pixels):
                        lockin_status=p.meta.lockin_status, lockin_overload=p.meta.lockin_overload) for p in pixels]
 
 
-def _reference(pixels):
-    ctx = RunContext("ref", start_fields(geometry(NY, NX), SETS), options=OPTIONS, flag_config=FlagConfig())
+def _reference(pixels, options=OPTIONS):
+    ctx = RunContext("ref", start_fields(geometry(NY, NX), SETS), options=options, flag_config=FlagConfig())
     ctx.process(_inputs(pixels))
+    ctx.finish()  # a run shorter than the calibration sample: analysed at its end
     return ctx.model
 
 
@@ -83,8 +85,8 @@ def _run_service(tmp_path: Path, pixels, *, restart_at: int | None) -> tuple[Pat
     settings = AnalyserSettings(snapshot_every=100, publish_every_s=0.2, write_every_s=0.5)
 
     def service() -> AnalyserService:
-        svc = AnalyserService(pub.pub_endpoint, archive=archive, bind="tcp://127.0.0.1:0", options=OPTIONS,
-                              settings=settings, context=ctx).start()
+        svc = AnalyserService(pub.pub_endpoint, archive=archive, bind="tcp://127.0.0.1:0", settings=settings,
+                              context=ctx).start()  # default options, as `stslive analyser` without any
         pub.wait_for_subscribers(1)
         return svc
 
@@ -114,14 +116,15 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
     archive, svc = _run_service(tmp_path, pixels, restart_at=restart_at)
     live = svc.run.model
     assert live.maps["measured"].all() and svc.analysed >= len(pixels) - (restart_at or 0)
-    offline = analyse_input(archive, options=OPTIONS)
+    offline = analyse_input(archive, options=KernelOptions())  # no option: the same rule by default
     # float32 sums over batches of different sizes (live: whatever arrived, offline: whole rows)
     # round differently: equal to float32 tolerance, not bit for bit
     for name in ("delta_eV", "alpha", "b", "valid", "reason"):
         np.testing.assert_allclose(live.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-4,
                                    equal_nan=True, err_msg=name)
-    reference = _reference(pixels)
+    reference = _reference(pixels, DEFAULTS)
     np.testing.assert_array_equal(live.maps["flags"], reference.maps["flags"])
+    assert live.status().message.count("Dynes width") == 1
     assert live.snapshot is not None and live.snapshot.n_pixels == int(live.maps["valid"].sum())
     saved = archive.with_suffix(".analysis.h5")
     from stslive.live.results import load_maps_h5
