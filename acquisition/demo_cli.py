@@ -169,7 +169,7 @@ def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: 
                                     check=sup.check)
     results = next(ln for ln in lines if "results on " in ln).split("results on ", 1)[1].split(",", 1)[0]
     if not headless:
-        sup.start("viewer", ["view", "--connect", results, "--archive", str(paths.archive), "--timeout", "60"],
+        sup.start("viewer", ["view", str(paths.archive), "--connect", results, "--timeout", "60"],
                   must_succeed=True)
     t_scan = time.perf_counter()
     _command(endpoints["control"], "resume")
@@ -282,7 +282,7 @@ def summary_text(paths: DemoPaths, *, report: dict[str, Any], film: Any, speed: 
         f"stslive demo: {pixels} of {report['grid_pixels']} pixels measured and analysed "
         f"({report['valid_pixels']} valid), speed {speed:g}",
         f"  wall {wall_s:.1f} s: scan {scan_s:.1f} s ({pixels / scan_s:.0f} pixels/s), live analysis done "
-        f"{analysed_s - scan_s:.1f} s after it, then offline analysis and snapshot",
+        f"{analysed_s - scan_s:.1f} s after it, then offline analysis" + (" and snapshot" if headless else ""),
         f"  Delta {f('delta_mean_meV')} +- {f('delta_std_meV')} meV (film {film.delta_mean_eV * 1e3:g} meV), "
         f"alpha {f('alpha_mean')} +- {f('alpha_std')}",
         f"  correlation lengths: l_Delta {f('l_delta_nm')} nm, l_alpha {f('l_alpha_nm')} nm, "
