@@ -104,21 +104,20 @@ def test_per_pixel_sweeps_of_a_3ds(client: Client, tmp_path: Path) -> None:
 
 def test_cli_on_an_existing_cluster_writes_the_single_path_files(client: Client, archives: list[Path],
                                                                  tmp_path: Path) -> None:
-    assert main(["analyse", *map(str, archives), "--out", str(tmp_path / "sp"), "--examples", "1"]) == 0
-    address = client.scheduler.address
-    assert main(["analyse", *map(str, archives), "--out", str(tmp_path / "dk"), "--examples", "1",
-                 "--dask", address]) == 0
-    for path in archives:
-        sp, dk = tmp_path / "sp" / path.stem, tmp_path / "dk" / path.stem
-        with h5py.File(sp / "maps.h5") as a, h5py.File(dk / "maps.h5") as b:
-            for name in ("delta", "alpha", "valid", "reason"):
-                np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=f"{path.name}: {name}")
-        ra, rb = (json.loads((d / "report.json").read_text()) for d in (sp, dk))
-        differing = {k for k in ra if ra[k] != rb[k]}
-        assert differing == {"elapsed_s", "inputs"}, differing
-        assert ra["inputs"]["options"] == {**rb["inputs"]["options"], "threads": None}
-        assert (dk / "maps.png").is_file()
-    assert (tmp_path / "dk" / "campaign.csv").is_file()
+    """One input (the files cost ~10 s a run here); several inputs are covered by test_campaign."""
+    path = archives[1]
+    assert main(["analyse", str(path), "--out", str(tmp_path / "sp"), "--examples", "1"]) == 0
+    assert main(["analyse", str(path), "--out", str(tmp_path / "dk"), "--examples", "1",
+                 "--dask", client.scheduler.address]) == 0
+    sp, dk = tmp_path / "sp", tmp_path / "dk"
+    with h5py.File(sp / "maps.h5") as a, h5py.File(dk / "maps.h5") as b:
+        for name in ("delta", "alpha", "valid", "reason"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (sp, dk))
+    differing = {k for k in ra if ra[k] != rb[k]}
+    assert differing == {"elapsed_s", "inputs"}, differing
+    assert ra["inputs"]["options"] == {**rb["inputs"]["options"], "threads": None}
+    assert sorted(p.name for p in sp.iterdir()) == sorted(p.name for p in dk.iterdir())
 
 
 def test_an_input_path_after_dask_is_a_clear_error(archives: list[Path], tmp_path: Path,
