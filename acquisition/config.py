@@ -22,7 +22,6 @@ Keys (SI units; "required" has no default):
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from stslive.acquisition.runmodel import GridGeometry, SetpointSet
 from stslive.drivers.errors import ConfigError
+from stslive.drivers.tomlfile import read_toml
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
 
 _REQUIRED = object()
@@ -198,14 +198,7 @@ class RunConfig:
     def from_toml(cls, path: str | Path) -> RunConfig:
         """Read and check a TOML run file; ConfigError names the file and the key."""
         path = Path(path)
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"run config {path} not found; check the --config path") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"run config {path}: not valid TOML ({exc})") from None
-        except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
-            raise ConfigError(f"run config {path}: not UTF-8 text ({exc}); save it as UTF-8") from None
+        doc = read_toml(path, what="run config", option="--config")
         try:
             return cls.from_dict(doc, source=str(path))
         except ConfigError as exc:

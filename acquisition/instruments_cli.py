@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from stslive.drivers.errors import ConfigError, StsliveError
+from stslive.drivers.tomlfile import read_toml
 
 ROLES = ("stm", "lockin", "thermometer")
 _TABLE_KEYS = {"resource", "timeout_s", "channel"}
@@ -47,12 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_instruments_table(path: Path) -> dict[str, dict[str, Any]]:
     """The ``[instruments]`` table of a run config, normalised to role -> {resource, ...}."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config {path} not found; check the --config path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path}: not valid TOML ({exc})") from None
+    doc = read_toml(path, what="config", option="--config")
     table = doc.get("instruments")
     if not isinstance(table, dict):
         raise ConfigError(f"config {path}: no [instruments] table; add one with stm/lockin/thermometer resources")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import threading
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from types import MappingProxyType
 from typing import Any
 
 from stslive.drivers.errors import ConfigError
+from stslive.drivers.tomlfile import read_toml
 
 
 class FaultKind(StrEnum):
@@ -283,14 +283,7 @@ class FaultPlan:
     def from_toml(cls, path: str | Path) -> FaultPlan:
         """Read a fault file (``[[fault]]`` tables); errors name the file and the key."""
         path = Path(path)
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"fault file {path} not found; check the --faults path") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"fault file {path}: not valid TOML ({exc})") from None
-        except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
-            raise ConfigError(f"fault file {path}: not UTF-8 text ({exc}); save it as UTF-8") from None
+        doc = read_toml(path, what="fault file", option="--faults")
         unknown = sorted(set(doc) - {"fault"})
         if unknown:
             raise ConfigError(f"fault file {path}: unknown top-level key(s) {unknown}; use [[fault]] tables")
