@@ -50,6 +50,63 @@ class SpectraBlock:
     bias: np.ndarray
 
 
+#: :attr:`SpectraSource.topography_origin` values (also shown in the viewer's panel title).
+TOPO_FROM_FILE = "stored topography"
+TOPO_FROM_Z = "tip height z at the set-point, plane removed"
+#: Relief (peak-to-peak after the plane) below which z counts as held, m: far under any piezo's
+#: resolution (~1 pm), far over float32 rounding of a constant z of ~10 nm (~1e-15 m).
+Z_RELIEF_MIN_M = 1e-13
+
+
+def topography_from_z(z_m: np.ndarray, *, set_ids: np.ndarray | None = None) -> np.ndarray | None:
+    """Constant-current topography from the tip height recorded at each pixel's set-point.
+
+    With the feedback on at the spectroscopy set-point (I_set, V_set) the tip height z(r) is a
+    constant-current image, i.e. the topography. The raw heights carry the sample/piezo tilt,
+    a plane that dwarfs the grain relief of a few 0.1 nm over tens of nm, and one offset per
+    set-point set (z = z_topo + ln(I_0 / I_set) / 2 kappa shifts with I_set). The model fitted
+    by least squares over the finite pixels is
+
+        z(x, y) = a x + b y + c_s    (s = the pixel's set-point set)
+
+    and the residual z - a x - b y - c_s is returned. A one-row partial map is rank deficient
+    (y constant); ``numpy.linalg.lstsq`` still returns the unique least-squares residual.
+
+    Parameters
+    ----------
+    z_m : ndarray
+        ``(ny, nx)`` tip heights, m; NaN where not measured or not read.
+    set_ids : ndarray, optional
+        ``(ny, nx)`` set-point set id per pixel; None = one set.
+
+    Returns
+    -------
+    ndarray or None
+        ``(ny, nx)`` float32 topography, m (NaN where ``z_m`` is); None when no height is finite
+        or the residual spans less than :data:`Z_RELIEF_MIN_M` (Z was held, e.g. a constant-height
+        or AFM grid: a flat map is no topography and would make its correlations 0/0).
+    """
+    z = np.asarray(z_m, dtype=np.float64)
+    if z.ndim != 2:
+        raise AnalysisError(f"tip-height map must be 2D (ny, nx), got shape {z.shape}")
+    ok = np.isfinite(z)
+    if not ok.any():
+        return None
+    iy, ix = np.nonzero(ok)
+    groups = np.zeros(iy.size, dtype=np.int64) if set_ids is None else np.asarray(set_ids)[ok]
+    _, group_index = np.unique(groups, return_inverse=True)
+    offsets = np.zeros((iy.size, int(group_index.max()) + 1))
+    offsets[np.arange(iy.size), group_index] = 1.0
+    design = np.column_stack([ix, iy, offsets]).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, z[ok], rcond=None)
+    residual = z[ok] - design @ coef
+    if np.ptp(residual) < Z_RELIEF_MIN_M:
+        return None  # z held constant (constant-height grid, Z-controller on hold): no relief recorded
+    out = np.full(z.shape, np.nan, dtype=np.float32)
+    out[ok] = residual
+    return out
+
+
 def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
     if wanted is not None:
         if wanted not in names:
@@ -138,8 +195,33 @@ class SpectraSource:
 
     @property
     def topography(self) -> np.ndarray | None:
-        """Topography (m) when the file has one (archives), else None."""
-        return self._b.topography if isinstance(self._b, ArchiveReader) else None
+        """Topography (m): the file's own map, else the measured tip heights; None when neither exists.
+
+        Rule (see :func:`topography_from_z`): an archive's ``/entry/sample/topography`` wins;
+        without it the per-pixel tip height ``z_m`` (archive pixel metadata, or the ``Z (m)``
+        parameter of a .3ds) with its least-squares plane removed is the topography.
+        :attr:`topography_origin` says which one was used.
+        """
+        return self._topography()[0]
+
+    @property
+    def topography_origin(self) -> str:
+        """Where :attr:`topography` comes from (:data:`TOPO_FROM_FILE`, :data:`TOPO_FROM_Z`), "" if none."""
+        return self._topography()[1]
+
+    def _topography(self) -> tuple[np.ndarray | None, str]:
+        if isinstance(self._b, ArchiveReader):
+            stored = self._b.topography
+            if stored is not None:
+                return stored, TOPO_FROM_FILE
+            meta = self._b.pixel_meta
+            z, sets = meta["z_m"], meta["setpoint_set_id"]
+        elif "Z (m)" in self._b.parameter_names:
+            z, sets = self._b.parameter("Z (m)"), None
+        else:
+            return None, ""
+        topo = topography_from_z(np.where(self.measured, z, np.nan), set_ids=sets)
+        return (None, "") if topo is None else (topo, TOPO_FROM_Z)
 
     @property
     def ground_truth(self) -> dict[str, np.ndarray] | None:

@@ -273,6 +273,7 @@ class ResultsModel:
             name: np.full((self.ny, self.nx), fill, dtype=dtype) for name, (dtype, fill, _, _) in MAP_SPECS.items()
         }
         self.topography: np.ndarray | None = None
+        self.topography_origin = ""
         self.setpoint_sets: dict[int, dict[str, Any]] = {}
         self.snapshot: CorrelationSnapshot | None = None
         self.version = 0
@@ -355,13 +356,21 @@ class ResultsModel:
         self._temp_t.extend(t[ok][tail:].tolist())
         self._temp_K.extend(temp[ok][tail:].tolist())
 
-    def set_topography(self, topography: np.ndarray) -> None:
-        """Attach a (ny, nx) topography map Z in m."""
+    def set_topography(self, topography: np.ndarray, *, origin: str = "") -> None:
+        """Attach a (ny, nx) topography map Z in m; ``origin`` says where it comes from (display).
+
+        ``origin`` is e.g. :data:`stslive.acquisition.inputs.TOPO_FROM_Z` ("" = not known);
+        unchanged values do not bump the version, so a poller may call this every poll.
+        """
         topo = np.asarray(topography, dtype=np.float32)
         if topo.shape != (self.ny, self.nx):
             raise AnalysisError(f"topography shape {topo.shape} does not match the grid ({self.ny}, {self.nx})")
         with self.lock:
+            if (self.topography is not None and origin == self.topography_origin
+                    and np.array_equal(self.topography, topo, equal_nan=True)):
+                return
             self.topography = topo.copy()
+            self.topography_origin = origin
             self._bump("maps_version")
 
     def set_setpoint_sets(self, sets: dict[int, dict[str, Any]]) -> None:

@@ -71,6 +71,7 @@ def save_maps_h5(model: ResultsModel, path: str | Path) -> None:
     with model.lock:
         maps = model.copy_maps()
         topo = None if model.topography is None else model.topography.copy()
+        topo_origin = model.topography_origin
         snap = model.snapshot
         sets = dict(model.setpoint_sets)
         status = model.status_fields()
@@ -89,7 +90,9 @@ def save_maps_h5(model: ResultsModel, path: str | Path) -> None:
         f["flags"].attrs["bits"] = json.dumps({FLAG_LABELS[k]: int(k) for k in FLAG_LABELS})
         f["flags"].attrs["descriptions"] = json.dumps({FLAG_LABELS[k]: v for k, v in FLAG_DESCRIPTIONS.items()})
         if topo is not None:
-            f.create_dataset("topography", data=topo).attrs["units"] = "m"
+            ds = f.create_dataset("topography", data=topo)
+            ds.attrs["units"] = "m"
+            ds.attrs["origin"] = topo_origin
         if snap is not None:
             g = f.create_group("correlation")
             for name in CorrelationSnapshot.ARRAYS:
@@ -130,7 +133,7 @@ def load_maps_h5(path: str | Path) -> ResultsModel:
             values["measured"] = np.ones(shape, dtype=bool)
         model.update_block(slice(None), slice(None), **values)
         if "topography" in f:
-            model.set_topography(f["topography"][()])
+            model.set_topography(f["topography"][()], origin=str(f["topography"].attrs.get("origin", "")))
         if "setpoint_sets" in f.attrs:
             model.set_setpoint_sets({int(k): v for k, v in json.loads(f.attrs["setpoint_sets"]).items()})
         if "status" in f.attrs:

@@ -26,7 +26,7 @@ from stslive.live.viewer_panels import (
     SpectrumPanel,
     StatusPanel,
     reversed_cmap,
-    set_title,
+    reason_text,
 )
 from stslive.live.viewer_sources import DataSource
 
@@ -46,6 +46,16 @@ def _levels(mean: float, std: float, lo: float, hi: float) -> tuple[float, float
         return (0.0, 1.0)
     a, b = max(lo, mean - 2.5 * std), min(hi, mean + 2.5 * std)
     return (a, b) if b > a else (a - 1e-6, a + 1e-6)
+
+
+def _topo_levels(topo_m: np.ndarray) -> tuple[float, float]:
+    """Colour levels (nm) of a topography: its 0.5-99.5 % range, so one spike (a tip change)
+    does not flatten the grain relief into one colour."""
+    z = topo_m[np.isfinite(topo_m)]
+    if not z.size:
+        return (0.0, 1.0)
+    lo, hi = (float(v) * 1e9 for v in np.percentile(z, [0.5, 99.5]))
+    return (lo, hi) if hi > lo else (lo - 1e-6, lo + 1e-6)
 
 
 class ControlRoomWindow(QtWidgets.QMainWindow):
@@ -87,14 +97,14 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
     def _build(self) -> None:
         viridis = pg.colormap.get("viridis")
         pick = dict(on_click=self.select_pixel, on_hover=self._hover)
-        self.delta_map = MapPanel("gap Delta", "Delta (meV)", viridis, **pick)
-        self.alpha_map = MapPanel("AA exponent alpha (reversed scale)", "alpha", reversed_cmap(viridis), **pick)
+        self.delta_map = MapPanel("gap Δ", "Δ (meV)", viridis, **pick)
+        self.alpha_map = MapPanel("AA exponent α (reversed scale)", "α", reversed_cmap(viridis), **pick)
         self.topo_map = MapPanel("topography Z", "Z (nm)", pg.colormap.get("afmhot", source="matplotlib"), **pick)
         self.maps = (self.delta_map, self.alpha_map, self.topo_map)
         for panel in self.maps:
             panel.set_geometry(self.model.ny, self.model.nx, self.model.pixel_nm)
-        self.delta_hist = HistogramPanel("Delta", "Delta (meV)", "#4daf4a")
-        self.alpha_hist = HistogramPanel("alpha", "alpha", "#377eb8")
+        self.delta_hist = HistogramPanel("Δ", "Δ (meV)", "#4daf4a")
+        self.alpha_hist = HistogramPanel("α", "α", "#377eb8")
         self.corr = CorrelationPanel()
         self.spectrum = SpectrumPanel()
         self.status_panel = StatusPanel()
@@ -138,7 +148,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
     def _hover(self, iy: int, ix: int) -> None:
         r = self.model.pixel(iy, ix)
         text = f"(iy {iy}, ix {ix}): " + ("not measured" if r is None else
-                                          f"Delta {r.delta_eV * 1e3:.3f} meV, alpha {r.alpha:.3f}, reason {r.reason}")
+                                          f"Δ {r.delta_eV * 1e3:.3f} meV, α {r.alpha:.3f}, {reason_text(r.reason)}")
         self.readout.setText(text)
         if not self.pinned and self.source is not None and (iy, ix) != self.selected:
             self.selected = (iy, ix)
@@ -187,16 +197,18 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
             self._seen["maps"] = m.maps_version
             maps = m.copy_maps(("delta_eV", "alpha", "valid", "measured"))
             topo = None if m.topography is None else m.topography.copy()
+            topo_origin = m.topography_origin
         shown = maps["valid"]
         self.delta_map.show(np.where(shown, maps["delta_eV"] * np.float32(1e3), np.float32(np.nan)),
                             self._levels["delta"])
         self.alpha_map.show(np.where(shown, maps["alpha"], np.float32(np.nan)), self._levels["alpha"])
         if topo is not None:
             self.topo_map.show(topo * np.float32(1e9), self._levels["topo"])
+            self.topo_map.set_title(f"topography Z: {topo_origin or 'from the analysis file'}")
         else:
-            set_title(self.topo_map.widget, "topography: none recorded")
+            self.topo_map.set_title("topography: none recorded (no stored map, no tip heights z)")
         n_meas, n_valid = int(maps["measured"].sum()), int(shown.sum())
-        set_title(self.delta_map.widget, f"gap Delta ({n_valid} valid of {n_meas} measured)")
+        self.delta_map.set_title(f"gap Δ ({n_valid} valid of {n_meas} measured)")
 
     def _refresh_summaries(self) -> None:
         m = self.model
@@ -210,8 +222,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         with m.lock:
             topo = m.topography
             if topo is not None:
-                zt = topo[np.isfinite(topo)] * 1e9
-                self._levels["topo"] = (float(zt.min()), float(zt.max())) if zt.size else (0.0, 1.0)
+                self._levels["topo"] = _topo_levels(topo)
         self.flags.show(m.flag_summary(), m.flagged_pixels(limit=2000))
 
     def closeEvent(self, event: object) -> None:  # noqa: N802 (Qt override)

@@ -13,6 +13,7 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
+from stslive.live.kernels import ReasonCode
 from stslive.live.results import FLAG_LABELS, CorrelationSnapshot, FlagKind, Histogram, RunStatus, SetFlagSummary
 from stslive.live.viewer_sources import SpectrumData
 
@@ -42,15 +43,58 @@ def _plot(title: str, x: str, y: str) -> pg.PlotWidget:
     return w
 
 
+class AspectBox(QtWidgets.QWidget):
+    """Holds one plot widget and sizes it so its data area keeps the map's aspect ratio.
+
+    An aspect-locked view in a cell of another shape shows empty axis range (a 64 x 48 map in a
+    tall cell spanned y -20..70); shrinking the plot to the map's shape keeps the axes, the
+    colour bar and the image the same height. ``margins`` are the plot's non-data pixels
+    (axes, title, colour bar) measured after each layout pass.
+    """
+
+    def __init__(self, child: pg.PlotWidget) -> None:
+        super().__init__()
+        self.child = child
+        child.setParent(self)
+        self.aspect = 1.0  # data height / width
+        self.setMinimumSize(160, 140)
+
+    def set_aspect(self, height_over_width: float) -> None:
+        self.aspect = height_over_width
+        self._fit()
+
+    def resizeEvent(self, event: object) -> None:  # noqa: N802 (Qt override)
+        self._fit()
+        super().resizeEvent(event)
+
+    def _fit(self) -> None:
+        vb = self.child.getPlotItem().vb
+        w, h = self.width(), self.height()
+        # non-data pixels of the plot; before its first layout the view box reports 0: use defaults
+        extra_w = self.child.width() - vb.width() if vb.width() > 1 else 140.0
+        extra_h = self.child.height() - vb.height() if vb.height() > 1 else 60.0
+        cw = min(float(w), (h - extra_h) / self.aspect + extra_w)
+        ch = min(float(h), (cw - extra_w) * self.aspect + extra_h)
+        cw, ch = max(int(cw), 80), max(int(ch), 80)
+        self.child.setGeometry((w - cw) // 2, (h - ch) // 2, cw, ch)
+
+
 class MapPanel:
-    """One (ny, nx) map as an image in nm with a colour bar, a pixel marker and mouse picking."""
+    """One (ny, nx) map as an image in nm with a colour bar, a pixel marker and mouse picking.
+
+    Orientation: y points up and row 0 is at the bottom, as in the scan frame
+    (``runmodel.GridGeometry``: y grows with the row index), the paper's maps and the offline
+    figures (``live/figures.py``, ``origin="lower"``).
+    """
 
     def __init__(self, title: str, bar_label: str, cmap: pg.ColorMap, *, on_click: PixelCallback,
                  on_hover: PixelCallback) -> None:
-        self.widget = _plot(title, "x (nm)", "y (nm)")
-        self.plot = self.widget.getPlotItem()
-        self.plot.invertY(True)  # row 0 at the top, as the archive and the offline figures have it
+        self.plot_widget = _plot(title, "x (nm)", "y (nm)")
+        self.widget = AspectBox(self.plot_widget)
+        self.plot = self.plot_widget.getPlotItem()
         self.plot.setAspectLocked(True)
+        self.plot.setMouseEnabled(x=False, y=False)  # the view is the whole map; clicks pick pixels
+        self.plot.hideButtons()
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.bar = pg.ColorBarItem(colorMap=cmap, label=bar_label, interactive=False, width=12)
@@ -61,8 +105,11 @@ class MapPanel:
         self.pixel_nm = 1.0
         self.shape = (0, 0)
         self._on_click, self._on_hover = on_click, on_hover
-        self.widget.scene().sigMouseClicked.connect(self._clicked)
-        self.widget.scene().sigMouseMoved.connect(self._moved)
+        self.plot_widget.scene().sigMouseClicked.connect(self._clicked)
+        self.plot_widget.scene().sigMouseMoved.connect(self._moved)
+
+    def set_title(self, text: str) -> None:
+        set_title(self.plot_widget, text)
 
     def set_geometry(self, ny: int, nx: int, pixel_nm: float) -> None:
         self.pixel_nm = pixel_nm if math.isfinite(pixel_nm) and pixel_nm > 0 else 1.0
@@ -70,9 +117,12 @@ class MapPanel:
             self.plot.setLabel("bottom", "x (pixel)")
             self.plot.setLabel("left", "y (pixel)")
         self.shape = (ny, nx)
-        self.image.setRect(QtCore.QRectF(0, 0, nx * self.pixel_nm, ny * self.pixel_nm))
+        width, height = nx * self.pixel_nm, ny * self.pixel_nm
+        self.image.setRect(QtCore.QRectF(0, 0, width, height))
         # the whole grid stays in view while it fills, instead of following the measured part
-        self.plot.setRange(xRange=(0, nx * self.pixel_nm), yRange=(0, ny * self.pixel_nm), padding=0.02)
+        self.plot.setRange(xRange=(0, width), yRange=(0, height), padding=0.0)
+        self.plot.disableAutoRange()
+        self.widget.set_aspect(ny / nx)
 
     def show(self, values: np.ndarray, levels: tuple[float, float]) -> None:
         # NaN (unmeasured or not extracted) is drawn transparent by pyqtgraph
@@ -121,8 +171,9 @@ class HistogramPanel:
         self.curve.setData(hist.edges * scale, hist.counts)
         for line, x in zip(self.lines, (mean, mean - std, mean + std), strict=True):
             line.setValue(x * scale)
+        # short enough for a third of the screen: "Delta 1.290 ± 0.034 meV (2.6 %), N 3072"
         rel = f" ({100 * std / mean:.1f} %)" if mean else ""
-        set_title(self.widget, f"{self.title}: mean {mean * scale:.3f}{unit}, sigma {std * scale:.3f}{unit}{rel}, N={n}")
+        set_title(self.widget, f"{self.title} {mean * scale:.3f} ± {std * scale:.3f}{unit}{rel}, N {n}")
 
 
 class CorrelationPanel:
@@ -218,7 +269,7 @@ class SpectrumPanel:
             if math.isfinite(p):
                 line.setValue(p * 1e3)
         delta = "" if r is None or not math.isfinite(r.delta_eV) else f", Delta {r.delta_eV * 1e3:.3f} meV"
-        set_title(self.gap, f"{where}{delta}" + ("" if r is None else f", reason {r.reason}, flags {_flag_text(r.flags)}"))
+        set_title(self.gap, f"{where}{delta}" + ("" if r is None else f", {reason_text(r.reason)}, flags {_flag_text(r.flags)}"))
         if r is None:
             for c in self.fit_curves:
                 c.setData([], [])
@@ -227,13 +278,35 @@ class SpectrumPanel:
         for curve, sign, alpha, b in ((self.fit_curves[0], -1.0, r.alpha_neg, r.b_neg),
                                       (self.fit_curves[1], 1.0, r.alpha_pos, r.b_pos)):
             b = b if math.isfinite(b) else r.b
-            if math.isfinite(alpha) and math.isfinite(b):
-                v = np.linspace(*FIT_WINDOW_V, 60)
+            v = fit_bias_range(data.bias_V, sign=sign)
+            if math.isfinite(alpha) and math.isfinite(b) and v.size:
                 curve.setData(sign * v * 1e3, b * v**alpha * 1e9)  # dI/dV = b |V|^alpha (paper Sec. II)
             else:
                 curve.setData([], [])
         set_title(self.wide, f"alpha {r.alpha:.3f} (neg. bias {r.alpha_neg:.3f}, pos. bias {r.alpha_pos:.3f}), "
                            f"fit quality {r.fit_quality:.3g}")
+
+
+def fit_bias_range(bias_V: np.ndarray, *, sign: float, window_V: tuple[float, float] = FIT_WINDOW_V,
+                   n: int = 60) -> np.ndarray:
+    """|V| (V) at which to draw one polarity's power law: the fit window clipped to the sweep.
+
+    A curve drawn beyond the sweep would show a fit where no data was; empty when the sweep
+    does not reach into the window on that side.
+    """
+    side = np.abs(bias_V[np.sign(bias_V) == sign]) if bias_V.size else np.zeros(0)
+    hi = min(window_V[1], float(side.max())) if side.size else 0.0
+    return np.linspace(window_V[0], hi, n) if hi > window_V[0] else np.zeros(0)
+
+
+def reason_text(code: int) -> str:
+    """A kernel reason code as its :class:`ReasonCode` name ("OK", "NO_PEAKS", ...)."""
+    if code < 0:
+        return "not analysed"
+    try:
+        return ReasonCode(int(code)).name
+    except ValueError:
+        return f"unknown reason {code}"  # a newer analyser's code: show it rather than fail
 
 
 def _flag_text(flags: int) -> str:

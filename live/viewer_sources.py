@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 from scipy.signal import savgol_filter
 
+from stslive.acquisition.inputs import TOPO_FROM_FILE, TOPO_FROM_Z, topography_from_z
 from stslive.drivers.errors import FileFormatError, StreamError, StsliveError
 from stslive.live.results import PixelResult, ResultsModel
 from stslive.live.results_io import apply_message, decode_message, load_maps_h5, model_from_message
@@ -185,6 +186,7 @@ class ArchiveSpectra:
             raise FileFormatError(self.path, f"no current channel {repr(current) + ' ' if current else ''}among "
                                   f"{names}; pick one with --current NAME")
         self.current_index = names.index(wanted)
+        self._topo_cache: tuple[int, np.ndarray | None, str] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -195,10 +197,28 @@ class ArchiveSpectra:
     def pixel_nm(self) -> float:
         return float(self.reader.geometry.pixel_size_m[0] * 1e9)
 
-    def topography(self) -> np.ndarray | None:
+    def topography(self) -> tuple[np.ndarray | None, str]:
+        """The run's topography (m) and where it comes from, "" when there is none.
+
+        Same rule as the offline analysis (:attr:`stslive.acquisition.inputs.SpectraSource.topography`):
+        a stored ``/entry/sample/topography``, else the measured tip heights z at the set-point with
+        the least-squares plane (piezo tilt) and the per-set offsets removed. The fit is redone
+        only when the number of measured pixels changed (a finished run is polled forever).
+        """
         with self._lock:
-            topo = self.reader.topography
-        return None if topo is None else np.asarray(topo, dtype=np.float32)
+            stored = self.reader.topography
+            if stored is not None:
+                return np.asarray(stored, dtype=np.float32), TOPO_FROM_FILE
+            self.reader.refresh()
+            measured = np.asarray(self.reader.measured, dtype=bool)
+            n = int(measured.sum())
+            if self._topo_cache is not None and self._topo_cache[0] == n:
+                return self._topo_cache[1], self._topo_cache[2]
+            meta = self.reader.pixel_meta
+        topo = topography_from_z(np.where(measured, meta["z_m"], np.nan), set_ids=meta["setpoint_set_id"])
+        origin = "" if topo is None else TOPO_FROM_Z
+        self._topo_cache = (n, topo, origin)
+        return topo, origin
 
     def setpoint_sets(self) -> dict[int, dict]:
         with self._lock:
@@ -337,10 +357,6 @@ class FileSource(_SourceBase):
         self._start_worker(self._run, "stslive-filesource")
 
     def _load_once(self) -> None:
-        if self.spectra is not None and self.model.topography is None:
-            topo = self.spectra.topography()
-            if topo is not None:
-                self.model.set_topography(topo)
         analysed = False
         if self.analysis_path is not None and self.analysis_path.is_file():
             mtime = self.analysis_path.stat().st_mtime
@@ -352,6 +368,9 @@ class FileSource(_SourceBase):
                 _copy_into(loaded, self.model)
                 self._analysis_mtime = mtime
             analysed = True
+        if self.spectra is not None:
+            # after the analysis file: the archive's own map (stored, or grown from z) is the authority
+            _apply_topography(self.spectra, self.model)
         if self.spectra is not None:
             if not self.model.setpoint_sets:
                 self.model.set_setpoint_sets(self.spectra.setpoint_sets())
@@ -391,11 +410,17 @@ class FileSource(_SourceBase):
             self.spectra.close()
 
 
+def _apply_topography(spectra: ArchiveSpectra, model: ResultsModel) -> None:
+    topo, origin = spectra.topography()
+    if topo is not None:
+        model.set_topography(topo, origin=origin)
+
+
 def _copy_into(src: ResultsModel, dst: ResultsModel) -> None:
     """Copy every map, the topography, snapshot and status fields of ``src`` into ``dst``."""
     dst.update_block(slice(None), slice(None), **src.copy_maps())
     if src.topography is not None:
-        dst.set_topography(src.topography)
+        dst.set_topography(src.topography, origin=src.topography_origin)
     if src.snapshot is not None:
         dst.set_snapshot(src.snapshot)
     dst.set_setpoint_sets(src.setpoint_sets)
@@ -421,6 +446,7 @@ class StreamSource(_SourceBase):
         self.spectra = spectra
         self.received = 0
         self.rejected: Counter[str] = Counter()
+        self.topography_poll_s = 2.0
 
     @classmethod
     def connect(cls, endpoint: str, *, timeout_s: float = 10.0, context: object | None = None,
@@ -468,7 +494,16 @@ class StreamSource(_SourceBase):
         self._start_worker(self._run, "stslive-streamsource")
 
     def _run(self) -> None:
+        next_topo = 0.0
         while not self._stop.is_set():
+            if self.spectra is not None and time.monotonic() >= next_topo:
+                # the analyser's messages carry no tip heights: the archive's z map is the topography
+                next_topo = time.monotonic() + self.topography_poll_s
+                try:
+                    _apply_topography(self.spectra, self.model)
+                except (StsliveError, OSError) as exc:
+                    log.warning("stream source: topography from %s: %s", self.spectra.path, exc)
+                    self.rejected["topography read"] += 1
             if not self._socket.poll(100):
                 self._update_status()
                 continue

@@ -108,7 +108,7 @@ def test_window_builds_and_follows_the_model(window_factory):
     w.redraw_all()
     assert np.count_nonzero(np.isfinite(w.delta_map.image.image)) == NY * NX
     np.testing.assert_allclose(w.alpha_map.image.image, maps["alpha"])
-    assert "mean 1.2" in w.delta_hist.widget.getPlotItem().titleLabel.text
+    assert "Δ 1.2" in w.delta_hist.widget.getPlotItem().titleLabel.text
     assert w.corr.curves["cross"].getData()[1][0] == pytest.approx(model.snapshot.rho_cross[0])
     assert w.status_panel.progress.value() == 1000
 
