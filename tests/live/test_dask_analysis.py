@@ -103,12 +103,14 @@ def test_per_pixel_sweeps_of_a_3ds(client: Client, tmp_path: Path) -> None:
 
 
 def test_cli_on_an_existing_cluster_writes_the_single_path_files(client: Client, archives: list[Path],
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """One input (the files cost ~10 s a run here); several inputs are covered by test_campaign."""
     path = archives[1]
-    assert main(["analyse", str(path), "--out", str(tmp_path / "sp"), "--examples", "1"]) == 0
+    assert main(["analyse", str(path), "--out", str(tmp_path / "sp"), "--examples", "1"]) == 0, \
+        capsys.readouterr().err
     assert main(["analyse", str(path), "--out", str(tmp_path / "dk"), "--examples", "1",
-                 "--dask", client.scheduler.address]) == 0
+                 "--dask", client.scheduler.address]) == 0, capsys.readouterr().err
     sp, dk = tmp_path / "sp", tmp_path / "dk"
     with h5py.File(sp / "maps.h5") as a, h5py.File(dk / "maps.h5") as b:
         for name in ("delta", "alpha", "valid", "reason"):
