@@ -17,6 +17,7 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
+from stslive.acquisition.inputs import TOPO_FROM_FILE, TOPO_FROM_Z
 from stslive.live.results import ResultsModel
 from stslive.live.viewer_panels import (
     CorrelationPanel,
@@ -31,6 +32,9 @@ from stslive.live.viewer_panels import (
 from stslive.live.viewer_sources import DataSource
 
 DEFAULT_SIZE = (1800, 1100)
+#: Short panel-title form of each topography origin (acquisition.inputs); a longer title than
+#: ~35 characters widens the plot's layout and squeezes the colour bar off the panel.
+TOPO_TITLES = {TOPO_FROM_FILE: "stored map", TOPO_FROM_Z: "tip height z − plane"}
 
 
 def qt_app() -> QtWidgets.QApplication:
@@ -117,17 +121,18 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         grid.addWidget(self.alpha_hist.widget, 1, 1)
         grid.addWidget(self.corr.map_widget, 1, 2)
         grid.addWidget(self.corr.profile_widget, 2, 0, 1, 3)
-        grid.setRowStretch(0, 5)
+        # maps keep their aspect (AspectBox): a landscape or square map needs about a third of the height
+        grid.setRowStretch(0, 4)
         grid.setRowStretch(1, 3)
         grid.setRowStretch(2, 3)
         left = QtWidgets.QWidget()
         left.setLayout(grid)
         right = QtWidgets.QWidget()
         rlay = QtWidgets.QVBoxLayout(right)
-        rlay.addWidget(self.spectrum.gap, 5)
-        rlay.addWidget(self.spectrum.wide, 5)
+        rlay.addWidget(self.spectrum.gap, 6)
+        rlay.addWidget(self.spectrum.wide, 6)
         rlay.addWidget(self.status_panel.widget, 4)
-        rlay.addWidget(self.flags.widget, 4)
+        rlay.addWidget(self.flags.widget, 3)
         split = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
         split.addWidget(left)
         split.addWidget(right)
@@ -204,9 +209,9 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         self.alpha_map.show(np.where(shown, maps["alpha"], np.float32(np.nan)), self._levels["alpha"])
         if topo is not None:
             self.topo_map.show(topo * np.float32(1e9), self._levels["topo"])
-            self.topo_map.set_title(f"topography Z: {topo_origin or 'from the analysis file'}")
+            self.topo_map.set_title(f"topography: {TOPO_TITLES.get(topo_origin, 'from the analysis file')}")
         else:
-            self.topo_map.set_title("topography: none recorded (no stored map, no tip heights z)")
+            self.topo_map.set_title("topography: none (no map, no tip z)")
         n_meas, n_valid = int(maps["measured"].sum()), int(shown.sum())
         self.delta_map.set_title(f"gap Δ ({n_valid} valid of {n_meas} measured)")
 

@@ -18,6 +18,7 @@ from stslive.live.results import FLAG_LABELS, CorrelationSnapshot, FlagKind, His
 from stslive.live.viewer_sources import SpectrumData
 
 PixelCallback = Callable[[int, int], None]
+_GREEK = {"Delta": "Δ", "alpha": "α", "cross": "cross"}
 FIT_WINDOW_V = (5e-3, 30e-3)  # the power-law window of the kernels' default (paper: 5..30 mV)
 
 
@@ -58,6 +59,11 @@ class AspectBox(QtWidgets.QWidget):
         child.setParent(self)
         self.aspect = 1.0  # data height / width
         self.setMinimumSize(160, 140)
+        # the margins around the fitted plot take the plot's background: one dark panel, not two
+        self.setAutoFillBackground(True)
+        palette = self.palette()
+        palette.setColor(self.backgroundRole(), pg.mkColor(pg.getConfigOption("background")))
+        self.setPalette(palette)
 
     def set_aspect(self, height_over_width: float) -> None:
         self.aspect = height_over_width
@@ -180,22 +186,22 @@ class CorrelationPanel:
     """The 2D Delta-alpha cross-correlation map and the radial profiles with the lengths marked."""
 
     def __init__(self) -> None:
-        self.map_widget = _plot("Delta-alpha cross-correlation rho_cross(r)", "shift x (nm)", "shift y (nm)")
+        self.map_widget = _plot("Δ-α cross-correlation ρ_cross(r)", "shift x (nm)", "shift y (nm)")
         self.map_widget.getPlotItem().setAspectLocked(True)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.map_widget.addItem(self.image)
-        self.bar = pg.ColorBarItem(colorMap=pg.colormap.get("CET-D1"), label="rho_cross", interactive=False,
+        self.bar = pg.ColorBarItem(colorMap=pg.colormap.get("CET-D1"), label="ρ_cross", interactive=False,
                                    width=12)
         self.bar.setImageItem(self.image, insert_in=self.map_widget.getPlotItem())
-        self.profile_widget = _plot("radial correlation profiles", "r (nm)", "rho(r)")
+        self.profile_widget = _plot("radial correlation profiles", "r (nm)", "ρ(r)")
         self.profile_widget.addLegend(offset=(-10, 10))
         self.curves = {
-            "Delta": self.profile_widget.plot(pen=pg.mkPen("#4daf4a", width=2), name="rho_Delta"),
-            "alpha": self.profile_widget.plot(pen=pg.mkPen("#377eb8", width=2), name="rho_alpha"),
-            "cross": self.profile_widget.plot(pen=pg.mkPen("#e41a1c", width=2), name="rho_cross"),
+            "Delta": self.profile_widget.plot(pen=pg.mkPen("#4daf4a", width=2), name="ρ_Δ (gap)"),
+            "alpha": self.profile_widget.plot(pen=pg.mkPen("#377eb8", width=2), name="ρ_α (AA exponent)"),
+            "cross": self.profile_widget.plot(pen=pg.mkPen("#e41a1c", width=2), name="ρ_cross (Δ-α)"),
         }
         self.length_lines = {
-            k: pg.InfiniteLine(angle=90, pen=pg.mkPen(c.opts["pen"].color(), style=QtCore.Qt.DashLine), label=f"l_{k}",
+            k: pg.InfiniteLine(angle=90, pen=pg.mkPen(c.opts["pen"].color(), style=QtCore.Qt.DashLine), label=f"l_{_GREEK[k]}",
                                labelOpts={"position": pos, "color": c.opts["pen"].color(), "anchors": [(0, 0.5), (0, 0.5)]})
             for (k, c), pos in zip(self.curves.items(), (0.92, 0.82, 0.72), strict=True)
         }
@@ -217,7 +223,7 @@ class CorrelationPanel:
         self.image.setImage(cross, autoLevels=False, levels=(-vmax, vmax))
         self.image.setRect(QtCore.QRectF(-nx / 2 * pix, -ny / 2 * pix, nx * pix, ny * pix))
         self.bar.setLevels((-vmax, vmax))
-        set_title(self.map_widget, f"rho_cross(r) 2D, rho_cross(0) = {snap.rho_cross_0:.2f}")
+        set_title(self.map_widget, f"Δ-α cross-correlation, ρ_cross(0) = {snap.rho_cross_0:.2f}")
         for key, rho in (("Delta", snap.rho_delta), ("alpha", snap.rho_alpha), ("cross", snap.rho_cross)):
             self.curves[key].setData(snap.r_nm, rho)
         for key, length in (("Delta", snap.l_delta_nm), ("alpha", snap.l_alpha_nm), ("cross", snap.l_cross_nm)):
@@ -225,12 +231,12 @@ class CorrelationPanel:
             line.setVisible(math.isfinite(length))
             if math.isfinite(length):
                 line.setValue(length)
-                line.label.setFormat(f"l_{key} {length:.1f} nm")
+                line.label.setFormat(f"l_{_GREEK[key]} {length:.1f} nm")
         set_title(
             self.profile_widget,
-            f"l_Delta {snap.l_delta_nm:.1f} nm, l_alpha {snap.l_alpha_nm:.1f} nm, l_cross {snap.l_cross_nm:.1f} nm; "
-            f"sigma_rho {snap.sigma_rho_ohm:.0f} Ohm -> predicted sigma_Delta/Delta "
-            f"{snap.predicted_delta_rel_sigma:.3f} (N={snap.n_pixels})")
+            f"l_Δ {snap.l_delta_nm:.1f} nm, l_α {snap.l_alpha_nm:.1f} nm, l_cross {snap.l_cross_nm:.1f} nm;  "
+            f"σ_ρ {snap.sigma_rho_ohm:.0f} Ω (Eq. 2) → predicted σ_Δ/Δ {snap.predicted_delta_rel_sigma:.3f} (Eq. 3);  "
+            f"N {snap.n_pixels}")
 
 
 class SpectrumPanel:
@@ -268,7 +274,7 @@ class SpectrumPanel:
             line.setVisible(math.isfinite(p))
             if math.isfinite(p):
                 line.setValue(p * 1e3)
-        delta = "" if r is None or not math.isfinite(r.delta_eV) else f", Delta {r.delta_eV * 1e3:.3f} meV"
+        delta = "" if r is None or not math.isfinite(r.delta_eV) else f", Δ {r.delta_eV * 1e3:.3f} meV"
         set_title(self.gap, f"{where}{delta}" + ("" if r is None else f", {reason_text(r.reason)}, flags {_flag_text(r.flags)}"))
         if r is None:
             for c in self.fit_curves:
@@ -283,7 +289,7 @@ class SpectrumPanel:
                 curve.setData(sign * v * 1e3, b * v**alpha * 1e9)  # dI/dV = b |V|^alpha (paper Sec. II)
             else:
                 curve.setData([], [])
-        set_title(self.wide, f"alpha {r.alpha:.3f} (neg. bias {r.alpha_neg:.3f}, pos. bias {r.alpha_pos:.3f}), "
+        set_title(self.wide, f"α {r.alpha:.3f} (−V: {r.alpha_neg:.3f}, +V: {r.alpha_pos:.3f}), "
                            f"fit quality {r.fit_quality:.3g}")
 
 

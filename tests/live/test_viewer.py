@@ -198,7 +198,7 @@ def test_stream_source_follows_a_publisher(window_factory):
         ctx.term()
 
 
-def make_archive(path, *, rows: int) -> None:
+def make_archive(path, *, rows: int, z_m: np.ndarray | None = None) -> None:
     geo = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=NX * 1e-9, height_m=NY * 1e-9, nx=NX, ny=NY)
     sp = SetpointSet(id=0, name="spec", bias_setpoint_V=-0.01, current_setpoint_A=150e-12, sweep_start_V=-0.04,
                      sweep_end_V=0.04, n_points=NPTS)
@@ -213,7 +213,8 @@ def make_archive(path, *, rows: int) -> None:
                               setpoint_sets=[sp], start_doc={}, bias=BIAS, swmr=False) as writer:
         writer.write_block(slice(0, rows), slice(0, NX), spectra,
                            {"setpoint_set_id": 0, "t_start": t - 1, "t_sweep_start": t - 1, "t_sweep_end": t,
-                            "t_end": t, "temperature_before_K": 0.3, "temperature_after_K": 0.3})
+                            "t_end": t, "temperature_before_K": 0.3, "temperature_after_K": 0.3,
+                            **({} if z_m is None else {"z_m": z_m[:rows]})})
 
 
 def test_view_snapshot_cli_writes_png_of_the_size(tmp_path, capsys):
@@ -246,3 +247,69 @@ def test_file_source_without_analysis_says_so(tmp_path, window_factory):
     assert data.bias_V.size == NPTS and data.result is not None and np.isnan(data.result.delta_eV)
     png = render_snapshot(w, tmp_path / "partial.png")
     assert png.stat().st_size > 10_000
+
+
+def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory):
+    from stslive.acquisition.inputs import TOPO_FROM_Z
+    from stslive.live.viewer_sources import FileSource
+
+    iy, ix = np.mgrid[0:NY, 0:NX]
+    relief = 2e-10 * np.sin(ix / 2.0) * np.cos(iy / 3.0)
+    run = tmp_path / "RUN.h5"
+    make_archive(run, rows=NY, z_m=5e-9 + 3e-11 * ix - 2e-11 * iy + relief)  # tilt 100x the relief's slope
+    synthetic_model().save_maps_h5(tmp_path / "maps.h5")
+    source = FileSource(run)
+    source.start()
+    assert source.loaded.wait(10)
+    topo = source.model.topography
+    assert source.model.topography_origin == TOPO_FROM_Z
+    assert np.corrcoef(topo.ravel(), relief.ravel())[0, 1] > 0.99
+    assert abs(np.polyfit(np.arange(NX), topo.mean(axis=0), 1)[0]) < 1e-12  # tilt gone
+    w = window_factory(source.model, source)
+    w.redraw_all()
+    title = w.topo_map.plot.titleLabel.text
+    assert "tip height z" in title and "plane" in title
+    assert w.topo_map.image.image is not None and np.nanmax(np.abs(w.topo_map.image.image)) < 0.3  # nm
+    # the view is the map (no empty axis range) and y points up (row 0 at the bottom)
+    (x0, x1), (y0, y1) = w.delta_map.plot.vb.viewRange()
+    assert not w.delta_map.plot.vb.yInverted()
+    assert x0 >= -0.5 and x1 <= NX + 0.5 and y0 >= -0.5 and y1 <= NY + 0.5
+
+
+def test_topography_title_says_none_without_z(tmp_path, window_factory):
+    from stslive.live.viewer_sources import FileSource
+
+    run = tmp_path / "RUN.h5"
+    make_archive(run, rows=4)  # z_m never read: NaN
+    source = FileSource(run, analyse_callback=lambda path, model: None)
+    source.start()
+    assert source.loaded.wait(10)
+    w = window_factory(source.model, source)
+    w.redraw_all()
+    assert source.model.topography is None
+    assert "none" in w.topo_map.plot.titleLabel.text
+
+
+def test_fits_drawn_only_over_the_sweep():
+    from stslive.live.viewer_panels import fit_bias_range
+
+    narrow = np.linspace(-0.02, 0.02, 201)
+    v = fit_bias_range(narrow, sign=1.0)
+    assert v[0] == pytest.approx(5e-3) and v[-1] == pytest.approx(0.02)
+    assert fit_bias_range(narrow, sign=-1.0)[-1] == pytest.approx(0.02)
+    assert fit_bias_range(np.linspace(-0.003, 0.003, 61), sign=1.0).size == 0
+    assert fit_bias_range(np.linspace(0.0, 0.04, 61), sign=-1.0).size == 0  # no negative bias swept
+    assert fit_bias_range(BIAS, sign=1.0)[-1] == pytest.approx(0.03)
+
+
+def test_reason_codes_shown_by_name(window_factory):
+    from stslive.live.kernels import ReasonCode
+    from stslive.live.viewer_panels import reason_text
+
+    assert reason_text(int(ReasonCode.NO_PEAKS)) == "NO_PEAKS"
+    assert reason_text(-1) == "not analysed" and "99" in reason_text(99)
+    model = synthetic_model()
+    model.update_pixel(PixelResult(iy=1, ix=1, reason=int(ReasonCode.WINDOW_NOT_COVERED), time=2.0))
+    w = window_factory(model)
+    w._hover(1, 1)
+    assert "WINDOW_NOT_COVERED" in w.readout.text()
