@@ -196,3 +196,18 @@ def test_malformed_messages_are_refused():
         other.apply_message(*rio.status_message(model))
     with pytest.raises(StreamError):
         other.apply_message(*rio.pixel_message(PixelResult(iy=7, ix=0)))
+
+
+def test_topography_origin_survives_maps_h5(tmp_path):
+    from stslive.live.results_io import load_maps_h5, save_maps_h5
+
+    model = ResultsModel(3, 4, pixel_nm=1.0)
+    topo = np.arange(12, dtype=np.float32).reshape(3, 4) * 1e-11
+    model.set_topography(topo, origin="tip height z at the set-point, plane removed")
+    version = model.maps_version
+    model.set_topography(topo, origin="tip height z at the set-point, plane removed")
+    assert model.maps_version == version  # unchanged: a poller does not force a redraw
+    save_maps_h5(model, tmp_path / "maps.h5")
+    back = load_maps_h5(tmp_path / "maps.h5")
+    assert back.topography_origin == model.topography_origin
+    np.testing.assert_array_equal(back.topography, topo)
