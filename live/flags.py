@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 import tomllib
-import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -406,19 +405,28 @@ class FlagEngine:
         return bits
 
 
-def _median_mad(windows: np.ndarray, *, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and 1.4826 * MAD over the last axis; rows not ``full`` are NaN-padded (nanmedian,
-    ~50x slower, so only for them: the first ``width`` pixels of a run)."""
-    med = np.empty(windows.shape[:-1])
-    mad = np.empty(windows.shape[:-1])
-    for rows, median in ((full, np.median), (~full, np.nanmedian)):
-        if rows.any():
-            w = windows[rows]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: too short, never tested
-                med[rows] = median(w, axis=-1)
-                mad[rows] = 1.4826 * median(np.abs(w - med[rows][..., None]), axis=-1)
-    return med, mad
+def _median_mad(windows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and 1.4826 * MAD over the last axis of the first ``counts`` (per row) values.
+
+    ``windows`` (m, k, width) is NaN-padded where a row holds fewer than ``width`` values (the
+    start of a run). By sorting (NaN sorts last) and taking the middle of the valid part: the
+    same numbers as np.median / np.nanmedian, without their per-call overhead (~0.1 ms each,
+    four per batch) or nanmedian's masked arrays.
+    """
+    c = np.maximum(counts, 1)
+    if c.min() == c.max():  # the usual case (history full): one middle for all rows, plain slicing
+        lo, hi = (int(c[0]) - 1) // 2, int(c[0]) // 2
+        rows: tuple = (Ellipsis,)
+    else:
+        lo, hi = ((c - 1) // 2)[:, None], (c // 2)[:, None]
+        rows = (np.arange(c.size)[:, None], np.arange(windows.shape[1])[None, :])
+
+    def middle(v: np.ndarray) -> np.ndarray:
+        v = np.sort(v, axis=-1)
+        return 0.5 * (v[(*rows, lo)] + v[(*rows, hi)])
+
+    med = middle(windows)
+    return med, 1.4826 * middle(np.abs(windows - med[..., None]))
 
 
 def _windowed_outliers(
@@ -457,7 +465,7 @@ def _windowed_outliers(
         count = hist.shape[0] + np.searchsorted(idx, np.arange(start, end))  # accepted values before each pixel
         padded = np.concatenate([np.full((width, k), np.nan), entries])
         windows = padded[count[:, None] + np.arange(width)].transpose(0, 2, 1)  # (m, k, width): entries[count-width:count]
-        med, mad = _median_mad(windows, full=count >= width)
+        med, mad = _median_mad(windows, np.minimum(count, width))
         test = (count >= min_history) & outside(values[start:end], med, mad)
         bad = np.flatnonzero(test & eligible[start:end])
         stop = end if bad.size == 0 else start + int(bad[0]) + 1
