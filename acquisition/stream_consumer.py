@@ -192,10 +192,15 @@ class RunSubscriber:
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._sock.poll(left_ms):
-                return None
-            frames = self._sock.recv_multipart(copy=False)
+            try:
+                # a waiting message needs no poll: pyzmq's Socket.poll builds a Poller per call,
+                # which cost as much as decoding the event (live analyser profile, issue 5)
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                if left_ms == 0 or not self._sock.poll(left_ms):
+                    return None
+                continue
             doc = self._accept(frames)
             if doc is not None:
                 return doc
