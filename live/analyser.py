@@ -5,10 +5,16 @@ Two threads, so analysis never starves the socket (the SUB queue must not overfl
 * the *receiver* owns the :class:`~stslive.acquisition.stream_consumer.RunSubscriber`: it
   backfills from the archive at start (late join / restart, SWMR read, acquisition order),
   fills sequence gaps from the archive (``recover_from_archive``) and queues everything;
-* the *worker* drains the queue in batches, analyses them with the one code path
-  (:meth:`RunContext.process`), publishes ``pixel`` results as they happen, recomputes the
-  correlations every ``snapshot_every`` pixels and at stop, publishes ``maps``/``snapshot``/
-  ``status`` periodically and writes the analysis file (temp file + rename: crash-safe).
+* the *worker* takes whatever is queued (never waiting to fill a batch: one pixel at a low
+  rate, up to ``settings.batch`` when busy), analyses it with the one code path
+  (:meth:`RunContext.process`: one kernel call per set-point set, flags vectorised), publishes
+  the batch as one ``pixels`` message (arrays, see :mod:`stslive.live.results_io`), publishes
+  ``maps``/``snapshot``/``status`` periodically and writes the analysis file (temp file +
+  rename: crash-safe);
+* a *snapshot* thread recomputes the correlations every ``snapshot_every`` pixels, off the
+  pixel path (at most one at a time; the final one at stop runs in the worker).
+
+Throughput and latency: ``stslive bench-analyser`` (stage CPU times: :meth:`AnalyserService.stage_seconds`).
 
 Bad input never stops it: malformed frames are counted by the subscriber, pixels that do not
 fit the run (grid, set, channel count, length) by the worker; both show in the status message.
