@@ -42,9 +42,7 @@ from pyvisa.resources import MessageBasedResource
 from stslive.drivers import nanonis_codec as codec
 from stslive.drivers.errors import ConfigError, InstrumentError, InstrumentReplyError, SafetyLimitError
 from stslive.drivers.protocols import ScanFrame, SpectroscopyConfig, SpectrumData
-# visa's socket accessor is private there; the reply-readiness probe below is its one other user
-from stslive.drivers.visa import VisaSession, VisaSettings
-from stslive.drivers.visa import _underlying_socket as underlying_socket
+from stslive.drivers.visa import VisaSession, VisaSettings, underlying_socket
 
 log = logging.getLogger(__name__)
 

@@ -126,7 +126,7 @@ def set_tcp_nodelay(resource: MessageBasedResource) -> bool:
     pyvisa-py keeps the Python socket as the session's ``interface``; other VISA libraries take
     the attribute.
     """
-    sock = _underlying_socket(resource)
+    sock = underlying_socket(resource)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return True
@@ -134,7 +134,24 @@ def set_tcp_nodelay(resource: MessageBasedResource) -> bool:
     return True
 
 
-def _underlying_socket(resource: MessageBasedResource) -> socket.socket | None:
+def underlying_socket(resource: MessageBasedResource) -> socket.socket | None:
+    """The Python socket under a pyvisa-py ``TCPIP::...::SOCKET`` session, or ``None``.
+
+    pyvisa-py keeps the connected socket as the session's ``interface``; other VISA libraries
+    (NI-VISA, Keysight) do not expose one, and serial/GPIB sessions have none, so callers must
+    handle ``None`` (set the VISA attribute instead, or skip a socket-level check).
+
+    Parameters
+    ----------
+    resource
+        An open pyvisa message-based resource.
+
+    Returns
+    -------
+    socket.socket or None
+        The connected socket, for socket options (``TCP_NODELAY``), a non-blocking peek at the
+        peer's state, or reading a large binary reply straight from the socket.
+    """
     sessions = getattr(getattr(resource, "visalib", None), "sessions", None)
     session = sessions.get(getattr(resource, "session", None)) if isinstance(sessions, dict) else None
     sock = getattr(session, "interface", None)
@@ -147,7 +164,7 @@ def peer_closed(resource: MessageBasedResource) -> bool:
     pyvisa-py reports a closed peer only as a read timeout; a non-blocking peek tells the two
     apart (``b""`` means end of stream).
     """
-    sock = _underlying_socket(resource)
+    sock = underlying_socket(resource)
     if sock is None:
         return False
     try:
@@ -340,7 +357,7 @@ class VisaSession:
             resource.read_termination = s.read_termination  # type: ignore[assignment]
             resource.write_termination = s.write_termination  # type: ignore[assignment]
             if s.is_tcp_socket:
-                sock = _underlying_socket(resource)
+                sock = underlying_socket(resource)
                 # pyvisa-py's non-blocking connect reports success on a refused port.
                 if sock is not None and (err := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)):
                     raise ConnectionRefusedError(err, f"connection refused ({err})")
