@@ -82,6 +82,17 @@ def kill_during_resume_start_up(path: Path, rng: random.Random) -> None:
     proc.wait()
 
 
+def wait_for_sweeps(proc: subprocess.Popen, lab: MockLab, target: int, *, timeout_s: float = 60.0) -> bool:
+    """Wait until the lab has swept ``target`` spectra; False if the scan exited first."""
+    deadline = time.monotonic() + timeout_s
+    while lab.faults.spectrum < target:
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, f"the scan made no progress in {timeout_s} s"
+        time.sleep(0.002)
+    return True
+
+
 def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     rng = random.Random(20261125)
     lab = MockLab.from_seed(seed=5, ny=NY, nx=NX, speed=1.0)  # 60 ms sweeps: ~2.4 s of scanning
@@ -92,35 +103,45 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
         cfg.write_text(CONFIG.format(nanonis=res["nanonis"], ls372=res["ls372"], width=NX * lab.pixel_m,
                                      height=NY * lab.pixel_m, nx=NX, ny=NY, points=POINTS))
         kills, startup_kills, measured_at_kill = 0, 0, []
-        proc = scan("--config", str(cfg), "--out", str(path))
-        while True:
-            try:
-                proc.wait(timeout=rng.uniform(0.7, 1.8))
-                break  # finished before the kill
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                kills += 1
+
+        def kill(proc: subprocess.Popen) -> None:
+            nonlocal kills
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
             if path.exists():
                 with open_archive(path, swmr=True) as reader:  # opens after every kill
                     measured_at_kill.append(int(reader.measured.sum()))
+
+        def restart() -> subprocess.Popen:
+            # a kill may land before the archive exists (it is created under a temporary name)
+            return scan("--resume", str(path)) if path.exists() else scan(
+                "--config", str(cfg), "--out", str(path), "--overwrite")
+
+        proc = scan("--config", str(cfg), "--out", str(path))
+        time.sleep(rng.uniform(0.0, 0.5))  # first kill: anywhere in start-up or archive creation
+        if proc.poll() is None:
+            kill(proc)
+            proc = restart()
+        while kills < 6:
+            # Later kills are placed by the lab's sweep counter, not by wall time, so they land
+            # mid-scan however slowly a loaded machine starts the process.
+            if not wait_for_sweeps(proc, lab, lab.faults.spectrum + rng.randint(2, 6)):
+                break  # the scan finished first
+            time.sleep(rng.uniform(0.0, 0.06))  # anywhere within a sweep or the writes after it
+            kill(proc)
             if kills == 2 and path.exists():
                 for _ in range(STARTUP_KILLS):  # kills inside the resume start-up (regression)
                     kill_during_resume_start_up(path, rng)
                     startup_kills += 1
                     with open_archive(path, swmr=True) as reader:
                         measured_at_kill.append(int(reader.measured.sum()))
-            # every kill may land before the archive exists (a slow start-up on a loaded machine)
-            proc = scan("--resume", str(path)) if path.exists() else scan("--config", str(cfg), "--out", str(path),
-                                                                           "--overwrite")
-            if kills >= 6:
-                assert proc.wait(timeout=60) == 0, proc.stderr.read().decode() if proc.stderr else ""
-                break
-        assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
+            proc = restart()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode() if proc.stderr else ""
         sweeps = lab.faults.spectrum
     assert startup_kills == STARTUP_KILLS
     print(f"kills {kills} (+{startup_kills} in resume start-up), measured at each kill {measured_at_kill}, sweeps {sweeps}")
-    assert kills >= 2, "the seeded kill times never hit a running scan"
+    assert kills >= 3, "the seeded kills never hit a running scan"
     assert measured_at_kill == sorted(measured_at_kill)
     assert any(0 < m < NX * NY for m in measured_at_kill), f"no kill landed mid-scan: {measured_at_kill}"
     with open_archive(path) as reader:
