@@ -9,8 +9,7 @@ act as on the SR830 server (delay, no reply, connection drop, error = no reply +
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from stslive.drivers.lakeshore import CHANNELS
@@ -19,6 +18,7 @@ from stslive.mocks.sr830_server import (
     ESR_COMMAND_ERROR,
     ESR_EXECUTION_ERROR,
     CommandRefused,
+    InstrumentState,
     LineServer,
 )
 
@@ -53,7 +53,7 @@ class ThermometerSettings:
     resistance0_ohm: float = 1.5e4
 
 
-class ThermometerState:
+class ThermometerState(InstrumentState[ThermometerSettings]):
     """Thread-safe thermometer state shared by the LS372 server and the mock lab.
 
     Parameters
@@ -65,21 +65,8 @@ class ThermometerState:
     """
 
     def __init__(self, *, faults: FaultPlan | None = None, **initial: Any) -> None:
-        self._lock = threading.Lock()
-        self._settings = ThermometerSettings(**initial)
-        self._esr = 0
+        super().__init__(ThermometerSettings(**initial))
         self.faults = faults
-
-    def snapshot(self) -> ThermometerSettings:
-        """The present settings as one frozen copy."""
-        with self._lock:
-            return self._settings
-
-    def update(self, **changes: Any) -> ThermometerSettings:
-        """Change fields atomically; returns the new snapshot."""
-        with self._lock:
-            self._settings = replace(self._settings, **changes)
-            return self._settings
 
     def temperature(self, channel: str = "A") -> float:
         """Temperature the input reads now (K): base + offset + excursion + active fault excursion."""
@@ -96,17 +83,6 @@ class ThermometerState:
         """Sensor resistance (ohm) for :meth:`temperature` on a linearised curve."""
         s = self.snapshot()
         return s.resistance0_ohm + s.ohm_per_kelvin * (self.temperature(channel) - s.base_k)
-
-    def flag_esr(self, bits: int) -> None:
-        """Set standard-event status bits."""
-        with self._lock:
-            self._esr |= bits
-
-    def take_esr(self) -> int:
-        """Read and clear ``*ESR?``."""
-        with self._lock:
-            esr, self._esr = self._esr, 0
-            return esr
 
 
 class LS372Server(LineServer):

@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import socketserver
-import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -36,6 +33,7 @@ from stslive.drivers.errors import ControllerError, InstrumentReplyError
 from stslive.drivers.protocols import ScanFrame, SpectroscopyTiming
 from stslive.mocks.faults import FaultKind
 from stslive.mocks.lab import FIXED_PARAMETERS, PARAMETERS, SIGNAL_NAMES, MockLab
+from stslive.mocks.tcp import TcpServerBase
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +164,7 @@ HANDLERS: dict[str, Handler] = {
 assert set(HANDLERS) == set(codec.COMMANDS), "every table command needs a handler"
 
 
-class NanonisServer:
+class NanonisServer(TcpServerBase):
     """The simulated controller on ``host:port`` (port 0 = a free port).
 
     Parameters
@@ -177,97 +175,28 @@ class NanonisServer:
         Where to listen.
     """
 
-    instrument = "nanonis"
-
     def __init__(self, lab: MockLab, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__("nanonis", host=host, port=port)
         self.lab = lab
-        self._host, self._port = host, port
-        self._server: socketserver.ThreadingTCPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
         self.requests = 0
 
-    # -- lifecycle ----------------------------------------------------------------------------
-    @property
-    def address(self) -> tuple[str, int]:
-        """(host, port) actually bound; RuntimeError before start."""
-        if self._server is None:
-            raise RuntimeError("NanonisServer not started; call start() first")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    @property
-    def resource(self) -> str:
-        """VISA resource string of this server."""
-        host, port = self.address
-        return f"TCPIP::{host}::{port}::SOCKET"
-
-    def start(self) -> NanonisServer:
-        """Bind and serve in a background thread."""
-        outer = self
-
-        class _Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                outer._serve_connection(self.request)
-
-        class _Server(socketserver.ThreadingTCPServer):
-            allow_reuse_address = True
-            daemon_threads = True
-
-        self._server = _Server((self._host, self._port), _Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="nanonis-server", daemon=True)
-        self._thread.start()
-        log.info("simulated Nanonis on %s", self.resource)
-        return self
-
-    def stop(self) -> None:
-        """Stop accepting, close every connection, join the threads; safe to call twice."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        with self._conns_lock:
-            for conn in self._conns:
-                _shutdown(conn)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> NanonisServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    # -- protocol -----------------------------------------------------------------------------
-    def _serve_connection(self, conn: socket.socket) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._conns_lock:
-            self._conns.add(conn)
-        try:
-            while True:
-                head = _recv_exact(conn, codec.HEADER_SIZE)
-                if head is None:
-                    return
-                try:
-                    header = codec.decode_header(head)
-                except InstrumentReplyError as exc:
-                    log.warning("closing connection on a malformed header: %s", exc)
-                    return  # without a valid size the stream cannot be resynchronised
-                body = _recv_exact(conn, header.body_size)
-                if body is None:
-                    return
-                if not self._serve_request(conn, header, body):
-                    return
-        except OSError as exc:  # peer reset or server stopping: the connection is over either way
-            log.debug("nanonis connection ended: %s", exc)
-        finally:
-            with self._conns_lock:
-                self._conns.discard(conn)
-            _shutdown(conn)
+    # -- protocol (TcpServerBase.serve) ---------------------------------------------------
+    def serve(self, conn: socket.socket) -> None:
+        """Read request frames and answer them until the peer closes or a frame is malformed."""
+        while True:
+            head = _recv_exact(conn, codec.HEADER_SIZE)
+            if head is None:
+                return
+            try:
+                header = codec.decode_header(head)
+            except InstrumentReplyError as exc:
+                log.warning("closing connection on a malformed header: %s", exc)
+                return  # without a valid size the stream cannot be resynchronised
+            body = _recv_exact(conn, header.body_size)
+            if body is None:
+                return
+            if not self._serve_request(conn, header, body):
+                return
 
     def _serve_request(self, conn: socket.socket, header: codec.Header, body: bytes) -> bool:
         """Answer one request; False to close the connection."""
@@ -318,14 +247,6 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
             return None
         buf += chunk
     return bytes(buf)
-
-
-def _shutdown(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:  # already closed by the peer: nothing to shut down
-        pass
-    conn.close()
 
 
 def benchmark(*, repeats: int = 500, sweeps: int = 100, points: int = 1601, seed: int = 0) -> dict[str, float]:

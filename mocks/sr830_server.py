@@ -27,13 +27,11 @@ import logging
 import math
 import re
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from stslive.drivers.scpi import Setting
 from stslive.drivers.sr830 import (
@@ -44,6 +42,7 @@ from stslive.drivers.sr830 import (
     MODELS,
 )
 from stslive.mocks.faults import FaultKind, FaultPlan
+from stslive.mocks.tcp import TcpServerBase
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,50 @@ class LockInSettings:
         return self.amplitude_v / self.bias_divider
 
 
-class LockInState:
+S = TypeVar("S")
+
+
+class InstrumentState(Generic[S]):
+    """Thread-safe holder of a text instrument's frozen settings and its ``*ESR?`` register.
+
+    The server threads and the mock lab read and change the settings concurrently; holding one
+    frozen dataclass swapped under a lock gives every reader a consistent copy without copying.
+
+    Parameters
+    ----------
+    settings
+        The initial frozen settings (a dataclass instance).
+    """
+
+    def __init__(self, settings: S) -> None:
+        self._lock = threading.Lock()
+        self._settings = settings
+        self._esr = 0
+
+    def snapshot(self) -> S:
+        """The present settings, as one consistent frozen copy."""
+        with self._lock:
+            return self._settings
+
+    def update(self, **changes: Any) -> S:
+        """Change fields of the settings atomically; returns the new snapshot."""
+        with self._lock:
+            self._settings = replace(self._settings, **changes)  # type: ignore[type-var]
+            return self._settings
+
+    def flag_esr(self, bits: int) -> None:
+        """Set standard-event status bits (command/execution error)."""
+        with self._lock:
+            self._esr |= bits
+
+    def take_esr(self) -> int:
+        """Read and clear ``*ESR?``, as the instrument does."""
+        with self._lock:
+            esr, self._esr = self._esr, 0
+            return esr
+
+
+class LockInState(InstrumentState[LockInSettings]):
     """Thread-safe lock-in state shared by the SR830 server and the mock lab.
 
     Parameters
@@ -92,21 +134,8 @@ class LockInState:
     def __init__(self, model: str = "SR830", **initial: Any) -> None:
         if model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
-        self._lock = threading.Lock()
-        self._settings = LockInSettings(model=model, **initial)
+        super().__init__(LockInSettings(model=model, **initial))
         self._lias_latched = 0
-        self._esr = 0
-
-    def snapshot(self) -> LockInSettings:
-        """The present settings and signal, as one consistent frozen copy."""
-        with self._lock:
-            return self._settings
-
-    def update(self, **changes: Any) -> LockInSettings:
-        """Change fields of :class:`LockInSettings` atomically; returns the new snapshot."""
-        with self._lock:
-            self._settings = replace(self._settings, **changes)
-            return self._settings
 
     def set_signal(self, x_v: float, y_v: float) -> None:
         """The demodulated signal the lock-in now sees (V); written by the lab per point.
@@ -123,17 +152,6 @@ class LockInState:
         with self._lock:
             self._settings = replace(self._settings, overload=bool(on))
             self._lias_latched |= self._present_bits(overload=False)
-
-    def flag_esr(self, bits: int) -> None:
-        """Set standard-event status bits (command/execution error)."""
-        with self._lock:
-            self._esr |= bits
-
-    def take_esr(self) -> int:
-        """Read and clear ``*ESR?``, as the instrument does."""
-        with self._lock:
-            esr, self._esr = self._esr, 0
-            return esr
 
     def take_overload_bits(self, *, overload: bool) -> int:
         """Read the overload bits in the model's layout (``LIAS?`` / ``CUROVLDSTAT?``).
@@ -187,7 +205,7 @@ class CommandRefused(Exception):
         self.esr_bits = esr_bits
 
 
-class LineServer(abc.ABC):
+class LineServer(TcpServerBase):
     """Threaded TCP server for ``\\n``-terminated text instruments, with fault injection.
 
     Subclasses implement :meth:`execute` (one command -> reply line or None) and
@@ -207,14 +225,9 @@ class LineServer(abc.ABC):
 
     def __init__(self, instrument: str, *, host: str = "127.0.0.1", port: int = 0,
                  faults: FaultPlan | None = None, reply_termination: str = "\n") -> None:
-        self.instrument = instrument
+        super().__init__(instrument, host=host, port=port)
         self.faults = faults
         self.reply_termination = reply_termination
-        self._host, self._port = host, port
-        self._server: socketserver.ThreadingTCPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
-        self._conn_lock = threading.Lock()
 
     # -- subclass interface ----------------------------------------------------------------
     @abc.abstractmethod
@@ -228,88 +241,21 @@ class LineServer(abc.ABC):
         """Commands on one received line (``;``-separated by default)."""
         return [c for c in line.split(";") if c.strip()]
 
-    # -- lifecycle -------------------------------------------------------------------------
-    @property
-    def address(self) -> tuple[str, int]:
-        """(host, port) actually bound; the server must be started."""
-        if self._server is None:
-            raise RuntimeError(f"{self.instrument} server not started; call start() first")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    @property
-    def resource(self) -> str:
-        """The VISA resource string that reaches this server."""
-        host, port = self.address
-        return f"TCPIP::{host}::{port}::SOCKET"
-
-    def start(self) -> LineServer:
-        """Bind and serve in a daemon thread; returns self."""
-        if self._server is not None:
-            return self
-        owner = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                owner._serve_connection(self.request)
-
-        server = socketserver.ThreadingTCPServer((self._host, self._port), Handler, bind_and_activate=False)
-        server.allow_reuse_address = True
-        server.daemon_threads = True
-        server.server_bind()
-        server.server_activate()
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"{self.instrument}-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close every open connection; safe to call twice."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._conn_lock:
-            conns, self._connections = set(self._connections), set()
-        for conn in conns:
-            _close_quietly(conn)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> LineServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    # -- per connection --------------------------------------------------------------------
-    def _serve_connection(self, conn: socket.socket) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._conn_lock:
-            self._connections.add(conn)
+    # -- per connection (TcpServerBase.serve) ---------------------------------------------
+    def serve(self, conn: socket.socket) -> None:
+        """Read ``\\n``-terminated lines and run their commands until the peer closes."""
         buffer = b""
-        try:
-            while True:
-                try:
-                    chunk = conn.recv(4096)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buffer += chunk
-                while b"\n" in buffer:
-                    raw, buffer = buffer.split(b"\n", 1)
-                    line = raw.decode("ascii", errors="replace").strip("\r ")
-                    for command in self.split(line):
-                        if not self._serve_command(conn, command):
-                            return
-        finally:
-            with self._conn_lock:
-                self._connections.discard(conn)
-            _close_quietly(conn)
+        while True:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                line = raw.decode("ascii", errors="replace").strip("\r ")
+                for command in self.split(line):
+                    if not self._serve_command(conn, command):
+                        return
 
     def _serve_command(self, conn: socket.socket, command: str) -> bool:
         """Handle one command; False when the connection is to be closed."""
@@ -338,14 +284,6 @@ class LineServer(abc.ABC):
             except OSError:
                 return False
         return True
-
-
-def _close_quietly(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # the peer may already be gone; close() below still releases the descriptor
-    conn.close()
 
 
 # -- the SR830 / SR860 ---------------------------------------------------------------------------
