@@ -110,9 +110,9 @@ def dask_client(address: str | None, *, workers: int | None = None,
             yield client
         return
     n = workers if workers is not None else max(1, os.cpu_count() or 1)
-    # dashboard off: a second analysis on the same machine would fight over port 8787
+    # dashboard on a free port: a second analysis on the same machine would fight over 8787
     with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         yield client
 
 
