@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "theory": ("stslive.live.theory_cli", "theory quantities of the paper from its inputs or yours, beside its quoted values"),
     "bench": ("stslive.live.bench", "benchmark: 'bench analysis' times the batch kernels against a per-spectrum loop"),
     "bench-analyser": ("stslive.live.analyser_bench", "benchmark: live analyser throughput and publish-to-result latency p50/p99 on a replayed stream"),
-    "bench-campaign": ("stslive.live.bench_campaign", "benchmark: a 4-map campaign analysed single-process vs a Dask LocalCluster"),
+    "bench-campaign": ("stslive.acquisition.bench_campaign", "benchmark: a 4-map campaign analysed single-process vs a Dask LocalCluster"),
     "bench-scan": ("stslive.acquisition.bench_scan", "benchmark: per-pixel scan overhead (p50/p99) against the simulated lab"),
     "view": ("stslive.live.viewer_cli", "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)"),
     "analyser": ("stslive.live.analyser_cli", "follow a run stream: per-pixel Delta, alpha, flags, correlations; publish and save them"),
