@@ -93,10 +93,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "y_m": Key("list[float]", _REQUIRED, "y of every point (m), same length"),
     },
     "stream": {
-        "pub": Key("str", "tcp://127.0.0.1:5556", "ZeroMQ PUB endpoint of the run stream (loopback only)"),
+        "pub": Key("str", "tcp://127.0.0.1:5556", "ZeroMQ PUB endpoint of the run stream (loopback unless "
+                   "stream.keys is set)"),
         "push": Key("str", "", "ZeroMQ PUSH endpoint for a consumer that must not drop; '' = none"),
         "control": Key("str", "tcp://127.0.0.1:5557", "ZeroMQ REP endpoint of the control socket; '' = none"),
         "header_format": Key("str", "json", "'json' or 'msgpack' stream headers"),
+        "keys": Key("str", "", "CURVE key directory made by 'stslive keys' (relative to the working directory); "
+                    "set: pub/push admit viewer and controller keys, control only controller keys, and the "
+                    "endpoints may be beyond loopback; '' = no keys, loopback only"),
     },
     "suspender": {
         "enabled": Key("bool", False, "pause while the temperature is outside [min_K, max_K]"),

@@ -48,6 +48,7 @@ from stslive.acquisition.control import ControlServer
 from stslive.acquisition.pixel import Instruments, PixelProcedure, PixelResult, failure_code
 from stslive.acquisition.plans import Plan, PlanPoint
 from stslive.acquisition.runmodel import SetpointSet
+from stslive.acquisition.security import Security
 from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.acquisition.stream import ArraySpec, RunPublisher
 from stslive.acquisition.suspenders import TemperatureSuspender
@@ -106,13 +107,16 @@ class ScanEngine:
         Extra start-document fields (``instruments``, ``software_version``, ``metadata``).
     sleep, clock, context
         Injectable for tests.
+    security
+        CURVE keys of the control socket (only ``controllers/`` keys may send commands, see
+        :mod:`stslive.acquisition.security`); ``None``: no keys, loopback only.
     """
 
     def __init__(self, config: RunConfig, plan: Plan, writer: ArchiveWriter, publisher: RunPublisher,
                  instruments: Instruments, *, run_uid: str, control_endpoint: str | None = None,
                  skip: np.ndarray | None = None, start_fields: dict[str, Any] | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
-                 context: Any = None) -> None:
+                 context: Any = None, security: Security | None = None) -> None:
         self.config, self.plan, self.writer, self.publisher = config, plan, writer, publisher
         self.instruments = instruments
         self.run_uid = run_uid
@@ -138,7 +142,7 @@ class ScanEngine:
         self.stats = RunStats()
         self._consecutive_failures = 0
         self._start_fields = start_fields or {}
-        self.control = (ControlServer(self.machine, control_endpoint, context=context).start()
+        self.control = (ControlServer(self.machine, control_endpoint, context=context, security=security).start()
                         if control_endpoint else None)
 
     @property

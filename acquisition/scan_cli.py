@@ -5,6 +5,12 @@ its start document) and runs; ``stslive scan --resume RUN.h5`` continues the run
 unmeasured pixel with only the archive. SIGINT/SIGTERM stop after the pixel in progress (exit
 status ``abort``); a SIGKILL loses at most the pixel in progress. On start the bound endpoints
 are printed, one ``name endpoint`` line each (``stream``, ``push``, ``control``).
+
+Remote monitoring (issue 6): ``[stream] keys = "KEYDIR"`` in the config (or ``--keys KEYDIR``)
+makes the run stream a CURVE server for viewer and controller keys and the control socket one
+for controller keys only (:mod:`stslive.acquisition.security`); only then may the endpoints be
+beyond loopback. Endpoints and keys are checked before the instruments are opened or the
+archive is created.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from stslive.acquisition.archive import ArchiveWriter, open_archive
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.engine import ScanEngine
 from stslive.acquisition.plans import plan_from_config
+from stslive.acquisition.security import Security, check_bind
 from stslive.acquisition.stream import RunPublisher
 from stslive.drivers.errors import ArchiveError, ConfigError
 
@@ -39,11 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pub", help="override stream.pub (ZeroMQ PUB endpoint)")
     parser.add_argument("--push", help="override stream.push ('' = none)")
     parser.add_argument("--control", help="override stream.control (ZeroMQ REP endpoint, '' = none)")
+    parser.add_argument("--keys", metavar="KEYDIR", help="override stream.keys: CURVE key directory made by "
+                        "'stslive keys' ('' = no keys, loopback only)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run or resume a scan; returns 0 on success, 3 on abort, 1 on failure."""
-    overrides = {k: v for k, v in (("pub", args.pub), ("push", args.push), ("control", args.control)) if v is not None}
+    overrides = {k: v for k, v in (("pub", args.pub), ("push", args.push), ("control", args.control),
+                                   ("keys", args.keys)) if v is not None}
     if args.config is not None:
         if args.out is None:
             raise ConfigError("--out RUN.h5 is required with --config")
@@ -73,6 +83,34 @@ def stored_config(path: Path) -> RunConfig:
                                  "'stslive scan' and cannot be resumed") from None
 
 
+def stream_security(config: RunConfig) -> Security | None:
+    """The run's CURVE keys (``stream.keys``), checked before anything is opened; None without keys.
+
+    Every endpoint of ``[stream]`` goes through :func:`~stslive.acquisition.security.check_bind`
+    (a non-loopback endpoint without keys is refused), and with keys the server key pair and the
+    allowed-client folders must exist, so a mistake costs no archive and no instrument time.
+
+    Raises
+    ------
+    StreamError
+        An endpoint beyond loopback without ``stream.keys`` (the message says how to make keys).
+    ConfigError
+        ``stream.keys`` names a directory without the server key pair or the client folders.
+    """
+    stream = config.stream
+    security = Security.from_dir(stream["keys"]) if stream["keys"] else None
+    for name in ("pub", "push", "control"):
+        if stream[name]:
+            check_bind(stream[name], security)
+    if security is not None:
+        security.allowed_folders("data")  # viewers/ and controllers/ (control needs the latter only)
+        for path in (security.server_secret, security.server_public):
+            if path is None or not path.is_file():
+                raise ConfigError(f"stream.keys = {stream['keys']!r}: {path} not found; create the server key pair "
+                                  f"with 'stslive keys --dir {stream['keys']}'")
+    return security
+
+
 def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_failed: bool = False,
              overwrite: bool = False, announce: bool = True, handle_signals: bool = False, context: Any = None,
              on_ready: Callable[[ScanEngine], None] | None = None) -> ScanEngine:
@@ -85,6 +123,7 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
     from stslive.acquisition.rig import open_instruments  # drivers only when a scan really runs
 
     plan = plan_from_config(config)
+    security = stream_security(config)
     skip = None
     if not resume and path.exists() and not overwrite:
         raise ArchiveError(path, "file exists; resume it with --resume, choose another --out, or pass --overwrite")
@@ -114,11 +153,11 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
         with writer:
             stream = config.stream
             publisher = RunPublisher(stream["pub"] or None, push_endpoint=stream["push"] or None,
-                                     header_format=stream["header_format"], context=context)
+                                     header_format=stream["header_format"], context=context, security=security)
             try:
                 engine = ScanEngine(
                     config, plan, writer, publisher, instruments, run_uid=run_uid, skip=skip,
-                    control_endpoint=stream["control"] or None, context=context,
+                    control_endpoint=stream["control"] or None, context=context, security=security,
                     start_fields={"instruments": identities, "software_version": _version(),
                                   "metadata": {"config": config.to_dict(), "resumed": resume, "archive": str(path)}})
                 if announce:
