@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Mapping
 
-from stslive.drivers.errors import ControllerError, LockInOverload
+from stslive.drivers.errors import ControllerError, InstrumentReplyError, LockInOverload
 from stslive.drivers.protocols import LockInReading, LockInStatus
 from stslive.drivers.scpi import Setting, TextSession, parse_floats, parse_int, with_text_termination
 from stslive.drivers.visa import VisaSession, VisaSettings
@@ -273,8 +273,22 @@ class SrsLockIn:
         return LockInReading(x=x, y=y, r=r, theta_deg=theta)
 
     def status(self) -> LockInStatus:
-        """Read (and thereby clear) the status registers and decode them."""
-        replies = {q: parse_int(self.session.instrument, self.session.query(q), what=q) for q in self.model.status_queries}
+        """Read (and thereby clear) the status registers in one compound query and decode them.
+
+        One line ``LIAS?;ERRS?;*ESR?`` (SR860: ``CUROVLDSTAT?;*ESR?``) is one round trip instead
+        of one per register; both manuals allow several queries on a line (SR830 p. 5-2, SR860
+        ch. 4) and the session returns the answers joined by ``;``.
+        """
+        queries = self.model.status_queries
+        message = ";".join(queries)
+        answers = self.session.query(message).split(";")
+        if len(answers) != len(queries):
+            raise InstrumentReplyError(
+                self.session.instrument,
+                f"{message!r} answered {len(answers)} value(s) {answers!r}, expected {len(queries)}; "
+                "check the lock-in model and that nothing else talks to it",
+            )
+        replies = {q: parse_int(self.session.instrument, a, what=q) for q, a in zip(queries, answers)}
         return self.model.decode_status(replies)
 
     def check(self) -> LockInStatus:
@@ -369,5 +383,6 @@ def open_lockin(settings: VisaSettings, *, model: str | None = None, verify_sets
     except BaseException:
         session.close()
         raise
+    session.separate_replies = found.name == "SR830"  # SR830 manual p. 5-2; the SR860 joins with ';'
     return SrsLockIn(session, found, verify_sets=verify_sets)
 

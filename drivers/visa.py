@@ -175,6 +175,11 @@ def peer_closed(resource: MessageBasedResource) -> bool:
         return True
 
 
+def compound_query_count(message: str) -> int:
+    """Number of queries (commands with ``?``) in a ``;``-separated text message."""
+    return sum("?" in command for command in message.split(";"))
+
+
 class VisaSession:
     """A reconnecting pyvisa session for one instrument.
 
@@ -205,6 +210,9 @@ class VisaSession:
         self._lock = threading.RLock()
         self.reconnects = 0  # re-opens after the first open (lost connections, timeouts)
         self._opened_before = False
+        # Set by a driver whose instrument answers each query of a ';' compound line on its own
+        # terminated line (SR830 manual p. 5-2); see query().
+        self.separate_replies = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open(self) -> None:
@@ -308,8 +316,22 @@ class VisaSession:
         return bytes(data)
 
     def query(self, message: str, *, idempotent: bool = True) -> str:
-        """Text query (write then read one reply line), stripped of the termination."""
-        return self.transaction(lambda r: r.query(message).strip(), what=repr(message), idempotent=idempotent)
+        """Text query (write then read the reply), stripped of the termination.
+
+        A compound message (``"LIAS?;ERRS?;*ESR?"``) costs one round trip and returns its replies
+        joined by ``;`` as IEEE 488.2 instruments send them. If :attr:`separate_replies` is set
+        the instrument answers each query on its own line; one line per query of the message is
+        then read (in the same exchange) and the lines are joined by ``;``.
+        """
+        count = compound_query_count(message) if self.separate_replies else 1
+        if count <= 1:
+            return self.transaction(lambda r: r.query(message).strip(), what=repr(message), idempotent=idempotent)
+
+        def exchange(r: MessageBasedResource) -> str:
+            r.write(message)
+            return ";".join(r.read().strip() for _ in range(count))
+
+        return self.transaction(exchange, what=repr(message), idempotent=idempotent)
 
     def write(self, message: str, *, idempotent: bool = True) -> None:
         """Text write."""

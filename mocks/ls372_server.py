@@ -1,6 +1,10 @@
 """A simulated LakeShore 372 on a TCP socket (as its Ethernet port 7777), for the real driver.
 
 Replies end in ``\\r\\n`` like the instrument's; commands may end in ``\\n`` or ``\\r\\n``.
+Several commands may share a line separated by ``;``, but only the last query of a line is
+answered: Lake Shore's manuals for this instrument family (Model 370, 340, 332 "Message
+Strings") say "The instrument will respond only to the last query it receives", and the 372
+manual documents no compound query reply, so the simulation offers none either.
 The temperature of each input is the base temperature of :class:`ThermometerState` plus any
 excursion the lab sets and any ``temperature_excursion`` fault active for the present spectrum
 (``params.kelvin`` above base). Transport faults (``FaultPlan.on_command("ls372", header)``)
@@ -105,6 +109,9 @@ class LS372Server(LineServer):
 
     def refuse(self, esr_bits: int) -> None:
         self.state.flag_esr(esr_bits)
+
+    def reply_lines(self, replies: list[str]) -> list[str]:
+        return replies[-1:]  # only the last query of a line is answered (module docstring)
 
     def execute(self, header: str, is_query: bool, args: list[str]) -> str | None:
         if header == "*IDN" and is_query:

@@ -2,8 +2,10 @@
 
 The real driver reaches it through pyvisa-py (``TCPIP::127.0.0.1::PORT::SOCKET``) and has no
 code path of its own for it. Lines are ``\\n`` terminated; several commands may share a line
-separated by ``;`` as on the real instrument; each query reply is sent in one write with
-``TCP_NODELAY`` set. Like the real SR830, a query the instrument cannot execute gets *no* reply
+separated by ``;`` as on the real instrument. Their replies follow the manuals: the SR830 answers
+each query of such a line on its own terminated line (SR830 manual p. 5-2), the SR860 answers
+them in one line separated by ``;`` (SR860 manual ch. 4). The replies to one line are sent in
+one write with ``TCP_NODELAY`` set. Like the real SR830, a query the instrument cannot execute gets *no* reply
 and sets a bit of the standard event status register (``*ESR?`` bit 4 execution error, bit 5
 command error); the driver checks ``*ESR?`` after every set.
 
@@ -241,6 +243,14 @@ class LineServer(TcpServerBase):
         """Commands on one received line (``;``-separated by default)."""
         return [c for c in line.split(";") if c.strip()]
 
+    def reply_lines(self, replies: list[str]) -> list[str]:
+        """The reply lines sent for the query replies of one received line, in order.
+
+        Default (SR830 manual p. 5-2): "If multiple queries are sent on one command line ...
+        the answers will be returned individually, each with a terminator."
+        """
+        return replies
+
     # -- per connection (TcpServerBase.serve) ---------------------------------------------
     def serve(self, conn: socket.socket) -> None:
         """Read ``\\n``-terminated lines and run their commands until the peer closes."""
@@ -253,37 +263,38 @@ class LineServer(TcpServerBase):
             while b"\n" in buffer:
                 raw, buffer = buffer.split(b"\n", 1)
                 line = raw.decode("ascii", errors="replace").strip("\r ")
+                replies: list[str] = []
                 for command in self.split(line):
-                    if not self._serve_command(conn, command):
+                    keep_open, reply = self._serve_command(command)
+                    if not keep_open:
                         return
+                    if reply is not None:
+                        replies.append(reply)
+                if replies:  # all reply lines of one command line in one write
+                    conn.sendall("".join(r + self.reply_termination for r in self.reply_lines(replies))
+                                 .encode("ascii"))
 
-    def _serve_command(self, conn: socket.socket, command: str) -> bool:
-        """Handle one command; False when the connection is to be closed."""
+    def _serve_command(self, command: str) -> tuple[bool, str | None]:
+        """Handle one command: (False, None) when the connection is to be closed, else the reply."""
         header, is_query, args = split_command(command)
         fault = self.faults.on_command(self.instrument, header) if self.faults is not None else None
         if fault is not None:
             log.info("%s: fault %s on %r", self.instrument, fault.kind.value, command)
             if fault.kind is FaultKind.CONNECTION_DROP:
-                return False
+                return False, None
             if fault.kind is FaultKind.NO_REPLY:
-                return True
+                return True, None
             if fault.kind is FaultKind.ERROR_REPLY:
                 self.refuse(ESR_EXECUTION_ERROR)
-                return True
+                return True, None
             if fault.kind is FaultKind.DELAY:
                 time.sleep(float(fault.params["delay_s"]))
         try:
-            reply = self.execute(header, is_query, args)
+            return True, self.execute(header, is_query, args)
         except CommandRefused as refused:
             log.info("%s: refused %r", self.instrument, command)
             self.refuse(refused.esr_bits)
-            return True
-        if reply is not None:
-            try:
-                conn.sendall((reply + self.reply_termination).encode("ascii"))  # one write per reply
-            except OSError:
-                return False
-        return True
+            return True, None
 
 
 # -- the SR830 / SR860 ---------------------------------------------------------------------------
@@ -316,6 +327,13 @@ class SR830Server(LineServer):
 
     def refuse(self, esr_bits: int) -> None:
         self.state.flag_esr(esr_bits)
+
+    def reply_lines(self, replies: list[str]) -> list[str]:
+        # SR860 manual ch. 4 "Command Syntax": several queries on one line are answered as one
+        # semicolon-separated string; the SR830 answers each on its own line (LineServer).
+        if self.model.name == "SR860":
+            return [";".join(replies)]
+        return replies
 
     def _overloaded(self) -> bool:
         plan = self.faults

@@ -92,11 +92,13 @@ class TcpServerBase(abc.ABC):
         if server is None:
             return
         server.shutdown()
-        server.server_close()
         with self._conn_lock:
             conns, self._connections = set(self._connections), set()
         for conn in conns:
             close_quietly(conn)
+        # After the connections: server_close() joins every handler thread (block_on_close), and
+        # a handler only returns once its connection is shut down.
+        server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

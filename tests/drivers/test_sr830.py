@@ -132,8 +132,8 @@ def test_refused_set_raises_controller_error():
 
 def test_status_decodes_overloads_and_check_raises():
     li, session = lockin([
-        ("LIAS?", "5"), ("ERRS?", "0"), ("*ESR?", "0"),
-        ("LIAS?", "2"), ("ERRS?", "0"), ("*ESR?", "0"),
+        ("LIAS?;ERRS?;*ESR?", "5;0;0"),
+        ("LIAS?;ERRS?;*ESR?", "2;0;0"),
     ])
     status = li.status()
     assert status.input_overload and status.output_overload and not status.reserve_overload
@@ -145,8 +145,8 @@ def test_status_decodes_overloads_and_check_raises():
 
 def test_unlock_is_a_warning_and_hardware_errors_are_errors():
     li, session = lockin([
-        ("LIAS?", "8"), ("ERRS?", "0"), ("*ESR?", "0"),
-        ("LIAS?", "0"), ("ERRS?", "64"), ("*ESR?", "32"),
+        ("LIAS?;ERRS?;*ESR?", "8;0;0"),
+        ("LIAS?;ERRS?;*ESR?", "0;64;32"),
     ])
     with pytest.warns(LockInWarning, match="unlocked"):
         status = li.check()
@@ -157,7 +157,7 @@ def test_unlock_is_a_warning_and_hardware_errors_are_errors():
 
 
 def test_sr860_status_register():
-    li, session = lockin([("CUROVLDSTAT?", "16"), ("*ESR?", "0"), ("CUROVLDSTAT?", "520"), ("*ESR?", "0")],
+    li, session = lockin([("CUROVLDSTAT?;*ESR?", "16;0"), ("CUROVLDSTAT?;*ESR?", "520;0")],
                          model=SR860)
     assert li.status().input_overload
     status = li.status()  # 520 = bit 3 (unlock) + bit 9 (not decoded: reported, not dropped)
@@ -176,3 +176,10 @@ def test_recorded_session_reports_unused_exchanges():
     li.get_frequency()
     with pytest.raises(AssertionError, match="unused"):
         session.assert_done()
+
+
+def test_status_with_a_missing_answer_is_a_reply_error():
+    li, session = lockin([("LIAS?;ERRS?;*ESR?", "0;0")])
+    with pytest.raises(InstrumentReplyError, match="expected 3"):
+        li.status()
+    session.assert_done()

@@ -54,3 +54,19 @@ def test_another_instrument_at_the_address_is_named():
         with pytest.raises(ControllerError, match="not a LakeShore 372"):
             open_thermometer(VisaSettings(server.resource, timeout_s=0.5, read_termination="\n",
                                           write_termination="\n"), channel="A")
+
+
+def test_only_the_last_query_of_a_line_is_answered():
+    # Lake Shore "Message Strings": the instrument responds only to the last query it receives.
+    import socket
+
+    with LS372Server(ThermometerState(base_k=0.25)) as server:
+        with socket.create_connection(server.address, timeout=2.0) as sock:
+            sock.sendall(b"RDGST? A;KRDG? A\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                reply += sock.recv(4096)
+            assert reply == b"+2.500000E-01\r\n"
+            sock.settimeout(0.05)
+            with pytest.raises(TimeoutError):
+                sock.recv(4096)

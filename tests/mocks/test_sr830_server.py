@@ -158,3 +158,44 @@ def test_server_stop_closes_clients_and_port_is_free():
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
+
+
+def _raw_exchange(server: SR830Server, line: str, *, lines: int) -> list[str]:
+    """Send one command line on a plain socket and read ``lines`` reply lines."""
+    with socket.create_connection(server.address, timeout=2.0) as sock:
+        sock.sendall(line.encode("ascii") + b"\n")
+        buffer = b""
+        while buffer.count(b"\n") < lines:
+            chunk = sock.recv(4096)
+            assert chunk, f"server closed after {buffer!r}"
+            buffer += chunk
+        sock.settimeout(0.05)  # nothing more may follow
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)
+    return buffer.decode("ascii").splitlines()
+
+
+def test_compound_query_replies_follow_each_manual():
+    # SR830 manual p. 5-2: each answer on its own line; SR860 manual ch. 4: one ';'-joined line.
+    state = LockInState()
+    state.set_overload(True)
+    with SR830Server(state) as server:
+        assert _raw_exchange(server, "LIAS?;ERRS?;*ESR?", lines=3) == ["1", "0", "0"]
+        assert _raw_exchange(server, "FOO?;*ESR?", lines=1) == ["32"]  # refused query: no line, ESR bit 5
+    with SR830Server(LockInState("SR860", overload=True)) as server:
+        assert _raw_exchange(server, "CUROVLDSTAT?;*ESR?", lines=1) == ["16;0"]
+
+
+@pytest.mark.parametrize("model, bits", [("SR830", "input_overload"), ("SR860", "input_overload")])
+def test_driver_status_is_one_compound_query_through_pyvisa(model, bits):
+    state = LockInState(model)
+    with SR830Server(state) as server, connect(server, model=model) as li:
+        assert li.session.separate_replies is (model == "SR830")
+        assert not li.status().overloaded
+        state.set_overload(True)
+        assert getattr(li.status(), bits)
+        state.set_overload(False)
+        li.session.write("FOO")  # a refused command shows in *ESR? of the next status
+        assert "command error" in " ".join(li.status().errors)
+        li.set_time_constant(3e-3)  # the stream is still in step: a single query after compound ones
+        assert li.get_time_constant() == 3e-3
