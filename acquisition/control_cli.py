@@ -5,6 +5,12 @@ Examples::
     stslive control --connect tcp://127.0.0.1:5557 pause
     stslive control --connect tcp://127.0.0.1:5557 remeasure --pixels 3,4 3,5
     stslive control --connect tcp://127.0.0.1:5557 set --setpoint-set 1
+    stslive control --connect tcp://scanpc:5557 --keys KEYDIR --client alice pause
+
+With ``--keys KEYDIR --client NAME`` the command goes over ZeroMQ CURVE with the key pair
+``KEYDIR/clients/NAME.key_secret`` to the server whose public key is ``KEYDIR/server.key``
+(the layout of ``stslive keys``). The scan answers only keys listed in its ``controllers/``
+folder: any other key (a viewer's) gets no reply, reported as a timeout naming authentication.
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ import argparse
 import json
 from typing import Any
 
+from stslive.acquisition.security import Security
 from stslive.acquisition.state import COMMANDS
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, InstrumentTimeout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``stslive control``."""
     parser.add_argument("--connect", default="tcp://127.0.0.1:5557", help="the scan's control endpoint")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    parser.add_argument("--keys", metavar="KEYDIR", help="CURVE key directory (server.key, clients/NAME.key_secret) "
+                        "for a control socket bound with keys")
+    parser.add_argument("--client", metavar="NAME", help="with --keys: this controller's key pair name")
     parser.add_argument("name", choices=sorted(COMMANDS), metavar="COMMAND",
                         help="; ".join(f"{n}: {c.doc}" for n, c in COMMANDS.items()))
     parser.add_argument("--pixels", nargs="+", metavar="IY,IX", help="remeasure: pixels as IY,IX")
@@ -39,6 +49,30 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--pixels {args.pixels}: give each pixel as IY,IX (integers)") from None
     if args.setpoint_set is not None:
         extra["setpoint_set"] = args.setpoint_set
-    reply = send_command(args.connect, args.name, timeout_s=args.timeout, **extra)
+    security = client_security(args.keys, args.client)
+    try:
+        reply = send_command(args.connect, args.name, timeout_s=args.timeout, security=security, **extra)
+    except InstrumentTimeout as exc:
+        if security is None:
+            raise
+        # a CURVE server drops a refused handshake silently: the client only sees the silence
+        raise InstrumentTimeout("control", f"{exc.detail} With keys, no reply also means authentication failed: "
+                                f"is {args.client!r} a controller key (in {args.keys}/controllers/ on the scan "
+                                "machine, made with 'stslive keys --role control'), and is server.key the "
+                                "scan's?") from None
     print(json.dumps(reply))
     return 0 if reply.get("ok") else 1
+
+
+def client_security(keys: str | None, client: str | None) -> Security | None:
+    """CURVE client keys from ``--keys KEYDIR --client NAME`` (both or neither); None without keys.
+
+    Raises
+    ------
+    ConfigError
+        One option without the other.
+    """
+    if (keys is None) != (client is None):
+        raise ConfigError("--keys KEYDIR and --client NAME go together: the client key pair is "
+                          "KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME')")
+    return None if keys is None else Security.from_dir(keys, client=client)

@@ -41,9 +41,11 @@ from stslive.acquisition.stream import (
     FailedPixelDoc,
     HeartbeatDoc,
     StartDoc,
+    Security,
     StopDoc,
-    check_local_endpoint,
+    check_bind,
     event_fields,
+    secure_server,
 )
 from stslive.acquisition.stream_consumer import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
@@ -82,7 +84,7 @@ class AnalyserService:
     archive
         The run archive (backfill on late join / restart, gap recovery); optional.
     bind
-        Endpoint of the results PUB socket (loopback only); None: do not publish.
+        Endpoint of the results PUB socket (loopback only unless ``security``); None: do not publish.
     out
         Analysis file; default beside the archive, none without an archive.
     options, flag_config, settings
@@ -91,12 +93,18 @@ class AnalyserService:
         flag thresholds, service tunables.
     context
         ZeroMQ context (tests inject one).
+    security
+        CURVE server keys of the results PUB (role ``data``: viewer and controller keys read it,
+        :mod:`stslive.acquisition.security`); ``None``: no keys, loopback only.
+    stream_security
+        CURVE client keys for a run stream bound with keys; ``None``: plain connection.
     """
 
     def __init__(self, connect: str, *, archive: str | os.PathLike[str] | None = None, bind: str | None = None,
                  out: str | os.PathLike[str] | None = None, options: KernelOptions | None = None,
                  flag_config: FlagConfig | None = None, settings: AnalyserSettings | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, security: Security | None = None,
+                 stream_security: Security | None = None) -> None:
         self.connect = connect
         self.archive = None if archive is None else Path(archive)
         self.out = Path(out) if out is not None else (analysis_path_for(self.archive) if self.archive else None)
@@ -105,15 +113,24 @@ class AnalyserService:
         self.settings = settings or AnalyserSettings()
         self._ctx = context or zmq.Context.instance()
         self._pub: zmq.Socket | None = None
+        self._stream_security = stream_security
+        self._guard = None  # CURVE: released in close(), after the PUB socket
         if bind is not None:
-            check_local_endpoint(bind)
+            check_bind(bind, security)
             self._pub = self._ctx.socket(zmq.PUB)
             self._pub.setsockopt(zmq.SNDHWM, self.settings.hwm)
             self._pub.setsockopt(zmq.LINGER, 0)
             try:
+                if security is not None:
+                    self._guard = secure_server(self._pub, security, role="data")
                 self._pub.bind(bind)
+            except StsliveError:  # a key file or folder is missing: the message says how to make it
+                self._pub.close()
+                raise
             except zmq.ZMQError as exc:
                 self._pub.close()
+                if self._guard is not None:
+                    self._guard.release()
                 raise StreamError(f"cannot bind the results stream to {bind!r} ({exc}); is the port in use?") from exc
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -159,6 +176,8 @@ class AnalyserService:
         if self._pub is not None:
             self._pub.close(linger=0)
             self._pub = None
+        if self._guard is not None:
+            self._guard.release()
 
     def wait_for_stop(self, run_uid: str | None = None, *, timeout_s: float = 60.0) -> bool:
         """Wait until a run's stop has been processed (any run when None); True if it was."""
@@ -179,9 +198,12 @@ class AnalyserService:
 
     # -- receiver thread ----------------------------------------------------------------------
     def _receive(self) -> None:
-        sub = RunSubscriber(self.connect, hwm=self.settings.hwm, context=self._ctx)
+        sub: RunSubscriber | None = None
         backfilled: set[tuple[int, int]] = set()
         try:
+            # inside the try: a missing client key file (ConfigError) is reported like a refused endpoint
+            sub = RunSubscriber(self.connect, hwm=self.settings.hwm, context=self._ctx,
+                                security=self._stream_security)
             time.sleep(0.2)  # let the subscription reach the publisher before reading the archive
             if self.archive is not None and self.archive.is_file():
                 backfilled = self._backfill()
@@ -209,8 +231,9 @@ class AnalyserService:
             self.errors.append(str(exc))
             log.error("analyser receiver: %s", exc)
         finally:
-            self.subscriber_stats = sub.stats()
-            sub.close()
+            if sub is not None:
+                self.subscriber_stats = sub.stats()
+                sub.close()
             self._ready.set()
             self._queue.put(("end", None))
 
