@@ -4,6 +4,13 @@ Examples::
 
     stslive analyser --connect tcp://127.0.0.1:5556 --archive run.h5 --bind tcp://127.0.0.1:5560
     stslive analyser --connect tcp://127.0.0.1:5556 --once --config flags.toml
+    stslive analyser --connect tcp://127.0.0.1:5556 --keys KEYDIR --client analyser --bind tcp://0.0.0.0:5560
+
+Remote monitoring (issue 6): ``--keys KEYDIR`` (the layout of ``stslive keys``) makes the results
+PUB a CURVE server with ``KEYDIR/server.key_secret`` that admits the keys in ``viewers/`` and
+``controllers/``; only then may ``--bind`` be beyond loopback. ``--client NAME`` also connects to
+a run stream bound with keys (``[stream] keys`` of the scan), with ``KEYDIR/clients/NAME.key_secret``;
+without it the run stream is read without keys.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from stslive.acquisition.stream import Security
+from stslive.drivers.errors import ConfigError
 from stslive.live.analyser import AnalyserService, AnalyserSettings
 from stslive.live.flags import FlagConfig, load_flag_config
 from stslive.live.kernels import KernelOptions
@@ -20,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``analyser`` subcommand."""
     parser.add_argument("--connect", required=True, help="run stream endpoint, e.g. tcp://127.0.0.1:5556")
     parser.add_argument("--archive", help="the run archive RUN.h5: backfill on late join, fill seq gaps")
-    parser.add_argument("--bind", default="tcp://127.0.0.1:5560", help="results PUB endpoint (loopback)")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:5560", help="results PUB endpoint (loopback unless --keys)")
+    parser.add_argument("--keys", metavar="KEYDIR", help="CURVE key directory ('stslive keys'): the results PUB "
+                        "admits only its viewer and controller keys and may bind beyond loopback")
+    parser.add_argument("--client", metavar="NAME", help="with --keys: read a run stream bound with keys as "
+                        "client NAME (KEYDIR/clients/NAME.key_secret)")
     parser.add_argument("--out", help="analysis file (default: RUN.analysis.h5 beside the archive)")
     parser.add_argument("--config", help="TOML file with a [flags] table of flag thresholds")
     parser.add_argument("--dynes-width-meV", type=float, default=None,
@@ -33,9 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the service until interrupted (or, with ``--once``, until the run stops)."""
+    if args.client is not None and args.keys is None:
+        raise ConfigError("--client NAME needs --keys KEYDIR (the client key pair is KEYDIR/clients/NAME.key_secret)")
     flags = load_flag_config(args.config) if args.config else FlagConfig()
     service = AnalyserService(
         args.connect, archive=args.archive, bind=args.bind, out=args.out,
+        security=None if args.keys is None else Security.from_dir(args.keys),
+        stream_security=None if args.client is None else Security.from_dir(args.keys, client=args.client),
         options=KernelOptions(dynes_width_eV=None if args.dynes_width_meV is None else args.dynes_width_meV * 1e-3),
         flag_config=flags,
         settings=AnalyserSettings(snapshot_every=args.snapshot_every),

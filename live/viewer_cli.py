@@ -2,6 +2,10 @@
 
     stslive view RUN.h5 [--analysis maps.h5] [--snapshot FILE.png]
     stslive view --connect tcp://127.0.0.1:5560 [--archive RUN.h5]
+    stslive view --connect tcp://scanpc:5560 --keys KEYDIR --client screen
+
+``--keys KEYDIR --client NAME`` follows an analyser bound with CURVE keys, as client NAME
+(``KEYDIR/clients/NAME.key_secret``) of the server ``KEYDIR/server.key`` (``stslive keys`` layout).
 
 ``--snapshot`` renders the window offscreen to a PNG of ``--size`` pixels and exits (tests,
 sharing); without it the window opens and follows the source until closed.
@@ -33,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "RUN.analysis.h5 beside the archive when present")
     parser.add_argument("--connect", metavar="ENDPOINT", help="follow the analyser's results stream, "
                         "e.g. tcp://127.0.0.1:5560")
+    parser.add_argument("--keys", metavar="KEYDIR", help="with --connect: CURVE key directory (server.key and "
+                        "clients/NAME.key_secret) for an analyser bound with keys")
+    parser.add_argument("--client", metavar="NAME", help="with --keys: this viewer's key pair name")
     parser.add_argument("--current", metavar="NAME", help="current channel for the spectra (default: the "
                         "first channel named 'Current ...')")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the first stream "
@@ -49,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     if args.connect is None and args.archive is None and args.analysis is None:
         raise ConfigError("give a run archive (stslive view RUN.h5), --analysis maps.h5, or --connect ENDPOINT")
+    if (args.keys is None) != (args.client is None) or (args.keys is not None and args.connect is None):
+        raise ConfigError("--keys KEYDIR and --client NAME go together, with --connect ENDPOINT: the viewer's key "
+                          "pair is KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME --role viewer')")
+    from stslive.acquisition.stream import Security
     from stslive.live.viewer import ControlRoomWindow, dispose, qt_app, render_snapshot
     from stslive.live.viewer_sources import FileSource, StreamSource
 
@@ -56,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.connect is not None:
         if args.analysis is not None:
             raise ConfigError("--analysis goes with a file view; with --connect the analyser supplies the results")
+        security = None if args.keys is None else Security.from_dir(args.keys, client=args.client)
         source = StreamSource.connect(args.connect, timeout_s=args.timeout, archive=args.archive,
-                                      current=args.current)
+                                      current=args.current, security=security)
     else:
         source = FileSource(args.archive, analysis=args.analysis, current=args.current)
     source.start()

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from scipy.signal import savgol_filter
@@ -25,6 +25,9 @@ from stslive.acquisition.inputs import TOPO_FROM_FILE, TOPO_FROM_Z, topography_f
 from stslive.drivers.errors import FileFormatError, StreamError, StsliveError
 from stslive.live.results import PixelResult, ResultsModel
 from stslive.live.results_io import apply_message, decode_message, load_maps_h5, model_from_message
+
+if TYPE_CHECKING:
+    from stslive.acquisition.stream import Security
 
 log = logging.getLogger(__name__)
 
@@ -450,9 +453,16 @@ class StreamSource(_SourceBase):
 
     @classmethod
     def connect(cls, endpoint: str, *, timeout_s: float = 10.0, context: object | None = None,
-                archive: str | Path | None = None, current: str | None = None) -> StreamSource:
-        """Subscribe to ``endpoint`` and wait up to ``timeout_s`` for the grid shape."""
+                archive: str | Path | None = None, current: str | None = None,
+                security: Security | None = None) -> StreamSource:
+        """Subscribe to ``endpoint`` and wait up to ``timeout_s`` for the grid shape.
+
+        ``security``: this viewer's CURVE client keys for an analyser bound with keys (an
+        unknown key receives nothing: the timeout error then names authentication).
+        """
         import zmq
+
+        from stslive.acquisition.stream import secure_client  # zmq only when a stream is followed
 
         ctx = context or zmq.Context.instance()
         sock = ctx.socket(zmq.SUB)
@@ -460,6 +470,12 @@ class StreamSource(_SourceBase):
         sock.setsockopt(zmq.LINGER, 0)
         for topic in STREAM_TOPICS:
             sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        if security is not None:
+            try:
+                secure_client(sock, security)
+            except StsliveError:  # a key file is missing: the message says how to make it
+                sock.close()
+                raise
         sock.connect(endpoint)
         deadline = time.monotonic() + timeout_s
         pending = []
@@ -479,8 +495,11 @@ class StreamSource(_SourceBase):
                 return source
             pending.append((topic, header, arrays))
         sock.close()
+        # a CURVE server drops a refused handshake without a word: silence is all the client sees
+        auth = ("" if security is None else "; with keys, also check that this client's key is in the analyser's "
+                "viewers/ or controllers/ folder and that server.key is the analyser's (authentication)")
         raise StreamError(f"no results on {endpoint} within {timeout_s:.0f} s: is `stslive analyser` running and "
-                          "publishing there?")
+                          f"publishing there?{auth}")
 
     def _apply(self, topic: str, header: dict, arrays: dict) -> None:
         try:
