@@ -4,32 +4,51 @@ Dask is an optional extra (``pip install 'stslive[dask]'``); nothing else in sts
 
 The graph per input file, built on the client from the file's metadata only:
 
-* **read** - one task per block of whole grid rows opens the file itself (h5py datasets and
-  open files are not picklable, and an HDF5 handle shared across threads needs a global lock)
-  and returns the block's picked channels, ``(rows, nx, n_channels, n_points)`` float32, the
-  exact arrays :meth:`SpectraSource.read_block` gives the single-process path. The blocks are
-  assembled into one dask array with ``da.from_delayed`` (and, for Nanonis grids whose sweep
-  differs per pixel, a second one of per-pixel sweeps, float64 as the single path uses them).
-* **analyse** - ``da.blockwise`` over the row blocks runs :func:`~stslive.live.pipeline.analyse_arrays`
-  (the kernels) on the measured pixels of each block and returns one ``(rows, nx, F)`` float64
-  stack of the :class:`~stslive.live.kernels.SpectrumAnalysis` fields (float32, int8 and bool
-  values all convert to float64 and back exactly). The scheduler runs it where the block was
-  read, so only the stack (F * 8 bytes per pixel instead of 4 * n_points * channels) travels.
-  With the same block size as the single path (64 MB, the default) the kernels see the same
-  batches, so the maps are bit-identical; other block sizes change Delta by float32 rounding
-  only (~1e-6 relative, measured): the gap kernel's template products run through BLAS, whose
-  summation order depends on the batch shape.
 * **calibrate** - the peak-template Dynes width is fixed per map before the blocks run, by
   :func:`~stslive.live.pipeline.calibrate_source` in a task (the same rule and the same first
   block as the single-process path), so both paths use the same templates.
-* **gather** - the stacks come back to the client, which fills a
+* **analyse** - the results of a file are one dask array ``(ny, nx, len(FIELDS))`` float64 made by
+  ``da.map_blocks`` over blocks of whole grid rows (:func:`analysis_array`). Each block is ONE
+  task that opens the file (h5py files are not picklable), reads its rows exactly as
+  :meth:`SpectraSource.read_block` gives them to the single path, runs
+  :func:`~stslive.live.pipeline.analyse_arrays` (the kernels) on the measured pixels and
+  returns only the stack of :class:`~stslive.live.kernels.SpectrumAnalysis` fields (float32,
+  int8 and bool values convert to float64 and back exactly). Spectra never cross a process
+  boundary: with read and kernels as two tasks, the scheduler moved 64 MB blocks between
+  workers and kept read-ahead blocks in worker memory (3.8x slower than the single path on
+  this machine; ``stslive bench-campaign``). With the single path's block size (64 MB, the
+  default) the kernels see the same batches, so the maps are bit-identical; other block sizes
+  change Delta by float32 rounding only (~1e-6 relative, measured): the gap kernel's template
+  products run through BLAS, whose summation order depends on the batch shape.
+* **gather** - the stacks come back to the client as blocks finish, which fills a
   :class:`~stslive.live.results.ResultsModel` with :func:`~stslive.live.pipeline.apply_to_model`;
   the correlations (FFT over the whole map) then run on the client exactly as in the single
   path (:func:`stslive.live.analyse_cli.write_outputs`).
 
-Workers and client must see the files under the same path (a shared file system). Kernel
-thread pools are set to one thread per task (``KernelOptions.threads = 1``): Dask's workers
-provide the parallelism, and a pool per task would oversubscribe the cores.
+Workers and client must see the files under the same path (a shared file system).
+
+Threads and scaling on a real cluster (per map of ny x nx pixels, n points, c channels, float32)
+------------------------------------------------------------------------------------------------
+* Threads: one worker PROCESS per core, one thread each (``dask worker --nworkers N --nthreads 1``,
+  or :func:`dask_client`'s LocalCluster default), and the kernels' own pool set to one thread per
+  task (``KernelOptions.threads = 1``, done here); Dask's nanny also sets OMP/MKL/OpenBLAS to 1
+  thread in its workers. Processes rather than threads because h5py serialises every HDF5 call
+  of a process behind one lock, so threads of one worker would queue on their reads; a kernel
+  pool per task on top of N workers would run N x cores threads on N cores.
+* Memory per worker: one task holds one block of B bytes of spectra (``--block-mb``, default
+  64 MB, the single path's block, which keeps the maps bit-identical) plus the kernels' working
+  set (chunks of 512 spectra, a few MB) plus its result stack (rows x nx x 15 x 8 bytes, ~1 % of
+  B for 1601 points and 2 channels): ~2 B + 50 MB, i.e. ~200 MB per single-thread worker at the
+  default, independent of the map and campaign size; no read-ahead block is ever held, since a
+  block exists only inside the task that analyses it.
+* Bytes moved per block: the worker reads its B bytes from (shared) storage, and sends only the
+  result stack (rows x nx x 120 bytes: 9 MB for a whole 300 x 250 map, against 960 MB of
+  spectra with the lock-in) to the client, plus a few kB of task metadata through the
+  scheduler. Worker-to-worker traffic is zero.
+* Throughput then scales with worker cores until the storage's read bandwidth is the limit: a
+  core at ~10,000 spectra/s (measured here) reads ~100-130 MB/s of 1601-point spectra (1-2
+  channels), so a 1 GB/s file server feeds ~8-10 cores; beyond that, put the workers where the
+  data is. The client's per-map work (correlations, figures, report: seconds) is the serial part.
 """
 
 from __future__ import annotations
@@ -56,7 +75,7 @@ if TYPE_CHECKING:  # dask is optional: imported at run time by require_dask()
     from distributed import Client
 
 __all__ = [
-    "FIELDS", "require_dask", "dask_client", "is_scheduler_address", "rows_per_block", "spectra_array",
+    "FIELDS", "require_dask", "dask_client", "is_scheduler_address", "rows_per_block",
     "analysis_array", "calibrate_remote", "model_from_stack", "DaskRun", "analyse_inputs_dask",
 ]
 
@@ -83,8 +102,8 @@ def is_scheduler_address(text: str) -> bool:
 
 
 @contextmanager
-def dask_client(address: str | None, *, workers: int | None = None,
-                threads_per_worker: int = 1) -> Iterator[Client]:
+def dask_client(address: str | None, *, workers: int | None = None, threads_per_worker: int = 1,
+                connect_timeout: str | float | None = None) -> Iterator[Client]:
     """A distributed Client: to ``address``, or to a LocalCluster of processes made here.
 
     Parameters
@@ -93,23 +112,32 @@ def dask_client(address: str | None, *, workers: int | None = None,
         Scheduler address of an existing cluster (``tcp://host:8786``); None starts a
         LocalCluster with ``workers`` worker processes (default: one per core) of
         ``threads_per_worker`` threads, closed on exit.
+    connect_timeout : str, float or None
+        How long to try reaching ``address`` (``"60s"`` or seconds); None: Dask's
+        ``distributed.comm.timeouts.connect`` (30 s unless configured, e.g. by
+        ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s``).
     """
     require_dask()
+    import dask.config
     from distributed import Client, LocalCluster
 
     if address is not None:
         if not is_scheduler_address(address):
             raise ConfigError(f"--dask {address!r} is not a scheduler address (tcp://HOST:PORT); put --dask "
                               "after the inputs, or write --dask=tcp://HOST:PORT")
+        timeout = connect_timeout if connect_timeout is not None else dask.config.get(
+            "distributed.comm.timeouts.connect")
         try:
-            client = Client(address, timeout="10s")
-        except OSError as exc:
-            raise ConfigError(f"cannot reach the Dask scheduler at {address} ({exc}); start it "
-                              "(dask scheduler) or drop the address to use a local cluster") from exc
+            client = Client(address, timeout=timeout)
+        except OSError as exc:  # TimeoutError is an OSError too
+            raise ConfigError(f"cannot reach the Dask scheduler at {address} within {timeout} ({exc}); start it "
+                              "(dask scheduler), give a loaded cluster longer "
+                              "(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s) or drop the address to use a "
+                              "local cluster") from exc
         with client:
             yield client
         return
-    n = workers if workers is not None else max(1, os.cpu_count() or 1)
+    n = workers if workers is not None else len(os.sched_getaffinity(0))
     # dashboard on a free port: a second analysis on the same machine would fight over 8787
     with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
@@ -121,37 +149,31 @@ def rows_per_block(nx: int, n_points: int, n_channels: int, *, max_block_bytes: 
     return max(1, int(max_block_bytes // (nx * n_points * n_channels * 4)))
 
 
-def _read_rows(path: str, rows: slice, options: KernelOptions) -> tuple[np.ndarray, np.ndarray | None]:
-    """Task: the picked channels of grid rows ``rows`` (file opened and closed in the task).
+def _analyse_rows(path: str, options: KernelOptions, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """Task: read grid rows of ``path`` and run the kernels on them -> ``(rows, nx, len(FIELDS))`` float64.
 
-    Returns ``(rows, nx, n_channels, n_points)`` float32 (current, then the lock-in when the
-    options use one) and the per-pixel sweeps ``(rows, nx, n_points)`` float64 when the file
-    has them, else None.
+    Read and kernels are ONE task so that spectra never leave the worker that read them: as two
+    tasks (read, then analyse) the scheduler moved 64 MB blocks between worker processes and kept
+    read-ahead blocks in worker memory, 3.8x slower than the single path (bench-campaign). The
+    file is opened here because h5py files are not picklable. The rows come from dask's
+    ``block_info`` (the block's location in the result array). Unmeasured pixels are NaN (they are
+    never copied into the model).
     """
+    assert block_info is not None  # map_blocks always passes it to a function that asks for it
+    start, stop = block_info[None]["array-location"][0]
     with open_input(path, options=options) as source:
         try:
-            block = source.read_block(rows)
+            block = source.read_block(slice(start, stop))
         except OSError as exc:  # the same message the single path gives for a damaged file
             raise FileFormatError(source.path, f"cannot read the spectra ({exc}); the file is truncated "
                                                "or corrupt, re-copy it or export it again") from exc
-    channels = [block.current] + ([] if block.lockin is None else [block.lockin])
-    spectra = np.stack(channels, axis=2)
-    return spectra, (block.bias if block.bias.ndim == 3 else None)
-
-
-def _analyse_block(spectra: np.ndarray, measured: np.ndarray, bias_block: np.ndarray | None = None, *,
-                   bias: np.ndarray, options: KernelOptions) -> np.ndarray:
-    """Task: :func:`analyse_arrays` on the measured pixels of a block -> ``(rows, nx, len(FIELDS))`` float64.
-
-    Unmeasured pixels are NaN (they are never copied into the model).
-    """
-    out = np.full((*measured.shape, len(FIELDS)), np.nan)
-    rows, cols = np.nonzero(measured)
+    out = np.full((*block.measured.shape, len(FIELDS)), np.nan)
+    rows, cols = np.nonzero(block.measured)
     if rows.size:
-        sweep = bias if bias_block is None else bias_block[rows, cols]
-        picked = spectra[rows, cols]
-        analysis = analyse_arrays(sweep, current=picked[:, 0], options=options,
-                                  lockin=picked[:, 1] if picked.shape[1] > 1 else None)
+        # exactly what analyse_source hands the kernels for this block (same pixels, same order)
+        analysis = analyse_arrays(block.bias if block.bias.ndim == 1 else block.bias[rows, cols],
+                                  current=block.current[rows, cols], options=options,
+                                  lockin=None if block.lockin is None else block.lockin[rows, cols])
         out[rows, cols] = np.stack([np.asarray(v, dtype=np.float64) for v in analysis], axis=-1)
     return out
 
@@ -165,56 +187,31 @@ class _FileInfo:
     n_points: int
     n_channels: int
     measured: np.ndarray
-    bias: np.ndarray
-    bias_per_pixel: bool
 
 
 def _file_info(path: Path, options: KernelOptions) -> _FileInfo:
     with open_input(path, options=options) as source:
         source.require_bias_sweep()
-        # the read task stacks what read_block gives (the lock-in whenever the file has one, as in
-        # analyse_source; analyse_arrays drops it when the options do not use it)
+        # the spectra a task reads: the current, plus the lock-in when open_input picked one (it
+        # does when the options use it) - the single path's block size counts the same channels
         n_channels = 1 + int(source.lockin_channel is not None)
         return _FileInfo(path=path, shape=source.shape, n_points=source.n_points, n_channels=n_channels,
-                         measured=source.measured, bias=np.asarray(source.bias, dtype=np.float64),
-                         bias_per_pixel=source.bias_per_pixel)
+                         measured=source.measured)
 
 
-def spectra_array(info: _FileInfo, *, options: KernelOptions,
-                  max_block_bytes: int = 64 * 2**20) -> tuple[da.Array, da.Array | None]:
-    """The picked spectra of a file as a dask array ``(ny, nx, n_channels, n_points)`` float32.
+def analysis_array(info: _FileInfo, *, options: KernelOptions, max_block_bytes: int = 64 * 2**20) -> da.Array:
+    """Lazy ``(ny, nx, len(FIELDS))`` float64 results of a file, one fused read + kernels task per row block.
 
-    Chunked per block of whole rows (:func:`rows_per_block`); each chunk is a task that opens the
-    file. Also returns the per-pixel sweeps ``(ny, nx, n_points)`` float64 for files that have
-    them (from the same read tasks), else None.
+    Chunked along y in :func:`rows_per_block` rows (the single path's blocks at the same
+    ``max_block_bytes``); the other axes are one chunk each.
     """
-    import dask
     import dask.array as da
 
     ny, nx = info.shape
     step = rows_per_block(nx, info.n_points, info.n_channels, max_block_bytes=max_block_bytes)
-    spectra, sweeps = [], []
-    for start in range(0, ny, step):
-        rows = slice(start, min(ny, start + step))
-        n = rows.stop - rows.start
-        read = dask.delayed(_read_rows, pure=True, nout=2)(str(info.path), rows, options)
-        spectra.append(da.from_delayed(read[0], shape=(n, nx, info.n_channels, info.n_points), dtype=np.float32))
-        if info.bias_per_pixel:
-            sweeps.append(da.from_delayed(read[1], shape=(n, nx, info.n_points), dtype=np.float64))
-    return da.concatenate(spectra, axis=0), (da.concatenate(sweeps, axis=0) if sweeps else None)
-
-
-def analysis_array(info: _FileInfo, *, options: KernelOptions, max_block_bytes: int = 64 * 2**20) -> da.Array:
-    """Lazy ``(ny, nx, len(FIELDS))`` float64 results of a file: the kernels blockwise over its row blocks."""
-    import dask.array as da
-
-    spectra, sweeps = spectra_array(info, options=options, max_block_bytes=max_block_bytes)
-    measured = da.from_array(info.measured, chunks=(spectra.chunks[0], (info.shape[1],)))
-    arrays: list[Any] = [spectra, "yxcp", measured, "yx"]
-    if sweeps is not None:
-        arrays += [sweeps, "yxp"]
-    return da.blockwise(_analyse_block, "yxf", *arrays, new_axes={"f": len(FIELDS)}, dtype=np.float64,
-                        concatenate=True, bias=info.bias, options=options)
+    row_chunks = tuple(min(step, ny - start) for start in range(0, ny, step))
+    return da.map_blocks(_analyse_rows, str(info.path), options, chunks=(row_chunks, (nx,), (len(FIELDS),)),
+                         dtype=np.float64, meta=np.empty((0, 0, 0)))
 
 
 def _calibrate_task(path: str, options: KernelOptions) -> KernelOptions:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import dask.config
 import pytest
 from distributed import Client, LocalCluster
 
@@ -17,7 +18,8 @@ from stslive.acquisition.nanonis3ds import write_3ds
 from stslive.acquisition.runmodel import GridGeometry
 from stslive.acquisition.simulate_cli import write_film_archive
 from stslive.drivers.errors import ConfigError
-from stslive.live.dask_analysis import analyse_inputs_dask, require_dask, rows_per_block
+from stslive.live.dask_analysis import (FIELDS, _file_info, analyse_inputs_dask, analysis_array, dask_client,
+                                        require_dask, rows_per_block)
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import analyse_source, calibrate_source, open_input
 from stslive.live.results import MAP_SPECS, ResultsModel
@@ -29,10 +31,18 @@ ROW_BYTES = NX * 1601 * 4 * 2  # current + lock-in, float32
 MAPS = tuple(name for name in MAP_SPECS if name not in ("time",))
 
 
+#: How long a loaded machine may take to start the workers or to connect a second client, s.
+#: The first CLI test failed once on the module's former fixed 10 s connect timeout under load.
+UP_TIMEOUT_S = 120
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as c:
+    """ONE 2-worker cluster for the whole file (its start-up is seconds on a loaded machine)."""
+    with dask.config.set({"distributed.comm.timeouts.connect": f"{UP_TIMEOUT_S}s"}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster, timeout=UP_TIMEOUT_S) as c:
+        c.wait_for_workers(2, timeout=UP_TIMEOUT_S)
         yield c
 
 
@@ -109,8 +119,12 @@ def test_cli_on_an_existing_cluster_writes_the_single_path_files(client: Client,
     path = archives[1]
     assert main(["analyse", str(path), "--out", str(tmp_path / "sp"), "--examples", "1"]) == 0, \
         capsys.readouterr().err
-    assert main(["analyse", str(path), "--out", str(tmp_path / "dk"), "--examples", "1",
-                 "--dask", client.scheduler.address]) == 0, capsys.readouterr().err
+    client.wait_for_workers(2, timeout=UP_TIMEOUT_S)  # both workers up before the CLI connects
+    # the CLI's Client takes Dask's connect timeout (None -> config): generous here, under load
+    with dask.config.set({"distributed.comm.timeouts.connect": f"{UP_TIMEOUT_S}s"}):
+        code = main(["analyse", str(path), "--out", str(tmp_path / "dk"), "--examples", "1",
+                     "--dask", client.scheduler.address])
+    assert code == 0, f"stslive analyse --dask {client.scheduler.address} failed: {capsys.readouterr().err}"
     sp, dk = tmp_path / "sp", tmp_path / "dk"
     with h5py.File(sp / "maps.h5") as a, h5py.File(dk / "maps.h5") as b:
         for name in ("delta", "alpha", "valid", "reason"):
@@ -133,3 +147,20 @@ def test_missing_dask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     with pytest.raises(ConfigError, match=r"stslive\[dask\]"):
         require_dask()
+
+
+def test_one_fused_task_per_row_block(archives: list[Path]) -> None:
+    """Read and kernels are one task: the graph holds exactly one task per block, no spectra arrays."""
+    single, options = _single(archives[0], KernelOptions(threads=1), 4 * ROW_BYTES)  # calibrated width
+    info = _file_info(archives[0], options)
+    result = analysis_array(info, options=options, max_block_bytes=4 * ROW_BYTES)
+    assert result.chunks == ((4, 4, 4, 2), (NX,), (len(FIELDS),))
+    assert len(dict(result.__dask_graph__())) == 4
+    block = result.blocks[3].compute(scheduler="sync")  # rows 12-13, read and analysed in one call
+    np.testing.assert_array_equal(block[..., FIELDS.index("alpha")], single.maps["alpha"][12:14])
+
+
+def test_unreachable_scheduler_names_address_and_timeout() -> None:
+    with pytest.raises(ConfigError, match=r"tcp://127\.0\.0\.1:1 within 0\.5s.*TIMEOUTS__CONNECT"):
+        with dask_client("tcp://127.0.0.1:1", connect_timeout="0.5s"):
+            pass
