@@ -19,7 +19,8 @@ socket is closed), ``error_reply`` (execution-error bit set, no reply, command n
 
 Benchmark (not a test): ``python -m stslive.mocks.sr830_server`` prints p50/p99 round trips of
 driver calls through pyvisa-py on loopback (measured on the 2-core dev VM under load ~3:
-``FREQ?`` ~80-150 us p50, ``SNAP?`` ~95 us p50).
+``FREQ?`` ~80-150 us p50, ``SNAP?`` ~95 us p50; under load ~7, ``status()`` as one compound
+line 141 us p50 against 256 us for its three registers queried one by one).
 """
 
 from __future__ import annotations
@@ -425,6 +426,7 @@ def benchmark(*, queries: int = 3000, warmup: int = 200) -> dict[str, tuple[floa
             "FREQ? (get_frequency)": lockin.get_frequency,
             "SNAP? 1,2,3,4 (read)": lockin.read,
             "OFLT 5 + *ESR? (set_time_constant)": lambda: lockin.set_time_constant(3e-3),
+            "LIAS?;ERRS?;*ESR? (status, one compound line)": lockin.status,
         }
         for name, call in calls.items():
             for _ in range(warmup):
