@@ -512,7 +512,9 @@ def _gap_rows(
     reason = np.zeros(pos.shape, np.int8)
     for code, hit in (
         (ReasonCode.POOR_PEAK_FIT, ~(score >= min_peak_score)),
-        (ReasonCode.PEAK_NOT_BRACKETED, (re_p == ReasonCode.PEAK_NOT_BRACKETED) | (re_n == ReasonCode.PEAK_NOT_BRACKETED)),
+        # A peak on the wrong side of zero bias is no bracketed peak either (Delta would be <= 0).
+        (ReasonCode.PEAK_NOT_BRACKETED, (re_p == ReasonCode.PEAK_NOT_BRACKETED) | (re_n == ReasonCode.PEAK_NOT_BRACKETED)
+         | ~((neg < 0) & (pos > 0))),
         (ReasonCode.NO_PEAKS, ~(visibility >= min_visibility)),
         (ReasonCode.PEAK_AT_EDGE, (re_p == ReasonCode.PEAK_AT_EDGE) | (re_n == ReasonCode.PEAK_AT_EDGE)),
         (ReasonCode.SEARCH_NOT_COVERED, (re_p == ReasonCode.SEARCH_NOT_COVERED) | (re_n == ReasonCode.SEARCH_NOT_COVERED)),

@@ -99,7 +99,7 @@ def template_bank(
     modulation_Vrms: float,
     integrated: bool,
     widths: tuple[float, ...] = DYNES_WIDTHS_EV,
-    window: tuple[int, int] = (-24, 32),
+    window_V: tuple[float, float] = (-1.2e-3, 1.6e-3),
     max_shift: float = 6.0,
     shift_step: float = 0.25,
     background_degree: int = 3,
@@ -122,8 +122,10 @@ def template_bank(
         Dynes widths of the bank, eV. Measured: a free width per spectrum trades against the
         shift (Delta rms 0.026 meV vs 0.013 meV with the width fixed), hence one width per batch
         (:func:`estimate_width`) and a one-width bank for the final fit.
-    window : (int, int)
-        First and last sample offset of the fit window around the coarse peak.
+    window_V : (float, float)
+        First and last bias offset of the fit window around the coarse peak, V (rounded to
+        samples). In volts, not samples: it must stay clear of the opposite coherence peak
+        (-2 Delta away) at every sampling.
     max_shift, shift_step : float
         Range (+-) and step of the template shifts, in samples.
     background_degree : int
@@ -139,6 +141,7 @@ def template_bank(
     oversample = 20
     fine = step_V / oversample
     kT = K_B_EV_PER_K * temperature_K
+    window = (round(window_V[0] / step_V), round(window_V[1] / step_V))
     half_span = (max(abs(window[0]), abs(window[1])) + max_shift + 4) * step_V + 40 * kT + 3 * modulation_Vrms
     x = np.arange(-round(half_span / fine), round(half_span / fine) + 1) * fine
     u = np.arange(-round(30 * kT / fine), round(30 * kT / fine) + 1) * fine
@@ -162,8 +165,12 @@ def template_bank(
         for k in kernels:
             g = fftconvolve(g, k, mode="same")
         # The convolution is only exact away from the ends; window and shifts stay well inside.
+        # The drawn DOS also has the opposite coherence peak at x = -2 gap_eV, as high as this one:
+        # the search stops at the midpoint x = -gap_eV so it can never pick that peak (it did for
+        # coarse sweeps, where the reach passes -2 gap_eV: 801 points over +-40 mV, some widths).
         reach = len(x) // 4
-        peak_offset[iw] = _refined_argmax(g, slice(centre - reach, centre + reach)) - centre
+        below = min(reach, int(gap_eV / fine) - 1)
+        peak_offset[iw] = _refined_argmax(g, slice(centre - below, centre + reach)) - centre
         y = np.cumsum(g) * fine if integrated else g
         for js, s in enumerate(shifts):
             idx = centre + np.rint((offsets - s) * oversample).astype(int)
@@ -189,25 +196,22 @@ def _refined_argmax(y: np.ndarray, region: slice) -> float:
     return i + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
 
 
-#: OpenBLAS runs a GEMM on several threads once m * n * k exceeds 65536 * 4 (its
-#: GEMM_MULTITHREAD_THRESHOLD); for products this small the thread start-up cost more than the
-#: whole analysis on the shared 2-core VM (measured 2.3x), and the kernels run their own threads.
-_SINGLE_THREAD_MNK = 65536 * 4
+def rowwise_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a (n, m) and b (m, k), each row of the result depending on its own row only.
 
-
-def single_thread_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for a (n, m) and b (m, k), in row blocks small enough for single-threaded BLAS.
-
-    Why not ``np.einsum``: its generic loop is ~10x slower than BLAS here (measured 0.70 vs
-    0.07 us per 57 x 49 row product); why blocks: see ``_SINGLE_THREAD_MNK``.
+    Row i is ``a[i] @ b``, one BLAS vector-matrix product of the same shape for every row (the
+    stacked form ``a[:, None, :] @ b``). Why not one GEMM: OpenBLAS's float32 GEMM sums a row
+    differently depending on the number of rows and the row's place in its block (measured:
+    up to 1e-6 relative on (n, 57) @ (57, 49)), so results changed in the last bits with the
+    chunk size and the split over threads; a template shift or width picked by argmax can then
+    differ too. Per row, the same input gives bit-identical output wherever the row sits.
+    Why not ``np.einsum``: numpy's own loop is deterministic too, but 3x slower here (measured
+    1.27 vs 0.39 us per 57 x 49 row product, loaded machine). The products are far below
+    OpenBLAS's threading threshold, so no BLAS threads start (the kernels run their own).
     """
-    rows = max(1, _SINGLE_THREAD_MNK // max(1, a.shape[1] * b.shape[1]))
-    if a.shape[0] <= rows:
-        return a @ b
-    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    for start in range(0, a.shape[0], rows):
-        np.matmul(a[start: start + rows], b, out=out[start: start + rows])
-    return out
+    if a.shape[0] == 0:
+        return np.empty((0, b.shape[1]), np.result_type(a, b))
+    return np.matmul(np.ascontiguousarray(a)[:, None, :], b)[:, 0, :]
 
 
 def locate_peaks(
@@ -231,7 +235,7 @@ def locate_peaks(
         best template (1 = perfect peak, ~0 = no peak).
     """
     # (n, W*S): least-squares amplitude of each unit template.
-    proj = single_thread_matmul(windows, bank.vectors)
+    proj = rowwise_matmul(windows, bank.vectors)
     best = np.argmax(proj, axis=1)
     rows = np.arange(len(best))
     amp = proj[rows, best].astype(np.float64)
@@ -251,7 +255,7 @@ def locate_peaks(
     offset = bank.shifts[js] + np.clip(frac, -0.5, 0.5) * step + bank.peak_offset[iw]
     offset = np.where(inside, offset, np.nan)
     w64 = windows.astype(np.float64)
-    residual = w64 - single_thread_matmul(single_thread_matmul(w64, bank.background), bank.background.T)
+    residual = w64 - rowwise_matmul(rowwise_matmul(w64, bank.background), np.ascontiguousarray(bank.background.T))
     total = np.einsum("ij,ij->i", residual, residual)
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(total > 0, q1 / total, np.nan)
@@ -286,7 +290,7 @@ def estimate_width(
         if not inside.any():
             continue
         windows = np.take_along_axis(signal[rows][inside], idx[inside], axis=1)
-        proj = windows @ bank.vectors
+        proj = rowwise_matmul(windows, bank.vectors)
         best = np.argmax(proj, axis=1) // bank.n_shifts
         chosen.append(np.log(np.asarray(DYNES_WIDTHS_EV)[best]))
     if not chosen:
