@@ -202,10 +202,10 @@ class RunContext:
             lockin_status=np.fromiter((p.lockin_status for p in pixels), dtype=np.int64, count=n),
             modulation_Vrms=modulation, sensitivity_V=sensitivity,
         )
-        bits = self.flags.evaluate(analysis, SpectralFeatures(**feats), conditions)
-        t3 = clock()
         iy = np.fromiter((p.iy for p in pixels), dtype=np.int64, count=n)
         ix = np.fromiter((p.ix for p in pixels), dtype=np.int64, count=n)
+        bits = self.flags.evaluate(analysis, SpectralFeatures(**feats), conditions, iy=iy, ix=ix)
+        t3 = clock()
         times = np.fromiter((p.time for p in pixels), dtype=np.float64, count=n)
         temps32 = temps.astype(np.float32)
         # one pixel may appear twice in a batch (re-measured): numpy fancy assignment keeps the last

@@ -27,11 +27,37 @@ setpoint
     Flag when |I(V_set)| / I_set - 1 exceeds ``setpoint_rel_tol`` (I averaged over
     +-``setpoint_halfwidth_V`` around V_set).
 tip_change
-    A tip change alters the junction's normal-state conductance shape. Features: ln of the mean
+    A tip change alters the junction's normal-state conductance shape. Features f: ln of the mean
     conductance G = dI/dV over ``tip_band_V`` on each polarity divided by the set-point
     conductance I(V_set)/V_set (so a pure rescaling, the set-point rule's business, cancels).
-    Flag when a feature leaves median +- max(``tip_mad_k`` * 1.4826 MAD, ``tip_min_change``) of
-    the last ``tip_window`` unflagged pixels (robust statistics: one bad pixel does not move it).
+    The film changes f too: the power-law exponent alpha sets G(V_band)/G(V_set) ~
+    (V_band/V_set)^alpha, and alpha varies across the film (on the demo film f follows alpha with
+    correlation 0.999 and spans 0.2 over a 64-pixel row). That variation is smooth on the scale of
+    a pixel (the map resolves the correlation length of alpha, which is what it is measured for),
+    while a tip change is an event in *time*: from the pixel where it happens, every pixel is
+    shifted by the same step, wherever the tip is. So a pixel is flagged when its f differs by more
+    than ``limit`` = max(``tip_mad_k`` * 1.4826 MAD, ``tip_min_change``) both
+
+    - from its *spatial* neighbours: the median of the accepted pixels measured before it within
+      ``tip_radius_px`` (Chebyshev distance, the pixel itself if re-measured included) - the
+      film's value at that place measured with the baseline tip (residual r = f - median, minus
+      the median residual of the last ``tip_window`` accepted pixels: the bias of a one-sided
+      neighbourhood on a gradient); MAD is that of these residuals, the pixel-scale noise and
+      film roughness, so the film's large-scale spread does not widen the limit;
+    - and from the *recent pixels in time*: the median of the last ``tip_recent`` accepted
+      pixels. A step only in space (a raster scan's jump back to the start of the next row, a
+      film boundary crossed along the slow axis) is not a step in time of the junction.
+
+    Accepted = finite features, no set-point flag, no tip flag. Flagged pixels never become the
+    reference, so every pixel measured with the changed tip stays flagged while it has accepted
+    (old-tip) pixels within ``tip_radius_px``. A pixel with none (start of the run, or a changed
+    tip that has persisted over ``tip_radius_px`` rows) cannot be told from the film: it is not
+    flagged and the tip it was measured with becomes the baseline (so a permanent tip change
+    flags a band of about ``tip_radius_px`` rows after it, not the rest of the map). A live flag
+    cannot wait for later pixels to confirm a step, so a single pixel beyond the limit in space
+    and time is flagged (a momentary junction change); persistence is what keeps the following
+    pixels flagged. No judgement before ``tip_min_history`` accepted residuals; NaN features
+    (no conductance in the band or at V_set) are not judged: the set-point and fit rules cover them.
 lockin_overload / lockin_sensitivity
     From the event: the overload flag or any of the ``overload_status_mask`` bits of the lock-in
     status byte (SR830 LIAS?: bit 0 input, 1 filter, 2 output overload). Sensitivity too coarse
@@ -82,6 +108,8 @@ class FlagConfig:
     tip_min_history: int = 8
     tip_mad_k: float = 8.0
     tip_min_change: float = 0.05
+    tip_radius_px: int = 2
+    tip_recent: int = 4
     overload_status_mask: int = 0b111
     preamp_gain_V_per_A: float = 1e9
     sensitivity_min_fraction: float = 0.01
@@ -108,6 +136,8 @@ class FlagConfig:
             raise ConfigError(f"flags.smoothing_points = {self.smoothing_points}: give an odd number >= 3")
         if self.tip_window < self.tip_min_history or self.tip_min_history < 3:
             raise ConfigError("flags.tip_window must be >= flags.tip_min_history >= 3")
+        if self.tip_radius_px < 1 or self.tip_recent < 1:
+            raise ConfigError("flags.tip_radius_px and flags.tip_recent must be integers >= 1")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> FlagConfig:
@@ -316,7 +346,7 @@ class FlagEngine:
 
     def __init__(self, config: FlagConfig = FlagConfig()) -> None:
         self.config = config
-        self._tip_history: deque[tuple[float, float]] = deque(maxlen=config.tip_window)
+        self._tip = _TipTracker(config)
         self._temperatures: deque[float] = deque(maxlen=max(config.tip_window, 16))
         self._deltas: deque[float] = deque(maxlen=256)
 
@@ -331,12 +361,16 @@ class FlagEngine:
         analysis: SpectrumAnalysis,
         features: SpectralFeatures,
         conditions: Sequence[PixelConditions] | PixelConditions,
+        *,
+        iy: np.ndarray,
+        ix: np.ndarray,
     ) -> np.ndarray:
         """FlagKind bits (uint32, shape (n,)) of n pixels given in acquisition order.
 
         ``analysis`` and ``features`` are flat batches of the same n pixels; ``conditions`` one
-        entry per pixel, or one :meth:`PixelConditions.stack` of (n,) arrays. The engine's
-        history advances by these pixels.
+        entry per pixel, or one :meth:`PixelConditions.stack` of (n,) arrays; ``iy``, ``ix`` the
+        pixels' map row and column (the tip rule compares a pixel with its spatial neighbours).
+        The engine's history advances by these pixels.
         """
         cfg = self.config
         cond = conditions if isinstance(conditions, PixelConditions) else PixelConditions.stack(conditions)
@@ -352,6 +386,9 @@ class FlagEngine:
         sensitivity = np.asarray(cond.sensitivity_V, dtype=np.float64).reshape(n)
         status = np.asarray(cond.lockin_status, dtype=np.int64).reshape(n)
         overload = np.asarray(cond.lockin_overload, dtype=bool).reshape(n)
+        rows, cols = np.asarray(iy, dtype=np.int64).reshape(-1), np.asarray(ix, dtype=np.int64).reshape(-1)
+        if rows.size != n or cols.size != n:
+            raise AnalysisError(f"flags: {rows.size} rows and {cols.size} columns for {n} pixels; give one per pixel")
         # history-free rules, whole batch at once
         known = (reason >= 0) & (reason < _REASON_BITS.size)
         out = np.where(known, _REASON_BITS[np.where(known, reason, 0)], np.uint32(0)).astype(np.uint32)
@@ -368,15 +405,16 @@ class FlagEngine:
         cuts = [0, *np.flatnonzero(~finite_delta[1:]) + 1, n] if n else [0]
         for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
             out[lo:hi] |= self._segment(
-                delta[lo:hi], temp[lo:hi], tip[lo:hi], math.sqrt(2.0) * modulation[lo:hi],
+                delta[lo:hi], temp[lo:hi], math.sqrt(2.0) * modulation[lo:hi],
                 ok=(reason[lo:hi] == ReasonCode.OK) & finite_delta[lo:hi],
-                setpoint=(out[lo:hi] & np.uint32(FlagKind.SETPOINT)).astype(bool),
             )
+        setpoint = (out & np.uint32(FlagKind.SETPOINT)).astype(bool)
+        out[self._tip.changed(rows, cols, tip, eligible=np.isfinite(tip).all(axis=1) & ~setpoint)] |= np.uint32(
+            FlagKind.TIP_CHANGE)
         return out
 
-    def _segment(self, delta: np.ndarray, temp: np.ndarray, tip: np.ndarray, broad: np.ndarray, *,
-                 ok: np.ndarray, setpoint: np.ndarray) -> np.ndarray:
-        """Modulation, thermal and tip bits of pixels whose gap is known (all but maybe the first)."""
+    def _segment(self, delta: np.ndarray, temp: np.ndarray, broad: np.ndarray, *, ok: np.ndarray) -> np.ndarray:
+        """Modulation and thermal bits of pixels whose gap is known (all but maybe the first)."""
         cfg = self.config
         d = delta.copy()
         if d.size and not math.isfinite(d[0]):
@@ -391,16 +429,6 @@ class FlagEngine:
                                    outside=lambda v, med, mad: v[:, 0] > med[:, 0] + band)
         thermal = finite_t & (static_hot | above)
         bits[thermal] |= np.uint32(FlagKind.THERMAL)
-        tip_finite = np.isfinite(tip).all(axis=1)
-
-        def tip_outside(v: np.ndarray, med: np.ndarray, mad: np.ndarray) -> np.ndarray:
-            limit = np.maximum(cfg.tip_mad_k * mad, cfg.tip_min_change)
-            with np.errstate(invalid="ignore"):
-                return ~np.isfinite(v).all(axis=1) | (np.abs(v - med) > limit).any(axis=1)
-
-        changed = _windowed_outliers(self._tip_history, tip, tip_finite & ~setpoint, min_history=cfg.tip_min_history,
-                                     outside=tip_outside)
-        bits[changed] |= np.uint32(FlagKind.TIP_CHANGE)
         self._deltas.extend(delta[ok & ~thermal & ~modulation].tolist())
         return bits
 
@@ -427,6 +455,122 @@ def _median_mad(windows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np
 
     med = middle(windows)
     return med, 1.4826 * middle(np.abs(windows - med[..., None]))
+
+
+def _trailing(hist: np.ndarray, values: np.ndarray, joins: np.ndarray, *, width: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median, 1.4826 MAD and count of the last ``width`` entries before each of m pixels.
+
+    The entries are ``hist`` (h, k), oldest first, followed by the ``values`` (m, k) of the
+    pixels with ``joins``; pixel i sees those of pixels before it only. ``count`` (m,) is the
+    number of entries before each pixel (not clipped to ``width``).
+    """
+    m, k = values.shape
+    idx = np.flatnonzero(joins)
+    entries = np.concatenate([hist, values[idx]])
+    count = hist.shape[0] + np.searchsorted(idx, np.arange(m))  # entries before each pixel
+    padded = np.concatenate([np.full((width, k), np.nan), entries])
+    windows = padded[count[:, None] + np.arange(width)].transpose(0, 2, 1)  # (m, k, width): entries[count-width:count]
+    med, mad = _median_mad(windows, np.minimum(count, width))
+    return med, mad, count
+
+
+class _TipTracker:
+    """History of the tip rule: accepted features on the map and in time (module docstring).
+
+    Sequential in acquisition order, evaluated a pass of pixels at a time with numpy as
+    :func:`_windowed_outliers`: a pass assumes its eligible pixels are accepted and restarts after
+    the first eligible flagged one, so the bits do not depend on how pixels are batched. The map
+    grows with the largest row/column seen (the engine is not told the grid).
+    """
+
+    def __init__(self, config: FlagConfig) -> None:
+        self.config = config
+        self.values = np.full((0, 0, 2), np.nan)  # accepted features per pixel (the latest)
+        self.seen = np.zeros((0, 0), dtype=bool)
+        self._local = np.full((0, 0), -1, dtype=np.int64)  # scratch: pass index of a pixel, -1 elsewhere
+        self.recent = np.empty((0, 2))  # last tip_recent accepted features, oldest first
+        self.residuals = np.empty((0, 2))  # last tip_window accepted spatial residuals
+        r = config.tip_radius_px
+        dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+        self._dy, self._dx = dy.ravel(), dx.ravel()
+
+    def _grow(self, ny: int, nx: int) -> None:
+        oy, ox = self.seen.shape
+        if ny <= oy and nx <= ox:
+            return
+        ny, nx = max(ny, oy), max(nx, ox)
+        values = np.full((ny, nx, 2), np.nan)
+        values[:oy, :ox] = self.values
+        seen = np.zeros((ny, nx), dtype=bool)
+        seen[:oy, :ox] = self.seen
+        self.values, self.seen, self._local = values, seen, np.full((ny, nx), -1, dtype=np.int64)
+
+    def changed(self, iy: np.ndarray, ix: np.ndarray, values: np.ndarray, *, eligible: np.ndarray) -> np.ndarray:
+        """Tip-change test of n pixels (n,) at (iy, ix) with features ``values`` (n, 2), in order."""
+        n = values.shape[0]
+        flagged = np.zeros(n, dtype=bool)
+        if n == 0:
+            return flagged
+        if min(int(iy.min()), int(ix.min())) < 0:
+            raise AnalysisError("flags: negative pixel row/column; give map indices (iy, ix) >= 0")
+        self._grow(int(iy.max()) + 1, int(ix.max()) + 1)
+        look = max(64, 2 * self.config.tip_window)
+        start = 0
+        while start < n:
+            end = self._pass_end(iy, ix, eligible, start, min(n, start + look))
+            test, resid = self._test(iy[start:end], ix[start:end], values[start:end], eligible[start:end])
+            bad = np.flatnonzero(test & eligible[start:end])
+            stop = end if bad.size == 0 else start + int(bad[0]) + 1
+            flagged[start:stop] = test[: stop - start]
+            k = stop - start
+            self._accept(iy[start:stop], ix[start:stop], values[start:stop], resid[:k], eligible[start:stop] & ~test[:k])
+            start = stop
+        return flagged
+
+    def _pass_end(self, iy: np.ndarray, ix: np.ndarray, eligible: np.ndarray, start: int, end: int) -> int:
+        """End of a pass: before the second eligible occurrence of a pixel (a re-measure) in it."""
+        rows = start + np.flatnonzero(eligible[start:end])
+        flat = iy[rows] * self.seen.shape[1] + ix[rows]
+        order = np.argsort(flat, kind="stable")
+        repeats = order[1:][flat[order][1:] == flat[order][:-1]]
+        return end if repeats.size == 0 else int(rows[repeats.min()])
+
+    def _test(self, iy: np.ndarray, ix: np.ndarray, v: np.ndarray, eligible: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Outside in space and in time (and the spatial residuals), eligible pixels assumed accepted."""
+        cfg = self.config
+        m = v.shape[0]
+        ny, nx = self.seen.shape
+        qy, qx = iy[:, None] + self._dy, ix[:, None] + self._dx  # (m, K) neighbourhood
+        inside = (qy >= 0) & (qy < ny) & (qx >= 0) & (qx < nx)
+        qy, qx = np.clip(qy, 0, ny - 1), np.clip(qx, 0, nx - 1)
+        before = inside & self.seen[qy, qx]  # accepted in earlier passes
+        self._local[iy[eligible], ix[eligible]] = np.flatnonzero(eligible)
+        j = np.where(inside, self._local[qy, qx], -1)
+        self._local[iy, ix] = -1
+        in_pass = (j >= 0) & (j < np.arange(m)[:, None])  # measured earlier in this pass (wins: the latest)
+        neighbours = np.where(in_pass[..., None], v[np.maximum(j, 0)], np.where(before[..., None], self.values[qy, qx], np.nan))
+        n_ref = (in_pass | before).sum(axis=1)
+        ref, _ = _median_mad(neighbours.transpose(0, 2, 1), n_ref)  # NaN sorts last: the median of the n_ref present
+        resid = v - ref
+        has_ref = n_ref > 0
+        med_r, mad_r, n_r = _trailing(self.residuals, resid, eligible & has_ref, width=cfg.tip_window)
+        med_t, _, n_t = _trailing(self.recent, v, eligible, width=cfg.tip_recent)
+        limit = np.maximum(cfg.tip_mad_k * mad_r, cfg.tip_min_change)
+        with np.errstate(invalid="ignore"):  # NaN features or no reference: comparisons are False
+            in_space = (np.abs(resid - med_r) > limit).any(axis=1)
+            in_time = (np.abs(v - med_t) > limit).any(axis=1)
+        return has_ref & (n_r >= cfg.tip_min_history) & (n_t > 0) & in_space & in_time, resid
+
+    def _accept(self, iy: np.ndarray, ix: np.ndarray, v: np.ndarray, resid: np.ndarray, accepted: np.ndarray) -> None:
+        """Accepted pixels become references: on the map, in time and (with a reference) residuals."""
+        cfg = self.config
+        self.values[iy[accepted], ix[accepted]] = v[accepted]
+        self.seen[iy[accepted], ix[accepted]] = True
+        self.recent = np.concatenate([self.recent, v[accepted]])[-cfg.tip_recent :]
+        with_ref = accepted & np.isfinite(resid).all(axis=1)
+        self.residuals = np.concatenate([self.residuals, resid[with_ref]])[-cfg.tip_window :]
 
 
 def _windowed_outliers(
@@ -461,11 +605,7 @@ def _windowed_outliers(
     while start < n:
         end = min(n, start + look)
         idx = start + np.flatnonzero(eligible[start:end])
-        entries = np.concatenate([hist, values[idx]])
-        count = hist.shape[0] + np.searchsorted(idx, np.arange(start, end))  # accepted values before each pixel
-        padded = np.concatenate([np.full((width, k), np.nan), entries])
-        windows = padded[count[:, None] + np.arange(width)].transpose(0, 2, 1)  # (m, k, width): entries[count-width:count]
-        med, mad = _median_mad(windows, np.minimum(count, width))
+        med, mad, count = _trailing(hist, values[start:end], eligible[start:end], width=width)
         test = (count >= min_history) & outside(values[start:end], med, mad)
         bad = np.flatnonzero(test & eligible[start:end])
         stop = end if bad.size == 0 else start + int(bad[0]) + 1

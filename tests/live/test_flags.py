@@ -12,12 +12,35 @@ from stslive.live.flags import K_B_EV, FlagConfig, FlagEngine, PixelConditions, 
 from stslive.live.kernels import ReasonCode, SpectrumAnalysis, conductance_sign, derivative, prepare_sweep
 from stslive.live.results import FlagKind
 
-N = 1500
+NY, NX = 30, 50
+N = NY * NX
 
 
-def _reference_bits(cfg: FlagConfig, delta, reason, sp_dev, tip, temp, modulation) -> np.ndarray:
+def _reference_tip(cfg: FlagConfig, iy, ix, tip, eligible) -> np.ndarray:
+    """The tip rule of the module docstring, one pixel at a time, with dicts and np.median."""
+    accepted: dict[tuple[int, int], np.ndarray] = {}
+    recent: deque = deque(maxlen=cfg.tip_recent)
+    residuals: deque = deque(maxlen=cfg.tip_window)
+    r = cfg.tip_radius_px
+    out = np.zeros(tip.shape[0], dtype=bool)
+    for i, (y, x) in enumerate(zip(iy.tolist(), ix.tolist(), strict=True)):
+        near = [accepted[(a, b)] for a in range(y - r, y + r + 1) for b in range(x - r, x + r + 1) if (a, b) in accepted]
+        resid = tip[i] - np.median(near, axis=0) if near and np.isfinite(tip[i]).all() else None
+        if resid is not None and len(residuals) >= cfg.tip_min_history and recent:
+            hist = np.array(residuals)
+            med = np.median(hist, axis=0)
+            limit = np.maximum(cfg.tip_mad_k * 1.4826 * np.median(np.abs(hist - med), axis=0), cfg.tip_min_change)
+            out[i] = (np.abs(resid - med) > limit).any() and (np.abs(tip[i] - np.median(recent, axis=0)) > limit).any()
+        if eligible[i] and not out[i]:
+            accepted[(y, x)] = tip[i]
+            recent.append(tip[i])
+            if resid is not None:
+                residuals.append(resid)
+    return out
+
+
+def _reference_bits(cfg: FlagConfig, delta, reason, sp_dev, tip, temp, modulation, iy, ix) -> np.ndarray:
     """The rules of the flags module docstring, one pixel at a time (the specification)."""
-    tips: deque = deque(maxlen=cfg.tip_window)
     temps: deque = deque(maxlen=max(cfg.tip_window, 16))
     deltas: deque = deque(maxlen=256)
     out = []
@@ -44,20 +67,13 @@ def _reference_bits(cfg: FlagConfig, delta, reason, sp_dev, tip, temp, modulatio
                 temps.append(t)
         if not abs(sp_dev[i]) <= cfg.setpoint_rel_tol:
             bits |= FlagKind.SETPOINT
-        changed = False
-        if len(tips) >= cfg.tip_min_history:
-            hist = np.array(tips)
-            med = np.median(hist, axis=0)
-            limit = np.maximum(cfg.tip_mad_k * 1.4826 * np.median(np.abs(hist - med), axis=0), cfg.tip_min_change)
-            changed = not np.isfinite(tip[i]).all() or bool((np.abs(tip[i] - med) > limit).any())
-        if changed:
-            bits |= FlagKind.TIP_CHANGE
-        elif np.isfinite(tip[i]).all() and not bits & FlagKind.SETPOINT:
-            tips.append(tip[i])
         if reason[i] == ReasonCode.OK and math.isfinite(delta[i]) and not bits & (FlagKind.THERMAL | FlagKind.MODULATION):
             deltas.append(delta[i])
         out.append(int(bits))
-    return np.array(out, dtype=np.uint32)
+    out = np.array(out, dtype=np.uint32)
+    eligible = np.isfinite(tip).all(axis=1) & ~(out & FlagKind.SETPOINT).astype(bool)
+    out[_reference_tip(cfg, iy, ix, tip, eligible)] |= np.uint32(FlagKind.TIP_CHANGE)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +85,14 @@ def pixels():
     reason = np.where(np.isnan(delta), ReasonCode.NO_PEAKS, ReasonCode.OK)
     reason[rng.random(N) < 0.03] = ReasonCode.POOR_POWER_LAW_FIT
     reason[rng.random(N) < 0.01] = ReasonCode.WINDOW_NOT_COVERED
-    tip = rng.normal(0, 0.01, (N, 2))
+    # serpentine scan; its last 40 spectra re-measure earlier pixels (some twice)
+    iy, ix = np.divmod(np.arange(N), NX)
+    ix = np.where(iy % 2 == 1, NX - 1 - ix, ix)
+    again = rng.integers(0, N - 40, 40)
+    again[5] = again[2]
+    iy[-40:], ix[-40:] = iy[again], ix[again]
+    field = 0.1 * np.sin(2 * np.pi * ix / 40) + 0.05 * np.cos(2 * np.pi * iy / 25)  # smooth film variation
+    tip = field[:, None] + rng.normal(0, 0.01, (N, 2))
     tip[rng.random(N) < 0.03] += 0.3
     tip[600:660] += 0.5  # a tip change lasting 60 pixels
     tip[rng.random(N) < 0.02] = np.nan
@@ -80,11 +103,11 @@ def pixels():
     temp[900:950] = 1.4  # a temperature excursion
     temp[rng.random(N) < 0.03] = np.nan
     modulation = np.where(rng.random(N) < 0.8, 50e-6, 0.3e-3)
-    return delta, reason, sp_dev, tip, temp, modulation
+    return delta, reason, sp_dev, tip, temp, modulation, iy, ix
 
 
 def _batched(cfg: FlagConfig, data, cuts) -> np.ndarray:
-    delta, reason, sp_dev, tip, temp, modulation = data
+    delta, reason, sp_dev, tip, temp, modulation, iy, ix = data
     engine = FlagEngine(cfg)
     out = []
     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
@@ -96,7 +119,7 @@ def _batched(cfg: FlagConfig, data, cuts) -> np.ndarray:
         conditions = PixelConditions(temperature_K=temp[lo:hi], lockin_overload=np.zeros(n, bool),
                                      lockin_status=np.zeros(n, int), modulation_Vrms=modulation[lo:hi],
                                      sensitivity_V=np.full(n, 5e-3))
-        out.append(engine.evaluate(SpectrumAnalysis(**fields), features, conditions))
+        out.append(engine.evaluate(SpectrumAnalysis(**fields), features, conditions, iy=iy[lo:hi], ix=ix[lo:hi]))
     return np.concatenate(out)
 
 
@@ -113,7 +136,7 @@ def test_batched_flags_equal_the_pixel_by_pixel_rules(pixels, split) -> None:
 
 
 def test_single_pixel_conditions_still_accepted(pixels) -> None:
-    delta, reason, sp_dev, tip, temp, modulation = pixels
+    delta, reason, sp_dev, tip, temp, modulation, iy, ix = pixels
     n = 50
     fields = {k: np.zeros(n) for k in SpectrumAnalysis._fields}
     fields.update(delta_eV=delta[:n], reason=reason[:n])
@@ -121,7 +144,7 @@ def test_single_pixel_conditions_still_accepted(pixels) -> None:
                                 lockin_rel_residual=np.full(n, 0.5))
     conds = [PixelConditions(temperature_K=float(temp[i]), lockin_overload=i == 3, lockin_status=4 if i == 7 else 0,
                              modulation_Vrms=float(modulation[i]), sensitivity_V=5e-3) for i in range(n)]
-    bits = FlagEngine().evaluate(SpectrumAnalysis(**fields), features, conds)
+    bits = FlagEngine().evaluate(SpectrumAnalysis(**fields), features, conds, iy=iy[:n], ix=ix[:n])
     assert bits[3] & FlagKind.LOCKIN_OVERLOAD and bits[7] & FlagKind.LOCKIN_OVERLOAD
     assert not bits[4] & FlagKind.LOCKIN_OVERLOAD
     assert (bits & FlagKind.LOCKIN_SENSITIVITY).all() and (bits & FlagKind.LOCKIN_MISMATCH).all()
