@@ -1,0 +1,104 @@
+"""Regressions of the gap kernel: sign of Delta on coarse sweeps, and bit-for-bit determinism.
+
+The bug: on 801-point sweeps (+-40 mV, 0.1 mV steps, the analyser tests' runs) template widths
+near 0.1 meV gave Delta < 0 for every pixel, peaks swapped, and neighbouring widths did not
+(0.104 meV negative, 0.1054 meV positive, 0.106 meV negative): the template bank located the
+maximum of its peak shape over a range that, at 0.1 mV steps, also held the opposite coherence
+peak of the drawn DOS, as high as the wanted one. Separately, results changed in the last bits
+with the chunk size and the thread split (OpenBLAS GEMM rows depend on the block layout).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stslive.live.kernels import KernelOptions, ReasonCode, analyse_spectra, _bank_args
+from stslive.live.kernels_gap import DYNES_WIDTHS_EV, rowwise_matmul, template_bank
+from stslive.mocks.film import FilmParams, make_film
+
+GRID = 12
+#: Widths around 0.1 meV, including the ones reported (0.104 and 0.1054 meV).
+WIDTHS_EV = (0.09e-3, 0.095e-3, 0.1e-3, 0.102e-3, 0.104e-3, 0.1054e-3, 0.106e-3, 0.11e-3, 0.12e-3)
+
+
+@pytest.fixture(scope="module", params=[801, 1601], ids=["801pts", "1601pts"])
+def film_spectra(request):
+    film = make_film(FilmParams(ny=GRID, nx=GRID, seed=3, n_points=request.param))
+    iy, ix = np.indices((GRID, GRID))
+    return film, film.spectra(iy, ix, noise=True), film.definition_truth().delta_pp_eV
+
+
+@pytest.mark.parametrize("step_V", [5e-5, 1e-4, 2e-4])
+@pytest.mark.parametrize("integrated", [True, False])
+def test_template_peak_is_the_positive_coherence_peak(step_V, integrated):
+    # Every template's maximum lies just above x = 0 (thermal/Dynes broadening pushes it out, by
+    # 0.03 meV at the narrowest width to 0.33 meV at the broadest, 0.4 meV), never near the
+    # opposite peak of the drawn 1.2 meV gap at x = -2.4 meV.
+    widths = tuple(sorted(set(WIDTHS_EV) | set(DYNES_WIDTHS_EV)))
+    bank = template_bank(step_V, **_bank_args(0.3, 50e-6, integrated=integrated), widths=widths)
+    peak_eV = bank.peak_offset * step_V
+    assert np.all(peak_eV > 0) and np.all(peak_eV < 0.6e-3), dict(zip(widths, peak_eV))
+
+
+@pytest.mark.parametrize("step_V", [5e-5, 1e-4])
+def test_template_window_stays_clear_of_the_opposite_peak(step_V):
+    # In volts, whatever the sampling: the fit window reaches 1.2 mV below the coarse peak.
+    bank = template_bank(step_V, **_bank_args(0.3, 0.0, integrated=True), widths=(0.1e-3,))
+    assert bank.offsets[0] * step_V == pytest.approx(-1.2e-3, abs=step_V / 2)
+    assert bank.offsets[-1] * step_V == pytest.approx(1.6e-3, abs=step_V / 2)
+
+
+@pytest.mark.parametrize("gap_source", ["current", "lockin"])
+def test_delta_positive_and_peaks_ordered_for_widths_near_0p1_meV(film_spectra, gap_source):
+    film, spectra, truth = film_spectra
+    for width in WIDTHS_EV:
+        opts = KernelOptions(dynes_width_eV=width, gap_source=gap_source, modulation_Vrms=film.params.modulation_Vrms)
+        res = analyse_spectra(film.bias_V, current=spectra.current_A, lockin=spectra.lockin_x_A, options=opts)
+        ok = res.gap_reason == ReasonCode.OK
+        assert ok.mean() >= 0.98, (width, np.bincount(res.gap_reason.ravel()))
+        assert np.all(res.delta_eV[ok] > 0), width
+        assert np.all(res.peak_neg_V[ok] < 0) and np.all(res.peak_pos_V[ok] > 0), width
+        # and the right peaks, not just the right sign: within 0.1 meV of the definition truth
+        assert np.max(np.abs(res.delta_eV[ok] - truth[ok])) < 0.1e-3, width
+
+
+def _assert_identical(a, b, what):
+    for name, x, y in zip(a._fields, a, b, strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (what, name)
+
+
+@pytest.mark.parametrize("gap_source", ["current", "lockin"])
+def test_results_bit_identical_across_runs_threads_and_chunks(film_spectra, gap_source):
+    film, spectra, _ = film_spectra
+    common = dict(gap_source=gap_source, modulation_Vrms=film.params.modulation_Vrms)
+
+    def run(**kw):
+        return analyse_spectra(film.bias_V, current=spectra.current_A, lockin=spectra.lockin_x_A,
+                               options=KernelOptions(**common, **kw))
+
+    reference = run(dynes_width_eV=0.1054e-3, threads=1, chunk=512)
+    assert np.all(reference.delta_eV[reference.valid] > 0)
+    _assert_identical(reference, run(dynes_width_eV=0.1054e-3, threads=1, chunk=512), "rerun")
+    for threads, chunk in ((2, 512), (2, 64), (2, 37), (1, 1), (1, 100), (2, 7)):
+        _assert_identical(reference, run(dynes_width_eV=0.1054e-3, threads=threads, chunk=chunk), (threads, chunk))
+    # width estimated from the first chunk: the same chunk on one or two threads, twice
+    estimated = run(threads=1, chunk=64)
+    _assert_identical(estimated, run(threads=2, chunk=64), "estimated width, 2 threads")
+    _assert_identical(estimated, run(threads=2, chunk=64), "estimated width, rerun")
+
+
+def test_rowwise_matmul_row_depends_on_its_row_only():
+    rng = np.random.default_rng(7)
+    b = rng.normal(size=(57, 49)).astype(np.float32)
+    a = rng.normal(size=(300, 57)).astype(np.float32)
+    full = rowwise_matmul(a, b)
+    np.testing.assert_allclose(full, a @ b, rtol=1e-5, atol=1e-5)
+    for start, stop in ((0, 1), (5, 6), (3, 40), (77, 300), (150, 151)):
+        assert np.array_equal(rowwise_matmul(a[start:stop], b), full[start:stop])
+    raw = np.empty(a.size + 8, np.float32)
+    for shift in range(1, 8):  # misaligned copies of the same rows
+        moved = raw[shift: shift + a.size].reshape(a.shape)
+        moved[:] = a
+        assert np.array_equal(rowwise_matmul(moved, b), full)
+    assert rowwise_matmul(a[:0], b).shape == (0, 49)
