@@ -75,3 +75,25 @@ def test_naive_argmax_misses_the_goal(film_and_spectra):
     neg = (bias < -0.3e-3) & (bias > -4e-3)
     naive = 0.5 * (bias[pos][np.argmax(didv[..., pos], -1)] - bias[neg][np.argmax(didv[..., neg], -1)])
     assert _rms(naive, delta_true) * 1e3 > 0.03
+
+
+def test_accuracy_at_801_points():
+    """Coarser sweeps (0.1 mV steps, the analyser tests' runs) keep the template fit unbiased.
+
+    Measured on this film: Delta rms 0.0245 meV from I(V), 0.0156 meV with the lock-in (the
+    goals of issue 2 are stated for 1601 points; before the template window was set in volts the
+    801-point figures were 0.11 and 0.18 meV, or Delta < 0 for some template widths).
+    """
+    film = make_film(FilmParams(ny=GRID, nx=GRID, seed=2024, n_points=801))
+    iy, ix = np.indices((GRID, GRID))
+    spectra = film.spectra(iy, ix, noise=True)
+    delta_true, alpha_true = film.definition_truth()
+    res = analyse_spectra(film.bias_V, current=spectra.current_A)
+    _check_coverage(res)
+    assert np.all(res.delta_eV[res.valid] > 0)
+    assert _rms(res.delta_eV, delta_true) * 1e3 <= 0.03
+    assert _rms(res.alpha, alpha_true) <= 0.003
+    options = KernelOptions(modulation_Vrms=film.params.modulation_Vrms)
+    res = analyse_spectra(film.bias_V, current=spectra.current_A, lockin=spectra.lockin_x_A, options=options)
+    _check_coverage(res)
+    assert _rms(res.delta_eV, delta_true) * 1e3 <= 0.02
