@@ -3,9 +3,18 @@
 :class:`RunSubscriber` wraps a SUB (any number of consumers, may drop) or PULL (one consumer,
 no drop) socket. It decodes with :func:`stslive.acquisition.stream.decode`, counts rejected
 messages by reason and keeps going, checks events against their run's descriptor, and tracks
-``seq`` per run: a jump is recorded as a :class:`Gap`, a first document with ``seq > 0`` as a
-late join (gap from 0). Rejected documents do not advance ``seq`` tracking, so they show up as
-gaps too: everything a consumer must fetch from the archive is in :meth:`RunSubscriber.gaps`.
+``seq`` per run and segment: a jump is recorded as a :class:`Gap`, a first document with
+``seq > 0`` as a late join (gap from 0). Rejected documents do not advance ``seq`` tracking, so
+they show up as gaps too: everything a consumer must fetch from the archive is in
+:meth:`RunSubscriber.gaps`.
+
+Resumed runs (the rule of :mod:`stslive.acquisition.stream`): a start document of a run already
+seen opens a new *segment*; ``seq`` expectations restart at 0 and a ``resume`` gap asks the
+consumer to check the archive for pixels recorded while nobody was publishing (archived by the
+killed process but never sent). A lower ``seq`` that fills no known gap is never dropped as a
+duplicate on its number alone: an event is a duplicate only if the same measurement of that pixel
+(its ``t_start``) was already received; anything else below the expected ``seq`` means a new
+segment whose start was missed (it opens the segment with a ``resume`` gap from ``seq`` 0).
 
 A seq gap does not say which pixels were lost (a lost document may be a heartbeat), so recovery
 works on pixels: :func:`missing_pixels` = measured in the archive but never received, and
@@ -17,8 +26,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,59 +66,91 @@ class Gap:
     first_seq: int
     last_seq: int
     late_join: bool = False
+    #: segment of the run the seqs belong to (0 = first start; +1 per resume)
+    segment: int = 0
+    #: the run was resumed: check the archive for pixels recorded while nobody published (a
+    #: resume gap may span no seq at all, ``last_seq = first_seq - 1``, when its start arrived)
+    resume: bool = False
 
     @property
     def size(self) -> int:
-        """Number of missing documents."""
+        """Number of missing documents (0 for a resume whose start arrived)."""
         return self.last_seq - self.first_seq + 1
 
 
 @dataclass
 class RunTracker:
-    """What one consumer knows of one run: seq bookkeeping, pixels seen, its start/descriptor."""
+    """What one consumer knows of one run: seq bookkeeping (per segment), pixels seen, its start/descriptor.
+
+    ``pixels`` maps each pixel ``(iy, ix)`` received to the ``t_start`` (unix s) of the
+    measurement received last (``None`` if the event had none): the identity of a measurement,
+    so a re-measured pixel is new and the same measurement twice is a duplicate.
+    """
 
     run_uid: str
     next_seq: int = 0
-    missing: list[list[int]] = field(default_factory=list)  # [first, last] ranges, ascending
+    #: [first, last, segment] ranges still missing (resume checks: last = first - 1)
+    missing: list[list[int]] = field(default_factory=list)
     late_join: bool = False
     received: int = 0
     duplicates: int = 0
-    pixels: set[Pixel] = field(default_factory=set)
+    segment: int = 0
+    pixels: dict[Pixel, float | None] = field(default_factory=dict)
     start: StartDoc | None = None
     descriptors: dict[str, DescriptorDoc] = field(default_factory=dict)
     stop: StopDoc | None = None
 
     def observe(self, seq: int) -> Gap | None | Literal[False]:
-        """Account for ``seq``: returns a new Gap, None (in order), or False (duplicate)."""
+        """Account for ``seq`` in the current segment: a new Gap, None (in order or a late fill),
+        or False (below the expected seq and filling no gap: a duplicate or a new segment)."""
         if seq == self.next_seq:
             self.next_seq += 1
             return None
         if seq > self.next_seq:
-            gap = Gap(self.run_uid, self.next_seq, seq - 1, late_join=self.received == 0)
+            gap = Gap(self.run_uid, self.next_seq, seq - 1, late_join=self.received == 0, segment=self.segment)
             self.late_join |= gap.late_join
-            self.missing.append([gap.first_seq, gap.last_seq])
+            self.missing.append([gap.first_seq, gap.last_seq, self.segment])
             self.next_seq = seq + 1
             return gap
-        for i, (first, last) in enumerate(self.missing):  # a late arrival may fill a known gap
-            if first <= seq <= last:
-                pieces = [[first, seq - 1], [seq + 1, last]]
+        for i, (first, last, segment) in enumerate(self.missing):  # a late arrival may fill a known gap
+            if segment == self.segment and first <= seq <= last:
+                pieces = [[first, seq - 1, segment], [seq + 1, last, segment]]
                 self.missing[i : i + 1] = [p for p in pieces if p[0] <= p[1]]
                 return None
         return False
+
+    def new_segment(self, seq: int, *, segment: int | None = None) -> Gap:
+        """Open the next segment at document ``seq`` (0: its start arrived); returns its resume gap.
+
+        ``segment`` is the start document's ``metadata["segment"]`` when known; a missed start
+        counts one segment on. The previous segment's open ranges stay listed (only the archive
+        can fill them now).
+        """
+        self.segment = segment if segment is not None and segment > self.segment else self.segment + 1
+        gap = Gap(self.run_uid, 0, seq - 1, segment=self.segment, resume=True)
+        self.missing.append([0, seq - 1, self.segment])
+        self.next_seq = seq + 1
+        return gap
 
     def observe_tail(self, last_seq: int) -> Gap | None:
         """A heartbeat says documents up to ``last_seq`` were sent: a Gap if some never came."""
         if last_seq < self.next_seq:
             return None
-        gap = Gap(self.run_uid, self.next_seq, last_seq)
-        self.missing.append([gap.first_seq, gap.last_seq])
+        gap = Gap(self.run_uid, self.next_seq, last_seq, segment=self.segment)
+        self.missing.append([gap.first_seq, gap.last_seq, self.segment])
         self.next_seq = last_seq + 1
         return gap
 
+    def is_duplicate(self, event: EventDoc) -> bool:
+        """True if this measurement of the pixel (same ``t_start``) was already received."""
+        key = (event.iy, event.ix)
+        return key in self.pixels and self.pixels[key] == event.timestamps.get("t_start")
+
     @property
     def gaps(self) -> list[Gap]:
-        """The ranges still missing (late join first)."""
-        return [Gap(self.run_uid, a, b, late_join=self.late_join and a == 0) for a, b in self.missing]
+        """The ranges still missing (late join first), resume checks included."""
+        return [Gap(self.run_uid, a, b, late_join=self.late_join and a == 0 and s == 0 and b >= a, segment=s,
+                    resume=s > 0 and a == 0) for a, b, s in self.missing]
 
 
 class RunSubscriber:
@@ -245,19 +287,28 @@ class RunSubscriber:
                 except MalformedDocument as exc:
                     self._reject(exc.reason, str(exc))
                     return None
-        outcome = run.observe(doc.seq)
-        if outcome is False:
-            run.duplicates += 1
-            self.duplicates += 1
-            log.debug("run %s: duplicate seq %d dropped", doc.run_uid, doc.seq)
-            return None
-        self._gap(outcome)
+        if isinstance(doc, StartDoc) and run.received > 0:  # a known run starts again: resumed
+            self._gap(run.new_segment(doc.seq, segment=_segment_of(doc)))
+        else:
+            outcome = run.observe(doc.seq)
+            if outcome is False:
+                if isinstance(doc, EventDoc) and run.is_duplicate(doc):
+                    run.duplicates += 1
+                    self.duplicates += 1
+                    log.debug("run %s: duplicate of pixel (%d, %d) at seq %d dropped", doc.run_uid, doc.iy, doc.ix,
+                              doc.seq)
+                    return None
+                # below the expected seq and no duplicate: a resumed run whose start was missed
+                self._gap(run.new_segment(doc.seq))
+            else:
+                self._gap(outcome)
         run.received += 1
         self.received += 1
         if isinstance(doc, EventDoc):
-            run.pixels.add((doc.iy, doc.ix))
+            run.pixels[(doc.iy, doc.ix)] = doc.timestamps.get("t_start")
         elif isinstance(doc, StartDoc):
             run.start = doc
+            run.segment = max(run.segment, _segment_of(doc) or 0)
         elif isinstance(doc, DescriptorDoc):
             run.descriptors[doc.uid] = doc
         elif isinstance(doc, StopDoc):
@@ -267,6 +318,11 @@ class RunSubscriber:
     def _gap(self, gap: Gap | None) -> None:
         if gap is not None:
             self._new_gaps.append(gap)
+            if gap.resume:
+                log.warning("run %s resumed (segment %d)%s; check the archive for pixels recorded while nobody "
+                            "published", gap.run_uid, gap.segment,
+                            f", its seq 0..{gap.last_seq} missed" if gap.size else "")
+                return
             log.warning("run %s: %s seq %d..%d (%d documents); fill from the archive", gap.run_uid,
                         "joined late, missed" if gap.late_join else "gap,", gap.first_seq, gap.last_seq, gap.size)
 
@@ -301,11 +357,12 @@ class RunSubscriber:
         return gaps
 
     def seen_pixels(self, run_uid: str) -> set[Pixel]:
-        """Pixels ``(iy, ix)`` whose event arrived (valid) for ``run_uid``."""
+        """Pixels ``(iy, ix)`` whose event arrived (valid) for ``run_uid`` (or were recovered)."""
         return set(self.run(run_uid).pixels)
 
     def recover(self, archive_path: str | Path, run_uid: str, *, swmr: bool = True) -> Iterator[EventDoc]:
-        """Events of ``run_uid`` measured in the archive but never received here.
+        """Events of ``run_uid`` measured in the archive but never received here (or received
+        as another measurement: the archive's ``t_start`` differs, a re-measure).
 
         Each yielded pixel counts as seen; when the iteration completes, the run's seq gaps are
         cleared (the archive, not the stream, is the record: it holds every lost pixel).
@@ -314,7 +371,7 @@ class RunSubscriber:
         descriptor_uid = next(reversed(run.descriptors), "")
         for event in recover_from_archive(archive_path, run_uid=run_uid, exclude=run.pixels,
                                           descriptor_uid=descriptor_uid, swmr=swmr):
-            run.pixels.add((event.iy, event.ix))
+            run.pixels[(event.iy, event.ix)] = event.timestamps.get("t_start")
             yield event
         run.missing.clear()
 
@@ -326,6 +383,7 @@ class RunSubscriber:
             "rejected": dict(self.rejected),
             "gaps": {uid: [(g.first_seq, g.last_seq) for g in run.gaps] for uid, run in self._runs.items()},
             "late_joins": [uid for uid, run in self._runs.items() if run.late_join],
+            "segments": {uid: run.segment for uid, run in self._runs.items() if run.segment},
         }
 
     def close(self) -> None:
@@ -341,6 +399,12 @@ class RunSubscriber:
         self.close()
 
 
+def _segment_of(start: StartDoc) -> int | None:
+    """The start document's ``metadata["segment"]`` (resume count), None if absent or not a count."""
+    value = start.metadata.get("segment")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 # -- recovery from the archive -------------------------------------------------------------------
 def missing_pixels(measured: np.ndarray, seen: Iterable[Pixel]) -> list[Pixel]:
     """Pixels ``(iy, ix)`` marked measured in the archive but not in ``seen``, row-major order."""
@@ -354,7 +418,7 @@ def recover_from_archive(
     archive_path: str | Path,
     *,
     run_uid: str | None = None,
-    exclude: Iterable[Pixel] = (),
+    exclude: Iterable[Pixel] | Mapping[Pixel, float | None] = (),
     pixels: Iterable[Pixel] | None = None,
     descriptor_uid: str = "",
     array_name: str = "spectra",
@@ -370,7 +434,10 @@ def recover_from_archive(
     run_uid
         Expected run uid; a different archive raises :class:`StreamError`.
     exclude
-        Pixels ``(iy, ix)`` already received (typically :meth:`RunSubscriber.seen_pixels`).
+        Pixels ``(iy, ix)`` already received (typically :meth:`RunSubscriber.seen_pixels`). A
+        mapping ``pixel -> t_start`` (unix s, :attr:`RunTracker.pixels`) excludes a pixel only if
+        the archive holds that same measurement (a pixel re-measured since is recovered again);
+        ``None`` or a non-finite time excludes the pixel whatever the archive holds.
     pixels
         Only these pixels (those not measured are skipped); default: every measured pixel.
     descriptor_uid
@@ -402,14 +469,14 @@ def recover_from_archive(
         if run_uid is not None and reader.run_uid != run_uid:
             raise StreamError(f"{path} holds run {reader.run_uid!r}, not {run_uid!r}; pass the archive of this run")
         measured = reader.measured
+        meta = reader.pixel_meta  # whole (ny, nx) maps: one read per field, not per pixel
+        skip = _same_measurements(exclude, meta["t_start"]) if isinstance(exclude, Mapping) else set(exclude)
         if pixels is None:
-            wanted = missing_pixels(measured, exclude)
+            wanted = missing_pixels(measured, skip)
         else:
-            skip = set(exclude)
             wanted = sorted(p for p in set(pixels) if measured[p] and p not in skip)
         if not wanted:
             return
-        meta = reader.pixel_meta  # whole (ny, nx) maps: one read per field, not per pixel
         by_row: dict[int, list[int]] = collections.defaultdict(list)
         for iy, ix in wanted:
             by_row[iy].append(ix)
@@ -419,3 +486,8 @@ def recover_from_archive(
                 fields = event_fields({name: values[iy, ix].item() for name, values in meta.items()})
                 yield EventDoc(run_uid=reader.run_uid, seq=-1, descriptor_uid=descriptor_uid, ix=ix, iy=iy,
                                arrays={array_name: row[ix]}, **fields)
+
+
+def _same_measurements(seen: Mapping[Pixel, float | None], t_start: np.ndarray) -> set[Pixel]:
+    """Pixels of ``seen`` whose received ``t_start`` is the archive's (or unknown: no way to tell)."""
+    return {p for p, t in seen.items() if t is None or not math.isfinite(t) or t == float(t_start[p])}
