@@ -23,6 +23,20 @@ Every document carries ``schema`` (:data:`SCHEMA`), ``version`` (:data:`SCHEMA_V
 heartbeat outside any run has ``run_uid = None`` and ``seq = -1``; events rebuilt from the
 archive (not from the wire) carry ``seq = -1`` too.
 
+Resumed runs and segments. ``stslive scan --resume`` continues a run in a new process: it
+publishes a new start document with the *same* ``run_uid`` and ``seq`` restarting at 0, and
+``metadata["segment"]`` = the number of resumes so far (from the archive's run log: 0 for the
+first start; ``metadata["resumed"]`` is true after a resume). Consumers track ``seq`` per
+(run uid, segment): a start of a known run opens a new segment, resets the seq expectation and
+calls for a check of the archive, because the killed process may have archived pixels it never
+published. A lower ``seq`` is never dropped on its number alone: an event is a duplicate only if
+the same measurement of its pixel (same ``timestamps["t_start"]``) was already received; an
+event or document below the expected ``seq`` that is no duplicate belongs to a new segment whose
+start was missed. A re-measured pixel (same pixel, new ``t_start``) is a new measurement.
+Before its start document the scan waits briefly (bounded, ``stslive scan --wait-subscribers``)
+for a subscription, so a consumer started first does not miss it; a consumer that still missed
+a start takes it from the archive (``documents/start``).
+
 Wire format, one ZeroMQ multipart message::
 
     [topic, header, *array frames]
