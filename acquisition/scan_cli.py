@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -32,7 +33,14 @@ from stslive.acquisition.engine import ScanEngine
 from stslive.acquisition.plans import plan_from_config
 from stslive.acquisition.security import Security, check_bind
 from stslive.acquisition.stream import RunPublisher
-from stslive.drivers.errors import ArchiveError, ConfigError
+from stslive.drivers.errors import ArchiveError, ConfigError, StreamError
+
+log = logging.getLogger(__name__)
+
+#: Default bound (s) of the wait for a stream subscriber before the start document: a SUB that is
+#: already connecting reconnects every 100 ms (ZeroMQ default), so 1 s covers it, and a scan
+#: without consumers loses only this once per start.
+WAIT_SUBSCRIBERS_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pub", help="override stream.pub (ZeroMQ PUB endpoint)")
     parser.add_argument("--push", help="override stream.push ('' = none)")
     parser.add_argument("--control", help="override stream.control (ZeroMQ REP endpoint, '' = none)")
+    parser.add_argument("--wait-subscribers", type=float, default=WAIT_SUBSCRIBERS_S, metavar="SECONDS",
+                        help="wait up to this long for a stream subscriber before the start document, so a "
+                             f"consumer started first does not miss it (default {WAIT_SUBSCRIBERS_S:g}; 0 = no wait)")
     parser.add_argument("--keys", metavar="KEYDIR", help="override stream.keys: CURVE key directory made by "
                         "'stslive keys' ('' = no keys, loopback only)")
 
@@ -66,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
         config = stored_config(path)
     if overrides:
         config = config.with_overrides(stream=overrides)
+    if args.wait_subscribers < 0:
+        raise ConfigError(f"--wait-subscribers {args.wait_subscribers:g}: give seconds >= 0")
     engine = run_scan(config, path, resume=resume, retry_failed=args.retry_failed, overwrite=args.overwrite,
-                      handle_signals=True)
+                      handle_signals=True, wait_subscribers_s=args.wait_subscribers)
     status = engine.machine.exit_status
     return {"success": 0, "abort": 3}.get(status, 1)
 
@@ -113,8 +126,13 @@ def stream_security(config: RunConfig) -> Security | None:
 
 def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_failed: bool = False,
              overwrite: bool = False, announce: bool = True, handle_signals: bool = False, context: Any = None,
-             on_ready: Callable[[ScanEngine], None] | None = None) -> ScanEngine:
+             on_ready: Callable[[ScanEngine], None] | None = None,
+             wait_subscribers_s: float = WAIT_SUBSCRIBERS_S) -> ScanEngine:
     """Open everything, run the engine, close everything; returns the finished engine.
+
+    ``wait_subscribers_s`` bounds the wait for a stream subscriber before the start document
+    (:func:`wait_for_consumers`). A resumed run's start document carries ``metadata["segment"]``,
+    the number of resumes in the archive's run log (the stream's resume rule, :mod:`stslive.acquisition.stream`).
 
     ``on_ready(engine)`` is called just before the run starts (tests and benchmarks take the
     control endpoint or the state machine from it); ``handle_signals`` makes SIGINT/SIGTERM
@@ -125,6 +143,7 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
     plan = plan_from_config(config)
     security = stream_security(config)
     skip = None
+    segment = 0
     if not resume and path.exists() and not overwrite:
         raise ArchiveError(path, "file exists; resume it with --resume, choose another --out, or pass --overwrite")
     if resume:
@@ -133,6 +152,7 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
                 raise ArchiveError(path, "grid in the archive differs from its stored config; the file is inconsistent")
             run_uid = reader.run_uid
             skip = None if retry_failed else reader.failed
+            segment = 1 + sum(r.get("event") == "resume" for r in reader.log)  # this resume logs one more
     instruments = open_instruments(config)
     try:
         identities = instruments.identities()
@@ -159,7 +179,8 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
                     config, plan, writer, publisher, instruments, run_uid=run_uid, skip=skip,
                     control_endpoint=stream["control"] or None, context=context, security=security,
                     start_fields={"instruments": identities, "software_version": _version(),
-                                  "metadata": {"config": config.to_dict(), "resumed": resume, "archive": str(path)}})
+                                  "metadata": {"config": config.to_dict(), "resumed": resume, "segment": segment,
+                                               "archive": str(path)}})
                 if announce:
                     for name, endpoint in (("stream", publisher.pub_endpoint), ("push", publisher.push_endpoint),
                                            ("control", engine.control_endpoint)):
@@ -167,6 +188,7 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
                             print(f"{name} {endpoint}", flush=True)
                 if on_ready is not None:
                     on_ready(engine)
+                wait_for_consumers(publisher, wait_subscribers_s)
                 with _abort_on_signals(engine) if handle_signals else contextlib.nullcontext():
                     engine.run()
                 return engine
@@ -174,6 +196,22 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
                 publisher.close()
     finally:
         instruments.close()
+
+
+def wait_for_consumers(publisher: RunPublisher, timeout_s: float) -> int:
+    """Wait up to ``timeout_s`` (s) for one subscription to the run stream; returns how many arrived.
+
+    A SUB that connected before the scan (an analyser started first) only receives what is
+    published after its subscription reached the PUB socket, so the start document waits for it;
+    bounded, because a scan without consumers must not wait: they can join later from the archive.
+    """
+    if publisher.pub_endpoint is None or timeout_s <= 0:
+        return 0
+    try:
+        return publisher.wait_for_subscribers(1, timeout_s=timeout_s)
+    except StreamError:  # nobody subscribed: run anyway, late consumers backfill from the archive
+        log.info("no stream subscriber within %g s; starting without one", timeout_s)
+        return 0
 
 
 class _abort_on_signals:
