@@ -117,8 +117,18 @@ class RunContext:
             raise StreamError(f"pixel ({pixel.iy}, {pixel.ix}) spectra {pixel.spectra.shape}, expected {want}")
 
     def is_new(self, pixel: PixelInput) -> bool:
-        """False for a pixel already analysed at this time or later (backfill/stream overlap)."""
-        return pixel.time > self.last_time.get((pixel.iy, pixel.ix), -math.inf)
+        """True the first time a measurement of the pixel is offered, and remembers it.
+
+        A measurement is known by its time (``t_end``, unix s): the same one again (backfill,
+        archive recovery and stream overlap) or an older one than the last taken is not new; a
+        re-measure (later time) is, and is analysed again. Remembered here, not after the
+        analysis, so a pixel twice in one batch or held for the width calibration counts once.
+        """
+        key = (pixel.iy, pixel.ix)
+        if pixel.time <= self.last_time.get(key, -math.inf):
+            return False
+        self.last_time[key] = pixel.time
+        return True
 
     @property
     def calibrating(self) -> bool:
