@@ -78,6 +78,32 @@ def test_flags_find_injected_faults(faulted_run) -> None:
     assert not summary[0].flagged
 
 
+CLEAN_NY, CLEAN_NX = 24, 32
+
+
+@pytest.fixture(scope="module")
+def clean_run():
+    """A run without faults (film seed 7), measured through the simulated lab in raster order."""
+    return list(measure_run(make_lab(CLEAN_NY, CLEAN_NX, FaultPlan.from_list([]), seed=7), SETS[:1], lambda iy, ix: 0))
+
+
+@pytest.mark.parametrize("order", ["raster", "serpentine"])
+def test_clean_run_flags_under_one_percent_per_kind(clean_run, order) -> None:
+    # the spectra of a clean run do not depend on when a pixel was measured, so the serpentine
+    # run is the same pixels visited boustrophedon; the flags' history does depend on the order
+    pixels = clean_run if order == "raster" else sorted(clean_run, key=lambda p: (p.iy, p.ix * (-1) ** p.iy))
+    ctx = RunContext("clean", start_fields(geometry(CLEAN_NY, CLEAN_NX), SETS[:1]), options=DEFAULTS,
+                     flag_config=FlagConfig())
+    inputs = _inputs(pixels)
+    for lo in range(0, len(inputs), 50):  # batches as the live service drains them
+        ctx.process(inputs[lo : lo + 50])
+    ctx.finish()
+    flags = ctx.model.maps["flags"]
+    assert ctx.model.maps["measured"].all()
+    rates = {kind.name: float((flags & int(kind)).astype(bool).mean()) for kind in FlagKind}
+    assert all(rate < 0.01 for rate in rates.values()), {k: v for k, v in rates.items() if v}
+
+
 def _run_service(tmp_path: Path, pixels, *, restart_at: int | None) -> tuple[Path, object]:
     archive = tmp_path / "run.h5"
     ctx = zmq.Context()
