@@ -4,7 +4,11 @@ Two threads, so analysis never starves the socket (the SUB queue must not overfl
 
 * the *receiver* owns the :class:`~stslive.acquisition.stream_consumer.RunSubscriber`: it
   backfills from the archive at start (late join / restart, SWMR read, acquisition order),
-  fills sequence gaps from the archive (``recover_from_archive``) and queues everything;
+  fills sequence gaps and resumed segments from the archive (``recover_from_archive``: pixels
+  whose measurement was never received) and queues everything. Events of a run whose start
+  document it missed (started before the scan, while its socket connected) take the start and
+  the pixels so far from the archive; without ``archive`` they are rejected (``no_start``) and
+  the status says what is missing;
 * the *worker* takes whatever is queued (never waiting to fill a batch: one pixel at a low
   rate, up to ``settings.batch`` when busy), analyses it with the one code path
   (:meth:`RunContext.process`: one kernel call per set-point set, flags vectorised), publishes
@@ -140,6 +144,10 @@ class AnalyserService:
         self.rejected: collections.Counter[str] = collections.Counter()
         self.subscriber_stats: dict[str, Any] = {}
         self.analysed = 0
+        #: measurements offered again (same pixel and time: backfill/recovery/stream overlap), skipped
+        self.duplicates = 0
+        #: run uid -> why its start document is missing (shown in the status)
+        self.missing_start: dict[str, str] = {}
         self.max_queue = 0
         self.stopped_runs: list[str] = []
         self._stop_seen = threading.Condition()
@@ -199,14 +207,16 @@ class AnalyserService:
     # -- receiver thread ----------------------------------------------------------------------
     def _receive(self) -> None:
         sub: RunSubscriber | None = None
-        backfilled: set[tuple[int, int]] = set()
+        backfilled: dict[tuple[int, int], float | None] = {}  # pixel -> t_start of the measurement queued
+        opened: set[str] = set()  # runs whose start (stream or archive) is queued, or was looked for
         try:
             # inside the try: a missing client key file (ConfigError) is reported like a refused endpoint
             sub = RunSubscriber(self.connect, hwm=self.settings.hwm, context=self._ctx,
                                 security=self._stream_security)
             time.sleep(0.2)  # let the subscription reach the publisher before reading the archive
             if self.archive is not None and self.archive.is_file():
-                backfilled = self._backfill()
+                run_uid, backfilled = self._backfill()
+                opened.add(run_uid)
             self._ready.set()
             last_stats = -math.inf
             while not self._stop.is_set():
@@ -222,6 +232,10 @@ class AnalyserService:
                     self.subscriber_stats, last_stats = sub.stats(), now
                 if doc is None:
                     continue
+                if doc.run_uid is not None and doc.run_uid not in opened:
+                    opened.add(doc.run_uid)
+                    if not isinstance(doc, StartDoc):
+                        backfilled.update(self._missed_start(doc.run_uid))
                 gaps = sub.take_new_gaps()
                 if gaps and self.archive is not None and doc.run_uid is not None:
                     self._recover(sub, doc.run_uid, backfilled)
@@ -237,12 +251,44 @@ class AnalyserService:
             self._ready.set()
             self._queue.put(("end", None))
 
-    def _backfill(self) -> set[tuple[int, int]]:
-        """Queue the archive's start document and measured pixels in acquisition order."""
+    def _missed_start(self, run_uid: str) -> dict[tuple[int, int], float | None]:
+        """A document of ``run_uid`` came before (without) its start: take the start from the archive.
+
+        Returns the pixels backfilled (pixel -> t_start); none without a usable archive, and
+        then the run's events are rejected as ``no_start`` and :attr:`missing_start` says why.
+        """
+        if self.archive is None:
+            self.missing_start[run_uid] = ("missed its start document (the analyser connected after the scan "
+                                           "published it); give --archive RUN.h5 to take it from the archive")
+            log.error("analyser: run %s %s", run_uid, self.missing_start[run_uid])
+            return {}
+        try:
+            found, pixels = self._backfill(run_uid=run_uid)
+        except StsliveError as exc:
+            self.missing_start[run_uid] = f"missed its start document and cannot take it from {self.archive}: {exc}"
+            log.error("analyser: run %s %s", run_uid, self.missing_start[run_uid])
+            return {}
+        log.info("analyser: run %s: start document taken from %s (missed on the stream)", found, self.archive)
+        return pixels
+
+    def _backfill(self, *, run_uid: str | None = None) -> tuple[str, dict[tuple[int, int], float | None]]:
+        """Queue the archive's start document and measured pixels in acquisition order.
+
+        Returns the archive's run uid and the pixels queued (pixel -> t_start, unix s).
+
+        Raises
+        ------
+        StreamError
+            If ``run_uid`` is given and the archive holds another run. ``ArchiveError`` if the
+            archive cannot be read.
+        """
         from stslive.acquisition.archive import open_archive
 
         assert self.archive is not None
         with open_archive(self.archive, swmr=True) as reader:
+            if run_uid is not None and reader.run_uid != run_uid:
+                raise StreamError(f"{self.archive} holds run {reader.run_uid}, the stream is run {run_uid}; "
+                                  "pass this run's archive with --archive")
             start = reader.documents.get("start", {})
             start = {**start, "setpoint_sets": [s.to_dict() for s in reader.setpoint_sets.values()],
                      "channel_names": reader.channel_names, "n_points": reader.n_points,
@@ -261,21 +307,27 @@ class AnalyserService:
                                  arrays={"spectra": spectra}, **fields)
                 self._queue.put(("doc", event))
             log.info("analyser: backfilled %d pixels from %s", iy.size, self.archive)
-            return {(int(a), int(b)) for a, b in zip(iy, ix, strict=True)}
+            t_start = meta["t_start"]
+            return reader.run_uid, {(int(a), int(b)): float(t_start[a, b]) for a, b in zip(iy, ix, strict=True)}
 
-    def _recover(self, sub: RunSubscriber, run_uid: str, backfilled: set[tuple[int, int]]) -> None:
-        """Fill the run's seq gaps from the archive (pixels measured but never received)."""
+    def _recover(self, sub: RunSubscriber, run_uid: str, backfilled: dict[tuple[int, int], float | None]) -> None:
+        """Fill the run's seq gaps and resumes from the archive (measurements never received).
+
+        A pixel counts as received only with the archive's measurement (same ``t_start``): one
+        re-measured while nobody published is recovered too.
+        """
         assert self.archive is not None
         try:
             tracker = sub.run(run_uid)
-            events = list(recover_from_archive(self.archive, run_uid=run_uid, exclude=tracker.pixels | backfilled))
+            seen = {**backfilled, **tracker.pixels}
+            events = list(recover_from_archive(self.archive, run_uid=run_uid, exclude=seen))
         except StsliveError as exc:
             self.rejected["recovery"] += 1
             log.warning("analyser: cannot recover run %s from %s: %s", run_uid, self.archive, exc)
             return
         events.sort(key=lambda e: e.timestamps.get("t_end", math.inf))
         for event in events:
-            tracker.pixels.add((event.iy, event.ix))
+            tracker.pixels[(event.iy, event.ix)] = event.timestamps.get("t_start")
             self._queue.put(("doc", event))
         tracker.missing.clear()
 
@@ -341,7 +393,10 @@ class AnalyserService:
         except StreamError as exc:
             self._reject("pixel", str(exc))
             return None
-        return pixel if run.is_new(pixel) else None
+        if not run.is_new(pixel):  # counted and shown: nothing is skipped silently
+            self.duplicates += 1
+            return None
+        return pixel
 
     def _reject(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1
@@ -471,8 +526,15 @@ class AnalyserService:
             width = self.run.options.dynes_width_eV
             text += (f" (calibrating the template width on the first {self.run.options.chunk} spectra)"
                      if self.run.calibrating else "" if width is None else f"; Dynes width {width * 1e3:.4f} meV")
+        if self.duplicates:
+            text += f"; {self.duplicates} repeated measurement(s) skipped"
+        segments = self.subscriber_stats.get("segments", {})
+        if self.run is not None and segments.get(self.run.run_uid):
+            text += f"; run resumed {segments[self.run.run_uid]} time(s)"
         if rejected:
             text += "; rejected " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
+        for run_uid, why in self.missing_start.items():
+            text += f"; run {run_uid} {why}"
         if gaps:
             text += f"; {gaps} open seq gap(s)"
         return text
