@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +89,12 @@ def control(keydir: Path, endpoint: str, client: str, command: str) -> subproces
                            "--timeout", "1.5", command], capture_output=True, text=True, timeout=60)
 
 
+Analyser = Callable[[str], tuple["subprocess.Popen[str]", queue.Queue]]
+
+
 @pytest.fixture
-def analyser(keydir: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], queue.Queue]]:
+def analyser(keydir: Path, tmp_path: Path) -> Iterator[Analyser]:
+    """Starts ``stslive analyser --keys --client analyser`` on a stream endpoint; killed if still running."""
     proc_holder: dict[str, Any] = {}
 
     def start(stream_endpoint: str) -> tuple[subprocess.Popen[str], queue.Queue]:
@@ -104,14 +108,14 @@ def analyser(keydir: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[st
         proc_holder["proc"] = proc
         return proc, lines
 
-    yield start  # type: ignore[misc]
+    yield start
     proc = proc_holder.get("proc")
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait(10)
 
 
-def test_keyed_scan_analyser_viewer_and_control(keydir: Path, tmp_path: Path, analyser: Any) -> None:
+def test_keyed_scan_analyser_viewer_and_control(keydir: Path, tmp_path: Path, analyser: Analyser) -> None:
     lab = MockLab.from_seed(seed=5, ny=N, nx=N, speed=1.0)
     slow = {"id": 0, "name": "slow", "bias_setpoint_V": -0.010, "current_setpoint_A": 150e-12,
             "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": 101, "integration_s": 1e-3}  # 0.1 s sweep: ~4 s run
