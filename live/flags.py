@@ -94,7 +94,27 @@ K_B_EV = 8.617333262e-5
 
 @dataclass(frozen=True, slots=True)
 class FlagConfig:
-    """Thresholds of every flag rule (SI units; see the module docstring for the physics)."""
+    """Thresholds of every flag rule (SI units; see the module docstring for the physics).
+
+    Tip-change rule (f = ln(G_band / G_set), dimensionless; pixel counts):
+
+    tip_band_V
+        |V| band (V) of the normal-state conductance G_band.
+    tip_min_change
+        Smallest step of f flagged, 0.05 = a 5 % change of G_band/G_set. Measured on the clean
+        64 x 48 demo run: pixel-to-pixel noise + film roughness of f ~0.005 rms, first false
+        flags at 0.015; the injected tip fault (slope 8 /eV) steps f by 0.16 and 0.28.
+    tip_mad_k
+        The limit is max(tip_mad_k * 1.4826 MAD, tip_min_change) of the spatial residuals of
+        the last ``tip_window`` accepted pixels (grows with noisier data).
+    tip_window, tip_min_history
+        Residuals kept for that MAD, and needed before any pixel is judged.
+    tip_radius_px
+        Spatial neighbourhood (Chebyshev radius, pixels) of the reference; also the number of
+        rows after which a persisting changed tip becomes the baseline.
+    tip_recent
+        Accepted pixels in time whose median is the temporal reference.
+    """
 
     modulation_max_fraction: float = 0.2
     nominal_delta_eV: float = 1.2e-3
