@@ -4,7 +4,8 @@ A scan runs against the in-process simulated lab with ``[stream] keys``; the ana
 ``stslive analyser --keys --client`` process reading the keyed run stream and publishing its
 results with keys; ``stslive control`` runs as a real process with a viewer key (refused: no
 reply, the error names authentication) and a controller key (obeyed); the viewer's
-``StreamSource`` follows the analyser with a viewer key, and an unknown key gets nothing.
+``StreamSource`` and ``stslive view --keys --client`` follow the analyser with a viewer key, and an
+unknown key gets nothing.
 Nothing binds or sends beyond loopback: CURVE is required on loopback because keys are given.
 """
 
@@ -174,6 +175,11 @@ def test_keyed_scan_analyser_viewer_and_control(keydir: Path, tmp_path: Path, an
             source.stop()
         with pytest.raises(StreamError, match="authentication"):
             StreamSource.connect(results_ep, timeout_s=3, security=outsider(keydir))
+        # and the command line: `stslive view --connect --keys --client` renders the live screen
+        png = tmp_path / "screen.png"
+        assert main(["view", "--connect", results_ep, "--keys", str(keydir), "--client", "screen",
+                     "--snapshot", str(png), "--size", "800x600", "--timeout", "30"]) == 0
+        assert png.stat().st_size > 10_000
 
         resumed = control(keydir, control_ep, "alice", "resume")
         assert resumed.returncode == 0, resumed
