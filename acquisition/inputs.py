@@ -107,6 +107,32 @@ def topography_from_z(z_m: np.ndarray, *, set_ids: np.ndarray | None = None) -> 
     return out
 
 
+def acquisition_order(measured: np.ndarray, t_start: np.ndarray | None = None) -> np.ndarray:
+    """Flat (row-major) indices of the measured pixels in the order they were measured.
+
+    Parameters
+    ----------
+    measured : ndarray
+        ``(ny, nx)`` bool.
+    t_start : ndarray, optional
+        ``(ny, nx)`` start time of each pixel's measurement, s (archive pixel metadata); None
+        (a ``.3ds``, no per-pixel times) gives row-major order.
+
+    Returns
+    -------
+    ndarray of int64
+        Measured pixels sorted by ``t_start``; the sort is stable, so equal times keep
+        row-major order, and pixels without a finite time come last in row-major order. This is
+        the order the live analyser receives them in (a serpentine scan reverses every other row).
+    """
+    flat = np.flatnonzero(np.asarray(measured, dtype=bool).ravel())
+    if t_start is None:
+        return flat.astype(np.int64)
+    t = np.asarray(t_start, dtype=np.float64).ravel()[flat]
+    key = np.where(np.isfinite(t), t, np.inf)
+    return flat[np.argsort(key, kind="stable")].astype(np.int64)
+
+
 def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
     if wanted is not None:
         if wanted not in names:
@@ -186,6 +212,20 @@ class SpectraSource:
         if isinstance(self._b, ArchiveReader):
             return self._b.bias
         return self._b.nominal_sweep()
+
+    @property
+    def sweep_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(start, end)`` of each pixel's sweep, ``(ny, nx)`` arrays, V."""
+        return self._start, self._end
+
+    def acquisition_order(self) -> np.ndarray:
+        """Flat indices of the measured pixels in measurement order (:func:`acquisition_order`).
+
+        An archive orders by the pixels' ``t_start``; a ``.3ds`` has no per-pixel times and is
+        taken row-major (Nanonis grids are measured that way).
+        """
+        times = self._b.pixel_meta["t_start"] if isinstance(self._b, ArchiveReader) else None
+        return acquisition_order(self.measured, times)
 
     def bias_for(self, rows: slice) -> np.ndarray:
         """Per-pixel sweep axes ``(rows, nx, n_points)`` (float64)."""

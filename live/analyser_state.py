@@ -31,7 +31,7 @@ from stslive.live.flags import (
     spectral_features,
 )
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis
-from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options
+from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options, calibration_sample
 from stslive.live.results import PixelResult, ResultsModel
 
 
@@ -144,8 +144,8 @@ class RunContext:
         held = self._held or []
         self._held = None
         if held:
-            sweep = self._sweep(held[0].set_id)
-            sample = [p for p in held if self._sweep(p.set_id) == sweep][: self.options.chunk]
+            pick = calibration_sample([self._sweep(p.set_id) for p in held], chunk=self.options.chunk)
+            sample = [held[i] for i in pick]
             self.options = calibrate_options(self.sets[held[0].set_id].bias_axis, np.stack([p.spectra for p in sample]),
                                              self.channel_names, options=self.options)
         return held

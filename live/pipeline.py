@@ -19,7 +19,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +33,7 @@ from stslive.live.results import CorrelationSnapshot, ResultsModel
 
 __all__ = [
     "TheoryConstants", "ProgressCallback", "uses_lockin", "analyse_pixels", "analyse_arrays", "calibrate_options",
-    "apply_to_model", "open_input", "calibrate_source", "analyse_source", "analyse_input", "correlation_snapshot",
+    "calibration_sample", "apply_to_model", "open_input", "calibrate_source", "analyse_source", "analyse_input", "correlation_snapshot",
     "sheet_resistance_sigma", "predicted_gap_spread",
 ]
 
@@ -325,22 +325,64 @@ def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> Spect
     return open_spectra(path, current=names[pick.current], lockin=lockin)
 
 
+def calibration_sample(sweeps: Sequence[Hashable], *, chunk: int) -> np.ndarray:
+    """Which spectra fix the peak-template width: THE rule of the live and the offline analysis.
+
+    Parameters
+    ----------
+    sweeps : sequence
+        Each measured spectrum's sweep (any comparable key, e.g. (start_V, end_V, n_points)), in
+        acquisition order: the order the live analyser receives the pixels, and
+        :meth:`~stslive.acquisition.inputs.SpectraSource.acquisition_order` offline.
+    chunk : int
+        Sample size, ``KernelOptions.chunk``.
+
+    Returns
+    -------
+    ndarray of int
+        Positions in ``sweeps`` of the first ``chunk`` spectra that share the first one's sweep
+        (a template bank is built for one sampling). The width is then
+        :func:`calibrate_options` on those spectra. Why acquisition order and not row-major:
+        the live analyser cannot wait for row-major's first spectra (in a serpentine scan
+        the second row arrives reversed), and live must equal offline.
+    """
+    if not len(sweeps):
+        return np.zeros(0, np.int64)
+    first = sweeps[0]
+    return np.flatnonzero(np.fromiter((s == first for s in sweeps), bool, count=len(sweeps)))[:chunk]
+
+
 def calibrate_source(source: SpectraSource, *, options: KernelOptions,
                      max_block_bytes: int = 64 * 2**20) -> KernelOptions:
-    """``options`` with the template width fixed from the first block holding measured pixels.
+    """``options`` with the template width fixed as the live analyser fixes it (:func:`calibration_sample`).
 
-    :func:`analyse_source` does the same on its first block; calling this first lets the caller
-    record the width it used (``stslive analyse`` puts it in report.json).
+    The first ``options.chunk`` measured spectra in acquisition order (an archive's per-pixel
+    start times; row-major for a ``.3ds``) sharing the first one's sweep; their grid rows are
+    read one at a time, so ``max_block_bytes`` is not needed (kept for callers). Unchanged
+    when a width is set, nothing is measured, or the sweep misses the gap search range.
     """
+    del max_block_bytes  # rows are read one at a time
     if options.dynes_width_eV is not None:
         return options
-    for block in source.iter_blocks(max_bytes=max_block_bytes):
-        rows, cols = np.nonzero(block.measured)
-        if rows.size:
-            bias = block.bias if block.bias.ndim == 1 else block.bias[rows, cols]
-            return _with_template_width(bias, current=block.current[rows, cols], options=options,
-                                        lockin=None if block.lockin is None else block.lockin[rows, cols])
-    return options
+    order = source.acquisition_order()
+    if order.size == 0:
+        return options
+    nx = source.shape[1]
+    start, end = (a.ravel()[order] for a in source.sweep_limits)
+    pick = order[calibration_sample(list(zip(start.tolist(), end.tolist(), strict=True)), chunk=options.chunk)]
+    iy, ix = np.divmod(pick, nx)
+    current = lockin = None
+    for row in np.unique(iy):
+        block = source.read_block(slice(int(row), int(row) + 1))
+        if current is None:
+            current = np.empty((pick.size, source.n_points), block.current.dtype)
+            lockin = None if block.lockin is None else np.empty_like(current, dtype=block.lockin.dtype)
+        here = iy == row
+        current[here] = block.current[0, ix[here]]
+        if lockin is not None and block.lockin is not None:
+            lockin[here] = block.lockin[0, ix[here]]
+    bias = source.bias_for(slice(int(iy[0]), int(iy[0]) + 1))[0, ix[0]] if source.bias_per_pixel else source.bias
+    return _with_template_width(bias, current=current, lockin=lockin, options=options)
 
 
 def analyse_source(
@@ -350,8 +392,12 @@ def analyse_source(
     progress: ProgressCallback | None = None,
     max_block_bytes: int = 64 * 2**20,
 ) -> ResultsModel:
-    """Analyse every measured pixel of an open source in row blocks (see :func:`analyse_input`)."""
+    """Analyse every measured pixel of an open source in row blocks (see :func:`analyse_input`).
+
+    One template width for the whole map, fixed first by :func:`calibrate_source` (the live rule).
+    """
     source.require_bias_sweep()
+    options = calibrate_source(source, options=options)
     ny, nx = source.shape
     dx, dy = source.pixel_size_m
     model = ResultsModel(ny, nx, pixel_nm=float(math.sqrt(dx * dy) * 1e9), topography=source.topography)
@@ -373,8 +419,6 @@ def analyse_source(
             bias = block.bias if block.bias.ndim == 1 else block.bias[rows, cols]
             current = block.current[rows, cols]
             lockin = None if block.lockin is None else block.lockin[rows, cols]
-            # one template width for the whole map, from the first measured spectra
-            options = _with_template_width(bias, current=current, lockin=lockin, options=options)
             analysis = analyse_arrays(bias, current=current, lockin=lockin, options=options)
             apply_to_model(model, rows + block.rows.start, cols, analysis)
             done += rows.size

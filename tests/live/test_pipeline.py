@@ -17,7 +17,7 @@ from stslive.live.correlations import correlation_report
 from stslive.live.kernels import KernelOptions, ReasonCode, SpectrumAnalysis
 from stslive.live.pipeline import (
     TheoryConstants, analyse_arrays, analyse_input, analyse_pixels, apply_to_model, calibrate_options,
-    correlation_snapshot,
+    calibrate_source, calibration_sample, correlation_snapshot, open_input,
     predicted_gap_spread, sheet_resistance_sigma,
 )
 from stslive.live.results import ResultsModel
@@ -215,3 +215,85 @@ def test_kpfm_grid_runs_and_marks_every_pixel_invalid(shared_data: Path) -> None
     model = analyse_input(shared_data / "nanonis-grid-kpfm-20x20.3ds", options=KernelOptions())
     assert model.maps["measured"].all() and not model.maps["valid"].any()
     assert (model.maps["reason"] > 0).all() and np.isnan(model.maps["delta_eV"]).all()
+
+
+def _serpentine_archive(path: Path) -> tuple[Path, list]:
+    """A 4 x 32 serpentine scan whose right half (ix >= 16) has 4x broader Dynes peaks.
+
+    Returns the archive and the live analyser's inputs in acquisition order. With a 48-spectrum
+    calibration sample the acquisition order takes row 0 and the right half of row 1 (the scan
+    runs backwards there): 16 narrow + 32 broad spectra; row-major would take 32 narrow + 16 broad.
+    """
+    from test_analyser_sim import CHANNELS as SIM_CHANNELS
+    from test_analyser_sim import N_POINTS, geometry, make_sets, start_fields
+
+    from stslive.acquisition.archive import ArchiveWriter
+    from stslive.acquisition.runmodel import PixelMeta
+    from stslive.live.analyser_state import PixelInput
+
+    ny, nx = 4, 32
+    iy, ix = np.indices((ny, nx))
+    narrow, broad = (make_film(FilmParams(ny=ny, nx=nx, seed=5, n_points=N_POINTS, dynes_gamma_eV=g))
+                     for g in (0.05e-3, 0.2e-3))
+    a, b = narrow.spectra(iy, ix), broad.spectra(iy, ix)
+    current = np.where(ix[..., None] >= nx // 2, b.current_A, a.current_A)
+    lockin = np.where(ix[..., None] >= nx // 2, b.lockin_x_A, a.lockin_x_A)
+    spectra = np.stack([current, lockin], axis=-2).astype(np.float32)  # (ny, nx, 2, n)
+    sets, geom = make_sets(), geometry(ny, nx)
+    order = [(y, x) for y in range(ny) for x in (range(nx) if y % 2 == 0 else range(nx - 1, -1, -1))]
+    inputs = []
+    with ArchiveWriter.create(path, geometry=geom, channel_names=SIM_CHANNELS, n_points=N_POINTS,
+                              setpoint_sets=sets, start_doc={"uid": "serp", **start_fields(geom, sets)}) as writer:
+        for k, (y, x) in enumerate(order):
+            t = 1000.0 + k
+            meta = PixelMeta(x_m=x * 1e-9, y_m=y * 1e-9, setpoint_set_id=0, t_start=t, t_sweep_start=t,
+                             t_sweep_end=t + 0.5, t_end=t + 0.5)
+            writer.write_pixel(y, x, spectra[y, x], meta)
+            inputs.append(PixelInput(iy=y, ix=x, set_id=0, spectra=spectra[y, x], time=t + 0.5,
+                                     temperatures_K=(0.3, 0.3), lockin_status=0, lockin_overload=False))
+    return path, inputs
+
+
+def test_offline_calibrates_on_the_live_analysers_spectra_for_a_serpentine_scan(tmp_path: Path) -> None:
+    """Live = offline: both fix the template width on the first spectra in ACQUISITION order."""
+    from test_analyser_sim import geometry, make_sets, start_fields
+
+    from stslive.live.analyser_state import RunContext
+    from stslive.live.flags import FlagConfig
+
+    path, inputs = _serpentine_archive(tmp_path / "serpentine.h5")
+    options = KernelOptions(chunk=48)
+    with open_input(path, options=options) as source:
+        order = source.acquisition_order()
+        assert [divmod(int(k), 32) for k in order] == [(p.iy, p.ix) for p in inputs]
+        offline = calibrate_source(source, options=options).dynes_width_eV
+    ctx = RunContext("serp", start_fields(geometry(4, 32), make_sets()), options=options, flag_config=FlagConfig())
+    ctx.process(inputs)  # 128 pixels > the 48 of the sample: calibrated and analysed
+    live = ctx.options.dynes_width_eV
+    assert live is not None and offline == live
+    # the test can tell the orders apart: row-major's first 48 spectra give another width
+    with open_archive(path) as reader:
+        row_major = reader.read_pixels(slice(0, 2)).reshape(-1, 2, reader.n_points)[:48]
+        bias = reader.bias
+    assert calibrate_options(bias, row_major, list(reader.channel_names), options=options).dynes_width_eV != live
+    # and the offline map uses that width everywhere, as the finished live run does
+    model = analyse_input(path, options=options)
+    np.testing.assert_array_equal(model.maps["delta_eV"], ctx.model.maps["delta_eV"])
+
+
+def test_calibration_sample_takes_the_first_chunk_sharing_the_first_sweep() -> None:
+    sweeps = [(-0.04, 0.04), (-0.02, 0.02), (-0.04, 0.04), (-0.04, 0.04), (-0.04, 0.04)]
+    assert calibration_sample(sweeps, chunk=2).tolist() == [0, 2]
+    assert calibration_sample(sweeps, chunk=10).tolist() == [0, 2, 3, 4]
+    assert calibration_sample([], chunk=4).size == 0
+
+
+def test_acquisition_order_sorts_by_start_time_then_row_major() -> None:
+    from stslive.acquisition.inputs import acquisition_order
+
+    measured = np.array([[True, True, True], [True, False, True]])
+    t = np.array([[1.0, 2.0, 3.0], [6.0, np.nan, 4.0]])
+    assert acquisition_order(measured, t).tolist() == [0, 1, 2, 5, 3]
+    assert acquisition_order(measured, None).tolist() == [0, 1, 2, 3, 5]
+    t_missing = np.array([[np.nan, 2.0, 2.0], [1.0, 0.0, np.nan]])
+    assert acquisition_order(measured, t_missing).tolist() == [3, 1, 2, 0, 5]
