@@ -89,7 +89,7 @@ def test_calibrated_options_make_live_pixels_match_the_offline_map(film_archive:
     options = calibrate_options(bias, first_row, list(CHANNELS), options=KernelOptions())
     assert options.dynes_width_eV is not None and 1e-6 < options.dynes_width_eV < 1e-3
     live = analyse_pixels(bias, pixel, list(CHANNELS), options=options)
-    offline = analyse_input(film_archive, options=KernelOptions())  # calibrates on its first block
+    offline = analyse_input(film_archive, options=KernelOptions())  # calibrates on the first spectra measured
     assert float(live.delta_eV) == pytest.approx(float(offline.maps["delta_eV"][30, 20]), abs=2e-6)
     assert float(live.alpha) == pytest.approx(float(offline.maps["alpha"][30, 20]), abs=1e-5)
 
