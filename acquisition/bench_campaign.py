@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", type=int, default=4, help="maps in the campaign (default: 4)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default: 2)")
     parser.add_argument("--block-mb", type=float, default=64.0, help="spectra per Dask task, MB (default: 64)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="single/dask pairs, alternated on one cluster so both see the same load (default: 1)")
     parser.add_argument("--workdir", type=Path, required=True,
                         help="folder for the simulated archives (kept and reused when the grid matches)")
 
@@ -93,36 +95,46 @@ def _single(paths: list[Path], options: KernelOptions) -> tuple[float, list[Resu
     return time.perf_counter() - t0, models
 
 
+def _spread(times: list[float]) -> str:
+    """``median (min-max)`` of wall times, s."""
+    return f"{np.median(times):8.2f} s  ({min(times):.2f}-{max(times):.2f} s over {len(times)})"
+
+
 def run(args: argparse.Namespace) -> int:
     from stslive.live.dask_analysis import analyse_inputs_dask, dask_client
 
-    if args.maps < 1 or args.workers < 1 or args.block_mb <= 0:
-        raise ConfigError("--maps and --workers must be >= 1 and --block-mb > 0")
+    if args.maps < 1 or args.workers < 1 or args.block_mb <= 0 or args.repeat < 1:
+        raise ConfigError("--maps, --workers and --repeat must be >= 1 and --block-mb > 0")
     paths = _simulate(args.workdir, args.grid, args.maps)
     options = KernelOptions()
     spectra = 0
     for path in paths:
         with open_input(path, options=options) as source:
             spectra += int(source.measured.sum())
-    single_s, single_models = _single(paths, options)
+    single_s: list[float] = []
+    dask_s: list[float] = []
     t0 = time.perf_counter()
     with dask_client(None, workers=args.workers) as client:
         startup_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        runs = {r.path: r.model for r in analyse_inputs_dask(paths, client=client, options=options,
-                                                               max_block_bytes=int(args.block_mb * 2**20))}
-        dask_s = time.perf_counter() - t1
+        # alternated, so that a change of the machine's load hits both paths alike
+        for _ in range(args.repeat):
+            seconds, single_models = _single(paths, options)
+            single_s.append(seconds)
+            t1 = time.perf_counter()
+            runs = {r.path: r.model for r in analyse_inputs_dask(paths, client=client, options=options,
+                                                                   max_block_bytes=int(args.block_mb * 2**20))}
+            dask_s.append(time.perf_counter() - t1)
     identical = all(np.array_equal(m.maps[k], runs[p].maps[k], equal_nan=True)
                     for p, m in zip(paths, single_models) for k in ("delta_eV", "alpha", "valid", "reason"))
     delta_rel = max(float(np.nanmax(np.abs(runs[p].maps["delta_eV"] / m.maps["delta_eV"] - 1.0)))
                     for p, m in zip(paths, single_models))
     print(f"campaign: {len(paths)} maps, {args.grid}, {spectra} spectra ({spectra // len(paths)} per map), "
           f"{paths[0].stat().st_size / 2**20:.0f} MB per archive")
-    print(f"single process : {single_s:8.2f} s  {spectra / single_s:10,.0f} spectra/s")
-    print(f"dask {args.workers} workers : {dask_s:8.2f} s  {spectra / dask_s:10,.0f} spectra/s "
+    print(f"single process : {_spread(single_s)}  {spectra / np.median(single_s):10,.0f} spectra/s")
+    print(f"dask {args.workers} workers : {_spread(dask_s)}  {spectra / np.median(dask_s):10,.0f} spectra/s "
           f"(+ {startup_s:.1f} s cluster start-up, blocks of {args.block_mb:g} MB)")
-    print(f"ratio single/dask: {single_s / dask_s:.2f} (with start-up: {single_s / (dask_s + startup_s):.2f})")
+    print("ratio single/dask per pair: " + ", ".join(f"{a / b:.2f}" for a, b in zip(single_s, dask_s)))
     print(f"maps identical: {identical}; largest relative Delta difference: {delta_rel:.2e}")
     print(f"kernel threads: {options.threads or 'one per core'} single-process, 1 per dask task; "
-          f"{os.cpu_count()} cores seen; figures taken on a shared machine are upper bounds")
+          f"{len(os.sched_getaffinity(0))} cores available; figures taken on a shared machine are upper bounds")
     return 0
