@@ -12,35 +12,24 @@ Both include reading the files and building the ResultsModel; neither writes fig
 the same client-side code in both). It prints wall times, spectra/s, the ratio, and checks that
 the maps agree. Figures depend on the machine's load; state it when quoting them.
 
-Measured (``stslive bench-campaign --workdir DIR``, 4 x 300x250x1601, 2 cores shared with other
-jobs): single process 30.9 s (9,700 spectra/s); LocalCluster 2 x 1 thread 116.7 s (2,570 spectra/s)
-+ 1.8 s start-up; ratio 0.26; maps identical. On two cores the cluster cannot win (the single
-path already uses both cores), and the separate read and kernel tasks move 64 MB blocks between
-worker processes and hold read-ahead blocks in worker memory; fusing read and kernels into one
-task per block is the next step before quoting cluster figures.
+``--repeat N`` alternates N single/dask pairs on one cluster, so a change of the machine's load
+hits both paths alike, and prints median (min-max) and each pair's ratio.
 
-Scaling argument for a real cluster (per map of ny x nx pixels, n points, c channels, float32)
-------------------------------------------------------------------------------------------------
-* Memory per worker: one task holds one block of B bytes of spectra (``--block-mb``, default 64 MB;
-  the single path's block, which keeps the maps bit-identical) plus the kernels' working set
-  (chunks of 512 spectra, a few MB) plus the result stack (rows x nx x 15 x 8 bytes, ~0.1 % of B
-  for 1601 points). With t threads per worker: about t x (2 B + 50 MB) peak, i.e. ~200 MB per
-  thread at the default - independent of the map and campaign size, so a campaign of hundreds
-  of GB runs on workers with 1-2 GB per core.
-* Bytes moved: each block is read by the worker that runs it from shared storage (the task opens
-  the file; the spectra never pass through the client or the scheduler). Over the network, per
-  map: the file's spectra once from storage to workers (ny nx c n 4 bytes: 480 MB per channel for
-  the paper's map, 960 MB with the lock-in), and back to the client only the result stacks
-  (ny nx x 15 x 8 bytes = 9 MB, ~1 % of the spectra) plus one calibrated options object. Scheduler
-  traffic is a few kB per task (~30 blocks per map at 64 MB).
-* Client work per map: the correlations (three FFTs of ny x nx) and the figures and report,
-  ~seconds; with tens of maps this is the serial part (Amdahl), so the speed-up saturates at
-  (kernel time per map) / (client time per map) maps in flight - ~10x here, more if the figures
-  are skipped or the client has more cores.
-* Throughput therefore scales with the number of worker cores until the shared storage's read
-  bandwidth is the limit: at ~100,000 spectra/s per core (ARCHITECTURE.md floors) a core consumes
-  ~0.6-1.3 GB/s of spectra (1-2 channels), so a 1 GB/s file server feeds about one core - put the
-  workers where the data is, or copy a campaign to node-local disks first.
+Measured on 2 cores shared with ~7 other jobs (load average 7-8), 4 x 300x250x1601 archives with
+lock-in: the load makes any one run vary by up to 4x, so only alternated figures mean anything.
+
+* ``stslive bench-campaign --workdir DIR --repeat 2`` (fused tasks): single 55.1 / 12.4 s, dask
+  67.2 / 8.6 s (ratio single/dask 0.82, 1.44); the same with the former separate read and
+  analyse tasks: single 13.7 / 25.0 s, dask 23.2 / 13.5 s (ratios 0.59, 1.85). Maps identical.
+* Former vs fused Dask graph alternated 3 times on one LocalCluster (2 x 1 thread, same files):
+  former 55.3, 36.7, 64.1 s (199 tasks, 19-23 transfers of 64 MB blocks between workers);
+  fused 28.0, 48.6, 42.1 s (64 tasks, 0 transfers) - median 55 -> 42 s.
+* On two cores the cluster can at best match the single path (which already uses both cores
+  for the kernels); reading the pixel-chunked HDF5 is the larger part of either path's time
+  (per 16-row block of 4,800 spectra: read 0.2-1.1 s, kernels 0.24 s on one thread).
+
+The scaling argument for a real cluster (threads, memory per worker, bytes moved per block) is
+in :mod:`stslive.live.dask_analysis`.
 """
 
 from __future__ import annotations

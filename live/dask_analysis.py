@@ -45,10 +45,14 @@ Threads and scaling on a real cluster (per map of ny x nx pixels, n points, c ch
   result stack (rows x nx x 120 bytes: 9 MB for a whole 300 x 250 map, against 960 MB of
   spectra with the lock-in) to the client, plus a few kB of task metadata through the
   scheduler. Worker-to-worker traffic is zero.
-* Throughput then scales with worker cores until the storage's read bandwidth is the limit: a
-  core at ~10,000 spectra/s (measured here) reads ~100-130 MB/s of 1601-point spectra (1-2
-  channels), so a 1 GB/s file server feeds ~8-10 cores; beyond that, put the workers where the
-  data is. The client's per-map work (correlations, figures, report: seconds) is the serial part.
+* Throughput then scales with worker cores until the storage's read bandwidth is the limit. The
+  kernels on one thread take 0.24 s per 16-row block of 4,800 spectra (measured here, ~20,000
+  spectra/s), i.e. they consume ~250 MB/s of 1601-point current + lock-in spectra, ~380 MB/s read
+  from an stslive archive whose pixel chunks hold three channels; so a 1 GB/s file server feeds
+  ~3 cores - beyond that, put the workers where the data is (node-local copies). Reading the
+  pixel-chunked HDF5 itself costs 0.2-1.1 s per such block here (CPU in HDF5, varying with
+  load), more than the kernels. The client's per-map work (correlations, figures, report:
+  seconds) is the serial part.
 """
 
 from __future__ import annotations
