@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import zmq
 from test_analyser_sim import RunProducer, geometry, make_lab, make_sets, measure_run, start_fields
 
 from stslive.acquisition.stream import ArraySpec, RunPublisher, StartDoc
+from stslive.drivers.errors import StreamError
 from stslive.live.analyser import AnalyserService, AnalyserSettings
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import analyse_input
@@ -38,10 +40,23 @@ def _service(endpoint: str, archive: Path | None, ctx: zmq.Context) -> AnalyserS
     return AnalyserService(endpoint, archive=archive, options=OPTIONS, settings=SETTINGS, context=ctx).start()
 
 
+def _rebind(endpoint: str, ctx: zmq.Context, *, timeout_s: float = 10.0) -> RunPublisher:
+    """Bind the endpoint the killed publisher had: ZeroMQ releases a closed socket's port
+    asynchronously (a new process would find it free), so retry briefly while it is in use."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return RunPublisher(endpoint, context=ctx)
+        except StreamError as exc:
+            if "already in use" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _resume(producer: RunProducer, run_uid: str, endpoint: str, ctx: zmq.Context, segment: int,
             shape: tuple[int, int]) -> None:
     """A new scan process on the same endpoint: same run uid, seq from 0, ``metadata.segment``."""
-    pub = RunPublisher(endpoint, context=ctx)
+    pub = _rebind(endpoint, ctx)
     pub.wait_for_subscribers(1, timeout_s=10)  # the analyser's SUB reconnects (the scan's bounded wait)
     fields = start_fields(geometry(NY, NX), SETS)
     fields["metadata"] = {**fields.get("metadata", {}), "resumed": True, "segment": segment}
