@@ -83,6 +83,18 @@ def status_flags(path: str | os.PathLike[str]) -> int:
     return head[flags_at]
 
 
+def superblock_intact(path: str | os.PathLike[str]) -> bool:
+    """Whether the v2/v3 superblock is whole and its checksum matches (cheap; no HDF5 call)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    _, sum_at = _superblock(head, path)
+    if len(head) < sum_at + 4:
+        return False
+    (stored,) = struct.unpack_from("<I", head, sum_at)
+    return lookup3(head[:sum_at]) == stored
+
+
 def clear_status_flags(path: str | os.PathLike[str]) -> bool:
     """Zero the consistency flags left by a dead writer; returns whether anything changed.
 

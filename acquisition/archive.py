@@ -788,6 +788,14 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
         except ArchiveError as exc:
             if "already open" not in str(exc):
                 raise
+            # Only a file an SWMR writer holds (or held when it died) goes to the SWMR reader: its
+            # superblock is intact and says so. Anything else "already open" is damage, and an SWMR
+            # open of a damaged file can retry inside HDF5 for minutes.
+            if not (_h5status.superblock_intact(path)
+                    and _h5status.status_flags(path) & _h5status.SWMR_WRITE_ACCESS):
+                raise ArchiveError(path, "marked open for writing but not by an SWMR writer, or its "
+                                         "superblock checksum is wrong: a non-SWMR writer died while "
+                                         "writing it, or the file is corrupt") from exc
         return open_archive(path, swmr=True)
     path = Path(path)
     if not path.is_file():

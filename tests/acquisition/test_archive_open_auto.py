@@ -63,3 +63,23 @@ def test_regression_truncated_archive_fails_at_once_with_auto(tmp_path: Path):
     with pytest.raises(ArchiveError, match="truncated or corrupt"):
         open_archive(cut, swmr="auto")
     assert time.monotonic() - t0 < 10.0  # not the minutes an SWMR open could stall
+
+
+@pytest.mark.parametrize("flags, fix_checksum", [(0x01, True), (0x05, False), (0x04, False)])
+def test_regression_damaged_open_flags_fail_at_once_with_auto(tmp_path: Path, flags: int, fix_checksum: bool):
+    """Fuzzing hung here: flipped superblock flags read as "already open", and the SWMR fallback
+    then retried the damaged metadata inside HDF5 for minutes."""
+    from stslive.acquisition import _h5status
+
+    path = tmp_path / "flipped.h5"
+    _create(str(path)).close()
+    raw = bytearray(path.read_bytes())
+    raw[11] = flags  # the v2/v3 superblock's file consistency flags
+    if fix_checksum:
+        sum_at = 12 + 4 * raw[9]
+        raw[sum_at:sum_at + 4] = _h5status.lookup3(bytes(raw[:sum_at])).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    t0 = time.monotonic()
+    with pytest.raises(ArchiveError, match="corrupt"):
+        open_archive(path, swmr="auto")
+    assert time.monotonic() - t0 < 10.0
