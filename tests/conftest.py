@@ -18,3 +18,15 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "nanonis-grid-kpfm-20x20.3ds").is_file():
         pytest.skip(f"reference Nanonis files not found in {SHARED_DATA}")
     return SHARED_DATA
+
+
+# CI (CI=true) replays the same fuzz examples every run, so a red CI is reproducible on any machine;
+# local runs and long campaigns (STSLIVE_FUZZ_EXAMPLES) keep exploring new inputs.
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # hypothesis is in the test extra; nothing to configure without it
+    pass
+else:
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI", "").lower() == "true":
+        _hypothesis_settings.load_profile("ci")
