@@ -22,11 +22,8 @@ def shared_data() -> Path:
 
 # CI (CI=true) replays the same fuzz examples every run, so a red CI is reproducible on any machine;
 # local runs and long campaigns (STSLIVE_FUZZ_EXAMPLES) keep exploring new inputs.
-try:
-    from hypothesis import settings as _hypothesis_settings
-except ImportError:  # hypothesis is in the test extra; nothing to configure without it
-    pass
-else:
-    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
-    if os.environ.get("CI", "").lower() == "true":
-        _hypothesis_settings.load_profile("ci")
+from hypothesis import settings as _hypothesis_settings  # noqa: E402  (test extra)
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() == "true":
+    _hypothesis_settings.load_profile("ci")
