@@ -277,7 +277,15 @@ def _bias_step(bias_V: np.ndarray) -> float:
     """Step of an ascending uniform 1-D bias grid; AnalysisError otherwise."""
     if bias_V.ndim != 1 or bias_V.size < 8:
         raise AnalysisError(f"bias must be a 1-D sweep of at least 8 points (got shape {bias_V.shape})")
-    steps = np.diff(bias_V.astype(np.float64))
+    return _grid_step(bias_V.astype(np.float64).tobytes())
+
+
+# Grid-only quantities are cached per bias grid (keyed by its bytes): the live analyser calls the
+# kernels with 1-8 spectra at a time on the same grid, where recomputing them was a fixed per-call cost.
+@lru_cache(maxsize=32)
+def _grid_step(bias_key: bytes) -> float:
+    """:func:`_bias_step` of the float64 grid ``bias_key`` (an exception is not cached)."""
+    steps = np.diff(np.frombuffer(bias_key, dtype=np.float64))
     step = float(steps.mean())
     if step <= 0 or np.max(np.abs(steps - step)) > 1e-3 * step:
         raise AnalysisError(
@@ -445,7 +453,7 @@ def _one_side(
     whole rows.
     """
     n_rows, n = didv.shape
-    sel = np.flatnonzero((bias >= search_V[0]) & (bias <= search_V[1]))
+    sel = _search_columns(bias.dtype.str, bias.tobytes(), tuple(search_V))
     reason = np.zeros(n_rows, np.int8)
     nan = np.full(n_rows, np.nan)
     if sel.size < 8 or bias[-1] < search_V[1] - step:
@@ -478,8 +486,24 @@ def _one_side(
     return position, ratio, score, reason
 
 
+@lru_cache(maxsize=32)
+def _search_columns(dtype: str, bias_key: bytes, search_V: tuple[float, float]) -> np.ndarray:
+    """Columns with search_V[0] <= V <= search_V[1] of the grid ``bias_key`` (cached per grid, read-only)."""
+    bias = np.frombuffer(bias_key, dtype=dtype)
+    sel = np.flatnonzero((bias >= search_V[0]) & (bias <= search_V[1]))
+    sel.setflags(write=False)
+    return sel
+
+
 def _gap_columns(bias: np.ndarray, search_V: tuple[float, float], step: float) -> slice:
     """Columns the gap search reads: |V| <= search end + 48 samples (contrast and template reach)."""
+    return _grid_gap_columns(bias.dtype.str, bias.tobytes(), tuple(search_V), step)
+
+
+@lru_cache(maxsize=32)
+def _grid_gap_columns(dtype: str, bias_key: bytes, search_V: tuple[float, float], step: float) -> slice:
+    """:func:`_gap_columns` of the grid ``bias_key`` (cached per grid)."""
+    bias = np.frombuffer(bias_key, dtype=dtype)
     used = np.flatnonzero(np.abs(bias) <= search_V[1] + 48 * step)
     return slice(int(used[0]), int(used[-1]) + 1) if used.size else slice(0, 0)
 
@@ -601,6 +625,14 @@ def extract_gap(
 
 def _window_columns(bias: np.ndarray, window_V: tuple[float, float]) -> list[slice] | None:
     """Columns of the fit window per polarity (+, -), or None if the sweep does not cover it."""
+    cols = _grid_window_columns(bias.dtype.str, bias.tobytes(), tuple(window_V))
+    return None if cols is None else list(cols)
+
+
+@lru_cache(maxsize=32)
+def _grid_window_columns(dtype: str, bias_key: bytes, window_V: tuple[float, float]) -> tuple[slice, ...] | None:
+    """:func:`_window_columns` of the grid ``bias_key`` (cached per grid; a tuple, so callers cannot alter it)."""
+    bias = np.frombuffer(bias_key, dtype=dtype)
     step = abs(bias[1] - bias[0])
     out = []
     for sign in (1.0, -1.0):
@@ -609,7 +641,7 @@ def _window_columns(bias: np.ndarray, window_V: tuple[float, float]) -> list[sli
         if sel.size < 3 or mag.max() < window_V[1] - step:
             return None
         out.append(slice(int(sel[0]), int(sel[-1]) + 1))
-    return out
+    return tuple(out)
 
 
 @lru_cache(maxsize=32)
