@@ -142,6 +142,8 @@ class AnalyserService:
         self._ready = threading.Event()
         self.run: RunContext | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
+        #: pixels the scan reported as failed (no spectrum to analyse): (iy, ix) -> reason
+        self.scan_failures: dict[tuple[int, int], str] = {}
         self.subscriber_stats: dict[str, Any] = {}
         self.analysed = 0
         #: measurements offered again (same pixel and time: backfill/recovery/stream overlap), skipped
@@ -417,7 +419,8 @@ class AnalyserService:
         elif isinstance(doc, HeartbeatDoc) and run is not None and doc.run_uid == run.run_uid:
             run.model.update_status(state=doc.state, last_seq=doc.seq)
         elif isinstance(doc, FailedPixelDoc) and run is not None and doc.run_uid == run.run_uid:
-            self._reject("failed_pixel", f"pixel ({doc.iy}, {doc.ix}) failed in the scan: {doc.reason}")
+            # Not bad input: the scan recorded this pixel as failed (archive: failed + reason).
+            self.scan_failures[(doc.iy, doc.ix)] = str(doc.reason)
         elif not isinstance(doc, DescriptorDoc | HeartbeatDoc | FailedPixelDoc | StopDoc):
             self._reject("kind", f"unexpected document {type(doc).__name__}")
 
@@ -531,6 +534,8 @@ class AnalyserService:
         segments = self.subscriber_stats.get("segments", {})
         if self.run is not None and segments.get(self.run.run_uid):
             text += f"; run resumed {segments[self.run.run_uid]} time(s)"
+        if self.scan_failures:
+            text += f"; {len(self.scan_failures)} pixel(s) failed in the scan"
         if rejected:
             text += "; rejected " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
         for run_uid, why in self.missing_start.items():

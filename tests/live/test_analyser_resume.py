@@ -144,3 +144,26 @@ def test_analyser_started_before_the_scan_that_misses_the_start(tmp_path: Path, 
         assert svc.run is None and svc.analysed == 0 and svc.rejected["no_start"] == 60
         text = svc.status_text()
         assert f"run {run_uid} missed its start document" in text and "--archive" in text
+
+
+def test_regression_failed_pixel_documents_are_recorded_not_rejected() -> None:
+    """A pixel the scan could not measure is a fact of the run, not bad input: the analyser lists
+    it and says so in its status instead of counting it under "rejected"."""
+    ctx = zmq.Context()
+    pub = RunPublisher("tcp://127.0.0.1:0", context=ctx)
+    svc = _service(pub.pub_endpoint, None, ctx)
+    try:
+        pub.wait_for_subscribers(1)
+        pub.start(**start_fields(geometry(NY, NX), SETS))
+        run_uid = pub.run_uid
+        pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(3, 801))})
+        pub.failed_pixel(ix=3, iy=2, x_m=0.0, y_m=0.0, setpoint_set_id=0, reason="InstrumentTimeout", attempts=3)
+        pub.stop("success")
+        assert svc.wait_for_stop(run_uid, timeout_s=30)
+        assert svc.scan_failures == {(2, 3): "InstrumentTimeout"}
+        assert "failed_pixel" not in svc.rejected
+        assert "1 pixel(s) failed in the scan" in svc.status_text()
+    finally:
+        svc.close()
+        pub.close()
+        ctx.term()
