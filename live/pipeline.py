@@ -352,16 +352,14 @@ def calibration_sample(sweeps: Sequence[Hashable], *, chunk: int) -> np.ndarray:
     return np.flatnonzero(np.fromiter((s == first for s in sweeps), bool, count=len(sweeps)))[:chunk]
 
 
-def calibrate_source(source: SpectraSource, *, options: KernelOptions,
-                     max_block_bytes: int = 64 * 2**20) -> KernelOptions:
+def calibrate_source(source: SpectraSource, *, options: KernelOptions) -> KernelOptions:
     """``options`` with the template width fixed as the live analyser fixes it (:func:`calibration_sample`).
 
     The first ``options.chunk`` measured spectra in acquisition order (an archive's per-pixel
     start times; row-major for a ``.3ds``) sharing the first one's sweep; their grid rows are
-    read one at a time, so ``max_block_bytes`` is not needed (kept for callers). Unchanged
-    when a width is set, nothing is measured, or the sweep misses the gap search range.
+    read one at a time. Unchanged when a width is set, nothing is measured, or the sweep misses
+    the gap search range.
     """
-    del max_block_bytes  # rows are read one at a time
     if options.dynes_width_eV is not None:
         return options
     order = source.acquisition_order()
