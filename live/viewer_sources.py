@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from scipy.signal import savgol_filter
 
 from stslive.acquisition.inputs import TOPO_FROM_FILE, TOPO_FROM_Z, topography_from_z
 from stslive.drivers.errors import FileFormatError, StreamError, StsliveError
+from stslive.live.kernels import conductance_sign, derivative, prepare_sweep
 from stslive.live.results import PixelResult, ResultsModel
 from stslive.live.results_io import apply_message, decode_message, load_maps_h5, model_from_message
 
@@ -74,24 +74,19 @@ class DataSource(Protocol):
 
 
 def display_conductance(
-    bias_V: np.ndarray, current_A: np.ndarray, *, window: int = 21
+    bias_V: np.ndarray, current_A: np.ndarray, *, points: int = 11
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ascending bias (V) and dI/dV (S) of one I(V) sweep: Savitzky-Golay derivative, made positive.
+    """Ascending bias (V) and dI/dV (S) of one I(V) sweep, made positive, for drawing.
 
-    The analysis kernels do their own derivative; this one only draws the curve the fits are
-    overlaid on, so it follows the same convention (conductance positive whatever the sign of
-    the recorded current) but needs no kernel options.
+    The kernels' own sweep ordering, sign rule and Savitzky-Golay derivative
+    (:func:`~stslive.live.kernels.derivative`, 2 * ``points`` - 1 samples, order 2), so the curve
+    the fits are drawn on follows the analysis conventions exactly.
     """
-    bias = np.asarray(bias_V, dtype=np.float64)
-    cur = np.asarray(current_A, dtype=np.float64)
-    order = np.argsort(bias)
-    bias, cur = bias[order], cur[order]
-    window = min(window, bias.size - (1 - bias.size % 2))
-    step = float(np.median(np.diff(bias)))
-    didv = savgol_filter(cur, window, 2, deriv=1, delta=step)
-    if np.nanmedian(didv) < 0:
-        didv = -didv
-    return bias, didv
+    bias, cur = prepare_sweep(np.asarray(bias_V, dtype=np.float64), np.asarray(current_A, dtype=np.float64))
+    points = min(points, (bias.size + 1) // 2)  # the 2 * points - 1 window must fit a short sweep
+    points -= 1 - points % 2  # odd
+    didv = derivative(bias, cur, points=points, method="savgol", polyorder=2)
+    return bias, didv * conductance_sign(bias, cur)
 
 
 class SpectrumFetcher:
