@@ -179,11 +179,6 @@ class TextSession(Protocol):
     def close(self) -> None: ...
 
 
-def describe(settings: Sequence[Setting]) -> list[str]:
-    """One line per setting: name, unit, query and doc (for help texts and the CLI)."""
-    return [f"{s.name} [{s.unit}] ({s.query}): {s.doc}" for s in settings]
-
-
 def with_text_termination(settings: VisaSettings, termination: str = "\n") -> VisaSettings:
     """``settings`` with ``termination`` wherever read/write termination is unset (text protocols)."""
     return dataclasses.replace(
