@@ -44,8 +44,10 @@ INTEGRATION_S = 1e-3
 #: Default ``--speed`` with the screen: sweeps run this many times faster than real time
 #: (1.6 s nominal sweeps -> ~3 ms, a few hundred pixels/s that one can watch fill in).
 SCREEN_SPEED = 500.0
-#: Kernel option the analyser uses (its fixed default); quoted in the comparison with the offline analysis.
+#: How long a child may take to announce itself (a cold start imports numpy, scipy, h5py, zmq).
 START_TIMEOUT_S = 120.0
+#: How long the demo waits for the scan's control socket to answer a command.
+CONTROL_TIMEOUT_S = 10.0
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -172,7 +174,7 @@ def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: 
         sup.start("viewer", ["view", str(paths.archive), "--connect", results, "--timeout", "60"],
                   must_succeed=True)
     t_scan = time.perf_counter()
-    _command(endpoints["control"], "resume")
+    _command(endpoints["control"], "resume", sup)
     if headless:  # nobody at a screen can resume a scan that paused itself: say so instead of waiting forever
         sup.watch(until=lambda: scan.returncode is not None or _paused_for_failures(endpoints["control"]), poll_s=0.5)
         if scan.returncode is None:
@@ -196,10 +198,15 @@ def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: 
                         analysed_s=analysed_s, headless=headless)
 
 
-def _command(endpoint: str, command: str) -> dict[str, Any]:
+def _command(endpoint: str, command: str, sup: Supervisor) -> dict[str, Any]:
     from stslive.acquisition.control import send_command
+    from stslive.drivers.errors import InstrumentTimeout
 
-    reply = send_command(endpoint, command, timeout_s=10.0)
+    try:
+        reply = send_command(endpoint, command, timeout_s=CONTROL_TIMEOUT_S)
+    except InstrumentTimeout:
+        sup.check()  # a scan that died is the cause to report, not the silence on its socket
+        raise
     if not reply.get("ok"):
         raise ServiceError("scan", f"refused {command!r} ({reply.get('error')}, state {reply.get('state')})")
     return reply
@@ -219,11 +226,16 @@ def _paused_for_failures(endpoint: str) -> bool:
 def _hold_scan(endpoint: str, sup: Supervisor, *, timeout_s: float = 30.0) -> None:
     """Pause the scan as soon as its run begins (it is idle for a moment after announcing the socket)."""
     from stslive.acquisition.control import send_command
+    from stslive.drivers.errors import InstrumentTimeout
 
     deadline = time.monotonic() + timeout_s
     while True:
         sup.check()
-        reply = send_command(endpoint, "pause", timeout_s=10.0)
+        try:
+            reply = send_command(endpoint, "pause", timeout_s=CONTROL_TIMEOUT_S)
+        except InstrumentTimeout:
+            sup.check()  # a scan that died is the cause to report, not the silence on its socket
+            raise
         if reply.get("ok"):
             return
         if reply.get("state") != "idle" or time.monotonic() > deadline:

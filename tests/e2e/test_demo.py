@@ -83,13 +83,16 @@ def test_failing_part_is_named_and_everything_stops(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(DEMO_TIMEOUT_S + 60)
-def test_scan_killed_mid_run_stops_the_others(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delay_s", [0.0, 1.0], ids=["while-held", "measuring"])
+def test_scan_killed_mid_run_stops_the_others(tmp_path: Path, delay_s: float) -> None:
+    # delay 0: killed while the demo holds the scan paused for the analyser to attach, so the demo's
+    # own control request meets a dead socket; the report must still name the scan's death, not the timeout
     out = tmp_path / "demo"
     proc = _demo("--grid", "40x30", "--out", str(out), "--speed", "200")  # ~8 ms sweeps: a run of >= 10 s
     scan = None
     deadline = time.monotonic() + DEMO_TIMEOUT_S
     while scan is None and time.monotonic() < deadline and proc.poll() is None:
-        # wait until the analyser is up too: then the scan is measuring
+        # wait until the analyser process is up too (the scan is held, or measuring soon after)
         parts = {}
         for p in psutil.Process(proc.pid).children():
             try:
@@ -100,9 +103,41 @@ def test_scan_killed_mid_run_stops_the_others(tmp_path: Path) -> None:
             scan = parts["scan"]
         time.sleep(0.2)
     assert scan is not None, proc.communicate()[1][-2000:]
-    time.sleep(1.0)
+    time.sleep(delay_s)
     scan.send_signal(signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert f"stslive demo: error: scan: exited with status {-signal.SIGKILL}" in stderr
     _no_orphans(proc, out)
+
+
+def test_control_silence_from_a_dead_scan_names_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's control requests to a scan that died report the scan's exit, not the socket's silence."""
+    import zmq
+
+    from stslive.acquisition import demo_cli
+    from stslive.acquisition.demo import Supervisor
+    from stslive.drivers.errors import InstrumentTimeout, ServiceError
+
+    monkeypatch.setattr(demo_cli, "CONTROL_TIMEOUT_S", 0.3)
+    ctx = zmq.Context.instance()
+    silent = ctx.socket(zmq.ROUTER)  # accepts the request, never answers: a scan that stopped mid-reply
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"tcp://127.0.0.1:{port}"
+    try:
+        with Supervisor(tmp_path) as sup:
+            sup.start("scan", ["scan", "--config", str(tmp_path / "missing.toml")], must_succeed=False)
+            deadline = time.monotonic() + 60
+            while sup.children["scan"].returncode is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sup.children["scan"].returncode not in (None, 0)
+            with pytest.raises(ServiceError, match="scan: exited with status"):
+                demo_cli._command(endpoint, "resume", sup)
+            with pytest.raises(ServiceError, match="scan: exited with status"):
+                demo_cli._hold_scan(endpoint, sup)
+        with Supervisor(tmp_path / "alive") as sup:  # nobody died: the timeout itself is the report
+            with pytest.raises(InstrumentTimeout, match="no reply"):
+                demo_cli._command(endpoint, "resume", sup)
+    finally:
+        silent.close()
