@@ -84,19 +84,22 @@ def _start_run(pub: RunPublisher, ny: int, nx: int) -> None:
 
 
 def _publish(pub: RunPublisher, spectra: np.ndarray, nx: int, rate: float | None,
-             between: Callable[[], None] = lambda: None) -> float:
-    """Publish the events (``t_end`` stamped just before sending); returns the start time (unix s)."""
+             wait: Callable[[float], None] = time.sleep) -> float:
+    """Publish the events (``t_end`` stamped just before sending); returns the start time (unix s).
+
+    At a ``rate`` each event is due at ``k / rate`` after the first; the loop waits with
+    ``wait(seconds)`` (a sleep, as a scan engine waits for its instruments) and sends late events
+    at once, so the schedule never drifts. It does not spin: a spinning publisher takes a whole
+    core of this 2-core machine from the analyser, which a real scan engine does not.
+    """
     start = time.time()
     t0 = time.perf_counter()
     for k in range(spectra.shape[0]):
-        if rate:
-            target = t0 + k / rate
-            while time.perf_counter() < target:  # busy wait: sleep() overshoots by ~0.1-1 ms
-                between()
+        while rate and (left := t0 + k / rate - time.perf_counter()) > 0:
+            wait(left)  # may return early (a result came in): wait again for what is left
         iy, ix = divmod(k, nx)
         pub.event(arrays={"spectra": spectra[k]}, ix=ix, iy=iy, x_m=0.0, y_m=0.0, setpoint_set_id=0,
                   timestamps={"t_end": time.time()}, temperature_before_K=0.3, temperature_after_K=0.3)
-        between()
     return start
 
 
@@ -146,9 +149,12 @@ def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options
     received = 0
     batches = 0
 
-    def take() -> None:
+    def take(wait_s: float = 0.0) -> None:
+        """Receive every result waiting (after up to ``wait_s`` for the first), stamping its arrival."""
         nonlocal received, batches
-        while results.poll(0):
+        timeout_ms = max(0, round(wait_s * 1000))
+        while results.poll(timeout_ms):
+            timeout_ms = 0
             topic, _, arrays = decode_message(results.recv_multipart())
             if topic == "pixels":
                 latencies.append(time.time() - arrays["time"])
@@ -166,8 +172,8 @@ def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options
             started = _publish(pub, spectra, nx, rate, take)
         else:
             parent_conn.send("go")
-            while not parent_conn.poll(0.01):
-                take()
+            while not parent_conn.poll(0):
+                take(0.01)  # wakes on a result: its arrival is stamped at once, not at the next check
             started = parent_conn.recv()
         while received < n and results.poll(int(timeout_s * 1000)):
             take()
