@@ -36,6 +36,7 @@ from stslive.live.kernels_gap import (
     BACKGROUND_DEGREE,
     COARSE_OUTWARD_SAMPLES,
     LOCKIN_COARSE_OUTWARD_SAMPLES,
+    TemplateBank,
     estimate_width,
     locate_peaks,
     template_bank,
@@ -443,116 +444,172 @@ class _Clock:
 _NO_CLOCK = _Clock(False)
 
 
-def _one_side(
-    bias: np.ndarray, didv: np.ndarray, signal: np.ndarray | None, *, search_V: tuple[float, float],
-    bank_args: dict[str, object], step: float, negate: bool = False, clock: _Clock = _NO_CLOCK,
-) -> tuple[np.ndarray, ...]:
-    """Positive-bias coherence peak of each row: position (V), peak/background ratio, score, reason.
+@dataclass(frozen=True)
+class _SearchSide:
+    """One polarity of the coarse-peak search, in columns of the unmirrored (ascending) rows.
 
-    ``negate`` fits ``-signal`` (the mirrored current); only the fit windows are negated, not the
-    whole rows.
+    The negative polarity is searched as the positive one of the mirrored sweep V -> -V
+    (:func:`_mirror`): its contrast input is the reversed view of ``part``, so the running mean
+    sees the samples in the same order (the running sum of ``uniform_filter1d`` depends on it).
     """
-    n_rows, n = didv.shape
-    sel = _search_columns(bias.dtype.str, bias.tobytes(), tuple(search_V))
-    reason = np.zeros(n_rows, np.int8)
-    nan = np.full(n_rows, np.nan)
-    if sel.size < 8 or bias[-1] < search_V[1] - step:
-        reason[:] = ReasonCode.SEARCH_NOT_COVERED
-        return nan, nan, nan, reason
-    contrast = _peak_contrast(didv, sel)
-    j = np.argmax(contrast, axis=1)
-    rows = np.arange(n_rows)
-    # Peak over its local background (the running mean the contrast removed), minus 1 later.
-    peak_height = didv[rows, sel[0] + j].astype(np.float64)
-    background = peak_height - contrast[rows, j]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = peak_height / background
-    reason[(j == 0) | (j == sel.size - 1)] = ReasonCode.PEAK_AT_EDGE
-    clock.lap("coarse peaks")
-    if signal is None:
-        return nan, ratio, nan, reason
-    bank = template_bank(step, **bank_args)
-    centre = sel[0] + j - (COARSE_OUTWARD_SAMPLES if bank_args["integrated"] else LOCKIN_COARSE_OUTWARD_SAMPLES)
-    idx = centre[:, None] + bank.offsets[None, :]
-    outside = (idx[:, 0] < 0) | (idx[:, -1] >= n)
-    windows = np.take_along_axis(signal, np.clip(idx, 0, n - 1), axis=1)
-    if negate:
-        np.negative(windows, out=windows)
-    offset, score = locate_peaks(windows, bank)
-    position = bias[0] + (centre + offset) * step
-    reason[(reason == 0) & outside] = ReasonCode.SEARCH_NOT_COVERED
-    reason[(reason == 0) & ~np.isfinite(offset)] = ReasonCode.PEAK_NOT_BRACKETED
-    clock.lap("template refinement")
-    return position, ratio, score, reason
+
+    mirrored: bool
+    part: slice  #: columns of the contrast input: search columns +- CONTRAST_POINTS // 2
+    searched: slice  #: the search columns within the (reversed, if mirrored) contrast input
+    start: int  #: first search column in the side's own (mirrored) coordinates
+    origin_V: float  #: bias of column 0 in the side's own coordinates, V
+
+
+@dataclass(frozen=True)
+class _GapGeometry:
+    """What the gap search reads on one bias grid (cached per grid, see :func:`_gap_geometry`)."""
+
+    columns: slice  #: columns the gap search reads: |V| <= search end + 48 samples (contrast and template reach)
+    sides: tuple[_SearchSide | None, _SearchSide | None]  #: (+, -); None: the sweep does not cover it
+    #: per covered side (in order): first search column, search column count, origin (V), +-1, column of coordinate 0
+    start: np.ndarray
+    count: np.ndarray
+    origin_V: np.ndarray
+    direction: np.ndarray
+    base: np.ndarray
 
 
 @lru_cache(maxsize=32)
-def _search_columns(dtype: str, bias_key: bytes, search_V: tuple[float, float]) -> np.ndarray:
-    """Columns with search_V[0] <= V <= search_V[1] of the grid ``bias_key`` (cached per grid, read-only)."""
-    bias = np.frombuffer(bias_key, dtype=dtype)
-    sel = np.flatnonzero((bias >= search_V[0]) & (bias <= search_V[1]))
-    sel.setflags(write=False)
-    return sel
+def _gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) -> _GapGeometry:
+    """:class:`_GapGeometry` of the float64 grid ``bias_key``, keyed by its values (not its id).
 
-
-def _gap_columns(bias: np.ndarray, search_V: tuple[float, float], step: float) -> slice:
-    """Columns the gap search reads: |V| <= search end + 48 samples (contrast and template reach)."""
-    return _grid_gap_columns(bias.dtype.str, bias.tobytes(), tuple(search_V), step)
-
-
-@lru_cache(maxsize=32)
-def _grid_gap_columns(dtype: str, bias_key: bytes, search_V: tuple[float, float], step: float) -> slice:
-    """:func:`_gap_columns` of the grid ``bias_key`` (cached per grid)."""
-    bias = np.frombuffer(bias_key, dtype=dtype)
+    A polarity is searched if it holds at least 8 samples with search_V[0] <= |V| <= search_V[1]
+    and the sweep reaches search_V[1] to within a step; the other gives SEARCH_NOT_COVERED.
+    """
+    bias = np.frombuffer(bias_key, dtype=np.float64)
+    n = bias.size
     used = np.flatnonzero(np.abs(bias) <= search_V[1] + 48 * step)
-    return slice(int(used[0]), int(used[-1]) + 1) if used.size else slice(0, 0)
+    columns = slice(int(used[0]), int(used[-1]) + 1) if used.size else slice(0, 0)
+    half = CONTRAST_POINTS // 2
+    sides: list[_SearchSide | None] = []
+    for mirrored, side_bias in ((False, bias), (True, -bias[::-1])):
+        sel = np.flatnonzero((side_bias >= search_V[0]) & (side_bias <= search_V[1]))
+        if sel.size < 8 or side_bias[-1] < search_V[1] - step:
+            sides.append(None)
+            continue
+        lo, hi = max(int(sel[0]) - half, 0), min(int(sel[-1]) + half + 1, n)
+        sides.append(_SearchSide(
+            mirrored=mirrored, part=slice(n - hi, n - lo) if mirrored else slice(lo, hi),
+            searched=slice(int(sel[0]) - lo, int(sel[-1]) + 1 - lo), start=int(sel[0]), origin_V=float(side_bias[0]),
+        ))
+    covered = [s for s in sides if s is not None]
+    return _GapGeometry(
+        columns=columns, sides=(sides[0], sides[1]),
+        start=np.array([s.start for s in covered], np.intp),
+        count=np.array([s.searched.stop - s.searched.start for s in covered], np.intp),
+        origin_V=np.array([s.origin_V for s in covered]),
+        direction=np.array([-1 if s.mirrored else 1 for s in covered], np.intp),
+        base=np.array([n - 1 if s.mirrored else 0 for s in covered], np.intp),
+    )
+
+
+def _search_peaks(
+    geometry: _GapGeometry, didv: np.ndarray, signal: np.ndarray, *, bank: TemplateBank, step: float,
+    integrated: bool, clock: _Clock = _NO_CLOCK,
+) -> tuple[np.ndarray, ...]:
+    """Coherence peak of each row on each covered polarity: position (V), peak/background ratio, score, reason.
+
+    Each returned array is (rows, k), k = covered polarities, positions in each polarity's own
+    (mirrored) coordinates. The coarse peak is found per polarity (the search ranges of the two
+    may differ by a sample); the template fits of both polarities then run as one stacked batch.
+    ``integrated`` (a current) fits -signal on the mirrored side (the current changes sign with V);
+    only the fit windows are negated, not the rows.
+    """
+    rows, n = didv.shape
+    covered = [s for s in geometry.sides if s is not None]
+    k = len(covered)
+    j = np.empty((rows, k), np.intp)
+    ratio = np.empty((rows, k))
+    every = np.arange(rows)
+    for i, side in enumerate(covered):
+        part = didv[:, side.part][:, ::-1] if side.mirrored else didv[:, side.part]
+        searched = part[:, side.searched]
+        contrast = searched - uniform_filter1d(part, CONTRAST_POINTS, axis=-1, mode="nearest")[:, side.searched]
+        peak = np.argmax(contrast, axis=1)
+        # Peak over its local background (the running mean the contrast removed), minus 1 later.
+        peak_height = searched[every, peak].astype(np.float64)
+        np.divide(peak_height, peak_height - contrast[every, peak], out=ratio[:, i])
+        j[:, i] = peak
+    at_edge = (j == 0) | (j == geometry.count - 1)
+    clock.lap("coarse peaks")
+    centre = geometry.start + j - (COARSE_OUTWARD_SAMPLES if integrated else LOCKIN_COARSE_OUTWARD_SAMPLES)
+    idx = centre[:, :, None] + bank.offsets
+    outside = (idx[:, :, 0] < 0) | (idx[:, :, -1] >= n)
+    np.minimum(np.maximum(idx, 0, out=idx), n - 1, out=idx)
+    # side coordinates -> columns of the unmirrored rows
+    idx *= geometry.direction[:, None]
+    idx += geometry.base[:, None]
+    windows = signal[every[:, None, None], idx]
+    if integrated:
+        for i, side in enumerate(covered):
+            if side.mirrored:
+                np.negative(windows[:, i], out=windows[:, i])
+    offset, score = locate_peaks(windows.reshape(rows * k, -1), bank)
+    offset = offset.reshape(rows, k)
+    position = geometry.origin_V + (centre + offset) * step
+    reason = np.where(
+        at_edge, np.int8(ReasonCode.PEAK_AT_EDGE),
+        np.where(outside, np.int8(ReasonCode.SEARCH_NOT_COVERED),
+                 np.where(np.isfinite(offset), np.int8(0), np.int8(ReasonCode.PEAK_NOT_BRACKETED))),
+    )
+    clock.lap("template refinement")
+    return position, ratio, score.reshape(rows, k), reason
 
 
 def _gap_rows(
-    bias: np.ndarray, g2: np.ndarray, refit: np.ndarray, *, integrated: bool, step: float,
-    search_V: tuple[float, float], bank_args: dict[str, object], min_visibility: float, min_peak_score: float,
-    dtype: np.dtype, clock: _Clock = _NO_CLOCK,
+    geometry: _GapGeometry, g2: np.ndarray, refit: np.ndarray, *, integrated: bool, step: float, bank: TemplateBank,
+    min_visibility: float, min_peak_score: float, dtype: np.dtype, clock: _Clock = _NO_CLOCK,
 ) -> GapResult:
-    """:func:`extract_gap` on rows (n_rows, n) whose columns :func:`_gap_columns` hold valid data.
+    """:func:`extract_gap` on rows (n_rows, n) whose ``geometry.columns`` hold valid data.
 
     ``g2`` is the (smoothed) conductance for the coarse peaks, ``refit`` the signal the templates
     are fitted to; for ``integrated`` (a current) the mirrored side fits -I(-V).
     """
-    cols = _gap_columns(bias, search_V, step)
+    cols = geometry.columns
     # Only the columns the fits read must be finite (a derivative is NaN at the sweep ends).
-    bad = ~np.isfinite(g2[:, cols]).all(axis=1) | ~np.isfinite(refit[:, cols]).all(axis=1)
+    bad = ~(np.isfinite(g2[:, cols]).all(axis=1) & np.isfinite(refit[:, cols]).all(axis=1))
     if bad.any():  # zeros keep the arithmetic quiet; the rows are reported as NAN_INPUT
         g2 = np.where(bad[:, None], 0, g2)
         refit = np.where(bad[:, None], 0, refit)
-    # Mirrored negative side: the current changes sign with V, the conductance does not.
-    bias_m, g_m, r_m = _mirror(bias, g2, refit)
-    side = dict(search_V=search_V, bank_args=bank_args, step=step, clock=clock)
-    pos, vis_p, sc_p, re_p = _one_side(bias, g2, refit, **side)  # type: ignore[arg-type]
-    neg, vis_n, sc_n, re_n = _one_side(bias_m, g_m, r_m, negate=integrated, **side)  # type: ignore[arg-type]
-    neg = -neg
-    visibility = np.minimum(vis_p, vis_n) - 1
-    score = np.minimum(sc_p, sc_n)
+    rows = g2.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if all(s is not None for s in geometry.sides):
+            position, ratio, score2, side_reason = _search_peaks(
+                geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock)
+        else:  # a polarity the sweep does not cover stays NaN / SEARCH_NOT_COVERED
+            position, ratio, score2 = (np.full((rows, 2), np.nan) for _ in range(3))
+            side_reason = np.full((rows, 2), ReasonCode.SEARCH_NOT_COVERED, np.int8)
+            searched = [i for i, s in enumerate(geometry.sides) if s is not None]
+            if searched:
+                found = _search_peaks(geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock)
+                for whole, part in zip((position, ratio, score2, side_reason), found):
+                    whole[:, searched] = part
+    pos, neg = position[:, 0], -position[:, 1]
+    visibility = np.minimum(ratio[:, 0], ratio[:, 1]) - 1
+    score = np.minimum(score2[:, 0], score2[:, 1])
     # The most basic failure wins: no data, then no sweep coverage, no peak, then fit trouble.
-    reason = np.zeros(pos.shape, np.int8)
-    for code, hit in (
-        (ReasonCode.POOR_PEAK_FIT, ~(score >= min_peak_score)),
-        # A peak on the wrong side of zero bias is no bracketed peak either (Delta would be <= 0).
-        (ReasonCode.PEAK_NOT_BRACKETED, (re_p == ReasonCode.PEAK_NOT_BRACKETED) | (re_n == ReasonCode.PEAK_NOT_BRACKETED)
-         | ~((neg < 0) & (pos > 0))),
-        (ReasonCode.NO_PEAKS, ~(visibility >= min_visibility)),
-        (ReasonCode.PEAK_AT_EDGE, (re_p == ReasonCode.PEAK_AT_EDGE) | (re_n == ReasonCode.PEAK_AT_EDGE)),
-        (ReasonCode.SEARCH_NOT_COVERED, (re_p == ReasonCode.SEARCH_NOT_COVERED) | (re_n == ReasonCode.SEARCH_NOT_COVERED)),
-        (ReasonCode.NAN_INPUT, bad),
-    ):
-        reason[hit] = code
-    ok = reason == 0
-    out = [np.where(ok, v, np.nan).astype(dtype) for v in (0.5 * (pos - neg), neg, pos)]
-    return GapResult(
-        *out,
-        visibility=np.where(bad, np.nan, visibility).astype(dtype),
-        score=np.where(bad, np.nan, score).astype(dtype),
-        reason=reason,
-    )
+    reason = np.zeros(rows, np.int8)
+    reason[~(score >= min_peak_score)] = ReasonCode.POOR_PEAK_FIT
+    # A peak on the wrong side of zero bias is no bracketed peak either (Delta would be <= 0).
+    not_bracketed = (side_reason == ReasonCode.PEAK_NOT_BRACKETED).any(axis=1) | ~((neg < 0) & (pos > 0))
+    reason[not_bracketed] = ReasonCode.PEAK_NOT_BRACKETED
+    reason[~(visibility >= min_visibility)] = ReasonCode.NO_PEAKS
+    reason[(side_reason == ReasonCode.PEAK_AT_EDGE).any(axis=1)] = ReasonCode.PEAK_AT_EDGE
+    reason[(side_reason == ReasonCode.SEARCH_NOT_COVERED).any(axis=1)] = ReasonCode.SEARCH_NOT_COVERED
+    reason[bad] = ReasonCode.NAN_INPUT
+    # one (5, rows) block, masked and cast once: the fields are its rows
+    out = np.empty((5, rows))
+    np.multiply(0.5, pos - neg, out=out[0])
+    out[1], out[2], out[3], out[4] = neg, pos, visibility, score
+    out[:3, reason != 0] = np.nan
+    out[3:, bad] = np.nan
+    out = out.astype(dtype, copy=False)
+    return GapResult(*out, reason=reason)
 
 
 def extract_gap(
@@ -605,8 +662,9 @@ def extract_gap(
     refit = g2 if signal is None else signal  # a lock-in is fitted raw, only its argmax is smoothed
     if signal is None:  # raw lock-in: a 5-point running mean keeps noise spikes from the argmax
         g2 = uniform_filter1d(g2, 5, axis=-1, mode="nearest")
+    geometry = _gap_geometry(bias.tobytes(), tuple(search_V), step)
     if dynes_width_eV is None:
-        cols = _gap_columns(bias, search_V, step)
+        cols = geometry.columns
         bad = ~np.isfinite(g2[:, cols]).all(axis=1) | ~np.isfinite(refit[:, cols]).all(axis=1)
         g_w, r_w = (np.where(bad[:, None], 0, a) for a in (g2, refit)) if bad.any() else (g2, refit)
         bias_m, g_m, r_m = _mirror(bias, g_w, r_w)
@@ -614,9 +672,9 @@ def extract_gap(
             [(bias, g_w, r_w), (bias_m, g_m, -r_m if signal is not None else r_m)], search_V=search_V, step=step,
             bank_args=bank_args, coarse=_peak_contrast,
         )
-    bank_args["widths"] = (round(float(dynes_width_eV), 9),)
+    bank = template_bank(step, **bank_args, widths=(round(float(dynes_width_eV), 9),))  # type: ignore[arg-type]
     gap = _gap_rows(
-        bias, g2, refit, integrated=signal is not None, step=step, search_V=search_V, bank_args=bank_args,
+        geometry, g2, refit, integrated=signal is not None, step=step, bank=bank,
         min_visibility=min_visibility, min_peak_score=min_peak_score,
         dtype=np.dtype(g.dtype if g.dtype == np.float32 else np.float64),
     )
@@ -644,69 +702,81 @@ def _grid_window_columns(dtype: str, bias_key: bytes, window_V: tuple[float, flo
     return tuple(out)
 
 
+class _LogDesign(NamedTuple):
+    """Centred ln|V| of one fit window: columns, (x - <x>) in the data dtype, <x>, Sxx, points."""
+
+    columns: slice
+    xc: np.ndarray
+    x_mean: float
+    sxx: float
+    points: int
+
+
 @lru_cache(maxsize=32)
-def _log_design(bias_key: bytes, window: tuple[int, int], dtype: str) -> tuple[np.ndarray, float, float, int]:
-    """Centred ln|V| of one fit window: (x - <x>) in ``dtype``, <x>, Sxx, points (cached per grid)."""
+def _log_designs(bias_key: bytes, window_V: tuple[float, float], dtype: str) -> tuple[_LogDesign, ...] | None:
+    """:class:`_LogDesign` of both fit windows (+, -) of the float64 grid ``bias_key`` (None: not covered)."""
+    windows = _grid_window_columns("<f8", bias_key, window_V)
+    if windows is None:
+        return None
     bias = np.frombuffer(bias_key, dtype=np.float64)
-    x = np.log(np.abs(bias[window[0]: window[1]]))
-    xc = x - x.mean()
-    return xc.astype(dtype), float(x.mean()), float(xc @ xc), x.size
+    designs = []
+    for cols in windows:
+        x = np.log(np.abs(bias[cols]))
+        xc = x - x.mean()
+        xc_data = xc.astype(dtype)
+        xc_data.setflags(write=False)
+        designs.append(_LogDesign(cols, xc_data, float(x.mean()), float(xc @ xc), x.size))
+    return tuple(designs)
 
 
 def _power_law_rows(
-    bias: np.ndarray, g2: np.ndarray, *, window_V: tuple[float, float], max_log_residual: float, dtype: np.dtype,
-    clock: _Clock = _NO_CLOCK,
+    g2: np.ndarray, designs: tuple[_LogDesign, ...] | None, *, max_log_residual: float, dtype: np.dtype,
 ) -> PowerLawResult:
-    """:func:`fit_power_law` on rows (n_rows, n); reads only the fit-window columns."""
+    """:func:`fit_power_law` on rows (n_rows, n) with the windows' ``designs``; reads only their columns."""
     n_rows = g2.shape[0]
-    reason = np.zeros(n_rows, np.int8)
-    windows = _window_columns(bias, window_V)
-    if windows is None:
+    if designs is None:
         nan = np.full(n_rows, np.nan, dtype)
-        reason[:] = ReasonCode.WINDOW_NOT_COVERED
-        return PowerLawResult(nan, nan, nan, nan, nan, nan, nan, reason)
+        return PowerLawResult(nan, nan, nan, nan, nan, nan, nan, np.full(n_rows, ReasonCode.WINDOW_NOT_COVERED, np.int8))
+    reason = np.zeros(n_rows, np.int8)
     nan_in = np.zeros(n_rows, bool)
-    parts = []
-    bias_key = np.ascontiguousarray(bias, dtype=np.float64).tobytes()
-    for cols in windows:
+    slope, log_b, rms = np.empty((3, 2, n_rows))
+    for side, (cols, xc, x_mean, sxx, m) in enumerate(designs):
         y_raw = g2[:, cols]
-        xc, x_mean, sxx, m = _log_design(bias_key, (cols.start, cols.stop), y_raw.dtype.str)
         # ln of a non-positive or non-finite G is NaN/inf, and so is then the row's sum: the
         # (rare) failed rows are told apart afterwards instead of checking every sample twice.
         with np.errstate(divide="ignore", invalid="ignore"):
             y = np.log(y_raw, out=_scratch("log_g", n_rows, m, y_raw.dtype))
-        total = y.sum(axis=1)  # numpy's pairwise sum: float32 stays accurate over ~500 terms
+        total = np.add.reduce(y, axis=1)  # numpy's pairwise sum: float32 stays accurate over ~500 terms
         # einsum, not BLAS: a (rows x 501) GEMV goes multi-threaded in OpenBLAS (see kernels_gap)
-        slope = np.einsum("ij,j->i", y, xc).astype(np.float64) / sxx
-        ybar = total.astype(np.float64) / m
-        failed = ~(np.isfinite(total) & np.isfinite(slope))
+        np.divide(np.einsum("ij,j->i", y, xc), sxx, out=slope[side], dtype=np.float64)
+        ybar = np.divide(total, m, dtype=np.float64)
+        failed = ~(np.isfinite(total) & np.isfinite(slope[side]))
         if failed.any():
             rows_failed = np.flatnonzero(failed)
             nonfinite = ~np.isfinite(y_raw[rows_failed]).all(axis=1)
             nan_in[rows_failed[nonfinite]] = True
             reason[rows_failed[~nonfinite]] = ReasonCode.NONPOSITIVE_CONDUCTANCE
         # residual = y - ybar - slope xc, formed in place in one buffer
-        resid = np.multiply(slope.astype(y.dtype)[:, None], xc, out=_scratch("resid", n_rows, m, y.dtype))
+        resid = np.multiply(slope[side].astype(y.dtype)[:, None], xc, out=_scratch("resid", n_rows, m, y.dtype))
         resid += ybar.astype(y.dtype)[:, None]
         np.subtract(y, resid, out=resid)
-        rms = np.sqrt(np.einsum("ij,ij->i", resid, resid).astype(np.float64) / m)
-        parts.append((slope, ybar - slope * x_mean, rms))
-    clock.lap("power-law fit")
-    (a_p, lb_p, r_p), (a_n, lb_n, r_n) = parts
-    rms = np.maximum(r_p, r_n)
-    reason[(reason == 0) & ~(rms <= max_log_residual)] = ReasonCode.POOR_POWER_LAW_FIT
+        np.sqrt(np.divide(np.einsum("ij,ij->i", resid, resid), m, dtype=np.float64), out=rms[side])
+        np.subtract(ybar, slope[side] * x_mean, out=log_b[side])
+    worst = np.maximum(rms[0], rms[1])
+    reason[(reason == 0) & ~(worst <= max_log_residual)] = ReasonCode.POOR_POWER_LAW_FIT
     reason[nan_in] = ReasonCode.NAN_INPUT
-    ok = reason == 0
-
-    def out(v: np.ndarray) -> np.ndarray:
-        return np.where(ok, v, np.nan).astype(dtype)
-
-    return PowerLawResult(
-        alpha=out(0.5 * (a_p + a_n)), alpha_pos=out(a_p), alpha_neg=out(a_n),
-        b=out(np.exp(0.5 * (lb_p + lb_n))), b_pos=out(np.exp(lb_p)), b_neg=out(np.exp(lb_n)),
-        rms_log_residual=np.where(nan_in, np.nan, rms).astype(dtype),
-        reason=reason,
-    )
+    # one (7, rows) block, masked and cast once: the fields are its rows
+    out = np.empty((7, n_rows))
+    np.multiply(0.5, slope[0] + slope[1], out=out[0])
+    out[1:3] = slope
+    np.exp(0.5 * (log_b[0] + log_b[1]), out=out[3])
+    np.exp(log_b[0], out=out[4])  # one exp per array as before: libm and SIMD exp may differ in the last bit
+    np.exp(log_b[1], out=out[5])
+    out[:6, reason != 0] = np.nan
+    out[6] = worst
+    out[6, nan_in] = np.nan
+    out = out.astype(dtype, copy=False)
+    return PowerLawResult(*out, reason=reason)
 
 
 def fit_power_law(
@@ -732,7 +802,8 @@ def fit_power_law(
     g2 = g.reshape(-1, bias.size)
     if g2.dtype not in (np.float32, np.float64):
         g2 = g2.astype(np.float64)
-    law = _power_law_rows(bias, g2, window_V=window_V, max_log_residual=max_log_residual, dtype=dtype)
+    designs = _log_designs(bias.tobytes(), tuple(window_V), g2.dtype.str)
+    law = _power_law_rows(g2, designs, max_log_residual=max_log_residual, dtype=dtype)
     return PowerLawResult(*(v.reshape(lead) for v in law))
 
 
@@ -749,7 +820,7 @@ def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What one batch analysis reads, fixed per bias grid and options (computed once per call)."""
+    """What one batch analysis reads, fixed per bias grid and options (cached, see :func:`_plan`)."""
 
     bias: np.ndarray
     step: float
@@ -759,21 +830,32 @@ class _Plan:
     derivative_columns: tuple[tuple[int, int], ...]
     #: columns of the lock-in (5-point smoothed for the gap, raw for alpha) that are read
     lockin_columns: tuple[tuple[int, int], ...]
-    #: the columns the gap fit reads (see _gap_columns)
-    gap_columns: slice
+    gap: _GapGeometry
+    #: the power-law fit windows in the dtype of the fitted channel (None: not covered)
+    law: tuple[_LogDesign, ...] | None
+    #: samples averaged at each end by conductance_sign(kind="current")
+    sign_samples: int
 
 
-def _plan(bias: np.ndarray, step: float, opts: KernelOptions, *, gap_from_lockin: bool) -> _Plan:
-    gap_cols = _gap_columns(bias, opts.gap_search_V, step)
-    windows = _window_columns(bias, opts.fit_window_V) or []
-    alpha_from_lockin = opts.alpha_source == "lockin"
+# Everything that does not depend on the spectra is computed once per grid and options: the live
+# analyser calls the kernels with 1-10 spectra at a time, where it was most of the cost of a call.
+@lru_cache(maxsize=32)
+def _plan(
+    bias_key: bytes, *, search_V: tuple[float, float], window_V: tuple[float, float], alpha_from_lockin: bool,
+    gap_from_lockin: bool, dtype: str,
+) -> _Plan:
+    """The :class:`_Plan` of the float64 grid ``bias_key`` (keyed by the grid's values, not its id)."""
+    bias = np.frombuffer(bias_key, dtype=np.float64)
+    step = _grid_step(bias_key)
+    geometry = _gap_geometry(bias_key, search_V, step)
+    windows = _grid_window_columns("<f8", bias_key, window_V) or ()
     fit = [(w.start, w.stop) for w in windows]
-    gap = [(gap_cols.start, gap_cols.stop)]
+    gap = [(geometry.columns.start, geometry.columns.stop)]
     return _Plan(
         bias=bias, step=step, gap_from_lockin=gap_from_lockin, alpha_from_lockin=alpha_from_lockin,
         derivative_columns=_merge((fit if not alpha_from_lockin else []) + (gap if not gap_from_lockin else [])),
         lockin_columns=_merge((fit if alpha_from_lockin else []) + (gap if gap_from_lockin else [])),
-        gap_columns=gap_cols,
+        gap=geometry, law=_log_designs(bias_key, window_V, dtype), sign_samples=max(1, bias.size // 20),
     )
 
 
@@ -841,27 +923,31 @@ def _float(a: np.ndarray) -> np.ndarray:
 
 
 def _analyse_chunk(
-    plan: _Plan, opts: KernelOptions, width: float, cur: np.ndarray | None, lia: np.ndarray | None, clock: _Clock,
+    plan: _Plan, opts: KernelOptions, bank: TemplateBank, cur: np.ndarray | None, lia: np.ndarray | None,
+    clock: _Clock,
 ) -> SpectrumAnalysis:
     """Analyse one chunk of rows (n_rows, n); the work arrays are per-thread buffers."""
-    bias, step, n = plan.bias, plan.step, plan.bias.size
+    n = plan.bias.size
     rows = (cur if cur is not None else lia).shape[0]  # type: ignore[union-attr]
     g_cur = r_cur = g_lia = r_lia = None
     if cur is not None:
-        sign = conductance_sign(bias, cur)
+        # conductance_sign(kind="current") on an ascending sweep: the sign of I(V_max) - I(V_min)
+        k = plan.sign_samples
+        rise = np.add.reduce(cur[:, -k:], axis=-1, dtype=np.float64) / k - np.add.reduce(cur[:, :k], axis=-1, dtype=np.float64) / k
+        sign = np.where(rise < 0, -1.0, 1.0)
         g_cur = _buffer("didv", rows, n, cur.dtype, plan.derivative_columns)
-        _derivative_into(g_cur, cur, plan.derivative_columns, points=opts.smoothing_points, step=step, row_scale=sign)
+        _derivative_into(g_cur, cur, plan.derivative_columns, points=opts.smoothing_points, step=plan.step, row_scale=sign)
         if not plan.gap_from_lockin:  # the template fit reads the signed current in the gap columns
-            cols = plan.gap_columns
+            cols = plan.gap.columns
             r_cur = _buffer("current", rows, n, cur.dtype, ((cols.start, cols.stop),))
             np.multiply(cur[:, cols], sign.astype(cur.dtype)[:, None], out=r_cur[:, cols])
     if lia is not None:
-        sign_l = conductance_sign(bias, lia, kind="didv").astype(lia.dtype)[:, None]
+        sign_l = np.where(_median_sign(lia) < 0, -1.0, 1.0).astype(lia.dtype)[:, None]
         r_lia = _buffer("lockin", rows, n, lia.dtype, plan.lockin_columns)
         for lo, hi in plan.lockin_columns:
             np.multiply(lia[:, lo:hi], sign_l, out=r_lia[:, lo:hi])
         if plan.gap_from_lockin:  # a 5-point running mean keeps noise spikes from the argmax
-            cols = plan.gap_columns
+            cols = plan.gap.columns
             g_lia = _buffer("lockin5", rows, n, lia.dtype, ((cols.start, cols.stop),))
             lo, hi = max(cols.start - 2, 0), min(cols.stop + 2, n)
             smooth = uniform_filter1d(lia[:, lo:hi], 5, axis=-1, mode="nearest") * sign_l
@@ -871,25 +957,23 @@ def _analyse_chunk(
                 g_lia[:, cols] = (uniform_filter1d(lia, 5, axis=-1, mode="nearest") * sign_l)[:, cols]
     clock.lap("sign + derivative")
     dtype = np.dtype((cur if cur is not None else lia).dtype)  # type: ignore[union-attr]
-    bank_args = _bank_args(opts.temperature_K, opts.modulation_Vrms, integrated=not plan.gap_from_lockin)
-    bank_args["widths"] = (round(float(width), 9),)
     g_gap, r_gap = (g_lia, r_lia) if plan.gap_from_lockin else (g_cur, r_cur)
     gap = _gap_rows(
-        bias, g_gap, r_gap, integrated=not plan.gap_from_lockin, step=step,  # type: ignore[arg-type]
-        search_V=opts.gap_search_V, bank_args=bank_args, min_visibility=opts.min_visibility,
-        min_peak_score=opts.min_peak_score, dtype=dtype, clock=clock,
+        plan.gap, g_gap, r_gap, integrated=not plan.gap_from_lockin, step=plan.step, bank=bank,  # type: ignore[arg-type]
+        min_visibility=opts.min_visibility, min_peak_score=opts.min_peak_score, dtype=dtype, clock=clock,
     )
     law = _power_law_rows(
-        bias, r_lia if plan.alpha_from_lockin else g_cur, window_V=opts.fit_window_V,  # type: ignore[arg-type]
-        max_log_residual=opts.max_log_residual, dtype=dtype, clock=clock,
+        r_lia if plan.alpha_from_lockin else g_cur, plan.law,  # type: ignore[arg-type]
+        max_log_residual=opts.max_log_residual, dtype=dtype,
     )
-    valid = (gap.reason == 0) & (law.reason == 0)
+    clock.lap("power-law fit")
+    gap_ok, law_ok = gap.reason == 0, law.reason == 0
     result = SpectrumAnalysis(
         delta_eV=gap.delta_eV, peak_neg_V=gap.peak_neg_V, peak_pos_V=gap.peak_pos_V,
         visibility=gap.visibility, peak_score=gap.score, alpha=law.alpha, alpha_pos=law.alpha_pos,
         alpha_neg=law.alpha_neg, b=law.b, b_pos=law.b_pos, b_neg=law.b_neg,
         rms_log_residual=law.rms_log_residual, gap_reason=gap.reason, alpha_reason=law.reason,
-        valid=valid, reason=np.where(gap.reason != 0, gap.reason, law.reason).astype(np.int8),
+        valid=gap_ok & law_ok, reason=np.where(gap_ok, law.reason, gap.reason),
     )
     clock.lap("assemble")
     return result
@@ -941,7 +1025,7 @@ def analyse_spectra(
     bias, *chans = prepare_sweep(np.asarray(bias_V, dtype=np.float64), *[c for c in (current, lockin) if c is not None])
     cur = chans.pop(0) if current is not None else None
     lia = chans.pop(0) if lockin is not None else None
-    step = _bias_step(bias)
+    step = _bias_step(bias)  # refuses a short, non-uniform or descending grid before anything else
     lead = (cur if cur is not None else lia).shape[:-1]  # type: ignore[union-attr]
     if cur is not None and lia is not None and cur.shape != lia.shape:
         raise AnalysisError(f"current {cur.shape} and lock-in {lia.shape} must have the same shape")
@@ -958,7 +1042,12 @@ def analyse_spectra(
     if opts.alpha_source == "current" and lia2 is not None and not gap_from_lockin:
         lia2 = None  # the lock-in is read by neither fit
     total = int(np.prod(lead, dtype=np.int64))
-    plan = _plan(bias, step, opts, gap_from_lockin=gap_from_lockin)
+    fitted = lia2 if opts.alpha_source == "lockin" else cur2
+    plan = _plan(
+        bias.tobytes(), search_V=tuple(opts.gap_search_V), window_V=tuple(opts.fit_window_V),
+        alpha_from_lockin=opts.alpha_source == "lockin", gap_from_lockin=gap_from_lockin,
+        dtype=fitted.dtype.str,  # type: ignore[union-attr]
+    )
     width = opts.dynes_width_eV
     if width is None:  # from the first chunk, then fixed so every chunk uses the same templates
         first = slice(0, min(opts.chunk, total))
@@ -966,18 +1055,27 @@ def analyse_spectra(
             bias, current=None if cur2 is None else cur2[first], lockin=None if lia2 is None else lia2[first],
             options=dataclasses.replace(opts, gap_source="lockin" if gap_from_lockin else "current"),
         )
+    bank = template_bank(
+        step, **_bank_args(opts.temperature_K, opts.modulation_Vrms, integrated=not gap_from_lockin),  # type: ignore[arg-type]
+        widths=(round(float(width), 9),),
+    )
     starts = range(0, total, opts.chunk)
 
     def work(start: int) -> tuple[SpectrumAnalysis, dict[str, float]]:
         rows = slice(start, min(start + opts.chunk, total))
         clock = _Clock(stage_seconds is not None)
         part = _analyse_chunk(
-            plan, opts, width, None if cur2 is None else cur2[rows], None if lia2 is None else lia2[rows], clock
+            plan, opts, bank, None if cur2 is None else cur2[rows], None if lia2 is None else lia2[rows], clock
         )
         return part, clock.seconds
 
     threads = _threads(opts, len(starts))
-    if threads == 1:
+    if len(starts) == 1:  # the live analyser's small batches: no pool, no concatenation
+        part, seconds = work(0)
+        done = [(part, seconds)]
+        if stage_seconds is None:
+            return SpectrumAnalysis(*(a.reshape(lead) for a in part))
+    elif threads == 1:
         done = [work(s) for s in starts]
     else:
         with ThreadPoolExecutor(threads, thread_name_prefix="stslive-kernels") as pool:
