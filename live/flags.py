@@ -74,10 +74,12 @@ lockin_mismatch
 from __future__ import annotations
 
 import math
+import threading
 import tomllib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +87,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from stslive.drivers.errors import AnalysisError, ConfigError
-from stslive.live.kernels import ReasonCode, SpectrumAnalysis, conductance_sign, derivative, pick_channels, prepare_sweep
+from stslive.live.kernels import ReasonCode, SpectrumAnalysis, pick_channels
 from stslive.live.results import FlagKind
 
 #: Boltzmann constant in eV/K.
@@ -217,18 +219,112 @@ def _columns(bias: np.ndarray, lo: float, hi: float) -> slice:
     return slice(int(np.searchsorted(bias, lo, "left")), int(np.searchsorted(bias, hi, "right")))
 
 
-def _band_mean(values: np.ndarray, cols: slice) -> np.ndarray:
-    if cols.stop - cols.start < 2:
+@dataclass(frozen=True, slots=True)
+class _FeaturePlan:
+    """What :func:`spectral_features` reads of a bias grid: columns and constants, spectra-free.
+
+    Column slices index the ascending sweep (``flip``: the given one descends); ``tip`` and
+    ``window`` index the derivative's columns ``sub``.
+    """
+
+    flip: bool
+    edge: int  # samples at each end for the sign of I(V_max) - I(V_min) (conductance_sign's 5 %)
+    at_set: slice
+    sub: slice
+    half: int  # s of the box derivative (kernels.derivative)
+    scale: float  # 1 / (2 s h), h the step of the grid ``sub``, V
+    tip: tuple[slice, slice]
+    window: tuple[slice, slice]
+
+
+_WORK = threading.local()  # per-thread work arrays of spectral_features (:func:`_scratch`)
+
+
+# The live analyser calls spectral_features with 1-10 spectra at a time on one grid: these searches
+# and checks were a fixed cost of every call, so they are kept per (grid, V_set, config).
+@lru_cache(maxsize=32)
+def _feature_plan(bias_key: bytes, v_set_V: float, cfg: FlagConfig) -> _FeaturePlan:
+    given = np.frombuffer(bias_key, dtype=np.float64)
+    flip = given.size > 1 and given[0] > given[-1]
+    bias = given[::-1] if flip else given  # prepare_sweep's rule
+    hw = cfg.setpoint_halfwidth_V
+    lo, hi = cfg.tip_band_V
+    wlo, whi = cfg.mismatch_window_V
+    # columns the features read, widened by the reach of the box derivative (s + points // 2)
+    reach = cfg.smoothing_points + 1
+    top = max(hi, whi)
+    sub = _columns(bias, -top, top)
+    sub = slice(max(0, sub.start - reach), min(bias.size, sub.stop + reach))
+    b = bias[sub]
+    steps = np.diff(b)  # kernels.derivative's check of its grid, here once per grid
+    step = float(steps.mean()) if b.size >= 8 else math.nan
+    if not step > 0 or np.max(np.abs(steps - step)) > 1e-3 * step:
+        raise AnalysisError(f"flags: the bias sweep must be uniform with at least 8 points within +-{top} V; "
+                            "resample it onto a uniform grid")
+    half = (cfg.smoothing_points + 1) // 2
+    return _FeaturePlan(
+        flip=flip, edge=max(1, bias.size // 20), at_set=_columns(bias, v_set_V - hw, v_set_V + hw), sub=sub,
+        half=half, scale=1.0 / (2 * half * step), tip=(_columns(b, -hi, -lo), _columns(b, lo, hi)),
+        window=(_columns(b, -whi, -wlo), _columns(b, wlo, whi)),
+    )
+
+
+def _mean(values: np.ndarray, cols: slice) -> np.ndarray:
+    """np.mean over ``cols`` of the last axis in float64 (NaN below 2 columns), without its wrapper."""
+    width = cols.stop - cols.start
+    if width < 2:
         return np.full(values.shape[:-1], np.nan)
-    return np.mean(values[..., cols], axis=-1, dtype=np.float64)  # NaN inside the band stays NaN
+    return np.add.reduce(values[..., cols], axis=-1, dtype=np.float64) / width  # = np.mean: sum, then divide
 
 
-def _sums(x: np.ndarray, g: np.ndarray, cols: Sequence[slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum over ``cols`` of x*x, x*g, g*g (float64 accumulation of float32 products)."""
-    sxx = sum((x[..., c] * x[..., c]).sum(axis=-1, dtype=np.float64) for c in cols)
-    sxg = sum((x[..., c] * g[..., c]).sum(axis=-1, dtype=np.float64) for c in cols)
-    sgg = sum((g[..., c] * g[..., c]).sum(axis=-1, dtype=np.float64) for c in cols)
-    return sxx, sxg, sgg
+def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A per-thread work array of ``shape``, undefined content, reused between calls.
+
+    Why: a batch of 256 spectra needs a few MB of work arrays; fresh ones cost more than the
+    arithmetic on this VM (first touch of new memory is slow, ARCHITECTURE.md).
+    """
+    cache: dict[tuple[str, str], np.ndarray] = _WORK.__dict__.setdefault("arrays", {})
+    size = math.prod(shape)
+    buf = cache.get((name, dtype.str))
+    if buf is None or buf.size < size:
+        buf = cache[(name, dtype.str)] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+#: Spectra up to which both channels are smoothed in one call on a stacked copy (see _running_means)
+_FUSE_MAX_SPECTRA = 16
+
+
+def _running_means(cur: np.ndarray, x: np.ndarray | None, sub: slice, points: int, dtype: np.dtype
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Running means (``points`` wide, edges 'nearest') of I and X over the columns ``sub``.
+
+    X is smoothed with the same running mean as I (whose differences are G), so both compare at
+    equal resolution and the lock-in noise (~10 % of X at 50 uV modulation) does not dominate
+    the residual. The filter works line by line, so one call on the two channels stacked gives
+    the same values as two: that saves a call's fixed cost on small batches, where it
+    dominates; on large ones the stacking copy costs more, and each channel is filtered straight
+    from its rows.
+    """
+    shape = (*cur.shape[:-1], sub.stop - sub.start)
+    if x is not None and x.dtype == dtype and math.prod(cur.shape[:-1]) <= _FUSE_MAX_SPECTRA:
+        lines = _scratch("lines", (2, *shape), dtype)
+        lines[0], lines[1] = cur[..., sub], x[..., sub]
+        smooth = uniform_filter1d(lines, points, axis=-1, mode="nearest", output=_scratch("smooth", lines.shape, dtype))
+        return smooth[0], smooth[1]
+    u = uniform_filter1d(cur[..., sub], points, axis=-1, mode="nearest", output=_scratch("smooth", shape, dtype))
+    if x is None:
+        return u, None
+    return u, uniform_filter1d(x[..., sub], points, axis=-1, mode="nearest", output=_scratch("xs", shape, x.dtype))
+
+
+def _product_sums(g: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Sums over the last axis of g*g, x*g, x*x, (3, ...) float64 (float32 products, float64 sums)."""
+    products = _scratch("products", (3, *g.shape), np.result_type(g, x))
+    np.multiply(g, g, out=products[0])
+    np.multiply(x, g, out=products[1])
+    np.multiply(x, x, out=products[2])
+    return np.add.reduce(products, axis=-1, dtype=np.float64)
 
 
 def spectral_features(
@@ -263,47 +359,51 @@ def spectral_features(
 
     Notes
     -----
-    Speed (the live analyser runs this on every pixel): the sign conventions are applied to the
-    few reduced numbers, not to the spectra - the band means of G are linear in the sign of I and
-    the residual ratio does not depend on the signs of X or G at all - and the derivative and
-    smoothing are computed only over the columns the features read (plus the filters' reach,
-    so the values equal those over the whole sweep).
+    Speed (the live analyser runs this on every batch of 1-256 spectra): the sign conventions are
+    applied to the few reduced numbers, not to the spectra - the band means of G are linear in
+    the sign of I and the residual ratio does not depend on the signs of X or G at all -, the
+    derivative and smoothing are computed only over the columns the features read (plus the
+    filters' reach, so the values equal those over the whole sweep), in one running-mean call for
+    both channels, and the grid's columns are computed once per grid (:func:`_feature_plan`).
+    G is :func:`stslive.live.kernels.derivative` (box method) written out here so that its
+    running mean is shared with the lock-in channel's.
     """
     if not i_set_A > 0 or v_set_V == 0:
         raise AnalysisError(f"set-point must have V_set != 0 and I_set > 0, got {v_set_V} V, {i_set_A} A")
-    arrays = [current_A] if lockin is None else [current_A, lockin]
-    bias, cur, *rest = prepare_sweep(np.asarray(bias_V, dtype=np.float64), *[np.asarray(a) for a in arrays])
-    cfg = config
-    sign = conductance_sign(bias, cur).astype(np.float64)
-    hw = cfg.setpoint_halfwidth_V
-    at_set = _columns(bias, v_set_V - hw, v_set_V + hw)
-    i_at_set = _band_mean(np.abs(cur[..., at_set]), slice(0, at_set.stop - at_set.start))
-    lo, hi = cfg.tip_band_V
-    wlo, whi = cfg.mismatch_window_V
-    # columns the features read, widened by the reach of the box derivative (s + points // 2)
-    reach = cfg.smoothing_points + 1
-    top = max(hi, whi)
-    sub = _columns(bias, -top, top)
-    sub = slice(max(0, sub.start - reach), min(bias.size, sub.stop + reach))
-    b = bias[sub]
-    g = derivative(b, cur[..., sub], points=cfg.smoothing_points)
-    g_set = i_at_set / abs(v_set_V)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tip = np.stack([np.log(sign * _band_mean(g, _columns(b, -hi, -lo)) / g_set),
-                        np.log(sign * _band_mean(g, _columns(b, lo, hi)) / g_set)], axis=-1)
+    bias = np.asarray(bias_V, dtype=np.float64)
+    if bias.ndim != 1:
+        raise AnalysisError(f"bias must be 1-D (one sweep for all spectra), got shape {bias.shape}")
+    cur = np.asarray(current_A)
+    x = None if lockin is None else np.asarray(lockin)
+    for c in (cur,) if x is None else (cur, x):
+        if c.shape[-1:] != bias.shape:
+            raise AnalysisError(f"a channel has {c.shape[-1:]} points on its last axis, the bias {bias.size}")
+    plan = _feature_plan(bias.tobytes(), float(v_set_V), config)
+    if plan.flip:
+        cur = cur[..., ::-1]
+        x = None if x is None else x[..., ::-1]
+    k = plan.edge  # conductance_sign(kind="current") of the ascending sweep: sign of I(V_max) - I(V_min)
+    rise = np.add.reduce(cur[..., -k:], axis=-1, dtype=np.float64) / k - np.add.reduce(
+        cur[..., :k], axis=-1, dtype=np.float64) / k
+    sign = np.where(rise < 0, -1.0, 1.0)
+    i_at_set = _mean(np.abs(cur[..., plan.at_set]), slice(0, plan.at_set.stop - plan.at_set.start))
+    dtype = np.dtype(cur.dtype if cur.dtype in (np.float32, np.float64) else np.float64)
+    sub, s = plan.sub, plan.half
     lead = cur.shape[:-1]
-    if rest:
-        x = rest[0]
-        peak = np.max(np.abs(x), axis=-1)
-        # the same running mean as the derivative, so both channels compare at equal resolution
-        # and the lock-in noise (~10 % of X at 50 uV modulation) does not dominate the residual
-        xs = uniform_filter1d(x[..., sub], cfg.smoothing_points, axis=-1, mode="nearest")
-        sxx, sxg, sgg = _sums(xs, g, (_columns(b, -whi, -wlo), _columns(b, wlo, whi)))
-        with np.errstate(divide="ignore", invalid="ignore"):
+    u, xs = _running_means(cur, x, sub, config.smoothing_points, dtype)
+    g = _scratch("g", u.shape, dtype)  # G = (U_{i+s} - U_{i-s}) / (2 s h), NaN within s of the ends
+    np.subtract(u[..., 2 * s:], u[..., : -2 * s], out=g[..., s:-s])
+    g[..., s:-s] *= dtype.type(plan.scale)
+    g[..., :s] = g[..., -s:] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bands = np.stack([_mean(g, plan.tip[0]), _mean(g, plan.tip[1])], axis=-1)
+        tip = np.log(sign[..., None] * bands / (i_at_set / abs(v_set_V))[..., None])
+        if x is None:
+            peak = rel = np.full(lead, np.nan)
+        else:
+            peak = np.max(np.abs(x), axis=-1)
+            sgg, sxg, sxx = sum(_product_sums(g[..., c], xs[..., c]) for c in plan.window)
             rel = np.sqrt(np.maximum(1.0 - sxg * sxg / (sxx * sgg), 0.0))
-    else:
-        peak = np.full(lead, np.nan)
-        rel = np.full(lead, np.nan)
     return SpectralFeatures(
         setpoint_rel_dev=i_at_set / i_set_A - 1.0, tip_features=tip, lockin_peak=peak, lockin_rel_residual=rel
     )
