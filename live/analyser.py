@@ -1,27 +1,34 @@
 """The live analyser service: run stream in, per-pixel results, flags and snapshots out.
 
-Two threads, so analysis never starves the socket (the SUB queue must not overflow):
+One *service* thread owns the :class:`~stslive.acquisition.stream_consumer.RunSubscriber` and
+does everything on the pixel path, in a loop:
 
-* the *receiver* owns the :class:`~stslive.acquisition.stream_consumer.RunSubscriber`: it
-  backfills from the archive at start (late join / restart, SWMR read, acquisition order),
-  fills sequence gaps and resumed segments from the archive (``recover_from_archive``: pixels
-  whose measurement was never received) and queues everything. Events of a run whose start
-  document it missed (started before the scan, while its socket connected) take the start and
-  the pixels so far from the archive; without ``archive`` they are rejected (``no_start``) and
-  the status says what is missing;
-* the *worker* takes whatever is queued (never waiting to fill a batch: one pixel at a low
+* at start it backfills from the archive (late join / restart, SWMR read, acquisition order);
+  it fills sequence gaps and resumed segments from the archive (``recover_from_archive``:
+  pixels whose measurement was never received). Events of a run whose start document it
+  missed (started before the scan, while its socket connected) take the start and the pixels
+  so far from the archive; without ``archive`` they are rejected (``no_start``) and the status
+  says what is missing;
+* it takes what the socket holds (decoded; never waiting to fill a batch: one pixel at a low
   rate, up to ``settings.batch`` when busy), analyses it with the one code path
   (:meth:`RunContext.process`: one kernel call per set-point set, flags vectorised), publishes
   the batch as one ``pixels`` message (arrays, see :mod:`stslive.live.results_io`), publishes
   ``maps``/``snapshot``/``status`` periodically and writes the analysis file (temp file +
   rename: crash-safe);
 * a *snapshot* thread recomputes the correlations every ``snapshot_every`` pixels, off the
-  pixel path (at most one at a time; the final one at stop runs in the worker).
+  pixel path (at most one at a time; the final one at stop runs in the service thread).
+
+Why receiving and analysing share one thread: the socket never overflows while a batch is
+analysed, because ZeroMQ's own I/O thread (C, no GIL) keeps reading it into the SUB queue
+(``settings.hwm`` messages). A second Python thread that only moved messages into a queue
+(the first design) lost the GIL on every ``recv`` and waited up to the interpreter's switch
+interval (5 ms) to get it back from the analysis: a GIL convoy that kept the batches small
+and the latency high (``stslive bench-analyser``, figures in the README).
 
 Throughput and latency: ``stslive bench-analyser`` (stage CPU times: :meth:`AnalyserService.stage_seconds`).
 
 Bad input never stops it: malformed frames are counted by the subscriber, pixels that do not
-fit the run (grid, set, channel count, length) by the worker; both show in the status message.
+fit the run (grid, set, channel count, length) by the service; both show in the status message.
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ import collections
 import logging
 import math
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -136,9 +142,10 @@ class AnalyserService:
                 if self._guard is not None:
                     self._guard.release()
                 raise StreamError(f"cannot bind the results stream to {bind!r} ({exc}); is the port in use?") from exc
-        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        #: documents to handle, in order: backfill and recovery from the archive, then the stream
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.run: RunContext | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
@@ -159,6 +166,7 @@ class AnalyserService:
         self._snapshot_quit = False
         self._last_publish = 0.0
         self._last_write = 0.0
+        self._last_stats = -math.inf
         self.errors: list[str] = []
         self._stages: dict[str, float] = dict.fromkeys(("receive+decode", "check", "publish", "snapshot"), 0.0)
 
@@ -169,20 +177,18 @@ class AnalyserService:
 
     # -- lifetime ---------------------------------------------------------------------------
     def start(self, *, timeout_s: float = 10.0) -> AnalyserService:
-        """Start both threads; returns once subscribed and the backfill is queued."""
-        for target, name in ((self._receive, "analyser-receiver"), (self._work, "analyser-worker")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        """Start the service thread; returns once subscribed and the backfill is queued."""
+        self._thread = threading.Thread(target=self._serve, name="analyser", daemon=True)
+        self._thread.start()
         if not self._ready.wait(timeout_s):
             raise StreamError(f"analyser did not subscribe to {self.connect} within {timeout_s} s")
         return self
 
     def close(self, *, timeout_s: float = 10.0) -> None:
-        """Stop the threads (the worker finishes its queue first), write the file, close sockets."""
+        """Stop the service (it finishes what it has received first), write the file, close sockets."""
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
         if self._pub is not None:
             self._pub.close(linger=0)
             self._pub = None
@@ -206,52 +212,78 @@ class AnalyserService:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- receiver thread ----------------------------------------------------------------------
-    def _receive(self) -> None:
+    # -- service thread -----------------------------------------------------------------------
+    def _serve(self) -> None:
         sub: RunSubscriber | None = None
         backfilled: dict[tuple[int, int], float | None] = {}  # pixel -> t_start of the measurement queued
         opened: set[str] = set()  # runs whose start (stream or archive) is queued, or was looked for
         try:
-            # inside the try: a missing client key file (ConfigError) is reported like a refused endpoint
-            sub = RunSubscriber(self.connect, hwm=self.settings.hwm, context=self._ctx,
-                                security=self._stream_security)
-            time.sleep(0.2)  # let the subscription reach the publisher before reading the archive
-            if self.archive is not None and self.archive.is_file():
-                run_uid, backfilled = self._backfill()
-                opened.add(run_uid)
-            self._ready.set()
-            last_stats = -math.inf
-            while not self._stop.is_set():
-                t0 = time.thread_time()
-                doc = sub.poll(0)  # timed only when a frame is waiting: receive + decode, no idle wait
-                if doc is not None:
-                    self._stages["receive+decode"] += time.thread_time() - t0
-                else:
-                    doc = sub.poll(0.05)
-                now = time.monotonic()
-                # stats() builds dicts: not once per event, but before any other document (a stop)
-                if doc is None or not isinstance(doc, EventDoc) or now - last_stats >= 0.1:
-                    self.subscriber_stats, last_stats = sub.stats(), now
-                if doc is None:
-                    continue
-                if doc.run_uid is not None and doc.run_uid not in opened:
-                    opened.add(doc.run_uid)
-                    if not isinstance(doc, StartDoc):
-                        backfilled.update(self._missed_start(doc.run_uid))
-                gaps = sub.take_new_gaps()
-                if gaps and self.archive is not None and doc.run_uid is not None:
-                    self._recover(sub, doc.run_uid, backfilled)
-                self._queue.put(("doc", doc))
-                self.max_queue = max(self.max_queue, self._queue.qsize())
-        except StsliveError as exc:  # e.g. the endpoint is refused: say so in the status
-            self.errors.append(str(exc))
-            log.error("analyser receiver: %s", exc)
+            try:
+                # inside the try: a missing client key file (ConfigError) is reported like a refused endpoint
+                sub = RunSubscriber(self.connect, hwm=self.settings.hwm, context=self._ctx,
+                                    security=self._stream_security)
+                time.sleep(0.2)  # let the subscription reach the publisher before reading the archive
+                if self.archive is not None and self.archive.is_file():
+                    run_uid, backfilled = self._backfill()
+                    opened.add(run_uid)
+            except StsliveError as exc:  # e.g. the endpoint is refused: say so in the status
+                sub = self._lost(sub, exc)
+            finally:
+                self._ready.set()
+            while True:
+                if sub is not None and not self._stop.is_set() and len(self._inbox) < self.settings.batch:
+                    try:
+                        self._receive(sub, backfilled, opened, wait_s=0.0 if self._inbox else 0.05)
+                    except StsliveError as exc:
+                        sub = self._lost(sub, exc)
+                if self._inbox:
+                    self._handle_items(self._drain())
+                elif sub is None or self._stop.is_set():
+                    break
+                self._periodic()
+            self._finish_run(state=None)
         finally:
             if sub is not None:
                 self.subscriber_stats = sub.stats()
                 sub.close()
-            self._ready.set()
-            self._queue.put(("end", None))
+            self._stop_snapshots()
+
+    def _lost(self, sub: RunSubscriber | None, exc: StsliveError) -> None:  # returns None: the subscriber is gone
+        """The stream cannot be read any more: record why; what was received is still analysed."""
+        self.errors.append(str(exc))
+        log.error("analyser: %s", exc)
+        if sub is not None:
+            self.subscriber_stats = sub.stats()
+            sub.close()
+        return None
+
+    def _receive(self, sub: RunSubscriber, backfilled: dict[tuple[int, int], float | None], opened: set[str], *,
+                 wait_s: float) -> None:
+        """Move what the socket holds into the inbox, decoded, up to a batch; wait up to ``wait_s`` for the first."""
+        clock = time.thread_time
+        while len(self._inbox) < self.settings.batch:
+            t0 = clock()
+            doc = sub.poll(0)  # timed only when a frame is waiting: receive + decode, no idle wait
+            if doc is not None:
+                self._stages["receive+decode"] += clock() - t0
+            elif wait_s > 0:
+                doc = sub.poll(wait_s)
+            wait_s = 0.0
+            now = time.monotonic()
+            # stats() builds dicts: not once per event, but before any other document (a stop)
+            if doc is None or not isinstance(doc, EventDoc) or now - self._last_stats >= 0.1:
+                self.subscriber_stats, self._last_stats = sub.stats(), now
+            if doc is None:
+                return
+            if doc.run_uid is not None and doc.run_uid not in opened:
+                opened.add(doc.run_uid)
+                if not isinstance(doc, StartDoc):
+                    backfilled.update(self._missed_start(doc.run_uid))
+            gaps = sub.take_new_gaps()
+            if gaps and self.archive is not None and doc.run_uid is not None:
+                self._recover(sub, doc.run_uid, backfilled)
+            self._inbox.append(("doc", doc))
+            self.max_queue = max(self.max_queue, len(self._inbox))
 
     def _missed_start(self, run_uid: str) -> dict[tuple[int, int], float | None]:
         """A document of ``run_uid`` came before (without) its start: take the start from the archive.
@@ -295,7 +327,7 @@ class AnalyserService:
             start = {**start, "setpoint_sets": [s.to_dict() for s in reader.setpoint_sets.values()],
                      "channel_names": reader.channel_names, "n_points": reader.n_points,
                      "grid": reader.geometry.to_dict()}
-            self._queue.put(("start", (reader.run_uid, start)))
+            self._inbox.append(("start", (reader.run_uid, start)))
             measured = reader.measured
             meta = reader.pixel_meta
             iy, ix = measured.nonzero()
@@ -307,7 +339,7 @@ class AnalyserService:
                 spectra = reader.read_pixels(slice(y, y + 1), slice(x, x + 1))[0, 0]
                 event = EventDoc(run_uid=reader.run_uid, seq=-1, descriptor_uid="", ix=x, iy=y,
                                  arrays={"spectra": spectra}, **fields)
-                self._queue.put(("doc", event))
+                self._inbox.append(("doc", event))
             log.info("analyser: backfilled %d pixels from %s", iy.size, self.archive)
             t_start = meta["t_start"]
             return reader.run_uid, {(int(a), int(b)): float(t_start[a, b]) for a, b in zip(iy, ix, strict=True)}
@@ -330,40 +362,21 @@ class AnalyserService:
         events.sort(key=lambda e: e.timestamps.get("t_end", math.inf))
         for event in events:
             tracker.pixels[(event.iy, event.ix)] = event.timestamps.get("t_start")
-            self._queue.put(("doc", event))
+            self._inbox.append(("doc", event))
         tracker.missing.clear()
 
-    # -- worker thread ------------------------------------------------------------------------
-    def _work(self) -> None:
-        try:
-            while True:
-                try:
-                    first = self._queue.get(timeout=0.05)
-                except queue.Empty:
-                    self._periodic()
-                    continue
-                if not self._handle_items(self._drain(first)):
-                    return
-                self._periodic()
-        finally:
-            self._stop_snapshots()
-
-    def _drain(self, first: tuple[str, Any]) -> list[tuple[str, Any]]:
-        """``first`` and whatever else is queued now, up to ``settings.batch`` items.
+    # -- analysis -----------------------------------------------------------------------------
+    def _drain(self) -> list[tuple[str, Any]]:
+        """The oldest inbox items, up to ``settings.batch``.
 
         Never waits to fill a batch: at a low rate a batch is one pixel (lowest latency), at a
         high rate it grows to what arrived while the previous batch was analysed.
         """
-        items = [first]
-        while len(items) < self.settings.batch:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return items
+        inbox = self._inbox
+        return [inbox.popleft() for _ in range(min(len(inbox), self.settings.batch))]
 
-    def _handle_items(self, items: list[tuple[str, Any]]) -> bool:
-        """Process drained items in order (events batched between other documents); False at the end."""
+    def _handle_items(self, items: list[tuple[str, Any]]) -> None:
+        """Process drained items in order (events batched between other documents)."""
         pending: list[PixelInput] = []
         for kind, item in items:
             if kind == "doc" and isinstance(item, EventDoc):
@@ -374,15 +387,11 @@ class AnalyserService:
                     pending.append(pixel)
                 continue
             self._flush(pending)
-            if kind == "end":
-                self._finish_run(state=None)
-                return False
             if kind == "start":
                 self._open_run(*item)
             else:
                 self._handle_other(item)
         self._flush(pending)
-        return True
 
     def _accept_event(self, doc: EventDoc) -> PixelInput | None:
         run = self.run
@@ -471,7 +480,7 @@ class AnalyserService:
     def _request_snapshot(self) -> None:
         """Ask the snapshot thread for a new snapshot; at most one is computed at a time.
 
-        The correlations of a 300 x 250 map take tens of ms: in the worker they would delay every
+        The correlations of a 300 x 250 map take tens of ms: in the service thread they would delay every
         pixel queued behind them by as much, so they run on their own thread on a copy of the
         maps (:func:`correlation_snapshot` copies under the model's lock). A request while one
         is running is merged into the next.
@@ -511,7 +520,7 @@ class AnalyserService:
         run.model.set_snapshot(snap)
 
     def stage_seconds(self) -> dict[str, float]:
-        """Seconds spent so far per stage: receive+decode (receiver thread), check (event ->
+        """Seconds spent so far per stage: receive+decode (service thread), check (event ->
         PixelInput), analyse / features / flags / model (:meth:`RunContext.process`), publish
         (encode + send), snapshot (correlations, own thread)."""
         out = dict(self._stages)
