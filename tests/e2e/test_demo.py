@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,10 @@ def test_headless_demo_leaves_sane_results(tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert "192 of 192 pixels measured" in stdout
     assert "live analyser vs offline analysis" in stdout and "validity differs on 0" in stdout
+    # the demo checks itself against the film's definition truth (issue 2 accuracy goals: 0.03 meV, 0.003)
+    truth = re.search(r"rms error Delta ([0-9.e+-]+) meV, alpha ([0-9.e+-]+) over (\d+) valid", stdout)
+    assert truth is not None, stdout
+    assert float(truth[1]) <= 0.03 and float(truth[2]) <= 0.003 and int(truth[3]) >= 0.9 * 192
     _no_orphans(proc, out)
 
 
