@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -62,6 +63,11 @@ class ReasonCode(enum.IntEnum):
     WINDOW_NOT_COVERED = 7  #: the sweep does not cover the power-law fit window
     NONPOSITIVE_CONDUCTANCE = 8  #: dI/dV <= 0 inside the fit window (log undefined)
     POOR_POWER_LAW_FIT = 9  #: rms log-residual of the power law above the limit
+
+
+#: The codes as plain ints for the per-call paths: an Enum member lookup costs ~2 us on
+#: Python 3.11, and the gap and power-law steps made a dozen per call.
+_CODE = SimpleNamespace(**{c.name: int(c) for c in ReasonCode})
 
 
 @dataclass(frozen=True)
@@ -341,8 +347,8 @@ def _median_sign(x: np.ndarray) -> np.ndarray:
     does not decide it (zeros, NaN, or an even count split evenly) take np.median itself.
     """
     n = x.shape[-1]
-    neg = np.count_nonzero(x < 0, axis=-1)
-    pos = np.count_nonzero(x > 0, axis=-1)
+    neg = np.add.reduce(x < 0, axis=-1)  # not np.count_nonzero: its axis path costs ~10 us a call
+    pos = np.add.reduce(x > 0, axis=-1)
     s = np.where(2 * neg > n, -1.0, 1.0)
     undecided = (neg + pos < n) | (2 * neg == n)
     if undecided.any():
@@ -529,8 +535,11 @@ def _search_peaks(
     for i, side in enumerate(covered):
         part = didv[:, side.part][:, ::-1] if side.mirrored else didv[:, side.part]
         searched = part[:, side.searched]
-        contrast = searched - uniform_filter1d(part, CONTRAST_POINTS, axis=-1, mode="nearest")[:, side.searched]
-        peak = np.argmax(contrast, axis=1)
+        # scratch output: uniform_filter1d allocating its own costs twice the filter on these rows
+        mean = uniform_filter1d(part, CONTRAST_POINTS, axis=-1, mode="nearest",
+                                output=_scratch("contrast", rows, part.shape[1], part.dtype))
+        contrast = searched - mean[:, side.searched]
+        peak = contrast.argmax(axis=1)
         # Peak over its local background (the running mean the contrast removed), minus 1 later.
         peak_height = searched[every, peak].astype(np.float64)
         np.divide(peak_height, peak_height - contrast[every, peak], out=ratio[:, i])
@@ -553,9 +562,9 @@ def _search_peaks(
     offset = offset.reshape(rows, k)
     position = geometry.origin_V + (centre + offset) * step
     reason = np.where(
-        at_edge, np.int8(ReasonCode.PEAK_AT_EDGE),
-        np.where(outside, np.int8(ReasonCode.SEARCH_NOT_COVERED),
-                 np.where(np.isfinite(offset), np.int8(0), np.int8(ReasonCode.PEAK_NOT_BRACKETED))),
+        at_edge, np.int8(_CODE.PEAK_AT_EDGE),
+        np.where(outside, np.int8(_CODE.SEARCH_NOT_COVERED),
+                 np.where(np.isfinite(offset), np.int8(0), np.int8(_CODE.PEAK_NOT_BRACKETED))),
     )
     clock.lap("template refinement")
     return position, ratio, score.reshape(rows, k), reason
@@ -572,7 +581,7 @@ def _gap_rows(
     """
     cols = geometry.columns
     # Only the columns the fits read must be finite (a derivative is NaN at the sweep ends).
-    bad = ~(np.isfinite(g2[:, cols]).all(axis=1) & np.isfinite(refit[:, cols]).all(axis=1))
+    bad = ~(np.logical_and.reduce(np.isfinite(g2[:, cols]), axis=1) & np.logical_and.reduce(np.isfinite(refit[:, cols]), axis=1))
     if bad.any():  # zeros keep the arithmetic quiet; the rows are reported as NAN_INPUT
         g2 = np.where(bad[:, None], 0, g2)
         refit = np.where(bad[:, None], 0, refit)
@@ -583,7 +592,7 @@ def _gap_rows(
                 geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock)
         else:  # a polarity the sweep does not cover stays NaN / SEARCH_NOT_COVERED
             position, ratio, score2 = (np.full((rows, 2), np.nan) for _ in range(3))
-            side_reason = np.full((rows, 2), ReasonCode.SEARCH_NOT_COVERED, np.int8)
+            side_reason = np.full((rows, 2), _CODE.SEARCH_NOT_COVERED, np.int8)
             searched = [i for i, s in enumerate(geometry.sides) if s is not None]
             if searched:
                 found = _search_peaks(geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock)
@@ -594,14 +603,14 @@ def _gap_rows(
     score = np.minimum(score2[:, 0], score2[:, 1])
     # The most basic failure wins: no data, then no sweep coverage, no peak, then fit trouble.
     reason = np.zeros(rows, np.int8)
-    reason[~(score >= min_peak_score)] = ReasonCode.POOR_PEAK_FIT
+    reason[~(score >= min_peak_score)] = _CODE.POOR_PEAK_FIT
     # A peak on the wrong side of zero bias is no bracketed peak either (Delta would be <= 0).
-    not_bracketed = (side_reason == ReasonCode.PEAK_NOT_BRACKETED).any(axis=1) | ~((neg < 0) & (pos > 0))
-    reason[not_bracketed] = ReasonCode.PEAK_NOT_BRACKETED
-    reason[~(visibility >= min_visibility)] = ReasonCode.NO_PEAKS
-    reason[(side_reason == ReasonCode.PEAK_AT_EDGE).any(axis=1)] = ReasonCode.PEAK_AT_EDGE
-    reason[(side_reason == ReasonCode.SEARCH_NOT_COVERED).any(axis=1)] = ReasonCode.SEARCH_NOT_COVERED
-    reason[bad] = ReasonCode.NAN_INPUT
+    not_bracketed = (side_reason == _CODE.PEAK_NOT_BRACKETED).any(axis=1) | ~((neg < 0) & (pos > 0))
+    reason[not_bracketed] = _CODE.PEAK_NOT_BRACKETED
+    reason[~(visibility >= min_visibility)] = _CODE.NO_PEAKS
+    reason[(side_reason == _CODE.PEAK_AT_EDGE).any(axis=1)] = _CODE.PEAK_AT_EDGE
+    reason[(side_reason == _CODE.SEARCH_NOT_COVERED).any(axis=1)] = _CODE.SEARCH_NOT_COVERED
+    reason[bad] = _CODE.NAN_INPUT
     # one (5, rows) block, masked and cast once: the fields are its rows
     out = np.empty((5, rows))
     np.multiply(0.5, pos - neg, out=out[0])
@@ -736,35 +745,37 @@ def _power_law_rows(
     n_rows = g2.shape[0]
     if designs is None:
         nan = np.full(n_rows, np.nan, dtype)
-        return PowerLawResult(nan, nan, nan, nan, nan, nan, nan, np.full(n_rows, ReasonCode.WINDOW_NOT_COVERED, np.int8))
+        return PowerLawResult(nan, nan, nan, nan, nan, nan, nan, np.full(n_rows, _CODE.WINDOW_NOT_COVERED, np.int8))
     reason = np.zeros(n_rows, np.int8)
+    slope, log_b, rms, check = np.empty((4, 2, n_rows))
+    logs = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for side, (cols, xc, x_mean, sxx, m) in enumerate(designs):
+            # ln of a non-positive or non-finite G is NaN/inf, and so is then the row's sum: the
+            # (rare) failed rows are told apart afterwards instead of checking every sample twice.
+            y = np.log(g2[:, cols], out=_scratch("log_g", n_rows, m, g2.dtype))
+            total = np.add.reduce(y, axis=1)  # numpy's pairwise sum: float32 stays accurate over ~500 terms
+            # einsum, not BLAS: a (rows x 501) GEMV goes multi-threaded in OpenBLAS (see kernels_gap)
+            np.divide(np.einsum("ij,j->i", y, xc), sxx, out=slope[side], dtype=np.float64)
+            ybar = np.divide(total, m, dtype=np.float64)
+            np.add(total, slope[side], out=check[side])  # finite exactly when both are (|values| << 1e38)
+            # residual = y - ybar - slope xc, formed in place in one buffer
+            resid = np.multiply(slope[side].astype(y.dtype)[:, None], xc, out=_scratch("resid", n_rows, m, y.dtype))
+            resid += ybar.astype(y.dtype)[:, None]
+            np.subtract(y, resid, out=resid)
+            np.sqrt(np.divide(np.einsum("ij,ij->i", resid, resid), m, dtype=np.float64), out=rms[side])
+            np.subtract(ybar, slope[side] * x_mean, out=log_b[side])
+    failed = ~np.isfinite(check)
     nan_in = np.zeros(n_rows, bool)
-    slope, log_b, rms = np.empty((3, 2, n_rows))
-    for side, (cols, xc, x_mean, sxx, m) in enumerate(designs):
-        y_raw = g2[:, cols]
-        # ln of a non-positive or non-finite G is NaN/inf, and so is then the row's sum: the
-        # (rare) failed rows are told apart afterwards instead of checking every sample twice.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.log(y_raw, out=_scratch("log_g", n_rows, m, y_raw.dtype))
-        total = np.add.reduce(y, axis=1)  # numpy's pairwise sum: float32 stays accurate over ~500 terms
-        # einsum, not BLAS: a (rows x 501) GEMV goes multi-threaded in OpenBLAS (see kernels_gap)
-        np.divide(np.einsum("ij,j->i", y, xc), sxx, out=slope[side], dtype=np.float64)
-        ybar = np.divide(total, m, dtype=np.float64)
-        failed = ~(np.isfinite(total) & np.isfinite(slope[side]))
-        if failed.any():
-            rows_failed = np.flatnonzero(failed)
-            nonfinite = ~np.isfinite(y_raw[rows_failed]).all(axis=1)
+    if failed.any():
+        for side, (cols, *_) in enumerate(designs):
+            rows_failed = np.flatnonzero(failed[side])
+            nonfinite = ~np.isfinite(g2[rows_failed, cols]).all(axis=1)
             nan_in[rows_failed[nonfinite]] = True
-            reason[rows_failed[~nonfinite]] = ReasonCode.NONPOSITIVE_CONDUCTANCE
-        # residual = y - ybar - slope xc, formed in place in one buffer
-        resid = np.multiply(slope[side].astype(y.dtype)[:, None], xc, out=_scratch("resid", n_rows, m, y.dtype))
-        resid += ybar.astype(y.dtype)[:, None]
-        np.subtract(y, resid, out=resid)
-        np.sqrt(np.divide(np.einsum("ij,ij->i", resid, resid), m, dtype=np.float64), out=rms[side])
-        np.subtract(ybar, slope[side] * x_mean, out=log_b[side])
+            reason[rows_failed[~nonfinite]] = _CODE.NONPOSITIVE_CONDUCTANCE
     worst = np.maximum(rms[0], rms[1])
-    reason[(reason == 0) & ~(worst <= max_log_residual)] = ReasonCode.POOR_POWER_LAW_FIT
-    reason[nan_in] = ReasonCode.NAN_INPUT
+    reason[(reason == 0) & ~(worst <= max_log_residual)] = _CODE.POOR_POWER_LAW_FIT
+    reason[nan_in] = _CODE.NAN_INPUT
     # one (7, rows) block, masked and cast once: the fields are its rows
     out = np.empty((7, n_rows))
     np.multiply(0.5, slope[0] + slope[1], out=out[0])
@@ -898,7 +909,7 @@ def _buffer(name: str, rows: int, n: int, dtype: np.dtype, columns: tuple[tuple[
     them shows up as NaN (NAN_INPUT), never as stale data.
     """
     cache: dict[tuple[object, ...], np.ndarray] = _BUFFERS.__dict__.setdefault("cache", {})
-    key = (name, n, np.dtype(dtype).str, columns)
+    key = (name, n, dtype, columns)  # a dtype hashes by value
     buf = cache.get(key)
     if buf is None or buf.shape[0] < rows:
         if len(cache) > 16:
@@ -910,7 +921,7 @@ def _buffer(name: str, rows: int, n: int, dtype: np.dtype, columns: tuple[tuple[
 def _scratch(name: str, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
     """A per-thread scratch array (rows, cols) of undefined content, reused between chunks."""
     cache: dict[tuple[object, ...], np.ndarray] = _BUFFERS.__dict__.setdefault("scratch", {})
-    key = (name, np.dtype(dtype).str)
+    key = (name, dtype)
     buf = cache.get(key)
     if buf is None or buf.shape[0] < rows or buf.shape[1] < cols:
         old = (0, 0) if buf is None else buf.shape

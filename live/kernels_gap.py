@@ -73,6 +73,8 @@ class TemplateBank:
         Position of the maximum of each dI/dV template relative to its shift, samples.
     background : ndarray, (M, background_degree + 1)
         Orthonormal basis of the polynomial background in the window.
+    background_t : ndarray, (background_degree + 1, M)
+        Its transpose, C-contiguous (for :func:`rowwise_matmul`).
     n_widths, n_shifts : int
     """
 
@@ -81,6 +83,7 @@ class TemplateBank:
     shifts: np.ndarray
     peak_offset: np.ndarray
     background: np.ndarray
+    background_t: np.ndarray
     n_widths: int
     n_shifts: int
 
@@ -184,6 +187,7 @@ def template_bank(
         shifts=shifts,
         peak_offset=peak_offset / oversample,
         background=basis,
+        background_t=np.ascontiguousarray(basis.T),
         n_widths=len(widths),
         n_shifts=len(shifts),
     )
@@ -236,29 +240,33 @@ def locate_peaks(
     """
     # (n, W*S): least-squares amplitude of each unit template.
     proj = rowwise_matmul(windows, bank.vectors)
-    best = np.argmax(proj, axis=1)
+    best = proj.argmax(axis=1)
     rows = np.arange(len(best))
-    amp = proj[rows, best].astype(np.float64)
-    iw, js = np.divmod(best, bank.n_shifts)
-    inside = (js > 0) & (js < bank.n_shifts - 1) & (amp > 0)
-    jm = np.clip(js - 1, 0, bank.n_shifts - 1)
-    jp = np.clip(js + 1, 0, bank.n_shifts - 1)
+    js = best % bank.n_shifts
+    above, below = js > 0, js < bank.n_shifts - 1
+    # The best template and its neighbours in shift (clipped at the ends of the shift range),
+    # gathered in one fancy index: columns best, best - 1, best + 1.
+    picks = np.empty((len(best), 3), np.intp)
+    picks[:, 0] = best
+    np.subtract(best, above, out=picks[:, 1])
+    np.add(best, below, out=picks[:, 2])
+    q = proj[rows[:, None], picks].astype(np.float64)
+    amp = q[:, 0]
+    inside = above & below & (amp > 0)
     # Fit quality is the explained sum of squares amp^2; a parabola through its neighbours
     # locates the optimum between the grid shifts.
-    q0 = proj[rows, iw * bank.n_shifts + jm].astype(np.float64) ** 2
-    q2 = proj[rows, iw * bank.n_shifts + jp].astype(np.float64) ** 2
-    q1 = amp**2
+    q *= q
+    q1, q0, q2 = q[:, 0], q[:, 1], q[:, 2]
     denom = q0 - 2 * q1 + q2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.where(denom < 0, 0.5 * (q0 - q2) / denom, 0.0)
-    step = bank.shifts[1] - bank.shifts[0]
-    offset = bank.shifts[js] + np.clip(frac, -0.5, 0.5) * step + bank.peak_offset[iw]
-    offset = np.where(inside, offset, np.nan)
     w64 = windows.astype(np.float64)
-    residual = w64 - rowwise_matmul(rowwise_matmul(w64, bank.background), np.ascontiguousarray(bank.background.T))
+    residual = w64 - rowwise_matmul(rowwise_matmul(w64, bank.background), bank.background_t)
     total = np.einsum("ij,ij->i", residual, residual)
     with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(denom < 0, 0.5 * (q0 - q2) / denom, 0.0)
         score = np.where(total > 0, q1 / total, np.nan)
+    step = bank.shifts[1] - bank.shifts[0]
+    offset = bank.shifts[js] + np.minimum(np.maximum(frac, -0.5), 0.5) * step + bank.peak_offset[best // bank.n_shifts]
+    offset[~inside] = np.nan
     return offset, score
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stslive.live import kernels, kernels_gap
 from stslive.live.kernels import KernelOptions, ReasonCode, analyse_spectra, _bank_args
 from stslive.live.kernels_gap import DYNES_WIDTHS_EV, rowwise_matmul, template_bank
 from stslive.mocks.film import FilmParams, make_film
@@ -102,3 +103,77 @@ def test_rowwise_matmul_row_depends_on_its_row_only():
         moved[:] = a
         assert np.array_equal(rowwise_matmul(moved, b), full)
     assert rowwise_matmul(a[:0], b).shape == (0, 49)
+
+
+# The live analyser calls the kernels with 1-10 spectra at a time; everything that does not depend
+# on the spectra (columns, search geometry, fit-window designs, the template bank) is cached per
+# bias grid. A cache keyed by the array's identity would go stale when a caller reuses its axis
+# buffer for another sweep; the per-polarity geometry would be wrong on asymmetric sweeps.
+
+def _clear_kernel_caches():
+    for module in (kernels, kernels_gap):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+
+
+@pytest.mark.parametrize("gap_source", ["current", "lockin"])
+def test_batches_of_one_and_seven_equal_the_whole_batch(film_spectra, gap_source):
+    film, spectra, _ = film_spectra
+    n = film.bias_V.size
+    cur, lia = spectra.current_A.reshape(-1, n), spectra.lockin_x_A.reshape(-1, n)
+    opts = KernelOptions(dynes_width_eV=0.1054e-3, gap_source=gap_source, modulation_Vrms=film.params.modulation_Vrms)
+    whole = analyse_spectra(film.bias_V, current=cur, lockin=lia, options=opts)
+    for batch in (1, 7):
+        parts = [analyse_spectra(film.bias_V, current=cur[s:s + batch], lockin=lia[s:s + batch], options=opts)
+                 for s in range(0, cur.shape[0], batch)]
+        joined = type(whole)(*(np.concatenate(field) for field in zip(*parts)))
+        _assert_identical(whole, joined, batch)
+
+
+def test_cached_plans_follow_the_axis_values_not_the_array(film_spectra):
+    film, spectra, _ = film_spectra
+    n = film.bias_V.size
+    cur = spectra.current_A.reshape(-1, n)[:8]
+    opts = KernelOptions(dynes_width_eV=0.1054e-3)
+    axis = np.array(film.bias_V, dtype=np.float64)
+    first = analyse_spectra(axis, current=cur, options=opts)
+    axis *= 0.8  # the same array object now holds another sweep: every cached quantity differs
+    reused = analyse_spectra(axis, current=cur, options=opts)
+    _clear_kernel_caches()
+    fresh = analyse_spectra(axis, current=cur, options=opts)
+    _assert_identical(fresh, reused, "second sweep in the first sweep's array")
+    assert not np.array_equal(first.alpha, reused.alpha, equal_nan=True)
+    ok = first.valid & reused.valid
+    assert ok.sum() >= 6 and not np.array_equal(first.delta_eV[ok], reused.delta_eV[ok])
+
+
+@pytest.mark.parametrize("gap_source", ["current", "lockin"])
+def test_gap_on_an_asymmetric_sweep_equals_the_symmetric_one(film_spectra, gap_source):
+    # Dropping the far negative bias (beyond the fit window) leaves a sweep whose polarities have
+    # different lengths; the gap reads only columns near zero bias, so it must not change at all.
+    film, spectra, _ = film_spectra
+    n = film.bias_V.size
+    cut = n // 8
+    cur, lia = spectra.current_A.reshape(-1, n), spectra.lockin_x_A.reshape(-1, n)
+    opts = KernelOptions(dynes_width_eV=0.1054e-3, gap_source=gap_source, modulation_Vrms=film.params.modulation_Vrms,
+                         fit_window_V=(5e-3, 20e-3))
+    full = analyse_spectra(film.bias_V, current=cur, lockin=lia, options=opts)
+    short = analyse_spectra(film.bias_V[cut:], current=cur[:, cut:], lockin=lia[:, cut:], options=opts)
+    assert -film.bias_V[cut] < film.bias_V[-1] and (full.gap_reason == 0).mean() > 0.9
+    for name in ("delta_eV", "peak_neg_V", "peak_pos_V", "visibility", "peak_score", "gap_reason"):
+        a, b = getattr(full, name), getattr(short, name)
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+
+
+def test_a_sweep_covering_one_polarity_reports_search_not_covered(film_spectra):
+    # Lock-in gap: the current's derivative would be NaN at the sweep start (V = 0) and win as NAN_INPUT.
+    film, spectra, _ = film_spectra
+    n = film.bias_V.size
+    positive = film.bias_V >= 0
+    cur, lia = (a.reshape(-1, n)[:5, positive] for a in (spectra.current_A, spectra.lockin_x_A))
+    opts = KernelOptions(dynes_width_eV=0.1054e-3, gap_source="lockin")
+    res = analyse_spectra(film.bias_V[positive], current=cur, lockin=lia, options=opts)
+    assert np.all(res.gap_reason == ReasonCode.SEARCH_NOT_COVERED)
+    assert np.all(res.alpha_reason == ReasonCode.WINDOW_NOT_COVERED)
+    assert np.isnan(res.delta_eV).all() and np.isnan(res.visibility).all() and not res.valid.any()
