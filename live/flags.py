@@ -77,7 +77,7 @@ import math
 import threading
 import tomllib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -87,6 +87,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from stslive.drivers.errors import AnalysisError, ConfigError
+from stslive.live.flags_history import SEQUENTIAL_MAX, TipTracker, middle, windowed_outliers
 from stslive.live.kernels import ReasonCode, SpectrumAnalysis, pick_channels
 from stslive.live.results import FlagKind
 
@@ -443,20 +444,12 @@ class PixelConditions:
         )
 
 
-def _median(values: Sequence[float]) -> float:
-    # statistics-free median of a short list: sorted() on <= 256 Python floats is a few
-    # microseconds, where np.median on a deque costs ~20 us per call (once per pixel here)
-    v = sorted(values)
-    m = len(v) // 2
-    return v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m])
-
-
 class FlagEngine:
     """Applies every rule to pixels in acquisition order, keeping the history the rules need.
 
     Every rule is evaluated on the whole batch at once (numpy); the rules with history
     (thermal band, tip change, the reference gap for pixels without one) give the same bits as
-    stepping through the pixels one by one in acquisition order (:func:`_windowed_outliers`).
+    stepping through the pixels one by one in acquisition order (:mod:`stslive.live.flags_history`).
 
     Parameters
     ----------
@@ -466,14 +459,14 @@ class FlagEngine:
 
     def __init__(self, config: FlagConfig = FlagConfig()) -> None:
         self.config = config
-        self._tip = _TipTracker(config)
+        self._tip = TipTracker(config)
         self._temperatures: deque[float] = deque(maxlen=max(config.tip_window, 16))
         self._deltas: deque[float] = deque(maxlen=256)
 
     def reference_delta_eV(self) -> float:
         """Median of the recent valid gaps, else the configured nominal gap (eV)."""
         if self._deltas:
-            return _median(self._deltas)
+            return middle(self._deltas)
         return self.config.nominal_delta_eV
 
     def evaluate(
@@ -519,19 +512,44 @@ class FlagEngine:
         out[coarse] |= np.uint32(FlagKind.LOCKIN_SENSITIVITY)
         out[np.isfinite(mismatch) & (mismatch > cfg.mismatch_rel_tol)] |= np.uint32(FlagKind.LOCKIN_MISMATCH)
         # rules with history, in acquisition order. A pixel without a gap of its own judges the
-        # modulation and 3.5 k_B T rules against the median of the gaps before it, so the batch is
-        # cut before each such pixel; within a segment every rule is then a windowed statistic.
-        finite_delta = np.isfinite(delta)
-        cuts = [0, *np.flatnonzero(~finite_delta[1:]) + 1, n] if n else [0]
-        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
-            out[lo:hi] |= self._segment(
-                delta[lo:hi], temp[lo:hi], math.sqrt(2.0) * modulation[lo:hi],
-                ok=(reason[lo:hi] == ReasonCode.OK) & finite_delta[lo:hi],
-            )
+        # modulation and 3.5 k_B T rules against the median of the gaps before it.
+        broad = math.sqrt(2.0) * modulation
+        ok = reason == ReasonCode.OK
+        if n <= SEQUENTIAL_MAX:
+            out |= self._one_by_one(delta, temp, broad, ok=ok)
+        else:
+            # the batch is cut before each pixel without a gap; within a segment every rule is
+            # then a windowed statistic
+            finite_delta = np.isfinite(delta)
+            cuts = [0, *np.flatnonzero(~finite_delta[1:]) + 1, n] if n else [0]
+            for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+                out[lo:hi] |= self._segment(delta[lo:hi], temp[lo:hi], broad[lo:hi], ok=ok[lo:hi] & finite_delta[lo:hi])
         setpoint = (out & np.uint32(FlagKind.SETPOINT)).astype(bool)
         out[self._tip.changed(rows, cols, tip, eligible=np.isfinite(tip).all(axis=1) & ~setpoint)] |= np.uint32(
             FlagKind.TIP_CHANGE)
         return out
+
+    def _one_by_one(self, delta: np.ndarray, temp: np.ndarray, broad: np.ndarray, *, ok: np.ndarray) -> np.ndarray:
+        """Modulation and thermal bits pixel by pixel: :meth:`_segment`'s rules on Python floats.
+
+        For small batches (the live analyser's 1-10 pixels), where numpy's per-call cost dominates.
+        """
+        cfg = self.config
+        temps, band = self._temperatures, cfg.temperature_band_K
+        bits = []
+        for d, t, b, good in zip(delta.tolist(), temp.tolist(), broad.tolist(), ok.tolist(), strict=True):
+            gap = d if math.isfinite(d) else self.reference_delta_eV()
+            modulation = b > cfg.modulation_max_fraction * gap
+            finite_t = math.isfinite(t)  # no thermometer reading: nothing to judge
+            static_hot = finite_t and (t > cfg.temperature_max_K or 3.5 * K_B_EV * t > cfg.thermal_max_fraction * gap)
+            above = len(temps) >= 3 and t > middle(temps) + band
+            if finite_t and not static_hot and not above:
+                temps.append(t)
+            thermal = finite_t and (static_hot or above)
+            bits.append(FlagKind.MODULATION * modulation | FlagKind.THERMAL * thermal)
+            if good and math.isfinite(d) and not thermal and not modulation:
+                self._deltas.append(d)
+        return np.array(bits, dtype=np.uint32)
 
     def _segment(self, delta: np.ndarray, temp: np.ndarray, broad: np.ndarray, *, ok: np.ndarray) -> np.ndarray:
         """Modulation and thermal bits of pixels whose gap is known (all but maybe the first)."""
@@ -545,197 +563,12 @@ class FlagEngine:
         finite_t = np.isfinite(temp)  # no thermometer reading: nothing to judge (not a fault of the pixel)
         static_hot = finite_t & ((temp > cfg.temperature_max_K) | (3.5 * K_B_EV * temp > cfg.thermal_max_fraction * d))
         band = cfg.temperature_band_K
-        above = _windowed_outliers(self._temperatures, temp[:, None], finite_t & ~static_hot, min_history=3,
-                                   outside=lambda v, med, mad: v[:, 0] > med[:, 0] + band)
+        above = windowed_outliers(self._temperatures, temp, finite_t & ~static_hot, min_history=3,
+                                  outside=lambda v, med: v > med + band)
         thermal = finite_t & (static_hot | above)
         bits[thermal] |= np.uint32(FlagKind.THERMAL)
         self._deltas.extend(delta[ok & ~thermal & ~modulation].tolist())
         return bits
-
-
-def _median_mad(windows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and 1.4826 * MAD over the last axis of the first ``counts`` (per row) values.
-
-    ``windows`` (m, k, width) is NaN-padded where a row holds fewer than ``width`` values (the
-    start of a run). By sorting (NaN sorts last) and taking the middle of the valid part: the
-    same numbers as np.median / np.nanmedian, without their per-call overhead (~0.1 ms each,
-    four per batch) or nanmedian's masked arrays.
-    """
-    c = np.maximum(counts, 1)
-    if c.min() == c.max():  # the usual case (history full): one middle for all rows, plain slicing
-        lo, hi = (int(c[0]) - 1) // 2, int(c[0]) // 2
-        rows: tuple = (Ellipsis,)
-    else:
-        lo, hi = ((c - 1) // 2)[:, None], (c // 2)[:, None]
-        rows = (np.arange(c.size)[:, None], np.arange(windows.shape[1])[None, :])
-
-    def middle(v: np.ndarray) -> np.ndarray:
-        v = np.sort(v, axis=-1)
-        return 0.5 * (v[(*rows, lo)] + v[(*rows, hi)])
-
-    med = middle(windows)
-    return med, 1.4826 * middle(np.abs(windows - med[..., None]))
-
-
-def _trailing(hist: np.ndarray, values: np.ndarray, joins: np.ndarray, *, width: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median, 1.4826 MAD and count of the last ``width`` entries before each of m pixels.
-
-    The entries are ``hist`` (h, k), oldest first, followed by the ``values`` (m, k) of the
-    pixels with ``joins``; pixel i sees those of pixels before it only. ``count`` (m,) is the
-    number of entries before each pixel (not clipped to ``width``).
-    """
-    m, k = values.shape
-    idx = np.flatnonzero(joins)
-    entries = np.concatenate([hist, values[idx]])
-    count = hist.shape[0] + np.searchsorted(idx, np.arange(m))  # entries before each pixel
-    padded = np.concatenate([np.full((width, k), np.nan), entries])
-    windows = padded[count[:, None] + np.arange(width)].transpose(0, 2, 1)  # (m, k, width): entries[count-width:count]
-    med, mad = _median_mad(windows, np.minimum(count, width))
-    return med, mad, count
-
-
-class _TipTracker:
-    """History of the tip rule: accepted features on the map and in time (module docstring).
-
-    Sequential in acquisition order, evaluated a pass of pixels at a time with numpy as
-    :func:`_windowed_outliers`: a pass assumes its eligible pixels are accepted and restarts after
-    the first eligible flagged one, so the bits do not depend on how pixels are batched. The map
-    grows with the largest row/column seen (the engine is not told the grid).
-    """
-
-    def __init__(self, config: FlagConfig) -> None:
-        self.config = config
-        self.values = np.full((0, 0, 2), np.nan)  # accepted features per pixel (the latest)
-        self.seen = np.zeros((0, 0), dtype=bool)
-        self._local = np.full((0, 0), -1, dtype=np.int64)  # scratch: pass index of a pixel, -1 elsewhere
-        self.recent = np.empty((0, 2))  # last tip_recent accepted features, oldest first
-        self.residuals = np.empty((0, 2))  # last tip_window accepted spatial residuals
-        r = config.tip_radius_px
-        dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
-        self._dy, self._dx = dy.ravel(), dx.ravel()
-
-    def _grow(self, ny: int, nx: int) -> None:
-        oy, ox = self.seen.shape
-        if ny <= oy and nx <= ox:
-            return
-        ny, nx = max(ny, oy), max(nx, ox)
-        values = np.full((ny, nx, 2), np.nan)
-        values[:oy, :ox] = self.values
-        seen = np.zeros((ny, nx), dtype=bool)
-        seen[:oy, :ox] = self.seen
-        self.values, self.seen, self._local = values, seen, np.full((ny, nx), -1, dtype=np.int64)
-
-    def changed(self, iy: np.ndarray, ix: np.ndarray, values: np.ndarray, *, eligible: np.ndarray) -> np.ndarray:
-        """Tip-change test of n pixels (n,) at (iy, ix) with features ``values`` (n, 2), in order."""
-        n = values.shape[0]
-        flagged = np.zeros(n, dtype=bool)
-        if n == 0:
-            return flagged
-        if min(int(iy.min()), int(ix.min())) < 0:
-            raise AnalysisError("flags: negative pixel row/column; give map indices (iy, ix) >= 0")
-        self._grow(int(iy.max()) + 1, int(ix.max()) + 1)
-        look = max(64, 2 * self.config.tip_window)
-        start = 0
-        while start < n:
-            end = self._pass_end(iy, ix, eligible, start, min(n, start + look))
-            test, resid = self._test(iy[start:end], ix[start:end], values[start:end], eligible[start:end])
-            bad = np.flatnonzero(test & eligible[start:end])
-            stop = end if bad.size == 0 else start + int(bad[0]) + 1
-            flagged[start:stop] = test[: stop - start]
-            k = stop - start
-            self._accept(iy[start:stop], ix[start:stop], values[start:stop], resid[:k], eligible[start:stop] & ~test[:k])
-            start = stop
-        return flagged
-
-    def _pass_end(self, iy: np.ndarray, ix: np.ndarray, eligible: np.ndarray, start: int, end: int) -> int:
-        """End of a pass: before the second eligible occurrence of a pixel (a re-measure) in it."""
-        rows = start + np.flatnonzero(eligible[start:end])
-        flat = iy[rows] * self.seen.shape[1] + ix[rows]
-        order = np.argsort(flat, kind="stable")
-        repeats = order[1:][flat[order][1:] == flat[order][:-1]]
-        return end if repeats.size == 0 else int(rows[repeats.min()])
-
-    def _test(self, iy: np.ndarray, ix: np.ndarray, v: np.ndarray, eligible: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
-        """Outside in space and in time (and the spatial residuals), eligible pixels assumed accepted."""
-        cfg = self.config
-        m = v.shape[0]
-        ny, nx = self.seen.shape
-        qy, qx = iy[:, None] + self._dy, ix[:, None] + self._dx  # (m, K) neighbourhood
-        inside = (qy >= 0) & (qy < ny) & (qx >= 0) & (qx < nx)
-        qy, qx = np.clip(qy, 0, ny - 1), np.clip(qx, 0, nx - 1)
-        before = inside & self.seen[qy, qx]  # accepted in earlier passes
-        self._local[iy[eligible], ix[eligible]] = np.flatnonzero(eligible)
-        j = np.where(inside, self._local[qy, qx], -1)
-        self._local[iy, ix] = -1
-        in_pass = (j >= 0) & (j < np.arange(m)[:, None])  # measured earlier in this pass (wins: the latest)
-        neighbours = np.where(in_pass[..., None], v[np.maximum(j, 0)], np.where(before[..., None], self.values[qy, qx], np.nan))
-        n_ref = (in_pass | before).sum(axis=1)
-        ref, _ = _median_mad(neighbours.transpose(0, 2, 1), n_ref)  # NaN sorts last: the median of the n_ref present
-        resid = v - ref
-        has_ref = n_ref > 0
-        med_r, mad_r, n_r = _trailing(self.residuals, resid, eligible & has_ref, width=cfg.tip_window)
-        med_t, _, n_t = _trailing(self.recent, v, eligible, width=cfg.tip_recent)
-        limit = np.maximum(cfg.tip_mad_k * mad_r, cfg.tip_min_change)
-        with np.errstate(invalid="ignore"):  # NaN features or no reference: comparisons are False
-            in_space = (np.abs(resid - med_r) > limit).any(axis=1)
-            in_time = (np.abs(v - med_t) > limit).any(axis=1)
-        return has_ref & (n_r >= cfg.tip_min_history) & (n_t > 0) & in_space & in_time, resid
-
-    def _accept(self, iy: np.ndarray, ix: np.ndarray, v: np.ndarray, resid: np.ndarray, accepted: np.ndarray) -> None:
-        """Accepted pixels become references: on the map, in time and (with a reference) residuals."""
-        cfg = self.config
-        self.values[iy[accepted], ix[accepted]] = v[accepted]
-        self.seen[iy[accepted], ix[accepted]] = True
-        self.recent = np.concatenate([self.recent, v[accepted]])[-cfg.tip_recent :]
-        with_ref = accepted & np.isfinite(resid).all(axis=1)
-        self.residuals = np.concatenate([self.residuals, resid[with_ref]])[-cfg.tip_window :]
-
-
-def _windowed_outliers(
-    history: deque, values: np.ndarray, eligible: np.ndarray, *, min_history: int,
-    outside: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-) -> np.ndarray:
-    """Sequential robust-window test of n values, vectorised.
-
-    Pixel i is flagged when ``outside(value_i, median, MAD)`` (1.4826-scaled) of the last
-    ``history.maxlen`` accepted values before it, provided there are at least ``min_history``;
-    a value joins the history when ``eligible`` and not flagged. Why not a loop: the medians of
-    all windows are one numpy call; the batch is assumed to be accepted and re-evaluated from
-    the first eligible flagged pixel on (flags are rare, so this is usually one pass).
-
-    Parameters
-    ----------
-    history : deque
-        Accepted values so far (floats, or tuples of k floats), ``maxlen`` = window; updated.
-    values : ndarray, (n, k)
-    eligible : ndarray of bool, (n,)
-
-    Returns
-    -------
-    ndarray of bool, (n,)
-    """
-    width = int(history.maxlen or 1)
-    n, k = values.shape
-    flagged = np.zeros(n, dtype=bool)
-    hist = np.array(list(history), dtype=np.float64).reshape(-1, k)
-    look = max(64, 2 * width)  # pixels per pass: a pass after a flagged pixel redoes at most this many
-    start = 0
-    while start < n:
-        end = min(n, start + look)
-        idx = start + np.flatnonzero(eligible[start:end])
-        med, mad, count = _trailing(hist, values[start:end], eligible[start:end], width=width)
-        test = (count >= min_history) & outside(values[start:end], med, mad)
-        bad = np.flatnonzero(test & eligible[start:end])
-        stop = end if bad.size == 0 else start + int(bad[0]) + 1
-        flagged[start:stop] = test[: stop - start]
-        accepted = idx if bad.size == 0 else idx[idx < stop - 1]  # the first flagged one and later: next pass
-        hist = np.concatenate([hist, values[accepted]])[-width:]
-        start = stop
-    history.clear()
-    history.extend(hist[:, 0].tolist() if k == 1 else [tuple(r) for r in hist.tolist()])
-    return flagged
 
 
 def conditions_for(
