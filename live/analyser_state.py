@@ -27,7 +27,7 @@ from stslive.live.flags import (
     PixelConditions,
     SpectralFeatures,
     channel_arrays,
-    conditions_for,
+    lockin_settings,
     spectral_features,
 )
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis
@@ -186,7 +186,8 @@ class RunContext:
         feats: dict[str, np.ndarray] = {}
         modulation = np.zeros(n)
         sensitivity = np.zeros(n)
-        for set_id in np.unique(ids):
+        set_ids = np.unique(ids)
+        for set_id in set_ids:
             rows = np.flatnonzero(ids == set_id)
             sset = self.sets[int(set_id)]
             spectra = spectra_all if rows.size == n else spectra_all[rows]
@@ -198,11 +199,12 @@ class RunContext:
                                   lockin=lockin, config=self.flags.config)
             t_features += clock() - t1
             _scatter(parts, analysis._asdict(), rows, n)
-            _scatter(feats, {k: getattr(f, k) for k in f.__slots__}, rows, n)
-            c = conditions_for(temperatures_K=(), lockin_overload=False, lockin_status=0,
-                               setpoint_set=sset.to_dict())
-            modulation[rows], sensitivity[rows] = c.modulation_Vrms, c.sensitivity_V
+            if set_ids.size > 1:  # one set (the usual batch): its features (fresh arrays) are the batch's
+                _scatter(feats, {k: getattr(f, k) for k in f.__slots__}, rows, n)
+            modulation[rows], sensitivity[rows] = lockin_settings(sset.lockin_amplitude_Vrms, sset.lockin_sensitivity_V)
         analysis = SpectrumAnalysis(**parts)
+        if set_ids.size > 1:
+            f = SpectralFeatures(**feats)
         t2 = clock()
         with np.errstate(invalid="ignore"):  # both readings missing: NaN, no thermometer
             temps = np.fmax(*np.array([[_temp(t) for t in p.temperatures_K] for p in pixels], dtype=np.float64).T)
@@ -214,7 +216,7 @@ class RunContext:
         )
         iy = np.fromiter((p.iy for p in pixels), dtype=np.int64, count=n)
         ix = np.fromiter((p.ix for p in pixels), dtype=np.int64, count=n)
-        bits = self.flags.evaluate(analysis, SpectralFeatures(**feats), conditions, iy=iy, ix=ix)
+        bits = self.flags.evaluate(analysis, f, conditions, iy=iy, ix=ix)
         t3 = clock()
         times = np.fromiter((p.time for p in pixels), dtype=np.float64, count=n)
         temps32 = temps.astype(np.float32)
