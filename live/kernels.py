@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import re
 import threading
@@ -246,6 +247,15 @@ def pick_channels(names: list[str], *, current: str | None = None, lockin: str |
         An explicit name is not among ``names``, or no usable channel exists; the message lists
         the available channels.
     """
+    return _pick_channels(tuple(names), current, lockin)
+
+
+# Cached per channel list: the live analyser asks for every batch of 1-10 spectra (six regex
+# searches each time). ChannelPick is immutable, so a cached one cannot be altered by a caller.
+@lru_cache(maxsize=64)
+def _pick_channels(names_key: tuple[str, ...], current: str | None, lockin: str | None) -> ChannelPick:
+    """:func:`pick_channels` of the channel list ``names_key`` (an exception is not cached)."""
+    names = list(names_key)
 
     def explicit(name: str, what: str) -> int:
         if name not in names:
@@ -280,11 +290,15 @@ def check_sweep_is_bias(sweep_signal_name: str) -> None:
         )
 
 
-def _bias_step(bias_V: np.ndarray) -> float:
-    """Step of an ascending uniform 1-D bias grid; AnalysisError otherwise."""
+def _bias_step(bias_V: np.ndarray, *, key: bytes | None = None) -> float:
+    """Step of an ascending uniform 1-D bias grid; AnalysisError otherwise.
+
+    ``key``: the grid's float64 bytes if the caller has them (a bytes object hashes once, so
+    the caches it keys share that cost).
+    """
     if bias_V.ndim != 1 or bias_V.size < 8:
         raise AnalysisError(f"bias must be a 1-D sweep of at least 8 points (got shape {bias_V.shape})")
-    return _grid_step(bias_V.astype(np.float64).tobytes())
+    return _grid_step(bias_V.astype(np.float64).tobytes() if key is None else key)
 
 
 # Grid-only quantities are cached per bias grid (keyed by its bytes): the live analyser calls the
@@ -479,6 +493,11 @@ class _GapGeometry:
     direction: np.ndarray
     base: np.ndarray
 
+    @property
+    def covered(self) -> bool:
+        """Whether the sweep covers the search range on at least one polarity."""
+        return self.start.size > 0
+
 
 @lru_cache(maxsize=32)
 def _gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) -> _GapGeometry:
@@ -504,13 +523,19 @@ def _gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) -
             searched=slice(int(sel[0]) - lo, int(sel[-1]) + 1 - lo), start=int(sel[0]), origin_V=float(side_bias[0]),
         ))
     covered = [s for s in sides if s is not None]
+
+    def frozen(values: list[float] | list[int], dtype: type) -> np.ndarray:
+        array = np.array(values, dtype)
+        array.setflags(write=False)  # shared by every call and thread on this grid
+        return array
+
     return _GapGeometry(
         columns=columns, sides=(sides[0], sides[1]),
-        start=np.array([s.start for s in covered], np.intp),
-        count=np.array([s.searched.stop - s.searched.start for s in covered], np.intp),
-        origin_V=np.array([s.origin_V for s in covered]),
-        direction=np.array([-1 if s.mirrored else 1 for s in covered], np.intp),
-        base=np.array([n - 1 if s.mirrored else 0 for s in covered], np.intp),
+        start=frozen([s.start for s in covered], np.intp),
+        count=frozen([s.searched.stop - s.searched.start for s in covered], np.intp),
+        origin_V=frozen([s.origin_V for s in covered], np.float64),
+        direction=frozen([-1 if s.mirrored else 1 for s in covered], np.intp),
+        base=frozen([n - 1 if s.mirrored else 0 for s in covered], np.intp),
     )
 
 
@@ -571,8 +596,8 @@ def _search_peaks(
 
 
 def _gap_rows(
-    geometry: _GapGeometry, g2: np.ndarray, refit: np.ndarray, *, integrated: bool, step: float, bank: TemplateBank,
-    min_visibility: float, min_peak_score: float, dtype: np.dtype, clock: _Clock = _NO_CLOCK,
+    geometry: _GapGeometry, g2: np.ndarray, refit: np.ndarray, *, integrated: bool, step: float,
+    bank: TemplateBank | None, min_visibility: float, min_peak_score: float, dtype: np.dtype, clock: _Clock = _NO_CLOCK,
 ) -> GapResult:
     """:func:`extract_gap` on rows (n_rows, n) whose ``geometry.columns`` hold valid data.
 
@@ -587,14 +612,14 @@ def _gap_rows(
         refit = np.where(bad[:, None], 0, refit)
     rows = g2.shape[0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        if all(s is not None for s in geometry.sides):
+        if bank is not None and all(s is not None for s in geometry.sides):
             position, ratio, score2, side_reason = _search_peaks(
                 geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock)
         else:  # a polarity the sweep does not cover stays NaN / SEARCH_NOT_COVERED
             position, ratio, score2 = (np.full((rows, 2), np.nan) for _ in range(3))
             side_reason = np.full((rows, 2), _CODE.SEARCH_NOT_COVERED, np.int8)
             searched = [i for i, s in enumerate(geometry.sides) if s is not None]
-            if searched:
+            if searched and bank is not None:
                 found = _search_peaks(geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock)
                 for whole, part in zip((position, ratio, score2, side_reason), found):
                     whole[:, searched] = part
@@ -681,7 +706,8 @@ def extract_gap(
             [(bias, g_w, r_w), (bias_m, g_m, -r_m if signal is not None else r_m)], search_V=search_V, step=step,
             bank_args=bank_args, coarse=_peak_contrast,
         )
-    bank = template_bank(step, **bank_args, widths=(round(float(dynes_width_eV), 9),))  # type: ignore[arg-type]
+    bank = None if not geometry.covered else template_bank(  # (see analyse_spectra)
+        step, **bank_args, widths=(round(float(dynes_width_eV), 9),))  # type: ignore[arg-type]
     gap = _gap_rows(
         geometry, g2, refit, integrated=signal is not None, step=step, bank=bank,
         min_visibility=min_visibility, min_peak_score=min_peak_score,
@@ -934,7 +960,7 @@ def _float(a: np.ndarray) -> np.ndarray:
 
 
 def _analyse_chunk(
-    plan: _Plan, opts: KernelOptions, bank: TemplateBank, cur: np.ndarray | None, lia: np.ndarray | None,
+    plan: _Plan, opts: KernelOptions, bank: TemplateBank | None, cur: np.ndarray | None, lia: np.ndarray | None,
     clock: _Clock,
 ) -> SpectrumAnalysis:
     """Analyse one chunk of rows (n_rows, n); the work arrays are per-thread buffers."""
@@ -1036,7 +1062,8 @@ def analyse_spectra(
     bias, *chans = prepare_sweep(np.asarray(bias_V, dtype=np.float64), *[c for c in (current, lockin) if c is not None])
     cur = chans.pop(0) if current is not None else None
     lia = chans.pop(0) if lockin is not None else None
-    step = _bias_step(bias)  # refuses a short, non-uniform or descending grid before anything else
+    bias_key = bias.tobytes()  # the grid's values key every cached quantity (never the array's id)
+    step = _bias_step(bias, key=bias_key)  # refuses a short, non-uniform or descending grid first
     lead = (cur if cur is not None else lia).shape[:-1]  # type: ignore[union-attr]
     if cur is not None and lia is not None and cur.shape != lia.shape:
         raise AnalysisError(f"current {cur.shape} and lock-in {lia.shape} must have the same shape")
@@ -1052,10 +1079,10 @@ def analyse_spectra(
     lia2 = None if lia is None else _float(np.asarray(lia).reshape(-1, n))
     if opts.alpha_source == "current" and lia2 is not None and not gap_from_lockin:
         lia2 = None  # the lock-in is read by neither fit
-    total = int(np.prod(lead, dtype=np.int64))
+    total = math.prod(lead)
     fitted = lia2 if opts.alpha_source == "lockin" else cur2
     plan = _plan(
-        bias.tobytes(), search_V=tuple(opts.gap_search_V), window_V=tuple(opts.fit_window_V),
+        bias_key, search_V=tuple(opts.gap_search_V), window_V=tuple(opts.fit_window_V),
         alpha_from_lockin=opts.alpha_source == "lockin", gap_from_lockin=gap_from_lockin,
         dtype=fitted.dtype.str,  # type: ignore[union-attr]
     )
@@ -1066,7 +1093,9 @@ def analyse_spectra(
             bias, current=None if cur2 is None else cur2[first], lockin=None if lia2 is None else lia2[first],
             options=dataclasses.replace(opts, gap_source="lockin" if gap_from_lockin else "current"),
         )
-    bank = template_bank(
+    # Only a sweep that covers the search range gets templates (on a coarse KPFM-like grid the
+    # bank would be degenerate, and warn, for nothing).
+    bank = None if not plan.gap.covered else template_bank(
         step, **_bank_args(opts.temperature_K, opts.modulation_Vrms, integrated=not gap_from_lockin),  # type: ignore[arg-type]
         widths=(round(float(width), 9),),
     )
@@ -1080,13 +1109,12 @@ def analyse_spectra(
         )
         return part, clock.seconds
 
-    threads = _threads(opts, len(starts))
     if len(starts) == 1:  # the live analyser's small batches: no pool, no concatenation
         part, seconds = work(0)
         done = [(part, seconds)]
         if stage_seconds is None:
             return SpectrumAnalysis(*(a.reshape(lead) for a in part))
-    elif threads == 1:
+    elif (threads := _threads(opts, len(starts))) == 1:
         done = [work(s) for s in starts]
     else:
         with ThreadPoolExecutor(threads, thread_name_prefix="stslive-kernels") as pool:

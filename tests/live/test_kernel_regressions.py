@@ -177,3 +177,17 @@ def test_a_sweep_covering_one_polarity_reports_search_not_covered(film_spectra):
     assert np.all(res.gap_reason == ReasonCode.SEARCH_NOT_COVERED)
     assert np.all(res.alpha_reason == ReasonCode.WINDOW_NOT_COVERED)
     assert np.isnan(res.delta_eV).all() and np.isnan(res.visibility).all() and not res.valid.any()
+
+
+def test_a_coarse_sweep_missing_the_search_range_builds_no_templates_and_warns_nothing():
+    # KPFM-like grid: 2 mV steps, the gap search (0.3..4 mV) holds 2 samples per side. A template
+    # bank at that step is degenerate (zero-norm templates); it must not even be built.
+    import warnings
+
+    bias = np.linspace(-0.1, 0.1, 101)
+    current = np.tile(1e-9 * bias / 0.1, (3, 1)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = analyse_spectra(bias, current=current, options=KernelOptions(dynes_width_eV=0.1e-3, fit_window_V=(10e-3, 60e-3)))
+    # (NAN_INPUT wins over SEARCH_NOT_COVERED: the gap columns reach the derivative's NaN ends)
+    assert np.all(res.gap_reason != ReasonCode.OK) and np.isnan(res.delta_eV).all() and np.isfinite(res.alpha).all()
