@@ -87,7 +87,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from stslive.drivers.errors import AnalysisError, ConfigError
-from stslive.live.flags_history import SEQUENTIAL_MAX, TipTracker, middle, windowed_outliers
+from stslive.live.flags_history import SEQUENTIAL_MAX, TipTracker, judge, middle, windowed_outliers
 from stslive.live.kernels import ReasonCode, SpectrumAnalysis, pick_channels
 from stslive.live.results import FlagKind
 
@@ -540,15 +540,17 @@ class FlagEngine:
         """
         cfg = self.config
         temps, band = self._temperatures, cfg.temperature_band_K
+
+        def above_band(t: float, median: float) -> bool:
+            return t > median + band
+
         bits = []
         for d, t, b, good in zip(delta.tolist(), temp.tolist(), broad.tolist(), ok.tolist(), strict=True):
             gap = d if math.isfinite(d) else self.reference_delta_eV()
             modulation = b > cfg.modulation_max_fraction * gap
             finite_t = math.isfinite(t)  # no thermometer reading: nothing to judge
             static_hot = finite_t and (t > cfg.temperature_max_K or 3.5 * K_B_EV * t > cfg.thermal_max_fraction * gap)
-            above = len(temps) >= 3 and t > middle(temps) + band
-            if finite_t and not static_hot and not above:
-                temps.append(t)
+            above = judge(temps, t, finite_t and not static_hot, min_history=3, outside=above_band)
             thermal = finite_t and (static_hot or above)
             bits.append(_MODULATION * modulation | _THERMAL * thermal)
             if good and math.isfinite(d) and not thermal and not modulation:

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 #: passes: ~12 pixels on the 2-core VM, see the P2 commit message)
 SEQUENTIAL_MAX = 8
 
+#: Pixels per numpy pass: a pass that meets a flagged pixel restarts after it, redoing the rest;
+#: the following ones then go one by one (a tip change flags stretches of pixels) and the passes
+#: grow again by doubling
+_LONGEST = 256
+
 #: 1.4826 MAD estimates the standard deviation of normal data
 MAD_SCALE = 1.4826
 
@@ -109,21 +114,21 @@ def windowed_outliers(
     ndarray of bool, (n,)
     """
     n = values.size
-    if n <= SEQUENTIAL_MAX:
-        flagged = []
-        for v, ok in zip(values.tolist(), eligible.tolist(), strict=True):
-            bad = len(history) >= max(min_history, 1) and bool(outside(v, middle(history)))
-            flagged.append(bad)
-            if ok and not bad:
-                history.append(v)
-        return np.array(flagged, dtype=bool)
     width = int(history.maxlen or 1)
     flagged = np.zeros(n, dtype=bool)
     hist = np.array(history, dtype=np.float64).reshape(-1, 1)
-    look = max(64, 2 * width)  # pixels per pass: a pass after a flagged pixel redoes at most this many
-    start = 0
+    longest = max(_LONGEST, 2 * width)
+    start, look = 0, longest
     while start < n:
         end = min(n, start + look)
+        if end - start <= SEQUENTIAL_MAX:  # after a flag, or a small batch: one by one
+            steps = deque(hist[:, 0].tolist(), maxlen=width)
+            flagged[start:end] = [judge(steps, v, ok, min_history=min_history, outside=outside)
+                                  for v, ok in zip(values[start:end].tolist(), eligible[start:end].tolist(), strict=True)]
+            hist = np.array(steps, dtype=np.float64).reshape(-1, 1)
+            look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else 2 * look
+            start = end
+            continue
         idx = start + np.flatnonzero(eligible[start:end])
         med, _, count = trailing(hist, values[start:end, None], eligible[start:end], width=width, mad=False)
         test = (count >= min_history) & outside(values[start:end], med[:, 0])
@@ -132,10 +137,19 @@ def windowed_outliers(
         flagged[start:stop] = test[: stop - start]
         accepted = idx if bad.size == 0 else idx[idx < stop - 1]  # the first flagged one and later: next pass
         hist = np.concatenate([hist, values[accepted, None]])[-width:]
-        start = stop
+        start, look = stop, longest if bad.size == 0 else SEQUENTIAL_MAX
     history.clear()
     history.extend(hist[:, 0].tolist())
     return flagged
+
+
+def judge(history: deque, value: float, eligible: bool, *, min_history: int,
+          outside: Callable[[float, float], bool]) -> bool:
+    """One step of :func:`windowed_outliers`: True if ``value`` is outside; it joins ``history`` if eligible and not."""
+    bad = len(history) >= max(min_history, 1) and bool(outside(value, middle(history)))
+    if eligible and not bad:
+        history.append(value)
+    return bad
 
 
 class TipTracker:
@@ -176,20 +190,25 @@ class TipTracker:
         if min(int(iy.min()), int(ix.min())) < 0:
             raise AnalysisError("flags: negative pixel row/column; give map indices (iy, ix) >= 0")
         self._grow(int(iy.max()) + 1, int(ix.max()) + 1)
-        if n <= SEQUENTIAL_MAX:
-            return self._one_by_one(iy.tolist(), ix.tolist(), values, eligible.tolist())
         flagged = np.zeros(n, dtype=bool)
-        look = max(64, 2 * self.config.tip_window)
-        start = 0
+        longest = max(_LONGEST, 2 * self.config.tip_window)
+        start, look = 0, longest
         while start < n:
-            end = self._pass_end(iy, ix, eligible, start, min(n, start + look))
+            end = min(n, start + look)
+            if end - start <= SEQUENTIAL_MAX:  # after a flag, or a small batch: one by one
+                flagged[start:end] = self._one_by_one(iy[start:end].tolist(), ix[start:end].tolist(), values[start:end],
+                                                      eligible[start:end].tolist())
+                look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else 2 * look
+                start = end
+                continue
+            end = self._pass_end(iy, ix, eligible, start, end)
             test, resid = self._test(iy[start:end], ix[start:end], values[start:end], eligible[start:end])
             bad = np.flatnonzero(test & eligible[start:end])
             stop = end if bad.size == 0 else start + int(bad[0]) + 1
             flagged[start:stop] = test[: stop - start]
             k = stop - start
             self._accept(iy[start:stop], ix[start:stop], values[start:stop], resid[:k], eligible[start:stop] & ~test[:k])
-            start = stop
+            start, look = stop, longest if bad.size == 0 else SEQUENTIAL_MAX
         return flagged
 
     def _one_by_one(self, iy: list[int], ix: list[int], values: np.ndarray, eligible: list[bool]) -> np.ndarray:
