@@ -28,9 +28,10 @@ from stslive.drivers.errors import AnalysisError
 if TYPE_CHECKING:
     from stslive.live.flags import FlagConfig
 
-#: Batches up to this many pixels are evaluated one by one (measured crossover with the numpy
-#: passes: ~12 pixels on the 2-core VM, see the P2 commit message)
-SEQUENTIAL_MAX = 8
+#: Batches up to this many pixels are evaluated one by one: the crossover with the numpy passes,
+#: measured with FlagEngine.evaluate on a 60 x 50 synthetic run (batch 16: 0.55 ms one by one,
+#: 0.82 ms in a pass; batch 32: 1.0 ms one by one, 0.76 ms in a pass)
+SEQUENTIAL_MAX = 16
 
 #: Pixels per numpy pass: a pass that meets a flagged pixel restarts after it, redoing the rest;
 #: the following ones then go one by one (a tip change flags stretches of pixels) and the passes
@@ -165,8 +166,10 @@ class TipTracker:
         self.values = np.full((2 * r, 2 * r, 2), np.nan)  # accepted features per pixel (the latest), padded
         self.seen = np.zeros((2 * r, 2 * r), dtype=bool)
         self._local = np.full((2 * r, 2 * r), -1, dtype=np.int64)  # scratch: pass index of a pixel, -1 elsewhere
-        self.recent = np.empty((0, 2))  # last tip_recent accepted features, oldest first
-        self.residuals = np.empty((0, 2))  # last tip_window accepted spatial residuals
+        # last tip_recent accepted features and last tip_window accepted spatial residuals, oldest
+        # first, as (f-, f+) pairs of floats: the one-by-one path reads them as they are
+        self.recent: deque[Sequence[float]] = deque(maxlen=config.tip_recent)
+        self.residuals: deque[Sequence[float]] = deque(maxlen=config.tip_window)
         dy, dx = np.mgrid[0 : 2 * r + 1, 0 : 2 * r + 1]  # neighbourhood offsets in padded coordinates
         self._dy, self._dx = dy.ravel(), dx.ravel()
 
@@ -187,16 +190,17 @@ class TipTracker:
         n = values.shape[0]
         if n == 0:
             return np.zeros(0, dtype=bool)
-        if min(int(iy.min()), int(ix.min())) < 0:
+        rows, cols = iy.tolist(), ix.tolist()  # bounds by min/max of Python ints: no numpy calls for a few pixels
+        if min(rows) < 0 or min(cols) < 0:
             raise AnalysisError("flags: negative pixel row/column; give map indices (iy, ix) >= 0")
-        self._grow(int(iy.max()) + 1, int(ix.max()) + 1)
+        self._grow(max(rows) + 1, max(cols) + 1)
         flagged = np.zeros(n, dtype=bool)
         longest = max(_LONGEST, 2 * self.config.tip_window)
         start, look = 0, longest
         while start < n:
             end = min(n, start + look)
             if end - start <= SEQUENTIAL_MAX:  # after a flag, or a small batch: one by one
-                flagged[start:end] = self._one_by_one(iy[start:end].tolist(), ix[start:end].tolist(), values[start:end],
+                flagged[start:end] = self._one_by_one(rows[start:end], cols[start:end], values[start:end],
                                                       eligible[start:end].tolist())
                 look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else 2 * look
                 start = end
@@ -215,7 +219,7 @@ class TipTracker:
         """:meth:`changed` pixel by pixel: the rule as written, on Python floats (small batches)."""
         cfg = self.config
         span = 2 * self._pad + 1
-        residuals, recent = self.residuals.tolist(), self.recent.tolist()
+        residuals, recent = self.residuals, self.recent
         flagged = []
         for y, x, v, ok in zip(iy, ix, values.tolist(), eligible, strict=True):
             near = self.values[y : y + span, x : x + span][self.seen[y : y + span, x : x + span]]  # (k, 2)
@@ -234,11 +238,9 @@ class TipTracker:
             if ok and not bad:
                 self.values[y + self._pad, x + self._pad] = v
                 self.seen[y + self._pad, x + self._pad] = True
-                recent = [*recent, v][-cfg.tip_recent :]
+                recent.append(v)
                 if resid is not None:
-                    residuals = [*residuals, resid][-cfg.tip_window :]
-        self.residuals = np.array(residuals, dtype=np.float64).reshape(-1, 2)
-        self.recent = np.array(recent, dtype=np.float64).reshape(-1, 2)
+                    residuals.append(resid)
         return np.array(flagged, dtype=bool)
 
     def _pass_end(self, iy: np.ndarray, ix: np.ndarray, eligible: np.ndarray, start: int, end: int) -> int:
@@ -266,8 +268,8 @@ class TipTracker:
         ref, _ = median_mad(neighbours.transpose(0, 2, 1), n_ref, mad=False)  # NaN sorts last: the median of the n_ref present
         resid = v - ref
         has_ref = n_ref > 0
-        med_r, mad_r, n_r = trailing(self.residuals, resid, eligible & has_ref, width=cfg.tip_window)
-        med_t, _, n_t = trailing(self.recent, v, eligible, width=cfg.tip_recent, mad=False)
+        med_r, mad_r, n_r = trailing(_pairs(self.residuals), resid, eligible & has_ref, width=cfg.tip_window)
+        med_t, _, n_t = trailing(_pairs(self.recent), v, eligible, width=cfg.tip_recent, mad=False)
         limit = np.maximum(cfg.tip_mad_k * mad_r, cfg.tip_min_change)
         with np.errstate(invalid="ignore"):  # NaN features or no reference: comparisons are False
             in_space = (np.abs(resid - med_r) > limit).any(axis=1)
@@ -280,6 +282,11 @@ class TipTracker:
         p = self._pad
         self.values[iy[accepted] + p, ix[accepted] + p] = v[accepted]
         self.seen[iy[accepted] + p, ix[accepted] + p] = True
-        self.recent = np.concatenate([self.recent, v[accepted]])[-cfg.tip_recent :]
+        self.recent.extend(v[accepted].tolist())
         with_ref = accepted & np.isfinite(resid).all(axis=1)
-        self.residuals = np.concatenate([self.residuals, resid[with_ref]])[-cfg.tip_window :]
+        self.residuals.extend(resid[with_ref].tolist())
+
+
+def _pairs(history: deque) -> np.ndarray:
+    """A history of (f-, f+) pairs as an (h, 2) float64 array."""
+    return np.array(history, dtype=np.float64).reshape(-1, 2)
