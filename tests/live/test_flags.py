@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stslive.live.flags import K_B_EV, FlagConfig, FlagEngine, PixelConditions, SpectralFeatures, spectral_features
+from stslive.live.flags_history import SEQUENTIAL_MAX
 from stslive.live.kernels import ReasonCode, SpectrumAnalysis, conductance_sign, derivative, prepare_sweep
 from stslive.live.results import FlagKind
 
@@ -123,7 +124,7 @@ def _batched(cfg: FlagConfig, data, cuts) -> np.ndarray:
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("split", ["whole", "random", "single"])
+@pytest.mark.parametrize("split", ["whole", "random", "single", "limit"])
 def test_batched_flags_equal_the_pixel_by_pixel_rules(pixels, split) -> None:
     cfg = FlagConfig()
     expected = _reference_bits(cfg, *pixels)
@@ -131,7 +132,9 @@ def test_batched_flags_equal_the_pixel_by_pixel_rules(pixels, split) -> None:
         assert (expected & int(bit)).any(), bit  # every history rule is exercised
     rng = np.random.default_rng(1)
     cuts = {"whole": [0, N], "single": list(range(N + 1)),
-            "random": sorted({0, N, *rng.integers(1, N, 120).tolist()})}[split]
+            "random": sorted({0, N, *rng.integers(1, N, 120).tolist()}),
+            # batch sizes at the one-by-one limit and just above it (numpy passes), alternating
+            "limit": [*np.cumsum([0, *[SEQUENTIAL_MAX, SEQUENTIAL_MAX + 1, 1, 300] * 4]).tolist(), N]}[split]
     np.testing.assert_array_equal(_batched(cfg, pixels, cuts), expected)
 
 
@@ -190,3 +193,27 @@ def test_fast_features_equal_their_definition(reverse: bool) -> None:
     np.testing.assert_allclose(got.tip_features, want[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.lockin_peak, want[2], rtol=1e-6)
     np.testing.assert_allclose(got.lockin_rel_residual, want[3], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_lockin", [True, False])
+def test_features_do_not_depend_on_the_batch(with_lockin: bool) -> None:
+    # small batches smooth both channels in one filter call on a stacked copy, large ones each
+    # channel from its rows; a live run (1-10 spectra per call) must equal the offline pass
+    from stslive.mocks.film import FilmParams, make_film
+
+    film = make_film(FilmParams(ny=5, nx=8, seed=4))
+    iy, ix = np.divmod(np.arange(40), 8)
+    s = film.spectra(iy, ix)
+    spectra = np.stack([s.current_A, s.lockin_x_A], axis=1).astype(np.float32)  # (n, channel, point) as streamed
+    bias = np.linspace(-0.04, 0.04, spectra.shape[-1])
+
+    def features(lo: int, hi: int) -> SpectralFeatures:
+        return spectral_features(bias, spectra[lo:hi, 0], v_set_V=-0.01, i_set_A=150e-12,
+                                 lockin=spectra[lo:hi, 1] if with_lockin else None)
+
+    whole = features(0, 40)
+    for size in (1, 7, SEQUENTIAL_MAX):
+        parts = [features(lo, min(40, lo + size)) for lo in range(0, 40, size)]
+        for name in SpectralFeatures.__slots__:
+            np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in parts]), getattr(whole, name),
+                                          err_msg=f"{name}, batches of {size}")
