@@ -368,8 +368,9 @@ def _median_sign(x: np.ndarray) -> np.ndarray:
     n = x.shape[-1]
     neg = np.add.reduce(x < 0, axis=-1)  # not np.count_nonzero: its axis path costs ~10 us a call
     pos = np.add.reduce(x > 0, axis=-1)
-    s = np.where(2 * neg > n, -1.0, 1.0)
-    undecided = (neg + pos < n) | (2 * neg == n)
+    twice_neg = 2 * neg
+    s = np.where(twice_neg > n, -1.0, 1.0)
+    undecided = (neg + pos < n) | (twice_neg == n)
     if undecided.any():
         s[undecided] = np.sign(np.median(x[undecided], axis=-1))
     return s
@@ -992,9 +993,10 @@ def _analyse_chunk(
             cols = plan.gap.columns
             g_lia = _buffer("lockin5", rows, n, lia.dtype, ((cols.start, cols.stop),))
             lo, hi = max(cols.start - 2, 0), min(cols.stop + 2, n)
-            smooth = uniform_filter1d(lia[:, lo:hi], 5, axis=-1, mode="nearest") * sign_l
             if lo == cols.start - 2 and hi == cols.stop + 2:
-                g_lia[:, cols] = smooth[:, 2:-2]
+                smooth = uniform_filter1d(lia[:, lo:hi], 5, axis=-1, mode="nearest",
+                                          output=_scratch("lockin5", rows, hi - lo, lia.dtype))
+                np.multiply(smooth[:, 2:-2], sign_l, out=g_lia[:, cols])
             else:  # the sweep ends: the filter of the whole row pads exactly as extract_gap does
                 g_lia[:, cols] = (uniform_filter1d(lia, 5, axis=-1, mode="nearest") * sign_l)[:, cols]
     clock.lap("sign + derivative")
