@@ -6,9 +6,12 @@ per-set aggregation (counts, fraction, first/last pixel, dominant reason, messag
 :meth:`stslive.live.results.ResultsModel.flag_summary`, fed by these bits.
 
 The spectral features are pure functions over batches (``axis=-1`` = bias); only the tip-change
-and thermal-band rules need history (the recent pixels of the run), kept by :class:`FlagEngine`.
-The engine must see the pixels in acquisition order so that a live run, a restart with backfill
-and an offline pass give the same flags.
+and thermal-band rules need history (the recent pixels of the run), kept by :class:`FlagEngine`
+(the windowed statistics are in :mod:`stslive.live.flags_history`). The engine must see the
+pixels in acquisition order so that a live run, a restart with backfill and an offline pass give
+the same flags. Speed: the live analyser calls both with 1-10 spectra at a time, so their fixed
+cost per call matters as much as their cost per spectrum; small batches take the rules with
+history one pixel at a time on Python floats, large ones in numpy passes (same bits).
 
 Rules and their physics
 -----------------------
