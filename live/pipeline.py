@@ -148,7 +148,7 @@ _UNUSED_WIDTH_EV = 0.1e-3
 def _gap_search_covered(bias: np.ndarray, options: KernelOptions) -> bool:
     """Whether a sweep reaches the coherence-peak search range on both polarities.
 
-    The kernels' own criterion (``kernels._one_side``): at least 8 samples with
+    The kernels' own criterion (``kernels._gap_geometry``): at least 8 samples with
     lo <= |V| <= hi on each side and the sweep reaching hi to within a step.
     """
     lo, hi = options.gap_search_V
