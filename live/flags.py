@@ -242,6 +242,7 @@ class _FeaturePlan:
 
 
 _WORK = threading.local()  # per-thread work arrays of spectral_features (:func:`_scratch`)
+_WORK_MAX_BYTES = 16 << 20  # one work array of 1024 spectra x 1601 float64 points fits
 
 
 # The live analyser calls spectral_features with 1-10 spectra at a time on one grid: these searches
@@ -285,10 +286,13 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A per-thread work array of ``shape``, undefined content, reused between calls.
 
     Why: a batch of 256 spectra needs a few MB of work arrays; fresh ones cost more than the
-    arithmetic on this VM (first touch of new memory is slow, ARCHITECTURE.md).
+    arithmetic on this VM (first touch of new memory is slow, ARCHITECTURE.md). Arrays above
+    ``_WORK_MAX_BYTES`` (a whole map at once) are not kept, so a backfill does not pin its size.
     """
-    cache: dict[tuple[str, str], np.ndarray] = _WORK.__dict__.setdefault("arrays", {})
     size = math.prod(shape)
+    if size * dtype.itemsize > _WORK_MAX_BYTES:
+        return np.empty(shape, dtype)
+    cache: dict[tuple[str, str], np.ndarray] = _WORK.__dict__.setdefault("arrays", {})
     buf = cache.get((name, dtype.str))
     if buf is None or buf.size < size:
         buf = cache[(name, dtype.str)] = np.empty(size, dtype)
