@@ -127,7 +127,7 @@ def windowed_outliers(
             flagged[start:end] = [judge(steps, v, ok, min_history=min_history, outside=outside)
                                   for v, ok in zip(values[start:end].tolist(), eligible[start:end].tolist(), strict=True)]
             hist = np.array(steps, dtype=np.float64).reshape(-1, 1)
-            look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else 2 * look
+            look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else min(2 * look, longest)
             start = end
             continue
         idx = start + np.flatnonzero(eligible[start:end])
@@ -202,7 +202,7 @@ class TipTracker:
             if end - start <= SEQUENTIAL_MAX:  # after a flag, or a small batch: one by one
                 flagged[start:end] = self._one_by_one(rows[start:end], cols[start:end], values[start:end],
                                                       eligible[start:end].tolist())
-                look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else 2 * look
+                look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else min(2 * look, longest)
                 start = end
                 continue
             end = self._pass_end(iy, ix, eligible, start, end)
