@@ -226,14 +226,17 @@ class TipTracker:
             resid = [v[0] - middle(near[:, 0].tolist()), v[1] - middle(near[:, 1].tolist())] if near.size else None
             bad = False
             if resid is not None and len(residuals) >= cfg.tip_min_history and recent:
-                in_space = in_time = False
-                for j in (0, 1):  # a step in either feature, both in space and in time
-                    hist = [r[j] for r in residuals]
-                    med = middle(hist)
-                    limit = max(cfg.tip_mad_k * (MAD_SCALE * middle([abs(h - med) for h in hist])), cfg.tip_min_change)
-                    in_space = in_space or abs(resid[j] - med) > limit
-                    in_time = in_time or abs(v[j] - middle([r[j] for r in recent])) > limit
-                bad = in_space and in_time
+                hists = list(zip(*residuals, strict=True))
+                meds = [middle(h) for h in hists]
+                in_space = [abs(resid[j] - meds[j]) for j in (0, 1)]  # steps vs the neighbours' residuals
+                in_time = [abs(v[j] - middle([r[j] for r in recent])) for j in (0, 1)]  # vs the recent pixels
+                # the limit is at least tip_min_change: a step below it in space or in time (the
+                # clean pixel) is not flagged, whatever the MAD, which is then not needed
+                low = cfg.tip_min_change
+                if any(d > low for d in in_space) and any(d > low for d in in_time):
+                    limits = [max(cfg.tip_mad_k * (MAD_SCALE * middle([abs(x - m) for x in h])), low)
+                              for h, m in zip(hists, meds, strict=True)]
+                    bad = any(in_space[j] > limits[j] for j in (0, 1)) and any(in_time[j] > limits[j] for j in (0, 1))
             flagged.append(bad)
             if ok and not bad:
                 self.values[y + self._pad, x + self._pad] = v
