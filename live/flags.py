@@ -421,7 +421,8 @@ _COVERAGE = (ReasonCode.SEARCH_NOT_COVERED, ReasonCode.WINDOW_NOT_COVERED)
 _NO_PEAKS = (ReasonCode.NO_PEAKS, ReasonCode.PEAK_AT_EDGE, ReasonCode.PEAK_NOT_BRACKETED, ReasonCode.POOR_PEAK_FIT)
 _POOR_FIT = (ReasonCode.POOR_POWER_LAW_FIT, ReasonCode.NONPOSITIVE_CONDUCTANCE)
 #: FlagKind bit of each kernel reason code (index = code): one lookup per batch instead of three isin
-_REASON_BITS = np.zeros(max(ReasonCode) + 1, dtype=np.uint32)
+#: and a last 0 entry, where take(mode="clip") puts codes beyond the table (code 0 = OK, where negative ones go, is 0 too)
+_REASON_BITS = np.zeros(max(ReasonCode) + 2, dtype=np.uint32)
 for _codes, _bit in ((_COVERAGE, FlagKind.SWEEP_COVERAGE), (_NO_PEAKS, FlagKind.NO_PEAKS), (_POOR_FIT, FlagKind.POOR_FIT)):
     _REASON_BITS[list(_codes)] = _bit
 # the bits as numpy scalars, looked up once: FlagKind.X is an enum lookup (~2 us each in 3.11)
@@ -515,8 +516,7 @@ class FlagEngine:
         if rows.size != n or cols.size != n:
             raise AnalysisError(f"flags: {rows.size} rows and {cols.size} columns for {n} pixels; give one per pixel")
         # history-free rules, whole batch at once; a bool array times a bit is the bit where the rule holds
-        known = (reason >= 0) & (reason < _REASON_BITS.size)
-        out = _REASON_BITS[np.where(known, reason, 0)]  # a new array; code 0 (OK) and unknown codes: no bit
+        out = _REASON_BITS.take(reason, mode="clip")  # a new array; OK and unknown codes: no bit
         out |= ~(np.abs(sp_dev) <= cfg.setpoint_rel_tol) * _BIT_SETPOINT  # NaN (no curve at V_set) too
         out |= (overload | (status & cfg.overload_status_mask).astype(bool)) * _BIT_OVERLOAD
         with np.errstate(invalid="ignore"):

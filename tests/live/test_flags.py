@@ -217,3 +217,15 @@ def test_features_do_not_depend_on_the_batch(with_lockin: bool) -> None:
         for name in SpectralFeatures.__slots__:
             np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in parts]), getattr(whole, name),
                                           err_msg=f"{name}, batches of {size}")
+
+
+def test_unknown_reason_codes_raise_no_reason_flag() -> None:
+    n = 4
+    fields = {k: np.zeros(n) for k in SpectrumAnalysis._fields}
+    fields.update(delta_eV=np.full(n, 1.2e-3), reason=np.array([-1, 999, ReasonCode.NO_PEAKS, ReasonCode.OK]))
+    features = SpectralFeatures(setpoint_rel_dev=np.zeros(n), tip_features=np.zeros((n, 2)),
+                                lockin_peak=np.full(n, np.nan), lockin_rel_residual=np.full(n, np.nan))
+    conds = PixelConditions(temperature_K=np.full(n, 0.3), lockin_overload=np.zeros(n, bool),
+                            lockin_status=np.zeros(n, int), modulation_Vrms=np.full(n, 50e-6), sensitivity_V=np.zeros(n))
+    bits = FlagEngine().evaluate(SpectrumAnalysis(**fields), features, conds, iy=np.zeros(n, int), ix=np.arange(n))
+    np.testing.assert_array_equal(bits, [0, 0, int(FlagKind.NO_PEAKS), 0])
