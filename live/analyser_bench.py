@@ -2,12 +2,12 @@
 
 Replays N simulated spectra (:mod:`stslive.mocks.film`, current + lock-in, 1601 points) as a
 run stream into an in-process :class:`~stslive.live.analyser.AnalyserService` and listens to its
-results PUB, twice:
+results PUB from a child process (as a control-room screen would), twice:
 
 * at full speed: sustained throughput = N / (first publish -> last result received), spectra/s;
-* at ``--rate`` spectra/s (default 1,000): latency of every pixel = arrival of its result on the
-  analyser's PUB (the maps are updated before the result is sent) minus the event's ``t_end``,
-  stamped just before publishing; p50 and p99 in ms.
+* at ``--rate`` spectra/s (default 1,000): latency of every pixel = arrival of its result at the
+  listener (the maps are updated before the result is sent) minus the event's ``t_end``,
+  stamped just before publishing (one machine, one clock); p50 and p99 in ms.
 
 Both runs print the analyser's own CPU time per stage (receive + decode, pixel check, analysis,
 flags, model update, encode + publish, snapshots; thread CPU time, so the kernels' helper threads
@@ -26,6 +26,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import sys
 import time
@@ -83,20 +84,19 @@ def _start_run(pub: RunPublisher, ny: int, nx: int) -> None:
     pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
 
 
-def _publish(pub: RunPublisher, spectra: np.ndarray, nx: int, rate: float | None,
-             wait: Callable[[float], None] = time.sleep) -> float:
+def _publish(pub: RunPublisher, spectra: np.ndarray, nx: int, rate: float | None) -> float:
     """Publish the events (``t_end`` stamped just before sending); returns the start time (unix s).
 
-    At a ``rate`` each event is due at ``k / rate`` after the first; the loop waits with
-    ``wait(seconds)`` (a sleep, as a scan engine waits for its instruments) and sends late events
-    at once, so the schedule never drifts. It does not spin: a spinning publisher takes a whole
+    At a ``rate`` each event is due at ``k / rate`` after the first; the loop sleeps until then
+    (as a scan engine waits for its instruments) and sends late events at once, so the schedule
+    never drifts. It does not spin: a spinning publisher takes a whole
     core of this 2-core machine from the analyser, which a real scan engine does not.
     """
     start = time.time()
     t0 = time.perf_counter()
     for k in range(spectra.shape[0]):
         while rate and (left := t0 + k / rate - time.perf_counter()) > 0:
-            wait(left)  # may return early (a result came in): wait again for what is left
+            time.sleep(left)
         iy, ix = divmod(k, nx)
         pub.event(arrays={"spectra": spectra[k]}, ix=ix, iy=iy, x_m=0.0, y_m=0.0, setpoint_set_id=0,
                   timestamps={"t_end": time.time()}, temperature_before_K=0.3, temperature_after_K=0.3)
@@ -120,76 +120,104 @@ def _publisher_process(conn: Connection, n: int, rate: float | None) -> None:
         ctx.term()
 
 
+def _listener_process(conn: Connection, endpoint: str, n: int, timeout_s: float) -> None:
+    """Child process, as a control-room screen is: subscribe to the results, stamp each ``pixels``
+    message on arrival, send back (latencies s, messages, last arrival unix s) once ``n`` results
+    came or none came for ``timeout_s``.
+
+    Not in the analyser's process: a listener thread there needs the GIL to stamp a message and
+    waits for it behind the analysis (up to the 5 ms switch interval), which is no latency of the
+    analyser's.
+    """
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"pixels")
+        sub.connect(endpoint)
+        conn.send("subscribed")
+        latencies: list[np.ndarray] = []
+        received = batches = 0
+        last = math.nan
+        while received < n and sub.poll(int(timeout_s * 1000)):
+            frames = sub.recv_multipart()
+            now = time.time()
+            topic, _, arrays = decode_message(frames)
+            if topic == "pixels":
+                latencies.append(now - arrays["time"])
+                received += arrays["time"].size
+                batches += 1
+                last = now
+        conn.send((np.concatenate(latencies) if latencies else np.zeros(0), batches, last))
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+
+
+def _child(target: Callable[..., None], name: str, *args: object) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    spawn = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = spawn.Pipe()
+    child = spawn.Process(target=target, args=(child_conn, *args), name=name, daemon=True)
+    child.start()
+    return child, parent_conn
+
+
+def _first_reply(child: multiprocessing.process.BaseProcess, conn: Connection, timeout_s: float) -> object:
+    if not conn.poll(timeout_s):
+        child.kill()
+        raise StreamError(f"the benchmark's {child.name} process did not answer within {timeout_s:g} s; "
+                          "see its error above")
+    return conn.recv()
+
+
 def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options: KernelOptions,
            settings: AnalyserSettings, in_process: bool = False, timeout_s: float = 60.0) -> BenchRun:
     """Publish ``spectra`` as one run (at ``rate`` spectra/s, None: as fast as possible) and time the results.
 
-    ``in_process``: the publisher runs in this process (sharing the GIL with the analyser, as
-    the first measurements did); otherwise in a child process, as the scan engine would.
+    The analyser runs in this process (its stage times are read here); the results are stamped
+    in a listener child process. ``in_process``: the publisher runs in this process too
+    (sharing the GIL with the analyser, as the first measurements did); otherwise in a child
+    process, as the scan engine would.
     """
     n = spectra.shape[0]
     ctx = zmq.Context()
-    child = None
+    children: list[tuple[multiprocessing.process.BaseProcess, Connection | None]] = []
     pub = None
-    if in_process:
-        pub = RunPublisher("tcp://127.0.0.1:0", context=ctx, header_format="msgpack")
-        endpoint = pub.pub_endpoint
-    else:
-        parent_conn, child_conn = multiprocessing.get_context("spawn").Pipe()
-        child = multiprocessing.get_context("spawn").Process(target=_publisher_process, args=(child_conn, n, rate),
-                                                             name="bench-publisher", daemon=True)
-        child.start()
-        if not parent_conn.poll(timeout_s):
-            child.kill()
-            raise StreamError("the benchmark publisher process did not start; see its error above")
-        endpoint = parent_conn.recv()
-    svc = AnalyserService(endpoint, bind="tcp://127.0.0.1:0", options=options, settings=settings, context=ctx).start()
-    results = ctx.socket(zmq.SUB)
-    latencies: list[np.ndarray] = []
-    received = 0
-    batches = 0
-
-    def take(wait_s: float = 0.0) -> None:
-        """Receive every result waiting (after up to ``wait_s`` for the first), stamping its arrival."""
-        nonlocal received, batches
-        timeout_ms = max(0, round(wait_s * 1000))
-        while results.poll(timeout_ms):
-            timeout_ms = 0
-            topic, _, arrays = decode_message(results.recv_multipart())
-            if topic == "pixels":
-                latencies.append(time.time() - arrays["time"])
-                received += arrays["time"].size
-                batches += 1
-
     try:
-        results.setsockopt(zmq.RCVHWM, 0)
-        results.setsockopt(zmq.SUBSCRIBE, b"pixels")
-        results.connect(svc.results_endpoint)
-        time.sleep(0.3)  # let the subscription reach the analyser
-        if pub is not None:
-            pub.wait_for_subscribers(1)
-            _start_run(pub, ny, nx)
-            started = _publish(pub, spectra, nx, rate, take)
+        if in_process:
+            pub = RunPublisher("tcp://127.0.0.1:0", context=ctx, header_format="msgpack")
+            endpoint = pub.pub_endpoint
         else:
-            parent_conn.send("go")
-            while not parent_conn.poll(0):
-                take(0.01)  # wakes on a result: its arrival is stamped at once, not at the next check
-            started = parent_conn.recv()
-        while received < n and results.poll(int(timeout_s * 1000)):
-            take()
-        elapsed = time.time() - started
-        stages = svc.stage_seconds()
+            publisher, pub_conn = _child(_publisher_process, "publisher", n, rate)
+            children.append((publisher, pub_conn))
+            endpoint = _first_reply(publisher, pub_conn, timeout_s)
+        svc = AnalyserService(str(endpoint), bind="tcp://127.0.0.1:0", options=options, settings=settings,
+                              context=ctx).start()
+        try:
+            listener, listen_conn = _child(_listener_process, "listener", svc.results_endpoint, n, timeout_s)
+            children.append((listener, None))  # it ends by itself once it has sent its figures
+            _first_reply(listener, listen_conn, timeout_s)
+            time.sleep(0.3)  # let the subscription reach the analyser
+            if pub is not None:
+                pub.wait_for_subscribers(1)
+                _start_run(pub, ny, nx)
+                started = _publish(pub, spectra, nx, rate)
+            else:
+                pub_conn.send("go")
+                started = _first_reply(publisher, pub_conn, timeout_s + n / (rate or n))
+            lat, batches, last = _first_reply(listener, listen_conn, timeout_s + n / (rate or n) + timeout_s)
+            stages = svc.stage_seconds()
+        finally:
+            svc.close()
     finally:
-        svc.close()
-        results.close()
         if pub is not None:
             pub.close()
-        if child is not None:
-            parent_conn.send("done")
+        for child, conn in children:
+            if conn is not None and child.is_alive():
+                conn.send("done")  # the publisher keeps its socket open until every result is in
             child.join(10)
         ctx.term()
-    lat = np.concatenate(latencies) if latencies else np.zeros(0)
-    return BenchRun(n=n, elapsed_s=elapsed, latencies_s=lat, stages_s=stages, batches=batches)
+    return BenchRun(n=n, elapsed_s=float(last) - float(started), latencies_s=lat, stages_s=stages, batches=batches)
 
 
 def _stages_line(run: BenchRun) -> str:
