@@ -34,6 +34,7 @@ fit the run (grid, set, channel count, length) by the service; both show in the 
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import math
 import os
@@ -72,11 +73,27 @@ log = logging.getLogger(__name__)
 class AnalyserSettings:
     """Tunables of the service (counts are pixels, times seconds)."""
 
-    batch: int = 256
+    #: Largest batch analysed at once. Only a service behind the stream reaches it; two kernel
+    #: chunks (KernelOptions.chunk = 512) let the kernels use both cores then (bench-analyser:
+    #: 4,179 spectra/s at 256, 4,920 at 1,024). At 1,000 spectra/s batches are 1-5 pixels.
+    batch: int = 1024
     snapshot_every: int = 500
     publish_every_s: float = 2.0
     write_every_s: float = 10.0
     hwm: int = 100_000
+
+
+def settle_gc() -> None:
+    """Keep the objects the process holds once set up out of the garbage collector's full passes.
+
+    The service allocates a few dicts per message, which now and then brings a full collection
+    (one in a 10,000-spectrum ``stslive bench-analyser`` run, timed with ``gc.callbacks``): it
+    walked the ~78,000 objects numpy, scipy, h5py and zmq leave behind at import, a 62 ms pause
+    that every pixel queued behind it waits out. ``gc.freeze()`` moves them to the permanent generation.
+    Process-wide: call it where the analyser owns the process (``stslive analyser``, the benchmark).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def analysis_path_for(archive: str | os.PathLike[str]) -> Path:
@@ -260,13 +277,18 @@ class AnalyserService:
     def _receive(self, sub: RunSubscriber, backfilled: dict[tuple[int, int], float | None], opened: set[str], *,
                  wait_s: float) -> None:
         """Move what the socket holds into the inbox, decoded, up to a batch; wait up to ``wait_s`` for the first."""
-        clock = time.thread_time
+        clock = time.thread_time  # CPU time: an idle wait in poll costs none; read per call, not per document
+        t0 = clock()
+        try:
+            self._receive_docs(sub, backfilled, opened, wait_s=wait_s)
+        finally:
+            self._stages["receive+decode"] += clock() - t0
+
+    def _receive_docs(self, sub: RunSubscriber, backfilled: dict[tuple[int, int], float | None], opened: set[str], *,
+                      wait_s: float) -> None:
         while len(self._inbox) < self.settings.batch:
-            t0 = clock()
-            doc = sub.poll(0)  # timed only when a frame is waiting: receive + decode, no idle wait
-            if doc is not None:
-                self._stages["receive+decode"] += clock() - t0
-            elif wait_s > 0:
+            doc = sub.poll(0)
+            if doc is None and wait_s > 0:
                 doc = sub.poll(wait_s)
             wait_s = 0.0
             now = time.monotonic()
@@ -377,20 +399,23 @@ class AnalyserService:
 
     def _handle_items(self, items: list[tuple[str, Any]]) -> None:
         """Process drained items in order (events batched between other documents)."""
+        clock = time.thread_time  # read per batch, not per event: the clock is a system call
         pending: list[PixelInput] = []
+        t0 = clock()
         for kind, item in items:
             if kind == "doc" and isinstance(item, EventDoc):
-                t0 = time.thread_time()
                 pixel = self._accept_event(item)
-                self._stages["check"] += time.thread_time() - t0
                 if pixel is not None:
                     pending.append(pixel)
                 continue
+            self._stages["check"] += clock() - t0
             self._flush(pending)
             if kind == "start":
                 self._open_run(*item)
             else:
                 self._handle_other(item)
+            t0 = clock()
+        self._stages["check"] += clock() - t0
         self._flush(pending)
 
     def _accept_event(self, doc: EventDoc) -> PixelInput | None:
@@ -520,7 +545,7 @@ class AnalyserService:
         run.model.set_snapshot(snap)
 
     def stage_seconds(self) -> dict[str, float]:
-        """Seconds spent so far per stage: receive+decode (service thread), check (event ->
+        """Seconds spent so far per stage: receive+decode (and archive recovery), check (event ->
         PixelInput), analyse / features / flags / model (:meth:`RunContext.process`), publish
         (encode + send), snapshot (correlations, own thread)."""
         out = dict(self._stages)

@@ -39,7 +39,7 @@ import zmq
 
 from stslive.acquisition.stream import ArraySpec, RunPublisher
 from stslive.drivers.errors import ConfigError, StreamError
-from stslive.live.analyser import AnalyserService, AnalyserSettings
+from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc
 from stslive.live.kernels import KernelOptions
 from stslive.live.results_io import decode_message
 from stslive.mocks.film import FilmParams, make_film
@@ -193,6 +193,7 @@ def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options
             endpoint = _first_reply(publisher, pub_conn, timeout_s)
         svc = AnalyserService(str(endpoint), bind="tcp://127.0.0.1:0", options=options, settings=settings,
                               context=ctx).start()
+        settle_gc()  # as `stslive analyser` does
         try:
             listener, listen_conn = _child(_listener_process, "listener", svc.results_endpoint, n, timeout_s)
             children.append((listener, None))  # it ends by itself once it has sent its figures

@@ -20,7 +20,7 @@ import time
 
 from stslive.acquisition.stream import Security
 from stslive.drivers.errors import ConfigError
-from stslive.live.analyser import AnalyserService, AnalyserSettings
+from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc
 from stslive.live.flags import FlagConfig, load_flag_config
 from stslive.live.kernels import KernelOptions
 
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         settings=AnalyserSettings(snapshot_every=args.snapshot_every),
     )
     with service:
+        settle_gc()
         print(f"stslive analyser: following {args.connect}, results on {service.results_endpoint}, "
               f"analysis file {service.out or '(none: give --archive or --out)'}", flush=True)
         try:
