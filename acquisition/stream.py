@@ -127,6 +127,8 @@ MAX_ARRAYS = 16
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i2", "<i4", "<i8", "<u2", "<u4", "<u8", "|u1", "|b1"})
 #: the allowed wire dtypes parsed once (np.dtype() of a string costs a microsecond per array)
 _WIRE_DTYPES = {name: np.dtype(name) for name in ALLOWED_DTYPES}
+#: the keys of an array spec in an event header
+_SPEC_KEYS = frozenset({"name", "dtype", "shape"})
 
 HeaderFormat: TypeAlias = Literal["json", "msgpack"]
 
@@ -582,6 +584,7 @@ class StopDoc(_Document):
 
 Document: TypeAlias = StartDoc | DescriptorDoc | EventDoc | FailedPixelDoc | HeartbeatDoc | StopDoc
 _KINDS: dict[str, type[_Document]] = {c.KIND: c for c in (StartDoc, DescriptorDoc, EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc)}
+_TOPICS = {kind: topic_for(kind) for kind in _KINDS}
 
 
 # -- wire format -------------------------------------------------------------------------------
@@ -684,7 +687,7 @@ def _decode_arrays(specs: Any, frames: Sequence[memoryview]) -> dict[str, np.nda
         raise MalformedDocument("oversize", f"array payload exceeds {MAX_ARRAY_BYTES} bytes")
     arrays: dict[str, np.ndarray] = {}
     for i, (spec, frame) in enumerate(zip(specs, frames, strict=True)):
-        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+        if not isinstance(spec, dict) or spec.keys() != _SPEC_KEYS:
             raise _fail(f"arrays[{i}]", "a map with name, dtype, shape", spec)
         name = _str(spec["name"], f"arrays[{i}].name")
         dtype = spec["dtype"]
@@ -694,12 +697,13 @@ def _decode_arrays(specs: Any, frames: Sequence[memoryview]) -> dict[str, np.nda
         shape = spec["shape"]
         if not isinstance(shape, list) or len(shape) > 4:
             raise MalformedDocument("shape", f"array {name!r}: shape must be a list of at most 4 sizes, got {shape!r}")
-        dims = tuple(_size(n, f"{name}.shape") for n in shape)
-        if math.prod(dims) * dt.itemsize != len(frame):
-            raise MalformedDocument("shape", f"array {name!r}: {dtype}{list(dims)} needs {math.prod(dims) * dt.itemsize} bytes, frame has {len(frame)}")
+        for size in shape:
+            _size(size, f"{name}.shape")
+        if math.prod(shape) * dt.itemsize != len(frame):
+            raise MalformedDocument("shape", f"array {name!r}: {dtype}{shape} needs {math.prod(shape) * dt.itemsize} bytes, frame has {len(frame)}")
         if name in arrays:
             raise MalformedDocument("field", f"array {name!r} appears twice")
-        arr = np.frombuffer(frame, dtype=dt).reshape(dims)
+        arr = np.frombuffer(frame, dtype=dt).reshape(shape)
         if dt.kind == "f" and np.isinf(arr).any():
             raise MalformedDocument("nonfinite", f"array {name!r} contains inf (NaN marks unmeasured points; inf is never valid)")
         arrays[name] = arr
@@ -739,7 +743,7 @@ def decode(frames: Sequence[Any]) -> Document:
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise MalformedDocument("kind", f"unknown document kind {kind!r}")
-    if bytes(views[0]) != topic_for(kind):
+    if views[0] != _TOPICS[kind]:
         raise MalformedDocument("topic", f"topic {bytes(views[0])[:60]!r} does not match kind {kind!r}")
     if cls is EventDoc:
         return EventDoc.from_dict(header, _decode_arrays(header.get("arrays"), views[2:]))
