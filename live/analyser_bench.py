@@ -4,7 +4,9 @@ Replays N simulated spectra (:mod:`stslive.mocks.film`, current + lock-in, 1601 
 run stream into an in-process :class:`~stslive.live.analyser.AnalyserService` and listens to its
 results PUB from a child process (as a control-room screen would), twice:
 
-* at full speed: sustained throughput = N / (first publish -> last result received), spectra/s;
+* at full speed: sustained throughput = N / (first publish -> last result received), spectra/s,
+  and, in the same run, the baseline: what a bare subscriber (receive + decode, no analysis)
+  takes from the same publisher, with the analyser's share of it;
 * at ``--rate`` spectra/s (default 1,000): latency of every pixel = arrival of its result at the
   listener (the maps are updated before the result is sent) minus the event's ``t_end``,
   stamped just before publishing (one machine, one clock); p50 and p99 in ms.
@@ -18,7 +20,7 @@ when quoting them.
 
 Examples::
 
-    stslive bench-analyser                      # 5,000 spectra full speed, 3,000 at 1,000/s
+    stslive bench-analyser                      # 10,000 spectra full speed, 3,000 at 1,000/s
     stslive bench-analyser -n 20000 --rate 2000 --latency-n 5000
     python -m stslive.live.analyser_bench -n 2000
 """
@@ -37,7 +39,8 @@ from multiprocessing.connection import Connection
 import numpy as np
 import zmq
 
-from stslive.acquisition.stream import ArraySpec, RunPublisher
+from stslive.acquisition.stream import ArraySpec, EventDoc, RunPublisher
+from stslive.acquisition.stream_consumer import RunSubscriber
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc
 from stslive.live.kernels import KernelOptions
@@ -221,6 +224,35 @@ def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options
     return BenchRun(n=n, elapsed_s=float(last) - float(started), latencies_s=lat, stages_s=stages, batches=batches)
 
 
+def bare_stream(n: int, *, timeout_s: float = 60.0) -> float:
+    """The baseline: spectra/s a bare :class:`RunSubscriber` takes from the same publisher child
+    (receive + decode + seq tracking, nothing analysed, nothing sent on) - the floor the
+    analyser's throughput is compared with in the same run."""
+    ctx = zmq.Context()
+    publisher, conn = _child(_publisher_process, "publisher", n, None)
+    try:
+        sub = RunSubscriber(str(_first_reply(publisher, conn, timeout_s)), context=ctx, hwm=0)
+        try:
+            time.sleep(0.3)  # the subscription reaches the publisher (which also waits for it)
+            conn.send("go")
+            events, last = 0, math.nan
+            while events < n and (doc := sub.poll(timeout_s)) is not None:
+                if isinstance(doc, EventDoc):
+                    events += 1
+                    last = time.time()
+            started = _first_reply(publisher, conn, timeout_s)
+        finally:
+            sub.close()
+        if events < n:
+            raise StreamError(f"bare stream: {events} of {n} events arrived")
+        return n / (last - float(started))
+    finally:
+        if publisher.is_alive():
+            conn.send("done")
+        publisher.join(10)
+        ctx.term()
+
+
 def _stages_line(run: BenchRun) -> str:
     per = {k: v / max(1, run.latencies_s.size) * 1e6 for k, v in run.stages_s.items()}
     return ", ".join(f"{k} {v:.0f}" for k, v in per.items()) + " us/spectrum"
@@ -228,7 +260,7 @@ def _stages_line(run: BenchRun) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bench-analyser``."""
-    parser.add_argument("-n", type=int, default=5000, help="spectra replayed at full speed (default 5000)")
+    parser.add_argument("-n", type=int, default=10000, help="spectra replayed at full speed (default 10000)")
     parser.add_argument("--rate", type=float, default=1000.0, help="rate of the latency run, spectra/s (default 1000)")
     parser.add_argument("--latency-n", type=int, default=3000, help="spectra of the latency run (default 3000)")
     parser.add_argument("--batch", type=int, default=AnalyserSettings.batch,
@@ -240,7 +272,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run both replays and print throughput, latency p50/p99 and the stage times."""
+    """Run both replays and the bare-stream baseline; print throughput, its ratio to the baseline,
+    latency p50/p99 and the stage times."""
     if args.n < 1 or args.latency_n < 1 or not args.rate > 0 or args.batch < 1:
         raise ConfigError("give -n, --latency-n, --batch >= 1 and --rate > 0 (spectra/s)")
     options = KernelOptions() if args.dynes_width_meV is None else KernelOptions(dynes_width_eV=args.dynes_width_meV * 1e-3)
@@ -251,6 +284,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"sustained throughput: {full.throughput:,.0f} spectra/s of {N_POINTS} points "
           f"({full.latencies_s.size} of {full.n} results in {full.elapsed_s:.2f} s, {full.batches} batches; goal >= 5,000)")
     print(f"  analyser stages: {_stages_line(full)}")
+    floor = bare_stream(args.n)
+    print(f"  baseline, same run: the bare stream (receive + decode, nothing analysed) takes {floor:,.0f} spectra/s; "
+          f"the analyser reaches {full.throughput / floor:.0%} of it")
     slow = replay(spectra[: args.latency_n], ny, nx, rate=args.rate, options=options, settings=settings,
                   in_process=args.in_process)
     if slow.latencies_s.size == 0:
