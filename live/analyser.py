@@ -417,6 +417,12 @@ class AnalyserService:
             t0 = clock()
         self._stages["check"] += clock() - t0
         self._flush(pending)
+        run = self.run
+        if run is not None:  # the run's progress on the screen: its newest document (archive backfills carry -1)
+            last_seq = max((item.seq for kind, item in items if kind == "doc" and item.run_uid == run.run_uid),
+                           default=-1)
+            if last_seq > run.model.status_fields()["last_seq"]:
+                run.model.update_status(last_seq=last_seq)
 
     def _accept_event(self, doc: EventDoc) -> PixelInput | None:
         run = self.run

@@ -157,6 +157,8 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
 
     np.testing.assert_array_equal(load_maps_h5(saved).maps["flags"], live.maps["flags"])
     assert live.status().state == "done"
+    # start, descriptor, one event per pixel, stop: the screen's "last seq" follows the stream, not only heartbeats
+    assert live.status().last_seq >= len(pixels) + 2
 
 
 def test_bad_input_is_counted_and_the_service_goes_on(tmp_path: Path, faulted_run) -> None:
