@@ -244,7 +244,8 @@ class AnalyserService:
                     run_uid, backfilled = self._backfill()
                     opened.add(run_uid)
             except StsliveError as exc:  # e.g. the endpoint is refused: say so in the status
-                sub = self._lost(sub, exc)
+                self._lost(sub, exc)
+                sub = None
             finally:
                 self._ready.set()
             while True:
@@ -252,7 +253,8 @@ class AnalyserService:
                     try:
                         self._receive(sub, backfilled, opened, wait_s=0.0 if self._inbox else 0.05)
                     except StsliveError as exc:
-                        sub = self._lost(sub, exc)
+                        self._lost(sub, exc)
+                        sub = None
                 if self._inbox:
                     self._handle_items(self._drain())
                 elif sub is None or self._stop.is_set():
@@ -265,14 +267,13 @@ class AnalyserService:
                 sub.close()
             self._stop_snapshots()
 
-    def _lost(self, sub: RunSubscriber | None, exc: StsliveError) -> None:  # returns None: the subscriber is gone
-        """The stream cannot be read any more: record why; what was received is still analysed."""
+    def _lost(self, sub: RunSubscriber | None, exc: StsliveError) -> None:
+        """The stream cannot be read any more: record why and close it; what was received is still analysed."""
         self.errors.append(str(exc))
         log.error("analyser: %s", exc)
         if sub is not None:
             self.subscriber_stats = sub.stats()
             sub.close()
-        return None
 
     def _receive(self, sub: RunSubscriber, backfilled: dict[tuple[int, int], float | None], opened: set[str], *,
                  wait_s: float) -> None:
