@@ -19,8 +19,8 @@ from typing import Any
 import zmq
 
 from stslive.acquisition.state import CommandRefused, RunStateMachine
-from stslive.acquisition.security import Security, check_bind, secure_client, secure_server
-from stslive.drivers.errors import ConfigError, InstrumentTimeout, StreamError
+from stslive.acquisition.security import Security, bind_server, check_bind, secure_client
+from stslive.drivers.errors import InstrumentTimeout
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,8 @@ class ControlServer:
         self._sock = self._ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST_BYTES)
-        self._guard = None  # CURVE (issue 6): released in close(), before the context ends
-        try:
-            if security is not None:
-                self._guard = secure_server(self._sock, security, role="control")
-            self._sock.bind(endpoint)
-        except ConfigError:  # a CURVE key file or folder is missing: the message says how to make it
-            self._sock.close()
-            raise
-        except zmq.ZMQError as exc:
-            self._sock.close()
-            if self._guard is not None:
-                self._guard.release()
-            raise StreamError(f"cannot bind the control socket to {endpoint!r} ({exc}); is the port in use?") from exc
+        # CURVE (issue 6): the guard is released in close(), before the context ends
+        self._guard = bind_server(self._sock, endpoint, security, role="control", what="the control socket")
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.malformed = 0
         self.refused = 0

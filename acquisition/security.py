@@ -84,6 +84,7 @@ __all__ = [
     "authenticator_running",
     "check_bind",
     "is_local_endpoint",
+    "bind_server",
     "secure_client",
     "secure_server",
 ]
@@ -364,6 +365,41 @@ def secure_server(socket: zmq.Socket, security: Security, *, role: Role) -> Serv
     socket.curve_server = True
     socket.zap_domain = domain.encode()
     return ServerGuard(socket.context, provider, role)
+
+
+def bind_server(socket: zmq.Socket, endpoint: str, security: Security | None, *, role: Role,
+                what: str) -> ServerGuard | None:
+    """Bind ``socket`` to ``endpoint``, as a CURVE server of ``role`` when ``security`` is given.
+
+    The one bind path of every stslive server socket (run stream, results stream, control):
+    whatever fails, the socket is closed and the authenticator released before the error leaves.
+
+    Returns
+    -------
+    ServerGuard or None
+        Release it when the socket is closed (None without ``security``).
+
+    Raises
+    ------
+    ConfigError
+        A key file or folder is missing (from :func:`secure_server`).
+    StreamError
+        The endpoint cannot be bound (port in use, bad address); the message names ``what``.
+    """
+    guard = None
+    try:
+        if security is not None:
+            guard = secure_server(socket, security, role=role)
+        socket.bind(endpoint)
+    except ConfigError:  # a key file or folder is missing: its message says how to make it
+        socket.close()
+        raise
+    except zmq.ZMQError as exc:
+        socket.close()
+        if guard is not None:
+            guard.release()
+        raise StreamError(f"cannot bind {what} to {endpoint!r} ({exc}); is the port in use?") from exc
+    return guard
 
 
 def secure_client(socket: zmq.Socket, security: Security, server_public: bytes | Path | None = None) -> None:

@@ -79,7 +79,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from stslive.acquisition.security import Security, ServerGuard, check_bind, secure_client, secure_server
+from stslive.acquisition.security import Security, ServerGuard, bind_server, check_bind, secure_client, secure_server
 from stslive.drivers.errors import StreamError, StsliveError
 
 __all__ = [
@@ -837,12 +837,9 @@ class RunPublisher:
                 self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
             if push_endpoint is not None:
                 self._push = self._bind(zmq.PUSH, push_endpoint, hwm)
-        except StsliveError:  # a CURVE key file or folder is missing (ConfigError)
+        except StsliveError:  # a CURVE key file is missing (ConfigError) or the port is taken (StreamError)
             self.close(linger_s=0)
             raise
-        except zmq.ZMQError as exc:
-            self.close(linger_s=0)
-            raise StreamError(f"cannot bind the run stream ({exc}); is another process using the port?") from exc
         self._run_uid: str | None = None
         self._seq = -1
         self._last_run_uid: str | None = None  # for idle heartbeats: where the last run ended
@@ -854,13 +851,9 @@ class RunPublisher:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.LINGER, 0)  # close() flushes explicitly with its own deadline
-        if self._security is not None:
-            try:
-                self._guards.append(secure_server(sock, self._security, role="data"))
-            except StsliveError:
-                sock.close()
-                raise
-        sock.bind(endpoint)
+        guard = bind_server(sock, endpoint, self._security, role="data", what="the run stream")
+        if guard is not None:
+            self._guards.append(guard)
         return sock
 
     # -- endpoints and subscribers --

@@ -56,8 +56,8 @@ from stslive.acquisition.stream import (
     StopDoc,
     check_bind,
     event_fields,
-    secure_server,
 )
+from stslive.acquisition.security import bind_server
 from stslive.acquisition.stream_consumer import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
 from stslive.live.analyser_state import PixelInput, RunContext
@@ -147,18 +147,7 @@ class AnalyserService:
             self._pub = self._ctx.socket(zmq.PUB)
             self._pub.setsockopt(zmq.SNDHWM, self.settings.hwm)
             self._pub.setsockopt(zmq.LINGER, 0)
-            try:
-                if security is not None:
-                    self._guard = secure_server(self._pub, security, role="data")
-                self._pub.bind(bind)
-            except StsliveError:  # a key file or folder is missing: the message says how to make it
-                self._pub.close()
-                raise
-            except zmq.ZMQError as exc:
-                self._pub.close()
-                if self._guard is not None:
-                    self._guard.release()
-                raise StreamError(f"cannot bind the results stream to {bind!r} ({exc}); is the port in use?") from exc
+            self._guard = bind_server(self._pub, bind, security, role="data", what="the results stream")
         #: documents to handle, in order: backfill and recovery from the archive, then the stream
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._stop = threading.Event()

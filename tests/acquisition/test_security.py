@@ -20,7 +20,14 @@ import zmq.auth
 
 from stslive.acquisition.cli import main
 from stslive.acquisition.control import ControlServer, send_command
-from stslive.acquisition.security import Security, authenticator_running, check_bind, secure_client, secure_server
+from stslive.acquisition.security import (
+    Security,
+    authenticator_running,
+    bind_server,
+    check_bind,
+    secure_client,
+    secure_server,
+)
 from stslive.acquisition.state import RunStateMachine
 from stslive.acquisition.stream import ArraySpec, EventDoc, RunPublisher, StartDoc
 from stslive.acquisition.stream_consumer import RunSubscriber
@@ -287,3 +294,18 @@ def test_world_readable_secret_is_warned_about(keydir: Path, tmp_path: Path, ctx
     with RunPublisher(LOCAL, security=Security.from_dir(root), context=ctx):
         pass
     assert "chmod 600" in caplog.text
+
+
+def test_bind_server_closes_the_socket_and_names_what_failed() -> None:
+    ctx = zmq.Context()
+    first, second = ctx.socket(zmq.PUB), ctx.socket(zmq.PUB)
+    try:
+        assert bind_server(first, "tcp://127.0.0.1:0", None, role="data", what="the first stream") is None
+        taken = first.getsockopt_string(zmq.LAST_ENDPOINT)
+        with pytest.raises(StreamError, match=r"cannot bind the second stream to .*port in use"):
+            bind_server(second, taken, None, role="data", what="the second stream")
+        assert second.closed  # nothing left open behind the error
+    finally:
+        first.close(linger=0)
+        second.close(linger=0)
+        ctx.term()
