@@ -84,13 +84,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from stslive.drivers.errors import AnalysisError, ConfigError
-from stslive.live.flags_history import SEQUENTIAL_MAX, TipTracker, judge, middle, windowed_outliers
+from stslive.live.flags_history import SEQUENTIAL_MAX, TipTracker, judge, windowed_outliers
 from stslive.live.kernels import ReasonCode, SpectrumAnalysis, pick_channels
 from stslive.live.results import FlagKind
 
@@ -479,7 +480,7 @@ class FlagEngine:
     def reference_delta_eV(self) -> float:
         """Median of the recent valid gaps, else the configured nominal gap (eV)."""
         if self._deltas:
-            return middle(self._deltas)
+            return median(self._deltas)
         return self.config.nominal_delta_eV
 
     def evaluate(

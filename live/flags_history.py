@@ -18,6 +18,7 @@ and MAD = 1.4826 * median |v - median|: the same float64 operations, so the same
 from __future__ import annotations
 
 from collections import deque
+from statistics import median
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -40,13 +41,6 @@ _LONGEST = 256
 
 #: 1.4826 MAD estimates the standard deviation of normal data
 MAD_SCALE = 1.4826
-
-
-def middle(values: Sequence[float]) -> float:
-    """Median of a non-empty list of floats: the middle of its sorted values."""
-    v = sorted(values)
-    c = len(v)
-    return 0.5 * (v[(c - 1) // 2] + v[c // 2])
 
 
 def median_mad(windows: np.ndarray, counts: np.ndarray, *, mad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -147,7 +141,7 @@ def windowed_outliers(
 def judge(history: deque, value: float, eligible: bool, *, min_history: int,
           outside: Callable[[float, float], bool]) -> bool:
     """One step of :func:`windowed_outliers`: True if ``value`` is outside; it joins ``history`` if eligible and not."""
-    bad = len(history) >= max(min_history, 1) and bool(outside(value, middle(history)))
+    bad = len(history) >= max(min_history, 1) and bool(outside(value, median(history)))
     if eligible and not bad:
         history.append(value)
     return bad
@@ -223,18 +217,18 @@ class TipTracker:
         flagged = []
         for y, x, v, ok in zip(iy, ix, values.tolist(), eligible, strict=True):
             near = self.values[y : y + span, x : x + span][self.seen[y : y + span, x : x + span]]  # (k, 2)
-            resid = [v[0] - middle(near[:, 0].tolist()), v[1] - middle(near[:, 1].tolist())] if near.size else None
+            resid = [v[0] - median(near[:, 0].tolist()), v[1] - median(near[:, 1].tolist())] if near.size else None
             bad = False
             if resid is not None and len(residuals) >= cfg.tip_min_history and recent:
                 hists = list(zip(*residuals, strict=True))
-                meds = [middle(h) for h in hists]
+                meds = [median(h) for h in hists]
                 in_space = [abs(resid[j] - meds[j]) for j in (0, 1)]  # steps vs the neighbours' residuals
-                in_time = [abs(v[j] - middle([r[j] for r in recent])) for j in (0, 1)]  # vs the recent pixels
+                in_time = [abs(v[j] - median([r[j] for r in recent])) for j in (0, 1)]  # vs the recent pixels
                 # the limit is at least tip_min_change: a step below it in space or in time (the
                 # clean pixel) is not flagged, whatever the MAD, which is then not needed
                 low = cfg.tip_min_change
                 if any(d > low for d in in_space) and any(d > low for d in in_time):
-                    limits = [max(cfg.tip_mad_k * (MAD_SCALE * middle([abs(x - m) for x in h])), low)
+                    limits = [max(cfg.tip_mad_k * (MAD_SCALE * median([abs(x - m) for x in h])), low)
                               for h, m in zip(hists, meds, strict=True)]
                     bad = any(in_space[j] > limits[j] for j in (0, 1)) and any(in_time[j] > limits[j] for j in (0, 1))
             flagged.append(bad)
