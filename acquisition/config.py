@@ -8,7 +8,7 @@ a bad value is a :class:`~stslive.drivers.errors.ConfigError` naming ``section.k
 
 Exactly one of ``[grid]``, ``[line]`` or ``[points]`` gives the positions; at least one
 ``[[setpoint_set]]`` table gives the set-point parameter sets (keys of
-:class:`~stslive.acquisition.runmodel.SetpointSet`: ``id``, ``name``, ``bias_setpoint_V``,
+:class:`~stslive.acquisition.formats.runmodel.SetpointSet`: ``id``, ``name``, ``bias_setpoint_V``,
 ``current_setpoint_A``, ``sweep_start_V``, ``sweep_end_V``, ``n_points``, ``settle_s``,
 ``integration_s``, ``lockin_frequency_Hz``, ``lockin_amplitude_Vrms``,
 ``lockin_time_constant_s``, ``lockin_sensitivity_V``, ``feedback_hold``; all sets of a run need
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stslive.acquisition.runmodel import GridGeometry, SetpointSet
+from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.drivers.errors import ConfigError
 from stslive.drivers.tomlfile import read_toml
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL

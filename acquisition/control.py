@@ -6,7 +6,7 @@ table). Reply: ``{"ok": bool, "state": STATE, "error": str | null, ...}``. A mal
 ``ok: false`` with the reason; malformed ones are counted in :attr:`ControlServer.malformed` and
 logged, and nothing a client sends can stop the server. Loopback endpoints only, unless given
 CURVE keys (``security=``): then only clients whose public key is in the ``controllers/``
-folder may connect (role ``control``, :mod:`stslive.acquisition.security`).
+folder may connect (role ``control``, :mod:`stslive.acquisition.formats.security`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from stslive.acquisition.state import CommandRefused, RunStateMachine
-from stslive.acquisition.security import Security, bind_server, check_bind, secure_client
+from stslive.acquisition.formats.security import Security, bind_server, check_bind, secure_client
 from stslive.drivers.errors import InstrumentTimeout
 
 log = logging.getLogger(__name__)

@@ -42,15 +42,15 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.archive import ArchiveWriter
+from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.control import ControlServer
 from stslive.acquisition.pixel import Instruments, PixelProcedure, PixelResult, failure_code
 from stslive.acquisition.plans import Plan, PlanPoint
-from stslive.acquisition.runmodel import SetpointSet
-from stslive.acquisition.security import Security
+from stslive.acquisition.formats.runmodel import SetpointSet
+from stslive.acquisition.formats.security import Security
 from stslive.acquisition.state import CommandRefused, RunStateMachine
-from stslive.acquisition.stream import ArraySpec, RunPublisher
+from stslive.acquisition.formats.stream import ArraySpec, RunPublisher
 from stslive.acquisition.suspenders import TemperatureSuspender
 from stslive.drivers.errors import InstrumentError, StsliveError
 
@@ -109,7 +109,7 @@ class ScanEngine:
         Injectable for tests.
     security
         CURVE keys of the control socket (only ``controllers/`` keys may send commands, see
-        :mod:`stslive.acquisition.security`); ``None``: no keys, loopback only.
+        :mod:`stslive.acquisition.formats.security`); ``None``: no keys, loopback only.
     """
 
     def __init__(self, config: RunConfig, plan: Plan, writer: ArchiveWriter, publisher: RunPublisher,

@@ -36,7 +36,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from stslive.acquisition.plans import PlanPoint
-from stslive.acquisition.runmodel import PixelMeta, SetpointSet
+from stslive.acquisition.formats.runmodel import PixelMeta, SetpointSet
 from stslive.drivers.errors import (
     ControllerError,
     InstrumentConnectionError,

@@ -2,7 +2,7 @@
 
 A plan is a fixed, ordered list of :class:`PlanPoint` ``(index, iy, ix, x_m, y_m)``: ``index``
 is the position in visiting order, ``(iy, ix)`` the archive cell, ``(x_m, y_m)`` the scan-frame
-position (m). Every plan also has a :class:`~stslive.acquisition.runmodel.GridGeometry` for the
+position (m). Every plan also has a :class:`~stslive.acquisition.formats.runmodel.GridGeometry` for the
 archive: a rectangular grid is its own geometry; a line cut is a 1 x n grid rotated along the
 line (so the archive's axes are exact); an arbitrary point list is stored as a 1 x n row whose
 positions live in the per-pixel ``x_m``/``y_m`` metadata (the geometry is only their bounding
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stslive.acquisition.config import RunConfig
-from stslive.acquisition.runmodel import GridGeometry
+from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.drivers.errors import ConfigError
 
 # Extent given to a degenerate bounding box (a single point, or points on one axis): the

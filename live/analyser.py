@@ -1,6 +1,6 @@
 """The live analyser service: run stream in, per-pixel results, flags and snapshots out.
 
-One *service* thread owns the :class:`~stslive.acquisition.stream_consumer.RunSubscriber` and
+One *service* thread owns the :class:`~stslive.acquisition.formats.subscriber.RunSubscriber` and
 does everything on the pixel path, in a loop:
 
 * at start it backfills from the archive (late join / restart, SWMR read, acquisition order);
@@ -46,7 +46,7 @@ from typing import Any
 
 import zmq
 
-from stslive.acquisition.stream import (
+from stslive.acquisition.formats.stream import (
     DescriptorDoc,
     EventDoc,
     FailedPixelDoc,
@@ -57,10 +57,10 @@ from stslive.acquisition.stream import (
     check_bind,
     event_fields,
 )
-from stslive.acquisition.security import bind_server
-from stslive.acquisition.stream_consumer import RunSubscriber, recover_from_archive
+from stslive.acquisition.formats.security import bind_server
+from stslive.acquisition.formats.subscriber import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
-from stslive.live.analyser_state import PixelInput, RunContext
+from stslive.live.run_context import PixelInput, RunContext
 from stslive.live.flags import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import correlation_snapshot
@@ -122,7 +122,7 @@ class AnalyserService:
         ZeroMQ context (tests inject one).
     security
         CURVE server keys of the results PUB (role ``data``: viewer and controller keys read it,
-        :mod:`stslive.acquisition.security`); ``None``: no keys, loopback only.
+        :mod:`stslive.acquisition.formats.security`); ``None``: no keys, loopback only.
     stream_security
         CURVE client keys for a run stream bound with keys; ``None``: plain connection.
     """
@@ -328,7 +328,7 @@ class AnalyserService:
             If ``run_uid`` is given and the archive holds another run. ``ArchiveError`` if the
             archive cannot be read.
         """
-        from stslive.acquisition.archive import open_archive
+        from stslive.acquisition.formats.archive import open_archive
 
         assert self.archive is not None
         with open_archive(self.archive, swmr=True) as reader:

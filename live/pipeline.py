@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stslive.acquisition.inputs import SpectraSource, open_spectra
+from stslive.acquisition.formats.recording import SpectraSource, open_spectra
 from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import RadialProfile, correlation_length_1e, correlation_map, radial_profile
@@ -333,7 +333,7 @@ def calibration_sample(sweeps: Sequence[Hashable], *, chunk: int) -> np.ndarray:
     sweeps : sequence
         Each measured spectrum's sweep (any comparable key, e.g. (start_V, end_V, n_points)), in
         acquisition order: the order the live analyser receives the pixels, and
-        :meth:`~stslive.acquisition.inputs.SpectraSource.acquisition_order` offline.
+        :meth:`~stslive.acquisition.formats.recording.SpectraSource.acquisition_order` offline.
     chunk : int
         Sample size, ``KernelOptions.chunk``.
 

@@ -359,7 +359,7 @@ class ResultsModel:
     def set_topography(self, topography: np.ndarray, *, origin: str = "") -> None:
         """Attach a (ny, nx) topography map Z in m; ``origin`` says where it comes from (display).
 
-        ``origin`` is e.g. :data:`stslive.acquisition.inputs.TOPO_FROM_Z` ("" = not known);
+        ``origin`` is e.g. :data:`stslive.acquisition.formats.recording.TOPO_FROM_Z` ("" = not known);
         unchanged values do not bump the version, so a poller may call this every poll.
         """
         topo = np.asarray(topography, dtype=np.float32)

@@ -11,9 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FORMAT_MODULES = {
-    "stslive.acquisition.archive", "stslive.acquisition.inputs", "stslive.acquisition.nanonis3ds",
-    "stslive.acquisition.stream", "stslive.acquisition.stream_consumer", "stslive.acquisition.runmodel",
-    "stslive.acquisition.security",
+    "stslive.acquisition.formats.archive", "stslive.acquisition.formats.recording", "stslive.acquisition.formats.nanonis3ds",
+    "stslive.acquisition.formats.stream", "stslive.acquisition.formats.subscriber", "stslive.acquisition.formats.runmodel",
+    "stslive.acquisition.formats.security",
 }
 
 

@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition import _h5status
-from stslive.acquisition.archive import ARCHIVE_VERSION, ArchiveWriter, open_archive
-from stslive.acquisition.runmodel import GridGeometry, PixelMeta, SetpointSet
+from stslive.acquisition.formats import _h5status
+from stslive.acquisition.formats.archive import ARCHIVE_VERSION, ArchiveWriter, open_archive
+from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 from stslive.drivers.errors import ArchiveError, ConfigError
 
 CHANNELS = ["Bias (V)", "Current (A)", "LI Demod 1 X (A)"]
@@ -191,7 +191,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
     from test_archive import geometry, meta, sets, spectrum, CHANNELS, NPTS
-    from stslive.acquisition.archive import ArchiveWriter
+    from stslive.acquisition.formats.archive import ArchiveWriter
     path, mode, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     geo = geometry(ny=6, nx=5)
     if mode == "create":
@@ -415,7 +415,7 @@ REWRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_archive import geometry, meta, sets, spectrum
-    from stslive.acquisition.archive import ArchiveWriter
+    from stslive.acquisition.formats.archive import ArchiveWriter
     import dataclasses
     w = ArchiveWriter.open_for_resume(sys.argv[1])
     geo = geometry(ny=6, nx=5)

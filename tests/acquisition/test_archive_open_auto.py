@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stslive.acquisition.archive import ArchiveWriter, open_archive
-from stslive.acquisition.runmodel import GridGeometry, SetpointSet
+from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
+from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.drivers.errors import ArchiveError
 
 
@@ -69,7 +69,7 @@ def test_regression_truncated_archive_fails_at_once_with_auto(tmp_path: Path):
 def test_regression_damaged_open_flags_fail_at_once_with_auto(tmp_path: Path, flags: int, fix_checksum: bool):
     """Fuzzing hung here: flipped superblock flags read as "already open", and the SWMR fallback
     then retried the damaged metadata inside HDF5 for minutes."""
-    from stslive.acquisition import _h5status
+    from stslive.acquisition.formats import _h5status
 
     path = tmp_path / "flipped.h5"
     _create(str(path)).close()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stslive.acquisition.archive import ArchiveWriter
-from stslive.acquisition.inputs import TOPO_FROM_FILE, TOPO_FROM_Z, open_spectra, topography_from_z
-from stslive.acquisition.runmodel import GridGeometry, SetpointSet
+from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, open_spectra, topography_from_z
+from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.drivers.errors import AnalysisError
 
 NY, NX, NPTS = 12, 16, 64

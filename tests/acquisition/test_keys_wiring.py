@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from stslive.acquisition import config as config_module
-from stslive.acquisition import scan_cli
-from stslive.acquisition.bench_scan import mock_lab_config
+from stslive.acquisition.cli import scan as scan_cli
+from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.acquisition.cli import main
 from stslive.acquisition.config import RunConfig
-from stslive.acquisition.control_cli import client_security
-from stslive.acquisition.scan_cli import run_scan, stream_security
-from stslive.acquisition.security import Security
+from stslive.acquisition.cli.control import client_security
+from stslive.acquisition.cli.scan import run_scan, stream_security
+from stslive.acquisition.formats.security import Security
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserService
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stslive.acquisition.archive import ArchiveWriter
-from stslive.acquisition.inputs import open_spectra
-from stslive.acquisition.nanonis3ds import export_archive, open_3ds, write_3ds
-from stslive.acquisition.runmodel import GridGeometry, PixelMeta, SetpointSet
+from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.recording import open_spectra
+from stslive.acquisition.formats.nanonis3ds import export_archive, open_3ds, write_3ds
+from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 from stslive.drivers.errors import AnalysisError, ArchiveError, FileFormatError, NanonisFileError
 
 KPFM = "nanonis-grid-kpfm-20x20.3ds"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import zmq
 
-from stslive.acquisition.archive import ArchiveWriter
-from stslive.acquisition.nanonis3ds import open_3ds
+from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.nanonis3ds import open_3ds
 from stslive.acquisition.replay import open_replay, replay, schedule
-from stslive.acquisition.runmodel import GridGeometry, PixelMeta, SetpointSet
-from stslive.acquisition.stream import DescriptorDoc, EventDoc, FailedPixelDoc, RunPublisher, StartDoc, StopDoc
-from stslive.acquisition.stream_consumer import RunSubscriber
+from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
+from stslive.acquisition.formats.stream import DescriptorDoc, EventDoc, FailedPixelDoc, RunPublisher, StartDoc, StopDoc
+from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.drivers.errors import ConfigError, FileFormatError, NanonisFileError
 
 pytestmark = pytest.mark.timeout(60)

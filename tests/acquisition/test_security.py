@@ -20,7 +20,7 @@ import zmq.auth
 
 from stslive.acquisition.cli import main
 from stslive.acquisition.control import ControlServer, send_command
-from stslive.acquisition.security import (
+from stslive.acquisition.formats.security import (
     Security,
     authenticator_running,
     bind_server,
@@ -29,8 +29,8 @@ from stslive.acquisition.security import (
     secure_server,
 )
 from stslive.acquisition.state import RunStateMachine
-from stslive.acquisition.stream import ArraySpec, EventDoc, RunPublisher, StartDoc
-from stslive.acquisition.stream_consumer import RunSubscriber
+from stslive.acquisition.formats.stream import ArraySpec, EventDoc, RunPublisher, StartDoc
+from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.drivers.errors import ConfigError, InstrumentTimeout, StreamError
 
 LOCAL = "tcp://127.0.0.1:0"

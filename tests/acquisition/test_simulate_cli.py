@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stslive.acquisition.archive import open_archive
+from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.cli import main
-from stslive.acquisition.simulate_cli import CHANNELS, parse_grid, write_film_archive
+from stslive.acquisition.cli.simulate import CHANNELS, parse_grid, write_film_archive
 from stslive.drivers.errors import ConfigError
 from stslive.mocks.film import FilmParams, make_film
 

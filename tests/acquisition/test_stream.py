@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import zmq
 
-from stslive.acquisition.stream import (
+from stslive.acquisition.formats.stream import (
     MAX_HEADER_BYTES,
     SCHEMA,
     SCHEMA_VERSION,
@@ -39,7 +39,7 @@ from stslive.acquisition.stream import (
     encode,
     topic_for,
 )
-from stslive.acquisition.stream_consumer import Gap, RunSubscriber, missing_pixels, recover_from_archive
+from stslive.acquisition.formats.subscriber import Gap, RunSubscriber, missing_pixels, recover_from_archive
 from stslive.drivers.errors import StreamError
 
 LOCAL = "tcp://127.0.0.1:0"
@@ -419,8 +419,8 @@ def test_push_backlog_is_bounded_and_losses_show_as_gaps(ctx: zmq.Context) -> No
 
 # -- recovery from the archive -------------------------------------------------------------------
 def test_recover_lost_events_from_the_archive(tmp_path: Path, ctx: zmq.Context) -> None:
-    from stslive.acquisition.archive import ArchiveWriter
-    from stslive.acquisition.runmodel import GridGeometry, PixelMeta, SetpointSet
+    from stslive.acquisition.formats.archive import ArchiveWriter
+    from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 
     nx, ny, npts = 4, 3, 9
     fields = start_fields(nx, ny, npts)

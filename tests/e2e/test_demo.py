@@ -120,8 +120,8 @@ def test_control_silence_from_a_dead_scan_names_the_scan(tmp_path: Path, monkeyp
     """The demo's control requests to a scan that died report the scan's exit, not the socket's silence."""
     import zmq
 
-    from stslive.acquisition import demo_cli
-    from stslive.acquisition.demo import Supervisor
+    from stslive.acquisition.cli import demo as demo_cli
+    from stslive.acquisition.jobs.supervisor import Supervisor
     from stslive.drivers.errors import InstrumentTimeout, ServiceError
 
     monkeypatch.setattr(demo_cli, "CONTROL_TIMEOUT_S", 0.3)

@@ -24,15 +24,15 @@ from typing import Any
 import pytest
 import zmq.auth
 
-from stslive.acquisition.bench_scan import mock_lab_config
+from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.acquisition.cli import main
 from stslive.acquisition.control import send_command
-from stslive.acquisition.scan_cli import run_scan
-from stslive.acquisition.security import Security
-from stslive.acquisition.stream import EventDoc, HeartbeatDoc
-from stslive.acquisition.stream_consumer import RunSubscriber
+from stslive.acquisition.cli.scan import run_scan
+from stslive.acquisition.formats.security import Security
+from stslive.acquisition.formats.stream import EventDoc, HeartbeatDoc
+from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.drivers.errors import InstrumentTimeout, StreamError
-from stslive.live.viewer_sources import StreamSource
+from stslive.live.viewer.sources import StreamSource
 from stslive.mocks.lab import MockLab
 
 pytestmark = pytest.mark.timeout(180)

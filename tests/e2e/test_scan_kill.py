@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stslive.acquisition.archive import open_archive
+from stslive.acquisition.formats.archive import open_archive
 from stslive.mocks.lab import MockLab
 
 NX, NY, POINTS = 8, 5, 101
@@ -61,7 +61,7 @@ def scan(*args: str) -> subprocess.Popen:
 # can be timed into the few milliseconds of the resume start-up.
 RESUME_MARKED = """
 import sys
-from stslive.acquisition.archive import ArchiveWriter
+from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.cli import main
 real = ArchiveWriter.open_for_resume.__func__
 def marked(cls, *args, **kwargs):

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stslive.acquisition.archive import open_archive
-from stslive.acquisition.bench_scan import mock_lab_config
+from stslive.acquisition.formats.archive import open_archive
+from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.acquisition.control import send_command
-from stslive.acquisition.scan_cli import run_scan
-from stslive.acquisition.stream import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
-from stslive.acquisition.stream_consumer import RunSubscriber
+from stslive.acquisition.cli.scan import run_scan
+from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
+from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.mocks.faults import FaultPlan
 from stslive.mocks.lab import MockLab
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stslive.acquisition.archive import open_archive
-from stslive.acquisition.bench_scan import mock_lab_config
+from stslive.acquisition.formats.archive import open_archive
+from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.acquisition.engine import OVERHEAD_PHASES, ScanEngine
-from stslive.acquisition.scan_cli import run_scan
+from stslive.acquisition.cli.scan import run_scan
 from stslive.mocks.lab import MockLab
 
 NX, NY, POINTS = 5, 4, 101

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.soak import MemoryLog, Soak, SoakSettings, fault_entries
+from stslive.acquisition.jobs.soak import MemoryLog, Soak, SoakSettings, fault_entries
 from stslive.mocks.faults import FaultPlan
 
 NX, NY, POINTS = 24, 16, 401
@@ -112,7 +112,7 @@ def test_fault_schedule_is_seeded_valid_and_fails_the_planned_pixels(tmp_path: P
     entries, failing = fault_entries(NX * NY, seed=5, timeout_s=0.5)
     assert entries == fault_entries(NX * NY, seed=5, timeout_s=0.5)[0]
     assert entries != fault_entries(NX * NY, seed=6, timeout_s=0.5)[0]
-    from stslive.acquisition.demo import toml_text
+    from stslive.acquisition.jobs.supervisor import toml_text
 
     path = tmp_path / "faults.toml"
     path.write_text(toml_text({"fault": entries}))

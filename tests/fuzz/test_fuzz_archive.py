@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stslive.acquisition.archive import ArchiveWriter, open_archive
+from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
 from stslive.acquisition.replay import open_replay
-from stslive.acquisition.runmodel import GridGeometry, PixelMeta, SetpointSet
+from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 from stslive.drivers.errors import ArchiveError, StsliveError
 
 EXAMPLES = int(os.environ.get("STSLIVE_FUZZ_EXAMPLES", "100"))

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stslive.acquisition.inputs import open_spectra
-from stslive.acquisition.nanonis3ds import HEADER_END, open_3ds, write_3ds
-from stslive.acquisition.runmodel import GridGeometry
+from stslive.acquisition.formats.recording import open_spectra
+from stslive.acquisition.formats.nanonis3ds import HEADER_END, open_3ds, write_3ds
+from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.drivers.errors import NanonisFileError, StsliveError
 
 EXAMPLES = int(os.environ.get("STSLIVE_FUZZ_EXAMPLES", "150"))

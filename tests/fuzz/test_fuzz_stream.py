@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stslive.acquisition.stream import (
+from stslive.acquisition.formats.stream import (
     ArraySpec,
     DescriptorDoc,
     EventDoc,

@@ -10,10 +10,10 @@ import pytest
 import zmq
 from test_analyser_sim import CHANNELS, N_POINTS, RunProducer, geometry, make_lab, make_sets, measure_run, start_fields
 
-from stslive.acquisition.stream import RunPublisher, encode
+from stslive.acquisition.formats.stream import RunPublisher, encode
 from stslive.drivers.errors import ConfigError
 from stslive.live.analyser import AnalyserService, AnalyserSettings
-from stslive.live.analyser_state import PixelInput, RunContext
+from stslive.live.run_context import PixelInput, RunContext
 from stslive.live.flags import FlagConfig, load_flag_config
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import analyse_input
@@ -172,7 +172,7 @@ def test_bad_input_is_counted_and_the_service_goes_on(tmp_path: Path, faulted_ru
     raw.send_multipart([b"stslive.run.event", b"\x00garbage"])
     raw.send_multipart([b"stslive.run.event"])
     start = pub.start(**start_fields(geometry(NY, NX), SETS))
-    from stslive.acquisition.stream import ArraySpec
+    from stslive.acquisition.formats.stream import ArraySpec
 
     pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
     frames = encode(start)

@@ -9,7 +9,7 @@ import pytest
 
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserSettings
-from stslive.live.analyser_bench import add_arguments, film_spectra, replay, run
+from stslive.acquisition.jobs.bench_analyser import add_arguments, film_spectra, replay, run
 from stslive.live.kernels import KernelOptions
 from stslive.live.results import PixelResult, ResultsModel
 from stslive.live.results_io import apply_message, decode_message, encode_message, pixels_message

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stslive.acquisition.archive import ArchiveWriter
-from stslive.acquisition.runmodel import GridGeometry, PixelMeta, SetpointSet
-from stslive.acquisition.stream import ArraySpec, RunPublisher, new_uid
+from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
+from stslive.acquisition.formats.stream import ArraySpec, RunPublisher, new_uid
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
 from stslive.mocks.faults import FaultKind, FaultPlan
 from stslive.mocks.film import FilmParams, make_film

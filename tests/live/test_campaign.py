@@ -10,14 +10,14 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.archive import ArchiveWriter
+from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.cli import main
-from stslive.acquisition.nanonis3ds import write_3ds
-from stslive.acquisition.runmodel import GridGeometry
-from stslive.acquisition.simulate_cli import write_film_archive
+from stslive.acquisition.formats.nanonis3ds import write_3ds
+from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
-from stslive.live.analyse_cli import expand_inputs, output_dirs
-from stslive.live.campaign import run_conditions, write_campaign
+from stslive.acquisition.cli.analyse import expand_inputs, output_dirs
+from stslive.live.offline.campaign import run_conditions, write_campaign
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 10, 12

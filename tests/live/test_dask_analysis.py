@@ -14,11 +14,11 @@ import pytest
 from distributed import Client, LocalCluster
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.nanonis3ds import write_3ds
-from stslive.acquisition.runmodel import GridGeometry
-from stslive.acquisition.simulate_cli import write_film_archive
+from stslive.acquisition.formats.nanonis3ds import write_3ds
+from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
-from stslive.live.dask_analysis import (FIELDS, _file_info, analyse_inputs_dask, analysis_array, dask_client,
+from stslive.live.offline.dask import (FIELDS, _file_info, analyse_inputs_dask, analysis_array, dask_client,
                                         require_dask, rows_per_block)
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import analyse_source, calibrate_source, open_input

@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.archive import open_archive
-from stslive.acquisition.simulate_cli import CHANNELS, write_film_archive
+from stslive.acquisition.formats.archive import open_archive
+from stslive.acquisition.cli.simulate import CHANNELS, write_film_archive
 from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import correlation_report
@@ -227,9 +227,9 @@ def _serpentine_archive(path: Path) -> tuple[Path, list]:
     from test_analyser_sim import CHANNELS as SIM_CHANNELS
     from test_analyser_sim import N_POINTS, geometry, make_sets, start_fields
 
-    from stslive.acquisition.archive import ArchiveWriter
-    from stslive.acquisition.runmodel import PixelMeta
-    from stslive.live.analyser_state import PixelInput
+    from stslive.acquisition.formats.archive import ArchiveWriter
+    from stslive.acquisition.formats.runmodel import PixelMeta
+    from stslive.live.run_context import PixelInput
 
     ny, nx = 4, 32
     iy, ix = np.indices((ny, nx))
@@ -258,7 +258,7 @@ def test_offline_calibrates_on_the_live_analysers_spectra_for_a_serpentine_scan(
     """Live = offline: both fix the template width on the first spectra in ACQUISITION order."""
     from test_analyser_sim import geometry, make_sets, start_fields
 
-    from stslive.live.analyser_state import RunContext
+    from stslive.live.run_context import RunContext
     from stslive.live.flags import FlagConfig
 
     path, inputs = _serpentine_archive(tmp_path / "serpentine.h5")
@@ -289,7 +289,7 @@ def test_calibration_sample_takes_the_first_chunk_sharing_the_first_sweep() -> N
 
 
 def test_acquisition_order_sorts_by_start_time_then_row_major() -> None:
-    from stslive.acquisition.inputs import acquisition_order
+    from stslive.acquisition.formats.recording import acquisition_order
 
     measured = np.array([[True, True, True], [True, False, True]])
     t = np.array([[1.0, 2.0, 3.0], [6.0, np.nan, 4.0]])

@@ -11,7 +11,7 @@ import pytest
 from stslive.drivers.errors import AnalysisError, FileFormatError, StreamError
 from stslive.live import results_io as rio
 from stslive.live.results import MAP_SPECS, FlagKind, PixelResult, ResultsModel, load_maps_h5
-from stslive.live.viewer_bench import snapshot_of, synthetic_maps
+from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 
 
 def filled(ny: int = 24, nx: int = 30, seed: int = 3) -> ResultsModel:

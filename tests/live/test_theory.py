@@ -26,7 +26,7 @@ import pytest
 from stslive.acquisition.cli import main
 from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live import theory as th
-from stslive.live import theory_cli
+from stslive.acquisition.cli import theory as theory_cli
 
 R_Q = 25812.807459304513  # h/e^2, exact since the 2019 SI redefinition
 EQ2 = {"bias_V": 0.01, "diffusion_m2_s": 0.5e-4, "l_alpha_m": 18e-9}

@@ -13,14 +13,14 @@ pytest.importorskip("PySide6")
 
 from pyqtgraph.Qt import QtCore, QtGui  # noqa: E402
 
-from stslive.acquisition.archive import ArchiveWriter  # noqa: E402
+from stslive.acquisition.formats.archive import ArchiveWriter  # noqa: E402
 from stslive.acquisition.cli import main  # noqa: E402
-from stslive.acquisition.runmodel import GridGeometry, SetpointSet  # noqa: E402
+from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet  # noqa: E402
 from stslive.live import results_io as rio  # noqa: E402
 from stslive.live.results import FlagKind, PixelResult, ResultsModel  # noqa: E402
-from stslive.live.viewer import ControlRoomWindow, dispose, qt_app, render_snapshot  # noqa: E402
-from stslive.live.viewer_bench import snapshot_of, synthetic_maps  # noqa: E402
-from stslive.live.viewer_sources import SpectrumFetcher, StreamSource  # noqa: E402
+from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot  # noqa: E402
+from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps  # noqa: E402
+from stslive.live.viewer.sources import SpectrumFetcher, StreamSource  # noqa: E402
 
 NY, NX, NPTS = 24, 32, 401
 BIAS = np.linspace(-0.04, 0.04, NPTS)
@@ -230,7 +230,7 @@ def test_view_snapshot_cli_writes_png_of_the_size(tmp_path, capsys):
 
 
 def test_file_source_without_analysis_says_so(tmp_path, window_factory):
-    from stslive.live.viewer_sources import FileSource
+    from stslive.live.viewer.sources import FileSource
 
     run = tmp_path / "RUN.h5"
     make_archive(run, rows=10)
@@ -250,8 +250,8 @@ def test_file_source_without_analysis_says_so(tmp_path, window_factory):
 
 
 def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory):
-    from stslive.acquisition.inputs import TOPO_FROM_Z
-    from stslive.live.viewer_sources import FileSource
+    from stslive.acquisition.formats.recording import TOPO_FROM_Z
+    from stslive.live.viewer.sources import FileSource
 
     iy, ix = np.mgrid[0:NY, 0:NX]
     relief = 2e-10 * np.sin(ix / 2.0) * np.cos(iy / 3.0)
@@ -277,7 +277,7 @@ def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory
 
 
 def test_topography_title_says_none_without_z(tmp_path, window_factory):
-    from stslive.live.viewer_sources import FileSource
+    from stslive.live.viewer.sources import FileSource
 
     run = tmp_path / "RUN.h5"
     make_archive(run, rows=4)  # z_m never read: NaN
@@ -291,7 +291,7 @@ def test_topography_title_says_none_without_z(tmp_path, window_factory):
 
 
 def test_fits_drawn_only_over_the_sweep():
-    from stslive.live.viewer_panels import fit_bias_range
+    from stslive.live.viewer.panels import fit_bias_range
 
     narrow = np.linspace(-0.02, 0.02, 201)
     v = fit_bias_range(narrow, sign=1.0)
@@ -304,7 +304,7 @@ def test_fits_drawn_only_over_the_sweep():
 
 def test_reason_codes_shown_by_name(window_factory):
     from stslive.live.kernels import ReasonCode
-    from stslive.live.viewer_panels import reason_text
+    from stslive.live.viewer.panels import reason_text
 
     assert reason_text(int(ReasonCode.NO_PEAKS)) == "NO_PEAKS"
     assert reason_text(-1) == "not analysed" and "99" in reason_text(99)

@@ -49,8 +49,8 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
-from stslive.acquisition import _h5status
-from stslive.acquisition.runmodel import PIXEL_META_FIELDS, GridGeometry, PixelMeta, SetpointSet
+from stslive.acquisition.formats import _h5status
+from stslive.acquisition.formats.runmodel import PIXEL_META_FIELDS, GridGeometry, PixelMeta, SetpointSet
 from stslive.drivers.errors import ArchiveError, StsliveError
 
 ARCHIVE_VERSION = 1

@@ -44,8 +44,8 @@ matplotlib.use("Agg")  # files only; never a window (also on a head-less cluster
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend choice
 import numpy as np  # noqa: E402
 
-from stslive.acquisition.archive import open_archive  # noqa: E402
-from stslive.acquisition.nanonis3ds import open_3ds  # noqa: E402
+from stslive.acquisition.formats.archive import open_archive  # noqa: E402
+from stslive.acquisition.formats.nanonis3ds import open_3ds  # noqa: E402
 from stslive.drivers.errors import AnalysisError  # noqa: E402
 
 __all__ = ["run_conditions", "campaign_rows", "write_campaign", "campaign_figure", "CONDITIONS"]

@@ -23,7 +23,7 @@ The graph per input file, built on the client from the file's metadata only:
 * **gather** - the stacks come back to the client as blocks finish, which fills a
   :class:`~stslive.live.results.ResultsModel` with :func:`~stslive.live.pipeline.apply_to_model`;
   the correlations (FFT over the whole map) then run on the client exactly as in the single
-  path (:func:`stslive.live.analyse_cli.write_outputs`).
+  path (:func:`stslive.acquisition.cli.analyse.write_outputs`).
 
 Workers and client must see the files under the same path (a shared file system).
 

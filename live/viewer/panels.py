@@ -15,7 +15,7 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from stslive.live.kernels import ReasonCode
 from stslive.live.results import FLAG_LABELS, CorrelationSnapshot, FlagKind, Histogram, RunStatus, SetFlagSummary
-from stslive.live.viewer_sources import SpectrumData
+from stslive.live.viewer.sources import SpectrumData
 
 PixelCallback = Callable[[int, int], None]
 _GREEK = {"Delta": "Δ", "alpha": "α", "cross": "cross"}

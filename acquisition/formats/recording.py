@@ -16,9 +16,9 @@ from types import TracebackType
 
 import numpy as np
 
-from stslive.acquisition.archive import ArchiveReader, open_archive
-from stslive.acquisition.nanonis3ds import NanonisGrid, open_3ds
-from stslive.acquisition.runmodel import GridGeometry
+from stslive.acquisition.formats.archive import ArchiveReader, open_archive
+from stslive.acquisition.formats.nanonis3ds import NanonisGrid, open_3ds
+from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.drivers.errors import AnalysisError, FileFormatError
 
 #: Lock-in channel names tried in order when none is given.

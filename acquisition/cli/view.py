@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.keys is None) != (args.client is None) or (args.keys is not None and args.connect is None):
         raise ConfigError("--keys KEYDIR and --client NAME go together, with --connect ENDPOINT: the viewer's key "
                           "pair is KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME --role viewer')")
-    from stslive.acquisition.stream import Security
-    from stslive.live.viewer import ControlRoomWindow, dispose, qt_app, render_snapshot
-    from stslive.live.viewer_sources import FileSource, StreamSource
+    from stslive.acquisition.formats.stream import Security
+    from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
+    from stslive.live.viewer.sources import FileSource, StreamSource
 
     app = qt_app()
     if args.connect is not None:

@@ -1,6 +1,6 @@
 """Per-pixel software overhead of the scan engine against the simulated lab (a benchmark, not a test).
 
-``stslive bench-scan --grid 100x80`` (or ``python -m stslive.acquisition.bench_scan``) runs a scan
+``stslive bench-scan --grid 100x80`` (or ``python -m stslive.acquisition.jobs.bench_scan``) runs a scan
 against the mock lab at "as fast as possible" (speed 0) and prints the per-pixel overhead at
 p50/p99 for the whole run and for its first and last tenth. Overhead is the wall time of a
 pixel's engine step minus the controller's sweep call (``run_spectrum``: the simulated sweep
@@ -144,7 +144,7 @@ def bench(*, nx: int, ny: int, n_points: int, seed: int = 0, in_process: bool = 
     of its first/last tenth), ``work`` (p50, p99 ms of the software work, hidden or not), ``phases`` (name -> p50 ms, see :class:`~stslive.acquisition.engine.RunStats`),
     ``peak_rss_MB`` (of this process), ``lab`` (``"process"`` or ``"in-process"``).
     """
-    from stslive.acquisition.scan_cli import run_scan
+    from stslive.acquisition.cli.scan import run_scan
 
     lab = lab_in_process if in_process else lab_subprocess
     with lab(nx=nx, ny=ny, seed=seed) as (resources, pixel_m), tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.demo import Supervisor, toml_text
+from stslive.acquisition.jobs.supervisor import Supervisor, toml_text
 from stslive.drivers.errors import ConfigError, ServiceError
 
 #: Per-sweep timing of the demo's set-point set: 1601 points at 1 ms each, as a real map is taken.
@@ -136,7 +136,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: int, speed: float,
              faults: Path | None, headless: bool, keep_running: bool) -> str:
     """Start the lab, scan, analyser (and screen); wait for the run and its analysis; return the summary."""
-    from stslive.acquisition.bench_scan import mock_lab_config
+    from stslive.acquisition.jobs.bench_scan import mock_lab_config
     from stslive.mocks.film import FilmParams
 
     nx, ny = grid

@@ -19,7 +19,7 @@ import argparse
 import json
 from typing import Any
 
-from stslive.acquisition.security import Security
+from stslive.acquisition.formats.security import Security
 from stslive.acquisition.state import COMMANDS
 from stslive.drivers.errors import ConfigError, InstrumentTimeout
 

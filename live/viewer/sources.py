@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from stslive.acquisition.inputs import TOPO_FROM_FILE, TOPO_FROM_Z, topography_from_z
+from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, topography_from_z
 from stslive.drivers.errors import FileFormatError, StreamError, StsliveError
 from stslive.live.kernels import conductance_sign, derivative, prepare_sweep
 from stslive.live.results import PixelResult, ResultsModel
 from stslive.live.results_io import apply_message, decode_message, load_maps_h5, model_from_message
 
 if TYPE_CHECKING:
-    from stslive.acquisition.stream import Security
+    from stslive.acquisition.formats.stream import Security
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +165,14 @@ class SpectrumFetcher:
 
 
 class ArchiveSpectra:
-    """Display spectra, geometry and pixel metadata of a run archive (``stslive.acquisition.archive``).
+    """Display spectra, geometry and pixel metadata of a run archive (``stslive.acquisition.formats.archive``).
 
     Opened in SWMR read mode so a running acquisition can keep appending; only the worker
     threads call it. One lock serialises the reads (h5py serialises them anyway).
     """
 
     def __init__(self, path: str | Path, *, current: str | None = None) -> None:
-        from stslive.acquisition.archive import open_archive
+        from stslive.acquisition.formats.archive import open_archive
 
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -198,7 +198,7 @@ class ArchiveSpectra:
     def topography(self) -> tuple[np.ndarray | None, str]:
         """The run's topography (m) and where it comes from, "" when there is none.
 
-        Same rule as the offline analysis (:attr:`stslive.acquisition.inputs.SpectraSource.topography`):
+        Same rule as the offline analysis (:attr:`stslive.acquisition.formats.recording.SpectraSource.topography`):
         a stored ``/entry/sample/topography``, else the measured tip heights z at the set-point with
         the least-squares plane (piezo tilt) and the per-set offsets removed. The fit is redone
         only when the number of measured pixels changed (a finished run is polled forever).
@@ -457,7 +457,7 @@ class StreamSource(_SourceBase):
         """
         import zmq
 
-        from stslive.acquisition.stream import secure_client  # zmq only when a stream is followed
+        from stslive.acquisition.formats.stream import secure_client  # zmq only when a stream is followed
 
         ctx = context or zmq.Context.instance()
         sock = ctx.socket(zmq.SUB)

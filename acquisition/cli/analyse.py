@@ -4,12 +4,12 @@ An INPUT is an stslive archive, a Nanonis ``.3ds`` or a folder (every archive an
 directly inside it; other HDF5 files such as an earlier ``maps.h5`` are skipped with a note).
 One input file writes into DIR itself; several write into ``DIR/<input stem>/`` each (the file
 name with ``_<suffix>`` when two inputs share a stem) and a campaign summary into DIR
-(:mod:`stslive.live.campaign`). ``--dask`` runs the kernels on a Dask cluster
-(:mod:`stslive.live.dask_analysis`): a LocalCluster here, or the scheduler at ADDRESS.
+(:mod:`stslive.live.offline.campaign`). ``--dask`` runs the kernels on a Dask cluster
+(:mod:`stslive.live.offline.dask`): a LocalCluster here, or the scheduler at ADDRESS.
 
 Writes ``DIR/maps.h5`` (:meth:`ResultsModel.save_maps_h5`, the issue-2 layout plus the
-correlation snapshot), ``DIR/report.json`` (:mod:`stslive.live.report`) and the PNG figures of
-:mod:`stslive.live.figures`. Everything goes through :mod:`stslive.live.pipeline`, the code path
+correlation snapshot), ``DIR/report.json`` (:mod:`stslive.live.offline.report`) and the PNG figures of
+:mod:`stslive.live.offline.figures`. Everything goes through :mod:`stslive.live.pipeline`, the code path
 the live analyser uses too.
 """
 
@@ -26,16 +26,16 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from stslive.acquisition.archive import VERSION_ATTR
-from stslive.acquisition.inputs import SpectraSource
+from stslive.acquisition.formats.archive import VERSION_ATTR
+from stslive.acquisition.formats.recording import SpectraSource
 from stslive.drivers.errors import AnalysisError, ConfigError
-from stslive.live import figures
-from stslive.live.campaign import write_campaign
+from stslive.live.offline import figures
+from stslive.live.offline.campaign import write_campaign
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
 from stslive.live.pipeline import (
     TheoryConstants, analyse_source, calibrate_source, correlation_snapshot, open_input, uses_lockin,
 )
-from stslive.live.report import build_report, write_report
+from stslive.live.offline.report import build_report, write_report
 from stslive.live.results import ResultsModel
 
 #: ``--dask`` given without an address: start a LocalCluster.
@@ -178,7 +178,7 @@ def write_outputs(source: SpectraSource, model: ResultsModel, out: Path, *, opti
                   constants: TheoryConstants, examples: int, t0: float) -> dict[str, Any]:
     """Correlations, ``maps.h5``, ``report.json`` and figures of an analysed ``source`` into ``out``.
 
-    Shared by the single-process path and the Dask path (:mod:`stslive.live.dask_analysis`), so
+    Shared by the single-process path and the Dask path (:mod:`stslive.live.offline.dask`), so
     both write the same files; ``t0`` is the ``time.perf_counter()`` the analysis started at.
     """
     prepare_out(out)
@@ -281,8 +281,8 @@ def _summary(report: dict[str, Any]) -> str:
 def analyse_many_dask(inputs: list[Path], outs: list[Path], *, address: str | None, options: KernelOptions,
                       constants: TheoryConstants, examples: int, workers: int | None = None,
                       max_block_bytes: int = 64 * 2**20, show_progress: bool = False) -> list[dict[str, Any]]:
-    """Every input through :func:`stslive.live.dask_analysis.analyse_inputs_dask`; reports in input order."""
-    from stslive.live.dask_analysis import analyse_inputs_dask, dask_client
+    """Every input through :func:`stslive.live.offline.dask.analyse_inputs_dask`; reports in input order."""
+    from stslive.live.offline.dask import analyse_inputs_dask, dask_client
 
     for out in outs:
         prepare_out(out)

@@ -5,7 +5,7 @@ Simulates ``--maps`` archives (default 4 maps of 300 x 250 x 1601, the paper's s
 
 * single: :func:`stslive.live.pipeline.analyse_source` map after map, in this process (kernel
   thread pool: one thread per core);
-* dask: :func:`stslive.live.dask_analysis.analyse_inputs_dask` on a LocalCluster of ``--workers``
+* dask: :func:`stslive.live.offline.dask.analyse_inputs_dask` on a LocalCluster of ``--workers``
   processes x 1 thread (kernels single-threaded per task), cluster start-up timed separately.
 
 Both include reading the files and building the ResultsModel; neither writes figures (those are
@@ -29,7 +29,7 @@ lock-in: the load makes any one run vary by up to 4x, so only alternated figures
   (per 16-row block of 4,800 spectra: read 0.2-1.1 s, kernels 0.24 s on one thread).
 
 The scaling argument for a real cluster (threads, memory per worker, bytes moved per block) is
-in :mod:`stslive.live.dask_analysis`.
+in :mod:`stslive.live.offline.dask`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _simulate(workdir: Path, grid: str, maps: int) -> list[Path]:
     """The campaign's archives (a temperature series), simulated only when missing."""
-    from stslive.acquisition.simulate_cli import parse_grid, write_film_archive
+    from stslive.acquisition.cli.simulate import parse_grid, write_film_archive
     from stslive.mocks.film import FilmParams, make_film
 
     ny, nx = parse_grid(grid)
@@ -90,7 +90,7 @@ def _spread(times: list[float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stslive.live.dask_analysis import analyse_inputs_dask, dask_client
+    from stslive.live.offline.dask import analyse_inputs_dask, dask_client
 
     if args.maps < 1 or args.workers < 1 or args.block_mb <= 0 or args.repeat < 1:
         raise ConfigError("--maps, --workers and --repeat must be >= 1 and --block-mb > 0")

@@ -51,7 +51,7 @@ Wire format, one ZeroMQ multipart message::
 Sockets (:class:`RunPublisher`): an XPUB (behaves as PUB, and sees subscriptions for the
 handshake) with a raised HWM, plus an optional non-blocking PUSH with a bounded local backlog;
 both bind to loopback only, unless given CURVE keys (``security=``, see
-:mod:`stslive.acquisition.security`; its helpers are re-exported here for ``stslive.live``).
+:mod:`stslive.acquisition.formats.security`; its helpers are re-exported here for ``stslive.live``).
 The subscriber is in ``stream_consumer``.
 
 Never pickle: nothing here can turn bytes into objects other than numbers, strings, lists and
@@ -79,7 +79,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from stslive.acquisition.security import Security, ServerGuard, bind_server, check_bind, secure_client, secure_server
+from stslive.acquisition.formats.security import Security, ServerGuard, bind_server, check_bind, secure_client, secure_server
 from stslive.drivers.errors import StreamError, StsliveError
 
 __all__ = [
@@ -104,7 +104,7 @@ __all__ = [
     "encode",
     "event_fields",
     "topic_for",
-    # CURVE security (stslive.acquisition.security), re-exported for stslive.live
+    # CURVE security (stslive.acquisition.formats.security), re-exported for stslive.live
     "check_bind",
     "secure_client",
     "secure_server",
@@ -758,7 +758,7 @@ def check_local_endpoint(endpoint: str) -> None:
 
     ``ipc://``/``inproc://`` and ``tcp://`` on a loopback address (127.0.0.0/8, ::1,
     ``localhost``) are allowed; anything else needs ZeroMQ CURVE keys: same as
-    :func:`stslive.acquisition.security.check_bind` with no :class:`Security`.
+    :func:`stslive.acquisition.formats.security.check_bind` with no :class:`Security`.
     """
     check_bind(endpoint, None)
 

@@ -1,6 +1,6 @@
 """Synthetic results for the viewer, and the viewer's frame-rate benchmark.
 
-``python -m stslive.live.viewer_bench [--grid 300x250] [--rate 1000] [--seconds 10]`` feeds
+``python -m stslive.acquisition.jobs.bench_viewer [--grid 300x250] [--rate 1000] [--seconds 10]`` feeds
 ``rate`` pixel results per second from a worker thread into a ResultsModel of the given grid
 while the control-room window redraws offscreen, and prints the frame rate (timer ticks that
 ran per second) and the per-frame redraw time (p50/p99). Goal (issue 5): >= 15 fps at
@@ -96,14 +96,14 @@ def feed(model: ResultsModel, results: list[PixelResult], *, rate: float, stop: 
 def main(argv: list[str] | None = None) -> int:
     """Run the frame-rate benchmark and print the figures."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    parser = argparse.ArgumentParser(prog="python -m stslive.live.viewer_bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stslive.acquisition.jobs.bench_viewer", description=__doc__.split("\n")[0])
     parser.add_argument("--grid", default="300x250", help="NXxNY (default 300x250)")
     parser.add_argument("--rate", type=float, default=1000.0, help="pixel results per second (default 1000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration (default 10)")
     args = parser.parse_args(argv)
     nx, ny = (int(v) for v in args.grid.lower().split("x"))
 
-    from stslive.live.viewer import ControlRoomWindow, qt_app
+    from stslive.live.viewer.window import ControlRoomWindow, qt_app
 
     app = qt_app()
     maps = synthetic_maps(ny, nx)

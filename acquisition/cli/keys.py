@@ -6,7 +6,7 @@ Examples::
     stslive keys --dir ~/.stslive/keys --client screen --role viewer    # read-only control-room screen
     stslive keys --dir ~/.stslive/keys --client alice --role control    # may pause/abort/re-measure
 
-Layout (also in :mod:`stslive.acquisition.security`)::
+Layout (also in :mod:`stslive.acquisition.formats.security`)::
 
     KEYDIR/server.key, server.key_secret       the scan machine's pair (public part to clients)
     KEYDIR/clients/NAME.key, NAME.key_secret    each client's pair (secret part to that client)
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import zmq.auth
 
-from stslive.acquisition.security import CLIENTS_DIR, CONTROLLERS_DIR, VIEWERS_DIR
+from stslive.acquisition.formats.security import CLIENTS_DIR, CONTROLLERS_DIR, VIEWERS_DIR
 from stslive.drivers.errors import ConfigError
 
 _ROLE_DIRS = {"viewer": VIEWERS_DIR, "control": CONTROLLERS_DIR}

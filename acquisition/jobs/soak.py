@@ -1,7 +1,7 @@
 """``stslive soak``: a long simulated run under scheduled faults, checked end to end (issue 6).
 
 Every part runs as its own ``stslive`` process, as a user would start them (the supervision
-helpers of :mod:`stslive.acquisition.demo`): ``mock-lab --faults FILE`` at speed 0, ``scan``,
+helpers of :mod:`stslive.acquisition.jobs.supervisor`): ``mock-lab --faults FILE`` at speed 0, ``scan``,
 ``analyser --once``, offscreen ``view --connect`` sessions and ``control``. Scheduled by the
 progress of the run (pixels seen on the stream):
 
@@ -17,7 +17,7 @@ progress of the run (pixels seen on the stream):
 Checks (the JSON summary, also written to ``DIR/soak.json``): every pixel measured or failed,
 never both or neither, each failure with its reason; no pixel delivered twice on the stream
 except the re-measured ones; the analyser's final maps equal the offline analysis
-(:func:`stslive.live.analyse_cli.analyse_to_directory`, the code of ``stslive analyse``, with the
+(:func:`stslive.acquisition.cli.analyse.analyse_to_directory`, the code of ``stslive analyse``, with the
 analyser's options); peak RSS of the scan, analyser and lab in the first, middle and last third
 (bounded: the last third's peak at most max(100 MB, 50 %) above the first's).
 
@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.bench_scan import _grid, mock_lab_config
-from stslive.acquisition.demo import Child, Supervisor, toml_text
+from stslive.acquisition.jobs.bench_scan import _grid, mock_lab_config
+from stslive.acquisition.jobs.supervisor import Child, Supervisor, toml_text
 from stslive.drivers.errors import ConfigError, ServiceError
 
 #: Relative tolerance of live versus offline maps: float32 sums over batches of different sizes.
@@ -129,7 +129,7 @@ def free_port() -> int:
 class StreamWatch:
     """Counts what the scan puts on its stream, across every scan process (a raw SUB socket).
 
-    A raw socket, not :class:`~stslive.acquisition.stream_consumer.RunSubscriber`: a resumed
+    A raw socket, not :class:`~stslive.acquisition.formats.subscriber.RunSubscriber`: a resumed
     scan restarts ``seq`` at 0 for the same run, which seq bookkeeping would call duplicates.
     """
 
@@ -151,7 +151,7 @@ class StreamWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        from stslive.acquisition.stream import EventDoc, FailedPixelDoc, decode
+        from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, decode
         from stslive.drivers.errors import StreamError
 
         while not self._stop.is_set():
@@ -441,7 +441,7 @@ class Soak:
     # -- checks -------------------------------------------------------------------------------
     def _check_pixels(self) -> dict[str, Any]:
         """Every pixel measured or failed (not both, not neither), reasons, nothing measured twice."""
-        from stslive.acquisition.archive import open_archive
+        from stslive.acquisition.formats.archive import open_archive
 
         with open_archive(self.archive) as reader:
             measured, failed = reader.measured, reader.failed
@@ -479,7 +479,7 @@ class Soak:
 
     def _check_maps(self) -> dict[str, Any]:
         """The analyser's analysis file against the offline analysis with the same options."""
-        from stslive.live.analyse_cli import analyse_to_directory
+        from stslive.acquisition.cli.analyse import analyse_to_directory
         from stslive.live.kernels import KernelOptions
         from stslive.live.pipeline import TheoryConstants
         from stslive.live.results import load_maps_h5

@@ -1,6 +1,6 @@
 """The control-room window: live Delta/alpha maps, statistics, correlations, spectra, status, flags.
 
-The window never reads a file nor analyses anything: a :class:`~stslive.live.viewer_sources.DataSource`
+The window never reads a file nor analyses anything: a :class:`~stslive.live.viewer.sources.DataSource`
 fills the shared :class:`~stslive.live.results.ResultsModel` on its own threads, and a QTimer
 (default 15 Hz) pulls from the model, redrawing only the parts whose version counter moved.
 The O(N) summaries (histograms, per-set flags) are refreshed at most ``summary_hz`` times a second,
@@ -17,9 +17,9 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
-from stslive.acquisition.inputs import TOPO_FROM_FILE, TOPO_FROM_Z
+from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z
 from stslive.live.results import ResultsModel
-from stslive.live.viewer_panels import (
+from stslive.live.viewer.panels import (
     CorrelationPanel,
     FlagsPanel,
     HistogramPanel,
@@ -29,7 +29,7 @@ from stslive.live.viewer_panels import (
     reversed_cmap,
     reason_text,
 )
-from stslive.live.viewer_sources import DataSource
+from stslive.live.viewer.sources import DataSource
 
 DEFAULT_SIZE = (1800, 1100)
 #: Short panel-title form of each topography origin (acquisition.inputs); a longer title than

@@ -22,7 +22,7 @@ Examples::
 
     stslive bench-analyser                      # 10,000 spectra full speed, 3,000 at 1,000/s
     stslive bench-analyser -n 20000 --rate 2000 --latency-n 5000
-    python -m stslive.live.analyser_bench -n 2000
+    python -m stslive.acquisition.jobs.bench_analyser -n 2000
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from multiprocessing.connection import Connection
 import numpy as np
 import zmq
 
-from stslive.acquisition.stream import ArraySpec, EventDoc, RunPublisher
-from stslive.acquisition.stream_consumer import RunSubscriber
+from stslive.acquisition.formats.stream import ArraySpec, EventDoc, RunPublisher
+from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc
 from stslive.live.kernels import KernelOptions
@@ -300,6 +300,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m stslive.live.analyser_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stslive.acquisition.jobs.bench_analyser", description=__doc__.splitlines()[0])
     add_arguments(parser)
     sys.exit(run(parser.parse_args()))

@@ -1,14 +1,14 @@
 """Receiving the run stream: a subscriber that never dies on bad input and sees every loss.
 
 :class:`RunSubscriber` wraps a SUB (any number of consumers, may drop) or PULL (one consumer,
-no drop) socket. It decodes with :func:`stslive.acquisition.stream.decode`, counts rejected
+no drop) socket. It decodes with :func:`stslive.acquisition.formats.stream.decode`, counts rejected
 messages by reason and keeps going, checks events against their run's descriptor, and tracks
 ``seq`` per run and segment: a jump is recorded as a :class:`Gap`, a first document with
 ``seq > 0`` as a late join (gap from 0). Rejected documents do not advance ``seq`` tracking, so
 they show up as gaps too: everything a consumer must fetch from the archive is in
 :meth:`RunSubscriber.gaps`.
 
-Resumed runs (the rule of :mod:`stslive.acquisition.stream`): a start document of a run already
+Resumed runs (the rule of :mod:`stslive.acquisition.formats.stream`): a start document of a run already
 seen opens a new *segment*; ``seq`` expectations restart at 0 and a ``resume`` gap asks the
 consumer to check the archive for pixels recorded while nobody was publishing (archived by the
 killed process but never sent). A lower ``seq`` that fills no known gap is never dropped as a
@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from stslive.acquisition.stream import (
+from stslive.acquisition.formats.stream import (
     TOPIC_PREFIX,
     DescriptorDoc,
     Document,
@@ -48,7 +48,7 @@ from stslive.acquisition.stream import (
     decode,
     event_fields,
 )
-from stslive.acquisition.security import Security, secure_client
+from stslive.acquisition.formats.security import Security, secure_client
 from stslive.drivers.errors import ConfigError, StreamError
 
 __all__ = ["Gap", "RunSubscriber", "RunTracker", "missing_pixels", "recover_from_archive"]
@@ -173,7 +173,7 @@ class RunSubscriber:
     max_runs
         Runs whose trackers are kept (oldest forgotten first).
     security
-        CURVE client keys (:class:`~stslive.acquisition.security.Security` with
+        CURVE client keys (:class:`~stslive.acquisition.formats.security.Security` with
         ``client_secret`` and ``server_public``) for a publisher bound with keys; ``None``
         (default): plain connection, as to a loopback publisher without keys.
 
@@ -462,7 +462,7 @@ def recover_from_archive(
     StreamError
         If the archive belongs to another run. ``ArchiveError`` if it is missing or unreadable.
     """
-    from stslive.acquisition.archive import open_archive  # h5py only for consumers that recover
+    from stslive.acquisition.formats.archive import open_archive  # h5py only for consumers that recover
 
     path = Path(archive_path)
     deadline = time.monotonic() + wait_s

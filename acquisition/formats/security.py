@@ -16,7 +16,7 @@ A socket given a :class:`Security` always requires keys, on loopback too (that i
 exercise CURVE without touching a network interface); a socket without one may only bind to
 loopback, ``ipc://`` or ``inproc://`` (:func:`check_bind`).
 
-Key directory (``stslive keys --dir KEYDIR``, see :mod:`stslive.acquisition.keys_cli`)::
+Key directory (``stslive keys --dir KEYDIR``, see :mod:`stslive.acquisition.cli.keys`)::
 
     KEYDIR/
       server.key              server public key: copy to every client machine
@@ -49,7 +49,7 @@ and the client side (viewer SUB, ``stslive control`` REQ)::
     sock.connect(endpoint)
 
 ``stslive.live`` imports acquisition only through the format modules, so these names are also
-re-exported by :mod:`stslive.acquisition.stream`.
+re-exported by :mod:`stslive.acquisition.formats.stream`.
 
 One ZAP authenticator serves a whole ZeroMQ context (libzmq allows one ZAP handler per
 context): the first :func:`secure_server` on a context starts it, each returns a
@@ -96,7 +96,7 @@ Role: TypeAlias = Literal["data", "control"]
 VIEWERS_DIR = "viewers"
 CONTROLLERS_DIR = "controllers"
 CLIENTS_DIR = "clients"
-_HINT = "create keys with 'stslive keys --dir KEYDIR' (see stslive.acquisition.security for the layout)"
+_HINT = "create keys with 'stslive keys --dir KEYDIR' (see stslive.acquisition.formats.security for the layout)"
 
 
 @dataclass(frozen=True, kw_only=True)

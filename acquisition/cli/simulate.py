@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.archive import ArchiveWriter
-from stslive.acquisition.runmodel import GridGeometry, SetpointSet
+from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.drivers.errors import ConfigError
 from stslive.mocks.film import Film, FilmParams, make_film
 

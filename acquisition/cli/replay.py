@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from stslive.acquisition.replay import open_replay, replay
-from stslive.acquisition.stream import RunPublisher
+from stslive.acquisition.formats.stream import RunPublisher
 from stslive.drivers.errors import ConfigError
 
 

@@ -23,7 +23,7 @@ from types import TracebackType
 
 import numpy as np
 
-from stslive.acquisition.runmodel import GridGeometry
+from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.drivers.errors import NanonisFileError
 
 HEADER_END = b":HEADER_END:\r\n"
@@ -349,7 +349,7 @@ def export_archive(archive_path: str | os.PathLike[str], out_path: str | os.Path
     metadata become experiment parameters (X, Y, Z, temperatures, set id, lock-in status,
     settling/integration times of its set).
     """
-    from stslive.acquisition.archive import open_archive  # format module beside this one
+    from stslive.acquisition.formats.archive import open_archive  # format module beside this one
 
     with open_archive(archive_path) as ar:
         meta = ar.pixel_meta

@@ -8,7 +8,7 @@ are printed, one ``name endpoint`` line each (``stream``, ``push``, ``control``)
 
 Remote monitoring (issue 6): ``[stream] keys = "KEYDIR"`` in the config (or ``--keys KEYDIR``)
 makes the run stream a CURVE server for viewer and controller keys and the control socket one
-for controller keys only (:mod:`stslive.acquisition.security`); only then may the endpoints be
+for controller keys only (:mod:`stslive.acquisition.formats.security`); only then may the endpoints be
 beyond loopback. Endpoints and keys are checked before the instruments are opened or the
 archive is created.
 """
@@ -27,12 +27,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from stslive.acquisition.archive import ArchiveWriter, open_archive
+from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.engine import ScanEngine
 from stslive.acquisition.plans import plan_from_config
-from stslive.acquisition.security import Security, check_bind
-from stslive.acquisition.stream import RunPublisher
+from stslive.acquisition.formats.security import Security, check_bind
+from stslive.acquisition.formats.stream import RunPublisher
 from stslive.drivers.errors import ArchiveError, ConfigError, StreamError
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def stored_config(path: Path) -> RunConfig:
 def stream_security(config: RunConfig) -> Security | None:
     """The run's CURVE keys (``stream.keys``), checked before anything is opened; None without keys.
 
-    Every endpoint of ``[stream]`` goes through :func:`~stslive.acquisition.security.check_bind`
+    Every endpoint of ``[stream]`` goes through :func:`~stslive.acquisition.formats.security.check_bind`
     (a non-loopback endpoint without keys is refused), and with keys the server key pair and the
     allowed-client folders must exist, so a mistake costs no archive and no instrument time.
 
@@ -132,7 +132,7 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
 
     ``wait_subscribers_s`` bounds the wait for a stream subscriber before the start document
     (:func:`wait_for_consumers`). A resumed run's start document carries ``metadata["segment"]``,
-    the number of resumes in the archive's run log (the stream's resume rule, :mod:`stslive.acquisition.stream`).
+    the number of resumes in the archive's run log (the stream's resume rule, :mod:`stslive.acquisition.formats.stream`).
 
     ``on_ready(engine)`` is called just before the run starts (tests and benchmarks take the
     control endpoint or the state machine from it); ``handle_signals`` makes SIGINT/SIGTERM
