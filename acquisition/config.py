@@ -29,8 +29,8 @@ from typing import Any
 
 from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.drivers.errors import ConfigError
-from stslive.drivers.tomlfile import read_toml
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
+from stslive.drivers.tomlfile import read_toml
 
 _REQUIRED = object()
 
@@ -59,10 +59,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key("str", "", "free label of the run, stored in the start document"),
         "sample": Key("str", "", "sample description"),
         "operator": Key("str", "", "who runs it"),
-        "setpoint_mode": Key("str", "single", "'single': every pixel uses the active set (changeable by the "
-                             "'set' command); 'alternate': pixel k of the plan uses set k mod n_sets"),
-        "channels": Key("list[str]", [CURRENT_CHANNEL, LOCKIN_X_CHANNEL], "controller signals recorded by each "
-                        "sweep (archive channels are 'Bias (V)' then these)"),
+        "setpoint_mode": Key(
+            "str",
+            "single",
+            "'single': every pixel uses the active set (changeable by the "
+            "'set' command); 'alternate': pixel k of the plan uses set k mod n_sets",
+        ),
+        "channels": Key(
+            "list[str]",
+            [CURRENT_CHANNEL, LOCKIN_X_CHANNEL],
+            "controller signals recorded by each sweep (archive channels are 'Bias (V)' then these)",
+        ),
         "move_settle_s": Key("float", 0.0, "wait after moving the tip, feedback on (s)"),
         "retries": Key("int", 2, "extra attempts of a pixel after an instrument error"),
         "max_consecutive_failures": Key("int", 3, "failed pixels in a row after which the run pauses"),
@@ -93,14 +100,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "y_m": Key("list[float]", _REQUIRED, "y of every point (m), same length"),
     },
     "stream": {
-        "pub": Key("str", "tcp://127.0.0.1:5556", "ZeroMQ PUB endpoint of the run stream (loopback unless "
-                   "stream.keys is set)"),
+        "pub": Key(
+            "str", "tcp://127.0.0.1:5556", "ZeroMQ PUB endpoint of the run stream (loopback unless stream.keys is set)"
+        ),
         "push": Key("str", "", "ZeroMQ PUSH endpoint for a consumer that must not drop; '' = none"),
         "control": Key("str", "tcp://127.0.0.1:5557", "ZeroMQ REP endpoint of the control socket; '' = none"),
         "header_format": Key("str", "json", "'json' or 'msgpack' stream headers"),
-        "keys": Key("str", "", "CURVE key directory made by 'stslive keys' (relative to the working directory); "
-                    "set: pub/push admit viewer and controller keys, control only controller keys, and the "
-                    "endpoints may be beyond loopback; '' = no keys, loopback only"),
+        "keys": Key(
+            "str",
+            "",
+            "CURVE key directory made by 'stslive keys' (relative to the working directory); "
+            "set: pub/push admit viewer and controller keys, control only controller keys, and the "
+            "endpoints may be beyond loopback; '' = no keys, loopback only",
+        ),
     },
     "suspender": {
         "enabled": Key("bool", False, "pause while the temperature is outside [min_K, max_K]"),
@@ -166,8 +178,9 @@ def parse_section(section: str, table: Any) -> dict[str, Any]:
     schema = SCHEMA[section]
     unknown = sorted(set(table) - set(schema))
     if unknown:
-        raise ConfigError(f"[{section}]: unknown key(s) {[f'{section}.{k}' for k in unknown]}; "
-                          f"allowed: {sorted(schema)}")
+        raise ConfigError(
+            f"[{section}]: unknown key(s) {[f'{section}.{k}' for k in unknown]}; allowed: {sorted(schema)}"
+        )
     out: dict[str, Any] = {}
     for name, key in schema.items():
         where = f"{section}.{name}"
@@ -231,8 +244,9 @@ class RunConfig:
         sets_doc = doc.get("setpoint_set")
         if not isinstance(sets_doc, list) or not sets_doc:
             raise ConfigError("at least one [[setpoint_set]] table is required")
-        sets = tuple(SetpointSet.from_dict(s) if isinstance(s, Mapping) else _not_table(i)
-                     for i, s in enumerate(sets_doc))
+        sets = tuple(
+            SetpointSet.from_dict(s) if isinstance(s, Mapping) else _not_table(i) for i, s in enumerate(sets_doc)
+        )
         config = cls(
             run=parse_section("run", doc.get("run", {})),
             instruments=instruments,
@@ -252,7 +266,9 @@ class RunConfig:
             raise ConfigError(f"setpoint_set.id values must be unique, got {ids}")
         points = {s.n_points for s in self.setpoint_sets}
         if len(points) != 1:
-            raise ConfigError(f"setpoint_set.n_points must be equal in all sets of a run (archive axis), got {sorted(points)}")
+            raise ConfigError(
+                f"setpoint_set.n_points must be equal in all sets of a run (archive axis), got {sorted(points)}"
+            )
         run = self.run
         if run["setpoint_mode"] not in ("single", "alternate"):
             raise ConfigError(f"run.setpoint_mode = {run['setpoint_mode']!r} must be 'single' or 'alternate'")
@@ -273,7 +289,9 @@ class RunConfig:
             if "thermometer" not in self.instruments:
                 raise ConfigError("suspender.enabled needs [instruments.thermometer]")
             if not 0 <= sus["min_K"] < sus["max_K"]:
-                raise ConfigError(f"suspender.min_K ({sus['min_K']}) must be >= 0 and < suspender.max_K ({sus['max_K']})")
+                raise ConfigError(
+                    f"suspender.min_K ({sus['min_K']}) must be >= 0 and < suspender.max_K ({sus['max_K']})"
+                )
         if sus["hold_s"] < 0 or sus["poll_s"] <= 0:
             raise ConfigError("suspender.hold_s must be >= 0 and suspender.poll_s > 0 (s)")
         if self.plan_kind == "line" and self.plan["n"] < 2:
@@ -281,7 +299,9 @@ class RunConfig:
         if self.plan_kind == "points":
             xs, ys = self.plan["x_m"], self.plan["y_m"]
             if not xs or len(xs) != len(ys):
-                raise ConfigError(f"points.x_m and points.y_m must be non-empty and equally long ({len(xs)} vs {len(ys)})")
+                raise ConfigError(
+                    f"points.x_m and points.y_m must be non-empty and equally long ({len(xs)} vs {len(ys)})"
+                )
 
     @property
     def n_points(self) -> int:

@@ -18,8 +18,8 @@ from typing import Any
 
 import zmq
 
-from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.acquisition.formats.security import Security, bind_server, check_bind, secure_client
+from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.drivers.errors import InstrumentTimeout
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,14 @@ class ControlServer:
         CURVE keys: only controller keys may connect (viewers are refused). ``None``: loopback only.
     """
 
-    def __init__(self, machine: RunStateMachine, endpoint: str, *, context: zmq.Context | None = None,
-                 security: Security | None = None) -> None:
+    def __init__(
+        self,
+        machine: RunStateMachine,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        security: Security | None = None,
+    ) -> None:
         check_bind(endpoint, security)
         self._machine = machine
         self._own_context = context is None
@@ -117,9 +123,15 @@ def _parse(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
     return name, doc
 
 
-def send_command(endpoint: str, command: str, *, timeout_s: float = 10.0,
-                 context: zmq.Context | None = None, security: Security | None = None,
-                 **args: Any) -> dict[str, Any]:
+def send_command(
+    endpoint: str,
+    command: str,
+    *,
+    timeout_s: float = 10.0,
+    context: zmq.Context | None = None,
+    security: Security | None = None,
+    **args: Any,
+) -> dict[str, Any]:
     """Send one command to a running scan's control socket and return its reply map.
 
     ``security``: this client's CURVE keys, for a control socket bound with keys (a key the
@@ -140,7 +152,9 @@ def send_command(endpoint: str, command: str, *, timeout_s: float = 10.0,
         sock.connect(endpoint)
         sock.send(json.dumps({"command": command, **args}).encode())
         if not sock.poll(int(timeout_s * 1000)):
-            raise InstrumentTimeout("control", f"no reply from {endpoint} within {timeout_s:g} s; is a scan running there?")
+            raise InstrumentTimeout(
+                "control", f"no reply from {endpoint} within {timeout_s:g} s; is a scan running there?"
+            )
         return json.loads(sock.recv().decode())
     finally:
         sock.close()

@@ -42,15 +42,15 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.control import ControlServer
-from stslive.acquisition.pixel import Instruments, PixelProcedure, PixelResult, failure_code
-from stslive.acquisition.plans import Plan, PlanPoint
+from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.acquisition.formats.security import Security
-from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.acquisition.formats.stream import ArraySpec, RunPublisher
+from stslive.acquisition.pixel import Instruments, PixelProcedure, PixelResult, failure_code
+from stslive.acquisition.plans import Plan, PlanPoint
+from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.acquisition.suspenders import TemperatureSuspender
 from stslive.drivers.errors import InstrumentError, StsliveError
 
@@ -112,11 +112,23 @@ class ScanEngine:
         :mod:`stslive.acquisition.formats.security`); ``None``: no keys, loopback only.
     """
 
-    def __init__(self, config: RunConfig, plan: Plan, writer: ArchiveWriter, publisher: RunPublisher,
-                 instruments: Instruments, *, run_uid: str, control_endpoint: str | None = None,
-                 skip: np.ndarray | None = None, start_fields: dict[str, Any] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
-                 context: Any = None, security: Security | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        plan: Plan,
+        writer: ArchiveWriter,
+        publisher: RunPublisher,
+        instruments: Instruments,
+        *,
+        run_uid: str,
+        control_endpoint: str | None = None,
+        skip: np.ndarray | None = None,
+        start_fields: dict[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        context: Any = None,
+        security: Security | None = None,
+    ) -> None:
         self.config, self.plan, self.writer, self.publisher = config, plan, writer, publisher
         self.instruments = instruments
         self.run_uid = run_uid
@@ -124,8 +136,13 @@ class ScanEngine:
         self._opts = config.run
         self._sets = {s.id: s for s in config.setpoint_sets}
         self._set_order = [s.id for s in config.setpoint_sets]
-        self.procedure = PixelProcedure(instruments, channels=self._opts["channels"],
-                                        move_settle_s=self._opts["move_settle_s"], sleep=sleep, clock=clock)
+        self.procedure = PixelProcedure(
+            instruments,
+            channels=self._opts["channels"],
+            move_settle_s=self._opts["move_settle_s"],
+            sleep=sleep,
+            clock=clock,
+        )
         self._measured = writer.measured
         self._todo = plan.remaining(self._measured if skip is None else self._measured | skip)
         self._pending: PlanPoint | None = None
@@ -134,16 +151,21 @@ class ScanEngine:
         # measured, waiting to be archived and published beside the next sweep: (point, result, remeasure reason)
         self._deferred: tuple[PlanPoint, PixelResult, str | None] | None = None
         self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
-        self.machine = RunStateMachine(self._set_order, validate_pixel=self._validate_remeasure,
-                                       on_change=lambda event, fields: self._log_queue.put((event, fields)))
+        self.machine = RunStateMachine(
+            self._set_order,
+            validate_pixel=self._validate_remeasure,
+            on_change=lambda event, fields: self._log_queue.put((event, fields)),
+        )
         sus = config.suspender
-        self.suspender = (TemperatureSuspender(sus["min_K"], sus["max_K"], sus["hold_s"])
-                          if sus["enabled"] else None)
+        self.suspender = TemperatureSuspender(sus["min_K"], sus["max_K"], sus["hold_s"]) if sus["enabled"] else None
         self.stats = RunStats()
         self._consecutive_failures = 0
         self._start_fields = start_fields or {}
-        self.control = (ControlServer(self.machine, control_endpoint, context=context, security=security).start()
-                        if control_endpoint else None)
+        self.control = (
+            ControlServer(self.machine, control_endpoint, context=context, security=security).start()
+            if control_endpoint
+            else None
+        )
 
     @property
     def control_endpoint(self) -> str | None:
@@ -154,12 +176,19 @@ class ScanEngine:
     def run(self) -> str:
         """Run to the end; returns the exit status (``success``, ``abort`` or ``fail``)."""
         names = self.procedure.channel_names
-        units = tuple(n[n.rindex("(") + 1:-1] if n.endswith(")") else "" for n in names)
-        self.publisher.start(run_uid=self.run_uid, grid=self.plan.geometry.to_dict(), channel_names=names,
-                             channel_units=units, n_points=self.config.n_points,
-                             setpoint_sets=[s.to_dict() for s in self.config.setpoint_sets], **self._start_fields)
-        self.publisher.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(names), self.config.n_points),
-                                                        labels=names, units=units)})
+        units = tuple(n[n.rindex("(") + 1 : -1] if n.endswith(")") else "" for n in names)
+        self.publisher.start(
+            run_uid=self.run_uid,
+            grid=self.plan.geometry.to_dict(),
+            channel_names=names,
+            channel_units=units,
+            n_points=self.config.n_points,
+            setpoint_sets=[s.to_dict() for s in self.config.setpoint_sets],
+            **self._start_fields,
+        )
+        self.publisher.descriptor(
+            {"spectra": ArraySpec(dtype="<f4", shape=(len(names), self.config.n_points), labels=names, units=units)}
+        )
         self.machine.begin()
         try:
             while self.machine.state in ("running", "paused"):
@@ -237,12 +266,17 @@ class ScanEngine:
         try:
             self._record_deferred()
         except (StsliveError, OSError) as second:
-            log.error("pixel (%d, %d) was measured but could not be recorded after the failure: %s",
-                      point.iy, point.ix, second)
+            log.error(
+                "pixel (%d, %d) was measured but could not be recorded after the failure: %s",
+                point.iy,
+                point.ix,
+                second,
+            )
             exc.add_note(f"pixel ({point.iy}, {point.ix}) measured but not recorded ({second}); --resume measures it")
 
-    def _measure(self, point: PlanPoint, sp: SetpointSet,
-                 temperature: float) -> tuple[PixelResult | None, InstrumentError | None, int]:
+    def _measure(
+        self, point: PlanPoint, sp: SetpointSet, temperature: float
+    ) -> tuple[PixelResult | None, InstrumentError | None, int]:
         error: InstrumentError | None = None
         for attempt in range(1, self._opts["retries"] + 2):
             during_sweep = self._record_deferred if self._deferred is not None else None
@@ -261,20 +295,31 @@ class ScanEngine:
         """Archive and publish a measured pixel; returns the time (s) each took."""
         t0 = time.perf_counter()
         if self._measured[point.iy, point.ix]:  # a re-measure: the archive logs what it replaces
-            self.writer.rewrite_pixel(point.iy, point.ix, result.spectra, result.meta,
-                                      reason=reason or "remeasure")
+            self.writer.rewrite_pixel(point.iy, point.ix, result.spectra, result.meta, reason=reason or "remeasure")
         else:
             self.writer.write_pixel(point.iy, point.ix, result.spectra, result.meta)
         self._measured[point.iy, point.ix] = True
         t1 = time.perf_counter()
         meta = result.meta
         self.publisher.event(
-            arrays={"spectra": result.spectra}, ix=point.ix, iy=point.iy, x_m=point.x_m, y_m=point.y_m,
+            arrays={"spectra": result.spectra},
+            ix=point.ix,
+            iy=point.iy,
+            x_m=point.x_m,
+            y_m=point.y_m,
             setpoint_set_id=meta.setpoint_set_id,
-            timestamps={"t_start": meta.t_start, "t_sweep_start": meta.t_sweep_start,
-                        "t_sweep_end": meta.t_sweep_end, "t_end": meta.t_end},
-            temperature_before_K=_known(meta.temperature_before_K), temperature_after_K=_known(meta.temperature_after_K),
-            z_m=_known(meta.z_m), lockin_status=meta.lockin_status, lockin_overload=meta.lockin_overload)
+            timestamps={
+                "t_start": meta.t_start,
+                "t_sweep_start": meta.t_sweep_start,
+                "t_sweep_end": meta.t_sweep_end,
+                "t_end": meta.t_end,
+            },
+            temperature_before_K=_known(meta.temperature_before_K),
+            temperature_after_K=_known(meta.temperature_after_K),
+            z_m=_known(meta.z_m),
+            lockin_status=meta.lockin_status,
+            lockin_overload=meta.lockin_overload,
+        )
         self.stats.measured += 1
         self._consecutive_failures = 0
         return t1 - t0, time.perf_counter() - t1
@@ -286,14 +331,28 @@ class ScanEngine:
         if self._measured[point.iy, point.ix]:
             # A failed re-measure keeps the pixel's spectrum: logged, not marked failed (a pixel is
             # never failed and measured at once), and not counted towards the failure pause.
-            self.writer.append_log("remeasure_failed", iy=point.iy, ix=point.ix, reason=reason, attempts=attempts,
-                                   remeasure_reason=replacing)
+            self.writer.append_log(
+                "remeasure_failed",
+                iy=point.iy,
+                ix=point.ix,
+                reason=reason,
+                attempts=attempts,
+                remeasure_reason=replacing,
+            )
             self.stats.failed += 1
             return
-        self.writer.record_failure(point.iy, point.ix, reason, code=failure_code(error), attempts=attempts,
-                                   setpoint_set_id=sp.id)
-        self.publisher.failed_pixel(ix=point.ix, iy=point.iy, x_m=point.x_m, y_m=point.y_m,
-                                    setpoint_set_id=sp.id, reason=reason, attempts=attempts)
+        self.writer.record_failure(
+            point.iy, point.ix, reason, code=failure_code(error), attempts=attempts, setpoint_set_id=sp.id
+        )
+        self.publisher.failed_pixel(
+            ix=point.ix,
+            iy=point.iy,
+            x_m=point.x_m,
+            y_m=point.y_m,
+            setpoint_set_id=sp.id,
+            reason=reason,
+            attempts=attempts,
+        )
         self.stats.failed += 1
         self._consecutive_failures += 1
         if self._consecutive_failures >= self._opts["max_consecutive_failures"]:

@@ -35,8 +35,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from stslive.acquisition.plans import PlanPoint
 from stslive.acquisition.formats.runmodel import PixelMeta, SetpointSet
+from stslive.acquisition.plans import PlanPoint
 from stslive.drivers.errors import (
     ControllerError,
     InstrumentConnectionError,
@@ -147,8 +147,15 @@ class PixelProcedure:
         Injectable for tests (``time.sleep``, ``time.time``).
     """
 
-    def __init__(self, instruments: Instruments, *, channels: Sequence[str], move_settle_s: float = 0.0,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        instruments: Instruments,
+        *,
+        channels: Sequence[str],
+        move_settle_s: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.instruments = instruments
         self.channels = tuple(channels)
         self.channel_names = (BIAS_ROW, *self.channels)
@@ -163,10 +170,18 @@ class PixelProcedure:
     def configure(self, sp: SetpointSet) -> None:
         """Send the set's sweep, lock-in and set-point to the instruments (feedback on)."""
         ctl, lockin = self.instruments.controller, self.instruments.lockin
-        ctl.configure_spectroscopy(SpectroscopyConfig(
-            channels=self.channels, start_V=sp.sweep_start_V, stop_V=sp.sweep_end_V, points=sp.n_points,
-            timing=SpectroscopyTiming(settling_s=0.0, integration_s=sp.integration_s, initial_settling_s=sp.settle_s),
-            z_controller_hold=sp.feedback_hold))
+        ctl.configure_spectroscopy(
+            SpectroscopyConfig(
+                channels=self.channels,
+                start_V=sp.sweep_start_V,
+                stop_V=sp.sweep_end_V,
+                points=sp.n_points,
+                timing=SpectroscopyTiming(
+                    settling_s=0.0, integration_s=sp.integration_s, initial_settling_s=sp.settle_s
+                ),
+                z_controller_hold=sp.feedback_hold,
+            )
+        )
         if lockin is not None and sp.lockin_amplitude_Vrms > 0:
             lockin.set_frequency(sp.lockin_frequency_Hz)
             lockin.set_amplitude(sp.lockin_amplitude_Vrms)
@@ -178,8 +193,14 @@ class PixelProcedure:
         ctl.set_setpoint(sp.current_setpoint_A)
         self._configured = sp.id
 
-    def measure(self, point: PlanPoint, sp: SetpointSet, *, temperature_before_K: float,
-                during_sweep: Callable[[], None] | None = None) -> PixelResult:
+    def measure(
+        self,
+        point: PlanPoint,
+        sp: SetpointSet,
+        *,
+        temperature_before_K: float,
+        during_sweep: Callable[[], None] | None = None,
+    ) -> PixelResult:
         """Measure one pixel with set ``sp``; InstrumentError on failure (feedback back on).
 
         ``during_sweep`` (optional) runs once while the controller sweeps (see the module notes);
@@ -203,10 +224,19 @@ class PixelProcedure:
             raise
         spectra = self._rows(spectrum.data, spectrum.channels, sp.n_points)
         meta = PixelMeta(
-            x_m=point.x_m, y_m=point.y_m, setpoint_set_id=sp.id, t_start=t_start, t_sweep_start=t_sweep_start,
-            t_sweep_end=t_sweep_end, t_end=self._clock(), temperature_before_K=temperature_before_K,
-            temperature_after_K=temperature_after, z_m=z, lockin_status=status_bits(status),
-            lockin_overload=status.overloaded)
+            x_m=point.x_m,
+            y_m=point.y_m,
+            setpoint_set_id=sp.id,
+            t_start=t_start,
+            t_sweep_start=t_sweep_start,
+            t_sweep_end=t_sweep_end,
+            t_end=self._clock(),
+            temperature_before_K=temperature_before_K,
+            temperature_after_K=temperature_after,
+            z_m=z,
+            lockin_status=status_bits(status),
+            lockin_overload=status.overloaded,
+        )
         return PixelResult(spectra, meta, sweep_call_s)
 
     def _sweep(self, during_sweep: Callable[[], None] | None) -> tuple[SpectrumData, float, float, float]:
@@ -238,13 +268,19 @@ class PixelProcedure:
 
     def _rows(self, data: np.ndarray, names: Sequence[str], n_points: int) -> np.ndarray:
         if data.ndim != 2 or data.shape[1] != n_points:
-            raise InstrumentReplyError("nanonis", f"sweep returned data of shape {data.shape}, expected "
-                                       f"(channels, {n_points}); check the sweep configuration")
+            raise InstrumentReplyError(
+                "nanonis",
+                f"sweep returned data of shape {data.shape}, expected "
+                f"(channels, {n_points}); check the sweep configuration",
+            )
         names = list(names)
         missing = [c for c in self.channels if c not in names]
         if missing:
-            raise InstrumentReplyError("nanonis", f"sweep did not record {missing} (recorded {names}); "
-                                       "check run.channels against the controller's signals")
+            raise InstrumentReplyError(
+                "nanonis",
+                f"sweep did not record {missing} (recorded {names}); "
+                "check run.channels against the controller's signals",
+            )
         # Row 0 is the sweep signal itself whatever the controller calls it ("Bias calc (V)").
         rows = [0, *(names.index(c) for c in self.channels)]
         return np.ascontiguousarray(data[rows], dtype=np.float32)

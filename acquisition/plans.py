@@ -110,8 +110,15 @@ def line_plan(start_m: tuple[float, float], end_m: tuple[float, float], n: int) 
     if length == 0:
         raise ConfigError("line: start and end coincide; give two different points")
     pitch = length / (n - 1)
-    geometry = GridGeometry(centre_x_m=(x0 + x1) / 2, centre_y_m=(y0 + y1) / 2, width_m=n * pitch,
-                            height_m=pitch, nx=n, ny=1, angle_deg=math.degrees(math.atan2(y1 - y0, x1 - x0)))
+    geometry = GridGeometry(
+        centre_x_m=(x0 + x1) / 2,
+        centre_y_m=(y0 + y1) / 2,
+        width_m=n * pitch,
+        height_m=pitch,
+        nx=n,
+        ny=1,
+        angle_deg=math.degrees(math.atan2(y1 - y0, x1 - x0)),
+    )
     t = np.linspace(0.0, 1.0, n)
     cells = np.stack([np.zeros(n, dtype=np.int64), np.arange(n)], axis=-1)
     return Plan(geometry, cells, x0 + t * (x1 - x0), y0 + t * (y1 - y0))
@@ -124,9 +131,14 @@ def point_plan(x_m: Sequence[float], y_m: Sequence[float]) -> Plan:
         raise ConfigError(f"points: x_m and y_m must be equally long, non-empty lists (got {x.shape}, {y.shape})")
     if not np.all(np.isfinite(x) & np.isfinite(y)):
         raise ConfigError("points: positions must be finite numbers (m)")
-    geometry = GridGeometry(centre_x_m=float(x.min() + x.max()) / 2, centre_y_m=float(y.min() + y.max()) / 2,
-                            width_m=max(float(np.ptp(x)), _MIN_EXTENT_M),
-                            height_m=max(float(np.ptp(y)), _MIN_EXTENT_M), nx=int(x.size), ny=1)
+    geometry = GridGeometry(
+        centre_x_m=float(x.min() + x.max()) / 2,
+        centre_y_m=float(y.min() + y.max()) / 2,
+        width_m=max(float(np.ptp(x)), _MIN_EXTENT_M),
+        height_m=max(float(np.ptp(y)), _MIN_EXTENT_M),
+        nx=int(x.size),
+        ny=1,
+    )
     cells = np.stack([np.zeros(x.size, dtype=np.int64), np.arange(x.size)], axis=-1)
     return Plan(geometry, cells, x, y)
 

@@ -88,10 +88,17 @@ class ReplaySource:
         names = list(backend.channel_names)
         units = [_unit_of(n) for n in names]
         self.n_points = int(backend.n_points)
-        self.descriptor = {"spectra": ArraySpec(dtype="<f4", shape=(len(names), self.n_points),
-                                                labels=tuple(names), units=tuple(units))}
-        common = {"grid": backend.geometry.to_dict(), "channel_names": names, "channel_units": units,
-                  "n_points": self.n_points}
+        self.descriptor = {
+            "spectra": ArraySpec(
+                dtype="<f4", shape=(len(names), self.n_points), labels=tuple(names), units=tuple(units)
+            )
+        }
+        common = {
+            "grid": backend.geometry.to_dict(),
+            "channel_names": names,
+            "channel_units": units,
+            "n_points": self.n_points,
+        }
         if isinstance(backend, ArchiveReader):
             self.kind = "stslive"
             self.start_fields, self.items, self.exit_status = _archive_plan(path, backend, common)
@@ -109,8 +116,7 @@ class ReplaySource:
         """Spectra of pixel ``(iy, ix)``: float32 ``(n_channels, n_points)``, NaN where not measured."""
         if self._row is None or self._row[0] != iy:
             rows = slice(iy, iy + 1)
-            block = (self._b.read_pixels(rows) if isinstance(self._b, ArchiveReader)
-                     else self._b.read_block(rows))
+            block = self._b.read_pixels(rows) if isinstance(self._b, ArchiveReader) else self._b.read_block(rows)
             self._row = (iy, np.asarray(block[0], dtype=np.float32))
         return self._row[1][ix]
 
@@ -121,8 +127,9 @@ class ReplaySource:
     def __enter__(self) -> ReplaySource:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -149,12 +156,13 @@ def open_replay(path: str | os.PathLike[str]) -> ReplaySource:
 
 def _unit_of(name: str) -> str:
     name = name.strip()
-    return name[name.rindex("(") + 1:-1] if name.endswith(")") and "(" in name else ""
+    return name[name.rindex("(") + 1 : -1] if name.endswith(")") and "(" in name else ""
 
 
 # -- archives ------------------------------------------------------------------------------------
-def _archive_plan(path: Path, ar: ArchiveReader,
-                  common: dict[str, Any]) -> tuple[dict[str, Any], list[ReplayItem], str]:
+def _archive_plan(
+    path: Path, ar: ArchiveReader, common: dict[str, Any]
+) -> tuple[dict[str, Any], list[ReplayItem], str]:
     docs = ar.documents
     start, stop = docs.get("start", {}), docs.get("stop", {})
     instruments = start.get("instruments", {})
@@ -165,8 +173,12 @@ def _archive_plan(path: Path, ar: ArchiveReader,
         "setpoint_sets": [s.to_dict() for _, s in sorted(ar.setpoint_sets.items())],
         "instruments": instruments,
         "software_version": ar.software_version or "unknown",
-        "metadata": {"replay_of": str(path), "source_kind": "stslive", "original_run_uid": ar.run_uid,
-                     "sweep_signal": "Bias (V)"},
+        "metadata": {
+            "replay_of": str(path),
+            "source_kind": "stslive",
+            "original_run_uid": ar.run_uid,
+            "sweep_signal": "Bias (V)",
+        },
     }
     meta = ar.pixel_meta
     order = ar.geometry.visit_order()
@@ -177,8 +189,9 @@ def _archive_plan(path: Path, ar: ArchiveReader,
             continue
         pixel = {k: v[iy, ix].item() for k, v in meta.items()}
         t = pixel["t_end"] if math.isfinite(pixel["t_end"]) else pixel["t_start"]
-        items.append(ReplayItem("event", int(iy), int(ix), float(t), {"ix": int(ix), "iy": int(iy),
-                                                                     **event_fields(pixel)}))
+        items.append(
+            ReplayItem("event", int(iy), int(ix), float(t), {"ix": int(ix), "iy": int(iy), **event_fields(pixel)})
+        )
     items.extend(_failure_item(path, ar, rec) for rec in ar.failures)
     # stable sort: equal or unknown times keep the visiting order (failures after events)
     items.sort(key=lambda i: i.t if math.isfinite(i.t) else math.inf)
@@ -197,12 +210,20 @@ def _failure_item(path: Path, ar: ArchiveReader, rec: Any) -> ReplayItem:
         if not (isinstance(iy, int) and isinstance(ix, int) and 0 <= iy < ny and 0 <= ix < nx):
             raise ValueError(f"pixel ({iy!r}, {ix!r}) not in the {ny} x {nx} grid")
         x_m, y_m = ar.geometry.pixel_xy(iy, ix)
-        fields = {"ix": ix, "iy": iy, "x_m": float(x_m), "y_m": float(y_m),
-                  "setpoint_set_id": int(rec.get("setpoint_set_id", min(ar.setpoint_sets, default=0))),
-                  "reason": str(rec.get("reason", "")), "attempts": int(rec.get("attempts", 1))}
+        fields = {
+            "ix": ix,
+            "iy": iy,
+            "x_m": float(x_m),
+            "y_m": float(y_m),
+            "setpoint_set_id": int(rec.get("setpoint_set_id", min(ar.setpoint_sets, default=0))),
+            "reason": str(rec.get("reason", "")),
+            "attempts": int(rec.get("attempts", 1)),
+        }
         return ReplayItem("failed", iy, ix, float(rec.get("time", math.nan)), fields)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArchiveError(path, f"failure log record {str(rec)[:80]} is damaged ({type(exc).__name__}: {exc})") from exc
+        raise ArchiveError(
+            path, f"failure log record {str(rec)[:80]} is damaged ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 # -- Nanonis grids -------------------------------------------------------------------------------
@@ -245,7 +266,8 @@ def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, 
 
     take("bias_setpoint_V", "Bias>Bias (V)")
     current_keys = (("Z-Controller>Setpoint",) if h.get("Z-Controller>Setpoint unit") == "A" else ()) + (
-        "Current>Current (A)",)
+        "Current>Current (A)",
+    )
     take("current_setpoint_A", *current_keys)
     take("settle_s", "Bias Spectroscopy>Settling time (s)")
     take("integration_s", "Bias Spectroscopy>Integration time (s)")
@@ -256,7 +278,8 @@ def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, 
         sweep = grid.nominal_sweep()
         values["sweep_start_V"], values["sweep_end_V"] = float(sweep[0]), float(sweep[-1])
         sources["sweep_start_V"] = sources["sweep_end_V"] = (
-            f"first measured point's Sweep Start/End ({grid.sweep_signal})")
+            f"first measured point's Sweep Start/End ({grid.sweep_signal})"
+        )
     if "Bias Spectroscopy>Z-controller hold" in h:
         values["feedback_hold"] = h["Bias Spectroscopy>Z-controller hold"].strip().upper() == "TRUE"
         sources["feedback_hold"] = "Bias Spectroscopy>Z-controller hold"
@@ -268,8 +291,11 @@ def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, 
     missing = [k for k in ("bias_setpoint_V", "current_setpoint_A") if k not in values]
     if grid.is_bias_sweep:
         if missing:
-            raise NanonisFileError(path, f"header lacks the set-point value(s) {missing} needed to replay a bias "
-                                         "grid (Bias>Bias (V), Current>Current (A))")
+            raise NanonisFileError(
+                path,
+                f"header lacks the set-point value(s) {missing} needed to replay a bias "
+                "grid (Bias>Bias (V), Current>Current (A))",
+            )
         try:
             values = SetpointSet.from_dict(values).to_dict()
         except ConfigError as exc:
@@ -288,9 +314,10 @@ def _grid_plan(path: Path, grid: NanonisGrid, common: dict[str, Any]) -> tuple[d
         "instruments": {"stm": "Nanonis (from .3ds file)"},
         "software_version": grid.header.get("NanonisMain>SW Version", "unknown"),
         "metadata": {
-            "replay_of": str(path), "source_kind": "nanonis3ds", "sweep_signal": grid.sweep_signal,
-            "setpoint_source": {"note": "built from the .3ds header; the file stores no set-point set",
-                                **sources},
+            "replay_of": str(path),
+            "source_kind": "nanonis3ds",
+            "sweep_signal": grid.sweep_signal,
+            "setpoint_source": {"note": "built from the .3ds header; the file stores no set-point set", **sources},
             "sweep_limits_vary_per_point": varies,
             "header_start_time": grid.header.get("Start time", ""),
             "header_end_time": grid.header.get("End time", ""),
@@ -302,9 +329,25 @@ def _grid_plan(path: Path, grid: NanonisGrid, common: dict[str, Any]) -> tuple[d
     for iy, ix in np.argwhere(done):  # row-major = the record order of a .3ds
         iy, ix = int(iy), int(ix)
         z_m = float(z[iy, ix]) if z is not None and math.isfinite(z[iy, ix]) else None
-        items.append(ReplayItem("event", iy, ix, math.nan, {
-            "ix": ix, "iy": iy, "x_m": float(xs[iy, ix]), "y_m": float(ys[iy, ix]), "setpoint_set_id": 0,
-            "timestamps": {}, "temperature_before_K": None, "temperature_after_K": None, "z_m": z_m}))
+        items.append(
+            ReplayItem(
+                "event",
+                iy,
+                ix,
+                math.nan,
+                {
+                    "ix": ix,
+                    "iy": iy,
+                    "x_m": float(xs[iy, ix]),
+                    "y_m": float(ys[iy, ix]),
+                    "setpoint_set_id": 0,
+                    "timestamps": {},
+                    "temperature_before_K": None,
+                    "temperature_after_K": None,
+                    "z_m": z_m,
+                },
+            )
+        )
     return start_fields, items
 
 
@@ -331,14 +374,23 @@ def schedule(times: np.ndarray, *, rate: float | None = None, as_recorded: bool 
         return np.arange(times.size, dtype=np.float64) / rate
     if as_recorded:
         if times.size and not np.isfinite(times).all():
-            raise ConfigError("--as-recorded needs per-pixel times; this file has none (a .3ds records only "
-                              "the grid's start and end): use --rate N instead")
+            raise ConfigError(
+                "--as-recorded needs per-pixel times; this file has none (a .3ds records only "
+                "the grid's start and end): use --rate N instead"
+            )
         return times - times[0] if times.size else times
     return np.zeros(times.size)
 
 
-def replay(source: ReplaySource, publisher: RunPublisher, *, rate: float | None = None, as_recorded: bool = False,
-           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> StopDoc:
+def replay(
+    source: ReplaySource,
+    publisher: RunPublisher,
+    *,
+    rate: float | None = None,
+    as_recorded: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> StopDoc:
     """Publish ``source`` as one run on ``publisher``: start, descriptor, events/failures, stop.
 
     Each document goes out at ``t0 + offset`` (:func:`schedule`) on the monotonic ``clock``.

@@ -69,8 +69,13 @@ class RunStateMachine:
         Called (outside the lock) with ``(event, fields)`` after every transition, for the run log.
     """
 
-    def __init__(self, setpoint_ids: Iterable[int], *, validate_pixel: Callable[[int, int], None] | None = None,
-                 on_change: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        setpoint_ids: Iterable[int],
+        *,
+        validate_pixel: Callable[[int, int], None] | None = None,
+        on_change: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._state = "idle"
@@ -174,8 +179,9 @@ class RunStateMachine:
             raise CommandRefused(f"unknown command {name!r}; commands are {sorted(COMMANDS)}")
         with self._lock:
             if self._state not in command.allowed:
-                raise CommandRefused(f"{name} is not allowed while {self._state} "
-                                     f"(allowed while {sorted(command.allowed)})")
+                raise CommandRefused(
+                    f"{name} is not allowed while {self._state} (allowed while {sorted(command.allowed)})"
+                )
             command.handler(self, args)
             reply = self.snapshot()
         self._flush()
@@ -184,8 +190,13 @@ class RunStateMachine:
     def snapshot(self) -> dict[str, Any]:
         """State, pause reasons, active set and queued remeasures (for replies and heartbeats)."""
         with self._lock:
-            return {"ok": True, "state": self._state, "pause_reasons": sorted(self._reasons),
-                    "active_set": self._active, "remeasure_queued": len(self._remeasure)}
+            return {
+                "ok": True,
+                "state": self._state,
+                "pause_reasons": sorted(self._reasons),
+                "active_set": self._active,
+                "remeasure_queued": len(self._remeasure),
+            }
 
     def _cmd_pause(self, args: Mapping[str, Any]) -> None:
         _no_args("pause", args)
@@ -199,8 +210,10 @@ class RunStateMachine:
             self._reasons.discard(reason)
         if self._reasons:
             self._log("resume_refused", reasons=sorted(self._reasons))
-            raise CommandRefused(f"still paused for {sorted(self._reasons)}: the suspender resumes when the "
-                                 "temperature is back in the band")
+            raise CommandRefused(
+                f"still paused for {sorted(self._reasons)}: the suspender resumes when the "
+                "temperature is back in the band"
+            )
         if self._state == "paused":
             self._set_state("running", "resumed", reason="user")
 
@@ -213,14 +226,18 @@ class RunStateMachine:
         pixels = args.get("pixels")
         reason = args.get("reason", DEFAULT_REMEASURE_REASON)
         if set(args) - {"pixels", "reason"} or not isinstance(pixels, list) or not pixels:
-            raise CommandRefused('remeasure takes {"pixels": [[iy, ix], ...]} (a non-empty list) and an optional '
-                                 '"reason" string')
+            raise CommandRefused(
+                'remeasure takes {"pixels": [[iy, ix], ...]} (a non-empty list) and an optional "reason" string'
+            )
         if not isinstance(reason, str) or not reason.strip():
             raise CommandRefused(f"remeasure: reason must be a non-empty string, got {reason!r}")
         cells = []
         for p in pixels:
-            if (not isinstance(p, list | tuple) or len(p) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in p)):
+            if (
+                not isinstance(p, list | tuple)
+                or len(p) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+            ):
                 raise CommandRefused(f"remeasure: pixel {p!r} is not a pair of integers [iy, ix]")
             self._validate_pixel(int(p[0]), int(p[1]))
             cells.append((int(p[0]), int(p[1])))
@@ -276,6 +293,8 @@ COMMANDS: dict[str, Command] = {
     "pause": Command(_ACTIVE, RunStateMachine._cmd_pause, "pause after the pixel in progress"),
     "resume": Command(_ACTIVE, RunStateMachine._cmd_resume, "resume a user or failure pause"),
     "abort": Command(_ACTIVE, RunStateMachine._cmd_abort, "stop after the pixel in progress"),
-    "remeasure": Command(_ACTIVE, RunStateMachine._cmd_remeasure, "queue pixels [[iy, ix], ...] to measure (again) next"),
+    "remeasure": Command(
+        _ACTIVE, RunStateMachine._cmd_remeasure, "queue pixels [[iy, ix], ...] to measure (again) next"
+    ),
     "set": Command(_ACTIVE, RunStateMachine._cmd_set, "make set-point set ID the active one"),
 }

@@ -25,12 +25,19 @@ from stslive.drivers.visa import VisaSession, VisaSettings
 
 INSTRUMENT = "ls372"
 #: ``RDGST?`` bits (372 manual, RDGST? command).
-READING_STATUS: Mapping[int, str] = MappingProxyType({
-    0: "current source overload", 1: "voltage common-mode overload", 2: "voltage mixer overload",
-    3: "voltage differential overload", 4: "resistance over range", 5: "resistance under range",
-    6: "temperature over range", 7: "temperature under range",
-})
-CHANNELS: tuple[str, ...] = ("A",) + tuple(str(c) for c in range(1, 17))
+READING_STATUS: Mapping[int, str] = MappingProxyType(
+    {
+        0: "current source overload",
+        1: "voltage common-mode overload",
+        2: "voltage mixer overload",
+        3: "voltage differential overload",
+        4: "resistance over range",
+        5: "resistance under range",
+        6: "temperature over range",
+        7: "temperature under range",
+    }
+)
+CHANNELS: tuple[str, ...] = ("A", *tuple(str(c) for c in range(1, 17)))
 
 
 def check_channel(channel: str | int) -> str:
@@ -83,7 +90,8 @@ class LakeShore372:
         kelvin = parse_float(INSTRUMENT, self.session.query(f"KRDG? {self.channel}"), what=f"KRDG? {self.channel}")
         if kelvin <= 0:
             raise ControllerError(
-                INSTRUMENT, f"input {self.channel} reads {kelvin} K: no calibration curve assigned; assign one (INCRV)",
+                INSTRUMENT,
+                f"input {self.channel} reads {kelvin} K: no calibration curve assigned; assign one (INCRV)",
                 command="KRDG?",
             )
         return kelvin
@@ -117,8 +125,9 @@ class LakeShore372:
     def __enter__(self) -> LakeShore372:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -144,7 +153,8 @@ def open_thermometer(settings: VisaSettings, *, channel: str | int) -> LakeShore
         identity = session.query("*IDN?")
         if "MODEL372" not in identity.upper():
             raise ControllerError(
-                INSTRUMENT, f"*IDN? answered {identity!r}, not a LakeShore 372; check the thermometer address",
+                INSTRUMENT,
+                f"*IDN? answered {identity!r}, not a LakeShore 372; check the thermometer address",
                 command="*IDN?",
             )
     except BaseException:

@@ -159,8 +159,14 @@ class NanonisController:
         return cls(VisaSettings.from_mapping(table), limits=limits)
 
     # -- transport ----------------------------------------------------------------------------
-    def call(self, name: str, *args: Any, idempotent: bool = True, timeout_s: float | None = None,
-             beside: _Beside | None = None) -> dict[str, Any]:
+    def call(
+        self,
+        name: str,
+        *args: Any,
+        idempotent: bool = True,
+        timeout_s: float | None = None,
+        beside: _Beside | None = None,
+    ) -> dict[str, Any]:
         """Send one table command and return its values by field name.
 
         ``beside`` runs once between sending the request and reading the reply (its errors are
@@ -283,7 +289,10 @@ class NanonisController:
         """The scan frame (m, deg), read from the controller (and cached for :meth:`move_tip`)."""
         v = self.call("Scan.FrameGet")
         frame = ScanFrame(
-            float(v["center_x_m"]), float(v["center_y_m"]), float(v["width_m"]), float(v["height_m"]),
+            float(v["center_x_m"]),
+            float(v["center_y_m"]),
+            float(v["width_m"]),
+            float(v["height_m"]),
             float(v["angle_deg"]),
         )
         self._frame = (frame, self._clock(), self._session.reconnects)
@@ -304,8 +313,9 @@ class NanonisController:
         if not (frame.width_m > 0 and frame.height_m > 0):
             raise SafetyLimitError(INSTRUMENT, f"scan frame {frame} needs width and height > 0")
         try:
-            self.call("Scan.FrameSet", frame.center_x_m, frame.center_y_m, frame.width_m, frame.height_m,
-                      frame.angle_deg)
+            self.call(
+                "Scan.FrameSet", frame.center_x_m, frame.center_y_m, frame.width_m, frame.height_m, frame.angle_deg
+            )
         finally:
             self._frame = None  # also if the set failed half-way: the controller's frame is unknown
 
@@ -347,11 +357,19 @@ class NanonisController:
         t = config.timing
         self.call("BiasSpectr.ChsSet", slots)
         self.call("BiasSpectr.LimitsSet", config.start_V, config.stop_V)
-        self.call("BiasSpectr.PropsSet", 0, 1, _ON if config.backward else _OFF, config.points, t.z_offset_m, _OFF, _OFF)
+        self.call(
+            "BiasSpectr.PropsSet", 0, 1, _ON if config.backward else _OFF, config.points, t.z_offset_m, _OFF, _OFF
+        )
         self.call(
             "BiasSpectr.TimingSet",
-            t.z_averaging_s, t.z_offset_m, t.initial_settling_s, t.max_slew_rate_V_per_s,
-            t.settling_s, t.integration_s, t.end_settling_s, t.z_control_s,
+            t.z_averaging_s,
+            t.z_offset_m,
+            t.initial_settling_s,
+            t.max_slew_rate_V_per_s,
+            t.settling_s,
+            t.integration_s,
+            t.end_settling_s,
+            t.z_control_s,
         )
         self._sweep_time_s = t.sweep_time_s(config.points) * (2 if config.backward else 1)
         self._hold = config.z_controller_hold
@@ -449,7 +467,7 @@ class _Beside:
         self.ran = True
         try:
             self.work()
-        except BaseException as exc:  # raised by run_spectrum_beside once the sweep has ended
+        except BaseException as exc:  # noqa: BLE001  raised by run_spectrum_beside once the sweep has ended
             self.error = exc
             return
         sock = underlying_socket(resource)

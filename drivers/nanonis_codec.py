@@ -182,7 +182,7 @@ def decode_header(data: bytes) -> Header:
         name = name_bytes.decode("ascii")
     except UnicodeDecodeError:
         raise InstrumentReplyError(INSTRUMENT, f"header command name is not ASCII: {name_bytes!r}") from None
-    if not name or any(b != 0 for b in raw[len(name_bytes):]):
+    if not name or any(b != 0 for b in raw[len(name_bytes) :]):
         raise InstrumentReplyError(INSTRUMENT, f"malformed header command field {raw!r}")
     if size < 0:
         raise InstrumentReplyError(INSTRUMENT, f"negative body size {size} in header of {name}")
@@ -272,7 +272,8 @@ class _Reader:
             items = tuple(self.string(f"{field}[{i}]") for i in range(n))
             if self.pos - start != size:
                 raise InstrumentReplyError(
-                    INSTRUMENT, f"{self.what}: {field} declares {size} bytes but its {n} strings take {self.pos - start}"
+                    INSTRUMENT,
+                    f"{self.what}: {field} declares {size} bytes but its {n} strings take {self.pos - start}",
                 )
             return items
         if code == "f32[,]":
@@ -320,9 +321,7 @@ def encode_error(status: int = 0, description: str = "") -> bytes:
     return ERROR_HEAD.pack(status, len(raw)) + raw
 
 
-def encode_response(
-    name: str, values: Sequence[Any] | None = None, *, status: int = 0, description: str = ""
-) -> bytes:
+def encode_response(name: str, values: Sequence[Any] | None = None, *, status: int = 0, description: str = "") -> bytes:
     """A whole response frame: header, return values (table types), error section.
 
     With ``values=None`` every return value is its type's zero (0, "", empty array), which is
@@ -336,8 +335,16 @@ def encode_response(
 
 
 _ZERO: dict[str, Any] = {
-    "f32": 0.0, "f64": 0.0, "i32": 0, "u16": 0, "u32": 0, "str": "",
-    "i32[]": (), "f32[]": (), "str[]": (), "f32[,]": np.zeros((0, 0), np.float32),
+    "f32": 0.0,
+    "f64": 0.0,
+    "i32": 0,
+    "u16": 0,
+    "u32": 0,
+    "str": "",
+    "i32[]": (),
+    "f32[]": (),
+    "str[]": (),
+    "f32[,]": np.zeros((0, 0), np.float32),
 }
 
 
@@ -374,7 +381,9 @@ def decode_response(name: str, header: Header, body: bytes) -> dict[str, Any]:
         The controller's error section is set (its message is in the exception).
     """
     if header.name != name:
-        raise InstrumentReplyError(INSTRUMENT, f"reply is for {header.name!r}, expected {name!r}; connection out of step")
+        raise InstrumentReplyError(
+            INSTRUMENT, f"reply is for {header.name!r}, expected {name!r}; connection out of step"
+        )
     if header.body_size != len(body):
         raise InstrumentReplyError(INSTRUMENT, f"{name}: body of {len(body)} bytes, header says {header.body_size}")
     cmd = command(name)

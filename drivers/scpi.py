@@ -117,7 +117,8 @@ class Setting:
         low, high = self.bounds
         if not low <= value <= high:
             raise SafetyLimitError(
-                instrument, f"{self.name} = {value:g} {self.unit} outside {low:g}..{high:g} {self.unit}; nothing was sent"
+                instrument,
+                f"{self.name} = {value:g} {self.unit} outside {low:g}..{high:g} {self.unit}; nothing was sent",
             )
         if self.kind == "int":
             if int(value) != value:
@@ -134,7 +135,8 @@ class Setting:
             return number
         if not 0 <= number < len(self.values):
             raise InstrumentReplyError(
-                instrument, f"reply to {self.query} = {number} is not an index into the {len(self.values)}-entry {self.name} table"
+                instrument,
+                f"reply to {self.query} = {number} is not an index into the {len(self.values)}-entry {self.name} table",
             )
         return self.values[number]
 
@@ -225,4 +227,6 @@ class RecordedSession:
     def assert_done(self) -> None:
         """Every recorded exchange was used."""
         if self._step != len(self._exchanges):
-            raise AssertionError(f"{len(self._exchanges) - self._step} exchange(s) unused: {self._exchanges[self._step:]}")
+            raise AssertionError(
+                f"{len(self._exchanges) - self._step} exchange(s) unused: {self._exchanges[self._step :]}"
+            )

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import Mapping
 
 from stslive.drivers.errors import ControllerError, InstrumentReplyError, LockInOverload
 from stslive.drivers.protocols import LockInReading, LockInStatus
@@ -39,23 +39,90 @@ log = logging.getLogger(__name__)
 
 #: SR830 full-scale sensitivities (V), index = ``SENS i`` (manual p. 5-6): 2 nV .. 1 V.
 SR830_SENSITIVITIES: tuple[float, ...] = (
-    2e-9, 5e-9, 10e-9, 20e-9, 50e-9, 100e-9, 200e-9, 500e-9,
-    1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6,
-    1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 200e-3, 500e-3, 1.0,
+    2e-9,
+    5e-9,
+    10e-9,
+    20e-9,
+    50e-9,
+    100e-9,
+    200e-9,
+    500e-9,
+    1e-6,
+    2e-6,
+    5e-6,
+    10e-6,
+    20e-6,
+    50e-6,
+    100e-6,
+    200e-6,
+    500e-6,
+    1e-3,
+    2e-3,
+    5e-3,
+    10e-3,
+    20e-3,
+    50e-3,
+    100e-3,
+    200e-3,
+    500e-3,
+    1.0,
 )
 #: SR830 time constants (s), index = ``OFLT i`` (manual p. 5-6): 10 us .. 30 ks.
 SR830_TIME_CONSTANTS: tuple[float, ...] = (
-    10e-6, 30e-6, 100e-6, 300e-6, 1e-3, 3e-3, 10e-3, 30e-3, 100e-3, 300e-3,
-    1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 10e3, 30e3,
+    10e-6,
+    30e-6,
+    100e-6,
+    300e-6,
+    1e-3,
+    3e-3,
+    10e-3,
+    30e-3,
+    100e-3,
+    300e-3,
+    1.0,
+    3.0,
+    10.0,
+    30.0,
+    100.0,
+    300.0,
+    1e3,
+    3e3,
+    10e3,
+    30e3,
 )
 #: SR860 full-scale sensitivities (V), index = ``SCAL i``: 1 V first, 1 nV last.
 SR860_SENSITIVITIES: tuple[float, ...] = (
-    1.0, 500e-3, 200e-3, 100e-3, 50e-3, 20e-3, 10e-3, 5e-3, 2e-3, 1e-3,
-    500e-6, 200e-6, 100e-6, 50e-6, 20e-6, 10e-6, 5e-6, 2e-6, 1e-6,
-    500e-9, 200e-9, 100e-9, 50e-9, 20e-9, 10e-9, 5e-9, 2e-9, 1e-9,
+    1.0,
+    500e-3,
+    200e-3,
+    100e-3,
+    50e-3,
+    20e-3,
+    10e-3,
+    5e-3,
+    2e-3,
+    1e-3,
+    500e-6,
+    200e-6,
+    100e-6,
+    50e-6,
+    20e-6,
+    10e-6,
+    5e-6,
+    2e-6,
+    1e-6,
+    500e-9,
+    200e-9,
+    100e-9,
+    50e-9,
+    20e-9,
+    10e-9,
+    5e-9,
+    2e-9,
+    1e-9,
 )
 #: SR860 time constants (s), index = ``OFLT i``: 1 us .. 30 ks.
-SR860_TIME_CONSTANTS: tuple[float, ...] = (1e-6, 3e-6) + SR830_TIME_CONSTANTS
+SR860_TIME_CONSTANTS: tuple[float, ...] = (1e-06, 3e-06, *SR830_TIME_CONSTANTS)
 
 # SR830 LIA status byte (LIAS?), manual p. 5-20.
 LIAS_INPUT_OVERLOAD = 1 << 0
@@ -67,13 +134,23 @@ LIAS_TC_CHANGE = 1 << 5
 LIAS_TRIGGER = 1 << 6
 # SR830 error status byte (ERRS?): bit -> name.
 ERRS_NAMES: Mapping[int, str] = MappingProxyType(
-    {1: "battery backup failed", 2: "RAM memory error", 4: "ROM memory error",
-     5: "GPIB fast data transfer aborted", 6: "DSP error", 7: "math error"}
+    {
+        1: "battery backup failed",
+        2: "RAM memory error",
+        4: "ROM memory error",
+        5: "GPIB fast data transfer aborted",
+        6: "DSP error",
+        7: "math error",
+    }
 )
 # IEEE 488.2 standard event status (*ESR?), both models: bit -> name.
 ESR_NAMES: Mapping[int, str] = MappingProxyType(
-    {0: "input queue overflow", 2: "query error (output queue overflow)",
-     4: "execution error (parameter out of range or not allowed)", 5: "command error (unknown command or bad syntax)"}
+    {
+        0: "input queue overflow",
+        2: "query error (output queue overflow)",
+        4: "execution error (parameter out of range or not allowed)",
+        5: "command error (unknown command or bad syntax)",
+    }
 )
 # SR860 current overload status (CUROVLDSTAT?).
 CUROVLD_CH1_OUTPUT = 1 << 0
@@ -158,10 +235,18 @@ SR830 = LockInModel(
         Setting("amplitude", "SLVL?", "SLVL {:.4f}", "float", "V", "sine output amplitude (rms)", bounds=(0.004, 5.0)),
         Setting("phase", "PHAS?", "PHAS {:.3f}", "float", "deg", "reference phase shift", bounds=(-360.0, 729.99)),
         Setting("harmonic", "HARM?", "HARM {:d}", "int", "1", "detection harmonic", bounds=(1, 19999)),
-        Setting("time_constant", "OFLT?", "OFLT {:d}", "index", "s", "output filter time constant",
-                values=SR830_TIME_CONSTANTS),
-        Setting("sensitivity", "SENS?", "SENS {:d}", "index", "V", "full-scale sensitivity",
-                values=SR830_SENSITIVITIES),
+        Setting(
+            "time_constant",
+            "OFLT?",
+            "OFLT {:d}",
+            "index",
+            "s",
+            "output filter time constant",
+            values=SR830_TIME_CONSTANTS,
+        ),
+        Setting(
+            "sensitivity", "SENS?", "SENS {:d}", "index", "V", "full-scale sensitivity", values=SR830_SENSITIVITIES
+        ),
     ),
 )
 
@@ -173,10 +258,18 @@ SR860 = LockInModel(
         Setting("amplitude", "SLVL?", "SLVL {:.6e}", "float", "V", "sine output amplitude (rms)", bounds=(1e-9, 2.0)),
         Setting("phase", "PHAS?", "PHAS {:.6f}", "float", "deg", "reference phase shift", bounds=(-360000.0, 360000.0)),
         Setting("harmonic", "HARM?", "HARM {:d}", "int", "1", "detection harmonic", bounds=(1, 99)),
-        Setting("time_constant", "OFLT?", "OFLT {:d}", "index", "s", "output filter time constant",
-                values=SR860_TIME_CONSTANTS),
-        Setting("sensitivity", "SCAL?", "SCAL {:d}", "index", "V", "full-scale sensitivity",
-                values=SR860_SENSITIVITIES),
+        Setting(
+            "time_constant",
+            "OFLT?",
+            "OFLT {:d}",
+            "index",
+            "s",
+            "output filter time constant",
+            values=SR860_TIME_CONSTANTS,
+        ),
+        Setting(
+            "sensitivity", "SCAL?", "SCAL {:d}", "index", "V", "full-scale sensitivity", values=SR860_SENSITIVITIES
+        ),
     ),
 )
 
@@ -268,8 +361,9 @@ class SrsLockIn:
 
     def read(self) -> LockInReading:
         """X, Y, R (V) and theta (deg) from one ``SNAP?``, i.e. sampled at the same instant."""
-        x, y, r, theta = parse_floats(self.session.instrument, self.session.query(self.model.snap_query),
-                                      what=self.model.snap_query, count=4)
+        x, y, r, theta = parse_floats(
+            self.session.instrument, self.session.query(self.model.snap_query), what=self.model.snap_query, count=4
+        )
         return LockInReading(x=x, y=y, r=r, theta_deg=theta)
 
     def status(self) -> LockInStatus:
@@ -288,7 +382,7 @@ class SrsLockIn:
                 f"{message!r} answered {len(answers)} value(s) {answers!r}, expected {len(queries)}; "
                 "check the lock-in model and that nothing else talks to it",
             )
-        replies = {q: parse_int(self.session.instrument, a, what=q) for q, a in zip(queries, answers)}
+        replies = {q: parse_int(self.session.instrument, a, what=q) for q, a in zip(queries, answers, strict=False)}
         return self.model.decode_status(replies)
 
     def check(self) -> LockInStatus:
@@ -305,17 +399,26 @@ class SrsLockIn:
         """
         status = self.status()
         if status.overloaded:
-            kinds = [k for k, on in (("input", status.input_overload), ("reserve", status.reserve_overload),
-                                     ("output", status.output_overload)) if on]
+            kinds = [
+                k
+                for k, on in (
+                    ("input", status.input_overload),
+                    ("reserve", status.reserve_overload),
+                    ("output", status.output_overload),
+                )
+                if on
+            ]
             raise LockInOverload(
                 self.session.instrument,
-                f"{' and '.join(kinds)} overload; raise the sensitivity (full scale) or lower the signal, then retake the reading",
+                f"{' and '.join(kinds)} overload; raise the sensitivity (full scale) or lower the signal, "
+                "then retake the reading",
             )
         if status.errors:
             raise ControllerError(self.session.instrument, "; ".join(status.errors), command="status")
         if status.unlocked:
-            warnings.warn(f"{self.model.name}: reference unlocked; readings are not phase-locked", LockInWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"{self.model.name}: reference unlocked; readings are not phase-locked", LockInWarning, stacklevel=2
+            )
         return status
 
     def settings(self) -> dict[str, float]:
@@ -329,8 +432,9 @@ class SrsLockIn:
     def __enter__(self) -> SrsLockIn:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -378,11 +482,11 @@ def open_lockin(settings: VisaSettings, *, model: str | None = None, verify_sets
     try:
         found = model_from_identity(session.query("*IDN?"))
         if model is not None and found.name != model:
-            raise ControllerError("sr830", f"{settings.resource} is an {found.name}, not the configured {model}",
-                                  command="*IDN?")
+            raise ControllerError(
+                "sr830", f"{settings.resource} is an {found.name}, not the configured {model}", command="*IDN?"
+            )
     except BaseException:
         session.close()
         raise
     session.separate_replies = found.name == "SR830"  # SR830 manual p. 5-2; the SR860 joins with ';'
     return SrsLockIn(session, found, verify_sets=verify_sets)
-

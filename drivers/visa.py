@@ -88,8 +88,7 @@ class VisaSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.resource, str) or "::" not in self.resource:
             raise ConfigError(
-                f"'resource' = {self.resource!r} is not a VISA resource string; "
-                "use e.g. TCPIP::127.0.0.1::6501::SOCKET"
+                f"'resource' = {self.resource!r} is not a VISA resource string; use e.g. TCPIP::127.0.0.1::6501::SOCKET"
             )
         for key in ("timeout_s", "open_timeout_s"):
             if not getattr(self, key) > 0:
@@ -285,9 +284,7 @@ class VisaSession:
                             f"{self.settings.resource}; check the instrument is responsive or raise timeout_s",
                         ) from exc
                     if exc.error_code != constants.StatusCode.error_timeout and exc.error_code not in _CONNECTION_CODES:
-                        raise InstrumentConnectionError(
-                            self.instrument, f"VISA error during {what}: {exc}"
-                        ) from exc
+                        raise InstrumentConnectionError(self.instrument, f"VISA error during {what}: {exc}") from exc
                     cause: Exception = exc
                 except (ConnectionError, OSError) as exc:
                     cause = exc
@@ -359,8 +356,14 @@ class VisaSession:
                 return
             except (VisaIOError, OSError, ValueError) as exc:
                 last = exc
-                log.info("%s: open %s failed (%s), attempt %d/%d", self.instrument, self.settings.resource, exc,
-                         attempt + 1, attempts)
+                log.info(
+                    "%s: open %s failed (%s), attempt %d/%d",
+                    self.instrument,
+                    self.settings.resource,
+                    exc,
+                    attempt + 1,
+                    attempts,
+                )
         raise InstrumentConnectionError(
             self.instrument,
             f"cannot open {self.settings.resource} after {attempts} attempt(s) ({last}); check the instrument "

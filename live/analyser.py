@@ -46,25 +46,25 @@ from typing import Any
 
 import zmq
 
+from stslive.acquisition.formats.security import bind_server
 from stslive.acquisition.formats.stream import (
     DescriptorDoc,
     EventDoc,
     FailedPixelDoc,
     HeartbeatDoc,
-    StartDoc,
     Security,
+    StartDoc,
     StopDoc,
     check_bind,
     event_fields,
 )
-from stslive.acquisition.formats.security import bind_server
 from stslive.acquisition.formats.subscriber import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
-from stslive.live.run_context import PixelInput, RunContext
 from stslive.live.flags import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import correlation_snapshot
 from stslive.live.results_io import encode_message, model_messages, pixels_message, status_message
+from stslive.live.run_context import PixelInput, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,20 @@ class AnalyserService:
         CURVE client keys for a run stream bound with keys; ``None``: plain connection.
     """
 
-    def __init__(self, connect: str, *, archive: str | os.PathLike[str] | None = None, bind: str | None = None,
-                 out: str | os.PathLike[str] | None = None, options: KernelOptions | None = None,
-                 flag_config: FlagConfig | None = None, settings: AnalyserSettings | None = None,
-                 context: zmq.Context | None = None, security: Security | None = None,
-                 stream_security: Security | None = None) -> None:
+    def __init__(
+        self,
+        connect: str,
+        *,
+        archive: str | os.PathLike[str] | None = None,
+        bind: str | None = None,
+        out: str | os.PathLike[str] | None = None,
+        options: KernelOptions | None = None,
+        flag_config: FlagConfig | None = None,
+        settings: AnalyserSettings | None = None,
+        context: zmq.Context | None = None,
+        security: Security | None = None,
+        stream_security: Security | None = None,
+    ) -> None:
         self.connect = connect
         self.archive = None if archive is None else Path(archive)
         self.out = Path(out) if out is not None else (analysis_path_for(self.archive) if self.archive else None)
@@ -226,8 +235,9 @@ class AnalyserService:
         try:
             try:
                 # inside the try: a missing client key file (ConfigError) is reported like a refused endpoint
-                sub = RunSubscriber(self.connect, hwm=self.settings.hwm, context=self._ctx,
-                                    security=self._stream_security)
+                sub = RunSubscriber(
+                    self.connect, hwm=self.settings.hwm, context=self._ctx, security=self._stream_security
+                )
                 time.sleep(0.2)  # let the subscription reach the publisher before reading the archive
                 if self.archive is not None and self.archive.is_file():
                     run_uid, backfilled = self._backfill()
@@ -264,8 +274,9 @@ class AnalyserService:
             self.subscriber_stats = sub.stats()
             sub.close()
 
-    def _receive(self, sub: RunSubscriber, backfilled: dict[tuple[int, int], float | None], opened: set[str], *,
-                 wait_s: float) -> None:
+    def _receive(
+        self, sub: RunSubscriber, backfilled: dict[tuple[int, int], float | None], opened: set[str], *, wait_s: float
+    ) -> None:
         """Move what the socket holds into the inbox, decoded, up to a batch; wait up to ``wait_s`` for the first."""
         clock = time.thread_time  # CPU time: an idle wait in poll costs none; read per call, not per document
         t0 = clock()
@@ -274,8 +285,9 @@ class AnalyserService:
         finally:
             self._stages["receive+decode"] += clock() - t0
 
-    def _receive_docs(self, sub: RunSubscriber, backfilled: dict[tuple[int, int], float | None], opened: set[str], *,
-                      wait_s: float) -> None:
+    def _receive_docs(
+        self, sub: RunSubscriber, backfilled: dict[tuple[int, int], float | None], opened: set[str], *, wait_s: float
+    ) -> None:
         while len(self._inbox) < self.settings.batch:
             doc = sub.poll(0)
             if doc is None and wait_s > 0:
@@ -304,8 +316,10 @@ class AnalyserService:
         then the run's events are rejected as ``no_start`` and :attr:`missing_start` says why.
         """
         if self.archive is None:
-            self.missing_start[run_uid] = ("missed its start document (the analyser connected after the scan "
-                                           "published it); give --archive RUN.h5 to take it from the archive")
+            self.missing_start[run_uid] = (
+                "missed its start document (the analyser connected after the scan "
+                "published it); give --archive RUN.h5 to take it from the archive"
+            )
             log.error("analyser: run %s %s", run_uid, self.missing_start[run_uid])
             return {}
         try:
@@ -333,12 +347,18 @@ class AnalyserService:
         assert self.archive is not None
         with open_archive(self.archive, swmr=True) as reader:
             if run_uid is not None and reader.run_uid != run_uid:
-                raise StreamError(f"{self.archive} holds run {reader.run_uid}, the stream is run {run_uid}; "
-                                  "pass this run's archive with --archive")
+                raise StreamError(
+                    f"{self.archive} holds run {reader.run_uid}, the stream is run {run_uid}; "
+                    "pass this run's archive with --archive"
+                )
             start = reader.documents.get("start", {})
-            start = {**start, "setpoint_sets": [s.to_dict() for s in reader.setpoint_sets.values()],
-                     "channel_names": reader.channel_names, "n_points": reader.n_points,
-                     "grid": reader.geometry.to_dict()}
+            start = {
+                **start,
+                "setpoint_sets": [s.to_dict() for s in reader.setpoint_sets.values()],
+                "channel_names": reader.channel_names,
+                "n_points": reader.n_points,
+                "grid": reader.geometry.to_dict(),
+            }
             self._inbox.append(("start", (reader.run_uid, start)))
             measured = reader.measured
             meta = reader.pixel_meta
@@ -349,8 +369,9 @@ class AnalyserService:
                 y, x = int(iy[k]), int(ix[k])
                 fields = event_fields({name: values[y, x].item() for name, values in meta.items()})
                 spectra = reader.read_pixels(slice(y, y + 1), slice(x, x + 1))[0, 0]
-                event = EventDoc(run_uid=reader.run_uid, seq=-1, descriptor_uid="", ix=x, iy=y,
-                                 arrays={"spectra": spectra}, **fields)
+                event = EventDoc(
+                    run_uid=reader.run_uid, seq=-1, descriptor_uid="", ix=x, iy=y, arrays={"spectra": spectra}, **fields
+                )
                 self._inbox.append(("doc", event))
             log.info("analyser: backfilled %d pixels from %s", iy.size, self.archive)
             t_start = meta["t_start"]
@@ -409,8 +430,9 @@ class AnalyserService:
         self._flush(pending)
         run = self.run
         if run is not None:  # the run's progress on the screen: its newest document (archive backfills carry -1)
-            last_seq = max((item.seq for kind, item in items if kind == "doc" and item.run_uid == run.run_uid),
-                           default=-1)
+            last_seq = max(
+                (item.seq for kind, item in items if kind == "doc" and item.run_uid == run.run_uid), default=-1
+            )
             if last_seq > run.model.status_fields()["last_seq"]:
                 run.model.update_status(last_seq=last_seq)
 
@@ -547,8 +569,11 @@ class AnalyserService:
         out = dict(self._stages)
         if self.run is not None:
             out.update(self.run.stage_seconds)
-        return {k: out[k] for k in ("receive+decode", "check", "analyse", "features", "flags", "model", "publish",
-                                    "snapshot") if k in out}
+        return {
+            k: out[k]
+            for k in ("receive+decode", "check", "analyse", "features", "flags", "model", "publish", "snapshot")
+            if k in out
+        }
 
     def status_text(self) -> str:
         rejected = collections.Counter(self.rejected)
@@ -557,8 +582,13 @@ class AnalyserService:
         text = f"{self.analysed} pixels analysed"
         if self.run is not None:
             width = self.run.options.dynes_width_eV
-            text += (f" (calibrating the template width on the first {self.run.options.chunk} spectra)"
-                     if self.run.calibrating else "" if width is None else f"; Dynes width {width * 1e3:.4f} meV")
+            text += (
+                f" (calibrating the template width on the first {self.run.options.chunk} spectra)"
+                if self.run.calibrating
+                else ""
+                if width is None
+                else f"; Dynes width {width * 1e3:.4f} meV"
+            )
         if self.duplicates:
             text += f"; {self.duplicates} repeated measurement(s) skipped"
         segments = self.subscriber_stats.get("segments", {})

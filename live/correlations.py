@@ -102,9 +102,7 @@ def _circular_correlation(a: FloatArray, b: FloatArray) -> FloatArray:
     return scipy.fft.irfft2(scipy.fft.rfft2(a) * np.conj(scipy.fft.rfft2(b)), s=shape)
 
 
-def correlation_map(
-    x: npt.ArrayLike, y: npt.ArrayLike | None = None, *, min_pair_fraction: float = 0.05
-) -> FloatArray:
+def correlation_map(x: npt.ArrayLike, y: npt.ArrayLike | None = None, *, min_pair_fraction: float = 0.05) -> FloatArray:
     """Periodic 2D auto- or cross-correlation map, paper Eqs. (A1), (A2).
 
     rho_XY(r) = sum_r' (X(r') - <X>)(Y(r' - r) - <Y>) / (N sigma_X sigma_Y)

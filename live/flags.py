@@ -76,6 +76,7 @@ lockin_mismatch
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import tomllib
@@ -265,12 +266,19 @@ def _feature_plan(bias_key: bytes, v_set_V: float, cfg: FlagConfig) -> _FeatureP
     steps = np.diff(b)  # kernels.derivative's check of its grid, here once per grid
     step = float(steps.mean()) if b.size >= 8 else math.nan
     if not step > 0 or np.max(np.abs(steps - step)) > 1e-3 * step:
-        raise AnalysisError(f"flags: the bias sweep must be uniform with at least 8 points within +-{top} V; "
-                            "resample it onto a uniform grid")
+        raise AnalysisError(
+            f"flags: the bias sweep must be uniform with at least 8 points within +-{top} V; "
+            "resample it onto a uniform grid"
+        )
     half = (cfg.smoothing_points + 1) // 2
     return _FeaturePlan(
-        flip=flip, edge=max(1, bias.size // 20), at_set=_columns(bias, v_set_V - hw, v_set_V + hw), sub=sub,
-        half=half, scale=1.0 / (2 * half * step), tip=(_columns(b, -hi, -lo), _columns(b, lo, hi)),
+        flip=flip,
+        edge=max(1, bias.size // 20),
+        at_set=_columns(bias, v_set_V - hw, v_set_V + hw),
+        sub=sub,
+        half=half,
+        scale=1.0 / (2 * half * step),
+        tip=(_columns(b, -hi, -lo), _columns(b, lo, hi)),
         window=(_columns(b, -whi, -wlo), _columns(b, wlo, whi)),
     )
 
@@ -304,8 +312,9 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 _FUSE_MAX_SPECTRA = 16
 
 
-def _running_means(cur: np.ndarray, x: np.ndarray | None, sub: slice, points: int, dtype: np.dtype
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
+def _running_means(
+    cur: np.ndarray, x: np.ndarray | None, sub: slice, points: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Running means (``points`` wide, edges 'nearest') of I and X over the columns ``sub``.
 
     X is smoothed with the same running mean as I (whose differences are G), so both compare at
@@ -392,8 +401,10 @@ def spectral_features(
         cur = cur[..., ::-1]
         x = None if x is None else x[..., ::-1]
     k = plan.edge  # conductance_sign(kind="current") of the ascending sweep: sign of I(V_max) - I(V_min)
-    rise = np.add.reduce(cur[..., -k:], axis=-1, dtype=np.float64) / k - np.add.reduce(
-        cur[..., :k], axis=-1, dtype=np.float64) / k
+    rise = (
+        np.add.reduce(cur[..., -k:], axis=-1, dtype=np.float64) / k
+        - np.add.reduce(cur[..., :k], axis=-1, dtype=np.float64) / k
+    )
     sign = np.where(rise < 0, -1.0, 1.0)
     i_at_set = _mean(np.abs(cur[..., plan.at_set]), slice(0, plan.at_set.stop - plan.at_set.start))
     dtype = np.dtype(cur.dtype if cur.dtype in (np.float32, np.float64) else np.float64)
@@ -401,7 +412,7 @@ def spectral_features(
     lead = cur.shape[:-1]
     u, xs = _running_means(cur, x, sub, config.smoothing_points, dtype)
     g = _scratch("g", u.shape, dtype)  # G = (U_{i+s} - U_{i-s}) / (2 s h), NaN within s of the ends
-    np.subtract(u[..., 2 * s:], u[..., : -2 * s], out=g[..., s:-s])
+    np.subtract(u[..., 2 * s :], u[..., : -2 * s], out=g[..., s:-s])
     g[..., s:-s] *= dtype.type(plan.scale)
     g[..., :s] = g[..., -s:] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -422,14 +433,26 @@ _COVERAGE = (ReasonCode.SEARCH_NOT_COVERED, ReasonCode.WINDOW_NOT_COVERED)
 _NO_PEAKS = (ReasonCode.NO_PEAKS, ReasonCode.PEAK_AT_EDGE, ReasonCode.PEAK_NOT_BRACKETED, ReasonCode.POOR_PEAK_FIT)
 _POOR_FIT = (ReasonCode.POOR_POWER_LAW_FIT, ReasonCode.NONPOSITIVE_CONDUCTANCE)
 #: FlagKind bit of each kernel reason code (index = code): one lookup per batch instead of three isin
-#: and a last 0 entry, where take(mode="clip") puts codes beyond the table (code 0 = OK, where negative ones go, is 0 too)
+#: and a last 0 entry, where take(mode="clip") puts codes beyond the table (code 0 = OK, where negative
+#: ones go, is 0 too)
 _REASON_BITS = np.zeros(max(ReasonCode) + 2, dtype=np.uint32)
-for _codes, _bit in ((_COVERAGE, FlagKind.SWEEP_COVERAGE), (_NO_PEAKS, FlagKind.NO_PEAKS), (_POOR_FIT, FlagKind.POOR_FIT)):
+for _codes, _bit in (
+    (_COVERAGE, FlagKind.SWEEP_COVERAGE),
+    (_NO_PEAKS, FlagKind.NO_PEAKS),
+    (_POOR_FIT, FlagKind.POOR_FIT),
+):
     _REASON_BITS[list(_codes)] = _bit
 # the bits as numpy scalars, looked up once: FlagKind.X is an enum lookup (~2 us each in 3.11)
-_BIT_SETPOINT, _BIT_OVERLOAD, _BIT_SENSITIVITY, _BIT_MISMATCH, _BIT_TIP = (np.uint32(b) for b in (
-    FlagKind.SETPOINT, FlagKind.LOCKIN_OVERLOAD, FlagKind.LOCKIN_SENSITIVITY, FlagKind.LOCKIN_MISMATCH,
-    FlagKind.TIP_CHANGE))
+_BIT_SETPOINT, _BIT_OVERLOAD, _BIT_SENSITIVITY, _BIT_MISMATCH, _BIT_TIP = (
+    np.uint32(b)
+    for b in (
+        FlagKind.SETPOINT,
+        FlagKind.LOCKIN_OVERLOAD,
+        FlagKind.LOCKIN_SENSITIVITY,
+        FlagKind.LOCKIN_MISMATCH,
+        FlagKind.TIP_CHANGE,
+    )
+)
 _MODULATION, _THERMAL, _OK = int(FlagKind.MODULATION), int(FlagKind.THERMAL), int(ReasonCode.OK)
 
 
@@ -535,7 +558,7 @@ class FlagEngine:
             # then a windowed statistic
             finite_delta = np.isfinite(delta)
             cuts = [0, *np.flatnonzero(~finite_delta[1:]) + 1, n] if n else [0]
-            for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+            for lo, hi in itertools.pairwise(cuts):
                 out[lo:hi] |= self._segment(delta[lo:hi], temp[lo:hi], broad[lo:hi], ok=ok[lo:hi] & finite_delta[lo:hi])
         setpoint = (out & _BIT_SETPOINT).astype(bool)
         out |= self._tip.changed(rows, cols, tip, eligible=np.isfinite(tip).all(axis=1) & ~setpoint) * _BIT_TIP
@@ -577,8 +600,9 @@ class FlagEngine:
         finite_t = np.isfinite(temp)  # no thermometer reading: nothing to judge (not a fault of the pixel)
         static_hot = finite_t & ((temp > cfg.temperature_max_K) | (3.5 * K_B_EV * temp > cfg.thermal_max_fraction * d))
         band = cfg.temperature_band_K
-        above = windowed_outliers(self._temperatures, temp, finite_t & ~static_hot, min_history=3,
-                                  outside=lambda v, med: v > med + band)
+        above = windowed_outliers(
+            self._temperatures, temp, finite_t & ~static_hot, min_history=3, outside=lambda v, med: v > med + band
+        )
         thermal = finite_t & (static_hot | above)
         bits[thermal] |= np.uint32(FlagKind.THERMAL)
         self._deltas.extend(delta[ok & ~thermal & ~modulation].tolist())
@@ -595,8 +619,9 @@ def conditions_for(
     """Pixel conditions from an event's fields and its set-point set (a dict of SetpointSet fields)."""
     temps = [t for t in temperatures_K if t is not None and math.isfinite(t)]
     sset = setpoint_set or {}
-    modulation, sensitivity = lockin_settings(sset.get("lockin_amplitude_Vrms", 0.0),
-                                              sset.get("lockin_sensitivity_V", math.inf))
+    modulation, sensitivity = lockin_settings(
+        sset.get("lockin_amplitude_Vrms", 0.0), sset.get("lockin_sensitivity_V", math.inf)
+    )
     return PixelConditions(
         temperature_K=max(temps) if temps else math.nan,
         lockin_overload=bool(lockin_overload),

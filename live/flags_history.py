@@ -18,8 +18,8 @@ and MAD = 1.4826 * median |v - median|: the same float64 operations, so the same
 from __future__ import annotations
 
 from collections import deque
-from statistics import median
 from collections.abc import Callable, Sequence
+from statistics import median
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,8 +67,9 @@ def median_mad(windows: np.ndarray, counts: np.ndarray, *, mad: bool = True) -> 
     return med, (MAD_SCALE * mid(np.abs(windows - med[..., None])) if mad else None)
 
 
-def trailing(hist: np.ndarray, values: np.ndarray, joins: np.ndarray, *, width: int, mad: bool = True
-             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def trailing(
+    hist: np.ndarray, values: np.ndarray, joins: np.ndarray, *, width: int, mad: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Median, 1.4826 MAD and count of the last ``width`` entries before each of m pixels.
 
     The entries are ``hist`` (h, k), oldest first, followed by the ``values`` (m, k) of the
@@ -86,7 +87,11 @@ def trailing(hist: np.ndarray, values: np.ndarray, joins: np.ndarray, *, width: 
 
 
 def windowed_outliers(
-    history: deque, values: np.ndarray, eligible: np.ndarray, *, min_history: int,
+    history: deque,
+    values: np.ndarray,
+    eligible: np.ndarray,
+    *,
+    min_history: int,
     outside: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """Sequential robust-window test of n values (k = 1 column), vectorised for large batches.
@@ -118,8 +123,10 @@ def windowed_outliers(
         end = min(n, start + look)
         if end - start <= SEQUENTIAL_MAX:  # after a flag, or a small batch: one by one
             steps = deque(hist[:, 0].tolist(), maxlen=width)
-            flagged[start:end] = [judge(steps, v, ok, min_history=min_history, outside=outside)
-                                  for v, ok in zip(values[start:end].tolist(), eligible[start:end].tolist(), strict=True)]
+            flagged[start:end] = [
+                judge(steps, v, ok, min_history=min_history, outside=outside)
+                for v, ok in zip(values[start:end].tolist(), eligible[start:end].tolist(), strict=True)
+            ]
             hist = np.array(steps, dtype=np.float64).reshape(-1, 1)
             look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else min(2 * look, longest)
             start = end
@@ -138,8 +145,9 @@ def windowed_outliers(
     return flagged
 
 
-def judge(history: deque, value: float, eligible: bool, *, min_history: int,
-          outside: Callable[[float, float], bool]) -> bool:
+def judge(
+    history: deque, value: float, eligible: bool, *, min_history: int, outside: Callable[[float, float], bool]
+) -> bool:
     """One step of :func:`windowed_outliers`: True if ``value`` is outside; it joins ``history`` if eligible and not."""
     bad = len(history) >= max(min_history, 1) and bool(outside(value, median(history)))
     if eligible and not bad:
@@ -194,8 +202,9 @@ class TipTracker:
         while start < n:
             end = min(n, start + look)
             if end - start <= SEQUENTIAL_MAX:  # after a flag, or a small batch: one by one
-                flagged[start:end] = self._one_by_one(rows[start:end], cols[start:end], values[start:end],
-                                                      eligible[start:end].tolist())
+                flagged[start:end] = self._one_by_one(
+                    rows[start:end], cols[start:end], values[start:end], eligible[start:end].tolist()
+                )
                 look = SEQUENTIAL_MAX if (flagged[start:end] & eligible[start:end]).any() else min(2 * look, longest)
                 start = end
                 continue
@@ -205,7 +214,9 @@ class TipTracker:
             stop = end if bad.size == 0 else start + int(bad[0]) + 1
             flagged[start:stop] = test[: stop - start]
             k = stop - start
-            self._accept(iy[start:stop], ix[start:stop], values[start:stop], resid[:k], eligible[start:stop] & ~test[:k])
+            self._accept(
+                iy[start:stop], ix[start:stop], values[start:stop], resid[:k], eligible[start:stop] & ~test[:k]
+            )
             start, look = stop, longest if bad.size == 0 else SEQUENTIAL_MAX
         return flagged
 
@@ -228,8 +239,10 @@ class TipTracker:
                 # clean pixel) is not flagged, whatever the MAD, which is then not needed
                 low = cfg.tip_min_change
                 if any(d > low for d in in_space) and any(d > low for d in in_time):
-                    limits = [max(cfg.tip_mad_k * (MAD_SCALE * median([abs(x - m) for x in h])), low)
-                              for h, m in zip(hists, meds, strict=True)]
+                    limits = [
+                        max(cfg.tip_mad_k * (MAD_SCALE * median([abs(x - m) for x in h])), low)
+                        for h, m in zip(hists, meds, strict=True)
+                    ]
                     bad = any(in_space[j] > limits[j] for j in (0, 1)) and any(in_time[j] > limits[j] for j in (0, 1))
             flagged.append(bad)
             if ok and not bad:
@@ -248,8 +261,9 @@ class TipTracker:
         repeats = order[1:][flat[order][1:] == flat[order][:-1]]
         return end if repeats.size == 0 else int(rows[repeats.min()])
 
-    def _test(self, iy: np.ndarray, ix: np.ndarray, v: np.ndarray, eligible: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def _test(
+        self, iy: np.ndarray, ix: np.ndarray, v: np.ndarray, eligible: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Outside in space and in time (and the spatial residuals), eligible pixels assumed accepted."""
         cfg = self.config
         m = v.shape[0]
@@ -260,9 +274,13 @@ class TipTracker:
         j = self._local[qy, qx]
         self._local[iy + p, ix + p] = -1
         in_pass = (j >= 0) & (j < np.arange(m)[:, None])  # measured earlier in this pass (wins: the latest)
-        neighbours = np.where(in_pass[..., None], v[np.maximum(j, 0)], np.where(before[..., None], self.values[qy, qx], np.nan))
+        neighbours = np.where(
+            in_pass[..., None], v[np.maximum(j, 0)], np.where(before[..., None], self.values[qy, qx], np.nan)
+        )
         n_ref = (in_pass | before).sum(axis=1)
-        ref, _ = median_mad(neighbours.transpose(0, 2, 1), n_ref, mad=False)  # NaN sorts last: the median of the n_ref present
+        ref, _ = median_mad(
+            neighbours.transpose(0, 2, 1), n_ref, mad=False
+        )  # NaN sorts last: the median of the n_ref present
         resid = v - ref
         has_ref = n_ref > 0
         med_r, mad_r, n_r = trailing(_pairs(self.residuals), resid, eligible & has_ref, width=cfg.tip_window)
@@ -275,7 +293,6 @@ class TipTracker:
 
     def _accept(self, iy: np.ndarray, ix: np.ndarray, v: np.ndarray, resid: np.ndarray, accepted: np.ndarray) -> None:
         """Accepted pixels become references: on the map, in time and (with a reference) residuals."""
-        cfg = self.config
         p = self._pad
         self.values[iy[accepted] + p, ix[accepted] + p] = v[accepted]
         self.seen[iy[accepted] + p, ix[accepted] + p] = True

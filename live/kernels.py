@@ -30,8 +30,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from types import SimpleNamespace
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -50,9 +50,20 @@ from stslive.live.kernels_gap import (
 )
 
 __all__ = [
-    "ReasonCode", "KernelOptions", "GapResult", "PowerLawResult", "SpectrumAnalysis",
-    "prepare_sweep", "conductance_sign", "pick_channels", "check_sweep_is_bias",
-    "derivative", "extract_gap", "fit_power_law", "analyse_spectra", "estimate_dynes_width",
+    "ReasonCode",
+    "KernelOptions",
+    "GapResult",
+    "PowerLawResult",
+    "SpectrumAnalysis",
+    "prepare_sweep",
+    "conductance_sign",
+    "pick_channels",
+    "check_sweep_is_bias",
+    "derivative",
+    "extract_gap",
+    "fit_power_law",
+    "analyse_spectra",
+    "estimate_dynes_width",
 ]
 
 
@@ -165,8 +176,9 @@ class GapResult(NamedTuple):
     """Gap per spectrum, arrays shaped (...).
 
     delta_eV = (peak_pos_V - peak_neg_V) / 2 (e = 1); visibility = min over the two peaks of
-    dI/dV(peak) / background - 1, background = 41-point running mean of dI/dV at the peak; score = fraction of the fit window explained by the peak
-    template (per spectrum the smaller of the two peaks); reason: :class:`ReasonCode` values.
+    dI/dV(peak) / background - 1, background = 41-point running mean of dI/dV at the peak; score =
+    fraction of the fit window explained by the peak template (per spectrum the smaller of the two peaks);
+    reason: :class:`ReasonCode` values.
     """
 
     delta_eV: np.ndarray
@@ -410,7 +422,7 @@ def derivative(
     s = (points + 1) // 2
     smooth = uniform_filter1d(current, points, axis=-1, mode="nearest")
     out = np.full_like(smooth, np.nan)
-    out[..., s:-s] = (smooth[..., 2 * s:] - smooth[..., : -2 * s]) * dtype.type(1.0 / (2 * s * step))
+    out[..., s:-s] = (smooth[..., 2 * s :] - smooth[..., : -2 * s]) * dtype.type(1.0 / (2 * s * step))
     return out
 
 
@@ -444,7 +456,7 @@ def _peak_contrast(didv: np.ndarray, sel: np.ndarray) -> np.ndarray:
     lo, hi = max(sel[0] - half, 0), min(sel[-1] + half + 1, didv.shape[1])
     part = didv[:, lo:hi]
     local = part - uniform_filter1d(part, CONTRAST_POINTS, axis=-1, mode="nearest")
-    return local[:, sel[0] - lo: sel[-1] + 1 - lo]
+    return local[:, sel[0] - lo : sel[-1] + 1 - lo]
 
 
 class _Clock:
@@ -524,10 +536,15 @@ def _gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) -
             sides.append(None)
             continue
         lo, hi = max(int(sel[0]) - half, 0), min(int(sel[-1]) + half + 1, n)
-        sides.append(_SearchSide(
-            mirrored=mirrored, part=slice(n - hi, n - lo) if mirrored else slice(lo, hi),
-            searched=slice(int(sel[0]) - lo, int(sel[-1]) + 1 - lo), start=int(sel[0]), origin_V=float(side_bias[0]),
-        ))
+        sides.append(
+            _SearchSide(
+                mirrored=mirrored,
+                part=slice(n - hi, n - lo) if mirrored else slice(lo, hi),
+                searched=slice(int(sel[0]) - lo, int(sel[-1]) + 1 - lo),
+                start=int(sel[0]),
+                origin_V=float(side_bias[0]),
+            )
+        )
     covered = [s for s in sides if s is not None]
 
     def frozen(values: list[float] | list[int], dtype: type) -> np.ndarray:
@@ -536,7 +553,8 @@ def _gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) -
         return array
 
     return _GapGeometry(
-        columns=columns, sides=(sides[0], sides[1]),
+        columns=columns,
+        sides=(sides[0], sides[1]),
         start=frozen([s.start for s in covered], np.intp),
         count=frozen([s.searched.stop - s.searched.start for s in covered], np.intp),
         origin_V=frozen([s.origin_V for s in covered], np.float64),
@@ -546,8 +564,14 @@ def _gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) -
 
 
 def _search_peaks(
-    geometry: _GapGeometry, didv: np.ndarray, signal: np.ndarray, *, bank: TemplateBank, step: float,
-    integrated: bool, clock: _Clock = _NO_CLOCK,
+    geometry: _GapGeometry,
+    didv: np.ndarray,
+    signal: np.ndarray,
+    *,
+    bank: TemplateBank,
+    step: float,
+    integrated: bool,
+    clock: _Clock = _NO_CLOCK,
 ) -> tuple[np.ndarray, ...]:
     """Coherence peak of each row on each covered polarity: position (V), peak/background ratio, score, reason.
 
@@ -567,8 +591,9 @@ def _search_peaks(
         part = didv[:, side.part][:, ::-1] if side.mirrored else didv[:, side.part]
         searched = part[:, side.searched]
         # scratch output: uniform_filter1d allocating its own costs twice the filter on these rows
-        mean = uniform_filter1d(part, CONTRAST_POINTS, axis=-1, mode="nearest",
-                                output=_scratch("contrast", rows, part.shape[1], part.dtype))
+        mean = uniform_filter1d(
+            part, CONTRAST_POINTS, axis=-1, mode="nearest", output=_scratch("contrast", rows, part.shape[1], part.dtype)
+        )
         contrast = searched - mean[:, side.searched]
         peak = contrast.argmax(axis=1)
         # Peak over its local background (the running mean the contrast removed), minus 1 later.
@@ -593,17 +618,30 @@ def _search_peaks(
     offset = offset.reshape(rows, k)
     position = geometry.origin_V + (centre + offset) * step
     reason = np.where(
-        at_edge, np.int8(_CODE.PEAK_AT_EDGE),
-        np.where(outside, np.int8(_CODE.SEARCH_NOT_COVERED),
-                 np.where(np.isfinite(offset), np.int8(0), np.int8(_CODE.PEAK_NOT_BRACKETED))),
+        at_edge,
+        np.int8(_CODE.PEAK_AT_EDGE),
+        np.where(
+            outside,
+            np.int8(_CODE.SEARCH_NOT_COVERED),
+            np.where(np.isfinite(offset), np.int8(0), np.int8(_CODE.PEAK_NOT_BRACKETED)),
+        ),
     )
     clock.lap("template refinement")
     return position, ratio, score.reshape(rows, k), reason
 
 
 def _gap_rows(
-    geometry: _GapGeometry, g2: np.ndarray, refit: np.ndarray, *, integrated: bool, step: float,
-    bank: TemplateBank | None, min_visibility: float, min_peak_score: float, dtype: np.dtype, clock: _Clock = _NO_CLOCK,
+    geometry: _GapGeometry,
+    g2: np.ndarray,
+    refit: np.ndarray,
+    *,
+    integrated: bool,
+    step: float,
+    bank: TemplateBank | None,
+    min_visibility: float,
+    min_peak_score: float,
+    dtype: np.dtype,
+    clock: _Clock = _NO_CLOCK,
 ) -> GapResult:
     """:func:`extract_gap` on rows (n_rows, n) whose ``geometry.columns`` hold valid data.
 
@@ -612,7 +650,10 @@ def _gap_rows(
     """
     cols = geometry.columns
     # Only the columns the fits read must be finite (a derivative is NaN at the sweep ends).
-    bad = ~(np.logical_and.reduce(np.isfinite(g2[:, cols]), axis=1) & np.logical_and.reduce(np.isfinite(refit[:, cols]), axis=1))
+    bad = ~(
+        np.logical_and.reduce(np.isfinite(g2[:, cols]), axis=1)
+        & np.logical_and.reduce(np.isfinite(refit[:, cols]), axis=1)
+    )
     if bad.any():  # zeros keep the arithmetic quiet; the rows are reported as NAN_INPUT
         g2 = np.where(bad[:, None], 0, g2)
         refit = np.where(bad[:, None], 0, refit)
@@ -620,14 +661,15 @@ def _gap_rows(
     with np.errstate(divide="ignore", invalid="ignore"):
         if bank is not None and all(s is not None for s in geometry.sides):
             position, ratio, score2, side_reason = _search_peaks(
-                geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock)
+                geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock
+            )
         else:  # a polarity the sweep does not cover stays NaN / SEARCH_NOT_COVERED
             position, ratio, score2 = (np.full((rows, 2), np.nan) for _ in range(3))
             side_reason = np.full((rows, 2), _CODE.SEARCH_NOT_COVERED, np.int8)
             searched = [i for i, s in enumerate(geometry.sides) if s is not None]
             if searched and bank is not None:
                 found = _search_peaks(geometry, g2, refit, bank=bank, step=step, integrated=integrated, clock=clock)
-                for whole, part in zip((position, ratio, score2, side_reason), found):
+                for whole, part in zip((position, ratio, score2, side_reason), found, strict=False):
                     whole[:, searched] = part
     pos, neg = position[:, 0], -position[:, 1]
     visibility = np.minimum(ratio[:, 0], ratio[:, 1]) - 1
@@ -709,14 +751,28 @@ def extract_gap(
         g_w, r_w = (np.where(bad[:, None], 0, a) for a in (g2, refit)) if bad.any() else (g2, refit)
         bias_m, g_m, r_m = _mirror(bias, g_w, r_w)
         dynes_width_eV = estimate_width(
-            [(bias, g_w, r_w), (bias_m, g_m, -r_m if signal is not None else r_m)], search_V=search_V, step=step,
-            bank_args=bank_args, coarse=_peak_contrast,
+            [(bias, g_w, r_w), (bias_m, g_m, -r_m if signal is not None else r_m)],
+            search_V=search_V,
+            step=step,
+            bank_args=bank_args,
+            coarse=_peak_contrast,
         )
-    bank = None if not geometry.covered else template_bank(  # (see analyse_spectra)
-        step, **bank_args, widths=(round(float(dynes_width_eV), 9),))  # type: ignore[arg-type]
+    bank = (
+        None
+        if not geometry.covered
+        else template_bank(  # (see analyse_spectra)
+            step, **bank_args, widths=(round(float(dynes_width_eV), 9),)
+        )
+    )  # type: ignore[arg-type]
     gap = _gap_rows(
-        geometry, g2, refit, integrated=signal is not None, step=step, bank=bank,
-        min_visibility=min_visibility, min_peak_score=min_peak_score,
+        geometry,
+        g2,
+        refit,
+        integrated=signal is not None,
+        step=step,
+        bank=bank,
+        min_visibility=min_visibility,
+        min_peak_score=min_peak_score,
         dtype=np.dtype(g.dtype if g.dtype == np.float32 else np.float64),
     )
     return GapResult(*(v.reshape(lead) for v in gap))
@@ -771,7 +827,11 @@ def _log_designs(bias_key: bytes, window_V: tuple[float, float], dtype: str) -> 
 
 
 def _power_law_rows(
-    g2: np.ndarray, designs: tuple[_LogDesign, ...] | None, *, max_log_residual: float, dtype: np.dtype,
+    g2: np.ndarray,
+    designs: tuple[_LogDesign, ...] | None,
+    *,
+    max_log_residual: float,
+    dtype: np.dtype,
 ) -> PowerLawResult:
     """:func:`fit_power_law` on rows (n_rows, n) with the windows' ``designs``; reads only their columns."""
     n_rows = g2.shape[0]
@@ -780,7 +840,6 @@ def _power_law_rows(
         return PowerLawResult(nan, nan, nan, nan, nan, nan, nan, np.full(n_rows, _CODE.WINDOW_NOT_COVERED, np.int8))
     reason = np.zeros(n_rows, np.int8)
     slope, log_b, rms, check = np.empty((4, 2, n_rows))
-    logs = []
     with np.errstate(divide="ignore", invalid="ignore"):
         for side, (cols, xc, x_mean, sxx, m) in enumerate(designs):
             # ln of a non-positive or non-finite G is NaN/inf, and so is then the row's sum: the
@@ -823,7 +882,10 @@ def _power_law_rows(
 
 
 def fit_power_law(
-    bias_V: np.ndarray, didv: np.ndarray, *, window_V: tuple[float, float] = (5e-3, 30e-3),
+    bias_V: np.ndarray,
+    didv: np.ndarray,
+    *,
+    window_V: tuple[float, float] = (5e-3, 30e-3),
     max_log_residual: float = 0.1,
 ) -> PowerLawResult:
     """AA power law dI/dV = b |V|^alpha, no offset, per polarity (PHYSICS.md "alpha(r)").
@@ -884,8 +946,13 @@ class _Plan:
 # analyser calls the kernels with 1-10 spectra at a time, where it was most of the cost of a call.
 @lru_cache(maxsize=32)
 def _plan(
-    bias_key: bytes, *, search_V: tuple[float, float], window_V: tuple[float, float], alpha_from_lockin: bool,
-    gap_from_lockin: bool, dtype: str,
+    bias_key: bytes,
+    *,
+    search_V: tuple[float, float],
+    window_V: tuple[float, float],
+    alpha_from_lockin: bool,
+    gap_from_lockin: bool,
+    dtype: str,
 ) -> _Plan:
     """The :class:`_Plan` of the float64 grid ``bias_key`` (keyed by the grid's values, not its id)."""
     bias = np.frombuffer(bias_key, dtype=np.float64)
@@ -895,15 +962,25 @@ def _plan(
     fit = [(w.start, w.stop) for w in windows]
     gap = [(geometry.columns.start, geometry.columns.stop)]
     return _Plan(
-        bias=bias, step=step, gap_from_lockin=gap_from_lockin, alpha_from_lockin=alpha_from_lockin,
+        bias=bias,
+        step=step,
+        gap_from_lockin=gap_from_lockin,
+        alpha_from_lockin=alpha_from_lockin,
         derivative_columns=_merge((fit if not alpha_from_lockin else []) + (gap if not gap_from_lockin else [])),
         lockin_columns=_merge((fit if alpha_from_lockin else []) + (gap if gap_from_lockin else [])),
-        gap=geometry, law=_log_designs(bias_key, window_V, dtype), sign_samples=max(1, bias.size // 20),
+        gap=geometry,
+        law=_log_designs(bias_key, window_V, dtype),
+        sign_samples=max(1, bias.size // 20),
     )
 
 
 def _derivative_into(
-    out: np.ndarray, current: np.ndarray, columns: tuple[tuple[int, int], ...], *, points: int, step: float,
+    out: np.ndarray,
+    current: np.ndarray,
+    columns: tuple[tuple[int, int], ...],
+    *,
+    points: int,
+    step: float,
     row_scale: np.ndarray,
 ) -> None:
     """``out[:, lo:hi] = row_scale * derivative(current)[:, lo:hi]`` for each column range.
@@ -925,9 +1002,9 @@ def _derivative_into(
             continue
         span = hi - lo
         mean = _scratch("running_mean", current.shape[0], span + 2 * p, current.dtype)
-        uniform_filter1d(current[:, lo - p: hi + p], p, axis=-1, mode="nearest", output=mean)
+        uniform_filter1d(current[:, lo - p : hi + p], p, axis=-1, mode="nearest", output=mean)
         # mean[:, k] is U at column lo - p + k
-        np.subtract(mean[:, p + s: p + s + span], mean[:, p - s: p - s + span], out=out[:, lo:hi])
+        np.subtract(mean[:, p + s : p + s + span], mean[:, p - s : p - s + span], out=out[:, lo:hi])
         out[:, lo:hi] *= scale
 
 
@@ -966,7 +1043,11 @@ def _float(a: np.ndarray) -> np.ndarray:
 
 
 def _analyse_chunk(
-    plan: _Plan, opts: KernelOptions, bank: TemplateBank | None, cur: np.ndarray | None, lia: np.ndarray | None,
+    plan: _Plan,
+    opts: KernelOptions,
+    bank: TemplateBank | None,
+    cur: np.ndarray | None,
+    lia: np.ndarray | None,
     clock: _Clock,
 ) -> SpectrumAnalysis:
     """Analyse one chunk of rows (n_rows, n); the work arrays are per-thread buffers."""
@@ -976,10 +1057,15 @@ def _analyse_chunk(
     if cur is not None:
         # conductance_sign(kind="current") on an ascending sweep: the sign of I(V_max) - I(V_min)
         k = plan.sign_samples
-        rise = np.add.reduce(cur[:, -k:], axis=-1, dtype=np.float64) / k - np.add.reduce(cur[:, :k], axis=-1, dtype=np.float64) / k
+        rise = (
+            np.add.reduce(cur[:, -k:], axis=-1, dtype=np.float64) / k
+            - np.add.reduce(cur[:, :k], axis=-1, dtype=np.float64) / k
+        )
         sign = np.where(rise < 0, -1.0, 1.0)
         g_cur = _buffer("didv", rows, n, cur.dtype, plan.derivative_columns)
-        _derivative_into(g_cur, cur, plan.derivative_columns, points=opts.smoothing_points, step=plan.step, row_scale=sign)
+        _derivative_into(
+            g_cur, cur, plan.derivative_columns, points=opts.smoothing_points, step=plan.step, row_scale=sign
+        )
         if not plan.gap_from_lockin:  # the template fit reads the signed current in the gap columns
             cols = plan.gap.columns
             r_cur = _buffer("current", rows, n, cur.dtype, ((cols.start, cols.stop),))
@@ -994,8 +1080,9 @@ def _analyse_chunk(
             g_lia = _buffer("lockin5", rows, n, lia.dtype, ((cols.start, cols.stop),))
             lo, hi = max(cols.start - 2, 0), min(cols.stop + 2, n)
             if lo == cols.start - 2 and hi == cols.stop + 2:
-                smooth = uniform_filter1d(lia[:, lo:hi], 5, axis=-1, mode="nearest",
-                                          output=_scratch("lockin5", rows, hi - lo, lia.dtype))
+                smooth = uniform_filter1d(
+                    lia[:, lo:hi], 5, axis=-1, mode="nearest", output=_scratch("lockin5", rows, hi - lo, lia.dtype)
+                )
                 np.multiply(smooth[:, 2:-2], sign_l, out=g_lia[:, cols])
             else:  # the sweep ends: the filter of the whole row pads exactly as extract_gap does
                 g_lia[:, cols] = (uniform_filter1d(lia, 5, axis=-1, mode="nearest") * sign_l)[:, cols]
@@ -1003,21 +1090,42 @@ def _analyse_chunk(
     dtype = np.dtype((cur if cur is not None else lia).dtype)  # type: ignore[union-attr]
     g_gap, r_gap = (g_lia, r_lia) if plan.gap_from_lockin else (g_cur, r_cur)
     gap = _gap_rows(
-        plan.gap, g_gap, r_gap, integrated=not plan.gap_from_lockin, step=plan.step, bank=bank,  # type: ignore[arg-type]
-        min_visibility=opts.min_visibility, min_peak_score=opts.min_peak_score, dtype=dtype, clock=clock,
+        plan.gap,
+        g_gap,
+        r_gap,
+        integrated=not plan.gap_from_lockin,
+        step=plan.step,
+        bank=bank,  # type: ignore[arg-type]
+        min_visibility=opts.min_visibility,
+        min_peak_score=opts.min_peak_score,
+        dtype=dtype,
+        clock=clock,
     )
     law = _power_law_rows(
-        r_lia if plan.alpha_from_lockin else g_cur, plan.law,  # type: ignore[arg-type]
-        max_log_residual=opts.max_log_residual, dtype=dtype,
+        r_lia if plan.alpha_from_lockin else g_cur,
+        plan.law,  # type: ignore[arg-type]
+        max_log_residual=opts.max_log_residual,
+        dtype=dtype,
     )
     clock.lap("power-law fit")
     gap_ok, law_ok = gap.reason == 0, law.reason == 0
     result = SpectrumAnalysis(
-        delta_eV=gap.delta_eV, peak_neg_V=gap.peak_neg_V, peak_pos_V=gap.peak_pos_V,
-        visibility=gap.visibility, peak_score=gap.score, alpha=law.alpha, alpha_pos=law.alpha_pos,
-        alpha_neg=law.alpha_neg, b=law.b, b_pos=law.b_pos, b_neg=law.b_neg,
-        rms_log_residual=law.rms_log_residual, gap_reason=gap.reason, alpha_reason=law.reason,
-        valid=gap_ok & law_ok, reason=np.where(gap_ok, law.reason, gap.reason),
+        delta_eV=gap.delta_eV,
+        peak_neg_V=gap.peak_neg_V,
+        peak_pos_V=gap.peak_pos_V,
+        visibility=gap.visibility,
+        peak_score=gap.score,
+        alpha=law.alpha,
+        alpha_pos=law.alpha_pos,
+        alpha_neg=law.alpha_neg,
+        b=law.b,
+        b_pos=law.b_pos,
+        b_neg=law.b_neg,
+        rms_log_residual=law.rms_log_residual,
+        gap_reason=gap.reason,
+        alpha_reason=law.reason,
+        valid=gap_ok & law_ok,
+        reason=np.where(gap_ok, law.reason, gap.reason),
     )
     clock.lap("assemble")
     return result
@@ -1089,22 +1197,32 @@ def analyse_spectra(
     total = math.prod(lead)
     fitted = lia2 if opts.alpha_source == "lockin" else cur2
     plan = _plan(
-        bias_key, search_V=tuple(opts.gap_search_V), window_V=tuple(opts.fit_window_V),
-        alpha_from_lockin=opts.alpha_source == "lockin", gap_from_lockin=gap_from_lockin,
+        bias_key,
+        search_V=tuple(opts.gap_search_V),
+        window_V=tuple(opts.fit_window_V),
+        alpha_from_lockin=opts.alpha_source == "lockin",
+        gap_from_lockin=gap_from_lockin,
         dtype=fitted.dtype.str,  # type: ignore[union-attr]
     )
     width = opts.dynes_width_eV
     if width is None:  # from the first chunk, then fixed so every chunk uses the same templates
         first = slice(0, min(opts.chunk, total))
         width = estimate_dynes_width(
-            bias, current=None if cur2 is None else cur2[first], lockin=None if lia2 is None else lia2[first],
+            bias,
+            current=None if cur2 is None else cur2[first],
+            lockin=None if lia2 is None else lia2[first],
             options=dataclasses.replace(opts, gap_source="lockin" if gap_from_lockin else "current"),
         )
     # Only a sweep that covers the search range gets templates (on a coarse KPFM-like grid the
     # bank would be degenerate, and warn, for nothing).
-    bank = None if not plan.gap.covered else template_bank(
-        step, **_bank_args(opts.temperature_K, opts.modulation_Vrms, integrated=not gap_from_lockin),  # type: ignore[arg-type]
-        widths=(round(float(width), 9),),
+    bank = (
+        None
+        if not plan.gap.covered
+        else template_bank(
+            step,
+            **_bank_args(opts.temperature_K, opts.modulation_Vrms, integrated=not gap_from_lockin),  # type: ignore[arg-type]
+            widths=(round(float(width), 9),),
+        )
     )
     starts = range(0, total, opts.chunk)
 
@@ -1130,11 +1248,16 @@ def analyse_spectra(
         for _, seconds in done:
             for stage, t in seconds.items():
                 stage_seconds[stage] = stage_seconds.get(stage, 0.0) + t
-    return SpectrumAnalysis(*(np.concatenate(parts).reshape(lead) for parts in zip(*(d[0] for d in done))))
+    return SpectrumAnalysis(
+        *(np.concatenate(parts).reshape(lead) for parts in zip(*(d[0] for d in done), strict=False))
+    )
 
 
 def estimate_dynes_width(
-    bias_V: np.ndarray, *, current: np.ndarray | None = None, lockin: np.ndarray | None = None,
+    bias_V: np.ndarray,
+    *,
+    current: np.ndarray | None = None,
+    lockin: np.ndarray | None = None,
     options: KernelOptions | None = None,
 ) -> float:
     """Dynes width (eV) of the peak templates that :func:`analyse_spectra` would estimate.
@@ -1147,7 +1270,9 @@ def estimate_dynes_width(
     gap_from_lockin = opts.gap_source == "lockin" or (opts.gap_source == "auto" and lockin is not None)
     chosen = lockin if gap_from_lockin else current
     if chosen is None:
-        raise AnalysisError(f"gap_source={opts.gap_source!r} needs the {'lock-in' if gap_from_lockin else 'current'} channel")
+        raise AnalysisError(
+            f"gap_source={opts.gap_source!r} needs the {'lock-in' if gap_from_lockin else 'current'} channel"
+        )
     bias, signal = prepare_sweep(np.asarray(bias_V, dtype=np.float64), chosen)
     rows = np.asarray(signal).reshape(-1, bias.size)[: opts.chunk]
     if gap_from_lockin:
@@ -1170,4 +1295,10 @@ def _batch_width(bias: np.ndarray, didv: np.ndarray, signal: np.ndarray | None, 
     bias_m, g_m, r_m = _mirror(bias, g, r)
     if signal is not None:
         r_m = -r_m
-    return estimate_width([(bias, g, r), (bias_m, g_m, r_m)], search_V=opts.gap_search_V, step=step, bank_args=bank_args, coarse=_peak_contrast)
+    return estimate_width(
+        [(bias, g, r), (bias_m, g_m, r_m)],
+        search_V=opts.gap_search_V,
+        step=step,
+        bank_args=bank_args,
+        coarse=_peak_contrast,
+    )

@@ -218,9 +218,7 @@ def rowwise_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(np.ascontiguousarray(a)[:, None, :], b)[:, 0, :]
 
 
-def locate_peaks(
-    windows: np.ndarray, bank: TemplateBank
-) -> tuple[np.ndarray, np.ndarray]:
+def locate_peaks(windows: np.ndarray, bank: TemplateBank) -> tuple[np.ndarray, np.ndarray]:
     """Sub-sample peak positions from fit windows (already mirrored for the negative peak).
 
     Parameters

@@ -32,9 +32,21 @@ from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectr
 from stslive.live.results import CorrelationSnapshot, ResultsModel
 
 __all__ = [
-    "TheoryConstants", "ProgressCallback", "uses_lockin", "analyse_pixels", "analyse_arrays", "calibrate_options",
-    "calibration_sample", "apply_to_model", "open_input", "calibrate_source", "analyse_source", "analyse_input", "correlation_snapshot",
-    "sheet_resistance_sigma", "predicted_gap_spread",
+    "TheoryConstants",
+    "ProgressCallback",
+    "uses_lockin",
+    "analyse_pixels",
+    "analyse_arrays",
+    "calibrate_options",
+    "calibration_sample",
+    "apply_to_model",
+    "open_input",
+    "calibrate_source",
+    "analyse_source",
+    "analyse_input",
+    "correlation_snapshot",
+    "sheet_resistance_sigma",
+    "predicted_gap_spread",
 ]
 
 #: ``progress(pixels_done, pixels_total)``, called after every block.
@@ -136,7 +148,7 @@ def analyse_arrays(
                 lockin=None if flat_li is None else flat_li[rows],
                 options=options,
             )
-            for name, values in zip(SpectrumAnalysis._fields, part):
+            for name, values in zip(SpectrumAnalysis._fields, part, strict=False):
                 getattr(out, name)[rows] = values
     return SpectrumAnalysis(*(np.reshape(a, lead) for a in out))
 
@@ -158,8 +170,9 @@ def _gap_search_covered(bias: np.ndarray, options: KernelOptions) -> bool:
     return bool(reach and all(int(side.sum()) >= 8 for side in sides))
 
 
-def _kernels(bias: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray | None,
-             options: KernelOptions) -> SpectrumAnalysis:
+def _kernels(
+    bias: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray | None, options: KernelOptions
+) -> SpectrumAnalysis:
     """analyse_spectra for one shared sweep.
 
     A sweep that misses the gap search range (e.g. a KPFM grid at 2 mV steps) gives every
@@ -172,8 +185,9 @@ def _kernels(bias: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray
     return analyse_spectra(bias, current=current, lockin=lockin, options=options)
 
 
-def _with_template_width(bias_V: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray | None,
-                         options: KernelOptions) -> KernelOptions:
+def _with_template_width(
+    bias_V: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray | None, options: KernelOptions
+) -> KernelOptions:
     """``options`` with the Dynes width of the peak templates fixed from these spectra.
 
     Unchanged when a width is already set, when the batch is empty, or when the sweep misses
@@ -215,8 +229,11 @@ def calibrate_options(
     data = np.asarray(spectra)
     pick = pick_channels(list(channel_names), current=options.current, lockin=options.lockin)
     return _with_template_width(
-        bias_V, current=None if pick.current is None else data[..., pick.current, :],
-        lockin=None if pick.lockin is None else data[..., pick.lockin, :], options=options)
+        bias_V,
+        current=None if pick.current is None else data[..., pick.current, :],
+        lockin=None if pick.lockin is None else data[..., pick.lockin, :],
+        options=options,
+    )
 
 
 def _empty_analysis(n: int, *, like: np.dtype) -> SpectrumAnalysis:
@@ -289,11 +306,19 @@ def apply_to_model(
     log-residual of the power law and ``reason`` the kernel's :class:`ReasonCode`.
     """
     maps: dict[str, np.ndarray] = {
-        "delta_eV": analysis.delta_eV, "alpha": analysis.alpha, "alpha_pos": analysis.alpha_pos,
-        "alpha_neg": analysis.alpha_neg, "b": analysis.b, "b_pos": analysis.b_pos, "b_neg": analysis.b_neg,
-        "visibility": analysis.visibility, "fit_quality": analysis.rms_log_residual,
-        "peak_neg_V": analysis.peak_neg_V, "peak_pos_V": analysis.peak_pos_V,
-        "reason": analysis.reason, "valid": analysis.valid,
+        "delta_eV": analysis.delta_eV,
+        "alpha": analysis.alpha,
+        "alpha_pos": analysis.alpha_pos,
+        "alpha_neg": analysis.alpha_neg,
+        "b": analysis.b,
+        "b_pos": analysis.b_pos,
+        "b_neg": analysis.b_neg,
+        "visibility": analysis.visibility,
+        "fit_quality": analysis.rms_log_residual,
+        "peak_neg_V": analysis.peak_neg_V,
+        "peak_pos_V": analysis.peak_pos_V,
+        "reason": analysis.reason,
+        "valid": analysis.valid,
     }
     if setpoint_set is not None:
         maps["setpoint_set"] = np.asarray(setpoint_set)
@@ -408,8 +433,10 @@ def analyse_source(
         try:
             block = next(blocks, None)
         except OSError as exc:  # h5py/numpy read errors of a damaged file: name the file, not a traceback
-            raise FileFormatError(source.path, f"cannot read the spectra ({exc}); the file is truncated "
-                                               "or corrupt, re-copy it or export it again") from exc
+            raise FileFormatError(
+                source.path,
+                f"cannot read the spectra ({exc}); the file is truncated or corrupt, re-copy it or export it again",
+            ) from exc
         if block is None:
             break
         rows, cols = np.nonzero(block.measured)
@@ -460,12 +487,18 @@ def sheet_resistance_sigma(alpha_std: float, l_alpha_m: float, *, constants: The
     """
     if not (math.isfinite(alpha_std) and math.isfinite(l_alpha_m) and l_alpha_m > 0):
         return math.nan
-    ratio = float(theory.diffusive_energy_ratio(
-        bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m))
+    ratio = float(
+        theory.diffusive_energy_ratio(
+            bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m
+        )
+    )
     if ratio <= 1.0:
         return math.nan
-    return float(theory.sheet_resistance_shift(
-        alpha_std, bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m))
+    return float(
+        theory.sheet_resistance_shift(
+            alpha_std, bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m
+        )
+    )
 
 
 def predicted_gap_spread(sigma_rho_ohm: float, mean_gap_eV: float, *, constants: TheoryConstants) -> float:
@@ -537,10 +570,14 @@ def correlation_snapshot(
         rho_cross=_on_radii(profiles["cross"], r),
         cross_map=np.fft.fftshift(corr["cross"]),
         pixel_nm=float(np.mean(np.asarray(size, dtype=np.float64)) * 1e9),
-        l_delta_nm=lengths["delta"], l_alpha_nm=lengths["alpha"], l_cross_nm=lengths["cross"],
+        l_delta_nm=lengths["delta"],
+        l_alpha_nm=lengths["alpha"],
+        l_cross_nm=lengths["cross"],
         rho_cross_0=float(corr["cross"][0, 0]),
-        sigma_rho_ohm=sigma_rho, predicted_delta_rel_sigma=predicted,
-        n_pixels=n_valid, time=time.time(),
+        sigma_rho_ohm=sigma_rho,
+        predicted_delta_rel_sigma=predicted,
+        n_pixels=n_valid,
+        time=time.time(),
     )
 
 

@@ -350,7 +350,7 @@ class ResultsModel:
         keep = np.isfinite(t)
         order = np.argsort(t[keep], kind="stable")
         t, temp = t[keep][order], temp[keep][order]
-        self._recent_times.extend(t[-(self._recent_times.maxlen or 1):].tolist())
+        self._recent_times.extend(t[-(self._recent_times.maxlen or 1) :].tolist())
         ok = np.isfinite(temp)
         tail = -(self._temp_t.maxlen or 1)
         self._temp_t.extend(t[ok][tail:].tolist())
@@ -366,8 +366,11 @@ class ResultsModel:
         if topo.shape != (self.ny, self.nx):
             raise AnalysisError(f"topography shape {topo.shape} does not match the grid ({self.ny}, {self.nx})")
         with self.lock:
-            if (self.topography is not None and origin == self.topography_origin
-                    and np.array_equal(self.topography, topo, equal_nan=True)):
+            if (
+                self.topography is not None
+                and origin == self.topography_origin
+                and np.array_equal(self.topography, topo, equal_nan=True)
+            ):
                 return
             self.topography = topo.copy()
             self.topography_origin = origin
@@ -603,4 +606,3 @@ def _rate_per_hour(times: list[float]) -> float:
         return float("nan")
     span = max(times) - min(times)
     return (len(times) - 1) / span * 3600.0 if span > 0 else float("nan")
-

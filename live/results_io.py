@@ -10,8 +10,9 @@ names as attributes), optional ``topography`` (m), a ``correlation`` group holdi
 
 Wire: results travel as (topic, header, arrays) messages, topics ``pixel`` (one
 :class:`PixelResult`), ``pixels`` (a batch of results: one array per PixelResult field, what the
-live analyser sends - one JSON header per pixel would cost more than the analysis), ``maps`` (every map, for viewers that join late), ``snapshot``
-(correlations) and ``status`` (run status + temperature trace). :func:`encode_message` turns one
+live analyser sends - one JSON header per pixel would cost more than the analysis), ``maps`` (every
+map, for viewers that join late), ``snapshot`` (correlations) and ``status`` (run status + temperature
+trace). :func:`encode_message` turns one
 into ZeroMQ frames ``[topic, JSON header, *raw little-endian array frames]`` described by dtype
 and shape in the header (the run stream's convention, ARCHITECTURE.md); never pickle.
 Non-finite floats are sent as JSON ``null`` so any strict JSON reader can parse the header.
@@ -125,8 +126,11 @@ def load_maps_h5(path: str | Path) -> ResultsModel:
         shape = f["delta"].shape
         if len(shape) != 2 or any(f[n].shape != shape for n in ISSUE2_DATASETS):
             raise FileFormatError(path, f"maps must all be 2D of one shape; delta is {shape}")
-        model = ResultsModel(*shape, pixel_nm=float(f.attrs.get("pixel_size_nm", np.nan)),
-                             set_threshold=float(f.attrs.get("set_threshold", 0.5)))
+        model = ResultsModel(
+            *shape,
+            pixel_nm=float(f.attrs.get("pixel_size_nm", np.nan)),
+            set_threshold=float(f.attrs.get("set_threshold", 0.5)),
+        )
         values = {name: f[_h5_name(name)][()] for name in MAP_SPECS if _h5_name(name) in f}
         if "measured" not in values:
             # an issue-2 file from `stslive analyse` covers the whole grid it was given
@@ -138,9 +142,13 @@ def load_maps_h5(path: str | Path) -> ResultsModel:
             model.set_setpoint_sets({int(k): v for k, v in json.loads(f.attrs["setpoint_sets"]).items()})
         if "status" in f.attrs:
             st = json.loads(f.attrs["status"])
-            model.update_status(state=st.get("state"), current_set=st.get("current_set"),
-                                last_seq=st.get("last_seq"), message=st.get("message"),
-                                pixels_per_hour=st.get("pixels_per_hour"))
+            model.update_status(
+                state=st.get("state"),
+                current_set=st.get("current_set"),
+                last_seq=st.get("last_seq"),
+                message=st.get("message"),
+                pixels_per_hour=st.get("pixels_per_hour"),
+            )
         if "correlation" in f:
             g = f["correlation"]
             model.set_snapshot(_snapshot_from({n: g[n][()] for n in CorrelationSnapshot.ARRAYS}, dict(g.attrs)))
@@ -175,8 +183,11 @@ def _snapshot_scalars(snap: CorrelationSnapshot) -> dict[str, Any]:
 
 def _snapshot_from(arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> CorrelationSnapshot:
     floats = {k: _nan(scalars.get(k)) for k in _snapshot_scalars_names() if k != "n_pixels"}
-    return CorrelationSnapshot(**{n: np.asarray(arrays[n]) for n in CorrelationSnapshot.ARRAYS},
-                               n_pixels=int(scalars.get("n_pixels", 0) or 0), **floats)
+    return CorrelationSnapshot(
+        **{n: np.asarray(arrays[n]) for n in CorrelationSnapshot.ARRAYS},
+        n_pixels=int(scalars.get("n_pixels", 0) or 0),
+        **floats,
+    )
 
 
 def _header(kind: str, **body: Any) -> dict[str, Any]:
@@ -221,8 +232,10 @@ def _apply_pixels(model: ResultsModel, arrays: dict[str, np.ndarray]) -> None:
     if iy.size == 0:
         return
     if iy.min() < 0 or ix.min() < 0 or iy.max() >= model.ny or ix.max() >= model.nx:
-        raise StreamError(f"pixels message: a pixel lies outside the {model.ny} x {model.nx} grid; "
-                          "a new run started? restart the viewer")
+        raise StreamError(
+            f"pixels message: a pixel lies outside the {model.ny} x {model.nx} grid; "
+            "a new run started? restart the viewer"
+        )
     model.update_block(iy, ix, **{k: v for k, v in arrays.items() if k not in ("iy", "ix")})
     if "setpoint_set" in arrays:
         model.update_status(current_set=int(arrays["setpoint_set"][-1]))
@@ -230,9 +243,11 @@ def _apply_pixels(model: ResultsModel, arrays: dict[str, np.ndarray]) -> None:
 
 def snapshot_message(snap: CorrelationSnapshot) -> Message:
     """A ``snapshot`` message: scalars in the header, profiles and the 2D cross map as arrays."""
-    return "snapshot", _header("snapshot", **_snapshot_scalars(snap)), {
-        n: np.ascontiguousarray(getattr(snap, n)) for n in CorrelationSnapshot.ARRAYS
-    }
+    return (
+        "snapshot",
+        _header("snapshot", **_snapshot_scalars(snap)),
+        {n: np.ascontiguousarray(getattr(snap, n)) for n in CorrelationSnapshot.ARRAYS},
+    )
 
 
 def status_message(model: ResultsModel) -> Message:
@@ -240,8 +255,14 @@ def status_message(model: ResultsModel) -> Message:
     st = model.status()
     with model.lock:
         sets = dict(model.setpoint_sets)
-    header = _header("status", ny=model.ny, nx=model.nx, pixel_nm=model.pixel_nm,
-                     setpoint_sets={str(k): v for k, v in sets.items()}, **model.status_fields())
+    header = _header(
+        "status",
+        ny=model.ny,
+        nx=model.nx,
+        pixel_nm=model.pixel_nm,
+        setpoint_sets={str(k): v for k, v in sets.items()},
+        **model.status_fields(),
+    )
     return "status", header, {"temperature_t": st.temperature_t, "temperature_K": st.temperature_K}
 
 
@@ -277,8 +298,10 @@ def _check_header(topic: str, header: dict[str, Any]) -> None:
     if header.get("schema") != SCHEMA:
         raise StreamError(f"results message has schema {header.get('schema')!r}, expected {SCHEMA!r}")
     if header.get("version") != SCHEMA_VERSION:
-        raise StreamError(f"results schema version {header.get('version')!r} unsupported (this viewer reads "
-                          f"{SCHEMA_VERSION}); update stslive on the viewing machine")
+        raise StreamError(
+            f"results schema version {header.get('version')!r} unsupported (this viewer reads "
+            f"{SCHEMA_VERSION}); update stslive on the viewing machine"
+        )
     if topic not in TOPICS or header.get("kind") != topic:
         raise StreamError(f"topic {topic!r} / kind {header.get('kind')!r} unknown; expected one of {TOPICS}")
 
@@ -291,14 +314,17 @@ def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], array
             raw = dict(header["result"])
             ints = {"iy", "ix", "setpoint_set", "reason", "flags"}
             result = PixelResult.from_dict(
-                {k: (int(v) if k in ints else bool(v) if k == "valid" else _nan(v)) for k, v in raw.items()})
+                {k: (int(v) if k in ints else bool(v) if k == "valid" else _nan(v)) for k, v in raw.items()}
+            )
             model.update_pixel(result)
         elif topic == "pixels":
             _apply_pixels(model, arrays)
         elif topic == "maps":
             if (header["ny"], header["nx"]) != (model.ny, model.nx):
-                raise StreamError(f"maps are {header['ny']} x {header['nx']}, this model {model.ny} x {model.nx}: "
-                                  "a new run started; restart the viewer")
+                raise StreamError(
+                    f"maps are {header['ny']} x {header['nx']}, this model {model.ny} x {model.nx}: "
+                    "a new run started; restart the viewer"
+                )
             topo = arrays.pop("topography", None)
             for name, arr in arrays.items():
                 if name not in MAP_SPECS or arr.shape != (model.ny, model.nx):
@@ -310,17 +336,23 @@ def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], array
             model.set_snapshot(_snapshot_from(arrays, header))
         else:
             if (header["ny"], header["nx"]) != (model.ny, model.nx):
-                raise StreamError(f"status for a {header['ny']} x {header['nx']} grid, model is "
-                                  f"{model.ny} x {model.nx}: restart the viewer for the new run")
+                raise StreamError(
+                    f"status for a {header['ny']} x {header['nx']} grid, model is "
+                    f"{model.ny} x {model.nx}: restart the viewer for the new run"
+                )
             with model.lock:
                 model._temp_t.clear()
                 model._temp_K.clear()
                 model._temp_t.extend(np.asarray(arrays.get("temperature_t", [])).tolist())
                 model._temp_K.extend(np.asarray(arrays.get("temperature_K", [])).tolist())
             model.set_setpoint_sets({int(k): v for k, v in header.get("setpoint_sets", {}).items()})
-            model.update_status(state=header["state"], current_set=header["current_set"],
-                                last_seq=header["last_seq"], message=header.get("message") or "",
-                                pixels_per_hour=header.get("pixels_per_hour"))
+            model.update_status(
+                state=header["state"],
+                current_set=header["current_set"],
+                last_seq=header["last_seq"],
+                message=header.get("message") or "",
+                pixels_per_hour=header.get("pixels_per_hour"),
+            )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, StreamError):
             raise
@@ -357,8 +389,10 @@ def decode_message(frames: list[bytes]) -> Message:
         raise StreamError("results header must be a JSON object")
     descr = header.pop("arrays", [])
     if not isinstance(descr, list) or len(descr) != len(frames) - 2:
-        raise StreamError(f"header describes {len(descr) if isinstance(descr, list) else '?'} arrays, "
-                          f"message has {len(frames) - 2} array frames")
+        raise StreamError(
+            f"header describes {len(descr) if isinstance(descr, list) else '?'} arrays, "
+            f"message has {len(frames) - 2} array frames"
+        )
     arrays = {}
     for d, buf in zip(descr, frames[2:], strict=True):
         try:

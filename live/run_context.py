@@ -53,12 +53,19 @@ class PixelInput:
         """From an event; its one array (or the one named ``spectra``) holds the channels."""
         arrays = event.arrays
         arr = arrays.get("spectra") if "spectra" in arrays else next(iter(arrays.values()), None)
-        if arr is None or len(arrays) > 1 and "spectra" not in arrays:
+        if arr is None or (len(arrays) > 1 and "spectra" not in arrays):
             raise StreamError(f"event seq {event.seq}: expected one array 'spectra', got {sorted(arrays)}")
         t = event.timestamps.get("t_end", event.time)
-        return cls(iy=event.iy, ix=event.ix, set_id=event.setpoint_set_id, spectra=arr, time=float(t),
-                   temperatures_K=(event.temperature_before_K, event.temperature_after_K),
-                   lockin_status=event.lockin_status, lockin_overload=event.lockin_overload)
+        return cls(
+            iy=event.iy,
+            ix=event.ix,
+            set_id=event.setpoint_set_id,
+            spectra=arr,
+            time=float(t),
+            temperatures_K=(event.temperature_before_K, event.temperature_after_K),
+            lockin_status=event.lockin_status,
+            lockin_overload=event.lockin_overload,
+        )
 
 
 class RunContext:
@@ -83,8 +90,9 @@ class RunContext:
         Flag thresholds.
     """
 
-    def __init__(self, run_uid: str, start: Mapping[str, Any], *, options: KernelOptions,
-                 flag_config: FlagConfig) -> None:
+    def __init__(
+        self, run_uid: str, start: Mapping[str, Any], *, options: KernelOptions, flag_config: FlagConfig
+    ) -> None:
         try:
             grid = dict(start["grid"])
             ny, nx = int(grid["ny"]), int(grid["nx"])
@@ -92,7 +100,9 @@ class RunContext:
             self.n_points = int(start["n_points"])
             self.sets = {int(s["id"]): SetpointSet.from_dict(s) for s in start["setpoint_sets"]}
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise StreamError(f"run {run_uid}: start document unusable ({exc}); check the scan engine's version") from exc
+            raise StreamError(
+                f"run {run_uid}: start document unusable ({exc}); check the scan engine's version"
+            ) from exc
         channel_arrays(np.zeros((len(self.channel_names), 2)), self.channel_names)  # needs a current channel
         self.run_uid = run_uid
         self.options = options
@@ -146,8 +156,12 @@ class RunContext:
         if held:
             pick = calibration_sample([self._sweep(p.set_id) for p in held], chunk=self.options.chunk)
             sample = [held[i] for i in pick]
-            self.options = calibrate_options(self.sets[held[0].set_id].bias_axis, np.stack([p.spectra for p in sample]),
-                                             self.channel_names, options=self.options)
+            self.options = calibrate_options(
+                self.sets[held[0].set_id].bias_axis,
+                np.stack([p.spectra for p in sample]),
+                self.channel_names,
+                options=self.options,
+            )
         return held
 
     def finish(self) -> dict[str, np.ndarray]:
@@ -195,8 +209,14 @@ class RunContext:
             analysis = analyse_pixels(bias, spectra, self.channel_names, options=self.options)
             t1 = clock()
             current, lockin = channel_arrays(spectra, self.channel_names)
-            f = spectral_features(bias, current, v_set_V=sset.bias_setpoint_V, i_set_A=abs(sset.current_setpoint_A),
-                                  lockin=lockin, config=self.flags.config)
+            f = spectral_features(
+                bias,
+                current,
+                v_set_V=sset.bias_setpoint_V,
+                i_set_A=abs(sset.current_setpoint_A),
+                lockin=lockin,
+                config=self.flags.config,
+            )
             t_features += clock() - t1
             _scatter(parts, analysis._asdict(), rows, n)
             if set_ids.size > 1:  # one set (the usual batch): its features (fresh arrays) are the batch's
@@ -212,7 +232,8 @@ class RunContext:
             temperature_K=temps,
             lockin_overload=np.fromiter((p.lockin_overload for p in pixels), dtype=bool, count=n),
             lockin_status=np.fromiter((p.lockin_status for p in pixels), dtype=np.int64, count=n),
-            modulation_Vrms=modulation, sensitivity_V=sensitivity,
+            modulation_Vrms=modulation,
+            sensitivity_V=sensitivity,
         )
         iy = np.fromiter((p.iy for p in pixels), dtype=np.int64, count=n)
         ix = np.fromiter((p.ix for p in pixels), dtype=np.int64, count=n)
@@ -232,12 +253,25 @@ class RunContext:
         stages["flags"] += t3 - t2
         stages["model"] += clock() - t3
         return {
-            "iy": iy, "ix": ix, "setpoint_set": ids, "delta_eV": analysis.delta_eV, "alpha": analysis.alpha,
-            "alpha_pos": analysis.alpha_pos, "alpha_neg": analysis.alpha_neg, "b": analysis.b,
-            "b_pos": analysis.b_pos, "b_neg": analysis.b_neg, "visibility": analysis.visibility,
-            "fit_quality": analysis.rms_log_residual, "peak_neg_V": analysis.peak_neg_V,
-            "peak_pos_V": analysis.peak_pos_V, "valid": analysis.valid, "reason": analysis.reason,
-            "flags": bits, "temperature_K": temps32, "time": times,
+            "iy": iy,
+            "ix": ix,
+            "setpoint_set": ids,
+            "delta_eV": analysis.delta_eV,
+            "alpha": analysis.alpha,
+            "alpha_pos": analysis.alpha_pos,
+            "alpha_neg": analysis.alpha_neg,
+            "b": analysis.b,
+            "b_pos": analysis.b_pos,
+            "b_neg": analysis.b_neg,
+            "visibility": analysis.visibility,
+            "fit_quality": analysis.rms_log_residual,
+            "peak_neg_V": analysis.peak_neg_V,
+            "peak_pos_V": analysis.peak_pos_V,
+            "valid": analysis.valid,
+            "reason": analysis.reason,
+            "flags": bits,
+            "temperature_K": temps32,
+            "time": times,
         }
 
 
@@ -251,8 +285,15 @@ def result_rows(columns: Mapping[str, np.ndarray]) -> list[PixelResult]:
     ints = {"iy", "ix", "setpoint_set", "reason", "flags"}
     names = list(columns)
     rows = zip(*(np.asarray(columns[k]).tolist() for k in names), strict=True)
-    return [PixelResult(**{k: (int(v) if k in ints else bool(v) if k == "valid" else float(v))
-                           for k, v in zip(names, row, strict=True)}) for row in rows]
+    return [
+        PixelResult(
+            **{
+                k: (int(v) if k in ints else bool(v) if k == "valid" else float(v))
+                for k, v in zip(names, row, strict=True)
+            }
+        )
+        for row in rows
+    ]
 
 
 def _scatter(out: dict[str, np.ndarray], values: Mapping[str, np.ndarray], rows: np.ndarray, n: int) -> None:

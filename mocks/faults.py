@@ -61,9 +61,7 @@ class FaultKind(StrEnum):
 
 INSTRUMENTS = ("nanonis", "sr830", "ls372", "sample")
 
-TRANSPORT_KINDS = frozenset(
-    {FaultKind.CONNECTION_DROP, FaultKind.DELAY, FaultKind.NO_REPLY, FaultKind.ERROR_REPLY}
-)
+TRANSPORT_KINDS = frozenset({FaultKind.CONNECTION_DROP, FaultKind.DELAY, FaultKind.NO_REPLY, FaultKind.ERROR_REPLY})
 
 # Where a state fault acts when the file does not say.
 DEFAULT_INSTRUMENT = {
@@ -146,11 +144,7 @@ class Fault:
                 raise ConfigError(f"fault '{key}' = {value!r} must be a non-negative integer")
         if self.at_call is not None and self.at_call < 1:
             raise ConfigError("fault 'at_call' counts calls from 1; give at_call >= 1")
-        if (
-            self.from_spectrum is not None
-            and self.to_spectrum is not None
-            and self.to_spectrum <= self.from_spectrum
-        ):
+        if self.from_spectrum is not None and self.to_spectrum is not None and self.to_spectrum <= self.from_spectrum:
             raise ConfigError(
                 f"fault 'to_spectrum' ({self.to_spectrum}) must exceed 'from_spectrum' ({self.from_spectrum})"
             )
@@ -274,8 +268,7 @@ class FaultPlan:
     def from_list(cls, entries: Iterable[Mapping[str, Any] | Fault]) -> FaultPlan:
         """From dicts (as in the TOML file) or ready :class:`Fault` s."""
         faults = [
-            e if isinstance(e, Fault) else Fault.from_mapping(e, where=f"fault[{i}]")
-            for i, e in enumerate(entries)
+            e if isinstance(e, Fault) else Fault.from_mapping(e, where=f"fault[{i}]") for i, e in enumerate(entries)
         ]
         return cls(faults)
 
@@ -334,9 +327,9 @@ class FaultPlan:
                 if fault.at_call is not None:
                     if n != fault.at_call:
                         continue
-                elif not fault.covers(self._spectrum):
-                    continue
-                elif (i, self._spectrum) in self._fired_keys and not fault.params.get("every_call", False):
+                elif not fault.covers(self._spectrum) or (
+                    (i, self._spectrum) in self._fired_keys and not fault.params.get("every_call", False)
+                ):
                     continue
                 self._record(i, fault, f"{command} call {n}")
                 return fault
@@ -377,7 +370,9 @@ class FaultPlan:
             detail += " (repeat)"
         self._fired_keys.add(key)
         self._fired.append(
-            FiredFault(kind=fault.kind, instrument=fault.instrument, spectrum=spectrum, time=self._clock(), detail=detail)
+            FiredFault(
+                kind=fault.kind, instrument=fault.instrument, spectrum=spectrum, time=self._clock(), detail=detail
+            )
         )
 
 

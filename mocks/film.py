@@ -151,8 +151,19 @@ class FilmParams:
         if self.ny < 1 or self.nx < 1 or self.n_points < 3 or self.seed < 0:
             raise ConfigError("film needs ny, nx >= 1, n_points >= 3 and seed >= 0; fix the grid or seed.")
         positive = (
-            "pixel_m", "temperature_K", "i_set_A", "r_sq_ohm", "l_rho_m", "diffusion_m2_s", "delta_mean_eV",
-            "hbar_omega_D_K", "gap_eq3_K", "dynes_gamma_eV", "aa_saturation_eV", "energy_step_eV", "aa_bias_V",
+            "pixel_m",
+            "temperature_K",
+            "i_set_A",
+            "r_sq_ohm",
+            "l_rho_m",
+            "diffusion_m2_s",
+            "delta_mean_eV",
+            "hbar_omega_D_K",
+            "gap_eq3_K",
+            "dynes_gamma_eV",
+            "aa_saturation_eV",
+            "energy_step_eV",
+            "aa_bias_V",
         )
         non_negative = ("current_noise_A", "modulation_Vrms", "lockin_noise_A", "sigma_rho_ohm", "gap_smoothing_xi")
         for name in positive + non_negative:
@@ -494,10 +505,17 @@ class Film:
         current = np.empty((flat.size, bias.size), dtype=np.float64)
         lockin = np.empty_like(current)
         self._simulate(
-            flat, sweep, i_set_A=i_set, modulation_Vrms=vm, tip=tip, noise=noise, rng=rng,
-            current_out=current, lockin_out=lockin,
+            flat,
+            sweep,
+            i_set_A=i_set,
+            modulation_Vrms=vm,
+            tip=tip,
+            noise=noise,
+            rng=rng,
+            current_out=current,
+            lockin_out=lockin,
         )
-        out_shape = shape + (bias.size,)
+        out_shape = (*shape, bias.size)
         return FilmSpectra(
             bias_V=bias.copy(),
             current_A=current.reshape(out_shape).astype(dtype, copy=False),
@@ -557,14 +575,25 @@ class Film:
             lockin = np.empty_like(current)
             part = None if truth is None else (truth[0][flat[0] : flat[-1] + 1], truth[1][flat[0] : flat[-1] + 1])
             self._simulate(
-                flat, sweep, i_set_A=self.params.i_set_A, modulation_Vrms=self.params.modulation_Vrms,
-                tip=TipState(), noise=noise, rng=None, current_out=current, lockin_out=lockin, truth_out=part,
+                flat,
+                sweep,
+                i_set_A=self.params.i_set_A,
+                modulation_Vrms=self.params.modulation_Vrms,
+                tip=TipState(),
+                noise=noise,
+                rng=None,
+                current_out=current,
+                lockin_out=lockin,
+                truth_out=part,
             )
             shape = (row_slice.stop - row_slice.start, nx, n)
-            yield row_slice, FilmSpectra(
-                bias_V=self.bias_V.copy(),
-                current_A=current.reshape(shape).astype(dtype, copy=False),
-                lockin_x_A=lockin.reshape(shape).astype(dtype, copy=False),
+            yield (
+                row_slice,
+                FilmSpectra(
+                    bias_V=self.bias_V.copy(),
+                    current_A=current.reshape(shape).astype(dtype, copy=False),
+                    lockin_x_A=lockin.reshape(shape).astype(dtype, copy=False),
+                ),
             )
         if truth is not None and self._truth is None:
             self._truth = DefinitionTruth(truth[0].reshape(ny, nx), truth[1].reshape(ny, nx))
@@ -627,7 +656,7 @@ def make_film(params: FilmParams) -> Film:
     p = params
     smoothing_px = p.gap_smoothing_xi * _coherence_length_m(p) / p.pixel_m
     correlation_px = p.l_rho_m / p.pixel_m
-    margin = int(math.ceil(3.0 * correlation_px + 5.0 * smoothing_px))
+    margin = math.ceil(3.0 * correlation_px + 5.0 * smoothing_px)
     shape = film_maps.padded_shape(p.ny, p.nx, margin_px=margin)
     rng_rho = np.random.default_rng(np.random.SeedSequence([p.seed, _STREAM_RESISTANCE]))
     rho = film_maps.gaussian_random_field(shape, sigma=p.sigma_rho_ohm, correlation_px=correlation_px, rng=rng_rho)

@@ -125,8 +125,8 @@ def make_grid(
     else:
         step = max_step_eV
         origin = lo - step
-    n = int(math.ceil((hi - origin) / step + 1e-9)) + 2
-    pad = int(math.ceil(half_width_eV / step)) + 1
+    n = math.ceil((hi - origin) / step + 1e-9) + 2
+    pad = math.ceil(half_width_eV / step) + 1
     return EnergyGrid(step_eV=step, origin_eV=origin, n=n, pad=pad)
 
 

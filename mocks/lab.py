@@ -293,7 +293,9 @@ class MockLab:
         bad = idx[(idx < 0) | (idx >= len(SIGNAL_NAMES))]
         if bad.size:
             raise ControllerError(
-                "nanonis", f"signal index {int(bad[0])} out of range 0..{len(SIGNAL_NAMES) - 1}", command="Signals.ValsGet"
+                "nanonis",
+                f"signal index {int(bad[0])} out of range 0..{len(SIGNAL_NAMES) - 1}",
+                command="Signals.ValsGet",
             )
         current, lix, liy = self.point_values()
         with self.lock:
@@ -358,7 +360,18 @@ class MockLab:
             rows += [r[::-1] for r in back]  # stored against the forward bias axis, as Nanonis does
             channels += [_bwd_name(n) for n in names]
         params = np.array(
-            [st.start_V, st.end_V, st.x_m, st.y_m, z, st.z_offset_m, st.timing.settling_s, st.timing.integration_s, 1.0, z],
+            [
+                st.start_V,
+                st.end_V,
+                st.x_m,
+                st.y_m,
+                z,
+                st.z_offset_m,
+                st.timing.settling_s,
+                st.timing.integration_s,
+                1.0,
+                z,
+            ],
             dtype=np.float32,
         )
         if LOCKIN_X_CHANNEL in names:
@@ -387,7 +400,14 @@ class MockLab:
         )
 
     def _channel_rows(
-        self, names: tuple[str, ...], bias: npt.NDArray[np.float64], iy: int, ix: int, z: float, st: StmState, index: int
+        self,
+        names: tuple[str, ...],
+        bias: npt.NDArray[np.float64],
+        iy: int,
+        ix: int,
+        z: float,
+        st: StmState,
+        index: int,
     ) -> list[npt.NDArray[np.float32]]:
         sweeps = [self._film_spectra(iy, ix, bias, index) for _ in range(max(st.sweeps, 1))]
         current = np.mean([np.asarray(s.current_A, np.float64).reshape(-1) for s in sweeps], axis=0)

@@ -101,8 +101,15 @@ class LS372Server(LineServer):
         As for :class:`~stslive.mocks.sr830_server.LineServer`.
     """
 
-    def __init__(self, state: ThermometerState | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 faults: FaultPlan | None = None, serial: str = "LSA3721") -> None:
+    def __init__(
+        self,
+        state: ThermometerState | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: FaultPlan | None = None,
+        serial: str = "LSA3721",
+    ) -> None:
         super().__init__("ls372", host=host, port=port, faults=faults, reply_termination="\r\n")
         self.state = state if state is not None else ThermometerState(faults=faults)
         self.serial = serial

@@ -67,8 +67,9 @@ def _limits_set(lab: MockLab, a: dict[str, Any]) -> list[Any]:
 def _props_set(lab: MockLab, a: dict[str, Any]) -> list[Any]:
     # Nanonis convention: 0 = no change; u16 flags 1 = on, 2 = off.
     if a["points"] < 0 or a["sweeps"] < 0 or a["points"] == 1:
-        raise ControllerError("nanonis", "number of points must be >= 2 and sweeps >= 1 (0 = no change)",
-                              command="BiasSpectr.PropsSet")
+        raise ControllerError(
+            "nanonis", "number of points must be >= 2 and sweeps >= 1 (0 = no change)", command="BiasSpectr.PropsSet"
+        )
     with lab.lock:
         st = lab.stm
         st.points = a["points"] or st.points

@@ -226,8 +226,15 @@ class LineServer(TcpServerBase):
         Appended to every reply.
     """
 
-    def __init__(self, instrument: str, *, host: str = "127.0.0.1", port: int = 0,
-                 faults: FaultPlan | None = None, reply_termination: str = "\n") -> None:
+    def __init__(
+        self,
+        instrument: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: FaultPlan | None = None,
+        reply_termination: str = "\n",
+    ) -> None:
         super().__init__(instrument, host=host, port=port)
         self.faults = faults
         self.reply_termination = reply_termination
@@ -272,8 +279,7 @@ class LineServer(TcpServerBase):
                     if reply is not None:
                         replies.append(reply)
                 if replies:  # all reply lines of one command line in one write
-                    conn.sendall("".join(r + self.reply_termination for r in self.reply_lines(replies))
-                                 .encode("ascii"))
+                    conn.sendall("".join(r + self.reply_termination for r in self.reply_lines(replies)).encode("ascii"))
 
     def _serve_command(self, command: str) -> tuple[bool, str | None]:
         """Handle one command: (False, None) when the connection is to be closed, else the reply."""
@@ -300,8 +306,14 @@ class LineServer(TcpServerBase):
 
 # -- the SR830 / SR860 ---------------------------------------------------------------------------
 # Which LockInSettings field each table setting lives in.
-_FIELDS = {"frequency": "frequency_hz", "amplitude": "amplitude_v", "phase": "phase_deg", "harmonic": "harmonic",
-           "time_constant": "time_constant_s", "sensitivity": "sensitivity_v"}
+_FIELDS = {
+    "frequency": "frequency_hz",
+    "amplitude": "amplitude_v",
+    "phase": "phase_deg",
+    "harmonic": "harmonic",
+    "time_constant": "time_constant_s",
+    "sensitivity": "sensitivity_v",
+}
 
 
 class SR830Server(LineServer):
@@ -317,8 +329,15 @@ class SR830Server(LineServer):
         Serial number printed by ``*IDN?``.
     """
 
-    def __init__(self, state: LockInState | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 faults: FaultPlan | None = None, serial: str = "s/n86001") -> None:
+    def __init__(
+        self,
+        state: LockInState | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: FaultPlan | None = None,
+        serial: str = "s/n86001",
+    ) -> None:
         super().__init__("sr830", host=host, port=port, faults=faults)
         self.state = state if state is not None else LockInState()
         self.serial = serial

@@ -12,6 +12,7 @@ away instead of hanging. What differs (binary frames vs text lines, faults) is
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import socket
 import socketserver
@@ -80,8 +81,9 @@ class TcpServerBase(abc.ABC):
         server.server_activate()
         self._server = server
         # 50 ms poll: stop() returns quickly (the default 0.5 s would dominate test teardown).
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"{self.instrument}-server", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{self.instrument}-server", daemon=True
+        )
         self._thread.start()
         log.info("simulated %s on %s", self.instrument, self.resource)
         return self
@@ -105,8 +107,9 @@ class TcpServerBase(abc.ABC):
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- per connection -----------------------------------------------------------------------
@@ -126,8 +129,6 @@ class TcpServerBase(abc.ABC):
 
 def close_quietly(conn: socket.socket) -> None:
     """Shut down and close a connection that the peer may already have closed."""
-    try:
+    with contextlib.suppress(OSError):  # the peer may already be gone; close() still releases the descriptor
         conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # the peer may already be gone; close() below still releases the descriptor
     conn.close()

@@ -26,8 +26,12 @@ def test_every_subcommand_builds_its_arguments(name):
 
 
 def test_console_script_entry_runs_as_a_process():
-    proc = subprocess.run([sys.executable, "-m", "stslive.acquisition.cli", "theory", "--help"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stslive.acquisition.cli", "theory", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "usage: stslive theory" in proc.stdout
 

@@ -11,8 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FORMAT_MODULES = {
-    "stslive.acquisition.formats.archive", "stslive.acquisition.formats.recording", "stslive.acquisition.formats.nanonis3ds",
-    "stslive.acquisition.formats.stream", "stslive.acquisition.formats.subscriber", "stslive.acquisition.formats.runmodel",
+    "stslive.acquisition.formats.archive",
+    "stslive.acquisition.formats.recording",
+    "stslive.acquisition.formats.nanonis3ds",
+    "stslive.acquisition.formats.stream",
+    "stslive.acquisition.formats.subscriber",
+    "stslive.acquisition.formats.runmodel",
     "stslive.acquisition.formats.security",
 }
 

@@ -21,23 +21,68 @@ from stslive.drivers.errors import StsliveError
 
 # name -> (module, one-line help). Keep sorted by the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "instruments": ("stslive.acquisition.cli.instruments", "connect to the STM, lock-in and thermometer; print identity and settings"),
+    "instruments": (
+        "stslive.acquisition.cli.instruments",
+        "connect to the STM, lock-in and thermometer; print identity and settings",
+    ),
     "mock-lab": ("stslive.acquisition.cli.mocklab", "run the simulated Nanonis, SR830 and LakeShore 372 on TCP ports"),
-    "scan": ("stslive.acquisition.cli.scan", "run a grid/line/point scan from a TOML config (--config RUN.toml --out RUN.h5) or --resume RUN.h5"),
-    "control": ("stslive.acquisition.cli.control", "send pause/resume/abort/remeasure/set/status to a running scan's control socket"),
-    "keys": ("stslive.acquisition.cli.keys", "create ZeroMQ CURVE key pairs (server, viewer/control clients) for binding beyond loopback"),
-    "simulate": ("stslive.acquisition.cli.simulate", "write a run archive of a simulated NbN film scan (ground truth inside)"),
+    "scan": (
+        "stslive.acquisition.cli.scan",
+        "run a grid/line/point scan from a TOML config (--config RUN.toml --out RUN.h5) or --resume RUN.h5",
+    ),
+    "control": (
+        "stslive.acquisition.cli.control",
+        "send pause/resume/abort/remeasure/set/status to a running scan's control socket",
+    ),
+    "keys": (
+        "stslive.acquisition.cli.keys",
+        "create ZeroMQ CURVE key pairs (server, viewer/control clients) for binding beyond loopback",
+    ),
+    "simulate": (
+        "stslive.acquisition.cli.simulate",
+        "write a run archive of a simulated NbN film scan (ground truth inside)",
+    ),
     "analyse": ("stslive.acquisition.cli.analyse", "analyse an archive or .3ds: maps.h5, report.json and figures"),
-    "theory": ("stslive.acquisition.cli.theory", "theory quantities of the paper from its inputs or yours, beside its quoted values"),
-    "bench": ("stslive.acquisition.jobs.bench_analysis", "benchmark: 'bench analysis' times the batch kernels against a per-spectrum loop"),
-    "bench-analyser": ("stslive.acquisition.jobs.bench_analyser", "benchmark: live analyser throughput and publish-to-result latency p50/p99 on a replayed stream"),
-    "bench-campaign": ("stslive.acquisition.jobs.bench_campaign", "benchmark: a 4-map campaign analysed single-process vs a Dask LocalCluster"),
-    "bench-scan": ("stslive.acquisition.jobs.bench_scan", "benchmark: per-pixel scan overhead (p50/p99) against the simulated lab"),
-    "view": ("stslive.acquisition.cli.view", "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)"),
-    "analyser": ("stslive.acquisition.cli.analyser", "follow a run stream: per-pixel Delta, alpha, flags, correlations; publish and save them"),
-    "replay": ("stslive.acquisition.cli.replay", "publish an archive or a Nanonis .3ds as a run stream (--rate N/s or --as-recorded)"),
-    "soak": ("stslive.acquisition.jobs.soak", "fault soak: a long simulated run with instrument faults and killed processes, checked end to end"),
-    "demo": ("stslive.acquisition.cli.demo", "the main job in mock mode: simulated lab, scan, live analyser and screen (--headless: files in --out)"),
+    "theory": (
+        "stslive.acquisition.cli.theory",
+        "theory quantities of the paper from its inputs or yours, beside its quoted values",
+    ),
+    "bench": (
+        "stslive.acquisition.jobs.bench_analysis",
+        "benchmark: 'bench analysis' times the batch kernels against a per-spectrum loop",
+    ),
+    "bench-analyser": (
+        "stslive.acquisition.jobs.bench_analyser",
+        "benchmark: live analyser throughput and publish-to-result latency p50/p99 on a replayed stream",
+    ),
+    "bench-campaign": (
+        "stslive.acquisition.jobs.bench_campaign",
+        "benchmark: a 4-map campaign analysed single-process vs a Dask LocalCluster",
+    ),
+    "bench-scan": (
+        "stslive.acquisition.jobs.bench_scan",
+        "benchmark: per-pixel scan overhead (p50/p99) against the simulated lab",
+    ),
+    "view": (
+        "stslive.acquisition.cli.view",
+        "control-room screen: Delta/alpha maps, spectra, status, flags (file or live stream)",
+    ),
+    "analyser": (
+        "stslive.acquisition.cli.analyser",
+        "follow a run stream: per-pixel Delta, alpha, flags, correlations; publish and save them",
+    ),
+    "replay": (
+        "stslive.acquisition.cli.replay",
+        "publish an archive or a Nanonis .3ds as a run stream (--rate N/s or --as-recorded)",
+    ),
+    "soak": (
+        "stslive.acquisition.jobs.soak",
+        "fault soak: a long simulated run with instrument faults and killed processes, checked end to end",
+    ),
+    "demo": (
+        "stslive.acquisition.cli.demo",
+        "the main job in mock mode: simulated lab, scan, live analyser and screen (--headless: files in --out)",
+    ),
 }
 
 
@@ -88,4 +133,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stslive {args.command}: interrupted", file=sys.stderr)
         return 130
-

@@ -29,13 +29,18 @@ from tqdm import tqdm
 from stslive.acquisition.formats.archive import VERSION_ATTR
 from stslive.acquisition.formats.recording import SpectraSource
 from stslive.drivers.errors import AnalysisError, ConfigError
+from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
 from stslive.live.offline import figures
 from stslive.live.offline.campaign import write_campaign
-from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
-from stslive.live.pipeline import (
-    TheoryConstants, analyse_source, calibrate_source, correlation_snapshot, open_input, uses_lockin,
-)
 from stslive.live.offline.report import build_report, write_report
+from stslive.live.pipeline import (
+    TheoryConstants,
+    analyse_source,
+    calibrate_source,
+    correlation_snapshot,
+    open_input,
+    uses_lockin,
+)
 from stslive.live.results import ResultsModel
 
 #: ``--dask`` given without an address: start a LocalCluster.
@@ -68,45 +73,93 @@ def parse_assignments(items: list[str] | None) -> dict[str, str]:
 def kernel_options(args: argparse.Namespace) -> KernelOptions:
     """KernelOptions from the command line (``--no-lockin``: Delta and alpha from I(V) only)."""
     return KernelOptions(
-        current=args.current, lockin=args.lockin,
+        current=args.current,
+        lockin=args.lockin,
         gap_source="auto" if args.use_lockin else "current",
         fit_window_V=parse_mV_pair(args.fit_window, "fit-window"),
         gap_search_V=parse_mV_pair(args.gap_search, "gap-search"),
-        smoothing_points=args.smoothing, temperature_K=args.temperature_K,
+        smoothing_points=args.smoothing,
+        temperature_K=args.temperature_K,
     )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                        help="stslive run archive (.h5), Nanonis grid (.3ds) or a folder of them; several "
-                             "inputs write OUT/<stem>/ each and a campaign summary in OUT")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="stslive run archive (.h5), Nanonis grid (.3ds) or a folder of them; several "
+        "inputs write OUT/<stem>/ each and a campaign summary in OUT",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
-    parser.add_argument("--dask", nargs="?", const=LOCAL_CLUSTER, default=None, metavar="SCHEDULER_ADDRESS",
-                        help="run the kernels on Dask: a LocalCluster of worker processes, or the cluster "
-                             "at SCHEDULER_ADDRESS (tcp://HOST:PORT); needs pip install 'stslive[dask]'")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="LocalCluster worker processes for --dask (default: one per core)")
-    parser.add_argument("--block-mb", type=float, default=64.0,
-                        help="spectra per Dask task, MB of whole grid rows (default: 64, the row blocks of the "
-                             "single-process path, which makes both give bit-identical maps)")
+    parser.add_argument(
+        "--dask",
+        nargs="?",
+        const=LOCAL_CLUSTER,
+        default=None,
+        metavar="SCHEDULER_ADDRESS",
+        help="run the kernels on Dask: a LocalCluster of worker processes, or the cluster "
+        "at SCHEDULER_ADDRESS (tcp://HOST:PORT); needs pip install 'stslive[dask]'",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="LocalCluster worker processes for --dask (default: one per core)"
+    )
+    parser.add_argument(
+        "--block-mb",
+        type=float,
+        default=64.0,
+        help="spectra per Dask task, MB of whole grid rows (default: 64, the row blocks of the "
+        "single-process path, which makes both give bit-identical maps)",
+    )
     parser.add_argument("--current", help="current channel name (default: first 'Current ...' channel)")
     parser.add_argument("--lockin", help="lock-in channel name (default: 'LI Demod n X ...', else 'Input n ...')")
     lockin = parser.add_mutually_exclusive_group()
-    lockin.add_argument("--use-lockin", dest="use_lockin", action="store_true", default=True,
-                        help="take Delta from the lock-in channel when there is one (default)")
-    lockin.add_argument("--no-lockin", dest="use_lockin", action="store_false",
-                        help="Delta and alpha from I(V) only; the lock-in channel is ignored")
-    parser.add_argument("--fit-window", default="5,30", metavar="LOW,HIGH",
-                        help="|V| range of the power-law fit, mV (default: 5,30, the paper's)")
-    parser.add_argument("--gap-search", default="0.3,4", metavar="LOW,HIGH",
-                        help="|V| range searched for the coherence peaks, mV (default: 0.3,4)")
-    parser.add_argument("--smoothing", type=int, default=KernelOptions.smoothing_points, metavar="POINTS",
-                        help="running-mean width of the numerical dI/dV, samples, odd (default: 11)")
-    parser.add_argument("--temperature-K", type=float, default=KernelOptions.temperature_K,
-                        help="sample temperature for the peak templates, K (default: 0.3)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="theory constant for Eqs. (2), (3): bias_V (0.01), diffusion_m2_s (5e-5), "
-                             "hbar_omega_D_K (300); repeatable")
+    lockin.add_argument(
+        "--use-lockin",
+        dest="use_lockin",
+        action="store_true",
+        default=True,
+        help="take Delta from the lock-in channel when there is one (default)",
+    )
+    lockin.add_argument(
+        "--no-lockin",
+        dest="use_lockin",
+        action="store_false",
+        help="Delta and alpha from I(V) only; the lock-in channel is ignored",
+    )
+    parser.add_argument(
+        "--fit-window",
+        default="5,30",
+        metavar="LOW,HIGH",
+        help="|V| range of the power-law fit, mV (default: 5,30, the paper's)",
+    )
+    parser.add_argument(
+        "--gap-search",
+        default="0.3,4",
+        metavar="LOW,HIGH",
+        help="|V| range searched for the coherence peaks, mV (default: 0.3,4)",
+    )
+    parser.add_argument(
+        "--smoothing",
+        type=int,
+        default=KernelOptions.smoothing_points,
+        metavar="POINTS",
+        help="running-mean width of the numerical dI/dV, samples, odd (default: 11)",
+    )
+    parser.add_argument(
+        "--temperature-K",
+        type=float,
+        default=KernelOptions.temperature_K,
+        help="sample temperature for the peak templates, K (default: 0.3)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="theory constant for Eqs. (2), (3): bias_V (0.01), diffusion_m2_s (5e-5), "
+        "hbar_omega_D_K (300); repeatable",
+    )
     parser.add_argument("--examples", type=int, default=3, help="example spectra in spectra.png (default: 3)")
 
 
@@ -121,8 +174,9 @@ def _example_pixels(model: ResultsModel, count: int) -> list[tuple[int, int]]:
     return [(int(iy[k]), int(ix[k])) for k in picks]
 
 
-def _examples(source: SpectraSource, model: ResultsModel, options: KernelOptions,
-              count: int) -> list[figures.ExampleSpectrum]:
+def _examples(
+    source: SpectraSource, model: ResultsModel, options: KernelOptions, count: int
+) -> list[figures.ExampleSpectrum]:
     """dI/dV (numerical derivative of I(V), S) of a few pixels with their results."""
     out = []
     for iy, ix in _example_pixels(model, count):
@@ -139,13 +193,24 @@ def _examples(source: SpectraSource, model: ResultsModel, options: KernelOptions
         else:
             gap_trace, gap_label = derivative(bias, current, points=3) * 1e9, "dI/dV, 3-point (nS)"
         m = model.maps
-        out.append(figures.ExampleSpectrum(
-            iy=iy, ix=ix, bias_V=bias, didv=didv, unit="nS", gap_trace=gap_trace, gap_label=gap_label,
-            delta_eV=float(m["delta_eV"][iy, ix]),
-            peak_neg_V=float(m["peak_neg_V"][iy, ix]), peak_pos_V=float(m["peak_pos_V"][iy, ix]),
-            alpha_pos=float(m["alpha_pos"][iy, ix]), alpha_neg=float(m["alpha_neg"][iy, ix]),
-            b_pos=float(m["b_pos"][iy, ix]) * 1e9, b_neg=float(m["b_neg"][iy, ix]) * 1e9,
-        ))
+        out.append(
+            figures.ExampleSpectrum(
+                iy=iy,
+                ix=ix,
+                bias_V=bias,
+                didv=didv,
+                unit="nS",
+                gap_trace=gap_trace,
+                gap_label=gap_label,
+                delta_eV=float(m["delta_eV"][iy, ix]),
+                peak_neg_V=float(m["peak_neg_V"][iy, ix]),
+                peak_pos_V=float(m["peak_pos_V"][iy, ix]),
+                alpha_pos=float(m["alpha_pos"][iy, ix]),
+                alpha_neg=float(m["alpha_neg"][iy, ix]),
+                b_pos=float(m["b_pos"][iy, ix]) * 1e9,
+                b_neg=float(m["b_neg"][iy, ix]) * 1e9,
+            )
+        )
     return out
 
 
@@ -156,15 +221,23 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def analyse_to_directory(path: Path, out: Path, *, options: KernelOptions, constants: TheoryConstants,
-                         examples: int = 3, show_progress: bool = False) -> dict[str, Any]:
+def analyse_to_directory(
+    path: Path,
+    out: Path,
+    *,
+    options: KernelOptions,
+    constants: TheoryConstants,
+    examples: int = 3,
+    show_progress: bool = False,
+) -> dict[str, Any]:
     """The whole ``analyse`` command for one input, in this process; returns the report dictionary."""
     t0 = time.perf_counter()
     prepare_out(out)
     with open_input(path, options=options) as source:
         options = calibrate_source(source, options=options)  # one template width, recorded in the report
-        bar = tqdm(total=int(source.measured.sum()), unit="px", desc=path.name, disable=not show_progress,
-                   file=sys.stderr)
+        bar = tqdm(
+            total=int(source.measured.sum()), unit="px", desc=path.name, disable=not show_progress, file=sys.stderr
+        )
 
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
@@ -174,8 +247,16 @@ def analyse_to_directory(path: Path, out: Path, *, options: KernelOptions, const
         return write_outputs(source, model, out, options=options, constants=constants, examples=examples, t0=t0)
 
 
-def write_outputs(source: SpectraSource, model: ResultsModel, out: Path, *, options: KernelOptions,
-                  constants: TheoryConstants, examples: int, t0: float) -> dict[str, Any]:
+def write_outputs(
+    source: SpectraSource,
+    model: ResultsModel,
+    out: Path,
+    *,
+    options: KernelOptions,
+    constants: TheoryConstants,
+    examples: int,
+    t0: float,
+) -> dict[str, Any]:
     """Correlations, ``maps.h5``, ``report.json`` and figures of an analysed ``source`` into ``out``.
 
     Shared by the single-process path and the Dask path (:mod:`stslive.live.offline.dask`), so
@@ -186,30 +267,45 @@ def write_outputs(source: SpectraSource, model: ResultsModel, out: Path, *, opti
     if int(model.maps["valid"].sum()) >= 3:
         model.set_snapshot(correlation_snapshot(model, pixel_size_m=dy_dx, constants=constants))
     inputs = {
-        "file": str(source.path.resolve()), "format": source.kind, "sweep_signal": source.sweep_signal,
+        "file": str(source.path.resolve()),
+        "format": source.kind,
+        "sweep_signal": source.sweep_signal,
         # the lock-in the analysis used (open_spectra may read one that --no-lockin leaves unused)
-        "channels": {"current": source.current_channel,
-                     "lockin": source.lockin_channel if uses_lockin(options) else None},
-        "available_channels": source.channel_names, "grid": list(source.shape),
-        "pixel_size_nm": [dy_dx[0] * 1e9, dy_dx[1] * 1e9], "n_points": source.n_points,
+        "channels": {
+            "current": source.current_channel,
+            "lockin": source.lockin_channel if uses_lockin(options) else None,
+        },
+        "available_channels": source.channel_names,
+        "grid": list(source.shape),
+        "pixel_size_nm": [dy_dx[0] * 1e9, dy_dx[1] * 1e9],
+        "n_points": source.n_points,
     }
     example_spectra = _examples(source, model, options, examples)
     model.save_maps_h5(out / "maps.h5")
-    report = build_report(model, pixel_size_m=dy_dx, inputs=inputs, options=options, constants=constants,
-                          elapsed_s=time.perf_counter() - t0, ground_truth=source.ground_truth)
+    report = build_report(
+        model,
+        pixel_size_m=dy_dx,
+        inputs=inputs,
+        options=options,
+        constants=constants,
+        elapsed_s=time.perf_counter() - t0,
+        ground_truth=source.ground_truth,
+    )
     _write_figures(out, model, example_spectra, options)
     report["elapsed_s"] = time.perf_counter() - t0  # now including the figures
     write_report(report, out / "report.json")
     return report
 
 
-def _write_figures(out: Path, model: ResultsModel, examples: list[figures.ExampleSpectrum],
-                   options: KernelOptions) -> None:
+def _write_figures(
+    out: Path, model: ResultsModel, examples: list[figures.ExampleSpectrum], options: KernelOptions
+) -> None:
     valid = model.maps["valid"]
     delta = np.where(valid, model.maps["delta_eV"], np.nan)
     alpha = np.where(valid, model.maps["alpha"], np.nan)
-    figures.maps_figure(out / "maps.png", delta_eV=delta, alpha=alpha, pixel_nm=model.pixel_nm,
-                        topography_m=model.topography)
+    figures.maps_figure(
+        out / "maps.png", delta_eV=delta, alpha=alpha, pixel_nm=model.pixel_nm, topography_m=model.topography
+    )
     figures.histograms_figure(out / "histograms.png", delta_eV=delta, alpha=alpha)
     if model.snapshot is not None:
         figures.cross_correlation_figure(out / "cross_correlation.png", model.snapshot)
@@ -272,22 +368,33 @@ def _summary(report: dict[str, Any]) -> str:
         value = report.get(key)
         return "n/a" if value is None else f"{value:.4g}{scale}"
 
-    return (f"{report['valid_pixels']} of {report['pixels']} pixels valid; "
-            f"Delta {fmt('delta_mean_meV')} +- {fmt('delta_std_meV')} meV, alpha {fmt('alpha_mean')} "
-            f"+- {fmt('alpha_std')}; l_Delta {fmt('l_delta_nm')} nm, l_alpha {fmt('l_alpha_nm')} nm, "
-            f"rho_cross(0) {fmt('rho_cross_0')}")
+    return (
+        f"{report['valid_pixels']} of {report['pixels']} pixels valid; "
+        f"Delta {fmt('delta_mean_meV')} +- {fmt('delta_std_meV')} meV, alpha {fmt('alpha_mean')} "
+        f"+- {fmt('alpha_std')}; l_Delta {fmt('l_delta_nm')} nm, l_alpha {fmt('l_alpha_nm')} nm, "
+        f"rho_cross(0) {fmt('rho_cross_0')}"
+    )
 
 
-def analyse_many_dask(inputs: list[Path], outs: list[Path], *, address: str | None, options: KernelOptions,
-                      constants: TheoryConstants, examples: int, workers: int | None = None,
-                      max_block_bytes: int = 64 * 2**20, show_progress: bool = False) -> list[dict[str, Any]]:
+def analyse_many_dask(
+    inputs: list[Path],
+    outs: list[Path],
+    *,
+    address: str | None,
+    options: KernelOptions,
+    constants: TheoryConstants,
+    examples: int,
+    workers: int | None = None,
+    max_block_bytes: int = 64 * 2**20,
+    show_progress: bool = False,
+) -> list[dict[str, Any]]:
     """Every input through :func:`stslive.live.offline.dask.analyse_inputs_dask`; reports in input order."""
     from stslive.live.offline.dask import analyse_inputs_dask, dask_client
 
     for out in outs:
         prepare_out(out)
     t0 = time.perf_counter()
-    target = {p: o for p, o in zip(inputs, outs)}
+    target = dict(zip(inputs, outs, strict=False))
     reports: dict[Path, dict[str, Any]] = {}
     with dask_client(address, workers=workers) as client:
         bar = tqdm(unit="px", desc="dask", disable=not show_progress, file=sys.stderr)
@@ -297,12 +404,20 @@ def analyse_many_dask(inputs: list[Path], outs: list[Path], *, address: str | No
             bar.update(done - bar.n)
 
         with bar:
-            for run in analyse_inputs_dask(inputs, client=client, options=options, progress=progress,
-                                           max_block_bytes=max_block_bytes):
+            for run in analyse_inputs_dask(
+                inputs, client=client, options=options, progress=progress, max_block_bytes=max_block_bytes
+            ):
                 with open_input(run.path, options=run.options) as source:
                     # elapsed_s of a dask run: from the start of the whole campaign to this run's files
-                    reports[run.path] = write_outputs(source, run.model, target[run.path], options=run.options,
-                                                      constants=constants, examples=examples, t0=t0)
+                    reports[run.path] = write_outputs(
+                        source,
+                        run.model,
+                        target[run.path],
+                        options=run.options,
+                        constants=constants,
+                        examples=examples,
+                        t0=t0,
+                    )
     return [reports[p] for p in inputs]
 
 
@@ -316,17 +431,30 @@ def run(args: argparse.Namespace) -> int:
     show = sys.stderr.isatty()
     if args.dask is not None:
         address = None if args.dask == LOCAL_CLUSTER else args.dask
-        reports = analyse_many_dask(inputs, outs, address=address, options=options, constants=constants,
-                                    examples=args.examples, workers=args.workers, show_progress=show,
-                                    max_block_bytes=int(args.block_mb * 2**20))
+        reports = analyse_many_dask(
+            inputs,
+            outs,
+            address=address,
+            options=options,
+            constants=constants,
+            examples=args.examples,
+            workers=args.workers,
+            show_progress=show,
+            max_block_bytes=int(args.block_mb * 2**20),
+        )
     else:
-        reports = [analyse_to_directory(path, out, options=options, constants=constants, examples=args.examples,
-                                        show_progress=show) for path, out in zip(inputs, outs)]
-    for path, out, report in zip(inputs, outs, reports):
+        reports = [
+            analyse_to_directory(
+                path, out, options=options, constants=constants, examples=args.examples, show_progress=show
+            )
+            for path, out in zip(inputs, outs, strict=False)
+        ]
+    for path, out, report in zip(inputs, outs, reports, strict=False):
         print(f"{path.name}: {_summary(report)}")
         print(f"wrote {out / 'maps.h5'}, {out / 'report.json'} and figures")
     if len(inputs) > 1:
-        written = write_campaign(args.out, [(out.name, path, report) for path, out, report in
-                                            zip(inputs, outs, reports)])
+        written = write_campaign(
+            args.out, [(out.name, path, report) for path, out, report in zip(inputs, outs, reports, strict=False)]
+        )
         print("campaign summary: " + ", ".join(os.fspath(p) for p in written))
     return 0

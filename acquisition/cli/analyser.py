@@ -30,16 +30,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", required=True, help="run stream endpoint, e.g. tcp://127.0.0.1:5556")
     parser.add_argument("--archive", help="the run archive RUN.h5: backfill on late join, fill seq gaps")
     parser.add_argument("--bind", default="tcp://127.0.0.1:5560", help="results PUB endpoint (loopback unless --keys)")
-    parser.add_argument("--keys", metavar="KEYDIR", help="CURVE key directory ('stslive keys'): the results PUB "
-                        "admits only its viewer and controller keys and may bind beyond loopback")
-    parser.add_argument("--client", metavar="NAME", help="with --keys: read a run stream bound with keys as "
-                        "client NAME (KEYDIR/clients/NAME.key_secret)")
+    parser.add_argument(
+        "--keys",
+        metavar="KEYDIR",
+        help="CURVE key directory ('stslive keys'): the results PUB "
+        "admits only its viewer and controller keys and may bind beyond loopback",
+    )
+    parser.add_argument(
+        "--client",
+        metavar="NAME",
+        help="with --keys: read a run stream bound with keys as client NAME (KEYDIR/clients/NAME.key_secret)",
+    )
     parser.add_argument("--out", help="analysis file (default: RUN.analysis.h5 beside the archive)")
     parser.add_argument("--config", help="TOML file with a [flags] table of flag thresholds")
-    parser.add_argument("--dynes-width-meV", type=float, default=None,
-                        help="fix the Dynes width of the peak templates, meV (default: calibrated on the run's first "
-                             "spectra as `stslive analyse` does, so both give the same maps; results are held "
-                             "until those spectra arrived)")
+    parser.add_argument(
+        "--dynes-width-meV",
+        type=float,
+        default=None,
+        help="fix the Dynes width of the peak templates, meV (default: calibrated on the run's first "
+        "spectra as `stslive analyse` does, so both give the same maps; results are held "
+        "until those spectra arrived)",
+    )
     parser.add_argument("--snapshot-every", type=int, default=500, help="pixels between correlation snapshots")
     parser.add_argument("--once", action="store_true", help="exit after the first run's stop document")
 
@@ -50,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--client NAME needs --keys KEYDIR (the client key pair is KEYDIR/clients/NAME.key_secret)")
     flags = load_flag_config(args.config) if args.config else FlagConfig()
     service = AnalyserService(
-        args.connect, archive=args.archive, bind=args.bind, out=args.out,
+        args.connect,
+        archive=args.archive,
+        bind=args.bind,
+        out=args.out,
         security=None if args.keys is None else Security.from_dir(args.keys),
         stream_security=None if args.client is None else Security.from_dir(args.keys, client=args.client),
         options=KernelOptions(dynes_width_eV=None if args.dynes_width_meV is None else args.dynes_width_meV * 1e-3),
@@ -59,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
     )
     with service:
         settle_gc()
-        print(f"stslive analyser: following {args.connect}, results on {service.results_endpoint}, "
-              f"analysis file {service.out or '(none: give --archive or --out)'}", flush=True)
+        print(
+            f"stslive analyser: following {args.connect}, results on {service.results_endpoint}, "
+            f"analysis file {service.out or '(none: give --archive or --out)'}",
+            flush=True,
+        )
         try:
             while True:
                 if args.once and service.wait_for_stop(timeout_s=1.0):

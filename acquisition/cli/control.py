@@ -28,11 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``stslive control``."""
     parser.add_argument("--connect", default="tcp://127.0.0.1:5557", help="the scan's control endpoint")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
-    parser.add_argument("--keys", metavar="KEYDIR", help="CURVE key directory (server.key, clients/NAME.key_secret) "
-                        "for a control socket bound with keys")
+    parser.add_argument(
+        "--keys",
+        metavar="KEYDIR",
+        help="CURVE key directory (server.key, clients/NAME.key_secret) for a control socket bound with keys",
+    )
     parser.add_argument("--client", metavar="NAME", help="with --keys: this controller's key pair name")
-    parser.add_argument("name", choices=sorted(COMMANDS), metavar="COMMAND",
-                        help="; ".join(f"{n}: {c.doc}" for n, c in COMMANDS.items()))
+    parser.add_argument(
+        "name",
+        choices=sorted(COMMANDS),
+        metavar="COMMAND",
+        help="; ".join(f"{n}: {c.doc}" for n, c in COMMANDS.items()),
+    )
     parser.add_argument("--pixels", nargs="+", metavar="IY,IX", help="remeasure: pixels as IY,IX")
     parser.add_argument("--setpoint-set", type=int, metavar="ID", help="set: the set-point set id")
 
@@ -56,10 +63,13 @@ def run(args: argparse.Namespace) -> int:
         if security is None:
             raise
         # a CURVE server drops a refused handshake silently: the client only sees the silence
-        raise InstrumentTimeout("control", f"{exc.detail} With keys, no reply also means authentication failed: "
-                                f"is {args.client!r} a controller key (in {args.keys}/controllers/ on the scan "
-                                "machine, made with 'stslive keys --role control'), and is server.key the "
-                                "scan's?") from None
+        raise InstrumentTimeout(
+            "control",
+            f"{exc.detail} With keys, no reply also means authentication failed: "
+            f"is {args.client!r} a controller key (in {args.keys}/controllers/ on the scan "
+            "machine, made with 'stslive keys --role control'), and is server.key the "
+            "scan's?",
+        ) from None
     print(json.dumps(reply))
     return 0 if reply.get("ok") else 1
 
@@ -73,6 +83,8 @@ def client_security(keys: str | None, client: str | None) -> Security | None:
         One option without the other.
     """
     if (keys is None) != (client is None):
-        raise ConfigError("--keys KEYDIR and --client NAME go together: the client key pair is "
-                          "KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME')")
+        raise ConfigError(
+            "--keys KEYDIR and --client NAME go together: the client key pair is "
+            "KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME')"
+        )
     return None if keys is None else Security.from_dir(keys, client=client)

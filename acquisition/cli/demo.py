@@ -62,18 +62,30 @@ def _grid(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``stslive demo``."""
-    parser.add_argument("--headless", action="store_true",
-                        help="no screen: wait for the run and its analysis, leave files and a snapshot PNG in --out")
-    parser.add_argument("--grid", type=_grid, default=(64, 48), metavar="NXxNY", help="film and scan size (default 64x48)")
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="no screen: wait for the run and its analysis, leave files and a snapshot PNG in --out",
+    )
+    parser.add_argument(
+        "--grid", type=_grid, default=(64, 48), metavar="NXxNY", help="film and scan size (default 64x48)"
+    )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default ./demo-out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated film (default 0)")
-    parser.add_argument("--speed", type=float, default=None,
-                        help=f"sweep time scale: 1 real time (1.6 s per spectrum), 0 as fast as possible "
-                             f"(default {SCREEN_SPEED:g} with the screen, 0 with --headless)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help=f"sweep time scale: 1 real time (1.6 s per spectrum), 0 as fast as possible "
+        f"(default {SCREEN_SPEED:g} with the screen, 0 with --headless)",
+    )
     parser.add_argument("--faults", type=Path, help="fault file for the simulated lab (see stslive.mocks.faults)")
-    parser.add_argument("--keep-running", action="store_true",
-                        help="after the run keep the lab (and the screen) up until Ctrl-C; scan it again with "
-                             "`stslive scan --config DIR/run.toml --out other.h5`")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the run keep the lab (and the screen) up until Ctrl-C; scan it again with "
+        "`stslive scan --config DIR/run.toml --out other.h5`",
+    )
 
 
 @dataclass(frozen=True)
@@ -115,8 +127,16 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the demo as Ctrl-C does
     try:
         with Supervisor(paths.logs) as sup:
-            summary = run_demo(sup, paths, grid=args.grid, seed=args.seed, speed=speed, faults=args.faults,
-                               headless=args.headless, keep_running=args.keep_running)
+            summary = run_demo(
+                sup,
+                paths,
+                grid=args.grid,
+                seed=args.seed,
+                speed=speed,
+                faults=args.faults,
+                headless=args.headless,
+                keep_running=args.keep_running,
+            )
             print(summary, flush=True)
             if args.keep_running:
                 print("stslive demo: the lab keeps running; Ctrl-C to stop", flush=True)
@@ -133,8 +153,17 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: int, speed: float,
-             faults: Path | None, headless: bool, keep_running: bool) -> str:
+def run_demo(
+    sup: Supervisor,
+    paths: DemoPaths,
+    *,
+    grid: tuple[int, int],
+    seed: int,
+    speed: float,
+    faults: Path | None,
+    headless: bool,
+    keep_running: bool,
+) -> str:
     """Start the lab, scan, analyser (and screen); wait for the run and its analysis; return the summary."""
     from stslive.acquisition.jobs.bench_scan import mock_lab_config
     from stslive.mocks.film import FilmParams
@@ -142,8 +171,21 @@ def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: 
     nx, ny = grid
     t0 = time.perf_counter()
     film = FilmParams(ny=ny, nx=nx, seed=seed)
-    lab_args = ["mock-lab", "--grid", f"{nx}x{ny}", "--seed", str(seed), "--speed", repr(speed),
-                "--nanonis-port", "0", "--sr830-port", "0", "--thermometer-port", "0"]
+    lab_args = [
+        "mock-lab",
+        "--grid",
+        f"{nx}x{ny}",
+        "--seed",
+        str(seed),
+        "--speed",
+        repr(speed),
+        "--nanonis-port",
+        "0",
+        "--sr830-port",
+        "0",
+        "--thermometer-port",
+        "0",
+    ]
     lab = sup.start("mock-lab", lab_args + (["--faults", str(faults)] if faults else []), must_succeed=False)
     lines = lab.wait_for_lines(lambda ls: len(ls) >= 3, timeout_s=START_TIMEOUT_S, check=sup.check)
     resources = dict(line.split(None, 1) for line in lines[:3])
@@ -157,29 +199,49 @@ def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: 
     for stale in (paths.analysis, paths.screen):  # never report files of an earlier demo as this one's
         stale.unlink(missing_ok=True)
 
-    scan = sup.start("scan", ["scan", "--config", str(paths.config), "--out", str(paths.archive), "--overwrite"],
-                     stop_signal=signal.SIGINT)
-    lines = scan.wait_for_lines(lambda ls: any(ln.startswith("control ") for ln in ls), timeout_s=START_TIMEOUT_S,
-                                check=sup.check)
+    scan = sup.start(
+        "scan",
+        ["scan", "--config", str(paths.config), "--out", str(paths.archive), "--overwrite"],
+        stop_signal=signal.SIGINT,
+    )
+    lines = scan.wait_for_lines(
+        lambda ls: any(ln.startswith("control ") for ln in ls), timeout_s=START_TIMEOUT_S, check=sup.check
+    )
     endpoints = dict(line.split(None, 1) for line in lines if line.split(None, 1)[0] in ("stream", "control"))
     _hold_scan(endpoints["control"], sup)
 
-    analyser = sup.start("analyser", ["analyser", "--connect", endpoints["stream"], "--archive", str(paths.archive),
-                                      "--bind", "tcp://127.0.0.1:0", "--out", str(paths.analysis), "--once"],
-                         stop_signal=signal.SIGINT)
-    lines = analyser.wait_for_lines(lambda ls: any("results on " in ln for ln in ls), timeout_s=START_TIMEOUT_S,
-                                    check=sup.check)
+    analyser = sup.start(
+        "analyser",
+        [
+            "analyser",
+            "--connect",
+            endpoints["stream"],
+            "--archive",
+            str(paths.archive),
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--out",
+            str(paths.analysis),
+            "--once",
+        ],
+        stop_signal=signal.SIGINT,
+    )
+    lines = analyser.wait_for_lines(
+        lambda ls: any("results on " in ln for ln in ls), timeout_s=START_TIMEOUT_S, check=sup.check
+    )
     results = next(ln for ln in lines if "results on " in ln).split("results on ", 1)[1].split(",", 1)[0]
     if not headless:
-        sup.start("viewer", ["view", str(paths.archive), "--connect", results, "--timeout", "60"],
-                  must_succeed=True)
+        sup.start("viewer", ["view", str(paths.archive), "--connect", results, "--timeout", "60"], must_succeed=True)
     t_scan = time.perf_counter()
     _command(endpoints["control"], "resume", sup)
     if headless:  # nobody at a screen can resume a scan that paused itself: say so instead of waiting forever
         sup.watch(until=lambda: scan.returncode is not None or _paused_for_failures(endpoints["control"]), poll_s=0.5)
         if scan.returncode is None:
-            raise ServiceError("scan", f"paused itself after repeated failed pixels (see {scan.log_path}); "
-                                       "with the screen, `stslive control ... resume` would continue it")
+            raise ServiceError(
+                "scan",
+                f"paused itself after repeated failed pixels (see {scan.log_path}); "
+                "with the screen, `stslive control ... resume` would continue it",
+            )
     sup.wait("scan")
     scan_s = time.perf_counter() - t_scan
     sup.wait("analyser", timeout_s=120.0)
@@ -189,13 +251,32 @@ def run_demo(sup: Supervisor, paths: DemoPaths, *, grid: tuple[int, int], seed: 
     sup.wait("analyse", timeout_s=600.0)
     if headless:
         # the live analyser's file: the screen as the control room saw it (sets, flags, run status)
-        sup.start("snapshot", ["view", str(paths.archive), "--analysis", str(paths.analysis),
-                               "--snapshot", str(paths.screen), "--timeout", "60"])
+        sup.start(
+            "snapshot",
+            [
+                "view",
+                str(paths.archive),
+                "--analysis",
+                str(paths.analysis),
+                "--snapshot",
+                str(paths.screen),
+                "--timeout",
+                "60",
+            ],
+        )
         sup.wait("snapshot", timeout_s=300.0)
     wall_s = time.perf_counter() - t0
     report = json.loads((paths.out / "report.json").read_text(encoding="utf-8"))
-    return summary_text(paths, report=report, film=film, speed=speed, wall_s=wall_s, scan_s=scan_s,
-                        analysed_s=analysed_s, headless=headless)
+    return summary_text(
+        paths,
+        report=report,
+        film=film,
+        speed=speed,
+        wall_s=wall_s,
+        scan_s=scan_s,
+        analysed_s=analysed_s,
+        headless=headless,
+    )
 
 
 def _command(endpoint: str, command: str, sup: Supervisor) -> dict[str, Any]:
@@ -239,8 +320,11 @@ def _hold_scan(endpoint: str, sup: Supervisor, *, timeout_s: float = 30.0) -> No
         if reply.get("ok"):
             return
         if reply.get("state") != "idle" or time.monotonic() > deadline:
-            raise ServiceError("scan", f"could not be paused to let the analyser attach ({reply.get('error')}, "
-                                       f"state {reply.get('state')}); the run may have ended already")
+            raise ServiceError(
+                "scan",
+                f"could not be paused to let the analyser attach ({reply.get('error')}, "
+                f"state {reply.get('state')}); the run may have ended already",
+            )
         time.sleep(0.005)
 
 
@@ -261,8 +345,11 @@ def flag_counts(analysis: Path) -> dict[int, dict[str, Any]]:
     for set_id in np.unique(sets[measured]):
         here = measured & (sets == set_id)
         per_flag = {name: int(((flags & bit) != 0)[here].sum()) for name, bit in bits.items()}
-        out[int(set_id)] = {"pixels": int(here.sum()), "flagged": int((flags[here] != 0).sum()),
-                            "by_flag": {k: v for k, v in per_flag.items() if v}}
+        out[int(set_id)] = {
+            "pixels": int(here.sum()),
+            "flagged": int((flags[here] != 0).sum()),
+            "by_flag": {k: v for k, v in per_flag.items() if v},
+        }
     return out
 
 
@@ -276,8 +363,12 @@ def compare_maps(live: Path, offline: Path) -> dict[str, float]:
         only_one = int((a["valid"][()] != b["valid"][()]).sum())
         d = np.abs(a["delta"][()].astype(float) - b["delta"][()].astype(float))[valid] * 1e3
         al = np.abs(a["alpha"][()].astype(float) - b["alpha"][()].astype(float))[valid]
-    return {"delta_meV": float(d.max(initial=0.0)), "alpha": float(al.max(initial=0.0)), "valid_differs": only_one,
-            "both_valid": int(valid.sum())}
+    return {
+        "delta_meV": float(d.max(initial=0.0)),
+        "alpha": float(al.max(initial=0.0)),
+        "valid_differs": only_one,
+        "both_valid": int(valid.sum()),
+    }
 
 
 def truth_errors(maps: Path, film: Any) -> dict[str, float]:
@@ -300,14 +391,26 @@ def truth_errors(maps: Path, film: Any) -> dict[str, float]:
     d = (delta - truth.delta_pp_eV)[valid] * 1e3
     a = (alpha - truth.alpha_def)[valid]
     n = int(valid.sum())
-    return {"delta_truth_meV": float(np.mean(truth.delta_pp_eV) * 1e3),
-            "delta_rms_meV": float(np.sqrt(np.mean(d**2))) if n else math.nan,
-            "alpha_truth": float(np.mean(truth.alpha_def)),
-            "alpha_rms": float(np.sqrt(np.mean(a**2))) if n else math.nan, "pixels": n}
+    return {
+        "delta_truth_meV": float(np.mean(truth.delta_pp_eV) * 1e3),
+        "delta_rms_meV": float(np.sqrt(np.mean(d**2))) if n else math.nan,
+        "alpha_truth": float(np.mean(truth.alpha_def)),
+        "alpha_rms": float(np.sqrt(np.mean(a**2))) if n else math.nan,
+        "pixels": n,
+    }
 
 
-def summary_text(paths: DemoPaths, *, report: dict[str, Any], film: Any, speed: float, wall_s: float,
-                 scan_s: float, analysed_s: float, headless: bool) -> str:
+def summary_text(
+    paths: DemoPaths,
+    *,
+    report: dict[str, Any],
+    film: Any,
+    speed: float,
+    wall_s: float,
+    scan_s: float,
+    analysed_s: float,
+    headless: bool,
+) -> str:
     """The short text printed at the end of a demo."""
 
     def f(key: str, fmt: str = ".3g") -> str:
@@ -319,7 +422,8 @@ def summary_text(paths: DemoPaths, *, report: dict[str, Any], film: Any, speed: 
     truth = truth_errors(paths.out / "maps.h5", film)
     lines = [
         f"stslive demo: {pixels} of {report['grid_pixels']} pixels measured and analysed "
-        f"({report['valid_pixels']} valid), " + ("sweeps as fast as the mock lab runs" if speed == 0 else f"sweeps {speed:g} x real time"),
+        f"({report['valid_pixels']} valid), "
+        + ("sweeps as fast as the mock lab runs" if speed == 0 else f"sweeps {speed:g} x real time"),
         f"  wall {wall_s:.1f} s: scan {scan_s:.1f} s ({pixels / scan_s:.0f} pixels/s), live analysis done "
         f"{analysed_s - scan_s:.1f} s after it, then offline analysis" + (" and snapshot" if headless else ""),
         f"  Delta {f('delta_mean_meV')} +- {f('delta_std_meV')} meV, alpha {f('alpha_mean')} +- {f('alpha_std')}",
@@ -332,9 +436,11 @@ def summary_text(paths: DemoPaths, *, report: dict[str, Any], film: Any, speed: 
     for set_id, c in flag_counts(paths.analysis).items():
         reasons = ", ".join(f"{k} {v}" for k, v in c["by_flag"].items()) or "none"
         lines.append(f"  flags, set {set_id}: {c['flagged']} of {c['pixels']} pixels ({reasons})")
-    lines.append(f"  live analyser vs offline analysis of the archive: max |dDelta| {agree['delta_meV']:.2g} meV, "
-                 f"max |dalpha| {agree['alpha']:.2g} over {agree['both_valid']} pixels; "
-                 f"validity differs on {agree['valid_differs']}")
+    lines.append(
+        f"  live analyser vs offline analysis of the archive: max |dDelta| {agree['delta_meV']:.2g} meV, "
+        f"max |dalpha| {agree['alpha']:.2g} over {agree['both_valid']} pixels; "
+        f"validity differs on {agree['valid_differs']}"
+    )
     files = [paths.archive, paths.analysis, paths.out / "maps.h5", paths.out / "report.json"]
     if headless:
         files.append(paths.screen)

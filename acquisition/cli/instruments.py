@@ -37,11 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stm", metavar="RESOURCE", help="Nanonis controller, e.g. TCPIP::127.0.0.1::6501::SOCKET")
     parser.add_argument("--lockin", metavar="RESOURCE", help="SR830/SR860 lock-in, e.g. GPIB0::8::INSTR")
     parser.add_argument("--thermometer", metavar="RESOURCE", help="LakeShore 372, e.g. TCPIP::host::7777::SOCKET")
-    parser.add_argument("--thermometer-channel", default=None, help="LakeShore input of the sample: A or 1..16 (default A)")
+    parser.add_argument(
+        "--thermometer-channel", default=None, help="LakeShore input of the sample: A or 1..16 (default A)"
+    )
     parser.add_argument("--config", type=Path, metavar="RUN.toml", help="take resources from its [instruments] table")
     parser.add_argument("--timeout", type=float, default=None, help="reply timeout per instrument (s, default 3)")
-    parser.add_argument("--visa-backend", default="@py",
-                        help="pyvisa backend: '@py' (pyvisa-py, default) or '' for the system VISA (GPIB)")
+    parser.add_argument(
+        "--visa-backend",
+        default="@py",
+        help="pyvisa backend: '@py' (pyvisa-py, default) or '' for the system VISA (GPIB)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
 
@@ -62,7 +67,9 @@ def read_instruments_table(path: Path) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"config {path}: instruments.{role} must be a resource string or a table with 'resource'")
         bad = sorted(set(entry) - _TABLE_KEYS)
         if bad:
-            raise ConfigError(f"config {path}: instruments.{role} has unknown key(s) {bad}; allowed: {sorted(_TABLE_KEYS)}")
+            raise ConfigError(
+                f"config {path}: instruments.{role} has unknown key(s) {bad}; allowed: {sorted(_TABLE_KEYS)}"
+            )
         out[role] = dict(entry)
     return out
 
@@ -71,8 +78,13 @@ def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> Any:
     from stslive.drivers.visa import VisaSettings
 
     timeout = args.timeout if args.timeout is not None else float(entry.get("timeout_s", 3.0))
-    return VisaSettings(str(entry["resource"]), timeout_s=timeout, open_timeout_s=timeout,
-                        reconnect_attempts=0, backend=args.visa_backend)
+    return VisaSettings(
+        str(entry["resource"]),
+        timeout_s=timeout,
+        open_timeout_s=timeout,
+        reconnect_attempts=0,
+        backend=args.visa_backend,
+    )
 
 
 def check_stm(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -81,8 +93,12 @@ def check_stm(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, A
 
     stm = NanonisController(_settings(entry, args))
     try:
-        return {"identity": stm.identity(), "bias_V": stm.get_bias(), "setpoint_A": stm.get_setpoint(),
-                "feedback": stm.get_feedback()}
+        return {
+            "identity": stm.identity(),
+            "bias_V": stm.get_bias(),
+            "setpoint_A": stm.get_setpoint(),
+            "feedback": stm.get_feedback(),
+        }
     finally:
         stm.close()
 
@@ -93,10 +109,16 @@ def check_lockin(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str
 
     with open_lockin(_settings(entry, args)) as lockin:
         status = lockin.status()
-        return {"identity": lockin.identity(), "frequency_Hz": lockin.get_frequency(),
-                "amplitude_Vrms": lockin.get_amplitude(), "time_constant_s": lockin.get_time_constant(),
-                "sensitivity_V": lockin.get_sensitivity(), "overloaded": status.overloaded,
-                "unlocked": status.unlocked, "errors": list(status.errors)}
+        return {
+            "identity": lockin.identity(),
+            "frequency_Hz": lockin.get_frequency(),
+            "amplitude_Vrms": lockin.get_amplitude(),
+            "time_constant_s": lockin.get_time_constant(),
+            "sensitivity_V": lockin.get_sensitivity(),
+            "overloaded": status.overloaded,
+            "unlocked": status.unlocked,
+            "errors": list(status.errors),
+        }
 
 
 def check_thermometer(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -106,12 +128,19 @@ def check_thermometer(entry: Mapping[str, Any], args: argparse.Namespace) -> dic
     channel = args.thermometer_channel or entry.get("channel", "A")
     with open_thermometer(_settings(entry, args), channel=channel) as thermometer:
         scanner, autoscan = thermometer.scanner_channel()
-        return {"identity": thermometer.identity(), "channel": thermometer.channel,
-                "temperature_K": thermometer.temperature(), "scanner_channel": scanner, "autoscan": autoscan}
+        return {
+            "identity": thermometer.identity(),
+            "channel": thermometer.channel,
+            "temperature_K": thermometer.temperature(),
+            "scanner_channel": scanner,
+            "autoscan": autoscan,
+        }
 
 
 CHECKS: dict[str, Callable[[Mapping[str, Any], argparse.Namespace], dict[str, Any]]] = {
-    "stm": check_stm, "lockin": check_lockin, "thermometer": check_thermometer,
+    "stm": check_stm,
+    "lockin": check_lockin,
+    "thermometer": check_thermometer,
 }
 
 
@@ -121,17 +150,23 @@ def _text(role: str, report: Mapping[str, Any]) -> str:
         return f"{head}\n{'':<12}FAILED: {report['error']}"
     lines = [head, f"{'':<12}{report['identity']}"]
     if role == "stm":
-        lines.append(f"{'':<12}bias {report['bias_V'] * 1e3:.3f} mV, set-point {report['setpoint_A'] * 1e12:.1f} pA, "
-                     f"feedback {'on' if report['feedback'] else 'off'}")
+        lines.append(
+            f"{'':<12}bias {report['bias_V'] * 1e3:.3f} mV, set-point {report['setpoint_A'] * 1e12:.1f} pA, "
+            f"feedback {'on' if report['feedback'] else 'off'}"
+        )
     elif role == "lockin":
         flags = ", OVERLOAD" if report["overloaded"] else ""
         flags += ", reference unlocked" if report["unlocked"] else ""
         flags += f", errors: {'; '.join(report['errors'])}" if report["errors"] else ""
-        lines.append(f"{'':<12}frequency {report['frequency_Hz']:g} Hz, amplitude {report['amplitude_Vrms'] * 1e3:g} mV rms, "
-                     f"time constant {report['time_constant_s']:g} s, sensitivity {report['sensitivity_V']:g} V{flags}")
+        lines.append(
+            f"{'':<12}frequency {report['frequency_Hz']:g} Hz, amplitude {report['amplitude_Vrms'] * 1e3:g} mV rms, "
+            f"time constant {report['time_constant_s']:g} s, sensitivity {report['sensitivity_V']:g} V{flags}"
+        )
     else:
-        lines.append(f"{'':<12}temperature {report['temperature_K']:.4f} K (input {report['channel']}), "
-                     f"scanner on channel {report['scanner_channel']}{' (autoscan)' if report['autoscan'] else ''}")
+        lines.append(
+            f"{'':<12}temperature {report['temperature_K']:.4f} K (input {report['channel']}), "
+            f"scanner on channel {report['scanner_channel']}{' (autoscan)' if report['autoscan'] else ''}"
+        )
     return "\n".join(lines)
 
 
@@ -160,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(_text(role, report) for role, report in reports.items()))
     failed = [role for role, report in reports.items() if not report["ok"]]
     for role in failed:
-        print(f"stslive instruments: {role} at {reports[role]['resource']} failed: {reports[role]['error']}",
-              file=sys.stderr)
+        print(
+            f"stslive instruments: {role} at {reports[role]['resource']} failed: {reports[role]['error']}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0

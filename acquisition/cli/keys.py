@@ -38,11 +38,19 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``stslive keys``."""
     parser.add_argument("--dir", required=True, type=Path, metavar="KEYDIR", help="key directory (created if absent)")
-    parser.add_argument("--server", default="server", metavar="NAME",
-                        help="server key pair name (default: server); created if it does not exist")
+    parser.add_argument(
+        "--server",
+        default="server",
+        metavar="NAME",
+        help="server key pair name (default: server); created if it does not exist",
+    )
     parser.add_argument("--client", metavar="NAME", help="also create a client key pair NAME (needs --role)")
     parser.add_argument("--role", choices=sorted(_ROLE_DIRS), help="viewer: read-only; control: may send commands")
-    parser.add_argument("--force", action="store_true", help="replace an existing pair of the same name (the server pair only when no --client is given)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing pair of the same name (the server pair only when no --client is given)",
+    )
 
 
 def _name(value: str, option: str) -> str:
@@ -56,8 +64,10 @@ def _create_pair(folder: Path, name: str, *, force: bool) -> tuple[Path, Path]:
     public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
     existing = [str(p) for p in (public, secret) if p.exists()]
     if existing and not force:
-        raise ConfigError(f"{existing} already exist; pass --force to replace them (clients holding the old key "
-                          "will be refused), or choose another name")
+        raise ConfigError(
+            f"{existing} already exist; pass --force to replace them (clients holding the old key "
+            "will be refused), or choose another name"
+        )
     # create_certificates writes with the process umask; tighten it so the secret is never
     # world-readable, not even for the moment between writing and chmod
     old_umask = os.umask(0o077)
@@ -91,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
         # one role per client: a re-created viewer must not keep an old control entry
         (other_dir / public.name).unlink(missing_ok=True)
         allowed = Path(shutil.copyfile(public, role_dir / public.name))
-        print(f"client {client!r} ({args.role}): allowed as {allowed}; give the client {secret} "
-              f"and {keydir / (server + '.key')}")
+        print(
+            f"client {client!r} ({args.role}): allowed as {allowed}; give the client {secret} "
+            f"and {keydir / (server + '.key')}"
+        )
     for role, sub in _ROLE_DIRS.items():
         names = sorted(p.stem for p in (keydir / sub).glob("*.key"))
         print(f"{role} keys in {keydir / sub}: {', '.join(names) or 'none'}")

@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from stslive.acquisition.replay import open_replay, replay
 from stslive.acquisition.formats.stream import RunPublisher
+from stslive.acquisition.replay import open_replay, replay
 from stslive.drivers.errors import ConfigError
 
 
@@ -22,16 +22,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, metavar="INPUT", help="stslive archive (.h5) or Nanonis grid (.3ds)")
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=float, metavar="N", help="pixels per second (default: as fast as possible)")
-    pace.add_argument("--as-recorded", action="store_true",
-                      help="reproduce the recorded timing (archives only: a .3ds has no per-pixel times)")
-    parser.add_argument("--bind", default="tcp://127.0.0.1:5556", metavar="ENDPOINT",
-                        help="PUB endpoint (default tcp://127.0.0.1:5556; port 0 picks a free one)")
-    parser.add_argument("--push", default=None, metavar="ENDPOINT", help="also a PUSH endpoint for one lossless consumer")
-    parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
-                        help="wait for N subscribers before each run (a SUB that joins late misses the start)")
-    parser.add_argument("--wait-timeout", type=float, default=60.0, metavar="S",
-                        help="give up waiting for subscribers after S seconds (default 60)")
-    parser.add_argument("--loop", action="store_true", help="replay again and again (a new run uid each time) until Ctrl-C")
+    pace.add_argument(
+        "--as-recorded",
+        action="store_true",
+        help="reproduce the recorded timing (archives only: a .3ds has no per-pixel times)",
+    )
+    parser.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:5556",
+        metavar="ENDPOINT",
+        help="PUB endpoint (default tcp://127.0.0.1:5556; port 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--push", default=None, metavar="ENDPOINT", help="also a PUSH endpoint for one lossless consumer"
+    )
+    parser.add_argument(
+        "--wait-subscribers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait for N subscribers before each run (a SUB that joins late misses the start)",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="give up waiting for subscribers after S seconds (default 60)",
+    )
+    parser.add_argument(
+        "--loop", action="store_true", help="replay again and again (a new run uid each time) until Ctrl-C"
+    )
     parser.add_argument("--header-format", choices=("json", "msgpack"), default="json", help="stream header encoding")
 
 
@@ -50,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
                     publisher.wait_for_subscribers(args.wait_subscribers, timeout_s=args.wait_timeout)
                 t0 = time.monotonic()
                 stop = replay(source, publisher, rate=args.rate, as_recorded=args.as_recorded)
-                print(f"replayed {stop.counts.get('event', 0)} events, {stop.counts.get('failed', 0)} failed pixels "
-                      f"of {source.path} in {time.monotonic() - t0:.2f} s (run {stop.run_uid}, {stop.exit_status})",
-                      flush=True)
+                print(
+                    f"replayed {stop.counts.get('event', 0)} events, {stop.counts.get('failed', 0)} failed pixels "
+                    f"of {source.path} in {time.monotonic() - t0:.2f} s (run {stop.run_uid}, {stop.exit_status})",
+                    flush=True,
+                )
                 if not args.loop:
                     return 0 if stop.exit_status == "success" else 3
         finally:

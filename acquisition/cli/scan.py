@@ -27,12 +27,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.engine import ScanEngine
-from stslive.acquisition.plans import plan_from_config
+from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
 from stslive.acquisition.formats.security import Security, check_bind
 from stslive.acquisition.formats.stream import RunPublisher
+from stslive.acquisition.plans import plan_from_config
 from stslive.drivers.errors import ArchiveError, ConfigError, StreamError
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pub", help="override stream.pub (ZeroMQ PUB endpoint)")
     parser.add_argument("--push", help="override stream.push ('' = none)")
     parser.add_argument("--control", help="override stream.control (ZeroMQ REP endpoint, '' = none)")
-    parser.add_argument("--wait-subscribers", type=float, default=WAIT_SUBSCRIBERS_S, metavar="SECONDS",
-                        help="wait up to this long for a stream subscriber before the start document, so a "
-                             f"consumer started first does not miss it (default {WAIT_SUBSCRIBERS_S:g}; 0 = no wait)")
-    parser.add_argument("--keys", metavar="KEYDIR", help="override stream.keys: CURVE key directory made by "
-                        "'stslive keys' ('' = no keys, loopback only)")
+    parser.add_argument(
+        "--wait-subscribers",
+        type=float,
+        default=WAIT_SUBSCRIBERS_S,
+        metavar="SECONDS",
+        help="wait up to this long for a stream subscriber before the start document, so a "
+        f"consumer started first does not miss it (default {WAIT_SUBSCRIBERS_S:g}; 0 = no wait)",
+    )
+    parser.add_argument(
+        "--keys",
+        metavar="KEYDIR",
+        help="override stream.keys: CURVE key directory made by 'stslive keys' ('' = no keys, loopback only)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run or resume a scan; returns 0 on success, 3 on abort, 1 on failure."""
-    overrides = {k: v for k, v in (("pub", args.pub), ("push", args.push), ("control", args.control),
-                                   ("keys", args.keys)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("pub", args.pub), ("push", args.push), ("control", args.control), ("keys", args.keys))
+        if v is not None
+    }
     if args.config is not None:
         if args.out is None:
             raise ConfigError("--out RUN.h5 is required with --config")
@@ -79,8 +90,15 @@ def run(args: argparse.Namespace) -> int:
         config = config.with_overrides(stream=overrides)
     if args.wait_subscribers < 0:
         raise ConfigError(f"--wait-subscribers {args.wait_subscribers:g}: give seconds >= 0")
-    engine = run_scan(config, path, resume=resume, retry_failed=args.retry_failed, overwrite=args.overwrite,
-                      handle_signals=True, wait_subscribers_s=args.wait_subscribers)
+    engine = run_scan(
+        config,
+        path,
+        resume=resume,
+        retry_failed=args.retry_failed,
+        overwrite=args.overwrite,
+        handle_signals=True,
+        wait_subscribers_s=args.wait_subscribers,
+    )
     status = engine.machine.exit_status
     return {"success": 0, "abort": 3}.get(status, 1)
 
@@ -92,8 +110,10 @@ def stored_config(path: Path) -> RunConfig:
     try:
         return RunConfig.from_dict(start["metadata"]["config"], source=str(path))
     except (KeyError, TypeError):
-        raise ArchiveError(path, "no run config in the start document: this archive was not written by "
-                                 "'stslive scan' and cannot be resumed") from None
+        raise ArchiveError(
+            path,
+            "no run config in the start document: this archive was not written by 'stslive scan' and cannot be resumed",
+        ) from None
 
 
 def stream_security(config: RunConfig) -> Security | None:
@@ -119,20 +139,32 @@ def stream_security(config: RunConfig) -> Security | None:
         security.allowed_folders("data")  # viewers/ and controllers/ (control needs the latter only)
         for path in (security.server_secret, security.server_public):
             if path is None or not path.is_file():
-                raise ConfigError(f"stream.keys = {stream['keys']!r}: {path} not found; create the server key pair "
-                                  f"with 'stslive keys --dir {stream['keys']}'")
+                raise ConfigError(
+                    f"stream.keys = {stream['keys']!r}: {path} not found; create the server key pair "
+                    f"with 'stslive keys --dir {stream['keys']}'"
+                )
     return security
 
 
-def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_failed: bool = False,
-             overwrite: bool = False, announce: bool = True, handle_signals: bool = False, context: Any = None,
-             on_ready: Callable[[ScanEngine], None] | None = None,
-             wait_subscribers_s: float = WAIT_SUBSCRIBERS_S) -> ScanEngine:
+def run_scan(
+    config: RunConfig,
+    path: Path,
+    *,
+    resume: bool = False,
+    retry_failed: bool = False,
+    overwrite: bool = False,
+    announce: bool = True,
+    handle_signals: bool = False,
+    context: Any = None,
+    on_ready: Callable[[ScanEngine], None] | None = None,
+    wait_subscribers_s: float = WAIT_SUBSCRIBERS_S,
+) -> ScanEngine:
     """Open everything, run the engine, close everything; returns the finished engine.
 
     ``wait_subscribers_s`` bounds the wait for a stream subscriber before the start document
     (:func:`wait_for_consumers`). A resumed run's start document carries ``metadata["segment"]``,
-    the number of resumes in the archive's run log (the stream's resume rule, :mod:`stslive.acquisition.formats.stream`).
+    the number of resumes in the archive's run log (the stream's resume rule,
+    :mod:`stslive.acquisition.formats.stream`).
 
     ``on_ready(engine)`` is called just before the run starts (tests and benchmarks take the
     control endpoint or the state machine from it); ``handle_signals`` makes SIGINT/SIGTERM
@@ -160,30 +192,64 @@ def run_scan(config: RunConfig, path: Path, *, resume: bool = False, retry_faile
             writer = ArchiveWriter.open_for_resume(path)
         else:
             run_uid = str(uuid.uuid4())
-            start = {"uid": run_uid, "time": time.time(), "instruments": identities,
-                     "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind}}
+            start = {
+                "uid": run_uid,
+                "time": time.time(),
+                "instruments": identities,
+                "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind},
+            }
             # Created under a temporary name and renamed once SWMR is on: a kill during creation
             # leaves no half-made RUN.h5 that neither a reader nor --resume could open.
             creating = path.with_name(path.name + ".creating")
             writer = ArchiveWriter.create(
-                creating, geometry=plan.geometry, channel_names=("Bias (V)", *config.run["channels"]),
-                n_points=config.n_points, setpoint_sets=config.setpoint_sets, start_doc=start, overwrite=True)
+                creating,
+                geometry=plan.geometry,
+                channel_names=("Bias (V)", *config.run["channels"]),
+                n_points=config.n_points,
+                setpoint_sets=config.setpoint_sets,
+                start_doc=start,
+                overwrite=True,
+            )
             os.replace(creating, path)
             writer.path = path
         with writer:
             stream = config.stream
-            publisher = RunPublisher(stream["pub"] or None, push_endpoint=stream["push"] or None,
-                                     header_format=stream["header_format"], context=context, security=security)
+            publisher = RunPublisher(
+                stream["pub"] or None,
+                push_endpoint=stream["push"] or None,
+                header_format=stream["header_format"],
+                context=context,
+                security=security,
+            )
             try:
                 engine = ScanEngine(
-                    config, plan, writer, publisher, instruments, run_uid=run_uid, skip=skip,
-                    control_endpoint=stream["control"] or None, context=context, security=security,
-                    start_fields={"instruments": identities, "software_version": _version(),
-                                  "metadata": {"config": config.to_dict(), "resumed": resume, "segment": segment,
-                                               "archive": str(path)}})
+                    config,
+                    plan,
+                    writer,
+                    publisher,
+                    instruments,
+                    run_uid=run_uid,
+                    skip=skip,
+                    control_endpoint=stream["control"] or None,
+                    context=context,
+                    security=security,
+                    start_fields={
+                        "instruments": identities,
+                        "software_version": _version(),
+                        "metadata": {
+                            "config": config.to_dict(),
+                            "resumed": resume,
+                            "segment": segment,
+                            "archive": str(path),
+                        },
+                    },
+                )
                 if announce:
-                    for name, endpoint in (("stream", publisher.pub_endpoint), ("push", publisher.push_endpoint),
-                                           ("control", engine.control_endpoint)):
+                    for name, endpoint in (
+                        ("stream", publisher.pub_endpoint),
+                        ("push", publisher.push_endpoint),
+                        ("control", engine.control_endpoint),
+                    ):
                         if endpoint:
                             print(f"{name} {endpoint}", flush=True)
                 if on_ready is not None:

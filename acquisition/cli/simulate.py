@@ -49,11 +49,9 @@ def parse_assignments(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def film_params(ny: int, nx: int, *, seed: int, points: int, noise_pA: float,
-                extra: dict[str, str]) -> FilmParams:
+def film_params(ny: int, nx: int, *, seed: int, points: int, noise_pA: float, extra: dict[str, str]) -> FilmParams:
     """FilmParams from the command line; ``extra`` (``--set``) values are parsed per field type."""
-    values: dict[str, Any] = {"ny": ny, "nx": nx, "seed": seed, "n_points": points,
-                              "current_noise_A": noise_pA * 1e-12}
+    values: dict[str, Any] = {"ny": ny, "nx": nx, "seed": seed, "n_points": points, "current_noise_A": noise_pA * 1e-12}
     for key, raw in extra.items():
         if key in values:
             raise ConfigError(f"--set {key}: use the dedicated option instead")
@@ -64,8 +62,9 @@ def film_params(ny: int, nx: int, *, seed: int, points: int, noise_pA: float,
     return FilmParams.from_dict(values)
 
 
-def write_film_archive(film: Film, path: Path, *, overwrite: bool = False,
-                       rows_per_block: int | None = None) -> dict[str, float]:
+def write_film_archive(
+    film: Film, path: Path, *, overwrite: bool = False, rows_per_block: int | None = None
+) -> dict[str, float]:
     """Write ``film``'s whole scan to an archive at ``path`` with its ground truth.
 
     Returns
@@ -75,18 +74,33 @@ def write_film_archive(film: Film, path: Path, *, overwrite: bool = False,
     """
     p = film.params
     t0 = time.time()
-    geometry = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=p.nx * p.pixel_m,
-                            height_m=p.ny * p.pixel_m, nx=p.nx, ny=p.ny)
+    geometry = GridGeometry(
+        centre_x_m=0.0, centre_y_m=0.0, width_m=p.nx * p.pixel_m, height_m=p.ny * p.pixel_m, nx=p.nx, ny=p.ny
+    )
     # the film's current has the sign of the bias, so the set-point current has that of v_set
     setpoint = SetpointSet(
-        id=0, name="simulated spectroscopy", bias_setpoint_V=p.v_set_V,
-        current_setpoint_A=float(np.sign(p.v_set_V)) * p.i_set_A, sweep_start_V=p.bias_start_V,
-        sweep_end_V=p.bias_end_V, n_points=p.n_points, lockin_amplitude_Vrms=p.modulation_Vrms,
+        id=0,
+        name="simulated spectroscopy",
+        bias_setpoint_V=p.v_set_V,
+        current_setpoint_A=float(np.sign(p.v_set_V)) * p.i_set_A,
+        sweep_start_V=p.bias_start_V,
+        sweep_end_V=p.bias_end_V,
+        n_points=p.n_points,
+        lockin_amplitude_Vrms=p.modulation_Vrms,
     )
     start_doc = {"time": t0, "plan": "simulate", "film_params": _json_params(p)}
-    with ArchiveWriter.create(path, geometry=geometry, channel_names=list(CHANNELS), n_points=p.n_points,
-                              setpoint_sets=[setpoint], start_doc=start_doc, swmr=False,
-                              topography=film.topography_m, bias=film.bias_V, overwrite=overwrite) as writer:
+    with ArchiveWriter.create(
+        path,
+        geometry=geometry,
+        channel_names=list(CHANNELS),
+        n_points=p.n_points,
+        setpoint_sets=[setpoint],
+        start_doc=start_doc,
+        swmr=False,
+        topography=film.topography_m,
+        bias=film.bias_V,
+        overwrite=overwrite,
+    ) as writer:
         for rows, block in film.iter_blocks(rows_per_block=rows_per_block):
             shape = block.current_A.shape
             spectra = np.empty((shape[0], shape[1], len(CHANNELS), shape[2]), dtype=np.float32)
@@ -94,16 +108,31 @@ def write_film_archive(film: Film, path: Path, *, overwrite: bool = False,
             spectra[:, :, 1] = block.current_A
             spectra[:, :, 2] = block.lockin_x_A
             now = time.time()
-            writer.write_block(rows, slice(None), spectra, {
-                "setpoint_set_id": 0, "t_start": now, "t_sweep_start": now, "t_sweep_end": now, "t_end": now,
-                "temperature_before_K": p.temperature_K, "temperature_after_K": p.temperature_K,
-            })
+            writer.write_block(
+                rows,
+                slice(None),
+                spectra,
+                {
+                    "setpoint_set_id": 0,
+                    "t_start": now,
+                    "t_sweep_start": now,
+                    "t_sweep_end": now,
+                    "t_end": now,
+                    "temperature_before_K": p.temperature_K,
+                    "temperature_after_K": p.temperature_K,
+                },
+            )
         truth = film.definition_truth()  # filled by the complete pass above, no recomputation
-        writer.write_ground_truth({
-            "delta_model": (film.delta_eV, "eV"), "alpha_model": (film.alpha, ""),
-            "delta_rho": (film.delta_rho_ohm, "ohm"), "delta_def": (truth.delta_pp_eV, "eV"),
-            "alpha_def": (truth.alpha_def, ""), "topography": (film.topography_m, "m"),
-        })
+        writer.write_ground_truth(
+            {
+                "delta_model": (film.delta_eV, "eV"),
+                "alpha_model": (film.alpha, ""),
+                "delta_rho": (film.delta_rho_ohm, "ohm"),
+                "delta_def": (truth.delta_pp_eV, "eV"),
+                "alpha_def": (truth.alpha_def, ""),
+                "topography": (film.topography_m, "m"),
+            }
+        )
         writer.write_document("stop", {"time": time.time(), "exit_status": "success", "pixels": p.ny * p.nx})
     return {"pixels": float(p.ny * p.nx), "elapsed_s": time.time() - t0}
 
@@ -118,16 +147,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default: 0)")
     parser.add_argument("--points", type=int, default=1601, help="points per sweep, -40..+40 mV (default: 1601)")
     parser.add_argument("--noise-pA", type=float, default=0.5, help="rms current noise, pA (default: 0.5)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="any other FilmParams field, SI units (e.g. sigma_rho_ohm=900); repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other FilmParams field, SI units (e.g. sigma_rho_ohm=900); repeatable",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     ny, nx = parse_grid(args.grid)
-    film = make_film(film_params(ny, nx, seed=args.seed, points=args.points, noise_pA=args.noise_pA,
-                                 extra=parse_assignments(args.set)))
+    film = make_film(
+        film_params(
+            ny, nx, seed=args.seed, points=args.points, noise_pA=args.noise_pA, extra=parse_assignments(args.set)
+        )
+    )
     stats = write_film_archive(film, args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {nx} x {ny} pixels x {args.points} points in {stats['elapsed_s']:.1f} s "
-          f"(channels {', '.join(CHANNELS)}; ground truth in entry/sample/ground_truth)")
+    print(
+        f"wrote {args.out}: {nx} x {ny} pixels x {args.points} points in {stats['elapsed_s']:.1f} s "
+        f"(channels {', '.join(CHANNELS)}; ground truth in entry/sample/ground_truth)"
+    )
     return 0

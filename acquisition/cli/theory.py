@@ -132,8 +132,15 @@ def evaluate(inputs: Mapping[str, float]) -> list[Quantity]:
     return [
         Q("r_q", "resistance quantum R_Q = h/e^2", th.resistance_quantum_ohm() / 1e3, "kOhm", 25.8, "CODATA"),
         Q("alpha_eq1", "AA exponent alpha(V)", alpha, "", 0.29, "(1)", "measured mean 0.35"),
-        Q("alpha_b3", "alpha(eV) = -dS_homo/dlnE", float(th.aa_exponent_from_action(bias_V, **b3)), "", 0.29, "(B3)",
-          "must equal Eq. (1)"),
+        Q(
+            "alpha_b3",
+            "alpha(eV) = -dS_homo/dlnE",
+            float(th.aa_exponent_from_action(bias_V, **b3)),
+            "",
+            0.29,
+            "(B3)",
+            "must equal Eq. (1)",
+        ),
         Q("s_homo", "S_homo(eV)", float(th.action_homogeneous(bias_V, **b3)), "", None, "(B3)"),
         Q("dos_ratio", "nu(eV)/nu_0 = exp(-S_homo)", float(th.dos_suppression(bias_V, **b3)), "", None, "(B3)"),
         Q("tau", "elastic scattering time tau = l^2/3D", tau * 1e15, "fs", 1.7, "Sec. II"),
@@ -143,18 +150,52 @@ def evaluate(inputs: Mapping[str, float]) -> list[Quantity]:
         Q("sigma_rho", "sigma_rho from sigma_alpha", sigma_rho / 1e3, "kOhm", 1.1, "(2)"),
         Q("sigma_rho_rel", "sigma_rho / R_sq(max)", sigma_rho / r_max, "", 0.16, "(2)"),
         Q("log_cube", "ln^3(hbar omega_D / Delta)", float(th.log_cube_factor(**log3)), "", None, "(3)"),
-        Q("sigma_delta_rel", "predicted sigma_Delta/<Delta>", abs(float(th.gap_relative_shift(sigma_rho, **log3))),
-          "", 0.074, "(3)", "measured 0.057"),
-        Q("c9", "|delta_Delta_low / Delta_1| at rho = R_sq(max)",
-          abs(float(th.gap_suppression_low_momentum(r_max, **log3))), "", 0.55, "(C9)"),
+        Q(
+            "sigma_delta_rel",
+            "predicted sigma_Delta/<Delta>",
+            abs(float(th.gap_relative_shift(sigma_rho, **log3))),
+            "",
+            0.074,
+            "(3)",
+            "measured 0.057",
+        ),
+        Q(
+            "c9",
+            "|delta_Delta_low / Delta_1| at rho = R_sq(max)",
+            abs(float(th.gap_suppression_low_momentum(r_max, **log3))),
+            "",
+            0.55,
+            "(C9)",
+        ),
         Q("q_debye", "q_D = sqrt(omega_D / D)", q_d * 1e-9, "1/nm", 1.0, "Sec. III B"),
         Q("thouless_transverse", "hbar D (pi/d)^2", thouless, "K", 950.0, "App. C 1"),
-        Q("gap_in_K", "<Delta> in kelvin (gap_meV / k_B)", gap_eV / th.K_B_EV_PER_K, "K", 12.0, "(3)",
-          "paper uses 12 K in the log-cube"),
+        Q(
+            "gap_in_K",
+            "<Delta> in kelvin (gap_meV / k_B)",
+            gap_eV / th.K_B_EV_PER_K,
+            "K",
+            12.0,
+            "(3)",
+            "paper uses 12 K in the log-cube",
+        ),
         Q("ginzburg", "Gi = (e^2/16 hbar) R_sq", float(th.ginzburg_number(r_normal)), "", None, "Sec. IV"),
-        Q("tc0_over_tc", "Tc0/Tc from (Tc0-Tc)/Tc0 = 3 Gi", float(th.mean_field_tc_ratio(r_normal)), "", 1.4, "Sec. IV"),
-        Q("gap_over_kTc", "Delta(0)/(k_B Tc)", float(th.gap_to_tc_ratio(gap_eV=gap_eV, tc_K=v["tc_K"])), "", 3.7,
-          "Sec. IV", f"BCS {th.BCS_GAP_RATIO:.3f}"),
+        Q(
+            "tc0_over_tc",
+            "Tc0/Tc from (Tc0-Tc)/Tc0 = 3 Gi",
+            float(th.mean_field_tc_ratio(r_normal)),
+            "",
+            1.4,
+            "Sec. IV",
+        ),
+        Q(
+            "gap_over_kTc",
+            "Delta(0)/(k_B Tc)",
+            float(th.gap_to_tc_ratio(gap_eV=gap_eV, tc_K=v["tc_K"])),
+            "",
+            3.7,
+            "Sec. IV",
+            f"BCS {th.BCS_GAP_RATIO:.3f}",
+        ),
     ]
 
 
@@ -166,7 +207,7 @@ def format_table(quantities: Iterable[Quantity]) -> str:
         diff = "-" if q.rel_diff is None else f"{q.rel_diff:+.1%}"
         rows.append((q.label, f"{q.value:.4g}", q.unit, paper, diff, q.equation, q.note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows)
 
 
 def _keys_help() -> str:
@@ -181,7 +222,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _keys_help()
     parser.add_argument("--json", action="store_true", help="print inputs and quantities as JSON")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one input (repeatable); keys below",
     )
 

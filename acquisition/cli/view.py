@@ -33,21 +33,41 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``stslive view``."""
     parser.add_argument("archive", nargs="?", type=Path, help="run archive RUN.h5 (finished or still running)")
-    parser.add_argument("--analysis", type=Path, help="analysis file (maps.h5); default: maps.h5 or "
-                        "RUN.analysis.h5 beside the archive when present")
-    parser.add_argument("--connect", metavar="ENDPOINT", help="follow the analyser's results stream, "
-                        "e.g. tcp://127.0.0.1:5560")
-    parser.add_argument("--keys", metavar="KEYDIR", help="with --connect: CURVE key directory (server.key and "
-                        "clients/NAME.key_secret) for an analyser bound with keys")
+    parser.add_argument(
+        "--analysis",
+        type=Path,
+        help="analysis file (maps.h5); default: maps.h5 or RUN.analysis.h5 beside the archive when present",
+    )
+    parser.add_argument(
+        "--connect", metavar="ENDPOINT", help="follow the analyser's results stream, e.g. tcp://127.0.0.1:5560"
+    )
+    parser.add_argument(
+        "--keys",
+        metavar="KEYDIR",
+        help="with --connect: CURVE key directory (server.key and "
+        "clients/NAME.key_secret) for an analyser bound with keys",
+    )
     parser.add_argument("--client", metavar="NAME", help="with --keys: this viewer's key pair name")
-    parser.add_argument("--current", metavar="NAME", help="current channel for the spectra (default: the "
-                        "first channel named 'Current ...')")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the first stream "
-                        "message or for the files to load (default 10)")
+    parser.add_argument(
+        "--current",
+        metavar="NAME",
+        help="current channel for the spectra (default: the first channel named 'Current ...')",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the first stream message or for the files to load (default 10)",
+    )
     parser.add_argument("--snapshot", type=Path, metavar="FILE.png", help="render offscreen to a PNG and exit")
     parser.add_argument("--size", type=_size, default=None, help="window size WIDTHxHEIGHT (default 1800x1100)")
-    parser.add_argument("--pixel", type=int, nargs=2, metavar=("IY", "IX"), help="pixel whose spectrum the "
-                        "snapshot shows (default: the valid pixel nearest the centre)")
+    parser.add_argument(
+        "--pixel",
+        type=int,
+        nargs=2,
+        metavar=("IY", "IX"),
+        help="pixel whose spectrum the snapshot shows (default: the valid pixel nearest the centre)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,19 +77,22 @@ def run(args: argparse.Namespace) -> int:
     if args.connect is None and args.archive is None and args.analysis is None:
         raise ConfigError("give a run archive (stslive view RUN.h5), --analysis maps.h5, or --connect ENDPOINT")
     if (args.keys is None) != (args.client is None) or (args.keys is not None and args.connect is None):
-        raise ConfigError("--keys KEYDIR and --client NAME go together, with --connect ENDPOINT: the viewer's key "
-                          "pair is KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME --role viewer')")
+        raise ConfigError(
+            "--keys KEYDIR and --client NAME go together, with --connect ENDPOINT: the viewer's key "
+            "pair is KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME --role viewer')"
+        )
     from stslive.acquisition.formats.stream import Security
-    from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
     from stslive.live.viewer.sources import FileSource, StreamSource
+    from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
 
     app = qt_app()
     if args.connect is not None:
         if args.analysis is not None:
             raise ConfigError("--analysis goes with a file view; with --connect the analyser supplies the results")
         security = None if args.keys is None else Security.from_dir(args.keys, client=args.client)
-        source = StreamSource.connect(args.connect, timeout_s=args.timeout, archive=args.archive,
-                                      current=args.current, security=security)
+        source = StreamSource.connect(
+            args.connect, timeout_s=args.timeout, archive=args.archive, current=args.current, security=security
+        )
     else:
         source = FileSource(args.archive, analysis=args.analysis, current=args.current)
     source.start()

@@ -1,1 +1,2 @@
-"""What a viewing machine may import: the wire codec, run documents, publisher, subscriber, archive, input files, CURVE security."""
+"""What a viewing machine may import: the wire codec, run documents, publisher, subscriber, archive,
+input files, CURVE security."""

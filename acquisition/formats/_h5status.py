@@ -42,25 +42,38 @@ def lookup3(data: bytes, initval: int = 0) -> int:
     while length > 12:
         wa, wb, wc = struct.unpack_from("<3I", data, i)
         a, b, c = (a + wa) & _MASK, (b + wb) & _MASK, (c + wc) & _MASK
-        a = ((a - c) & _MASK) ^ _rot(c, 4); c = (c + b) & _MASK
-        b = ((b - a) & _MASK) ^ _rot(a, 6); a = (a + c) & _MASK
-        c = ((c - b) & _MASK) ^ _rot(b, 8); b = (b + a) & _MASK
-        a = ((a - c) & _MASK) ^ _rot(c, 16); c = (c + b) & _MASK
-        b = ((b - a) & _MASK) ^ _rot(a, 19); a = (a + c) & _MASK
-        c = ((c - b) & _MASK) ^ _rot(b, 4); b = (b + a) & _MASK
+        a = ((a - c) & _MASK) ^ _rot(c, 4)
+        c = (c + b) & _MASK
+        b = ((b - a) & _MASK) ^ _rot(a, 6)
+        a = (a + c) & _MASK
+        c = ((c - b) & _MASK) ^ _rot(b, 8)
+        b = (b + a) & _MASK
+        a = ((a - c) & _MASK) ^ _rot(c, 16)
+        c = (c + b) & _MASK
+        b = ((b - a) & _MASK) ^ _rot(a, 19)
+        a = (a + c) & _MASK
+        c = ((c - b) & _MASK) ^ _rot(b, 4)
+        b = (b + a) & _MASK
         length -= 12
         i += 12
     if length == 0:
         return c
     wa, wb, wc = struct.unpack("<3I", data[i:] + b"\0" * (12 - length))
     a, b, c = (a + wa) & _MASK, (b + wb) & _MASK, (c + wc) & _MASK
-    c ^= b; c = (c - _rot(b, 14)) & _MASK
-    a ^= c; a = (a - _rot(c, 11)) & _MASK
-    b ^= a; b = (b - _rot(a, 25)) & _MASK
-    c ^= b; c = (c - _rot(b, 16)) & _MASK
-    a ^= c; a = (a - _rot(c, 4)) & _MASK
-    b ^= a; b = (b - _rot(a, 14)) & _MASK
-    c ^= b; c = (c - _rot(b, 24)) & _MASK
+    c ^= b
+    c = (c - _rot(b, 14)) & _MASK
+    a ^= c
+    a = (a - _rot(c, 11)) & _MASK
+    b ^= a
+    b = (b - _rot(a, 25)) & _MASK
+    c ^= b
+    c = (c - _rot(b, 16)) & _MASK
+    a ^= c
+    a = (a - _rot(c, 4)) & _MASK
+    b ^= a
+    b = (b - _rot(a, 14)) & _MASK
+    c ^= b
+    c = (c - _rot(b, 24)) & _MASK
     return c
 
 

@@ -41,7 +41,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -57,9 +57,20 @@ ARCHIVE_VERSION = 1
 VERSION_ATTR = "stslive_archive_version"
 #: Documents that may be (re)written during a run; they must exist before SWMR starts.
 DOCUMENT_NAMES: tuple[str, ...] = ("start", "stop", "writer")
-_REQUIRED = ("entry/data/spectra", "entry/data/channel_names", "entry/data/channel_units",
-             "entry/data/bias", "entry/measured", "entry/failed", "entry/failure_code", "entry/grid",
-             "entry/setpoint_sets", "entry/failures", "entry/log", "entry/documents/start")
+_REQUIRED = (
+    "entry/data/spectra",
+    "entry/data/channel_names",
+    "entry/data/channel_units",
+    "entry/data/bias",
+    "entry/measured",
+    "entry/failed",
+    "entry/failure_code",
+    "entry/grid",
+    "entry/setpoint_sets",
+    "entry/failures",
+    "entry/log",
+    "entry/documents/start",
+)
 _TEXT_CHUNK = 4096
 _STR = h5py.string_dtype("utf-8")
 
@@ -88,8 +99,7 @@ def _dumps(doc: Any) -> bytes:
 
 
 def _text_dataset(group: h5py.Group, name: str, content: bytes = b"") -> h5py.Dataset:
-    ds = group.create_dataset(name, shape=(len(content),), maxshape=(None,), dtype=np.uint8,
-                              chunks=(_TEXT_CHUNK,))
+    ds = group.create_dataset(name, shape=(len(content),), maxshape=(None,), dtype=np.uint8, chunks=(_TEXT_CHUNK,))
     if content:
         ds[:] = np.frombuffer(content, dtype=np.uint8)
     ds.attrs["content_type"] = "application/json"
@@ -134,8 +144,10 @@ class ArchiveWriter:
         # The writer is the file's only writer, so it keeps the flags in memory (no read per pixel).
         self._measured_mask: np.ndarray = self._measured[()]
         self._failed_mask: np.ndarray = self._failed[()]
-        self._sinks = {name: _PointSink(ds) for name, ds in
-                       [("spectra", self._spectra), ("measured", self._measured), *self._meta.items()]}
+        self._sinks = {
+            name: _PointSink(ds)
+            for name, ds in [("spectra", self._spectra), ("measured", self._measured), *self._meta.items()]
+        }
 
     # construction
     @classmethod
@@ -190,27 +202,39 @@ class ArchiveWriter:
 
         f = h5py.File(path, "w", libver="latest")
         try:
-            f.attrs.update({"NX_class": "NXroot", "default": "entry", VERSION_ATTR: ARCHIVE_VERSION,
-                            "creator": f"stslive {_software_version()}"})
+            f.attrs.update(
+                {
+                    "NX_class": "NXroot",
+                    "default": "entry",
+                    VERSION_ATTR: ARCHIVE_VERSION,
+                    "creator": f"stslive {_software_version()}",
+                }
+            )
             entry = f.create_group("entry")
-            entry.attrs.update({
-                "NX_class": "NXentry", "default": "data", "run_uid": str(start["uid"]),
-                "start_time": datetime.fromtimestamp(t0, timezone.utc).isoformat(),
-                "software_version": _software_version()})
+            entry.attrs.update(
+                {
+                    "NX_class": "NXentry",
+                    "default": "data",
+                    "run_uid": str(start["uid"]),
+                    "start_time": datetime.fromtimestamp(t0, UTC).isoformat(),
+                    "software_version": _software_version(),
+                }
+            )
             _create_data(entry, geometry, names, axis)
             for flag in ("measured", "failed"):
-                entry.create_dataset(flag, shape=(ny, nx), dtype=np.bool_, chunks=_map_chunks(ny, nx),
-                                     fillvalue=False)
-            entry.create_dataset("failure_code", shape=(ny, nx), dtype=np.int16,
-                                 chunks=_map_chunks(ny, nx), fillvalue=0)
+                entry.create_dataset(flag, shape=(ny, nx), dtype=np.bool_, chunks=_map_chunks(ny, nx), fillvalue=False)
+            entry.create_dataset(
+                "failure_code", shape=(ny, nx), dtype=np.int16, chunks=_map_chunks(ny, nx), fillvalue=0
+            )
             grid = entry.create_group("grid")
             grid.attrs["NX_class"] = "NXcollection"
             grid.attrs.update(geometry.to_dict())
             pixels = entry.create_group("pixels")
             pixels.attrs["NX_class"] = "NXcollection"
             for fld in PIXEL_META_FIELDS:
-                ds = pixels.create_dataset(fld.name, shape=(ny, nx), dtype=fld.dtype,
-                                           chunks=_map_chunks(ny, nx), fillvalue=fld.fill)
+                ds = pixels.create_dataset(
+                    fld.name, shape=(ny, nx), dtype=fld.dtype, chunks=_map_chunks(ny, nx), fillvalue=fld.fill
+                )
                 if fld.units:
                     ds.attrs["units"] = fld.units
             _text_dataset(entry, "setpoint_sets", b"".join(_dumps(s.to_dict()) + b"\n" for s in setpoint_sets))
@@ -301,8 +325,17 @@ class ArchiveWriter:
         arr = self._check_write(iy, ix, spectra, meta)
         if self._measured_mask[iy, ix]:
             previous = PixelMeta(**{name: ds[iy, ix].item() for name, ds in self._meta.items()})
-            self._append_line(self._log_ds, {"time": time.time(), "event": "pixel_replaced", "iy": iy, "ix": ix,
-                                             "reason": reason, "previous": previous.to_dict()})
+            self._append_line(
+                self._log_ds,
+                {
+                    "time": time.time(),
+                    "event": "pixel_replaced",
+                    "iy": iy,
+                    "ix": ix,
+                    "reason": reason,
+                    "previous": previous.to_dict(),
+                },
+            )
             self._sinks["measured"].write(iy, ix, _FALSE)
             self._measured_mask[iy, ix] = False
             self._f.flush()
@@ -326,8 +359,10 @@ class ArchiveWriter:
             self._failed[iy, ix] = False
             self._failure_code[iy, ix] = 0
             self._failed_mask[iy, ix] = False
-            self._append_line(self._log_ds, {"time": time.time(), "event": "pixel_recovered", "iy": iy, "ix": ix,
-                                             "failure_code": code})
+            self._append_line(
+                self._log_ds,
+                {"time": time.time(), "event": "pixel_recovered", "iy": iy, "ix": ix, "failure_code": code},
+            )
         self._f.flush()
         self._sinks["measured"].write(iy, ix, _TRUE)
         self._measured_mask[iy, ix] = True
@@ -383,10 +418,14 @@ class ArchiveWriter:
         if code <= 0:
             raise ArchiveError(self.path, f"failure code must be > 0 (0 means no failure), got {code}")
         if self._measured_mask[iy, ix]:
-            raise ArchiveError(self.path, f"pixel ({iy}, {ix}) is measured; a failed re-measure keeps its spectrum, "
-                                          "so log it with append_log() instead of marking the pixel failed")
-        self._append_line(self._failures_ds, {"iy": iy, "ix": ix, "code": code, "reason": reason,
-                                              "time": time.time(), **details})
+            raise ArchiveError(
+                self.path,
+                f"pixel ({iy}, {ix}) is measured; a failed re-measure keeps its spectrum, "
+                "so log it with append_log() instead of marking the pixel failed",
+            )
+        self._append_line(
+            self._failures_ds, {"iy": iy, "ix": ix, "code": code, "reason": reason, "time": time.time(), **details}
+        )
         self._failure_code[iy, ix] = code
         self._failed[iy, ix] = True
         self._failed_mask[iy, ix] = True
@@ -419,8 +458,11 @@ class ArchiveWriter:
     def write_ground_truth(self, truth: GroundTruth) -> None:
         """Store simulation ground truth ``name -> array | (array, units)`` (not in SWMR mode)."""
         if self._f.swmr_mode:
-            raise ArchiveError(self.path, "ground truth cannot be added in SWMR mode; pass ground_truth= to "
-                                          "create() or create the archive with swmr=False")
+            raise ArchiveError(
+                self.path,
+                "ground truth cannot be added in SWMR mode; pass ground_truth= to "
+                "create() or create the archive with swmr=False",
+            )
         _create_ground_truth(self._f["entry/sample"], truth)
         self._f.flush()
 
@@ -433,8 +475,9 @@ class ArchiveWriter:
     def __enter__(self) -> ArchiveWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @property
@@ -496,12 +539,12 @@ class _PointSink:
         self._id = ds.id
         self.dtype = ds.dtype
         self._tail = (0,) * (ds.ndim - 2)
-        self._count = (1, 1) + ds.shape[2:]
+        self._count = (1, 1, *ds.shape[2:])
         self._fspace = ds.id.get_space()
         self._mspace = h5py.h5s.create_simple(self._count)
 
     def write(self, iy: int, ix: int, value: np.ndarray) -> None:
-        self._fspace.select_hyperslab((iy, ix) + self._tail, self._count)
+        self._fspace.select_hyperslab((iy, ix, *self._tail), self._count)
         data = np.ascontiguousarray(value, dtype=self.dtype).reshape(self._count)
         self._id.write(self._mspace, self._fspace, data)
 
@@ -515,17 +558,24 @@ def _create_data(entry: h5py.Group, geometry: GridGeometry, names: list[str], ax
     ny, nx = geometry.shape
     data = entry.create_group("data")
     data.attrs.update({"NX_class": "NXdata", "signal": "spectra", "axes": ["y", "x", ".", "bias"]})
-    spectra = data.create_dataset("spectra", shape=(ny, nx, len(names), axis.size), dtype=np.float32,
-                                  chunks=(1, 1, len(names), axis.size), fillvalue=np.float32(np.nan))
+    spectra = data.create_dataset(
+        "spectra",
+        shape=(ny, nx, len(names), axis.size),
+        dtype=np.float32,
+        chunks=(1, 1, len(names), axis.size),
+        fillvalue=np.float32(np.nan),
+    )
     spectra.attrs["long_name"] = "spectra (ny, nx, channel, point); units per channel in channel_units"
     data.create_dataset("channel_names", data=np.array(names, dtype=object), dtype=_STR)
     data.create_dataset("channel_units", data=np.array([_unit_of(n) for n in names], dtype=object), dtype=_STR)
     data.create_dataset("bias", data=axis).attrs["units"] = "V"
     dx, dy = geometry.pixel_size_m
-    data.create_dataset("x", data=geometry.centre_x_m - geometry.width_m / 2 + (np.arange(nx) + 0.5) * dx
-                        ).attrs["units"] = "m"
-    data.create_dataset("y", data=geometry.centre_y_m - geometry.height_m / 2 + (np.arange(ny) + 0.5) * dy
-                        ).attrs["units"] = "m"
+    data.create_dataset("x", data=geometry.centre_x_m - geometry.width_m / 2 + (np.arange(nx) + 0.5) * dx).attrs[
+        "units"
+    ] = "m"
+    data.create_dataset("y", data=geometry.centre_y_m - geometry.height_m / 2 + (np.arange(ny) + 0.5) * dy).attrs[
+        "units"
+    ] = "m"
 
 
 def _unit_of(channel_name: str) -> str:
@@ -548,8 +598,7 @@ def _create_ground_truth(sample: h5py.Group, truth: GroundTruth) -> None:
 
 
 def _read_geometry(entry: h5py.Group, path: Path) -> GridGeometry:
-    attrs = {k: v.item() if isinstance(v, np.generic) else v for k, v in entry["grid"].attrs.items()
-             if k != "NX_class"}
+    attrs = {k: v.item() if isinstance(v, np.generic) else v for k, v in entry["grid"].attrs.items() if k != "NX_class"}
     try:
         return GridGeometry.from_dict(attrs)
     except Exception as exc:  # ConfigError: the stored geometry is not a valid grid
@@ -594,8 +643,9 @@ def _reading(method: _Read) -> _Read:
         except StsliveError:
             raise
         except _DAMAGE as exc:
-            raise ArchiveError(self.path, f"damaged archive ({type(exc).__name__}: {exc}); "
-                                          "the file is truncated or corrupt") from exc
+            raise ArchiveError(
+                self.path, f"damaged archive ({type(exc).__name__}: {exc}); the file is truncated or corrupt"
+            ) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -618,10 +668,12 @@ class ArchiveReader:
 
         entry.visititems(keep)
         self._spectra: h5py.Dataset = self._ds["data/spectra"]
-        self.channel_names: list[str] = [s.decode() if isinstance(s, bytes) else str(s)
-                                         for s in entry["data/channel_names"][()]]
-        self.channel_units: list[str] = [s.decode() if isinstance(s, bytes) else str(s)
-                                         for s in entry["data/channel_units"][()]]
+        self.channel_names: list[str] = [
+            s.decode() if isinstance(s, bytes) else str(s) for s in entry["data/channel_names"][()]
+        ]
+        self.channel_units: list[str] = [
+            s.decode() if isinstance(s, bytes) else str(s) for s in entry["data/channel_units"][()]
+        ]
         self.bias: np.ndarray = entry["data/bias"][()]
         self.run_uid = str(entry.attrs.get("run_uid", ""))
         self.software_version = str(entry.attrs.get("software_version", ""))
@@ -731,8 +783,9 @@ class ArchiveReader:
             raise ArchiveError(self.path, f"no channel {name!r}; channels are {self.channel_names}") from None
 
     @_reading
-    def read_pixels(self, rows: slice = slice(None), cols: slice = slice(None),
-                    channels: Sequence[str] | None = None) -> np.ndarray:
+    def read_pixels(
+        self, rows: slice = slice(None), cols: slice = slice(None), channels: Sequence[str] | None = None
+    ) -> np.ndarray:
         """Spectra ``(rows, cols, channels, n_points)`` float32 (NaN where unmeasured)."""
         if channels is None:
             return self._spectra[rows, cols]
@@ -740,8 +793,9 @@ class ArchiveReader:
         block = self._spectra[rows, cols]
         return np.ascontiguousarray(block[:, :, idx])
 
-    def iter_blocks(self, rows: int | None = None, channels: Sequence[str] | None = None,
-                    max_bytes: int = 64 * 2**20) -> Iterator[tuple[slice, np.ndarray]]:
+    def iter_blocks(
+        self, rows: int | None = None, channels: Sequence[str] | None = None, max_bytes: int = 64 * 2**20
+    ) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield ``(row_slice, spectra block)`` over the grid, a few rows at a time.
 
         ``rows`` defaults to as many as fit in ``max_bytes`` (at least one row).
@@ -768,8 +822,9 @@ class ArchiveReader:
     def __enter__(self) -> ArchiveReader:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -791,11 +846,13 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
             # Only a file an SWMR writer holds (or held when it died) goes to the SWMR reader: its
             # superblock is intact and says so. Anything else "already open" is damage, and an SWMR
             # open of a damaged file can retry inside HDF5 for minutes.
-            if not (_h5status.superblock_intact(path)
-                    and _h5status.status_flags(path) & _h5status.SWMR_WRITE_ACCESS):
-                raise ArchiveError(path, "marked open for writing but not by an SWMR writer, or its "
-                                         "superblock checksum is wrong: a non-SWMR writer died while "
-                                         "writing it, or the file is corrupt") from exc
+            if not (_h5status.superblock_intact(path) and _h5status.status_flags(path) & _h5status.SWMR_WRITE_ACCESS):
+                raise ArchiveError(
+                    path,
+                    "marked open for writing but not by an SWMR writer, or its "
+                    "superblock checksum is wrong: a non-SWMR writer died while "
+                    "writing it, or the file is corrupt",
+                ) from exc
         return open_archive(path, swmr=True)
     path = Path(path)
     if not path.is_file():
@@ -803,21 +860,28 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
     with open(path, "rb") as fh:
         head = fh.read(8)
     if head != b"\x89HDF\r\n\x1a\n":
-        raise ArchiveError(path, "not an HDF5 file, so not an stslive run archive "
-                                 "(for a Nanonis grid use the .3ds importer)")
+        raise ArchiveError(
+            path, "not an HDF5 file, so not an stslive run archive (for a Nanonis grid use the .3ds importer)"
+        )
     try:
         f = h5py.File(path, "r", libver="latest", swmr=swmr)
     except OSError as exc:
-        hint = ("a writer holds it or was killed: read with swmr=True, or resume it"
-                if "already open" in str(exc) else "the file is truncated or corrupt")
+        hint = (
+            "a writer holds it or was killed: read with swmr=True, or resume it"
+            if "already open" in str(exc)
+            else "the file is truncated or corrupt"
+        )
         raise ArchiveError(path, f"cannot open ({exc}); {hint}") from exc
     try:
         version = f.attrs.get(VERSION_ATTR)
         if version is None:
             raise ArchiveError(path, f"HDF5 file without the {VERSION_ATTR!r} attribute: not an stslive archive")
         if int(version) != ARCHIVE_VERSION:
-            raise ArchiveError(path, f"archive version {int(version)}; this stslive reads version "
-                                     f"{ARCHIVE_VERSION}: use a matching stslive release")
+            raise ArchiveError(
+                path,
+                f"archive version {int(version)}; this stslive reads version "
+                f"{ARCHIVE_VERSION}: use a matching stslive release",
+            )
         missing = [name for name in _REQUIRED if name not in f]
         if missing:
             raise ArchiveError(path, f"archive layout incomplete, missing {missing}")

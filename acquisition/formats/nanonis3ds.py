@@ -30,8 +30,17 @@ HEADER_END = b":HEADER_END:\r\n"
 _MAX_HEADER = 1 << 20
 #: Largest grid accepted (points); 4096 x 4096, far beyond any real STM grid.
 _MAX_GRID_POINTS = 1 << 24
-_REQUIRED_KEYS = ("Grid dim", "Grid settings", "Filetype", "Sweep Signal", "Fixed parameters",
-                  "Experiment parameters", "# Parameters (4 byte)", "Points", "Channels")
+_REQUIRED_KEYS = (
+    "Grid dim",
+    "Grid settings",
+    "Filetype",
+    "Sweep Signal",
+    "Fixed parameters",
+    "Experiment parameters",
+    "# Parameters (4 byte)",
+    "Points",
+    "Channels",
+)
 _FIXED = ["Sweep Start", "Sweep End"]
 _TIME_FORMAT = "%d.%m.%Y %H:%M:%S"
 
@@ -110,17 +119,22 @@ class NanonisGrid:
         self.experiment_parameters = _split_list(h["Experiment parameters"])
         self.channel_names = _split_list(h["Channels"])
         if n_params != len(self.fixed_parameters) + len(self.experiment_parameters):
-            raise NanonisFileError(path, f"'# Parameters (4 byte)'={n_params} but the header names "
-                                         f"{len(self.fixed_parameters) + len(self.experiment_parameters)}")
+            raise NanonisFileError(
+                path,
+                f"'# Parameters (4 byte)'={n_params} but the header names "
+                f"{len(self.fixed_parameters) + len(self.experiment_parameters)}",
+            )
         if self.nx < 1 or self.ny < 1 or self.n_points < 1 or not self.channel_names:
             raise NanonisFileError(path, "grid dimensions, points and channels must be positive")
         if self.nx * self.ny > _MAX_GRID_POINTS:  # the maps are allocated whole: refuse before trying
-            raise NanonisFileError(path, f"'Grid dim' {self.nx} x {self.ny} exceeds {_MAX_GRID_POINTS} points; "
-                                         "the header is corrupt")
+            raise NanonisFileError(
+                path, f"'Grid dim' {self.nx} x {self.ny} exceeds {_MAX_GRID_POINTS} points; the header is corrupt"
+            )
         expected_exp = len(self.channel_names) * self.n_points * 4
         if experiment_size is not None and experiment_size != expected_exp:
-            raise NanonisFileError(path, f"'Experiment size (bytes)' {experiment_size} != "
-                                         f"channels x points x 4 = {expected_exp}")
+            raise NanonisFileError(
+                path, f"'Experiment size (bytes)' {experiment_size} != channels x points x 4 = {expected_exp}"
+            )
         self.n_params = n_params
         self.record_len = n_params + len(self.channel_names) * self.n_points
         offset = end + len(HEADER_END)
@@ -130,7 +144,9 @@ class NanonisGrid:
         self.trailing_bytes = data_bytes - self.n_records * 4 * self.record_len
         self._data: np.ndarray | None = (
             np.memmap(path, dtype=">f4", mode="r", offset=offset, shape=(self.n_records, self.record_len))
-            if self.n_records else None)
+            if self.n_records
+            else None
+        )
         self.measured = self._measured_mask()
 
     # structure
@@ -150,8 +166,15 @@ class NanonisGrid:
     @property
     def geometry(self) -> GridGeometry:
         s = self.settings
-        return GridGeometry(centre_x_m=s.centre_x_m, centre_y_m=s.centre_y_m, width_m=s.width_m,
-                            height_m=s.height_m, nx=self.nx, ny=self.ny, angle_deg=s.angle_deg)
+        return GridGeometry(
+            centre_x_m=s.centre_x_m,
+            centre_y_m=s.centre_y_m,
+            width_m=s.width_m,
+            height_m=s.height_m,
+            nx=self.nx,
+            ny=self.ny,
+            angle_deg=s.angle_deg,
+        )
 
     @property
     def is_bias_sweep(self) -> bool:
@@ -235,8 +258,9 @@ class NanonisGrid:
     def __enter__(self) -> NanonisGrid:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -298,11 +322,13 @@ def write_3ds(
     fixed = [np.broadcast_to(np.asarray(v, dtype=np.float32), (ny, nx)) for v in (sweep_start, sweep_end)]
     ordered = fixed + [np.asarray(v, dtype=np.float32) for v in params.values()]
     n_params = len(ordered)
-    quote = lambda items: '"' + ";".join(items) + '"'  # noqa: E731 - header list syntax
+    quote = lambda items: '"' + ";".join(items) + '"'
     lines = {
         "Grid dim": f'"{nx} x {ny}"',
-        "Grid settings": ";".join(_fmt(v) for v in (geometry.centre_x_m, geometry.centre_y_m,
-                                                   geometry.width_m, geometry.height_m, geometry.angle_deg)),
+        "Grid settings": ";".join(
+            _fmt(v)
+            for v in (geometry.centre_x_m, geometry.centre_y_m, geometry.width_m, geometry.height_m, geometry.angle_deg)
+        ),
         "Filetype": "Linear",
         "Sweep Signal": f'"{sweep_signal}"',
         "Fixed parameters": quote(_FIXED),
@@ -327,8 +353,9 @@ def write_3ds(
         for block in blocks:
             block = np.asarray(block)
             if block.ndim != 4 or block.shape[1:] != (nx, len(names), n_points):
-                raise NanonisFileError(path, f"spectra block shape {block.shape}, expected (rows, {nx}, "
-                                             f"{len(names)}, {n_points})")
+                raise NanonisFileError(
+                    path, f"spectra block shape {block.shape}, expected (rows, {nx}, {len(names)}, {n_points})"
+                )
             rows = slice(row, row + block.shape[0])
             rec = np.empty((block.shape[0], nx, n_params + len(names) * n_points), dtype=">f4")
             for k, p in enumerate(ordered):
@@ -341,8 +368,9 @@ def write_3ds(
         raise NanonisFileError(path, f"spectra covered {row} rows, the grid has {ny}; the file is incomplete")
 
 
-def export_archive(archive_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
-                   rows_per_block: int = 8) -> None:
+def export_archive(
+    archive_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, rows_per_block: int = 8
+) -> None:
     """Export an stslive run archive to ``.3ds`` so the lab's Nanonis tools open it.
 
     Each point gets its own set-point set's sweep limits as Sweep Start/End; the per-pixel
@@ -355,18 +383,24 @@ def export_archive(archive_path: str | os.PathLike[str], out_path: str | os.Path
         meta = ar.pixel_meta
         sets = ar.setpoint_sets
         ids = meta["setpoint_set_id"]
-        table = {key: np.full(ids.shape, np.nan, dtype=np.float32) for key in
-                 ("sweep_start_V", "sweep_end_V", "settle_s", "integration_s", "current_setpoint_A")}
+        table = {
+            key: np.full(ids.shape, np.nan, dtype=np.float32)
+            for key in ("sweep_start_V", "sweep_end_V", "settle_s", "integration_s", "current_setpoint_A")
+        }
         for sid, s in sets.items():
             for key, arr in table.items():
                 arr[ids == sid] = getattr(s, key)
         params = {
-            "X (m)": meta["x_m"], "Y (m)": meta["y_m"], "Z (m)": meta["z_m"],
-            "Settling time (s)": table["settle_s"], "Integration time (s)": table["integration_s"],
+            "X (m)": meta["x_m"],
+            "Y (m)": meta["y_m"],
+            "Z (m)": meta["z_m"],
+            "Settling time (s)": table["settle_s"],
+            "Integration time (s)": table["integration_s"],
             "Scan:Current (A)": table["current_setpoint_A"],
             "Temperature before (K)": meta["temperature_before_K"],
             "Temperature after (K)": meta["temperature_after_K"],
-            "Setpoint set": ids.astype(np.float32), "Lock-in status": meta["lockin_status"].astype(np.float32),
+            "Setpoint set": ids.astype(np.float32),
+            "Lock-in status": meta["lockin_status"].astype(np.float32),
         }
         first = sets[min(sets)]
         extra = {
@@ -383,8 +417,18 @@ def export_archive(archive_path: str | os.PathLike[str], out_path: str | os.Path
         }
         start = ar.documents.get("start", {})
         stop = ar.documents.get("stop", {})
-        write_3ds(out_path, spectra=(blk for _, blk in ar.iter_blocks(rows=rows_per_block)),
-                  channel_names=ar.channel_names, geometry=ar.geometry, sweep_start=table["sweep_start_V"],
-                  sweep_end=table["sweep_end_V"], n_points=ar.n_points, parameters=params,
-                  measured=ar.measured, header=extra, start_time=start.get("time"),
-                  end_time=stop.get("time"), comment=f"stslive run {ar.run_uid}")
+        write_3ds(
+            out_path,
+            spectra=(blk for _, blk in ar.iter_blocks(rows=rows_per_block)),
+            channel_names=ar.channel_names,
+            geometry=ar.geometry,
+            sweep_start=table["sweep_start_V"],
+            sweep_end=table["sweep_end_V"],
+            n_points=ar.n_points,
+            parameters=params,
+            measured=ar.measured,
+            header=extra,
+            start_time=start.get("time"),
+            end_time=stop.get("time"),
+            comment=f"stslive run {ar.run_uid}",
+        )

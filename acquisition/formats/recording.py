@@ -144,8 +144,9 @@ def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], wha
 class SpectraSource:
     """Read-only spectra of one file; build with :func:`open_spectra`."""
 
-    def __init__(self, path: Path, backend: ArchiveReader | NanonisGrid, *, current: str | None,
-                 lockin: str | None) -> None:
+    def __init__(
+        self, path: Path, backend: ArchiveReader | NanonisGrid, *, current: str | None, lockin: str | None
+    ) -> None:
         self.path = path
         self._b = backend
         self.kind = "stslive" if isinstance(backend, ArchiveReader) else "nanonis3ds"
@@ -183,8 +184,10 @@ class SpectraSource:
     def require_bias_sweep(self) -> None:
         """AnalysisError unless the sweep is the bias (a Z or other sweep cannot give Delta, alpha)."""
         if not self.is_bias_sweep:
-            raise AnalysisError(f"{self.path}: the sweep signal is {self.sweep_signal!r}, not the bias; "
-                                "gap and AA-exponent analysis needs bias spectroscopy")
+            raise AnalysisError(
+                f"{self.path}: the sweep signal is {self.sweep_signal!r}, not the bias; "
+                "gap and AA-exponent analysis needs bias spectroscopy"
+            )
 
     @property
     def geometry(self) -> GridGeometry:
@@ -274,11 +277,19 @@ class SpectraSource:
     def read_block(self, rows: slice) -> SpectraBlock:
         """Current (and lock-in) spectra of grid rows ``rows``."""
         names = [self.current_channel] + ([self.lockin_channel] if self.lockin_channel else [])
-        data = (self._b.read_pixels(rows, slice(None), names) if isinstance(self._b, ArchiveReader)
-                else self._b.read_block(rows, names))
+        data = (
+            self._b.read_pixels(rows, slice(None), names)
+            if isinstance(self._b, ArchiveReader)
+            else self._b.read_block(rows, names)
+        )
         bias = self.bias_for(rows) if self.bias_per_pixel else self.bias
-        return SpectraBlock(rows=rows, current=data[:, :, 0], lockin=data[:, :, 1] if self.lockin_channel else None,
-                            measured=self.measured[rows], bias=bias)
+        return SpectraBlock(
+            rows=rows,
+            current=data[:, :, 0],
+            lockin=data[:, :, 1] if self.lockin_channel else None,
+            measured=self.measured[rows],
+            bias=bias,
+        )
 
     def iter_blocks(self, *, max_bytes: int = 64 * 2**20) -> Iterator[SpectraBlock]:
         """Blocks of whole rows, each of at most ``max_bytes`` of spectra (at least one row)."""
@@ -293,13 +304,15 @@ class SpectraSource:
     def __enter__(self) -> SpectraSource:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
-def open_spectra(path: str | os.PathLike[str], *, current: str | None = None,
-                 lockin: str | None = None) -> SpectraSource:
+def open_spectra(
+    path: str | os.PathLike[str], *, current: str | None = None, lockin: str | None = None
+) -> SpectraSource:
     """Open an stslive archive (HDF5) or a Nanonis ``.3ds`` grid as a :class:`SpectraSource`.
 
     The format is recognised by content (HDF5 signature), not by the file name. Unknown channel

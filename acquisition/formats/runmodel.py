@@ -28,9 +28,7 @@ def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> Any:
     if unknown:
         raise ConfigError(f"{what}: unknown key(s) {unknown}; allowed keys are {sorted(names)}")
     required = [
-        f.name
-        for f in fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     missing = [k for k in required if k not in data]
     if missing:
@@ -88,24 +86,55 @@ class SetpointSet:
 
     def __post_init__(self) -> None:
         who = f"setpoint_set[{self.id!r}]"
-        _require(isinstance(self.id, int) and not isinstance(self.id, bool) and self.id >= 0,
-                 "id", "must be an integer >= 0", who)
+        _require(
+            isinstance(self.id, int) and not isinstance(self.id, bool) and self.id >= 0,
+            "id",
+            "must be an integer >= 0",
+            who,
+        )
         _require(isinstance(self.name, str), "name", "must be a string", who)
-        for key in ("bias_setpoint_V", "current_setpoint_A", "sweep_start_V", "sweep_end_V",
-                    "settle_s", "integration_s", "lockin_frequency_Hz", "lockin_amplitude_Vrms",
-                    "lockin_time_constant_s", "lockin_sensitivity_V"):
+        for key in (
+            "bias_setpoint_V",
+            "current_setpoint_A",
+            "sweep_start_V",
+            "sweep_end_V",
+            "settle_s",
+            "integration_s",
+            "lockin_frequency_Hz",
+            "lockin_amplitude_Vrms",
+            "lockin_time_constant_s",
+            "lockin_sensitivity_V",
+        ):
             _require(_finite(getattr(self, key)), key, "must be a finite number (SI units)", who)
-        _require(self.bias_setpoint_V != 0.0, "bias_setpoint_V",
-                 "must be non-zero: no tunnelling current flows at 0 V", who)
-        _require(self.current_setpoint_A != 0.0 and abs(self.current_setpoint_A) < 1e-6,
-                 "current_setpoint_A", "must be non-zero and below 1 uA (give amperes, e.g. 150e-12)", who)
+        _require(
+            self.bias_setpoint_V != 0.0, "bias_setpoint_V", "must be non-zero: no tunnelling current flows at 0 V", who
+        )
+        _require(
+            self.current_setpoint_A != 0.0 and abs(self.current_setpoint_A) < 1e-6,
+            "current_setpoint_A",
+            "must be non-zero and below 1 uA (give amperes, e.g. 150e-12)",
+            who,
+        )
         _require(self.sweep_start_V != self.sweep_end_V, "sweep_end_V", "must differ from sweep_start_V", who)
-        _require(max(abs(self.sweep_start_V), abs(self.sweep_end_V)) <= 10.0, "sweep_start_V",
-                 "sweep limits must lie within +-10 V (give volts, e.g. -0.04)", who)
-        _require(isinstance(self.n_points, int) and not isinstance(self.n_points, bool) and self.n_points >= 2,
-                 "n_points", "must be an integer >= 2", who)
-        for key in ("settle_s", "integration_s", "lockin_frequency_Hz", "lockin_amplitude_Vrms",
-                    "lockin_time_constant_s"):
+        _require(
+            max(abs(self.sweep_start_V), abs(self.sweep_end_V)) <= 10.0,
+            "sweep_start_V",
+            "sweep limits must lie within +-10 V (give volts, e.g. -0.04)",
+            who,
+        )
+        _require(
+            isinstance(self.n_points, int) and not isinstance(self.n_points, bool) and self.n_points >= 2,
+            "n_points",
+            "must be an integer >= 2",
+            who,
+        )
+        for key in (
+            "settle_s",
+            "integration_s",
+            "lockin_frequency_Hz",
+            "lockin_amplitude_Vrms",
+            "lockin_time_constant_s",
+        ):
             _require(getattr(self, key) >= 0.0, key, "must be >= 0", who)
         _require(self.lockin_sensitivity_V > 0.0, "lockin_sensitivity_V", "must be > 0", who)
         _require(isinstance(self.feedback_hold, bool), "feedback_hold", "must be true or false", who)
@@ -151,12 +180,17 @@ class GridGeometry:
         for key in ("centre_x_m", "centre_y_m", "width_m", "height_m", "angle_deg"):
             _require(_finite(getattr(self, key)), key, "must be a finite number (metres / degrees)", who)
         _require(self.width_m > 0 and self.height_m > 0, "width_m", "width_m and height_m must be > 0", who)
-        _require(max(self.width_m, self.height_m) < 1e-3, "width_m",
-                 "grid larger than 1 mm: give metres (e.g. 300e-9)", who)
+        _require(
+            max(self.width_m, self.height_m) < 1e-3, "width_m", "grid larger than 1 mm: give metres (e.g. 300e-9)", who
+        )
         for key in ("nx", "ny"):
             value = getattr(self, key)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key,
-                     "must be an integer >= 1", who)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                key,
+                "must be an integer >= 1",
+                who,
+            )
         _require(self.order in SCAN_ORDERS, "order", f"must be one of {SCAN_ORDERS}", who)
 
     @property
@@ -242,8 +276,17 @@ class MetaField:
 
 
 def _meta_fields() -> tuple[MetaField, ...]:
-    units = {"x_m": "m", "y_m": "m", "z_m": "m", "temperature_before_K": "K", "temperature_after_K": "K",
-             "t_start": "s", "t_sweep_start": "s", "t_sweep_end": "s", "t_end": "s"}
+    units = {
+        "x_m": "m",
+        "y_m": "m",
+        "z_m": "m",
+        "temperature_before_K": "K",
+        "temperature_after_K": "K",
+        "t_start": "s",
+        "t_sweep_start": "s",
+        "t_sweep_end": "s",
+        "t_end": "s",
+    }
     out = []
     for f in fields(PixelMeta):
         if f.type in ("int", int):

@@ -66,7 +66,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import ClassVar, Literal, TypeAlias
 
 import zmq
 import zmq.auth
@@ -143,8 +143,9 @@ class Security:
             raise ConfigError(f"socket role must be 'data' or 'control', not {role!r}")
         missing = [f for f in folders if f is None or not f.is_dir()]
         if missing:
-            raise ConfigError(f"allowed-client folder(s) {[str(f) for f in missing]} for role {role!r} "
-                              f"do not exist; {_HINT}")
+            raise ConfigError(
+                f"allowed-client folder(s) {[str(f) for f in missing]} for role {role!r} do not exist; {_HINT}"
+            )
         return tuple(f for f in folders if f is not None)
 
 
@@ -208,8 +209,9 @@ def _load(path: Path | None, what: str, *, secret: bool) -> tuple[bytes, bytes |
     if not path.is_file():
         raise ConfigError(f"{what} key file {path} not found; {_HINT}")
     if secret and os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("%s is readable by other users; run 'chmod 600 %s' (anyone who reads it can impersonate it)",
-                    path, path)
+        log.warning(
+            "%s is readable by other users; run 'chmod 600 %s' (anyone who reads it can impersonate it)", path, path
+        )
     try:
         public, secret_key = zmq.auth.load_certificate(path)
     except ValueError as exc:
@@ -244,8 +246,13 @@ class _FolderKeys:
             self.denied += 1
             # a refused client retries every reconnect interval (0.1 s): log the first few, then rarely
             if self.denied <= 10 or self.denied % 1000 == 0:
-                log.warning("CURVE %s: denied client key %s (not in %s); %d denied so far", domain,
-                            key.decode(errors="replace"), [str(f) for f in self.folders], self.denied)
+                log.warning(
+                    "CURVE %s: denied client key %s (not in %s); %d denied so far",
+                    domain,
+                    key.decode(errors="replace"),
+                    [str(f) for f in self.folders],
+                    self.denied,
+                )
         return ok
 
 
@@ -253,7 +260,7 @@ class _ContextAuth:
     """One started ThreadAuthenticator per context, reference-counted by ServerGuards."""
 
     _lock = threading.Lock()
-    _by_context: dict[int, _ContextAuth] = {}
+    _by_context: ClassVar[dict[int, _ContextAuth]] = {}
 
     def __init__(self, context: zmq.Context) -> None:
         self.context = context
@@ -367,8 +374,9 @@ def secure_server(socket: zmq.Socket, security: Security, *, role: Role) -> Serv
     return ServerGuard(socket.context, provider, role)
 
 
-def bind_server(socket: zmq.Socket, endpoint: str, security: Security | None, *, role: Role,
-                what: str) -> ServerGuard | None:
+def bind_server(
+    socket: zmq.Socket, endpoint: str, security: Security | None, *, role: Role, what: str
+) -> ServerGuard | None:
     """Bind ``socket`` to ``endpoint``, as a CURVE server of ``role`` when ``security`` is given.
 
     The one bind path of every stslive server socket (run stream, results stream, control):
@@ -422,7 +430,9 @@ def secure_client(socket: zmq.Socket, security: Security, server_public: bytes |
     else:
         server_key, _ = _load(server_public or security.server_public, "server public", secret=False)
     if len(server_key) != 40:
-        raise ConfigError(f"server public key must be 40 z85 characters, got {len(server_key)}; use the server's .key file")
+        raise ConfigError(
+            f"server public key must be 40 z85 characters, got {len(server_key)}; use the server's .key file"
+        )
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_serverkey = server_key

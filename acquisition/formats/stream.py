@@ -79,7 +79,14 @@ import msgpack
 import numpy as np
 import zmq
 
-from stslive.acquisition.formats.security import Security, ServerGuard, bind_server, check_bind, secure_client, secure_server
+from stslive.acquisition.formats.security import (
+    Security,
+    ServerGuard,
+    bind_server,
+    check_bind,
+    secure_client,
+    secure_server,
+)
 from stslive.drivers.errors import StreamError, StsliveError
 
 __all__ = [
@@ -203,7 +210,9 @@ def _float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(name, "a number", value)
     if not math.isfinite(value):
-        raise MalformedDocument("nonfinite", f"field {name!r} is {value!r}; header numbers must be finite (use null for unknown)")
+        raise MalformedDocument(
+            "nonfinite", f"field {name!r} is {value!r}; header numbers must be finite (use null for unknown)"
+        )
     return float(value)
 
 
@@ -368,7 +377,9 @@ class _Document:
         if data.keys() != expected:
             keys = set(data)
             missing, extra = sorted(expected - keys), sorted(keys - expected)
-            raise MalformedDocument("field", f"{cls.KIND} document: missing fields {missing}, unexpected fields {extra}")
+            raise MalformedDocument(
+                "field", f"{cls.KIND} document: missing fields {missing}, unexpected fields {extra}"
+            )
         return {name: check(data[name], name) for name, check in checks}
 
     @classmethod
@@ -379,8 +390,8 @@ class _Document:
 
 @dataclass(frozen=True, kw_only=True)
 class StartDoc(_Document):
-    """Opens a run; its ``uid`` is the run uid. ``grid`` is the grid geometry map (nx, ny, centre/size in m, angle in deg,
-    order); ``setpoint_sets`` the set-point parameter sets as maps (SI units, each with ``id``)."""
+    """Opens a run; its ``uid`` is the run uid. ``grid`` is the grid geometry map (nx, ny, centre/size in m,
+    angle in deg, order); ``setpoint_sets`` the set-point parameter sets as maps (SI units, each with ``id``)."""
 
     KIND: ClassVar[str] = "start"
     FIELDS: ClassVar[dict[str, Validator]] = {
@@ -407,7 +418,9 @@ class StartDoc(_Document):
         if self.uid != self.run_uid:  # as in Bluesky: the start document's uid is the run uid
             raise MalformedDocument("field", f"start: uid {self.uid!r} must equal run_uid {self.run_uid!r}")
         if len(self.channel_names) != len(self.channel_units):
-            raise MalformedDocument("field", f"start: {len(self.channel_names)} channel names but {len(self.channel_units)} units")
+            raise MalformedDocument(
+                "field", f"start: {len(self.channel_names)} channel names but {len(self.channel_units)} units"
+            )
         for key in ("nx", "ny"):
             _int(1)(self.grid.get(key), f"grid.{key}")
 
@@ -425,13 +438,18 @@ class DescriptorDoc(_Document):
     def check(self, event: EventDoc) -> None:
         """Raise :class:`MalformedDocument` (reason ``descriptor``) if ``event`` does not match."""
         if set(event.arrays) != set(self.data_keys):
-            raise MalformedDocument("descriptor", f"event seq {event.seq} carries arrays {sorted(event.arrays)}, descriptor says {sorted(self.data_keys)}")
+            raise MalformedDocument(
+                "descriptor",
+                f"event seq {event.seq} carries arrays {sorted(event.arrays)}, "
+                f"descriptor says {sorted(self.data_keys)}",
+            )
         for name, spec in self.data_keys.items():
             arr = event.arrays[name]
             if arr.dtype.str != spec.dtype or arr.shape != spec.shape:
                 raise MalformedDocument(
                     "descriptor",
-                    f"event seq {event.seq} array {name!r} is {arr.dtype.str}{list(arr.shape)}, descriptor says {spec.dtype}{list(spec.shape)}",
+                    f"event seq {event.seq} array {name!r} is {arr.dtype.str}{list(arr.shape)}, "
+                    f"descriptor says {spec.dtype}{list(spec.shape)}",
                 )
 
 
@@ -583,7 +601,9 @@ class StopDoc(_Document):
 
 
 Document: TypeAlias = StartDoc | DescriptorDoc | EventDoc | FailedPixelDoc | HeartbeatDoc | StopDoc
-_KINDS: dict[str, type[_Document]] = {c.KIND: c for c in (StartDoc, DescriptorDoc, EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc)}
+_KINDS: dict[str, type[_Document]] = {
+    c.KIND: c for c in (StartDoc, DescriptorDoc, EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc)
+}
 _TOPICS = {kind: topic_for(kind) for kind in _KINDS}
 
 
@@ -644,9 +664,13 @@ def encode(doc: Document, *, header_format: HeaderFormat = "json") -> list[bytes
         else:
             raise StreamError(f"header_format must be 'json' or 'msgpack', not {header_format!r}")
     except ValueError as exc:  # json: NaN/inf in a header number
-        raise StreamError(f"{doc.KIND} seq {doc.seq}: cannot encode header ({exc}); header numbers must be finite") from exc
+        raise StreamError(
+            f"{doc.KIND} seq {doc.seq}: cannot encode header ({exc}); header numbers must be finite"
+        ) from exc
     if len(raw) > MAX_HEADER_BYTES:
-        raise StreamError(f"{doc.KIND} header is {len(raw)} bytes, over the {MAX_HEADER_BYTES}-byte limit; move bulk data into arrays")
+        raise StreamError(
+            f"{doc.KIND} header is {len(raw)} bytes, over the {MAX_HEADER_BYTES}-byte limit; move bulk data into arrays"
+        )
     return [topic_for(doc.KIND), raw, *frames]
 
 
@@ -666,7 +690,9 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
         elif 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
             header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
         else:
-            raise MalformedDocument("header", f"header is neither a JSON object nor a msgpack map (first byte 0x{first:02x})")
+            raise MalformedDocument(
+                "header", f"header is neither a JSON object nor a msgpack map (first byte 0x{first:02x})"
+            )
     except (ValueError, RecursionError, msgpack.UnpackException) as exc:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and msgpack's ExtraData/FormatError;
         # RecursionError a JSON bomb of nested brackets
@@ -693,19 +719,26 @@ def _decode_arrays(specs: Any, frames: Sequence[memoryview]) -> dict[str, np.nda
         dtype = spec["dtype"]
         dt = _WIRE_DTYPES.get(dtype) if isinstance(dtype, str) else None  # never np.dtype() of a wire string
         if dt is None:
-            raise MalformedDocument("dtype", f"array {name!r}: dtype {dtype!r} not allowed (allowed: {sorted(ALLOWED_DTYPES)})")
+            raise MalformedDocument(
+                "dtype", f"array {name!r}: dtype {dtype!r} not allowed (allowed: {sorted(ALLOWED_DTYPES)})"
+            )
         shape = spec["shape"]
         if not isinstance(shape, list) or len(shape) > 4:
             raise MalformedDocument("shape", f"array {name!r}: shape must be a list of at most 4 sizes, got {shape!r}")
         for size in shape:
             _size(size, f"{name}.shape")
         if math.prod(shape) * dt.itemsize != len(frame):
-            raise MalformedDocument("shape", f"array {name!r}: {dtype}{shape} needs {math.prod(shape) * dt.itemsize} bytes, frame has {len(frame)}")
+            raise MalformedDocument(
+                "shape",
+                f"array {name!r}: {dtype}{shape} needs {math.prod(shape) * dt.itemsize} bytes, frame has {len(frame)}",
+            )
         if name in arrays:
             raise MalformedDocument("field", f"array {name!r} appears twice")
         arr = np.frombuffer(frame, dtype=dt).reshape(shape)
         if dt.kind == "f" and np.isinf(arr).any():
-            raise MalformedDocument("nonfinite", f"array {name!r} contains inf (NaN marks unmeasured points; inf is never valid)")
+            raise MalformedDocument(
+                "nonfinite", f"array {name!r} contains inf (NaN marks unmeasured points; inf is never valid)"
+            )
         arrays[name] = arr
     return arrays
 
@@ -739,7 +772,11 @@ def decode(frames: Sequence[Any]) -> Document:
     if schema != SCHEMA:
         raise MalformedDocument("schema", f"schema {schema!r} is not {SCHEMA!r}")
     if version != SCHEMA_VERSION:
-        raise MalformedDocument("version", f"schema version {version!r} not supported (this build reads {SCHEMA_VERSION}); upgrade stslive on one side")
+        raise MalformedDocument(
+            "version",
+            f"schema version {version!r} not supported (this build reads {SCHEMA_VERSION}); "
+            "upgrade stslive on one side",
+        )
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise MalformedDocument("kind", f"unknown document kind {kind!r}")
@@ -748,7 +785,9 @@ def decode(frames: Sequence[Any]) -> Document:
     if cls is EventDoc:
         return EventDoc.from_dict(header, _decode_arrays(header.get("arrays"), views[2:]))
     if len(views) != 2:
-        raise MalformedDocument("frames", f"a {kind} document has no arrays, but {len(views) - 2} extra frame(s) arrived")
+        raise MalformedDocument(
+            "frames", f"a {kind} document has no arrays, but {len(views) - 2} extra frame(s) arrived"
+        )
     return cls.from_dict(header)  # type: ignore[return-value]
 
 
@@ -897,8 +936,10 @@ class RunPublisher:
                 return self._subscribers
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StreamError(f"only {self._subscribers} of {count} subscription(s) reached {self.pub_endpoint} "
-                                  f"within {timeout_s} s; is the consumer running and connected to it?")
+                raise StreamError(
+                    f"only {self._subscribers} of {count} subscription(s) reached {self.pub_endpoint} "
+                    f"within {timeout_s} s; is the consumer running and connected to it?"
+                )
             wait_ms = int(left * 1000) + 1
 
     # -- sending --
@@ -1010,12 +1051,19 @@ class RunPublisher:
     def heartbeat(self, state: RunState = "idle", *, message: str = "") -> HeartbeatDoc:
         """Publish a heartbeat; inside a run it takes the next seq, outside it has seq -1."""
         if self._run_uid is None:
-            doc = HeartbeatDoc(run_uid=None, seq=-1, state=state, last_run_uid=self._last_run_uid,
-                               last_seq=self._last_seq, message=message)
+            doc = HeartbeatDoc(
+                run_uid=None,
+                seq=-1,
+                state=state,
+                last_run_uid=self._last_run_uid,
+                last_seq=self._last_seq,
+                message=message,
+            )
         else:
             run_uid, seq = self._next("heartbeat")
-            doc = HeartbeatDoc(run_uid=run_uid, seq=seq, state=state, last_run_uid=run_uid, last_seq=seq - 1,
-                               message=message)
+            doc = HeartbeatDoc(
+                run_uid=run_uid, seq=seq, state=state, last_run_uid=run_uid, last_seq=seq - 1, message=message
+            )
         self.publish(doc)
         return doc
 
@@ -1034,7 +1082,9 @@ class RunPublisher:
         if self._push is not None:
             self.flush(timeout_s=linger_s)
             if self._backlog:
-                log.warning("closing run stream with %d undelivered PUSH message(s): no consumer took them", len(self._backlog))
+                log.warning(
+                    "closing run stream with %d undelivered PUSH message(s): no consumer took them", len(self._backlog)
+                )
             self._push.close(linger=int(linger_s * 1000))
             self._push = None
         if self._pub is not None:

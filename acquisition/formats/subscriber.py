@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
+from stslive.acquisition.formats.security import Security, secure_client
 from stslive.acquisition.formats.stream import (
     TOPIC_PREFIX,
     DescriptorDoc,
@@ -48,7 +49,6 @@ from stslive.acquisition.formats.stream import (
     decode,
     event_fields,
 )
-from stslive.acquisition.formats.security import Security, secure_client
 from stslive.drivers.errors import ConfigError, StreamError
 
 __all__ = ["Gap", "RunSubscriber", "RunTracker", "missing_pixels", "recover_from_archive"]
@@ -100,7 +100,7 @@ class RunTracker:
     descriptors: dict[str, DescriptorDoc] = field(default_factory=dict)
     stop: StopDoc | None = None
 
-    def observe(self, seq: int) -> Gap | None | Literal[False]:
+    def observe(self, seq: int) -> Gap | Literal[False] | None:
         """Account for ``seq`` in the current segment: a new Gap, None (in order or a late fill),
         or False (below the expected seq and filling no gap: a duplicate or a new segment)."""
         if seq == self.next_seq:
@@ -149,8 +149,17 @@ class RunTracker:
     @property
     def gaps(self) -> list[Gap]:
         """The ranges still missing (late join first), resume checks included."""
-        return [Gap(self.run_uid, a, b, late_join=self.late_join and a == 0 and s == 0 and b >= a, segment=s,
-                    resume=s > 0 and a == 0) for a, b, s in self.missing]
+        return [
+            Gap(
+                self.run_uid,
+                a,
+                b,
+                late_join=self.late_join and a == 0 and s == 0 and b >= a,
+                segment=s,
+                resume=s > 0 and a == 0,
+            )
+            for a, b, s in self.missing
+        ]
 
 
 class RunSubscriber:
@@ -298,8 +307,9 @@ class RunSubscriber:
                 if isinstance(doc, EventDoc) and run.is_duplicate(doc):
                     run.duplicates += 1
                     self.duplicates += 1
-                    log.debug("run %s: duplicate of pixel (%d, %d) at seq %d dropped", doc.run_uid, doc.iy, doc.ix,
-                              doc.seq)
+                    log.debug(
+                        "run %s: duplicate of pixel (%d, %d) at seq %d dropped", doc.run_uid, doc.iy, doc.ix, doc.seq
+                    )
                     return None
                 # below the expected seq and no duplicate: a resumed run whose start was missed
                 self._gap(run.new_segment(doc.seq))
@@ -322,12 +332,21 @@ class RunSubscriber:
         if gap is not None:
             self._new_gaps.append(gap)
             if gap.resume:
-                log.warning("run %s resumed (segment %d)%s; check the archive for pixels recorded while nobody "
-                            "published", gap.run_uid, gap.segment,
-                            f", its seq 0..{gap.last_seq} missed" if gap.size else "")
+                log.warning(
+                    "run %s resumed (segment %d)%s; check the archive for pixels recorded while nobody published",
+                    gap.run_uid,
+                    gap.segment,
+                    f", its seq 0..{gap.last_seq} missed" if gap.size else "",
+                )
                 return
-            log.warning("run %s: %s seq %d..%d (%d documents); fill from the archive", gap.run_uid,
-                        "joined late, missed" if gap.late_join else "gap,", gap.first_seq, gap.last_seq, gap.size)
+            log.warning(
+                "run %s: %s seq %d..%d (%d documents); fill from the archive",
+                gap.run_uid,
+                "joined late, missed" if gap.late_join else "gap,",
+                gap.first_seq,
+                gap.last_seq,
+                gap.size,
+            )
 
     def _tracker(self, run_uid: str) -> RunTracker:
         run = self._runs.get(run_uid)
@@ -343,7 +362,9 @@ class RunSubscriber:
         try:
             return self._runs[run_uid]
         except KeyError:
-            raise StreamError(f"run {run_uid!r} has not been seen on {self.endpoint} (known: {list(self._runs)})") from None
+            raise StreamError(
+                f"run {run_uid!r} has not been seen on {self.endpoint} (known: {list(self._runs)})"
+            ) from None
 
     @property
     def runs(self) -> list[str]:
@@ -372,8 +393,9 @@ class RunSubscriber:
         """
         run = self.run(run_uid)
         descriptor_uid = next(reversed(run.descriptors), "")
-        for event in recover_from_archive(archive_path, run_uid=run_uid, exclude=run.pixels,
-                                          descriptor_uid=descriptor_uid, swmr=swmr):
+        for event in recover_from_archive(
+            archive_path, run_uid=run_uid, exclude=run.pixels, descriptor_uid=descriptor_uid, swmr=swmr
+        ):
             run.pixels[(event.iy, event.ix)] = event.timestamps.get("t_start")
             yield event
         run.missing.clear()
@@ -487,8 +509,15 @@ def recover_from_archive(
             row = reader.read_pixels(slice(iy, iy + 1), slice(None))[0]
             for ix in columns:
                 fields = event_fields({name: values[iy, ix].item() for name, values in meta.items()})
-                yield EventDoc(run_uid=reader.run_uid, seq=-1, descriptor_uid=descriptor_uid, ix=ix, iy=iy,
-                               arrays={array_name: row[ix]}, **fields)
+                yield EventDoc(
+                    run_uid=reader.run_uid,
+                    seq=-1,
+                    descriptor_uid=descriptor_uid,
+                    ix=ix,
+                    iy=iy,
+                    arrays={array_name: row[ix]},
+                    **fields,
+                )
 
 
 def _same_measurements(seen: Mapping[Pixel, float | None], t_start: np.ndarray) -> set[Pixel]:

@@ -49,8 +49,17 @@ from stslive.mocks.film import FilmParams, make_film
 
 N_POINTS = 1601
 CHANNELS = ("Current (A)", "LI Demod 1 X (A)")
-SET = {"id": 0, "name": "bench", "bias_setpoint_V": -0.01, "current_setpoint_A": 150e-12, "sweep_start_V": -0.04,
-       "sweep_end_V": 0.04, "n_points": N_POINTS, "lockin_amplitude_Vrms": 50e-6, "lockin_sensitivity_V": 5e-3}
+SET = {
+    "id": 0,
+    "name": "bench",
+    "bias_setpoint_V": -0.01,
+    "current_setpoint_A": 150e-12,
+    "sweep_start_V": -0.04,
+    "sweep_end_V": 0.04,
+    "n_points": N_POINTS,
+    "lockin_amplitude_Vrms": 50e-6,
+    "lockin_sensitivity_V": 5e-3,
+}
 
 
 @dataclass
@@ -81,9 +90,15 @@ def film_spectra(n: int, *, seed: int = 1) -> tuple[np.ndarray, int, int]:
 
 
 def _start_run(pub: RunPublisher, ny: int, nx: int) -> None:
-    pub.start(grid={"nx": nx, "ny": ny, "width_m": nx * 1e-9, "height_m": ny * 1e-9, "centre_x_m": 0.0,
-                    "centre_y_m": 0.0}, channel_names=CHANNELS, channel_units=("A", "A"), n_points=N_POINTS,
-              setpoint_sets=(SET,), instruments={}, software_version="bench-analyser")
+    pub.start(
+        grid={"nx": nx, "ny": ny, "width_m": nx * 1e-9, "height_m": ny * 1e-9, "centre_x_m": 0.0, "centre_y_m": 0.0},
+        channel_names=CHANNELS,
+        channel_units=("A", "A"),
+        n_points=N_POINTS,
+        setpoint_sets=(SET,),
+        instruments={},
+        software_version="bench-analyser",
+    )
     pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
 
 
@@ -101,8 +116,17 @@ def _publish(pub: RunPublisher, spectra: np.ndarray, nx: int, rate: float | None
         while rate and (left := t0 + k / rate - time.perf_counter()) > 0:
             time.sleep(left)
         iy, ix = divmod(k, nx)
-        pub.event(arrays={"spectra": spectra[k]}, ix=ix, iy=iy, x_m=0.0, y_m=0.0, setpoint_set_id=0,
-                  timestamps={"t_end": time.time()}, temperature_before_K=0.3, temperature_after_K=0.3)
+        pub.event(
+            arrays={"spectra": spectra[k]},
+            ix=ix,
+            iy=iy,
+            x_m=0.0,
+            y_m=0.0,
+            setpoint_set_id=0,
+            timestamps={"t_end": time.time()},
+            temperature_before_K=0.3,
+            temperature_after_K=0.3,
+        )
     return start
 
 
@@ -157,7 +181,9 @@ def _listener_process(conn: Connection, endpoint: str, n: int, timeout_s: float)
         ctx.term()
 
 
-def _child(target: Callable[..., None], name: str, *args: object) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+def _child(
+    target: Callable[..., None], name: str, *args: object
+) -> tuple[multiprocessing.process.BaseProcess, Connection]:
     spawn = multiprocessing.get_context("spawn")
     parent_conn, child_conn = spawn.Pipe()
     child = spawn.Process(target=target, args=(child_conn, *args), name=name, daemon=True)
@@ -168,13 +194,23 @@ def _child(target: Callable[..., None], name: str, *args: object) -> tuple[multi
 def _first_reply(child: multiprocessing.process.BaseProcess, conn: Connection, timeout_s: float) -> object:
     if not conn.poll(timeout_s):
         child.kill()
-        raise StreamError(f"the benchmark's {child.name} process did not answer within {timeout_s:g} s; "
-                          "see its error above")
+        raise StreamError(
+            f"the benchmark's {child.name} process did not answer within {timeout_s:g} s; see its error above"
+        )
     return conn.recv()
 
 
-def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options: KernelOptions,
-           settings: AnalyserSettings, in_process: bool = False, timeout_s: float = 60.0) -> BenchRun:
+def replay(
+    spectra: np.ndarray,
+    ny: int,
+    nx: int,
+    *,
+    rate: float | None,
+    options: KernelOptions,
+    settings: AnalyserSettings,
+    in_process: bool = False,
+    timeout_s: float = 60.0,
+) -> BenchRun:
     """Publish ``spectra`` as one run (at ``rate`` spectra/s, None: as fast as possible) and time the results.
 
     The analyser runs in this process (its stage times are read here); the results are stamped
@@ -194,8 +230,9 @@ def replay(spectra: np.ndarray, ny: int, nx: int, *, rate: float | None, options
             publisher, pub_conn = _child(_publisher_process, "publisher", n, rate)
             children.append((publisher, pub_conn))
             endpoint = _first_reply(publisher, pub_conn, timeout_s)
-        svc = AnalyserService(str(endpoint), bind="tcp://127.0.0.1:0", options=options, settings=settings,
-                              context=ctx).start()
+        svc = AnalyserService(
+            str(endpoint), bind="tcp://127.0.0.1:0", options=options, settings=settings, context=ctx
+        ).start()
         settle_gc()  # as `stslive analyser` does
         try:
             listener, listen_conn = _child(_listener_process, "listener", svc.results_endpoint, n, timeout_s)
@@ -263,12 +300,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, default=10000, help="spectra replayed at full speed (default 10000)")
     parser.add_argument("--rate", type=float, default=1000.0, help="rate of the latency run, spectra/s (default 1000)")
     parser.add_argument("--latency-n", type=int, default=3000, help="spectra of the latency run (default 3000)")
-    parser.add_argument("--batch", type=int, default=AnalyserSettings.batch,
-                        help=f"largest batch the analyser drains at once (default {AnalyserSettings.batch})")
-    parser.add_argument("--in-process", action="store_true",
-                        help="publish from this process (shares the GIL with the analyser; the first figures' setup)")
-    parser.add_argument("--dynes-width-meV", type=float, default=None,
-                        help="fixed Dynes width; default: the analyser's rule (estimated from the first spectra)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=AnalyserSettings.batch,
+        help=f"largest batch the analyser drains at once (default {AnalyserSettings.batch})",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="publish from this process (shares the GIL with the analyser; the first figures' setup)",
+    )
+    parser.add_argument(
+        "--dynes-width-meV",
+        type=float,
+        default=None,
+        help="fixed Dynes width; default: the analyser's rule (estimated from the first spectra)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,30 +324,48 @@ def run(args: argparse.Namespace) -> int:
     latency p50/p99 and the stage times."""
     if args.n < 1 or args.latency_n < 1 or not args.rate > 0 or args.batch < 1:
         raise ConfigError("give -n, --latency-n, --batch >= 1 and --rate > 0 (spectra/s)")
-    options = KernelOptions() if args.dynes_width_meV is None else KernelOptions(dynes_width_eV=args.dynes_width_meV * 1e-3)
+    options = (
+        KernelOptions() if args.dynes_width_meV is None else KernelOptions(dynes_width_eV=args.dynes_width_meV * 1e-3)
+    )
     # no periodic maps/status messages and no snapshots: they are not what is measured here
     settings = AnalyserSettings(batch=args.batch, snapshot_every=10**9, publish_every_s=3600.0)
     spectra, ny, nx = film_spectra(max(args.n, args.latency_n))
     full = replay(spectra[: args.n], ny, nx, rate=None, options=options, settings=settings, in_process=args.in_process)
-    print(f"sustained throughput: {full.throughput:,.0f} spectra/s of {N_POINTS} points "
-          f"({full.latencies_s.size} of {full.n} results in {full.elapsed_s:.2f} s, {full.batches} batches; goal >= 5,000)")
+    print(
+        f"sustained throughput: {full.throughput:,.0f} spectra/s of {N_POINTS} points "
+        f"({full.latencies_s.size} of {full.n} results in {full.elapsed_s:.2f} s, {full.batches} batches; "
+        "goal >= 5,000)"
+    )
     print(f"  analyser stages: {_stages_line(full)}")
     floor = bare_stream(args.n)
-    print(f"  baseline, same run: the bare stream (receive + decode, nothing analysed) takes {floor:,.0f} spectra/s; "
-          f"the analyser reaches {full.throughput / floor:.0%} of it")
-    slow = replay(spectra[: args.latency_n], ny, nx, rate=args.rate, options=options, settings=settings,
-                  in_process=args.in_process)
+    print(
+        f"  baseline, same run: the bare stream (receive + decode, nothing analysed) takes {floor:,.0f} spectra/s; "
+        f"the analyser reaches {full.throughput / floor:.0%} of it"
+    )
+    slow = replay(
+        spectra[: args.latency_n],
+        ny,
+        nx,
+        rate=args.rate,
+        options=options,
+        settings=settings,
+        in_process=args.in_process,
+    )
     if slow.latencies_s.size == 0:
         print("latency: no result received", file=sys.stderr)
         return 1
     p50, p99 = np.percentile(slow.latencies_s, [50, 99]) * 1e3
-    print(f"publish-to-result latency at {args.rate:,.0f} spectra/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-          f"({slow.latencies_s.size} of {slow.n} results, {slow.batches} batches; goal p99 <= 20 ms)")
+    print(
+        f"publish-to-result latency at {args.rate:,.0f} spectra/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+        f"({slow.latencies_s.size} of {slow.n} results, {slow.batches} batches; goal p99 <= 20 ms)"
+    )
     print(f"  analyser stages: {_stages_line(slow)}")
     return 0 if full.latencies_s.size == full.n and slow.latencies_s.size == slow.n else 1
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m stslive.acquisition.jobs.bench_analyser", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stslive.acquisition.jobs.bench_analyser", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     sys.exit(run(parser.parse_args()))

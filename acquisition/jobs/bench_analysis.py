@@ -2,8 +2,9 @@
 
 Generates a simulated film (``stslive.mocks.film``) block by block, times only the analysis of
 each block (generation is reported separately; every block is analysed ``--repeat`` times and the
-median full pass counts, the spread is printed), reports the CPU time per analysis stage, and on a sample of the same spectra times the
-straightforward per-spectrum analysis (np.gradient + scipy.signal.find_peaks + scipy.optimize
+median full pass counts, the spread is printed), reports the CPU time per analysis stage, and on a
+sample of the same spectra times the straightforward per-spectrum analysis (np.gradient +
+scipy.signal.find_peaks + scipy.optimize
 .curve_fit per polarity) in the same run. Prints spectra/s of both, their ratio, the accuracy of
 the batch result against the film's definition truth, and the peak memory (ru_maxrss).
 
@@ -43,16 +44,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="film seed (default 0)")
     parser.add_argument("--lockin", action="store_true", help="take Delta from the lock-in channel")
     parser.add_argument("--threads", type=int, default=None, help="analysis threads (default: one per core)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="analyse every block this many times; the median pass counts (default 3)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="analyse every block this many times; the median pass counts (default 3)"
+    )
 
 
 def _power(v: np.ndarray, b: float, a: float) -> np.ndarray:
     return b * v**a
 
 
-def per_spectrum(bias_V: np.ndarray, current_A: np.ndarray, *, fit_window_V: tuple[float, float] = (5e-3, 30e-3),
-                 search_V: tuple[float, float] = (0.3e-3, 4e-3)) -> tuple[float, float]:
+def per_spectrum(
+    bias_V: np.ndarray,
+    current_A: np.ndarray,
+    *,
+    fit_window_V: tuple[float, float] = (5e-3, 30e-3),
+    search_V: tuple[float, float] = (0.3e-3, 4e-3),
+) -> tuple[float, float]:
     """The straightforward analysis of one spectrum (the baseline): returns (Delta eV, alpha).
 
     dI/dV by np.gradient; the highest find_peaks maximum in the search range on each polarity;
@@ -69,7 +76,7 @@ def per_spectrum(bias_V: np.ndarray, current_A: np.ndarray, *, fit_window_V: tup
     for sign in (1.0, -1.0):
         sel = (sign * bias_V >= fit_window_V[0]) & (sign * bias_V <= fit_window_V[1])
         v = sign * bias_V[sel]
-        (b, a), _ = curve_fit(_power, v / fit_window_V[1], g[sel], p0=(float(g[sel].max()), 0.3))
+        (_b, a), _ = curve_fit(_power, v / fit_window_V[1], g[sel], p0=(float(g[sel].max()), 0.3))
         alphas.append(a)
     return 0.5 * (peaks[0] - peaks[1]), 0.5 * (alphas[0] + alphas[1])
 
@@ -86,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     film = make_film(FilmParams(ny=ny, nx=nx, seed=args.seed))
     bias = film.bias_V
     options = KernelOptions(
-        modulation_Vrms=film.params.modulation_Vrms, gap_source="lockin" if args.lockin else "current",
+        modulation_Vrms=film.params.modulation_Vrms,
+        gap_source="lockin" if args.lockin else "current",
         threads=args.threads,
     )
     stages: dict[str, float] = {}
@@ -108,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
         for k in range(args.repeat):
             c0, w0 = time.process_time(), time.perf_counter()
             result = analyse_spectra(
-                bias, current=spectra.current_A, lockin=lockin, options=options, stage_seconds=stages if k == 0 else None
+                bias,
+                current=spectra.current_A,
+                lockin=lockin,
+                options=options,
+                stage_seconds=stages if k == 0 else None,
             )
             passes[k] += time.perf_counter() - w0
             cpu += (time.process_time() - c0) / args.repeat
@@ -130,18 +142,23 @@ def run(args: argparse.Namespace) -> int:
     batch_rate = n / t_ana
     loop_rate = len(sample) / t_loop
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
-    print(f"grid {nx}x{ny} = {n} spectra x {bias.size} points, Delta from {options.gap_source}, "
-          f"Dynes width of the templates {options.dynes_width_eV * 1e3:.4f} meV")
+    print(
+        f"grid {nx}x{ny} = {n} spectra x {bias.size} points, Delta from {options.gap_source}, "
+        f"Dynes width of the templates {options.dynes_width_eV * 1e3:.4f} meV"
+    )
     print(f"generation (not timed as analysis): {t_gen:.2f} s")
-    print(f"batch analysis (threads: {options.threads or 'one per core'}, median of {args.repeat} passes): "
-          f"{t_ana:.3f} s = {batch_rate:,.0f} spectra/s (passes {n / passes.max():,.0f}..{n / passes.min():,.0f}/s; "
-          f"CPU {cpu:.3f} s = {cpu / n * 1e6:.2f} us/spectrum; valid {np.isfinite(delta).mean():.4f})")
+    print(
+        f"batch analysis (threads: {options.threads or 'one per core'}, median of {args.repeat} passes): "
+        f"{t_ana:.3f} s = {batch_rate:,.0f} spectra/s (passes {n / passes.max():,.0f}..{n / passes.min():,.0f}/s; "
+        f"CPU {cpu:.3f} s = {cpu / n * 1e6:.2f} us/spectrum; valid {np.isfinite(delta).mean():.4f})"
+    )
     print("  per stage, CPU us/spectrum: " + ", ".join(f"{k} {v / n * 1e6:.2f}" for k, v in stages.items()))
     print(f"per-spectrum (np.gradient + find_peaks + curve_fit), {len(sample)} spectra: {loop_rate:,.0f} spectra/s")
     print(f"ratio: {batch_rate / loop_rate:.1f}x")
-    print(f"Delta rms error {np.sqrt(np.nanmean((delta - truth_delta) ** 2)) * 1e3:.4f} meV, "
-          f"alpha rms error {np.sqrt(np.nanmean((alpha - truth_alpha) ** 2)):.5f}")
+    print(
+        f"Delta rms error {np.sqrt(np.nanmean((delta - truth_delta) ** 2)) * 1e3:.4f} meV, "
+        f"alpha rms error {np.sqrt(np.nanmean((alpha - truth_alpha) ** 2)):.5f}"
+    )
     print(f"peak memory (ru_maxrss): {rss_mb:.0f} MB")
     sys.stdout.flush()
     return 0
-

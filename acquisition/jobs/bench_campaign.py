@@ -52,10 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", type=int, default=4, help="maps in the campaign (default: 4)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default: 2)")
     parser.add_argument("--block-mb", type=float, default=64.0, help="spectra per Dask task, MB (default: 64)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="single/dask pairs, alternated on one cluster so both see the same load (default: 1)")
-    parser.add_argument("--workdir", type=Path, required=True,
-                        help="folder for the simulated archives (kept and reused when the grid matches)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="single/dask pairs, alternated on one cluster so both see the same load (default: 1)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        required=True,
+        help="folder for the simulated archives (kept and reused when the grid matches)",
+    )
 
 
 def _simulate(workdir: Path, grid: str, maps: int) -> list[Path]:
@@ -110,20 +118,35 @@ def run(args: argparse.Namespace) -> int:
             seconds, single_models = _single(paths, options)
             single_s.append(seconds)
             t1 = time.perf_counter()
-            runs = {r.path: r.model for r in analyse_inputs_dask(paths, client=client, options=options,
-                                                                   max_block_bytes=int(args.block_mb * 2**20))}
+            runs = {
+                r.path: r.model
+                for r in analyse_inputs_dask(
+                    paths, client=client, options=options, max_block_bytes=int(args.block_mb * 2**20)
+                )
+            }
             dask_s.append(time.perf_counter() - t1)
-    identical = all(np.array_equal(m.maps[k], runs[p].maps[k], equal_nan=True)
-                    for p, m in zip(paths, single_models) for k in ("delta_eV", "alpha", "valid", "reason"))
-    delta_rel = max(float(np.nanmax(np.abs(runs[p].maps["delta_eV"] / m.maps["delta_eV"] - 1.0)))
-                    for p, m in zip(paths, single_models))
-    print(f"campaign: {len(paths)} maps, {args.grid}, {spectra} spectra ({spectra // len(paths)} per map), "
-          f"{paths[0].stat().st_size / 2**20:.0f} MB per archive")
+    identical = all(
+        np.array_equal(m.maps[k], runs[p].maps[k], equal_nan=True)
+        for p, m in zip(paths, single_models, strict=False)
+        for k in ("delta_eV", "alpha", "valid", "reason")
+    )
+    delta_rel = max(
+        float(np.nanmax(np.abs(runs[p].maps["delta_eV"] / m.maps["delta_eV"] - 1.0)))
+        for p, m in zip(paths, single_models, strict=False)
+    )
+    print(
+        f"campaign: {len(paths)} maps, {args.grid}, {spectra} spectra ({spectra // len(paths)} per map), "
+        f"{paths[0].stat().st_size / 2**20:.0f} MB per archive"
+    )
     print(f"single process : {_spread(single_s)}  {spectra / np.median(single_s):10,.0f} spectra/s")
-    print(f"dask {args.workers} workers : {_spread(dask_s)}  {spectra / np.median(dask_s):10,.0f} spectra/s "
-          f"(+ {startup_s:.1f} s cluster start-up, blocks of {args.block_mb:g} MB)")
-    print("ratio single/dask per pair: " + ", ".join(f"{a / b:.2f}" for a, b in zip(single_s, dask_s)))
+    print(
+        f"dask {args.workers} workers : {_spread(dask_s)}  {spectra / np.median(dask_s):10,.0f} spectra/s "
+        f"(+ {startup_s:.1f} s cluster start-up, blocks of {args.block_mb:g} MB)"
+    )
+    print("ratio single/dask per pair: " + ", ".join(f"{a / b:.2f}" for a, b in zip(single_s, dask_s, strict=False)))
     print(f"maps identical: {identical}; largest relative Delta difference: {delta_rel:.2e}")
-    print(f"kernel threads: {options.threads or 'one per core'} single-process, 1 per dask task; "
-          f"{len(os.sched_getaffinity(0))} cores available; figures taken on a shared machine are upper bounds")
+    print(
+        f"kernel threads: {options.threads or 'one per core'} single-process, 1 per dask task; "
+        f"{len(os.sched_getaffinity(0))} cores available; figures taken on a shared machine are upper bounds"
+    )
     return 0

@@ -41,9 +41,19 @@ from stslive.drivers.errors import ConfigError, InstrumentConnectionError
 
 #: How long ``stslive mock-lab`` may take to build its film and print its resources (s).
 LAB_START_TIMEOUT_S = 120.0
-def mock_lab_config(resources: Mapping[str, str], *, nx: int, ny: int, pixel_m: float = 1e-9,
-                    n_points: int = 1601, lockin: bool = True, thermometer: bool = True,
-                    **sections: Mapping[str, Any]) -> RunConfig:
+
+
+def mock_lab_config(
+    resources: Mapping[str, str],
+    *,
+    nx: int,
+    ny: int,
+    pixel_m: float = 1e-9,
+    n_points: int = 1601,
+    lockin: bool = True,
+    thermometer: bool = True,
+    **sections: Mapping[str, Any],
+) -> RunConfig:
     """A run config covering the whole film of a mock lab (``lab.start_servers().resources``).
 
     The grid matches the film's pixels exactly (centre 0, pitch ``pixel_m``); set 0 is the
@@ -54,8 +64,17 @@ def mock_lab_config(resources: Mapping[str, str], *, nx: int, ny: int, pixel_m: 
         "run": {"name": "mock-lab run", "heartbeat_s": 0.05},
         "instruments": {"nanonis": {"resource": resources["nanonis"], "timeout_s": 5.0}},
         "grid": {"width_m": nx * pixel_m, "height_m": ny * pixel_m, "nx": nx, "ny": ny},
-        "setpoint_set": [{"id": 0, "name": "spectroscopy", "bias_setpoint_V": -0.010, "current_setpoint_A": 150e-12,
-                          "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": n_points}],
+        "setpoint_set": [
+            {
+                "id": 0,
+                "name": "spectroscopy",
+                "bias_setpoint_V": -0.010,
+                "current_setpoint_A": 150e-12,
+                "sweep_start_V": -0.04,
+                "sweep_end_V": 0.04,
+                "n_points": n_points,
+            }
+        ],
         "stream": {"pub": "tcp://127.0.0.1:0", "push": "", "control": "tcp://127.0.0.1:0"},
     }
     if lockin and "sr830" in resources:
@@ -87,8 +106,9 @@ def lab_in_process(*, nx: int, ny: int, seed: int) -> Iterator[tuple[dict[str, s
 
 
 @contextlib.contextmanager
-def lab_subprocess(*, nx: int, ny: int, seed: int,
-                   timeout_s: float = LAB_START_TIMEOUT_S) -> Iterator[tuple[dict[str, str], float]]:
+def lab_subprocess(
+    *, nx: int, ny: int, seed: int, timeout_s: float = LAB_START_TIMEOUT_S
+) -> Iterator[tuple[dict[str, str], float]]:
     """``stslive mock-lab`` in a child process on free ports; yields (resources, pixel pitch in m).
 
     The child prints one ``name resource`` line per instrument once it serves; it is stopped
@@ -96,8 +116,24 @@ def lab_subprocess(*, nx: int, ny: int, seed: int,
     """
     from stslive.mocks.film import FilmParams
 
-    cmd = [sys.executable, "-m", "stslive.acquisition.cli", "mock-lab", "--grid", f"{nx}x{ny}", "--seed", str(seed),
-           "--speed", "0", "--nanonis-port", "0", "--sr830-port", "0", "--thermometer-port", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stslive.acquisition.cli",
+        "mock-lab",
+        "--grid",
+        f"{nx}x{ny}",
+        "--seed",
+        str(seed),
+        "--speed",
+        "0",
+        "--nanonis-port",
+        "0",
+        "--sr830-port",
+        "0",
+        "--thermometer-port",
+        "0",
+    ]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         resources = _read_resources(child, timeout_s)
@@ -132,8 +168,11 @@ def _read_resources(child: subprocess.Popen[str], timeout_s: float) -> dict[str,
     if not done.wait(timeout_s) or len(lines) < 3:
         child.kill()
         _, err = child.communicate()
-        raise InstrumentConnectionError("mock-lab", f"stslive mock-lab did not report its three instruments within {timeout_s:g} s "
-                           f"(got {lines!r}; stderr: {err.strip()[-500:]!r}); run it by hand to see why")
+        raise InstrumentConnectionError(
+            "mock-lab",
+            f"stslive mock-lab did not report its three instruments within {timeout_s:g} s "
+            f"(got {lines!r}; stderr: {err.strip()[-500:]!r}); run it by hand to see why",
+        )
     return dict(line.split(None, 1) for line in (s.strip() for s in lines))
 
 
@@ -141,7 +180,8 @@ def bench(*, nx: int, ny: int, n_points: int, seed: int = 0, in_process: bool = 
     """Run one scan of ``ny x nx`` pixels against a fresh mock lab; returns the figures.
 
     Keys: ``pixels``, ``wall_s``, ``all``/``first``/``last`` (p50, p99 in ms of the whole run and
-    of its first/last tenth), ``work`` (p50, p99 ms of the software work, hidden or not), ``phases`` (name -> p50 ms, see :class:`~stslive.acquisition.engine.RunStats`),
+    of its first/last tenth), ``work`` (p50, p99 ms of the software work, hidden or not), ``phases``
+    (name -> p50 ms, see :class:`~stslive.acquisition.engine.RunStats`),
     ``peak_rss_MB`` (of this process), ``lab`` (``"process"`` or ``"in-process"``).
     """
     from stslive.acquisition.cli.scan import run_scan
@@ -156,17 +196,25 @@ def bench(*, nx: int, ny: int, n_points: int, seed: int = 0, in_process: bool = 
     tenth = max(1, overhead.size // 10)
     work = np.asarray(engine.stats.work_s)
     phases = {name: float(np.median(v)) * 1e3 for name, v in engine.stats.phase_s.items() if v}
-    return {"pixels": overhead.size, "wall_s": wall, "all": percentiles_ms(overhead),
-            "first": percentiles_ms(overhead[:tenth]), "last": percentiles_ms(overhead[-tenth:]),
-            "work": percentiles_ms(work) if work.size else (float("nan"), float("nan")),
-            "phases": phases, "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "lab": "in-process" if in_process else "process"}
+    return {
+        "pixels": overhead.size,
+        "wall_s": wall,
+        "all": percentiles_ms(overhead),
+        "first": percentiles_ms(overhead[:tenth]),
+        "last": percentiles_ms(overhead[-tenth:]),
+        "work": percentiles_ms(work) if work.size else (float("nan"), float("nan")),
+        "phases": phases,
+        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "lab": "in-process" if in_process else "process",
+    }
 
 
 def report(r: Mapping[str, Any], *, n_points: int) -> str:
     """The figures of one :func:`bench` result as text."""
-    lines = [f"scan overhead, {r['pixels']} pixels x {n_points} points, mock lab {r['lab']} at speed 0 "
-             f"(wall {r['wall_s']:.1f} s, {r['pixels'] / r['wall_s']:.0f} pixels/s, peak RSS {r['peak_rss_MB']:.0f} MB)"]
+    lines = [
+        f"scan overhead, {r['pixels']} pixels x {n_points} points, mock lab {r['lab']} at speed 0 "
+        f"(wall {r['wall_s']:.1f} s, {r['pixels'] / r['wall_s']:.0f} pixels/s, peak RSS {r['peak_rss_MB']:.0f} MB)"
+    ]
     for part in ("all", "first", "last", "work"):
         p50, p99 = r[part]
         lines.append(f"  {part:>5}: p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
@@ -187,10 +235,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=int, default=1601, help="points per sweep (default 1601)")
     parser.add_argument("--seed", type=int, default=0, help="film seed of the mock lab (default 0)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--in-process", action="store_true",
-                       help="run the mock lab's servers in the scan's process (default: `stslive mock-lab` child)")
-    where.add_argument("--compare", action="store_true",
-                       help="run both, alternating (separate process first), and report each")
+    where.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the mock lab's servers in the scan's process (default: `stslive mock-lab` child)",
+    )
+    where.add_argument(
+        "--compare", action="store_true", help="run both, alternating (separate process first), and report each"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per lab placement (default 1)")
 
 
@@ -204,8 +256,13 @@ def run(args: argparse.Namespace) -> int:
     placements = (False, True) if args.compare else (bool(args.in_process),)
     for _ in range(args.repeat):
         for in_process in placements:
-            print(report(bench(nx=nx, ny=ny, n_points=args.points, seed=args.seed, in_process=in_process),
-                         n_points=args.points), flush=True)
+            print(
+                report(
+                    bench(nx=nx, ny=ny, n_points=args.points, seed=args.seed, in_process=in_process),
+                    n_points=args.points,
+                ),
+                flush=True,
+            )
     return 0
 
 

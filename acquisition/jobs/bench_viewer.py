@@ -66,19 +66,29 @@ def snapshot_of(delta_eV: np.ndarray, alpha: np.ndarray, *, pixel_nm: float) -> 
     prof = {k: radial_profile(v, pixel_size_m=pixel_m) for k, v in rho.items()}
     lengths = {k: correlation_length_1e(p, absolute=k == "cross") * 1e9 for k, p in prof.items()}
     return CorrelationSnapshot(
-        r_nm=prof["delta"].radius_m * 1e9, rho_delta=prof["delta"].value, rho_alpha=prof["alpha"].value,
-        rho_cross=prof["cross"].value, cross_map=np.fft.fftshift(rho["cross"]).astype(np.float32),
-        pixel_nm=pixel_nm, l_delta_nm=lengths["delta"], l_alpha_nm=lengths["alpha"],
-        l_cross_nm=lengths["cross"], rho_cross_0=float(rho["cross"][0, 0]),
-        n_pixels=int(np.isfinite(delta_eV).sum()), time=time.time(),
+        r_nm=prof["delta"].radius_m * 1e9,
+        rho_delta=prof["delta"].value,
+        rho_alpha=prof["alpha"].value,
+        rho_cross=prof["cross"].value,
+        cross_map=np.fft.fftshift(rho["cross"]).astype(np.float32),
+        pixel_nm=pixel_nm,
+        l_delta_nm=lengths["delta"],
+        l_alpha_nm=lengths["alpha"],
+        l_cross_nm=lengths["cross"],
+        rho_cross_0=float(rho["cross"][0, 0]),
+        n_pixels=int(np.isfinite(delta_eV).sum()),
+        time=time.time(),
     )
 
 
 def pixel_results(maps: dict[str, np.ndarray]) -> list[PixelResult]:
     """One PixelResult per pixel of ``maps`` in raster order."""
     ny, nx = maps["delta_eV"].shape
-    return [PixelResult(iy=iy, ix=ix, **{k: v[iy, ix].item() for k, v in maps.items()})
-            for iy in range(ny) for ix in range(nx)]
+    return [
+        PixelResult(iy=iy, ix=ix, **{k: v[iy, ix].item() for k, v in maps.items()})
+        for iy in range(ny)
+        for ix in range(nx)
+    ]
 
 
 def feed(model: ResultsModel, results: list[PixelResult], *, rate: float, stop: threading.Event) -> int:
@@ -96,7 +106,9 @@ def feed(model: ResultsModel, results: list[PixelResult], *, rate: float, stop: 
 def main(argv: list[str] | None = None) -> int:
     """Run the frame-rate benchmark and print the figures."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    parser = argparse.ArgumentParser(prog="python -m stslive.acquisition.jobs.bench_viewer", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stslive.acquisition.jobs.bench_viewer", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--grid", default="300x250", help="NXxNY (default 300x250)")
     parser.add_argument("--rate", type=float, default=1000.0, help="pixel results per second (default 1000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration (default 10)")
@@ -134,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     d = np.array(durations) * 1e3
     fed = int(model.status().n_measured)
     print(f"grid {nx}x{ny}, feeding {args.rate:.0f} pixels/s for {elapsed:.1f} s: {fed} pixels applied")
-    print(f"frames (refresh + full repaint, back to back): {len(d)} = {len(d) / elapsed:.1f} fps, "
-          f"{changed / elapsed:.1f} fps with new pixels")
+    print(
+        f"frames (refresh + full repaint, back to back): {len(d)} = {len(d) / elapsed:.1f} fps, "
+        f"{changed / elapsed:.1f} fps with new pixels"
+    )
     print(f"frame time ms: p50 {np.percentile(d, 50):.1f}, p99 {np.percentile(d, 99):.1f}, max {d.max():.1f}")
-    print(f"at the default 15 Hz timer the GUI thread would be busy {min(1.0, 15 * np.mean(d) / 1e3) * 100:.0f} % "
-          "of the time")
+    print(
+        f"at the default 15 Hz timer the GUI thread would be busy {min(1.0, 15 * np.mean(d) / 1e3) * 100:.0f} % "
+        "of the time"
+    )
     window.close()
     return 0
 

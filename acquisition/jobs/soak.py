@@ -96,9 +96,16 @@ def fault_entries(n_pixels: int, *, seed: int, timeout_s: float) -> tuple[list[d
     the run, at least 4 calls apart so no two groups hit one pixel.
     """
     rng = random.Random(seed)
-    once = [("connection_drop", {}), ("connection_drop", {}), ("no_reply", {}), ("no_reply", {}),
-            ("delay", {"delay_s": 2.0 * timeout_s}), ("delay", {"delay_s": 0.2 * timeout_s}),
-            ("error_reply", {"message": "soak: simulated controller error"}), ("error_reply", {})]
+    once = [
+        ("connection_drop", {}),
+        ("connection_drop", {}),
+        ("no_reply", {}),
+        ("no_reply", {}),
+        ("delay", {"delay_s": 2.0 * timeout_s}),
+        ("delay", {"delay_s": 0.2 * timeout_s}),
+        ("error_reply", {"message": "soak: simulated controller error"}),
+        ("error_reply", {}),
+    ]
     thrice = [("error_reply", {"message": "soak: persistent controller error", "code": 7}), ("no_reply", {})]
     groups = [(1, kind, params) for kind, params in once] + [(3, kind, params) for kind, params in thrice]
     lo, hi = max(2, n_pixels // 20), max(3, n_pixels * 19 // 20)
@@ -109,8 +116,12 @@ def fault_entries(n_pixels: int, *, seed: int, timeout_s: float) -> tuple[list[d
     entries: list[dict[str, Any]] = []
     for call, (repeat, kind, params) in zip(starts, groups, strict=True):
         for k in range(repeat):
-            entry: dict[str, Any] = {"kind": kind, "instrument": "nanonis", "command": "BiasSpectr.Start",
-                                     "at_call": call + k}
+            entry: dict[str, Any] = {
+                "kind": kind,
+                "instrument": "nanonis",
+                "command": "BiasSpectr.Start",
+                "at_call": call + k,
+            }
             if params:
                 entry["params"] = dict(params)
             entries.append(entry)
@@ -208,8 +219,10 @@ class MemoryLog:
 
     def growth(self) -> dict[str, float | None]:
         """Peak RSS at the end minus at the start, MB per role (None if a phase has no sample)."""
-        return {role: (round(p["end"] - p["start"], 1) if "start" in p and "end" in p else None)
-                for role, p in self.peaks.items()}
+        return {
+            role: (round(p["end"] - p["start"], 1) if "start" in p and "end" in p else None)
+            for role, p in self.peaks.items()
+        }
 
     def bounded(self, roles: tuple[str, ...] = ("lab", "scan", "analyser")) -> bool:
         """True if no role's end peak exceeds its start peak by more than max(RSS_SLACK_MB, 50 %).
@@ -280,9 +293,28 @@ class Soak:
         stream_ep, control_ep, results_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
         t_start = time.monotonic()
         with Supervisor(self.out / "logs") as sup:
-            lab = self._start(sup, "lab", ["mock-lab", "--grid", f"{s.nx}x{s.ny}", "--seed", str(s.seed), "--speed", "0",
-                                           "--nanonis-port", "0", "--sr830-port", "0", "--thermometer-port", "0",
-                                           "--faults", str(faults)], must_succeed=False)
+            lab = self._start(
+                sup,
+                "lab",
+                [
+                    "mock-lab",
+                    "--grid",
+                    f"{s.nx}x{s.ny}",
+                    "--seed",
+                    str(s.seed),
+                    "--speed",
+                    "0",
+                    "--nanonis-port",
+                    "0",
+                    "--sr830-port",
+                    "0",
+                    "--thermometer-port",
+                    "0",
+                    "--faults",
+                    str(faults),
+                ],
+                must_succeed=False,
+            )
             lines = lab.wait_for_lines(lambda ls: len(ls) >= 3, timeout_s=300.0, check=sup.check)
             resources = dict(line.split(None, 1) for line in lines[:3])
             config = self._config(resources, stream_ep, control_ep)
@@ -294,15 +326,25 @@ class Soak:
         wall = time.monotonic() - t_start
         self.note(f"all processes stopped after {wall:.1f} s; offline analysis and checks")
         summary: dict[str, Any] = {
-            "grid": [s.nx, s.ny], "points": s.points, "seed": s.seed, "wall_s": round(wall, 1),
+            "grid": [s.nx, s.ny],
+            "points": s.points,
+            "seed": s.seed,
+            "wall_s": round(wall, 1),
             "processes": dict(sorted(self.counts.items())),
-            "faults_planned": {"entries": len(entries), "pixels_to_fail": planned_failures,
-                               "kinds": dict(Counter(e["kind"] for e in entries))},
+            "faults_planned": {
+                "entries": len(entries),
+                "pixels_to_fail": planned_failures,
+                "kinds": dict(Counter(e["kind"] for e in entries)),
+            },
         }
         summary["pixels"] = self._check_pixels()
         summary["maps"] = self._check_maps()
-        summary["rss_MB"] = {"peak": self.memory.peaks, "growth_end_minus_start": self.memory.growth(),
-                             "bounded": self.memory.bounded(), "samples": self.memory.samples}
+        summary["rss_MB"] = {
+            "peak": self.memory.peaks,
+            "growth_end_minus_start": self.memory.growth(),
+            "bounded": self.memory.bounded(),
+            "samples": self.memory.samples,
+        }
         summary["timeline"] = self.timeline
         summary["ok"] = bool(summary["pixels"]["ok"] and summary["maps"]["ok"] and summary["rss_MB"]["bounded"])
         (self.out / "soak.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -314,10 +356,15 @@ class Soak:
         s = self.s
         pixel_m = float(FilmParams(ny=s.ny, nx=s.nx, seed=s.seed).pixel_m)  # the lab's film, as bench_scan's
         config = mock_lab_config(
-            resources, nx=s.nx, ny=s.ny, pixel_m=pixel_m, n_points=s.points,
+            resources,
+            nx=s.nx,
+            ny=s.ny,
+            pixel_m=pixel_m,
+            n_points=s.points,
             run={"name": "soak", "retries": 2, "max_consecutive_failures": 3},
             instruments={"nanonis": {"resource": resources["nanonis"], "timeout_s": s.instrument_timeout_s}},
-            stream={"pub": stream_ep, "control": control_ep, "push": ""})
+            stream={"pub": stream_ep, "control": control_ep, "push": ""},
+        )
         path = self.out / "run.toml"
         path.write_text(toml_text(config.to_dict()), encoding="utf-8")
         return path
@@ -338,11 +385,22 @@ class Soak:
             plan.append((0.85, "remeasure"))
         return sorted(plan)
 
-    def _scan_under_faults(self, sup: Supervisor, lab: Child, config: Path, stream_ep: str, control_ep: str,
-                           results_ep: str) -> None:
+    def _scan_under_faults(
+        self, sup: Supervisor, lab: Child, config: Path, stream_ep: str, control_ep: str, results_ep: str
+    ) -> None:
         s = self.s
-        analyser_args = ["analyser", "--connect", stream_ep, "--archive", str(self.archive), "--bind", results_ep,
-                         "--dynes-width-meV", str(s.dynes_width_meV), "--once"]
+        analyser_args = [
+            "analyser",
+            "--connect",
+            stream_ep,
+            "--archive",
+            str(self.archive),
+            "--bind",
+            results_ep,
+            "--dynes-width-meV",
+            str(s.dynes_width_meV),
+            "--once",
+        ]
         viewer_args = ["view", "--connect", results_ep, "--timeout", "60"]
         scan_args = ["scan", "--config", str(config), "--out", str(self.archive)]
         if s.analyser_first:
@@ -377,8 +435,10 @@ class Soak:
         while True:
             self._progress = self.watch.seen() / s.pixels
             if self._progress >= next_report:
-                self.note(f"progress; {s.pixels * self._progress / max(time.monotonic() - self._t0, 1e-9):.0f} "
-                          "pixels/s since the soak started")
+                self.note(
+                    f"progress; {s.pixels * self._progress / max(time.monotonic() - self._t0, 1e-9):.0f} "
+                    "pixels/s since the soak started"
+                )
                 next_report += 0.05
             if time.monotonic() - last_mem >= 0.5:
                 last_mem = time.monotonic()
@@ -432,7 +492,7 @@ class Soak:
     def _control(self, control_ep: str, *args: str) -> None:
         """``stslive control --connect EP ARGS``; ServiceError if the scan refuses."""
         cmd = [sys.executable, "-m", "stslive.acquisition.cli", "control", "--connect", control_ep, *args]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
         self.counts[f"control_{args[0]}"] += 1
         if done.returncode != 0:
             raise ServiceError("control", f"{' '.join(args)} refused: {done.stdout.strip()} {done.stderr.strip()}")
@@ -461,20 +521,32 @@ class Soak:
         t = np.array([t_start[p] for p in firsts])
         out_of_order = int(np.count_nonzero(np.diff(t) <= 0)) if t.size > 1 else 0
         result = {
-            "total": int(measured.size), "measured": int(measured.sum()), "failed": int(failed.sum()),
-            "both": int((measured & failed).sum()), "neither": int((~measured & ~failed).sum()),
+            "total": int(measured.size),
+            "measured": int(measured.sum()),
+            "failed": int(failed.sum()),
+            "both": int((measured & failed).sum()),
+            "neither": int((~measured & ~failed).sum()),
             "failed_without_reason": without_reason,
             "failure_reasons": dict(Counter(str(r["reason"]).split(":")[0] for r in failures)),
-            "pixel_replaced": sorted(replaced), "pixel_recovered": sorted(recovered),
+            "pixel_replaced": sorted(replaced),
+            "pixel_recovered": sorted(recovered),
             "resumes": sum(r["event"] == "resume" for r in log),
-            "stream_events": int(sum(events.values())), "stream_failed_docs": int(sum(failed_docs.values())),
-            "stream_events_twice": twice, "stream_malformed": self.watch.malformed,
+            "stream_events": int(sum(events.values())),
+            "stream_failed_docs": int(sum(failed_docs.values())),
+            "stream_events_twice": twice,
+            "stream_malformed": self.watch.malformed,
             "stream_documents": dict(self.watch.kinds),
             "first_measurements_out_of_order": out_of_order,
             "remeasure_requested": self._remeasured,
         }
-        result["ok"] = (result["both"] == 0 and result["neither"] == 0 and not without_reason and not twice
-                        and out_of_order == 0 and result["resumes"] == self.s.kills)
+        result["ok"] = (
+            result["both"] == 0
+            and result["neither"] == 0
+            and not without_reason
+            and not twice
+            and out_of_order == 0
+            and result["resumes"] == self.s.kills
+        )
         return result
 
     def _check_maps(self) -> dict[str, Any]:
@@ -491,19 +563,26 @@ class Soak:
         offline = load_maps_h5(offline_dir / "maps.h5").maps
         live_path = self.archive.with_suffix(".analysis.h5")
         if not live_path.is_file():  # the analyser never opened the run: a failed check, not a crash
-            return {"ok": False, "offline_s": round(time.perf_counter() - t0, 1),
-                    "error": f"the analyser wrote no {live_path.name}; see its log in logs/"}
+            return {
+                "ok": False,
+                "offline_s": round(time.perf_counter() - t0, 1),
+                "error": f"the analyser wrote no {live_path.name}; see its log in logs/",
+            }
         live = load_maps_h5(live_path).maps
-        result: dict[str, Any] = {"offline_s": round(time.perf_counter() - t0, 1),
-                                  "measured_equal": bool(np.array_equal(live["measured"], offline["measured"]))}
+        result: dict[str, Any] = {
+            "offline_s": round(time.perf_counter() - t0, 1),
+            "measured_equal": bool(np.array_equal(live["measured"], offline["measured"])),
+        }
         ok = result["measured_equal"]
         for name in COMPARED_MAPS:
             a, b = live[name].astype(float), offline[name].astype(float)
             close = np.isclose(a, b, rtol=MAP_RTOL, atol=0.0, equal_nan=True)
             both = np.isfinite(a) & np.isfinite(b)
             rel = np.abs(a - b)[both] / np.maximum(np.abs(b[both]), np.finfo(float).tiny)
-            result[name] = {"mismatched_pixels": int((~close).sum()),
-                            "max_rel_diff": float(rel.max()) if rel.size else 0.0}
+            result[name] = {
+                "mismatched_pixels": int((~close).sum()),
+                "max_rel_diff": float(rel.max()) if rel.size else 0.0,
+            }
             ok = ok and not (~close).any()
         result["valid_pixels"] = int(offline["valid"].sum())
         result["ok"] = bool(ok)
@@ -521,10 +600,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--viewer-kills", type=int, default=1, help="viewer SIGKILLs + new viewer (default 1)")
     parser.add_argument("--no-viewer", action="store_true", help="run no viewer (machines without Qt)")
     parser.add_argument("--no-remeasure", action="store_true", help="skip the control remeasure of two pixels")
-    parser.add_argument("--analyser-first", action="store_true",
-                        help="start the analyser before the scan (shows the analyser missing the start document)")
-    parser.add_argument("--duration-hint", type=float, default=600.0, metavar="SECONDS",
-                        help="expected scan wall time; the soak gives up after 3x this + 300 s (default 600)")
+    parser.add_argument(
+        "--analyser-first",
+        action="store_true",
+        help="start the analyser before the scan (shows the analyser missing the start document)",
+    )
+    parser.add_argument(
+        "--duration-hint",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="expected scan wall time; the soak gives up after 3x this + 300 s (default 600)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -539,10 +626,20 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError("stslive soak reads process memory with psutil: pip install 'stslive[test]'") from None
     nx, ny = args.grid
-    settings = SoakSettings(nx=nx, ny=ny, out=args.out, seed=args.seed, points=args.points, kills=args.kills,
-                            analyser_kills=args.analyser_kills, viewer_kills=args.viewer_kills,
-                            viewer=not args.no_viewer, remeasure=not args.no_remeasure,
-                            duration_hint_s=args.duration_hint, analyser_first=args.analyser_first)
+    settings = SoakSettings(
+        nx=nx,
+        ny=ny,
+        out=args.out,
+        seed=args.seed,
+        points=args.points,
+        kills=args.kills,
+        analyser_kills=args.analyser_kills,
+        viewer_kills=args.viewer_kills,
+        viewer=not args.no_viewer,
+        remeasure=not args.no_remeasure,
+        duration_hint_s=args.duration_hint,
+        analyser_first=args.analyser_first,
+    )
     summary = Soak(settings, log=lambda line: print(line, file=sys.stderr, flush=True)).run()
     print(json.dumps(summary, indent=1))
     return 0 if summary["ok"] else 1

@@ -59,8 +59,15 @@ class Child:
         supposed to run until stopped, so any exit is a failure.
     """
 
-    def __init__(self, name: str, args: Sequence[str], *, log_dir: Path, stop_signal: int = signal.SIGTERM,
-                 must_succeed: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        *,
+        log_dir: Path,
+        stop_signal: int = signal.SIGTERM,
+        must_succeed: bool = True,
+    ) -> None:
         self.name = name
         self.args = list(args)
         self.stop_signal = stop_signal
@@ -70,8 +77,16 @@ class Child:
         self._new_line = threading.Condition()
         self._log = self.log_path.open("w", encoding="utf-8")
         cmd = [sys.executable, "-m", "stslive.acquisition.cli", *self.args]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL,
-                                        text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509  runs before exec, no other thread touches the child
+        )
         self._reader = threading.Thread(target=self._read, name=f"{name}-stdout", daemon=True)
         self._reader.start()
 
@@ -89,8 +104,9 @@ class Child:
         """Exit status, or None while running."""
         return self.process.poll()
 
-    def wait_for_lines(self, ready: Callable[[list[str]], bool], *, timeout_s: float,
-                       check: Callable[[], None]) -> list[str]:
+    def wait_for_lines(
+        self, ready: Callable[[list[str]], bool], *, timeout_s: float, check: Callable[[], None]
+    ) -> list[str]:
         """Wait until ``ready(lines)`` holds for the stdout lines so far; returns them.
 
         ``check`` is called while waiting (the supervisor's failure check); a child that exits
@@ -118,8 +134,10 @@ class Child:
     def failure(self, what: str) -> ServiceError:
         """A ServiceError naming this child, with its stderr tail and the log path."""
         tail = self.error_tail()
-        return ServiceError(self.name, f"{what}; {('its last error output: ' + tail) if tail else 'no error output'} "
-                                       f"(full log: {self.log_path})")
+        return ServiceError(
+            self.name,
+            f"{what}; {('its last error output: ' + tail) if tail else 'no error output'} (full log: {self.log_path})",
+        )
 
     def stop(self, *, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """Send the polite signal, wait, kill if it does not go; returns the exit status."""

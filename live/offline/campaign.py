@@ -41,18 +41,20 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window (also on a head-less cluster node)
-import matplotlib.pyplot as plt  # noqa: E402 - after the backend choice
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from stslive.acquisition.formats.archive import open_archive  # noqa: E402
-from stslive.acquisition.formats.nanonis3ds import open_3ds  # noqa: E402
-from stslive.drivers.errors import AnalysisError  # noqa: E402
+from stslive.acquisition.formats.archive import open_archive
+from stslive.acquisition.formats.nanonis3ds import open_3ds
+from stslive.drivers.errors import AnalysisError
 
 __all__ = ["run_conditions", "campaign_rows", "write_campaign", "campaign_figure", "CONDITIONS"]
 
 #: Conditions a campaign varies: table column -> (axis label, figure file suffix).
-CONDITIONS: dict[str, tuple[str, str]] = {"temperature_K": ("temperature (K)", "temperature"),
-                                          "field_T": ("magnetic field (T)", "field")}
+CONDITIONS: dict[str, tuple[str, str]] = {
+    "temperature_K": ("temperature (K)", "temperature"),
+    "field_T": ("magnetic field (T)", "field"),
+}
 _T_3DS = re.compile(r"temperature.*\(K\)\s*$", re.IGNORECASE)
 _B_3DS = re.compile(r"(magnet|field).*\(T\)\s*$", re.IGNORECASE)
 
@@ -140,9 +142,24 @@ def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 #: Report keys copied into the table, in column order (after run, file, format and the conditions).
 REPORT_COLUMNS: tuple[str, ...] = (
-    "pixels", "valid_pixels", "grid_pixels", "delta_mean_meV", "delta_std_meV", "alpha_mean", "alpha_std",
-    "l_delta_nm", "l_alpha_nm", "l_cross_nm", "l_delta_noise_nm", "l_alpha_noise_nm", "l_cross_noise_nm",
-    "rho_cross_0", "rho_delta_topo_0", "sigma_rho_ohm", "predicted_delta_rel_sigma", "measured_delta_rel_sigma",
+    "pixels",
+    "valid_pixels",
+    "grid_pixels",
+    "delta_mean_meV",
+    "delta_std_meV",
+    "alpha_mean",
+    "alpha_std",
+    "l_delta_nm",
+    "l_alpha_nm",
+    "l_cross_nm",
+    "l_delta_noise_nm",
+    "l_alpha_noise_nm",
+    "l_cross_noise_nm",
+    "rho_cross_0",
+    "rho_delta_topo_0",
+    "sigma_rho_ohm",
+    "predicted_delta_rel_sigma",
+    "measured_delta_rel_sigma",
     "elapsed_s",
 )
 
@@ -157,8 +174,7 @@ def campaign_rows(runs: Sequence[tuple[str, Path, Mapping[str, Any]]]) -> list[d
     for name, path, report in runs:
         inputs = report.get("inputs", {})
         width = inputs.get("options", {}).get("dynes_width_eV")
-        row: dict[str, Any] = {"run": name, "file": str(path), "format": inputs.get("format"),
-                               **run_conditions(path)}
+        row: dict[str, Any] = {"run": name, "file": str(path), "format": inputs.get("format"), **run_conditions(path)}
         row.update({key: report.get(key) for key in REPORT_COLUMNS})
         row["dynes_width_meV"] = None if width is None else float(width) * 1e3
         rows.append(row)
@@ -180,7 +196,7 @@ def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str
     order = np.argsort(x, kind="stable")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
     panels = (("delta_mean_meV", "delta_std_meV", "Delta (meV)"), ("alpha_mean", "alpha_std", "alpha"))
-    for ax, (mean, std, title) in zip(axes, panels):
+    for ax, (mean, std, title) in zip(axes, panels, strict=False):
         ax.errorbar(x[order], _column(rows, mean)[order], yerr=_column(rows, std)[order], marker="o", capsize=3)
         ax.set_ylabel(title)
     for key, name in (("l_delta_nm", "l_Delta"), ("l_alpha_nm", "l_alpha"), ("l_cross_nm", "l_cross")):

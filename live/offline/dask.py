@@ -79,8 +79,16 @@ if TYPE_CHECKING:  # dask is optional: imported at run time by require_dask()
     from distributed import Client
 
 __all__ = [
-    "FIELDS", "require_dask", "dask_client", "is_scheduler_address", "rows_per_block",
-    "analysis_array", "calibrate_remote", "model_from_stack", "DaskRun", "analyse_inputs_dask",
+    "FIELDS",
+    "require_dask",
+    "dask_client",
+    "is_scheduler_address",
+    "rows_per_block",
+    "analysis_array",
+    "calibrate_remote",
+    "model_from_stack",
+    "DaskRun",
+    "analyse_inputs_dask",
 ]
 
 #: Fields of SpectrumAnalysis, in the order of the last axis of the gathered stacks.
@@ -96,8 +104,9 @@ def require_dask() -> None:
         import dask.array  # noqa: F401
         import distributed  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"--dask needs the optional Dask extra ({exc.name} is missing): "
-                          "pip install 'stslive[dask]'") from None
+        raise ConfigError(
+            f"--dask needs the optional Dask extra ({exc.name} is missing): pip install 'stslive[dask]'"
+        ) from None
 
 
 def is_scheduler_address(text: str) -> bool:
@@ -106,8 +115,13 @@ def is_scheduler_address(text: str) -> bool:
 
 
 @contextmanager
-def dask_client(address: str | None, *, workers: int | None = None, threads_per_worker: int = 1,
-                connect_timeout: str | float | None = None) -> Iterator[Client]:
+def dask_client(
+    address: str | None,
+    *,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    connect_timeout: str | float | None = None,
+) -> Iterator[Client]:
     """A distributed Client: to ``address``, or to a LocalCluster of processes made here.
 
     Parameters
@@ -127,24 +141,33 @@ def dask_client(address: str | None, *, workers: int | None = None, threads_per_
 
     if address is not None:
         if not is_scheduler_address(address):
-            raise ConfigError(f"--dask {address!r} is not a scheduler address (tcp://HOST:PORT); put --dask "
-                              "after the inputs, or write --dask=tcp://HOST:PORT")
-        timeout = connect_timeout if connect_timeout is not None else dask.config.get(
-            "distributed.comm.timeouts.connect")
+            raise ConfigError(
+                f"--dask {address!r} is not a scheduler address (tcp://HOST:PORT); put --dask "
+                "after the inputs, or write --dask=tcp://HOST:PORT"
+            )
+        timeout = (
+            connect_timeout if connect_timeout is not None else dask.config.get("distributed.comm.timeouts.connect")
+        )
         try:
             client = Client(address, timeout=timeout)
         except OSError as exc:  # TimeoutError is an OSError too
-            raise ConfigError(f"cannot reach the Dask scheduler at {address} within {timeout} ({exc}); start it "
-                              "(dask scheduler), give a loaded cluster longer "
-                              "(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s) or drop the address to use a "
-                              "local cluster") from exc
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {address} within {timeout} ({exc}); start it "
+                "(dask scheduler), give a loaded cluster longer "
+                "(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s) or drop the address to use a "
+                "local cluster"
+            ) from exc
         with client:
             yield client
         return
     n = workers if workers is not None else len(os.sched_getaffinity(0))
     # dashboard on a free port: a second analysis on the same machine would fight over 8787
-    with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=n, threads_per_worker=threads_per_worker, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -169,15 +192,20 @@ def _analyse_rows(path: str, options: KernelOptions, block_info: dict[Any, Any] 
         try:
             block = source.read_block(slice(start, stop))
         except OSError as exc:  # the same message the single path gives for a damaged file
-            raise FileFormatError(source.path, f"cannot read the spectra ({exc}); the file is truncated "
-                                               "or corrupt, re-copy it or export it again") from exc
+            raise FileFormatError(
+                source.path,
+                f"cannot read the spectra ({exc}); the file is truncated or corrupt, re-copy it or export it again",
+            ) from exc
     out = np.full((*block.measured.shape, len(FIELDS)), np.nan)
     rows, cols = np.nonzero(block.measured)
     if rows.size:
         # exactly what analyse_source hands the kernels for this block (same pixels, same order)
-        analysis = analyse_arrays(block.bias if block.bias.ndim == 1 else block.bias[rows, cols],
-                                  current=block.current[rows, cols], options=options,
-                                  lockin=None if block.lockin is None else block.lockin[rows, cols])
+        analysis = analyse_arrays(
+            block.bias if block.bias.ndim == 1 else block.bias[rows, cols],
+            current=block.current[rows, cols],
+            options=options,
+            lockin=None if block.lockin is None else block.lockin[rows, cols],
+        )
         out[rows, cols] = np.stack([np.asarray(v, dtype=np.float64) for v in analysis], axis=-1)
     return out
 
@@ -199,8 +227,9 @@ def _file_info(path: Path, options: KernelOptions) -> _FileInfo:
         # the spectra a task reads: the current, plus the lock-in when open_input picked one (it
         # does when the options use it) - the single path's block size counts the same channels
         n_channels = 1 + int(source.lockin_channel is not None)
-        return _FileInfo(path=path, shape=source.shape, n_points=source.n_points, n_channels=n_channels,
-                         measured=source.measured)
+        return _FileInfo(
+            path=path, shape=source.shape, n_points=source.n_points, n_channels=n_channels, measured=source.measured
+        )
 
 
 def analysis_array(info: _FileInfo, *, options: KernelOptions, max_block_bytes: int = 64 * 2**20) -> da.Array:
@@ -214,8 +243,14 @@ def analysis_array(info: _FileInfo, *, options: KernelOptions, max_block_bytes: 
     ny, nx = info.shape
     step = rows_per_block(nx, info.n_points, info.n_channels, max_block_bytes=max_block_bytes)
     row_chunks = tuple(min(step, ny - start) for start in range(0, ny, step))
-    return da.map_blocks(_analyse_rows, str(info.path), options, chunks=(row_chunks, (nx,), (len(FIELDS),)),
-                         dtype=np.float64, meta=np.empty((0, 0, 0)))
+    return da.map_blocks(
+        _analyse_rows,
+        str(info.path),
+        options,
+        chunks=(row_chunks, (nx,), (len(FIELDS),)),
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0)),
+    )
 
 
 def _calibrate_task(path: str, options: KernelOptions) -> KernelOptions:
@@ -230,16 +265,18 @@ def calibrate_remote(client: Client, paths: Sequence[Path], *, options: KernelOp
     return list(client.gather(futures))
 
 
-def model_from_stack(stack: np.ndarray, info: _FileInfo, *, pixel_nm: float,
-                     topography: np.ndarray | None) -> ResultsModel:
+def model_from_stack(
+    stack: np.ndarray, info: _FileInfo, *, pixel_nm: float, topography: np.ndarray | None
+) -> ResultsModel:
     """A ResultsModel from a gathered ``(ny, nx, len(FIELDS))`` stack, as :func:`analyse_source` fills it."""
     ny, nx = info.shape
     model = ResultsModel(ny, nx, pixel_nm=pixel_nm, topography=topography)
     rows, cols = np.nonzero(info.measured)
     if rows.size:
         values = stack[rows, cols]
-        analysis = SpectrumAnalysis(*(values[:, k].astype(_INT_FIELDS.get(name, np.float32))
-                                      for k, name in enumerate(FIELDS)))
+        analysis = SpectrumAnalysis(
+            *(values[:, k].astype(_INT_FIELDS.get(name, np.float32)) for k, name in enumerate(FIELDS))
+        )
         apply_to_model(model, rows, cols, analysis)
     model.update_status(state="done", message=f"analysed {rows.size} of {ny * nx} pixels from {info.path}")
     return model
@@ -284,7 +321,7 @@ def analyse_inputs_dask(
     futures: dict[Any, tuple[int, int]] = {}  # future -> (input index, block index)
     blocks: list[list[np.ndarray | None]] = []
     row_starts: list[list[int]] = []
-    for k, (info, opts) in enumerate(zip(infos, calibrated)):
+    for k, (info, opts) in enumerate(zip(infos, calibrated, strict=False)):
         result = analysis_array(info, options=opts, max_block_bytes=max_block_bytes)
         parts = result.to_delayed().ravel()
         blocks.append([None] * len(parts))
@@ -306,7 +343,11 @@ def analyse_inputs_dask(
             info = infos[k]
             with open_input(info.path, options=calibrated[k]) as source:
                 dx, dy = source.pixel_size_m
-                model = model_from_stack(np.concatenate(blocks[k], axis=0), info,  # type: ignore[arg-type]
-                                         pixel_nm=float(math.sqrt(dx * dy) * 1e9), topography=source.topography)
+                model = model_from_stack(
+                    np.concatenate(blocks[k], axis=0),
+                    info,  # type: ignore[arg-type]
+                    pixel_nm=float(math.sqrt(dx * dy) * 1e9),
+                    topography=source.topography,
+                )
             blocks[k] = []  # free the stacks of a finished input
             yield DaskRun(path=info.path, model=model, options=calibrated[k])

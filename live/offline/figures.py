@@ -23,8 +23,14 @@ from matplotlib.figure import Figure
 
 from stslive.live.results import CorrelationSnapshot
 
-__all__ = ["ExampleSpectrum", "maps_figure", "histograms_figure", "cross_correlation_figure",
-           "profiles_figure", "spectra_figure"]
+__all__ = [
+    "ExampleSpectrum",
+    "maps_figure",
+    "histograms_figure",
+    "cross_correlation_figure",
+    "profiles_figure",
+    "spectra_figure",
+]
 
 _DPI = 120
 
@@ -50,15 +56,16 @@ def _robust_limits(values: np.ndarray) -> tuple[float, float] | tuple[None, None
     return (float(lo), float(hi)) if hi > lo else (None, None)
 
 
-def maps_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, pixel_nm: float,
-                topography_m: np.ndarray | None = None) -> Path:
+def maps_figure(
+    path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, pixel_nm: float, topography_m: np.ndarray | None = None
+) -> Path:
     """Delta (meV) and alpha maps side by side (alpha colour scale reversed, paper Fig. 2)."""
     panels = [("Gap $\\Delta$ (meV)", delta_eV * 1e3, "viridis"), ("AA exponent $\\alpha$", alpha, "viridis_r")]
     if topography_m is not None:
         panels.append(("Topography Z (pm)", (topography_m - np.nanmean(topography_m)) * 1e12, "gray"))
     fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
     extent = _extent_nm(delta_eV.shape, pixel_nm)
-    for ax, (title, values, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+    for ax, (title, values, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=False):
         lo, hi = _robust_limits(values)
         im = ax.imshow(values, origin="lower", extent=extent, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(title)
@@ -71,8 +78,9 @@ def maps_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, pixel_nm
 def histograms_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, bins: int = 50) -> Path:
     """Histograms of the valid Delta (meV) and alpha values (0.5-99.5 % range), mean and std in the titles."""
     fig = Figure(figsize=(10, 4), layout="constrained")
-    for ax, values, label, unit in zip(fig.subplots(1, 2), (delta_eV * 1e3, alpha),
-                                       ("$\\Delta$", "$\\alpha$"), (" meV", "")):
+    for ax, values, label, unit in zip(
+        fig.subplots(1, 2), (delta_eV * 1e3, alpha), ("$\\Delta$", "$\\alpha$"), (" meV", ""), strict=False
+    ):
         v = values[np.isfinite(values)]
         if v.size:
             lo, hi = np.percentile(v, [0.5, 99.5])
@@ -93,8 +101,9 @@ def cross_correlation_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
     limit = float(np.nanmax(np.abs(cmap_map))) if np.isfinite(cmap_map).any() else 1.0
     fig = Figure(figsize=(6, 5), layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(cmap_map, origin="lower", extent=extent, cmap="RdBu_r", vmin=-limit, vmax=limit,
-                   interpolation="nearest")
+    im = ax.imshow(
+        cmap_map, origin="lower", extent=extent, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest"
+    )
     ax.set_title(f"$\\Delta$-$\\alpha$ cross-correlation, $\\rho(0)$ = {snapshot.rho_cross_0:.2f}")
     ax.set_xlabel("shift x (nm)")
     ax.set_ylabel("shift y (nm)")
@@ -106,9 +115,11 @@ def profiles_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
     """Radial profiles of the Delta and alpha autocorrelations and |cross|, 1/e lengths marked."""
     fig = Figure(figsize=(7, 4.6), layout="constrained")
     ax = fig.subplots()
-    curves = [("$\\Delta$ auto", snapshot.rho_delta, snapshot.l_delta_nm, "tab:blue"),
-              ("$\\alpha$ auto", snapshot.rho_alpha, snapshot.l_alpha_nm, "tab:orange"),
-              ("|$\\Delta$-$\\alpha$ cross|", np.abs(snapshot.rho_cross), snapshot.l_cross_nm, "tab:green")]
+    curves = [
+        ("$\\Delta$ auto", snapshot.rho_delta, snapshot.l_delta_nm, "tab:blue"),
+        ("$\\alpha$ auto", snapshot.rho_alpha, snapshot.l_alpha_nm, "tab:orange"),
+        ("|$\\Delta$-$\\alpha$ cross|", np.abs(snapshot.rho_cross), snapshot.l_cross_nm, "tab:green"),
+    ]
     for label, values, length, colour in curves:
         text = f"{length:.1f} nm" if np.isfinite(length) else "not reached"
         ax.plot(snapshot.r_nm, values, color=colour, lw=1.6, label=f"{label}: $l_{{1/e}}$ = {text}")
@@ -155,7 +166,7 @@ def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V:
     fig = Figure(figsize=(11, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, 2, squeeze=False)
     lo, hi = fit_window_V
-    for (ax_full, ax_gap), ex in zip(axes, examples):
+    for (ax_full, ax_gap), ex in zip(axes, examples, strict=False):
         mv = ex.bias_V * 1e3
         ax_full.plot(mv, ex.didv, color="0.35", lw=0.8, label="dI/dV")
         ax_full.set_ylabel(f"dI/dV ({ex.unit})")
@@ -170,8 +181,13 @@ def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V:
             v_all = np.linspace(0.5e-3, np.max(np.abs(ex.bias_V)), 200)
             v_fit = np.linspace(lo, hi, 100)
             ax_full.plot(sign * v_all * 1e3, b * v_all**a, color="tab:red", ls=":", lw=1)
-            ax_full.plot(sign * v_fit * 1e3, b * v_fit**a, color="tab:red", lw=2,
-                         label=f"b|V|$^\\alpha$, $\\alpha_{{{'+' if sign > 0 else '-'}}}$ = {a:.3f}")
+            ax_full.plot(
+                sign * v_fit * 1e3,
+                b * v_fit**a,
+                color="tab:red",
+                lw=2,
+                label=f"b|V|$^\\alpha$, $\\alpha_{{{'+' if sign > 0 else '-'}}}$ = {a:.3f}",
+            )
         for edge in (-hi, -lo, lo, hi):
             ax_full.axvline(edge * 1e3, color="tab:red", lw=0.5, alpha=0.4)
         ax_full.set_title(f"pixel (iy={ex.iy}, ix={ex.ix}): power law on {lo * 1e3:g}-{hi * 1e3:g} mV")

@@ -67,13 +67,21 @@ def map_statistics(delta_eV: np.ndarray, alpha: np.ndarray, valid: np.ndarray) -
     a = np.asarray(alpha, dtype=np.float64)[valid]
     if d.size == 0:
         return {"delta_mean_meV": None, "delta_std_meV": None, "alpha_mean": None, "alpha_std": None}
-    return {"delta_mean_meV": float(d.mean() * 1e3), "delta_std_meV": float(d.std() * 1e3),
-            "alpha_mean": float(a.mean()), "alpha_std": float(a.std())}
+    return {
+        "delta_mean_meV": float(d.mean() * 1e3),
+        "delta_std_meV": float(d.std() * 1e3),
+        "alpha_mean": float(a.mean()),
+        "alpha_std": float(a.std()),
+    }
 
 
 def ground_truth_errors(
-    delta_eV: np.ndarray, alpha: np.ndarray, valid: np.ndarray, truth: dict[str, np.ndarray],
-    *, pixel_size_m: tuple[float, float],
+    delta_eV: np.ndarray,
+    alpha: np.ndarray,
+    valid: np.ndarray,
+    truth: dict[str, np.ndarray],
+    *,
+    pixel_size_m: tuple[float, float],
 ) -> dict[str, Any]:
     """RMS errors vs the definition truth (valid pixels) and the 1/e lengths of the model maps.
 
@@ -122,8 +130,10 @@ def build_report(
     valid = maps["valid"]
     delta = np.where(valid, maps["delta_eV"], np.nan)
     alpha = np.where(valid, maps["alpha"], np.nan)
-    reasons = {ReasonCode(int(c)).name: int(n) for c, n in
-               zip(*np.unique(maps["reason"][maps["measured"]], return_counts=True))}
+    reasons = {
+        ReasonCode(int(c)).name: int(n)
+        for c, n in zip(*np.unique(maps["reason"][maps["measured"]], return_counts=True), strict=False)
+    }
     report: dict[str, Any] = {
         "pixels": int(maps["measured"].sum()),
         "valid_pixels": int(valid.sum()),
@@ -136,24 +146,36 @@ def build_report(
         topo = None if model.topography is None else model.topography
         report.update(correlation_report(delta, alpha, pixel_size_m=pixel_size_m, topography=topo))
     else:
-        for key in ("l_delta_nm", "l_alpha_nm", "l_cross_nm", "l_delta_noise_nm", "l_alpha_noise_nm",
-                    "l_cross_noise_nm", "rho_cross_0", "rho_delta_topo_0"):
+        for key in (
+            "l_delta_nm",
+            "l_alpha_nm",
+            "l_cross_nm",
+            "l_delta_noise_nm",
+            "l_alpha_noise_nm",
+            "l_cross_noise_nm",
+            "rho_cross_0",
+            "rho_delta_topo_0",
+        ):
             report[key] = None
     l_alpha_nm = report.get("l_alpha_nm")
     sigma_rho = sheet_resistance_sigma(
         stats["alpha_std"] if stats["alpha_std"] is not None else math.nan,
-        l_alpha_nm * 1e-9 if l_alpha_nm is not None else math.nan, constants=constants)
+        l_alpha_nm * 1e-9 if l_alpha_nm is not None else math.nan,
+        constants=constants,
+    )
     mean_gap = stats["delta_mean_meV"]
     report["sigma_rho_ohm"] = sigma_rho
     report["predicted_delta_rel_sigma"] = predicted_gap_spread(
-        sigma_rho, mean_gap * 1e-3 if mean_gap is not None else math.nan, constants=constants)
+        sigma_rho, mean_gap * 1e-3 if mean_gap is not None else math.nan, constants=constants
+    )
     report["measured_delta_rel_sigma"] = (stats["delta_std_meV"] / mean_gap) if mean_gap else None
     report["theory_constants"] = constants.to_dict()
     report["elapsed_s"] = float(elapsed_s)
     report["inputs"] = {**inputs, "options": dataclasses.asdict(options), "software_version": software_version()}
     if ground_truth:
-        report["ground_truth"] = ground_truth_errors(maps["delta_eV"], maps["alpha"], valid, ground_truth,
-                                                     pixel_size_m=pixel_size_m)
+        report["ground_truth"] = ground_truth_errors(
+            maps["delta_eV"], maps["alpha"], valid, ground_truth, pixel_size_m=pixel_size_m
+        )
     return _json_safe(report)
 
 

@@ -69,7 +69,7 @@ class AspectBox(QtWidgets.QWidget):
         self.aspect = height_over_width
         self._fit()
 
-    def resizeEvent(self, event: object) -> None:  # noqa: N802 (Qt override)
+    def resizeEvent(self, event: object) -> None:
         self._fit()
         super().resizeEvent(event)
 
@@ -93,8 +93,9 @@ class MapPanel:
     figures (``live/figures.py``, ``origin="lower"``).
     """
 
-    def __init__(self, title: str, bar_label: str, cmap: pg.ColorMap, *, on_click: PixelCallback,
-                 on_hover: PixelCallback) -> None:
+    def __init__(
+        self, title: str, bar_label: str, cmap: pg.ColorMap, *, on_click: PixelCallback, on_hover: PixelCallback
+    ) -> None:
         self.plot_widget = _plot(title, "x (nm)", "y (nm)")
         self.widget = AspectBox(self.plot_widget)
         self.plot = self.plot_widget.getPlotItem()
@@ -163,10 +164,13 @@ class HistogramPanel:
     def __init__(self, title: str, x_label: str, color: str) -> None:
         self.title = title
         self.widget = _plot(title, x_label, "pixels")
-        self.curve = self.widget.plot([0, 1], [0], stepMode="center", fillLevel=0, brush=pg.mkBrush(color),
-                                      pen=pg.mkPen(color))
-        self.lines = [pg.InfiniteLine(angle=90, pen=pg.mkPen("w", width=2, style=s))
-                      for s in (QtCore.Qt.SolidLine, QtCore.Qt.DashLine, QtCore.Qt.DashLine)]
+        self.curve = self.widget.plot(
+            [0, 1], [0], stepMode="center", fillLevel=0, brush=pg.mkBrush(color), pen=pg.mkPen(color)
+        )
+        self.lines = [
+            pg.InfiniteLine(angle=90, pen=pg.mkPen("w", width=2, style=s))
+            for s in (QtCore.Qt.SolidLine, QtCore.Qt.DashLine, QtCore.Qt.DashLine)
+        ]
         for line in self.lines:
             self.widget.addItem(line)
 
@@ -190,8 +194,7 @@ class CorrelationPanel:
         self.map_widget.getPlotItem().setAspectLocked(True)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.map_widget.addItem(self.image)
-        self.bar = pg.ColorBarItem(colorMap=pg.colormap.get("CET-D1"), label="ρ_cross", interactive=False,
-                                   width=12)
+        self.bar = pg.ColorBarItem(colorMap=pg.colormap.get("CET-D1"), label="ρ_cross", interactive=False, width=12)
         self.bar.setImageItem(self.image, insert_in=self.map_widget.getPlotItem())
         self.profile_widget = _plot("radial correlation profiles", "r (nm)", "ρ(r)")
         self.profile_widget.addLegend(offset=(-10, 10))
@@ -201,14 +204,25 @@ class CorrelationPanel:
             "cross": self.profile_widget.plot(pen=pg.mkPen("#e41a1c", width=2), name="ρ_cross (Δ-α)"),
         }
         self.length_lines = {
-            k: pg.InfiniteLine(angle=90, pen=pg.mkPen(c.opts["pen"].color(), style=QtCore.Qt.DashLine), label=f"l_{_GREEK[k]}",
-                               labelOpts={"position": pos, "color": c.opts["pen"].color(), "anchors": [(0, 0.5), (0, 0.5)]})
+            k: pg.InfiniteLine(
+                angle=90,
+                pen=pg.mkPen(c.opts["pen"].color(), style=QtCore.Qt.DashLine),
+                label=f"l_{_GREEK[k]}",
+                labelOpts={"position": pos, "color": c.opts["pen"].color(), "anchors": [(0, 0.5), (0, 0.5)]},
+            )
             for (k, c), pos in zip(self.curves.items(), (0.92, 0.82, 0.72), strict=True)
         }
         for line in self.length_lines.values():
             self.profile_widget.addItem(line)
-        self.profile_widget.addItem(pg.InfiniteLine(pos=1 / math.e, angle=0, pen=pg.mkPen("#888", style=QtCore.Qt.DotLine),
-                                                    label="1/e", labelOpts={"position": 0.95, "color": "#aaa"}))
+        self.profile_widget.addItem(
+            pg.InfiniteLine(
+                pos=1 / math.e,
+                angle=0,
+                pen=pg.mkPen("#888", style=QtCore.Qt.DotLine),
+                label="1/e",
+                labelOpts={"position": 0.95, "color": "#aaa"},
+            )
+        )
         self.profile_widget.addItem(pg.InfiniteLine(pos=0, angle=0, pen=pg.mkPen("#666")))
 
     def show(self, snap: CorrelationSnapshot | None) -> None:
@@ -236,7 +250,8 @@ class CorrelationPanel:
             self.profile_widget,
             f"l_Δ {snap.l_delta_nm:.1f} nm, l_α {snap.l_alpha_nm:.1f} nm, l_cross {snap.l_cross_nm:.1f} nm;  "
             f"σ_ρ {snap.sigma_rho_ohm:.0f} Ω (Eq. 2) → predicted σ_Δ/Δ {snap.predicted_delta_rel_sigma:.3f} (Eq. 3);  "
-            f"N {snap.n_pixels}")
+            f"N {snap.n_pixels}",
+        )
 
 
 class SpectrumPanel:
@@ -275,26 +290,34 @@ class SpectrumPanel:
             if math.isfinite(p):
                 line.setValue(p * 1e3)
         delta = "" if r is None or not math.isfinite(r.delta_eV) else f", Δ {r.delta_eV * 1e3:.3f} meV"
-        set_title(self.gap, f"{where}{delta}" + ("" if r is None else f", {reason_text(r.reason)}, flags {_flag_text(r.flags)}"))
+        set_title(
+            self.gap,
+            f"{where}{delta}" + ("" if r is None else f", {reason_text(r.reason)}, flags {_flag_text(r.flags)}"),
+        )
         if r is None:
             for c in self.fit_curves:
                 c.setData([], [])
             set_title(self.wide, f"{where}: no analysis result")
             return
-        for curve, sign, alpha, b in ((self.fit_curves[0], -1.0, r.alpha_neg, r.b_neg),
-                                      (self.fit_curves[1], 1.0, r.alpha_pos, r.b_pos)):
+        for curve, sign, alpha, b in (
+            (self.fit_curves[0], -1.0, r.alpha_neg, r.b_neg),
+            (self.fit_curves[1], 1.0, r.alpha_pos, r.b_pos),
+        ):
             b = b if math.isfinite(b) else r.b
             v = fit_bias_range(data.bias_V, sign=sign)
             if math.isfinite(alpha) and math.isfinite(b) and v.size:
                 curve.setData(sign * v * 1e3, b * v**alpha * 1e9)  # dI/dV = b |V|^alpha (paper Sec. II)
             else:
                 curve.setData([], [])
-        set_title(self.wide, f"α {r.alpha:.3f} (−V: {r.alpha_neg:.3f}, +V: {r.alpha_pos:.3f}), "
-                           f"fit quality {r.fit_quality:.3g}")
+        set_title(
+            self.wide,
+            f"α {r.alpha:.3f} (−V: {r.alpha_neg:.3f}, +V: {r.alpha_pos:.3f}), fit quality {r.fit_quality:.3g}",
+        )
 
 
-def fit_bias_range(bias_V: np.ndarray, *, sign: float, window_V: tuple[float, float] = FIT_WINDOW_V,
-                   n: int = 60) -> np.ndarray:
+def fit_bias_range(
+    bias_V: np.ndarray, *, sign: float, window_V: tuple[float, float] = FIT_WINDOW_V, n: int = 60
+) -> np.ndarray:
     """|V| (V) at which to draw one polarity's power law: the fit window clipped to the sweep.
 
     A curve drawn beyond the sweep would show a fit where no data was; empty when the sweep
@@ -338,9 +361,15 @@ class StatusPanel:
         self.progress.setRange(0, 1000)
         self.rate, self.eta, self.set_id, self.seq, self.message = (QtWidgets.QLabel("-") for _ in range(5))
         self.message.setWordWrap(True)
-        for label, w in (("state", self.state), ("progress", self.progress), ("pixels/hour", self.rate),
-                         ("ETA", self.eta), ("set-point set", self.set_id), ("last seq", self.seq),
-                         ("note", self.message)):
+        for label, w in (
+            ("state", self.state),
+            ("progress", self.progress),
+            ("pixels/hour", self.rate),
+            ("ETA", self.eta),
+            ("set-point set", self.set_id),
+            ("last seq", self.seq),
+            ("note", self.message),
+        ):
             form.addRow(label, w)
         self.temperature = _plot("temperature", "time (min, 0 = latest)", "T (K)")
         self.temperature.setMinimumHeight(110)
@@ -351,9 +380,11 @@ class StatusPanel:
         form.addRow(self.temperature)
 
     def show(self, st: RunStatus) -> None:
-        color = {"running": "#2ca02c", "paused": "#ff7f0e", "failed": "#d62728", "done": "#1f77b4"}.get(st.state, "#888")
+        color = {"running": "#2ca02c", "paused": "#ff7f0e", "failed": "#d62728", "done": "#1f77b4"}.get(
+            st.state, "#888"
+        )
         self.state.setText(f"<b style='color:{color}'>{st.state}</b>")
-        self.progress.setValue(int(round(1000 * st.progress)))
+        self.progress.setValue(round(1000 * st.progress))
         self.progress.setFormat(f"{st.n_measured} / {st.n_total} pixels ({100 * st.progress:.1f} %)")
         self.rate.setText("-" if not math.isfinite(st.pixels_per_hour) else f"{st.pixels_per_hour:,.0f}")
         self.eta.setText(_duration(st.eta_s))
@@ -393,8 +424,15 @@ class FlagsPanel:
     def show(self, summaries: list[SetFlagSummary], flagged: list[tuple[int, int, int]]) -> None:
         self.table.setRowCount(len(summaries))
         for row, s in enumerate(summaries):
-            cells = (s.set_id, s.n_pixels, s.n_flagged, f"{100 * s.fraction:.0f}", s.dominant or "-",
-                     s.first_pixel or "-", s.last_pixel or "-")
+            cells = (
+                s.set_id,
+                s.n_pixels,
+                s.n_flagged,
+                f"{100 * s.fraction:.0f}",
+                s.dominant or "-",
+                s.first_pixel or "-",
+                s.last_pixel or "-",
+            )
             for col, value in enumerate(cells):
                 item = QtWidgets.QTableWidgetItem(str(value))
                 if s.flagged:

@@ -181,8 +181,11 @@ class ArchiveSpectra:
         wanted = current or next((n for n in names if n.lower().startswith("current")), None)
         if wanted not in names:
             self.reader.close()
-            raise FileFormatError(self.path, f"no current channel {repr(current) + ' ' if current else ''}among "
-                                  f"{names}; pick one with --current NAME")
+            raise FileFormatError(
+                self.path,
+                f"no current channel {repr(current) + ' ' if current else ''}among "
+                f"{names}; pick one with --current NAME",
+            )
         self.current_index = names.index(wanted)
         self._topo_cache: tuple[int, np.ndarray | None, str] | None = None
 
@@ -361,8 +364,11 @@ class FileSource(_SourceBase):
             if mtime != self._analysis_mtime:
                 loaded = load_maps_h5(self.analysis_path)
                 if (loaded.ny, loaded.nx) != (self.model.ny, self.model.nx):
-                    raise FileFormatError(self.analysis_path, f"maps are {loaded.ny} x {loaded.nx} but the archive "
-                                          f"is {self.model.ny} x {self.model.nx}; give the matching --analysis")
+                    raise FileFormatError(
+                        self.analysis_path,
+                        f"maps are {loaded.ny} x {loaded.nx} but the archive "
+                        f"is {self.model.ny} x {self.model.nx}; give the matching --analysis",
+                    )
                 _copy_into(loaded, self.model)
                 self._analysis_mtime = mtime
             analysed = True
@@ -384,9 +390,11 @@ class FileSource(_SourceBase):
                 if self.analyse_callback is not None and not self.loaded.is_set():
                     self.analyse_callback(self.archive_path, self.model)
                     analysed = True
-            text = (f"{self.archive_path.name}: {n} of {measured.size} pixels measured; "
-                    + (f"analysis {self.analysis_path.name}" if self.analysis_path else
-                       "no analysis file yet - showing the measured pixels only (run `stslive analyse`)"))
+            text = f"{self.archive_path.name}: {n} of {measured.size} pixels measured; " + (
+                f"analysis {self.analysis_path.name}"
+                if self.analysis_path
+                else "no analysis file yet - showing the measured pixels only (run `stslive analyse`)"
+            )
         else:
             text = f"{self.analysis_path.name}: analysis only, no archive - spectra unavailable"
         self._set_status(text)
@@ -423,8 +431,13 @@ def _copy_into(src: ResultsModel, dst: ResultsModel) -> None:
         dst.set_snapshot(src.snapshot)
     dst.set_setpoint_sets(src.setpoint_sets)
     st = src.status_fields()
-    dst.update_status(state=st["state"], current_set=st["current_set"], last_seq=st["last_seq"],
-                      message=st["message"], pixels_per_hour=st["pixels_per_hour"])
+    dst.update_status(
+        state=st["state"],
+        current_set=st["current_set"],
+        last_seq=st["last_seq"],
+        message=st["message"],
+        pixels_per_hour=st["pixels_per_hour"],
+    )
 
 
 class StreamSource(_SourceBase):
@@ -435,8 +448,15 @@ class StreamSource(_SourceBase):
     shown in the status line; the subscription keeps going.
     """
 
-    def __init__(self, socket: object, model: ResultsModel, endpoint: str, *,
-                 archive: str | Path | None = None, current: str | None = None) -> None:
+    def __init__(
+        self,
+        socket: object,
+        model: ResultsModel,
+        endpoint: str,
+        *,
+        archive: str | Path | None = None,
+        current: str | None = None,
+    ) -> None:
         spectra = None if archive is None else ArchiveSpectra(archive, current=current)
         super().__init__(model, spectra, "live stream only: give --archive RUN.h5 to see spectra")
         self._socket = socket
@@ -447,9 +467,16 @@ class StreamSource(_SourceBase):
         self.topography_poll_s = 2.0
 
     @classmethod
-    def connect(cls, endpoint: str, *, timeout_s: float = 10.0, context: object | None = None,
-                archive: str | Path | None = None, current: str | None = None,
-                security: Security | None = None) -> StreamSource:
+    def connect(
+        cls,
+        endpoint: str,
+        *,
+        timeout_s: float = 10.0,
+        context: object | None = None,
+        archive: str | Path | None = None,
+        current: str | None = None,
+        security: Security | None = None,
+    ) -> StreamSource:
         """Subscribe to ``endpoint`` and wait up to ``timeout_s`` for the grid shape.
 
         ``security``: this viewer's CURVE client keys for an analyser bound with keys (an
@@ -491,10 +518,16 @@ class StreamSource(_SourceBase):
             pending.append((topic, header, arrays))
         sock.close()
         # a CURVE server drops a refused handshake without a word: silence is all the client sees
-        auth = ("" if security is None else "; with keys, also check that this client's key is in the analyser's "
-                "viewers/ or controllers/ folder and that server.key is the analyser's (authentication)")
-        raise StreamError(f"no results on {endpoint} within {timeout_s:.0f} s: is `stslive analyser` running and "
-                          f"publishing there?{auth}")
+        auth = (
+            ""
+            if security is None
+            else "; with keys, also check that this client's key is in the analyser's "
+            "viewers/ or controllers/ folder and that server.key is the analyser's (authentication)"
+        )
+        raise StreamError(
+            f"no results on {endpoint} within {timeout_s:.0f} s: is `stslive analyser` running and "
+            f"publishing there?{auth}"
+        )
 
     def _apply(self, topic: str, header: dict, arrays: dict) -> None:
         try:
@@ -530,8 +563,10 @@ class StreamSource(_SourceBase):
 
     def _update_status(self) -> None:
         bad = sum(self.rejected.values())
-        self._set_status(f"live: {self.endpoint}, {self.received} messages"
-                         + (f", {bad} rejected ({dict(self.rejected)})" if bad else ""))
+        self._set_status(
+            f"live: {self.endpoint}, {self.received} messages"
+            + (f", {bad} rejected ({dict(self.rejected)})" if bad else "")
+        )
 
     def stop(self) -> None:
         super().stop()

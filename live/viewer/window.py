@@ -26,8 +26,8 @@ from stslive.live.viewer.panels import (
     MapPanel,
     SpectrumPanel,
     StatusPanel,
-    reversed_cmap,
     reason_text,
+    reversed_cmap,
 )
 from stslive.live.viewer.sources import DataSource
 
@@ -77,8 +77,14 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         Maximum refresh rate of histograms, colour levels and flag summaries.
     """
 
-    def __init__(self, model: ResultsModel, source: DataSource | None = None, *, refresh_hz: float = 15.0,
-                 summary_hz: float = 2.0) -> None:
+    def __init__(
+        self,
+        model: ResultsModel,
+        source: DataSource | None = None,
+        *,
+        refresh_hz: float = 15.0,
+        summary_hz: float = 2.0,
+    ) -> None:
         super().__init__()
         self.model, self.source = model, source
         self.setWindowTitle("stslive control room")
@@ -100,7 +106,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
     # -- layout ------------------------------------------------------------------------------
     def _build(self) -> None:
         viridis = pg.colormap.get("viridis")
-        pick = dict(on_click=self.select_pixel, on_hover=self._hover)
+        pick = {"on_click": self.select_pixel, "on_hover": self._hover}
         self.delta_map = MapPanel("gap Δ", "Δ (meV)", viridis, **pick)
         self.alpha_map = MapPanel("AA exponent α (reversed scale)", "α", reversed_cmap(viridis), **pick)
         self.topo_map = MapPanel("topography Z", "Z (nm)", pg.colormap.get("afmhot", source="matplotlib"), **pick)
@@ -152,14 +158,15 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
 
     def _hover(self, iy: int, ix: int) -> None:
         r = self.model.pixel(iy, ix)
-        text = f"(iy {iy}, ix {ix}): " + ("not measured" if r is None else
-                                          f"Δ {r.delta_eV * 1e3:.3f} meV, α {r.alpha:.3f}, {reason_text(r.reason)}")
+        text = f"(iy {iy}, ix {ix}): " + (
+            "not measured" if r is None else f"Δ {r.delta_eV * 1e3:.3f} meV, α {r.alpha:.3f}, {reason_text(r.reason)}"
+        )
         self.readout.setText(text)
         if not self.pinned and self.source is not None and (iy, ix) != self.selected:
             self.selected = (iy, ix)
             self.source.request_spectrum(iy, ix)
 
-    def keyPressEvent(self, event: object) -> None:  # noqa: N802 (Qt override)
+    def keyPressEvent(self, event: object) -> None:
         if event.key() == QtCore.Qt.Key_Escape:
             self.pinned = False  # spectrum follows the mouse again
         super().keyPressEvent(event)
@@ -204,8 +211,9 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
             topo = None if m.topography is None else m.topography.copy()
             topo_origin = m.topography_origin
         shown = maps["valid"]
-        self.delta_map.show(np.where(shown, maps["delta_eV"] * np.float32(1e3), np.float32(np.nan)),
-                            self._levels["delta"])
+        self.delta_map.show(
+            np.where(shown, maps["delta_eV"] * np.float32(1e3), np.float32(np.nan)), self._levels["delta"]
+        )
         self.alpha_map.show(np.where(shown, maps["alpha"], np.float32(np.nan)), self._levels["alpha"])
         if topo is not None:
             self.topo_map.show(topo * np.float32(1e9), self._levels["topo"])
@@ -218,8 +226,10 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
     def _refresh_summaries(self) -> None:
         m = self.model
         st = m.statistics()
-        for key, hist, mean, std, scale in (("delta", st.delta_hist, st.delta_mean_eV, st.delta_std_eV, 1e3),
-                                            ("alpha", st.alpha_hist, st.alpha_mean, st.alpha_std, 1.0)):
+        for key, hist, mean, std, scale in (
+            ("delta", st.delta_hist, st.delta_mean_eV, st.delta_std_eV, 1e3),
+            ("alpha", st.alpha_hist, st.alpha_mean, st.alpha_std, 1.0),
+        ):
             if hist.edges.size:
                 self._levels[key] = _levels(mean * scale, std * scale, hist.edges[0] * scale, hist.edges[-1] * scale)
         self.delta_hist.show(st.delta_hist, st.delta_mean_eV, st.delta_std_eV, scale=1e3, unit=" meV", n=st.n_valid)
@@ -230,7 +240,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
                 self._levels["topo"] = _topo_levels(topo)
         self.flags.show(m.flag_summary(), m.flagged_pixels(limit=2000))
 
-    def closeEvent(self, event: object) -> None:  # noqa: N802 (Qt override)
+    def closeEvent(self, event: object) -> None:
         self.timer.stop()
         if self.source is not None:
             self.source.stop()

@@ -26,27 +26,56 @@ NPTS = 64
 
 
 def geometry(ny: int = 4, nx: int = 5, order: str = "raster") -> GridGeometry:
-    return GridGeometry(centre_x_m=1e-7, centre_y_m=-2e-7, width_m=50e-9, height_m=40e-9, nx=nx, ny=ny,
-                        angle_deg=0.0, order=order)
+    return GridGeometry(
+        centre_x_m=1e-7, centre_y_m=-2e-7, width_m=50e-9, height_m=40e-9, nx=nx, ny=ny, angle_deg=0.0, order=order
+    )
 
 
 def sets() -> list[SetpointSet]:
-    return [SetpointSet(id=0, name="sts", bias_setpoint_V=-0.01, current_setpoint_A=150e-12,
-                        sweep_start_V=-0.04, sweep_end_V=0.04, n_points=NPTS, lockin_amplitude_Vrms=1e-4),
-            SetpointSet(id=1, name="low", bias_setpoint_V=-0.01, current_setpoint_A=50e-12,
-                        sweep_start_V=0.04, sweep_end_V=-0.04, n_points=NPTS)]
+    return [
+        SetpointSet(
+            id=0,
+            name="sts",
+            bias_setpoint_V=-0.01,
+            current_setpoint_A=150e-12,
+            sweep_start_V=-0.04,
+            sweep_end_V=0.04,
+            n_points=NPTS,
+            lockin_amplitude_Vrms=1e-4,
+        ),
+        SetpointSet(
+            id=1,
+            name="low",
+            bias_setpoint_V=-0.01,
+            current_setpoint_A=50e-12,
+            sweep_start_V=0.04,
+            sweep_end_V=-0.04,
+            n_points=NPTS,
+        ),
+    ]
 
 
 def spectrum(iy: int, ix: int) -> np.ndarray:
     """A pixel-unique deterministic spectrum, so completeness can be checked after a kill."""
-    return (np.arange(len(CHANNELS) * NPTS, dtype=np.float32).reshape(len(CHANNELS), NPTS) + 1000 * iy + ix)
+    return np.arange(len(CHANNELS) * NPTS, dtype=np.float32).reshape(len(CHANNELS), NPTS) + 1000 * iy + ix
 
 
 def meta(geo: GridGeometry, iy: int, ix: int, set_id: int = 0) -> PixelMeta:
     x, y = geo.pixel_xy(iy, ix)
-    return PixelMeta(x_m=float(x), y_m=float(y), setpoint_set_id=set_id, t_start=10.0 + ix, t_sweep_start=11.0,
-                     t_sweep_end=12.0, t_end=13.0, temperature_before_K=0.3, temperature_after_K=0.31,
-                     z_m=1e-10 * ix, lockin_status=4, lockin_overload=ix == 2)
+    return PixelMeta(
+        x_m=float(x),
+        y_m=float(y),
+        setpoint_set_id=set_id,
+        t_start=10.0 + ix,
+        t_sweep_start=11.0,
+        t_sweep_end=12.0,
+        t_end=13.0,
+        temperature_before_K=0.3,
+        temperature_after_K=0.31,
+        z_m=1e-10 * ix,
+        lockin_status=4,
+        lockin_overload=ix == 2,
+    )
 
 
 def test_layout_round_trip(tmp_path: Path) -> None:
@@ -54,15 +83,31 @@ def test_layout_round_trip(tmp_path: Path) -> None:
     topo = np.random.default_rng(1).normal(size=geo.shape).astype(np.float32) * 1e-10
     truth = {"delta": (np.full(geo.shape, 1.2e-3), "eV"), "alpha": np.full(geo.shape, 0.35)}
     path = tmp_path / "run.h5"
-    with ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
-                              start_doc={"uid": "run-1", "time": 1.7e9}, topography=topo,
-                              ground_truth=truth) as w:
+    with ArchiveWriter.create(
+        path,
+        geometry=geo,
+        channel_names=CHANNELS,
+        n_points=NPTS,
+        setpoint_sets=sets(),
+        start_doc={"uid": "run-1", "time": 1.7e9},
+        topography=topo,
+        ground_truth=truth,
+    ) as w:
         w.write_pixel(0, 0, spectrum(0, 0), meta(geo, 0, 0))
         w.write_pixel(2, 3, spectrum(2, 3), meta(geo, 2, 3, set_id=1))
         w.record_failure(1, 1, "nanonis: timeout", code=3, attempts=3)
         w.append_log("pause", reason="temperature")
-        w.add_setpoint_set(SetpointSet(id=7, name="new", bias_setpoint_V=0.01, current_setpoint_A=1e-10,
-                                       sweep_start_V=-0.01, sweep_end_V=0.01, n_points=NPTS))
+        w.add_setpoint_set(
+            SetpointSet(
+                id=7,
+                name="new",
+                bias_setpoint_V=0.01,
+                current_setpoint_A=1e-10,
+                sweep_start_V=-0.01,
+                sweep_end_V=0.01,
+                n_points=NPTS,
+            )
+        )
         w.write_document("stop", {"exit_status": "success", "time": 1.7e9 + 5})
     with open_archive(path) as r:
         assert r.geometry == geo
@@ -102,25 +147,36 @@ def test_write_block_and_ground_truth_without_swmr(tmp_path: Path) -> None:
     geo = geometry(ny=6, nx=4)
     path = tmp_path / "sim.h5"
     block = np.random.default_rng(0).normal(size=(6, 4, 3, NPTS)).astype(np.float32)
-    with ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
-                              start_doc={}, swmr=False) as w:
-        w.write_block(slice(0, 3), slice(None), block[:3], {"setpoint_set_id": 0, "t_start": 1.0,
-                      "t_sweep_start": 1.0, "t_sweep_end": 2.0, "t_end": 2.0})
+    with ArchiveWriter.create(
+        path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(), start_doc={}, swmr=False
+    ) as w:
+        w.write_block(
+            slice(0, 3),
+            slice(None),
+            block[:3],
+            {"setpoint_set_id": 0, "t_start": 1.0, "t_sweep_start": 1.0, "t_sweep_end": 2.0, "t_end": 2.0},
+        )
         with pytest.raises(ArchiveError, match="required"):
             w.write_block(slice(3, 6), slice(None), block[3:], {"setpoint_set_id": 0})
         w.write_ground_truth({"delta": (np.ones(geo.shape), "eV")})
     with open_archive(path) as r:
         assert r.measured[:3].all() and not r.measured[3:].any()
         np.testing.assert_array_equal(r.read_pixels(slice(0, 3)), block[:3])
-        x, y = geo.pixel_xy(*np.indices(geo.shape))
+        x, _y = geo.pixel_xy(*np.indices(geo.shape))
         np.testing.assert_allclose(r.pixel_meta["x_m"][:3], x[:3])
         assert r.pixel_meta["lockin_status"][0, 0] == 0 and r.ground_truth_units["delta"] == "eV"
         assert len(r.run_uid) == 36  # a uuid4 when the start document has none
 
 
 def test_ground_truth_refused_in_swmr_mode(tmp_path: Path) -> None:
-    with ArchiveWriter.create(tmp_path / "a.h5", geometry=geometry(), channel_names=CHANNELS, n_points=NPTS,
-                              setpoint_sets=sets(), start_doc={}) as w:
+    with ArchiveWriter.create(
+        tmp_path / "a.h5",
+        geometry=geometry(),
+        channel_names=CHANNELS,
+        n_points=NPTS,
+        setpoint_sets=sets(),
+        start_doc={},
+    ) as w:
         with pytest.raises(ArchiveError, match="SWMR"):
             w.write_ground_truth({"a": np.zeros(3)})
         with pytest.raises(ArchiveError, match="unknown"):
@@ -131,12 +187,13 @@ def test_ground_truth_refused_in_swmr_mode(tmp_path: Path) -> None:
 
 def test_foreign_files_are_refused(tmp_path: Path) -> None:
     good = tmp_path / "good.h5"
-    ArchiveWriter.create(good, geometry=geometry(), channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
-                         start_doc={}).close()
+    ArchiveWriter.create(
+        good, geometry=geometry(), channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(), start_doc={}
+    ).close()
     with pytest.raises(ArchiveError, match="no such file"):
         open_archive(tmp_path / "absent.h5")
     garbage = tmp_path / "garbage.h5"
-    garbage.write_bytes(b"Grid dim=\"2 x 2\"\r\n" * 10)
+    garbage.write_bytes(b'Grid dim="2 x 2"\r\n' * 10)
     with pytest.raises(ArchiveError, match="not an HDF5 file"):
         open_archive(garbage)
     other = tmp_path / "other.h5"
@@ -164,8 +221,14 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
 
 def test_measured_flag_is_written_after_data_and_a_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression guard for pixel atomicity: data, flush, measured flag, flush - in this order."""
-    w = ArchiveWriter.create(tmp_path / "a.h5", geometry=geometry(), channel_names=CHANNELS, n_points=NPTS,
-                             setpoint_sets=sets(), start_doc={})
+    w = ArchiveWriter.create(
+        tmp_path / "a.h5",
+        geometry=geometry(),
+        channel_names=CHANNELS,
+        n_points=NPTS,
+        setpoint_sets=sets(),
+        start_doc={},
+    )
     calls: list[str] = []
     for name, sink in w._sinks.items():
         monkeypatch.setattr(sink, "write", lambda *a, _n=name, _w=sink.write: (calls.append(_n), _w(*a))[1])
@@ -179,8 +242,9 @@ def test_measured_flag_is_written_after_data_and_a_flush(tmp_path: Path, monkeyp
 
 def test_first_unmeasured_follows_the_visit_order(tmp_path: Path) -> None:
     geo = geometry(ny=3, nx=3, order="serpentine")
-    with ArchiveWriter.create(tmp_path / "a.h5", geometry=geo, channel_names=CHANNELS, n_points=NPTS,
-                              setpoint_sets=sets(), start_doc={}) as w:
+    with ArchiveWriter.create(
+        tmp_path / "a.h5", geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(), start_doc={}
+    ) as w:
         for iy, ix in geo.visit_order()[:4]:
             w.write_pixel(int(iy), int(ix), spectrum(iy, ix), meta(geo, iy, ix))
         assert w.first_unmeasured() == (1, 1)
@@ -213,8 +277,9 @@ WRITER = textwrap.dedent("""
 def _start_writer(tmp_path: Path, path: Path, mode: str, delay: float) -> subprocess.Popen[str]:
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(tests=str(Path(__file__).parent)))
-    proc = subprocess.Popen([sys.executable, str(script), str(path), mode, str(delay)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path), mode, str(delay)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if mode == "resume":
@@ -244,8 +309,9 @@ def test_swmr_reader_sees_pixels_while_writer_appends(tmp_path: Path) -> None:
             m = r.measured
             seen.append(int(m.sum()))
             for iy, ix in np.argwhere(m):  # every pixel a reader sees as measured is complete
-                np.testing.assert_array_equal(r.read_pixels(slice(iy, iy + 1), slice(ix, ix + 1))[0, 0],
-                                              spectrum(iy, ix))
+                np.testing.assert_array_equal(
+                    r.read_pixels(slice(iy, iy + 1), slice(ix, ix + 1))[0, 0], spectrum(iy, ix)
+                )
             time.sleep(0.05)
     assert proc.wait(timeout=30) == 0
     assert len(set(seen)) >= 3 and seen == sorted(seen), seen
@@ -314,7 +380,10 @@ def test_setpoint_set_validation_names_the_key() -> None:
 
 def _kill_plain_read_write_opener(path: Path) -> None:
     """Leave the state of a writer killed after its read-write open, before SWMR was switched on."""
-    code = f"import h5py, time; f = h5py.File({str(path)!r}, 'r+', libver='latest'); print('open', flush=True); time.sleep(60)"
+    code = (
+        f"import h5py, time; f = h5py.File({str(path)!r}, 'r+', libver='latest'); "
+        "print('open', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
@@ -329,8 +398,9 @@ def test_resume_after_a_kill_between_read_write_open_and_swmr_switch(tmp_path: P
     """Regression (issue 4 follow-up): write flag without SWMR flag used to block every later open."""
     geo = geometry()
     path = tmp_path / "window.h5"
-    with ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
-                              start_doc={}) as w:
+    with ArchiveWriter.create(
+        path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(), start_doc={}
+    ) as w:
         w.write_pixel(0, 0, spectrum(0, 0), meta(geo, 0, 0))
     _kill_plain_read_write_opener(path)
     assert _h5status.status_flags(path) == _h5status.WRITE_ACCESS
@@ -355,8 +425,9 @@ def test_kill_during_resume_start_up_at_seeded_moments(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         _assert_complete(path)  # an SWMR reader opens whatever the kill left
-        proc = subprocess.Popen([sys.executable, str(script), str(path), "resume", "0.002"], stdout=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path), "resume", "0.002"], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "opening"
         time.sleep(float(rng.uniform(0.0, 0.012)))  # open_for_resume takes a few ms
     proc.kill()
@@ -369,15 +440,23 @@ def test_kill_during_resume_start_up_at_seeded_moments(tmp_path: Path) -> None:
 def test_rewrite_pixel_replaces_and_logs_the_previous_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     geo = geometry()
     path = tmp_path / "re.h5"
-    w = ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
-                             start_doc={})
+    w = ArchiveWriter.create(
+        path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(), start_doc={}
+    )
     w.write_pixel(1, 1, spectrum(1, 1), meta(geo, 1, 1))
     with pytest.raises(ArchiveError, match="rewrite_pixel"):
         w.write_pixel(1, 1, spectrum(1, 1), meta(geo, 1, 1))
     calls: list[str] = []
     for name in ("measured", "spectra"):
         sink = w._sinks[name]
-        monkeypatch.setattr(sink, "write", lambda iy, ix, v, _n=name, _w=sink.write: (calls.append(f"{_n}={v.flat[0]!r}" if _n == "measured" else _n), _w(iy, ix, v))[1])
+        monkeypatch.setattr(
+            sink,
+            "write",
+            lambda iy, ix, v, _n=name, _w=sink.write: (
+                calls.append(f"{_n}={v.flat[0]!r}" if _n == "measured" else _n),
+                _w(iy, ix, v),
+            )[1],
+        )
     real_flush = w._f.flush
     monkeypatch.setattr(w._f, "flush", lambda: (calls.append("flush"), real_flush())[1])
     new_meta = dataclasses.replace(meta(geo, 1, 1, set_id=1), t_start=99.0)
@@ -397,8 +476,9 @@ def test_rewrite_pixel_replaces_and_logs_the_previous_record(tmp_path: Path, mon
 def test_failed_pixel_measured_later_is_no_longer_failed(tmp_path: Path) -> None:
     geo = geometry()
     path = tmp_path / "rec.h5"
-    with ArchiveWriter.create(path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(),
-                              start_doc={}) as w:
+    with ArchiveWriter.create(
+        path, geometry=geo, channel_names=CHANNELS, n_points=NPTS, setpoint_sets=sets(), start_doc={}
+    ) as w:
         w.record_failure(2, 2, "InstrumentTimeout: nanonis", code=1)
         assert w.failed[2, 2]
         w.write_pixel(2, 2, spectrum(2, 2), meta(geo, 2, 2))

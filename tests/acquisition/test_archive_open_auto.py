@@ -20,12 +20,30 @@ from stslive.drivers.errors import ArchiveError
 
 def _create(path: str) -> ArchiveWriter:
     geometry = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=4e-9, height_m=4e-9, nx=4, ny=4)
-    sset = SetpointSet(id=0, name="s", bias_setpoint_V=-0.01, current_setpoint_A=150e-12,
-                       sweep_start_V=-0.04, sweep_end_V=0.04, n_points=11, settle_s=0.0,
-                       integration_s=0.0, lockin_frequency_Hz=973.0, lockin_amplitude_Vrms=0.05,
-                       lockin_time_constant_s=0.001, lockin_sensitivity_V=0.5, feedback_hold=True)
-    return ArchiveWriter.create(path, geometry=geometry, channel_names=["Bias (V)", "Current (A)"],
-                                n_points=11, setpoint_sets=[sset], start_doc={"uid": "run-auto"})
+    sset = SetpointSet(
+        id=0,
+        name="s",
+        bias_setpoint_V=-0.01,
+        current_setpoint_A=150e-12,
+        sweep_start_V=-0.04,
+        sweep_end_V=0.04,
+        n_points=11,
+        settle_s=0.0,
+        integration_s=0.0,
+        lockin_frequency_Hz=973.0,
+        lockin_amplitude_Vrms=0.05,
+        lockin_time_constant_s=0.001,
+        lockin_sensitivity_V=0.5,
+        feedback_hold=True,
+    )
+    return ArchiveWriter.create(
+        path,
+        geometry=geometry,
+        channel_names=["Bias (V)", "Current (A)"],
+        n_points=11,
+        setpoint_sets=[sset],
+        start_doc={"uid": "run-auto"},
+    )
 
 
 def _hold_open(path: str, ready) -> None:  # child process: a writer that keeps the file open
@@ -77,7 +95,7 @@ def test_regression_damaged_open_flags_fail_at_once_with_auto(tmp_path: Path, fl
     raw[11] = flags  # the v2/v3 superblock's file consistency flags
     if fix_checksum:
         sum_at = 12 + 4 * raw[9]
-        raw[sum_at:sum_at + 4] = _h5status.lookup3(bytes(raw[:sum_at])).to_bytes(4, "little")
+        raw[sum_at : sum_at + 4] = _h5status.lookup3(bytes(raw[:sum_at])).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
     t0 = time.monotonic()
     with pytest.raises(ArchiveError, match="corrupt"):

@@ -18,8 +18,17 @@ def minimal() -> dict:
     return {
         "instruments": {"nanonis": {"resource": "TCPIP::127.0.0.1::6501::SOCKET"}},
         "grid": {"width_m": 10e-9, "height_m": 8e-9, "nx": 5, "ny": 4},
-        "setpoint_set": [{"id": 0, "name": "a", "bias_setpoint_V": -0.01, "current_setpoint_A": 1e-10,
-                          "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": 101}],
+        "setpoint_set": [
+            {
+                "id": 0,
+                "name": "a",
+                "bias_setpoint_V": -0.01,
+                "current_setpoint_A": 1e-10,
+                "sweep_start_V": -0.04,
+                "sweep_end_V": 0.04,
+                "n_points": 101,
+            }
+        ],
     }
 
 
@@ -46,21 +55,27 @@ def test_every_schema_key_is_documented_in_the_module_docstring() -> None:
             assert key.doc
 
 
-@pytest.mark.parametrize(("edit", "named"), [
-    (lambda d: d["grid"].update(nxx=3), "grid.nxx"),
-    (lambda d: d.update(stream={"pubb": "x"}), "stream.pubb"),
-    (lambda d: d.update(run={"retries": "two"}), "run.retries"),
-    (lambda d: d.update(run={"setpoint_mode": "random"}), "run.setpoint_mode"),
-    (lambda d: d["instruments"]["nanonis"].pop("resource"), "instruments.nanonis.resource"),
-    (lambda d: d["instruments"].update(scope={}), "scope"),
-    (lambda d: d.update(suspender={"enabled": True}), "thermometer"),
-    (lambda d: d.update(line={"start_x_m": 0, "start_y_m": 0, "end_x_m": 1e-9, "end_y_m": 0, "n": 3}), "exactly one"),
-    (lambda d: d["setpoint_set"][0].update(bias_setpoint_V=0.0), "bias_setpoint_V"),
-    (lambda d: d["setpoint_set"].append(dict(d["setpoint_set"][0])), "unique"),
-    (lambda d: d.update(gird={}), "gird"),
-    (lambda d: d["grid"].update(order="spiral"), "order"),
-    (lambda d: d.update(stream={"header_format": "pickle"}), "header_format"),
-])
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda d: d["grid"].update(nxx=3), "grid.nxx"),
+        (lambda d: d.update(stream={"pubb": "x"}), "stream.pubb"),
+        (lambda d: d.update(run={"retries": "two"}), "run.retries"),
+        (lambda d: d.update(run={"setpoint_mode": "random"}), "run.setpoint_mode"),
+        (lambda d: d["instruments"]["nanonis"].pop("resource"), "instruments.nanonis.resource"),
+        (lambda d: d["instruments"].update(scope={}), "scope"),
+        (lambda d: d.update(suspender={"enabled": True}), "thermometer"),
+        (
+            lambda d: d.update(line={"start_x_m": 0, "start_y_m": 0, "end_x_m": 1e-9, "end_y_m": 0, "n": 3}),
+            "exactly one",
+        ),
+        (lambda d: d["setpoint_set"][0].update(bias_setpoint_V=0.0), "bias_setpoint_V"),
+        (lambda d: d["setpoint_set"].append(dict(d["setpoint_set"][0])), "unique"),
+        (lambda d: d.update(gird={}), "gird"),
+        (lambda d: d["grid"].update(order="spiral"), "order"),
+        (lambda d: d.update(stream={"header_format": "pickle"}), "header_format"),
+    ],
+)
 def test_bad_keys_and_values_name_the_key(edit, named: str) -> None:
     doc = copy.deepcopy(minimal())
     edit(doc)

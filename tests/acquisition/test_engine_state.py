@@ -17,8 +17,9 @@ def machine(log: list | None = None) -> RunStateMachine:
         if iy < 0 or ix < 0:
             raise CommandRefused("outside")
 
-    return RunStateMachine([0, 1], validate_pixel=validate,
-                           on_change=(lambda e, f: log.append((e, f))) if log is not None else None)
+    return RunStateMachine(
+        [0, 1], validate_pixel=validate, on_change=(lambda e, f: log.append((e, f))) if log is not None else None
+    )
 
 
 def test_transitions_and_pause_reasons() -> None:
@@ -83,8 +84,13 @@ def test_control_socket_replies_and_counts_malformed_requests() -> None:
     server = ControlServer(m, "tcp://127.0.0.1:0", context=ctx).start()
     try:
         assert send_command(server.endpoint, "pause", context=ctx) == {
-            "ok": True, "state": "paused", "pause_reasons": ["user"], "active_set": 0, "remeasure_queued": 0,
-            "error": None}
+            "ok": True,
+            "state": "paused",
+            "pause_reasons": ["user"],
+            "active_set": 0,
+            "remeasure_queued": 0,
+            "error": None,
+        }
         reply = send_command(server.endpoint, "set", setpoint_set=9, context=ctx)
         assert reply["ok"] is False and "ID one of" in reply["error"] and reply["state"] == "paused"
         sock = ctx.socket(zmq.REQ)
@@ -114,10 +120,10 @@ def test_temperature_suspender_hold_time() -> None:
     assert s.check(0.3) == "ok"
     assert s.check(0.8) == "suspend"
     assert s.check(float("nan")) == "wait"
-    assert s.check(0.3) == "wait"          # back in band at t = 0
+    assert s.check(0.3) == "wait"  # back in band at t = 0
     now[0] = 1.0
-    assert s.check(0.9) == "wait"          # left again: the hold restarts
-    assert s.check(0.3) == "wait"          # in band since t = 1
+    assert s.check(0.9) == "wait"  # left again: the hold restarts
+    assert s.check(0.3) == "wait"  # in band since t = 1
     now[0] = 2.9
     assert s.check(0.3) == "wait"
     now[0] = 3.0

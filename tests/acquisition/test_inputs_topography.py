@@ -39,16 +39,42 @@ def test_held_or_missing_z_is_no_topography():
 
 def _archive(path, *, z_m=None, stored=None):
     geo = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=NX * 1e-9, height_m=NY * 1e-9, nx=NX, ny=NY)
-    sp = SetpointSet(id=0, name="spec", bias_setpoint_V=-0.01, current_setpoint_A=1e-10, sweep_start_V=-0.04,
-                     sweep_end_V=0.04, n_points=NPTS)
+    sp = SetpointSet(
+        id=0,
+        name="spec",
+        bias_setpoint_V=-0.01,
+        current_setpoint_A=1e-10,
+        sweep_start_V=-0.04,
+        sweep_end_V=0.04,
+        n_points=NPTS,
+    )
     bias = np.linspace(-0.04, 0.04, NPTS)
     spectra = np.empty((NY, NX, 2, NPTS), np.float32)
     spectra[..., 0, :], spectra[..., 1, :] = bias, bias * 1e-8
-    with ArchiveWriter.create(path, geometry=geo, channel_names=["Bias (V)", "Current (A)"], n_points=NPTS,
-                              setpoint_sets=[sp], start_doc={}, bias=bias, topography=stored, swmr=False) as w:
-        w.write_block(slice(0, NY // 2), slice(0, NX), spectra[: NY // 2],  # half measured: a running scan
-                      {"setpoint_set_id": 0, "t_start": 1.0, "t_sweep_start": 1.0, "t_sweep_end": 2.0, "t_end": 2.0,
-                       **({} if z_m is None else {"z_m": z_m[: NY // 2]})})
+    with ArchiveWriter.create(
+        path,
+        geometry=geo,
+        channel_names=["Bias (V)", "Current (A)"],
+        n_points=NPTS,
+        setpoint_sets=[sp],
+        start_doc={},
+        bias=bias,
+        topography=stored,
+        swmr=False,
+    ) as w:
+        w.write_block(
+            slice(0, NY // 2),
+            slice(0, NX),
+            spectra[: NY // 2],  # half measured: a running scan
+            {
+                "setpoint_set_id": 0,
+                "t_start": 1.0,
+                "t_sweep_start": 1.0,
+                "t_sweep_end": 2.0,
+                "t_end": 2.0,
+                **({} if z_m is None else {"z_m": z_m[: NY // 2]}),
+            },
+        )
 
 
 def test_archive_without_stored_map_uses_measured_z(tmp_path):

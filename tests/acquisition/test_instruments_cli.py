@@ -20,8 +20,18 @@ def free_port() -> int:
 
 def test_reports_lockin_and_thermometer_as_json(capsys):
     with SR830Server(LockInState(frequency_hz=973.0)) as lockin, LS372Server() as thermometer:
-        code = main(["instruments", "--lockin", lockin.resource, "--thermometer", thermometer.resource,
-                     "--timeout", "1", "--json"])
+        code = main(
+            [
+                "instruments",
+                "--lockin",
+                lockin.resource,
+                "--thermometer",
+                thermometer.resource,
+                "--timeout",
+                "1",
+                "--json",
+            ]
+        )
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert out["lockin"]["ok"] and out["lockin"]["frequency_Hz"] == 973.0
@@ -44,8 +54,10 @@ def test_failure_names_the_instrument_and_others_are_still_checked(capsys, tmp_p
     dead = f"TCPIP::127.0.0.1::{free_port()}::SOCKET"
     with LS372Server() as thermometer:
         config = tmp_path / "run.toml"
-        config.write_text(f'[instruments]\nlockin = "{dead}"\n'
-                          f'thermometer = {{ resource = "{thermometer.resource}", channel = "A" }}\n')
+        config.write_text(
+            f'[instruments]\nlockin = "{dead}"\n'
+            f'thermometer = {{ resource = "{thermometer.resource}", channel = "A" }}\n'
+        )
         code = main(["instruments", "--config", str(config), "--timeout", "0.5"])
     captured = capsys.readouterr()
     assert code == 1

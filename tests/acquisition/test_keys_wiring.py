@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from stslive.acquisition import config as config_module
-from stslive.acquisition.cli import scan as scan_cli
-from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.acquisition.cli import main
-from stslive.acquisition.config import RunConfig
+from stslive.acquisition.cli import scan as scan_cli
 from stslive.acquisition.cli.control import client_security
 from stslive.acquisition.cli.scan import run_scan, stream_security
+from stslive.acquisition.config import RunConfig
 from stslive.acquisition.formats.security import Security
+from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserService
 
@@ -60,11 +60,13 @@ def test_scan_binding_beyond_loopback_without_keys_refuses_before_the_archive(tm
     assert not path.exists() and not path.with_name("run.h5.creating").exists()
 
 
-def test_scan_cli_refuses_config_on_all_interfaces_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_scan_cli_refuses_config_on_all_interfaces_with_the_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     toml = tmp_path / "run.toml"
     toml.write_text(f"""
 [instruments.nanonis]
-resource = "{RESOURCES['nanonis']}"
+resource = "{RESOURCES["nanonis"]}"
 [grid]
 width_m = 2e-9
 height_m = 2e-9
@@ -86,8 +88,22 @@ pub = "tcp://0.0.0.0:5556"
     assert "refusing to bind 'tcp://0.0.0.0:5556' without authentication" in err and "--keys KEYDIR" in err
     assert not (tmp_path / "run.h5").exists()
     # the --control override is checked the same way
-    assert main(["scan", "--config", str(toml), "--out", str(tmp_path / "run.h5"), "--pub", "tcp://127.0.0.1:0",
-                 "--control", "tcp://*:5557"]) == 1
+    assert (
+        main(
+            [
+                "scan",
+                "--config",
+                str(toml),
+                "--out",
+                str(tmp_path / "run.h5"),
+                "--pub",
+                "tcp://127.0.0.1:0",
+                "--control",
+                "tcp://*:5557",
+            ]
+        )
+        == 1
+    )
     assert "refusing to bind 'tcp://*:5557'" in capsys.readouterr().err
 
 
@@ -115,8 +131,7 @@ def test_analyser_with_missing_server_key_names_the_file(tmp_path: Path) -> None
     (tmp_path / "viewers").mkdir()
     (tmp_path / "controllers").mkdir()
     with pytest.raises(ConfigError, match="server.key_secret"):
-        AnalyserService("tcp://127.0.0.1:5556", bind="tcp://127.0.0.1:0",
-                        security=Security.from_dir(tmp_path))
+        AnalyserService("tcp://127.0.0.1:5556", bind="tcp://127.0.0.1:0", security=Security.from_dir(tmp_path))
 
 
 def test_analyser_missing_client_key_is_a_receiver_error(keydir: Path) -> None:
@@ -125,12 +140,15 @@ def test_analyser_missing_client_key_is_a_receiver_error(keydir: Path) -> None:
         assert service.errors and "nobody.key_secret not found" in service.errors[0]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["control", "--keys", "K", "status"], "--keys KEYDIR and --client NAME go together"),
-    (["control", "--client", "alice", "status"], "--keys KEYDIR and --client NAME go together"),
-    (["view", "--connect", "tcp://127.0.0.1:5560", "--keys", "K"], "--keys KEYDIR and --client NAME go together"),
-    (["view", "run.h5", "--keys", "K", "--client", "screen"], "with --connect ENDPOINT"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["control", "--keys", "K", "status"], "--keys KEYDIR and --client NAME go together"),
+        (["control", "--client", "alice", "status"], "--keys KEYDIR and --client NAME go together"),
+        (["view", "--connect", "tcp://127.0.0.1:5560", "--keys", "K"], "--keys KEYDIR and --client NAME go together"),
+        (["view", "run.h5", "--keys", "K", "--client", "screen"], "with --connect ENDPOINT"),
+    ],
+)
 def test_cli_key_options_go_together(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 1
     assert message in capsys.readouterr().err
@@ -145,8 +163,23 @@ def test_control_client_security_uses_the_client_pair(keydir: Path) -> None:
 
 
 def test_control_with_unknown_client_key_names_the_file(keydir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["control", "--connect", "tcp://127.0.0.1:1", "--keys", str(keydir), "--client", "nobody",
-                 "--timeout", "0.2", "status"]) == 1
+    assert (
+        main(
+            [
+                "control",
+                "--connect",
+                "tcp://127.0.0.1:1",
+                "--keys",
+                str(keydir),
+                "--client",
+                "nobody",
+                "--timeout",
+                "0.2",
+                "status",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "nobody.key_secret not found" in err and "stslive keys" in err
 

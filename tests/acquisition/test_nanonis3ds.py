@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.formats.archive import ArchiveWriter
-from stslive.acquisition.formats.recording import open_spectra
 from stslive.acquisition.formats.nanonis3ds import export_archive, open_3ds, write_3ds
+from stslive.acquisition.formats.recording import open_spectra
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 from stslive.drivers.errors import AnalysisError, ArchiveError, FileFormatError, NanonisFileError
 
@@ -82,9 +82,19 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
     measured[2, 3:] = False
     start = rng.uniform(-0.05, -0.04, geo.shape)
     path = tmp_path / "out.3ds"
-    write_3ds(path, spectra=spectra, channel_names=["Current (A)", "LI Demod 1 X (A)"], geometry=geo,
-              sweep_start=start, sweep_end=0.04, n_points=32, parameters={"Z (m)": rng.normal(size=geo.shape)},
-              measured=measured, start_time=1.7e9, comment="round\ntrip")
+    write_3ds(
+        path,
+        spectra=spectra,
+        channel_names=["Current (A)", "LI Demod 1 X (A)"],
+        geometry=geo,
+        sweep_start=start,
+        sweep_end=0.04,
+        n_points=32,
+        parameters={"Z (m)": rng.normal(size=geo.shape)},
+        measured=measured,
+        start_time=1.7e9,
+        comment="round\ntrip",
+    )
     with open_3ds(path) as g:
         assert g.shape == geo.shape and g.channel_names == ["Current (A)", "LI Demod 1 X (A)"]
         assert g.geometry == geo and g.n_missing == 2
@@ -101,28 +111,59 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
 
 def test_archive_export_round_trip(tmp_path: Path) -> None:
     geo = _geometry()
-    sset = SetpointSet(id=0, name="sts", bias_setpoint_V=-0.01, current_setpoint_A=150e-12, sweep_start_V=-0.04,
-                       sweep_end_V=0.04, n_points=32, settle_s=0.01, integration_s=0.002)
+    sset = SetpointSet(
+        id=0,
+        name="sts",
+        bias_setpoint_V=-0.01,
+        current_setpoint_A=150e-12,
+        sweep_start_V=-0.04,
+        sweep_end_V=0.04,
+        n_points=32,
+        settle_s=0.01,
+        integration_s=0.002,
+    )
     names = ["Bias (V)", "Current (A)"]
     rng = np.random.default_rng(5)
     data = rng.normal(size=(3, 5, 2, 32)).astype(np.float32)
     path = tmp_path / "run.h5"
     topo = rng.normal(size=geo.shape).astype(np.float32)
-    with ArchiveWriter.create(path, geometry=geo, channel_names=names, n_points=32, setpoint_sets=[sset],
-                              start_doc={"uid": "r1", "time": 1.7e9}, topography=topo) as w:
+    with ArchiveWriter.create(
+        path,
+        geometry=geo,
+        channel_names=names,
+        n_points=32,
+        setpoint_sets=[sset],
+        start_doc={"uid": "r1", "time": 1.7e9},
+        topography=topo,
+    ) as w:
         for iy, ix in geo.visit_order()[:12]:
             x, y = geo.pixel_xy(iy, ix)
-            w.write_pixel(int(iy), int(ix), data[iy, ix], PixelMeta(
-                x_m=float(x), y_m=float(y), setpoint_set_id=0, t_start=1.0, t_sweep_start=1.1, t_sweep_end=1.2,
-                t_end=1.3, temperature_before_K=0.3, temperature_after_K=0.3, z_m=1e-10))
+            w.write_pixel(
+                int(iy),
+                int(ix),
+                data[iy, ix],
+                PixelMeta(
+                    x_m=float(x),
+                    y_m=float(y),
+                    setpoint_set_id=0,
+                    t_start=1.0,
+                    t_sweep_start=1.1,
+                    t_sweep_end=1.2,
+                    t_end=1.3,
+                    temperature_before_K=0.3,
+                    temperature_after_K=0.3,
+                    z_m=1e-10,
+                ),
+            )
     out = tmp_path / "run.3ds"
     export_archive(path, out, rows_per_block=2)
     with open_3ds(out) as g, open_spectra(path) as src:
         assert g.geometry == geo and g.channel_names == names and g.n_missing == 3
         np.testing.assert_array_equal(g.measured, src.measured)
         np.testing.assert_array_equal(g.read_block()[src.measured], data[src.measured])
-        np.testing.assert_allclose(g.parameter("X (m)")[src.measured],
-                                   geo.pixel_xy(*np.indices(geo.shape))[0][src.measured], rtol=1e-6)
+        np.testing.assert_allclose(
+            g.parameter("X (m)")[src.measured], geo.pixel_xy(*np.indices(geo.shape))[0][src.measured], rtol=1e-6
+        )
         np.testing.assert_allclose(g.nominal_sweep(), sset.bias_axis, atol=1e-8)
         assert g.header["stslive>Run uid"] == "r1"
         assert src.kind == "stslive" and src.current_channel == "Current (A)" and src.lockin_channel is None

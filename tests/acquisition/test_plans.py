@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from stslive.acquisition.plans import grid_plan, line_plan, point_plan
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.plans import grid_plan, line_plan, point_plan
 from stslive.drivers.errors import ConfigError
 
 

@@ -13,10 +13,10 @@ import zmq
 
 from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.nanonis3ds import open_3ds
-from stslive.acquisition.replay import open_replay, replay, schedule
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 from stslive.acquisition.formats.stream import DescriptorDoc, EventDoc, FailedPixelDoc, RunPublisher, StartDoc, StopDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
+from stslive.acquisition.replay import open_replay, replay, schedule
 from stslive.drivers.errors import ConfigError, FileFormatError, NanonisFileError
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,8 +25,15 @@ CHANNELS = ("Bias (V)", "Current (A)")
 
 
 def _set(sid: int) -> SetpointSet:
-    return SetpointSet(id=sid, name=f"set{sid}", bias_setpoint_V=-0.01 * (sid + 1), current_setpoint_A=100e-12,
-                       sweep_start_V=-0.005, sweep_end_V=0.005, n_points=16)
+    return SetpointSet(
+        id=sid,
+        name=f"set{sid}",
+        bias_setpoint_V=-0.01 * (sid + 1),
+        current_setpoint_A=100e-12,
+        sweep_start_V=-0.005,
+        sweep_end_V=0.005,
+        n_points=16,
+    )
 
 
 @pytest.fixture()
@@ -38,18 +45,33 @@ def small_archive(tmp_path: Path) -> tuple[Path, dict]:
     # recorded order: serpentine over rows 0-1, then row 2 partly (pixels (2,2),(2,3) not measured)
     order = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 3), (1, 2), (1, 1), (1, 0), (2, 0)]
     spectra = {}
-    with ArchiveWriter.create(path, geometry=geometry, channel_names=CHANNELS, n_points=16,
-                              setpoint_sets=[_set(0), _set(1)], start_doc={"instruments": {"stm": "mock"}},
-                              swmr=False) as w:
+    with ArchiveWriter.create(
+        path,
+        geometry=geometry,
+        channel_names=CHANNELS,
+        n_points=16,
+        setpoint_sets=[_set(0), _set(1)],
+        start_doc={"instruments": {"stm": "mock"}},
+        swmr=False,
+    ) as w:
         t = 1.7e9
         for k, (iy, ix) in enumerate(order):
             arr = rng.normal(size=(2, 16)).astype(np.float32)
             arr[1, -2:] = np.nan  # a sweep cut short
             spectra[(iy, ix)] = arr
             t0 = t + 0.01 * k
-            meta = PixelMeta(x_m=float(ix), y_m=float(iy), setpoint_set_id=k % 2, t_start=t0, t_sweep_start=t0 + 0.001,
-                             t_sweep_end=t0 + 0.004, t_end=t0 + 0.005, temperature_before_K=1.5 + k * 1e-3,
-                             z_m=1e-9 if k != 3 else math.nan, lockin_status=k % 3)
+            meta = PixelMeta(
+                x_m=float(ix),
+                y_m=float(iy),
+                setpoint_set_id=k % 2,
+                t_start=t0,
+                t_sweep_start=t0 + 0.001,
+                t_sweep_end=t0 + 0.004,
+                t_end=t0 + 0.005,
+                temperature_before_K=1.5 + k * 1e-3,
+                z_m=1e-9 if k != 3 else math.nan,
+                lockin_status=k % 3,
+            )
             w.write_pixel(iy, ix, arr, meta)
         w.record_failure(2, 1, "InstrumentTimeout: nanonis: no reply", code=2, attempts=3, setpoint_set_id=1)
     return path, {"order": order, "spectra": spectra, "failed": (2, 1)}
@@ -217,9 +239,25 @@ def test_unreadable_inputs_raise_typed_errors(tmp_path: Path) -> None:
 def test_cli_replays_to_a_subscriber(small_archive: tuple[Path, dict]) -> None:
     path, truth = small_archive
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stslive.acquisition.cli", "replay", str(path), "--bind", "tcp://127.0.0.1:0",
-         "--wait-subscribers", "1", "--wait-timeout", "20", "--rate", "500"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "stslive.acquisition.cli",
+            "replay",
+            str(path),
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--wait-subscribers",
+            "1",
+            "--wait-timeout",
+            "20",
+            "--rate",
+            "500",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().split()

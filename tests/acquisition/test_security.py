@@ -28,14 +28,21 @@ from stslive.acquisition.formats.security import (
     secure_client,
     secure_server,
 )
-from stslive.acquisition.state import RunStateMachine
 from stslive.acquisition.formats.stream import ArraySpec, EventDoc, RunPublisher, StartDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
+from stslive.acquisition.state import RunStateMachine
 from stslive.drivers.errors import ConfigError, InstrumentTimeout, StreamError
 
 LOCAL = "tcp://127.0.0.1:0"
-NON_LOOPBACK = ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://192.168.1.20:5556", "tcp://10.0.0.1:5557",
-                "tcp://eth0:5556", "tcp://[fe80::1]:5556", "tcp://scanpc.lab:5556"]
+NON_LOOPBACK = [
+    "tcp://0.0.0.0:5556",
+    "tcp://*:5556",
+    "tcp://192.168.1.20:5556",
+    "tcp://10.0.0.1:5557",
+    "tcp://eth0:5556",
+    "tcp://[fe80::1]:5556",
+    "tcp://scanpc.lab:5556",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +70,15 @@ def outsider(keydir: Path) -> Security:
 
 
 def start_run(pub: RunPublisher) -> None:
-    pub.start(grid={"nx": 2, "ny": 1}, channel_names=("Bias (V)",), channel_units=("V",), n_points=4,
-              setpoint_sets=({"id": 0},), instruments={}, software_version="test")
+    pub.start(
+        grid={"nx": 2, "ny": 1},
+        channel_names=("Bias (V)",),
+        channel_units=("V",),
+        n_points=4,
+        setpoint_sets=({"id": 0},),
+        instruments={},
+        software_version="test",
+    )
     pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(1, 4))})
 
 
@@ -74,9 +88,17 @@ def publish_until(pub: RunPublisher, sub: RunSubscriber, *, timeout_s: float) ->
     deadline = time.monotonic() + timeout_s
     ix = 0
     while not got and time.monotonic() < deadline:
-        pub.event(arrays={"spectra": np.full((1, 4), ix, np.float32)}, ix=ix % 2, iy=0, x_m=0.0, y_m=0.0,
-                  setpoint_set_id=0, timestamps={"end": time.time()}, temperature_before_K=None,
-                  temperature_after_K=None)
+        pub.event(
+            arrays={"spectra": np.full((1, 4), ix, np.float32)},
+            ix=ix % 2,
+            iy=0,
+            x_m=0.0,
+            y_m=0.0,
+            setpoint_set_id=0,
+            timestamps={"end": time.time()},
+            temperature_before_K=None,
+            temperature_after_K=None,
+        )
         ix += 1
         while (doc := sub.poll(0.02)) is not None:
             if isinstance(doc, EventDoc):
@@ -97,8 +119,9 @@ def test_keys_layout_and_secret_permissions(keydir: Path) -> None:
     assert zmq.auth.load_certificate(keydir / "viewers" / "screen.key")[1] is None  # no secret in the allow list
 
 
-def test_keys_never_overwrite_without_force_and_one_role_per_client(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_keys_never_overwrite_without_force_and_one_role_per_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["keys", "--dir", str(tmp_path)]) == 0
     server_before = (tmp_path / "server.key_secret").read_bytes()
     assert main(["keys", "--dir", str(tmp_path)]) == 0  # kept, not replaced
@@ -142,8 +165,17 @@ def test_non_loopback_with_keys_passes_the_check(endpoint: str, keydir: Path) ->
         check_bind(endpoint, Security(viewers=keydir / "viewers"))
 
 
-@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:5556", "tcp://127.3.2.1:1", "tcp://[::1]:5556",
-                                      "tcp://localhost:5556", "ipc:///tmp/x.sock", "inproc://x"])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://127.0.0.1:5556",
+        "tcp://127.3.2.1:1",
+        "tcp://[::1]:5556",
+        "tcp://localhost:5556",
+        "ipc:///tmp/x.sock",
+        "inproc://x",
+    ],
+)
 def test_loopback_needs_no_keys(endpoint: str) -> None:
     check_bind(endpoint, None)
 
@@ -190,8 +222,10 @@ def test_unauthenticated_or_unknown_client_gets_nothing(who: str, keydir: Path, 
     pub = RunPublisher(LOCAL, push_endpoint=LOCAL, security=Security.from_dir(keydir), context=ctx)
     security = None if who == "no keys" else outsider(keydir)
     try:
-        with RunSubscriber(pub.pub_endpoint, security=security, context=ctx) as sub, \
-                RunSubscriber(pub.push_endpoint, mode="pull", security=security, context=ctx) as pull:
+        with (
+            RunSubscriber(pub.pub_endpoint, security=security, context=ctx) as sub,
+            RunSubscriber(pub.push_endpoint, mode="pull", security=security, context=ctx) as pull,
+        ):
             with pytest.raises(StreamError, match="subscription"):  # its SUBSCRIBE never got through
                 pub.wait_for_subscribers(1, timeout_s=0.5)
             start_run(pub)
@@ -266,8 +300,9 @@ def test_viewer_key_cannot_control_the_scan(keydir: Path, ctx: zmq.Context) -> N
             with pytest.raises(InstrumentTimeout, match="no reply"):
                 send_command(server.endpoint, "abort", timeout_s=0.5, context=ctx, security=who)
         assert machine.state == "running" and server.handled == 0
-        reply = send_command(server.endpoint, "pause", timeout_s=5.0, context=ctx,
-                             security=Security.from_dir(keydir, client="alice"))
+        reply = send_command(
+            server.endpoint, "pause", timeout_s=5.0, context=ctx, security=Security.from_dir(keydir, client="alice")
+        )
         assert reply["ok"] and reply["state"] == "paused"
     finally:
         server.close()
@@ -286,8 +321,9 @@ def test_data_and_control_sockets_share_one_authenticator(keydir: Path, ctx: zmq
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes")
-def test_world_readable_secret_is_warned_about(keydir: Path, tmp_path: Path, ctx: zmq.Context,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_world_readable_secret_is_warned_about(
+    keydir: Path, tmp_path: Path, ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "keys"
     assert main(["keys", "--dir", str(root)]) == 0
     (root / "server.key_secret").chmod(0o644)

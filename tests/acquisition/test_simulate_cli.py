@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.cli import main
 from stslive.acquisition.cli.simulate import CHANNELS, parse_grid, write_film_archive
+from stslive.acquisition.formats.archive import open_archive
 from stslive.drivers.errors import ConfigError
 from stslive.mocks.film import FilmParams, make_film
 
@@ -17,14 +17,35 @@ from stslive.mocks.film import FilmParams, make_film
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sim") / "run.h5"
-    assert main(["simulate", "--grid", "12x8", "--out", str(path), "--seed", "3", "--points", "801",
-                 "--noise-pA", "0.2", "--set", "sigma_rho_ohm=900", "--set", "grain_height_m=1e-10,2e-10"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--grid",
+                "12x8",
+                "--out",
+                str(path),
+                "--seed",
+                "3",
+                "--points",
+                "801",
+                "--noise-pA",
+                "0.2",
+                "--set",
+                "sigma_rho_ohm=900",
+                "--set",
+                "grain_height_m=1e-10,2e-10",
+            ]
+        )
+        == 0
+    )
     return path
 
 
 def test_archive_holds_the_film_spectra(simulated: Path) -> None:
-    params = FilmParams(ny=8, nx=12, seed=3, n_points=801, current_noise_A=0.2e-12, sigma_rho_ohm=900.0,
-                        grain_height_m=(1e-10, 2e-10))
+    params = FilmParams(
+        ny=8, nx=12, seed=3, n_points=801, current_noise_A=0.2e-12, sigma_rho_ohm=900.0, grain_height_m=(1e-10, 2e-10)
+    )
     film = make_film(params)
     with open_archive(simulated) as reader:
         assert reader.shape == (8, 12) and reader.channel_names == list(CHANNELS)
@@ -44,8 +65,17 @@ def test_archive_holds_the_film_spectra(simulated: Path) -> None:
 
 
 def test_ground_truth_and_topography_are_stored(simulated: Path) -> None:
-    film = make_film(FilmParams(ny=8, nx=12, seed=3, n_points=801, current_noise_A=0.2e-12, sigma_rho_ohm=900.0,
-                                grain_height_m=(1e-10, 2e-10)))
+    film = make_film(
+        FilmParams(
+            ny=8,
+            nx=12,
+            seed=3,
+            n_points=801,
+            current_noise_A=0.2e-12,
+            sigma_rho_ohm=900.0,
+            grain_height_m=(1e-10, 2e-10),
+        )
+    )
     truth = film.definition_truth()
     with open_archive(simulated) as reader:
         gt, units = reader.ground_truth, reader.ground_truth_units
@@ -59,24 +89,37 @@ def test_ground_truth_and_topography_are_stored(simulated: Path) -> None:
 
 
 def test_block_size_does_not_change_the_archive(tmp_path: Path, simulated: Path) -> None:
-    film = make_film(FilmParams(ny=8, nx=12, seed=3, n_points=801, current_noise_A=0.2e-12, sigma_rho_ohm=900.0,
-                                grain_height_m=(1e-10, 2e-10)))
+    film = make_film(
+        FilmParams(
+            ny=8,
+            nx=12,
+            seed=3,
+            n_points=801,
+            current_noise_A=0.2e-12,
+            sigma_rho_ohm=900.0,
+            grain_height_m=(1e-10, 2e-10),
+        )
+    )
     other = tmp_path / "rows3.h5"
     write_film_archive(film, other, rows_per_block=3)
     with open_archive(other) as a, open_archive(simulated) as b:
         np.testing.assert_array_equal(a.read_pixels(), b.read_pixels())
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--grid", "12by8"], "columns x rows"),
-    (["--grid", "0x8"], "columns x rows"),
-    (["--set", "no_such_field=1"], "valid keys"),
-    (["--set", "sigma_rho_ohm"], "KEY=VALUE"),
-    (["--set", "seed=4"], "dedicated option"),
-    (["--noise-pA", "-1"], "current_noise_A"),
-])
-def test_bad_arguments_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
-                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grid", "12by8"], "columns x rows"),
+        (["--grid", "0x8"], "columns x rows"),
+        (["--set", "no_such_field=1"], "valid keys"),
+        (["--set", "sigma_rho_ohm"], "KEY=VALUE"),
+        (["--set", "seed=4"], "dedicated option"),
+        (["--noise-pA", "-1"], "current_noise_A"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     assert main(["simulate", "--out", str(tmp_path / "x.h5"), "--grid", "4x3", *args]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

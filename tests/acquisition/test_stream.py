@@ -49,13 +49,31 @@ FORMATS = ("json", "msgpack")
 # -- builders -----------------------------------------------------------------------------------
 def start_fields(nx: int = 4, ny: int = 3, npts: int = 9) -> dict:
     return {
-        "grid": {"centre_x_m": 0.0, "centre_y_m": 0.0, "width_m": 4e-9, "height_m": 3e-9, "nx": nx, "ny": ny,
-                 "angle_deg": 0.0, "order": "raster"},
+        "grid": {
+            "centre_x_m": 0.0,
+            "centre_y_m": 0.0,
+            "width_m": 4e-9,
+            "height_m": 3e-9,
+            "nx": nx,
+            "ny": ny,
+            "angle_deg": 0.0,
+            "order": "raster",
+        },
         "channel_names": ("Bias (V)", "Current (A)", "LI Demod 1 X (A)"),
         "channel_units": ("V", "A", "A"),
         "n_points": npts,
-        "setpoint_sets": ({"id": 0, "name": "spectroscopy", "bias_setpoint_V": -0.01, "current_setpoint_A": 1.5e-10,
-                           "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": npts, "feedback_hold": True},),
+        "setpoint_sets": (
+            {
+                "id": 0,
+                "name": "spectroscopy",
+                "bias_setpoint_V": -0.01,
+                "current_setpoint_A": 1.5e-10,
+                "sweep_start_V": -0.04,
+                "sweep_end_V": 0.04,
+                "n_points": npts,
+                "feedback_hold": True,
+            },
+        ),
         "instruments": {"stm": "Nanonis SPM Controller (simulated)", "lockin": "SR830 (simulated)"},
         "software_version": "0.1.0",
         "metadata": {"sample": "NbN 2.1 nm", "T_K": 0.3},
@@ -63,8 +81,11 @@ def start_fields(nx: int = 4, ny: int = 3, npts: int = 9) -> dict:
 
 
 def spec(npts: int = 9) -> dict[str, ArraySpec]:
-    return {"spectra": ArraySpec(dtype="<f4", shape=(3, npts), labels=("Bias (V)", "Current (A)", "LI Demod 1 X (A)"),
-                                 units=("V", "A", "A"))}
+    return {
+        "spectra": ArraySpec(
+            dtype="<f4", shape=(3, npts), labels=("Bias (V)", "Current (A)", "LI Demod 1 X (A)"), units=("V", "A", "A")
+        )
+    }
 
 
 def pixel_fields(i: int, nx: int = 4) -> dict:
@@ -74,10 +95,16 @@ def pixel_fields(i: int, nx: int = 4) -> dict:
 def event_kwargs(i: int, npts: int = 9, nx: int = 4) -> dict:
     t = 1.7e9 + i
     spectra = np.linspace(-1, 1, 3 * npts, dtype=np.float32).reshape(3, npts) * (i + 1)
-    return {**pixel_fields(i, nx), "timestamps": {"t_start": t, "t_sweep_start": t + 0.1, "t_sweep_end": t + 1.0,
-                                                  "t_end": t + 1.1},
-            "temperature_before_K": 0.301, "temperature_after_K": 0.302, "z_m": 1.5e-10,
-            "lockin_status": 0, "lockin_overload": False, "arrays": {"spectra": spectra}}
+    return {
+        **pixel_fields(i, nx),
+        "timestamps": {"t_start": t, "t_sweep_start": t + 0.1, "t_sweep_end": t + 1.0, "t_end": t + 1.1},
+        "temperature_before_K": 0.301,
+        "temperature_after_K": 0.302,
+        "z_m": 1.5e-10,
+        "lockin_status": 0,
+        "lockin_overload": False,
+        "arrays": {"spectra": spectra},
+    }
 
 
 def every_kind() -> list:
@@ -89,9 +116,12 @@ def every_kind() -> list:
         StartDoc(run_uid=run, uid=run, seq=0, **start_fields()),
         desc,
         EventDoc(run_uid=run, seq=2, descriptor_uid=desc.uid, **nan_spectra),
-        FailedPixelDoc(run_uid=run, seq=3, reason="sr830: no reply within 1 s (3 attempts)", attempts=3, **pixel_fields(1)),
-        HeartbeatDoc(run_uid=run, seq=4, state="paused", last_run_uid=run, last_seq=3,
-                     message="temperature 0.52 K above band"),
+        FailedPixelDoc(
+            run_uid=run, seq=3, reason="sr830: no reply within 1 s (3 attempts)", attempts=3, **pixel_fields(1)
+        ),
+        HeartbeatDoc(
+            run_uid=run, seq=4, state="paused", last_run_uid=run, last_seq=3, message="temperature 0.52 K above band"
+        ),
         HeartbeatDoc(run_uid=None, seq=-1, state="idle", last_seq=-1),
         HeartbeatDoc(run_uid=None, seq=-1, state="idle", last_run_uid=run, last_seq=5),
         StopDoc(run_uid=run, seq=5, exit_status="abort", reason="user", counts={"start": 1, "event": 1}),
@@ -104,7 +134,8 @@ def same(a, b) -> bool:
     if isinstance(a, EventDoc):
         return a.arrays.keys() == b.arrays.keys() and all(
             np.array_equal(a.arrays[k], b.arrays[k], equal_nan=True) and a.arrays[k].dtype == b.arrays[k].dtype
-            for k in a.arrays)
+            for k in a.arrays
+        )
     return True
 
 
@@ -182,7 +213,7 @@ GOOD = np.zeros((3, 9), "<f4").tobytes()
 MALFORMED: dict[str, tuple[list[bytes], str]] = {
     "one frame": ([b"stslive.run.event"], "frames"),
     "event without its array frame": (_frames(_event_header()), "frames"),
-    "start with an extra frame": (encode(every_kind()[0]) + [b"x"], "frames"),
+    "start with an extra frame": ([*encode(every_kind()[0]), b"x"], "frames"),
     "topic of another kind": (_frames(_event_header(), GOOD, topic=b"stslive.run.stop"), "topic"),
     "unknown schema": (_frames(_event_header(schema="bluesky.event"), GOOD), "schema"),
     "unknown version": (_frames(_event_header(version=SCHEMA_VERSION + 1), GOOD), "version"),
@@ -193,15 +224,31 @@ MALFORMED: dict[str, tuple[list[bytes], str]] = {
     "empty header": ([b"stslive.run.event", b"", GOOD], "header"),
     "nested json bomb": ([b"stslive.run.event", b"{" + b'"a":[' * 50_000, GOOD], "header"),  # RecursionError
     "huge json bomb": ([b"stslive.run.event", b"{" + b'"a":[' * 100_000, GOOD], "oversize"),
-    "deep nesting in metadata": ([b"stslive.run.start", json.dumps(
-        {**json.loads(encode(every_kind()[0])[1]), "metadata": {"a": _nested(20)}}).encode()],
-        "header"),
-    "object dtype": (_frames(_event_header(arrays=[{"name": "spectra", "dtype": "|O", "shape": [3, 9]}]), GOOD), "dtype"),
-    "big-endian dtype": (_frames(_event_header(arrays=[{"name": "spectra", "dtype": ">f4", "shape": [3, 9]}]), GOOD), "dtype"),
+    "deep nesting in metadata": (
+        [
+            b"stslive.run.start",
+            json.dumps({**json.loads(encode(every_kind()[0])[1]), "metadata": {"a": _nested(20)}}).encode(),
+        ],
+        "header",
+    ),
+    "object dtype": (
+        _frames(_event_header(arrays=[{"name": "spectra", "dtype": "|O", "shape": [3, 9]}]), GOOD),
+        "dtype",
+    ),
+    "big-endian dtype": (
+        _frames(_event_header(arrays=[{"name": "spectra", "dtype": ">f4", "shape": [3, 9]}]), GOOD),
+        "dtype",
+    ),
     "size mismatch": (_frames(_event_header(), GOOD[:-4]), "shape"),
-    "negative shape": (_frames(_event_header(arrays=[{"name": "spectra", "dtype": "<f4", "shape": [-3, -9]}]), GOOD), "field"),
+    "negative shape": (
+        _frames(_event_header(arrays=[{"name": "spectra", "dtype": "<f4", "shape": [-3, -9]}]), GOOD),
+        "field",
+    ),
     "inf in array": (_frames(_event_header(), np.full((3, 9), np.inf, "<f4").tobytes()), "nonfinite"),
-    "NaN in header (json)": ([b"stslive.run.event", json.dumps(_event_header(x_m=math.nan)).encode(), GOOD], "nonfinite"),
+    "NaN in header (json)": (
+        [b"stslive.run.event", json.dumps(_event_header(x_m=math.nan)).encode(), GOOD],
+        "nonfinite",
+    ),
     "NaN in header (msgpack)": ([b"stslive.run.event", msgpack.packb(_event_header(y_m=math.inf)), GOOD], "nonfinite"),
     "oversized header": ([b"stslive.run.event", b"{" + b" " * MAX_HEADER_BYTES + b"}", GOOD], "oversize"),
     "missing field": (_frames({k: v for k, v in _event_header().items() if k != "ix"}, GOOD), "field"),
@@ -242,8 +289,9 @@ def test_pickled_payload_never_reaches_pickle(monkeypatch: pytest.MonkeyPatch) -
             decode(frames)
 
 
-@pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://192.168.1.20:5556",
-                                      "tcp://eth0:5556", "tcp://10.0.0.1:0"])
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://192.168.1.20:5556", "tcp://eth0:5556", "tcp://10.0.0.1:0"]
+)
 def test_non_loopback_bind_refused_without_keys(endpoint: str, ctx: zmq.Context) -> None:
     with pytest.raises(StreamError, match="CURVE"):
         RunPublisher(endpoint, context=ctx)
@@ -251,8 +299,17 @@ def test_non_loopback_bind_refused_without_keys(endpoint: str, ctx: zmq.Context)
         RunPublisher(LOCAL, push_endpoint=endpoint, context=ctx)
 
 
-@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:5556", "tcp://localhost:1", "tcp://[::1]:5556",
-                                      "tcp://127.1.2.3:9", "ipc:///tmp/run.sock", "inproc://run"])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://127.0.0.1:5556",
+        "tcp://localhost:1",
+        "tcp://[::1]:5556",
+        "tcp://127.1.2.3:9",
+        "ipc:///tmp/run.sock",
+        "inproc://run",
+    ],
+)
 def test_loopback_and_local_transports_allowed(endpoint: str) -> None:
     check_local_endpoint(endpoint)
 
@@ -274,8 +331,17 @@ def test_publisher_to_subscriber_every_kind(fmt: str, ctx: zmq.Context) -> None:
         pub.heartbeat("paused", message="temperature out of band")
         stop = pub.stop("success")
         docs = list(sub.iter(idle_timeout_s=2, until_stop=True))
-    assert [d.kind for d in docs] == ["heartbeat", "start", "descriptor", "event", "event", "event", "failed",
-                                      "heartbeat", "stop"]
+    assert [d.kind for d in docs] == [
+        "heartbeat",
+        "start",
+        "descriptor",
+        "event",
+        "event",
+        "event",
+        "failed",
+        "heartbeat",
+        "stop",
+    ]
     assert docs[0].run_uid is None and docs[0].seq == -1
     assert [d.seq for d in docs[1:]] == list(range(8))
     assert same(docs[6], failed) and same(docs[-1], stop)
@@ -320,8 +386,12 @@ def test_subscriber_survives_garbage_and_counts_it(ctx: zmq.Context) -> None:
                 expected[reason] = expected.get(reason, 0) + 1
         assert sub.rejected == expected
         # an event that contradicts its run's descriptor is rejected too and leaves a gap
-        bad = EventDoc(run_uid=doc.run_uid, seq=2, descriptor_uid=good.uid,
-                       **{**event_kwargs(0), "arrays": {"spectra": np.zeros((3, 8), np.float32)}})
+        bad = EventDoc(
+            run_uid=doc.run_uid,
+            seq=2,
+            descriptor_uid=good.uid,
+            **{**event_kwargs(0), "arrays": {"spectra": np.zeros((3, 8), np.float32)}},
+        )
         raw.send_multipart(encode(bad))
         ok = EventDoc(run_uid=doc.run_uid, seq=3, descriptor_uid=good.uid, **event_kwargs(1))
         raw.send_multipart(encode(ok))
@@ -336,7 +406,7 @@ def test_gaps_duplicates_and_late_fill(ctx: zmq.Context) -> None:
         start = pub.start(**start_fields())
         desc = pub.descriptor(spec())
         sent = [pub.event(**event_kwargs(i)) for i in range(2)]  # seq 2, 3
-        ev = lambda seq, i: EventDoc(run_uid=start.run_uid, seq=seq, descriptor_uid=desc.uid, **event_kwargs(i))  # noqa: E731
+        ev = lambda seq, i: EventDoc(run_uid=start.run_uid, seq=seq, descriptor_uid=desc.uid, **event_kwargs(i))
         for seq, i in [(6, 4), (7, 5), (5, 3), (7, 5), (10, 8)]:  # drop 4, 8, 9; 5 arrives late; 7 twice
             pub.publish(ev(seq, i))
         got = [d.seq for d in sub.iter(idle_timeout_s=1)]
@@ -366,8 +436,9 @@ def test_late_join_is_reported(ctx: zmq.Context) -> None:
 def test_burst_of_20000_events_arrives_without_gap(mode: str, ctx: zmq.Context) -> None:
     n, npts, hwm = 20_000, 201, 100_000
     push = LOCAL if mode == "pull" else None
-    with RunPublisher(LOCAL if mode == "sub" else None, push_endpoint=push, context=ctx, header_format="msgpack",
-                      hwm=hwm) as pub:
+    with RunPublisher(
+        LOCAL if mode == "sub" else None, push_endpoint=push, context=ctx, header_format="msgpack", hwm=hwm
+    ) as pub:
         endpoint = pub.pub_endpoint if mode == "sub" else pub.push_endpoint
         with RunSubscriber(endpoint, mode=mode, context=ctx, hwm=hwm) as sub:
             if mode == "sub":
@@ -431,13 +502,25 @@ def test_recover_lost_events_from_the_archive(tmp_path: Path, ctx: zmq.Context) 
     with RunPublisher(LOCAL, context=ctx) as pub, connected(pub, ctx) as sub:
         start = pub.start(**fields)
         desc = pub.descriptor(spec(npts))
-        with ArchiveWriter.create(path, geometry=geometry, channel_names=list(fields["channel_names"]),
-                                  n_points=npts, setpoint_sets=[sset], start_doc=start.to_dict()) as writer:
+        with ArchiveWriter.create(
+            path,
+            geometry=geometry,
+            channel_names=list(fields["channel_names"]),
+            n_points=npts,
+            setpoint_sets=[sset],
+            start_doc=start.to_dict(),
+        ) as writer:
             for i in range(nx * ny - 1):  # the last pixel is never measured
                 kw = event_kwargs(i, npts, nx)
-                meta = PixelMeta(x_m=kw["x_m"], y_m=kw["y_m"], setpoint_set_id=0, **kw["timestamps"],
-                                 temperature_before_K=kw["temperature_before_K"], temperature_after_K=math.nan,
-                                 z_m=kw["z_m"])
+                meta = PixelMeta(
+                    x_m=kw["x_m"],
+                    y_m=kw["y_m"],
+                    setpoint_set_id=0,
+                    **kw["timestamps"],
+                    temperature_before_K=kw["temperature_before_K"],
+                    temperature_after_K=math.nan,
+                    z_m=kw["z_m"],
+                )
                 writer.write_pixel(kw["iy"], kw["ix"], kw["arrays"]["spectra"], meta)
                 if (kw["iy"], kw["ix"]) in lost:
                     pub._next("event")  # simulate the network dropping this event: its seq is used
@@ -501,7 +584,9 @@ def _bench_publisher(queue, done, mode: str, fmt: str, n: int, rate_hz: float, h
             time.sleep(0.05)
 
 
-def _bench_run(mode: str, fmt: str, n: int, rate_hz: float, hwm: int = 100_000, busy_s: float = 0.0) -> dict[str, float]:
+def _bench_run(
+    mode: str, fmt: str, n: int, rate_hz: float, hwm: int = 100_000, busy_s: float = 0.0
+) -> dict[str, float]:
     import multiprocessing
 
     mp = multiprocessing.get_context("spawn")
@@ -526,8 +611,14 @@ def _bench_run(mode: str, fmt: str, n: int, rate_hz: float, hwm: int = 100_000, 
     done.set()
     child.join(30)
     lat = np.array(latencies) * 1e6
-    return {"received": events, "lost": n - events,  "gaps": gaps, "msg_per_s": (events - 1) / (last - first),
-            "p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99))}
+    return {
+        "received": events,
+        "lost": n - events,
+        "gaps": gaps,
+        "msg_per_s": (events - 1) / (last - first),
+        "p50_us": float(np.percentile(lat, 50)),
+        "p99_us": float(np.percentile(lat, 99)),
+    }
 
 
 def bench() -> None:
@@ -540,12 +631,16 @@ def bench() -> None:
     print(f"PUSH/PULL msgpack full speed: {r['msg_per_s']:8,.0f} msg/s, received {r['received']}, lost {r['lost']}")
     for fmt in FORMATS:
         r = _bench_run("sub", fmt, 5_000, 1000.0)
-        print(f"PUB/SUB {fmt:7s} at 1,000 msg/s: one-way latency p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us "
-              f"(publish to decoded document), lost {r['lost']}")
+        print(
+            f"PUB/SUB {fmt:7s} at 1,000 msg/s: one-way latency p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us "
+            f"(publish to decoded document), lost {r['lost']}"
+        )
     for hwm in (1000, 100_000):
         r = _bench_run("sub", "msgpack", 20_000, 0, hwm=hwm, busy_s=5.0)
-        print(f"PUB/SUB HWM {hwm:>7,}, burst while the consumer is busy 5 s: lost {r['lost']} of 20000 events, "
-              f"{r['gaps']} documents reported as gaps")
+        print(
+            f"PUB/SUB HWM {hwm:>7,}, burst while the consumer is busy 5 s: lost {r['lost']} of 20000 events, "
+            f"{r['gaps']} documents reported as gaps"
+        )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ import pytest
 import zmq
 from test_stream import LOCAL, connected, event_kwargs, spec, start_fields
 
+from stslive.acquisition.cli.scan import wait_for_consumers
 from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
-from stslive.acquisition.cli.scan import wait_for_consumers
 from stslive.acquisition.formats.stream import DescriptorDoc, EventDoc, RunPublisher, StartDoc
 from stslive.acquisition.formats.subscriber import Gap, recover_from_archive
 
@@ -24,8 +24,9 @@ def ctx():
     context.term()
 
 
-def _segment(pub: RunPublisher, run_uid: str, pixels: range, *, segment: int, with_start: bool = True,
-             shift: float = 0.0) -> list[int]:
+def _segment(
+    pub: RunPublisher, run_uid: str, pixels: range, *, segment: int, with_start: bool = True, shift: float = 0.0
+) -> list[int]:
     """Publish one scan process's documents by hand: start (seq 0), descriptor, one event per pixel."""
     fields = start_fields()
     fields["metadata"] = {"resumed": segment > 0, "segment": segment}
@@ -45,7 +46,7 @@ def _segment(pub: RunPublisher, run_uid: str, pixels: range, *, segment: int, wi
 def test_resumed_segment_with_overlapping_seqs_delivers_every_event(ctx: zmq.Context) -> None:
     run = "r" * 32
     with RunPublisher(LOCAL, context=ctx) as pub, connected(pub, ctx) as sub:
-        _segment(pub, run, range(0, 8), segment=0)  # seq 0..9
+        _segment(pub, run, range(8), segment=0)  # seq 0..9
         _segment(pub, run, range(8, 12), segment=1)  # seq 0..5 again, all below 10
         got = [(type(d).__name__, d.seq) for d in sub.iter(idle_timeout_s=1)]
     assert len(got) == 10 + 6 and sub.duplicates == 0
@@ -57,7 +58,7 @@ def test_resumed_segment_with_overlapping_seqs_delivers_every_event(ctx: zmq.Con
 def test_same_measurement_is_a_duplicate_a_remeasure_is_not(ctx: zmq.Context) -> None:
     run = "d" * 32
     with RunPublisher(LOCAL, context=ctx) as pub, connected(pub, ctx) as sub:
-        seqs = _segment(pub, run, range(0, 6), segment=0)
+        seqs = _segment(pub, run, range(6), segment=0)
         desc_uid = None
         for d in sub.iter(idle_timeout_s=1):
             if isinstance(d, DescriptorDoc):
@@ -78,7 +79,7 @@ def test_same_measurement_is_a_duplicate_a_remeasure_is_not(ctx: zmq.Context) ->
 def test_resume_whose_start_was_missed_opens_a_segment(ctx: zmq.Context) -> None:
     run = "m" * 32
     with RunPublisher(LOCAL, context=ctx) as pub, connected(pub, ctx) as sub:
-        _segment(pub, run, range(0, 8), segment=0)
+        _segment(pub, run, range(8), segment=0)
         _segment(pub, run, range(8, 11), segment=1, with_start=False)  # seq 1..4, start lost
         got = list(sub.iter(idle_timeout_s=1))
     assert len(got) == 10 + 4 and sub.duplicates == 0
@@ -90,13 +91,25 @@ def _archive(path: Path, n: int) -> dict[tuple[int, int], float]:
     fields = start_fields()
     sset = SetpointSet.from_dict(fields["setpoint_sets"][0])
     times = {}
-    with ArchiveWriter.create(path, geometry=GridGeometry.from_dict(fields["grid"]),
-                              channel_names=list(fields["channel_names"]), n_points=9, setpoint_sets=[sset],
-                              start_doc={"uid": "a" * 32, **fields}) as writer:
+    with ArchiveWriter.create(
+        path,
+        geometry=GridGeometry.from_dict(fields["grid"]),
+        channel_names=list(fields["channel_names"]),
+        n_points=9,
+        setpoint_sets=[sset],
+        start_doc={"uid": "a" * 32, **fields},
+    ) as writer:
         for i in range(n):
             kw = event_kwargs(i)
-            meta = PixelMeta(x_m=kw["x_m"], y_m=kw["y_m"], setpoint_set_id=0, **kw["timestamps"],
-                             temperature_before_K=0.3, temperature_after_K=math.nan, z_m=kw["z_m"])
+            meta = PixelMeta(
+                x_m=kw["x_m"],
+                y_m=kw["y_m"],
+                setpoint_set_id=0,
+                **kw["timestamps"],
+                temperature_before_K=0.3,
+                temperature_after_K=math.nan,
+                z_m=kw["z_m"],
+            )
             writer.write_pixel(kw["iy"], kw["ix"], kw["arrays"]["spectra"], meta)
             times[(kw["iy"], kw["ix"])] = kw["timestamps"]["t_start"]
     return times

@@ -16,8 +16,9 @@ def thermometer(exchanges, channel="A") -> tuple[LakeShore372, RecordedSession]:
 
 
 def test_temperature_checks_reading_status_first():
-    t, session = thermometer([("*IDN?", "LSCI,MODEL372,LSA1234,1.4"), ("RDGST? 6", "000"),
-                              ("KRDG? 6", "+3.012000E-01")], channel=6)
+    t, session = thermometer(
+        [("*IDN?", "LSCI,MODEL372,LSA1234,1.4"), ("RDGST? 6", "000"), ("KRDG? 6", "+3.012000E-01")], channel=6
+    )
     assert isinstance(t, Thermometer)
     assert t.identity() == "LSCI,MODEL372,LSA1234,1.4"
     assert t.temperature() == pytest.approx(0.3012)
@@ -38,13 +39,16 @@ def test_zero_kelvin_means_no_curve():
     session.assert_done()
 
 
-@pytest.mark.parametrize("exchanges, call", [
-    ([("RDGST? A", "0"), ("KRDG? A", "T.OVER")], "temperature"),
-    ([("RDGST? A", "999")], "temperature"),
-    ([("SCAN?", "05")], "scanner_channel"),
-    ([("SCAN?", "17,0")], "scanner_channel"),
-    ([("RDGR? A", "")], "resistance"),
-])
+@pytest.mark.parametrize(
+    "exchanges, call",
+    [
+        ([("RDGST? A", "0"), ("KRDG? A", "T.OVER")], "temperature"),
+        ([("RDGST? A", "999")], "temperature"),
+        ([("SCAN?", "05")], "scanner_channel"),
+        ([("SCAN?", "17,0")], "scanner_channel"),
+        ([("RDGR? A", "")], "resistance"),
+    ],
+)
 def test_garbage_replies_raise(exchanges, call):
     t, session = thermometer(exchanges)
     with pytest.raises(InstrumentReplyError):

@@ -89,8 +89,21 @@ def test_work_runs_after_start_is_sent_and_before_its_reply_is_read() -> None:
     replay = LoggingReplay(_sweep_exchanges(_start_reply()), order)
     stm = _controller(replay)
     spectrum, hidden = stm.run_spectrum_beside(lambda: order.append("work"))
-    assert order == ["write ZCtrl.OnOffGet", "read", "read", "write ZCtrl.OnOffSet", "read", "read",
-                     "write BiasSpectr.Start", "work", "read", "read", "write ZCtrl.OnOffSet", "read", "read"]
+    assert order == [
+        "write ZCtrl.OnOffGet",
+        "read",
+        "read",
+        "write ZCtrl.OnOffSet",
+        "read",
+        "read",
+        "write BiasSpectr.Start",
+        "work",
+        "read",
+        "read",
+        "write ZCtrl.OnOffSet",
+        "read",
+        "read",
+    ]
     assert replay.used == len(replay.exchanges) and not replay.pending
     np.testing.assert_array_equal(spectrum.data, DATA)
     assert hidden is False  # no socket to look at: never claimed hidden
@@ -147,8 +160,11 @@ def test_hidden_against_the_simulated_server() -> None:
     with lab.start_servers(sr830_port=None, thermometer_port=None) as servers:
         with NanonisController(VisaSettings(servers.resources["nanonis"])) as stm:
             # 101 points x 1 ms: a ~0.1 s sweep, far longer than the work below
-            stm.configure_spectroscopy(SpectroscopyConfig(("Current (A)",), -0.02, 0.02, 101,
-                                                          SpectroscopyTiming(settling_s=0.0, integration_s=1e-3)))
+            stm.configure_spectroscopy(
+                SpectroscopyConfig(
+                    ("Current (A)",), -0.02, 0.02, 101, SpectroscopyTiming(settling_s=0.0, integration_s=1e-3)
+                )
+            )
             spectrum, hidden = stm.run_spectrum_beside(lambda: None)
             assert hidden and spectrum.data.shape == (2, 101)
             assert stm.get_feedback()

@@ -94,7 +94,9 @@ def test_official_client_parses_our_responses(name: str) -> None:
     method, _, args = next(c for c in OFFICIAL_CALLS if c[1] == name)
     values = SAMPLE_VALUES[name]
     conn = _CaptureConnection(codec.encode_response(name, values))
-    error, _raw, parsed = getattr(nanonis_spm.Nanonis(conn), method)(*[list(a) if isinstance(a, list) else a for a in args])
+    error, _raw, parsed = getattr(nanonis_spm.Nanonis(conn), method)(
+        *[list(a) if isinstance(a, list) else a for a in args]
+    )
     assert error == ""
     flat = _flatten_official(parsed)
     expected = _flatten_ours(values)

@@ -44,12 +44,18 @@ def test_implements_the_lockin_protocol():
 
 
 def test_sets_send_table_indices_and_verify_with_esr():
-    li, session = lockin([
-        ("OFLT 5", None), ("*ESR?", "0"),
-        ("SENS 8", None), ("*ESR?", "0"),
-        ("FREQ 9.730000e+02", None), ("*ESR?", "0"),
-        ("SLVL 0.0100", None), ("*ESR?", "0"),
-    ])
+    li, session = lockin(
+        [
+            ("OFLT 5", None),
+            ("*ESR?", "0"),
+            ("SENS 8", None),
+            ("*ESR?", "0"),
+            ("FREQ 9.730000e+02", None),
+            ("*ESR?", "0"),
+            ("SLVL 0.0100", None),
+            ("*ESR?", "0"),
+        ]
+    )
     li.set_time_constant(3e-3)
     li.set_sensitivity(1e-6)
     li.set_frequency(973.0)
@@ -66,11 +72,16 @@ def test_sr860_uses_scal_counted_from_one_volt():
 
 
 def test_gets_decode_replies():
-    li, session = lockin([
-        ("*IDN?", "Stanford_Research_Systems,SR830,s/n86001,ver1.07"),
-        ("FREQ?", "973.00"), ("SLVL?", "0.004"), ("OFLT?", "8"), ("SENS?", "26"),
-        ("SNAP? 1,2,3,4", "1.5e-06,-2.0e-06,2.5e-06,-53.13"),
-    ])
+    li, session = lockin(
+        [
+            ("*IDN?", "Stanford_Research_Systems,SR830,s/n86001,ver1.07"),
+            ("FREQ?", "973.00"),
+            ("SLVL?", "0.004"),
+            ("OFLT?", "8"),
+            ("SENS?", "26"),
+            ("SNAP? 1,2,3,4", "1.5e-06,-2.0e-06,2.5e-06,-53.13"),
+        ]
+    )
     assert li.identity().startswith("Stanford_Research_Systems,SR830")
     assert li.get_frequency() == 973.0
     assert li.get_amplitude() == 0.004
@@ -81,13 +92,16 @@ def test_gets_decode_replies():
     session.assert_done()
 
 
-@pytest.mark.parametrize("call, value", [
-    ("set_time_constant", 2e-3),     # not a table value: no silent rounding
-    ("set_sensitivity", 3e-6),
-    ("set_frequency", 200e3),        # above the SR830's 102 kHz
-    ("set_amplitude", 0.001),        # below the SR830's 4 mV
-    ("set_amplitude", float("nan")),
-])
+@pytest.mark.parametrize(
+    "call, value",
+    [
+        ("set_time_constant", 2e-3),  # not a table value: no silent rounding
+        ("set_sensitivity", 3e-6),
+        ("set_frequency", 200e3),  # above the SR830's 102 kHz
+        ("set_amplitude", 0.001),  # below the SR830's 4 mV
+        ("set_amplitude", float("nan")),
+    ],
+)
 def test_out_of_range_raises_before_sending(call, value):
     li, session = lockin([])
     with pytest.raises(SafetyLimitError, match="nothing was sent|finite"):
@@ -102,10 +116,18 @@ def test_explicit_rounding_helper():
         SR830.settings["sensitivity"].nearest_at_least(2.0)
 
 
-@pytest.mark.parametrize("query, reply", [
-    ("FREQ?", "garbage"), ("FREQ?", ""), ("FREQ?", "nan"), ("FREQ?", "1.0,2.0"),
-    ("OFLT?", "25"), ("OFLT?", "3.5"), ("SENS?", "-1"),
-])
+@pytest.mark.parametrize(
+    "query, reply",
+    [
+        ("FREQ?", "garbage"),
+        ("FREQ?", ""),
+        ("FREQ?", "nan"),
+        ("FREQ?", "1.0,2.0"),
+        ("OFLT?", "25"),
+        ("OFLT?", "3.5"),
+        ("SENS?", "-1"),
+    ],
+)
 def test_reply_parser_refuses_garbage(query, reply):
     getter = {"FREQ?": "get_frequency", "OFLT?": "get_time_constant", "SENS?": "get_sensitivity"}[query]
     li, session = lockin([(query, reply)])
@@ -131,10 +153,12 @@ def test_refused_set_raises_controller_error():
 
 
 def test_status_decodes_overloads_and_check_raises():
-    li, session = lockin([
-        ("LIAS?;ERRS?;*ESR?", "5;0;0"),
-        ("LIAS?;ERRS?;*ESR?", "2;0;0"),
-    ])
+    li, session = lockin(
+        [
+            ("LIAS?;ERRS?;*ESR?", "5;0;0"),
+            ("LIAS?;ERRS?;*ESR?", "2;0;0"),
+        ]
+    )
     status = li.status()
     assert status.input_overload and status.output_overload and not status.reserve_overload
     assert status.overloaded
@@ -144,10 +168,12 @@ def test_status_decodes_overloads_and_check_raises():
 
 
 def test_unlock_is_a_warning_and_hardware_errors_are_errors():
-    li, session = lockin([
-        ("LIAS?;ERRS?;*ESR?", "8;0;0"),
-        ("LIAS?;ERRS?;*ESR?", "0;64;32"),
-    ])
+    li, session = lockin(
+        [
+            ("LIAS?;ERRS?;*ESR?", "8;0;0"),
+            ("LIAS?;ERRS?;*ESR?", "0;64;32"),
+        ]
+    )
     with pytest.warns(LockInWarning, match="unlocked"):
         status = li.check()
     assert status.unlocked and not status.overloaded
@@ -157,8 +183,7 @@ def test_unlock_is_a_warning_and_hardware_errors_are_errors():
 
 
 def test_sr860_status_register():
-    li, session = lockin([("CUROVLDSTAT?;*ESR?", "16;0"), ("CUROVLDSTAT?;*ESR?", "520;0")],
-                         model=SR860)
+    li, session = lockin([("CUROVLDSTAT?;*ESR?", "16;0"), ("CUROVLDSTAT?;*ESR?", "520;0")], model=SR860)
     assert li.status().input_overload
     status = li.status()  # 520 = bit 3 (unlock) + bit 9 (not decoded: reported, not dropped)
     assert status.unlocked and status.errors == ("CUROVLDSTAT bit 9",)

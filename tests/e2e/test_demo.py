@@ -26,8 +26,13 @@ DEMO_TIMEOUT_S = 300  # a 16x12 run takes ~25 s on the 2-core machine under load
 
 def _demo(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    return subprocess.Popen([sys.executable, "-m", "stslive.acquisition.cli", "demo", "--headless", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stslive.acquisition.cli", "demo", "--headless", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _descendants_after(proc: subprocess.Popen[str], out: Path) -> list[psutil.Process]:

@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 import zmq.auth
 
-from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.acquisition.cli import main
-from stslive.acquisition.control import send_command
 from stslive.acquisition.cli.scan import run_scan
+from stslive.acquisition.control import send_command
 from stslive.acquisition.formats.security import Security
 from stslive.acquisition.formats.stream import EventDoc, HeartbeatDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
+from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.drivers.errors import InstrumentTimeout, StreamError
 from stslive.live.viewer.sources import StreamSource
 from stslive.mocks.lab import MockLab
@@ -86,8 +86,24 @@ def _docs(sub: RunSubscriber, seconds: float) -> list[Any]:
 
 def control(keydir: Path, endpoint: str, client: str, command: str) -> subprocess.CompletedProcess[str]:
     """``stslive control`` as a real process with the key pair ``client``."""
-    return subprocess.run([*CLI, "control", "--connect", endpoint, "--keys", str(keydir), "--client", client,
-                           "--timeout", "1.5", command], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            *CLI,
+            "control",
+            "--connect",
+            endpoint,
+            "--keys",
+            str(keydir),
+            "--client",
+            client,
+            "--timeout",
+            "1.5",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 Analyser = Callable[[str], tuple["subprocess.Popen[str]", queue.Queue]]
@@ -100,10 +116,27 @@ def analyser(keydir: Path, tmp_path: Path) -> Iterator[Analyser]:
 
     def start(stream_endpoint: str) -> tuple[subprocess.Popen[str], queue.Queue]:
         proc = subprocess.Popen(
-            [*CLI, "analyser", "--connect", stream_endpoint, "--keys", str(keydir), "--client", "analyser",
-             "--bind", "tcp://127.0.0.1:0", "--out", str(tmp_path / "run.analysis.h5"), "--once",
-             "--dynes-width-meV", "0.1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                *CLI,
+                "analyser",
+                "--connect",
+                stream_endpoint,
+                "--keys",
+                str(keydir),
+                "--client",
+                "analyser",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--out",
+                str(tmp_path / "run.analysis.h5"),
+                "--once",
+                "--dynes-width-meV",
+                "0.1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
         proc_holder["proc"] = proc
@@ -118,13 +151,22 @@ def analyser(keydir: Path, tmp_path: Path) -> Iterator[Analyser]:
 
 def test_keyed_scan_analyser_viewer_and_control(keydir: Path, tmp_path: Path, analyser: Analyser) -> None:
     lab = MockLab.from_seed(seed=5, ny=N, nx=N, speed=1.0)
-    slow = {"id": 0, "name": "slow", "bias_setpoint_V": -0.010, "current_setpoint_A": 150e-12,
-            "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": 101, "integration_s": 1e-3}  # 0.1 s sweep: ~4 s run
+    slow = {
+        "id": 0,
+        "name": "slow",
+        "bias_setpoint_V": -0.010,
+        "current_setpoint_A": 150e-12,
+        "sweep_start_V": -0.04,
+        "sweep_end_V": 0.04,
+        "n_points": 101,
+        "integration_s": 1e-3,
+    }  # 0.1 s sweep: ~4 s run
     started: queue.Queue = queue.Queue()
     result: dict[str, Any] = {}
     with lab.start_servers() as servers:
-        config = mock_lab_config(servers.resources, nx=N, ny=N, n_points=101, setpoint_set=[slow],
-                                 stream={"keys": str(keydir)})
+        config = mock_lab_config(
+            servers.resources, nx=N, ny=N, n_points=101, setpoint_set=[slow], stream={"keys": str(keydir)}
+        )
 
         def on_ready(engine: Any) -> None:
             proc, lines = analyser(engine.publisher.pub_endpoint)
@@ -135,7 +177,7 @@ def test_keyed_scan_analyser_viewer_and_control(keydir: Path, tmp_path: Path, an
         def target() -> None:
             try:
                 result["engine"] = run_scan(config, tmp_path / "run.h5", announce=False, on_ready=on_ready)
-            except BaseException as exc:  # handed to the test thread
+            except BaseException as exc:  # noqa: BLE001  handed to the test thread
                 result["error"] = exc
 
         thread = threading.Thread(target=target, daemon=True)
@@ -144,9 +186,11 @@ def test_keyed_scan_analyser_viewer_and_control(keydir: Path, tmp_path: Path, an
         results_ep = _wait_line(lines, r"results on (tcp://\S+),", 60).group(1)
         stream_ep, control_ep = engine.publisher.pub_endpoint, engine.control_endpoint
         screen = Security.from_dir(keydir, client="screen")
-        with RunSubscriber(stream_ep, security=screen) as viewer_sub, \
-                RunSubscriber(stream_ep, security=outsider(keydir)) as stranger, \
-                RunSubscriber(stream_ep) as plain:
+        with (
+            RunSubscriber(stream_ep, security=screen) as viewer_sub,
+            RunSubscriber(stream_ep, security=outsider(keydir)) as stranger,
+            RunSubscriber(stream_ep) as plain,
+        ):
             deadline = time.monotonic() + 30
             while not any(isinstance(d, EventDoc) for d in _docs(viewer_sub, 0.2)):
                 assert time.monotonic() < deadline, "the authorised viewer key got no event from the keyed stream"
@@ -177,8 +221,26 @@ def test_keyed_scan_analyser_viewer_and_control(keydir: Path, tmp_path: Path, an
             StreamSource.connect(results_ep, timeout_s=3, security=outsider(keydir))
         # and the command line: `stslive view --connect --keys --client` renders the live screen
         png = tmp_path / "screen.png"
-        assert main(["view", "--connect", results_ep, "--keys", str(keydir), "--client", "screen",
-                     "--snapshot", str(png), "--size", "800x600", "--timeout", "30"]) == 0
+        assert (
+            main(
+                [
+                    "view",
+                    "--connect",
+                    results_ep,
+                    "--keys",
+                    str(keydir),
+                    "--client",
+                    "screen",
+                    "--snapshot",
+                    str(png),
+                    "--size",
+                    "800x600",
+                    "--timeout",
+                    "30",
+                ]
+            )
+            == 0
+        )
         assert png.stat().st_size > 10_000
 
         resumed = control(keydir, control_ep, "alice", "resume")

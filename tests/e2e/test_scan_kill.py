@@ -53,8 +53,11 @@ control = ""
 
 
 def scan(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stslive.acquisition.cli", "scan", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stslive.acquisition.cli", "scan", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 # ``stslive scan`` with a marker line on stdout just before the archive is re-opened, so a kill
@@ -74,8 +77,9 @@ sys.exit(main(["scan", "--resume", sys.argv[1]]))
 
 def kill_during_resume_start_up(path: Path, rng: random.Random) -> None:
     """Start a resume and SIGKILL it 0-12 ms after it starts re-opening the archive."""
-    proc = subprocess.Popen([sys.executable, "-c", RESUME_MARKED, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RESUME_MARKED, str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "opening"
     time.sleep(rng.uniform(0.0, 0.012))
     os.kill(proc.pid, signal.SIGKILL)
@@ -100,8 +104,17 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
     with lab.start_servers(sr830_port=None) as servers:
         res = servers.resources
         cfg = tmp_path / "run.toml"
-        cfg.write_text(CONFIG.format(nanonis=res["nanonis"], ls372=res["ls372"], width=NX * lab.pixel_m,
-                                     height=NY * lab.pixel_m, nx=NX, ny=NY, points=POINTS))
+        cfg.write_text(
+            CONFIG.format(
+                nanonis=res["nanonis"],
+                ls372=res["ls372"],
+                width=NX * lab.pixel_m,
+                height=NY * lab.pixel_m,
+                nx=NX,
+                ny=NY,
+                points=POINTS,
+            )
+        )
         kills, startup_kills, measured_at_kill = 0, 0, []
 
         def kill(proc: subprocess.Popen) -> None:
@@ -115,8 +128,11 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
 
         def restart() -> subprocess.Popen:
             # a kill may land before the archive exists (it is created under a temporary name)
-            return scan("--resume", str(path)) if path.exists() else scan(
-                "--config", str(cfg), "--out", str(path), "--overwrite")
+            return (
+                scan("--resume", str(path))
+                if path.exists()
+                else scan("--config", str(cfg), "--out", str(path), "--overwrite")
+            )
 
         proc = scan("--config", str(cfg), "--out", str(path))
         time.sleep(rng.uniform(0.0, 0.5))  # first kill: anywhere in start-up or archive creation
@@ -140,7 +156,10 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
         assert proc.wait(timeout=60) == 0, proc.stderr.read().decode() if proc.stderr else ""
         sweeps = lab.faults.spectrum
     assert startup_kills == STARTUP_KILLS
-    print(f"kills {kills} (+{startup_kills} in resume start-up), measured at each kill {measured_at_kill}, sweeps {sweeps}")
+    print(
+        f"kills {kills} (+{startup_kills} in resume start-up), measured at each kill {measured_at_kill}, "
+        f"sweeps {sweeps}"
+    )
     assert kills >= 3, "the seeded kills never hit a running scan"
     assert measured_at_kill == sorted(measured_at_kill)
     assert any(0 < m < NX * NY for m in measured_at_kill), f"no kill landed mid-scan: {measured_at_kill}"
@@ -169,8 +188,17 @@ def test_sigterm_stops_after_the_pixel_in_progress_with_exit_status_abort(tmp_pa
     with lab.start_servers(sr830_port=None) as servers:
         res = servers.resources
         cfg = tmp_path / "run.toml"
-        cfg.write_text(CONFIG.format(nanonis=res["nanonis"], ls372=res["ls372"], width=NX * lab.pixel_m,
-                                     height=NY * lab.pixel_m, nx=NX, ny=NY, points=POINTS))
+        cfg.write_text(
+            CONFIG.format(
+                nanonis=res["nanonis"],
+                ls372=res["ls372"],
+                width=NX * lab.pixel_m,
+                height=NY * lab.pixel_m,
+                nx=NX,
+                ny=NY,
+                points=POINTS,
+            )
+        )
         proc = scan("--config", str(cfg), "--out", str(path))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # wait until a few pixels are in

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stslive.acquisition.formats.archive import open_archive
-from stslive.acquisition.jobs.bench_scan import mock_lab_config
-from stslive.acquisition.control import send_command
 from stslive.acquisition.cli.scan import run_scan
+from stslive.acquisition.control import send_command
+from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
+from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.mocks.faults import FaultPlan
 from stslive.mocks.lab import MockLab
 
@@ -36,16 +36,21 @@ def scan(lab: MockLab, path: Path, **sections: Any) -> Iterator[tuple[RunSubscri
     """Run a scan over the whole film in a thread; yields (PULL subscriber, control endpoint, result)."""
     with lab.start_servers() as servers:
         sections.setdefault("stream", {}).update(push="tcp://127.0.0.1:0")
-        config = mock_lab_config(servers.resources, nx=lab.nx, ny=lab.ny, pixel_m=lab.pixel_m, n_points=POINTS,
-                                 **sections)
+        config = mock_lab_config(
+            servers.resources, nx=lab.nx, ny=lab.ny, pixel_m=lab.pixel_m, n_points=POINTS, **sections
+        )
         ready: queue.Queue = queue.Queue()
         result: dict[str, Any] = {}
 
         def target() -> None:
             try:
-                result["engine"] = run_scan(config, path, announce=False,
-                                            on_ready=lambda e: ready.put((e.publisher.push_endpoint, e.control_endpoint)))
-            except BaseException as exc:  # handed to the test thread, which re-raises it
+                result["engine"] = run_scan(
+                    config,
+                    path,
+                    announce=False,
+                    on_ready=lambda e: ready.put((e.publisher.push_endpoint, e.control_endpoint)),
+                )
+            except BaseException as exc:  # noqa: BLE001  handed to the test thread, which re-raises it
                 result["error"] = exc
                 ready.put(None)
 
@@ -104,7 +109,10 @@ def test_small_grid_completes_matches_film_and_streams_every_pixel_in_order(tmp_
     params = lab.film.params
     assert np.allclose(data[:, :, 0], bias, atol=1e-7)
     assert np.abs(data[:, :, 1] - truth.current_A).max() < 8 * params.current_noise_A
-    assert np.abs(data[:, :, 2] * 1.0 - truth.lockin_x_A).max() < 8 * params.lockin_noise_A + 1e-3 * np.abs(truth.lockin_x_A).max()
+    assert (
+        np.abs(data[:, :, 2] * 1.0 - truth.lockin_x_A).max()
+        < 8 * params.lockin_noise_A + 1e-3 * np.abs(truth.lockin_x_A).max()
+    )
     # stream arrays are the archived ones; temperatures and phases are recorded
     first = events(docs)[0]
     assert np.array_equal(first.arrays["spectra"], data[0, 0])
@@ -116,8 +124,16 @@ def test_small_grid_completes_matches_film_and_streams_every_pixel_in_order(tmp_
 def test_pause_resume_abort_via_control_socket(tmp_path: Path) -> None:
     lab = MockLab.from_seed(seed=1, ny=6, nx=6, speed=1.0)
     path = tmp_path / "run.h5"
-    slow = {"id": 0, "name": "slow", "bias_setpoint_V": -0.010, "current_setpoint_A": 150e-12,
-            "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": POINTS, "integration_s": 2e-4}  # 20 ms sweep
+    slow = {
+        "id": 0,
+        "name": "slow",
+        "bias_setpoint_V": -0.010,
+        "current_setpoint_A": 150e-12,
+        "sweep_start_V": -0.04,
+        "sweep_end_V": 0.04,
+        "n_points": POINTS,
+        "integration_s": 2e-4,
+    }  # 20 ms sweep
     with scan(lab, path, setpoint_set=[slow]) as (sub, control, result):
         docs = collect(sub, until=lambda d: len(events(d)) >= 3)
         assert send_command(control, "pause")["state"] == "paused"
@@ -141,8 +157,9 @@ def test_pause_resume_abort_via_control_socket(tmp_path: Path) -> None:
 def test_temperature_excursion_pauses_and_resumes(tmp_path: Path) -> None:
     lab = MockLab.from_seed(seed=2, ny=NY, nx=NX, speed=0)
     lab.thermometer.update(excursion_k=1.0)  # 1.3 K: outside the band from the first pixel
-    with scan(lab, tmp_path / "run.h5",
-              suspender={"enabled": True, "min_K": 0.1, "max_K": 0.5, "hold_s": 0.2, "poll_s": 0.02}) as (sub, _, result):
+    with scan(
+        lab, tmp_path / "run.h5", suspender={"enabled": True, "min_K": 0.1, "max_K": 0.5, "hold_s": 0.2, "poll_s": 0.02}
+    ) as (sub, _, _result):
         docs = collect(sub, until=lambda d: any(isinstance(x, HeartbeatDoc) for x in d))
         assert not events(docs)
         lab.thermometer.update(excursion_k=0.0)
@@ -161,8 +178,12 @@ def test_temperature_excursion_pauses_and_resumes(tmp_path: Path) -> None:
 def test_injected_faults_give_failed_pixels_and_the_run_continues(tmp_path: Path) -> None:
     # Sweeps 3..11 get an error reply: with 2 retries pixels 2, 3, 4 fail (3 attempts each),
     # then three failures in a row pause the run until the operator resumes it.
-    faults = FaultPlan.from_list([{"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start",
-                                   "at_call": n} for n in range(3, 12)])
+    faults = FaultPlan.from_list(
+        [
+            {"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start", "at_call": n}
+            for n in range(3, 12)
+        ]
+    )
     lab = MockLab.from_seed(seed=4, ny=NY, nx=NX, speed=0, faults=faults)
     path = tmp_path / "run.h5"
     with scan(lab, path, run={"retries": 2, "max_consecutive_failures": 3}) as (sub, control, result):
@@ -187,8 +208,15 @@ def test_line_cut_with_two_alternating_setpoint_sets(tmp_path: Path) -> None:
     base = {"name": "a", "current_setpoint_A": 150e-12, "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": POINTS}
     sets = [{**base, "id": 0, "bias_setpoint_V": -0.010}, {**base, "id": 3, "name": "b", "bias_setpoint_V": -0.020}]
     with lab.start_servers() as servers:
-        config = mock_lab_config(servers.resources, nx=NX, ny=NY, pixel_m=lab.pixel_m, n_points=POINTS,
-                                 run={"setpoint_mode": "alternate"}, setpoint_set=sets)
+        config = mock_lab_config(
+            servers.resources,
+            nx=NX,
+            ny=NY,
+            pixel_m=lab.pixel_m,
+            n_points=POINTS,
+            run={"setpoint_mode": "alternate"},
+            setpoint_set=sets,
+        )
         doc = config.to_dict()
         del doc["grid"]
         doc["line"] = {"start_x_m": -2e-9, "start_y_m": -1e-9, "end_x_m": 2e-9, "end_y_m": -1e-9, "n": 5}
@@ -212,11 +240,20 @@ def test_remeasure_a_failed_and_a_measured_pixel_through_the_control_command(tmp
     """A failed pixel re-measured ends measured and not failed; a measured one is replaced, old record logged."""
     from stslive.acquisition.cli import main
 
-    faults = FaultPlan.from_list([{"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start",
-                                   "at_call": n} for n in (2, 3)])
+    faults = FaultPlan.from_list(
+        [{"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start", "at_call": n} for n in (2, 3)]
+    )
     lab = MockLab.from_seed(seed=7, ny=6, nx=6, speed=1.0, faults=faults)
-    slow = {"id": 0, "name": "slow", "bias_setpoint_V": -0.010, "current_setpoint_A": 150e-12,
-            "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": POINTS, "integration_s": 2e-4}
+    slow = {
+        "id": 0,
+        "name": "slow",
+        "bias_setpoint_V": -0.010,
+        "current_setpoint_A": 150e-12,
+        "sweep_start_V": -0.04,
+        "sweep_end_V": 0.04,
+        "n_points": POINTS,
+        "integration_s": 2e-4,
+    }
     path = tmp_path / "run.h5"
     with scan(lab, path, setpoint_set=[slow], run={"retries": 1}) as (sub, control, _):
         docs = collect(sub, until=lambda d: any(isinstance(x, FailedPixelDoc) for x in d))

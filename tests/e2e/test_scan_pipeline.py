@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from stslive.acquisition.cli.scan import run_scan
+from stslive.acquisition.engine import OVERHEAD_PHASES, ScanEngine
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.jobs.bench_scan import mock_lab_config
-from stslive.acquisition.engine import OVERHEAD_PHASES, ScanEngine
-from stslive.acquisition.cli.scan import run_scan
 from stslive.mocks.lab import MockLab
 
 NX, NY, POINTS = 5, 4, 101
@@ -26,8 +26,9 @@ pytestmark = pytest.mark.timeout(120)
 
 def _run(lab: MockLab, path: Path, on_ready: Any = None, **sections: Any) -> ScanEngine:
     with lab.start_servers() as servers:
-        config = mock_lab_config(servers.resources, nx=lab.nx, ny=lab.ny, pixel_m=lab.pixel_m, n_points=POINTS,
-                                 **sections)
+        config = mock_lab_config(
+            servers.resources, nx=lab.nx, ny=lab.ny, pixel_m=lab.pixel_m, n_points=POINTS, **sections
+        )
         return run_scan(config, path, announce=False, on_ready=on_ready)
 
 
@@ -91,8 +92,9 @@ def test_failed_pixel_after_a_measured_one_keeps_both_records_in_order(tmp_path:
     from stslive.mocks.faults import FaultPlan
 
     # the 4th sweep fails twice (no retry left): the waiting pixel (0, 2) is recorded before the failure
-    faults = FaultPlan.from_list([{"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start",
-                                   "at_call": n} for n in (4, 5)])
+    faults = FaultPlan.from_list(
+        [{"kind": "error_reply", "instrument": "nanonis", "command": "BiasSpectr.Start", "at_call": n} for n in (4, 5)]
+    )
     lab = MockLab.from_seed(seed=5, ny=NY, nx=NX, speed=0, faults=faults)
     engine = _run(lab, tmp_path / "run.h5", run={"retries": 1})
     assert engine.stats.failed == 1 and engine.stats.measured == NX * NY - 1

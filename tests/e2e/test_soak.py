@@ -26,15 +26,33 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def stslive(*args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stslive.acquisition.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stslive.acquisition.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
 def soaked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("soak") / "run"
-    done = stslive("soak", "--grid", f"{NX}x{NY}", "--points", str(POINTS), "--seed", "3", "--kills", "1",
-                   "--analyser-kills", "1", "--viewer-kills", "1", "--out", str(out), "--duration-hint", "60")
+    done = stslive(
+        "soak",
+        "--grid",
+        f"{NX}x{NY}",
+        "--points",
+        str(POINTS),
+        "--seed",
+        "3",
+        "--kills",
+        "1",
+        "--analyser-kills",
+        "1",
+        "--viewer-kills",
+        "1",
+        "--out",
+        str(out),
+        "--duration-hint",
+        "60",
+    )
     assert done.returncode == 0, f"soak failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     summary = json.loads(done.stdout)
     assert summary == json.loads((out / "soak.json").read_text())

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
-from stslive.acquisition.replay import open_replay
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
+from stslive.acquisition.replay import open_replay
 from stslive.drivers.errors import ArchiveError, StsliveError
 
 EXAMPLES = int(os.environ.get("STSLIVE_FUZZ_EXAMPLES", "100"))
@@ -33,14 +33,33 @@ TMP = Path(tempfile.mkdtemp(prefix="stslive-fuzz-archive-"))
 def _valid_archive() -> Path:
     path = TMP / "valid.h5"
     geo = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=1e-8, height_m=1e-8, nx=3, ny=2)
-    sp = SetpointSet(id=0, name="s", bias_setpoint_V=-0.01, current_setpoint_A=1e-10, sweep_start_V=-0.01,
-                     sweep_end_V=0.01, n_points=8)
-    with ArchiveWriter.create(path, geometry=geo, channel_names=["Bias (V)", "Current (A)"], n_points=8,
-                              setpoint_sets=[sp], start_doc={"instruments": {"stm": "mock"}}, swmr=False) as w:
+    sp = SetpointSet(
+        id=0,
+        name="s",
+        bias_setpoint_V=-0.01,
+        current_setpoint_A=1e-10,
+        sweep_start_V=-0.01,
+        sweep_end_V=0.01,
+        n_points=8,
+    )
+    with ArchiveWriter.create(
+        path,
+        geometry=geo,
+        channel_names=["Bias (V)", "Current (A)"],
+        n_points=8,
+        setpoint_sets=[sp],
+        start_doc={"instruments": {"stm": "mock"}},
+        swmr=False,
+    ) as w:
         for k, (iy, ix) in enumerate([(0, 0), (0, 1), (1, 2)]):
-            w.write_pixel(iy, ix, np.full((2, 8), k, np.float32),
-                          PixelMeta(x_m=0.0, y_m=0.0, setpoint_set_id=0, t_start=k, t_sweep_start=k, t_sweep_end=k,
-                                    t_end=k + 0.5))
+            w.write_pixel(
+                iy,
+                ix,
+                np.full((2, 8), k, np.float32),
+                PixelMeta(
+                    x_m=0.0, y_m=0.0, setpoint_set_id=0, t_start=k, t_sweep_start=k, t_sweep_end=k, t_end=k + 0.5
+                ),
+            )
         w.record_failure(1, 0, "timeout", code=2, attempts=3, setpoint_set_id=0)
         w.append_log("stop", exit_status="success")
     return path
@@ -56,8 +75,8 @@ with h5py.File(VALID_PATH, "r") as _f:
 def _exercise(path: Path) -> None:
     try:
         with open_archive(path) as ar:
-            ar.measured, ar.failed, ar.failure_codes, ar.pixel_meta, ar.failures, ar.log  # noqa: B018
-            ar.setpoint_sets, ar.documents, ar.topography, ar.ground_truth, ar.ground_truth_units  # noqa: B018
+            ar.measured, ar.failed, ar.failure_codes, ar.pixel_meta, ar.failures, ar.log
+            ar.setpoint_sets, ar.documents, ar.topography, ar.ground_truth, ar.ground_truth_units
             for _ in ar.iter_blocks(rows=1):
                 pass
             ar.first_unmeasured()
@@ -98,11 +117,18 @@ def test_bit_flips(data: st.DataObject) -> None:
     _exercise(_write(bytes(raw)))
 
 
-replacement = st.sampled_from([
-    np.zeros(3), np.zeros((2, 3), np.int8), np.array(["x", "y"], dtype=object), np.zeros((7, 7, 7)),
-    np.frombuffer(b'{"id": "zero"}\n', np.uint8), np.frombuffer(b"[1,2]\n{not json\n", np.uint8),
-    np.frombuffer(b'{"iy": 99, "ix": -5, "reason": 3}\n', np.uint8), np.array(1.5),
-])
+replacement = st.sampled_from(
+    [
+        np.zeros(3),
+        np.zeros((2, 3), np.int8),
+        np.array(["x", "y"], dtype=object),
+        np.zeros((7, 7, 7)),
+        np.frombuffer(b'{"id": "zero"}\n', np.uint8),
+        np.frombuffer(b"[1,2]\n{not json\n", np.uint8),
+        np.frombuffer(b'{"iy": 99, "ix": -5, "reason": 3}\n', np.uint8),
+        np.array(1.5),
+    ]
+)
 
 
 @FUZZ
@@ -146,7 +172,7 @@ def test_regression_damaged_text_datasets_are_archive_errors() -> None:
             f.create_dataset("entry/failures", data=np.frombuffer(content, np.uint8))
         if b"not json" in content:
             with open_archive(path) as ar, pytest.raises(ArchiveError, match="damaged"):
-                ar.failures  # noqa: B018
+                ar.failures
         with pytest.raises(ArchiveError, match="failure log record|damaged"):
             open_replay(path)
         with h5py.File(path, "r+") as f:  # the file was closed again on every error path

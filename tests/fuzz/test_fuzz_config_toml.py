@@ -24,8 +24,24 @@ pytestmark = pytest.mark.timeout(60 + EXAMPLES // 10)
 EXAMPLE = (Path(__file__).resolve().parents[2] / "acquisition" / "example_run.toml").read_bytes()
 LINES = EXAMPLE.split(b"\n")
 TMP = Path(tempfile.mkdtemp(prefix="stslive-fuzz-config-"))
-toml_values = st.sampled_from([b"0", b"-1", b"1e400", b"nan", b"inf", b'"x"', b"[]", b"{}", b"true", b"[1, \"a\"]",
-                               b"99999999999999999999", b"1979-05-27T07:32:00Z", b'"\\u0000"', b"{ a = { b = 1 } }"])
+toml_values = st.sampled_from(
+    [
+        b"0",
+        b"-1",
+        b"1e400",
+        b"nan",
+        b"inf",
+        b'"x"',
+        b"[]",
+        b"{}",
+        b"true",
+        b'[1, "a"]',
+        b"99999999999999999999",
+        b"1979-05-27T07:32:00Z",
+        b'"\\u0000"',
+        b"{ a = { b = 1 } }",
+    ]
+)
 
 
 def _load(raw: bytes) -> None:

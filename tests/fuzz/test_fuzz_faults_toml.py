@@ -23,10 +23,19 @@ pytestmark = pytest.mark.timeout(60 + EXAMPLES // 10)
 
 TMP = Path(tempfile.mkdtemp(prefix="stslive-fuzz-faults-"))
 keys = st.sampled_from(["kind", "instrument", "command", "from_spectrum", "to_spectrum", "at_call", "params", "x"])
-values = st.one_of(st.sampled_from([k.value for k in FaultKind]), st.integers(-5, 10**20), st.floats(),
-                   st.text(max_size=8), st.booleans(), st.lists(st.integers(), max_size=2),
-                   st.dictionaries(st.sampled_from(["seconds", "status", "message", "factor", "x"]),
-                                   st.one_of(st.integers(), st.floats(), st.text(max_size=5)), max_size=3))
+values = st.one_of(
+    st.sampled_from([k.value for k in FaultKind]),
+    st.integers(-5, 10**20),
+    st.floats(),
+    st.text(max_size=8),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["seconds", "status", "message", "factor", "x"]),
+        st.one_of(st.integers(), st.floats(), st.text(max_size=5)),
+        max_size=3,
+    ),
+)
 
 
 def _toml(value: object) -> str:

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stslive.acquisition.formats.recording import open_spectra
 from stslive.acquisition.formats.nanonis3ds import HEADER_END, open_3ds, write_3ds
+from stslive.acquisition.formats.recording import open_spectra
 from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.drivers.errors import NanonisFileError, StsliveError
 
@@ -32,9 +32,18 @@ def _valid_grid() -> bytes:
         geo = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=1e-8, height_m=1e-8, nx=3, ny=2)
         spectra = np.random.default_rng(1).normal(size=(2, 3, 2, 8)).astype(np.float32)
         measured = np.array([[True, True, True], [True, False, False]])
-        write_3ds(path, spectra=spectra, channel_names=["Current (A)", "LIX 1 omega (A)"], geometry=geo,
-                  sweep_start=-0.01, sweep_end=0.01, n_points=8, parameters={"Z (m)": np.zeros((2, 3))},
-                  measured=measured, header={"Bias>Bias (V)": "1E-2", "Current>Current (A)": "1E-10"})
+        write_3ds(
+            path,
+            spectra=spectra,
+            channel_names=["Current (A)", "LIX 1 omega (A)"],
+            geometry=geo,
+            sweep_start=-0.01,
+            sweep_end=0.01,
+            n_points=8,
+            parameters={"Z (m)": np.zeros((2, 3))},
+            measured=measured,
+            header={"Bias>Bias (V)": "1E-2", "Current>Current (A)": "1E-10"},
+        )
         return path.read_bytes()
 
 
@@ -63,9 +72,26 @@ def _exercise(raw: bytes) -> None:
         assert str(exc)
 
 
-header_values = st.one_of(st.text(max_size=20), st.integers(-(10**12), 10**12).map(str),
-                          st.sampled_from(['"3 x 2"', '"0 x 2"', '"100000 x 100000"', '"a x b"', "1;2", "", "Linear",
-                                           '"Bias (V)"', "-1", "nan", "1E+400", '"Current (A)"']))
+header_values = st.one_of(
+    st.text(max_size=20),
+    st.integers(-(10**12), 10**12).map(str),
+    st.sampled_from(
+        [
+            '"3 x 2"',
+            '"0 x 2"',
+            '"100000 x 100000"',
+            '"a x b"',
+            "1;2",
+            "",
+            "Linear",
+            '"Bias (V)"',
+            "-1",
+            "nan",
+            "1E+400",
+            '"Current (A)"',
+        ]
+    ),
+)
 
 
 @FUZZ

@@ -26,8 +26,16 @@ pytestmark = pytest.mark.timeout(60 + EXAMPLES // 10)
 
 NAMES = sorted(codec.COMMANDS)
 _SAMPLE: dict[str, Any] = {
-    "f32": 1.5, "f64": -2.25, "i32": 7, "u16": 3, "u32": 9, "str": "Bias (V)",
-    "i32[]": [1, 2, 3], "f32[]": [0.5, 1.5], "str[]": ["a", "bc"], "f32[,]": np.ones((2, 3), np.float32),
+    "f32": 1.5,
+    "f64": -2.25,
+    "i32": 7,
+    "u16": 3,
+    "u32": 9,
+    "str": "Bias (V)",
+    "i32[]": [1, 2, 3],
+    "f32[]": [0.5, 1.5],
+    "str[]": ["a", "bc"],
+    "f32[,]": np.ones((2, 3), np.float32),
 }
 
 
@@ -43,7 +51,7 @@ def _decode(frame: bytes, name: str) -> None:
     """Header + body as the driver reads them; only InstrumentError may escape."""
     try:
         header = codec.decode_header(frame[: codec.HEADER_SIZE])
-        codec.decode_response(name, header, frame[codec.HEADER_SIZE:])
+        codec.decode_response(name, header, frame[codec.HEADER_SIZE :])
     except InstrumentError as exc:
         assert str(exc)
 
@@ -98,7 +106,7 @@ class _ScriptedSession:
         return fn(self)
 
     def read_exact(self, resource: Any, count: int) -> bytes:
-        chunk = self.reply[self.pos:self.pos + count]
+        chunk = self.reply[self.pos : self.pos + count]
         self.pos += count
         if len(chunk) != count:  # the real session turns a short read into this after its retries
             raise InstrumentConnectionError("nanonis", f"short read: {len(chunk)} of {count} bytes")

@@ -28,8 +28,21 @@ numberish = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.integers(min_value=-(10**30), max_value=10**30).map(str),
     st.from_regex(r"\A[ +-]?\d{0,6}\.?\d{0,6}([eE][+-]?\d{1,4})?\s*\Z"),
-    st.sampled_from(["1e999", "-1e400", "9" * 5000, "nan", "inf", "\u0663.5", "1,2", "", " \r\n",
-                     "LSCI,MODEL372,123,1.0", "Stanford_Research_Systems,SR830,s/n1,ver1.07"]),
+    st.sampled_from(
+        [
+            "1e999",
+            "-1e400",
+            "9" * 5000,
+            "nan",
+            "inf",
+            "\u0663.5",
+            "1,2",
+            "",
+            " \r\n",
+            "LSCI,MODEL372,123,1.0",
+            "Stanford_Research_Systems,SR830,s/n1,ver1.07",
+        ]
+    ),
 )
 
 

@@ -38,15 +38,43 @@ def _valid_docs() -> list:
     spectra = np.linspace(0, 1, 24, dtype=np.float32).reshape(2, 12)
     spectra[1, -1] = np.nan
     return [
-        StartDoc(run_uid=run, uid=run, seq=0, grid={"nx": 3, "ny": 2, "width_m": 1e-8}, channel_names=("Bias (V)", "Current (A)"),
-                 channel_units=("V", "A"), n_points=12, setpoint_sets=({"id": 0, "sweep_start_V": -0.01},),
-                 instruments={"stm": "mock"}, software_version="1", metadata={"nested": {"a": [1, 2.5, None]}}),
-        DescriptorDoc(run_uid=run, seq=1, data_keys={"spectra": ArraySpec(dtype="<f4", shape=(2, 12),
-                                                                          labels=("Bias (V)", "Current (A)"), units=("V", "A"))}),
-        EventDoc(run_uid=run, seq=2, descriptor_uid="d" * 32, ix=1, iy=0, x_m=1e-9, y_m=2e-9, setpoint_set_id=0,
-                 timestamps={"t_start": 1.7e9}, temperature_before_K=1.5, temperature_after_K=None,
-                 arrays={"spectra": spectra, "flags": np.arange(3, dtype="<i4")}),
-        FailedPixelDoc(run_uid=run, seq=3, ix=2, iy=1, x_m=0.0, y_m=0.0, setpoint_set_id=0, reason="timeout", attempts=3),
+        StartDoc(
+            run_uid=run,
+            uid=run,
+            seq=0,
+            grid={"nx": 3, "ny": 2, "width_m": 1e-8},
+            channel_names=("Bias (V)", "Current (A)"),
+            channel_units=("V", "A"),
+            n_points=12,
+            setpoint_sets=({"id": 0, "sweep_start_V": -0.01},),
+            instruments={"stm": "mock"},
+            software_version="1",
+            metadata={"nested": {"a": [1, 2.5, None]}},
+        ),
+        DescriptorDoc(
+            run_uid=run,
+            seq=1,
+            data_keys={
+                "spectra": ArraySpec(dtype="<f4", shape=(2, 12), labels=("Bias (V)", "Current (A)"), units=("V", "A"))
+            },
+        ),
+        EventDoc(
+            run_uid=run,
+            seq=2,
+            descriptor_uid="d" * 32,
+            ix=1,
+            iy=0,
+            x_m=1e-9,
+            y_m=2e-9,
+            setpoint_set_id=0,
+            timestamps={"t_start": 1.7e9},
+            temperature_before_K=1.5,
+            temperature_after_K=None,
+            arrays={"spectra": spectra, "flags": np.arange(3, dtype="<i4")},
+        ),
+        FailedPixelDoc(
+            run_uid=run, seq=3, ix=2, iy=1, x_m=0.0, y_m=0.0, setpoint_set_id=0, reason="timeout", attempts=3
+        ),
         HeartbeatDoc(run_uid=run, seq=4, state="paused", last_run_uid=run, last_seq=3, message="temperature"),
         StopDoc(run_uid=run, seq=5, exit_status="success", counts={"event": 1}),
     ]
@@ -68,7 +96,11 @@ def _check(frames: list[bytes], what: str) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text(max_size=20),  # msgpack's int range
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20),  # msgpack's int range
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=10,
 )
@@ -104,8 +136,9 @@ def test_mutated_header_fields(frames: list[bytes], data: st.DataObject) -> None
             header.pop(key, None)
         else:
             header[key] = data.draw(json_values)
-    packed = (msgpack.packb(header, use_bin_type=True) if data.draw(st.booleans())
-              else json.dumps(header).encode())  # json.dumps writes NaN/Infinity tokens: must be refused
+    packed = (
+        msgpack.packb(header, use_bin_type=True) if data.draw(st.booleans()) else json.dumps(header).encode()
+    )  # json.dumps writes NaN/Infinity tokens: must be refused
     _check([frames[0], packed, *frames[2:]], "mutated header fields")
 
 
@@ -119,7 +152,11 @@ def test_mutated_frames(frames: list[bytes], data: st.DataObject) -> None:
         out[0] = data.draw(st.sampled_from([f[0] for f in VALID_FRAMES] + [b"", b"stslive.run.x"]))
     elif choice in ("cut", "extend") and len(out) > 2:
         i = data.draw(st.integers(2, len(out) - 1))
-        out[i] = out[i][: data.draw(st.integers(0, len(out[i])))] if choice == "cut" else out[i] + data.draw(st.binary(min_size=1, max_size=9))
+        out[i] = (
+            out[i][: data.draw(st.integers(0, len(out[i])))]
+            if choice == "cut"
+            else out[i] + data.draw(st.binary(min_size=1, max_size=9))
+        )
     elif choice == "drop" and len(out) > 2:
         out.pop()
     elif choice == "inf" and len(out) > 2:
@@ -134,8 +171,13 @@ def test_bombs_are_refused() -> None:
     import pickle
 
     topic = VALID_FRAMES[0][0]
-    for header in (b"{" + b'"a":[' * 100_000, b"[" * 100_000, pickle.dumps({"schema": "stslive.run"}),
-                   b"\xdf\xff\xff\xff\xff", b"{}" + b" " * (300 * 1024)):
+    for header in (
+        b"{" + b'"a":[' * 100_000,
+        b"[" * 100_000,
+        pickle.dumps({"schema": "stslive.run"}),
+        b"\xdf\xff\xff\xff\xff",
+        b"{}" + b" " * (300 * 1024),
+    ):
         with pytest.raises(MalformedDocument):
             decode([topic, header])
     ev = next(f for f in VALID_FRAMES if f[0].endswith(b"event"))

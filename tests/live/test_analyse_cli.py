@@ -9,20 +9,36 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.cli import main
+from stslive.acquisition.cli.simulate import write_film_archive
+from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.live.results import load_maps_h5
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 40, 48
 FIGURES = ("maps.png", "histograms.png", "cross_correlation.png", "correlation_profiles.png", "spectra.png")
 REPORT_KEYS = (
-    "pixels", "valid_pixels", "delta_mean_meV", "delta_std_meV", "alpha_mean", "alpha_std", "l_delta_nm",
-    "l_alpha_nm", "l_cross_nm", "l_delta_noise_nm", "l_alpha_noise_nm", "l_cross_noise_nm", "rho_cross_0",
-    "rho_delta_topo_0", "sigma_rho_ohm", "predicted_delta_rel_sigma", "theory_constants", "elapsed_s", "inputs",
+    "pixels",
+    "valid_pixels",
+    "delta_mean_meV",
+    "delta_std_meV",
+    "alpha_mean",
+    "alpha_std",
+    "l_delta_nm",
+    "l_alpha_nm",
+    "l_cross_nm",
+    "l_delta_noise_nm",
+    "l_alpha_noise_nm",
+    "l_cross_noise_nm",
+    "rho_cross_0",
+    "rho_delta_topo_0",
+    "sigma_rho_ohm",
+    "predicted_delta_rel_sigma",
+    "theory_constants",
+    "elapsed_s",
+    "inputs",
 )
 
 
@@ -88,8 +104,24 @@ def test_maps_h5_layout(analysed: tuple[Path, Path, int]) -> None:
 def test_lockin_off_and_options_reach_the_kernels(analysed: tuple[Path, Path, int], tmp_path: Path) -> None:
     archive, _, _ = analysed
     out = tmp_path / "nolockin"
-    assert main(["analyse", str(archive), "--out", str(out), "--no-lockin", "--fit-window", "6,28",
-                 "--smoothing", "9", "--examples", "1"]) == 0
+    assert (
+        main(
+            [
+                "analyse",
+                str(archive),
+                "--out",
+                str(out),
+                "--no-lockin",
+                "--fit-window",
+                "6,28",
+                "--smoothing",
+                "9",
+                "--examples",
+                "1",
+            ]
+        )
+        == 0
+    )
     r = _report(out)
     assert r["inputs"]["options"]["gap_source"] == "current" and r["inputs"]["channels"]["lockin"] is None
     assert r["inputs"]["options"]["fit_window_V"] == pytest.approx([0.006, 0.028])
@@ -103,8 +135,15 @@ def test_analyses_a_3ds_written_from_a_film(tmp_path: Path) -> None:
     geometry = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=20e-9, height_m=16e-9, nx=20, ny=16)
     path = tmp_path / "film.3ds"
     blocks = (np.stack([b.current_A, b.lockin_x_A], axis=2) for _, b in film.iter_blocks(rows_per_block=4))
-    write_3ds(path, spectra=blocks, channel_names=["Current (A)", "LI Demod 1 X (A)"], geometry=geometry,
-              sweep_start=0.04, sweep_end=-0.04, n_points=film.params.n_points)
+    write_3ds(
+        path,
+        spectra=blocks,
+        channel_names=["Current (A)", "LI Demod 1 X (A)"],
+        geometry=geometry,
+        sweep_start=0.04,
+        sweep_end=-0.04,
+        n_points=film.params.n_points,
+    )
     out = tmp_path / "out"
     assert main(["analyse", str(path), "--out", str(out)]) == 0
     r = _report(out)
@@ -125,8 +164,9 @@ def test_real_kpfm_grid_runs_with_reasons(shared_data: Path, tmp_path: Path) -> 
     assert (tmp_path / "maps.png").is_file()
 
 
-def test_z_sweep_refused_without_traceback(shared_data: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_z_sweep_refused_without_traceback(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["analyse", str(shared_data / "nanonis-grid-zspec.3ds"), "--out", str(tmp_path / "z")])
     err = capsys.readouterr().err
     assert code == 1 and "not the bias" in err and "Z (m)" in err and "Traceback" not in err
@@ -134,8 +174,9 @@ def test_z_sweep_refused_without_traceback(shared_data: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("kind", ["truncated", "not-a-file", "garbage"])
-def test_bad_input_gives_a_clear_error(analysed: tuple[Path, Path, int], tmp_path: Path, kind: str,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_gives_a_clear_error(
+    analysed: tuple[Path, Path, int], tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     archive, _, _ = analysed
     bad = tmp_path / "bad.h5"
     if kind == "truncated":
@@ -148,11 +189,15 @@ def test_bad_input_gives_a_clear_error(analysed: tuple[Path, Path, int], tmp_pat
     assert code == 1 and "bad.h5" in err and "Traceback" not in err
 
 
-def test_bad_options_are_refused(analysed: tuple[Path, Path, int], tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_are_refused(
+    analysed: tuple[Path, Path, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     archive, _, _ = analysed
-    for extra, message in ((["--fit-window", "5"], "LOW,HIGH"), (["--set", "D=1"], "known"),
-                           (["--lockin", "Input 9 (V)"], "Input 9 (V)")):
+    for extra, message in (
+        (["--fit-window", "5"], "LOW,HIGH"),
+        (["--set", "D=1"], "known"),
+        (["--lockin", "Input 9 (V)"], "Input 9 (V)"),
+    ):
         assert main(["analyse", str(archive), "--out", str(tmp_path), *extra]) == 1
         assert message in capsys.readouterr().err
     a_file = tmp_path / "a_file"

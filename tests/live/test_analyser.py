@@ -13,24 +13,33 @@ from test_analyser_sim import CHANNELS, N_POINTS, RunProducer, geometry, make_la
 from stslive.acquisition.formats.stream import RunPublisher, encode
 from stslive.drivers.errors import ConfigError
 from stslive.live.analyser import AnalyserService, AnalyserSettings
-from stslive.live.run_context import PixelInput, RunContext
 from stslive.live.flags import FlagConfig, load_flag_config
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import analyse_input
 from stslive.live.results import FlagKind
+from stslive.live.run_context import PixelInput, RunContext
 from stslive.mocks.faults import FaultPlan
 
 NY = NX = 16
 OPTIONS = KernelOptions(dynes_width_eV=0.1e-3)
 DEFAULTS = KernelOptions()  # those of `stslive analyse`: the template width calibrated on the first spectra
 FAULTS = [
-    {"kind": "tip_change", "from_spectrum": 40, "to_spectrum": 60, "params": {"factor": 1.0, "extra_slope_per_eV": 8.0}},
+    {
+        "kind": "tip_change",
+        "from_spectrum": 40,
+        "to_spectrum": 60,
+        "params": {"factor": 1.0, "extra_slope_per_eV": 8.0},
+    },
     {"kind": "feedback_fail", "from_spectrum": 80, "to_spectrum": 95},
     {"kind": "lockin_overload", "from_spectrum": 100, "to_spectrum": 110},
     {"kind": "temperature_excursion", "from_spectrum": 120, "to_spectrum": 140, "params": {"kelvin": 1.0}},
 ]
-KIND_FLAG = {"tip_change": FlagKind.TIP_CHANGE, "feedback_fail": FlagKind.SETPOINT,
-             "lockin_overload": FlagKind.LOCKIN_OVERLOAD, "temperature_excursion": FlagKind.THERMAL}
+KIND_FLAG = {
+    "tip_change": FlagKind.TIP_CHANGE,
+    "feedback_fail": FlagKind.SETPOINT,
+    "lockin_overload": FlagKind.LOCKIN_OVERLOAD,
+    "temperature_excursion": FlagKind.THERMAL,
+}
 SETS = make_sets(large_modulation_Vrms=0.8e-3)
 
 
@@ -46,9 +55,19 @@ def faulted_run():
 
 
 def _inputs(pixels):
-    return [PixelInput(iy=p.iy, ix=p.ix, set_id=p.meta.setpoint_set_id, spectra=p.spectra, time=p.meta.t_end,
-                       temperatures_K=(p.meta.temperature_before_K, p.meta.temperature_after_K),
-                       lockin_status=p.meta.lockin_status, lockin_overload=p.meta.lockin_overload) for p in pixels]
+    return [
+        PixelInput(
+            iy=p.iy,
+            ix=p.ix,
+            set_id=p.meta.setpoint_set_id,
+            spectra=p.spectra,
+            time=p.meta.t_end,
+            temperatures_K=(p.meta.temperature_before_K, p.meta.temperature_after_K),
+            lockin_status=p.meta.lockin_status,
+            lockin_overload=p.meta.lockin_overload,
+        )
+        for p in pixels
+    ]
 
 
 def _reference(pixels, options=OPTIONS):
@@ -92,8 +111,9 @@ def test_clean_run_flags_under_one_percent_per_kind(clean_run, order) -> None:
     # the spectra of a clean run do not depend on when a pixel was measured, so the serpentine
     # run is the same pixels visited boustrophedon; the flags' history does depend on the order
     pixels = clean_run if order == "raster" else sorted(clean_run, key=lambda p: (p.iy, p.ix * (-1) ** p.iy))
-    ctx = RunContext("clean", start_fields(geometry(CLEAN_NY, CLEAN_NX), SETS[:1]), options=DEFAULTS,
-                     flag_config=FlagConfig())
+    ctx = RunContext(
+        "clean", start_fields(geometry(CLEAN_NY, CLEAN_NX), SETS[:1]), options=DEFAULTS, flag_config=FlagConfig()
+    )
     inputs = _inputs(pixels)
     for lo in range(0, len(inputs), 50):  # batches as the live service drains them
         ctx.process(inputs[lo : lo + 50])
@@ -111,8 +131,9 @@ def _run_service(tmp_path: Path, pixels, *, restart_at: int | None) -> tuple[Pat
     settings = AnalyserSettings(snapshot_every=100, publish_every_s=0.2, write_every_s=0.5)
 
     def service() -> AnalyserService:
-        svc = AnalyserService(pub.pub_endpoint, archive=archive, bind="tcp://127.0.0.1:0", settings=settings,
-                              context=ctx).start()  # default options, as `stslive analyser` without any
+        svc = AnalyserService(
+            pub.pub_endpoint, archive=archive, bind="tcp://127.0.0.1:0", settings=settings, context=ctx
+        ).start()  # default options, as `stslive analyser` without any
         pub.wait_for_subscribers(1)
         return svc
 
@@ -146,8 +167,9 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
     # float32 sums over batches of different sizes (live: whatever arrived, offline: whole rows)
     # round differently: equal to float32 tolerance, not bit for bit
     for name in ("delta_eV", "alpha", "b", "valid", "reason"):
-        np.testing.assert_allclose(live.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-4,
-                                   equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(
+            live.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-4, equal_nan=True, err_msg=name
+        )
     reference = _reference(pixels, DEFAULTS)
     np.testing.assert_array_equal(live.maps["flags"], reference.maps["flags"])
     assert live.status().message.count("Dynes width") == 1
@@ -165,8 +187,13 @@ def test_bad_input_is_counted_and_the_service_goes_on(tmp_path: Path, faulted_ru
     _, pixels = faulted_run
     ctx = zmq.Context()
     pub = RunPublisher("tcp://127.0.0.1:0", context=ctx)
-    svc = AnalyserService(pub.pub_endpoint, bind="tcp://127.0.0.1:0", options=OPTIONS,
-                          settings=AnalyserSettings(publish_every_s=0.1), context=ctx).start()
+    svc = AnalyserService(
+        pub.pub_endpoint,
+        bind="tcp://127.0.0.1:0",
+        options=OPTIONS,
+        settings=AnalyserSettings(publish_every_s=0.1),
+        context=ctx,
+    ).start()
     pub.wait_for_subscribers(1)
     raw = pub._pub
     raw.send_multipart([b"stslive.run.event", b"\x00garbage"])
@@ -181,8 +208,14 @@ def test_bad_input_is_counted_and_the_service_goes_on(tmp_path: Path, faulted_ru
     raw.send_multipart([frames[0], json.dumps(header).encode()])
     good = pixels[0]
     m = good.meta
-    kw = dict(x_m=m.x_m, y_m=m.y_m, setpoint_set_id=0, timestamps={"t_end": m.t_end}, temperature_before_K=0.3,
-              temperature_after_K=0.3)
+    kw = {
+        "x_m": m.x_m,
+        "y_m": m.y_m,
+        "setpoint_set_id": 0,
+        "timestamps": {"t_end": m.t_end},
+        "temperature_before_K": 0.3,
+        "temperature_after_K": 0.3,
+    }
     pub.event(arrays={"spectra": np.zeros((2, 10), np.float32)}, ix=0, iy=0, **kw)  # wrong length
     bad = good.spectra.copy()
     bad[0, 5] = np.inf

@@ -7,9 +7,9 @@ import argparse
 import numpy as np
 import pytest
 
+from stslive.acquisition.jobs.bench_analyser import add_arguments, film_spectra, replay, run
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserSettings
-from stslive.acquisition.jobs.bench_analyser import add_arguments, film_spectra, replay, run
 from stslive.live.kernels import KernelOptions
 from stslive.live.results import PixelResult, ResultsModel
 from stslive.live.results_io import apply_message, decode_message, encode_message, pixels_message
@@ -18,8 +18,15 @@ from stslive.live.results_io import apply_message, decode_message, encode_messag
 @pytest.mark.parametrize("in_process", [True, False])
 def test_replay_gets_every_result_with_latencies_and_stage_times(in_process: bool) -> None:
     spectra, ny, nx = film_spectra(120)
-    out = replay(spectra, ny, nx, rate=None, options=KernelOptions(dynes_width_eV=0.1e-3),
-                 settings=AnalyserSettings(snapshot_every=10**9, publish_every_s=3600), in_process=in_process)
+    out = replay(
+        spectra,
+        ny,
+        nx,
+        rate=None,
+        options=KernelOptions(dynes_width_eV=0.1e-3),
+        settings=AnalyserSettings(snapshot_every=10**9, publish_every_s=3600),
+        in_process=in_process,
+    )
     assert out.latencies_s.size == 120 and out.throughput > 0
     assert (out.latencies_s > 0).all() and (out.latencies_s < 60).all()
     assert 1 <= out.batches <= 120  # batched results: one message for several pixels
@@ -34,9 +41,15 @@ def test_bench_command_refuses_bad_numbers() -> None:
 
 
 def test_pixels_message_round_trip_and_refusals() -> None:
-    cols = {"iy": np.array([0, 1, 1]), "ix": np.array([2, 0, 3]), "delta_eV": np.array([1e-3, np.nan, 2e-3]),
-            "valid": np.array([True, False, True]), "flags": np.array([0, 8, 1]), "time": np.array([1.5, 2.5, 3.5]),
-            "setpoint_set": np.array([0, 0, 1])}
+    cols = {
+        "iy": np.array([0, 1, 1]),
+        "ix": np.array([2, 0, 3]),
+        "delta_eV": np.array([1e-3, np.nan, 2e-3]),
+        "valid": np.array([True, False, True]),
+        "flags": np.array([0, 8, 1]),
+        "time": np.array([1.5, 2.5, 3.5]),
+        "setpoint_set": np.array([0, 0, 1]),
+    }
     topic, header, arrays = decode_message(encode_message(*pixels_message(cols)))
     assert topic == "pixels" and header["n"] == 3
     model = ResultsModel(2, 4, pixel_nm=1.0)

@@ -53,8 +53,9 @@ def _rebind(endpoint: str, ctx: zmq.Context, *, timeout_s: float = 10.0) -> RunP
             time.sleep(0.05)
 
 
-def _resume(producer: RunProducer, run_uid: str, endpoint: str, ctx: zmq.Context, segment: int,
-            shape: tuple[int, int]) -> None:
+def _resume(
+    producer: RunProducer, run_uid: str, endpoint: str, ctx: zmq.Context, segment: int, shape: tuple[int, int]
+) -> None:
     """A new scan process on the same endpoint: same run uid, seq from 0, ``metadata.segment``."""
     pub = _rebind(endpoint, ctx)
     pub.wait_for_subscribers(1, timeout_s=10)  # the analyser's SUB reconnects (the scan's bounded wait)
@@ -71,12 +72,14 @@ def _assert_equals_offline(svc: AnalyserService, archive: Path) -> None:
     assert live.maps["measured"].all()
     np.testing.assert_array_equal(live.maps["measured"], offline.maps["measured"])
     for name in ("delta_eV", "alpha", "b", "valid", "reason"):
-        np.testing.assert_allclose(live.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-4,
-                                   equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(
+            live.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-4, equal_nan=True, err_msg=name
+        )
 
 
-def test_run_killed_and_resumed_twice_equals_offline_with_every_pixel(tmp_path: Path, pixels,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_killed_and_resumed_twice_equals_offline_with_every_pixel(
+    tmp_path: Path, pixels, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = tmp_path / "run.h5"
     ctx = zmq.Context()
     pub = RunPublisher("tcp://127.0.0.1:0", context=ctx)
@@ -97,11 +100,17 @@ def test_run_killed_and_resumed_twice_equals_offline_with_every_pixel(tmp_path: 
     # re-measure one pixel (new t_start): analysed again, exactly once
     again = pixels[10]
     shift = 1000.0
-    meta = dataclasses.replace(again.meta, t_start=again.meta.t_start + shift, t_sweep_start=again.meta.t_sweep_start
-                               + shift, t_sweep_end=again.meta.t_sweep_end + shift, t_end=again.meta.t_end + shift)
+    meta = dataclasses.replace(
+        again.meta,
+        t_start=again.meta.t_start + shift,
+        t_sweep_start=again.meta.t_sweep_start + shift,
+        t_sweep_end=again.meta.t_sweep_end + shift,
+        t_end=again.meta.t_end + shift,
+    )
     new = dataclasses.replace(again, spectra=pixels[20].spectra, meta=meta)
-    monkeypatch.setattr(producer.writer, "write_pixel", functools.partial(producer.writer.rewrite_pixel,
-                                                                          reason="remeasure"))
+    monkeypatch.setattr(
+        producer.writer, "write_pixel", functools.partial(producer.writer.rewrite_pixel, reason="remeasure")
+    )
     producer.pixel(new)
     producer.stop()
     assert svc.wait_for_stop(run_uid, timeout_s=60)
@@ -138,8 +147,7 @@ def test_analyser_started_before_the_scan_that_misses_the_start(tmp_path: Path, 
         assert "no_start" not in svc.rejected
         offline = analyse_input(archive, options=OPTIONS)
         np.testing.assert_array_equal(svc.run.model.maps["measured"], offline.maps["measured"])
-        np.testing.assert_allclose(svc.run.model.maps["delta_eV"], offline.maps["delta_eV"], rtol=1e-4,
-                                   equal_nan=True)
+        np.testing.assert_allclose(svc.run.model.maps["delta_eV"], offline.maps["delta_eV"], rtol=1e-4, equal_nan=True)
     else:  # nothing to take it from: every event rejected, and the status says what is missing and why
         assert svc.run is None and svc.analysed == 0 and svc.rejected["no_start"] == 60
         text = svc.status_text()

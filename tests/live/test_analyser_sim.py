@@ -41,12 +41,31 @@ class Pixel:
 
 def make_sets(*, large_modulation_Vrms: float | None = None) -> list[SetpointSet]:
     """Set 0: the paper's spectroscopy set; set 1 (optional): same with a large modulation."""
-    base = dict(name="spectroscopy", bias_setpoint_V=-0.010, current_setpoint_A=150e-12, sweep_start_V=-0.04,
-                sweep_end_V=0.04, n_points=N_POINTS, lockin_frequency_Hz=1000.0, lockin_amplitude_Vrms=50e-6,
-                lockin_time_constant_s=1e-3, lockin_sensitivity_V=5e-3)
+    base = {
+        "name": "spectroscopy",
+        "bias_setpoint_V": -0.010,
+        "current_setpoint_A": 150e-12,
+        "sweep_start_V": -0.04,
+        "sweep_end_V": 0.04,
+        "n_points": N_POINTS,
+        "lockin_frequency_Hz": 1000.0,
+        "lockin_amplitude_Vrms": 50e-6,
+        "lockin_time_constant_s": 1e-3,
+        "lockin_sensitivity_V": 5e-3,
+    }
     sets = [SetpointSet(id=0, **base)]
     if large_modulation_Vrms is not None:
-        sets.append(SetpointSet(id=1, **{**base, "name": "wide modulation", "lockin_amplitude_Vrms": large_modulation_Vrms, "lockin_sensitivity_V": 0.1}))
+        sets.append(
+            SetpointSet(
+                id=1,
+                **{
+                    **base,
+                    "name": "wide modulation",
+                    "lockin_amplitude_Vrms": large_modulation_Vrms,
+                    "lockin_sensitivity_V": 0.1,
+                },
+            )
+        )
     return sets
 
 
@@ -78,9 +97,20 @@ def measure_run(lab: MockLab, sets: list[SetpointSet], set_of: Callable[[int, in
             t_after = lab.temperature_K(spectrum=index)
             t1 = time.time()
             x_m, y_m = lab.position_of(iy, ix)
-            meta = PixelMeta(x_m=x_m, y_m=y_m, setpoint_set_id=s.id, t_start=t0, t_sweep_start=t0, t_sweep_end=t1,
-                             t_end=t1, temperature_before_K=t_before, temperature_after_K=t_after, z_m=lab.z_m(),
-                             lockin_status=int(status), lockin_overload=bool(status & 1))
+            meta = PixelMeta(
+                x_m=x_m,
+                y_m=y_m,
+                setpoint_set_id=s.id,
+                t_start=t0,
+                t_sweep_start=t0,
+                t_sweep_end=t1,
+                t_end=t1,
+                temperature_before_K=t_before,
+                temperature_after_K=t_after,
+                z_m=lab.z_m(),
+                lockin_status=int(status),
+                lockin_overload=bool(status & 1),
+            )
             yield Pixel(index, iy, ix, np.ascontiguousarray(sweep.data[1:3], dtype=np.float32), meta)
 
 
@@ -89,9 +119,15 @@ def geometry(ny: int, nx: int) -> GridGeometry:
 
 
 def start_fields(geom: GridGeometry, sets: list[SetpointSet]) -> dict:
-    return dict(grid=geom.to_dict(), channel_names=tuple(CHANNELS), channel_units=("A", "A"), n_points=N_POINTS,
-                setpoint_sets=tuple(s.to_dict() for s in sets), instruments={"stm": "mock"},
-                software_version="test")
+    return {
+        "grid": geom.to_dict(),
+        "channel_names": tuple(CHANNELS),
+        "channel_units": ("A", "A"),
+        "n_points": N_POINTS,
+        "setpoint_sets": tuple(s.to_dict() for s in sets),
+        "instruments": {"stm": "mock"},
+        "software_version": "test",
+    }
 
 
 class RunProducer:
@@ -101,8 +137,14 @@ class RunProducer:
         self.publisher = publisher
         fields = start_fields(geom, sets)
         uid = new_uid()
-        self.writer = ArchiveWriter.create(archive, geometry=geom, channel_names=CHANNELS, n_points=N_POINTS,
-                                           setpoint_sets=sets, start_doc={"uid": uid, **fields})
+        self.writer = ArchiveWriter.create(
+            archive,
+            geometry=geom,
+            channel_names=CHANNELS,
+            n_points=N_POINTS,
+            setpoint_sets=sets,
+            start_doc={"uid": uid, **fields},
+        )
         publisher.start(run_uid=uid, **fields)
         publisher.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
 
@@ -111,10 +153,19 @@ class RunProducer:
         if publish:
             m = p.meta
             self.publisher.event(
-                arrays={"spectra": p.spectra}, ix=p.ix, iy=p.iy, x_m=m.x_m, y_m=m.y_m, setpoint_set_id=m.setpoint_set_id,
-                timestamps={"t_start": m.t_start, "t_end": m.t_end}, temperature_before_K=m.temperature_before_K,
-                temperature_after_K=m.temperature_after_K, z_m=m.z_m, lockin_status=m.lockin_status,
-                lockin_overload=m.lockin_overload)
+                arrays={"spectra": p.spectra},
+                ix=p.ix,
+                iy=p.iy,
+                x_m=m.x_m,
+                y_m=m.y_m,
+                setpoint_set_id=m.setpoint_set_id,
+                timestamps={"t_start": m.t_start, "t_end": m.t_end},
+                temperature_before_K=m.temperature_before_K,
+                temperature_after_K=m.temperature_after_K,
+                z_m=m.z_m,
+                lockin_status=m.lockin_status,
+                lockin_overload=m.lockin_overload,
+            )
 
     def stop(self) -> None:
         self.publisher.stop()

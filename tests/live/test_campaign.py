@@ -10,13 +10,13 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.cli import main
+from stslive.acquisition.cli.analyse import expand_inputs, output_dirs
+from stslive.acquisition.cli.simulate import write_film_archive
+from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
-from stslive.acquisition.cli.analyse import expand_inputs, output_dirs
 from stslive.live.offline.campaign import run_conditions, write_campaign
 from stslive.mocks.film import FilmParams, make_film
 
@@ -29,8 +29,9 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("campaign") / "runs"
     root.mkdir()
     for k, temperature in enumerate((0.3, 1.5)):
-        write_film_archive(make_film(FilmParams(ny=NY, nx=NX, seed=k, temperature_K=temperature)),
-                           root / f"T{temperature}.h5")
+        write_film_archive(
+            make_film(FilmParams(ny=NY, nx=NX, seed=k, temperature_K=temperature)), root / f"T{temperature}.h5"
+        )
     return root
 
 
@@ -57,15 +58,32 @@ def test_conditions_of_3ds_from_header_and_parameters(tmp_path: Path) -> None:
     spectra = np.zeros((2, 3, 1, 16), np.float32)
     header = {"Temperature 1>Temperature 1 (K)": "4.2E+0", "Magnet>Field (T)": "-1.5E+0"}
     path = tmp_path / "h.3ds"
-    write_3ds(path, spectra=spectra, channel_names=["Current (A)"], geometry=geometry, sweep_start=-0.01,
-              sweep_end=0.01, n_points=16, header=header)
+    write_3ds(
+        path,
+        spectra=spectra,
+        channel_names=["Current (A)"],
+        geometry=geometry,
+        sweep_start=-0.01,
+        sweep_end=0.01,
+        n_points=16,
+        header=header,
+    )
     c = run_conditions(path)
     assert (c["temperature_K"], c["field_T"]) == (pytest.approx(4.2), pytest.approx(-1.5))
     assert c["temperature_source"] == "header Temperature 1>Temperature 1 (K)"
     # per-pixel thermometer readings win over the header
     temps = np.array([[1.0, 1.1, 1.2], [1.3, 1.4, 9.0]], np.float32)
-    write_3ds(path, spectra=spectra, channel_names=["Current (A)"], geometry=geometry, sweep_start=-0.01,
-              sweep_end=0.01, n_points=16, header=header, parameters={"Temperature before (K)": temps})
+    write_3ds(
+        path,
+        spectra=spectra,
+        channel_names=["Current (A)"],
+        geometry=geometry,
+        sweep_start=-0.01,
+        sweep_end=0.01,
+        n_points=16,
+        header=header,
+        parameters={"Temperature before (K)": temps},
+    )
     c = run_conditions(path)
     assert c["temperature_K"] == pytest.approx(1.25) and "Temperature before (K)" in c["temperature_source"]
 
@@ -76,7 +94,12 @@ def test_folder_input_writes_runs_and_campaign(series: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     assert main(["analyse", str(series), "--out", str(out), "--examples", "0"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "T0.3", "T1.5", "campaign.csv", "campaign.json", "campaign_vs_temperature.png"]
+        "T0.3",
+        "T1.5",
+        "campaign.csv",
+        "campaign.json",
+        "campaign_vs_temperature.png",
+    ]
     rows = json.loads((out / "campaign.json").read_text())["runs"]
     assert [r["run"] for r in rows] == ["T0.3", "T1.5"]
     assert [r["temperature_K"] for r in rows] == pytest.approx([0.3, 1.5])
@@ -97,8 +120,17 @@ def test_folder_input_writes_runs_and_campaign(series: Path, tmp_path: Path) -> 
 def test_campaign_figures_follow_what_varies(tmp_path: Path) -> None:
     src = tmp_path / "a.h5"
     write_film_archive(make_film(FilmParams(ny=4, nx=4, seed=2)), src)
-    report = {"pixels": 16, "delta_mean_meV": 1.2, "delta_std_meV": 0.02, "alpha_mean": 0.35, "alpha_std": 0.01,
-              "l_delta_nm": 3.0, "l_alpha_nm": 4.0, "l_cross_nm": 3.5, "inputs": {"format": "stslive"}}
+    report = {
+        "pixels": 16,
+        "delta_mean_meV": 1.2,
+        "delta_std_meV": 0.02,
+        "alpha_mean": 0.35,
+        "alpha_std": 0.01,
+        "l_delta_nm": 3.0,
+        "l_alpha_nm": 4.0,
+        "l_cross_nm": 3.5,
+        "inputs": {"format": "stslive"},
+    }
     same = write_campaign(tmp_path / "same", [("a", src, report), ("b", src, report)])
     assert [p.name for p in same] == ["campaign.csv", "campaign.json", "campaign_runs.png"]
     b = tmp_path / "b.h5"

@@ -106,7 +106,11 @@ def test_sparse_lags_become_nan() -> None:
 def test_radial_profile_of_a_known_function() -> None:
     shape = (64, 48)
     radius = cr.lag_radius_m(shape, pixel_size_m=(2 * NM, 1 * NM))
-    assert radius[0, 0] == 0 and radius[1, 0] == pytest.approx(2 * NM) and radius[-1, -1] == pytest.approx(math.hypot(2, 1) * NM)
+    assert (
+        radius[0, 0] == 0
+        and radius[1, 0] == pytest.approx(2 * NM)
+        and radius[-1, -1] == pytest.approx(math.hypot(2, 1) * NM)
+    )
     profile = cr.radial_profile(np.exp(-radius / (10 * NM)), pixel_size_m=(2 * NM, 1 * NM))
     assert profile.radius_m[0] == 0 and profile.count[0] == 1
     assert profile.radius_m.max() <= 24 * NM  # half the shorter side (48 px * 1 nm)
@@ -129,8 +133,17 @@ def test_report_keys_and_none_topography() -> None:
     field = gaussian_field((64, 64), 2.0, seed=9)
     report = cr.correlation_report(field, 0.5 * field + gaussian_field((64, 64), 2.0, seed=10), pixel_size_m=NM)
     assert set(report) == {
-        "l_delta_nm", "l_alpha_nm", "l_cross_nm", "l_delta_noise_nm", "l_alpha_noise_nm", "l_cross_noise_nm",
-        "noise_band_delta", "noise_band_alpha", "noise_band_cross", "rho_cross_0", "rho_delta_topo_0",
+        "l_delta_nm",
+        "l_alpha_nm",
+        "l_cross_nm",
+        "l_delta_noise_nm",
+        "l_alpha_noise_nm",
+        "l_cross_noise_nm",
+        "noise_band_delta",
+        "noise_band_alpha",
+        "noise_band_cross",
+        "rho_cross_0",
+        "rho_delta_topo_0",
     }
     assert report["rho_delta_topo_0"] is None
     assert 0.2 < report["rho_cross_0"] < 0.8

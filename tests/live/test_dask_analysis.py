@@ -7,20 +7,27 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask.config
 import h5py
 import numpy as np
-import dask.config
 import pytest
 from distributed import Client, LocalCluster
 
 from stslive.acquisition.cli import main
+from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
-from stslive.live.offline.dask import (FIELDS, _file_info, analyse_inputs_dask, analysis_array, dask_client,
-                                        require_dask, rows_per_block)
 from stslive.live.kernels import KernelOptions
+from stslive.live.offline.dask import (
+    FIELDS,
+    _file_info,
+    analyse_inputs_dask,
+    analysis_array,
+    dask_client,
+    require_dask,
+    rows_per_block,
+)
 from stslive.live.pipeline import analyse_source, calibrate_source, open_input
 from stslive.live.results import MAP_SPECS, ResultsModel
 from stslive.mocks.film import FilmParams, make_film
@@ -39,9 +46,11 @@ UP_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
     """ONE 2-worker cluster for the whole file (its start-up is seconds on a loaded machine)."""
-    with dask.config.set({"distributed.comm.timeouts.connect": f"{UP_TIMEOUT_S}s"}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster, timeout=UP_TIMEOUT_S) as c:
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": f"{UP_TIMEOUT_S}s"}),
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster, timeout=UP_TIMEOUT_S) as c,
+    ):
         c.wait_for_workers(2, timeout=UP_TIMEOUT_S)
         yield c
 
@@ -72,8 +81,10 @@ def test_maps_bit_identical_with_the_same_row_blocks(client: Client, archives: l
     """4-row blocks: 4 tasks per map, the same batches as the single path -> identical maps."""
     block = 4 * ROW_BYTES
     assert rows_per_block(NX, 1601, 2, max_block_bytes=block) == 4
-    runs = {run.path: run for run in analyse_inputs_dask(archives, client=client, options=KernelOptions(),
-                                                          max_block_bytes=block)}
+    runs = {
+        run.path: run
+        for run in analyse_inputs_dask(archives, client=client, options=KernelOptions(), max_block_bytes=block)
+    }
     assert set(runs) == set(archives)
     for path in archives:
         single, options = _single(path, KernelOptions(), block)
@@ -85,8 +96,7 @@ def test_maps_bit_identical_with_the_same_row_blocks(client: Client, archives: l
 
 def test_other_blocks_differ_by_float32_rounding_only(client: Client, archives: list[Path]) -> None:
     """2-row tasks against the single path's one 64 MB block: BLAS summation order, nothing else."""
-    (run,) = analyse_inputs_dask(archives[:1], client=client, options=KernelOptions(),
-                                 max_block_bytes=2 * ROW_BYTES)
+    (run,) = analyse_inputs_dask(archives[:1], client=client, options=KernelOptions(), max_block_bytes=2 * ROW_BYTES)
     single, _ = _single(archives[0], KernelOptions(), 64 * 2**20)
     for name in ("valid", "reason", "alpha", "alpha_pos", "alpha_neg", "b"):
         np.testing.assert_array_equal(single.maps[name], run.model.maps[name], err_msg=name)
@@ -100,11 +110,17 @@ def test_per_pixel_sweeps_of_a_3ds(client: Client, tmp_path: Path) -> None:
     end = np.full((8, 10), -0.04, np.float32)
     start[4:], end[4:] = 0.039, -0.039  # another set-point set: the sweep differs per pixel
     path = tmp_path / "grid.3ds"
-    write_3ds(path, spectra=np.concatenate([np.stack([b.current_A, b.lockin_x_A], axis=2)
-                                            for _, b in film.iter_blocks(rows_per_block=4)]),
-              channel_names=["Current (A)", "LI Demod 1 X (A)"], sweep_start=start, sweep_end=end,
-              geometry=GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=10e-9, height_m=8e-9, nx=10, ny=8),
-              n_points=film.params.n_points)
+    write_3ds(
+        path,
+        spectra=np.concatenate(
+            [np.stack([b.current_A, b.lockin_x_A], axis=2) for _, b in film.iter_blocks(rows_per_block=4)]
+        ),
+        channel_names=["Current (A)", "LI Demod 1 X (A)"],
+        sweep_start=start,
+        sweep_end=end,
+        geometry=GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=10e-9, height_m=8e-9, nx=10, ny=8),
+        n_points=film.params.n_points,
+    )
     block = 3 * 10 * 1601 * 4 * 2
     (run,) = analyse_inputs_dask([path], client=client, options=KernelOptions(), max_block_bytes=block)
     single, _ = _single(path, KernelOptions(), block)
@@ -112,18 +128,18 @@ def test_per_pixel_sweeps_of_a_3ds(client: Client, tmp_path: Path) -> None:
     assert single.maps["valid"].sum() >= 70
 
 
-def test_cli_on_an_existing_cluster_writes_the_single_path_files(client: Client, archives: list[Path],
-                                                                 tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_on_an_existing_cluster_writes_the_single_path_files(
+    client: Client, archives: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """One input (the files cost ~10 s a run here); several inputs are covered by test_campaign."""
     path = archives[1]
-    assert main(["analyse", str(path), "--out", str(tmp_path / "sp"), "--examples", "1"]) == 0, \
-        capsys.readouterr().err
+    assert main(["analyse", str(path), "--out", str(tmp_path / "sp"), "--examples", "1"]) == 0, capsys.readouterr().err
     client.wait_for_workers(2, timeout=UP_TIMEOUT_S)  # both workers up before the CLI connects
     # the CLI's Client takes Dask's connect timeout (None -> config): generous here, under load
     with dask.config.set({"distributed.comm.timeouts.connect": f"{UP_TIMEOUT_S}s"}):
-        code = main(["analyse", str(path), "--out", str(tmp_path / "dk"), "--examples", "1",
-                     "--dask", client.scheduler.address])
+        code = main(
+            ["analyse", str(path), "--out", str(tmp_path / "dk"), "--examples", "1", "--dask", client.scheduler.address]
+        )
     assert code == 0, f"stslive analyse --dask {client.scheduler.address} failed: {capsys.readouterr().err}"
     sp, dk = tmp_path / "sp", tmp_path / "dk"
     with h5py.File(sp / "maps.h5") as a, h5py.File(dk / "maps.h5") as b:
@@ -136,8 +152,9 @@ def test_cli_on_an_existing_cluster_writes_the_single_path_files(client: Client,
     assert sorted(p.name for p in sp.iterdir()) == sorted(p.name for p in dk.iterdir())
 
 
-def test_an_input_path_after_dask_is_a_clear_error(archives: list[Path], tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_input_path_after_dask_is_a_clear_error(
+    archives: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["analyse", "--out", str(tmp_path / "o"), "--dask", str(archives[0]), str(archives[1])])
     assert code != 0
     assert "not a scheduler address" in capsys.readouterr().err

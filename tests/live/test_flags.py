@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 
@@ -25,7 +26,9 @@ def _reference_tip(cfg: FlagConfig, iy, ix, tip, eligible) -> np.ndarray:
     r = cfg.tip_radius_px
     out = np.zeros(tip.shape[0], dtype=bool)
     for i, (y, x) in enumerate(zip(iy.tolist(), ix.tolist(), strict=True)):
-        near = [accepted[(a, b)] for a in range(y - r, y + r + 1) for b in range(x - r, x + r + 1) if (a, b) in accepted]
+        near = [
+            accepted[(a, b)] for a in range(y - r, y + r + 1) for b in range(x - r, x + r + 1) if (a, b) in accepted
+        ]
         resid = tip[i] - np.median(near, axis=0) if near and np.isfinite(tip[i]).all() else None
         if resid is not None and len(residuals) >= cfg.tip_min_history and recent:
             hist = np.array(residuals)
@@ -49,8 +52,12 @@ def _reference_bits(cfg: FlagConfig, delta, reason, sp_dev, tip, temp, modulatio
         bits = 0
         if reason[i] in (ReasonCode.SEARCH_NOT_COVERED, ReasonCode.WINDOW_NOT_COVERED):
             bits |= FlagKind.SWEEP_COVERAGE
-        elif reason[i] in (ReasonCode.NO_PEAKS, ReasonCode.PEAK_AT_EDGE, ReasonCode.PEAK_NOT_BRACKETED,
-                           ReasonCode.POOR_PEAK_FIT):
+        elif reason[i] in (
+            ReasonCode.NO_PEAKS,
+            ReasonCode.PEAK_AT_EDGE,
+            ReasonCode.PEAK_NOT_BRACKETED,
+            ReasonCode.POOR_PEAK_FIT,
+        ):
             bits |= FlagKind.NO_PEAKS
         elif reason[i] in (ReasonCode.POOR_POWER_LAW_FIT, ReasonCode.NONPOSITIVE_CONDUCTANCE):
             bits |= FlagKind.POOR_FIT
@@ -68,7 +75,11 @@ def _reference_bits(cfg: FlagConfig, delta, reason, sp_dev, tip, temp, modulatio
                 temps.append(t)
         if not abs(sp_dev[i]) <= cfg.setpoint_rel_tol:
             bits |= FlagKind.SETPOINT
-        if reason[i] == ReasonCode.OK and math.isfinite(delta[i]) and not bits & (FlagKind.THERMAL | FlagKind.MODULATION):
+        if (
+            reason[i] == ReasonCode.OK
+            and math.isfinite(delta[i])
+            and not bits & (FlagKind.THERMAL | FlagKind.MODULATION)
+        ):
             deltas.append(delta[i])
         out.append(int(bits))
     out = np.array(out, dtype=np.uint32)
@@ -111,15 +122,23 @@ def _batched(cfg: FlagConfig, data, cuts) -> np.ndarray:
     delta, reason, sp_dev, tip, temp, modulation, iy, ix = data
     engine = FlagEngine(cfg)
     out = []
-    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+    for lo, hi in itertools.pairwise(cuts):
         n = hi - lo
         fields = {k: np.zeros(n) for k in SpectrumAnalysis._fields}
         fields.update(delta_eV=delta[lo:hi], reason=reason[lo:hi])
-        features = SpectralFeatures(setpoint_rel_dev=sp_dev[lo:hi], tip_features=tip[lo:hi],
-                                    lockin_peak=np.full(n, np.nan), lockin_rel_residual=np.full(n, np.nan))
-        conditions = PixelConditions(temperature_K=temp[lo:hi], lockin_overload=np.zeros(n, bool),
-                                     lockin_status=np.zeros(n, int), modulation_Vrms=modulation[lo:hi],
-                                     sensitivity_V=np.full(n, 5e-3))
+        features = SpectralFeatures(
+            setpoint_rel_dev=sp_dev[lo:hi],
+            tip_features=tip[lo:hi],
+            lockin_peak=np.full(n, np.nan),
+            lockin_rel_residual=np.full(n, np.nan),
+        )
+        conditions = PixelConditions(
+            temperature_K=temp[lo:hi],
+            lockin_overload=np.zeros(n, bool),
+            lockin_status=np.zeros(n, int),
+            modulation_Vrms=modulation[lo:hi],
+            sensitivity_V=np.full(n, 5e-3),
+        )
         out.append(engine.evaluate(SpectrumAnalysis(**fields), features, conditions, iy=iy[lo:hi], ix=ix[lo:hi]))
     return np.concatenate(out)
 
@@ -131,10 +150,13 @@ def test_batched_flags_equal_the_pixel_by_pixel_rules(pixels, split) -> None:
     for bit in (FlagKind.TIP_CHANGE, FlagKind.THERMAL, FlagKind.MODULATION, FlagKind.SETPOINT, FlagKind.NO_PEAKS):
         assert (expected & int(bit)).any(), bit  # every history rule is exercised
     rng = np.random.default_rng(1)
-    cuts = {"whole": [0, N], "single": list(range(N + 1)),
-            "random": sorted({0, N, *rng.integers(1, N, 120).tolist()}),
-            # batch sizes at the one-by-one limit and just above it (numpy passes), alternating
-            "limit": [*np.cumsum([0, *[SEQUENTIAL_MAX, SEQUENTIAL_MAX + 1, 1, 300] * 4]).tolist(), N]}[split]
+    cuts = {
+        "whole": [0, N],
+        "single": list(range(N + 1)),
+        "random": sorted({0, N, *rng.integers(1, N, 120).tolist()}),
+        # batch sizes at the one-by-one limit and just above it (numpy passes), alternating
+        "limit": [*np.cumsum([0, *[SEQUENTIAL_MAX, SEQUENTIAL_MAX + 1, 1, 300] * 4]).tolist(), N],
+    }[split]
     np.testing.assert_array_equal(_batched(cfg, pixels, cuts), expected)
 
 
@@ -143,18 +165,31 @@ def test_single_pixel_conditions_still_accepted(pixels) -> None:
     n = 50
     fields = {k: np.zeros(n) for k in SpectrumAnalysis._fields}
     fields.update(delta_eV=delta[:n], reason=reason[:n])
-    features = SpectralFeatures(setpoint_rel_dev=sp_dev[:n], tip_features=tip[:n], lockin_peak=np.full(n, 1e-15),  # 1 uV at 1e9 V/A: < 1 % of 5 mV
-                                lockin_rel_residual=np.full(n, 0.5))
-    conds = [PixelConditions(temperature_K=float(temp[i]), lockin_overload=i == 3, lockin_status=4 if i == 7 else 0,
-                             modulation_Vrms=float(modulation[i]), sensitivity_V=5e-3) for i in range(n)]
+    features = SpectralFeatures(
+        setpoint_rel_dev=sp_dev[:n],
+        tip_features=tip[:n],
+        lockin_peak=np.full(n, 1e-15),  # 1 uV at 1e9 V/A: < 1 % of 5 mV
+        lockin_rel_residual=np.full(n, 0.5),
+    )
+    conds = [
+        PixelConditions(
+            temperature_K=float(temp[i]),
+            lockin_overload=i == 3,
+            lockin_status=4 if i == 7 else 0,
+            modulation_Vrms=float(modulation[i]),
+            sensitivity_V=5e-3,
+        )
+        for i in range(n)
+    ]
     bits = FlagEngine().evaluate(SpectrumAnalysis(**fields), features, conds, iy=iy[:n], ix=ix[:n])
     assert bits[3] & FlagKind.LOCKIN_OVERLOAD and bits[7] & FlagKind.LOCKIN_OVERLOAD
     assert not bits[4] & FlagKind.LOCKIN_OVERLOAD
     assert (bits & FlagKind.LOCKIN_SENSITIVITY).all() and (bits & FlagKind.LOCKIN_MISMATCH).all()
 
 
-def _features_by_definition(bias, current, lockin, *, v_set_V, i_set_A, cfg=FlagConfig()):
+def _features_by_definition(bias, current, lockin, *, v_set_V, i_set_A, cfg=None):
     """The features exactly as the module docstring defines them, on the whole sweep."""
+    cfg = FlagConfig() if cfg is None else cfg
     bias, cur, x = prepare_sweep(bias, current, lockin)
     cur = cur * conductance_sign(bias, cur)[:, None]
     x = x * conductance_sign(bias, x, kind="didv")[:, None]
@@ -163,7 +198,10 @@ def _features_by_definition(bias, current, lockin, *, v_set_V, i_set_A, cfg=Flag
     g = derivative(bias, cur, points=cfg.smoothing_points)
     lo, hi = cfg.tip_band_V
     neg, pos = (bias >= -hi) & (bias <= -lo), (bias >= lo) & (bias <= hi)
-    tip = np.log(np.stack([g[:, neg].mean(axis=1, dtype=np.float64), g[:, pos].mean(axis=1, dtype=np.float64)], axis=1) / (i_at / abs(v_set_V))[:, None])
+    tip = np.log(
+        np.stack([g[:, neg].mean(axis=1, dtype=np.float64), g[:, pos].mean(axis=1, dtype=np.float64)], axis=1)
+        / (i_at / abs(v_set_V))[:, None]
+    )
     from scipy.ndimage import uniform_filter1d
 
     xs = uniform_filter1d(x, cfg.smoothing_points, axis=-1, mode="nearest")
@@ -208,24 +246,37 @@ def test_features_do_not_depend_on_the_batch(with_lockin: bool) -> None:
     bias = np.linspace(-0.04, 0.04, spectra.shape[-1])
 
     def features(lo: int, hi: int) -> SpectralFeatures:
-        return spectral_features(bias, spectra[lo:hi, 0], v_set_V=-0.01, i_set_A=150e-12,
-                                 lockin=spectra[lo:hi, 1] if with_lockin else None)
+        return spectral_features(
+            bias, spectra[lo:hi, 0], v_set_V=-0.01, i_set_A=150e-12, lockin=spectra[lo:hi, 1] if with_lockin else None
+        )
 
     whole = features(0, 40)
     for size in (1, 7, SEQUENTIAL_MAX):
         parts = [features(lo, min(40, lo + size)) for lo in range(0, 40, size)]
         for name in SpectralFeatures.__slots__:
-            np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in parts]), getattr(whole, name),
-                                          err_msg=f"{name}, batches of {size}")
+            np.testing.assert_array_equal(
+                np.concatenate([getattr(p, name) for p in parts]),
+                getattr(whole, name),
+                err_msg=f"{name}, batches of {size}",
+            )
 
 
 def test_unknown_reason_codes_raise_no_reason_flag() -> None:
     n = 4
     fields = {k: np.zeros(n) for k in SpectrumAnalysis._fields}
     fields.update(delta_eV=np.full(n, 1.2e-3), reason=np.array([-1, 999, ReasonCode.NO_PEAKS, ReasonCode.OK]))
-    features = SpectralFeatures(setpoint_rel_dev=np.zeros(n), tip_features=np.zeros((n, 2)),
-                                lockin_peak=np.full(n, np.nan), lockin_rel_residual=np.full(n, np.nan))
-    conds = PixelConditions(temperature_K=np.full(n, 0.3), lockin_overload=np.zeros(n, bool),
-                            lockin_status=np.zeros(n, int), modulation_Vrms=np.full(n, 50e-6), sensitivity_V=np.zeros(n))
+    features = SpectralFeatures(
+        setpoint_rel_dev=np.zeros(n),
+        tip_features=np.zeros((n, 2)),
+        lockin_peak=np.full(n, np.nan),
+        lockin_rel_residual=np.full(n, np.nan),
+    )
+    conds = PixelConditions(
+        temperature_K=np.full(n, 0.3),
+        lockin_overload=np.zeros(n, bool),
+        lockin_status=np.zeros(n, int),
+        modulation_Vrms=np.full(n, 50e-6),
+        sensitivity_V=np.zeros(n),
+    )
     bits = FlagEngine().evaluate(SpectrumAnalysis(**fields), features, conds, iy=np.zeros(n, int), ix=np.arange(n))
     np.testing.assert_array_equal(bits, [0, 0, int(FlagKind.NO_PEAKS), 0])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from stslive.live import kernels, kernels_gap
-from stslive.live.kernels import KernelOptions, ReasonCode, analyse_spectra, _bank_args
+from stslive.live.kernels import KernelOptions, ReasonCode, _bank_args, analyse_spectra
 from stslive.live.kernels_gap import DYNES_WIDTHS_EV, rowwise_matmul, template_bank
 from stslive.mocks.film import FilmParams, make_film
 
@@ -39,7 +39,7 @@ def test_template_peak_is_the_positive_coherence_peak(step_V, integrated):
     widths = tuple(sorted(set(WIDTHS_EV) | set(DYNES_WIDTHS_EV)))
     bank = template_bank(step_V, **_bank_args(0.3, 50e-6, integrated=integrated), widths=widths)
     peak_eV = bank.peak_offset * step_V
-    assert np.all(peak_eV > 0) and np.all(peak_eV < 0.6e-3), dict(zip(widths, peak_eV))
+    assert np.all(peak_eV > 0) and np.all(peak_eV < 0.6e-3), dict(zip(widths, peak_eV, strict=False))
 
 
 @pytest.mark.parametrize("step_V", [5e-5, 1e-4])
@@ -72,11 +72,12 @@ def _assert_identical(a, b, what):
 @pytest.mark.parametrize("gap_source", ["current", "lockin"])
 def test_results_bit_identical_across_runs_threads_and_chunks(film_spectra, gap_source):
     film, spectra, _ = film_spectra
-    common = dict(gap_source=gap_source, modulation_Vrms=film.params.modulation_Vrms)
+    common = {"gap_source": gap_source, "modulation_Vrms": film.params.modulation_Vrms}
 
     def run(**kw):
-        return analyse_spectra(film.bias_V, current=spectra.current_A, lockin=spectra.lockin_x_A,
-                               options=KernelOptions(**common, **kw))
+        return analyse_spectra(
+            film.bias_V, current=spectra.current_A, lockin=spectra.lockin_x_A, options=KernelOptions(**common, **kw)
+        )
 
     reference = run(dynes_width_eV=0.1054e-3, threads=1, chunk=512)
     assert np.all(reference.delta_eV[reference.valid] > 0)
@@ -99,7 +100,7 @@ def test_rowwise_matmul_row_depends_on_its_row_only():
         assert np.array_equal(rowwise_matmul(a[start:stop], b), full[start:stop])
     raw = np.empty(a.size + 8, np.float32)
     for shift in range(1, 8):  # misaligned copies of the same rows
-        moved = raw[shift: shift + a.size].reshape(a.shape)
+        moved = raw[shift : shift + a.size].reshape(a.shape)
         moved[:] = a
         assert np.array_equal(rowwise_matmul(moved, b), full)
     assert rowwise_matmul(a[:0], b).shape == (0, 49)
@@ -109,6 +110,7 @@ def test_rowwise_matmul_row_depends_on_its_row_only():
 # on the spectra (columns, search geometry, fit-window designs, the template bank) is cached per
 # bias grid. A cache keyed by the array's identity would go stale when a caller reuses its axis
 # buffer for another sweep; the per-polarity geometry would be wrong on asymmetric sweeps.
+
 
 def _clear_kernel_caches():
     for module in (kernels, kernels_gap):
@@ -125,9 +127,11 @@ def test_batches_of_one_and_seven_equal_the_whole_batch(film_spectra, gap_source
     opts = KernelOptions(dynes_width_eV=0.1054e-3, gap_source=gap_source, modulation_Vrms=film.params.modulation_Vrms)
     whole = analyse_spectra(film.bias_V, current=cur, lockin=lia, options=opts)
     for batch in (1, 7):
-        parts = [analyse_spectra(film.bias_V, current=cur[s:s + batch], lockin=lia[s:s + batch], options=opts)
-                 for s in range(0, cur.shape[0], batch)]
-        joined = type(whole)(*(np.concatenate(field) for field in zip(*parts)))
+        parts = [
+            analyse_spectra(film.bias_V, current=cur[s : s + batch], lockin=lia[s : s + batch], options=opts)
+            for s in range(0, cur.shape[0], batch)
+        ]
+        joined = type(whole)(*(np.concatenate(field) for field in zip(*parts, strict=False)))
         _assert_identical(whole, joined, batch)
 
 
@@ -156,8 +160,12 @@ def test_gap_on_an_asymmetric_sweep_equals_the_symmetric_one(film_spectra, gap_s
     n = film.bias_V.size
     cut = n // 8
     cur, lia = spectra.current_A.reshape(-1, n), spectra.lockin_x_A.reshape(-1, n)
-    opts = KernelOptions(dynes_width_eV=0.1054e-3, gap_source=gap_source, modulation_Vrms=film.params.modulation_Vrms,
-                         fit_window_V=(5e-3, 20e-3))
+    opts = KernelOptions(
+        dynes_width_eV=0.1054e-3,
+        gap_source=gap_source,
+        modulation_Vrms=film.params.modulation_Vrms,
+        fit_window_V=(5e-3, 20e-3),
+    )
     full = analyse_spectra(film.bias_V, current=cur, lockin=lia, options=opts)
     short = analyse_spectra(film.bias_V[cut:], current=cur[:, cut:], lockin=lia[:, cut:], options=opts)
     assert -film.bias_V[cut] < film.bias_V[-1] and (full.gap_reason == 0).mean() > 0.9
@@ -188,6 +196,8 @@ def test_a_coarse_sweep_missing_the_search_range_builds_no_templates_and_warns_n
     current = np.tile(1e-9 * bias / 0.1, (3, 1)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = analyse_spectra(bias, current=current, options=KernelOptions(dynes_width_eV=0.1e-3, fit_window_V=(10e-3, 60e-3)))
+        res = analyse_spectra(
+            bias, current=current, options=KernelOptions(dynes_width_eV=0.1e-3, fit_window_V=(10e-3, 60e-3))
+        )
     # (NAN_INPUT wins over SEARCH_NOT_COVERED: the gap columns reach the derivative's NaN ends)
     assert np.all(res.gap_reason != ReasonCode.OK) and np.isnan(res.delta_eV).all() and np.isfinite(res.alpha).all()

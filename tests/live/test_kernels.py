@@ -86,7 +86,10 @@ def test_a_spectrum_without_gap_reports_no_peaks():
     assert np.all(np.isnan(gap.delta_eV))
     # noise alone makes a maximum somewhere; the template fit must then fail to lock on a peak
     assert set(gap.reason.tolist()) <= {
-        ReasonCode.NO_PEAKS, ReasonCode.PEAK_AT_EDGE, ReasonCode.PEAK_NOT_BRACKETED, ReasonCode.POOR_PEAK_FIT
+        ReasonCode.NO_PEAKS,
+        ReasonCode.PEAK_AT_EDGE,
+        ReasonCode.PEAK_NOT_BRACKETED,
+        ReasonCode.POOR_PEAK_FIT,
     }
 
 
@@ -200,8 +203,12 @@ def test_threads_and_chunks_do_not_change_the_result(film_spectra):
     base = KernelOptions(dynes_width_eV=1e-4, modulation_Vrms=film.params.modulation_Vrms)
     whole = analyse_spectra(film.bias_V, current=current, lockin=lockin, options=base)
     runs = [
-        analyse_spectra(film.bias_V, current=current, lockin=lockin,
-                        options=KernelOptions(**{**base.__dict__, "chunk": 4, "threads": threads}))
+        analyse_spectra(
+            film.bias_V,
+            current=current,
+            lockin=lockin,
+            options=KernelOptions(**{**base.__dict__, "chunk": 4, "threads": threads}),
+        )
         for threads in (1, 2)
     ]
     for name in whole._fields:
@@ -228,7 +235,12 @@ def test_bench_prints_rates_ratio_and_the_stage_breakdown(capsys):
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    assert bench.run(parser.parse_args(["analysis", "--grid", "12x10", "--sample", "5", "--repeat", "2", "--threads", "2"])) == 0
+    assert (
+        bench.run(
+            parser.parse_args(["analysis", "--grid", "12x10", "--sample", "5", "--repeat", "2", "--threads", "2"])
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "spectra/s" in out and "ratio:" in out and "median of 2 passes" in out
     for stage in ("sign + derivative", "coarse peaks", "template refinement", "power-law fit"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -9,16 +10,25 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.cli.simulate import CHANNELS, write_film_archive
+from stslive.acquisition.formats.archive import open_archive
 from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import correlation_report
 from stslive.live.kernels import KernelOptions, ReasonCode, SpectrumAnalysis
 from stslive.live.pipeline import (
-    TheoryConstants, analyse_arrays, analyse_input, analyse_pixels, apply_to_model, calibrate_options,
-    calibrate_source, calibration_sample, correlation_snapshot, open_input,
-    predicted_gap_spread, sheet_resistance_sigma,
+    TheoryConstants,
+    analyse_arrays,
+    analyse_input,
+    analyse_pixels,
+    apply_to_model,
+    calibrate_options,
+    calibrate_source,
+    calibration_sample,
+    correlation_snapshot,
+    open_input,
+    predicted_gap_spread,
+    sheet_resistance_sigma,
 )
 from stslive.live.results import ResultsModel
 from stslive.mocks.film import FilmParams, make_film
@@ -44,8 +54,9 @@ def _rms(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize(("gap_source", "delta_goal_eV"), [("auto", 0.015e-3), ("current", 0.03e-3)])
-def test_archive_analysis_meets_issue_accuracy(film_archive: Path, truth: dict[str, np.ndarray],
-                                               gap_source: str, delta_goal_eV: float) -> None:
+def test_archive_analysis_meets_issue_accuracy(
+    film_archive: Path, truth: dict[str, np.ndarray], gap_source: str, delta_goal_eV: float
+) -> None:
     """Issue 2 goals vs the definition truth: Delta 0.015 meV (lock-in) / 0.03 meV (I(V)), alpha 0.003."""
     model = analyse_input(film_archive, options=KernelOptions(gap_source=gap_source))
     valid = model.maps["valid"]
@@ -60,11 +71,15 @@ def test_archive_analysis_meets_issue_accuracy(film_archive: Path, truth: dict[s
 
 def test_progress_reports_every_pixel_once(film_archive: Path) -> None:
     calls: list[tuple[int, int]] = []
-    analyse_input(film_archive, options=KernelOptions(gap_source="current"), progress=lambda d, t: calls.append((d, t)),
-                  max_block_bytes=10 * NX * 1601 * 4)
+    analyse_input(
+        film_archive,
+        options=KernelOptions(gap_source="current"),
+        progress=lambda d, t: calls.append((d, t)),
+        max_block_bytes=10 * NX * 1601 * 4,
+    )
     assert calls[0] == (0, NY * NX) and calls[-1] == (NY * NX, NY * NX)
     assert len(calls) >= 1 + math.ceil(NY / 10)  # blocks of at most 10 rows (fewer when the lock-in is read too)
-    assert all(b[0] >= a[0] for a, b in zip(calls, calls[1:]))
+    assert all(b[0] >= a[0] for a, b in itertools.pairwise(calls))
 
 
 def test_one_pixel_equals_its_batch_row(film_archive: Path) -> None:
@@ -156,11 +171,30 @@ def test_truncated_archive_gives_a_clear_error(tmp_path: Path, film_archive: Pat
 def test_apply_to_model_single_pixel_and_block() -> None:
     model = ResultsModel(3, 4)
     n = 2
-    fields = {f: np.full(n, 0.5, np.float32) for f in ("delta_eV", "peak_neg_V", "peak_pos_V", "visibility",
-                                                        "peak_score", "alpha", "alpha_pos", "alpha_neg", "b",
-                                                        "b_pos", "b_neg", "rms_log_residual")}
-    analysis = SpectrumAnalysis(**fields, gap_reason=np.zeros(n, np.int8), alpha_reason=np.array([0, 9], np.int8),
-                                valid=np.array([True, False]), reason=np.array([0, 9], np.int8))
+    fields = {
+        f: np.full(n, 0.5, np.float32)
+        for f in (
+            "delta_eV",
+            "peak_neg_V",
+            "peak_pos_V",
+            "visibility",
+            "peak_score",
+            "alpha",
+            "alpha_pos",
+            "alpha_neg",
+            "b",
+            "b_pos",
+            "b_neg",
+            "rms_log_residual",
+        )
+    }
+    analysis = SpectrumAnalysis(
+        **fields,
+        gap_reason=np.zeros(n, np.int8),
+        alpha_reason=np.array([0, 9], np.int8),
+        valid=np.array([True, False]),
+        reason=np.array([0, 9], np.int8),
+    )
     apply_to_model(model, np.array([0, 2]), np.array([1, 3]), analysis, setpoint_set=4)
     assert model.maps["measured"].sum() == 2 and model.maps["valid"][0, 1] and not model.maps["valid"][2, 3]
     assert model.maps["reason"][2, 3] == ReasonCode.POOR_POWER_LAW_FIT and model.maps["setpoint_set"][0, 1] == 4
@@ -233,8 +267,9 @@ def _serpentine_archive(path: Path) -> tuple[Path, list]:
 
     ny, nx = 4, 32
     iy, ix = np.indices((ny, nx))
-    narrow, broad = (make_film(FilmParams(ny=ny, nx=nx, seed=5, n_points=N_POINTS, dynes_gamma_eV=g))
-                     for g in (0.05e-3, 0.2e-3))
+    narrow, broad = (
+        make_film(FilmParams(ny=ny, nx=nx, seed=5, n_points=N_POINTS, dynes_gamma_eV=g)) for g in (0.05e-3, 0.2e-3)
+    )
     a, b = narrow.spectra(iy, ix), broad.spectra(iy, ix)
     current = np.where(ix[..., None] >= nx // 2, b.current_A, a.current_A)
     lockin = np.where(ix[..., None] >= nx // 2, b.lockin_x_A, a.lockin_x_A)
@@ -242,15 +277,38 @@ def _serpentine_archive(path: Path) -> tuple[Path, list]:
     sets, geom = make_sets(), geometry(ny, nx)
     order = [(y, x) for y in range(ny) for x in (range(nx) if y % 2 == 0 else range(nx - 1, -1, -1))]
     inputs = []
-    with ArchiveWriter.create(path, geometry=geom, channel_names=SIM_CHANNELS, n_points=N_POINTS,
-                              setpoint_sets=sets, start_doc={"uid": "serp", **start_fields(geom, sets)}) as writer:
+    with ArchiveWriter.create(
+        path,
+        geometry=geom,
+        channel_names=SIM_CHANNELS,
+        n_points=N_POINTS,
+        setpoint_sets=sets,
+        start_doc={"uid": "serp", **start_fields(geom, sets)},
+    ) as writer:
         for k, (y, x) in enumerate(order):
             t = 1000.0 + k
-            meta = PixelMeta(x_m=x * 1e-9, y_m=y * 1e-9, setpoint_set_id=0, t_start=t, t_sweep_start=t,
-                             t_sweep_end=t + 0.5, t_end=t + 0.5)
+            meta = PixelMeta(
+                x_m=x * 1e-9,
+                y_m=y * 1e-9,
+                setpoint_set_id=0,
+                t_start=t,
+                t_sweep_start=t,
+                t_sweep_end=t + 0.5,
+                t_end=t + 0.5,
+            )
             writer.write_pixel(y, x, spectra[y, x], meta)
-            inputs.append(PixelInput(iy=y, ix=x, set_id=0, spectra=spectra[y, x], time=t + 0.5,
-                                     temperatures_K=(0.3, 0.3), lockin_status=0, lockin_overload=False))
+            inputs.append(
+                PixelInput(
+                    iy=y,
+                    ix=x,
+                    set_id=0,
+                    spectra=spectra[y, x],
+                    time=t + 0.5,
+                    temperatures_K=(0.3, 0.3),
+                    lockin_status=0,
+                    lockin_overload=False,
+                )
+            )
     return path, inputs
 
 
@@ -258,8 +316,8 @@ def test_offline_calibrates_on_the_live_analysers_spectra_for_a_serpentine_scan(
     """Live = offline: both fix the template width on the first spectra in ACQUISITION order."""
     from test_analyser_sim import geometry, make_sets, start_fields
 
-    from stslive.live.run_context import RunContext
     from stslive.live.flags import FlagConfig
+    from stslive.live.run_context import RunContext
 
     path, inputs = _serpentine_archive(tmp_path / "serpentine.h5")
     options = KernelOptions(chunk=48)

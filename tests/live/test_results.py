@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
+from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 from stslive.drivers.errors import AnalysisError, FileFormatError, StreamError
 from stslive.live import results_io as rio
 from stslive.live.results import MAP_SPECS, FlagKind, PixelResult, ResultsModel, load_maps_h5
-from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 
 
 def filled(ny: int = 24, nx: int = 30, seed: int = 3) -> ResultsModel:
@@ -52,7 +52,9 @@ def test_statistics_match_numpy_and_follow_overwrites():
     assert st.alpha_mean == pytest.approx(0.345, abs=1e-6)
     assert st.delta_hist.counts.sum() == 10 and st.delta_hist.edges.size == 6
     model.update_pixel(PixelResult(iy=0, ix=0, delta_eV=2e-3, alpha=0.3, valid=True))
-    assert model.statistics(bins=5).delta_mean_eV == pytest.approx(float((delta.sum() - delta[0] + 2e-3) / 10), rel=1e-6)
+    assert model.statistics(bins=5).delta_mean_eV == pytest.approx(
+        float((delta.sum() - delta[0] + 2e-3) / 10), rel=1e-6
+    )
 
 
 def test_flag_summary_per_set_with_message_first_last_and_dominant():
@@ -163,8 +165,18 @@ def test_wire_round_trip_rebuilds_the_model():
         rebuilt = rebuilt or rio.model_from_message(t, h)
         rebuilt.apply_message(t, h, a)
     assert_models_equal(model, rebuilt)
-    px = PixelResult(iy=3, ix=4, setpoint_set=1, delta_eV=1.1e-3, alpha=0.33, valid=True, reason=0,
-                     flags=int(FlagKind.TIP_CHANGE), time=123.5, temperature_K=0.3)
+    px = PixelResult(
+        iy=3,
+        ix=4,
+        setpoint_set=1,
+        delta_eV=1.1e-3,
+        alpha=0.33,
+        valid=True,
+        reason=0,
+        flags=int(FlagKind.TIP_CHANGE),
+        time=123.5,
+        temperature_K=0.3,
+    )
     rebuilt.apply_message(*rio.decode_message(rio.encode_message(*rio.pixel_message(px))))
     got = rebuilt.pixel(3, 4)
     assert got.flags == int(FlagKind.TIP_CHANGE) and got.valid and got.time == 123.5

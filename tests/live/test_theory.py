@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.cli import main
+from stslive.acquisition.cli import theory as theory_cli
 from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live import theory as th
-from stslive.acquisition.cli import theory as theory_cli
 
 R_Q = 25812.807459304513  # h/e^2, exact since the 2019 SI redefinition
 EQ2 = {"bias_V": 0.01, "diffusion_m2_s": 0.5e-4, "l_alpha_m": 18e-9}
@@ -120,7 +120,7 @@ def test_lengths_times_and_ratios() -> None:
     tau = float(th.elastic_scattering_time_s(mean_free_path_m=0.5e-9, diffusion_m2_s=5e-5))
     assert tau == pytest.approx(0.25e-18 / 1.5e-4, rel=1e-12)
     assert th.HBAR_EV_S / tau == pytest.approx(0.3949, abs=1e-4)  # paper: 0.33 eV
-    assert th.BCS_GAP_RATIO == pytest.approx(1.764, abs=1e-3)
+    assert pytest.approx(1.764, abs=1e-3) == th.BCS_GAP_RATIO
     assert float(th.gap_to_tc_ratio(gap_eV=1.2e-3, tc_K=3.8)) == pytest.approx(3.6646, abs=1e-4)
 
 

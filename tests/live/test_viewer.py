@@ -11,16 +11,16 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from pyqtgraph.Qt import QtCore, QtGui  # noqa: E402
+from pyqtgraph.Qt import QtCore, QtGui
 
-from stslive.acquisition.formats.archive import ArchiveWriter  # noqa: E402
-from stslive.acquisition.cli import main  # noqa: E402
-from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet  # noqa: E402
-from stslive.live import results_io as rio  # noqa: E402
-from stslive.live.results import FlagKind, PixelResult, ResultsModel  # noqa: E402
-from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot  # noqa: E402
-from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps  # noqa: E402
-from stslive.live.viewer.sources import SpectrumFetcher, StreamSource  # noqa: E402
+from stslive.acquisition.cli import main
+from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
+from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
+from stslive.live import results_io as rio
+from stslive.live.results import FlagKind, PixelResult, ResultsModel
+from stslive.live.viewer.sources import SpectrumFetcher, StreamSource
+from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
 
 NY, NX, NPTS = 24, 32, 401
 BIAS = np.linspace(-0.04, 0.04, NPTS)
@@ -97,8 +97,9 @@ def test_window_builds_and_follows_the_model(window_factory):
     w = window_factory(model)
     w.redraw_all()
     maps = synthetic_maps(NY, NX, seed=1, length_px=3.0)
-    model.update_pixel(PixelResult(iy=2, ix=3, delta_eV=1.3e-3, alpha=0.31, valid=True, time=1.0,
-                                   flags=int(FlagKind.THERMAL)))
+    model.update_pixel(
+        PixelResult(iy=2, ix=3, delta_eV=1.3e-3, alpha=0.31, valid=True, time=1.0, flags=int(FlagKind.THERMAL))
+    )
     w.redraw_all()
     img = w.delta_map.image.image
     assert img.shape == (NY, NX) and img[2, 3] == pytest.approx(1.3) and np.isnan(img[0, 0])  # meV, NaN unmeasured
@@ -200,8 +201,15 @@ def test_stream_source_follows_a_publisher(window_factory):
 
 def make_archive(path, *, rows: int, z_m: np.ndarray | None = None) -> None:
     geo = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=NX * 1e-9, height_m=NY * 1e-9, nx=NX, ny=NY)
-    sp = SetpointSet(id=0, name="spec", bias_setpoint_V=-0.01, current_setpoint_A=150e-12, sweep_start_V=-0.04,
-                     sweep_end_V=0.04, n_points=NPTS)
+    sp = SetpointSet(
+        id=0,
+        name="spec",
+        bias_setpoint_V=-0.01,
+        current_setpoint_A=150e-12,
+        sweep_start_V=-0.04,
+        sweep_end_V=0.04,
+        n_points=NPTS,
+    )
     maps = synthetic_maps(NY, NX, seed=1, length_px=3.0)
     spectra = np.empty((rows, NX, 2, NPTS), np.float32)
     spectra[..., 0, :] = BIAS
@@ -209,12 +217,31 @@ def make_archive(path, *, rows: int, z_m: np.ndarray | None = None) -> None:
         for ix in range(NX):
             spectra[iy, ix, 1] = bcs_current(float(maps["delta_eV"][iy, ix]), float(maps["alpha"][iy, ix]))
     t = 1.7e9 + np.arange(rows * NX, dtype=np.float64).reshape(rows, NX) * 2.0
-    with ArchiveWriter.create(path, geometry=geo, channel_names=["Bias (V)", "Current (A)"], n_points=NPTS,
-                              setpoint_sets=[sp], start_doc={}, bias=BIAS, swmr=False) as writer:
-        writer.write_block(slice(0, rows), slice(0, NX), spectra,
-                           {"setpoint_set_id": 0, "t_start": t - 1, "t_sweep_start": t - 1, "t_sweep_end": t,
-                            "t_end": t, "temperature_before_K": 0.3, "temperature_after_K": 0.3,
-                            **({} if z_m is None else {"z_m": z_m[:rows]})})
+    with ArchiveWriter.create(
+        path,
+        geometry=geo,
+        channel_names=["Bias (V)", "Current (A)"],
+        n_points=NPTS,
+        setpoint_sets=[sp],
+        start_doc={},
+        bias=BIAS,
+        swmr=False,
+    ) as writer:
+        writer.write_block(
+            slice(0, rows),
+            slice(0, NX),
+            spectra,
+            {
+                "setpoint_set_id": 0,
+                "t_start": t - 1,
+                "t_sweep_start": t - 1,
+                "t_sweep_end": t,
+                "t_end": t,
+                "temperature_before_K": 0.3,
+                "temperature_after_K": 0.3,
+                **({} if z_m is None else {"z_m": z_m[:rows]}),
+            },
+        )
 
 
 def test_view_snapshot_cli_writes_png_of_the_size(tmp_path, capsys):

@@ -80,8 +80,13 @@ def test_window_transport_fault_acts_once_per_spectrum_unless_every_call() -> No
     plan = FaultPlan.from_list(
         [
             {"kind": "no_reply", "instrument": "nanonis", "command": "Bias.Set", "from_spectrum": 1, "to_spectrum": 3},
-            {"kind": "delay", "instrument": "nanonis", "command": "Current.Get", "from_spectrum": 0,
-             "params": {"delay_s": 0.01, "every_call": True}},
+            {
+                "kind": "delay",
+                "instrument": "nanonis",
+                "command": "Current.Get",
+                "from_spectrum": 0,
+                "params": {"delay_s": 0.01, "every_call": True},
+            },
         ]
     )
     acted = []
@@ -96,7 +101,9 @@ def test_window_transport_fault_acts_once_per_spectrum_unless_every_call() -> No
 
 
 def test_state_faults_hold_over_their_window_and_record_each_spectrum_once() -> None:
-    plan = FaultPlan.from_list([{"kind": "tip_change", "from_spectrum": 2, "to_spectrum": 4, "params": {"factor": 0.5}}])
+    plan = FaultPlan.from_list(
+        [{"kind": "tip_change", "from_spectrum": 2, "to_spectrum": 4, "params": {"factor": 0.5}}]
+    )
     for s in range(6):
         for _ in range(3):  # queried several times per spectrum
             fault = plan.active("tip_change", spectrum=s)

@@ -30,8 +30,9 @@ def test_temperature_scanner_and_resistance():
 
 
 def test_temperature_excursion_fault_follows_the_spectrum_window():
-    faults = FaultPlan.from_list([{"kind": "temperature_excursion", "from_spectrum": 1, "to_spectrum": 2,
-                                   "params": {"kelvin": 0.5}}])
+    faults = FaultPlan.from_list(
+        [{"kind": "temperature_excursion", "from_spectrum": 1, "to_spectrum": 2, "params": {"kelvin": 0.5}}]
+    )
     with LS372Server(faults=faults) as server, connect(server) as t:
         assert t.temperature() == pytest.approx(0.3)
         faults.end_spectrum()
@@ -52,8 +53,9 @@ def test_no_reply_is_a_timeout():
 def test_another_instrument_at_the_address_is_named():
     with SR830Server() as server:
         with pytest.raises(ControllerError, match="not a LakeShore 372"):
-            open_thermometer(VisaSettings(server.resource, timeout_s=0.5, read_termination="\n",
-                                          write_termination="\n"), channel="A")
+            open_thermometer(
+                VisaSettings(server.resource, timeout_s=0.5, read_termination="\n", write_termination="\n"), channel="A"
+            )
 
 
 def test_only_the_last_query_of_a_line_is_answered():

@@ -87,7 +87,9 @@ def test_tip_change_scales_the_spectrum(film: Any) -> None:
 
 
 def test_temperature_excursion_for_its_spectra(film: Any) -> None:
-    lab = _lab(film, [{"kind": "temperature_excursion", "from_spectrum": 2, "to_spectrum": 3, "params": {"kelvin": 1.5}}])
+    lab = _lab(
+        film, [{"kind": "temperature_excursion", "from_spectrum": 2, "to_spectrum": 3, "params": {"kelvin": 1.5}}]
+    )
     base = lab.temperature_K(spectrum=0)
     assert lab.temperature_K(spectrum=2) == pytest.approx(base + 1.5)
     assert lab.temperature_K(spectrum=3) == pytest.approx(base)
@@ -120,10 +122,25 @@ def test_start_servers_runs_all_three(film: Any) -> None:
 
 
 def test_mock_lab_cli_prints_resources_and_stops_on_sigterm() -> None:
-    cmd = [sys.executable, "-m", "stslive.acquisition.cli", "mock-lab", "--nanonis-port", "0", "--sr830-port", "0",
-           "--thermometer-port", "0", "--grid", "4x3", "--speed", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "stslive.acquisition.cli",
+        "mock-lab",
+        "--nanonis-port",
+        "0",
+        "--sr830-port",
+        "0",
+        "--thermometer-port",
+        "0",
+        "--grid",
+        "4x3",
+        "--speed",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
         names = [line.split()[0] for line in lines]

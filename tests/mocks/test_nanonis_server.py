@@ -186,8 +186,13 @@ def test_no_reply_is_instrument_timeout_and_next_call_reconnects(film: Any) -> N
 
 
 def test_error_reply_is_controller_error_with_the_message(film: Any) -> None:
-    fault = {"kind": "error_reply", "instrument": "nanonis", "command": "Bias.Set", "at_call": 1,
-             "params": {"message": "Bias module locked by the scan", "code": 7}}
+    fault = {
+        "kind": "error_reply",
+        "instrument": "nanonis",
+        "command": "Bias.Set",
+        "at_call": 1,
+        "params": {"message": "Bias module locked by the scan", "code": 7},
+    }
     lab, server = _server(film, [fault])
     try:
         with _driver(server) as stm:
@@ -234,7 +239,7 @@ def test_delay_longer_than_timeout_times_out_shorter_passes(film: Any) -> None:
         {"kind": "delay", "instrument": "nanonis", "command": "Current.Get", "at_call": 1, "params": {"delay_s": 0.05}},
         {"kind": "delay", "instrument": "nanonis", "command": "Current.Get", "at_call": 2, "params": {"delay_s": 0.6}},
     ]
-    lab, server = _server(film, faults)
+    _lab, server = _server(film, faults)
     try:
         with _driver(server, timeout_s=0.3) as stm:
             t0 = time.perf_counter()

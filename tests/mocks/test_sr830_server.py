@@ -22,8 +22,9 @@ TIMEOUT_S = 0.5
 
 
 def connect(server: SR830Server, **kwargs) -> SrsLockIn:
-    return open_lockin(VisaSettings(server.resource, timeout_s=TIMEOUT_S, backend="@py",
-                                    reconnect_delay_s=0.01), **kwargs)
+    return open_lockin(
+        VisaSettings(server.resource, timeout_s=TIMEOUT_S, backend="@py", reconnect_delay_s=0.01), **kwargs
+    )
 
 
 def plan(*faults: dict) -> FaultPlan:
@@ -39,7 +40,12 @@ def test_settings_persist_in_the_shared_state():
         li.set_time_constant(30e-3)
         li.set_sensitivity(20e-6)
         snap = state.snapshot()
-        assert (snap.frequency_hz, snap.amplitude_v, snap.time_constant_s, snap.sensitivity_v) == (973.0, 0.5, 30e-3, 20e-6)
+        assert (snap.frequency_hz, snap.amplitude_v, snap.time_constant_s, snap.sensitivity_v) == (
+            973.0,
+            0.5,
+            30e-3,
+            20e-6,
+        )
         assert snap.modulation_at_bias_v_rms == pytest.approx(0.5e-3)
         assert li.settings()["time_constant"] == 30e-3
         state.set_signal(3e-6, -4e-6)
@@ -81,8 +87,7 @@ def test_no_reply_raises_instrument_timeout_and_recovers():
 
 
 def test_delay_is_waited_for():
-    faults = plan({"kind": "delay", "instrument": "sr830", "command": "SLVL", "at_call": 1,
-                   "params": {"delay_s": 0.2}})
+    faults = plan({"kind": "delay", "instrument": "sr830", "command": "SLVL", "at_call": 1, "params": {"delay_s": 0.2}})
     with SR830Server(faults=faults) as server, connect(server) as li:
         t0 = time.perf_counter()
         assert li.get_amplitude() == 1.0
@@ -98,8 +103,9 @@ def test_connection_drop_is_repaired_by_one_reconnect():
 
 
 def test_repeated_drops_raise_connection_error():
-    faults = plan(*({"kind": "connection_drop", "instrument": "sr830", "command": "OFLT", "at_call": n}
-                    for n in (1, 2)))
+    faults = plan(
+        *({"kind": "connection_drop", "instrument": "sr830", "command": "OFLT", "at_call": n} for n in (1, 2))
+    )
     with SR830Server(faults=faults) as server, connect(server) as li:
         with pytest.raises(InstrumentConnectionError) as info:
             li.get_time_constant()
