@@ -1,16 +1,21 @@
-"""Reading a TOML file with errors that name the file, the kind of file and the option to fix.
+"""Reading configuration: TOML files and typed tables, with errors that name what to fix.
 
-Shared by every TOML input (run config, fault file, flag thresholds, instrument table); it lives in
-``stslive.drivers`` beside ``errors`` because that is the one layer all others may import.
+Shared by every TOML input and option table (run config, fault file, flag thresholds, kernel options,
+theory constants); it lives in ``stslive.drivers`` beside ``errors`` because that is the one layer
+every other may import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, StsliveError
+
+T = TypeVar("T")
 
 
 def read_toml(path: str | Path, *, what: str, option: str) -> dict[str, Any]:
@@ -41,3 +46,47 @@ def read_toml(path: str | Path, *, what: str, option: str) -> dict[str, Any]:
         raise ConfigError(f"{what} {path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
         raise ConfigError(f"{what} {path}: not UTF-8 text ({exc}); save it as UTF-8") from None
+
+
+def check_keys(
+    data: Mapping[str, Any], known: Iterable[str], *, what: str, error: type[StsliveError] = ConfigError
+) -> None:
+    """Refuse keys of ``data`` not in ``known``; the message lists the known ones.
+
+    Parameters
+    ----------
+    data
+        The table (TOML table, ``--set`` pairs, a decoded document).
+    known
+        The allowed keys.
+    what
+        What the table is, for the message (``"[stream]"``, ``"kernel option"``).
+    error
+        The error type to raise (ConfigError for user input, AnalysisError or StreamError elsewhere).
+    """
+    allowed = set(known)
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise error(f"{what}: unknown key(s) {unknown}; known keys: {sorted(allowed)}")
+
+
+def dataclass_from_mapping(
+    cls: type[T], data: Mapping[str, Any], *, what: str, error: type[StsliveError] = ConfigError
+) -> T:
+    """Build dataclass ``cls`` from ``data``: unknown keys and missing required keys raise ``error``.
+
+    Values are passed as they are; the dataclass validates them (``__post_init__``).
+    """
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    check_keys(data, (f.name for f in fields), what=what, error=error)
+    missing = [
+        f.name
+        for f in fields
+        if f.init
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in data
+    ]
+    if missing:
+        raise error(f"{what}: missing key(s) {missing}")
+    return cls(**dict(data))

@@ -18,6 +18,7 @@ FORMAT_MODULES = {
     "stslive.acquisition.formats.subscriber",
     "stslive.acquisition.formats.runmodel",
     "stslive.acquisition.formats.security",
+    "stslive.acquisition.formats.version",
 }
 
 
@@ -35,7 +36,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def _allowed(package: str, module: Path, name: str) -> bool:
-    if name.startswith(f"stslive.{package}") or name == "stslive.drivers.errors":
+    if name.startswith(f"stslive.{package}") or name in ("stslive.drivers.errors", "stslive.drivers.tomlfile"):
         return True
     if package == "drivers":
         return False
