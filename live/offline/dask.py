@@ -344,8 +344,8 @@ def analyse_inputs_dask(
             with open_input(info.path, options=calibrated[k]) as source:
                 dx, dy = source.pixel_size_m
                 model = model_from_stack(
-                    np.concatenate(blocks[k], axis=0),
-                    info,  # type: ignore[arg-type]
+                    np.concatenate([part for part in blocks[k] if part is not None], axis=0),
+                    info,
                     pixel_nm=float(math.sqrt(dx * dy) * 1e9),
                     topography=source.topography,
                 )

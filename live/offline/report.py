@@ -168,7 +168,8 @@ def build_report(
     report["predicted_delta_rel_sigma"] = predicted_gap_spread(
         sigma_rho, mean_gap * 1e-3 if mean_gap is not None else math.nan, constants=constants
     )
-    report["measured_delta_rel_sigma"] = (stats["delta_std_meV"] / mean_gap) if mean_gap else None
+    std_gap = stats["delta_std_meV"]
+    report["measured_delta_rel_sigma"] = (std_gap / mean_gap) if mean_gap and std_gap is not None else None
     report["theory_constants"] = constants.to_dict()
     report["elapsed_s"] = float(elapsed_s)
     report["inputs"] = {**inputs, "options": dataclasses.asdict(options), "software_version": software_version()}

@@ -223,3 +223,12 @@ def test_topography_origin_survives_maps_h5(tmp_path):
     back = load_maps_h5(tmp_path / "maps.h5")
     assert back.topography_origin == model.topography_origin
     np.testing.assert_array_equal(back.topography, topo)
+
+
+def test_pixel_result_from_dict_refuses_unknown_and_missing_fields():
+    result = PixelResult(iy=1, ix=2, delta_eV=1.3e-3, valid=True)
+    assert PixelResult.from_dict(result.to_dict()) == result
+    with pytest.raises(AnalysisError, match=r"unknown key\(s\) \['gap'\].*update stslive|update stslive.*'gap'"):
+        PixelResult.from_dict({**result.to_dict(), "gap": 1.0})
+    with pytest.raises(AnalysisError, match=r"missing key\(s\) \['iy'\]"):
+        PixelResult.from_dict({"ix": 2})
