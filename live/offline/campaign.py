@@ -38,15 +38,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never a window (also on a head-less cluster node)
-import matplotlib.pyplot as plt
 import numpy as np
 
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import open_3ds
 from stslive.drivers.errors import AnalysisError
+from stslive.live.offline.figures import new_figure, save_figure
 
 __all__ = ["run_conditions", "campaign_rows", "write_campaign", "campaign_figure", "CONDITIONS"]
 
@@ -194,7 +191,8 @@ def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str
     else:
         raise AnalysisError(f"campaign figure against {x_key!r}: choose one of {list(CONDITIONS)} or None")
     order = np.argsort(x, kind="stable")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    fig = new_figure((13, 3.8))
+    axes = fig.subplots(1, 3)
     panels = (("delta_mean_meV", "delta_std_meV", "Delta (meV)"), ("alpha_mean", "alpha_std", "alpha"))
     for ax, (mean, std, title) in zip(axes, panels, strict=False):
         ax.errorbar(x[order], _column(rows, mean)[order], yerr=_column(rows, std)[order], marker="o", capsize=3)
@@ -208,10 +206,7 @@ def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str
         if x_key is None:
             ax.set_xticks(x, [str(r["run"]) for r in rows], rotation=45, ha="right")
     fig.suptitle(f"campaign of {len(rows)} runs")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_campaign(out: str | os.PathLike[str], runs: Sequence[tuple[str, Path, Mapping[str, Any]]]) -> list[Path]:

@@ -30,27 +30,19 @@ import dataclasses
 import json
 import math
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.formats.version import software_version
 from stslive.drivers.errors import AnalysisError
 from stslive.live.correlations import correlation_report
 from stslive.live.kernels import KernelOptions, ReasonCode
 from stslive.live.pipeline import TheoryConstants, predicted_gap_spread, sheet_resistance_sigma
 from stslive.live.results import ResultsModel
 
-__all__ = ["software_version", "map_statistics", "ground_truth_errors", "build_report", "write_report"]
-
-
-def software_version() -> str:
-    """Installed ``stslive`` version (``0+unknown`` from a never-installed source tree)."""
-    try:
-        return version("stslive")
-    except PackageNotFoundError:
-        return "0+unknown"
+__all__ = ["map_statistics", "ground_truth_errors", "build_report", "write_report"]
 
 
 def _finite(value: Any) -> float | None:
