@@ -51,7 +51,10 @@ class FlagConfig:
         fly-back, a film boundary) is not a step of the junction. Accepted = finite features, no
         set-point flag, no tip flag; flagged pixels never become the reference, so a changed tip
         stays flagged while old-tip pixels lie within ``tip_radius_px``, after which it becomes the
-        baseline. Nothing is judged before ``tip_min_history`` accepted residuals.
+        baseline. Nothing is judged before ``tip_min_history`` accepted residuals, nor are NaN
+        features (no conductance in the band or at V_set: the set-point and fit rules cover them).
+        A live flag cannot wait for later pixels, so one pixel beyond the limit in space and time
+        is flagged (a momentary junction change).
         ``tip_min_change`` = 0.05 (a 5 % step of G_band / G_set) lies well above the clean demo
         film's pixel-to-pixel scatter of f (~0.005 rms) and below the injected tip fault's steps
         (0.16 and 0.28).

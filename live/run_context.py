@@ -5,7 +5,8 @@ archive when the analyser joins late). :class:`PixelInput` is one pixel to analy
 stream event or rebuilt from the archive. :meth:`RunContext.process` analyses a batch with the
 one code path (:func:`stslive.live.pipeline.analyse_pixels`), computes the flags in acquisition
 order (:class:`stslive.live.flags.FlagEngine`) and stores everything in the run's
-:class:`ResultsModel`; it returns the :class:`PixelResult` s to publish.
+:class:`ResultsModel`; it returns the batch's results as columns (arrays named by the
+:class:`PixelResult` fields) to publish.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def test_concurrent_writers_and_reader_lose_nothing():
     assert model.statistics().n_valid == 2000 and seen == sorted(seen)
 
 
-def test_maps_h5_round_trip_and_issue2_layout(tmp_path):
+def test_maps_h5_round_trip_and_layout(tmp_path):
     model = filled()
     path = tmp_path / "maps.h5"
     model.save_maps_h5(path)
@@ -136,7 +136,7 @@ def test_maps_h5_round_trip_and_issue2_layout(tmp_path):
     assert_models_equal(model, load_maps_h5(path))
 
 
-def test_bare_issue2_file_loads_and_garbage_is_refused(tmp_path):
+def test_bare_maps_file_loads_and_garbage_is_refused(tmp_path):
     bare = tmp_path / "bare.h5"
     with h5py.File(bare, "w") as f:
         for name in ("delta", "alpha", "b", "alpha_pos", "alpha_neg"):
