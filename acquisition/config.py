@@ -54,7 +54,7 @@ _VISA = {
 }
 
 #: section -> key -> Key. ``instruments.lockin`` and ``instruments.thermometer`` are optional.
-SCHEMA: dict[str, dict[str, Key]] = {
+RUN_CONFIG_KEYS: dict[str, dict[str, Key]] = {
     "run": {
         "name": Key("str", "", "free label of the run, stored in the start document"),
         "sample": Key("str", "", "sample description"),
@@ -131,7 +131,7 @@ _INSTRUMENTS = {"nanonis", "lockin", "thermometer"}
 def keys_table() -> str:
     """The reference table of every key (reStructuredText ``section.key | type | default | meaning``)."""
     rows = [("key", "type", "default", "meaning")]
-    for section, keys in SCHEMA.items():
+    for section, keys in RUN_CONFIG_KEYS.items():
         for name, key in keys.items():
             default = "required" if key.default is _REQUIRED else repr(key.default)
             rows.append((f"{section}.{name}", key.type, default, key.doc))
@@ -166,7 +166,7 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
 
 
 def parse_section(section: str, table: Any) -> dict[str, Any]:
-    """Check ``table`` against :data:`SCHEMA` ``[section]``; defaults filled in.
+    """Check ``table`` against :data:`RUN_CONFIG_KEYS` ``[section]``; defaults filled in.
 
     Raises
     ------
@@ -175,7 +175,7 @@ def parse_section(section: str, table: Any) -> dict[str, Any]:
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
-    schema = SCHEMA[section]
+    schema = RUN_CONFIG_KEYS[section]
     unknown = sorted(set(table) - set(schema))
     if unknown:
         raise ConfigError(

@@ -120,7 +120,7 @@ class Instruments:
 
 
 @dataclass(frozen=True)
-class PixelResult:
+class MeasuredPixel:
     """One measured pixel: spectra ``(channel, point)`` float32, metadata, time in the sweep call (s).
 
     ``sweep_call_s`` is the time of the controller's sweep call, less the work done beside it
@@ -200,7 +200,7 @@ class PixelProcedure:
         *,
         temperature_before_K: float,
         during_sweep: Callable[[], None] | None = None,
-    ) -> PixelResult:
+    ) -> MeasuredPixel:
         """Measure one pixel with set ``sp``; InstrumentError on failure (feedback back on).
 
         ``during_sweep`` (optional) runs once while the controller sweeps (see the module notes);
@@ -237,7 +237,7 @@ class PixelProcedure:
             lockin_status=status_bits(status),
             lockin_overload=status.overloaded,
         )
-        return PixelResult(spectra, meta, sweep_call_s)
+        return MeasuredPixel(spectra, meta, sweep_call_s)
 
     def _sweep(self, during_sweep: Callable[[], None] | None) -> tuple[SpectrumData, float, float, float]:
         """(spectrum, call start, call end, sweep_call_s), with ``during_sweep`` run meanwhile."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import stslive.acquisition.config as config_module
-from stslive.acquisition.config import SCHEMA, RunConfig
+from stslive.acquisition.config import RUN_CONFIG_KEYS, RunConfig
 from stslive.drivers.errors import ConfigError
 
 EXAMPLE = Path(config_module.__file__).with_name("example_run.toml")
@@ -49,7 +49,7 @@ def test_defaults_filled_in() -> None:
 
 
 def test_every_schema_key_is_documented_in_the_module_docstring() -> None:
-    for section, keys in SCHEMA.items():
+    for section, keys in RUN_CONFIG_KEYS.items():
         for name, key in keys.items():
             assert f"{section}.{name}" in config_module.__doc__
             assert key.doc
