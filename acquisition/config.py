@@ -30,7 +30,7 @@ from typing import Any
 from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.drivers.errors import ConfigError
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
-from stslive.drivers.tomlfile import read_toml
+from stslive.drivers.tomlfile import check_keys, read_toml
 
 _REQUIRED = object()
 
@@ -176,11 +176,7 @@ def parse_section(section: str, table: Any) -> dict[str, Any]:
     if not isinstance(table, Mapping):
         raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
     schema = RUN_CONFIG_KEYS[section]
-    unknown = sorted(set(table) - set(schema))
-    if unknown:
-        raise ConfigError(
-            f"[{section}]: unknown key(s) {[f'{section}.{k}' for k in unknown]}; allowed: {sorted(schema)}"
-        )
+    check_keys(table, schema, what=f"[{section}]")
     out: dict[str, Any] = {}
     for name, key in schema.items():
         where = f"{section}.{name}"
@@ -224,9 +220,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, source: str = "") -> RunConfig:
         """Check a parsed document (the TOML's tables as dicts)."""
-        unknown = sorted(set(doc) - _TOP)
-        if unknown:
-            raise ConfigError(f"unknown top-level key(s) {unknown}; allowed: {sorted(_TOP)}")
+        check_keys(doc, _TOP, what="top level")
         plans = [s for s in _PLAN_SECTIONS if s in doc]
         if len(plans) != 1:
             raise ConfigError(f"give exactly one of [grid], [line] or [points]; found {plans or 'none'}")
@@ -237,9 +231,7 @@ class RunConfig:
         instruments_doc = doc.get("instruments", {})
         if not isinstance(instruments_doc, Mapping) or "nanonis" not in instruments_doc:
             raise ConfigError("instruments.nanonis is required (the STM controller's resource string)")
-        bad = sorted(set(instruments_doc) - _INSTRUMENTS)
-        if bad:
-            raise ConfigError(f"[instruments]: unknown instrument(s) {bad}; allowed: {sorted(_INSTRUMENTS)}")
+        check_keys(instruments_doc, _INSTRUMENTS, what="[instruments]")
         instruments = {name: parse_section(f"instruments.{name}", table) for name, table in instruments_doc.items()}
         sets_doc = doc.get("setpoint_set")
         if not isinstance(sets_doc, list) or not sets_doc:

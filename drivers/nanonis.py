@@ -42,6 +42,7 @@ from pyvisa.resources import MessageBasedResource
 from stslive.drivers import nanonis_codec as codec
 from stslive.drivers.errors import ConfigError, InstrumentError, InstrumentReplyError, SafetyLimitError
 from stslive.drivers.protocols import ScanFrame, SpectroscopyConfig, SpectrumData
+from stslive.drivers.tomlfile import check_keys
 from stslive.drivers.visa import VisaSession, VisaSettings, underlying_socket
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,11 @@ class SafetyLimits:
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> SafetyLimits:
-        """From a config table; unknown keys raise ConfigError naming them."""
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise ConfigError(f"limits: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        """From a config table (V, A); unknown keys and values that are not numbers raise ConfigError naming them."""
+        check_keys(table, (f.name for f in fields(cls)), what="limits")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"limits: {key} = {value!r} must be a number")
         return cls(**{k: float(v) for k, v in table.items()})
 
     def check_bias(self, volts: float, *, what: str = "bias") -> None:

@@ -37,6 +37,7 @@ from pyvisa.errors import VisaIOError
 from pyvisa.resources import MessageBasedResource
 
 from stslive.drivers.errors import ConfigError, InstrumentConnectionError, InstrumentTimeout
+from stslive.drivers.tomlfile import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,20 @@ class VisaSettings:
             raise ConfigError(
                 f"'resource' = {self.resource!r} is not a VISA resource string; use e.g. TCPIP::127.0.0.1::6501::SOCKET"
             )
+        for key in ("timeout_s", "open_timeout_s", "reconnect_delay_s"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"'{key}' = {value!r} must be a number of seconds")
         for key in ("timeout_s", "open_timeout_s"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"'{key}' = {getattr(self, key)!r} must be > 0 seconds")
-        if not isinstance(self.reconnect_attempts, int) or self.reconnect_attempts < 0:
+        if (
+            isinstance(self.reconnect_attempts, bool)
+            or not isinstance(self.reconnect_attempts, int)
+            or self.reconnect_attempts < 0
+        ):
             raise ConfigError(f"'reconnect_attempts' = {self.reconnect_attempts!r} must be an integer >= 0")
-        if self.reconnect_delay_s < 0:
+        if not self.reconnect_delay_s >= 0:
             raise ConfigError(f"'reconnect_delay_s' = {self.reconnect_delay_s!r} must be >= 0 seconds")
 
     @classmethod
@@ -104,10 +113,7 @@ class VisaSettings:
 
         ``defaults`` supply values the table does not give (e.g. a driver's termination).
         """
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown instrument setting(s) {unknown}; allowed: {sorted(allowed)}")
+        check_keys(table, (f.name for f in fields(cls)), what="instrument settings")
         if "resource" not in table and "resource" not in defaults:
             raise ConfigError("instrument setting 'resource' (the VISA resource string) is missing")
         return cls(**{**defaults, **dict(table)})

@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import Any
 
 from stslive.drivers.errors import ConfigError
-from stslive.drivers.tomlfile import read_toml
+from stslive.drivers.tomlfile import check_keys, read_toml
 
 
 class FaultKind(StrEnum):
@@ -173,9 +173,7 @@ class Fault:
         """Build from a TOML table / dict; unknown or mistyped keys raise ConfigError naming them."""
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}: expected a table of keys {FAULT_KEYS}, got {type(entry).__name__}")
-        unknown = sorted(set(entry) - set(FAULT_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {list(FAULT_KEYS)}")
+        check_keys(entry, FAULT_KEYS, what=where)
         if "kind" not in entry:
             raise ConfigError(f"{where}: missing key 'kind'")
         try:
@@ -209,9 +207,7 @@ def _checked_params(kind: FaultKind, params: Mapping[str, Any]) -> dict[str, Any
     if not isinstance(params, Mapping):
         raise ConfigError(f"fault {kind.value}: 'params' must be a table, got {params!r}")
     spec = PARAMS[kind]
-    unknown = sorted(set(params) - set(spec))
-    if unknown:
-        raise ConfigError(f"fault {kind.value}: unknown params key(s) {unknown}; allowed: {sorted(spec)}")
+    check_keys(params, spec, what=f"fault {kind.value} params")
     out: dict[str, Any] = {}
     for name, (typ, required, default, meaning) in spec.items():
         if name not in params:
@@ -277,9 +273,7 @@ class FaultPlan:
         """Read a fault file (``[[fault]]`` tables); errors name the file and the key."""
         path = Path(path)
         doc = read_toml(path, what="fault file", option="--faults")
-        unknown = sorted(set(doc) - {"fault"})
-        if unknown:
-            raise ConfigError(f"fault file {path}: unknown top-level key(s) {unknown}; use [[fault]] tables")
+        check_keys(doc, ("fault",), what=f"fault file {path} (one [[fault]] table per fault)")
         entries = doc.get("fault", [])
         if not isinstance(entries, list):
             raise ConfigError(f"fault file {path}: 'fault' must be an array of tables ([[fault]])")
