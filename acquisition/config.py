@@ -1,22 +1,16 @@
 """The run configuration (TOML): instruments, plan, set-point sets, stream, suspender, retries.
 
-One file describes one run; ``stslive scan --config RUN.toml --out RUN.h5`` reads it and stores
-its canonical form (:meth:`RunConfig.to_dict`) in the archive's start document, so
-``stslive scan --resume RUN.h5`` needs only the archive. Every key is checked: an unknown key or
-a bad value is a :class:`~stslive.drivers.errors.ConfigError` naming ``section.key``.
-``acquisition/example_run.toml`` (package data) is a complete example.
-
-Exactly one of ``[grid]``, ``[line]`` or ``[points]`` gives the positions; at least one
-``[[setpoint_set]]`` table gives the set-point parameter sets (keys of
-:class:`~stslive.acquisition.formats.runmodel.SetpointSet`: ``id``, ``name``, ``bias_setpoint_V``,
-``current_setpoint_A``, ``sweep_start_V``, ``sweep_end_V``, ``n_points``, ``settle_s``,
-``integration_s``, ``lockin_frequency_Hz``, ``lockin_amplitude_Vrms``,
-``lockin_time_constant_s``, ``lockin_sensitivity_V``, ``feedback_hold``; all sets of a run need
-the same ``n_points``). ``[instruments.nanonis.limits]`` takes the keys of
-:class:`~stslive.drivers.nanonis.SafetyLimits`.
+Contract: one file describes one run; :meth:`RunConfig.from_toml` checks every key (an unknown
+key or a bad value is a :class:`~stslive.drivers.errors.ConfigError` naming ``[section]`` and the
+key) and :meth:`RunConfig.to_dict` gives the canonical form stored in the archive, accepted back
+by :meth:`RunConfig.from_dict`. Exactly one of ``[grid]``, ``[line]`` or ``[points]`` gives the
+positions; one or more ``[[setpoint_set]]`` tables (keys of
+:class:`~stslive.acquisition.formats.runmodel.SetpointSet`, equal ``n_points`` in all) the
+set-points; ``[instruments.nanonis.limits]`` takes the keys of
+:class:`~stslive.drivers.nanonis.SafetyLimits`. ``acquisition/example_run.toml`` is a complete
+example.
 
 Keys (SI units; "required" has no default):
-
 """
 
 from __future__ import annotations

@@ -1,25 +1,19 @@
 """The Nanonis TCP programming interface: frames, typed bodies and the command table.
 
-Protocol (SPECS "Nanonis TCP protocol", argument lists as in the docstrings of the official
-``nanonis-spm`` client). Everything is big-endian.
+Contract (SPECS "Nanonis TCP protocol"; argument lists as in the official ``nanonis-spm``
+client), big-endian throughout:
 
-* Header, 40 bytes: command name (32 bytes, NUL padded), body size (int32), send-response flag
-  (uint16), 2 bytes padding. A response repeats the command name.
-* Body: the arguments in order. Scalars are ``float32``/``float64``/``int32``/``uint16``/
-  ``uint32``; a string is its int32 byte size then the bytes; a 1D array is preceded by its
-  int32 element count; a string array by its int32 total byte size and int32 element count,
-  each string by its own int32 size; a 2D array by int32 rows and int32 columns, row-major.
-* Every response body ends with the error section: int32 error status, int32 description size,
-  description. A non-zero status (or a non-empty description, as the official client reads it)
-  is a controller error.
+* header, 40 bytes: command name (32 bytes, NUL padded), int32 body size, uint16 send-response
+  flag, 2 bytes padding; a response repeats the command name;
+* body: the arguments in order; a string is its int32 size then the bytes, a 1D array its int32
+  count then the elements, a string array its int32 total size, int32 count, then each string,
+  a 2D array int32 rows, int32 columns, then row-major values;
+* every response body ends with the error section (int32 status, int32 size, description); a
+  non-zero status or a non-empty description is a :class:`~stslive.drivers.errors.ControllerError`.
 
-The command table is declarative: name, argument (field, type) pairs, return (field, type)
-pairs. The driver (``drivers/nanonis.py``) and the simulated server (``mocks/nanonis_server.py``)
-share it, so a wrong entry fails both the unit tests and the conformance test against the
-official client.
-
-Type codes: ``f32 f64 i32 u16 u32 str`` scalars, ``i32[] f32[]`` counted arrays, ``str[]``
-string arrays, ``f32[,]`` 2D arrays (rows, columns).
+:data:`COMMANDS` maps each command name to its :class:`CommandSignature`: (field, type code)
+pairs for arguments and return values, type codes ``f32 f64 i32 u16 u32 str`` (scalars),
+``i32[] f32[] str[]`` (arrays) and ``f32[,]`` (2D).
 """
 
 from __future__ import annotations

@@ -1,24 +1,14 @@
 """One pyvisa session with the habits every stslive driver needs.
 
-* timeouts (open and I/O) from configuration, in seconds;
-* ``TCP_NODELAY`` on ``TCPIP::host::port::SOCKET`` sessions. pyvisa-py rejects
-  ``VI_ATTR_TCPIP_NODELAY`` through ``set_visa_attribute``, so it is set on the session's
-  underlying socket; without it a small request waits for the peer's delayed ACK (~44 ms per
-  round trip measured on this machine, ARCHITECTURE.md);
-* a refused TCP connection is reported at open time (pyvisa-py's non-blocking connect otherwise
-  "succeeds" and the first write fails);
-* typed errors: :class:`InstrumentTimeout` (also a ``TimeoutError``) and
-  :class:`InstrumentConnectionError` (also a ``ConnectionError``);
-* bounded reconnect: a lost connection is reopened at most ``reconnect_attempts`` times, with a
-  doubling delay; an idempotent exchange is repeated once on the new connection, anything else
-  raises (the caller must decide whether the command ran);
-* after a timeout the session is closed, because a late reply would otherwise be read as the
-  answer to the next request; the next exchange reopens it;
-* ``close()`` on exit (context manager), idempotent.
-
-Text instruments (SR830, LakeShore) use :meth:`VisaSession.query` / :meth:`VisaSession.write`;
-the Nanonis binary protocol uses :meth:`VisaSession.transaction` with :meth:`VisaSession.write_raw`
-and :meth:`VisaSession.read_exact` inside it, so a retried exchange is the whole request/reply.
+Contract: timeouts (open and I/O, s) from configuration; ``TCP_NODELAY`` on
+``TCPIP::host::port::SOCKET`` sessions (set on the underlying socket, as pyvisa-py refuses the
+VISA attribute; without it a small request waits for the peer's delayed ACK); a refused TCP
+connection reported at open time; typed errors (:class:`~stslive.drivers.errors.InstrumentTimeout`,
+:class:`~stslive.drivers.errors.InstrumentConnectionError`); a lost connection reopened at most
+``reconnect_attempts`` times with a doubling delay, an idempotent exchange repeated once on the
+new connection; the session closed after a timeout so a late reply is never read as the next
+answer; ``close()`` idempotent. Text instruments use :meth:`VisaSession.query` /
+:meth:`VisaSession.write`; the Nanonis binary protocol uses :meth:`VisaSession.transaction`.
 """
 
 from __future__ import annotations
@@ -29,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pyvisa
 from pyvisa import constants
@@ -378,14 +368,17 @@ class VisaSession:
 
     def _open_once(self) -> MessageBasedResource:
         s = self.settings
-        resource = self._manager().open_resource(
+        opened = self._manager().open_resource(
             s.resource, open_timeout=int(s.open_timeout_s * 1000), timeout=int(s.timeout_s * 1000)
         )
-        if not hasattr(resource, "read_bytes"):
-            resource.close()
+        # duck-typed, not isinstance: tests hand out replay resources that are not pyvisa classes
+        if not hasattr(opened, "read_bytes"):
+            opened.close()
             raise ValueError(f"{s.resource} is not a message-based resource")
+        resource = cast(MessageBasedResource, opened)
         try:
-            resource.read_termination = s.read_termination  # type: ignore[assignment]
+            resource.read_termination = s.read_termination
+            # pyvisa types write_termination as str; None (no termination) is what binary protocols need
             resource.write_termination = s.write_termination  # type: ignore[assignment]
             if s.is_tcp_socket:
                 sock = underlying_socket(resource)

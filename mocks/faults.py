@@ -1,22 +1,14 @@
 """Scriptable fault injection for the simulated lab, and the ground truth of what fired.
 
-A :class:`FaultPlan` holds :class:`Fault` s, read from a TOML file or given as a list. The mock
-servers ask it two kinds of question:
-
-* ``on_command(instrument, command)`` on every request: *transport* faults (connection drop,
-  delay, no reply, error reply) that act on one exchange;
-* ``active(kind, spectrum=n)`` while simulating: *state* faults (lock-in overload, temperature
-  excursion, tip change, feedback failure) that hold over a window of spectra.
-
-Spectra are counted by the plan itself: the lab calls :meth:`FaultPlan.begin_spectrum` when a
-``BiasSpectr.Start`` begins and :meth:`FaultPlan.end_spectrum` when it ends. Commands sent after
-sweep ``n-1`` ended (moving the tip, setting the bias for pixel ``n``), sweep ``n`` itself and
-anything queried while it runs (lock-in status, temperature) belong to spectrum ``n``
-(0-based); a Start lost to a transport fault does not advance the count. So a window
-``from_spectrum=5, to_spectrum=7`` covers the whole preparation and sweep of spectra 5 and 6.
-
-Every fault that acts is recorded once per spectrum in :attr:`FaultPlan.fired`, the ground truth
-against which the live analyser's flags are scored (recall/precision).
+Contract: a :class:`FaultPlan` holds :class:`Fault` s (a TOML file or a list) and answers the
+simulated instruments: ``on_command(instrument, command)`` on every request gives the
+*transport* fault to apply to it (connection drop, delay, no reply, error reply);
+``active(kind, spectrum=n)`` the *state* fault that holds over a window of spectra (lock-in
+overload, temperature excursion, tip change, feedback failure). The plan counts spectra: the
+lab calls :meth:`FaultPlan.begin_spectrum`/:meth:`FaultPlan.end_spectrum` around each
+``BiasSpectr.Start``, and everything after sweep ``n-1`` ended up to the end of sweep ``n``
+belongs to spectrum ``n`` (0-based). Each fault that acts is recorded once per spectrum in
+:attr:`FaultPlan.fired`, the truth the analyser's flags are scored against.
 
 TOML layout (one ``[[fault]]`` table per fault)::
 

@@ -14,6 +14,7 @@ from types import FrameType
 
 from stslive.drivers.errors import ConfigError
 from stslive.mocks.faults import FaultPlan
+from stslive.mocks.film import Film
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +42,7 @@ def parse_grid(text: str) -> tuple[int, int]:
     return nx, ny
 
 
-def _film(args: argparse.Namespace) -> object:
+def _film(args: argparse.Namespace) -> Film:
     import tomllib
 
     from stslive.mocks.film import FilmParams, make_film

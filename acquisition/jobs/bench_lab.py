@@ -24,7 +24,7 @@ from stslive.drivers.nanonis import NanonisController
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL, SpectroscopyConfig
 from stslive.drivers.sr830 import open_lockin
 from stslive.drivers.visa import VisaSettings
-from stslive.mocks.film import Film
+from stslive.mocks.film import Film, FilmParams, make_film
 from stslive.mocks.lab import MockLab, Sweep
 from stslive.mocks.nanonis_server import NanonisServer
 from stslive.mocks.sr830_server import SR830Server
@@ -97,7 +97,7 @@ def socket_round_trip(*, repeats: int, warmup: int = 50) -> Latency:
 
 def nanonis_round_trips(*, repeats: int, sweeps: int, points: int, seed: int = 0) -> list[Latency]:
     """``Bias.Get`` and ``BiasSpectr.Start`` through the Nanonis driver, and the film's share of a Start."""
-    lab = _TimedLab.from_seed(seed=seed, ny=8, nx=8, speed=0.0)
+    lab = _TimedLab(make_film(FilmParams(ny=8, nx=8, seed=seed)), seed=seed, speed=0.0)
     config = SpectroscopyConfig((CURRENT_CHANNEL, LOCKIN_X_CHANNEL), -0.04, 0.04, points)
     with NanonisServer(lab) as server, NanonisController(VisaSettings(server.resource, timeout_s=10)) as stm:
         stm.configure_spectroscopy(config)
