@@ -23,7 +23,8 @@ from typing import Any
 
 import zmq
 
-from stslive.acquisition.formats.stream import EventDoc, Security, StartDoc, event_fields
+from stslive.acquisition.formats.security import Security
+from stslive.acquisition.formats.stream import EventDoc, StartDoc, event_fields
 from stslive.acquisition.formats.subscriber import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import StreamError, StsliveError
 from stslive.live.analyser_file import AnalysisFileWriter

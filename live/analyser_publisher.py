@@ -13,8 +13,7 @@ import time
 import numpy as np
 import zmq
 
-from stslive.acquisition.formats.security import bind_server
-from stslive.acquisition.formats.stream import Security, check_bind
+from stslive.acquisition.formats.security import Security, bind_server, check_bind
 from stslive.live.results import ResultsModel
 from stslive.live.results_io import encode_message, model_messages, pixels_message, status_message
 
