@@ -1,28 +1,20 @@
 """Campaign summary of several analysed runs: one table (CSV + JSON) and figures against T or B.
 
-Written by ``stslive analyse`` when it analyses more than one input: ``OUT/campaign.csv``,
-``OUT/campaign.json`` (the same rows; JSON keeps nulls) and ``OUT/campaign_vs_temperature.png``,
-``OUT/campaign_vs_field.png`` (each only when at least two runs have distinct values of that
-condition) or, when neither varies, ``OUT/campaign_runs.png`` against the run index. The figures
-show Delta and alpha (mean, error bar = the map's standard deviation) and the 1/e correlation
-lengths l_Delta, l_alpha, l_cross.
+:func:`write_campaign` writes ``campaign.csv`` and ``campaign.json`` (the same rows; JSON keeps
+nulls), one row per run with its conditions and its report's scalar results, and
+``campaign_vs_temperature.png`` / ``campaign_vs_field.png`` for each condition that takes at
+least two values (else ``campaign_runs.png`` against the run index): Delta and alpha (mean, error
+bar = the map's standard deviation) and the 1/e correlation lengths. :func:`run_conditions` reads
+a run's temperature (K) and field (T), first found wins, and names the source in the table:
 
-Where a run's conditions are read (:func:`run_conditions`, first found wins; the source is in
-the table as ``temperature_source`` / ``field_source``):
-
-* temperature, K
-    1. measured: median over measured pixels of the per-pixel thermometer readings - archive
-       ``entry/pixels/temperature_before_K`` and ``temperature_after_K``; ``.3ds`` experiment
-       parameters whose name contains "Temperature" and ends in "(K)" (stslive's export writes
-       "Temperature before (K)" / "Temperature after (K)");
-    2. archive start document: ``conditions.temperature_K``, then ``metadata.conditions.temperature_K``,
-       then ``film_params.temperature_K`` (``stslive simulate --set temperature_K=...``);
-       ``.3ds`` header: the first key containing "Temperature" and ending in "(K)" (Nanonis
-       modules write e.g. ``Temperature 1>Temperature 1 (K)``).
-* magnetic field, T
-    archive start document ``conditions.magnetic_field_T``, then
-    ``metadata.conditions.magnetic_field_T``; ``.3ds`` header: the first key containing
-    "Magnet" or "Field" and ending in "(T)" (e.g. ``Magnet>Field (T)``).
+* temperature: the median of the measured pixels' thermometer readings (archive
+  ``temperature_before_K`` / ``temperature_after_K``; ``.3ds`` parameters named "Temperature ...
+  (K)"), else the archive start document (``conditions.temperature_K``,
+  ``metadata.conditions.temperature_K``, ``film_params.temperature_K``) or the first ``.3ds``
+  header key with "Temperature" ending in "(K)";
+* field: the start document's ``conditions.magnetic_field_T`` or
+  ``metadata.conditions.magnetic_field_T``, or the first ``.3ds`` header key with "Magnet" or
+  "Field" ending in "(T)".
 
 Absent conditions are null in JSON and empty in CSV; nothing is guessed.
 """
@@ -38,15 +30,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never a window (also on a head-less cluster node)
-import matplotlib.pyplot as plt
 import numpy as np
 
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import open_3ds
 from stslive.drivers.errors import AnalysisError
+from stslive.live.offline.figures import new_figure, save_figure
 
 __all__ = ["run_conditions", "campaign_rows", "write_campaign", "campaign_figure", "CONDITIONS"]
 
@@ -194,7 +183,8 @@ def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str
     else:
         raise AnalysisError(f"campaign figure against {x_key!r}: choose one of {list(CONDITIONS)} or None")
     order = np.argsort(x, kind="stable")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    fig = new_figure((13, 3.8))
+    axes = fig.subplots(1, 3)
     panels = (("delta_mean_meV", "delta_std_meV", "Delta (meV)"), ("alpha_mean", "alpha_std", "alpha"))
     for ax, (mean, std, title) in zip(axes, panels, strict=False):
         ax.errorbar(x[order], _column(rows, mean)[order], yerr=_column(rows, std)[order], marker="o", capsize=3)
@@ -208,10 +198,7 @@ def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str
         if x_key is None:
             ax.set_xticks(x, [str(r["run"]) for r in rows], rotation=45, ha="right")
     fig.suptitle(f"campaign of {len(rows)} runs")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_campaign(out: str | os.PathLike[str], runs: Sequence[tuple[str, Path, Mapping[str, Any]]]) -> list[Path]:

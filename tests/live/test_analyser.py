@@ -13,10 +13,10 @@ from test_analyser_sim import CHANNELS, N_POINTS, RunProducer, geometry, make_la
 from stslive.acquisition.formats.stream import RunPublisher, encode
 from stslive.drivers.errors import ConfigError
 from stslive.live.analyser import AnalyserService, AnalyserSettings
-from stslive.live.flags import FlagConfig, load_flag_config
+from stslive.live.flag_config import FlagConfig, load_flag_config
+from stslive.live.flag_kinds import FlagKind
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import analyse_input
-from stslive.live.results import FlagKind
 from stslive.live.run_context import PixelInput, RunContext
 from stslive.mocks.faults import FaultPlan
 
@@ -250,4 +250,14 @@ def test_flag_config_toml(tmp_path: Path) -> None:
         load_flag_config(bad)
     bad.write_text("[flags]\ntip_window = 2.5\n")
     with pytest.raises(ConfigError, match="tip_window"):
+        load_flag_config(bad)
+    bad.write_text("setpoint_rel_tol = 1\n")  # keys at top level; an integer where a float is meant
+    assert load_flag_config(bad).setpoint_rel_tol == 1.0 and isinstance(load_flag_config(bad).setpoint_rel_tol, float)
+    bad.write_text("[flags]\nsetpoint_rel_tol = 0.2\n[scan]\n")
+    with pytest.raises(ConfigError, match="use \\[flags\\]"):
+        load_flag_config(bad)
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_flag_config(tmp_path)
+    bad.write_bytes(b"[flags]\nsetpoint_rel_tol = 0.2 # \xb5\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
         load_flag_config(bad)

@@ -122,7 +122,7 @@ def test_concurrent_writers_and_reader_lose_nothing():
     assert model.statistics().n_valid == 2000 and seen == sorted(seen)
 
 
-def test_maps_h5_round_trip_and_issue2_layout(tmp_path):
+def test_maps_h5_round_trip_and_layout(tmp_path):
     model = filled()
     path = tmp_path / "maps.h5"
     model.save_maps_h5(path)
@@ -136,7 +136,7 @@ def test_maps_h5_round_trip_and_issue2_layout(tmp_path):
     assert_models_equal(model, load_maps_h5(path))
 
 
-def test_bare_issue2_file_loads_and_garbage_is_refused(tmp_path):
+def test_bare_maps_file_loads_and_garbage_is_refused(tmp_path):
     bare = tmp_path / "bare.h5"
     with h5py.File(bare, "w") as f:
         for name in ("delta", "alpha", "b", "alpha_pos", "alpha_neg"):
@@ -223,3 +223,12 @@ def test_topography_origin_survives_maps_h5(tmp_path):
     back = load_maps_h5(tmp_path / "maps.h5")
     assert back.topography_origin == model.topography_origin
     np.testing.assert_array_equal(back.topography, topo)
+
+
+def test_pixel_result_from_dict_refuses_unknown_and_missing_fields():
+    result = PixelResult(iy=1, ix=2, delta_eV=1.3e-3, valid=True)
+    assert PixelResult.from_dict(result.to_dict()) == result
+    with pytest.raises(AnalysisError, match=r"unknown key\(s\) \['gap'\].*update stslive|update stslive.*'gap'"):
+        PixelResult.from_dict({**result.to_dict(), "gap": 1.0})
+    with pytest.raises(AnalysisError, match=r"missing key\(s\) \['iy'\]"):
+        PixelResult.from_dict({"ix": 2})
