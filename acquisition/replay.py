@@ -39,9 +39,10 @@ from typing import Any, Literal
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader, open_archive
+from stslive.acquisition.formats.documents import ArraySpec, StopDoc, event_fields
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid, open_3ds
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.runmodel import SetpointSet
-from stslive.acquisition.formats.stream import ArraySpec, RunPublisher, StopDoc, event_fields
 from stslive.drivers.errors import ArchiveError, ConfigError, FileFormatError, NanonisFileError, StsliveError
 
 __all__ = ["ReplayItem", "ReplaySource", "open_replay", "replay", "schedule", "setpoint_set_from_3ds"]

@@ -46,24 +46,22 @@ from typing import Any
 
 import zmq
 
-from stslive.acquisition.formats.security import bind_server
-from stslive.acquisition.formats.stream import (
+from stslive.acquisition.formats.documents import (
     DescriptorDoc,
     EventDoc,
     FailedPixelDoc,
     HeartbeatDoc,
-    Security,
     StartDoc,
     StopDoc,
-    check_bind,
     event_fields,
 )
+from stslive.acquisition.formats.security import Security, bind_server, check_bind
 from stslive.acquisition.formats.subscriber import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
 from stslive.live.flags import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import correlation_snapshot
-from stslive.live.results_io import encode_message, model_messages, pixels_message, status_message
+from stslive.live.results_io import encode_message, model_messages, pixels_message, save_maps_h5, status_message
 from stslive.live.run_context import PixelInput, RunContext
 
 log = logging.getLogger(__name__)
@@ -628,7 +626,7 @@ class AnalyserService:
             return
         tmp = self.out.with_name(self.out.name + ".tmp")
         try:
-            self.run.model.save_maps_h5(tmp)
+            save_maps_h5(self.run.model, tmp)
             os.replace(tmp, self.out)
         except (OSError, StsliveError) as exc:
             self._reject("write", f"cannot write {self.out}: {exc}")

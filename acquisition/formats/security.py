@@ -49,7 +49,7 @@ and the client side (viewer SUB, ``stslive control`` REQ)::
     sock.connect(endpoint)
 
 ``stslive.live`` imports acquisition only through the format modules, so these names are also
-re-exported by :mod:`stslive.acquisition.formats.stream`.
+used by :mod:`stslive.acquisition.formats.publisher`.
 
 One ZAP authenticator serves a whole ZeroMQ context (libzmq allows one ZAP handler per
 context): the first :func:`secure_server` on a context starts it, each returns a
@@ -135,6 +135,7 @@ class Security:
 
     def allowed_folders(self, role: Role) -> tuple[Path, ...]:
         """Folders whose keys may connect to a socket of ``role`` (see the module table)."""
+        folders: tuple[Path | None, ...]
         if role == "control":
             folders = (self.controllers,)
         elif role == "data":

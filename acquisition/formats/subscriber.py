@@ -36,19 +36,19 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from stslive.acquisition.formats.security import Security, secure_client
-from stslive.acquisition.formats.stream import (
+from stslive.acquisition.formats.codec import MalformedMessage
+from stslive.acquisition.formats.documents import (
     TOPIC_PREFIX,
     DescriptorDoc,
     Document,
     EventDoc,
     HeartbeatDoc,
-    MalformedDocument,
     StartDoc,
     StopDoc,
     decode,
     event_fields,
 )
+from stslive.acquisition.formats.security import Security, secure_client
 from stslive.drivers.errors import ConfigError, StreamError
 
 __all__ = ["Gap", "RunSubscriber", "RunTracker", "missing_pixels", "recover_from_archive"]
@@ -279,12 +279,14 @@ class RunSubscriber:
     def _accept(self, frames: list[Any]) -> Document | None:
         try:
             doc = decode(frames)
-        except MalformedDocument as exc:
+        except MalformedMessage as exc:
             self._reject(exc.reason, str(exc))
             return None
         if not self.tracking or doc.run_uid is None:
-            if self.tracking and isinstance(doc, HeartbeatDoc) and doc.last_run_uid in self._runs:
-                self._gap(self._runs[doc.last_run_uid].observe_tail(doc.last_seq))
+            if self.tracking and isinstance(doc, HeartbeatDoc):  # it names where the last run ended
+                ended = self._runs.get(doc.last_run_uid or "")
+                if ended is not None:
+                    self._gap(ended.observe_tail(doc.last_seq))
             self.received += 1
             return doc
         run = self._tracker(doc.run_uid)
@@ -296,7 +298,7 @@ class RunSubscriber:
             if descriptor is not None:
                 try:
                     descriptor.check(doc)
-                except MalformedDocument as exc:
+                except MalformedMessage as exc:
                     self._reject(exc.reason, str(exc))
                     return None
         if isinstance(doc, StartDoc) and run.received > 0:  # a known run starts again: resumed

@@ -27,7 +27,7 @@ from stslive.live.results import PixelResult, ResultsModel
 from stslive.live.results_io import apply_message, decode_message, load_maps_h5, model_from_message
 
 if TYPE_CHECKING:
-    from stslive.acquisition.formats.stream import Security
+    from stslive.acquisition.formats.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +484,7 @@ class StreamSource(_SourceBase):
         """
         import zmq
 
-        from stslive.acquisition.formats.stream import secure_client  # zmq only when a stream is followed
+        from stslive.acquisition.formats.security import secure_client  # zmq only when a stream is followed
 
         ctx = context or zmq.Context.instance()
         sock = ctx.socket(zmq.SUB)

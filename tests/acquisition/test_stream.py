@@ -21,24 +21,22 @@ import numpy as np
 import pytest
 import zmq
 
-from stslive.acquisition.formats.stream import (
-    MAX_HEADER_BYTES,
-    SCHEMA,
-    SCHEMA_VERSION,
+from stslive.acquisition.formats.codec import MAX_HEADER_BYTES, MalformedMessage
+from stslive.acquisition.formats.documents import (
+    RUN_SCHEMA,
+    RUN_SCHEMA_VERSION,
     ArraySpec,
     DescriptorDoc,
     EventDoc,
     FailedPixelDoc,
     HeartbeatDoc,
-    MalformedDocument,
-    RunPublisher,
     StartDoc,
     StopDoc,
-    check_local_endpoint,
     decode,
     encode,
     topic_for,
 )
+from stslive.acquisition.formats.publisher import RunPublisher, check_local_endpoint
 from stslive.acquisition.formats.subscriber import Gap, RunSubscriber, missing_pixels, recover_from_archive
 from stslive.drivers.errors import StreamError
 
@@ -161,7 +159,7 @@ def test_every_kind_round_trips(fmt: str) -> None:
         back = decode(frames)
         assert same(doc, back), doc.kind
         header = back.to_dict()
-        assert (header["schema"], header["version"]) == (SCHEMA, SCHEMA_VERSION)
+        assert (header["schema"], header["version"]) == (RUN_SCHEMA, RUN_SCHEMA_VERSION)
 
 
 def test_header_is_json_or_msgpack_and_arrays_are_raw_little_endian() -> None:
@@ -216,7 +214,7 @@ MALFORMED: dict[str, tuple[list[bytes], str]] = {
     "start with an extra frame": ([*encode(every_kind()[0]), b"x"], "frames"),
     "topic of another kind": (_frames(_event_header(), GOOD, topic=b"stslive.run.stop"), "topic"),
     "unknown schema": (_frames(_event_header(schema="bluesky.event"), GOOD), "schema"),
-    "unknown version": (_frames(_event_header(version=SCHEMA_VERSION + 1), GOOD), "version"),
+    "unknown version": (_frames(_event_header(version=RUN_SCHEMA_VERSION + 1), GOOD), "version"),
     "unknown kind": (_frames(_event_header(kind="datum"), GOOD, topic=b"stslive.run.datum"), "kind"),
     "bad json": ([b"stslive.run.event", b'{"schema": "stslive.run", ', GOOD], "header"),
     "bad msgpack": ([b"stslive.run.event", b"\x85\xa6schema\xc1", GOOD], "header"),
@@ -264,7 +262,7 @@ MALFORMED: dict[str, tuple[list[bytes], str]] = {
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_input_is_rejected_with_a_reason(case: str) -> None:
     frames, reason = MALFORMED[case]
-    with pytest.raises(MalformedDocument) as info:
+    with pytest.raises(MalformedMessage) as info:
         decode(frames)
     assert info.value.reason == reason, str(info.value)
     assert isinstance(info.value, StreamError)
@@ -285,7 +283,7 @@ def test_pickled_payload_never_reaches_pickle(monkeypatch: pytest.MonkeyPatch) -
     payload = pickle.dumps(np.array([object()], dtype=object), protocol=5)
     for dtype in ("|O", "O", "V8"):
         frames = _frames(_event_header(arrays=[{"name": "spectra", "dtype": dtype, "shape": [1]}]), payload)
-        with pytest.raises(MalformedDocument, match="not allowed"):
+        with pytest.raises(MalformedMessage, match="not allowed"):
             decode(frames)
 
 
