@@ -42,6 +42,7 @@ from stslive.live.pipeline import (
     uses_lockin,
 )
 from stslive.live.results import ResultsModel
+from stslive.live.results_io import save_maps_h5
 
 #: ``--dask`` given without an address: start a LocalCluster.
 LOCAL_CLUSTER = "local"
@@ -281,7 +282,7 @@ def write_outputs(
         "n_points": source.n_points,
     }
     example_spectra = _examples(source, model, options, examples)
-    model.save_maps_h5(out / "maps.h5")
+    save_maps_h5(model, out / "maps.h5")
     report = build_report(
         model,
         pixel_size_m=dy_dx,
