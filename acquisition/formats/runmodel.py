@@ -21,6 +21,14 @@ ScanOrder = Literal["raster", "serpentine"]
 SCAN_ORDERS: tuple[str, ...] = ("raster", "serpentine")
 
 
+def channel_unit(channel_name: str) -> str:
+    """The unit in the trailing brackets of a Nanonis-style channel name (``"Current (A)"`` -> ``"A"``), "" if none."""
+    name = channel_name.strip()
+    if name.endswith(")") and "(" in name:
+        return name[name.rindex("(") + 1 : -1]
+    return ""
+
+
 def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> Any:
     """Build dataclass ``cls`` from ``data``; unknown or missing keys are a ConfigError naming them."""
     names = {f.name for f in fields(cls)}

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, topography_from_z
+from stslive.acquisition.formats.archive import ArchiveReader
+from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, open_recording, topography_from_z
 from stslive.drivers.errors import FileFormatError, StreamError, StsliveError
 from stslive.live.kernels import conductance_sign, derivative, prepare_sweep
 from stslive.live.results import PixelResult, ResultsModel
@@ -172,11 +173,15 @@ class ArchiveSpectra:
     """
 
     def __init__(self, path: str | Path, *, current: str | None = None) -> None:
-        from stslive.acquisition.formats.archive import open_archive
-
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.reader = open_archive(self.path, swmr=True)
+        recording = open_recording(self.path, swmr=True)
+        if not isinstance(recording, ArchiveReader):
+            recording.close()
+            raise FileFormatError(
+                self.path, "a Nanonis grid, not a run archive: analyse it (stslive analyse) and view its maps.h5"
+            )
+        self.reader = recording
         names = list(self.reader.channel_names)
         wanted = current or next((n for n in names if n.lower().startswith("current")), None)
         if wanted not in names:
