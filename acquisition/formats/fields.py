@@ -21,7 +21,7 @@ Validator: TypeAlias = Callable[[Any, str], Any]
 #: Deepest nesting of free-form header data (set-point sets, metadata).
 MAX_DEPTH = 16
 _CHECK = "stslive.check"
-_SCHEMES: dict[type, tuple[frozenset[str], tuple[tuple[str, Validator], ...]]] = {}
+_SCHEMES: dict[tuple[type, frozenset[str]], tuple[frozenset[str], tuple[tuple[str, Validator], ...]]] = {}
 
 
 def declared(check: Validator, *, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -34,12 +34,15 @@ def header_fields(cls: type) -> tuple[tuple[str, Validator], ...]:
     return _scheme(cls)[1]
 
 
-def _scheme(cls: type) -> tuple[frozenset[str], tuple[tuple[str, Validator], ...]]:
+def _scheme(
+    cls: type, envelope: frozenset[str] = frozenset()
+) -> tuple[frozenset[str], tuple[tuple[str, Validator], ...]]:
+    """The keys a header of ``cls`` holds (its fields and ``envelope``) and its ``(field, check)`` pairs."""
     # built once per type: every event is validated, and rebuilding this per event cost a tenth of the decode
-    scheme = _SCHEMES.get(cls)
+    scheme = _SCHEMES.get((cls, envelope))
     if scheme is None:
         checks = tuple((f.name, f.metadata[_CHECK]) for f in dataclasses.fields(cls) if _CHECK in f.metadata)
-        scheme = _SCHEMES[cls] = (frozenset(name for name, _ in checks), checks)
+        scheme = _SCHEMES[(cls, envelope)] = (frozenset(name for name, _ in checks) | envelope, checks)
     return scheme
 
 
@@ -49,12 +52,12 @@ def from_header(cls: type, data: Any, what: str, *, envelope: frozenset[str] = f
     ``data`` must hold exactly the declared fields (plus the ``envelope`` keys, which are not
     returned); ``what`` names the map in error messages.
     """
-    expected, checks = _scheme(cls)
+    expected, checks = _scheme(cls, envelope)
     if not isinstance(data, Mapping):
         raise fail(what, "a map", data)
-    if data.keys() != expected | envelope:
+    if data.keys() != expected:
         keys = set(data)
-        missing, extra = sorted(expected - keys), sorted(keys - expected - envelope)
+        missing, extra = sorted(expected - keys), sorted(keys - expected)
         raise MalformedMessage("field", f"{what}: missing fields {missing}, unexpected fields {extra}")
     return {name: check(data[name], name) for name, check in checks}
 

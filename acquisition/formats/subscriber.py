@@ -201,7 +201,7 @@ class RunSubscriber:
             for topic in topics:
                 self._sock.setsockopt(zmq.SUBSCRIBE, topic)
         try:
-            if security is not None:  # CURVE (issue 6): keys must be set before connect
+            if security is not None:  # CURVE: keys must be set before connect
                 secure_client(self._sock, security)
             self._sock.connect(endpoint)
         except ConfigError:  # a key file is missing or invalid: the message says how to make one
@@ -231,10 +231,9 @@ class RunSubscriber:
         while True:
             try:
                 # a waiting message needs no poll: pyzmq's Socket.poll builds a Poller per call,
-                # which cost as much as decoding the event (live analyser profile, issue 5).
-                # Copied frames (bytes), not zmq.Frame: one memcpy of a 13 KB event costs less than
-                # the Frame objects (recv + decode 62-76 against 74-98 us CPU per event, 3 runs
-                # each of a bare subscriber against the bench-analyser publisher)
+                # which costs as much as decoding the event. Copied frames (bytes), not zmq.Frame:
+                # one memcpy of an event costs less CPU than the Frame objects (measured with
+                # stslive bench-analyser)
                 frames = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 left_ms = max(0, int((deadline - time.monotonic()) * 1000))

@@ -1,4 +1,4 @@
-"""CURVE security (issue 6) over real ZeroMQ sockets, on 127.0.0.1 only.
+"""CURVE security over real ZeroMQ sockets, on 127.0.0.1 only.
 
 No test sends traffic to or binds a non-loopback address: CURVE is exercised on loopback with
 keys required (a socket given a Security always requires them), and the refusal of LAN
