@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from stslive.acquisition.formats.codec import HEADER_FORMATS, HeaderFormat
 from stslive.acquisition.jobs.bench_stream import run_benchmark
 
 
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print its table; 1 if the no-drop PUSH/PULL path lost an event."""
-    formats = ("json", "msgpack") if args.formats == "both" else (args.formats,)
+    formats: tuple[HeaderFormat, ...] = HEADER_FORMATS if args.formats == "both" else (args.formats,)
     results = run_benchmark(
         events=args.events,
         latency_events=args.latency_events,

@@ -261,7 +261,8 @@ def run_benchmark(
         return raw, ours
 
     base = Case("stslive", "sub", "json", events, 0.0, n_channels, n_points)
-    for mode, fmts in (("sub", formats), ("pull", formats[-1:])):
+    bursts: tuple[tuple[Mode, tuple[HeaderFormat, ...]], ...] = (("sub", formats), ("pull", formats[-1:]))
+    for mode, fmts in bursts:
         for fmt in fmts:
             raw, ours = pair(replace(base, mode=mode, header_format=fmt))
             out(
