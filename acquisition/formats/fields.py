@@ -64,6 +64,8 @@ def from_header(cls: type, data: Any, what: str, *, envelope: frozenset[str] = f
 
 def to_plain(value: Any) -> Any:
     """A field value as plain header data: tuples become lists, declared dataclasses maps."""
+    if value is None or isinstance(value, str | int | float):  # most values: return before the slower checks
+        return value
     if isinstance(value, tuple | list):
         return [to_plain(v) for v in value]
     if isinstance(value, dict):
