@@ -14,6 +14,7 @@ from types import FrameType
 
 from stslive.drivers.errors import ConfigError
 from stslive.mocks.faults import FaultPlan
+from stslive.mocks.film import Film
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +42,7 @@ def parse_grid(text: str) -> tuple[int, int]:
     return nx, ny
 
 
-def _film(args: argparse.Namespace) -> object:
+def _film(args: argparse.Namespace) -> Film:
     import tomllib
 
     from stslive.mocks.film import FilmParams, make_film
@@ -64,6 +65,7 @@ def _film(args: argparse.Namespace) -> object:
 def run(args: argparse.Namespace) -> int:
     """Start the lab, print the resources, serve until interrupted."""
     from stslive.mocks.lab import MockLab
+    from stslive.mocks.lab_servers import LabServers
 
     faults = FaultPlan.from_toml(args.faults) if args.faults else FaultPlan()
     lab = MockLab(_film(args), speed=args.speed, faults=faults, seed=args.seed)
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
-        with lab.start_servers(
+        with LabServers.start(
+            lab,
             host=args.host,
             nanonis_port=args.nanonis_port,
             sr830_port=args.sr830_port,

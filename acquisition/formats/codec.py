@@ -64,10 +64,6 @@ class MalformedMessage(StreamError):
         self.reason = reason
         self.detail = message
 
-    def __reduce__(self) -> tuple[type[MalformedMessage], tuple[str, str]]:
-        # the default pickles self.args (the formatted text) into __init__(reason, message)
-        return type(self), (self.reason, self.detail)
-
 
 @dataclass(frozen=True)
 class WireRules:

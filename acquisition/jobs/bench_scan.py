@@ -54,7 +54,7 @@ def mock_lab_config(
     thermometer: bool = True,
     **sections: Mapping[str, Any],
 ) -> RunConfig:
-    """A run config covering the whole film of a mock lab (``lab.start_servers().resources``).
+    """A run config covering the whole film of a mock lab (``LabServers.start(lab).resources``).
 
     The grid matches the film's pixels exactly (centre 0, pitch ``pixel_m``); set 0 is the
     film's default set-point and sweep. ``sections`` override keys per section (``run``,
@@ -99,9 +99,10 @@ def percentiles_ms(values: np.ndarray) -> tuple[float, float]:
 def lab_in_process(*, nx: int, ny: int, seed: int) -> Iterator[tuple[dict[str, str], float]]:
     """The mock lab's servers in this process; yields (resources, pixel pitch in m)."""
     from stslive.mocks.lab import MockLab
+    from stslive.mocks.lab_servers import LabServers
 
     lab = MockLab.from_seed(seed=seed, ny=ny, nx=nx, speed=0)
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         yield servers.resources, float(lab.pixel_m)
 
 
