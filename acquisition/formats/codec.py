@@ -27,6 +27,7 @@ from stslive.drivers.errors import StreamError
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "HEADER_FORMATS",
     "MAX_HEADER_BYTES",
     "MAX_NDIM",
     "HeaderFormat",
@@ -121,7 +122,7 @@ def json_safe(value: Any) -> Any:
 
 
 # -- encoding ----------------------------------------------------------------------------------
-def wire_array(arr: np.ndarray, name: str) -> np.ndarray:
+def _wire_array(arr: np.ndarray, name: str) -> np.ndarray:
     """Contiguous little-endian ``arr`` (no copy when it already is); StreamError for a dtype not allowed."""
     wire = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
     if wire.dtype.str not in ALLOWED_DTYPES:
@@ -175,7 +176,7 @@ def to_frames(
     if arrays is not None:
         specs = []
         for name, arr in arrays.items():
-            wire = wire_array(np.asarray(arr), name)
+            wire = _wire_array(np.asarray(arr), name)
             if finite_arrays and wire.dtype.kind == "f" and np.isinf(wire).any():
                 raise StreamError(f"array {name!r} contains inf; use NaN for points not measured")
             specs.append({"name": name, "dtype": wire.dtype.str, "shape": list(wire.shape)})
