@@ -23,8 +23,8 @@ from typing import Any
 
 import zmq
 
+from stslive.acquisition.formats.documents import EventDoc, StartDoc
 from stslive.acquisition.formats.security import Security
-from stslive.acquisition.formats.stream import EventDoc, StartDoc, event_fields
 from stslive.acquisition.formats.subscriber import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import StreamError, StsliveError
 from stslive.live.analyser_file import AnalysisFileWriter
@@ -300,31 +300,14 @@ class AnalyserService:
                     f"{self.archive} holds run {reader.run_uid}, the stream is run {run_uid}; "
                     "pass this run's archive with --archive"
                 )
-            start = reader.documents.get("start", {})
-            start = {
-                **start,
-                "setpoint_sets": [s.to_dict() for s in reader.setpoint_sets.values()],
-                "channel_names": reader.channel_names,
-                "n_points": reader.n_points,
-                "grid": reader.geometry.to_dict(),
-            }
-            self._inbox.append(("start", (reader.run_uid, start)))
-            measured = reader.measured
-            meta = reader.pixel_meta
-            iy, ix = measured.nonzero()
-            t = meta["t_end"][iy, ix]
-            order = sorted(range(iy.size), key=lambda k: (t[k] if math.isfinite(t[k]) else math.inf, k))
-            for k in order:
-                y, x = int(iy[k]), int(ix[k])
-                fields = event_fields({name: values[y, x].item() for name, values in meta.items()})
-                spectra = reader.read_pixels(slice(y, y + 1), slice(x, x + 1))[0, 0]
-                event = EventDoc(
-                    run_uid=reader.run_uid, seq=-1, descriptor_uid="", ix=x, iy=y, arrays={"spectra": spectra}, **fields
-                )
+            start = reader.start_document()
+            self._inbox.append(("start", (start.run_uid, start.to_dict())))
+            queued: dict[tuple[int, int], float | None] = {}
+            for event in reader.events("end-time"):
                 self._inbox.append(("doc", event))
-            log.info("analyser: backfilled %d pixels from %s", iy.size, self.archive)
-            t_start = meta["t_start"]
-            return reader.run_uid, {(int(a), int(b)): float(t_start[a, b]) for a, b in zip(iy, ix, strict=True)}
+                queued[(event.iy, event.ix)] = event.timestamps.get("t_start")
+            log.info("analyser: backfilled %d pixels from %s", len(queued), self.archive)
+            return reader.run_uid, queued
 
     def _recover(self, sub: RunSubscriber, run_uid: str, backfilled: dict[tuple[int, int], float | None]) -> None:
         """Fill the run's seq gaps and resumes from the archive (measurements never received).
@@ -336,12 +319,11 @@ class AnalyserService:
         try:
             tracker = sub.run(run_uid)
             seen = {**backfilled, **tracker.pixels}
-            events = list(recover_from_archive(self.archive, run_uid=run_uid, exclude=seen))
+            events = list(recover_from_archive(self.archive, run_uid=run_uid, exclude=seen, order="end-time"))
         except StsliveError as exc:
             self.rejected["recovery"] += 1
             log.warning("analyser: cannot recover run %s from %s: %s", run_uid, self.archive, exc)
             return
-        events.sort(key=lambda e: e.timestamps.get("t_end", math.inf))
         for event in events:
             tracker.pixels[(event.iy, event.ix)] = event.timestamps.get("t_start")
             self._inbox.append(("doc", event))

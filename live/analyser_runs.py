@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stslive.acquisition.formats.stream import (
+from stslive.acquisition.formats.documents import (
     DescriptorDoc,
     EventDoc,
     FailedPixelDoc,

@@ -14,11 +14,11 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.formats.documents import RUN_STATES as SCAN_STATES
 from stslive.drivers.errors import AnalysisError
 from stslive.drivers.tomlfile import dataclass_from_mapping
 
@@ -50,7 +50,8 @@ MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
     "flags": (np.dtype(np.uint32), 0, "", "FlagKind bits"),
 }
 
-RUN_STATES = ("unknown", "idle", "running", "paused", "stopping", "done", "failed")
+#: what a model shows as the run state: a run's states, and "unknown" before any status arrived
+RUN_STATES = ("unknown", *SCAN_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,32 +462,6 @@ class ResultsModel:
                 "message": self._message,
                 "pixels_per_hour": self._rate_override,
             }
-
-    # -- persistence and wire (see results_io) -----------------------------------------------
-    def save_maps_h5(self, path: str | Path) -> None:
-        """Write the issue-2 ``maps.h5`` layout plus the extra maps, flags and snapshot."""
-        from stslive.live.results_io import save_maps_h5
-
-        save_maps_h5(self, path)
-
-    def to_messages(self) -> list[tuple[str, dict[str, Any], dict[str, np.ndarray]]]:
-        """The model's full state as (topic, header, arrays) messages: maps, snapshot, status."""
-        from stslive.live.results_io import model_messages
-
-        return model_messages(self)
-
-    def apply_message(self, topic: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Apply one (topic, header, arrays) message built by :mod:`stslive.live.results_io`."""
-        from stslive.live.results_io import apply_message
-
-        apply_message(self, topic, header, arrays)
-
-
-def load_maps_h5(path: str | Path) -> ResultsModel:
-    """Read a ``maps.h5`` (ours or a bare issue-2 one) into a new :class:`ResultsModel`."""
-    from stslive.live.results_io import load_maps_h5 as _load
-
-    return _load(path)
 
 
 def _histogram(values: np.ndarray, bins: int) -> Histogram:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.formats.documents import EventDoc
 from stslive.acquisition.formats.runmodel import SetpointSet
-from stslive.acquisition.formats.stream import EventDoc
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.flag_config import FlagConfig
 from stslive.live.flags import (

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             "--keys KEYDIR and --client NAME go together, with --connect ENDPOINT: the viewer's key "
             "pair is KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME --role viewer')"
         )
-    from stslive.acquisition.formats.stream import Security
+    from stslive.acquisition.formats.security import Security
     from stslive.live.viewer.sources import FileSource, StreamSource
     from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
 

@@ -162,7 +162,7 @@ class StreamWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, decode
+        from stslive.acquisition.formats.documents import EventDoc, FailedPixelDoc, decode
         from stslive.drivers.errors import StreamError
 
         while not self._stop.is_set():
@@ -554,7 +554,7 @@ class Soak:
         from stslive.acquisition.cli.analyse import analyse_to_directory
         from stslive.live.kernels import KernelOptions
         from stslive.live.pipeline import TheoryConstants
-        from stslive.live.results import load_maps_h5
+        from stslive.live.results_io import load_maps_h5
 
         t0 = time.perf_counter()
         options = KernelOptions(dynes_width_eV=self.s.dynes_width_meV * 1e-3)  # what `stslive analyser` uses

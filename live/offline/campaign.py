@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.formats.archive import open_archive
-from stslive.acquisition.formats.nanonis3ds import open_3ds
+from stslive.acquisition.formats.archive import ArchiveReader
+from stslive.acquisition.formats.nanonis3ds import NanonisGrid
+from stslive.acquisition.formats.recording import open_recording
 from stslive.drivers.errors import AnalysisError
 from stslive.live.offline.figures import new_figure, save_figure
 
@@ -74,9 +75,8 @@ def _median_of(arrays: Sequence[np.ndarray], measured: np.ndarray) -> float | No
     return float(np.median(values)) if values.size else None
 
 
-def _archive_conditions(path: Path) -> dict[str, Any]:
-    with open_archive(path, swmr="auto") as ar:
-        meta, measured, start = ar.pixel_meta, ar.measured, ar.documents.get("start", {})
+def _archive_conditions(ar: ArchiveReader) -> dict[str, Any]:
+    meta, measured, start = ar.pixel_meta, ar.measured, ar.documents.get("start", {})
     out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
     measured_T = _median_of([meta["temperature_before_K"], meta["temperature_after_K"]], measured)
     if measured_T is not None:
@@ -93,11 +93,10 @@ def _archive_conditions(path: Path) -> dict[str, Any]:
     return out
 
 
-def _3ds_conditions(path: Path) -> dict[str, Any]:
-    with open_3ds(path) as grid:
-        header = dict(grid.header)
-        names = [n for n in grid.parameter_names if _T_3DS.search(n)]
-        per_pixel = [grid.parameter(n) for n in names]
+def _3ds_conditions(grid: NanonisGrid) -> dict[str, Any]:
+    header = dict(grid.header)
+    names = [n for n in grid.parameter_names if _T_3DS.search(n)]
+    per_pixel = [grid.parameter(n) for n in names]
     out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
     # unmeasured points of a .3ds are NaN records, parameters included: the finite values are the measured ones
     measured_T = _median_of(per_pixel, np.ones(per_pixel[0].shape, bool)) if per_pixel else None
@@ -123,10 +122,8 @@ def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
     dict
         ``temperature_K``, ``temperature_source``, ``field_T``, ``field_source``; None when absent.
     """
-    path = Path(path)
-    with open(path, "rb") as fh:
-        is_hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
-    return _archive_conditions(path) if is_hdf5 else _3ds_conditions(path)
+    with open_recording(path) as recording:
+        return _archive_conditions(recording) if isinstance(recording, ArchiveReader) else _3ds_conditions(recording)
 
 
 #: Report keys copied into the table, in column order (after run, file, format and the conditions).

@@ -21,7 +21,7 @@ import pytest
 from stslive.acquisition.cli.scan import run_scan
 from stslive.acquisition.control import send_command
 from stslive.acquisition.formats.archive import open_archive
-from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
+from stslive.acquisition.formats.documents import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.mocks.faults import FaultPlan

@@ -14,7 +14,7 @@ from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
-from stslive.live.results import load_maps_h5
+from stslive.live.results_io import load_maps_h5
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 40, 48
