@@ -62,9 +62,9 @@ from stslive.acquisition.formats.subscriber import RunSubscriber, recover_from_a
 from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
 from stslive.live.flags import FlagConfig
 from stslive.live.kernels import KernelOptions
-from stslive.live.pipeline import correlation_snapshot
 from stslive.live.results_io import encode_message, model_messages, pixels_message, status_message
 from stslive.live.run_context import PixelInput, RunContext
+from stslive.live.snapshots import correlation_snapshot
 
 log = logging.getLogger(__name__)
 

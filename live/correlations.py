@@ -64,13 +64,13 @@ class RadialProfile(NamedTuple):
         Mean radius of each ring in metres (ring 0 is the origin alone, radius 0).
     value
         Mean correlation over the ring (dimensionless).
-    count
-        Number of 2D lags averaged in each ring.
+    n_lags
+        Number of 2D lags averaged in each ring (not ``count``: that would hide tuple.count).
     """
 
     radius_m: FloatArray
     value: FloatArray
-    count: npt.NDArray[np.int64]
+    n_lags: npt.NDArray[np.int64]
 
 
 def _as_map(name: str, values: npt.ArrayLike) -> FloatArray:

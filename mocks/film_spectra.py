@@ -4,7 +4,7 @@ Everything here is a pure function over arrays, vectorised over pixels (leading 
 energies (last axis). Energies are in eV and biases in V; with the electron charge set to one the
 number e*V in eV equals V in volts, which is how they are mixed below.
 
-The chain for one pixel (PHYSICS.md, "A forward model good enough to simulate the film"):
+The chain for one pixel (docs/physics.md, "The simulated film"):
 
 1. sample DOS on a fine uniform energy grid,
    N(E) = Re[(E + i Gamma) / sqrt((E + i Gamma)^2 - Delta^2)]          (Dynes BCS)
@@ -36,6 +36,7 @@ from stslive.drivers.errors import ConfigError
 from stslive.live.theory import K_B_EV_PER_K
 
 FloatArray = npt.NDArray[np.float64]
+AnyFloatArray = npt.NDArray[np.floating]
 
 # Fermi tails beyond this many k_B T are below 1e-17 of the step: dropped from the kernels.
 _FERMI_REACH_KT = 40.0
@@ -166,14 +167,14 @@ def kernels(grid: EnergyGrid, *, temperature_K: float, modulation_Vrms: float) -
 
 
 def dos(
-    energy_eV: FloatArray,
+    energy_eV: AnyFloatArray,
     *,
-    delta_eV: FloatArray,
-    alpha: FloatArray,
+    delta_eV: AnyFloatArray,
+    alpha: AnyFloatArray,
     gamma_eV: float,
-    log_background: FloatArray,
-    asymmetry: FloatArray,
-) -> FloatArray:
+    log_background: AnyFloatArray,
+    asymmetry: AnyFloatArray,
+) -> AnyFloatArray:
     """Sample DOS N(E) (arbitrary units), one row per pixel.
 
     N(E) = Re[(E + i Gamma) / sqrt((E + i Gamma)^2 - Delta^2)] * exp(alpha/2 * L(E)) * a(E)
@@ -201,7 +202,7 @@ def dos(
     Returns
     -------
     numpy.ndarray
-        (P, M) float64.
+        (P, M), in the float dtype of the inputs (the film computes in float32).
     """
     e2 = energy_eV * energy_eV
     re_w = e2 - (gamma_eV * gamma_eV + delta_eV * delta_eV)

@@ -33,15 +33,10 @@ from stslive.live.kernels import KernelOptions, conductance_sign, derivative, pr
 from stslive.live.offline import figures
 from stslive.live.offline.campaign import write_campaign
 from stslive.live.offline.report import build_report, write_report
-from stslive.live.pipeline import (
-    TheoryConstants,
-    analyse_source,
-    calibrate_source,
-    correlation_snapshot,
-    open_input,
-    uses_lockin,
-)
+from stslive.live.pipeline import analyse_source, calibrate_source, open_input, uses_lockin
 from stslive.live.results import ResultsModel
+from stslive.live.snapshots import correlation_snapshot
+from stslive.live.theory import TheoryConstants
 
 #: ``--dask`` given without an address: start a LocalCluster.
 LOCAL_CLUSTER = "local"
