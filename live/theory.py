@@ -1,16 +1,9 @@
 """Theory linking the AA exponent, the local sheet resistance and the gap (paper Sec. III, App. B, C).
 
-Pure physics: every function computes from its inputs with CODATA constants (``scipy.constants``)
-and nothing is tuned to reproduce a figure quoted in the paper. Where the paper's quoted value does
-not follow from its stated inputs, ``stslive theory`` prints both and how far apart they are.
-
-Units follow the paper's habit where it is unambiguous and are always in the argument name:
-resistances in ohm, bias in volt (the energy scale is e|V|), energies in eV or in kelvin (k_B T),
-lengths in metres, diffusion constants in m^2/s, times in seconds. All functions are vectorised:
-numpy arrays (or scalars) in, arrays out, with the usual broadcasting; float32 inputs stay float32
-where the coefficient is a Python float.
-
-Equations (R_Q = h/e^2):
+Pure functions of their inputs with CODATA constants (``scipy.constants``), vectorised (float32
+stays float32 where the coefficient is a Python float); units are in the argument names. Nothing
+is tuned to a figure the paper quotes. :class:`TheoryConstants` holds the inputs of Eqs. (2), (3)
+beyond the maps. Equations (R_Q = h/e^2; derivations in docs/physics.md):
 
 =====  ==========================================================================================
 (1)    alpha(V) = R_sq / (2 pi R_Q) ln(hbar omega_0 / eV)

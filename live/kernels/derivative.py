@@ -133,6 +133,7 @@ def derivative(
     points: int = DEFAULT_SMOOTHING_POINTS,
     method: str = "box",
     polyorder: int = 3,
+    columns: Columns | None = None,
 ) -> np.ndarray:
     """Numerical dI/dV (S) of I(V) (A) over a uniform ascending sweep, last axis.
 
@@ -149,6 +150,9 @@ def derivative(
         running means; the first and last (points + 1) / 2 samples are NaN).
         "savgol": ``scipy.signal.savgol_filter(deriv=1)`` over 2*points-1 samples, order
         ``polyorder`` (same noise, ~10x slower on 1601-point rows).
+    columns : tuple of (lo, hi), optional
+        Derive only these half-open column ranges (box method), NaN elsewhere: what the batch
+        engine does with the columns its fits read. Default: the whole row.
 
     Returns
     -------
@@ -161,9 +165,12 @@ def derivative(
     if points < 3 or points % 2 == 0:
         raise AnalysisError(f"points={points}: give an odd number >= 3")
     if method == "savgol":
+        if columns is not None:
+            raise AnalysisError("columns= applies to the box derivative; use method='box' or derive whole rows")
         return savgol_filter(current, 2 * points - 1, polyorder, deriv=1, delta=step, axis=-1).astype(dtype, copy=False)
     if method != "box":
         raise AnalysisError(f"method={method!r}: use 'box' or 'savgol'")
-    out = np.empty_like(current)
-    box_derivative_into(out, current, ((0, current.shape[-1]),), points=points, step=step)
+    n = current.shape[-1]
+    out = np.empty_like(current) if columns is None else np.full_like(current, np.nan)
+    box_derivative_into(out, current, ((0, n),) if columns is None else columns, points=points, step=step)
     return out

@@ -1,13 +1,11 @@
 """The batch engine: :func:`analyse_spectra`, Delta, alpha and their quality for any batch of spectra.
 
-Each chunk of rows passes the steps of the public functions (:func:`conductance_sign`, the box
-derivative, the lock-in running mean, :func:`~stslive.live.kernels.gap.gap_rows`,
-:func:`~stslive.live.kernels.powerlaw.power_law_rows`), restricted to the columns the fits read.
-Everything that depends only on the bias grid and the options is planned once per grid
-(:func:`plan`, cached by the grid's values): the live analyser calls with 1-10 spectra, where
-numpy's per-call overhead, not the arithmetic, is the cost. Chunks are cache-sized and run on
-worker threads (numpy and scipy release the GIL in the heavy calls). Every row is computed on its
-own, so results are bit-identical whatever the batch size, chunk or thread count.
+Each chunk of rows passes the public steps (:func:`~stslive.live.kernels.sweep.conductance_sign`,
+the box derivative and running mean of :mod:`~stslive.live.kernels.derivative`,
+:func:`~stslive.live.kernels.gap.gap_rows`, :func:`~stslive.live.kernels.powerlaw.power_law_rows`)
+on the columns the fits read. What depends only on the bias grid and the options is planned once
+per grid (:func:`plan`). Every row is computed on its own: results are bit-identical whatever the
+batch size, chunk or thread count.
 """
 
 from __future__ import annotations

@@ -180,11 +180,12 @@ def extract_gap(
     raw = g.reshape(-1, bias.size)
     signal = None if current_A is None else np.asarray(current_A).reshape(-1, bias.size)
     refit = raw if signal is None else signal  # a lock-in is fitted raw, only its argmax is smoothed
-    g2 = raw
-    if signal is None:
-        g2 = np.empty_like(raw)
-        running_mean_into(g2, raw, ((0, bias.size),), points=LOCKIN_SMOOTHING_POINTS)
     geometry = gap_geometry(bias.tobytes(), tuple(search_V), step)
+    g2 = raw
+    if signal is None:  # smoothed on the columns the search reads, as the batch engine does
+        g2 = np.full_like(raw, np.nan)
+        cols = geometry.columns
+        running_mean_into(g2, raw, ((cols.start, cols.stop),), points=LOCKIN_SMOOTHING_POINTS)
     bank = None
     if geometry.covered:
         if dynes_width_eV is None:

@@ -1,14 +1,11 @@
-"""Physical coherence-peak templates and the matched-filter fit that locates a peak between samples.
+"""Physical coherence-peak templates and the matched-filter fit that places a peak between samples.
 
-Near a coherence peak the Dynes density of states N(E) = Re[(E + iG) / sqrt((E + iG)^2 - D^2)]
-reduces to Re sqrt(D / (2 (E - D + iG))): its shape in x = E - D depends on the Dynes width G only.
-Convolved with the thermal window -f'(E) at the sample temperature (and, for a lock-in channel,
-with the first-harmonic modulation kernel) this gives a small family of peak shapes S_G(x). A
-window of a spectrum around its coarse peak is fitted, by linear least squares, with
-a S_G(x - s) plus a low-order polynomial background for every template of a bank (every G, every
-sub-sample shift s); the background is projected out of the templates once, so the fit of a batch
-is one matrix product. A current I(V) is fitted with integrated templates (its white noise is
-then used optimally), a lock-in channel in the dI/dV domain.
+A template is the positive coherence peak of a Dynes-BCS density of states, convolved with the
+thermal window at the sample temperature (and the lock-in's modulation kernel for a lock-in
+channel); its shape near the peak depends on the Dynes width only. A window around a coarse
+peak is fitted by linear least squares with every template of a bank (widths x sub-sample
+shifts) plus a polynomial background projected out once, so a batch costs one matrix product.
+A current I(V) is fitted with integrated templates, a lock-in channel in the dI/dV domain.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The Dynes width of the peak templates, estimated once per batch (or per map).
 
-Measured: a free width per spectrum trades against the peak shift (Delta rms 0.026 meV vs
-0.013 meV with the width fixed), so one width serves a whole batch: the geometric median of the
-best-fitting width of the full bank (:data:`~stslive.live.kernels.templates.DYNES_WIDTHS_EV`)
-over both peaks of the first spectra. Callers that analyse a map in pieces estimate it once
-(:func:`estimate_dynes_width`) and pass it as ``KernelOptions(dynes_width_eV=...)``.
+One width serves a whole batch: the geometric median of the best-fitting width of the full bank
+(:data:`~stslive.live.kernels.templates.DYNES_WIDTHS_EV`) over both peaks of the first spectra.
+Callers that analyse a map in pieces estimate it once (:func:`estimate_dynes_width`) and pass it
+as ``KernelOptions(dynes_width_eV=...)`` so every piece uses the same templates.
 """
 
 from __future__ import annotations
