@@ -122,7 +122,7 @@ def gap_search_covered(bias_V: np.ndarray, search_V: tuple[float, float]) -> boo
     """Whether a sweep (V, either direction) covers the gap search range ``search_V`` on both polarities.
 
     The rule of :func:`gap_geometry`; raises AnalysisError for a sweep the kernels refuse
-    (non-uniform, fewer than 8 points).
+    (non-uniform, fewer than ``MIN_SWEEP_POINTS`` points).
     """
     (bias,) = prepare_sweep(np.asarray(bias_V, dtype=np.float64))
     key = bias.tobytes()
