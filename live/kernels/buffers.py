@@ -38,14 +38,15 @@ def scratch(name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarr
     shape : tuple of int
     dtype : dtype
     """
-    dtype = np.dtype(dtype)
+    # Called several times per chunk, and the live analyser's chunks are 1-10 spectra: the hit
+    # path is kept to a dict lookup, a slice and a reshape.
     size = math.prod(shape)
-    if size * dtype.itemsize > MAX_KEPT_BYTES:
-        return np.empty(shape, dtype)
-    cache: dict[tuple[str, str], np.ndarray] = _LOCAL.__dict__.setdefault("scratch", {})
-    key = (name, dtype.str)
+    cache: dict[tuple[str, object], np.ndarray] = _LOCAL.__dict__.setdefault("scratch", {})
+    key = (name, dtype)  # a dtype hashes by value
     buf = cache.get(key)
     if buf is None or buf.size < size:
+        if size * np.dtype(dtype).itemsize > MAX_KEPT_BYTES:
+            return np.empty(shape, dtype)
         buf = cache[key] = np.empty(size, dtype)
     return buf[:size].reshape(shape)
 

@@ -20,6 +20,7 @@ from stslive.live.kernels.sweep import bias_step
 
 __all__ = ["box_derivative_into", "derivative", "running_mean_into", "running_mean_span"]
 
+#: Half-open column ranges (lo, hi) of a row.
 Columns = tuple[tuple[int, int], ...]
 
 

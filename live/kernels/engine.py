@@ -21,7 +21,7 @@ import numpy as np
 
 from stslive.drivers.errors import AnalysisError
 from stslive.live.kernels.buffers import nan_buffer
-from stslive.live.kernels.derivative import box_derivative_into, running_mean_into
+from stslive.live.kernels.derivative import Columns, box_derivative_into, running_mean_into
 from stslive.live.kernels.gap import gap_rows
 from stslive.live.kernels.options import KernelOptions, SpectrumAnalysis
 from stslive.live.kernels.peaks import GapGeometry, gap_geometry
@@ -33,8 +33,6 @@ from stslive.live.kernels.templates import TemplateBank, bank_args, template_ban
 from stslive.live.kernels.widths import estimate_dynes_width
 
 __all__ = ["analyse_spectra"]
-
-Columns = tuple[tuple[int, int], ...]
 
 
 def _merge(ranges: list[tuple[int, int]]) -> Columns:

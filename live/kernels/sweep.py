@@ -16,6 +16,8 @@ from stslive.live.kernels.samples import MIN_SWEEP_POINTS, SIGN_END_DIVISOR
 
 __all__ = ["bias_step", "conductance_sign", "grid_step", "mirror", "prepare_sweep"]
 
+_MINUS_ONE, _PLUS_ONE = np.int8(-1), np.int8(1)
+
 
 def bias_step(bias_V: np.ndarray, *, key: bytes | None = None) -> float:
     """Step (V) of an ascending uniform 1-D bias grid.
@@ -90,12 +92,13 @@ def conductance_sign(bias_V: np.ndarray, signal: np.ndarray, *, kind: str = "cur
         rise = np.add.reduce(x[..., -k:], axis=-1, dtype=np.float64) / k
         rise -= np.add.reduce(x[..., :k], axis=-1, dtype=np.float64) / k
         bias = np.asarray(bias_V)
-        s = np.sign(rise) * np.sign(bias[-1] - bias[0])
+        # negative where the current falls with rising bias (a flat or descending-only grid: +1)
+        falling = rise < 0 if bias[-1] > bias[0] else rise > 0 if bias[-1] < bias[0] else np.zeros_like(rise, bool)
     elif kind == "didv":
-        s = _median_sign(x)
+        falling = _median_sign(x) < 0
     else:
         raise AnalysisError(f"kind={kind!r}: use 'current' or 'didv'")
-    return np.where(s < 0, -1, 1).astype(np.int8)
+    return np.where(falling, _MINUS_ONE, _PLUS_ONE)
 
 
 def _median_sign(x: np.ndarray) -> np.ndarray:
