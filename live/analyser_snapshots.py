@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 
 from stslive.drivers.errors import AnalysisError
-from stslive.live.pipeline import correlation_snapshot
 from stslive.live.results import ResultsModel
+from stslive.live.snapshots import correlation_snapshot
 
 log = logging.getLogger(__name__)
 

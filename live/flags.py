@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,9 +34,8 @@ from stslive.live.flag_config import load_flag_config as load_flag_config
 from stslive.live.flag_kinds import FlagKind
 from stslive.live.flags_history import SEQUENTIAL_MAX, TipTracker, judge, windowed_outliers
 from stslive.live.kernels import ReasonCode, SpectrumAnalysis, pick_channels
-
-#: Boltzmann constant in eV/K.
-K_B_EV = 8.617333262e-5
+from stslive.live.kernels.buffers import scratch as _scratch
+from stslive.live.theory import K_B_EV_PER_K as K_B_EV
 
 #: The default thresholds (one frozen instance: the feature plans are cached per config).
 DEFAULT_CONFIG = FlagConfig()
@@ -75,10 +73,6 @@ class _FeaturePlan:
     scale: float  # 1 / (2 s h), h the step of the grid ``sub``, V
     tip: tuple[slice, slice]
     window: tuple[slice, slice]
-
-
-_WORK = threading.local()  # per-thread work arrays of spectral_features (:func:`_scratch`)
-_WORK_MAX_BYTES = 16 << 20  # one work array of 1024 spectra x 1601 float64 points fits
 
 
 # The live analyser calls spectral_features with 1-10 spectra at a time on one grid: these searches
@@ -123,23 +117,6 @@ def _mean(values: np.ndarray, cols: slice) -> np.ndarray:
     if width < 2:
         return np.full(values.shape[:-1], np.nan)
     return np.add.reduce(values[..., cols], axis=-1, dtype=np.float64) / width  # = np.mean: sum, then divide
-
-
-def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A per-thread work array of ``shape``, undefined content, reused between calls.
-
-    Why: a batch of 256 spectra needs a few MB of work arrays; fresh ones cost more than the
-    arithmetic on this VM (first touch of new memory is slow, ARCHITECTURE.md). Arrays above
-    ``_WORK_MAX_BYTES`` (a whole map at once) are not kept, so a backfill does not pin its size.
-    """
-    size = math.prod(shape)
-    if size * dtype.itemsize > _WORK_MAX_BYTES:
-        return np.empty(shape, dtype)
-    cache: dict[tuple[str, str], np.ndarray] = _WORK.__dict__.setdefault("arrays", {})
-    buf = cache.get((name, dtype.str))
-    if buf is None or buf.size < size:
-        buf = cache[(name, dtype.str)] = np.empty(size, dtype)
-    return buf[:size].reshape(shape)
 
 
 #: Spectra up to which both channels are smoothed in one call on a stacked copy (see _running_means)

@@ -19,7 +19,7 @@ from stslive.live.offline.analyse import DEFAULT_BLOCK_BYTES, analyse_inputs, ex
 
 # the one-input analysis, re-exported: the soak job imports it from here
 from stslive.live.offline.analyse import analyse_to_directory as analyse_to_directory
-from stslive.live.pipeline import TheoryConstants
+from stslive.live.theory import TheoryConstants
 
 #: ``--dask`` given without an address: start a LocalCluster.
 LOCAL_CLUSTER = "local"

@@ -553,8 +553,8 @@ class Soak:
         """The analyser's analysis file against the offline analysis with the same options."""
         from stslive.acquisition.cli.analyse import analyse_to_directory
         from stslive.live.kernels import KernelOptions
-        from stslive.live.pipeline import TheoryConstants
         from stslive.live.results_io import load_maps_h5
+        from stslive.live.theory import TheoryConstants
 
         t0 = time.perf_counter()
         options = KernelOptions(dynes_width_eV=self.s.dynes_width_meV * 1e-3)  # what `stslive analyser` uses

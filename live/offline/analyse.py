@@ -31,16 +31,11 @@ from stslive.live.kernels import KernelOptions, conductance_sign, derivative, pr
 from stslive.live.offline import figures
 from stslive.live.offline.campaign import write_campaign
 from stslive.live.offline.report import build_report, write_report
-from stslive.live.pipeline import (
-    TheoryConstants,
-    analyse_source,
-    calibrate_source,
-    correlation_snapshot,
-    open_input,
-    uses_lockin,
-)
+from stslive.live.pipeline import analyse_source, calibrate_source, open_input, uses_lockin
 from stslive.live.results import ResultsModel
 from stslive.live.results_io import save_maps_h5
+from stslive.live.snapshots import correlation_snapshot
+from stslive.live.theory import TheoryConstants
 
 __all__ = [
     "INPUT_SUFFIXES",

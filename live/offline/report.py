@@ -39,8 +39,8 @@ from stslive.acquisition.formats.version import software_version
 from stslive.drivers.errors import AnalysisError
 from stslive.live.correlations import correlation_report
 from stslive.live.kernels import KernelOptions, ReasonCode
-from stslive.live.pipeline import TheoryConstants, predicted_gap_spread, sheet_resistance_sigma
 from stslive.live.results import ResultsModel
+from stslive.live.theory import TheoryConstants, predicted_gap_spread, sheet_resistance_sigma
 
 __all__ = ["map_statistics", "ground_truth_errors", "build_report", "write_report"]
 

@@ -22,7 +22,7 @@ from stslive.drivers.errors import ConfigError
 from stslive.live.kernels import KernelOptions
 from stslive.live.offline.analyse import analyse_inputs, expand_inputs, output_dirs, summary_line
 from stslive.live.offline.campaign import run_conditions, write_campaign
-from stslive.live.pipeline import TheoryConstants
+from stslive.live.theory import TheoryConstants
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 10, 12
