@@ -12,13 +12,13 @@ import zmq
 
 from stslive.acquisition.jobs.bench_viewer import synthetic_maps
 from stslive.drivers.errors import FileFormatError, StreamError
-from stslive.live import analyser_file
-from stslive.live.analyser_file import AnalysisFileWriter
-from stslive.live.analyser_publisher import ResultsPublisher
-from stslive.live.analyser_runs import RunHandler
-from stslive.live.analyser_settings import AnalyserSettings
-from stslive.live.analyser_snapshots import SnapshotScheduler
-from stslive.live.analyser_status import status_line
+from stslive.live.analyser import file as analyser_file
+from stslive.live.analyser.file import AnalysisFileWriter
+from stslive.live.analyser.publisher import ResultsPublisher
+from stslive.live.analyser.runs import RunHandler
+from stslive.live.analyser.settings import AnalyserSettings
+from stslive.live.analyser.snapshots import SnapshotScheduler
+from stslive.live.analyser.status import status_line
 from stslive.live.flag_config import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.results import ResultsModel

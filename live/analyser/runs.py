@@ -25,10 +25,10 @@ from stslive.acquisition.formats.documents import (
     StopDoc,
 )
 from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
-from stslive.live.analyser_file import AnalysisFileWriter
-from stslive.live.analyser_publisher import ResultsPublisher
-from stslive.live.analyser_settings import AnalyserSettings
-from stslive.live.analyser_snapshots import SnapshotScheduler
+from stslive.live.analyser.file import AnalysisFileWriter
+from stslive.live.analyser.publisher import ResultsPublisher
+from stslive.live.analyser.settings import AnalyserSettings
+from stslive.live.analyser.snapshots import SnapshotScheduler
 from stslive.live.flag_config import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.results import ResultsModel

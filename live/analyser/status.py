@@ -10,7 +10,7 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
-from stslive.live.analyser_runs import RunHandler
+from stslive.live.analyser.runs import RunHandler
 
 
 def status_line(runs: RunHandler, *, subscriber_stats: Mapping[str, Any], missing_start: Mapping[str, str]) -> str:

@@ -3,7 +3,7 @@
 :class:`AnalyserService` runs one service thread that owns the stream subscription: it backfills
 from the archive on a late join or restart, fills sequence gaps and missed start documents from
 the archive, and moves what the socket holds into its inbox, from which it hands batches (never
-waiting to fill one) to :class:`~stslive.live.analyser_runs.RunHandler`, which analyses and
+waiting to fill one) to :class:`~stslive.live.analyser.runs.RunHandler`, which analyses and
 publishes them. Receiving and analysing share the thread on purpose: ZeroMQ's I/O thread keeps
 filling the subscription queue meanwhile, whereas a Python receiver thread would fight the
 analysis for the GIL. Bad input never stops the service: what it refuses is counted and named in
@@ -27,14 +27,11 @@ from stslive.acquisition.formats.documents import EventDoc, StartDoc
 from stslive.acquisition.formats.security import Security
 from stslive.acquisition.formats.subscriber import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import StreamError, StsliveError
-from stslive.live.analyser_file import AnalysisFileWriter
-from stslive.live.analyser_publisher import ResultsPublisher
-from stslive.live.analyser_runs import RunHandler
-from stslive.live.analyser_settings import AnalyserSettings, analysis_path_for
-
-# re-exported: ``stslive analyser`` and the benchmark import it from here
-from stslive.live.analyser_settings import settle_gc as settle_gc
-from stslive.live.analyser_status import status_line
+from stslive.live.analyser.file import AnalysisFileWriter
+from stslive.live.analyser.publisher import ResultsPublisher
+from stslive.live.analyser.runs import RunHandler
+from stslive.live.analyser.settings import AnalyserSettings, analysis_path_for
+from stslive.live.analyser.status import status_line
 from stslive.live.flag_config import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.run_context import RunContext
@@ -348,5 +345,5 @@ class AnalyserService:
         return {k: out[k] for k in STAGES if k in out}
 
     def status_text(self) -> str:
-        """The status line (:func:`stslive.live.analyser_status.status_line`)."""
+        """The status line (:func:`stslive.live.analyser.status.status_line`)."""
         return status_line(self._runs, subscriber_stats=self.subscriber_stats, missing_start=self.missing_start)
