@@ -48,6 +48,7 @@ MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
     "valid": (np.dtype(np.bool_), False, "", "Delta and alpha extracted"),
     "measured": (np.dtype(np.bool_), False, "", "a result exists for the pixel"),
     "flags": (np.dtype(np.uint32), 0, "", "FlagKind bits"),
+    "tip_epoch": (np.dtype(np.int16), -1, "", "tip epoch: 0 = the run's first tip, +1 per new tip, -1 = not analysed"),
 }
 
 #: what a model shows as the run state: a run's states, and "unknown" before any status arrived
@@ -77,6 +78,7 @@ class PixelResult:
     time: float = float("nan")
     b_pos: float = float("nan")
     b_neg: float = float("nan")
+    tip_epoch: int = -1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of builtin scalars (JSON/msgpack-safe; NaN stays a float NaN)."""

@@ -300,7 +300,7 @@ def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], array
     try:
         if topic == "pixel":
             raw = dict(header["result"])
-            ints = {"iy", "ix", "setpoint_set", "reason", "flags"}
+            ints = {"iy", "ix", "setpoint_set", "reason", "flags", "tip_epoch"}
             result = PixelResult.from_dict(
                 {k: (int(v) if k in ints else bool(v) if k == "valid" else _nan(v)) for k, v in raw.items()}
             )

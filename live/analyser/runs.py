@@ -198,16 +198,23 @@ class RunHandler:
         except StsliveError as exc:  # never die: count the batch and go on
             self.reject("analysis", f"{len(batch)} pixels not analysed: {exc}")
             return
-        self._publish_pixels(columns)
+        self._publish_pixels(columns, new=len(batch))
 
-    def _publish_pixels(self, columns: dict[str, Any]) -> None:
-        if not columns:  # held back for the width calibration
-            return
-        count = len(columns["iy"])
-        self.analysed += count
-        self._since_snapshot += count
+    def _publish_pixels(self, columns: dict[str, Any], *, new: int) -> None:
+        """Publish analysed columns (``new`` of their pixels seen for the first time) and any revisions.
+
+        The revisions (tip epochs an event changed) go first: they name earlier measurements,
+        which a pixel measured again in this batch replaces.
+        """
+        assert self.run is not None  # called while a run is open
+        revised = self.run.take_revisions()
         if self._publisher is not None:
-            self._publisher.send_pixels(columns)
+            if revised is not None:
+                self._publisher.send_pixels(revised)
+            if columns:
+                self._publisher.send_pixels(columns)
+        self.analysed += new
+        self._since_snapshot += new
         if self._since_snapshot >= self.settings.snapshot_every:
             self._since_snapshot = 0
             self._snapshots.request()
@@ -221,9 +228,9 @@ class RunHandler:
         if self.run is None:
             return
         try:
-            self._publish_pixels(self.run.finish())
+            self._publish_pixels(self.run.finish(), new=0)
         except StsliveError as exc:
-            self.reject("analysis", f"pixels held for the width calibration not analysed: {exc}")
+            self.reject("analysis", f"pixels not analysed again with the run's template width: {exc}")
         self._snapshots.stop()  # the final snapshot below sees every pixel and is the one kept
         self._snapshots.take(self.run.model)
         self.run.model.update_status(state=state, message=self._status())

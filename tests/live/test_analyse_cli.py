@@ -14,14 +14,29 @@ from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.live.flag_kinds import FlagKind
 from stslive.live.results_io import load_maps_h5
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 40, 48
 FIGURES = ("maps.png", "histograms.png", "cross_correlation.png", "correlation_profiles.png", "spectra.png")
 REPORT_KEYS = (
-    "pixels",
-    "valid_pixels",
+    "schema",
+    "schema_version",
+    "software_version",
+    "grid",
+    "pixels_in_grid",
+    "pixels_measured",
+    "pixels_valid",
+    "pixels_valid_delta",
+    "pixels_valid_alpha",
+    "reasons_delta",
+    "reasons_alpha",
+    "gap_channel",
+    "alpha_channel",
+    "flags",
+    "tip_epochs",
+    "warnings",
     "delta_mean_meV",
     "delta_std_meV",
     "alpha_mean",
@@ -68,8 +83,13 @@ def test_report_keys_and_values_are_sane(analysed: tuple[Path, Path, int]) -> No
     archive, out, _ = analysed
     r = _report(out)
     assert set(REPORT_KEYS) <= set(r)
-    assert r["pixels"] == NY * NX and r["valid_pixels"] >= 0.99 * NY * NX
-    assert r["reasons"]["OK"] == r["valid_pixels"]
+    assert r["schema"] == "stslive.report" and r["schema_version"] == 2
+    assert r["grid"] == {"nx": NX, "ny": NY} and r["pixels_in_grid"] == NY * NX
+    assert r["pixels_measured"] == NY * NX and r["pixels_valid"] >= 0.99 * NY * NX
+    assert r["reasons"]["OK"] == r["pixels_valid"]
+    assert r["pixels_valid_delta"] >= r["pixels_valid"] and r["pixels_valid_alpha"] >= r["pixels_valid"]
+    assert r["gap_channel"] == "LI Demod 1 X (A)" and r["alpha_channel"] == "Current (A)"  # "auto", resolved
+    assert r["flags"]["counts"].keys() == {k.name.lower() for k in FlagKind} and r["warnings"] == []
     with open_archive(archive) as reader:
         truth = reader.ground_truth
     assert r["delta_mean_meV"] == pytest.approx(truth["delta_def"].mean() * 1e3, abs=0.015)  # within the RMS goal
@@ -82,7 +102,7 @@ def test_report_keys_and_values_are_sane(analysed: tuple[Path, Path, int]) -> No
     assert 100 < r["sigma_rho_ohm"] < 5000 and 0 < r["predicted_delta_rel_sigma"] < 1
     assert r["elapsed_s"] > 0
     assert r["inputs"]["channels"] == {"current": "Current (A)", "lockin": "LI Demod 1 X (A)"}
-    assert r["inputs"]["options"]["fit_window_V"] == [0.005, 0.03] and r["inputs"]["software_version"]
+    assert r["inputs"]["options"]["fit_window_V"] == [0.005, 0.03] and r["software_version"]
     assert r["inputs"]["file"].endswith("film.h5") and r["inputs"]["format"] == "stslive"
     gt = r["ground_truth"]
     assert gt["delta_rms_error_meV"] <= 0.015 and gt["alpha_rms_error"] <= 0.003
@@ -124,6 +144,7 @@ def test_lockin_off_and_options_reach_the_kernels(analysed: tuple[Path, Path, in
     )
     r = _report(out)
     assert r["inputs"]["options"]["gap_source"] == "current" and r["inputs"]["channels"]["lockin"] is None
+    assert r["gap_channel"] == r["alpha_channel"] == "Current (A)"
     assert r["inputs"]["options"]["fit_window_V"] == pytest.approx([0.006, 0.028])
     assert r["inputs"]["options"]["smoothing_points"] == 9
     assert r["ground_truth"]["delta_rms_error_meV"] <= 0.03
@@ -147,7 +168,7 @@ def test_analyses_a_3ds_written_from_a_film(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["analyse", str(path), "--out", str(out)]) == 0
     r = _report(out)
-    assert r["inputs"]["format"] == "nanonis3ds" and r["pixels"] == 320 and r["valid_pixels"] >= 316
+    assert r["inputs"]["format"] == "nanonis3ds" and r["pixels_measured"] == 320 and r["pixels_valid"] >= 316
     truth = film.definition_truth()
     model = load_maps_h5(out / "maps.h5")
     valid = model.maps["valid"]
@@ -159,7 +180,7 @@ def test_analyses_a_3ds_written_from_a_film(tmp_path: Path) -> None:
 def test_real_kpfm_grid_runs_with_reasons(shared_data: Path, tmp_path: Path) -> None:
     assert main(["analyse", str(shared_data / "nanonis-grid-kpfm-20x20.3ds"), "--out", str(tmp_path)]) == 0
     r = _report(tmp_path)
-    assert r["pixels"] == 400 and r["valid_pixels"] == 0 and sum(r["reasons"].values()) == 400
+    assert r["pixels_measured"] == 400 and r["pixels_valid"] == 0 and sum(r["reasons"].values()) == 400
     assert "OK" not in r["reasons"] and r["delta_mean_meV"] is None and r["l_delta_nm"] is None
     assert (tmp_path / "maps.png").is_file()
 
@@ -211,5 +232,5 @@ def test_report_version_is_the_one_software_version(analysed: tuple[Path, Path, 
     from stslive.live.offline import report
 
     _, out, _ = analysed
-    assert _report(out)["inputs"]["software_version"] == version.software_version()
+    assert _report(out)["software_version"] == version.software_version()
     assert not hasattr(report, "software_version") or report.software_version is version.software_version

@@ -1,0 +1,308 @@
+"""A run's flags: the one path from its pixels to their flag bits and tip epochs, live and offline.
+
+Contract: :class:`RunFlags` is built from a run's start document (its set-point sets, channels and
+``metadata["not_recorded"]``, the fields a recording does not hold) and judges pixels in
+acquisition order: :meth:`RunFlags.features` (history-free, any batch) then
+:meth:`RunFlags.evaluate` (the rules with history, :class:`~stslive.live.flags.FlagEngine`). The
+live analyser (:class:`~stslive.live.run_context.RunContext`) calls both per batch;
+:func:`flag_recording` calls them over a whole archive or ``.3ds`` in the order the live analyser
+receives its pixels, so ``stslive analyse`` writes the live analyser's flags. A value the
+recording does not hold is unknown (NaN, status -1) and the rule that reads it does not fire;
+:meth:`RunFlags.unjudged` says which rules were not judged, on how many pixels and why.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from stslive.acquisition.formats.archive import ArchiveReader
+from stslive.acquisition.formats.recording import open_recording, start_fields
+from stslive.acquisition.formats.runmodel import SetpointSet
+from stslive.drivers.errors import ConfigError, FileFormatError, NanonisFileError, StreamError
+from stslive.live.flag_config import FlagConfig
+from stslive.live.flag_kinds import FLAG_LABELS, FlagKind
+from stslive.live.flags import (
+    FlagEngine,
+    FlagResult,
+    PixelConditions,
+    SpectralFeatures,
+    channel_arrays,
+    lockin_settings,
+    spectral_features,
+)
+from stslive.live.flags_tip import TipEvent
+from stslive.live.results import ResultsModel
+
+__all__ = ["RunFlags", "parse_sets", "flag_recording"]
+
+#: Pixels per :meth:`RunFlags.evaluate` call of :func:`flag_recording` (numpy passes; bounded memory).
+_FLAG_BATCH = 4096
+
+#: Why each rule could not be judged on a pixel (:meth:`RunFlags.unjudged`).
+_WHY = {
+    FlagKind.THERMAL: "no thermometer reading",
+    FlagKind.MODULATION: "lock-in amplitude not recorded",
+    FlagKind.LOCKIN_SENSITIVITY: "lock-in sensitivity not recorded, or no lock-in channel",
+    FlagKind.LOCKIN_MISMATCH: "no lock-in channel, or no signal in its window",
+    FlagKind.LOCKIN_OVERLOAD: "lock-in status not recorded",
+    FlagKind.SETPOINT: "the sweep does not reach V_set",
+    FlagKind.TIP_CHANGE: "the sweep does not reach the tip band, or no conductance at V_set",
+}
+
+
+def parse_sets(run_uid: str, start: Mapping[str, Any]) -> tuple[list[str], dict[int, SetpointSet]]:
+    """Channel names and set-point sets of a start document; StreamError when unusable."""
+    try:
+        names = [str(c) for c in start["channel_names"]]
+        sets = {int(s["id"]): SetpointSet.from_dict(s) for s in start["setpoint_sets"]}
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise StreamError(f"run {run_uid}: start document unusable ({exc}); check the scan engine's version") from exc
+    return names, sets
+
+
+class RunFlags:
+    """The flag state of one run: what it recorded, the flag engine, and what could not be judged.
+
+    Parameters
+    ----------
+    channel_names
+        The run's channels (current and lock-in picked by name, as the kernels do).
+    sets
+        Set-point sets by id; None for a set the recording does not describe (a ``.3ds`` whose
+        header gives no usable set-point): the rules that need its set-point are not judged.
+    metadata
+        The start document's metadata; ``not_recorded`` lists the set-point set and event fields
+        the recording does not hold.
+    config
+        Flag thresholds.
+    """
+
+    def __init__(
+        self,
+        channel_names: list[str],
+        sets: Mapping[int, SetpointSet | None],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        config: FlagConfig,
+    ) -> None:
+        channel_arrays(np.zeros((len(channel_names), 2)), channel_names)  # needs a current channel
+        self.channel_names = list(channel_names)
+        self.sets = dict(sets)
+        self.config = config
+        unknown = set((metadata or {}).get("not_recorded", ()))
+        self.status_known = "lockin_status" not in unknown
+        #: (modulation V rms, sensitivity V) of each set as the rules read them, NaN = unknown
+        self.settings: dict[int, tuple[float, float]] = {}
+        for set_id, s in self.sets.items():
+            if s is None:
+                self.settings[set_id] = (math.nan, math.nan)
+                continue
+            amplitude = math.nan if "lockin_amplitude_Vrms" in unknown else s.lockin_amplitude_Vrms
+            sensitivity = math.nan if "lockin_sensitivity_V" in unknown else s.lockin_sensitivity_V
+            self.settings[set_id] = lockin_settings(amplitude, sensitivity)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every pixel judged (the analyser re-judges a run from its first pixel)."""
+        self.engine = FlagEngine(self.config)
+        self._unjudged: Counter[FlagKind] = Counter()
+
+    @property
+    def tip_events(self) -> list[TipEvent]:
+        """The run's tip-change events so far."""
+        return self.engine.tip_events
+
+    def features(self, set_id: int, spectra: np.ndarray) -> SpectralFeatures:
+        """Features of spectra ``(n, n_channels, n_points)`` of one set (history-free: any batch).
+
+        NaN (not judged) for a set without a known set-point.
+        """
+        s = self.sets[set_id]
+        current, lockin = channel_arrays(spectra, self.channel_names)
+        if s is None:
+            lead = current.shape[:-1]
+            return SpectralFeatures(
+                setpoint_rel_dev=np.full(lead, np.nan),
+                tip_features=np.full((*lead, 2), np.nan),
+                lockin_peak=np.full(lead, np.nan),
+                lockin_rel_residual=np.full(lead, np.nan),
+            )
+        return spectral_features(
+            s.bias_axis,
+            current,
+            v_set_V=s.bias_setpoint_V,
+            i_set_A=abs(s.current_setpoint_A),
+            lockin=lockin,
+            config=self.config,
+        )
+
+    def evaluate(
+        self,
+        *,
+        iy: np.ndarray,
+        ix: np.ndarray,
+        set_ids: np.ndarray,
+        delta_eV: np.ndarray,
+        reason: np.ndarray,
+        features: SpectralFeatures,
+        temperature_K: np.ndarray,
+        lockin_status: np.ndarray,
+        lockin_overload: np.ndarray,
+    ) -> FlagResult:
+        """Flags and tip epochs of n pixels (all (n,) arrays) in acquisition order.
+
+        ``temperature_K`` NaN: no reading; ``lockin_status``/``lockin_overload`` as the events
+        carry them (ignored when the recording holds no status).
+        """
+        n = iy.size
+        settings = np.array([self.settings[int(k)] for k in set_ids.tolist()], dtype=np.float64).reshape(n, 2)
+        known_status = self.status_known
+        conditions = PixelConditions(
+            temperature_K=temperature_K,
+            lockin_overload=lockin_overload if known_status else np.zeros(n, dtype=bool),
+            lockin_status=lockin_status if known_status else np.full(n, -1, dtype=np.int64),
+            modulation_Vrms=settings[:, 0],
+            sensitivity_V=settings[:, 1],
+        )
+        result = self.engine.evaluate(
+            delta_eV=delta_eV, reason=reason, features=features, conditions=conditions, iy=iy, ix=ix
+        )
+        count = self._unjudged
+        count[FlagKind.THERMAL] += int(np.count_nonzero(~np.isfinite(temperature_K)))
+        count[FlagKind.MODULATION] += int(np.count_nonzero(~np.isfinite(settings[:, 0])))
+        count[FlagKind.LOCKIN_SENSITIVITY] += int(
+            np.count_nonzero(~np.isfinite(settings[:, 1]) | ~np.isfinite(features.lockin_peak))
+        )
+        count[FlagKind.LOCKIN_MISMATCH] += int(np.count_nonzero(~np.isfinite(features.lockin_rel_residual)))
+        count[FlagKind.LOCKIN_OVERLOAD] += 0 if known_status else n
+        count[FlagKind.SETPOINT] += int(np.count_nonzero(~np.isfinite(features.setpoint_rel_dev)))
+        count[FlagKind.TIP_CHANGE] += int(np.count_nonzero(~np.isfinite(features.tip_features).all(axis=-1)))
+        return result
+
+    def unjudged(self) -> dict[str, dict[str, Any]]:
+        """Rules not judged on some pixels: label -> ``{"pixels": n, "why": text}`` (none: ``{}``)."""
+        why = dict(_WHY)
+        if any(s is None for s in self.sets.values()):
+            for kind in (FlagKind.SETPOINT, FlagKind.TIP_CHANGE, FlagKind.LOCKIN_MISMATCH, FlagKind.LOCKIN_SENSITIVITY):
+                why[kind] = "the recording gives no usable set-point set"
+        return {FLAG_LABELS[k]: {"pixels": n, "why": why[k]} for k, n in sorted(self._unjudged.items()) if n}
+
+
+def flag_recording(
+    path: str | os.PathLike[str], model: ResultsModel, *, config: FlagConfig, max_block_bytes: int = 64 * 2**20
+) -> RunFlags:
+    """Flags and tip epochs of every measured pixel of an archive or ``.3ds`` into ``model``.
+
+    The pixels are judged in the order the live analyser receives them (a replay or a backfill:
+    an archive's end-time order, a ``.3ds`` grid's record order), with the conditions its events
+    carry and the reason and gap already in ``model`` (the kernels' results). Spectra are read in
+    blocks of whole rows (at most ``max_block_bytes``), converted to float32 as a stream carries
+    them. Writes the ``flags`` and ``tip_epoch`` maps; returns the run's :class:`RunFlags`
+    (tip events, rules not judged).
+
+    Raises
+    ------
+    FileFormatError
+        The file cannot be read; StreamError when its start document is unusable.
+    """
+    with open_recording(path) as rec:
+        sets: Mapping[int, SetpointSet | None]
+        try:
+            start = start_fields(rec)
+            names, sets = parse_sets(str(path), start)
+            metadata = start.get("metadata")
+        except NanonisFileError:  # a .3ds header without a usable set-point: the kernels' rules still hold
+            names, sets, metadata = list(rec.channel_names), {0: None}, None
+        flags = RunFlags(names, sets, metadata=metadata, config=config)
+        ny, nx = rec.geometry.shape
+        measured = np.asarray(rec.measured, dtype=bool)
+        if isinstance(rec, ArchiveReader):
+            meta = rec.pixel_meta
+            set_map = np.asarray(meta["setpoint_set_id"], dtype=np.int64)
+            order = np.array(rec.event_pixels("end-time"), dtype=np.int64).reshape(-1, 2)
+            with np.errstate(invalid="ignore"):  # both readings missing: NaN
+                temps = np.fmax(meta["temperature_before_K"], meta["temperature_after_K"])
+            status = np.asarray(meta["lockin_status"], dtype=np.int64)
+            overload = np.asarray(meta["lockin_overload"], dtype=bool)
+        else:
+            set_map = np.zeros((ny, nx), dtype=np.int64)
+            order = np.argwhere(measured).astype(np.int64)
+            temps = np.full((ny, nx), np.nan)
+            status, overload = np.zeros((ny, nx), dtype=np.int64), np.zeros((ny, nx), dtype=bool)
+        feats = _features(rec, flags, measured, set_map, max_block_bytes)
+    with model.lock:
+        delta = model.maps["delta_eV"].copy()
+        reason = model.maps["reason"].copy()
+    for lo in range(0, order.shape[0], _FLAG_BATCH):
+        iy, ix = order[lo : lo + _FLAG_BATCH].T
+        result = flags.evaluate(
+            iy=iy,
+            ix=ix,
+            set_ids=set_map[iy, ix],
+            delta_eV=delta[iy, ix],
+            reason=reason[iy, ix],
+            features=SpectralFeatures(**{k: v[iy, ix] for k, v in feats.items()}),
+            temperature_K=temps[iy, ix],
+            lockin_status=status[iy, ix],
+            lockin_overload=overload[iy, ix],
+        )
+        store_flags(model, iy, ix, result)
+    return flags
+
+
+def store_flags(
+    model: ResultsModel, iy: np.ndarray, ix: np.ndarray, result: FlagResult
+) -> dict[str, np.ndarray] | None:
+    """Write a batch's flags and tip epochs into ``model``; returns the revised earlier pixels, if any.
+
+    The revisions (``iy``, ``ix``, ``flags``, ``tip_epoch`` columns) name measurements made before
+    this batch, so they are stored first: a pixel measured again in the batch keeps the batch's.
+    """
+    rev = result.revised
+    revised = None
+    if rev.iy.size:
+        tip = np.uint32(FlagKind.TIP_CHANGE)
+        with model.lock:
+            bits = model.maps["flags"][rev.iy, rev.ix]
+        bits = (bits & ~tip) | (rev.changed * tip)
+        model.update_block(rev.iy, rev.ix, flags=bits, tip_epoch=rev.epoch)
+        revised = {"iy": rev.iy, "ix": rev.ix, "flags": bits, "tip_epoch": rev.epoch}
+    model.update_block(iy, ix, flags=result.bits, tip_epoch=result.tip_epoch)
+    return revised
+
+
+def _features(
+    rec: Any, flags: RunFlags, measured: np.ndarray, set_map: np.ndarray, max_block_bytes: int
+) -> dict[str, np.ndarray]:
+    """Per-pixel feature maps ``(ny, nx[, 2])`` of the measured pixels, NaN elsewhere."""
+    ny, nx = measured.shape
+    out = {
+        "setpoint_rel_dev": np.full((ny, nx), np.nan),
+        "tip_features": np.full((ny, nx, 2), np.nan),
+        "lockin_peak": np.full((ny, nx), np.nan),
+        "lockin_rel_residual": np.full((ny, nx), np.nan),
+    }
+    per_row = max(1, nx * len(flags.channel_names) * int(rec.n_points) * 4)
+    step = max(1, max_block_bytes // per_row)
+    for start in range(0, ny, step):
+        rows = slice(start, min(ny, start + step))
+        try:
+            block = rec.read_pixels(rows, slice(None)) if isinstance(rec, ArchiveReader) else rec.read_block(rows)
+        except OSError as exc:
+            raise FileFormatError(
+                rec.path, f"cannot read the spectra ({exc}); the file is truncated or corrupt"
+            ) from exc
+        block = np.asarray(block, dtype=np.float32)  # as a stream carries them (a .3ds is big-endian)
+        here = measured[rows]
+        for set_id in np.unique(set_map[rows][here]).tolist():
+            by, bx = np.nonzero(here & (set_map[rows] == set_id))
+            f = flags.features(int(set_id), block[by, bx])
+            for name in SpectralFeatures.__slots__:
+                out[name][by + start, bx] = getattr(f, name)
+    return out
