@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from stslive.drivers.errors import AnalysisError, ConfigError
+from stslive.live.flag_config import load_flag_config
 from stslive.live.kernels import KernelOptions
 from stslive.live.offline.analyse import DEFAULT_BLOCK_BYTES, analyse_inputs, expand_inputs, summary_line
 
@@ -68,7 +69,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stslive run archive (.h5), Nanonis grid (.3ds) or a folder of them; several "
         "inputs write OUT/<stem>/ each and a campaign summary in OUT",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output directory: new or empty (created if missing); it receives the results only once all succeeded",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier `stslive analyse` in --out (its files only; a folder with other files is refused)",
+    )
+    parser.add_argument("--config", help="TOML file with a [flags] table of flag thresholds (as `stslive analyser`)")
     parser.add_argument(
         "--dask",
         nargs="?",
@@ -159,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_block_bytes=int(args.block_mb * 2**20),
         show_progress=sys.stderr.isatty(),
+        flag_config=load_flag_config(args.config) if args.config else None,
+        overwrite=args.overwrite,
     )
     for analysed in analysis.runs:
         print(f"{analysed.path.name}: {summary_line(analysed.report)}")

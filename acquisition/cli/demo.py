@@ -417,12 +417,12 @@ def summary_text(
         v = report.get(key)
         return "n/a" if v is None else format(v, fmt)
 
-    pixels = int(report["pixels"])
+    pixels = int(report["pixels_measured"])
     agree = compare_maps(paths.analysis, paths.out / "maps.h5")
     truth = truth_errors(paths.out / "maps.h5", film)
     lines = [
-        f"stslive demo: {pixels} of {report['grid_pixels']} pixels measured and analysed "
-        f"({report['valid_pixels']} valid), "
+        f"stslive demo: {pixels} of {report['pixels_in_grid']} pixels measured and analysed "
+        f"({report['pixels_valid']} valid), "
         + ("sweeps as fast as the mock lab runs" if speed == 0 else f"sweeps {speed:g} x real time"),
         f"  wall {wall_s:.1f} s: scan {scan_s:.1f} s ({pixels / scan_s:.0f} pixels/s), live analysis done "
         f"{analysed_s - scan_s:.1f} s after it, then offline analysis" + (" and snapshot" if headless else ""),

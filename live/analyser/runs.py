@@ -52,6 +52,9 @@ class RunHandler:
         Counter of refused input per reason, shared with the service's receiving side.
     status
         Returns the service's status line (written into the model's status).
+    errors
+        The service's fatal errors: a failed analysis-file write is added here (the service and
+        ``stslive analyser`` stop on one).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class RunHandler:
         file: AnalysisFileWriter | None,
         rejected: collections.Counter[str],
         status: Callable[[], str],
+        errors: list[str] | None = None,
     ) -> None:
         self.options = options
         self.flag_config = flag_config
@@ -72,6 +76,7 @@ class RunHandler:
         self._file = file
         self.rejected = rejected
         self._status = status
+        self.errors = errors if errors is not None else []
         self._snapshots = SnapshotScheduler(self._current_model)
         self.run: RunContext | None = None
         self.analysed = 0
@@ -257,13 +262,14 @@ class RunHandler:
             self._publisher.send_model(self.run.model)
 
     def _write(self) -> None:
-        """Write the analysis file (crash-safe: :class:`AnalysisFileWriter`); a failure is counted."""
+        """Write the analysis file (crash-safe: :class:`AnalysisFileWriter`); a failure is fatal."""
         if self._file is None or self.run is None:
             return
         try:
             self._file.write(self.run.model)
-        except (OSError, StsliveError) as exc:
+        except (OSError, StsliveError) as exc:  # results that cannot be saved: the service stops
             self.reject("write", f"cannot write {self._file.path}: {exc}")
+            self.errors.append(f"cannot write the analysis file {self._file.path}: {exc}")
 
     def _current_model(self) -> ResultsModel | None:
         run = self.run

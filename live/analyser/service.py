@@ -90,6 +90,8 @@ class AnalyserService:
         self.settings = settings or AnalyserSettings()
         self._ctx = context or zmq.Context.instance()
         self._stream_security = stream_security
+        # before any socket: a place the analysis file cannot be written is refused at once
+        file = None if self.out is None else AnalysisFileWriter(self.out, every_s=self.settings.write_every_s)
         self._publisher = None
         if bind is not None:
             self._publisher = ResultsPublisher(bind, context=self._ctx, hwm=self.settings.hwm, security=security)
@@ -99,21 +101,23 @@ class AnalyserService:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.rejected: collections.Counter[str] = collections.Counter()
+        #: fatal errors (the stream lost, the analysis file not writable): the service stops
+        self.errors: list[str] = []
         self._runs = RunHandler(
             options=self.options,
             flag_config=self.flag_config,
             settings=self.settings,
             publisher=self._publisher,
-            file=None if self.out is None else AnalysisFileWriter(self.out, every_s=self.settings.write_every_s),
+            file=file,
             rejected=self.rejected,
             status=self.status_text,
+            errors=self.errors,
         )
         self.subscriber_stats: dict[str, Any] = {}
         #: run uid -> why its start document is missing (shown in the status)
         self.missing_start: dict[str, str] = {}
         self.max_queue = 0
         self._last_stats = -math.inf
-        self.errors: list[str] = []
         self._stages: dict[str, float] = {"receive+decode": 0.0}
 
     @property
@@ -200,6 +204,8 @@ class AnalyserService:
                     except StsliveError as exc:
                         self._lost(sub, exc)
                         sub = None
+                if self.errors:  # nothing more can be saved: stop instead of analysing into the void
+                    break
                 if self._inbox:
                     self._runs.handle(self._drain())
                 elif sub is None or self._stop.is_set():

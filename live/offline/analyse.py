@@ -32,6 +32,7 @@ from stslive.live.flags_run import RunFlags, flag_recording
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
 from stslive.live.offline import figures
 from stslive.live.offline.campaign import write_campaign
+from stslive.live.offline.outputs import OutputFolder
 from stslive.live.offline.report import build_report, main_reasons, write_report
 from stslive.live.pipeline import analyse_source, calibrate_source, open_input, uses_lockin
 from stslive.live.results import ResultsModel
@@ -161,6 +162,7 @@ def analyse_inputs(
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     show_progress: bool = False,
     flag_config: FlagConfig | None = None,
+    overwrite: bool = False,
 ) -> OfflineAnalysis:
     """Analyse input files into ``out``: one folder per input, plus the campaign summary for several.
 
@@ -181,14 +183,57 @@ def analyse_inputs(
         Progress bars on stderr.
     flag_config
         Flag thresholds (default: the live analyser's defaults).
+    overwrite
+        Replace an earlier analysis in ``out`` (else ``out`` must be new or empty). Everything
+        is written beside ``out`` first and moved in only when all inputs succeeded
+        (:class:`~stslive.live.offline.outputs.OutputFolder`).
 
     Raises
     ------
     ConfigError
-        Two inputs would write into the same folder, or an output folder is a file.
+        Two inputs would write into the same folder, ``out`` is a file, or it holds files that
+        ``overwrite`` may not clear.
     """
-    outs = output_dirs(files, out)
+    output_dirs(files, out)  # two inputs into one folder: refused before anything runs
     flag_config = flag_config or FlagConfig()
+    folder = OutputFolder(out, overwrite=overwrite)
+    with folder as stage:
+        analysis = _analyse_into(
+            files,
+            stage,
+            options=options,
+            constants=constants,
+            examples=examples,
+            dask=dask,
+            address=address,
+            workers=workers,
+            max_block_bytes=max_block_bytes,
+            show_progress=show_progress,
+            flag_config=flag_config,
+        )
+    # the files now sit in out: name them there
+    return OfflineAnalysis(
+        [AnalysedRun(r.path, out / r.out.relative_to(stage), r.report) for r in analysis.runs],
+        [out / p.relative_to(stage) for p in analysis.campaign],
+    )
+
+
+def _analyse_into(
+    files: Sequence[Path],
+    out: Path,
+    *,
+    options: KernelOptions,
+    constants: TheoryConstants,
+    examples: int,
+    dask: bool,
+    address: str | None,
+    workers: int | None,
+    max_block_bytes: int,
+    show_progress: bool,
+    flag_config: FlagConfig,
+) -> OfflineAnalysis:
+    """:func:`analyse_inputs` into a fresh folder ``out``."""
+    outs = output_dirs(files, out)
     if dask:
         reports = analyse_many_dask(
             list(files),

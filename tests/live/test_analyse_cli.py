@@ -89,7 +89,10 @@ def test_report_keys_and_values_are_sane(analysed: tuple[Path, Path, int]) -> No
     assert r["reasons"]["OK"] == r["pixels_valid"]
     assert r["pixels_valid_delta"] >= r["pixels_valid"] and r["pixels_valid_alpha"] >= r["pixels_valid"]
     assert r["gap_channel"] == "LI Demod 1 X (A)" and r["alpha_channel"] == "Current (A)"  # "auto", resolved
-    assert r["flags"]["counts"].keys() == {k.name.lower() for k in FlagKind} and r["warnings"] == []
+    assert r["flags"]["counts"].keys() == {k.name.lower() for k in FlagKind} and r["flags"]["pixels_flagged"] == 0
+    # a simulated archive records no lock-in sensitivity or status: those rules are not judged, and it says so
+    assert set(r["flags"]["not_judged"]) == {"lockin_sensitivity", "lockin_overload"}
+    assert [w["code"] for w in r["warnings"]] == ["flags_not_judged"]
     with open_archive(archive) as reader:
         truth = reader.ground_truth
     assert r["delta_mean_meV"] == pytest.approx(truth["delta_def"].mean() * 1e3, abs=0.015)  # within the RMS goal
@@ -234,3 +237,67 @@ def test_report_version_is_the_one_software_version(analysed: tuple[Path, Path, 
     _, out, _ = analysed
     assert _report(out)["software_version"] == version.software_version()
     assert not hasattr(report, "software_version") or report.software_version is version.software_version
+
+
+def test_out_is_a_fresh_folder_or_an_earlier_analysis_overwritten(
+    analysed: tuple[Path, Path, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive, _, _ = analysed
+    out = tmp_path / "out"
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "1"]) == 0
+    assert (out / "spectra.png").is_file()
+    capsys.readouterr()
+    # a reused folder is refused: nothing of a second run may land beside the first one's files
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "holds an earlier analysis" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # --overwrite clears what the earlier analysis wrote: its example-spectra figure does not survive
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "0", "--overwrite"]) == 0
+    assert not (out / "spectra.png").exists() and (out / "report.json").is_file() and (out / "maps.png").is_file()
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left
+    # files the command did not write (the run archive, notes) are never cleared nor replaced
+    (out / "notes.txt").write_text("mine")
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "0", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "spectra.png").mkdir()  # something the command did not write, under a name it writes
+    (out / ".stslive-analyse.json").write_text('{"written": ["maps.h5", "report.json"]}')
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "1", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "would replace" in err and "spectra.png" in err and (out / "spectra.png").is_dir()
+    assert (out / "report.json").is_file() and not list(tmp_path.glob(".out.*"))
+
+
+def test_an_interrupted_analysis_leaves_the_folder_as_it_was(
+    analysed: tuple[Path, Path, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stslive.live.offline import analyse as offline
+
+    archive, _, _ = analysed
+    out = tmp_path / "out"
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "0"]) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(report: dict, path: Path) -> Path:  # Ctrl-C after maps.h5 and the figures are written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(offline, "write_report", interrupted)
+    assert main(["analyse", str(archive), "--out", str(out), "--overwrite", "--smoothing", "9"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # no new maps.h5 beside the old report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_summary_names_why_pixels_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A +-15 mV sweep: Delta everywhere, alpha nowhere (its 5..30 mV window is not covered), and the line says why."""
+    archive = tmp_path / "narrow.h5"
+    write_film_archive(
+        make_film(FilmParams(ny=8, nx=10, seed=1, bias_start_V=-0.015, bias_end_V=0.015, n_points=301)), archive
+    )
+    assert main(["analyse", str(archive), "--out", str(tmp_path / "out"), "--examples", "0"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "80 of 80 pixels measured, 0 valid" in line and "alpha on 0 (refused: WINDOW_NOT_COVERED 80)" in line
+    r = _report(tmp_path / "out")
+    assert r["pixels_valid_delta"] == 80 and r["delta_mean_meV"] is not None and r["alpha_mean"] is None
+    assert r["reasons_alpha"] == {"WINDOW_NOT_COVERED": 80}
+    assert "few_valid_alpha" in [w["code"] for w in r["warnings"]]

@@ -136,3 +136,40 @@ def test_status_line_names_every_count() -> None:
         "1 open seq gap(s)",
     ):
         assert part in text
+
+
+def test_analyser_with_an_unwritable_out_exits_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stslive.acquisition.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    t0 = time.monotonic()
+    code = main(["analyser", "--connect", "tcp://127.0.0.1:9", "--out", str(a_file / "run.analysis.h5"), "--once"])
+    err = capsys.readouterr().err
+    assert code == 1 and time.monotonic() - t0 < 10
+    assert len(err.strip().splitlines()) == 1 and "cannot write the analysis file" in err and "Traceback" not in err
+
+
+def test_a_failed_analysis_file_write_stops_the_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(model: ResultsModel, path: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(analyser_file, "save_maps_h5", broken)
+    errors: list[str] = []
+    runs = RunHandler(
+        options=KernelOptions(),
+        flag_config=FlagConfig(),
+        settings=AnalyserSettings(),
+        publisher=None,
+        file=AnalysisFileWriter(tmp_path / "run.analysis.h5", every_s=0.0),
+        rejected=collections.Counter(),
+        status=lambda: "",
+        errors=errors,
+    )
+    from test_analyser_sim import geometry, make_sets, start_fields
+
+    runs.handle([("start", ("r", start_fields(geometry(2, 2), make_sets())))])
+    runs.periodic()
+    assert errors and "No space left on device" in errors[0] and runs.rejected["write"] == 1

@@ -99,6 +99,7 @@ def test_folder_input_writes_runs_and_campaign(series: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     assert main(["analyse", str(series), "--out", str(out), "--examples", "0"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".stslive-analyse.json",  # what the command wrote, for --overwrite
         "T0.3",
         "T1.5",
         "campaign.csv",
