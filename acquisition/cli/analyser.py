@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "until those spectra arrived)",
     )
     parser.add_argument("--snapshot-every", type=int, default=500, help="pixels between correlation snapshots")
+    parser.add_argument(
+        "--snapshot-every-s",
+        type=float,
+        default=AnalyserSettings.snapshot_every_s,
+        help="longest time between correlation snapshots while pixels arrive, s (default 30)",
+    )
     parser.add_argument("--once", action="store_true", help="exit after the first run's stop document")
 
 
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         stream_security=None if args.client is None else Security.from_dir(args.keys, client=args.client),
         options=KernelOptions(dynes_width_eV=None if args.dynes_width_meV is None else args.dynes_width_meV * 1e-3),
         flag_config=flags,
-        settings=AnalyserSettings(snapshot_every=args.snapshot_every),
+        settings=AnalyserSettings(snapshot_every=args.snapshot_every, snapshot_every_s=args.snapshot_every_s),
     )
     with service:
         settle_gc()

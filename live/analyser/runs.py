@@ -87,6 +87,7 @@ class RunHandler:
         self.stopped_runs: list[str] = []
         self._stop_seen = threading.Condition()
         self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
         self._last_publish = 0.0
         #: thread CPU seconds spent turning events into checked pixels
         self.check_seconds = 0.0
@@ -220,8 +221,15 @@ class RunHandler:
                 self._publisher.send_pixels(columns)
         self.analysed += new
         self._since_snapshot += new
-        if self._since_snapshot >= self.settings.snapshot_every:
+        self._maybe_snapshot()
+
+    def _maybe_snapshot(self) -> None:
+        """Ask for a snapshot after ``snapshot_every`` new pixels, or ``snapshot_every_s`` after the last one."""
+        now = time.monotonic()
+        due = now - self._last_snapshot >= self.settings.snapshot_every_s
+        if self._since_snapshot >= self.settings.snapshot_every or (self._since_snapshot and due):
             self._since_snapshot = 0
+            self._last_snapshot = now
             self._snapshots.request()
 
     def finish_run(self, *, state: str | None) -> None:
@@ -250,6 +258,7 @@ class RunHandler:
         now = time.monotonic()
         if self.run is None:
             return
+        self._maybe_snapshot()
         if now - self._last_publish >= self.settings.publish_every_s:
             self.run.model.update_status(message=self._status())
             self._publish_all()

@@ -185,8 +185,13 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
     assert (live.maps["flags"] & int(FlagKind.TIP_CHANGE)).any() and set(np.unique(live.maps["tip_epoch"])) == {0, 1, 2}
     assert live.status().message.count("Dynes width") == 1
     assert live.snapshot is not None and live.snapshot.n_pixels == int(live.maps["valid"].sum())
+    # the snapshots taken while the run went on, for the screen's convergence plot
+    history = live.history.arrays()
+    assert len(live.history) >= 2 and np.all(np.diff(history["n_measured"]) >= 0)
+    assert history["n_pixels"][-1] == live.snapshot.n_pixels and np.isfinite(history["l_alpha_nm"]).all()
     saved = archive.with_suffix(".analysis.h5")
     np.testing.assert_array_equal(load_maps_h5(saved).maps["flags"], live.maps["flags"])
+    assert len(load_maps_h5(saved).history) == len(live.history)
     assert live.status().state == "done"
     # start, descriptor, one event per pixel, stop: the screen's "last seq" follows the stream, not only heartbeats
     assert live.status().last_seq >= len(pixels) + 2
