@@ -375,8 +375,8 @@ class ScanEngine:
     # -- helpers ---------------------------------------------------------------------------------
     def _next_point(self) -> PlanPoint | None:
         if self._pending is not None:
-            point, self._pending = self._pending, None
-            return point
+            pending, self._pending = self._pending, None
+            return pending
         request = self.machine.pop_remeasure_request()
         if request is not None:
             self._record_deferred()  # a re-measure of the waiting pixel must find it archived

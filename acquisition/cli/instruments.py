@@ -4,9 +4,8 @@ Connects to each instrument given (STM controller, lock-in, thermometer), prints
 and present settings, and exits non-zero naming every instrument that failed. All given
 instruments are checked even when one fails, so one run shows everything that needs fixing.
 
-``--config RUN.toml`` reads only the ``[instruments]`` table of a run config (the full config
-is issue 4's); each key is a VISA resource string or a table with ``resource`` and optional
-``timeout_s``::
+``--config RUN.toml`` reads only the ``[instruments]`` table of a run config; each key is a VISA
+resource string or a table with ``resource`` and optional ``timeout_s``::
 
     [instruments]
     stm = "TCPIP::192.168.1.10::6501::SOCKET"

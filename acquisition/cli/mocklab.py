@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from stslive.acquisition.cli.common import parse_grid
 from stslive.drivers.errors import ConfigError
 from stslive.mocks.faults import FaultPlan
 
@@ -25,20 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     film = parser.add_mutually_exclusive_group()
     film.add_argument("--film", type=Path, help="film parameters (TOML table of FilmParams fields)")
     film.add_argument("--seed", type=int, default=0, help="seed of a generated film (default 0)")
-    parser.add_argument("--grid", default="64x64", help="film size NXxNY in pixels (default 64x64)")
+    parser.add_argument("--grid", default="64x64", metavar="NXxNY", help="film size in pixels (default 64x64)")
     parser.add_argument("--speed", type=float, default=1.0, help="time scale: 1 real time, 0 as fast as possible")
     parser.add_argument("--faults", type=Path, help="fault file ([[fault]] tables, see stslive.mocks.faults)")
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """``"NXxNY"`` -> (nx, ny); ConfigError otherwise."""
-    try:
-        nx, ny = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--grid {text!r}: expected NXxNY, e.g. 64x48") from None
-    if nx < 1 or ny < 1:
-        raise ConfigError(f"--grid {text!r}: both sizes must be >= 1")
-    return nx, ny
 
 
 def _film(args: argparse.Namespace) -> object:
@@ -46,7 +36,7 @@ def _film(args: argparse.Namespace) -> object:
 
     from stslive.mocks.film import FilmParams, make_film
 
-    nx, ny = parse_grid(args.grid)
+    nx, ny = parse_grid(args.grid, example="64x48")
     if args.film is None:
         return make_film(FilmParams(ny=ny, nx=nx, seed=args.seed))
     try:

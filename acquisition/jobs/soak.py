@@ -1,4 +1,4 @@
-"""``stslive soak``: a long simulated run under scheduled faults, checked end to end (issue 6).
+"""A long simulated run under scheduled faults, checked end to end (``stslive soak``).
 
 Every part runs as its own ``stslive`` process, as a user would start them (the supervision
 helpers of :mod:`stslive.acquisition.jobs.supervisor`): ``mock-lab --faults FILE`` at speed 0, ``scan``,
@@ -20,17 +20,10 @@ except the re-measured ones; the analyser's final maps equal the offline analysi
 (:func:`stslive.acquisition.cli.analyse.analyse_to_directory`, the code of ``stslive analyse``, with the
 analyser's options); peak RSS of the scan, analyser and lab in the first, middle and last third
 (bounded: the last third's peak at most max(100 MB, 50 %) above the first's).
-
-The full soak (issue 6)::
-
-    stslive soak --grid 300x250 --out /tmp/soak --duration-hint 2400
-
-A short one (the test suite's): ``stslive soak --grid 24x16 --points 401 --kills 1 --out DIR``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -48,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.jobs.bench_scan import _grid, mock_lab_config
+from stslive.acquisition.jobs.mocklab import film_pixel_m, lab_command, lab_resources, mock_lab_config
 from stslive.acquisition.jobs.supervisor import Child, Supervisor, toml_text
 from stslive.drivers.errors import ConfigError, ServiceError
 
@@ -96,7 +89,7 @@ def fault_entries(n_pixels: int, *, seed: int, timeout_s: float) -> tuple[list[d
     the run, at least 4 calls apart so no two groups hit one pixel.
     """
     rng = random.Random(seed)
-    once = [
+    once: list[tuple[str, dict[str, Any]]] = [
         ("connection_drop", {}),
         ("connection_drop", {}),
         ("no_reply", {}),
@@ -106,7 +99,10 @@ def fault_entries(n_pixels: int, *, seed: int, timeout_s: float) -> tuple[list[d
         ("error_reply", {"message": "soak: simulated controller error"}),
         ("error_reply", {}),
     ]
-    thrice = [("error_reply", {"message": "soak: persistent controller error", "code": 7}), ("no_reply", {})]
+    thrice: list[tuple[str, dict[str, Any]]] = [
+        ("error_reply", {"message": "soak: persistent controller error", "code": 7}),
+        ("no_reply", {}),
+    ]
     groups = [(1, kind, params) for kind, params in once] + [(3, kind, params) for kind, params in thrice]
     lo, hi = max(2, n_pixels // 20), max(3, n_pixels * 19 // 20)
     if hi - lo < 5 * len(groups):
@@ -293,30 +289,9 @@ class Soak:
         stream_ep, control_ep, results_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
         t_start = time.monotonic()
         with Supervisor(self.out / "logs") as sup:
-            lab = self._start(
-                sup,
-                "lab",
-                [
-                    "mock-lab",
-                    "--grid",
-                    f"{s.nx}x{s.ny}",
-                    "--seed",
-                    str(s.seed),
-                    "--speed",
-                    "0",
-                    "--nanonis-port",
-                    "0",
-                    "--sr830-port",
-                    "0",
-                    "--thermometer-port",
-                    "0",
-                    "--faults",
-                    str(faults),
-                ],
-                must_succeed=False,
-            )
-            lines = lab.wait_for_lines(lambda ls: len(ls) >= 3, timeout_s=300.0, check=sup.check)
-            resources = dict(line.split(None, 1) for line in lines[:3])
+            command = lab_command(nx=s.nx, ny=s.ny, seed=s.seed, speed=0.0, faults=faults)
+            lab = self._start(sup, "lab", command, must_succeed=False)
+            resources = lab_resources(lab, sup, timeout_s=300.0)
             config = self._config(resources, stream_ep, control_ep)
             self.watch = StreamWatch(stream_ep)
             try:
@@ -351,15 +326,12 @@ class Soak:
         return summary
 
     def _config(self, resources: dict[str, str], stream_ep: str, control_ep: str) -> Path:
-        from stslive.mocks.film import FilmParams
-
         s = self.s
-        pixel_m = float(FilmParams(ny=s.ny, nx=s.nx, seed=s.seed).pixel_m)  # the lab's film, as bench_scan's
         config = mock_lab_config(
             resources,
             nx=s.nx,
             ny=s.ny,
-            pixel_m=pixel_m,
+            pixel_m=film_pixel_m(nx=s.nx, ny=s.ny, seed=s.seed),
             n_points=s.points,
             run={"name": "soak", "retries": 2, "max_consecutive_failures": 3},
             instruments={"nanonis": {"resource": resources["nanonis"], "timeout_s": s.instrument_timeout_s}},
@@ -403,9 +375,10 @@ class Soak:
         ]
         viewer_args = ["view", "--connect", results_ep, "--timeout", "60"]
         scan_args = ["scan", "--config", str(config), "--out", str(self.archive)]
+        analyser: Child | None
         if s.analyser_first:
-            analyser: Child | None = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
-            analyser.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
+            analyser = first = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
+            first.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
             scan = self._start(sup, "scan", scan_args, stop_signal=signal.SIGINT)
         else:
             # The analyser joins the running scan (backfill from the archive, then the stream): an
@@ -421,8 +394,8 @@ class Soak:
             # paused while the services start (seconds each): on a small grid the scan would
             # otherwise be half done before anyone watches it
             self._control(control_ep, "pause")
-            analyser = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
-        analyser.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
+            analyser = first = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
+        first.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
         viewer = self._start(sup, "viewer", viewer_args, must_succeed=False) if s.viewer else None
         if not s.analyser_first:
             time.sleep(VIEWER_SETTLE_S)
@@ -587,59 +560,3 @@ class Soak:
         result["valid_pixels"] = int(offline["valid"].sum())
         result["ok"] = bool(ok)
         return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``stslive soak``."""
-    parser.add_argument("--grid", type=_grid, default=(300, 250), help="NXxNY pixels (default 300x250)")
-    parser.add_argument("--points", type=int, default=1601, help="points per sweep (default 1601)")
-    parser.add_argument("--seed", type=int, default=0, help="film and fault schedule seed (default 0)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the archive, analyses, logs, soak.json")
-    parser.add_argument("--kills", type=int, default=2, help="scan SIGKILLs, each followed by --resume (default 2)")
-    parser.add_argument("--analyser-kills", type=int, default=1, help="analyser SIGKILLs + restarts (default 1)")
-    parser.add_argument("--viewer-kills", type=int, default=1, help="viewer SIGKILLs + new viewer (default 1)")
-    parser.add_argument("--no-viewer", action="store_true", help="run no viewer (machines without Qt)")
-    parser.add_argument("--no-remeasure", action="store_true", help="skip the control remeasure of two pixels")
-    parser.add_argument(
-        "--analyser-first",
-        action="store_true",
-        help="start the analyser before the scan (shows the analyser missing the start document)",
-    )
-    parser.add_argument(
-        "--duration-hint",
-        type=float,
-        default=600.0,
-        metavar="SECONDS",
-        help="expected scan wall time; the soak gives up after 3x this + 300 s (default 600)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the soak, print its JSON summary; 0 if every check passed, 1 otherwise."""
-    for name in ("kills", "analyser_kills", "viewer_kills"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} = {getattr(args, name)} is too small")
-    if args.points < 101:
-        raise ConfigError(f"--points {args.points}: the fit window needs sweeps of at least 101 points")
-    try:
-        import psutil  # noqa: F401  (RSS of the child processes)
-    except ImportError:
-        raise ConfigError("stslive soak reads process memory with psutil: pip install 'stslive[test]'") from None
-    nx, ny = args.grid
-    settings = SoakSettings(
-        nx=nx,
-        ny=ny,
-        out=args.out,
-        seed=args.seed,
-        points=args.points,
-        kills=args.kills,
-        analyser_kills=args.analyser_kills,
-        viewer_kills=args.viewer_kills,
-        viewer=not args.no_viewer,
-        remeasure=not args.no_remeasure,
-        duration_hint_s=args.duration_hint,
-        analyser_first=args.analyser_first,
-    )
-    summary = Soak(settings, log=lambda line: print(line, file=sys.stderr, flush=True)).run()
-    print(json.dumps(summary, indent=1))
-    return 0 if summary["ok"] else 1

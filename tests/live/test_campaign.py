@@ -12,10 +12,10 @@ import pytest
 
 from stslive.acquisition.cli import main
 from stslive.acquisition.cli.analyse import expand_inputs, output_dirs
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
 from stslive.live.offline.campaign import run_conditions, write_campaign
 from stslive.mocks.film import FilmParams, make_film
