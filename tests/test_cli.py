@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,8 @@ from stslive.acquisition.cli import COMMANDS, bench, build_parser, main
 from stslive.acquisition.cli.common import parse_assignments, parse_grid
 from stslive.acquisition.formats.version import software_version
 from stslive.drivers.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_version_and_help(capsys):
@@ -162,3 +166,29 @@ def test_a_benchmark_missing_a_dependency_is_not_called_absent(monkeypatch):
 def test_bench_options_reach_the_benchmark(capsys):
     assert main(["bench", "analyser", "--latency-n", "0"]) == 1
     assert "give -n, --latency-n" in capsys.readouterr().err
+
+
+# -- the README and docs/architecture.md speak of this repository only ----------------------------
+DOCS = [ROOT / "README.md", ROOT / "docs" / "architecture.md"]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_docs_name_only_commands_that_exist(path):
+    text = path.read_text(encoding="utf-8")
+    # command lines: in backquotes, indented code, or after && on the install line
+    commands = set(re.findall(r"(?:`|^[ \t]+|&& )stslive ([a-z][a-z-]*)", text, flags=re.MULTILINE))
+    assert commands and commands <= set(COMMANDS), commands - set(COMMANDS)
+    named = set(re.findall(r"stslive bench ([a-z]+)", text))
+    assert named <= set(bench.BENCHMARKS), named - set(bench.BENCHMARKS)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_docs_refer_to_nothing_outside_the_repository(path):
+    text = path.read_text(encoding="utf-8")
+    for outside in ("../shared", "PHYSICS.md", "ARCHITECTURE.md", "STYLE.md", "python -m stslive"):
+        assert outside not in text, outside
+    assert not re.search(r"\bissue[- ]?\d", text, flags=re.IGNORECASE)
+    paths = re.findall(r"`((?:docs|acquisition|live|mocks|drivers|tests)/[a-z0-9_./-]+\.(?:py|md|toml))`", text)
+    assert paths
+    for ref in paths:  # placeholders (acquisition/jobs/bench_NAME.py) are in capitals and not matched
+        assert (ROOT / ref).is_file() or ref.startswith("docs/"), ref  # the other docs/ pages are being written

@@ -1,7 +1,7 @@
 """``stslive view``: the control-room screen on a run archive, an analysis file or a live stream.
 
     stslive view RUN.h5 [--analysis maps.h5] [--snapshot FILE.png]
-    stslive view --connect tcp://127.0.0.1:5560 [--archive RUN.h5]
+    stslive view [RUN.h5] --connect tcp://127.0.0.1:5560
     stslive view --connect tcp://scanpc:5560 --keys KEYDIR --client screen
 
 ``--keys KEYDIR --client NAME`` follows an analyser bound with CURVE keys, as client NAME
