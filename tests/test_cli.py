@@ -192,3 +192,21 @@ def test_docs_refer_to_nothing_outside_the_repository(path):
     assert paths
     for ref in paths:  # placeholders (acquisition/jobs/bench_NAME.py) are in capitals and not matched
         assert (ROOT / ref).is_file() or ref.startswith("docs/"), ref  # the other docs/ pages are being written
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (None, "film parameters {path} not found; check the --film path"),
+        ("colour = 3\n", "unknown film parameter(s) ['colour']"),
+        ('sigma_rho_ohm = "high"\n', "film parameter sigma_rho_ohm = 'high' is not a valid float"),
+        ("sigma_rho_ohm = \n", "not valid TOML"),
+    ],
+)
+def test_mock_lab_film_file_errors_are_one_line(toml, message, tmp_path, capsys):
+    path = tmp_path / "film.toml"
+    if toml is not None:
+        path.write_text(toml, encoding="utf-8")
+    assert main(["mock-lab", "--film", str(path), "--grid", "4x4", "--nanonis-port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message.format(path=path) in err, err

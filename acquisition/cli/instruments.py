@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from stslive.drivers.errors import ConfigError, StsliveError
+from stslive.drivers.lakeshore import open_thermometer
+from stslive.drivers.nanonis import NanonisController
+from stslive.drivers.sr830 import open_lockin
 from stslive.drivers.tomlfile import read_toml
+from stslive.drivers.visa import VisaSettings
 
 ROLES = ("stm", "lockin", "thermometer")
 _TABLE_KEYS = {"resource", "timeout_s", "channel"}
@@ -73,9 +77,7 @@ def read_instruments_table(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> Any:
-    from stslive.drivers.visa import VisaSettings
-
+def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> VisaSettings:
     timeout = args.timeout if args.timeout is not None else float(entry.get("timeout_s", 3.0))
     return VisaSettings(
         str(entry["resource"]),
@@ -88,8 +90,6 @@ def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> Any:
 
 def check_stm(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, bias (V), current set-point (A) and feedback of the Nanonis controller."""
-    from stslive.drivers.nanonis import NanonisController
-
     stm = NanonisController(_settings(entry, args))
     try:
         return {
@@ -104,8 +104,6 @@ def check_stm(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, A
 
 def check_lockin(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, frequency (Hz), amplitude (V rms), time constant (s), sensitivity (V), status."""
-    from stslive.drivers.sr830 import open_lockin
-
     with open_lockin(_settings(entry, args)) as lockin:
         status = lockin.status()
         return {
@@ -122,8 +120,6 @@ def check_lockin(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str
 
 def check_thermometer(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, temperature (K) of the sample input, scanner channel."""
-    from stslive.drivers.lakeshore import open_thermometer
-
     channel = args.thermometer_channel or entry.get("channel", "A")
     with open_thermometer(_settings(entry, args), channel=channel) as thermometer:
         scanner, autoscan = thermometer.scanner_channel()

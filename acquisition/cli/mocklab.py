@@ -13,8 +13,10 @@ from pathlib import Path
 from types import FrameType
 
 from stslive.acquisition.cli.common import parse_grid
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.tomlfile import read_toml
 from stslive.mocks.faults import FaultPlan
+from stslive.mocks.film import Film, FilmParams, make_film
+from stslive.mocks.lab import MockLab
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,30 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults", type=Path, help="fault file ([[fault]] tables, see stslive.mocks.faults)")
 
 
-def _film(args: argparse.Namespace) -> object:
-    import tomllib
-
-    from stslive.mocks.film import FilmParams, make_film
-
+def _film(args: argparse.Namespace) -> Film:
     nx, ny = parse_grid(args.grid, example="64x48")
     if args.film is None:
         return make_film(FilmParams(ny=ny, nx=nx, seed=args.seed))
-    try:
-        table = tomllib.loads(args.film.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--film {args.film}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--film {args.film}: not valid TOML ({exc})") from None
-    try:
-        return make_film(FilmParams(**{"ny": ny, "nx": nx, **table}))
-    except TypeError as exc:
-        raise ConfigError(f"--film {args.film}: {exc}; use FilmParams field names") from None
+    table = read_toml(args.film, what="film parameters", option="--film")
+    return make_film(FilmParams.from_dict({"ny": ny, "nx": nx, **table}))
 
 
 def run(args: argparse.Namespace) -> int:
     """Start the lab, print the resources, serve until interrupted."""
-    from stslive.mocks.lab import MockLab
-
     faults = FaultPlan.from_toml(args.faults) if args.faults else FaultPlan()
     lab = MockLab(_film(args), speed=args.speed, faults=faults, seed=args.seed)
     stop = threading.Event()

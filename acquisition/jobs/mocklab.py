@@ -17,6 +17,7 @@ from typing import Any
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.jobs.supervisor import Child, Supervisor
 from stslive.mocks.film import FilmParams
+from stslive.mocks.lab import MockLab
 
 #: How long ``stslive mock-lab`` may take to build its film and print its resources (s); a cold
 #: start imports numpy, scipy, h5py and zmq first.
@@ -102,8 +103,6 @@ def mock_lab_config(
 @contextlib.contextmanager
 def lab_in_process(*, nx: int, ny: int, seed: int) -> Iterator[tuple[dict[str, str], float]]:
     """The mock lab's servers in this process at speed 0; yields (resources, pixel pitch in m)."""
-    from stslive.mocks.lab import MockLab
-
     lab = MockLab.from_seed(seed=seed, ny=ny, nx=nx, speed=0)
     with lab.start_servers() as servers:
         yield servers.resources, float(lab.pixel_m)

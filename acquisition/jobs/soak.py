@@ -31,27 +31,29 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.cli.analyse import analyse_to_directory  # moves to live/offline (lead, at merge)
+from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.jobs.mocklab import film_pixel_m, lab_command, lab_resources, mock_lab_config
+from stslive.acquisition.jobs.soak_watch import MemoryLog, StreamWatch
 from stslive.acquisition.jobs.supervisor import Child, Supervisor, toml_text
 from stslive.drivers.errors import ConfigError, ServiceError
+from stslive.live.kernels import KernelOptions
+from stslive.live.pipeline import TheoryConstants
+from stslive.live.results import load_maps_h5
 
 #: Relative tolerance of live versus offline maps: float32 sums over batches of different sizes.
 MAP_RTOL = 1e-4
 #: Maps compared between the analyser's file and the offline analysis.
 COMPARED_MAPS = ("delta_eV", "alpha", "b", "valid", "reason")
-PHASES = ("start", "middle", "end")
-#: RSS growth (MB) from the first to the last third of a run tolerated as noise, not a leak.
-RSS_SLACK_MB = 100.0
 #: Seconds the first viewer gets to come up before the paused scan resumes.
 VIEWER_SETTLE_S = 3.0
 
@@ -131,108 +133,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class StreamWatch:
-    """Counts what the scan puts on its stream, across every scan process (a raw SUB socket).
-
-    A raw socket, not :class:`~stslive.acquisition.formats.subscriber.RunSubscriber`: a resumed
-    scan restarts ``seq`` at 0 for the same run, which seq bookkeeping would call duplicates.
-    """
-
-    def __init__(self, endpoint: str) -> None:
-        import zmq
-
-        self.events: Counter[tuple[int, int]] = Counter()
-        self.failed: Counter[tuple[int, int]] = Counter()
-        self.kinds: Counter[str] = Counter()
-        self.malformed = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.RCVHWM, 1_000_000)
-        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sock.connect(endpoint)
-        self._thread = threading.Thread(target=self._run, name="soak-stream", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, decode
-        from stslive.drivers.errors import StreamError
-
-        while not self._stop.is_set():
-            if not self._sock.poll(50):
-                continue
-            frames = self._sock.recv_multipart(copy=False)
-            try:
-                doc = decode(frames)
-            except StreamError:
-                self.malformed += 1
-                continue
-            with self._lock:
-                self.kinds[type(doc).__name__] += 1
-                if isinstance(doc, EventDoc):
-                    self.events[(doc.iy, doc.ix)] += 1
-                elif isinstance(doc, FailedPixelDoc):
-                    self.failed[(doc.iy, doc.ix)] += 1
-
-    def seen(self) -> int:
-        """Distinct pixels delivered as measured or failed so far."""
-        with self._lock:
-            return len(set(self.events) | set(self.failed))
-
-    def snapshot(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """(pixels failed and not measured since, pixels measured), sorted."""
-        with self._lock:
-            return sorted(set(self.failed) - set(self.events)), sorted(self.events)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self._sock.close(linger=0)
-        self._ctx.term()
-
-
-@dataclass
-class MemoryLog:
-    """RSS samples per role (MB), binned by run progress into start/middle/end thirds."""
-
-    peaks: dict[str, dict[str, float]] = field(default_factory=dict)
-    samples: int = 0
-
-    def sample(self, role: str, pid: int, progress: float) -> None:
-        import psutil
-
-        try:
-            rss = psutil.Process(pid).memory_info().rss / 2**20
-        except psutil.NoSuchProcess:  # exited between the liveness check and the read
-            return
-        phase = PHASES[min(2, int(progress * 3))]
-        by_phase = self.peaks.setdefault(role, {})
-        by_phase[phase] = max(by_phase.get(phase, 0.0), rss)
-        self.samples += 1
-
-    def growth(self) -> dict[str, float | None]:
-        """Peak RSS at the end minus at the start, MB per role (None if a phase has no sample)."""
-        return {
-            role: (round(p["end"] - p["start"], 1) if "start" in p and "end" in p else None)
-            for role, p in self.peaks.items()
-        }
-
-    def bounded(self, roles: tuple[str, ...] = ("lab", "scan", "analyser")) -> bool:
-        """True if no role's end peak exceeds its start peak by more than max(RSS_SLACK_MB, 50 %).
-
-        Growth that follows run length (a leak per pixel) shows as end >> start; a fixed
-        allowance absorbs allocator noise and the analyser's growing correlation snapshots.
-        """
-        for role in roles:
-            p = self.peaks.get(role, {})
-            if "start" not in p or "end" not in p:
-                return False
-            if p["end"] - p["start"] > max(RSS_SLACK_MB, 0.5 * p["start"]):
-                return False
-        return True
 
 
 class Soak:
@@ -474,8 +374,6 @@ class Soak:
     # -- checks -------------------------------------------------------------------------------
     def _check_pixels(self) -> dict[str, Any]:
         """Every pixel measured or failed (not both, not neither), reasons, nothing measured twice."""
-        from stslive.acquisition.formats.archive import open_archive
-
         with open_archive(self.archive) as reader:
             measured, failed = reader.measured, reader.failed
             failures, log = reader.failures, reader.log
@@ -524,11 +422,6 @@ class Soak:
 
     def _check_maps(self) -> dict[str, Any]:
         """The analyser's analysis file against the offline analysis with the same options."""
-        from stslive.acquisition.cli.analyse import analyse_to_directory
-        from stslive.live.kernels import KernelOptions
-        from stslive.live.pipeline import TheoryConstants
-        from stslive.live.results import load_maps_h5
-
         t0 = time.perf_counter()
         options = KernelOptions(dynes_width_eV=self.s.dynes_width_meV * 1e-3)  # what `stslive analyser` uses
         offline_dir = self.out / "offline"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import json
 import signal
 import subprocess
 import sys
@@ -214,7 +215,6 @@ def toml_text(doc: Mapping[str, Any]) -> str:
     only tables of strings, numbers, booleans and lists of them: JSON spells those values the
     way TOML does (basic strings, ``1e-09``, ``[...]``), except booleans, written here.
     """
-    import json
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
