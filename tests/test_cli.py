@@ -210,3 +210,20 @@ def test_mock_lab_film_file_errors_are_one_line(toml, message, tmp_path, capsys)
     assert main(["mock-lab", "--film", str(path), "--grid", "4x4", "--nanonis-port", "0"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message.format(path=path) in err, err
+
+
+def test_bench_viewer_reports_the_frame_rate(capsys, monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert main(["bench", "viewer", "--grid", "20x10", "--rate", "200", "--seconds", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"frames \(refresh \+ full repaint, back to back\): \d+ = [\d.]+ fps", out), out
+    assert "frame time ms: p50" in out and "grid 20x10" in out
+
+
+def test_bench_campaign_compares_both_paths(capsys, tmp_path):
+    pytest.importorskip("distributed")
+    argv = ["bench", "campaign", "--grid", "6x4", "--maps", "2", "--workers", "1", "--workdir", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "campaign: 2 maps, 6x4, 48 spectra" in out and "maps identical: True" in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["campaign_6x4_T0.3K.h5", "campaign_6x4_T0.6K.h5"]
