@@ -1,22 +1,16 @@
 """The run configuration (TOML): instruments, plan, set-point sets, stream, suspender, retries.
 
-One file describes one run; ``stslive scan --config RUN.toml --out RUN.h5`` reads it and stores
-its canonical form (:meth:`RunConfig.to_dict`) in the archive's start document, so
-``stslive scan --resume RUN.h5`` needs only the archive. Every key is checked: an unknown key or
-a bad value is a :class:`~stslive.drivers.errors.ConfigError` naming ``section.key``.
-``acquisition/example_run.toml`` (package data) is a complete example.
-
-Exactly one of ``[grid]``, ``[line]`` or ``[points]`` gives the positions; at least one
-``[[setpoint_set]]`` table gives the set-point parameter sets (keys of
-:class:`~stslive.acquisition.formats.runmodel.SetpointSet`: ``id``, ``name``, ``bias_setpoint_V``,
-``current_setpoint_A``, ``sweep_start_V``, ``sweep_end_V``, ``n_points``, ``settle_s``,
-``integration_s``, ``lockin_frequency_Hz``, ``lockin_amplitude_Vrms``,
-``lockin_time_constant_s``, ``lockin_sensitivity_V``, ``feedback_hold``; all sets of a run need
-the same ``n_points``). ``[instruments.nanonis.limits]`` takes the keys of
-:class:`~stslive.drivers.nanonis.SafetyLimits`.
+Contract: one file describes one run; :meth:`RunConfig.from_toml` checks every key (an unknown
+key or a bad value is a :class:`~stslive.drivers.errors.ConfigError` naming ``[section]`` and the
+key) and :meth:`RunConfig.to_dict` gives the canonical form stored in the archive, accepted back
+by :meth:`RunConfig.from_dict`. Exactly one of ``[grid]``, ``[line]`` or ``[points]`` gives the
+positions; one or more ``[[setpoint_set]]`` tables (keys of
+:class:`~stslive.acquisition.formats.runmodel.SetpointSet`, equal ``n_points`` in all) the
+set-points; ``[instruments.nanonis.limits]`` takes the keys of
+:class:`~stslive.drivers.nanonis.SafetyLimits`. ``acquisition/example_run.toml`` is a complete
+example.
 
 Keys (SI units; "required" has no default):
-
 """
 
 from __future__ import annotations
@@ -30,7 +24,7 @@ from typing import Any
 from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.drivers.errors import ConfigError
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
-from stslive.drivers.tomlfile import read_toml
+from stslive.drivers.tomlfile import check_keys, read_toml
 
 _REQUIRED = object()
 
@@ -54,7 +48,7 @@ _VISA = {
 }
 
 #: section -> key -> Key. ``instruments.lockin`` and ``instruments.thermometer`` are optional.
-SCHEMA: dict[str, dict[str, Key]] = {
+RUN_CONFIG_KEYS: dict[str, dict[str, Key]] = {
     "run": {
         "name": Key("str", "", "free label of the run, stored in the start document"),
         "sample": Key("str", "", "sample description"),
@@ -131,7 +125,7 @@ _INSTRUMENTS = {"nanonis", "lockin", "thermometer"}
 def keys_table() -> str:
     """The reference table of every key (reStructuredText ``section.key | type | default | meaning``)."""
     rows = [("key", "type", "default", "meaning")]
-    for section, keys in SCHEMA.items():
+    for section, keys in RUN_CONFIG_KEYS.items():
         for name, key in keys.items():
             default = "required" if key.default is _REQUIRED else repr(key.default)
             rows.append((f"{section}.{name}", key.type, default, key.doc))
@@ -166,7 +160,7 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
 
 
 def parse_section(section: str, table: Any) -> dict[str, Any]:
-    """Check ``table`` against :data:`SCHEMA` ``[section]``; defaults filled in.
+    """Check ``table`` against :data:`RUN_CONFIG_KEYS` ``[section]``; defaults filled in.
 
     Raises
     ------
@@ -175,12 +169,8 @@ def parse_section(section: str, table: Any) -> dict[str, Any]:
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
-    schema = SCHEMA[section]
-    unknown = sorted(set(table) - set(schema))
-    if unknown:
-        raise ConfigError(
-            f"[{section}]: unknown key(s) {[f'{section}.{k}' for k in unknown]}; allowed: {sorted(schema)}"
-        )
+    schema = RUN_CONFIG_KEYS[section]
+    check_keys(table, schema, what=f"[{section}]")
     out: dict[str, Any] = {}
     for name, key in schema.items():
         where = f"{section}.{name}"
@@ -224,9 +214,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, source: str = "") -> RunConfig:
         """Check a parsed document (the TOML's tables as dicts)."""
-        unknown = sorted(set(doc) - _TOP)
-        if unknown:
-            raise ConfigError(f"unknown top-level key(s) {unknown}; allowed: {sorted(_TOP)}")
+        check_keys(doc, _TOP, what="top level")
         plans = [s for s in _PLAN_SECTIONS if s in doc]
         if len(plans) != 1:
             raise ConfigError(f"give exactly one of [grid], [line] or [points]; found {plans or 'none'}")
@@ -237,9 +225,7 @@ class RunConfig:
         instruments_doc = doc.get("instruments", {})
         if not isinstance(instruments_doc, Mapping) or "nanonis" not in instruments_doc:
             raise ConfigError("instruments.nanonis is required (the STM controller's resource string)")
-        bad = sorted(set(instruments_doc) - _INSTRUMENTS)
-        if bad:
-            raise ConfigError(f"[instruments]: unknown instrument(s) {bad}; allowed: {sorted(_INSTRUMENTS)}")
+        check_keys(instruments_doc, _INSTRUMENTS, what="[instruments]")
         instruments = {name: parse_section(f"instruments.{name}", table) for name, table in instruments_doc.items()}
         sets_doc = doc.get("setpoint_set")
         if not isinstance(sets_doc, list) or not sets_doc:

@@ -29,7 +29,7 @@ from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.acquisition.formats.security import Security
 from stslive.acquisition.formats.stream import ArraySpec, RunPublisher
-from stslive.acquisition.pixel import Instruments, PixelProcedure, PixelResult, failure_code
+from stslive.acquisition.pixel import Instruments, MeasuredPixel, PixelProcedure, failure_code
 from stslive.acquisition.plans import Plan, PlanPoint
 from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.acquisition.suspenders import TemperatureSuspender
@@ -130,7 +130,7 @@ class ScanEngine:
         self._replace_reason: dict[tuple[int, int], str] = {}  # cells being re-measured -> why
         self._last_after: float | None = None
         # measured, waiting to be archived and published beside the next sweep: (point, result, remeasure reason)
-        self._deferred: tuple[PlanPoint, PixelResult, str | None] | None = None
+        self._deferred: tuple[PlanPoint, MeasuredPixel, str | None] | None = None
         self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self.machine = RunStateMachine(
             self._set_order,
@@ -257,7 +257,7 @@ class ScanEngine:
 
     def _measure(
         self, point: PlanPoint, sp: SetpointSet, temperature: float
-    ) -> tuple[PixelResult | None, InstrumentError | None, int]:
+    ) -> tuple[MeasuredPixel | None, InstrumentError | None, int]:
         error: InstrumentError | None = None
         for attempt in range(1, self._opts["retries"] + 2):
             during_sweep = self._record_deferred if self._deferred is not None else None
@@ -272,7 +272,7 @@ class ScanEngine:
                     self.procedure.invalidate()  # the next attempt re-sends the set (new session)
         return None, error, self._opts["retries"] + 1
 
-    def _record(self, point: PlanPoint, result: PixelResult, reason: str | None) -> tuple[float, float]:
+    def _record(self, point: PlanPoint, result: MeasuredPixel, reason: str | None) -> tuple[float, float]:
         """Archive and publish a measured pixel; returns the time (s) each took."""
         t0 = time.perf_counter()
         if self._measured[point.iy, point.ix]:  # a re-measure: the archive logs what it replaces

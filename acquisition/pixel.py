@@ -1,27 +1,13 @@
 """The per-pixel procedure: move, settle, set-point, sweep, read, temperatures, feedback back on.
 
-Sequence for one pixel (every step an instrument round trip through the Protocols, so the real
-drivers and the simulated lab are interchangeable)::
-
-    T_before (thermometer)           # read by the engine first, for the suspender
-    [set changed: configure sweep + lock-in, feedback on, bias and current set-point]
-    move tip (feedback on), wait move_settle_s
-    z at the set-point
-    sweep (the controller waits set.settle_s, opens the feedback and restores it, also on failure)
-    lock-in status (read and cleared), T_after
-
-Set-point values persist in the controller between pixels, so they are sent only when the set
-changes: re-sending them would cost two round trips per pixel for no effect. If anything fails
-the feedback is switched back on before the error propagates (a tip left without feedback
-crashes into the sample on the next move).
-
-Work beside the sweep: ``measure(..., during_sweep=f)`` runs ``f()`` while the controller
-sweeps (the engine archives and publishes the previous pixel there), on this thread, between
-sending the sweep request and reading its reply, when the controller offers that
-(:class:`SweepsBeside`, as the Nanonis driver does); otherwise ``f()`` runs before the sweep.
-The sweep is the one long wait of a pixel, so that work costs the pixel nothing while it is
-shorter than the sweep. (A worker thread for the sweep was tried and measured slower than no
-overlap: the reply waited for the GIL behind the HDF5 writes.)
+Contract: :meth:`PixelProcedure.measure` does, for one pixel, through the instrument Protocols
+(so the real drivers and the simulated lab are interchangeable): configure the set when it
+changed (sweep, lock-in, feedback on, bias, set-point: values persist in the controller, so
+they are not re-sent per pixel), move the tip with the feedback on, wait ``move_settle_s``,
+read z, sweep, read the lock-in status and the temperature. On any failure the feedback is
+switched back on before the error propagates. ``during_sweep`` work runs on this thread between
+sending the sweep request and reading its reply when the controller offers that
+(:class:`SweepsBeside`), else before the sweep.
 """
 
 from __future__ import annotations
@@ -120,7 +106,7 @@ class Instruments:
 
 
 @dataclass(frozen=True)
-class PixelResult:
+class MeasuredPixel:
     """One measured pixel: spectra ``(channel, point)`` float32, metadata, time in the sweep call (s).
 
     ``sweep_call_s`` is the time of the controller's sweep call, less the work done beside it
@@ -200,7 +186,7 @@ class PixelProcedure:
         *,
         temperature_before_K: float,
         during_sweep: Callable[[], None] | None = None,
-    ) -> PixelResult:
+    ) -> MeasuredPixel:
         """Measure one pixel with set ``sp``; InstrumentError on failure (feedback back on).
 
         ``during_sweep`` (optional) runs once while the controller sweeps (see the module notes);
@@ -237,7 +223,7 @@ class PixelProcedure:
             lockin_status=status_bits(status),
             lockin_overload=status.overloaded,
         )
-        return PixelResult(spectra, meta, sweep_call_s)
+        return MeasuredPixel(spectra, meta, sweep_call_s)
 
     def _sweep(self, during_sweep: Callable[[], None] | None) -> tuple[SpectrumData, float, float, float]:
         """(spectrum, call start, call end, sweep_call_s), with ``during_sweep`` run meanwhile."""
@@ -245,7 +231,7 @@ class PixelProcedure:
         if during_sweep is not None and not isinstance(ctl, SweepsBeside):
             during_sweep()  # no overlap possible: the work goes first
             during_sweep = None
-        if during_sweep is None:
+        if during_sweep is None or not isinstance(ctl, SweepsBeside):
             t0 = self._clock()
             spectrum = ctl.run_spectrum()
             t1 = self._clock()

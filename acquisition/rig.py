@@ -1,4 +1,9 @@
-"""Open the run's instruments from the ``[instruments]`` tables of a run config."""
+"""Open the run's instruments from the ``[instruments]`` tables of a run config.
+
+Contract: :func:`open_instruments` connects the controller and, when configured, the lock-in
+and the thermometer, checking each identity; whatever was opened is closed again if a later
+instrument fails.
+"""
 
 from __future__ import annotations
 

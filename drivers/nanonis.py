@@ -1,28 +1,15 @@
 """The Nanonis controller as an :class:`~stslive.drivers.protocols.StmController`, in SI units.
 
-Frames come from :mod:`stslive.drivers.nanonis_codec`; the transport is a pyvisa
-``TCPIP::host::port::SOCKET`` session (:class:`~stslive.drivers.visa.VisaSession`: binary reads
-with the termination character off, ``TCP_NODELAY`` on the socket, timeouts from config,
-bounded reconnect, typed errors).
-
-Safety, checked before anything is sent (:class:`~stslive.drivers.errors.SafetyLimitError`):
-bias and sweep limits inside ``[bias_min_V, bias_max_V]``, set-point magnitude inside
-``[setpoint_min_A, setpoint_max_A]``, tip moves only inside the scan frame. A sweep with
-``z_controller_hold`` opens the feedback and restores the state it found afterwards, also when
-the sweep fails.
-
-The scan frame is cached: reading it before every move cost one round trip per pixel
-(~0.25 ms of a ~2 ms per-pixel budget). The assumption is that nobody changes the frame on the
-Nanonis screen during a run. The cache is limited all the same: it is re-read when older than
-``frame_max_age_s``, after a reconnect (the controller may have been restarted), after
-:meth:`NanonisController.set_scan_frame`, before refusing a move that lies outside the cached
-frame (the frame may have grown), and after the controller refused a move. A frame shrunk on
-the screen is thus honoured within ``frame_max_age_s``.
-
-Work beside a sweep: :meth:`NanonisController.run_spectrum_beside` sends ``BiasSpectr.Start``,
-runs the caller's work (e.g. archiving the previous pixel) on the calling thread while the
-controller sweeps, then reads the reply. One thread, so no GIL hand-over delays the reply (a
-worker thread for the sweep was measured slower than no overlap at all on 2 cores).
+Contract: frames from :mod:`stslive.drivers.nanonis_codec` over a pyvisa
+``TCPIP::host::port::SOCKET`` session (:class:`~stslive.drivers.visa.VisaSession`). Nothing is
+sent that violates the :class:`SafetyLimits` (bias and sweep limits, set-point magnitude) or
+leaves the scan frame (:class:`~stslive.drivers.errors.SafetyLimitError`). A sweep with
+``z_controller_hold`` restores the feedback state it found, also when it fails. The scan frame
+is cached (one round trip less per pixel, assuming nobody changes it on the Nanonis screen
+during a run) and re-read when older than ``frame_max_age_s``, after a reconnect or a frame set,
+and before refusing or after the controller refused a move.
+:meth:`NanonisController.run_spectrum_beside` runs the caller's work on the calling thread
+between sending ``BiasSpectr.Start`` and reading its reply.
 """
 
 from __future__ import annotations
@@ -42,6 +29,7 @@ from pyvisa.resources import MessageBasedResource
 from stslive.drivers import nanonis_codec as codec
 from stslive.drivers.errors import ConfigError, InstrumentError, InstrumentReplyError, SafetyLimitError
 from stslive.drivers.protocols import ScanFrame, SpectroscopyConfig, SpectrumData
+from stslive.drivers.tomlfile import check_keys
 from stslive.drivers.visa import VisaSession, VisaSettings, underlying_socket
 
 log = logging.getLogger(__name__)
@@ -82,11 +70,11 @@ class SafetyLimits:
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> SafetyLimits:
-        """From a config table; unknown keys raise ConfigError naming them."""
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise ConfigError(f"limits: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        """From a config table (V, A); unknown keys and values that are not numbers raise ConfigError naming them."""
+        check_keys(table, (f.name for f in fields(cls)), what="limits")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"limits: {key} = {value!r} must be a number")
         return cls(**{k: float(v) for k, v in table.items()})
 
     def check_bias(self, volts: float, *, what: str = "bias") -> None:
@@ -195,7 +183,7 @@ class NanonisController:
                 header = codec.decode_header(self._session.read_exact(resource, codec.HEADER_SIZE))
                 return header, self._session.read_exact(resource, header.body_size)
             finally:
-                if timeout_s is not None:
+                if previous is not None:
                     resource.timeout = previous
 
         try:

@@ -1,25 +1,19 @@
 """The Nanonis TCP programming interface: frames, typed bodies and the command table.
 
-Protocol (SPECS "Nanonis TCP protocol", argument lists as in the docstrings of the official
-``nanonis-spm`` client). Everything is big-endian.
+Contract (SPECS "Nanonis TCP protocol"; argument lists as in the official ``nanonis-spm``
+client), big-endian throughout:
 
-* Header, 40 bytes: command name (32 bytes, NUL padded), body size (int32), send-response flag
-  (uint16), 2 bytes padding. A response repeats the command name.
-* Body: the arguments in order. Scalars are ``float32``/``float64``/``int32``/``uint16``/
-  ``uint32``; a string is its int32 byte size then the bytes; a 1D array is preceded by its
-  int32 element count; a string array by its int32 total byte size and int32 element count,
-  each string by its own int32 size; a 2D array by int32 rows and int32 columns, row-major.
-* Every response body ends with the error section: int32 error status, int32 description size,
-  description. A non-zero status (or a non-empty description, as the official client reads it)
-  is a controller error.
+* header, 40 bytes: command name (32 bytes, NUL padded), int32 body size, uint16 send-response
+  flag, 2 bytes padding; a response repeats the command name;
+* body: the arguments in order; a string is its int32 size then the bytes, a 1D array its int32
+  count then the elements, a string array its int32 total size, int32 count, then each string,
+  a 2D array int32 rows, int32 columns, then row-major values;
+* every response body ends with the error section (int32 status, int32 size, description); a
+  non-zero status or a non-empty description is a :class:`~stslive.drivers.errors.ControllerError`.
 
-The command table is declarative: name, argument (field, type) pairs, return (field, type)
-pairs. The driver (``drivers/nanonis.py``) and the simulated server (``mocks/nanonis_server.py``)
-share it, so a wrong entry fails both the unit tests and the conformance test against the
-official client.
-
-Type codes: ``f32 f64 i32 u16 u32 str`` scalars, ``i32[] f32[]`` counted arrays, ``str[]``
-string arrays, ``f32[,]`` 2D arrays (rows, columns).
+:data:`COMMANDS` maps each command name to its :class:`CommandSignature`: (field, type code)
+pairs for arguments and return values, type codes ``f32 f64 i32 u16 u32 str`` (scalars),
+``i32[] f32[] str[]`` (arrays) and ``f32[,]`` (2D).
 """
 
 from __future__ import annotations
@@ -51,8 +45,8 @@ TYPES = frozenset(_SCALARS) | frozenset(_ARRAYS) | {"str", "str[]", "f32[,]"}
 
 
 @dataclass(frozen=True)
-class Command:
-    """One Nanonis command: its arguments and return values as (field, type code) pairs."""
+class CommandSignature:
+    """The signature of one Nanonis command: arguments and return values as (field, type code) pairs."""
 
     name: str
     args: tuple[tuple[str, str], ...] = ()
@@ -82,32 +76,38 @@ _TIMING = (
 )
 _FRAME = (("center_x_m", "f32"), ("center_y_m", "f32"), ("width_m", "f32"), ("height_m", "f32"), ("angle_deg", "f32"))
 
-COMMANDS: dict[str, Command] = {
+COMMANDS: dict[str, CommandSignature] = {
     c.name: c
     for c in (
-        Command("Bias.Set", (("bias_V", "f32"),), doc="set the tip-sample bias (V)"),
-        Command("Bias.Get", returns=(("bias_V", "f32"),), doc="bias (V)"),
-        Command("Current.Get", returns=(("current_A", "f32"),), doc="tunnelling current (A)"),
-        Command("ZCtrl.OnOffSet", (("on", "u32"),), doc="Z controller off (0) / on (1)"),
-        Command("ZCtrl.OnOffGet", returns=(("on", "u32"),), doc="Z controller state"),
-        Command("ZCtrl.SetpntSet", (("setpoint", "f32"),), doc="Z controller set-point (A for current feedback)"),
-        Command("ZCtrl.SetpntGet", returns=(("setpoint", "f32"),), doc="Z controller set-point"),
-        Command("ZCtrl.ZPosGet", returns=(("z_m", "f32"),), doc="Z position (m)"),
-        Command(
+        CommandSignature("Bias.Set", (("bias_V", "f32"),), doc="set the tip-sample bias (V)"),
+        CommandSignature("Bias.Get", returns=(("bias_V", "f32"),), doc="bias (V)"),
+        CommandSignature("Current.Get", returns=(("current_A", "f32"),), doc="tunnelling current (A)"),
+        CommandSignature("ZCtrl.OnOffSet", (("on", "u32"),), doc="Z controller off (0) / on (1)"),
+        CommandSignature("ZCtrl.OnOffGet", returns=(("on", "u32"),), doc="Z controller state"),
+        CommandSignature(
+            "ZCtrl.SetpntSet", (("setpoint", "f32"),), doc="Z controller set-point (A for current feedback)"
+        ),
+        CommandSignature("ZCtrl.SetpntGet", returns=(("setpoint", "f32"),), doc="Z controller set-point"),
+        CommandSignature("ZCtrl.ZPosGet", returns=(("z_m", "f32"),), doc="Z position (m)"),
+        CommandSignature(
             "FolMe.XYPosSet",
             (("x_m", "f64"), ("y_m", "f64"), ("wait_end_of_move", "u32")),
             doc="move the tip (m)",
         ),
-        Command("FolMe.XYPosGet", (("wait_newest", "u32"),), (("x_m", "f64"), ("y_m", "f64")), doc="tip x, y (m)"),
-        Command("BiasSpectr.ChsSet", (("indexes", "i32[]"),), doc="recorded channels (signal slots 0-23)"),
-        Command(
+        CommandSignature(
+            "FolMe.XYPosGet", (("wait_newest", "u32"),), (("x_m", "f64"), ("y_m", "f64")), doc="tip x, y (m)"
+        ),
+        CommandSignature("BiasSpectr.ChsSet", (("indexes", "i32[]"),), doc="recorded channels (signal slots 0-23)"),
+        CommandSignature(
             "BiasSpectr.ChsGet",
             returns=(("indexes", "i32[]"), ("names", "str[]")),
             doc="recorded channels: slot indexes and names",
         ),
-        Command("BiasSpectr.LimitsSet", (("start_V", "f32"), ("end_V", "f32")), doc="sweep limits (V)"),
-        Command("BiasSpectr.LimitsGet", returns=(("start_V", "f32"), ("end_V", "f32")), doc="sweep limits (V)"),
-        Command(
+        CommandSignature("BiasSpectr.LimitsSet", (("start_V", "f32"), ("end_V", "f32")), doc="sweep limits (V)"),
+        CommandSignature(
+            "BiasSpectr.LimitsGet", returns=(("start_V", "f32"), ("end_V", "f32")), doc="sweep limits (V)"
+        ),
+        CommandSignature(
             "BiasSpectr.PropsSet",
             (
                 ("save_all", "u16"),
@@ -120,7 +120,7 @@ COMMANDS: dict[str, Command] = {
             ),
             doc="sweep properties; 0 = no change (u16 flags: 1 on, 2 off)",
         ),
-        Command(
+        CommandSignature(
             "BiasSpectr.PropsGet",
             returns=(
                 ("save_all", "u16"),
@@ -133,23 +133,23 @@ COMMANDS: dict[str, Command] = {
             ),
             doc="sweep properties and the names of the parameters Start returns",
         ),
-        Command("BiasSpectr.TimingSet", _TIMING, doc="sweep timing (s, m, V/s)"),
-        Command("BiasSpectr.TimingGet", returns=_TIMING, doc="sweep timing (s, m, V/s)"),
-        Command(
+        CommandSignature("BiasSpectr.TimingSet", _TIMING, doc="sweep timing (s, m, V/s)"),
+        CommandSignature("BiasSpectr.TimingGet", returns=_TIMING, doc="sweep timing (s, m, V/s)"),
+        CommandSignature(
             "BiasSpectr.Start",
             (("get_data", "u32"), ("save_base_name", "str")),
             (("channels", "str[]"), ("data", "f32[,]"), ("parameters", "f32[]")),
             doc="run one sweep; data rows are channels, columns points; parameters: fixed then others",
         ),
-        Command("Scan.FrameSet", _FRAME, doc="scan frame (m, deg clockwise)"),
-        Command("Scan.FrameGet", returns=_FRAME, doc="scan frame (m, deg clockwise)"),
-        Command(
+        CommandSignature("Scan.FrameSet", _FRAME, doc="scan frame (m, deg clockwise)"),
+        CommandSignature("Scan.FrameGet", returns=_FRAME, doc="scan frame (m, deg clockwise)"),
+        CommandSignature(
             "Signals.ValsGet",
             (("indexes", "i32[]"), ("wait_newest", "u32")),
             (("values", "f32[]"),),
             doc="present values of signals 0-127",
         ),
-        Command("Signals.NamesGet", returns=(("names", "str[]"),), doc="names of signals 0-127"),
+        CommandSignature("Signals.NamesGet", returns=(("names", "str[]"),), doc="names of signals 0-127"),
     )
 }
 
@@ -292,8 +292,8 @@ def decode_values(types: Sequence[str], body: bytes, *, what: str, fields: Seque
 
 
 # -- requests and responses -------------------------------------------------------------------
-def command(name: str) -> Command:
-    """The table entry for ``name``; KeyError names the known commands."""
+def signature(name: str) -> CommandSignature:
+    """The signature of command ``name`` from :data:`COMMANDS`; KeyError names the known commands."""
     try:
         return COMMANDS[name]
     except KeyError:
@@ -302,12 +302,12 @@ def command(name: str) -> Command:
 
 def encode_request(name: str, *args: Any, send_response: bool = True) -> bytes:
     """A whole request frame (header + body) for a table command."""
-    cmd = command(name)
+    cmd = signature(name)
     body = encode_values(cmd.arg_types, args)
     return encode_header(name, len(body), send_response=send_response) + body
 
 
-def decode_request(cmd: Command, body: bytes) -> dict[str, Any]:
+def decode_request(cmd: CommandSignature, body: bytes) -> dict[str, Any]:
     """The arguments of a request body by field name; InstrumentReplyError if malformed."""
     values, used = decode_values(cmd.arg_types, body, what=f"{cmd.name} request", fields=[f for f, _ in cmd.args])
     if used != len(body):
@@ -327,7 +327,7 @@ def encode_response(name: str, values: Sequence[Any] | None = None, *, status: i
     With ``values=None`` every return value is its type's zero (0, "", empty array), which is
     what the controller sends beside a set error section; clients then read the error.
     """
-    types = command(name).return_types
+    types = signature(name).return_types
     if values is None:
         values = [_ZERO[t] for t in types]
     body = encode_values(types, values) + encode_error(status, description)
@@ -386,7 +386,7 @@ def decode_response(name: str, header: Header, body: bytes) -> dict[str, Any]:
         )
     if header.body_size != len(body):
         raise InstrumentReplyError(INSTRUMENT, f"{name}: body of {len(body)} bytes, header says {header.body_size}")
-    cmd = command(name)
+    cmd = signature(name)
     # An error reply may carry no return values; look for a bare error section first.
     if len(body) >= ERROR_HEAD.size:
         status, size = ERROR_HEAD.unpack_from(body, 0)

@@ -1,25 +1,14 @@
-"""Stanford Research SR830 and SR860 lock-in amplifiers over VISA (GPIB, RS232, or a
-GPIB-Ethernet bridge seen as ``TCPIP::host::port::SOCKET`` with ``\\n`` termination).
+"""Stanford Research SR830 and SR860 lock-in amplifiers over VISA (a ``LockIn``).
 
-Written as a lean table driver on pyvisa rather than a wrapper of PyMeasure's ``SR830``/``SR860``:
-those truncate out-of-table values silently (``truncated_discrete_set``), return placeholders
-on aborted reads, and PyMeasure's SR860 sensitivity table is in the wrong order (the SR860
-numbers ``SCAL 0`` = 1 V down to ``SCAL 27`` = 1 nV, the reverse of the SR830's ``SENS``).
-Wrapping would have meant overriding most of it, and adding PyMeasure as a dependency for a
-dozen commands. The tables below are the manuals' (SR830 manual ch. 5; SR860 manual ch. 4):
-
-* SR830: ``SENS`` 2 nV .. 1 V (27 steps, 1-2-5), ``OFLT`` 10 us .. 30 ks (20 steps, 1-3),
-  ``SLVL`` 4 mV .. 5 V rms, ``FREQ`` 1 mHz .. 102 kHz, ``SNAP? 1,2,3,4`` = X, Y, R, theta,
-  status in ``LIAS?`` (overloads, unlock), ``ERRS?`` (hardware errors), ``*ESR?`` (command and
-  execution errors).
-* SR860: ``SCAL`` 1 V .. 1 nV (28 steps), ``OFLT`` 1 us .. 30 ks (22 steps), ``SLVL`` 1 nV .. 2 V,
-  ``FREQ`` 1 mHz .. 500 kHz, ``SNAP? 0,1,2,3``; overloads in ``CUROVLDSTAT?`` (bit 3 reference
-  unlock, bit 4 input range overload, bits 0/1 CH1/CH2 output overload); other set bits are
-  reported by number, never dropped.
-
-Values that are not table entries raise :class:`~stslive.drivers.errors.SafetyLimitError`;
-call :meth:`Setting.nearest_at_least` to round explicitly. Every set is followed by ``*ESR?`` so
-a command the instrument refused raises :class:`~stslive.drivers.errors.ControllerError` at once.
+Contract: a table driver (:class:`~stslive.drivers.scpi.Setting` rows from the manuals: SR830
+ch. 5, SR860 ch. 4) over GPIB, RS232 or a GPIB-Ethernet bridge seen as
+``TCPIP::host::port::SOCKET``. A value that is not in range or not a table entry raises
+:class:`~stslive.drivers.errors.SafetyLimitError` and nothing is sent
+(:meth:`~stslive.drivers.scpi.Setting.nearest_at_least` rounds explicitly); every set is followed
+by ``*ESR?`` so a refused command raises :class:`~stslive.drivers.errors.ControllerError` at
+once. Status comes from ``LIAS?``/``ERRS?`` (SR830) or ``CUROVLDSTAT?`` (SR860) plus ``*ESR?``;
+bits it does not decode are reported by number, never dropped. PyMeasure's drivers are not
+wrapped: they truncate out-of-table values silently and its SR860 sensitivity table is reversed.
 """
 
 from __future__ import annotations

@@ -1,33 +1,21 @@
-"""The simulated lab: one shared, thread-safe state behind all simulated instruments.
+"""The simulated lab: one thread-safe state behind every simulated instrument.
 
-:class:`MockLab` holds the STM (tip position, bias, feedback, set-point, Z, bias-spectroscopy
-configuration, scan frame), the lock-in and thermometer states (the classes the SR830 and
-LakeShore simulations define), the simulated film that produces spectra at the tip position,
-the speed factor and the :class:`~stslive.mocks.faults.FaultPlan`.
-
-Geometry: the film is centred on the origin, pixel ``(iy, ix)`` at
-``x = (ix - (nx - 1)/2) * pixel_m``, ``y = (iy - (ny - 1)/2) * pixel_m``; the tip reads the
-nearest pixel (clipped at the film edge). The default scan frame is exactly the film.
-
-Timing: a sweep takes ``t = t_init + points (t_settle + t_int) + t_end`` (the Nanonis timing)
-divided by ``speed``; ``speed`` 0 or inf means as fast as the model computes. Tip moves are
-instantaneous.
-
-Feedback physics kept deliberately small: with the feedback on, the tip height regulates the
-current to the set-point at the present bias, so a spectrum is normalised to
-``I(V_set) = I_set`` with ``V_set``/``I_set`` the bias and set-point of the last regulated state
-(frozen while the feedback is off). A ``feedback_fail`` fault scales the reached current by its
-``factor``; a ``tip_change`` fault hands the film a changed :class:`TipState`; a
-``temperature_excursion`` adds ``kelvin`` to the base temperature for its spectra.
+Contract: :class:`MockLab` holds the STM controller's state, the lock-in and thermometer states,
+the film that produces spectra at the tip, the speed factor and the fault plan. The film is
+centred on the origin: pixel ``(iy, ix)`` sits at ``x = (ix - (nx - 1)/2) pixel_m``,
+``y = (iy - (ny - 1)/2) pixel_m``; the tip reads the nearest pixel, clipped at the edge. A sweep
+takes the Nanonis time ``t_init + points (t_settle + t_int) + t_end`` divided by ``speed`` (0 or
+inf: no waiting); moves are instantaneous. With the feedback on, spectra are normalised to
+``I(V_set) = I_set`` of the last regulated state. Faults: ``feedback_fail`` scales the reached
+current, ``tip_change`` changes the tip, ``temperature_excursion`` warms the sample.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,6 +31,9 @@ from stslive.drivers.protocols import (
     SpectroscopyTiming,
 )
 from stslive.mocks.faults import FaultKind, FaultPlan
+from stslive.mocks.film import Film, FilmParams, FilmSpectra, TipState, make_film
+from stslive.mocks.ls372_server import ThermometerState
+from stslive.mocks.sr830_server import LockInSettings, LockInState
 
 # The sweep signal as Nanonis names it in the data a sweep returns.
 SWEEP_CHANNEL = "Bias calc (V)"
@@ -136,12 +127,12 @@ class MockLab:
 
     def __init__(
         self,
-        film: Any,
+        film: Film,
         *,
         speed: float = 1.0,
         faults: FaultPlan | None = None,
-        lockin: Any = None,
-        thermometer: Any = None,
+        lockin: LockInState | None = None,
+        thermometer: ThermometerState | None = None,
         seed: int = 0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -173,8 +164,6 @@ class MockLab:
     @classmethod
     def from_seed(cls, *, seed: int = 0, ny: int = 32, nx: int = 32, **kwargs: Any) -> MockLab:
         """A lab over a fresh film ``make_film(FilmParams(ny, nx, seed=seed))``."""
-        from stslive.mocks.film import FilmParams, make_film
-
         return cls(make_film(FilmParams(ny=ny, nx=nx, seed=seed)), seed=seed, **kwargs)
 
     # -- geometry -----------------------------------------------------------------------------
@@ -209,12 +198,10 @@ class MockLab:
         fault = self.faults.active(FaultKind.FEEDBACK_FAIL, spectrum=spectrum)
         return float(fault.params["factor"]) if fault else 1.0
 
-    def _tip(self, spectrum: int) -> Any:
+    def _tip(self, spectrum: int) -> TipState | None:
         fault = self.faults.active(FaultKind.TIP_CHANGE, spectrum=spectrum)
         if fault is None:
             return None
-        from stslive.mocks.film import TipState
-
         return TipState(
             dos_factor=float(fault.params["factor"]), extra_slope_per_eV=float(fault.params["extra_slope_per_eV"])
         )
@@ -382,7 +369,7 @@ class MockLab:
         return Sweep(index, tuple(channels), np.stack(rows).astype(np.float32), params, duration)
 
     # -- internals ----------------------------------------------------------------------------
-    def _film_spectra(self, iy: int, ix: int, bias: npt.NDArray[np.float64], spectrum: int) -> Any:
+    def _film_spectra(self, iy: int, ix: int, bias: npt.NDArray[np.float64], spectrum: int) -> FilmSpectra:
         with self.lock:
             v_set, i_set = self.stm.regulated_bias_V, self.stm.regulated_setpoint_A
             rng = np.random.default_rng(self._rng.integers(2**63))
@@ -424,95 +411,17 @@ class MockLab:
         }
         return [np.asarray(source[n], dtype=np.float32) for n in names]
 
-    # -- servers ------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def start_servers(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        nanonis_port: int = 0,
-        sr830_port: int | None = 0,
-        thermometer_port: int | None = 0,
-    ) -> Iterator[LabServers]:
-        """Run the simulated instruments on TCP ports (0 = a free port; None = not started).
-
-        Yields the running :class:`LabServers`; all are stopped on exit.
-        """
-        servers = LabServers.start(
-            self, host=host, nanonis_port=nanonis_port, sr830_port=sr830_port, thermometer_port=thermometer_port
-        )
-        try:
-            yield servers
-        finally:
-            servers.stop()
-
-
-@dataclass
-class LabServers:
-    """The running simulated instruments of one :class:`MockLab`."""
-
-    nanonis: Any
-    sr830: Any | None = None
-    thermometer: Any | None = None
-
-    @classmethod
-    def start(
-        cls,
-        lab: MockLab,
-        *,
-        host: str = "127.0.0.1",
-        nanonis_port: int = 0,
-        sr830_port: int | None = 0,
-        thermometer_port: int | None = 0,
-    ) -> LabServers:
-        """Start the Nanonis server and, unless their port is None, the SR830 and LakeShore 372."""
-        from stslive.mocks.nanonis_server import NanonisServer
-
-        servers = cls(NanonisServer(lab, host=host, port=nanonis_port))
-        try:
-            servers.nanonis.start()
-            if sr830_port is not None:
-                from stslive.mocks.sr830_server import SR830Server
-
-                servers.sr830 = SR830Server(lab.lockin, host=host, port=sr830_port, faults=lab.faults)
-                servers.sr830.start()
-            if thermometer_port is not None:
-                from stslive.mocks.ls372_server import LS372Server
-
-                servers.thermometer = LS372Server(lab.thermometer, host=host, port=thermometer_port, faults=lab.faults)
-                servers.thermometer.start()
-        except BaseException:
-            servers.stop()
-            raise
-        return servers
-
-    @property
-    def resources(self) -> dict[str, str]:
-        """Instrument name -> VISA resource string of each running server."""
-        named = {"nanonis": self.nanonis, "sr830": self.sr830, "ls372": self.thermometer}
-        return {name: server.resource for name, server in named.items() if server is not None}
-
-    def stop(self) -> None:
-        """Stop every server (safe to call twice)."""
-        for server in (self.thermometer, self.sr830, self.nanonis):
-            if server is not None:
-                server.stop()
-
 
 def _bwd_name(name: str) -> str:
     head, sep, unit = name.rpartition(" (")
     return f"{head} [bwd] ({unit}" if sep else f"{name} [bwd]"
 
 
-def _default_lockin_state(film: Any) -> Any:
-    from stslive.mocks.sr830_server import LockInSettings, LockInState
-
+def _default_lockin_state(film: Film) -> LockInState:
     # Sine output such that the junction sees the film's default modulation.
     divider = LockInSettings().bias_divider
     return LockInState(amplitude_v=float(film.params.modulation_Vrms) * divider)
 
 
-def _default_thermometer_state(film: Any, faults: FaultPlan) -> Any:
-    from stslive.mocks.ls372_server import ThermometerState
-
+def _default_thermometer_state(film: Film, faults: FaultPlan) -> ThermometerState:
     return ThermometerState(faults=faults, base_k=float(film.params.temperature_K))

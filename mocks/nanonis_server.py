@@ -1,21 +1,12 @@
-"""A simulated Nanonis controller: a real TCP server speaking the Nanonis TCP protocol.
+"""A simulated Nanonis controller: a TCP server speaking the Nanonis TCP protocol from a MockLab.
 
-It answers from a :class:`~stslive.mocks.lab.MockLab` and shares the frame codec and command
-table with the driver (``stslive.drivers.nanonis_codec``); the official ``nanonis-spm`` client
-talking to it is the conformance test. One thread per connection (``socketserver``), each frame
-sent in one ``sendall`` with ``TCP_NODELAY`` so a reply never waits for a delayed ACK.
-
-Behaviour worth knowing:
-
-* an unknown command gets an error reply (status -1, "unknown command ...") and the
-  connection stays open, as a real controller does;
-* a request whose body does not parse, or that the lab refuses (point outside the scan frame,
-  negative set-point ...), gets an error reply with the reason;
-* a request with the send-response flag cleared is executed and not answered;
-* faults from ``lab.faults.on_command("nanonis", name)``: ``connection_drop`` closes the socket
-  without a reply, ``delay`` answers ``delay_s`` late, ``no_reply`` executes nothing and answers
-  nothing (connection kept), ``error_reply`` answers with the fault's message and code without
-  executing.
+Contract: frames as in :mod:`stslive.drivers.nanonis_codec`, one ``sendall`` per reply. An
+unknown command gets an error reply (status -1) and the connection stays open; a body that does
+not parse or a request the lab refuses (outside the scan frame, negative set-point ...) gets an
+error reply (status -2) with the reason; a request with the send-response flag cleared is
+executed and not answered. Transport faults (``lab.faults.on_command("nanonis", name)``):
+``connection_drop`` closes the socket, ``delay`` answers ``delay_s`` late, ``no_reply`` neither
+executes nor answers, ``error_reply`` answers with the fault's message and code unexecuted.
 """
 
 from __future__ import annotations
@@ -248,50 +239,3 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
             return None
         buf += chunk
     return bytes(buf)
-
-
-def benchmark(*, repeats: int = 500, sweeps: int = 100, points: int = 1601, seed: int = 0) -> dict[str, float]:
-    """Round-trip latency through pyvisa-py on loopback (s): ``Bias.Get`` and a full
-    ``BiasSpectr.Start`` of ``points`` x 3 channels (sweep, current, lock-in X), p50/p99.
-
-    ``start_model`` is the film computation inside the server per sweep (p50), so the transport
-    share of a Start is ``start - start_model``. Run: ``python -m stslive.mocks.nanonis_server``.
-    """
-    from stslive.drivers.nanonis import NanonisController
-    from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL, SpectroscopyConfig
-    from stslive.drivers.visa import VisaSettings
-
-    lab = MockLab.from_seed(seed=seed, ny=8, nx=8, speed=0.0)
-    model: list[float] = []
-    run_sweep = lab.run_sweep
-
-    def timed_sweep() -> Any:
-        t0 = time.perf_counter()
-        try:
-            return run_sweep()
-        finally:
-            model.append(time.perf_counter() - t0)
-
-    lab.run_sweep = timed_sweep  # type: ignore[method-assign]
-    with NanonisServer(lab) as server, NanonisController(VisaSettings(server.resource, timeout_s=10)) as stm:
-        stm.configure_spectroscopy(SpectroscopyConfig((CURRENT_CHANNEL, LOCKIN_X_CHANNEL), -0.04, 0.04, points))
-        query = [_timed(stm.get_bias) for _ in range(repeats)]
-        start = [_timed(lambda: stm.call("BiasSpectr.Start", 1, "", idempotent=False)) for _ in range(sweeps)]
-    return {
-        "bias_get_p50_s": float(np.percentile(query, 50)),
-        "bias_get_p99_s": float(np.percentile(query, 99)),
-        "start_p50_s": float(np.percentile(start, 50)),
-        "start_p99_s": float(np.percentile(start, 99)),
-        "start_model_p50_s": float(np.percentile(model, 50)),
-    }
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-if __name__ == "__main__":
-    for key, value in benchmark().items():
-        print(f"{key:20s} {value * 1e3:8.3f} ms")

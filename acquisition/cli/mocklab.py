@@ -17,6 +17,7 @@ from stslive.drivers.tomlfile import read_toml
 from stslive.mocks.faults import FaultPlan
 from stslive.mocks.film import Film, FilmParams, make_film
 from stslive.mocks.lab import MockLab
+from stslive.mocks.lab_servers import LabServers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
-        with lab.start_servers(
+        with LabServers.start(
+            lab,
             host=args.host,
             nanonis_port=args.nanonis_port,
             sr830_port=args.sr830_port,

@@ -18,6 +18,7 @@ from stslive.acquisition.config import RunConfig
 from stslive.acquisition.jobs.supervisor import Child, Supervisor
 from stslive.mocks.film import FilmParams
 from stslive.mocks.lab import MockLab
+from stslive.mocks.lab_servers import LabServers
 
 #: How long ``stslive mock-lab`` may take to build its film and print its resources (s); a cold
 #: start imports numpy, scipy, h5py and zmq first.
@@ -65,7 +66,7 @@ def mock_lab_config(
     thermometer: bool = True,
     **sections: Mapping[str, Any],
 ) -> RunConfig:
-    """A run config covering the whole film of a mock lab (``lab.start_servers().resources``).
+    """A run config covering the whole film of a mock lab (``LabServers.start(lab).resources``).
 
     The grid matches the film's pixels exactly (centre 0, pitch ``pixel_m``); set 0 is the
     film's default set-point and sweep. ``sections`` override keys per section (``run``,
@@ -104,7 +105,7 @@ def mock_lab_config(
 def lab_in_process(*, nx: int, ny: int, seed: int) -> Iterator[tuple[dict[str, str], float]]:
     """The mock lab's servers in this process at speed 0; yields (resources, pixel pitch in m)."""
     lab = MockLab.from_seed(seed=seed, ny=ny, nx=nx, speed=0)
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         yield servers.resources, float(lab.pixel_m)
 
 

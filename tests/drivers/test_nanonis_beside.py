@@ -155,9 +155,10 @@ def test_hidden_against_the_simulated_server() -> None:
     """Over a real socket, work that ends long before a slow sweep's reply counts as hidden."""
     from stslive.drivers.protocols import SpectroscopyConfig, SpectroscopyTiming
     from stslive.mocks.lab import MockLab
+    from stslive.mocks.lab_servers import LabServers
 
     lab = MockLab.from_seed(seed=0, ny=2, nx=2, speed=1.0)
-    with lab.start_servers(sr830_port=None, thermometer_port=None) as servers:
+    with LabServers.start(lab, sr830_port=None, thermometer_port=None) as servers:
         with NanonisController(VisaSettings(servers.resources["nanonis"])) as stm:
             # 101 points x 1 ms: a ~0.1 s sweep, far longer than the work below
             stm.configure_spectroscopy(

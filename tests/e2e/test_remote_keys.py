@@ -34,6 +34,7 @@ from stslive.acquisition.scan import run_scan
 from stslive.drivers.errors import InstrumentTimeout, StreamError
 from stslive.live.viewer.sources import StreamSource
 from stslive.mocks.lab import MockLab
+from stslive.mocks.lab_servers import LabServers
 
 pytestmark = pytest.mark.timeout(180)
 N = 6  # grid N x N
@@ -163,7 +164,7 @@ def test_keyed_scan_analyser_viewer_and_control(keydir: Path, tmp_path: Path, an
     }  # 0.1 s sweep: ~4 s run
     started: queue.Queue = queue.Queue()
     result: dict[str, Any] = {}
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         config = mock_lab_config(
             servers.resources, nx=N, ny=N, n_points=101, setpoint_set=[slow], stream={"keys": str(keydir)}
         )

@@ -26,6 +26,7 @@ from stslive.acquisition.jobs.mocklab import mock_lab_config
 from stslive.acquisition.scan import run_scan
 from stslive.mocks.faults import FaultPlan
 from stslive.mocks.lab import MockLab
+from stslive.mocks.lab_servers import LabServers
 
 NX, NY, POINTS = 5, 4, 101
 pytestmark = pytest.mark.timeout(60)
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.timeout(60)
 @contextmanager
 def scan(lab: MockLab, path: Path, **sections: Any) -> Iterator[tuple[RunSubscriber, str, dict[str, Any]]]:
     """Run a scan over the whole film in a thread; yields (PULL subscriber, control endpoint, result)."""
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         sections.setdefault("stream", {}).update(push="tcp://127.0.0.1:0")
         config = mock_lab_config(
             servers.resources, nx=lab.nx, ny=lab.ny, pixel_m=lab.pixel_m, n_points=POINTS, **sections
@@ -207,7 +208,7 @@ def test_line_cut_with_two_alternating_setpoint_sets(tmp_path: Path) -> None:
     lab = MockLab.from_seed(seed=6, ny=NY, nx=NX, speed=0)
     base = {"name": "a", "current_setpoint_A": 150e-12, "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": POINTS}
     sets = [{**base, "id": 0, "bias_setpoint_V": -0.010}, {**base, "id": 3, "name": "b", "bias_setpoint_V": -0.020}]
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         config = mock_lab_config(
             servers.resources,
             nx=NX,

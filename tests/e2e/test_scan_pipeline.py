@@ -19,13 +19,14 @@ from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.jobs.mocklab import mock_lab_config
 from stslive.acquisition.scan import run_scan
 from stslive.mocks.lab import MockLab
+from stslive.mocks.lab_servers import LabServers
 
 NX, NY, POINTS = 5, 4, 101
 pytestmark = pytest.mark.timeout(120)
 
 
 def _run(lab: MockLab, path: Path, on_ready: Any = None, **sections: Any) -> ScanEngine:
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         config = mock_lab_config(
             servers.resources, nx=lab.nx, ny=lab.ny, pixel_m=lab.pixel_m, n_points=POINTS, **sections
         )

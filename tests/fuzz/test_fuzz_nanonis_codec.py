@@ -40,7 +40,7 @@ _SAMPLE: dict[str, Any] = {
 
 
 def _sample_response(name: str, status: int = 0, description: str = "") -> bytes:
-    types = codec.command(name).return_types
+    types = codec.signature(name).return_types
     return codec.encode_response(name, [_SAMPLE[t] for t in types], status=status, description=description)
 
 
@@ -89,7 +89,7 @@ def test_truncated_and_mutated_frames(frame: bytes, data: st.DataObject) -> None
 def test_request_bodies(name: str, body: bytes) -> None:
     """The simulated server parses requests with the same codec: garbage is a typed error too."""
     try:
-        codec.decode_request(codec.command(name), body)
+        codec.decode_request(codec.signature(name), body)
     except InstrumentError as exc:
         assert str(exc)
 
@@ -136,7 +136,7 @@ def test_driver_on_faulty_replies(frame: bytes, data: st.DataObject) -> None:
         raw[i] = data.draw(st.integers(0, 255))
     session = _ScriptedSession(bytes(raw[: data.draw(st.integers(0, len(raw)))]))
     ctl = NanonisController(VisaSettings(resource="TCPIP::127.0.0.1::6501::SOCKET"), session=session)  # type: ignore[arg-type]
-    args = [_SAMPLE[t] for t in codec.command(name).arg_types]
+    args = [_SAMPLE[t] for t in codec.signature(name).arg_types]
     try:
         ctl.call(name, *args)
     except InstrumentError as exc:

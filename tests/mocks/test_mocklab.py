@@ -15,6 +15,7 @@ import pytest
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL, SpectroscopyTiming
 from stslive.mocks.faults import FaultKind, FaultPlan
 from stslive.mocks.lab import SIGNAL_NAMES, MockLab
+from stslive.mocks.lab_servers import LabServers
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_lockin_channel_and_signals(film: Any) -> None:
 
 def test_start_servers_runs_all_three(film: Any) -> None:
     lab = _lab(film)
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         resources = servers.resources
         assert set(resources) == {"nanonis", "sr830", "ls372"}
         for name, server in (("sr830", servers.sr830), ("ls372", servers.thermometer)):
