@@ -26,9 +26,10 @@ import numpy as np
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.control import ControlServer
 from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.documents import ArraySpec
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.acquisition.formats.security import Security
-from stslive.acquisition.formats.stream import ArraySpec, RunPublisher
 from stslive.acquisition.pixel import Instruments, MeasuredPixel, PixelProcedure, failure_code
 from stslive.acquisition.plans import Plan, PlanPoint
 from stslive.acquisition.state import CommandRefused, RunStateMachine

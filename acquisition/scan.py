@@ -23,8 +23,8 @@ from typing import Any
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.engine import ScanEngine
 from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.security import Security, check_bind
-from stslive.acquisition.formats.stream import RunPublisher
 from stslive.acquisition.formats.version import software_version
 from stslive.acquisition.plans import plan_from_config
 from stslive.drivers.errors import ArchiveError, ConfigError, StreamError

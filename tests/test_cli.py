@@ -198,7 +198,7 @@ def test_docs_refer_to_nothing_outside_the_repository(path):
     ("toml", "message"),
     [
         (None, "film parameters {path} not found; check the --film path"),
-        ("colour = 3\n", "unknown film parameter(s) ['colour']"),
+        ("colour = 3\n", "unknown key(s) ['colour']"),
         ('sigma_rho_ohm = "high"\n', "film parameter sigma_rho_ohm = 'high' is not a valid float"),
         ("sigma_rho_ohm = \n", "not valid TOML"),
     ],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from stslive.acquisition.formats.stream import Security
+from stslive.acquisition.formats.security import Security
 from stslive.drivers.errors import ConfigError
 from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc
 from stslive.live.flags import FlagConfig, load_flag_config

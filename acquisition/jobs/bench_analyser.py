@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from stslive.acquisition.formats.stream import ArraySpec, EventDoc, RunPublisher
+from stslive.acquisition.formats.documents import ArraySpec, EventDoc
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc

@@ -17,7 +17,7 @@ progress of the run (pixels seen on the stream):
 Checks (the JSON summary, also written to ``DIR/soak.json``): every pixel measured or failed,
 never both or neither, each failure with its reason; no pixel delivered twice on the stream
 except the re-measured ones; the analyser's final maps equal the offline analysis
-(:func:`stslive.acquisition.cli.analyse.analyse_to_directory`, the code of ``stslive analyse``, with the
+(:func:`stslive.live.offline.analyse.analyse_to_directory`, the code of ``stslive analyse``, with the
 analyser's options); peak RSS of the scan, analyser and lab in the first, middle and last third
 (bounded: the last third's peak at most max(100 MB, 50 %) above the first's).
 """
@@ -40,15 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.cli.analyse import analyse_to_directory  # moves to live/offline (lead, at merge)
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.jobs.mocklab import film_pixel_m, lab_command, lab_resources, mock_lab_config
 from stslive.acquisition.jobs.soak_watch import MemoryLog, StreamWatch
 from stslive.acquisition.jobs.supervisor import Child, Supervisor, toml_text
 from stslive.drivers.errors import ConfigError, ServiceError
 from stslive.live.kernels import KernelOptions
-from stslive.live.pipeline import TheoryConstants
-from stslive.live.results import load_maps_h5
+from stslive.live.offline.analyse import analyse_to_directory
+from stslive.live.results_io import load_maps_h5
+from stslive.live.theory import TheoryConstants
 
 #: Relative tolerance of live versus offline maps: float32 sums over batches of different sizes.
 MAP_RTOL = 1e-4

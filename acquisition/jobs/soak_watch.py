@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, decode
+from stslive.acquisition.formats.documents import EventDoc, FailedPixelDoc, decode
 from stslive.drivers.errors import StreamError
 
 PHASES = ("start", "middle", "end")

@@ -1,19 +1,18 @@
-"""PNG figures of an offline analysis (matplotlib, Agg canvas).
+"""PNG figures of an offline analysis, and the one way stslive makes a figure file.
 
-Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas rather than through
-``pyplot``: no global backend switch, no figure registry, so a process that also runs Qt (the
-viewer) is not affected and nothing leaks between calls.
-
-* ``maps.png`` - Delta and alpha maps (alpha with the reversed colour scale, as in the paper),
-  plus the topography when there is one;
-* ``histograms.png`` - Delta and alpha histograms with mean and standard deviation;
-* ``cross_correlation.png`` - the 2D Delta-alpha cross-correlation, zero shift at the centre;
-* ``correlation_profiles.png`` - radial auto/cross profiles with the 1/e lengths marked;
-* ``spectra.png`` - example spectra: dI/dV with the coherence peaks marked and b|V|^alpha.
+Every figure is a :class:`matplotlib.figure.Figure` drawn on an Agg canvas (:func:`new_figure`,
+:func:`save_figure`), never through ``pyplot``: no global backend switch and no figure registry,
+so a process that also runs Qt (the screen) is not affected and nothing leaks between calls.
+The analysis figures: ``maps.png`` (Delta and alpha maps, alpha on the reversed colour scale as in
+the paper, plus the topography when there is one), ``histograms.png``, ``cross_correlation.png``
+(2D Delta-alpha cross-correlation, zero shift at the centre), ``correlation_profiles.png``
+(radial profiles with the 1/e lengths) and ``spectra.png`` (example spectra with the coherence
+peaks and the b|V|^alpha fits).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from matplotlib.figure import Figure
 from stslive.live.results import CorrelationSnapshot
 
 __all__ = [
+    "new_figure",
+    "save_figure",
     "ExampleSpectrum",
     "maps_figure",
     "histograms_figure",
@@ -32,12 +33,21 @@ __all__ = [
     "spectra_figure",
 ]
 
-_DPI = 120
+#: Resolution of every figure file, dots per inch.
+DPI = 120
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure of ``figsize`` inches with constrained layout, on its own Agg canvas."""
+    fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=_DPI)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI`; returns the path."""
+    path = Path(path)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -63,7 +73,7 @@ def maps_figure(
     panels = [("Gap $\\Delta$ (meV)", delta_eV * 1e3, "viridis"), ("AA exponent $\\alpha$", alpha, "viridis_r")]
     if topography_m is not None:
         panels.append(("Topography Z (pm)", (topography_m - np.nanmean(topography_m)) * 1e12, "gray"))
-    fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
+    fig = new_figure((5.2 * len(panels), 4.6))
     extent = _extent_nm(delta_eV.shape, pixel_nm)
     for ax, (title, values, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=False):
         lo, hi = _robust_limits(values)
@@ -72,12 +82,12 @@ def maps_figure(
         ax.set_xlabel("x (nm)")
         ax.set_ylabel("y (nm)")
         fig.colorbar(im, ax=ax, shrink=0.85)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def histograms_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, bins: int = 50) -> Path:
     """Histograms of the valid Delta (meV) and alpha values (0.5-99.5 % range), mean and std in the titles."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = new_figure((10, 4))
     for ax, values, label, unit in zip(
         fig.subplots(1, 2), (delta_eV * 1e3, alpha), ("$\\Delta$", "$\\alpha$"), (" meV", ""), strict=False
     ):
@@ -89,7 +99,7 @@ def histograms_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, bi
             ax.set_title(f"{label}: mean {v.mean():.4g}{unit}, std {v.std():.3g}{unit}, N = {v.size}")
         ax.set_xlabel(f"{label}{' (meV)' if unit else ''}")
         ax.set_ylabel("pixels")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def cross_correlation_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
@@ -99,7 +109,7 @@ def cross_correlation_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
     p = snapshot.pixel_nm if np.isfinite(snapshot.pixel_nm) else 1.0
     extent = (-(nx // 2) * p, (nx - 1 - nx // 2) * p, -(ny // 2) * p, (ny - 1 - ny // 2) * p)
     limit = float(np.nanmax(np.abs(cmap_map))) if np.isfinite(cmap_map).any() else 1.0
-    fig = Figure(figsize=(6, 5), layout="constrained")
+    fig = new_figure((6, 5))
     ax = fig.subplots()
     im = ax.imshow(
         cmap_map, origin="lower", extent=extent, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest"
@@ -108,12 +118,12 @@ def cross_correlation_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
     ax.set_xlabel("shift x (nm)")
     ax.set_ylabel("shift y (nm)")
     fig.colorbar(im, ax=ax, shrink=0.85, label="$\\rho_{\\Delta\\alpha}$")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def profiles_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
     """Radial profiles of the Delta and alpha autocorrelations and |cross|, 1/e lengths marked."""
-    fig = Figure(figsize=(7, 4.6), layout="constrained")
+    fig = new_figure((7, 4.6))
     ax = fig.subplots()
     curves = [
         ("$\\Delta$ auto", snapshot.rho_delta, snapshot.l_delta_nm, "tab:blue"),
@@ -132,7 +142,7 @@ def profiles_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
     ax.set_ylabel("radial correlation $\\rho(r)$")
     ax.set_title("Correlation profiles (Appendix A)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,7 @@ class ExampleSpectrum:
 def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V: tuple[float, float]) -> Path:
     """Per example: full sweep with the b|V|^alpha fits (solid on the window), and a gap zoom with peaks."""
     rows = max(1, len(examples))
-    fig = Figure(figsize=(11, 3.2 * rows), layout="constrained")
+    fig = new_figure((11, 3.2 * rows))
     axes = fig.subplots(rows, 2, squeeze=False)
     lo, hi = fit_window_V
     for (ax_full, ax_gap), ex in zip(axes, examples, strict=False):
@@ -202,4 +212,4 @@ def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V:
             if np.isfinite(peak):
                 ax_gap.axvline(peak * 1e3, color="tab:blue", ls="--", lw=1)
         ax_gap.set_title(f"coherence peaks (dashed): $\\Delta$ = {ex.delta_eV * 1e3:.3f} meV")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, topography_from_z
+from stslive.acquisition.formats.archive import ArchiveReader
+from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, open_recording, topography_from_z
 from stslive.drivers.errors import FileFormatError, StreamError, StsliveError
 from stslive.live.kernels import conductance_sign, derivative, prepare_sweep
 from stslive.live.results import PixelResult, ResultsModel
 from stslive.live.results_io import apply_message, decode_message, load_maps_h5, model_from_message
 
 if TYPE_CHECKING:
-    from stslive.acquisition.formats.stream import Security
+    from stslive.acquisition.formats.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +173,15 @@ class ArchiveSpectra:
     """
 
     def __init__(self, path: str | Path, *, current: str | None = None) -> None:
-        from stslive.acquisition.formats.archive import open_archive
-
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.reader = open_archive(self.path, swmr=True)
+        recording = open_recording(self.path, swmr=True)
+        if not isinstance(recording, ArchiveReader):
+            recording.close()
+            raise FileFormatError(
+                self.path, "a Nanonis grid, not a run archive: analyse it (stslive analyse) and view its maps.h5"
+            )
+        self.reader = recording
         names = list(self.reader.channel_names)
         wanted = current or next((n for n in names if n.lower().startswith("current")), None)
         if wanted not in names:
@@ -484,7 +489,7 @@ class StreamSource(_SourceBase):
         """
         import zmq
 
-        from stslive.acquisition.formats.stream import secure_client  # zmq only when a stream is followed
+        from stslive.acquisition.formats.security import secure_client  # zmq only when a stream is followed
 
         ctx = context or zmq.Context.instance()
         sock = ctx.socket(zmq.SUB)

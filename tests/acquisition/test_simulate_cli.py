@@ -110,7 +110,7 @@ def test_block_size_does_not_change_the_archive(tmp_path: Path, simulated: Path)
     [
         (["--grid", "12by8"], "columns x rows"),
         (["--grid", "0x8"], "columns x rows"),
-        (["--set", "no_such_field=1"], "valid keys"),
+        (["--set", "no_such_field=1"], "known keys"),
         (["--set", "sigma_rho_ohm"], "KEY=VALUE"),
         (["--set", "seed=4"], "dedicated option"),
         (["--noise-pA", "-1"], "current_noise_A"),

@@ -71,7 +71,7 @@ def test_every_exception_class_is_found() -> None:
     found = {cls.__name__ for cls in EXCEPTIONS}
     # the root, one of each constructor shape, and the ones outside drivers/errors.py
     assert {"StsliveError", "InstrumentTimeout", "ControllerError", "FileFormatError", "ServiceError"} <= found
-    assert {"MalformedDocument", "CommandRefused", "EsrRefusal", "LockInWarning"} <= found
+    assert {"MalformedMessage", "CommandRefused", "EsrRefusal", "LockInWarning"} <= found
 
 
 @pytest.mark.parametrize("cls", EXCEPTIONS, ids=lambda cls: f"{cls.__module__}.{cls.__qualname__}")

@@ -26,8 +26,8 @@ import zmq.auth
 
 from stslive.acquisition.cli import main
 from stslive.acquisition.control import send_command
+from stslive.acquisition.formats.documents import EventDoc, HeartbeatDoc
 from stslive.acquisition.formats.security import Security
-from stslive.acquisition.formats.stream import EventDoc, HeartbeatDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.acquisition.jobs.mocklab import mock_lab_config
 from stslive.acquisition.scan import run_scan

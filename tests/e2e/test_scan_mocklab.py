@@ -20,7 +20,7 @@ import pytest
 
 from stslive.acquisition.control import send_command
 from stslive.acquisition.formats.archive import open_archive
-from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
+from stslive.acquisition.formats.documents import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.acquisition.jobs.mocklab import mock_lab_config
 from stslive.acquisition.scan import run_scan

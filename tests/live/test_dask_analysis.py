@@ -1,4 +1,4 @@
-"""The Dask path of ``stslive analyse`` gives the single-process maps (issue 7), on a 2-worker LocalCluster."""
+"""The Dask path of ``stslive analyse`` gives the single-process maps, on a 2-worker LocalCluster."""
 
 from __future__ import annotations
 
