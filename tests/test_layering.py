@@ -155,7 +155,6 @@ REFUSED = {
     ("stslive.live.analyser", "stslive.acquisition.engine"): "live imports only",
     ("stslive.live.pipeline", "stslive.mocks.film"): "live imports only",
     ("stslive.acquisition.engine", "stslive.acquisition.jobs.demo"): "library code never",
-    ("stslive.live.offline.report", "stslive.acquisition.cli.common"): "live imports only",
     ("stslive.acquisition.scan", "stslive.acquisition.cli"): "library code never",
     ("stslive.acquisition.jobs.bench_scan", "stslive.acquisition.cli.scan"): "a job never imports a command line",
     ("stslive.acquisition.jobs.soak", "stslive.acquisition.cli.analyse"): "a job never imports a command line",
