@@ -227,3 +227,17 @@ def test_bench_campaign_compares_both_paths(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "campaign: 2 maps, 6x4, 48 spectra" in out and "maps identical: True" in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["campaign_6x4_T0.3K.h5", "campaign_6x4_T0.6K.h5"]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_docs_name_only_modules_that_exist(path):
+    import importlib
+
+    names = set(re.findall(r"`(stslive(?:\.[a-z_0-9]+)+)`", path.read_text(encoding="utf-8")))
+    assert names
+    for name in sorted(names):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            module, _, attr = name.rpartition(".")
+            assert hasattr(importlib.import_module(module), attr), name
