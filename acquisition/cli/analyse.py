@@ -17,9 +17,6 @@ from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live.flag_config import load_flag_config
 from stslive.live.kernels import KernelOptions
 from stslive.live.offline.analyse import DEFAULT_BLOCK_BYTES, analyse_inputs, expand_inputs, summary_line
-
-# the one-input analysis, re-exported: the soak job imports it from here
-from stslive.live.offline.analyse import analyse_to_directory as analyse_to_directory
 from stslive.live.theory import TheoryConstants
 
 #: ``--dask`` given without an address: start a LocalCluster.
