@@ -37,6 +37,7 @@ from stslive.live.flags import (
     spectral_features,
 )
 from stslive.live.flags_tip import TipEvent
+from stslive.live.kernels import pick_channels
 from stslive.live.results import ResultsModel
 
 __all__ = ["RunFlags", "parse_sets", "flag_recording"]
@@ -118,13 +119,23 @@ class RunFlags:
         """The run's tip-change events so far."""
         return self.engine.tip_events
 
+    @property
+    def feature_channels(self) -> list[str]:
+        """The channels the features read: the current, then the lock-in if the run has one."""
+        pick = pick_channels(self.channel_names)
+        return [self.channel_names[i] for i in (pick.current, pick.lockin) if i is not None]
+
     def features(self, set_id: int, spectra: np.ndarray) -> SpectralFeatures:
-        """Features of spectra ``(n, n_channels, n_points)`` of one set (history-free: any batch).
+        """Features of spectra ``(n, n_channels, n_points)`` of one set (history-free: any batch)."""
+        current, lockin = channel_arrays(spectra, self.channel_names)
+        return self.channel_features(set_id, current, lockin)
+
+    def channel_features(self, set_id: int, current: np.ndarray, lockin: np.ndarray | None) -> SpectralFeatures:
+        """:meth:`features` of the :attr:`feature_channels` given apart, ``(n, n_points)`` each.
 
         NaN (not judged) for a set without a known set-point.
         """
         s = self.sets[set_id]
-        current, lockin = channel_arrays(spectra, self.channel_names)
         if s is None:
             lead = current.shape[:-1]
             return SpectralFeatures(
@@ -288,12 +299,16 @@ def _features(
         "lockin_peak": np.full((ny, nx), np.nan),
         "lockin_rel_residual": np.full((ny, nx), np.nan),
     }
-    per_row = max(1, nx * len(flags.channel_names) * int(rec.n_points) * 4)
+    names = flags.feature_channels  # the current and the lock-in only: a third of the bytes of a 3-channel archive
+    per_row = max(1, nx * len(names) * int(rec.n_points) * 4)
     step = max(1, max_block_bytes // per_row)
     for start in range(0, ny, step):
         rows = slice(start, min(ny, start + step))
         try:
-            block = rec.read_pixels(rows, slice(None)) if isinstance(rec, ArchiveReader) else rec.read_block(rows)
+            if isinstance(rec, ArchiveReader):
+                block = rec.read_pixels(rows, slice(None), names)
+            else:
+                block = rec.read_block(rows, names)
         except OSError as exc:
             raise FileFormatError(
                 rec.path, f"cannot read the spectra ({exc}); the file is truncated or corrupt"
@@ -302,7 +317,8 @@ def _features(
         here = measured[rows]
         for set_id in np.unique(set_map[rows][here]).tolist():
             by, bx = np.nonzero(here & (set_map[rows] == set_id))
-            f = flags.features(int(set_id), block[by, bx])
+            spectra = block[by, bx]
+            f = flags.channel_features(int(set_id), spectra[:, 0], spectra[:, 1] if len(names) > 1 else None)
             for name in SpectralFeatures.__slots__:
                 out[name][by + start, bx] = getattr(f, name)
     return out

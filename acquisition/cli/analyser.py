@@ -48,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dynes-width-meV",
         type=float,
         default=None,
-        help="fix the Dynes width of the peak templates, meV (default: calibrated on the run's first "
-        "spectra as `stslive analyse` does, so both give the same maps; results are held "
-        "until those spectra arrived)",
+        help="fix the Dynes width of the peak templates, meV (default: fixed on the run's first "
+        "spectra as `stslive analyse` does, so both give the same maps; until then the pixels are "
+        "analysed at once with a provisional width and analysed again when it is fixed)",
     )
     parser.add_argument("--snapshot-every", type=int, default=500, help="pixels between correlation snapshots")
     parser.add_argument(

@@ -188,7 +188,8 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
     # the snapshots taken while the run went on, for the screen's convergence plot
     history = live.history.arrays()
     assert len(live.history) >= 2 and np.all(np.diff(history["n_measured"]) >= 0)
-    assert history["n_pixels"][-1] == live.snapshot.n_pixels and np.isfinite(history["l_alpha_nm"]).all()
+    # (an early snapshot of a few pixels may find no 1/e length: NaN; the final one does)
+    assert history["n_pixels"][-1] == live.snapshot.n_pixels and np.isfinite(history["l_alpha_nm"][-1])
     saved = archive.with_suffix(".analysis.h5")
     np.testing.assert_array_equal(load_maps_h5(saved).maps["flags"], live.maps["flags"])
     assert len(load_maps_h5(saved).history) == len(live.history)
