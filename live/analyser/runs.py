@@ -87,6 +87,8 @@ class RunHandler:
         self.stopped_runs: list[str] = []
         self._stop_seen = threading.Condition()
         self._since_snapshot = 0
+        self._finished: str | None = None  # the run finish_run last ended
+        self._since_finish = 0  # pixels analysed since
         self._last_snapshot = time.monotonic()
         self._last_publish = 0.0
         #: thread CPU seconds spent turning events into checked pixels
@@ -220,6 +222,7 @@ class RunHandler:
             if columns:
                 self._publisher.send_pixels(columns)
         self.analysed += new
+        self._since_finish += new
         self._since_snapshot += new
         self._maybe_snapshot()
 
@@ -240,6 +243,11 @@ class RunHandler:
         """
         if self.run is None:
             return
+        if self._finished == self.run.run_uid and not self._since_finish:  # nothing new since it ended
+            if state is not None:
+                self.run.model.update_status(state=state)
+            return
+        self._finished, self._since_finish = self.run.run_uid, 0
         try:
             self._publish_pixels(self.run.finish(), new=0)
         except StsliveError as exc:
