@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,21 +28,22 @@ from stslive.live.flag_config import FlagConfig
 from stslive.live.flag_kinds import FLAG_LABELS, FlagKind
 from stslive.live.flags import (
     FlagEngine,
-    FlagResult,
     PixelConditions,
     SpectralFeatures,
     channel_arrays,
     lockin_settings,
     spectral_features,
 )
+from stslive.live.flags_log import FlagLog
 from stslive.live.flags_tip import TipEvent
 from stslive.live.kernels import pick_channels
 from stslive.live.results import ResultsModel
 
 __all__ = ["RunFlags", "parse_sets", "flag_recording"]
 
-#: Pixels per :meth:`RunFlags.evaluate` call of :func:`flag_recording` (numpy passes; bounded memory).
+#: Pixels per flag-engine call when a whole recording or run is judged (numpy passes; bounded memory).
 _FLAG_BATCH = 4096
+_TIP = np.uint32(FlagKind.TIP_CHANGE)
 
 #: Why each rule could not be judged on a pixel (:meth:`RunFlags.unjudged`).
 _WHY = {
@@ -55,6 +55,18 @@ _WHY = {
     FlagKind.SETPOINT: "the sweep does not reach V_set",
     FlagKind.TIP_CHANGE: "the sweep does not reach the tip band, or no conductance at V_set",
 }
+
+
+class RunFlagResult(NamedTuple):
+    """A batch's labels from :meth:`RunFlags.evaluate`: (n,) ``bits`` and ``tip_epoch``, in the order given.
+
+    ``revised``: columns ``iy``, ``ix``, ``flags``, ``tip_epoch`` of earlier measurements whose
+    labels this batch changed (a confirmed tip change, a late measurement), or None.
+    """
+
+    bits: np.ndarray
+    tip_epoch: np.ndarray
+    revised: dict[str, np.ndarray] | None
 
 
 def parse_sets(run_uid: str, start: Mapping[str, Any]) -> tuple[list[str], dict[int, SetpointSet]]:
@@ -112,7 +124,7 @@ class RunFlags:
     def reset(self) -> None:
         """Forget every pixel judged (the analyser re-judges a run from its first pixel)."""
         self.engine = FlagEngine(self.config)
-        self._unjudged: Counter[FlagKind] = Counter()
+        self.log = FlagLog()
 
     @property
     def tip_events(self) -> list[TipEvent]:
@@ -159,50 +171,136 @@ class RunFlags:
         iy: np.ndarray,
         ix: np.ndarray,
         set_ids: np.ndarray,
+        time: np.ndarray,
         delta_eV: np.ndarray,
         reason: np.ndarray,
         features: SpectralFeatures,
         temperature_K: np.ndarray,
         lockin_status: np.ndarray,
         lockin_overload: np.ndarray,
-    ) -> FlagResult:
-        """Flags and tip epochs of n pixels (all (n,) arrays) in acquisition order.
+    ) -> RunFlagResult:
+        """Flags and tip epochs of n measurements (all (n,) arrays), judged in measurement-time order.
 
-        ``temperature_K`` NaN: no reading; ``lockin_status``/``lockin_overload`` as the events
-        carry them (ignored when the recording holds no status).
+        ``time``: when each measurement ended (unix s); ``temperature_K`` NaN: no reading;
+        ``lockin_status``/``lockin_overload`` as the events carry them (ignored when the
+        recording holds no status). Measurements that arrive in time order are judged after the
+        earlier ones; one that arrives late (measured before a pixel already judged) makes the
+        whole run be judged again in time order, and every earlier label that changed is revised.
         """
-        n = iy.size
-        settings = np.array([self.settings[int(k)] for k in set_ids.tolist()], dtype=np.float64).reshape(n, 2)
-        known_status = self.status_known
-        conditions = PixelConditions(
+        log = self.log
+        start = log.n
+        rows = log.append(
+            iy=iy,
+            ix=ix,
+            set_id=set_ids,
+            time=time,
+            delta_eV=delta_eV,
+            reason=reason,
             temperature_K=temperature_K,
-            lockin_overload=lockin_overload if known_status else np.zeros(n, dtype=bool),
-            lockin_status=lockin_status if known_status else np.full(n, -1, dtype=np.int64),
+            lockin_status=lockin_status,
+            lockin_overload=lockin_overload,
+            **{name: getattr(features, name) for name in SpectralFeatures.__slots__},
+        )
+        if not log.in_time_order(start):
+            return self._judge_again(first_arrival=int(log.col("arrival")[start]))
+        revised = self._judge(rows.start, rows.stop)
+        return RunFlagResult(
+            bits=log.col("bits")[rows].copy(),
+            tip_epoch=log.col("tip_epoch")[rows].copy(),
+            revised=self._revisions(revised[revised < start]),
+        )
+
+    def _judge(self, lo: int, hi: int) -> np.ndarray:
+        """Judge log rows lo..hi-1 (after every earlier row); returns the earlier rows a tip event relabelled."""
+        log = self.log
+        n = hi - lo
+        set_ids = log.col("set_id")[lo:hi]
+        settings = np.array([self.settings[int(k)] for k in set_ids.tolist()], dtype=np.float64).reshape(n, 2)
+        known = self.status_known
+        conditions = PixelConditions(
+            temperature_K=log.col("temperature_K")[lo:hi],
+            lockin_overload=log.col("lockin_overload")[lo:hi] if known else np.zeros(n, dtype=bool),
+            lockin_status=log.col("lockin_status")[lo:hi] if known else np.full(n, -1, dtype=np.int64),
             modulation_Vrms=settings[:, 0],
             sensitivity_V=settings[:, 1],
         )
+        features = SpectralFeatures(**{name: log.col(name)[lo:hi] for name in SpectralFeatures.__slots__})
         result = self.engine.evaluate(
-            delta_eV=delta_eV, reason=reason, features=features, conditions=conditions, iy=iy, ix=ix
+            delta_eV=log.col("delta_eV")[lo:hi],
+            reason=log.col("reason")[lo:hi],
+            features=features,
+            conditions=conditions,
+            iy=log.col("iy")[lo:hi],
+            ix=log.col("ix")[lo:hi],
         )
-        count = self._unjudged
-        count[FlagKind.THERMAL] += int(np.count_nonzero(~np.isfinite(temperature_K)))
-        count[FlagKind.MODULATION] += int(np.count_nonzero(~np.isfinite(settings[:, 0])))
-        count[FlagKind.LOCKIN_SENSITIVITY] += int(
-            np.count_nonzero(~np.isfinite(settings[:, 1]) | ~np.isfinite(features.lockin_peak))
+        log.col("bits")[lo:hi] = result.bits
+        log.col("tip_epoch")[lo:hi] = result.tip_epoch
+        rev = result.revised  # orders count the pixels judged since the reset: log positions
+        bits = log.col("bits")
+        bits[rev.order] = (bits[rev.order] & ~_TIP) | (rev.changed * _TIP)
+        log.col("tip_epoch")[rev.order] = rev.epoch
+        return rev.order
+
+    def _judge_again(self, *, first_arrival: int) -> RunFlagResult:
+        """Sort the log by time, judge all of it again; the batch's labels and the others that changed."""
+        log = self.log
+        log.sort_by_time()
+        before = {k: log.col(k).copy() for k in ("bits", "tip_epoch")}
+        self.engine = FlagEngine(self.config)
+        for lo in range(0, log.n, _FLAG_BATCH):
+            self._judge(lo, min(log.n, lo + _FLAG_BATCH))
+        arrival = log.col("arrival")
+        batch = np.flatnonzero(arrival >= first_arrival)
+        batch = batch[np.argsort(arrival[batch])]  # in the order given
+        changed = (log.col("bits") != before["bits"]) | (log.col("tip_epoch") != before["tip_epoch"])
+        earlier = np.flatnonzero(changed & (arrival < first_arrival))
+        return RunFlagResult(
+            bits=log.col("bits")[batch].copy(),
+            tip_epoch=log.col("tip_epoch")[batch].copy(),
+            revised=self._revisions(earlier),
         )
-        count[FlagKind.LOCKIN_MISMATCH] += int(np.count_nonzero(~np.isfinite(features.lockin_rel_residual)))
-        count[FlagKind.LOCKIN_OVERLOAD] += 0 if known_status else n
-        count[FlagKind.SETPOINT] += int(np.count_nonzero(~np.isfinite(features.setpoint_rel_dev)))
-        count[FlagKind.TIP_CHANGE] += int(np.count_nonzero(~np.isfinite(features.tip_features).all(axis=-1)))
-        return result
+
+    def _revisions(self, rows: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Columns (``iy``, ``ix``, ``flags``, ``tip_epoch``) of revised log rows that the maps hold."""
+        if rows.size == 0:
+            return None
+        rows = rows[self.log.latest()[rows]]  # an older measurement of a pixel measured again is not on the map
+        if rows.size == 0:
+            return None
+        log = self.log
+        return {
+            "iy": log.col("iy")[rows].copy(),
+            "ix": log.col("ix")[rows].copy(),
+            "flags": log.col("bits")[rows].copy(),
+            "tip_epoch": log.col("tip_epoch")[rows].copy(),
+        }
 
     def unjudged(self) -> dict[str, dict[str, Any]]:
-        """Rules not judged on some pixels: label -> ``{"pixels": n, "why": text}`` (none: ``{}``)."""
+        """Rules not judged on some pixels: label -> ``{"pixels": n, "why": text}`` (none: ``{}``).
+
+        Counted over the measurements judged (a pixel measured twice counts twice).
+        """
+        log = self.log
+        settings = np.array([self.settings[int(k)] for k in log.col("set_id").tolist()], dtype=np.float64)
+        settings = settings.reshape(log.n, 2)
+
+        def unknown(values: np.ndarray) -> int:
+            return int(np.count_nonzero(~np.isfinite(values)))
+
+        counts = {
+            FlagKind.THERMAL: unknown(log.col("temperature_K")),
+            FlagKind.MODULATION: unknown(settings[:, 0]),
+            FlagKind.LOCKIN_SENSITIVITY: unknown(settings[:, 1] + log.col("lockin_peak")),
+            FlagKind.LOCKIN_MISMATCH: unknown(log.col("lockin_rel_residual")),
+            FlagKind.LOCKIN_OVERLOAD: 0 if self.status_known else log.n,
+            FlagKind.SETPOINT: unknown(log.col("setpoint_rel_dev")),
+            FlagKind.TIP_CHANGE: unknown(log.col("tip_features").sum(axis=-1)),
+        }
         why = dict(_WHY)
         if any(s is None for s in self.sets.values()):
             for kind in (FlagKind.SETPOINT, FlagKind.TIP_CHANGE, FlagKind.LOCKIN_MISMATCH, FlagKind.LOCKIN_SENSITIVITY):
                 why[kind] = "the recording gives no usable set-point set"
-        return {FLAG_LABELS[k]: {"pixels": n, "why": why[k]} for k, n in sorted(self._unjudged.items()) if n}
+        return {FLAG_LABELS[k]: {"pixels": n, "why": why[k]} for k, n in sorted(counts.items()) if n}
 
 
 def flag_recording(
@@ -237,6 +335,7 @@ def flag_recording(
             meta = rec.pixel_meta
             set_map = np.asarray(meta["setpoint_set_id"], dtype=np.int64)
             order = np.array(rec.event_pixels("end-time"), dtype=np.int64).reshape(-1, 2)
+            times = rec.end_times()
             with np.errstate(invalid="ignore"):  # both readings missing: NaN
                 temps = np.fmax(meta["temperature_before_K"], meta["temperature_after_K"])
             status = np.asarray(meta["lockin_status"], dtype=np.int64)
@@ -244,7 +343,7 @@ def flag_recording(
         else:
             set_map = np.zeros((ny, nx), dtype=np.int64)
             order = np.argwhere(measured).astype(np.int64)
-            temps = np.full((ny, nx), np.nan)
+            times = temps = np.full((ny, nx), np.nan)  # a .3ds records neither: judged in record order
             status, overload = np.zeros((ny, nx), dtype=np.int64), np.zeros((ny, nx), dtype=bool)
         feats = _features(rec, flags, measured, set_map, max_block_bytes)
     with model.lock:
@@ -256,6 +355,7 @@ def flag_recording(
             iy=iy,
             ix=ix,
             set_ids=set_map[iy, ix],
+            time=times[iy, ix],
             delta_eV=delta[iy, ix],
             reason=reason[iy, ix],
             features=SpectralFeatures(**{k: v[iy, ix] for k, v in feats.items()}),
@@ -267,25 +367,16 @@ def flag_recording(
     return flags
 
 
-def store_flags(
-    model: ResultsModel, iy: np.ndarray, ix: np.ndarray, result: FlagResult
-) -> dict[str, np.ndarray] | None:
-    """Write a batch's flags and tip epochs into ``model``; returns the revised earlier pixels, if any.
+def store_flags(model: ResultsModel, iy: np.ndarray, ix: np.ndarray, result: RunFlagResult) -> None:
+    """Write a batch's flags and tip epochs into ``model``, after the revisions of earlier measurements.
 
-    The revisions (``iy``, ``ix``, ``flags``, ``tip_epoch`` columns) name measurements made before
-    this batch, so they are stored first: a pixel measured again in the batch keeps the batch's.
+    The revisions name measurements made before this batch, so they go first: a pixel measured
+    again in the batch keeps the batch's labels.
     """
     rev = result.revised
-    revised = None
-    if rev.iy.size:
-        tip = np.uint32(FlagKind.TIP_CHANGE)
-        with model.lock:
-            bits = model.maps["flags"][rev.iy, rev.ix]
-        bits = (bits & ~tip) | (rev.changed * tip)
-        model.update_block(rev.iy, rev.ix, flags=bits, tip_epoch=rev.epoch)
-        revised = {"iy": rev.iy, "ix": rev.ix, "flags": bits, "tip_epoch": rev.epoch}
+    if rev is not None:
+        model.update_block(rev["iy"], rev["ix"], flags=rev["flags"], tip_epoch=rev["tip_epoch"])
     model.update_block(iy, ix, flags=result.bits, tip_epoch=result.tip_epoch)
-    return revised
 
 
 def _features(

@@ -49,8 +49,12 @@ class TipEvent(NamedTuple):
 
 
 class TipRevision(NamedTuple):
-    """Pixels judged in an earlier batch whose label a confirmed event changed: (m,) arrays."""
+    """Pixels judged in an earlier batch whose label a confirmed event changed: (m,) arrays.
 
+    ``order`` is each one's position among all pixels judged (0-based, acquisition order).
+    """
+
+    order: np.ndarray
     iy: np.ndarray
     ix: np.ndarray
     epoch: np.ndarray
@@ -112,7 +116,7 @@ class TipTracker:
         n = values.shape[0]
         changed = np.zeros(n, dtype=bool)
         epoch = np.zeros(n, dtype=np.int16)
-        revised: list[tuple[int, int, int, bool]] = []
+        revised: list[tuple[int, int, int, int, bool]] = []
         if n:
             rows, cols = iy.tolist(), ix.tolist()
             if min(rows) < 0 or min(cols) < 0:
@@ -132,12 +136,13 @@ class TipTracker:
                 look = min(2 * look, _LONGEST) if end - start == look else SEQUENTIAL_MAX
                 self._count += end - start
             start = end
-        cols_ = list(zip(*revised, strict=True)) if revised else [(), (), (), ()]
+        cols_ = list(zip(*revised, strict=True)) if revised else [(), (), (), (), ()]
         revision = TipRevision(
-            iy=np.array(cols_[0], dtype=np.int64),
-            ix=np.array(cols_[1], dtype=np.int64),
-            epoch=np.array(cols_[2], dtype=np.int16),
-            changed=np.array(cols_[3], dtype=bool),
+            order=np.array(cols_[0], dtype=np.int64),
+            iy=np.array(cols_[1], dtype=np.int64),
+            ix=np.array(cols_[2], dtype=np.int64),
+            epoch=np.array(cols_[3], dtype=np.int16),
+            changed=np.array(cols_[4], dtype=bool),
         )
         return TipVerdict(changed=changed, epoch=epoch, revised=revision)
 
@@ -153,7 +158,7 @@ class TipTracker:
         changed: np.ndarray,
         epoch: np.ndarray,
         first: int,
-        revised: list[tuple[int, int, int, bool]],
+        revised: list[tuple[int, int, int, int, bool]],
     ) -> bool:
         """Judge pixels start..end-1 by the rule as written; True if one was an outlier."""
         cfg = self.config
@@ -216,7 +221,7 @@ class TipTracker:
             self.residuals.append(resid)
 
     def _confirm(
-        self, changed: np.ndarray, epoch: np.ndarray, first: int, revised: list[tuple[int, int, int, bool]]
+        self, changed: np.ndarray, epoch: np.ndarray, first: int, revised: list[tuple[int, int, int, int, bool]]
     ) -> None:
         """The open run is an event: label its pixels with the new (or matching earlier) epoch, accept them."""
         outliers = [p for p in self._run if p.step is not None]
@@ -244,7 +249,7 @@ class TipTracker:
             if local >= 0:
                 epoch[local], changed[local] = to, to != 0
             else:
-                revised.append((p.iy, p.ix, to, to != 0))
+                revised.append((p.order, p.iy, p.ix, to, to != 0))
             if p.values is not None:
                 v = [p.values[0] - self.offsets[to][0], p.values[1] - self.offsets[to][1]]
                 assert p.resid is not None  # an outlier always has a spatial reference

@@ -262,10 +262,12 @@ class RunContext:
             temps = np.fmax(*np.array([[_temp(t) for t in p.temperatures_K] for p in pixels], dtype=np.float64).T)
         iy = np.fromiter((p.iy for p in pixels), dtype=np.int64, count=n)
         ix = np.fromiter((p.ix for p in pixels), dtype=np.int64, count=n)
+        times = np.fromiter((p.time for p in pixels), dtype=np.float64, count=n)
         result = self.flags.evaluate(
             iy=iy,
             ix=ix,
             set_ids=ids,
+            time=times,
             delta_eV=analysis.delta_eV,
             reason=analysis.reason,
             features=f,
@@ -274,14 +276,13 @@ class RunContext:
             lockin_overload=np.fromiter((p.lockin_overload for p in pixels), dtype=bool, count=n),
         )
         t3 = clock()
-        times = np.fromiter((p.time for p in pixels), dtype=np.float64, count=n)
         temps32 = temps.astype(np.float32)
         # one pixel may appear twice in a batch (re-measured): numpy fancy assignment keeps the last
         apply_to_model(self.model, iy, ix, analysis, setpoint_set=ids)
         self.model.update_block(iy, ix, temperature_K=temps32, time=times)
-        revised = store_flags(self.model, iy, ix, result)
-        if revised is not None:
-            self._revised.append(revised)
+        store_flags(self.model, iy, ix, result)
+        if result.revised is not None:
+            self._revised.append(result.revised)
         self.model.update_status(current_set=int(ids[-1]))
         for p in pixels:
             self.last_time[(p.iy, p.ix)] = max(p.time, self.last_time.get((p.iy, p.ix), -math.inf))

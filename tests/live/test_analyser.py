@@ -328,3 +328,17 @@ def test_replayed_archive_equals_stslive_analyse(tmp_path: Path, faulted_run) ->
     assert sum(e["pixels_measured"] for e in epochs.values()) == NY * NX
     assert epochs[2]["pixels_measured"] == int((live.maps["tip_epoch"] == 2).sum()) >= 50
     assert {w["code"] for w in report["warnings"]} >= {"tip_changed"}
+
+
+def test_a_measurement_that_arrives_late_is_judged_in_its_time(faulted_run) -> None:
+    """A pixel lost on the stream and filled from the archive later: the flags are those of time order."""
+    _, pixels = faulted_run
+    inputs = pixel_inputs(pixels)
+    late = [*inputs[:120], *inputs[121:227], inputs[120], *inputs[227:]]  # spectrum 120 arrives after 226
+    ctx = RunContext("late", start_fields(geometry(NY, NX), SETS), options=OPTIONS, flag_config=FlagConfig())
+    for lo in range(0, len(late), 9):
+        ctx.process(late[lo : lo + 9])
+    reference = _reference(pixels)
+    assert reference.maps["tip_epoch"][7, 8] == 0  # measured with the first tip, arriving after the change
+    for name in ("flags", "tip_epoch"):
+        np.testing.assert_array_equal(ctx.model.maps[name], reference.maps[name], err_msg=name)

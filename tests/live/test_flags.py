@@ -502,6 +502,7 @@ def test_a_sweep_that_misses_the_setpoint_bias_is_not_flagged() -> None:
         iy=iy,
         ix=ix,
         set_ids=np.zeros(20, int),
+        time=np.arange(20.0),
         delta_eV=np.full(20, 1.2e-3),
         reason=np.zeros(20, int),
         features=flags.features(0, spectra),
@@ -511,3 +512,38 @@ def test_a_sweep_that_misses_the_setpoint_bias_is_not_flagged() -> None:
     )
     assert not (result.bits & int(FlagKind.SETPOINT)).any()
     assert flags.unjudged()["setpoint"] == {"pixels": 20, "why": "the sweep does not reach V_set"}
+
+
+def test_flag_log_keeps_time_order_and_knows_the_latest_measurement() -> None:
+    from stslive.live.flags_log import FlagLog
+
+    log = FlagLog()
+
+    def add(times: list[float], pixels: list[tuple[int, int]]) -> int:
+        m = len(times)
+        start = log.n
+        log.append(
+            iy=np.array([p[0] for p in pixels]),
+            ix=np.array([p[1] for p in pixels]),
+            set_id=np.zeros(m, int),
+            time=np.array(times),
+            delta_eV=np.zeros(m),
+            reason=np.zeros(m, int),
+            setpoint_rel_dev=np.zeros(m),
+            tip_features=np.zeros((m, 2)),
+            lockin_peak=np.zeros(m),
+            lockin_rel_residual=np.zeros(m),
+            temperature_K=np.zeros(m),
+            lockin_status=np.zeros(m, int),
+            lockin_overload=np.zeros(m, bool),
+        )
+        return start
+
+    assert log.in_time_order(add([np.nan, np.nan], [(0, 0), (0, 1)]))  # no times (a .3ds): record order
+    assert log.in_time_order(add([np.nan] * 20, [(1, k) for k in range(20)]))  # the log grows past 16 rows
+    log = FlagLog()
+    assert log.in_time_order(add([1.0, 2.0, 2.0], [(0, 0), (0, 1), (0, 2)]))
+    assert not log.in_time_order(add([1.5, 3.0], [(0, 3), (0, 0)]))  # 1.5 arrives after 2.0: late
+    log.sort_by_time()
+    assert log.col("time").tolist() == [1.0, 1.5, 2.0, 2.0, 3.0] and log.col("ix").tolist() == [0, 3, 1, 2, 0]
+    assert log.latest().tolist() == [False, True, True, True, True]  # (0, 0) measured again at 3.0
