@@ -23,7 +23,7 @@ import numpy as np
 from stslive.acquisition.formats.archive import ArchiveReader
 from stslive.acquisition.formats.recording import open_recording, start_fields
 from stslive.acquisition.formats.runmodel import SetpointSet
-from stslive.drivers.errors import ConfigError, FileFormatError, NanonisFileError, StreamError
+from stslive.drivers.errors import AnalysisError, ConfigError, FileFormatError, NanonisFileError, StreamError
 from stslive.live.flag_config import FlagConfig
 from stslive.live.flag_kinds import FLAG_LABELS, FlagKind
 from stslive.live.flags import (
@@ -119,7 +119,18 @@ class RunFlags:
             amplitude = math.nan if "lockin_amplitude_Vrms" in unknown else s.lockin_amplitude_Vrms
             sensitivity = math.nan if "lockin_sensitivity_V" in unknown else s.lockin_sensitivity_V
             self.settings[set_id] = lockin_settings(amplitude, sensitivity)
+        self._set_ids = np.array(sorted(self.settings), dtype=np.int64)
+        self._set_table = np.array([self.settings[k] for k in self._set_ids.tolist()], dtype=np.float64).reshape(-1, 2)
         self.reset()
+
+    def _settings_of(self, set_ids: np.ndarray) -> np.ndarray:
+        """(n, 2) modulation (V rms) and sensitivity (V) of each measurement's set."""
+        idx = np.minimum(np.searchsorted(self._set_ids, set_ids), self._set_ids.size - 1)
+        if set_ids.size and np.any(self._set_ids[idx] != set_ids):
+            raise AnalysisError(
+                f"flags: set-point set ids {sorted(set(set_ids.tolist()) - set(self.settings))} unknown"
+            )
+        return self._set_table[idx]
 
     def reset(self) -> None:
         """Forget every pixel judged (the analyser re-judges a run from its first pixel)."""
@@ -214,8 +225,7 @@ class RunFlags:
         """Judge log rows lo..hi-1 (after every earlier row); returns the earlier rows a tip event relabelled."""
         log = self.log
         n = hi - lo
-        set_ids = log.col("set_id")[lo:hi]
-        settings = np.array([self.settings[int(k)] for k in set_ids.tolist()], dtype=np.float64).reshape(n, 2)
+        settings = self._settings_of(log.col("set_id")[lo:hi])
         known = self.status_known
         conditions = PixelConditions(
             temperature_K=log.col("temperature_K")[lo:hi],
@@ -281,8 +291,7 @@ class RunFlags:
         Counted over the measurements judged (a pixel measured twice counts twice).
         """
         log = self.log
-        settings = np.array([self.settings[int(k)] for k in log.col("set_id").tolist()], dtype=np.float64)
-        settings = settings.reshape(log.n, 2)
+        settings = self._settings_of(log.col("set_id"))
 
         def unknown(values: np.ndarray) -> int:
             return int(np.count_nonzero(~np.isfinite(values)))
