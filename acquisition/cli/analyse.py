@@ -1,9 +1,10 @@
-"""``stslive analyse INPUT [INPUT ...] --out DIR [--dask [ADDRESS]]``: offline analysis of archives and ``.3ds``.
+"""``stslive analyse INPUT [INPUT ...] --out DIR [--overwrite] [--dask [ADDRESS]]``: offline analysis.
 
 The command line only: the analysis is :func:`stslive.live.offline.analyse.analyse_inputs` (an
 INPUT is an archive, a ``.3ds`` or a folder of them; one input writes into DIR, several into
-``DIR/<stem>/`` each plus a campaign summary). ``--dask`` runs the kernels on a Dask cluster: a
-LocalCluster here, or the scheduler at ADDRESS.
+``DIR/<stem>/`` each plus a campaign summary; DIR holds no earlier analysis unless
+``--overwrite`` replaces it). ``--dask`` runs the kernels on a Dask cluster: a LocalCluster here,
+or the scheduler at ADDRESS.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ summary beside them (:mod:`stslive.live.offline.campaign`). Each output folder r
 (:mod:`stslive.live.offline.report`) and the figures of :mod:`stslive.live.offline.figures`. The
 kernels run in this process or on a Dask cluster (:mod:`stslive.live.offline.dask`); both go
 through :mod:`stslive.live.pipeline`, the code path of the live analyser, and write the same files.
+The flags and tip epochs come from :func:`stslive.live.flags_run.flag_recording`, the live
+analyser's rules in its order. Everything lands in ``OUT`` only when all inputs succeeded
+(:class:`~stslive.live.offline.outputs.OutputFolder`).
 """
 
 from __future__ import annotations
