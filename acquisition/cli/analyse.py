@@ -17,7 +17,8 @@ from pathlib import Path
 from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live.flag_config import load_flag_config
 from stslive.live.kernels import KernelOptions
-from stslive.live.offline.analyse import DEFAULT_BLOCK_BYTES, analyse_inputs, expand_inputs, summary_line
+from stslive.live.offline.analyse import DEFAULT_BLOCK_BYTES, analyse_inputs, expand_inputs
+from stslive.live.offline.report import summary_line
 from stslive.live.theory import TheoryConstants
 
 #: ``--dask`` given without an address: start a LocalCluster.

@@ -36,7 +36,7 @@ from stslive.live.kernels import KernelOptions, conductance_sign, derivative, pr
 from stslive.live.offline import figures
 from stslive.live.offline.campaign import write_campaign
 from stslive.live.offline.outputs import OutputFolder
-from stslive.live.offline.report import build_report, main_reasons, write_report
+from stslive.live.offline.report import build_report, write_report
 from stslive.live.pipeline import analyse_source, calibrate_source, open_input, uses_lockin
 from stslive.live.results import ResultsModel
 from stslive.live.results_io import save_maps_h5
@@ -55,7 +55,6 @@ __all__ = [
     "analyse_to_directory",
     "analyse_many_dask",
     "write_outputs",
-    "summary_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -407,35 +406,6 @@ def write_outputs(
     report["elapsed_s"] = time.perf_counter() - t0  # now including the figures
     write_report(report, out / "report.json")
     return report
-
-
-def summary_line(report: dict[str, Any]) -> str:
-    """One line of a run's results: pixels extracted per quantity (and why not), Delta, alpha, lengths, flags."""
-
-    def fmt(key: str, scale: str = "") -> str:
-        value = report.get(key)
-        return "n/a" if value is None else f"{value:.4g}{scale}"
-
-    measured = report["pixels_measured"]
-    counts = []
-    for q, name in (("delta", "Delta"), ("alpha", "alpha")):
-        why = main_reasons(report[f"reasons_{q}"])
-        counts.append(f"{name} on {report[f'pixels_valid_{q}']}" + (f" (refused: {why})" if why else ""))
-    line = (
-        f"{measured} of {report['pixels_in_grid']} pixels measured, {report['pixels_valid']} valid; "
-        + ", ".join(counts)
-        + f"; Delta {fmt('delta_mean_meV')} +- {fmt('delta_std_meV')} meV, alpha {fmt('alpha_mean')} "
-        f"+- {fmt('alpha_std')}; l_Delta {fmt('l_delta_nm')} nm, l_alpha {fmt('l_alpha_nm')} nm, "
-        f"rho_cross(0) {fmt('rho_cross_0')}"
-    )
-    flagged = report["flags"]["pixels_flagged"]
-    if flagged:
-        top = sorted(((n, k) for k, n in report["flags"]["counts"].items() if n), reverse=True)[:2]
-        line += f"; {flagged} flagged (" + ", ".join(f"{k} {n}" for n, k in top) + ")"
-    changes = len(report["tip_epochs"]["changes"])
-    if changes:
-        line += f"; {changes} tip change(s)"
-    return line
 
 
 def _example_pixels(model: ResultsModel, count: int) -> list[tuple[int, int]]:

@@ -39,6 +39,7 @@ __all__ = [
     "ground_truth_errors",
     "build_report",
     "write_report",
+    "summary_line",
 ]
 
 REPORT_SCHEMA = "stslive.report"
@@ -410,3 +411,32 @@ def write_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line of a run's results: pixels extracted per quantity (and why not), Delta, alpha, lengths, flags."""
+
+    def fmt(key: str, scale: str = "") -> str:
+        value = report.get(key)
+        return "n/a" if value is None else f"{value:.4g}{scale}"
+
+    measured = report["pixels_measured"]
+    counts = []
+    for q, name in (("delta", "Delta"), ("alpha", "alpha")):
+        why = main_reasons(report[f"reasons_{q}"])
+        counts.append(f"{name} on {report[f'pixels_valid_{q}']}" + (f" (refused: {why})" if why else ""))
+    line = (
+        f"{measured} of {report['pixels_in_grid']} pixels measured, {report['pixels_valid']} valid; "
+        + ", ".join(counts)
+        + f"; Delta {fmt('delta_mean_meV')} +- {fmt('delta_std_meV')} meV, alpha {fmt('alpha_mean')} "
+        f"+- {fmt('alpha_std')}; l_Delta {fmt('l_delta_nm')} nm, l_alpha {fmt('l_alpha_nm')} nm, "
+        f"rho_cross(0) {fmt('rho_cross_0')}"
+    )
+    flagged = report["flags"]["pixels_flagged"]
+    if flagged:
+        top = sorted(((n, k) for k, n in report["flags"]["counts"].items() if n), reverse=True)[:2]
+        line += f"; {flagged} flagged (" + ", ".join(f"{k} {n}" for n, k in top) + ")"
+    changes = len(report["tip_epochs"]["changes"])
+    if changes:
+        line += f"; {changes} tip change(s)"
+    return line

@@ -20,8 +20,9 @@ from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
 from stslive.live.kernels import KernelOptions
-from stslive.live.offline.analyse import analyse_inputs, expand_inputs, output_dirs, summary_line
+from stslive.live.offline.analyse import analyse_inputs, expand_inputs, output_dirs
 from stslive.live.offline.campaign import run_conditions, write_campaign
+from stslive.live.offline.report import summary_line
 from stslive.live.theory import TheoryConstants
 from stslive.mocks.film import FilmParams, make_film
 
