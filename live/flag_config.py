@@ -69,7 +69,8 @@ class FlagConfig:
         The lock-in's first harmonic X = V_m G must be proportional to the numerical dI/dV of
         I(V) away from the gap: X = k G is fitted over |V| in ``mismatch_window_V``, flagged when
         rms(X - k G) / rms(X) exceeds ``mismatch_rel_tol``. Both channels are smoothed with a
-        running mean of ``smoothing_points`` samples.
+        running mean of ``smoothing_points`` samples. Judged only where the set's modulation is
+        known and not 0: without one the channel carries no dI/dV.
     sweep_coverage, no_peaks, poor_fit
         From the kernel's reason codes; no threshold here.
 

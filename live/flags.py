@@ -383,7 +383,8 @@ class FlagEngine:
         with np.errstate(invalid="ignore"):
             coarse = np.isfinite(peak) & (peak * cfg.preamp_gain_V_per_A < cfg.sensitivity_min_fraction * sensitivity)
         out |= coarse * _BIT_SENSITIVITY
-        out |= (np.isfinite(mismatch) & (mismatch > cfg.mismatch_rel_tol)) * _BIT_MISMATCH
+        with np.errstate(invalid="ignore"):  # a lock-in that did not modulate (or unknown) carries no dI/dV
+            out |= ((modulation > 0) & np.isfinite(mismatch) & (mismatch > cfg.mismatch_rel_tol)) * _BIT_MISMATCH
         # rules with history, in acquisition order. A pixel without a gap of its own judges the
         # modulation and 3.5 k_B T rules against the median of the gaps before it.
         broad = math.sqrt(2.0) * modulation

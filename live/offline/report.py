@@ -46,6 +46,8 @@ REPORT_SCHEMA = "stslive.report"
 #: 1: the unversioned report (``pixels`` = measured, ``grid`` = [ny, nx]); 2: this layout.
 REPORT_SCHEMA_VERSION = 2
 
+#: Reason code of a quantity whose own reason the results do not hold (the pixel's is the other's).
+UNKNOWN_REASON = -2
 #: Correlation keys that are null when the maps are too sparse to correlate.
 _CORRELATION_KEYS = (
     "l_delta_nm",
@@ -81,8 +83,9 @@ def quantity_masks(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``valid_delta``, ``valid_alpha``, ``reason_delta``, ``reason_alpha`` of measured pixels.
 
     The model's own maps where it has them; else Delta (alpha) counts as extracted where the gap
-    (exponent) is finite, and a pixel without it carries the pixel's reason code (the gap's
-    reason where the gap failed, else the power law's).
+    (exponent) is finite, and a pixel without it carries the pixel's reason code: the gap's
+    reason for Delta; for alpha the power law's where the gap was found, else
+    :data:`UNKNOWN_REASON` (the pixel's code is then the gap's).
     """
     measured = maps["measured"]
     out: dict[str, np.ndarray] = {}
@@ -92,6 +95,8 @@ def quantity_masks(maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         reason = maps.get(f"reason_{q}")
         if reason is None:
             reason = np.where(valid, int(ReasonCode.OK), maps["reason"])
+            if q == "alpha":
+                reason = np.where(valid | out["valid_delta"], reason, UNKNOWN_REASON)
         out[f"valid_{q}"], out[f"reason_{q}"] = valid, reason
     return out
 
@@ -143,7 +148,7 @@ def ground_truth_errors(
 
 def _reason_counts(reason: np.ndarray, where: np.ndarray) -> dict[str, int]:
     codes, counts = np.unique(reason[where], return_counts=True)
-    names = {int(c): c.name for c in ReasonCode}
+    names = {int(c): c.name for c in ReasonCode} | {UNKNOWN_REASON: "UNKNOWN"}
     return {names.get(int(c), f"CODE_{int(c)}"): int(n) for c, n in zip(codes, counts, strict=True)}
 
 

@@ -547,3 +547,37 @@ def test_flag_log_keeps_time_order_and_knows_the_latest_measurement() -> None:
     log.sort_by_time()
     assert log.col("time").tolist() == [1.0, 1.5, 2.0, 2.0, 3.0] and log.col("ix").tolist() == [0, 3, 1, 2, 0]
     assert log.latest().tolist() == [False, True, True, True, True]  # (0, 0) measured again at 3.0
+
+
+def test_a_lockin_that_did_not_modulate_is_not_compared_with_dI_dV() -> None:
+    """Lock-in off (amplitude 0, as a .3ds says when it did not run): its channel is no dI/dV, nothing to match."""
+    from stslive.acquisition.formats.runmodel import SetpointSet
+    from stslive.live.flags_run import RunFlags
+    from stslive.mocks.film import FilmParams, make_film
+
+    film = make_film(FilmParams(ny=4, nx=5, seed=2, n_points=801))
+    s = film.spectra(*np.indices((4, 5)))
+    noise = np.random.default_rng(0).normal(0, 1e-13, s.lockin_x_A.shape)  # the channel holds noise only
+    spectra = np.stack([s.current_A, noise], axis=-2).reshape(20, 2, 801).astype(np.float32)
+    off = SetpointSet(
+        id=0, name="no lock-in", bias_setpoint_V=-0.01, current_setpoint_A=150e-12, sweep_start_V=-0.04,
+        sweep_end_V=0.04, n_points=801,
+    )  # fmt: skip
+    flags = RunFlags(["Current (A)", "LI Demod 1 X (A)"], {0: off}, config=FlagConfig())
+    features = flags.features(0, spectra)
+    assert (features.lockin_rel_residual > FlagConfig().mismatch_rel_tol).all()  # the rule would fire
+    iy, ix = np.divmod(np.arange(20), 5)
+    result = flags.evaluate(
+        iy=iy,
+        ix=ix,
+        set_ids=np.zeros(20, int),
+        time=np.arange(20.0),
+        delta_eV=np.full(20, 1.2e-3),
+        reason=np.zeros(20, int),
+        features=features,
+        temperature_K=np.full(20, 0.3),
+        lockin_status=np.zeros(20, int),
+        lockin_overload=np.zeros(20, bool),
+    )
+    assert not (result.bits & int(FlagKind.LOCKIN_MISMATCH)).any()
+    assert flags.unjudged()["lockin_mismatch"]["pixels"] == 20
