@@ -476,6 +476,23 @@ def test_unknown_lockin_settings_of_a_replayed_3ds_flag_nothing(tmp_path: Path) 
     assert any(w["code"] == "flags_not_judged" for w in report["warnings"])
 
 
+def _judge_20(flags, features):
+    """RunFlags.evaluate of 20 pixels of a 4 x 5 map in raster order, gap 1.2 meV, 0.3 K, no overload."""
+    iy, ix = np.divmod(np.arange(20), 5)
+    return flags.evaluate(
+        iy=iy,
+        ix=ix,
+        set_ids=np.zeros(20, int),
+        time=np.arange(20.0),
+        delta_eV=np.full(20, 1.2e-3),
+        reason=np.zeros(20, int),
+        features=features,
+        temperature_K=np.full(20, 0.3),
+        lockin_status=np.zeros(20, int),
+        lockin_overload=np.zeros(20, bool),
+    )
+
+
 def test_a_sweep_that_misses_the_setpoint_bias_is_not_flagged() -> None:
     """+-5 mV sweep, V_set = -10 mV: |I(V_set)| cannot be checked, so SETPOINT does not fire."""
     from stslive.acquisition.formats.runmodel import SetpointSet
@@ -497,19 +514,7 @@ def test_a_sweep_that_misses_the_setpoint_bias_is_not_flagged() -> None:
         lockin_sensitivity_V=5e-3,
     )
     flags = RunFlags(["Current (A)", "LI Demod 1 X (A)"], {0: sset}, config=FlagConfig())
-    iy, ix = np.divmod(np.arange(20), 5)
-    result = flags.evaluate(
-        iy=iy,
-        ix=ix,
-        set_ids=np.zeros(20, int),
-        time=np.arange(20.0),
-        delta_eV=np.full(20, 1.2e-3),
-        reason=np.zeros(20, int),
-        features=flags.features(0, spectra),
-        temperature_K=np.full(20, 0.3),
-        lockin_status=np.zeros(20, int),
-        lockin_overload=np.zeros(20, bool),
-    )
+    result = _judge_20(flags, flags.features(0, spectra))
     assert not (result.bits & int(FlagKind.SETPOINT)).any()
     assert flags.unjudged()["setpoint"] == {"pixels": 20, "why": "the sweep does not reach V_set"}
 
@@ -566,18 +571,6 @@ def test_a_lockin_that_did_not_modulate_is_not_compared_with_dI_dV() -> None:
     flags = RunFlags(["Current (A)", "LI Demod 1 X (A)"], {0: off}, config=FlagConfig())
     features = flags.features(0, spectra)
     assert (features.lockin_rel_residual > FlagConfig().mismatch_rel_tol).all()  # the rule would fire
-    iy, ix = np.divmod(np.arange(20), 5)
-    result = flags.evaluate(
-        iy=iy,
-        ix=ix,
-        set_ids=np.zeros(20, int),
-        time=np.arange(20.0),
-        delta_eV=np.full(20, 1.2e-3),
-        reason=np.zeros(20, int),
-        features=features,
-        temperature_K=np.full(20, 0.3),
-        lockin_status=np.zeros(20, int),
-        lockin_overload=np.zeros(20, bool),
-    )
+    result = _judge_20(flags, features)
     assert not (result.bits & int(FlagKind.LOCKIN_MISMATCH)).any()
     assert flags.unjudged()["lockin_mismatch"]["pixels"] == 20
