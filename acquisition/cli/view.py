@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
             "pair is KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME --role viewer')"
         )
     from stslive.acquisition.formats.stream import Security
-    from stslive.live.viewer.sources import FileSource, StreamSource
+    from stslive.live.viewer.archive_source import FileSource
+    from stslive.live.viewer.stream_source import StreamSource
     from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
 
     app = qt_app()

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"frame time ms: p50 {np.percentile(d, 50):.1f}, p99 {np.percentile(d, 99):.1f}, max {d.max():.1f}")
     print(
-        f"at the default 15 Hz timer the GUI thread would be busy {min(1.0, 15 * np.mean(d) / 1e3) * 100:.0f} % "
+        f"at the default 15 Hz timer the GUI thread would be busy {min(1.0, 15 * float(np.mean(d)) / 1e3) * 100:.0f} % "
         "of the time"
     )
     window.close()

@@ -1,13 +1,14 @@
 """Panels of the control-room window: maps, histograms, correlations, spectrum, status, flags.
 
-Each panel owns its pyqtgraph/Qt items and takes ready data (numbers the model already holds)
-in a ``show_*`` method; none reads files or analyses anything. Display units: meV, nm, nS, K.
+Each panel owns its pyqtgraph/Qt items and draws ready numbers handed to its ``show`` method;
+none reads files or analyses anything. Display units: meV, nm, nS, K.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -15,7 +16,7 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 
 from stslive.live.kernels import ReasonCode
 from stslive.live.results import FLAG_LABELS, CorrelationSnapshot, FlagKind, Histogram, RunStatus, SetFlagSummary
-from stslive.live.viewer.sources import SpectrumData
+from stslive.live.viewer.sources import DisplaySpectrum
 
 PixelCallback = Callable[[int, int], None]
 _GREEK = {"Delta": "Δ", "alpha": "α", "cross": "cross"}
@@ -147,7 +148,7 @@ class MapPanel:
         ix, iy = int(p.x() // self.pixel_nm), int(p.y() // self.pixel_nm)
         return (iy, ix) if 0 <= iy < self.shape[0] and 0 <= ix < self.shape[1] else None
 
-    def _clicked(self, event: object) -> None:
+    def _clicked(self, event: Any) -> None:  # pyqtgraph's MouseClickEvent
         hit = self._pixel_at(event.scenePos())
         if hit is not None:
             self._on_click(*hit)
@@ -268,7 +269,7 @@ class SpectrumPanel:
         self.fit_curves = [self.wide.plot(pen=pg.mkPen("#e41a1c", width=2.5)) for _ in range(2)]
         self.wide.addItem(pg.InfiniteLine(pos=0, angle=90, pen=pg.mkPen("#555")))
 
-    def show(self, data: SpectrumData) -> None:
+    def show(self, data: DisplaySpectrum) -> None:
         r = data.result
         where = f"pixel (iy {data.iy}, ix {data.ix})"
         if data.bias_V.size == 0:

@@ -1,10 +1,9 @@
-"""The control-room window: live Delta/alpha maps, statistics, correlations, spectra, status, flags.
+"""The control-room window: maps, statistics, correlations, spectra, run status and flags.
 
-The window never reads a file nor analyses anything: a :class:`~stslive.live.viewer.sources.DataSource`
-fills the shared :class:`~stslive.live.results.ResultsModel` on its own threads, and a QTimer
-(default 15 Hz) pulls from the model, redrawing only the parts whose version counter moved.
-The O(N) summaries (histograms, per-set flags) are refreshed at most ``summary_hz`` times a second,
-which keeps a 300 x 250 map responsive while 1,000 pixels/s arrive.
+The window reads no file and analyses nothing: a :class:`~stslive.live.viewer.sources.DataSource`
+fills the :class:`~stslive.live.results.ResultsModel` on its own threads, and a QTimer pulls from
+the model, redrawing only the parts whose version counter moved; the O(N) summaries (histograms,
+colour levels, flags) at most ``summary_hz`` times a second.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from pyqtgraph.Qt import QtCore, QtWidgets
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z
 from stslive.live.results import ResultsModel
@@ -166,7 +165,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
             self.selected = (iy, ix)
             self.source.request_spectrum(iy, ix)
 
-    def keyPressEvent(self, event: object) -> None:
+    def keyPressEvent(self, event: QtGui.QKeyEvent) -> None:
         if event.key() == QtCore.Qt.Key_Escape:
             self.pinned = False  # spectrum follows the mouse again
         super().keyPressEvent(event)

@@ -32,7 +32,7 @@ from stslive.acquisition.formats.stream import EventDoc, HeartbeatDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.acquisition.jobs.bench_scan import mock_lab_config
 from stslive.drivers.errors import InstrumentTimeout, StreamError
-from stslive.live.viewer.sources import StreamSource
+from stslive.live.viewer.stream_source import StreamSource
 from stslive.mocks.lab import MockLab
 
 pytestmark = pytest.mark.timeout(180)

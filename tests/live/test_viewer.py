@@ -19,7 +19,8 @@ from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 from stslive.live import results_io as rio
 from stslive.live.results import FlagKind, PixelResult, ResultsModel
-from stslive.live.viewer.sources import SpectrumFetcher, StreamSource
+from stslive.live.viewer.sources import SpectrumFetcher
+from stslive.live.viewer.stream_source import StreamSource
 from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
 
 NY, NX, NPTS = 24, 32, 401
@@ -257,7 +258,7 @@ def test_view_snapshot_cli_writes_png_of_the_size(tmp_path, capsys):
 
 
 def test_file_source_without_analysis_says_so(tmp_path, window_factory):
-    from stslive.live.viewer.sources import FileSource
+    from stslive.live.viewer.archive_source import FileSource
 
     run = tmp_path / "RUN.h5"
     make_archive(run, rows=10)
@@ -278,7 +279,7 @@ def test_file_source_without_analysis_says_so(tmp_path, window_factory):
 
 def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory):
     from stslive.acquisition.formats.recording import TOPO_FROM_Z
-    from stslive.live.viewer.sources import FileSource
+    from stslive.live.viewer.archive_source import FileSource
 
     iy, ix = np.mgrid[0:NY, 0:NX]
     relief = 2e-10 * np.sin(ix / 2.0) * np.cos(iy / 3.0)
@@ -304,7 +305,7 @@ def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory
 
 
 def test_topography_title_says_none_without_z(tmp_path, window_factory):
-    from stslive.live.viewer.sources import FileSource
+    from stslive.live.viewer.archive_source import FileSource
 
     run = tmp_path / "RUN.h5"
     make_archive(run, rows=4)  # z_m never read: NaN
