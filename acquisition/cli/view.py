@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the first stream message or for the files to load (default 10)",
     )
     parser.add_argument("--snapshot", type=Path, metavar="FILE.png", help="render offscreen to a PNG and exit")
-    parser.add_argument("--size", type=_size, default=None, help="window size WIDTHxHEIGHT (default 1800x1100)")
+    parser.add_argument("--size", type=_size, default=None, help="window size WIDTHxHEIGHT (default 1600x1000)")
     parser.add_argument(
         "--pixel",
         type=int,
@@ -84,8 +84,16 @@ def run(args: argparse.Namespace) -> int:
     from stslive.acquisition.formats.stream import Security
     from stslive.live.viewer.archive_source import FileSource
     from stslive.live.viewer.stream_source import StreamSource
-    from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
+    from stslive.live.viewer.window import (
+        DEFAULT_SIZE,
+        ControlRoomWindow,
+        check_window_size,
+        dispose,
+        qt_app,
+        render_snapshot,
+    )
 
+    size = check_window_size(*(args.size or DEFAULT_SIZE))
     app = qt_app()
     if args.connect is not None:
         if args.analysis is not None:
@@ -95,11 +103,9 @@ def run(args: argparse.Namespace) -> int:
             args.connect, timeout_s=args.timeout, archive=args.archive, current=args.current, security=security
         )
     else:
-        source = FileSource(args.archive, analysis=args.analysis, current=args.current)
+        source = FileSource(args.archive, analysis=args.analysis, current=args.current, timeout_s=args.timeout)
     source.start()
-    window = ControlRoomWindow(source.model, source)
-    if args.size is not None:
-        window.resize(*args.size)
+    window = ControlRoomWindow(source.model, source, size=size)
     if args.snapshot is None:
         window.show()
         code = app.exec()

@@ -18,6 +18,7 @@ import numpy as np
 from stslive.drivers.errors import StsliveError
 from stslive.live.kernels import conductance_sign, derivative, prepare_sweep
 from stslive.live.results import PixelResult, ResultsModel
+from stslive.live.viewer.scan_state import ScanFrame, ScanState
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,15 @@ class SpectrumReader(Protocol):
 
 
 class DataSource(Protocol):
-    """What the window needs from a source; every method returns at once (no I/O)."""
+    """What the window needs from a source; every method returns at once (no I/O).
+
+    ``model`` holds the analysis results, ``scan`` what was measured (None when the source sees
+    no acquisition record, e.g. a stream without its archive), ``frame`` where the grid lies.
+    """
 
     model: ResultsModel
+    scan: ScanState | None
+    frame: ScanFrame
 
     def start(self) -> None:
         """Start the worker thread(s)."""

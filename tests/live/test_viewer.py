@@ -19,6 +19,7 @@ from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 from stslive.live import results_io as rio
 from stslive.live.results import FlagKind, PixelResult, ResultsModel
+from stslive.live.viewer.scan_state import ScanFrame
 from stslive.live.viewer.sources import SpectrumFetcher
 from stslive.live.viewer.stream_source import StreamSource
 from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
@@ -39,6 +40,8 @@ class FakeSource:
 
     def __init__(self, model: ResultsModel, *, sleep_s: float = 0.0) -> None:
         self.model = model
+        self.scan = None  # no acquisition record: the model alone
+        self.frame = ScanFrame.from_pixel_size(model.pixel_nm)
         self.reads = 0
 
         def reader(iy: int, ix: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +115,7 @@ def test_window_builds_and_follows_the_model(window_factory):
     np.testing.assert_allclose(w.alpha_map.image.image, maps["alpha"])
     assert "Δ 1.2" in w.delta_hist.widget.getPlotItem().titleLabel.text
     assert w.corr.curves["cross"].getData()[1][0] == pytest.approx(model.snapshot.rho_cross[0])
-    assert w.status_panel.progress.value() == 1000
+    assert w.banner.progress.value() == 1000
 
 
 def test_click_shows_the_spectrum_with_peaks_and_fits(window_factory):
@@ -267,12 +270,14 @@ def test_file_source_without_analysis_says_so(tmp_path, window_factory):
     source.start()
     assert source.loaded.wait(10)
     assert "no analysis file yet" in source.status_text() and calls == [run]
-    st = source.model.status()
+    st = source.scan.view()  # what was measured: the scan state, not the (empty) results
     assert st.n_measured == 10 * NX and st.pixels_per_hour == pytest.approx(1800.0)
     w = window_factory(source.model, source)
     data = source.fetch_spectrum_now(2, 3)
     w.spectrum.show(data)
-    assert data.bias_V.size == NPTS and data.result is not None and np.isnan(data.result.delta_eV)
+    # measured, not analysed: the raw spectrum, no result (the model holds results only)
+    assert data.bias_V.size == NPTS and data.result is None
+    assert "not analysed yet" in w.spectrum.gap.getPlotItem().titleLabel.text
     png = render_snapshot(w, tmp_path / "partial.png")
     assert png.stat().st_size > 10_000
 
@@ -300,8 +305,9 @@ def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory
     assert w.topo_map.image.image is not None and np.nanmax(np.abs(w.topo_map.image.image)) < 0.3  # nm
     # the view is the map (no empty axis range) and y points up (row 0 at the bottom)
     (x0, x1), (y0, y1) = w.delta_map.plot.vb.viewRange()
+    left, bottom = -NX / 2, -NY / 2  # scan coordinates: the grid is centred on (0, 0) nm
     assert not w.delta_map.plot.vb.yInverted()
-    assert x0 >= -0.5 and x1 <= NX + 0.5 and y0 >= -0.5 and y1 <= NY + 0.5
+    assert x0 >= left - 0.5 and x1 <= left + NX + 0.5 and y0 >= bottom - 0.5 and y1 <= bottom + NY + 0.5
 
 
 def test_topography_title_says_none_without_z(tmp_path, window_factory):
@@ -319,7 +325,7 @@ def test_topography_title_says_none_without_z(tmp_path, window_factory):
 
 
 def test_fits_drawn_only_over_the_sweep():
-    from stslive.live.viewer.panels import fit_bias_range
+    from stslive.live.viewer.spectrum_panels import fit_bias_range
 
     narrow = np.linspace(-0.02, 0.02, 201)
     v = fit_bias_range(narrow, sign=1.0)
