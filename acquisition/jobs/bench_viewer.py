@@ -112,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default="300x250", help="NXxNY (default 300x250)")
     parser.add_argument("--rate", type=float, default=1000.0, help="pixel results per second (default 1000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration (default 10)")
+    parser.add_argument("--size", default=None, help="window WIDTHxHEIGHT (default: the window's own)")
     args = parser.parse_args(argv)
     nx, ny = (int(v) for v in args.grid.lower().split("x"))
 
-    from stslive.live.viewer.window import ControlRoomWindow, qt_app
+    from stslive.live.viewer.window import DEFAULT_SIZE, ControlRoomWindow, qt_app
+
+    width, height = DEFAULT_SIZE if args.size is None else (int(v) for v in args.size.lower().split("x"))
 
     app = qt_app()
     maps = synthetic_maps(ny, nx)
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     model = ResultsModel(ny, nx, pixel_nm=1.0)
     model.set_snapshot(snapshot_of(maps["delta_eV"], maps["alpha"], pixel_nm=1.0))
     model.update_status(state="running")
-    window = ControlRoomWindow(model, refresh_hz=1000.0)  # timer never the limit: measure the redraw
+    # timer never the limit: measure the redraw
+    window = ControlRoomWindow(model, refresh_hz=1000.0, size=(width, height))
     window.timer.stop()
     window.show()
     durations, changed = [], 0
@@ -145,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     worker.join()
     d = np.array(durations) * 1e3
     fed = int(model.status().n_measured)
-    print(f"grid {nx}x{ny}, feeding {args.rate:.0f} pixels/s for {elapsed:.1f} s: {fed} pixels applied")
+    print(
+        f"grid {nx}x{ny}, window {width}x{height}, feeding {args.rate:.0f} pixels/s for {elapsed:.1f} s: "
+        f"{fed} pixels applied"
+    )
     print(
         f"frames (refresh + full repaint, back to back): {len(d)} = {len(d) / elapsed:.1f} fps, "
         f"{changed / elapsed:.1f} fps with new pixels"

@@ -123,10 +123,11 @@ def phase_from_archive(documents: Mapping[str, Any], log: Iterable[Mapping[str, 
         elif event == "stopping":
             state, exit_status = "stopping", line.get("exit_status", exit_status)
         elif event in ("done", "failed", "stop"):
-            state, failure = event, reason or failure
-            exit_status = line.get("exit_status", exit_status)
+            state = event
+            exit_status = line.get("exit_status", "fail" if event == "failed" else exit_status)
+            failure = reason if event == "failed" else failure
     if state in ("done", "failed", "stop"):
-        phase = EXIT_PHASES.get(str(exit_status), "failed" if state == "failed" else "done")
+        phase = EXIT_PHASES.get(str(exit_status), "done")
         return RunPhase(phase, failure if phase == "failed" else "")
     if not writing and state in ("running", "paused", "stopping"):
         return RunPhase("interrupted", "the scan ended without a stop record (killed?): `stslive scan --resume` it")

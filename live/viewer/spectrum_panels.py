@@ -21,7 +21,7 @@ FIT_WINDOW_V = (5e-3, 30e-3)  # the power-law window of the kernels' default (pa
 GAP_WINDOW_MV = 5.0
 GAP_WINDOW_MIN_MV = 3.0
 #: Curves of a waterfall at most (a longer line shows every k-th pixel).
-WATERFALL_CURVES = 30
+WATERFALL_CURVES = 20
 
 
 def gap_window_mV(delta_meV: float) -> float:
@@ -163,15 +163,20 @@ class WaterfallPanel:
         sel = np.abs(mv) <= lim
         edge = sel & (np.abs(mv) >= 0.85 * lim)
         label_every = max(1, rows.size // 6)
+        labelled = [k for k in range(rows.size) if k % label_every == 0]
+        if rows.size - 1 - labelled[-1] >= label_every / 2:  # the last curve too, unless it would crowd
+            labelled.append(rows.size - 1)
         for k, ix in enumerate(rows):
             y = didv_S[ix, sel]
             norm = float(np.mean(didv_S[ix, edge])) if edge.any() else float(np.max(np.abs(y)))
             color = self.cmap.map(k / max(1, rows.size - 1), mode="qcolor")
             self.curves.append(self.widget.plot(mv[sel], y / norm + k * self.OFFSET, pen=pg.mkPen(color, width=1.2)))
-            if k % label_every == 0 or k == rows.size - 1:
+            if k in labelled:
                 label = pg.TextItem(f"{x_nm[ix]:.1f} nm", color=color, anchor=(0, 0.5))
-                label.setPos(float(mv[sel][-1]), 1.0 + k * self.OFFSET)
+                label.setPos(1.02 * lim, 1.0 + k * self.OFFSET)
                 self.widget.addItem(label)
                 self.labels.append(label)
-        self.widget.getPlotItem().enableAutoRange()
-        set_title(self.widget, f"spectra along the line: {rows.size} of {int(measured.sum())} measured (bottom: first)")
+        plot = self.widget.getPlotItem()
+        plot.enableAutoRange(axis="y")
+        plot.setXRange(-lim, 1.45 * lim, padding=0.0)  # room on the right for the positions
+        set_title(self.widget, f"spectra along the line ({rows.size} of {int(measured.sum())}, first at the bottom)")

@@ -148,6 +148,8 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
             self._build_line(grid)
         else:
             self._build_maps(grid)
+        for col in range(3):
+            grid.setColumnStretch(col, 1)
         left = QtWidgets.QWidget()
         left.setLayout(grid)
         self.tabs = QtWidgets.QTabWidget()

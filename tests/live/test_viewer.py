@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 
@@ -12,17 +11,16 @@ import pytest
 pytest.importorskip("PySide6")
 
 from pyqtgraph.Qt import QtCore, QtGui
+from screen_data import create_archive  # this folder's archive helper
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.formats.archive import ArchiveWriter
-from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 from stslive.live import results_io as rio
 from stslive.live.results import FlagKind, PixelResult, ResultsModel
 from stslive.live.viewer.scan_state import ScanFrame
 from stslive.live.viewer.sources import SpectrumFetcher
 from stslive.live.viewer.stream_source import StreamSource
-from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
+from stslive.live.viewer.window import qt_app, render_snapshot
 
 NY, NX, NPTS = 24, 32, 401
 BIAS = np.linspace(-0.04, 0.04, NPTS)
@@ -77,23 +75,6 @@ def synthetic_model(ny: int = NY, nx: int = NX) -> ResultsModel:
     model.set_snapshot(snapshot_of(maps["delta_eV"], maps["alpha"], pixel_nm=1.0))
     model.update_status(state="running", current_set=1, last_seq=7)
     return model
-
-
-@pytest.fixture
-def window_factory():
-    qt_app()
-    made = []
-
-    def make(model: ResultsModel, source=None, **kw) -> ControlRoomWindow:
-        w = ControlRoomWindow(model, source, **kw)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        dispose(w)
-    made.clear()  # drop the wrappers while the interpreter runs
-    gc.collect()
 
 
 def test_window_builds_and_follows_the_model(window_factory):
@@ -204,16 +185,6 @@ def test_stream_source_follows_a_publisher(window_factory):
 
 
 def make_archive(path, *, rows: int, z_m: np.ndarray | None = None) -> None:
-    geo = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=NX * 1e-9, height_m=NY * 1e-9, nx=NX, ny=NY)
-    sp = SetpointSet(
-        id=0,
-        name="spec",
-        bias_setpoint_V=-0.01,
-        current_setpoint_A=150e-12,
-        sweep_start_V=-0.04,
-        sweep_end_V=0.04,
-        n_points=NPTS,
-    )
     maps = synthetic_maps(NY, NX, seed=1, length_px=3.0)
     spectra = np.empty((rows, NX, 2, NPTS), np.float32)
     spectra[..., 0, :] = BIAS
@@ -221,16 +192,7 @@ def make_archive(path, *, rows: int, z_m: np.ndarray | None = None) -> None:
         for ix in range(NX):
             spectra[iy, ix, 1] = bcs_current(float(maps["delta_eV"][iy, ix]), float(maps["alpha"][iy, ix]))
     t = 1.7e9 + np.arange(rows * NX, dtype=np.float64).reshape(rows, NX) * 2.0
-    with ArchiveWriter.create(
-        path,
-        geometry=geo,
-        channel_names=["Bias (V)", "Current (A)"],
-        n_points=NPTS,
-        setpoint_sets=[sp],
-        start_doc={},
-        bias=BIAS,
-        swmr=False,
-    ) as writer:
+    with create_archive(path, ny=NY, nx=NX, bias=BIAS) as writer:
         writer.write_block(
             slice(0, rows),
             slice(0, NX),
