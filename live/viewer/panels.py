@@ -26,8 +26,9 @@ MIN_PLOT_HEIGHT = 150
 
 
 def set_title(widget: pg.PlotWidget, text: str) -> None:
-    """One title style for every plot."""
-    widget.setTitle(text, size="9pt")
+    """One title style for every plot; an unchanged title is not set again (that lays the plot out)."""
+    if widget.getPlotItem().titleLabel.text != text:
+        widget.setTitle(text, size="9pt")
 
 
 def _title_never_widens(label: pg.LabelItem) -> None:

@@ -190,8 +190,9 @@ class CorrelationPanel:
                 ("cross", "cross", snap.l_cross_nm),
             )
         )
-        set_title(
-            self.profile_widget,
-            f"ρ(r) at 1/e: {lengths} nm<br>σ_ρ {snap.sigma_rho_ohm:.0f} Ω → σ_Δ/Δ "
-            f"{snap.predicted_delta_rel_sigma:.3f} (Eqs. 2-3)",
+        theory = (
+            f"<br>σ_ρ {snap.sigma_rho_ohm:.0f} Ω → σ_Δ/Δ {snap.predicted_delta_rel_sigma:.3f} (Eqs. 2-3)"
+            if math.isfinite(snap.sigma_rho_ohm) and math.isfinite(snap.predicted_delta_rel_sigma)
+            else ""
         )
+        set_title(self.profile_widget, f"ρ(r) at 1/e: {lengths} nm{theory}")

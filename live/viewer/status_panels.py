@@ -161,9 +161,12 @@ class StatusBanner:
         self.alarms.setVisible(False)
         outer.addWidget(self.alarms)
         self.shown: ScreenStatus | None = None
+        self._alarms: list[str] = []
 
     def show(self, status: ScreenStatus, alarms: list[str]) -> None:
-        self.shown = status
+        if status == self.shown and alarms == self._alarms:
+            return  # every label set again would lay the window out again
+        self.shown, self._alarms = status, list(alarms)
         pill = f"background:{status.color}; color:white; padding:2px 6px"
         self.state.setText(f"<span style='{pill}'><b>&nbsp;{status.text}&nbsp;</b></span>")
         self.state.setToolTip(status.text)
@@ -196,8 +199,13 @@ class TemperaturePanel:
         self.curve.setDownsampling(auto=True, method="peak")
         self.curve.setClipToView(True)
         self.no_data = NoData(self.widget)
+        self._shown: tuple[int, float] | None = None  # (readings, time of the last) drawn
 
     def show(self, t_s: np.ndarray, temperature_K: np.ndarray) -> None:
+        key = (t_s.size, float(t_s[-1]) if t_s.size else math.nan)
+        if key == self._shown:
+            return
+        self._shown = key
         if not t_s.size:
             self.curve.setData([], [])
             set_title(self.widget, "temperature: no readings")

@@ -121,7 +121,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         self._last_hover = -math.inf
         self._seen = {"maps": -1, "snapshot": -1, "status": -1, "scan": -1}
         self._summary_period = 1.0 / summary_hz
-        self._last_summary = -math.inf
+        self._last_summary = self._last_status = -math.inf
         self._levels = {"delta": (0.0, 1.0), "alpha": (0.0, 1.0), "topo": (0.0, 1.0)}
         self._alarms: list[str] = []
         self._build(width)
@@ -253,7 +253,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
     # -- timer -------------------------------------------------------------------------------
     def redraw_all(self) -> None:
         """Refresh now including the rate-limited summaries (snapshots, tests)."""
-        self._last_summary = -math.inf
+        self._last_summary = self._last_status = -math.inf
         self.refresh()
 
     def refresh(self) -> None:
@@ -274,8 +274,9 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
             with m.lock:
                 snap = m.snapshot
             self.corr.show(snap)
-        if summary_due or scan_changed or m.status_version != self._seen["status"]:
-            self._seen["status"] = m.status_version
+        status_due = now - self._last_status >= self._summary_period  # rate and ETA move with the clock
+        if status_due or scan_changed or m.status_version != self._seen["status"]:
+            self._seen["status"], self._last_status = m.status_version, now
             st = m.status()
             self.banner.show(screen_status(st, view), self._alarms)
             trace = st if view is None or not view.temperature_t.size else view
@@ -315,7 +316,6 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         self.delta_map.show(delta, self._levels["delta"], backdrop=codes)
         self.alpha_map.show(alpha, self._levels["alpha"], backdrop=codes)
         self.delta_map.set_title(f"gap Δ: {n_valid:,} of {int(measured.sum()):,} valid")
-        self.alpha_map.set_title(f"AA exponent α: {n_valid:,} of {int(measured.sum()):,} valid")
         if topo is not None:
             self.topo_map.show(topo * np.float32(1e9), self._levels["topo"])
             self.topo_map.set_title(f"topography: {TOPO_TITLES.get(topo_origin, 'from the analysis file')}")
