@@ -192,7 +192,8 @@ def poll_archive(spectra: ArchiveSpectra, scan: ScanState, model: ResultsModel) 
     scan.set_phase(phase_from_archive(documents, lines, writing=writing))
     if spectra.health.truncated:
         n = int(progress["measured"].sum())
-        scan.set_note(f"{spectra.health.describe()}: {n:,} of its {spectra.recorded:,} measured pixels readable")
+        text = f"{spectra.health.describe()}: {n:,} of its {spectra.recorded:,} measured pixels readable"
+        scan.set_note(text, truncated=True)
     if scan.ny == 1 and not np.array_equal(before, progress["measured"]):
         _read_line(spectra, scan, progress["measured"][0])
 

@@ -149,6 +149,8 @@ class ScanView:
     note: str
     temperature_t: np.ndarray
     temperature_K: np.ndarray
+    #: the archive is truncated: ``measured`` holds the readable pixels only
+    truncated: bool = False
     line_bias_V: np.ndarray | None = None
     line_didv_S: np.ndarray | None = field(default=None)
 
@@ -233,10 +235,10 @@ class ScanState:
         if phase != self.view().phase:
             self._replace(phase=phase)
 
-    def set_note(self, note: str) -> None:
+    def set_note(self, note: str, *, truncated: bool = False) -> None:
         """A sentence about the archive itself (truncation), shown beside the progress."""
-        if note != self.view().note:
-            self._replace(note=note)
+        if (note, truncated) != (self.view().note, self.view().truncated):
+            self._replace(note=note, truncated=truncated)
 
     def set_line_spectra(self, bias_V: np.ndarray, didv_S: np.ndarray) -> None:
         """Display spectra of a line cut: bias (n_points,) V and dI/dV (nx, n_points) S, NaN rows unmeasured."""

@@ -195,4 +195,4 @@ class CorrelationPanel:
             if math.isfinite(snap.sigma_rho_ohm) and math.isfinite(snap.predicted_delta_rel_sigma)
             else ""
         )
-        set_title(self.profile_widget, f"ρ(r) at 1/e: {lengths} nm{theory}")
+        set_title(self.profile_widget, f"{lengths} nm (1/e){theory}")

@@ -101,7 +101,9 @@ def screen_status(st: RunStatus, view: ScanView | None) -> ScreenStatus:
     """Merge the scan's own record (``view``, None without the archive) with the analyser's status."""
     phase = view.phase if view is not None and view.phase.state != "unknown" else RunPhase(st.state)
     text, color = state_text(phase)
-    measured = st.n_measured if view is None else view.n_measured  # the archive is the record
+    measured = st.n_measured
+    if view is not None:  # the archive is the record; the analyser may be a poll ahead of it
+        measured = view.n_measured if view.truncated else max(view.n_measured, st.n_measured)
     rate, eta = st.pixels_per_hour, st.eta_s
     if view is not None and math.isfinite(view.pixels_per_hour):
         rate, eta = view.pixels_per_hour, view.eta_s

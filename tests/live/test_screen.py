@@ -409,3 +409,21 @@ def test_density_counts_as_histogram2d():
     expected, x_edges, y_edges = np.histogram2d(x, y, bins=40)
     np.testing.assert_array_equal(counts, expected.T)
     assert (x0, x1, y0, y1) == (x_edges[0], x_edges[-1], y_edges[0], y_edges[-1])
+
+
+def test_progress_counts_the_archive_and_a_truncated_one_only_its_readable_pixels():
+    from stslive.live.results import RunStatus
+    from stslive.live.viewer.scan_state import ScanFrame, ScanState
+    from stslive.live.viewer.status_panels import screen_status
+
+    empty = np.zeros(0)
+    analysed = RunStatus("running", NY * NX, 60, np.nan, np.nan, 0, 9, "60 pixels analysed", empty, empty)
+    scan = ScanState(NY, NX, frame=ScanFrame.from_pixel_size(1.0))
+    measured = np.zeros((NY, NX), bool)
+    measured.flat[:50] = True
+    scan.update_pixels(measured, np.where(measured, 1.7e9 + np.arange(NY * NX).reshape(NY, NX), np.nan), measured * 0.3)
+    live = screen_status(analysed, scan.view())
+    assert (live.n_measured, live.n_analysed) == (60, 60)  # the analyser is a poll ahead of the archive
+    scan.set_note("TRUNCATED archive: ...", truncated=True)
+    cut = screen_status(analysed, scan.view())
+    assert cut.n_measured == 50 and cut.note.startswith("TRUNCATED")
