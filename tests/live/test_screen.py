@@ -356,7 +356,12 @@ def test_flag_map_and_scatter(window_factory):
     valid = model.maps["valid"]
     r = np.corrcoef(model.maps["delta_eV"][valid], model.maps["alpha"][valid])[0, 1]
     assert f"r = {r:+.2f}" in title(w.scatter.widget)
-    assert len(w.scatter.points.data) == NY * NX
+    assert len(w.scatter.points.data) == NY * NX and not w.scatter.density.isVisible()  # few: points
+    big = full_model(60, 50)  # 3,000 pixels: a density image
+    w2 = window_factory(big)
+    w2.redraw_all()
+    assert w2.scatter.density.isVisible() and not w2.scatter.points.isVisible()
+    assert np.expm1(w2.scatter.density.image).sum() == pytest.approx(60 * 50)  # every pixel in a cell
 
 
 def test_empty_inputs_say_no_data(window_factory):
