@@ -264,14 +264,17 @@ def _killed_writer_archive(path: Path) -> None:
     code = (
         "import os, sys; sys.path.insert(0, sys.argv[2]); "
         "from test_screen import write_archive; from pathlib import Path; "
-        "write_archive(Path(sys.argv[1]), pixels=5, swmr=True); os._exit(0)"
+        "w = write_archive(Path(sys.argv[1]), pixels=5, swmr=True); os._exit(0)"  # w: kept open until killed
     )
     subprocess.run([sys.executable, "-c", code, str(path), str(Path(__file__).parent)], check=True)
 
 
 def test_an_archive_held_for_swmr_writing_opens_and_a_damaged_one_fails_within_the_deadline(tmp_path):
+    from stslive.live.viewer.archive_open import SWMR_WRITE_FLAG, superblock
+
     run = tmp_path / "RUN.h5"
     _killed_writer_archive(run)
+    assert superblock(run)[0] & SWMR_WRITE_FLAG  # the file still says an SWMR writer holds it
     reader, health = open_for_viewing(run, timeout_s=10)  # whole: opens, read in SWMR mode
     assert int(reader.measured.sum()) == 5 and not health.truncated
     reader.close()
@@ -432,3 +435,32 @@ def test_progress_counts_the_archive_and_a_truncated_one_only_its_readable_pixel
     scan.set_note("TRUNCATED archive: ...", truncated=True)
     cut = screen_status(analysed, scan.view())
     assert cut.n_measured == 50 and cut.note.startswith("TRUNCATED")
+
+
+def test_a_live_archive_caught_mid_flush_is_opened_again(tmp_path, monkeypatch):
+    from stslive.live.viewer import archive_open
+
+    run = tmp_path / "RUN.h5"
+    _killed_writer_archive(run)  # flags still say 'being written': the live path
+    real, calls = archive_open._probe_in_child, []
+
+    def first_fails(path, health, timeout_s):
+        calls.append(timeout_s)
+        if len(calls) == 1:  # what HDF5 says when the writer had not recorded its new end of file yet
+            raise ArchiveError(path, "cannot open (truncated file: eof = 4669458, stored_eof = 4707882)")
+        return real(path, health, timeout_s)
+
+    monkeypatch.setattr(archive_open, "_probe_in_child", first_fails)
+    reader, _ = open_for_viewing(run, timeout_s=10)
+    assert len(calls) == 2 and int(reader.measured.sum()) == 5
+    reader.close()
+
+    def stalls(path, health, timeout_s):
+        calls.append(timeout_s)
+        raise archive_open._Stalled(path, "could not read its layout")
+
+    monkeypatch.setattr(archive_open, "_probe_in_child", stalls)
+    calls.clear()
+    with pytest.raises(ArchiveError, match="could not read its layout"):
+        open_for_viewing(run, timeout_s=10)
+    assert len(calls) == 1  # a stall is not tried again: the deadline is spent
