@@ -27,11 +27,13 @@ def _start_reply() -> bytes:
 
 
 def _sweep_exchanges(start_reply: bytes) -> list[tuple[bytes, bytes]]:
-    """Feedback read (on), feedback off, Start, feedback back on."""
+    """Set-point bias read, feedback read (on), feedback off, Start, the bias back, feedback back on."""
     return [
+        (codec.encode_request("Bias.Get"), codec.encode_response("Bias.Get", [-0.01])),
         (codec.encode_request("ZCtrl.OnOffGet"), codec.encode_response("ZCtrl.OnOffGet", [1])),
         (codec.encode_request("ZCtrl.OnOffSet", 0), codec.encode_response("ZCtrl.OnOffSet")),
         (codec.encode_request("BiasSpectr.Start", 1, ""), start_reply),
+        (codec.encode_request("Bias.Set", -0.01), codec.encode_response("Bias.Set")),
         (codec.encode_request("ZCtrl.OnOffSet", 1), codec.encode_response("ZCtrl.OnOffSet")),
     ]
 
@@ -90,6 +92,9 @@ def test_work_runs_after_start_is_sent_and_before_its_reply_is_read() -> None:
     stm = _controller(replay)
     spectrum, hidden = stm.run_spectrum_beside(lambda: order.append("work"))
     assert order == [
+        "write Bias.Get",
+        "read",
+        "read",
         "write ZCtrl.OnOffGet",
         "read",
         "read",
@@ -98,6 +103,9 @@ def test_work_runs_after_start_is_sent_and_before_its_reply_is_read() -> None:
         "read",
         "write BiasSpectr.Start",
         "work",
+        "read",
+        "read",
+        "write Bias.Set",
         "read",
         "read",
         "write ZCtrl.OnOffSet",
@@ -120,15 +128,26 @@ def test_error_in_the_work_is_raised_after_the_sweep_with_feedback_restored() ->
 
     with pytest.raises(ArchiveError, match="disk full"):
         stm.run_spectrum_beside(failing_work)
-    assert order[6:] == ["write BiasSpectr.Start", "work", "read", "read", "write ZCtrl.OnOffSet", "read", "read"]
+    assert order[9:] == [
+        "write BiasSpectr.Start",
+        "work",
+        "read",
+        "read",
+        "write Bias.Set",
+        "read",
+        "read",
+        "write ZCtrl.OnOffSet",
+        "read",
+        "read",
+    ]
     assert replay.used == len(replay.exchanges) and not replay.pending  # the session stays in step
 
 
 def test_work_and_sweep_both_failing_raise_the_work_error_with_a_note() -> None:
     order: list[str] = []
     exchanges = _sweep_exchanges(b"")  # Start never answers: a timeout
-    first = LoggingReplay(exchanges[:3], order)
-    restore = LoggingReplay(exchanges[3:], order)  # the restore reconnects
+    first = LoggingReplay(exchanges[:4], order)
+    restore = LoggingReplay(exchanges[4:], order)  # the restore reconnects
     stm = _controller(first, restore)
 
     def failing_work() -> None:
@@ -138,12 +157,12 @@ def test_work_and_sweep_both_failing_raise_the_work_error_with_a_note() -> None:
         stm.run_spectrum_beside(failing_work)
     assert any("InstrumentTimeout" in note for note in info.value.__notes__)
     assert isinstance(info.value.__cause__, InstrumentTimeout)
-    assert restore.used == 1  # feedback back on
+    assert restore.used == 2  # the set-point bias, then the feedback back on
 
 
 def test_work_not_run_when_the_sweep_fails_before_start() -> None:
     order: list[str] = []
-    replay = LoggingReplay([(codec.encode_request("ZCtrl.OnOffGet"), b"")], order)  # no reply
+    replay = LoggingReplay([(codec.encode_request("Bias.Get"), b"")], order)  # no reply
     stm = _controller(replay)
     ran: list[bool] = []
     with pytest.raises(InstrumentTimeout):
