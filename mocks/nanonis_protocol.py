@@ -157,7 +157,8 @@ def encode_value(code: str, value: Any) -> bytes:
         arr = np.asarray(value, dtype=">f4")
         if arr.ndim != 2:
             raise ValueError(f"f32** needs a 2D array, got shape {arr.shape}")
-        return struct.pack(">ii", arr.shape[0], arr.shape[1]) + arr.tobytes()
+        rows, cols = (int(n) for n in arr.shape)
+        return struct.pack(">ii", rows, cols) + arr.tobytes()
     raise ValueError(f"unknown return type code {code!r}")
 
 

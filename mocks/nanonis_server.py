@@ -228,7 +228,7 @@ HANDLERS: dict[str, Handler] = {
     "Signals.ValsGet": _signal_values,
     "BiasSpectr.Open": lambda srv, a: [],
     "BiasSpectr.Start": _start,
-    "BiasSpectr.Stop": lambda srv, a: (srv.lab.stop_sweep(), [])[1],
+    "BiasSpectr.Stop": _lab(lambda lab, a: lab.stop_sweep()),
     "BiasSpectr.StatusGet": _get(lambda lab: int(lab.stm.sweeping)),
     "BiasSpectr.ChsSet": _chs_set,
     "BiasSpectr.ChsGet": _chs_get,
