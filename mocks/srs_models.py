@@ -33,7 +33,8 @@ LIAS_OUTPUT_OVERLOAD = 1 << 2  # bit 2: output overload
 CUROVLD_CH1_OUTPUT = 1 << 0  # SR860 CUROVLDSTAT? bit 0: CH1 output scale
 CUROVLD_INPUT = 1 << 4  # bit 4: input range
 
-_SR860_NAMES = ("X", "Y", "R", "THETA", "IN1", "IN2", "IN3", "IN4", "XNOISE", "YNOISE")
+#: SR860 OUTP?/SNAP? parameters by index (0-16); a name or its leading letters is accepted too.
+_SR860_NAMES: tuple[str, ...] = ("X", "Y", "R", "THETA", "IN1", "IN2", "IN3", "IN4", "XNOISE", "YNOISE")
 _SR860_NAMES += ("OUT1", "OUT2", "PHASE", "SAMP", "LEVEL", "FINT", "FEXT")
 
 
@@ -174,7 +175,10 @@ def execute(s: LockInSettings, header: str, query: bool, args: list[str]) -> tup
         field = "sensitivity_v" if header == sens_header else "time_constant_s"
         if query and not args:
             return str(_nearest(table, getattr(s, field))), s
-        return None, replace(s, **{field: table[_index(args, len(table))]})
+        value = table[_index(args, len(table))]
+        if header == sens_header:
+            return None, replace(s, sensitivity_v=value)
+        return None, replace(s, time_constant_s=value)
     if header == "OUTX" and sr830:
         if query and not args:
             return str(s.outx), s
