@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -33,7 +34,8 @@ from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.security import Security, check_bind
 from stslive.acquisition.plans import plan_from_config
-from stslive.drivers.errors import ArchiveError, ConfigError, StreamError
+from stslive.acquisition.preflight import Finding, preflight
+from stslive.drivers.errors import ArchiveError, ConfigError, StreamError, StsliveError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--config", type=Path, help="run config (TOML); see acquisition/example_run.toml")
     what.add_argument("--resume", type=Path, metavar="RUN.h5", help="continue the run in this archive")
     parser.add_argument("--out", type=Path, help="archive to create (with --config)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="print the preflight (limits, instrument ranges, signals, scan frame) and the estimated run time, "
+        "then exit: connects to the instruments, moves nothing, writes no archive",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--retry-failed", action="store_true", help="with --resume: measure failed pixels again")
     parser.add_argument("--pub", help="override stream.pub (ZeroMQ PUB endpoint)")
@@ -76,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         for k, v in (("pub", args.pub), ("push", args.push), ("control", args.control), ("keys", args.keys))
         if v is not None
     }
+    if args.check:
+        return check_run(RunConfig.from_toml(args.config) if args.config is not None else stored_config(args.resume))
     if args.config is not None:
         if args.out is None:
             raise ConfigError("--out RUN.h5 is required with --config")
@@ -101,6 +111,25 @@ def run(args: argparse.Namespace) -> int:
     )
     status = engine.machine.exit_status
     return {"success": 0, "abort": 3}.get(status, 1)
+
+
+def check_run(config: RunConfig) -> int:
+    """``--check``: the preflight with the instruments connected (nothing moves); 0 if it passes."""
+    from stslive.acquisition.rig import open_instruments  # drivers only when the lab is checked
+
+    plan = plan_from_config(config)
+    try:
+        instruments = open_instruments(config, preflight=False)
+    except StsliveError as exc:
+        report = preflight(config, plan)
+        report.findings.append(Finding("error", "instruments", str(exc)))
+    else:
+        try:
+            report = preflight(config, plan, instruments)
+        finally:
+            instruments.close()
+    print(report.text(), flush=True)
+    return 1 if report.errors else 0
 
 
 def stored_config(path: Path) -> RunConfig:
@@ -188,6 +217,8 @@ def run_scan(
     instruments = open_instruments(config)
     try:
         identities = instruments.identities()
+        w = instruments.wiring
+        wired = {"lockin_wiring": w.metadata(config.setpoint_sets)} if w.output_channel else {}
         if resume:
             writer = ArchiveWriter.open_for_resume(path)
         else:
@@ -196,7 +227,7 @@ def run_scan(
                 "uid": run_uid,
                 "time": time.time(),
                 "instruments": identities,
-                "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind},
+                "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind, **wired},
             }
             # Created under a temporary name and renamed once SWMR is on: a kill during creation
             # leaves no half-made RUN.h5 that neither a reader nor --resume could open.
@@ -204,11 +235,12 @@ def run_scan(
             writer = ArchiveWriter.create(
                 creating,
                 geometry=plan.geometry,
-                channel_names=("Bias (V)", *config.run["channels"]),
+                channel_names=config.archive_channels,
                 n_points=config.n_points,
                 setpoint_sets=config.setpoint_sets,
                 start_doc=start,
                 overwrite=True,
+                data_attrs={"lockin_wiring": json.dumps(wired["lockin_wiring"])} if wired else None,
             )
             os.replace(creating, path)
             writer.path = path
@@ -241,6 +273,7 @@ def run_scan(
                             "resumed": resume,
                             "segment": segment,
                             "archive": str(path),
+                            **wired,
                         },
                     },
                 )
