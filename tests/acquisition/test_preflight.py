@@ -119,11 +119,8 @@ def test_wired_lockin_gets_the_divided_amplitude_and_the_input_is_archived_in_a_
         instruments = open_instruments(config)
         try:
             procedure = PixelProcedure(instruments, channels=config.run["channels"])
-            assert procedure.channel_names == config.archive_channels[:1] + (
-                "Current (A)",
-                "LI Demod 1 X (A)",
-                "Input 2 (A/V)",
-            )
+            assert procedure.channel_names == config.archive_channels
+            assert config.archive_channels == ("Bias (V)", "Current (A)", "LI Demod 1 X (A)", "Input 2 (A/V)")
             point = plan_from_config(config)[4]
             pixel = procedure.measure(point, config.setpoint_sets[0], temperature_before_K=0.3)
         finally:
