@@ -463,13 +463,12 @@ class MockLab:
         sweeps = [self._film_spectra(iy, ix, bias, index) for _ in range(max(st.sweeps, 1))]
         current = np.mean([np.asarray(s.current_A, np.float64).reshape(-1) for s in sweeps], axis=0)
         lockin = np.mean([np.asarray(s.lockin_x_A, np.float64).reshape(-1) for s in sweeps], axis=0)
-        full = np.full(bias.shape, np.nan)
         source = {
             CURRENT_CHANNEL: current,
             "Bias (V)": bias,
-            "Z (m)": full * 0 + z + st.z_offset_m,
-            "X (m)": full * 0 + st.x_m,
-            "Y (m)": full * 0 + st.y_m,
+            "Z (m)": np.full(bias.shape, z + st.z_offset_m),
+            "X (m)": np.full(bias.shape, st.x_m),
+            "Y (m)": np.full(bias.shape, st.y_m),
             LOCKIN_X_CHANNEL: lockin,
             LOCKIN_Y_CHANNEL: np.zeros_like(bias),  # the film model has no quadrature response
             EXTERNAL_LOCKIN_CHANNEL: self.external_lockin_output_V(lockin),

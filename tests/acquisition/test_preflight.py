@@ -233,3 +233,18 @@ def _toml(doc: dict[str, Any]) -> str:
         else:
             table(name, t)
     return "\n".join(lines) + "\n"
+
+
+def test_a_scan_on_an_older_controller_records_the_channels_asked_for(tmp_path: Path) -> None:
+    from stslive.acquisition.cli.scan import run_scan
+    from stslive.acquisition.formats.archive import open_archive
+
+    lab = MockLab.from_seed(seed=1, ny=2, nx=2, speed=0)
+    with LabServers.start(lab, nanonis_options={"release": 10862, "unknown_command": "silent"}) as servers:
+        config = _lab_config(servers, lab, run={"channels": ["Current (A)", "Z (m)"]})
+        engine = run_scan(config, tmp_path / "run.h5", announce=False, wait_subscribers_s=0)
+    assert engine.stats.measured == 4 and engine.stats.failed == 0
+    with open_archive(tmp_path / "run.h5") as reader:
+        assert list(reader.channel_names) == ["Bias (V)", "Current (A)", "Z (m)"]
+        z = reader.read_pixels(channels=["Z (m)"])[0, 0, 0]
+    assert np.all(np.abs(z) < 1e-8)  # a height in metres, not the bias or the current
