@@ -21,7 +21,7 @@ from stslive.acquisition.pixel import PixelProcedure
 from stslive.acquisition.plans import plan_from_config
 from stslive.acquisition.preflight import estimate_run, preflight
 from stslive.acquisition.rig import open_instruments
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, InstrumentTimeout
 from stslive.live.flags import conditions_for
 from stslive.mocks.lab import MockLab
 from stslive.mocks.lab_servers import LabServers
@@ -248,3 +248,44 @@ def test_a_scan_on_an_older_controller_records_the_channels_asked_for(tmp_path: 
         assert list(reader.channel_names) == ["Bias (V)", "Current (A)", "Z (m)"]
         z = reader.read_pixels(channels=["Z (m)"])[0, 0, 0]
     assert np.all(np.abs(z) < 1e-8)  # a height in metres, not the bias or the current
+
+
+def test_a_wired_scan_records_the_conversion_in_the_archive_and_the_start_document(tmp_path: Path) -> None:
+    import json
+
+    import h5py
+
+    from stslive.acquisition.cli.scan import run_scan
+    from stslive.acquisition.formats.archive import open_archive
+
+    lab = MockLab.from_seed(seed=1, ny=2, nx=2, speed=0)
+    with LabServers.start(lab) as servers:
+        config = _wired(_lab_config(servers, lab))
+        engine = run_scan(config, tmp_path / "run.h5", announce=False, wait_subscribers_s=0)
+    assert engine.stats.measured == 4
+    factor = 5e-3 / (10.0 * 1e9 * 50e-6)  # sensitivity / (full scale x gain x junction modulation)
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        attrs = json.loads(f["entry/data"].attrs["lockin_wiring"])
+    assert attrs["archived_channel"] == "Input 2 (A/V)" and attrs["bias_divider"] == 1000.0
+    assert attrs["didv_A_per_V_per_input_V"]["0"] == pytest.approx(factor)
+    with open_archive(tmp_path / "run.h5") as reader:
+        assert "Input 2 (A/V)" in reader.channel_names
+        metadata = reader.documents["start"]["metadata"]
+    assert metadata["lockin_wiring"]["didv_A_per_V_per_input_V"]["0"] == pytest.approx(factor)
+
+
+def test_the_run_config_terminations_and_interface_reach_an_rs232_lockin() -> None:
+    from stslive.mocks.sr830_server import SR830Server
+
+    lab = MockLab.from_seed(seed=1, ny=2, nx=2, speed=0)
+    with LabServers.start(lab, sr830_port=None) as servers, SR830Server(interface="rs232", outx=1) as serial:
+        base = _lab_config(servers, lab).to_dict()
+        base["instruments"]["lockin"] = {"resource": serial.resource, "interface": "rs232", "timeout_s": 1.0}
+        instruments = open_instruments(RunConfig.from_dict(base))
+        try:
+            assert instruments.lockin is not None and instruments.lockin.get_frequency() == 1000.0
+        finally:
+            instruments.close()
+        base["instruments"]["lockin"].update(interface="gpib", read_termination="\n", reconnect_attempts=0)
+        with pytest.raises(InstrumentTimeout):  # taken for a GPIB lock-in: OUTX 1, no reply on this port
+            open_instruments(RunConfig.from_dict(base))
