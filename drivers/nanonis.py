@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +31,7 @@ import numpy as np
 from pyvisa.resources import MessageBasedResource
 
 from stslive.drivers import nanonis_codec as codec
+from stslive.drivers.beside import Beside
 from stslive.drivers.errors import (
     ConfigError,
     ControllerError,
@@ -44,7 +44,7 @@ from stslive.drivers.errors import (
 from stslive.drivers.limits import SafetyLimits
 from stslive.drivers.nanonis_release import ControllerRelease
 from stslive.drivers.protocols import ScanFrame, SpectroscopyConfig, SpectrumData
-from stslive.drivers.visa import VisaSession, VisaSettings, underlying_socket
+from stslive.drivers.visa import VisaSession, VisaSettings
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class NanonisController:
         self._stop_settings = stop_settings if stop_settings is not None else settings
         self._stop_session: VisaSession | None = None
         self._stop_requested = threading.Event()
-        self._release = None if release == 0 else _release_of(int(release))
+        self._release = None if release == 0 else ControllerRelease(rt_release=int(release))
         self._slots: tuple[str, ...] | None = None
         self._bias_setpoint_V: float | None = None  # the last bias set: restored after every sweep
 
@@ -134,7 +134,7 @@ class NanonisController:
         *args: Any,
         idempotent: bool = True,
         timeout_s: float | None = None,
-        beside: _Beside | None = None,
+        beside: Beside | None = None,
         session: VisaSession | None = None,
     ) -> dict[str, Any]:
         """Send one table command and return its values by field name.
@@ -193,7 +193,7 @@ class NanonisController:
             probe_s = min(self.settings.timeout_s, VERSION_PROBE_TIMEOUT_S)
             try:
                 v = self.call("Util.VersionGet", timeout_s=probe_s)
-                self._release = _release_of(int(v["rt_release"]), v)
+                self._release = ControllerRelease.from_reply(v)
             except (ControllerError, InstrumentTimeout) as exc:
                 log.info("nanonis: Util.VersionGet not answered (%s); an older release, channels by slot", exc)
                 self._release = ControllerRelease.older()
@@ -463,7 +463,7 @@ class NanonisController:
         feedback is restored and the connection stays in step; if the sweep failed too, that
         error is attached as a note.
         """
-        beside = _Beside(work)
+        beside = Beside(work)
         try:
             spectrum = self._run_spectrum(beside)
         except BaseException as exc:
@@ -494,7 +494,7 @@ class NanonisController:
             time.sleep(0.01)
         return True
 
-    def _run_spectrum(self, beside: _Beside | None) -> SpectrumData:
+    def _run_spectrum(self, beside: Beside | None) -> SpectrumData:
         timeout = self.settings.timeout_s + self.limits.sweep_margin * self._sweep_time_s
         bias = self._bias_setpoint_V if self._bias_setpoint_V is not None else self.get_bias()
         with self.feedback_restored(bias):
@@ -513,31 +513,3 @@ class NanonisController:
                 INSTRUMENT, f"BiasSpectr.Start returned {data.shape[0]} data rows for {len(channels)} channels"
             )
         return SpectrumData(channels=channels, data=data, parameters=v["parameters"])
-
-
-def _release_of(rt_release: int, reply: Mapping[str, Any] | None = None) -> ControllerRelease:
-    if reply is None:
-        return ControllerRelease(rt_release=rt_release)
-    return ControllerRelease(str(reply["product_line"]), str(reply["version"]), int(reply["host_release"]), rt_release)
-
-
-class _Beside:
-    """Work run once inside an exchange, between request and reply; keeps its error for later."""
-
-    def __init__(self, work: Callable[[], None]) -> None:
-        self.work = work
-        self.ran = False
-        self.hidden = False  # ended before any reply byte was there
-        self.error: BaseException | None = None
-
-    def run(self, resource: MessageBasedResource) -> None:
-        if self.ran:  # a repeated exchange does not repeat the work
-            return
-        self.ran = True
-        try:
-            self.work()
-        except BaseException as exc:  # noqa: BLE001  raised by run_spectrum_beside once the sweep has ended
-            self.error = exc
-            return
-        sock = underlying_socket(resource)
-        self.hidden = sock is not None and not select.select([sock], [], [], 0)[0]

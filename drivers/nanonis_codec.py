@@ -77,6 +77,8 @@ _TIMING = (
     ("end_settling_s", "f32"),
     ("z_control_s", "f32"),
 )
+_PROPS_HEAD = (("save_all", "u16"), ("sweeps", "i32"), ("backward", "u16"), ("points", "i32"))
+_ADV_PROPS = (("reset_bias", "u16"), ("z_ctrl_hold", "u16"), ("record_final_z", "u16"), ("lockin_run", "u16"))
 _FRAME = (("center_x_m", "f32"), ("center_y_m", "f32"), ("width_m", "f32"), ("height_m", "f32"), ("angle_deg", "f32"))
 
 COMMANDS: dict[str, CommandSignature] = {
@@ -115,12 +117,12 @@ COMMANDS: dict[str, CommandSignature] = {
         CommandSignature("BiasSpectr.StatusGet", returns=(("running", "u32"),), doc="0 not running, 1 running"),
         CommandSignature(
             "BiasSpectr.AdvPropsSet",
-            (("reset_bias", "u16"), ("z_ctrl_hold", "u16"), ("record_final_z", "u16"), ("lockin_run", "u16")),
+            _ADV_PROPS,
             doc="advanced properties; 0 = no change, 1 on, 2 off",
         ),
         CommandSignature(
             "BiasSpectr.AdvPropsGet",
-            returns=(("reset_bias", "u16"), ("z_ctrl_hold", "u16"), ("record_final_z", "u16"), ("lockin_run", "u16")),
+            returns=_ADV_PROPS,
             doc="advanced properties; 0 off, 1 on",
         ),
         CommandSignature(
@@ -153,10 +155,7 @@ COMMANDS: dict[str, CommandSignature] = {
         CommandSignature(
             "BiasSpectr.PropsGet",
             returns=(
-                ("save_all", "u16"),
-                ("sweeps", "i32"),
-                ("backward", "u16"),
-                ("points", "i32"),
+                *_PROPS_HEAD,
                 ("parameters", "str[]"),
                 ("fixed_parameters", "str[]"),
                 ("autosave", "u16"),
@@ -193,10 +192,7 @@ OLD_COMMANDS: dict[str, CommandSignature] = {
         CommandSignature(
             "BiasSpectr.PropsGet",
             returns=(
-                ("save_all", "u16"),
-                ("sweeps", "i32"),
-                ("backward", "u16"),
-                ("points", "i32"),
+                *_PROPS_HEAD,
                 ("channels", "str[]"),
                 ("parameters", "str[]"),
                 ("fixed_parameters", "str[]"),

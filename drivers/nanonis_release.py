@@ -11,7 +11,9 @@ version-aware client switches layouts; SPECS does not publish it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 #: First RT engine release whose BiasSpectr.ChsSet takes indexes into the full signal list.
 FULL_SIGNAL_LIST_RELEASE = 11798
@@ -53,6 +55,13 @@ class ControllerRelease:
         return (
             f"{self.product_line} {self.version} (host R{self.host_release}, RT R{self.rt_release}), "
             f"channels by {'Signals-Manager slot' if self.uses_slots else 'signal index'}"
+        )
+
+    @classmethod
+    def from_reply(cls, reply: Mapping[str, Any]) -> ControllerRelease:
+        """From the decoded ``Util.VersionGet`` reply."""
+        return cls(
+            str(reply["product_line"]), str(reply["version"]), int(reply["host_release"]), int(reply["rt_release"])
         )
 
     @classmethod

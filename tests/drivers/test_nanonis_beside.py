@@ -38,6 +38,21 @@ def _sweep_exchanges(start_reply: bytes) -> list[tuple[bytes, bytes]]:
     ]
 
 
+#: What follows the Start request: the work, the reply, the set-point bias, the feedback back on.
+AFTER_START = [
+    "write BiasSpectr.Start",
+    "work",
+    "read",
+    "read",
+    "write Bias.Set",
+    "read",
+    "read",
+    "write ZCtrl.OnOffSet",
+    "read",
+    "read",
+]
+
+
 class LoggingReplay:
     """Replays (request, reply) pairs; logs 'write <command>' and 'read' in ``order``."""
 
@@ -101,16 +116,7 @@ def test_work_runs_after_start_is_sent_and_before_its_reply_is_read() -> None:
         "write ZCtrl.OnOffSet",
         "read",
         "read",
-        "write BiasSpectr.Start",
-        "work",
-        "read",
-        "read",
-        "write Bias.Set",
-        "read",
-        "read",
-        "write ZCtrl.OnOffSet",
-        "read",
-        "read",
+        *AFTER_START,
     ]
     assert replay.used == len(replay.exchanges) and not replay.pending
     np.testing.assert_array_equal(spectrum.data, DATA)
@@ -128,18 +134,7 @@ def test_error_in_the_work_is_raised_after_the_sweep_with_feedback_restored() ->
 
     with pytest.raises(ArchiveError, match="disk full"):
         stm.run_spectrum_beside(failing_work)
-    assert order[9:] == [
-        "write BiasSpectr.Start",
-        "work",
-        "read",
-        "read",
-        "write Bias.Set",
-        "read",
-        "read",
-        "write ZCtrl.OnOffSet",
-        "read",
-        "read",
-    ]
+    assert order[9:] == AFTER_START
     assert replay.used == len(replay.exchanges) and not replay.pending  # the session stays in step
 
 
