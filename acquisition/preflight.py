@@ -169,8 +169,10 @@ def connect_findings(config: RunConfig, plan: Plan, instruments: Instruments) ->
             Finding(
                 "error",
                 config.plan_kind,
-                f"{len(outside)} of {len(plan)} points lie outside the controller's scan frame {frame}, e.g. "
-                f"({p.x_m:.4g}, {p.y_m:.4g}) m",
+                f"{len(outside)} of {len(plan)} points lie outside the controller's scan frame "
+                f"({frame.width_m * 1e9:.4g} x {frame.height_m * 1e9:.4g} nm about ({frame.center_x_m * 1e9:.4g}, "
+                f"{frame.center_y_m * 1e9:.4g}) nm, {frame.angle_deg:g} deg), e.g. ({p.x_m * 1e9:.4g}, "
+                f"{p.y_m * 1e9:.4g}) nm; enlarge the frame on the controller or move the plan",
             )
         )
     lockin_table = config.instruments.get("lockin")
