@@ -462,7 +462,9 @@ def open_lockin(
             raise ControllerError(
                 "sr830", f"{settings.resource} is an {found.name}, not the configured {model}", command="*IDN?"
             )
-        session.write("*CLS")  # an OUTX an SR860 refused, or old latched bits: start clean
+        # an OUTX an SR860 refused, or old latched bits: start clean; the query makes sure the
+        # instrument has executed *CLS before the caller reads any status
+        session.query("*CLS;*ESR?")
     except BaseException:
         session.close()
         raise
