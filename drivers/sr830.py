@@ -1,9 +1,10 @@
 """Stanford Research SR830 and SR860 lock-in amplifiers over VISA (a ``LockIn``).
 
 Contract: a table driver (:class:`~stslive.drivers.scpi.Setting` rows from the manuals: SR830
-ch. 5, SR860 ch. 4) over GPIB, RS232 or a GPIB-Ethernet bridge seen as
-``TCPIP::host::port::SOCKET``. A value that is not in range or not a table entry raises
-:class:`~stslive.drivers.errors.SafetyLimitError` and nothing is sent
+ch. 5, SR860 ch. 4) over GPIB, a GPIB-Ethernet bridge (``VisaSettings.bridge``) or RS232 (CR
+replies); :func:`open_lockin` sends ``OUTX`` for the interface in use before any query. A value
+that is not in range or not a table entry, or a harmonic x frequency beyond the model's
+detection limit, raises :class:`~stslive.drivers.errors.SafetyLimitError` and nothing is sent
 (:meth:`~stslive.drivers.scpi.Setting.nearest_at_least` rounds explicitly); every set is followed
 by ``*ESR?`` so a refused command raises :class:`~stslive.drivers.errors.ControllerError` at
 once. Status comes from ``LIAS?``/``ERRS?`` (SR830) or ``CUROVLDSTAT?`` (SR860) plus ``*ESR?``;
