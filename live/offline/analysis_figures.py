@@ -183,7 +183,7 @@ def collect_figure_inputs(
     """Read what the figures of ``source``'s analysis ``model`` need (module docstring)."""
     maps = RunMaps(
         geometry=source.geometry,
-        maps=model.copy_maps(),
+        maps=model.copy_maps(tuple(model.maps)),  # every map, those the kernels add beyond MAP_SPECS too
         caption=run_caption(source.path),
         topography=model.topography,
     )

@@ -81,6 +81,37 @@ def _draw_series(ax: Axes, x: np.ndarray, y: np.ndarray, err: Any, *, joined: bo
     ax.errorbar(x[order], y[order], yerr=err, ls="-" if joined else "none", capsize=3, ms=6, **style)
 
 
+def _draw_means(
+    axes: Sequence[Axes], rows: Sequence[Mapping[str, Any]], idx: np.ndarray, x: np.ndarray, *,
+    joined: bool, named: bool, marker: str, colour: str,
+) -> None:  # fmt: skip
+    """Delta and alpha, mean with the map's std as error bar, of the runs ``idx``; run names beside Delta."""
+    for ax, mean, std in zip(axes, ("delta_mean_meV", "alpha_mean"), ("delta_std_meV", "alpha_std"), strict=True):
+        y = np.array([_number(rows[k], mean) for k in idx])
+        spread = np.nan_to_num(np.array([_number(rows[k], std) for k in idx]))
+        _draw_series(ax, x[idx], y, spread, joined=joined, marker=marker, color=colour)
+    if named:
+        y = np.array([_number(rows[k], "delta_mean_meV") for k in idx])
+        for k, xv, yv in zip(idx, x[idx], y, strict=True):
+            axes[0].annotate(str(rows[k].get("run", k)), (xv, yv), xytext=(5, 4), textcoords="offset points",
+                             fontsize=7, color="0.3")  # fmt: skip
+
+
+def _draw_lengths(
+    ax: Axes, rows: Sequence[Mapping[str, Any]], idx: np.ndarray, x: np.ndarray, *,
+    dodge: float, joined: bool, marker: str,
+) -> None:  # fmt: skip
+    """The three 1/e lengths of the runs ``idx``, side by side, with their 90 % intervals when known."""
+    for shift, (key, _, colour) in zip((-dodge, 0.0, dodge), _LENGTHS, strict=True):
+        y = np.array([_number(rows[k], key) for k in idx])
+        bounds = [_interval(rows[k], key) for k in idx]
+        bars = None
+        if any(b is not None for b in bounds):
+            bars = np.array([[0.0, 0.0] if b is None else [max(v - b[0], 0), max(b[1] - v, 0)]
+                             for v, b in zip(y, bounds, strict=True)]).T  # fmt: skip
+        _draw_series(ax, x[idx] + shift, y, bars, joined=joined, marker=marker, color=colour)
+
+
 def draw_campaign(rows: Sequence[Mapping[str, Any]], *, x_key: str | None, conditions: Mapping[str, str]) -> Figure:
     """Delta, alpha (mean +- map std) and l_Delta, l_alpha, l_cross against ``x_key`` (None: run index).
 
@@ -104,26 +135,10 @@ def draw_campaign(rows: Sequence[Mapping[str, Any]], *, x_key: str | None, condi
         marker, colour = _MARKERS[s % len(_MARKERS)], _SERIES_COLOURS[s % len(_SERIES_COLOURS)]
         if x_key is None:  # every run is its own series: one style, the axis names them
             marker, colour = "o", _SERIES_COLOURS[0]
-        for ax, mean, std in zip(
-            axes[:2], ("delta_mean_meV", "alpha_mean"), ("delta_std_meV", "alpha_std"), strict=True
-        ):
-            y = np.array([_number(rows[k], mean) for k in idx])
-            err = np.array([_number(rows[k], std) for k in idx])
-            _draw_series(ax, x[idx], y, np.nan_to_num(err), joined=joined, marker=marker, color=colour)
-            if x_key is not None and ax is axes[0]:  # name the runs once, beside their Delta
-                for k, xv, yv in zip(idx, x[idx], y, strict=True):
-                    ax.annotate(str(rows[k].get("run", k)), (xv, yv), xytext=(5, 4), textcoords="offset points",
-                                fontsize=7, color="0.3")  # fmt: skip
+        _draw_means(axes[:2], rows, idx, x, joined=joined, named=x_key is not None, marker=marker, colour=colour)
         finite_x = x[np.isfinite(x)]
         dodge = 0.012 * (np.ptp(finite_x) or 1.0) if x_key is not None else 0.1  # the three lengths side by side
-        for shift, (key, _, length_colour) in zip((-dodge, 0.0, dodge), _LENGTHS, strict=True):
-            y = np.array([_number(rows[k], key) for k in idx])
-            bounds = [_interval(rows[k], key) for k in idx]
-            err = None
-            if any(b is not None for b in bounds):
-                err = np.array([[0.0, 0.0] if b is None else [max(v - b[0], 0), max(b[1] - v, 0)]
-                                for v, b in zip(y, bounds, strict=True)]).T  # fmt: skip
-            _draw_series(axes[2], x[idx] + shift, y, err, joined=joined, marker=marker, color=length_colour)
+        _draw_lengths(axes[2], rows, idx, x, dodge=dodge, joined=joined, marker=marker)
         if x_key is not None:
             handles.append(Line2D([], [], color=colour, marker=marker, ls="-" if joined else "none", label=name))
     axes[0].set_ylabel("$\\Delta$ (meV), mean $\\pm$ map std")

@@ -35,26 +35,14 @@ def line_positions_nm(maps: RunMaps) -> tuple[np.ndarray, str]:
 def _mark_missing(ax: Axes, position: np.ndarray, refused: np.ndarray, missing: np.ndarray, what: str) -> None:
     """Rug marks on the bottom of ``ax`` for refused (x) and unmeasured (|) pixels, with legend entries."""
     rug = blended_transform_factory(ax.transData, ax.transAxes)
-    if refused.any():
-        ax.plot(
-            position[refused],
-            np.full(refused.sum(), 0.03),
-            "x",
-            color="tab:red",
-            ms=5,
-            transform=rug,
-            label=f"no {what} ({int(refused.sum())} px)",
-        )
-    if missing.any():
-        ax.plot(
-            position[missing],
-            np.full(missing.sum(), 0.03),
-            "|",
-            color="0.6",
-            ms=8,
-            transform=rug,
-            label=f"not measured ({int(missing.sum())} px)",
-        )
+    for mask, marker, colour, size, label in (
+        (refused, "x", "tab:red", 5, f"no {what}"),
+        (missing, "|", "0.6", 8, "not measured"),
+    ):
+        if mask.any():
+            count = int(mask.sum())
+            ax.plot(position[mask], np.full(count, 0.03), marker, color=colour, ms=size, transform=rug,
+                    label=f"{label} ({count} px)")  # fmt: skip
 
 
 def _profile(

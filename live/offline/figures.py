@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import PolyCollection
+from matplotlib.collections import PolyCollection, QuadMesh
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -31,7 +31,8 @@ from stslive.acquisition.formats.runmodel import GridGeometry
 
 __all__ = [
     "DPI",
-    "INVALID_STYLE",
+    "INVALID_FACE",
+    "INVALID_HATCH",
     "UNMEASURED_COLOUR",
     "RunCaption",
     "RunMaps",
@@ -51,7 +52,7 @@ __all__ = [
 #: Resolution of every figure file, dots per inch.
 DPI = 120
 #: Face colour, hatch and hatch colour of a pixel that was measured but gave no value.
-INVALID_STYLE = {"facecolor": "#d9d9d9", "hatch": "xxx", "edgecolor": "#7f7f7f"}
+INVALID_FACE, INVALID_HATCH, INVALID_EDGE = "#d9d9d9", "xxx", "#7f7f7f"
 #: Face colour of a pixel that was never measured (its outline: light grey).
 UNMEASURED_COLOUR = "white"
 _UNMEASURED_EDGE = "#bdbdbd"
@@ -210,7 +211,7 @@ def draw_map(
     measured: np.ndarray,
     cmap: str | Colormap,
     limits: tuple[float, float] | None = None,
-) -> object:
+) -> QuadMesh:
     """Draw ``values`` on the scan frame: valid pixels coloured, the others marked, not blank.
 
     Parameters
@@ -222,7 +223,7 @@ def draw_map(
     values
         ``(ny, nx)`` map; only ``valid`` pixels are coloured.
     valid, measured
-        ``(ny, nx)`` masks: measured and not valid pixels are hatched (:data:`INVALID_STYLE`),
+        ``(ny, nx)`` masks: measured and not valid pixels are hatched (:data:`INVALID_HATCH`),
         pixels not measured are :data:`UNMEASURED_COLOUR` with a grey outline.
     cmap, limits
         Colour map and (vmin, vmax); default limits: :func:`robust_limits` of the valid pixels.
@@ -237,7 +238,10 @@ def draw_map(
     mesh = ax.pcolormesh(*corners, shown, cmap=cmap, vmin=lo, vmax=hi, shading="flat", rasterized=True)
     refused = measured & ~valid
     if refused.any():
-        ax.add_collection(PolyCollection(list(_cells(corners, refused)), linewidths=0.0, **INVALID_STYLE))
+        cells = list(_cells(corners, refused))
+        ax.add_collection(
+            PolyCollection(cells, facecolor=INVALID_FACE, edgecolor=INVALID_EDGE, hatch=INVALID_HATCH, linewidths=0.0)
+        )
     mark_unmeasured(ax, corners, measured)
     ax.set_aspect("equal")
     ax.set_xlim(float(corners[0].min()), float(corners[0].max()))
@@ -260,7 +264,8 @@ def map_legend(ax: Axes, *, refused: int, missing: int, refused_label: str) -> N
     """Legend entries for the marked pixels of :func:`draw_map` (only the kinds present), below the axes."""
     handles = []
     if refused:
-        handles.append(Patch(label=f"{refused_label} ({refused} px)", **INVALID_STYLE))
+        label = f"{refused_label} ({refused} px)"
+        handles.append(Patch(facecolor=INVALID_FACE, edgecolor=INVALID_EDGE, hatch=INVALID_HATCH, label=label))
     if missing:
         handles.append(
             Patch(facecolor=UNMEASURED_COLOUR, edgecolor=_UNMEASURED_EDGE, label=f"not measured ({missing} px)")
