@@ -31,12 +31,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from stslive.acquisition.formats.recording import SpectraSource
-from stslive.live.kernels import KernelOptions, ReasonCode, conductance_sign, derivative, prepare_sweep
+from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
 from stslive.live.offline.captions import run_caption
 from stslive.live.offline.figure_correlations import cross_correlation_figure, profiles_figure
 from stslive.live.offline.figure_linecut import linecut_figure
-from stslive.live.offline.figure_maps import flags_figure, histograms_figure, maps_figure, scatter_figure
-from stslive.live.offline.figure_spectra import ExampleSpectrum, gap_zoom_V, spectra_figure
+from stslive.live.offline.figure_maps import flags_figure, histograms_figure, maps_figure, reason_name, scatter_figure
+from stslive.live.offline.figure_spectra import NO_SPECTRUM, ExampleSpectrum, gap_zoom_V, spectra_figure
 from stslive.live.offline.figures import RunMaps, pixel_centres_nm, save_figure
 from stslive.live.offline.spectrum_model import dynes_conductance, fit_background, gap_for_peaks
 from stslive.live.results import CorrelationSnapshot, ResultsModel
@@ -57,42 +57,38 @@ class FigureInputs:
     line: list[ExampleSpectrum]
     fit_window_V: tuple[float, float]
     gap_search_V: tuple[float, float]
+    examples_requested: int = 3
+
+
+def _evenly(n: int, count: int) -> np.ndarray:
+    """At most ``count`` indices of ``range(n)``, evenly spaced, first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int)) if n and count > 0 else np.zeros(0, int)
 
 
 def _example_pixels(maps: RunMaps, count: int) -> list[tuple[int, int]]:
     """Valid pixels at evenly spaced quantiles of Delta; without any, measured pixels evenly spaced."""
-    if count < 1:
-        return []
     valid = maps.valid("both")
-    pool = valid if valid.any() else maps.measured
-    iy, ix = np.nonzero(pool)
-    if iy.size == 0:
-        return []
+    iy, ix = np.nonzero(valid if valid.any() else maps.measured)
     order = np.argsort(maps.maps["delta_eV"][iy, ix], kind="stable") if valid.any() else np.arange(iy.size)
-    picks = order[np.unique(np.linspace(0, order.size - 1, min(count, order.size)).round().astype(int))]
-    return [(int(iy[k]), int(ix[k])) for k in picks]
+    return [(int(iy[k]), int(ix[k])) for k in order[_evenly(order.size, count)]]
 
 
 def _line_pixels(maps: RunMaps) -> list[tuple[int, int]]:
     """Measured pixels of a line cut in grid order, at most :data:`MAX_LINE_SPECTRA`, evenly spaced."""
     iy, ix = np.nonzero(maps.measured)
-    keep = np.unique(np.linspace(0, iy.size - 1, min(MAX_LINE_SPECTRA, iy.size)).round().astype(int))
-    return [(int(iy[k]), int(ix[k])) for k in keep] if iy.size else []
+    return [(int(iy[k]), int(ix[k])) for k in _evenly(iy.size, MAX_LINE_SPECTRA)]
 
 
 def _status(maps: Mapping[str, np.ndarray], iy: int, ix: int) -> str:
-    """ "" for a valid pixel, else the kernel's reason (per quantity when the maps say)."""
+    """Empty for a valid pixel, else the kernel's reason (per quantity when the maps carry both)."""
     if maps["valid"][iy, ix]:
         return ""
-    parts = []
-    for key, what in (("reason_delta", "Delta"), ("reason_alpha", "alpha"), ("reason", "")):
-        if key in maps and int(maps[key][iy, ix]) > 0:
-            code = int(maps[key][iy, ix])
-            name = ReasonCode(code).name if code in ReasonCode._value2member_map_ else f"code {code}"
-            parts.append(f"{what} {name}".strip())
-            if key == "reason" or len(parts) == 2:
-                break
-    return ", ".join(dict.fromkeys(parts)) or "not analysed"
+    per_quantity = [
+        f"{what} {reason_name(code)}"
+        for key, what in (("reason_delta", "Delta"), ("reason_alpha", "alpha"))
+        if key in maps and (code := int(maps[key][iy, ix])) != 0
+    ]
+    return ", ".join(per_quantity) or reason_name(int(maps["reason"][iy, ix]))
 
 
 def _model(
@@ -196,6 +192,7 @@ def collect_figure_inputs(
         line=line,
         fit_window_V=options.fit_window_V,
         gap_search_V=options.gap_search_V,
+        examples_requested=examples,
     )
 
 
@@ -218,7 +215,11 @@ def write_analysis_figures(out: str | os.PathLike[str], inputs: FigureInputs, re
         (
             "spectra.png",
             lambda: spectra_figure(
-                inputs.examples, fit_window_V=inputs.fit_window_V, gap_search_V=inputs.gap_search_V, caption=caption
+                inputs.examples,
+                fit_window_V=inputs.fit_window_V,
+                gap_search_V=inputs.gap_search_V,
+                caption=caption,
+                empty="no example spectrum requested" if inputs.examples_requested < 1 else NO_SPECTRUM,
             ),
         ),
     ]

@@ -30,6 +30,10 @@ __all__ = ["cross_correlation_figure", "profiles_figure", "report_value", "repor
 _COLOURS = {"delta": "tab:blue", "alpha": "tab:orange", "cross": "tab:green"}
 _NAMES = {"delta": "$\\Delta$", "alpha": "$\\alpha$", "cross": "$\\Delta$-$\\alpha$"}
 NO_CORRELATION = "no correlation: fewer than 3 valid pixels"
+TOO_NARROW = (
+    "no radial profile: the map is too narrow (rings reach half its shorter side)\n"
+    "$\\rho_{{\\Delta\\alpha}}(0)$ = {rho0:.3f}"
+)
 
 
 def report_value(report: Mapping[str, Any], key: str) -> float | None:
@@ -136,9 +140,11 @@ def profiles_figure(
     """Radial autocorrelations (left) and the signed Delta-alpha cross profile (right); see the module docstring."""
     fig = new_figure((13, 5.2))
     ax_auto, ax_cross = fig.subplots(1, 2)
-    if snapshot is None or snapshot.r_nm.size == 0:
+    if snapshot is None or snapshot.r_nm.size < 2:
+        # rings reach half the map's shorter side: a line cut (or a 2-pixel-wide map) has only r = 0
+        short = NO_CORRELATION if snapshot is None else TOO_NARROW.format(rho0=snapshot.rho_cross_0)
         for ax in (ax_auto, ax_cross):
-            say_empty(ax, NO_CORRELATION)
+            say_empty(ax, short)
         set_title(fig, "Correlation profiles", caption)
         return fig
     r = snapshot.r_nm

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from stslive.live.offline.figure_maps import no_valid_message
-from stslive.live.offline.figure_spectra import ExampleSpectrum, draw_waterfall
+from stslive.live.offline.figure_spectra import NO_SPECTRUM, ExampleSpectrum, draw_waterfall
 from stslive.live.offline.figures import RunMaps, new_figure, pixel_centres_nm, say_empty, set_title
 
 __all__ = ["line_positions_nm", "linecut_figure"]
@@ -109,6 +109,6 @@ def linecut_figure(maps: RunMaps, spectra: Sequence[ExampleSpectrum], *, gap_sea
         index = [s.iy * maps.geometry.nx + s.ix for s in spectra]
         draw_waterfall(ax_fall, spectra, position[index], axis_label=axis, fallback_V=gap_search_V[1])
     else:
-        say_empty(ax_fall, "no measured pixel: no spectrum to show")
+        say_empty(ax_fall, NO_SPECTRUM)
     set_title(fig, f"Line cut of {position.size} pixels", maps.caption)
     return fig

@@ -34,7 +34,7 @@ from stslive.live.offline.figures import (
     set_title,
 )
 
-__all__ = ["maps_figure", "histograms_figure", "scatter_figure", "flags_figure", "no_valid_message"]
+__all__ = ["maps_figure", "histograms_figure", "scatter_figure", "flags_figure", "no_valid_message", "reason_name"]
 
 #: Above this many points the Delta-alpha scatter becomes a 2D density (points would hide each other).
 SCATTER_DENSITY_FROM = 2000
@@ -73,11 +73,12 @@ def no_valid_message(maps: RunMaps, quantity: str) -> str:
     codes, counts = np.unique(reasons, return_counts=True)
     main = sorted(zip(counts.tolist(), codes.tolist(), strict=True), reverse=True)[:3]
     if main:
-        text += "\nkernel reasons: " + ", ".join(f"{_reason_name(c)} {n}" for n, c in main)
+        text += "\nkernel reasons: " + ", ".join(f"{reason_name(c)} {n}" for n, c in main)
     return text
 
 
-def _reason_name(code: int) -> str:
+def reason_name(code: int) -> str:
+    """The kernel reason code's name ("not analysed" for -1, "code N" for one this version does not know)."""
     if code < 0:
         return "not analysed"
     try:
@@ -206,7 +207,7 @@ def _reason_categories(reason: np.ndarray, measured: np.ndarray) -> tuple[np.nda
     category = np.full(reason.shape, -1)
     for k, code in enumerate(codes):
         category[measured & (reason == code)] = k
-    return category, [_reason_name(c) for c in codes]
+    return category, [reason_name(c) for c in codes]
 
 
 def _draw_categories(

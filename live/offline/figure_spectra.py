@@ -18,10 +18,11 @@ from matplotlib.figure import Figure
 
 from stslive.live.offline.figures import RunCaption, new_figure, say_empty, set_title
 
-__all__ = ["ExampleSpectrum", "gap_zoom_V", "spectra_figure", "draw_waterfall"]
+__all__ = ["NO_SPECTRUM", "ExampleSpectrum", "gap_zoom_V", "spectra_figure", "draw_waterfall"]
 
 #: Smallest |V| drawn on the log-log panel, in bias steps (the derivative is meaningless at 0).
 LOG_START_STEPS = 2
+NO_SPECTRUM = "no measured pixel: no spectrum to show"
 #: Gap region half-width in units of Delta, and its floor, V.
 ZOOM_DELTAS, ZOOM_MIN_V = 3.0, 1e-3
 
@@ -167,11 +168,15 @@ def spectra_figure(
     fit_window_V: tuple[float, float],
     gap_search_V: tuple[float, float],
     caption: RunCaption | None,
+    empty: str = NO_SPECTRUM,
 ) -> Figure:
-    """One row per example: full sweep, log-log power law, gap region with the model (module docstring)."""
+    """One row per example: full sweep, log-log power law, gap region with the model (module docstring).
+
+    Without an example the figure says ``empty``.
+    """
     if not examples:
         fig = new_figure((8, 3))
-        say_empty(fig.subplots(), "no measured pixel: no spectrum to show")
+        say_empty(fig.subplots(), empty)
         set_title(fig, "Example spectra", caption)
         return fig
     fig = new_figure((15, 3.6 * len(examples) + 0.6))

@@ -413,6 +413,9 @@ def test_line_cut_is_drawn_as_profiles_and_a_waterfall(tmp_path: Path) -> None:
     }
     waterfall = _axes_titled(fig, "gap spectra along the line")[0]
     assert len([ln for ln in waterfall.lines if ln.get_marker() in ("None", "")]) == 24
+    # a one-pixel-wide map has no radial ring beyond r = 0: said, not drawn as empty axes
+    profiles = profiles_figure(inputs.snapshot, {}, caption=None)
+    assert "the map is too narrow" in _texts(profiles) and not any(ax.lines for ax in profiles.axes)
     out = tmp_path / "out"
     analyse_to_directory(path, out, options=KernelOptions(), constants=TheoryConstants(), examples=1)
     assert (out / "linecut.png").is_file() and not (out / "maps.png").exists()
