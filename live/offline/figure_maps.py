@@ -26,9 +26,10 @@ from stslive.live.offline.figures import (
     RunMaps,
     cell_corners_nm,
     draw_map,
+    legend_below,
     map_figure_size,
-    map_legend,
     mark_unmeasured,
+    marked_pixel_handles,
     new_figure,
     say_empty,
     set_title,
@@ -96,6 +97,7 @@ def maps_figure(maps: RunMaps) -> Figure:
     count = len(panels) + (maps.topography is not None)
     fig = new_figure(map_figure_size(maps.geometry, count))
     axes = fig.subplots(1, count, squeeze=False)[0]
+    handles: dict[str, Patch] = {}
     for ax, (title, quantity, values, cmap) in zip(axes, panels, strict=False):
         ax.set_title(title)
         valid = maps.valid(quantity)
@@ -104,13 +106,13 @@ def maps_figure(maps: RunMaps) -> Figure:
             continue
         mesh = draw_map(ax, maps.geometry, values, valid=valid, measured=maps.measured, cmap=cmap)
         fig.colorbar(mesh, ax=ax, shrink=0.8)
-        symbol = _QUANTITY_SYMBOL[quantity]
-        map_legend(
-            ax,
+        marked = marked_pixel_handles(
             refused=int((maps.measured & ~valid).sum()),
             missing=int((~maps.measured).sum()),
-            refused_label=f"no {symbol} (see flags.png)",
+            refused_label=f"no {_QUANTITY_SYMBOL[quantity]} (see flags.png)",
         )
+        handles.update((h.get_label(), h) for h in marked)
+        handles = dict(sorted(handles.items(), key=lambda item: item[0].startswith("not measured")))  # that one last
     if maps.topography is not None:
         ax = axes[-1]
         topo = np.asarray(maps.topography, dtype=np.float64)
@@ -122,6 +124,7 @@ def maps_figure(maps: RunMaps) -> Figure:
             fig.colorbar(mesh, ax=ax, shrink=0.8)
         else:
             say_empty(ax, "no topography value")
+    legend_below(fig, list(handles.values()))
     set_title(fig, "Maps", maps.caption)
     return fig
 
@@ -212,8 +215,8 @@ def _reason_categories(reason: np.ndarray, measured: np.ndarray) -> tuple[np.nda
 
 def _draw_categories(
     ax: Axes, maps: RunMaps, category: np.ndarray, names: list[str], *, clean: str, palette: Sequence[str]
-) -> None:
-    """A categorical map: one colour per name (``clean`` pale), unmeasured white; a legend with counts."""
+) -> list[Patch]:
+    """A categorical map: one colour per name (``clean`` pale), unmeasured white; returns legend handles with counts."""
     colours, it = [], iter(list(palette) * 4)
     for name in names:
         colours.append(CLEAN_COLOUR if name == clean else next(it))
@@ -232,13 +235,13 @@ def _draw_categories(
     missing = int((category < 0).sum())
     if missing:
         handles.append(Patch(facecolor="white", edgecolor="0.6", label=f"not measured ({missing} px)"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncols=2, frameon=False)
+    return handles
 
 
 def flags_figure(maps: RunMaps) -> Figure:
     """Per pixel: the quality flag it carries (categorical colours) and the kernel's reason code."""
     measured = maps.measured
-    fig = new_figure(map_figure_size(maps.geometry, 2, panel_width=5.5, extra_height=1.8))
+    fig = new_figure(map_figure_size(maps.geometry, 2, panel_width=5.5))
     ax_flags, ax_reason = fig.subplots(1, 2)
     ax_flags.set_title("quality flags")
     ax_reason.set_title("kernel result (why $\\Delta$ or $\\alpha$ is missing)")
@@ -247,8 +250,14 @@ def flags_figure(maps: RunMaps) -> Figure:
             say_empty(ax, "no measured pixel")
     else:
         flags = np.asarray(maps.maps["flags"])
-        _draw_categories(ax_flags, maps, *_flag_categories(flags, measured), clean="no flag", palette=FLAG_COLOURS)
+        handles = _draw_categories(
+            ax_flags, maps, *_flag_categories(flags, measured), clean="no flag", palette=FLAG_COLOURS
+        )
+        legend_below(fig, handles, where="left", title="quality flags")
         reason = np.asarray(maps.maps["reason"])
-        _draw_categories(ax_reason, maps, *_reason_categories(reason, measured), clean="OK", palette=REASON_COLOURS)
+        handles = _draw_categories(
+            ax_reason, maps, *_reason_categories(reason, measured), clean="OK", palette=REASON_COLOURS
+        )
+        legend_below(fig, handles, where="right", title="kernel result")
     set_title(fig, "Flags and kernel reasons per pixel", maps.caption)
     return fig

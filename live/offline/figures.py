@@ -44,7 +44,8 @@ __all__ = [
     "cell_corners_nm",
     "pixel_centres_nm",
     "draw_map",
-    "map_legend",
+    "marked_pixel_handles",
+    "legend_below",
     "mark_unmeasured",
     "map_figure_size",
 ]
@@ -133,9 +134,9 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG at :data:`DPI`, cropped to what is drawn (legends below axes too); returns the path."""
+    """Write ``fig`` as a PNG at :data:`DPI`; returns the path."""
     path = Path(path)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -260,8 +261,8 @@ def mark_unmeasured(ax: Axes, corners: tuple[np.ndarray, np.ndarray], measured: 
         )
 
 
-def map_legend(ax: Axes, *, refused: int, missing: int, refused_label: str) -> None:
-    """Legend entries for the marked pixels of :func:`draw_map` (only the kinds present), below the axes."""
+def marked_pixel_handles(*, refused: int, missing: int, refused_label: str) -> list[Patch]:
+    """Legend handles for the pixels :func:`draw_map` marks (only the kinds present), with their counts."""
     handles = []
     if refused:
         label = f"{refused_label} ({refused} px)"
@@ -270,5 +271,13 @@ def map_legend(ax: Axes, *, refused: int, missing: int, refused_label: str) -> N
         handles.append(
             Patch(facecolor=UNMEASURED_COLOUR, edgecolor=_UNMEASURED_EDGE, label=f"not measured ({missing} px)")
         )
+    return handles
+
+
+def legend_below(fig: Figure, handles: list[Patch], *, where: str = "center", title: str | None = None) -> None:
+    """A figure legend under the panels (``where``: left, center or right), laid out by the figure's engine."""
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+        fig.legend(
+            handles=handles, loc=f"outside lower {where}", ncols=min(len(handles), 3), fontsize=8, frameon=False,
+            title=title, title_fontsize=8,
+        )  # fmt: skip

@@ -174,8 +174,12 @@ def test_maps_are_drawn_in_the_scan_frame_with_refused_and_unmeasured_pixels_mar
     assert ax.get_ylim() == pytest.approx((-40 - half_h, -40 + half_h))
     hatched = [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_hatch()]
     assert len(hatched) == 1 and len(hatched[0].get_paths()) == 3 * 6
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["no $\\Delta$ (see flags.png) (18 px)", f"not measured ({2 * NX} px)"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [
+        "no $\\Delta$ (see flags.png) (18 px)",
+        "no $\\alpha$ (see flags.png) (18 px)",
+        f"not measured ({2 * NX} px)",
+    ]
     # the colour scale comes from the valid pixels only
     mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
     valid_meV = maps.values("delta_eV", "delta")[np.isfinite(maps.values("delta_eV", "delta"))] * 1e3
@@ -459,15 +463,19 @@ def test_flag_map_names_each_flag_combination_with_its_pixels(film: tuple[Path, 
     m["measured"][-1, :] = False
     m["reason"][2, :4] = 3
     fig = flags_figure(RunMaps(geometry=inputs.maps.geometry, maps=m))
-    flags_ax, reason_ax = _axes_titled(fig, "quality flags")[0], _axes_titled(fig, "kernel result")[0]
-    legend = [t.get_text() for t in flags_ax.get_legend().get_texts()]
+    flags_legend, reason_legend = fig.legends
+    assert (flags_legend.get_title().get_text(), reason_legend.get_title().get_text()) == (
+        "quality flags",
+        "kernel result",
+    )
+    legend = [t.get_text() for t in flags_legend.get_texts()]
     assert legend == [
         f"no flag ({NY * NX - NX - 8} px)",
         "tip_change (5 px)",
         "thermal + setpoint (3 px)",
         f"not measured ({NX} px)",
     ]
-    reasons = [t.get_text() for t in reason_ax.get_legend().get_texts()]
+    reasons = [t.get_text() for t in reason_legend.get_texts()]
     assert "NO_PEAKS (4 px)" in reasons and f"not measured ({NX} px)" in reasons
 
 
