@@ -111,7 +111,7 @@ def maps_figure(maps: RunMaps) -> Figure:
             missing=int((~maps.measured).sum()),
             refused_label=f"no {_QUANTITY_SYMBOL[quantity]} (see flags.png)",
         )
-        handles.update((h.get_label(), h) for h in marked)
+        handles.update((str(h.get_label()), h) for h in marked)
         handles = dict(sorted(handles.items(), key=lambda item: item[0].startswith("not measured")))  # that one last
     if maps.topography is not None:
         ax = axes[-1]

@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -274,10 +275,19 @@ def marked_pixel_handles(*, refused: int, missing: int, refused_label: str) -> l
     return handles
 
 
-def legend_below(fig: Figure, handles: list[Patch], *, where: str = "center", title: str | None = None) -> None:
+def legend_below(
+    fig: Figure, handles: list[Patch], *, where: Literal["left", "center", "right"] = "center", title: str | None = None
+) -> None:
     """A figure legend under the panels (``where``: left, center or right), laid out by the figure's engine."""
-    if handles:
-        fig.legend(
-            handles=handles, loc=f"outside lower {where}", ncols=min(len(handles), 3), fontsize=8, frameon=False,
-            title=title, title_fontsize=8,
-        )  # fmt: skip
+    if not handles:
+        return
+    loc: Literal["outside lower left", "outside lower center", "outside lower right"]
+    loc = (
+        "outside lower left"
+        if where == "left"
+        else "outside lower right"
+        if where == "right"
+        else "outside lower center"
+    )
+    fig.legend(handles=handles, loc=loc, ncols=min(len(handles), 3), fontsize=8, frameon=False, title=title,
+               title_fontsize=8)  # fmt: skip
