@@ -19,10 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from scipy.integrate import quad
 
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import AnalysisError
 from stslive.live.flag_kinds import FlagKind
 from stslive.live.kernels import KernelOptions
