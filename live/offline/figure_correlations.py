@@ -93,9 +93,17 @@ def _length_text(length: float | None, interval: tuple[float, float] | None) -> 
 
 
 def _draw_profile(
-    ax: Axes, r: np.ndarray, rho: np.ndarray, key: str, report: Mapping[str, Any], *, level: float, filled: bool
+    ax: Axes,
+    r: np.ndarray,
+    rho: np.ndarray,
+    key: str,
+    report: Mapping[str, Any],
+    *,
+    level: float,
+    filled: bool,
+    bar_offset: float = 0.0,
 ) -> None:
-    """One profile with its noise band, 1/e length (read at ``level``) and noise-rule length."""
+    """One profile with its noise band, 1/e length (read at ``level``; its interval bar ``bar_offset`` above)."""
     colour, name = _COLOURS[key], _NAMES[key]
     length = report_value(report, f"l_{key}_nm")
     interval = report_interval(report, f"l_{key}_nm_ci90")
@@ -112,7 +120,7 @@ def _draw_profile(
             lo, hi = interval
             ax.errorbar(
                 [length],
-                [level],
+                [level + bar_offset],
                 xerr=[[max(length - lo, 0.0)], [max(hi - length, 0.0)]],
                 color=colour,
                 capsize=4,
@@ -148,8 +156,9 @@ def profiles_figure(
         set_title(fig, "Correlation profiles", caption)
         return fig
     r = snapshot.r_nm
-    for key, rho in (("delta", snapshot.rho_delta), ("alpha", snapshot.rho_alpha)):
-        _draw_profile(ax_auto, r, rho, key, report, level=1 / math.e, filled=False)
+    # the two interval bars sit just above and below the 1/e line, so neither hides the other
+    for key, rho, nudge in (("delta", snapshot.rho_delta, 0.015), ("alpha", snapshot.rho_alpha, -0.015)):
+        _draw_profile(ax_auto, r, rho, key, report, level=1 / math.e, filled=False, bar_offset=nudge)
     ax_auto.axhline(1 / math.e, color="gray", ls=":", lw=1, label="1/e")
     ax_auto.set_title("autocorrelations", fontsize=10)
     rho0 = float(snapshot.rho_cross[0]) if np.isfinite(snapshot.rho_cross[0]) else snapshot.rho_cross_0
@@ -172,7 +181,7 @@ def profiles_figure(
     top = float(np.nanmax(r)) if np.isfinite(r).any() and np.nanmax(r) > 0 else 1.0
     for ax in (ax_auto, ax_cross):
         ax.axhline(0, color="k", lw=0.6)
-        ax.set_xlim(0, top)
+        ax.set_xlim(-0.02 * top, top)  # room for the bar of rho(0) at r = 0
         ax.set_xlabel("r (nm)")
         ax.set_ylabel("radial correlation $\\rho(r)$")
         ax.legend(fontsize=7.5, loc="best")

@@ -141,9 +141,24 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+#: Characters of an 11-point title per inch of figure width (DejaVu Sans averages ~0.6 em a glyph).
+_TITLE_CHARS_PER_INCH = 10.5
+
+
 def set_title(fig: Figure, what: str, caption: RunCaption | None) -> None:
-    """Title of a figure: what it shows, then the run's caption line."""
-    fig.suptitle(what if caption is None else f"{what}\n{caption.line()}", fontsize=11)
+    """Title of a figure: what it shows, then the run's caption, broken between its parts when too wide."""
+    if caption is None:
+        fig.suptitle(what, fontsize=11)
+        return
+    width = int(fig.get_figwidth() * _TITLE_CHARS_PER_INCH)
+    lines = [""]
+    for part in caption.line().split(" | "):
+        joined = f"{lines[-1]} | {part}" if lines[-1] else part
+        if len(joined) > width and lines[-1]:
+            lines.append(part)
+        else:
+            lines[-1] = joined
+    fig.suptitle("\n".join([what, *lines]), fontsize=11)
 
 
 def say_empty(ax: Axes, message: str) -> None:

@@ -107,7 +107,11 @@ def test_every_figure_is_titled_with_the_run(film: tuple[Path, FigureInputs]) ->
         spectra_figure(inputs.examples, fit_window_V=(5e-3, 30e-3), gap_search_V=(0.3e-3, 4e-3), caption=caption),
     ]
     for fig in figures:
-        assert "film.h5 | T = 0.3 K | set-point -10 mV, -150 pA | 2023-11-14 22:13 UTC" in _title(fig)
+        title = _title(fig)
+        for part in ("film.h5", "T = 0.3 K", "set-point -10 mV, -150 pA", "2023-11-14 22:13 UTC"):
+            assert part in title, (part, title)
+        # a caption wider than its figure is broken between parts, never inside one
+        assert all(len(line) <= fig.get_figwidth() * 10.5 for line in title.splitlines()[1:]), title
 
 
 def test_caption_of_a_3ds_from_its_header(tmp_path: Path) -> None:
