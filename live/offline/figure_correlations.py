@@ -9,7 +9,8 @@
 
 Report keys read (absent ones are simply not drawn): ``noise_band_<k>``, ``l_<k>_nm``,
 ``l_<k>_noise_nm``, ``l_<k>_nm_ci90``, ``rho_cross_0_ci90`` for k in delta, alpha, cross, at
-the top level of the report or in its ``correlations`` section.
+the top level of the report or in its ``correlations`` section; ``warnings`` (a list of
+sentences) is printed under the profiles.
 """
 
 from __future__ import annotations
@@ -186,4 +187,13 @@ def profiles_figure(
         ax.set_ylabel("radial correlation $\\rho(r)$")
         ax.legend(fontsize=7.5, loc="best")
     set_title(fig, f"Correlation profiles (paper Appendix A), {snapshot.n_pixels} valid pixels", caption)
+    _show_warnings(fig, report)
     return fig
+
+
+def _show_warnings(fig: Figure, report: Mapping[str, Any]) -> None:
+    """The report's ``warnings`` (e.g. too few pixels, a map not much larger than the lengths) under the panels."""
+    warnings = report.get("warnings")
+    texts = [str(w) for w in warnings] if isinstance(warnings, (list, tuple)) else []
+    if texts:
+        fig.supxlabel("warning: " + "\nwarning: ".join(texts), color="tab:red", fontsize=9)

@@ -399,6 +399,15 @@ def test_profiles_draw_the_90_percent_intervals_when_the_report_has_them() -> No
     assert any(label.startswith("$\\rho(0)$ = -0.600, 90 %") for label in labels)
     without = profiles_figure(_snapshot(), REPORT, caption=None)
     assert not any(ax.containers for ax in without.axes)
+    assert without.get_supxlabel() == ""  # no warning in the report: none printed
+
+
+def test_profiles_print_the_reports_warnings() -> None:
+    warned = {**REPORT, "warnings": ["correlations from 4 of 3072 pixels", "map side < 10 correlation lengths"]}
+    fig = profiles_figure(_snapshot(), warned, caption=None)
+    assert fig.get_supxlabel() == (
+        "warning: correlations from 4 of 3072 pixels\nwarning: map side < 10 correlation lengths"
+    )
 
 
 # -- line cut -------------------------------------------------------------------------------
