@@ -1,36 +1,25 @@
 """Replay: publish a recorded file (stslive archive or Nanonis ``.3ds``) as a live run stream.
 
-The stream has the form of a live scan (``engine.ScanEngine``): a start document (grid,
-channels + units, set-point sets, instruments, software version, metadata), one descriptor
+Contract: the stream has the form of a live scan's: a start document, one descriptor
 (``spectra``: float32 ``(n_channels, n_points)``), one event per measured pixel, one failed-pixel
-document per recorded failure, and a stop. So the analyser and the viewer run unchanged on old
-data. Unmeasured pixels are not sent.
-
-Order and timing
-    Archive: documents go out in the order they were made: an event at its pixel's ``t_end``
-    (``t_start`` if the end was not recorded), a failure at its recorded ``time``; ties keep
-    the grid's visiting order. ``as_recorded`` reproduces the recorded gaps between them.
-    ``.3ds``: the record order (x fastest, row after row); the file has no per-point times, so
-    ``as_recorded`` is refused there.
-
-Set-point sets of a ``.3ds``
-    A ``.3ds`` stores no stslive set-point set. One is built from its header (bias set-point,
-    current set-point, sweep limits, settling/integration, lock-in, feedback hold) and the start
-    document's ``metadata["setpoint_source"]`` says so and which header keys were used. For a
-    sweep that is not the bias (``metadata["sweep_signal"]``, e.g. ``"Z (m)"``) the set is sent
-    unvalidated, its sweep limits in the sweep signal's unit: it is not a bias set-point set,
-    and the analyser refuses such a run.
-
-Pacing uses absolute deadlines on a monotonic clock (``t0 + offset``), so sleep overshoot does
-not accumulate over a run.
+document per recorded failure, and a stop; so the analyser and the viewer run unchanged on old
+data. An archive's documents come from the archive itself (:meth:`ArchiveReader.start_document`,
+:meth:`ArchiveReader.events`), in the order they were made (by end time; a failure at its
+recorded time; ties in visiting order); ``as_recorded`` reproduces the recorded gaps. A ``.3ds``
+goes in record order (row-major) and has no per-point times, so ``as_recorded`` is refused. A
+``.3ds`` stores no stslive set-point set: one is built from its header
+(:func:`setpoint_set_from_3ds`, recorded in ``metadata["setpoint_source"]``); for a sweep that is
+not the bias (``metadata["sweep_signal"]``) it is sent unvalidated and the analyser refuses the run.
+Pacing uses absolute deadlines on a monotonic clock, so sleep overshoot does not accumulate.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -38,24 +27,23 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stslive.acquisition.formats.archive import ArchiveReader, open_archive
-from stslive.acquisition.formats.nanonis3ds import NanonisGrid, open_3ds
-from stslive.acquisition.formats.runmodel import SetpointSet
-from stslive.acquisition.formats.stream import ArraySpec, RunPublisher, StopDoc, event_fields
-from stslive.drivers.errors import ArchiveError, ConfigError, FileFormatError, NanonisFileError, StsliveError
+from stslive.acquisition.formats.archive import ArchiveReader
+from stslive.acquisition.formats.documents import EXIT_STATUSES, ArraySpec, EventDoc, StopDoc
+from stslive.acquisition.formats.nanonis3ds import NanonisGrid
+from stslive.acquisition.formats.publisher import RunPublisher
+from stslive.acquisition.formats.recording import Recording, open_recording
+from stslive.acquisition.formats.runmodel import SetpointSet, channel_unit
+from stslive.drivers.errors import ArchiveError, ConfigError, NanonisFileError, StsliveError
 
 __all__ = ["ReplayItem", "ReplaySource", "open_replay", "replay", "schedule", "setpoint_set_from_3ds"]
-
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_EXIT_STATUSES = ("success", "abort", "fail")
 
 
 @dataclass(frozen=True)
 class ReplayItem:
     """One document to publish: an ``event`` (measured pixel) or a ``failed`` pixel.
 
-    ``t`` is when it was recorded (unix s; NaN when the file does not say); ``fields`` are the
-    keyword fields of :meth:`RunPublisher.event` (without ``arrays``) or
+    ``t`` is when it was recorded (unix s; NaN when the file does not say). An event's document
+    comes from :meth:`ReplaySource.events`; a failure's ``fields`` are the keyword fields of
     :meth:`RunPublisher.failed_pixel`.
     """
 
@@ -81,30 +69,24 @@ class ReplaySource:
         The recorded run's exit status (``success`` when the file does not say).
     """
 
-    def __init__(self, path: Path, backend: ArchiveReader | NanonisGrid) -> None:
+    def __init__(self, path: Path, backend: Recording) -> None:
         self.path = path
         self._b = backend
-        self._row: tuple[int, np.ndarray] | None = None  # one cached grid row of spectra
         names = list(backend.channel_names)
-        units = [_unit_of(n) for n in names]
+        units = [channel_unit(n) for n in names]
         self.n_points = int(backend.n_points)
         self.descriptor = {
             "spectra": ArraySpec(
                 dtype="<f4", shape=(len(names), self.n_points), labels=tuple(names), units=tuple(units)
             )
         }
-        common = {
-            "grid": backend.geometry.to_dict(),
-            "channel_names": names,
-            "channel_units": units,
-            "n_points": self.n_points,
-        }
         if isinstance(backend, ArchiveReader):
             self.kind = "stslive"
-            self.start_fields, self.items, self.exit_status = _archive_plan(path, backend, common)
+            self.start_fields, self.items, self.exit_status = _archive_plan(path, backend)
         else:
             self.kind = "nanonis3ds"
-            self.start_fields, self.items = _grid_plan(path, backend, common)
+            common = {"grid": backend.geometry.to_dict(), "channel_names": names, "channel_units": units}
+            self.start_fields, self.items = _grid_plan(path, backend, {**common, "n_points": self.n_points})
             self.exit_status = "success"
 
     @property
@@ -112,16 +94,13 @@ class ReplaySource:
         """True when every item has a recorded time (``as_recorded`` pacing is possible)."""
         return bool(self.items) and all(math.isfinite(i.t) for i in self.items)
 
-    def spectra(self, iy: int, ix: int) -> np.ndarray:
-        """Spectra of pixel ``(iy, ix)``: float32 ``(n_channels, n_points)``, NaN where not measured."""
-        if self._row is None or self._row[0] != iy:
-            rows = slice(iy, iy + 1)
-            block = self._b.read_pixels(rows) if isinstance(self._b, ArchiveReader) else self._b.read_block(rows)
-            self._row = (iy, np.asarray(block[0], dtype=np.float32))
-        return self._row[1][ix]
+    def events(self) -> Iterator[EventDoc]:
+        """The events of the ``event`` items, in their order (spectra read one grid row at a time)."""
+        if isinstance(self._b, ArchiveReader):
+            return self._b.events("end-time")
+        return _grid_events(self._b, [(i.iy, i.ix) for i in self.items])
 
     def close(self) -> None:
-        self._row = None
         self._b.close()
 
     def __enter__(self) -> ReplaySource:
@@ -134,72 +113,46 @@ class ReplaySource:
 
 
 def open_replay(path: str | os.PathLike[str]) -> ReplaySource:
-    """Open an stslive archive (recognised by its HDF5 signature) or a Nanonis ``.3ds`` for replay.
+    """Open an stslive archive or a Nanonis ``.3ds`` (:func:`open_recording`) for replay.
 
     Raises
     ------
     FileFormatError
         (ArchiveError or NanonisFileError) when the file cannot be read as either.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(path, "no such file; give an stslive archive (.h5) or a Nanonis grid (.3ds)")
-    with open(path, "rb") as fh:
-        is_hdf5 = fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-    backend: ArchiveReader | NanonisGrid = open_archive(path, swmr="auto") if is_hdf5 else open_3ds(path)
+    backend = open_recording(path)
     try:
-        return ReplaySource(path, backend)
+        return ReplaySource(Path(path), backend)
     except BaseException:
         backend.close()
         raise
 
 
-def _unit_of(name: str) -> str:
-    name = name.strip()
-    return name[name.rindex("(") + 1 : -1] if name.endswith(")") and "(" in name else ""
-
-
 # -- archives ------------------------------------------------------------------------------------
-def _archive_plan(
-    path: Path, ar: ArchiveReader, common: dict[str, Any]
-) -> tuple[dict[str, Any], list[ReplayItem], str]:
-    docs = ar.documents
-    start, stop = docs.get("start", {}), docs.get("stop", {})
-    instruments = start.get("instruments", {})
-    if not (isinstance(instruments, dict) and all(isinstance(v, str) for v in instruments.values())):
-        instruments = {}
-    start_fields = {
-        **common,
-        "setpoint_sets": [s.to_dict() for _, s in sorted(ar.setpoint_sets.items())],
-        "instruments": instruments,
-        "software_version": ar.software_version or "unknown",
-        "metadata": {
-            "replay_of": str(path),
-            "source_kind": "stslive",
-            "original_run_uid": ar.run_uid,
-            "sweep_signal": "Bias (V)",
-        },
+def _archive_plan(path: Path, ar: ArchiveReader) -> tuple[dict[str, Any], list[ReplayItem], str]:
+    start = ar.start_document()
+    metadata = {
+        "replay_of": str(path),
+        "source_kind": "stslive",
+        "original_run_uid": ar.run_uid,
+        "sweep_signal": "Bias (V)",
     }
-    meta = ar.pixel_meta
-    order = ar.geometry.visit_order()
-    measured = ar.measured
-    items: list[ReplayItem] = []
-    for iy, ix in order:
-        if not measured[iy, ix]:
-            continue
-        pixel = {k: v[iy, ix].item() for k, v in meta.items()}
-        t = pixel["t_end"] if math.isfinite(pixel["t_end"]) else pixel["t_start"]
-        items.append(
-            ReplayItem("event", int(iy), int(ix), float(t), {"ix": int(ix), "iy": int(iy), **event_fields(pixel)})
-        )
-    items.extend(_failure_item(path, ar, rec) for rec in ar.failures)
-    # stable sort: equal or unknown times keep the visiting order (failures after events)
-    items.sort(key=lambda i: i.t if math.isfinite(i.t) else math.inf)
+    ended = ar.end_times()
+    events = [ReplayItem("event", iy, ix, float(ended[iy, ix])) for iy, ix in ar.event_pixels("end-time")]
+    failures = sorted((_failure_item(path, ar, rec) for rec in ar.failures), key=_when)
+    # both are in time order; on equal times the events come first (heapq.merge is stable)
+    items = list(heapq.merge(events, failures, key=_when))
+    stop = ar.documents.get("stop", {})
     status = stop.get("exit_status") if isinstance(stop, dict) else None
-    if status not in _EXIT_STATUSES:
+    if status not in EXIT_STATUSES:
         logged = [e.get("exit_status") for e in ar.log if e.get("event") == "stop"]
-        status = logged[-1] if logged and logged[-1] in _EXIT_STATUSES else "success"
-    return start_fields, items, str(status)
+        status = logged[-1] if logged and logged[-1] in EXIT_STATUSES else "success"
+    return {**start.body(), "metadata": metadata}, items, str(status)
+
+
+def _when(item: ReplayItem) -> float:
+    """Sort key: the recorded time, unknown times last."""
+    return item.t if math.isfinite(item.t) else math.inf
 
 
 def _failure_item(path: Path, ar: ArchiveReader, rec: Any) -> ReplayItem:
@@ -323,32 +276,34 @@ def _grid_plan(path: Path, grid: NanonisGrid, common: dict[str, Any]) -> tuple[d
             "header_end_time": grid.header.get("End time", ""),
         },
     }
+    items = [ReplayItem("event", int(iy), int(ix), math.nan) for iy, ix in np.argwhere(done)]  # record order
+    return start_fields, items
+
+
+def _grid_events(grid: NanonisGrid, pixels: list[tuple[int, int]]) -> Iterator[EventDoc]:
+    """Events of a ``.3ds`` grid's pixels ``(iy, ix)``, in the given order (no times: the file has none)."""
     z = grid.parameter("Z (m)") if "Z (m)" in grid.parameter_names else None
     ys, xs = grid.geometry.pixel_xy(*np.indices(grid.shape))
-    items = []
-    for iy, ix in np.argwhere(done):  # row-major = the record order of a .3ds
-        iy, ix = int(iy), int(ix)
+    row_index, row = -1, np.empty(0, dtype=np.float32)
+    for iy, ix in pixels:
+        if iy != row_index:
+            row_index, row = iy, np.asarray(grid.read_block(slice(iy, iy + 1))[0], dtype=np.float32)
         z_m = float(z[iy, ix]) if z is not None and math.isfinite(z[iy, ix]) else None
-        items.append(
-            ReplayItem(
-                "event",
-                iy,
-                ix,
-                math.nan,
-                {
-                    "ix": ix,
-                    "iy": iy,
-                    "x_m": float(xs[iy, ix]),
-                    "y_m": float(ys[iy, ix]),
-                    "setpoint_set_id": 0,
-                    "timestamps": {},
-                    "temperature_before_K": None,
-                    "temperature_after_K": None,
-                    "z_m": z_m,
-                },
-            )
+        yield EventDoc(
+            run_uid=None,
+            seq=-1,
+            descriptor_uid="",
+            ix=ix,
+            iy=iy,
+            x_m=float(xs[iy, ix]),
+            y_m=float(ys[iy, ix]),
+            setpoint_set_id=0,
+            timestamps={},
+            temperature_before_K=None,
+            temperature_after_K=None,
+            z_m=z_m,
+            arrays={"spectra": row[ix]},
         )
-    return start_fields, items
 
 
 # -- publishing ----------------------------------------------------------------------------------
@@ -406,13 +361,17 @@ def replay(
     publisher.start(**source.start_fields)
     try:
         publisher.descriptor(source.descriptor)
+        events = source.events()
         t0 = clock()
         for item, offset in zip(source.items, offsets, strict=True):
             wait = t0 + offset - clock()
             if wait > 0:
                 sleep(wait)
             if item.kind == "event":
-                publisher.event(arrays={"spectra": source.spectra(item.iy, item.ix)}, **item.fields)
+                event = next(events, None)
+                if event is None or (event.iy, event.ix) != (item.iy, item.ix):
+                    raise ArchiveError(source.path, "the file changed during the replay; replay a finished file")
+                publisher.event(**event.body())
             else:
                 publisher.failed_pixel(**item.fields)
     except (StsliveError, OSError, KeyboardInterrupt) as exc:

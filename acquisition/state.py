@@ -35,11 +35,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stslive.acquisition.formats.documents import RUN_STATES as STATES
 from stslive.drivers.errors import StsliveError
 
 #: Reason recorded for a re-measure when the command gives none.
 DEFAULT_REMEASURE_REASON = "remeasure command"
-STATES = ("idle", "running", "paused", "stopping", "done", "failed")
 PAUSE_REASONS = ("user", "temperature", "failures")
 
 

@@ -1,19 +1,34 @@
 """The one error hierarchy of stslive.
 
-It lives in ``stslive.drivers`` because that is the lowest layer every other package may import
-(mocks, acquisition and live all depend downwards on it) and it imports nothing itself, so a
-viewing machine that never talks to an instrument still gets it without pyvisa.
-
-Every error carries structured fields and, where one fits, also inherits the matching builtin
-(``InstrumentTimeout`` is a ``TimeoutError``), so callers can catch either. Messages say what
-went wrong and what to do about it.
+Contract: every error derives from :class:`StsliveError`, carries structured fields and, where
+one fits, also inherits the matching builtin (``InstrumentTimeout`` is a ``TimeoutError``), so
+callers can catch either; messages say what went wrong and what to do. Every error pickles with
+its fields and message (errors cross process boundaries in the Dask path). This module imports
+nothing, so every layer, a viewing machine without pyvisa included, may import it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StsliveError(Exception):
-    """Root of every error stslive raises on purpose."""
+    """Root of every error stslive raises on purpose.
+
+    Pickles whatever its subclass's ``__init__`` takes: the default reduction calls
+    ``cls(*self.args)``, and ``args`` holds the formatted message, not the constructor's
+    arguments, so the error is rebuilt without calling ``__init__`` and its fields restored.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args), self.__dict__
+
+
+def _rebuild(cls: type[StsliveError], args: tuple[Any, ...]) -> StsliveError:
+    """An instance of ``cls`` with ``args`` and no ``__init__`` call (its fields follow from the state)."""
+    error = cls.__new__(cls, *args)
+    error.args = args  # OSError subclasses (InstrumentTimeout) leave args to the __init__ not called here
+    return error
 
 
 # -- instruments -------------------------------------------------------------------------------
@@ -53,6 +68,14 @@ class ControllerError(InstrumentError):
         super().__init__(instrument, message if not command else f"{command}: {message}")
         self.command = command
         self.code = code
+
+
+class SweepStopped(InstrumentError):
+    """A sweep was stopped on request (an abort) before it ended; it produced no spectrum.
+
+    The driver has set the set-point bias and restored the feedback before raising it; the pixel
+    stays unmeasured (not failed), so a resumed run measures it.
+    """
 
 
 class LockInOverload(InstrumentError):

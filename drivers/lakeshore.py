@@ -1,17 +1,10 @@
-"""LakeShore 372 AC resistance bridge / temperature controller (3He and dilution fridges) over VISA.
+"""The LakeShore 372 AC resistance bridge / temperature controller over VISA (a ``Thermometer``).
 
-A lean table driver on :class:`~stslive.drivers.visa.VisaSession` (no maintained Python driver
-covers the 372 in a form worth wrapping: PyMeasure has none, and LakeShore's own ``lakeshore``
-package talks to it over its own USB/TCP layer rather than VISA). Commands used (372 manual,
-ch. 6): ``*IDN?``; ``KRDG? <input>`` kelvin reading; ``RDGR? <input>`` resistance reading
-(ohm); ``RDGST? <input>`` reading status bits; ``SCAN?`` / ``SCAN <ch>,<autoscan>`` the
-scanner channel. ``<input>`` is ``A`` (the control input) or ``1``..``16`` (measurement
-channels through the scanner). Replies are ``\\r\\n`` terminated (Ethernet port 7777, GPIB
-and serial alike).
-
-A reading whose status bits are set (overrange, underrange, excitation overload) is not a
-temperature: :meth:`LakeShore372.temperature` raises :class:`ControllerError` naming the
-bits rather than returning it.
+Contract: ``*IDN?``, ``KRDG? <input>`` (K), ``RDGR? <input>`` (ohm), ``RDGST? <input>`` (status
+bits) and ``SCAN?``/``SCAN <ch>,<autoscan>`` (372 manual ch. 6); ``<input>`` is ``A`` or
+``1``..``16``; replies end in ``\r\n`` on every interface. A reading whose status bits are set
+(over/under range, excitation overload) or that reads 0 K (no curve) is not a temperature:
+:meth:`LakeShore372.temperature` raises :class:`~stslive.drivers.errors.ControllerError` naming them.
 """
 
 from __future__ import annotations

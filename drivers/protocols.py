@@ -1,12 +1,10 @@
 """What acquisition needs from the instruments, as ``typing.Protocol`` capabilities.
 
-Acquisition codes against these and never against a concrete driver, so the real Nanonis/SR830/
-LakeShore adapters and any test double are interchangeable (bluesky.protocols is the model:
-small capabilities, no inheritance tree). Every quantity is SI: volts, amperes, metres,
-seconds, hertz, kelvin. Methods, not properties, because each one is an instrument round trip
-that may raise an :class:`~stslive.drivers.errors.InstrumentError`.
-
-The small frozen dataclasses below are the values these calls exchange; they carry no I/O.
+Contract: acquisition codes against :class:`StmController`, :class:`LockIn` and
+:class:`Thermometer`, never a concrete driver, so the real drivers and test doubles are
+interchangeable. Every quantity is SI (V, A, m, s, Hz, K); every method is an instrument round
+trip that may raise :class:`~stslive.drivers.errors.InstrumentError`. The frozen dataclasses
+here are the values those calls exchange; they do no I/O.
 """
 
 from __future__ import annotations

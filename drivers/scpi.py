@@ -1,15 +1,12 @@
-"""Declarative command tables for text (SCPI-like) instruments, and reply parsers.
+"""Declarative command tables for text (SCPI-like) instruments, reply parsers, and a replay session.
 
-The SR830/SR860 and the LakeShore 372 speak short ASCII commands (``FREQ 1.0e3``, ``FREQ?``,
-``KRDG? 1``). Each setting is one :class:`Setting` row: query string, set format, kind
-(float, integer, or an index into a table of values), allowed range or values, unit and a
-one-line doc, after PyMeasure's ``Instrument.control``. Unlike PyMeasure's validators, nothing
-is truncated or rounded silently: a value the instrument cannot take raises
-:class:`~stslive.drivers.errors.SafetyLimitError` before anything is sent, and a reply that is
-not a number raises :class:`~stslive.drivers.errors.InstrumentReplyError`.
-
-The transport is not here: drivers talk to a :class:`TextSession` (in production
-:class:`stslive.drivers.visa.VisaSession`, which owns timeouts, typed errors and reconnects).
+Contract: a :class:`Setting` row (query, set format, kind, range or table of values, unit, doc)
+encodes and decodes one setting of an SR830/SR860 or LakeShore 372, after PyMeasure's
+``Instrument.control`` but never rounding silently: a value the instrument cannot take raises
+:class:`~stslive.drivers.errors.SafetyLimitError` before anything is sent, a reply that is not a
+number raises :class:`~stslive.drivers.errors.InstrumentReplyError`. Drivers talk to a
+:class:`TextSession` (:class:`stslive.drivers.visa.VisaSession` in production, the recorded
+:class:`RecordedSession` in tests).
 """
 
 from __future__ import annotations
@@ -19,7 +16,8 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 from stslive.drivers.errors import InstrumentReplyError, SafetyLimitError
 
@@ -191,11 +189,12 @@ def with_text_termination(settings: VisaSettings, termination: str = "\n") -> Vi
 
 
 class RecordedSession:
-    """A :class:`TextSession` that replays recorded exchanges and checks each one is used.
+    """A :class:`TextSession` that replays recorded exchanges; a context manager that checks all were used.
 
     After PyMeasure's ``expected_protocol``: ``exchanges`` is the list of ``(sent, reply)``
-    pairs in order, ``reply`` being ``None`` for a write. A mismatch raises AssertionError
-    naming the step; :meth:`assert_done` fails if exchanges were left unused.
+    pairs in order, ``reply`` being ``None`` for a write. A message other than the next one
+    recorded raises AssertionError naming the step; leaving the ``with`` block with exchanges
+    unused raises AssertionError listing them (unless another exception is already on its way).
     """
 
     def __init__(self, exchanges: Sequence[tuple[str, str | None]], *, instrument: str = "sr830") -> None:
@@ -203,6 +202,15 @@ class RecordedSession:
         self._exchanges = list(exchanges)
         self._step = 0
         self.closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.assert_done()
 
     def _next(self, message: str, *, is_query: bool) -> str | None:
         if self._step >= len(self._exchanges):

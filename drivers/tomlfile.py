@@ -1,8 +1,9 @@
 """Reading configuration: TOML files and typed tables, with errors that name what to fix.
 
-Shared by every TOML input and option table (run config, fault file, flag thresholds, kernel options,
-theory constants); it lives in ``stslive.drivers`` beside ``errors`` because that is the one layer
-every other may import.
+Contract: :func:`read_toml` turns every way a file can be unreadable into a ConfigError naming
+the file and the option; :func:`check_keys` and :func:`dataclass_from_mapping` refuse unknown
+(and missing) keys, listing the known ones, in the caller's error type. Every layer may import
+this module (it imports only :mod:`stslive.drivers.errors`).
 """
 
 from __future__ import annotations

@@ -1,24 +1,14 @@
 """One pyvisa session with the habits every stslive driver needs.
 
-* timeouts (open and I/O) from configuration, in seconds;
-* ``TCP_NODELAY`` on ``TCPIP::host::port::SOCKET`` sessions. pyvisa-py rejects
-  ``VI_ATTR_TCPIP_NODELAY`` through ``set_visa_attribute``, so it is set on the session's
-  underlying socket; without it a small request waits for the peer's delayed ACK (~44 ms per
-  round trip measured on this machine, ARCHITECTURE.md);
-* a refused TCP connection is reported at open time (pyvisa-py's non-blocking connect otherwise
-  "succeeds" and the first write fails);
-* typed errors: :class:`InstrumentTimeout` (also a ``TimeoutError``) and
-  :class:`InstrumentConnectionError` (also a ``ConnectionError``);
-* bounded reconnect: a lost connection is reopened at most ``reconnect_attempts`` times, with a
-  doubling delay; an idempotent exchange is repeated once on the new connection, anything else
-  raises (the caller must decide whether the command ran);
-* after a timeout the session is closed, because a late reply would otherwise be read as the
-  answer to the next request; the next exchange reopens it;
-* ``close()`` on exit (context manager), idempotent.
-
-Text instruments (SR830, LakeShore) use :meth:`VisaSession.query` / :meth:`VisaSession.write`;
-the Nanonis binary protocol uses :meth:`VisaSession.transaction` with :meth:`VisaSession.write_raw`
-and :meth:`VisaSession.read_exact` inside it, so a retried exchange is the whole request/reply.
+Contract: timeouts (open and I/O, s) from configuration; ``TCP_NODELAY`` on
+``TCPIP::host::port::SOCKET`` sessions (set on the underlying socket, as pyvisa-py refuses the
+VISA attribute; without it a small request waits for the peer's delayed ACK); a refused TCP
+connection reported at open time; typed errors (:class:`~stslive.drivers.errors.InstrumentTimeout`,
+:class:`~stslive.drivers.errors.InstrumentConnectionError`); a lost connection reopened at most
+``reconnect_attempts`` times with a doubling delay, an idempotent exchange repeated once on the
+new connection; the session closed after a timeout so a late reply is never read as the next
+answer; ``close()`` idempotent. Text instruments use :meth:`VisaSession.query` /
+:meth:`VisaSession.write`; the Nanonis binary protocol uses :meth:`VisaSession.transaction`.
 """
 
 from __future__ import annotations
@@ -29,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pyvisa
 from pyvisa import constants
@@ -37,6 +27,7 @@ from pyvisa.errors import VisaIOError
 from pyvisa.resources import MessageBasedResource
 
 from stslive.drivers.errors import ConfigError, InstrumentConnectionError, InstrumentTimeout
+from stslive.drivers.tomlfile import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +65,10 @@ class VisaSettings:
     read_termination, write_termination
         Text termination; ``None`` for binary protocols (termination char OFF: pyvisa-py would
         otherwise stop a binary read at every ``0x0A`` byte).
+    bridge
+        A GPIB-Ethernet (or -USB) bridge to open before ``resource``, as pyvisa-py (>= 0.8)
+        names it: ``PRLGX-TCPIP::host::1234::INTFC`` or ``PRLGX-ASRL::/dev/ttyUSB0::INTFC``;
+        ``resource`` is then ``GPIB::<address>::INSTR`` on that bridge. ``None``: no bridge.
     """
 
     resource: str
@@ -84,19 +79,37 @@ class VisaSettings:
     backend: str = "@py"
     read_termination: str | None = None
     write_termination: str | None = None
+    bridge: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.resource, str) or "::" not in self.resource:
             raise ConfigError(
                 f"'resource' = {self.resource!r} is not a VISA resource string; use e.g. TCPIP::127.0.0.1::6501::SOCKET"
             )
+        for key in ("timeout_s", "open_timeout_s", "reconnect_delay_s"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"'{key}' = {value!r} must be a number of seconds")
         for key in ("timeout_s", "open_timeout_s"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"'{key}' = {getattr(self, key)!r} must be > 0 seconds")
-        if not isinstance(self.reconnect_attempts, int) or self.reconnect_attempts < 0:
+        if (
+            isinstance(self.reconnect_attempts, bool)
+            or not isinstance(self.reconnect_attempts, int)
+            or self.reconnect_attempts < 0
+        ):
             raise ConfigError(f"'reconnect_attempts' = {self.reconnect_attempts!r} must be an integer >= 0")
-        if self.reconnect_delay_s < 0:
+        if not self.reconnect_delay_s >= 0:
             raise ConfigError(f"'reconnect_delay_s' = {self.reconnect_delay_s!r} must be >= 0 seconds")
+        if self.bridge is not None and not (
+            self.bridge.upper().startswith("PRLGX-") and self.bridge.upper().endswith("::INTFC")
+        ):
+            raise ConfigError(
+                f"'bridge' = {self.bridge!r} is not a bridge resource; use PRLGX-TCPIP::host::1234::INTFC "
+                "(GPIB-Ethernet) or PRLGX-ASRL::/dev/ttyUSB0::INTFC (GPIB-USB)"
+            )
+        if self.bridge is not None and not self.resource.upper().startswith("GPIB"):
+            raise ConfigError(f"'resource' = {self.resource!r} behind a bridge must be GPIB::<address>::INSTR")
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], **defaults: Any) -> VisaSettings:
@@ -104,10 +117,7 @@ class VisaSettings:
 
         ``defaults`` supply values the table does not give (e.g. a driver's termination).
         """
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown instrument setting(s) {unknown}; allowed: {sorted(allowed)}")
+        check_keys(table, (f.name for f in fields(cls)), what="instrument settings")
         if "resource" not in table and "resource" not in defaults:
             raise ConfigError("instrument setting 'resource' (the VISA resource string) is missing")
         return cls(**{**defaults, **dict(table)})
@@ -205,6 +215,7 @@ class VisaSession:
         self._rm = resource_manager
         self._own_rm = resource_manager is None
         self._resource: MessageBasedResource | None = None
+        self._bridge: Any = None  # the open bridge (INTFC) resource under a GPIB resource, if any
         # One exchange at a time: a request and its reply must not interleave with another's.
         self._lock = threading.RLock()
         self.reconnects = 0  # re-opens after the first open (lost connections, timeouts)
@@ -372,14 +383,23 @@ class VisaSession:
 
     def _open_once(self) -> MessageBasedResource:
         s = self.settings
-        resource = self._manager().open_resource(
+        if s.bridge is not None and self._bridge is None:
+            # pyvisa-py routes GPIB resources through a Prologix bridge opened first on that board
+            self._bridge = self._manager().open_resource(
+                s.bridge, open_timeout=int(s.open_timeout_s * 1000), timeout=int(s.timeout_s * 1000)
+            )
+        opened = self._manager().open_resource(
             s.resource, open_timeout=int(s.open_timeout_s * 1000), timeout=int(s.timeout_s * 1000)
         )
-        if not hasattr(resource, "read_bytes"):
-            resource.close()
+        # duck-typed, not isinstance: tests hand out replay resources that are not pyvisa classes
+        if not hasattr(opened, "read_bytes"):
+            opened.close()
             raise ValueError(f"{s.resource} is not a message-based resource")
+        resource = cast(MessageBasedResource, opened)
         try:
-            resource.read_termination = s.read_termination  # type: ignore[assignment]
+            if s.bridge is None:  # behind a bridge, pyvisa-py ends reads at the bridge's LF (set on its INTFC)
+                resource.read_termination = s.read_termination
+            # pyvisa types write_termination as str; None (no termination) is what binary protocols need
             resource.write_termination = s.write_termination  # type: ignore[assignment]
             if s.is_tcp_socket:
                 sock = underlying_socket(resource)
@@ -393,8 +413,11 @@ class VisaSession:
         return resource
 
     def _drop(self) -> None:
-        if self._resource is not None:
-            resource, self._resource = self._resource, None
+        for name in ("_resource", "_bridge"):  # the instrument first, then the bridge under it
+            resource = getattr(self, name)
+            if resource is None:
+                continue
+            setattr(self, name, None)
             try:
                 resource.close()
             except (VisaIOError, OSError) as exc:  # already dead: nothing left to release

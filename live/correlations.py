@@ -1,41 +1,11 @@
-"""Spatial auto- and cross-correlations of maps, paper Appendix A, and correlation lengths.
+"""Spatial auto- and cross-correlations of maps (paper Appendix A) and correlation lengths.
 
-Definitions (periodic boundary conditions, so an FFT computes them exactly):
-
-    rho_X(r)     = sum_r' (X(r') - <X>)(X(r' - r) - <X>) / (N sigma_X^2)                 (A1)
-    rho_XY(r)    = sum_r' (X(r') - <X>)(Y(r' - r) - <Y>) / (N sigma_X sigma_Y)           (A2)
-
-with <X>, sigma_X (population, ddof = 0) over the N pixels. rho_X(0) = 1 exactly.
-
-Unmeasured pixels (NaN) - the rule
-    Each map's mean and sigma are taken over its own finite pixels. Deviations are set to 0 at
-    NaN pixels ("mean fill") and the lag sum is divided by the number of pairs in which *both*
-    pixels are measured, n(r) = sum_r' m_X(r') m_Y(r' - r), itself an FFT of the masks, instead
-    of N. On a complete map n(r) = N and this is Eqs. (A1), (A2) exactly. Lags supported by
-    fewer than ``min_pair_fraction`` of the measured pixels are NaN (too few pairs to mean
-    anything); they are skipped by the radial average.
-
-Radial average
-    The 2D map is averaged over rings of width one pixel (the smaller pixel side when pixels are
-    not square) using minimum-image (periodic) lag vectors r = (dy py, dx px); each ring is
-    reported at the mean radius of its pixels. Radii go up to half the shorter side of the map,
-    beyond which a ring leaves the periodic cell.
-
-Correlation lengths, two stated rules
-    1/e rule (keys ``l_*_nm``): the first radius where the profile (``|profile|`` for a
-    cross-correlation) drops below ``|profile(0)| / e``, linearly interpolated between the last
-    ring above and the first ring below.
-
-    Noise rule (keys ``l_*_noise_nm``, the paper's "falls into the noise near zero"): the first
-    radius where ``|profile| <= k * s``, again interpolated, with k = 2 by default and s the
-    expected standard deviation of a correlation estimate at a lag where the true correlation
-    is zero, from Bartlett's formula: s^2 = (1/N) sum_s rho_X(s) rho_Y(s). The sum runs over
-    the correlated core, the 2D lags closer than the first radius at which either radial
-    auto-profile reaches 0; beyond that the estimates are noise themselves and would inflate s.
-    For white noise s = 1/sqrt(N); for a correlated field s = 1/sqrt(N_eff) with
-    N_eff = N / sum rho^2 the number of independent patches.
-
-A length that is never reached inside the half box is NaN (and ``None`` in the report).
+rho_XY(r) = sum_r' (X(r') - <X>)(Y(r' - r) - <Y>) / (N sigma_X sigma_Y), Eqs. (A1), (A2), on the
+periodic grid (FFT). Unmeasured pixels (NaN) are left out: each lag is divided by its number of
+measured pairs instead of N, and lags with fewer than ``min_pair_fraction`` of the pixels are NaN.
+Profiles are ring averages one pixel wide up to half the shorter side. Two length rules: 1/e
+(``l_*_nm``) and the paper's "into the noise" (``l_*_noise_nm``, a band of k Bartlett sigmas);
+a length not reached inside the half box is NaN. The rules in full: docs/physics.md.
 """
 
 from __future__ import annotations
@@ -64,13 +34,13 @@ class RadialProfile(NamedTuple):
         Mean radius of each ring in metres (ring 0 is the origin alone, radius 0).
     value
         Mean correlation over the ring (dimensionless).
-    count
-        Number of 2D lags averaged in each ring.
+    n_lags
+        Number of 2D lags averaged in each ring (not ``count``: that would hide tuple.count).
     """
 
     radius_m: FloatArray
     value: FloatArray
-    count: npt.NDArray[np.int64]
+    n_lags: npt.NDArray[np.int64]
 
 
 def _as_map(name: str, values: npt.ArrayLike) -> FloatArray:

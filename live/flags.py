@@ -1,212 +1,44 @@
-"""Quality flags of pixels and set-point sets, computed live (issue 5 "Flags").
+"""Quality flags of pixels, computed live: spectral features, the rules, and the engine that applies them.
 
-Each rule has a documented threshold in :class:`FlagConfig` (defaults here, overrides from a
-TOML file with :func:`load_flag_config`). Per pixel the rules give :class:`FlagKind` bits; the
-per-set aggregation (counts, fraction, first/last pixel, dominant reason, message) is
-:meth:`stslive.live.results.ResultsModel.flag_summary`, fed by these bits.
-
-The spectral features are pure functions over batches (``axis=-1`` = bias); only the tip-change
-and thermal-band rules need history (the recent pixels of the run), kept by :class:`FlagEngine`
-(the windowed statistics are in :mod:`stslive.live.flags_history`). The engine must see the
-pixels in acquisition order so that a live run, a restart with backfill and an offline pass give
-the same flags. Speed: the live analyser calls both with 1-10 spectra at a time, so their fixed
-cost per call matters as much as their cost per spectrum; small batches take the rules with
-history one pixel at a time on Python floats, large ones in numpy passes (same bits).
-
-Rules and their physics
------------------------
-modulation
-    A bias modulation of ``V_rms`` (sine of amplitude sqrt(2) V_rms) averages dI/dV over
-    +-sqrt(2) V_rms, so a coherence peak is broadened by ~sqrt(2) V_rms. Flag when
-    sqrt(2) V_rms > ``modulation_max_fraction`` * Delta (Delta: the pixel's, else the run's
-    median, else ``nominal_delta_eV``).
-thermal
-    The Fermi window smears the spectrum over ~3.5 k_B T (full width of -df/dE). Flag when
-    T during the spectrum (max of before/after) exceeds the run's base temperature (median of
-    the recent pixels) by more than ``temperature_band_K``, or exceeds ``temperature_max_K``, or
-    when 3.5 k_B T > ``thermal_max_fraction`` * Delta.
-setpoint
-    The feedback parks the tip at |I(V_set)| = I_set; the recorded curve must pass through it.
-    Flag when |I(V_set)| / I_set - 1 exceeds ``setpoint_rel_tol`` (I averaged over
-    +-``setpoint_halfwidth_V`` around V_set).
-tip_change
-    A tip change alters the junction's normal-state conductance shape. Features f: ln of the mean
-    conductance G = dI/dV over ``tip_band_V`` on each polarity divided by the set-point
-    conductance I(V_set)/V_set (so a pure rescaling, the set-point rule's business, cancels).
-    The film changes f too: the power-law exponent alpha sets G(V_band)/G(V_set) ~
-    (V_band/V_set)^alpha, and alpha varies across the film (on the demo film f follows alpha with
-    correlation 0.999 and spans 0.2 over a 64-pixel row). That variation is smooth on the scale of
-    a pixel (the map resolves the correlation length of alpha, which is what it is measured for),
-    while a tip change is an event in *time*: from the pixel where it happens, every pixel is
-    shifted by the same step, wherever the tip is. So a pixel is flagged when its f differs by more
-    than ``limit`` = max(``tip_mad_k`` * 1.4826 MAD, ``tip_min_change``) both
-
-    - from its *spatial* neighbours: the median of the accepted pixels measured before it within
-      ``tip_radius_px`` (Chebyshev distance, the pixel itself if re-measured included) - the
-      film's value at that place measured with the baseline tip (residual r = f - median, minus
-      the median residual of the last ``tip_window`` accepted pixels: the bias of a one-sided
-      neighbourhood on a gradient); MAD is that of these residuals, the pixel-scale noise and
-      film roughness, so the film's large-scale spread does not widen the limit;
-    - and from the *recent pixels in time*: the median of the last ``tip_recent`` accepted
-      pixels. A step only in space (a raster scan's jump back to the start of the next row, a
-      film boundary crossed along the slow axis) is not a step in time of the junction.
-
-    Accepted = finite features, no set-point flag, no tip flag. Flagged pixels never become the
-    reference, so every pixel measured with the changed tip stays flagged while it has accepted
-    (old-tip) pixels within ``tip_radius_px``. A pixel with none (start of the run, or a changed
-    tip that has persisted over ``tip_radius_px`` rows) cannot be told from the film: it is not
-    flagged and the tip it was measured with becomes the baseline (so a permanent tip change
-    flags a band of about ``tip_radius_px`` rows after it, not the rest of the map). A live flag
-    cannot wait for later pixels to confirm a step, so a single pixel beyond the limit in space
-    and time is flagged (a momentary junction change); persistence is what keeps the following
-    pixels flagged. No judgement before ``tip_min_history`` accepted residuals; NaN features
-    (no conductance in the band or at V_set) are not judged: the set-point and fit rules cover them.
-lockin_overload / lockin_sensitivity
-    From the event: the overload flag or any of the ``overload_status_mask`` bits of the lock-in
-    status byte (SR830 LIAS?: bit 0 input, 1 filter, 2 output overload). Sensitivity too coarse
-    when the largest |X| (A, times ``preamp_gain_V_per_A``) uses less than
-    ``sensitivity_min_fraction`` of the full scale: the output resolution then dominates.
-sweep_coverage / no_peaks / poor_fit
-    From the kernel's reason codes (:class:`stslive.live.kernels.ReasonCode`).
-lockin_mismatch
-    The first harmonic X = V_m G of the lock-in must be proportional to the numerical dI/dV of
-    I(V) away from the gap. Fit X = k G over ``mismatch_window_V`` (|V|), flag when the rms of
-    X - k G relative to the rms of X exceeds ``mismatch_rel_tol``.
+:func:`spectral_features` reduces a batch of spectra (``axis=-1`` = bias) to the few numbers the
+rules read; :class:`FlagEngine` turns features, kernel results and measurement conditions into
+:class:`~stslive.live.flag_kinds.FlagKind` bits, with thresholds from
+:class:`~stslive.live.flag_config.FlagConfig` (where each rule and its physics is described).
+The rules with history (thermal band, tip change) judge a pixel against those measured before it
+(:mod:`stslive.live.flags_history`), so the engine must see pixels in acquisition order: a live
+run, a restart with backfill and an offline pass then give the same bits. Small batches (the
+live analyser's 1-10 spectra) take those rules one pixel at a time on Python floats, large ones
+in numpy passes; both give the same bits. The per-set aggregation of the bits is
+:func:`stslive.live.flag_kinds.summarise_sets`.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import threading
-import tomllib
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from statistics import median
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from stslive.drivers.errors import AnalysisError, ConfigError
+from stslive.drivers.errors import AnalysisError
+from stslive.live.flag_config import FlagConfig
+
+# re-exported: ``stslive analyser`` imports the loader from here
+from stslive.live.flag_config import load_flag_config as load_flag_config
+from stslive.live.flag_kinds import FlagKind
 from stslive.live.flags_history import SEQUENTIAL_MAX, TipTracker, judge, windowed_outliers
 from stslive.live.kernels import ReasonCode, SpectrumAnalysis, pick_channels
-from stslive.live.results import FlagKind
+from stslive.live.kernels.buffers import scratch as _scratch
+from stslive.live.theory import K_B_EV_PER_K as K_B_EV
 
-#: Boltzmann constant in eV/K.
-K_B_EV = 8.617333262e-5
-
-
-@dataclass(frozen=True, slots=True)
-class FlagConfig:
-    """Thresholds of every flag rule (SI units; see the module docstring for the physics).
-
-    Tip-change rule (f = ln(G_band / G_set), dimensionless; pixel counts):
-
-    tip_band_V
-        |V| band (V) of the normal-state conductance G_band.
-    tip_min_change
-        Smallest step of f flagged, 0.05 = a 5 % change of G_band/G_set. Measured on the clean
-        64 x 48 demo run: pixel-to-pixel noise + film roughness of f ~0.005 rms, first false
-        flags at 0.015; the injected tip fault (slope 8 /eV) steps f by 0.16 and 0.28.
-    tip_mad_k
-        The limit is max(tip_mad_k * 1.4826 MAD, tip_min_change) of the spatial residuals of
-        the last ``tip_window`` accepted pixels (grows with noisier data).
-    tip_window, tip_min_history
-        Residuals kept for that MAD, and needed before any pixel is judged.
-    tip_radius_px
-        Spatial neighbourhood (Chebyshev radius, pixels) of the reference; also the number of
-        rows after which a persisting changed tip becomes the baseline.
-    tip_recent
-        Accepted pixels in time whose median is the temporal reference.
-    """
-
-    modulation_max_fraction: float = 0.2
-    nominal_delta_eV: float = 1.2e-3
-    temperature_band_K: float = 0.2
-    temperature_max_K: float = math.inf
-    thermal_max_fraction: float = 0.5
-    setpoint_rel_tol: float = 0.1
-    setpoint_halfwidth_V: float = 0.25e-3
-    tip_band_V: tuple[float, float] = (20e-3, 35e-3)
-    tip_window: int = 32
-    tip_min_history: int = 8
-    tip_mad_k: float = 8.0
-    tip_min_change: float = 0.05
-    tip_radius_px: int = 2
-    tip_recent: int = 4
-    overload_status_mask: int = 0b111
-    preamp_gain_V_per_A: float = 1e9
-    sensitivity_min_fraction: float = 0.01
-    mismatch_window_V: tuple[float, float] = (5e-3, 30e-3)
-    mismatch_rel_tol: float = 0.15
-    smoothing_points: int = 11
-    set_flag_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            values = value if isinstance(value, tuple) else (value,)
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v) for v in values):
-                raise ConfigError(f"flags.{f.name} = {value!r}: give a number (SI units)")
-            if any(v < 0 for v in values):
-                raise ConfigError(f"flags.{f.name} = {value!r} must be >= 0")
-        for name in ("tip_band_V", "mismatch_window_V"):
-            lo, hi = getattr(self, name)
-            if not lo < hi:
-                raise ConfigError(f"flags.{name} = {(lo, hi)}: give [low, high] in volts with low < high")
-        if not 0 < self.set_flag_fraction <= 1:
-            raise ConfigError(f"flags.set_flag_fraction = {self.set_flag_fraction}: give a fraction in (0, 1]")
-        if self.smoothing_points < 3 or self.smoothing_points % 2 == 0:
-            raise ConfigError(f"flags.smoothing_points = {self.smoothing_points}: give an odd number >= 3")
-        if self.tip_window < self.tip_min_history or self.tip_min_history < 3:
-            raise ConfigError("flags.tip_window must be >= flags.tip_min_history >= 3")
-        if self.tip_radius_px < 1 or self.tip_recent < 1:
-            raise ConfigError("flags.tip_radius_px and flags.tip_recent must be integers >= 1")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> FlagConfig:
-        """Config from a mapping (the ``[flags]`` table); unknown keys raise :class:`ConfigError`."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"flags: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            default = getattr(cls(), key)
-            if isinstance(default, tuple):
-                if not isinstance(value, list | tuple) or len(value) != 2:
-                    raise ConfigError(f"flags.{key} = {value!r}: give a pair [low, high]")
-                value = tuple(float(v) for v in value)
-            elif isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool)):
-                raise ConfigError(f"flags.{key} = {value!r}: give an integer")
-            elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            values[key] = value
-        return cls(**values)
-
-
-def load_flag_config(path: str | Path) -> FlagConfig:
-    """Read a TOML file: a ``[flags]`` table (or the keys at top level); ConfigError on bad keys."""
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"flag config {path} not found; check the --config path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"flag config {path}: not valid TOML ({exc})") from None
-    table = doc
-    if "flags" in doc:
-        if set(doc) - {"flags"}:
-            raise ConfigError(f"flag config {path}: unknown top-level keys {sorted(set(doc) - {'flags'})}; use [flags]")
-        table = doc["flags"]
-    try:
-        return FlagConfig.from_mapping(table)
-    except ConfigError as exc:
-        raise ConfigError(f"flag config {path}: {exc}") from None
+#: The default thresholds (one frozen instance: the feature plans are cached per config).
+DEFAULT_CONFIG = FlagConfig()
 
 
 # -- spectral features (pure, batched, axis=-1) -------------------------------------------------
@@ -241,10 +73,6 @@ class _FeaturePlan:
     scale: float  # 1 / (2 s h), h the step of the grid ``sub``, V
     tip: tuple[slice, slice]
     window: tuple[slice, slice]
-
-
-_WORK = threading.local()  # per-thread work arrays of spectral_features (:func:`_scratch`)
-_WORK_MAX_BYTES = 16 << 20  # one work array of 1024 spectra x 1601 float64 points fits
 
 
 # The live analyser calls spectral_features with 1-10 spectra at a time on one grid: these searches
@@ -291,23 +119,6 @@ def _mean(values: np.ndarray, cols: slice) -> np.ndarray:
     return np.add.reduce(values[..., cols], axis=-1, dtype=np.float64) / width  # = np.mean: sum, then divide
 
 
-def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A per-thread work array of ``shape``, undefined content, reused between calls.
-
-    Why: a batch of 256 spectra needs a few MB of work arrays; fresh ones cost more than the
-    arithmetic on this VM (first touch of new memory is slow, ARCHITECTURE.md). Arrays above
-    ``_WORK_MAX_BYTES`` (a whole map at once) are not kept, so a backfill does not pin its size.
-    """
-    size = math.prod(shape)
-    if size * dtype.itemsize > _WORK_MAX_BYTES:
-        return np.empty(shape, dtype)
-    cache: dict[tuple[str, str], np.ndarray] = _WORK.__dict__.setdefault("arrays", {})
-    buf = cache.get((name, dtype.str))
-    if buf is None or buf.size < size:
-        buf = cache[(name, dtype.str)] = np.empty(size, dtype)
-    return buf[:size].reshape(shape)
-
-
 #: Spectra up to which both channels are smoothed in one call on a stacked copy (see _running_means)
 _FUSE_MAX_SPECTRA = 16
 
@@ -352,7 +163,7 @@ def spectral_features(
     v_set_V: float,
     i_set_A: float,
     lockin: np.ndarray | None = None,
-    config: FlagConfig = FlagConfig(),
+    config: FlagConfig = DEFAULT_CONFIG,
 ) -> SpectralFeatures:
     """Compute the set-point, tip and lock-in features of a batch of spectra.
 
@@ -422,7 +233,9 @@ def spectral_features(
             peak = rel = np.full(lead, np.nan)
         else:
             peak = np.max(np.abs(x), axis=-1)
-            sgg, sxg, sxx = sum(_product_sums(g[..., c], xs[..., c]) for c in plan.window)
+            assert xs is not None  # smoothed with the current whenever there is a lock-in channel
+            lo, hi = plan.window
+            sgg, sxg, sxx = _product_sums(g[..., lo], xs[..., lo]) + _product_sums(g[..., hi], xs[..., hi])
             rel = np.sqrt(np.maximum(1.0 - sxg * sxg / (sxx * sgg), 0.0))
     return SpectralFeatures(
         setpoint_rel_dev=i_at_set / i_set_A - 1.0, tip_features=tip, lockin_peak=peak, lockin_rel_residual=rel
@@ -463,11 +276,11 @@ class PixelConditions:
     The same class carries a batch: every field an array of shape (n,) (:meth:`stack`).
     """
 
-    temperature_K: float
-    lockin_overload: bool
-    lockin_status: int
-    modulation_Vrms: float
-    sensitivity_V: float
+    temperature_K: float | np.ndarray
+    lockin_overload: bool | np.ndarray
+    lockin_status: int | np.ndarray
+    modulation_Vrms: float | np.ndarray
+    sensitivity_V: float | np.ndarray
 
     @classmethod
     def stack(cls, conditions: Sequence[PixelConditions]) -> PixelConditions:
@@ -494,7 +307,7 @@ class FlagEngine:
         Thresholds.
     """
 
-    def __init__(self, config: FlagConfig = FlagConfig()) -> None:
+    def __init__(self, config: FlagConfig = DEFAULT_CONFIG) -> None:
         self.config = config
         self._tip = TipTracker(config)
         self._temperatures: deque[float] = deque(maxlen=max(config.tip_window, 16))

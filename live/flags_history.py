@@ -1,18 +1,11 @@
 """The flag rules that need history (tip change, thermal band): windowed robust statistics.
 
-Every rule here is sequential in acquisition order: pixel i is judged against the accepted
-pixels before it, and joins them if accepted. Two evaluations give the same bits:
-
-- one by one (:meth:`TipTracker.changed` and :func:`windowed_outliers` below
-  ``SEQUENTIAL_MAX`` pixels): plain Python on the few numbers per pixel. The live analyser
-  calls the engine with 1-10 pixels at a time, where a numpy call's fixed cost (~1-5 us) times
-  the ~100 calls of a vectorised pass was the whole cost of a call;
-- a pass of pixels at a time with numpy (larger batches, backfill, offline analysis): a pass
-  assumes its eligible pixels are accepted and restarts after the first eligible flagged one
-  (flags are rare, so this is usually one pass).
-
-Both take medians as the middle of the sorted valid values, 0.5 * (v[(c - 1) // 2] + v[c // 2]),
-and MAD = 1.4826 * median |v - median|: the same float64 operations, so the same bits.
+Every rule here is sequential in acquisition order: pixel i is judged against the accepted pixels
+before it and joins them if accepted. Small batches (up to :data:`SEQUENTIAL_MAX` pixels, the live
+analyser's usual 1-10) are judged one by one on Python floats, where a numpy call's fixed cost
+would dominate; larger ones in numpy passes that assume their eligible pixels are accepted and
+restart after the first flagged one. Both paths compute the same medians and MADs in float64, so
+they give the same bits.
 """
 
 from __future__ import annotations
@@ -20,14 +13,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from statistics import median
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from stslive.drivers.errors import AnalysisError
-
-if TYPE_CHECKING:
-    from stslive.live.flags import FlagConfig
+from stslive.live.flag_config import FlagConfig
 
 #: Batches up to this many pixels are evaluated one by one: the crossover with the numpy passes,
 #: measured with FlagEngine.evaluate on a 60 x 50 synthetic run (batch 16: 0.55 ms one by one,
@@ -41,6 +32,10 @@ _LONGEST = 256
 
 #: 1.4826 MAD estimates the standard deviation of normal data
 MAD_SCALE = 1.4826
+
+#: ``outside(values, medians)``: True where a value lies outside its window, elementwise on float64
+#: arrays (numpy passes) and on floats (one by one)
+Outside = Callable[[Any, Any], Any]
 
 
 def median_mad(windows: np.ndarray, counts: np.ndarray, *, mad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -92,7 +87,7 @@ def windowed_outliers(
     eligible: np.ndarray,
     *,
     min_history: int,
-    outside: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    outside: Outside,
 ) -> np.ndarray:
     """Sequential robust-window test of n values (k = 1 column), vectorised for large batches.
 
@@ -145,9 +140,7 @@ def windowed_outliers(
     return flagged
 
 
-def judge(
-    history: deque, value: float, eligible: bool, *, min_history: int, outside: Callable[[float, float], bool]
-) -> bool:
+def judge(history: deque, value: float, eligible: bool, *, min_history: int, outside: Outside) -> bool:
     """One step of :func:`windowed_outliers`: True if ``value`` is outside; it joins ``history`` if eligible and not."""
     bad = len(history) >= max(min_history, 1) and bool(outside(value, median(history)))
     if eligible and not bad:
@@ -156,7 +149,7 @@ def judge(
 
 
 class TipTracker:
-    """History of the tip rule: accepted features on the map and in time (flags module docstring).
+    """History of the tip rule: accepted features on the map and in time (:class:`FlagConfig`, tip_change).
 
     The map grows with the largest row/column seen (the engine is not told the grid) and has a
     border of ``tip_radius_px`` never-seen pixels, so a neighbourhood never needs bounds checks.
@@ -284,6 +277,7 @@ class TipTracker:
         resid = v - ref
         has_ref = n_ref > 0
         med_r, mad_r, n_r = trailing(_pairs(self.residuals), resid, eligible & has_ref, width=cfg.tip_window)
+        assert mad_r is not None  # asked for (mad=True)
         med_t, _, n_t = trailing(_pairs(self.recent), v, eligible, width=cfg.tip_recent, mad=False)
         limit = np.maximum(cfg.tip_mad_k * mad_r, cfg.tip_min_change)
         with np.errstate(invalid="ignore"):  # NaN features or no reference: comparisons are False

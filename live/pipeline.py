@@ -6,11 +6,8 @@
 * :func:`apply_to_model` - a batch of results into a :class:`ResultsModel` (vectorised).
 * :func:`analyse_input` - a whole file (archive or ``.3ds``) to a :class:`ResultsModel`, in
   memory-bounded row blocks; unmeasured pixels stay NaN / ``measured=False``.
-* :func:`correlation_snapshot` - Appendix A correlations of the measured part of the maps, the
-  paper Eq. (2) sheet-resistance spread and the Eq. (3) gap spread it predicts.
-
-The theory constants the paper uses to turn alpha and Delta statistics into sigma_rho and a
-predicted gap spread are :class:`TheoryConstants` (documented, overridable defaults).
+* :func:`calibrate_options` / :func:`calibrate_source` - the one rule that fixes the peak
+  templates' Dynes width of a map (:func:`calibration_sample`), live and offline.
 """
 
 from __future__ import annotations
@@ -18,21 +15,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
 from stslive.acquisition.formats.recording import SpectraSource, open_spectra
 from stslive.drivers.errors import AnalysisError, FileFormatError
-from stslive.live import theory
-from stslive.live.correlations import RadialProfile, correlation_length_1e, correlation_map, radial_profile
-from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, estimate_dynes_width, pick_channels
-from stslive.live.results import CorrelationSnapshot, ResultsModel
+from stslive.live.kernels import (
+    KernelOptions,
+    SpectrumAnalysis,
+    analyse_spectra,
+    estimate_dynes_width,
+    gap_search_covered,
+    pick_channels,
+)
+from stslive.live.results import ResultsModel
 
 __all__ = [
-    "TheoryConstants",
     "ProgressCallback",
     "uses_lockin",
     "analyse_pixels",
@@ -44,56 +43,10 @@ __all__ = [
     "calibrate_source",
     "analyse_source",
     "analyse_input",
-    "correlation_snapshot",
-    "sheet_resistance_sigma",
-    "predicted_gap_spread",
 ]
 
 #: ``progress(pixels_done, pixels_total)``, called after every block.
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class TheoryConstants:
-    """Inputs of paper Eqs. (2) and (3) beyond the measured maps (SI units, paper's values).
-
-    Attributes
-    ----------
-    bias_V : float
-        Bias at which Eq. (2) is evaluated, V (paper: V = 10 mV).
-    diffusion_m2_s : float
-        Diffusion constant D, m^2/s (paper: 0.5 cm^2/s = 5e-5 m^2/s).
-    hbar_omega_D_K : float
-        Debye energy hbar omega_D in kelvin, for the log-cube of Eq. (3) (paper: 300 K).
-    """
-
-    bias_V: float = 10e-3
-    diffusion_m2_s: float = 0.5e-4
-    hbar_omega_D_K: float = 300.0
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise AnalysisError(f"theory constant {f.name}={value!r} must be a finite number > 0 (SI units)")
-
-    @classmethod
-    def from_assignments(cls, assignments: Mapping[str, str | float]) -> TheoryConstants:
-        """Constants from ``KEY=VALUE`` pairs (CLI ``--set``); unknown keys list the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(assignments) - known)
-        if unknown:
-            raise AnalysisError(f"unknown theory constant(s) {unknown}; known: {sorted(known)} (SI units)")
-        values: dict[str, float] = {}
-        for key, raw in assignments.items():
-            try:
-                values[key] = float(raw)
-            except ValueError:
-                raise AnalysisError(f"theory constant {key}={raw!r} is not a number; give e.g. {key}=1e-2") from None
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
 
 
 def uses_lockin(options: KernelOptions) -> bool:
@@ -132,7 +85,7 @@ def analyse_arrays(
     lead = ref.shape[:-1]
     bias = np.asarray(bias_V, dtype=np.float64)
     if bias.ndim == 1 and math.prod(lead) > 0:
-        return _kernels(bias, current=current, lockin=lockin, options=options)
+        return analyse_spectra(bias, current=current, lockin=lockin, options=options)
     flat_cur = None if current is None else current.reshape(-1, ref.shape[-1])
     flat_li = None if lockin is None else lockin.reshape(-1, ref.shape[-1])
     out = _empty_analysis(math.prod(lead), like=ref.dtype)
@@ -142,7 +95,7 @@ def analyse_arrays(
         unique, inverse = np.unique(sweeps[:, [0, -1]], axis=0, return_inverse=True)
         for k in range(unique.shape[0]):
             rows = np.flatnonzero(inverse.ravel() == k)
-            part = _kernels(
+            part = analyse_spectra(
                 sweeps[rows[0]],
                 current=None if flat_cur is None else flat_cur[rows],
                 lockin=None if flat_li is None else flat_li[rows],
@@ -151,38 +104,6 @@ def analyse_arrays(
             for name, values in zip(SpectrumAnalysis._fields, part, strict=False):
                 getattr(out, name)[rows] = values
     return SpectrumAnalysis(*(np.reshape(a, lead) for a in out))
-
-
-#: Template width handed to the kernels when no spectrum can use one (see :func:`_kernels`), eV.
-_UNUSED_WIDTH_EV = 0.1e-3
-
-
-def _gap_search_covered(bias: np.ndarray, options: KernelOptions) -> bool:
-    """Whether a sweep reaches the coherence-peak search range on both polarities.
-
-    The kernels' own criterion (``kernels._gap_geometry``): at least 8 samples with
-    lo <= |V| <= hi on each side and the sweep reaching hi to within a step.
-    """
-    lo, hi = options.gap_search_V
-    step = abs(float(bias[-1] - bias[0])) / max(1, bias.size - 1)
-    sides = (bias >= lo) & (bias <= hi), (bias <= -lo) & (bias >= -hi)
-    reach = bias.max() >= hi - step and bias.min() <= -(hi - step)
-    return bool(reach and all(int(side.sum()) >= 8 for side in sides))
-
-
-def _kernels(
-    bias: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray | None, options: KernelOptions
-) -> SpectrumAnalysis:
-    """analyse_spectra for one shared sweep.
-
-    A sweep that misses the gap search range (e.g. a KPFM grid at 2 mV steps) gives every
-    spectrum ReasonCode.SEARCH_NOT_COVERED; the kernels would still try to estimate the template
-    width from the batch first and refuse the whole batch, so a width is passed that no
-    spectrum will use (the templates are only built for spectra that cover the range).
-    """
-    if options.dynes_width_eV is None and not _gap_search_covered(bias, options):
-        options = dataclasses.replace(options, dynes_width_eV=_UNUSED_WIDTH_EV)
-    return analyse_spectra(bias, current=current, lockin=lockin, options=options)
 
 
 def _with_template_width(
@@ -209,7 +130,7 @@ def _with_template_width(
             return None if a is None else a.reshape(-1, a.shape[-1])[same]
 
         bias, current, lockin = first, flat(current), flat(lockin)
-    if not _gap_search_covered(bias, options):
+    if not gap_search_covered(bias, options.gap_search_V):
         return options
     width = estimate_dynes_width(bias, current=current, lockin=lockin, options=options)
     return dataclasses.replace(options, dynes_width_eV=float(width))
@@ -324,7 +245,7 @@ def apply_to_model(
         maps["setpoint_set"] = np.asarray(setpoint_set)
     if time_s is not None:
         maps["time"] = np.asarray(time_s)
-    model.update_block(iy, ix, **maps)
+    model.update_block(iy, ix, **maps)  # type: ignore[arg-type]  # an int index works like a slice there
 
 
 def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> SpectraSource:
@@ -477,120 +398,3 @@ def analyse_input(
     """
     with open_input(path, options=options) as source:
         return analyse_source(source, options=options, progress=progress, max_block_bytes=max_block_bytes)
-
-
-def sheet_resistance_sigma(alpha_std: float, l_alpha_m: float, *, constants: TheoryConstants) -> float:
-    """sigma_rho in ohm from the spread of alpha, paper Eq. (2) inverted.
-
-    sigma_rho = 2 pi R_Q sigma_alpha / ln(eV / (hbar D / l_alpha^2)); NaN when alpha_std or
-    l_alpha is not finite, or when eV <= hbar D / l_alpha^2 (Eq. (2) does not apply there).
-    """
-    if not (math.isfinite(alpha_std) and math.isfinite(l_alpha_m) and l_alpha_m > 0):
-        return math.nan
-    ratio = float(
-        theory.diffusive_energy_ratio(
-            bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m
-        )
-    )
-    if ratio <= 1.0:
-        return math.nan
-    return float(
-        theory.sheet_resistance_shift(
-            alpha_std, bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m
-        )
-    )
-
-
-def predicted_gap_spread(sigma_rho_ohm: float, mean_gap_eV: float, *, constants: TheoryConstants) -> float:
-    """|delta_Delta| / <Delta> expected from sigma_rho, paper Eq. (3) with Delta(0) = the measured mean gap."""
-    if not (math.isfinite(sigma_rho_ohm) and math.isfinite(mean_gap_eV) and mean_gap_eV > 0):
-        return math.nan
-    gap_K = mean_gap_eV / theory.K_B_EV_PER_K
-    if gap_K >= constants.hbar_omega_D_K:
-        return math.nan
-    return abs(float(theory.gap_relative_shift(sigma_rho_ohm, hbar_omega_D_K=constants.hbar_omega_D_K, gap_K=gap_K)))
-
-
-def correlation_snapshot(
-    model: ResultsModel,
-    *,
-    pixel_size_m: float | tuple[float, float] | None = None,
-    constants: TheoryConstants | None = None,
-    min_pair_fraction: float = 0.05,
-) -> CorrelationSnapshot:
-    """Appendix A correlations of the valid part of ``model``'s maps and what Eqs. (2), (3) imply.
-
-    Parameters
-    ----------
-    model : ResultsModel
-        Maps so far; pixels not valid are left out (NaN), so it works mid-run.
-    pixel_size_m : float or (dy, dx), optional
-        Pixel size, m (default: ``model.pixel_nm``).
-    constants : TheoryConstants, optional
-        Eq. (2)/(3) constants (default: the paper's).
-
-    Returns
-    -------
-    CorrelationSnapshot
-        Radial profiles, the fftshifted 2D Delta-alpha cross-correlation, 1/e lengths,
-        rho_cross(0), sigma_rho (Eq. 2 from alpha's std and l_alpha) and the predicted relative
-        gap spread (Eq. 3 at the measured mean gap).
-
-    Raises
-    ------
-    AnalysisError
-        Fewer than 3 valid pixels, or no pixel size.
-    """
-    consts = constants or TheoryConstants()
-    size = (model.pixel_nm * 1e-9) if pixel_size_m is None else pixel_size_m
-    if not np.all(np.isfinite(np.asarray(size, dtype=np.float64))):
-        raise AnalysisError("correlations need the pixel size; pass pixel_size_m (metres)")
-    with model.lock:
-        valid = model.maps["valid"].copy()
-        delta = np.where(valid, model.maps["delta_eV"], np.nan)
-        alpha = np.where(valid, model.maps["alpha"], np.nan)
-    n_valid = int(valid.sum())
-    if n_valid < 3:
-        raise AnalysisError(f"only {n_valid} valid pixel(s): correlations need at least 3")
-    corr = {
-        "delta": correlation_map(delta, min_pair_fraction=min_pair_fraction),
-        "alpha": correlation_map(alpha, min_pair_fraction=min_pair_fraction),
-        "cross": correlation_map(delta, alpha, min_pair_fraction=min_pair_fraction),
-    }
-    profiles = {k: radial_profile(v, pixel_size_m=size) for k, v in corr.items()}
-    lengths = {k: _length_nm(p, absolute=k == "cross") for k, p in profiles.items()}
-    alpha_std = float(np.nanstd(alpha))
-    sigma_rho = sheet_resistance_sigma(alpha_std, lengths["alpha"] * 1e-9, constants=consts)
-    predicted = predicted_gap_spread(sigma_rho, float(np.nanmean(delta)), constants=consts)
-    r = profiles["delta"].radius_m
-    return CorrelationSnapshot(
-        r_nm=r * 1e9,
-        rho_delta=profiles["delta"].value,
-        rho_alpha=_on_radii(profiles["alpha"], r),
-        rho_cross=_on_radii(profiles["cross"], r),
-        cross_map=np.fft.fftshift(corr["cross"]),
-        pixel_nm=float(np.mean(np.asarray(size, dtype=np.float64)) * 1e9),
-        l_delta_nm=lengths["delta"],
-        l_alpha_nm=lengths["alpha"],
-        l_cross_nm=lengths["cross"],
-        rho_cross_0=float(corr["cross"][0, 0]),
-        sigma_rho_ohm=sigma_rho,
-        predicted_delta_rel_sigma=predicted,
-        n_pixels=n_valid,
-        time=time.time(),
-    )
-
-
-def _length_nm(profile: RadialProfile, *, absolute: bool) -> float:
-    """1/e length in nm, NaN when the profile is unusable (e.g. a constant map)."""
-    if profile.value.size == 0 or not abs(profile.value[0]) > 0:
-        return math.nan
-    return correlation_length_1e(profile, absolute=absolute) * 1e9
-
-
-def _on_radii(profile: RadialProfile, radius_m: np.ndarray) -> np.ndarray:
-    """A profile resampled on the radii of another (rings with no pair are dropped per profile)."""
-    r, v = profile.radius_m, profile.value
-    if r.shape == radius_m.shape and np.allclose(r, radius_m):
-        return v
-    return np.interp(radius_m, r, v, left=np.nan, right=np.nan)

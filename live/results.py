@@ -1,18 +1,12 @@
-"""The live results model shared by the analyser, the control-room viewer and the analysis file.
+"""The live results model: every per-pixel result map of one run, its status and its correlation snapshot.
 
-One :class:`ResultsModel` holds, for a (ny, nx) grid, every per-pixel result map (preallocated,
-so a 300 x 250 map never reallocates while a run fills it), the per-pixel quality flags, the
-run status, and the latest correlation snapshot. Writers (the analyser, a stream subscriber, a
-file loader) call :meth:`ResultsModel.update_pixel` / :meth:`ResultsModel.update_block`; readers
-(the viewer's timer) call the ``copy_*`` / ``statistics`` / ``flag_summary`` accessors, which take
-the lock only long enough to copy. Version counters tell a reader what changed since it last
-looked, so it redraws only that.
-
-Units are SI inside (eV for the gap because the analysis file stores it so, V, K, s, m); meV and
-nm only in the human-readable messages.
-
-Persistence (``maps.h5``, issue 2 layout) and the wire format live in
-:mod:`stslive.live.results_io`; the methods here delegate to it.
+:class:`ResultsModel` holds preallocated (ny, nx) maps (:data:`MAP_SPECS`), the per-pixel flags,
+the run status and the latest :class:`CorrelationSnapshot`. Writers (the analyser, a results
+subscriber, a file loader) call :meth:`~ResultsModel.update_pixel` /
+:meth:`~ResultsModel.update_block`; readers (the screen's timer) call the accessors, which hold
+the lock only to copy. Version counters say what changed since a reader last looked. Units are
+SI (the gap in eV); meV and nm only in human-readable messages. The analysis file and the
+results messages are :mod:`stslive.live.results_io`.
 """
 
 from __future__ import annotations
@@ -20,48 +14,19 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, fields
-from enum import IntFlag
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.formats.documents import RUN_STATES as SCAN_STATES
 from stslive.drivers.errors import AnalysisError
+from stslive.drivers.tomlfile import dataclass_from_mapping
 
-
-class FlagKind(IntFlag):
-    """Per-pixel quality flags, one bit each (issue 5 "Flags"); a pixel may carry several."""
-
-    MODULATION = 1 << 0
-    THERMAL = 1 << 1
-    SETPOINT = 1 << 2
-    TIP_CHANGE = 1 << 3
-    LOCKIN_OVERLOAD = 1 << 4
-    LOCKIN_SENSITIVITY = 1 << 5
-    SWEEP_COVERAGE = 1 << 6
-    NO_PEAKS = 1 << 7
-    POOR_FIT = 1 << 8
-    LOCKIN_MISMATCH = 1 << 9
-    FAILED_PIXEL = 1 << 10
-
-
-#: One-line description of each flag for display; the set message reads "set N: <this>, ...".
-FLAG_DESCRIPTIONS: dict[FlagKind, str] = {
-    FlagKind.MODULATION: "lock-in modulation too large for the gap: broadens the coherence peaks",
-    FlagKind.THERMAL: "temperature above the band (3.5 k_B T no longer small against Delta)",
-    FlagKind.SETPOINT: "I(V_set) differs from I_set: feedback not settled or tip unstable",
-    FlagKind.TIP_CHANGE: "abrupt change of the normal-state conductance: tip change",
-    FlagKind.LOCKIN_OVERLOAD: "lock-in overload during the sweep",
-    FlagKind.LOCKIN_SENSITIVITY: "lock-in sensitivity too coarse for the signal",
-    FlagKind.SWEEP_COVERAGE: "sweep does not cover the gap or the power-law fit window",
-    FlagKind.NO_PEAKS: "no coherence peaks found",
-    FlagKind.POOR_FIT: "power-law fit of the background is poor",
-    FlagKind.LOCKIN_MISMATCH: "lock-in dI/dV and the derivative of I(V) disagree",
-    FlagKind.FAILED_PIXEL: "pixel could not be measured",
-}
-
-#: Short label of each flag ("modulation", "lockin_overload", ...), its lower-case member name.
-FLAG_LABELS: dict[FlagKind, str] = {kind: str(kind.name).lower() for kind in FlagKind}
+# The flag bits and names are re-exported: the screen, the results messages and the benchmarks import them from here.
+from stslive.live.flag_kinds import FLAG_DESCRIPTIONS as FLAG_DESCRIPTIONS
+from stslive.live.flag_kinds import FLAG_LABELS as FLAG_LABELS
+from stslive.live.flag_kinds import FlagKind as FlagKind
+from stslive.live.flag_kinds import SetFlagSummary, summarise_sets
 
 #: Fixed map layout: name -> (dtype, fill value, SI unit, description). The order is the display order.
 MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
@@ -85,7 +50,8 @@ MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
     "flags": (np.dtype(np.uint32), 0, "", "FlagKind bits"),
 }
 
-RUN_STATES = ("unknown", "idle", "running", "paused", "stopping", "done", "failed")
+#: what a model shows as the run state: a run's states, and "unknown" before any status arrived
+RUN_STATES = ("unknown", *SCAN_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +84,10 @@ class PixelResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PixelResult:
-        """Inverse of :meth:`to_dict`; unknown keys are refused so a schema drift is visible."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise AnalysisError(f"PixelResult got unknown fields {sorted(unknown)}; update stslive on both ends")
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise AnalysisError so a schema drift is visible."""
+        return dataclass_from_mapping(
+            cls, d, what="PixelResult (update stslive on both ends if they differ)", error=AnalysisError
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,26 +141,6 @@ class MapStatistics:
 
 
 @dataclass(frozen=True, slots=True)
-class SetFlagSummary:
-    """Flags aggregated over the pixels of one set-point parameter set."""
-
-    set_id: int
-    n_pixels: int
-    n_flagged: int
-    counts: dict[str, int]
-    first_pixel: tuple[int, int] | None
-    last_pixel: tuple[int, int] | None
-    dominant: str | None
-    flagged: bool
-    message: str
-
-    @property
-    def fraction(self) -> float:
-        """Flagged fraction of the set's measured pixels (0 when the set has none)."""
-        return self.n_flagged / self.n_pixels if self.n_pixels else 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class RunStatus:
     """Where the run stands, as the viewer shows it."""
 
@@ -215,17 +159,6 @@ class RunStatus:
     def progress(self) -> float:
         """Measured fraction of the grid, 0..1."""
         return self.n_measured / self.n_total if self.n_total else 0.0
-
-
-def _set_message(set_id: int, dominant: str | None, fraction: float, params: dict[str, Any]) -> str:
-    """Human sentence for a set, e.g. "set 2: modulation 0.8 mV rms broadens peaks, 97 % ..."."""
-    if dominant is None:
-        return f"set {set_id}: no flags"
-    what = FLAG_DESCRIPTIONS[FlagKind[dominant.upper()]]
-    amp = params.get("lockin_amplitude_Vrms")
-    if dominant == "modulation" and amp is not None:
-        what = f"modulation {float(amp) * 1e3:.1f} mV rms broadens peaks"
-    return f"set {set_id}: {what}, {100.0 * fraction:.0f} % of its pixels flagged"
 
 
 class ResultsModel:
@@ -478,39 +411,7 @@ class ResultsModel:
             flags = self.maps["flags"][measured]
             times = self.maps["time"][measured]
             params = dict(self.setpoint_sets)
-        iy, ix = np.nonzero(measured)
-        order_key = np.where(np.isfinite(times), times, np.inf)
-        summaries = []
-        for set_id in np.unique(sets):
-            in_set = sets == set_id
-            f = flags[in_set]
-            flagged = f != 0
-            counts = {FLAG_LABELS[k]: int(np.count_nonzero(f & int(k))) for k in FlagKind}
-            counts = {k: v for k, v in counts.items() if v}
-            n, n_flagged = int(in_set.sum()), int(flagged.sum())
-            first = last = None
-            if n_flagged:
-                idx = np.flatnonzero(in_set)[flagged]
-                # stable lexsort: time first, raster index breaks ties and orders untimed pixels
-                order = idx[np.lexsort((idx, order_key[idx]))]
-                first = (int(iy[order[0]]), int(ix[order[0]]))
-                last = (int(iy[order[-1]]), int(ix[order[-1]]))
-            dominant = max(counts, key=lambda k: counts[k]) if counts else None
-            fraction = n_flagged / n if n else 0.0
-            summaries.append(
-                SetFlagSummary(
-                    set_id=int(set_id),
-                    n_pixels=n,
-                    n_flagged=n_flagged,
-                    counts=counts,
-                    first_pixel=first,
-                    last_pixel=last,
-                    dominant=dominant,
-                    flagged=fraction >= self.set_threshold,
-                    message=_set_message(int(set_id), dominant, fraction, params.get(int(set_id), {})),
-                )
-            )
-        return summaries
+        return summarise_sets(measured, sets, flags, times, params=params, threshold=self.set_threshold)
 
     def flagged_pixels(self, *, limit: int = 5000) -> list[tuple[int, int, int]]:
         """(iy, ix, flags) of flagged pixels in acquisition order, at most ``limit`` (latest kept)."""
@@ -561,32 +462,6 @@ class ResultsModel:
                 "message": self._message,
                 "pixels_per_hour": self._rate_override,
             }
-
-    # -- persistence and wire (see results_io) -----------------------------------------------
-    def save_maps_h5(self, path: str | Path) -> None:
-        """Write the issue-2 ``maps.h5`` layout plus the extra maps, flags and snapshot."""
-        from stslive.live.results_io import save_maps_h5
-
-        save_maps_h5(self, path)
-
-    def to_messages(self) -> list[tuple[str, dict[str, Any], dict[str, np.ndarray]]]:
-        """The model's full state as (topic, header, arrays) messages: maps, snapshot, status."""
-        from stslive.live.results_io import model_messages
-
-        return model_messages(self)
-
-    def apply_message(self, topic: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Apply one (topic, header, arrays) message built by :mod:`stslive.live.results_io`."""
-        from stslive.live.results_io import apply_message
-
-        apply_message(self, topic, header, arrays)
-
-
-def load_maps_h5(path: str | Path) -> ResultsModel:
-    """Read a ``maps.h5`` (ours or a bare issue-2 one) into a new :class:`ResultsModel`."""
-    from stslive.live.results_io import load_maps_h5 as _load
-
-    return _load(path)
 
 
 def _histogram(values: np.ndarray, bins: int) -> Histogram:

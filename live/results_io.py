@@ -1,27 +1,22 @@
 """Persistence and wire format of :class:`~stslive.live.results.ResultsModel`.
 
-``maps.h5`` (issue 2 layout, owned here): root datasets ``delta`` (eV), ``alpha``, ``b``,
-``alpha_pos``, ``alpha_neg``, ``valid`` (bool), ``reason`` (int16), all (ny, nx) in the
-archive's pixel order with a ``units`` attribute; then the extra maps under their own names
-(``b_pos``, ``b_neg``, ``visibility``, ``fit_quality``, ``peak_neg``/``peak_pos`` (V),
-``temperature`` (K), ``time`` (s), ``setpoint_set``, ``measured``, ``flags`` with the bit
-names as attributes), optional ``topography`` (m), a ``correlation`` group holding the latest
-:class:`CorrelationSnapshot`, and ``setpoint_sets`` / status as JSON attributes.
+``maps.h5``: :func:`save_maps_h5` / :func:`load_maps_h5`. The seven core datasets
+(:data:`CORE_DATASETS`: ``delta`` in eV, ``alpha``, ``b``, ``alpha_pos``, ``alpha_neg``, ``valid``,
+``reason``), every other map, the flags, the topography, the correlation snapshot and the status;
+the layout is described in ``docs/formats.md``. A file holding only the core datasets reads as
+"every pixel measured".
 
-Wire: results travel as (topic, header, arrays) messages, topics ``pixel`` (one
-:class:`PixelResult`), ``pixels`` (a batch of results: one array per PixelResult field, what the
-live analyser sends - one JSON header per pixel would cost more than the analysis), ``maps`` (every
-map, for viewers that join late), ``snapshot`` (correlations) and ``status`` (run status + temperature
-trace). :func:`encode_message` turns one
-into ZeroMQ frames ``[topic, JSON header, *raw little-endian array frames]`` described by dtype
-and shape in the header (the run stream's convention, ARCHITECTURE.md); never pickle.
-Non-finite floats are sent as JSON ``null`` so any strict JSON reader can parse the header.
+Wire: the results stream speaks the one codec (:mod:`stslive.acquisition.formats.codec`) under
+:data:`RESULTS_RULES`: topics ``pixel``, ``pixels`` (a batch, one array per
+:class:`~stslive.live.results.PixelResult` field), ``maps`` (every map, for viewers that join
+late), ``snapshot`` (correlations) and ``status``; JSON headers (non-finite numbers as ``null``),
+raw array frames. :func:`encode_message` / :func:`decode_message` convert, :func:`apply_message`
+applies a message to a model.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +24,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from stslive.acquisition.formats.codec import (
+    MalformedMessage,
+    WireRules,
+    check_envelope,
+    from_frames,
+    json_safe,
+    to_frames,
+)
 from stslive.drivers.errors import FileFormatError, StreamError
 from stslive.live.results import (
     FLAG_DESCRIPTIONS,
@@ -40,23 +43,30 @@ from stslive.live.results import (
 )
 
 MAPS_FORMAT_VERSION = 1
-SCHEMA = "stslive.results"
-SCHEMA_VERSION = 1
+RESULTS_SCHEMA = "stslive.results"
+RESULTS_SCHEMA_VERSION = 1
 # "pixels" shares the "pixel" prefix, so a viewer subscribed to "pixel" receives both
 TOPICS = ("pixel", "pixels", "maps", "snapshot", "status")
+#: The results stream's wire rules. A maps message carries every map and the topography (19
+#: arrays; 1 GiB covers the maps of a 2048 x 2048 grid four times). Float maps may hold inf (a
+#: coherence-peak visibility over a zero background), so inf is not refused here.
+RESULTS_RULES = WireRules(
+    schema=RESULTS_SCHEMA,
+    version=RESULTS_SCHEMA_VERSION,
+    topics={topic: topic.encode() for topic in TOPICS},
+    max_arrays=64,
+    max_array_bytes=1 << 30,
+    header_formats=("json",),
+)
 
-#: model map name -> maps.h5 dataset name (issue 2 names first; the rest keep a unit-free name)
+#: model map name -> maps.h5 dataset name (the core names first; the rest keep a unit-free name)
 H5_NAMES: dict[str, str] = {
     "delta_eV": "delta",
     "peak_neg_V": "peak_neg",
     "peak_pos_V": "peak_pos",
     "temperature_K": "temperature",
 }
-ISSUE2_DATASETS = ("delta", "alpha", "b", "alpha_pos", "alpha_neg", "valid", "reason")
-
-#: dtypes a results message may carry; anything else is refused (no object arrays, no pickle)
-ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i2", "<i4", "<i8", "<u4", "|b1", "<u2", "|u1"})
-MAX_HEADER_BYTES = 1 << 20
+CORE_DATASETS = ("delta", "alpha", "b", "alpha_pos", "alpha_neg", "valid", "reason")
 
 Message = tuple[str, dict[str, Any], dict[str, np.ndarray]]
 
@@ -82,7 +92,7 @@ def save_maps_h5(model: ResultsModel, path: str | Path) -> None:
         f.attrs["stslive_maps_version"] = MAPS_FORMAT_VERSION
         f.attrs["pixel_size_nm"] = model.pixel_nm
         f.attrs["setpoint_sets"] = json.dumps({str(k): v for k, v in sets.items()})
-        f.attrs["status"] = json.dumps(_json_safe(status))
+        f.attrs["status"] = json.dumps(json_safe(status))
         f.attrs["set_threshold"] = model.set_threshold
         for name, (_, _, unit, description) in MAP_SPECS.items():
             ds = f.create_dataset(_h5_name(name), data=maps[name])
@@ -105,12 +115,12 @@ def save_maps_h5(model: ResultsModel, path: str | Path) -> None:
 
 
 def load_maps_h5(path: str | Path) -> ResultsModel:
-    """Read a ``maps.h5``; a bare issue-2 file (7 datasets) gives measured = every pixel.
+    """Read a ``maps.h5``; a file with only the 7 core datasets gives measured = every pixel.
 
     Raises
     ------
     FileFormatError
-        Not HDF5, an issue-2 dataset missing, or inconsistent shapes.
+        Not HDF5, a core dataset missing, or inconsistent shapes.
     """
     path = Path(path)
     if not path.is_file():
@@ -120,11 +130,11 @@ def load_maps_h5(path: str | Path) -> ResultsModel:
     except OSError as exc:
         raise FileFormatError(path, f"not a readable HDF5 file ({exc}); re-run the analysis") from exc
     with f:
-        missing = [n for n in ISSUE2_DATASETS if n not in f]
+        missing = [n for n in CORE_DATASETS if n not in f]
         if missing:
             raise FileFormatError(path, f"not a maps.h5 analysis file: datasets {missing} missing")
         shape = f["delta"].shape
-        if len(shape) != 2 or any(f[n].shape != shape for n in ISSUE2_DATASETS):
+        if len(shape) != 2 or any(f[n].shape != shape for n in CORE_DATASETS):
             raise FileFormatError(path, f"maps must all be 2D of one shape; delta is {shape}")
         model = ResultsModel(
             *shape,
@@ -133,7 +143,7 @@ def load_maps_h5(path: str | Path) -> ResultsModel:
         )
         values = {name: f[_h5_name(name)][()] for name in MAP_SPECS if _h5_name(name) in f}
         if "measured" not in values:
-            # an issue-2 file from `stslive analyse` covers the whole grid it was given
+            # a core-only file (an older `stslive analyse`) covers the whole grid it was given
             values["measured"] = np.ones(shape, dtype=bool)
         model.update_block(slice(None), slice(None), **values)
         if "topography" in f:
@@ -156,19 +166,6 @@ def load_maps_h5(path: str | Path) -> ResultsModel:
 
 
 # -- messages -----------------------------------------------------------------------------------
-def _json_safe(value: Any) -> Any:
-    """Builtin types only, non-finite floats as None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _nan(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
@@ -182,16 +179,13 @@ def _snapshot_scalars(snap: CorrelationSnapshot) -> dict[str, Any]:
 
 
 def _snapshot_from(arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> CorrelationSnapshot:
-    floats = {k: _nan(scalars.get(k)) for k in _snapshot_scalars_names() if k != "n_pixels"}
-    return CorrelationSnapshot(
-        **{n: np.asarray(arrays[n]) for n in CorrelationSnapshot.ARRAYS},
-        n_pixels=int(scalars.get("n_pixels", 0) or 0),
-        **floats,
-    )
+    values: dict[str, Any] = {k: _nan(scalars.get(k)) for k in _snapshot_scalars_names() if k != "n_pixels"}
+    values.update({n: np.asarray(arrays[n]) for n in CorrelationSnapshot.ARRAYS})
+    return CorrelationSnapshot(n_pixels=int(scalars.get("n_pixels", 0) or 0), **values)
 
 
 def _header(kind: str, **body: Any) -> dict[str, Any]:
-    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "kind": kind, **_json_safe(body)}
+    return {"schema": RESULTS_SCHEMA, "version": RESULTS_SCHEMA_VERSION, "kind": kind, **json_safe(body)}
 
 
 def pixel_message(result: PixelResult) -> Message:
@@ -295,15 +289,9 @@ def model_from_message(topic: str, header: dict[str, Any]) -> ResultsModel:
 
 
 def _check_header(topic: str, header: dict[str, Any]) -> None:
-    if header.get("schema") != SCHEMA:
-        raise StreamError(f"results message has schema {header.get('schema')!r}, expected {SCHEMA!r}")
-    if header.get("version") != SCHEMA_VERSION:
-        raise StreamError(
-            f"results schema version {header.get('version')!r} unsupported (this viewer reads "
-            f"{SCHEMA_VERSION}); update stslive on the viewing machine"
-        )
-    if topic not in TOPICS or header.get("kind") != topic:
-        raise StreamError(f"topic {topic!r} / kind {header.get('kind')!r} unknown; expected one of {TOPICS}")
+    """The envelope check of :func:`decode_message`, for messages handed over in process too."""
+    if check_envelope(header, RESULTS_RULES) != topic:
+        raise MalformedMessage("topic", f"topic {topic!r} does not match kind {header.get('kind')!r}")
 
 
 def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -361,49 +349,13 @@ def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], array
 
 # -- frames -------------------------------------------------------------------------------------
 def encode_message(topic: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[bytes]:
-    """ZeroMQ frames ``[topic, JSON header, *array buffers]``; arrays as little-endian raw bytes."""
-    descr, frames = [], []
-    for name, arr in arrays.items():
-        a = np.ascontiguousarray(arr)
-        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        if a.dtype.str not in ALLOWED_DTYPES:
-            raise StreamError(f"array {name!r} has dtype {a.dtype.str}, not one of {sorted(ALLOWED_DTYPES)}")
-        descr.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape)})
-        frames.append(a.tobytes())
-    head = json.dumps({**header, "arrays": descr}, allow_nan=False).encode()
-    return [topic.encode(), head, *frames]
+    """ZeroMQ frames ``[topic, JSON header, *array frames]`` (:func:`stslive.acquisition.formats.codec.to_frames`)."""
+    return to_frames(topic.encode(), header, arrays)
 
 
 def decode_message(frames: list[bytes]) -> Message:
-    """Inverse of :func:`encode_message`; :class:`StreamError` on any malformed frame set."""
-    if len(frames) < 2:
-        raise StreamError(f"results message needs at least 2 frames (topic, header), got {len(frames)}")
-    topic = bytes(frames[0]).decode("utf-8", errors="replace")
-    if len(frames[1]) > MAX_HEADER_BYTES:
-        raise StreamError(f"results header of {len(frames[1])} bytes exceeds {MAX_HEADER_BYTES}")
-    try:
-        header = json.loads(bytes(frames[1]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StreamError(f"results header is not JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise StreamError("results header must be a JSON object")
-    descr = header.pop("arrays", [])
-    if not isinstance(descr, list) or len(descr) != len(frames) - 2:
-        raise StreamError(
-            f"header describes {len(descr) if isinstance(descr, list) else '?'} arrays, "
-            f"message has {len(frames) - 2} array frames"
-        )
-    arrays = {}
-    for d, buf in zip(descr, frames[2:], strict=True):
-        try:
-            name, dtype, shape = str(d["name"]), str(d["dtype"]), tuple(int(s) for s in d["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StreamError(f"bad array description {d!r}") from exc
-        if dtype not in ALLOWED_DTYPES:
-            raise StreamError(f"array {name!r}: dtype {dtype!r} not allowed")
-        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        if len(buf) != expected or any(s < 0 for s in shape):
-            raise StreamError(f"array {name!r}: {len(buf)} bytes for shape {shape} of {dtype} ({expected} expected)")
-        arrays[name] = np.frombuffer(bytes(buf), dtype=dtype).reshape(shape)
-    _check_header(topic, header)
-    return topic, header, arrays
+    """Inverse of :func:`encode_message`; MalformedMessage (a StreamError) on any malformed frame set."""
+    kind, header, arrays = from_frames(frames, RESULTS_RULES)
+    if arrays is None:  # every results header lists its arrays, an empty list included
+        raise MalformedMessage("field", f"{kind} results header without its 'arrays' list")
+    return kind, header, arrays

@@ -5,7 +5,8 @@ archive when the analyser joins late). :class:`PixelInput` is one pixel to analy
 stream event or rebuilt from the archive. :meth:`RunContext.process` analyses a batch with the
 one code path (:func:`stslive.live.pipeline.analyse_pixels`), computes the flags in acquisition
 order (:class:`stslive.live.flags.FlagEngine`) and stores everything in the run's
-:class:`ResultsModel`; it returns the :class:`PixelResult` s to publish.
+:class:`ResultsModel`; it returns the batch's results as columns (arrays named by the
+:class:`PixelResult` fields) to publish.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.formats.documents import EventDoc
 from stslive.acquisition.formats.runmodel import SetpointSet
-from stslive.acquisition.formats.stream import EventDoc
 from stslive.drivers.errors import ConfigError, StreamError
+from stslive.live.flag_config import FlagConfig
 from stslive.live.flags import (
-    FlagConfig,
     FlagEngine,
     PixelConditions,
     SpectralFeatures,
@@ -113,7 +114,7 @@ class RunContext:
         self.model.set_setpoint_sets({k: s.to_dict() for k, s in self.sets.items()})
         self.flags = FlagEngine(flag_config)
         self.last_time: dict[tuple[int, int], float] = {}
-        #: seconds spent per stage of :meth:`process` (benchmarks: ``stslive bench-analyser``)
+        #: seconds spent per stage of :meth:`process` (benchmarks: ``stslive bench analyser``)
         self.stage_seconds: dict[str, float] = dict.fromkeys(("analyse", "features", "flags", "model"), 0.0)
 
     def check(self, pixel: PixelInput) -> None:
@@ -285,15 +286,13 @@ def result_rows(columns: Mapping[str, np.ndarray]) -> list[PixelResult]:
     ints = {"iy", "ix", "setpoint_set", "reason", "flags"}
     names = list(columns)
     rows = zip(*(np.asarray(columns[k]).tolist() for k in names), strict=True)
-    return [
-        PixelResult(
-            **{
-                k: (int(v) if k in ints else bool(v) if k == "valid" else float(v))
-                for k, v in zip(names, row, strict=True)
-            }
-        )
-        for row in rows
-    ]
+    out = []
+    for row in rows:
+        values: dict[str, Any] = {
+            k: (int(v) if k in ints else bool(v) if k == "valid" else float(v)) for k, v in zip(names, row, strict=True)
+        }
+        out.append(PixelResult(**values))
+    return out
 
 
 def _scatter(out: dict[str, np.ndarray], values: Mapping[str, np.ndarray], rows: np.ndarray, n: int) -> None:

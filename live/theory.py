@@ -1,16 +1,9 @@
 """Theory linking the AA exponent, the local sheet resistance and the gap (paper Sec. III, App. B, C).
 
-Pure physics: every function computes from its inputs with CODATA constants (``scipy.constants``)
-and nothing is tuned to reproduce a figure quoted in the paper. Where the paper's quoted value does
-not follow from its stated inputs, ``stslive theory`` prints both and how far apart they are.
-
-Units follow the paper's habit where it is unambiguous and are always in the argument name:
-resistances in ohm, bias in volt (the energy scale is e|V|), energies in eV or in kelvin (k_B T),
-lengths in metres, diffusion constants in m^2/s, times in seconds. All functions are vectorised:
-numpy arrays (or scalars) in, arrays out, with the usual broadcasting; float32 inputs stay float32
-where the coefficient is a Python float.
-
-Equations (R_Q = h/e^2):
+Pure functions of their inputs with CODATA constants (``scipy.constants``), vectorised (float32
+stays float32 where the coefficient is a Python float); units are in the argument names. Nothing
+is tuned to a figure the paper quotes. :class:`TheoryConstants` holds the inputs of Eqs. (2), (3)
+beyond the maps. Equations (R_Q = h/e^2; derivations in docs/physics.md):
 
 =====  ==========================================================================================
 (1)    alpha(V) = R_sq / (2 pi R_Q) ln(hbar omega_0 / eV)
@@ -23,11 +16,17 @@ Equations (R_Q = h/e^2):
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 from scipy import constants as C
 
 from stslive.drivers.errors import AnalysisError
+from stslive.drivers.tomlfile import check_keys
 
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.floating]
@@ -440,3 +439,75 @@ def transverse_thouless_energy_K(*, diffusion_m2_s: ArrayLike, thickness_m: Arra
     wavenumber = np.pi / _positive("thickness_m", thickness_m)
     energy_eV = HBAR_EV_S * _positive("diffusion_m2_s", diffusion_m2_s) * wavenumber**2
     return energy_eV / K_B_EV_PER_K
+
+
+@dataclass(frozen=True)
+class TheoryConstants:
+    """Inputs of paper Eqs. (2) and (3) beyond the measured maps (SI units, paper's values).
+
+    Attributes
+    ----------
+    bias_V : float
+        Bias at which Eq. (2) is evaluated, V (paper: V = 10 mV).
+    diffusion_m2_s : float
+        Diffusion constant D, m^2/s (paper: 0.5 cm^2/s = 5e-5 m^2/s).
+    hbar_omega_D_K : float
+        Debye energy hbar omega_D in kelvin, for the log-cube of Eq. (3) (paper: 300 K).
+    """
+
+    bias_V: float = 10e-3
+    diffusion_m2_s: float = 0.5e-4
+    hbar_omega_D_K: float = 300.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise AnalysisError(f"theory constant {f.name}={value!r} must be a finite number > 0 (SI units)")
+
+    @classmethod
+    def from_assignments(cls, assignments: Mapping[str, str | float]) -> TheoryConstants:
+        """Constants from ``KEY=VALUE`` pairs (CLI ``--set``), converted to float; unknown keys list the known ones."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        check_keys(assignments, known, what="theory constant (SI units)", error=AnalysisError)
+        values: dict[str, float] = {}
+        for key, raw in assignments.items():
+            try:
+                values[key] = float(raw)
+            except ValueError:
+                raise AnalysisError(f"theory constant {key}={raw!r} is not a number; give e.g. {key}=1e-2") from None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, float]:
+        """The constants by name (SI units), as written to report.json."""
+        return dataclasses.asdict(self)
+
+
+def sheet_resistance_sigma(alpha_std: float, l_alpha_m: float, *, constants: TheoryConstants) -> float:
+    """sigma_rho in ohm from the spread of alpha, paper Eq. (2) inverted.
+
+    sigma_rho = 2 pi R_Q sigma_alpha / ln(eV / (hbar D / l_alpha^2)); NaN when alpha_std or
+    l_alpha is not finite, or when eV <= hbar D / l_alpha^2 (Eq. (2) does not apply there).
+    """
+    if not (math.isfinite(alpha_std) and math.isfinite(l_alpha_m) and l_alpha_m > 0):
+        return math.nan
+    ratio = float(
+        diffusive_energy_ratio(bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m)
+    )
+    if ratio <= 1.0:
+        return math.nan
+    return float(
+        sheet_resistance_shift(
+            alpha_std, bias_V=constants.bias_V, diffusion_m2_s=constants.diffusion_m2_s, l_alpha_m=l_alpha_m
+        )
+    )
+
+
+def predicted_gap_spread(sigma_rho_ohm: float, mean_gap_eV: float, *, constants: TheoryConstants) -> float:
+    """|delta_Delta| / <Delta> expected from sigma_rho, paper Eq. (3) with Delta(0) = the measured mean gap."""
+    if not (math.isfinite(sigma_rho_ohm) and math.isfinite(mean_gap_eV) and mean_gap_eV > 0):
+        return math.nan
+    gap_K = mean_gap_eV / K_B_EV_PER_K
+    if gap_K >= constants.hbar_omega_D_K:
+        return math.nan
+    return abs(float(gap_relative_shift(sigma_rho_ohm, hbar_omega_D_K=constants.hbar_omega_D_K, gap_K=gap_K)))

@@ -1,22 +1,14 @@
 """Scriptable fault injection for the simulated lab, and the ground truth of what fired.
 
-A :class:`FaultPlan` holds :class:`Fault` s, read from a TOML file or given as a list. The mock
-servers ask it two kinds of question:
-
-* ``on_command(instrument, command)`` on every request: *transport* faults (connection drop,
-  delay, no reply, error reply) that act on one exchange;
-* ``active(kind, spectrum=n)`` while simulating: *state* faults (lock-in overload, temperature
-  excursion, tip change, feedback failure) that hold over a window of spectra.
-
-Spectra are counted by the plan itself: the lab calls :meth:`FaultPlan.begin_spectrum` when a
-``BiasSpectr.Start`` begins and :meth:`FaultPlan.end_spectrum` when it ends. Commands sent after
-sweep ``n-1`` ended (moving the tip, setting the bias for pixel ``n``), sweep ``n`` itself and
-anything queried while it runs (lock-in status, temperature) belong to spectrum ``n``
-(0-based); a Start lost to a transport fault does not advance the count. So a window
-``from_spectrum=5, to_spectrum=7`` covers the whole preparation and sweep of spectra 5 and 6.
-
-Every fault that acts is recorded once per spectrum in :attr:`FaultPlan.fired`, the ground truth
-against which the live analyser's flags are scored (recall/precision).
+Contract: a :class:`FaultPlan` holds :class:`Fault` s (a TOML file or a list) and answers the
+simulated instruments: ``on_command(instrument, command)`` on every request gives the
+*transport* fault to apply to it (connection drop, delay, no reply, error reply);
+``active(kind, spectrum=n)`` the *state* fault that holds over a window of spectra (lock-in
+overload, temperature excursion, tip change, feedback failure). The plan counts spectra: the
+lab calls :meth:`FaultPlan.begin_spectrum`/:meth:`FaultPlan.end_spectrum` around each
+``BiasSpectr.Start``, and everything after sweep ``n-1`` ended up to the end of sweep ``n``
+belongs to spectrum ``n`` (0-based). Each fault that acts is recorded once per spectrum in
+:attr:`FaultPlan.fired`, the truth the analyser's flags are scored against.
 
 TOML layout (one ``[[fault]]`` table per fault)::
 
@@ -43,7 +35,7 @@ from types import MappingProxyType
 from typing import Any
 
 from stslive.drivers.errors import ConfigError
-from stslive.drivers.tomlfile import read_toml
+from stslive.drivers.tomlfile import check_keys, read_toml
 
 
 class FaultKind(StrEnum):
@@ -81,7 +73,7 @@ PARAMS: dict[FaultKind, dict[str, tuple[type, bool, Any, str]]] = {
     FaultKind.NO_REPLY: {},
     FaultKind.ERROR_REPLY: {
         "message": (str, False, "simulated controller error", "the controller's error text"),
-        "code": (int, False, -1, "the controller's error status"),
+        "code": (int, False, 1, "error code (the Nanonis simulation always sends status 1, as its protocol defines)"),
     },
     FaultKind.LOCKIN_OVERLOAD: {},
     FaultKind.TEMPERATURE_EXCURSION: {
@@ -173,9 +165,7 @@ class Fault:
         """Build from a TOML table / dict; unknown or mistyped keys raise ConfigError naming them."""
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}: expected a table of keys {FAULT_KEYS}, got {type(entry).__name__}")
-        unknown = sorted(set(entry) - set(FAULT_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {list(FAULT_KEYS)}")
+        check_keys(entry, FAULT_KEYS, what=where)
         if "kind" not in entry:
             raise ConfigError(f"{where}: missing key 'kind'")
         try:
@@ -209,9 +199,7 @@ def _checked_params(kind: FaultKind, params: Mapping[str, Any]) -> dict[str, Any
     if not isinstance(params, Mapping):
         raise ConfigError(f"fault {kind.value}: 'params' must be a table, got {params!r}")
     spec = PARAMS[kind]
-    unknown = sorted(set(params) - set(spec))
-    if unknown:
-        raise ConfigError(f"fault {kind.value}: unknown params key(s) {unknown}; allowed: {sorted(spec)}")
+    check_keys(params, spec, what=f"fault {kind.value} params")
     out: dict[str, Any] = {}
     for name, (typ, required, default, meaning) in spec.items():
         if name not in params:
@@ -277,9 +265,7 @@ class FaultPlan:
         """Read a fault file (``[[fault]]`` tables); errors name the file and the key."""
         path = Path(path)
         doc = read_toml(path, what="fault file", option="--faults")
-        unknown = sorted(set(doc) - {"fault"})
-        if unknown:
-            raise ConfigError(f"fault file {path}: unknown top-level key(s) {unknown}; use [[fault]] tables")
+        check_keys(doc, ("fault",), what=f"fault file {path} (one [[fault]] table per fault)")
         entries = doc.get("fault", [])
         if not isinstance(entries, list):
             raise ConfigError(f"fault file {path}: 'fault' must be an array of tables ([[fault]])")

@@ -3,7 +3,7 @@
 Pure functions of explicit inputs and a ``numpy.random.Generator``; :mod:`stslive.mocks.film`
 wires them to :class:`~stslive.mocks.film.FilmParams` and the seed.
 
-The physics of the maps is the forward model of PHYSICS.md: a Gaussian random sheet-resistance
+The physics of the maps is the forward model of docs/physics.md: a Gaussian random sheet-resistance
 field delta_rho(r), alpha(r) from paper Eq. (2), Delta(r) from paper Eq. (3) smoothed over a few
 coherence lengths, and an independent grainy topography. Eqs. (2) and (3) themselves live in
 :mod:`stslive.live.theory` and are only called here.
@@ -94,7 +94,7 @@ def gaussian_random_field(
     return field * (sigma / math.sqrt(variance))
 
 
-def smooth_periodic(field: FloatMap, *, sigma_px: float) -> FloatMap:
+def smooth_periodic(field: npt.NDArray[np.floating], *, sigma_px: float) -> npt.NDArray[np.floating]:
     """Gaussian smoothing of a periodic field (kernel standard deviation ``sigma_px`` pixels).
 
     ``scipy.ndimage.gaussian_filter`` with ``mode='wrap'``, which matches the periodic grid the

@@ -1,25 +1,11 @@
 """Tunnelling spectra of the simulated film: DOS, thermal and lock-in kernels, I(V) and X(V).
 
-Everything here is a pure function over arrays, vectorised over pixels (leading axis) and
-energies (last axis). Energies are in eV and biases in V; with the electron charge set to one the
-number e*V in eV equals V in volts, which is how they are mixed below.
-
-The chain for one pixel (PHYSICS.md, "A forward model good enough to simulate the film"):
-
-1. sample DOS on a fine uniform energy grid,
-   N(E) = Re[(E + i Gamma) / sqrt((E + i Gamma)^2 - Delta^2)]          (Dynes BCS)
-          * ((E^2 + E_sat^2) / E_sat^2)^(alpha / 2)                     (AA background, saturating)
-          * (1 + s E)                                                    (slow tip-DOS asymmetry);
-2. conductance G(eV) = integral N(E) (-df/dE)(E - eV) dE, since
-   dI/dV of I(V) = integral N(E) [f(E - eV) - f(E)] dE is that thermal convolution;
-3. current I(V) = integral_0^{eV} G(E) dE (so I(0) = 0 exactly);
-4. lock-in: a bias V + sqrt(2) V_m cos(wt) gives the first harmonic, in rms,
-   X(V) = (sqrt(2)/pi) integral_0^{2pi} I(V + A cos t) cos t dt / 2 = V_m * G_m(V),
-   G_m(V) = (2/pi) integral_0^pi G(V + A cos t) sin^2 t dt,   A = sqrt(2) V_m
-   (integration by parts of the cos projection; exact, no small-modulation expansion).
-
-Steps 2 and 4 are one discrete convolution each with a kernel computed once per
-(temperature, modulation, grid step); both share a single forward FFT of N (scipy.fft).
+Pure functions over arrays, vectorised over pixels (leading axis) and energies (last axis); with
+e = 1, energies in eV and biases in V are the same numbers. The chain (docs/physics.md, "The
+simulated film"): the Dynes-BCS DOS times a saturating AA background and a slow asymmetry on a
+fine energy grid; G(eV) = its convolution with the thermal window -f'; I(V) = the integral of G
+from 0 to eV; the lock-in X(V) = V_m G_m(V), G_m the exact first harmonic of a sqrt(2) V_m
+modulation. Both convolutions share one forward FFT of the DOS (``scipy.fft``).
 """
 
 from __future__ import annotations
@@ -36,6 +22,7 @@ from stslive.drivers.errors import ConfigError
 from stslive.live.theory import K_B_EV_PER_K
 
 FloatArray = npt.NDArray[np.float64]
+AnyFloatArray = npt.NDArray[np.floating]
 
 # Fermi tails beyond this many k_B T are below 1e-17 of the step: dropped from the kernels.
 _FERMI_REACH_KT = 40.0
@@ -166,14 +153,14 @@ def kernels(grid: EnergyGrid, *, temperature_K: float, modulation_Vrms: float) -
 
 
 def dos(
-    energy_eV: FloatArray,
+    energy_eV: AnyFloatArray,
     *,
-    delta_eV: FloatArray,
-    alpha: FloatArray,
+    delta_eV: AnyFloatArray,
+    alpha: AnyFloatArray,
     gamma_eV: float,
-    log_background: FloatArray,
-    asymmetry: FloatArray,
-) -> FloatArray:
+    log_background: AnyFloatArray,
+    asymmetry: AnyFloatArray,
+) -> AnyFloatArray:
     """Sample DOS N(E) (arbitrary units), one row per pixel.
 
     N(E) = Re[(E + i Gamma) / sqrt((E + i Gamma)^2 - Delta^2)] * exp(alpha/2 * L(E)) * a(E)
@@ -201,7 +188,7 @@ def dos(
     Returns
     -------
     numpy.ndarray
-        (P, M) float64.
+        (P, M), in the float dtype of the inputs (the film computes in float32).
     """
     e2 = energy_eV * energy_eV
     re_w = e2 - (gamma_eV * gamma_eV + delta_eV * delta_eV)

@@ -4,7 +4,7 @@ The analysis kernels are judged against these numbers, so they are the *definiti
 the film's own noise-free conductance, not the model parameters Delta(r) and alpha(r):
 
 * peak-to-peak gap: half the bias distance between the two coherence peaks of dI/dV
-  (PHYSICS.md "Per-pixel quantities"), located on the fine convolution grid and refined by the
+  (docs/physics.md, "Per-pixel quantities"), located on the fine convolution grid and refined by the
   vertex of the parabola through the maximum and its two neighbours;
 * alpha: dI/dV = b |V|^alpha without offset, fitted by log-log least squares on 5..30 mV for
   V > 0 and V < 0 separately, alpha = mean of the two.

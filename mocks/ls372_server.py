@@ -1,14 +1,11 @@
 """A simulated LakeShore 372 on a TCP socket (as its Ethernet port 7777), for the real driver.
 
-Replies end in ``\\r\\n`` like the instrument's; commands may end in ``\\n`` or ``\\r\\n``.
-Several commands may share a line separated by ``;``, but only the last query of a line is
-answered: Lake Shore's manuals for this instrument family (Model 370, 340, 332 "Message
-Strings") say "The instrument will respond only to the last query it receives", and the 372
-manual documents no compound query reply, so the simulation offers none either.
-The temperature of each input is the base temperature of :class:`ThermometerState` plus any
-excursion the lab sets and any ``temperature_excursion`` fault active for the present spectrum
-(``params.kelvin`` above base). Transport faults (``FaultPlan.on_command("ls372", header)``)
-act as on the SR830 server (delay, no reply, connection drop, error = no reply + ``*ESR?`` bit).
+Contract: replies end in ``\\r\\n`` like the instrument's; commands may end in ``\\n`` or
+``\\r\\n`` and share a line separated by ``;``, but only the last query of a line is answered
+(Lake Shore's manuals for this family: "The instrument will respond only to the last query it
+receives"). Each input reads the base temperature of :class:`ThermometerState` plus its offset,
+any excursion the lab sets and any ``temperature_excursion`` fault of the present spectrum.
+Transport faults and refused commands act as in :mod:`stslive.mocks.line_server`.
 """
 
 from __future__ import annotations
@@ -16,15 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stslive.drivers.lakeshore import CHANNELS
 from stslive.mocks.faults import FaultKind, FaultPlan
-from stslive.mocks.sr830_server import (
+from stslive.mocks.line_server import (
     ESR_COMMAND_ERROR,
     ESR_EXECUTION_ERROR,
-    CommandRefused,
+    EsrRefusal,
     InstrumentState,
     LineServer,
 )
+
+#: The 372's inputs (manual, ch. 6): the control input A and the scanner's measurement inputs 1-16.
+INPUTS: tuple[str, ...] = ("A", *(str(n) for n in range(1, 17)))
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class LS372Server(LineServer):
         The shared :class:`ThermometerState`; a fresh one at 0.3 K by default (it consults
         ``faults`` for excursions when created here).
     host, port, faults
-        As for :class:`~stslive.mocks.sr830_server.LineServer`.
+        As for :class:`~stslive.mocks.line_server.LineServer`.
     """
 
     def __init__(
@@ -110,21 +109,21 @@ class LS372Server(LineServer):
         faults: FaultPlan | None = None,
         serial: str = "LSA3721",
     ) -> None:
-        super().__init__("ls372", host=host, port=port, faults=faults, reply_termination="\r\n")
-        self.state = state if state is not None else ThermometerState(faults=faults)
-        self.serial = serial
-
-    def refuse(self, esr_bits: int) -> None:
-        self.state.flag_esr(esr_bits)
+        self.state: ThermometerState = state if state is not None else ThermometerState(faults=faults)
+        super().__init__(
+            "ls372",
+            self.state,
+            identity=f"LSCI,MODEL372,{serial},1.4",
+            host=host,
+            port=port,
+            faults=faults,
+            reply_termination="\r\n",
+        )
 
     def reply_lines(self, replies: list[str]) -> list[str]:
         return replies[-1:]  # only the last query of a line is answered (module docstring)
 
     def execute(self, header: str, is_query: bool, args: list[str]) -> str | None:
-        if header == "*IDN" and is_query:
-            return f"LSCI,MODEL372,{self.serial},1.4"
-        if header == "*ESR" and is_query:
-            return str(self.state.take_esr())
         if header in ("KRDG", "RDGR", "RDGST") and is_query:
             channel = self._channel(args)
             if header == "KRDG":
@@ -134,12 +133,12 @@ class LS372Server(LineServer):
             return "000"
         if header == "SCAN":
             return self._scan(is_query, args)
-        raise CommandRefused(ESR_COMMAND_ERROR)
+        raise EsrRefusal(ESR_COMMAND_ERROR)
 
     @staticmethod
     def _channel(args: list[str]) -> str:
-        if len(args) != 1 or args[0].upper() not in CHANNELS:
-            raise CommandRefused(ESR_EXECUTION_ERROR)
+        if len(args) != 1 or args[0].upper() not in INPUTS:
+            raise EsrRefusal(ESR_EXECUTION_ERROR)
         return args[0].upper()
 
     def _scan(self, is_query: bool, args: list[str]) -> str | None:
@@ -147,9 +146,9 @@ class LS372Server(LineServer):
             s = self.state.snapshot()
             return f"{s.scanner_channel:02d},{int(s.autoscan)}"
         if len(args) != 2 or not all(a.isdigit() for a in args):
-            raise CommandRefused(ESR_COMMAND_ERROR)
+            raise EsrRefusal(ESR_COMMAND_ERROR)
         channel, autoscan = int(args[0]), int(args[1])
         if not 1 <= channel <= 16 or autoscan not in (0, 1):
-            raise CommandRefused(ESR_EXECUTION_ERROR)
+            raise EsrRefusal(ESR_EXECUTION_ERROR)
         self.state.update(scanner_channel=channel, autoscan=bool(autoscan))
         return None

@@ -1,11 +1,9 @@
 """Threaded TCP lifecycle shared by the simulated instruments (Nanonis, SR830, LakeShore 372).
 
-Each simulated instrument is a ``socketserver.ThreadingTCPServer`` with one daemon thread per
-connection. What they share lives here: binding (port 0 = a free port), the VISA resource string
-of the bound address, start/stop/context manager, ``TCP_NODELAY`` on every accepted connection
-(a small reply must not wait for the client's delayed ACK, ~44 ms per round trip otherwise,
-ARCHITECTURE.md), and closing every open connection on stop so a client sees the instrument go
-away instead of hanging. What differs (binary frames vs text lines, faults) is
+Contract: a :class:`TcpServerBase` binds ``host:port`` (0 = a free port), gives the VISA resource
+string of the bound address, serves each connection in a daemon thread with ``TCP_NODELAY`` set
+(a small reply must not wait for the client's delayed ACK), and on stop closes every open
+connection so a client sees the instrument go away. Subclasses speak the protocol in
 :meth:`TcpServerBase.serve`.
 """
 

@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from stslive.acquisition.formats.stream import RunPublisher
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.replay import open_replay, replay
 from stslive.drivers.errors import ConfigError
 

@@ -227,10 +227,10 @@ class NanonisGrid:
             k = self.parameter_names.index(name)
         except ValueError:
             raise NanonisFileError(self.path, f"no parameter {name!r}; parameters are {self.parameter_names}") from None
-        out = np.full(self.nx * self.ny, np.nan, dtype=np.float32)
+        flat = np.full(self.nx * self.ny, np.nan, dtype=np.float32)
         if self._data is not None:
-            out[: self.n_records] = self._data[:, k]
-        out = out.reshape(self.ny, self.nx)
+            flat[: self.n_records] = self._data[:, k]
+        out = flat.reshape(self.ny, self.nx)
         out[~self.measured] = np.nan
         return out
 

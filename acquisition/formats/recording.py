@@ -1,9 +1,11 @@
-"""One read-only view of spectra files, whatever wrote them: stslive archives and Nanonis ``.3ds``.
+"""Input recordings, whatever wrote them: stslive run archives and Nanonis ``.3ds`` grids.
 
-Offline analysis and replay use only :func:`open_spectra`; they never need to know the format.
-Channels are picked by name: the current (default: the first "Current" channel that is not a
-backward sweep) and, optionally, a lock-in dI/dV channel (default: the first of the usual
-Nanonis and external lock-in names present).
+Contract: :func:`open_recording` is the one rule that tells them apart (HDF5 signature ->
+stslive archive, anything else -> ``.3ds``, by content, never by the file name) and opens the
+format's reader; :func:`open_spectra` gives the format-free view the offline analysis reads
+(:class:`SpectraSource`). Channels are picked by name: the current (default: the first
+"Current" channel that is not a backward sweep) and, optionally, a lock-in dI/dV channel
+(default: the first of the usual Nanonis and external lock-in names present).
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal, TypeAlias
 
+import h5py
 import numpy as np
 
-from stslive.acquisition.formats.archive import ArchiveReader, open_archive
+from stslive.acquisition.formats.archive import VERSION_ATTR, ArchiveReader, open_archive
+from stslive.acquisition.formats.archive.layout import HDF5_SIGNATURE
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid, open_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.drivers.errors import AnalysisError, FileFormatError
 
+#: A recording opened by :func:`open_recording`: the format's own reader.
+Recording: TypeAlias = ArchiveReader | NanonisGrid
+RecordingKind: TypeAlias = Literal["stslive", "nanonis3ds"]
 #: Lock-in channel names tried in order when none is given.
 LOCKIN_CANDIDATES: tuple[str, ...] = ("LI Demod 1 X (A)", "LIX 1 omega (A)", "Lock-in X (A)", "Input 2 (V)")
 
@@ -144,9 +152,7 @@ def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], wha
 class SpectraSource:
     """Read-only spectra of one file; build with :func:`open_spectra`."""
 
-    def __init__(
-        self, path: Path, backend: ArchiveReader | NanonisGrid, *, current: str | None, lockin: str | None
-    ) -> None:
+    def __init__(self, path: Path, backend: Recording, *, current: str | None, lockin: str | None) -> None:
         self.path = path
         self._b = backend
         self.kind = "stslive" if isinstance(backend, ArchiveReader) else "nanonis3ds"
@@ -310,23 +316,56 @@ class SpectraSource:
         self.close()
 
 
-def open_spectra(
-    path: str | os.PathLike[str], *, current: str | None = None, lockin: str | None = None
-) -> SpectraSource:
-    """Open an stslive archive (HDF5) or a Nanonis ``.3ds`` grid as a :class:`SpectraSource`.
+def recording_kind(path: str | os.PathLike[str]) -> RecordingKind:
+    """``"stslive"`` for a file with the HDF5 signature, ``"nanonis3ds"`` for anything else.
 
-    The format is recognised by content (HDF5 signature), not by the file name. Unknown channel
-    names raise AnalysisError listing the channels; unreadable files raise the format's
-    FileFormatError (ArchiveError or NanonisFileError).
+    Raises
+    ------
+    FileFormatError
+        No such file.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileFormatError(path, "no such file; check the path")
+        raise FileFormatError(path, "no such file; give an stslive archive (.h5) or a Nanonis grid (.3ds)")
     with open(path, "rb") as fh:
-        is_hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
-    backend: ArchiveReader | NanonisGrid = open_archive(path, swmr="auto") if is_hdf5 else open_3ds(path)
+        return "stslive" if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE else "nanonis3ds"
+
+
+def open_recording(path: str | os.PathLike[str], *, swmr: bool | Literal["auto"] = "auto") -> Recording:
+    """Open an stslive archive (:func:`open_archive`, with ``swmr``) or a Nanonis ``.3ds`` grid
+    (:func:`open_3ds`), as :func:`recording_kind` says.
+
+    Raises
+    ------
+    FileFormatError
+        No such file, or the format's reader refuses it (ArchiveError or NanonisFileError).
+    """
+    return open_archive(path, swmr=swmr) if recording_kind(path) == "stslive" else open_3ds(path)
+
+
+def is_other_hdf5(path: str | os.PathLike[str]) -> bool:
+    """True for a readable HDF5 file that is not an stslive archive (an analysis ``maps.h5``, say).
+
+    A file too damaged to open is not "other": as an input, its analysis reports the damage.
+    """
     try:
-        return SpectraSource(path, backend, current=current, lockin=lockin)
+        with h5py.File(path, "r", locking=False) as f:
+            return VERSION_ATTR not in f.attrs
+    except OSError:
+        return False
+
+
+def open_spectra(
+    path: str | os.PathLike[str], *, current: str | None = None, lockin: str | None = None
+) -> SpectraSource:
+    """Open a recording (:func:`open_recording`) as a :class:`SpectraSource`.
+
+    Unknown channel names raise AnalysisError listing the channels; unreadable files raise the
+    format's FileFormatError (ArchiveError or NanonisFileError).
+    """
+    backend = open_recording(path)
+    try:
+        return SpectraSource(Path(path), backend, current=current, lockin=lockin)
     except BaseException:
         backend.close()
         raise

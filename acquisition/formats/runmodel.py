@@ -11,29 +11,39 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 
 from stslive.drivers.errors import ConfigError
+from stslive.drivers.tomlfile import dataclass_from_mapping
 
 ScanOrder = Literal["raster", "serpentine"]
 SCAN_ORDERS: tuple[str, ...] = ("raster", "serpentine")
 
 
-def _from_mapping(cls: type, data: Mapping[str, Any], what: str) -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown or missing keys are a ConfigError naming them."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{what}: unknown key(s) {unknown}; allowed keys are {sorted(names)}")
-    required = [
-        f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ConfigError(f"{what}: missing key(s) {missing}; add them (SI units)")
-    return cls(**dict(data))
+def channel_unit(channel_name: str) -> str:
+    """The unit in the trailing brackets of a Nanonis-style channel name (``"Current (A)"`` -> ``"A"``), "" if none."""
+    name = channel_name.strip()
+    if name.endswith(")") and "(" in name:
+        return name[name.rindex("(") + 1 : -1]
+    return ""
+
+
+class _Record:
+    """``to_dict`` / ``from_dict`` of the run model's value types (``WHAT`` names the type in errors)."""
+
+    __slots__ = ()
+    WHAT: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (JSON-ready)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Inverse of :meth:`to_dict`; unknown, missing or impossible keys raise ConfigError."""
+        return dataclass_from_mapping(cls, data, what=cls.WHAT)
 
 
 def _require(condition: bool, key: str, message: str, owner: str) -> None:
@@ -46,7 +56,7 @@ def _finite(value: float) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class SetpointSet:
+class SetpointSet(_Record):
     """Everything that conditions one spectrum (SI units throughout).
 
     Parameters
@@ -68,6 +78,8 @@ class SetpointSet:
     feedback_hold
         Open (hold) the Z feedback during the sweep (constant-height spectroscopy).
     """
+
+    WHAT: ClassVar[str] = "setpoint_set"
 
     id: int
     name: str
@@ -144,18 +156,9 @@ class SetpointSet:
         """Nominal sweep axis, ``linspace(sweep_start_V, sweep_end_V, n_points)`` (V, float64)."""
         return np.linspace(self.sweep_start_V, self.sweep_end_V, self.n_points)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-ready)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SetpointSet:
-        """Inverse of :meth:`to_dict`; unknown, missing or impossible keys raise ConfigError."""
-        return _from_mapping(cls, data, "setpoint_set")
-
 
 @dataclass(frozen=True, slots=True)
-class GridGeometry:
+class GridGeometry(_Record):
     """A rectangular grid in the scan frame, Nanonis convention.
 
     Pixel ``(iy, ix)`` sits at the centre of its cell:
@@ -165,6 +168,8 @@ class GridGeometry:
     reference files). Arrays are always stored row-major ``(ny, nx)``; ``order`` only says in which
     sequence the pixels are visited.
     """
+
+    WHAT: ClassVar[str] = "grid"
 
     centre_x_m: float
     centre_y_m: float
@@ -224,23 +229,16 @@ class GridGeometry:
             ix = np.where(iy % 2 == 1, self.nx - 1 - ix, ix)
         return np.stack([iy, ix], axis=-1)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-ready)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GridGeometry:
-        """Inverse of :meth:`to_dict`; unknown, missing or impossible keys raise ConfigError."""
-        return _from_mapping(cls, data, "grid")
-
 
 @dataclass(frozen=True, slots=True)
-class PixelMeta:
+class PixelMeta(_Record):
     """Metadata of one measured pixel (SI; times are unix seconds).
 
     ``lockin_status`` is the lock-in's raw status byte (SR830 ``LIAS?``), 0 when all is well;
     ``z_m`` is the tip height at the set-point before the sweep (NaN when not read).
     """
+
+    WHAT: ClassVar[str] = "pixel_meta"
 
     x_m: float
     y_m: float
@@ -254,15 +252,6 @@ class PixelMeta:
     z_m: float = math.nan
     lockin_status: int = 0
     lockin_overload: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-ready)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PixelMeta:
-        """Inverse of :meth:`to_dict`; unknown or missing keys raise ConfigError."""
-        return _from_mapping(cls, data, "pixel_meta")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,59 +1,14 @@
 """Remote monitoring with ZeroMQ CURVE: key files, allowed-client folders and secured sockets.
 
-Every socket stslive binds (the run stream's PUB/XPUB and PUSH, the analyser's PUB, the scan's
-control REP) stays on loopback unless it is given a :class:`Security`; then it runs as a CURVE
-server whose ZAP authenticator (:class:`zmq.auth.thread.ThreadAuthenticator`) admits only the
-client public keys found in the allowed folders of its *role*:
-
-======== ====================================== =============================================
-role     sockets                                admitted client keys
-======== ====================================== =============================================
-data     run stream PUB/PUSH, analyser PUB      ``viewers/*.key`` and ``controllers/*.key``
-control  scan control REP                       ``controllers/*.key`` only
-======== ====================================== =============================================
-
-A socket given a :class:`Security` always requires keys, on loopback too (that is how the tests
-exercise CURVE without touching a network interface); a socket without one may only bind to
-loopback, ``ipc://`` or ``inproc://`` (:func:`check_bind`).
-
-Key directory (``stslive keys --dir KEYDIR``, see :mod:`stslive.acquisition.cli.keys`)::
-
-    KEYDIR/
-      server.key              server public key: copy to every client machine
-      server.key_secret       server secret key: stays on the scan machine (mode 0600)
-      clients/NAME.key        a client's public key (also copied into its role folder below)
-      clients/NAME.key_secret a client's secret key: move it to that client's machine (mode 0600)
-      viewers/NAME.key        public keys allowed to read the stream and the analyser output
-      controllers/NAME.key    public keys allowed to read and to send control commands
-
-A client machine needs ``server.key`` and ``clients/NAME.key_secret`` in the same layout.
-Adding or deleting a ``.key`` file in ``viewers/`` or ``controllers/`` takes effect at the next
-connection, without restarting the scan: the folders are read at every handshake (a directory
-listing; connections are rare).
-
-Usage (the server side, e.g. the analyser's results PUB or the scan's control socket)::
-
-    security = Security.from_dir(keydir)
-    check_bind(endpoint, security)          # before creating anything: refuses LAN without keys
-    sock = ctx.socket(zmq.PUB)
-    guard = secure_server(sock, security, role="data")   # "control" for the control REP
-    sock.bind(endpoint)
-    ...
-    sock.close(); guard.release()           # before ctx.term(): stops the authenticator
-
-and the client side (viewer SUB, ``stslive control`` REQ)::
-
-    security = Security.from_dir(keydir, client="control-room")
-    sock = ctx.socket(zmq.SUB)
-    secure_client(sock, security)
-    sock.connect(endpoint)
-
-``stslive.live`` imports acquisition only through the format modules, so these names are also
-re-exported by :mod:`stslive.acquisition.formats.stream`.
-
-One ZAP authenticator serves a whole ZeroMQ context (libzmq allows one ZAP handler per
-context): the first :func:`secure_server` on a context starts it, each returns a
-:class:`ServerGuard`, and releasing the last guard of a context stops it.
+Contract: a socket given no :class:`Security` may bind only to loopback, ``ipc://`` or
+``inproc://`` (:func:`check_bind`); a socket given one is a CURVE server on any address, whose
+ZAP authenticator admits only the client public keys in the allowed folders of its role
+(``data``: the run stream and the analyser's results, ``viewers/`` and ``controllers/``;
+``control``: the scan's control socket, ``controllers/`` only). The folders are read at every
+handshake, so adding or deleting a key takes effect at the next connection. One authenticator
+serves a whole ZeroMQ context: :func:`secure_server` starts it with the first socket and each
+returns a :class:`ServerGuard`; releasing the last guard stops it. The key directory made by
+``stslive keys`` is described in ``docs/formats.md``.
 """
 
 from __future__ import annotations
@@ -135,6 +90,7 @@ class Security:
 
     def allowed_folders(self, role: Role) -> tuple[Path, ...]:
         """Folders whose keys may connect to a socket of ``role`` (see the module table)."""
+        folders: tuple[Path | None, ...]
         if role == "control":
             folders = (self.controllers,)
         elif role == "data":

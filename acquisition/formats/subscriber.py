@@ -1,25 +1,13 @@
 """Receiving the run stream: a subscriber that never dies on bad input and sees every loss.
 
-:class:`RunSubscriber` wraps a SUB (any number of consumers, may drop) or PULL (one consumer,
-no drop) socket. It decodes with :func:`stslive.acquisition.formats.stream.decode`, counts rejected
-messages by reason and keeps going, checks events against their run's descriptor, and tracks
-``seq`` per run and segment: a jump is recorded as a :class:`Gap`, a first document with
-``seq > 0`` as a late join (gap from 0). Rejected documents do not advance ``seq`` tracking, so
-they show up as gaps too: everything a consumer must fetch from the archive is in
-:meth:`RunSubscriber.gaps`.
-
-Resumed runs (the rule of :mod:`stslive.acquisition.formats.stream`): a start document of a run already
-seen opens a new *segment*; ``seq`` expectations restart at 0 and a ``resume`` gap asks the
-consumer to check the archive for pixels recorded while nobody was publishing (archived by the
-killed process but never sent). A lower ``seq`` that fills no known gap is never dropped as a
-duplicate on its number alone: an event is a duplicate only if the same measurement of that pixel
-(its ``t_start``) was already received; anything else below the expected ``seq`` means a new
-segment whose start was missed (it opens the segment with a ``resume`` gap from ``seq`` 0).
-
-A seq gap does not say which pixels were lost (a lost document may be a heartbeat), so recovery
-works on pixels: :func:`missing_pixels` = measured in the archive but never received, and
-:func:`recover_from_archive` rebuilds their events (``seq = -1``) from the HDF5 archive, which
-is the record. The archive module is imported only when recovery runs.
+Contract: :class:`RunSubscriber` (SUB, may drop; or PULL, one consumer, no drop) decodes with
+:func:`stslive.acquisition.formats.documents.decode`, counts rejected messages by reason and
+goes on, checks events against their descriptor, and tracks ``seq`` per run and segment (a
+resume opens a segment): losses, late joins and resumes are each a :class:`Gap`. A lower ``seq`` is
+a duplicate only if the same measurement (``t_start``) of that pixel was already received. Since
+a gap does not say which pixels were lost, :func:`recover_from_archive` rebuilds the events of
+measured pixels never received from the archive, which is the record. The rule in full:
+``docs/formats.md``.
 """
 
 from __future__ import annotations
@@ -36,26 +24,24 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from stslive.acquisition.formats.security import Security, secure_client
-from stslive.acquisition.formats.stream import (
+from stslive.acquisition.formats.archive import EventOrder, Pixel, open_archive
+from stslive.acquisition.formats.codec import MalformedMessage
+from stslive.acquisition.formats.documents import (
     TOPIC_PREFIX,
     DescriptorDoc,
     Document,
     EventDoc,
     HeartbeatDoc,
-    MalformedDocument,
     StartDoc,
     StopDoc,
     decode,
-    event_fields,
 )
+from stslive.acquisition.formats.security import Security, secure_client
 from stslive.drivers.errors import ConfigError, StreamError, StsliveError
 
 __all__ = ["Gap", "RunSubscriber", "RunTracker", "connect_socket", "missing_pixels", "recover_from_archive"]
 
 log = logging.getLogger(__name__)
-
-Pixel = tuple[int, int]  # (iy, ix)
 
 
 @dataclass(frozen=True)
@@ -271,10 +257,9 @@ class RunSubscriber:
         while True:
             try:
                 # a waiting message needs no poll: pyzmq's Socket.poll builds a Poller per call,
-                # which cost as much as decoding the event (live analyser profile, issue 5).
-                # Copied frames (bytes), not zmq.Frame: one memcpy of a 13 KB event costs less than
-                # the Frame objects (recv + decode 62-76 against 74-98 us CPU per event, 3 runs
-                # each of a bare subscriber against the bench-analyser publisher)
+                # which costs as much as decoding the event. Copied frames (bytes), not zmq.Frame:
+                # one memcpy of an event costs less CPU than the Frame objects (measured with
+                # stslive bench analyser)
                 frames = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 left_ms = max(0, int((deadline - time.monotonic()) * 1000))
@@ -305,12 +290,14 @@ class RunSubscriber:
     def _accept(self, frames: list[Any]) -> Document | None:
         try:
             doc = decode(frames)
-        except MalformedDocument as exc:
+        except MalformedMessage as exc:
             self._reject(exc.reason, str(exc))
             return None
         if not self.tracking or doc.run_uid is None:
-            if self.tracking and isinstance(doc, HeartbeatDoc) and doc.last_run_uid in self._runs:
-                self._gap(self._runs[doc.last_run_uid].observe_tail(doc.last_seq))
+            if self.tracking and isinstance(doc, HeartbeatDoc):  # it names where the last run ended
+                ended = self._runs.get(doc.last_run_uid or "")
+                if ended is not None:
+                    self._gap(ended.observe_tail(doc.last_seq))
             self.received += 1
             return doc
         run = self._tracker(doc.run_uid)
@@ -322,7 +309,7 @@ class RunSubscriber:
             if descriptor is not None:
                 try:
                     descriptor.check(doc)
-                except MalformedDocument as exc:
+                except MalformedMessage as exc:
                     self._reject(exc.reason, str(exc))
                     return None
         if isinstance(doc, StartDoc) and run.received > 0:  # a known run starts again: resumed
@@ -471,12 +458,13 @@ def recover_from_archive(
     run_uid: str | None = None,
     exclude: Iterable[Pixel] | Mapping[Pixel, float | None] = (),
     pixels: Iterable[Pixel] | None = None,
+    order: EventOrder = "row-major",
     descriptor_uid: str = "",
     array_name: str = "spectra",
     swmr: bool = True,
     wait_s: float = 0.0,
 ) -> Iterator[EventDoc]:
-    """Rebuild events from the run archive (HDF5), one row of the grid read at a time.
+    """Rebuild the events of measured pixels from the run archive (:meth:`ArchiveReader.events`).
 
     Parameters
     ----------
@@ -491,6 +479,8 @@ def recover_from_archive(
         ``None`` or a non-finite time excludes the pixel whatever the archive holds.
     pixels
         Only these pixels (those not measured are skipped); default: every measured pixel.
+    order
+        Order of the events (:data:`~stslive.acquisition.formats.archive.EventOrder`).
     descriptor_uid
         Descriptor to name in the rebuilt events (the archive does not store descriptors).
     array_name
@@ -503,15 +493,13 @@ def recover_from_archive(
     Yields
     ------
     EventDoc
-        With ``seq = -1`` (not from the wire), in row-major pixel order.
+        With ``seq = -1`` (not from the wire).
 
     Raises
     ------
     StreamError
         If the archive belongs to another run. ``ArchiveError`` if it is missing or unreadable.
     """
-    from stslive.acquisition.formats.archive import open_archive  # h5py only for consumers that recover
-
     path = Path(archive_path)
     deadline = time.monotonic() + wait_s
     while not path.is_file() and time.monotonic() < deadline:
@@ -519,33 +507,19 @@ def recover_from_archive(
     with open_archive(path, swmr=swmr) as reader:
         if run_uid is not None and reader.run_uid != run_uid:
             raise StreamError(f"{path} holds run {reader.run_uid!r}, not {run_uid!r}; pass the archive of this run")
-        measured = reader.measured
-        meta = reader.pixel_meta  # whole (ny, nx) maps: one read per field, not per pixel
-        skip = _same_measurements(exclude, meta["t_start"]) if isinstance(exclude, Mapping) else set(exclude)
-        if pixels is None:
-            wanted = missing_pixels(measured, skip)
-        else:
-            wanted = sorted(p for p in set(pixels) if measured[p] and p not in skip)
-        if not wanted:
-            return
-        by_row: dict[int, list[int]] = collections.defaultdict(list)
-        for iy, ix in wanted:
-            by_row[iy].append(ix)
-        for iy, columns in by_row.items():
-            row = reader.read_pixels(slice(iy, iy + 1), slice(None))[0]
-            for ix in columns:
-                fields = event_fields({name: values[iy, ix].item() for name, values in meta.items()})
-                yield EventDoc(
-                    run_uid=reader.run_uid,
-                    seq=-1,
-                    descriptor_uid=descriptor_uid,
-                    ix=ix,
-                    iy=iy,
-                    arrays={array_name: row[ix]},
-                    **fields,
-                )
+        skip = (
+            _same_measurements(exclude, reader.pixel_meta["t_start"]) if isinstance(exclude, Mapping) else set(exclude)
+        )
+        measured = reader.event_pixels("row-major", None if pixels is None else set(pixels))
+        wanted = [p for p in measured if p not in skip]
+        yield from reader.events(order, pixels=wanted, descriptor_uid=descriptor_uid, array_name=array_name)
 
 
 def _same_measurements(seen: Mapping[Pixel, float | None], t_start: np.ndarray) -> set[Pixel]:
     """Pixels of ``seen`` whose received ``t_start`` is the archive's (or unknown: no way to tell)."""
-    return {p for p, t in seen.items() if t is None or not math.isfinite(t) or t == float(t_start[p])}
+    ny, nx = t_start.shape
+    return {
+        p
+        for p, t in seen.items()
+        if t is None or not math.isfinite(t) or (0 <= p[0] < ny and 0 <= p[1] < nx and t == float(t_start[p]))
+    }

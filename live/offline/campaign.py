@@ -1,28 +1,20 @@
 """Campaign summary of several analysed runs: one table (CSV + JSON) and figures against T or B.
 
-Written by ``stslive analyse`` when it analyses more than one input: ``OUT/campaign.csv``,
-``OUT/campaign.json`` (the same rows; JSON keeps nulls) and ``OUT/campaign_vs_temperature.png``,
-``OUT/campaign_vs_field.png`` (each only when at least two runs have distinct values of that
-condition) or, when neither varies, ``OUT/campaign_runs.png`` against the run index. The figures
-show Delta and alpha (mean, error bar = the map's standard deviation) and the 1/e correlation
-lengths l_Delta, l_alpha, l_cross.
+:func:`write_campaign` writes ``campaign.csv`` and ``campaign.json`` (the same rows; JSON keeps
+nulls), one row per run with its conditions and its report's scalar results, and
+``campaign_vs_temperature.png`` / ``campaign_vs_field.png`` for each condition that takes at
+least two values (else ``campaign_runs.png`` against the run index): Delta and alpha (mean, error
+bar = the map's standard deviation) and the 1/e correlation lengths. :func:`run_conditions` reads
+a run's temperature (K) and field (T), first found wins, and names the source in the table:
 
-Where a run's conditions are read (:func:`run_conditions`, first found wins; the source is in
-the table as ``temperature_source`` / ``field_source``):
-
-* temperature, K
-    1. measured: median over measured pixels of the per-pixel thermometer readings - archive
-       ``entry/pixels/temperature_before_K`` and ``temperature_after_K``; ``.3ds`` experiment
-       parameters whose name contains "Temperature" and ends in "(K)" (stslive's export writes
-       "Temperature before (K)" / "Temperature after (K)");
-    2. archive start document: ``conditions.temperature_K``, then ``metadata.conditions.temperature_K``,
-       then ``film_params.temperature_K`` (``stslive simulate --set temperature_K=...``);
-       ``.3ds`` header: the first key containing "Temperature" and ending in "(K)" (Nanonis
-       modules write e.g. ``Temperature 1>Temperature 1 (K)``).
-* magnetic field, T
-    archive start document ``conditions.magnetic_field_T``, then
-    ``metadata.conditions.magnetic_field_T``; ``.3ds`` header: the first key containing
-    "Magnet" or "Field" and ending in "(T)" (e.g. ``Magnet>Field (T)``).
+* temperature: the median of the measured pixels' thermometer readings (archive
+  ``temperature_before_K`` / ``temperature_after_K``; ``.3ds`` parameters named "Temperature ...
+  (K)"), else the archive start document (``conditions.temperature_K``,
+  ``metadata.conditions.temperature_K``, ``film_params.temperature_K``) or the first ``.3ds``
+  header key with "Temperature" ending in "(K)";
+* field: the start document's ``conditions.magnetic_field_T`` or
+  ``metadata.conditions.magnetic_field_T``, or the first ``.3ds`` header key with "Magnet" or
+  "Field" ending in "(T)".
 
 Absent conditions are null in JSON and empty in CSV; nothing is guessed.
 """
@@ -38,15 +30,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never a window (also on a head-less cluster node)
-import matplotlib.pyplot as plt
 import numpy as np
 
-from stslive.acquisition.formats.archive import open_archive
-from stslive.acquisition.formats.nanonis3ds import open_3ds
-from stslive.drivers.errors import AnalysisError
+from stslive.acquisition.formats.archive import ArchiveReader
+from stslive.acquisition.formats.nanonis3ds import NanonisGrid
+from stslive.acquisition.formats.recording import open_recording
+from stslive.live.offline.figure_campaign import draw_campaign
+from stslive.live.offline.figures import save_figure
 
 __all__ = ["run_conditions", "campaign_rows", "write_campaign", "campaign_figure", "CONDITIONS"]
 
@@ -85,9 +75,8 @@ def _median_of(arrays: Sequence[np.ndarray], measured: np.ndarray) -> float | No
     return float(np.median(values)) if values.size else None
 
 
-def _archive_conditions(path: Path) -> dict[str, Any]:
-    with open_archive(path, swmr="auto") as ar:
-        meta, measured, start = ar.pixel_meta, ar.measured, ar.documents.get("start", {})
+def _archive_conditions(ar: ArchiveReader) -> dict[str, Any]:
+    meta, measured, start = ar.pixel_meta, ar.measured, ar.documents.get("start", {})
     out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
     measured_T = _median_of([meta["temperature_before_K"], meta["temperature_after_K"]], measured)
     if measured_T is not None:
@@ -104,11 +93,10 @@ def _archive_conditions(path: Path) -> dict[str, Any]:
     return out
 
 
-def _3ds_conditions(path: Path) -> dict[str, Any]:
-    with open_3ds(path) as grid:
-        header = dict(grid.header)
-        names = [n for n in grid.parameter_names if _T_3DS.search(n)]
-        per_pixel = [grid.parameter(n) for n in names]
+def _3ds_conditions(grid: NanonisGrid) -> dict[str, Any]:
+    header = dict(grid.header)
+    names = [n for n in grid.parameter_names if _T_3DS.search(n)]
+    per_pixel = [grid.parameter(n) for n in names]
     out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
     # unmeasured points of a .3ds are NaN records, parameters included: the finite values are the measured ones
     measured_T = _median_of(per_pixel, np.ones(per_pixel[0].shape, bool)) if per_pixel else None
@@ -134,10 +122,8 @@ def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
     dict
         ``temperature_K``, ``temperature_source``, ``field_T``, ``field_source``; None when absent.
     """
-    path = Path(path)
-    with open(path, "rb") as fh:
-        is_hdf5 = fh.read(8) == b"\x89HDF\r\n\x1a\n"
-    return _archive_conditions(path) if is_hdf5 else _3ds_conditions(path)
+    with open_recording(path) as recording:
+        return _archive_conditions(recording) if isinstance(recording, ArchiveReader) else _3ds_conditions(recording)
 
 
 #: Report keys copied into the table, in column order (after run, file, format and the conditions).
@@ -186,32 +172,9 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
 
 
 def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str | None) -> Path:
-    """Delta, alpha (mean +- map std) and l_Delta, l_alpha, l_cross against ``x_key`` (None: run index)."""
-    if x_key is None:
-        x, label = np.arange(len(rows), dtype=np.float64), "run"
-    elif x_key in CONDITIONS:
-        x, label = _column(rows, x_key), CONDITIONS[x_key][0]
-    else:
-        raise AnalysisError(f"campaign figure against {x_key!r}: choose one of {list(CONDITIONS)} or None")
-    order = np.argsort(x, kind="stable")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
-    panels = (("delta_mean_meV", "delta_std_meV", "Delta (meV)"), ("alpha_mean", "alpha_std", "alpha"))
-    for ax, (mean, std, title) in zip(axes, panels, strict=False):
-        ax.errorbar(x[order], _column(rows, mean)[order], yerr=_column(rows, std)[order], marker="o", capsize=3)
-        ax.set_ylabel(title)
-    for key, name in (("l_delta_nm", "l_Delta"), ("l_alpha_nm", "l_alpha"), ("l_cross_nm", "l_cross")):
-        axes[2].plot(x[order], _column(rows, key)[order], marker="o", label=name)
-    axes[2].set_ylabel("1/e correlation length (nm)")
-    axes[2].legend()
-    for ax in axes:
-        ax.set_xlabel(label)
-        if x_key is None:
-            ax.set_xticks(x, [str(r["run"]) for r in rows], rotation=45, ha="right")
-    fig.suptitle(f"campaign of {len(rows)} runs")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    """Delta, alpha and the 1/e lengths against ``x_key`` (None: run index): :mod:`.figure_campaign`."""
+    conditions = {key: label for key, (label, _) in CONDITIONS.items()}
+    return save_figure(draw_campaign(rows, x_key=x_key, conditions=conditions), path)
 
 
 def write_campaign(out: str | os.PathLike[str], runs: Sequence[tuple[str, Path, Mapping[str, Any]]]) -> list[Path]:

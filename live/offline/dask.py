@@ -1,58 +1,23 @@
-"""Reanalysis of many runs on a Dask cluster with the same kernels as ``stslive analyse`` (issue 7).
+"""Offline analysis of many runs on a Dask cluster, with the kernels and outputs of ``stslive analyse``.
 
 Dask is an optional extra (``pip install 'stslive[dask]'``); nothing else in stslive imports it.
+Per input file the client builds, from the file's metadata only: a **calibrate** task (the
+peak-template width by :func:`~stslive.live.pipeline.calibrate_source`, as the single-process
+path does), then one fused read + kernels task per block of whole grid rows
+(:func:`analysis_array`) that returns only the stack of
+:class:`~stslive.live.kernels.SpectrumAnalysis` fields: spectra never leave the worker that read
+them. The stacks are **gathered** on the client into a
+:class:`~stslive.live.results.ResultsModel` (:func:`~stslive.live.pipeline.apply_to_model`), whose
+correlations, files and figures are then written exactly as by the single path
+(:func:`stslive.live.offline.analyse.write_outputs`). With the single path's block size (64 MB, the
+default) the maps are bit-identical to it; other sizes differ by float32 rounding only, because
+the BLAS summation order of the gap templates follows the batch shape.
 
-The graph per input file, built on the client from the file's metadata only:
-
-* **calibrate** - the peak-template Dynes width is fixed per map before the blocks run, by
-  :func:`~stslive.live.pipeline.calibrate_source` in a task (the same rule and the same first
-  block as the single-process path), so both paths use the same templates.
-* **analyse** - the results of a file are one dask array ``(ny, nx, len(FIELDS))`` float64 made by
-  ``da.map_blocks`` over blocks of whole grid rows (:func:`analysis_array`). Each block is ONE
-  task that opens the file (h5py files are not picklable), reads its rows exactly as
-  :meth:`SpectraSource.read_block` gives them to the single path, runs
-  :func:`~stslive.live.pipeline.analyse_arrays` (the kernels) on the measured pixels and
-  returns only the stack of :class:`~stslive.live.kernels.SpectrumAnalysis` fields (float32,
-  int8 and bool values convert to float64 and back exactly). Spectra never cross a process
-  boundary: with read and kernels as two tasks, the scheduler moved 64 MB blocks between
-  workers and kept read-ahead blocks in worker memory (3.8x slower than the single path on
-  this machine; ``stslive bench-campaign``). With the single path's block size (64 MB, the
-  default) the kernels see the same batches, so the maps are bit-identical; other block sizes
-  change Delta by float32 rounding only (~1e-6 relative, measured): the gap kernel's template
-  products run through BLAS, whose summation order depends on the batch shape.
-* **gather** - the stacks come back to the client as blocks finish, which fills a
-  :class:`~stslive.live.results.ResultsModel` with :func:`~stslive.live.pipeline.apply_to_model`;
-  the correlations (FFT over the whole map) then run on the client exactly as in the single
-  path (:func:`stslive.acquisition.cli.analyse.write_outputs`).
-
-Workers and client must see the files under the same path (a shared file system).
-
-Threads and scaling on a real cluster (per map of ny x nx pixels, n points, c channels, float32)
-------------------------------------------------------------------------------------------------
-* Threads: one worker PROCESS per core, one thread each (``dask worker --nworkers N --nthreads 1``,
-  or :func:`dask_client`'s LocalCluster default), and the kernels' own pool set to one thread per
-  task (``KernelOptions.threads = 1``, done here); Dask's nanny also sets OMP/MKL/OpenBLAS to 1
-  thread in its workers. Processes rather than threads because h5py serialises every HDF5 call
-  of a process behind one lock, so threads of one worker would queue on their reads; a kernel
-  pool per task on top of N workers would run N x cores threads on N cores.
-* Memory per worker: one task holds one block of B bytes of spectra (``--block-mb``, default
-  64 MB, the single path's block, which keeps the maps bit-identical) plus the kernels' working
-  set (chunks of 512 spectra, a few MB) plus its result stack (rows x nx x 15 x 8 bytes, ~1 % of
-  B for 1601 points and 2 channels): ~2 B + 50 MB, i.e. ~200 MB per single-thread worker at the
-  default, independent of the map and campaign size; no read-ahead block is ever held, since a
-  block exists only inside the task that analyses it.
-* Bytes moved per block: the worker reads its B bytes from (shared) storage, and sends only the
-  result stack (rows x nx x 120 bytes: 9 MB for a whole 300 x 250 map, against 960 MB of
-  spectra with the lock-in) to the client, plus a few kB of task metadata through the
-  scheduler. Worker-to-worker traffic is zero.
-* Throughput then scales with worker cores until the storage's read bandwidth is the limit. The
-  kernels on one thread take 0.24 s per 16-row block of 4,800 spectra (measured here, ~20,000
-  spectra/s), i.e. they consume ~250 MB/s of 1601-point current + lock-in spectra, ~380 MB/s read
-  from an stslive archive whose pixel chunks hold three channels; so a 1 GB/s file server feeds
-  ~3 cores - beyond that, put the workers where the data is (node-local copies). Reading the
-  pixel-chunked HDF5 itself costs 0.2-1.1 s per such block here (CPU in HDF5, varying with
-  load), more than the kernels. The client's per-map work (correlations, figures, report:
-  seconds) is the serial part.
+Deployment: workers and client must see the files under the same path; run one worker process
+per core with one thread each (``dask worker --nworkers N --nthreads 1``, :func:`dask_client`'s
+LocalCluster default) - h5py serialises the HDF5 calls of a process, and the kernels' own pool is
+set to one thread per task here. A worker holds one block of B bytes of spectra at a time
+(``--block-mb``) plus the kernels' working set and its result stack: about 2 B + 50 MB.
 """
 
 from __future__ import annotations
@@ -181,7 +146,7 @@ def _analyse_rows(path: str, options: KernelOptions, block_info: dict[Any, Any] 
 
     Read and kernels are ONE task so that spectra never leave the worker that read them: as two
     tasks (read, then analyse) the scheduler moved 64 MB blocks between worker processes and kept
-    read-ahead blocks in worker memory, 3.8x slower than the single path (bench-campaign). The
+    read-ahead blocks in worker memory, 3.8x slower than the single path (stslive bench campaign). The
     file is opened here because h5py files are not picklable. The rows come from dask's
     ``block_info`` (the block's location in the result array). Unmeasured pixels are NaN (they are
     never copied into the model).
@@ -344,8 +309,8 @@ def analyse_inputs_dask(
             with open_input(info.path, options=calibrated[k]) as source:
                 dx, dy = source.pixel_size_m
                 model = model_from_stack(
-                    np.concatenate(blocks[k], axis=0),
-                    info,  # type: ignore[arg-type]
+                    np.concatenate([part for part in blocks[k] if part is not None], axis=0),
+                    info,
                     pixel_nm=float(math.sqrt(dx * dy) * 1e9),
                     topography=source.topography,
                 )

@@ -30,27 +30,19 @@ import dataclasses
 import json
 import math
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.formats.version import software_version
 from stslive.drivers.errors import AnalysisError
 from stslive.live.correlations import correlation_report
 from stslive.live.kernels import KernelOptions, ReasonCode
-from stslive.live.pipeline import TheoryConstants, predicted_gap_spread, sheet_resistance_sigma
 from stslive.live.results import ResultsModel
+from stslive.live.theory import TheoryConstants, predicted_gap_spread, sheet_resistance_sigma
 
-__all__ = ["software_version", "map_statistics", "ground_truth_errors", "build_report", "write_report"]
-
-
-def software_version() -> str:
-    """Installed ``stslive`` version (``0+unknown`` from a never-installed source tree)."""
-    try:
-        return version("stslive")
-    except PackageNotFoundError:
-        return "0+unknown"
+__all__ = ["map_statistics", "ground_truth_errors", "build_report", "write_report"]
 
 
 def _finite(value: Any) -> float | None:
@@ -168,7 +160,8 @@ def build_report(
     report["predicted_delta_rel_sigma"] = predicted_gap_spread(
         sigma_rho, mean_gap * 1e-3 if mean_gap is not None else math.nan, constants=constants
     )
-    report["measured_delta_rel_sigma"] = (stats["delta_std_meV"] / mean_gap) if mean_gap else None
+    std_gap = stats["delta_std_meV"]
+    report["measured_delta_rel_sigma"] = (std_gap / mean_gap) if mean_gap and std_gap is not None else None
     report["theory_constants"] = constants.to_dict()
     report["elapsed_s"] = float(elapsed_s)
     report["inputs"] = {**inputs, "options": dataclasses.asdict(options), "software_version": software_version()}

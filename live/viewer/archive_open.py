@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader, open_archive
+from stslive.acquisition.formats.archive.layout import HDF5_SIGNATURE
 from stslive.drivers.errors import ArchiveError, StsliveError
 
 __all__ = ["ArchiveHealth", "open_for_viewing", "superblock"]
 
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: Superblock status flag of a file an SWMR writer holds (HDF5's H5F_SUPER_SWMR_WRITE_ACCESS).
 SWMR_WRITE_FLAG = 0x04
 _SPECTRA = "entry/data/spectra"
@@ -69,7 +69,7 @@ def superblock(path: str | Path) -> tuple[int, int] | None:
     """(status flags, recorded end of file in bytes) of a v2/v3 HDF5 superblock; None for another layout."""
     with open(path, "rb") as fh:
         head = fh.read(48)
-    if not head.startswith(_SIGNATURE) or len(head) < 12 or head[8] not in (2, 3):
+    if not head.startswith(HDF5_SIGNATURE) or len(head) < 12 or head[8] not in (2, 3):
         return None
     size = head[9]  # bytes per file address
     if size not in (4, 8) or len(head) < 12 + 3 * size:

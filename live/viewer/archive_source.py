@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, topography_from_z
+from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, recording_kind, topography_from_z
 from stslive.drivers.errors import ArchiveError, FileFormatError, StsliveError
 from stslive.live.results import ResultsModel
 from stslive.live.results_io import load_maps_h5
@@ -51,6 +51,10 @@ class ArchiveSpectra:
     def __init__(self, path: str | Path, *, current: str | None = None, timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        if self.path.is_file() and recording_kind(self.path) != "stslive":
+            raise FileFormatError(
+                self.path, "a Nanonis grid, not a run archive: analyse it (stslive analyse) and view its maps.h5"
+            )
         self.reader, self.health = open_for_viewing(self.path, timeout_s=timeout_s)
         names = list(self.reader.channel_names)
         wanted = current or next((n for n in names if n.lower().startswith("current")), None)

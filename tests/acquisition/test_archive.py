@@ -395,7 +395,7 @@ def _kill_plain_read_write_opener(path: Path) -> None:
 
 
 def test_resume_after_a_kill_between_read_write_open_and_swmr_switch(tmp_path: Path) -> None:
-    """Regression (issue 4 follow-up): write flag without SWMR flag used to block every later open."""
+    """Regression: write flag without SWMR flag used to block every later open."""
     geo = geometry()
     path = tmp_path / "window.h5"
     with ArchiveWriter.create(

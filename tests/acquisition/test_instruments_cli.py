@@ -41,9 +41,10 @@ def test_reports_lockin_and_thermometer_as_json(capsys):
 
 def test_stm_through_the_mock_lab(capsys):
     from stslive.mocks.lab import MockLab
+    from stslive.mocks.lab_servers import LabServers
 
     lab = MockLab.from_seed(ny=4, nx=4, speed=0)
-    with lab.start_servers(sr830_port=None, thermometer_port=None) as servers:
+    with LabServers.start(lab, sr830_port=None, thermometer_port=None) as servers:
         code = main(["instruments", "--stm", servers.resources["nanonis"], "--timeout", "2"])
     out = capsys.readouterr().out
     assert code == 0, out

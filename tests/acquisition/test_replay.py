@@ -12,9 +12,10 @@ import pytest
 import zmq
 
 from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.documents import DescriptorDoc, EventDoc, FailedPixelDoc, StartDoc, StopDoc
 from stslive.acquisition.formats.nanonis3ds import open_3ds
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
-from stslive.acquisition.formats.stream import DescriptorDoc, EventDoc, FailedPixelDoc, RunPublisher, StartDoc, StopDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.acquisition.replay import open_replay, replay, schedule
 from stslive.drivers.errors import ConfigError, FileFormatError, NanonisFileError

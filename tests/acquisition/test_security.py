@@ -1,4 +1,4 @@
-"""CURVE security (issue 6) over real ZeroMQ sockets, on 127.0.0.1 only.
+"""CURVE security over real ZeroMQ sockets, on 127.0.0.1 only.
 
 No test sends traffic to or binds a non-loopback address: CURVE is exercised on loopback with
 keys required (a socket given a Security always requires them), and the refusal of LAN
@@ -20,6 +20,8 @@ import zmq.auth
 
 from stslive.acquisition.cli import main
 from stslive.acquisition.control import ControlServer, send_command
+from stslive.acquisition.formats.documents import ArraySpec, EventDoc, StartDoc
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.security import (
     Security,
     authenticator_running,
@@ -28,7 +30,6 @@ from stslive.acquisition.formats.security import (
     secure_client,
     secure_server,
 )
-from stslive.acquisition.formats.stream import ArraySpec, EventDoc, RunPublisher, StartDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.acquisition.state import RunStateMachine
 from stslive.drivers.errors import ConfigError, InstrumentTimeout, StreamError

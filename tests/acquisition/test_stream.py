@@ -1,8 +1,6 @@
 """The run stream: documents, wire codec, publisher and subscriber over real ZeroMQ sockets.
 
-Benchmark (not a test; figures printed)::
-
-    python tests/acquisition/test_stream.py --bench
+The benchmark is ``stslive bench stream`` (acquisition/jobs/bench_stream.py).
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import dataclasses
 import json
 import math
 import pickle
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,24 +18,22 @@ import numpy as np
 import pytest
 import zmq
 
-from stslive.acquisition.formats.stream import (
-    MAX_HEADER_BYTES,
-    SCHEMA,
-    SCHEMA_VERSION,
+from stslive.acquisition.formats.codec import MAX_HEADER_BYTES, MalformedMessage
+from stslive.acquisition.formats.documents import (
+    RUN_SCHEMA,
+    RUN_SCHEMA_VERSION,
     ArraySpec,
     DescriptorDoc,
     EventDoc,
     FailedPixelDoc,
     HeartbeatDoc,
-    MalformedDocument,
-    RunPublisher,
     StartDoc,
     StopDoc,
-    check_local_endpoint,
     decode,
     encode,
     topic_for,
 )
+from stslive.acquisition.formats.publisher import RunPublisher, check_local_endpoint
 from stslive.acquisition.formats.subscriber import Gap, RunSubscriber, missing_pixels, recover_from_archive
 from stslive.drivers.errors import StreamError
 
@@ -161,7 +156,7 @@ def test_every_kind_round_trips(fmt: str) -> None:
         back = decode(frames)
         assert same(doc, back), doc.kind
         header = back.to_dict()
-        assert (header["schema"], header["version"]) == (SCHEMA, SCHEMA_VERSION)
+        assert (header["schema"], header["version"]) == (RUN_SCHEMA, RUN_SCHEMA_VERSION)
 
 
 def test_header_is_json_or_msgpack_and_arrays_are_raw_little_endian() -> None:
@@ -216,7 +211,7 @@ MALFORMED: dict[str, tuple[list[bytes], str]] = {
     "start with an extra frame": ([*encode(every_kind()[0]), b"x"], "frames"),
     "topic of another kind": (_frames(_event_header(), GOOD, topic=b"stslive.run.stop"), "topic"),
     "unknown schema": (_frames(_event_header(schema="bluesky.event"), GOOD), "schema"),
-    "unknown version": (_frames(_event_header(version=SCHEMA_VERSION + 1), GOOD), "version"),
+    "unknown version": (_frames(_event_header(version=RUN_SCHEMA_VERSION + 1), GOOD), "version"),
     "unknown kind": (_frames(_event_header(kind="datum"), GOOD, topic=b"stslive.run.datum"), "kind"),
     "bad json": ([b"stslive.run.event", b'{"schema": "stslive.run", ', GOOD], "header"),
     "bad msgpack": ([b"stslive.run.event", b"\x85\xa6schema\xc1", GOOD], "header"),
@@ -264,7 +259,7 @@ MALFORMED: dict[str, tuple[list[bytes], str]] = {
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_input_is_rejected_with_a_reason(case: str) -> None:
     frames, reason = MALFORMED[case]
-    with pytest.raises(MalformedDocument) as info:
+    with pytest.raises(MalformedMessage) as info:
         decode(frames)
     assert info.value.reason == reason, str(info.value)
     assert isinstance(info.value, StreamError)
@@ -285,7 +280,7 @@ def test_pickled_payload_never_reaches_pickle(monkeypatch: pytest.MonkeyPatch) -
     payload = pickle.dumps(np.array([object()], dtype=object), protocol=5)
     for dtype in ("|O", "O", "V8"):
         frames = _frames(_event_header(arrays=[{"name": "spectra", "dtype": dtype, "shape": [1]}]), payload)
-        with pytest.raises(MalformedDocument, match="not allowed"):
+        with pytest.raises(MalformedMessage, match="not allowed"):
             decode(frames)
 
 
@@ -557,97 +552,6 @@ def test_two_subscribers_with_the_same_filter_are_both_seen(ctx: zmq.Context) ->
             s.close()
         with pytest.raises(StreamError, match="subscription"):
             pub.wait_for_subscribers(3, timeout_s=0.2)
-
-
-# -- benchmark (python tests/acquisition/test_stream.py --bench) ---------------------------------
-def _bench_publisher(queue, done, mode: str, fmt: str, n: int, rate_hz: float, hwm: int) -> None:
-    """Child process: bind, wait for the consumer, publish ``n`` 3 x 1601 float32 events."""
-    pub_ep, push_ep = (LOCAL, None) if mode == "sub" else (None, LOCAL)
-    with RunPublisher(pub_ep, push_endpoint=push_ep, header_format=fmt, hwm=hwm) as pub:
-        queue.put(pub.pub_endpoint or pub.push_endpoint)
-        if mode == "sub":
-            pub.wait_for_subscribers(1, timeout_s=10)
-        pub.start(**start_fields(npts=1601))
-        pub.descriptor(spec(1601))
-        fields = {k: v for k, v in event_kwargs(0, 1601).items() if k != "arrays"}
-        spectra = {"spectra": np.random.default_rng(0).normal(size=(3, 1601)).astype(np.float32)}
-        t0 = time.perf_counter()
-        for i in range(n):
-            if rate_hz:
-                while time.perf_counter() < t0 + i / rate_hz:
-                    pass  # busy-wait: sleep() granularity (~60 us+) would distort the pacing
-            pub.event(arrays=spectra, **fields)
-        pub.stop()
-        pub.flush(timeout_s=30)
-        while not done.is_set():  # idle heartbeats until the consumer is done: they reveal a lost stop
-            pub.heartbeat()
-            time.sleep(0.05)
-
-
-def _bench_run(
-    mode: str, fmt: str, n: int, rate_hz: float, hwm: int = 100_000, busy_s: float = 0.0
-) -> dict[str, float]:
-    import multiprocessing
-
-    mp = multiprocessing.get_context("spawn")
-    queue = mp.Queue()
-    done = mp.Event()
-    child = mp.Process(target=_bench_publisher, args=(queue, done, mode, fmt, n, rate_hz, hwm))
-    child.start()
-    endpoint = queue.get(timeout=30)
-    latencies, first, last, events = [], 0.0, 0.0, 0
-    with RunSubscriber(endpoint, mode=mode, hwm=hwm) as sub:
-        time.sleep(busy_s)  # a consumer busy elsewhere while the burst arrives
-        while (doc := sub.poll(10)) is not None:
-            now = time.time()
-            if isinstance(doc, EventDoc):
-                latencies.append(now - doc.time)
-                events += 1
-                first = first or time.perf_counter()
-                last = time.perf_counter()
-            if isinstance(doc, StopDoc) or (isinstance(doc, HeartbeatDoc) and doc.run_uid is None):
-                break
-        gaps = sum(g.size for g in sub.gaps(sub.runs[0]))
-    done.set()
-    child.join(30)
-    lat = np.array(latencies) * 1e6
-    return {
-        "received": events,
-        "lost": n - events,
-        "gaps": gaps,
-        "msg_per_s": (events - 1) / (last - first),
-        "p50_us": float(np.percentile(lat, 50)),
-        "p99_us": float(np.percentile(lat, 99)),
-    }
-
-
-def bench() -> None:
-    """Print throughput, one-way latency at 1,000 msg/s and HWM drops; 3 x 1601 float32 events."""
-    print("event: 3 channels x 1601 points float32 (19.2 kB of arrays)")
-    for fmt in FORMATS:
-        r = _bench_run("sub", fmt, 20_000, 0)
-        print(f"PUB/SUB {fmt:7s} full speed : {r['msg_per_s']:8,.0f} msg/s, received {r['received']}, lost {r['lost']}")
-    r = _bench_run("pull", "msgpack", 20_000, 0)
-    print(f"PUSH/PULL msgpack full speed: {r['msg_per_s']:8,.0f} msg/s, received {r['received']}, lost {r['lost']}")
-    for fmt in FORMATS:
-        r = _bench_run("sub", fmt, 5_000, 1000.0)
-        print(
-            f"PUB/SUB {fmt:7s} at 1,000 msg/s: one-way latency p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us "
-            f"(publish to decoded document), lost {r['lost']}"
-        )
-    for hwm in (1000, 100_000):
-        r = _bench_run("sub", "msgpack", 20_000, 0, hwm=hwm, busy_s=5.0)
-        print(
-            f"PUB/SUB HWM {hwm:>7,}, burst while the consumer is busy 5 s: lost {r['lost']} of 20000 events, "
-            f"{r['gaps']} documents reported as gaps"
-        )
-
-
-if __name__ == "__main__":
-    if "--bench" in sys.argv:
-        bench()
-    else:
-        sys.exit(pytest.main([__file__, "-q"]))
 
 
 def test_lost_stop_is_seen_from_the_next_idle_heartbeat(ctx: zmq.Context) -> None:

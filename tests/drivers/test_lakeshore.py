@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from stslive.drivers.errors import ControllerError, InstrumentReplyError, SafetyLimitError
@@ -10,33 +13,32 @@ from stslive.drivers.protocols import Thermometer
 from stslive.drivers.scpi import RecordedSession
 
 
-def thermometer(exchanges, channel="A") -> tuple[LakeShore372, RecordedSession]:
-    session = RecordedSession(exchanges, instrument="ls372")
-    return LakeShore372(session, channel=channel), session
+@contextmanager
+def thermometer(exchanges: list[tuple[str, str | None]], channel: str | int = "A") -> Iterator[LakeShore372]:
+    """A driver on recorded exchanges; leaving the block with an exchange unused fails the test."""
+    with RecordedSession(exchanges, instrument="ls372") as session:
+        yield LakeShore372(session, channel=channel)
 
 
 def test_temperature_checks_reading_status_first():
-    t, session = thermometer(
+    with thermometer(
         [("*IDN?", "LSCI,MODEL372,LSA1234,1.4"), ("RDGST? 6", "000"), ("KRDG? 6", "+3.012000E-01")], channel=6
-    )
-    assert isinstance(t, Thermometer)
-    assert t.identity() == "LSCI,MODEL372,LSA1234,1.4"
-    assert t.temperature() == pytest.approx(0.3012)
-    session.assert_done()
+    ) as t:
+        assert isinstance(t, Thermometer)
+        assert t.identity() == "LSCI,MODEL372,LSA1234,1.4"
+        assert t.temperature() == pytest.approx(0.3012)
 
 
 def test_reading_status_bits_raise_with_their_names():
-    t, session = thermometer([("RDGST? A", "192")])  # T over range + T under range bits
-    with pytest.raises(ControllerError, match="temperature over range; temperature under range"):
-        t.temperature()
-    session.assert_done()
+    with thermometer([("RDGST? A", "192")]) as t:  # T over range + T under range bits
+        with pytest.raises(ControllerError, match="temperature over range; temperature under range"):
+            t.temperature()
 
 
 def test_zero_kelvin_means_no_curve():
-    t, session = thermometer([("RDGST? A", "0"), ("KRDG? A", "+0.000000E+00")])
-    with pytest.raises(ControllerError, match="no calibration curve"):
-        t.temperature()
-    session.assert_done()
+    with thermometer([("RDGST? A", "0"), ("KRDG? A", "+0.000000E+00")]) as t:
+        with pytest.raises(ControllerError, match="no calibration curve"):
+            t.temperature()
 
 
 @pytest.mark.parametrize(
@@ -50,17 +52,15 @@ def test_zero_kelvin_means_no_curve():
     ],
 )
 def test_garbage_replies_raise(exchanges, call):
-    t, session = thermometer(exchanges)
-    with pytest.raises(InstrumentReplyError):
-        getattr(t, call)()
-    session.assert_done()
+    with thermometer(exchanges) as t:
+        with pytest.raises(InstrumentReplyError):
+            getattr(t, call)()
 
 
 def test_scanner_channel_round_trip():
-    t, session = thermometer([("SCAN?", "05,1"), ("SCAN 3,0", None)])
-    assert t.scanner_channel() == (5, True)
-    t.set_scanner_channel(3)
-    session.assert_done()
+    with thermometer([("SCAN?", "05,1"), ("SCAN 3,0", None)]) as t:
+        assert t.scanner_channel() == (5, True)
+        t.set_scanner_channel(3)
 
 
 def test_channels_are_checked_before_sending():
@@ -68,9 +68,8 @@ def test_channels_are_checked_before_sending():
     for bad in (0, 17, "B"):
         with pytest.raises(SafetyLimitError):
             check_channel(bad)
-    t, session = thermometer([])
-    with pytest.raises(SafetyLimitError):
-        t.set_scanner_channel(0)
-    t.close()
-    assert session.closed
-    session.assert_done()
+    with thermometer([]) as t:
+        with pytest.raises(SafetyLimitError):
+            t.set_scanner_channel(0)
+        t.close()
+        assert isinstance(t.session, RecordedSession) and t.session.closed

@@ -19,6 +19,7 @@ import pytest
 
 from stslive.acquisition.formats.archive import open_archive
 from stslive.mocks.lab import MockLab
+from stslive.mocks.lab_servers import LabServers
 
 NX, NY, POINTS = 8, 5, 101
 STARTUP_KILLS = 4
@@ -101,7 +102,7 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
     rng = random.Random(20261125)
     lab = MockLab.from_seed(seed=5, ny=NY, nx=NX, speed=1.0)  # 60 ms sweeps: ~2.4 s of scanning
     path = tmp_path / "run.h5"
-    with lab.start_servers(sr830_port=None) as servers:
+    with LabServers.start(lab, sr830_port=None) as servers:
         res = servers.resources
         cfg = tmp_path / "run.toml"
         cfg.write_text(
@@ -185,7 +186,7 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
 def test_sigterm_stops_after_the_pixel_in_progress_with_exit_status_abort(tmp_path: Path) -> None:
     lab = MockLab.from_seed(seed=8, ny=NY, nx=NX, speed=1.0)
     path = tmp_path / "run.h5"
-    with lab.start_servers(sr830_port=None) as servers:
+    with LabServers.start(lab, sr830_port=None) as servers:
         res = servers.resources
         cfg = tmp_path / "run.toml"
         cfg.write_text(

@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stslive.acquisition.cli.scan import run_scan
 from stslive.acquisition.control import send_command
 from stslive.acquisition.formats.archive import open_archive
-from stslive.acquisition.formats.stream import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
+from stslive.acquisition.formats.documents import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
-from stslive.acquisition.jobs.bench_scan import mock_lab_config
+from stslive.acquisition.jobs.mocklab import mock_lab_config
+from stslive.acquisition.scan import run_scan
 from stslive.mocks.faults import FaultPlan
 from stslive.mocks.lab import MockLab
+from stslive.mocks.lab_servers import LabServers
 
 NX, NY, POINTS = 5, 4, 101
 pytestmark = pytest.mark.timeout(60)
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.timeout(60)
 @contextmanager
 def scan(lab: MockLab, path: Path, **sections: Any) -> Iterator[tuple[RunSubscriber, str, dict[str, Any]]]:
     """Run a scan over the whole film in a thread; yields (PULL subscriber, control endpoint, result)."""
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         sections.setdefault("stream", {}).update(push="tcp://127.0.0.1:0")
         config = mock_lab_config(
             servers.resources, nx=lab.nx, ny=lab.ny, pixel_m=lab.pixel_m, n_points=POINTS, **sections
@@ -207,7 +208,7 @@ def test_line_cut_with_two_alternating_setpoint_sets(tmp_path: Path) -> None:
     lab = MockLab.from_seed(seed=6, ny=NY, nx=NX, speed=0)
     base = {"name": "a", "current_setpoint_A": 150e-12, "sweep_start_V": -0.04, "sweep_end_V": 0.04, "n_points": POINTS}
     sets = [{**base, "id": 0, "bias_setpoint_V": -0.010}, {**base, "id": 3, "name": "b", "bias_setpoint_V": -0.020}]
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         config = mock_lab_config(
             servers.resources,
             nx=NX,
@@ -281,10 +282,10 @@ def test_remeasure_a_failed_and_a_measured_pixel_through_the_control_command(tmp
 def test_bench_scan_subcommand_reports_overhead_of_every_pixel(capsys: pytest.CaptureFixture[str]) -> None:
     from stslive.acquisition.cli import main
 
-    assert main(["bench-scan", "--grid", "4x3", "--points", "51"]) == 0
+    assert main(["bench", "scan", "--grid", "4x3", "--points", "51"]) == 0
     out = capsys.readouterr().out
     assert "12 pixels x 51 points" in out
     match = re.search(r"all: p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", out)
     assert match is not None, out
     assert 0 < float(match[1]) <= float(match[2])
-    assert main(["bench-scan", "--points", "1"]) == 1  # ConfigError, printed without a traceback
+    assert main(["bench", "scan", "--points", "1"]) == 1  # ConfigError, printed without a traceback

@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.jobs.soak import MemoryLog, Soak, SoakSettings, fault_entries
+from stslive.acquisition.jobs.soak import Soak, SoakSettings, fault_entries
+from stslive.acquisition.jobs.soak_watch import MemoryLog
 from stslive.mocks.faults import FaultPlan
 
 NX, NY, POINTS = 24, 16, 401
@@ -109,12 +110,12 @@ def test_map_check_catches_a_live_map_that_differs_from_offline(soaked: tuple[Pa
     out, _ = soaked
     shutil.copy(out / "run.h5", tmp_path / "run.h5")
     shutil.copy(out / "run.analysis.h5", tmp_path / "run.analysis.h5")
-    from stslive.live.results import load_maps_h5
+    from stslive.live.results_io import load_maps_h5, save_maps_h5
 
     model = load_maps_h5(tmp_path / "run.analysis.h5")
     iy, ix = np.argwhere(model.maps["valid"])[0]
     model.maps["delta_eV"][iy, ix] *= 1.01
-    model.save_maps_h5(tmp_path / "run.analysis.h5")
+    save_maps_h5(model, tmp_path / "run.analysis.h5")
     result = _soak_on(tmp_path)._check_maps()
     assert not result["ok"] and result["delta_eV"]["mismatched_pixels"] == 1
     assert result["delta_eV"]["max_rel_diff"] == pytest.approx(0.01, rel=1e-3)

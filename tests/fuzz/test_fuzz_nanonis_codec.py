@@ -35,16 +35,17 @@ _SAMPLE: dict[str, Any] = {
     "i32[]": [1, 2, 3],
     "f32[]": [0.5, 1.5],
     "str[]": ["a", "bc"],
+    "str[n]": ["a", "bc", "d"],  # counted by the i32[] before it (ChsGet)
     "f32[,]": np.ones((2, 3), np.float32),
 }
 
 
 def _sample_response(name: str, status: int = 0, description: str = "") -> bytes:
-    types = codec.command(name).return_types
+    types = codec.signature(name).return_types
     return codec.encode_response(name, [_SAMPLE[t] for t in types], status=status, description=description)
 
 
-VALID = [_sample_response(n) for n in NAMES] + [_sample_response(n, 3, "not allowed") for n in NAMES[:5]]
+VALID = [_sample_response(n) for n in NAMES] + [_sample_response(n, 1, "not allowed") for n in NAMES[:5]]
 
 
 def _decode(frame: bytes, name: str) -> None:
@@ -89,7 +90,7 @@ def test_truncated_and_mutated_frames(frame: bytes, data: st.DataObject) -> None
 def test_request_bodies(name: str, body: bytes) -> None:
     """The simulated server parses requests with the same codec: garbage is a typed error too."""
     try:
-        codec.decode_request(codec.command(name), body)
+        codec.decode_request(codec.signature(name), body)
     except InstrumentError as exc:
         assert str(exc)
 
@@ -136,7 +137,7 @@ def test_driver_on_faulty_replies(frame: bytes, data: st.DataObject) -> None:
         raw[i] = data.draw(st.integers(0, 255))
     session = _ScriptedSession(bytes(raw[: data.draw(st.integers(0, len(raw)))]))
     ctl = NanonisController(VisaSettings(resource="TCPIP::127.0.0.1::6501::SOCKET"), session=session)  # type: ignore[arg-type]
-    args = [_SAMPLE[t] for t in codec.command(name).arg_types]
+    args = [_SAMPLE[t] for t in codec.signature(name).arg_types]
     try:
         ctl.call(name, *args)
     except InstrumentError as exc:

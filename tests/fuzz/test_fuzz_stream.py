@@ -1,4 +1,4 @@
-"""Fuzz: run-stream ``decode`` on random and mutated frames raises MalformedDocument or succeeds.
+"""Fuzz: run-stream ``decode`` on random and mutated frames raises MalformedMessage or succeeds.
 
 Examples per test: ``STSLIVE_FUZZ_EXAMPLES`` (default 200); a long campaign:
 ``STSLIVE_FUZZ_EXAMPLES=20000 python -m pytest tests/fuzz -q -p no:cacheprovider --hypothesis-show-statistics``.
@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stslive.acquisition.formats.stream import (
+from stslive.acquisition.formats.codec import MalformedMessage
+from stslive.acquisition.formats.documents import (
     ArraySpec,
     DescriptorDoc,
     EventDoc,
     FailedPixelDoc,
     HeartbeatDoc,
-    MalformedDocument,
     StartDoc,
     StopDoc,
     decode,
@@ -85,11 +85,11 @@ COUNTS: dict[str, int] = {}
 
 
 def _check(frames: list[bytes], what: str) -> None:
-    """decode() either returns a document or raises MalformedDocument with a message; nothing else."""
+    """decode() either returns a document or raises MalformedMessage with a message; nothing else."""
     COUNTS[what] = COUNTS.get(what, 0) + 1
     try:
         doc = decode(frames)
-    except MalformedDocument as exc:
+    except MalformedMessage as exc:
         assert exc.reason and str(exc)
         return
     encode(doc)  # a document decode accepted is one encode can send again
@@ -178,12 +178,12 @@ def test_bombs_are_refused() -> None:
         b"\xdf\xff\xff\xff\xff",
         b"{}" + b" " * (300 * 1024),
     ):
-        with pytest.raises(MalformedDocument):
+        with pytest.raises(MalformedMessage):
             decode([topic, header])
     ev = next(f for f in VALID_FRAMES if f[0].endswith(b"event"))
     head = json.loads(ev[1])
     head["arrays"][0]["shape"] = [2**40, 2**40]
-    with pytest.raises(MalformedDocument, match="shape"):
+    with pytest.raises(MalformedMessage, match="shape"):
         decode([ev[0], json.dumps(head).encode(), *ev[2:]])
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
-from stslive.live.results import load_maps_h5
+from stslive.acquisition.jobs.simulate import write_film_archive
+from stslive.live.results_io import load_maps_h5
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 40, 48
@@ -204,3 +204,12 @@ def test_bad_options_are_refused(
     a_file.write_text("")
     assert main(["analyse", str(archive), "--out", str(a_file)]) == 1
     assert "give a directory" in capsys.readouterr().err
+
+
+def test_report_version_is_the_one_software_version(analysed: tuple[Path, Path, int]) -> None:
+    from stslive.acquisition.formats import version
+    from stslive.live.offline import report
+
+    _, out, _ = analysed
+    assert _report(out)["inputs"]["software_version"] == version.software_version()
+    assert not hasattr(report, "software_version") or report.software_version is version.software_version

@@ -10,13 +10,14 @@ import pytest
 import zmq
 from test_analyser_sim import CHANNELS, N_POINTS, RunProducer, geometry, make_lab, make_sets, measure_run, start_fields
 
-from stslive.acquisition.formats.stream import RunPublisher, encode
+from stslive.acquisition.formats.documents import encode
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.drivers.errors import ConfigError
 from stslive.live.analyser import AnalyserService, AnalyserSettings
-from stslive.live.flags import FlagConfig, load_flag_config
+from stslive.live.flag_config import FlagConfig, load_flag_config
+from stslive.live.flag_kinds import FlagKind
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import analyse_input
-from stslive.live.results import FlagKind
 from stslive.live.run_context import PixelInput, RunContext
 from stslive.mocks.faults import FaultPlan
 
@@ -175,7 +176,7 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
     assert live.status().message.count("Dynes width") == 1
     assert live.snapshot is not None and live.snapshot.n_pixels == int(live.maps["valid"].sum())
     saved = archive.with_suffix(".analysis.h5")
-    from stslive.live.results import load_maps_h5
+    from stslive.live.results_io import load_maps_h5
 
     np.testing.assert_array_equal(load_maps_h5(saved).maps["flags"], live.maps["flags"])
     assert live.status().state == "done"
@@ -199,7 +200,7 @@ def test_bad_input_is_counted_and_the_service_goes_on(tmp_path: Path, faulted_ru
     raw.send_multipart([b"stslive.run.event", b"\x00garbage"])
     raw.send_multipart([b"stslive.run.event"])
     start = pub.start(**start_fields(geometry(NY, NX), SETS))
-    from stslive.acquisition.formats.stream import ArraySpec
+    from stslive.acquisition.formats.documents import ArraySpec
 
     pub.descriptor({"spectra": ArraySpec(dtype="<f4", shape=(len(CHANNELS), N_POINTS))})
     frames = encode(start)
@@ -250,4 +251,14 @@ def test_flag_config_toml(tmp_path: Path) -> None:
         load_flag_config(bad)
     bad.write_text("[flags]\ntip_window = 2.5\n")
     with pytest.raises(ConfigError, match="tip_window"):
+        load_flag_config(bad)
+    bad.write_text("setpoint_rel_tol = 1\n")  # keys at top level; an integer where a float is meant
+    assert load_flag_config(bad).setpoint_rel_tol == 1.0 and isinstance(load_flag_config(bad).setpoint_rel_tol, float)
+    bad.write_text("[flags]\nsetpoint_rel_tol = 0.2\n[scan]\n")
+    with pytest.raises(ConfigError, match="use \\[flags\\]"):
+        load_flag_config(bad)
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_flag_config(tmp_path)
+    bad.write_bytes(b"[flags]\nsetpoint_rel_tol = 0.2 # \xb5\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
         load_flag_config(bad)

@@ -18,7 +18,8 @@ import pytest
 import zmq
 from test_analyser_sim import RunProducer, geometry, make_lab, make_sets, measure_run, start_fields
 
-from stslive.acquisition.formats.stream import ArraySpec, RunPublisher, StartDoc
+from stslive.acquisition.formats.documents import ArraySpec, StartDoc
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.drivers.errors import StreamError
 from stslive.live.analyser import AnalyserService, AnalyserSettings
 from stslive.live.kernels import KernelOptions

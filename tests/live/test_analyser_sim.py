@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveWriter
+from stslive.acquisition.formats.documents import ArraySpec, new_uid
+from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
-from stslive.acquisition.formats.stream import ArraySpec, RunPublisher, new_uid
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
 from stslive.mocks.faults import FaultKind, FaultPlan
 from stslive.mocks.film import FilmParams, make_film

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -11,13 +14,15 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.analyse import expand_inputs, output_dirs
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
+from stslive.live.kernels import KernelOptions
+from stslive.live.offline.analyse import analyse_inputs, expand_inputs, output_dirs, summary_line
 from stslive.live.offline.campaign import run_conditions, write_campaign
+from stslive.live.theory import TheoryConstants
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 10, 12
@@ -155,3 +160,38 @@ def test_output_folders_and_input_errors(series: Path, tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(ConfigError, match="holds no stslive archive"):
         expand_inputs([empty])
+
+
+def test_offline_library_analyses_without_the_command_line(series: Path, tmp_path: Path) -> None:
+    """The library behind ``stslive analyse``: folders expanded (non-archives reported), runs and campaign."""
+    stray = tmp_path / "in"
+    stray.mkdir()
+    for archive in series.glob("T*.h5"):
+        (stray / archive.name).write_bytes(archive.read_bytes())
+    with h5py.File(stray / "maps.h5", "w") as f:
+        f["delta"] = np.zeros((2, 2))
+    skipped: list[Path] = []
+    files = expand_inputs([stray], on_skip=skipped.append)
+    assert [p.name for p in files] == ["T0.3.h5", "T1.5.h5"] and skipped == [stray / "maps.h5"]
+    options, constants = KernelOptions(), TheoryConstants()
+    one = analyse_inputs(files[:1], tmp_path / "one", options=options, constants=constants, examples=0)
+    assert [r.out for r in one.runs] == [tmp_path / "one"] and one.campaign == []
+    assert one.runs[0].report == json.loads((tmp_path / "one" / "report.json").read_text())
+    assert summary_line(one.runs[0].report).startswith(f"{NY * NX} of {NY * NX} pixels valid")
+    both = analyse_inputs(files, tmp_path / "both", options=options, constants=constants, examples=0)
+    assert [r.out.name for r in both.runs] == ["T0.3", "T1.5"]
+    assert [p.name for p in both.campaign] == ["campaign.csv", "campaign.json", "campaign_vs_temperature.png"]
+
+
+def test_campaign_module_leaves_the_matplotlib_backend_alone() -> None:
+    """Figures are drawn on their own Agg canvas: importing or drawing switches no global backend."""
+    code = (
+        "import sys, matplotlib\n"
+        "before = matplotlib.get_backend()\n"
+        "import stslive.live.offline.campaign as c\n"
+        "assert matplotlib.get_backend() == before, (before, matplotlib.get_backend())\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

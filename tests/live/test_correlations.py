@@ -112,7 +112,7 @@ def test_radial_profile_of_a_known_function() -> None:
         and radius[-1, -1] == pytest.approx(math.hypot(2, 1) * NM)
     )
     profile = cr.radial_profile(np.exp(-radius / (10 * NM)), pixel_size_m=(2 * NM, 1 * NM))
-    assert profile.radius_m[0] == 0 and profile.count[0] == 1
+    assert profile.radius_m[0] == 0 and profile.n_lags[0] == 1
     assert profile.radius_m.max() <= 24 * NM  # half the shorter side (48 px * 1 nm)
     np.testing.assert_allclose(profile.value, np.exp(-profile.radius_m / (10 * NM)), rtol=0.02)
     assert cr.correlation_length_1e(profile) == pytest.approx(10 * NM, rel=0.02)

@@ -1,4 +1,4 @@
-"""The Dask path of ``stslive analyse`` gives the single-process maps (issue 7), on a 2-worker LocalCluster."""
+"""The Dask path of ``stslive analyse`` gives the single-process maps, on a 2-worker LocalCluster."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
 from stslive.live.kernels import KernelOptions
 from stslive.live.offline.dask import (

@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stslive.live.flags import K_B_EV, FlagConfig, FlagEngine, PixelConditions, SpectralFeatures, spectral_features
+from stslive.live.flag_config import FlagConfig
+from stslive.live.flag_kinds import FlagKind
+from stslive.live.flags import K_B_EV, FlagEngine, PixelConditions, SpectralFeatures, spectral_features
 from stslive.live.flags_history import SEQUENTIAL_MAX
 from stslive.live.kernels import ReasonCode, SpectrumAnalysis, conductance_sign, derivative, prepare_sweep
-from stslive.live.results import FlagKind
 
 NY, NX = 30, 50
 N = NY * NX
@@ -280,3 +282,16 @@ def test_unknown_reason_codes_raise_no_reason_flag() -> None:
     )
     bits = FlagEngine().evaluate(SpectrumAnalysis(**fields), features, conds, iy=np.zeros(n, int), ix=np.arange(n))
     np.testing.assert_array_equal(bits, [0, 0, int(FlagKind.NO_PEAKS), 0])
+
+
+def test_flag_modules_import_without_a_cycle() -> None:
+    """Thresholds, bits and history sit below the engine: none of them imports flags or the results model."""
+    import ast
+    import importlib
+
+    for low in ("flag_config", "flag_kinds", "flags_history"):
+        module = importlib.import_module(f"stslive.live.{low}")
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not imported & {"stslive.live.flags", "stslive.live.results"}, (low, imported)

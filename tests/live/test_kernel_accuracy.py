@@ -1,4 +1,4 @@
-"""Accuracy goals of issue 2 on a seeded simulated film, against its definition truth.
+"""Accuracy goals of the kernels on a seeded simulated film, against its definition truth.
 
 1601 points over +-40 mV, T = 0.3 K, 0.5 pA rms current noise at a 150 pA set-point (the
 FilmParams defaults): Delta rms error <= 0.03 meV from I(V) alone, <= 0.015 meV with the lock-in
@@ -81,7 +81,7 @@ def test_accuracy_at_801_points():
     """Coarser sweeps (0.1 mV steps, the analyser tests' runs) keep the template fit unbiased.
 
     Measured on this film: Delta rms 0.0245 meV from I(V), 0.0156 meV with the lock-in (the
-    goals of issue 2 are stated for 1601 points; before the template window was set in volts the
+    goals are stated for 1601 points; before the template window was set in volts the
     801-point figures were 0.11 and 0.18 meV, or Delta < 0 for some template widths).
     """
     film = make_film(FilmParams(ny=GRID, nx=GRID, seed=2024, n_points=801))

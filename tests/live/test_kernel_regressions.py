@@ -10,12 +10,15 @@ with the chunk size and the thread split (OpenBLAS GEMM rows depend on the block
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import numpy as np
 import pytest
 
-from stslive.live import kernels, kernels_gap
-from stslive.live.kernels import KernelOptions, ReasonCode, _bank_args, analyse_spectra
-from stslive.live.kernels_gap import DYNES_WIDTHS_EV, rowwise_matmul, template_bank
+from stslive.live import kernels
+from stslive.live.kernels import KernelOptions, ReasonCode, analyse_spectra
+from stslive.live.kernels.templates import DYNES_WIDTHS_EV, bank_args, rowwise_matmul, template_bank
 from stslive.mocks.film import FilmParams, make_film
 
 GRID = 12
@@ -37,7 +40,7 @@ def test_template_peak_is_the_positive_coherence_peak(step_V, integrated):
     # 0.03 meV at the narrowest width to 0.33 meV at the broadest, 0.4 meV), never near the
     # opposite peak of the drawn 1.2 meV gap at x = -2.4 meV.
     widths = tuple(sorted(set(WIDTHS_EV) | set(DYNES_WIDTHS_EV)))
-    bank = template_bank(step_V, **_bank_args(0.3, 50e-6, integrated=integrated), widths=widths)
+    bank = template_bank(step_V, **bank_args(0.3, 50e-6, integrated=integrated), widths=widths)
     peak_eV = bank.peak_offset * step_V
     assert np.all(peak_eV > 0) and np.all(peak_eV < 0.6e-3), dict(zip(widths, peak_eV, strict=False))
 
@@ -45,7 +48,7 @@ def test_template_peak_is_the_positive_coherence_peak(step_V, integrated):
 @pytest.mark.parametrize("step_V", [5e-5, 1e-4])
 def test_template_window_stays_clear_of_the_opposite_peak(step_V):
     # In volts, whatever the sampling: the fit window reaches 1.2 mV below the coarse peak.
-    bank = template_bank(step_V, **_bank_args(0.3, 0.0, integrated=True), widths=(0.1e-3,))
+    bank = template_bank(step_V, **bank_args(0.3, 0.0, integrated=True), widths=(0.1e-3,))
     assert bank.offsets[0] * step_V == pytest.approx(-1.2e-3, abs=step_V / 2)
     assert bank.offsets[-1] * step_V == pytest.approx(1.6e-3, abs=step_V / 2)
 
@@ -113,8 +116,8 @@ def test_rowwise_matmul_row_depends_on_its_row_only():
 
 
 def _clear_kernel_caches():
-    for module in (kernels, kernels_gap):
-        for value in vars(module).values():
+    for info in pkgutil.iter_modules(kernels.__path__, prefix=f"{kernels.__name__}."):
+        for value in vars(importlib.import_module(info.name)).values():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
 

@@ -172,7 +172,7 @@ def test_gap_from_lockin_needs_a_lockin(film_spectra):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_derivative_of_the_used_columns_equals_the_full_derivative(dtype):
     """The batch path derives only the columns the fits read (also near the padded sweep ends)."""
-    from stslive.live.kernels import _derivative_into
+    from stslive.live.kernels.derivative import box_derivative_into
 
     rng = np.random.default_rng(5)
     bias = np.linspace(-40e-3, 40e-3, 401)
@@ -181,14 +181,14 @@ def test_derivative_of_the_used_columns_equals_the_full_derivative(dtype):
     full = derivative(bias, current, points=11) * sign[:, None]
     out = np.full_like(current, np.nan)
     columns = ((6, 40), (100, 180), (390, 395))  # the first and last reach into the padded ends
-    _derivative_into(out, current, columns, points=11, step=float(bias[1] - bias[0]), row_scale=sign)
+    box_derivative_into(out, current, columns, points=11, step=float(bias[1] - bias[0]), sign=sign)
     for lo, hi in columns:
         np.testing.assert_allclose(out[:, lo:hi], full[:, lo:hi], rtol=2e-4 if dtype == np.float32 else 1e-9)
     assert np.isnan(out[:, 40:100]).all() and out.dtype == dtype
 
 
 def test_median_sign_counts_like_numpy_median():
-    from stslive.live.kernels import _median_sign
+    from stslive.live.kernels.sweep import _median_sign
 
     rng = np.random.default_rng(1)
     x = rng.normal(0.1, 1, (200, 9))
@@ -231,7 +231,7 @@ def test_stage_seconds_reports_every_stage(film_spectra):
 def test_bench_prints_rates_ratio_and_the_stage_breakdown(capsys):
     import argparse
 
-    from stslive.acquisition.jobs import bench_analysis as bench
+    from stslive.acquisition.cli import bench
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

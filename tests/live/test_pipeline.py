@@ -10,14 +10,13 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.cli.simulate import CHANNELS, write_film_archive
 from stslive.acquisition.formats.archive import open_archive
+from stslive.acquisition.jobs.simulate import CHANNELS, write_film_archive
 from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import correlation_report
 from stslive.live.kernels import KernelOptions, ReasonCode, SpectrumAnalysis
 from stslive.live.pipeline import (
-    TheoryConstants,
     analyse_arrays,
     analyse_input,
     analyse_pixels,
@@ -25,12 +24,11 @@ from stslive.live.pipeline import (
     calibrate_options,
     calibrate_source,
     calibration_sample,
-    correlation_snapshot,
     open_input,
-    predicted_gap_spread,
-    sheet_resistance_sigma,
 )
 from stslive.live.results import ResultsModel
+from stslive.live.snapshots import correlation_snapshot
+from stslive.live.theory import TheoryConstants
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 40, 48
@@ -225,18 +223,6 @@ def test_correlation_snapshot_matches_appendix_a_and_theory(film_archive: Path) 
     gap_K = float(np.nanmean(delta)) / theory.K_B_EV_PER_K
     rel = expected / (6 * np.pi * theory.resistance_quantum_ohm()) * np.log(c.hbar_omega_D_K / gap_K) ** 3
     assert snap.predicted_delta_rel_sigma == pytest.approx(rel, rel=1e-5)
-
-
-def test_theory_helpers_refuse_or_nan_outside_their_domain() -> None:
-    c = TheoryConstants()
-    assert math.isnan(sheet_resistance_sigma(0.02, math.nan, constants=c))
-    assert math.isnan(sheet_resistance_sigma(0.02, 0.1e-9, constants=c))  # eV < hbar D / l^2: Eq. (2) invalid
-    assert math.isnan(predicted_gap_spread(1000.0, math.nan, constants=c))
-    assert TheoryConstants.from_assignments({"diffusion_m2_s": "4e-5"}).diffusion_m2_s == 4e-5
-    with pytest.raises(AnalysisError, match="known"):
-        TheoryConstants.from_assignments({"D": "1"})
-    with pytest.raises(AnalysisError, match="> 0"):
-        TheoryConstants(bias_V=-1.0)
 
 
 def test_non_bias_sweep_is_refused(shared_data: Path) -> None:

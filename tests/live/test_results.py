@@ -11,7 +11,7 @@ import pytest
 from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 from stslive.drivers.errors import AnalysisError, FileFormatError, StreamError
 from stslive.live import results_io as rio
-from stslive.live.results import MAP_SPECS, FlagKind, PixelResult, ResultsModel, load_maps_h5
+from stslive.live.results import MAP_SPECS, FlagKind, PixelResult, ResultsModel
 
 
 def filled(ny: int = 24, nx: int = 30, seed: int = 3) -> ResultsModel:
@@ -122,48 +122,48 @@ def test_concurrent_writers_and_reader_lose_nothing():
     assert model.statistics().n_valid == 2000 and seen == sorted(seen)
 
 
-def test_maps_h5_round_trip_and_issue2_layout(tmp_path):
+def test_maps_h5_round_trip_and_layout(tmp_path):
     model = filled()
     path = tmp_path / "maps.h5"
-    model.save_maps_h5(path)
+    rio.save_maps_h5(model, path)
     with h5py.File(path, "r") as f:
-        for name in rio.ISSUE2_DATASETS:
+        for name in rio.CORE_DATASETS:
             assert f[name].shape == (24, 30)
         assert f["delta"].attrs["units"] == "eV" and f["delta"].dtype == np.float32
         assert f["valid"].dtype == np.bool_ and np.issubdtype(f["reason"].dtype, np.integer)
         np.testing.assert_array_equal(f["delta"][()], model.maps["delta_eV"])
         assert "correlation" in f and f["topography"].attrs["units"] == "m"
-    assert_models_equal(model, load_maps_h5(path))
+    assert_models_equal(model, rio.load_maps_h5(path))
 
 
-def test_bare_issue2_file_loads_and_garbage_is_refused(tmp_path):
+def test_bare_maps_file_loads_and_garbage_is_refused(tmp_path):
     bare = tmp_path / "bare.h5"
     with h5py.File(bare, "w") as f:
         for name in ("delta", "alpha", "b", "alpha_pos", "alpha_neg"):
             f[name] = np.full((3, 4), 0.5, np.float32)
         f["valid"] = np.ones((3, 4), bool)
         f["reason"] = np.zeros((3, 4), np.int16)
-    model = load_maps_h5(bare)
+    model = rio.load_maps_h5(bare)
     assert model.statistics().n_valid == 12 and model.maps["measured"].all()
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5 at all")
     with pytest.raises(FileFormatError, match="not a readable HDF5"):
-        load_maps_h5(junk)
+        rio.load_maps_h5(junk)
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["delta"] = np.zeros((3, 4))
     with pytest.raises(FileFormatError, match="missing"):
-        load_maps_h5(tmp_path / "other.h5")
+        rio.load_maps_h5(tmp_path / "other.h5")
 
 
 def test_wire_round_trip_rebuilds_the_model():
     model = filled()
     rebuilt = None
-    for topic, header, arrays in model.to_messages():
+    for topic, header, arrays in rio.model_messages(model):
         frames = rio.encode_message(topic, header, arrays)
         assert all(isinstance(fr, bytes) for fr in frames)
         t, h, a = rio.decode_message(frames)
         rebuilt = rebuilt or rio.model_from_message(t, h)
-        rebuilt.apply_message(t, h, a)
+        rio.apply_message(rebuilt, t, h, a)
     assert_models_equal(model, rebuilt)
     px = PixelResult(
         iy=3,
@@ -177,7 +177,7 @@ def test_wire_round_trip_rebuilds_the_model():
         time=123.5,
         temperature_K=0.3,
     )
-    rebuilt.apply_message(*rio.decode_message(rio.encode_message(*rio.pixel_message(px))))
+    rio.apply_message(rebuilt, *rio.decode_message(rio.encode_message(*rio.pixel_message(px))))
     got = rebuilt.pixel(3, 4)
     assert got.flags == int(FlagKind.TIP_CHANGE) and got.valid and got.time == 123.5
     assert got.delta_eV == pytest.approx(1.1e-3) and np.isnan(got.b)
@@ -205,9 +205,9 @@ def test_malformed_messages_are_refused():
         rio.encode_message("snapshot", header, {"x": np.array(["a"], dtype=object)})
     other = ResultsModel(5, 5)
     with pytest.raises(StreamError, match="restart the viewer"):
-        other.apply_message(*rio.status_message(model))
+        rio.apply_message(other, *rio.status_message(model))
     with pytest.raises(StreamError):
-        other.apply_message(*rio.pixel_message(PixelResult(iy=7, ix=0)))
+        rio.apply_message(other, *rio.pixel_message(PixelResult(iy=7, ix=0)))
 
 
 def test_topography_origin_survives_maps_h5(tmp_path):
@@ -223,3 +223,12 @@ def test_topography_origin_survives_maps_h5(tmp_path):
     back = load_maps_h5(tmp_path / "maps.h5")
     assert back.topography_origin == model.topography_origin
     np.testing.assert_array_equal(back.topography, topo)
+
+
+def test_pixel_result_from_dict_refuses_unknown_and_missing_fields():
+    result = PixelResult(iy=1, ix=2, delta_eV=1.3e-3, valid=True)
+    assert PixelResult.from_dict(result.to_dict()) == result
+    with pytest.raises(AnalysisError, match=r"unknown key\(s\) \['gap'\].*update stslive|update stslive.*'gap'"):
+        PixelResult.from_dict({**result.to_dict(), "gap": 1.0})
+    with pytest.raises(AnalysisError, match=r"missing key\(s\) \['iy'\]"):
+        PixelResult.from_dict({"ix": 2})

@@ -20,6 +20,7 @@ from stslive.acquisition.formats.runmodel import PixelMeta
 from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 from stslive.drivers.errors import ArchiveError, ConfigError, StreamError
 from stslive.live.results import FlagKind, ResultsModel
+from stslive.live.results_io import save_maps_h5
 from stslive.live.viewer.archive_open import open_for_viewing
 from stslive.live.viewer.archive_source import FileSource
 from stslive.live.viewer.map_panels import FLAG_ORDER, INVALID, PENDING, flag_codes
@@ -155,7 +156,7 @@ def test_an_aborted_run_is_not_shown_as_failed(tmp_path, window_factory):
     write_archive(run, pixels=40, stop={"exit_status": "abort", "reason": "abort command"})
     model = ResultsModel(NY, NX, pixel_nm=1.0)
     model.update_status(state="failed")  # what the analyser publishes for an aborted run
-    model.save_maps_h5(tmp_path / "RUN.analysis.h5")
+    save_maps_h5(model, tmp_path / "RUN.analysis.h5")
     source = loaded(FileSource(run))
     w = window_factory(source.model, source)
     w.redraw_all()
@@ -177,7 +178,7 @@ def test_screen_shows_measured_pixels_and_raw_spectra_while_the_analyser_calibra
     write_archive(run, pixels=100)
     model = ResultsModel(NY, NX, pixel_nm=1.0)
     model.update_status(state="running", message=CALIBRATING)
-    model.save_maps_h5(tmp_path / "RUN.analysis.h5")
+    save_maps_h5(model, tmp_path / "RUN.analysis.h5")
     source = loaded(FileSource(run))
     w = window_factory(source.model, source)
     w.show()
@@ -329,7 +330,7 @@ def test_a_line_cut_is_drawn_as_curves_and_a_waterfall(tmp_path, window_factory)
     write_archive(run, pixels=NX, ny=1, centre_nm=(100.0, 0.0))
     model = full_model(1, NX)
     model.maps["valid"][0, 5] = False  # one pixel without a value
-    model.save_maps_h5(tmp_path / "LINE.analysis.h5")
+    save_maps_h5(model, tmp_path / "LINE.analysis.h5")
     source = loaded(FileSource(run))
     w = window_factory(source.model, source)
     w.redraw_all()

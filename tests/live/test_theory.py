@@ -27,6 +27,7 @@ from stslive.acquisition.cli import main
 from stslive.acquisition.cli import theory as theory_cli
 from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live import theory as th
+from stslive.live.theory import TheoryConstants, predicted_gap_spread, sheet_resistance_sigma
 
 R_Q = 25812.807459304513  # h/e^2, exact since the 2019 SI redefinition
 EQ2 = {"bias_V": 0.01, "diffusion_m2_s": 0.5e-4, "l_alpha_m": 18e-9}
@@ -189,3 +190,15 @@ def test_cli_bad_overrides(pair: str, match: str) -> None:
 def test_cli_bad_override_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["theory", "--set", "nope=1"]) == 1
     assert "Valid keys" in capsys.readouterr().err
+
+
+def test_theory_helpers_refuse_or_nan_outside_their_domain() -> None:
+    c = TheoryConstants()
+    assert math.isnan(sheet_resistance_sigma(0.02, math.nan, constants=c))
+    assert math.isnan(sheet_resistance_sigma(0.02, 0.1e-9, constants=c))  # eV < hbar D / l^2: Eq. (2) invalid
+    assert math.isnan(predicted_gap_spread(1000.0, math.nan, constants=c))
+    assert TheoryConstants.from_assignments({"diffusion_m2_s": "4e-5"}).diffusion_m2_s == 4e-5
+    with pytest.raises(AnalysisError, match="known"):
+        TheoryConstants.from_assignments({"D": "1"})
+    with pytest.raises(AnalysisError, match="> 0"):
+        TheoryConstants(bias_V=-1.0)

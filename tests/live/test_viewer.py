@@ -213,7 +213,7 @@ def make_archive(path, *, rows: int, z_m: np.ndarray | None = None) -> None:
 def test_view_snapshot_cli_writes_png_of_the_size(tmp_path, capsys):
     run = tmp_path / "RUN.h5"
     make_archive(run, rows=NY)
-    synthetic_model().save_maps_h5(tmp_path / "maps.h5")  # found beside the archive
+    rio.save_maps_h5(synthetic_model(), tmp_path / "maps.h5")  # found beside the archive
     png = tmp_path / "screen.png"
     assert main(["view", str(run), "--snapshot", str(png), "--size", "1400x900", "--pixel", "4", "6"]) == 0
     image = QtGui.QImage(str(png))
@@ -252,7 +252,7 @@ def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory
     relief = 2e-10 * np.sin(ix / 2.0) * np.cos(iy / 3.0)
     run = tmp_path / "RUN.h5"
     make_archive(run, rows=NY, z_m=5e-9 + 3e-11 * ix - 2e-11 * iy + relief)  # tilt 100x the relief's slope
-    synthetic_model().save_maps_h5(tmp_path / "maps.h5")
+    rio.save_maps_h5(synthetic_model(), tmp_path / "maps.h5")
     source = FileSource(run)
     source.start()
     assert source.loaded.wait(10)

@@ -46,8 +46,11 @@ params = { kelvin = 1 }
         ({"kind": "no_reply", "instrument": "nanonis", "at_call": 0}, "at_call"),
         ({"kind": "tip_change", "from_spectrum": 4, "to_spectrum": 4}, "'to_spectrum'"),
         ({"kind": "tip_change"}, "'from_spectrum'"),
-        ({"kind": "tip_change", "from_spectrum": 1, "colour": "red"}, "colour"),
-        ({"kind": "tip_change", "from_spectrum": 1, "params": {"facter": 2.0}}, "facter"),
+        ({"kind": "tip_change", "from_spectrum": 1, "colour": "red"}, r"fault\[0\]: unknown key\(s\) \['colour'\]"),
+        (
+            {"kind": "tip_change", "from_spectrum": 1, "params": {"facter": 2.0}},
+            r"fault tip_change params: unknown key\(s\) \['facter'\]; known keys: \['extra_slope_per_eV', 'factor'\]",
+        ),
     ],
 )
 def test_bad_entries_name_the_key(entry: dict[str, object], key: str) -> None:
@@ -59,6 +62,11 @@ def test_bad_file_names_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[[fault]]\nkind = "delay"\ninstrument = "sr830"\nat_call = 1\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad\.toml.*delay_s"):
+        FaultPlan.from_toml(path)
+    path.write_text('[[faults]]\nkind = "delay"\n', encoding="utf-8")
+    with pytest.raises(
+        ConfigError, match=r"bad\.toml \(one \[\[fault\]\] table per fault\): unknown key\(s\) \['faults'\]"
+    ):
         FaultPlan.from_toml(path)
     path.write_text("[[fault]\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):

@@ -234,7 +234,7 @@ def test_full_block_pass_fills_the_same_truth_cache() -> None:
 def test_params_from_dict_and_refusals(film) -> None:
     p = FilmParams.from_dict({"ny": 3, "nx": 4.0, "seed": 2, "temperature_K": "0.5", "grain_height_m": [1e-10, 2e-10]})
     assert (p.ny, p.nx, p.temperature_K, p.grain_height_m) == (3, 4, 0.5, (1e-10, 2e-10))
-    with pytest.raises(ConfigError, match="unknown film parameter"):
+    with pytest.raises(ConfigError, match="film parameter: unknown key"):
         FilmParams.from_dict({"ny": 3, "nx": 3, "gap": 1.0})
     with pytest.raises(ConfigError, match="ny"):
         FilmParams.from_dict({"ny": 2.5, "nx": 3})

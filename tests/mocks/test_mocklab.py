@@ -15,6 +15,7 @@ import pytest
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL, SpectroscopyTiming
 from stslive.mocks.faults import FaultKind, FaultPlan
 from stslive.mocks.lab import SIGNAL_NAMES, MockLab
+from stslive.mocks.lab_servers import LabServers
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,19 @@ def film() -> Any:
 
 
 def _lab(film: Any, faults: list[dict[str, Any]] | None = None, **kw: Any) -> MockLab:
-    return MockLab(film, faults=FaultPlan.from_list(faults or []), **{"speed": 0.0, **kw})
+    lab = MockLab(film, faults=FaultPlan.from_list(faults or []), **{"speed": 0.0, **kw})
+    lab.stm.reset_bias = True  # consecutive sweeps here start from the set-point bias
+    return lab
+
+
+def test_without_reset_bias_the_tip_regulates_at_the_sweep_end(film: Any) -> None:
+    lab = MockLab(film, speed=0.0)
+    assert not lab.stm.reset_bias
+    lab.run_sweep()
+    assert lab.stm.bias_V == pytest.approx(lab.stm.end_V) and lab.stm.regulated_bias_V == pytest.approx(lab.stm.end_V)
+    lab.stm.reset_bias, lab.stm.bias_V = True, -0.01
+    lab.run_sweep()
+    assert lab.stm.bias_V == pytest.approx(-0.01)
 
 
 def _sweep_current(lab: MockLab) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +122,7 @@ def test_lockin_channel_and_signals(film: Any) -> None:
 
 def test_start_servers_runs_all_three(film: Any) -> None:
     lab = _lab(film)
-    with lab.start_servers() as servers:
+    with LabServers.start(lab) as servers:
         resources = servers.resources
         assert set(resources) == {"nanonis", "sr830", "ls372"}
         for name, server in (("sr830", servers.sr830), ("ls372", servers.thermometer)):

@@ -1,60 +1,76 @@
-"""Coherence-peak location by a bank of physical peak templates (matched filtering).
+"""Physical coherence-peak templates and the matched-filter fit that places a peak between samples.
 
-Why not argmax or a local polynomial: at 0.3 K the coherence peaks are only a few bias samples
-wide and strongly asymmetric (sharp rise on the gap side, slow decay outside). Every smoothing
-kernel and every low-order local polynomial then moves the maximum outwards. Measured on
-Dynes-BCS spectra with 1601 points over +-40 mV and 0.5 pA noise, a Savitzky-Golay derivative
-with a parabolic refinement has a bias of +0.04..+0.2 meV in Delta depending on the window, local
-quartic fits +0.09 meV at best: far above the 0.03 meV goal. The bias is a property of the
-*shape*, so the cure is to fit the right shape.
-
-Near a coherence peak the Dynes density of states N(E) = Re[(E + iG)/sqrt((E + iG)^2 - D^2)]
-reduces to Re sqrt(D / (2 (E - D + iG))): its shape in (E - D) depends on the Dynes width G only
-(D only scales the height). Convolved with the thermal window -f'(E) at the known temperature
-(and, for a lock-in channel, with the first-harmonic modulation kernel), this gives a small
-family of peak shapes S_G(x), x = eV - D. Each spectrum window is fitted, by linear least
-squares, with a * S_G(x - s) plus a low-order polynomial background for every template of the
-bank (every G, every sub-sample shift s); the polynomial is projected out of the templates once,
-so the whole fit is one matrix product per chunk of spectra. The best template gives the peak:
-s + argmax S_G, refined between shifts by a parabola through the fit scores.
-
-Fitting the current I(V) (templates integrated once) rather than its derivative uses the white
-current noise optimally; a lock-in channel is fitted in the dI/dV domain directly.
+A template is the positive coherence peak of a Dynes-BCS density of states, convolved with the
+thermal window at the sample temperature (and the lock-in's modulation kernel for a lock-in
+channel); its shape near the peak depends on the Dynes width only. A window around a coarse
+peak is fitted by linear least squares with every template of a bank (widths x sub-sample
+shifts) plus a polynomial background projected out once, so a batch costs one matrix product.
+A current I(V) is fitted with integrated templates, a lock-in channel in the dI/dV domain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypedDict
 
 import numpy as np
 from scipy.signal import fftconvolve
 
 from stslive.drivers.errors import AnalysisError
+from stslive.live.kernels.samples import (
+    TEMPLATE_MARGIN_SAMPLES,
+    TEMPLATE_MAX_SHIFT,
+    TEMPLATE_OVERSAMPLE,
+    TEMPLATE_SHIFT_STEP,
+)
+from stslive.live.theory import K_B_EV_PER_K
 
-K_B_EV_PER_K = 8.617333262e-5  # Boltzmann constant (CODATA 2018, exact), eV/K
+__all__ = [
+    "BACKGROUND_DEGREE",
+    "BankArgs",
+    "DYNES_WIDTHS_EV",
+    "TemplateBank",
+    "bank_args",
+    "locate_peaks",
+    "rowwise_matmul",
+    "template_bank",
+]
 
 #: Dynes widths of the template bank, eV. Log-spaced from "thermally limited" to "very broad",
 #: so real tips and hotter samples are still covered; the fit picks the best per spectrum.
 DYNES_WIDTHS_EV: tuple[float, ...] = tuple(float(g) for g in np.geomspace(5e-6, 0.4e-3, 24))
-
-#: The coarse peak (argmax of an 11-point box-smoothed derivative minus its 41-point running
-#: mean) lies -0.1..6 samples outside the true maximum (median 2.8) on the simulated 0.3 K film
-#: (measured, seeds 3 and 2024); the template window is centred this far inside and its shifts
-#: reach +-6 samples.
-COARSE_OUTWARD_SAMPLES = 3
-
-#: Same for a lock-in channel (5-point running mean, same contrast): -1.2..4 samples, median 0.7.
-LOCKIN_COARSE_OUTWARD_SAMPLES = 1
 
 #: Polynomial background degree of the fit, per domain (measured on the simulated film, Delta rms
 #: with the lock-in: degree 1 0.011 meV, 2 0.018, 3 0.017; with the current degree 3 is the
 #: lowest that absorbs the I(V) curvature over the 57-sample window).
 BACKGROUND_DEGREE = {"current": 3, "lockin": 1}
 
-#: Spectra used to estimate the batch's Dynes width (more adds time, not accuracy).
-WIDTH_SAMPLE = 1024
+#: The drawn template reaches this many k_B T beyond the window and the shifts (the thermal tail).
+DRAW_REACH_KT = 40
+#: Support of the thermal window -f'(E), in k_B T each side (its tails beyond are < 1e-12).
+THERMAL_REACH_KT = 30
+#: The drawn template reaches this many modulation amplitudes (V rms) beyond the window.
+DRAW_REACH_MODULATIONS = 3
+
+
+class BankArgs(TypedDict):
+    """The channel-dependent settings of :func:`template_bank`."""
+
+    temperature_K: float
+    modulation_Vrms: float
+    integrated: bool
+    background_degree: int
+
+
+def bank_args(temperature_K: float, modulation_Vrms: float, *, integrated: bool) -> BankArgs:
+    """Template-bank settings for a current (integrated templates, no modulation) or a lock-in channel."""
+    return {
+        "temperature_K": float(temperature_K),
+        "modulation_Vrms": 0.0 if integrated else float(modulation_Vrms),
+        "integrated": integrated,
+        "background_degree": BACKGROUND_DEGREE["current" if integrated else "lockin"],
+    }
 
 
 @dataclass(frozen=True)
@@ -103,8 +119,8 @@ def template_bank(
     integrated: bool,
     widths: tuple[float, ...] = DYNES_WIDTHS_EV,
     window_V: tuple[float, float] = (-1.2e-3, 1.6e-3),
-    max_shift: float = 6.0,
-    shift_step: float = 0.25,
+    max_shift: float = TEMPLATE_MAX_SHIFT,
+    shift_step: float = TEMPLATE_SHIFT_STEP,
     background_degree: int = 3,
     gap_eV: float = 1.2e-3,
 ) -> TemplateBank:
@@ -141,13 +157,17 @@ def template_bank(
             f"template bank needs step_V > 0, temperature_K > 0, modulation_Vrms >= 0 "
             f"(got {step_V}, {temperature_K}, {modulation_Vrms}); check the sweep and KernelOptions"
         )
-    oversample = 20
+    oversample = TEMPLATE_OVERSAMPLE
     fine = step_V / oversample
     kT = K_B_EV_PER_K * temperature_K
     window = (round(window_V[0] / step_V), round(window_V[1] / step_V))
-    half_span = (max(abs(window[0]), abs(window[1])) + max_shift + 4) * step_V + 40 * kT + 3 * modulation_Vrms
+    half_span = (
+        (max(abs(window[0]), abs(window[1])) + max_shift + TEMPLATE_MARGIN_SAMPLES) * step_V
+        + DRAW_REACH_KT * kT
+        + DRAW_REACH_MODULATIONS * modulation_Vrms
+    )
     x = np.arange(-round(half_span / fine), round(half_span / fine) + 1) * fine
-    u = np.arange(-round(30 * kT / fine), round(30 * kT / fine) + 1) * fine
+    u = np.arange(-round(THERMAL_REACH_KT * kT / fine), round(THERMAL_REACH_KT * kT / fine) + 1) * fine
     thermal = 1.0 / (4 * kT * np.cosh(u / (2 * kT)) ** 2) * fine
     kernels = [thermal]
     if modulation_Vrms > 0:
@@ -178,12 +198,12 @@ def template_bank(
         for js, s in enumerate(shifts):
             idx = centre + np.rint((offsets - s) * oversample).astype(int)
             vectors[:, iw, js] = y[idx]
-    vectors = vectors.reshape(len(offsets), -1)
-    vectors -= basis @ (basis.T @ vectors)
-    vectors /= np.linalg.norm(vectors, axis=0, keepdims=True)
+    flat = vectors.reshape(len(offsets), -1)  # (M, widths x shifts), a view
+    flat -= basis @ (basis.T @ flat)
+    flat /= np.linalg.norm(flat, axis=0, keepdims=True)
     return TemplateBank(
         offsets=offsets,
-        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        vectors=np.ascontiguousarray(flat, dtype=np.float32),
         shifts=shifts,
         peak_offset=peak_offset / oversample,
         background=basis,
@@ -266,42 +286,3 @@ def locate_peaks(windows: np.ndarray, bank: TemplateBank) -> tuple[np.ndarray, n
     offset = bank.shifts[js] + np.minimum(np.maximum(frac, -0.5), 0.5) * step + bank.peak_offset[best // bank.n_shifts]
     offset[~inside] = np.nan
     return offset, score
-
-
-def estimate_width(
-    sides: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    *,
-    search_V: tuple[float, float],
-    step: float,
-    bank_args: dict[str, object],
-    coarse: Callable[[np.ndarray, np.ndarray], np.ndarray],
-) -> float:
-    """Batch Dynes width, eV: geometric median of the best-fitting width over both peaks.
-
-    ``sides`` holds (bias, didv, signal) for the positive and the mirrored negative side, rows =
-    spectra (NaN-free); ``coarse(didv, columns)`` is the signal whose argmax is the coarse peak.
-    At most :data:`WIDTH_SAMPLE` spectra are used.
-    """
-    bank = template_bank(step, **bank_args, widths=DYNES_WIDTHS_EV)  # type: ignore[arg-type]
-    chosen = []
-    for bias, didv, signal in sides:
-        sel = np.flatnonzero((bias >= search_V[0]) & (bias <= search_V[1]))
-        if sel.size < 8:
-            continue
-        rows = slice(0, min(WIDTH_SAMPLE, didv.shape[0]))
-        j = np.argmax(coarse(didv[rows], sel), axis=1)
-        centre = sel[0] + j - (COARSE_OUTWARD_SAMPLES if bank_args["integrated"] else LOCKIN_COARSE_OUTWARD_SAMPLES)
-        idx = centre[:, None] + bank.offsets[None, :]
-        inside = (idx[:, 0] >= 0) & (idx[:, -1] < didv.shape[1])
-        if not inside.any():
-            continue
-        windows = np.take_along_axis(signal[rows][inside], idx[inside], axis=1)
-        proj = rowwise_matmul(windows, bank.vectors)
-        best = np.argmax(proj, axis=1) // bank.n_shifts
-        chosen.append(np.log(np.asarray(DYNES_WIDTHS_EV)[best]))
-    if not chosen:
-        raise AnalysisError(
-            "cannot estimate the Dynes width: no spectrum covers the gap search range; "
-            "give KernelOptions(dynes_width_eV=...) or widen the sweep"
-        )
-    return float(np.exp(np.median(np.concatenate(chosen))))
