@@ -247,20 +247,25 @@ def test_out_is_a_fresh_folder_or_an_earlier_analysis_overwritten(
     assert main(["analyse", str(archive), "--out", str(out), "--examples", "1"]) == 0
     assert (out / "spectra.png").is_file()
     capsys.readouterr()
+    # a figure the earlier analysis wrote and this one does not (an older version's, say)
+    manifest = json.loads((out / ".stslive-analyse.json").read_text())
+    (out / "old_figure.png").write_bytes(b"\x89PNG old")
+    (out / ".stslive-analyse.json").write_text(json.dumps({"written": [*manifest["written"], "old_figure.png"]}))
     # a reused folder is refused: nothing of a second run may land beside the first one's files
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(["analyse", str(archive), "--out", str(out), "--examples", "0"]) == 1
     err = capsys.readouterr().err
     assert "holds an earlier analysis" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
-    # --overwrite clears what the earlier analysis wrote: its example-spectra figure does not survive
+    # --overwrite clears what the earlier analysis wrote: its figure this one does not draw does not survive
     assert main(["analyse", str(archive), "--out", str(out), "--examples", "0", "--overwrite"]) == 0
-    assert not (out / "spectra.png").exists() and (out / "report.json").is_file() and (out / "maps.png").is_file()
+    assert not (out / "old_figure.png").exists() and (out / "report.json").is_file() and (out / "maps.png").is_file()
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left
     # files the command did not write (the run archive, notes) are never cleared nor replaced
     (out / "notes.txt").write_text("mine")
     assert main(["analyse", str(archive), "--out", str(out), "--examples", "0", "--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "mine"
+    (out / "spectra.png").unlink()
     (out / "spectra.png").mkdir()  # something the command did not write, under a name it writes
     (out / ".stslive-analyse.json").write_text('{"written": ["maps.h5", "report.json"]}')
     assert main(["analyse", str(archive), "--out", str(out), "--examples", "1", "--overwrite"]) == 1
