@@ -64,7 +64,8 @@ class FlagConfig:
         The event's overload flag or any ``overload_status_mask`` bit of the lock-in status byte
         (SR830 LIAS?: bit 0 input, 1 filter, 2 output overload). Sensitivity too coarse when the
         largest |X| (A, times ``preamp_gain_V_per_A``) uses less than ``sensitivity_min_fraction``
-        of the full scale.
+        of the full scale. A channel archived as dI/dV (A/V) gives X = dI/dV times the set's
+        modulation; a channel in another unit is not judged.
     lockin_mismatch
         The lock-in's first harmonic X = V_m G must be proportional to the numerical dI/dV of
         I(V) away from the gap: X = k G is fitted over |V| in ``mismatch_window_V``, flagged when

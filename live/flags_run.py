@@ -13,6 +13,7 @@ recording does not hold is unknown (NaN, status -1) and the rule that reads it d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
 from stslive.acquisition.formats.recording import open_recording, start_fields
-from stslive.acquisition.formats.runmodel import SetpointSet
+from stslive.acquisition.formats.runmodel import SetpointSet, channel_unit
 from stslive.drivers.errors import AnalysisError, ConfigError, FileFormatError, NanonisFileError, StreamError
 from stslive.live.flag_config import FlagConfig
 from stslive.live.flag_kinds import FLAG_LABELS, FlagKind
@@ -49,7 +50,7 @@ _TIP = np.uint32(FlagKind.TIP_CHANGE)
 _WHY = {
     FlagKind.THERMAL: "no thermometer reading",
     FlagKind.MODULATION: "lock-in amplitude not recorded",
-    FlagKind.LOCKIN_SENSITIVITY: "lock-in sensitivity not recorded, or no lock-in channel",
+    FlagKind.LOCKIN_SENSITIVITY: "lock-in sensitivity not recorded, no lock-in channel, or one not in A or A/V",
     FlagKind.LOCKIN_MISMATCH: "no lock-in channel, no (or no known) modulation, or no signal in its window",
     FlagKind.LOCKIN_OVERLOAD: "lock-in status not recorded",
     FlagKind.SETPOINT: "the sweep does not reach V_set",
@@ -119,6 +120,8 @@ class RunFlags:
             amplitude = math.nan if "lockin_amplitude_Vrms" in unknown else s.lockin_amplitude_Vrms
             sensitivity = math.nan if "lockin_sensitivity_V" in unknown else s.lockin_sensitivity_V
             self.settings[set_id] = lockin_settings(amplitude, sensitivity)
+        lockin = pick_channels(self.channel_names).lockin
+        self._lockin_unit = "" if lockin is None else channel_unit(self.channel_names[lockin])
         self._set_ids = np.array(sorted(self.settings), dtype=np.int64)
         self._set_table = np.array([self.settings[k] for k in self._set_ids.tolist()], dtype=np.float64).reshape(-1, 2)
         self.reset()
@@ -235,6 +238,11 @@ class RunFlags:
             sensitivity_V=settings[:, 1],
         )
         features = SpectralFeatures(**{name: log.col(name)[lo:hi] for name in SpectralFeatures.__slots__})
+        # the sensitivity rule reads the lock-in signal in amperes: X = dI/dV * V_m for a channel
+        # archived as dI/dV (A/V); a channel in another unit (a raw output voltage) is not judged
+        unit = self._lockin_unit
+        scale = 1.0 if unit == "A" else settings[:, 0] if unit == "A/V" else math.nan
+        features = dataclasses.replace(features, lockin_peak=features.lockin_peak * scale)
         result = self.engine.evaluate(
             delta_eV=log.col("delta_eV")[lo:hi],
             reason=log.col("reason")[lo:hi],
@@ -299,7 +307,9 @@ class RunFlags:
         counts = {
             FlagKind.THERMAL: unknown(log.col("temperature_K")),
             FlagKind.MODULATION: unknown(settings[:, 0]),
-            FlagKind.LOCKIN_SENSITIVITY: unknown(settings[:, 1] + log.col("lockin_peak")),
+            FlagKind.LOCKIN_SENSITIVITY: unknown(
+                settings[:, 1] + log.col("lockin_peak") * (0.0 if self._lockin_unit in ("A", "A/V") else math.nan)
+            ),
             FlagKind.LOCKIN_MISMATCH: unknown(np.where(settings[:, 0] > 0, log.col("lockin_rel_residual"), np.nan)),
             FlagKind.LOCKIN_OVERLOAD: 0 if self.status_known else log.n,
             FlagKind.SETPOINT: unknown(log.col("setpoint_rel_dev")),

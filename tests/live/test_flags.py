@@ -574,3 +574,28 @@ def test_a_lockin_that_did_not_modulate_is_not_compared_with_dI_dV() -> None:
     result = _judge_20(flags, features)
     assert not (result.bits & int(FlagKind.LOCKIN_MISMATCH)).any()
     assert flags.unjudged()["lockin_mismatch"]["pixels"] == 20
+
+
+@pytest.mark.parametrize(
+    ("channel", "flagged"), [("LI Demod 1 X (A)", True), ("Input 2 (A/V)", True), ("Input 2 (V)", None)]
+)
+def test_the_sensitivity_rule_reads_the_lockin_signal_in_amperes(channel: str, flagged: bool | None) -> None:
+    """X in A as recorded, dI/dV (A/V) times the modulation, anything else not judged."""
+    from stslive.acquisition.formats.runmodel import SetpointSet
+    from stslive.live.flags_run import RunFlags
+    from stslive.mocks.film import FilmParams, make_film
+
+    film = make_film(FilmParams(ny=4, nx=5, seed=2, n_points=801))
+    s = film.spectra(*np.indices((4, 5)))
+    lockin = s.lockin_x_A / 50e-6 if channel.endswith("(A/V)") else s.lockin_x_A  # X = V_m dI/dV
+    spectra = np.stack([s.current_A, lockin], axis=-2).reshape(20, 2, 801).astype(np.float32)
+    coarse = SetpointSet(
+        id=0, name="0.5 V range", bias_setpoint_V=-0.01, current_setpoint_A=150e-12, sweep_start_V=-0.04,
+        sweep_end_V=0.04, n_points=801, lockin_frequency_Hz=1e3, lockin_amplitude_Vrms=50e-6, lockin_sensitivity_V=0.5,
+    )  # fmt: skip
+    flags = RunFlags(["Current (A)", channel], {0: coarse}, config=FlagConfig())  # X ~ 0.75 mV on a 0.5 V range
+    bits = _judge_20(flags, flags.features(0, spectra)).bits
+    if flagged is None:
+        assert not (bits & int(FlagKind.LOCKIN_SENSITIVITY)).any() and "lockin_sensitivity" in flags.unjudged()
+    else:
+        assert (bits & int(FlagKind.LOCKIN_SENSITIVITY)).all() and "lockin_sensitivity" not in flags.unjudged()
