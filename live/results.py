@@ -27,6 +27,7 @@ from stslive.live.flag_kinds import FLAG_DESCRIPTIONS as FLAG_DESCRIPTIONS
 from stslive.live.flag_kinds import FLAG_LABELS as FLAG_LABELS
 from stslive.live.flag_kinds import FlagKind as FlagKind
 from stslive.live.flag_kinds import SetFlagSummary, summarise_sets
+from stslive.live.snapshot_history import SnapshotHistory
 
 #: Fixed map layout: name -> (dtype, fill value, SI unit, description). The order is the display order.
 MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
@@ -48,6 +49,7 @@ MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
     "valid": (np.dtype(np.bool_), False, "", "Delta and alpha extracted"),
     "measured": (np.dtype(np.bool_), False, "", "a result exists for the pixel"),
     "flags": (np.dtype(np.uint32), 0, "", "FlagKind bits"),
+    "tip_epoch": (np.dtype(np.int16), -1, "", "tip epoch: 0 = the run's first tip, +1 per new tip, -1 = not analysed"),
 }
 
 #: what a model shows as the run state: a run's states, and "unknown" before any status arrived
@@ -77,6 +79,7 @@ class PixelResult:
     time: float = float("nan")
     b_pos: float = float("nan")
     b_neg: float = float("nan")
+    tip_epoch: int = -1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of builtin scalars (JSON/msgpack-safe; NaN stays a float NaN)."""
@@ -209,6 +212,8 @@ class ResultsModel:
         self.topography_origin = ""
         self.setpoint_sets: dict[int, dict[str, Any]] = {}
         self.snapshot: CorrelationSnapshot | None = None
+        #: every snapshot's figures and bands against the pixels measured (:meth:`set_snapshot` appends)
+        self.history = SnapshotHistory()
         self.version = 0
         self.maps_version = 0
         self.snapshot_version = 0
@@ -316,9 +321,16 @@ class ResultsModel:
             self._bump("status_version")
 
     def set_snapshot(self, snapshot: CorrelationSnapshot) -> None:
-        """Replace the correlation snapshot."""
+        """Replace the correlation snapshot and add it to :attr:`history` (once per snapshot time)."""
         with self.lock:
             self.snapshot = snapshot
+            self.history.append(snapshot, n_measured=int(np.count_nonzero(self.maps["measured"])))
+            self._bump("snapshot_version")
+
+    def set_history(self, history: SnapshotHistory) -> None:
+        """Replace the snapshot history (a late-joining viewer, a file)."""
+        with self.lock:
+            self.history = history
             self._bump("snapshot_version")
 
     def update_status(
