@@ -56,6 +56,8 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
         gap_search_V=parse_mV_pair(args.gap_search, "gap-search"),
         smoothing_points=args.smoothing,
         temperature_K=args.temperature_K,
+        modulation_Vrms=args.modulation_Vrms,
+        alpha_source=args.alpha_source,
     )
 
 
@@ -119,15 +121,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--smoothing",
         type=int,
-        default=KernelOptions.smoothing_points,
+        default=None,
         metavar="POINTS",
-        help="running-mean width of the numerical dI/dV, samples, odd (default: 11)",
+        help="running-mean width of the numerical dI/dV, samples, odd (default: chosen from the current's noise)",
     )
     parser.add_argument(
         "--temperature-K",
         type=float,
-        default=KernelOptions.temperature_K,
-        help="sample temperature for the peak templates, K (default: 0.3)",
+        default=None,
+        help="sample temperature, K: the peak templates' thermal width (default: the recording's, else 0.3)",
+    )
+    parser.add_argument(
+        "--modulation-Vrms",
+        type=float,
+        default=None,
+        help="lock-in bias modulation, V rms: removed from Delta (default: the recording's, else 0)",
+    )
+    parser.add_argument(
+        "--alpha-source",
+        choices=("current", "lockin"),
+        default="current",
+        help="channel alpha is fitted on: the current's derivative (default) or the lock-in",
     )
     parser.add_argument(
         "--set",

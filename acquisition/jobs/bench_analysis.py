@@ -15,7 +15,6 @@ The benchmark imports the simulated film, so it is the one place in ``live`` tha
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import resource
 import sys
@@ -26,7 +25,7 @@ from scipy.optimize import curve_fit
 from scipy.signal import find_peaks
 
 from stslive.drivers.errors import ConfigError
-from stslive.live.kernels import KernelOptions, analyse_spectra, estimate_dynes_width
+from stslive.live.kernels import KernelOptions, analyse_spectra, calibrate
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -109,9 +108,8 @@ def run(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         t_gen += t1 - t0
         lockin = spectra.lockin_x_A if args.lockin else None
-        if options.dynes_width_eV is None:  # once, on the first block, timed as analysis
-            width = estimate_dynes_width(bias, current=spectra.current_A, lockin=lockin, options=options)
-            options = dataclasses.replace(options, dynes_width_eV=width)
+        if not options.calibrated:  # once, on the first block, timed as analysis
+            options = calibrate(bias, current=spectra.current_A, lockin=lockin, options=options)
             passes += time.perf_counter() - t1
         for k in range(args.repeat):
             c0, w0 = time.process_time(), time.perf_counter()
