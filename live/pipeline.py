@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Hashable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
 from stslive.acquisition.formats.recording import SpectraSource, open_spectra
+from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, calibrate, pick_channels
 from stslive.live.results import ResultsModel
@@ -32,6 +33,7 @@ __all__ = [
     "ProgressCallback",
     "InstrumentSettings",
     "instrument_settings",
+    "instrument_of",
     "uses_lockin",
     "analyse_pixels",
     "analyse_arrays",
@@ -296,12 +298,33 @@ def _positive(value: object) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def instrument_settings(source: SpectraSource) -> InstrumentSettings:
+def _median_temperature(values: np.ndarray) -> float | None:
+    """Median of the finite, positive thermometer readings (K), None when there are none."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values) & (values > 0)]
+    return float(np.median(values)) if values.size else None
+
+
+def instrument_of(setpoint_set: SetpointSet, pixels: Sequence[Any]) -> dict[str, float | None]:
+    """The live analyser's :func:`instrument_settings`: the set's modulation, the pixels' median temperature.
+
+    ``pixels`` are the calibration sample (objects with ``temperatures_K``, the readings before
+    and after each spectrum), so the live rule equals the offline one on an archive of the run.
+    """
+    temps = np.array([t if t is not None else np.nan for p in pixels for t in p.temperatures_K], dtype=np.float64)
+    return {
+        "temperature_K": _median_temperature(temps),
+        "modulation_Vrms": _positive(setpoint_set.lockin_amplitude_Vrms),
+    }
+
+
+def instrument_settings(source: SpectraSource, pixels: np.ndarray | None = None) -> InstrumentSettings:
     """The sample temperature (K) and bias modulation (V rms) a recording states.
 
-    An stslive archive: the median temperature of its measured pixels (the thermometer read
-    before and after each spectrum) and the lock-in amplitude of the set-point set of the first
-    measured pixel (0 there means no lock-in: None). A Nanonis ``.3ds``: the header's
+    An stslive archive: the median temperature of ``pixels`` (flat indices; default: every
+    measured pixel; the thermometer is read before and after each spectrum) and the lock-in
+    amplitude of the set-point set of the first measured pixel (0 there means no lock-in: None).
+    A Nanonis ``.3ds``: the header's
     ``Temperature 1>Temperature 1 (K)``, and ``Lock-in>Amplitude`` when the lock-in was on and
     modulated the bias. Nanonis does not document whether that amplitude is rms or peak; it is
     read as rms, the convention of the ``.3ds`` files stslive writes (``--modulation-Vrms``
@@ -311,9 +334,10 @@ def instrument_settings(source: SpectraSource) -> InstrumentSettings:
     measured = source.measured
     if isinstance(backend, ArchiveReader):
         meta = backend.pixel_meta
-        temps = np.concatenate([meta[k][measured] for k in ("temperature_before_K", "temperature_after_K")])
-        temps = temps[np.isfinite(temps) & (temps > 0)]
-        temperature = float(np.median(temps)) if temps.size else None
+        chosen = np.flatnonzero(measured.ravel()) if pixels is None else np.asarray(pixels)
+        temperature = _median_temperature(
+            np.concatenate([meta[k].ravel()[chosen] for k in ("temperature_before_K", "temperature_after_K")])
+        )
         modulation = None
         order = source.acquisition_order()
         if order.size:
@@ -367,15 +391,15 @@ def calibrate_source(source: SpectraSource, *, options: KernelOptions) -> Kernel
     row-major for a ``.3ds``) sharing the first one's sweep; their grid rows are read one at a
     time. Unchanged when already calibrated or nothing is measured.
     """
-    options = options.with_instrument(**instrument_settings(source)._asdict())
-    if options.calibrated:
-        return options
     order = source.acquisition_order()
     if order.size == 0:
-        return options
+        return options.with_instrument(**instrument_settings(source)._asdict())
     nx = source.shape[1]
     start, end = (a.ravel()[order] for a in source.sweep_limits)
     pick = order[calibration_sample(list(zip(start.tolist(), end.tolist(), strict=True)), chunk=options.chunk)]
+    options = options.with_instrument(**instrument_settings(source, pick)._asdict())
+    if options.calibrated:
+        return options
     iy, ix = np.divmod(pick, nx)
     current = lockin = None
     for row in np.unique(iy):

@@ -403,8 +403,9 @@ class ResultsModel:
             version = self.maps_version
             measured = self.maps["measured"]
             n_valid = int(np.count_nonzero(self.maps["valid"] & measured))
-            delta = self.maps["delta_eV"][self.maps["valid_delta"] & measured]
-            alpha = self.maps["alpha"][self.maps["valid_alpha"] & measured]
+            # a writer that sets only ``valid`` (both quantities: an older file, a test) counts too
+            delta = self.maps["delta_eV"][(self.maps["valid_delta"] | self.maps["valid"]) & measured]
+            alpha = self.maps["alpha"][(self.maps["valid_alpha"] | self.maps["valid"]) & measured]
             n_measured = int(np.count_nonzero(measured))
         delta = delta[np.isfinite(delta)]
         alpha = alpha[np.isfinite(alpha)]

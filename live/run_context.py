@@ -32,7 +32,7 @@ from stslive.live.flags import (
     spectral_features,
 )
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis
-from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options, calibration_sample
+from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options, calibration_sample, instrument_of
 from stslive.live.results import PixelResult, ResultsModel
 
 
@@ -108,7 +108,7 @@ class RunContext:
         self.run_uid = run_uid
         self.options = options
         #: pixels held back until the template width is calibrated (None: calibrated or given)
-        self._held: list[PixelInput] | None = None if options.dynes_width_eV is not None else []
+        self._held: list[PixelInput] | None = None if options.calibrated else []
         width = float(grid.get("width_m", math.nan))
         self.model = ResultsModel(ny, nx, pixel_nm=width / nx * 1e9, set_threshold=flag_config.set_flag_fraction)
         self.model.set_setpoint_sets({k: s.to_dict() for k, s in self.sets.items()})
@@ -161,7 +161,7 @@ class RunContext:
                 self.sets[held[0].set_id].bias_axis,
                 np.stack([p.spectra for p in sample]),
                 self.channel_names,
-                options=self.options,
+                options=self.options.with_instrument(**instrument_of(self.sets[held[0].set_id], sample)),
             )
         return held
 

@@ -38,7 +38,7 @@ GAP_ITERATIONS = 3
 #: A map's gap is calibrated only if the Dynes fit converges on at least this fraction of its
 #: first spectra; below, the noise hides the peaks and every pixel is NO_PEAKS (a gap calibrated
 #: on noise gave confidently wrong Deltas: 0.9 meV off at 5 pA current noise, I(V) only).
-MIN_USABLE = 0.5
+MIN_USABLE = 0.2
 
 
 def _map_windows(bias: np.ndarray, refit: np.ndarray, model: GapModel) -> np.ndarray | None:
