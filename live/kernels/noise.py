@@ -59,7 +59,12 @@ def noise_triples(bias_key: bytes, search_end_V: float) -> tuple[tuple[int, int,
 
 
 def measure_noise(rows: np.ndarray, triples: tuple[tuple[int, int, int], ...]) -> np.ndarray:
-    """rms noise per sample of each row (n, N), in the rows' unit, float64 (NaN where a row is not finite)."""
+    """rms noise per sample of each row (..., N), in the rows' unit, float64 shaped (...) (NaN: a row not finite).
+
+    ``triples`` from :func:`noise_triples` of the rows' (ascending) grid.
+    """
+    lead = rows.shape[:-1]
+    rows = rows.reshape(-1, rows.shape[-1])
     total = np.zeros(rows.shape[0])
     count = 0
     for start, stop, stride in triples:
@@ -71,7 +76,8 @@ def measure_noise(rows: np.ndarray, triples: tuple[tuple[int, int, int], ...]) -
         total += np.einsum("ij,ij->i", d2, d2, dtype=np.float64)
         count += m
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sqrt(total / (6 * count)) if count else np.full(rows.shape[0], np.nan)
+        sigma = np.sqrt(total / (6 * count)) if count else np.full(rows.shape[0], np.nan)
+    return sigma.reshape(lead)
 
 
 def box_noise_gain(points: int, step_V: float) -> float:
