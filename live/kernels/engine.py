@@ -23,7 +23,7 @@ import numpy as np
 from stslive.drivers.errors import AnalysisError
 from stslive.live.kernels.buffers import nan_buffer
 from stslive.live.kernels.derivative import Columns, box_derivative_into, running_mean_into
-from stslive.live.kernels.gap import GapModel, gap_model, gap_rows, gap_windows, peak_width_eV
+from stslive.live.kernels.gap import GapModel, gap_model, gap_rows, gap_windows, step_too_coarse
 from stslive.live.kernels.noise import measure_noise, noise_triples
 from stslive.live.kernels.options import KernelOptions, SpectrumAnalysis
 from stslive.live.kernels.powerlaw import SideDesign, Smoothing, log_designs
@@ -274,7 +274,8 @@ def analyse_spectra(
     assert opts.smoothing_points is not None and opts.lockin_smoothing_points is not None
     assert opts.gap_eV is not None and opts.dynes_width_eV is not None
     model = None
-    if np.isfinite(opts.gap_eV):
+    too_coarse = step_too_coarse(step, opts, integrated=not gap_from_lockin)
+    if np.isfinite(opts.gap_eV) and not too_coarse:
         model = gap_model(
             step=step, options=opts, integrated=not gap_from_lockin, gap_eV=opts.gap_eV, width_eV=opts.dynes_width_eV
         )
@@ -288,7 +289,7 @@ def analyse_spectra(
         smoothing_points=opts.smoothing_points,
         lockin_smoothing_points=opts.lockin_smoothing_points,
         model=model,
-        too_coarse=step > peak_width_eV(opts, integrated=not gap_from_lockin),
+        too_coarse=too_coarse,
     )
     starts = range(0, total, opts.chunk)
 

@@ -251,10 +251,10 @@ def joint_fit(w: np.ndarray, start: np.ndarray, noise: np.ndarray, tables: Joint
         normal[:, upper[1], upper[0]] = normal[:, upper[0], upper[1]]
         rhs = jtw - (normal[:, :, :p_lin] @ c[:, :, None])[:, :, 0]  # J^T (w - model at the grid shifts)
         a = normal[:, :size, :size]
-        units = np.zeros((n, size, 3))
+        units = np.zeros((n, size, size + 1))
         units[:, :, 0] = rhs[:, :size]
-        units[:, p_lin, 1] = units[:, p_lin + 1, 2] = 1.0
-        solved = _solve(a, units)
+        units[:, np.arange(size), np.arange(1, size + 1)] = 1.0
+        solved = _solve(a, units)  # the step, and the inverse for the covariance
         delta = solved[:, :, 0]
         grid_edges = np.asarray(tables.origin_V)[None, :] + tables.shifts[index] * tables.step_V
         edges = grid_edges + delta[:, p_lin:]
@@ -264,18 +264,29 @@ def joint_fit(w: np.ndarray, start: np.ndarray, noise: np.ndarray, tables: Joint
         dof = samples - size
         chi2 = rss / dof / noise**2
         sigma2 = np.fmax(rss / dof, noise**2)
-        var = solved[:, p_lin:, 1:] * sigma2[:, None, None]
+        covariance = solved[:, :, 1:] * sigma2[:, None, None]
         coef = (cb + delta[:, :kp]) * tables.scale
         peaks = np.empty((n, 2))
+        # Delta's gradient in the parameters: 1/2 per edge, and through each peak's move by the
+        # background's slope (the maximum of P t_thermal), in the background's coefficients
+        gradient = np.zeros((n, size))
+        gradient[:, p_lin], gradient[:, p_lin + 1] = 0.5, 0.5
+        k = np.arange(kp)
         for side, sign in ((0, 1.0), (1, -1.0)):
             u0 = edges[:, side] + tables.x_peak
-            vv = sign * u0
-            p0 = sum(coef[:, kk] * vv**kk for kk in range(kp))
-            p1 = sign * sum(kk * coef[:, kk] * vv ** (kk - 1) for kk in range(1, kp))
-            p2 = sum(kk * (kk - 1) * coef[:, kk] * vv ** (kk - 2) for kk in range(2, kp))
-            move = -p1 * tables.t_peak / (p0 * tables.t_peak2 + p2 * tables.t_peak)
+            vv = (sign * u0)[:, None]
+            powers = vv ** np.maximum(k, 0)
+            d1 = sign * k * vv ** np.maximum(k - 1, 0)  # d/du of v^k at v = sign u
+            d2 = k * (k - 1) * vv ** np.maximum(k - 2, 0)
+            p0, p1, p2 = (np.einsum("nk,nk->n", coef, m) for m in (powers, d1, d2))
+            denom = p0 * tables.t_peak2 + p2 * tables.t_peak
+            move = -p1 * tables.t_peak / denom
             peaks[:, side] = u0 + np.clip(move, -tables.step_V, tables.step_V)
-        delta_sigma = 0.5 * np.sqrt(var[:, 0, 0] + var[:, 1, 1] + 2 * var[:, 0, 1])
+            d_move = -tables.t_peak * (
+                d1 * denom[:, None] - p1[:, None] * (powers * tables.t_peak2 + d2 * tables.t_peak)
+            )
+            gradient[:, :kp] += 0.5 * d_move / (denom**2)[:, None] * tables.scale
+        delta_sigma = np.sqrt(np.einsum("ni,nij,nj->n", gradient, covariance, gradient))
         converged = np.isfinite(peaks).all(axis=1) & np.isfinite(delta_sigma)
         # the Dynes fit: the same linearised problem with the width free
         dynes = _solve(normal, rhs)
