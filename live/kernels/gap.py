@@ -46,9 +46,9 @@ MAX_STEP_PER_WIDTH = 2.5
 
 #: A map's peaks are broad when their width sqrt(Gamma^2 + (2 k_B T)^2 + 2 V_mod^2) exceeds this
 #: fraction of the gap: the per-peak fit's additive background then biases Delta by more than
-#: ~0.005 meV (measured on the film: +0.003 meV at 9 %, +0.005 at 18 %, +0.008 at 23 %), and
-#: every pixel gets the joint fit.
-BROAD_PEAK = 0.15
+#: ~0.003 meV (measured on the film: +0.003 meV at 9 %, +0.0045 at 13 %, +0.005 at 18 %, +0.008 at
+#: 23 %), and every pixel gets the joint fit.
+BROAD_PEAK = 0.1
 
 
 @dataclass(frozen=True)

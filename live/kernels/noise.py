@@ -26,8 +26,8 @@ __all__ = [
     "noise_triples",
 ]
 
-#: Most triples read per spectrum (a 6 % standard error of sigma).
-MAX_TRIPLES = 256
+#: Most triples read per spectrum (a 9 % standard error of sigma).
+MAX_TRIPLES = 128
 #: Fewest triples beyond the search range before the whole sweep is used instead.
 MIN_TRIPLES = 32
 

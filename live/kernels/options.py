@@ -138,7 +138,7 @@ class KernelOptions:
     min_peak_score: float = 0.2
     max_peak_chi2: float = 4.0
     max_delta_sigma: float = 0.1
-    joint_fit_above: float = 0.015
+    joint_fit_above: float = 0.025
     max_log_residual: float = 0.1
     max_power_law_chi2: float = 4.0
     gap_eV: float | None = None

@@ -46,9 +46,9 @@ class Smoothing(NamedTuple):
 
     @property
     def stride(self) -> int:
-        """Every how many columns the fit reads: neighbours within a third of the smoothing carry
+        """Every how many columns the fit reads: neighbours within a quarter of the smoothing carry
         the same information (their noise is correlated over the smoothing's width)."""
-        return max(1, self.points // 3) if self.kind != "none" else 1
+        return max(1, self.points // 4) if self.kind != "none" else 1
 
 
 NO_SMOOTHING = Smoothing("none", 1)
