@@ -58,6 +58,7 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
         temperature_K=args.temperature_K,
         modulation_Vrms=args.modulation_Vrms,
         alpha_source=args.alpha_source,
+        **({"joint_fit_above": 0.0} if args.dynes_fit else {}),
     )
 
 
@@ -142,6 +143,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("current", "lockin"),
         default="current",
         help="channel alpha is fitted on: the current's derivative (default) or the lock-in",
+    )
+    parser.add_argument(
+        "--dynes-fit",
+        action="store_true",
+        help="fit both peaks jointly (and a Dynes DOS) at every pixel: Dynes maps everywhere, ~6 us more per "
+        "spectrum (default: where the per-peak fit needs it)",
     )
     parser.add_argument(
         "--set",

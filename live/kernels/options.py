@@ -101,8 +101,9 @@ class KernelOptions:
         per-peak fit gives Delta a standard error above this fraction of the map's gap, and
         every pixel of a map whose peaks are broad (width over gap above
         :data:`~stslive.live.kernels.gap.BROAD_PEAK`: there the per-peak fit's background bias
-        grows beyond ~0.005 meV). 0: every pixel, inf: none. It costs ~7 us per spectrum, the
-        per-peak fit ~2 us; the Dynes maps exist where it runs.
+        grows beyond ~0.003 meV). 0: every pixel, inf: none. It costs ~6 us per spectrum, the
+        per-peak fit ~2 us; the Dynes maps exist where it runs (``stslive analyse --dynes-fit``:
+        everywhere).
     max_log_residual, max_power_law_chi2 : float
         A power-law fit is POOR_POWER_LAW_FIT when its rms residual of ln(dI/dV) exceeds
         ``max_log_residual`` AND its mean square residual exceeds ``max_power_law_chi2`` times what

@@ -92,6 +92,10 @@ def test_the_cli_options_reach_the_kernels() -> None:
     args = parser.parse_args(["x.h5", "--out", "o", "--alpha-source", "lockin"])
     options = cli.kernel_options(args)
     assert options.alpha_source == "lockin" and options.temperature_K is None and options.smoothing_points is None
+    assert (
+        options.joint_fit_above > 0
+        and cli.kernel_options(parser.parse_args(["x", "--out", "o", "--dynes-fit"])).joint_fit_above == 0
+    )
 
 
 def test_real_kpfm_grid_is_refused_for_delta_by_its_step_and_measured_for_alpha(shared_data: Path) -> None:
