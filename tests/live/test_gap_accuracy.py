@@ -214,3 +214,26 @@ def test_film_truth_agrees_with_the_independent_truth():
     assert np.max(np.abs(own.alpha_def - truth.alpha)) < 1e-6
     film, _, truth = condition_data("1.2 K")
     assert np.max(np.abs(film.definition_truth().delta_pp_eV - truth.delta_eV)) < 2e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channel", ["lock-in", "I(V)"])
+def test_the_dynes_fit_recovers_the_films_gap_and_width(channel):
+    """Beyond the peak-to-peak Delta: the Dynes fit (joint fit everywhere) against the film's model maps."""
+    film, spectra, _ = condition_data("baseline")
+    p = film.params
+    options = KernelOptions(temperature_K=p.temperature_K, modulation_Vrms=p.modulation_Vrms, joint_fit_above=0.0)
+    res = analyse_spectra(
+        spectra.bias_V,
+        current=spectra.current_A,
+        lockin=spectra.lockin_x_A if channel == "lock-in" else None,
+        options=options,
+    )
+    fitted = np.isfinite(res.delta_dynes_eV)
+    gap_rms = _rms((res.delta_dynes_eV[fitted] - film.delta_eV[fitted]) * 1e3)
+    width = float(np.median(res.gamma_dynes_eV[fitted]))
+    spread = float(np.std(np.log(res.gamma_dynes_eV[fitted])))
+    print(f"\nDynes fit, {channel}: {fitted.mean():.1%} fitted, gap rms {gap_rms:.4f} meV, width median "
+          f"{width * 1e3:.4f} meV (film {p.dynes_gamma_eV * 1e3} meV), ln-spread {spread:.3f}")  # fmt: skip
+    assert fitted.mean() >= 0.95
+    assert gap_rms <= 0.02 and abs(width / p.dynes_gamma_eV - 1) <= 0.05
