@@ -58,7 +58,7 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
         temperature_K=args.temperature_K,
         modulation_Vrms=args.modulation_Vrms,
         alpha_source=args.alpha_source,
-        **({"joint_fit_above": 0.0} if args.dynes_fit else {}),
+        joint_fit_above=0.0 if args.dynes_fit else KernelOptions.joint_fit_above,
     )
 
 

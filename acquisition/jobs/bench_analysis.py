@@ -15,6 +15,7 @@ The benchmark imports the simulated film, so it is the one place in ``live`` tha
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import resource
 import sys
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
     print(
         f"grid {nx}x{ny} = {n} spectra x {bias.size} points, Delta from {options.gap_source}, "
-        f"Dynes width of the templates {options.dynes_width_eV * 1e3:.4f} meV"
+        f"Dynes width of the templates {(options.dynes_width_eV or math.nan) * 1e3:.4f} meV"
     )
     print(f"generation (not timed as analysis): {t_gen:.2f} s")
     print(

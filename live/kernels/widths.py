@@ -233,12 +233,12 @@ def _gap_and_width(
 
     if not model(gap, opts.dynes_width_eV or NOMINAL_WIDTH_EV).bank().resolvable:
         return gap, opts.dynes_width_eV or NOMINAL_WIDTH_EV  # every pixel BIAS_STEP_TOO_COARSE
-    width = opts.dynes_width_eV
-    if width is None:
+    width: float = opts.dynes_width_eV or 0.0
+    if opts.dynes_width_eV is None:
         width = estimate_width(bias, refit, noise, model(gap, NOMINAL_WIDTH_EV)) or NOMINAL_WIDTH_EV
     if opts.gap_eV is None:  # the coarse gap sits outside the gap edge: the fit's median edge is the map's
-        edge = _gap_edge(bias, refit, model(gap, width))
-        gap = edge if np.isfinite(edge) else gap
+        fitted_edge = _gap_edge(bias, refit, model(gap, width))
+        gap = fitted_edge if np.isfinite(fitted_edge) else gap
     # then the Dynes fit of every spectrum (the joint fit of both peaks, width free): its medians
     usable = 0.0
     for _ in range(GAP_ITERATIONS):

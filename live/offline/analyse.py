@@ -28,6 +28,7 @@ from stslive.acquisition.formats.archive import VERSION_ATTR
 from stslive.acquisition.formats.recording import SpectraSource
 from stslive.drivers.errors import ConfigError
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
+from stslive.live.kernels.derivative import DEFAULT_DERIVATIVE_POINTS
 from stslive.live.offline import figures
 from stslive.live.offline.campaign import write_campaign
 from stslive.live.offline.report import build_report, write_report
@@ -366,7 +367,7 @@ def _examples(
         channels = [block.current[0, ix]] + ([] if block.lockin is None else [block.lockin[0, ix]])
         bias, current, *lockin = prepare_sweep(bias_raw, *channels)
         current = current * conductance_sign(bias, current)
-        didv = derivative(bias, current, points=options.smoothing_points) * 1e9
+        didv = derivative(bias, current, points=options.smoothing_points or DEFAULT_DERIVATIVE_POINTS) * 1e9
         if lockin and uses_lockin(options):
             in_amperes = str(source.lockin_channel).endswith("(A)")
             gap_trace = lockin[0] * conductance_sign(bias, lockin[0], kind="didv") * (1e12 if in_amperes else 1.0)
