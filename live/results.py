@@ -47,6 +47,14 @@ MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
     "reason": (np.dtype(np.int16), -1, "", "kernel reason code, 0 = OK, -1 = not analysed"),
     "setpoint_set": (np.dtype(np.int16), -1, "", "set-point parameter set id, -1 = unknown"),
     "valid": (np.dtype(np.bool_), False, "", "Delta and alpha extracted"),
+    "valid_delta": (np.dtype(np.bool_), False, "", "Delta extracted"),
+    "valid_alpha": (np.dtype(np.bool_), False, "", "alpha extracted"),
+    "reason_delta": (np.dtype(np.int16), -1, "", "reason code of Delta, 0 = OK, -1 = not analysed"),
+    "reason_alpha": (np.dtype(np.int16), -1, "", "reason code of alpha, 0 = OK, -1 = not analysed"),
+    "delta_sigma_eV": (np.dtype(np.float32), np.nan, "eV", "standard error of Delta"),
+    "alpha_sigma": (np.dtype(np.float32), np.nan, "1", "standard error of alpha"),
+    "delta_dynes_eV": (np.dtype(np.float32), np.nan, "eV", "gap of a Dynes DOS fitted to both peaks"),
+    "gamma_dynes_eV": (np.dtype(np.float32), np.nan, "eV", "Dynes width of that fit"),
     "measured": (np.dtype(np.bool_), False, "", "a result exists for the pixel"),
     "flags": (np.dtype(np.uint32), 0, "", "FlagKind bits"),
     "tip_epoch": (np.dtype(np.int16), -1, "", "tip epoch: 0 = the run's first tip, +1 per new tip, -1 = not analysed"),
@@ -80,6 +88,14 @@ class PixelResult:
     b_pos: float = float("nan")
     b_neg: float = float("nan")
     tip_epoch: int = -1
+    valid_delta: bool = False
+    valid_alpha: bool = False
+    reason_delta: int = -1
+    reason_alpha: int = -1
+    delta_sigma_eV: float = float("nan")
+    alpha_sigma: float = float("nan")
+    delta_dynes_eV: float = float("nan")
+    gamma_dynes_eV: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of builtin scalars (JSON/msgpack-safe; NaN stays a float NaN)."""
@@ -131,7 +147,11 @@ class Histogram:
 
 @dataclass(frozen=True, slots=True)
 class MapStatistics:
-    """Statistics of the valid pixels: mean, standard deviation (ddof=0) and a histogram."""
+    """Statistics per quantity: Delta over the pixels where Delta is valid, alpha where alpha is.
+
+    Mean, standard deviation (ddof=0) and a histogram each; ``n_valid`` counts the pixels with
+    both, ``n_valid_delta`` / ``n_valid_alpha`` each quantity's.
+    """
 
     n_measured: int
     n_valid: int
@@ -141,6 +161,8 @@ class MapStatistics:
     alpha_std: float
     delta_hist: Histogram
     alpha_hist: Histogram
+    n_valid_delta: int = 0
+    n_valid_alpha: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +403,7 @@ class ResultsModel:
         return PixelResult(iy=iy, ix=ix, **values)
 
     def statistics(self, *, bins: int = 40) -> MapStatistics:
-        """Mean, std and histograms of the valid Delta (eV) and alpha; cached per ``maps_version``.
+        """Mean, std and histograms of Delta (eV) where valid and alpha where valid; cached per ``maps_version``.
 
         Done on demand because a pass over 75,000 pixels costs well under a millisecond and
         keeps the numbers exact when a pixel is overwritten (running sums would drift).
@@ -391,15 +413,19 @@ class ResultsModel:
             if cached is not None and cached[0] == self.maps_version and cached[1] == bins:
                 return cached[2]
             version = self.maps_version
-            valid = self.maps["valid"] & self.maps["measured"]
-            delta = self.maps["delta_eV"][valid]
-            alpha = self.maps["alpha"][valid]
-            n_measured = int(np.count_nonzero(self.maps["measured"]))
+            measured = self.maps["measured"]
+            n_valid = int(np.count_nonzero(self.maps["valid"] & measured))
+            # a writer that sets only ``valid`` (both quantities: an older file, a test) counts too
+            delta = self.maps["delta_eV"][(self.maps["valid_delta"] | self.maps["valid"]) & measured]
+            alpha = self.maps["alpha"][(self.maps["valid_alpha"] | self.maps["valid"]) & measured]
+            n_measured = int(np.count_nonzero(measured))
         delta = delta[np.isfinite(delta)]
         alpha = alpha[np.isfinite(alpha)]
         stats = MapStatistics(
             n_measured=n_measured,
-            n_valid=int(delta.size),
+            n_valid=n_valid,
+            n_valid_delta=int(delta.size),
+            n_valid_alpha=int(alpha.size),
             delta_mean_eV=float(delta.mean()) if delta.size else float("nan"),
             delta_std_eV=float(delta.std()) if delta.size else float("nan"),
             alpha_mean=float(alpha.mean()) if alpha.size else float("nan"),

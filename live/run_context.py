@@ -26,7 +26,7 @@ from stslive.live.flag_config import FlagConfig
 from stslive.live.flags import SpectralFeatures
 from stslive.live.flags_run import RunFlags, parse_sets, store_flags
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis
-from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options, calibration_sample
+from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options, calibration_sample, instrument_of
 from stslive.live.results import PixelResult, ResultsModel
 
 
@@ -107,7 +107,7 @@ class RunContext:
         self.run_uid = run_uid
         self.options = options
         #: every pixel so far while the template width is provisional (None: fixed)
-        self._retained: list[PixelInput] | None = None if options.dynes_width_eV is not None else []
+        self._retained: list[PixelInput] | None = None if options.calibrated else []
         self._provisional = options
         self._provisional_from = 0  # spectra the provisional width was estimated on
         width = float(grid.get("width_m", math.nan))
@@ -174,7 +174,7 @@ class RunContext:
             self.sets[sample[0].set_id].bias_axis,
             np.stack([p.spectra for p in sample]),
             self.channel_names,
-            options=self.options,
+            options=self.options.with_instrument(**instrument_of(self.sets[sample[0].set_id], sample)),
         )
 
     def finish(self) -> dict[str, np.ndarray]:

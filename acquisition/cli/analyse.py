@@ -56,6 +56,9 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
         gap_search_V=parse_mV_pair(args.gap_search, "gap-search"),
         smoothing_points=args.smoothing,
         temperature_K=args.temperature_K,
+        modulation_Vrms=args.modulation_Vrms,
+        alpha_source=args.alpha_source,
+        joint_fit_above=0.0 if args.dynes_fit else KernelOptions.joint_fit_above,
     )
 
 
@@ -130,15 +133,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--smoothing",
         type=int,
-        default=KernelOptions.smoothing_points,
+        default=None,
         metavar="POINTS",
-        help="running-mean width of the numerical dI/dV, samples, odd (default: 11)",
+        help="running-mean width of the numerical dI/dV, samples, odd (default: chosen from the current's noise)",
     )
     parser.add_argument(
         "--temperature-K",
         type=float,
-        default=KernelOptions.temperature_K,
-        help="sample temperature for the peak templates, K (default: 0.3)",
+        default=None,
+        help="sample temperature, K: the peak templates' thermal width (default: the recording's, else 0.3)",
+    )
+    parser.add_argument(
+        "--modulation-Vrms",
+        type=float,
+        default=None,
+        help="lock-in bias modulation, V rms: removed from Delta (default: the recording's, else 0)",
+    )
+    parser.add_argument(
+        "--alpha-source",
+        choices=("current", "lockin"),
+        default="current",
+        help="channel alpha is fitted on: the current's derivative (default) or the lock-in",
+    )
+    parser.add_argument(
+        "--dynes-fit",
+        action="store_true",
+        help="fit both peaks jointly (and a Dynes DOS) at every pixel: Dynes maps everywhere, ~6 us more per "
+        "spectrum (default: where the per-peak fit needs it)",
     )
     parser.add_argument(
         "--set",
