@@ -36,6 +36,7 @@ __all__ = [
     "gap_rows",
     "gap_windows",
     "peak_width_eV",
+    "polarity_windows",
     "step_too_coarse",
 ]
 
@@ -147,8 +148,23 @@ def gap_windows(bias_key: bytes, model: GapModel) -> GapWindows:
     return GapWindows((cols[0], cols[1]), (origins[0], origins[1]), read, covered, bank.resolvable)
 
 
-def _windows(signal: np.ndarray, windows: GapWindows, *, integrated: bool) -> np.ndarray:
-    """(rows, 2, M): each polarity's window in its own coordinates (the negative one mirrored)."""
+def polarity_windows(signal: np.ndarray, windows: GapWindows, *, integrated: bool) -> np.ndarray:
+    """Each polarity's window of ``signal`` in its own coordinates, the negative one mirrored.
+
+    Parameters
+    ----------
+    signal : ndarray, (rows, n)
+        Current (A) or lock-in rows on the ascending grid ``windows`` was cut from.
+    windows : GapWindows
+        The map's windows on that grid (:func:`gap_windows`).
+    integrated : bool
+        ``signal`` is a current: the mirrored side is -I(-V) (it changes sign with V).
+
+    Returns
+    -------
+    ndarray, (rows, 2, M)
+        [:, 0] the positive window, [:, 1] the mirrored negative one, in ``signal``'s unit and dtype.
+    """
     pos, neg = windows.columns
     out = np.empty((signal.shape[0], 2, pos.stop - pos.start), signal.dtype)
     out[:, 0] = signal[:, pos]
@@ -212,7 +228,7 @@ def gap_rows(
                 True,
                 True,
             )
-            windows = _windows(signal, shifted, integrated=model.integrated)
+            windows = polarity_windows(signal, shifted, integrated=model.integrated)
             with np.errstate(divide="ignore", invalid="ignore"):
                 fit = locate_peaks(windows.reshape(rows * 2, -1), bank, np.repeat(noise, 2))
                 clock.lap("template refinement")

@@ -20,7 +20,7 @@ import numpy as np
 
 from stslive.drivers.errors import AnalysisError
 from stslive.live.kernels.derivative import derivative, running_mean_into
-from stslive.live.kernels.gap import GapModel, _windows, gap_model, gap_rows, gap_windows
+from stslive.live.kernels.gap import GapModel, gap_model, gap_rows, gap_windows, polarity_windows
 from stslive.live.kernels.noise import choose_smoothing, coarse_points, measure_noise, noise_triples
 from stslive.live.kernels.options import KernelOptions
 from stslive.live.kernels.peaks import coarse_peaks, gap_geometry
@@ -46,7 +46,7 @@ def _map_windows(bias: np.ndarray, refit: np.ndarray, model: GapModel) -> np.nda
     win = gap_windows(bias.tobytes(), model)
     if not (win.covered and win.resolvable):
         return None
-    return _windows(refit, win, integrated=model.integrated)
+    return polarity_windows(refit, win, integrated=model.integrated)
 
 
 def estimate_width(bias: np.ndarray, refit: np.ndarray, noise: np.ndarray, model: GapModel) -> float | None:

@@ -65,12 +65,17 @@ _QUANTITY_SYMBOL = {"delta": "$\\Delta$", "alpha": "$\\alpha$", "both": "$\\Delt
 
 
 def no_valid_message(maps: RunMaps, quantity: str) -> str:
-    """What an empty panel says: "no valid <quantity>: 0 of N measured pixels ...", with the main reasons."""
+    """What an empty panel says: "no valid <quantity>: 0 of N measured pixels ...", with the main reasons.
+
+    The reasons are the quantity's own (``reason_delta``, ``reason_alpha``) where the maps carry
+    them: the combined ``reason`` names the gap's failure even where alpha failed for another.
+    """
     n_measured = int(maps.measured.sum())
     if n_measured == 0:
         return "no valid pixel: nothing was measured"
     text = f"no valid pixel for {_QUANTITY_SYMBOL[quantity]}:\n0 of {n_measured} measured pixels"
-    reasons = np.asarray(maps.maps["reason"])[maps.measured]
+    key = {"delta": "reason_delta", "alpha": "reason_alpha"}.get(quantity, "reason")
+    reasons = np.asarray(maps.maps.get(key, maps.maps["reason"]))[maps.measured]
     codes, counts = np.unique(reasons, return_counts=True)
     main = sorted(zip(counts.tolist(), codes.tolist(), strict=True), reverse=True)[:3]
     if main:

@@ -25,7 +25,7 @@ from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import AnalysisError
 from stslive.live.flag_kinds import FlagKind
-from stslive.live.kernels import KernelOptions
+from stslive.live.kernels import KernelOptions, ReasonCode
 from stslive.live.offline.analyse import analyse_to_directory
 from stslive.live.offline.analysis_figures import FigureInputs, collect_figure_inputs, write_analysis_figures
 from stslive.live.offline.captions import format_quantity, run_caption
@@ -149,10 +149,12 @@ def test_caption_says_unknown_rather_than_guessing() -> None:
 # -- maps: scan coordinates, invalid pixels marked ------------------------------------------
 def _damaged(maps: RunMaps, *, centre_nm: tuple[float, float], angle_deg: float = 0.0) -> RunMaps:
     m = {k: v.copy() for k, v in maps.maps.items()}
-    m["valid"][2:5, 3:9] = False  # refused by the kernels
-    m["reason"][2:5, 3:9] = 3
+    assert m["valid_delta"].all() and m["valid_alpha"].all()  # the film: every pixel valid for both
+    for valid, reason in (("valid", "reason"), ("valid_delta", "reason_delta"), ("valid_alpha", "reason_alpha")):
+        m[valid][2:5, 3:9] = False  # refused by the kernels (both quantities)
+        m[reason][2:5, 3:9] = 3
+        m[valid][-2:, :] = False
     m["measured"][-2:, :] = False  # never measured
-    m["valid"][-2:, :] = False
     g = maps.geometry
     geometry = GridGeometry(
         centre_x_m=centre_nm[0] * 1e-9,
@@ -201,8 +203,9 @@ def test_rotated_frame_puts_pixels_where_the_scan_put_them(film: tuple[Path, Fig
 def test_empty_input_says_no_valid_pixel_and_invents_no_scale(film: tuple[Path, FigureInputs]) -> None:
     _, inputs = film
     m = {k: v.copy() for k, v in inputs.maps.maps.items()}
-    m["valid"][:] = False
-    m["reason"][:] = 1
+    for valid, reason in (("valid", "reason"), ("valid_delta", "reason_delta"), ("valid_alpha", "reason_alpha")):
+        m[valid][:] = False
+        m[reason][:] = 1
     empty = RunMaps(geometry=inputs.maps.geometry, maps=m, caption=inputs.maps.caption)
     for fig in (maps_figure(empty), histograms_figure(empty), scatter_figure(empty)):
         assert "no valid pixel" in _texts(fig)
@@ -217,6 +220,33 @@ def test_empty_input_says_no_valid_pixel_and_invents_no_scale(film: tuple[Path, 
         assert not any(ax.lines or ax.images for ax in fig.axes)
 
 
+def test_each_quantity_is_drawn_over_its_own_valid_pixels_and_names_its_own_reason(
+    film: tuple[Path, FigureInputs],
+) -> None:
+    """A gap-only sweep: Delta valid everywhere, alpha refused (WINDOW_NOT_COVERED), so none valid for both."""
+    _, inputs = film
+    m = {k: v.copy() for k, v in inputs.maps.maps.items()}
+    m["valid"][:] = m["valid_alpha"][:] = False
+    m["reason"][:] = m["reason_alpha"][:] = int(ReasonCode.WINDOW_NOT_COVERED)
+    gap_only = RunMaps(geometry=inputs.maps.geometry, maps=m, caption=inputs.maps.caption)
+    fig = maps_figure(gap_only)
+    delta_ax, alpha_ax = _axes_titled(fig, "Gap")[0], _axes_titled(fig, "AA exponent")[0]
+    mesh = next(c for c in delta_ax.collections if isinstance(c, QuadMesh))
+    assert int(np.ma.count(mesh.get_array())) == NY * NX  # every Delta drawn
+    assert not any(isinstance(c, QuadMesh) for c in alpha_ax.collections)
+    assert "no valid pixel for $\\alpha$" in _texts(fig) and "WINDOW_NOT_COVERED" in _texts(fig)
+    histograms = histograms_figure(gap_only)
+    assert f"N = {NY * NX}" in histograms.axes[0].get_title() and "WINDOW_NOT_COVERED" in _texts(histograms)
+    # both refused for different reasons: each panel names its own, not the combined (the gap's) one
+    m["valid_delta"][:] = False
+    m["reason"][:] = m["reason_delta"][:] = int(ReasonCode.BIAS_STEP_TOO_COARSE)
+    fig = maps_figure(RunMaps(geometry=inputs.maps.geometry, maps=m))
+    delta_text = "".join(t.get_text() for t in _axes_titled(fig, "Gap")[0].texts)
+    alpha_text = "".join(t.get_text() for t in _axes_titled(fig, "AA exponent")[0].texts)
+    assert "BIAS_STEP_TOO_COARSE" in delta_text and "WINDOW_NOT_COVERED" not in delta_text
+    assert "WINDOW_NOT_COVERED" in alpha_text and "BIAS_STEP_TOO_COARSE" not in alpha_text
+
+
 def test_robust_limits_of_nothing_is_nothing() -> None:
     assert robust_limits(np.full(4, np.nan)) is None
     lo, hi = robust_limits(np.full(4, 2.0))  # type: ignore[misc]
@@ -224,11 +254,27 @@ def test_robust_limits_of_nothing_is_nothing() -> None:
 
 
 # -- spectra: model over the gap, log-log power law -----------------------------------------
-def test_gap_panel_draws_the_model_with_its_peaks_at_the_fitted_ones(film: tuple[Path, FigureInputs]) -> None:
-    _, inputs = film
+def _without_dynes_fit(path: Path) -> FigureInputs:
+    """The figure inputs of ``path`` as if the joint fit had run nowhere (no Dynes maps: the template is drawn)."""
+    options = KernelOptions()
+    with open_input(path, options=options) as source:
+        options = calibrate_source(source, options=options)
+        model = analyse_source(source, options=options)
+        for name in ("delta_dynes_eV", "gamma_dynes_eV"):
+            model.maps[name][:] = np.nan
+        return collect_figure_inputs(source, model, options=options, examples=3)
+
+
+@pytest.mark.parametrize("fit", ["Dynes fit", "template"])
+def test_gap_panel_draws_the_model_with_its_peaks_at_the_fitted_ones(film: tuple[Path, FigureInputs], fit: str) -> None:
+    path, inputs = film
+    if fit == "template":
+        inputs = _without_dynes_fit(path)
+    else:  # the joint fit runs where the per-peak Delta is loose; on this film that is every example
+        assert all(np.isfinite(inputs.maps.maps["delta_dynes_eV"][ex.iy, ex.ix]) for ex in inputs.examples)
     assert len(inputs.examples) == 3
     for ex in inputs.examples:
-        assert ex.model is not None and "template" in ex.model_label
+        assert ex.model is not None and ex.model_label.startswith(fit)
         zoom = np.isfinite(ex.model)
         assert zoom.sum() > 50
         v, model = ex.bias_V[zoom], ex.model[zoom]
@@ -280,13 +326,20 @@ def test_power_law_panel_is_log_log_with_both_polarities_and_the_window_shaded(
 
 
 def test_failed_input_still_shows_its_spectra_with_the_reason(shared_data: Path, tmp_path: Path) -> None:
+    # 128 points over 0.3 V: a 2.4 mV step cannot resolve a coherence peak, so Delta is refused
+    # for that reason on every pixel; alpha (a reading of the power-law window) is measured
     inputs = _analysed(shared_data / "nanonis-grid-kpfm-20x20.3ds")
-    assert len(inputs.examples) == 3 and all(ex.status == "NAN_INPUT" for ex in inputs.examples)
+    assert len(inputs.examples) == 3 and all(ex.status == "Delta BIAS_STEP_TOO_COARSE" for ex in inputs.examples)
     fig = spectra_figure(inputs.examples, fit_window_V=(5e-3, 30e-3), gap_search_V=(0.3e-3, 4e-3), caption=None)
-    assert all("not valid: NAN_INPUT" in ax.get_title() for ax in _axes_titled(fig, "pixel ("))
+    titles = [ax.get_title() for ax in _axes_titled(fig, "pixel (")]
+    assert len(titles) == 3 and all("not valid: Delta BIAS_STEP_TOO_COARSE" in t for t in titles)
+    maps = maps_figure(inputs.maps)
     assert "nanonis-grid-kpfm-20x20.3ds | T unknown | set-point 200 mV, -5.7 Hz | 2017-03-09 21:19" in (
-        maps_figure(inputs.maps).get_suptitle()
+        maps.get_suptitle()
     )
+    gap_text = "".join(t.get_text() for t in _axes_titled(maps, "Gap")[0].texts)
+    assert "no valid pixel" in gap_text and "BIAS_STEP_TOO_COARSE 400" in gap_text
+    assert any(isinstance(c, QuadMesh) for c in _axes_titled(maps, "AA exponent")[0].collections)
 
 
 # -- dynes model against an independent integral --------------------------------------------
@@ -425,9 +478,28 @@ def test_line_cut_is_drawn_as_profiles_and_a_waterfall(tmp_path: Path) -> None:
     assert x.size == 30 and x == pytest.approx(np.arange(30) - 14.5)  # scan-frame x of the pixel centres, nm
     assert np.asarray(curve.get_ydata()) == pytest.approx(inputs.maps.values("delta_eV", "delta").ravel() * 1e3)
     alpha_ax = next(ax for ax in fig.axes if "AA exponent" in ax.get_ylabel())
+    # the maps carry standard errors: Delta and mean alpha are drawn with 1-sigma bars, alpha_+- without
+    bars = "$\\alpha$ (mean) (error bars: 1 sigma)"
+    assert {bars, "$\\alpha_+$ (V > 0)", "$\\alpha_-$ (V < 0)"} <= {c.get_label() for c in alpha_ax.containers}
+    for ax, label, sigma, scale in ((alpha_ax, bars, "alpha_sigma", 1.0),
+                                    (delta_ax, "$\\Delta$ (error bars: 1 sigma)", "delta_sigma_eV", 1e3)):  # fmt: skip
+        container = next(c for c in ax.containers if c.get_label() == label)
+        assert container.has_yerr
+        (segments,) = [np.asarray(bar.get_segments()) for bar in container.lines[2]]
+        valid = inputs.maps.valid("alpha" if sigma == "alpha_sigma" else "delta").ravel()
+        half = 0.5 * np.abs(segments[:, 1, 1] - segments[:, 0, 1])
+        assert valid.sum() > 20 and half == pytest.approx(inputs.maps.maps[sigma].ravel()[valid] * scale, rel=1e-5)
+    plain = RunMaps(
+        geometry=inputs.maps.geometry,
+        maps={k: v for k, v in inputs.maps.maps.items() if k not in ("alpha_sigma", "delta_sigma_eV")},
+    )
+    plain_alpha = next(
+        ax for ax in linecut_figure(plain, [], gap_search_V=(0.3e-3, 4e-3)).axes if "AA" in ax.get_ylabel()
+    )
     assert {"$\\alpha$ (mean)", "$\\alpha_+$ (V > 0)", "$\\alpha_-$ (V < 0)"} <= {
-        c.get_label() for c in alpha_ax.containers
+        c.get_label() for c in plain_alpha.containers
     }
+    assert not any(c.has_yerr for c in plain_alpha.containers)
     waterfall = _axes_titled(fig, "gap spectra along the line")[0]
     assert len([ln for ln in waterfall.lines if ln.get_marker() in ("None", "")]) == 24
     # a one-pixel-wide map has no radial ring beyond r = 0: said, not drawn as empty axes
