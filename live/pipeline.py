@@ -3,7 +3,8 @@
 * :func:`analyse_pixels` - spectra as stored in an archive or carried by a stream event,
   ``(..., n_channels, n_points)`` with their channel names, to a :class:`SpectrumAnalysis`. The
   live analyser calls it with one pixel, the offline analysis with blocks of rows.
-* :func:`apply_to_model` - a batch of results into a :class:`ResultsModel` (vectorised).
+* :func:`apply_to_model` - a batch of results into a :class:`ResultsModel` (vectorised), named
+  by :func:`result_maps` (which the live analyser also publishes).
 * :func:`analyse_input` - a whole file (archive or ``.3ds``) to a :class:`ResultsModel`, in
   memory-bounded row blocks; unmeasured pixels stay NaN / ``measured=False``.
 * :func:`calibrate_options` / :func:`calibrate_source` - the one rule that fixes a map's
@@ -17,15 +18,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
-from stslive.acquisition.formats.recording import SpectraSource, open_spectra
+from stslive.acquisition.formats.recording import SpectraSource, open_spectra, start_fields
 from stslive.acquisition.formats.runmodel import SetpointSet
-from stslive.drivers.errors import AnalysisError, FileFormatError
+from stslive.drivers.errors import AnalysisError, FileFormatError, NanonisFileError
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, calibrate, pick_channels
 from stslive.live.results import ResultsModel
 
@@ -40,6 +41,7 @@ __all__ = [
     "calibrate_options",
     "calibration_sample",
     "apply_to_model",
+    "result_maps",
     "open_input",
     "calibrate_source",
     "analyse_source",
@@ -219,11 +221,26 @@ def apply_to_model(
 ) -> None:
     """Store results into ``model`` at ``[iy, ix]`` (one pixel or many; vectorised) and mark them measured.
 
-    ``analysis`` arrays must broadcast to ``model.maps[...][iy, ix]``; ``fit_quality`` is the rms
-    log-residual of the power law, ``reason`` the kernel's :class:`ReasonCode` (the gap's where
-    the gap failed), ``reason_delta`` / ``reason_alpha`` each quantity's.
+    ``analysis`` arrays must broadcast to ``model.maps[...][iy, ix]``; the maps stored are
+    :func:`result_maps`.
     """
-    maps: dict[str, np.ndarray] = {
+    maps = result_maps(analysis)
+    if setpoint_set is not None:
+        maps["setpoint_set"] = np.asarray(setpoint_set)
+    if time_s is not None:
+        maps["time"] = np.asarray(time_s)
+    model.update_block(iy, ix, **maps)  # type: ignore[arg-type]  # an int index works like a slice there
+
+
+def result_maps(analysis: SpectrumAnalysis) -> dict[str, np.ndarray]:
+    """The per-pixel results of ``analysis`` named as the model's maps (:data:`~stslive.live.results.MAP_SPECS`).
+
+    The one naming of the kernels' results: what :func:`apply_to_model` stores and what the live
+    analyser publishes per pixel, so a viewer's model equals the analyser's. ``fit_quality`` is
+    the rms log-residual of the power law, ``reason`` the kernel's :class:`ReasonCode` (the gap's
+    where the gap failed), ``reason_delta`` / ``reason_alpha`` each quantity's.
+    """
+    return {
         "delta_eV": analysis.delta_eV,
         "alpha": analysis.alpha,
         "alpha_pos": analysis.alpha_pos,
@@ -246,11 +263,6 @@ def apply_to_model(
         "delta_dynes_eV": analysis.delta_dynes_eV,
         "gamma_dynes_eV": analysis.gamma_dynes_eV,
     }
-    if setpoint_set is not None:
-        maps["setpoint_set"] = np.asarray(setpoint_set)
-    if time_s is not None:
-        maps["time"] = np.asarray(time_s)
-    model.update_block(iy, ix, **maps)  # type: ignore[arg-type]  # an int index works like a slice there
 
 
 def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> SpectraSource:
@@ -283,11 +295,9 @@ class InstrumentSettings(NamedTuple):
     modulation_Vrms: float | None
 
 
-#: .3ds header keys of the sample temperature and the lock-in (Nanonis module blocks).
-_3DS_TEMPERATURE = "Temperature 1>Temperature 1 (K)"
-_3DS_LOCKIN_STATUS = "Lock-in>Lock-in status"
-_3DS_LOCKIN_SIGNAL = "Lock-in>Modulated signal"
-_3DS_LOCKIN_AMPLITUDE = "Lock-in>Amplitude"
+#: Start-document metadata key of the one sample temperature a ``.3ds`` header states
+#: (:func:`~stslive.acquisition.formats.recording.start_fields`; its events carry no reading).
+STATED_TEMPERATURE_KEY = "header_temperature_K"
 
 
 def _positive(value: object) -> float | None:
@@ -305,17 +315,21 @@ def _median_temperature(values: np.ndarray) -> float | None:
     return float(np.median(values)) if values.size else None
 
 
-def instrument_of(setpoint_set: SetpointSet, pixels: Sequence[Any]) -> dict[str, float | None]:
+def instrument_of(
+    setpoint_set: SetpointSet, pixels: Sequence[Any], metadata: Mapping[str, Any] | None = None
+) -> dict[str, float | None]:
     """The live analyser's :func:`instrument_settings`: the set's modulation, the pixels' median temperature.
 
     ``pixels`` are the calibration sample (objects with ``temperatures_K``, the readings before
     and after each spectrum), so the live rule equals the offline one on an archive of the run.
+    Without any reading, the temperature the start document's ``metadata`` states
+    (:data:`STATED_TEMPERATURE_KEY`: a replayed ``.3ds``), as offline.
     """
     temps = np.array([t if t is not None else np.nan for p in pixels for t in p.temperatures_K], dtype=np.float64)
-    return {
-        "temperature_K": _median_temperature(temps),
-        "modulation_Vrms": _positive(setpoint_set.lockin_amplitude_Vrms),
-    }
+    temperature = _median_temperature(temps)
+    if temperature is None and metadata is not None:
+        temperature = _positive(metadata.get(STATED_TEMPERATURE_KEY))
+    return {"temperature_K": temperature, "modulation_Vrms": _positive(setpoint_set.lockin_amplitude_Vrms)}
 
 
 def instrument_settings(source: SpectraSource, pixels: np.ndarray | None = None) -> InstrumentSettings:
@@ -324,11 +338,12 @@ def instrument_settings(source: SpectraSource, pixels: np.ndarray | None = None)
     An stslive archive: the median temperature of ``pixels`` (flat indices; default: every
     measured pixel; the thermometer is read before and after each spectrum) and the lock-in
     amplitude of the set-point set of the first measured pixel (0 there means no lock-in: None).
-    A Nanonis ``.3ds``: the header's
-    ``Temperature 1>Temperature 1 (K)``, and ``Lock-in>Amplitude`` when the lock-in was on and
-    modulated the bias. Nanonis does not document whether that amplitude is rms or peak; it is
-    read as rms, the convention of the ``.3ds`` files stslive writes (``--modulation-Vrms``
-    overrides it). A recording's own metadata API supersedes this when the formats expose one.
+    A Nanonis ``.3ds``: what a replay of it publishes
+    (:func:`~stslive.acquisition.formats.recording.start_fields`), so the live analyser reads the
+    same: the header's temperature (:data:`STATED_TEMPERATURE_KEY`) and the lock-in amplitude of
+    the set-point set built from the header (``Lock-in>Amplitude`` read as zero-to-peak when the
+    lock-in modulated the bias; Nanonis does not document the convention, ``--modulation-Vrms``
+    overrides it).
     """
     backend = source._b
     measured = source.measured
@@ -346,13 +361,14 @@ def instrument_settings(source: SpectraSource, pixels: np.ndarray | None = None)
             if first_set in sets:
                 modulation = _positive(sets[first_set].lockin_amplitude_Vrms)
         return InstrumentSettings(temperature, modulation)
-    header = getattr(backend, "header", {})
-    temperature = _positive(header.get(_3DS_TEMPERATURE))
-    modulation = None
-    lockin_on = str(header.get(_3DS_LOCKIN_STATUS, "")).strip().upper() == "ON"
-    if lockin_on and str(header.get(_3DS_LOCKIN_SIGNAL, "")).strip().lower().startswith("bias"):
-        modulation = _positive(header.get(_3DS_LOCKIN_AMPLITUDE))
-    return InstrumentSettings(temperature, modulation)
+    try:
+        start = start_fields(backend)
+    except NanonisFileError:  # no set-point set in the header: nothing a replay could publish
+        return InstrumentSettings(None, None)
+    stated: list[dict[str, Any]] = start.get("setpoint_sets") or [{}]
+    return InstrumentSettings(
+        _positive(start["metadata"].get(STATED_TEMPERATURE_KEY)), _positive(stated[0].get("lockin_amplitude_Vrms"))
+    )
 
 
 def calibration_sample(sweeps: Sequence[Hashable], *, chunk: int) -> np.ndarray:

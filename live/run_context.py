@@ -26,8 +26,15 @@ from stslive.live.flag_config import FlagConfig
 from stslive.live.flags import SpectralFeatures
 from stslive.live.flags_run import RunFlags, parse_sets, store_flags
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis
-from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options, calibration_sample, instrument_of
-from stslive.live.results import PixelResult, ResultsModel
+from stslive.live.pipeline import (
+    analyse_pixels,
+    apply_to_model,
+    calibrate_options,
+    calibration_sample,
+    instrument_of,
+    result_maps,
+)
+from stslive.live.results import MAP_SPECS, PixelResult, ResultsModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +105,9 @@ class RunContext:
                 f"run {run_uid}: start document unusable ({exc}); check the scan engine's version"
             ) from exc
         metadata = start.get("metadata")
-        self.flags = RunFlags(
-            self.channel_names,
-            self.sets,
-            metadata=metadata if isinstance(metadata, Mapping) else None,
-            config=flag_config,
-        )
+        #: the start document's metadata (None: it has none)
+        self.metadata: Mapping[str, Any] | None = metadata if isinstance(metadata, Mapping) else None
+        self.flags = RunFlags(self.channel_names, self.sets, metadata=self.metadata, config=flag_config)
         self.run_uid = run_uid
         self.options = options
         #: every pixel so far while the template width is provisional (None: fixed)
@@ -174,7 +178,7 @@ class RunContext:
             self.sets[sample[0].set_id].bias_axis,
             np.stack([p.spectra for p in sample]),
             self.channel_names,
-            options=self.options.with_instrument(**instrument_of(self.sets[sample[0].set_id], sample)),
+            options=self.options.with_instrument(**instrument_of(self.sets[sample[0].set_id], sample, self.metadata)),
         )
 
     def finish(self) -> dict[str, np.ndarray]:
@@ -295,19 +299,7 @@ class RunContext:
             "iy": iy,
             "ix": ix,
             "setpoint_set": ids,
-            "delta_eV": analysis.delta_eV,
-            "alpha": analysis.alpha,
-            "alpha_pos": analysis.alpha_pos,
-            "alpha_neg": analysis.alpha_neg,
-            "b": analysis.b,
-            "b_pos": analysis.b_pos,
-            "b_neg": analysis.b_neg,
-            "visibility": analysis.visibility,
-            "fit_quality": analysis.rms_log_residual,
-            "peak_neg_V": analysis.peak_neg_V,
-            "peak_pos_V": analysis.peak_pos_V,
-            "valid": analysis.valid,
-            "reason": analysis.reason,
+            **result_maps(analysis),  # every map the model stored, so a viewer's model equals this one
             "flags": result.bits,
             "tip_epoch": result.tip_epoch,
             "temperature_K": temps32,
@@ -322,16 +314,11 @@ def _temp(value: float | None) -> float:
 
 def result_rows(columns: Mapping[str, np.ndarray]) -> list[PixelResult]:
     """The :class:`PixelResult` s of :meth:`RunContext.process` output (one per row)."""
-    ints = {"iy", "ix", "setpoint_set", "reason", "flags", "tip_epoch"}
     names = list(columns)
+    kinds = {k: "i" if k in ("iy", "ix") else MAP_SPECS[k][0].kind for k in names}
+    cast = {"b": bool, "i": int, "u": int}
     rows = zip(*(np.asarray(columns[k]).tolist() for k in names), strict=True)
-    out = []
-    for row in rows:
-        values: dict[str, Any] = {
-            k: (int(v) if k in ints else bool(v) if k == "valid" else float(v)) for k, v in zip(names, row, strict=True)
-        }
-        out.append(PixelResult(**values))
-    return out
+    return [PixelResult(**{k: cast.get(kinds[k], float)(v) for k, v in zip(names, row, strict=True)}) for row in rows]
 
 
 def _scatter(out: dict[str, np.ndarray], values: Mapping[str, np.ndarray], rows: np.ndarray, n: int) -> None:

@@ -396,7 +396,9 @@ def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, 
     set-point; ``Bias Spectroscopy>Sweep Start/End (V)`` for a bias sweep, else the first
     measured point's Sweep Start/End parameters (the sweep signal's unit); ``Points``;
     ``Bias Spectroscopy>Settling time (s)``, ``>Integration time (s)``, ``>Z-controller hold``;
-    ``Lock-in>Frequency (Hz)`` and ``Lock-in>Amplitude`` when the lock-in ran during the sweep.
+    ``Lock-in>Frequency (Hz)`` and ``Lock-in>Amplitude`` when the lock-in modulated the bias during
+    the sweep (``Bias Spectroscopy>Lock-In run`` TRUE or ``Lock-in>Lock-in status`` ON, and
+    ``Lock-in>Modulated signal`` the bias when stated).
     Nanonis gives the modulation amplitude as zero-to-peak; it is stored as
     ``lockin_amplitude_Vrms = amplitude / sqrt(2)``. Absent optional keys leave the
     :class:`SetpointSet` default, and the returned sources say so.
@@ -437,11 +439,15 @@ def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, 
     if "Bias Spectroscopy>Z-controller hold" in h:
         values["feedback_hold"] = h["Bias Spectroscopy>Z-controller hold"].strip().upper() == "TRUE"
         sources["feedback_hold"] = "Bias Spectroscopy>Z-controller hold"
-    if h.get("Bias Spectroscopy>Lock-In run", "").strip().upper() == "TRUE":
+    # the lock-in modulated the bias during the sweep: switched on for it, or on when the grid began
+    ran = h.get("Bias Spectroscopy>Lock-In run", "").strip().upper() == "TRUE" or (
+        h.get("Lock-in>Lock-in status", "").strip().upper() == "ON"
+    )
+    if ran and h.get("Lock-in>Modulated signal", "Bias (V)").strip().lower().startswith("bias"):
         take("lockin_frequency_Hz", "Lock-in>Frequency (Hz)")
         take("lockin_amplitude_Vrms", "Lock-in>Amplitude", scale=1 / math.sqrt(2))
     else:
-        sources["lockin"] = "lock-in not run during the sweep: amplitude 0"
+        sources["lockin"] = "lock-in not modulating the bias during the sweep: amplitude 0"
     missing = [k for k in ("bias_setpoint_V", "current_setpoint_A") if k not in values]
     if grid.is_bias_sweep:
         if missing:
@@ -495,5 +501,6 @@ def start_fields(recording: Recording) -> dict[str, Any]:
             "sweep_limits_vary_per_point": varies,
             "header_start_time": grid.header.get("Start time", ""),
             "header_end_time": grid.header.get("End time", ""),
+            "header_temperature_K": grid.header.get("Temperature 1>Temperature 1 (K)", ""),  # one reading, no event's
         },
     }

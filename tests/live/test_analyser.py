@@ -171,7 +171,8 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
     offline = analyse_input(archive, options=KernelOptions())  # no option: the same rule by default
     # float32 sums over batches of different sizes (live: whatever arrived, offline: whole rows)
     # round differently: equal to float32 tolerance, not bit for bit
-    for name in ("delta_eV", "alpha", "b", "valid", "reason"):
+    per_quantity = ("valid_delta", "valid_alpha", "reason_delta", "reason_alpha", "delta_sigma_eV", "alpha_sigma")
+    for name in ("delta_eV", "alpha", "b", "valid", "reason", *per_quantity, "delta_dynes_eV", "gamma_dynes_eV"):
         np.testing.assert_allclose(
             live.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-4, equal_nan=True, err_msg=name
         )
@@ -191,7 +192,8 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
     # (an early snapshot of a few pixels may find no 1/e length: NaN; the final one does)
     assert history["n_pixels"][-1] == live.snapshot.n_pixels and np.isfinite(history["l_alpha_nm"][-1])
     saved = archive.with_suffix(".analysis.h5")
-    np.testing.assert_array_equal(load_maps_h5(saved).maps["flags"], live.maps["flags"])
+    for name in ("flags", *per_quantity, "delta_dynes_eV", "gamma_dynes_eV"):  # the live maps.h5 keeps them all
+        np.testing.assert_array_equal(load_maps_h5(saved).maps[name], live.maps[name], err_msg=name)
     assert len(load_maps_h5(saved).history) == len(live.history)
     assert live.status().state == "done"
     # start, descriptor, one event per pixel, stop: the screen's "last seq" follows the stream, not only heartbeats

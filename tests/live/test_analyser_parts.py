@@ -206,6 +206,40 @@ def test_pixels_are_analysed_at_once_and_again_with_the_run_width() -> None:
         )
 
 
+def test_the_published_pixels_carry_every_map_the_analyser_keeps() -> None:
+    """A viewer's model built from the ``pixels`` messages alone equals the analyser's, map for map.
+
+    The per-quantity validity and reasons, standard errors and Dynes maps included: they were
+    stored in the analyser's model but never published, so the screen had no Delta-only pixel.
+    """
+    from test_analyser_sim import geometry, make_lab, make_sets, measure_run, pixel_inputs, start_fields
+
+    from stslive.live.results import MAP_SPECS
+    from stslive.live.results_io import apply_message, pixels_message
+    from stslive.live.run_context import RunContext, result_rows
+    from stslive.mocks.faults import FaultPlan
+
+    sets = make_sets()
+    pixels = pixel_inputs(list(measure_run(make_lab(6, 8, FaultPlan.from_list([])), sets, lambda iy, ix: 0)))
+    options = KernelOptions(chunk=20)
+    live = RunContext("live", start_fields(geometry(6, 8), sets), options=options, flag_config=FlagConfig())
+    viewer = ResultsModel(6, 8)
+    published = []
+    for lo in range(0, len(pixels), 7):  # provisional width first, then every pixel again with the run's
+        published.append(live.process(pixels[lo : lo + 7]))
+        published.append(live.take_revisions() or {})
+    published.append(live.finish())
+    for columns in filter(None, published):
+        apply_message(viewer, *decode_message(encode_message(*pixels_message(columns))))
+    assert live.model.maps["measured"].all()
+    for name in MAP_SPECS:
+        np.testing.assert_array_equal(viewer.maps[name], live.model.maps[name], err_msg=name)
+    assert live.model.maps["valid_delta"].all() and np.isfinite(live.model.maps["delta_sigma_eV"]).all()
+    rows = result_rows(published[0])  # the per-pixel records keep each map's type
+    assert isinstance(rows[0].valid_delta, bool) and isinstance(rows[0].reason_alpha, int)
+    assert rows[0].delta_sigma_eV == pytest.approx(float(published[0]["delta_sigma_eV"][0]))
+
+
 def test_snapshot_history_follows_the_model_onto_the_wire_and_into_the_file(tmp_path: Path) -> None:
     import dataclasses
     from types import SimpleNamespace

@@ -104,3 +104,101 @@ def test_real_kpfm_grid_is_refused_for_delta_by_its_step_and_measured_for_alpha(
     assert (model.maps["reason_delta"] == ReasonCode.BIAS_STEP_TOO_COARSE).all()  # 2.4 mV steps, not NAN_INPUT
     assert model.maps["valid_alpha"].all() and np.isfinite(model.maps["alpha"]).all()
     assert not model.maps["valid"].any()
+
+
+@pytest.mark.parametrize("kind", ["archive", "3ds"])
+def test_live_and_offline_read_one_temperature_and_one_modulation_from_the_recording(tmp_path: Path, kind: str) -> None:
+    """A recording replayed into the live analyser and ``stslive analyse`` of it: the same broadening, the same maps.
+
+    A ``.3ds`` states its temperature in the header once (no reading per pixel, so none in its
+    events) and its modulation as ``Lock-in>Amplitude``, read as zero-to-peak by the set-point
+    set the replay publishes; the analysis must take both from the same reading.
+    """
+    from stslive.acquisition.formats.nanonis3ds import write_3ds
+    from stslive.acquisition.formats.runmodel import GridGeometry
+    from stslive.acquisition.replay import open_replay
+    from stslive.live.flag_config import FlagConfig
+    from stslive.live.pipeline import calibrate_source
+    from stslive.live.run_context import PixelInput, RunContext
+
+    ny, nx, points = 12, 16, 801
+    film = make_film(FilmParams(ny=ny, nx=nx, seed=5, n_points=points, temperature_K=1.2, modulation_Vrms=200e-6))
+    if kind == "archive":
+        path = tmp_path / "hot.h5"
+        write_film_archive(film, path)
+    else:
+        path = tmp_path / "hot.3ds"
+        spectra = film.spectra(*np.indices((ny, nx)))
+        write_3ds(
+            path,
+            spectra=np.stack([spectra.current_A, spectra.lockin_x_A], 2),
+            channel_names=["Current (A)", "LI Demod 1 X (A)"],
+            geometry=GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=nx * 1e-9, height_m=ny * 1e-9, nx=nx, ny=ny),
+            sweep_start=-0.04,
+            sweep_end=0.04,
+            n_points=points,
+            header={
+                "Bias>Bias (V)": "-1.000000E-2",
+                "Current>Current (A)": "1.500000E-10",
+                "Temperature 1>Temperature 1 (K)": "1.2E+0",
+                "Bias Spectroscopy>Lock-In run": "TRUE",
+                "Lock-in>Lock-in status": "ON",
+                "Lock-in>Modulated signal": "Bias (V)",
+                "Lock-in>Amplitude": f"{200e-6 * np.sqrt(2):.6E}",  # zero-to-peak
+            },
+        )
+    with open_input(path, options=KernelOptions()) as source:
+        offline_options = calibrate_source(source, options=KernelOptions())
+    offline = analyse_input(path, options=KernelOptions())
+    with open_replay(path) as source:  # what `stslive replay` publishes
+        live = RunContext("replay", source.start_fields, options=KernelOptions(), flag_config=FlagConfig())
+        for event in source.events():
+            live.process([PixelInput.from_event(event)])
+    live.finish()
+    for options in (offline_options, live.options):
+        assert (options.temperature_K, options.modulation_Vrms) == (pytest.approx(1.2), pytest.approx(200e-6))
+    assert live.options == offline_options
+    for name in ("delta_eV", "valid_delta", "delta_sigma_eV", "alpha", "valid_alpha"):
+        np.testing.assert_allclose(
+            live.model.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-4, equal_nan=True,
+            err_msg=name,
+        )  # fmt: skip
+    assert offline.maps["valid_delta"].mean() >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("lockin", "modulation_Vrms"),
+    [
+        ({"Bias Spectroscopy>Lock-In run": "TRUE"}, 1e-3 / np.sqrt(2)),
+        ({"Lock-in>Lock-in status": "ON", "Lock-in>Modulated signal": "Bias (V)"}, 1e-3 / np.sqrt(2)),
+        ({"Bias Spectroscopy>Lock-In run": "TRUE", "Lock-in>Modulated signal": "Z (m)"}, None),  # dI/dz: no bias
+        ({"Bias Spectroscopy>Lock-In run": "FALSE", "Lock-in>Lock-in status": "OFF"}, None),
+    ],
+)
+def test_the_3ds_header_states_the_modulation_only_when_the_lockin_modulated_the_bias(
+    tmp_path: Path, lockin: dict[str, str], modulation_Vrms: float | None
+) -> None:
+    from stslive.acquisition.formats.nanonis3ds import write_3ds
+    from stslive.acquisition.formats.runmodel import GridGeometry
+
+    path = tmp_path / "grid.3ds"
+    write_3ds(
+        path,
+        spectra=np.zeros((2, 3, 1, 16), np.float32),
+        channel_names=["Current (A)"],
+        geometry=GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=3e-9, height_m=2e-9, nx=3, ny=2),
+        sweep_start=-0.01,
+        sweep_end=0.01,
+        n_points=16,
+        header={
+            "Bias>Bias (V)": "-1E-2",
+            "Current>Current (A)": "1E-10",
+            "Temperature 1>Temperature 1 (K)": "4.2E+0",
+            "Lock-in>Amplitude": "1E-3",
+            **lockin,
+        },
+    )
+    with open_input(path, options=KernelOptions()) as source:
+        settings = instrument_settings(source)
+    assert settings.temperature_K == pytest.approx(4.2)
+    assert settings.modulation_Vrms == (None if modulation_Vrms is None else pytest.approx(modulation_Vrms))
