@@ -2,10 +2,11 @@
 
 :func:`collect_figure_inputs` takes what the figures need while the input is open: the maps,
 the run's caption, the correlation snapshot, the spectra of a few example pixels (valid ones
-at evenly spaced quantiles of Delta; without a valid pixel, measured ones, so a failed analysis
-still shows its data) with the model conductance fitted to their gap region, and for a line cut
-the spectra along the line. :func:`write_analysis_figures` writes them all, an empty input
-included (its figures say what is missing, so no figure of an earlier run is left looking current):
+at evenly spaced quantiles of Delta, or of the one quantity extracted; without a valid pixel,
+measured ones, so a failed analysis still shows its data) with the model conductance fitted to
+their gap region, and for a line cut the spectra along the line. :func:`write_analysis_figures`
+writes them all, an empty input included (its figures say what is missing, so no figure of an
+earlier run is left looking current):
 
 ==============================  =====================================================
 maps.png (linecut.png)          Delta and alpha maps, topography (a line: profiles, waterfall)
@@ -67,11 +68,18 @@ def _evenly(n: int, count: int) -> np.ndarray:
 
 
 def _example_pixels(maps: RunMaps, count: int) -> list[tuple[int, int]]:
-    """Valid pixels at evenly spaced quantiles of Delta; without any, measured pixels evenly spaced."""
-    valid = maps.valid("both")
-    iy, ix = np.nonzero(valid if valid.any() else maps.measured)
-    order = np.argsort(maps.maps["delta_eV"][iy, ix], kind="stable") if valid.any() else np.arange(iy.size)
-    return [(int(iy[k]), int(ix[k])) for k in order[_evenly(order.size, count)]]
+    """Pixels valid for both at evenly spaced quantiles of Delta; else those of the one quantity extracted.
+
+    A gap-only sweep (no alpha anywhere) shows its Delta's spread, a sweep too coarse for the gap
+    its alpha's; without any valid pixel, measured pixels evenly spaced.
+    """
+    for quantity, name in (("both", "delta_eV"), ("delta", "delta_eV"), ("alpha", "alpha")):
+        iy, ix = np.nonzero(maps.valid(quantity))
+        if iy.size:
+            order = np.argsort(maps.maps[name][iy, ix], kind="stable")
+            return [(int(iy[k]), int(ix[k])) for k in order[_evenly(order.size, count)]]
+    iy, ix = np.nonzero(maps.measured)
+    return [(int(iy[k]), int(ix[k])) for k in _evenly(iy.size, count)]
 
 
 def _line_pixels(maps: RunMaps) -> list[tuple[int, int]]:

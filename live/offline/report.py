@@ -133,7 +133,11 @@ def ground_truth_errors(
     definitions on the noise-free spectra), ``delta_model`` / ``alpha_model`` (the film's maps).
     """
     valid_d, valid_a = valid if isinstance(valid, tuple) else (valid, valid)
-    out: dict[str, Any] = {"pixels_compared": int((valid_d & valid_a).sum())}
+    out: dict[str, Any] = {
+        "pixels_compared": int((valid_d & valid_a).sum()),
+        "pixels_compared_delta": int(valid_d.sum()),  # each error is over its own quantity's pixels
+        "pixels_compared_alpha": int(valid_a.sum()),
+    }
     if "delta_def" in truth and valid_d.any():
         err = delta_eV[valid_d] - truth["delta_def"][valid_d]
         out["delta_rms_error_meV"] = float(np.sqrt(np.mean(err.astype(np.float64) ** 2)) * 1e3)

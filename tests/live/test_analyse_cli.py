@@ -306,3 +306,7 @@ def test_summary_names_why_pixels_are_refused(tmp_path: Path, capsys: pytest.Cap
     assert r["pixels_valid_delta"] == 80 and r["delta_mean_meV"] is not None and r["alpha_mean"] is None
     assert r["reasons_alpha"] == {"WINDOW_NOT_COVERED": 80}
     assert "few_valid_alpha" in [w["code"] for w in r["warnings"]]
+    truth = r["ground_truth"]  # the Delta error is over the 80 Delta pixels, not over the 0 valid for both
+    assert (truth["pixels_compared"], truth["pixels_compared_delta"], truth["pixels_compared_alpha"]) == (0, 80, 0)
+    assert truth["delta_rms_error_meV"] < 0.05 and "alpha_rms_error" not in truth
+    assert r["delta_sigma_median_meV"] is not None and r["alpha_sigma_median"] is None

@@ -340,6 +340,23 @@ def test_failed_input_still_shows_its_spectra_with_the_reason(shared_data: Path,
     gap_text = "".join(t.get_text() for t in _axes_titled(maps, "Gap")[0].texts)
     assert "no valid pixel" in gap_text and "BIAS_STEP_TOO_COARSE 400" in gap_text
     assert any(isinstance(c, QuadMesh) for c in _axes_titled(maps, "AA exponent")[0].collections)
+    # the examples span what was extracted: alpha's lowest, median and highest pixel
+    alpha = inputs.maps.values("alpha", "alpha")
+    picked = [alpha[ex.iy, ex.ix] for ex in inputs.examples]
+    assert picked[0] == np.nanmin(alpha) and picked[-1] == np.nanmax(alpha) and picked[0] < picked[1] < picked[2]
+
+
+def test_examples_of_a_gap_only_sweep_span_its_delta(tmp_path: Path) -> None:
+    """+-15 mV: no pixel has alpha, every one has Delta; the examples are Delta's lowest, median and highest."""
+    path = tmp_path / "narrow.h5"
+    film = FilmParams(ny=6, nx=8, seed=1, bias_start_V=-0.015, bias_end_V=0.015, n_points=301)
+    write_film_archive(make_film(film), path)
+    inputs = _analysed(path)
+    delta = inputs.maps.values("delta_eV", "delta")
+    assert np.isfinite(delta).all() and not inputs.maps.valid("both").any()
+    picked = [delta[ex.iy, ex.ix] for ex in inputs.examples]
+    assert picked[0] == delta.min() and picked[-1] == delta.max() and picked[0] < picked[1] < picked[2]
+    assert all(ex.status == "alpha WINDOW_NOT_COVERED" and ex.model is not None for ex in inputs.examples)
 
 
 # -- dynes model against an independent integral --------------------------------------------
