@@ -11,8 +11,10 @@ results messages are :mod:`stslive.live.results_io`.
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -27,6 +29,7 @@ from stslive.live.flag_kinds import FLAG_DESCRIPTIONS as FLAG_DESCRIPTIONS
 from stslive.live.flag_kinds import FLAG_LABELS as FLAG_LABELS
 from stslive.live.flag_kinds import FlagKind as FlagKind
 from stslive.live.flag_kinds import SetFlagSummary, summarise_sets
+from stslive.live.provisional import ProvisionalWidth
 from stslive.live.snapshot_history import SnapshotHistory
 
 #: Fixed map layout: name -> (dtype, fill value, SI unit, description). The order is the display order.
@@ -62,6 +65,15 @@ MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
 
 #: what a model shows as the run state: a run's states, and "unknown" before any status arrived
 RUN_STATES = ("unknown", *SCAN_STATES)
+
+
+class _Keep(enum.Enum):
+    """A status field left out of :meth:`ResultsModel.update_status` (None there means "none")."""
+
+    KEEP = 0
+
+
+_KEEP = _Keep.KEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +179,11 @@ class MapStatistics:
 
 @dataclass(frozen=True, slots=True)
 class RunStatus:
-    """Where the run stands, as the viewer shows it."""
+    """Where the run stands, as the viewer shows it.
+
+    ``provisional_width``: set while the live analyser's results rest on a provisional template
+    width, None once it is fixed (or when no analyser said).
+    """
 
     state: str
     n_total: int
@@ -179,6 +195,7 @@ class RunStatus:
     message: str
     temperature_t: np.ndarray
     temperature_K: np.ndarray
+    provisional_width: ProvisionalWidth | None = None
 
     @property
     def progress(self) -> float:
@@ -244,6 +261,7 @@ class ResultsModel:
         self._current_set = -1
         self._last_seq = -1
         self._message = ""
+        self._provisional_width: ProvisionalWidth | None = None
         self._rate_override: float | None = None
         self._recent_times: deque[float] = deque(maxlen=max(2, rate_window))
         self._temp_t: deque[float] = deque(maxlen=temperature_points)
@@ -364,14 +382,21 @@ class ResultsModel:
         message: str | None = None,
         pixels_per_hour: float | None = None,
         temperature: tuple[float, float] | None = None,
+        provisional_width: ProvisionalWidth | Mapping[str, Any] | _Keep | None = _KEEP,
     ) -> None:
         """Update the run status; ``pixels_per_hour`` overrides the rate measured from pixel times.
 
-        ``temperature`` is one (unix time s, K) point appended to the trace.
+        ``temperature`` is one (unix time s, K) point appended to the trace. ``provisional_width``
+        (or its :meth:`ProvisionalWidth.to_dict`) while the analyser's template width is
+        provisional, None once it is fixed; left out, unchanged.
         """
         if state is not None and state not in RUN_STATES:
             raise AnalysisError(f"run state {state!r} unknown; one of {RUN_STATES}")
+        if isinstance(provisional_width, Mapping):
+            provisional_width = ProvisionalWidth.from_dict(provisional_width)
         with self.lock:
+            if not isinstance(provisional_width, _Keep):
+                self._provisional_width = provisional_width
             if state is not None:
                 self._state = state
             if current_set is not None:
@@ -468,6 +493,7 @@ class ResultsModel:
             recent = list(self._recent_times)
             rate = self._rate_override
             state, current_set, last_seq, message = self._state, self._current_set, self._last_seq, self._message
+            provisional = self._provisional_width
             temp_t = np.fromiter(self._temp_t, dtype=np.float64, count=len(self._temp_t))
             temp_K = np.fromiter(self._temp_K, dtype=np.float64, count=len(self._temp_K))
         if rate is None:
@@ -488,17 +514,20 @@ class ResultsModel:
             message=message,
             temperature_t=temp_t,
             temperature_K=temp_K,
+            provisional_width=provisional,
         )
 
     def status_fields(self) -> dict[str, Any]:
-        """The raw status fields (state, current_set, last_seq, message, rate override)."""
+        """The raw status fields (state, current_set, last_seq, message, rate override, provisional width as a dict)."""
         with self.lock:
+            provisional = self._provisional_width
             return {
                 "state": self._state,
                 "current_set": self._current_set,
                 "last_seq": self._last_seq,
                 "message": self._message,
                 "pixels_per_hour": self._rate_override,
+                "provisional_width": None if provisional is None else provisional.to_dict(),
             }
 
 

@@ -164,6 +164,7 @@ def load_maps_h5(path: str | Path) -> ResultsModel:
                 last_seq=st.get("last_seq"),
                 message=st.get("message"),
                 pixels_per_hour=st.get("pixels_per_hour"),
+                provisional_width=st.get("provisional_width"),
             )
         if "correlation" in f:
             g = f["correlation"]
@@ -360,6 +361,7 @@ def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], array
                 last_seq=header["last_seq"],
                 message=header.get("message") or "",
                 pixels_per_hour=header.get("pixels_per_hour"),
+                provisional_width=header.get("provisional_width"),
             )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, StreamError):

@@ -34,6 +34,7 @@ from stslive.live.pipeline import (
     instrument_of,
     result_maps,
 )
+from stslive.live.provisional import ProvisionalWidth
 from stslive.live.results import MAP_SPECS, PixelResult, ResultsModel
 
 
@@ -159,6 +160,14 @@ class RunContext:
     def provisional_width_eV(self) -> float | None:
         """The width the latest provisional results used (None: estimated per batch, or fixed)."""
         return self._provisional.dynes_width_eV if self.calibrating else None
+
+    @property
+    def provisional(self) -> ProvisionalWidth | None:
+        """The run-status field of the provisional width (None once the run's width is fixed)."""
+        if not self.calibrating:
+            return None
+        width = self.provisional_width_eV
+        return ProvisionalWidth(self.calibration_count, self.options.chunk, math.nan if width is None else width)
 
     def _sweep(self, set_id: int) -> tuple[float, float, int]:
         s = self.sets[set_id]
@@ -287,7 +296,7 @@ class RunContext:
         store_flags(self.model, iy, ix, result)
         if result.revised is not None:
             self._revised.append(result.revised)
-        self.model.update_status(current_set=int(ids[-1]))
+        self.model.update_status(current_set=int(ids[-1]), provisional_width=self.provisional)
         for p in pixels:
             self.last_time[(p.iy, p.ix)] = max(p.time, self.last_time.get((p.iy, p.ix), -math.inf))
         stages = self.stage_seconds

@@ -350,4 +350,5 @@ def _copy_into(src: ResultsModel, dst: ResultsModel) -> None:
         last_seq=st["last_seq"],
         message=st["message"],
         pixels_per_hour=st["pixels_per_hour"],
+        provisional_width=st["provisional_width"],
     )

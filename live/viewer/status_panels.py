@@ -9,13 +9,13 @@ not they are analysed yet, and a user abort reads "aborted by user", not "failed
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtWidgets
 
+from stslive.live.provisional import ProvisionalWidth
 from stslive.live.results import RunStatus, SetFlagSummary
 from stslive.live.viewer.panels import NoData, PixelCallback, flag_text, make_plot, set_title
 from stslive.live.viewer.scan_state import RunPhase, ScanView
@@ -38,8 +38,6 @@ PAUSE_WORDS = {
     "temperature": "temperature out of its band",
     "failures": "repeated failed pixels",
 }
-#: The analyser's status while it holds pixels to calibrate its template width ("... first 512 spectra").
-_CALIBRATING = re.compile(r"calibrating\b.*?(\d+)\s*spectra", re.IGNORECASE)
 
 
 def state_text(phase: RunPhase) -> tuple[str, str]:
@@ -59,20 +57,22 @@ def state_text(phase: RunPhase) -> tuple[str, str]:
     return text, STATE_COLORS.get(state, NEUTRAL_COLOR)
 
 
-def analysis_text(n_measured: int | None, n_analysed: int, message: str) -> str:
-    """Where the analysis stands against the measurement ("" when it has caught up).
+def analysis_text(n_measured: int | None, n_analysed: int, provisional: ProvisionalWidth | None) -> str:
+    """Where the analysis stands against the measurement, and whether its values are final ("" when both hold).
 
     ``n_measured`` None: the measured count is unknown (a stream without its archive).
+    ``provisional``: the analyser's status while its template width is provisional (its values
+    are then analysed again once the width is fixed).
     """
-    calibrating = _CALIBRATING.search(message or "")
-    if calibrating is not None and n_analysed == 0:
-        target = int(calibrating.group(1))
-        if n_measured is None:
-            return f"calibrating the analysis on the first {target} spectra"
-        return f"calibrating ({min(n_measured, target)} of {target})"
+    parts = []
     if n_measured is not None and n_analysed < n_measured:
-        return f"analysed {n_analysed:,} of {n_measured:,}" if n_analysed else "not analysed yet"
-    return ""
+        parts.append(f"analysed {n_analysed:,} of {n_measured:,}" if n_analysed else "not analysed yet")
+    if provisional is not None:
+        width = f" {provisional.width_eV * 1e3:.3f} meV" if math.isfinite(provisional.width_eV) else ""
+        parts.append(
+            f"provisional: template width{width} fixed after {provisional.spectra:,} of {provisional.needed:,} spectra"
+        )
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def screen_status(st: RunStatus, view: ScanView | None) -> ScreenStatus:
         eta_s=eta,
         current_set=st.current_set,
         last_seq=st.last_seq,
-        analysis=analysis_text(None if view is None else measured, st.n_measured, st.message),
+        analysis=analysis_text(None if view is None else measured, st.n_measured, st.provisional_width),
         note="" if view is None else view.note,
     )
 

@@ -19,6 +19,7 @@ from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.runmodel import PixelMeta
 from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 from stslive.drivers.errors import ArchiveError, ConfigError, StreamError
+from stslive.live.provisional import ProvisionalWidth
 from stslive.live.results import FlagKind, ResultsModel
 from stslive.live.results_io import save_maps_h5
 from stslive.live.viewer.archive_open import open_for_viewing
@@ -32,7 +33,8 @@ from stslive.live.viewer.window import check_window_size, qt_app, render_snapsho
 
 NY, NX, NPTS = 12, 16, 201
 BIAS = np.linspace(-0.02, 0.02, NPTS)
-CALIBRATING = "0 pixels analysed (calibrating the template width on the first 512 spectra)"  # the analyser's words
+#: the analyser's status before its template width is fixed: results provisional, none yet
+PROVISIONAL = ProvisionalWidth(spectra=0, needed=512)
 
 
 def current(delta_eV: float = 1.2e-3) -> np.ndarray:
@@ -166,18 +168,77 @@ def test_an_aborted_run_is_not_shown_as_failed(tmp_path, window_factory):
 
 # -- useful from the first pixel --------------------------------------------------------------
 def test_calibration_text():
-    assert analysis_text(300, 0, CALIBRATING) == "calibrating (300 of 512)"
-    assert analysis_text(900, 0, CALIBRATING) == "calibrating (512 of 512)"
-    assert analysis_text(None, 0, CALIBRATING) == "calibrating the analysis on the first 512 spectra"
-    assert analysis_text(900, 600, "600 pixels analysed") == "analysed 600 of 900"
-    assert analysis_text(900, 900, "900 pixels analysed") == ""
+    """How far the analysis is behind, and whether its values are final: from the status fields, not its words."""
+    provisional = ProvisionalWidth(spectra=300, needed=512, width_eV=0.1e-3)
+    words = "provisional: template width 0.100 meV fixed after 300 of 512 spectra"
+    assert analysis_text(300, 300, provisional) == words
+    assert analysis_text(900, 600, provisional) == f"analysed 600 of 900; {words}"
+    assert analysis_text(None, 0, PROVISIONAL) == "provisional: template width fixed after 0 of 512 spectra"
+    assert analysis_text(900, 0, None) == "not analysed yet"
+    assert analysis_text(900, 600, None) == "analysed 600 of 900"
+    assert analysis_text(900, 900, None) == ""
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"spectra": "12", "needed": 512},
+        {"spectra": 12},
+        {"spectra": 12, "needed": 0},
+        {"spectra": 12, "needed": 512, "width_eV": "wide"},
+        {"spectra": 12, "needed": 512, "width": 1e-4},
+    ],
+)
+def test_a_malformed_provisional_width_is_refused_and_changes_nothing(bad: dict) -> None:
+    from stslive.drivers.errors import AnalysisError, StsliveError
+    from stslive.live.results_io import apply_message, status_message
+
+    model = ResultsModel(2, 2)
+    model.update_status(provisional_width=PROVISIONAL)
+    with pytest.raises(AnalysisError):
+        model.update_status(provisional_width=bad)
+    topic, header, arrays = status_message(model)
+    with pytest.raises(StsliveError):  # what a viewer's stream source counts as rejected
+        apply_message(model, topic, {**header, "provisional_width": bad}, arrays)
+    assert model.status().provisional_width == PROVISIONAL
+
+
+def test_the_analysers_provisional_width_reaches_the_banner_through_the_stream() -> None:
+    """The live analyser says its values are provisional until the run's width is fixed, then says nothing."""
+    from test_analyser_sim import geometry, make_lab, make_sets, measure_run, pixel_inputs, start_fields
+
+    from stslive.live.flag_config import FlagConfig
+    from stslive.live.kernels import KernelOptions
+    from stslive.live.results_io import apply_message, decode_message, encode_message, status_message
+    from stslive.live.run_context import RunContext
+    from stslive.live.viewer.status_panels import screen_status
+    from stslive.mocks.faults import FaultPlan
+
+    sets = make_sets()
+    pixels = pixel_inputs(list(measure_run(make_lab(4, 8, FaultPlan.from_list([])), sets, lambda iy, ix: 0)))
+    options = KernelOptions(chunk=20)
+    live = RunContext("live", start_fields(geometry(4, 8), sets), options=options, flag_config=FlagConfig())
+    viewer = ResultsModel(4, 8)
+
+    def banner() -> str:
+        apply_message(viewer, *decode_message(encode_message(*status_message(live.model))))
+        return screen_status(viewer.status(), None).analysis
+
+    live.process(pixels[:12])
+    width = live.provisional_width_eV
+    assert width is not None and banner() == (
+        f"provisional: template width {width * 1e3:.3f} meV fixed after 12 of 20 spectra"
+    )
+    live.process(pixels[12:25])  # the 20th spectrum fixes the width
+    assert live.provisional is None and banner() == ""
+    assert viewer.status().provisional_width is None
 
 
 def test_screen_shows_measured_pixels_and_raw_spectra_while_the_analyser_calibrates(tmp_path, window_factory):
     run = tmp_path / "RUN.h5"
     write_archive(run, pixels=100)
     model = ResultsModel(NY, NX, pixel_nm=1.0)
-    model.update_status(state="running", message=CALIBRATING)
+    model.update_status(state="running", message="0 pixels analysed", provisional_width=PROVISIONAL)
     save_maps_h5(model, tmp_path / "RUN.analysis.h5")
     source = loaded(FileSource(run))
     w = window_factory(source.model, source)
@@ -187,7 +248,9 @@ def test_screen_shows_measured_pixels_and_raw_spectra_while_the_analyser_calibra
         w.redraw_all()
         qt_app().processEvents()
         time.sleep(0.02)
-    assert w.banner.analysis.text() == "<b>calibrating (100 of 512)</b>"
+    assert w.banner.analysis.text() == (
+        "<b>not analysed yet; provisional: template width fixed after 0 of 512 spectra</b>"
+    )  # the provisional status read from the analysis file
     assert w.banner.progress.value() == round(1000 * 100 / (NY * NX))  # measured, not the 0 analysed
     backdrop = w.delta_map.backdrop.image
     assert backdrop is not None and w.delta_map.backdrop.isVisible()
