@@ -1,0 +1,248 @@
+"""Bias-corrected correlation figures and 90 % intervals for the film's true values (parametric bootstrap).
+
+A map's 1/e lengths and rho_cross(0) estimate the parameters of the random process that made the
+film, but a finite map estimates them with a bias (the map's own mean and sigma are removed, the
+profile is cut by the frame and by the unmeasured pixels) and a scatter that a profile alone does
+not show. Neither can be read off one map, and block or subsampling methods need blocks many
+lengths wide, which maps of 10-20 lengths do not have. So the map is matched with a Gaussian
+random-field model (:class:`~stslive.live.correlation_model.FieldModel`) by indirect inference,
+and the model is simulated on the map's own frame and mask through the very estimator the report
+uses (:class:`~stslive.live.correlation_estimator.MaskedCorrelator`):
+
+1. start from the map's figures (and nuggets from the first rings of its auto-profiles);
+2. ``iterations`` times: simulate ``calibration_replicates`` maps, then scale each model length by
+   (map's length / median simulated length) and shift rho_0 by (map's rho - median simulated rho):
+   the model whose *estimated* figures have the map's figures as their median;
+3. simulate ``replicates`` maps of that model; the pivot q = log(simulated l / model l) (for
+   rho: simulated - model) has the distribution that the map's own error has if the map came from
+   the model, so [l e^-q95, l e^-q5] holds the true l with 90 % probability (basic bootstrap,
+   on the log scale for lengths, whose error is closer to proportional), and l e^-median(q) is
+   the median-unbiased corrected length.
+
+A simulated length that never falls to 1/e inside the half box counts as infinitely long; when
+more than 5 % do, the interval has no upper bound (``inf``). The same seeds are drawn at every
+iteration (common random numbers), so the calibration moves the model smoothly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from stslive.drivers.errors import AnalysisError
+from stslive.live.correlation_estimator import (
+    FIT_SPAN,
+    MaskedCorrelator,
+    ProfileSet,
+    RadialProfile,
+    gaussian_fit_length,
+    length_1e,
+)
+from stslive.live.correlation_model import MAX_NUGGET, FieldModel, FieldSimulator
+
+__all__ = ["FIGURES", "FigureIntervals", "figure_intervals", "fit_figures"]
+
+FloatArray = npt.NDArray[np.float64]
+
+#: The figures with intervals, in the order of every figure array here (lengths in metres).
+FIGURES = ("l_delta", "l_alpha", "l_cross", "rho_cross_0")
+#: A calibration step scales a length by at most this factor (or its inverse): a replicate set
+#: whose median never reached 1/e must not throw the model to zero in one step.
+MAX_STEP = 2.0
+
+
+class FigureIntervals(NamedTuple):
+    """Corrected figures and their intervals, arrays in :data:`FIGURES` order (lengths in metres).
+
+    Attributes
+    ----------
+    corrected
+        Median-unbiased estimates of the process's figures (NaN where the map has none).
+    low, high
+        Interval bounds; ``high`` is ``inf`` where the map cannot exclude longer lengths.
+    model
+        The calibrated model the intervals come from.
+    replicates
+        Number of simulated maps behind the quantiles.
+    """
+
+    corrected: FloatArray
+    low: FloatArray
+    high: FloatArray
+    model: FieldModel
+    replicates: int
+
+
+def fit_figures(profiles: ProfileSet) -> FloatArray:
+    """The statistics the intervals are built on: Gaussian-fit lengths (m) and rho_cross(0).
+
+    Each length is :func:`~stslive.live.correlation_estimator.gaussian_fit_length` over rings out to
+    FIT_SPAN times the profile's 1/e length (the whole profile where it has none); NaN where
+    the fit finds no minimum.
+    """
+    out = []
+    for profile, absolute in ((profiles.delta, False), (profiles.alpha, False), (profiles.cross, True)):
+        reference = length_1e(profile, absolute=absolute)
+        if not math.isfinite(reference) and profile.radius_m.size:
+            reference = float(profile.radius_m[-1]) / FIT_SPAN
+        out.append(gaussian_fit_length(profile, reference_m=reference))
+    out.append(profiles.rho_cross_0)
+    return np.array(out)
+
+
+def _nugget(profile: RadialProfile, length_m: float) -> float:
+    """Noise fraction of a map: 1 - the Gaussian fit of ln rho(r) on 0 < r <= l, extrapolated to r = 0.
+
+    Needs two rings inside the length with positive values; else 0 (nothing to extrapolate from).
+    """
+    r, v = profile.radius_m[1:], profile.value[1:]
+    use = (r <= length_m) & (v > 0)
+    if not math.isfinite(length_m) or np.count_nonzero(use) < 2:
+        return 0.0
+    slope, intercept = np.polyfit(r[use] ** 2, np.log(v[use]), 1)
+    del slope
+    return float(np.clip(1.0 - math.exp(intercept), 0.0, MAX_NUGGET))
+
+
+def _simulate(correlator: MaskedCorrelator, model: FieldModel, seeds: range, seed: int) -> FloatArray:
+    """Figures of maps simulated from ``model`` on the correlator's frame and masks, (n, 4)."""
+    simulator = FieldSimulator(model, correlator.shape, pixel_size_m=correlator.pixel_m)
+    out = np.empty((len(seeds), len(FIGURES)))
+    for row, i in enumerate(seeds):
+        x, y = simulator.sample(np.random.default_rng([seed, i]))
+        out[row] = fit_figures(correlator.profiles(x, y, dtype=np.float32))
+    out[:, :3] = np.where(np.isnan(out[:, :3]), np.inf, out[:, :3])  # no fit: counted as unmeasurably long
+    return out
+
+
+def _calibrated(model: FieldModel, observed: FloatArray, simulated: FloatArray) -> FieldModel:
+    """One indirect-inference step: the model moved so that its simulated medians approach ``observed``."""
+    median = np.median(simulated, axis=0)
+    lengths = []
+    for current, seen, med in zip(model.figures()[:3], observed[:3], median[:3], strict=True):
+        ratio = seen / med if math.isfinite(seen) else 1.0
+        lengths.append(current * float(np.clip(ratio, 1.0 / MAX_STEP, MAX_STEP)))
+    rho = float(np.clip(model.rho_0 + observed[3] - median[3], -1.0, 1.0))
+    return FieldModel(lengths[0], lengths[1], lengths[2], rho, model.nugget_x, model.nugget_y).valid()
+
+
+def _scaled(model: FieldModel, u: float) -> FieldModel:
+    """The model with every length multiplied by e^u (rho_0's ceiling is scale-free, so it stays valid)."""
+    f = math.exp(u)
+    return FieldModel(model.l_x_m * f, model.l_y_m * f, model.l_xy_m * f, model.rho_0, model.nugget_x, model.nugget_y)
+
+
+def _hull(u: FloatArray, q_low: FloatArray, q_high: FloatArray, seen: float) -> tuple[float, float]:
+    """Hull of the scales u whose [q_low, q_high] holds ``seen`` (curves piecewise linear between grid points)."""
+    dense = np.linspace(u[0], u[-1], 64 * len(u))
+    lo, hi = np.interp(dense, u, q_low), np.interp(dense, u, q_high)
+    ok = np.flatnonzero((lo <= seen) & (seen <= hi))
+    if ok.size == 0:
+        return math.nan, math.nan
+    return float(dense[ok[0]]), float(dense[ok[-1]])
+
+
+def figure_intervals(
+    correlator: MaskedCorrelator,
+    profiles: ProfileSet,
+    *,
+    level: float = 0.90,
+    replicates: int = 60,
+    calibration_replicates: int = 0,
+    max_runs: int = 8,
+    seed: int = 0,
+) -> FigureIntervals:
+    """Intervals for the process's figures of a map pair (module docstring).
+
+    Parameters
+    ----------
+    correlator
+        The estimator built on the map pair's masks.
+    profiles
+        The map pair's profiles from that estimator.
+    level
+        Coverage of the intervals (0.9: a 90 % interval).
+    replicates
+        Simulated maps per length scale.
+    calibration_replicates
+        Simulated maps of the calibration step (0: none).
+    max_runs
+        Most length scales simulated.
+    seed
+        Seed of the simulations (the same seed gives the same intervals).
+
+    Returns
+    -------
+    FigureIntervals
+        NaN where the map itself has no figure (a length never reached in the half box).
+    """
+    if not 0.0 < level < 1.0:
+        raise AnalysisError(f"level must lie in (0, 1); got {level}.")
+    if replicates < 20 or calibration_replicates < 0 or max_runs < 1:
+        raise AnalysisError("need replicates >= 20, calibration_replicates >= 0 and max_runs >= 1.")
+    observed = fit_figures(profiles)
+    pixel = min(correlator.pixel_m)
+    box = min(correlator.shape[0] * correlator.pixel_m[0], correlator.shape[1] * correlator.pixel_m[1]) / 2.0
+    start = np.maximum(np.where(np.isfinite(observed[:3]), observed[:3], box), 0.5 * pixel)
+    model = FieldModel(
+        float(start[0]),
+        float(start[1]),
+        float(start[2]),
+        float(np.clip(observed[3], -1.0, 1.0)),
+        _nugget(profiles.delta, length_1e(profiles.delta, absolute=False)),
+        _nugget(profiles.alpha, length_1e(profiles.alpha, absolute=False)),
+    ).valid()
+    if calibration_replicates:
+        model = _calibrated(model, observed, _simulate(correlator, model, range(calibration_replicates), seed))
+    seeds = range(calibration_replicates, calibration_replicates + replicates)  # one seed set: common numbers
+    runs = {0.0: _simulate(correlator, model, seeds, seed)}
+    tail = (1.0 - level) / 2.0
+    # finite stand-ins for lengths too short (0) or too long (inf) to measure, so quantiles order them
+    bounds = (math.log(1e-6 * box), math.log(1e6 * box))
+    with np.errstate(divide="ignore"):
+        seen = np.clip(np.log(observed[:3]), *bounds)
+    lengths = model.figures()[:3]
+    u_min, u_max = math.log(0.5 * pixel / lengths.min()), math.log(20.0 * box / lengths.max())
+
+    def curves() -> tuple[FloatArray, FloatArray]:
+        scales = np.array(sorted(runs))
+        with np.errstate(divide="ignore"):
+            logs = np.clip(np.log(np.stack([runs[k][:, :3] for k in scales])), *bounds)
+        return scales, np.quantile(logs, [tail, 0.5, 1.0 - tail], axis=1)
+
+    scales, q = curves()
+    spread = (q[2, 0] - q[0, 0])[np.isfinite(seen)] / 2.0
+    step = 1.5 * float(np.clip(np.median(spread) if spread.size else 0.2, 0.05, 0.7))
+    open_low, open_high = False, False
+    for _ in range(max_runs - 1):
+        open_low = bool(np.any(q[2, 0] >= seen))  # the smallest scale simulated is still accepted
+        open_high = bool(np.any(q[0, -1] <= seen))  # the largest one too
+        added = False
+        if open_low and scales[0] - step >= u_min:
+            runs[scales[0] - step] = _simulate(correlator, _scaled(model, scales[0] - step), seeds, seed)
+            added = True
+        if open_high and scales[-1] + step <= u_max:
+            runs[scales[-1] + step] = _simulate(correlator, _scaled(model, scales[-1] + step), seeds, seed)
+            added = True
+        if not added:
+            break
+        scales, q = curves()
+    open_low = bool(np.any(q[2, 0] >= seen))
+    open_high = bool(np.any(q[0, -1] <= seen))
+    corrected, low, high = np.full(4, np.nan), np.full(4, np.nan), np.full(4, np.nan)
+    for j in np.flatnonzero(np.isfinite(seen)):
+        u_lo, u_hi = _hull(scales, q[0, :, j], q[2, :, j], float(seen[j]))
+        if math.isnan(u_lo):
+            continue  # no simulated scale mimics the map: no interval rather than a wrong one
+        low[j] = 0.0 if open_low and u_lo == scales[0] else lengths[j] * math.exp(u_lo)
+        high[j] = math.inf if open_high and u_hi == scales[-1] else lengths[j] * math.exp(u_hi)
+        median = np.maximum.accumulate(q[1, :, j])
+        corrected[j] = lengths[j] * math.exp(float(np.interp(seen[j], median, scales)))
+    # rho_cross(0): its error hardly depends on the scale; the basic bootstrap at the calibrated model
+    base = runs[0.0][:, 3] - model.rho_0
+    q_rho = np.quantile(base, [tail, 0.5, 1.0 - tail])
+    corrected[3], low[3], high[3] = np.clip(observed[3] - q_rho[[1, 2, 0]], -1.0, 1.0)
+    return FigureIntervals(corrected, low, high, model, replicates * len(runs))
