@@ -205,7 +205,8 @@ def figure_intervals(
     with np.errstate(divide="ignore"):
         seen = np.clip(np.log(observed[:3]), *bounds)
     lengths = model.figures()[:3]
-    u_min, u_max = math.log(0.5 * pixel / lengths.min()), math.log(20.0 * box / lengths.max())
+    # scales beyond 4 half boxes are "longer than the map": an interval reaching them is unbounded
+    u_min, u_max = math.log(0.5 * pixel / lengths.min()), math.log(4.0 * box / lengths.max())
 
     def curves() -> tuple[FloatArray, FloatArray]:
         scales = np.array(sorted(runs))
