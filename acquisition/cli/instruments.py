@@ -4,9 +4,8 @@ Connects to each instrument given (STM controller, lock-in, thermometer), prints
 and present settings, and exits non-zero naming every instrument that failed. All given
 instruments are checked even when one fails, so one run shows everything that needs fixing.
 
-``--config RUN.toml`` reads only the ``[instruments]`` table of a run config (the full config
-is issue 4's); each key is a VISA resource string or a table with ``resource`` and optional
-``timeout_s``::
+``--config RUN.toml`` reads only the ``[instruments]`` table of a run config; each key is a VISA
+resource string or a table with ``resource`` and optional ``timeout_s``::
 
     [instruments]
     stm = "TCPIP::192.168.1.10::6501::SOCKET"
@@ -26,7 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from stslive.drivers.errors import ConfigError, StsliveError
+from stslive.drivers.lakeshore import open_thermometer
+from stslive.drivers.nanonis import NanonisController
+from stslive.drivers.sr830 import open_lockin
 from stslive.drivers.tomlfile import read_toml
+from stslive.drivers.visa import VisaSettings
 
 ROLES = ("stm", "lockin", "thermometer")
 _TABLE_KEYS = {"resource", "timeout_s", "channel"}
@@ -74,9 +77,7 @@ def read_instruments_table(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> Any:
-    from stslive.drivers.visa import VisaSettings
-
+def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> VisaSettings:
     timeout = args.timeout if args.timeout is not None else float(entry.get("timeout_s", 3.0))
     return VisaSettings(
         str(entry["resource"]),
@@ -89,8 +90,6 @@ def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> Any:
 
 def check_stm(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, bias (V), current set-point (A) and feedback of the Nanonis controller."""
-    from stslive.drivers.nanonis import NanonisController
-
     stm = NanonisController(_settings(entry, args))
     try:
         return {
@@ -105,8 +104,6 @@ def check_stm(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, A
 
 def check_lockin(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, frequency (Hz), amplitude (V rms), time constant (s), sensitivity (V), status."""
-    from stslive.drivers.sr830 import open_lockin
-
     with open_lockin(_settings(entry, args)) as lockin:
         status = lockin.status()
         return {
@@ -123,8 +120,6 @@ def check_lockin(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str
 
 def check_thermometer(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, temperature (K) of the sample input, scanner channel."""
-    from stslive.drivers.lakeshore import open_thermometer
-
     channel = args.thermometer_channel or entry.get("channel", "A")
     with open_thermometer(_settings(entry, args), channel=channel) as thermometer:
         scanner, autoscan = thermometer.scanner_channel()

@@ -233,7 +233,7 @@ class RunSubscriber:
                 # a waiting message needs no poll: pyzmq's Socket.poll builds a Poller per call,
                 # which costs as much as decoding the event. Copied frames (bytes), not zmq.Frame:
                 # one memcpy of an event costs less CPU than the Frame objects (measured with
-                # stslive bench-analyser)
+                # stslive bench analyser)
                 frames = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 left_ms = max(0, int((deadline - time.monotonic()) * 1000))
