@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stslive.acquisition.formats.codec import json_safe
 from stslive.acquisition.jobs import bench_convergence as bench
+from stslive.drivers.errors import ConfigError
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -28,30 +29,25 @@ def _fractions(text: str) -> tuple[float, ...]:
     return values
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"need at least 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``stslive bench convergence``."""
-    parser.add_argument("--seeds", type=_count, default=12, help="film seeds 0..N-1 (default 12)")
+    parser.add_argument("--seeds", type=int, default=12, help="film seeds 0..N-1 (default 12)")
     parser.add_argument(
         "--fractions",
         type=_fractions,
         default=bench.FRACTIONS,
         help="percentages of the pixels (default 1,2,5,10,20,50,100)",
     )
-    parser.add_argument("--ny", type=_count, default=250, help="rows of the film (default 250, the paper's)")
-    parser.add_argument("--nx", type=_count, default=300, help="columns of the film (default 300, the paper's)")
+    parser.add_argument("--ny", type=int, default=250, help="rows of the film (default 250, the paper's)")
+    parser.add_argument("--nx", type=int, default=300, help="columns of the film (default 300, the paper's)")
     parser.add_argument("--replicates", type=int, default=60, help="simulated maps per length scale (default 60)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder of convergence.json/.png (default .)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table and the goals; 1 if a goal is missed."""
+    if min(args.seeds, args.ny, args.nx) < 1 or args.replicates < 20:
+        raise ConfigError("bench convergence needs --seeds, --ny, --nx >= 1 and --replicates >= 20")
     estimates = bench.run_benchmark(
         seeds=range(args.seeds), fractions=args.fractions, ny=args.ny, nx=args.nx, replicates=args.replicates
     )
