@@ -32,12 +32,9 @@ def test_goals_count_seeds_within_the_limits_and_covered() -> None:
     estimates = [estimate("progressive", 0.05, s, e, True) for s, e in enumerate((0.12, -0.12, 0.0, 0.3))]
     estimates += [estimate("progressive", 0.20, s, e, s != 0) for s, e in enumerate((0.05, 0.2, 0.0, -0.2))]
     lines = dict(bench.goal_lines(estimates))
-    assert lines[
-        "progressive, 5 % of the pixels: l_Delta (nm) within 0.15 relative of the truth in 75 % of 4 seeds (goal >= 75 %)"
-    ]
-    assert not lines[
-        "progressive, 20 % of the pixels: l_alpha (nm) within 0.1 relative of the truth in 50 % of 4 seeds (goal >= 75 %)"
-    ]
+    share = "relative of the truth in {} % of 4 seeds (goal >= 75 %)"
+    assert lines["progressive, 5 % of the pixels: l_Delta (nm) within 0.15 " + share.format(75)]
+    assert not lines["progressive, 20 % of the pixels: l_alpha (nm) within 0.1 " + share.format(50)]
     assert lines[
         "progressive, 20 % of the pixels: every 90 % interval covers the truth in >= 75 % of 4 seeds (goal >= 75 %)"
     ]
