@@ -1,27 +1,25 @@
 """Bias-corrected correlation figures and 90 % intervals for the film's true values (parametric bootstrap).
 
-A map's 1/e lengths and rho_cross(0) estimate the parameters of the random process that made the
-film, but a finite map estimates them with a bias (the map's own mean and sigma are removed, the
-profile is cut by the frame and by the unmeasured pixels) and a scatter that a profile alone does
-not show. Neither can be read off one map, and block or subsampling methods need blocks many
-lengths wide, which maps of 10-20 lengths do not have. So the map is matched with a Gaussian
-random-field model (:class:`~stslive.live.correlation_model.FieldModel`) by indirect inference,
-and the model is simulated on the map's own frame and mask through the very estimator the report
-uses (:class:`~stslive.live.correlation_estimator.MaskedCorrelator`):
+A map's lengths and rho_cross(0) estimate the parameters of the random process that made the
+film, but a finite map estimates them with a bias (the map's own mean is removed, the frame and
+the unmeasured pixels cut the profile) and a scatter that one profile does not show. Block or
+subsampling methods need blocks many lengths wide, which maps of 10-20 lengths do not have. So
+the map is compared with a Gaussian random-field model (:class:`~stslive.live.correlation_model.FieldModel`)
+simulated on the map's own frame and mask and analysed by the very estimator the report uses
+(:class:`~stslive.live.correlation_estimator.MaskedCorrelator`, statistic :func:`fit_figures`):
 
-1. start from the map's figures (and nuggets from the first rings of its auto-profiles);
-2. ``iterations`` times: simulate ``calibration_replicates`` maps, then scale each model length by
-   (map's length / median simulated length) and shift rho_0 by (map's rho - median simulated rho):
-   the model whose *estimated* figures have the map's figures as their median;
-3. simulate ``replicates`` maps of that model; the pivot q = log(simulated l / model l) (for
-   rho: simulated - model) has the distribution that the map's own error has if the map came from
-   the model, so [l e^-q95, l e^-q5] holds the true l with 90 % probability (basic bootstrap,
-   on the log scale for lengths, whose error is closer to proportional), and l e^-median(q) is
-   the median-unbiased corrected length.
+1. the model starts at the map's figures, nuggets from the first rings of its auto-profiles;
+2. it is simulated (``replicates`` maps, the same seeds at every scale) with every length scaled
+   by e^u, on a ladder of u that grows until, for each length, the map's statistic leaves the
+   simulated 5-95 % band at both ends (or u passes half a pixel or four half boxes);
+3. a length's interval is the set of scales whose band holds the map's statistic (test
+   inversion; bands interpolated between rungs), its corrected value the scale whose simulated
+   median equals it. Unlike the basic bootstrap this stays right when the scatter grows with
+   the length, as it does once a length nears the frame.
 
-A simulated length that never falls to 1/e inside the half box counts as infinitely long; when
-more than 5 % do, the interval has no upper bound (``inf``). The same seeds are drawn at every
-iteration (common random numbers), so the calibration moves the model smoothly.
+rho_cross(0), whose error hardly depends on the scale, takes the basic bootstrap at u = 0:
+[rho - q95, rho - q5] of the simulated rho - rho_0. A bound beyond the ladder's end is 0 or
+``inf`` (unbounded); a length the map itself does not show gets NaN.
 """
 
 from __future__ import annotations
@@ -49,9 +47,6 @@ FloatArray = npt.NDArray[np.float64]
 
 #: The figures with intervals, in the order of every figure array here (lengths in metres).
 FIGURES = ("l_delta", "l_alpha", "l_cross", "rho_cross_0")
-#: A calibration step scales a length by at most this factor (or its inverse): a replicate set
-#: whose median never reached 1/e must not throw the model to zero in one step.
-MAX_STEP = 2.0
 
 
 class FigureIntervals(NamedTuple):
@@ -64,7 +59,7 @@ class FigureIntervals(NamedTuple):
     low, high
         Interval bounds; ``high`` is ``inf`` where the map cannot exclude longer lengths.
     model
-        The calibrated model the intervals come from.
+        The model at scale 0 (started at the map's figures) the ladder scales.
     replicates
         Number of simulated maps behind the quantiles.
     """
@@ -102,8 +97,7 @@ def _nugget(profile: RadialProfile, length_m: float) -> float:
     use = (r <= length_m) & (v > 0)
     if not math.isfinite(length_m) or np.count_nonzero(use) < 2:
         return 0.0
-    slope, intercept = np.polyfit(r[use] ** 2, np.log(v[use]), 1)
-    del slope
+    intercept = np.polyfit(r[use] ** 2, np.log(v[use]), 1)[1]
     return float(np.clip(1.0 - math.exp(intercept), 0.0, MAX_NUGGET))
 
 
@@ -116,17 +110,6 @@ def _simulate(correlator: MaskedCorrelator, model: FieldModel, seeds: range, see
         out[row] = fit_figures(correlator.profiles(x, y, dtype=np.float32))
     out[:, :3] = np.where(np.isnan(out[:, :3]), np.inf, out[:, :3])  # no fit: counted as unmeasurably long
     return out
-
-
-def _calibrated(model: FieldModel, observed: FloatArray, simulated: FloatArray) -> FieldModel:
-    """One indirect-inference step: the model moved so that its simulated medians approach ``observed``."""
-    median = np.median(simulated, axis=0)
-    lengths = []
-    for current, seen, med in zip(model.figures()[:3], observed[:3], median[:3], strict=True):
-        ratio = seen / med if math.isfinite(seen) else 1.0
-        lengths.append(current * float(np.clip(ratio, 1.0 / MAX_STEP, MAX_STEP)))
-    rho = float(np.clip(model.rho_0 + observed[3] - median[3], -1.0, 1.0))
-    return FieldModel(lengths[0], lengths[1], lengths[2], rho, model.nugget_x, model.nugget_y).valid()
 
 
 def _scaled(model: FieldModel, u: float) -> FieldModel:
@@ -151,7 +134,6 @@ def figure_intervals(
     *,
     level: float = 0.90,
     replicates: int = 60,
-    calibration_replicates: int = 0,
     max_runs: int = 8,
     seed: int = 0,
 ) -> FigureIntervals:
@@ -167,8 +149,6 @@ def figure_intervals(
         Coverage of the intervals (0.9: a 90 % interval).
     replicates
         Simulated maps per length scale.
-    calibration_replicates
-        Simulated maps of the calibration step (0: none).
     max_runs
         Most length scales simulated.
     seed
@@ -181,12 +161,12 @@ def figure_intervals(
     """
     if not 0.0 < level < 1.0:
         raise AnalysisError(f"level must lie in (0, 1); got {level}.")
-    if replicates < 20 or calibration_replicates < 0 or max_runs < 1:
-        raise AnalysisError("need replicates >= 20, calibration_replicates >= 0 and max_runs >= 1.")
+    if replicates < 20 or max_runs < 1:
+        raise AnalysisError(f"need replicates >= 20 and max_runs >= 1; got {replicates} and {max_runs}.")
     observed = fit_figures(profiles)
     pixel = min(correlator.pixel_m)
     box = min(correlator.shape[0] * correlator.pixel_m[0], correlator.shape[1] * correlator.pixel_m[1]) / 2.0
-    start = np.maximum(np.where(np.isfinite(observed[:3]), observed[:3], box), 0.5 * pixel)
+    start = np.where((observed[:3] > 0) & np.isfinite(observed[:3]), observed[:3], box)
     model = FieldModel(
         float(start[0]),
         float(start[1]),
@@ -195,55 +175,47 @@ def figure_intervals(
         _nugget(profiles.delta, length_1e(profiles.delta, absolute=False)),
         _nugget(profiles.alpha, length_1e(profiles.alpha, absolute=False)),
     ).valid()
-    if calibration_replicates:
-        model = _calibrated(model, observed, _simulate(correlator, model, range(calibration_replicates), seed))
-    seeds = range(calibration_replicates, calibration_replicates + replicates)  # one seed set: common numbers
+    seeds = range(replicates)  # the same seeds at every scale: common random numbers
     runs = {0.0: _simulate(correlator, model, seeds, seed)}
     tail = (1.0 - level) / 2.0
     # finite stand-ins for lengths too short (0) or too long (inf) to measure, so quantiles order them
     bounds = (math.log(1e-6 * box), math.log(1e6 * box))
     with np.errstate(divide="ignore"):
-        seen = np.clip(np.log(observed[:3]), *bounds)
+        seen = np.clip(np.log(observed[:3]), *bounds)  # NaN stays NaN: no figure, no interval
     lengths = model.figures()[:3]
-    # scales beyond 4 half boxes are "longer than the map": an interval reaching them is unbounded
     u_min, u_max = math.log(0.5 * pixel / lengths.min()), math.log(4.0 * box / lengths.max())
 
-    def curves() -> tuple[FloatArray, FloatArray]:
+    def bands() -> tuple[FloatArray, FloatArray]:
+        """Scales simulated, and the (tail, median, 1 - tail) quantiles of log length, (3, scales, 3)."""
         scales = np.array(sorted(runs))
         with np.errstate(divide="ignore"):
             logs = np.clip(np.log(np.stack([runs[k][:, :3] for k in scales])), *bounds)
         return scales, np.quantile(logs, [tail, 0.5, 1.0 - tail], axis=1)
 
-    scales, q = curves()
+    scales, q = bands()
     spread = (q[2, 0] - q[0, 0])[np.isfinite(seen)] / 2.0
     step = 1.5 * float(np.clip(np.median(spread) if spread.size else 0.2, 0.05, 0.7))
-    open_low, open_high = False, False
     for _ in range(max_runs - 1):
-        open_low = bool(np.any(q[2, 0] >= seen))  # the smallest scale simulated is still accepted
-        open_high = bool(np.any(q[0, -1] <= seen))  # the largest one too
         added = False
-        if open_low and scales[0] - step >= u_min:
+        if np.any(q[2, 0] >= seen) and scales[0] - step >= u_min:  # the smallest scale still holds a map
             runs[scales[0] - step] = _simulate(correlator, _scaled(model, scales[0] - step), seeds, seed)
             added = True
-        if open_high and scales[-1] + step <= u_max:
+        if np.any(q[0, -1] <= seen) and scales[-1] + step <= u_max:  # the largest too
             runs[scales[-1] + step] = _simulate(correlator, _scaled(model, scales[-1] + step), seeds, seed)
             added = True
         if not added:
             break
-        scales, q = curves()
-    open_low = bool(np.any(q[2, 0] >= seen))
-    open_high = bool(np.any(q[0, -1] <= seen))
+        scales, q = bands()
     corrected, low, high = np.full(4, np.nan), np.full(4, np.nan), np.full(4, np.nan)
     for j in np.flatnonzero(np.isfinite(seen)):
         u_lo, u_hi = _hull(scales, q[0, :, j], q[2, :, j], float(seen[j]))
         if math.isnan(u_lo):
             continue  # no simulated scale mimics the map: no interval rather than a wrong one
+        open_low, open_high = q[2, 0, j] >= seen[j], q[0, -1, j] <= seen[j]
         low[j] = 0.0 if open_low and u_lo == scales[0] else lengths[j] * math.exp(u_lo)
         high[j] = math.inf if open_high and u_hi == scales[-1] else lengths[j] * math.exp(u_hi)
         median = np.maximum.accumulate(q[1, :, j])
         corrected[j] = lengths[j] * math.exp(float(np.interp(seen[j], median, scales)))
-    # rho_cross(0): its error hardly depends on the scale; the basic bootstrap at the calibrated model
-    base = runs[0.0][:, 3] - model.rho_0
-    q_rho = np.quantile(base, [tail, 0.5, 1.0 - tail])
+    q_rho = np.quantile(runs[0.0][:, 3] - model.rho_0, [tail, 0.5, 1.0 - tail])
     corrected[3], low[3], high[3] = np.clip(observed[3] - q_rho[[1, 2, 0]], -1.0, 1.0)
     return FigureIntervals(corrected, low, high, model, replicates * len(runs))
