@@ -1,25 +1,13 @@
 """Bias-corrected correlation figures and 90 % intervals for the film's true values (parametric bootstrap).
 
-A map's lengths and rho_cross(0) estimate the parameters of the random process that made the
-film, but a finite map estimates them with a bias (the map's own mean is removed, the frame and
-the unmeasured pixels cut the profile) and a scatter that one profile does not show. Block or
-subsampling methods need blocks many lengths wide, which maps of 10-20 lengths do not have. So
-the map is compared with a Gaussian random-field model (:class:`~stslive.live.correlation_model.FieldModel`)
-simulated on the map's own frame and mask and analysed by the very estimator the report uses
-(:class:`~stslive.live.correlation_estimator.MaskedCorrelator`, statistic :func:`fit_figures`):
-
-1. the model starts at the map's figures, nuggets from the first rings of its auto-profiles;
-2. it is simulated (``replicates`` maps, the same seeds at every scale) with every length scaled
-   by e^u, on a ladder of u that grows until, for each length, the map's statistic leaves the
-   simulated 5-95 % band at both ends (or u passes half a pixel or four half boxes);
-3. a length's interval is the set of scales whose band holds the map's statistic (test
-   inversion; bands interpolated between rungs), its corrected value the scale whose simulated
-   median equals it. Unlike the basic bootstrap this stays right when the scatter grows with
-   the length, as it does once a length nears the frame.
-
-rho_cross(0), whose error hardly depends on the scale, takes the basic bootstrap at u = 0:
-[rho - q95, rho - q5] of the simulated rho - rho_0. A bound beyond the ladder's end is 0 or
-``inf`` (unbounded); a length the map itself does not show gets NaN.
+:func:`figure_intervals` compares a map's statistics (:func:`fit_figures`) with those of a
+Gaussian random-field model (:class:`~stslive.live.correlation_model.FieldModel`) simulated on the
+map's own frame and mask and analysed by the same estimator. A length's interval is the set of
+model length scales whose simulated 5-95 % band holds the map's statistic (test inversion over a
+ladder of scales e^u, common random numbers), its corrected value the scale whose simulated
+median equals it; rho_cross(0) takes the basic bootstrap at the map's own scale. A bound beyond
+the ladder is 0 or ``inf``; a length the map does not show gets NaN. Why and how: docs/physics.md
+section 4.1.
 """
 
 from __future__ import annotations

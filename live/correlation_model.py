@@ -1,22 +1,13 @@
 """A bivariate Gaussian random-field model of a (Delta, alpha) map pair, and its simulation.
 
-:class:`FieldModel` is the process the correlation intervals (:mod:`stslive.live.correlation_intervals`)
-fit to a map: two unit-variance Gaussian fields X (Delta) and Y (alpha) with Gaussian
-correlation functions and a Gaussian cross-correlation,
-
-    rho_X(r) = exp(-r^2 / l_x^2),   rho_Y(r) = exp(-r^2 / l_y^2),   rho_XY(r) = rho_0 exp(-r^2 / l_xy^2),
-
-each observed with white measurement noise (a nugget: the fraction of a map's variance that is
-noise). The process's own figures, the "true values" of a map's 1/e lengths and rho_cross(0), are
-(l_x, l_y, l_xy, rho_0). Spectrally Y = h_y * W1 and X = h_x * (c W1 + sqrt(1 - c^2) W2) with the
-coherence c(k) = rho_0 (l_xy^2 / l_x l_y) exp(-k^2 (l_xy^2 - (l_x^2 + l_y^2) / 2) / 4); such a pair
-exists only where |c(k)| <= 1 at every k, i.e. l_xy^2 >= (l_x^2 + l_y^2) / 2 and
-|rho_0| <= l_x l_y / l_xy^2: :meth:`FieldModel.valid` projects onto that set. (A film made of one
-resistance field, as the simulated one, sits on its edge: c = -1.)
-
-:class:`FieldSimulator` draws the pair on a periodic grid larger than the frame by three of the
-longest lengths and returns the frame-sized window, so the simulated maps are not periodic (a
-real map is not).
+:class:`FieldModel`: two unit-variance fields X (Delta), Y (alpha) with correlation functions
+exp(-r^2 / l_x^2), exp(-r^2 / l_y^2), cross-correlation rho_0 exp(-r^2 / l_xy^2) and white
+measurement noise (nuggets); its true figures are (l_x, l_y, l_xy, rho_0). Spectrally
+Y = h_y * W1, X = h_x * (c W1 + sqrt(1 - c^2) W2), which exists only where the coherence
+|c(k)| <= 1: l_xy^2 >= (l_x^2 + l_y^2) / 2 and |rho_0| <= l_x l_y / l_xy^2
+(:meth:`FieldModel.valid` projects onto that set). :class:`FieldSimulator` draws pairs on a
+periodic grid three of the longest lengths larger than the frame and returns the frame-sized
+window, so the maps are not periodic (a real map is not).
 """
 
 from __future__ import annotations

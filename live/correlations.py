@@ -1,15 +1,16 @@
 """Spatial auto- and cross-correlations of maps (paper Appendix A), correlation lengths and the report.
 
 rho_XY(r) = sum_r' (X(r') - <X>)(Y(r' - r) - <Y>) / (N sigma_X sigma_Y), Eqs. (A1), (A2), with
-unmeasured pixels (NaN) left out: each lag is divided by its number of measured pairs instead of
-N, and lags with fewer than ``min_pair_fraction`` of the pixels are NaN. Lags do not wrap around
-the frame unless ``periodic=True`` (the paper's torus). Profiles are ring averages one pixel wide
-up to half the shorter side. Two length rules: 1/e (``l_*_nm``) and the paper's "above the noise
-level close to zero" (``l_*_noise_nm``: the first radius inside k noise levels, the noise of a
-lag read from the profile's tail, :meth:`MaskedCorrelator.tail_noise`). A length not
-reached inside the half box is NaN. :func:`correlation_report` adds the bias-corrected figures of
-the film's process with 90 % intervals (:mod:`stslive.live.correlation_intervals`) and warnings.
-The rules in full: docs/physics.md.
+unmeasured pixels (NaN) left out: each lag sums over its measured pairs and is normalised by
+their own second moments (N sigma_X sigma_Y on a full torus), and lags with fewer than
+``min_pair_fraction`` of the pixels are NaN (:mod:`stslive.live.correlation_estimator`). Lags do
+not wrap around the frame unless ``periodic=True`` (the paper's torus). Profiles are ring
+averages one pixel wide up to half the shorter side. Two length rules: 1/e (``l_*_nm``) and the
+paper's "above the noise level close to zero" (``l_*_noise_nm``: the first radius inside k
+noise levels read from the profile's tail). A length not reached inside the half box is NaN.
+:func:`correlation_report` adds the bias-corrected figures of the film's process with 90 %
+intervals (:mod:`stslive.live.correlation_intervals`) and warnings. The rules in full:
+docs/physics.md section 4.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 
 from stslive.drivers.errors import AnalysisError
 from stslive.live import correlations as cr
-from stslive.live.correlation_estimator import gaussian_fit_length
+from stslive.live.correlation_estimator import MaskedCorrelator, gaussian_fit_length
 
 NM = 1e-9
 
@@ -278,3 +278,18 @@ def test_a_length_the_half_box_does_not_reach_is_named() -> None:
     warnings = cr.correlation_warnings(report, shape=(10, 10), pixel_size_m=(NM, NM))
     assert [w.split(":")[0] for w in warnings] == ["no-length"] * 3 + ["biased-inversion"]
     assert "half box (5 nm)" in warnings[0]
+
+
+def test_tail_noise_needs_a_profile_that_fluctuates_about_zero() -> None:
+    ones = np.ones((12, 12), bool)
+    correlator = MaskedCorrelator(ones, ones, pixel_size_m=NM)
+    radius = np.arange(7) * NM
+    corr_map = np.where(correlator.radius_m >= 2 * NM, 0.1, 1.0)  # every tail lag 0.1 before the pair scaling
+    counts = np.ones(7, np.int64)
+    fluctuating = cr.RadialProfile(radius, np.array([1.0, 0.4, -0.05, 0.03, -0.02, 0.01, -0.01]), counts)
+    level = correlator.tail_noise("delta", corr_map, fluctuating)
+    tail = (correlator.radius_m >= 2 * NM) & (correlator.radius_m <= 6 * NM)  # up to the half box
+    pairs = overlap_pairs((12, 12))
+    assert level == pytest.approx(math.sqrt(np.mean(0.01 * pairs[tail] / pairs[0, 0])))
+    dip = cr.RadialProfile(radius, np.array([1.0, 0.4, -0.05, -0.1, -0.2, -0.25, -0.3]), counts)
+    assert math.isnan(correlator.tail_noise("delta", corr_map, dip))  # a finite-size dip, not noise
