@@ -282,7 +282,8 @@ def correlation_analysis(
         report[f"l_{key}_nm"] = _nm(length_1e(profile, absolute=key == "cross"))
         level = correlator.tail_noise(key, maps[key], profile)
         report[f"l_{key}_noise_nm"], report[f"noise_band_{key}"] = _noise_rule(level, profile, noise_k)
-        report[f"l_{key}_fit_nm"] = None if not math.isfinite(fitted[i]) else fitted[i] * 1e9
+        # 0 / inf: shorter than the rings resolve / longer than the profile shows, i.e. not determined
+        report[f"l_{key}_fit_nm"] = fitted[i] * 1e9 if 0.0 < fitted[i] < math.inf else None
     report["rho_cross_0"] = profiles.rho_cross_0
     report["rho_delta_topo_0"] = None
     if topography is not None:
