@@ -34,7 +34,7 @@ from stslive.acquisition.pixel import Instruments, MeasuredPixel, PixelProcedure
 from stslive.acquisition.plans import Plan, PlanPoint
 from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.acquisition.suspenders import TemperatureSuspender
-from stslive.drivers.errors import InstrumentError, StsliveError
+from stslive.drivers.errors import InstrumentError, StsliveError, SweepStopped
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class ScanEngine:
         self.machine = RunStateMachine(
             self._set_order,
             validate_pixel=self._validate_remeasure,
-            on_change=lambda event, fields: self._log_queue.put((event, fields)),
+            on_change=self._on_change,
         )
         sus = config.suspender
         self.suspender = TemperatureSuspender(sus["min_K"], sus["max_K"], sus["hold_s"]) if sus["enabled"] else None
@@ -148,6 +148,11 @@ class ScanEngine:
             if control_endpoint
             else None
         )
+
+    def _on_change(self, event: str, fields: dict[str, Any]) -> None:
+        self._log_queue.put((event, fields))
+        if event == "stopping" and fields.get("exit_status") == "abort":
+            self.procedure.stop_sweep()  # the sweep in progress ends now, not at its last point
 
     @property
     def control_endpoint(self) -> str | None:
@@ -222,7 +227,7 @@ class ScanEngine:
             reason = self._replace_reason.pop((point.iy, point.ix), None)
             self._deferred = (point, result, reason)
             self.stats.overhead_s.append(time.perf_counter() - t_step - result.sweep_call_s)
-        else:
+        elif not isinstance(error, SweepStopped):
             assert error is not None
             self._record_failure(point, sp, error, attempts)
 
@@ -265,6 +270,8 @@ class ScanEngine:
             try:
                 result = self.procedure.measure(point, sp, temperature_before_K=temperature, during_sweep=during_sweep)
                 return result, None, attempt
+            except SweepStopped as exc:  # aborted mid-sweep: not a failure, the pixel stays unmeasured
+                return None, exc, attempt
             except InstrumentError as exc:
                 error = exc
                 log.warning("pixel (%d, %d) attempt %d failed: %s", point.iy, point.ix, attempt, exc)

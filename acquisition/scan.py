@@ -10,6 +10,7 @@ with the config stored in it (:func:`stored_config`). Endpoints and CURVE keys a
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -122,6 +123,8 @@ def run_scan(
     instruments = open_instruments(config)
     try:
         identities = instruments.identities()
+        w = instruments.wiring
+        wired = {"lockin_wiring": w.metadata(config.setpoint_sets)} if w.output_channel else {}
         if resume:
             writer = ArchiveWriter.open_for_resume(path)
         else:
@@ -130,7 +133,7 @@ def run_scan(
                 "uid": run_uid,
                 "time": time.time(),
                 "instruments": identities,
-                "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind},
+                "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind, **wired},
             }
             # Created under a temporary name and renamed once SWMR is on: a kill during creation
             # leaves no half-made RUN.h5 that neither a reader nor --resume could open.
@@ -138,11 +141,12 @@ def run_scan(
             writer = ArchiveWriter.create(
                 creating,
                 geometry=plan.geometry,
-                channel_names=("Bias (V)", *config.run["channels"]),
+                channel_names=config.archive_channels,
                 n_points=config.n_points,
                 setpoint_sets=config.setpoint_sets,
                 start_doc=start,
                 overwrite=True,
+                data_attrs={"lockin_wiring": json.dumps(wired["lockin_wiring"])} if wired else None,
             )
             os.replace(creating, path)
             writer.path = path
@@ -175,6 +179,7 @@ def run_scan(
                             "resumed": resume,
                             "segment": segment,
                             "archive": str(path),
+                            **wired,
                         },
                     },
                 )

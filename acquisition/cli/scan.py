@@ -18,8 +18,10 @@ import argparse
 from pathlib import Path
 
 from stslive.acquisition.config import RunConfig
+from stslive.acquisition.plans import plan_from_config
+from stslive.acquisition.preflight import Finding, preflight
 from stslive.acquisition.scan import WAIT_SUBSCRIBERS_S, run_scan, stored_config
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, StsliveError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--config", type=Path, help="run config (TOML); see acquisition/example_run.toml")
     what.add_argument("--resume", type=Path, metavar="RUN.h5", help="continue the run in this archive")
     parser.add_argument("--out", type=Path, help="archive to create (with --config)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="print the preflight (limits, instrument ranges, signals, scan frame) and the estimated run time, "
+        "then exit: connects to the instruments, moves nothing, writes no archive",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--retry-failed", action="store_true", help="with --resume: measure failed pixels again")
     parser.add_argument("--pub", help="override stream.pub (ZeroMQ PUB endpoint)")
@@ -55,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         for k, v in (("pub", args.pub), ("push", args.push), ("control", args.control), ("keys", args.keys))
         if v is not None
     }
+    if args.check:
+        return check_run(RunConfig.from_toml(args.config) if args.config is not None else stored_config(args.resume))
     if args.config is not None:
         if args.out is None:
             raise ConfigError("--out RUN.h5 is required with --config")
@@ -80,3 +90,22 @@ def run(args: argparse.Namespace) -> int:
     )
     status = engine.machine.exit_status
     return {"success": 0, "abort": 3}.get(status, 1)
+
+
+def check_run(config: RunConfig) -> int:
+    """``--check``: the preflight with the instruments connected (nothing moves); 0 if it passes."""
+    from stslive.acquisition.rig import open_instruments  # drivers only when the lab is checked
+
+    plan = plan_from_config(config)
+    try:
+        instruments = open_instruments(config, preflight=False)
+    except StsliveError as exc:
+        report = preflight(config, plan)
+        report.findings.append(Finding("error", "instruments", str(exc)))
+    else:
+        try:
+            report = preflight(config, plan, instruments)
+        finally:
+            instruments.close()
+    print(report.text(), flush=True)
+    return 1 if report.errors else 0
