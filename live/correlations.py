@@ -56,6 +56,9 @@ _LENGTHS = ("delta", "alpha", "cross")
 FINITE_SIZE_FRACTION = 0.1
 #: Below this fraction of the grid's pixels the figures describe only the measured part.
 MIN_PIXEL_FRACTION = 0.5
+#: Fewest pixels (in both maps) for intervals: a handful of pixels puts rho_cross(0) near +-1 in
+#: the map and in every simulation alike, and the bootstrap would call that precise.
+MIN_INTERVAL_PIXELS = 10
 
 
 def _as_map(name: str, values: npt.ArrayLike) -> FloatArray:
@@ -289,7 +292,8 @@ def correlation_analysis(
     if topography is not None:
         topo = correlation_map(d, _as_map("topography", topography), min_pair_fraction=min_pair_fraction)
         report["rho_delta_topo_0"] = float(topo[0, 0])
-    found = figure_intervals(correlator, profiles, replicates=replicates, seed=seed) if intervals else None
+    enough = correlator.n_pixels >= MIN_INTERVAL_PIXELS
+    found = figure_intervals(correlator, profiles, replicates=replicates, seed=seed) if intervals and enough else None
     report.update(_interval_keys(found))
     report["correlation_pixels"] = correlator.n_pixels
     report["correlation_pixel_fraction"] = correlator.n_pixels / d.size
@@ -307,12 +311,18 @@ def correlation_warnings(
 ) -> list[str]:
     """Why a report's correlation figures (and the Eq. (2)/(3) inversions built on them) may mislead.
 
-    One sentence each, starting with a tag: ``few-pixels:`` (fewer than half the grid measured
-    in both maps), ``finite-size:`` (a length above 1/10 of the shorter side, with the bias the
-    model finds), ``biased-inversion:`` (sigma_rho and the predicted gap spread use a finite-size
-    biased l_alpha, or none), ``no-length:`` (a 1/e length never reached inside the half box).
+    One sentence each, starting with a tag: ``no-interval:`` (too few pixels for intervals),
+    ``few-pixels:`` (fewer than half the grid measured in both maps), ``finite-size:`` (a length
+    above 1/10 of the shorter side, with the bias the model finds), ``biased-inversion:``
+    (sigma_rho and the predicted gap spread use a finite-size biased l_alpha, or none),
+    ``no-length:`` (a 1/e length never reached inside the half box).
     """
     warnings: list[str] = []
+    if report["correlation_pixels"] < MIN_INTERVAL_PIXELS:
+        warnings.append(
+            f"no-interval: only {report['correlation_pixels']} pixels in both maps; intervals need "
+            f"{MIN_INTERVAL_PIXELS}."
+        )
     fraction = report["correlation_pixel_fraction"]
     if fraction < MIN_PIXEL_FRACTION:
         warnings.append(

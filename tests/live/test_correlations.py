@@ -293,3 +293,12 @@ def test_tail_noise_needs_a_profile_that_fluctuates_about_zero() -> None:
     assert level == pytest.approx(math.sqrt(np.mean(0.01 * pairs[tail] / pairs[0, 0])))
     dip = cr.RadialProfile(radius, np.array([1.0, 0.4, -0.05, -0.1, -0.2, -0.25, -0.3]), counts)
     assert math.isnan(correlator.tail_noise("delta", corr_map, dip))  # a finite-size dip, not noise
+
+
+def test_a_handful_of_pixels_gets_no_interval() -> None:
+    field = gaussian_field((40, 50), 3.0, seed=17)
+    few = np.full(field.shape, np.nan)
+    few.flat[[3, 170, 611, 1204, 1777]] = field.flat[[3, 170, 611, 1204, 1777]]
+    report = cr.correlation_report(few, 0.8 * few, pixel_size_m=NM)
+    assert report["rho_cross_0_ci90"] is None and report["l_delta_nm_ci90"] is None
+    assert report["warnings"][0] == "no-interval: only 5 pixels in both maps; intervals need 10."
