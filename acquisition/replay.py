@@ -7,9 +7,10 @@ data. An archive's documents come from the archive itself (:meth:`ArchiveReader.
 :meth:`ArchiveReader.events`), in the order they were made (by end time; a failure at its
 recorded time; ties in visiting order); ``as_recorded`` reproduces the recorded gaps. A ``.3ds``
 goes in record order (row-major) and has no per-point times, so ``as_recorded`` is refused. A
-``.3ds`` stores no stslive set-point set: one is built from its header
-(:func:`setpoint_set_from_3ds`, recorded in ``metadata["setpoint_source"]``); for a sweep that is
-not the bias (``metadata["sweep_signal"]``) it is sent unvalidated and the analyser refuses the run.
+``.3ds`` stores no stslive set-point set: its start fields are built from its header
+(:func:`~stslive.acquisition.formats.recording.start_fields`, with the set's sources in
+``metadata["setpoint_source"]``); for a sweep that is not the bias (``metadata["sweep_signal"]``)
+the set is sent unvalidated and the analyser refuses the run.
 Pacing uses absolute deadlines on a monotonic clock, so sleep overshoot does not accumulate.
 """
 
@@ -19,7 +20,7 @@ import heapq
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -31,9 +32,9 @@ from stslive.acquisition.formats.archive import ArchiveReader
 from stslive.acquisition.formats.documents import EXIT_STATUSES, ArraySpec, EventDoc, StopDoc
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid
 from stslive.acquisition.formats.publisher import RunPublisher
-from stslive.acquisition.formats.recording import Recording, open_recording
-from stslive.acquisition.formats.runmodel import SetpointSet, channel_unit
-from stslive.drivers.errors import ArchiveError, ConfigError, NanonisFileError, StsliveError
+from stslive.acquisition.formats.recording import Recording, open_recording, setpoint_set_from_3ds, start_fields
+from stslive.acquisition.formats.runmodel import channel_unit
+from stslive.drivers.errors import ArchiveError, ConfigError, StsliveError
 
 __all__ = ["ReplayItem", "ReplaySource", "open_replay", "replay", "schedule", "setpoint_set_from_3ds"]
 
@@ -85,8 +86,7 @@ class ReplaySource:
             self.start_fields, self.items, self.exit_status = _archive_plan(path, backend)
         else:
             self.kind = "nanonis3ds"
-            common = {"grid": backend.geometry.to_dict(), "channel_names": names, "channel_units": units}
-            self.start_fields, self.items = _grid_plan(path, backend, {**common, "n_points": self.n_points})
+            self.start_fields, self.items = _grid_plan(path, backend)
             self.exit_status = "success"
 
     @property
@@ -180,104 +180,11 @@ def _failure_item(path: Path, ar: ArchiveReader, rec: Any) -> ReplayItem:
 
 
 # -- Nanonis grids -------------------------------------------------------------------------------
-def _header_float(header: Mapping[str, str], key: str, path: Path) -> float:
-    try:
-        return float(header[key])
-    except ValueError:
-        raise NanonisFileError(path, f"header entry {key!r}={header[key]!r} is not a number") from None
-
-
-def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, str]]:
-    """The set-point set of a ``.3ds`` grid, built from its header; and where each value came from.
-
-    Nanonis keys used: ``Bias>Bias (V)`` (bias set-point); ``Z-Controller>Setpoint`` when its
-    unit is A, else ``Current>Current (A)`` (the current when the grid started) for the current
-    set-point; ``Bias Spectroscopy>Sweep Start/End (V)`` for a bias sweep, else the first
-    measured point's Sweep Start/End parameters (the sweep signal's unit); ``Points``;
-    ``Bias Spectroscopy>Settling time (s)``, ``>Integration time (s)``, ``>Z-controller hold``;
-    ``Lock-in>Frequency (Hz)`` and ``Lock-in>Amplitude`` when the lock-in ran during the sweep.
-    Nanonis gives the modulation amplitude as zero-to-peak; it is stored as
-    ``lockin_amplitude_Vrms = amplitude / sqrt(2)``. Absent optional keys leave the
-    :class:`SetpointSet` default, and the returned sources say so.
-
-    Raises
-    ------
-    NanonisFileError
-        A header number that does not parse, or (bias sweeps) values no set-point set allows.
-    """
-    h, path = grid.header, grid.path
-    values: dict[str, Any] = {"id": 0, "name": "from .3ds header", "n_points": int(grid.n_points)}
-    sources: dict[str, str] = {"n_points": "Points"}
-
-    def take(field_name: str, *keys: str, scale: float = 1.0) -> None:
-        for key in keys:
-            if key in h:
-                values[field_name] = _header_float(h, key, path) * scale
-                sources[field_name] = key
-                return
-        sources[field_name] = "absent from the header: default"
-
-    take("bias_setpoint_V", "Bias>Bias (V)")
-    current_keys = (("Z-Controller>Setpoint",) if h.get("Z-Controller>Setpoint unit") == "A" else ()) + (
-        "Current>Current (A)",
-    )
-    take("current_setpoint_A", *current_keys)
-    take("settle_s", "Bias Spectroscopy>Settling time (s)")
-    take("integration_s", "Bias Spectroscopy>Integration time (s)")
-    if grid.is_bias_sweep and "Bias Spectroscopy>Sweep Start (V)" in h and "Bias Spectroscopy>Sweep End (V)" in h:
-        take("sweep_start_V", "Bias Spectroscopy>Sweep Start (V)")
-        take("sweep_end_V", "Bias Spectroscopy>Sweep End (V)")
-    else:
-        sweep = grid.nominal_sweep()
-        values["sweep_start_V"], values["sweep_end_V"] = float(sweep[0]), float(sweep[-1])
-        sources["sweep_start_V"] = sources["sweep_end_V"] = (
-            f"first measured point's Sweep Start/End ({grid.sweep_signal})"
-        )
-    if "Bias Spectroscopy>Z-controller hold" in h:
-        values["feedback_hold"] = h["Bias Spectroscopy>Z-controller hold"].strip().upper() == "TRUE"
-        sources["feedback_hold"] = "Bias Spectroscopy>Z-controller hold"
-    if h.get("Bias Spectroscopy>Lock-In run", "").strip().upper() == "TRUE":
-        take("lockin_frequency_Hz", "Lock-in>Frequency (Hz)")
-        take("lockin_amplitude_Vrms", "Lock-in>Amplitude", scale=1 / math.sqrt(2))
-    else:
-        sources["lockin"] = "lock-in not run during the sweep: amplitude 0"
-    missing = [k for k in ("bias_setpoint_V", "current_setpoint_A") if k not in values]
-    if grid.is_bias_sweep:
-        if missing:
-            raise NanonisFileError(
-                path,
-                f"header lacks the set-point value(s) {missing} needed to replay a bias "
-                "grid (Bias>Bias (V), Current>Current (A))",
-            )
-        try:
-            values = SetpointSet.from_dict(values).to_dict()
-        except ConfigError as exc:
-            raise NanonisFileError(path, f"the header's set-point values do not make a set-point set: {exc}") from exc
-    return values, sources
-
-
-def _grid_plan(path: Path, grid: NanonisGrid, common: dict[str, Any]) -> tuple[dict[str, Any], list[ReplayItem]]:
-    sp, sources = setpoint_set_from_3ds(grid)
-    starts, ends = grid.parameter("Sweep Start"), grid.parameter("Sweep End")
-    done = grid.measured
-    varies = bool(done.any()) and bool(np.ptp(starts[done]) > 0 or np.ptp(ends[done]) > 0)
-    start_fields = {
-        **common,
-        "setpoint_sets": [sp],
-        "instruments": {"stm": "Nanonis (from .3ds file)"},
-        "software_version": grid.header.get("NanonisMain>SW Version", "unknown"),
-        "metadata": {
-            "replay_of": str(path),
-            "source_kind": "nanonis3ds",
-            "sweep_signal": grid.sweep_signal,
-            "setpoint_source": {"note": "built from the .3ds header; the file stores no set-point set", **sources},
-            "sweep_limits_vary_per_point": varies,
-            "header_start_time": grid.header.get("Start time", ""),
-            "header_end_time": grid.header.get("End time", ""),
-        },
-    }
-    items = [ReplayItem("event", int(iy), int(ix), math.nan) for iy, ix in np.argwhere(done)]  # record order
-    return start_fields, items
+def _grid_plan(path: Path, grid: NanonisGrid) -> tuple[dict[str, Any], list[ReplayItem]]:
+    fields = start_fields(grid)
+    fields["metadata"] = {"replay_of": str(path), **fields["metadata"]}
+    items = [ReplayItem("event", int(iy), int(ix), math.nan) for iy, ix in np.argwhere(grid.measured)]  # record order
+    return fields, items
 
 
 def _grid_events(grid: NanonisGrid, pixels: list[tuple[int, int]]) -> Iterator[EventDoc]:

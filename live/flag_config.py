@@ -36,25 +36,27 @@ class FlagConfig:
     setpoint
         The feedback parks the tip at |I(V_set)| = I_set, so the recorded curve must pass through
         it: flagged when |I(V_set)| / I_set - 1 exceeds ``setpoint_rel_tol`` (I averaged over
-        +-``setpoint_halfwidth_V`` around V_set).
+        +-``setpoint_halfwidth_V`` around V_set; not judged where the sweep misses V_set).
     tip_change
         A tip change alters the junction's normal-state conductance shape. Features
         f = ln(G_band / G_set) on each polarity: the mean conductance over ``tip_band_V`` over the
         set-point conductance I(V_set) / V_set (a pure rescaling cancels). The film moves f too
         (G_band / G_set ~ (V_band / V_set)^alpha), but smoothly on the scale of a pixel, while a
-        tip change is an event in *time* that shifts every later pixel by the same step. A pixel
-        is flagged when f differs by more than limit = max(``tip_mad_k`` * 1.4826 MAD,
-        ``tip_min_change``) both from its *spatial* neighbours (median of the accepted pixels
-        within ``tip_radius_px``, Chebyshev; the MAD is that of these residuals over the last
-        ``tip_window`` accepted pixels, minus their median) and from the *recent pixels in time*
-        (median of the last ``tip_recent`` accepted ones): a step in space only (a raster
-        fly-back, a film boundary) is not a step of the junction. Accepted = finite features, no
-        set-point flag, no tip flag; flagged pixels never become the reference, so a changed tip
-        stays flagged while old-tip pixels lie within ``tip_radius_px``, after which it becomes the
-        baseline. Nothing is judged before ``tip_min_history`` accepted residuals, nor are NaN
-        features (no conductance in the band or at V_set: the set-point and fit rules cover them).
-        A live flag cannot wait for later pixels, so one pixel beyond the limit in space and time
-        is flagged (a momentary junction change).
+        tip change is an event in *time* that shifts every later pixel by the same step. Each tip
+        epoch has an offset (its step from the first tip) that is removed from the features of its
+        pixels before they are compared. A pixel is an outlier when its normalised f differs by
+        more than limit = max(``tip_mad_k`` * 1.4826 MAD, ``tip_min_change``) both from its
+        *spatial* neighbours (median of the accepted pixels within ``tip_radius_px``, Chebyshev;
+        the MAD is that of these residuals over the last ``tip_window`` accepted pixels, minus their
+        median) and from the *recent pixels in time* (median of the last ``tip_recent`` accepted
+        ones): a step in space only (a raster fly-back, a film boundary) is not a step of the
+        junction. ``tip_confirm`` consecutive outliers (pixels not judged may lie between them)
+        with one step (within the limit) are a tip-change event: its first pixel and every later
+        one belong to a new epoch, or to an earlier epoch whose offset lies within the limit of the
+        new one (the tip went back). Fewer are a momentary junction change. The TIP_CHANGE flag
+        marks every pixel not measured with the first tip (epoch > 0) and every momentary change.
+        Nothing is judged before ``tip_min_history`` accepted residuals, nor are NaN features (no
+        conductance in the band or at V_set) or pixels with a set-point flag; they take the epoch.
         ``tip_min_change`` = 0.05 (a 5 % step of G_band / G_set) lies well above the clean demo
         film's pixel-to-pixel scatter of f (~0.005 rms) and below the injected tip fault's steps
         (0.16 and 0.28).
@@ -62,14 +64,20 @@ class FlagConfig:
         The event's overload flag or any ``overload_status_mask`` bit of the lock-in status byte
         (SR830 LIAS?: bit 0 input, 1 filter, 2 output overload). Sensitivity too coarse when the
         largest |X| (A, times ``preamp_gain_V_per_A``) uses less than ``sensitivity_min_fraction``
-        of the full scale.
+        of the full scale. A channel archived as dI/dV (A/V) gives X = dI/dV times the set's
+        modulation; a channel in another unit is not judged.
     lockin_mismatch
         The lock-in's first harmonic X = V_m G must be proportional to the numerical dI/dV of
         I(V) away from the gap: X = k G is fitted over |V| in ``mismatch_window_V``, flagged when
         rms(X - k G) / rms(X) exceeds ``mismatch_rel_tol``. Both channels are smoothed with a
-        running mean of ``smoothing_points`` samples.
+        running mean of ``smoothing_points`` samples. Judged only where the set's modulation is
+        known and not 0: without one the channel carries no dI/dV.
     sweep_coverage, no_peaks, poor_fit
         From the kernel's reason codes; no threshold here.
+
+    A rule whose input is unknown (no thermometer reading, a lock-in amplitude, sensitivity or
+    status the recording does not hold, NaN features) does not fire: an unknown is never replaced
+    by a default that would flag every pixel; the run says which rules it could not judge.
 
     ``set_flag_fraction`` is the flagged fraction of its pixels above which a whole set-point set
     is reported as flagged.
@@ -89,6 +97,7 @@ class FlagConfig:
     tip_min_change: float = 0.05
     tip_radius_px: int = 2
     tip_recent: int = 4
+    tip_confirm: int = 3
     overload_status_mask: int = 0b111
     preamp_gain_V_per_A: float = 1e9
     sensitivity_min_fraction: float = 0.01
@@ -115,8 +124,8 @@ class FlagConfig:
             raise ConfigError(f"flags.smoothing_points = {self.smoothing_points}: give an odd number >= 3")
         if self.tip_window < self.tip_min_history or self.tip_min_history < 3:
             raise ConfigError("flags.tip_window must be >= flags.tip_min_history >= 3")
-        if self.tip_radius_px < 1 or self.tip_recent < 1:
-            raise ConfigError("flags.tip_radius_px and flags.tip_recent must be integers >= 1")
+        if self.tip_radius_px < 1 or self.tip_recent < 1 or self.tip_confirm < 1:
+            raise ConfigError("flags.tip_radius_px, flags.tip_recent and flags.tip_confirm must be integers >= 1")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> FlagConfig:

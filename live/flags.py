@@ -4,9 +4,10 @@
 rules read; :class:`FlagEngine` turns features, kernel results and measurement conditions into
 :class:`~stslive.live.flag_kinds.FlagKind` bits, with thresholds from
 :class:`~stslive.live.flag_config.FlagConfig` (where each rule and its physics is described).
-The rules with history (thermal band, tip change) judge a pixel against those measured before it
-(:mod:`stslive.live.flags_history`), so the engine must see pixels in acquisition order: a live
-run, a restart with backfill and an offline pass then give the same bits. Small batches (the
+The rules with history (thermal band, tip change and its epochs) judge a pixel against those
+measured before it (:mod:`stslive.live.flags_history`, :mod:`stslive.live.flags_tip`), so the
+engine must see pixels in acquisition order: a live run, a restart with backfill and an offline
+pass then give the same bits. Small batches (the
 live analyser's 1-10 spectra) take those rules one pixel at a time on Python floats, large ones
 in numpy passes; both give the same bits. The per-set aggregation of the bits is
 :func:`stslive.live.flag_kinds.summarise_sets`.
@@ -17,11 +18,11 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from statistics import median
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
@@ -32,8 +33,9 @@ from stslive.live.flag_config import FlagConfig
 # re-exported: ``stslive analyser`` imports the loader from here
 from stslive.live.flag_config import load_flag_config as load_flag_config
 from stslive.live.flag_kinds import FlagKind
-from stslive.live.flags_history import SEQUENTIAL_MAX, TipTracker, judge, windowed_outliers
-from stslive.live.kernels import ReasonCode, SpectrumAnalysis, pick_channels
+from stslive.live.flags_history import SEQUENTIAL_MAX, judge, windowed_outliers
+from stslive.live.flags_tip import TipEvent, TipRevision, TipTracker
+from stslive.live.kernels import ReasonCode, pick_channels
 from stslive.live.kernels.buffers import scratch as _scratch
 from stslive.live.theory import K_B_EV_PER_K as K_B_EV
 
@@ -273,7 +275,8 @@ _MODULATION, _THERMAL, _OK = int(FlagKind.MODULATION), int(FlagKind.THERMAL), in
 class PixelConditions:
     """What the event and its set say about one pixel's measurement (SI units).
 
-    The same class carries a batch: every field an array of shape (n,) (:meth:`stack`).
+    NaN (a float) or a negative ``lockin_status`` means unknown: the rule that reads it does not
+    fire. The same class carries a batch: every field an array of shape (n,) (:meth:`stack`).
     """
 
     temperature_K: float | np.ndarray
@@ -292,6 +295,19 @@ class PixelConditions:
             modulation_Vrms=np.array([c.modulation_Vrms for c in conditions], dtype=np.float64),
             sensitivity_V=np.array([c.sensitivity_V for c in conditions], dtype=np.float64),
         )
+
+
+class FlagResult(NamedTuple):
+    """What :meth:`FlagEngine.evaluate` concludes about a batch.
+
+    ``bits`` (n,) uint32 FlagKind bits and ``tip_epoch`` (n,) int16 of the batch's pixels;
+    ``revised``: pixels of earlier batches whose tip epoch (and TIP_CHANGE bit) a tip-change event
+    confirmed in this batch changed (:class:`~stslive.live.flags_tip.TipRevision`).
+    """
+
+    bits: np.ndarray
+    tip_epoch: np.ndarray
+    revised: TipRevision
 
 
 class FlagEngine:
@@ -313,6 +329,11 @@ class FlagEngine:
         self._temperatures: deque[float] = deque(maxlen=max(config.tip_window, 16))
         self._deltas: deque[float] = deque(maxlen=256)
 
+    @property
+    def tip_events(self) -> list[TipEvent]:
+        """The tip-change events so far, in acquisition order."""
+        return self._tip.events
+
     def reference_delta_eV(self) -> float:
         """Median of the recent valid gaps, else the configured nominal gap (eV)."""
         if self._deltas:
@@ -321,16 +342,18 @@ class FlagEngine:
 
     def evaluate(
         self,
-        analysis: SpectrumAnalysis,
+        *,
+        delta_eV: np.ndarray,
+        reason: np.ndarray,
         features: SpectralFeatures,
         conditions: Sequence[PixelConditions] | PixelConditions,
-        *,
         iy: np.ndarray,
         ix: np.ndarray,
-    ) -> np.ndarray:
-        """FlagKind bits (uint32, shape (n,)) of n pixels given in acquisition order.
+    ) -> FlagResult:
+        """FlagKind bits and tip epochs of n pixels given in acquisition order (:class:`FlagResult`).
 
-        ``analysis`` and ``features`` are flat batches of the same n pixels; ``conditions`` one
+        ``delta_eV`` (the gap, NaN where not extracted), ``reason`` (the kernels' ReasonCode) and
+        ``features`` are flat batches of the same n pixels; ``conditions`` one
         entry per pixel, or one :meth:`PixelConditions.stack` of (n,) arrays; ``iy``, ``ix`` the
         pixels' map row and column (the tip rule compares a pixel with its spatial neighbours).
         The engine's history advances by these pixels.
@@ -339,8 +362,8 @@ class FlagEngine:
         cond = conditions if isinstance(conditions, PixelConditions) else PixelConditions.stack(conditions)
         temp = np.asarray(cond.temperature_K, dtype=np.float64).reshape(-1)
         n = temp.size
-        reason = np.asarray(analysis.reason).reshape(n)
-        delta = np.asarray(analysis.delta_eV, dtype=np.float64).reshape(n)
+        reason = np.asarray(reason).reshape(n)
+        delta = np.asarray(delta_eV, dtype=np.float64).reshape(n)
         sp_dev = np.asarray(features.setpoint_rel_dev, dtype=np.float64).reshape(n)
         tip = np.asarray(features.tip_features, dtype=np.float64).reshape(n, 2)
         peak = np.asarray(features.lockin_peak, dtype=np.float64).reshape(n)
@@ -354,12 +377,14 @@ class FlagEngine:
             raise AnalysisError(f"flags: {rows.size} rows and {cols.size} columns for {n} pixels; give one per pixel")
         # history-free rules, whole batch at once; a bool array times a bit is the bit where the rule holds
         out = _REASON_BITS.take(reason, mode="clip")  # a new array; OK and unknown codes: no bit
-        out |= ~(np.abs(sp_dev) <= cfg.setpoint_rel_tol) * _BIT_SETPOINT  # NaN (no curve at V_set) too
-        out |= (overload | (status & cfg.overload_status_mask).astype(bool)) * _BIT_OVERLOAD
+        with np.errstate(invalid="ignore"):  # NaN: the sweep misses V_set, nothing to judge
+            out |= (np.abs(sp_dev) > cfg.setpoint_rel_tol) * _BIT_SETPOINT
+        out |= (overload | ((status > 0) & (status & cfg.overload_status_mask).astype(bool))) * _BIT_OVERLOAD
         with np.errstate(invalid="ignore"):
             coarse = np.isfinite(peak) & (peak * cfg.preamp_gain_V_per_A < cfg.sensitivity_min_fraction * sensitivity)
         out |= coarse * _BIT_SENSITIVITY
-        out |= (np.isfinite(mismatch) & (mismatch > cfg.mismatch_rel_tol)) * _BIT_MISMATCH
+        with np.errstate(invalid="ignore"):  # a lock-in that did not modulate (or unknown) carries no dI/dV
+            out |= ((modulation > 0) & np.isfinite(mismatch) & (mismatch > cfg.mismatch_rel_tol)) * _BIT_MISMATCH
         # rules with history, in acquisition order. A pixel without a gap of its own judges the
         # modulation and 3.5 k_B T rules against the median of the gaps before it.
         broad = math.sqrt(2.0) * modulation
@@ -374,8 +399,9 @@ class FlagEngine:
             for lo, hi in itertools.pairwise(cuts):
                 out[lo:hi] |= self._segment(delta[lo:hi], temp[lo:hi], broad[lo:hi], ok=ok[lo:hi] & finite_delta[lo:hi])
         setpoint = (out & _BIT_SETPOINT).astype(bool)
-        out |= self._tip.changed(rows, cols, tip, eligible=np.isfinite(tip).all(axis=1) & ~setpoint) * _BIT_TIP
-        return out
+        verdict = self._tip.judge(rows, cols, tip, eligible=np.isfinite(tip).all(axis=1) & ~setpoint)
+        out |= verdict.changed * _BIT_TIP
+        return FlagResult(bits=out, tip_epoch=verdict.epoch, revised=verdict.revised)
 
     def _one_by_one(self, delta: np.ndarray, temp: np.ndarray, broad: np.ndarray, *, ok: np.ndarray) -> np.ndarray:
         """Modulation and thermal bits pixel by pixel: :meth:`_segment`'s rules on Python floats.
@@ -422,34 +448,13 @@ class FlagEngine:
         return bits
 
 
-def conditions_for(
-    *,
-    temperatures_K: Sequence[float | None],
-    lockin_overload: bool,
-    lockin_status: int,
-    setpoint_set: Mapping[str, Any] | None,
-) -> PixelConditions:
-    """Pixel conditions from an event's fields and its set-point set (a dict of SetpointSet fields)."""
-    temps = [t for t in temperatures_K if t is not None and math.isfinite(t)]
-    sset = setpoint_set or {}
-    modulation, sensitivity = lockin_settings(
-        sset.get("lockin_amplitude_Vrms", 0.0), sset.get("lockin_sensitivity_V", math.inf)
-    )
-    return PixelConditions(
-        temperature_K=max(temps) if temps else math.nan,
-        lockin_overload=bool(lockin_overload),
-        lockin_status=int(lockin_status),
-        modulation_Vrms=modulation,
-        sensitivity_V=sensitivity,
-    )
-
-
 def lockin_settings(amplitude_Vrms: float, sensitivity_V: float) -> tuple[float, float]:
-    """Modulation (V rms) and sensitivity (V) of a set as the rules read them.
+    """Modulation (V rms) and sensitivity (V) of a set as the rules read them (NaN = unknown).
 
     Without a modulation the set records no lock-in signal: sensitivity 0 (never too coarse).
     """
-    return float(amplitude_Vrms), float(sensitivity_V) if amplitude_Vrms else 0.0
+    amplitude = float(amplitude_Vrms)
+    return amplitude, 0.0 if amplitude == 0 else float(sensitivity_V)
 
 
 def channel_arrays(spectra: np.ndarray, channel_names: list[str]) -> tuple[np.ndarray, np.ndarray | None]:

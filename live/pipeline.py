@@ -6,33 +6,34 @@
 * :func:`apply_to_model` - a batch of results into a :class:`ResultsModel` (vectorised).
 * :func:`analyse_input` - a whole file (archive or ``.3ds``) to a :class:`ResultsModel`, in
   memory-bounded row blocks; unmeasured pixels stay NaN / ``measured=False``.
-* :func:`calibrate_options` / :func:`calibrate_source` - the one rule that fixes the peak
-  templates' Dynes width of a map (:func:`calibration_sample`), live and offline.
+* :func:`calibrate_options` / :func:`calibrate_source` - the one rule that fixes a map's
+  calibration (its gap, the peak templates' Dynes width, the smoothing its noise calls for;
+  :func:`calibration_sample`), live and offline.
+* :func:`instrument_settings` - the sample temperature and lock-in modulation a recording states;
+  :func:`analyse_source` fills the options' unknown ones from it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from stslive.acquisition.formats.archive import ArchiveReader
 from stslive.acquisition.formats.recording import SpectraSource, open_spectra
+from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.drivers.errors import AnalysisError, FileFormatError
-from stslive.live.kernels import (
-    KernelOptions,
-    SpectrumAnalysis,
-    analyse_spectra,
-    estimate_dynes_width,
-    gap_search_covered,
-    pick_channels,
-)
+from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, calibrate, pick_channels
 from stslive.live.results import ResultsModel
 
 __all__ = [
     "ProgressCallback",
+    "InstrumentSettings",
+    "instrument_settings",
+    "instrument_of",
     "uses_lockin",
     "analyse_pixels",
     "analyse_arrays",
@@ -106,15 +107,14 @@ def analyse_arrays(
     return SpectrumAnalysis(*(np.reshape(a, lead) for a in out))
 
 
-def _with_template_width(
+def _calibrated(
     bias_V: np.ndarray, *, current: np.ndarray | None, lockin: np.ndarray | None, options: KernelOptions
 ) -> KernelOptions:
-    """``options`` with the Dynes width of the peak templates fixed from these spectra.
+    """``options`` with the map's calibration (:func:`~stslive.live.kernels.calibrate`) measured on these spectra.
 
-    Unchanged when a width is already set, when the batch is empty, or when the sweep misses
-    the gap search range (no spectrum would use templates).
+    Unchanged when already calibrated or when the batch is empty.
     """
-    if options.dynes_width_eV is not None:
+    if options.calibrated:
         return options
     if not uses_lockin(options):
         lockin = None
@@ -130,26 +130,22 @@ def _with_template_width(
             return None if a is None else a.reshape(-1, a.shape[-1])[same]
 
         bias, current, lockin = first, flat(current), flat(lockin)
-    if not gap_search_covered(bias, options.gap_search_V):
-        return options
-    width = estimate_dynes_width(bias, current=current, lockin=lockin, options=options)
-    return dataclasses.replace(options, dynes_width_eV=float(width))
+    return calibrate(bias, current=current, lockin=lockin, options=options)
 
 
 def calibrate_options(
     bias_V: np.ndarray, spectra: np.ndarray, channel_names: list[str], *, options: KernelOptions
 ) -> KernelOptions:
-    """Fix the peak-template Dynes width from a batch of stored spectra ``(..., n_channels, n_points)``.
+    """Fix a map's calibration (gap, Dynes width, smoothing) from stored spectra ``(..., n_channels, n_points)``.
 
-    The kernels estimate the width per call when ``options.dynes_width_eV`` is None; a caller
-    that analyses a map in pieces (the live analyser one pixel at a time, the offline block
-    loop) calibrates once on the first spectra (e.g. the first row) and passes the returned
-    options to every :func:`analyse_pixels` call, so all pixels use the same templates (one
-    pixel alone gives a noisy width: ~0.02 meV spread in Delta, measured on mocks.film).
+    The kernels measure the calibration per call when it is not set; a caller that analyses a
+    map in pieces (the live analyser one pixel at a time, the offline block loop) calibrates
+    once on the first spectra and passes the returned options to every :func:`analyse_pixels`
+    call, so all pixels are analysed alike (one pixel alone gives a noisy calibration).
     """
     data = np.asarray(spectra)
     pick = pick_channels(list(channel_names), current=options.current, lockin=options.lockin)
-    return _with_template_width(
+    return _calibrated(
         bias_V,
         current=None if pick.current is None else data[..., pick.current, :],
         lockin=None if pick.lockin is None else data[..., pick.lockin, :],
@@ -164,7 +160,7 @@ def _empty_analysis(n: int, *, like: np.dtype) -> SpectrumAnalysis:
     for name in SpectrumAnalysis._fields:
         if name in ("gap_reason", "alpha_reason", "reason"):
             values[name] = np.zeros(n, np.int8)
-        elif name == "valid":
+        elif name in ("valid", "valid_delta", "valid_alpha"):
             values[name] = np.zeros(n, bool)
         else:
             values[name] = np.full(n, np.nan, dtype)
@@ -224,7 +220,8 @@ def apply_to_model(
     """Store results into ``model`` at ``[iy, ix]`` (one pixel or many; vectorised) and mark them measured.
 
     ``analysis`` arrays must broadcast to ``model.maps[...][iy, ix]``; ``fit_quality`` is the rms
-    log-residual of the power law and ``reason`` the kernel's :class:`ReasonCode`.
+    log-residual of the power law, ``reason`` the kernel's :class:`ReasonCode` (the gap's where
+    the gap failed), ``reason_delta`` / ``reason_alpha`` each quantity's.
     """
     maps: dict[str, np.ndarray] = {
         "delta_eV": analysis.delta_eV,
@@ -240,6 +237,14 @@ def apply_to_model(
         "peak_pos_V": analysis.peak_pos_V,
         "reason": analysis.reason,
         "valid": analysis.valid,
+        "valid_delta": analysis.valid_delta,
+        "valid_alpha": analysis.valid_alpha,
+        "reason_delta": analysis.gap_reason,
+        "reason_alpha": analysis.alpha_reason,
+        "delta_sigma_eV": analysis.delta_sigma_eV,
+        "alpha_sigma": analysis.alpha_sigma,
+        "delta_dynes_eV": analysis.delta_dynes_eV,
+        "gamma_dynes_eV": analysis.gamma_dynes_eV,
     }
     if setpoint_set is not None:
         maps["setpoint_set"] = np.asarray(setpoint_set)
@@ -271,6 +276,85 @@ def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> Spect
     return open_spectra(path, current=names[pick.current], lockin=lockin)
 
 
+class InstrumentSettings(NamedTuple):
+    """What a recording states about the measurement's broadening (None: it does not say)."""
+
+    temperature_K: float | None
+    modulation_Vrms: float | None
+
+
+#: .3ds header keys of the sample temperature and the lock-in (Nanonis module blocks).
+_3DS_TEMPERATURE = "Temperature 1>Temperature 1 (K)"
+_3DS_LOCKIN_STATUS = "Lock-in>Lock-in status"
+_3DS_LOCKIN_SIGNAL = "Lock-in>Modulated signal"
+_3DS_LOCKIN_AMPLITUDE = "Lock-in>Amplitude"
+
+
+def _positive(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _median_temperature(values: np.ndarray) -> float | None:
+    """Median of the finite, positive thermometer readings (K), None when there are none."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values) & (values > 0)]
+    return float(np.median(values)) if values.size else None
+
+
+def instrument_of(setpoint_set: SetpointSet, pixels: Sequence[Any]) -> dict[str, float | None]:
+    """The live analyser's :func:`instrument_settings`: the set's modulation, the pixels' median temperature.
+
+    ``pixels`` are the calibration sample (objects with ``temperatures_K``, the readings before
+    and after each spectrum), so the live rule equals the offline one on an archive of the run.
+    """
+    temps = np.array([t if t is not None else np.nan for p in pixels for t in p.temperatures_K], dtype=np.float64)
+    return {
+        "temperature_K": _median_temperature(temps),
+        "modulation_Vrms": _positive(setpoint_set.lockin_amplitude_Vrms),
+    }
+
+
+def instrument_settings(source: SpectraSource, pixels: np.ndarray | None = None) -> InstrumentSettings:
+    """The sample temperature (K) and bias modulation (V rms) a recording states.
+
+    An stslive archive: the median temperature of ``pixels`` (flat indices; default: every
+    measured pixel; the thermometer is read before and after each spectrum) and the lock-in
+    amplitude of the set-point set of the first measured pixel (0 there means no lock-in: None).
+    A Nanonis ``.3ds``: the header's
+    ``Temperature 1>Temperature 1 (K)``, and ``Lock-in>Amplitude`` when the lock-in was on and
+    modulated the bias. Nanonis does not document whether that amplitude is rms or peak; it is
+    read as rms, the convention of the ``.3ds`` files stslive writes (``--modulation-Vrms``
+    overrides it). A recording's own metadata API supersedes this when the formats expose one.
+    """
+    backend = source._b
+    measured = source.measured
+    if isinstance(backend, ArchiveReader):
+        meta = backend.pixel_meta
+        chosen = np.flatnonzero(measured.ravel()) if pixels is None else np.asarray(pixels)
+        temperature = _median_temperature(
+            np.concatenate([meta[k].ravel()[chosen] for k in ("temperature_before_K", "temperature_after_K")])
+        )
+        modulation = None
+        order = source.acquisition_order()
+        if order.size:
+            first_set = int(meta["setpoint_set_id"].ravel()[order[0]])
+            sets = backend.setpoint_sets
+            if first_set in sets:
+                modulation = _positive(sets[first_set].lockin_amplitude_Vrms)
+        return InstrumentSettings(temperature, modulation)
+    header = getattr(backend, "header", {})
+    temperature = _positive(header.get(_3DS_TEMPERATURE))
+    modulation = None
+    lockin_on = str(header.get(_3DS_LOCKIN_STATUS, "")).strip().upper() == "ON"
+    if lockin_on and str(header.get(_3DS_LOCKIN_SIGNAL, "")).strip().lower().startswith("bias"):
+        modulation = _positive(header.get(_3DS_LOCKIN_AMPLITUDE))
+    return InstrumentSettings(temperature, modulation)
+
+
 def calibration_sample(sweeps: Sequence[Hashable], *, chunk: int) -> np.ndarray:
     """Which spectra fix the peak-template width: THE rule of the live and the offline analysis.
 
@@ -299,21 +383,23 @@ def calibration_sample(sweeps: Sequence[Hashable], *, chunk: int) -> np.ndarray:
 
 
 def calibrate_source(source: SpectraSource, *, options: KernelOptions) -> KernelOptions:
-    """``options`` with the template width fixed as the live analyser fixes it (:func:`calibration_sample`).
+    """``options`` calibrated as the live analyser calibrates them (:func:`calibration_sample`).
 
-    The first ``options.chunk`` measured spectra in acquisition order (an archive's per-pixel
-    start times; row-major for a ``.3ds``) sharing the first one's sweep; their grid rows are
-    read one at a time. Unchanged when a width is set, nothing is measured, or the sweep misses
-    the gap search range.
+    The recording's temperature and modulation fill the options' unknown ones first
+    (:func:`instrument_settings`); then the map's calibration is measured on the first
+    ``options.chunk`` measured spectra in acquisition order (an archive's per-pixel start times;
+    row-major for a ``.3ds``) sharing the first one's sweep; their grid rows are read one at a
+    time. Unchanged when already calibrated or nothing is measured.
     """
-    if options.dynes_width_eV is not None:
-        return options
     order = source.acquisition_order()
     if order.size == 0:
-        return options
+        return options.with_instrument(**instrument_settings(source)._asdict())
     nx = source.shape[1]
     start, end = (a.ravel()[order] for a in source.sweep_limits)
     pick = order[calibration_sample(list(zip(start.tolist(), end.tolist(), strict=True)), chunk=options.chunk)]
+    options = options.with_instrument(**instrument_settings(source, pick)._asdict())
+    if options.calibrated:
+        return options
     iy, ix = np.divmod(pick, nx)
     current = lockin = None
     for row in np.unique(iy):
@@ -326,7 +412,7 @@ def calibrate_source(source: SpectraSource, *, options: KernelOptions) -> Kernel
         if lockin is not None and block.lockin is not None:
             lockin[here] = block.lockin[0, ix[here]]
     bias = source.bias_for(slice(int(iy[0]), int(iy[0]) + 1))[0, ix[0]] if source.bias_per_pixel else source.bias
-    return _with_template_width(bias, current=current, lockin=lockin, options=options)
+    return _calibrated(bias, current=current, lockin=lockin, options=options)
 
 
 def analyse_source(
@@ -341,7 +427,7 @@ def analyse_source(
     One template width for the whole map, fixed first by :func:`calibrate_source` (the live rule).
     """
     source.require_bias_sweep()
-    options = calibrate_source(source, options=options)
+    options = calibrate_source(source, options=options)  # with the recording's temperature and modulation
     ny, nx = source.shape
     dx, dy = source.pixel_size_m
     model = ResultsModel(ny, nx, pixel_nm=float(math.sqrt(dx * dy) * 1e9), topography=source.topography)

@@ -27,6 +27,7 @@ from stslive.live.flag_kinds import FLAG_DESCRIPTIONS as FLAG_DESCRIPTIONS
 from stslive.live.flag_kinds import FLAG_LABELS as FLAG_LABELS
 from stslive.live.flag_kinds import FlagKind as FlagKind
 from stslive.live.flag_kinds import SetFlagSummary, summarise_sets
+from stslive.live.snapshot_history import SnapshotHistory
 
 #: Fixed map layout: name -> (dtype, fill value, SI unit, description). The order is the display order.
 MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
@@ -46,8 +47,17 @@ MAP_SPECS: dict[str, tuple[np.dtype, Any, str, str]] = {
     "reason": (np.dtype(np.int16), -1, "", "kernel reason code, 0 = OK, -1 = not analysed"),
     "setpoint_set": (np.dtype(np.int16), -1, "", "set-point parameter set id, -1 = unknown"),
     "valid": (np.dtype(np.bool_), False, "", "Delta and alpha extracted"),
+    "valid_delta": (np.dtype(np.bool_), False, "", "Delta extracted"),
+    "valid_alpha": (np.dtype(np.bool_), False, "", "alpha extracted"),
+    "reason_delta": (np.dtype(np.int16), -1, "", "reason code of Delta, 0 = OK, -1 = not analysed"),
+    "reason_alpha": (np.dtype(np.int16), -1, "", "reason code of alpha, 0 = OK, -1 = not analysed"),
+    "delta_sigma_eV": (np.dtype(np.float32), np.nan, "eV", "standard error of Delta"),
+    "alpha_sigma": (np.dtype(np.float32), np.nan, "1", "standard error of alpha"),
+    "delta_dynes_eV": (np.dtype(np.float32), np.nan, "eV", "gap of a Dynes DOS fitted to both peaks"),
+    "gamma_dynes_eV": (np.dtype(np.float32), np.nan, "eV", "Dynes width of that fit"),
     "measured": (np.dtype(np.bool_), False, "", "a result exists for the pixel"),
     "flags": (np.dtype(np.uint32), 0, "", "FlagKind bits"),
+    "tip_epoch": (np.dtype(np.int16), -1, "", "tip epoch: 0 = the run's first tip, +1 per new tip, -1 = not analysed"),
 }
 
 #: what a model shows as the run state: a run's states, and "unknown" before any status arrived
@@ -77,6 +87,15 @@ class PixelResult:
     time: float = float("nan")
     b_pos: float = float("nan")
     b_neg: float = float("nan")
+    tip_epoch: int = -1
+    valid_delta: bool = False
+    valid_alpha: bool = False
+    reason_delta: int = -1
+    reason_alpha: int = -1
+    delta_sigma_eV: float = float("nan")
+    alpha_sigma: float = float("nan")
+    delta_dynes_eV: float = float("nan")
+    gamma_dynes_eV: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of builtin scalars (JSON/msgpack-safe; NaN stays a float NaN)."""
@@ -140,7 +159,11 @@ class Histogram:
 
 @dataclass(frozen=True, slots=True)
 class MapStatistics:
-    """Statistics of the valid pixels: mean, standard deviation (ddof=0) and a histogram."""
+    """Statistics per quantity: Delta over the pixels where Delta is valid, alpha where alpha is.
+
+    Mean, standard deviation (ddof=0) and a histogram each; ``n_valid`` counts the pixels with
+    both, ``n_valid_delta`` / ``n_valid_alpha`` each quantity's.
+    """
 
     n_measured: int
     n_valid: int
@@ -150,6 +173,8 @@ class MapStatistics:
     alpha_std: float
     delta_hist: Histogram
     alpha_hist: Histogram
+    n_valid_delta: int = 0
+    n_valid_alpha: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +246,8 @@ class ResultsModel:
         self.topography_origin = ""
         self.setpoint_sets: dict[int, dict[str, Any]] = {}
         self.snapshot: CorrelationSnapshot | None = None
+        #: every snapshot's figures and bands against the pixels measured (:meth:`set_snapshot` appends)
+        self.history = SnapshotHistory()
         self.version = 0
         self.maps_version = 0
         self.snapshot_version = 0
@@ -328,9 +355,16 @@ class ResultsModel:
             self._bump("status_version")
 
     def set_snapshot(self, snapshot: CorrelationSnapshot) -> None:
-        """Replace the correlation snapshot."""
+        """Replace the correlation snapshot and add it to :attr:`history` (once per snapshot time)."""
         with self.lock:
             self.snapshot = snapshot
+            self.history.append(snapshot, n_measured=int(np.count_nonzero(self.maps["measured"])))
+            self._bump("snapshot_version")
+
+    def set_history(self, history: SnapshotHistory) -> None:
+        """Replace the snapshot history (a late-joining viewer, a file)."""
+        with self.lock:
+            self.history = history
             self._bump("snapshot_version")
 
     def update_status(
@@ -381,7 +415,7 @@ class ResultsModel:
         return PixelResult(iy=iy, ix=ix, **values)
 
     def statistics(self, *, bins: int = 40) -> MapStatistics:
-        """Mean, std and histograms of the valid Delta (eV) and alpha; cached per ``maps_version``.
+        """Mean, std and histograms of Delta (eV) where valid and alpha where valid; cached per ``maps_version``.
 
         Done on demand because a pass over 75,000 pixels costs well under a millisecond and
         keeps the numbers exact when a pixel is overwritten (running sums would drift).
@@ -391,15 +425,19 @@ class ResultsModel:
             if cached is not None and cached[0] == self.maps_version and cached[1] == bins:
                 return cached[2]
             version = self.maps_version
-            valid = self.maps["valid"] & self.maps["measured"]
-            delta = self.maps["delta_eV"][valid]
-            alpha = self.maps["alpha"][valid]
-            n_measured = int(np.count_nonzero(self.maps["measured"]))
+            measured = self.maps["measured"]
+            n_valid = int(np.count_nonzero(self.maps["valid"] & measured))
+            # a writer that sets only ``valid`` (both quantities: an older file, a test) counts too
+            delta = self.maps["delta_eV"][(self.maps["valid_delta"] | self.maps["valid"]) & measured]
+            alpha = self.maps["alpha"][(self.maps["valid_alpha"] | self.maps["valid"]) & measured]
+            n_measured = int(np.count_nonzero(measured))
         delta = delta[np.isfinite(delta)]
         alpha = alpha[np.isfinite(alpha)]
         stats = MapStatistics(
             n_measured=n_measured,
-            n_valid=int(delta.size),
+            n_valid=n_valid,
+            n_valid_delta=int(delta.size),
+            n_valid_alpha=int(alpha.size),
             delta_mean_eV=float(delta.mean()) if delta.size else float("nan"),
             delta_std_eV=float(delta.std()) if delta.size else float("nan"),
             alpha_mean=float(alpha.mean()) if alpha.size else float("nan"),

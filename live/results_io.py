@@ -41,12 +41,13 @@ from stslive.live.results import (
     PixelResult,
     ResultsModel,
 )
+from stslive.live.snapshot_history import SnapshotHistory
 
 MAPS_FORMAT_VERSION = 1
 RESULTS_SCHEMA = "stslive.results"
 RESULTS_SCHEMA_VERSION = 1
 # "pixels" shares the "pixel" prefix, so a viewer subscribed to "pixel" receives both
-TOPICS = ("pixel", "pixels", "maps", "snapshot", "status")
+TOPICS = ("pixel", "pixels", "maps", "snapshot", "history", "status")
 #: The results stream's wire rules. A maps message carries every map and the topography (19
 #: arrays; 1 GiB covers the maps of a 2048 x 2048 grid four times). Float maps may hold inf (a
 #: coherence-peak visibility over a zero background), so inf is not refused here.
@@ -84,6 +85,7 @@ def save_maps_h5(model: ResultsModel, path: str | Path) -> None:
         topo = None if model.topography is None else model.topography.copy()
         topo_origin = model.topography_origin
         snap = model.snapshot
+        history = model.history
         sets = dict(model.setpoint_sets)
         status = model.status_fields()
     tmp = path.with_name(path.name + ".part")
@@ -111,6 +113,10 @@ def save_maps_h5(model: ResultsModel, path: str | Path) -> None:
             g["r_nm"].attrs["units"] = "nm"
             for key, value in _snapshot_scalars(snap).items():
                 g.attrs[key] = value
+        if len(history):
+            g = f.create_group("correlation_history")
+            for name, values in history.arrays().items():
+                g.create_dataset(name, data=values)
     tmp.replace(path)
 
 
@@ -162,6 +168,9 @@ def load_maps_h5(path: str | Path) -> ResultsModel:
         if "correlation" in f:
             g = f["correlation"]
             model.set_snapshot(_snapshot_from({n: g[n][()] for n in CorrelationSnapshot.ARRAYS}, dict(g.attrs)))
+        if "correlation_history" in f:
+            g = f["correlation_history"]
+            model.set_history(SnapshotHistory.from_arrays({n: g[n][()] for n in g}))
     return model
 
 
@@ -256,6 +265,13 @@ def snapshot_message(snap: CorrelationSnapshot) -> Message:
     )
 
 
+def history_message(model: ResultsModel) -> Message:
+    """A ``history`` message: every snapshot's figures and 90 % bands, (k,) arrays (:class:`SnapshotHistory`)."""
+    with model.lock:
+        arrays = model.history.arrays()
+    return "history", _header("history", n=int(arrays["time"].size)), arrays
+
+
 def status_message(model: ResultsModel) -> Message:
     """A ``status`` message: grid shape, state, set, seq, rate override and the temperature trace."""
     st = model.status()
@@ -282,12 +298,14 @@ def maps_message(model: ResultsModel) -> Message:
 
 
 def model_messages(model: ResultsModel) -> list[Message]:
-    """The full state of ``model``: maps, then the snapshot if any, then status."""
+    """The full state of ``model``: maps, then the snapshot and its history if any, then status."""
     out = [maps_message(model)]
     with model.lock:
         snap = model.snapshot
     if snap is not None:
         out.append(snapshot_message(snap))
+    if len(model.history):
+        out.append(history_message(model))
     out.append(status_message(model))
     return out
 
@@ -312,7 +330,7 @@ def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], array
     try:
         if topic == "pixel":
             raw = dict(header["result"])
-            ints = {"iy", "ix", "setpoint_set", "reason", "flags"}
+            ints = {"iy", "ix", "setpoint_set", "reason", "flags", "tip_epoch"}
             result = PixelResult.from_dict(
                 {k: (int(v) if k in ints else bool(v) if k == "valid" else _nan(v)) for k, v in raw.items()}
             )
@@ -334,6 +352,8 @@ def apply_message(model: ResultsModel, topic: str, header: dict[str, Any], array
                 model.set_topography(topo)
         elif topic == "snapshot":
             model.set_snapshot(_snapshot_from(arrays, header))
+        elif topic == "history":
+            model.set_history(SnapshotHistory.from_arrays(arrays))
         else:
             if (header["ny"], header["nx"]) != (model.ny, model.nx):
                 raise StreamError(

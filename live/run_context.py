@@ -2,11 +2,12 @@
 
 :class:`RunContext` is built from the run's start document (from the stream, or from the
 archive when the analyser joins late). :class:`PixelInput` is one pixel to analyse, from a
-stream event or rebuilt from the archive. :meth:`RunContext.process` analyses a batch with the
-one code path (:func:`stslive.live.pipeline.analyse_pixels`), computes the flags in acquisition
-order (:class:`stslive.live.flags.FlagEngine`) and stores everything in the run's
-:class:`ResultsModel`; it returns the batch's results as columns (arrays named by the
-:class:`PixelResult` fields) to publish.
+stream event or rebuilt from the archive. :meth:`RunContext.process` analyses a batch at once
+with the one code path (:func:`stslive.live.pipeline.analyse_pixels`), flags it in acquisition
+order (:class:`stslive.live.flags_run.RunFlags`, the path ``stslive analyse`` flags with) and
+stores everything in the run's :class:`ResultsModel`; it returns the results as columns (arrays
+named by the :class:`PixelResult` fields) to publish. Without a fixed template width the first
+pixels are analysed with a provisional one and analysed again once the run's width is fixed.
 """
 
 from __future__ import annotations
@@ -20,19 +21,12 @@ from typing import Any
 import numpy as np
 
 from stslive.acquisition.formats.documents import EventDoc
-from stslive.acquisition.formats.runmodel import SetpointSet
-from stslive.drivers.errors import ConfigError, StreamError
+from stslive.drivers.errors import StreamError
 from stslive.live.flag_config import FlagConfig
-from stslive.live.flags import (
-    FlagEngine,
-    PixelConditions,
-    SpectralFeatures,
-    channel_arrays,
-    lockin_settings,
-    spectral_features,
-)
+from stslive.live.flags import SpectralFeatures
+from stslive.live.flags_run import RunFlags, parse_sets, store_flags
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis
-from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options, calibration_sample
+from stslive.live.pipeline import analyse_pixels, apply_to_model, calibrate_options, calibration_sample, instrument_of
 from stslive.live.results import PixelResult, ResultsModel
 
 
@@ -78,15 +72,15 @@ class RunContext:
         The run.
     start
         The start document's fields: ``grid`` (nx, ny, width_m, ...), ``channel_names``,
-        ``n_points``, ``setpoint_sets`` (dicts of SetpointSet fields).
+        ``n_points``, ``setpoint_sets`` (dicts of SetpointSet fields), ``metadata``.
     options
         Kernel options (one code path with ``stslive analyse``). Without a fixed
         ``dynes_width_eV`` the run's width follows the offline rule
         (:func:`stslive.live.pipeline.calibrate_options` on the first ``options.chunk`` measured
-        spectra sharing the first one's sweep, in acquisition order - for a raster scan the
-        spectra ``stslive analyse`` calibrates on): pixels are held back until those arrived
-        (or the run ends, :meth:`finish`), then all use that width, so no result depends on
-        its batch and the finished maps equal the offline analysis without any option.
+        spectra sharing the first one's sweep, in acquisition order): until those arrived (or
+        the run ends, :meth:`finish`) each batch is analysed at once with a provisional width
+        estimated on the spectra so far; then every pixel so far is analysed and flagged again
+        with the run's width, so the finished maps equal the offline analysis.
     flag_config
         Flag thresholds.
     """
@@ -94,26 +88,33 @@ class RunContext:
     def __init__(
         self, run_uid: str, start: Mapping[str, Any], *, options: KernelOptions, flag_config: FlagConfig
     ) -> None:
+        self.channel_names, self.sets = parse_sets(run_uid, start)
         try:
             grid = dict(start["grid"])
             ny, nx = int(grid["ny"]), int(grid["nx"])
-            self.channel_names = [str(c) for c in start["channel_names"]]
             self.n_points = int(start["n_points"])
-            self.sets = {int(s["id"]): SetpointSet.from_dict(s) for s in start["setpoint_sets"]}
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise StreamError(
                 f"run {run_uid}: start document unusable ({exc}); check the scan engine's version"
             ) from exc
-        channel_arrays(np.zeros((len(self.channel_names), 2)), self.channel_names)  # needs a current channel
+        metadata = start.get("metadata")
+        self.flags = RunFlags(
+            self.channel_names,
+            self.sets,
+            metadata=metadata if isinstance(metadata, Mapping) else None,
+            config=flag_config,
+        )
         self.run_uid = run_uid
         self.options = options
-        #: pixels held back until the template width is calibrated (None: calibrated or given)
-        self._held: list[PixelInput] | None = None if options.dynes_width_eV is not None else []
+        #: every pixel so far while the template width is provisional (None: fixed)
+        self._retained: list[PixelInput] | None = None if options.calibrated else []
+        self._provisional = options
+        self._provisional_from = 0  # spectra the provisional width was estimated on
         width = float(grid.get("width_m", math.nan))
         self.model = ResultsModel(ny, nx, pixel_nm=width / nx * 1e9, set_threshold=flag_config.set_flag_fraction)
         self.model.set_setpoint_sets({k: s.to_dict() for k, s in self.sets.items()})
-        self.flags = FlagEngine(flag_config)
         self.last_time: dict[tuple[int, int], float] = {}
+        self._revised: list[dict[str, np.ndarray]] = []
         #: seconds spent per stage of :meth:`process` (benchmarks: ``stslive bench analyser``)
         self.stage_seconds: dict[str, float] = dict.fromkeys(("analyse", "features", "flags", "model"), 0.0)
 
@@ -132,8 +133,7 @@ class RunContext:
 
         A measurement is known by its time (``t_end``, unix s): the same one again (backfill,
         archive recovery and stream overlap) or an older one than the last taken is not new; a
-        re-measure (later time) is, and is analysed again. Remembered here, not after the
-        analysis, so a pixel twice in one batch or held for the width calibration counts once.
+        re-measure (later time) is, and is analysed again.
         """
         key = (pixel.iy, pixel.ix)
         if pixel.time <= self.last_time.get(key, -math.inf):
@@ -143,55 +143,98 @@ class RunContext:
 
     @property
     def calibrating(self) -> bool:
-        """True while pixels are held back for the template-width calibration."""
-        return self._held is not None
+        """True while the template width is provisional (the run's width not yet fixed)."""
+        return self._retained is not None
+
+    @property
+    def calibration_count(self) -> int:
+        """Spectra the run's width will be fixed on that have arrived (``options.chunk`` fixes it)."""
+        return 0 if not self._retained else self._sample_size()
+
+    @property
+    def provisional_width_eV(self) -> float | None:
+        """The width the latest provisional results used (None: estimated per batch, or fixed)."""
+        return self._provisional.dynes_width_eV if self.calibrating else None
 
     def _sweep(self, set_id: int) -> tuple[float, float, int]:
         s = self.sets[set_id]
         return (s.sweep_start_V, s.sweep_end_V, s.n_points)
 
-    def _calibrate(self) -> list[PixelInput]:
-        """Fix the width from the held pixels sharing the first one's sweep; return every held pixel."""
-        held = self._held or []
-        self._held = None
-        if held:
-            pick = calibration_sample([self._sweep(p.set_id) for p in held], chunk=self.options.chunk)
-            sample = [held[i] for i in pick]
-            self.options = calibrate_options(
-                self.sets[held[0].set_id].bias_axis,
-                np.stack([p.spectra for p in sample]),
-                self.channel_names,
-                options=self.options,
-            )
-        return held
+    def _sample(self, held: list[PixelInput]) -> list[PixelInput]:
+        """The pixels :func:`calibration_sample` picks of ``held`` (first sweep, first ``chunk``)."""
+        return [held[i] for i in calibration_sample([self._sweep(p.set_id) for p in held], chunk=self.options.chunk)]
+
+    def _sample_size(self) -> int:
+        held = self._retained or []
+        first = self._sweep(held[0].set_id)
+        return min(self.options.chunk, sum(self._sweep(p.set_id) == first for p in held))
+
+    def _width_from(self, sample: list[PixelInput]) -> KernelOptions:
+        return calibrate_options(
+            self.sets[sample[0].set_id].bias_axis,
+            np.stack([p.spectra for p in sample]),
+            self.channel_names,
+            options=self.options.with_instrument(**instrument_of(self.sets[sample[0].set_id], sample)),
+        )
 
     def finish(self) -> dict[str, np.ndarray]:
-        """At the end of the run: calibrate on what was held (a run shorter than the sample) and analyse it."""
-        if self._held is None:
+        """At the end of the run: fix the width on what arrived (a run shorter than the sample).
+
+        Returns the columns of every pixel analysed again ({} when the width was fixed already).
+        """
+        if self._retained is None:
             return {}
-        return self.process(self._calibrate())
+        return self._calibrate([])
+
+    def _calibrate(self, pixels: Sequence[PixelInput]) -> dict[str, np.ndarray]:
+        """Fix the run's width, analyse and flag every retained pixel and ``pixels`` again, in order."""
+        held = [*(self._retained or []), *pixels]
+        self._retained = None
+        if not held:
+            return {}
+        self.options = self._width_from(self._sample(held))
+        self.flags.reset()
+        return self._analyse(held, self.options)
+
+    def take_revisions(self) -> dict[str, np.ndarray] | None:
+        """Flags and tip epochs of earlier pixels that a tip-change event changed, since the last call.
+
+        Columns ``iy``, ``ix``, ``flags``, ``tip_epoch`` (a ``pixels`` message), or None.
+        """
+        if not self._revised:
+            return None
+        out = {k: np.concatenate([r[k] for r in self._revised]) for k in self._revised[0]}
+        self._revised.clear()
+        return out
 
     def process(self, pixels: Sequence[PixelInput]) -> dict[str, np.ndarray]:
         """Analyse ``pixels`` (already checked, in acquisition order), store and return their results.
 
-        While calibrating (no fixed width yet) pixels are held and ``{}`` is returned until
-        ``options.chunk`` pixels with the first one's sweep have arrived; then the held pixels are
-        analysed together with these.
+        With a provisional width the batch is analysed at once (width re-estimated each time the
+        spectra it rests on have doubled); when ``options.chunk`` spectra with the first one's
+        sweep have arrived the run's width is fixed and every pixel so far is analysed and
+        flagged again: the columns then hold all of them.
 
         All pixels of a set-point set go through one :func:`analyse_pixels` call (the kernels are
-        batch-first), the flags through one :meth:`FlagEngine.evaluate`. Returns the results as
-        (n,) arrays named by :class:`PixelResult` fields, in the order given (the columns of
+        batch-first), the flags through one :meth:`RunFlags.evaluate`. Returns the results as
+        (n,) arrays named by :class:`PixelResult` fields (the columns of
         :func:`stslive.live.results_io.pixels_message`; :func:`result_rows` gives PixelResults).
         """
-        if self._held is not None:
-            self._held.extend(pixels)
-            sweep = self._sweep(self._held[0].set_id) if self._held else None
-            if sum(self._sweep(p.set_id) == sweep for p in self._held) < self.options.chunk:
-                return {}
-            pixels = self._calibrate()
-        n = len(pixels)
-        if n == 0:
+        if not pixels:
             return {}
+        if self._retained is None:
+            return self._analyse(pixels, self.options)
+        self._retained.extend(pixels)
+        if self._sample_size() >= self.options.chunk:
+            return self._calibrate([])
+        n = self._sample_size()
+        if n >= 2 * self._provisional_from or self._provisional_from == 0:
+            self._provisional = self._width_from(self._sample(self._retained))
+            self._provisional_from = n
+        return self._analyse(pixels, self._provisional)
+
+    def _analyse(self, pixels: Sequence[PixelInput], options: KernelOptions) -> dict[str, np.ndarray]:
+        n = len(pixels)
         clock = time.thread_time  # CPU time of this thread: GIL waits and other processes excluded
         t0 = clock()
         t_features = 0.0
@@ -199,55 +242,50 @@ class RunContext:
         spectra_all = np.stack([p.spectra for p in pixels])
         parts: dict[str, np.ndarray] = {}
         feats: dict[str, np.ndarray] = {}
-        modulation = np.zeros(n)
-        sensitivity = np.zeros(n)
         set_ids = np.unique(ids)
+        f: SpectralFeatures | None = None
         for set_id in set_ids:
             rows = np.flatnonzero(ids == set_id)
-            sset = self.sets[int(set_id)]
             spectra = spectra_all if rows.size == n else spectra_all[rows]
-            bias = sset.bias_axis
-            analysis = analyse_pixels(bias, spectra, self.channel_names, options=self.options)
+            analysis = analyse_pixels(self.sets[int(set_id)].bias_axis, spectra, self.channel_names, options=options)
             t1 = clock()
-            current, lockin = channel_arrays(spectra, self.channel_names)
-            f = spectral_features(
-                bias,
-                current,
-                v_set_V=sset.bias_setpoint_V,
-                i_set_A=abs(sset.current_setpoint_A),
-                lockin=lockin,
-                config=self.flags.config,
-            )
+            f = self.flags.features(int(set_id), spectra)
             t_features += clock() - t1
             _scatter(parts, analysis._asdict(), rows, n)
             if set_ids.size > 1:  # one set (the usual batch): its features (fresh arrays) are the batch's
                 _scatter(feats, {k: getattr(f, k) for k in f.__slots__}, rows, n)
-            modulation[rows], sensitivity[rows] = lockin_settings(sset.lockin_amplitude_Vrms, sset.lockin_sensitivity_V)
         analysis = SpectrumAnalysis(**parts)
-        if set_ids.size > 1:
+        if set_ids.size > 1 or f is None:
             f = SpectralFeatures(**feats)
         t2 = clock()
         with np.errstate(invalid="ignore"):  # both readings missing: NaN, no thermometer
             temps = np.fmax(*np.array([[_temp(t) for t in p.temperatures_K] for p in pixels], dtype=np.float64).T)
-        conditions = PixelConditions(
-            temperature_K=temps,
-            lockin_overload=np.fromiter((p.lockin_overload for p in pixels), dtype=bool, count=n),
-            lockin_status=np.fromiter((p.lockin_status for p in pixels), dtype=np.int64, count=n),
-            modulation_Vrms=modulation,
-            sensitivity_V=sensitivity,
-        )
         iy = np.fromiter((p.iy for p in pixels), dtype=np.int64, count=n)
         ix = np.fromiter((p.ix for p in pixels), dtype=np.int64, count=n)
-        bits = self.flags.evaluate(analysis, f, conditions, iy=iy, ix=ix)
-        t3 = clock()
         times = np.fromiter((p.time for p in pixels), dtype=np.float64, count=n)
+        result = self.flags.evaluate(
+            iy=iy,
+            ix=ix,
+            set_ids=ids,
+            time=times,
+            delta_eV=analysis.delta_eV,
+            reason=analysis.reason,
+            features=f,
+            temperature_K=temps,
+            lockin_status=np.fromiter((p.lockin_status for p in pixels), dtype=np.int64, count=n),
+            lockin_overload=np.fromiter((p.lockin_overload for p in pixels), dtype=bool, count=n),
+        )
+        t3 = clock()
         temps32 = temps.astype(np.float32)
         # one pixel may appear twice in a batch (re-measured): numpy fancy assignment keeps the last
         apply_to_model(self.model, iy, ix, analysis, setpoint_set=ids)
-        self.model.update_block(iy, ix, flags=bits, temperature_K=temps32, time=times)
+        self.model.update_block(iy, ix, temperature_K=temps32, time=times)
+        store_flags(self.model, iy, ix, result)
+        if result.revised is not None:
+            self._revised.append(result.revised)
         self.model.update_status(current_set=int(ids[-1]))
         for p in pixels:
-            self.last_time[(p.iy, p.ix)] = p.time
+            self.last_time[(p.iy, p.ix)] = max(p.time, self.last_time.get((p.iy, p.ix), -math.inf))
         stages = self.stage_seconds
         stages["analyse"] += t2 - t0 - t_features
         stages["features"] += t_features
@@ -270,20 +308,21 @@ class RunContext:
             "peak_pos_V": analysis.peak_pos_V,
             "valid": analysis.valid,
             "reason": analysis.reason,
-            "flags": bits,
+            "flags": result.bits,
+            "tip_epoch": result.tip_epoch,
             "temperature_K": temps32,
             "time": times,
         }
 
 
 def _temp(value: float | None) -> float:
-    """A thermometer reading, NaN when missing or not finite (as :func:`conditions_for`)."""
+    """A thermometer reading, NaN when missing or not finite."""
     return float(value) if value is not None and math.isfinite(value) else math.nan
 
 
 def result_rows(columns: Mapping[str, np.ndarray]) -> list[PixelResult]:
     """The :class:`PixelResult` s of :meth:`RunContext.process` output (one per row)."""
-    ints = {"iy", "ix", "setpoint_set", "reason", "flags"}
+    ints = {"iy", "ix", "setpoint_set", "reason", "flags", "tip_epoch"}
     names = list(columns)
     rows = zip(*(np.asarray(columns[k]).tolist() for k in names), strict=True)
     out = []

@@ -1,7 +1,7 @@
 """The correlation snapshot of a results model: paper Appendix A correlations and what Eqs. (2), (3) imply.
 
-:func:`correlation_snapshot` reads the valid part of a :class:`~stslive.live.results.ResultsModel`
-(mid-run too: unmeasured pixels are gaps the estimator skips) and returns a
+:func:`correlation_snapshot` reads the extracted part of a :class:`~stslive.live.results.ResultsModel`
+(Delta where Delta was extracted, alpha where alpha was; mid-run too: the rest are gaps) and returns a
 :class:`~stslive.live.results.CorrelationSnapshot`: radial profiles, the 2D Delta-alpha
 cross-correlation, 1/e lengths, rho_cross(0), the film's corrected figures with their 90 %
 intervals and the warnings of :func:`~stslive.live.correlations.correlation_report`, sigma_rho
@@ -39,7 +39,8 @@ def correlation_snapshot(
     Parameters
     ----------
     model : ResultsModel
-        Maps so far; pixels not valid are left out (NaN), so it works mid-run.
+        Maps so far; Delta is taken where it was extracted, alpha where it was (the pixels
+        without are gaps), so it works mid-run.
     pixel_size_m : float or (dy, dx), optional
         Pixel size, m (default: ``model.pixel_nm``).
     constants : TheoryConstants, optional
@@ -66,12 +67,15 @@ def correlation_snapshot(
     if not np.all(np.isfinite(np.asarray(size, dtype=np.float64))):
         raise AnalysisError("correlations need the pixel size; pass pixel_size_m (metres)")
     with model.lock:
-        valid = model.maps["valid"].copy()
-        delta = np.where(valid, model.maps["delta_eV"], np.nan)
-        alpha = np.where(valid, model.maps["alpha"], np.nan)
-    n_valid = int(valid.sum())
+        maps = model.maps
+        # each quantity over the pixels where it was extracted, as report.json and the statistics
+        valid_delta = (maps["valid_delta"] | maps["valid"]) & maps["measured"]
+        valid_alpha = (maps["valid_alpha"] | maps["valid"]) & maps["measured"]
+        delta = np.where(valid_delta, maps["delta_eV"], np.nan)
+        alpha = np.where(valid_alpha, maps["alpha"], np.nan)
+    n_valid = int(np.count_nonzero(valid_delta & valid_alpha))
     if n_valid < 3:
-        raise AnalysisError(f"only {n_valid} valid pixel(s): correlations need at least 3")
+        raise AnalysisError(f"only {n_valid} pixel(s) with both Delta and alpha: correlations need at least 3")
     found = correlation_analysis(
         delta, alpha, pixel_size_m=size, min_pair_fraction=min_pair_fraction, intervals=intervals
     )

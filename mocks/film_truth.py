@@ -87,17 +87,15 @@ def power_law_alpha(
     Returns
     -------
     numpy.ndarray
-        (P,) alpha = (alpha_+ + alpha_-) / 2.
+        (P,) alpha = (alpha_+ + alpha_-) / 2; NaN when the sweep does not reach window_V[1] on
+        both polarities with at least 3 points in the window (the definition needs the window).
     """
     slopes = []
     for sign in (1.0, -1.0):
         mag = sign * bias_V
         sel = (mag >= window_V[0]) & (mag <= window_V[1])
-        if np.count_nonzero(sel) < 3:
-            raise AnalysisError(
-                f"the sweep has fewer than 3 points with {window_V[0]} <= {'+' if sign > 0 else '-'}V <= "
-                f"{window_V[1]} V; widen the sweep to cover the alpha fit window."
-            )
+        if np.count_nonzero(sel) < 3 or mag.max() < window_V[1] - 1e-9:
+            return np.full(conductance.shape[0], np.nan)
         x = np.log(mag[sel])
         x = x - x.mean()
         y = np.log(conductance[:, sel])

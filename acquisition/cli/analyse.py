@@ -1,9 +1,10 @@
-"""``stslive analyse INPUT [INPUT ...] --out DIR [--dask [ADDRESS]]``: offline analysis of archives and ``.3ds``.
+"""``stslive analyse INPUT [INPUT ...] --out DIR [--overwrite] [--dask [ADDRESS]]``: offline analysis.
 
 The command line only: the analysis is :func:`stslive.live.offline.analyse.analyse_inputs` (an
 INPUT is an archive, a ``.3ds`` or a folder of them; one input writes into DIR, several into
-``DIR/<stem>/`` each plus a campaign summary). ``--dask`` runs the kernels on a Dask cluster: a
-LocalCluster here, or the scheduler at ADDRESS.
+``DIR/<stem>/`` each plus a campaign summary; DIR holds no earlier analysis unless
+``--overwrite`` replaces it). ``--dask`` runs the kernels on a Dask cluster: a LocalCluster here,
+or the scheduler at ADDRESS.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import sys
 from pathlib import Path
 
 from stslive.drivers.errors import AnalysisError, ConfigError
+from stslive.live.flag_config import load_flag_config
 from stslive.live.kernels import KernelOptions
-from stslive.live.offline.analyse import DEFAULT_BLOCK_BYTES, analyse_inputs, expand_inputs, summary_line
-
-# the one-input analysis, re-exported: the soak job imports it from here
-from stslive.live.offline.analyse import analyse_to_directory as analyse_to_directory
+from stslive.live.offline.analyse import DEFAULT_BLOCK_BYTES, analyse_inputs, expand_inputs
+from stslive.live.offline.report import summary_line
 from stslive.live.theory import TheoryConstants
 
 #: ``--dask`` given without an address: start a LocalCluster.
@@ -56,6 +56,9 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
         gap_search_V=parse_mV_pair(args.gap_search, "gap-search"),
         smoothing_points=args.smoothing,
         temperature_K=args.temperature_K,
+        modulation_Vrms=args.modulation_Vrms,
+        alpha_source=args.alpha_source,
+        joint_fit_above=0.0 if args.dynes_fit else KernelOptions.joint_fit_above,
     )
 
 
@@ -68,7 +71,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stslive run archive (.h5), Nanonis grid (.3ds) or a folder of them; several "
         "inputs write OUT/<stem>/ each and a campaign summary in OUT",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output directory: new or empty (created if missing); it receives the results only once all succeeded",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier `stslive analyse` in --out (its files only; a folder with other files is refused)",
+    )
+    parser.add_argument("--config", help="TOML file with a [flags] table of flag thresholds (as `stslive analyser`)")
     parser.add_argument(
         "--dask",
         nargs="?",
@@ -119,15 +133,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--smoothing",
         type=int,
-        default=KernelOptions.smoothing_points,
+        default=None,
         metavar="POINTS",
-        help="running-mean width of the numerical dI/dV, samples, odd (default: 11)",
+        help="running-mean width of the numerical dI/dV, samples, odd (default: chosen from the current's noise)",
     )
     parser.add_argument(
         "--temperature-K",
         type=float,
-        default=KernelOptions.temperature_K,
-        help="sample temperature for the peak templates, K (default: 0.3)",
+        default=None,
+        help="sample temperature, K: the peak templates' thermal width (default: the recording's, else 0.3)",
+    )
+    parser.add_argument(
+        "--modulation-Vrms",
+        type=float,
+        default=None,
+        help="lock-in bias modulation, V rms: removed from Delta (default: the recording's, else 0)",
+    )
+    parser.add_argument(
+        "--alpha-source",
+        choices=("current", "lockin"),
+        default="current",
+        help="channel alpha is fitted on: the current's derivative (default) or the lock-in",
+    )
+    parser.add_argument(
+        "--dynes-fit",
+        action="store_true",
+        help="fit both peaks jointly (and a Dynes DOS) at every pixel: Dynes maps everywhere, ~6 us more per "
+        "spectrum (default: where the per-peak fit needs it)",
     )
     parser.add_argument(
         "--set",
@@ -159,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_block_bytes=int(args.block_mb * 2**20),
         show_progress=sys.stderr.isatty(),
+        flag_config=load_flag_config(args.config) if args.config else None,
+        overwrite=args.overwrite,
     )
     for analysed in analysis.runs:
         print(f"{analysed.path.name}: {summary_line(analysed.report)}")

@@ -16,6 +16,7 @@ without it the run stream is read without keys.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from stslive.acquisition.formats.security import Security
@@ -47,11 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dynes-width-meV",
         type=float,
         default=None,
-        help="fix the Dynes width of the peak templates, meV (default: calibrated on the run's first "
-        "spectra as `stslive analyse` does, so both give the same maps; results are held "
-        "until those spectra arrived)",
+        help="fix the Dynes width of the peak templates, meV (default: fixed on the run's first "
+        "spectra as `stslive analyse` does, so both give the same maps; until then the pixels are "
+        "analysed at once with a provisional width and analysed again when it is fixed)",
     )
     parser.add_argument("--snapshot-every", type=int, default=500, help="pixels between correlation snapshots")
+    parser.add_argument(
+        "--snapshot-every-s",
+        type=float,
+        default=AnalyserSettings.snapshot_every_s,
+        help="longest time between correlation snapshots while pixels arrive, s (default 30)",
+    )
     parser.add_argument("--once", action="store_true", help="exit after the first run's stop document")
 
 
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         stream_security=None if args.client is None else Security.from_dir(args.keys, client=args.client),
         options=KernelOptions(dynes_width_eV=None if args.dynes_width_meV is None else args.dynes_width_meV * 1e-3),
         flag_config=flags,
-        settings=AnalyserSettings(snapshot_every=args.snapshot_every),
+        settings=AnalyserSettings(snapshot_every=args.snapshot_every, snapshot_every_s=args.snapshot_every_s),
     )
     with service:
         settle_gc()
@@ -85,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 if not args.once:
                     time.sleep(1.0)
                 if service.errors:
-                    print(f"stslive analyser: {service.errors[-1]}")
+                    print(f"stslive analyser: error: {service.errors[0]}", file=sys.stderr)
                     return 1
         finally:
             print(f"stslive analyser: {service.status_text()}", flush=True)

@@ -5,17 +5,20 @@ stslive archive, anything else -> ``.3ds``, by content, never by the file name) 
 format's reader; :func:`open_spectra` gives the format-free view the offline analysis reads
 (:class:`SpectraSource`). Channels are picked by name: the current (default: the first
 "Current" channel that is not a backward sweep) and, optionally, a lock-in dI/dV channel
-(default: the first of the usual Nanonis and external lock-in names present).
+(default: the first of the usual Nanonis and external lock-in names present). :func:`start_fields`
+is a recording's start document: an archive's own, a ``.3ds`` grid's built from its header.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import h5py
 import numpy as np
@@ -23,8 +26,8 @@ import numpy as np
 from stslive.acquisition.formats.archive import VERSION_ATTR, ArchiveReader, open_archive
 from stslive.acquisition.formats.archive.layout import HDF5_SIGNATURE
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid, open_3ds
-from stslive.acquisition.formats.runmodel import GridGeometry
-from stslive.drivers.errors import AnalysisError, FileFormatError
+from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet, channel_unit
+from stslive.drivers.errors import AnalysisError, ConfigError, FileFormatError, NanonisFileError
 
 #: A recording opened by :func:`open_recording`: the format's own reader.
 Recording: TypeAlias = ArchiveReader | NanonisGrid
@@ -369,3 +372,128 @@ def open_spectra(
     except BaseException:
         backend.close()
         raise
+
+
+# -- start documents -------------------------------------------------------------------------------
+#: ``setpoint_source`` value of a set-point set field the ``.3ds`` header does not give
+_ABSENT = "absent from the header: default"
+#: Event fields a ``.3ds`` does not record (its events carry the defaults)
+_GRID_EVENT_UNKNOWNS = ("lockin_status", "lockin_overload")
+
+
+def _header_float(header: Mapping[str, str], key: str, path: Path) -> float:
+    try:
+        return float(header[key])
+    except ValueError:
+        raise NanonisFileError(path, f"header entry {key!r}={header[key]!r} is not a number") from None
+
+
+def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, str]]:
+    """The set-point set of a ``.3ds`` grid, built from its header; and where each value came from.
+
+    Nanonis keys used: ``Bias>Bias (V)`` (bias set-point); ``Z-Controller>Setpoint`` when its
+    unit is A, else ``Current>Current (A)`` (the current when the grid started) for the current
+    set-point; ``Bias Spectroscopy>Sweep Start/End (V)`` for a bias sweep, else the first
+    measured point's Sweep Start/End parameters (the sweep signal's unit); ``Points``;
+    ``Bias Spectroscopy>Settling time (s)``, ``>Integration time (s)``, ``>Z-controller hold``;
+    ``Lock-in>Frequency (Hz)`` and ``Lock-in>Amplitude`` when the lock-in ran during the sweep.
+    Nanonis gives the modulation amplitude as zero-to-peak; it is stored as
+    ``lockin_amplitude_Vrms = amplitude / sqrt(2)``. Absent optional keys leave the
+    :class:`SetpointSet` default, and the returned sources say so.
+
+    Raises
+    ------
+    NanonisFileError
+        A header number that does not parse, or (bias sweeps) values no set-point set allows.
+    """
+    h, path = grid.header, grid.path
+    values: dict[str, Any] = {"id": 0, "name": "from .3ds header", "n_points": int(grid.n_points)}
+    sources: dict[str, str] = {"n_points": "Points"}
+
+    def take(field_name: str, *keys: str, scale: float = 1.0) -> None:
+        for key in keys:
+            if key in h:
+                values[field_name] = _header_float(h, key, path) * scale
+                sources[field_name] = key
+                return
+        sources[field_name] = _ABSENT
+
+    take("bias_setpoint_V", "Bias>Bias (V)")
+    current_keys = (("Z-Controller>Setpoint",) if h.get("Z-Controller>Setpoint unit") == "A" else ()) + (
+        "Current>Current (A)",
+    )
+    take("current_setpoint_A", *current_keys)
+    take("settle_s", "Bias Spectroscopy>Settling time (s)")
+    take("integration_s", "Bias Spectroscopy>Integration time (s)")
+    if grid.is_bias_sweep and "Bias Spectroscopy>Sweep Start (V)" in h and "Bias Spectroscopy>Sweep End (V)" in h:
+        take("sweep_start_V", "Bias Spectroscopy>Sweep Start (V)")
+        take("sweep_end_V", "Bias Spectroscopy>Sweep End (V)")
+    else:
+        sweep = grid.nominal_sweep()
+        values["sweep_start_V"], values["sweep_end_V"] = float(sweep[0]), float(sweep[-1])
+        sources["sweep_start_V"] = sources["sweep_end_V"] = (
+            f"first measured point's Sweep Start/End ({grid.sweep_signal})"
+        )
+    if "Bias Spectroscopy>Z-controller hold" in h:
+        values["feedback_hold"] = h["Bias Spectroscopy>Z-controller hold"].strip().upper() == "TRUE"
+        sources["feedback_hold"] = "Bias Spectroscopy>Z-controller hold"
+    if h.get("Bias Spectroscopy>Lock-In run", "").strip().upper() == "TRUE":
+        take("lockin_frequency_Hz", "Lock-in>Frequency (Hz)")
+        take("lockin_amplitude_Vrms", "Lock-in>Amplitude", scale=1 / math.sqrt(2))
+    else:
+        sources["lockin"] = "lock-in not run during the sweep: amplitude 0"
+    missing = [k for k in ("bias_setpoint_V", "current_setpoint_A") if k not in values]
+    if grid.is_bias_sweep:
+        if missing:
+            raise NanonisFileError(
+                path,
+                f"header lacks the set-point value(s) {missing} needed to replay a bias "
+                "grid (Bias>Bias (V), Current>Current (A))",
+            )
+        try:
+            values = SetpointSet.from_dict(values).to_dict()
+        except ConfigError as exc:
+            raise NanonisFileError(path, f"the header's set-point values do not make a set-point set: {exc}") from exc
+    return values, sources
+
+
+def start_fields(recording: Recording) -> dict[str, Any]:
+    """The start-document fields of a recording (:meth:`RunPublisher.start` keywords, no uid).
+
+    An archive's are its own record (:meth:`ArchiveReader.start_document`). A ``.3ds`` stores no
+    stslive set-point set: one is built from its header (:func:`setpoint_set_from_3ds`) and
+    ``metadata["setpoint_source"]`` names where each of its values came from; a set field it does
+    not name as a header key is not known. ``metadata["not_recorded"]`` lists those fields and
+    the event fields a ``.3ds`` does not hold (the values sent are defaults, not measurements).
+    For a sweep that is not the bias the set is not validated (``metadata["sweep_signal"]``).
+    """
+    if isinstance(recording, ArchiveReader):
+        return recording.start_document().body()
+    grid = recording
+    sp, sources = setpoint_set_from_3ds(grid)
+    starts, ends = grid.parameter("Sweep Start"), grid.parameter("Sweep End")
+    done = grid.measured
+    varies = bool(done.any()) and bool(np.ptp(starts[done]) > 0 or np.ptp(ends[done]) > 0)
+    names = list(grid.channel_names)
+    known = {k for k, v in sources.items() if v != _ABSENT} | {"id", "name"}
+    if "lockin" in sources:  # the lock-in did not run: amplitude 0 is what was applied
+        known.add("lockin_amplitude_Vrms")
+    not_recorded = [f.name for f in dataclasses.fields(SetpointSet) if f.name not in known]
+    return {
+        "grid": grid.geometry.to_dict(),
+        "channel_names": names,
+        "channel_units": [channel_unit(n) for n in names],
+        "n_points": int(grid.n_points),
+        "setpoint_sets": [sp],
+        "instruments": {"stm": "Nanonis (from .3ds file)"},
+        "software_version": grid.header.get("NanonisMain>SW Version", "unknown"),
+        "metadata": {
+            "source_kind": "nanonis3ds",
+            "sweep_signal": grid.sweep_signal,
+            "setpoint_source": {"note": "built from the .3ds header; the file stores no set-point set", **sources},
+            "not_recorded": [*not_recorded, *_GRID_EVENT_UNKNOWNS],
+            "sweep_limits_vary_per_point": varies,
+            "header_start_time": grid.header.get("Start time", ""),
+            "header_end_time": grid.header.get("End time", ""),
+        },
+    }

@@ -10,7 +10,6 @@ memory (ru_maxrss).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import resource
 import time
@@ -21,7 +20,7 @@ from scipy.optimize import curve_fit
 from scipy.signal import find_peaks
 
 from stslive.drivers.errors import ConfigError
-from stslive.live.kernels import KernelOptions, analyse_spectra, estimate_dynes_width
+from stslive.live.kernels import KernelOptions, analyse_spectra, calibrate
 from stslive.mocks.film import FilmParams, make_film
 
 
@@ -110,15 +109,13 @@ def bench_analysis(
     alpha = np.full((ny, nx), np.nan, np.float32)
     picked: list[np.ndarray] = []
     t_gen = t_ana = 0.0
-    width_eV: float | None = None
     t0 = time.perf_counter()
     for rows, spectra in film.iter_blocks():
         t1 = time.perf_counter()
         t_gen += t1 - t0
         lockin_A = spectra.lockin_x_A if lockin else None
-        if width_eV is None:  # once, on the first block, timed as analysis
-            width_eV = estimate_dynes_width(bias, current=spectra.current_A, lockin=lockin_A, options=options)
-            options = dataclasses.replace(options, dynes_width_eV=width_eV)
+        if not options.calibrated:  # once, on the first block, timed as analysis
+            options = calibrate(bias, current=spectra.current_A, lockin=lockin_A, options=options)
             passes += time.perf_counter() - t1
         for k in range(repeat):
             c0, w0 = time.process_time(), time.perf_counter()
@@ -151,7 +148,7 @@ def bench_analysis(
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
     log(
         f"grid {nx}x{ny} = {n} spectra x {bias.size} points, Delta from {options.gap_source}, "
-        f"Dynes width of the templates {(width_eV or math.nan) * 1e3:.4f} meV"
+        f"Dynes width of the templates {(options.dynes_width_eV or math.nan) * 1e3:.4f} meV"
     )
     log(f"generation (not timed as analysis): {t_gen:.2f} s")
     log(

@@ -290,12 +290,12 @@ def summary_text(paths: DemoPaths, settings: DemoSettings, *, report: dict[str, 
         v = report.get(key)
         return "n/a" if v is None else format(v, fmt)
 
-    pixels = int(report["pixels"])
+    pixels = int(report["pixels_measured"])
     agree = compare_maps(paths.analysis, paths.out / "maps.h5")
     truth = truth_errors(paths.out / "maps.h5", settings.film)
     lines = [
-        f"stslive demo: {pixels} of {report['grid_pixels']} pixels measured and analysed "
-        f"({report['valid_pixels']} valid), "
+        f"stslive demo: {pixels} of {report['pixels_in_grid']} pixels measured and analysed "
+        f"({report['pixels_valid']} valid), "
         + ("sweeps as fast as the mock lab runs" if settings.speed == 0 else f"sweeps {settings.speed:g} x real time"),
         f"  wall {times.wall_s:.1f} s: scan {times.scan_s:.1f} s ({pixels / times.scan_s:.0f} pixels/s), live "
         f"analysis done {times.analysed_s - times.scan_s:.1f} s after it, then offline analysis"

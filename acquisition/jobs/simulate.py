@@ -63,7 +63,10 @@ def write_film_archive(
         n_points=p.n_points,
         lockin_amplitude_Vrms=p.modulation_Vrms,
     )
-    start_doc = {"time": t0, "plan": "simulate", "film_params": _json_params(p)}
+    # no instrument set or read these: the flag rules that need them are not judged
+    unset = ["lockin_frequency_Hz", "lockin_time_constant_s", "lockin_sensitivity_V"]
+    unset += ["lockin_status", "lockin_overload"]
+    start_doc = {"time": t0, "plan": "simulate", "film_params": _json_params(p), "metadata": {"not_recorded": unset}}
     with ArchiveWriter.create(
         path,
         geometry=geometry,

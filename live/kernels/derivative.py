@@ -15,10 +15,13 @@ from scipy.signal import savgol_filter
 
 from stslive.drivers.errors import AnalysisError
 from stslive.live.kernels.buffers import scratch
-from stslive.live.kernels.samples import DEFAULT_SMOOTHING_POINTS
 from stslive.live.kernels.sweep import bias_step
 
-__all__ = ["box_derivative_into", "derivative", "running_mean_into", "running_mean_span"]
+__all__ = ["DEFAULT_DERIVATIVE_POINTS", "box_derivative_into", "derivative", "running_mean_into", "running_mean_span"]
+
+#: Default width of :func:`derivative`, samples (0.55 mV at the reference 50 uV step). The
+#: analysis chooses its own width from the noise (``KernelOptions.smoothing_points``).
+DEFAULT_DERIVATIVE_POINTS = 11
 
 #: Half-open column ranges (lo, hi) of a row.
 Columns = tuple[tuple[int, int], ...]
@@ -82,8 +85,9 @@ def box_derivative_into(
     points: int,
     step: float,
     sign: np.ndarray | None = None,
+    stride: int = 1,
 ) -> None:
-    """``out[..., lo:hi]`` = the box derivative of ``current`` on each column range, times ``sign``.
+    """``out[..., lo:hi:stride]`` = the box derivative of ``current`` on each column range, times ``sign``.
 
     D_i = (U_{i+s} - U_{i-s}) / (2 s h), U the ``points``-wide running mean, s = (points + 1) / 2,
     h = ``step``: the two boxes abut, every sample is used once, and the cost does not grow with
@@ -103,6 +107,10 @@ def box_derivative_into(
         Bias step, V.
     sign : ndarray of +-1, (...), optional
         Per-row factor (the conductance sign); applied in the same multiplication as 1 / (2 s h).
+    stride : int
+        Only every ``stride``-th column of each range (from its first) is written; each equals
+        the whole range's value there, bit for bit (the running mean is computed over the same
+        span).
     """
     n = current.shape[-1]
     s = (points + 1) // 2
@@ -122,16 +130,21 @@ def box_derivative_into(
             mode="nearest",
             output=scratch("box_mean", (*current.shape[:-1], b - a), current.dtype),
         )
-        i, j = first - a, last - a
-        np.subtract(mean[..., i + s : j + s], mean[..., i - s : j - s], out=out[..., first:last])
-        out[..., first:last] *= scale
+        # the first written column of the range stays on the range's stride
+        first_on = first + (-(first - lo)) % stride
+        if first_on >= last:
+            continue
+        i, j = first_on - a, last - a
+        target = out[..., first_on:last:stride]
+        np.subtract(mean[..., i + s : j + s : stride], mean[..., i - s : j - s : stride], out=target)
+        target *= scale
 
 
 def derivative(
     bias_V: np.ndarray,
     current_A: np.ndarray,
     *,
-    points: int = DEFAULT_SMOOTHING_POINTS,
+    points: int = DEFAULT_DERIVATIVE_POINTS,
     method: str = "box",
     polyorder: int = 3,
     columns: Columns | None = None,

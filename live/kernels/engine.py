@@ -1,16 +1,17 @@
 """The batch engine: :func:`analyse_spectra`, Delta, alpha and their quality for any batch of spectra.
 
 Each chunk of rows passes the public steps (:func:`~stslive.live.kernels.sweep.conductance_sign`,
-the box derivative and running mean of :mod:`~stslive.live.kernels.derivative`,
-:func:`~stslive.live.kernels.gap.gap_rows`, :func:`~stslive.live.kernels.powerlaw.power_law_rows`)
+:func:`~stslive.live.kernels.noise.measure_noise`, the box derivative and running mean of
+:mod:`~stslive.live.kernels.derivative`, :func:`~stslive.live.kernels.gap.gap_rows`,
+:func:`~stslive.live.kernels.powerlaw.power_law_rows`)
 on the columns the fits read. What depends only on the bias grid and the options is planned once
-per grid (:func:`plan`). Every row is computed on its own: results are bit-identical whatever the
-batch size, chunk or thread count.
+per grid (:func:`plan`); the map's calibration (:func:`~stslive.live.kernels.widths.calibrate`)
+is measured once, on the first chunk, unless given. Every row is then computed on its own:
+results are bit-identical whatever the batch size, chunk or thread count.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -22,17 +23,16 @@ import numpy as np
 from stslive.drivers.errors import AnalysisError
 from stslive.live.kernels.buffers import nan_buffer
 from stslive.live.kernels.derivative import Columns, box_derivative_into, running_mean_into
-from stslive.live.kernels.gap import gap_rows
+from stslive.live.kernels.gap import GapModel, gap_model, gap_rows, gap_windows, step_too_coarse
+from stslive.live.kernels.noise import measure_noise, noise_triples
 from stslive.live.kernels.options import KernelOptions, SpectrumAnalysis
-from stslive.live.kernels.peaks import GapGeometry, gap_geometry
-from stslive.live.kernels.powerlaw import LogDesign, log_designs, power_law_rows, window_columns
-from stslive.live.kernels.samples import LOCKIN_SMOOTHING_POINTS
+from stslive.live.kernels.powerlaw import SideDesign, Smoothing, log_designs
+from stslive.live.kernels.powerlaw import power_law_rows as _power_law_rows
 from stslive.live.kernels.stages import Clock
 from stslive.live.kernels.sweep import bias_step, conductance_sign, grid_step, prepare_sweep
-from stslive.live.kernels.templates import TemplateBank, bank_args, template_bank
-from stslive.live.kernels.widths import estimate_dynes_width
+from stslive.live.kernels.widths import calibrate
 
-__all__ = ["analyse_spectra"]
+__all__ = ["analyse_spectra", "plan"]
 
 
 def _merge(ranges: list[tuple[int, int]]) -> Columns:
@@ -48,100 +48,120 @@ def _merge(ranges: list[tuple[int, int]]) -> Columns:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one batch analysis reads, fixed per bias grid and options (cached, see :func:`plan`)."""
+    """What one batch analysis reads, fixed per bias grid, options and calibration (cached, see :func:`plan`)."""
 
     bias: np.ndarray
     step: float
     gap_from_lockin: bool
     alpha_from_lockin: bool
-    #: columns of the current's derivative that are read (gap region and/or fit windows)
-    derivative_columns: Columns
-    #: columns of the lock-in (smoothed for the gap, raw for alpha) that are read
-    lockin_columns: Columns
-    gap: GapGeometry
-    #: the power-law fit windows in the dtype of the fitted channel (None: not covered)
-    law: tuple[LogDesign, ...] | None
+    #: the gap's templates (None: the map shows no gap)
+    model: GapModel | None
+    #: with no gap: because the step exceeds the peaks' width (BIAS_STEP_TOO_COARSE)
+    too_coarse: bool
+    #: columns the gap reads (the windows of both polarities)
+    gap_columns: Columns
+    #: how alpha's G is made from its channel, and the fit windows (None: a polarity not covered)
+    alpha_smoothing: Smoothing
+    law: tuple[SideDesign | None, SideDesign | None]
+    #: columns of alpha's smoothed channel
+    alpha_columns: Columns
+    #: triples of the noise measurement
+    noise: tuple[tuple[int, int, int], ...]
 
 
 @lru_cache(maxsize=32)
 def plan(
     bias_key: bytes,
     *,
-    search_V: tuple[float, float],
     window_V: tuple[float, float],
+    noise_from_V: float,
     alpha_from_lockin: bool,
     gap_from_lockin: bool,
     dtype: str,
+    smoothing_points: int,
+    lockin_smoothing_points: int,
+    model: GapModel | None,
+    too_coarse: bool,
 ) -> Plan:
     """The :class:`Plan` of the ascending float64 grid ``bias_key`` (keyed by its values, not its id)."""
     bias = np.frombuffer(bias_key, dtype=np.float64)
     step = grid_step(bias_key)
-    geometry = gap_geometry(bias_key, search_V, step)
-    windows = window_columns(bias_key, window_V) or ()
-    fit = [(w.start, w.stop) for w in windows]
-    gap = [(geometry.columns.start, geometry.columns.stop)]
+    smoothing = Smoothing("mean", lockin_smoothing_points) if alpha_from_lockin else Smoothing("box", smoothing_points)
+    law = log_designs(bias_key, window_V, dtype, smoothing)
+    read = gap_windows(bias_key, model).read if model is not None else slice(0, 0)
     return Plan(
         bias=bias,
         step=step,
         gap_from_lockin=gap_from_lockin,
         alpha_from_lockin=alpha_from_lockin,
-        derivative_columns=_merge((fit if not alpha_from_lockin else []) + (gap if not gap_from_lockin else [])),
-        lockin_columns=_merge((fit if alpha_from_lockin else []) + (gap if gap_from_lockin else [])),
-        gap=geometry,
-        law=log_designs(bias_key, window_V, dtype),
+        model=model,
+        too_coarse=too_coarse,
+        gap_columns=_merge([(read.start, read.stop)]),
+        alpha_smoothing=smoothing,
+        law=law,
+        alpha_columns=tuple((d.columns.start, d.columns.stop) for d in law if d is not None),
+        noise=noise_triples(bias_key, noise_from_V),
     )
 
 
 def _analyse_chunk(
-    plan: Plan,
-    opts: KernelOptions,
-    bank: TemplateBank | None,
-    cur: np.ndarray | None,
-    lia: np.ndarray | None,
-    clock: Clock,
+    plan: Plan, opts: KernelOptions, cur: np.ndarray | None, lia: np.ndarray | None, clock: Clock
 ) -> SpectrumAnalysis:
     """Analyse one chunk of rows (n_rows, n) of an ascending sweep; the work arrays are per-thread buffers."""
     n = plan.bias.size
-    rows = (cur if cur is not None else lia).shape[0]  # type: ignore[union-attr]
-    g_cur = r_cur = g_lia = r_lia = None
+    ref = cur if cur is not None else lia
+    assert ref is not None
+    rows = ref.shape[0]
+    dtype = np.dtype(ref.dtype)
+    r_gap = g_alpha = None
+    noise_cur = noise_lia = np.full(rows, np.nan)
     if cur is not None:
         sign = conductance_sign(plan.bias, cur)
-        g_cur = nan_buffer("didv", rows, n, cur.dtype, plan.derivative_columns)
-        box_derivative_into(
-            g_cur, cur, plan.derivative_columns, points=opts.smoothing_points, step=plan.step, sign=sign
-        )
-        if not plan.gap_from_lockin:  # the template fit reads the signed current in the gap columns
-            cols = plan.gap.columns
-            r_cur = nan_buffer("current", rows, n, cur.dtype, ((cols.start, cols.stop),))
-            np.multiply(cur[:, cols], sign.astype(cur.dtype)[:, None], out=r_cur[:, cols])
+        noise_cur = measure_noise(cur, plan.noise)
+        if not plan.gap_from_lockin:  # the template fit reads the signed current in the gap's columns
+            r_gap = nan_buffer("current", rows, n, cur.dtype, plan.gap_columns)
+            for lo, hi in plan.gap_columns:
+                np.multiply(cur[:, lo:hi], sign.astype(cur.dtype)[:, None], out=r_gap[:, lo:hi])
+        if not plan.alpha_from_lockin:
+            g_alpha = nan_buffer("didv_alpha", rows, n, cur.dtype, plan.alpha_columns)
+            box_derivative_into(
+                g_alpha,
+                cur,
+                plan.alpha_columns,
+                points=plan.alpha_smoothing.points,
+                step=plan.step,
+                sign=sign,
+                stride=plan.alpha_smoothing.stride,
+            )
     if lia is not None:
+        noise_lia = measure_noise(lia, plan.noise)
         sign_l = conductance_sign(plan.bias, lia, kind="didv").astype(lia.dtype)[:, None]
-        r_lia = nan_buffer("lockin", rows, n, lia.dtype, plan.lockin_columns)
-        for lo, hi in plan.lockin_columns:
-            np.multiply(lia[:, lo:hi], sign_l, out=r_lia[:, lo:hi])
-        if plan.gap_from_lockin:  # a running mean keeps noise spikes from the coarse argmax
-            gap_cols = ((plan.gap.columns.start, plan.gap.columns.stop),)
-            g_lia = nan_buffer("lockin_smooth", rows, n, lia.dtype, gap_cols)
-            running_mean_into(g_lia, lia, gap_cols, points=LOCKIN_SMOOTHING_POINTS, scale=sign_l, name="lockin_mean")
+        if plan.gap_from_lockin:
+            r_gap = nan_buffer("lockin", rows, n, lia.dtype, plan.gap_columns)
+            for lo, hi in plan.gap_columns:
+                np.multiply(lia[:, lo:hi], sign_l, out=r_gap[:, lo:hi])
+        if plan.alpha_from_lockin:
+            g_alpha = nan_buffer("lockin_alpha", rows, n, lia.dtype, plan.alpha_columns)
+            running_mean_into(
+                g_alpha, lia, plan.alpha_columns, points=plan.alpha_smoothing.points, scale=sign_l, name="lockin_mean"
+            )
     clock.lap("sign + derivative")
-    dtype = np.dtype((cur if cur is not None else lia).dtype)  # type: ignore[union-attr]
-    g_gap, r_gap = (g_lia, r_lia) if plan.gap_from_lockin else (g_cur, r_cur)
     gap = gap_rows(
-        plan.gap,
-        g_gap,  # type: ignore[arg-type]
-        r_gap,  # type: ignore[arg-type]
-        integrated=not plan.gap_from_lockin,
-        step=plan.step,
-        bank=bank,
-        min_visibility=opts.min_visibility,
-        min_peak_score=opts.min_peak_score,
+        plan.bias.tobytes(),
+        r_gap if r_gap is not None else np.zeros((rows, n), dtype),
+        noise_lia if plan.gap_from_lockin else noise_cur,
+        model=plan.model,
+        options=opts,
         dtype=dtype,
         clock=clock,
+        too_coarse=plan.too_coarse,
     )
-    law = power_law_rows(
-        r_lia if plan.alpha_from_lockin else g_cur,  # type: ignore[arg-type]
+    law = _power_law_rows(
+        g_alpha,  # type: ignore[arg-type]
         plan.law,
+        noise_lia if plan.alpha_from_lockin else noise_cur,
         max_log_residual=opts.max_log_residual,
+        max_chi2=opts.max_power_law_chi2,
         dtype=dtype,
     )
     clock.lap("power-law fit")
@@ -152,6 +172,7 @@ def _analyse_chunk(
         peak_pos_V=gap.peak_pos_V,
         visibility=gap.visibility,
         peak_score=gap.score,
+        delta_sigma_eV=gap.delta_sigma_eV,
         alpha=law.alpha,
         alpha_pos=law.alpha_pos,
         alpha_neg=law.alpha_neg,
@@ -159,8 +180,13 @@ def _analyse_chunk(
         b_pos=law.b_pos,
         b_neg=law.b_neg,
         rms_log_residual=law.rms_log_residual,
+        alpha_sigma=law.alpha_sigma,
+        delta_dynes_eV=gap.delta_dynes_eV,
+        gamma_dynes_eV=gap.gamma_dynes_eV,
         gap_reason=gap.reason,
         alpha_reason=law.reason,
+        valid_delta=gap_ok,
+        valid_alpha=law_ok,
         valid=gap_ok & law_ok,
         reason=np.where(gap_ok, law.reason, gap.reason),
     )
@@ -186,7 +212,7 @@ def analyse_spectra(
     options: KernelOptions | None = None,
     stage_seconds: dict[str, float] | None = None,
 ) -> SpectrumAnalysis:
-    """Delta, alpha and their quality for a batch of spectra (the one entry point).
+    """Delta, alpha, their standard errors and quality for a batch of spectra (the one entry point).
 
     Parameters
     ----------
@@ -199,7 +225,8 @@ def analyse_spectra(
     options : KernelOptions
     stage_seconds : dict, optional
         If given, CPU seconds per stage ("sign + derivative", "coarse peaks", "template
-        refinement", "power-law fit", "assemble") are added to it, summed over chunks and threads.
+        refinement", "power-law fit", "Dynes fit", "assemble") are added to it, summed over
+        chunks and threads.
 
     Returns
     -------
@@ -207,10 +234,9 @@ def analyse_spectra(
         Arrays shaped (...). Delta comes from the lock-in when ``gap_source`` is "lockin", or
         "auto" with a lock-in given, else from the current; alpha from ``alpha_source``.
         Spectra are processed in chunks of ``options.chunk`` on ``options.threads`` threads; only
-        the columns the fits read are derived and smoothed. The Dynes width of the peak
-        templates, unless given, is estimated once from the first chunk so every chunk uses the
-        same templates; a sweep that does not cover the gap search range on both polarities
-        needs none (every spectrum is SEARCH_NOT_COVERED).
+        the columns the fits read are derived and smoothed. The calibration (Dynes width,
+        smoothing), unless given, is measured once on the first chunk so every chunk is
+        analysed alike.
     """
     opts = options or KernelOptions()
     if current is None and lockin is None:
@@ -236,39 +262,46 @@ def analyse_spectra(
     if opts.alpha_source == "current" and lia2 is not None and not gap_from_lockin:
         lia2 = None  # the lock-in is read by neither fit
     total = math.prod(lead)
+    if not opts.calibrated:  # from the first chunk, then fixed so every chunk is analysed alike
+        first = slice(0, min(opts.chunk, total))
+        opts = calibrate(
+            bias,
+            current=None if cur2 is None else cur2[first],
+            lockin=None if lia2 is None else lia2[first],
+            options=opts,
+        )
     fitted = lia2 if opts.alpha_source == "lockin" else cur2
+    assert opts.smoothing_points is not None and opts.lockin_smoothing_points is not None
+    assert opts.gap_eV is not None and opts.dynes_width_eV is not None
+    model = None
+    too_coarse = step_too_coarse(step, opts, integrated=not gap_from_lockin)
+    if np.isfinite(opts.gap_eV) and not too_coarse:
+        model = gap_model(
+            step=step, options=opts, integrated=not gap_from_lockin, gap_eV=opts.gap_eV, width_eV=opts.dynes_width_eV
+        )
     the_plan = plan(
         bias_key,
-        search_V=tuple(opts.gap_search_V),
         window_V=tuple(opts.fit_window_V),
+        noise_from_V=float(opts.gap_search_V[1]),
         alpha_from_lockin=opts.alpha_source == "lockin",
         gap_from_lockin=gap_from_lockin,
         dtype=fitted.dtype.str,  # type: ignore[union-attr]
+        smoothing_points=opts.smoothing_points,
+        lockin_smoothing_points=opts.lockin_smoothing_points,
+        model=model,
+        too_coarse=too_coarse,
     )
-    bank = None
-    if the_plan.gap.covered:  # else no spectrum can use templates: none are built, no width estimated
-        width = opts.dynes_width_eV
-        if width is None:  # from the first chunk, then fixed so every chunk uses the same templates
-            first = slice(0, min(opts.chunk, total))
-            width = estimate_dynes_width(
-                bias,
-                current=None if cur2 is None else cur2[first],
-                lockin=None if lia2 is None else lia2[first],
-                options=dataclasses.replace(opts, gap_source="lockin" if gap_from_lockin else "current"),
-            )
-        args = bank_args(opts.temperature_K, opts.modulation_Vrms, integrated=not gap_from_lockin)
-        bank = template_bank(step, **args, widths=(round(float(width), 9),))
     starts = range(0, total, opts.chunk)
 
     def work(start: int) -> tuple[SpectrumAnalysis, dict[str, float]]:
         rows = slice(start, min(start + opts.chunk, total))
         clock = Clock(stage_seconds is not None)
         part = _analyse_chunk(
-            the_plan, opts, bank, None if cur2 is None else cur2[rows], None if lia2 is None else lia2[rows], clock
+            the_plan, opts, None if cur2 is None else cur2[rows], None if lia2 is None else lia2[rows], clock
         )
         return part, clock.seconds
 
-    if len(starts) == 1:  # the live analyser's small batches: no pool, no concatenation
+    if len(starts) <= 1:  # the live analyser's small batches: no pool, no concatenation
         part, seconds = work(0)
         done = [(part, seconds)]
         if stage_seconds is None:

@@ -1,10 +1,11 @@
-"""Where the coherence peaks are searched, and the coarse peak with the window a template is fitted to.
+"""Where the coherence peaks are searched, the coarse peak, and the window a template is fitted to.
 
 Each polarity is searched on its own: the negative one as the positive side of the mirrored
-sweep V -> -V. :func:`gap_geometry` holds THE coverage rule (which polarities a sweep covers),
-:func:`coarse_peaks` the coarse peak (argmax above a running-mean background) and
-:func:`fit_windows` the samples the matched filter of :mod:`~stslive.live.kernels.templates`
-reads around it. The gap, the batch engine and the Dynes-width estimate all go through them.
+sweep V -> -V. :func:`gap_geometry` holds THE coverage rule (which polarities a sweep covers,
+and whether its step can hold a peak at all), :func:`coarse_peaks` the coarse peak (argmax of the
+smoothed dI/dV above its running-mean background, :data:`~.scales.CONTRAST_WIDTH_V` wide) and
+:func:`fit_windows` the samples the template fit of :mod:`~stslive.live.kernels.templates` reads
+around it. The gap, the batch engine and the calibration all go through them.
 """
 
 from __future__ import annotations
@@ -16,17 +17,23 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from stslive.live.kernels.buffers import scratch
-from stslive.live.kernels.samples import (
-    COARSE_OUTWARD_SAMPLES,
-    CONTRAST_POINTS,
-    GAP_REACH_SAMPLES,
-    LOCKIN_COARSE_OUTWARD_SAMPLES,
-    MIN_SEARCH_SAMPLES,
-)
+from stslive.live.kernels.scales import CONTRAST_WIDTH_V, MIN_SEARCH_SAMPLES, odd_points
 from stslive.live.kernels.sweep import bias_step, prepare_sweep
 from stslive.live.kernels.templates import TemplateBank
 
-__all__ = ["GapGeometry", "SearchSide", "coarse_peaks", "fit_windows", "gap_geometry", "gap_search_covered"]
+__all__ = [
+    "READ_REACH_V",
+    "GapGeometry",
+    "SearchSide",
+    "coarse_peaks",
+    "fit_windows",
+    "gap_geometry",
+    "gap_search_covered",
+]
+
+#: The gap reads this far beyond its search range, V: the widest template window (2 mV past a
+#: peak) plus its shifts.
+READ_REACH_V = 2.6e-3
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class SearchSide:
     """
 
     mirrored: bool
-    part: slice  #: columns of the contrast input: search columns +- CONTRAST_POINTS // 2
+    part: slice  #: columns of the contrast input: search columns +- the contrast half width
     searched: slice  #: the search columns within the (reversed, if mirrored) contrast input
     start: int  #: first search column in the side's own (mirrored) coordinates
     origin_V: float  #: bias of column 0 in the side's own coordinates, V
@@ -49,9 +56,12 @@ class SearchSide:
 class GapGeometry:
     """What the gap search reads on one bias grid (cached per grid, see :func:`gap_geometry`)."""
 
-    #: columns the gap search reads: |V| <= search end + GAP_REACH_SAMPLES (contrast and template reach)
+    #: columns the gap reads: |V| <= search end + READ_REACH_V, within the sweep
     columns: slice
     sides: tuple[SearchSide | None, SearchSide | None]  #: (+, -); None: the sweep does not cover it
+    #: the step cannot hold a coherence peak in the search range (fewer than MIN_SEARCH_SAMPLES)
+    too_coarse: bool
+    contrast_points: int
     #: per searched side (in order): first search column, search column count, origin (V), +-1,
     #: column of coordinate 0
     start: np.ndarray
@@ -67,36 +77,41 @@ class GapGeometry:
 
     @property
     def covered(self) -> bool:
-        """Whether the sweep covers the search range on both polarities (else no Delta at all)."""
-        return all(s is not None for s in self.sides)
+        """Whether both polarities are searched (else no Delta at all)."""
+        return all(s is not None for s in self.sides) and not self.too_coarse
 
 
-@lru_cache(maxsize=32)
-def gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) -> GapGeometry:
+@lru_cache(maxsize=64)
+def gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float, edge: int) -> GapGeometry:
     """:class:`GapGeometry` of the ascending float64 grid ``bias_key``, keyed by its values (not its id).
 
-    THE coverage rule: a polarity is searched if it holds at least ``MIN_SEARCH_SAMPLES``
-    samples with search_V[0] <= |V| <= search_V[1] and the sweep reaches search_V[1] to within a
-    step; Delta needs both (else SEARCH_NOT_COVERED).
+    THE coverage rule: a polarity is searched on search_V[0] <= |V| <= search_V[1], cut where
+    the sweep ends (less ``edge`` samples: the NaN ends of a box derivative) or where the contrast
+    background would pass the sweep end; it is covered if at least ``MIN_SEARCH_SAMPLES``
+    remain and it starts below search_V[1]. A step so coarse that the full search range holds
+    fewer samples is ``too_coarse`` (BIAS_STEP_TOO_COARSE, not a coverage failure).
     """
     bias = np.frombuffer(bias_key, dtype=np.float64)
     n = bias.size
-    used = np.flatnonzero(np.abs(bias) <= search_V[1] + GAP_REACH_SAMPLES * step)
+    contrast = odd_points(CONTRAST_WIDTH_V / step, minimum=3)
+    half = contrast // 2
+    used = np.flatnonzero(np.abs(bias) <= search_V[1] + READ_REACH_V)
     columns = slice(int(used[0]), int(used[-1]) + 1) if used.size else slice(0, 0)
-    half = CONTRAST_POINTS // 2
+    too_coarse = (search_V[1] - search_V[0]) / step < MIN_SEARCH_SAMPLES
     sides: list[SearchSide | None] = []
     for mirrored, side_bias in ((False, bias), (True, -bias[::-1])):
-        sel = np.flatnonzero((side_bias >= search_V[0]) & (side_bias <= search_V[1]))
-        if sel.size < MIN_SEARCH_SAMPLES or side_bias[-1] < search_V[1] - step:
+        inside = np.flatnonzero((side_bias >= search_V[0]) & (side_bias <= search_V[1]))
+        inside = inside[(inside >= edge) & (inside < n - edge)]
+        if inside.size < MIN_SEARCH_SAMPLES or too_coarse:
             sides.append(None)
             continue
-        lo, hi = max(int(sel[0]) - half, 0), min(int(sel[-1]) + half + 1, n)
+        lo, hi = max(int(inside[0]) - half, edge), min(int(inside[-1]) + half + 1, n - edge)
         sides.append(
             SearchSide(
                 mirrored=mirrored,
                 part=slice(n - hi, n - lo) if mirrored else slice(lo, hi),
-                searched=slice(int(sel[0]) - lo, int(sel[-1]) + 1 - lo),
-                start=int(sel[0]),
+                searched=slice(int(inside[0]) - lo, int(inside[-1]) + 1 - lo),
+                start=int(inside[0]),
                 origin_V=float(side_bias[0]),
             )
         )
@@ -110,6 +125,8 @@ def gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) ->
     return GapGeometry(
         columns=columns,
         sides=(sides[0], sides[1]),
+        too_coarse=too_coarse,
+        contrast_points=contrast,
         start=frozen([s.start for s in searched], np.intp),
         count=frozen([s.searched.stop - s.searched.start for s in searched], np.intp),
         origin_V=frozen([s.origin_V for s in searched], np.float64),
@@ -118,23 +135,23 @@ def gap_geometry(bias_key: bytes, search_V: tuple[float, float], step: float) ->
     )
 
 
-def gap_search_covered(bias_V: np.ndarray, search_V: tuple[float, float]) -> bool:
-    """Whether a sweep (V, either direction) covers the gap search range ``search_V`` on both polarities.
+def gap_search_covered(bias_V: np.ndarray, search_V: tuple[float, float], *, edge: int = 0) -> bool:
+    """Whether a sweep (V, either direction) is searched for coherence peaks on both polarities.
 
-    The rule of :func:`gap_geometry`; raises AnalysisError for a sweep the kernels refuse
-    (non-uniform, fewer than ``MIN_SWEEP_POINTS`` points).
+    The rule of :func:`gap_geometry` (``edge``: samples lost at each sweep end, e.g. by a box
+    derivative); raises AnalysisError for a sweep the kernels refuse (non-uniform, fewer than
+    ``MIN_SWEEP_POINTS`` points).
     """
     (bias,) = prepare_sweep(np.asarray(bias_V, dtype=np.float64))
     key = bias.tobytes()
-    return gap_geometry(key, tuple(search_V), bias_step(bias, key=key)).covered
+    return gap_geometry(key, tuple(search_V), bias_step(bias, key=key), edge).covered
 
 
-def coarse_peaks(sides: list[SearchSide], didv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coarse coherence peak per row and side: argmax of dI/dV minus its CONTRAST_POINTS running mean.
+def coarse_peaks(geometry: GapGeometry, didv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse coherence peak per row and side: argmax of dI/dV minus its running-mean background.
 
-    Why the background is removed: on the simulated film the rising Altshuler-Aronov background
-    at 3-4 mV exceeds the coherence peak of small-gap pixels, so a plain argmax lands on the
-    search edge (17 % of one 40 x 40 film).
+    Why the background is removed: the rising Altshuler-Aronov background at a few mV can
+    exceed the coherence peak of a small gap, and a plain argmax then lands on the search edge.
 
     Returns
     -------
@@ -143,6 +160,7 @@ def coarse_peaks(sides: list[SearchSide], didv: np.ndarray) -> tuple[np.ndarray,
     ratio : ndarray, (rows, k), float64
         Peak height over its background (the running mean the contrast removed).
     """
+    sides = geometry.searched
     rows = didv.shape[0]
     j = np.empty((rows, len(sides)), np.intp)
     ratio = np.empty((rows, len(sides)))
@@ -152,7 +170,11 @@ def coarse_peaks(sides: list[SearchSide], didv: np.ndarray) -> tuple[np.ndarray,
         searched = part[:, side.searched]
         # scratch output: uniform_filter1d allocating its own costs twice the filter on these rows
         mean = uniform_filter1d(
-            part, CONTRAST_POINTS, axis=-1, mode="nearest", output=scratch("contrast", part.shape, part.dtype)
+            part,
+            geometry.contrast_points,
+            axis=-1,
+            mode="nearest",
+            output=scratch("contrast", part.shape, part.dtype),
         )
         contrast = searched - mean[:, side.searched]
         peak = contrast.argmax(axis=1)
@@ -163,13 +185,12 @@ def coarse_peaks(sides: list[SearchSide], didv: np.ndarray) -> tuple[np.ndarray,
 
 
 def fit_windows(
-    geometry: GapGeometry, signal: np.ndarray, j: np.ndarray, bank: TemplateBank, *, integrated: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The template-fit windows around the coarse peaks ``j`` (rows, k) of the searched sides.
+    geometry: GapGeometry, signal: np.ndarray, centre: np.ndarray, bank: TemplateBank, *, integrated: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The template-fit windows around ``centre`` (rows, k), in each searched side's own columns.
 
-    The window is centred COARSE_OUTWARD_SAMPLES (current) or LOCKIN_COARSE_OUTWARD_SAMPLES
-    (lock-in) inside the coarse peak. ``integrated`` (a current) fits -I(-V) on the mirrored
-    side (the current changes sign with V): only the windows are negated, not the rows.
+    ``integrated`` (a current) fits -I(-V) on the mirrored side (the current changes sign with
+    V): only the windows are negated, not the rows.
 
     Returns
     -------
@@ -177,11 +198,8 @@ def fit_windows(
         ``signal`` at the window columns, in each side's own coordinates.
     outside : ndarray of bool, (rows, k)
         The window passes a sweep end (its columns are clipped).
-    centre : ndarray of int, (rows, k)
-        Window centre in each side's own columns.
     """
     rows, n = signal.shape
-    centre = geometry.start + j - (COARSE_OUTWARD_SAMPLES if integrated else LOCKIN_COARSE_OUTWARD_SAMPLES)
     idx = centre[:, :, None] + bank.offsets
     outside = (idx[:, :, 0] < 0) | (idx[:, :, -1] >= n)
     np.minimum(np.maximum(idx, 0, out=idx), n - 1, out=idx)
@@ -193,4 +211,4 @@ def fit_windows(
         for i, side in enumerate(geometry.searched):
             if side.mirrored:
                 np.negative(windows[:, i], out=windows[:, i])
-    return windows, outside, centre
+    return windows, outside

@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from stslive.drivers.errors import AnalysisError
-from stslive.live.kernels.samples import MIN_SWEEP_POINTS, SIGN_END_DIVISOR
+from stslive.live.kernels.scales import MIN_SWEEP_POINTS, SIGN_END_DIVISOR
 
 __all__ = ["bias_step", "conductance_sign", "grid_step", "mirror", "prepare_sweep"]
 

@@ -8,6 +8,9 @@ summary beside them (:mod:`stslive.live.offline.campaign`). Each output folder r
 (:mod:`stslive.live.offline.report`) and the figures of :mod:`stslive.live.offline.analysis_figures`. The
 kernels run in this process or on a Dask cluster (:mod:`stslive.live.offline.dask`); both go
 through :mod:`stslive.live.pipeline`, the code path of the live analyser, and write the same files.
+The flags and tip epochs come from :func:`stslive.live.flags_run.flag_recording`, the live
+analyser's rules in its order. Everything lands in ``OUT`` only when all inputs succeeded
+(:class:`~stslive.live.offline.outputs.OutputFolder`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from tqdm import tqdm
 from stslive.acquisition.formats.archive import VERSION_ATTR
 from stslive.acquisition.formats.recording import SpectraSource
 from stslive.drivers.errors import ConfigError
+from stslive.live.flag_config import FlagConfig
+from stslive.live.flags_run import RunFlags, flag_recording
 from stslive.live.kernels import KernelOptions
 from stslive.live.offline.analysis_figures import collect_figure_inputs, write_analysis_figures
 from stslive.live.offline.campaign import write_campaign
+from stslive.live.offline.outputs import OutputFolder
 from stslive.live.offline.report import build_report, write_report
 from stslive.live.pipeline import analyse_source, calibrate_source, open_input, uses_lockin
 from stslive.live.results import ResultsModel
@@ -48,7 +54,6 @@ __all__ = [
     "analyse_to_directory",
     "analyse_many_dask",
     "write_outputs",
-    "summary_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,6 +162,8 @@ def analyse_inputs(
     workers: int | None = None,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     show_progress: bool = False,
+    flag_config: FlagConfig | None = None,
+    overwrite: bool = False,
 ) -> OfflineAnalysis:
     """Analyse input files into ``out``: one folder per input, plus the campaign summary for several.
 
@@ -175,12 +182,58 @@ def analyse_inputs(
         ``workers`` processes, default one per core), ``max_block_bytes`` of spectra per task.
     show_progress
         Progress bars on stderr.
+    flag_config
+        Flag thresholds (default: the live analyser's defaults).
+    overwrite
+        Replace an earlier analysis in ``out`` (else ``out`` must be new or empty). Everything
+        is written beside ``out`` first and moved in only when all inputs succeeded
+        (:class:`~stslive.live.offline.outputs.OutputFolder`).
 
     Raises
     ------
     ConfigError
-        Two inputs would write into the same folder, or an output folder is a file.
+        Two inputs would write into the same folder, ``out`` is a file, or it holds files that
+        ``overwrite`` may not clear.
     """
+    output_dirs(files, out)  # two inputs into one folder: refused before anything runs
+    flag_config = flag_config or FlagConfig()
+    folder = OutputFolder(out, overwrite=overwrite)
+    with folder as stage:
+        analysis = _analyse_into(
+            files,
+            stage,
+            options=options,
+            constants=constants,
+            examples=examples,
+            dask=dask,
+            address=address,
+            workers=workers,
+            max_block_bytes=max_block_bytes,
+            show_progress=show_progress,
+            flag_config=flag_config,
+        )
+    # the files now sit in out: name them there
+    return OfflineAnalysis(
+        [AnalysedRun(r.path, out / r.out.relative_to(stage), r.report) for r in analysis.runs],
+        [out / p.relative_to(stage) for p in analysis.campaign],
+    )
+
+
+def _analyse_into(
+    files: Sequence[Path],
+    out: Path,
+    *,
+    options: KernelOptions,
+    constants: TheoryConstants,
+    examples: int,
+    dask: bool,
+    address: str | None,
+    workers: int | None,
+    max_block_bytes: int,
+    show_progress: bool,
+    flag_config: FlagConfig,
+) -> OfflineAnalysis:
+    """:func:`analyse_inputs` into a fresh folder ``out``."""
     outs = output_dirs(files, out)
     if dask:
         reports = analyse_many_dask(
@@ -193,11 +246,18 @@ def analyse_inputs(
             workers=workers,
             max_block_bytes=max_block_bytes,
             show_progress=show_progress,
+            flag_config=flag_config,
         )
     else:
         reports = [
             analyse_to_directory(
-                path, folder, options=options, constants=constants, examples=examples, show_progress=show_progress
+                path,
+                folder,
+                options=options,
+                constants=constants,
+                examples=examples,
+                show_progress=show_progress,
+                flag_config=flag_config,
             )
             for path, folder in zip(files, outs, strict=True)
         ]
@@ -215,8 +275,13 @@ def analyse_to_directory(
     constants: TheoryConstants,
     examples: int = 3,
     show_progress: bool = False,
+    flag_config: FlagConfig | None = None,
 ) -> dict[str, Any]:
-    """The whole analysis of one input, in this process, into ``out``; returns the report dictionary."""
+    """The whole analysis of one input, in this process, into ``out``; returns the report dictionary.
+
+    The kernels run on row blocks; the flags and tip epochs then follow the pixels in the order
+    the live analyser receives them (:func:`stslive.live.flags_run.flag_recording`).
+    """
     t0 = time.perf_counter()
     prepare_out(out)
     with open_input(path, options=options) as source:
@@ -230,7 +295,10 @@ def analyse_to_directory(
 
         with bar:
             model = analyse_source(source, options=options, progress=progress)
-        return write_outputs(source, model, out, options=options, constants=constants, examples=examples, t0=t0)
+        flags = flag_recording(path, model, config=flag_config or FlagConfig())
+        return write_outputs(
+            source, model, out, options=options, constants=constants, examples=examples, t0=t0, flags=flags
+        )
 
 
 def analyse_many_dask(
@@ -244,8 +312,12 @@ def analyse_many_dask(
     workers: int | None = None,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     show_progress: bool = False,
+    flag_config: FlagConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Every input through :func:`stslive.live.offline.dask.analyse_inputs_dask`; reports in input order."""
+    """Every input through :func:`stslive.live.offline.dask.analyse_inputs_dask`; reports in input order.
+
+    The flags are computed here, in the client, as by the single path (they need acquisition order).
+    """
     from stslive.live.offline.dask import analyse_inputs_dask, dask_client  # optional extra: imported when used
 
     for out in outs:
@@ -264,6 +336,7 @@ def analyse_many_dask(
             for run in analyse_inputs_dask(
                 inputs, client=client, options=options, progress=progress, max_block_bytes=max_block_bytes
             ):
+                flags = flag_recording(run.path, run.model, config=flag_config or FlagConfig())
                 with open_input(run.path, options=run.options) as source:
                     # elapsed_s of a dask run: from the start of the whole campaign to this run's files
                     reports[run.path] = write_outputs(
@@ -274,6 +347,7 @@ def analyse_many_dask(
                         constants=constants,
                         examples=examples,
                         t0=t0,
+                        flags=flags,
                     )
     return [reports[p] for p in inputs]
 
@@ -287,28 +361,31 @@ def write_outputs(
     constants: TheoryConstants,
     examples: int,
     t0: float,
+    flags: RunFlags | None = None,
 ) -> dict[str, Any]:
     """Correlations, ``maps.h5``, ``report.json`` and figures of an analysed ``source`` into ``out``.
 
     Shared by the single-process path and the Dask path, so both write the same files; ``t0`` is
-    the ``time.perf_counter()`` the analysis started at.
+    the ``time.perf_counter()`` the analysis started at; ``flags`` the run's flag state (tip
+    events, rules not judged) for the report.
     """
     prepare_out(out)
     dy_dx = (source.pixel_size_m[1], source.pixel_size_m[0])  # geometry gives (dx, dy)
     if int(model.maps["valid"].sum()) >= 3:
         model.set_snapshot(correlation_snapshot(model, pixel_size_m=dy_dx, constants=constants))
+    lockin = source.lockin_channel if uses_lockin(options) else None
     inputs = {
         "file": str(source.path.resolve()),
         "format": source.kind,
         "sweep_signal": source.sweep_signal,
         # the lock-in the analysis used (open_spectra may read one that --no-lockin leaves unused)
-        "channels": {
-            "current": source.current_channel,
-            "lockin": source.lockin_channel if uses_lockin(options) else None,
+        "channels": {"current": source.current_channel, "lockin": lockin},
+        # where Delta and alpha came from: "auto" resolved to the channel read
+        "channels_used": {
+            "delta": lockin if options.gap_from_lockin(lockin_given=lockin is not None) else source.current_channel,
+            "alpha": lockin if options.alpha_source == "lockin" and lockin is not None else source.current_channel,
         },
         "available_channels": source.channel_names,
-        "grid": list(source.shape),
-        "pixel_size_nm": [dy_dx[0] * 1e9, dy_dx[1] * 1e9],
         "n_points": source.n_points,
     }
     figure_inputs = collect_figure_inputs(source, model, options=options, examples=examples)
@@ -321,23 +398,10 @@ def write_outputs(
         constants=constants,
         elapsed_s=time.perf_counter() - t0,
         ground_truth=source.ground_truth,
+        not_judged=None if flags is None else flags.unjudged(),
+        tip_events=() if flags is None else flags.tip_events,
     )
     write_analysis_figures(out, figure_inputs, report)
     report["elapsed_s"] = time.perf_counter() - t0  # now including the figures
     write_report(report, out / "report.json")
     return report
-
-
-def summary_line(report: dict[str, Any]) -> str:
-    """One line of a run's results: valid pixels, Delta and alpha (mean +- std), lengths, rho_cross(0)."""
-
-    def fmt(key: str, scale: str = "") -> str:
-        value = report.get(key)
-        return "n/a" if value is None else f"{value:.4g}{scale}"
-
-    return (
-        f"{report['valid_pixels']} of {report['pixels']} pixels valid; "
-        f"Delta {fmt('delta_mean_meV')} +- {fmt('delta_std_meV')} meV, alpha {fmt('alpha_mean')} "
-        f"+- {fmt('alpha_std')}; l_Delta {fmt('l_delta_nm')} nm, l_alpha {fmt('l_alpha_nm')} nm, "
-        f"rho_cross(0) {fmt('rho_cross_0')}"
-    )

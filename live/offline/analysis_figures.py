@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 
 from stslive.acquisition.formats.recording import SpectraSource
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
+from stslive.live.kernels.derivative import DEFAULT_DERIVATIVE_POINTS
 from stslive.live.offline.captions import run_caption
 from stslive.live.offline.figure_correlations import cross_correlation_figure, profiles_figure
 from stslive.live.offline.figure_linecut import linecut_figure
@@ -95,12 +96,12 @@ def _model(
     ex: ExampleSpectrum, maps: Mapping[str, np.ndarray], options: KernelOptions, *, lockin: bool, fallback_V: float
 ) -> tuple[np.ndarray | None, str]:
     """Model conductance over the gap region of ``ex``: the pixel's Dynes fit, else the run's template."""
-    modulation = options.modulation_Vrms if lockin else 0.0
+    modulation = (options.modulation_Vrms or 0.0) if lockin else 0.0
     delta_fit = float(maps["delta_dynes_eV"][ex.iy, ex.ix]) if "delta_dynes_eV" in maps else np.nan
     gamma_fit = float(maps["gamma_dynes_eV"][ex.iy, ex.ix]) if "gamma_dynes_eV" in maps else np.nan
     half = gap_zoom_V(ex.delta_eV, ex.bias_V, fallback_V)
     zoom = np.abs(ex.bias_V) <= half
-    broadening = {"temperature_K": options.temperature_K, "modulation_Vrms": modulation}
+    broadening = {"temperature_K": options.sample_temperature_K, "modulation_Vrms": modulation}
     if np.isfinite(delta_fit) and np.isfinite(gamma_fit) and delta_fit > 0 and gamma_fit > 0:
         shape = dynes_conductance(ex.bias_V[zoom], delta_eV=delta_fit, gamma_eV=gamma_fit, **broadening)
         label = f"Dynes fit $\\Delta$ = {delta_fit * 1e3:.3f} meV, $\\Gamma$ = {gamma_fit * 1e3:.3f} meV"
@@ -109,7 +110,9 @@ def _model(
         centre = 0.5 * (ex.peak_pos_V + ex.peak_neg_V)
         delta = gap_for_peaks(ex.delta_eV, gamma_eV=gamma, **broadening)
         shape = dynes_conductance(ex.bias_V[zoom] - centre, delta_eV=delta, gamma_eV=gamma, **broadening)
-        label = f"template $\\Gamma$ = {gamma * 1e3:.3f} meV, T = {options.temperature_K:g} K at the fitted peaks"
+        label = (
+            f"template $\\Gamma$ = {gamma * 1e3:.3f} meV, T = {options.sample_temperature_K:g} K at the fitted peaks"
+        )
     else:
         return None, ""
     model = np.full(ex.bias_V.shape, np.nan)
@@ -140,7 +143,7 @@ def _read_spectra(
         channels = [block.current[0, ix]] + ([] if block.lockin is None else [block.lockin[0, ix]])
         bias, current, *lockin = prepare_sweep(bias_raw, *channels)
         current = current * conductance_sign(bias, current)
-        didv = derivative(bias, current, points=options.smoothing_points) * 1e9
+        didv = derivative(bias, current, points=options.smoothing_points or DEFAULT_DERIVATIVE_POINTS) * 1e9
         if lockin_used and lockin:
             gap_trace = lockin[0] * conductance_sign(bias, lockin[0], kind="didv") * (1e12 if in_amperes else 1.0)
             gap_label = "lock-in X (pA)" if in_amperes else str(source.lockin_channel)

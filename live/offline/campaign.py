@@ -128,9 +128,11 @@ def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 #: Report keys copied into the table, in column order (after run, file, format and the conditions).
 REPORT_COLUMNS: tuple[str, ...] = (
-    "pixels",
-    "valid_pixels",
-    "grid_pixels",
+    "pixels_measured",
+    "pixels_valid",
+    "pixels_valid_delta",
+    "pixels_valid_alpha",
+    "pixels_in_grid",
     "delta_mean_meV",
     "delta_std_meV",
     "alpha_mean",

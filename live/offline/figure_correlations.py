@@ -194,6 +194,10 @@ def profiles_figure(
 def _show_warnings(fig: Figure, report: Mapping[str, Any]) -> None:
     """The report's ``warnings`` (e.g. too few pixels, a map not much larger than the lengths) under the panels."""
     warnings = report.get("warnings")
-    texts = [str(w) for w in warnings] if isinstance(warnings, (list, tuple)) else []
+    texts = (
+        [str(w.get("message", w)) if isinstance(w, Mapping) else str(w) for w in warnings]
+        if isinstance(warnings, (list, tuple))
+        else []
+    )
     if texts:
         fig.supxlabel("warning: " + "\nwarning: ".join(texts), color="tab:red", fontsize=9)

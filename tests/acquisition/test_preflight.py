@@ -22,7 +22,8 @@ from stslive.acquisition.plans import plan_from_config
 from stslive.acquisition.preflight import estimate_run, preflight
 from stslive.acquisition.rig import open_instruments
 from stslive.drivers.errors import ConfigError, InstrumentTimeout
-from stslive.live.flags import conditions_for
+from stslive.live.flag_config import FlagConfig
+from stslive.live.flags_run import RunFlags
 from stslive.mocks.lab import MockLab
 from stslive.mocks.lab_servers import LabServers
 
@@ -45,10 +46,8 @@ def test_the_example_records_the_lockin_it_configures_and_the_junction_amplitude
     sset = config.setpoint_sets[0]
     assert sset.lockin_amplitude_Vrms == 50e-6  # at the junction; 50 mV leave the lock-in
     # what the flags read: 50 uV at the junction, not 50 mV
-    conditions = conditions_for(
-        temperatures_K=[0.3], lockin_overload=False, lockin_status=0, setpoint_set=sset.to_dict()
-    )
-    assert conditions.modulation_Vrms == pytest.approx(50e-6)
+    modulation_Vrms, _ = RunFlags(list(config.archive_channels), {0: sset}, config=FlagConfig()).settings[0]
+    assert modulation_Vrms == pytest.approx(50e-6)
 
 
 @pytest.mark.parametrize(

@@ -63,8 +63,8 @@ def test_headless_demo_leaves_sane_results(tmp_path: Path) -> None:
     for name in ("run.h5", "run.toml", "run.analysis.h5", "maps.h5", "report.json", "maps.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    assert report["pixels"] == report["grid_pixels"] == 16 * 12
-    assert report["valid_pixels"] / report["pixels"] >= 0.9
+    assert report["pixels_measured"] == report["pixels_in_grid"] == 16 * 12
+    assert report["pixels_valid"] / report["pixels_measured"] >= 0.9
     film_meV = FilmParams(ny=12, nx=16, seed=3).delta_mean_eV * 1e3
     assert report["delta_mean_meV"] == pytest.approx(film_meV, rel=0.15)
     assert 0 < report["alpha_mean"] < 1

@@ -14,14 +14,29 @@ from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.acquisition.jobs.simulate import write_film_archive
+from stslive.live.flag_kinds import FlagKind
 from stslive.live.results_io import load_maps_h5
 from stslive.mocks.film import FilmParams, make_film
 
 NY, NX = 40, 48
 FIGURES = ("maps.png", "histograms.png", "cross_correlation.png", "correlation_profiles.png", "spectra.png")
 REPORT_KEYS = (
-    "pixels",
-    "valid_pixels",
+    "schema",
+    "schema_version",
+    "software_version",
+    "grid",
+    "pixels_in_grid",
+    "pixels_measured",
+    "pixels_valid",
+    "pixels_valid_delta",
+    "pixels_valid_alpha",
+    "reasons_delta",
+    "reasons_alpha",
+    "gap_channel",
+    "alpha_channel",
+    "flags",
+    "tip_epochs",
+    "warnings",
     "delta_mean_meV",
     "delta_std_meV",
     "alpha_mean",
@@ -68,8 +83,19 @@ def test_report_keys_and_values_are_sane(analysed: tuple[Path, Path, int]) -> No
     archive, out, _ = analysed
     r = _report(out)
     assert set(REPORT_KEYS) <= set(r)
-    assert r["pixels"] == NY * NX and r["valid_pixels"] >= 0.99 * NY * NX
-    assert r["reasons"]["OK"] == r["valid_pixels"]
+    assert r["schema"] == "stslive.report" and r["schema_version"] == 2
+    assert r["grid"] == {"nx": NX, "ny": NY} and r["pixels_in_grid"] == NY * NX
+    assert r["pixels_measured"] == NY * NX and r["pixels_valid"] >= 0.99 * NY * NX
+    assert r["reasons"]["OK"] == r["pixels_valid"]
+    assert r["pixels_valid_delta"] >= r["pixels_valid"] and r["pixels_valid_alpha"] >= r["pixels_valid"]
+    assert r["gap_channel"] == "LI Demod 1 X (A)" and r["alpha_channel"] == "Current (A)"  # "auto", resolved
+    assert r["flags"]["counts"].keys() == {k.name.lower() for k in FlagKind} and r["flags"]["pixels_flagged"] == 0
+    # a simulated archive records no lock-in sensitivity or status: those rules are not judged, and it says so
+    assert set(r["flags"]["not_judged"]) == {"lockin_sensitivity", "lockin_overload"}
+    assert [w["code"] for w in r["warnings"] if w["code"] != "correlations"] == ["flags_not_judged"]
+    # a 40 x 48 nm map of a film with 18-28 nm lengths: every length is finite-size biased, and says so
+    tags = [w["message"].split(":")[0] for w in r["warnings"] if w["code"] == "correlations"]
+    assert tags == ["finite-size"] * 3 + ["biased-inversion"]
     with open_archive(archive) as reader:
         truth = reader.ground_truth
     assert r["delta_mean_meV"] == pytest.approx(truth["delta_def"].mean() * 1e3, abs=0.015)  # within the RMS goal
@@ -82,7 +108,7 @@ def test_report_keys_and_values_are_sane(analysed: tuple[Path, Path, int]) -> No
     assert 100 < r["sigma_rho_ohm"] < 5000 and 0 < r["predicted_delta_rel_sigma"] < 1
     assert r["elapsed_s"] > 0
     assert r["inputs"]["channels"] == {"current": "Current (A)", "lockin": "LI Demod 1 X (A)"}
-    assert r["inputs"]["options"]["fit_window_V"] == [0.005, 0.03] and r["inputs"]["software_version"]
+    assert r["inputs"]["options"]["fit_window_V"] == [0.005, 0.03] and r["software_version"]
     assert r["inputs"]["file"].endswith("film.h5") and r["inputs"]["format"] == "stslive"
     gt = r["ground_truth"]
     assert gt["delta_rms_error_meV"] <= 0.015 and gt["alpha_rms_error"] <= 0.003
@@ -124,6 +150,7 @@ def test_lockin_off_and_options_reach_the_kernels(analysed: tuple[Path, Path, in
     )
     r = _report(out)
     assert r["inputs"]["options"]["gap_source"] == "current" and r["inputs"]["channels"]["lockin"] is None
+    assert r["gap_channel"] == r["alpha_channel"] == "Current (A)"
     assert r["inputs"]["options"]["fit_window_V"] == pytest.approx([0.006, 0.028])
     assert r["inputs"]["options"]["smoothing_points"] == 9
     assert r["ground_truth"]["delta_rms_error_meV"] <= 0.03
@@ -147,7 +174,7 @@ def test_analyses_a_3ds_written_from_a_film(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["analyse", str(path), "--out", str(out)]) == 0
     r = _report(out)
-    assert r["inputs"]["format"] == "nanonis3ds" and r["pixels"] == 320 and r["valid_pixels"] >= 316
+    assert r["inputs"]["format"] == "nanonis3ds" and r["pixels_measured"] == 320 and r["pixels_valid"] >= 316
     truth = film.definition_truth()
     model = load_maps_h5(out / "maps.h5")
     valid = model.maps["valid"]
@@ -159,7 +186,7 @@ def test_analyses_a_3ds_written_from_a_film(tmp_path: Path) -> None:
 def test_real_kpfm_grid_runs_with_reasons(shared_data: Path, tmp_path: Path) -> None:
     assert main(["analyse", str(shared_data / "nanonis-grid-kpfm-20x20.3ds"), "--out", str(tmp_path)]) == 0
     r = _report(tmp_path)
-    assert r["pixels"] == 400 and r["valid_pixels"] == 0 and sum(r["reasons"].values()) == 400
+    assert r["pixels_measured"] == 400 and r["pixels_valid"] == 0 and sum(r["reasons"].values()) == 400
     assert "OK" not in r["reasons"] and r["delta_mean_meV"] is None and r["l_delta_nm"] is None
     assert (tmp_path / "maps.png").is_file()
 
@@ -211,5 +238,74 @@ def test_report_version_is_the_one_software_version(analysed: tuple[Path, Path, 
     from stslive.live.offline import report
 
     _, out, _ = analysed
-    assert _report(out)["inputs"]["software_version"] == version.software_version()
+    assert _report(out)["software_version"] == version.software_version()
     assert not hasattr(report, "software_version") or report.software_version is version.software_version
+
+
+def test_out_is_a_fresh_folder_or_an_earlier_analysis_overwritten(
+    analysed: tuple[Path, Path, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive, _, _ = analysed
+    out = tmp_path / "out"
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "1"]) == 0
+    assert (out / "spectra.png").is_file()
+    capsys.readouterr()
+    # a figure the earlier analysis wrote and this one does not (an older version's, say)
+    manifest = json.loads((out / ".stslive-analyse.json").read_text())
+    (out / "old_figure.png").write_bytes(b"\x89PNG old")
+    (out / ".stslive-analyse.json").write_text(json.dumps({"written": [*manifest["written"], "old_figure.png"]}))
+    # a reused folder is refused: nothing of a second run may land beside the first one's files
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "holds an earlier analysis" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # --overwrite clears what the earlier analysis wrote: its figure this one does not draw does not survive
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "0", "--overwrite"]) == 0
+    assert not (out / "old_figure.png").exists() and (out / "report.json").is_file() and (out / "maps.png").is_file()
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left
+    # files the command did not write (the run archive, notes) are never cleared nor replaced
+    (out / "notes.txt").write_text("mine")
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "0", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "spectra.png").unlink()
+    (out / "spectra.png").mkdir()  # something the command did not write, under a name it writes
+    (out / ".stslive-analyse.json").write_text('{"written": ["maps.h5", "report.json"]}')
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "1", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "would replace" in err and "spectra.png" in err and (out / "spectra.png").is_dir()
+    assert (out / "report.json").is_file() and not list(tmp_path.glob(".out.*"))
+
+
+def test_an_interrupted_analysis_leaves_the_folder_as_it_was(
+    analysed: tuple[Path, Path, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stslive.live.offline import analyse as offline
+
+    archive, _, _ = analysed
+    out = tmp_path / "out"
+    assert main(["analyse", str(archive), "--out", str(out), "--examples", "0"]) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(report: dict, path: Path) -> Path:  # Ctrl-C after maps.h5 and the figures are written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(offline, "write_report", interrupted)
+    assert main(["analyse", str(archive), "--out", str(out), "--overwrite", "--smoothing", "9"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # no new maps.h5 beside the old report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_summary_names_why_pixels_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A +-15 mV sweep: Delta everywhere, alpha nowhere (its 5..30 mV window is not covered), and the line says why."""
+    archive = tmp_path / "narrow.h5"
+    write_film_archive(
+        make_film(FilmParams(ny=8, nx=10, seed=1, bias_start_V=-0.015, bias_end_V=0.015, n_points=301)), archive
+    )
+    assert main(["analyse", str(archive), "--out", str(tmp_path / "out"), "--examples", "0"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "80 of 80 pixels measured, 0 valid" in line and "alpha on 0 (refused: WINDOW_NOT_COVERED 80)" in line
+    r = _report(tmp_path / "out")
+    assert r["pixels_valid_delta"] == 80 and r["delta_mean_meV"] is not None and r["alpha_mean"] is None
+    assert r["reasons_alpha"] == {"WINDOW_NOT_COVERED": 80}
+    assert "few_valid_alpha" in [w["code"] for w in r["warnings"]]

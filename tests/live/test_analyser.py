@@ -8,8 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from test_analyser_sim import CHANNELS, N_POINTS, RunProducer, geometry, make_lab, make_sets, measure_run, start_fields
+from test_analyser_sim import (
+    CHANNELS,
+    N_POINTS,
+    RunProducer,
+    geometry,
+    make_lab,
+    make_sets,
+    measure_run,
+    pixel_inputs,
+    start_fields,
+)
 
+from stslive.acquisition.cli import main
 from stslive.acquisition.formats.documents import encode
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.drivers.errors import ConfigError
@@ -18,7 +29,8 @@ from stslive.live.flag_config import FlagConfig, load_flag_config
 from stslive.live.flag_kinds import FlagKind
 from stslive.live.kernels import KernelOptions
 from stslive.live.pipeline import analyse_input
-from stslive.live.run_context import PixelInput, RunContext
+from stslive.live.results_io import load_maps_h5
+from stslive.live.run_context import RunContext
 from stslive.mocks.faults import FaultPlan
 
 NY = NX = 16
@@ -34,6 +46,8 @@ FAULTS = [
     {"kind": "feedback_fail", "from_spectrum": 80, "to_spectrum": 95},
     {"kind": "lockin_overload", "from_spectrum": 100, "to_spectrum": 110},
     {"kind": "temperature_excursion", "from_spectrum": 120, "to_spectrum": 140, "params": {"kelvin": 1.0}},
+    # a tip that changes for good (the one above goes back after 20 spectra)
+    {"kind": "tip_change", "from_spectrum": 200, "params": {"factor": 1.0, "extra_slope_per_eV": -6.0}},
 ]
 KIND_FLAG = {
     "tip_change": FlagKind.TIP_CHANGE,
@@ -55,25 +69,9 @@ def faulted_run():
     return plan, pixels
 
 
-def _inputs(pixels):
-    return [
-        PixelInput(
-            iy=p.iy,
-            ix=p.ix,
-            set_id=p.meta.setpoint_set_id,
-            spectra=p.spectra,
-            time=p.meta.t_end,
-            temperatures_K=(p.meta.temperature_before_K, p.meta.temperature_after_K),
-            lockin_status=p.meta.lockin_status,
-            lockin_overload=p.meta.lockin_overload,
-        )
-        for p in pixels
-    ]
-
-
 def _reference(pixels, options=OPTIONS):
     ctx = RunContext("ref", start_fields(geometry(NY, NX), SETS), options=options, flag_config=FlagConfig())
-    ctx.process(_inputs(pixels))
+    ctx.process(pixel_inputs(pixels))
     ctx.finish()  # a run shorter than the calibration sample: analysed at its end
     return ctx.model
 
@@ -92,6 +90,12 @@ def test_flags_find_injected_faults(faulted_run) -> None:
     truth = {(p.iy, p.ix) for p in pixels if p.meta.setpoint_set_id == 1}
     found = {(int(a), int(b)) for a, b in zip(*np.nonzero(flags & int(FlagKind.MODULATION)), strict=True)}
     assert len(found & truth) / len(truth) >= 0.9 and len(found & truth) / len(found) >= 0.9
+    # every pixel measured with a changed tip carries its epoch: 0 before 40, 1 to 59, 0 again (the
+    # tip went back), 2 from 200 on
+    epoch_of = {p.spectrum: int(model.maps["tip_epoch"][p.iy, p.ix]) for p in pixels}
+    want = {s: 1 if 40 <= s < 60 else 2 if s >= 200 else 0 for s in epoch_of}
+    wrong = sorted(s for s in epoch_of if epoch_of[s] != want[s])
+    assert len(wrong) <= 0.05 * len(pixels), wrong
     summary = {s.set_id: s for s in model.flag_summary()}
     assert summary[1].flagged and summary[1].dominant == "modulation" and summary[1].first_pixel == (12, 0)
     assert summary[1].message.startswith("set 1: modulation 0.8 mV rms broadens peaks, 100 % of its pixels")
@@ -115,7 +119,7 @@ def test_clean_run_flags_under_one_percent_per_kind(clean_run, order) -> None:
     ctx = RunContext(
         "clean", start_fields(geometry(CLEAN_NY, CLEAN_NX), SETS[:1]), options=DEFAULTS, flag_config=FlagConfig()
     )
-    inputs = _inputs(pixels)
+    inputs = pixel_inputs(pixels)
     for lo in range(0, len(inputs), 50):  # batches as the live service drains them
         ctx.process(inputs[lo : lo + 50])
     ctx.finish()
@@ -173,12 +177,22 @@ def test_service_equals_offline_and_survives_restart(tmp_path: Path, faulted_run
         )
     reference = _reference(pixels, DEFAULTS)
     np.testing.assert_array_equal(live.maps["flags"], reference.maps["flags"])
+    # `stslive analyse` of the same archive: the same flags and tip epochs, bit for bit
+    assert main(["analyse", str(archive), "--out", str(tmp_path / "offline"), "--examples", "0"]) == 0
+    written = load_maps_h5(tmp_path / "offline" / "maps.h5")
+    for name in ("flags", "tip_epoch"):
+        np.testing.assert_array_equal(written.maps[name], live.maps[name], err_msg=name)
+    assert (live.maps["flags"] & int(FlagKind.TIP_CHANGE)).any() and set(np.unique(live.maps["tip_epoch"])) == {0, 1, 2}
     assert live.status().message.count("Dynes width") == 1
     assert live.snapshot is not None and live.snapshot.n_pixels == int(live.maps["valid"].sum())
+    # the snapshots taken while the run went on, for the screen's convergence plot
+    history = live.history.arrays()
+    assert len(live.history) >= 2 and np.all(np.diff(history["n_measured"]) >= 0)
+    # (an early snapshot of a few pixels may find no 1/e length: NaN; the final one does)
+    assert history["n_pixels"][-1] == live.snapshot.n_pixels and np.isfinite(history["l_alpha_nm"][-1])
     saved = archive.with_suffix(".analysis.h5")
-    from stslive.live.results_io import load_maps_h5
-
     np.testing.assert_array_equal(load_maps_h5(saved).maps["flags"], live.maps["flags"])
+    assert len(load_maps_h5(saved).history) == len(live.history)
     assert live.status().state == "done"
     # start, descriptor, one event per pixel, stop: the screen's "last seq" follows the stream, not only heartbeats
     assert live.status().last_seq >= len(pixels) + 2
@@ -262,3 +276,69 @@ def test_flag_config_toml(tmp_path: Path) -> None:
     bad.write_bytes(b"[flags]\nsetpoint_rel_tol = 0.2 # \xb5\n")
     with pytest.raises(ConfigError, match="UTF-8"):
         load_flag_config(bad)
+
+
+def _write_archive(path: Path, pixels) -> None:
+    """The faulted run's pixels as the scan engine archives them (no stream)."""
+    from stslive.acquisition.formats.archive import ArchiveWriter
+
+    writer = ArchiveWriter.create(
+        path,
+        geometry=geometry(NY, NX),
+        channel_names=CHANNELS,
+        n_points=N_POINTS,
+        setpoint_sets=SETS,
+        start_doc={"uid": "faulted", **start_fields(geometry(NY, NX), SETS)},
+    )
+    with writer:
+        for p in pixels:
+            writer.write_pixel(p.iy, p.ix, p.spectra, p.meta)
+
+
+def test_replayed_archive_equals_stslive_analyse(tmp_path: Path, faulted_run) -> None:
+    """`stslive replay` into the live analyser and `stslive analyse` of the archive: one set of flags."""
+    from stslive.acquisition.replay import open_replay, replay
+
+    _, pixels = faulted_run
+    archive = tmp_path / "faulted.h5"
+    _write_archive(archive, pixels)
+    ctx = zmq.Context()
+    pub = RunPublisher("tcp://127.0.0.1:0", context=ctx)
+    svc = AnalyserService(pub.pub_endpoint, settings=AnalyserSettings(publish_every_s=0.2), context=ctx).start()
+    try:
+        pub.wait_for_subscribers(1)
+        with open_replay(archive) as source:
+            stop = replay(source, pub)
+        assert svc.wait_for_stop(stop.run_uid, timeout_s=60)
+    finally:
+        svc.close()
+        pub.close()
+        ctx.term()
+    live = svc.run.model
+    assert main(["analyse", str(archive), "--out", str(tmp_path / "out"), "--examples", "0"]) == 0
+    offline = load_maps_h5(tmp_path / "out" / "maps.h5")
+    for name in ("flags", "tip_epoch", "reason", "measured"):
+        np.testing.assert_array_equal(offline.maps[name], live.maps[name], err_msg=name)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    counts = report["flags"]["counts"]
+    for kind in (FlagKind.TIP_CHANGE, FlagKind.SETPOINT, FlagKind.LOCKIN_OVERLOAD, FlagKind.THERMAL):
+        assert counts[kind.name.lower()] == int(np.count_nonzero(live.maps["flags"] & int(kind))) > 0
+    assert [c["to_epoch"] for c in report["tip_epochs"]["changes"]] == [1, 0, 2]
+    epochs = {e["epoch"]: e for e in report["tip_epochs"]["epochs"]}
+    assert sum(e["pixels_measured"] for e in epochs.values()) == NY * NX
+    assert epochs[2]["pixels_measured"] == int((live.maps["tip_epoch"] == 2).sum()) >= 50
+    assert {w["code"] for w in report["warnings"]} >= {"tip_changed"}
+
+
+def test_a_measurement_that_arrives_late_is_judged_in_its_time(faulted_run) -> None:
+    """A pixel lost on the stream and filled from the archive later: the flags are those of time order."""
+    _, pixels = faulted_run
+    inputs = pixel_inputs(pixels)
+    late = [*inputs[:120], *inputs[121:227], inputs[120], *inputs[227:]]  # spectrum 120 arrives after 226
+    ctx = RunContext("late", start_fields(geometry(NY, NX), SETS), options=OPTIONS, flag_config=FlagConfig())
+    for lo in range(0, len(late), 9):
+        ctx.process(late[lo : lo + 9])
+    reference = _reference(pixels)
+    assert reference.maps["tip_epoch"][7, 8] == 0  # measured with the first tip, arriving after the change
+    for name in ("flags", "tip_epoch"):
+        np.testing.assert_array_equal(ctx.model.maps[name], reference.maps[name], err_msg=name)

@@ -22,7 +22,8 @@ def test_replay_gets_every_result_with_latencies_and_stage_times(in_process: boo
         ny,
         nx,
         rate=None,
-        options=KernelOptions(dynes_width_eV=0.1e-3),
+        # calibrated in full (gap, width, smoothing): no pixel is held for the calibration
+        options=KernelOptions(dynes_width_eV=0.1e-3, gap_eV=1.2e-3, smoothing_points=9, lockin_smoothing_points=25),
         settings=AnalyserSettings(snapshot_every=10**9, publish_every_s=3600),
         in_process=in_process,
     )

@@ -12,17 +12,17 @@ import zmq
 
 from stslive.acquisition.jobs.bench_viewer import synthetic_maps
 from stslive.drivers.errors import FileFormatError, StreamError
-from stslive.live import analyser_file
-from stslive.live.analyser_file import AnalysisFileWriter
-from stslive.live.analyser_publisher import ResultsPublisher
-from stslive.live.analyser_runs import RunHandler
-from stslive.live.analyser_settings import AnalyserSettings
-from stslive.live.analyser_snapshots import SnapshotScheduler
-from stslive.live.analyser_status import status_line
+from stslive.live.analyser import file as analyser_file
+from stslive.live.analyser.file import AnalysisFileWriter
+from stslive.live.analyser.publisher import ResultsPublisher
+from stslive.live.analyser.runs import RunHandler
+from stslive.live.analyser.settings import AnalyserSettings
+from stslive.live.analyser.snapshots import SnapshotScheduler
+from stslive.live.analyser.status import status_line
 from stslive.live.flag_config import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.results import ResultsModel
-from stslive.live.results_io import decode_message, load_maps_h5
+from stslive.live.results_io import decode_message, encode_message, load_maps_h5
 
 
 def _model(ny: int = 24, nx: int = 30, *, valid: bool = True) -> ResultsModel:
@@ -136,3 +136,127 @@ def test_status_line_names_every_count() -> None:
         "1 open seq gap(s)",
     ):
         assert part in text
+
+
+def test_analyser_with_an_unwritable_out_exits_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stslive.acquisition.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    t0 = time.monotonic()
+    code = main(["analyser", "--connect", "tcp://127.0.0.1:9", "--out", str(a_file / "run.analysis.h5"), "--once"])
+    err = capsys.readouterr().err
+    assert code == 1 and time.monotonic() - t0 < 10
+    assert len(err.strip().splitlines()) == 1 and "cannot write the analysis file" in err and "Traceback" not in err
+
+
+def test_a_failed_analysis_file_write_stops_the_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(model: ResultsModel, path: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(analyser_file, "save_maps_h5", broken)
+    errors: list[str] = []
+    runs = RunHandler(
+        options=KernelOptions(),
+        flag_config=FlagConfig(),
+        settings=AnalyserSettings(),
+        publisher=None,
+        file=AnalysisFileWriter(tmp_path / "run.analysis.h5", every_s=0.0),
+        rejected=collections.Counter(),
+        status=lambda: "",
+        errors=errors,
+    )
+    from test_analyser_sim import geometry, make_sets, start_fields
+
+    runs.handle([("start", ("r", start_fields(geometry(2, 2), make_sets())))])
+    runs.periodic()
+    assert errors and "No space left on device" in errors[0] and runs.rejected["write"] == 1
+
+
+def test_pixels_are_analysed_at_once_and_again_with_the_run_width() -> None:
+    """No calibration wait: the first pixel has results; once the width is fixed every pixel so far is redone."""
+    from test_analyser_sim import geometry, make_lab, make_sets, measure_run, pixel_inputs, start_fields
+
+    from stslive.live.run_context import RunContext
+    from stslive.mocks.faults import FaultPlan
+
+    sets = make_sets()
+    pixels = pixel_inputs(list(measure_run(make_lab(6, 8, FaultPlan.from_list([])), sets, lambda iy, ix: 0)))
+    options = KernelOptions(chunk=20)  # the run's width is fixed on its first 20 spectra
+    live = RunContext("live", start_fields(geometry(6, 8), sets), options=options, flag_config=FlagConfig())
+    first = live.process(pixels[:1])
+    assert first["iy"].tolist() == [0] and np.isfinite(first["delta_eV"][0])  # at once, not held back
+    assert live.calibrating and live.model.maps["measured"].sum() == 1
+    for p in pixels[1:19]:
+        assert len(live.process([p])["iy"]) == 1
+    redone = live.process(pixels[19:21])  # the 20th spectrum fixes the width: all 21 analysed again
+    assert not live.calibrating and sorted(zip(redone["iy"], redone["ix"], strict=True)) == sorted(
+        (p.iy, p.ix) for p in pixels[:21]
+    )
+    for lo in range(21, len(pixels), 5):
+        live.process(pixels[lo : lo + 5])
+    whole = RunContext("whole", start_fields(geometry(6, 8), sets), options=options, flag_config=FlagConfig())
+    whole.process(pixels)  # one batch: the width fixed before any result, as offline
+    assert live.options.dynes_width_eV == whole.options.dynes_width_eV
+    for name in ("delta_eV", "alpha", "valid", "flags", "tip_epoch"):
+        np.testing.assert_allclose(
+            live.model.maps[name].astype(float), whole.model.maps[name].astype(float), rtol=1e-5, err_msg=name
+        )
+
+
+def test_snapshot_history_follows_the_model_onto_the_wire_and_into_the_file(tmp_path: Path) -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from stslive.live.results_io import apply_message, model_from_message, model_messages, save_maps_h5
+    from stslive.live.snapshot_history import SnapshotHistory
+    from stslive.live.snapshots import correlation_snapshot
+
+    model = _model()
+    snap = correlation_snapshot(model)
+    model.set_snapshot(snap)
+    model.set_snapshot(snap)  # the same snapshot again (a viewer gets it with every full state): kept once
+    model.set_snapshot(dataclasses.replace(snap, time=snap.time + 1.0, n_pixels=100))
+    assert len(model.history) == 2
+    rows = model.history.arrays()
+    assert rows["n_measured"].tolist() == [24 * 30, 24 * 30] and rows["n_pixels"].tolist() == [24 * 30, 100]
+    assert rows["l_delta_nm"][0] == pytest.approx(snap.l_delta_nm)
+    viewer = None
+    for topic, header, arrays in model_messages(model):
+        viewer = viewer or model_from_message(*decode_message(encode_message(topic, header, arrays))[:2])
+        apply_message(viewer, *decode_message(encode_message(topic, header, arrays)))
+    assert viewer is not None
+    for name, values in model.history.arrays().items():
+        np.testing.assert_array_equal(viewer.history.arrays()[name], values, err_msg=name)
+    save_maps_h5(model, tmp_path / "maps.h5")
+    loaded = load_maps_h5(tmp_path / "maps.h5").history.arrays()
+    for name, values in model.history.arrays().items():
+        np.testing.assert_array_equal(loaded[name], values, err_msg=name)
+    # the 90 % band of a figure, when the estimator gives one
+    history = SnapshotHistory()
+    history.append(SimpleNamespace(time=1.0, n_pixels=10, l_delta_nm=20.0, l_delta_nm_ci90=(15.0, 27.0)), n_measured=12)
+    assert history.arrays()["l_delta_nm_low"].tolist() == [15.0] and np.isnan(history.arrays()["l_alpha_nm_high"][0])
+
+
+def test_snapshots_are_taken_on_time_as_well_as_on_pixel_count() -> None:
+    from test_analyser_sim import geometry, make_sets, start_fields
+
+    model_seen: list[int] = []
+    runs = RunHandler(
+        options=KernelOptions(),
+        flag_config=FlagConfig(),
+        settings=AnalyserSettings(snapshot_every=10_000, snapshot_every_s=0.0),
+        publisher=None,
+        file=None,
+        rejected=collections.Counter(),
+        status=lambda: "",
+    )
+    runs._snapshots.request = lambda: model_seen.append(1)  # type: ignore[method-assign]
+    runs.handle([("start", ("r", start_fields(geometry(2, 2), make_sets())))])
+    runs.periodic()
+    assert model_seen == []  # nothing new: no snapshot
+    runs._since_snapshot = 3  # three pixels since the last one, far fewer than snapshot_every
+    runs.periodic()
+    assert model_seen == [1]

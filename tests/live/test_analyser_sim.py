@@ -21,6 +21,7 @@ from stslive.acquisition.formats.documents import ArraySpec, new_uid
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
+from stslive.live.run_context import PixelInput
 from stslive.mocks.faults import FaultKind, FaultPlan
 from stslive.mocks.film import FilmParams, make_film
 from stslive.mocks.lab import SIGNAL_NAMES, MockLab
@@ -113,6 +114,23 @@ def measure_run(lab: MockLab, sets: list[SetpointSet], set_of: Callable[[int, in
                 lockin_overload=bool(status & 1),
             )
             yield Pixel(index, iy, ix, np.ascontiguousarray(sweep.data[1:3], dtype=np.float32), meta)
+
+
+def pixel_inputs(pixels: list[Pixel]) -> list[PixelInput]:
+    """The pixels as the live analyser takes them from their events."""
+    return [
+        PixelInput(
+            iy=p.iy,
+            ix=p.ix,
+            set_id=p.meta.setpoint_set_id,
+            spectra=p.spectra,
+            time=p.meta.t_end,
+            temperatures_K=(p.meta.temperature_before_K, p.meta.temperature_after_K),
+            lockin_status=p.meta.lockin_status,
+            lockin_overload=p.meta.lockin_overload,
+        )
+        for p in pixels
+    ]
 
 
 def geometry(ny: int, nx: int) -> GridGeometry:

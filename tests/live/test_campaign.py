@@ -20,8 +20,9 @@ from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
 from stslive.live.kernels import KernelOptions
-from stslive.live.offline.analyse import analyse_inputs, expand_inputs, output_dirs, summary_line
+from stslive.live.offline.analyse import analyse_inputs, expand_inputs, output_dirs
 from stslive.live.offline.campaign import run_conditions, write_campaign
+from stslive.live.offline.report import summary_line
 from stslive.live.theory import TheoryConstants
 from stslive.mocks.film import FilmParams, make_film
 
@@ -99,6 +100,7 @@ def test_folder_input_writes_runs_and_campaign(series: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     assert main(["analyse", str(series), "--out", str(out), "--examples", "0"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".stslive-analyse.json",  # what the command wrote, for --overwrite
         "T0.3",
         "T1.5",
         "campaign.csv",
@@ -110,7 +112,7 @@ def test_folder_input_writes_runs_and_campaign(series: Path, tmp_path: Path) -> 
     assert [r["temperature_K"] for r in rows] == pytest.approx([0.3, 1.5])
     for row in rows:
         report = json.loads((out / row["run"] / "report.json").read_text())
-        for key in ("pixels", "valid_pixels", "delta_mean_meV", "alpha_std", "l_alpha_nm", "rho_cross_0"):
+        for key in ("pixels_measured", "pixels_valid", "delta_mean_meV", "alpha_std", "l_alpha_nm", "rho_cross_0"):
             assert row[key] == report[key], key
         assert row["dynes_width_meV"] == pytest.approx(report["inputs"]["options"]["dynes_width_eV"] * 1e3)
     # a film warmer than the Dynes templates of 0.3 K shows a larger apparent gap (thermal smearing)
@@ -126,7 +128,7 @@ def test_campaign_figures_follow_what_varies(tmp_path: Path) -> None:
     src = tmp_path / "a.h5"
     write_film_archive(make_film(FilmParams(ny=4, nx=4, seed=2)), src)
     report = {
-        "pixels": 16,
+        "pixels_measured": 16,
         "delta_mean_meV": 1.2,
         "delta_std_meV": 0.02,
         "alpha_mean": 0.35,
@@ -177,7 +179,7 @@ def test_offline_library_analyses_without_the_command_line(series: Path, tmp_pat
     one = analyse_inputs(files[:1], tmp_path / "one", options=options, constants=constants, examples=0)
     assert [r.out for r in one.runs] == [tmp_path / "one"] and one.campaign == []
     assert one.runs[0].report == json.loads((tmp_path / "one" / "report.json").read_text())
-    assert summary_line(one.runs[0].report).startswith(f"{NY * NX} of {NY * NX} pixels valid")
+    assert summary_line(one.runs[0].report).startswith(f"{NY * NX} of {NY * NX} pixels measured, {NY * NX} valid")
     both = analyse_inputs(files, tmp_path / "both", options=options, constants=constants, examples=0)
     assert [r.out.name for r in both.runs] == ["T0.3", "T1.5"]
     assert [p.name for p in both.campaign] == ["campaign.csv", "campaign.json", "campaign_vs_temperature.png"]

@@ -143,7 +143,7 @@ def test_cli_on_an_existing_cluster_writes_the_single_path_files(
     assert code == 0, f"stslive analyse --dask {client.scheduler.address} failed: {capsys.readouterr().err}"
     sp, dk = tmp_path / "sp", tmp_path / "dk"
     with h5py.File(sp / "maps.h5") as a, h5py.File(dk / "maps.h5") as b:
-        for name in ("delta", "alpha", "valid", "reason"):
+        for name in ("delta", "alpha", "valid", "reason", "flags", "tip_epoch"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (sp, dk))
     differing = {k for k in ra if ra[k] != rb[k]}

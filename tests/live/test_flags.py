@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import deque
 from pathlib import Path
@@ -20,29 +21,70 @@ NY, NX = 30, 50
 N = NY * NX
 
 
-def _reference_tip(cfg: FlagConfig, iy, ix, tip, eligible) -> np.ndarray:
-    """The tip rule of the module docstring, one pixel at a time, with dicts and np.median."""
+def _reference_tip(cfg: FlagConfig, iy, ix, tip, eligible) -> tuple[np.ndarray, np.ndarray]:
+    """The tip rule of FlagConfig's docstring, one pixel at a time, with dicts and np.median.
+
+    Returns the TIP_CHANGE bit and the tip epoch of every pixel.
+    """
     accepted: dict[tuple[int, int], np.ndarray] = {}
     recent: deque = deque(maxlen=cfg.tip_recent)
     residuals: deque = deque(maxlen=cfg.tip_window)
+    offsets, epoch, run = [np.zeros(2)], 0, []  # run: the open outlier run, (i, features, resid, step, limit)
     r = cfg.tip_radius_px
-    out = np.zeros(tip.shape[0], dtype=bool)
+    changed = np.zeros(tip.shape[0], dtype=bool)
+    epochs = np.zeros(tip.shape[0], dtype=int)
     for i, (y, x) in enumerate(zip(iy.tolist(), ix.tolist(), strict=True)):
+        epochs[i], changed[i] = epoch, epoch != 0
+        if not eligible[i]:
+            if run:
+                run.append((i, None, None, None, None))
+            continue
+        g = tip[i] - offsets[epoch]
         near = [
             accepted[(a, b)] for a in range(y - r, y + r + 1) for b in range(x - r, x + r + 1) if (a, b) in accepted
         ]
-        resid = tip[i] - np.median(near, axis=0) if near and np.isfinite(tip[i]).all() else None
+        resid = g - np.median(near, axis=0) if near else None
+        outlier = False
         if resid is not None and len(residuals) >= cfg.tip_min_history and recent:
             hist = np.array(residuals)
             med = np.median(hist, axis=0)
             limit = np.maximum(cfg.tip_mad_k * 1.4826 * np.median(np.abs(hist - med), axis=0), cfg.tip_min_change)
-            out[i] = (np.abs(resid - med) > limit).any() and (np.abs(tip[i] - np.median(recent, axis=0)) > limit).any()
-        if eligible[i] and not out[i]:
-            accepted[(y, x)] = tip[i]
-            recent.append(tip[i])
+            step = resid - med
+            outlier = (np.abs(step) > limit).any() and (np.abs(g - np.median(recent, axis=0)) > limit).any()
+        if not outlier:
+            run.clear()
+            accepted[(y, x)] = g
+            recent.append(g)
             if resid is not None:
                 residuals.append(resid)
-    return out
+            continue
+        changed[i] = True
+        heads = [e for e in run if e[1] is not None]
+        if heads and not (np.abs(step - heads[0][3]) <= limit).all():
+            run.clear()
+        run.append((i, tip[i], resid, step, limit))
+        outliers = [e for e in run if e[1] is not None]
+        if len(outliers) < cfg.tip_confirm:
+            continue
+        new = offsets[epoch] + np.median([e[3] for e in outliers], axis=0)
+        last = outliers[-1][4]
+        back = [
+            (np.max(np.abs(o - new) / last), e)
+            for e, o in enumerate(offsets)
+            if e != epoch and (np.abs(o - new) <= last).all()
+        ]
+        to = min(back)[1] if back else len(offsets)
+        if not back:
+            offsets.append(new)
+        for j, features, res, _, _ in run:
+            epochs[j], changed[j] = to, to != 0
+            if features is not None:
+                accepted[(int(iy[j]), int(ix[j]))] = features - offsets[to]
+                recent.append(features - offsets[to])
+                residuals.append(res - (offsets[to] - offsets[epoch]))
+        epoch = to
+        run.clear()
+    return changed, epochs
 
 
 def _reference_bits(cfg: FlagConfig, delta, reason, sp_dev, tip, temp, modulation, iy, ix) -> np.ndarray:
@@ -75,7 +117,7 @@ def _reference_bits(cfg: FlagConfig, delta, reason, sp_dev, tip, temp, modulatio
                 bits |= FlagKind.THERMAL
             else:
                 temps.append(t)
-        if not abs(sp_dev[i]) <= cfg.setpoint_rel_tol:
+        if abs(sp_dev[i]) > cfg.setpoint_rel_tol:  # NaN: V_set outside the sweep, not judged
             bits |= FlagKind.SETPOINT
         if (
             reason[i] == ReasonCode.OK
@@ -86,8 +128,9 @@ def _reference_bits(cfg: FlagConfig, delta, reason, sp_dev, tip, temp, modulatio
         out.append(int(bits))
     out = np.array(out, dtype=np.uint32)
     eligible = np.isfinite(tip).all(axis=1) & ~(out & FlagKind.SETPOINT).astype(bool)
-    out[_reference_tip(cfg, iy, ix, tip, eligible)] |= np.uint32(FlagKind.TIP_CHANGE)
-    return out
+    changed, epochs = _reference_tip(cfg, iy, ix, tip, eligible)
+    out[changed] |= np.uint32(FlagKind.TIP_CHANGE)
+    return out, epochs
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +151,8 @@ def pixels():
     field = 0.1 * np.sin(2 * np.pi * ix / 40) + 0.05 * np.cos(2 * np.pi * iy / 25)  # smooth film variation
     tip = field[:, None] + rng.normal(0, 0.01, (N, 2))
     tip[rng.random(N) < 0.03] += 0.3
-    tip[600:660] += 0.5  # a tip change lasting 60 pixels
+    tip[600:660] += 0.5  # a tip change lasting 60 pixels, then the tip goes back
+    tip[1100:] += (0.2, -0.15)  # a permanent tip change
     tip[rng.random(N) < 0.02] = np.nan
     sp_dev = rng.normal(0, 0.04, N)
     sp_dev[rng.random(N) < 0.05] = 0.5
@@ -120,14 +164,14 @@ def pixels():
     return delta, reason, sp_dev, tip, temp, modulation, iy, ix
 
 
-def _batched(cfg: FlagConfig, data, cuts) -> np.ndarray:
+def _batched(cfg: FlagConfig, data, cuts) -> tuple[np.ndarray, np.ndarray]:
+    """Bits and epochs of the pixels evaluated in batches cut at ``cuts``, with the revisions applied."""
     delta, reason, sp_dev, tip, temp, modulation, iy, ix = data
     engine = FlagEngine(cfg)
-    out = []
+    bits, epochs = np.zeros(N, np.uint32), np.zeros(N, int)
+    seen: dict[tuple[int, int], int] = {}  # last index of each pixel so far (revisions name pixels)
     for lo, hi in itertools.pairwise(cuts):
         n = hi - lo
-        fields = {k: np.zeros(n) for k in SpectrumAnalysis._fields}
-        fields.update(delta_eV=delta[lo:hi], reason=reason[lo:hi])
         features = SpectralFeatures(
             setpoint_rel_dev=sp_dev[lo:hi],
             tip_features=tip[lo:hi],
@@ -141,16 +185,36 @@ def _batched(cfg: FlagConfig, data, cuts) -> np.ndarray:
             modulation_Vrms=modulation[lo:hi],
             sensitivity_V=np.full(n, 5e-3),
         )
-        out.append(engine.evaluate(SpectrumAnalysis(**fields), features, conditions, iy=iy[lo:hi], ix=ix[lo:hi]))
-    return np.concatenate(out)
+        result = engine.evaluate(
+            delta_eV=delta[lo:hi],
+            reason=reason[lo:hi],
+            features=features,
+            conditions=conditions,
+            iy=iy[lo:hi],
+            ix=ix[lo:hi],
+        )
+        rev = result.revised
+        for y, x, e, changed in zip(
+            rev.iy.tolist(), rev.ix.tolist(), rev.epoch.tolist(), rev.changed.tolist(), strict=True
+        ):
+            k = seen[(y, x)]  # revisions name measurements of earlier batches
+            epochs[k] = e
+            bits[k] = (bits[k] & ~np.uint32(FlagKind.TIP_CHANGE)) | (np.uint32(FlagKind.TIP_CHANGE) * changed)
+        bits[lo:hi], epochs[lo:hi] = result.bits, result.tip_epoch
+        seen.update(
+            {(y, x): lo + k for k, (y, x) in enumerate(zip(iy[lo:hi].tolist(), ix[lo:hi].tolist(), strict=True))}
+        )
+    return bits, epochs
 
 
 @pytest.mark.parametrize("split", ["whole", "random", "single", "limit"])
 def test_batched_flags_equal_the_pixel_by_pixel_rules(pixels, split) -> None:
     cfg = FlagConfig()
-    expected = _reference_bits(cfg, *pixels)
+    expected, expected_epochs = _reference_bits(cfg, *pixels)
     for bit in (FlagKind.TIP_CHANGE, FlagKind.THERMAL, FlagKind.MODULATION, FlagKind.SETPOINT, FlagKind.NO_PEAKS):
         assert (expected & int(bit)).any(), bit  # every history rule is exercised
+    # the tip went back (epoch 0 again after 660) and changed for good (epoch 2 from 1100)
+    assert expected_epochs[610] == 1 and expected_epochs[700] == 0 and expected_epochs[1200] == 2
     rng = np.random.default_rng(1)
     cuts = {
         "whole": [0, N],
@@ -159,7 +223,9 @@ def test_batched_flags_equal_the_pixel_by_pixel_rules(pixels, split) -> None:
         # batch sizes at the one-by-one limit and just above it (numpy passes), alternating
         "limit": [*np.cumsum([0, *[SEQUENTIAL_MAX, SEQUENTIAL_MAX + 1, 1, 300] * 4]).tolist(), N],
     }[split]
-    np.testing.assert_array_equal(_batched(cfg, pixels, cuts), expected)
+    bits, epochs = _batched(cfg, pixels, cuts)
+    np.testing.assert_array_equal(bits, expected)
+    np.testing.assert_array_equal(epochs, expected_epochs)
 
 
 def test_single_pixel_conditions_still_accepted(pixels) -> None:
@@ -183,7 +249,11 @@ def test_single_pixel_conditions_still_accepted(pixels) -> None:
         )
         for i in range(n)
     ]
-    bits = FlagEngine().evaluate(SpectrumAnalysis(**fields), features, conds, iy=iy[:n], ix=ix[:n])
+    bits = (
+        FlagEngine()
+        .evaluate(delta_eV=delta[:n], reason=reason[:n], features=features, conditions=conds, iy=iy[:n], ix=ix[:n])
+        .bits
+    )
     assert bits[3] & FlagKind.LOCKIN_OVERLOAD and bits[7] & FlagKind.LOCKIN_OVERLOAD
     assert not bits[4] & FlagKind.LOCKIN_OVERLOAD
     assert (bits & FlagKind.LOCKIN_SENSITIVITY).all() and (bits & FlagKind.LOCKIN_MISMATCH).all()
@@ -280,7 +350,18 @@ def test_unknown_reason_codes_raise_no_reason_flag() -> None:
         modulation_Vrms=np.full(n, 50e-6),
         sensitivity_V=np.zeros(n),
     )
-    bits = FlagEngine().evaluate(SpectrumAnalysis(**fields), features, conds, iy=np.zeros(n, int), ix=np.arange(n))
+    bits = (
+        FlagEngine()
+        .evaluate(
+            delta_eV=fields["delta_eV"],
+            reason=fields["reason"],
+            features=features,
+            conditions=conds,
+            iy=np.zeros(n, int),
+            ix=np.arange(n),
+        )
+        .bits
+    )
     np.testing.assert_array_equal(bits, [0, 0, int(FlagKind.NO_PEAKS), 0])
 
 
@@ -295,3 +376,226 @@ def test_flag_modules_import_without_a_cycle() -> None:
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not imported & {"stslive.live.flags", "stslive.live.results"}, (low, imported)
+
+
+# -- tip epochs and unknown settings on simulated runs ------------------------------------------
+def _simulated_run(ny: int, nx: int, faults: list[dict]):
+    """A run measured through the simulated lab (faults act as in the instruments), analysed live."""
+    from test_analyser_sim import geometry, make_lab, make_sets, measure_run, pixel_inputs, start_fields
+
+    from stslive.live.kernels import KernelOptions
+    from stslive.live.run_context import RunContext
+    from stslive.mocks.faults import FaultPlan
+
+    plan = FaultPlan.from_list(faults)
+    sets = make_sets()
+    pixels = list(measure_run(make_lab(ny, nx, plan), sets, lambda iy, ix: 0))
+    ctx = RunContext(
+        "tip",
+        start_fields(geometry(ny, nx), sets),
+        options=KernelOptions(dynes_width_eV=0.1e-3),
+        flag_config=FlagConfig(),
+    )
+    inputs = pixel_inputs(pixels)
+    for lo in range(0, len(inputs), 7):  # batches as the live service drains them
+        ctx.process(inputs[lo : lo + 7])
+    changed = np.zeros((ny, nx), bool)
+    for p in pixels:
+        changed[p.iy, p.ix] = p.spectrum in plan.fired_spectra("tip_change")
+    return ctx, changed
+
+
+@pytest.mark.parametrize(
+    ("window", "slope"),
+    [((500, None), 8.0), ((200, 400), 8.0), ((500, None), -3.0)],
+    ids=["permanent", "reverts", "permanent-small"],
+)
+def test_tip_change_labels_every_pixel_measured_with_the_changed_tip(window, slope) -> None:
+    # a tip whose DOS tilts (factor 1: the set-point still holds) from spectrum window[0] on
+    start, stop = window
+    fault = {"kind": "tip_change", "from_spectrum": start, "params": {"factor": 1.0, "extra_slope_per_eV": slope}}
+    if stop is not None:
+        fault["to_spectrum"] = stop
+    ctx, truth = _simulated_run(24, 32, [fault])
+    maps = ctx.model.maps
+    for found in ((maps["flags"] & int(FlagKind.TIP_CHANGE)) != 0, maps["tip_epoch"] != 0):
+        hit = int((found & truth).sum())
+        recall, precision = hit / truth.sum(), hit / max(1, found.sum())
+        assert recall >= 0.9 and precision >= 0.9, (recall, precision)
+    events = ctx.flags.tip_events
+    # one change (and its return): a tip that goes back returns to epoch 0, with its pixels
+    assert [e.to_epoch for e in events] == ([1] if stop is None else [1, 0])
+    assert set(np.unique(maps["tip_epoch"])) == {0, 1}
+
+
+def test_unknown_lockin_settings_of_a_replayed_3ds_flag_nothing(tmp_path: Path) -> None:
+    """A .3ds records no lock-in sensitivity nor status: those rules are not judged, live or offline."""
+    from stslive.acquisition.cli import main
+    from stslive.acquisition.formats.nanonis3ds import write_3ds
+    from stslive.acquisition.formats.runmodel import GridGeometry
+    from stslive.acquisition.replay import open_replay
+    from stslive.live.kernels import KernelOptions
+    from stslive.live.results_io import load_maps_h5
+    from stslive.live.run_context import PixelInput, RunContext
+    from stslive.mocks.film import FilmParams, make_film
+
+    film = make_film(FilmParams(ny=12, nx=16, seed=5, n_points=801))
+    path = tmp_path / "grid.3ds"
+    write_3ds(
+        path,
+        spectra=np.stack(
+            [film.spectra(*np.indices((12, 16))).current_A, film.spectra(*np.indices((12, 16))).lockin_x_A], 2
+        ),
+        channel_names=["Current (A)", "LI Demod 1 X (A)"],
+        geometry=GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=16e-9, height_m=12e-9, nx=16, ny=12),
+        sweep_start=-0.04,
+        sweep_end=0.04,
+        n_points=801,
+        header={
+            "Bias>Bias (V)": "-1.000000E-2",
+            "Current>Current (A)": "1.500000E-10",
+            "Bias Spectroscopy>Lock-In run": "TRUE",
+            "Lock-in>Amplitude": f"{50e-6 * np.sqrt(2):.6E}",  # zero-to-peak, as Nanonis writes it
+        },
+    )
+    with open_replay(path) as source:  # what `stslive replay` publishes
+        ctx = RunContext("3ds", source.start_fields, options=KernelOptions(), flag_config=FlagConfig())
+        for event in source.events():
+            ctx.process([PixelInput.from_event(event)])
+        ctx.finish()
+    flags = ctx.model.maps["flags"]
+    assert not (flags & int(FlagKind.LOCKIN_SENSITIVITY)).any() and not (flags & int(FlagKind.MODULATION)).any()
+    unjudged = ctx.flags.unjudged()
+    assert {"lockin_sensitivity", "lockin_overload", "thermal"} <= set(unjudged)
+    assert unjudged["lockin_sensitivity"]["pixels"] == 12 * 16 and "not recorded" in unjudged["lockin_overload"]["why"]
+    assert "modulation" not in unjudged  # the header gives the amplitude
+    assert main(["analyse", str(path), "--out", str(tmp_path / "out"), "--examples", "0"]) == 0
+    np.testing.assert_array_equal(load_maps_h5(tmp_path / "out" / "maps.h5").maps["flags"], flags)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["flags"]["not_judged"]) == set(unjudged)
+    assert any(w["code"] == "flags_not_judged" for w in report["warnings"])
+
+
+def _judge_20(flags, features):
+    """RunFlags.evaluate of 20 pixels of a 4 x 5 map in raster order, gap 1.2 meV, 0.3 K, no overload."""
+    iy, ix = np.divmod(np.arange(20), 5)
+    return flags.evaluate(
+        iy=iy,
+        ix=ix,
+        set_ids=np.zeros(20, int),
+        time=np.arange(20.0),
+        delta_eV=np.full(20, 1.2e-3),
+        reason=np.zeros(20, int),
+        features=features,
+        temperature_K=np.full(20, 0.3),
+        lockin_status=np.zeros(20, int),
+        lockin_overload=np.zeros(20, bool),
+    )
+
+
+def test_a_sweep_that_misses_the_setpoint_bias_is_not_flagged() -> None:
+    """+-5 mV sweep, V_set = -10 mV: |I(V_set)| cannot be checked, so SETPOINT does not fire."""
+    from stslive.acquisition.formats.runmodel import SetpointSet
+    from stslive.live.flags_run import RunFlags
+    from stslive.mocks.film import FilmParams, make_film
+
+    film = make_film(FilmParams(ny=4, nx=5, seed=2, bias_start_V=-0.005, bias_end_V=0.005, n_points=201))
+    s = film.spectra(*np.indices((4, 5)))
+    spectra = np.stack([s.current_A, s.lockin_x_A], axis=-2).reshape(20, 2, 201)
+    sset = SetpointSet(
+        id=0,
+        name="gap only",
+        bias_setpoint_V=-0.01,
+        current_setpoint_A=150e-12,
+        sweep_start_V=-0.005,
+        sweep_end_V=0.005,
+        n_points=201,
+        lockin_amplitude_Vrms=50e-6,
+        lockin_sensitivity_V=5e-3,
+    )
+    flags = RunFlags(["Current (A)", "LI Demod 1 X (A)"], {0: sset}, config=FlagConfig())
+    result = _judge_20(flags, flags.features(0, spectra))
+    assert not (result.bits & int(FlagKind.SETPOINT)).any()
+    assert flags.unjudged()["setpoint"] == {"pixels": 20, "why": "the sweep does not reach V_set"}
+
+
+def test_flag_log_keeps_time_order_and_knows_the_latest_measurement() -> None:
+    from stslive.live.flags_log import FlagLog
+
+    log = FlagLog()
+
+    def add(times: list[float], pixels: list[tuple[int, int]]) -> int:
+        m = len(times)
+        start = log.n
+        log.append(
+            iy=np.array([p[0] for p in pixels]),
+            ix=np.array([p[1] for p in pixels]),
+            set_id=np.zeros(m, int),
+            time=np.array(times),
+            delta_eV=np.zeros(m),
+            reason=np.zeros(m, int),
+            setpoint_rel_dev=np.zeros(m),
+            tip_features=np.zeros((m, 2)),
+            lockin_peak=np.zeros(m),
+            lockin_rel_residual=np.zeros(m),
+            temperature_K=np.zeros(m),
+            lockin_status=np.zeros(m, int),
+            lockin_overload=np.zeros(m, bool),
+        )
+        return start
+
+    assert log.in_time_order(add([np.nan, np.nan], [(0, 0), (0, 1)]))  # no times (a .3ds): record order
+    assert log.in_time_order(add([np.nan] * 20, [(1, k) for k in range(20)]))  # the log grows past 16 rows
+    log = FlagLog()
+    assert log.in_time_order(add([1.0, 2.0, 2.0], [(0, 0), (0, 1), (0, 2)]))
+    assert not log.in_time_order(add([1.5, 3.0], [(0, 3), (0, 0)]))  # 1.5 arrives after 2.0: late
+    log.sort_by_time()
+    assert log.col("time").tolist() == [1.0, 1.5, 2.0, 2.0, 3.0] and log.col("ix").tolist() == [0, 3, 1, 2, 0]
+    assert log.latest().tolist() == [False, True, True, True, True]  # (0, 0) measured again at 3.0
+
+
+def test_a_lockin_that_did_not_modulate_is_not_compared_with_dI_dV() -> None:
+    """Lock-in off (amplitude 0, as a .3ds says when it did not run): its channel is no dI/dV, nothing to match."""
+    from stslive.acquisition.formats.runmodel import SetpointSet
+    from stslive.live.flags_run import RunFlags
+    from stslive.mocks.film import FilmParams, make_film
+
+    film = make_film(FilmParams(ny=4, nx=5, seed=2, n_points=801))
+    s = film.spectra(*np.indices((4, 5)))
+    noise = np.random.default_rng(0).normal(0, 1e-13, s.lockin_x_A.shape)  # the channel holds noise only
+    spectra = np.stack([s.current_A, noise], axis=-2).reshape(20, 2, 801).astype(np.float32)
+    off = SetpointSet(
+        id=0, name="no lock-in", bias_setpoint_V=-0.01, current_setpoint_A=150e-12, sweep_start_V=-0.04,
+        sweep_end_V=0.04, n_points=801,
+    )  # fmt: skip
+    flags = RunFlags(["Current (A)", "LI Demod 1 X (A)"], {0: off}, config=FlagConfig())
+    features = flags.features(0, spectra)
+    assert (features.lockin_rel_residual > FlagConfig().mismatch_rel_tol).all()  # the rule would fire
+    result = _judge_20(flags, features)
+    assert not (result.bits & int(FlagKind.LOCKIN_MISMATCH)).any()
+    assert flags.unjudged()["lockin_mismatch"]["pixels"] == 20
+
+
+@pytest.mark.parametrize(
+    ("channel", "flagged"), [("LI Demod 1 X (A)", True), ("Input 2 (A/V)", True), ("Input 2 (V)", None)]
+)
+def test_the_sensitivity_rule_reads_the_lockin_signal_in_amperes(channel: str, flagged: bool | None) -> None:
+    """X in A as recorded, dI/dV (A/V) times the modulation, anything else not judged."""
+    from stslive.acquisition.formats.runmodel import SetpointSet
+    from stslive.live.flags_run import RunFlags
+    from stslive.mocks.film import FilmParams, make_film
+
+    film = make_film(FilmParams(ny=4, nx=5, seed=2, n_points=801))
+    s = film.spectra(*np.indices((4, 5)))
+    lockin = s.lockin_x_A / 50e-6 if channel.endswith("(A/V)") else s.lockin_x_A  # X = V_m dI/dV
+    spectra = np.stack([s.current_A, lockin], axis=-2).reshape(20, 2, 801).astype(np.float32)
+    coarse = SetpointSet(
+        id=0, name="0.5 V range", bias_setpoint_V=-0.01, current_setpoint_A=150e-12, sweep_start_V=-0.04,
+        sweep_end_V=0.04, n_points=801, lockin_frequency_Hz=1e3, lockin_amplitude_Vrms=50e-6, lockin_sensitivity_V=0.5,
+    )  # fmt: skip
+    flags = RunFlags(["Current (A)", channel], {0: coarse}, config=FlagConfig())  # X ~ 0.75 mV on a 0.5 V range
+    bits = _judge_20(flags, flags.features(0, spectra)).bits
+    if flagged is None:
+        assert not (bits & int(FlagKind.LOCKIN_SENSITIVITY)).any() and "lockin_sensitivity" in flags.unjudged()
+    else:
+        assert (bits & int(FlagKind.LOCKIN_SENSITIVITY)).all() and "lockin_sensitivity" not in flags.unjudged()

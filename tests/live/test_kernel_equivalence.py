@@ -1,8 +1,8 @@
 """The batch engine is the public step functions: bit-equal results on several kinds of sweep.
 
 analyse_spectra derives and smooths only the columns its fits read; given those columns the
-public functions (conductance_sign, derivative, extract_gap, fit_power_law) must give the same
-bits. Sweeps: symmetric, asymmetric, one-sided, coarse (401 points), fine (3201 points),
+public functions (conductance_sign, measure_noise, derivative, extract_gap, fit_power_law) must
+give the same bits. Sweeps: symmetric, asymmetric, one-sided, coarse (401 points), fine (3201 points),
 recorded from positive to negative bias; float32 and float64.
 """
 
@@ -16,19 +16,23 @@ from stslive.live import flags, theory
 from stslive.live.kernels import (
     KernelOptions,
     ReasonCode,
+    Smoothing,
     analyse_spectra,
     buffers,
+    calibrate,
     conductance_sign,
     derivative,
-    engine,
     estimate_dynes_width,
     extract_gap,
     fit_power_law,
     gap_search_covered,
+    measure_noise,
     prepare_sweep,
     templates,
 )
-from stslive.live.kernels.derivative import running_mean_span
+from stslive.live.kernels.derivative import running_mean_into, running_mean_span
+from stslive.live.kernels.noise import noise_triples
+from stslive.live.kernels.powerlaw import window_columns
 from stslive.mocks.film import FilmParams, make_film
 
 SWEEPS = {
@@ -73,7 +77,11 @@ def test_engine_equals_the_public_steps_bit_for_bit(sweep, dtype, gap_source, al
         alpha_source=alpha_source,
         fit_window_V=window,
         dynes_width_eV=1e-4,
+        gap_eV=1.2e-3,
+        smoothing_points=11,
+        lockin_smoothing_points=7,
         modulation_Vrms=MODULATION_VRMS,
+        joint_fit_above=0.0 if dtype == np.float32 else float("inf"),  # both the joint and the per-peak path
         chunk=7,
     )
     result = analyse_spectra(bias, current=cur, lockin=lia, options=opts)
@@ -81,41 +89,38 @@ def test_engine_equals_the_public_steps_bit_for_bit(sweep, dtype, gap_source, al
     b, c, li = prepare_sweep(np.asarray(bias, dtype=np.float64), cur, lia)
     signed_current = c * conductance_sign(b, c)[..., None]
     signed_lockin = li * conductance_sign(b, li, kind="didv")[..., None]
-    plan = engine.plan(
-        b.tobytes(),
-        search_V=opts.gap_search_V,
-        window_V=window,
-        alpha_from_lockin=alpha_source == "lockin",
-        gap_from_lockin=gap_source == "lockin",
-        dtype=np.dtype(dtype).str,
-    )
-    didv = derivative(b, signed_current, columns=plan.derivative_columns)
-    common = {"search_V": opts.gap_search_V, "dynes_width_eV": 1e-4, "min_peak_score": opts.min_peak_score}
-    if gap_source == "current":
-        gap = extract_gap(b, didv, current_A=signed_current, **common)
+    triples = noise_triples(b.tobytes(), opts.gap_search_V[1])
+    noise = {"current": measure_noise(c, triples), "lockin": measure_noise(li, triples)}
+    signal = signed_current if gap_source == "current" else signed_lockin
+    gap = extract_gap(b, signal, integrated=gap_source == "current", options=opts, noise=noise[gap_source])
+    if alpha_source == "current":
+        smoothing = Smoothing("box", 11)
+        windows = window_columns(b.tobytes(), window, smoothing.reach, smoothing.stride)
+        ranges = tuple((w.start, w.stop) for w in windows if w is not None)
+        didv = derivative(b, signed_current, points=11, columns=ranges) if ranges else np.full_like(c, np.nan)
     else:
-        gap = extract_gap(b, signed_lockin, modulation_Vrms=MODULATION_VRMS, **common)
-    law = fit_power_law(b, signed_lockin if alpha_source == "lockin" else didv, window_V=window)
+        smoothing = Smoothing("mean", 7)
+        didv = np.full_like(li, np.nan)
+        running_mean_into(didv, signed_lockin, ((0, b.size),), points=7)
+    law = fit_power_law(b, didv, window_V=window, smoothing=smoothing, noise=noise[alpha_source])
 
-    _same(gap, (result.delta_eV, result.peak_neg_V, result.peak_pos_V, result.visibility, result.peak_score,
-                result.gap_reason), name)  # fmt: skip
+    engine_gap = (result.delta_eV, result.peak_neg_V, result.peak_pos_V, result.visibility, result.peak_score,
+                  result.delta_sigma_eV, result.delta_dynes_eV, result.gamma_dynes_eV, result.gap_reason)  # fmt: skip
+    _same(gap, engine_gap, name)
     engine_law = (result.alpha, result.alpha_pos, result.alpha_neg, result.b, result.b_pos, result.b_neg,
-                  result.rms_log_residual, result.alpha_reason)  # fmt: skip
+                  result.rms_log_residual, result.alpha_sigma, result.alpha_reason)  # fmt: skip
     _same(law, engine_law, name)
     if name in ("symmetric", "coarse", "fine", "reversed"):  # the sweeps that cover both fits: not all NaN
         assert result.valid.mean() >= 0.5, (name, np.bincount(result.reason.ravel()))
 
 
-def test_the_estimated_width_is_the_public_estimate(sweep):
+def test_the_calibration_is_the_public_calibration(sweep):
     name, bias, cur, _ = sweep
     opts = KernelOptions(gap_source="current")
     result = analyse_spectra(bias, current=cur, options=opts)
-    if not gap_search_covered(bias, opts.gap_search_V):
-        assert np.all(np.isin(result.gap_reason, [ReasonCode.SEARCH_NOT_COVERED, ReasonCode.NAN_INPUT]))
-        return
-    width = estimate_dynes_width(bias, current=cur, options=opts)
-    fixed = analyse_spectra(bias, current=cur, options=KernelOptions(gap_source="current", dynes_width_eV=width))
-    _same(result, fixed, name)
+    fixed = calibrate(bias, current=cur.reshape(-1, cur.shape[-1]), options=opts)
+    assert fixed.calibrated and estimate_dynes_width(bias, current=cur, options=opts) == fixed.dynes_width_eV
+    _same(result, analyse_spectra(bias, current=cur, options=fixed), name)
 
 
 def test_a_derivative_on_columns_is_the_derivative_of_the_sub_sweep(sweep):
@@ -137,17 +142,17 @@ def test_a_derivative_on_columns_is_the_derivative_of_the_sub_sweep(sweep):
         derivative(b, c, method="savgol", columns=((0, 10),))
 
 
-def test_a_sweep_without_the_search_range_needs_no_width_and_gives_a_reason():
-    # One rule for the gap coverage: this sweep reaches +-3 mV (the search ends at 4 mV), so no
-    # spectrum can have a Delta; the kernels used to raise "cannot estimate the Dynes width".
-    film = make_film(FilmParams(ny=2, nx=3, seed=1, n_points=301, bias_start_V=-0.003, bias_end_V=0.003))
+def test_a_sweep_too_short_for_the_gap_gives_a_reason_not_an_error():
+    # This sweep reaches +-0.6 mV: the map's gap (~1.2 meV) lies outside it. The kernels used
+    # to raise "cannot estimate the Dynes width"; now every spectrum is refused with a reason.
+    film = make_film(FilmParams(ny=2, nx=3, seed=1, n_points=121, bias_start_V=-0.0006, bias_end_V=0.0006))
     sp = film.spectra(*np.indices(film.shape))
-    assert not gap_search_covered(sp.bias_V, (0.3e-3, 4e-3))
-    assert gap_search_covered(sp.bias_V, (0.3e-3, 2.9e-3))
     res = analyse_spectra(sp.bias_V, current=sp.current_A, lockin=sp.lockin_x_A)
-    assert np.all(res.gap_reason == ReasonCode.SEARCH_NOT_COVERED) and np.isnan(res.delta_eV).all()
-    with pytest.raises(AnalysisError, match="cannot estimate the Dynes width"):
-        estimate_dynes_width(sp.bias_V, current=sp.current_A, lockin=sp.lockin_x_A)
+    assert np.all(res.gap_reason != ReasonCode.OK) and np.isnan(res.delta_eV).all()
+    assert np.all(res.alpha_reason == ReasonCode.WINDOW_NOT_COVERED)
+    assert gap_search_covered(sp.bias_V, (0.1e-3, 0.5e-3)) and not gap_search_covered(
+        sp.bias_V, (0.1e-3, 0.5e-3), edge=60
+    )
 
 
 def test_one_boltzmann_constant_and_one_scratch_pool():

@@ -10,6 +10,7 @@ from stslive.live.kernels import (
     KernelOptions,
     ReasonCode,
     analyse_spectra,
+    calibrate,
     check_sweep_is_bias,
     conductance_sign,
     derivative,
@@ -41,8 +42,10 @@ def test_reversed_sweep_and_flipped_current_sign_give_the_same_result(film_spect
 
 def test_single_spectrum_is_the_batch_call_with_one_row(film_spectra):
     film, current, _ = film_spectra
-    batch = analyse_spectra(film.bias_V, current=current, options=KernelOptions(dynes_width_eV=1e-4))
-    one = analyse_spectra(film.bias_V, current=current[2, 3], options=KernelOptions(dynes_width_eV=1e-4))
+    options = calibrate(film.bias_V, current=current.reshape(-1, film.bias_V.size))  # the map's, fixed
+    assert options.calibrated
+    batch = analyse_spectra(film.bias_V, current=current, options=options)
+    one = analyse_spectra(film.bias_V, current=current[2, 3], options=options)
     assert one.delta_eV.shape == ()
     # bit-identical: every row is computed on its own (rowwise_matmul, row-wise reductions)
     for name in batch._fields:
@@ -62,7 +65,7 @@ def test_float32_stays_float32_and_outputs_have_the_batch_shape(film_spectra):
 def test_nan_spectrum_gives_nan_and_a_reason_never_zero(film_spectra):
     film, current, _ = film_spectra
     bad = current.copy()
-    bad[1, 1, 700] = np.nan  # inside the gap region
+    bad[1, 1, 780] = np.nan  # inside the gap region (-1 mV)
     bad[4, 0, :] = np.nan  # a pixel never measured
     res = analyse_spectra(film.bias_V, current=bad)
     for iy, ix in ((1, 1), (4, 0)):
@@ -82,8 +85,13 @@ def test_a_spectrum_without_gap_reports_no_peaks():
     bias = np.linspace(-40e-3, 40e-3, 1601)
     ohmic = np.tile(bias * 1e-8, (3, 1))  # 10 nS, no gap
     ohmic += np.random.default_rng(0).normal(0, 0.5e-12, ohmic.shape)
-    gap = extract_gap(bias, derivative(bias, ohmic), current_A=ohmic, dynes_width_eV=1e-4)
-    assert np.all(np.isnan(gap.delta_eV))
+    options = calibrate(bias, current=ohmic)
+    assert np.isnan(options.gap_eV)  # no gap to calibrate on: every pixel says so
+    gap = extract_gap(bias, ohmic, integrated=True, options=options)
+    assert np.all(np.isnan(gap.delta_eV)) and np.all(gap.reason == ReasonCode.NO_PEAKS)
+    # fitted at a gap it does not have, the template fit must fail to lock on a peak too
+    forced = extract_gap(bias, ohmic, integrated=True, options=KernelOptions(**{**options.__dict__, "gap_eV": 1.2e-3}))
+    assert np.all(np.isnan(forced.delta_eV))
     # noise alone makes a maximum somewhere; the template fit must then fail to lock on a peak
     assert set(gap.reason.tolist()) <= {
         ReasonCode.NO_PEAKS,
@@ -200,7 +208,9 @@ def test_median_sign_counts_like_numpy_median():
 
 def test_threads_and_chunks_do_not_change_the_result(film_spectra):
     film, current, lockin = film_spectra
-    base = KernelOptions(dynes_width_eV=1e-4, modulation_Vrms=film.params.modulation_Vrms)
+    base = calibrate(
+        film.bias_V, current=current, lockin=lockin, options=KernelOptions(modulation_Vrms=film.params.modulation_Vrms)
+    )
     whole = analyse_spectra(film.bias_V, current=current, lockin=lockin, options=base)
     runs = [
         analyse_spectra(
@@ -222,7 +232,8 @@ def test_stage_seconds_reports_every_stage(film_spectra):
     film, current, _ = film_spectra
     seconds: dict[str, float] = {}
     analyse_spectra(film.bias_V, current=current, options=KernelOptions(chunk=8), stage_seconds=seconds)
-    assert set(seconds) == {"sign + derivative", "coarse peaks", "template refinement", "power-law fit", "assemble"}
+    stages = {"sign + derivative", "template refinement", "joint fit", "power-law fit", "assemble"}
+    assert set(seconds) == stages
     assert all(t >= 0 for t in seconds.values()) and sum(seconds.values()) > 0
     with pytest.raises(AnalysisError, match="threads"):
         KernelOptions(threads=0)
@@ -243,7 +254,7 @@ def test_bench_prints_rates_ratio_and_the_stage_breakdown(capsys):
     )
     out = capsys.readouterr().out
     assert "spectra/s" in out and "ratio:" in out and "median of 2 passes" in out
-    for stage in ("sign + derivative", "coarse peaks", "template refinement", "power-law fit"):
+    for stage in ("sign + derivative", "template refinement", "joint fit", "power-law fit"):
         assert stage in out
     from stslive.drivers.errors import ConfigError
 

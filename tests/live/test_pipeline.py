@@ -85,7 +85,8 @@ def test_one_pixel_equals_its_batch_row(film_archive: Path) -> None:
     with open_archive(film_archive) as reader:
         spectra = reader.read_pixels(slice(0, 2))
         bias = reader.bias
-    options = KernelOptions(gap_source="current", dynes_width_eV=0.1e-3)  # fixed templates: no batch estimate
+    # the map's calibration fixed first: no batch estimate
+    options = calibrate_options(bias, spectra, list(CHANNELS), options=KernelOptions(gap_source="current"))
     batch = analyse_pixels(bias, spectra, list(CHANNELS), options=options)
     one = analyse_pixels(bias, spectra[1, 7], list(CHANNELS), options=options)
     assert batch.delta_eV.shape == (2, NX) and one.delta_eV.shape == ()
@@ -99,10 +100,16 @@ def test_calibrated_options_make_live_pixels_match_the_offline_map(film_archive:
         first_row = reader.read_pixels(slice(0, 1))
         pixel = reader.read_pixels(slice(30, 31), slice(20, 21))[0, 0]
         bias = reader.bias
-    options = calibrate_options(bias, first_row, list(CHANNELS), options=KernelOptions())
-    assert options.dynes_width_eV is not None and 1e-6 < options.dynes_width_eV < 1e-3
+    with open_input(film_archive, options=KernelOptions()) as source:
+        options = calibrate_source(source, options=KernelOptions())  # the offline rule, on the first spectra measured
+    assert options.calibrated and 1e-6 < options.dynes_width_eV < 1e-3 and 1e-3 < options.gap_eV < 1.5e-3
+    assert options.temperature_K == pytest.approx(0.3) and options.modulation_Vrms == pytest.approx(
+        50e-6
+    )  # the archive's
+    row_options = calibrate_options(bias, first_row, list(CHANNELS), options=KernelOptions())
+    assert row_options.gap_eV == pytest.approx(options.gap_eV, rel=0.02)  # a row calibrates the map alike
     live = analyse_pixels(bias, pixel, list(CHANNELS), options=options)
-    offline = analyse_input(film_archive, options=KernelOptions())  # calibrates on the first spectra measured
+    offline = analyse_input(film_archive, options=KernelOptions())
     assert float(live.delta_eV) == pytest.approx(float(offline.maps["delta_eV"][30, 20]), abs=2e-6)
     assert float(live.alpha) == pytest.approx(float(offline.maps["alpha"][30, 20]), abs=1e-5)
 
@@ -129,7 +136,7 @@ def test_per_pixel_sweeps_are_grouped_by_sweep(film_archive: Path) -> None:
     with open_archive(film_archive) as reader:
         spectra = reader.read_pixels(slice(0, 1), slice(0, 8))[0]
         bias = reader.bias
-    options = KernelOptions(gap_source="current", dynes_width_eV=0.1e-3)
+    options = calibrate_options(bias, spectra, list(CHANNELS), options=KernelOptions(gap_source="current"))
     cur = spectra[:, 1].copy()
     per_pixel = np.broadcast_to(bias, cur.shape).copy()
     per_pixel[::2] = per_pixel[::2, ::-1]
@@ -184,18 +191,27 @@ def test_apply_to_model_single_pixel_and_block() -> None:
             "b_pos",
             "b_neg",
             "rms_log_residual",
+            "delta_sigma_eV",
+            "alpha_sigma",
+            "delta_dynes_eV",
+            "gamma_dynes_eV",
         )
     }
     analysis = SpectrumAnalysis(
         **fields,
         gap_reason=np.zeros(n, np.int8),
         alpha_reason=np.array([0, 9], np.int8),
+        valid_delta=np.array([True, True]),
+        valid_alpha=np.array([True, False]),
         valid=np.array([True, False]),
         reason=np.array([0, 9], np.int8),
     )
     apply_to_model(model, np.array([0, 2]), np.array([1, 3]), analysis, setpoint_set=4)
     assert model.maps["measured"].sum() == 2 and model.maps["valid"][0, 1] and not model.maps["valid"][2, 3]
     assert model.maps["reason"][2, 3] == ReasonCode.POOR_POWER_LAW_FIT and model.maps["setpoint_set"][0, 1] == 4
+    # each quantity keeps its own validity and reason: Delta valid where alpha was refused
+    assert model.maps["valid_delta"][2, 3] and not model.maps["valid_alpha"][2, 3]
+    assert model.maps["reason_delta"][2, 3] == 0 and model.maps["reason_alpha"][2, 3] == ReasonCode.POOR_POWER_LAW_FIT
     one = SpectrumAnalysis(*(np.asarray(v[0]) for v in analysis))
     apply_to_model(model, 1, 1, one, time_s=123.0)
     assert model.maps["measured"][1, 1] and model.maps["time"][1, 1] == 123.0

@@ -248,3 +248,26 @@ def test_params_from_dict_and_refusals(film) -> None:
         film.spectra(0, 0, i_set_A=-1e-10)
     with pytest.raises(ConfigError, match="slope"):
         film.spectra(0, 0, tip=TipState(extra_slope_per_eV=100.0))
+
+
+def test_every_knob_of_the_accuracy_matrix_reaches_the_film_through_simulate_set() -> None:
+    from stslive.acquisition.cli.simulate import film_params
+
+    knobs = {
+        "temperature_K": "1.2",
+        "dynes_gamma_eV": "0.15e-3",
+        "delta_mean_eV": "0.6e-3",
+        "aa_saturation_eV": "0.6e-3",
+        "modulation_Vrms": "200e-6",
+        "bias_start_V": "-0.02",
+        "bias_end_V": "0.04",
+    }
+    p = film_params(48, 64, seed=1, points=1201, noise_pA=2.0, extra=knobs)
+    assert (p.temperature_K, p.dynes_gamma_eV, p.delta_mean_eV, p.modulation_Vrms) == (1.2, 0.15e-3, 0.6e-3, 200e-6)
+    assert (p.bias_start_V, p.bias_end_V, p.n_points, p.current_noise_A) == (-0.02, 0.04, 1201, 2e-12)
+
+
+def test_a_sweep_missing_the_alpha_window_has_no_alpha_truth_but_a_gap_truth() -> None:
+    film = make_film(FilmParams(ny=2, nx=3, seed=1, n_points=201, bias_start_V=-0.005, bias_end_V=0.005))
+    truth = film.definition_truth()
+    assert np.isnan(truth.alpha_def).all() and np.all((truth.delta_pp_eV > 1e-3) & (truth.delta_pp_eV < 1.6e-3))

@@ -26,7 +26,11 @@ class AnalyserSettings:
         (``stslive bench analyser``: 4,179 spectra/s at 256, 4,920 at 1,024). At 1,000
         spectra/s batches are 1-5 pixels.
     snapshot_every
-        Pixels analysed between two correlation snapshots.
+        Pixels analysed between two correlation snapshots (and their 90 % intervals).
+    snapshot_every_s
+        Longest time between two snapshots while pixels arrive, s: at seconds per pixel,
+        ``snapshot_every`` pixels take a quarter of an hour, and the screen's convergence plot
+        should move meanwhile.
     publish_every_s
         Interval of the full model messages (maps, snapshot, status) on the results stream, s.
     write_every_s
@@ -37,6 +41,7 @@ class AnalyserSettings:
 
     batch: int = 1024
     snapshot_every: int = 500
+    snapshot_every_s: float = 30.0
     publish_every_s: float = 2.0
     write_every_s: float = 10.0
     hwm: int = 100_000

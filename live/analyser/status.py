@@ -10,7 +10,7 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
-from stslive.live.analyser_runs import RunHandler
+from stslive.live.analyser.runs import RunHandler
 
 
 def status_line(runs: RunHandler, *, subscriber_stats: Mapping[str, Any], missing_start: Mapping[str, str]) -> str:
@@ -33,14 +33,20 @@ def status_line(runs: RunHandler, *, subscriber_stats: Mapping[str, Any], missin
     gaps = sum(len(g) for g in subscriber_stats.get("gaps", {}).values())
     text = f"{runs.analysed} pixels analysed"
     if run is not None:
-        width = run.options.dynes_width_eV
-        text += (
-            f" (calibrating the template width on the first {run.options.chunk} spectra)"
-            if run.calibrating
-            else ""
-            if width is None
-            else f"; Dynes width {width * 1e3:.4f} meV"
-        )
+        width = run.provisional_width_eV if run.calibrating else run.options.dynes_width_eV
+        if run.calibrating:
+            text += (
+                "; template width provisional"
+                + ("" if width is None else f" ({width * 1e3:.4f} meV)")
+                + f", fixed after {run.calibration_count} of {run.options.chunk} spectra"
+            )
+        elif width is not None:
+            text += f"; Dynes width {width * 1e3:.4f} meV"
+        unjudged = run.flags.unjudged()
+        if unjudged:
+            text += "; flags not judged: " + ", ".join(f"{k} ({v['why']})" for k, v in unjudged.items())
+        if len(run.flags.tip_events):
+            text += f"; {len(run.flags.tip_events)} tip change(s)"
     if runs.duplicates:
         text += f"; {runs.duplicates} repeated measurement(s) skipped"
     segments = subscriber_stats.get("segments", {})

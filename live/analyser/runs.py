@@ -25,10 +25,10 @@ from stslive.acquisition.formats.documents import (
     StopDoc,
 )
 from stslive.drivers.errors import AnalysisError, StreamError, StsliveError
-from stslive.live.analyser_file import AnalysisFileWriter
-from stslive.live.analyser_publisher import ResultsPublisher
-from stslive.live.analyser_settings import AnalyserSettings
-from stslive.live.analyser_snapshots import SnapshotScheduler
+from stslive.live.analyser.file import AnalysisFileWriter
+from stslive.live.analyser.publisher import ResultsPublisher
+from stslive.live.analyser.settings import AnalyserSettings
+from stslive.live.analyser.snapshots import SnapshotScheduler
 from stslive.live.flag_config import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.results import ResultsModel
@@ -52,6 +52,9 @@ class RunHandler:
         Counter of refused input per reason, shared with the service's receiving side.
     status
         Returns the service's status line (written into the model's status).
+    errors
+        The service's fatal errors: a failed analysis-file write is added here (the service and
+        ``stslive analyser`` stop on one).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class RunHandler:
         file: AnalysisFileWriter | None,
         rejected: collections.Counter[str],
         status: Callable[[], str],
+        errors: list[str] | None = None,
     ) -> None:
         self.options = options
         self.flag_config = flag_config
@@ -72,6 +76,7 @@ class RunHandler:
         self._file = file
         self.rejected = rejected
         self._status = status
+        self.errors = errors if errors is not None else []
         self._snapshots = SnapshotScheduler(self._current_model)
         self.run: RunContext | None = None
         self.analysed = 0
@@ -82,6 +87,9 @@ class RunHandler:
         self.stopped_runs: list[str] = []
         self._stop_seen = threading.Condition()
         self._since_snapshot = 0
+        self._finished: str | None = None  # the run finish_run last ended
+        self._since_finish = 0  # pixels analysed since
+        self._last_snapshot = time.monotonic()
         self._last_publish = 0.0
         #: thread CPU seconds spent turning events into checked pixels
         self.check_seconds = 0.0
@@ -198,18 +206,33 @@ class RunHandler:
         except StsliveError as exc:  # never die: count the batch and go on
             self.reject("analysis", f"{len(batch)} pixels not analysed: {exc}")
             return
-        self._publish_pixels(columns)
+        self._publish_pixels(columns, new=len(batch))
 
-    def _publish_pixels(self, columns: dict[str, Any]) -> None:
-        if not columns:  # held back for the width calibration
-            return
-        count = len(columns["iy"])
-        self.analysed += count
-        self._since_snapshot += count
+    def _publish_pixels(self, columns: dict[str, Any], *, new: int) -> None:
+        """Publish analysed columns (``new`` of their pixels seen for the first time) and any revisions.
+
+        The revisions (tip epochs an event changed) go first: they name earlier measurements,
+        which a pixel measured again in this batch replaces.
+        """
+        assert self.run is not None  # called while a run is open
+        revised = self.run.take_revisions()
         if self._publisher is not None:
-            self._publisher.send_pixels(columns)
-        if self._since_snapshot >= self.settings.snapshot_every:
+            if revised is not None:
+                self._publisher.send_pixels(revised)
+            if columns:
+                self._publisher.send_pixels(columns)
+        self.analysed += new
+        self._since_finish += new
+        self._since_snapshot += new
+        self._maybe_snapshot()
+
+    def _maybe_snapshot(self) -> None:
+        """Ask for a snapshot after ``snapshot_every`` new pixels, or ``snapshot_every_s`` after the last one."""
+        now = time.monotonic()
+        due = now - self._last_snapshot >= self.settings.snapshot_every_s
+        if self._since_snapshot >= self.settings.snapshot_every or (self._since_snapshot and due):
             self._since_snapshot = 0
+            self._last_snapshot = now
             self._snapshots.request()
 
     def finish_run(self, *, state: str | None) -> None:
@@ -220,10 +243,15 @@ class RunHandler:
         """
         if self.run is None:
             return
+        if self._finished == self.run.run_uid and not self._since_finish:  # nothing new since it ended
+            if state is not None:
+                self.run.model.update_status(state=state)
+            return
+        self._finished, self._since_finish = self.run.run_uid, 0
         try:
-            self._publish_pixels(self.run.finish())
+            self._publish_pixels(self.run.finish(), new=0)
         except StsliveError as exc:
-            self.reject("analysis", f"pixels held for the width calibration not analysed: {exc}")
+            self.reject("analysis", f"pixels not analysed again with the run's template width: {exc}")
         self._snapshots.stop()  # the final snapshot below sees every pixel and is the one kept
         self._snapshots.take(self.run.model)
         self.run.model.update_status(state=state, message=self._status())
@@ -238,6 +266,7 @@ class RunHandler:
         now = time.monotonic()
         if self.run is None:
             return
+        self._maybe_snapshot()
         if now - self._last_publish >= self.settings.publish_every_s:
             self.run.model.update_status(message=self._status())
             self._publish_all()
@@ -250,13 +279,14 @@ class RunHandler:
             self._publisher.send_model(self.run.model)
 
     def _write(self) -> None:
-        """Write the analysis file (crash-safe: :class:`AnalysisFileWriter`); a failure is counted."""
+        """Write the analysis file (crash-safe: :class:`AnalysisFileWriter`); a failure is fatal."""
         if self._file is None or self.run is None:
             return
         try:
             self._file.write(self.run.model)
-        except (OSError, StsliveError) as exc:
+        except (OSError, StsliveError) as exc:  # results that cannot be saved: the service stops
             self.reject("write", f"cannot write {self._file.path}: {exc}")
+            self.errors.append(f"cannot write the analysis file {self._file.path}: {exc}")
 
     def _current_model(self) -> ResultsModel | None:
         run = self.run

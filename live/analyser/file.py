@@ -2,7 +2,8 @@
 
 :class:`AnalysisFileWriter` writes the model in the ``maps.h5`` layout
 (:func:`stslive.live.results_io.save_maps_h5`) to a temporary file beside the target and renames
-it over the target, so a reader (the screen, a crash) only ever sees a complete file.
+it over the target, so a reader (the screen, a crash) only ever sees a complete file. A place
+that cannot be written is refused when the writer is made, before any run arrives.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from stslive.drivers.errors import ConfigError
 from stslive.live.results import ResultsModel
 from stslive.live.results_io import save_maps_h5
 
@@ -24,12 +26,31 @@ class AnalysisFileWriter:
         The analysis file (``RUN.analysis.h5``).
     every_s
         Interval of the periodic writes, s (:meth:`due`).
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be written there (no such folder, not a folder, no permission).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, every_s: float) -> None:
         self.path = Path(path)
         self.every_s = float(every_s)
         self._last = 0.0
+        tmp = self._tmp()
+        try:  # the temporary file is what write() creates first: try it now
+            with open(tmp, "xb"):
+                pass
+            tmp.unlink()
+        except FileExistsError:  # left by a killed analyser: it is overwritten at the next write
+            pass
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the analysis file {self.path} ({exc.strerror or exc}); give --out a writable path"
+            ) from None
+
+    def _tmp(self) -> Path:
+        return self.path.with_name(self.path.name + ".tmp")
 
     def due(self, now: float) -> bool:
         """Whether ``every_s`` have passed since the last write (``now``: ``time.monotonic()``)."""
@@ -44,6 +65,6 @@ class AnalysisFileWriter:
             The file cannot be written; the target keeps its previous content.
         """
         self._last = time.monotonic()
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self._tmp()
         save_maps_h5(model, tmp)
         os.replace(tmp, self.path)

@@ -3,7 +3,7 @@
 :class:`AnalyserService` runs one service thread that owns the stream subscription: it backfills
 from the archive on a late join or restart, fills sequence gaps and missed start documents from
 the archive, and moves what the socket holds into its inbox, from which it hands batches (never
-waiting to fill one) to :class:`~stslive.live.analyser_runs.RunHandler`, which analyses and
+waiting to fill one) to :class:`~stslive.live.analyser.runs.RunHandler`, which analyses and
 publishes them. Receiving and analysing share the thread on purpose: ZeroMQ's I/O thread keeps
 filling the subscription queue meanwhile, whereas a Python receiver thread would fight the
 analysis for the GIL. Bad input never stops the service: what it refuses is counted and named in
@@ -27,14 +27,11 @@ from stslive.acquisition.formats.documents import EventDoc, StartDoc
 from stslive.acquisition.formats.security import Security
 from stslive.acquisition.formats.subscriber import RunSubscriber, recover_from_archive
 from stslive.drivers.errors import StreamError, StsliveError
-from stslive.live.analyser_file import AnalysisFileWriter
-from stslive.live.analyser_publisher import ResultsPublisher
-from stslive.live.analyser_runs import RunHandler
-from stslive.live.analyser_settings import AnalyserSettings, analysis_path_for
-
-# re-exported: ``stslive analyser`` and the benchmark import it from here
-from stslive.live.analyser_settings import settle_gc as settle_gc
-from stslive.live.analyser_status import status_line
+from stslive.live.analyser.file import AnalysisFileWriter
+from stslive.live.analyser.publisher import ResultsPublisher
+from stslive.live.analyser.runs import RunHandler
+from stslive.live.analyser.settings import AnalyserSettings, analysis_path_for
+from stslive.live.analyser.status import status_line
 from stslive.live.flag_config import FlagConfig
 from stslive.live.kernels import KernelOptions
 from stslive.live.run_context import RunContext
@@ -93,6 +90,8 @@ class AnalyserService:
         self.settings = settings or AnalyserSettings()
         self._ctx = context or zmq.Context.instance()
         self._stream_security = stream_security
+        # before any socket: a place the analysis file cannot be written is refused at once
+        file = None if self.out is None else AnalysisFileWriter(self.out, every_s=self.settings.write_every_s)
         self._publisher = None
         if bind is not None:
             self._publisher = ResultsPublisher(bind, context=self._ctx, hwm=self.settings.hwm, security=security)
@@ -102,21 +101,23 @@ class AnalyserService:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.rejected: collections.Counter[str] = collections.Counter()
+        #: fatal errors (the stream lost, the analysis file not writable): the service stops
+        self.errors: list[str] = []
         self._runs = RunHandler(
             options=self.options,
             flag_config=self.flag_config,
             settings=self.settings,
             publisher=self._publisher,
-            file=None if self.out is None else AnalysisFileWriter(self.out, every_s=self.settings.write_every_s),
+            file=file,
             rejected=self.rejected,
             status=self.status_text,
+            errors=self.errors,
         )
         self.subscriber_stats: dict[str, Any] = {}
         #: run uid -> why its start document is missing (shown in the status)
         self.missing_start: dict[str, str] = {}
         self.max_queue = 0
         self._last_stats = -math.inf
-        self.errors: list[str] = []
         self._stages: dict[str, float] = {"receive+decode": 0.0}
 
     @property
@@ -203,6 +204,8 @@ class AnalyserService:
                     except StsliveError as exc:
                         self._lost(sub, exc)
                         sub = None
+                if self.errors:  # nothing more can be saved: stop instead of analysing into the void
+                    break
                 if self._inbox:
                     self._runs.handle(self._drain())
                 elif sub is None or self._stop.is_set():
@@ -348,5 +351,5 @@ class AnalyserService:
         return {k: out[k] for k in STAGES if k in out}
 
     def status_text(self) -> str:
-        """The status line (:func:`stslive.live.analyser_status.status_line`)."""
+        """The status line (:func:`stslive.live.analyser.status.status_line`)."""
         return status_line(self._runs, subscriber_stats=self.subscriber_stats, missing_start=self.missing_start)

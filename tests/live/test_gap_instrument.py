@@ -1,0 +1,106 @@
+"""Broadening from the recording, a gap-only sweep through the CLI, and a real Nanonis grid.
+
+The temperature and the lock-in modulation of an archive reach the analysis without an option
+(and an option overrides them); ``stslive analyse`` of a +-5 mV I(V)-only sweep gives a Delta map
+and exit 0; the real KPFM grid (128 points, +0.2 -> -0.1 V, 2.4 mV steps) is refused for Delta
+naming the step, not as NAN_INPUT everywhere, and its alpha is measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from reference_truth import reference_truth
+
+from stslive.acquisition.cli import main
+from stslive.acquisition.cli.simulate import write_film_archive
+from stslive.live.kernels import KernelOptions, ReasonCode
+from stslive.live.pipeline import analyse_input, instrument_settings, open_input
+from stslive.mocks.film import FilmParams, make_film
+
+NY, NX = 24, 32
+
+
+def _film(tmp_path: Path, name: str, **knobs):
+    film = make_film(FilmParams(ny=NY, nx=NX, seed=4, dynes_gamma_eV=0.08e-3, **knobs))
+    path = tmp_path / f"{name}.h5"
+    write_film_archive(film, path)
+    return film, path
+
+
+def _rms_meV(model, truth) -> float:
+    valid = model.maps["valid_delta"]
+    assert valid.mean() >= 0.95, np.unique(model.maps["reason_delta"], return_counts=True)
+    return float(np.sqrt(np.mean((model.maps["delta_eV"][valid] - truth[valid]) ** 2)) * 1e3)
+
+
+@pytest.mark.slow
+def test_temperature_from_the_archive_and_from_the_option(tmp_path: Path) -> None:
+    film, path = _film(tmp_path, "hot", temperature_K=1.2)
+    truth = reference_truth(film).delta_eV
+    with open_input(path, options=KernelOptions()) as source:
+        assert instrument_settings(source).temperature_K == pytest.approx(1.2)
+    from_header = analyse_input(path, options=KernelOptions())
+    from_option = analyse_input(path, options=KernelOptions(temperature_K=1.2))
+    assumed = analyse_input(path, options=KernelOptions(temperature_K=0.3))  # the option wins over the header
+    figures = [_rms_meV(m, truth) for m in (from_header, from_option, assumed)]
+    print(
+        f"1.2 K film, lock-in Delta rms: header {figures[0]:.4f}, option {figures[1]:.4f}, 0.3 K {figures[2]:.4f} meV"
+    )
+    assert figures[0] <= 0.015 and figures[1] <= 0.015
+    np.testing.assert_array_equal(from_header.maps["delta_eV"], from_option.maps["delta_eV"])
+    assert not np.array_equal(assumed.maps["delta_eV"], from_header.maps["delta_eV"], equal_nan=True)
+
+
+@pytest.mark.slow
+def test_modulation_from_the_archive_is_removed_from_delta(tmp_path: Path) -> None:
+    film, path = _film(tmp_path, "modulated", modulation_Vrms=200e-6)
+    truth = reference_truth(film).delta_eV
+    with open_input(path, options=KernelOptions()) as source:
+        assert instrument_settings(source).modulation_Vrms == pytest.approx(200e-6)
+    with_header = _rms_meV(analyse_input(path, options=KernelOptions()), truth)
+    ignored = analyse_input(path, options=KernelOptions(modulation_Vrms=0.0))
+    bias = float(np.nanmean(ignored.maps["delta_eV"] - truth)) * 1e3
+    print(f"200 uV rms film, lock-in Delta rms {with_header:.4f} meV; modulation ignored: bias {bias:+.4f} meV")
+    assert with_header <= 0.015
+    assert bias > 0.03  # ignoring the modulation moves the peaks out: the header is what removes it
+
+
+def test_a_gap_only_sweep_gives_a_delta_map_through_the_cli(tmp_path: Path) -> None:
+    _, path = _film(tmp_path, "gap_only", bias_start_V=-0.005, bias_end_V=0.005, n_points=201)
+    out = tmp_path / "out"
+    assert main(["analyse", str(path), "--out", str(out), "--no-lockin"]) == 0
+    with h5py.File(out / "maps.h5", "r") as f:
+        valid_delta, delta, reason_alpha = (f[name][()] for name in ("valid_delta", "delta", "reason_alpha"))
+    assert valid_delta.mean() >= 0.95 and np.isfinite(delta[valid_delta.astype(bool)]).all()
+    assert (reason_alpha == ReasonCode.WINDOW_NOT_COVERED).all()
+
+
+def test_the_cli_options_reach_the_kernels() -> None:
+    import argparse
+
+    from stslive.acquisition.cli import analyse as cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["x.h5", "--out", "o", "--temperature-K", "1.2", "--modulation-Vrms", "2e-4"])
+    options = cli.kernel_options(args)
+    assert (options.temperature_K, options.modulation_Vrms, options.alpha_source) == (1.2, 2e-4, "current")
+    args = parser.parse_args(["x.h5", "--out", "o", "--alpha-source", "lockin"])
+    options = cli.kernel_options(args)
+    assert options.alpha_source == "lockin" and options.temperature_K is None and options.smoothing_points is None
+    assert (
+        options.joint_fit_above > 0
+        and cli.kernel_options(parser.parse_args(["x", "--out", "o", "--dynes-fit"])).joint_fit_above == 0
+    )
+
+
+def test_real_kpfm_grid_is_refused_for_delta_by_its_step_and_measured_for_alpha(shared_data: Path) -> None:
+    model = analyse_input(shared_data / "nanonis-grid-kpfm-20x20.3ds", options=KernelOptions())
+    assert model.maps["measured"].all()
+    assert (model.maps["reason_delta"] == ReasonCode.BIAS_STEP_TOO_COARSE).all()  # 2.4 mV steps, not NAN_INPUT
+    assert model.maps["valid_alpha"].all() and np.isfinite(model.maps["alpha"]).all()
+    assert not model.maps["valid"].any()
