@@ -92,7 +92,10 @@ def test_report_keys_and_values_are_sane(analysed: tuple[Path, Path, int]) -> No
     assert r["flags"]["counts"].keys() == {k.name.lower() for k in FlagKind} and r["flags"]["pixels_flagged"] == 0
     # a simulated archive records no lock-in sensitivity or status: those rules are not judged, and it says so
     assert set(r["flags"]["not_judged"]) == {"lockin_sensitivity", "lockin_overload"}
-    assert [w["code"] for w in r["warnings"]] == ["flags_not_judged"]
+    assert [w["code"] for w in r["warnings"] if w["code"] != "correlations"] == ["flags_not_judged"]
+    # a 40 x 48 nm map of a film with 18-28 nm lengths: every length is finite-size biased, and says so
+    tags = [w["message"].split(":")[0] for w in r["warnings"] if w["code"] == "correlations"]
+    assert tags == ["finite-size"] * 3 + ["biased-inversion"]
     with open_archive(archive) as reader:
         truth = reader.ground_truth
     assert r["delta_mean_meV"] == pytest.approx(truth["delta_def"].mean() * 1e3, abs=0.015)  # within the RMS goal
