@@ -168,11 +168,15 @@ class PixelProcedure:
                 z_controller_hold=sp.feedback_hold,
             )
         )
-        if lockin is not None and sp.lockin_amplitude_Vrms > 0:
-            lockin.set_frequency(sp.lockin_frequency_Hz)
-            lockin.set_amplitude(sp.lockin_amplitude_Vrms)
-            lockin.set_time_constant(sp.lockin_time_constant_s)
-            lockin.set_sensitivity(sp.lockin_sensitivity_V)
+        if lockin is not None and sp.lockin_amplitude_Vrms:  # None (unknown) is left as the lock-in has it
+            for apply, value in (
+                (lockin.set_frequency, sp.lockin_frequency_Hz),
+                (lockin.set_amplitude, sp.lockin_amplitude_Vrms),
+                (lockin.set_time_constant, sp.lockin_time_constant_s),
+                (lockin.set_sensitivity, sp.lockin_sensitivity_V),
+            ):
+                if value is not None:
+                    apply(value)
             lockin.status()  # read-and-clear, so the first pixel's status is its own
         ctl.set_feedback(True)
         ctl.set_bias(sp.bias_setpoint_V)

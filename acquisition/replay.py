@@ -1,16 +1,19 @@
-"""Replay: publish a recorded file (stslive archive or Nanonis ``.3ds``) as a live run stream.
+"""Replay: publish a recorded file (stslive archive, Nanonis ``.3ds`` or ``.dat``) as a live run stream.
 
 Contract: the stream has the form of a live scan's: a start document, one descriptor
 (``spectra``: float32 ``(n_channels, n_points)``), one event per measured pixel, one failed-pixel
 document per recorded failure, and a stop; so the analyser and the viewer run unchanged on old
 data. An archive's documents come from the archive itself (:meth:`ArchiveReader.start_document`,
 :meth:`ArchiveReader.events`), in the order they were made (by end time; a failure at its
-recorded time; ties in visiting order); ``as_recorded`` reproduces the recorded gaps. A ``.3ds``
-goes in record order (row-major) and has no per-point times, so ``as_recorded`` is refused. A
-``.3ds`` stores no stslive set-point set: one is built from its header
-(:func:`setpoint_set_from_3ds`, recorded in ``metadata["setpoint_source"]``); for a sweep that is
-not the bias (``metadata["sweep_signal"]``) it is sent unvalidated and the analyser refuses the run.
-Pacing uses absolute deadlines on a monotonic clock, so sleep overshoot does not accumulate.
+recorded time; ties in visiting order); ``as_recorded`` reproduces the recorded gaps. A Nanonis
+file goes in record order (row-major; a point set in file-name order) and has no per-point
+times, so ``as_recorded`` is refused. It stores no stslive set-point set: one is built from its
+header (:func:`setpoint_set_from_header`, recorded in ``metadata["setpoint_source"]``), with the
+lock-in settings the header does not give as None (unknown), never a default. For a sweep that is
+not the bias (``metadata["sweep_signal"]``) it is sent unvalidated and the analyser refuses the
+run; a sweep that is not linear (MLS) is refused, since the stream describes a sweep by its
+limits and points. Pacing uses absolute deadlines on a monotonic clock, so sleep overshoot does
+not accumulate.
 """
 
 from __future__ import annotations
@@ -28,14 +31,29 @@ from typing import Any, Literal
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
+from stslive.acquisition.formats.conditions import AmplitudeConvention, check_convention, header_number
 from stslive.acquisition.formats.documents import EXIT_STATUSES, ArraySpec, EventDoc, StopDoc
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid
+from stslive.acquisition.formats.nanonis_dat import NanonisPointSet
 from stslive.acquisition.formats.publisher import RunPublisher
-from stslive.acquisition.formats.recording import Recording, open_recording
+from stslive.acquisition.formats.recording import Recording, kind_of, open_recording
 from stslive.acquisition.formats.runmodel import SetpointSet, channel_unit
 from stslive.drivers.errors import ArchiveError, ConfigError, NanonisFileError, StsliveError
 
-__all__ = ["ReplayItem", "ReplaySource", "open_replay", "replay", "schedule", "setpoint_set_from_3ds"]
+__all__ = [
+    "NanonisRecording",
+    "ReplayItem",
+    "ReplaySource",
+    "grid_events",
+    "nanonis_start_fields",
+    "open_replay",
+    "replay",
+    "schedule",
+    "setpoint_set_from_header",
+]
+
+#: A Nanonis recording replay reads: a ``.3ds`` grid or ``.dat`` point spectra.
+NanonisRecording = NanonisGrid | NanonisPointSet
 
 
 @dataclass(frozen=True)
@@ -69,7 +87,14 @@ class ReplaySource:
         The recorded run's exit status (``success`` when the file does not say).
     """
 
-    def __init__(self, path: Path, backend: Recording) -> None:
+    def __init__(
+        self,
+        path: Path,
+        backend: Recording,
+        *,
+        setpoint: tuple[float, float] | None = None,
+        amplitude_convention: AmplitudeConvention | None = None,
+    ) -> None:
         self.path = path
         self._b = backend
         names = list(backend.channel_names)
@@ -80,13 +105,15 @@ class ReplaySource:
                 dtype="<f4", shape=(len(names), self.n_points), labels=tuple(names), units=tuple(units)
             )
         }
+        self.kind = kind_of(backend)
         if isinstance(backend, ArchiveReader):
-            self.kind = "stslive"
             self.start_fields, self.items, self.exit_status = _archive_plan(path, backend)
         else:
-            self.kind = "nanonis3ds"
-            common = {"grid": backend.geometry.to_dict(), "channel_names": names, "channel_units": units}
-            self.start_fields, self.items = _grid_plan(path, backend, {**common, "n_points": self.n_points})
+            self.start_fields = nanonis_start_fields(
+                path, backend, setpoint=setpoint, amplitude_convention=check_convention(amplitude_convention)
+            )
+            done = backend.measured
+            self.items = [ReplayItem("event", int(iy), int(ix), math.nan) for iy, ix in np.argwhere(done)]
             self.exit_status = "success"
 
     @property
@@ -98,7 +125,7 @@ class ReplaySource:
         """The events of the ``event`` items, in their order (spectra read one grid row at a time)."""
         if isinstance(self._b, ArchiveReader):
             return self._b.events("end-time")
-        return _grid_events(self._b, [(i.iy, i.ix) for i in self.items])
+        return grid_events(self._b, [(i.iy, i.ix) for i in self.items])
 
     def close(self) -> None:
         self._b.close()
@@ -112,17 +139,31 @@ class ReplaySource:
         self.close()
 
 
-def open_replay(path: str | os.PathLike[str]) -> ReplaySource:
-    """Open an stslive archive or a Nanonis ``.3ds`` (:func:`open_recording`) for replay.
+def open_replay(
+    path: str | os.PathLike[str],
+    *,
+    setpoint: tuple[float, float] | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
+) -> ReplaySource:
+    """Open a recording (:func:`open_recording`: archive, ``.3ds``, ``.dat`` or a folder of them) for replay.
+
+    Parameters
+    ----------
+    setpoint
+        ``(bias_V, current_A)`` of a Nanonis file whose header does not record its set-point.
+    amplitude_convention
+        How a Nanonis header's ``Lock-in>Amplitude`` is meant ("peak" or "rms"); None: unknown,
+        and the replayed set's modulation is then unknown (None).
 
     Raises
     ------
     FileFormatError
-        (ArchiveError or NanonisFileError) when the file cannot be read as either.
+        (ArchiveError or NanonisFileError) when the file cannot be read, or a Nanonis file lacks
+        what a run stream needs (a set-point, a linear sweep).
     """
     backend = open_recording(path)
     try:
-        return ReplaySource(Path(path), backend)
+        return ReplaySource(Path(path), backend, setpoint=setpoint, amplitude_convention=amplitude_convention)
     except BaseException:
         backend.close()
         raise
@@ -179,7 +220,7 @@ def _failure_item(path: Path, ar: ArchiveReader, rec: Any) -> ReplayItem:
         ) from exc
 
 
-# -- Nanonis grids -------------------------------------------------------------------------------
+# -- Nanonis files ------------------------------------------------------------------------------
 def _header_float(header: Mapping[str, str], key: str, path: Path) -> float:
     try:
         return float(header[key])
@@ -187,67 +228,81 @@ def _header_float(header: Mapping[str, str], key: str, path: Path) -> float:
         raise NanonisFileError(path, f"header entry {key!r}={header[key]!r} is not a number") from None
 
 
-def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, str]]:
-    """The set-point set of a ``.3ds`` grid, built from its header; and where each value came from.
+def setpoint_set_from_header(
+    recording: NanonisRecording,
+    *,
+    setpoint: tuple[float, float] | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The set-point set of a Nanonis recording, built from its header; and where each value came from.
 
     Nanonis keys used: ``Bias>Bias (V)`` (bias set-point); ``Z-Controller>Setpoint`` when its
-    unit is A, else ``Current>Current (A)`` (the current when the grid started) for the current
-    set-point; ``Bias Spectroscopy>Sweep Start/End (V)`` for a bias sweep, else the first
-    measured point's Sweep Start/End parameters (the sweep signal's unit); ``Points``;
-    ``Bias Spectroscopy>Settling time (s)``, ``>Integration time (s)``, ``>Z-controller hold``;
-    ``Lock-in>Frequency (Hz)`` and ``Lock-in>Amplitude`` when the lock-in ran during the sweep.
-    Nanonis gives the modulation amplitude as zero-to-peak; it is stored as
-    ``lockin_amplitude_Vrms = amplitude / sqrt(2)``. Absent optional keys leave the
-    :class:`SetpointSet` default, and the returned sources say so.
+    unit is A, else ``Current>Current (A)`` (the current when the measurement started) for the
+    current set-point (``setpoint`` = (bias V, current A) gives both instead);
+    ``Bias Spectroscopy>Sweep Start/End (V)`` for a bias sweep, else the first measured point's
+    sweep, for the limits; ``Bias Spectroscopy>Settling time (s)``, ``>Integration time (s)``,
+    ``>Z-controller hold`` (a ``.dat``: ``Settling time (s)``, ``Integration time (s)``,
+    ``Z-Ctrl hold``). The lock-in: the frequency from ``Lock-in>Frequency (Hz)`` and the
+    modulation from :meth:`conditions` (0 when it did not run; None when unknown, e.g. an
+    amplitude of unstated convention); its time constant and sensitivity are never in a Nanonis
+    header: None (unknown). Absent timing keys leave the :class:`SetpointSet` default, and the
+    returned sources say so.
 
     Raises
     ------
     NanonisFileError
-        A header number that does not parse, or (bias sweeps) values no set-point set allows.
+        A header number that does not parse, or (bias sweeps) no set-point or values no
+        set-point set allows.
     """
-    h, path = grid.header, grid.path
-    values: dict[str, Any] = {"id": 0, "name": "from .3ds header", "n_points": int(grid.n_points)}
-    sources: dict[str, str] = {"n_points": "Points"}
+    h, path = recording.header, recording.path
+    values: dict[str, Any] = {"id": 0, "name": "from the file header", "n_points": int(recording.n_points)}
+    sources: dict[str, str] = {"n_points": "points of the sweep"}
 
-    def take(field_name: str, *keys: str, scale: float = 1.0) -> None:
+    def take(field_name: str, *keys: str) -> None:
         for key in keys:
             if key in h:
-                values[field_name] = _header_float(h, key, path) * scale
+                values[field_name] = _header_float(h, key, path)
                 sources[field_name] = key
                 return
         sources[field_name] = "absent from the header: default"
 
-    take("bias_setpoint_V", "Bias>Bias (V)")
-    current_keys = (("Z-Controller>Setpoint",) if h.get("Z-Controller>Setpoint unit") == "A" else ()) + (
-        "Current>Current (A)",
-    )
-    take("current_setpoint_A", *current_keys)
-    take("settle_s", "Bias Spectroscopy>Settling time (s)")
-    take("integration_s", "Bias Spectroscopy>Integration time (s)")
-    if grid.is_bias_sweep and "Bias Spectroscopy>Sweep Start (V)" in h and "Bias Spectroscopy>Sweep End (V)" in h:
+    if setpoint is not None:
+        values["bias_setpoint_V"], values["current_setpoint_A"] = setpoint
+        sources["bias_setpoint_V"] = sources["current_setpoint_A"] = "given by the caller (--setpoint)"
+    else:
+        take("bias_setpoint_V", "Bias>Bias (V)")
+        current_keys = (("Z-Controller>Setpoint",) if h.get("Z-Controller>Setpoint unit") == "A" else ()) + (
+            "Current>Current (A)",
+        )
+        take("current_setpoint_A", *current_keys)
+    take("settle_s", "Bias Spectroscopy>Settling time (s)", "Settling time (s)")
+    take("integration_s", "Bias Spectroscopy>Integration time (s)", "Integration time (s)")
+    if recording.is_bias_sweep and "Bias Spectroscopy>Sweep Start (V)" in h and "Bias Spectroscopy>Sweep End (V)" in h:
         take("sweep_start_V", "Bias Spectroscopy>Sweep Start (V)")
         take("sweep_end_V", "Bias Spectroscopy>Sweep End (V)")
     else:
-        sweep = grid.nominal_sweep()
+        sweep = recording.nominal_sweep()
         values["sweep_start_V"], values["sweep_end_V"] = float(sweep[0]), float(sweep[-1])
-        sources["sweep_start_V"] = sources["sweep_end_V"] = (
-            f"first measured point's Sweep Start/End ({grid.sweep_signal})"
-        )
-    if "Bias Spectroscopy>Z-controller hold" in h:
-        values["feedback_hold"] = h["Bias Spectroscopy>Z-controller hold"].strip().upper() == "TRUE"
-        sources["feedback_hold"] = "Bias Spectroscopy>Z-controller hold"
-    if h.get("Bias Spectroscopy>Lock-In run", "").strip().upper() == "TRUE":
-        take("lockin_frequency_Hz", "Lock-in>Frequency (Hz)")
-        take("lockin_amplitude_Vrms", "Lock-in>Amplitude", scale=1 / math.sqrt(2))
-    else:
-        sources["lockin"] = "lock-in not run during the sweep: amplitude 0"
+        sources["sweep_start_V"] = sources["sweep_end_V"] = f"first measured point's sweep ({recording.sweep_signal})"
+    hold_key = next((k for k in ("Bias Spectroscopy>Z-controller hold", "Z-Ctrl hold") if k in h), None)
+    if hold_key is not None:
+        values["feedback_hold"] = h[hold_key].strip().upper() == "TRUE"
+        sources["feedback_hold"] = hold_key
+    conditions = recording.conditions(amplitude_convention=amplitude_convention)
+    values["lockin_frequency_Hz"] = header_number(h, "Lock-in>Frequency (Hz)")
+    values["lockin_amplitude_Vrms"] = conditions.modulation_Vrms
+    values["lockin_time_constant_s"] = values["lockin_sensitivity_V"] = None
+    sources["lockin"] = (
+        conditions.sources.get("modulation_Vrms", "no lock-in settings in the header: unknown (None)")
+        + "; time constant and sensitivity unknown (None)"
+    )
     missing = [k for k in ("bias_setpoint_V", "current_setpoint_A") if k not in values]
-    if grid.is_bias_sweep:
+    if recording.is_bias_sweep:
         if missing:
             raise NanonisFileError(
                 path,
                 f"header lacks the set-point value(s) {missing} needed to replay a bias "
-                "grid (Bias>Bias (V), Current>Current (A))",
+                "recording (Bias>Bias (V), Current>Current (A)); give them (--setpoint BIAS_V,CURRENT_A)",
             )
         try:
             values = SetpointSet.from_dict(values).to_dict()
@@ -256,38 +311,69 @@ def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, 
     return values, sources
 
 
-def _grid_plan(path: Path, grid: NanonisGrid, common: dict[str, Any]) -> tuple[dict[str, Any], list[ReplayItem]]:
-    sp, sources = setpoint_set_from_3ds(grid)
-    starts, ends = grid.parameter("Sweep Start"), grid.parameter("Sweep End")
-    done = grid.measured
-    varies = bool(done.any()) and bool(np.ptp(starts[done]) > 0 or np.ptp(ends[done]) > 0)
-    start_fields = {
-        **common,
+def _check_linear(path: Path, recording: NanonisRecording) -> None:
+    """Refuse a sweep the stream cannot describe (it carries start, end and points only)."""
+    sweep = recording.nominal_sweep()
+    if not np.isfinite(sweep).all():
+        return  # nothing measured: nothing to describe
+    linear = np.linspace(sweep[0], sweep[-1], sweep.size)
+    span = abs(float(sweep[-1] - sweep[0])) or 1.0
+    if np.abs(sweep - linear).max() > 1e-6 * span:
+        raise NanonisFileError(
+            path,
+            "its sweep is not linear (a multi-segment MLS sweep): a run stream describes a sweep by its "
+            "limits and points; analyse it offline (stslive analyse) instead",
+        )
+
+
+def nanonis_start_fields(
+    path: Path,
+    recording: NanonisRecording,
+    *,
+    setpoint: tuple[float, float] | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
+) -> dict[str, Any]:
+    """Keyword fields of :meth:`RunPublisher.start` for a Nanonis recording (replay and watch)."""
+    if recording.is_bias_sweep:
+        _check_linear(path, recording)
+    sp, sources = setpoint_set_from_header(recording, setpoint=setpoint, amplitude_convention=amplitude_convention)
+    names = list(recording.channel_names)
+    axes = recording.sweep_axes()[recording.measured]
+    varies = bool(axes.size) and bool(np.ptp(axes[:, [0, -1]], axis=0).max() > 0)
+    conditions = recording.conditions(amplitude_convention=amplitude_convention)
+    return {
+        "grid": recording.geometry.to_dict(),
+        "channel_names": names,
+        "channel_units": [channel_unit(n) for n in names],
+        "n_points": int(recording.n_points),
         "setpoint_sets": [sp],
-        "instruments": {"stm": "Nanonis (from .3ds file)"},
-        "software_version": grid.header.get("NanonisMain>SW Version", "unknown"),
+        "instruments": {"stm": f"Nanonis (from {kind_of(recording)} file)"},
+        "software_version": recording.header.get("NanonisMain>SW Version", "unknown"),
         "metadata": {
             "replay_of": str(path),
-            "source_kind": "nanonis3ds",
-            "sweep_signal": grid.sweep_signal,
-            "setpoint_source": {"note": "built from the .3ds header; the file stores no set-point set", **sources},
+            "source_kind": kind_of(recording),
+            "sweep_signal": recording.sweep_signal,
+            "setpoint_source": {"note": "built from the file header; it stores no set-point set", **sources},
             "sweep_limits_vary_per_point": varies,
-            "header_start_time": grid.header.get("Start time", ""),
-            "header_end_time": grid.header.get("End time", ""),
+            "header_start_time": recording.header.get("Start time", recording.header.get("Date", "")),
+            "header_end_time": recording.header.get("End time", ""),
+            "conditions": conditions.to_dict(),
         },
     }
-    items = [ReplayItem("event", int(iy), int(ix), math.nan) for iy, ix in np.argwhere(done)]  # record order
-    return start_fields, items
 
 
-def _grid_events(grid: NanonisGrid, pixels: list[tuple[int, int]]) -> Iterator[EventDoc]:
-    """Events of a ``.3ds`` grid's pixels ``(iy, ix)``, in the given order (no times: the file has none)."""
-    z = grid.parameter("Z (m)") if "Z (m)" in grid.parameter_names else None
-    ys, xs = grid.geometry.pixel_xy(*np.indices(grid.shape))
+def grid_events(recording: NanonisRecording, pixels: list[tuple[int, int]]) -> Iterator[EventDoc]:
+    """Events of a Nanonis recording's pixels ``(iy, ix)``, in the given order (no times: the file
+    has none). Positions are the recorded ones of a point set, the grid's otherwise."""
+    z = recording.parameter("Z (m)") if "Z (m)" in recording.parameter_names else None
+    xs, ys = recording.geometry.pixel_xy(*np.indices(recording.shape))
+    if isinstance(recording, NanonisPointSet):  # the recorded positions, where the headers give them
+        recorded = recording.positions_m[:, None]
+        xs, ys = np.where(np.isfinite(recorded), recorded, np.stack([xs, ys]))
     row_index, row = -1, np.empty(0, dtype=np.float32)
     for iy, ix in pixels:
         if iy != row_index:
-            row_index, row = iy, np.asarray(grid.read_block(slice(iy, iy + 1))[0], dtype=np.float32)
+            row_index, row = iy, np.asarray(recording.read_block(slice(iy, iy + 1))[0], dtype=np.float32)
         z_m = float(z[iy, ix]) if z is not None and math.isfinite(z[iy, ix]) else None
         yield EventDoc(
             run_uid=None,

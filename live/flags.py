@@ -444,12 +444,14 @@ def conditions_for(
     )
 
 
-def lockin_settings(amplitude_Vrms: float, sensitivity_V: float) -> tuple[float, float]:
+def lockin_settings(amplitude_Vrms: float | None, sensitivity_V: float | None) -> tuple[float, float]:
     """Modulation (V rms) and sensitivity (V) of a set as the rules read them.
 
     Without a modulation the set records no lock-in signal: sensitivity 0 (never too coarse).
+    Unknown (None) settings judge nothing: modulation NaN, sensitivity 0.
     """
-    return float(amplitude_Vrms), float(sensitivity_V) if amplitude_Vrms else 0.0
+    modulation = math.nan if amplitude_Vrms is None else float(amplitude_Vrms)
+    return modulation, float(sensitivity_V) if amplitude_Vrms and sensitivity_V is not None else 0.0
 
 
 def channel_arrays(spectra: np.ndarray, channel_names: list[str]) -> tuple[np.ndarray, np.ndarray | None]:

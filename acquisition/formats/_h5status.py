@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from stslive.drivers.errors import ArchiveError
@@ -85,6 +86,45 @@ def _superblock(head: bytes, path: Path) -> tuple[int, int]:
     if version not in (2, 3):
         raise ArchiveError(path, f"HDF5 superblock version {version}; stslive archives use 2 or 3")
     return 11, 12 + 4 * size_offsets
+
+
+@dataclass(frozen=True)
+class Superblock:
+    """What a v2/v3 superblock says: status flags, recorded end of file (bytes), checksum intact."""
+
+    flags: int
+    stored_eof: int
+    intact: bool
+
+
+def superblock(path: str | os.PathLike[str]) -> Superblock | None:
+    """The v2/v3 superblock at offset 0; None for another layout (v0/v1, what h5py writes by default)."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head.startswith(_SIGNATURE) or len(head) < 12 or head[8] not in (2, 3) or head[9] not in (4, 8):
+        return None
+    size = head[9]
+    sum_at = 12 + 4 * size
+    if len(head) < sum_at + 4:
+        return None
+    base = int.from_bytes(head[12 : 12 + size], "little")
+    eof = int.from_bytes(head[12 + 2 * size : 12 + 3 * size], "little")
+    (stored,) = struct.unpack_from("<I", head, sum_at)
+    return Superblock(flags=head[11], stored_eof=base + eof, intact=lookup3(head[:sum_at]) == stored)
+
+
+def without_flags(path: str | os.PathLike[str]) -> bytes:
+    """The superblock bytes (through its checksum) with the status flags zeroed and the checksum
+    recomputed: what a reader presents to HDF5 to open a file no writer is writing any more."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    flags_at, sum_at = _superblock(head, path)
+    if len(head) < sum_at + 4:
+        raise ArchiveError(path, "truncated HDF5 superblock")
+    fixed = bytearray(head[:sum_at])
+    fixed[flags_at] = 0
+    return bytes(fixed) + struct.pack("<I", lookup3(bytes(fixed)))
 
 
 def status_flags(path: str | os.PathLike[str]) -> int:

@@ -1,11 +1,12 @@
-"""Input recordings, whatever wrote them: stslive run archives and Nanonis ``.3ds`` grids.
+"""Input recordings, whatever wrote them: stslive run archives, Nanonis ``.3ds`` grids and ``.dat`` spectra.
 
-Contract: :func:`open_recording` is the one rule that tells them apart (HDF5 signature ->
-stslive archive, anything else -> ``.3ds``, by content, never by the file name) and opens the
-format's reader; :func:`open_spectra` gives the format-free view the offline analysis reads
-(:class:`SpectraSource`). Channels are picked by name: the current (default: the first
-"Current" channel that is not a backward sweep) and, optionally, a lock-in dI/dV channel
-(default: the first of the usual Nanonis and external lock-in names present).
+Contract: :func:`recording_kind` is the one rule that tells them apart, by content, never by the
+file name (HDF5 signature -> stslive archive; a ``:HEADER_END:`` header -> ``.3ds``; a ``[DATA]``
+section or TAB-separated header -> ``.dat``; a folder -> its ``.dat`` files as one point set);
+:func:`open_recording` opens the format's reader, and :func:`open_spectra` gives the format-free
+view the offline analysis reads (:class:`SpectraSource`). Channels are picked by the one rule of
+:func:`~stslive.acquisition.formats.channels.pick_channels`. Every reader answers
+``conditions()`` (:class:`~stslive.acquisition.formats.conditions.RecordingConditions`).
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ import numpy as np
 
 from stslive.acquisition.formats.archive import VERSION_ATTR, ArchiveReader, open_archive
 from stslive.acquisition.formats.archive.layout import HDF5_SIGNATURE
-from stslive.acquisition.formats.nanonis3ds import NanonisGrid, open_3ds
+from stslive.acquisition.formats.channels import pick_channels
+from stslive.acquisition.formats.conditions import AmplitudeConvention, RecordingConditions, check_convention
+from stslive.acquisition.formats.nanonis3ds import HEADER_END, NanonisGrid, open_3ds
+from stslive.acquisition.formats.nanonis_dat import NanonisPointSet, dat_files, looks_like_dat, open_dat
 from stslive.acquisition.formats.runmodel import GridGeometry
-from stslive.drivers.errors import AnalysisError, FileFormatError
+from stslive.drivers.errors import AnalysisError, FileFormatError, NanonisFileError
 
 #: A recording opened by :func:`open_recording`: the format's own reader.
-Recording: TypeAlias = ArchiveReader | NanonisGrid
-RecordingKind: TypeAlias = Literal["stslive", "nanonis3ds"]
-#: Lock-in channel names tried in order when none is given.
-LOCKIN_CANDIDATES: tuple[str, ...] = ("LI Demod 1 X (A)", "LIX 1 omega (A)", "Lock-in X (A)", "Input 2 (V)")
+Recording: TypeAlias = ArchiveReader | NanonisGrid | NanonisPointSet
+RecordingKind: TypeAlias = Literal["stslive", "nanonis3ds", "nanonis-dat"]
+#: Bytes read to tell a file's kind (a .3ds header is a few kB).
+_SNIFF_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -141,28 +145,44 @@ def acquisition_order(measured: np.ndarray, t_start: np.ndarray | None = None) -
     return flat[np.argsort(key, kind="stable")].astype(np.int64)
 
 
-def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
-    if wanted is not None:
-        if wanted not in names:
-            raise AnalysisError(f"{path}: no {what} channel {wanted!r}; channels are {names}")
-        return wanted
-    return next((c for c in candidates if c in names), None)
+def kind_of(recording: Recording) -> RecordingKind:
+    """The :data:`RecordingKind` of an opened recording."""
+    if isinstance(recording, ArchiveReader):
+        return "stslive"
+    return "nanonis3ds" if isinstance(recording, NanonisGrid) else "nanonis-dat"
 
 
 class SpectraSource:
-    """Read-only spectra of one file; build with :func:`open_spectra`."""
+    """Read-only spectra of one recording; build with :func:`open_spectra`.
 
-    def __init__(self, path: Path, backend: Recording, *, current: str | None, lockin: str | None) -> None:
+    ``amplitude_convention`` says how a Nanonis file's ``Lock-in>Amplitude`` is meant ("peak" or
+    "rms"; None: unknown), for :attr:`conditions`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        backend: Recording,
+        *,
+        current: str | None,
+        lockin: str | None,
+        amplitude_convention: AmplitudeConvention | None = None,
+    ) -> None:
         self.path = path
         self._b = backend
-        self.kind = "stslive" if isinstance(backend, ArchiveReader) else "nanonis3ds"
+        self.kind: RecordingKind = kind_of(backend)
+        self.amplitude_convention = check_convention(amplitude_convention)
         self.channel_names: list[str] = list(backend.channel_names)
-        currents = tuple(n for n in self.channel_names if n.startswith("Current") and "[bwd]" not in n)
-        picked = _pick(self.channel_names, current, currents, "current", path)
-        if picked is None:
-            raise AnalysisError(f"{path}: no current channel among {self.channel_names}; pass current=NAME")
-        self.current_channel: str = picked
-        self.lockin_channel: str | None = _pick(self.channel_names, lockin, LOCKIN_CANDIDATES, "lock-in", path)
+        try:
+            pick = pick_channels(self.channel_names, current=current, lockin=lockin)
+        except AnalysisError as exc:
+            raise AnalysisError(f"{path}: {exc}") from None
+        if pick.current is None:
+            raise AnalysisError(
+                f"{path}: no channel named 'Current ...' among {self.channel_names}; name the current with current=NAME"
+            )
+        self.current_channel: str = self.channel_names[pick.current]
+        self.lockin_channel: str | None = None if pick.lockin is None else self.channel_names[pick.lockin]
         if isinstance(backend, ArchiveReader):
             self.sweep_signal = "Bias (V)"
             self._start, self._end = self._archive_sweeps(backend)
@@ -170,8 +190,12 @@ class SpectraSource:
             self.sweep_signal = backend.sweep_signal
             self._start, self._end = backend.parameter("Sweep Start"), backend.parameter("Sweep End")
         done = self.measured
-        starts, ends = self._start[done], self._end[done]
-        self.bias_per_pixel = bool(starts.size) and bool(np.ptp(starts) > 0 or np.ptp(ends) > 0)
+        if isinstance(backend, ArchiveReader):
+            starts, ends = self._start[done], self._end[done]
+            self.bias_per_pixel = bool(starts.size) and bool(np.ptp(starts) > 0 or np.ptp(ends) > 0)
+        else:
+            axes = backend.sweep_axes()[done]
+            self.bias_per_pixel = bool(axes.size) and bool(np.ptp(axes, axis=0).max() > 0)
 
     @staticmethod
     def _archive_sweeps(ar: ArchiveReader) -> tuple[np.ndarray, np.ndarray]:
@@ -217,10 +241,33 @@ class SpectraSource:
 
     @property
     def bias(self) -> np.ndarray:
-        """Nominal sweep axis ``(n_points,)`` (the first measured pixel's for a .3ds)."""
+        """Nominal sweep axis ``(n_points,)`` (the first measured pixel's for a Nanonis file)."""
         if isinstance(self._b, ArchiveReader):
             return self._b.bias
         return self._b.nominal_sweep()
+
+    @property
+    def damage(self) -> str:
+        """What of the file is lost (a truncated archive: bytes and pixels that survive), "" when whole."""
+        return self._b.health.describe() if isinstance(self._b, ArchiveReader) else ""
+
+    @property
+    def conditions(self) -> RecordingConditions:
+        """Temperature, modulation and bias wiring the recording states (None where it does not)."""
+        return self._b.conditions(amplitude_convention=self.amplitude_convention)
+
+    @property
+    def positions_m(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of every pixel, ``(ny, nx)`` each, m: recorded positions of a point set, else the grid's."""
+        if isinstance(self._b, NanonisPointSet):
+            return self._b.positions_m[0][None].copy(), self._b.positions_m[1][None].copy()
+        x, y = self.geometry.pixel_xy(*np.indices(self.shape))
+        return np.asarray(x), np.asarray(y)
+
+    @property
+    def regular_grid(self) -> bool:
+        """Whether :attr:`geometry` places every pixel where it was measured (False: a hand-placed point set)."""
+        return not isinstance(self._b, NanonisPointSet) or self._b.regular
 
     @property
     def sweep_limits(self) -> tuple[np.ndarray, np.ndarray]:
@@ -230,14 +277,16 @@ class SpectraSource:
     def acquisition_order(self) -> np.ndarray:
         """Flat indices of the measured pixels in measurement order (:func:`acquisition_order`).
 
-        An archive orders by the pixels' ``t_start``; a ``.3ds`` has no per-pixel times and is
-        taken row-major (Nanonis grids are measured that way).
+        An archive orders by the pixels' ``t_start``; a Nanonis file has no per-pixel times and is
+        taken row-major (Nanonis grids are measured that way; point sets in file-name order).
         """
         times = self._b.pixel_meta["t_start"] if isinstance(self._b, ArchiveReader) else None
         return acquisition_order(self.measured, times)
 
     def bias_for(self, rows: slice) -> np.ndarray:
         """Per-pixel sweep axes ``(rows, nx, n_points)`` (float64)."""
+        if not isinstance(self._b, ArchiveReader):
+            return self._b.sweep_axes(rows)
         frac = np.linspace(0.0, 1.0, self.n_points)
         s, e = self._start[rows, :, None], self._end[rows, :, None]
         return s + (e - s) * frac
@@ -317,30 +366,53 @@ class SpectraSource:
 
 
 def recording_kind(path: str | os.PathLike[str]) -> RecordingKind:
-    """``"stslive"`` for a file with the HDF5 signature, ``"nanonis3ds"`` for anything else.
+    """What a path holds, told by content (module docstring).
 
     Raises
     ------
     FileFormatError
-        No such file.
+        No such file or folder, a folder without ``.dat`` files, or content of no known kind.
     """
     path = Path(path)
+    if path.is_dir():
+        if not dat_files(path):
+            raise NanonisFileError(
+                path, "a folder without .dat files; give an archive, a .3ds or .dat file, or a folder of .dat files"
+            )
+        return "nanonis-dat"
     if not path.is_file():
-        raise FileFormatError(path, "no such file; give an stslive archive (.h5) or a Nanonis grid (.3ds)")
+        raise FileFormatError(
+            path, "no such file; give an stslive archive (.h5), a Nanonis grid (.3ds) or spectrum (.dat)"
+        )
     with open(path, "rb") as fh:
-        return "stslive" if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE else "nanonis3ds"
+        head = fh.read(_SNIFF_BYTES)
+    if head.startswith(HDF5_SIGNATURE):
+        return "stslive"
+    if HEADER_END.rstrip() in head or head.startswith(b"Grid dim"):
+        return "nanonis3ds"
+    if looks_like_dat(head):
+        return "nanonis-dat"
+    raise NanonisFileError(
+        path,
+        "neither an stslive archive (HDF5) nor a Nanonis grid (.3ds: no ':HEADER_END:') "
+        "nor a Nanonis point spectrum (.dat: no [DATA] section)",
+    )
 
 
 def open_recording(path: str | os.PathLike[str], *, swmr: bool | Literal["auto"] = "auto") -> Recording:
-    """Open an stslive archive (:func:`open_archive`, with ``swmr``) or a Nanonis ``.3ds`` grid
-    (:func:`open_3ds`), as :func:`recording_kind` says.
+    """Open a recording with its format's reader, as :func:`recording_kind` says: an stslive archive
+    (:func:`open_archive`, with ``swmr``), a Nanonis ``.3ds`` grid (:func:`open_3ds`) or Nanonis
+    point spectra (:func:`~stslive.acquisition.formats.nanonis_dat.open_dat`: a ``.dat`` or a folder).
 
     Raises
     ------
     FileFormatError
         No such file, or the format's reader refuses it (ArchiveError or NanonisFileError).
     """
-    return open_archive(path, swmr=swmr) if recording_kind(path) == "stslive" else open_3ds(path)
+    kind = recording_kind(path)
+    if kind == "stslive":
+        return open_archive(path, swmr=swmr)
+    return open_3ds(path) if kind == "nanonis3ds" else open_dat(path)
 
 
 def is_other_hdf5(path: str | os.PathLike[str]) -> bool:
@@ -356,7 +428,11 @@ def is_other_hdf5(path: str | os.PathLike[str]) -> bool:
 
 
 def open_spectra(
-    path: str | os.PathLike[str], *, current: str | None = None, lockin: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    current: str | None = None,
+    lockin: str | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
 ) -> SpectraSource:
     """Open a recording (:func:`open_recording`) as a :class:`SpectraSource`.
 
@@ -365,7 +441,9 @@ def open_spectra(
     """
     backend = open_recording(path)
     try:
-        return SpectraSource(Path(path), backend, current=current, lockin=lockin)
+        return SpectraSource(
+            Path(path), backend, current=current, lockin=lockin, amplitude_convention=amplitude_convention
+        )
     except BaseException:
         backend.close()
         raise

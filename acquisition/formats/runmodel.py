@@ -55,6 +55,10 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: The lock-in settings of a set-point set, which may be None (unknown).
+_LOCKIN_FIELDS = ("lockin_frequency_Hz", "lockin_amplitude_Vrms", "lockin_time_constant_s", "lockin_sensitivity_V")
+
+
 @dataclass(frozen=True, slots=True)
 class SetpointSet(_Record):
     """Everything that conditions one spectrum (SI units throughout).
@@ -75,6 +79,8 @@ class SetpointSet(_Record):
         Settling time before the first point and integration time per point (s).
     lockin_frequency_Hz, lockin_amplitude_Vrms, lockin_time_constant_s, lockin_sensitivity_V
         Lock-in modulation and demodulation settings; amplitude 0 means no lock-in channel.
+        None means unknown: a set rebuilt from a file that does not record the value (a Nanonis
+        header), never one a scan configures (the scan leaves such a setting as the lock-in has it).
     feedback_hold
         Open (hold) the Z feedback during the sweep (constant-height spectroscopy).
     """
@@ -90,10 +96,10 @@ class SetpointSet(_Record):
     n_points: int
     settle_s: float = 0.0
     integration_s: float = 0.0
-    lockin_frequency_Hz: float = 0.0
-    lockin_amplitude_Vrms: float = 0.0
-    lockin_time_constant_s: float = 0.0
-    lockin_sensitivity_V: float = 1.0
+    lockin_frequency_Hz: float | None = 0.0
+    lockin_amplitude_Vrms: float | None = 0.0
+    lockin_time_constant_s: float | None = 0.0
+    lockin_sensitivity_V: float | None = 1.0
     feedback_hold: bool = True
 
     def __post_init__(self) -> None:
@@ -112,12 +118,11 @@ class SetpointSet(_Record):
             "sweep_end_V",
             "settle_s",
             "integration_s",
-            "lockin_frequency_Hz",
-            "lockin_amplitude_Vrms",
-            "lockin_time_constant_s",
-            "lockin_sensitivity_V",
         ):
             _require(_finite(getattr(self, key)), key, "must be a finite number (SI units)", who)
+        for key in _LOCKIN_FIELDS:
+            value = getattr(self, key)
+            _require(value is None or _finite(value), key, "must be a finite number (SI units) or null (unknown)", who)
         _require(
             self.bias_setpoint_V != 0.0, "bias_setpoint_V", "must be non-zero: no tunnelling current flows at 0 V", who
         )
@@ -140,15 +145,11 @@ class SetpointSet(_Record):
             "must be an integer >= 2",
             who,
         )
-        for key in (
-            "settle_s",
-            "integration_s",
-            "lockin_frequency_Hz",
-            "lockin_amplitude_Vrms",
-            "lockin_time_constant_s",
-        ):
-            _require(getattr(self, key) >= 0.0, key, "must be >= 0", who)
-        _require(self.lockin_sensitivity_V > 0.0, "lockin_sensitivity_V", "must be > 0", who)
+        for key in ("settle_s", "integration_s", *_LOCKIN_FIELDS[:3]):
+            value = getattr(self, key)
+            _require(value is None or value >= 0.0, key, "must be >= 0", who)
+        sensitivity = self.lockin_sensitivity_V
+        _require(sensitivity is None or sensitivity > 0.0, "lockin_sensitivity_V", "must be > 0", who)
         _require(isinstance(self.feedback_hold, bool), "feedback_hold", "must be true or false", who)
 
     @property

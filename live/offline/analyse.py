@@ -1,9 +1,11 @@
 """Offline analysis of recordings into folders: the library behind ``stslive analyse``.
 
-An input is an stslive archive or a Nanonis ``.3ds`` (:func:`expand_inputs` also takes folders of
-them). :func:`analyse_inputs` analyses each into its output folder (:func:`output_dirs`: the folder
-itself for one input, ``OUT/<stem>/`` each for several) and, for several inputs, writes a campaign
-summary beside them (:mod:`stslive.live.offline.campaign`). Each output folder receives
+An input is an stslive archive, a Nanonis ``.3ds``, a Nanonis ``.dat`` or a folder of ``.dat``
+files (one point set); :func:`expand_inputs` also takes folders of them. :func:`analyse_inputs`
+analyses each into its output folder (:func:`output_dirs`: the folder itself for one input,
+``OUT/<stem>/`` each for several) and, for several inputs, writes a campaign summary beside them
+(:mod:`stslive.live.offline.campaign`), where an input that cannot be analysed (a Z sweep, a
+damaged file) is listed with its reason instead of stopping the campaign. Each output folder receives
 ``maps.h5`` (:func:`stslive.live.results_io.save_maps_h5`), ``report.json``
 (:mod:`stslive.live.offline.report`) and the figures of :mod:`stslive.live.offline.figures`. The
 kernels run in this process or on a Dask cluster (:mod:`stslive.live.offline.dask`); both go
@@ -25,8 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from stslive.acquisition.formats.archive import VERSION_ATTR
+from stslive.acquisition.formats.nanonis_dat import dat_files
 from stslive.acquisition.formats.recording import SpectraSource
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, StsliveError
 from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
 from stslive.live.offline import figures
 from stslive.live.offline.campaign import write_campaign
@@ -76,6 +79,8 @@ class OfflineAnalysis:
 
     runs: list[AnalysedRun]
     campaign: list[Path] = field(default_factory=list)
+    #: inputs of a campaign that could not be analysed, with the reason
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def prepare_out(out: Path) -> None:
@@ -104,7 +109,7 @@ def expand_inputs(items: Sequence[Path], *, on_skip: Callable[[Path], None] = _s
     Parameters
     ----------
     items
-        Files and folders, as given.
+        Files and folders, as given; a folder's ``.dat`` files make one input, the folder itself.
     on_skip
         Called with each HDF5 file of a folder that is not an stslive archive (e.g. an earlier
         ``maps.h5``), which is left out; default: a warning in the log.
@@ -123,6 +128,8 @@ def expand_inputs(items: Sequence[Path], *, on_skip: Callable[[Path], None] = _s
         picked = [p for p in found if p.suffix.lower() == ".3ds" or _is_archive(p)]
         for skipped in (p for p in found if p not in picked):
             on_skip(skipped)
+        if dat_files(item):
+            picked.append(item)
         if not picked:
             raise ConfigError(f"{item} holds no stslive archive or .3ds file; give the files or another folder")
         files.extend(picked)
@@ -158,6 +165,7 @@ def analyse_inputs(
     workers: int | None = None,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     show_progress: bool = False,
+    on_unsuitable: Callable[[Path, str], None] | None = None,
 ) -> OfflineAnalysis:
     """Analyse input files into ``out``: one folder per input, plus the campaign summary for several.
 
@@ -176,13 +184,32 @@ def analyse_inputs(
         ``workers`` processes, default one per core), ``max_block_bytes`` of spectra per task.
     show_progress
         Progress bars on stderr.
+    on_unsuitable
+        Called with each input of several that cannot be analysed and the reason; it is left
+        out of the analysis and listed in the campaign table (one input: the error is raised).
 
     Raises
     ------
     ConfigError
-        Two inputs would write into the same folder, or an output folder is a file.
+        Two inputs would write into the same folder, an output folder is a file, or none of
+        several inputs can be analysed.
     """
     outs = output_dirs(files, out)
+    skipped: list[tuple[Path, str]] = []
+    if len(files) > 1:
+        for path in files:
+            try:
+                with open_input(path, options=options):
+                    pass
+            except StsliveError as exc:
+                skipped.append((path, str(exc)))
+        outs = [o for p, o in zip(files, outs, strict=True) if p not in dict(skipped)]
+        files = [p for p in files if p not in dict(skipped)]
+        for path, reason in skipped:
+            if on_unsuitable is not None:
+                on_unsuitable(path, reason)
+        if not files:
+            raise ConfigError("no input can be analysed: " + "; ".join(reason for _, reason in skipped))
     if dask:
         reports = analyse_many_dask(
             list(files),
@@ -196,16 +223,31 @@ def analyse_inputs(
             show_progress=show_progress,
         )
     else:
-        reports = [
-            analyse_to_directory(
-                path, folder, options=options, constants=constants, examples=examples, show_progress=show_progress
-            )
-            for path, folder in zip(files, outs, strict=True)
-        ]
+        reports = []
+        for path, folder in zip(list(files), list(outs), strict=True):
+            try:
+                reports.append(
+                    analyse_to_directory(
+                        path,
+                        folder,
+                        options=options,
+                        constants=constants,
+                        examples=examples,
+                        show_progress=show_progress,
+                    )
+                )
+            except StsliveError as exc:
+                if len(files) + len(skipped) < 2:
+                    raise
+                skipped.append((path, str(exc)))
+                files, outs = [p for p in files if p != path], [o for o in outs if o != folder]
+                if on_unsuitable is not None:
+                    on_unsuitable(path, str(exc))
     runs = [AnalysedRun(p, o, r) for p, o, r in zip(files, outs, reports, strict=True)]
-    if len(runs) < 2:
+    if len(runs) + len(skipped) < 2:
         return OfflineAnalysis(runs)
-    return OfflineAnalysis(runs, write_campaign(out, [(run.out.name, run.path, run.report) for run in runs]))
+    table = [(run.out.name, run.path, run.report) for run in runs]
+    return OfflineAnalysis(runs, write_campaign(out, table, skipped=skipped), skipped)
 
 
 def analyse_to_directory(
@@ -311,6 +353,7 @@ def write_outputs(
         "grid": list(source.shape),
         "pixel_size_nm": [dy_dx[0] * 1e9, dy_dx[1] * 1e9],
         "n_points": source.n_points,
+        "damage": source.damage or None,
     }
     example_spectra = _examples(source, model, options, examples)
     save_maps_h5(model, out / "maps.h5")

@@ -16,7 +16,8 @@ a run's temperature (K) and field (T), first found wins, and names the source in
   ``metadata.conditions.magnetic_field_T``, or the first ``.3ds`` header key with "Magnet" or
   "Field" ending in "(T)".
 
-Absent conditions are null in JSON and empty in CSV; nothing is guessed.
+Absent conditions are null in JSON and empty in CSV; nothing is guessed. An input that could not
+be analysed has a row with its reason in ``skipped`` (empty for analysed runs) and no results.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid
+from stslive.acquisition.formats.nanonis_dat import NanonisPointSet
 from stslive.acquisition.formats.recording import open_recording
 from stslive.drivers.errors import AnalysisError
 from stslive.live.offline.figures import new_figure, save_figure
@@ -93,7 +95,7 @@ def _archive_conditions(ar: ArchiveReader) -> dict[str, Any]:
     return out
 
 
-def _3ds_conditions(grid: NanonisGrid) -> dict[str, Any]:
+def _3ds_conditions(grid: NanonisGrid | NanonisPointSet) -> dict[str, Any]:
     header = dict(grid.header)
     names = [n for n in grid.parameter_names if _T_3DS.search(n)]
     per_pixel = [grid.parameter(n) for n in names]
@@ -198,20 +200,33 @@ def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str
     return save_figure(fig, path)
 
 
-def write_campaign(out: str | os.PathLike[str], runs: Sequence[tuple[str, Path, Mapping[str, Any]]]) -> list[Path]:
-    """Write ``campaign.csv``, ``campaign.json`` and the figures into ``out``; returns the paths written."""
+def write_campaign(
+    out: str | os.PathLike[str],
+    runs: Sequence[tuple[str, Path, Mapping[str, Any]]],
+    *,
+    skipped: Sequence[tuple[Path, str]] = (),
+) -> list[Path]:
+    """Write ``campaign.csv``, ``campaign.json`` and the figures into ``out``; returns the paths written.
+
+    ``skipped`` inputs (path, reason) get a table row each, after the runs, and no figure point.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = campaign_rows(runs)
+    figure_rows = list(rows)
+    for row in rows:
+        row["skipped"] = None
+    empty = dict.fromkeys(rows[0] if rows else ["run", "file", "format", "skipped"])
+    rows += [{**empty, "run": path.stem, "file": str(path), "skipped": reason} for path, reason in skipped]
     written = [out / "campaign.csv", out / "campaign.json"]
     with open(written[0], "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
     written[1].write_text(json.dumps({"runs": rows}, indent=2, allow_nan=False) + "\n")
-    varied = [key for key in CONDITIONS if len({v for v in _column(rows, key) if math.isfinite(v)}) >= 2]
+    varied = [key for key in CONDITIONS if len({v for v in _column(figure_rows, key) if math.isfinite(v)}) >= 2]
     for key in varied:
-        written.append(campaign_figure(out / f"campaign_vs_{CONDITIONS[key][1]}.png", rows, x_key=key))
+        written.append(campaign_figure(out / f"campaign_vs_{CONDITIONS[key][1]}.png", figure_rows, x_key=key))
     if not varied:
-        written.append(campaign_figure(out / "campaign_runs.png", rows, x_key=None))
+        written.append(campaign_figure(out / "campaign_runs.png", figure_rows, x_key=None))
     return written
