@@ -317,8 +317,8 @@ def _check_linear(path: Path, recording: NanonisRecording) -> None:
     if not np.isfinite(sweep).all():
         return  # nothing measured: nothing to describe
     linear = np.linspace(sweep[0], sweep[-1], sweep.size)
-    span = abs(float(sweep[-1] - sweep[0])) or 1.0
-    if np.abs(sweep - linear).max() > 1e-6 * span:
+    step = abs(float(sweep[-1] - sweep[0])) / (sweep.size - 1) or 1.0
+    if np.abs(sweep - linear).max() > 1e-3 * step:
         raise NanonisFileError(
             path,
             "its sweep is not linear (a multi-segment MLS sweep): a run stream describes a sweep by its "

@@ -261,7 +261,7 @@ def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> Spect
     FileFormatError
         Not a readable archive or ``.3ds``.
     """
-    with open_spectra(path) as probe:
+    with open_spectra(path, current=options.current, lockin=options.lockin) as probe:
         names = probe.channel_names
         probe.require_bias_sweep()
     pick = pick_channels(names, current=options.current, lockin=options.lockin)

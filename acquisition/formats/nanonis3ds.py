@@ -198,17 +198,13 @@ class NanonisGrid:
                 )
         self.n_params = n_params
         self.record_len = n_params + len(self.channel_names) * self.n_points
-        offset = end + len(HEADER_END)
-        data_bytes = size - offset
-        self.n_records = min(data_bytes // (4 * self.record_len), self.nx * self.ny)
+        self._offset = end + len(HEADER_END)
+        self.n_records = 0
         #: bytes beyond the last complete record (a record cut off by a stop or a crash)
-        self.trailing_bytes = data_bytes - self.n_records * 4 * self.record_len
-        self._data: np.ndarray | None = (
-            np.memmap(path, dtype=">f4", mode="r", offset=offset, shape=(self.n_records, self.record_len))
-            if self.n_records
-            else None
-        )
-        self.measured = self._measured_mask()
+        self.trailing_bytes = 0
+        self._data: np.ndarray | None = None
+        self.measured = np.zeros((self.ny, self.nx), dtype=bool)
+        self._extend(size)
 
     # structure
     @property
@@ -241,13 +237,40 @@ class NanonisGrid:
     def is_bias_sweep(self) -> bool:
         return self.sweep_signal.startswith("Bias")
 
-    def _measured_mask(self) -> np.ndarray:
-        mask = np.zeros(self.nx * self.ny, dtype=bool)
-        if self._data is not None:
-            params = np.asarray(self._data[:, : self.n_params], dtype=np.float32)
-            empty = np.all(np.isnan(params) | (params == 0), axis=1)
-            mask[: self.n_records] = ~empty
-        return mask.reshape(self.ny, self.nx)
+    def _extend(self, size: int) -> int:
+        """Take in the complete records of a file of ``size`` bytes; returns how many are new."""
+        data_bytes = size - self._offset
+        n = max(0, min(data_bytes // (4 * self.record_len), self.nx * self.ny))
+        if n < self.n_records:
+            raise NanonisFileError(self.path, f"the file shrank to {n} records from {self.n_records}; it was replaced")
+        old, self.n_records = self.n_records, n
+        self.trailing_bytes = max(0, data_bytes - n * 4 * self.record_len)
+        if n > old:
+            self._data = np.memmap(self.path, dtype=">f4", mode="r", offset=self._offset, shape=(n, self.record_len))
+            params = np.asarray(self._data[old:n, : self.n_params], dtype=np.float32)
+            self.measured.reshape(-1)[old:n] = ~np.all(np.isnan(params) | (params == 0), axis=1)
+        return n - old
+
+    def refresh(self) -> int:
+        """Take in the records appended since the last look (a grid the controller is still
+        writing: header first, then one record per point); a record not yet complete waits.
+
+        Returns
+        -------
+        int
+            Complete records new since the last call.
+
+        Raises
+        ------
+        NanonisFileError
+            The header moved or the file shrank (it was rewritten): open it again.
+        """
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset - len(HEADER_END))
+            if fh.read(len(HEADER_END)) != HEADER_END:
+                raise NanonisFileError(self.path, "the header changed while the grid was read; open it again")
+            size = os.fstat(fh.fileno()).st_size
+        return self._extend(size)
 
     # data
     def _records(self, rows: slice) -> tuple[np.ndarray, range]:

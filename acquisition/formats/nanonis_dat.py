@@ -46,6 +46,9 @@ _MAX_BYTES = 256 * 2**20
 _MAX_FILES = 100_000
 #: Nominal cell of a single point or of points that coincide, m (the grid needs a size).
 _NOMINAL_CELL_M = 1e-9
+#: A sweep column that deviates from a straight line by less than this fraction of its step is
+#: that line: Nanonis computes ``Bias calc`` as a linear sweep and prints it to 6 digits.
+LINEAR_TOLERANCE = 0.01
 #: Per-point parameters read from every header (besides the sweep limits), when numeric.
 _POINT_KEYS = ("X (m)", "Y (m)", "Z (m)", "Z offset (m)", "Settling time (s)", "Integration time (s)", "Final Z (m)")
 
@@ -193,7 +196,7 @@ class NanonisPointSet:
         self.nx, self.ny = len(self.spectra), 1
         self.positions_m = np.array([s.position_m() for s in self.spectra], dtype=np.float64).T
         self.geometry, self.regular = _geometry(self.positions_m)
-        self._sweeps = np.stack([s.sweep for s in self.spectra])
+        self._sweeps = np.stack([_as_set(s.sweep) for s in self.spectra])
         self._channels = np.stack([s.data[:, 1:].T for s in self.spectra]).astype(np.float32)  # (N, nch, npts)
         self.measured = np.isfinite(self._channels).any(axis=(1, 2)).reshape(1, self.nx)
         self._parameters = self._collect_parameters()
@@ -205,7 +208,7 @@ class NanonisPointSet:
             values = np.array([_or_nan(header_number(h, key)) for h in self.headers], dtype=np.float64)
             if np.isfinite(values).any():
                 params[key] = values
-        return {k: v.reshape(1, self.nx).astype(np.float32) for k, v in params.items()}
+        return {k: v.reshape(1, self.nx) for k, v in params.items()}
 
     # the grid interface
     @property
@@ -225,7 +228,7 @@ class NanonisPointSet:
         return list(self._parameters)
 
     def parameter(self, name: str) -> np.ndarray:
-        """One per-point value ``(1, N)`` float32 (NaN where a header lacks it)."""
+        """One per-point value ``(1, N)`` float64 (NaN where a header lacks it)."""
         try:
             return self._parameters[name].copy()
         except KeyError:
@@ -272,6 +275,14 @@ class NanonisPointSet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _as_set(sweep: np.ndarray) -> np.ndarray:
+    """The sweep as the controller set it: the straight line the printed column rounds, when it is one
+    (:data:`LINEAR_TOLERANCE`); else the column itself (a multi-segment sweep)."""
+    line = np.linspace(sweep[0], sweep[-1], sweep.size)
+    step = abs(float(sweep[-1] - sweep[0])) / (sweep.size - 1)
+    return line if step > 0 and np.abs(sweep - line).max() <= LINEAR_TOLERANCE * step else sweep.copy()
 
 
 def _or_nan(value: float | None) -> float:

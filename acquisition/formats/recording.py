@@ -28,6 +28,7 @@ from stslive.acquisition.formats.conditions import AmplitudeConvention, Recordin
 from stslive.acquisition.formats.nanonis3ds import HEADER_END, NanonisGrid, open_3ds
 from stslive.acquisition.formats.nanonis_dat import NanonisPointSet, dat_files, looks_like_dat, open_dat
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.formats.sweeps import Resampler, is_uniform
 from stslive.drivers.errors import AnalysisError, FileFormatError, NanonisFileError
 
 #: A recording opened by :func:`open_recording`: the format's own reader.
@@ -156,7 +157,10 @@ class SpectraSource:
     """Read-only spectra of one recording; build with :func:`open_spectra`.
 
     ``amplitude_convention`` says how a Nanonis file's ``Lock-in>Amplitude`` is meant ("peak" or
-    "rms"; None: unknown), for :attr:`conditions`.
+    "rms"; None: unknown), for :attr:`conditions`. A sweep that is not uniform (MLS) and shared by
+    every pixel is resampled onto a uniform grid (:class:`~stslive.acquisition.formats.sweeps.Resampler`):
+    :attr:`bias`, :attr:`n_points` and the spectra are then on that grid, and
+    :attr:`resampled_from` holds the recorded number of points.
     """
 
     def __init__(
@@ -196,6 +200,14 @@ class SpectraSource:
         else:
             axes = backend.sweep_axes()[done]
             self.bias_per_pixel = bool(axes.size) and bool(np.ptp(axes, axis=0).max() > 0)
+        self._resampler: Resampler | None = None
+        nominal = self._b.bias if isinstance(backend, ArchiveReader) else backend.nominal_sweep()
+        if not is_uniform(nominal):
+            if self.bias_per_pixel:
+                raise AnalysisError(f"{path}: the pixels' sweeps differ and are not uniform; nothing can share them")
+            self._resampler = Resampler(nominal)
+        #: points of the recorded sweep when it was resampled onto a uniform grid, else None
+        self.resampled_from: int | None = None if self._resampler is None else int(nominal.size)
 
     @staticmethod
     def _archive_sweeps(ar: ArchiveReader) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +241,7 @@ class SpectraSource:
 
     @property
     def n_points(self) -> int:
-        return int(self._b.n_points)
+        return int(self._b.n_points) if self._resampler is None else int(self._resampler.target.size)
 
     @property
     def pixel_size_m(self) -> tuple[float, float]:
@@ -242,6 +254,8 @@ class SpectraSource:
     @property
     def bias(self) -> np.ndarray:
         """Nominal sweep axis ``(n_points,)`` (the first measured pixel's for a Nanonis file)."""
+        if self._resampler is not None:
+            return self._resampler.target.copy()
         if isinstance(self._b, ArchiveReader):
             return self._b.bias
         return self._b.nominal_sweep()
@@ -285,6 +299,9 @@ class SpectraSource:
 
     def bias_for(self, rows: slice) -> np.ndarray:
         """Per-pixel sweep axes ``(rows, nx, n_points)`` (float64)."""
+        if self._resampler is not None:
+            n_rows = len(range(*rows.indices(self.shape[0])))
+            return np.broadcast_to(self._resampler.target, (n_rows, self.shape[1], self.n_points)).copy()
         if not isinstance(self._b, ArchiveReader):
             return self._b.sweep_axes(rows)
         frac = np.linspace(0.0, 1.0, self.n_points)
@@ -337,6 +354,8 @@ class SpectraSource:
             if isinstance(self._b, ArchiveReader)
             else self._b.read_block(rows, names)
         )
+        if self._resampler is not None:
+            data = self._resampler(data)
         bias = self.bias_for(rows) if self.bias_per_pixel else self.bias
         return SpectraBlock(
             rows=rows,

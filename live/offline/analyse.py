@@ -354,6 +354,7 @@ def write_outputs(
         "pixel_size_nm": [dy_dx[0] * 1e9, dy_dx[1] * 1e9],
         "n_points": source.n_points,
         "damage": source.damage or None,
+        "resampled_from_points": source.resampled_from,
     }
     example_spectra = _examples(source, model, options, examples)
     save_maps_h5(model, out / "maps.h5")
