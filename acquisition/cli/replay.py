@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from stslive.acquisition.cli.watch import add_setpoint_arguments, parse_setpoint
+from stslive.acquisition.cli.stream_options import add_setpoint_arguments, add_stream_arguments, parse_setpoint
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.replay import open_replay, replay
 from stslive.drivers.errors import ConfigError
@@ -30,33 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="reproduce the recorded timing (archives only: a .3ds has no per-pixel times)",
     )
-    parser.add_argument(
-        "--bind",
-        default="tcp://127.0.0.1:5556",
-        metavar="ENDPOINT",
-        help="PUB endpoint (default tcp://127.0.0.1:5556; port 0 picks a free one)",
-    )
-    parser.add_argument(
-        "--push", default=None, metavar="ENDPOINT", help="also a PUSH endpoint for one lossless consumer"
-    )
-    parser.add_argument(
-        "--wait-subscribers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="wait for N subscribers before each run (a SUB that joins late misses the start)",
-    )
-    parser.add_argument(
-        "--wait-timeout",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="give up waiting for subscribers after S seconds (default 60)",
-    )
+    add_stream_arguments(parser)
     parser.add_argument(
         "--loop", action="store_true", help="replay again and again (a new run uid each time) until Ctrl-C"
     )
-    parser.add_argument("--header-format", choices=("json", "msgpack"), default="json", help="stream header encoding")
     add_setpoint_arguments(parser)
 
 

@@ -15,51 +15,16 @@ import signal
 import threading
 from pathlib import Path
 
-from stslive.acquisition.formats.conditions import AMPLITUDE_CONVENTIONS
+from stslive.acquisition.cli.stream_options import add_setpoint_arguments, add_stream_arguments, parse_setpoint
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.watch import watch
 from stslive.drivers.errors import ConfigError
 
 
-def parse_setpoint(text: str | None) -> tuple[float, float] | None:
-    """``"0.01,1e-10"`` -> (0.01, 1e-10): bias (V) and current (A) of the set-point."""
-    if text is None:
-        return None
-    try:
-        bias, current = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--setpoint {text!r}: give BIAS_V,CURRENT_A in volts and amperes, e.g. 0.01,1e-10") from None
-    return bias, current
-
-
-def add_setpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--setpoint`` and ``--lockin-amplitude`` for Nanonis files (shared with ``stslive replay``)."""
-    parser.add_argument(
-        "--setpoint",
-        metavar="BIAS_V,CURRENT_A",
-        help="tunnelling set-point of a Nanonis file whose header does not record it (volts, amperes)",
-    )
-    parser.add_argument(
-        "--lockin-amplitude",
-        choices=AMPLITUDE_CONVENTIONS,
-        default=None,
-        help="how the Nanonis header's Lock-in>Amplitude is meant (zero-to-peak or rms); "
-        "Nanonis does not say, so without this the modulation is unknown",
-    )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``stslive watch``."""
     parser.add_argument("input", type=Path, metavar="FILE.3ds", help="the grid file the controller is writing")
-    parser.add_argument(
-        "--bind",
-        default="tcp://127.0.0.1:5556",
-        metavar="ENDPOINT",
-        help="PUB endpoint (default tcp://127.0.0.1:5556; port 0 picks a free one)",
-    )
-    parser.add_argument(
-        "--push", default=None, metavar="ENDPOINT", help="also a PUSH endpoint for one lossless consumer"
-    )
+    add_stream_arguments(parser)
     parser.add_argument("--poll", type=float, default=0.5, metavar="S", help="seconds between looks (default 0.5)")
     parser.add_argument(
         "--idle-timeout",
@@ -75,22 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="give up when the header and first point are not written within S seconds (default: wait)",
     )
-    parser.add_argument(
-        "--wait-subscribers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="wait for N subscribers before following the file (a SUB that joins late misses the start)",
-    )
-    parser.add_argument(
-        "--wait-timeout",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="give up waiting for subscribers after S seconds (default 60)",
-    )
     add_setpoint_arguments(parser)
-    parser.add_argument("--header-format", choices=("json", "msgpack"), default="json", help="stream header encoding")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "export_archive",
     "mls_axis",
     "mls_segments",
+    "name_index",
     "open_3ds",
     "parse_header",
     "write_3ds",
@@ -64,6 +65,14 @@ MLS_KEYS = (MLS_SEGMENT_KEY.split(",")[0], "Bias Spectroscopy>MultiLine Settings
 
 def _split_list(value: str) -> list[str]:
     return [item for item in value.strip('"').split(";") if item]
+
+
+def name_index(names: Sequence[str], name: str, what: str, path: Path) -> int:
+    """Position of ``name`` in ``names``; NanonisFileError listing them when absent."""
+    try:
+        return list(names).index(name)
+    except ValueError:
+        raise NanonisFileError(path, f"no {what} {name!r}; {what}s are {list(names)}") from None
 
 
 def mls_segments(header: Mapping[str, str], path: Path) -> list[tuple[float, float, int]]:
@@ -288,10 +297,7 @@ class NanonisGrid:
         return out, r
 
     def channel_index(self, name: str) -> int:
-        try:
-            return self.channel_names.index(name)
-        except ValueError:
-            raise NanonisFileError(self.path, f"no channel {name!r}; channels are {self.channel_names}") from None
+        return name_index(self.channel_names, name, "channel", self.path)
 
     def read_block(self, rows: slice = slice(None), channels: Sequence[str] | None = None) -> np.ndarray:
         """Spectra ``(rows, nx, channels, n_points)`` float32, NaN where never measured."""
@@ -307,10 +313,7 @@ class NanonisGrid:
 
     def parameter(self, name: str) -> np.ndarray:
         """One per-point parameter map ``(ny, nx)`` float32, NaN where never measured."""
-        try:
-            k = self.parameter_names.index(name)
-        except ValueError:
-            raise NanonisFileError(self.path, f"no parameter {name!r}; parameters are {self.parameter_names}") from None
+        k = name_index(self.parameter_names, name, "parameter", self.path)
         flat = np.full(self.nx * self.ny, np.nan, dtype=np.float32)
         if self._data is not None:
             flat[: self.n_records] = self._data[:, k]

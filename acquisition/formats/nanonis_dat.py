@@ -33,6 +33,7 @@ from stslive.acquisition.formats.conditions import (
     conditions_from_header,
     header_number,
 )
+from stslive.acquisition.formats.nanonis3ds import name_index
 from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.drivers.errors import ConfigError, NanonisFileError
 
@@ -229,16 +230,11 @@ class NanonisPointSet:
 
     def parameter(self, name: str) -> np.ndarray:
         """One per-point value ``(1, N)`` float64 (NaN where a header lacks it)."""
-        try:
-            return self._parameters[name].copy()
-        except KeyError:
-            raise NanonisFileError(self.path, f"no parameter {name!r}; parameters are {self.parameter_names}") from None
+        name_index(self.parameter_names, name, "parameter", self.path)  # the error lists them
+        return self._parameters[name].copy()
 
     def channel_index(self, name: str) -> int:
-        try:
-            return self.channel_names.index(name)
-        except ValueError:
-            raise NanonisFileError(self.path, f"no channel {name!r}; channels are {self.channel_names}") from None
+        return name_index(self.channel_names, name, "channel", self.path)
 
     def read_block(self, rows: slice = slice(None), channels: Sequence[str] | None = None) -> np.ndarray:
         """Spectra ``(rows, N, channels, n_points)`` float32."""
@@ -293,7 +289,7 @@ def _geometry(positions: np.ndarray) -> tuple[GridGeometry, bool]:
     """The line geometry of points ``(2, N)`` and whether it places every point exactly (module docstring)."""
     n = positions.shape[1]
     finite = np.isfinite(positions).all()
-    centre = np.nanmean(positions, axis=1) if np.isfinite(positions).any() else np.zeros(2)
+    centre = np.array([float(np.nanmean(p)) if np.isfinite(p).any() else 0.0 for p in positions])
     regular = False
     step, angle = _NOMINAL_CELL_M, 0.0
     if n >= 2 and finite:

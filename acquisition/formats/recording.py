@@ -201,7 +201,7 @@ class SpectraSource:
             axes = backend.sweep_axes()[done]
             self.bias_per_pixel = bool(axes.size) and bool(np.ptp(axes, axis=0).max() > 0)
         self._resampler: Resampler | None = None
-        nominal = self._b.bias if isinstance(backend, ArchiveReader) else backend.nominal_sweep()
+        nominal = backend.bias if isinstance(backend, ArchiveReader) else backend.nominal_sweep()
         if not is_uniform(nominal):
             if self.bias_per_pixel:
                 raise AnalysisError(f"{path}: the pixels' sweeps differ and are not uniform; nothing can share them")

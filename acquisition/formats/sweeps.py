@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stslive.drivers.errors import AnalysisError
+
 __all__ = ["UNIFORM_TOLERANCE", "Resampler", "is_uniform"]
 
 #: Steps that differ from their mean by less than this fraction make a uniform sweep (the
@@ -29,7 +31,8 @@ def is_uniform(sweep: np.ndarray) -> bool:
 
 
 class Resampler:
-    """Linear interpolation of spectra on a monotonic ``sweep`` onto a uniform grid.
+    """Linear interpolation of spectra on a strictly monotonic ``sweep`` onto a uniform grid
+    (AnalysisError for any other sweep).
 
     Attributes
     ----------
@@ -42,8 +45,11 @@ class Resampler:
 
     def __init__(self, sweep: np.ndarray) -> None:
         self.sweep = np.asarray(sweep, dtype=np.float64)
-        steps = np.abs(np.diff(self.sweep))
-        finest = float(steps[steps > 0].min())
+        signed = np.diff(self.sweep)
+        if not (np.isfinite(signed).all() and ((signed > 0).all() or (signed < 0).all())):
+            raise AnalysisError("the sweep runs back and forth or repeats a value: it cannot be put on a uniform grid")
+        steps = np.abs(signed)
+        finest = float(steps.min())
         span = abs(float(self.sweep[-1] - self.sweep[0]))
         m = min(round(span / finest) + 1, MAX_GROWTH * self.sweep.size)
         self.target = np.linspace(self.sweep[0], self.sweep[-1], m)

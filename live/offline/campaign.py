@@ -4,17 +4,10 @@
 nulls), one row per run with its conditions and its report's scalar results, and
 ``campaign_vs_temperature.png`` / ``campaign_vs_field.png`` for each condition that takes at
 least two values (else ``campaign_runs.png`` against the run index): Delta and alpha (mean, error
-bar = the map's standard deviation) and the 1/e correlation lengths. :func:`run_conditions` reads
-a run's temperature (K) and field (T), first found wins, and names the source in the table:
-
-* temperature: the median of the measured pixels' thermometer readings (archive
-  ``temperature_before_K`` / ``temperature_after_K``; ``.3ds`` parameters named "Temperature ...
-  (K)"), else the archive start document (``conditions.temperature_K``,
-  ``metadata.conditions.temperature_K``, ``film_params.temperature_K``) or the first ``.3ds``
-  header key with "Temperature" ending in "(K)";
-* field: the start document's ``conditions.magnetic_field_T`` or
-  ``metadata.conditions.magnetic_field_T``, or the first ``.3ds`` header key with "Magnet" or
-  "Field" ending in "(T)".
+bar = the map's standard deviation) and the 1/e correlation lengths. :func:`run_conditions`
+reads a run's temperature (K) and field (T) from its recording's conditions
+(:class:`~stslive.acquisition.formats.conditions.RecordingConditions`: thermometer readings of
+the pixels, else the start document or the Nanonis header) and names the source in the table.
 
 Absent conditions are null in JSON and empty in CSV; nothing is guessed. An input that could not
 be analysed has a row with its reason in ``skipped`` (empty for analysed runs) and no results.
@@ -26,16 +19,12 @@ import csv
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.formats.archive import ArchiveReader
-from stslive.acquisition.formats.nanonis3ds import NanonisGrid
-from stslive.acquisition.formats.nanonis_dat import NanonisPointSet
 from stslive.acquisition.formats.recording import open_recording
 from stslive.drivers.errors import AnalysisError
 from stslive.live.offline.figures import new_figure, save_figure
@@ -47,77 +36,11 @@ CONDITIONS: dict[str, tuple[str, str]] = {
     "temperature_K": ("temperature (K)", "temperature"),
     "field_T": ("magnetic field (T)", "field"),
 }
-_T_3DS = re.compile(r"temperature.*\(K\)\s*$", re.IGNORECASE)
-_B_3DS = re.compile(r"(magnet|field).*\(T\)\s*$", re.IGNORECASE)
-
-
-def _number(value: Any) -> float | None:
-    """A finite float from a document value, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        f = float(value)
-    except ValueError:
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _lookup(doc: Mapping[str, Any], dotted: str) -> float | None:
-    node: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return _number(node)
-
-
-def _median_of(arrays: Sequence[np.ndarray], measured: np.ndarray) -> float | None:
-    values = np.concatenate([np.asarray(a, dtype=np.float64)[measured] for a in arrays]) if arrays else np.zeros(0)
-    values = values[np.isfinite(values)]
-    return float(np.median(values)) if values.size else None
-
-
-def _archive_conditions(ar: ArchiveReader) -> dict[str, Any]:
-    meta, measured, start = ar.pixel_meta, ar.measured, ar.documents.get("start", {})
-    out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
-    measured_T = _median_of([meta["temperature_before_K"], meta["temperature_after_K"]], measured)
-    if measured_T is not None:
-        out.update(temperature_K=measured_T, temperature_source="pixels (median of thermometer readings)")
-    else:
-        for key in ("conditions.temperature_K", "metadata.conditions.temperature_K", "film_params.temperature_K"):
-            if (value := _lookup(start, key)) is not None:
-                out.update(temperature_K=value, temperature_source=f"start document {key}")
-                break
-    for key in ("conditions.magnetic_field_T", "metadata.conditions.magnetic_field_T"):
-        if (value := _lookup(start, key)) is not None:
-            out.update(field_T=value, field_source=f"start document {key}")
-            break
-    return out
-
-
-def _3ds_conditions(grid: NanonisGrid | NanonisPointSet) -> dict[str, Any]:
-    header = dict(grid.header)
-    names = [n for n in grid.parameter_names if _T_3DS.search(n)]
-    per_pixel = [grid.parameter(n) for n in names]
-    out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
-    # unmeasured points of a .3ds are NaN records, parameters included: the finite values are the measured ones
-    measured_T = _median_of(per_pixel, np.ones(per_pixel[0].shape, bool)) if per_pixel else None
-    if measured_T is not None:
-        out.update(temperature_K=measured_T, temperature_source=f"parameters {names} (median)")
-    else:
-        for key, raw in header.items():
-            if _T_3DS.search(key) and (value := _number(raw)) is not None:
-                out.update(temperature_K=value, temperature_source=f"header {key}")
-                break
-    for key, raw in header.items():
-        if _B_3DS.search(key) and (value := _number(raw)) is not None:
-            out.update(field_T=value, field_source=f"header {key}")
-            break
-    return out
 
 
 def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Temperature (K) and magnetic field (T) of a run, with where each was read (module docstring).
+    """Temperature (K) and magnetic field (T) of a run, with where each was read: the recording's
+    :meth:`conditions` (:class:`~stslive.acquisition.formats.conditions.RecordingConditions`).
 
     Returns
     -------
@@ -125,7 +48,14 @@ def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
         ``temperature_K``, ``temperature_source``, ``field_T``, ``field_source``; None when absent.
     """
     with open_recording(path) as recording:
-        return _archive_conditions(recording) if isinstance(recording, ArchiveReader) else _3ds_conditions(recording)
+        c = recording.conditions()
+    known = {"temperature": c.temperature_K is not None, "field": c.magnetic_field_T is not None}
+    return {
+        "temperature_K": c.temperature_K,
+        "temperature_source": c.sources.get("temperature_K") if known["temperature"] else None,
+        "field_T": c.magnetic_field_T,
+        "field_source": c.sources.get("magnetic_field_T") if known["field"] else None,
+    }
 
 
 #: Report keys copied into the table, in column order (after run, file, format and the conditions).
