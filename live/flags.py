@@ -454,9 +454,11 @@ def lockin_settings(amplitude_Vrms: float | None, sensitivity_V: float | None) -
     return modulation, float(sensitivity_V) if amplitude_Vrms and sensitivity_V is not None else 0.0
 
 
-def channel_arrays(spectra: np.ndarray, channel_names: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The current and (if any) lock-in channels of ``spectra`` (..., channel, n)."""
-    pick = pick_channels(list(channel_names))
+def channel_arrays(
+    spectra: np.ndarray, channel_names: list[str], *, current: str | None = None, lockin: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The current and (if any) lock-in channels of ``spectra`` (..., channel, n); names as ``pick_channels``."""
+    pick = pick_channels(list(channel_names), current=current, lockin=lockin)
     if pick.current is None:
         raise AnalysisError(f"flags need a current channel; channels are {channel_names}")
     lockin = None if pick.lockin is None else spectra[..., pick.lockin, :]

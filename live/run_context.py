@@ -104,7 +104,8 @@ class RunContext:
             raise StreamError(
                 f"run {run_uid}: start document unusable ({exc}); check the scan engine's version"
             ) from exc
-        channel_arrays(np.zeros((len(self.channel_names), 2)), self.channel_names)  # needs a current channel
+        # needs a current channel (the one options.current names, if any)
+        channel_arrays(np.zeros((len(self.channel_names), 2)), self.channel_names, current=options.current)
         self.run_uid = run_uid
         self.options = options
         #: pixels held back until the template width is calibrated (None: calibrated or given)
@@ -209,7 +210,9 @@ class RunContext:
             bias = sset.bias_axis
             analysis = analyse_pixels(bias, spectra, self.channel_names, options=self.options)
             t1 = clock()
-            current, lockin = channel_arrays(spectra, self.channel_names)
+            current, lockin = channel_arrays(
+                spectra, self.channel_names, current=self.options.current, lockin=self.options.lockin
+            )
             f = spectral_features(
                 bias,
                 current,

@@ -68,3 +68,20 @@ def test_analyse_a_grid_whose_current_is_an_input(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["inputs"]["channels"] == {"current": "Input 3 (A)", "lockin": None}
     assert report["valid_pixels"] >= 0.9 * 48
+
+
+def test_live_analyser_honours_the_current_it_is_given(tmp_path: Path) -> None:
+    """Regression: the live path picked channels without the options (an 'Input 3 (A)' run could not start)."""
+    from stslive.acquisition.replay import open_replay
+    from stslive.live.flag_config import FlagConfig
+    from stslive.live.run_context import PixelInput, RunContext
+
+    path, _ = film_grid(tmp_path / "in3.3ds", channels=("Input 3 (A)",), nx=8, ny=6)
+    with open_replay(path) as source:
+        start, events = source.start_fields, list(source.events())
+    with pytest.raises(AnalysisError, match="--current"):
+        RunContext("r", start, options=KernelOptions(), flag_config=FlagConfig())
+    ctx = RunContext("r", start, options=KernelOptions(current="Input 3 (A)"), flag_config=FlagConfig())
+    ctx.process([PixelInput.from_event(e) for e in events])
+    ctx.finish()
+    assert ctx.model.maps["measured"].all() and ctx.model.maps["valid"].sum() >= 0.9 * 48
