@@ -461,5 +461,4 @@ def channel_arrays(
     pick = pick_channels(list(channel_names), current=current, lockin=lockin)
     if pick.current is None:
         raise AnalysisError(f"flags need a current channel; channels are {channel_names}")
-    lockin = None if pick.lockin is None else spectra[..., pick.lockin, :]
-    return spectra[..., pick.current, :], lockin
+    return spectra[..., pick.current, :], None if pick.lockin is None else spectra[..., pick.lockin, :]
