@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
+from stslive.acquisition.preflight import setpoint_findings
 from stslive.drivers.errors import ConfigError
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
 from stslive.drivers.tomlfile import check_keys, read_toml
@@ -46,6 +47,19 @@ _VISA = {
     "reconnect_delay_s": Key("float", 0.1, "first delay between reopen attempts (s), doubling"),
     "backend": Key("str", "@py", "pyvisa backend: @py (pyvisa-py) or '' (system VISA)"),
 }
+#: Keys of the text instruments (lock-in, thermometer) beyond the VISA ones.
+_TEXT = {
+    "read_termination": Key(
+        "str", "", "reply termination; '' = the driver's (SR830: CR on RS232, LF on GPIB; LakeShore: CR LF)"
+    ),
+    "write_termination": Key("str", "", "request termination; '' = LF"),
+    "bridge": Key(
+        "str",
+        "",
+        "GPIB-Ethernet/USB bridge opened first, e.g. PRLGX-TCPIP::192.168.1.20::1234::INTFC; resource is then "
+        "GPIB::<address>::INSTR; '' = none",
+    ),
+}
 
 #: section -> key -> Key. ``instruments.lockin`` and ``instruments.thermometer`` are optional.
 RUN_CONFIG_KEYS: dict[str, dict[str, Key]] = {
@@ -65,13 +79,50 @@ RUN_CONFIG_KEYS: dict[str, dict[str, Key]] = {
             "controller signals recorded by each sweep (archive channels are 'Bias (V)' then these)",
         ),
         "move_settle_s": Key("float", 0.0, "wait after moving the tip, feedback on (s)"),
+        "tip_speed_m_per_s": Key(
+            "float", 100e-9, "Follow-Me speed of the tip (m/s); used only to estimate the run time"
+        ),
         "retries": Key("int", 2, "extra attempts of a pixel after an instrument error"),
         "max_consecutive_failures": Key("int", 3, "failed pixels in a row after which the run pauses"),
         "heartbeat_s": Key("float", 1.0, "heartbeat period while paused (s)"),
     },
-    "instruments.nanonis": {**_VISA, "limits": Key("table", {}, "safety limits (SafetyLimits keys)")},
-    "instruments.lockin": {**_VISA, "model": Key("str", "", "'SR830' or 'SR860' to insist on; '' accepts either")},
-    "instruments.thermometer": {**_VISA, "channel": Key("str", "A", "LakeShore 372 input of the sample: A or 1..16")},
+    "instruments.nanonis": {
+        **_VISA,
+        "limits": Key("table", {}, "safety limits (SafetyLimits keys)"),
+        "stop_resource": Key(
+            "str",
+            "",
+            "second connection used to stop a sweep on abort (a real controller serves one client per port: "
+            "give another of its ports, e.g. TCPIP::host::6502::SOCKET); '' = resource",
+        ),
+        "release": Key("int", 0, "controller RT engine release; 0 = ask it (Util.VersionGet) at connect"),
+    },
+    "instruments.lockin": {
+        **_VISA,
+        **_TEXT,
+        "model": Key("str", "", "'SR830' or 'SR860' to insist on; '' accepts either"),
+        "interface": Key("str", "", "'gpib' or 'rs232' (sets OUTX and the reply termination); '' = from resource"),
+        "harmonic": Key("int", 1, "detection harmonic (harmonic x frequency <= 102 kHz on an SR830)"),
+        "output_channel": Key(
+            "str",
+            "",
+            "controller input carrying the lock-in's X output (CH1 OUTPUT), e.g. 'Input 2 (V)'; it must be in "
+            "run.channels and is archived as dI/dV in A/V ('Input 2 (A/V)'); '' = not wired",
+        ),
+        "output_full_scale_V": Key("float", 10.0, "voltage at the lock-in output for a full-scale X (V)"),
+        "preamp_gain_V_per_A": Key("float", 1e9, "current amplifier gain between junction and lock-in input (V/A)"),
+        "bias_divider": Key(
+            "float",
+            1.0,
+            "attenuation between the lock-in sine output and the junction (1000 for 1:1000); the sine output "
+            "sent is setpoint_set.lockin_amplitude_Vrms x bias_divider",
+        ),
+    },
+    "instruments.thermometer": {
+        **_VISA,
+        **_TEXT,
+        "channel": Key("str", "A", "LakeShore 372 input of the sample: A or 1..16"),
+    },
     "grid": {
         "centre_x_m": Key("float", 0.0, "grid centre x (m)"),
         "centre_y_m": Key("float", 0.0, "grid centre y (m)"),
@@ -288,6 +339,18 @@ class RunConfig:
                 raise ConfigError(
                     f"points.x_m and points.y_m must be non-empty and equally long ({len(xs)} vs {len(ys)})"
                 )
+        if run["tip_speed_m_per_s"] <= 0:
+            raise ConfigError(f"run.tip_speed_m_per_s = {run['tip_speed_m_per_s']} must be > 0 (m/s)")
+        problems = [f for f in setpoint_findings(self.instruments, run["channels"], self.setpoint_sets) if f.is_error]
+        if problems:
+            raise ConfigError("; ".join(str(f) for f in problems))
+
+    @property
+    def archive_channels(self) -> tuple[str, ...]:
+        """Archive channel names: ``"Bias (V)"``, then ``run.channels`` with the wired lock-in
+        input renamed to its dI/dV unit (``"Input 2 (V)"`` -> ``"Input 2 (A/V)"``)."""
+        output = self.instruments.get("lockin", {}).get("output_channel", "")
+        return ("Bias (V)", *(didv_channel_name(c) if output and c == output else c for c in self.run["channels"]))
 
     @property
     def n_points(self) -> int:
@@ -322,6 +385,12 @@ class RunConfig:
             else:
                 doc.setdefault(section, {}).update(changes)
         return RunConfig.from_dict(doc, source=self.source)
+
+
+def didv_channel_name(channel: str) -> str:
+    """The archive name of a controller input archived as dI/dV: ``"Input 2 (V)"`` -> ``"Input 2 (A/V)"``."""
+    head = channel.rpartition(" (")[0]
+    return f"{head or channel} (A/V)"
 
 
 def _not_table(index: int) -> SetpointSet:

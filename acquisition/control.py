@@ -58,7 +58,7 @@ class ControlServer:
         self._sock = self._ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST_BYTES)
-        # CURVE (issue 6): the guard is released in close(), before the context ends
+        # CURVE: the guard is released in close(), before the context ends
         self._guard = bind_server(self._sock, endpoint, security, role="control", what="the control socket")
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.malformed = 0

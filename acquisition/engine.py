@@ -1,33 +1,14 @@
 """The scan engine: walks a plan through the state machine, archives and streams every pixel.
 
-Small on purpose; the parts live beside it: ``state.py`` (states, commands), ``control.py``
-(the control socket), ``suspenders.py`` (temperature band), ``pixel.py`` (one pixel),
-``plans.py`` (where), ``archive.py`` and ``stream.py`` (formats).
-
-One thread does all instrument and file I/O (this one); the control thread only changes the
-state machine, whose change log this thread drains into the archive's run log between pixels,
-so HDF5 is never written from two threads.
-
-Per pixel: temperature -> suspender -> measure (bounded retries; the VISA session reconnects
-by itself) -> archive (data, flush, measured flag, flush) -> stream event. The archive write and
-the stream event of a pixel are deferred to the next pixel's sweep (see "Pipelining"). A pixel that still
-fails is recorded as failed with its reason (archive failure record + ``failed`` document),
-never as data; after ``max_consecutive_failures`` in a row the run pauses (reason
-``failures``) and waits for ``resume``.
-
-Re-measure (``remeasure`` command, with an optional reason): a queued cell is measured next; if
-it was measured, :meth:`ArchiveWriter.rewrite_pixel` replaces its spectrum and logs the old
-record with the reason; if it had failed, it ends measured and no longer failed. A re-measure
-that fails keeps the old spectrum and logs ``remeasure_failed``.
-
-Pipelining: a measured pixel is archived and published while the next pixel's sweep runs
-(:meth:`PixelProcedure.measure` ``during_sweep``: between the sweep request and its reply), so
-the archive and the stream cost a pixel nothing as long as they are shorter than a sweep. HDF5
-and the publisher are still used from this thread only. The crash-safety invariant is unchanged
-(the archive writes a pixel complete and flagged, or not at all); a kill loses at most the
-pixel waiting to be recorded, which stays unmeasured and ``--resume`` measures it. Everything
-else that writes the archive or the stream (failures, log lines, pause, re-measure, the end of
-the run) first records the waiting pixel, so the archive and the stream keep the pixel order.
+One thread (the caller's) does all instrument and file I/O; the control socket's thread only
+changes the state machine (``state.py``), whose change log this thread writes to the archive's
+run log between pixels. Per pixel: temperature -> suspender -> measure (bounded retries,
+``pixel.py``) -> archive -> stream event, the archive write and the event of a pixel overlapping
+the next pixel's sweep; whatever else is written first records the waiting pixel, so archive and
+stream keep the pixel order. A pixel is archived complete and flagged or not at all; one that
+still fails is recorded with its reason, never as data, and ``max_consecutive_failures`` in a row
+pause the run. A re-measured pixel's old record is logged before its spectrum is replaced.
+See docs/architecture.md ("The scan engine").
 """
 
 from __future__ import annotations
@@ -53,7 +34,7 @@ from stslive.acquisition.pixel import Instruments, MeasuredPixel, PixelProcedure
 from stslive.acquisition.plans import Plan, PlanPoint
 from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.acquisition.suspenders import TemperatureSuspender
-from stslive.drivers.errors import InstrumentError, StsliveError
+from stslive.drivers.errors import InstrumentError, StsliveError, SweepStopped
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +136,7 @@ class ScanEngine:
         self.machine = RunStateMachine(
             self._set_order,
             validate_pixel=self._validate_remeasure,
-            on_change=lambda event, fields: self._log_queue.put((event, fields)),
+            on_change=self._on_change,
         )
         sus = config.suspender
         self.suspender = TemperatureSuspender(sus["min_K"], sus["max_K"], sus["hold_s"]) if sus["enabled"] else None
@@ -167,6 +148,11 @@ class ScanEngine:
             if control_endpoint
             else None
         )
+
+    def _on_change(self, event: str, fields: dict[str, Any]) -> None:
+        self._log_queue.put((event, fields))
+        if event == "stopping" and fields.get("exit_status") == "abort":
+            self.procedure.stop_sweep()  # the sweep in progress ends now, not at its last point
 
     @property
     def control_endpoint(self) -> str | None:
@@ -241,7 +227,7 @@ class ScanEngine:
             reason = self._replace_reason.pop((point.iy, point.ix), None)
             self._deferred = (point, result, reason)
             self.stats.overhead_s.append(time.perf_counter() - t_step - result.sweep_call_s)
-        else:
+        elif not isinstance(error, SweepStopped):
             assert error is not None
             self._record_failure(point, sp, error, attempts)
 
@@ -284,6 +270,8 @@ class ScanEngine:
             try:
                 result = self.procedure.measure(point, sp, temperature_before_K=temperature, during_sweep=during_sweep)
                 return result, None, attempt
+            except SweepStopped as exc:  # aborted mid-sweep: not a failure, the pixel stays unmeasured
+                return None, exc, attempt
             except InstrumentError as exc:
                 error = exc
                 log.warning("pixel (%d, %d) attempt %d failed: %s", point.iy, point.ix, attempt, exc)
@@ -376,8 +364,8 @@ class ScanEngine:
     # -- helpers ---------------------------------------------------------------------------------
     def _next_point(self) -> PlanPoint | None:
         if self._pending is not None:
-            point, self._pending = self._pending, None
-            return point
+            pending, self._pending = self._pending, None
+            return pending
         request = self.machine.pop_remeasure_request()
         if request is not None:
             self._record_deferred()  # a re-measure of the waiting pixel must find it archived

@@ -7,7 +7,10 @@ they are not re-sent per pixel), move the tip with the feedback on, wait ``move_
 read z, sweep, read the lock-in status and the temperature. On any failure the feedback is
 switched back on before the error propagates. ``during_sweep`` work runs on this thread between
 sending the sweep request and reading its reply when the controller offers that
-(:class:`SweepsBeside`), else before the sweep.
+(:class:`SweepsBeside`), else before the sweep. With an external lock-in (:class:`LockInWiring`)
+a set's ``lockin_amplitude_Vrms`` is the modulation at the junction: the lock-in's sine output is
+that times the bias divider, and the controller input carrying the lock-in's X output is
+archived as dI/dV in A/V (``"Input 2 (V)"`` becomes ``"Input 2 (A/V)"``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from stslive.acquisition.config import didv_channel_name
 from stslive.acquisition.formats.runmodel import PixelMeta, SetpointSet
 from stslive.acquisition.plans import PlanPoint
 from stslive.drivers.errors import (
@@ -79,12 +83,88 @@ class SweepsBeside(Protocol):
 
 
 @dataclass(frozen=True)
+class LockInWiring:
+    """How an external lock-in is wired (SI units; the ``[instruments.lockin]`` keys).
+
+    Parameters
+    ----------
+    output_channel
+        Controller input carrying the lock-in's X output, e.g. ``"Input 2 (V)"``; ``""``: not wired.
+    output_full_scale_V
+        Voltage at that output for a full-scale X (10 V on the SR830/SR860).
+    preamp_gain_V_per_A
+        Current amplifier gain between the junction and the lock-in input (V/A).
+    bias_divider
+        Sine output / modulation at the junction (1000 for a 1:1000 divider).
+    harmonic
+        Detection harmonic sent to the lock-in.
+    """
+
+    output_channel: str = ""
+    output_full_scale_V: float = 10.0
+    preamp_gain_V_per_A: float = 1e9
+    bias_divider: float = 1.0
+    harmonic: int = 1
+
+    @classmethod
+    def from_config(cls, table: dict[str, Any]) -> LockInWiring:
+        """From a checked ``[instruments.lockin]`` table."""
+        return cls(
+            str(table["output_channel"]),
+            float(table["output_full_scale_V"]),
+            float(table["preamp_gain_V_per_A"]),
+            float(table["bias_divider"]),
+            int(table["harmonic"]),
+        )
+
+    @property
+    def archived_channel(self) -> str:
+        """The archive name of the wired input: its unit replaced by A/V (``"Input 2 (A/V)"``)."""
+        return didv_channel_name(self.output_channel)
+
+    def archive_name(self, channel: str) -> str:
+        """A recorded channel's archive name (only the wired input changes)."""
+        return self.archived_channel if self.output_channel and channel == self.output_channel else channel
+
+    def sine_output_Vrms(self, junction_Vrms: float) -> float:
+        """The lock-in sine output (V rms) that gives ``junction_Vrms`` at the junction."""
+        return junction_Vrms * self.bias_divider
+
+    def didv_per_volt(self, sp: SetpointSet) -> float:
+        """dI/dV (A/V) per volt at the wired input under set ``sp``.
+
+        ``V_in = full_scale x X / sensitivity`` and ``X = gain x I_ac``, so
+        ``dI/dV = I_ac / V_mod = V_in x sensitivity / (full_scale x gain x V_mod)``, all rms.
+        """
+        return sp.lockin_sensitivity_V / (
+            self.output_full_scale_V * self.preamp_gain_V_per_A * sp.lockin_amplitude_Vrms
+        )
+
+    def metadata(self, sets: Sequence[SetpointSet]) -> dict[str, Any]:
+        """What the start document and the archive record of the wiring and the conversion per set."""
+        return {
+            "source_channel": self.output_channel,
+            "archived_channel": self.archived_channel,
+            "output_full_scale_V": self.output_full_scale_V,
+            "preamp_gain_V_per_A": self.preamp_gain_V_per_A,
+            "bias_divider": self.bias_divider,
+            "harmonic": self.harmonic,
+            "modulation": "lockin_amplitude_Vrms of each set is the modulation at the junction (V rms)",
+            "didv_A_per_V_per_input_V": {
+                str(sp.id): self.didv_per_volt(sp) for sp in sets if sp.lockin_amplitude_Vrms > 0
+            },
+        }
+
+
+@dataclass(frozen=True)
 class Instruments:
-    """The run's instruments; the lock-in and the thermometer are optional."""
+    """The run's instruments; the lock-in and the thermometer are optional; ``wiring`` says how
+    an external lock-in reaches the controller and the junction."""
 
     controller: StmController
     lockin: LockIn | None = None
     thermometer: Thermometer | None = None
+    wiring: LockInWiring = LockInWiring()
 
     def identities(self) -> dict[str, str]:
         """Instrument name -> identity line (one round trip each)."""
@@ -144,7 +224,8 @@ class PixelProcedure:
     ) -> None:
         self.instruments = instruments
         self.channels = tuple(channels)
-        self.channel_names = (BIAS_ROW, *self.channels)
+        self.wiring = instruments.wiring
+        self.channel_names = (BIAS_ROW, *(self.wiring.archive_name(c) for c in self.channels))
         self.move_settle_s = move_settle_s
         self._sleep, self._clock = sleep, clock
         self._configured: int | None = None
@@ -168,20 +249,42 @@ class PixelProcedure:
                 z_controller_hold=sp.feedback_hold,
             )
         )
-        if lockin is not None and sp.lockin_amplitude_Vrms:  # None (unknown) is left as the lock-in has it
-            for apply, value in (
-                (lockin.set_frequency, sp.lockin_frequency_Hz),
-                (lockin.set_amplitude, sp.lockin_amplitude_Vrms),
-                (lockin.set_time_constant, sp.lockin_time_constant_s),
-                (lockin.set_sensitivity, sp.lockin_sensitivity_V),
-            ):
-                if value is not None:
-                    apply(value)
+        if lockin is not None and sp.lockin_amplitude_Vrms > 0:
+            self._tune(lockin, sp.lockin_frequency_Hz)
+            lockin.set_amplitude(self.wiring.sine_output_Vrms(sp.lockin_amplitude_Vrms))
+            lockin.set_time_constant(sp.lockin_time_constant_s)
+            lockin.set_sensitivity(sp.lockin_sensitivity_V)
             lockin.status()  # read-and-clear, so the first pixel's status is its own
         ctl.set_feedback(True)
         ctl.set_bias(sp.bias_setpoint_V)
         ctl.set_setpoint(sp.current_setpoint_A)
         self._configured = sp.id
+
+    def _tune(self, lockin: LockIn, frequency_Hz: float) -> None:
+        """Frequency and harmonic, in the order that keeps their product in range at every step."""
+        set_harmonic = getattr(lockin, "set_harmonic", None)
+        if set_harmonic is None:
+            lockin.set_frequency(frequency_Hz)
+            return
+        try:
+            lockin.set_frequency(frequency_Hz)
+        except SafetyLimitError:  # the new frequency times the present harmonic is too high
+            set_harmonic(self.wiring.harmonic)
+            lockin.set_frequency(frequency_Hz)
+        else:
+            set_harmonic(self.wiring.harmonic)
+
+    def stop_sweep(self) -> bool:
+        """Stop the sweep in progress (abort); callable from another thread. False if the
+        controller cannot, or the module did not report idle in time."""
+        stop = getattr(self.instruments.controller, "stop_sweep", None)
+        if stop is None:
+            return False
+        try:
+            return bool(stop())
+        except InstrumentError as exc:
+            log.error("the sweep could not be stopped: %s", exc)
+            return False
 
     def measure(
         self,
@@ -213,6 +316,8 @@ class PixelProcedure:
             self._restore_feedback()
             raise
         spectra = self._rows(spectrum.data, spectrum.channels, sp.n_points)
+        if self.wiring.output_channel in self.channels:
+            spectra[1 + self.channels.index(self.wiring.output_channel)] *= np.float32(self.wiring.didv_per_volt(sp))
         meta = PixelMeta(
             x_m=point.x_m,
             y_m=point.y_m,

@@ -70,6 +70,14 @@ class ControllerError(InstrumentError):
         self.code = code
 
 
+class SweepStopped(InstrumentError):
+    """A sweep was stopped on request (an abort) before it ended; it produced no spectrum.
+
+    The driver has set the set-point bias and restored the feedback before raising it; the pixel
+    stays unmeasured (not failed), so a resumed run measures it.
+    """
+
+
 class LockInOverload(InstrumentError):
     """The lock-in reported an input/reserve or output overload; its readings are not data."""
 

@@ -3,13 +3,18 @@
 Contract: frames from :mod:`stslive.drivers.nanonis_codec` over a pyvisa
 ``TCPIP::host::port::SOCKET`` session (:class:`~stslive.drivers.visa.VisaSession`). Nothing is
 sent that violates the :class:`SafetyLimits` (bias and sweep limits, set-point magnitude) or
-leaves the scan frame (:class:`~stslive.drivers.errors.SafetyLimitError`). A sweep with
-``z_controller_hold`` restores the feedback state it found, also when it fails. The scan frame
-is cached (one round trip less per pixel, assuming nobody changes it on the Nanonis screen
-during a run) and re-read when older than ``frame_max_age_s``, after a reconnect or a frame set,
-and before refusing or after the controller refused a move.
-:meth:`NanonisController.run_spectrum_beside` runs the caller's work on the calling thread
-between sending ``BiasSpectr.Start`` and reading its reply.
+leaves the scan frame (:class:`~stslive.drivers.errors.SafetyLimitError`). The release is read
+once (``Util.VersionGet``, :mod:`~stslive.drivers.nanonis_release`) and decides how channels are
+selected. Configuring a sweep also sets the module's advanced properties (Reset Bias on, the
+module's Z-controller hold as configured) and reads them and the timing back. After every sweep,
+also a failed or stopped one, the set-point bias is set explicitly before the feedback state
+found before the sweep is restored, so the tip never regulates at the sweep's last bias.
+:meth:`NanonisController.stop_sweep` stops a sweep from a second connection (the first one is
+busy until the sweep ends). The scan frame is cached (one round trip less per pixel, assuming
+nobody changes it on the Nanonis screen during a run) and re-read when older than
+``frame_max_age_s``, after a reconnect or a frame set, and before refusing or after the
+controller refused a move. :meth:`NanonisController.run_spectrum_beside` runs the caller's work
+on the calling thread between sending ``BiasSpectr.Start`` and reading its reply.
 """
 
 from __future__ import annotations
@@ -17,83 +22,40 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import select
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 from pyvisa.resources import MessageBasedResource
 
 from stslive.drivers import nanonis_codec as codec
-from stslive.drivers.errors import ConfigError, InstrumentError, InstrumentReplyError, SafetyLimitError
+from stslive.drivers.beside import Beside
+from stslive.drivers.errors import (
+    ConfigError,
+    ControllerError,
+    InstrumentError,
+    InstrumentReplyError,
+    InstrumentTimeout,
+    SafetyLimitError,
+    SweepStopped,
+)
+from stslive.drivers.limits import SafetyLimits
+from stslive.drivers.nanonis_release import ControllerRelease
 from stslive.drivers.protocols import ScanFrame, SpectroscopyConfig, SpectrumData
-from stslive.drivers.tomlfile import check_keys
-from stslive.drivers.visa import VisaSession, VisaSettings, underlying_socket
+from stslive.drivers.visa import VisaSession, VisaSettings
 
 log = logging.getLogger(__name__)
 
 INSTRUMENT = codec.INSTRUMENT
 
-# Nanonis u16 flags in BiasSpectr.PropsSet: 0 = no change, 1 = on, 2 = off.
-_ON, _OFF = 1, 2
+__all__ = ["ControllerRelease", "NanonisController", "SafetyLimits"]
 
-
-@dataclass(frozen=True)
-class SafetyLimits:
-    """Bounds a lab sets so that a wrong config cannot crash the tip.
-
-    Parameters
-    ----------
-    bias_min_V, bias_max_V
-        Allowed bias (V), also for both sweep limits.
-    setpoint_min_A, setpoint_max_A
-        Allowed set-point magnitude ``|I_set|`` (A).
-    sweep_margin
-        The Start timeout is ``timeout_s + sweep_margin * nominal sweep time``.
-    """
-
-    bias_min_V: float = -1.0
-    bias_max_V: float = 1.0
-    setpoint_min_A: float = 1e-12
-    setpoint_max_A: float = 5e-9
-    sweep_margin: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not self.bias_min_V < self.bias_max_V:
-            raise ConfigError(f"limits: bias_min_V ({self.bias_min_V}) must be < bias_max_V ({self.bias_max_V})")
-        if not 0 <= self.setpoint_min_A < self.setpoint_max_A:
-            raise ConfigError("limits: need 0 <= setpoint_min_A < setpoint_max_A")
-        if not self.sweep_margin >= 1:
-            raise ConfigError(f"limits: sweep_margin ({self.sweep_margin}) must be >= 1")
-
-    @classmethod
-    def from_mapping(cls, table: Mapping[str, Any]) -> SafetyLimits:
-        """From a config table (V, A); unknown keys and values that are not numbers raise ConfigError naming them."""
-        check_keys(table, (f.name for f in fields(cls)), what="limits")
-        for key, value in table.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"limits: {key} = {value!r} must be a number")
-        return cls(**{k: float(v) for k, v in table.items()})
-
-    def check_bias(self, volts: float, *, what: str = "bias") -> None:
-        """SafetyLimitError unless ``bias_min_V <= volts <= bias_max_V``."""
-        if not (math.isfinite(volts) and self.bias_min_V <= volts <= self.bias_max_V):
-            raise SafetyLimitError(
-                INSTRUMENT,
-                f"{what} {volts!r} V outside the safety limits [{self.bias_min_V}, {self.bias_max_V}] V; "
-                "nothing was sent (change [limits] in the config if this is intended)",
-            )
-
-    def check_setpoint(self, amperes: float) -> None:
-        """SafetyLimitError unless ``setpoint_min_A <= |amperes| <= setpoint_max_A``."""
-        if not (math.isfinite(amperes) and self.setpoint_min_A <= abs(amperes) <= self.setpoint_max_A):
-            raise SafetyLimitError(
-                INSTRUMENT,
-                f"set-point {amperes!r} A outside the safety limits |I| in [{self.setpoint_min_A}, "
-                f"{self.setpoint_max_A}] A; nothing was sent",
-            )
+# Nanonis u16 flags of the Set commands: 0 = no change, 1 = on, 2 = off.
+_NO_CHANGE, _ON, _OFF = 0, 1, 2
+#: Longest wait (s) for Util.VersionGet at connect: an older controller may not answer it at all.
+VERSION_PROBE_TIMEOUT_S = 2.0
 
 
 class NanonisController:
@@ -113,6 +75,11 @@ class NanonisController:
         re-reads it before every move.
     clock
         Monotonic clock for the frame's age (s); injectable for tests.
+    stop_settings
+        How :meth:`stop_sweep` reaches the controller on a second connection (a real controller
+        serves one client per TCP port: give another of its ports); default: ``settings``.
+    release
+        The controller's RT engine release if known; 0 asks it with ``Util.VersionGet``.
     """
 
     def __init__(
@@ -123,6 +90,8 @@ class NanonisController:
         session: VisaSession | None = None,
         frame_max_age_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        stop_settings: VisaSettings | None = None,
+        release: int = 0,
     ) -> None:
         if settings.read_termination is not None or settings.write_termination is not None:
             raise ConfigError("nanonis: the binary protocol needs read/write termination unset (None)")
@@ -138,13 +107,25 @@ class NanonisController:
         self._signal_names: tuple[str, ...] | None = None
         self._sweep_time_s = 0.0
         self._hold = True
+        self._stop_settings = stop_settings if stop_settings is not None else settings
+        self._stop_session: VisaSession | None = None
+        self._stop_requested = threading.Event()
+        self._release = None if release == 0 else ControllerRelease(rt_release=int(release))
+        self._slots: tuple[str, ...] | None = None
+        self._bias_setpoint_V: float | None = None  # the last bias set: restored after every sweep
 
     @classmethod
     def from_config(cls, table: Mapping[str, Any]) -> NanonisController:
-        """From a config table: VisaSettings keys plus an optional ``limits`` sub-table."""
+        """From a config table: VisaSettings keys, optional ``limits`` sub-table, ``stop_resource``
+        (second connection for :meth:`stop_sweep`, '' = the same resource) and ``release``
+        (0 = ask the controller)."""
         table = dict(table)
         limits = SafetyLimits.from_mapping(table.pop("limits", {}))
-        return cls(VisaSettings.from_mapping(table), limits=limits)
+        stop_resource = str(table.pop("stop_resource", "") or "")
+        release = table.pop("release", 0)
+        settings = VisaSettings.from_mapping(table)
+        stop = VisaSettings.from_mapping({**table, "resource": stop_resource}) if stop_resource else None
+        return cls(settings, limits=limits, stop_settings=stop, release=int(release))
 
     # -- transport ----------------------------------------------------------------------------
     def call(
@@ -153,12 +134,13 @@ class NanonisController:
         *args: Any,
         idempotent: bool = True,
         timeout_s: float | None = None,
-        beside: _Beside | None = None,
+        beside: Beside | None = None,
+        session: VisaSession | None = None,
     ) -> dict[str, Any]:
         """Send one table command and return its values by field name.
 
         ``beside`` runs once between sending the request and reading the reply (its errors are
-        kept in it, not raised here).
+        kept in it, not raised here). ``session`` is another connection to use (:meth:`stop_sweep`).
 
         Raises
         ------
@@ -170,6 +152,8 @@ class NanonisController:
             From the transport.
         """
         request = codec.encode_request(name, *args)
+        session = self._session if session is None else session
+        old = self._release is not None and self._release.uses_slots
 
         def exchange(resource: MessageBasedResource) -> tuple[codec.Header, bytes]:
             # reading resource.timeout is a VISA attribute query: only when it is to be changed
@@ -180,26 +164,46 @@ class NanonisController:
                 resource.write_raw(request)
                 if beside is not None:
                     beside.run(resource)
-                header = codec.decode_header(self._session.read_exact(resource, codec.HEADER_SIZE))
-                return header, self._session.read_exact(resource, header.body_size)
+                header = codec.decode_header(session.read_exact(resource, codec.HEADER_SIZE))
+                return header, session.read_exact(resource, header.body_size)
             finally:
                 if previous is not None:
                     resource.timeout = previous
 
         try:
-            header, body = self._session.transaction(exchange, what=name, idempotent=idempotent)
-            return codec.decode_response(name, header, body)
+            header, body = session.transaction(exchange, what=name, idempotent=idempotent)
+            return codec.decode_response(name, header, body, old=old)
         except InstrumentReplyError:
-            self._session.reset()
+            session.reset()
             raise
 
     def identity(self) -> str:
-        """``"Nanonis controller at <resource> (<n> signals)"``."""
-        return f"Nanonis controller at {self.settings.resource} ({len(self.signal_names())} signals)"
+        """``"Nanonis controller at <resource>: <release>; <n> signals"``."""
+        release = self.release().describe()
+        return f"Nanonis controller at {self.settings.resource}: {release}; {len(self.signal_names())} signals"
+
+    def release(self) -> ControllerRelease:
+        """The controller's release (``Util.VersionGet`` once, then cached).
+
+        A controller that answers the probe with an error, or not within
+        :data:`VERSION_PROBE_TIMEOUT_S`, predates the command (R11798) and is taken for an older
+        release; the connection is reopened after a probe that went unanswered.
+        """
+        if self._release is None:
+            probe_s = min(self.settings.timeout_s, VERSION_PROBE_TIMEOUT_S)
+            try:
+                v = self.call("Util.VersionGet", timeout_s=probe_s)
+                self._release = ControllerRelease.from_reply(v)
+            except (ControllerError, InstrumentTimeout) as exc:
+                log.info("nanonis: Util.VersionGet not answered (%s); an older release, channels by slot", exc)
+                self._release = ControllerRelease.older()
+        return self._release
 
     def close(self) -> None:
-        """Close the session; safe to call twice."""
+        """Close the sessions; safe to call twice."""
         self._session.close()
+        if self._stop_session is not None:
+            self._stop_session.close()
 
     def __enter__(self) -> NanonisController:
         self._session.open()
@@ -214,9 +218,10 @@ class NanonisController:
         return float(self.call("Bias.Get")["bias_V"])
 
     def set_bias(self, volts: float) -> None:
-        """Set the bias (V) inside the safety limits."""
+        """Set the bias (V) inside the safety limits; it is the bias restored after each sweep."""
         self.limits.check_bias(volts)
         self.call("Bias.Set", volts)
+        self._bias_setpoint_V = float(volts)
 
     def get_current(self) -> float:
         """Tunnelling current (A)."""
@@ -322,6 +327,24 @@ class NanonisController:
         except ValueError:
             raise ConfigError(f"nanonis: no signal named {name!r}; available: {list(names)}") from None
 
+    def slot_names(self) -> tuple[str, ...]:
+        """Names of the signals in the 24 Signals-Manager slots (read once, then cached)."""
+        if self._slots is None:
+            self._slots = tuple(self.call("Signals.InSlotsGet")["names"])
+        return self._slots
+
+    def channel_index(self, name: str) -> int:
+        """The index ``BiasSpectr.ChsSet`` takes for a signal: its slot before R11798, else its index."""
+        if not self.release().uses_slots:
+            return self.signal_index(name)
+        slots = self.slot_names()
+        if name not in slots:
+            raise ConfigError(
+                f"nanonis: {name!r} is in no Signals-Manager slot (this release records only slotted signals); "
+                f"slotted: {list(slots)}; assign it a slot in the Signals Manager"
+            )
+        return slots.index(name)
+
     def read_signals(self, names: tuple[str, ...]) -> dict[str, float]:
         """Present values of the named signals (their own units)."""
         indexes = np.array([self.signal_index(n) for n in names], dtype=np.int32)
@@ -332,18 +355,22 @@ class NanonisController:
 
     # -- spectroscopy -------------------------------------------------------------------------
     def configure_spectroscopy(self, config: SpectroscopyConfig) -> None:
-        """Send channels, limits, properties and timing of the bias sweep.
+        """Open the module; send channels, limits, properties, timing and advanced properties.
 
-        The channels are selected by signal index (the simulated controller's Signals-Manager
-        slots equal the signal indexes; on a real controller check ``Signals.InSlotsGet``).
+        Reset Bias is switched on and the module's Z-controller hold set to
+        ``config.z_controller_hold``, then both are read back (ControllerError if the controller
+        did not take them). The timing is read back too: the controller rounds times to whole
+        real-time cycles, and the Start timeout uses what it will really do.
         """
         self.limits.check_bias(config.start_V, what="sweep start")
         self.limits.check_bias(config.stop_V, what="sweep end")
         if config.points < 2:
             raise ConfigError(f"nanonis: a sweep needs >= 2 points, got {config.points}")
-        slots = np.array([self.signal_index(n) for n in config.channels], dtype=np.int32)
+        indexes = np.array([self.channel_index(n) for n in config.channels], dtype=np.int32)
         t = config.timing
-        self.call("BiasSpectr.ChsSet", slots)
+        hold = _ON if config.z_controller_hold else _OFF
+        self.call("BiasSpectr.Open")
+        self.call("BiasSpectr.ChsSet", indexes)
         self.call("BiasSpectr.LimitsSet", config.start_V, config.stop_V)
         self.call(
             "BiasSpectr.PropsSet", 0, 1, _ON if config.backward else _OFF, config.points, t.z_offset_m, _OFF, _OFF
@@ -359,17 +386,33 @@ class NanonisController:
             t.end_settling_s,
             t.z_control_s,
         )
-        self._sweep_time_s = t.sweep_time_s(config.points) * (2 if config.backward else 1)
+        self.call("BiasSpectr.AdvPropsSet", _ON, hold, _NO_CHANGE, _NO_CHANGE)
+        adv = self.call("BiasSpectr.AdvPropsGet")
+        if adv["reset_bias"] != 1 or adv["z_ctrl_hold"] != int(config.z_controller_hold):
+            raise ControllerError(
+                INSTRUMENT,
+                f"the bias spectroscopy module kept Reset Bias = {adv['reset_bias']}, Z-Controller Hold = "
+                f"{adv['z_ctrl_hold']} (asked 1, {int(config.z_controller_hold)}); check its Advanced settings",
+                command="BiasSpectr.AdvPropsGet",
+            )
+        timing = self.call("BiasSpectr.TimingGet")
+        sweep = timing["initial_settling_s"] + config.points * (timing["settling_s"] + timing["integration_s"])
+        self._sweep_time_s = (sweep + timing["end_settling_s"]) * (2 if config.backward else 1)
         self._hold = config.z_controller_hold
 
     def get_spectroscopy_channels(self) -> tuple[str, ...]:
         """Names of the channels the sweep records."""
-        return tuple(self.call("BiasSpectr.ChsGet")["names"])
+        v = self.call("BiasSpectr.ChsGet")
+        if self.release().uses_slots:
+            slots = self.slot_names()
+            return tuple(slots[i] for i in v["indexes"])
+        return tuple(v["names"])
 
     @contextlib.contextmanager
-    def feedback_restored(self) -> Iterator[bool]:
-        """Within the block the feedback may change; on exit the state found on entry is restored.
+    def feedback_restored(self, bias_V: float | None = None) -> Iterator[bool]:
+        """Within the block bias and feedback may change; on exit the state found on entry returns.
 
+        On exit ``bias_V`` (if given) is set first, then the feedback state found on entry.
         Yields the entry state. If restoring fails while another error is propagating, the
         restore failure is logged and attached as a note, and the first error propagates.
         """
@@ -380,27 +423,33 @@ class NanonisController:
         except BaseException as exc:
             failed = True
             try:
-                self._restore_feedback(before)
+                self._restore(before, bias_V)
             except InstrumentError as restore_exc:
-                log.error("nanonis: feedback NOT restored after a failed sweep: %s", restore_exc)
+                log.error("nanonis: bias/feedback NOT restored after a failed sweep: %s", restore_exc)
                 exc.add_note(f"feedback could not be restored to {'on' if before else 'off'}: {restore_exc}")
             raise
         finally:
             if not failed:
-                self._restore_feedback(before)
+                self._restore(before, bias_V)
 
-    def _restore_feedback(self, before: bool) -> None:
-        # Set unconditionally: one round trip, where reading the state first and setting it
-        # only if it differs took one or two (ZCtrl.OnOffSet to the present state changes nothing).
+    def _restore(self, before: bool, bias_V: float | None) -> None:
+        # The bias goes back first: with Reset Bias off (or a stopped sweep) the controller is
+        # still at the sweep's last bias, and a Z controller switched on there moves the tip.
+        # Set unconditionally: one round trip, where reading the state first took one or two.
+        if bias_V is not None:
+            self.call("Bias.Set", bias_V)
         self.set_feedback(before)
 
     def run_spectrum(self) -> SpectrumData:
         """One bias sweep at the present tip position (``BiasSpectr.Start`` with data).
 
-        With ``z_controller_hold`` the feedback is opened for the sweep and restored after it,
-        even when the sweep fails. The Start timeout is the I/O timeout plus
-        ``sweep_margin`` times the nominal sweep time. Start is not repeated after a lost
-        connection (the sweep may have run): InstrumentConnectionError.
+        With ``z_controller_hold`` the feedback is opened for the sweep; after it, even when it
+        fails, the set-point bias (the last :meth:`set_bias`, else the bias read before the
+        sweep) is set and the feedback restored. The Start timeout is the I/O timeout plus
+        ``sweep_margin`` times the sweep time. Start is not repeated after a lost connection
+        (the sweep may have run): InstrumentConnectionError. A sweep ended by
+        :meth:`stop_sweep` raises :class:`~stslive.drivers.errors.SweepStopped` once bias and
+        feedback are back.
         """
         return self._run_spectrum(None)
 
@@ -414,7 +463,7 @@ class NanonisController:
         feedback is restored and the connection stays in step; if the sweep failed too, that
         error is attached as a note.
         """
-        beside = _Beside(work)
+        beside = Beside(work)
         try:
             spectrum = self._run_spectrum(beside)
         except BaseException as exc:
@@ -426,37 +475,41 @@ class NanonisController:
             raise beside.error
         return spectrum, beside.hidden
 
-    def _run_spectrum(self, beside: _Beside | None) -> SpectrumData:
+    def stop_sweep(self, *, timeout_s: float | None = None) -> bool:
+        """Stop the sweep in progress from a second connection; callable from any thread.
+
+        Sends ``BiasSpectr.Stop`` and polls ``BiasSpectr.StatusGet`` until the module reports
+        not running (at most ``timeout_s``, default the I/O timeout). The thread waiting in
+        :meth:`run_spectrum` then restores bias and feedback and raises SweepStopped; a stop
+        requested before the next sweep starts prevents it. Returns True once the module is idle.
+        """
+        self._stop_requested.set()
+        if self._stop_session is None:
+            self._stop_session = VisaSession(self._stop_settings, instrument=INSTRUMENT)
+        deadline = time.monotonic() + (self.settings.timeout_s if timeout_s is None else timeout_s)
+        self.call("BiasSpectr.Stop", session=self._stop_session)
+        while self.call("BiasSpectr.StatusGet", session=self._stop_session)["running"]:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _run_spectrum(self, beside: Beside | None) -> SpectrumData:
         timeout = self.settings.timeout_s + self.limits.sweep_margin * self._sweep_time_s
-        with self.feedback_restored():
+        bias = self._bias_setpoint_V if self._bias_setpoint_V is not None else self.get_bias()
+        with self.feedback_restored(bias):
+            if self._stop_requested.is_set():
+                self._stop_requested.clear()
+                raise SweepStopped(INSTRUMENT, "stopped on request before the sweep started; no data")
             if self._hold:
                 self.set_feedback(False)
             v = self.call("BiasSpectr.Start", 1, "", idempotent=False, timeout_s=timeout, beside=beside)
+        if self._stop_requested.is_set():
+            self._stop_requested.clear()
+            raise SweepStopped(INSTRUMENT, "the sweep was stopped on request; its data are incomplete and not kept")
         channels, data = tuple(v["channels"]), v["data"]
         if data.shape[0] != len(channels):
             raise InstrumentReplyError(
                 INSTRUMENT, f"BiasSpectr.Start returned {data.shape[0]} data rows for {len(channels)} channels"
             )
         return SpectrumData(channels=channels, data=data, parameters=v["parameters"])
-
-
-class _Beside:
-    """Work run once inside an exchange, between request and reply; keeps its error for later."""
-
-    def __init__(self, work: Callable[[], None]) -> None:
-        self.work = work
-        self.ran = False
-        self.hidden = False  # ended before any reply byte was there
-        self.error: BaseException | None = None
-
-    def run(self, resource: MessageBasedResource) -> None:
-        if self.ran:  # a repeated exchange does not repeat the work
-            return
-        self.ran = True
-        try:
-            self.work()
-        except BaseException as exc:  # noqa: BLE001  raised by run_spectrum_beside once the sweep has ended
-            self.error = exc
-            return
-        sock = underlying_socket(resource)
-        self.hidden = sock is not None and not select.select([sock], [], [], 0)[0]

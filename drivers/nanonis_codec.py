@@ -8,12 +8,15 @@ client), big-endian throughout:
 * body: the arguments in order; a string is its int32 size then the bytes, a 1D array its int32
   count then the elements, a string array its int32 total size, int32 count, then each string,
   a 2D array int32 rows, int32 columns, then row-major values;
-* every response body ends with the error section (int32 status, int32 size, description); a
-  non-zero status or a non-empty description is a :class:`~stslive.drivers.errors.ControllerError`.
+* every response body ends with the error section (uint32 status, 1 = error; int32 size;
+  description); a non-zero status or a non-empty description is a
+  :class:`~stslive.drivers.errors.ControllerError`.
 
 :data:`COMMANDS` maps each command name to its :class:`CommandSignature`: (field, type code)
 pairs for arguments and return values, type codes ``f32 f64 i32 u16 u32 str`` (scalars),
-``i32[] f32[] str[]`` (arrays) and ``f32[,]`` (2D).
+``i32[] f32[] str[]`` (arrays), ``str[n]`` (int32 total size then strings counted by the
+preceding array, as ``BiasSpectr.ChsGet`` sends them) and ``f32[,]`` (2D). :data:`OLD_COMMANDS`
+holds the layouts of releases before R11798.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from stslive.drivers.errors import ControllerError, InstrumentReplyError
 INSTRUMENT = "nanonis"
 HEADER = struct.Struct(">32siHH")
 HEADER_SIZE = HEADER.size  # 40
-ERROR_HEAD = struct.Struct(">ii")
+ERROR_HEAD = struct.Struct(">Ii")  # uint32 status (1 = error), int32 description size
 _I32 = struct.Struct(">i")
 
 _SCALARS: dict[str, struct.Struct] = {
@@ -41,7 +44,7 @@ _SCALARS: dict[str, struct.Struct] = {
     "u32": struct.Struct(">I"),
 }
 _ARRAYS: dict[str, np.dtype[Any]] = {"i32[]": np.dtype(">i4"), "f32[]": np.dtype(">f4")}
-TYPES = frozenset(_SCALARS) | frozenset(_ARRAYS) | {"str", "str[]", "f32[,]"}
+TYPES = frozenset(_SCALARS) | frozenset(_ARRAYS) | {"str", "str[]", "str[n]", "f32[,]"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ _TIMING = (
     ("end_settling_s", "f32"),
     ("z_control_s", "f32"),
 )
+_PROPS_HEAD = (("save_all", "u16"), ("sweeps", "i32"), ("backward", "u16"), ("points", "i32"))
+_ADV_PROPS = (("reset_bias", "u16"), ("z_ctrl_hold", "u16"), ("record_final_z", "u16"), ("lockin_run", "u16"))
 _FRAME = (("center_x_m", "f32"), ("center_y_m", "f32"), ("width_m", "f32"), ("height_m", "f32"), ("angle_deg", "f32"))
 
 COMMANDS: dict[str, CommandSignature] = {
@@ -97,11 +102,38 @@ COMMANDS: dict[str, CommandSignature] = {
         CommandSignature(
             "FolMe.XYPosGet", (("wait_newest", "u32"),), (("x_m", "f64"), ("y_m", "f64")), doc="tip x, y (m)"
         ),
-        CommandSignature("BiasSpectr.ChsSet", (("indexes", "i32[]"),), doc="recorded channels (signal slots 0-23)"),
+        CommandSignature(
+            "BiasSpectr.ChsSet",
+            (("indexes", "i32[]"),),
+            doc="recorded channels: signal indexes 0-127 (Signals-Manager slots 0-23 before R11798)",
+        ),
         CommandSignature(
             "BiasSpectr.ChsGet",
-            returns=(("indexes", "i32[]"), ("names", "str[]")),
-            doc="recorded channels: slot indexes and names",
+            returns=(("indexes", "i32[]"), ("names", "str[n]")),
+            doc="recorded channels: indexes and names (names counted by the index array)",
+        ),
+        CommandSignature("BiasSpectr.Open", doc="open the bias spectroscopy module"),
+        CommandSignature("BiasSpectr.Stop", doc="stop the sweep in progress"),
+        CommandSignature("BiasSpectr.StatusGet", returns=(("running", "u32"),), doc="0 not running, 1 running"),
+        CommandSignature(
+            "BiasSpectr.AdvPropsSet",
+            _ADV_PROPS,
+            doc="advanced properties; 0 = no change, 1 on, 2 off",
+        ),
+        CommandSignature(
+            "BiasSpectr.AdvPropsGet",
+            returns=_ADV_PROPS,
+            doc="advanced properties; 0 off, 1 on",
+        ),
+        CommandSignature(
+            "Util.VersionGet",
+            returns=(("product_line", "str"), ("version", "str"), ("host_release", "u32"), ("rt_release", "u32")),
+            doc="software version and releases (not in releases before R11798)",
+        ),
+        CommandSignature(
+            "Signals.InSlotsGet",
+            returns=(("names", "str[]"), ("indexes", "i32[]")),
+            doc="the 24 Signals-Manager slots: signal names and their indexes 0-127",
         ),
         CommandSignature("BiasSpectr.LimitsSet", (("start_V", "f32"), ("end_V", "f32")), doc="sweep limits (V)"),
         CommandSignature(
@@ -123,13 +155,11 @@ COMMANDS: dict[str, CommandSignature] = {
         CommandSignature(
             "BiasSpectr.PropsGet",
             returns=(
-                ("save_all", "u16"),
-                ("sweeps", "i32"),
-                ("backward", "u16"),
-                ("points", "i32"),
-                ("channels", "str[]"),
+                *_PROPS_HEAD,
                 ("parameters", "str[]"),
                 ("fixed_parameters", "str[]"),
+                ("autosave", "u16"),
+                ("show_save_dialog", "u16"),
             ),
             doc="sweep properties and the names of the parameters Start returns",
         ),
@@ -150,6 +180,25 @@ COMMANDS: dict[str, CommandSignature] = {
             doc="present values of signals 0-127",
         ),
         CommandSignature("Signals.NamesGet", returns=(("names", "str[]"),), doc="names of signals 0-127"),
+    )
+}
+
+#: The layouts that differ before R11798 (protocol document of July 2021): ChsGet returns only
+#: the indexes (slots), PropsGet lists the channel names and has no autosave/dialog flags.
+OLD_COMMANDS: dict[str, CommandSignature] = {
+    c.name: c
+    for c in (
+        CommandSignature("BiasSpectr.ChsGet", returns=(("indexes", "i32[]"),), doc="recorded Signals-Manager slots"),
+        CommandSignature(
+            "BiasSpectr.PropsGet",
+            returns=(
+                *_PROPS_HEAD,
+                ("channels", "str[]"),
+                ("parameters", "str[]"),
+                ("fixed_parameters", "str[]"),
+            ),
+            doc="sweep properties, channel names and parameter names",
+        ),
     )
 }
 
@@ -201,10 +250,10 @@ def _encode_one(code: str, value: Any) -> bytes:
         if arr.ndim != 1:
             raise ValueError(f"{code} needs a 1D array, got shape {arr.shape}")
         return _I32.pack(arr.size) + arr.tobytes()
-    if code == "str[]":
+    if code in ("str[]", "str[n]"):
         items = [_encode_one("str", s) for s in value]
         blob = b"".join(items)
-        return _I32.pack(len(blob)) + _I32.pack(len(items)) + blob
+        return _I32.pack(len(blob)) + (_I32.pack(len(items)) if code == "str[]" else b"") + blob
     if code == "f32[,]":
         arr = np.ascontiguousarray(value, dtype=">f4")
         if arr.ndim != 2:
@@ -254,7 +303,24 @@ class _Reader:
         except UnicodeDecodeError:
             raise InstrumentReplyError(INSTRUMENT, f"{self.what}: {field} is not UTF-8 text: {raw[:40]!r}") from None
 
-    def value(self, code: str, field: str) -> Any:
+    def _counted_strings(self, field: str, n: int) -> tuple[str, ...]:
+        # The document (R13742, BiasSpectr.ChsGet) sends the size then the n strings; SPECS' own
+        # client 1.0.9 reads a count between them. Accept whichever layout adds up to the size.
+        size = self.count(field)
+        for skip in (0, 4):
+            fit = _strings_at(self.body, self.pos + skip, n)
+            if (
+                fit is not None
+                and fit[0] == size
+                and (skip == 0 or _I32.unpack(self.body[self.pos : self.pos + 4])[0] == n)
+            ):
+                self.pos += skip
+                return tuple(self.string(f"{field}[{i}]") for i in range(n))
+        raise InstrumentReplyError(
+            INSTRUMENT, f"{self.what}: {field} declares {size} bytes for {n} strings; they do not fit"
+        )
+
+    def value(self, code: str, field: str, count: int = 0) -> Any:
         if code in _SCALARS:
             s = _SCALARS[code]
             return s.unpack(self.take(s.size, field))[0]
@@ -265,6 +331,8 @@ class _Reader:
             n = self.count(field)
             native = np.int32 if code == "i32[]" else np.float32
             return np.frombuffer(self.take(n * dt.itemsize, field), dtype=dt).astype(native)
+        if code == "str[n]":
+            return self._counted_strings(field, count)
         if code == "str[]":
             size = self.count(field)
             n = self.count(field)
@@ -283,17 +351,38 @@ class _Reader:
         raise ValueError(f"unknown Nanonis type code {code!r}; known: {sorted(TYPES)}")
 
 
+def _strings_at(body: memoryview, pos: int, n: int) -> tuple[int, int] | None:
+    """(bytes taken, end) of ``n`` size-prefixed strings at ``pos``, None if they do not fit."""
+    start = pos
+    for _ in range(n):
+        if pos + 4 > len(body):
+            return None
+        size = _I32.unpack(body[pos : pos + 4])[0]
+        if size < 0 or pos + 4 + size > len(body):
+            return None
+        pos += 4 + size
+    return pos - start, pos
+
+
 def decode_values(types: Sequence[str], body: bytes, *, what: str, fields: Sequence[str] = ()) -> tuple[list[Any], int]:
     """Unpack values by type codes from the start of ``body``; returns (values, bytes used)."""
     r = _Reader(body, what)
     names = list(fields) or [f"value {i}" for i in range(len(types))]
-    values = [r.value(t, f) for t, f in zip(types, names, strict=True)]
+    values: list[Any] = []
+    for t, f in zip(types, names, strict=True):
+        # "str[n]" strings are counted by the array before them
+        values.append(r.value(t, f, len(values[-1]) if t == "str[n]" and values else 0))
     return values, r.pos
 
 
 # -- requests and responses -------------------------------------------------------------------
-def signature(name: str) -> CommandSignature:
-    """The signature of command ``name`` from :data:`COMMANDS`; KeyError names the known commands."""
+def signature(name: str, *, old: bool = False) -> CommandSignature:
+    """The signature of command ``name`` (``old``: as releases before R11798 define it).
+
+    KeyError names the known commands.
+    """
+    if old and name in OLD_COMMANDS:
+        return OLD_COMMANDS[name]
     try:
         return COMMANDS[name]
     except KeyError:
@@ -321,13 +410,15 @@ def encode_error(status: int = 0, description: str = "") -> bytes:
     return ERROR_HEAD.pack(status, len(raw)) + raw
 
 
-def encode_response(name: str, values: Sequence[Any] | None = None, *, status: int = 0, description: str = "") -> bytes:
+def encode_response(
+    name: str, values: Sequence[Any] | None = None, *, status: int = 0, description: str = "", old: bool = False
+) -> bytes:
     """A whole response frame: header, return values (table types), error section.
 
     With ``values=None`` every return value is its type's zero (0, "", empty array), which is
     what the controller sends beside a set error section; clients then read the error.
     """
-    types = signature(name).return_types
+    types = signature(name, old=old).return_types
     if values is None:
         values = [_ZERO[t] for t in types]
     body = encode_values(types, values) + encode_error(status, description)
@@ -344,6 +435,7 @@ _ZERO: dict[str, Any] = {
     "i32[]": (),
     "f32[]": (),
     "str[]": (),
+    "str[n]": (),
     "f32[,]": np.zeros((0, 0), np.float32),
 }
 
@@ -370,8 +462,10 @@ def check_error_section(name: str, body: bytes, offset: int) -> None:
         raise ControllerError(INSTRUMENT, description or f"error status {status}", command=name, code=status)
 
 
-def decode_response(name: str, header: Header, body: bytes) -> dict[str, Any]:
+def decode_response(name: str, header: Header, body: bytes, *, old: bool = False) -> dict[str, Any]:
     """Return values of a response by field name.
+
+    ``old`` decodes the layouts of releases before R11798 (:data:`OLD_COMMANDS`).
 
     Raises
     ------
@@ -386,7 +480,7 @@ def decode_response(name: str, header: Header, body: bytes) -> dict[str, Any]:
         )
     if header.body_size != len(body):
         raise InstrumentReplyError(INSTRUMENT, f"{name}: body of {len(body)} bytes, header says {header.body_size}")
-    cmd = signature(name)
+    cmd = signature(name, old=old)
     # An error reply may carry no return values; look for a bare error section first.
     if len(body) >= ERROR_HEAD.size:
         status, size = ERROR_HEAD.unpack_from(body, 0)

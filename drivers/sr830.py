@@ -1,9 +1,10 @@
 """Stanford Research SR830 and SR860 lock-in amplifiers over VISA (a ``LockIn``).
 
 Contract: a table driver (:class:`~stslive.drivers.scpi.Setting` rows from the manuals: SR830
-ch. 5, SR860 ch. 4) over GPIB, RS232 or a GPIB-Ethernet bridge seen as
-``TCPIP::host::port::SOCKET``. A value that is not in range or not a table entry raises
-:class:`~stslive.drivers.errors.SafetyLimitError` and nothing is sent
+ch. 5, SR860 ch. 4) over GPIB, a GPIB-Ethernet bridge (``VisaSettings.bridge``) or RS232 (CR
+replies); :func:`open_lockin` sends ``OUTX`` for the interface in use before any query. A value
+that is not in range or not a table entry, or a harmonic x frequency beyond the model's
+detection limit, raises :class:`~stslive.drivers.errors.SafetyLimitError` and nothing is sent
 (:meth:`~stslive.drivers.scpi.Setting.nearest_at_least` rounds explicitly); every set is followed
 by ``*ESR?`` so a refused command raises :class:`~stslive.drivers.errors.ControllerError` at
 once. Status comes from ``LIAS?``/``ERRS?`` (SR830) or ``CUROVLDSTAT?`` (SR860) plus ``*ESR?``;
@@ -13,105 +14,26 @@ wrapped: they truncate out-of-table values silently and its SR860 sensitivity ta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 
-from stslive.drivers.errors import ControllerError, InstrumentReplyError, LockInOverload
+from stslive.drivers.errors import ConfigError, ControllerError, InstrumentReplyError, LockInOverload, SafetyLimitError
 from stslive.drivers.protocols import LockInReading, LockInStatus
-from stslive.drivers.scpi import Setting, TextSession, parse_floats, parse_int, with_text_termination
+from stslive.drivers.scpi import Setting, TextSession, parse_floats, parse_int
+from stslive.drivers.srs_tables import (
+    SR830_SENSITIVITIES,
+    SR830_TIME_CONSTANTS,
+    SR860_SENSITIVITIES,
+    SR860_TIME_CONSTANTS,
+)
 from stslive.drivers.visa import VisaSession, VisaSettings
 
 log = logging.getLogger(__name__)
-
-#: SR830 full-scale sensitivities (V), index = ``SENS i`` (manual p. 5-6): 2 nV .. 1 V.
-SR830_SENSITIVITIES: tuple[float, ...] = (
-    2e-9,
-    5e-9,
-    10e-9,
-    20e-9,
-    50e-9,
-    100e-9,
-    200e-9,
-    500e-9,
-    1e-6,
-    2e-6,
-    5e-6,
-    10e-6,
-    20e-6,
-    50e-6,
-    100e-6,
-    200e-6,
-    500e-6,
-    1e-3,
-    2e-3,
-    5e-3,
-    10e-3,
-    20e-3,
-    50e-3,
-    100e-3,
-    200e-3,
-    500e-3,
-    1.0,
-)
-#: SR830 time constants (s), index = ``OFLT i`` (manual p. 5-6): 10 us .. 30 ks.
-SR830_TIME_CONSTANTS: tuple[float, ...] = (
-    10e-6,
-    30e-6,
-    100e-6,
-    300e-6,
-    1e-3,
-    3e-3,
-    10e-3,
-    30e-3,
-    100e-3,
-    300e-3,
-    1.0,
-    3.0,
-    10.0,
-    30.0,
-    100.0,
-    300.0,
-    1e3,
-    3e3,
-    10e3,
-    30e3,
-)
-#: SR860 full-scale sensitivities (V), index = ``SCAL i``: 1 V first, 1 nV last.
-SR860_SENSITIVITIES: tuple[float, ...] = (
-    1.0,
-    500e-3,
-    200e-3,
-    100e-3,
-    50e-3,
-    20e-3,
-    10e-3,
-    5e-3,
-    2e-3,
-    1e-3,
-    500e-6,
-    200e-6,
-    100e-6,
-    50e-6,
-    20e-6,
-    10e-6,
-    5e-6,
-    2e-6,
-    1e-6,
-    500e-9,
-    200e-9,
-    100e-9,
-    50e-9,
-    20e-9,
-    10e-9,
-    5e-9,
-    2e-9,
-    1e-9,
-)
-#: SR860 time constants (s), index = ``OFLT i``: 1 us .. 30 ks.
-SR860_TIME_CONSTANTS: tuple[float, ...] = (1e-06, 3e-06, *SR830_TIME_CONSTANTS)
 
 # SR830 LIA status byte (LIAS?), manual p. 5-20.
 LIAS_INPUT_OVERLOAD = 1 << 0
@@ -173,12 +95,15 @@ class LockInModel:
     settings
         Command table, by setting name.
     snap_query
-        Query returning ``X, Y, R, theta`` in that order.
+        Query returning ``X, Y`` (and ``R, theta`` where the model allows four parameters).
+    max_detection_hz
+        Highest harmonic x reference frequency (Hz) the model detects at.
     """
 
     name: str
     settings: Mapping[str, Setting]
     snap_query: str
+    max_detection_hz: float
 
     def decode_status(self, replies: Mapping[str, int]) -> LockInStatus:
         """Decode the status registers read with :attr:`status_queries` into a LockInStatus."""
@@ -218,7 +143,8 @@ def _table(*settings: Setting) -> Mapping[str, Setting]:
 
 SR830 = LockInModel(
     name="SR830",
-    snap_query="SNAP? 1,2,3,4",
+    snap_query="SNAP? 1,2,3,4",  # SNAP? takes 2 to 6 parameters, counted from 1 (manual p. 5-15)
+    max_detection_hz=102e3,
     settings=_table(
         Setting("frequency", "FREQ?", "FREQ {:.6e}", "float", "Hz", "reference frequency", bounds=(1e-3, 102e3)),
         Setting("amplitude", "SLVL?", "SLVL {:.4f}", "float", "V", "sine output amplitude (rms)", bounds=(0.004, 5.0)),
@@ -241,7 +167,8 @@ SR830 = LockInModel(
 
 SR860 = LockInModel(
     name="SR860",
-    snap_query="SNAP? 0,1,2,3",
+    snap_query="SNAP? 0,1",  # SNAP? takes 2 or 3 parameters, counted from 0: R and theta follow from X, Y
+    max_detection_hz=500e3,
     settings=_table(
         Setting("frequency", "FREQ?", "FREQ {:.6e}", "float", "Hz", "reference frequency", bounds=(1e-3, 500e3)),
         Setting("amplitude", "SLVL?", "SLVL {:.6e}", "float", "V", "sine output amplitude (rms)", bounds=(1e-9, 2.0)),
@@ -293,11 +220,29 @@ class SrsLockIn:
         return setting.decode(self.session.instrument, self.session.query(setting.query))
 
     def set(self, name: str, value: float) -> None:
-        """Set ``name``; SafetyLimitError (nothing sent) if out of range or not a table value."""
+        """Set ``name``; SafetyLimitError (nothing sent) if out of range or not a table value.
+
+        A frequency or harmonic whose product with the present harmonic or frequency exceeds the
+        model's detection limit (SR830: 102 kHz) is refused before sending: the instrument would
+        clamp the harmonic without saying so.
+        """
         setting = self._setting(name)
-        self.session.write(setting.encode(self.session.instrument, value))
+        command = setting.encode(self.session.instrument, value)
+        if name in ("frequency", "harmonic"):
+            other = self.get("harmonic" if name == "frequency" else "frequency")
+            self.check_detection(value if name == "frequency" else other, other if name == "frequency" else value)
+        self.session.write(command)
         if self.verify_sets:
             self._raise_if_refused(setting.set_format or name)
+
+    def check_detection(self, frequency_hz: float, harmonic: float) -> None:
+        """SafetyLimitError unless ``harmonic x frequency_hz`` is within the model's detection limit."""
+        if harmonic * frequency_hz > self.model.max_detection_hz:
+            raise SafetyLimitError(
+                self.session.instrument,
+                f"harmonic {harmonic:g} x frequency {frequency_hz:g} Hz = {harmonic * frequency_hz:g} Hz exceeds the "
+                f"{self.model.name}'s {self.model.max_detection_hz:g} Hz; nothing was sent",
+            )
 
     def _setting(self, name: str) -> Setting:
         try:
@@ -340,6 +285,14 @@ class SrsLockIn:
         """Set the time constant (s); must be a table value (see module docstring)."""
         self.set("time_constant", seconds)
 
+    def get_harmonic(self) -> int:
+        """Detection harmonic."""
+        return int(self.get("harmonic"))
+
+    def set_harmonic(self, harmonic: int) -> None:
+        """Set the detection harmonic (checked against the detection limit with the present frequency)."""
+        self.set("harmonic", harmonic)
+
     def get_sensitivity(self) -> float:
         """Full-scale sensitivity (V)."""
         return self.get("sensitivity")
@@ -349,10 +302,16 @@ class SrsLockIn:
         self.set("sensitivity", full_scale)
 
     def read(self) -> LockInReading:
-        """X, Y, R (V) and theta (deg) from one ``SNAP?``, i.e. sampled at the same instant."""
-        x, y, r, theta = parse_floats(
-            self.session.instrument, self.session.query(self.model.snap_query), what=self.model.snap_query, count=4
+        """X, Y, R (V) and theta (deg) from one ``SNAP?``, i.e. sampled at the same instant.
+
+        Where ``SNAP?`` returns only X and Y (SR860), R and theta are computed from them.
+        """
+        count = self.model.snap_query.count(",") + 1
+        values = parse_floats(
+            self.session.instrument, self.session.query(self.model.snap_query), what=self.model.snap_query, count=count
         )
+        x, y = values[0], values[1]
+        r, theta = values[2:] if count == 4 else (math.hypot(x, y), math.degrees(math.atan2(y, x)))
         return LockInReading(x=x, y=y, r=r, theta_deg=theta)
 
     def status(self) -> LockInStatus:
@@ -444,36 +403,69 @@ def model_from_identity(identity: str) -> LockInModel:
     )
 
 
-def open_lockin(settings: VisaSettings, *, model: str | None = None, verify_sets: bool = True) -> SrsLockIn:
-    """Connect to an SR830/SR860 and check its identity.
+#: OUTX argument per interface (SR830 manual: replies go to the interface OUTX selects).
+OUTX = MappingProxyType({"rs232": 0, "gpib": 1})
+
+
+def interface_of(resource: str, interface: str = "") -> str:
+    """The bus the lock-in is on: ``interface`` if given, else ``"rs232"`` for ASRL resources and
+    ``"gpib"`` for the rest (GPIB, a Prologix bridge's GPIB resource, a raw bridge socket)."""
+    if interface:
+        if interface not in OUTX:
+            raise ConfigError(f"lockin interface = {interface!r}: use 'gpib' or 'rs232' ('' = from the resource)")
+        return interface
+    return "rs232" if resource.upper().startswith("ASRL") else "gpib"
+
+
+def open_lockin(
+    settings: VisaSettings, *, model: str | None = None, verify_sets: bool = True, interface: str = ""
+) -> SrsLockIn:
+    """Connect to an SR830/SR860, make it reply on this interface and check its identity.
 
     Parameters
     ----------
     settings
-        Resource string (``GPIB0::8::INSTR``, ``ASRL1::INSTR``, or
-        ``TCPIP::192.168.1.20::1234::SOCKET`` behind a GPIB-Ethernet bridge), timeouts (s) and
-        reconnect policy from the run config. Termination defaults to ``"\\n"`` when unset.
+        Resource string (``GPIB0::8::INSTR``; ``ASRL/dev/ttyUSB0::INSTR``; a GPIB resource with
+        ``bridge = "PRLGX-TCPIP::host::1234::INTFC"``; or ``TCPIP::host::port::SOCKET`` for a
+        raw bridge or serial device server), timeouts (s) and reconnect policy from the run
+        config. Termination when unset: replies end with CR on RS232, LF on GPIB (SR830 manual
+        p. 5-2); requests end with LF.
     model
         ``"SR830"`` or ``"SR860"`` to insist on; ``None`` accepts what ``*IDN?`` reports.
     verify_sets
         See :class:`SrsLockIn`.
+    interface
+        ``"gpib"`` or ``"rs232"``; ``""`` derives it from the resource (:func:`interface_of`).
+        Unless the model is configured as SR860, ``OUTX`` for it is sent before any query; the
+        status registers are cleared (``*CLS``) after identification.
 
     Raises
     ------
     InstrumentConnectionError, InstrumentTimeout
-        The instrument cannot be reached.
+        The instrument cannot be reached (on RS232 also: wrong baud rate or termination).
     ControllerError
         Something else answered, or another model than ``model``.
     """
     if model is not None and model not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
-    session = VisaSession(with_text_termination(settings), instrument="sr830")
+    bus = interface_of(settings.resource, interface)
+    text = dataclasses.replace(
+        settings,
+        read_termination=settings.read_termination or ("\r" if bus == "rs232" else "\n"),
+        write_termination=settings.write_termination or "\n",
+    )
+    session = VisaSession(text, instrument="sr830")
     try:
+        if model != "SR860":  # the SR860 has no OUTX; an SR830 answers nothing until it is right
+            session.write(f"OUTX {OUTX[bus]}")
         found = model_from_identity(session.query("*IDN?"))
         if model is not None and found.name != model:
             raise ControllerError(
                 "sr830", f"{settings.resource} is an {found.name}, not the configured {model}", command="*IDN?"
             )
+        # an OUTX an SR860 refused, or old latched bits: start clean; the query makes sure the
+        # instrument has executed *CLS before the caller reads any status
+        session.query("*CLS;*ESR?")
     except BaseException:
         session.close()
         raise

@@ -65,6 +65,10 @@ class VisaSettings:
     read_termination, write_termination
         Text termination; ``None`` for binary protocols (termination char OFF: pyvisa-py would
         otherwise stop a binary read at every ``0x0A`` byte).
+    bridge
+        A GPIB-Ethernet (or -USB) bridge to open before ``resource``, as pyvisa-py (>= 0.8)
+        names it: ``PRLGX-TCPIP::host::1234::INTFC`` or ``PRLGX-ASRL::/dev/ttyUSB0::INTFC``;
+        ``resource`` is then ``GPIB::<address>::INSTR`` on that bridge. ``None``: no bridge.
     """
 
     resource: str
@@ -75,6 +79,7 @@ class VisaSettings:
     backend: str = "@py"
     read_termination: str | None = None
     write_termination: str | None = None
+    bridge: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.resource, str) or "::" not in self.resource:
@@ -96,6 +101,15 @@ class VisaSettings:
             raise ConfigError(f"'reconnect_attempts' = {self.reconnect_attempts!r} must be an integer >= 0")
         if not self.reconnect_delay_s >= 0:
             raise ConfigError(f"'reconnect_delay_s' = {self.reconnect_delay_s!r} must be >= 0 seconds")
+        if self.bridge is not None and not (
+            self.bridge.upper().startswith("PRLGX-") and self.bridge.upper().endswith("::INTFC")
+        ):
+            raise ConfigError(
+                f"'bridge' = {self.bridge!r} is not a bridge resource; use PRLGX-TCPIP::host::1234::INTFC "
+                "(GPIB-Ethernet) or PRLGX-ASRL::/dev/ttyUSB0::INTFC (GPIB-USB)"
+            )
+        if self.bridge is not None and not self.resource.upper().startswith("GPIB"):
+            raise ConfigError(f"'resource' = {self.resource!r} behind a bridge must be GPIB::<address>::INSTR")
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], **defaults: Any) -> VisaSettings:
@@ -201,6 +215,7 @@ class VisaSession:
         self._rm = resource_manager
         self._own_rm = resource_manager is None
         self._resource: MessageBasedResource | None = None
+        self._bridge: Any = None  # the open bridge (INTFC) resource under a GPIB resource, if any
         # One exchange at a time: a request and its reply must not interleave with another's.
         self._lock = threading.RLock()
         self.reconnects = 0  # re-opens after the first open (lost connections, timeouts)
@@ -368,6 +383,11 @@ class VisaSession:
 
     def _open_once(self) -> MessageBasedResource:
         s = self.settings
+        if s.bridge is not None and self._bridge is None:
+            # pyvisa-py routes GPIB resources through a Prologix bridge opened first on that board
+            self._bridge = self._manager().open_resource(
+                s.bridge, open_timeout=int(s.open_timeout_s * 1000), timeout=int(s.timeout_s * 1000)
+            )
         opened = self._manager().open_resource(
             s.resource, open_timeout=int(s.open_timeout_s * 1000), timeout=int(s.timeout_s * 1000)
         )
@@ -377,7 +397,8 @@ class VisaSession:
             raise ValueError(f"{s.resource} is not a message-based resource")
         resource = cast(MessageBasedResource, opened)
         try:
-            resource.read_termination = s.read_termination
+            if s.bridge is None:  # behind a bridge, pyvisa-py ends reads at the bridge's LF (set on its INTFC)
+                resource.read_termination = s.read_termination
             # pyvisa types write_termination as str; None (no termination) is what binary protocols need
             resource.write_termination = s.write_termination  # type: ignore[assignment]
             if s.is_tcp_socket:
@@ -392,8 +413,11 @@ class VisaSession:
         return resource
 
     def _drop(self) -> None:
-        if self._resource is not None:
-            resource, self._resource = self._resource, None
+        for name in ("_resource", "_bridge"):  # the instrument first, then the bridge under it
+            resource = getattr(self, name)
+            if resource is None:
+                continue
+            setattr(self, name, None)
             try:
                 resource.close()
             except (VisaIOError, OSError) as exc:  # already dead: nothing left to release

@@ -23,7 +23,7 @@ class AnalyserSettings:
     batch
         Largest batch analysed at once. Only a service behind the stream reaches it; two kernel
         chunks (``KernelOptions.chunk`` = 512) let the kernels use both cores then
-        (``stslive bench-analyser``: 4,179 spectra/s at 256, 4,920 at 1,024). At 1,000
+        (``stslive bench analyser``: 4,179 spectra/s at 256, 4,920 at 1,024). At 1,000
         spectra/s batches are 1-5 pixels.
     snapshot_every
         Pixels analysed between two correlation snapshots.

@@ -448,10 +448,13 @@ def lockin_settings(amplitude_Vrms: float | None, sensitivity_V: float | None) -
     """Modulation (V rms) and sensitivity (V) of a set as the rules read them.
 
     Without a modulation the set records no lock-in signal: sensitivity 0 (never too coarse).
-    Unknown (None) settings judge nothing: modulation NaN, sensitivity 0.
+    Unknown settings (None in a document, NaN in a SetpointSet) judge nothing: modulation NaN,
+    sensitivity 0.
     """
     modulation = math.nan if amplitude_Vrms is None else float(amplitude_Vrms)
-    return modulation, float(sensitivity_V) if amplitude_Vrms and sensitivity_V is not None else 0.0
+    if not amplitude_Vrms or sensitivity_V is None or math.isnan(sensitivity_V):
+        return modulation, 0.0
+    return modulation, float(sensitivity_V)
 
 
 def channel_arrays(

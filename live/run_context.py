@@ -115,7 +115,7 @@ class RunContext:
         self.model.set_setpoint_sets({k: s.to_dict() for k, s in self.sets.items()})
         self.flags = FlagEngine(flag_config)
         self.last_time: dict[tuple[int, int], float] = {}
-        #: seconds spent per stage of :meth:`process` (benchmarks: ``stslive bench-analyser``)
+        #: seconds spent per stage of :meth:`process` (benchmarks: ``stslive bench analyser``)
         self.stage_seconds: dict[str, float] = dict.fromkeys(("analyse", "features", "flags", "model"), 0.0)
 
     def check(self, pixel: PixelInput) -> None:

@@ -73,7 +73,7 @@ PARAMS: dict[FaultKind, dict[str, tuple[type, bool, Any, str]]] = {
     FaultKind.NO_REPLY: {},
     FaultKind.ERROR_REPLY: {
         "message": (str, False, "simulated controller error", "the controller's error text"),
-        "code": (int, False, -1, "the controller's error status"),
+        "code": (int, False, 1, "error code (the Nanonis simulation always sends status 1, as its protocol defines)"),
     },
     FaultKind.LOCKIN_OVERLOAD: {},
     FaultKind.TEMPERATURE_EXCURSION: {

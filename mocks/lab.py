@@ -37,6 +37,12 @@ from stslive.mocks.sr830_server import LockInSettings, LockInState
 
 # The sweep signal as Nanonis names it in the data a sweep returns.
 SWEEP_CHANNEL = "Bias calc (V)"
+#: The controller input wired to the external lock-in's X output (CH1 OUTPUT, +-10 V full scale).
+EXTERNAL_LOCKIN_CHANNEL = "Input 2 (V)"
+#: Voltage at the lock-in's CH1 OUTPUT for a full-scale X (SR830/SR860 rear panel, V).
+LOCKIN_OUTPUT_FULL_SCALE_V = 10.0
+#: Real-time cycle of the controller (20 kHz): sweep times are whole numbers of it.
+RT_PERIOD_S = 50e-6
 
 # The signals the simulated controller knows (Signals.NamesGet); the simulation uses the same
 # list for the 24 Signals-Manager slots that BiasSpectr.ChsSet indexes (a real controller maps
@@ -49,7 +55,12 @@ SIGNAL_NAMES: tuple[str, ...] = (
     "Y (m)",
     LOCKIN_X_CHANNEL,
     LOCKIN_Y_CHANNEL,
+    EXTERNAL_LOCKIN_CHANNEL,
 )
+#: The Signals-Manager slots of a controller older than R11798 (``BiasSpectr.ChsSet`` indexes
+#: slots there): slot i holds signal ``SLOT_SIGNALS[i]``, deliberately not the identity so that a
+#: client mixing slots and signal indexes records the wrong channels.
+SLOT_SIGNALS: tuple[int, ...] = (1, 0, 2, 5, 6, 7, 3, 4)
 
 FIXED_PARAMETERS = ("Sweep Start", "Sweep End")
 PARAMETERS = (
@@ -92,6 +103,13 @@ class StmState:
     backward: bool = False
     z_offset_m: float = 0.0
     timing: SpectroscopyTiming = field(default_factory=SpectroscopyTiming)
+    # Advanced properties of the bias spectroscopy module. Reset Bias starts Off: the bias then
+    # stays where the sweep ended, and a Z controller switched on there regulates at that bias.
+    reset_bias: bool = False
+    z_controller_hold: bool = True
+    record_final_z: bool = False
+    lockin_run: bool = False
+    sweeping: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,7 +140,8 @@ class MockLab:
     seed
         Seed of the measurement-noise generator (the film's own seed fixes the sample).
     sleep
-        Sleep function (injectable for tests).
+        Sleep function for the sweep time (injectable for tests); by default the sweep waits on
+        the stop request of :meth:`stop_sweep`, so ``BiasSpectr.Stop`` ends it early.
     """
 
     def __init__(
@@ -134,7 +153,7 @@ class MockLab:
         lockin: LockInState | None = None,
         thermometer: ThermometerState | None = None,
         seed: int = 0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         if not (speed >= 0):
             raise ConfigError(f"speed = {speed!r} must be >= 0 (0 or inf: as fast as possible)")
@@ -144,6 +163,7 @@ class MockLab:
         self.lockin = lockin if lockin is not None else _default_lockin_state(film)
         self.thermometer = thermometer if thermometer is not None else _default_thermometer_state(film, self.faults)
         self._sleep = sleep
+        self._stop = threading.Event()
         self._rng = np.random.default_rng(seed)
         self.lock = threading.RLock()
         p = film.params
@@ -294,6 +314,7 @@ class MockLab:
                 "Y (m)": self.stm.y_m,
                 LOCKIN_X_CHANNEL: lix,
                 LOCKIN_Y_CHANNEL: liy,
+                EXTERNAL_LOCKIN_CHANNEL: float(self.external_lockin_output_V(lix)),
             }
         return np.array([table[SIGNAL_NAMES[i]] for i in idx], dtype=np.float32)
 
@@ -328,10 +349,49 @@ class MockLab:
         channels named ``"... [bwd] (unit)"``, swept back.
         """
         index = self.faults.begin_spectrum()
+        with self.lock:
+            self._stop.clear()
+            self.stm.sweeping = True
         try:
             return self._sweep(index)
         finally:
+            with self.lock:
+                self.stm.sweeping = False
             self.faults.end_spectrum()
+
+    def stop_sweep(self) -> None:
+        """``BiasSpectr.Stop``: end the sweep in progress at the point it reached (no-op if none)."""
+        with self.lock:
+            if self.stm.sweeping:
+                self._stop.set()
+
+    def _wait_sweep(self, duration: float) -> float:
+        """Wait the sweep time (s) unless stopped; returns the fraction of the sweep done (0..1)."""
+        if self._sleep is not None:
+            self._sleep(duration)
+            return 1.0
+        t0 = time.monotonic()
+        if not self._stop.wait(duration):
+            return 1.0
+        return min(1.0, (time.monotonic() - t0) / duration)
+
+    def _end_of_sweep(self, st: StmState, bias: npt.NDArray[np.float64], done: int) -> None:
+        """Bias and Z controller after a sweep, as the controller leaves them.
+
+        The bias returns to its value before the sweep only with Reset Bias on; otherwise it
+        stays at the last point swept (the sweep start after a backward sweep). A Z controller
+        that is on re-regulates at that bias once the module's hold ends.
+        """
+        if st.reset_bias or done == 0:
+            final = st.bias_V
+        elif st.backward and done == bias.size:
+            final = float(bias[0])
+        else:
+            final = float(bias[done - 1])
+        with self.lock:
+            self.stm.bias_V = final
+            if self.stm.feedback_on:
+                self.stm.regulated_bias_V = final
 
     def _sweep(self, index: int) -> Sweep:
         with self.lock:
@@ -364,9 +424,13 @@ class MockLab:
         if LOCKIN_X_CHANNEL in names:
             self._feed_lockin(float(rows[1 + names.index(LOCKIN_X_CHANNEL)][-1]))
         duration = self.sweep_duration_s()
-        if duration > 0:
-            self._sleep(duration)
-        return Sweep(index, tuple(channels), np.stack(rows).astype(np.float32), params, duration)
+        fraction = self._wait_sweep(duration) if duration > 0 else (0.0 if self._stop.is_set() else 1.0)
+        data = np.stack(rows).astype(np.float32)
+        done = st.points if fraction >= 1.0 else int(fraction * st.points)
+        if done < st.points:  # stopped: the points not reached are NaN, as in a stopped grid file
+            data[1:, done:] = np.nan
+        self._end_of_sweep(st, bias, done)
+        return Sweep(index, tuple(channels), data, params, duration)
 
     # -- internals ----------------------------------------------------------------------------
     def _film_spectra(self, iy: int, ix: int, bias: npt.NDArray[np.float64], spectrum: int) -> FilmSpectra:
@@ -399,17 +463,27 @@ class MockLab:
         sweeps = [self._film_spectra(iy, ix, bias, index) for _ in range(max(st.sweeps, 1))]
         current = np.mean([np.asarray(s.current_A, np.float64).reshape(-1) for s in sweeps], axis=0)
         lockin = np.mean([np.asarray(s.lockin_x_A, np.float64).reshape(-1) for s in sweeps], axis=0)
-        full = np.full(bias.shape, np.nan)
         source = {
             CURRENT_CHANNEL: current,
             "Bias (V)": bias,
-            "Z (m)": full * 0 + z + st.z_offset_m,
-            "X (m)": full * 0 + st.x_m,
-            "Y (m)": full * 0 + st.y_m,
+            "Z (m)": np.full(bias.shape, z + st.z_offset_m),
+            "X (m)": np.full(bias.shape, st.x_m),
+            "Y (m)": np.full(bias.shape, st.y_m),
             LOCKIN_X_CHANNEL: lockin,
             LOCKIN_Y_CHANNEL: np.zeros_like(bias),  # the film model has no quadrature response
+            EXTERNAL_LOCKIN_CHANNEL: self.external_lockin_output_V(lockin),
         }
         return [np.asarray(source[n], dtype=np.float32) for n in names]
+
+    def external_lockin_output_V(self, lockin_x_A: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """The external lock-in's CH1 OUTPUT (V) for a demodulated current ``lockin_x_A`` (A rms).
+
+        The current amplifier gives ``I gain`` volts at the lock-in input; the output is
+        ``10 V x X / sensitivity``, saturating a little beyond full scale like the real one.
+        """
+        sensitivity = float(self.lockin.snapshot().sensitivity_v)
+        x_v = np.asarray(lockin_x_A, dtype=np.float64) * PREAMP_GAIN_V_PER_A
+        return np.clip(LOCKIN_OUTPUT_FULL_SCALE_V * x_v / sensitivity, -10.9, 10.9)
 
 
 def _bwd_name(name: str) -> str:

@@ -8,9 +8,10 @@ stops every server on exit; :attr:`LabServers.resources` gives the VISA resource
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from stslive.mocks.lab import MockLab
 from stslive.mocks.ls372_server import LS372Server
@@ -38,6 +39,7 @@ class LabServers:
         nanonis_port: int = 0,
         sr830_port: int | None = 0,
         thermometer_port: int | None = 0,
+        nanonis_options: Mapping[str, Any] | None = None,
     ) -> LabServers:
         """Start the Nanonis server and, unless their port is None, the SR830 and LakeShore 372.
 
@@ -49,8 +51,11 @@ class LabServers:
             Interface to listen on.
         nanonis_port, sr830_port, thermometer_port
             TCP ports; 0 picks a free port, None does not start that instrument.
+        nanonis_options
+            Further :class:`~stslive.mocks.nanonis_server.NanonisServer` options: ``release`` (an
+            older controller below R11798), ``unknown_command`` (``"error"`` or ``"silent"``).
         """
-        servers = cls(NanonisServer(lab, host=host, port=nanonis_port))
+        servers = cls(NanonisServer(lab, host=host, port=nanonis_port, **dict(nanonis_options or {})))
         try:
             servers.nanonis.start()
             if sr830_port is not None:

@@ -1,8 +1,10 @@
 """The generic line (text instrument) server behind the simulated SR830/SR860 and LakeShore 372.
 
-:class:`LineServer` reads ``\\n``-terminated lines (a trailing ``\\r`` is dropped), splits them
-into ``;``-separated commands, applies the transport faults of its :class:`FaultPlan` and hands
-each command to :meth:`LineServer.execute`; the replies to one line go out in one write.
+:class:`LineServer` reads lines ended by LF or CR (an instrument on GPIB ends a message with LF,
+on RS232 with LF or CR), splits them into ``;``-separated commands, applies the transport
+faults of its :class:`FaultPlan` and hands each command to :meth:`LineServer.execute`; the
+replies to one line go out in one write, each ended by :attr:`LineServer.reply_termination`.
+:meth:`LineServer.process` is the same without a socket (a GPIB bridge simulation calls it).
 A refused command gets no reply and sets bits of the IEEE 488.2 standard event status register,
 kept with the instrument's settings in an :class:`InstrumentState`.
 """
@@ -152,25 +154,36 @@ class LineServer(TcpServerBase):
 
     # -- per connection (TcpServerBase.serve) ---------------------------------------------
     def serve(self, conn: socket.socket) -> None:
-        """Read ``\\n``-terminated lines and run their commands until the peer closes."""
+        """Read lines ended by LF or CR and run their commands until the peer closes."""
         buffer = b""
         while True:
             chunk = conn.recv(4096)
             if not chunk:
                 return
-            buffer += chunk
+            buffer += chunk.replace(b"\r", b"\n")
             while b"\n" in buffer:
                 raw, buffer = buffer.split(b"\n", 1)
-                line = raw.decode("ascii", errors="replace").strip("\r ")
-                replies: list[str] = []
-                for command in self.split(line):
-                    keep_open, reply = self._serve_command(command)
-                    if not keep_open:
-                        return
-                    if reply is not None:
-                        replies.append(reply)
-                if replies:  # all reply lines of one command line in one write
-                    conn.sendall("".join(r + self.reply_termination for r in self.reply_lines(replies)).encode("ascii"))
+                line = raw.decode("ascii", errors="replace").strip()
+                if not line:
+                    continue  # the LF of a CR LF pair
+                out = self.process(line)
+                if out is None:
+                    return
+                if out:  # all reply lines of one command line in one write
+                    conn.sendall(out)
+
+    def process(self, line: str) -> bytes | None:
+        """The reply bytes to one received line (b"" if none); None if the connection is to drop."""
+        replies: list[str] = []
+        for command in self.split(line):
+            keep_open, reply = self._serve_command(command)
+            if not keep_open:
+                return None
+            if reply is not None:
+                replies.append(reply)
+        if not replies:
+            return b""
+        return "".join(r + self.reply_termination for r in self.reply_lines(replies)).encode("ascii")
 
     def _serve_command(self, command: str) -> tuple[bool, str | None]:
         """Handle one command: (False, None) when the connection is to be closed, else the reply."""

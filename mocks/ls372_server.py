@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stslive.drivers.lakeshore import CHANNELS
 from stslive.mocks.faults import FaultKind, FaultPlan
 from stslive.mocks.line_server import (
     ESR_COMMAND_ERROR,
@@ -22,6 +21,9 @@ from stslive.mocks.line_server import (
     InstrumentState,
     LineServer,
 )
+
+#: The 372's inputs (manual, ch. 6): the control input A and the scanner's measurement inputs 1-16.
+INPUTS: tuple[str, ...] = ("A", *(str(n) for n in range(1, 17)))
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ class LS372Server(LineServer):
 
     @staticmethod
     def _channel(args: list[str]) -> str:
-        if len(args) != 1 or args[0].upper() not in CHANNELS:
+        if len(args) != 1 or args[0].upper() not in INPUTS:
             raise EsrRefusal(ESR_EXECUTION_ERROR)
         return args[0].upper()
 

@@ -1,12 +1,11 @@
-"""The ``stslive`` console script: one entry point, one subcommand per service.
+"""The ``stslive`` console script: one entry point, one subcommand per module of this package.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
-``run(args) -> int``; the table below names it and is the only thing this module knows of it.
+``run(args) -> int``; :data:`COMMANDS` names it and is the only thing this module knows of it.
 Modules are imported only when their subcommand runs, so ``stslive view`` on a viewing machine
-never imports the instrument drivers, and ``stslive --help`` starts instantly.
-
-The dispatcher sits in ``acquisition`` because that is the composing layer (it may know
-drivers, mocks and the formats); the design card leaves no separate top-level folder for it.
+never imports the instrument drivers, and ``stslive --help`` starts at once. An error stslive
+raises on purpose (:class:`~stslive.drivers.errors.StsliveError`) ends the command with one line
+on stderr and exit status 1. This package is the only place argparse is used.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ import argparse
 import importlib
 import logging
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
+from stslive.acquisition.formats.version import software_version
 from stslive.drivers.errors import StsliveError
 
 # name -> (module, one-line help). Keep sorted by the order a user meets them.
@@ -48,20 +47,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "theory quantities of the paper from its inputs or yours, beside its quoted values",
     ),
     "bench": (
-        "stslive.acquisition.jobs.bench_analysis",
-        "benchmark: 'bench analysis' times the batch kernels against a per-spectrum loop",
-    ),
-    "bench-analyser": (
-        "stslive.acquisition.jobs.bench_analyser",
-        "benchmark: live analyser throughput and publish-to-result latency p50/p99 on a replayed stream",
-    ),
-    "bench-campaign": (
-        "stslive.acquisition.jobs.bench_campaign",
-        "benchmark: a 4-map campaign analysed single-process vs a Dask LocalCluster",
-    ),
-    "bench-scan": (
-        "stslive.acquisition.jobs.bench_scan",
-        "benchmark: per-pixel scan overhead (p50/p99) against the simulated lab",
+        "stslive.acquisition.cli.bench",
+        "run a benchmark: stslive bench --help lists them, stslive bench NAME --help their options",
     ),
     "view": (
         "stslive.acquisition.cli.view",
@@ -80,7 +67,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "follow a Nanonis .3ds grid while the controller writes it and publish each point as a run stream",
     ),
     "soak": (
-        "stslive.acquisition.jobs.soak",
+        "stslive.acquisition.cli.soak",
         "fault soak: a long simulated run with instrument faults and killed processes, checked end to end",
     ),
     "demo": (
@@ -90,21 +77,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def package_version() -> str:
-    """Installed version of the ``stslive`` distribution."""
-    try:
-        return version("stslive")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
-
-
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only ``selected`` gets its full set of arguments (lazy import)."""
     parser = argparse.ArgumentParser(
         prog="stslive",
         description="Instrument software for low-temperature STM spectroscopy maps.",
     )
-    parser.add_argument("--version", action="version", version=f"stslive {package_version()}")
+    parser.add_argument("--version", action="version", version=f"stslive {software_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():

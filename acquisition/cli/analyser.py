@@ -6,7 +6,7 @@ Examples::
     stslive analyser --connect tcp://127.0.0.1:5556 --once --config flags.toml
     stslive analyser --connect tcp://127.0.0.1:5556 --keys KEYDIR --client analyser --bind tcp://0.0.0.0:5560
 
-Remote monitoring (issue 6): ``--keys KEYDIR`` (the layout of ``stslive keys``) makes the results
+Remote monitoring: ``--keys KEYDIR`` (the layout of ``stslive keys``) makes the results
 PUB a CURVE server with ``KEYDIR/server.key_secret`` that admits the keys in ``viewers/`` and
 ``controllers/``; only then may ``--bind`` be beyond loopback. ``--client NAME`` also connects to
 a run stream bound with keys (``[stream] keys`` of the scan), with ``KEYDIR/clients/NAME.key_secret``;

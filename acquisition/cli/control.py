@@ -19,7 +19,8 @@ import argparse
 import json
 from typing import Any
 
-from stslive.acquisition.formats.security import Security
+from stslive.acquisition.cli.common import client_security
+from stslive.acquisition.control import send_command
 from stslive.acquisition.state import COMMANDS
 from stslive.drivers.errors import ConfigError, InstrumentTimeout
 
@@ -46,8 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Send the command; prints the JSON reply, returns 0 if it was accepted, 1 otherwise."""
-    from stslive.acquisition.control import send_command
-
     extra: dict[str, Any] = {}
     if args.pixels:
         try:
@@ -72,19 +71,3 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     print(json.dumps(reply))
     return 0 if reply.get("ok") else 1
-
-
-def client_security(keys: str | None, client: str | None) -> Security | None:
-    """CURVE client keys from ``--keys KEYDIR --client NAME`` (both or neither); None without keys.
-
-    Raises
-    ------
-    ConfigError
-        One option without the other.
-    """
-    if (keys is None) != (client is None):
-        raise ConfigError(
-            "--keys KEYDIR and --client NAME go together: the client key pair is "
-            "KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME')"
-        )
-    return None if keys is None else Security.from_dir(keys, client=client)

@@ -3,61 +3,23 @@
     stslive demo                                # watch the maps fill in on the control-room screen
     stslive demo --headless --grid 64x48 --out demo-out
 
-Starts, each as its own supervised process on free loopback ports: ``stslive mock-lab`` (a
-simulated film of the grid size, seeded), ``stslive scan`` of the whole film, ``stslive analyser``
-following the scan's stream and, unless ``--headless``, ``stslive view`` on the analyser's results.
-If any of them dies the others are stopped and the demo exits non-zero naming it; Ctrl-C stops
-all cleanly.
-
-Ordering: the scan starts once the lab has reported its three instruments. The scan binds its
-stream only after creating the archive and starts at once, so the demo pauses it through its
-control socket as soon as it announces it, starts the analyser (which subscribes, then backfills
-the pixels measured so far from the archive) and resumes the scan when the analyser reports it
-is following. Nothing is lost either way: the analyser fills sequence gaps from the archive.
-
-After the run (``--headless``, or with the screen once the scan is done) DIR holds ``run.h5``
-(archive), ``run.toml`` (its config), ``run.analysis.h5`` (the live analyser's results),
-``maps.h5``, ``report.json`` and figures from ``stslive analyse run.h5`` (the offline analysis of
-the archive, compared here with the analyser's maps), ``screen.png`` (``stslive view run.h5
---snapshot``, headless only) and ``logs/``.
+Each part runs as its own supervised process (:mod:`stslive.acquisition.jobs.demo`); if one dies
+the others are stopped and the demo exits non-zero naming it; Ctrl-C (or SIGTERM) stops all
+cleanly. ``--headless`` waits for the run and its analysis and leaves the files and a snapshot
+of the screen in ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import signal
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-import numpy as np
-
-from stslive.acquisition.jobs.supervisor import Supervisor, toml_text
-from stslive.drivers.errors import ConfigError, ServiceError
-
-#: Per-sweep timing of the demo's set-point set: 1601 points at 1 ms each, as a real map is taken.
-INTEGRATION_S = 1e-3
-#: Default ``--speed`` with the screen: sweeps run this many times faster than real time
-#: (1.6 s nominal sweeps -> ~3 ms, a few hundred pixels/s that one can watch fill in).
-SCREEN_SPEED = 500.0
-#: How long a child may take to announce itself (a cold start imports numpy, scipy, h5py, zmq).
-START_TIMEOUT_S = 120.0
-#: How long the demo waits for the scan's control socket to answer a command.
-CONTROL_TIMEOUT_S = 10.0
-
-
-def _grid(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
-        raise argparse.ArgumentTypeError(f"grid {text!r}: give NXxNY pixels, e.g. 64x48")
-    nx, ny = int(parts[0]), int(parts[1])
-    if nx * ny < 4:
-        raise argparse.ArgumentTypeError(f"grid {text!r}: at least 4 pixels are needed for the correlation maps")
-    return nx, ny
+from stslive.acquisition.cli.common import forward, parse_grid, say
+from stslive.acquisition.jobs.demo import SCREEN_SPEED, DemoPaths, DemoSettings, demo
+from stslive.drivers.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no screen: wait for the run and its analysis, leave files and a snapshot PNG in --out",
     )
-    parser.add_argument(
-        "--grid", type=_grid, default=(64, 48), metavar="NXxNY", help="film and scan size (default 64x48)"
-    )
+    parser.add_argument("--grid", default="64x48", metavar="NXxNY", help="film and scan size (default 64x48)")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default ./demo-out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated film (default 0)")
     parser.add_argument(
@@ -88,62 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class DemoPaths:
-    """Where the demo's files go (all in one folder)."""
-
-    out: Path
-
-    @property
-    def archive(self) -> Path:
-        return self.out / "run.h5"
-
-    @property
-    def config(self) -> Path:
-        return self.out / "run.toml"
-
-    @property
-    def analysis(self) -> Path:
-        return self.out / "run.analysis.h5"
-
-    @property
-    def screen(self) -> Path:
-        return self.out / "screen.png"
-
-    @property
-    def logs(self) -> Path:
-        return self.out / "logs"
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every part finished cleanly."""
+    nx, ny = parse_grid(args.grid, example="64x48")
+    if nx * ny < 4:
+        raise ConfigError(f"--grid {args.grid!r}: at least 4 pixels are needed for the correlation maps")
     speed = (0.0 if args.headless else SCREEN_SPEED) if args.speed is None else args.speed
     if not speed >= 0 or math.isinf(speed):
         raise ConfigError(f"--speed {args.speed}: give a finite factor >= 0 (0: as fast as possible)")
     if args.faults is not None and not args.faults.is_file():
         raise ConfigError(f"--faults {args.faults}: file not found")
-    paths = DemoPaths(args.out)
-    paths.out.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the demo as Ctrl-C does
     try:
-        with Supervisor(paths.logs) as sup:
-            summary = run_demo(
-                sup,
-                paths,
-                grid=args.grid,
-                seed=args.seed,
-                speed=speed,
-                faults=args.faults,
-                headless=args.headless,
-                keep_running=args.keep_running,
-            )
-            print(summary, flush=True)
-            if args.keep_running:
-                print("stslive demo: the lab keeps running; Ctrl-C to stop", flush=True)
-                sup.watch()
-            elif not args.headless:
-                print("stslive demo: close the screen (or Ctrl-C) to end", flush=True)
-                sup.watch(until=lambda: sup.children["viewer"].returncode is not None)
+        options = forward(args, "seed", "faults", "headless", "keep_running")
+        demo(DemoPaths.in_folder(args.out), DemoSettings(nx=nx, ny=ny, speed=speed, **options), log=say)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
@@ -151,298 +69,3 @@ def run(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-
-
-def run_demo(
-    sup: Supervisor,
-    paths: DemoPaths,
-    *,
-    grid: tuple[int, int],
-    seed: int,
-    speed: float,
-    faults: Path | None,
-    headless: bool,
-    keep_running: bool,
-) -> str:
-    """Start the lab, scan, analyser (and screen); wait for the run and its analysis; return the summary."""
-    from stslive.acquisition.jobs.bench_scan import mock_lab_config
-    from stslive.mocks.film import FilmParams
-
-    nx, ny = grid
-    t0 = time.perf_counter()
-    film = FilmParams(ny=ny, nx=nx, seed=seed)
-    lab_args = [
-        "mock-lab",
-        "--grid",
-        f"{nx}x{ny}",
-        "--seed",
-        str(seed),
-        "--speed",
-        repr(speed),
-        "--nanonis-port",
-        "0",
-        "--sr830-port",
-        "0",
-        "--thermometer-port",
-        "0",
-    ]
-    lab = sup.start("mock-lab", lab_args + (["--faults", str(faults)] if faults else []), must_succeed=False)
-    lines = lab.wait_for_lines(lambda ls: len(ls) >= 3, timeout_s=START_TIMEOUT_S, check=sup.check)
-    resources = dict(line.split(None, 1) for line in lines[:3])
-
-    sweep = {"settle_s": 0.0, "integration_s": INTEGRATION_S}
-    config = mock_lab_config(resources, nx=nx, ny=ny, pixel_m=film.pixel_m)
-    doc = config.to_dict()
-    doc["run"]["name"] = f"stslive demo, film seed {seed}"
-    doc["setpoint_set"] = [{**s, **sweep} for s in doc["setpoint_set"]]
-    paths.config.write_text(toml_text(doc), encoding="utf-8")
-    for stale in (paths.analysis, paths.screen):  # never report files of an earlier demo as this one's
-        stale.unlink(missing_ok=True)
-
-    scan = sup.start(
-        "scan",
-        ["scan", "--config", str(paths.config), "--out", str(paths.archive), "--overwrite"],
-        stop_signal=signal.SIGINT,
-    )
-    lines = scan.wait_for_lines(
-        lambda ls: any(ln.startswith("control ") for ln in ls), timeout_s=START_TIMEOUT_S, check=sup.check
-    )
-    endpoints = dict(line.split(None, 1) for line in lines if line.split(None, 1)[0] in ("stream", "control"))
-    _hold_scan(endpoints["control"], sup)
-
-    analyser = sup.start(
-        "analyser",
-        [
-            "analyser",
-            "--connect",
-            endpoints["stream"],
-            "--archive",
-            str(paths.archive),
-            "--bind",
-            "tcp://127.0.0.1:0",
-            "--out",
-            str(paths.analysis),
-            "--once",
-        ],
-        stop_signal=signal.SIGINT,
-    )
-    lines = analyser.wait_for_lines(
-        lambda ls: any("results on " in ln for ln in ls), timeout_s=START_TIMEOUT_S, check=sup.check
-    )
-    results = next(ln for ln in lines if "results on " in ln).split("results on ", 1)[1].split(",", 1)[0]
-    if not headless:
-        sup.start("viewer", ["view", str(paths.archive), "--connect", results, "--timeout", "60"], must_succeed=True)
-    t_scan = time.perf_counter()
-    _command(endpoints["control"], "resume", sup)
-    if headless:  # nobody at a screen can resume a scan that paused itself: say so instead of waiting forever
-        sup.watch(until=lambda: scan.returncode is not None or _paused_for_failures(endpoints["control"]), poll_s=0.5)
-        if scan.returncode is None:
-            raise ServiceError(
-                "scan",
-                f"paused itself after repeated failed pixels (see {scan.log_path}); "
-                "with the screen, `stslive control ... resume` would continue it",
-            )
-    sup.wait("scan")
-    scan_s = time.perf_counter() - t_scan
-    sup.wait("analyser", timeout_s=120.0)
-    analysed_s = time.perf_counter() - t_scan
-
-    sup.start("analyse", ["analyse", str(paths.archive), "--out", str(paths.out)])
-    sup.wait("analyse", timeout_s=600.0)
-    if headless:
-        # the live analyser's file: the screen as the control room saw it (sets, flags, run status)
-        sup.start(
-            "snapshot",
-            [
-                "view",
-                str(paths.archive),
-                "--analysis",
-                str(paths.analysis),
-                "--snapshot",
-                str(paths.screen),
-                "--timeout",
-                "60",
-            ],
-        )
-        sup.wait("snapshot", timeout_s=300.0)
-    wall_s = time.perf_counter() - t0
-    report = json.loads((paths.out / "report.json").read_text(encoding="utf-8"))
-    return summary_text(
-        paths,
-        report=report,
-        film=film,
-        speed=speed,
-        wall_s=wall_s,
-        scan_s=scan_s,
-        analysed_s=analysed_s,
-        headless=headless,
-    )
-
-
-def _command(endpoint: str, command: str, sup: Supervisor) -> dict[str, Any]:
-    from stslive.acquisition.control import send_command
-    from stslive.drivers.errors import InstrumentTimeout
-
-    try:
-        reply = send_command(endpoint, command, timeout_s=CONTROL_TIMEOUT_S)
-    except InstrumentTimeout:
-        sup.check()  # a scan that died is the cause to report, not the silence on its socket
-        raise
-    if not reply.get("ok"):
-        raise ServiceError("scan", f"refused {command!r} ({reply.get('error')}, state {reply.get('state')})")
-    return reply
-
-
-def _paused_for_failures(endpoint: str) -> bool:
-    from stslive.acquisition.control import send_command
-    from stslive.drivers.errors import InstrumentTimeout
-
-    try:
-        reply = send_command(endpoint, "status", timeout_s=2.0)
-    except InstrumentTimeout:  # the scan is closing its control socket at the end of the run
-        return False
-    return reply.get("state") == "paused" and "failures" in reply.get("pause_reasons", ())
-
-
-def _hold_scan(endpoint: str, sup: Supervisor, *, timeout_s: float = 30.0) -> None:
-    """Pause the scan as soon as its run begins (it is idle for a moment after announcing the socket)."""
-    from stslive.acquisition.control import send_command
-    from stslive.drivers.errors import InstrumentTimeout
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        sup.check()
-        try:
-            reply = send_command(endpoint, "pause", timeout_s=CONTROL_TIMEOUT_S)
-        except InstrumentTimeout:
-            sup.check()  # a scan that died is the cause to report, not the silence on its socket
-            raise
-        if reply.get("ok"):
-            return
-        if reply.get("state") != "idle" or time.monotonic() > deadline:
-            raise ServiceError(
-                "scan",
-                f"could not be paused to let the analyser attach ({reply.get('error')}, "
-                f"state {reply.get('state')}); the run may have ended already",
-            )
-        time.sleep(0.005)
-
-
-def flag_counts(analysis: Path) -> dict[int, dict[str, Any]]:
-    """Per set-point set: measured pixels, flagged pixels and pixels per flag, from an analysis file.
-
-    Reads the ``maps.h5`` layout (``flags`` bit map with its ``bits`` attribute, ``setpoint_set``,
-    ``measured``) with h5py, so the acquisition side needs no analysis code.
-    """
-    import h5py
-
-    with h5py.File(analysis, "r") as f:
-        flags = f["flags"][()].astype(np.int64)
-        bits = json.loads(f["flags"].attrs["bits"])
-        sets = f["setpoint_set"][()]
-        measured = f["measured"][()].astype(bool)
-    out: dict[int, dict[str, Any]] = {}
-    for set_id in np.unique(sets[measured]):
-        here = measured & (sets == set_id)
-        per_flag = {name: int(((flags & bit) != 0)[here].sum()) for name, bit in bits.items()}
-        out[int(set_id)] = {
-            "pixels": int(here.sum()),
-            "flagged": int((flags[here] != 0).sum()),
-            "by_flag": {k: v for k, v in per_flag.items() if v},
-        }
-    return out
-
-
-def compare_maps(live: Path, offline: Path) -> dict[str, float]:
-    """Largest |live - offline| of Delta (meV) and alpha over pixels valid in both, and the count
-    of pixels valid in only one of them."""
-    import h5py
-
-    with h5py.File(live, "r") as a, h5py.File(offline, "r") as b:
-        valid = a["valid"][()] & b["valid"][()]
-        only_one = int((a["valid"][()] != b["valid"][()]).sum())
-        d = np.abs(a["delta"][()].astype(float) - b["delta"][()].astype(float))[valid] * 1e3
-        al = np.abs(a["alpha"][()].astype(float) - b["alpha"][()].astype(float))[valid]
-    return {
-        "delta_meV": float(d.max(initial=0.0)),
-        "alpha": float(al.max(initial=0.0)),
-        "valid_differs": only_one,
-        "both_valid": int(valid.sum()),
-    }
-
-
-def truth_errors(maps: Path, film: Any) -> dict[str, float]:
-    """RMS error of the offline maps against the simulated film's definition truth (PHYSICS.md:
-    peak-to-peak Delta and the 5-30 mV alpha of each pixel's noise-free dI/dV), over valid pixels.
-
-    ``film`` is the :class:`~stslive.mocks.film.FilmParams` the mock lab simulated; the truth is
-    recomputed here from the same seeded parameters (the model's mean gap is not the measured
-    quantity: thermal and Dynes broadening shift the peaks).
-    """
-    import h5py
-
-    from stslive.mocks.film import make_film
-
-    truth = make_film(film).definition_truth()
-    with h5py.File(maps, "r") as h5:
-        valid = h5["valid"][()]
-        delta = h5["delta"][()].astype(float)
-        alpha = h5["alpha"][()].astype(float)
-    d = (delta - truth.delta_pp_eV)[valid] * 1e3
-    a = (alpha - truth.alpha_def)[valid]
-    n = int(valid.sum())
-    return {
-        "delta_truth_meV": float(np.mean(truth.delta_pp_eV) * 1e3),
-        "delta_rms_meV": float(np.sqrt(np.mean(d**2))) if n else math.nan,
-        "alpha_truth": float(np.mean(truth.alpha_def)),
-        "alpha_rms": float(np.sqrt(np.mean(a**2))) if n else math.nan,
-        "pixels": n,
-    }
-
-
-def summary_text(
-    paths: DemoPaths,
-    *,
-    report: dict[str, Any],
-    film: Any,
-    speed: float,
-    wall_s: float,
-    scan_s: float,
-    analysed_s: float,
-    headless: bool,
-) -> str:
-    """The short text printed at the end of a demo."""
-
-    def f(key: str, fmt: str = ".3g") -> str:
-        v = report.get(key)
-        return "n/a" if v is None else format(v, fmt)
-
-    pixels = int(report["pixels"])
-    agree = compare_maps(paths.analysis, paths.out / "maps.h5")
-    truth = truth_errors(paths.out / "maps.h5", film)
-    lines = [
-        f"stslive demo: {pixels} of {report['grid_pixels']} pixels measured and analysed "
-        f"({report['valid_pixels']} valid), "
-        + ("sweeps as fast as the mock lab runs" if speed == 0 else f"sweeps {speed:g} x real time"),
-        f"  wall {wall_s:.1f} s: scan {scan_s:.1f} s ({pixels / scan_s:.0f} pixels/s), live analysis done "
-        f"{analysed_s - scan_s:.1f} s after it, then offline analysis" + (" and snapshot" if headless else ""),
-        f"  Delta {f('delta_mean_meV')} +- {f('delta_std_meV')} meV, alpha {f('alpha_mean')} +- {f('alpha_std')}",
-        f"  against the film's truth (peak-to-peak Delta {truth['delta_truth_meV']:.3g} meV, alpha "
-        f"{truth['alpha_truth']:.3g} on average): rms error Delta {truth['delta_rms_meV']:.3g} meV, "
-        f"alpha {truth['alpha_rms']:.3g} over {truth['pixels']} valid pixels",
-        f"  correlation lengths: l_Delta {f('l_delta_nm')} nm, l_alpha {f('l_alpha_nm')} nm, "
-        f"l_cross {f('l_cross_nm')} nm; rho_cross(0) {f('rho_cross_0')}",
-    ]
-    for set_id, c in flag_counts(paths.analysis).items():
-        reasons = ", ".join(f"{k} {v}" for k, v in c["by_flag"].items()) or "none"
-        lines.append(f"  flags, set {set_id}: {c['flagged']} of {c['pixels']} pixels ({reasons})")
-    lines.append(
-        f"  live analyser vs offline analysis of the archive: max |dDelta| {agree['delta_meV']:.2g} meV, "
-        f"max |dalpha| {agree['alpha']:.2g} over {agree['both_valid']} pixels; "
-        f"validity differs on {agree['valid_differs']}"
-    )
-    files = [paths.archive, paths.analysis, paths.out / "maps.h5", paths.out / "report.json"]
-    if headless:
-        files.append(paths.screen)
-    lines.append("  files: " + ", ".join(str(p) for p in files) + f"; figures *.png and logs/ in {paths.out}")
-    return "\n".join(lines)

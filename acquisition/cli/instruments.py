@@ -4,9 +4,9 @@ Connects to each instrument given (STM controller, lock-in, thermometer), prints
 and present settings, and exits non-zero naming every instrument that failed. All given
 instruments are checked even when one fails, so one run shows everything that needs fixing.
 
-``--config RUN.toml`` reads only the ``[instruments]`` table of a run config (the full config
-is issue 4's); each key is a VISA resource string or a table with ``resource`` and optional
-``timeout_s``::
+``--config RUN.toml`` reads the ``[instruments]`` tables of a run config
+(``[instruments.nanonis]``, ``[instruments.lockin]``, ``[instruments.thermometer]`` with all their
+keys: terminations, bridge, interface, model), or a short table of resources::
 
     [instruments]
     stm = "TCPIP::192.168.1.10::6501::SOCKET"
@@ -25,8 +25,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from stslive.acquisition.config import parse_section
 from stslive.drivers.errors import ConfigError, StsliveError
+from stslive.drivers.lakeshore import open_thermometer
+from stslive.drivers.nanonis import NanonisController
+from stslive.drivers.sr830 import open_lockin
 from stslive.drivers.tomlfile import read_toml
+from stslive.drivers.visa import VisaSettings
 
 ROLES = ("stm", "lockin", "thermometer")
 _TABLE_KEYS = {"resource", "timeout_s", "channel"}
@@ -51,11 +56,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_instruments_table(path: Path) -> dict[str, dict[str, Any]]:
-    """The ``[instruments]`` table of a run config, normalised to role -> {resource, ...}."""
+    """The ``[instruments]`` table of a run config, normalised to role -> {resource, ...}.
+
+    A run config's ``[instruments.nanonis]`` becomes the ``stm`` role; its tables are checked
+    with the run config's own key table (an unknown key names ``section.key``).
+    """
     doc = read_toml(path, what="config", option="--config")
     table = doc.get("instruments")
     if not isinstance(table, dict):
         raise ConfigError(f"config {path}: no [instruments] table; add one with stm/lockin/thermometer resources")
+    if "nanonis" in table:  # the run config format
+        unknown = sorted(set(table) - {"nanonis", "lockin", "thermometer"})
+        if unknown:
+            raise ConfigError(f"config {path}: [instruments] has unknown table(s) {unknown}")
+        try:
+            return {
+                "stm" if name == "nanonis" else name: parse_section(f"instruments.{name}", entry)
+                for name, entry in table.items()
+            }
+        except ConfigError as exc:
+            raise ConfigError(f"config {path}: {exc}") from None
     unknown = sorted(set(table) - set(ROLES))
     if unknown:
         raise ConfigError(f"config {path}: [instruments] has unknown key(s) {unknown}; allowed: {list(ROLES)}")
@@ -74,27 +94,27 @@ def read_instruments_table(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> Any:
-    from stslive.drivers.visa import VisaSettings
-
+def _settings(entry: Mapping[str, Any], args: argparse.Namespace) -> VisaSettings:
     timeout = args.timeout if args.timeout is not None else float(entry.get("timeout_s", 3.0))
+    text = {k: entry[k] for k in ("read_termination", "write_termination", "bridge") if entry.get(k)}
     return VisaSettings(
         str(entry["resource"]),
         timeout_s=timeout,
         open_timeout_s=timeout,
         reconnect_attempts=0,
         backend=args.visa_backend,
+        **text,
     )
 
 
 def check_stm(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, bias (V), current set-point (A) and feedback of the Nanonis controller."""
-    from stslive.drivers.nanonis import NanonisController
 
-    stm = NanonisController(_settings(entry, args))
+    stm = NanonisController(_settings(entry, args), release=int(entry.get("release", 0)))
     try:
         return {
             "identity": stm.identity(),
+            "release": stm.release().describe(),
             "bias_V": stm.get_bias(),
             "setpoint_A": stm.get_setpoint(),
             "feedback": stm.get_feedback(),
@@ -105,9 +125,9 @@ def check_stm(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, A
 
 def check_lockin(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, frequency (Hz), amplitude (V rms), time constant (s), sensitivity (V), status."""
-    from stslive.drivers.sr830 import open_lockin
 
-    with open_lockin(_settings(entry, args)) as lockin:
+    model = str(entry.get("model", "") or "") or None
+    with open_lockin(_settings(entry, args), model=model, interface=str(entry.get("interface", ""))) as lockin:
         status = lockin.status()
         return {
             "identity": lockin.identity(),
@@ -123,8 +143,6 @@ def check_lockin(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str
 
 def check_thermometer(entry: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Identity, temperature (K) of the sample input, scanner channel."""
-    from stslive.drivers.lakeshore import open_thermometer
-
     channel = args.thermometer_channel or entry.get("channel", "A")
     with open_thermometer(_settings(entry, args), channel=channel) as thermometer:
         scanner, autoscan = thermometer.scanner_channel()

@@ -12,9 +12,12 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from stslive.drivers.errors import ConfigError
+from stslive.acquisition.cli.common import parse_grid
+from stslive.drivers.tomlfile import read_toml
 from stslive.mocks.faults import FaultPlan
-from stslive.mocks.film import Film
+from stslive.mocks.film import Film, FilmParams, make_film
+from stslive.mocks.lab import MockLab
+from stslive.mocks.lab_servers import LabServers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,47 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     film = parser.add_mutually_exclusive_group()
     film.add_argument("--film", type=Path, help="film parameters (TOML table of FilmParams fields)")
     film.add_argument("--seed", type=int, default=0, help="seed of a generated film (default 0)")
-    parser.add_argument("--grid", default="64x64", help="film size NXxNY in pixels (default 64x64)")
+    parser.add_argument("--grid", default="64x64", metavar="NXxNY", help="film size in pixels (default 64x64)")
     parser.add_argument("--speed", type=float, default=1.0, help="time scale: 1 real time, 0 as fast as possible")
     parser.add_argument("--faults", type=Path, help="fault file ([[fault]] tables, see stslive.mocks.faults)")
 
 
-def parse_grid(text: str) -> tuple[int, int]:
-    """``"NXxNY"`` -> (nx, ny); ConfigError otherwise."""
-    try:
-        nx, ny = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--grid {text!r}: expected NXxNY, e.g. 64x48") from None
-    if nx < 1 or ny < 1:
-        raise ConfigError(f"--grid {text!r}: both sizes must be >= 1")
-    return nx, ny
-
-
 def _film(args: argparse.Namespace) -> Film:
-    import tomllib
-
-    from stslive.mocks.film import FilmParams, make_film
-
-    nx, ny = parse_grid(args.grid)
+    nx, ny = parse_grid(args.grid, example="64x48")
     if args.film is None:
         return make_film(FilmParams(ny=ny, nx=nx, seed=args.seed))
-    try:
-        table = tomllib.loads(args.film.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--film {args.film}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--film {args.film}: not valid TOML ({exc})") from None
-    try:
-        return make_film(FilmParams(**{"ny": ny, "nx": nx, **table}))
-    except TypeError as exc:
-        raise ConfigError(f"--film {args.film}: {exc}; use FilmParams field names") from None
+    table = read_toml(args.film, what="film parameters", option="--film")
+    return make_film(FilmParams.from_dict({"ny": ny, "nx": nx, **table}))
 
 
 def run(args: argparse.Namespace) -> int:
     """Start the lab, print the resources, serve until interrupted."""
-    from stslive.mocks.lab import MockLab
-    from stslive.mocks.lab_servers import LabServers
-
     faults = FaultPlan.from_toml(args.faults) if args.faults else FaultPlan()
     lab = MockLab(_film(args), speed=args.speed, faults=faults, seed=args.seed)
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""``stslive theory``: every theory quantity of PHYSICS.md from the paper's inputs or yours.
+"""``stslive theory``: every theory quantity of docs/physics.md from the paper's inputs or yours.
 
 Each quantity is computed by :mod:`stslive.live.theory` from the inputs below (CODATA constants);
 beside it stands the value the paper quotes, where it quotes one, and the relative difference
@@ -38,6 +38,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
+from stslive.acquisition.cli.common import parse_assignments
 from stslive.drivers.errors import ConfigError
 from stslive.live import theory as th
 
@@ -94,14 +95,7 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, float]:
         For a malformed pair, an unknown key or a value that is not a finite positive number.
     """
     values = {key: spec.default for key, spec in INPUTS.items()}
-    valid = ", ".join(INPUTS)
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE. Valid keys: {valid}.")
-        if key not in INPUTS:
-            raise ConfigError(f"--set: unknown key {key!r}. Valid keys: {valid}.")
+    for key, text in parse_assignments(pairs, known=INPUTS).items():
         try:
             number = float(text)
         except ValueError:
@@ -114,7 +108,7 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, float]:
 
 
 def evaluate(inputs: Mapping[str, float]) -> list[Quantity]:
-    """Every theory quantity of PHYSICS.md for ``inputs`` (keys of :data:`INPUTS`, display units)."""
+    """Every theory quantity of docs/physics.md for ``inputs`` (keys of :data:`INPUTS`, display units)."""
     v = {key: float(inputs[key]) for key in INPUTS}
     bias_V, gap_eV = v["bias_mV"] * 1e-3, v["gap_meV"] * 1e-3
     diffusion = v["diffusion_cm2_s"] * 1e-4

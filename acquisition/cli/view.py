@@ -1,7 +1,7 @@
 """``stslive view``: the control-room screen on a run archive, an analysis file or a live stream.
 
     stslive view RUN.h5 [--analysis maps.h5] [--snapshot FILE.png]
-    stslive view --connect tcp://127.0.0.1:5560 [--archive RUN.h5]
+    stslive view [RUN.h5] --connect tcp://127.0.0.1:5560
     stslive view --connect tcp://scanpc:5560 --keys KEYDIR --client screen
 
 ``--keys KEYDIR --client NAME`` follows an analyser bound with CURVE keys, as client NAME
@@ -17,17 +17,11 @@ import argparse
 import os
 from pathlib import Path
 
+from stslive.acquisition.cli.common import client_security, parse_grid
 from stslive.drivers.errors import ConfigError
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT in pixels, e.g. 1800x1100; got {text!r}") from exc
-    if w < 400 or h < 300:
-        raise argparse.ArgumentTypeError(f"size {w}x{h} too small to draw the screen; use at least 400x300")
-    return w, h
+#: Smallest window (px) the screen can be drawn in.
+MIN_SIZE = (400, 300)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the first stream message or for the files to load (default 10)",
     )
     parser.add_argument("--snapshot", type=Path, metavar="FILE.png", help="render offscreen to a PNG and exit")
-    parser.add_argument("--size", type=_size, default=None, help="window size WIDTHxHEIGHT (default 1800x1100)")
+    parser.add_argument("--size", metavar="WIDTHxHEIGHT", help="window size in pixels (default 1600x1000)")
     parser.add_argument(
         "--pixel",
         type=int,
@@ -76,29 +70,40 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     if args.connect is None and args.archive is None and args.analysis is None:
         raise ConfigError("give a run archive (stslive view RUN.h5), --analysis maps.h5, or --connect ENDPOINT")
-    if (args.keys is None) != (args.client is None) or (args.keys is not None and args.connect is None):
-        raise ConfigError(
-            "--keys KEYDIR and --client NAME go together, with --connect ENDPOINT: the viewer's key "
-            "pair is KEYDIR/clients/NAME.key_secret (made by 'stslive keys --client NAME --role viewer')"
+    if args.keys is not None and args.connect is None:
+        raise ConfigError("--keys KEYDIR and --client NAME go with --connect ENDPOINT: they follow an analyser")
+    security = client_security(args.keys, args.client)
+    size = None
+    if args.size is not None:
+        size = parse_grid(
+            args.size, option="--size", what="width x height in pixels", minimum=MIN_SIZE, example="1800x1100"
         )
-    from stslive.acquisition.formats.security import Security
-    from stslive.live.viewer.sources import FileSource, StreamSource
-    from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
+    # Qt only now: QT_QPA_PLATFORM must be set before it loads
+    from stslive.live.viewer.archive_source import FileSource
+    from stslive.live.viewer.sources import DataSource
+    from stslive.live.viewer.stream_source import StreamSource
+    from stslive.live.viewer.window import (
+        DEFAULT_SIZE,
+        ControlRoomWindow,
+        check_window_size,
+        dispose,
+        qt_app,
+        render_snapshot,
+    )
 
+    size = check_window_size(*(size or DEFAULT_SIZE))  # refuses what no screen can show, in one line
     app = qt_app()
+    source: DataSource
     if args.connect is not None:
         if args.analysis is not None:
             raise ConfigError("--analysis goes with a file view; with --connect the analyser supplies the results")
-        security = None if args.keys is None else Security.from_dir(args.keys, client=args.client)
         source = StreamSource.connect(
             args.connect, timeout_s=args.timeout, archive=args.archive, current=args.current, security=security
         )
     else:
-        source = FileSource(args.archive, analysis=args.analysis, current=args.current)
+        source = FileSource(args.archive, analysis=args.analysis, current=args.current, timeout_s=args.timeout)
     source.start()
-    window = ControlRoomWindow(source.model, source)
-    if args.size is not None:
-        window.resize(*args.size)
+    window = ControlRoomWindow(source.model, source, size=size)
     if args.snapshot is None:
         window.show()
         code = app.exec()

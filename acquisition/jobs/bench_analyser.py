@@ -1,4 +1,4 @@
-"""``stslive bench-analyser``: live analyser throughput and publish-to-result latency (issue 5 "Performance").
+"""Live analyser throughput and publish-to-result latency (``stslive bench analyser``).
 
 Replays N simulated spectra (:mod:`stslive.mocks.film`, current + lock-in, 1601 points) as a
 run stream into an in-process :class:`~stslive.live.analyser.AnalyserService` and listens to its
@@ -14,27 +14,19 @@ results PUB from a child process (as a control-room screen would), twice:
 Both runs print the analyser's own CPU time per stage (receive + decode, pixel check, analysis,
 flags, model update, encode + publish, snapshots; thread CPU time, so the kernels' helper threads
 on batches > 512 are not in "analyse") so a slow stage shows. The publisher runs in a child
-process like the scan engine (``--in-process``: in this process, sharing the analyser's GIL, as
-the first measurements did); on a busy machine the figures vary by tens of percent - say so
-when quoting them.
-
-Examples::
-
-    stslive bench-analyser                      # 10,000 spectra full speed, 3,000 at 1,000/s
-    stslive bench-analyser -n 20000 --rate 2000 --latency-n 5000
-    python -m stslive.acquisition.jobs.bench_analyser -n 2000
+process like the scan engine (``in_process``: in this process, sharing the analyser's GIL); on a
+busy machine the figures vary by tens of percent - say so when quoting them.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import Any
 
 import numpy as np
 import zmq
@@ -192,7 +184,8 @@ def _child(
     return child, parent_conn
 
 
-def _first_reply(child: multiprocessing.process.BaseProcess, conn: Connection, timeout_s: float) -> object:
+def _first_reply(child: multiprocessing.process.BaseProcess, conn: Connection, timeout_s: float) -> Any:
+    """The next object ``child`` sends on ``conn`` (whatever the protocol step carries)."""
     if not conn.poll(timeout_s):
         child.kill()
         raise StreamError(
@@ -296,77 +289,67 @@ def _stages_line(run: BenchRun) -> str:
     return ", ".join(f"{k} {v:.0f}" for k, v in per.items()) + " us/spectrum"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``bench-analyser``."""
-    parser.add_argument("-n", type=int, default=10000, help="spectra replayed at full speed (default 10000)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="rate of the latency run, spectra/s (default 1000)")
-    parser.add_argument("--latency-n", type=int, default=3000, help="spectra of the latency run (default 3000)")
-    parser.add_argument(
-        "--batch",
-        type=int,
-        default=AnalyserSettings.batch,
-        help=f"largest batch the analyser drains at once (default {AnalyserSettings.batch})",
-    )
-    parser.add_argument(
-        "--in-process",
-        action="store_true",
-        help="publish from this process (shares the GIL with the analyser; the first figures' setup)",
-    )
-    parser.add_argument(
-        "--dynes-width-meV",
-        type=float,
-        default=None,
-        help="fixed Dynes width; default: the analyser's rule (estimated from the first spectra)",
-    )
+def bench_analyser(
+    *,
+    n: int = 10000,
+    latency_n: int = 3000,
+    rate: float = 1000.0,
+    batch: int = AnalyserSettings.batch,
+    in_process: bool = False,
+    dynes_width_meV: float | None = None,
+    log: Callable[[str], None] = print,
+) -> bool:
+    """Both replays and the bare-stream baseline; logs throughput, its ratio to the baseline,
+    latency p50/p99 and the stage times. True when every result of both replays arrived.
 
+    Parameters
+    ----------
+    n
+        Spectra replayed at full speed.
+    latency_n
+        Spectra of the latency run.
+    rate
+        Rate of the latency run (spectra/s).
+    batch
+        Largest batch the analyser drains at once.
+    in_process
+        Publish from this process (sharing the GIL with the analyser).
+    dynes_width_meV
+        Fixed Dynes width (meV); None: the analyser's own rule (estimated from the first spectra).
+    log
+        Receives each line of the report.
 
-def run(args: argparse.Namespace) -> int:
-    """Run both replays and the bare-stream baseline; print throughput, its ratio to the baseline,
-    latency p50/p99 and the stage times."""
-    if args.n < 1 or args.latency_n < 1 or not args.rate > 0 or args.batch < 1:
+    Raises
+    ------
+    ConfigError
+        A count or the batch below 1, or a rate not > 0.
+    """
+    if n < 1 or latency_n < 1 or not rate > 0 or batch < 1:
         raise ConfigError("give -n, --latency-n, --batch >= 1 and --rate > 0 (spectra/s)")
-    options = (
-        KernelOptions() if args.dynes_width_meV is None else KernelOptions(dynes_width_eV=args.dynes_width_meV * 1e-3)
-    )
+    options = KernelOptions() if dynes_width_meV is None else KernelOptions(dynes_width_eV=dynes_width_meV * 1e-3)
     # no periodic maps/status messages and no snapshots: they are not what is measured here
-    settings = AnalyserSettings(batch=args.batch, snapshot_every=10**9, publish_every_s=3600.0)
-    spectra, ny, nx = film_spectra(max(args.n, args.latency_n))
-    full = replay(spectra[: args.n], ny, nx, rate=None, options=options, settings=settings, in_process=args.in_process)
-    print(
+    settings = AnalyserSettings(batch=batch, snapshot_every=10**9, publish_every_s=3600.0)
+    spectra, ny, nx = film_spectra(max(n, latency_n))
+    full = replay(spectra[:n], ny, nx, rate=None, options=options, settings=settings, in_process=in_process)
+    log(
         f"sustained throughput: {full.throughput:,.0f} spectra/s of {N_POINTS} points "
         f"({full.latencies_s.size} of {full.n} results in {full.elapsed_s:.2f} s, {full.batches} batches; "
         "goal >= 5,000)"
     )
-    print(f"  analyser stages: {_stages_line(full)}")
-    floor = bare_stream(args.n)
-    print(
+    log(f"  analyser stages: {_stages_line(full)}")
+    floor = bare_stream(n)
+    log(
         f"  baseline, same run: the bare stream (receive + decode, nothing analysed) takes {floor:,.0f} spectra/s; "
         f"the analyser reaches {full.throughput / floor:.0%} of it"
     )
-    slow = replay(
-        spectra[: args.latency_n],
-        ny,
-        nx,
-        rate=args.rate,
-        options=options,
-        settings=settings,
-        in_process=args.in_process,
-    )
+    slow = replay(spectra[:latency_n], ny, nx, rate=rate, options=options, settings=settings, in_process=in_process)
     if slow.latencies_s.size == 0:
-        print("latency: no result received", file=sys.stderr)
-        return 1
+        log("latency: no result received")
+        return False
     p50, p99 = np.percentile(slow.latencies_s, [50, 99]) * 1e3
-    print(
-        f"publish-to-result latency at {args.rate:,.0f} spectra/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+    log(
+        f"publish-to-result latency at {rate:,.0f} spectra/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
         f"({slow.latencies_s.size} of {slow.n} results, {slow.batches} batches; goal p99 <= 20 ms)"
     )
-    print(f"  analyser stages: {_stages_line(slow)}")
-    return 0 if full.latencies_s.size == full.n and slow.latencies_s.size == slow.n else 1
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        prog="python -m stslive.acquisition.jobs.bench_analyser", description=__doc__.splitlines()[0]
-    )
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    log(f"  analyser stages: {_stages_line(slow)}")
+    return bool(full.latencies_s.size == full.n and slow.latencies_s.size == slow.n)

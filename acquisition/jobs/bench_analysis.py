@@ -1,25 +1,20 @@
-"""``stslive bench analysis``: throughput of the batch kernels against the per-spectrum approach.
+"""Throughput of the batch kernels against the per-spectrum approach (``stslive bench analysis``).
 
-Generates a simulated film (``stslive.mocks.film``) block by block, times only the analysis of
-each block (generation is reported separately; every block is analysed ``--repeat`` times and the
-median full pass counts, the spread is printed), reports the CPU time per analysis stage, and on a
-sample of the same spectra times the straightforward per-spectrum analysis (np.gradient +
-scipy.signal.find_peaks + scipy.optimize
-.curve_fit per polarity) in the same run. Prints spectra/s of both, their ratio, the accuracy of
-the batch result against the film's definition truth, and the peak memory (ru_maxrss).
-
-The benchmark imports the simulated film, so it is the one place in ``live`` that needs
-``stslive.mocks``; it does so inside :func:`run` only.
+:func:`bench_analysis` generates a simulated film block by block and times only the analysis of
+each block (every block is analysed ``repeat`` times; the median full pass counts, the spread is
+shown), with the CPU time per analysis stage; on a sample of the same spectra it times the
+straightforward per-spectrum analysis (:func:`per_spectrum`) in the same run. It reports
+spectra/s of both, their ratio, the accuracy against the film's definition truth and the peak
+memory (ru_maxrss).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import re
+import math
 import resource
-import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import curve_fit
@@ -27,26 +22,7 @@ from scipy.signal import find_peaks
 
 from stslive.drivers.errors import ConfigError
 from stslive.live.kernels import KernelOptions, analyse_spectra, estimate_dynes_width
-
-
-def _grid(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise argparse.ArgumentTypeError(f"grid {text!r}: give NXxNY, e.g. 300x250")
-    return int(match[1]), int(match[2])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stslive bench``."""
-    parser.add_argument("what", choices=["analysis"], help="what to benchmark")
-    parser.add_argument("--grid", type=_grid, default=(300, 250), help="NXxNY pixels (default 300x250)")
-    parser.add_argument("--sample", type=int, default=300, help="spectra for the per-spectrum approach (default 300)")
-    parser.add_argument("--seed", type=int, default=0, help="film seed (default 0)")
-    parser.add_argument("--lockin", action="store_true", help="take Delta from the lock-in channel")
-    parser.add_argument("--threads", type=int, default=None, help="analysis threads (default: one per core)")
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="analyse every block this many times; the median pass counts (default 3)"
-    )
+from stslive.mocks.film import FilmParams, make_film
 
 
 def _power(v: np.ndarray, b: float, a: float) -> np.ndarray:
@@ -74,91 +50,123 @@ def per_spectrum(
         peaks.append(bias_V[sel[found[np.argmax(props["peak_heights"])]]] if found.size else np.nan)
     alphas = []
     for sign in (1.0, -1.0):
-        sel = (sign * bias_V >= fit_window_V[0]) & (sign * bias_V <= fit_window_V[1])
-        v = sign * bias_V[sel]
-        (_b, a), _ = curve_fit(_power, v / fit_window_V[1], g[sel], p0=(float(g[sel].max()), 0.3))
+        window = (sign * bias_V >= fit_window_V[0]) & (sign * bias_V <= fit_window_V[1])
+        v = sign * bias_V[window]
+        (_b, a), _ = curve_fit(_power, v / fit_window_V[1], g[window], p0=(float(g[window].max()), 0.3))
         alphas.append(a)
     return 0.5 * (peaks[0] - peaks[1]), 0.5 * (alphas[0] + alphas[1])
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print the figures."""
-    from stslive.mocks.film import FilmParams, make_film  # the benchmark's only use of mocks
+def bench_analysis(
+    *,
+    nx: int,
+    ny: int,
+    sample: int = 300,
+    seed: int = 0,
+    lockin: bool = False,
+    threads: int | None = None,
+    repeat: int = 3,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Time the batch analysis of an ``nx`` x ``ny`` film against the per-spectrum loop; log the figures.
 
-    if args.sample < 1:
+    Parameters
+    ----------
+    nx, ny
+        Film size (pixels).
+    sample
+        Spectra analysed one by one for the baseline.
+    seed
+        Film seed.
+    lockin
+        Take Delta from the lock-in channel (default: from I(V)).
+    threads
+        Kernel threads (None: one per core).
+    repeat
+        Passes over every block; the median pass counts.
+    log
+        Receives each line of the report.
+
+    Raises
+    ------
+    ConfigError
+        ``sample``, ``repeat`` or ``threads`` below 1.
+    """
+    if sample < 1:
         raise ConfigError("--sample must be >= 1 spectra")
-    if args.repeat < 1 or (args.threads is not None and args.threads < 1):
+    if repeat < 1 or (threads is not None and threads < 1):
         raise ConfigError("--repeat and --threads must be >= 1")
-    nx, ny = args.grid
-    film = make_film(FilmParams(ny=ny, nx=nx, seed=args.seed))
+    film = make_film(FilmParams(ny=ny, nx=nx, seed=seed))
     bias = film.bias_V
     options = KernelOptions(
         modulation_Vrms=film.params.modulation_Vrms,
-        gap_source="lockin" if args.lockin else "current",
-        threads=args.threads,
+        gap_source="lockin" if lockin else "current",
+        threads=threads,
     )
     stages: dict[str, float] = {}
-    passes = np.zeros(args.repeat)  # wall seconds of each full pass over the map
+    passes = np.zeros(repeat)  # wall seconds of each full pass over the map
     cpu = 0.0
     delta = np.full((ny, nx), np.nan, np.float32)
     alpha = np.full((ny, nx), np.nan, np.float32)
-    sample_I: list[np.ndarray] = []
+    picked: list[np.ndarray] = []
     t_gen = t_ana = 0.0
+    width_eV: float | None = None
     t0 = time.perf_counter()
     for rows, spectra in film.iter_blocks():
         t1 = time.perf_counter()
         t_gen += t1 - t0
-        lockin = spectra.lockin_x_A if args.lockin else None
-        if options.dynes_width_eV is None:  # once, on the first block, timed as analysis
-            width = estimate_dynes_width(bias, current=spectra.current_A, lockin=lockin, options=options)
-            options = dataclasses.replace(options, dynes_width_eV=width)
+        lockin_A = spectra.lockin_x_A if lockin else None
+        if width_eV is None:  # once, on the first block, timed as analysis
+            width_eV = estimate_dynes_width(bias, current=spectra.current_A, lockin=lockin_A, options=options)
+            options = dataclasses.replace(options, dynes_width_eV=width_eV)
             passes += time.perf_counter() - t1
-        for k in range(args.repeat):
+        for k in range(repeat):
             c0, w0 = time.process_time(), time.perf_counter()
             result = analyse_spectra(
                 bias,
                 current=spectra.current_A,
-                lockin=lockin,
+                lockin=lockin_A,
                 options=options,
                 stage_seconds=stages if k == 0 else None,
             )
             passes[k] += time.perf_counter() - w0
-            cpu += (time.process_time() - c0) / args.repeat
+            cpu += (time.process_time() - c0) / repeat
         t0 = time.perf_counter()
         delta[rows], alpha[rows] = result.delta_eV, result.alpha
-        have = sum(len(s) for s in sample_I)
-        if have < args.sample:
+        have = sum(len(s) for s in picked)
+        if have < sample:
             flat = spectra.current_A.reshape(-1, bias.size)
-            step = max(1, flat.shape[0] // args.sample)
-            sample_I.append(flat[::step][: args.sample - have].copy())
+            step = max(1, flat.shape[0] // sample)
+            picked.append(flat[::step][: sample - have].copy())
     n = nx * ny
-    sample = np.concatenate(sample_I)
+    baseline_spectra = np.concatenate(picked)
     t1 = time.perf_counter()
-    for row in sample:
+    for row in baseline_spectra:
         per_spectrum(bias, row)
     t_loop = time.perf_counter() - t1
     truth_delta, truth_alpha = film.definition_truth()
     t_ana = float(np.median(passes))
     batch_rate = n / t_ana
-    loop_rate = len(sample) / t_loop
+    loop_rate = len(baseline_spectra) / t_loop
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
-    print(
+    log(
         f"grid {nx}x{ny} = {n} spectra x {bias.size} points, Delta from {options.gap_source}, "
-        f"Dynes width of the templates {options.dynes_width_eV * 1e3:.4f} meV"
+        f"Dynes width of the templates {(width_eV or math.nan) * 1e3:.4f} meV"
     )
-    print(f"generation (not timed as analysis): {t_gen:.2f} s")
-    print(
-        f"batch analysis (threads: {options.threads or 'one per core'}, median of {args.repeat} passes): "
+    log(f"generation (not timed as analysis): {t_gen:.2f} s")
+    log(
+        f"batch analysis (threads: {options.threads or 'one per core'}, median of {repeat} passes): "
         f"{t_ana:.3f} s = {batch_rate:,.0f} spectra/s (passes {n / passes.max():,.0f}..{n / passes.min():,.0f}/s; "
         f"CPU {cpu:.3f} s = {cpu / n * 1e6:.2f} us/spectrum; valid {np.isfinite(delta).mean():.4f})"
     )
-    print("  per stage, CPU us/spectrum: " + ", ".join(f"{k} {v / n * 1e6:.2f}" for k, v in stages.items()))
-    print(f"per-spectrum (np.gradient + find_peaks + curve_fit), {len(sample)} spectra: {loop_rate:,.0f} spectra/s")
-    print(f"ratio: {batch_rate / loop_rate:.1f}x")
-    print(
+    log("  per stage, CPU us/spectrum: " + ", ".join(f"{k} {v / n * 1e6:.2f}" for k, v in stages.items()))
+    log(
+        f"per-spectrum (np.gradient + find_peaks + curve_fit), {len(baseline_spectra)} spectra: "
+        f"{loop_rate:,.0f} spectra/s"
+    )
+    log(f"ratio: {batch_rate / loop_rate:.1f}x")
+    log(
         f"Delta rms error {np.sqrt(np.nanmean((delta - truth_delta) ** 2)) * 1e3:.4f} meV, "
         f"alpha rms error {np.sqrt(np.nanmean((alpha - truth_alpha) ** 2)):.5f}"
     )
-    print(f"peak memory (ru_maxrss): {rss_mb:.0f} MB")
-    sys.stdout.flush()
-    return 0
+    log(f"peak memory (ru_maxrss): {rss_mb:.0f} MB")

@@ -1,26 +1,24 @@
-"""Synthetic results for the viewer, and the viewer's frame-rate benchmark.
+"""The control-room screen's frame rate under a stream of results (``stslive bench viewer``).
 
-``python -m stslive.acquisition.jobs.bench_viewer [--grid 300x250] [--rate 1000] [--seconds 10]`` feeds
-``rate`` pixel results per second from a worker thread into a ResultsModel of the given grid
-while the control-room window redraws offscreen, and prints the frame rate (timer ticks that
-ran per second) and the per-frame redraw time (p50/p99). Goal (issue 5): >= 15 fps at
-1,000 pixels/s on 300 x 250.
+:func:`bench_viewer` feeds ``rate`` pixel results per second from a worker thread into a
+ResultsModel while the window redraws back to back, and reports the frame rate and the
+per-frame redraw time (p50/p99). Goal: >= 15 fps at 1,000 pixels/s on 300 x 250.
 
-The synthetic maps are smooth Gaussian random fields with the paper's statistics (Delta
-1.2 +- 0.07 meV, alpha 0.35 +- 0.028, anti-correlated) - display test data only, not the
-physics simulation of ``stslive.mocks``.
+The synthetic maps (:func:`synthetic_maps`, also the viewer tests' data) are smooth Gaussian
+random fields with the paper's statistics (Delta 1.2 +- 0.07 meV, alpha 0.35 +- 0.028,
+anti-correlated): display data only, not the physics simulation of ``stslive.mocks``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from stslive.drivers.errors import ConfigError
 from stslive.live.correlations import correlation_length_1e, correlation_map, radial_profile
 from stslive.live.results import CorrelationSnapshot, FlagKind, PixelResult, ResultsModel
 
@@ -103,19 +101,28 @@ def feed(model: ResultsModel, results: list[PixelResult], *, rate: float, stop: 
     return i
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the frame-rate benchmark and print the figures."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    parser = argparse.ArgumentParser(
-        prog="python -m stslive.acquisition.jobs.bench_viewer", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--grid", default="300x250", help="NXxNY (default 300x250)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="pixel results per second (default 1000)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration (default 10)")
-    args = parser.parse_args(argv)
-    nx, ny = (int(v) for v in args.grid.lower().split("x"))
+def bench_viewer(
+    *,
+    nx: int,
+    ny: int,
+    rate: float,
+    seconds: float,
+    size: tuple[int, int] | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Redraw the window back to back for ``seconds`` (s) while ``rate`` results/s arrive; log the figures.
 
-    from stslive.live.viewer.window import ControlRoomWindow, qt_app
+    Needs a Qt platform (``QT_QPA_PLATFORM=offscreen`` without a display).
+
+    Raises
+    ------
+    ConfigError
+        ``rate`` or ``seconds`` not > 0.
+    """
+    if not (rate > 0 and seconds > 0):
+        raise ConfigError(f"--rate {rate:g} and --seconds {seconds:g} must be > 0")
+    # Qt only when the benchmark runs: the viewer tests import the synthetic maps without it
+    from stslive.live.viewer.window import DEFAULT_SIZE, ControlRoomWindow, qt_app
 
     app = qt_app()
     maps = synthetic_maps(ny, nx)
@@ -123,15 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     model = ResultsModel(ny, nx, pixel_nm=1.0)
     model.set_snapshot(snapshot_of(maps["delta_eV"], maps["alpha"], pixel_nm=1.0))
     model.update_status(state="running")
-    window = ControlRoomWindow(model, refresh_hz=1000.0)  # timer never the limit: measure the redraw
+    size = size or DEFAULT_SIZE  # the screen's window unless asked (before/after comparisons: the same)
+    window = ControlRoomWindow(model, refresh_hz=1000.0, size=size)  # timer never the limit: measure the redraw
     window.timer.stop()
     window.show()
     durations, changed = [], 0
     stop = threading.Event()
-    worker = threading.Thread(target=lambda: feed(model, results, rate=args.rate, stop=stop), daemon=True)
+    worker = threading.Thread(target=lambda: feed(model, results, rate=rate, stop=stop), daemon=True)
     worker.start()
     t_start = time.perf_counter()
-    t_end = t_start + args.seconds
+    t_end = t_start + seconds
     while time.perf_counter() < t_end:
         t = time.perf_counter()
         before = window._seen["maps"]
@@ -143,21 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t_start
     stop.set()
     worker.join()
-    d = np.array(durations) * 1e3
+    d = np.array(durations, dtype=np.float64) * 1e3
     fed = int(model.status().n_measured)
-    print(f"grid {nx}x{ny}, feeding {args.rate:.0f} pixels/s for {elapsed:.1f} s: {fed} pixels applied")
-    print(
+    log(f"grid {nx}x{ny}, window {size[0]}x{size[1]}: {rate:.0f} pixels/s for {elapsed:.1f} s, {fed} applied")
+    log(
         f"frames (refresh + full repaint, back to back): {len(d)} = {len(d) / elapsed:.1f} fps, "
         f"{changed / elapsed:.1f} fps with new pixels"
     )
-    print(f"frame time ms: p50 {np.percentile(d, 50):.1f}, p99 {np.percentile(d, 99):.1f}, max {d.max():.1f}")
-    print(
-        f"at the default 15 Hz timer the GUI thread would be busy {min(1.0, 15 * np.mean(d) / 1e3) * 100:.0f} % "
-        "of the time"
-    )
+    log(f"frame time ms: p50 {np.percentile(d, 50):.1f}, p99 {np.percentile(d, 99):.1f}, max {d.max():.1f}")
+    busy = min(1.0, 15 * float(np.mean(d)) / 1e3)
+    log(f"at the default 15 Hz timer the GUI thread would be busy {busy * 100:.0f} % of the time")
     window.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

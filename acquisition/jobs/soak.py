@@ -1,4 +1,4 @@
-"""``stslive soak``: a long simulated run under scheduled faults, checked end to end (issue 6).
+"""A long simulated run under scheduled faults, checked end to end (``stslive soak``).
 
 Every part runs as its own ``stslive`` process, as a user would start them (the supervision
 helpers of :mod:`stslive.acquisition.jobs.supervisor`): ``mock-lab --faults FILE`` at speed 0, ``scan``,
@@ -17,20 +17,13 @@ progress of the run (pixels seen on the stream):
 Checks (the JSON summary, also written to ``DIR/soak.json``): every pixel measured or failed,
 never both or neither, each failure with its reason; no pixel delivered twice on the stream
 except the re-measured ones; the analyser's final maps equal the offline analysis
-(:func:`stslive.acquisition.cli.analyse.analyse_to_directory`, the code of ``stslive analyse``, with the
+(:func:`stslive.live.offline.analyse.analyse_to_directory`, the code of ``stslive analyse``, with the
 analyser's options); peak RSS of the scan, analyser and lab in the first, middle and last third
 (bounded: the last third's peak at most max(100 MB, 50 %) above the first's).
-
-The full soak (issue 6)::
-
-    stslive soak --grid 300x250 --out /tmp/soak --duration-hint 2400
-
-A short one (the test suite's): ``stslive soak --grid 24x16 --points 401 --kills 1 --out DIR``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -38,27 +31,29 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.jobs.bench_scan import _grid, mock_lab_config
+from stslive.acquisition.formats.archive import open_archive
+from stslive.acquisition.jobs.mocklab import film_pixel_m, lab_command, lab_resources, mock_lab_config
+from stslive.acquisition.jobs.soak_watch import MemoryLog, StreamWatch
 from stslive.acquisition.jobs.supervisor import Child, Supervisor, toml_text
 from stslive.drivers.errors import ConfigError, ServiceError
+from stslive.live.kernels import KernelOptions
+from stslive.live.offline.analyse import analyse_to_directory
+from stslive.live.results_io import load_maps_h5
+from stslive.live.theory import TheoryConstants
 
 #: Relative tolerance of live versus offline maps: float32 sums over batches of different sizes.
 MAP_RTOL = 1e-4
 #: Maps compared between the analyser's file and the offline analysis.
 COMPARED_MAPS = ("delta_eV", "alpha", "b", "valid", "reason")
-PHASES = ("start", "middle", "end")
-#: RSS growth (MB) from the first to the last third of a run tolerated as noise, not a leak.
-RSS_SLACK_MB = 100.0
 #: Seconds the first viewer gets to come up before the paused scan resumes.
 VIEWER_SETTLE_S = 3.0
 
@@ -96,7 +91,7 @@ def fault_entries(n_pixels: int, *, seed: int, timeout_s: float) -> tuple[list[d
     the run, at least 4 calls apart so no two groups hit one pixel.
     """
     rng = random.Random(seed)
-    once = [
+    once: list[tuple[str, dict[str, Any]]] = [
         ("connection_drop", {}),
         ("connection_drop", {}),
         ("no_reply", {}),
@@ -106,7 +101,10 @@ def fault_entries(n_pixels: int, *, seed: int, timeout_s: float) -> tuple[list[d
         ("error_reply", {"message": "soak: simulated controller error"}),
         ("error_reply", {}),
     ]
-    thrice = [("error_reply", {"message": "soak: persistent controller error", "code": 7}), ("no_reply", {})]
+    thrice: list[tuple[str, dict[str, Any]]] = [
+        ("error_reply", {"message": "soak: persistent controller error", "code": 7}),
+        ("no_reply", {}),
+    ]
     groups = [(1, kind, params) for kind, params in once] + [(3, kind, params) for kind, params in thrice]
     lo, hi = max(2, n_pixels // 20), max(3, n_pixels * 19 // 20)
     if hi - lo < 5 * len(groups):
@@ -135,108 +133,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class StreamWatch:
-    """Counts what the scan puts on its stream, across every scan process (a raw SUB socket).
-
-    A raw socket, not :class:`~stslive.acquisition.formats.subscriber.RunSubscriber`: a resumed
-    scan restarts ``seq`` at 0 for the same run, which seq bookkeeping would call duplicates.
-    """
-
-    def __init__(self, endpoint: str) -> None:
-        import zmq
-
-        self.events: Counter[tuple[int, int]] = Counter()
-        self.failed: Counter[tuple[int, int]] = Counter()
-        self.kinds: Counter[str] = Counter()
-        self.malformed = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.RCVHWM, 1_000_000)
-        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sock.connect(endpoint)
-        self._thread = threading.Thread(target=self._run, name="soak-stream", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from stslive.acquisition.formats.documents import EventDoc, FailedPixelDoc, decode
-        from stslive.drivers.errors import StreamError
-
-        while not self._stop.is_set():
-            if not self._sock.poll(50):
-                continue
-            frames = self._sock.recv_multipart(copy=False)
-            try:
-                doc = decode(frames)
-            except StreamError:
-                self.malformed += 1
-                continue
-            with self._lock:
-                self.kinds[type(doc).__name__] += 1
-                if isinstance(doc, EventDoc):
-                    self.events[(doc.iy, doc.ix)] += 1
-                elif isinstance(doc, FailedPixelDoc):
-                    self.failed[(doc.iy, doc.ix)] += 1
-
-    def seen(self) -> int:
-        """Distinct pixels delivered as measured or failed so far."""
-        with self._lock:
-            return len(set(self.events) | set(self.failed))
-
-    def snapshot(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """(pixels failed and not measured since, pixels measured), sorted."""
-        with self._lock:
-            return sorted(set(self.failed) - set(self.events)), sorted(self.events)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self._sock.close(linger=0)
-        self._ctx.term()
-
-
-@dataclass
-class MemoryLog:
-    """RSS samples per role (MB), binned by run progress into start/middle/end thirds."""
-
-    peaks: dict[str, dict[str, float]] = field(default_factory=dict)
-    samples: int = 0
-
-    def sample(self, role: str, pid: int, progress: float) -> None:
-        import psutil
-
-        try:
-            rss = psutil.Process(pid).memory_info().rss / 2**20
-        except psutil.NoSuchProcess:  # exited between the liveness check and the read
-            return
-        phase = PHASES[min(2, int(progress * 3))]
-        by_phase = self.peaks.setdefault(role, {})
-        by_phase[phase] = max(by_phase.get(phase, 0.0), rss)
-        self.samples += 1
-
-    def growth(self) -> dict[str, float | None]:
-        """Peak RSS at the end minus at the start, MB per role (None if a phase has no sample)."""
-        return {
-            role: (round(p["end"] - p["start"], 1) if "start" in p and "end" in p else None)
-            for role, p in self.peaks.items()
-        }
-
-    def bounded(self, roles: tuple[str, ...] = ("lab", "scan", "analyser")) -> bool:
-        """True if no role's end peak exceeds its start peak by more than max(RSS_SLACK_MB, 50 %).
-
-        Growth that follows run length (a leak per pixel) shows as end >> start; a fixed
-        allowance absorbs allocator noise and the analyser's growing correlation snapshots.
-        """
-        for role in roles:
-            p = self.peaks.get(role, {})
-            if "start" not in p or "end" not in p:
-                return False
-            if p["end"] - p["start"] > max(RSS_SLACK_MB, 0.5 * p["start"]):
-                return False
-        return True
 
 
 class Soak:
@@ -293,30 +189,9 @@ class Soak:
         stream_ep, control_ep, results_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
         t_start = time.monotonic()
         with Supervisor(self.out / "logs") as sup:
-            lab = self._start(
-                sup,
-                "lab",
-                [
-                    "mock-lab",
-                    "--grid",
-                    f"{s.nx}x{s.ny}",
-                    "--seed",
-                    str(s.seed),
-                    "--speed",
-                    "0",
-                    "--nanonis-port",
-                    "0",
-                    "--sr830-port",
-                    "0",
-                    "--thermometer-port",
-                    "0",
-                    "--faults",
-                    str(faults),
-                ],
-                must_succeed=False,
-            )
-            lines = lab.wait_for_lines(lambda ls: len(ls) >= 3, timeout_s=300.0, check=sup.check)
-            resources = dict(line.split(None, 1) for line in lines[:3])
+            command = lab_command(nx=s.nx, ny=s.ny, seed=s.seed, speed=0.0, faults=faults)
+            lab = self._start(sup, "lab", command, must_succeed=False)
+            resources = lab_resources(lab, sup, timeout_s=300.0)
             config = self._config(resources, stream_ep, control_ep)
             self.watch = StreamWatch(stream_ep)
             try:
@@ -351,15 +226,12 @@ class Soak:
         return summary
 
     def _config(self, resources: dict[str, str], stream_ep: str, control_ep: str) -> Path:
-        from stslive.mocks.film import FilmParams
-
         s = self.s
-        pixel_m = float(FilmParams(ny=s.ny, nx=s.nx, seed=s.seed).pixel_m)  # the lab's film, as bench_scan's
         config = mock_lab_config(
             resources,
             nx=s.nx,
             ny=s.ny,
-            pixel_m=pixel_m,
+            pixel_m=film_pixel_m(nx=s.nx, ny=s.ny, seed=s.seed),
             n_points=s.points,
             run={"name": "soak", "retries": 2, "max_consecutive_failures": 3},
             instruments={"nanonis": {"resource": resources["nanonis"], "timeout_s": s.instrument_timeout_s}},
@@ -403,9 +275,10 @@ class Soak:
         ]
         viewer_args = ["view", "--connect", results_ep, "--timeout", "60"]
         scan_args = ["scan", "--config", str(config), "--out", str(self.archive)]
+        analyser: Child | None
         if s.analyser_first:
-            analyser: Child | None = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
-            analyser.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
+            analyser = first = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
+            first.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
             scan = self._start(sup, "scan", scan_args, stop_signal=signal.SIGINT)
         else:
             # The analyser joins the running scan (backfill from the archive, then the stream): an
@@ -421,8 +294,8 @@ class Soak:
             # paused while the services start (seconds each): on a small grid the scan would
             # otherwise be half done before anyone watches it
             self._control(control_ep, "pause")
-            analyser = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
-        analyser.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
+            analyser = first = self._start(sup, "analyser", analyser_args, stop_signal=signal.SIGINT)
+        first.wait_for_lines(lambda ls: len(ls) >= 1, timeout_s=120.0, check=sup.check)
         viewer = self._start(sup, "viewer", viewer_args, must_succeed=False) if s.viewer else None
         if not s.analyser_first:
             time.sleep(VIEWER_SETTLE_S)
@@ -501,8 +374,6 @@ class Soak:
     # -- checks -------------------------------------------------------------------------------
     def _check_pixels(self) -> dict[str, Any]:
         """Every pixel measured or failed (not both, not neither), reasons, nothing measured twice."""
-        from stslive.acquisition.formats.archive import open_archive
-
         with open_archive(self.archive) as reader:
             measured, failed = reader.measured, reader.failed
             failures, log = reader.failures, reader.log
@@ -551,11 +422,6 @@ class Soak:
 
     def _check_maps(self) -> dict[str, Any]:
         """The analyser's analysis file against the offline analysis with the same options."""
-        from stslive.acquisition.cli.analyse import analyse_to_directory
-        from stslive.live.kernels import KernelOptions
-        from stslive.live.results_io import load_maps_h5
-        from stslive.live.theory import TheoryConstants
-
         t0 = time.perf_counter()
         options = KernelOptions(dynes_width_eV=self.s.dynes_width_meV * 1e-3)  # what `stslive analyser` uses
         offline_dir = self.out / "offline"
@@ -587,59 +453,3 @@ class Soak:
         result["valid_pixels"] = int(offline["valid"].sum())
         result["ok"] = bool(ok)
         return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``stslive soak``."""
-    parser.add_argument("--grid", type=_grid, default=(300, 250), help="NXxNY pixels (default 300x250)")
-    parser.add_argument("--points", type=int, default=1601, help="points per sweep (default 1601)")
-    parser.add_argument("--seed", type=int, default=0, help="film and fault schedule seed (default 0)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the archive, analyses, logs, soak.json")
-    parser.add_argument("--kills", type=int, default=2, help="scan SIGKILLs, each followed by --resume (default 2)")
-    parser.add_argument("--analyser-kills", type=int, default=1, help="analyser SIGKILLs + restarts (default 1)")
-    parser.add_argument("--viewer-kills", type=int, default=1, help="viewer SIGKILLs + new viewer (default 1)")
-    parser.add_argument("--no-viewer", action="store_true", help="run no viewer (machines without Qt)")
-    parser.add_argument("--no-remeasure", action="store_true", help="skip the control remeasure of two pixels")
-    parser.add_argument(
-        "--analyser-first",
-        action="store_true",
-        help="start the analyser before the scan (shows the analyser missing the start document)",
-    )
-    parser.add_argument(
-        "--duration-hint",
-        type=float,
-        default=600.0,
-        metavar="SECONDS",
-        help="expected scan wall time; the soak gives up after 3x this + 300 s (default 600)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the soak, print its JSON summary; 0 if every check passed, 1 otherwise."""
-    for name in ("kills", "analyser_kills", "viewer_kills"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} = {getattr(args, name)} is too small")
-    if args.points < 101:
-        raise ConfigError(f"--points {args.points}: the fit window needs sweeps of at least 101 points")
-    try:
-        import psutil  # noqa: F401  (RSS of the child processes)
-    except ImportError:
-        raise ConfigError("stslive soak reads process memory with psutil: pip install 'stslive[test]'") from None
-    nx, ny = args.grid
-    settings = SoakSettings(
-        nx=nx,
-        ny=ny,
-        out=args.out,
-        seed=args.seed,
-        points=args.points,
-        kills=args.kills,
-        analyser_kills=args.analyser_kills,
-        viewer_kills=args.viewer_kills,
-        viewer=not args.no_viewer,
-        remeasure=not args.no_remeasure,
-        duration_hint_s=args.duration_hint,
-        analyser_first=args.analyser_first,
-    )
-    summary = Soak(settings, log=lambda line: print(line, file=sys.stderr, flush=True)).run()
-    print(json.dumps(summary, indent=1))
-    return 0 if summary["ok"] else 1

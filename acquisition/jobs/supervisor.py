@@ -1,23 +1,18 @@
-"""Supervised service processes for ``stslive demo``: start, watch, stop, name the one that failed.
+"""Supervised service processes for the jobs (demo, soak): start, watch, stop, name the one that failed.
 
-Every part of the demo (mock lab, scan, analyser, viewer, offline analysis) runs as its own
-``python -m stslive.acquisition.cli ...`` process, as in a lab where they are separate programs
-(and so two cores share the work instead of one GIL). :class:`Supervisor` owns them:
-
-* each child runs in its own session, so a Ctrl-C at the terminal reaches only the demo, which
-  then stops the children in order (scan first, so its stop document is written and published;
-  the lab last); on Linux the kernel also sends SIGTERM to a child whose supervisor dies
-  (``PR_SET_PDEATHSIG``), so even a SIGKILLed demo leaves no orphans;
-* stdout lines are collected by a reader thread (services announce endpoints there); stderr goes
-  to ``LOGDIR/NAME.log`` and its tail is quoted when a child fails;
-* :meth:`Supervisor.check` raises :class:`~stslive.drivers.errors.ServiceError` naming the first
-  child that exited when it should not have (or with a non-zero status).
+Each child is ``python -m stslive.acquisition.cli ARGS`` in its own session (a Ctrl-C reaches only
+the supervisor, which stops the children newest first) and, on Linux, dies with the supervisor
+(``PR_SET_PDEATHSIG``), so even a SIGKILLed demo leaves no orphans. Its stdout lines are collected
+(services announce their endpoints there); its stderr goes to ``LOGDIR/NAME.log``, whose tail is
+quoted when it fails. :meth:`Supervisor.check` raises :class:`~stslive.drivers.errors.ServiceError`
+naming the first child that exited when it should not have.
 """
 
 from __future__ import annotations
 
 import collections
 import ctypes
+import json
 import signal
 import subprocess
 import sys
@@ -220,7 +215,6 @@ def toml_text(doc: Mapping[str, Any]) -> str:
     only tables of strings, numbers, booleans and lists of them: JSON spells those values the
     way TOML does (basic strings, ``1e-09``, ``[...]``), except booleans, written here.
     """
-    import json
 
     def value(v: Any) -> str:
         if isinstance(v, bool):

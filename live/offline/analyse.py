@@ -7,7 +7,7 @@ analyses each into its output folder (:func:`output_dirs`: the folder itself for
 (:mod:`stslive.live.offline.campaign`), where an input that cannot be analysed (a Z sweep, a
 damaged file) is listed with its reason instead of stopping the campaign. Each output folder receives
 ``maps.h5`` (:func:`stslive.live.results_io.save_maps_h5`), ``report.json``
-(:mod:`stslive.live.offline.report`) and the figures of :mod:`stslive.live.offline.figures`. The
+(:mod:`stslive.live.offline.report`) and the figures of :mod:`stslive.live.offline.analysis_figures`. The
 kernels run in this process or on a Dask cluster (:mod:`stslive.live.offline.dask`); both go
 through :mod:`stslive.live.pipeline`, the code path of the live analyser, and write the same files.
 """
@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 from tqdm import tqdm
 
 from stslive.acquisition.formats.archive import VERSION_ATTR
 from stslive.acquisition.formats.nanonis_dat import dat_files
 from stslive.acquisition.formats.recording import SpectraSource
 from stslive.drivers.errors import ConfigError, StsliveError
-from stslive.live.kernels import KernelOptions, conductance_sign, derivative, prepare_sweep
-from stslive.live.offline import figures
+from stslive.live.kernels import KernelOptions
+from stslive.live.offline.analysis_figures import collect_figure_inputs, write_analysis_figures
 from stslive.live.offline.campaign import write_campaign
 from stslive.live.offline.report import build_report, write_report
 from stslive.live.pipeline import analyse_source, calibrate_source, open_input, uses_lockin
@@ -356,7 +355,7 @@ def write_outputs(
         "damage": source.damage or None,
         "resampled_from_points": source.resampled_from,
     }
-    example_spectra = _examples(source, model, options, examples)
+    figure_inputs = collect_figure_inputs(source, model, options=options, examples=examples)
     save_maps_h5(model, out / "maps.h5")
     report = build_report(
         model,
@@ -367,7 +366,7 @@ def write_outputs(
         elapsed_s=time.perf_counter() - t0,
         ground_truth=source.ground_truth,
     )
-    _write_figures(out, model, example_spectra, options)
+    write_analysis_figures(out, figure_inputs, report)
     report["elapsed_s"] = time.perf_counter() - t0  # now including the figures
     write_report(report, out / "report.json")
     return report
@@ -386,71 +385,3 @@ def summary_line(report: dict[str, Any]) -> str:
         f"+- {fmt('alpha_std')}; l_Delta {fmt('l_delta_nm')} nm, l_alpha {fmt('l_alpha_nm')} nm, "
         f"rho_cross(0) {fmt('rho_cross_0')}"
     )
-
-
-def _example_pixels(model: ResultsModel, count: int) -> list[tuple[int, int]]:
-    """Valid pixels at evenly spaced quantiles of Delta (smallest, median, largest gap for 3)."""
-    valid = model.maps["valid"]
-    iy, ix = np.nonzero(valid)
-    if iy.size == 0 or count < 1:
-        return []
-    order = np.argsort(model.maps["delta_eV"][iy, ix], kind="stable")
-    picks = order[np.unique(np.linspace(0, order.size - 1, min(count, order.size)).round().astype(int))]
-    return [(int(iy[k]), int(ix[k])) for k in picks]
-
-
-def _examples(
-    source: SpectraSource, model: ResultsModel, options: KernelOptions, count: int
-) -> list[figures.ExampleSpectrum]:
-    """dI/dV (numerical derivative of I(V), S) of a few pixels with their results."""
-    out = []
-    for iy, ix in _example_pixels(model, count):
-        block = source.read_block(slice(iy, iy + 1))
-        bias_raw = block.bias if block.bias.ndim == 1 else block.bias[0, ix]
-        channels = [block.current[0, ix]] + ([] if block.lockin is None else [block.lockin[0, ix]])
-        bias, current, *lockin = prepare_sweep(bias_raw, *channels)
-        current = current * conductance_sign(bias, current)
-        didv = derivative(bias, current, points=options.smoothing_points) * 1e9
-        if lockin and uses_lockin(options):
-            in_amperes = str(source.lockin_channel).endswith("(A)")
-            gap_trace = lockin[0] * conductance_sign(bias, lockin[0], kind="didv") * (1e12 if in_amperes else 1.0)
-            gap_label = "lock-in X (pA)" if in_amperes else str(source.lockin_channel)
-        else:
-            gap_trace, gap_label = derivative(bias, current, points=3) * 1e9, "dI/dV, 3-point (nS)"
-        m = model.maps
-        out.append(
-            figures.ExampleSpectrum(
-                iy=iy,
-                ix=ix,
-                bias_V=bias,
-                didv=didv,
-                unit="nS",
-                gap_trace=gap_trace,
-                gap_label=gap_label,
-                delta_eV=float(m["delta_eV"][iy, ix]),
-                peak_neg_V=float(m["peak_neg_V"][iy, ix]),
-                peak_pos_V=float(m["peak_pos_V"][iy, ix]),
-                alpha_pos=float(m["alpha_pos"][iy, ix]),
-                alpha_neg=float(m["alpha_neg"][iy, ix]),
-                b_pos=float(m["b_pos"][iy, ix]) * 1e9,
-                b_neg=float(m["b_neg"][iy, ix]) * 1e9,
-            )
-        )
-    return out
-
-
-def _write_figures(
-    out: Path, model: ResultsModel, examples: list[figures.ExampleSpectrum], options: KernelOptions
-) -> None:
-    valid = model.maps["valid"]
-    delta = np.where(valid, model.maps["delta_eV"], np.nan)
-    alpha = np.where(valid, model.maps["alpha"], np.nan)
-    figures.maps_figure(
-        out / "maps.png", delta_eV=delta, alpha=alpha, pixel_nm=model.pixel_nm, topography_m=model.topography
-    )
-    figures.histograms_figure(out / "histograms.png", delta_eV=delta, alpha=alpha)
-    if model.snapshot is not None:
-        figures.cross_correlation_figure(out / "cross_correlation.png", model.snapshot)
-        figures.profiles_figure(out / "correlation_profiles.png", model.snapshot)
-    if examples:
-        figures.spectra_figure(out / "spectra.png", examples, fit_window_V=options.fit_window_V)

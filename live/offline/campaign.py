@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from stslive.acquisition.formats.recording import open_recording
-from stslive.drivers.errors import AnalysisError
-from stslive.live.offline.figures import new_figure, save_figure
+from stslive.live.offline.figure_campaign import draw_campaign
+from stslive.live.offline.figures import save_figure
 
 __all__ = ["run_conditions", "campaign_rows", "write_campaign", "campaign_figure", "CONDITIONS"]
 
@@ -104,30 +104,9 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
 
 
 def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str | None) -> Path:
-    """Delta, alpha (mean +- map std) and l_Delta, l_alpha, l_cross against ``x_key`` (None: run index)."""
-    if x_key is None:
-        x, label = np.arange(len(rows), dtype=np.float64), "run"
-    elif x_key in CONDITIONS:
-        x, label = _column(rows, x_key), CONDITIONS[x_key][0]
-    else:
-        raise AnalysisError(f"campaign figure against {x_key!r}: choose one of {list(CONDITIONS)} or None")
-    order = np.argsort(x, kind="stable")
-    fig = new_figure((13, 3.8))
-    axes = fig.subplots(1, 3)
-    panels = (("delta_mean_meV", "delta_std_meV", "Delta (meV)"), ("alpha_mean", "alpha_std", "alpha"))
-    for ax, (mean, std, title) in zip(axes, panels, strict=False):
-        ax.errorbar(x[order], _column(rows, mean)[order], yerr=_column(rows, std)[order], marker="o", capsize=3)
-        ax.set_ylabel(title)
-    for key, name in (("l_delta_nm", "l_Delta"), ("l_alpha_nm", "l_alpha"), ("l_cross_nm", "l_cross")):
-        axes[2].plot(x[order], _column(rows, key)[order], marker="o", label=name)
-    axes[2].set_ylabel("1/e correlation length (nm)")
-    axes[2].legend()
-    for ax in axes:
-        ax.set_xlabel(label)
-        if x_key is None:
-            ax.set_xticks(x, [str(r["run"]) for r in rows], rotation=45, ha="right")
-    fig.suptitle(f"campaign of {len(rows)} runs")
-    return save_figure(fig, path)
+    """Delta, alpha and the 1/e lengths against ``x_key`` (None: run index): :mod:`.figure_campaign`."""
+    conditions = {key: label for key, (label, _) in CONDITIONS.items()}
+    return save_figure(draw_campaign(rows, x_key=x_key, conditions=conditions), path)
 
 
 def write_campaign(

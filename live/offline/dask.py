@@ -146,7 +146,7 @@ def _analyse_rows(path: str, options: KernelOptions, block_info: dict[Any, Any] 
 
     Read and kernels are ONE task so that spectra never leave the worker that read them: as two
     tasks (read, then analyse) the scheduler moved 64 MB blocks between worker processes and kept
-    read-ahead blocks in worker memory, 3.8x slower than the single path (bench-campaign). The
+    read-ahead blocks in worker memory, 3.8x slower than the single path (stslive bench campaign). The
     file is opened here because h5py files are not picklable. The rows come from dask's
     ``block_info`` (the block's location in the result array). Unmeasured pixels are NaN (they are
     never copied into the model).

@@ -1,40 +1,130 @@
-"""PNG figures of an offline analysis, and the one way stslive makes a figure file.
+"""The one way stslive makes a figure file, and the drawing rules every analysis figure shares.
 
 Every figure is a :class:`matplotlib.figure.Figure` drawn on an Agg canvas (:func:`new_figure`,
 :func:`save_figure`), never through ``pyplot``: no global backend switch and no figure registry,
 so a process that also runs Qt (the screen) is not affected and nothing leaks between calls.
-The analysis figures: ``maps.png`` (Delta and alpha maps, alpha on the reversed colour scale as in
-the paper, plus the topography when there is one), ``histograms.png``, ``cross_correlation.png``
-(2D Delta-alpha cross-correlation, zero shift at the centre), ``correlation_profiles.png``
-(radial profiles with the 1/e lengths) and ``spectra.png`` (example spectra with the coherence
-peaks and the b|V|^alpha fits).
+The shared rules: a title with the run's caption (:func:`set_title`: file, temperature,
+set-point, date); maps in the scan frame in nm, rotated cells included (:func:`draw_map`), with
+pixels measured but not valid hatched and unmeasured ones left pale, each with a legend entry;
+an axes without data says so (:func:`say_empty`) instead of showing an empty or invented scale.
+The analysis figures themselves: :mod:`~stslive.live.offline.figure_maps`,
+:mod:`~stslive.live.offline.figure_spectra`, :mod:`~stslive.live.offline.figure_correlations`,
+written together by :mod:`~stslive.live.offline.analysis_figures`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection, QuadMesh
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-from stslive.live.results import CorrelationSnapshot
+from stslive.acquisition.formats.runmodel import GridGeometry
 
 __all__ = [
+    "DPI",
+    "INVALID_FACE",
+    "INVALID_HATCH",
+    "UNMEASURED_COLOUR",
+    "RunCaption",
+    "RunMaps",
     "new_figure",
     "save_figure",
-    "ExampleSpectrum",
-    "maps_figure",
-    "histograms_figure",
-    "cross_correlation_figure",
-    "profiles_figure",
-    "spectra_figure",
+    "set_title",
+    "say_empty",
+    "robust_limits",
+    "cell_corners_nm",
+    "pixel_centres_nm",
+    "draw_map",
+    "marked_pixel_handles",
+    "legend_below",
+    "mark_unmeasured",
+    "map_figure_size",
 ]
 
 #: Resolution of every figure file, dots per inch.
 DPI = 120
+#: Face colour, hatch and hatch colour of a pixel that was measured but gave no value.
+INVALID_FACE, INVALID_HATCH, INVALID_EDGE = "#d9d9d9", "xxx", "#7f7f7f"
+#: Face colour of a pixel that was never measured (its outline: light grey).
+UNMEASURED_COLOUR = "white"
+_UNMEASURED_EDGE = "#bdbdbd"
+
+
+@dataclass(frozen=True)
+class RunCaption:
+    """What every figure's title says about its run; None where the file does not say.
+
+    Attributes
+    ----------
+    file_name : str
+        The input's file name (no folder).
+    temperature_K : float or None
+        Sample temperature, K.
+    setpoint : str or None
+        The set-point as text (e.g. "-10 mV, -150 pA"; several sets joined by "; ").
+    date : str or None
+        When the run started, as text (ISO date and time, with its zone when known).
+    """
+
+    file_name: str
+    temperature_K: float | None = None
+    setpoint: str | None = None
+    date: str | None = None
+
+    def line(self) -> str:
+        """One line: file, T, set-point, date (unknown values said so)."""
+        temperature = "T unknown" if self.temperature_K is None else f"T = {self.temperature_K:.3g} K"
+        return " | ".join(
+            (
+                self.file_name,
+                temperature,
+                f"set-point {self.setpoint}" if self.setpoint else "set-point unknown",
+                self.date or "date unknown",
+            )
+        )
+
+
+@dataclass(frozen=True)
+class RunMaps:
+    """The per-pixel results a figure draws, with where the grid sits and the run's caption.
+
+    ``maps`` holds (ny, nx) arrays named as :data:`stslive.live.results.MAP_SPECS` (SI units);
+    per-quantity validity (``valid_delta``, ``valid_alpha``) is used where present, else ``valid``.
+    """
+
+    geometry: GridGeometry
+    maps: Mapping[str, np.ndarray]
+    caption: RunCaption | None = None
+    topography: np.ndarray | None = None
+
+    @property
+    def measured(self) -> np.ndarray:
+        """Pixels with a result, (ny, nx) bool."""
+        return np.asarray(self.maps["measured"], dtype=bool)
+
+    def valid(self, quantity: str = "both") -> np.ndarray:
+        """Pixels where ``quantity`` ("delta", "alpha" or "both") was extracted, (ny, nx) bool."""
+        key = {"delta": "valid_delta", "alpha": "valid_alpha", "both": "valid"}[quantity]
+        return np.asarray(self.maps.get(key, self.maps["valid"]), dtype=bool) & self.measured
+
+    def values(self, name: str, quantity: str = "both") -> np.ndarray:
+        """Map ``name`` as float64 with NaN outside the pixels valid for ``quantity``."""
+        return np.where(self.valid(quantity), np.asarray(self.maps[name], dtype=np.float64), np.nan)
+
+    @property
+    def is_line(self) -> bool:
+        """A line cut: one row or one column of pixels."""
+        return min(self.geometry.shape) == 1 and max(self.geometry.shape) > 1
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
@@ -51,165 +141,168 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _extent_nm(shape: tuple[int, int], pixel_nm: float) -> tuple[float, float, float, float]:
-    ny, nx = shape
-    p = pixel_nm if np.isfinite(pixel_nm) else 1.0
-    return (0.0, nx * p, 0.0, ny * p)
+#: Characters of an 11-point title per inch of figure width (DejaVu Sans averages ~0.6 em a glyph).
+_TITLE_CHARS_PER_INCH = 10.5
 
 
-def _robust_limits(values: np.ndarray) -> tuple[float, float] | tuple[None, None]:
-    """1st-99th percentile colour limits, so a few outliers do not wash the map out."""
+def set_title(fig: Figure, what: str, caption: RunCaption | None) -> None:
+    """Title of a figure: what it shows, then the run's caption, broken between its parts when too wide."""
+    if caption is None:
+        fig.suptitle(what, fontsize=11)
+        return
+    width = int(fig.get_figwidth() * _TITLE_CHARS_PER_INCH)
+    lines = [""]
+    for part in caption.line().split(" | "):
+        joined = f"{lines[-1]} | {part}" if lines[-1] else part
+        if len(joined) > width and lines[-1]:
+            lines.append(part)
+        else:
+            lines[-1] = joined
+    fig.suptitle("\n".join([what, *lines]), fontsize=11)
+
+
+def say_empty(ax: Axes, message: str) -> None:
+    """Replace an axes' content by ``message`` (no ticks, no scale: nothing is invented)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", wrap=True, fontsize=10)
+
+
+def robust_limits(values: np.ndarray) -> tuple[float, float] | None:
+    """1st-99th percentile colour limits of the finite values (a few outliers must not wash a map out).
+
+    A constant map gets a narrow range around its value; no finite value gives None.
+    """
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-        return None, None
-    lo, hi = np.percentile(finite, [1, 99])
-    return (float(lo), float(hi)) if hi > lo else (None, None)
+        return None
+    lo, hi = (float(v) for v in np.percentile(finite, [1, 99]))
+    if hi > lo:
+        return lo, hi
+    pad = max(abs(lo) * 1e-3, 1e-12)
+    return lo - pad, hi + pad
 
 
-def maps_figure(
-    path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, pixel_nm: float, topography_m: np.ndarray | None = None
-) -> Path:
-    """Delta (meV) and alpha maps side by side (alpha colour scale reversed, paper Fig. 2)."""
-    panels = [("Gap $\\Delta$ (meV)", delta_eV * 1e3, "viridis"), ("AA exponent $\\alpha$", alpha, "viridis_r")]
-    if topography_m is not None:
-        panels.append(("Topography Z (pm)", (topography_m - np.nanmean(topography_m)) * 1e12, "gray"))
-    fig = new_figure((5.2 * len(panels), 4.6))
-    extent = _extent_nm(delta_eV.shape, pixel_nm)
-    for ax, (title, values, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=False):
-        lo, hi = _robust_limits(values)
-        im = ax.imshow(values, origin="lower", extent=extent, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-        ax.set_title(title)
-        ax.set_xlabel("x (nm)")
-        ax.set_ylabel("y (nm)")
-        fig.colorbar(im, ax=ax, shrink=0.85)
-    return save_figure(fig, path)
+def cell_corners_nm(geometry: GridGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Scan-frame x, y (nm) of the cell corners, each ``(ny + 1, nx + 1)`` (rotation included)."""
+    iy, ix = np.mgrid[0 : geometry.ny + 1, 0 : geometry.nx + 1]
+    x, y = geometry.pixel_xy(iy - 0.5, ix - 0.5)
+    return x * 1e9, y * 1e9
 
 
-def histograms_figure(path: Path, *, delta_eV: np.ndarray, alpha: np.ndarray, bins: int = 50) -> Path:
-    """Histograms of the valid Delta (meV) and alpha values (0.5-99.5 % range), mean and std in the titles."""
-    fig = new_figure((10, 4))
-    for ax, values, label, unit in zip(
-        fig.subplots(1, 2), (delta_eV * 1e3, alpha), ("$\\Delta$", "$\\alpha$"), (" meV", ""), strict=False
-    ):
-        v = values[np.isfinite(values)]
-        if v.size:
-            lo, hi = np.percentile(v, [0.5, 99.5])
-            ax.hist(v, bins=bins, range=(lo, hi) if hi > lo else None, color="tab:blue", alpha=0.8)
-            ax.axvline(v.mean(), color="k", lw=1)
-            ax.set_title(f"{label}: mean {v.mean():.4g}{unit}, std {v.std():.3g}{unit}, N = {v.size}")
-        ax.set_xlabel(f"{label}{' (meV)' if unit else ''}")
-        ax.set_ylabel("pixels")
-    return save_figure(fig, path)
+def pixel_centres_nm(geometry: GridGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Scan-frame x, y (nm) of the pixel centres, each ``(ny, nx)``."""
+    iy, ix = np.mgrid[0 : geometry.ny, 0 : geometry.nx]
+    x, y = geometry.pixel_xy(iy, ix)
+    return x * 1e9, y * 1e9
 
 
-def cross_correlation_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
-    """The 2D Delta-alpha cross-correlation (fftshifted: zero lag at the centre), lags in nm."""
-    cmap_map = snapshot.cross_map
-    ny, nx = cmap_map.shape
-    p = snapshot.pixel_nm if np.isfinite(snapshot.pixel_nm) else 1.0
-    extent = (-(nx // 2) * p, (nx - 1 - nx // 2) * p, -(ny // 2) * p, (ny - 1 - ny // 2) * p)
-    limit = float(np.nanmax(np.abs(cmap_map))) if np.isfinite(cmap_map).any() else 1.0
-    fig = new_figure((6, 5))
-    ax = fig.subplots()
-    im = ax.imshow(
-        cmap_map, origin="lower", extent=extent, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest"
-    )
-    ax.set_title(f"$\\Delta$-$\\alpha$ cross-correlation, $\\rho(0)$ = {snapshot.rho_cross_0:.2f}")
-    ax.set_xlabel("shift x (nm)")
-    ax.set_ylabel("shift y (nm)")
-    fig.colorbar(im, ax=ax, shrink=0.85, label="$\\rho_{\\Delta\\alpha}$")
-    return save_figure(fig, path)
+def map_figure_size(
+    geometry: GridGeometry, panels: int, *, panel_width: float = 5.0, extra_height: float = 1.8
+) -> tuple[float, float]:
+    """Figure size (inches) for ``panels`` maps side by side, each ``panel_width`` wide at the frame's aspect.
 
-
-def profiles_figure(path: Path, snapshot: CorrelationSnapshot) -> Path:
-    """Radial profiles of the Delta and alpha autocorrelations and |cross|, 1/e lengths marked."""
-    fig = new_figure((7, 4.6))
-    ax = fig.subplots()
-    curves = [
-        ("$\\Delta$ auto", snapshot.rho_delta, snapshot.l_delta_nm, "tab:blue"),
-        ("$\\alpha$ auto", snapshot.rho_alpha, snapshot.l_alpha_nm, "tab:orange"),
-        ("|$\\Delta$-$\\alpha$ cross|", np.abs(snapshot.rho_cross), snapshot.l_cross_nm, "tab:green"),
-    ]
-    for label, values, length, colour in curves:
-        text = f"{length:.1f} nm" if np.isfinite(length) else "not reached"
-        ax.plot(snapshot.r_nm, values, color=colour, lw=1.6, label=f"{label}: $l_{{1/e}}$ = {text}")
-        if np.isfinite(length):
-            ax.axvline(length, color=colour, ls="--", lw=1)
-    ax.axhline(1 / np.e, color="gray", ls=":", lw=1, label="1/e (auto; cross: 1/e of |$\\rho(0)$|)")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xlim(0, float(np.nanmax(snapshot.r_nm)) if snapshot.r_nm.size else 1)
-    ax.set_xlabel("r (nm)")
-    ax.set_ylabel("radial correlation $\\rho(r)$")
-    ax.set_title("Correlation profiles (Appendix A)")
-    ax.legend()
-    return save_figure(fig, path)
-
-
-@dataclass(frozen=True)
-class ExampleSpectrum:
-    """One pixel's dI/dV and the analysis results to draw on it (SI units).
-
-    ``didv`` (unit ``unit``) is what the power law was fitted to; ``gap_trace`` (on ``bias_V``,
-    label ``gap_label``) is what the gap zoom shows: the lock-in, or a lightly smoothed
-    derivative, because the fit's 11-point smoothing moves the visible maxima outwards.
+    ``extra_height`` leaves room for the titles, the colour bar's labels and the legends below;
+    the aspect is clipped to 0.25..2.5 so a very long or tall frame still leaves readable panels.
     """
-
-    iy: int
-    ix: int
-    bias_V: np.ndarray
-    didv: np.ndarray
-    unit: str
-    delta_eV: float
-    peak_neg_V: float
-    peak_pos_V: float
-    alpha_pos: float
-    alpha_neg: float
-    b_pos: float
-    b_neg: float
-    gap_trace: np.ndarray | None = None
-    gap_label: str = ""
+    x, y = cell_corners_nm(geometry)
+    aspect = float(np.clip(np.ptp(y) / np.ptp(x), 0.25, 2.5)) if np.ptp(x) > 0 else 1.0
+    return panel_width * panels + 1.0, panel_width * aspect + extra_height
 
 
-def spectra_figure(path: Path, examples: list[ExampleSpectrum], *, fit_window_V: tuple[float, float]) -> Path:
-    """Per example: full sweep with the b|V|^alpha fits (solid on the window), and a gap zoom with peaks."""
-    rows = max(1, len(examples))
-    fig = new_figure((11, 3.2 * rows))
-    axes = fig.subplots(rows, 2, squeeze=False)
-    lo, hi = fit_window_V
-    for (ax_full, ax_gap), ex in zip(axes, examples, strict=False):
-        mv = ex.bias_V * 1e3
-        ax_full.plot(mv, ex.didv, color="0.35", lw=0.8, label="dI/dV")
-        ax_full.set_ylabel(f"dI/dV ({ex.unit})")
-        gap_trace = ex.didv if ex.gap_trace is None else ex.gap_trace
-        ax_gap.plot(mv, gap_trace, color="0.35", lw=0.8)
-        ax_gap.set_ylabel(ex.gap_label or f"dI/dV ({ex.unit})")
-        for ax in (ax_full, ax_gap):
-            ax.set_xlabel("bias (mV)")
-        for sign, b, a in ((1, ex.b_pos, ex.alpha_pos), (-1, ex.b_neg, ex.alpha_neg)):
-            if not (np.isfinite(b) and np.isfinite(a)):
-                continue
-            v_all = np.linspace(0.5e-3, np.max(np.abs(ex.bias_V)), 200)
-            v_fit = np.linspace(lo, hi, 100)
-            ax_full.plot(sign * v_all * 1e3, b * v_all**a, color="tab:red", ls=":", lw=1)
-            ax_full.plot(
-                sign * v_fit * 1e3,
-                b * v_fit**a,
-                color="tab:red",
-                lw=2,
-                label=f"b|V|$^\\alpha$, $\\alpha_{{{'+' if sign > 0 else '-'}}}$ = {a:.3f}",
-            )
-        for edge in (-hi, -lo, lo, hi):
-            ax_full.axvline(edge * 1e3, color="tab:red", lw=0.5, alpha=0.4)
-        ax_full.set_title(f"pixel (iy={ex.iy}, ix={ex.ix}): power law on {lo * 1e3:g}-{hi * 1e3:g} mV")
-        ax_full.legend(fontsize=8, loc="upper center")
-        zoom = np.abs(ex.bias_V) <= 4e-3
-        ax_gap.set_xlim(-4, 4)
-        if zoom.any() and np.isfinite(gap_trace[zoom]).any():
-            finite = gap_trace[zoom][np.isfinite(gap_trace[zoom])]
-            pad = 0.05 * (finite.max() - finite.min())
-            ax_gap.set_ylim(finite.min() - pad, finite.max() + pad)
-        for peak in (ex.peak_neg_V, ex.peak_pos_V):
-            if np.isfinite(peak):
-                ax_gap.axvline(peak * 1e3, color="tab:blue", ls="--", lw=1)
-        ax_gap.set_title(f"coherence peaks (dashed): $\\Delta$ = {ex.delta_eV * 1e3:.3f} meV")
-    return save_figure(fig, path)
+def _cells(corners: tuple[np.ndarray, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """The quadrilaterals ``(k, 4, 2)`` of the cells where ``mask`` is True."""
+    x, y = corners
+    iy, ix = np.nonzero(mask)
+    xs = np.stack([x[iy, ix], x[iy, ix + 1], x[iy + 1, ix + 1], x[iy + 1, ix]], axis=-1)
+    ys = np.stack([y[iy, ix], y[iy, ix + 1], y[iy + 1, ix + 1], y[iy + 1, ix]], axis=-1)
+    return np.stack([xs, ys], axis=-1)
+
+
+def draw_map(
+    ax: Axes,
+    geometry: GridGeometry,
+    values: np.ndarray,
+    *,
+    valid: np.ndarray,
+    measured: np.ndarray,
+    cmap: str | Colormap,
+    limits: tuple[float, float] | None = None,
+) -> QuadMesh:
+    """Draw ``values`` on the scan frame: valid pixels coloured, the others marked, not blank.
+
+    Parameters
+    ----------
+    ax
+        Target axes; its labels become x, y (nm) and its aspect equal.
+    geometry
+        The grid's placement in the scan frame (centre, size, rotation).
+    values
+        ``(ny, nx)`` map; only ``valid`` pixels are coloured.
+    valid, measured
+        ``(ny, nx)`` masks: measured and not valid pixels are hatched (:data:`INVALID_HATCH`),
+        pixels not measured are :data:`UNMEASURED_COLOUR` with a grey outline.
+    cmap, limits
+        Colour map and (vmin, vmax); default limits: :func:`robust_limits` of the valid pixels.
+
+    Returns
+    -------
+    The colour mesh (for a colour bar).
+    """
+    corners = cell_corners_nm(geometry)
+    shown = np.ma.masked_array(values, mask=~valid | ~np.isfinite(values))
+    lo, hi = limits if limits is not None else (robust_limits(np.where(valid, values, np.nan)) or (0.0, 1.0))
+    mesh = ax.pcolormesh(*corners, shown, cmap=cmap, vmin=lo, vmax=hi, shading="flat", rasterized=True)
+    refused = measured & ~valid
+    if refused.any():
+        cells = list(_cells(corners, refused))
+        ax.add_collection(
+            PolyCollection(cells, facecolor=INVALID_FACE, edgecolor=INVALID_EDGE, hatch=INVALID_HATCH, linewidths=0.0)
+        )
+    mark_unmeasured(ax, corners, measured)
+    ax.set_aspect("equal")
+    ax.set_xlim(float(corners[0].min()), float(corners[0].max()))
+    ax.set_ylim(float(corners[1].min()), float(corners[1].max()))
+    ax.set_xlabel("x (nm)")
+    ax.set_ylabel("y (nm)")
+    return mesh
+
+
+def mark_unmeasured(ax: Axes, corners: tuple[np.ndarray, np.ndarray], measured: np.ndarray) -> None:
+    """Cover the cells never measured with :data:`UNMEASURED_COLOUR`, outlined so they read as cells."""
+    if not measured.all():
+        cells = list(_cells(corners, ~measured))
+        ax.add_collection(
+            PolyCollection(cells, facecolor=UNMEASURED_COLOUR, edgecolor=_UNMEASURED_EDGE, linewidths=0.3)
+        )
+
+
+def marked_pixel_handles(*, refused: int, missing: int, refused_label: str) -> list[Patch]:
+    """Legend handles for the pixels :func:`draw_map` marks (only the kinds present), with their counts."""
+    handles = []
+    if refused:
+        label = f"{refused_label} ({refused} px)"
+        handles.append(Patch(facecolor=INVALID_FACE, edgecolor=INVALID_EDGE, hatch=INVALID_HATCH, label=label))
+    if missing:
+        handles.append(
+            Patch(facecolor=UNMEASURED_COLOUR, edgecolor=_UNMEASURED_EDGE, label=f"not measured ({missing} px)")
+        )
+    return handles
+
+
+def legend_below(
+    fig: Figure, handles: list[Patch], *, where: Literal["left", "center", "right"] = "center", title: str | None = None
+) -> None:
+    """A figure legend under the panels (``where``: left, center or right), laid out by the figure's engine."""
+    if not handles:
+        return
+    loc: Literal["outside lower left", "outside lower center", "outside lower right"]
+    loc = (
+        "outside lower left"
+        if where == "left"
+        else "outside lower right"
+        if where == "right"
+        else "outside lower center"
+    )
+    fig.legend(handles=handles, loc=loc, ncols=min(len(handles), 3), fontsize=8, frameon=False, title=title,
+               title_fontsize=8)  # fmt: skip

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats import _h5status
 from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
 from stslive.acquisition.formats.recording import open_spectra
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import ArchiveError, StsliveError
 from stslive.mocks.film import FilmParams, make_film
 

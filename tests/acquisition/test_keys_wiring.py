@@ -1,4 +1,4 @@
-"""CURVE keys chosen from the config and the command line (issue 6): refusals and option checks.
+"""CURVE keys chosen from the config and the command line: refusals and option checks.
 
 Every non-loopback address here is refused by check_bind before anything is created or bound;
 the keyed sockets themselves are exercised on 127.0.0.1 (here and in tests/e2e/test_remote_keys.py).
@@ -14,11 +14,11 @@ import pytest
 from stslive.acquisition import config as config_module
 from stslive.acquisition.cli import main
 from stslive.acquisition.cli import scan as scan_cli
-from stslive.acquisition.cli.control import client_security
-from stslive.acquisition.cli.scan import run_scan, stream_security
+from stslive.acquisition.cli.common import client_security
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.formats.security import Security
-from stslive.acquisition.jobs.bench_scan import mock_lab_config
+from stslive.acquisition.jobs.mocklab import mock_lab_config
+from stslive.acquisition.scan import run_scan, stream_security
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserService
 

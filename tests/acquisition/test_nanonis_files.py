@@ -12,10 +12,10 @@ import pytest
 from nanonis_samples import DAT_HEADER, film_grid, film_line_dats, write_dat
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.nanonis3ds import open_3ds
 from stslive.acquisition.formats.nanonis_dat import open_dat, read_dat
 from stslive.acquisition.formats.recording import open_recording, open_spectra, recording_kind
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.acquisition.replay import open_replay
 from stslive.drivers.errors import AnalysisError, ConfigError, NanonisFileError
 from stslive.live.flag_config import FlagConfig

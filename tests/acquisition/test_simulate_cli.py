@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.simulate import CHANNELS, parse_grid, write_film_archive
 from stslive.acquisition.formats.archive import open_archive
-from stslive.drivers.errors import ConfigError
+from stslive.acquisition.jobs.simulate import CHANNELS, write_film_archive
 from stslive.mocks.film import FilmParams, make_film
 
 
@@ -134,9 +133,3 @@ def test_existing_file_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["simulate", "--grid", "4x3", "--points", "401", "--out", str(path), "--overwrite"]) == 0
     with open_archive(path) as reader:
         assert reader.shape == (3, 4)
-
-
-def test_parse_grid_is_columns_by_rows() -> None:
-    assert parse_grid("300x250") == (250, 300) and parse_grid(" 5 X 7 ") == (7, 5)
-    with pytest.raises(ConfigError):
-        parse_grid("300")

@@ -10,12 +10,12 @@ import pytest
 import zmq
 from test_stream import LOCAL, connected, event_kwargs, spec, start_fields
 
-from stslive.acquisition.cli.scan import wait_for_consumers
 from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.documents import DescriptorDoc, EventDoc, StartDoc
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 from stslive.acquisition.formats.subscriber import Gap, recover_from_archive
+from stslive.acquisition.scan import wait_for_consumers
 
 
 @pytest.fixture

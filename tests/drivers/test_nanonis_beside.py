@@ -27,13 +27,30 @@ def _start_reply() -> bytes:
 
 
 def _sweep_exchanges(start_reply: bytes) -> list[tuple[bytes, bytes]]:
-    """Feedback read (on), feedback off, Start, feedback back on."""
+    """Set-point bias read, feedback read (on), feedback off, Start, the bias back, feedback back on."""
     return [
+        (codec.encode_request("Bias.Get"), codec.encode_response("Bias.Get", [-0.01])),
         (codec.encode_request("ZCtrl.OnOffGet"), codec.encode_response("ZCtrl.OnOffGet", [1])),
         (codec.encode_request("ZCtrl.OnOffSet", 0), codec.encode_response("ZCtrl.OnOffSet")),
         (codec.encode_request("BiasSpectr.Start", 1, ""), start_reply),
+        (codec.encode_request("Bias.Set", -0.01), codec.encode_response("Bias.Set")),
         (codec.encode_request("ZCtrl.OnOffSet", 1), codec.encode_response("ZCtrl.OnOffSet")),
     ]
+
+
+#: What follows the Start request: the work, the reply, the set-point bias, the feedback back on.
+AFTER_START = [
+    "write BiasSpectr.Start",
+    "work",
+    "read",
+    "read",
+    "write Bias.Set",
+    "read",
+    "read",
+    "write ZCtrl.OnOffSet",
+    "read",
+    "read",
+]
 
 
 class LoggingReplay:
@@ -90,19 +107,16 @@ def test_work_runs_after_start_is_sent_and_before_its_reply_is_read() -> None:
     stm = _controller(replay)
     spectrum, hidden = stm.run_spectrum_beside(lambda: order.append("work"))
     assert order == [
+        "write Bias.Get",
+        "read",
+        "read",
         "write ZCtrl.OnOffGet",
         "read",
         "read",
         "write ZCtrl.OnOffSet",
         "read",
         "read",
-        "write BiasSpectr.Start",
-        "work",
-        "read",
-        "read",
-        "write ZCtrl.OnOffSet",
-        "read",
-        "read",
+        *AFTER_START,
     ]
     assert replay.used == len(replay.exchanges) and not replay.pending
     np.testing.assert_array_equal(spectrum.data, DATA)
@@ -120,15 +134,15 @@ def test_error_in_the_work_is_raised_after_the_sweep_with_feedback_restored() ->
 
     with pytest.raises(ArchiveError, match="disk full"):
         stm.run_spectrum_beside(failing_work)
-    assert order[6:] == ["write BiasSpectr.Start", "work", "read", "read", "write ZCtrl.OnOffSet", "read", "read"]
+    assert order[9:] == AFTER_START
     assert replay.used == len(replay.exchanges) and not replay.pending  # the session stays in step
 
 
 def test_work_and_sweep_both_failing_raise_the_work_error_with_a_note() -> None:
     order: list[str] = []
     exchanges = _sweep_exchanges(b"")  # Start never answers: a timeout
-    first = LoggingReplay(exchanges[:3], order)
-    restore = LoggingReplay(exchanges[3:], order)  # the restore reconnects
+    first = LoggingReplay(exchanges[:4], order)
+    restore = LoggingReplay(exchanges[4:], order)  # the restore reconnects
     stm = _controller(first, restore)
 
     def failing_work() -> None:
@@ -138,12 +152,12 @@ def test_work_and_sweep_both_failing_raise_the_work_error_with_a_note() -> None:
         stm.run_spectrum_beside(failing_work)
     assert any("InstrumentTimeout" in note for note in info.value.__notes__)
     assert isinstance(info.value.__cause__, InstrumentTimeout)
-    assert restore.used == 1  # feedback back on
+    assert restore.used == 2  # the set-point bias, then the feedback back on
 
 
 def test_work_not_run_when_the_sweep_fails_before_start() -> None:
     order: list[str] = []
-    replay = LoggingReplay([(codec.encode_request("ZCtrl.OnOffGet"), b"")], order)  # no reply
+    replay = LoggingReplay([(codec.encode_request("Bias.Get"), b"")], order)  # no reply
     stm = _controller(replay)
     ran: list[bool] = []
     with pytest.raises(InstrumentTimeout):

@@ -56,6 +56,7 @@ def test_sets_send_table_indices_and_verify_with_esr():
             ("*ESR?", "0"),
             ("SENS 8", None),
             ("*ESR?", "0"),
+            ("HARM?", "1"),  # harmonic x frequency is checked before the frequency goes out
             ("FREQ 9.730000e+02", None),
             ("*ESR?", "0"),
             ("SLVL 0.0100", None),
@@ -145,7 +146,7 @@ def test_snap_parser_refuses_garbage(reply):
 
 
 def test_refused_set_raises_controller_error():
-    with lockin([("HARM 2", None), ("*ESR?", "16")]) as li:
+    with lockin([("FREQ?", "1000.0"), ("HARM 2", None), ("*ESR?", "16")]) as li:
         with pytest.raises(ControllerError, match="execution error") as info:
             li.set("harmonic", 2)
         assert info.value.code == 16 and info.value.command == "HARM"
@@ -253,7 +254,8 @@ def test_every_setting_set_sends_the_query_header_and_checks_esr(model: LockInMo
     header, _, argument = command.partition(" ")
     assert header == setting.query.removesuffix("?")  # one mnemonic for query and set (both manuals)
     assert float(argument) == wire  # the set format prints the wire value exactly
-    with lockin([(command, None), ("*ESR?", "0")], model=model) as li:
+    checks = {"frequency": [("HARM?", "1")], "harmonic": [("FREQ?", "1")]}.get(setting.name, [])
+    with lockin([*checks, (command, None), ("*ESR?", "0")], model=model) as li:
         li.set(setting.name, value)
 
 
@@ -261,3 +263,25 @@ def test_status_with_a_missing_answer_is_a_reply_error():
     with lockin([("LIAS?;ERRS?;*ESR?", "0;0")]) as li:
         with pytest.raises(InstrumentReplyError, match="expected 3"):
             li.status()
+
+
+@pytest.mark.parametrize(
+    ("model", "harmonic", "frequency"), [(SR830, "2", 60e3), (SR830, "19999", 6.0), (SR860, "5", 100.1e3)]
+)
+def test_harmonic_times_frequency_beyond_the_limit_is_refused_before_sending(model, harmonic, frequency):
+    with lockin([("HARM?", harmonic)], model=model) as li:  # only the check's query goes out
+        with pytest.raises(SafetyLimitError, match="exceeds"):
+            li.set_frequency(frequency)
+
+
+def test_a_harmonic_beyond_the_limit_is_refused_before_sending():
+    with lockin([("FREQ?", "60000.0")]) as li:
+        with pytest.raises(SafetyLimitError, match="102000 Hz"):
+            li.set_harmonic(2)
+
+
+def test_sr860_read_asks_two_parameters_and_computes_r_theta():
+    with lockin([("SNAP? 0,1", "3e-06,-4e-06")], model=SR860) as li:
+        reading = li.read()
+    assert (reading.x, reading.y, reading.r) == pytest.approx((3e-6, -4e-6, 5e-6))
+    assert reading.theta_deg == pytest.approx(-53.130102, rel=1e-6)

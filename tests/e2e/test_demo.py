@@ -72,7 +72,7 @@ def test_headless_demo_leaves_sane_results(tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert "192 of 192 pixels measured" in stdout
     assert "live analyser vs offline analysis" in stdout and "validity differs on 0" in stdout
-    # the demo checks itself against the film's definition truth (issue 2 accuracy goals: 0.03 meV, 0.003)
+    # the demo checks itself against the film's definition truth (accuracy goals: 0.03 meV, 0.003)
     truth = re.search(r"rms error Delta ([0-9.e+-]+) meV, alpha ([0-9.e+-]+) over (\d+) valid", stdout)
     assert truth is not None, stdout
     assert float(truth[1]) <= 0.03 and float(truth[2]) <= 0.003 and int(truth[3]) >= 0.9 * 192
@@ -125,11 +125,11 @@ def test_control_silence_from_a_dead_scan_names_the_scan(tmp_path: Path, monkeyp
     """The demo's control requests to a scan that died report the scan's exit, not the socket's silence."""
     import zmq
 
-    from stslive.acquisition.cli import demo as demo_cli
+    from stslive.acquisition.jobs import demo as demo_job
     from stslive.acquisition.jobs.supervisor import Supervisor
     from stslive.drivers.errors import InstrumentTimeout, ServiceError
 
-    monkeypatch.setattr(demo_cli, "CONTROL_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(demo_job, "CONTROL_TIMEOUT_S", 0.3)
     ctx = zmq.Context.instance()
     silent = ctx.socket(zmq.ROUTER)  # accepts the request, never answers: a scan that stopped mid-reply
     silent.setsockopt(zmq.LINGER, 0)
@@ -143,11 +143,11 @@ def test_control_silence_from_a_dead_scan_names_the_scan(tmp_path: Path, monkeyp
                 time.sleep(0.05)
             assert sup.children["scan"].returncode not in (None, 0)
             with pytest.raises(ServiceError, match="scan: exited with status"):
-                demo_cli._command(endpoint, "resume", sup)
+                demo_job._command(endpoint, "resume", sup)
             with pytest.raises(ServiceError, match="scan: exited with status"):
-                demo_cli._hold_scan(endpoint, sup)
+                demo_job._hold_scan(endpoint, sup)
         with Supervisor(tmp_path / "alive") as sup:  # nobody died: the timeout itself is the report
             with pytest.raises(InstrumentTimeout, match="no reply"):
-                demo_cli._command(endpoint, "resume", sup)
+                demo_job._command(endpoint, "resume", sup)
     finally:
         silent.close()

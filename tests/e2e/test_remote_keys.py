@@ -1,4 +1,4 @@
-"""Remote monitoring with CURVE keys end to end (issue 6), on 127.0.0.1 only.
+"""Remote monitoring with CURVE keys end to end, on 127.0.0.1 only.
 
 A scan runs against the in-process simulated lab with ``[stream] keys``; the analyser is a real
 ``stslive analyser --keys --client`` process reading the keyed run stream and publishing its
@@ -25,14 +25,14 @@ import pytest
 import zmq.auth
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.scan import run_scan
 from stslive.acquisition.control import send_command
 from stslive.acquisition.formats.documents import EventDoc, HeartbeatDoc
 from stslive.acquisition.formats.security import Security
 from stslive.acquisition.formats.subscriber import RunSubscriber
-from stslive.acquisition.jobs.bench_scan import mock_lab_config
+from stslive.acquisition.jobs.mocklab import mock_lab_config
+from stslive.acquisition.scan import run_scan
 from stslive.drivers.errors import InstrumentTimeout, StreamError
-from stslive.live.viewer.sources import StreamSource
+from stslive.live.viewer.stream_source import StreamSource
 from stslive.mocks.lab import MockLab
 from stslive.mocks.lab_servers import LabServers
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stslive.acquisition.cli.scan import run_scan
 from stslive.acquisition.control import send_command
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.documents import EventDoc, FailedPixelDoc, HeartbeatDoc, StopDoc
 from stslive.acquisition.formats.subscriber import RunSubscriber
-from stslive.acquisition.jobs.bench_scan import mock_lab_config
+from stslive.acquisition.jobs.mocklab import mock_lab_config
+from stslive.acquisition.scan import run_scan
 from stslive.mocks.faults import FaultPlan
 from stslive.mocks.lab import MockLab
 from stslive.mocks.lab_servers import LabServers
@@ -282,10 +282,10 @@ def test_remeasure_a_failed_and_a_measured_pixel_through_the_control_command(tmp
 def test_bench_scan_subcommand_reports_overhead_of_every_pixel(capsys: pytest.CaptureFixture[str]) -> None:
     from stslive.acquisition.cli import main
 
-    assert main(["bench-scan", "--grid", "4x3", "--points", "51"]) == 0
+    assert main(["bench", "scan", "--grid", "4x3", "--points", "51"]) == 0
     out = capsys.readouterr().out
     assert "12 pixels x 51 points" in out
     match = re.search(r"all: p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", out)
     assert match is not None, out
     assert 0 < float(match[1]) <= float(match[2])
-    assert main(["bench-scan", "--points", "1"]) == 1  # ConfigError, printed without a traceback
+    assert main(["bench", "scan", "--points", "1"]) == 1  # ConfigError, printed without a traceback

@@ -2,7 +2,7 @@
 
 Against the simulated lab's TCP servers (in-process, port 0): re-measures of the pixel still
 waiting to be recorded and of the cell the plan visits next, order of archive and stream, the
-overhead statistics, and ``stslive bench-scan --compare`` with ``stslive mock-lab`` as a child.
+overhead statistics, and ``stslive bench scan --compare`` with ``stslive mock-lab`` as a child.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stslive.acquisition.cli.scan import run_scan
 from stslive.acquisition.engine import OVERHEAD_PHASES, ScanEngine
 from stslive.acquisition.formats.archive import open_archive
-from stslive.acquisition.jobs.bench_scan import mock_lab_config
+from stslive.acquisition.jobs.mocklab import mock_lab_config
+from stslive.acquisition.scan import run_scan
 from stslive.mocks.lab import MockLab
 from stslive.mocks.lab_servers import LabServers
 
@@ -107,10 +107,10 @@ def test_failed_pixel_after_a_measured_one_keeps_both_records_in_order(tmp_path:
 def test_bench_scan_compare_reports_both_lab_placements(capsys: pytest.CaptureFixture[str]) -> None:
     from stslive.acquisition.cli import main
 
-    assert main(["bench-scan", "--grid", "3x2", "--points", "51", "--compare"]) == 0
+    assert main(["bench", "scan", "--grid", "3x2", "--points", "51", "--compare"]) == 0
     out = capsys.readouterr().out
     assert "mock lab process" in out and "mock lab in-process" in out, out
     for match in re.finditer(r"all: p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms", out):
         assert 0 < float(match[1]) <= float(match[2])
     assert len(re.findall(r"all: p50", out)) == 2
-    assert main(["bench-scan", "--repeat", "0"]) == 1  # ConfigError, printed without a traceback
+    assert main(["bench", "scan", "--repeat", "0"]) == 1  # ConfigError, printed without a traceback

@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.jobs.soak import MemoryLog, Soak, SoakSettings, fault_entries
+from stslive.acquisition.jobs.soak import Soak, SoakSettings, fault_entries
+from stslive.acquisition.jobs.soak_watch import MemoryLog
 from stslive.mocks.faults import FaultPlan
 
 NX, NY, POINTS = 24, 16, 401

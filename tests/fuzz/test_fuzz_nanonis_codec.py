@@ -35,6 +35,7 @@ _SAMPLE: dict[str, Any] = {
     "i32[]": [1, 2, 3],
     "f32[]": [0.5, 1.5],
     "str[]": ["a", "bc"],
+    "str[n]": ["a", "bc", "d"],  # counted by the i32[] before it (ChsGet)
     "f32[,]": np.ones((2, 3), np.float32),
 }
 
@@ -44,7 +45,7 @@ def _sample_response(name: str, status: int = 0, description: str = "") -> bytes
     return codec.encode_response(name, [_SAMPLE[t] for t in types], status=status, description=description)
 
 
-VALID = [_sample_response(n) for n in NAMES] + [_sample_response(n, 3, "not allowed") for n in NAMES[:5]]
+VALID = [_sample_response(n) for n in NAMES] + [_sample_response(n, 1, "not allowed") for n in NAMES[:5]]
 
 
 def _decode(frame: bytes, name: str) -> None:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.live.results_io import load_maps_h5
 from stslive.mocks.film import FilmParams, make_film
 

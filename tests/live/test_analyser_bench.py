@@ -1,14 +1,13 @@
-"""``stslive bench-analyser`` on a small replay (the figures themselves: run the command, see its docstring)."""
+"""``stslive bench analyser`` on a small replay (the figures themselves: run the command)."""
 
 from __future__ import annotations
-
-import argparse
 
 import numpy as np
 import pytest
 
-from stslive.acquisition.jobs.bench_analyser import add_arguments, film_spectra, replay, run
-from stslive.drivers.errors import ConfigError, StreamError
+from stslive.acquisition.cli import main
+from stslive.acquisition.jobs.bench_analyser import film_spectra, replay
+from stslive.drivers.errors import StreamError
 from stslive.live.analyser import AnalyserSettings
 from stslive.live.kernels import KernelOptions
 from stslive.live.results import PixelResult, ResultsModel
@@ -33,11 +32,10 @@ def test_replay_gets_every_result_with_latencies_and_stage_times(in_process: boo
     assert out.stages_s["analyse"] > 0 and out.stages_s["receive+decode"] > 0
 
 
-def test_bench_command_refuses_bad_numbers() -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    with pytest.raises(ConfigError):
-        run(parser.parse_args(["-n", "0"]))
+def test_bench_command_refuses_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "analyser", "-n", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("stslive bench: error: give -n") and "Traceback" not in err
 
 
 def test_pixels_message_round_trip_and_refusals() -> None:

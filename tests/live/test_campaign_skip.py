@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.live.kernels import KernelOptions
 from stslive.live.offline.analyse import analyse_inputs, expand_inputs
 from stslive.live.theory import TheoryConstants

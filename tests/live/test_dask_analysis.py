@@ -14,9 +14,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.cli.simulate import write_film_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.drivers.errors import ConfigError
 from stslive.live.kernels import KernelOptions
 from stslive.live.offline.dask import (

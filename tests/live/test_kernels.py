@@ -231,7 +231,7 @@ def test_stage_seconds_reports_every_stage(film_spectra):
 def test_bench_prints_rates_ratio_and_the_stage_breakdown(capsys):
     import argparse
 
-    from stslive.acquisition.jobs import bench_analysis as bench
+    from stslive.acquisition.cli import bench
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stslive.acquisition.cli.simulate import CHANNELS, write_film_archive
 from stslive.acquisition.formats.archive import open_archive
+from stslive.acquisition.jobs.simulate import CHANNELS, write_film_archive
 from stslive.drivers.errors import AnalysisError, FileFormatError
 from stslive.live import theory
 from stslive.live.correlations import correlation_report

@@ -26,7 +26,19 @@ def film() -> Any:
 
 
 def _lab(film: Any, faults: list[dict[str, Any]] | None = None, **kw: Any) -> MockLab:
-    return MockLab(film, faults=FaultPlan.from_list(faults or []), **{"speed": 0.0, **kw})
+    lab = MockLab(film, faults=FaultPlan.from_list(faults or []), **{"speed": 0.0, **kw})
+    lab.stm.reset_bias = True  # consecutive sweeps here start from the set-point bias
+    return lab
+
+
+def test_without_reset_bias_the_tip_regulates_at_the_sweep_end(film: Any) -> None:
+    lab = MockLab(film, speed=0.0)
+    assert not lab.stm.reset_bias
+    lab.run_sweep()
+    assert lab.stm.bias_V == pytest.approx(lab.stm.end_V) and lab.stm.regulated_bias_V == pytest.approx(lab.stm.end_V)
+    lab.stm.reset_bias, lab.stm.bias_V = True, -0.01
+    lab.run_sweep()
+    assert lab.stm.bias_V == pytest.approx(-0.01)
 
 
 def _sweep_current(lab: MockLab) -> tuple[np.ndarray, np.ndarray]:

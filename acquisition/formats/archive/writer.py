@@ -81,6 +81,7 @@ class ArchiveWriter:
         bias: np.ndarray | None = None,
         ground_truth: GroundTruth | None = None,
         overwrite: bool = False,
+        data_attrs: Mapping[str, str | float] | None = None,
     ) -> ArchiveWriter:
         """Create a new archive at full grid shape and (by default) switch SWMR on.
 
@@ -95,6 +96,8 @@ class ArchiveWriter:
         ground_truth
             ``name -> array`` or ``name -> (array, units)``; simulations only. With ``swmr=True``
             it must be given here, since nothing can be created once SWMR is on.
+        data_attrs
+            Attributes of ``/entry/data`` (e.g. ``lockin_wiring``: how a channel was converted).
         """
         path = Path(path)
         if path.exists() and not overwrite:
@@ -129,6 +132,8 @@ class ArchiveWriter:
                 topography=topography,
                 ground_truth=ground_truth,
             )
+            for key, value in (data_attrs or {}).items():
+                f["entry/data"].attrs[key] = value
         except BaseException:
             f.close()
             raise
