@@ -83,7 +83,9 @@ class ArchiveSpectra:
     def _measured(self) -> np.ndarray:
         """Measured pixels that can be read (a truncated file lost the rest); call under the lock."""
         measured = np.asarray(self.reader.measured, dtype=bool)
-        self.recorded = int(measured.sum())
+        # a truncated file's reader counts only what it can read; what the file recorded it says apart
+        recorded = self.reader.health.recorded_measured
+        self.recorded = int(measured.sum()) if recorded is None else recorded
         return measured if self.health.readable is None else measured & self.health.readable
 
     def topography(self) -> tuple[np.ndarray | None, str]:

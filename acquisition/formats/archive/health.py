@@ -1,19 +1,24 @@
-"""How much of an archive file is there: truncation, and a bounded way to read what survived a cut.
+"""How much of an archive file is there: truncation, and bounded ways to read a file as it is.
 
 An archive's HDF5 superblock records where the file ends. A copy cut short (``head -c``, a full
 disk, an interrupted transfer) is shorter than that: HDF5 refuses to open it, and an SWMR reader,
 which skips that check, retries every unreadable metadata block with back-off for minutes.
-:func:`open_view` instead hands HDF5 a read-only view of the file (:class:`_CutView`) that
-is as long as recorded, reads zeros past the cut and shows the superblock without writer flags,
-so HDF5 opens it plainly: metadata lost in the cut fails its checksum at once. Raw data chunks
-have no checksum, so :class:`ChunkLoss` marks every chunk that ends past the cut as lost, and the
-reader returns fill values there (:meth:`ChunkLoss.mask`). The file itself is never written.
+:func:`open_cut` instead opens a private copy that is as long as recorded (zeros past the cut,
+sparse) and shows the superblock without writer flags, so HDF5 opens it plainly: metadata lost in
+the cut fails its checksum at once. Raw data chunks have no checksum, so :class:`ChunkLoss` marks
+every chunk that ends past the cut as lost, and the reader returns fill values there
+(:meth:`ChunkLoss.mask`). :func:`open_view` does the same without a copy, through a Python file
+object (:class:`_CutView`), for a short look inside the opener (HDF5 calls back into Python for
+every read, which must not outlive the call). The file itself is never written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
+import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,7 @@ import numpy as np
 
 from stslive.acquisition.formats import _h5status
 
-__all__ = ["ArchiveHealth", "ChunkLoss", "chunk_loss", "open_view"]
+__all__ = ["ArchiveHealth", "ChunkLoss", "chunk_loss", "lost_entirely", "open_cut", "open_view"]
 
 
 @dataclass(frozen=True)
@@ -114,9 +119,9 @@ class _CutView(io.RawIOBase):
 
 def open_view(path: Path) -> tuple[h5py.File, ArchiveHealth]:
     """Open a file read-only through :class:`_CutView`: without SWMR, writer flags or HDF5's
-    length check (module docstring); for files cut short and files whose SWMR writer died.
+    length check (module docstring), for a look that ends before the caller returns.
 
-    The returned file is closed before its view when it is garbage collected or at exit (a view
+    The caller closes the file; it is closed before its view when it is garbage collected (a view
     closed first would crash HDF5's own close). Raises OSError as h5py does for unreadable metadata.
     """
     sb = _h5status.superblock(path)
@@ -136,6 +141,40 @@ def _close_pair(fid: h5py.h5f.FileID, view: _CutView) -> None:
     if fid.valid:
         fid.close()
     view.close()
+
+
+def open_cut(path: Path) -> tuple[h5py.File, ArchiveHealth]:
+    """Open a file cut short read-only: a private temporary copy, extended (sparse) to the recorded
+    end and without writer flags, opened plainly and unlinked at once (module docstring).
+
+    Costs a copy of the bytes present (a damaged file only). Raises OSError as h5py does for
+    unreadable metadata.
+    """
+    sb = _h5status.superblock(path)
+    if sb is None:
+        raise OSError("not a version 2/3 HDF5 superblock")
+    size = path.stat().st_size
+    fd, copy = tempfile.mkstemp(prefix="stslive-cut-", suffix=".h5")
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 22)
+            out.truncate(max(sb.stored_eof, size))  # zeros past the cut, without using disk
+            out.seek(0)
+            out.write(_h5status.without_flags(path))
+        f = h5py.File(copy, "r", libver="latest")
+    except BaseException:
+        _remove(copy)
+        raise
+    try:
+        os.unlink(copy)  # HDF5 keeps its descriptor; the space is freed when it closes
+    except OSError:  # a system that cannot unlink an open file: removed with the file object
+        weakref.finalize(f, _remove, copy)
+    return f, ArchiveHealth(size_bytes=size, stored_bytes=sb.stored_eof)
+
+
+def _remove(copy: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(copy)
 
 
 class ChunkLoss:
@@ -162,6 +201,13 @@ class ChunkLoss:
         for axis, n in enumerate(shape):
             out = np.repeat(out, self.chunks[axis], axis=axis)[(slice(None),) * axis + (slice(0, n),)]
         return out
+
+
+def lost_entirely(ds: h5py.Dataset) -> ChunkLoss:
+    """A :class:`ChunkLoss` of ``ds`` with every chunk lost (its chunk index lies past the cut)."""
+    chunks = ds.chunks or tuple(max(1, n) for n in ds.shape)
+    grid = tuple(-(-n // c) for n, c in zip(ds.shape, chunks, strict=True))
+    return ChunkLoss(chunks, np.ones(grid, dtype=bool), np.zeros(grid, dtype=bool))
 
 
 def chunk_loss(ds: h5py.Dataset, size: int) -> ChunkLoss:

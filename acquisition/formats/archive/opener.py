@@ -3,9 +3,9 @@ file cut short), validates version and layout, and returns an
 :class:`~stslive.acquisition.formats.archive.reader.ArchiveReader`.
 
 Contract: opening never waits on damage. SWMR, whose reads retry failed metadata with back-off
-for minutes, is used only for a file a live SWMR writer holds; a file shorter than its superblock
-records, or left by a dead SWMR writer, is read through
-:func:`~stslive.acquisition.formats.archive.health.open_view`.
+for minutes, is used only for a file an SWMR writer holds (or held when it was killed), after its
+metadata was read plainly; a file shorter than its superblock records is read through
+:func:`~stslive.acquisition.formats.archive.health.open_cut`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 
 from stslive.acquisition.formats import _h5status
-from stslive.acquisition.formats.archive.health import ArchiveHealth, open_view
+from stslive.acquisition.formats.archive.health import ArchiveHealth, open_cut, open_view
 from stslive.acquisition.formats.archive.layout import ARCHIVE_VERSION, HDF5_SIGNATURE, REQUIRED, VERSION_ATTR
 from stslive.acquisition.formats.archive.reader import DAMAGE, ArchiveReader
 from stslive.drivers.errors import ArchiveError, StsliveError
@@ -42,13 +42,14 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
 
     ``swmr=False`` opens plainly: a file a writer holds is refused ("already open").
     ``swmr=True`` or ``"auto"`` follows a live run: SWMR (call :meth:`ArchiveReader.refresh` to see
-    more) only while an SWMR writer appends, i.e. the superblock says one holds the file and the
-    process its ``writer`` document names is alive on this host (or the file cannot be read
-    plainly but a child process opens it with SWMR in time); a file whose SWMR writer died is read
-    through :func:`~stslive.acquisition.formats.archive.health.open_view`. An SWMR reader retries
-    failed metadata reads with back-off for minutes, so a damaged file must never reach it.
-    A file shorter than its superblock records (cut short) is opened through the view in any
-    mode; :attr:`ArchiveReader.health` then says so. Nothing here waits on damage.
+    more) for a file whose superblock says an SWMR writer holds it (a live run, or one killed),
+    a plain open for any other. An SWMR reader retries failed metadata reads with back-off for
+    minutes, so a file reaches it only after its metadata was read plainly through
+    :func:`~stslive.acquisition.formats.archive.health.open_view` (a file a live writer is
+    updating that fails that look is tried with SWMR in a child process first, within
+    :data:`SWMR_PROBE_S`). A file shorter than its superblock records (cut short) is opened through
+    :func:`~stslive.acquisition.formats.archive.health.open_cut` in any mode;
+    :attr:`ArchiveReader.health` then says so. Nothing here waits on damage.
     """
     if swmr not in (True, False, "auto"):
         raise ArchiveError(path, f"swmr must be True, False or 'auto', got {swmr!r}")
@@ -81,9 +82,7 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
             "non-SWMR writer died while writing it (resume it to clear that), or the file is corrupt",
         )
     if swmr and swmr_writer:
-        reader = _reader_unless_live(path)
-        if reader is not None:
-            return reader
+        _check_plainly(path)
     try:
         f = h5py.File(path, "r", libver="latest", swmr=bool(swmr) and swmr_writer)
     except OSError as exc:
@@ -115,32 +114,23 @@ def writer_alive(writer_doc: object) -> bool | None:
     return True
 
 
-def _reader_unless_live(path: Path) -> ArchiveReader | None:
-    """A plain reader (through the flag-clearing view) of a file whose SWMR writer is gone; None
-    when the writer lives or may live, so the caller opens it with SWMR.
+def _check_plainly(path: Path) -> None:
+    """Read every piece of metadata a reader uses through the flag-clearing view, so an SWMR open
+    that follows cannot stall on damage; ArchiveError when it is damaged.
 
-    A file that cannot be read plainly is either being updated by a live writer (a torn metadata
-    block, retried) or damaged: a child process then tries the SWMR open within
-    :data:`SWMR_PROBE_S` (only another process can be abandoned when HDF5 retries for minutes);
-    ArchiveError when it fails.
+    A failure is retried (a live writer's torn update), then decided by an SWMR open in a child
+    process within :data:`SWMR_PROBE_S` (only another process can be abandoned while HDF5 retries).
     """
     failure: Exception | None = None
     for attempt in range(_VIEW_ATTEMPTS):
         try:
             f, health = open_view(path)
-            reader = _validated(f, path, health)
+            with _validated(f, path, health) as reader:
+                _read_all_metadata(reader)
+            return
         except (StsliveError, OSError, RuntimeError, ValueError, KeyError) as exc:
             failure = exc
             time.sleep(0.1 * (attempt + 1))
-            continue
-        try:
-            alive = writer_alive(reader.documents.get("writer"))
-        except StsliveError:
-            alive = None
-        if alive is False:
-            return reader
-        reader.close()
-        return None
     probe = "import sys; from stslive.acquisition.formats.archive.opener import swmr_probe; swmr_probe(sys.argv[1])"
     try:
         done = subprocess.run(
@@ -149,7 +139,7 @@ def _reader_unless_live(path: Path) -> ArchiveReader | None:
     except subprocess.TimeoutExpired:
         done = None
     if done is not None and done.returncode == 0:
-        return None
+        return
     why = "HDF5 kept retrying" if done is None else "it fails"
     raise ArchiveError(
         path,
@@ -158,19 +148,22 @@ def _reader_unless_live(path: Path) -> ArchiveReader | None:
     )
 
 
+def _read_all_metadata(reader: ArchiveReader) -> None:
+    _ = reader.measured, reader.failed, reader.pixel_meta, reader.documents, reader.log, reader.setpoint_sets
+    reader.spectra_chunk_index()
+
+
 def swmr_probe(path: str) -> None:
-    """Child-process side of :func:`_reader_unless_live`: open with SWMR and read every piece of
+    """Child-process side of :func:`_check_plainly`: open with SWMR and read every piece of
     metadata a reader uses (exit status 0), or raise."""
     f = h5py.File(path, "r", libver="latest", swmr=True)
-    reader = _validated(f, Path(path), ArchiveHealth(size_bytes=0, stored_bytes=None))
-    _ = reader.measured, reader.failed, reader.pixel_meta, reader.documents, reader.log, reader.setpoint_sets
-    reader._spectra.id.chunk_iter(lambda info: None)  # the spectra's whole chunk index
-    reader.close()
+    with _validated(f, Path(path), ArchiveHealth(size_bytes=0, stored_bytes=None)) as reader:
+        _read_all_metadata(reader)
 
 
 def _open_cut(path: Path, health: ArchiveHealth) -> ArchiveReader:
     try:
-        f, health = open_view(path)
+        f, health = open_cut(path)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ArchiveError(
             path, f"{health.describe()}; its layout lies past the cut ({exc}): the file is truncated or corrupt"

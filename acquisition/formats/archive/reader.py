@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from stslive.acquisition.formats.archive.conditions import archive_conditions
-from stslive.acquisition.formats.archive.health import ArchiveHealth, ChunkLoss, chunk_loss
+from stslive.acquisition.formats.archive.health import ArchiveHealth, ChunkLoss, chunk_loss, lost_entirely
 from stslive.acquisition.formats.archive.layout import (
     first_unmeasured,
     read_geometry,
@@ -133,13 +133,12 @@ class ArchiveReader:
 
     # -- reads that know about a cut --
     def _lost(self, name: str) -> ChunkLoss:
+        """What of dataset ``name`` lies past the cut; all of it when its chunk index does."""
         if name not in self._loss:
             try:
                 self._loss[name] = chunk_loss(self._ds[name], self.health.size_bytes)
-            except (OSError, RuntimeError, ValueError) as exc:  # its chunk index lies past the cut
-                raise ArchiveError(
-                    self.path, f"{self.health.describe()}; /entry/{name} cannot be located ({exc})"
-                ) from exc
+            except (OSError, RuntimeError, ValueError):  # the index itself is past the cut: nothing to locate
+                self._loss[name] = lost_entirely(self._ds[name])
         return self._loss[name]
 
     def _read(self, name: str) -> np.ndarray:
@@ -314,6 +313,17 @@ class ArchiveReader:
             return block
         idx = [self.channel_index(c) for c in channels]
         return np.ascontiguousarray(block[:, :, idx])
+
+    @_reading
+    def spectra_chunk_index(self) -> int:
+        """Walk the spectra's whole chunk index (a check that it is readable); returns the stored chunks."""
+        count = [0]
+
+        def visit(info: h5py.h5d.StoreInfo) -> None:
+            count[0] += info.byte_offset is not None
+
+        self._spectra.id.chunk_iter(visit)
+        return count[0]
 
     def _pixels_inside(self) -> np.ndarray:
         readable = self.health.readable
