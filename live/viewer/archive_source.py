@@ -11,8 +11,6 @@ reading into a :class:`~stslive.live.viewer.scan_state.ScanState` and the result
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.formats.archive.opener import writer_alive
 from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, recording_kind, topography_from_z
 from stslive.drivers.errors import ArchiveError, FileFormatError, StsliveError
 from stslive.live.results import ResultsModel
@@ -169,18 +168,7 @@ class ArchiveSpectra:
 
 def _writer_alive(writer: Any) -> bool:
     """Whether the process named by a writer document may still run (another host: assume so)."""
-    if not isinstance(writer, Mapping) or writer.get("host") != socket.gethostname():
-        return True
-    pid = writer.get("pid")
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
+    return writer_alive(dict(writer) if isinstance(writer, Mapping) else None) is not False
 
 
 def poll_archive(spectra: ArchiveSpectra, scan: ScanState, model: ResultsModel) -> None:
