@@ -1,17 +1,19 @@
-"""Replay: publish a recorded file (stslive archive or Nanonis ``.3ds``) as a live run stream.
+"""Replay: publish a recorded file (stslive archive, Nanonis ``.3ds`` or ``.dat``) as a live run stream.
 
 Contract: the stream has the form of a live scan's: a start document, one descriptor
 (``spectra``: float32 ``(n_channels, n_points)``), one event per measured pixel, one failed-pixel
 document per recorded failure, and a stop; so the analyser and the viewer run unchanged on old
 data. An archive's documents come from the archive itself (:meth:`ArchiveReader.start_document`,
 :meth:`ArchiveReader.events`), in the order they were made (by end time; a failure at its
-recorded time; ties in visiting order); ``as_recorded`` reproduces the recorded gaps. A ``.3ds``
-goes in record order (row-major) and has no per-point times, so ``as_recorded`` is refused. A
-``.3ds`` stores no stslive set-point set: its start fields are built from its header
-(:func:`~stslive.acquisition.formats.recording.start_fields`, with the set's sources in
-``metadata["setpoint_source"]``); for a sweep that is not the bias (``metadata["sweep_signal"]``)
-the set is sent unvalidated and the analyser refuses the run.
-Pacing uses absolute deadlines on a monotonic clock, so sleep overshoot does not accumulate.
+recorded time; ties in visiting order); ``as_recorded`` reproduces the recorded gaps. A Nanonis
+file goes in record order (row-major; a point set in file-name order) and has no per-point
+times, so ``as_recorded`` is refused. It stores no stslive set-point set: one is built from its
+header (:func:`~stslive.acquisition.formats.recording.start_fields`, the sources in
+``metadata["setpoint_source"]``), with the lock-in settings the header does not give as None
+(unknown), never a default. For a sweep that is not the bias (``metadata["sweep_signal"]``) it
+is sent unvalidated and the analyser refuses the run; a sweep that is not linear (MLS) is
+refused, since the stream describes a sweep by its limits and points. Pacing uses absolute deadlines on a monotonic clock, so sleep overshoot does
+not accumulate.
 """
 
 from __future__ import annotations
@@ -29,14 +31,28 @@ from typing import Any, Literal
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
+from stslive.acquisition.formats.conditions import AmplitudeConvention, check_convention
 from stslive.acquisition.formats.documents import EXIT_STATUSES, ArraySpec, EventDoc, StopDoc
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid
+from stslive.acquisition.formats.nanonis_dat import NanonisPointSet
 from stslive.acquisition.formats.publisher import RunPublisher
-from stslive.acquisition.formats.recording import Recording, open_recording, setpoint_set_from_3ds, start_fields
+from stslive.acquisition.formats.recording import Recording, kind_of, open_recording, start_fields
 from stslive.acquisition.formats.runmodel import channel_unit
-from stslive.drivers.errors import ArchiveError, ConfigError, StsliveError
+from stslive.drivers.errors import ArchiveError, ConfigError, NanonisFileError, StsliveError
 
-__all__ = ["ReplayItem", "ReplaySource", "open_replay", "replay", "schedule", "setpoint_set_from_3ds"]
+__all__ = [
+    "NanonisRecording",
+    "ReplayItem",
+    "ReplaySource",
+    "grid_events",
+    "nanonis_start_fields",
+    "open_replay",
+    "replay",
+    "schedule",
+]
+
+#: A Nanonis recording replay reads: a ``.3ds`` grid or ``.dat`` point spectra.
+NanonisRecording = NanonisGrid | NanonisPointSet
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,14 @@ class ReplaySource:
         The recorded run's exit status (``success`` when the file does not say).
     """
 
-    def __init__(self, path: Path, backend: Recording) -> None:
+    def __init__(
+        self,
+        path: Path,
+        backend: Recording,
+        *,
+        setpoint: tuple[float, float] | None = None,
+        amplitude_convention: AmplitudeConvention | None = None,
+    ) -> None:
         self.path = path
         self._b = backend
         names = list(backend.channel_names)
@@ -81,12 +104,15 @@ class ReplaySource:
                 dtype="<f4", shape=(len(names), self.n_points), labels=tuple(names), units=tuple(units)
             )
         }
+        self.kind = kind_of(backend)
         if isinstance(backend, ArchiveReader):
-            self.kind = "stslive"
             self.start_fields, self.items, self.exit_status = _archive_plan(path, backend)
         else:
-            self.kind = "nanonis3ds"
-            self.start_fields, self.items = _grid_plan(path, backend)
+            self.start_fields = nanonis_start_fields(
+                path, backend, setpoint=setpoint, amplitude_convention=check_convention(amplitude_convention)
+            )
+            done = backend.measured
+            self.items = [ReplayItem("event", int(iy), int(ix), math.nan) for iy, ix in np.argwhere(done)]
             self.exit_status = "success"
 
     @property
@@ -98,7 +124,7 @@ class ReplaySource:
         """The events of the ``event`` items, in their order (spectra read one grid row at a time)."""
         if isinstance(self._b, ArchiveReader):
             return self._b.events("end-time")
-        return _grid_events(self._b, [(i.iy, i.ix) for i in self.items])
+        return grid_events(self._b, [(i.iy, i.ix) for i in self.items])
 
     def close(self) -> None:
         self._b.close()
@@ -112,17 +138,31 @@ class ReplaySource:
         self.close()
 
 
-def open_replay(path: str | os.PathLike[str]) -> ReplaySource:
-    """Open an stslive archive or a Nanonis ``.3ds`` (:func:`open_recording`) for replay.
+def open_replay(
+    path: str | os.PathLike[str],
+    *,
+    setpoint: tuple[float, float] | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
+) -> ReplaySource:
+    """Open a recording (:func:`open_recording`: archive, ``.3ds``, ``.dat`` or a folder of them) for replay.
+
+    Parameters
+    ----------
+    setpoint
+        ``(bias_V, current_A)`` of a Nanonis file whose header does not record its set-point.
+    amplitude_convention
+        How a Nanonis header's ``Lock-in>Amplitude`` is meant ("peak" or "rms"); None: unknown,
+        and the replayed set's modulation is then unknown (None).
 
     Raises
     ------
     FileFormatError
-        (ArchiveError or NanonisFileError) when the file cannot be read as either.
+        (ArchiveError or NanonisFileError) when the file cannot be read, or a Nanonis file lacks
+        what a run stream needs (a set-point, a linear sweep).
     """
     backend = open_recording(path)
     try:
-        return ReplaySource(Path(path), backend)
+        return ReplaySource(Path(path), backend, setpoint=setpoint, amplitude_convention=amplitude_convention)
     except BaseException:
         backend.close()
         raise
@@ -179,22 +219,50 @@ def _failure_item(path: Path, ar: ArchiveReader, rec: Any) -> ReplayItem:
         ) from exc
 
 
-# -- Nanonis grids -------------------------------------------------------------------------------
-def _grid_plan(path: Path, grid: NanonisGrid) -> tuple[dict[str, Any], list[ReplayItem]]:
-    fields = start_fields(grid)
+# -- Nanonis files ------------------------------------------------------------------------------
+def _check_linear(path: Path, recording: NanonisRecording) -> None:
+    """Refuse a sweep the stream cannot describe (it carries start, end and points only)."""
+    sweep = recording.nominal_sweep()
+    if not np.isfinite(sweep).all():
+        return  # nothing measured: nothing to describe
+    linear = np.linspace(sweep[0], sweep[-1], sweep.size)
+    step = abs(float(sweep[-1] - sweep[0])) / (sweep.size - 1) or 1.0
+    if np.abs(sweep - linear).max() > 1e-3 * step:
+        raise NanonisFileError(
+            path,
+            "its sweep is not linear (a multi-segment MLS sweep): a run stream describes a sweep by its "
+            "limits and points; analyse it offline (stslive analyse) instead",
+        )
+
+
+def nanonis_start_fields(
+    path: Path,
+    recording: NanonisRecording,
+    *,
+    setpoint: tuple[float, float] | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
+) -> dict[str, Any]:
+    """Keyword fields of :meth:`RunPublisher.start` for a Nanonis recording (replay and watch): its
+    :func:`~stslive.acquisition.formats.recording.start_fields`, for a linear sweep only."""
+    if recording.is_bias_sweep:
+        _check_linear(path, recording)
+    fields = start_fields(recording, setpoint=setpoint, amplitude_convention=amplitude_convention)
     fields["metadata"] = {"replay_of": str(path), **fields["metadata"]}
-    items = [ReplayItem("event", int(iy), int(ix), math.nan) for iy, ix in np.argwhere(grid.measured)]  # record order
-    return fields, items
+    return fields
 
 
-def _grid_events(grid: NanonisGrid, pixels: list[tuple[int, int]]) -> Iterator[EventDoc]:
-    """Events of a ``.3ds`` grid's pixels ``(iy, ix)``, in the given order (no times: the file has none)."""
-    z = grid.parameter("Z (m)") if "Z (m)" in grid.parameter_names else None
-    ys, xs = grid.geometry.pixel_xy(*np.indices(grid.shape))
+def grid_events(recording: NanonisRecording, pixels: list[tuple[int, int]]) -> Iterator[EventDoc]:
+    """Events of a Nanonis recording's pixels ``(iy, ix)``, in the given order (no times: the file
+    has none). Positions are the recorded ones of a point set, the grid's otherwise."""
+    z = recording.parameter("Z (m)") if "Z (m)" in recording.parameter_names else None
+    xs, ys = recording.geometry.pixel_xy(*np.indices(recording.shape))
+    if isinstance(recording, NanonisPointSet):  # the recorded positions, where the headers give them
+        recorded = recording.positions_m[:, None]
+        xs, ys = np.where(np.isfinite(recorded), recorded, np.stack([xs, ys]))
     row_index, row = -1, np.empty(0, dtype=np.float32)
     for iy, ix in pixels:
         if iy != row_index:
-            row_index, row = iy, np.asarray(grid.read_block(slice(iy, iy + 1))[0], dtype=np.float32)
+            row_index, row = iy, np.asarray(recording.read_block(slice(iy, iy + 1))[0], dtype=np.float32)
         z_m = float(z[iy, ix]) if z is not None and math.isfinite(z[iy, ix]) else None
         yield EventDoc(
             run_uid=None,

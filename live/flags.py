@@ -448,19 +448,23 @@ class FlagEngine:
         return bits
 
 
-def lockin_settings(amplitude_Vrms: float, sensitivity_V: float) -> tuple[float, float]:
+def lockin_settings(amplitude_Vrms: float | None, sensitivity_V: float | None) -> tuple[float, float]:
     """Modulation (V rms) and sensitivity (V) of a set as the rules read them (NaN = unknown).
 
     Without a modulation the set records no lock-in signal: sensitivity 0 (never too coarse).
+    Unknown settings (None in a document, NaN in a SetpointSet) read as NaN: the rules that
+    need them are not judged.
     """
-    amplitude = float(amplitude_Vrms)
-    return amplitude, 0.0 if amplitude == 0 else float(sensitivity_V)
+    amplitude = math.nan if amplitude_Vrms is None else float(amplitude_Vrms)
+    sensitivity = math.nan if sensitivity_V is None else float(sensitivity_V)
+    return amplitude, 0.0 if amplitude == 0 else sensitivity
 
 
-def channel_arrays(spectra: np.ndarray, channel_names: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The current and (if any) lock-in channels of ``spectra`` (..., channel, n)."""
-    pick = pick_channels(list(channel_names))
+def channel_arrays(
+    spectra: np.ndarray, channel_names: list[str], *, current: str | None = None, lockin: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The current and (if any) lock-in channels of ``spectra`` (..., channel, n); names as ``pick_channels``."""
+    pick = pick_channels(list(channel_names), current=current, lockin=lockin)
     if pick.current is None:
         raise AnalysisError(f"flags need a current channel; channels are {channel_names}")
-    lockin = None if pick.lockin is None else spectra[..., pick.lockin, :]
-    return spectra[..., pick.current, :], lockin
+    return spectra[..., pick.current, :], None if pick.lockin is None else spectra[..., pick.lockin, :]

@@ -95,6 +95,8 @@ class RunFlags:
         the recording does not hold.
     config
         Flag thresholds.
+    current, lockin
+        The channels to read by name (``KernelOptions.current``/``lockin``; None: the usual names).
     """
 
     def __init__(
@@ -104,8 +106,12 @@ class RunFlags:
         *,
         metadata: Mapping[str, Any] | None = None,
         config: FlagConfig,
+        current: str | None = None,
+        lockin: str | None = None,
     ) -> None:
-        channel_arrays(np.zeros((len(channel_names), 2)), channel_names)  # needs a current channel
+        # needs a current channel (the one ``current`` names, if any)
+        channel_arrays(np.zeros((len(channel_names), 2)), channel_names, current=current, lockin=lockin)
+        self.current, self.lockin = current, lockin
         self.channel_names = list(channel_names)
         self.sets = dict(sets)
         self.config = config
@@ -120,8 +126,8 @@ class RunFlags:
             amplitude = math.nan if "lockin_amplitude_Vrms" in unknown else s.lockin_amplitude_Vrms
             sensitivity = math.nan if "lockin_sensitivity_V" in unknown else s.lockin_sensitivity_V
             self.settings[set_id] = lockin_settings(amplitude, sensitivity)
-        lockin = pick_channels(self.channel_names).lockin
-        self._lockin_unit = "" if lockin is None else channel_unit(self.channel_names[lockin])
+        lockin_index = pick_channels(self.channel_names, current=current, lockin=lockin).lockin
+        self._lockin_unit = "" if lockin_index is None else channel_unit(self.channel_names[lockin_index])
         self._set_ids = np.array(sorted(self.settings), dtype=np.int64)
         self._set_table = np.array([self.settings[k] for k in self._set_ids.tolist()], dtype=np.float64).reshape(-1, 2)
         self.reset()
@@ -148,12 +154,12 @@ class RunFlags:
     @property
     def feature_channels(self) -> list[str]:
         """The channels the features read: the current, then the lock-in if the run has one."""
-        pick = pick_channels(self.channel_names)
+        pick = pick_channels(self.channel_names, current=self.current, lockin=self.lockin)
         return [self.channel_names[i] for i in (pick.current, pick.lockin) if i is not None]
 
     def features(self, set_id: int, spectra: np.ndarray) -> SpectralFeatures:
         """Features of spectra ``(n, n_channels, n_points)`` of one set (history-free: any batch)."""
-        current, lockin = channel_arrays(spectra, self.channel_names)
+        current, lockin = channel_arrays(spectra, self.channel_names, current=self.current, lockin=self.lockin)
         return self.channel_features(set_id, current, lockin)
 
     def channel_features(self, set_id: int, current: np.ndarray, lockin: np.ndarray | None) -> SpectralFeatures:
@@ -323,7 +329,13 @@ class RunFlags:
 
 
 def flag_recording(
-    path: str | os.PathLike[str], model: ResultsModel, *, config: FlagConfig, max_block_bytes: int = 64 * 2**20
+    path: str | os.PathLike[str],
+    model: ResultsModel,
+    *,
+    config: FlagConfig,
+    max_block_bytes: int = 64 * 2**20,
+    current: str | None = None,
+    lockin: str | None = None,
 ) -> RunFlags:
     """Flags and tip epochs of every measured pixel of an archive or ``.3ds`` into ``model``.
 
@@ -332,7 +344,7 @@ def flag_recording(
     carry and the reason and gap already in ``model`` (the kernels' results). Spectra are read in
     blocks of whole rows (at most ``max_block_bytes``), converted to float32 as a stream carries
     them. Writes the ``flags`` and ``tip_epoch`` maps; returns the run's :class:`RunFlags`
-    (tip events, rules not judged).
+    (tip events, rules not judged). ``current``/``lockin`` name the channels as the analysis read them.
 
     Raises
     ------
@@ -347,7 +359,7 @@ def flag_recording(
             metadata = start.get("metadata")
         except NanonisFileError:  # a .3ds header without a usable set-point: the kernels' rules still hold
             names, sets, metadata = list(rec.channel_names), {0: None}, None
-        flags = RunFlags(names, sets, metadata=metadata, config=config)
+        flags = RunFlags(names, sets, metadata=metadata, config=config, current=current, lockin=lockin)
         ny, nx = rec.geometry.shape
         measured = np.asarray(rec.measured, dtype=bool)
         if isinstance(rec, ArchiveReader):

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
-from stslive.acquisition.formats.recording import SpectraSource, open_spectra, start_fields
+from stslive.acquisition.formats.recording import STATED_TEMPERATURE_KEY, SpectraSource, open_spectra, start_fields
 from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.drivers.errors import AnalysisError, FileFormatError, NanonisFileError
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, calibrate, pick_channels
@@ -278,7 +278,7 @@ def open_input(path: str | os.PathLike[str], *, options: KernelOptions) -> Spect
     FileFormatError
         Not a readable archive or ``.3ds``.
     """
-    with open_spectra(path) as probe:
+    with open_spectra(path, current=options.current, lockin=options.lockin) as probe:
         names = probe.channel_names
         probe.require_bias_sweep()
     pick = pick_channels(names, current=options.current, lockin=options.lockin)
@@ -293,11 +293,6 @@ class InstrumentSettings(NamedTuple):
 
     temperature_K: float | None
     modulation_Vrms: float | None
-
-
-#: Start-document metadata key of the one sample temperature a ``.3ds`` header states
-#: (:func:`~stslive.acquisition.formats.recording.start_fields`; its events carry no reading).
-STATED_TEMPERATURE_KEY = "header_temperature_K"
 
 
 def _positive(value: object) -> float | None:

@@ -108,7 +108,14 @@ class RunContext:
         metadata = start.get("metadata")
         #: the start document's metadata (None: it has none)
         self.metadata: Mapping[str, Any] | None = metadata if isinstance(metadata, Mapping) else None
-        self.flags = RunFlags(self.channel_names, self.sets, metadata=self.metadata, config=flag_config)
+        self.flags = RunFlags(
+            self.channel_names,
+            self.sets,
+            metadata=self.metadata,
+            config=flag_config,
+            current=options.current,
+            lockin=options.lockin,
+        )
         self.run_uid = run_uid
         self.options = options
         #: every pixel so far while the template width is provisional (None: fixed)

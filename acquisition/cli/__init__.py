@@ -60,7 +60,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "replay": (
         "stslive.acquisition.cli.replay",
-        "publish an archive or a Nanonis .3ds as a run stream (--rate N/s or --as-recorded)",
+        "publish an archive or a Nanonis .3ds/.dat as a run stream (--rate N/s or --as-recorded)",
+    ),
+    "watch": (
+        "stslive.acquisition.cli.watch",
+        "follow a Nanonis .3ds grid while the controller writes it and publish each point as a run stream",
     ),
     "soak": (
         "stslive.acquisition.cli.soak",

@@ -68,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="INPUT",
-        help="stslive run archive (.h5), Nanonis grid (.3ds) or a folder of them; several "
-        "inputs write OUT/<stem>/ each and a campaign summary in OUT",
+        help="stslive run archive (.h5), Nanonis grid (.3ds) or point spectrum (.dat), or a folder of them "
+        "(its .dat files make one input); several inputs write OUT/<stem>/ each and a campaign summary in OUT",
     )
     parser.add_argument(
         "--out",
@@ -180,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
     def skipped(path: Path) -> None:
         print(f"skipping {path}: an HDF5 file but not an stslive run archive", file=sys.stderr)
 
+    def unsuitable(path: Path, reason: str) -> None:
+        print(f"skipping {path}: {reason}", file=sys.stderr)
+
     analysis = analyse_inputs(
         expand_inputs(args.inputs, on_skip=skipped),
         args.out,
@@ -193,8 +196,11 @@ def run(args: argparse.Namespace) -> int:
         show_progress=sys.stderr.isatty(),
         flag_config=load_flag_config(args.config) if args.config else None,
         overwrite=args.overwrite,
+        on_unsuitable=unsuitable,
     )
     for analysed in analysis.runs:
+        if damage := analysed.report.get("inputs", {}).get("damage"):
+            print(f"warning: {analysed.path}: {damage}; only those pixels were analysed", file=sys.stderr)
         print(f"{analysed.path.name}: {summary_line(analysed.report)}")
         print(f"wrote {analysed.out / 'maps.h5'}, {analysed.out / 'report.json'} and figures")
     if analysis.campaign:

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "spectra as `stslive analyse` does, so both give the same maps; until then the pixels are "
         "analysed at once with a provisional width and analysed again when it is fixed)",
     )
+    parser.add_argument("--current", help="current channel name (default: first 'Current ...' channel)")
+    parser.add_argument("--lockin", help="lock-in channel name (default: 'LI Demod n X ...', else 'Input n' in V)")
     parser.add_argument("--snapshot-every", type=int, default=500, help="pixels between correlation snapshots")
     parser.add_argument(
         "--snapshot-every-s",
@@ -74,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         security=None if args.keys is None else Security.from_dir(args.keys),
         stream_security=None if args.client is None else Security.from_dir(args.keys, client=args.client),
-        options=KernelOptions(dynes_width_eV=None if args.dynes_width_meV is None else args.dynes_width_meV * 1e-3),
+        options=KernelOptions(
+            dynes_width_eV=None if args.dynes_width_meV is None else args.dynes_width_meV * 1e-3,
+            current=args.current,
+            lockin=args.lockin,
+        ),
         flag_config=flags,
         settings=AnalyserSettings(snapshot_every=args.snapshot_every, snapshot_every_s=args.snapshot_every_s),
     )

@@ -12,6 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
+from stslive.acquisition.cli.stream_options import add_setpoint_arguments, add_stream_arguments, parse_setpoint
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.replay import open_replay, replay
 from stslive.drivers.errors import ConfigError
@@ -19,7 +20,9 @@ from stslive.drivers.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``stslive replay``."""
-    parser.add_argument("input", type=Path, metavar="INPUT", help="stslive archive (.h5) or Nanonis grid (.3ds)")
+    parser.add_argument(
+        "input", type=Path, metavar="INPUT", help="stslive archive (.h5), Nanonis grid (.3ds), .dat or folder of .dat"
+    )
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=float, metavar="N", help="pixels per second (default: as fast as possible)")
     pace.add_argument(
@@ -27,40 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="reproduce the recorded timing (archives only: a .3ds has no per-pixel times)",
     )
-    parser.add_argument(
-        "--bind",
-        default="tcp://127.0.0.1:5556",
-        metavar="ENDPOINT",
-        help="PUB endpoint (default tcp://127.0.0.1:5556; port 0 picks a free one)",
-    )
-    parser.add_argument(
-        "--push", default=None, metavar="ENDPOINT", help="also a PUSH endpoint for one lossless consumer"
-    )
-    parser.add_argument(
-        "--wait-subscribers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="wait for N subscribers before each run (a SUB that joins late misses the start)",
-    )
-    parser.add_argument(
-        "--wait-timeout",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="give up waiting for subscribers after S seconds (default 60)",
-    )
+    add_stream_arguments(parser)
     parser.add_argument(
         "--loop", action="store_true", help="replay again and again (a new run uid each time) until Ctrl-C"
     )
-    parser.add_argument("--header-format", choices=("json", "msgpack"), default="json", help="stream header encoding")
+    add_setpoint_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Replay once (or until interrupted with ``--loop``); returns 0, or 3 if the recorded run ended in abort/fail."""
     if args.wait_subscribers < 0:
         raise ConfigError(f"--wait-subscribers must be >= 0, got {args.wait_subscribers}")
-    with open_replay(args.input) as source:
+    with open_replay(
+        args.input, setpoint=parse_setpoint(args.setpoint), amplitude_convention=args.lockin_amplitude
+    ) as source:
         publisher = RunPublisher(args.bind, push_endpoint=args.push, header_format=args.header_format)
         try:
             for name, endpoint in (("stream", publisher.pub_endpoint), ("push", publisher.push_endpoint)):

@@ -1,4 +1,5 @@
-"""Clear the "open for (SWMR) write" flags an HDF5 writer leaves behind when it is killed.
+"""The HDF5 superblock of an archive: what it says (:func:`superblock`) and clearing the
+"open for (SWMR) write" flags an HDF5 writer leaves behind when it is killed.
 
 A process killed while it holds an archive open for SWMR writing leaves the superblock's file
 consistency flags set; HDF5 then refuses every later non-SWMR open with "file is already open
@@ -19,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from stslive.drivers.errors import ArchiveError
@@ -87,25 +89,60 @@ def _superblock(head: bytes, path: Path) -> tuple[int, int]:
     return 11, 12 + 4 * size_offsets
 
 
+@dataclass(frozen=True)
+class Superblock:
+    """What a v2/v3 superblock says: status flags, recorded end of file (bytes), checksum intact."""
+
+    flags: int
+    stored_eof: int
+    intact: bool
+
+
+def superblock(path: str | os.PathLike[str]) -> Superblock | None:
+    """The v2/v3 superblock at offset 0; None for another layout (v0/v1, what h5py writes by default)."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head.startswith(_SIGNATURE) or len(head) < 12 or head[8] not in (2, 3) or head[9] not in (4, 8):
+        return None
+    size = head[9]
+    sum_at = 12 + 4 * size
+    if len(head) < sum_at + 4:
+        return None
+    base = int.from_bytes(head[12 : 12 + size], "little")
+    eof = int.from_bytes(head[12 + 2 * size : 12 + 3 * size], "little")
+    (stored,) = struct.unpack_from("<I", head, sum_at)
+    return Superblock(flags=head[11], stored_eof=base + eof, intact=lookup3(head[:sum_at]) == stored)
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(64)
+
+
+def _zeroed(head: bytes, flags_at: int, sum_at: int) -> bytes:
+    """``head`` through its checksum, flags zeroed and checksum recomputed."""
+    fixed = bytearray(head[:sum_at])
+    fixed[flags_at] = 0
+    return bytes(fixed) + struct.pack("<I", lookup3(bytes(fixed)))
+
+
+def without_flags(path: str | os.PathLike[str]) -> bytes:
+    """The superblock bytes (through its checksum) with the status flags zeroed and the checksum
+    recomputed: what a reader presents to HDF5 to open a file no writer is writing any more."""
+    path = Path(path)
+    head = _head(path)
+    flags_at, sum_at = _superblock(head, path)
+    if len(head) < sum_at + 4:
+        raise ArchiveError(path, "truncated HDF5 superblock")
+    return _zeroed(head, flags_at, sum_at)
+
+
 def status_flags(path: str | os.PathLike[str]) -> int:
     """The superblock's file consistency flags (0 when no writer holds or held it open)."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(64)
+    head = _head(path)
     flags_at, _ = _superblock(head, path)
     return head[flags_at]
-
-
-def superblock_intact(path: str | os.PathLike[str]) -> bool:
-    """Whether the v2/v3 superblock is whole and its checksum matches (cheap; no HDF5 call)."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(64)
-    _, sum_at = _superblock(head, path)
-    if len(head) < sum_at + 4:
-        return False
-    (stored,) = struct.unpack_from("<I", head, sum_at)
-    return lookup3(head[:sum_at]) == stored
 
 
 def clear_status_flags(path: str | os.PathLike[str]) -> bool:
@@ -114,20 +151,17 @@ def clear_status_flags(path: str | os.PathLike[str]) -> bool:
     The caller must have made sure that no live process writes the file.
     """
     path = Path(path)
+    sb = superblock(path)
+    if sb is None:
+        _superblock(_head(path), path)  # raises the reason
+        raise ArchiveError(path, "truncated HDF5 superblock; the file cannot be repaired")
+    if not sb.intact:
+        raise ArchiveError(path, "HDF5 superblock checksum mismatch; the file is corrupt")
+    if sb.flags == 0:
+        return False
+    fixed = without_flags(path)
     with open(path, "r+b") as fh:
-        head = fh.read(64)
-        flags_at, sum_at = _superblock(head, path)
-        if len(head) < sum_at + 4:
-            raise ArchiveError(path, "truncated HDF5 superblock; the file cannot be repaired")
-        (stored,) = struct.unpack_from("<I", head, sum_at)
-        if lookup3(head[:sum_at]) != stored:
-            raise ArchiveError(path, "HDF5 superblock checksum mismatch; the file is corrupt")
-        if head[flags_at] == 0:
-            return False
-        fixed = bytearray(head[:sum_at])
-        fixed[flags_at] = 0
-        fh.seek(0)
-        fh.write(bytes(fixed) + struct.pack("<I", lookup3(bytes(fixed))))
+        fh.write(fixed)
         fh.flush()
         os.fsync(fh.fileno())
     return True

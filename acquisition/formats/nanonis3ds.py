@@ -1,12 +1,13 @@
-"""Nanonis grid spectroscopy files (``.3ds``, binary "Linear" layout): read and write.
+"""Nanonis grid spectroscopy files (``.3ds``, "Linear" and multi-segment "MLS" sweeps): read and write.
 
-Format (checked against the reference files and the public readers nanonispy and SpmGrids.jl):
-an ASCII header of ``key=value`` lines (CRLF) ending with ``:HEADER_END:`` + CRLF, then one
-record per grid point, row after row (x fastest), each record big-endian float32: the
+Format (checked against the reference files and the public readers nanonispy, SpmGrids.jl and
+SIDAM): an ASCII header of ``key=value`` lines (CRLF) ending with ``:HEADER_END:`` + CRLF, then
+one record per grid point, row after row (x fastest), each record big-endian float32: the
 parameters (fixed first: "Sweep Start", "Sweep End"; then the experiment parameters), then
 every channel's ``Points`` values in header order. "Grid dim" is ``"nx x ny"``; "Grid settings"
 is ``centre x; centre y; width; height; angle`` in m and degrees. A grid stopped early simply
-ends; points never reached (missing records, or records of NaN or zeros) read as NaN.
+ends; points never reached (missing records, or records of NaN or zeros) read as NaN. An MLS
+sweep is the concatenation of the header's segments (:func:`mls_axis`), the same for every point.
 
 The data region is memory-mapped, so blocks of rows are converted on demand and a file larger
 than memory can be analysed.
@@ -14,19 +15,34 @@ than memory can be analysed.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
+from stslive.acquisition.formats.conditions import AmplitudeConvention, RecordingConditions, conditions_from_header
+from stslive.acquisition.formats.nanonis3ds_write import HEADER_END, MLS_SEGMENT_KEY, export_archive, write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.drivers.errors import NanonisFileError
 
-HEADER_END = b":HEADER_END:\r\n"
+__all__ = [
+    "HEADER_END",
+    "MLS_KEYS",
+    "GridSettings",
+    "NanonisGrid",
+    "export_archive",
+    "mls_axis",
+    "mls_segments",
+    "name_index",
+    "open_3ds",
+    "parse_header",
+    "write_3ds",
+]
+
 _MAX_HEADER = 1 << 20
 #: Largest grid accepted (points); 4096 x 4096, far beyond any real STM grid.
 _MAX_GRID_POINTS = 1 << 24
@@ -41,12 +57,58 @@ _REQUIRED_KEYS = (
     "Points",
     "Channels",
 )
-_FIXED = ["Sweep Start", "Sweep End"]
-_TIME_FORMAT = "%d.%m.%Y %H:%M:%S"
+
+
+#: Header keys of the MLS segment table: the grid's own, then the spectroscopy module's copy.
+MLS_KEYS = (MLS_SEGMENT_KEY.split(",")[0], "Bias Spectroscopy>MultiLine Settings : Segment Start (V)")
 
 
 def _split_list(value: str) -> list[str]:
     return [item for item in value.strip('"').split(";") if item]
+
+
+def name_index(names: Sequence[str], name: str, what: str, path: Path) -> int:
+    """Position of ``name`` in ``names``; NanonisFileError listing them when absent."""
+    try:
+        return list(names).index(name)
+    except ValueError:
+        raise NanonisFileError(path, f"no {what} {name!r}; {what}s are {list(names)}") from None
+
+
+def mls_segments(header: Mapping[str, str], path: Path) -> list[tuple[float, float, int]]:
+    """``(start, end, steps)`` of each segment of an MLS sweep, from the header's segment table.
+
+    The table's key begins ``Segment Start (V), Segment End (V), Settling (s), Integration (s),
+    Steps (xn)`` (more fields in newer releases); its value lists segments separated by ``;``,
+    fields by ``,``.
+    """
+    for prefix in MLS_KEYS:
+        key = next((k for k in header if k.startswith(prefix)), None)
+        if key is None:
+            continue
+        segments = []
+        for text in _split_list(header[key]):
+            fields = text.split(",")
+            try:
+                start, end, steps = float(fields[0]), float(fields[1]), float(fields[4])
+            except (IndexError, ValueError):
+                what = "is not start,end,settling,integration,steps"
+                raise NanonisFileError(path, f"MLS segment {text!r} {what}") from None
+            if not (math.isfinite(start) and math.isfinite(end) and steps.is_integer() and 2 <= steps <= 1e6):
+                raise NanonisFileError(path, f"MLS segment {text!r}: finite limits and 2 or more steps needed")
+            segments.append((start, end, int(steps)))
+        if segments:
+            return segments
+    raise NanonisFileError(path, "Filetype MLS but no segment table ('Segment Start (V), ...') in the header")
+
+
+def mls_axis(segments: Sequence[tuple[float, float, int]]) -> np.ndarray:
+    """The sweep of MLS ``segments``: each segment's ``steps`` points from start to end, the end of
+    one segment and the start of the next stored once (the last segment keeps all its points), so
+    ``len = sum(steps) - (n_segments - 1)``; the rule of SIDAM's loader, consistent with the
+    ``Points`` of the published MLS headers."""
+    parts = [np.linspace(a, b, n)[: None if k == len(segments) - 1 else -1] for k, (a, b, n) in enumerate(segments)]
+    return np.concatenate(parts)
 
 
 def parse_header(text: str, path: Path) -> dict[str, str]:
@@ -102,8 +164,8 @@ class NanonisGrid:
             raise NanonisFileError(path, f"header is not text: {exc}") from exc
         self.header = parse_header(text, path)
         h = self.header
-        if h["Filetype"] != "Linear":
-            raise NanonisFileError(path, f"Filetype {h['Filetype']!r}; only the binary 'Linear' layout is supported")
+        if h["Filetype"] not in ("Linear", "MLS"):
+            raise NanonisFileError(path, f"Filetype {h['Filetype']!r}; the 'Linear' and 'MLS' layouts are supported")
         try:
             nx_s, ny_s = h["Grid dim"].split("x")
             self.nx, self.ny = int(nx_s), int(ny_s)
@@ -135,19 +197,23 @@ class NanonisGrid:
             raise NanonisFileError(
                 path, f"'Experiment size (bytes)' {experiment_size} != channels x points x 4 = {expected_exp}"
             )
+        #: the sweep of an MLS grid (the same at every point), None for a linear one
+        self.mls_sweep: np.ndarray | None = None
+        if h["Filetype"] == "MLS":
+            self.mls_sweep = mls_axis(mls_segments(h, path))
+            if self.mls_sweep.size != self.n_points:
+                raise NanonisFileError(
+                    path, f"MLS segments make {self.mls_sweep.size} points, the header says Points={self.n_points}"
+                )
         self.n_params = n_params
         self.record_len = n_params + len(self.channel_names) * self.n_points
-        offset = end + len(HEADER_END)
-        data_bytes = size - offset
-        self.n_records = min(data_bytes // (4 * self.record_len), self.nx * self.ny)
+        self._offset = end + len(HEADER_END)
+        self.n_records = 0
         #: bytes beyond the last complete record (a record cut off by a stop or a crash)
-        self.trailing_bytes = data_bytes - self.n_records * 4 * self.record_len
-        self._data: np.ndarray | None = (
-            np.memmap(path, dtype=">f4", mode="r", offset=offset, shape=(self.n_records, self.record_len))
-            if self.n_records
-            else None
-        )
-        self.measured = self._measured_mask()
+        self.trailing_bytes = 0
+        self._data: np.ndarray | None = None
+        self.measured = np.zeros((self.ny, self.nx), dtype=bool)
+        self._extend(size)
 
     # structure
     @property
@@ -180,13 +246,40 @@ class NanonisGrid:
     def is_bias_sweep(self) -> bool:
         return self.sweep_signal.startswith("Bias")
 
-    def _measured_mask(self) -> np.ndarray:
-        mask = np.zeros(self.nx * self.ny, dtype=bool)
-        if self._data is not None:
-            params = np.asarray(self._data[:, : self.n_params], dtype=np.float32)
-            empty = np.all(np.isnan(params) | (params == 0), axis=1)
-            mask[: self.n_records] = ~empty
-        return mask.reshape(self.ny, self.nx)
+    def _extend(self, size: int) -> int:
+        """Take in the complete records of a file of ``size`` bytes; returns how many are new."""
+        data_bytes = size - self._offset
+        n = max(0, min(data_bytes // (4 * self.record_len), self.nx * self.ny))
+        if n < self.n_records:
+            raise NanonisFileError(self.path, f"the file shrank to {n} records from {self.n_records}; it was replaced")
+        old, self.n_records = self.n_records, n
+        self.trailing_bytes = max(0, data_bytes - n * 4 * self.record_len)
+        if n > old:
+            self._data = np.memmap(self.path, dtype=">f4", mode="r", offset=self._offset, shape=(n, self.record_len))
+            params = np.asarray(self._data[old:n, : self.n_params], dtype=np.float32)
+            self.measured.reshape(-1)[old:n] = ~np.all(np.isnan(params) | (params == 0), axis=1)
+        return n - old
+
+    def refresh(self) -> int:
+        """Take in the records appended since the last look (a grid the controller is still
+        writing: header first, then one record per point); a record not yet complete waits.
+
+        Returns
+        -------
+        int
+            Complete records new since the last call.
+
+        Raises
+        ------
+        NanonisFileError
+            The header moved or the file shrank (it was rewritten): open it again.
+        """
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset - len(HEADER_END))
+            if fh.read(len(HEADER_END)) != HEADER_END:
+                raise NanonisFileError(self.path, "the header changed while the grid was read; open it again")
+            size = os.fstat(fh.fileno()).st_size
+        return self._extend(size)
 
     # data
     def _records(self, rows: slice) -> tuple[np.ndarray, range]:
@@ -204,10 +297,7 @@ class NanonisGrid:
         return out, r
 
     def channel_index(self, name: str) -> int:
-        try:
-            return self.channel_names.index(name)
-        except ValueError:
-            raise NanonisFileError(self.path, f"no channel {name!r}; channels are {self.channel_names}") from None
+        return name_index(self.channel_names, name, "channel", self.path)
 
     def read_block(self, rows: slice = slice(None), channels: Sequence[str] | None = None) -> np.ndarray:
         """Spectra ``(rows, nx, channels, n_points)`` float32, NaN where never measured."""
@@ -223,10 +313,7 @@ class NanonisGrid:
 
     def parameter(self, name: str) -> np.ndarray:
         """One per-point parameter map ``(ny, nx)`` float32, NaN where never measured."""
-        try:
-            k = self.parameter_names.index(name)
-        except ValueError:
-            raise NanonisFileError(self.path, f"no parameter {name!r}; parameters are {self.parameter_names}") from None
+        k = name_index(self.parameter_names, name, "parameter", self.path)
         flat = np.full(self.nx * self.ny, np.nan, dtype=np.float32)
         if self._data is not None:
             flat[: self.n_records] = self._data[:, k]
@@ -235,9 +322,20 @@ class NanonisGrid:
         return out
 
     def sweep_axis(self, iy: int, ix: int) -> np.ndarray:
-        """Sweep values of one point from its Sweep Start/End (float64, unit of the sweep signal)."""
-        start, end = self.parameter("Sweep Start")[iy, ix], self.parameter("Sweep End")[iy, ix]
-        return np.linspace(float(start), float(end), self.n_points)
+        """Sweep values of one point (float64, unit of the sweep signal): the MLS sweep, else
+        ``linspace`` of its Sweep Start/End."""
+        return self.sweep_axes(slice(iy, iy + 1))[0, ix]
+
+    def sweep_axes(self, rows: slice = slice(None)) -> np.ndarray:
+        """Sweep values of the points of grid rows ``rows``, ``(rows, nx, n_points)`` float64 (NaN where unmeasured)."""
+        r = range(*rows.indices(self.ny))
+        if self.mls_sweep is not None:
+            out = np.broadcast_to(self.mls_sweep, (len(r), self.nx, self.n_points)).copy()
+            out[~self.measured[rows]] = np.nan
+            return out
+        start = self.parameter("Sweep Start")[rows, :, None].astype(np.float64)
+        end = self.parameter("Sweep End")[rows, :, None].astype(np.float64)
+        return start + (end - start) * np.linspace(0.0, 1.0, self.n_points)
 
     def nominal_sweep(self) -> np.ndarray:
         """The sweep axis of the first measured point (NaN-filled when nothing was measured)."""
@@ -245,6 +343,12 @@ class NanonisGrid:
         if not done.size:
             return np.full(self.n_points, np.nan)
         return self.sweep_axis(int(done[0, 0]), int(done[0, 1]))
+
+    def conditions(self, *, amplitude_convention: AmplitudeConvention | None = None) -> RecordingConditions:
+        """Temperature, modulation and bias wiring from the header and the per-point parameters
+        (:func:`~stslive.acquisition.formats.conditions.conditions_from_header`)."""
+        params = {n: self.parameter(n) for n in self.parameter_names if "temperature" in n.lower()}
+        return conditions_from_header(self.header, parameters=params, amplitude_convention=amplitude_convention)
 
     def iter_blocks(self, rows: int = 16, channels: Sequence[str] | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield ``(row_slice, block)`` with blocks from :meth:`read_block`."""
@@ -270,165 +374,3 @@ def open_3ds(path: str | os.PathLike[str]) -> NanonisGrid:
     if not path.is_file():
         raise NanonisFileError(path, "no such file; check the path")
     return NanonisGrid(path)
-
-
-# -- writer ------------------------------------------------------------------------------------
-def _fmt(value: float) -> str:
-    return f"{value:.6E}"
-
-
-def write_3ds(
-    path: str | os.PathLike[str],
-    *,
-    spectra: np.ndarray | Iterator[np.ndarray],
-    channel_names: Sequence[str],
-    geometry: GridGeometry,
-    sweep_start: np.ndarray | float,
-    sweep_end: np.ndarray | float,
-    n_points: int,
-    sweep_signal: str = "Bias (V)",
-    parameters: Mapping[str, np.ndarray] | None = None,
-    measured: np.ndarray | None = None,
-    header: Mapping[str, str] | None = None,
-    start_time: float | None = None,
-    end_time: float | None = None,
-    comment: str = "",
-) -> None:
-    """Write a grid as a Nanonis ``.3ds`` (Linear layout) that Nanonis-reading tools open.
-
-    Parameters
-    ----------
-    spectra
-        ``(ny, nx, n_channels, n_points)``, or an iterator of row blocks of that layout (memory
-        bounded export); converted to big-endian float32.
-    sweep_start, sweep_end
-        Per point ``(ny, nx)`` or scalars, in the sweep signal's unit.
-    parameters
-        Experiment parameters ``"Name (unit)" -> (ny, nx)``, written after the fixed ones.
-    measured
-        ``(ny, nx)`` bool; points not measured are written as NaN records (parameters included),
-        which our reader and SpmGrids.jl read back as missing.
-    header
-        Extra header entries (e.g. ``"Bias Spectroscopy>Sweep Start (V)"``), written as given.
-    """
-    path = Path(path)
-    ny, nx = geometry.shape
-    names = list(channel_names)
-    params = dict(parameters or {})
-    for key, value in params.items():
-        if np.shape(value) != (ny, nx):
-            raise NanonisFileError(path, f"parameter {key!r} has shape {np.shape(value)}, expected {(ny, nx)}")
-    done = np.ones((ny, nx), dtype=bool) if measured is None else np.asarray(measured, dtype=bool)
-    fixed = [np.broadcast_to(np.asarray(v, dtype=np.float32), (ny, nx)) for v in (sweep_start, sweep_end)]
-    ordered = fixed + [np.asarray(v, dtype=np.float32) for v in params.values()]
-    n_params = len(ordered)
-    quote = lambda items: '"' + ";".join(items) + '"'
-    lines = {
-        "Grid dim": f'"{nx} x {ny}"',
-        "Grid settings": ";".join(
-            _fmt(v)
-            for v in (geometry.centre_x_m, geometry.centre_y_m, geometry.width_m, geometry.height_m, geometry.angle_deg)
-        ),
-        "Filetype": "Linear",
-        "Sweep Signal": f'"{sweep_signal}"',
-        "Fixed parameters": quote(_FIXED),
-        "Experiment parameters": quote(list(params)),
-        "# Parameters (4 byte)": str(n_params),
-        "Experiment size (bytes)": str(len(names) * n_points * 4),
-        "Points": str(n_points),
-        "Channels": quote(names),
-        "Delay before measuring (s)": _fmt(0.0),
-        "Experiment": '"Grid Spectroscopy"',
-        "Start time": f'"{datetime.fromtimestamp(start_time).strftime(_TIME_FORMAT)}"' if start_time else '""',
-        "End time": f'"{datetime.fromtimestamp(end_time).strftime(_TIME_FORMAT)}"' if end_time else '""',
-        "User": "",
-        "Comment": comment.replace("\r", " ").replace("\n", " "),
-    }
-    lines.update(header or {})
-    text = "".join(f"{k}={v}\r\n" for k, v in lines.items()).encode("latin-1", errors="replace")
-    blocks = iter([spectra]) if isinstance(spectra, np.ndarray) else spectra
-    row = 0
-    with open(path, "wb") as fh:
-        fh.write(text + HEADER_END)
-        for block in blocks:
-            block = np.asarray(block)
-            if block.ndim != 4 or block.shape[1:] != (nx, len(names), n_points):
-                raise NanonisFileError(
-                    path, f"spectra block shape {block.shape}, expected (rows, {nx}, {len(names)}, {n_points})"
-                )
-            rows = slice(row, row + block.shape[0])
-            rec = np.empty((block.shape[0], nx, n_params + len(names) * n_points), dtype=">f4")
-            for k, p in enumerate(ordered):
-                rec[:, :, k] = p[rows]
-            rec[:, :, n_params:] = block.reshape(block.shape[0], nx, -1)
-            rec[~done[rows]] = np.nan
-            fh.write(rec.tobytes())
-            row += block.shape[0]
-    if row != ny:
-        raise NanonisFileError(path, f"spectra covered {row} rows, the grid has {ny}; the file is incomplete")
-
-
-def export_archive(
-    archive_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, rows_per_block: int = 8
-) -> None:
-    """Export an stslive run archive to ``.3ds`` so the lab's Nanonis tools open it.
-
-    Each point gets its own set-point set's sweep limits as Sweep Start/End; the per-pixel
-    metadata become experiment parameters (X, Y, Z, temperatures, set id, lock-in status,
-    settling/integration times of its set).
-    """
-    from stslive.acquisition.formats.archive import open_archive  # format module beside this one
-
-    with open_archive(archive_path) as ar:
-        meta = ar.pixel_meta
-        sets = ar.setpoint_sets
-        ids = meta["setpoint_set_id"]
-        table = {
-            key: np.full(ids.shape, np.nan, dtype=np.float32)
-            for key in ("sweep_start_V", "sweep_end_V", "settle_s", "integration_s", "current_setpoint_A")
-        }
-        for sid, s in sets.items():
-            for key, arr in table.items():
-                arr[ids == sid] = getattr(s, key)
-        params = {
-            "X (m)": meta["x_m"],
-            "Y (m)": meta["y_m"],
-            "Z (m)": meta["z_m"],
-            "Settling time (s)": table["settle_s"],
-            "Integration time (s)": table["integration_s"],
-            "Scan:Current (A)": table["current_setpoint_A"],
-            "Temperature before (K)": meta["temperature_before_K"],
-            "Temperature after (K)": meta["temperature_after_K"],
-            "Setpoint set": ids.astype(np.float32),
-            "Lock-in status": meta["lockin_status"].astype(np.float32),
-        }
-        first = sets[min(sets)]
-        extra = {
-            "Bias>Bias (V)": _fmt(first.bias_setpoint_V),
-            "Bias Spectroscopy>Sweep Start (V)": _fmt(first.sweep_start_V),
-            "Bias Spectroscopy>Sweep End (V)": _fmt(first.sweep_end_V),
-            "Bias Spectroscopy>Num Pixel": str(ar.n_points),
-            "Bias Spectroscopy>Z-controller hold": "TRUE" if first.feedback_hold else "FALSE",
-            "Lock-in>Frequency (Hz)": _fmt(first.lockin_frequency_Hz),
-            "Lock-in>Amplitude": _fmt(first.lockin_amplitude_Vrms),
-            "Current>Current (A)": _fmt(first.current_setpoint_A),
-            "stslive>Run uid": ar.run_uid,
-            "stslive>Software version": ar.software_version,
-        }
-        start = ar.documents.get("start", {})
-        stop = ar.documents.get("stop", {})
-        write_3ds(
-            out_path,
-            spectra=(blk for _, blk in ar.iter_blocks(rows=rows_per_block)),
-            channel_names=ar.channel_names,
-            geometry=ar.geometry,
-            sweep_start=table["sweep_start_V"],
-            sweep_end=table["sweep_end_V"],
-            n_points=ar.n_points,
-            parameters=params,
-            measured=ar.measured,
-            header=extra,
-            start_time=start.get("time"),
-            end_time=stop.get("time"),
-            comment=f"stslive run {ar.run_uid}",
-        )

@@ -1,18 +1,19 @@
-"""Input recordings, whatever wrote them: stslive run archives and Nanonis ``.3ds`` grids.
+"""Input recordings, whatever wrote them: stslive run archives, Nanonis ``.3ds`` grids and ``.dat`` spectra.
 
-Contract: :func:`open_recording` is the one rule that tells them apart (HDF5 signature ->
-stslive archive, anything else -> ``.3ds``, by content, never by the file name) and opens the
-format's reader; :func:`open_spectra` gives the format-free view the offline analysis reads
-(:class:`SpectraSource`). Channels are picked by name: the current (default: the first
-"Current" channel that is not a backward sweep) and, optionally, a lock-in dI/dV channel
-(default: the first of the usual Nanonis and external lock-in names present). :func:`start_fields`
-is a recording's start document: an archive's own, a ``.3ds`` grid's built from its header.
+Contract: :func:`recording_kind` is the one rule that tells them apart, by content, never by the
+file name (HDF5 signature -> stslive archive; a ``:HEADER_END:`` header -> ``.3ds``; a ``[DATA]``
+section or TAB-separated header -> ``.dat``; a folder -> its ``.dat`` files as one point set);
+:func:`open_recording` opens the format's reader, and :func:`open_spectra` gives the format-free
+view the offline analysis reads (:class:`SpectraSource`). Channels are picked by the one rule of
+:func:`~stslive.acquisition.formats.channels.pick_channels`. Every reader answers
+``conditions()`` (:class:`~stslive.acquisition.formats.conditions.RecordingConditions`).
+:func:`start_fields` is a recording's start document: an archive's own, a Nanonis file's built
+from its header (the one rule replay, watch, the offline flags and the analysis read).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,15 +26,24 @@ import numpy as np
 
 from stslive.acquisition.formats.archive import VERSION_ATTR, ArchiveReader, open_archive
 from stslive.acquisition.formats.archive.layout import HDF5_SIGNATURE
-from stslive.acquisition.formats.nanonis3ds import NanonisGrid, open_3ds
+from stslive.acquisition.formats.channels import pick_channels
+from stslive.acquisition.formats.conditions import (
+    AmplitudeConvention,
+    RecordingConditions,
+    check_convention,
+    header_number,
+)
+from stslive.acquisition.formats.nanonis3ds import HEADER_END, NanonisGrid, open_3ds
+from stslive.acquisition.formats.nanonis_dat import NanonisPointSet, dat_files, looks_like_dat, open_dat
 from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet, channel_unit
+from stslive.acquisition.formats.sweeps import Resampler, is_uniform
 from stslive.drivers.errors import AnalysisError, ConfigError, FileFormatError, NanonisFileError
 
 #: A recording opened by :func:`open_recording`: the format's own reader.
-Recording: TypeAlias = ArchiveReader | NanonisGrid
-RecordingKind: TypeAlias = Literal["stslive", "nanonis3ds"]
-#: Lock-in channel names tried in order when none is given.
-LOCKIN_CANDIDATES: tuple[str, ...] = ("LI Demod 1 X (A)", "LIX 1 omega (A)", "Lock-in X (A)", "Input 2 (V)")
+Recording: TypeAlias = ArchiveReader | NanonisGrid | NanonisPointSet
+RecordingKind: TypeAlias = Literal["stslive", "nanonis3ds", "nanonis-dat"]
+#: Bytes read to tell a file's kind (a .3ds header is a few kB).
+_SNIFF_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -144,28 +154,47 @@ def acquisition_order(measured: np.ndarray, t_start: np.ndarray | None = None) -
     return flat[np.argsort(key, kind="stable")].astype(np.int64)
 
 
-def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
-    if wanted is not None:
-        if wanted not in names:
-            raise AnalysisError(f"{path}: no {what} channel {wanted!r}; channels are {names}")
-        return wanted
-    return next((c for c in candidates if c in names), None)
+def kind_of(recording: Recording) -> RecordingKind:
+    """The :data:`RecordingKind` of an opened recording."""
+    if isinstance(recording, ArchiveReader):
+        return "stslive"
+    return "nanonis3ds" if isinstance(recording, NanonisGrid) else "nanonis-dat"
 
 
 class SpectraSource:
-    """Read-only spectra of one file; build with :func:`open_spectra`."""
+    """Read-only spectra of one recording; build with :func:`open_spectra`.
 
-    def __init__(self, path: Path, backend: Recording, *, current: str | None, lockin: str | None) -> None:
+    ``amplitude_convention`` says how a Nanonis file's ``Lock-in>Amplitude`` is meant ("peak" or
+    "rms"; None: unknown), for :attr:`conditions`. A sweep that is not uniform (MLS) and shared by
+    every pixel is resampled onto a uniform grid (:class:`~stslive.acquisition.formats.sweeps.Resampler`):
+    :attr:`bias`, :attr:`n_points` and the spectra are then on that grid, and
+    :attr:`resampled_from` holds the recorded number of points.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        backend: Recording,
+        *,
+        current: str | None,
+        lockin: str | None,
+        amplitude_convention: AmplitudeConvention | None = None,
+    ) -> None:
         self.path = path
         self._b = backend
-        self.kind = "stslive" if isinstance(backend, ArchiveReader) else "nanonis3ds"
+        self.kind: RecordingKind = kind_of(backend)
+        self.amplitude_convention = check_convention(amplitude_convention)
         self.channel_names: list[str] = list(backend.channel_names)
-        currents = tuple(n for n in self.channel_names if n.startswith("Current") and "[bwd]" not in n)
-        picked = _pick(self.channel_names, current, currents, "current", path)
-        if picked is None:
-            raise AnalysisError(f"{path}: no current channel among {self.channel_names}; pass current=NAME")
-        self.current_channel: str = picked
-        self.lockin_channel: str | None = _pick(self.channel_names, lockin, LOCKIN_CANDIDATES, "lock-in", path)
+        try:
+            pick = pick_channels(self.channel_names, current=current, lockin=lockin)
+        except AnalysisError as exc:
+            raise AnalysisError(f"{path}: {exc}") from None
+        if pick.current is None:
+            raise AnalysisError(
+                f"{path}: no channel named 'Current ...' among {self.channel_names}; name the current with current=NAME"
+            )
+        self.current_channel: str = self.channel_names[pick.current]
+        self.lockin_channel: str | None = None if pick.lockin is None else self.channel_names[pick.lockin]
         if isinstance(backend, ArchiveReader):
             self.sweep_signal = "Bias (V)"
             self._start, self._end = self._archive_sweeps(backend)
@@ -173,8 +202,20 @@ class SpectraSource:
             self.sweep_signal = backend.sweep_signal
             self._start, self._end = backend.parameter("Sweep Start"), backend.parameter("Sweep End")
         done = self.measured
-        starts, ends = self._start[done], self._end[done]
-        self.bias_per_pixel = bool(starts.size) and bool(np.ptp(starts) > 0 or np.ptp(ends) > 0)
+        if isinstance(backend, ArchiveReader):
+            starts, ends = self._start[done], self._end[done]
+            self.bias_per_pixel = bool(starts.size) and bool(np.ptp(starts) > 0 or np.ptp(ends) > 0)
+        else:
+            axes = backend.sweep_axes()[done]
+            self.bias_per_pixel = bool(axes.size) and bool(np.ptp(axes, axis=0).max() > 0)
+        self._resampler: Resampler | None = None
+        nominal = backend.bias if isinstance(backend, ArchiveReader) else backend.nominal_sweep()
+        if not is_uniform(nominal):
+            if self.bias_per_pixel:
+                raise AnalysisError(f"{path}: the pixels' sweeps differ and are not uniform; nothing can share them")
+            self._resampler = Resampler(nominal)
+        #: points of the recorded sweep when it was resampled onto a uniform grid, else None
+        self.resampled_from: int | None = None if self._resampler is None else int(nominal.size)
 
     @staticmethod
     def _archive_sweeps(ar: ArchiveReader) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +249,7 @@ class SpectraSource:
 
     @property
     def n_points(self) -> int:
-        return int(self._b.n_points)
+        return int(self._b.n_points) if self._resampler is None else int(self._resampler.target.size)
 
     @property
     def pixel_size_m(self) -> tuple[float, float]:
@@ -220,10 +261,35 @@ class SpectraSource:
 
     @property
     def bias(self) -> np.ndarray:
-        """Nominal sweep axis ``(n_points,)`` (the first measured pixel's for a .3ds)."""
+        """Nominal sweep axis ``(n_points,)`` (the first measured pixel's for a Nanonis file)."""
+        if self._resampler is not None:
+            return self._resampler.target.copy()
         if isinstance(self._b, ArchiveReader):
             return self._b.bias
         return self._b.nominal_sweep()
+
+    @property
+    def damage(self) -> str:
+        """What of the file is lost (a truncated archive: bytes and pixels that survive), "" when whole."""
+        return self._b.health.describe() if isinstance(self._b, ArchiveReader) else ""
+
+    @property
+    def conditions(self) -> RecordingConditions:
+        """Temperature, modulation and bias wiring the recording states (None where it does not)."""
+        return self._b.conditions(amplitude_convention=self.amplitude_convention)
+
+    @property
+    def positions_m(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of every pixel, ``(ny, nx)`` each, m: recorded positions of a point set, else the grid's."""
+        if isinstance(self._b, NanonisPointSet):
+            return self._b.positions_m[0][None].copy(), self._b.positions_m[1][None].copy()
+        x, y = self.geometry.pixel_xy(*np.indices(self.shape))
+        return np.asarray(x), np.asarray(y)
+
+    @property
+    def regular_grid(self) -> bool:
+        """Whether :attr:`geometry` places every pixel where it was measured (False: a hand-placed point set)."""
+        return not isinstance(self._b, NanonisPointSet) or self._b.regular
 
     @property
     def sweep_limits(self) -> tuple[np.ndarray, np.ndarray]:
@@ -233,14 +299,19 @@ class SpectraSource:
     def acquisition_order(self) -> np.ndarray:
         """Flat indices of the measured pixels in measurement order (:func:`acquisition_order`).
 
-        An archive orders by the pixels' ``t_start``; a ``.3ds`` has no per-pixel times and is
-        taken row-major (Nanonis grids are measured that way).
+        An archive orders by the pixels' ``t_start``; a Nanonis file has no per-pixel times and is
+        taken row-major (Nanonis grids are measured that way; point sets in file-name order).
         """
         times = self._b.pixel_meta["t_start"] if isinstance(self._b, ArchiveReader) else None
         return acquisition_order(self.measured, times)
 
     def bias_for(self, rows: slice) -> np.ndarray:
         """Per-pixel sweep axes ``(rows, nx, n_points)`` (float64)."""
+        if self._resampler is not None:
+            n_rows = len(range(*rows.indices(self.shape[0])))
+            return np.broadcast_to(self._resampler.target, (n_rows, self.shape[1], self.n_points)).copy()
+        if not isinstance(self._b, ArchiveReader):
+            return self._b.sweep_axes(rows)
         frac = np.linspace(0.0, 1.0, self.n_points)
         s, e = self._start[rows, :, None], self._end[rows, :, None]
         return s + (e - s) * frac
@@ -291,6 +362,8 @@ class SpectraSource:
             if isinstance(self._b, ArchiveReader)
             else self._b.read_block(rows, names)
         )
+        if self._resampler is not None:
+            data = self._resampler(data)
         bias = self.bias_for(rows) if self.bias_per_pixel else self.bias
         return SpectraBlock(
             rows=rows,
@@ -320,30 +393,53 @@ class SpectraSource:
 
 
 def recording_kind(path: str | os.PathLike[str]) -> RecordingKind:
-    """``"stslive"`` for a file with the HDF5 signature, ``"nanonis3ds"`` for anything else.
+    """What a path holds, told by content (module docstring).
 
     Raises
     ------
     FileFormatError
-        No such file.
+        No such file or folder, a folder without ``.dat`` files, or content of no known kind.
     """
     path = Path(path)
+    if path.is_dir():
+        if not dat_files(path):
+            raise NanonisFileError(
+                path, "a folder without .dat files; give an archive, a .3ds or .dat file, or a folder of .dat files"
+            )
+        return "nanonis-dat"
     if not path.is_file():
-        raise FileFormatError(path, "no such file; give an stslive archive (.h5) or a Nanonis grid (.3ds)")
+        raise FileFormatError(
+            path, "no such file; give an stslive archive (.h5), a Nanonis grid (.3ds) or spectrum (.dat)"
+        )
     with open(path, "rb") as fh:
-        return "stslive" if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE else "nanonis3ds"
+        head = fh.read(_SNIFF_BYTES)
+    if head.startswith(HDF5_SIGNATURE):
+        return "stslive"
+    if HEADER_END.rstrip() in head or head.startswith(b"Grid dim"):
+        return "nanonis3ds"
+    if looks_like_dat(head):
+        return "nanonis-dat"
+    raise NanonisFileError(
+        path,
+        "neither an stslive archive (HDF5) nor a Nanonis grid (.3ds: no ':HEADER_END:') "
+        "nor a Nanonis point spectrum (.dat: no [DATA] section)",
+    )
 
 
 def open_recording(path: str | os.PathLike[str], *, swmr: bool | Literal["auto"] = "auto") -> Recording:
-    """Open an stslive archive (:func:`open_archive`, with ``swmr``) or a Nanonis ``.3ds`` grid
-    (:func:`open_3ds`), as :func:`recording_kind` says.
+    """Open a recording with its format's reader, as :func:`recording_kind` says: an stslive archive
+    (:func:`open_archive`, with ``swmr``), a Nanonis ``.3ds`` grid (:func:`open_3ds`) or Nanonis
+    point spectra (:func:`~stslive.acquisition.formats.nanonis_dat.open_dat`: a ``.dat`` or a folder).
 
     Raises
     ------
     FileFormatError
         No such file, or the format's reader refuses it (ArchiveError or NanonisFileError).
     """
-    return open_archive(path, swmr=swmr) if recording_kind(path) == "stslive" else open_3ds(path)
+    kind = recording_kind(path)
+    if kind == "stslive":
+        return open_archive(path, swmr=swmr)
+    return open_3ds(path) if kind == "nanonis3ds" else open_dat(path)
 
 
 def is_other_hdf5(path: str | os.PathLike[str]) -> bool:
@@ -359,7 +455,11 @@ def is_other_hdf5(path: str | os.PathLike[str]) -> bool:
 
 
 def open_spectra(
-    path: str | os.PathLike[str], *, current: str | None = None, lockin: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    current: str | None = None,
+    lockin: str | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
 ) -> SpectraSource:
     """Open a recording (:func:`open_recording`) as a :class:`SpectraSource`.
 
@@ -368,17 +468,21 @@ def open_spectra(
     """
     backend = open_recording(path)
     try:
-        return SpectraSource(Path(path), backend, current=current, lockin=lockin)
+        return SpectraSource(
+            Path(path), backend, current=current, lockin=lockin, amplitude_convention=amplitude_convention
+        )
     except BaseException:
         backend.close()
         raise
 
 
 # -- start documents -------------------------------------------------------------------------------
-#: ``setpoint_source`` value of a set-point set field the ``.3ds`` header does not give
+#: ``setpoint_source`` value of a set-point set field the header does not give
 _ABSENT = "absent from the header: default"
-#: Event fields a ``.3ds`` does not record (its events carry the defaults)
-_GRID_EVENT_UNKNOWNS = ("lockin_status", "lockin_overload")
+#: Event fields a Nanonis file does not record (its events carry the defaults)
+_NANONIS_EVENT_UNKNOWNS = ("lockin_status", "lockin_overload")
+#: Start-document metadata key of the one sample temperature a Nanonis header states (its events carry no reading)
+STATED_TEMPERATURE_KEY = "header_temperature_K"
 
 
 def _header_float(header: Mapping[str, str], key: str, path: Path) -> float:
@@ -388,73 +492,81 @@ def _header_float(header: Mapping[str, str], key: str, path: Path) -> float:
         raise NanonisFileError(path, f"header entry {key!r}={header[key]!r} is not a number") from None
 
 
-def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, str]]:
-    """The set-point set of a ``.3ds`` grid, built from its header; and where each value came from.
+def setpoint_set_from_header(
+    recording: NanonisGrid | NanonisPointSet,
+    *,
+    setpoint: tuple[float, float] | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The set-point set of a Nanonis recording, built from its header; and where each value came from.
 
     Nanonis keys used: ``Bias>Bias (V)`` (bias set-point); ``Z-Controller>Setpoint`` when its
-    unit is A, else ``Current>Current (A)`` (the current when the grid started) for the current
-    set-point; ``Bias Spectroscopy>Sweep Start/End (V)`` for a bias sweep, else the first
-    measured point's Sweep Start/End parameters (the sweep signal's unit); ``Points``;
-    ``Bias Spectroscopy>Settling time (s)``, ``>Integration time (s)``, ``>Z-controller hold``;
-    ``Lock-in>Frequency (Hz)`` and ``Lock-in>Amplitude`` when the lock-in modulated the bias during
-    the sweep (``Bias Spectroscopy>Lock-In run`` TRUE or ``Lock-in>Lock-in status`` ON, and
-    ``Lock-in>Modulated signal`` the bias when stated).
-    Nanonis gives the modulation amplitude as zero-to-peak; it is stored as
-    ``lockin_amplitude_Vrms = amplitude / sqrt(2)``. Absent optional keys leave the
-    :class:`SetpointSet` default, and the returned sources say so.
+    unit is A, else ``Current>Current (A)`` (the current when the measurement started) for the
+    current set-point (``setpoint`` = (bias V, current A) gives both instead);
+    ``Bias Spectroscopy>Sweep Start/End (V)`` for a bias sweep, else the first measured point's
+    sweep, for the limits; ``Bias Spectroscopy>Settling time (s)``, ``>Integration time (s)``,
+    ``>Z-controller hold`` (a ``.dat``: ``Settling time (s)``, ``Integration time (s)``,
+    ``Z-Ctrl hold``). The lock-in: the frequency from ``Lock-in>Frequency (Hz)`` and the
+    modulation from ``conditions()`` (0 when it did not run; None when unknown, e.g. an
+    amplitude of unstated convention); its time constant and sensitivity are never in a Nanonis
+    header: None (unknown). Absent timing keys leave the :class:`SetpointSet` default, and the
+    returned sources say so.
 
     Raises
     ------
     NanonisFileError
-        A header number that does not parse, or (bias sweeps) values no set-point set allows.
+        A header number that does not parse, or (bias sweeps) no set-point or values no
+        set-point set allows.
     """
-    h, path = grid.header, grid.path
-    values: dict[str, Any] = {"id": 0, "name": "from .3ds header", "n_points": int(grid.n_points)}
-    sources: dict[str, str] = {"n_points": "Points"}
+    h, path = recording.header, recording.path
+    values: dict[str, Any] = {"id": 0, "name": "from the file header", "n_points": int(recording.n_points)}
+    sources: dict[str, str] = {"n_points": "points of the sweep"}
 
-    def take(field_name: str, *keys: str, scale: float = 1.0) -> None:
+    def take(field_name: str, *keys: str) -> None:
         for key in keys:
             if key in h:
-                values[field_name] = _header_float(h, key, path) * scale
+                values[field_name] = _header_float(h, key, path)
                 sources[field_name] = key
                 return
         sources[field_name] = _ABSENT
 
-    take("bias_setpoint_V", "Bias>Bias (V)")
-    current_keys = (("Z-Controller>Setpoint",) if h.get("Z-Controller>Setpoint unit") == "A" else ()) + (
-        "Current>Current (A)",
-    )
-    take("current_setpoint_A", *current_keys)
-    take("settle_s", "Bias Spectroscopy>Settling time (s)")
-    take("integration_s", "Bias Spectroscopy>Integration time (s)")
-    if grid.is_bias_sweep and "Bias Spectroscopy>Sweep Start (V)" in h and "Bias Spectroscopy>Sweep End (V)" in h:
+    if setpoint is not None:
+        values["bias_setpoint_V"], values["current_setpoint_A"] = setpoint
+        sources["bias_setpoint_V"] = sources["current_setpoint_A"] = "given by the caller (--setpoint)"
+    else:
+        take("bias_setpoint_V", "Bias>Bias (V)")
+        current_keys = (("Z-Controller>Setpoint",) if h.get("Z-Controller>Setpoint unit") == "A" else ()) + (
+            "Current>Current (A)",
+        )
+        take("current_setpoint_A", *current_keys)
+    take("settle_s", "Bias Spectroscopy>Settling time (s)", "Settling time (s)")
+    take("integration_s", "Bias Spectroscopy>Integration time (s)", "Integration time (s)")
+    if recording.is_bias_sweep and "Bias Spectroscopy>Sweep Start (V)" in h and "Bias Spectroscopy>Sweep End (V)" in h:
         take("sweep_start_V", "Bias Spectroscopy>Sweep Start (V)")
         take("sweep_end_V", "Bias Spectroscopy>Sweep End (V)")
     else:
-        sweep = grid.nominal_sweep()
+        sweep = recording.nominal_sweep()
         values["sweep_start_V"], values["sweep_end_V"] = float(sweep[0]), float(sweep[-1])
-        sources["sweep_start_V"] = sources["sweep_end_V"] = (
-            f"first measured point's Sweep Start/End ({grid.sweep_signal})"
-        )
-    if "Bias Spectroscopy>Z-controller hold" in h:
-        values["feedback_hold"] = h["Bias Spectroscopy>Z-controller hold"].strip().upper() == "TRUE"
-        sources["feedback_hold"] = "Bias Spectroscopy>Z-controller hold"
-    # the lock-in modulated the bias during the sweep: switched on for it, or on when the grid began
-    ran = h.get("Bias Spectroscopy>Lock-In run", "").strip().upper() == "TRUE" or (
-        h.get("Lock-in>Lock-in status", "").strip().upper() == "ON"
+        sources["sweep_start_V"] = sources["sweep_end_V"] = f"first measured point's sweep ({recording.sweep_signal})"
+    hold_key = next((k for k in ("Bias Spectroscopy>Z-controller hold", "Z-Ctrl hold") if k in h), None)
+    if hold_key is not None:
+        values["feedback_hold"] = h[hold_key].strip().upper() == "TRUE"
+        sources["feedback_hold"] = hold_key
+    conditions = recording.conditions(amplitude_convention=amplitude_convention)
+    values["lockin_frequency_Hz"] = header_number(h, "Lock-in>Frequency (Hz)")
+    values["lockin_amplitude_Vrms"] = conditions.modulation_Vrms
+    values["lockin_time_constant_s"] = values["lockin_sensitivity_V"] = None
+    sources["lockin"] = (
+        conditions.sources.get("modulation_Vrms", "no lock-in settings in the header: unknown (None)")
+        + "; time constant and sensitivity unknown (None)"
     )
-    if ran and h.get("Lock-in>Modulated signal", "Bias (V)").strip().lower().startswith("bias"):
-        take("lockin_frequency_Hz", "Lock-in>Frequency (Hz)")
-        take("lockin_amplitude_Vrms", "Lock-in>Amplitude", scale=1 / math.sqrt(2))
-    else:
-        sources["lockin"] = "lock-in not modulating the bias during the sweep: amplitude 0"
     missing = [k for k in ("bias_setpoint_V", "current_setpoint_A") if k not in values]
-    if grid.is_bias_sweep:
+    if recording.is_bias_sweep:
         if missing:
             raise NanonisFileError(
                 path,
                 f"header lacks the set-point value(s) {missing} needed to replay a bias "
-                "grid (Bias>Bias (V), Current>Current (A))",
+                "recording (Bias>Bias (V), Current>Current (A)); give them (--setpoint BIAS_V,CURRENT_A)",
             )
         try:
             values = SetpointSet.from_dict(values).to_dict()
@@ -463,44 +575,52 @@ def setpoint_set_from_3ds(grid: NanonisGrid) -> tuple[dict[str, Any], dict[str, 
     return values, sources
 
 
-def start_fields(recording: Recording) -> dict[str, Any]:
+def start_fields(
+    recording: Recording,
+    *,
+    setpoint: tuple[float, float] | None = None,
+    amplitude_convention: AmplitudeConvention | None = None,
+) -> dict[str, Any]:
     """The start-document fields of a recording (:meth:`RunPublisher.start` keywords, no uid).
 
-    An archive's are its own record (:meth:`ArchiveReader.start_document`). A ``.3ds`` stores no
-    stslive set-point set: one is built from its header (:func:`setpoint_set_from_3ds`) and
-    ``metadata["setpoint_source"]`` names where each of its values came from; a set field it does
-    not name as a header key is not known. ``metadata["not_recorded"]`` lists those fields and
-    the event fields a ``.3ds`` does not hold (the values sent are defaults, not measurements).
-    For a sweep that is not the bias the set is not validated (``metadata["sweep_signal"]``).
+    An archive's are its own record (:meth:`ArchiveReader.start_document`). A Nanonis file stores
+    no stslive set-point set: one is built from its header (:func:`setpoint_set_from_header`) and
+    ``metadata["setpoint_source"]`` names where each of its values came from.
+    ``metadata["not_recorded"]`` lists the set fields the header does not give (including the
+    lock-in settings it leaves unknown) and the event fields a Nanonis file does not hold (the
+    values sent are defaults, not measurements); ``metadata["conditions"]`` is the file's
+    :class:`RecordingConditions` and ``metadata["header_temperature_K"]`` its one stated
+    temperature. For a sweep that is not the bias the set is not validated
+    (``metadata["sweep_signal"]``).
     """
     if isinstance(recording, ArchiveReader):
         return recording.start_document().body()
-    grid = recording
-    sp, sources = setpoint_set_from_3ds(grid)
-    starts, ends = grid.parameter("Sweep Start"), grid.parameter("Sweep End")
-    done = grid.measured
-    varies = bool(done.any()) and bool(np.ptp(starts[done]) > 0 or np.ptp(ends[done]) > 0)
-    names = list(grid.channel_names)
+    sp, sources = setpoint_set_from_header(recording, setpoint=setpoint, amplitude_convention=amplitude_convention)
+    names = list(recording.channel_names)
+    axes = recording.sweep_axes()[recording.measured]
+    varies = bool(axes.size) and bool(np.ptp(axes[:, [0, -1]], axis=0).max() > 0)
+    conditions = recording.conditions(amplitude_convention=amplitude_convention)
     known = {k for k, v in sources.items() if v != _ABSENT} | {"id", "name"}
-    if "lockin" in sources:  # the lock-in did not run: amplitude 0 is what was applied
-        known.add("lockin_amplitude_Vrms")
+    known |= {k for k in ("lockin_frequency_Hz", "lockin_amplitude_Vrms") if sp.get(k) is not None}
     not_recorded = [f.name for f in dataclasses.fields(SetpointSet) if f.name not in known]
+    kind = kind_of(recording)
     return {
-        "grid": grid.geometry.to_dict(),
+        "grid": recording.geometry.to_dict(),
         "channel_names": names,
         "channel_units": [channel_unit(n) for n in names],
-        "n_points": int(grid.n_points),
+        "n_points": int(recording.n_points),
         "setpoint_sets": [sp],
-        "instruments": {"stm": "Nanonis (from .3ds file)"},
-        "software_version": grid.header.get("NanonisMain>SW Version", "unknown"),
+        "instruments": {"stm": f"Nanonis (from {kind} file)"},
+        "software_version": recording.header.get("NanonisMain>SW Version", "unknown"),
         "metadata": {
-            "source_kind": "nanonis3ds",
-            "sweep_signal": grid.sweep_signal,
-            "setpoint_source": {"note": "built from the .3ds header; the file stores no set-point set", **sources},
-            "not_recorded": [*not_recorded, *_GRID_EVENT_UNKNOWNS],
+            "source_kind": kind,
+            "sweep_signal": recording.sweep_signal,
+            "setpoint_source": {"note": "built from the file header; it stores no set-point set", **sources},
+            "not_recorded": [*not_recorded, *_NANONIS_EVENT_UNKNOWNS],
             "sweep_limits_vary_per_point": varies,
-            "header_start_time": grid.header.get("Start time", ""),
-            "header_end_time": grid.header.get("End time", ""),
-            "header_temperature_K": grid.header.get("Temperature 1>Temperature 1 (K)", ""),  # one reading, no event's
+            "header_start_time": recording.header.get("Start time", recording.header.get("Date", "")),
+            "header_end_time": recording.header.get("End time", ""),
+            STATED_TEMPERATURE_KEY: conditions.temperature_K,  # one reading, no event's
+            "conditions": conditions.to_dict(),
         },
     }

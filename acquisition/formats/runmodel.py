@@ -55,6 +55,15 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _unknown(value: float) -> bool:
+    """NaN: a value the record does not know."""
+    return isinstance(value, float) and math.isnan(value)
+
+
+#: The lock-in settings of a set-point set, which may be unknown (NaN; null in documents).
+_LOCKIN_FIELDS = ("lockin_frequency_Hz", "lockin_amplitude_Vrms", "lockin_time_constant_s", "lockin_sensitivity_V")
+
+
 @dataclass(frozen=True, slots=True)
 class SetpointSet(_Record):
     """Everything that conditions one spectrum (SI units throughout).
@@ -75,6 +84,9 @@ class SetpointSet(_Record):
         Settling time before the first point and integration time per point (s).
     lockin_frequency_Hz, lockin_amplitude_Vrms, lockin_time_constant_s, lockin_sensitivity_V
         Lock-in modulation and demodulation settings; amplitude 0 means no lock-in channel.
+        NaN means unknown (``null`` in :meth:`to_dict` and documents, read back as NaN): a set
+        rebuilt from a file that does not record the value (a Nanonis header); a scan leaves such
+        a setting as the lock-in has it.
     feedback_hold
         Open (hold) the Z feedback during the sweep (constant-height spectroscopy).
     """
@@ -112,12 +124,13 @@ class SetpointSet(_Record):
             "sweep_end_V",
             "settle_s",
             "integration_s",
-            "lockin_frequency_Hz",
-            "lockin_amplitude_Vrms",
-            "lockin_time_constant_s",
-            "lockin_sensitivity_V",
         ):
             _require(_finite(getattr(self, key)), key, "must be a finite number (SI units)", who)
+        for key in _LOCKIN_FIELDS:
+            value = getattr(self, key)
+            _require(
+                _finite(value) or _unknown(value), key, "must be a finite number (SI units) or null (unknown)", who
+            )
         _require(
             self.bias_setpoint_V != 0.0, "bias_setpoint_V", "must be non-zero: no tunnelling current flows at 0 V", who
         )
@@ -140,16 +153,25 @@ class SetpointSet(_Record):
             "must be an integer >= 2",
             who,
         )
-        for key in (
-            "settle_s",
-            "integration_s",
-            "lockin_frequency_Hz",
-            "lockin_amplitude_Vrms",
-            "lockin_time_constant_s",
-        ):
-            _require(getattr(self, key) >= 0.0, key, "must be >= 0", who)
-        _require(self.lockin_sensitivity_V > 0.0, "lockin_sensitivity_V", "must be > 0", who)
+        for key in ("settle_s", "integration_s", *_LOCKIN_FIELDS[:3]):
+            value = getattr(self, key)
+            _require(_unknown(value) or value >= 0.0, key, "must be >= 0", who)
+        sensitivity = self.lockin_sensitivity_V
+        _require(_unknown(sensitivity) or sensitivity > 0.0, "lockin_sensitivity_V", "must be > 0", who)
         _require(isinstance(self.feedback_hold, bool), "feedback_hold", "must be true or false", who)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (JSON-ready); an unknown lock-in setting is None."""
+        out = dataclasses.asdict(self)
+        for key in _LOCKIN_FIELDS:
+            out[key] = None if _unknown(out[key]) else out[key]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Inverse of :meth:`to_dict` (None -> NaN for the lock-in settings); ConfigError as the base."""
+        values = {k: math.nan if k in _LOCKIN_FIELDS and v is None else v for k, v in data.items()}
+        return dataclass_from_mapping(cls, values, what=cls.WHAT)
 
     @property
     def bias_axis(self) -> np.ndarray:

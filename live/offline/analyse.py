@@ -1,9 +1,11 @@
 """Offline analysis of recordings into folders: the library behind ``stslive analyse``.
 
-An input is an stslive archive or a Nanonis ``.3ds`` (:func:`expand_inputs` also takes folders of
-them). :func:`analyse_inputs` analyses each into its output folder (:func:`output_dirs`: the folder
-itself for one input, ``OUT/<stem>/`` each for several) and, for several inputs, writes a campaign
-summary beside them (:mod:`stslive.live.offline.campaign`). Each output folder receives
+An input is an stslive archive, a Nanonis ``.3ds``, a Nanonis ``.dat`` or a folder of ``.dat``
+files (one point set); :func:`expand_inputs` also takes folders of them. :func:`analyse_inputs`
+analyses each into its output folder (:func:`output_dirs`: the folder itself for one input,
+``OUT/<stem>/`` each for several) and, for several inputs, writes a campaign summary beside them
+(:mod:`stslive.live.offline.campaign`), where an input that cannot be analysed (a Z sweep, a
+damaged file) is listed with its reason instead of stopping the campaign. Each output folder receives
 ``maps.h5`` (:func:`stslive.live.results_io.save_maps_h5`), ``report.json``
 (:mod:`stslive.live.offline.report`) and the figures of :mod:`stslive.live.offline.analysis_figures`. The
 kernels run in this process or on a Dask cluster (:mod:`stslive.live.offline.dask`); both go
@@ -27,8 +29,9 @@ import h5py
 from tqdm import tqdm
 
 from stslive.acquisition.formats.archive import VERSION_ATTR
+from stslive.acquisition.formats.nanonis_dat import dat_files
 from stslive.acquisition.formats.recording import SpectraSource
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, StsliveError
 from stslive.live.flag_config import FlagConfig
 from stslive.live.flags_run import RunFlags, flag_recording
 from stslive.live.kernels import KernelOptions
@@ -80,6 +83,8 @@ class OfflineAnalysis:
 
     runs: list[AnalysedRun]
     campaign: list[Path] = field(default_factory=list)
+    #: inputs of a campaign that could not be analysed, with the reason
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def prepare_out(out: Path) -> None:
@@ -108,7 +113,7 @@ def expand_inputs(items: Sequence[Path], *, on_skip: Callable[[Path], None] = _s
     Parameters
     ----------
     items
-        Files and folders, as given.
+        Files and folders, as given; a folder's ``.dat`` files make one input, the folder itself.
     on_skip
         Called with each HDF5 file of a folder that is not an stslive archive (e.g. an earlier
         ``maps.h5``), which is left out; default: a warning in the log.
@@ -127,6 +132,8 @@ def expand_inputs(items: Sequence[Path], *, on_skip: Callable[[Path], None] = _s
         picked = [p for p in found if p.suffix.lower() == ".3ds" or _is_archive(p)]
         for skipped in (p for p in found if p not in picked):
             on_skip(skipped)
+        if dat_files(item):
+            picked.append(item)
         if not picked:
             raise ConfigError(f"{item} holds no stslive archive or .3ds file; give the files or another folder")
         files.extend(picked)
@@ -164,6 +171,7 @@ def analyse_inputs(
     show_progress: bool = False,
     flag_config: FlagConfig | None = None,
     overwrite: bool = False,
+    on_unsuitable: Callable[[Path, str], None] | None = None,
 ) -> OfflineAnalysis:
     """Analyse input files into ``out``: one folder per input, plus the campaign summary for several.
 
@@ -188,12 +196,15 @@ def analyse_inputs(
         Replace an earlier analysis in ``out`` (else ``out`` must be new or empty). Everything
         is written beside ``out`` first and moved in only when all inputs succeeded
         (:class:`~stslive.live.offline.outputs.OutputFolder`).
+    on_unsuitable
+        Called with each input of several that cannot be analysed and the reason; it is left
+        out of the analysis and listed in the campaign table (one input: the error is raised).
 
     Raises
     ------
     ConfigError
-        Two inputs would write into the same folder, ``out`` is a file, or it holds files that
-        ``overwrite`` may not clear.
+        Two inputs would write into the same folder, ``out`` is a file, it holds files that
+        ``overwrite`` may not clear, or none of several inputs can be analysed.
     """
     output_dirs(files, out)  # two inputs into one folder: refused before anything runs
     flag_config = flag_config or FlagConfig()
@@ -211,11 +222,13 @@ def analyse_inputs(
             max_block_bytes=max_block_bytes,
             show_progress=show_progress,
             flag_config=flag_config,
+            on_unsuitable=on_unsuitable,
         )
     # the files now sit in out: name them there
     return OfflineAnalysis(
         [AnalysedRun(r.path, out / r.out.relative_to(stage), r.report) for r in analysis.runs],
         [out / p.relative_to(stage) for p in analysis.campaign],
+        analysis.skipped,
     )
 
 
@@ -232,9 +245,25 @@ def _analyse_into(
     max_block_bytes: int,
     show_progress: bool,
     flag_config: FlagConfig,
+    on_unsuitable: Callable[[Path, str], None] | None,
 ) -> OfflineAnalysis:
     """:func:`analyse_inputs` into a fresh folder ``out``."""
     outs = output_dirs(files, out)
+    skipped: list[tuple[Path, str]] = []
+    if len(files) > 1:
+        for path in files:
+            try:
+                with open_input(path, options=options):
+                    pass
+            except StsliveError as exc:
+                skipped.append((path, str(exc)))
+        outs = [o for p, o in zip(files, outs, strict=True) if p not in dict(skipped)]
+        files = [p for p in files if p not in dict(skipped)]
+        for path, reason in skipped:
+            if on_unsuitable is not None:
+                on_unsuitable(path, reason)
+        if not files:
+            raise ConfigError("no input can be analysed: " + "; ".join(reason for _, reason in skipped))
     if dask:
         reports = analyse_many_dask(
             list(files),
@@ -249,22 +278,32 @@ def _analyse_into(
             flag_config=flag_config,
         )
     else:
-        reports = [
-            analyse_to_directory(
-                path,
-                folder,
-                options=options,
-                constants=constants,
-                examples=examples,
-                show_progress=show_progress,
-                flag_config=flag_config,
-            )
-            for path, folder in zip(files, outs, strict=True)
-        ]
+        reports = []
+        for path, folder in zip(list(files), list(outs), strict=True):
+            try:
+                reports.append(
+                    analyse_to_directory(
+                        path,
+                        folder,
+                        options=options,
+                        constants=constants,
+                        examples=examples,
+                        show_progress=show_progress,
+                        flag_config=flag_config,
+                    )
+                )
+            except StsliveError as exc:
+                if len(files) + len(skipped) < 2:
+                    raise
+                skipped.append((path, str(exc)))
+                files, outs = [p for p in files if p != path], [o for o in outs if o != folder]
+                if on_unsuitable is not None:
+                    on_unsuitable(path, str(exc))
     runs = [AnalysedRun(p, o, r) for p, o, r in zip(files, outs, reports, strict=True)]
-    if len(runs) < 2:
+    if len(runs) + len(skipped) < 2:
         return OfflineAnalysis(runs)
-    return OfflineAnalysis(runs, write_campaign(out, [(run.out.name, run.path, run.report) for run in runs]))
+    table = [(run.out.name, run.path, run.report) for run in runs]
+    return OfflineAnalysis(runs, write_campaign(out, table, skipped=skipped), skipped)
 
 
 def analyse_to_directory(
@@ -295,7 +334,9 @@ def analyse_to_directory(
 
         with bar:
             model = analyse_source(source, options=options, progress=progress)
-        flags = flag_recording(path, model, config=flag_config or FlagConfig())
+        flags = flag_recording(
+            path, model, config=flag_config or FlagConfig(), current=options.current, lockin=options.lockin
+        )
         return write_outputs(
             source, model, out, options=options, constants=constants, examples=examples, t0=t0, flags=flags
         )
@@ -336,7 +377,13 @@ def analyse_many_dask(
             for run in analyse_inputs_dask(
                 inputs, client=client, options=options, progress=progress, max_block_bytes=max_block_bytes
             ):
-                flags = flag_recording(run.path, run.model, config=flag_config or FlagConfig())
+                flags = flag_recording(
+                    run.path,
+                    run.model,
+                    config=flag_config or FlagConfig(),
+                    current=run.options.current,
+                    lockin=run.options.lockin,
+                )
                 with open_input(run.path, options=run.options) as source:
                     # elapsed_s of a dask run: from the start of the whole campaign to this run's files
                     reports[run.path] = write_outputs(
@@ -387,6 +434,8 @@ def write_outputs(
         },
         "available_channels": source.channel_names,
         "n_points": source.n_points,
+        "damage": source.damage or None,
+        "resampled_from_points": source.resampled_from,
     }
     figure_inputs = collect_figure_inputs(source, model, options=options, examples=examples)
     save_maps_h5(model, out / "maps.h5")

@@ -4,19 +4,13 @@
 nulls), one row per run with its conditions and its report's scalar results, and
 ``campaign_vs_temperature.png`` / ``campaign_vs_field.png`` for each condition that takes at
 least two values (else ``campaign_runs.png`` against the run index): Delta and alpha (mean, error
-bar = the map's standard deviation) and the 1/e correlation lengths. :func:`run_conditions` reads
-a run's temperature (K) and field (T), first found wins, and names the source in the table:
+bar = the map's standard deviation) and the 1/e correlation lengths. :func:`run_conditions`
+reads a run's temperature (K) and field (T) from its recording's conditions
+(:class:`~stslive.acquisition.formats.conditions.RecordingConditions`: thermometer readings of
+the pixels, else the start document or the Nanonis header) and names the source in the table.
 
-* temperature: the median of the measured pixels' thermometer readings (archive
-  ``temperature_before_K`` / ``temperature_after_K``; ``.3ds`` parameters named "Temperature ...
-  (K)"), else the archive start document (``conditions.temperature_K``,
-  ``metadata.conditions.temperature_K``, ``film_params.temperature_K``) or the first ``.3ds``
-  header key with "Temperature" ending in "(K)";
-* field: the start document's ``conditions.magnetic_field_T`` or
-  ``metadata.conditions.magnetic_field_T``, or the first ``.3ds`` header key with "Magnet" or
-  "Field" ending in "(T)".
-
-Absent conditions are null in JSON and empty in CSV; nothing is guessed.
+Absent conditions are null in JSON and empty in CSV; nothing is guessed. An input that could not
+be analysed has a row with its reason in ``skipped`` (empty for analysed runs) and no results.
 """
 
 from __future__ import annotations
@@ -25,15 +19,12 @@ import csv
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.formats.archive import ArchiveReader
-from stslive.acquisition.formats.nanonis3ds import NanonisGrid
 from stslive.acquisition.formats.recording import open_recording
 from stslive.live.offline.figure_campaign import draw_campaign
 from stslive.live.offline.figures import save_figure
@@ -45,77 +36,11 @@ CONDITIONS: dict[str, tuple[str, str]] = {
     "temperature_K": ("temperature (K)", "temperature"),
     "field_T": ("magnetic field (T)", "field"),
 }
-_T_3DS = re.compile(r"temperature.*\(K\)\s*$", re.IGNORECASE)
-_B_3DS = re.compile(r"(magnet|field).*\(T\)\s*$", re.IGNORECASE)
-
-
-def _number(value: Any) -> float | None:
-    """A finite float from a document value, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        f = float(value)
-    except ValueError:
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _lookup(doc: Mapping[str, Any], dotted: str) -> float | None:
-    node: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return _number(node)
-
-
-def _median_of(arrays: Sequence[np.ndarray], measured: np.ndarray) -> float | None:
-    values = np.concatenate([np.asarray(a, dtype=np.float64)[measured] for a in arrays]) if arrays else np.zeros(0)
-    values = values[np.isfinite(values)]
-    return float(np.median(values)) if values.size else None
-
-
-def _archive_conditions(ar: ArchiveReader) -> dict[str, Any]:
-    meta, measured, start = ar.pixel_meta, ar.measured, ar.documents.get("start", {})
-    out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
-    measured_T = _median_of([meta["temperature_before_K"], meta["temperature_after_K"]], measured)
-    if measured_T is not None:
-        out.update(temperature_K=measured_T, temperature_source="pixels (median of thermometer readings)")
-    else:
-        for key in ("conditions.temperature_K", "metadata.conditions.temperature_K", "film_params.temperature_K"):
-            if (value := _lookup(start, key)) is not None:
-                out.update(temperature_K=value, temperature_source=f"start document {key}")
-                break
-    for key in ("conditions.magnetic_field_T", "metadata.conditions.magnetic_field_T"):
-        if (value := _lookup(start, key)) is not None:
-            out.update(field_T=value, field_source=f"start document {key}")
-            break
-    return out
-
-
-def _3ds_conditions(grid: NanonisGrid) -> dict[str, Any]:
-    header = dict(grid.header)
-    names = [n for n in grid.parameter_names if _T_3DS.search(n)]
-    per_pixel = [grid.parameter(n) for n in names]
-    out: dict[str, Any] = {"temperature_K": None, "temperature_source": None, "field_T": None, "field_source": None}
-    # unmeasured points of a .3ds are NaN records, parameters included: the finite values are the measured ones
-    measured_T = _median_of(per_pixel, np.ones(per_pixel[0].shape, bool)) if per_pixel else None
-    if measured_T is not None:
-        out.update(temperature_K=measured_T, temperature_source=f"parameters {names} (median)")
-    else:
-        for key, raw in header.items():
-            if _T_3DS.search(key) and (value := _number(raw)) is not None:
-                out.update(temperature_K=value, temperature_source=f"header {key}")
-                break
-    for key, raw in header.items():
-        if _B_3DS.search(key) and (value := _number(raw)) is not None:
-            out.update(field_T=value, field_source=f"header {key}")
-            break
-    return out
 
 
 def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Temperature (K) and magnetic field (T) of a run, with where each was read (module docstring).
+    """Temperature (K) and magnetic field (T) of a run, with where each was read: the recording's
+    :meth:`conditions` (:class:`~stslive.acquisition.formats.conditions.RecordingConditions`).
 
     Returns
     -------
@@ -123,7 +48,14 @@ def run_conditions(path: str | os.PathLike[str]) -> dict[str, Any]:
         ``temperature_K``, ``temperature_source``, ``field_T``, ``field_source``; None when absent.
     """
     with open_recording(path) as recording:
-        return _archive_conditions(recording) if isinstance(recording, ArchiveReader) else _3ds_conditions(recording)
+        c = recording.conditions()
+    known = {"temperature": c.temperature_K is not None, "field": c.magnetic_field_T is not None}
+    return {
+        "temperature_K": c.temperature_K,
+        "temperature_source": c.sources.get("temperature_K") if known["temperature"] else None,
+        "field_T": c.magnetic_field_T,
+        "field_source": c.sources.get("magnetic_field_T") if known["field"] else None,
+    }
 
 
 #: Report keys copied into the table, in column order (after run, file, format and the conditions).
@@ -179,20 +111,33 @@ def campaign_figure(path: Path, rows: Sequence[Mapping[str, Any]], *, x_key: str
     return save_figure(draw_campaign(rows, x_key=x_key, conditions=conditions), path)
 
 
-def write_campaign(out: str | os.PathLike[str], runs: Sequence[tuple[str, Path, Mapping[str, Any]]]) -> list[Path]:
-    """Write ``campaign.csv``, ``campaign.json`` and the figures into ``out``; returns the paths written."""
+def write_campaign(
+    out: str | os.PathLike[str],
+    runs: Sequence[tuple[str, Path, Mapping[str, Any]]],
+    *,
+    skipped: Sequence[tuple[Path, str]] = (),
+) -> list[Path]:
+    """Write ``campaign.csv``, ``campaign.json`` and the figures into ``out``; returns the paths written.
+
+    ``skipped`` inputs (path, reason) get a table row each, after the runs, and no figure point.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = campaign_rows(runs)
+    figure_rows = list(rows)
+    for row in rows:
+        row["skipped"] = None
+    empty = dict.fromkeys(rows[0] if rows else ["run", "file", "format", "skipped"])
+    rows += [{**empty, "run": path.stem, "file": str(path), "skipped": reason} for path, reason in skipped]
     written = [out / "campaign.csv", out / "campaign.json"]
     with open(written[0], "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
     written[1].write_text(json.dumps({"runs": rows}, indent=2, allow_nan=False) + "\n")
-    varied = [key for key in CONDITIONS if len({v for v in _column(rows, key) if math.isfinite(v)}) >= 2]
+    varied = [key for key in CONDITIONS if len({v for v in _column(figure_rows, key) if math.isfinite(v)}) >= 2]
     for key in varied:
-        written.append(campaign_figure(out / f"campaign_vs_{CONDITIONS[key][1]}.png", rows, x_key=key))
+        written.append(campaign_figure(out / f"campaign_vs_{CONDITIONS[key][1]}.png", figure_rows, x_key=key))
     if not varied:
-        written.append(campaign_figure(out / "campaign_runs.png", rows, x_key=None))
+        written.append(campaign_figure(out / "campaign_runs.png", figure_rows, x_key=None))
     return written

@@ -11,8 +11,6 @@ reading into a :class:`~stslive.live.viewer.scan_state.ScanState` and the result
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from stslive.acquisition.formats.archive.opener import writer_alive
 from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, recording_kind, topography_from_z
 from stslive.drivers.errors import ArchiveError, FileFormatError, StsliveError
 from stslive.live.results import ResultsModel
@@ -83,7 +82,9 @@ class ArchiveSpectra:
     def _measured(self) -> np.ndarray:
         """Measured pixels that can be read (a truncated file lost the rest); call under the lock."""
         measured = np.asarray(self.reader.measured, dtype=bool)
-        self.recorded = int(measured.sum())
+        # a truncated file's reader counts only what it can read; what the file recorded it says apart
+        recorded = self.reader.health.recorded_measured
+        self.recorded = int(measured.sum()) if recorded is None else recorded
         return measured if self.health.readable is None else measured & self.health.readable
 
     def topography(self) -> tuple[np.ndarray | None, str]:
@@ -167,18 +168,7 @@ class ArchiveSpectra:
 
 def _writer_alive(writer: Any) -> bool:
     """Whether the process named by a writer document may still run (another host: assume so)."""
-    if not isinstance(writer, Mapping) or writer.get("host") != socket.gethostname():
-        return True
-    pid = writer.get("pid")
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
+    return writer_alive(dict(writer) if isinstance(writer, Mapping) else None) is not False
 
 
 def poll_archive(spectra: ArchiveSpectra, scan: ScanState, model: ResultsModel) -> None:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from stslive.acquisition.formats.nanonis3ds import HEADER_END, open_3ds, write_3ds
 from stslive.acquisition.formats.recording import open_spectra
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.replay import open_replay
 from stslive.drivers.errors import NanonisFileError, StsliveError
 
 EXAMPLES = int(os.environ.get("STSLIVE_FUZZ_EXAMPLES", "150"))
@@ -26,11 +27,12 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=3000, suppress_health_check=[Hea
 pytestmark = pytest.mark.timeout(60 + EXAMPLES // 5)
 
 
-def _valid_grid() -> bytes:
+def _valid_grid(mls: bool = False) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "g.3ds"
         geo = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=1e-8, height_m=1e-8, nx=3, ny=2)
         spectra = np.random.default_rng(1).normal(size=(2, 3, 2, 8)).astype(np.float32)
+        segments = [(-0.01, -0.002, 0.0, 0.0, 3), (-0.002, 0.002, 0.0, 0.0, 5), (0.002, 0.01, 0.0, 0.0, 2)]
         measured = np.array([[True, True, True], [True, False, False]])
         write_3ds(
             path,
@@ -43,11 +45,14 @@ def _valid_grid() -> bytes:
             parameters={"Z (m)": np.zeros((2, 3))},
             measured=measured,
             header={"Bias>Bias (V)": "1E-2", "Current>Current (A)": "1E-10"},
+            mls_segments=segments if mls else None,
         )
         return path.read_bytes()
 
 
 VALID = _valid_grid()
+MLS = _valid_grid(mls=True)
+MLS_LINES = MLS[: MLS.index(HEADER_END)].split(b"\r\n")
 SPLIT = VALID.index(HEADER_END)
 LINES = VALID[:SPLIT].split(b"\r\n")
 TMP = Path(tempfile.mkdtemp(prefix="stslive-fuzz-3ds-"))
@@ -65,9 +70,14 @@ def _exercise(raw: bytes) -> None:
             for name in grid.parameter_names:
                 grid.parameter(name)
             grid.nominal_sweep()
+            grid.sweep_axes()
+            grid.conditions(amplitude_convention="rms")
+            grid.refresh()
         with open_spectra(path) as source:
             for _ in source.iter_blocks():
                 pass
+        with open_replay(path) as replay:
+            list(replay.events())
     except StsliveError as exc:
         assert str(exc)
 
@@ -127,6 +137,40 @@ def test_flipped_bytes(data: st.DataObject) -> None:
 @given(st.binary(max_size=400))
 def test_random_bytes(raw: bytes) -> None:
     _exercise(raw)
+
+
+segment_values = st.one_of(
+    st.sampled_from(["", "nan", "inf", "-1", "0", "1.5", "1E+9", "a", ";", ",,,,", "2;3", "-0.01,0.01,0,0"]),
+    st.text(alphabet="0123456789,;.-E+", max_size=40),
+)
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_mls_segment_table(data: st.DataObject) -> None:
+    """Multi-segment grids: the segment table, Points and Filetype mutated."""
+    lines = list(MLS_LINES)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.sampled_from([k for k, line in enumerate(lines) if b"Segment" in line or b"Points" in line]))
+        key = lines[i].split(b"=", 1)[0]
+        value = data.draw(segment_values) if data.draw(st.booleans()) else data.draw(header_values)
+        lines[i] = key + b"=" + value.encode("latin-1", "replace")
+    _exercise(b"\r\n".join(lines) + MLS[MLS.index(HEADER_END) :])
+
+
+@FUZZ
+@given(st.integers(0, len(MLS)), st.binary(max_size=40))
+def test_truncated_mls_grid(cut: int, tail: bytes) -> None:
+    _exercise(MLS[:cut] + tail)
+
+
+def test_mls_template_reads() -> None:
+    path = TMP / "mls.3ds"
+    path.write_bytes(MLS)
+    with open_3ds(path) as grid:
+        assert grid.mls_sweep is not None and grid.mls_sweep.size == 8
+    with open_spectra(path) as source:
+        assert source.resampled_from == 8 and source.n_points > 8
 
 
 def test_regression_huge_grid_dim_is_refused_before_allocating() -> None:

@@ -200,16 +200,32 @@ def test_z_sweep_refused_without_traceback(
     assert not (tmp_path / "z" / "report.json").exists()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "not-a-file", "garbage"])
+def test_truncated_archive_is_analysed_as_far_as_it_survives(
+    analysed: tuple[Path, Path, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive, _, _ = analysed
+    data = archive.read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    code = main(["analyse", str(cut), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 0 and "TRUNCATED" in err and "Traceback" not in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "TRUNCATED" in report["inputs"]["damage"]
+    assert 0 < report["pixels"] < report["grid_pixels"]  # only the pixels inside the file
+    tiny = tmp_path / "tiny.h5"
+    tiny.write_bytes(data[:3000])
+    code = main(["analyse", str(tiny), "--out", str(tmp_path / "tiny")])
+    err = capsys.readouterr().err
+    assert code == 1 and "tiny.h5" in err and "truncated" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["not-a-file", "garbage"])
 def test_bad_input_gives_a_clear_error(
     analysed: tuple[Path, Path, int], tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    archive, _, _ = analysed
     bad = tmp_path / "bad.h5"
-    if kind == "truncated":
-        data = archive.read_bytes()
-        bad.write_bytes(data[: len(data) * 2 // 3])
-    elif kind == "garbage":
+    if kind == "garbage":
         bad.write_bytes(b"this is not a spectroscopy file\n" * 100)
     code = main(["analyse", str(bad), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -1,7 +1,10 @@
 """Reading a run archive: :func:`open_archive` validates a file and returns an :class:`ArchiveReader`.
 
 Contract: every read of a damaged file raises ArchiveError (never an h5py or numpy error), also
-in SWMR mode while a writer appends. :meth:`ArchiveReader.events` is the one way from archived
+in SWMR mode while a writer appends, and opening never waits on damage: SWMR (whose reads retry
+with back-off) only for a file an SWMR writer holds, a file cut short through
+:func:`~stslive.acquisition.formats.archive.health.open_view` with :attr:`ArchiveReader.health`
+saying so and only the pixels inside the file measured. :meth:`ArchiveReader.events` is the one way from archived
 pixels to run-stream events (:meth:`ArchiveReader.start_document` the one start document), in
 the order the consumer needs: row-major (recovery), visiting order, or by end time (what a live
 consumer received: analyser backfill, replay).
@@ -12,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,18 +24,15 @@ from typing import Any, Literal, TypeAlias, TypeVar, get_args
 import h5py
 import numpy as np
 
-from stslive.acquisition.formats import _h5status
+from stslive.acquisition.formats.archive.conditions import archive_conditions
+from stslive.acquisition.formats.archive.health import ArchiveHealth, ChunkLoss, chunk_loss, lost_entirely
 from stslive.acquisition.formats.archive.layout import (
-    ARCHIVE_VERSION,
-    HDF5_SIGNATURE,
-    REQUIRED,
-    VERSION_ATTR,
     first_unmeasured,
-    json_lines,
     read_geometry,
     read_text,
 )
 from stslive.acquisition.formats.codec import MalformedMessage, json_safe
+from stslive.acquisition.formats.conditions import AmplitudeConvention, RecordingConditions
 from stslive.acquisition.formats.documents import EventDoc, StartDoc, event_fields
 from stslive.acquisition.formats.runmodel import PIXEL_META_FIELDS, PixelMeta, SetpointSet
 from stslive.drivers.errors import ArchiveError, StsliveError
@@ -44,7 +43,7 @@ Pixel: TypeAlias = tuple[int, int]  # (iy, ix)
 EventOrder: TypeAlias = Literal["row-major", "visit", "end-time"]
 EVENT_ORDERS: tuple[EventOrder, ...] = get_args(EventOrder)
 #: What h5py, json and the value types raise on a damaged file (found by tests/fuzz/test_fuzz_archive.py).
-_DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
+DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
 _Read = TypeVar("_Read", bound=Callable[..., Any])
 
 
@@ -57,7 +56,7 @@ def _reading(method: _Read) -> _Read:
             return method(self, *args, **kwargs)
         except StsliveError:
             raise
-        except _DAMAGE as exc:
+        except DAMAGE as exc:
             raise ArchiveError(
                 self.path, f"damaged archive ({type(exc).__name__}: {exc}); the file is truncated or corrupt"
             ) from exc
@@ -66,22 +65,31 @@ def _reading(method: _Read) -> _Read:
 
 
 class ArchiveReader:
-    """Read-only view of an archive; in SWMR mode :meth:`refresh` shows pixels appended since."""
+    """Read-only view of an archive; in SWMR mode :meth:`refresh` shows pixels appended since.
 
-    def __init__(self, file: h5py.File, path: Path) -> None:
+    ``health`` (:class:`~stslive.acquisition.formats.archive.health.ArchiveHealth`) says whether
+    the file was cut short; then every read returns fill values (NaN, unmeasured) for what lies
+    past the cut, text records end at the cut, and :attr:`measured` holds only pixels whose
+    spectra are inside the file.
+    """
+
+    def __init__(self, file: h5py.File, path: Path, health: ArchiveHealth | None = None) -> None:
         self._f = file
         self.path = path
+        self.health = health if health is not None else ArchiveHealth(size_bytes=0, stored_bytes=None)
+        self._loss: dict[str, ChunkLoss] = {}
         entry = file["entry"]
         self._entry = entry
         self.geometry = read_geometry(entry, path)
         # One handle per dataset, kept for the reader's life (see refresh()).
         self._ds: dict[str, h5py.Dataset] = {}
-
-        def keep(name: str, obj: h5py.Group | h5py.Dataset) -> None:  # None: visititems goes on
-            if isinstance(obj, h5py.Dataset):
-                self._ds[name] = obj
-
-        entry.visititems(keep)
+        if self.health.truncated:
+            self._keep_surviving(entry, "")
+        else:
+            entry.visititems(self._keep)
+        required = ("data/spectra", "measured", "failed", "failure_code", "setpoint_sets", "failures", "log")
+        if missing := [name for name in required if name not in self._ds]:
+            raise ArchiveError(path, f"{self.health.describe() or 'layout'}: /entry/{missing[0]} is unreadable")
         self._spectra: h5py.Dataset = self._ds["data/spectra"]
         self.channel_names: list[str] = [
             s.decode() if isinstance(s, bytes) else str(s) for s in entry["data/channel_names"][()]
@@ -99,6 +107,78 @@ class ArchiveReader:
         for name in ("measured", "failed", "failure_code", *(f"pixels/{f.name}" for f in PIXEL_META_FIELDS)):
             if name not in self._ds or self._ds[name].shape != (ny, nx):
                 raise ArchiveError(path, f"/entry/{name} missing or not of shape {(ny, nx)}")
+        if self.health.truncated:
+            self._measured_cut = self._surviving_pixels()
+
+    def _keep(self, name: str, obj: h5py.Group | h5py.Dataset) -> None:  # None: visititems goes on
+        if isinstance(obj, h5py.Dataset):
+            self._ds[name] = obj
+
+    def _keep_surviving(self, group: h5py.Group, prefix: str) -> None:
+        """Collect the datasets of a truncated file whose headers survived the cut (a group lost
+        with its members is left out; a required one is missed by the layout check)."""
+        try:
+            names = list(group)
+        except DAMAGE:
+            return
+        for name in names:
+            try:
+                obj = group[name]
+            except DAMAGE:
+                continue
+            if isinstance(obj, h5py.Group):
+                self._keep_surviving(obj, f"{prefix}{name}/")
+            else:
+                self._keep(prefix + name, obj)
+
+    # -- reads that know about a cut --
+    def _lost(self, name: str) -> ChunkLoss:
+        """What of dataset ``name`` lies past the cut; all of it when its chunk index does."""
+        if name not in self._loss:
+            try:
+                self._loss[name] = chunk_loss(self._ds[name], self.health.size_bytes)
+            except (OSError, RuntimeError, ValueError):  # the index itself is past the cut: nothing to locate
+                self._loss[name] = lost_entirely(self._ds[name])
+        return self._loss[name]
+
+    def _read(self, name: str) -> np.ndarray:
+        """Dataset ``name`` whole; in a truncated file what lies past the cut is its fill value."""
+        ds = self._ds[name]
+        if not self.health.truncated:
+            return ds[()]
+        loss = self._lost(name)
+        if ds.ndim == 1 and ds.dtype == np.uint8:  # JSON text: it ends where the cut begins
+            lost = loss.mask(ds.shape)
+            return ds[: int(np.argmax(lost))] if lost.any() else ds[()]
+        data = np.array(ds[()])
+        if loss.lost.any():
+            data[loss.mask(ds.shape)] = ds.fillvalue
+        return data
+
+    def _json_lines(self, name: str) -> list[Any]:
+        text = self._read(name).tobytes()
+        lines = text.splitlines()
+        if self.health.truncated and lines and not text.endswith(b"\n"):
+            lines = lines[:-1]  # a record cut in the middle
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def _surviving_pixels(self) -> np.ndarray:
+        """Measured pixels of a truncated file whose spectra lie inside it: by their flags where
+        those survived, else by their spectra having been written (the writer writes spectra,
+        then the flag)."""
+        ny, nx = self.geometry.shape
+        spectra, flags = self._lost("data/spectra"), self._lost("measured")
+        readable = (spectra.mask((ny, nx), spectra.stored) & ~spectra.mask((ny, nx)))[..., 0, 0]
+        flagged = np.array(self._ds["measured"][()], dtype=bool)
+        flag_lost = flags.mask((ny, nx))
+        recorded = np.where(flag_lost, spectra.mask((ny, nx), spectra.stored)[..., 0, 0], flagged)
+        self.health = ArchiveHealth(
+            size_bytes=self.health.size_bytes,
+            stored_bytes=self.health.stored_bytes,
+            readable=readable,
+            recorded_measured=int(recorded.sum()),
+        )
+        return recorded & readable
 
     @property
     def n_points(self) -> int:
@@ -126,63 +206,87 @@ class ArchiveReader:
     @property
     @_reading
     def measured(self) -> np.ndarray:
+        if self.health.truncated:
+            return self._measured_cut.copy()
         return self._ds["measured"][()]
 
     @property
     @_reading
     def failed(self) -> np.ndarray:
-        return self._ds["failed"][()]
+        return self._read("failed")
 
     @property
     @_reading
     def failure_codes(self) -> np.ndarray:
-        return self._ds["failure_code"][()]
+        return self._read("failure_code")
 
     @property
     @_reading
     def failures(self) -> list[dict[str, Any]]:
         """Every recorded failure: dicts with iy, ix, code, reason, time and details."""
-        return json_lines(self._ds["failures"])
+        return self._json_lines("failures")
 
     @property
     @_reading
     def log(self) -> list[dict[str, Any]]:
-        return json_lines(self._ds["log"])
+        return self._json_lines("log")
 
     @property
     @_reading
     def setpoint_sets(self) -> dict[int, SetpointSet]:
-        return {d["id"]: SetpointSet.from_dict(d) for d in json_lines(self._ds["setpoint_sets"])}
+        return {d["id"]: SetpointSet.from_dict(d) for d in self._json_lines("setpoint_sets")}
 
     @property
     @_reading
     def pixel_meta(self) -> dict[str, np.ndarray]:
         """``field -> (ny, nx)`` array for every PixelMeta field (fill values where unmeasured)."""
-        return {f.name: self._ds[f"pixels/{f.name}"][()] for f in PIXEL_META_FIELDS}
+        return {f.name: self._read(f"pixels/{f.name}") for f in PIXEL_META_FIELDS}
 
     @_reading
     def pixel(self, iy: int, ix: int) -> PixelMeta:
         """The metadata of one pixel as a PixelMeta."""
+        if self.health.truncated:
+            return PixelMeta(**{name: values[iy, ix].item() for name, values in self.pixel_meta.items()})
         return PixelMeta(**{f.name: self._ds[f"pixels/{f.name}"][iy, ix].item() for f in PIXEL_META_FIELDS})
 
     @property
     @_reading
     def documents(self) -> dict[str, Any]:
-        """Run documents that were written, ``name -> dict`` (JSON)."""
-        docs = {k.split("/", 1)[1]: ds for k, ds in self._ds.items() if k.startswith("documents/")}
-        return {name: json.loads(read_text(ds)) for name, ds in docs.items() if ds.shape[0]}
+        """Run documents that were written, ``name -> dict`` (JSON); in a truncated file, those whole."""
+        out = {}
+        for key in (k for k in self._ds if k.startswith("documents/")):
+            text = self._read(key).tobytes() if self.health.truncated else read_text(self._ds[key])
+            if not text:
+                continue
+            try:
+                out[key.split("/", 1)[1]] = json.loads(text)
+            except ValueError:
+                if not self.health.truncated:
+                    raise
+        return out
 
     @property
     @_reading
     def topography(self) -> np.ndarray | None:
-        sample = self._entry.get("sample")
-        return None if sample is None or "topography" not in sample else sample["topography"][()]
+        if "sample/topography" not in self._ds or self._survived_cut("sample/topography") is False:
+            return None
+        return self._ds["sample/topography"][()]
 
     @property
     @_reading
     def ground_truth(self) -> dict[str, np.ndarray]:
-        group = self._entry.get("sample/ground_truth")
-        return {} if group is None else {k: group[k][()] for k in group}
+        names = [k for k in self._ds if k.startswith("sample/ground_truth/")]
+        return {k.rsplit("/", 1)[1]: self._ds[k][()] for k in names if self._survived_cut(k) is not False}
+
+    def _survived_cut(self, name: str) -> bool | None:
+        """Whether dataset ``name`` lies wholly inside a truncated file (None: the file is whole)."""
+        return None if not self.health.truncated else not self._lost(name).lost.any()
+
+    def conditions(self, *, amplitude_convention: AmplitudeConvention | None = None) -> RecordingConditions:
+        """Temperature, modulation and bias wiring the archive records
+        (:func:`~stslive.acquisition.formats.archive.conditions.archive_conditions`); stslive stores
+        the modulation as rms, so ``amplitude_convention`` (for Nanonis files) does not apply."""
+        return archive_conditions(self)
 
     @property
     @_reading
@@ -202,11 +306,28 @@ class ArchiveReader:
         self, rows: slice = slice(None), cols: slice = slice(None), channels: Sequence[str] | None = None
     ) -> np.ndarray:
         """Spectra ``(rows, cols, channels, n_points)`` float32 (NaN where unmeasured)."""
-        if channels is None:
-            return self._spectra[rows, cols]
-        idx = [self.channel_index(c) for c in channels]
         block = self._spectra[rows, cols]
+        if self.health.truncated:  # NaN for every pixel not (wholly) inside the file
+            block[~self._pixels_inside()[rows, cols]] = np.nan
+        if channels is None:
+            return block
+        idx = [self.channel_index(c) for c in channels]
         return np.ascontiguousarray(block[:, :, idx])
+
+    @_reading
+    def spectra_chunk_index(self) -> int:
+        """Walk the spectra's whole chunk index (a check that it is readable); returns the stored chunks."""
+        count = [0]
+
+        def visit(info: h5py.h5d.StoreInfo) -> None:
+            count[0] += info.byte_offset is not None
+
+        self._spectra.id.chunk_iter(visit)
+        return count[0]
+
+    def _pixels_inside(self) -> np.ndarray:
+        readable = self.health.readable
+        return np.zeros(self.geometry.shape, bool) if readable is None else readable
 
     def iter_blocks(
         self, rows: int | None = None, channels: Sequence[str] | None = None, max_bytes: int = 64 * 2**20
@@ -262,7 +383,7 @@ class ArchiveReader:
     @_reading
     def end_times(self) -> np.ndarray:
         """``(ny, nx)`` time each pixel's measurement ended (unix s): ``t_end``, else ``t_start``, else NaN."""
-        meta = self._ds["pixels/t_end"][()], self._ds["pixels/t_start"][()]
+        meta = self._read("pixels/t_end"), self._read("pixels/t_start")
         return np.where(np.isfinite(meta[0]), meta[0], meta[1])
 
     def events(
@@ -356,72 +477,3 @@ class ArchiveReader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> ArchiveReader:
-    """Open and validate an archive; ArchiveError on anything that is not one of ours.
-
-    ``swmr=True`` reads while a writer appends (call :meth:`ArchiveReader.refresh` to see more).
-    ``swmr="auto"`` opens a finished file normally and falls back to SWMR only when a writer holds
-    it (or was killed holding it). Use it wherever a file may or may not be live: an SWMR reader
-    retries every failed metadata read with back-off, so a truncated or corrupt file opened with
-    SWMR can stall for minutes inside HDF5, while a plain open fails at once with a clear error.
-    """
-    if swmr == "auto":
-        try:
-            return open_archive(path, swmr=False)
-        except ArchiveError as exc:
-            if "already open" not in str(exc):
-                raise
-            # Only a file an SWMR writer holds (or held when it died) goes to the SWMR reader: its
-            # superblock is intact and says so. Anything else "already open" is damage, and an SWMR
-            # open of a damaged file can retry inside HDF5 for minutes.
-            if not (_h5status.superblock_intact(path) and _h5status.status_flags(path) & _h5status.SWMR_WRITE_ACCESS):
-                raise ArchiveError(
-                    path,
-                    "marked open for writing but not by an SWMR writer, or its "
-                    "superblock checksum is wrong: a non-SWMR writer died while "
-                    "writing it, or the file is corrupt",
-                ) from exc
-        return open_archive(path, swmr=True)
-    path = Path(path)
-    if not path.is_file():
-        raise ArchiveError(path, "no such file; check the path")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head != HDF5_SIGNATURE:
-        raise ArchiveError(
-            path, "not an HDF5 file, so not an stslive run archive (for a Nanonis grid use the .3ds importer)"
-        )
-    try:
-        f = h5py.File(path, "r", libver="latest", swmr=swmr)
-    except OSError as exc:
-        hint = (
-            "a writer holds it or was killed: read with swmr=True, or resume it"
-            if "already open" in str(exc)
-            else "the file is truncated or corrupt"
-        )
-        raise ArchiveError(path, f"cannot open ({exc}); {hint}") from exc
-    try:
-        version = f.attrs.get(VERSION_ATTR)
-        if version is None:
-            raise ArchiveError(path, f"HDF5 file without the {VERSION_ATTR!r} attribute: not an stslive archive")
-        if int(version) != ARCHIVE_VERSION:
-            raise ArchiveError(
-                path,
-                f"archive version {int(version)}; this stslive reads version "
-                f"{ARCHIVE_VERSION}: use a matching stslive release",
-            )
-        missing = [name for name in REQUIRED if name not in f]
-        if missing:
-            raise ArchiveError(path, f"archive layout incomplete, missing {missing}")
-        return ArchiveReader(f, path)
-    except StsliveError:
-        f.close()
-        raise
-    except _DAMAGE as exc:  # HDF5 read errors deep in a damaged file
-        f.close()
-        raise ArchiveError(path, f"damaged archive ({exc}); the file is truncated or corrupt") from exc
-    except BaseException:  # anything else still must not leave the file open
-        f.close()
-        raise

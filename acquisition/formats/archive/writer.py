@@ -33,7 +33,7 @@ from stslive.acquisition.formats.archive.layout import (
     json_lines,
     read_geometry,
 )
-from stslive.acquisition.formats.archive.reader import open_archive
+from stslive.acquisition.formats.archive.opener import open_archive, writer_alive
 from stslive.acquisition.formats.runmodel import PIXEL_META_FIELDS, GridGeometry, PixelMeta, SetpointSet
 from stslive.drivers.errors import ArchiveError
 
@@ -433,12 +433,6 @@ class _PointSink:
 
 def _refuse_live_writer(path: Path, writer_doc: Mapping[str, Any]) -> None:
     pid, host = writer_doc.get("pid"), writer_doc.get("host")
-    if host != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+    if pid == os.getpid() or not writer_alive(dict(writer_doc)):
         return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return
-    except PermissionError:  # alive, owned by someone else
-        pass
     raise ArchiveError(path, f"process {pid} on {host} may still be writing this archive; stop it first")
