@@ -19,7 +19,7 @@ import argparse
 import json
 from typing import Any
 
-from stslive.acquisition.cli.common import client_security
+from stslive.acquisition.cli.common import client_security, parse_endpoint
 from stslive.acquisition.control import send_command
 from stslive.acquisition.state import COMMANDS
 from stslive.drivers.errors import ConfigError, InstrumentTimeout
@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--pixels {args.pixels}: give each pixel as IY,IX (integers)") from None
     if args.setpoint_set is not None:
         extra["setpoint_set"] = args.setpoint_set
+    endpoint = parse_endpoint(args.connect, example="tcp://127.0.0.1:5557")
     security = client_security(args.keys, args.client)
     try:
-        reply = send_command(args.connect, args.name, timeout_s=args.timeout, security=security, **extra)
+        reply = send_command(endpoint, args.name, timeout_s=args.timeout, security=security, **extra)
     except InstrumentTimeout as exc:
         if security is None:
             raise

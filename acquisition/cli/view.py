@@ -17,11 +17,14 @@ import argparse
 import os
 from pathlib import Path
 
-from stslive.acquisition.cli.common import client_security, parse_grid
+from stslive.acquisition.cli.common import client_security, parse_endpoint, parse_grid
 from stslive.drivers.errors import ConfigError
 
 #: Smallest window (px) the screen can be drawn in.
 MIN_SIZE = (400, 300)
+#: Largest window (px): an 8K screen. Far larger sizes crash Qt's raster engine (a segfault, not
+#: an error) when the snapshot is drawn.
+MAX_SIZE = (7680, 4320)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,19 +79,25 @@ def run(args: argparse.Namespace) -> int:
     size = None
     if args.size is not None:
         size = parse_grid(
-            args.size, option="--size", what="width x height in pixels", minimum=MIN_SIZE, example="1800x1100"
+            args.size,
+            option="--size",
+            what="width x height in pixels",
+            minimum=MIN_SIZE,
+            maximum=MAX_SIZE,
+            example="1800x1100",
         )
+    connect = None if args.connect is None else parse_endpoint(args.connect)
     # Qt only now: QT_QPA_PLATFORM must be set before it loads
     from stslive.live.viewer.sources import DataSource, FileSource, StreamSource
     from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
 
     app = qt_app()
     source: DataSource
-    if args.connect is not None:
+    if connect is not None:
         if args.analysis is not None:
             raise ConfigError("--analysis goes with a file view; with --connect the analyser supplies the results")
         source = StreamSource.connect(
-            args.connect, timeout_s=args.timeout, archive=args.archive, current=args.current, security=security
+            connect, timeout_s=args.timeout, archive=args.archive, current=args.current, security=security
         )
     else:
         source = FileSource(args.archive, analysis=args.analysis, current=args.current)

@@ -15,7 +15,8 @@ archive.
 After the run the output folder holds ``run.h5`` (archive), ``run.toml`` (its config),
 ``run.analysis.h5`` (the live analyser's results), ``maps.h5``, ``report.json`` and figures from
 ``stslive analyse run.h5`` (compared here with the analyser's maps), ``screen.png`` (headless
-only) and ``logs/``.
+only) and ``logs/``: :data:`DemoPaths.OUTPUTS`, which the caller clears before a demo so that no
+file of an earlier one is mixed in.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
@@ -59,6 +60,19 @@ class DemoPaths:
     analysis: Path
     screen: Path
     logs: Path
+
+    #: Everything a demo writes into its folder (names and glob patterns): the archive (and its
+    #: name while it is created), config, analyses, report, figures, screen snapshot, logs.
+    OUTPUTS: ClassVar[tuple[str, ...]] = (
+        "run.h5",
+        "run.h5.creating",
+        "run.toml",
+        "run.analysis.h5",
+        "maps.h5",
+        "report.json",
+        "*.png",
+        "logs",
+    )
 
     @classmethod
     def in_folder(cls, out: Path) -> DemoPaths:
@@ -129,12 +143,10 @@ def run_demo(sup: Supervisor, paths: DemoPaths, settings: DemoSettings) -> str:
     doc["run"]["name"] = f"stslive demo, film seed {s.seed}"
     doc["setpoint_set"] = [{**sp, **sweep} for sp in doc["setpoint_set"]]
     paths.config.write_text(toml_text(doc), encoding="utf-8")
-    for stale in (paths.analysis, paths.screen):  # never report files of an earlier demo as this one's
-        stale.unlink(missing_ok=True)
 
     scan = sup.start(
         "scan",
-        ["scan", "--config", str(paths.config), "--out", str(paths.archive), "--overwrite"],
+        ["scan", "--config", str(paths.config), "--out", str(paths.archive)],
         stop_signal=signal.SIGINT,
     )
     lines = scan.wait_for_lines(
