@@ -32,6 +32,7 @@ from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.acquisition.formats.security import Security
 from stslive.acquisition.pixel import Instruments, MeasuredPixel, PixelProcedure, failure_code
 from stslive.acquisition.plans import Plan, PlanPoint
+from stslive.acquisition.progress import RateMeter, RunProgress
 from stslive.acquisition.state import CommandRefused, RunStateMachine
 from stslive.acquisition.suspenders import TemperatureSuspender
 from stslive.drivers.errors import InstrumentError, StsliveError, SweepStopped
@@ -126,17 +127,22 @@ class ScanEngine:
             clock=clock,
         )
         self._measured = writer.measured
-        self._todo = plan.remaining(self._measured if skip is None else self._measured | skip)
+        done = self._measured if skip is None else self._measured | skip
+        self._todo = plan.remaining(done)
+        self._left = plan.remaining_count(done)  # plan points not yet taken from _todo
         self._pending: PlanPoint | None = None
         self._replace_reason: dict[tuple[int, int], str] = {}  # cells being re-measured -> why
         self._last_after: float | None = None
         # measured, waiting to be archived and published beside the next sweep: (point, result, remeasure reason)
         self._deferred: tuple[PlanPoint, MeasuredPixel, str | None] | None = None
         self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
+        self.rate = RateMeter()
+        self._t_started: float | None = None
         self.machine = RunStateMachine(
             self._set_order,
             validate_pixel=self._validate_remeasure,
             on_change=self._on_change,
+            progress=lambda: self.progress().to_dict(),
         )
         sus = config.suspender
         self.suspender = TemperatureSuspender(sus["min_K"], sus["max_K"], sus["hold_s"]) if sus["enabled"] else None
@@ -159,6 +165,21 @@ class ScanEngine:
         """The bound control endpoint (port resolved), or None."""
         return None if self.control is None else self.control.endpoint
 
+    def progress(self) -> RunProgress:
+        """The run's figures now (any thread: the control socket's ``status`` asks from its own)."""
+        elapsed = 0.0 if self._t_started is None else time.monotonic() - self._t_started
+        return RunProgress(
+            state=self.machine.state,
+            total=len(self.plan),
+            measured=int(np.count_nonzero(self._measured)),
+            failed=int(np.count_nonzero(self.writer.failed)),
+            remaining=self._left + (self._pending is not None),
+            this_run=self.stats.measured + self.stats.failed,
+            rate_px_s=self.rate.rate(),
+            elapsed_s=elapsed,
+            pause_reasons=tuple(sorted(self.machine.pause_reasons)),
+        )
+
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> str:
         """Run to the end; returns the exit status (``success``, ``abort`` or ``fail``)."""
@@ -176,6 +197,7 @@ class ScanEngine:
         self.publisher.descriptor(
             {"spectra": ArraySpec(dtype="<f4", shape=(len(names), self.config.n_points), labels=names, units=units)}
         )
+        self._t_started = time.monotonic()
         self.machine.begin()
         try:
             while self.machine.state in ("running", "paused"):
@@ -193,13 +215,28 @@ class ScanEngine:
             self._record_deferred_after_failure(exc)
             raise
         finally:
-            self._drain_log()
             status = self.machine.exit_status or "fail"
-            self.writer.append_log("stop", exit_status=status, measured=self.stats.measured, failed=self.stats.failed)
-            self.publisher.stop(status, reason=self.machine.reason)  # type: ignore[arg-type]
+            try:
+                self._drain_log()
+                self.writer.append_log(
+                    "stop", exit_status=status, measured=self.stats.measured, failed=self.stats.failed
+                )
+            except (StsliveError, OSError) as exc:  # the archive that failed the run: the stream still ends it
+                log.error("the run log's stop line could not be written: %s", exc)
+            stop = self.publisher.stop(status, reason=self.machine.reason)  # type: ignore[arg-type]
+            self._write_stop_document(stop.to_dict())
             if self.control is not None:
                 self.control.close()
         return status
+
+    def _write_stop_document(self, stop: dict[str, Any]) -> None:
+        """``/entry/documents/stop``: the stream's stop document and the run's figures at its end."""
+        segment = self._start_fields.get("metadata", {}).get("segment", 0)
+        doc = {**stop, "time": time.time(), "segment": segment, "progress": self.progress().to_dict()}
+        try:
+            self.writer.write_document("stop", doc)
+        except (StsliveError, OSError) as exc:
+            log.error("the archive's stop document could not be written: %s", exc)
 
     def _step(self) -> None:
         t_step = time.perf_counter()
@@ -288,6 +325,7 @@ class ScanEngine:
         else:
             self.writer.write_pixel(point.iy, point.ix, result.spectra, result.meta)
         self._measured[point.iy, point.ix] = True
+        self.rate.tick()
         t1 = time.perf_counter()
         meta = result.meta
         self.publisher.event(
@@ -343,6 +381,7 @@ class ScanEngine:
             attempts=attempts,
         )
         self.stats.failed += 1
+        self.rate.tick()
         self._consecutive_failures += 1
         if self._consecutive_failures >= self._opts["max_consecutive_failures"]:
             self.machine.suspend("failures", consecutive=self._consecutive_failures, last_reason=reason)
@@ -350,6 +389,7 @@ class ScanEngine:
 
     def _while_paused(self) -> None:
         self._record_deferred()
+        self.rate.pause()
         self._last_after = None
         self.publisher.heartbeat("paused", message=",".join(sorted(self.machine.pause_reasons)))
         if self.suspender is not None and "temperature" in self.machine.pause_reasons:
@@ -375,6 +415,7 @@ class ScanEngine:
             return self.plan.at(*cell)
         while True:
             point = next(self._todo, None)
+            self._left -= point is not None
             # a cell measured through 'remeasure' before the plan reached it is not measured twice
             # (it may still be waiting to be recorded)
             if point is None or not (self._measured[point.iy, point.ix] or self._is_deferred(point)):

@@ -19,6 +19,7 @@ import numpy as np
 
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.sizes import PLAN_BYTES_PER_PIXEL, require
 from stslive.drivers.errors import ConfigError
 
 # Extent given to a degenerate bounding box (a single point, or points on one axis): the
@@ -85,12 +86,25 @@ class Plan:
 
     def remaining(self, done: np.ndarray) -> Iterator[PlanPoint]:
         """Points whose cell is not marked in the ``(ny, nx)`` mask ``done``, in visiting order."""
-        todo = ~np.asarray(done, dtype=bool)[self._cells[:, 0], self._cells[:, 1]]
-        return (self[int(i)] for i in np.flatnonzero(todo))
+        return (self[int(i)] for i in np.flatnonzero(self._todo(done)))
+
+    def remaining_count(self, done: np.ndarray) -> int:
+        """How many points :meth:`remaining` yields for the same mask."""
+        return int(np.count_nonzero(self._todo(done)))
+
+    def _todo(self, done: np.ndarray) -> np.ndarray:
+        return ~np.asarray(done, dtype=bool)[self._cells[:, 0], self._cells[:, 1]]
 
 
 def grid_plan(geometry: GridGeometry) -> Plan:
-    """Every cell of a rectangular grid in ``geometry.order`` (raster or serpentine)."""
+    """Every cell of a rectangular grid in ``geometry.order`` (raster or serpentine).
+
+    Raises
+    ------
+    ConfigError
+        The plan of so many pixels would not fit in the memory available (checked first).
+    """
+    require(f"grid {geometry.nx}x{geometry.ny}", memory_bytes=geometry.nx * geometry.ny * PLAN_BYTES_PER_PIXEL)
     cells = geometry.visit_order()
     x, y = geometry.pixel_xy(cells[:, 0], cells[:, 1])
     return Plan(geometry, cells, x, y)

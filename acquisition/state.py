@@ -5,22 +5,26 @@ States and transitions (anything else is refused with a reason)::
     idle --begin--> running <--pause/resume--> paused
     running|paused --abort--> stopping --finish--> done
     running --(plan exhausted)--> stopping --finish--> done
+    running|paused --(stop rule met)--> stopping --finish--> done
     any --fail--> failed
 
 ``paused`` is held while at least one *reason* stands: ``"user"`` (the pause command),
-``"temperature"`` (the suspender) or ``"failures"`` (too many failed pixels in a row). The
-``resume`` command clears ``user`` and ``failures``; only the suspender clears
-``temperature``, so an operator cannot resume into an out-of-band temperature by accident.
+``"temperature"`` (the suspender), ``"failures"`` (too many failed pixels in a row) or
+``"stop_rule"`` (the stop rule met, with ``action = "pause"``). The ``resume`` command clears
+``user``, ``failures`` and ``stop_rule``; only the suspender clears ``temperature``, so an
+operator cannot resume into an out-of-band temperature by accident. Every end records why in
+:attr:`RunStateMachine.reason`.
 
 Commands (JSON ``{"command": NAME, ...}`` on the control socket, see ``control.py``):
 
 =========== ============================= ===========================================
 command     arguments                     effect
 =========== ============================= ===========================================
-status      -                             nothing; the reply carries the state
+status      -                             nothing; the reply carries the state and the
+                                          progress (pixels, rate, time left)
 pause       -                             pause after the pixel in progress
-resume      -                             clear the user/failure pause reasons
-abort       -                             stop after the pixel in progress (exit abort)
+resume      -                             clear the user/failure/stop-rule pause reasons
+abort       reason: str (optional)        stop after the pixel in progress (exit abort)
 remeasure   pixels: [[iy, ix], ...],      measure these cells next; a measured cell's
             reason: str (optional)        spectrum is replaced, the old record logged
 set         setpoint_set: int             make this set the active one (single mode)
@@ -40,7 +44,11 @@ from stslive.drivers.errors import StsliveError
 
 #: Reason recorded for a re-measure when the command gives none.
 DEFAULT_REMEASURE_REASON = "remeasure command"
-PAUSE_REASONS = ("user", "temperature", "failures")
+PAUSE_REASONS = ("user", "temperature", "failures", "stop_rule")
+#: Pause reasons the ``resume`` command clears (the operator has looked and goes on).
+RESUMABLE = ("user", "failures", "stop_rule")
+#: The reason recorded when the plan runs out.
+PLAN_DONE = "every pixel of the plan visited"
 
 
 class CommandRefused(StsliveError, ValueError):
@@ -67,6 +75,8 @@ class RunStateMachine:
         Called with ``(iy, ix)`` for remeasure requests; raises CommandRefused to refuse one.
     on_change
         Called (outside the lock) with ``(event, fields)`` after every transition, for the run log.
+    progress
+        Returns the run's figures (a JSON-safe map) for the ``status`` reply; None: no figures.
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class RunStateMachine:
         *,
         validate_pixel: Callable[[int, int], None] | None = None,
         on_change: Callable[[str, dict[str, Any]], None] | None = None,
+        progress: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -88,6 +99,7 @@ class RunStateMachine:
         self._remeasure_reason: dict[tuple[int, int], str] = {}
         self._validate_pixel = validate_pixel or (lambda iy, ix: None)
         self._on_change = on_change or (lambda event, fields: None)
+        self._progress = progress
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self.exit_status = ""
         self.reason = ""
@@ -156,8 +168,17 @@ class RunStateMachine:
         """The plan is exhausted: running -> stopping (exit success)."""
         with self._lock:
             if self._state == "running":
-                self.exit_status = "success"
-                self._set_state("stopping", "stopping", exit_status="success")
+                self.exit_status, self.reason = "success", PLAN_DONE
+                self._set_state("stopping", "stopping", exit_status="success", reason=PLAN_DONE)
+        self._flush()
+
+    def conclude(self, reason: str) -> None:
+        """End the run before the plan does, as a success (the stop rule met): -> stopping."""
+        with self._lock:
+            if self._state in ("running", "paused"):
+                self.exit_status, self.reason = "success", reason
+                self._reasons.clear()
+                self._set_state("stopping", "stopping", exit_status="success", reason=reason)
         self._flush()
 
     def finish(self) -> None:
@@ -188,15 +209,23 @@ class RunStateMachine:
         return reply
 
     def snapshot(self) -> dict[str, Any]:
-        """State, pause reasons, active set and queued remeasures (for replies and heartbeats)."""
+        """State, pause reasons, active set, queued remeasures and the progress (for replies)."""
         with self._lock:
-            return {
+            reply = {
                 "ok": True,
                 "state": self._state,
                 "pause_reasons": sorted(self._reasons),
                 "active_set": self._active,
                 "remeasure_queued": len(self._remeasure),
             }
+            if self._reason_text():
+                reply["reason"] = self.reason
+        if self._progress is not None:
+            reply["progress"] = self._progress()
+        return reply
+
+    def _reason_text(self) -> str:
+        return self.reason if self._state in ("stopping", "done", "failed") else ""
 
     def _cmd_pause(self, args: Mapping[str, Any]) -> None:
         _no_args("pause", args)
@@ -206,7 +235,7 @@ class RunStateMachine:
 
     def _cmd_resume(self, args: Mapping[str, Any]) -> None:
         _no_args("resume", args)
-        for reason in ("user", "failures"):
+        for reason in RESUMABLE:
             self._reasons.discard(reason)
         if self._reasons:
             self._log("resume_refused", reasons=sorted(self._reasons))
@@ -218,9 +247,11 @@ class RunStateMachine:
             self._set_state("running", "resumed", reason="user")
 
     def _cmd_abort(self, args: Mapping[str, Any]) -> None:
-        _no_args("abort", args)
-        self.exit_status, self.reason = "abort", "abort command"
-        self._set_state("stopping", "stopping", exit_status="abort")
+        reason = args.get("reason", "abort command")
+        if set(args) - {"reason"} or not isinstance(reason, str) or not reason.strip():
+            raise CommandRefused(f'abort takes an optional "reason" string, got {dict(args)}')
+        self.exit_status, self.reason = "abort", reason
+        self._set_state("stopping", "stopping", exit_status="abort", reason=reason)
 
     def _cmd_remeasure(self, args: Mapping[str, Any]) -> None:
         pixels = args.get("pixels")

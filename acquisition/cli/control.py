@@ -7,6 +7,10 @@ Examples::
     stslive control --connect tcp://127.0.0.1:5557 set --setpoint-set 1
     stslive control --connect tcp://scanpc:5557 --keys KEYDIR --client alice pause
 
+The reply is printed as one line to read (``status``: state, pixels, failures, rate, time left,
+pause reasons; the others: the state they left) or, with ``--json``, as the JSON reply. A refused
+command is an error: one line on stderr, exit status 1.
+
 With ``--keys KEYDIR --client NAME`` the command goes over ZeroMQ CURVE with the key pair
 ``KEYDIR/clients/NAME.key_secret`` to the server whose public key is ``KEYDIR/server.key``
 (the layout of ``stslive keys``). The scan answers only keys listed in its ``controllers/``
@@ -16,12 +20,15 @@ folder: any other key (a viewer's) gets no reply, reported as a timeout naming a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from typing import Any
 
 from stslive.acquisition.cli.common import client_security, parse_endpoint
 from stslive.acquisition.control import send_command
-from stslive.acquisition.state import COMMANDS
+from stslive.acquisition.progress import RunProgress, progress_line
+from stslive.acquisition.state import COMMANDS, CommandRefused
 from stslive.drivers.errors import ConfigError, InstrumentTimeout
 
 
@@ -43,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pixels", nargs="+", metavar="IY,IX", help="remeasure: pixels as IY,IX")
     parser.add_argument("--setpoint-set", type=int, metavar="ID", help="set: the set-point set id")
+    parser.add_argument("--reason", help="remeasure, abort: why (stored in the archive's run log)")
+    parser.add_argument("--json", action="store_true", help="print the scan's JSON reply instead of a line to read")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--pixels {args.pixels}: give each pixel as IY,IX (integers)") from None
     if args.setpoint_set is not None:
         extra["setpoint_set"] = args.setpoint_set
+    if args.reason is not None:
+        extra["reason"] = args.reason
     endpoint = parse_endpoint(args.connect, example="tcp://127.0.0.1:5557")
     security = client_security(args.keys, args.client)
     try:
@@ -70,5 +81,27 @@ def run(args: argparse.Namespace) -> int:
             "machine, made with 'stslive keys --role control'), and is server.key the "
             "scan's?",
         ) from None
-    print(json.dumps(reply))
-    return 0 if reply.get("ok") else 1
+    if args.json:
+        print(json.dumps(reply))
+        return 0 if reply.get("ok") else 1
+    if not reply.get("ok"):
+        raise CommandRefused(f"{args.name} refused by the scan ({reply.get('state')}): {reply.get('error')}")
+    print(reply_text(args.name, reply))
+    return 0
+
+
+def reply_text(command: str, reply: dict[str, Any]) -> str:
+    """One line to read for a scan's reply: the state it is in, and for ``status`` its progress."""
+    reasons = reply.get("pause_reasons") or []
+    state = f"{reply.get('state', '?')}" + (f" ({', '.join(reasons)})" if reasons else "")
+    ended = f"; it ends: {reply['reason']}" if reply.get("reason") else ""
+    progress = reply.get("progress")
+    if command != "status" or not isinstance(progress, dict):
+        return f"{command} accepted; the scan is {state}{ended}"
+    known = {f.name for f in dataclasses.fields(RunProgress) if f.init}
+    figures = {k: v for k, v in progress.items() if k in known}
+    figures["rate_px_s"] = math.nan if figures.get("rate_px_s") is None else figures["rate_px_s"]
+    figures["pause_reasons"] = tuple(figures.get("pause_reasons") or ())
+    queued = reply.get("remeasure_queued") or 0
+    more = f", {queued} re-measures queued" if queued else ""
+    return f"scan: {progress_line(RunProgress(**figures))}; active set {reply.get('active_set')}{more}{ended}"

@@ -1,20 +1,24 @@
 """``stslive replay``: publish an archive or a Nanonis ``.3ds`` as a run stream (see ``replay``).
 
-``stslive replay RUN.h5 --rate 200 --wait-subscribers 1`` waits for one consumer (the analyser
-or the viewer), then sends the run at 200 pixels/s. On start the bound endpoints are printed,
-one ``name endpoint`` line each (``stream``, ``push``), as ``stslive scan`` does; at the end one
-summary line per run.
+``stslive replay RUN.h5 --rate 200`` waits (up to ``--wait-timeout``) for one consumer (the
+analyser or the viewer), then sends the run at 200 pixels/s. On start the bound endpoints are
+printed, one ``name endpoint`` line each (``stream``, ``push``), as ``stslive scan`` does; at the
+end one summary line per run. A run that nobody received (no subscriber left at its end, no PUSH
+peer) is an error, not a success: with ``--loop`` a warning, and the replay goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+from stslive.acquisition.cli import EXIT_ABORTED
+from stslive.acquisition.cli.common import parse_endpoint
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.replay import open_replay, replay
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, StreamError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait-subscribers",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
-        help="wait for N subscribers before each run (a SUB that joins late misses the start)",
+        help="wait for N subscribers before each run (default 1, or 0 with --push; a SUB that joins late "
+        "misses the start; 0 sends at once)",
     )
     parser.add_argument(
         "--wait-timeout",
@@ -57,18 +62,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Replay once (or until interrupted with ``--loop``); returns 0, or 3 if the recorded run ended in abort/fail."""
-    if args.wait_subscribers < 0:
-        raise ConfigError(f"--wait-subscribers must be >= 0, got {args.wait_subscribers}")
+    """Replay once (or until interrupted with ``--loop``); returns 0, or 3 if the recorded run ended in abort/fail.
+
+    Raises
+    ------
+    StreamError
+        Nobody subscribed within ``--wait-timeout``, or nobody received the run.
+    """
+    wait = (0 if args.push else 1) if args.wait_subscribers is None else args.wait_subscribers
+    if wait < 0:
+        raise ConfigError(f"--wait-subscribers must be >= 0, got {wait}")
+    bind = parse_endpoint(args.bind, option="--bind", example="tcp://127.0.0.1:5556")
+    push = None if args.push is None else parse_endpoint(args.push, option="--push", example="tcp://127.0.0.1:5558")
     with open_replay(args.input) as source:
-        publisher = RunPublisher(args.bind, push_endpoint=args.push, header_format=args.header_format)
+        publisher = RunPublisher(bind, push_endpoint=push, header_format=args.header_format)
         try:
             for name, endpoint in (("stream", publisher.pub_endpoint), ("push", publisher.push_endpoint)):
                 if endpoint:
                     print(f"{name} {endpoint}", flush=True)
             while True:
-                if args.wait_subscribers:
-                    publisher.wait_for_subscribers(args.wait_subscribers, timeout_s=args.wait_timeout)
+                if wait:
+                    publisher.wait_for_subscribers(wait, timeout_s=args.wait_timeout)
                 t0 = time.monotonic()
                 stop = replay(source, publisher, rate=args.rate, as_recorded=args.as_recorded)
                 print(
@@ -76,7 +90,29 @@ def run(args: argparse.Namespace) -> int:
                     f"of {source.path} in {time.monotonic() - t0:.2f} s (run {stop.run_uid}, {stop.exit_status})",
                     flush=True,
                 )
+                unheard = _nobody_received(publisher)
+                if unheard and args.loop:
+                    print(f"stslive replay: warning: {unheard}", file=sys.stderr, flush=True)
+                elif unheard:
+                    raise StreamError(unheard)
                 if not args.loop:
-                    return 0 if stop.exit_status == "success" else 3
+                    return 0 if stop.exit_status == "success" else EXIT_ABORTED
         finally:
             publisher.close()
+
+
+def _nobody_received(publisher: RunPublisher) -> str:
+    """Why nobody received the run just sent ('' when someone did): no subscriber, no PUSH peer."""
+    if publisher.push_endpoint is not None and publisher.flush(timeout_s=1.0):
+        return ""  # the PUSH peer took every message
+    if publisher.pub_endpoint is not None:
+        try:
+            publisher.wait_for_subscribers(1, timeout_s=0.0)
+            return ""
+        except StreamError:
+            pass
+    return (
+        f"nobody received the run: no subscriber on {publisher.pub_endpoint}"
+        + (f" and no PUSH peer on {publisher.push_endpoint}" if publisher.push_endpoint else "")
+        + "; start the analyser or the viewer first (replay waits --wait-timeout for it)"
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from stslive.acquisition.cli.common import client_security, parse_endpoint, parse_grid
@@ -67,10 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _display() -> bool:
+    """Whether Qt can open a window here (a platform is chosen, or X11/Wayland is reachable)."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def run(args: argparse.Namespace) -> int:
     """Open the source, then show the window (or render the snapshot)."""
     if args.snapshot is not None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    elif not _display():  # Qt would abort the process with a page about platform plugins
+        raise ConfigError("no display to open the screen on: give --snapshot FILE.png, or run where there is one")
     if args.connect is None and args.archive is None and args.analysis is None:
         raise ConfigError("give a run archive (stslive view RUN.h5), --analysis maps.h5, or --connect ENDPOINT")
     if args.keys is not None and args.connect is None:

@@ -48,6 +48,9 @@ SCREEN_SPEED = 500.0
 START_TIMEOUT_S = 120.0
 #: How long the demo waits for the scan's control socket to answer a command.
 CONTROL_TIMEOUT_S = 10.0
+#: A headless demo gives its scan this long plus :data:`SCAN_S_PER_PIXEL` per pixel (and the
+#: nominal sweep time at its speed) before it calls the scan stuck: nobody watches to stop it.
+SCAN_GRACE_S, SCAN_S_PER_PIXEL = 300.0, 0.1
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,15 @@ def run_demo(sup: Supervisor, paths: DemoPaths, settings: DemoSettings) -> str:
     t_scan = time.perf_counter()
     _command(endpoints["control"], "resume", sup)
     if s.headless:  # nobody at a screen can resume a scan that paused itself: say so instead of waiting forever
-        sup.watch(until=lambda: scan.returncode is not None or _paused_for_failures(endpoints["control"]), poll_s=0.5)
+        deadline = time.monotonic() + scan_timeout_s(s)
+        sup.watch(
+            until=lambda: (
+                scan.returncode is not None or time.monotonic() > deadline or _paused_for_failures(endpoints["control"])
+            ),
+            poll_s=0.5,
+        )
+        if scan.returncode is None and time.monotonic() > deadline:
+            raise ServiceError("scan", f"not done within {scan_timeout_s(s):.0f} s (see {scan.log_path})")
         if scan.returncode is None:
             raise ServiceError(
                 "scan",
@@ -189,6 +200,12 @@ def run_demo(sup: Supervisor, paths: DemoPaths, settings: DemoSettings) -> str:
     times = DemoTimes(wall_s=time.perf_counter() - t0, scan_s=scan_s, analysed_s=analysed_s)
     report = json.loads((paths.out / "report.json").read_text(encoding="utf-8"))
     return summary_text(paths, settings, report=report, times=times)
+
+
+def scan_timeout_s(settings: DemoSettings) -> float:
+    """How long a headless demo's scan may take (s): generous, so only a stuck scan exceeds it."""
+    sweep_s = 1601 * INTEGRATION_S / settings.speed if settings.speed > 0 else 0.0
+    return SCAN_GRACE_S + settings.nx * settings.ny * (SCAN_S_PER_PIXEL + 2 * sweep_s)
 
 
 def _command(endpoint: str, command: str, sup: Supervisor) -> dict[str, Any]:
