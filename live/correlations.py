@@ -1,46 +1,64 @@
-"""Spatial auto- and cross-correlations of maps (paper Appendix A) and correlation lengths.
+"""Spatial auto- and cross-correlations of maps (paper Appendix A), correlation lengths and the report.
 
-rho_XY(r) = sum_r' (X(r') - <X>)(Y(r' - r) - <Y>) / (N sigma_X sigma_Y), Eqs. (A1), (A2), on the
-periodic grid (FFT). Unmeasured pixels (NaN) are left out: each lag is divided by its number of
-measured pairs instead of N, and lags with fewer than ``min_pair_fraction`` of the pixels are NaN.
-Profiles are ring averages one pixel wide up to half the shorter side. Two length rules: 1/e
-(``l_*_nm``) and the paper's "into the noise" (``l_*_noise_nm``, a band of k Bartlett sigmas);
-a length not reached inside the half box is NaN. The rules in full: docs/physics.md.
+rho_XY(r) = sum_r' (X(r') - <X>)(Y(r' - r) - <Y>) / (N sigma_X sigma_Y), Eqs. (A1), (A2), with
+unmeasured pixels (NaN) left out: each lag sums over its measured pairs and is normalised by
+their own second moments (N sigma_X sigma_Y on a full torus), and lags with fewer than
+``min_pair_fraction`` of the pixels are NaN (:mod:`stslive.live.correlation_estimator`). Lags do
+not wrap around the frame unless ``periodic=True`` (the paper's torus). Profiles are ring
+averages one pixel wide up to half the shorter side. Two length rules: 1/e (``l_*_nm``) and the
+paper's "above the noise level close to zero" (``l_*_noise_nm``: the first radius inside k
+noise levels read from the profile's tail). A length not reached inside the half box is NaN.
+:func:`correlation_report` adds the bias-corrected figures of the film's process with 90 %
+intervals (:mod:`stslive.live.correlation_intervals`) and warnings. The rules in full:
+docs/physics.md section 4.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft
 
 from stslive.drivers.errors import AnalysisError
+from stslive.live.correlation_estimator import (
+    MaskedCorrelator,
+    ProfileSet,
+    RadialProfile,
+    first_crossing,
+    lag_radius_m,
+    length_1e,
+    pixel_sides,
+    ring_index,
+)
+from stslive.live.correlation_intervals import FIGURES, FigureIntervals, figure_intervals, fit_figures
+
+__all__ = [
+    "CorrelationAnalysis",
+    "RadialProfile",
+    "correlation_analysis",
+    "correlation_length_1e",
+    "correlation_length_noise",
+    "correlation_map",
+    "correlation_report",
+    "correlation_warnings",
+    "lag_radius_m",
+    "radial_profile",
+]
 
 FloatArray = npt.NDArray[np.floating]
 
-#: Report key prefix of each map pair: (key, first map, second map).
-_PAIRS = (("delta", "delta", "delta"), ("alpha", "alpha", "alpha"), ("cross", "delta", "alpha"))
-
-
-class RadialProfile(NamedTuple):
-    """A circularly averaged correlation map.
-
-    Attributes
-    ----------
-    radius_m
-        Mean radius of each ring in metres (ring 0 is the origin alone, radius 0).
-    value
-        Mean correlation over the ring (dimensionless).
-    n_lags
-        Number of 2D lags averaged in each ring (not ``count``: that would hide tuple.count).
-    """
-
-    radius_m: FloatArray
-    value: FloatArray
-    n_lags: npt.NDArray[np.int64]
+#: Report key prefix of each map pair, with the profile of :class:`ProfileSet` it reads.
+_LENGTHS = ("delta", "alpha", "cross")
+#: A correlation length above this fraction of the map's shorter side is finite-size biased
+#: (the paper's lengths are 1/10 - 1/20 of its image).
+FINITE_SIZE_FRACTION = 0.1
+#: Below this fraction of the grid's pixels the figures describe only the measured part.
+MIN_PIXEL_FRACTION = 0.5
+#: Fewest pixels (in both maps) for intervals: a handful of pixels puts rho_cross(0) near +-1 in
+#: the map and in every simulation alike, and the bootstrap would call that precise.
+MIN_INTERVAL_PIXELS = 10
 
 
 def _as_map(name: str, values: npt.ArrayLike) -> FloatArray:
@@ -54,77 +72,42 @@ def _as_map(name: str, values: npt.ArrayLike) -> FloatArray:
     return arr
 
 
-def _deviation(name: str, arr: FloatArray) -> tuple[FloatArray, npt.NDArray[np.bool_], float]:
-    """Mean-removed map (0 at NaN pixels), its mask and its population sigma, in float64."""
-    mask = np.isfinite(arr)
-    values = arr[mask].astype(np.float64)
-    sigma = float(values.std())
-    if not sigma > 0.0:
-        raise AnalysisError(f"{name} is constant over its measured pixels (sigma = 0); correlation undefined.")
-    deviation = np.zeros(arr.shape, dtype=np.float64)
-    deviation[mask] = values - values.mean()
-    return deviation, mask, sigma
+def _pair(x: npt.ArrayLike, y: npt.ArrayLike | None, names: tuple[str, str]) -> tuple[FloatArray, FloatArray]:
+    xa = _as_map(names[0], x)
+    ya = xa if y is None else _as_map(names[1], y)
+    if ya.shape != xa.shape:
+        raise AnalysisError(f"maps differ in shape: {xa.shape} vs {ya.shape}; correlate maps of one grid.")
+    return xa, ya
 
 
-def _circular_correlation(a: FloatArray, b: FloatArray) -> FloatArray:
-    """c(r) = sum_r' a(r') b(r' - r) on the periodic grid (real FFT; a, b real)."""
-    shape = a.shape
-    return scipy.fft.irfft2(scipy.fft.rfft2(a) * np.conj(scipy.fft.rfft2(b)), s=shape)
-
-
-def correlation_map(x: npt.ArrayLike, y: npt.ArrayLike | None = None, *, min_pair_fraction: float = 0.05) -> FloatArray:
-    """Periodic 2D auto- or cross-correlation map, paper Eqs. (A1), (A2).
-
-    rho_XY(r) = sum_r' (X(r') - <X>)(Y(r' - r) - <Y>) / (N sigma_X sigma_Y)
+def correlation_map(
+    x: npt.ArrayLike, y: npt.ArrayLike | None = None, *, min_pair_fraction: float = 0.05, periodic: bool = False
+) -> FloatArray:
+    """2D auto- or cross-correlation map, paper Eqs. (A1), (A2) (module docstring).
 
     Parameters
     ----------
     x
-        First map, shape (ny, nx); NaN marks unmeasured pixels (see the module docstring).
+        First map, shape (ny, nx); NaN marks unmeasured pixels.
     y
         Second map of the same shape; ``None`` for the autocorrelation of ``x``.
     min_pair_fraction
         Lags with fewer measured pairs than this fraction of the measured pixels are NaN.
+    periodic
+        Pair pixels across the frame's edges (the paper's torus) instead of zero-padding.
 
     Returns
     -------
     numpy.ndarray
-        rho(r), shape (ny, nx), lag (0, 0) at index [0, 0] (FFT order; ``numpy.fft.fftshift``
-        centres it). float32 if both maps are float32, else float64.
+        rho(r) at the minimum-image lags, shape (ny, nx), lag (0, 0) at index [0, 0] (FFT order;
+        ``numpy.fft.fftshift`` centres it). float32 if both maps are float32, else float64.
     """
-    xa = _as_map("x", x)
-    ya = xa if y is None else _as_map("y", y)
-    if ya.shape != xa.shape:
-        raise AnalysisError(f"maps differ in shape: {xa.shape} vs {ya.shape}; correlate maps of one grid.")
-    if not 0.0 <= min_pair_fraction <= 1.0:
-        raise AnalysisError(f"min_pair_fraction must lie in [0, 1]; got {min_pair_fraction}.")
-    dx, mx, sx = _deviation("x", xa)
-    dy, my, sy = (dx, mx, sx) if y is None else _deviation("y", ya)
-    numerator = _circular_correlation(dx, dy)
-    if mx.all() and my.all():
-        rho = numerator / (xa.size * sx * sy)
-    else:
-        # pair counts are integers; rounding removes the FFT's ~1e-12 error before the threshold
-        pairs = np.rint(_circular_correlation(mx.astype(np.float64), my.astype(np.float64)))
-        enough = pairs >= max(1.0, min_pair_fraction * min(mx.sum(), my.sum()))
-        rho = np.full(xa.shape, np.nan)
-        rho[enough] = numerator[enough] / (pairs[enough] * sx * sy)
+    xa, ya = _pair(x, y, ("x", "y"))
+    correlator = MaskedCorrelator(
+        np.isfinite(xa), np.isfinite(ya), pixel_size_m=1.0, periodic=periodic, min_pair_fraction=min_pair_fraction
+    )
+    rho = correlator.maps(xa, ya, keys=("cross",))["cross"]
     return rho.astype(np.result_type(xa.dtype, ya.dtype), copy=False)
-
-
-def _pixel_sides(pixel_size_m: float | tuple[float, float]) -> tuple[float, float]:
-    sides = np.broadcast_to(np.asarray(pixel_size_m, dtype=np.float64), (2,))
-    if not np.all(np.isfinite(sides) & (sides > 0)):
-        raise AnalysisError(f"pixel_size_m must be > 0 (a float or (dy, dx) in metres); got {pixel_size_m!r}.")
-    return float(sides[0]), float(sides[1])
-
-
-def lag_radius_m(shape: tuple[int, int], *, pixel_size_m: float | tuple[float, float]) -> FloatArray:
-    """Length in metres of the minimum-image lag vector of every index of an FFT-ordered map."""
-    py, px = _pixel_sides(pixel_size_m)
-    ly = np.fft.fftfreq(shape[0], d=1.0 / shape[0]) * py  # signed integer lags, periodic
-    lx = np.fft.fftfreq(shape[1], d=1.0 / shape[1]) * px
-    return np.hypot(ly[:, None], lx[None, :])
 
 
 def radial_profile(
@@ -149,29 +132,16 @@ def radial_profile(
     rho = np.asarray(corr, dtype=np.float64)
     if rho.ndim != 2:
         raise AnalysisError(f"corr must be a 2D correlation map; got shape {rho.shape}.")
-    py, px = _pixel_sides(pixel_size_m)
+    py, px = pixel_sides(pixel_size_m)
     radius = lag_radius_m(rho.shape, pixel_size_m=(py, px))
     limit = min(rho.shape[0] * py, rho.shape[1] * px) / 2.0 if max_radius_m is None else float(max_radius_m)
-    width = min(py, px)
     keep = np.isfinite(rho) & (radius <= limit)
-    ring = np.floor(radius[keep] / width + 0.5).astype(np.int64)
+    ring = ring_index(radius[keep], min(py, px))
     count = np.bincount(ring)
     filled = count > 0
     mean_radius = np.bincount(ring, weights=radius[keep])[filled] / count[filled]
     mean_value = np.bincount(ring, weights=rho[keep])[filled] / count[filled]
     return RadialProfile(mean_radius, mean_value, count[filled])
-
-
-def _first_crossing(radius: FloatArray, level: FloatArray, threshold: float) -> float:
-    """First radius where ``level`` drops to ``threshold`` or below, linearly interpolated."""
-    below = np.flatnonzero(level <= threshold)
-    if below.size == 0:
-        return math.nan
-    i = int(below[0])
-    if i == 0:
-        return float(radius[0])
-    r0, r1, v0, v1 = radius[i - 1], radius[i], level[i - 1], level[i]
-    return float(r0 + (v0 - threshold) * (r1 - r0) / (v0 - v1))
 
 
 def correlation_length_1e(profile: RadialProfile, *, absolute: bool = False) -> float:
@@ -192,39 +162,7 @@ def correlation_length_1e(profile: RadialProfile, *, absolute: bool = False) -> 
     level = np.abs(profile.value) if absolute else profile.value
     if profile.radius_m[0] != 0.0 or not level[0] > 0.0:
         raise AnalysisError("the profile must start at radius 0 with a non-zero value; pass a radial_profile().")
-    return _first_crossing(profile.radius_m, level, float(level[0]) / math.e)
-
-
-def bartlett_noise_sigma(
-    auto_x: npt.ArrayLike,
-    auto_y: npt.ArrayLike,
-    *,
-    n_pixels: int,
-    pixel_size_m: float | tuple[float, float],
-) -> float:
-    """Expected std of a correlation estimate where the true correlation is 0 (Bartlett).
-
-    s = sqrt(sum_s rho_X(s) rho_Y(s) / N), summed over the correlated core: lags closer than the
-    first radius where either radial auto-profile reaches 0 (module docstring).
-
-    Parameters
-    ----------
-    auto_x, auto_y
-        Autocorrelation maps of the two fields (the same map for an autocorrelation).
-    n_pixels
-        Number of measured pixels N.
-    pixel_size_m
-        Pixel size in metres, a float or (dy, dx).
-    """
-    rx, ry = np.asarray(auto_x, dtype=np.float64), np.asarray(auto_y, dtype=np.float64)
-    core = math.inf
-    for auto in (rx, ry):
-        prof = radial_profile(auto, pixel_size_m=pixel_size_m)
-        core = min(core, _first_crossing(prof.radius_m, prof.value, 0.0))
-    radius = lag_radius_m(rx.shape, pixel_size_m=pixel_size_m)
-    inside = radius < core if math.isfinite(core) else np.ones(rx.shape, dtype=bool)
-    total = float(np.nansum((rx * ry)[inside]))
-    return math.sqrt(max(total, 1.0) / n_pixels)  # never below the white-noise floor 1/sqrt(N)
+    return length_1e(profile, absolute=absolute)
 
 
 def correlation_length_noise(profile: RadialProfile, *, band: float) -> float:
@@ -235,7 +173,7 @@ def correlation_length_noise(profile: RadialProfile, *, band: float) -> float:
     profile
         Radial profile whose first ring is the origin.
     band
-        Half-width of the noise band around zero (k times :func:`bartlett_noise_sigma`).
+        Half-width of the noise band around zero (k times the profile's tail noise level).
 
     Returns
     -------
@@ -244,14 +182,43 @@ def correlation_length_noise(profile: RadialProfile, *, band: float) -> float:
     """
     if not band > 0.0:
         raise AnalysisError(f"the noise band must be > 0; got {band}.")
-    return _first_crossing(profile.radius_m, np.abs(profile.value), band)
+    return first_crossing(profile.radius_m, np.abs(profile.value), band)
 
 
-def _nm_or_none(length_m: float) -> float | None:
+class CorrelationAnalysis(NamedTuple):
+    """What :func:`correlation_analysis` finds: the report, the profiles and the 2D cross map."""
+
+    report: dict[str, Any]
+    profiles: ProfileSet
+    cross_map: FloatArray
+
+
+def _nm(length_m: float) -> float | None:
     return None if math.isnan(length_m) else length_m * 1e9
 
 
-def correlation_report(
+def _noise_rule(level: float, profile: RadialProfile, noise_k: float) -> tuple[float | None, float | None]:
+    """(length nm, band) of the paper's rule at the tail's noise ``level``; None where there is none."""
+    if not level > 0.0:
+        return None, None
+    band = noise_k * level
+    return _nm(correlation_length_noise(profile, band=band)), band
+
+
+def _interval_keys(found: FigureIntervals | None) -> dict[str, Any]:
+    """``<key>_corrected`` and ``<key>_ci90`` of every figure (lengths in nm); None where not found."""
+    out: dict[str, Any] = {}
+    for i, name in enumerate(FIGURES):
+        key, scale = (f"{name}_nm", 1e9) if name.startswith("l_") else (name, 1.0)
+        if found is None or math.isnan(found.corrected[i]):
+            out[f"{key}_corrected"], out[f"{key}_ci90"] = None, None
+        else:
+            out[f"{key}_corrected"] = float(found.corrected[i] * scale)
+            out[f"{key}_ci90"] = [float(found.low[i] * scale), float(found.high[i] * scale)]
+    return out
+
+
+def correlation_analysis(
     delta: npt.ArrayLike,
     alpha: npt.ArrayLike,
     *,
@@ -259,7 +226,11 @@ def correlation_report(
     topography: npt.ArrayLike | None = None,
     noise_k: float = 2.0,
     min_pair_fraction: float = 0.05,
-) -> dict[str, float | None]:
+    periodic: bool = False,
+    intervals: bool = True,
+    replicates: int = 60,
+    seed: int = 0,
+) -> CorrelationAnalysis:
     """Correlation figures of a gap map and an AA-exponent map, paper Appendix A.
 
     Parameters
@@ -271,36 +242,121 @@ def correlation_report(
     topography
         Optional height map Z(r) of the same grid.
     noise_k
-        Width of the noise band in units of the Bartlett sigma (2 = ~95 %).
+        Width of the noise band in units of the profile's tail noise level.
     min_pair_fraction
         See :func:`correlation_map`.
+    periodic
+        The paper's torus instead of non-wrapping lags.
+    intervals
+        Compute the corrected figures and 90 % intervals (a parametric bootstrap: seconds on a
+        300 x 250 map); without, those keys are None.
+    replicates, seed
+        Simulated maps per length scale, and their seed (:func:`~stslive.live.correlation_intervals.figure_intervals`).
 
     Returns
     -------
-    dict
-        ``l_delta_nm``, ``l_alpha_nm``, ``l_cross_nm`` (1/e rule, cross on |profile|),
-        ``l_delta_noise_nm``, ``l_alpha_noise_nm``, ``l_cross_noise_nm`` (noise rule),
-        ``noise_band_delta``, ``noise_band_alpha``, ``noise_band_cross`` (the bands used),
-        ``rho_cross_0`` (paper: -0.55), ``rho_delta_topo_0`` (None without topography).
-        Lengths never reached inside the half box are None.
+    CorrelationAnalysis
+        ``report`` keys (lengths in nm; None where not determined):
+        ``l_delta_nm``, ``l_alpha_nm``, ``l_cross_nm`` (1/e rule on this map, cross on |profile|);
+        ``l_*_noise_nm`` and ``noise_band_*`` (the paper's rule and the band it used);
+        ``l_*_fit_nm`` (Gaussian fit with offset, the statistic the intervals are built on);
+        ``l_*_nm_corrected``, ``l_*_nm_ci90`` ([low, high]; high may be inf: unbounded) for the
+        1/e lengths of the film's process; ``rho_cross_0`` (paper: -0.55) with
+        ``rho_cross_0_corrected`` and ``rho_cross_0_ci90``; ``rho_delta_topo_0`` (None without
+        topography); ``correlation_pixels`` and ``correlation_pixel_fraction`` (pixels measured
+        in both maps, and their fraction of the grid); ``warnings`` (:func:`correlation_warnings`).
     """
     if not noise_k > 0.0:
         raise AnalysisError(f"noise_k must be > 0; got {noise_k}.")
-    maps = {"delta": _as_map("delta", delta), "alpha": _as_map("alpha", alpha)}
-    auto = {name: correlation_map(m, min_pair_fraction=min_pair_fraction) for name, m in maps.items()}
-    corr = dict(auto)
-    corr["cross"] = correlation_map(maps["delta"], maps["alpha"], min_pair_fraction=min_pair_fraction)
-    report: dict[str, float | None] = {}
-    for key, first, second in _PAIRS:
-        profile = radial_profile(corr[key], pixel_size_m=pixel_size_m)
-        n_pixels = int(min(np.isfinite(maps[first]).sum(), np.isfinite(maps[second]).sum()))
-        band = noise_k * bartlett_noise_sigma(auto[first], auto[second], n_pixels=n_pixels, pixel_size_m=pixel_size_m)
-        report[f"l_{key}_nm"] = _nm_or_none(correlation_length_1e(profile, absolute=key == "cross"))
-        report[f"l_{key}_noise_nm"] = _nm_or_none(correlation_length_noise(profile, band=band))
-        report[f"noise_band_{key}"] = band
-    report["rho_cross_0"] = float(corr["cross"][0, 0])
+    d, a = _pair(delta, alpha, ("delta", "alpha"))
+    correlator = MaskedCorrelator(
+        np.isfinite(d),
+        np.isfinite(a),
+        pixel_size_m=pixel_size_m,
+        periodic=periodic,
+        min_pair_fraction=min_pair_fraction,
+    )
+    profiles = correlator.profiles(d, a)
+    maps = correlator.maps(d, a)
+    report: dict[str, Any] = {}
+    fitted = fit_figures(profiles)
+    for i, key in enumerate(_LENGTHS):
+        profile = getattr(profiles, key)
+        report[f"l_{key}_nm"] = _nm(length_1e(profile, absolute=key == "cross"))
+        level = correlator.tail_noise(key, maps[key], profile)
+        report[f"l_{key}_noise_nm"], report[f"noise_band_{key}"] = _noise_rule(level, profile, noise_k)
+        # 0 / inf: shorter than the rings resolve / longer than the profile shows, i.e. not determined
+        report[f"l_{key}_fit_nm"] = fitted[i] * 1e9 if 0.0 < fitted[i] < math.inf else None
+    report["rho_cross_0"] = profiles.rho_cross_0
     report["rho_delta_topo_0"] = None
     if topography is not None:
-        topo = correlation_map(maps["delta"], _as_map("topography", topography), min_pair_fraction=min_pair_fraction)
+        topo = correlation_map(d, _as_map("topography", topography), min_pair_fraction=min_pair_fraction)
         report["rho_delta_topo_0"] = float(topo[0, 0])
-    return report
+    enough = correlator.n_pixels >= MIN_INTERVAL_PIXELS
+    found = figure_intervals(correlator, profiles, replicates=replicates, seed=seed) if intervals and enough else None
+    report.update(_interval_keys(found))
+    report["correlation_pixels"] = correlator.n_pixels
+    report["correlation_pixel_fraction"] = correlator.n_pixels / d.size
+    report["warnings"] = correlation_warnings(report, shape=d.shape, pixel_size_m=correlator.pixel_m)
+    return CorrelationAnalysis(report, profiles, maps["cross"])
+
+
+def correlation_report(delta: npt.ArrayLike, alpha: npt.ArrayLike, **options: Any) -> dict[str, Any]:
+    """The report of :func:`correlation_analysis` alone (same arguments)."""
+    return correlation_analysis(delta, alpha, **options).report
+
+
+def correlation_warnings(
+    report: dict[str, Any], *, shape: tuple[int, int], pixel_size_m: tuple[float, float]
+) -> list[str]:
+    """Why a report's correlation figures (and the Eq. (2)/(3) inversions built on them) may mislead.
+
+    One sentence each, starting with a tag: ``no-interval:`` (too few pixels for intervals),
+    ``few-pixels:`` (fewer than half the grid measured in both maps), ``finite-size:`` (a length
+    above 1/10 of the shorter side, with the bias the model finds), ``biased-inversion:``
+    (sigma_rho and the predicted gap spread use a finite-size biased l_alpha, or none),
+    ``no-length:`` (a 1/e length never reached inside the half box).
+    """
+    warnings: list[str] = []
+    if report["correlation_pixels"] < MIN_INTERVAL_PIXELS:
+        warnings.append(
+            f"no-interval: only {report['correlation_pixels']} pixels in both maps; intervals need "
+            f"{MIN_INTERVAL_PIXELS}."
+        )
+    fraction = report["correlation_pixel_fraction"]
+    if fraction < MIN_PIXEL_FRACTION:
+        warnings.append(
+            f"few-pixels: correlations from {report['correlation_pixels']} of {shape[0] * shape[1]} pixels "
+            f"({100 * fraction:.0f} %, fewer than half the grid): the lengths, rho_cross(0) and the Eq. (2)/(3) "
+            "inversions (sigma_rho, predicted gap spread) describe the measured part only."
+        )
+    side_nm = min(shape[0] * pixel_size_m[0], shape[1] * pixel_size_m[1]) * 1e9
+    biased_alpha = report["l_alpha_nm"] is None
+    for key in _LENGTHS:
+        value, corrected, interval = (report[f"l_{key}_nm{suffix}"] for suffix in ("", "_corrected", "_ci90"))
+        if value is None:
+            warnings.append(
+                f"no-length: l_{key} never falls to 1/e inside the half box ({side_nm / 2:.0f} nm); "
+                "the map is too small or too sparse for it."
+            )
+            continue
+        longest = max(value, corrected or 0.0)
+        if longest > FINITE_SIZE_FRACTION * side_nm:
+            biased_alpha |= key == "alpha"
+            model = ""
+            if corrected is not None:
+                high = "unbounded" if not math.isfinite(interval[1]) else f"{interval[1]:.1f} nm"
+                model = (
+                    f" (the process's length: {corrected:.1f} nm, 90 % interval {interval[0]:.1f} nm to {high}; "
+                    f"this map's value is off by {100 * (value / corrected - 1):+.0f} %)"
+                )
+            warnings.append(
+                f"finite-size: l_{key} = {value:.1f} nm is more than 1/10 of the map's shorter side "
+                f"({side_nm:.0f} nm): a finite-size biased estimate{model}."
+            )
+    if biased_alpha:
+        warnings.append(
+            "biased-inversion: sigma_rho (Eq. (2) inverted) and the predicted gap spread (Eq. (3)) use this "
+            "map's l_alpha and sigma_alpha, which its finite size biases; compare them with care."
+        )
+    return warnings

@@ -94,10 +94,13 @@ class PixelResult:
 class CorrelationSnapshot:
     """Correlations of the measured part of the maps (paper Appendix A) and what they imply.
 
-    ``r_nm`` and the ``rho_*`` profiles are the circular averages of the periodic 2D
-    correlations; ``cross_map`` is the 2D Delta-alpha cross-correlation, zero shift at the centre
+    ``r_nm`` and the ``rho_*`` profiles are the circular averages of the 2D correlations;
+    ``cross_map`` is the 2D Delta-alpha cross-correlation, zero shift at the centre
     (fftshifted), ``pixel_nm`` per pixel. ``sigma_rho_ohm`` is the Eq. (2) sheet-resistance spread
-    and ``predicted_delta_rel_sigma`` the Eq. (3) gap spread that follows from it.
+    and ``predicted_delta_rel_sigma`` the Eq. (3) gap spread that follows from it. The
+    ``*_corrected`` figures and ``*_ci90`` (low, high) intervals are those of the film's process
+    (``stslive.live.correlations.correlation_report``; a non-finite high with a finite low: no
+    upper bound); ``warnings`` says why the figures may mislead (few pixels, finite size).
     """
 
     r_nm: np.ndarray
@@ -114,6 +117,15 @@ class CorrelationSnapshot:
     predicted_delta_rel_sigma: float = float("nan")
     n_pixels: int = 0
     time: float = float("nan")
+    l_delta_nm_corrected: float = float("nan")
+    l_alpha_nm_corrected: float = float("nan")
+    l_cross_nm_corrected: float = float("nan")
+    rho_cross_0_corrected: float = float("nan")
+    l_delta_nm_ci90: tuple[float, float] = (float("nan"), float("nan"))
+    l_alpha_nm_ci90: tuple[float, float] = (float("nan"), float("nan"))
+    l_cross_nm_ci90: tuple[float, float] = (float("nan"), float("nan"))
+    rho_cross_0_ci90: tuple[float, float] = (float("nan"), float("nan"))
+    warnings: tuple[str, ...] = ()
 
     ARRAYS = ("r_nm", "rho_delta", "rho_alpha", "rho_cross", "cross_map")
 

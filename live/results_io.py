@@ -178,10 +178,22 @@ def _snapshot_scalars(snap: CorrelationSnapshot) -> dict[str, Any]:
     return {k: getattr(snap, k) for k in _snapshot_scalars_names()}
 
 
+def _snapshot_value(name: str, raw: Any) -> Any:
+    """A snapshot scalar as stored (HDF5 attribute or message header) back to its field's type."""
+    if name == "n_pixels":
+        return int(raw or 0)
+    if name == "warnings":
+        return tuple(w.decode() if isinstance(w, bytes) else str(w) for w in ([] if raw is None else raw))
+    if name.endswith("_ci90"):
+        pair = [] if raw is None else list(raw)
+        return (_nan(pair[0]), _nan(pair[1])) if len(pair) == 2 else (float("nan"), float("nan"))
+    return _nan(raw)
+
+
 def _snapshot_from(arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> CorrelationSnapshot:
-    values: dict[str, Any] = {k: _nan(scalars.get(k)) for k in _snapshot_scalars_names() if k != "n_pixels"}
+    values: dict[str, Any] = {k: _snapshot_value(k, scalars.get(k)) for k in _snapshot_scalars_names()}
     values.update({n: np.asarray(arrays[n]) for n in CorrelationSnapshot.ARRAYS})
-    return CorrelationSnapshot(n_pixels=int(scalars.get("n_pixels", 0) or 0), **values)
+    return CorrelationSnapshot(**values)
 
 
 def _header(kind: str, **body: Any) -> dict[str, Any]:

@@ -1,20 +1,25 @@
 """The correlation snapshot of a results model: paper Appendix A correlations and what Eqs. (2), (3) imply.
 
 :func:`correlation_snapshot` reads the valid part of a :class:`~stslive.live.results.ResultsModel`
-(mid-run too) and returns a :class:`~stslive.live.results.CorrelationSnapshot`: radial profiles,
-the 2D Delta-alpha cross-correlation, 1/e lengths, rho_cross(0), sigma_rho (Eq. (2) inverted)
-and the gap spread Eq. (3) predicts from it. The live analyser and ``stslive analyse`` both use it.
+(mid-run too: unmeasured pixels are gaps the estimator skips) and returns a
+:class:`~stslive.live.results.CorrelationSnapshot`: radial profiles, the 2D Delta-alpha
+cross-correlation, 1/e lengths, rho_cross(0), the film's corrected figures with their 90 %
+intervals and the warnings of :func:`~stslive.live.correlations.correlation_report`, sigma_rho
+(Eq. (2) inverted) and the gap spread Eq. (3) predicts from it. The live analyser and
+``stslive analyse`` both use it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 
 from stslive.drivers.errors import AnalysisError
-from stslive.live.correlations import RadialProfile, correlation_length_1e, correlation_map, radial_profile
+from stslive.live.correlation_estimator import RadialProfile
+from stslive.live.correlations import correlation_analysis
 from stslive.live.results import CorrelationSnapshot, ResultsModel
 from stslive.live.theory import TheoryConstants, predicted_gap_spread, sheet_resistance_sigma
 
@@ -27,6 +32,7 @@ def correlation_snapshot(
     pixel_size_m: float | tuple[float, float] | None = None,
     constants: TheoryConstants | None = None,
     min_pair_fraction: float = 0.05,
+    intervals: bool = True,
 ) -> CorrelationSnapshot:
     """Appendix A correlations of the valid part of ``model``'s maps and what Eqs. (2), (3) imply.
 
@@ -38,13 +44,17 @@ def correlation_snapshot(
         Pixel size, m (default: ``model.pixel_nm``).
     constants : TheoryConstants, optional
         Eq. (2)/(3) constants (default: the paper's).
+    min_pair_fraction : float
+        See :func:`~stslive.live.correlations.correlation_map`.
+    intervals : bool
+        Compute the corrected figures and their 90 % intervals (seconds on a 300 x 250 map).
 
     Returns
     -------
     CorrelationSnapshot
         Radial profiles, the fftshifted 2D Delta-alpha cross-correlation, 1/e lengths,
-        rho_cross(0), sigma_rho (Eq. 2 from alpha's std and l_alpha) and the predicted relative
-        gap spread (Eq. 3 at the measured mean gap).
+        rho_cross(0), corrected figures and intervals, warnings, sigma_rho (Eq. 2 from alpha's
+        std and l_alpha) and the predicted relative gap spread (Eq. 3 at the measured mean gap).
 
     Raises
     ------
@@ -62,40 +72,51 @@ def correlation_snapshot(
     n_valid = int(valid.sum())
     if n_valid < 3:
         raise AnalysisError(f"only {n_valid} valid pixel(s): correlations need at least 3")
-    corr = {
-        "delta": correlation_map(delta, min_pair_fraction=min_pair_fraction),
-        "alpha": correlation_map(alpha, min_pair_fraction=min_pair_fraction),
-        "cross": correlation_map(delta, alpha, min_pair_fraction=min_pair_fraction),
-    }
-    profiles = {k: radial_profile(v, pixel_size_m=size) for k, v in corr.items()}
-    lengths = {k: _length_nm(p, absolute=k == "cross") for k, p in profiles.items()}
+    found = correlation_analysis(
+        delta, alpha, pixel_size_m=size, min_pair_fraction=min_pair_fraction, intervals=intervals
+    )
+    report = found.report
+    lengths = {key: _finite(report[f"l_{key}_nm"]) for key in ("delta", "alpha", "cross")}
     alpha_std = float(np.nanstd(alpha))
     sigma_rho = sheet_resistance_sigma(alpha_std, lengths["alpha"] * 1e-9, constants=consts)
     predicted = predicted_gap_spread(sigma_rho, float(np.nanmean(delta)), constants=consts)
-    r = profiles["delta"].radius_m
+    profiles = found.profiles
+    r = profiles.delta.radius_m
     return CorrelationSnapshot(
         r_nm=r * 1e9,
-        rho_delta=profiles["delta"].value,
-        rho_alpha=_on_radii(profiles["alpha"], r),
-        rho_cross=_on_radii(profiles["cross"], r),
-        cross_map=np.fft.fftshift(corr["cross"]),
+        rho_delta=profiles.delta.value,
+        rho_alpha=_on_radii(profiles.alpha, r),
+        rho_cross=_on_radii(profiles.cross, r),
+        cross_map=np.fft.fftshift(found.cross_map),
         pixel_nm=float(np.mean(np.asarray(size, dtype=np.float64)) * 1e9),
         l_delta_nm=lengths["delta"],
         l_alpha_nm=lengths["alpha"],
         l_cross_nm=lengths["cross"],
-        rho_cross_0=float(corr["cross"][0, 0]),
+        rho_cross_0=profiles.rho_cross_0,
         sigma_rho_ohm=sigma_rho,
         predicted_delta_rel_sigma=predicted,
         n_pixels=n_valid,
         time=time.time(),
+        warnings=tuple(report["warnings"]),
+        l_delta_nm_corrected=_finite(report["l_delta_nm_corrected"]),
+        l_alpha_nm_corrected=_finite(report["l_alpha_nm_corrected"]),
+        l_cross_nm_corrected=_finite(report["l_cross_nm_corrected"]),
+        rho_cross_0_corrected=_finite(report["rho_cross_0_corrected"]),
+        l_delta_nm_ci90=_interval(report["l_delta_nm_ci90"]),
+        l_alpha_nm_ci90=_interval(report["l_alpha_nm_ci90"]),
+        l_cross_nm_ci90=_interval(report["l_cross_nm_ci90"]),
+        rho_cross_0_ci90=_interval(report["rho_cross_0_ci90"]),
     )
 
 
-def _length_nm(profile: RadialProfile, *, absolute: bool) -> float:
-    """1/e length in nm, NaN when the profile is unusable (e.g. a constant map)."""
-    if profile.value.size == 0 or not abs(profile.value[0]) > 0:
-        return math.nan
-    return correlation_length_1e(profile, absolute=absolute) * 1e9
+def _finite(value: Any) -> float:
+    """A report value as a float, NaN for None."""
+    return math.nan if value is None else float(value)
+
+
+def _interval(value: Any) -> tuple[float, float]:
+    """A report interval [low, high] (or None) as a (low, high) float pair."""
+    return (math.nan, math.nan) if value is None else (float(value[0]), float(value[1]))
 
 
 def _on_radii(profile: RadialProfile, radius_m: np.ndarray) -> np.ndarray:

@@ -7,6 +7,10 @@ The physics of the maps is the forward model of docs/physics.md: a Gaussian rand
 field delta_rho(r), alpha(r) from paper Eq. (2), Delta(r) from paper Eq. (3) smoothed over a few
 coherence lengths, and an independent grainy topography. Eqs. (2) and (3) themselves live in
 :mod:`stslive.live.theory` and are only called here.
+
+:func:`ensemble_correlations` and :func:`true_correlation_figures` give the correlation functions
+of the random process itself (not of one finite map): the "true values" a map's correlation
+lengths and rho_cross(0) estimate.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import scipy.ndimage
 from scipy.spatial import cKDTree
 
 from stslive.drivers.errors import ConfigError
+from stslive.live import theory
+from stslive.mocks.film_params import FilmParams
 
 FloatMap = npt.NDArray[np.float64]
 
@@ -163,3 +169,64 @@ def grain_topography(
     z = peak[owner] * np.clip(1.0 - (dist / radius[owner]) ** 2, 0.0, None)
     z = z.reshape(ny, nx)
     return z - z.mean()
+
+
+def gap_smoothing_m(params: FilmParams) -> float:
+    """Standard deviation of the Gaussian smoothing of the Eq. (3) gap map, m: gap_smoothing_xi * xi(0)."""
+    xi = theory.coherence_length_m(diffusion_m2_s=params.diffusion_m2_s, gap_eV=params.delta_mean_eV)
+    return float(params.gap_smoothing_xi * xi)
+
+
+def _ensemble_lengths(params: FilmParams) -> tuple[float, float, float, float]:
+    """(l_Delta, l_alpha, l_cross) in m and rho_cross(0) of the film's process (see ensemble_correlations)."""
+    if not params.sigma_rho_ohm > 0:
+        raise ConfigError("sigma_rho_ohm = 0: the film has no fluctuations and no correlation lengths.")
+    length, s = params.l_rho_m, gap_smoothing_m(params)
+    # alpha and Delta are linear in delta_rho (Eqs. (2), (3)): the sign of their product is the cross's
+    d_alpha = float(
+        theory.aa_exponent_shift(1.0, bias_V=params.aa_bias_V, diffusion_m2_s=params.diffusion_m2_s, l_alpha_m=length)
+    )
+    d_gap = float(theory.gap_relative_shift(1.0, hbar_omega_D_K=params.hbar_omega_D_K, gap_K=params.gap_eq3_K))
+    l_delta, l_cross = math.sqrt(length**2 + 4 * s**2), math.sqrt(length**2 + 2 * s**2)
+    return l_delta, length, l_cross, math.copysign(length * l_delta / l_cross**2, d_alpha * d_gap)
+
+
+def ensemble_correlations(radius_m: npt.ArrayLike, params: FilmParams) -> tuple[FloatMap, FloatMap, FloatMap]:
+    """The film process's correlation functions rho_Delta(r), rho_alpha(r), rho_cross(r).
+
+    delta_rho has the covariance sigma^2 exp(-r^2 / l^2), i.e. the power spectrum
+    exp(-k^2 l^2 / 4) (:func:`gaussian_random_field`); alpha is linear in it, so
+    rho_alpha = exp(-r^2 / l^2). Delta is linear in delta_rho smoothed by a Gaussian of standard
+    deviation s (:func:`gap_smoothing_m`), transfer exp(-k^2 s^2 / 2): its spectrum
+    exp(-k^2 (l^2 / 4 + s^2)) gives rho_Delta = exp(-r^2 / (l^2 + 4 s^2)), and the cross spectrum
+    exp(-k^2 (l^2 / 4 + s^2 / 2)) gives rho_cross = rho_0 exp(-r^2 / (l^2 + 2 s^2)) with
+    rho_0 = +-l sqrt(l^2 + 4 s^2) / (l^2 + 2 s^2), signed as Eq. (2) times Eq. (3) (negative).
+
+    Parameters
+    ----------
+    radius_m
+        Distances r in metres.
+    params
+        The film.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        rho_Delta, rho_alpha, rho_cross at ``radius_m``.
+    """
+    r = np.asarray(radius_m, dtype=np.float64)
+    l_delta, l_alpha, l_cross, rho_0 = _ensemble_lengths(params)
+    return np.exp(-((r / l_delta) ** 2)), np.exp(-((r / l_alpha) ** 2)), rho_0 * np.exp(-((r / l_cross) ** 2))
+
+
+def true_correlation_figures(params: FilmParams) -> dict[str, float]:
+    """The 1/e lengths (nm) and rho_cross(0) of the film's process: the truth a map's figures estimate.
+
+    Returns
+    -------
+    dict
+        ``l_delta_nm``, ``l_alpha_nm``, ``l_cross_nm`` (where each function of
+        :func:`ensemble_correlations` falls to 1/e of its value at 0) and ``rho_cross_0``.
+    """
+    l_delta, l_alpha, l_cross, rho_0 = _ensemble_lengths(params)
+    return {"l_delta_nm": l_delta * 1e9, "l_alpha_nm": l_alpha * 1e9, "l_cross_nm": l_cross * 1e9, "rho_cross_0": rho_0}

@@ -115,7 +115,7 @@ OWNED_BENCHMARKS = ("analysis", "scan", "analyser", "campaign", "viewer")
 
 
 def test_one_bench_command_for_every_benchmark():
-    assert list(bench.BENCHMARKS) == [*OWNED_BENCHMARKS, "lab", "stream"]
+    assert list(bench.BENCHMARKS) == [*OWNED_BENCHMARKS, "lab", "stream", "convergence"]
     assert not [name for name in COMMANDS if name.startswith("bench") and name != "bench"]  # one spelling
 
 

@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "viewer": "frame rate of the control-room screen fed 1,000 results/s",
     "lab": "round trips to the simulated instruments through the real VISA stack",
     "stream": "run stream throughput, latency and loss (PUB/SUB, PUSH/PULL, high-water marks)",
+    "convergence": "correlation figures and their 90 % intervals while a map fills, raster vs progressive order",
 }
 
 

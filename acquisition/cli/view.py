@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the first stream message or for the files to load (default 10)",
     )
     parser.add_argument("--snapshot", type=Path, metavar="FILE.png", help="render offscreen to a PNG and exit")
-    parser.add_argument("--size", metavar="WIDTHxHEIGHT", help="window size in pixels (default 1800x1100)")
+    parser.add_argument("--size", metavar="WIDTHxHEIGHT", help="window size in pixels (default 1600x1000)")
     parser.add_argument(
         "--pixel",
         type=int,
@@ -98,9 +98,19 @@ def run(args: argparse.Namespace) -> int:
         )
     connect = None if args.connect is None else parse_endpoint(args.connect)
     # Qt only now: QT_QPA_PLATFORM must be set before it loads
-    from stslive.live.viewer.sources import DataSource, FileSource, StreamSource
-    from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
+    from stslive.live.viewer.archive_source import FileSource
+    from stslive.live.viewer.sources import DataSource
+    from stslive.live.viewer.stream_source import StreamSource
+    from stslive.live.viewer.window import (
+        DEFAULT_SIZE,
+        ControlRoomWindow,
+        check_window_size,
+        dispose,
+        qt_app,
+        render_snapshot,
+    )
 
+    size = check_window_size(*(size or DEFAULT_SIZE))  # refuses what no screen can show, in one line
     app = qt_app()
     source: DataSource
     if connect is not None:
@@ -110,11 +120,9 @@ def run(args: argparse.Namespace) -> int:
             connect, timeout_s=args.timeout, archive=args.archive, current=args.current, security=security
         )
     else:
-        source = FileSource(args.archive, analysis=args.analysis, current=args.current)
+        source = FileSource(args.archive, analysis=args.analysis, current=args.current, timeout_s=args.timeout)
     source.start()
-    window = ControlRoomWindow(source.model, source)
-    if size is not None:
-        window.resize(*size)
+    window = ControlRoomWindow(source.model, source, size=size)
     if args.snapshot is None:
         window.show()
         code = app.exec()

@@ -37,9 +37,9 @@ from stslive.acquisition.formats.documents import (
     decode,
 )
 from stslive.acquisition.formats.security import Security, secure_client
-from stslive.drivers.errors import ConfigError, StreamError
+from stslive.drivers.errors import ConfigError, StreamError, StsliveError
 
-__all__ = ["Gap", "RunSubscriber", "RunTracker", "missing_pixels", "recover_from_archive"]
+__all__ = ["Gap", "RunSubscriber", "RunTracker", "connect_socket", "missing_pixels", "recover_from_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,41 @@ class RunTracker:
         ]
 
 
+def connect_socket(
+    context: zmq.Context,
+    endpoint: str,
+    *,
+    kind: int = zmq.SUB,
+    topics: Iterable[bytes] = (),
+    hwm: int = 100_000,
+    security: Security | None = None,
+) -> zmq.Socket:
+    """A receiving socket (SUB with ``topics``, or PULL) connected to ``endpoint``, CURVE if ``security``.
+
+    The one place a consumer socket is set up: the run stream's :class:`RunSubscriber` and the
+    results stream's viewers. ``hwm`` is the receive high-water mark (messages); LINGER is 0.
+    A missing key file raises its ConfigError, a bad endpoint :class:`StreamError`; the socket
+    is closed on either.
+    """
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    if kind == zmq.SUB:
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+    try:
+        if security is not None:  # keys must be set before connect
+            secure_client(sock, security)
+        sock.connect(endpoint)
+    except ConfigError:  # a key file is missing or invalid: the message says how to make one
+        sock.close()
+        raise
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise StreamError(f"cannot connect to {endpoint!r}: {exc}") from exc
+    return sock
+
+
 class RunSubscriber:
     """Consumer of the run stream over SUB or PULL.
 
@@ -194,22 +229,13 @@ class RunSubscriber:
         topics = tuple(topics)
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
-        self._sock = self._ctx.socket(zmq.SUB if mode == "sub" else zmq.PULL)
-        self._sock.setsockopt(zmq.RCVHWM, hwm)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if mode == "sub":
-            for topic in topics:
-                self._sock.setsockopt(zmq.SUBSCRIBE, topic)
         try:
-            if security is not None:  # CURVE: keys must be set before connect
-                secure_client(self._sock, security)
-            self._sock.connect(endpoint)
-        except ConfigError:  # a key file is missing or invalid: the message says how to make one
-            self.close()
+            kind = zmq.SUB if mode == "sub" else zmq.PULL
+            self._sock = connect_socket(self._ctx, endpoint, kind=kind, topics=topics, hwm=hwm, security=security)
+        except StsliveError:
+            if self._own_context:
+                self._ctx.term()
             raise
-        except zmq.ZMQError as exc:
-            self.close()
-            raise StreamError(f"cannot connect to the run stream at {endpoint!r}: {exc}") from exc
         self.endpoint = endpoint
         self.mode = mode
         self.tracking = mode == "pull" or TOPIC_PREFIX in topics

@@ -101,7 +101,15 @@ def feed(model: ResultsModel, results: list[PixelResult], *, rate: float, stop: 
     return i
 
 
-def bench_viewer(*, nx: int, ny: int, rate: float, seconds: float, log: Callable[[str], None] = print) -> None:
+def bench_viewer(
+    *,
+    nx: int,
+    ny: int,
+    rate: float,
+    seconds: float,
+    size: tuple[int, int] | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
     """Redraw the window back to back for ``seconds`` (s) while ``rate`` results/s arrive; log the figures.
 
     Needs a Qt platform (``QT_QPA_PLATFORM=offscreen`` without a display).
@@ -114,7 +122,7 @@ def bench_viewer(*, nx: int, ny: int, rate: float, seconds: float, log: Callable
     if not (rate > 0 and seconds > 0):
         raise ConfigError(f"--rate {rate:g} and --seconds {seconds:g} must be > 0")
     # Qt only when the benchmark runs: the viewer tests import the synthetic maps without it
-    from stslive.live.viewer.window import ControlRoomWindow, qt_app
+    from stslive.live.viewer.window import DEFAULT_SIZE, ControlRoomWindow, qt_app
 
     app = qt_app()
     maps = synthetic_maps(ny, nx)
@@ -122,7 +130,8 @@ def bench_viewer(*, nx: int, ny: int, rate: float, seconds: float, log: Callable
     model = ResultsModel(ny, nx, pixel_nm=1.0)
     model.set_snapshot(snapshot_of(maps["delta_eV"], maps["alpha"], pixel_nm=1.0))
     model.update_status(state="running")
-    window = ControlRoomWindow(model, refresh_hz=1000.0)  # timer never the limit: measure the redraw
+    size = size or DEFAULT_SIZE  # the screen's window unless asked (before/after comparisons: the same)
+    window = ControlRoomWindow(model, refresh_hz=1000.0, size=size)  # timer never the limit: measure the redraw
     window.timer.stop()
     window.show()
     durations, changed = [], 0
@@ -144,7 +153,7 @@ def bench_viewer(*, nx: int, ny: int, rate: float, seconds: float, log: Callable
     worker.join()
     d = np.array(durations, dtype=np.float64) * 1e3
     fed = int(model.status().n_measured)
-    log(f"grid {nx}x{ny}, feeding {rate:.0f} pixels/s for {elapsed:.1f} s: {fed} pixels applied")
+    log(f"grid {nx}x{ny}, window {size[0]}x{size[1]}: {rate:.0f} pixels/s for {elapsed:.1f} s, {fed} applied")
     log(
         f"frames (refresh + full repaint, back to back): {len(d)} = {len(d) / elapsed:.1f} fps, "
         f"{changed / elapsed:.1f} fps with new pixels"

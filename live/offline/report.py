@@ -11,6 +11,12 @@ alpha_mean, alpha_std       same for the AA exponent alpha
 l_delta_nm, l_alpha_nm,     1/e correlation lengths (Appendix A; cross on |profile|)
 l_cross_nm
 l_*_noise_nm, noise_band_*  "falls into the noise" lengths and the bands used (live.correlations)
+l_*_fit_nm                  Gaussian-fit lengths, the statistic the intervals are built on
+*_corrected, *_ci90         the film process's l_*_nm and rho_cross_0: bias-corrected, 90 % interval
+                            [low, high] (high null beside a low: no upper bound)
+correlation_pixels          valid pixels the correlations use
+correlation_pixel_fraction  and their fraction of the grid (warnings: below one half)
+warnings                    why the correlation figures and the Eq. (2)/(3) figures may mislead
 rho_cross_0                 Delta-alpha cross-correlation at zero shift (paper: -0.55)
 rho_delta_topo_0            Delta-topography cross-correlation at zero shift (null: no topography)
 sigma_rho_ohm               sheet-resistance spread from alpha_std and l_alpha, paper Eq. (2)
@@ -86,7 +92,9 @@ def ground_truth_errors(
     if "alpha_def" in truth and valid.any():
         out["alpha_rms_error"] = float(np.sqrt(np.mean((alpha[valid] - truth["alpha_def"][valid]) ** 2)))
     if "delta_model" in truth and "alpha_model" in truth:
-        model = correlation_report(truth["delta_model"], truth["alpha_model"], pixel_size_m=pixel_size_m)
+        model = correlation_report(
+            truth["delta_model"], truth["alpha_model"], pixel_size_m=pixel_size_m, intervals=False
+        )
         out["true_maps"] = {k: model[k] for k in ("l_delta_nm", "l_alpha_nm", "l_cross_nm", "rho_cross_0")}
     return out
 

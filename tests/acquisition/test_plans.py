@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.formats.runmodel import GridGeometry
-from stslive.acquisition.plans import grid_plan, line_plan, point_plan
+from stslive.acquisition.plans import grid_plan, line_plan, point_plan, progressive_order
 from stslive.drivers.errors import ConfigError
 
 
@@ -54,3 +54,36 @@ def test_bad_plans_raise() -> None:
         point_plan([0.0], [0.0, 1.0])
     with pytest.raises(ConfigError, match="not part"):
         point_plan([0.0], [0.0]).at(0, 3)
+
+
+@pytest.mark.parametrize(("nx", "ny"), [(1, 1), (9, 1), (1, 6), (7, 5), (64, 48), (300, 250)])
+def test_progressive_order_measures_every_pixel_once(nx: int, ny: int) -> None:
+    order = progressive_order(nx, ny)
+    assert order.shape == (nx * ny, 2) and order.dtype == np.int64
+    assert np.array_equal(np.sort(order[:, 0] * nx + order[:, 1]), np.arange(nx * ny))
+
+
+def test_progressive_order_refines_a_coarse_lattice_level_by_level() -> None:
+    order = progressive_order(300, 250)  # shorter side 250: coarsest spacing 32 (a quarter is 62)
+    done = 0
+    for spacing in (32, 16, 8, 4, 2, 1):
+        lattice = {(iy, ix) for iy in range(0, 250, spacing) for ix in range(0, 300, spacing)}
+        level = order[done : len(lattice)]
+        # after each level the measured pixels are exactly the lattice of its spacing: the whole frame
+        assert {tuple(p) for p in order[: len(lattice)].tolist()} == lattice
+        # serpentine within the level: rows top to bottom, one lattice step along a row, every other row reversed
+        rows = np.unique(level[:, 0])
+        assert np.all(np.diff(level[:, 0]) >= 0)
+        for k, row in enumerate(rows):
+            cols = level[level[:, 0] == row, 1]
+            steps = np.diff(cols)
+            assert np.all(steps < 0) if k % 2 else np.all(steps > 0)
+            assert np.all(np.abs(steps) <= 2 * spacing)  # one step, two where the coarser level holds the pixel
+        done = len(lattice)
+    assert done == 300 * 250
+
+
+@pytest.mark.parametrize(("nx", "ny"), [(0, 5), (5, -1), (2.5, 4), (True, 3)])
+def test_progressive_order_refuses_a_bad_grid(nx: object, ny: object) -> None:
+    with pytest.raises(ConfigError, match="nx, ny >= 1"):
+        progressive_order(nx, ny)  # type: ignore[arg-type]

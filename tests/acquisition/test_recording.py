@@ -82,7 +82,7 @@ def test_other_hdf5_files_are_told_apart(tmp_path: Path, shared_data: Path) -> N
 
 
 def test_viewer_archive_spectra_refuse_a_grid_with_a_hint(shared_data: Path) -> None:
-    from stslive.live.viewer.sources import ArchiveSpectra
+    from stslive.live.viewer.archive_source import ArchiveSpectra
 
     with pytest.raises(FileFormatError, match="stslive analyse"):
         ArchiveSpectra(shared_data / "nanonis-sim-grid-5x6.3ds")

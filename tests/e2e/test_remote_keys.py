@@ -32,7 +32,7 @@ from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.acquisition.jobs.mocklab import mock_lab_config
 from stslive.acquisition.scan import run_scan
 from stslive.drivers.errors import InstrumentTimeout, StreamError
-from stslive.live.viewer.sources import StreamSource
+from stslive.live.viewer.stream_source import StreamSource
 from stslive.mocks.lab import MockLab
 from stslive.mocks.lab_servers import LabServers
 

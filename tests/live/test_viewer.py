@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 
@@ -12,15 +11,16 @@ import pytest
 pytest.importorskip("PySide6")
 
 from pyqtgraph.Qt import QtCore, QtGui
+from screen_data import create_archive  # this folder's archive helper
 
 from stslive.acquisition.cli import main
-from stslive.acquisition.formats.archive import ArchiveWriter
-from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.acquisition.jobs.bench_viewer import snapshot_of, synthetic_maps
 from stslive.live import results_io as rio
 from stslive.live.results import FlagKind, PixelResult, ResultsModel
-from stslive.live.viewer.sources import SpectrumFetcher, StreamSource
-from stslive.live.viewer.window import ControlRoomWindow, dispose, qt_app, render_snapshot
+from stslive.live.viewer.scan_state import ScanFrame
+from stslive.live.viewer.sources import SpectrumFetcher
+from stslive.live.viewer.stream_source import StreamSource
+from stslive.live.viewer.window import qt_app, render_snapshot
 
 NY, NX, NPTS = 24, 32, 401
 BIAS = np.linspace(-0.04, 0.04, NPTS)
@@ -38,6 +38,8 @@ class FakeSource:
 
     def __init__(self, model: ResultsModel, *, sleep_s: float = 0.0) -> None:
         self.model = model
+        self.scan = None  # no acquisition record: the model alone
+        self.frame = ScanFrame.from_pixel_size(model.pixel_nm)
         self.reads = 0
 
         def reader(iy: int, ix: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,23 +77,6 @@ def synthetic_model(ny: int = NY, nx: int = NX) -> ResultsModel:
     return model
 
 
-@pytest.fixture
-def window_factory():
-    qt_app()
-    made = []
-
-    def make(model: ResultsModel, source=None, **kw) -> ControlRoomWindow:
-        w = ControlRoomWindow(model, source, **kw)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        dispose(w)
-    made.clear()  # drop the wrappers while the interpreter runs
-    gc.collect()
-
-
 def test_window_builds_and_follows_the_model(window_factory):
     model = ResultsModel(NY, NX, pixel_nm=1.0)
     w = window_factory(model)
@@ -111,7 +96,7 @@ def test_window_builds_and_follows_the_model(window_factory):
     np.testing.assert_allclose(w.alpha_map.image.image, maps["alpha"])
     assert "Δ 1.2" in w.delta_hist.widget.getPlotItem().titleLabel.text
     assert w.corr.curves["cross"].getData()[1][0] == pytest.approx(model.snapshot.rho_cross[0])
-    assert w.status_panel.progress.value() == 1000
+    assert w.banner.progress.value() == 1000
 
 
 def test_click_shows_the_spectrum_with_peaks_and_fits(window_factory):
@@ -200,16 +185,6 @@ def test_stream_source_follows_a_publisher(window_factory):
 
 
 def make_archive(path, *, rows: int, z_m: np.ndarray | None = None) -> None:
-    geo = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=NX * 1e-9, height_m=NY * 1e-9, nx=NX, ny=NY)
-    sp = SetpointSet(
-        id=0,
-        name="spec",
-        bias_setpoint_V=-0.01,
-        current_setpoint_A=150e-12,
-        sweep_start_V=-0.04,
-        sweep_end_V=0.04,
-        n_points=NPTS,
-    )
     maps = synthetic_maps(NY, NX, seed=1, length_px=3.0)
     spectra = np.empty((rows, NX, 2, NPTS), np.float32)
     spectra[..., 0, :] = BIAS
@@ -217,16 +192,7 @@ def make_archive(path, *, rows: int, z_m: np.ndarray | None = None) -> None:
         for ix in range(NX):
             spectra[iy, ix, 1] = bcs_current(float(maps["delta_eV"][iy, ix]), float(maps["alpha"][iy, ix]))
     t = 1.7e9 + np.arange(rows * NX, dtype=np.float64).reshape(rows, NX) * 2.0
-    with ArchiveWriter.create(
-        path,
-        geometry=geo,
-        channel_names=["Bias (V)", "Current (A)"],
-        n_points=NPTS,
-        setpoint_sets=[sp],
-        start_doc={},
-        bias=BIAS,
-        swmr=False,
-    ) as writer:
+    with create_archive(path, ny=NY, nx=NX, bias=BIAS) as writer:
         writer.write_block(
             slice(0, rows),
             slice(0, NX),
@@ -257,7 +223,7 @@ def test_view_snapshot_cli_writes_png_of_the_size(tmp_path, capsys):
 
 
 def test_file_source_without_analysis_says_so(tmp_path, window_factory):
-    from stslive.live.viewer.sources import FileSource
+    from stslive.live.viewer.archive_source import FileSource
 
     run = tmp_path / "RUN.h5"
     make_archive(run, rows=10)
@@ -266,19 +232,21 @@ def test_file_source_without_analysis_says_so(tmp_path, window_factory):
     source.start()
     assert source.loaded.wait(10)
     assert "no analysis file yet" in source.status_text() and calls == [run]
-    st = source.model.status()
+    st = source.scan.view()  # what was measured: the scan state, not the (empty) results
     assert st.n_measured == 10 * NX and st.pixels_per_hour == pytest.approx(1800.0)
     w = window_factory(source.model, source)
     data = source.fetch_spectrum_now(2, 3)
     w.spectrum.show(data)
-    assert data.bias_V.size == NPTS and data.result is not None and np.isnan(data.result.delta_eV)
+    # measured, not analysed: the raw spectrum, no result (the model holds results only)
+    assert data.bias_V.size == NPTS and data.result is None
+    assert "not analysed yet" in w.spectrum.gap.getPlotItem().titleLabel.text
     png = render_snapshot(w, tmp_path / "partial.png")
     assert png.stat().st_size > 10_000
 
 
 def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory):
     from stslive.acquisition.formats.recording import TOPO_FROM_Z
-    from stslive.live.viewer.sources import FileSource
+    from stslive.live.viewer.archive_source import FileSource
 
     iy, ix = np.mgrid[0:NY, 0:NX]
     relief = 2e-10 * np.sin(ix / 2.0) * np.cos(iy / 3.0)
@@ -299,12 +267,13 @@ def test_topography_panel_shows_measured_z_without_tilt(tmp_path, window_factory
     assert w.topo_map.image.image is not None and np.nanmax(np.abs(w.topo_map.image.image)) < 0.3  # nm
     # the view is the map (no empty axis range) and y points up (row 0 at the bottom)
     (x0, x1), (y0, y1) = w.delta_map.plot.vb.viewRange()
+    left, bottom = -NX / 2, -NY / 2  # scan coordinates: the grid is centred on (0, 0) nm
     assert not w.delta_map.plot.vb.yInverted()
-    assert x0 >= -0.5 and x1 <= NX + 0.5 and y0 >= -0.5 and y1 <= NY + 0.5
+    assert x0 >= left - 0.5 and x1 <= left + NX + 0.5 and y0 >= bottom - 0.5 and y1 <= bottom + NY + 0.5
 
 
 def test_topography_title_says_none_without_z(tmp_path, window_factory):
-    from stslive.live.viewer.sources import FileSource
+    from stslive.live.viewer.archive_source import FileSource
 
     run = tmp_path / "RUN.h5"
     make_archive(run, rows=4)  # z_m never read: NaN
@@ -318,7 +287,7 @@ def test_topography_title_says_none_without_z(tmp_path, window_factory):
 
 
 def test_fits_drawn_only_over_the_sweep():
-    from stslive.live.viewer.panels import fit_bias_range
+    from stslive.live.viewer.spectrum_panels import fit_bias_range
 
     narrow = np.linspace(-0.02, 0.02, 201)
     v = fit_bias_range(narrow, sign=1.0)
