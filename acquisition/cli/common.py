@@ -30,7 +30,6 @@ def parse_grid(
     option: str = "--grid",
     what: str = "columns x rows",
     minimum: tuple[int, int] = (1, 1),
-    maximum: tuple[int, int] | None = None,
     example: str = "300x250",
 ) -> tuple[int, int]:
     """``"NXxNY"`` (columns x rows, as a scan is described: ``300x250``) -> ``(nx, ny)``.
@@ -45,26 +44,20 @@ def parse_grid(
         What the two numbers are, for the message (``"width x height in pixels"`` for a window).
     minimum
         Smallest ``(nx, ny)`` accepted.
-    maximum
-        Largest ``(nx, ny)`` accepted (None: no bound here; a grid's memory and disk are checked
-        by :func:`require_film`).
     example
         A valid value, for the message.
 
     Raises
     ------
     ConfigError
-        Not two whole numbers separated by ``x``, or below ``minimum``, or above ``maximum``.
+        Not two whole numbers separated by ``x``, or below ``minimum`` (a grid's memory and disk
+        are checked by :func:`require_film`).
     """
     match = _SIZE.fullmatch(text)
-    size = (int(match[1]), int(match[2])) if match else (0, 0)
-    low = size[0] < minimum[0] or size[1] < minimum[1]
-    high = maximum is not None and (size[0] > maximum[0] or size[1] > maximum[1])
-    if not match or low or high:
+    if not match or int(match[1]) < minimum[0] or int(match[2]) < minimum[1]:
         least = "" if minimum == (1, 1) else f", at least {minimum[0]}x{minimum[1]}"
-        most = "" if maximum is None else f", at most {maximum[0]}x{maximum[1]}"
-        raise ConfigError(f"{option} {text!r}: give {what}{least}{most}, e.g. {example}")
-    return size
+        raise ConfigError(f"{option} {text!r}: give {what}{least}, e.g. {example}")
+    return int(match[1]), int(match[2])
 
 
 def require_film(

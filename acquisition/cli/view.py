@@ -23,9 +23,6 @@ from stslive.drivers.errors import ConfigError
 
 #: Smallest window (px) the screen can be drawn in.
 MIN_SIZE = (400, 300)
-#: Largest window (px): an 8K screen. Far larger sizes crash Qt's raster engine (a segfault, not
-#: an error) when the snapshot is drawn.
-MAX_SIZE = (7680, 4320)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,12 +86,7 @@ def run(args: argparse.Namespace) -> int:
     size = None
     if args.size is not None:
         size = parse_grid(
-            args.size,
-            option="--size",
-            what="width x height in pixels",
-            minimum=MIN_SIZE,
-            maximum=MAX_SIZE,
-            example="1800x1100",
+            args.size, option="--size", what="width x height in pixels", minimum=MIN_SIZE, example="1800x1100"
         )
     connect = None if args.connect is None else parse_endpoint(args.connect)
     # Qt only now: QT_QPA_PLATFORM must be set before it loads
