@@ -34,6 +34,7 @@ from stslive.acquisition.pixel import Instruments, MeasuredPixel, PixelProcedure
 from stslive.acquisition.plans import Plan, PlanPoint
 from stslive.acquisition.progress import RateMeter, RunProgress
 from stslive.acquisition.state import CommandRefused, RunStateMachine
+from stslive.acquisition.stop_rule import StopRuleWatch
 from stslive.acquisition.suspenders import TemperatureSuspender
 from stslive.drivers.errors import InstrumentError, StsliveError, SweepStopped
 
@@ -60,6 +61,7 @@ class RunStats:
     measured: int = 0
     failed: int = 0
     retries: int = 0
+    settle_s: list[float] = field(default_factory=list)
     overhead_s: list[float] = field(default_factory=list)
     work_s: list[float] = field(default_factory=list)
     phase_s: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in OVERHEAD_PHASES})
@@ -138,11 +140,14 @@ class ScanEngine:
         self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self.rate = RateMeter()
         self._t_started: float | None = None
+        self._last_xy: tuple[float, float] | None = None  # where the last move went (m)
+        self.stop_rule = StopRuleWatch(config.stop, context=context)
         self.machine = RunStateMachine(
             self._set_order,
             validate_pixel=self._validate_remeasure,
             on_change=self._on_change,
-            progress=lambda: self.progress().to_dict(),
+            report=lambda: {"progress": self.progress().to_dict(), "stop_rule": self.stop_rule.status()},
+            stop_rule=config.stop,
         )
         sus = config.suspender
         self.suspender = TemperatureSuspender(sus["min_K"], sus["max_K"], sus["hold_s"]) if sus["enabled"] else None
@@ -178,6 +183,7 @@ class ScanEngine:
             rate_px_s=self.rate.rate(),
             elapsed_s=elapsed,
             pause_reasons=tuple(sorted(self.machine.pause_reasons)),
+            flagged=self.stop_rule.flagged,
         )
 
     # -- the run -------------------------------------------------------------------------------
@@ -202,6 +208,7 @@ class ScanEngine:
         try:
             while self.machine.state in ("running", "paused"):
                 self._drain_log()
+                self._check_stop_rule()
                 if self.machine.state == "paused":
                     self._while_paused()
                 else:
@@ -225,6 +232,7 @@ class ScanEngine:
                 log.error("the run log's stop line could not be written: %s", exc)
             stop = self.publisher.stop(status, reason=self.machine.reason)  # type: ignore[arg-type]
             self._write_stop_document(stop.to_dict())
+            self.stop_rule.close()
             if self.control is not None:
                 self.control.close()
         return status
@@ -233,6 +241,7 @@ class ScanEngine:
         """``/entry/documents/stop``: the stream's stop document and the run's figures at its end."""
         segment = self._start_fields.get("metadata", {}).get("segment", 0)
         doc = {**stop, "time": time.time(), "segment": segment, "progress": self.progress().to_dict()}
+        doc["stop_rule"] = self.stop_rule.status()
         try:
             self.writer.write_document("stop", doc)
         except (StsliveError, OSError) as exc:
@@ -257,6 +266,7 @@ class ScanEngine:
             self.machine.suspend("temperature", kelvin=temperature)
             return
         sp = self._set_for(point)
+        self.procedure.move_settle_s = self._settle_for(point)
         result, error, attempts = self._measure(point, sp, temperature)
         self._record_deferred()  # if no sweep ran (failures before it), the waiting pixel goes now
         if result is not None:
@@ -424,6 +434,37 @@ class ScanEngine:
     def _is_deferred(self, point: PlanPoint) -> bool:
         waiting = self._deferred[0] if self._deferred is not None else None
         return waiting is not None and (waiting.iy, waiting.ix) == (point.iy, point.ix)
+
+    def _settle_for(self, point: PlanPoint) -> float:
+        """Wait after the move to ``point`` (s): ``move_settle_s`` plus ``move_settle_per_nm_s`` per nm of
+        the move, as piezo creep grows with the jump; the first move of a run, from wherever the tip
+        was, counts as half the frame's diagonal."""
+        g = self.plan.geometry
+        x0, y0 = (
+            self._last_xy
+            if self._last_xy is not None
+            else (point.x_m, point.y_m + math.hypot(g.width_m, g.height_m) / 2)
+        )
+        self._last_xy = (point.x_m, point.y_m)
+        settle = (
+            self._opts["move_settle_s"]
+            + self._opts["move_settle_per_nm_s"] * math.hypot(point.x_m - x0, point.y_m - y0) * 1e9
+        )
+        self.stats.settle_s.append(settle)
+        return settle
+
+    def _check_stop_rule(self) -> None:
+        """A new rule from the control socket, then the latest snapshot against the rule in force."""
+        table = self.machine.pop_stop_rule()
+        if table is not None:
+            self.stop_rule.replace(table)
+        met = self.stop_rule.poll()
+        if met is None:
+            return
+        if self.stop_rule.rule.action == "stop":
+            self.machine.conclude(met.reason, stop_rule=met.to_dict())
+        else:
+            self.machine.suspend("stop_rule", stop_rule=met.to_dict())
 
     def _set_for(self, point: PlanPoint) -> SetpointSet:
         if self._opts["setpoint_mode"] == "alternate":

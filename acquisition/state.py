@@ -25,6 +25,7 @@ status      -                             nothing; the reply carries the state a
 pause       -                             pause after the pixel in progress
 resume      -                             clear the user/failure/stop-rule pause reasons
 abort       reason: str (optional)        stop after the pixel in progress (exit abort)
+stop_rule   keys of the [stop] table      change the stop rule (results '' turns it off)
 remeasure   pixels: [[iy, ix], ...],      measure these cells next; a measured cell's
             reason: str (optional)        spectrum is replaced, the old record logged
 set         setpoint_set: int             make this set the active one (single mode)
@@ -40,7 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stslive.acquisition.formats.documents import RUN_STATES as STATES
-from stslive.drivers.errors import StsliveError
+from stslive.acquisition.stop_rule import StopRule
+from stslive.drivers.errors import ConfigError, StsliveError
 
 #: Reason recorded for a re-measure when the command gives none.
 DEFAULT_REMEASURE_REASON = "remeasure command"
@@ -75,8 +77,10 @@ class RunStateMachine:
         Called with ``(iy, ix)`` for remeasure requests; raises CommandRefused to refuse one.
     on_change
         Called (outside the lock) with ``(event, fields)`` after every transition, for the run log.
-    progress
-        Returns the run's figures (a JSON-safe map) for the ``status`` reply; None: no figures.
+    report
+        Returns more of the run (a JSON-safe map: progress, stop rule) for every reply; None: none.
+    stop_rule
+        The stop rule's ``[stop]`` table in force; the ``stop_rule`` command changes it.
     """
 
     def __init__(
@@ -85,7 +89,8 @@ class RunStateMachine:
         *,
         validate_pixel: Callable[[int, int], None] | None = None,
         on_change: Callable[[str, dict[str, Any]], None] | None = None,
-        progress: Callable[[], dict[str, Any]] | None = None,
+        report: Callable[[], dict[str, Any]] | None = None,
+        stop_rule: Mapping[str, Any] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -99,7 +104,9 @@ class RunStateMachine:
         self._remeasure_reason: dict[tuple[int, int], str] = {}
         self._validate_pixel = validate_pixel or (lambda iy, ix: None)
         self._on_change = on_change or (lambda event, fields: None)
-        self._progress = progress
+        self._report = report
+        self._stop_rule = dict(stop_rule or {})
+        self._stop_rule_changed = False
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self.exit_status = ""
         self.reason = ""
@@ -132,6 +139,14 @@ class RunStateMachine:
                 return None
             cell = self._remeasure.popleft()
             return cell, self._remeasure_reason.pop(cell, DEFAULT_REMEASURE_REASON)
+
+    def pop_stop_rule(self) -> dict[str, Any] | None:
+        """The stop rule's table if the ``stop_rule`` command changed it since the last call, else None."""
+        with self._lock:
+            if not self._stop_rule_changed:
+                return None
+            self._stop_rule_changed = False
+            return dict(self._stop_rule)
 
     def wait_change(self, timeout_s: float) -> None:
         """Block until a transition or command, at most ``timeout_s`` (the paused loop's sleep)."""
@@ -172,13 +187,13 @@ class RunStateMachine:
                 self._set_state("stopping", "stopping", exit_status="success", reason=PLAN_DONE)
         self._flush()
 
-    def conclude(self, reason: str) -> None:
+    def conclude(self, reason: str, **fields: Any) -> None:
         """End the run before the plan does, as a success (the stop rule met): -> stopping."""
         with self._lock:
             if self._state in ("running", "paused"):
                 self.exit_status, self.reason = "success", reason
                 self._reasons.clear()
-                self._set_state("stopping", "stopping", exit_status="success", reason=reason)
+                self._set_state("stopping", "stopping", exit_status="success", reason=reason, **fields)
         self._flush()
 
     def finish(self) -> None:
@@ -220,8 +235,8 @@ class RunStateMachine:
             }
             if self._reason_text():
                 reply["reason"] = self.reason
-        if self._progress is not None:
-            reply["progress"] = self._progress()
+        if self._report is not None:
+            reply.update(self._report())
         return reply
 
     def _reason_text(self) -> str:
@@ -284,6 +299,15 @@ class RunStateMachine:
             self._active = int(set_id)
             self._log("setpoint_set_changed", setpoint_set=self._active)
 
+    def _cmd_stop_rule(self, args: Mapping[str, Any]) -> None:
+        table = {**self._stop_rule, **args}
+        try:
+            StopRule.from_table(table)
+        except ConfigError as exc:
+            raise CommandRefused(f"stop_rule: {exc}") from None
+        self._stop_rule, self._stop_rule_changed = table, True
+        self._log("stop_rule_set", **table)
+
     def _cmd_status(self, args: Mapping[str, Any]) -> None:
         _no_args("status", args)
 
@@ -328,4 +352,5 @@ COMMANDS: dict[str, Command] = {
         _ACTIVE, RunStateMachine._cmd_remeasure, "queue pixels [[iy, ix], ...] to measure (again) next"
     ),
     "set": Command(_ACTIVE, RunStateMachine._cmd_set, "make set-point set ID the active one"),
+    "stop_rule": Command(_ACTIVE, RunStateMachine._cmd_stop_rule, "change the stop rule ([stop] keys)"),
 }

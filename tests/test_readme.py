@@ -199,7 +199,7 @@ def test_theory_and_keys_as_written(readme_lines: tuple[str, ...], tmp_path: Pat
 @pytest.fixture
 def lab_folder(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     """A simulated lab in this process and ``run.toml`` over it; yields (folder, README port -> free port)."""
-    lab = MockLab.from_seed(seed=2, ny=6, nx=8, speed=0)
+    lab = MockLab.from_seed(seed=2, ny=6, nx=8, speed=1)  # real time: 401 points x 0.1 ms, a run of ~2 s
     ports = {":5556": f":{free_port()}", ":5557": f":{free_port()}", ":5560": f":{free_port()}"}
     with LabServers.start(lab) as servers:
         config = mock_lab_config(
@@ -210,7 +210,9 @@ def lab_folder(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
             n_points=401,
             stream={"pub": f"tcp://127.0.0.1{ports[':5556']}", "control": f"tcp://127.0.0.1{ports[':5557']}"},
         )
-        (tmp_path / "run.toml").write_text(toml_text(config.to_dict()), encoding="utf-8")
+        doc = config.to_dict()
+        doc["setpoint_set"][0]["integration_s"] = 1e-4
+        (tmp_path / "run.toml").write_text(toml_text(doc), encoding="utf-8")
         ports["SCAN-PC"] = "127.0.0.1"
         yield tmp_path, ports
 

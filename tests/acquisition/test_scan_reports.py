@@ -162,7 +162,7 @@ def free_port() -> int:
 @pytest.fixture
 def lab_config(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A run config over a running simulated lab (fixed free control port); yields (TOML path, control endpoint)."""
-    lab = MockLab.from_seed(seed=5, ny=NY, nx=NX, speed=0)
+    lab = MockLab.from_seed(seed=5, ny=NY, nx=NX, speed=1)  # real time: 101 points x 1 ms, a run of ~3 s
     control = f"tcp://127.0.0.1:{free_port()}"
     with LabServers.start(lab) as servers:
         config = mock_lab_config(
@@ -173,8 +173,10 @@ def lab_config(tmp_path: Path) -> Iterator[tuple[Path, str]]:
             n_points=POINTS,
             stream={"control": control, "pub": "tcp://127.0.0.1:0"},
         )
+        doc = config.to_dict()
+        doc["setpoint_set"][0]["integration_s"] = 1e-3
         path = tmp_path / "run.toml"
-        path.write_text(toml_text(config.to_dict()), encoding="utf-8")
+        path.write_text(toml_text(doc), encoding="utf-8")
         yield path, control
 
 
