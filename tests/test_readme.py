@@ -315,3 +315,9 @@ def test_bench_analysis_at_a_small_size(tmp_path: Path) -> None:
     """The README's ``stslive bench analysis --grid 300x250 --sample 300`` (44 s) at a small grid."""
     out = stslive("stslive bench analysis --grid 12x8 --sample 12", tmp_path)
     assert "spectra/s" in out
+
+
+def test_the_run_config_key_table_is_the_codes() -> None:
+    from stslive.acquisition.config import keys_table
+
+    assert keys_table() in README.read_text(encoding="utf-8")
