@@ -174,6 +174,19 @@ def stslive(line: str, cwd: Path, *, ports: dict[str, str] | None = None, timeou
     return proc.stdout
 
 
+def start(line: str, cwd: Path, ports: dict[str, str]) -> subprocess.Popen[str]:
+    """A README line started as a process (a service, or a scan to steer), its ports replaced."""
+    argv = shlex.split(_with_ports(line, ports))
+    return subprocess.Popen(
+        [sys.executable, "-m", "stslive.acquisition.cli", *argv[1:]],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+
+
 def _with_ports(line: str, ports: dict[str, str] | None) -> str:
     for old, new in (ports or {}).items():
         line = line.replace(old, new)
@@ -243,11 +256,7 @@ def test_a_real_lab_as_written(readme_lines: tuple[str, ...], lab_folder: tuple[
     folder, ports = lab_folder
     assert "nanonis" in stslive(instruments, folder, ports=ports).lower()
     assert "estimate 48 pixels" in stslive(check, folder, ports=ports)
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    module = [sys.executable, "-m", "stslive.acquisition.cli"]
-    running = subprocess.Popen(
-        [*module, *shlex.split(scan)[1:]], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    running = start(scan, folder, ports)
     try:
         _pause_when_running(f"tcp://127.0.0.1{ports[':5557']}")
         said = stslive(status, folder, ports=ports)
@@ -258,25 +267,11 @@ def test_a_real_lab_as_written(readme_lines: tuple[str, ...], lab_folder: tuple[
     finally:
         if running.poll() is None:
             running.kill()
-    follower = subprocess.Popen(
-        [*module, *shlex.split(_with_ports(analyser, ports))[1:]],
-        cwd=folder,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    follower = start(analyser, folder, ports)
     screen = None
     try:
         assert follower.stdout is not None and "results on" in follower.stdout.readline()
-        screen = subprocess.Popen(
-            [*module, *shlex.split(_with_ports(view, ports))[1:]],
-            cwd=folder,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        screen = start(view, folder, ports)
         summary = stslive(resume, folder, ports=ports)  # the rest of the run, followed by both
         assert "48 of 48 pixels measured" in summary and "exit success" in summary
         deadline = time.monotonic() + 60
