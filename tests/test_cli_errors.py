@@ -131,6 +131,17 @@ def test_a_second_mock_lab_names_the_port_the_first_holds(tmp_path: Path) -> Non
         first.communicate(timeout=30)
 
 
+def test_a_replay_nobody_receives_is_an_error_not_a_success(tmp_path: Path) -> None:
+    from stslive.acquisition.jobs.simulate import write_film_archive
+    from stslive.mocks.film import FilmParams, make_film
+
+    write_film_archive(make_film(FilmParams(ny=2, nx=3, seed=0, n_points=101)), tmp_path / "run.h5")
+    blind = stslive("replay", "run.h5", "--bind", "tcp://127.0.0.1:0", "--wait-subscribers", "0", cwd=tmp_path)
+    assert "nobody received the run: no subscriber on tcp://127.0.0.1:" in one_error_line(blind, "replay")
+    waited = stslive("replay", "run.h5", "--bind", "tcp://127.0.0.1:0", "--wait-timeout", "0.5", cwd=tmp_path)
+    assert "only 0 of 1 subscription(s) reached" in one_error_line(waited, "replay")
+
+
 def test_the_screen_without_a_display_says_so(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     proc = stslive("view", "run.h5", cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
