@@ -7,8 +7,10 @@ run log between pixels. Per pixel: temperature -> suspender -> measure (bounded 
 the next pixel's sweep; whatever else is written first records the waiting pixel, so archive and
 stream keep the pixel order. A pixel is archived complete and flagged or not at all; one that
 still fails is recorded with its reason, never as data, and ``max_consecutive_failures`` in a row
-pause the run. A re-measured pixel's old record is logged before its spectrum is replaced.
-See docs/architecture.md ("The scan engine").
+pause the run. A re-measured pixel's old record is logged before its spectrum is replaced. The
+wait after a move grows with its length; between pixels the stop rule (``stop_rule.py``) may end
+or pause the run; :meth:`ScanEngine.progress` gives the figures the status reply, the progress
+line and the archive's stop document show. See docs/architecture.md ("The scan engine").
 """
 
 from __future__ import annotations
