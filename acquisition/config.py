@@ -23,6 +23,8 @@ from typing import Any
 
 from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
 from stslive.acquisition.preflight import setpoint_findings
+from stslive.acquisition.stop_rule import DEFAULTS as STOP
+from stslive.acquisition.stop_rule import StopRule
 from stslive.drivers.errors import ConfigError
 from stslive.drivers.protocols import CURRENT_CHANNEL, LOCKIN_X_CHANNEL
 from stslive.drivers.tomlfile import check_keys, read_toml
@@ -79,6 +81,9 @@ RUN_CONFIG_KEYS: dict[str, dict[str, Key]] = {
             "controller signals recorded by each sweep (archive channels are 'Bias (V)' then these)",
         ),
         "move_settle_s": Key("float", 0.0, "wait after moving the tip, feedback on (s)"),
+        "move_settle_per_nm_s": Key(
+            "float", 0.0, "more wait per nm of the move, for piezo creep after long jumps (s/nm); 0 = none"
+        ),
         "tip_speed_m_per_s": Key(
             "float", 100e-9, "Follow-Me speed of the tip (m/s); used only to estimate the run time"
         ),
@@ -131,7 +136,11 @@ RUN_CONFIG_KEYS: dict[str, dict[str, Key]] = {
         "nx": Key("int", _REQUIRED, "pixels per row"),
         "ny": Key("int", _REQUIRED, "rows"),
         "angle_deg": Key("float", 0.0, "rotation, counter-clockwise (deg)"),
-        "order": Key("str", "raster", "'raster' or 'serpentine'"),
+        "order": Key(
+            "str",
+            "raster",
+            "'raster', 'serpentine' or 'progressive' (a coarse lattice first, then refinements: the whole frame early)",
+        ),
     },
     "line": {
         "start_x_m": Key("float", _REQUIRED, "first point x (m)"),
@@ -159,6 +168,13 @@ RUN_CONFIG_KEYS: dict[str, dict[str, Key]] = {
             "endpoints may be beyond loopback; '' = no keys, loopback only",
         ),
     },
+    "stop": {
+        "results": Key("str", STOP["results"], "the analyser's results endpoint the stop rule reads; '' = no rule"),
+        "figures": Key("list[str]", STOP["figures"], "figures whose 90 % intervals must be narrow"),
+        "max_relative_width": Key("float", STOP["max_relative_width"], "largest (high - low) / |estimate|"),
+        "action": Key("str", STOP["action"], "'stop' (exit success) or 'pause' (for the operator) when met"),
+        "min_pixels": Key("int", STOP["min_pixels"], "not before this many pixels were analysed"),
+    },
     "suspender": {
         "enabled": Key("bool", False, "pause while the temperature is outside [min_K, max_K]"),
         "min_K": Key("float", 0.0, "lower edge of the allowed band (K)"),
@@ -169,7 +185,7 @@ RUN_CONFIG_KEYS: dict[str, dict[str, Key]] = {
 }
 
 _PLAN_SECTIONS = ("grid", "line", "points")
-_TOP = {"run", "instruments", "grid", "line", "points", "stream", "suspender", "setpoint_set"}
+_TOP = {"run", "instruments", "grid", "line", "points", "stream", "suspender", "stop", "setpoint_set"}
 _INSTRUMENTS = {"nanonis", "lockin", "thermometer"}
 
 
@@ -251,6 +267,7 @@ class RunConfig:
     stream: dict[str, Any]
     suspender: dict[str, Any]
     source: str = field(default="", compare=False)
+    stop: dict[str, Any] = field(default_factory=lambda: parse_section("stop", {}))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RunConfig:
@@ -293,6 +310,7 @@ class RunConfig:
             stream=parse_section("stream", doc.get("stream", {})),
             suspender=parse_section("suspender", doc.get("suspender", {})),
             source=source,
+            stop=parse_section("stop", doc.get("stop", {})),
         )
         config._check_consistency()
         return config
@@ -314,7 +332,8 @@ class RunConfig:
         for key in ("retries", "max_consecutive_failures"):
             if run[key] < (0 if key == "retries" else 1):
                 raise ConfigError(f"run.{key} = {run[key]} is too small (retries >= 0, max_consecutive_failures >= 1)")
-        for key in ("move_settle_s", "heartbeat_s"):
+        StopRule.from_table(self.stop)  # its values, named stop.KEY
+        for key in ("move_settle_s", "move_settle_per_nm_s", "heartbeat_s"):
             if run[key] < 0 or (key == "heartbeat_s" and run[key] == 0):
                 raise ConfigError(f"run.{key} = {run[key]} must be >= 0 (heartbeat_s > 0)")
         if self.stream["header_format"] not in ("json", "msgpack"):
@@ -373,6 +392,7 @@ class RunConfig:
             "setpoint_set": [s.to_dict() for s in self.setpoint_sets],
             "stream": dict(self.stream),
             "suspender": dict(self.suspender),
+            "stop": dict(self.stop),
         }
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> RunConfig:

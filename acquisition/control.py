@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -146,15 +147,22 @@ def send_command(
     ctx = zmq.Context.instance() if context is None else context
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    # Only a finished connection takes the request, and sending waits for one at most the timeout:
+    # a REQ whose CURVE handshake was refused has no peer, and a plain send would block for ever.
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))
+    deadline = time.monotonic() + timeout_s
+    silence = InstrumentTimeout("control", f"no reply from {endpoint} within {timeout_s:g} s; is a scan running there?")
     try:
         if security is not None:
             secure_client(sock, security)
         sock.connect(endpoint)
-        sock.send(json.dumps({"command": command, **args}).encode())
-        if not sock.poll(int(timeout_s * 1000)):
-            raise InstrumentTimeout(
-                "control", f"no reply from {endpoint} within {timeout_s:g} s; is a scan running there?"
-            )
+        try:
+            sock.send(json.dumps({"command": command, **args}).encode())
+        except zmq.Again:
+            raise silence from None
+        if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            raise silence
         return json.loads(sock.recv().decode())
     finally:
         sock.close()

@@ -7,8 +7,10 @@ run log between pixels. Per pixel: temperature -> suspender -> measure (bounded 
 the next pixel's sweep; whatever else is written first records the waiting pixel, so archive and
 stream keep the pixel order. A pixel is archived complete and flagged or not at all; one that
 still fails is recorded with its reason, never as data, and ``max_consecutive_failures`` in a row
-pause the run. A re-measured pixel's old record is logged before its spectrum is replaced.
-See docs/architecture.md ("The scan engine").
+pause the run. A re-measured pixel's old record is logged before its spectrum is replaced. The
+wait after a move grows with its length; between pixels the stop rule (``stop_rule.py``) may end
+or pause the run; :meth:`ScanEngine.progress` gives the figures the status reply, the progress
+line and the archive's stop document show. See docs/architecture.md ("The scan engine").
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.acquisition.formats.security import Security
 from stslive.acquisition.pixel import Instruments, MeasuredPixel, PixelProcedure, failure_code
 from stslive.acquisition.plans import Plan, PlanPoint
+from stslive.acquisition.progress import RateMeter, RunProgress
 from stslive.acquisition.state import CommandRefused, RunStateMachine
+from stslive.acquisition.stop_rule import StopRuleWatch
 from stslive.acquisition.suspenders import TemperatureSuspender
 from stslive.drivers.errors import InstrumentError, StsliveError, SweepStopped
 
@@ -59,6 +63,7 @@ class RunStats:
     measured: int = 0
     failed: int = 0
     retries: int = 0
+    settle_s: list[float] = field(default_factory=list)
     overhead_s: list[float] = field(default_factory=list)
     work_s: list[float] = field(default_factory=list)
     phase_s: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in OVERHEAD_PHASES})
@@ -126,17 +131,25 @@ class ScanEngine:
             clock=clock,
         )
         self._measured = writer.measured
-        self._todo = plan.remaining(self._measured if skip is None else self._measured | skip)
+        done = self._measured if skip is None else self._measured | skip
+        self._todo = plan.remaining(done)
+        self._left = plan.remaining_count(done)  # plan points not yet taken from _todo
         self._pending: PlanPoint | None = None
         self._replace_reason: dict[tuple[int, int], str] = {}  # cells being re-measured -> why
         self._last_after: float | None = None
         # measured, waiting to be archived and published beside the next sweep: (point, result, remeasure reason)
         self._deferred: tuple[PlanPoint, MeasuredPixel, str | None] | None = None
         self._log_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
+        self.rate = RateMeter()
+        self._t_started: float | None = None
+        self._last_xy: tuple[float, float] | None = None  # where the last move went (m)
+        self.stop_rule = StopRuleWatch(config.stop, context=context)
         self.machine = RunStateMachine(
             self._set_order,
             validate_pixel=self._validate_remeasure,
             on_change=self._on_change,
+            report=lambda: {"progress": self.progress().to_dict(), "stop_rule": self.stop_rule.status()},
+            stop_rule=config.stop,
         )
         sus = config.suspender
         self.suspender = TemperatureSuspender(sus["min_K"], sus["max_K"], sus["hold_s"]) if sus["enabled"] else None
@@ -159,6 +172,22 @@ class ScanEngine:
         """The bound control endpoint (port resolved), or None."""
         return None if self.control is None else self.control.endpoint
 
+    def progress(self) -> RunProgress:
+        """The run's figures now (any thread: the control socket's ``status`` asks from its own)."""
+        elapsed = 0.0 if self._t_started is None else time.monotonic() - self._t_started
+        return RunProgress(
+            state=self.machine.state,
+            total=len(self.plan),
+            measured=int(np.count_nonzero(self._measured)),
+            failed=int(np.count_nonzero(self.writer.failed)),
+            remaining=self._left + (self._pending is not None),
+            this_run=self.stats.measured + self.stats.failed,
+            rate_px_s=self.rate.rate(),
+            elapsed_s=elapsed,
+            pause_reasons=tuple(sorted(self.machine.pause_reasons)),
+            flagged=self.stop_rule.flagged,
+        )
+
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> str:
         """Run to the end; returns the exit status (``success``, ``abort`` or ``fail``)."""
@@ -176,10 +205,12 @@ class ScanEngine:
         self.publisher.descriptor(
             {"spectra": ArraySpec(dtype="<f4", shape=(len(names), self.config.n_points), labels=names, units=units)}
         )
+        self._t_started = time.monotonic()
         self.machine.begin()
         try:
             while self.machine.state in ("running", "paused"):
                 self._drain_log()
+                self._check_stop_rule()
                 if self.machine.state == "paused":
                     self._while_paused()
                 else:
@@ -193,13 +224,30 @@ class ScanEngine:
             self._record_deferred_after_failure(exc)
             raise
         finally:
-            self._drain_log()
             status = self.machine.exit_status or "fail"
-            self.writer.append_log("stop", exit_status=status, measured=self.stats.measured, failed=self.stats.failed)
-            self.publisher.stop(status, reason=self.machine.reason)  # type: ignore[arg-type]
+            try:
+                self._drain_log()
+                self.writer.append_log(
+                    "stop", exit_status=status, measured=self.stats.measured, failed=self.stats.failed
+                )
+            except (StsliveError, OSError) as exc:  # the archive that failed the run: the stream still ends it
+                log.error("the run log's stop line could not be written: %s", exc)
+            stop = self.publisher.stop(status, reason=self.machine.reason)  # type: ignore[arg-type]
+            self._write_stop_document(stop.to_dict())
+            self.stop_rule.close()
             if self.control is not None:
                 self.control.close()
         return status
+
+    def _write_stop_document(self, stop: dict[str, Any]) -> None:
+        """``/entry/documents/stop``: the stream's stop document and the run's figures at its end."""
+        segment = self._start_fields.get("metadata", {}).get("segment", 0)
+        doc = {**stop, "time": time.time(), "segment": segment, "progress": self.progress().to_dict()}
+        doc["stop_rule"] = self.stop_rule.status()
+        try:
+            self.writer.write_document("stop", doc)
+        except (StsliveError, OSError) as exc:
+            log.error("the archive's stop document could not be written: %s", exc)
 
     def _step(self) -> None:
         t_step = time.perf_counter()
@@ -220,6 +268,7 @@ class ScanEngine:
             self.machine.suspend("temperature", kelvin=temperature)
             return
         sp = self._set_for(point)
+        self.procedure.move_settle_s = self._settle_for(point)
         result, error, attempts = self._measure(point, sp, temperature)
         self._record_deferred()  # if no sweep ran (failures before it), the waiting pixel goes now
         if result is not None:
@@ -288,6 +337,7 @@ class ScanEngine:
         else:
             self.writer.write_pixel(point.iy, point.ix, result.spectra, result.meta)
         self._measured[point.iy, point.ix] = True
+        self.rate.tick()
         t1 = time.perf_counter()
         meta = result.meta
         self.publisher.event(
@@ -343,6 +393,7 @@ class ScanEngine:
             attempts=attempts,
         )
         self.stats.failed += 1
+        self.rate.tick()
         self._consecutive_failures += 1
         if self._consecutive_failures >= self._opts["max_consecutive_failures"]:
             self.machine.suspend("failures", consecutive=self._consecutive_failures, last_reason=reason)
@@ -350,6 +401,7 @@ class ScanEngine:
 
     def _while_paused(self) -> None:
         self._record_deferred()
+        self.rate.pause()
         self._last_after = None
         self.publisher.heartbeat("paused", message=",".join(sorted(self.machine.pause_reasons)))
         if self.suspender is not None and "temperature" in self.machine.pause_reasons:
@@ -375,6 +427,7 @@ class ScanEngine:
             return self.plan.at(*cell)
         while True:
             point = next(self._todo, None)
+            self._left -= point is not None
             # a cell measured through 'remeasure' before the plan reached it is not measured twice
             # (it may still be waiting to be recorded)
             if point is None or not (self._measured[point.iy, point.ix] or self._is_deferred(point)):
@@ -383,6 +436,37 @@ class ScanEngine:
     def _is_deferred(self, point: PlanPoint) -> bool:
         waiting = self._deferred[0] if self._deferred is not None else None
         return waiting is not None and (waiting.iy, waiting.ix) == (point.iy, point.ix)
+
+    def _settle_for(self, point: PlanPoint) -> float:
+        """Wait after the move to ``point`` (s): ``move_settle_s`` plus ``move_settle_per_nm_s`` per nm of
+        the move, as piezo creep grows with the jump; the first move of a run, from wherever the tip
+        was, counts as half the frame's diagonal."""
+        g = self.plan.geometry
+        x0, y0 = (
+            self._last_xy
+            if self._last_xy is not None
+            else (point.x_m, point.y_m + math.hypot(g.width_m, g.height_m) / 2)
+        )
+        self._last_xy = (point.x_m, point.y_m)
+        settle = (
+            self._opts["move_settle_s"]
+            + self._opts["move_settle_per_nm_s"] * math.hypot(point.x_m - x0, point.y_m - y0) * 1e9
+        )
+        self.stats.settle_s.append(settle)
+        return settle
+
+    def _check_stop_rule(self) -> None:
+        """A new rule from the control socket, then the latest snapshot against the rule in force."""
+        table = self.machine.pop_stop_rule()
+        if table is not None:
+            self.stop_rule.replace(table)
+        met = self.stop_rule.poll()
+        if met is None:
+            return
+        if self.stop_rule.rule.action == "stop":
+            self.machine.conclude(met.reason, stop_rule=met.to_dict())
+        else:
+            self.machine.suspend("stop_rule", stop_rule=met.to_dict())
 
     def _set_for(self, point: PlanPoint) -> SetpointSet:
         if self._opts["setpoint_mode"] == "alternate":

@@ -19,6 +19,8 @@ import numpy as np
 
 from stslive.acquisition.config import RunConfig
 from stslive.acquisition.formats.runmodel import GridGeometry
+from stslive.acquisition.formats.runmodel import progressive_order as progressive_order  # the order's one home
+from stslive.acquisition.sizes import PLAN_BYTES_PER_PIXEL, require
 from stslive.drivers.errors import ConfigError
 
 # Extent given to a degenerate bounding box (a single point, or points on one axis): the
@@ -85,50 +87,25 @@ class Plan:
 
     def remaining(self, done: np.ndarray) -> Iterator[PlanPoint]:
         """Points whose cell is not marked in the ``(ny, nx)`` mask ``done``, in visiting order."""
-        todo = ~np.asarray(done, dtype=bool)[self._cells[:, 0], self._cells[:, 1]]
-        return (self[int(i)] for i in np.flatnonzero(todo))
+        return (self[int(i)] for i in np.flatnonzero(self._todo(done)))
 
+    def remaining_count(self, done: np.ndarray) -> int:
+        """How many points :meth:`remaining` yields for the same mask."""
+        return int(np.count_nonzero(self._todo(done)))
 
-def progressive_order(nx: int, ny: int) -> np.ndarray:
-    """Pixels of an ``ny x nx`` grid, coarse lattice first, then successive refinements.
-
-    Level 0 is the lattice of pixels whose indices are both multiples of ``s0``, the largest
-    power of two not above a quarter of the shorter side (at least 1); level ``k`` adds the
-    pixels of the lattice of spacing ``s0 / 2^k`` not measured before. Each level is walked in
-    serpentine order (rows top to bottom, alternate rows reversed), so after every completed
-    level the measured pixels cover the whole frame at that level's spacing, and moves within a
-    level stay one lattice step long where the row allows.
-
-    Parameters
-    ----------
-    nx, ny
-        Grid size in pixels (>= 1 each).
-
-    Returns
-    -------
-    numpy.ndarray
-        int64 ``(ny * nx, 2)`` of ``(iy, ix)``: a permutation of the raster order.
-    """
-    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in (nx, ny)):
-        raise ConfigError(f"progressive order needs integer nx, ny >= 1; got nx={nx!r}, ny={ny!r}")
-    spacing = 1 << max(0, (min(nx, ny) // 4).bit_length() - 1)
-    iy, ix = np.divmod(np.arange(ny * nx, dtype=np.int64), nx)
-    levels = []
-    taken = np.zeros(ny * nx, dtype=bool)
-    while spacing >= 1:
-        on = (iy % spacing == 0) & (ix % spacing == 0) & ~taken
-        taken |= on
-        rows, cols = iy[on], ix[on]  # raster order within the level
-        row_number = np.unique(rows, return_inverse=True)[1]
-        # serpentine: odd rows of the level reversed (sorting by -ix); lexsort sorts by the last key first
-        walk = np.lexsort((np.where(row_number % 2 == 1, -cols, cols), rows))
-        levels.append(np.stack([rows[walk], cols[walk]], axis=-1))
-        spacing //= 2
-    return np.concatenate(levels)
+    def _todo(self, done: np.ndarray) -> np.ndarray:
+        return ~np.asarray(done, dtype=bool)[self._cells[:, 0], self._cells[:, 1]]
 
 
 def grid_plan(geometry: GridGeometry) -> Plan:
-    """Every cell of a rectangular grid in ``geometry.order`` (raster or serpentine)."""
+    """Every cell of a rectangular grid in ``geometry.order`` (raster, serpentine or progressive).
+
+    Raises
+    ------
+    ConfigError
+        The plan of so many pixels would not fit in the memory available (checked first).
+    """
+    require(f"grid {geometry.nx}x{geometry.ny}", memory_bytes=geometry.nx * geometry.ny * PLAN_BYTES_PER_PIXEL)
     cells = geometry.visit_order()
     x, y = geometry.pixel_xy(cells[:, 0], cells[:, 1])
     return Plan(geometry, cells, x, y)

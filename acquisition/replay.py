@@ -12,8 +12,8 @@ header (:func:`~stslive.acquisition.formats.recording.start_fields`, the sources
 ``metadata["setpoint_source"]``), with the lock-in settings the header does not give as None
 (unknown), never a default. For a sweep that is not the bias (``metadata["sweep_signal"]``) it
 is sent unvalidated and the analyser refuses the run; a sweep that is not linear (MLS) is
-refused, since the stream describes a sweep by its limits and points. Pacing uses absolute deadlines on a monotonic clock, so sleep overshoot does
-not accumulate.
+refused, since the stream describes a sweep by its limits and points. Pacing uses absolute
+deadlines on a monotonic clock, so sleep overshoot does not accumulate.
 """
 
 from __future__ import annotations

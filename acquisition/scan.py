@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,7 +28,8 @@ from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.formats.security import Security, check_bind
 from stslive.acquisition.formats.version import software_version
-from stslive.acquisition.plans import plan_from_config
+from stslive.acquisition.plans import Plan, plan_from_config
+from stslive.acquisition.sizes import archive_bytes, require
 from stslive.drivers.errors import ArchiveError, ConfigError, StreamError
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,42 @@ def stored_config(path: Path) -> RunConfig:
             path,
             "no run config in the start document: this archive was not written by 'stslive scan' and cannot be resumed",
         ) from None
+
+
+@dataclass(frozen=True)
+class ArchiveState:
+    """How far the run in an archive got: plan pixels, measured, failed, left to visit, its last stop."""
+
+    total: int
+    measured: int
+    failed: int
+    remaining: int
+    stop: dict[str, Any]
+
+    def finished_text(self, path: Path) -> str:
+        """What ``--resume`` says when nothing is left to measure."""
+        ended = self.stop.get("reason") or self.stop.get("exit_status") or "no stop document"
+        text = (
+            f"{path}: nothing left to measure: {self.measured} of {self.total} pixels measured, "
+            f"{self.failed} failed (the run ended: {ended})"
+        )
+        return text + ("; --retry-failed measures the failed pixels again" if self.failed else "")
+
+
+def archive_state(path: Path, config: RunConfig, *, retry_failed: bool = False) -> ArchiveState:
+    """The state of the run in ``path`` against the plan of its ``config`` (nothing is opened for writing)."""
+    plan = plan_from_config(config)
+    with open_archive(path, swmr=True) as reader:
+        measured, failed = reader.measured, reader.failed
+        stop = reader.documents.get("stop") or {}
+    done = measured if retry_failed else measured | failed
+    return ArchiveState(
+        total=len(plan),
+        measured=int(measured.sum()),
+        failed=int(failed.sum()),
+        remaining=plan.remaining_count(done),
+        stop=stop if isinstance(stop, dict) else {},
+    )
 
 
 def stream_security(config: RunConfig) -> Security | None:
@@ -96,10 +134,14 @@ def run_scan(
 ) -> ScanEngine:
     """Open everything, run the engine, close everything; returns the finished engine.
 
+    Order: the stream's sockets are bound and the instruments opened before a new archive is
+    created, and a new archive is removed again if the run cannot start (the control socket's
+    port taken, say), so a failed start leaves nothing that blocks the next attempt.
+
     ``wait_subscribers_s`` bounds the wait for a stream subscriber before the start document
     (:func:`wait_for_consumers`). A resumed run's start document carries ``metadata["segment"]``,
     the number of resumes in the archive's run log (the stream's resume rule,
-    :mod:`stslive.acquisition.formats.stream`).
+    :mod:`stslive.acquisition.formats.documents`).
 
     ``on_ready(engine)`` is called just before the run starts (tests and benchmarks take the
     control endpoint or the state machine from it); ``handle_signals`` makes SIGINT/SIGTERM
@@ -120,8 +162,25 @@ def run_scan(
             run_uid = reader.run_uid
             skip = None if retry_failed else reader.failed
             segment = 1 + sum(r.get("event") == "resume" for r in reader.log)  # this resume logs one more
-    instruments = open_instruments(config)
-    try:
+    else:
+        require(
+            f"the grid of {plan.geometry.nx}x{plan.geometry.ny} pixels",
+            disk_bytes=archive_bytes(len(plan), channels=len(config.archive_channels), points=config.n_points),
+            disk_path=path.parent,
+        )
+    with contextlib.ExitStack() as stack:
+        stream = config.stream
+        publisher = stack.enter_context(
+            RunPublisher(
+                stream["pub"] or None,
+                push_endpoint=stream["push"] or None,
+                header_format=stream["header_format"],
+                context=context,
+                security=security,
+            )
+        )
+        instruments = open_instruments(config)
+        stack.callback(instruments.close)
         identities = instruments.identities()
         w = instruments.wiring
         wired = {"lockin_wiring": w.metadata(config.setpoint_sets)} if w.output_channel else {}
@@ -129,37 +188,10 @@ def run_scan(
             writer = ArchiveWriter.open_for_resume(path)
         else:
             run_uid = str(uuid.uuid4())
-            start = {
-                "uid": run_uid,
-                "time": time.time(),
-                "instruments": identities,
-                "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind, **wired},
-            }
-            # Created under a temporary name and renamed once SWMR is on: a kill during creation
-            # leaves no half-made RUN.h5 that neither a reader nor --resume could open.
-            creating = path.with_name(path.name + ".creating")
-            writer = ArchiveWriter.create(
-                creating,
-                geometry=plan.geometry,
-                channel_names=config.archive_channels,
-                n_points=config.n_points,
-                setpoint_sets=config.setpoint_sets,
-                start_doc=start,
-                overwrite=True,
-                data_attrs={"lockin_wiring": json.dumps(wired["lockin_wiring"])} if wired else None,
-            )
-            os.replace(creating, path)
-            writer.path = path
-        with writer:
-            stream = config.stream
-            publisher = RunPublisher(
-                stream["pub"] or None,
-                push_endpoint=stream["push"] or None,
-                header_format=stream["header_format"],
-                context=context,
-                security=security,
-            )
-            try:
+            writer = _create_archive(config, plan, path, run_uid, identities, wired)
+        started = False  # True once the run begins: from then on the archive is the run's record
+        try:
+            with writer:
                 engine = ScanEngine(
                     config,
                     plan,
@@ -194,13 +226,44 @@ def run_scan(
                 if on_ready is not None:
                     on_ready(engine)
                 wait_for_consumers(publisher, wait_subscribers_s)
+                started = True
                 with _AbortOnSignals(engine) if handle_signals else contextlib.nullcontext():
                     engine.run()
                 return engine
-            finally:
-                publisher.close()
-    finally:
-        instruments.close()
+        finally:
+            if not started and not resume:  # nothing was measured: leave no archive to trip over
+                path.unlink(missing_ok=True)
+
+
+def _create_archive(
+    config: RunConfig, plan: Plan, path: Path, run_uid: str, identities: Any, wired: dict[str, Any]
+) -> ArchiveWriter:
+    start = {
+        "uid": run_uid,
+        "time": time.time(),
+        "instruments": identities,
+        "metadata": {"config": config.to_dict(), "plan_kind": config.plan_kind, **wired},
+    }
+    # Created under a temporary name and renamed once SWMR is on: a kill during creation
+    # leaves no half-made RUN.h5 that neither a reader nor --resume could open.
+    creating = path.with_name(path.name + ".creating")
+    try:
+        writer = ArchiveWriter.create(
+            creating,
+            geometry=plan.geometry,
+            channel_names=config.archive_channels,
+            n_points=config.n_points,
+            setpoint_sets=config.setpoint_sets,
+            start_doc=start,
+            overwrite=True,
+            data_attrs={"lockin_wiring": json.dumps(wired["lockin_wiring"])} if wired else None,
+        )
+    except BaseException:
+        creating.unlink(missing_ok=True)
+        raise
+    os.replace(creating, path)
+    writer.path = path
+    return writer
 
 
 def wait_for_consumers(publisher: RunPublisher, timeout_s: float) -> int:
@@ -228,7 +291,9 @@ class _AbortOnSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._engine.machine.state in ("running", "paused"):
-            self._engine.machine.execute("abort", {})
+            name = signal.Signals(signum).name
+            reason = f"interrupted ({name}{', Ctrl-C' if signum == signal.SIGINT else ''})"
+            self._engine.machine.execute("abort", {"reason": reason})
 
     def __enter__(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,22 +5,27 @@ States and transitions (anything else is refused with a reason)::
     idle --begin--> running <--pause/resume--> paused
     running|paused --abort--> stopping --finish--> done
     running --(plan exhausted)--> stopping --finish--> done
+    running|paused --(stop rule met)--> stopping --finish--> done
     any --fail--> failed
 
 ``paused`` is held while at least one *reason* stands: ``"user"`` (the pause command),
-``"temperature"`` (the suspender) or ``"failures"`` (too many failed pixels in a row). The
-``resume`` command clears ``user`` and ``failures``; only the suspender clears
-``temperature``, so an operator cannot resume into an out-of-band temperature by accident.
+``"temperature"`` (the suspender), ``"failures"`` (too many failed pixels in a row) or
+``"stop_rule"`` (the stop rule met, with ``action = "pause"``). The ``resume`` command clears
+``user``, ``failures`` and ``stop_rule``; only the suspender clears ``temperature``, so an
+operator cannot resume into an out-of-band temperature by accident. Every end records why in
+:attr:`RunStateMachine.reason`.
 
 Commands (JSON ``{"command": NAME, ...}`` on the control socket, see ``control.py``):
 
 =========== ============================= ===========================================
 command     arguments                     effect
 =========== ============================= ===========================================
-status      -                             nothing; the reply carries the state
+status      -                             nothing; the reply carries the state and the
+                                          progress (pixels, rate, time left)
 pause       -                             pause after the pixel in progress
-resume      -                             clear the user/failure pause reasons
-abort       -                             stop after the pixel in progress (exit abort)
+resume      -                             clear the user/failure/stop-rule pause reasons
+abort       reason: str (optional)        stop after the pixel in progress (exit abort)
+stop_rule   keys of the [stop] table      change the stop rule (results '' turns it off)
 remeasure   pixels: [[iy, ix], ...],      measure these cells next; a measured cell's
             reason: str (optional)        spectrum is replaced, the old record logged
 set         setpoint_set: int             make this set the active one (single mode)
@@ -36,11 +41,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from stslive.acquisition.formats.documents import RUN_STATES as STATES
-from stslive.drivers.errors import StsliveError
+from stslive.acquisition.stop_rule import StopRule
+from stslive.drivers.errors import ConfigError, StsliveError
 
 #: Reason recorded for a re-measure when the command gives none.
 DEFAULT_REMEASURE_REASON = "remeasure command"
-PAUSE_REASONS = ("user", "temperature", "failures")
+PAUSE_REASONS = ("user", "temperature", "failures", "stop_rule")
+#: Pause reasons the ``resume`` command clears (the operator has looked and goes on).
+RESUMABLE = ("user", "failures", "stop_rule")
+#: The reason recorded when the plan runs out.
+PLAN_DONE = "every pixel of the plan visited"
 
 
 class CommandRefused(StsliveError, ValueError):
@@ -67,6 +77,10 @@ class RunStateMachine:
         Called with ``(iy, ix)`` for remeasure requests; raises CommandRefused to refuse one.
     on_change
         Called (outside the lock) with ``(event, fields)`` after every transition, for the run log.
+    report
+        Returns more of the run (a JSON-safe map: progress, stop rule) for every reply; None: none.
+    stop_rule
+        The stop rule's ``[stop]`` table in force; the ``stop_rule`` command changes it.
     """
 
     def __init__(
@@ -75,6 +89,8 @@ class RunStateMachine:
         *,
         validate_pixel: Callable[[int, int], None] | None = None,
         on_change: Callable[[str, dict[str, Any]], None] | None = None,
+        report: Callable[[], dict[str, Any]] | None = None,
+        stop_rule: Mapping[str, Any] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -88,6 +104,9 @@ class RunStateMachine:
         self._remeasure_reason: dict[tuple[int, int], str] = {}
         self._validate_pixel = validate_pixel or (lambda iy, ix: None)
         self._on_change = on_change or (lambda event, fields: None)
+        self._report = report
+        self._stop_rule = dict(stop_rule or {})
+        self._stop_rule_changed = False
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self.exit_status = ""
         self.reason = ""
@@ -120,6 +139,14 @@ class RunStateMachine:
                 return None
             cell = self._remeasure.popleft()
             return cell, self._remeasure_reason.pop(cell, DEFAULT_REMEASURE_REASON)
+
+    def pop_stop_rule(self) -> dict[str, Any] | None:
+        """The stop rule's table if the ``stop_rule`` command changed it since the last call, else None."""
+        with self._lock:
+            if not self._stop_rule_changed:
+                return None
+            self._stop_rule_changed = False
+            return dict(self._stop_rule)
 
     def wait_change(self, timeout_s: float) -> None:
         """Block until a transition or command, at most ``timeout_s`` (the paused loop's sleep)."""
@@ -156,8 +183,17 @@ class RunStateMachine:
         """The plan is exhausted: running -> stopping (exit success)."""
         with self._lock:
             if self._state == "running":
-                self.exit_status = "success"
-                self._set_state("stopping", "stopping", exit_status="success")
+                self.exit_status, self.reason = "success", PLAN_DONE
+                self._set_state("stopping", "stopping", exit_status="success", reason=PLAN_DONE)
+        self._flush()
+
+    def conclude(self, reason: str, **fields: Any) -> None:
+        """End the run before the plan does, as a success (the stop rule met): -> stopping."""
+        with self._lock:
+            if self._state in ("running", "paused"):
+                self.exit_status, self.reason = "success", reason
+                self._reasons.clear()
+                self._set_state("stopping", "stopping", exit_status="success", reason=reason, **fields)
         self._flush()
 
     def finish(self) -> None:
@@ -188,15 +224,23 @@ class RunStateMachine:
         return reply
 
     def snapshot(self) -> dict[str, Any]:
-        """State, pause reasons, active set and queued remeasures (for replies and heartbeats)."""
+        """State, pause reasons, active set, queued remeasures and the progress (for replies)."""
         with self._lock:
-            return {
+            reply = {
                 "ok": True,
                 "state": self._state,
                 "pause_reasons": sorted(self._reasons),
                 "active_set": self._active,
                 "remeasure_queued": len(self._remeasure),
             }
+            if self._reason_text():
+                reply["reason"] = self.reason
+        if self._report is not None:
+            reply.update(self._report())
+        return reply
+
+    def _reason_text(self) -> str:
+        return self.reason if self._state in ("stopping", "done", "failed") else ""
 
     def _cmd_pause(self, args: Mapping[str, Any]) -> None:
         _no_args("pause", args)
@@ -206,7 +250,7 @@ class RunStateMachine:
 
     def _cmd_resume(self, args: Mapping[str, Any]) -> None:
         _no_args("resume", args)
-        for reason in ("user", "failures"):
+        for reason in RESUMABLE:
             self._reasons.discard(reason)
         if self._reasons:
             self._log("resume_refused", reasons=sorted(self._reasons))
@@ -218,9 +262,11 @@ class RunStateMachine:
             self._set_state("running", "resumed", reason="user")
 
     def _cmd_abort(self, args: Mapping[str, Any]) -> None:
-        _no_args("abort", args)
-        self.exit_status, self.reason = "abort", "abort command"
-        self._set_state("stopping", "stopping", exit_status="abort")
+        reason = args.get("reason", "abort command")
+        if set(args) - {"reason"} or not isinstance(reason, str) or not reason.strip():
+            raise CommandRefused(f'abort takes an optional "reason" string, got {dict(args)}')
+        self.exit_status, self.reason = "abort", reason
+        self._set_state("stopping", "stopping", exit_status="abort", reason=reason)
 
     def _cmd_remeasure(self, args: Mapping[str, Any]) -> None:
         pixels = args.get("pixels")
@@ -252,6 +298,15 @@ class RunStateMachine:
         if set_id != self._active:
             self._active = int(set_id)
             self._log("setpoint_set_changed", setpoint_set=self._active)
+
+    def _cmd_stop_rule(self, args: Mapping[str, Any]) -> None:
+        table = {**self._stop_rule, **args}
+        try:
+            StopRule.from_table(table)
+        except ConfigError as exc:
+            raise CommandRefused(f"stop_rule: {exc}") from None
+        self._stop_rule, self._stop_rule_changed = table, True
+        self._log("stop_rule_set", **table)
 
     def _cmd_status(self, args: Mapping[str, Any]) -> None:
         _no_args("status", args)
@@ -297,4 +352,5 @@ COMMANDS: dict[str, Command] = {
         _ACTIVE, RunStateMachine._cmd_remeasure, "queue pixels [[iy, ix], ...] to measure (again) next"
     ),
     "set": Command(_ACTIVE, RunStateMachine._cmd_set, "make set-point set ID the active one"),
+    "stop_rule": Command(_ACTIVE, RunStateMachine._cmd_stop_rule, "change the stop rule ([stop] keys)"),
 }

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from stslive.acquisition.cli.common import parse_assignments
 from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live.flag_config import load_flag_config
 from stslive.live.kernels import KernelOptions
@@ -33,17 +34,6 @@ def parse_mV_pair(text: str, what: str) -> tuple[float, float]:
     except ValueError:
         raise AnalysisError(f"--{what} {text!r}: give LOW,HIGH in mV, e.g. 5,30") from None
     return lo, hi
-
-
-def parse_assignments(items: list[str] | None) -> dict[str, str]:
-    """``--set KEY=VALUE`` items -> dict."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise AnalysisError(f"--set {item!r}: give KEY=VALUE, e.g. --set diffusion_m2_s=4e-5")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def kernel_options(args: argparse.Namespace) -> KernelOptions:

@@ -16,12 +16,15 @@ without it the run stream is read without keys.
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 import time
+from pathlib import Path
 
+from stslive.acquisition.cli.common import parse_endpoint
 from stslive.acquisition.formats.security import Security
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ConfigError, ServiceError
 from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc
+from stslive.live.analyser_settings import analysis_path_for
 from stslive.live.flags import FlagConfig, load_flag_config
 from stslive.live.kernels import KernelOptions
 
@@ -64,10 +67,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="exit after the first run's stop document")
 
 
+def writable_file(path: Path, option: str) -> None:
+    """Refuse an analysis file that could not be written, before the service starts (not at its first save).
+
+    Raises
+    ------
+    ConfigError
+        The folder is missing or not writable, or the file exists and is not a writable file.
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        missing = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"{option} {path}: {folder} {missing}")
+    if path.exists() and (not path.is_file() or not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path}: exists and cannot be written")
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: folder {folder} is not writable")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the service until interrupted (or, with ``--once``, until the run stops)."""
+    """Run the service until interrupted (or, with ``--once``, until the run stops).
+
+    Raises
+    ------
+    ServiceError
+        The service lost its stream or could not go on; the message says why.
+    """
     if args.client is not None and args.keys is None:
         raise ConfigError("--client NAME needs --keys KEYDIR (the client key pair is KEYDIR/clients/NAME.key_secret)")
+    parse_endpoint(args.connect, example="tcp://127.0.0.1:5556")
+    parse_endpoint(args.bind, option="--bind")
+    if args.out is not None:
+        writable_file(Path(args.out), "--out")
+    elif args.archive is not None:
+        writable_file(analysis_path_for(args.archive), "the analysis file beside --archive (or give --out)")
     flags = load_flag_config(args.config) if args.config else FlagConfig()
     service = AnalyserService(
         args.connect,
@@ -98,8 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 if not args.once:
                     time.sleep(1.0)
                 if service.errors:
-                    print(f"stslive analyser: error: {service.errors[0]}", file=sys.stderr)
-                    return 1
+                    raise ServiceError("analyser", service.errors[0])
         finally:
             print(f"stslive analyser: {service.status_text()}", flush=True)
     return 0

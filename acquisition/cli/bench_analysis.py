@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from stslive.acquisition.cli.common import forward, parse_grid, say
+from stslive.acquisition.cli.common import forward, parse_grid, require_film, say
 from stslive.acquisition.jobs.bench_analysis import bench_analysis
 
 
@@ -27,5 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the figures."""
     nx, ny = parse_grid(args.grid)
+    require_film(nx, ny, option="--grid")
     bench_analysis(nx=nx, ny=ny, log=say, **forward(args, "sample", "seed", "lockin", "threads", "repeat"))
     return 0

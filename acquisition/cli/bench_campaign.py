@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stslive.acquisition.cli.common import forward, parse_grid, say
+from stslive.acquisition.cli.common import forward, parse_grid, require_film, say
 from stslive.acquisition.jobs.bench_campaign import bench_campaign
 
 
@@ -36,5 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the figures."""
     nx, ny = parse_grid(args.grid)
+    require_film(nx, ny, option="--grid")
     bench_campaign(nx=nx, ny=ny, log=say, **forward(args, "workdir", "maps", "workers", "block_mb", "repeat"))
     return 0

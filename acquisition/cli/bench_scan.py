@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from stslive.acquisition.cli.common import forward, parse_grid, say
+from stslive.acquisition.cli.common import forward, parse_grid, require_film, say
 from stslive.acquisition.jobs.bench_scan import bench_placements
 
 
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print p50/p99 overhead for the whole run, its first and last tenth."""
     nx, ny = parse_grid(args.grid, example="100x80")
+    require_film(nx, ny, option="--grid")
     placements = (False, True) if args.compare else (bool(args.in_process),)
     bench_placements(nx=nx, ny=ny, placements=placements, log=say, **forward(args, "n_points", "seed", "repeat"))
     return 0

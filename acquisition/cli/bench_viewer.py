@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from stslive.acquisition.cli.common import parse_grid, say
+from stslive.acquisition.cli.common import parse_grid, require_film, say
 from stslive.acquisition.jobs.bench_viewer import bench_viewer
 
 
@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the figures."""
     nx, ny = parse_grid(args.grid)
+    require_film(nx, ny, option="--grid")
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt starts
     bench_viewer(nx=nx, ny=ny, rate=args.rate, seconds=args.seconds, log=say)
     return 0

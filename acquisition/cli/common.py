@@ -1,4 +1,5 @@
-"""What every command shares: option parsers (grids, ``--set KEY=VALUE``, client keys), output.
+"""What every command shares: option parsers (grids, endpoints, ``--set KEY=VALUE``, client keys),
+size checks, fresh output folders, output.
 
 Each parser raises :class:`~stslive.drivers.errors.ConfigError` naming the option and an example,
 so every command reports a bad value as one line (the dispatcher prints it) instead of a usage
@@ -9,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from stslive.acquisition.formats.security import Security
+from stslive.acquisition.sizes import FILM_BYTES_PER_PIXEL, archive_bytes, require
 from stslive.drivers.errors import ConfigError
 
 _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
+# tcp://HOST:PORT (HOST a name, an address, [IPv6] or * to bind), ipc://PATH, inproc://NAME
+_ENDPOINT = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.*-]+):(\d{1,5})|ipc://.+|inproc://.+")
 
 
 def parse_grid(
@@ -44,13 +50,77 @@ def parse_grid(
     Raises
     ------
     ConfigError
-        Not two whole numbers separated by ``x``, or below ``minimum``.
+        Not two whole numbers separated by ``x``, or below ``minimum`` (a grid's memory and disk
+        are checked by :func:`require_film`).
     """
     match = _SIZE.fullmatch(text)
     if not match or int(match[1]) < minimum[0] or int(match[2]) < minimum[1]:
         least = "" if minimum == (1, 1) else f", at least {minimum[0]}x{minimum[1]}"
         raise ConfigError(f"{option} {text!r}: give {what}{least}, e.g. {example}")
     return int(match[1]), int(match[2])
+
+
+def require_film(
+    nx: int, ny: int, *, option: str, channels: int = 3, points: int = 1601, out: Path | None = None
+) -> None:
+    """Refuse a simulated film of ``nx`` x ``ny`` pixels that cannot fit before anything is built.
+
+    The film's maps must fit in the memory available now; with ``out``, the archive of its whole
+    scan (``channels`` x ``points`` float32 per pixel) must fit on the disk there.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``option`` with its value, the estimate and what is available.
+    """
+    n = nx * ny
+    disk = archive_bytes(n, channels=channels, points=points) if out is not None else 0
+    require(f"{option} {nx}x{ny}", memory_bytes=n * FILM_BYTES_PER_PIXEL, disk_bytes=disk, disk_path=out)
+
+
+def parse_endpoint(text: str, *, option: str = "--connect", example: str = "tcp://127.0.0.1:5560") -> str:
+    """A ZeroMQ endpoint given on the command line, checked before any socket sees it.
+
+    Raises
+    ------
+    ConfigError
+        Not ``tcp://HOST:PORT`` (port 0-65535), ``ipc://PATH`` or ``inproc://NAME``.
+    """
+    match = _ENDPOINT.fullmatch(text.strip())
+    if match is None or (match[1] is not None and int(match[1]) > 65535):
+        raise ConfigError(f"{option} {text!r}: give a ZeroMQ endpoint, e.g. {example}")
+    return text.strip()
+
+
+def fresh_folder(folder: Path, *, option: str, overwrite: bool, writes: Iterable[str]) -> Path:
+    """Make ``folder`` ready for a command's outputs, so no file of an earlier run is mixed in.
+
+    A folder that does not exist is created; an empty one is used. One holding any of the
+    command's outputs (``writes``: names or glob patterns) is refused unless ``overwrite``, which
+    removes exactly those first; anything else in it is left alone and does not count.
+
+    Raises
+    ------
+    ConfigError
+        ``folder`` is a file, or holds outputs of an earlier run and ``overwrite`` is false.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option} {folder}: is a file; give a folder (it is created if absent)")
+    patterns = list(writes)
+    earlier = sorted({p for pattern in patterns for p in folder.glob(pattern)}) if folder.is_dir() else []
+    if earlier and not overwrite:
+        names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise ConfigError(
+            f"{option} {folder}: holds the outputs of an earlier run ({names}); give a new folder, "
+            "or --overwrite to replace them"
+        )
+    for path in earlier:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def parse_assignments(

@@ -6,7 +6,8 @@
 Each part runs as its own supervised process (:mod:`stslive.acquisition.jobs.demo`); if one dies
 the others are stopped and the demo exits non-zero naming it; Ctrl-C (or SIGTERM) stops all
 cleanly. ``--headless`` waits for the run and its analysis and leaves the files and a snapshot
-of the screen in ``--out``.
+of the screen in ``--out``: a new folder, or one holding no earlier demo's files, which
+``--overwrite`` removes first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 from pathlib import Path
 from types import FrameType
 
-from stslive.acquisition.cli.common import forward, parse_grid, say
+from stslive.acquisition.cli.common import forward, fresh_folder, parse_grid, require_film, say
 from stslive.acquisition.jobs.demo import SCREEN_SPEED, DemoPaths, DemoSettings, demo
 from stslive.drivers.errors import ConfigError
 
@@ -30,7 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no screen: wait for the run and its analysis, leave files and a snapshot PNG in --out",
     )
     parser.add_argument("--grid", default="64x48", metavar="NXxNY", help="film and scan size (default 64x48)")
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default ./demo-out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo-out"),
+        help="output folder, new or without an earlier demo's files (default ./demo-out)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="remove an earlier demo's files from --out first")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated film (default 0)")
     parser.add_argument(
         "--speed",
@@ -58,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--speed {args.speed}: give a finite factor >= 0 (0: as fast as possible)")
     if args.faults is not None and not args.faults.is_file():
         raise ConfigError(f"--faults {args.faults}: file not found")
+    require_film(nx, ny, option="--grid", out=args.out)
+    fresh_folder(args.out, option="--out", overwrite=args.overwrite, writes=DemoPaths.OUTPUTS)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the demo as Ctrl-C does
     try:
         options = forward(args, "seed", "faults", "headless", "keep_running")

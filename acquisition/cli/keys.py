@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.client is None) != (args.role is None):
         raise ConfigError("--client NAME and --role viewer|control go together")
     keydir: Path = args.dir
+    if keydir.exists() and not keydir.is_dir():
+        raise ConfigError(f"--dir {keydir}: is a file; give a folder for the keys (it is created if absent)")
     server = _name(args.server, "--server")
     for sub in (CLIENTS_DIR, VIEWERS_DIR, CONTROLLERS_DIR):
         (keydir / sub).mkdir(parents=True, exist_ok=True)

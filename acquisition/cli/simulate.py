@@ -1,7 +1,10 @@
 """``stslive simulate``: write a run archive of a simulated NbN film scan, ground truth inside.
 
 ``stslive simulate --grid 300x250 --out film.h5 [--seed N] [--set FIELD=VALUE ...]`` writes the
-film of :mod:`stslive.mocks.film` through :mod:`stslive.acquisition.jobs.simulate`.
+film of :mod:`stslive.mocks.film` through :mod:`stslive.acquisition.jobs.simulate`: complete, or
+not at all (an existing ``--out`` is replaced only with ``--overwrite``, and only once the new
+archive is whole). A grid whose film or archive cannot fit in memory or on the disk is refused
+before anything is built.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stslive.acquisition.cli.common import parse_assignments, parse_grid
+from stslive.acquisition.cli.common import parse_assignments, parse_grid, require_film
 from stslive.acquisition.jobs.simulate import CHANNELS, film_params, write_film_archive
+from stslive.drivers.errors import ConfigError
 from stslive.mocks.film import make_film
 
 
@@ -33,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Simulate the film and write its archive; prints one summary line."""
     nx, ny = parse_grid(args.grid)
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out}: exists; choose another file, or pass --overwrite to replace it")
+    if args.points < 2:
+        raise ConfigError(f"--points {args.points}: give at least 2 points per sweep")
+    require_film(nx, ny, option="--grid", channels=len(CHANNELS), points=args.points, out=args.out)
     film = make_film(
         film_params(
             ny, nx, seed=args.seed, points=args.points, noise_pA=args.noise_pA, extra=parse_assignments(args.set)

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from stslive.acquisition.cli.common import forward, parse_grid
+from stslive.acquisition.cli.common import forward, parse_grid, require_film
 from stslive.acquisition.jobs.soak import Soak, SoakSettings
 from stslive.drivers.errors import ConfigError
 
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the soak, print its JSON summary; 0 if every check passed, 1 otherwise."""
     nx, ny = parse_grid(args.grid)
+    require_film(nx, ny, option="--grid")
     for name in ("kills", "analyser_kills", "viewer_kills"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} = {getattr(args, name)} is too small")

@@ -1,6 +1,7 @@
 """Options shared by the commands that publish a run stream from a file (``stslive replay``, ``stslive watch``).
 
-``add_stream_arguments`` adds the endpoints and the wait for subscribers; ``add_setpoint_arguments``
+``add_stream_arguments`` adds the endpoints and the wait for subscribers (read back, checked, with
+``stream_endpoints``); ``add_setpoint_arguments``
 what a Nanonis file may lack (its set-point) or leave open (how ``Lock-in>Amplitude`` is meant),
 read back with ``parse_setpoint`` and ``args.lockin_amplitude``.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from stslive.acquisition.cli.common import parse_endpoint
 from stslive.acquisition.formats.conditions import AMPLITUDE_CONVENTIONS
 from stslive.drivers.errors import ConfigError
 
@@ -27,9 +29,10 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait-subscribers",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
-        help="wait for N subscribers before each run (a SUB that joins late misses the start)",
+        help="wait for N subscribers before each run (default 1, or 0 with --push; a SUB that joins late "
+        "misses the start; 0 sends at once)",
     )
     parser.add_argument(
         "--wait-timeout",
@@ -39,6 +42,22 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="give up waiting for subscribers after S seconds (default 60)",
     )
     parser.add_argument("--header-format", choices=("json", "msgpack"), default="json", help="stream header encoding")
+
+
+def stream_endpoints(args: argparse.Namespace) -> tuple[str, str | None, int]:
+    """The checked ``--bind`` and ``--push`` endpoints and the subscribers to wait for.
+
+    Raises
+    ------
+    ConfigError
+        An endpoint that is not one, or a negative ``--wait-subscribers``.
+    """
+    wait = (0 if args.push else 1) if args.wait_subscribers is None else args.wait_subscribers
+    if wait < 0:
+        raise ConfigError(f"--wait-subscribers must be >= 0, got {wait}")
+    bind = parse_endpoint(args.bind, option="--bind", example="tcp://127.0.0.1:5556")
+    push = None if args.push is None else parse_endpoint(args.push, option="--push", example="tcp://127.0.0.1:5558")
+    return bind, push, wait
 
 
 def add_setpoint_arguments(parser: argparse.ArgumentParser) -> None:

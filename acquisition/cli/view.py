@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from stslive.acquisition.cli.common import client_security, parse_grid
+from stslive.acquisition.cli.common import client_security, parse_endpoint, parse_grid
 from stslive.drivers.errors import ConfigError
 
 #: Smallest window (px) the screen can be drawn in.
@@ -64,10 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _display() -> bool:
+    """Whether Qt can open a window here (a platform is chosen, or X11/Wayland is reachable)."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def run(args: argparse.Namespace) -> int:
     """Open the source, then show the window (or render the snapshot)."""
     if args.snapshot is not None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    elif not _display():  # Qt would abort the process with a page about platform plugins
+        raise ConfigError("no display to open the screen on: give --snapshot FILE.png, or run where there is one")
     if args.connect is None and args.archive is None and args.analysis is None:
         raise ConfigError("give a run archive (stslive view RUN.h5), --analysis maps.h5, or --connect ENDPOINT")
     if args.keys is not None and args.connect is None:
@@ -78,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         size = parse_grid(
             args.size, option="--size", what="width x height in pixels", minimum=MIN_SIZE, example="1800x1100"
         )
+    connect = None if args.connect is None else parse_endpoint(args.connect)
     # Qt only now: QT_QPA_PLATFORM must be set before it loads
     from stslive.live.viewer.archive_source import FileSource
     from stslive.live.viewer.sources import DataSource
@@ -94,11 +105,11 @@ def run(args: argparse.Namespace) -> int:
     size = check_window_size(*(size or DEFAULT_SIZE))  # refuses what no screen can show, in one line
     app = qt_app()
     source: DataSource
-    if args.connect is not None:
+    if connect is not None:
         if args.analysis is not None:
             raise ConfigError("--analysis goes with a file view; with --connect the analyser supplies the results")
         source = StreamSource.connect(
-            args.connect, timeout_s=args.timeout, archive=args.archive, current=args.current, security=security
+            connect, timeout_s=args.timeout, archive=args.archive, current=args.current, security=security
         )
     else:
         source = FileSource(args.archive, analysis=args.analysis, current=args.current, timeout_s=args.timeout)

@@ -15,10 +15,14 @@ import signal
 import threading
 from pathlib import Path
 
-from stslive.acquisition.cli.stream_options import add_setpoint_arguments, add_stream_arguments, parse_setpoint
+from stslive.acquisition.cli.stream_options import (
+    add_setpoint_arguments,
+    add_stream_arguments,
+    parse_setpoint,
+    stream_endpoints,
+)
 from stslive.acquisition.formats.publisher import RunPublisher
 from stslive.acquisition.watch import watch
-from stslive.drivers.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,18 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Watch until the grid is complete (0), or Ctrl-C / idle timeout (0, the run stopped with abort)."""
-    if args.wait_subscribers < 0:
-        raise ConfigError(f"--wait-subscribers must be >= 0, got {args.wait_subscribers}")
+    bind, push, wait = stream_endpoints(args)
     setpoint = parse_setpoint(args.setpoint)
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C ends the run cleanly
     try:
-        with RunPublisher(args.bind, push_endpoint=args.push, header_format=args.header_format) as publisher:
+        with RunPublisher(bind, push_endpoint=push, header_format=args.header_format) as publisher:
             for name, endpoint in (("stream", publisher.pub_endpoint), ("push", publisher.push_endpoint)):
                 if endpoint:
                     print(f"{name} {endpoint}", flush=True)
-            if args.wait_subscribers:
-                publisher.wait_for_subscribers(args.wait_subscribers, timeout_s=args.wait_timeout)
+            if wait:
+                publisher.wait_for_subscribers(wait, timeout_s=args.wait_timeout)
             done = watch(
                 args.input,
                 publisher,

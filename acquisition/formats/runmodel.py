@@ -18,8 +18,8 @@ import numpy as np
 from stslive.drivers.errors import ConfigError
 from stslive.drivers.tomlfile import dataclass_from_mapping
 
-ScanOrder = Literal["raster", "serpentine"]
-SCAN_ORDERS: tuple[str, ...] = ("raster", "serpentine")
+ScanOrder = Literal["raster", "serpentine", "progressive"]
+SCAN_ORDERS: tuple[str, ...] = ("raster", "serpentine", "progressive")
 
 
 def channel_unit(channel_name: str) -> str:
@@ -241,15 +241,56 @@ class GridGeometry(_Record):
     def visit_order(self, order: str | None = None) -> np.ndarray:
         """Pixels in acquisition order, an int array ``(ny*nx, 2)`` of ``(iy, ix)``.
 
-        ``raster`` runs every row left to right; ``serpentine`` reverses every odd row.
+        ``raster`` runs every row left to right; ``serpentine`` reverses every odd row;
+        ``progressive`` is :func:`progressive_order`.
         """
         order = self.order if order is None else order
         if order not in SCAN_ORDERS:
             raise ConfigError(f"grid.order: {order!r} is not one of {SCAN_ORDERS}")
+        if order == "progressive":
+            return progressive_order(self.nx, self.ny)
         iy, ix = np.divmod(np.arange(self.ny * self.nx), self.nx)
         if order == "serpentine":
             ix = np.where(iy % 2 == 1, self.nx - 1 - ix, ix)
         return np.stack([iy, ix], axis=-1)
+
+
+def progressive_order(nx: int, ny: int) -> np.ndarray:
+    """Pixels of an ``ny x nx`` grid, coarse lattice first, then successive refinements.
+
+    Level 0 is the lattice of pixels whose indices are both multiples of ``s0``, the largest
+    power of two not above a quarter of the shorter side (at least 1); level ``k`` adds the
+    pixels of the lattice of spacing ``s0 / 2^k`` not measured before. Each level is walked in
+    serpentine order (rows top to bottom, alternate rows reversed), so after every completed
+    level the measured pixels cover the whole frame at that level's spacing, and moves within a
+    level stay one lattice step long where the row allows.
+
+    Parameters
+    ----------
+    nx, ny
+        Grid size in pixels (>= 1 each).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(ny * nx, 2)`` of ``(iy, ix)``: a permutation of the raster order.
+    """
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in (nx, ny)):
+        raise ConfigError(f"progressive order needs integer nx, ny >= 1; got nx={nx!r}, ny={ny!r}")
+    spacing = 1 << max(0, (min(nx, ny) // 4).bit_length() - 1)
+    iy, ix = np.divmod(np.arange(ny * nx, dtype=np.int64), nx)
+    levels = []
+    taken = np.zeros(ny * nx, dtype=bool)
+    while spacing >= 1:
+        on = (iy % spacing == 0) & (ix % spacing == 0) & ~taken
+        taken |= on
+        rows, cols = iy[on], ix[on]  # raster order within the level
+        row_number = np.unique(rows, return_inverse=True)[1]
+        # serpentine: odd rows of the level reversed (sorting by -ix); lexsort sorts by the last key first
+        walk = np.lexsort((np.where(row_number % 2 == 1, -cols, cols), rows))
+        levels.append(np.stack([rows[walk], cols[walk]], axis=-1))
+        spacing //= 2
+    return np.concatenate(levels)
 
 
 @dataclass(frozen=True, slots=True)

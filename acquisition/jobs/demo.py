@@ -15,7 +15,8 @@ archive.
 After the run the output folder holds ``run.h5`` (archive), ``run.toml`` (its config),
 ``run.analysis.h5`` (the live analyser's results), ``maps.h5``, ``report.json`` and figures from
 ``stslive analyse run.h5`` (compared here with the analyser's maps), ``screen.png`` (headless
-only) and ``logs/``.
+only) and ``logs/``: :data:`DemoPaths.OUTPUTS`, which the caller clears before a demo so that no
+file of an earlier one is mixed in.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
@@ -47,6 +48,9 @@ SCREEN_SPEED = 500.0
 START_TIMEOUT_S = 120.0
 #: How long the demo waits for the scan's control socket to answer a command.
 CONTROL_TIMEOUT_S = 10.0
+#: A headless demo gives its scan this long plus :data:`SCAN_S_PER_PIXEL` per pixel (and the
+#: nominal sweep time at its speed) before it calls the scan stuck: nobody watches to stop it.
+SCAN_GRACE_S, SCAN_S_PER_PIXEL = 300.0, 0.1
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,19 @@ class DemoPaths:
     analysis: Path
     screen: Path
     logs: Path
+
+    #: Everything a demo writes into its folder (names and glob patterns): the archive (and its
+    #: name while it is created), config, analyses, report, figures, screen snapshot, logs.
+    OUTPUTS: ClassVar[tuple[str, ...]] = (
+        "run.h5",
+        "run.h5.creating",
+        "run.toml",
+        "run.analysis.h5",
+        "maps.h5",
+        "report.json",
+        "*.png",
+        "logs",
+    )
 
     @classmethod
     def in_folder(cls, out: Path) -> DemoPaths:
@@ -129,12 +146,10 @@ def run_demo(sup: Supervisor, paths: DemoPaths, settings: DemoSettings) -> str:
     doc["run"]["name"] = f"stslive demo, film seed {s.seed}"
     doc["setpoint_set"] = [{**sp, **sweep} for sp in doc["setpoint_set"]]
     paths.config.write_text(toml_text(doc), encoding="utf-8")
-    for stale in (paths.analysis, paths.screen):  # never report files of an earlier demo as this one's
-        stale.unlink(missing_ok=True)
 
     scan = sup.start(
         "scan",
-        ["scan", "--config", str(paths.config), "--out", str(paths.archive), "--overwrite"],
+        ["scan", "--config", str(paths.config), "--out", str(paths.archive)],
         stop_signal=signal.SIGINT,
     )
     lines = scan.wait_for_lines(
@@ -155,7 +170,15 @@ def run_demo(sup: Supervisor, paths: DemoPaths, settings: DemoSettings) -> str:
     t_scan = time.perf_counter()
     _command(endpoints["control"], "resume", sup)
     if s.headless:  # nobody at a screen can resume a scan that paused itself: say so instead of waiting forever
-        sup.watch(until=lambda: scan.returncode is not None or _paused_for_failures(endpoints["control"]), poll_s=0.5)
+        deadline = time.monotonic() + scan_timeout_s(s)
+        sup.watch(
+            until=lambda: (
+                scan.returncode is not None or time.monotonic() > deadline or _paused_for_failures(endpoints["control"])
+            ),
+            poll_s=0.5,
+        )
+        if scan.returncode is None and time.monotonic() > deadline:
+            raise ServiceError("scan", f"not done within {scan_timeout_s(s):.0f} s (see {scan.log_path})")
         if scan.returncode is None:
             raise ServiceError(
                 "scan",
@@ -177,6 +200,12 @@ def run_demo(sup: Supervisor, paths: DemoPaths, settings: DemoSettings) -> str:
     times = DemoTimes(wall_s=time.perf_counter() - t0, scan_s=scan_s, analysed_s=analysed_s)
     report = json.loads((paths.out / "report.json").read_text(encoding="utf-8"))
     return summary_text(paths, settings, report=report, times=times)
+
+
+def scan_timeout_s(settings: DemoSettings) -> float:
+    """How long a headless demo's scan may take (s): generous, so only a stuck scan exceeds it."""
+    sweep_s = 1601 * INTEGRATION_S / settings.speed if settings.speed > 0 else 0.0
+    return SCAN_GRACE_S + settings.nx * settings.ny * (SCAN_S_PER_PIXEL + 2 * sweep_s)
 
 
 def _command(endpoint: str, command: str, sup: Supervisor) -> dict[str, Any]:

@@ -4,11 +4,14 @@ The film (:mod:`stslive.mocks.film`) is generated in bounded row blocks and each
 the archive with :meth:`ArchiveWriter.write_block`, so memory stays at a few blocks whatever the
 grid. Channels are those of a Nanonis grid with the internal lock-in (:data:`CHANNELS`). The
 ground truth (model maps, the definition truth the analysis is judged against, the
-sheet-resistance map) and the topography are stored in the same file (``entry/sample``).
+sheet-resistance map) and the topography are stored in the same file (``entry/sample``). The
+archive is written under a temporary name and renamed when complete, so ``--out`` is either the
+whole film or untouched (an earlier file there stays until the new one replaces it).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveWriter
 from stslive.acquisition.formats.runmodel import GridGeometry, SetpointSet
-from stslive.drivers.errors import ConfigError
+from stslive.drivers.errors import ArchiveError, ConfigError
 from stslive.mocks.film import Film, FilmParams
 
 #: Channel names of the simulated archive, in stored order.
@@ -46,7 +49,25 @@ def write_film_archive(
     -------
     dict
         ``pixels``, ``elapsed_s`` (wall time of generation + writing).
+
+    Raises
+    ------
+    ArchiveError
+        ``path`` exists and ``overwrite`` is false (checked before anything is written).
     """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ArchiveError(path, "file exists; choose another --out, or pass --overwrite to replace it")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        stats = _write(film, partial, rows_per_block)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # an interrupted or failed write leaves nothing behind
+    return stats
+
+
+def _write(film: Film, path: Path, rows_per_block: int | None = None) -> dict[str, float]:
     p = film.params
     t0 = time.time()
     geometry = GridGeometry(
@@ -77,7 +98,7 @@ def write_film_archive(
         swmr=False,
         topography=film.topography_m,
         bias=film.bias_V,
-        overwrite=overwrite,
+        overwrite=True,  # the temporary name: a stale one of a killed earlier run is replaced
     ) as writer:
         for rows, block in film.iter_blocks(rows_per_block=rows_per_block):
             shape = block.current_A.shape

@@ -129,3 +129,44 @@ def test_temperature_suspender_hold_time() -> None:
     now[0] = 3.0
     assert s.check(0.3) == "resume" and not s.suspended
     assert s.check(0.3) == "ok"
+
+
+def test_a_refused_control_key_times_out_every_time_never_hangs(tmp_path) -> None:
+    """A REQ whose CURVE handshake is refused has no peer; sending must not wait for one for ever."""
+    import time
+
+    from stslive.acquisition.cli import main
+    from stslive.acquisition.formats.security import Security
+    from stslive.drivers.errors import InstrumentTimeout
+
+    assert main(["keys", "--dir", str(tmp_path), "--client", "screen", "--role", "viewer"]) == 0
+    m = RunStateMachine([0])
+    m.begin()
+    ctx = zmq.Context()
+    server = ControlServer(m, "tcp://127.0.0.1:0", context=ctx, security=Security.from_dir(tmp_path)).start()
+    viewer = Security.from_dir(tmp_path, client="screen")  # a viewer key: refused by the control socket
+    try:
+        for _ in range(20):
+            t0 = time.monotonic()
+            with pytest.raises(InstrumentTimeout, match="no reply"):
+                send_command(server.endpoint, "abort", timeout_s=0.2, context=ctx, security=viewer)
+            assert time.monotonic() - t0 < 2.0
+        assert m.state == "running" and server.handled == 0
+    finally:
+        server.close()
+        ctx.term()
+
+
+def test_nobody_at_the_endpoint_is_a_timeout_within_the_time_given() -> None:
+    import socket
+    import time
+
+    from stslive.drivers.errors import InstrumentTimeout
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(InstrumentTimeout, match="no reply from"):
+        send_command(f"tcp://127.0.0.1:{port}", "status", timeout_s=0.3)
+    assert time.monotonic() - t0 < 1.5

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.formats.archive import open_archive
+from stslive.acquisition.plans import progressive_order
 from stslive.mocks.lab import MockLab
 from stslive.mocks.lab_servers import LabServers
 
@@ -37,7 +38,7 @@ width_m = {width}
 height_m = {height}
 nx = {nx}
 ny = {ny}
-order = "serpentine"
+order = "{order}"
 [[setpoint_set]]
 id = 0
 name = "kill"
@@ -114,6 +115,7 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_p
                 nx=NX,
                 ny=NY,
                 points=POINTS,
+                order="serpentine",
             )
         )
         kills, startup_kills, measured_at_kill = 0, 0, []
@@ -198,6 +200,7 @@ def test_sigterm_stops_after_the_pixel_in_progress_with_exit_status_abort(tmp_pa
                 nx=NX,
                 ny=NY,
                 points=POINTS,
+                order="serpentine",
             )
         )
         proc = scan("--config", str(cfg), "--out", str(path))
@@ -215,3 +218,38 @@ def test_sigterm_stops_after_the_pixel_in_progress_with_exit_status_abort(tmp_pa
         stop = [r for r in reader.log if r["event"] == "stop"]
     assert 3 <= n < NX * NY
     assert stop and stop[-1]["exit_status"] == "abort" and stop[-1]["measured"] == n
+
+
+def test_kill_9_in_progressive_order_then_resume_measures_every_pixel_once(tmp_path: Path) -> None:
+    rng = random.Random(20261205)
+    lab = MockLab.from_seed(seed=6, ny=NY, nx=NX, speed=1.0)
+    path = tmp_path / "run.h5"
+    with LabServers.start(lab, sr830_port=None) as servers:
+        res = servers.resources
+        cfg = tmp_path / "run.toml"
+        geometry = {"width": NX * lab.pixel_m, "height": NY * lab.pixel_m, "nx": NX, "ny": NY}
+        cfg.write_text(
+            CONFIG.format(nanonis=res["nanonis"], ls372=res["ls372"], points=POINTS, order="progressive", **geometry)
+        )
+        proc = scan("--config", str(cfg), "--out", str(path))
+        kills = 0
+        while kills < 3 and wait_for_sweeps(proc, lab, lab.faults.spectrum + rng.randint(3, 8)):
+            time.sleep(rng.uniform(0.0, 0.06))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            proc = scan("--resume", str(path))
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode() if proc.stderr else ""
+        sweeps = lab.faults.spectrum
+    assert kills == 3
+    with open_archive(path) as reader:
+        assert reader.geometry.order == "progressive"
+        assert reader.measured.all() and not reader.failed.any()
+        assert not [r for r in reader.log if r["event"] == "pixel_replaced"]  # nothing measured twice
+        order = reader.geometry.visit_order()
+        t_start = reader.pixel_meta["t_start"]
+    cells = progressive_order(NX, NY)
+    assert np.array_equal(order, cells)
+    # each pixel once, in the progressive order across the resumes; a kill costs at most the sweep in flight
+    assert np.all(np.diff(t_start[cells[:, 0], cells[:, 1]]) > 0)
+    assert NX * NY <= sweeps <= NX * NY + kills

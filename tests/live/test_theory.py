@@ -167,18 +167,18 @@ def test_cli_json_defaults_match_module(capsys: pytest.CaptureFixture[str]) -> N
     assert by_key["alpha_eq1"]["paper"] == 0.29
     assert by_key["energy_ratio"]["rel_diff"] == pytest.approx(0.406, abs=0.002)
     assert by_key["s_homo"]["paper"] is None and by_key["s_homo"]["rel_diff"] is None
-    assert doc["inputs"]["bias_mV"] == {"value": 10.0, "unit": "mV"}
+    assert doc["inputs"]["bias_V"] == {"value": 0.01, "unit": "V"}
 
 
 def test_cli_set_overrides_and_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["theory", "--set", "r_sq_max_ohm=3400", "--set", "bias_mV=10"]) == 0
+    assert main(["theory", "--set", "r_sq_max_ohm=3400", "--set", "bias_V=0.01"]) == 0
     out = capsys.readouterr().out
     assert "AA exponent alpha(V)" in out and "0.1448" in out  # half the resistance, half the exponent
 
 
 @pytest.mark.parametrize(
     ("pair", "match"),
-    [("nope=1", "unknown key 'nope'"), ("bias_mV", "KEY=VALUE"), ("bias_mV=ten", "not a number"), ("gap_K=0", "> 0")],
+    [("nope=1", "unknown key 'nope'"), ("bias_V", "KEY=VALUE"), ("bias_V=ten", "not a number"), ("gap_K=0", "> 0")],
 )
 def test_cli_bad_overrides(pair: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as info:

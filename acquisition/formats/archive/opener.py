@@ -60,7 +60,8 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
         head = fh.read(8)
     if head != HDF5_SIGNATURE:
         raise ArchiveError(
-            path, "not an HDF5 file, so not an stslive run archive (for a Nanonis grid use the .3ds importer)"
+            path,
+            "not an HDF5 file, so not an stslive run archive (a Nanonis .3ds or .dat: stslive analyse or replay it)",
         )
     sb = _h5status.superblock(path)
     if sb is not None and not sb.intact:
