@@ -376,6 +376,13 @@ def flag_recording(
             order = np.argwhere(measured).astype(np.int64)
             times = temps = np.full((ny, nx), np.nan)  # a .3ds records neither: judged in record order
             status, overload = np.zeros((ny, nx), dtype=np.int64), np.zeros((ny, nx), dtype=bool)
+        # a damaged archive may list pixels whose spectra or metadata were lost (set id -1): the
+        # kernels did not analyse them (the reader's damage report names them), so they are not
+        # judged either
+        with model.lock:
+            measured &= model.maps["measured"]
+        measured &= np.isin(set_map, np.fromiter(sets, dtype=np.int64, count=len(sets)))
+        order = order[measured[order[:, 0], order[:, 1]]]
         feats = _features(rec, flags, measured, set_map, max_block_bytes)
     with model.lock:
         delta = model.maps["delta_eV"].copy()

@@ -36,7 +36,7 @@ from stslive.mocks.lab_servers import LabServers
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 #: Prose that names a command without being a command line.
-MENTIONS = {"stslive demo", "stslive analyse", "stslive keys", "stslive analyse --set"}
+MENTIONS = {"stslive demo", "stslive analyse", "stslive keys", "stslive analyse --set", "stslive watch"}
 #: Concrete README lines run by another test (file), usually at a smaller size.
 ELSEWHERE = {
     "stslive demo --headless --grid 64x48 --out demo-out": "tests/e2e/test_demo.py",
@@ -53,6 +53,7 @@ ELSEWHERE = {
 PLACEHOLDERS = {
     "EP": "tcp://127.0.0.1:5556",
     "N": "2",
+    "S": "5",
     "X": "0",
     "NXxNY": "8x6",
     "RES": "TCPIP::127.0.0.1::1::SOCKET",

@@ -24,7 +24,7 @@ from stslive.acquisition.cli.common import parse_endpoint
 from stslive.acquisition.formats.security import Security
 from stslive.drivers.errors import ConfigError, ServiceError
 from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc
-from stslive.live.analyser_settings import analysis_path_for
+from stslive.live.analyser.settings import analysis_path_for
 from stslive.live.flags import FlagConfig, load_flag_config
 from stslive.live.kernels import KernelOptions
 
@@ -78,11 +78,11 @@ def writable_file(path: Path, option: str) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         missing = "is not a folder" if folder.exists() else "does not exist"
-        raise ConfigError(f"{option} {path}: {folder} {missing}")
+        raise ConfigError(f"cannot write the analysis file {path} ({option}): {folder} {missing}")
     if path.exists() and (not path.is_file() or not os.access(path, os.W_OK)):
-        raise ConfigError(f"{option} {path}: exists and cannot be written")
+        raise ConfigError(f"cannot write the analysis file {path} ({option}): it exists and is not a writable file")
     if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: folder {folder} is not writable")
+        raise ConfigError(f"cannot write the analysis file {path} ({option}): folder {folder} is not writable")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -333,9 +333,11 @@ class NanonisGrid:
             out = np.broadcast_to(self.mls_sweep, (len(r), self.nx, self.n_points)).copy()
             out[~self.measured[rows]] = np.nan
             return out
-        start = self.parameter("Sweep Start")[rows, :, None].astype(np.float64)
-        end = self.parameter("Sweep End")[rows, :, None].astype(np.float64)
-        return start + (end - start) * np.linspace(0.0, 1.0, self.n_points)
+        start = self.parameter("Sweep Start")[rows].astype(np.float64)
+        end = self.parameter("Sweep End")[rows].astype(np.float64)
+        # np.linspace per point: bit for bit the axis of a set-point set with these limits
+        # (SetpointSet.bias_axis), so a replayed grid and the file analysed offline agree
+        return np.linspace(start, end, self.n_points, axis=-1)
 
     def nominal_sweep(self) -> np.ndarray:
         """The sweep axis of the first measured point (NaN-filled when nothing was measured)."""

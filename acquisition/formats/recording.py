@@ -312,9 +312,8 @@ class SpectraSource:
             return np.broadcast_to(self._resampler.target, (n_rows, self.shape[1], self.n_points)).copy()
         if not isinstance(self._b, ArchiveReader):
             return self._b.sweep_axes(rows)
-        frac = np.linspace(0.0, 1.0, self.n_points)
-        s, e = self._start[rows, :, None], self._end[rows, :, None]
-        return s + (e - s) * frac
+        # np.linspace per pixel: bit for bit the axis of its set-point set (SetpointSet.bias_axis)
+        return np.linspace(self._start[rows], self._end[rows], self.n_points, axis=-1)
 
     @property
     def topography(self) -> np.ndarray | None:

@@ -81,7 +81,10 @@ def film_line_dats(
         y = start_m[1] + k * step_m[1] + jitter_m * rng.normal()
         columns = ["Bias calc (V)", "Current (A)", "LI Demod 1 X (A)", "Current [bwd] (A)"]
         data = np.stack([block.bias_V, block.current_A[0, k], block.lockin_x_A[0, k], block.current_A[0, k]], axis=1)
-        head = {**DAT_HEADER, "X (m)": f"{x:.6E}", "Y (m)": f"{y:.6E}", **(header or {})}
+        # the header states the temperature the film was simulated at (a header that contradicts
+        # the spectra, 1.2 K over 0.3 K peaks, makes the analysis refuse them)
+        temperature = {"Temperature 1>Temperature 1 (K)": f"{f.params.temperature_K:.6E}"}  # type: ignore[attr-defined]
+        head = {**DAT_HEADER, "X (m)": f"{x:.6E}", "Y (m)": f"{y:.6E}", **temperature, **(header or {})}
         paths.append(write_dat(folder / f"Bias-Spectroscopy{k + 1:03d}.dat", header=head, columns=columns, data=data))
     return paths, f
 

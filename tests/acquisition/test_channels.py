@@ -67,7 +67,7 @@ def test_analyse_a_grid_whose_current_is_an_input(tmp_path: Path) -> None:
     assert main(["analyse", str(path), "--current", "Input 3 (A)", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["inputs"]["channels"] == {"current": "Input 3 (A)", "lockin": None}
-    assert report["valid_pixels"] >= 0.9 * 48
+    assert report["pixels_valid"] >= 0.9 * 48
 
 
 def test_live_analyser_honours_the_current_it_is_given(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def test_real_point_spectrum_is_analysed_with_its_current_named(shared_data: Pat
     out = tmp_path / "out"
     assert main(["analyse", str(shared_data / DAT), "--current", "Input 3 (A)", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["inputs"]["format"] == "nanonis-dat" and report["pixels"] == 1
+    assert report["inputs"]["format"] == "nanonis-dat" and report["pixels_measured"] == 1
     assert report["inputs"]["channels"]["current"] == "Input 3 (A)"
     with pytest.raises(AnalysisError, match="name the current|--current"):
         open_spectra(shared_data / DAT)  # no 'Current' channel: the user must say which one
@@ -110,7 +110,9 @@ def test_folder_of_dat_on_a_line_is_one_input(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["analyse", str(tmp_path / "line"), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["pixels"] == 12 and report["valid_pixels"] >= 11 and report["inputs"]["format"] == "nanonis-dat"
+    assert (
+        report["pixels_measured"] == 12 and report["pixels_valid"] >= 11 and report["inputs"]["format"] == "nanonis-dat"
+    )
     truth = f.definition_truth().delta_pp_eV[0]  # type: ignore[attr-defined]
     from stslive.live.results_io import load_maps_h5
 
@@ -242,7 +244,7 @@ def test_mls_grid_is_analysed_offline_and_refused_by_replay(tmp_path: Path) -> N
     out = tmp_path / "out"
     assert main(["analyse", str(path), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["pixels"] == 24 and report["inputs"]["resampled_from_points"] == 411
+    assert report["pixels_measured"] == 24 and report["inputs"]["resampled_from_points"] == 411
     from stslive.live.results_io import load_maps_h5
 
     maps = load_maps_h5(out / "maps.h5").maps

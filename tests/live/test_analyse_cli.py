@@ -212,7 +212,7 @@ def test_truncated_archive_is_analysed_as_far_as_it_survives(
     assert code == 0 and "TRUNCATED" in err and "Traceback" not in err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "TRUNCATED" in report["inputs"]["damage"]
-    assert 0 < report["pixels"] < report["grid_pixels"]  # only the pixels inside the file
+    assert 0 < report["pixels_measured"] < report["pixels_in_grid"]  # only the pixels inside the file
     tiny = tmp_path / "tiny.h5"
     tiny.write_bytes(data[:3000])
     code = main(["analyse", str(tiny), "--out", str(tmp_path / "tiny")])

@@ -52,8 +52,8 @@ def test_campaign_skips_unsuitable_inputs_with_their_reason(
     assert "skipping" in err and "m_zsweep.3ds" in err and "not the bias" in err and "z_broken.3ds" in err
     rows = list(csv.DictReader((out / "campaign.csv").open()))
     assert [r["run"] for r in rows] == ["a0", "a1", "m_zsweep", "z_broken"]
-    assert rows[0]["skipped"] == rows[1]["skipped"] == "" and rows[0]["valid_pixels"] == "168"
-    assert "not the bias" in rows[2]["skipped"] and rows[2]["valid_pixels"] == ""
+    assert rows[0]["skipped"] == rows[1]["skipped"] == "" and rows[0]["pixels_valid"] == "168"
+    assert "not the bias" in rows[2]["skipped"] and rows[2]["pixels_valid"] == ""
     assert "HEADER_END" in rows[3]["skipped"]
     table = json.loads((out / "campaign.json").read_text())["runs"]
     assert table[2]["skipped"] and table[2]["delta_mean_meV"] is None

@@ -429,7 +429,8 @@ def test_tip_change_labels_every_pixel_measured_with_the_changed_tip(window, slo
 
 
 def test_unknown_lockin_settings_of_a_replayed_3ds_flag_nothing(tmp_path: Path) -> None:
-    """A .3ds records no lock-in sensitivity nor status: those rules are not judged, live or offline."""
+    """A .3ds records no lock-in sensitivity nor status, nor whether its amplitude is rms or peak:
+    those rules are not judged, live or offline."""
     from stslive.acquisition.cli import main
     from stslive.acquisition.formats.nanonis3ds import write_3ds
     from stslive.acquisition.formats.runmodel import GridGeometry
@@ -468,7 +469,8 @@ def test_unknown_lockin_settings_of_a_replayed_3ds_flag_nothing(tmp_path: Path) 
     unjudged = ctx.flags.unjudged()
     assert {"lockin_sensitivity", "lockin_overload", "thermal"} <= set(unjudged)
     assert unjudged["lockin_sensitivity"]["pixels"] == 12 * 16 and "not recorded" in unjudged["lockin_overload"]["why"]
-    assert "modulation" not in unjudged  # the header gives the amplitude
+    # the header gives the amplitude but not its convention (docs/formats.md): the modulation is unknown
+    assert "modulation" in unjudged and "not recorded" in unjudged["modulation"]["why"]
     assert main(["analyse", str(path), "--out", str(tmp_path / "out"), "--examples", "0"]) == 0
     np.testing.assert_array_equal(load_maps_h5(tmp_path / "out" / "maps.h5").maps["flags"], flags)
     report = json.loads((tmp_path / "out" / "report.json").read_text())

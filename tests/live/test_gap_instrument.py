@@ -111,8 +111,9 @@ def test_live_and_offline_read_one_temperature_and_one_modulation_from_the_recor
     """A recording replayed into the live analyser and ``stslive analyse`` of it: the same broadening, the same maps.
 
     A ``.3ds`` states its temperature in the header once (no reading per pixel, so none in its
-    events) and its modulation as ``Lock-in>Amplitude``, read as zero-to-peak by the set-point
-    set the replay publishes; the analysis must take both from the same reading.
+    events) and its modulation as ``Lock-in>Amplitude``, here with its convention stated
+    (zero-to-peak; Nanonis itself does not say, docs/formats.md), which the set-point set the
+    replay publishes carries; the analysis must take both from the same reading.
     """
     from stslive.acquisition.formats.nanonis3ds import write_3ds
     from stslive.acquisition.formats.runmodel import GridGeometry
@@ -145,6 +146,7 @@ def test_live_and_offline_read_one_temperature_and_one_modulation_from_the_recor
                 "Lock-in>Lock-in status": "ON",
                 "Lock-in>Modulated signal": "Bias (V)",
                 "Lock-in>Amplitude": f"{200e-6 * np.sqrt(2):.6E}",  # zero-to-peak
+                "stslive>Lock-in amplitude convention": "peak",
             },
         )
     with open_input(path, options=KernelOptions()) as source:
@@ -166,12 +168,17 @@ def test_live_and_offline_read_one_temperature_and_one_modulation_from_the_recor
     assert offline.maps["valid_delta"].mean() >= 0.95
 
 
+_PEAK = {"stslive>Lock-in amplitude convention": "peak"}
+
+
 @pytest.mark.parametrize(
     ("lockin", "modulation_Vrms"),
     [
-        ({"Bias Spectroscopy>Lock-In run": "TRUE"}, 1e-3 / np.sqrt(2)),
-        ({"Lock-in>Lock-in status": "ON", "Lock-in>Modulated signal": "Bias (V)"}, 1e-3 / np.sqrt(2)),
-        ({"Bias Spectroscopy>Lock-In run": "TRUE", "Lock-in>Modulated signal": "Z (m)"}, None),  # dI/dz: no bias
+        ({"Bias Spectroscopy>Lock-In run": "TRUE", "Lock-in>Modulated signal": "Bias (V)", **_PEAK}, 1e-3 / np.sqrt(2)),
+        ({"Bias Spectroscopy>Lock-In run": "TRUE", **_PEAK}, None),  # the header does not say what it modulated
+        ({"Lock-in>Lock-in status": "ON", "Lock-in>Modulated signal": "Bias (V)", **_PEAK}, 1e-3 / np.sqrt(2)),
+        ({"Bias Spectroscopy>Lock-In run": "TRUE", "Lock-in>Modulated signal": "Bias (V)"}, None),  # rms or peak?
+        ({"Bias Spectroscopy>Lock-In run": "TRUE", "Lock-in>Modulated signal": "Z (m)", **_PEAK}, None),  # dI/dz
         ({"Bias Spectroscopy>Lock-In run": "FALSE", "Lock-in>Lock-in status": "OFF"}, None),
     ],
 )
