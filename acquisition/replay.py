@@ -8,7 +8,7 @@ data. An archive's documents come from the archive itself (:meth:`ArchiveReader.
 recorded time; ties in visiting order); ``as_recorded`` reproduces the recorded gaps. A Nanonis
 file goes in record order (row-major; a point set in file-name order) and has no per-point
 times, so ``as_recorded`` is refused. It stores no stslive set-point set: one is built from its
-header (:func:`~stslive.acquisition.formats.recording.start_fields`, the sources in
+header (:func:`~stslive.acquisition.formats.start_document.start_fields`, the sources in
 ``metadata["setpoint_source"]``), with the lock-in settings the header does not give as None
 (unknown), never a default. For a sweep that is not the bias (``metadata["sweep_signal"]``) it
 is sent unvalidated and the analyser refuses the run; a sweep that is not linear (MLS) is
@@ -36,8 +36,9 @@ from stslive.acquisition.formats.documents import EXIT_STATUSES, ArraySpec, Even
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid
 from stslive.acquisition.formats.nanonis_dat import NanonisPointSet
 from stslive.acquisition.formats.publisher import RunPublisher
-from stslive.acquisition.formats.recording import Recording, kind_of, open_recording, start_fields
+from stslive.acquisition.formats.recording import Recording, kind_of, open_recording
 from stslive.acquisition.formats.runmodel import channel_unit
+from stslive.acquisition.formats.start_document import start_fields
 from stslive.drivers.errors import ArchiveError, ConfigError, NanonisFileError, StsliveError
 
 __all__ = [
@@ -243,7 +244,7 @@ def nanonis_start_fields(
     amplitude_convention: AmplitudeConvention | None = None,
 ) -> dict[str, Any]:
     """Keyword fields of :meth:`RunPublisher.start` for a Nanonis recording (replay and watch): its
-    :func:`~stslive.acquisition.formats.recording.start_fields`, for a linear sweep only."""
+    :func:`~stslive.acquisition.formats.start_document.start_fields`, for a linear sweep only."""
     if recording.is_bias_sweep:
         _check_linear(path, recording)
     fields = start_fields(recording, setpoint=setpoint, amplitude_convention=amplitude_convention)

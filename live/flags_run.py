@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
-from stslive.acquisition.formats.recording import open_recording, start_fields
+from stslive.acquisition.formats.recording import open_recording
 from stslive.acquisition.formats.runmodel import SetpointSet, channel_unit
+from stslive.acquisition.formats.start_document import start_fields
 from stslive.drivers.errors import AnalysisError, ConfigError, FileFormatError, NanonisFileError, StreamError
 from stslive.live.flag_config import FlagConfig
 from stslive.live.flag_kinds import FLAG_LABELS, FlagKind

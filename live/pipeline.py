@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
-from stslive.acquisition.formats.recording import STATED_TEMPERATURE_KEY, SpectraSource, open_spectra, start_fields
+from stslive.acquisition.formats.recording import SpectraSource, open_spectra
 from stslive.acquisition.formats.runmodel import SetpointSet
+from stslive.acquisition.formats.start_document import STATED_TEMPERATURE_KEY, start_fields
 from stslive.drivers.errors import AnalysisError, FileFormatError, NanonisFileError
 from stslive.live.kernels import KernelOptions, SpectrumAnalysis, analyse_spectra, calibrate, pick_channels
 from stslive.live.results import ResultsModel
@@ -334,7 +335,7 @@ def instrument_settings(source: SpectraSource, pixels: np.ndarray | None = None)
     measured pixel; the thermometer is read before and after each spectrum) and the lock-in
     amplitude of the set-point set of the first measured pixel (0 there means no lock-in: None).
     A Nanonis ``.3ds``: what a replay of it publishes
-    (:func:`~stslive.acquisition.formats.recording.start_fields`), so the live analyser reads the
+    (:func:`~stslive.acquisition.formats.start_document.start_fields`), so the live analyser reads the
     same: the header's temperature (:data:`STATED_TEMPERATURE_KEY`) and the lock-in amplitude of
     the set-point set built from the header (``Lock-in>Amplitude`` read as zero-to-peak when the
     lock-in modulated the bias; Nanonis does not document the convention, ``--modulation-Vrms``
