@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from stslive.acquisition.formats.archive.opener import writer_alive
+from stslive.acquisition.formats.archive import ArchiveHealth
+from stslive.acquisition.formats.archive.opener import swmr_writer_flagged, writer_alive
 from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z, recording_kind, topography_from_z
 from stslive.drivers.errors import ArchiveError, FileFormatError, StsliveError
 from stslive.live.results import ResultsModel
 from stslive.live.results_io import load_maps_h5
-from stslive.live.viewer.archive_open import SWMR_WRITE_FLAG, open_for_viewing, superblock
+from stslive.live.viewer.archive_open import open_for_viewing, truncation_note
 from stslive.live.viewer.scan_state import ScanFrame, ScanState, phase_from_archive
 from stslive.live.viewer.sources import SourceBase, display_conductance
 
@@ -54,7 +55,7 @@ class ArchiveSpectra:
             raise FileFormatError(
                 self.path, "a Nanonis grid, not a run archive: analyse it (stslive analyse) and view its maps.h5"
             )
-        self.reader, self.health = open_for_viewing(self.path, timeout_s=timeout_s)
+        self.reader = open_for_viewing(self.path, timeout_s=timeout_s)
         names = list(self.reader.channel_names)
         wanted = current or next((n for n in names if n.lower().startswith("current")), None)
         if wanted not in names:
@@ -67,8 +68,11 @@ class ArchiveSpectra:
         self.current_index = names.index(wanted)
         self.frame = ScanFrame.from_geometry(self.reader.geometry)
         self._topo_cache: tuple[int, np.ndarray | None, str] | None = None
-        #: pixels the archive marks measured, readable or not (see :meth:`progress`)
-        self.recorded = 0
+
+    @property
+    def health(self) -> ArchiveHealth:
+        """How complete the file is; a truncated file's ``readable`` says which pixels survived."""
+        return self.reader.health
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -80,12 +84,9 @@ class ArchiveSpectra:
         return float(self.reader.geometry.pixel_size_m[0] * 1e9)
 
     def _measured(self) -> np.ndarray:
-        """Measured pixels that can be read (a truncated file lost the rest); call under the lock."""
-        measured = np.asarray(self.reader.measured, dtype=bool)
-        # a truncated file's reader counts only what it can read; what the file recorded it says apart
-        recorded = self.reader.health.recorded_measured
-        self.recorded = int(measured.sum()) if recorded is None else recorded
-        return measured if self.health.readable is None else measured & self.health.readable
+        """Measured pixels that can be read (a truncated file's reader leaves out what it lost);
+        call under the lock."""
+        return np.asarray(self.reader.measured, dtype=bool)
 
     def topography(self) -> tuple[np.ndarray | None, str]:
         """The run's topography (m) and where it comes from, "" when there is none.
@@ -139,9 +140,7 @@ class ArchiveSpectra:
         """The run documents, the log and whether a live writer still holds the file."""
         with self._lock:
             documents, lines = self.reader.documents, self.reader.log
-        block = superblock(self.path) if self.path.is_file() else None
-        flagged = block is not None and bool(block[0] & SWMR_WRITE_FLAG)
-        return documents, lines, flagged and _writer_alive(documents.get("writer"))
+        return documents, lines, swmr_writer_flagged(self.path) and _writer_alive(documents.get("writer"))
 
     def __call__(self, iy: int, ix: int) -> tuple[np.ndarray, np.ndarray]:
         if self.health.readable is not None and not self.health.readable[iy, ix]:
@@ -185,9 +184,7 @@ def poll_archive(spectra: ArchiveSpectra, scan: ScanState, model: ResultsModel) 
     documents, lines, writing = spectra.records()
     scan.set_phase(phase_from_archive(documents, lines, writing=writing))
     if spectra.health.truncated:
-        n = int(progress["measured"].sum())
-        text = f"{spectra.health.describe()}: {n:,} of its {spectra.recorded:,} measured pixels readable"
-        scan.set_note(text, truncated=True)
+        scan.set_note(truncation_note(spectra.health, int(progress["measured"].sum())), truncated=True)
     if scan.ny == 1 and not np.array_equal(before, progress["measured"]):
         _read_line(spectra, scan, progress["measured"][0])
 

@@ -19,6 +19,7 @@ import pytest
 
 from stslive.acquisition.formats import _h5status
 from stslive.acquisition.formats.archive import ArchiveWriter, open_archive
+from stslive.acquisition.formats.archive.opener import swmr_writer_flagged
 from stslive.acquisition.formats.recording import open_spectra
 from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta, SetpointSet
 from stslive.acquisition.jobs.simulate import write_film_archive
@@ -171,6 +172,17 @@ def test_killed_swmr_writer_is_read_plainly_and_a_damaged_one_fails_in_time(tmp_
     assert isinstance(error, ArchiveError) or hasattr(error, "measured")
     if hasattr(error, "close"):
         error.close()  # type: ignore[attr-defined]
+
+
+def test_swmr_writer_flag_tells_a_held_file_from_a_closed_one(tmp_path: Path) -> None:
+    killed, closed = tmp_path / "killed.h5", tmp_path / "closed.h5"
+    proc = mp.get_context("spawn").Process(target=_scan, args=(str(killed), 2, True))
+    proc.start()
+    proc.join(60)
+    _scan(str(closed), 2, kill=False)
+    assert swmr_writer_flagged(killed)  # a killed writer's flags stay: the viewer asks writer_alive next
+    assert not swmr_writer_flagged(closed)
+    assert not swmr_writer_flagged(tmp_path / "absent.h5")
 
 
 def _live(path: str, ready: object, go: object) -> None:

@@ -302,6 +302,7 @@ def test_truncated_archive_opens_within_the_deadline_and_reports_what_it_could_r
     view = source.scan.view()
     assert view.n_measured == expected
     assert f"{expected} of its {NY * NX} measured pixels readable" in view.note and "TRUNCATED" in view.note
+    assert "MB present" in view.note
     w = window_factory(source.model, source)
     w.redraw_all()
     assert "TRUNCATED" in w.banner.alarms.text() and w.banner.progress.value() == round(1000 * expected / (NY * NX))
@@ -334,20 +335,20 @@ def _killed_writer_archive(path: Path) -> None:
 
 
 def test_an_archive_held_for_swmr_writing_opens_and_a_damaged_one_fails_within_the_deadline(tmp_path):
-    from stslive.live.viewer.archive_open import SWMR_WRITE_FLAG, superblock
+    from stslive.acquisition.formats.archive.opener import swmr_writer_flagged
 
     run = tmp_path / "RUN.h5"
     _killed_writer_archive(run)
-    assert superblock(run)[0] & SWMR_WRITE_FLAG  # the file still says an SWMR writer holds it
-    reader, health = open_for_viewing(run, timeout_s=10)  # whole: opens, read in SWMR mode
-    assert int(reader.measured.sum()) == 5 and not health.truncated
+    assert swmr_writer_flagged(run)  # the file still says an SWMR writer holds it
+    reader = open_for_viewing(run, timeout_s=10)  # whole: opens, read in SWMR mode
+    assert int(reader.measured.sum()) == 5 and not reader.health.truncated and reader._f.swmr_mode
     reader.close()
     data = bytearray(run.read_bytes())
     root = int.from_bytes(data[12 + 3 * data[9] : 12 + 4 * data[9]], "little")  # root object header
     data[root + 20] ^= 0xFF  # its checksum now fails: an SWMR reader retries for minutes
     run.write_bytes(bytes(data))
     t0 = time.monotonic()
-    with pytest.raises(ArchiveError, match="checksum|could not read its layout within 2 s"):
+    with pytest.raises(ArchiveError, match="checksum|HDF5 kept retrying within 2 s"):
         open_for_viewing(run, timeout_s=2)
     assert time.monotonic() - t0 < 2 + 5
 
@@ -502,29 +503,34 @@ def test_progress_counts_the_archive_and_a_truncated_one_only_its_readable_pixel
 
 
 def test_a_live_archive_caught_mid_flush_is_opened_again(tmp_path, monkeypatch):
-    from stslive.live.viewer import archive_open
+    from stslive.acquisition.formats.archive import opener
 
     run = tmp_path / "RUN.h5"
     _killed_writer_archive(run)  # flags still say 'being written': the live path
-    real, calls = archive_open._probe_in_child, []
+    real, calls = opener.open_view, []
 
-    def first_fails(path, health, timeout_s):
-        calls.append(timeout_s)
+    def first_fails(path):
+        calls.append(path)
         if len(calls) == 1:  # what HDF5 says when the writer had not recorded its new end of file yet
-            raise ArchiveError(path, "cannot open (truncated file: eof = 4669458, stored_eof = 4707882)")
-        return real(path, health, timeout_s)
+            raise OSError("Unable to open file (truncated file: eof = 4669458, stored_eof = 4707882)")
+        return real(path)
 
-    monkeypatch.setattr(archive_open, "_probe_in_child", first_fails)
-    reader, _ = open_for_viewing(run, timeout_s=10)
+    monkeypatch.setattr(opener, "open_view", first_fails)
+    reader = open_for_viewing(run, timeout_s=10)
     assert len(calls) == 2 and int(reader.measured.sum()) == 5
     reader.close()
 
-    def stalls(path, health, timeout_s):
-        calls.append(timeout_s)
-        raise archive_open._Stalled(path, "could not read its layout")
+    probes = []
 
-    monkeypatch.setattr(archive_open, "_probe_in_child", stalls)
-    calls.clear()
-    with pytest.raises(ArchiveError, match="could not read its layout"):
-        open_for_viewing(run, timeout_s=10)
-    assert len(calls) == 1  # a stall is not tried again: the deadline is spent
+    def stalls(args, *, timeout, **kwargs):
+        probes.append(timeout)
+        raise subprocess.TimeoutExpired(args, timeout)
+
+    def damaged(path):
+        raise OSError("Unable to open file (incorrect metadata checksum after all read attempts)")
+
+    monkeypatch.setattr(opener, "open_view", damaged)
+    monkeypatch.setattr(opener.subprocess, "run", stalls)
+    with pytest.raises(ArchiveError, match="HDF5 kept retrying within 7 s"):
+        open_for_viewing(run, timeout_s=7)
+    assert probes == [7]  # the screen's deadline bounds the SWMR probe, which is not tried again

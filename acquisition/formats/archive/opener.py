@@ -25,7 +25,7 @@ from stslive.acquisition.formats.archive.layout import ARCHIVE_VERSION, HDF5_SIG
 from stslive.acquisition.formats.archive.reader import DAMAGE, ArchiveReader
 from stslive.drivers.errors import ArchiveError, StsliveError
 
-__all__ = ["open_archive", "writer_alive"]
+__all__ = ["SWMR_PROBE_S", "open_archive", "swmr_writer_flagged", "writer_alive"]
 
 
 #: How long a live writer's recorded end of file may run ahead of the bytes on disk, s (it
@@ -33,11 +33,13 @@ __all__ = ["open_archive", "writer_alive"]
 _SETTLE_S = 1.0
 #: Attempts (0.1 s apart) at a plain read of a file an SWMR writer may be updating.
 _VIEW_ATTEMPTS = 3
-#: Deadline of the child process that tries an SWMR open when a plain read fails, s.
+#: Default deadline of the child process that tries an SWMR open when a plain read fails, s.
 SWMR_PROBE_S = 5.0
 
 
-def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> ArchiveReader:
+def open_archive(
+    path: str | os.PathLike[str], *, swmr: bool | str = False, probe_timeout_s: float = SWMR_PROBE_S
+) -> ArchiveReader:
     """Open and validate an archive; ArchiveError on anything that is not one of ours.
 
     ``swmr=False`` opens plainly: a file a writer holds is refused ("already open").
@@ -47,7 +49,7 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
     minutes, so a file reaches it only after its metadata was read plainly through
     :func:`~stslive.acquisition.formats.archive.health.open_view` (a file a live writer is
     updating that fails that look is tried with SWMR in a child process first, within
-    :data:`SWMR_PROBE_S`). A file shorter than its superblock records (cut short) is opened through
+    ``probe_timeout_s`` seconds). A file shorter than its superblock records (cut short) is opened through
     :func:`~stslive.acquisition.formats.archive.health.open_cut` in any mode;
     :attr:`ArchiveReader.health` then says so. Nothing here waits on damage.
     """
@@ -83,7 +85,7 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
             "non-SWMR writer died while writing it (resume it to clear that), or the file is corrupt",
         )
     if swmr and swmr_writer:
-        _check_plainly(path)
+        _check_plainly(path, probe_timeout_s)
     try:
         f = h5py.File(path, "r", libver="latest", swmr=bool(swmr) and swmr_writer)
     except OSError as exc:
@@ -94,6 +96,16 @@ def open_archive(path: str | os.PathLike[str], *, swmr: bool | str = False) -> A
         )
         raise ArchiveError(path, f"cannot open ({exc}); {hint}") from exc
     return _validated(f, path, ArchiveHealth(size_bytes=size, stored_bytes=None if sb is None else sb.stored_eof))
+
+
+def swmr_writer_flagged(path: str | os.PathLike[str]) -> bool:
+    """Whether the file's superblock says an SWMR writer holds it (a live run, or one killed:
+    :func:`writer_alive` tells them apart); False for a file that is not there."""
+    try:
+        sb = _h5status.superblock(path)
+    except OSError:
+        return False
+    return sb is not None and bool(sb.flags & _h5status.SWMR_WRITE_ACCESS)
 
 
 def writer_alive(writer_doc: object) -> bool | None:
@@ -115,12 +127,12 @@ def writer_alive(writer_doc: object) -> bool | None:
     return True
 
 
-def _check_plainly(path: Path) -> None:
+def _check_plainly(path: Path, probe_timeout_s: float) -> None:
     """Read every piece of metadata a reader uses through the flag-clearing view, so an SWMR open
     that follows cannot stall on damage; ArchiveError when it is damaged.
 
     A failure is retried (a live writer's torn update), then decided by an SWMR open in a child
-    process within :data:`SWMR_PROBE_S` (only another process can be abandoned while HDF5 retries).
+    process within ``probe_timeout_s`` (s; only another process can be abandoned while HDF5 retries).
     """
     failure: Exception | None = None
     for attempt in range(_VIEW_ATTEMPTS):
@@ -135,7 +147,7 @@ def _check_plainly(path: Path) -> None:
     probe = "import sys; from stslive.acquisition.formats.archive.opener import swmr_probe; swmr_probe(sys.argv[1])"
     try:
         done = subprocess.run(
-            [sys.executable, "-c", probe, os.fspath(path)], capture_output=True, timeout=SWMR_PROBE_S, check=False
+            [sys.executable, "-c", probe, os.fspath(path)], capture_output=True, timeout=probe_timeout_s, check=False
         )
     except subprocess.TimeoutExpired:
         done = None
@@ -145,7 +157,7 @@ def _check_plainly(path: Path) -> None:
     raise ArchiveError(
         path,
         f"marked open by an SWMR writer, unreadable plainly ({failure}) and with SWMR ({why} "
-        f"within {SWMR_PROBE_S:g} s): the file is corrupt",
+        f"within {probe_timeout_s:g} s): the file is corrupt",
     )
 
 
