@@ -41,6 +41,11 @@ SWEEP_CHANNEL = "Bias calc (V)"
 EXTERNAL_LOCKIN_CHANNEL = "Input 2 (V)"
 #: Voltage at the lock-in's CH1 OUTPUT for a full-scale X (SR830/SR860 rear panel, V).
 LOCKIN_OUTPUT_FULL_SCALE_V = 10.0
+#: The controller's bias output spans +-10 V (the analog outputs of a Nanonis real-time controller).
+#: A bias or sweep limit outside it (or not a number) is refused with an error here: the hardware
+#: cannot apply it, and the film model cannot simulate it (a 1e30 V bias asked for a grid of 1e34
+#: samples).
+BIAS_OUTPUT_RANGE_V = 10.0
 #: Real-time cycle of the controller (20 kHz): sweep times are whole numbers of it.
 RT_PERIOD_S = 50e-6
 
@@ -121,6 +126,14 @@ class Sweep:
     data: npt.NDArray[np.float32]
     parameters: npt.NDArray[np.float32]
     duration_s: float
+
+
+def check_bias(volts: float, *, command: str) -> None:
+    """ControllerError unless ``volts`` is a number within :data:`BIAS_OUTPUT_RANGE_V`."""
+    if not abs(volts) <= BIAS_OUTPUT_RANGE_V:  # NaN fails too
+        raise ControllerError(
+            "nanonis", f"bias {volts!r} V outside the output range +-{BIAS_OUTPUT_RANGE_V:g} V", command=command
+        )
 
 
 class MockLab:
@@ -233,7 +246,8 @@ class MockLab:
 
     # -- STM operations (called by the Nanonis server) ----------------------------------------
     def set_bias(self, volts: float) -> None:
-        """Apply a bias (V); with the feedback on, the tip re-regulates at it."""
+        """Apply a bias (V); with the feedback on, the tip re-regulates at it (ControllerError outside the range)."""
+        check_bias(volts, command="Bias.Set")
         with self.lock:
             self.stm.bias_V = float(volts)
             if self.stm.feedback_on:

@@ -32,7 +32,15 @@ from stslive.drivers.errors import ControllerError
 from stslive.drivers.protocols import ScanFrame, SpectroscopyTiming
 from stslive.mocks import nanonis_protocol as wire
 from stslive.mocks.faults import FaultKind
-from stslive.mocks.lab import FIXED_PARAMETERS, PARAMETERS, RT_PERIOD_S, SIGNAL_NAMES, SLOT_SIGNALS, MockLab
+from stslive.mocks.lab import (
+    FIXED_PARAMETERS,
+    PARAMETERS,
+    RT_PERIOD_S,
+    SIGNAL_NAMES,
+    SLOT_SIGNALS,
+    MockLab,
+    check_bias,
+)
 from stslive.mocks.tcp import TcpServerBase
 
 log = logging.getLogger(__name__)
@@ -152,6 +160,11 @@ def _adv_props_get(srv: NanonisServer, a: list[Any]) -> list[Any]:
 
 
 def _limits_set(srv: NanonisServer, a: list[Any]) -> list[Any]:
+    try:
+        for volts in a[:2]:
+            check_bias(float(volts), command="BiasSpectr.LimitsSet")
+    except ControllerError as exc:
+        raise Refused(exc.detail) from None
     with srv.lab.lock:
         srv.lab.stm.start_V, srv.lab.stm.end_V = float(a[0]), float(a[1])
     return []

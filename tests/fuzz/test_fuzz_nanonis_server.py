@@ -72,3 +72,20 @@ def _tail(reply: bytes) -> int:
         if struct.unpack(">i", reply[len(reply) - n - 4 : len(reply) - n])[0] == n:
             return n
     raise AssertionError(f"no error section in {reply.hex()}")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("Bias.Set", 1e30), ("Bias.Set", float("nan")), ("BiasSpectr.LimitsSet", -1e30)]
+)
+def test_a_bias_outside_the_output_range_is_refused_and_the_current_still_reads(
+    connection: socket.socket, name: str, value: float
+) -> None:
+    """A bias no controller output can apply gets an error reply; Current.Get afterwards is answered.
+
+    (A fuzzed Bias.Set of 1e30 V once made the simulated film allocate a grid of 1e34 samples.)
+    """
+    body = struct.pack(">f", value) + (struct.pack(">f", 0.01) if name == "BiasSpectr.LimitsSet" else b"")
+    reply = _exchange(connection, name, body)
+    assert b"outside the output range" in reply
+    current = _exchange(connection, "Current.Get", b"")
+    assert len(current) >= 4 and struct.unpack(">i", current[4:8])[0] == 0  # status 0: answered
