@@ -24,10 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-process", action="store_true", help="publish from this process (shares its GIL)")
     width = "fixed Dynes width; default: the analyser's rule (estimated from the first spectra)"
     parser.add_argument("--dynes-width-meV", type=float, help=width)
+    parser.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="calibrate on the film's first spectra before the replays (a run given its calibration: "
+        "no provisional results and no re-analysis)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the replays and print the figures; 1 if a replay lost results."""
-    options = forward(args, "n", "latency_n", "rate", "batch", "in_process", "dynes_width_meV")
+    options = forward(args, "n", "latency_n", "rate", "batch", "in_process", "dynes_width_meV", "calibrated")
     complete = bench_analyser(log=say, **options)
     return 0 if complete else 1
