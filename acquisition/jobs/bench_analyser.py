@@ -33,6 +33,7 @@ import zmq
 
 from stslive.acquisition.formats.documents import ArraySpec, EventDoc
 from stslive.acquisition.formats.publisher import RunPublisher
+from stslive.acquisition.formats.runmodel import SetpointSet
 from stslive.acquisition.formats.subscriber import RunSubscriber
 from stslive.drivers.errors import ConfigError, StreamError
 from stslive.live.analyser import AnalyserService, AnalyserSettings, settle_gc
@@ -338,9 +339,9 @@ def bench_analyser(
     settings = AnalyserSettings(batch=batch, snapshot_every=10**9, publish_every_s=3600.0)
     spectra, ny, nx = film_spectra(max(n, latency_n))
     if calibrated:
-        bias = np.linspace(SET["sweep_start_V"], SET["sweep_end_V"], N_POINTS)
-        instrument = options.with_instrument(temperature_K=None, modulation_Vrms=SET["lockin_amplitude_Vrms"])
-        options = calibrate_options(bias, spectra[: options.chunk], list(CHANNELS), options=instrument)
+        sset = SetpointSet.from_dict(SET)
+        instrument = options.with_instrument(temperature_K=None, modulation_Vrms=sset.lockin_amplitude_Vrms)
+        options = calibrate_options(sset.bias_axis, spectra[: options.chunk], list(CHANNELS), options=instrument)
         log(f"calibrated before the replays on the first {options.chunk} spectra (no provisional results)")
     else:
         log("the analyser's own calibration: provisional results, all analysed again once it is fixed")

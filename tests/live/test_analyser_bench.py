@@ -33,6 +33,14 @@ def test_replay_gets_every_result_with_latencies_and_stage_times(in_process: boo
     assert out.stages_s["analyse"] > 0 and out.stages_s["receive+decode"] > 0
 
 
+def test_calibrated_bench_analyses_without_provisional_results(capsys: pytest.CaptureFixture[str]) -> None:
+    """--calibrated fixes gap, width and smoothing before the replays: no result is revised, none missing."""
+    assert main(["bench", "analyser", "--calibrated", "-n", "600", "--latency-n", "200", "--rate", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated before the replays on the first 512 spectra" in out
+    assert "(600 of 600 results" in out and "(200 of 200 results" in out
+
+
 def test_bench_command_refuses_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "analyser", "-n", "0"]) == 1
     err = capsys.readouterr().err
