@@ -16,6 +16,7 @@ sentences) is printed under the profiles.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +109,11 @@ def _draw_profile(
     colour, name = _COLOURS[key], _NAMES[key]
     length = report_value(report, f"l_{key}_nm")
     interval = report_interval(report, f"l_{key}_nm_ci90")
-    ax.plot(r, rho, color=colour, lw=1.6, label=f"{name}: $l_{{1/e}}$ = {_length_text(length, interval)}")
+    # the interval is the film process's length (finite-size corrected) when the report gives that
+    # value: it need not contain this map's 1/e crossing, so it is drawn at the corrected value
+    corrected = report_value(report, f"l_{key}_nm_corrected") if interval is not None else None
+    text = f"{length:.1f} nm (this map)" if corrected is not None and length is not None else None
+    ax.plot(r, rho, color=colour, lw=1.6, label=f"{name}: $l_{{1/e}}$ = {text or _length_text(length, interval)}")
     band = report_value(report, f"noise_band_{key}")
     if band is not None and filled:
         ax.axhspan(-band, band, color=colour, alpha=0.12, lw=0, label=f"{name} noise band $\\pm${band:.3f}")
@@ -117,18 +122,24 @@ def _draw_profile(
         ax.axhline(-band, color=colour, ls="-.", lw=0.9)
     if length is not None:
         ax.axvline(length, color=colour, ls="--", lw=1)
-        if interval is not None:
-            lo, hi = interval
-            ax.errorbar(
-                [length],
-                [level + bar_offset],
-                xerr=[[max(length - lo, 0.0)], [max(hi - length, 0.0)]],
-                color=colour,
-                capsize=4,
-                fmt="o",
-                ms=4,
-                label=f"{name} 90 % interval of $l$",
-            )
+    centre = corrected if corrected is not None else length
+    if centre is not None and interval is not None:
+        lo, hi = interval
+        label = (
+            f"{name} 90 % interval of $l$"
+            if corrected is None
+            else f"{name} film's $l$ {corrected:.1f} nm, 90 % [{lo:.1f}, {hi:.1f}] (finite-size corrected)"
+        )
+        ax.errorbar(
+            [centre],
+            [level + bar_offset],
+            xerr=[[max(centre - lo, 0.0)], [max(hi - centre, 0.0)]],
+            color=colour,
+            capsize=4,
+            fmt="o" if corrected is None else "D",
+            ms=4,
+            label=label,
+        )
     noise_length = report_value(report, f"l_{key}_noise_nm")
     if noise_length is not None and band is not None:
         ax.plot(
@@ -200,4 +211,7 @@ def _show_warnings(fig: Figure, report: Mapping[str, Any]) -> None:
         else []
     )
     if texts:
-        fig.supxlabel("warning: " + "\nwarning: ".join(texts), color="tab:red", fontsize=9)
+        # wrapped to the figure's width (a finite-size warning is a long sentence)
+        width = max(60, int(fig.get_figwidth() * 15))
+        lines = [textwrap.fill("warning: " + t, width=width, subsequent_indent="  ") for t in texts]
+        fig.supxlabel("\n".join(lines), color="tab:red", fontsize=9)

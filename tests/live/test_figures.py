@@ -472,6 +472,16 @@ def test_profiles_draw_the_90_percent_intervals_when_the_report_has_them() -> No
     assert without.get_supxlabel() == ""  # no warning in the report: none printed
 
 
+def test_a_finite_size_corrected_interval_is_drawn_at_the_corrected_length() -> None:
+    """The interval of the film's length need not hold this map's 1/e crossing: its bar sits at the corrected value."""
+    report = {**REPORT, "l_delta_nm_ci90": [16.9, 56.8], "l_delta_nm_corrected": 22.9}
+    auto = _axes_titled(profiles_figure(_snapshot(), report, caption=None), "autocorrelations")[0]
+    assert "$\\Delta$: $l_{1/e}$ = 5.0 nm (this map)" in [ln.get_label() for ln in auto.lines]
+    bar = next(c for c in auto.containers if "finite-size corrected" in c.get_label())
+    assert bar.get_label() == "$\\Delta$ film's $l$ 22.9 nm, 90 % [16.9, 56.8] (finite-size corrected)"
+    assert float(np.asarray(bar.lines[0].get_xdata())[0]) == 22.9
+
+
 def test_profiles_print_the_reports_warnings() -> None:
     warned = {**REPORT, "warnings": ["correlations from 4 of 3072 pixels", "map side < 10 correlation lengths"]}
     fig = profiles_figure(_snapshot(), warned, caption=None)
