@@ -37,6 +37,8 @@ STYLE = {
     "rho_cross_0": ("ρ_cross(0)", "", "#e41a1c"),
 }
 EMPTY = "no correlation snapshot yet"
+#: Forecast states the window's tab names ("convergence: ~ 3 h 20 min"); the others need the panel's words.
+TAB_STATES = ("reached", "predicted", "beyond")
 
 
 @dataclass(frozen=True)
@@ -237,9 +239,7 @@ class ConvergencePanel:
             ended=progress.ended,
         )
         self.headline = headline
-        self.tab_text = "convergence" + (
-            f": {headline.split(' (')[0]}" if overall.state in ("reached", "predicted") else ""
-        )
+        self.tab_text = "convergence" + (f": {headline.split(' (')[0]}" if overall.state in TAB_STATES else "")
         lines.append(f"<b>all three: {headline}</b>")
         n, t = series["l_delta_nm"].n, series["l_delta_nm"].time
         span = float(np.nanmax(t) - np.nanmin(t)) if np.isfinite(t).any() else math.nan
