@@ -215,6 +215,16 @@ class ConvergencePanel:
         lines = [
             f"target: 90 % band ≤ {100 * target.value:g} % of each length, ρ_cross(0) ≤ {rho_text} wide ({source})"
         ]
+
+        def say(fc: Forecast) -> str:
+            return forecast_text(
+                fc,
+                pixels_per_hour=progress.pixels_per_hour,
+                n_now=progress.n_now,
+                n_total=progress.n_total,
+                ended=progress.ended,
+            )
+
         for f, s in series.items():
             name, unit, color = STYLE[f]
             fc = self.forecasts[f]
@@ -222,22 +232,9 @@ class ConvergencePanel:
             value = f"{estimate:+.2f}" if f == "rho_cross_0" else f"{estimate:.1f}{unit}"
             if math.isfinite(fc.width):
                 value += f", band {fc.width:.2f}" if f == "rho_cross_0" else f", band {100 * fc.width:.0f} %"
-            text = forecast_text(
-                fc,
-                pixels_per_hour=progress.pixels_per_hour,
-                n_now=progress.n_now,
-                n_total=progress.n_total,
-                ended=progress.ended,
-            )
-            lines.append(f"<span style='color:{color}'><b>{name}</b></span> {value}: {text}")
+            lines.append(f"<span style='color:{color}'><b>{name}</b></span> {value}: {say(fc)}")
         overall = combine(list(self.forecasts.values()))
-        headline = forecast_text(
-            overall,
-            pixels_per_hour=progress.pixels_per_hour,
-            n_now=progress.n_now,
-            n_total=progress.n_total,
-            ended=progress.ended,
-        )
+        headline = say(overall)
         self.headline = headline
         self.tab_text = "convergence" + (f": {headline.split(' (')[0]}" if overall.state in TAB_STATES else "")
         lines.append(f"<b>all three: {headline}</b>")
