@@ -260,7 +260,7 @@ def forecast_text(forecast: Forecast, *, pixels_per_hour: float, n_now: float, n
     if ended:
         return "not reached (the run has ended)"
     if state == "due":
-        return "due now (the next snapshot will tell)"
+        return "about now by the trend (the latest band is still wider)"
     if state == "beyond":
         ratio = forecast.n_target / n_total
         needs = "> 100" if ratio > 100 else f"~ {ratio:.1f}"
