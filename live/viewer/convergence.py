@@ -78,6 +78,8 @@ class Series:
     estimate: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    #: rows whose estimate is the corrected figure (else the plain 1/e value)
+    corrected: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,8 @@ def figure_series(arrays: Mapping[str, np.ndarray], figure: str) -> Series:
     corrected, plain = column(f"{figure}_corrected"), column(figure)
     estimate = np.where(np.isfinite(corrected), corrected, plain)
     order = np.lexsort((t, n))  # non-monotone n (an analyser restarted): drawn in pixel order
-    return Series(
-        figure, n[order], t[order], estimate[order], column(f"{figure}_low")[order], column(f"{figure}_high")[order]
-    )
+    low, high = column(f"{figure}_low")[order], column(f"{figure}_high")[order]
+    return Series(figure, n[order], t[order], estimate[order], low, high, np.isfinite(corrected)[order])
 
 
 def band_width(series: Series) -> np.ndarray:

@@ -172,7 +172,8 @@ class ConvergencePanel:
         for f in ("l_delta_nm", "l_alpha_nm"):
             name, unit, color = STYLE[f]
             parts.append(f"<span style='color:{color}'>{name} {_last(series[f].estimate):.1f}{unit}</span>")
-        set_title(self.lengths, " · ".join(parts) + " (corrected)")
+        corrected = all(s.corrected is not None and s.corrected.size and s.corrected[-1] for s in series.values())
+        set_title(self.lengths, " · ".join(parts) + (" (corrected)" if corrected else " (1/e)"))
         set_title(self.rho, f"ρ_cross(0) {_last(series['rho_cross_0'].estimate):+.2f} (90 % band)")
 
     def _forecasts(self, series: dict, progress: RunProgress) -> dict[str, Forecast]:

@@ -74,6 +74,8 @@ def test_panel_draws_bands_and_forecasts_from_a_history(window_factory) -> None:
     assert panel.headline == "~ 2 h 00 min (at 150 px/h)"
     assert w.tabs.tabText(w.tabs.indexOf(panel.widget)) == "convergence: ~ 2 h 00 min"
     assert "default, no stop rule" in panel.text.text()
+    # no corrected figure in these snapshots: the plain 1/e lengths, and the title says so
+    assert panel.lengths.getPlotItem().titleLabel.text.endswith("(1/e)")
     # the trend is drawn from the fitted snapshots to the target
     tx, ty = panel.trend_curves["l_delta_nm"].getData()
     assert 10.0 ** tx[-1] == pytest.approx(400.0) and 10.0 ** ty[-1] == pytest.approx(0.1)
