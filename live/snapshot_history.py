@@ -1,8 +1,9 @@
 """The history of a run's correlation snapshots: each figure's estimate and 90 % band against progress.
 
 Contract: :class:`SnapshotHistory` keeps, per snapshot, the pixels measured and valid, its time and
-for each figure of :data:`FIGURES` the estimate and its 90 % interval (a snapshot attribute
-``<figure>_ci90`` = (low, high) when the correlation estimator gives one, else NaN). It is what the
+for each figure of :data:`FIGURES` the estimate, the film's corrected figure (``<figure>_corrected``)
+and the 90 % interval of the corrected figure (a snapshot attribute ``<figure>_ci90`` = (low, high)
+when the correlation estimator gives one; NaN where a snapshot has none). It is what the
 screen draws to show whether l_Delta, l_alpha, l_cross and rho_cross(0) have settled; the results
 model appends to it on every new snapshot, and it travels as plain arrays (:meth:`arrays`).
 """
@@ -20,6 +21,8 @@ __all__ = ["FIGURES", "SnapshotHistory"]
 FIGURES = ("l_delta_nm", "l_alpha_nm", "l_cross_nm", "rho_cross_0")
 #: Columns besides the figures: pixels measured when the snapshot was taken, valid pixels it used, unix time.
 _PROGRESS = ("n_measured", "n_pixels", "time")
+#: Column suffixes per figure: the 1/e estimate, the corrected figure, its 90 % interval.
+_PER_FIGURE = ("", "_corrected", "_low", "_high")
 
 
 def _band(snapshot: Any, figure: str) -> tuple[float, float]:
@@ -53,6 +56,7 @@ class SnapshotHistory:
         row = {"n_measured": float(n_measured), "n_pixels": float(getattr(snapshot, "n_pixels", 0)), "time": t}
         for figure in FIGURES:
             row[figure] = float(getattr(snapshot, figure, math.nan))
+            row[f"{figure}_corrected"] = float(getattr(snapshot, f"{figure}_corrected", math.nan))
             row[f"{figure}_low"], row[f"{figure}_high"] = _band(snapshot, figure)
         self._rows.append(row)
         return True
@@ -60,7 +64,7 @@ class SnapshotHistory:
     @staticmethod
     def columns() -> tuple[str, ...]:
         """Column names of :meth:`arrays`."""
-        return (*_PROGRESS, *(f"{f}{s}" for f in FIGURES for s in ("", "_low", "_high")))
+        return (*_PROGRESS, *(f"{f}{s}" for f in FIGURES for s in _PER_FIGURE))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The history as (k,) float64 arrays named by :meth:`columns` (NaN = unknown)."""

@@ -25,7 +25,7 @@ from stslive.drivers.errors import ArchiveError, FileFormatError, StsliveError
 from stslive.live.results import ResultsModel
 from stslive.live.results_io import load_maps_h5
 from stslive.live.viewer.archive_open import open_for_viewing, truncation_note
-from stslive.live.viewer.scan_state import ScanFrame, ScanState, phase_from_archive
+from stslive.live.viewer.scan_state import ScanFrame, ScanState, phase_from_archive, stop_rule_from_archive
 from stslive.live.viewer.sources import SourceBase, display_conductance
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ def poll_archive(spectra: ArchiveSpectra, scan: ScanState, model: ResultsModel) 
     scan.update_pixels(progress["measured"], progress["time"], progress["temperature_K"])
     documents, lines, writing = spectra.records()
     scan.set_phase(phase_from_archive(documents, lines, writing=writing))
+    scan.set_stop_rule(stop_rule_from_archive(documents, lines))
     if spectra.health.truncated:
         scan.set_note(truncation_note(spectra.health, int(progress["measured"].sum())), truncated=True)
     if scan.ny == 1 and not np.array_equal(before, progress["measured"]):
@@ -323,12 +324,14 @@ class FileSource(SourceBase):
 
 
 def _copy_into(src: ResultsModel, dst: ResultsModel) -> None:
-    """Copy every map, the topography, snapshot and status fields of ``src`` into ``dst``."""
+    """Copy every map, the topography, snapshot, snapshot history and status fields of ``src`` into ``dst``."""
     dst.update_block(slice(None), slice(None), **src.copy_maps())
     if src.topography is not None:
         dst.set_topography(src.topography, origin=src.topography_origin)
     if src.snapshot is not None:
         dst.set_snapshot(src.snapshot)
+    if len(src.history):  # the file's history is the run's; the snapshot above alone would be one row
+        dst.set_history(src.history)
     dst.set_setpoint_sets(src.setpoint_sets)
     st = src.status_fields()
     dst.update_status(

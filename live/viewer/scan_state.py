@@ -4,8 +4,9 @@
 window's timer through immutable :class:`ScanView` snapshots: the measured pixels (the true
 progress, whatever the analyser has published yet), rate and ETA from the pixel times, the
 temperature trace, the newest pixel (whose raw spectrum is shown while nothing is analysed), the
-display spectra of a line cut, and the run's :class:`RunPhase` as the scan recorded it
-(:func:`phase_from_archive`). :class:`ScanFrame` places pixels in scan coordinates (nm).
+display spectra of a line cut, the run's :class:`RunPhase` as the scan recorded it
+(:func:`phase_from_archive`) and its stop rule (:func:`stop_rule_from_archive`). :class:`ScanFrame`
+places pixels in scan coordinates (nm).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from stslive.acquisition.formats.runmodel import GridGeometry
 
-__all__ = ["RunPhase", "ScanFrame", "ScanState", "ScanView", "phase_from_archive"]
+__all__ = ["RunPhase", "ScanFrame", "ScanState", "ScanView", "phase_from_archive", "stop_rule_from_archive"]
 
 #: How a stop document's ``exit_status`` reads on the screen.
 EXIT_PHASES = {"success": "done", "abort": "aborted", "fail": "failed"}
@@ -134,6 +135,24 @@ def phase_from_archive(documents: Mapping[str, Any], log: Iterable[Mapping[str, 
     return RunPhase(state, ", ".join(reasons) if state == "paused" else "")
 
 
+def stop_rule_from_archive(documents: Mapping[str, Any], log: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The run's stop rule (its ``[stop]`` table) as the archive recorded it; None without one.
+
+    The last ``stop_rule_set`` line of the log (the control socket changed the rule) wins over
+    the run config in the start document's metadata.
+    """
+    table: Any = None
+    start = documents.get("start")
+    if isinstance(start, Mapping):
+        metadata = start.get("metadata")
+        config = metadata.get("config") if isinstance(metadata, Mapping) else None
+        table = config.get("stop") if isinstance(config, Mapping) else None
+    for line in log:
+        if line.get("event") == "stop_rule_set":
+            table = {k: v for k, v in line.items() if k not in ("event", "time", "seq")}
+    return dict(table) if isinstance(table, Mapping) else None
+
+
 @dataclass(frozen=True)
 class ScanView:
     """An immutable snapshot of :class:`ScanState` for one redraw (arrays are not to be written)."""
@@ -153,6 +172,8 @@ class ScanView:
     truncated: bool = False
     line_bias_V: np.ndarray | None = None
     line_didv_S: np.ndarray | None = field(default=None)
+    #: the run's stop rule as recorded in the archive (:func:`stop_rule_from_archive`), None without
+    stop_rule: Mapping[str, Any] | None = None
 
     @property
     def progress(self) -> float:
@@ -234,6 +255,11 @@ class ScanState:
     def set_phase(self, phase: RunPhase) -> None:
         if phase != self.view().phase:
             self._replace(phase=phase)
+
+    def set_stop_rule(self, table: Mapping[str, Any] | None) -> None:
+        """The run's stop rule (its ``[stop]`` table) as the archive recorded it."""
+        if table != self.view().stop_rule:
+            self._replace(stop_rule=None if table is None else dict(table))
 
     def set_note(self, note: str, *, truncated: bool = False) -> None:
         """A sentence about the archive itself (truncation), shown beside the progress."""

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STREAM_TOPICS = ("pixel", "maps", "snapshot", "status")
+#: ("pixel" also subscribes "pixels"; "history" lets a viewer that joins late draw the whole convergence)
+STREAM_TOPICS = ("pixel", "maps", "snapshot", "history", "status")
 
 
 class StreamSource(SourceBase):

@@ -1,4 +1,4 @@
-"""The control-room window: run banner, maps (or a line cut's curves), statistics, spectra, flags.
+"""The control-room window: run banner, maps (or a line cut's curves), statistics, spectra, flags, convergence.
 
 The window reads no file and analyses nothing: a :class:`~stslive.live.viewer.sources.DataSource`
 fills the :class:`~stslive.live.results.ResultsModel` (what the analysis found) and its
@@ -21,6 +21,8 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 from stslive.acquisition.formats.recording import TOPO_FROM_FILE, TOPO_FROM_Z
 from stslive.drivers.errors import ConfigError, FileFormatError
 from stslive.live.results import ResultsModel
+from stslive.live.viewer.convergence import target_from_stop_rule
+from stslive.live.viewer.convergence_panel import ConvergencePanel, RunProgress
 from stslive.live.viewer.line_panels import LineProfilePanel
 from stslive.live.viewer.map_panels import FlagMapPanel, MapPanel, backdrop_codes
 from stslive.live.viewer.panels import reason_text, reversed_cmap
@@ -28,7 +30,13 @@ from stslive.live.viewer.scan_state import ScanFrame, ScanView
 from stslive.live.viewer.sources import DataSource
 from stslive.live.viewer.spectrum_panels import SpectrumPanel, WaterfallPanel
 from stslive.live.viewer.stat_panels import CorrelationPanel, HistogramPanel, ScatterPanel
-from stslive.live.viewer.status_panels import FlagsPanel, StatusBanner, TemperaturePanel, screen_status
+from stslive.live.viewer.status_panels import (
+    FlagsPanel,
+    ScreenStatus,
+    StatusBanner,
+    TemperaturePanel,
+    screen_status,
+)
 
 DEFAULT_SIZE = (1600, 1000)
 MIN_SIZE = (400, 300)
@@ -40,6 +48,8 @@ HOVER_HOLD_S = 5.0
 #: Short panel-title form of each topography origin; a longer title than ~35 characters widens
 #: the plot's layout and squeezes the colour bar off the panel.
 TOPO_TITLES = {TOPO_FROM_FILE: "stored map", TOPO_FROM_Z: "tip height z − plane"}
+#: Run phases after which no pixel will be measured (the forecast then says "not reached").
+ENDED = ("done", "aborted", "failed", "interrupted")
 
 
 def check_window_size(width: int, height: int) -> tuple[int, int]:
@@ -141,6 +151,8 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         self.spectrum.clear("no pixel selected:\nhover over or click a map")
         self.temperature = TemperaturePanel()
         self.flags = FlagsPanel(self.select_pixel)
+        self.convergence = ConvergencePanel()
+        self._history: dict[str, np.ndarray] | None = None
         grid = QtWidgets.QGridLayout()
         grid.setContentsMargins(0, 0, 0, 0)
         self.maps: tuple[MapPanel, ...] = ()
@@ -155,12 +167,13 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(self.flags.widget, "flags")
         self.tabs.addTab(self.temperature.widget, "temperature")
+        self.tabs.addTab(self.convergence.widget, self.convergence.tab_text)
         right = QtWidgets.QWidget()
         rlay = QtWidgets.QVBoxLayout(right)
         rlay.setContentsMargins(0, 0, 0, 0)
-        rlay.addWidget(self.spectrum.gap, 5)
-        rlay.addWidget(self.spectrum.wide, 5)
-        rlay.addWidget(self.tabs, 4)
+        rlay.addWidget(self.spectrum.gap, 4)
+        rlay.addWidget(self.spectrum.wide, 4)
+        rlay.addWidget(self.tabs, 6)
         split = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
         split.addWidget(left)
         split.addWidget(right)
@@ -269,16 +282,20 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
             self._last_summary = now
         if maps_changed:
             self._refresh_maps(view)
-        if m.snapshot_version != self._seen["snapshot"]:
+        snapshot_changed = m.snapshot_version != self._seen["snapshot"]
+        if snapshot_changed:
             self._seen["snapshot"] = m.snapshot_version
             with m.lock:
                 snap = m.snapshot
+                self._history = m.history.arrays() if len(m.history) else None
             self.corr.show(snap)
         status_due = now - self._last_status >= self._summary_period  # rate and ETA move with the clock
-        if status_due or scan_changed or m.status_version != self._seen["status"]:
+        if status_due or scan_changed or snapshot_changed or m.status_version != self._seen["status"]:
             self._seen["status"], self._last_status = m.status_version, now
             st = m.status()
-            self.banner.show(screen_status(st, view), self._alarms)
+            shown = screen_status(st, view)
+            self.banner.show(shown, self._alarms)
+            self._show_convergence(shown, view)
             trace = st if view is None or not view.temperature_t.size else view
             self.temperature.show(trace.temperature_t, trace.temperature_K)
         if view is not None:
@@ -290,6 +307,20 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
                 self.spectrum.show(data, context="newest measured" if (data.iy, data.ix) == self.following else "")
             self.statusBar().showMessage(self.source.status_text())
         self.frames += 1
+
+    def _show_convergence(self, status: ScreenStatus, view: ScanView | None) -> None:
+        """The convergence panel at the run's progress and rate, and its forecast in the tab's name."""
+        progress = RunProgress(
+            n_now=float(status.n_measured),
+            n_total=float(status.n_total),
+            pixels_per_hour=status.pixels_per_hour,
+            ended=status.phase.state in ENDED,
+            target=target_from_stop_rule(None if view is None else view.stop_rule),
+        )
+        self.convergence.show(self._history, progress, version=self._seen["snapshot"])
+        index = self.tabs.indexOf(self.convergence.widget)
+        if self.tabs.tabText(index) != self.convergence.tab_text:
+            self.tabs.setTabText(index, self.convergence.tab_text)
 
     def _refresh_maps(self, view: ScanView | None) -> None:
         m = self.model
