@@ -238,7 +238,17 @@ def epoch_section(
     }
 
 
-def _warnings(report: Mapping[str, Any]) -> list[dict[str, str]]:
+def _temperature_hint(quantity: str, options: KernelOptions) -> str:
+    """For a refused gap: the temperature its peaks were expected at (a header may name another thermometer)."""
+    if quantity != "delta" or options.temperature_K is None:
+        return ""
+    return (
+        f"; the peaks were expected thermally broadened at T = {options.temperature_K:g} K (the recording's, "
+        "or --temperature-K): if that is not the sample's temperature, give the right one with --temperature-K"
+    )
+
+
+def _warnings(report: Mapping[str, Any], options: KernelOptions) -> list[dict[str, str]]:
     """What a reader must know before trusting the numbers (codes in docs/formats.md)."""
     out = []
     measured = report["pixels_measured"]
@@ -249,7 +259,8 @@ def _warnings(report: Mapping[str, Any]) -> list[dict[str, str]]:
             out.append(
                 {
                     "code": f"few_valid_{q}",
-                    "message": f"{name} extracted on {valid} of {measured} measured pixels (refused: {why})",
+                    "message": f"{name} extracted on {valid} of {measured} measured pixels (refused: {why})"
+                    + _temperature_hint(q, options),
                 }
             )
     changes = report["tip_epochs"]["changes"]
@@ -357,7 +368,7 @@ def build_report(
         set_flag_fraction=model.set_threshold,
     )
     report["tip_epochs"] = epoch_section(maps, masks, tip_events)
-    report["warnings"] = [*report.pop("warnings", []), *_warnings(report)]
+    report["warnings"] = [*report.pop("warnings", []), *_warnings(report, options)]
     report["theory_constants"] = constants.to_dict()
     report["elapsed_s"] = float(elapsed_s)
     report["inputs"] = {**inputs, "options": dataclasses.asdict(options)}

@@ -332,3 +332,29 @@ def test_replayed_grid_carries_unknown_lockin_settings_as_unknown(tmp_path: Path
     assert not (flags & np.uint32(FlagKind.LOCKIN_SENSITIVITY)).any()
     with open_replay(path, amplitude_convention="peak") as source:
         assert source.start_fields["setpoint_sets"][0]["lockin_amplitude_Vrms"] == pytest.approx(100e-6 / math.sqrt(2))
+
+
+def test_a_gap_refused_at_the_headers_temperature_says_so(tmp_path: Path) -> None:
+    """A header whose thermometer reads 1.2 K over 0.3 K-sharp peaks: the warning names the temperature used."""
+    film_line_dats(tmp_path / "line", 6, header={"Temperature 1>Temperature 1 (K)": "1.2E+0"})
+    assert main(["analyse", str(tmp_path / "line"), "--out", str(tmp_path / "out"), "--examples", "0"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    few = next(w for w in report["warnings"] if w["code"] == "few_valid_delta")
+    assert "T = 1.2 K" in few["message"] and "--temperature-K" in few["message"]
+    assert (
+        main(
+            [
+                "analyse",
+                str(tmp_path / "line"),
+                "--out",
+                str(tmp_path / "out3"),
+                "--examples",
+                "0",
+                "--temperature-K",
+                "0.3",
+            ]
+        )
+        == 0
+    )
+    fixed = json.loads((tmp_path / "out3" / "report.json").read_text())
+    assert fixed["pixels_valid_delta"] == 6 and not [w for w in fixed["warnings"] if w["code"] == "few_valid_delta"]
