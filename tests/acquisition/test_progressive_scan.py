@@ -115,3 +115,11 @@ def test_progressive_and_raster_scans_of_a_noiseless_film_hold_the_same_spectra(
     with open_archive(archives["raster"]) as raster, open_archive(archives["progressive"]) as progressive:
         # the same film, the same spectrum at each pixel: a permuted acquisition, the same maps
         np.testing.assert_array_equal(raster.read_pixels(), progressive.read_pixels())
+    # and the same analysis gives the same maps (the calibration sample is the same set of spectra here)
+    from stslive.live.kernels import KernelOptions
+    from stslive.live.pipeline import analyse_input
+
+    maps = {order: analyse_input(path, options=KernelOptions()).maps for order, path in archives.items()}
+    for name in ("delta_eV", "alpha", "valid_delta", "valid_alpha", "reason"):
+        np.testing.assert_array_equal(maps["raster"][name], maps["progressive"][name], err_msg=name)
+    assert maps["raster"]["valid_alpha"].mean() > 0.9  # 101 points: alpha only (a 0.8 mV step refuses Delta)
