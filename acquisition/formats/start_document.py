@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from stslive.acquisition.formats.archive import ArchiveReader
-from stslive.acquisition.formats.conditions import AmplitudeConvention, header_number
+from stslive.acquisition.formats.conditions import AmplitudeConvention, RecordingConditions, header_number
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid
 from stslive.acquisition.formats.nanonis_dat import NanonisPointSet
 from stslive.acquisition.formats.recording import Recording, kind_of
@@ -30,7 +30,8 @@ __all__ = ["STATED_TEMPERATURE_KEY", "setpoint_set_from_header", "start_fields"]
 _ABSENT = "absent from the header: default"
 #: Event fields a Nanonis file does not record (its events carry the defaults)
 _NANONIS_EVENT_UNKNOWNS = ("lockin_status", "lockin_overload")
-#: Start-document metadata key of the one sample temperature a Nanonis header states (its events carry no reading)
+#: Start-document metadata key of the one sample temperature a Nanonis file states (``conditions.temperature_K``:
+#: per-point temperature parameters, else the header; its events carry no reading)
 STATED_TEMPERATURE_KEY = "header_temperature_K"
 
 
@@ -46,6 +47,7 @@ def setpoint_set_from_header(
     *,
     setpoint: tuple[float, float] | None = None,
     amplitude_convention: AmplitudeConvention | None = None,
+    conditions: RecordingConditions | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The set-point set of a Nanonis recording, built from its header; and where each value came from.
 
@@ -59,7 +61,7 @@ def setpoint_set_from_header(
     modulation from ``conditions()`` (0 when it did not run; None when unknown, e.g. an
     amplitude of unstated convention); its time constant and sensitivity are never in a Nanonis
     header: None (unknown). Absent timing keys leave the :class:`SetpointSet` default, and the
-    returned sources say so.
+    returned sources say so. ``conditions``: the recording's, when the caller has read them already.
 
     Raises
     ------
@@ -101,7 +103,8 @@ def setpoint_set_from_header(
     if hold_key is not None:
         values["feedback_hold"] = h[hold_key].strip().upper() == "TRUE"
         sources["feedback_hold"] = hold_key
-    conditions = recording.conditions(amplitude_convention=amplitude_convention)
+    if conditions is None:
+        conditions = recording.conditions(amplitude_convention=amplitude_convention)
     values["lockin_frequency_Hz"] = header_number(h, "Lock-in>Frequency (Hz)")
     values["lockin_amplitude_Vrms"] = conditions.modulation_Vrms
     values["lockin_time_constant_s"] = values["lockin_sensitivity_V"] = None
@@ -144,11 +147,14 @@ def start_fields(
     """
     if isinstance(recording, ArchiveReader):
         return recording.start_document().body()
-    sp, sources = setpoint_set_from_header(recording, setpoint=setpoint, amplitude_convention=amplitude_convention)
-    names = list(recording.channel_names)
-    axes = recording.sweep_axes()[recording.measured]
-    varies = bool(axes.size) and bool(np.ptp(axes[:, [0, -1]], axis=0).max() > 0)
     conditions = recording.conditions(amplitude_convention=amplitude_convention)
+    sp, sources = setpoint_set_from_header(recording, setpoint=setpoint, conditions=conditions)
+    names = list(recording.channel_names)
+    # the sweep's ends per measured point, from the per-point parameters (the whole (ny, nx, points)
+    # axis array of a 300 x 250 grid would be 1 GB)
+    done = recording.measured
+    ends = np.stack([recording.parameter("Sweep Start")[done], recording.parameter("Sweep End")[done]])
+    varies = bool(ends.size) and bool(np.ptp(ends, axis=1).max() > 0)
     known = {k for k, v in sources.items() if v != _ABSENT} | {"id", "name"}
     known |= {k for k in ("lockin_frequency_Hz", "lockin_amplitude_Vrms") if sp.get(k) is not None}
     not_recorded = [f.name for f in dataclasses.fields(SetpointSet) if f.name not in known]

@@ -207,10 +207,9 @@ def _chunk_size(total: int, opts: KernelOptions) -> int:
     6 chunks of 400 keep both threads busy to the end. Each spectrum is analysed on its own, so the
     chunking changes no result.
     """
-    chunks = -(-total // opts.chunk) if total else 1
-    threads = _threads(opts, chunks if chunks > 1 else 1)
-    if threads > 1:
-        chunks = -(-chunks // threads) * threads
+    chunks = max(1, -(-total // opts.chunk))
+    threads = _threads(opts, chunks)  # 1 for a single chunk: it stays whole
+    chunks = -(-chunks // threads) * threads
     return max(1, -(-total // chunks))
 
 

@@ -358,3 +358,21 @@ def test_a_gap_refused_at_the_headers_temperature_says_so(tmp_path: Path) -> Non
     )
     fixed = json.loads((tmp_path / "out3" / "report.json").read_text())
     assert fixed["pixels_valid_delta"] == 6 and not [w for w in fixed["warnings"] if w["code"] == "few_valid_delta"]
+
+
+def test_start_document_says_whether_the_sweep_limits_vary_per_point(tmp_path: Path) -> None:
+    """From the per-point Sweep Start/End parameters: one grid with fixed limits, one whose start moves."""
+    from stslive.acquisition.formats.nanonis3ds import write_3ds
+    from stslive.acquisition.formats.runmodel import GridGeometry
+    from stslive.acquisition.formats.start_document import start_fields
+
+    geometry = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=3e-9, height_m=2e-9, nx=3, ny=2)
+    header = {"Bias>Bias (V)": "-1E-2", "Current>Current (A)": "1E-10"}
+    spectra = np.ones((2, 3, 1, 16), np.float32)
+    starts = {"fixed": -0.01, "moving": np.array([[-0.01, -0.01, -0.01], [-0.01, -0.012, -0.01]])}
+    for name, start in starts.items():
+        path = tmp_path / f"{name}.3ds"
+        write_3ds(path, spectra=spectra, channel_names=["Current (A)"], geometry=geometry, sweep_start=start,
+                  sweep_end=0.01, n_points=16, header=header)  # fmt: skip
+        with open_recording(path) as rec:
+            assert start_fields(rec)["metadata"]["sweep_limits_vary_per_point"] is (name == "moving")
