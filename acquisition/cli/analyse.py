@@ -17,7 +17,7 @@ from pathlib import Path
 from stslive.acquisition.cli.common import parse_assignments
 from stslive.drivers.errors import AnalysisError, ConfigError
 from stslive.live.flag_config import load_flag_config
-from stslive.live.kernels import KernelOptions
+from stslive.live.kernels import GAP_SOURCES, KernelOptions
 from stslive.live.offline.analyse import DEFAULT_BLOCK_BYTES, analyse_inputs, expand_inputs
 from stslive.live.offline.report import summary_line
 from stslive.live.theory import TheoryConstants
@@ -36,12 +36,21 @@ def parse_mV_pair(text: str, what: str) -> tuple[float, float]:
     return lo, hi
 
 
+def gap_source(args: argparse.Namespace) -> str:
+    """``--gap-source``, "current" with ``--no-lockin``; a lock-in asked for and refused is an error."""
+    if args.use_lockin:
+        return str(args.gap_source)
+    if args.gap_source not in ("auto", "current"):
+        raise AnalysisError(f"--gap-source {args.gap_source} needs the lock-in that --no-lockin leaves out")
+    return "current"
+
+
 def kernel_options(args: argparse.Namespace) -> KernelOptions:
     """KernelOptions from the command line (``--no-lockin``: Delta and alpha from I(V) only)."""
     return KernelOptions(
         current=args.current,
         lockin=args.lockin,
-        gap_source="auto" if args.use_lockin else "current",
+        gap_source=gap_source(args),
         fit_window_V=parse_mV_pair(args.fit_window, "fit-window"),
         gap_search_V=parse_mV_pair(args.gap_search, "gap-search"),
         smoothing_points=args.smoothing,
@@ -100,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="use_lockin",
         action="store_true",
         default=True,
-        help="take Delta from the lock-in channel when there is one (default)",
+        help="take Delta from the lock-in channel when there is one, combined with the current's (default)",
     )
     lockin.add_argument(
         "--no-lockin",
@@ -138,6 +147,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="lock-in bias modulation, V rms: removed from Delta (default: the recording's, else 0)",
+    )
+    parser.add_argument(
+        "--gap-source",
+        choices=GAP_SOURCES,
+        default="auto",
+        help="channel Delta is fitted on: 'both' combines the lock-in's Delta with the current's by their "
+        "standard errors where they agree; 'auto' (default) is 'both' when both channels are there, else the one "
+        "there; 'lockin' or 'current' alone",
     )
     parser.add_argument(
         "--alpha-source",

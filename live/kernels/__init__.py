@@ -10,7 +10,8 @@ Modules: ``options`` (options, reason codes, result records), ``scales`` (the ph
 and the few fixed counts), ``channels`` (which channels), ``sweep`` (bias order and conductance
 sign), ``noise`` (noise measured on each spectrum, smoothing from it), ``derivative`` (running
 means, dI/dV), ``peaks`` (search geometry and coarse peaks), ``templates`` (peak templates and
-their fit), ``gap``, ``dynes`` (the Dynes fit of both peaks), ``powerlaw``, ``widths`` (a map's
+their fit), ``gap``, ``joint`` (the joint and Dynes fit of both peaks), ``combine`` (Delta
+from two channels), ``powerlaw``, ``widths`` (a map's
 calibration), ``engine`` (:func:`analyse_spectra`), ``buffers`` (per-thread work arrays),
 ``stages`` (timing).
 """
@@ -22,6 +23,7 @@ from stslive.live.kernels.gap import extract_gap
 from stslive.live.kernels.noise import measure_noise
 from stslive.live.kernels.options import (
     DEFAULT_TEMPERATURE_K,
+    GAP_SOURCES,
     GapResult,
     KernelOptions,
     PowerLawResult,
@@ -37,6 +39,7 @@ __all__ = [
     "ReasonCode",
     "KernelOptions",
     "DEFAULT_TEMPERATURE_K",
+    "GAP_SOURCES",
     "GapResult",
     "PowerLawResult",
     "SpectrumAnalysis",

@@ -12,6 +12,7 @@ results are bit-identical whatever the batch size, chunk or thread count.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ import numpy as np
 
 from stslive.drivers.errors import AnalysisError
 from stslive.live.kernels.buffers import nan_buffer
+from stslive.live.kernels.combine import combine_gaps
 from stslive.live.kernels.derivative import Columns, box_derivative_into, running_mean_into
 from stslive.live.kernels.gap import GapModel, gap_model, gap_rows, gap_windows, step_too_coarse
 from stslive.live.kernels.noise import measure_noise, noise_triples
@@ -52,12 +54,13 @@ class Plan:
 
     bias: np.ndarray
     step: float
-    gap_from_lockin: bool
+    #: the channels Delta is fitted on, the first primary (:meth:`KernelOptions.gap_channels`)
+    gap_channels: tuple[str, ...]
     alpha_from_lockin: bool
-    #: the gap's templates (None: the map shows no gap)
-    model: GapModel | None
-    #: with no gap: because the step exceeds the peaks' width (BIAS_STEP_TOO_COARSE)
-    too_coarse: bool
+    #: each gap channel's templates (None: the map shows no gap)
+    models: tuple[GapModel | None, ...]
+    #: each gap channel without a model because the step exceeds its peaks' width (BIAS_STEP_TOO_COARSE)
+    too_coarse: tuple[bool, ...]
     #: columns the gap reads (the windows of both polarities)
     gap_columns: Columns
     #: how alpha's G is made from its channel, and the fit windows (None: a polarity not covered)
@@ -76,27 +79,27 @@ def plan(
     window_V: tuple[float, float],
     noise_from_V: float,
     alpha_from_lockin: bool,
-    gap_from_lockin: bool,
+    gap_channels: tuple[str, ...],
     dtype: str,
     smoothing_points: int,
     lockin_smoothing_points: int,
-    model: GapModel | None,
-    too_coarse: bool,
+    models: tuple[GapModel | None, ...],
+    too_coarse: tuple[bool, ...],
 ) -> Plan:
     """The :class:`Plan` of the ascending float64 grid ``bias_key`` (keyed by its values, not its id)."""
     bias = np.frombuffer(bias_key, dtype=np.float64)
     step = grid_step(bias_key)
     smoothing = Smoothing("mean", lockin_smoothing_points) if alpha_from_lockin else Smoothing("box", smoothing_points)
     law = log_designs(bias_key, window_V, dtype, smoothing)
-    read = gap_windows(bias_key, model).read if model is not None else slice(0, 0)
+    reads = [gap_windows(bias_key, m).read for m in models if m is not None]
     return Plan(
         bias=bias,
         step=step,
-        gap_from_lockin=gap_from_lockin,
+        gap_channels=gap_channels,
         alpha_from_lockin=alpha_from_lockin,
-        model=model,
+        models=models,
         too_coarse=too_coarse,
-        gap_columns=_merge([(read.start, read.stop)]),
+        gap_columns=_merge([(r.start, r.stop) for r in reads]),
         alpha_smoothing=smoothing,
         law=law,
         alpha_columns=tuple((d.columns.start, d.columns.stop) for d in law if d is not None),
@@ -113,13 +116,14 @@ def _analyse_chunk(
     assert ref is not None
     rows = ref.shape[0]
     dtype = np.dtype(ref.dtype)
-    r_gap = g_alpha = None
+    g_alpha = None
+    refit: dict[str, np.ndarray] = {}  # the signal each gap channel's templates are fitted to
     noise_cur = noise_lia = np.full(rows, np.nan)
     if cur is not None:
         sign = conductance_sign(plan.bias, cur)
         noise_cur = measure_noise(cur, plan.noise)
-        if not plan.gap_from_lockin:  # the template fit reads the signed current in the gap's columns
-            r_gap = nan_buffer("current", rows, n, cur.dtype, plan.gap_columns)
+        if "current" in plan.gap_channels:  # the template fit reads the signed current in the gap's columns
+            r_gap = refit["current"] = nan_buffer("current", rows, n, cur.dtype, plan.gap_columns)
             for lo, hi in plan.gap_columns:
                 np.multiply(cur[:, lo:hi], sign.astype(cur.dtype)[:, None], out=r_gap[:, lo:hi])
         if not plan.alpha_from_lockin:
@@ -136,8 +140,8 @@ def _analyse_chunk(
     if lia is not None:
         noise_lia = measure_noise(lia, plan.noise)
         sign_l = conductance_sign(plan.bias, lia, kind="didv").astype(lia.dtype)[:, None]
-        if plan.gap_from_lockin:
-            r_gap = nan_buffer("lockin", rows, n, lia.dtype, plan.gap_columns)
+        if "lockin" in plan.gap_channels:
+            r_gap = refit["lockin"] = nan_buffer("lockin", rows, n, lia.dtype, plan.gap_columns)
             for lo, hi in plan.gap_columns:
                 np.multiply(lia[:, lo:hi], sign_l, out=r_gap[:, lo:hi])
         if plan.alpha_from_lockin:
@@ -146,16 +150,24 @@ def _analyse_chunk(
                 g_alpha, lia, plan.alpha_columns, points=plan.alpha_smoothing.points, scale=sign_l, name="lockin_mean"
             )
     clock.lap("sign + derivative")
-    gap = gap_rows(
-        plan.bias.tobytes(),
-        r_gap if r_gap is not None else np.zeros((rows, n), dtype),
-        noise_lia if plan.gap_from_lockin else noise_cur,
-        model=plan.model,
-        options=opts,
-        dtype=dtype,
-        clock=clock,
-        too_coarse=plan.too_coarse,
-    )
+    # two channels: every pixel gets the joint fit on both, whose standard errors are the
+    # calibrated ones the combination weights by (the per-peak fit's are not, at every step)
+    gap_opts = opts if len(plan.gap_channels) == 1 else dataclasses.replace(opts, joint_fit_above=0.0)
+    noise = {"current": noise_cur, "lockin": noise_lia}
+    gaps = [
+        gap_rows(
+            plan.bias.tobytes(),
+            refit[channel] if channel in refit else np.zeros((rows, n), dtype),
+            noise[channel],
+            model=model,
+            options=gap_opts,
+            dtype=dtype,
+            clock=clock,
+            too_coarse=too_coarse,
+        )
+        for channel, model, too_coarse in zip(plan.gap_channels, plan.models, plan.too_coarse, strict=True)
+    ]
+    gap = gaps[0] if len(gaps) == 1 else combine_gaps(gaps[0], gaps[1])[0]
     law = _power_law_rows(
         g_alpha,  # type: ignore[arg-type]
         plan.law,
@@ -244,8 +256,9 @@ def analyse_spectra(
     Returns
     -------
     SpectrumAnalysis
-        Arrays shaped (...). Delta comes from the lock-in when ``gap_source`` is "lockin", or
-        "auto" with a lock-in given, else from the current; alpha from ``alpha_source``.
+        Arrays shaped (...). Delta comes from the channels :meth:`KernelOptions.gap_channels`
+        names (with both, the lock-in's combined with the current's,
+        :func:`~stslive.live.kernels.combine.combine_gaps`); alpha from ``alpha_source``.
         Spectra are processed in chunks of ``options.chunk`` on ``options.threads`` threads; only
         the columns the fits read are derived and smoothed. The calibration (Dynes width,
         smoothing), unless given, is measured once on the first chunk so every chunk is
@@ -262,17 +275,19 @@ def analyse_spectra(
     lead = (cur if cur is not None else lia).shape[:-1]  # type: ignore[union-attr]
     if cur is not None and lia is not None and cur.shape != lia.shape:
         raise AnalysisError(f"current {cur.shape} and lock-in {lia.shape} must have the same shape")
-    gap_from_lockin = opts.gap_from_lockin(lockin_given=lia is not None)
-    if gap_from_lockin and lia is None:
-        raise AnalysisError("gap_source='lockin' but no lock-in channel was given; use gap_source='current'")
-    if (not gap_from_lockin or opts.alpha_source == "current") and cur is None:
+    gap_channels = opts.gap_channels(lockin_given=lia is not None, current_given=cur is not None)
+    if "lockin" in gap_channels and lia is None:
+        raise AnalysisError(
+            f"gap_source={opts.gap_source!r} but no lock-in channel was given; use gap_source='current'"
+        )
+    if ("current" in gap_channels or opts.alpha_source == "current") and cur is None:
         raise AnalysisError("no current channel: set gap_source='lockin' and alpha_source='lockin'")
     if opts.alpha_source == "lockin" and lia is None:
         raise AnalysisError("alpha_source='lockin' but no lock-in channel was given; use alpha_source='current'")
     n = bias.size
     cur2 = None if cur is None else _float(np.asarray(cur).reshape(-1, n))
     lia2 = None if lia is None else _float(np.asarray(lia).reshape(-1, n))
-    if opts.alpha_source == "current" and lia2 is not None and not gap_from_lockin:
+    if opts.alpha_source == "current" and lia2 is not None and "lockin" not in gap_channels:
         lia2 = None  # the lock-in is read by neither fit
     total = math.prod(lead)
     if not opts.calibrated:  # from the first chunk, then fixed so every chunk is analysed alike
@@ -286,22 +301,25 @@ def analyse_spectra(
     fitted = lia2 if opts.alpha_source == "lockin" else cur2
     assert opts.smoothing_points is not None and opts.lockin_smoothing_points is not None
     assert opts.gap_eV is not None and opts.dynes_width_eV is not None
-    model = None
-    too_coarse = step_too_coarse(step, opts, integrated=not gap_from_lockin)
-    if np.isfinite(opts.gap_eV) and not too_coarse:
-        model = gap_model(
-            step=step, options=opts, integrated=not gap_from_lockin, gap_eV=opts.gap_eV, width_eV=opts.dynes_width_eV
+    too_coarse = tuple(step_too_coarse(step, opts, integrated=c == "current") for c in gap_channels)
+    models = tuple(
+        None
+        if coarse or not np.isfinite(opts.gap_eV)
+        else gap_model(
+            step=step, options=opts, integrated=c == "current", gap_eV=opts.gap_eV, width_eV=opts.dynes_width_eV
         )
+        for c, coarse in zip(gap_channels, too_coarse, strict=True)
+    )
     the_plan = plan(
         bias_key,
         window_V=tuple(opts.fit_window_V),
         noise_from_V=float(opts.gap_search_V[1]),
         alpha_from_lockin=opts.alpha_source == "lockin",
-        gap_from_lockin=gap_from_lockin,
+        gap_channels=gap_channels,
         dtype=fitted.dtype.str,  # type: ignore[union-attr]
         smoothing_points=opts.smoothing_points,
         lockin_smoothing_points=opts.lockin_smoothing_points,
-        model=model,
+        models=models,
         too_coarse=too_coarse,
     )
     size = _chunk_size(total, opts)

@@ -22,6 +22,7 @@ from stslive.drivers.tomlfile import dataclass_from_mapping
 __all__ = [
     "CODE",
     "DEFAULT_TEMPERATURE_K",
+    "GAP_SOURCES",
     "GapResult",
     "KernelOptions",
     "PowerLawResult",
@@ -32,6 +33,8 @@ __all__ = [
 #: Sample temperature the kernels assume when neither the options nor the recording give one, K
 #: (the reference experiment's 300 mK; the fitted Dynes width absorbs a moderate error).
 DEFAULT_TEMPERATURE_K = 0.3
+#: The values of ``KernelOptions.gap_source``.
+GAP_SOURCES = ("auto", "current", "lockin", "both")
 
 
 class ReasonCode(enum.IntEnum):
@@ -70,8 +73,10 @@ class KernelOptions:
     ----------
     current, lockin : str or None
         Channel names to use (None: pick by name, see :func:`~stslive.live.kernels.pick_channels`).
-    gap_source : {"auto", "current", "lockin"}
-        Channel for Delta; "auto" takes the lock-in when one is given.
+    gap_source : {"auto", "current", "lockin", "both"}
+        Channel for Delta. "both": the lock-in's Delta combined with the current's where they
+        agree (:mod:`~stslive.live.kernels.combine`); "auto" is "both" when both channels are
+        given, else the one given; "lockin" or "current": that channel alone.
     alpha_source : {"current", "lockin"}
         Channel for alpha; "current" (default) gives b in siemens.
     fit_window_V : (float, float)
@@ -150,8 +155,8 @@ class KernelOptions:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.gap_source not in ("auto", "current", "lockin"):
-            raise AnalysisError(f"gap_source={self.gap_source!r}: use 'auto', 'current' or 'lockin'")
+        if self.gap_source not in GAP_SOURCES:
+            raise AnalysisError(f"gap_source={self.gap_source!r}: use 'auto', 'current', 'lockin' or 'both'")
         if self.alpha_source not in ("current", "lockin"):
             raise AnalysisError(f"alpha_source={self.alpha_source!r}: use 'current' or 'lockin'")
         for name in ("fit_window_V", "gap_search_V"):
@@ -189,8 +194,16 @@ class KernelOptions:
         return dataclass_from_mapping(cls, values, what="kernel option", error=AnalysisError)
 
     def gap_from_lockin(self, *, lockin_given: bool) -> bool:
-        """Whether Delta comes from the lock-in: ``gap_source`` "lockin", or "auto" with a lock-in given."""
-        return self.gap_source == "lockin" or (self.gap_source == "auto" and lockin_given)
+        """Whether Delta comes from the lock-in (and the map is calibrated on it): ``gap_source``
+        "lockin" or "both", or "auto" with a lock-in given."""
+        return self.gap_source in ("lockin", "both") or (self.gap_source == "auto" and lockin_given)
+
+    def gap_channels(self, *, lockin_given: bool, current_given: bool) -> tuple[str, ...]:
+        """The channels Delta is taken from, the first one primary: ("lockin",), ("current",) or
+        ("lockin", "current") (``gap_source`` "both", or "auto" with both channels given)."""
+        if self.gap_source == "both" or (self.gap_source == "auto" and lockin_given and current_given):
+            return ("lockin", "current")
+        return ("lockin",) if self.gap_from_lockin(lockin_given=lockin_given) else ("current",)
 
     @property
     def sample_temperature_K(self) -> float:

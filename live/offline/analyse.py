@@ -429,7 +429,12 @@ def write_outputs(
         "channels": {"current": source.current_channel, "lockin": lockin},
         # where Delta and alpha came from: "auto" resolved to the channel read
         "channels_used": {
-            "delta": lockin if options.gap_from_lockin(lockin_given=lockin is not None) else source.current_channel,
+            "delta": " + ".join(
+                str(lockin if channel == "lockin" else source.current_channel)
+                for channel in options.gap_channels(
+                    lockin_given=lockin is not None, current_given=source.current_channel is not None
+                )
+            ),
             "alpha": lockin if options.alpha_source == "lockin" and lockin is not None else source.current_channel,
         },
         "available_channels": source.channel_names,

@@ -88,7 +88,8 @@ def test_report_keys_and_values_are_sane(analysed: tuple[Path, Path, int]) -> No
     assert r["pixels_measured"] == NY * NX and r["pixels_valid"] >= 0.99 * NY * NX
     assert r["reasons"]["OK"] == r["pixels_valid"]
     assert r["pixels_valid_delta"] >= r["pixels_valid"] and r["pixels_valid_alpha"] >= r["pixels_valid"]
-    assert r["gap_channel"] == "LI Demod 1 X (A)" and r["alpha_channel"] == "Current (A)"  # "auto", resolved
+    # "auto" with both channels: the lock-in combined with the current
+    assert r["gap_channel"] == "LI Demod 1 X (A) + Current (A)" and r["alpha_channel"] == "Current (A)"
     assert r["flags"]["counts"].keys() == {k.name.lower() for k in FlagKind} and r["flags"]["pixels_flagged"] == 0
     # a simulated archive records no lock-in sensitivity or status: those rules are not judged, and it says so
     assert set(r["flags"]["not_judged"]) == {"lockin_sensitivity", "lockin_overload"}
@@ -154,6 +155,19 @@ def test_lockin_off_and_options_reach_the_kernels(analysed: tuple[Path, Path, in
     assert r["inputs"]["options"]["fit_window_V"] == pytest.approx([0.006, 0.028])
     assert r["inputs"]["options"]["smoothing_points"] == 9
     assert r["ground_truth"]["delta_rms_error_meV"] <= 0.03
+
+
+def test_gap_source_lockin_takes_delta_from_the_lockin_alone(analysed: tuple[Path, Path, int], tmp_path: Path) -> None:
+    archive, out_both, _ = analysed
+    out = tmp_path / "lockin"
+    assert main(["analyse", str(archive), "--out", str(out), "--gap-source", "lockin", "--examples", "0"]) == 0
+    r = _report(out)
+    assert r["inputs"]["options"]["gap_source"] == "lockin" and r["gap_channel"] == "LI Demod 1 X (A)"
+    with h5py.File(out / "maps.h5", "r") as alone, h5py.File(out_both / "maps.h5", "r") as both:
+        np.testing.assert_array_equal(alone["reason_delta"][()], both["reason_delta"][()])
+        ok = alone["valid_delta"][()]
+        # with the current the gap's standard error shrinks in (nearly) every pixel
+        assert np.mean(both["delta_sigma_eV"][()][ok] < alone["delta_sigma_eV"][()][ok]) > 0.95
 
 
 def test_analyses_a_3ds_written_from_a_film(tmp_path: Path) -> None:
@@ -240,6 +254,7 @@ def test_bad_options_are_refused(
         (["--fit-window", "5"], "LOW,HIGH"),
         (["--set", "D=1"], "known"),
         (["--lockin", "Input 9 (V)"], "Input 9 (V)"),
+        (["--no-lockin", "--gap-source", "both"], "--gap-source both needs the lock-in"),
     ):
         assert main(["analyse", str(archive), "--out", str(tmp_path), *extra]) == 1
         assert message in capsys.readouterr().err

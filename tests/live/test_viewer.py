@@ -168,7 +168,10 @@ def test_stream_source_follows_a_publisher(window_factory):
     source.start()
     try:
         deadline = time.monotonic() + 5
-        while (source.model.pixel(4, 5) is None or not source.rejected) and time.monotonic() < deadline:
+        # the worker counts a rejected message, then updates the status line: wait for both
+        while (
+            source.model.pixel(4, 5) is None or not source.rejected or "rejected" not in source.status_text()
+        ) and time.monotonic() < deadline:
             time.sleep(0.02)
         np.testing.assert_equal(source.model.pixel(4, 5).to_dict(), origin.pixel(4, 5).to_dict())  # NaN-aware
         assert source.model.status().state == "running" and sum(source.rejected.values()) >= 1
