@@ -82,13 +82,17 @@ class RunContext:
         The start document's fields: ``grid`` (nx, ny, width_m, ...), ``channel_names``,
         ``n_points``, ``setpoint_sets`` (dicts of SetpointSet fields), ``metadata``.
     options
-        Kernel options (one code path with ``stslive analyse``). Without a fixed
-        ``dynes_width_eV`` the run's width follows the offline rule
+        Kernel options (one code path with ``stslive analyse``). Unless they are calibrated
+        (``options.calibrated``) the run's calibration follows the offline rule
         (:func:`stslive.live.pipeline.calibrate_options` on the first ``options.chunk`` measured
         spectra sharing the first one's sweep, in acquisition order): until those arrived (or
         the run ends, :meth:`finish`) each batch is analysed at once with a provisional width
         estimated on the spectra so far; then every pixel so far is analysed and flagged again
-        with the run's width, so the finished maps equal the offline analysis.
+        with the run's width, so the finished maps equal the offline analysis. Offline samples
+        the archive, which keeps one measurement per pixel, so a pixel measured again while the
+        width is provisional takes the place of its earlier measurement (see :meth:`process`).
+        A pixel of the sample measured again after the width is fixed does not change it: its
+        spectra are no longer held (offline then samples the next pixel instead).
     flag_config
         Flag thresholds.
     """
@@ -118,8 +122,9 @@ class RunContext:
         )
         self.run_uid = run_uid
         self.options = options
-        #: every pixel so far while the template width is provisional (None: fixed)
-        self._retained: list[PixelInput] | None = None if options.calibrated else []
+        #: while the template width is provisional, each pixel's latest measurement in the order
+        #: the measurements arrived (None: the width is fixed)
+        self._retained: dict[tuple[int, int], PixelInput] | None = None if options.calibrated else {}
         self._provisional = options
         self._provisional_from = 0  # spectra the provisional width was estimated on
         width = float(grid.get("width_m", math.nan))
@@ -185,7 +190,7 @@ class RunContext:
         return [held[i] for i in calibration_sample([self._sweep(p.set_id) for p in held], chunk=self.options.chunk)]
 
     def _sample_size(self) -> int:
-        held = self._retained or []
+        held = list((self._retained or {}).values())
         first = self._sweep(held[0].set_id)
         return min(self.options.chunk, sum(self._sweep(p.set_id) == first for p in held))
 
@@ -204,11 +209,11 @@ class RunContext:
         """
         if self._retained is None:
             return {}
-        return self._calibrate([])
+        return self._calibrate()
 
-    def _calibrate(self, pixels: Sequence[PixelInput]) -> dict[str, np.ndarray]:
-        """Fix the run's width, analyse and flag every retained pixel and ``pixels`` again, in order."""
-        held = [*(self._retained or []), *pixels]
+    def _calibrate(self) -> dict[str, np.ndarray]:
+        """Fix the run's width, analyse and flag every retained pixel again, in order."""
+        held = list((self._retained or {}).values())
         self._retained = None
         if not held:
             return {}
@@ -233,7 +238,10 @@ class RunContext:
         With a provisional width the batch is analysed at once (width re-estimated each time the
         spectra it rests on have doubled); when ``options.chunk`` spectra with the first one's
         sweep have arrived the run's width is fixed and every pixel so far is analysed and
-        flagged again: the columns then hold all of them.
+        flagged again: the columns then hold all of them. Until then a pixel measured again
+        replaces its earlier measurement and moves to the end, where offline's acquisition
+        order (the archive's start times) puts the one measurement the archive keeps: with both
+        held, the sample had a spectrum offline's has not, and the run's calibration differed.
 
         All pixels of a set-point set go through one :func:`analyse_pixels` call (the kernels are
         batch-first), the flags through one :meth:`RunFlags.evaluate`. Returns the results as
@@ -244,12 +252,14 @@ class RunContext:
             return {}
         if self._retained is None:
             return self._analyse(pixels, self.options)
-        self._retained.extend(pixels)
+        for p in pixels:
+            self._retained.pop((p.iy, p.ix), None)
+            self._retained[(p.iy, p.ix)] = p
         if self._sample_size() >= self.options.chunk:
-            return self._calibrate([])
+            return self._calibrate()
         n = self._sample_size()
         if n >= 2 * self._provisional_from or self._provisional_from == 0:
-            self._provisional = self._width_from(self._sample(self._retained))
+            self._provisional = self._width_from(self._sample(list(self._retained.values())))
             self._provisional_from = n
         return self._analyse(pixels, self._provisional)
 

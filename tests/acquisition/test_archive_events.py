@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +143,81 @@ def test_start_document_of_an_archive_without_one(tmp_path: Path) -> None:
         start = ar.start_document()
         assert list(ar.events("end-time")) == []  # nothing measured
     assert start.instruments == {} and start.metadata == {} and start.time == T0
+
+
+# A writer in its own process (SWMR), measuring pixel (iy, ix) as measurement k on each stdin line
+# "iy ix k": spectra all k, t_start T0 + k, t_end T0 + k + 0.5 (a re-measure when already measured).
+LIVE_WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    from test_archive_events import CHANNELS, T0, _set
+    from stslive.acquisition.formats.archive import ArchiveWriter
+    from stslive.acquisition.formats.runmodel import GridGeometry, PixelMeta
+    geometry = GridGeometry(centre_x_m=0.0, centre_y_m=0.0, width_m=3e-9, height_m=2e-9, nx=3, ny=2)
+    w = ArchiveWriter.create(sys.argv[1], geometry=geometry, channel_names=CHANNELS, n_points=5,
+                             setpoint_sets=[_set(0)], start_doc={{"uid": "w" * 32}})
+    print("ready", flush=True)
+    for line in sys.stdin:
+        iy, ix, k = map(int, line.split())
+        meta = PixelMeta(x_m=float(ix), y_m=float(iy), setpoint_set_id=0, t_start=T0 + k,
+                         t_sweep_start=T0 + k, t_sweep_end=T0 + k + 0.5, t_end=T0 + k + 0.5)
+        w.rewrite_pixel(iy, ix, np.full((3, 5), k, np.float32), meta, reason="test")
+        print("done", flush=True)
+    w.close()
+""")
+
+
+@pytest.mark.parametrize("between", ["event_pixels", "read_pixels"], ids=["before-flags", "before-spectra"])
+def test_regression_events_never_pair_spectra_with_another_writes_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, between: str
+) -> None:
+    """Read while the writer writes (SWMR): a pixel written between the reader's reads is left out.
+
+    ``events`` read every pixel's metadata, then the flags, then the spectra: a pixel re-measured
+    in between came out with the new spectra and the old times, one measured for the first time
+    with fill values (set-point set -1, no times). The soak's restarted analyser, back-filling
+    from the archive the resumed scan was writing, rejected such a pixel as bad input.
+    """
+    script = tmp_path / "writer.py"
+    script.write_text(LIVE_WRITER.format(tests=str(Path(__file__).parent)))
+    path = tmp_path / "live.h5"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    writer_in, writer_out = proc.stdin, proc.stdout
+
+    def measure(iy: int, ix: int, k: int) -> None:  # returns once the writer has flushed the pixel
+        writer_in.write(f"{iy} {ix} {k}\n")
+        writer_in.flush()
+        assert writer_out.readline().strip() == "done"
+
+    try:
+        assert writer_out.readline().strip() == "ready"
+        for iy, ix, k in [(0, 0, 1), (0, 1, 2), (1, 0, 3)]:
+            measure(iy, ix, k)
+        with open_archive(path, swmr=True) as reader:
+            method = getattr(reader, between)
+            calls = []
+
+            def writer_acts_first(*args: object, **kwargs: object) -> object:
+                if not calls:  # once: the metadata are read by now, the flags or spectra not yet
+                    measure(0, 1, 4)  # a re-measure
+                    measure(1, 1, 5)  # a first measurement
+                calls.append(args)
+                return method(*args, **kwargs)
+
+            monkeypatch.setattr(reader, between, writer_acts_first)
+            events = list(reader.events("row-major"))
+        assert calls
+        for e in events:  # every event: spectra and times of one measurement
+            k = float(e.arrays["spectra"][0, 0])
+            assert (e.setpoint_set_id, e.timestamps.get("t_end")) == (0, T0 + k + 0.5), (e.iy, e.ix)
+        assert [(e.iy, e.ix) for e in events] == [(0, 0), (1, 0)]  # the two written meanwhile: left out
+        with open_archive(path, swmr=True) as reader:  # read again: there, whole
+            again = {(e.iy, e.ix): float(e.arrays["spectra"][0, 0]) for e in reader.events("row-major")}
+        assert again == {(0, 0): 1.0, (0, 1): 4.0, (1, 0): 3.0, (1, 1): 5.0}
+    finally:
+        writer_in.close()
+        assert proc.wait(timeout=30) == 0

@@ -206,6 +206,61 @@ def test_pixels_are_analysed_at_once_and_again_with_the_run_width() -> None:
         )
 
 
+@pytest.mark.parametrize("same_batch", [False, True], ids=["later-batch", "same-batch"])
+def test_regression_a_pixel_measured_again_is_calibrated_on_once_as_offline(tmp_path: Path, same_batch: bool) -> None:
+    """A pixel measured again before the run's width is fixed (a run shorter than ``chunk``,
+    like the soak's 384 pixels) replaces its earlier measurement in the calibration sample.
+
+    The archive keeps the last measurement only, and offline samples the archive; the live
+    sample held both, so in the soaks its gap differed from offline's by up to 2.4e-4 of itself,
+    and a pixel near a kernel decision came out at Delta 1.242 meV live, 1.258 meV offline.
+    """
+    import test_analyser_sim as sim
+
+    from stslive.acquisition.formats.archive import ArchiveWriter
+    from stslive.live.pipeline import analyse_input, calibrate_source, open_input
+    from stslive.live.run_context import RunContext
+    from stslive.mocks.faults import FaultPlan
+
+    ny, nx, again_at = 4, 6, (1, 2)
+    sets = sim.make_sets()[:1]
+    lab = sim.make_lab(ny, nx, FaultPlan.from_list([]))
+    first = list(sim.measure_run(lab, sets, lambda iy, ix: 0))
+    again = next(p for p in sim.measure_run(lab, sets, lambda iy, ix: 0) if (p.iy, p.ix) == again_at)  # new noise
+    archive = tmp_path / "run.h5"
+    with ArchiveWriter.create(
+        archive,
+        geometry=sim.geometry(ny, nx),
+        channel_names=sim.CHANNELS,
+        n_points=sim.N_POINTS,
+        setpoint_sets=sets,
+        start_doc={},
+        swmr=False,
+    ) as writer:
+        for p in first:
+            writer.write_pixel(p.iy, p.ix, p.spectra, p.meta)
+        writer.rewrite_pixel(again.iy, again.ix, again.spectra, again.meta, reason="remeasure")
+    options = KernelOptions()  # nothing calibrated: the live rule fixes it at the end, on every pixel
+    with open_input(archive, options=options) as source:
+        offline_options = calibrate_source(source, options=options)
+    offline = analyse_input(archive, options=options)
+
+    live = RunContext("live", sim.start_fields(sim.geometry(ny, nx), sets), options=options, flag_config=FlagConfig())
+    inputs = sim.pixel_inputs([*first, again])
+    batches = [inputs] if same_batch else [inputs[:10], inputs[10:-1], inputs[-1:]]
+    for batch in batches:
+        live.process(batch)
+    assert live.calibrating  # 24 pixels < chunk: fixed by finish(), on what arrived
+    live.finish()
+    assert live.options == offline_options
+    np.testing.assert_array_equal(live.model.maps["measured"], offline.maps["measured"])
+    for name in ("delta_eV", "alpha", "b", "valid", "reason"):
+        np.testing.assert_allclose(
+            live.model.maps[name].astype(float), offline.maps[name].astype(float), rtol=1e-5, err_msg=name
+        )
+    assert live.model.maps["time"][again_at] == again.meta.t_end  # the later measurement is the one kept
+
+
 def test_the_published_pixels_carry_every_map_the_analyser_keeps() -> None:
     """A viewer's model built from the ``pixels`` messages alone equals the analyser's, map for map.
 

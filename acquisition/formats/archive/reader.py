@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -411,14 +411,22 @@ class ArchiveReader:
         ------
         EventDoc
             With ``seq = -1`` (not from the wire) and the archive's run uid. Spectra are read one
-            grid row at a time; the array is a read-only view of that row.
+            grid row at a time; the array is a read-only view of that row. While a writer appends
+            (SWMR), a pixel (re-)written while it was read is left out, never torn (a live
+            consumer gets that measurement on the stream: the scan publishes it once archived).
         """
+        live = bool(self._f.swmr_mode)
+        if live:
+            self.refresh()  # nothing cached from earlier reads: the metadata are read before the flags
         meta = self.pixel_meta  # whole (ny, nx) maps: one read per field, not per pixel
-        row_index, row = -1, np.empty(0)
+        row_index, row, whole = -1, np.empty(0), None
         for iy, ix in self.event_pixels(order, pixels):
             if iy != row_index:
                 row_index, row = iy, self.read_pixels(slice(iy, iy + 1), slice(None))[0]
                 row.flags.writeable = False
+                whole = self._unchanged_row(iy, meta) if live else None
+            if whole is not None and not whole[ix]:
+                continue
             fields = event_fields({name: values[iy, ix].item() for name, values in meta.items()})
             yield EventDoc(
                 run_uid=self.run_uid,
@@ -429,6 +437,27 @@ class ArchiveReader:
                 arrays={array_name: row[ix]},
                 **fields,
             )
+
+    @_reading
+    def _unchanged_row(self, iy: int, meta: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``(nx,)`` True where row ``iy``'s pixels are measured now with the metadata ``meta`` holds.
+
+        :meth:`events` calls it after reading the row's spectra, ``meta`` read before the flags.
+        The writer flushes a pixel's spectra and metadata before its flag, and clears the flag
+        before re-writing them: a pixel measured at both flag reads with unchanged metadata was
+        not written in between, so its spectra belong to ``meta`` (without this check a read
+        during a write paired new spectra with the previous, or the fill, metadata).
+        """
+        for name in ("measured", *(f"pixels/{f.name}" for f in PIXEL_META_FIELDS)):
+            self._ds[name].refresh()  # the flags first, as refresh(); drops the chunks read before
+        keep = np.array(self._ds["measured"][iy], dtype=bool)
+        for f in PIXEL_META_FIELDS:
+            before, now = meta[f.name][iy], self._ds[f"pixels/{f.name}"][iy]
+            same = before == now
+            if before.dtype.kind == "f":
+                same |= np.isnan(before) & np.isnan(now)
+            keep &= same
+        return keep
 
     @_reading
     def start_document(self) -> StartDoc:
