@@ -36,6 +36,11 @@ def parse_mV_pair(text: str, what: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _mV_pair(volts: tuple[float, float]) -> str:
+    """(0.005, 0.030) V -> ``"5,30"`` (mV), the form :func:`parse_mV_pair` reads."""
+    return ",".join(f"{v * 1e3:g}" for v in volts)
+
+
 def gap_source(args: argparse.Namespace) -> str:
     """``--gap-source``, "current" with ``--no-lockin``; a lock-in asked for and refused is an error."""
     if args.use_lockin:
@@ -117,17 +122,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="Delta and alpha from I(V) only; the lock-in channel is ignored",
     )
+    # the defaults are the kernels' own, so `stslive analyse` and the live analyser analyse alike
     parser.add_argument(
         "--fit-window",
-        default="5,30",
+        default=_mV_pair(KernelOptions.fit_window_V),
         metavar="LOW,HIGH",
-        help="|V| range of the power-law fit, mV (default: 5,30, the paper's)",
+        help=f"|V| range of the power-law fit, mV (default: {_mV_pair(KernelOptions.fit_window_V)}, the paper's)",
     )
     parser.add_argument(
         "--gap-search",
-        default="0.3,4",
+        default=_mV_pair(KernelOptions.gap_search_V),
         metavar="LOW,HIGH",
-        help="|V| range searched for the coherence peaks, mV (default: 0.3,4)",
+        help="|V| range searched for the map's coherence peaks, mV; its upper end also bounds the in-gap "
+        f"samples the noise is measured on (default: {_mV_pair(KernelOptions.gap_search_V)})",
     )
     parser.add_argument(
         "--smoothing",

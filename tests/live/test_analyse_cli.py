@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import numpy as np
 import pytest
 
 from stslive.acquisition.cli import main
+from stslive.acquisition.cli.analyse import add_arguments, kernel_options
 from stslive.acquisition.formats.archive import open_archive
 from stslive.acquisition.formats.nanonis3ds import write_3ds
 from stslive.acquisition.formats.runmodel import GridGeometry
 from stslive.acquisition.jobs.simulate import write_film_archive
 from stslive.live.flag_kinds import FlagKind
+from stslive.live.kernels import KernelOptions
 from stslive.live.results_io import load_maps_h5
 from stslive.mocks.film import FilmParams, make_film
 
@@ -344,3 +347,13 @@ def test_summary_names_why_pixels_are_refused(tmp_path: Path, capsys: pytest.Cap
     assert (truth["pixels_compared"], truth["pixels_compared_delta"], truth["pixels_compared_alpha"]) == (0, 80, 0)
     assert truth["delta_rms_error_meV"] < 0.05 and "alpha_rms_error" not in truth
     assert r["delta_sigma_median_meV"] is not None and r["alpha_sigma_median"] is None
+
+
+def test_the_cli_defaults_are_the_kernels_own() -> None:
+    """`stslive analyse` without options analyses as the live analyser does (KernelOptions' defaults)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = kernel_options(parser.parse_args(["film.h5", "--out", "out"]))
+    defaults = KernelOptions()
+    for name in ("gap_search_V", "fit_window_V", "gap_source", "alpha_source", "joint_fit_above"):
+        assert getattr(options, name) == getattr(defaults, name), name
