@@ -24,7 +24,7 @@ from stslive.acquisition.jobs.supervisor import toml_text
 from stslive.mocks.lab import MockLab
 from stslive.mocks.lab_servers import LabServers
 
-NX, NY = 48, 40
+NX, NY = 64, 48
 pytestmark = pytest.mark.timeout(300)
 
 
