@@ -55,7 +55,7 @@ ProgressCallback = Callable[[int, int], None]
 
 def uses_lockin(options: KernelOptions) -> bool:
     """True when the options take Delta or alpha from a lock-in channel (when one is present)."""
-    return options.gap_source in ("auto", "lockin", "both") or options.alpha_source == "lockin"
+    return options.gap_source != "current" or options.alpha_source == "lockin"
 
 
 def analyse_arrays(

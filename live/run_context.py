@@ -255,9 +255,9 @@ class RunContext:
         for p in pixels:
             self._retained.pop((p.iy, p.ix), None)
             self._retained[(p.iy, p.ix)] = p
-        if self._sample_size() >= self.options.chunk:
-            return self._calibrate()
         n = self._sample_size()
+        if n >= self.options.chunk:
+            return self._calibrate()
         if n >= 2 * self._provisional_from or self._provisional_from == 0:
             self._provisional = self._width_from(self._sample(list(self._retained.values())))
             self._provisional_from = n

@@ -108,9 +108,17 @@ def plan(
 
 
 def _analyse_chunk(
-    plan: Plan, opts: KernelOptions, cur: np.ndarray | None, lia: np.ndarray | None, clock: Clock
+    plan: Plan,
+    opts: KernelOptions,
+    gap_opts: KernelOptions,
+    cur: np.ndarray | None,
+    lia: np.ndarray | None,
+    clock: Clock,
 ) -> SpectrumAnalysis:
-    """Analyse one chunk of rows (n_rows, n) of an ascending sweep; the work arrays are per-thread buffers."""
+    """Analyse one chunk of rows (n_rows, n) of an ascending sweep; the work arrays are per-thread buffers.
+
+    ``gap_opts`` are the options of the gap's fits (:func:`_gap_options`), ``opts`` everything else's.
+    """
     n = plan.bias.size
     ref = cur if cur is not None else lia
     assert ref is not None
@@ -150,14 +158,11 @@ def _analyse_chunk(
                 g_alpha, lia, plan.alpha_columns, points=plan.alpha_smoothing.points, scale=sign_l, name="lockin_mean"
             )
     clock.lap("sign + derivative")
-    # two channels: every pixel gets the joint fit on both, whose standard errors are the
-    # calibrated ones the combination weights by (the per-peak fit's are not, at every step)
-    gap_opts = opts if len(plan.gap_channels) == 1 else dataclasses.replace(opts, joint_fit_above=0.0)
     noise = {"current": noise_cur, "lockin": noise_lia}
     gaps = [
         gap_rows(
             plan.bias.tobytes(),
-            refit[channel] if channel in refit else np.zeros((rows, n), dtype),
+            refit[channel],
             noise[channel],
             model=model,
             options=gap_opts,
@@ -204,6 +209,13 @@ def _analyse_chunk(
     )
     clock.lap("assemble")
     return result
+
+
+def _gap_options(opts: KernelOptions, gap_channels: tuple[str, ...]) -> KernelOptions:
+    """The options of the gap's fits: with two channels every pixel gets the joint fit on both,
+    whose standard errors are the calibrated ones the combination weights by (the per-peak fit's
+    are not, at every step)."""
+    return opts if len(gap_channels) == 1 else dataclasses.replace(opts, joint_fit_above=0.0)
 
 
 def _threads(opts: KernelOptions, chunks: int) -> int:
@@ -322,6 +334,7 @@ def analyse_spectra(
         models=models,
         too_coarse=too_coarse,
     )
+    gap_opts = _gap_options(opts, gap_channels)
     size = _chunk_size(total, opts)
     starts = range(0, total, size)
 
@@ -329,7 +342,7 @@ def analyse_spectra(
         rows = slice(start, min(start + size, total))
         clock = Clock(stage_seconds is not None)
         part = _analyse_chunk(
-            the_plan, opts, None if cur2 is None else cur2[rows], None if lia2 is None else lia2[rows], clock
+            the_plan, opts, gap_opts, None if cur2 is None else cur2[rows], None if lia2 is None else lia2[rows], clock
         )
         return part, clock.seconds
 
