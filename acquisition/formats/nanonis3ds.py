@@ -339,6 +339,15 @@ class NanonisGrid:
         # (SetpointSet.bias_axis), so a replayed grid and the file analysed offline agree
         return np.linspace(start, end, self.n_points, axis=-1)
 
+    def sweep_varies(self) -> bool:
+        """Whether the measured points' sweeps differ: an MLS sweep never does; otherwise their
+        Sweep Start/End parameters (not :meth:`sweep_axes`, 1 GB for a 300 x 250 x 1601 grid)."""
+        if self.mls_sweep is not None:
+            return False
+        done = self.measured
+        ends = np.stack([self.parameter("Sweep Start")[done], self.parameter("Sweep End")[done]])
+        return bool(ends.size) and bool(np.ptp(ends, axis=1).max() > 0)
+
     def nominal_sweep(self) -> np.ndarray:
         """The sweep axis of the first measured point (NaN-filled when nothing was measured)."""
         done = np.argwhere(self.measured)

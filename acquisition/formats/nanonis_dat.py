@@ -248,6 +248,11 @@ class NanonisPointSet:
         r = range(*rows.indices(self.ny))
         return self._sweeps[None].copy() if len(r) else np.zeros((0, self.nx, self.n_points))
 
+    def sweep_varies(self) -> bool:
+        """Whether the measured spectra's sweep axes differ (each file has its own column)."""
+        axes = self.sweep_axes()[self.measured]
+        return bool(axes.size) and bool(np.ptp(axes, axis=0).max() > 0)
+
     def nominal_sweep(self) -> np.ndarray:
         """The first spectrum's sweep axis."""
         return self._sweeps[0].copy()

@@ -194,13 +194,12 @@ class SpectraSource:
         else:
             self.sweep_signal = backend.sweep_signal
             self._start, self._end = backend.parameter("Sweep Start"), backend.parameter("Sweep End")
-        done = self.measured
         if isinstance(backend, ArchiveReader):
+            done = self.measured
             starts, ends = self._start[done], self._end[done]
             self.bias_per_pixel = bool(starts.size) and bool(np.ptp(starts) > 0 or np.ptp(ends) > 0)
         else:
-            axes = backend.sweep_axes()[done]
-            self.bias_per_pixel = bool(axes.size) and bool(np.ptp(axes, axis=0).max() > 0)
+            self.bias_per_pixel = backend.sweep_varies()
         self._resampler: Resampler | None = None
         nominal = backend.bias if isinstance(backend, ArchiveReader) else backend.nominal_sweep()
         if not is_uniform(nominal):

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from stslive.acquisition.formats.archive import ArchiveReader
 from stslive.acquisition.formats.conditions import AmplitudeConvention, RecordingConditions, header_number
 from stslive.acquisition.formats.nanonis3ds import NanonisGrid
@@ -45,9 +43,8 @@ def _header_float(header: Mapping[str, str], key: str, path: Path) -> float:
 def setpoint_set_from_header(
     recording: NanonisGrid | NanonisPointSet,
     *,
+    conditions: RecordingConditions,
     setpoint: tuple[float, float] | None = None,
-    amplitude_convention: AmplitudeConvention | None = None,
-    conditions: RecordingConditions | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The set-point set of a Nanonis recording, built from its header; and where each value came from.
 
@@ -58,7 +55,7 @@ def setpoint_set_from_header(
     sweep, for the limits; ``Bias Spectroscopy>Settling time (s)``, ``>Integration time (s)``,
     ``>Z-controller hold`` (a ``.dat``: ``Settling time (s)``, ``Integration time (s)``,
     ``Z-Ctrl hold``). The lock-in: the frequency from ``Lock-in>Frequency (Hz)`` and the
-    modulation from ``conditions()`` (0 when it did not run; None when unknown, e.g. an
+    modulation from ``conditions``, the recording's (0 when it did not run; None when unknown, e.g. an
     amplitude of unstated convention); its time constant and sensitivity are never in a Nanonis
     header: None (unknown). Absent timing keys leave the :class:`SetpointSet` default, and the
     returned sources say so. ``conditions``: the recording's, when the caller has read them already.
@@ -103,8 +100,6 @@ def setpoint_set_from_header(
     if hold_key is not None:
         values["feedback_hold"] = h[hold_key].strip().upper() == "TRUE"
         sources["feedback_hold"] = hold_key
-    if conditions is None:
-        conditions = recording.conditions(amplitude_convention=amplitude_convention)
     values["lockin_frequency_Hz"] = header_number(h, "Lock-in>Frequency (Hz)")
     values["lockin_amplitude_Vrms"] = conditions.modulation_Vrms
     values["lockin_time_constant_s"] = values["lockin_sensitivity_V"] = None
@@ -150,11 +145,7 @@ def start_fields(
     conditions = recording.conditions(amplitude_convention=amplitude_convention)
     sp, sources = setpoint_set_from_header(recording, setpoint=setpoint, conditions=conditions)
     names = list(recording.channel_names)
-    # the sweep's ends per measured point, from the per-point parameters (the whole (ny, nx, points)
-    # axis array of a 300 x 250 grid would be 1 GB)
-    done = recording.measured
-    ends = np.stack([recording.parameter("Sweep Start")[done], recording.parameter("Sweep End")[done]])
-    varies = bool(ends.size) and bool(np.ptp(ends, axis=1).max() > 0)
+    varies = recording.sweep_varies()
     known = {k for k, v in sources.items() if v != _ABSENT} | {"id", "name"}
     known |= {k for k in ("lockin_frequency_Hz", "lockin_amplitude_Vrms") if sp.get(k) is not None}
     not_recorded = [f.name for f in dataclasses.fields(SetpointSet) if f.name not in known]
