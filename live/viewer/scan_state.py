@@ -101,6 +101,11 @@ class RunPhase:
     state: str = "unknown"
     reason: str = ""
 
+    @property
+    def ended(self) -> bool:
+        """Whether the run is over: no pixel will be measured any more."""
+        return self.state in ("done", "aborted", "failed", "interrupted")
+
 
 def phase_from_archive(documents: Mapping[str, Any], log: Iterable[Mapping[str, Any]], *, writing: bool) -> RunPhase:
     """The run's phase from an archive's documents and log (``writing``: a writer still holds it).

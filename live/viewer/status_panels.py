@@ -107,7 +107,7 @@ def screen_status(st: RunStatus, view: ScanView | None) -> ScreenStatus:
     rate, eta = st.pixels_per_hour, st.eta_s
     if view is not None and math.isfinite(view.pixels_per_hour):
         rate, eta = view.pixels_per_hour, view.eta_s
-    if phase.state in ("done", "aborted", "failed", "interrupted"):
+    if phase.ended:
         eta = math.nan if measured < st.n_total else 0.0  # nothing more will be measured
     return ScreenStatus(
         phase=phase,

@@ -48,8 +48,6 @@ HOVER_HOLD_S = 5.0
 #: Short panel-title form of each topography origin; a longer title than ~35 characters widens
 #: the plot's layout and squeezes the colour bar off the panel.
 TOPO_TITLES = {TOPO_FROM_FILE: "stored map", TOPO_FROM_Z: "tip height z − plane"}
-#: Run phases after which no pixel will be measured (the forecast then says "not reached").
-ENDED = ("done", "aborted", "failed", "interrupted")
 
 
 def check_window_size(width: int, height: int) -> tuple[int, int]:
@@ -314,7 +312,7 @@ class ControlRoomWindow(QtWidgets.QMainWindow):
             n_now=float(status.n_measured),
             n_total=float(status.n_total),
             pixels_per_hour=status.pixels_per_hour,
-            ended=status.phase.state in ENDED,
+            ended=status.phase.ended,  # the forecast then says "not reached"
             target=target_from_stop_rule(None if view is None else view.stop_rule),
         )
         self.convergence.show(self._history, progress, version=self._seen["snapshot"])

@@ -110,7 +110,7 @@ def test_the_recent_trend_predicts() -> None:
     def width(n: float) -> float:
         return 2 * n**-0.5 if n <= 1000 else 2 * 1000**-0.5 * (n / 1000) ** -0.2
 
-    n, w = np.array([10, 30, 100, 300, 1000, 2000, 4000, 8000.0]), None
+    n = np.array([10, 30, 100, 300, 1000, 2000, 4000, 8000.0])
     w = np.array([width(v) for v in n])
     trend = fit_width_trend(n, w)
     assert trend is not None and trend.exponent == pytest.approx(0.2)
