@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from stslive.live.snapshot_history import FIGURES
+
 __all__ = [
     "DEFAULT_TARGET",
     "FORECAST_FIGURES",
@@ -84,10 +86,11 @@ class Series:
 
 @dataclass(frozen=True)
 class Target:
-    """The width to reach: ``value`` (relative for lengths) and where it comes from."""
+    """The width to reach: ``value`` (relative for lengths), where it comes from, and the figures that must reach it."""
 
     value: float = DEFAULT_TARGET
     source: str = "default"
+    figures: tuple[str, ...] = FORECAST_FIGURES
 
 
 @dataclass(frozen=True)
@@ -273,13 +276,21 @@ def forecast_text(forecast: Forecast, *, pixels_per_hour: float, n_now: float, n
 
 
 def target_from_stop_rule(table: Mapping[str, Any] | None) -> Target:
-    """The run's stop-rule width when its rule is on (``results`` set), else :data:`DEFAULT_TARGET`."""
+    """The run's stop-rule width and figures when its rule is on (``results`` set), else :data:`DEFAULT_TARGET`.
+
+    The rule's ``figures`` (any of :data:`~stslive.live.snapshot_history.FIGURES`) are the ones
+    its verdict waits for; a list the rule could not hold keeps :data:`FORECAST_FIGURES`.
+    """
     if not isinstance(table, Mapping) or not table.get("results"):
         return Target()
     value = table.get("max_relative_width")
     if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
         return Target()
-    return Target(float(value), "stop rule")
+    named = table.get("figures")
+    figures = FORECAST_FIGURES
+    if isinstance(named, list | tuple) and named and all(isinstance(f, str) and f in FIGURES for f in named):
+        figures = tuple(dict.fromkeys(named))
+    return Target(float(value), "stop rule", figures)
 
 
 def figure_target(figure: str, target: Target, estimate: float) -> float:

@@ -35,6 +35,7 @@ STYLE = {
     "l_delta_nm": ("l_Δ", " nm", "#4daf4a"),
     "l_alpha_nm": ("l_α", " nm", "#377eb8"),
     "rho_cross_0": ("ρ_cross(0)", "", "#e41a1c"),
+    "l_cross_nm": ("l_cross", " nm", "#984ea3"),  # written (when a stop rule waits for it), not drawn
 }
 EMPTY = "no correlation snapshot yet"
 #: Forecast states the window's tab names ("convergence: ~ 3 h 20 min"); the others need the panel's words.
@@ -157,8 +158,11 @@ class ConvergencePanel:
             return
         for note in self.no_data:
             note.show(None)
-        series = {f: figure_series(arrays, f) for f in FORECAST_FIGURES}
-        for f, s in series.items():
+        # the drawn figures, and any other the run's stop rule waits for (l_cross: forecast, not drawn)
+        figures = dict.fromkeys((*FORECAST_FIGURES, *progress.target.figures))
+        series = {f: figure_series(arrays, f) for f in figures}
+        for f in FORECAST_FIGURES:
+            s = series[f]
             self.bands[f].show(s.n, s.estimate, s.low, s.high)
         self._titles(series)
         self.forecasts = self._forecasts(series, progress)
@@ -172,7 +176,11 @@ class ConvergencePanel:
         for f in ("l_delta_nm", "l_alpha_nm"):
             name, unit, color = STYLE[f]
             parts.append(f"<span style='color:{color}'>{name} {_last(series[f].estimate):.1f}{unit}</span>")
-        corrected = all(s.corrected is not None and s.corrected.size and s.corrected[-1] for s in series.values())
+        corrected = all(
+            s.corrected is not None and s.corrected.size and s.corrected[-1]
+            for f, s in series.items()
+            if f in FORECAST_FIGURES
+        )
         set_title(self.lengths, " · ".join(parts) + (" (corrected)" if corrected else " (1/e)"))
         set_title(self.rho, f"ρ_cross(0) {_last(series['rho_cross_0'].estimate):+.2f} (90 % band)")
 
@@ -184,11 +192,12 @@ class ConvergencePanel:
         return out
 
     def _draw_widths(self, series: dict, progress: RunProgress) -> None:
-        n_all = np.concatenate([s.n[np.isfinite(band_width(s))] for s in series.values()])
+        drawn = {f: series[f] for f in FORECAST_FIGURES}
+        n_all = np.concatenate([s.n[np.isfinite(band_width(s))] for s in drawn.values()])
         n_all = n_all[n_all > 0]
         right = max(float(n_all.max()) if n_all.size else 1.0, 1.0)
         left = float(n_all.min()) if n_all.size else 1.0
-        for f, s in series.items():
+        for f, s in drawn.items():
             width = band_width(s)
             ok = np.isfinite(width) & (width > 0) & (s.n > 0)
             self.width_curves[f].setData(s.n[ok], width[ok])
@@ -233,17 +242,25 @@ class ConvergencePanel:
             value = f"{estimate:+.2f}" if f == "rho_cross_0" else f"{estimate:.1f}{unit}"
             if math.isfinite(fc.width):
                 value += f", band {fc.width:.2f}" if f == "rho_cross_0" else f", band {100 * fc.width:.0f} %"
-            lines.append(f"<span style='color:{color}'><b>{name}</b></span> {value}: {say(fc)}")
-        overall = combine(list(self.forecasts.values()))
+            waited = "" if f in target.figures else " (not in the stop rule)"
+            lines.append(f"<span style='color:{color}'><b>{name}</b></span> {value}: {say(fc)}{waited}")
+        overall = combine([self.forecasts[f] for f in target.figures])
         headline = say(overall)
         self.headline = headline
         self.tab_text = "convergence" + (f": {headline.split(' (')[0]}" if overall.state in TAB_STATES else "")
-        lines.append(f"<b>all three: {headline}</b>")
+        every = "all three" if set(target.figures) == set(FORECAST_FIGURES) else _named(target.figures)
+        lines.append(f"<b>{every}: {headline}</b>")
         n, t = series["l_delta_nm"].n, series["l_delta_nm"].time
         span = float(np.nanmax(t) - np.nanmin(t)) if np.isfinite(t).any() else math.nan
         since = f", {hours_text(span / 3600.0)} after the first" if math.isfinite(span) and span > 0 else ""
         lines.append(f"{k} snapshot{'s' * (k != 1)}, the latest at {np.nanmax(n):,.0f} pixels{since}")
         self.text.setText("<br>".join(lines))
+
+
+def _named(figures: tuple[str, ...]) -> str:
+    """The figures a stop rule waits for, by their screen names: "l_Δ and ρ_cross(0)"."""
+    names = [STYLE[f][0] for f in figures]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _steps(low: float, high: float) -> list[float]:

@@ -12,6 +12,7 @@ from stslive.live.snapshot_history import SnapshotHistory
 from stslive.live.viewer.convergence import (
     DEFAULT_TARGET,
     EXPONENT_RANGE,
+    FORECAST_FIGURES,
     Forecast,
     Target,
     combine,
@@ -149,6 +150,18 @@ def test_target_from_the_stop_rule_or_the_default() -> None:
     # the rule judges rho_cross(0) relative to its estimate; the screen draws its width absolute
     assert figure_target("rho_cross_0", rule, -0.55) == pytest.approx(0.0275)
     assert figure_target("rho_cross_0", Target(), -0.55) == DEFAULT_TARGET
+
+
+def test_the_stop_rules_figures_are_the_ones_forecast_together() -> None:
+    on = {"results": "tcp://127.0.0.1:5557", "max_relative_width": 0.05}
+    assert target_from_stop_rule(on).figures == FORECAST_FIGURES  # the rule's own default
+    assert target_from_stop_rule({**on, "figures": ["l_cross_nm", "l_delta_nm", "l_cross_nm"]}).figures == (
+        "l_cross_nm",
+        "l_delta_nm",
+    )
+    for odd in ([], ["l_gap_nm"], "l_delta_nm", [3]):  # what a rule cannot hold: the default figures
+        assert target_from_stop_rule({**on, "figures": odd}).figures == FORECAST_FIGURES, odd
+    assert target_from_stop_rule({"results": "", "figures": ["l_delta_nm"]}).figures == FORECAST_FIGURES
 
 
 def test_the_corrected_figure_is_the_estimate_of_the_band() -> None:

@@ -120,6 +120,32 @@ def test_a_stop_rule_in_the_archive_sets_the_target(tmp_path: Path, window_facto
     assert panel.forecasts["l_delta_nm"].state == "reached"
     assert panel.forecasts["rho_cross_0"].target == pytest.approx(0.1)
     assert "the run's stop rule" in panel.text.text()
+    # the rule waits for l_Delta alone: the headline is its forecast, rho_cross(0) is not waited for
+    assert panel.forecasts["rho_cross_0"].state == "predicted"
+    assert panel.headline == "reached" and w.tabs.tabText(w.tabs.indexOf(panel.widget)) == "convergence: reached"
+    assert "<b>l_Δ: reached</b>" in panel.text.text()
+    assert panel.text.text().count("(not in the stop rule)") == 2  # l_alpha and rho_cross(0)
+
+
+def test_a_stop_rule_waiting_for_l_cross_forecasts_it_too(tmp_path: Path, window_factory) -> None:
+    # l_cross has no band in these snapshots: the rule cannot be forecast, whatever the others say
+    archive = tmp_path / "run.h5"
+    with create_archive(archive, ny=40, nx=50, bias=BIAS) as writer:
+        rule = {"results": "tcp://127.0.0.1:5999", "max_relative_width": 0.1, "figures": ["l_delta_nm", "l_cross_nm"]}
+        writer.write_document("start", {"metadata": {"config": {"stop": rule}}})
+    analysis = tmp_path / "maps.h5"
+    rio.save_maps_h5(model_with_history([25, 50, 100, 400]), analysis)
+    source = FileSource(archive, analysis=analysis, poll_s=0.05)
+    source.start()
+    assert source.loaded.wait(10)
+    w = window_factory(source.model, source)
+    w.redraw_all()
+    panel = w.convergence
+    assert panel.forecasts["l_delta_nm"].state == "reached"
+    assert panel.forecasts["l_cross_nm"].state == "unknown"
+    assert panel.headline == "cannot predict yet (no 90 % band yet)"
+    assert "l_Δ and l_cross: cannot predict yet" in panel.text.text()
+    assert set(panel.bands) == {"l_delta_nm", "l_alpha_nm", "rho_cross_0"}  # l_cross is written, not drawn
 
 
 def test_a_late_viewer_gets_the_whole_history_from_the_stream(window_factory) -> None:
