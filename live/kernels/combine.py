@@ -11,29 +11,36 @@ the maximum-likelihood value of Delta given both (Gaussian errors). The lock-in 
 a pixel's validity and reason are the lock-in's (the current only sharpens a valid Delta), and
 where the two disagree by more than :data:`MAX_DISAGREEMENT` combined standard errors one
 channel's model does not hold there (a current offset, a lock-in phase error), so the lock-in's
-value is kept alone.
+value is kept alone. At a step too coarse for the peaks one channel's likelihood can have a
+second minimum about a step away: there a Delta stands only where the two agree (``agreement_only``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from stslive.live.kernels.options import GapResult
+from stslive.live.kernels.options import CODE, GapResult
 
 __all__ = ["MAX_DISAGREEMENT", "combine_gaps"]
 
 #: Largest |d_L - d_I| / sqrt(s_L^2 + s_I^2) of two channels combined: a two-sided 4-sigma test
 #: of one degree of freedom, refused by chance once in 16,000 pixels when both channels hold.
 MAX_DISAGREEMENT = 4.0
+#: The fields a refused pixel reports as NaN (as :func:`~stslive.live.kernels.gap.gap_rows` does).
+_MEASURED = ("delta_eV", "peak_neg_V", "peak_pos_V", "delta_sigma_eV", "delta_dynes_eV", "gamma_dynes_eV")
 
 
-def combine_gaps(primary: GapResult, other: GapResult) -> tuple[GapResult, np.ndarray]:
+def combine_gaps(primary: GapResult, other: GapResult, *, agreement_only: bool = False) -> tuple[GapResult, np.ndarray]:
     """``primary``'s gap (the lock-in's) combined with ``other``'s (the current's) by inverse variance.
 
     Parameters
     ----------
     primary, other : GapResult
         The gap of the same spectra from two channels, arrays shaped (n,).
+    agreement_only : bool
+        The step is too coarse for the peaks (:func:`~stslive.live.kernels.gap.step_too_coarse`):
+        a Delta stands only where both channels give it and agree; elsewhere the pixel is
+        BIAS_STEP_TOO_COARSE (one channel's likelihood can have a second minimum about a step away).
 
     Returns
     -------
@@ -83,4 +90,9 @@ def combine_gaps(primary: GapResult, other: GapResult) -> tuple[GapResult, np.nd
         gamma_dynes_eV=mean(primary.gamma_dynes_eV, other.gamma_dynes_eV),
         reason=primary.reason,
     )
+    alone = ~combined & (primary.reason == 0)
+    if agreement_only and alone.any():
+        refused = {f: np.where(alone, np.nan, getattr(result, f)).astype(getattr(result, f).dtype) for f in _MEASURED}
+        reason = np.where(alone, CODE.BIAS_STEP_TOO_COARSE, primary.reason).astype(primary.reason.dtype)
+        result = result._replace(reason=reason, **refused)
     return result, combined

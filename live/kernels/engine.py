@@ -172,7 +172,8 @@ def _analyse_chunk(
         )
         for channel, model, too_coarse in zip(plan.gap_channels, plan.models, plan.too_coarse, strict=True)
     ]
-    gap = gaps[0] if len(gaps) == 1 else combine_gaps(gaps[0], gaps[1])[0]
+    coarse = any(m is not None and m.coarse for m in plan.models)
+    gap = gaps[0] if len(gaps) == 1 else combine_gaps(gaps[0], gaps[1], agreement_only=coarse)[0]
     law = _power_law_rows(
         g_alpha,  # type: ignore[arg-type]
         plan.law,
@@ -313,14 +314,22 @@ def analyse_spectra(
     fitted = lia2 if opts.alpha_source == "lockin" else cur2
     assert opts.smoothing_points is not None and opts.lockin_smoothing_points is not None
     assert opts.gap_eV is not None and opts.dynes_width_eV is not None
-    too_coarse = tuple(step_too_coarse(step, opts, integrated=c == "current") for c in gap_channels)
+    coarse = tuple(step_too_coarse(step, opts, integrated=c == "current") for c in gap_channels)
+    # a step too coarse for the peaks: one channel is refused; two are fitted, and Delta stands
+    # where they agree (combine_gaps)
+    too_coarse = coarse if len(gap_channels) == 1 else (False,) * len(gap_channels)
     models = tuple(
         None
-        if coarse or not np.isfinite(opts.gap_eV)
+        if refused or not np.isfinite(opts.gap_eV)
         else gap_model(
-            step=step, options=opts, integrated=c == "current", gap_eV=opts.gap_eV, width_eV=opts.dynes_width_eV
+            step=step,
+            options=opts,
+            integrated=c == "current",
+            gap_eV=opts.gap_eV,
+            width_eV=opts.dynes_width_eV,
+            coarse=any(coarse),
         )
-        for c, coarse in zip(gap_channels, too_coarse, strict=True)
+        for c, refused in zip(gap_channels, too_coarse, strict=True)
     )
     the_plan = plan(
         bias_key,

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 
 from stslive.drivers.errors import AnalysisError
-from stslive.live.kernels.joint import MAX_WIDTH_STEP, joint_fit, joint_tables
+from stslive.live.kernels.joint import MAX_WIDTH_STEP, JointTables, joint_fit, joint_tables
 from stslive.live.kernels.noise import measure_noise, noise_triples
 from stslive.live.kernels.options import CODE, GapResult, KernelOptions
 from stslive.live.kernels.stages import NO_CLOCK, Clock
@@ -29,12 +29,14 @@ from stslive.live.theory import K_B_EV_PER_K
 
 __all__ = [
     "BROAD_PEAK",
+    "COARSE_ITERATIONS",
     "GapModel",
     "GapWindows",
     "extract_gap",
     "gap_model",
     "gap_rows",
     "gap_windows",
+    "model_tables",
     "peak_width_eV",
     "polarity_windows",
     "step_too_coarse",
@@ -44,6 +46,9 @@ __all__ = [
 #: sqrt(Gamma^2 + (2 k_B T)^2 + 2 V_mod^2); beyond, every pixel is BIAS_STEP_TOO_COARSE (measured
 #: on the film: at 2.7 widths the lock-in's Delta was biased by +0.024 meV and 4x off its error).
 MAX_STEP_PER_WIDTH = 2.5
+#: Gauss-Newton iterations of a coarse step's joint fit, each re-linearised at the grid shifts
+#: nearest the last edges.
+COARSE_ITERATIONS = 4
 
 #: A map's peaks are broad when their width sqrt(Gamma^2 + (2 k_B T)^2 + 2 V_mod^2) exceeds this
 #: fraction of the gap: the per-peak fit's additive background then biases Delta by more than
@@ -63,6 +68,9 @@ class GapModel:
     background_degree: int
     gap_eV: float
     width_eV: float
+    #: the step exceeds MAX_STEP_PER_WIDTH peak widths: every pixel gets the joint fit, started
+    #: from a search of the whole shift grid (a Delta stands where two channels agree, combine_gaps)
+    coarse: bool = False
 
     @property
     def broad(self) -> bool:
@@ -96,7 +104,9 @@ def peak_width_eV(options: KernelOptions, *, integrated: bool) -> float:
     return math.sqrt((options.dynes_width_eV or 0.0) ** 2 + (2 * kT) ** 2 + 2 * modulation**2)
 
 
-def gap_model(*, step: float, options: KernelOptions, integrated: bool, gap_eV: float, width_eV: float) -> GapModel:
+def gap_model(
+    *, step: float, options: KernelOptions, integrated: bool, gap_eV: float, width_eV: float, coarse: bool = False
+) -> GapModel:
     """The :class:`GapModel` of a channel with the options' temperature and modulation."""
     args = bank_args(options.sample_temperature_K, options.lockin_modulation_Vrms, integrated=integrated)
     return GapModel(
@@ -107,6 +117,7 @@ def gap_model(*, step: float, options: KernelOptions, integrated: bool, gap_eV: 
         background_degree=args["background_degree"],
         gap_eV=round(float(gap_eV), 10),
         width_eV=round(float(width_eV), 12),
+        coarse=coarse,
     )
 
 
@@ -146,6 +157,25 @@ def gap_windows(bias_key: bytes, model: GapModel) -> GapWindows:
         cols.append(slice(max(lo, 0), min(hi + 1, n)))
     read = slice(min(c.start for c in cols), max(c.stop for c in cols))
     return GapWindows((cols[0], cols[1]), (origins[0], origins[1]), read, covered, bank.resolvable)
+
+
+def model_tables(bias_key: bytes, model: GapModel) -> JointTables:
+    """The joint fit's tables of ``model`` on the ascending float64 grid ``bias_key`` (cached)."""
+    bias = np.frombuffer(bias_key, dtype=np.float64)
+    win = gap_windows(bias_key, model)
+    zero = int(np.searchsorted(bias, 0.0))  # the first column of the positive half
+    halves = ((max(win.read.start, zero), win.read.stop), (win.read.start, min(win.read.stop, zero)))
+    return joint_tables(
+        bias_key,
+        model.bank(),
+        (slice(*halves[0]), slice(*halves[1])),
+        win.origin_V,
+        gap_eV=model.gap_eV,
+        width_eV=model.width_eV,
+        temperature_K=model.temperature_K,
+        modulation_Vrms=model.modulation_Vrms,
+        integrated=model.integrated,
+    )
 
 
 def polarity_windows(signal: np.ndarray, windows: GapWindows, *, integrated: bool) -> np.ndarray:
@@ -201,7 +231,6 @@ def gap_rows(
         Float dtype of the returned values.
     """
     rows = refit.shape[0]
-    bias = np.frombuffer(bias_key, dtype=np.float64)
     nan2 = np.full((rows, 2), np.nan)
     position, sigma, score, snr, chi2, edge_V, visibility = (nan2.copy() for _ in range(7))
     log_width = np.full(rows, np.nan)
@@ -242,25 +271,16 @@ def gap_rows(
                 converged = np.isfinite(position).all(axis=1)
                 # the joint fit where the per-peak fit leaves Delta too loose
                 loose = ~(delta_sigma <= options.joint_fit_above * model.gap_eV)
-                if model.broad and np.isfinite(options.joint_fit_above):
+                if (model.broad or model.coarse) and np.isfinite(options.joint_fit_above):
                     loose[:] = True
                 refine = np.flatnonzero(loose & ~bad)
                 if refine.size:
-                    zero = int(np.searchsorted(bias, 0.0))  # the first column of the positive half
-                    halves = ((max(win.read.start, zero), win.read.stop), (win.read.start, min(win.read.stop, zero)))
-                    tables = joint_tables(
-                        bias_key,
-                        bank,
-                        (slice(*halves[0]), slice(*halves[1])),
-                        win.origin_V,
-                        gap_eV=model.gap_eV,
-                        width_eV=model.width_eV,
-                        temperature_K=model.temperature_K,
-                        modulation_Vrms=model.modulation_Vrms,
-                        integrated=model.integrated,
-                    )
+                    tables = model_tables(bias_key, model)
                     start = (fit.best % bank.n_shifts).reshape(rows, 2)[refine]
-                    joint = joint_fit(refit[refine], start, noise[refine], tables)
+                    if model.coarse:  # every row from its own best grid shift, iterated
+                        joint = joint_fit(refit[refine], None, noise[refine], tables, iterations=COARSE_ITERATIONS)
+                    else:
+                        joint = joint_fit(refit[refine], start, noise[refine], tables)
                     position[refine] = np.stack([joint.peak_pos_V, joint.peak_neg_V], axis=1)
                     chi2[refine] = joint.chi2[:, None]
                     delta_sigma[refine] = joint.delta_sigma_eV

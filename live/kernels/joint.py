@@ -2,19 +2,23 @@
 
 One model for the region |V| <= the map's window, both polarities and the gap between them:
 
-    dI/dV(v) = P(v) t(|v| - s_sign(v)),     P(v) = sum_k c_k v^k  (k <= DEGREE)
+    dI/dV(v) = P(v) t_s(|v|),   s = s_sign(v),     P(v) = sum_k c_k v^k  (k <= DEGREE)
 
-t is the map's drawn coherence peak (Dynes DOS at the sample temperature, and the lock-in's
-modulation for a lock-in; :func:`~stslive.live.kernels.templates.draw`) with its gap edge at
-s_+ on the positive side and s_- on the mirrored negative side; P is a smooth background shared
+t_s is the coherence peak of a Dynes DOS of gap s at the map's width, drawn at the sample
+temperature (and with the lock-in's modulation for a lock-in;
+:func:`~stslive.live.kernels.templates.draw`), with s_+ on the positive side and s_- on the
+mirrored negative side. It is drawn at each gap, not the map's peak moved: the in-gap region and
+the BCS tail scale with the gap, and at a coarse step they, more than the peak's few samples,
+place it. P is a smooth background shared
 by both peaks (the Altshuler-Aronov background, the tip's asymmetry). A current is fitted as its
 integral plus an offset. Sharing the background and the in-gap samples between the two peaks
 lowers the gap's variance well below that of fitting each peak in its own window with its own
 background (Cramer-Rao on the simulated film: by ~1.6 at 2 pA current noise).
 
 The fit is linear in the c_k; the edges follow by Gauss-Newton, linearised at the shift grid of
-the per-peak fit. Everything that depends only on the grid, the map's peak and a grid shift is
-tabulated once per map (:func:`joint_tables`: each half's basis and its derivatives in the edge
+the per-peak fit, or of a search of the whole grid (:func:`joint_fit` with no start).
+Everything that depends only on the grid, the map's peak and a grid shift is tabulated once per
+map (:func:`joint_tables`: each half's basis and its derivatives in the edge
 and in ln(width), and their Gram matrices), so a spectrum costs a few dot products and a small
 solve. Delta is the peak-to-peak distance of the fitted dI/dV at the sample temperature (the
 maximum of P t_thermal near each edge) with the map's Dynes width; one more step with the width
@@ -30,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stslive.live.kernels.templates import WIDTH_STEP, TemplateBank, draw
+from stslive.live.kernels.templates import WIDTH_STEP, Drawing, TemplateBank, draw
 
 __all__ = ["DEGREE", "MAX_WIDTH_STEP", "JointFit", "JointTables", "joint_fit", "joint_tables"]
 
@@ -40,6 +44,8 @@ DEGREE = 4
 #: The Dynes fit's width may differ from the map's by at most this in ln (the tabulated width
 #: derivative holds to ~+-40 %); beyond, the fit is refused (NaN).
 MAX_WIDTH_STEP = 0.4
+#: The gap's numerical derivative steps this many fine samples each way.
+GAP_STEP_FINE = 2
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,9 @@ class JointTables:
     vectors: tuple[np.ndarray, np.ndarray]
     gram: tuple[np.ndarray, np.ndarray]
     scale: np.ndarray  #: c_k of P = fitted coefficient * scale[k]
-    x_peak: float  #: thermal peak from the edge, V
-    t_peak: float  #: thermal peak value, per unit P
-    t_peak2: float  #: its second derivative, per V^2
+    x_peak: np.ndarray  #: (2, n_shifts) thermal peak from the edge, V, per side and grid shift
+    t_peak: np.ndarray  #: (2, n_shifts) thermal peak value, per unit P
+    t_peak2: np.ndarray  #: (2, n_shifts) its second derivative, per V^2
 
 
 def joint_tables(
@@ -100,57 +106,75 @@ def _tables(
 ) -> JointTables:
     bias = np.frombuffer(bias_key, dtype=np.float64)
     step = float(bias[1] - bias[0])
-    common = {"gap_eV": gap_eV, "temperature_K": temperature_K, "modulation_Vrms": modulation_Vrms}
-    drawn = draw(fine, half, width_eV=width_eV, **common)
-    minus, plus = (draw(fine, half, width_eV=width_eV * math.exp(e), **common) for e in (-WIDTH_STEP, WIDTH_STEP))
-    t = np.asarray(drawn.fitted, np.float64)
-    t_g = (np.asarray(plus.fitted) - np.asarray(minus.fitted)) / (2 * WIDTH_STEP)
-    t_x = np.gradient(t) / fine
+    common = {"temperature_K": temperature_K, "modulation_Vrms": modulation_Vrms}
     reach = float(np.abs(bias[bounds[0] : bounds[3]]).max() if bounds[3] > bounds[0] else 1.0)
     reach = max(reach, float(np.abs(bias[bounds[2] : bounds[1]]).max()))
     k = np.arange(DEGREE + 1)
     scale = reach**-k
     grid = np.asarray(shifts)
+    # the gap's derivative: central differences of GAP_STEP_FINE fine samples (exact index shifts)
+    m = GAP_STEP_FINE
+    eps = m * fine
     vectors, grams = [], []
+    x_peak = np.empty((2, grid.size))
+    t_peak = np.empty((2, grid.size))
+    t_peak2 = np.empty((2, grid.size))
+    drawings: dict[tuple[float, float], Drawing] = {}
+
+    def drawing(gap: float, width: float) -> Drawing:
+        """The peak drawn at a gap and width (both sides of a symmetric grid share them)."""
+        key = (round(gap, 12), round(width, 14))
+        if key not in drawings:
+            drawings[key] = _draw(fine, half, gap_eV=gap, width_eV=width, **common)
+        return drawings[key]
+
+    def drawn(gap: float, width: float) -> np.ndarray:
+        """The fitted dI/dV drawn at a gap and width."""
+        return np.asarray(drawing(gap, width).fitted, np.float64)
+
     for side, (lo, hi), sign in ((0, bounds[:2], 1.0), (1, bounds[2:], -1.0)):
         v = bias[lo:hi]
         u = np.abs(v)
         per_shift = []
-        for shift in grid:
+        for j, shift in enumerate(grid):
             edge = origin_V[side] + shift * step
+            # the DOS drawn at this gap, not the map's peak moved: the in-gap region and the BCS
+            # tail scale with the gap (at a coarse step they, not the peak, place it)
+            t = drawn(edge, width_eV)
+            # d/dgap at fixed |v|: the drawing about edge + eps holds |v| m fine samples lower
+            up, down = drawn(edge + eps, width_eV), drawn(edge - eps, width_eV)
+            t_d = np.zeros_like(t)
+            t_d[m:-m] = (up[: -2 * m] - down[2 * m :]) / (2 * eps)
+            t_g = (drawn(edge, width_eV * math.exp(WIDTH_STEP)) - drawn(edge, width_eV * math.exp(-WIDTH_STEP))) / (
+                2 * WIDTH_STEP
+            )
+            thermal = np.asarray(drawing(edge, width_eV).thermal)
+            x_peak[side, j], t_peak[side, j], t_peak2[side, j] = _thermal_peak(thermal, half, edge, fine)
             if not integrated:
                 x = np.rint((u - edge) / fine).astype(np.intp) + half
                 powers = (v[:, None] * np.ones(DEGREE + 1)) ** k * scale  # (M, K+1)
-                rows = [powers.T * t[x], -powers.T * t_x[x], powers.T * t_g[x]]
+                rows = [powers.T * t[x], powers.T * t_d[x], powers.T * t_g[x]]
             else:
-                # I(V) = int_0^V P(v) t(|v| - s) dv: on the fine grid from 0, sampled at |V|
+                # I(V) = int_0^V P(v) T(|v|) dv: on the fine grid from 0, sampled at |V|
                 n_fine = round(u.max() / fine) + 2
                 uf = fine * np.arange(n_fine)
                 xf = np.clip(np.rint((uf - edge) / fine).astype(np.intp) + half, 0, t.size - 1)
-                tf, gf = t[xf], t_g[xf]
                 at = np.rint(u / fine).astype(np.intp)
                 signs = np.where(sign > 0, 1.0, (-1.0) ** (k + 1))[:, None]
                 ufk = uf[None, :] ** k[:, None]  # (K+1, n_fine)
-                jk = np.cumsum(ufk * tf, axis=1) * fine - 0.5 * fine * (ufk * tf)[:, :1] - 0.5 * fine * ufk * tf
-                jg = np.cumsum(ufk * gf, axis=1) * fine - 0.5 * fine * (ufk * gf)[:, :1] - 0.5 * fine * ufk * gf
-                basis = signs * jk[:, at] * scale[:, None]
-                # d/ds int_0^U u^k t(u - s) du = -U^k t(U - s) + [k = 0] t(-s) + k J_(k-1)(U)
-                d_edge = np.empty_like(basis)
-                for kk in range(DEGREE + 1):
-                    dj = -(u**kk) * tf[at] + (tf[0] if kk == 0 else 0.0) + (kk * jk[kk - 1, at] if kk else 0.0)
-                    d_edge[kk] = signs[kk] * dj * scale[kk]
-                rows = [basis, d_edge, signs * jg[:, at] * scale[:, None], np.ones((1, u.size))]
+
+                rows = []
+                for y in (t, t_d, t_g):  # trapezoid integrals from 0 of u^k y(u), at the samples |V|
+                    f = ufk * y[xf]
+                    cum = np.cumsum(f, axis=1) * fine - 0.5 * fine * f[:, :1] - 0.5 * fine * f
+                    rows.append(signs * cum[:, at] * scale[:, None])
+                rows.append(np.ones((1, u.size)))
             per_shift.append(np.concatenate(rows, axis=0))
         block = np.stack(per_shift)  # (n_shifts, F, M)
         # the projections run in float32 (their rounding is 1e-7 of the signal, the noise 1e-3);
         # the Gram matrices and every solve in float64
         grams.append(np.einsum("sfm,sgm->sfg", block, block))
         vectors.append(np.ascontiguousarray(block, dtype=np.float32))
-    thermal = np.asarray(drawn.thermal)
-    below = min(half - 2, int(0.5 * gap_eV / fine))
-    i = int(np.argmax(thermal[half - below : half + half // 2])) + half - below
-    y0, y1, y2 = thermal[i - 1], thermal[i], thermal[i + 1]
-    frac = 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
     return JointTables(
         columns=(slice(bounds[0], bounds[1]), slice(bounds[2], bounds[3])),
         origin_V=origin_V,
@@ -160,10 +184,24 @@ def _tables(
         vectors=(vectors[0], vectors[1]),
         gram=(grams[0], grams[1]),
         scale=scale,
-        x_peak=float((i + frac - half) * fine),
-        t_peak=float(y1),
-        t_peak2=float((y0 - 2 * y1 + y2) / fine**2),
+        x_peak=x_peak,
+        t_peak=t_peak,
+        t_peak2=t_peak2,
     )
+
+
+def _draw(fine: float, half: int, **kwargs: float) -> Drawing:
+    """:func:`draw` without its cache (a map's tables draw each grid shift's gap once)."""
+    return draw.__wrapped__(fine, half, **kwargs)
+
+
+def _thermal_peak(thermal: np.ndarray, half: int, gap_eV: float, fine: float) -> tuple[float, float, float]:
+    """(peak from the gap edge (V), value, second derivative per V^2) of a drawn thermal dI/dV."""
+    below = min(half - 2, int(0.5 * gap_eV / fine))
+    i = int(np.argmax(thermal[half - below : half + half // 2])) + half - below
+    y0, y1, y2 = thermal[i - 1], thermal[i], thermal[i + 1]
+    frac = 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
+    return float((i + frac - half) * fine), float(y1), float((y0 - 2 * y1 + y2) / fine**2)
 
 
 class JointFit(NamedTuple):
@@ -197,13 +235,64 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x[:, :, 0] if vector else x
 
 
-def joint_fit(w: np.ndarray, start: np.ndarray, noise: np.ndarray, tables: JointTables) -> JointFit:
+def joint_fit(
+    w: np.ndarray, start: np.ndarray | None, noise: np.ndarray, tables: JointTables, *, iterations: int = 1
+) -> JointFit:
     """Fit rows ``w`` (n, N) (the signed signal on the grid's columns) from grid shifts ``start`` (n, 2).
 
-    ``start`` holds each half's grid-shift index (the per-peak fit's best); ``noise`` (n,) the rms
-    noise per sample (NaN: the residual stands in). The problem is linearised at those grid
-    shifts: one solve for the background (and offset) there, then one Gauss-Newton solve for
-    everything with the edges free (and one more with the width free too, the Dynes fit).
+    ``start`` holds each half's grid-shift index (the per-peak fit's best), or None to start
+    every row at its best grid shift for one gap on both sides (:func:`_search`: at a coarse
+    step the per-peak fit's window holds too few samples to start from, and the likelihood can
+    have a second minimum about a step away); ``noise`` (n,) the rms noise per sample (NaN: the
+    residual stands in). Each iteration linearises the problem at grid shifts (:func:`_step`)
+    and moves on to the grid shifts nearest its edges, for at most ``iterations``.
+    """
+    last = tables.shifts.size - 1
+    if start is None:
+        index = np.repeat(_search(w, tables)[:, None], 2, axis=1)
+    else:
+        index = np.clip(np.nan_to_num(start, nan=last // 2).astype(np.intp), 0, last)
+    fit, edges = _step(w, index, noise, tables)
+    spacing = float(tables.shifts[1] - tables.shifts[0]) if tables.shifts.size > 1 else 1.0
+    for _ in range(iterations - 1):
+        with np.errstate(invalid="ignore"):
+            at = (edges - np.asarray(tables.origin_V)[None, :]) / tables.step_V
+            nearest = np.clip(np.rint((np.nan_to_num(at) - tables.shifts[0]) / spacing), 0, last).astype(np.intp)
+        moved = np.flatnonzero((nearest != index).any(axis=1) & np.isfinite(at).all(axis=1))
+        if not moved.size:
+            break
+        index[moved] = nearest[moved]
+        again, edges[moved] = _step(w[moved], index[moved], noise[moved], tables)
+        fit = JointFit(*(np.asarray(a).copy() for a in fit))
+        for mine, new in zip(fit, again, strict=True):
+            mine[moved] = new
+    return fit
+
+
+def _search(w: np.ndarray, tables: JointTables) -> np.ndarray:
+    """Per row, the grid shift of least squared residual with one gap on both sides (the background profiled out).
+
+    The residual of a linear least-squares fit is |w|^2 - b^T A^-1 b (b the projections on the
+    shift's linear columns, A their Gram matrix): the shift that explains most is the best.
+    """
+    kp = DEGREE + 1
+    li = np.r_[np.arange(kp), np.arange(3 * kp, 3 * kp + (1 if tables.integrated else 0))]
+    proj = 0.0
+    for s in (0, 1):
+        half = np.ascontiguousarray(w[:, tables.columns[s]], dtype=np.float32)
+        proj = proj + np.einsum("jfm,nm->njf", tables.vectors[s][:, li], half).astype(np.float64)
+    gram = tables.gram[0][:, li[:, None], li] + tables.gram[1][:, li[:, None], li]  # (J, P, P)
+    inv = np.linalg.pinv(gram)  # (J, P, P), one per shift for every row
+    explained = np.einsum("njf,jfg,njg->nj", proj, inv, proj)
+    return np.argmax(np.nan_to_num(explained, nan=-np.inf), axis=1)
+
+
+def _step(w: np.ndarray, index: np.ndarray, noise: np.ndarray, tables: JointTables) -> tuple[JointFit, np.ndarray]:
+    """One Gauss-Newton step of rows ``w`` from grid-shift indices ``index`` (n, 2); the fit and its edges (n, 2), V.
+
+    The problem is linearised at those grid shifts: one solve for the background (and offset)
+    there, then one Gauss-Newton solve for everything with the edges free (and one more with the
+    width free too, the Dynes fit).
     """
     n = w.shape[0]
     kp = DEGREE + 1
@@ -212,7 +301,6 @@ def joint_fit(w: np.ndarray, start: np.ndarray, noise: np.ndarray, tables: Joint
     size = p_lin + 2
     n_f = 3 * kp + extra
     li = np.r_[np.arange(kp), np.arange(3 * kp, n_f)]  # the linear columns: basis (and ones)
-    index = np.clip(np.nan_to_num(start, nan=tables.shifts.size // 2).astype(np.intp), 0, tables.shifts.size - 1)
     proj, gram = [], []
     energy = np.zeros(n)
     samples = 0
@@ -273,17 +361,19 @@ def joint_fit(w: np.ndarray, start: np.ndarray, noise: np.ndarray, tables: Joint
         gradient[:, p_lin], gradient[:, p_lin + 1] = 0.5, 0.5
         k = np.arange(kp)
         for side, sign in ((0, 1.0), (1, -1.0)):
-            u0 = edges[:, side] + tables.x_peak
+            at = index[:, side]
+            x_pk, t_pk, t_pk2 = tables.x_peak[side, at], tables.t_peak[side, at], tables.t_peak2[side, at]
+            u0 = edges[:, side] + x_pk
             vv = (sign * u0)[:, None]
             powers = vv ** np.maximum(k, 0)
             d1 = sign * k * vv ** np.maximum(k - 1, 0)  # d/du of v^k at v = sign u
             d2 = k * (k - 1) * vv ** np.maximum(k - 2, 0)
             p0, p1, p2 = (np.einsum("nk,nk->n", coef, m) for m in (powers, d1, d2))
-            denom = p0 * tables.t_peak2 + p2 * tables.t_peak
-            move = -p1 * tables.t_peak / denom
+            denom = p0 * t_pk2 + p2 * t_pk
+            move = -p1 * t_pk / denom
             peaks[:, side] = u0 + np.clip(move, -tables.step_V, tables.step_V)
-            d_move = -tables.t_peak * (
-                d1 * denom[:, None] - p1[:, None] * (powers * tables.t_peak2 + d2 * tables.t_peak)
+            d_move = -t_pk[:, None] * (
+                d1 * denom[:, None] - p1[:, None] * (powers * t_pk2[:, None] + d2 * t_pk[:, None])
             )
             gradient[:, :kp] += 0.5 * d_move / (denom**2)[:, None] * tables.scale
         delta_sigma = np.sqrt(np.einsum("ni,nij,nj->n", gradient, covariance, gradient))
@@ -300,4 +390,4 @@ def joint_fit(w: np.ndarray, start: np.ndarray, noise: np.ndarray, tables: Joint
         converged=converged,
         delta_dynes_eV=0.5 * (edges_dynes[:, 0] + edges_dynes[:, 1]),
         log_width=log_width,
-    )
+    ), edges

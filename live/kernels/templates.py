@@ -259,9 +259,12 @@ def template_bank(
     shift_reach = max(MIN_SHIFT_SAMPLES, SHIFT_FRACTION * gap_eV / h)
     low_V = WINDOW_LOW_FRACTION * gap_eV
     outer_V = min(max(OUTER_FRACTION * gap_eV, OUTER_MIN_V), OUTER_MAX_V)
-    offsets = np.arange(-math.floor((gap_eV - low_V) / h), math.ceil((shift_reach * h + outer_V) / h) + 1)
+    first, last = -math.floor((gap_eV - low_V) / h), math.ceil((shift_reach * h + outer_V) / h)
     parameters = background_degree + 1 + 2
-    resolvable = gap_eV / h >= MIN_GAP_SAMPLES and offsets.size - parameters >= MIN_FIT_DOF
+    # a coarse step: the window reaches further out until the fit keeps MIN_FIT_DOF
+    last += max(0, MIN_FIT_DOF + parameters - (last - first + 1))
+    offsets = np.arange(first, last + 1)
+    resolvable = gap_eV / h >= MIN_GAP_SAMPLES
     # shift grid: 1/q samples, q >= 4, fine enough for the peak's width; the drawing grid halves
     # it again (and resolves Gamma and k_B T)
     q = min(64, max(4, math.ceil(h * SHIFTS_PER_PEAK_WIDTH / peak_width)))

@@ -52,6 +52,24 @@ def test_disagreeing_or_refused_channels_leave_the_lockins_delta():
     assert out.reason.tolist() == [0, 0, ReasonCode.NO_PEAKS, 0]
 
 
+def test_at_a_coarse_step_delta_stands_only_where_both_channels_agree():
+    # agreement_only (a step too coarse for the peaks): a pixel the current refuses or contradicts
+    # is BIAS_STEP_TOO_COARSE with every measured field NaN; agreeing ones combine
+    far = (MAX_DISAGREEMENT + 0.1) * np.hypot(1e-5, 1e-5)
+    lockin = _gap([1.0e-3, 1.0e-3, np.nan, 1.0e-3], [1e-5, 1e-5, np.nan, 1e-5], reason=[0, 0, ReasonCode.NO_PEAKS, 0])
+    current = _gap([1.0e-3 + far, 1.0e-3, 1.0e-3, 1.01e-3], [1e-5] * 4, reason=[0, ReasonCode.POOR_PEAK_FIT, 0, 0])
+    out, combined = combine_gaps(lockin, current, agreement_only=True)
+    assert combined.tolist() == [False, False, False, True]
+    coarse = int(ReasonCode.BIAS_STEP_TOO_COARSE)
+    assert out.reason.tolist() == [coarse, coarse, ReasonCode.NO_PEAKS, 0]
+    for field in ("delta_eV", "peak_neg_V", "peak_pos_V", "delta_sigma_eV"):
+        assert np.isnan(getattr(out, field)[:3]).all(), field
+    np.testing.assert_allclose(out.delta_eV[3], 1.005e-3, rtol=1e-12)
+    assert out.reason.dtype == lockin.reason.dtype and out.delta_eV.dtype == lockin.delta_eV.dtype
+    # without it the same inputs keep the lock-in's value
+    assert combine_gaps(lockin, current)[0].reason.tolist() == [0, 0, ReasonCode.NO_PEAKS, 0]
+
+
 @pytest.fixture(scope="module")
 def film():
     f = make_film(FilmParams(ny=12, nx=16, seed=5, n_points=801))
