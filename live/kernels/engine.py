@@ -25,7 +25,7 @@ from stslive.drivers.errors import AnalysisError
 from stslive.live.kernels.buffers import nan_buffer
 from stslive.live.kernels.combine import combine_gaps
 from stslive.live.kernels.derivative import Columns, box_derivative_into, running_mean_into
-from stslive.live.kernels.gap import GapModel, gap_model, gap_rows, gap_windows, step_too_coarse
+from stslive.live.kernels.gap import GapModel, common_start, gap_model, gap_rows, gap_windows, step_too_coarse
 from stslive.live.kernels.noise import measure_noise, noise_triples
 from stslive.live.kernels.options import KernelOptions, SpectrumAnalysis
 from stslive.live.kernels.powerlaw import SideDesign, Smoothing, log_designs
@@ -159,6 +159,16 @@ def _analyse_chunk(
             )
     clock.lap("sign + derivative")
     noise = {"current": noise_cur, "lockin": noise_lia}
+    coarse = any(m is not None and m.coarse for m in plan.models)
+    start = None
+    if coarse and len(plan.gap_channels) == 2 and all(m is not None for m in plan.models):
+        # both channels' fits start from the edge they fit best together (common_start)
+        start = common_start(
+            plan.bias.tobytes(),
+            [refit[c] for c in plan.gap_channels],
+            [noise[c] for c in plan.gap_channels],
+            plan.models,  # type: ignore[arg-type]
+        )
     gaps = [
         gap_rows(
             plan.bias.tobytes(),
@@ -169,10 +179,10 @@ def _analyse_chunk(
             dtype=dtype,
             clock=clock,
             too_coarse=too_coarse,
+            start_edge_V=start,
         )
         for channel, model, too_coarse in zip(plan.gap_channels, plan.models, plan.too_coarse, strict=True)
     ]
-    coarse = any(m is not None and m.coarse for m in plan.models)
     gap = gaps[0] if len(gaps) == 1 else combine_gaps(gaps[0], gaps[1], agreement_only=coarse)[0]
     law = _power_law_rows(
         g_alpha,  # type: ignore[arg-type]

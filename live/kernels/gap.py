@@ -13,13 +13,21 @@ the step the batch engine runs on each chunk; :func:`extract_gap` is the same st
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from stslive.drivers.errors import AnalysisError
-from stslive.live.kernels.joint import MAX_WIDTH_STEP, JointTables, joint_fit, joint_tables
+from stslive.live.kernels.joint import (
+    MAX_WIDTH_STEP,
+    JointTables,
+    joint_fit,
+    joint_tables,
+    search_profile,
+    shift_index,
+)
 from stslive.live.kernels.noise import measure_noise, noise_triples
 from stslive.live.kernels.options import CODE, GapResult, KernelOptions
 from stslive.live.kernels.stages import NO_CLOCK, Clock
@@ -35,6 +43,8 @@ __all__ = [
     "extract_gap",
     "gap_model",
     "gap_rows",
+    "coarse_profile",
+    "common_start",
     "gap_windows",
     "model_tables",
     "peak_width_eV",
@@ -178,6 +188,46 @@ def model_tables(bias_key: bytes, model: GapModel) -> JointTables:
     )
 
 
+def coarse_profile(
+    bias_key: bytes, refit: np.ndarray, noise: np.ndarray, model: GapModel
+) -> tuple[np.ndarray, np.ndarray]:
+    """(edges (n_shifts,), V; (n_rows, n_shifts) drop in chi^2) of each row's fit at each gap edge of ``model``'s grid.
+
+    :func:`~stslive.live.kernels.joint.search_profile` over the noise variance: one gap on both
+    sides, the background profiled out. A row with a non-finite sample or noise gains 0 everywhere.
+    """
+    tables = model_tables(bias_key, model)
+    edges = tables.origin_V[0] + tables.shifts * tables.step_V
+    read = np.r_[
+        np.arange(tables.columns[0].start, tables.columns[0].stop),
+        np.arange(tables.columns[1].start, tables.columns[1].stop),
+    ]
+    ok = np.isfinite(refit[:, read]).all(axis=1) & np.isfinite(noise) & (noise > 0)
+    gain = np.zeros((refit.shape[0], edges.size))
+    if ok.any():
+        gain[ok] = search_profile(refit[ok], tables) / np.asarray(noise[ok], np.float64)[:, None] ** 2
+    return edges, gain
+
+
+def common_start(
+    bias_key: bytes, signals: Sequence[np.ndarray], noises: Sequence[np.ndarray], models: Sequence[GapModel]
+) -> np.ndarray:
+    """(n_rows,) the gap edge, V, that the channels of a coarse step fit best together.
+
+    Each channel's :func:`coarse_profile`, the others' interpolated onto the first's edges,
+    summed: the edge of greatest total drop in chi^2, the joint likelihood's best, where one
+    channel alone can pick the wrong one of two minima about a step apart.
+    """
+    edges, total = coarse_profile(bias_key, signals[0], noises[0], models[0])
+    for signal, noise, model in zip(signals[1:], noises[1:], models[1:], strict=True):
+        theirs, gain = coarse_profile(bias_key, signal, noise, model)
+        at = np.clip((edges - theirs[0]) / (theirs[1] - theirs[0]), 0, theirs.size - 1)
+        lo = np.minimum(np.floor(at).astype(np.intp), theirs.size - 2)
+        frac = at - lo
+        total = total + gain[:, lo] * (1 - frac) + gain[:, lo + 1] * frac
+    return np.asarray(edges[np.argmax(total, axis=1)])
+
+
 def polarity_windows(signal: np.ndarray, windows: GapWindows, *, integrated: bool) -> np.ndarray:
     """Each polarity's window of ``signal`` in its own coordinates, the negative one mirrored.
 
@@ -213,6 +263,7 @@ def gap_rows(
     dtype: np.dtype,
     clock: Clock = NO_CLOCK,
     too_coarse: bool = False,
+    start_edge_V: np.ndarray | None = None,
 ) -> GapResult:
     """The gap of rows (n_rows, n) of a positive-conductance signal on the ascending grid ``bias_key``.
 
@@ -229,6 +280,9 @@ def gap_rows(
         Quality limits.
     dtype : dtype
         Float dtype of the returned values.
+    start_edge_V : ndarray, (n_rows,), optional
+        For a coarse model, the gap edge each row's joint fit starts from (:func:`common_start`:
+        the one two channels fit best together); None: each row's own best (a search).
     """
     rows = refit.shape[0]
     nan2 = np.full((rows, 2), np.nan)
@@ -277,8 +331,9 @@ def gap_rows(
                 if refine.size:
                     tables = model_tables(bias_key, model)
                     start = (fit.best % bank.n_shifts).reshape(rows, 2)[refine]
-                    if model.coarse:  # every row from its own best grid shift, iterated
-                        joint = joint_fit(refit[refine], None, noise[refine], tables, iterations=COARSE_ITERATIONS)
+                    if model.coarse:  # from the searched grid shift, iterated
+                        begin = None if start_edge_V is None else shift_index(tables, start_edge_V[refine])
+                        joint = joint_fit(refit[refine], begin, noise[refine], tables, iterations=COARSE_ITERATIONS)
                     else:
                         joint = joint_fit(refit[refine], start, noise[refine], tables)
                     position[refine] = np.stack([joint.peak_pos_V, joint.peak_neg_V], axis=1)

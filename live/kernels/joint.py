@@ -36,7 +36,16 @@ import numpy as np
 
 from stslive.live.kernels.templates import WIDTH_STEP, Drawing, TemplateBank, draw
 
-__all__ = ["DEGREE", "MAX_WIDTH_STEP", "JointFit", "JointTables", "joint_fit", "joint_tables"]
+__all__ = [
+    "DEGREE",
+    "MAX_WIDTH_STEP",
+    "JointFit",
+    "JointTables",
+    "joint_fit",
+    "joint_tables",
+    "search_profile",
+    "shift_index",
+]
 
 #: Degree of the shared background polynomial P (measured on the film: degree 2 and 3 give the
 #: same gaps, 4 a larger variance).
@@ -253,12 +262,9 @@ def joint_fit(
     else:
         index = np.clip(np.nan_to_num(start, nan=last // 2).astype(np.intp), 0, last)
     fit, edges = _step(w, index, noise, tables)
-    spacing = float(tables.shifts[1] - tables.shifts[0]) if tables.shifts.size > 1 else 1.0
     for _ in range(iterations - 1):
-        with np.errstate(invalid="ignore"):
-            at = (edges - np.asarray(tables.origin_V)[None, :]) / tables.step_V
-            nearest = np.clip(np.rint((np.nan_to_num(at) - tables.shifts[0]) / spacing), 0, last).astype(np.intp)
-        moved = np.flatnonzero((nearest != index).any(axis=1) & np.isfinite(at).all(axis=1))
+        nearest = np.stack([shift_index(tables, edges[:, side])[:, side] for side in (0, 1)], axis=1)
+        moved = np.flatnonzero((nearest != index).any(axis=1) & np.isfinite(edges).all(axis=1))
         if not moved.size:
             break
         index[moved] = nearest[moved]
@@ -269,11 +275,12 @@ def joint_fit(
     return fit
 
 
-def _search(w: np.ndarray, tables: JointTables) -> np.ndarray:
-    """Per row, the grid shift of least squared residual with one gap on both sides (the background profiled out).
+def search_profile(w: np.ndarray, tables: JointTables) -> np.ndarray:
+    """(n, n_shifts): the squared signal each grid shift explains, one gap on both sides, the background profiled out.
 
     The residual of a linear least-squares fit is |w|^2 - b^T A^-1 b (b the projections on the
-    shift's linear columns, A their Gram matrix): the shift that explains most is the best.
+    shift's linear columns, A their Gram matrix): the shift that explains most fits best, and
+    divided by the noise variance the profile is the drop in chi^2.
     """
     kp = DEGREE + 1
     li = np.r_[np.arange(kp), np.arange(3 * kp, 3 * kp + (1 if tables.integrated else 0))]
@@ -283,8 +290,20 @@ def _search(w: np.ndarray, tables: JointTables) -> np.ndarray:
         proj = proj + np.einsum("jfm,nm->njf", tables.vectors[s][:, li], half).astype(np.float64)
     gram = tables.gram[0][:, li[:, None], li] + tables.gram[1][:, li[:, None], li]  # (J, P, P)
     inv = np.linalg.pinv(gram)  # (J, P, P), one per shift for every row
-    explained = np.einsum("njf,jfg,njg->nj", proj, inv, proj)
-    return np.argmax(np.nan_to_num(explained, nan=-np.inf), axis=1)
+    return np.asarray(np.einsum("njf,jfg,njg->nj", proj, inv, proj))
+
+
+def _search(w: np.ndarray, tables: JointTables) -> np.ndarray:
+    """Per row, the grid shift of least squared residual with one gap on both sides (:func:`search_profile`)."""
+    return np.argmax(np.nan_to_num(search_profile(w, tables), nan=-np.inf), axis=1)
+
+
+def shift_index(tables: JointTables, edge_V: np.ndarray) -> np.ndarray:
+    """(n, 2) the grid shift of each side nearest the gap edge ``edge_V`` (n,), V."""
+    last = tables.shifts.size - 1
+    spacing = float(tables.shifts[1] - tables.shifts[0]) if last else 1.0
+    at = (np.asarray(edge_V, np.float64)[:, None] - np.asarray(tables.origin_V)[None, :]) / tables.step_V
+    return np.clip(np.rint((np.nan_to_num(at) - tables.shifts[0]) / spacing), 0, last).astype(np.intp)
 
 
 def _step(w: np.ndarray, index: np.ndarray, noise: np.ndarray, tables: JointTables) -> tuple[JointFit, np.ndarray]:

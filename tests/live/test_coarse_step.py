@@ -104,12 +104,28 @@ def test_one_channel_is_refused_naming_the_step_two_measure_delta_where_they_agr
         )
         assert (alone.gap_reason == ReasonCode.BIAS_STEP_TOO_COARSE).all(), source
     both = analyse_spectra(film.bias_V, current=spectra.current_A, lockin=spectra.lockin_x_A, options=_options(film))
+    _assert_the_goal(both, truth, valid=0.95, rms_meV=0.03)
+
+
+def _assert_the_goal(both, truth: np.ndarray, *, valid: float, rms_meV: float | None) -> None:
     ok = both.valid_delta
-    assert ok.mean() >= 0.95
+    assert ok.mean() >= valid
     refused = set(np.unique(both.gap_reason[~ok]).tolist())
-    assert ReasonCode.BIAS_STEP_TOO_COARSE in refused and np.isnan(both.delta_eV[~ok]).all()
+    fits = {ReasonCode.POOR_PEAK_FIT, ReasonCode.PEAK_AT_EDGE}
+    assert refused <= {ReasonCode.BIAS_STEP_TOO_COARSE, *fits} and np.isnan(both.delta_eV[~ok]).all()
     err = (both.delta_eV.astype(np.float64) - truth)[ok]
     z = err / both.delta_sigma_eV[ok]
-    assert np.sqrt(np.mean(err**2)) <= 0.03e-3  # the goal
-    assert np.abs(err).max() <= 5 * 0.03e-3  # no silent garbage
+    if rms_meV is not None:
+        assert np.sqrt(np.mean(err**2)) <= rms_meV * 1e-3  # the goal
+    assert np.abs(err).max() <= 5 * 0.03e-3  # no silent garbage (5x the goal)
     assert 0.7 <= np.sqrt(np.mean(z**2)) <= 1.5  # calibrated errors
+
+
+@pytest.mark.parametrize("current_noise_pA", [1.0, 2.0])
+def test_a_noisier_current_still_gives_no_silent_garbage(current_noise_pA):
+    # the current arbitrates between the lock-in's two minima (common_start) and checks it: with
+    # 2-4x the film's current noise it does so less often; what it cannot settle is refused
+    film, spectra = _film(current_noise_A=current_noise_pA * 1e-12)
+    truth = reference_truth(film).delta_eV
+    both = analyse_spectra(film.bias_V, current=spectra.current_A, lockin=spectra.lockin_x_A, options=_options(film))
+    _assert_the_goal(both, truth, valid=0.9 if current_noise_pA == 1.0 else 0.4, rms_meV=None)
