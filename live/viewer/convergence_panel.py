@@ -19,6 +19,7 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 from stslive.live.viewer.convergence import (
     FORECAST_FIGURES,
     Forecast,
+    Series,
     Target,
     band_width,
     combine,
@@ -133,6 +134,9 @@ class ConvergencePanel:
         self.tab_text = "convergence"
         self.forecasts: dict[str, Forecast] = {}
         self._shown: tuple[int, RunProgress] | None = None
+        #: the snapshot version and stop-rule figures the bands show, and their series
+        self._drawn: tuple[int, tuple[str, ...]] | None = None
+        self._series: dict[str, Series] | None = None
 
     # -- drawing -----------------------------------------------------------------------------
     def show(self, arrays: dict[str, np.ndarray] | None, progress: RunProgress, *, version: int = -1) -> None:
@@ -142,7 +146,18 @@ class ConvergencePanel:
         """
         if version >= 0 and self._shown == (version, progress):
             return
+        # the snapshots drawn already (the 0.5 s status tick moves only the progress): the
+        # bands, titles and ranges stay; the forecasts, trend lines and text follow the progress
+        drawn = (version, progress.target.figures)
+        same = version >= 0 and self._series is not None and self._drawn == drawn
         self._shown = (version, progress) if version >= 0 else None
+        self._drawn = drawn
+        if same:
+            assert self._series is not None
+            k = int(np.asarray(arrays.get("n_measured", ())).size) if arrays is not None else 0
+            self._follow(self._series, progress, k)
+            return
+        self._series = None
         k = 0 if arrays is None else int(np.asarray(arrays.get("n_measured", ())).size)
         items = [*self.width_curves.values(), *self.trend_curves.values(), *self.target_lines.values()]
         for band in self.bands.values():
@@ -160,16 +175,20 @@ class ConvergencePanel:
             note.show(None)
         # the drawn figures, and any other the run's stop rule waits for (l_cross: forecast, not drawn)
         figures = dict.fromkeys((*FORECAST_FIGURES, *progress.target.figures))
-        series = {f: figure_series(arrays, f) for f in figures}
+        series = self._series = {f: figure_series(arrays, f) for f in figures}
         for f in FORECAST_FIGURES:
             s = series[f]
             self.bands[f].show(s.n, s.estimate, s.low, s.high)
         self._titles(series)
+        self._follow(series, progress, k)
+        for w in (self.lengths, self.rho, self.widths):
+            w.getPlotItem().enableAutoRange()
+
+    def _follow(self, series: dict, progress: RunProgress, k: int) -> None:
+        """What moves with the run's progress: the forecasts, the trend and target lines, the text."""
         self.forecasts = self._forecasts(series, progress)
         self._draw_widths(series, progress)
         self._write(series, progress, k)
-        for w in (self.lengths, self.rho, self.widths):
-            w.getPlotItem().enableAutoRange()
 
     def _titles(self, series: dict) -> None:
         parts = []

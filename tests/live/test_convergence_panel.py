@@ -83,6 +83,28 @@ def test_panel_draws_bands_and_forecasts_from_a_history(window_factory) -> None:
     assert 10.0 ** tx[-1] == pytest.approx(400.0) and 10.0 ** ty[-1] == pytest.approx(0.1)
 
 
+def test_a_status_tick_moves_the_forecast_not_the_bands(window_factory) -> None:
+    # the window redraws on every 0.5 s status tick; the snapshot history changes every few
+    # hundred pixels: between snapshots only the forecasts, trend lines and text follow the run
+    model = model_with_history([25, 50, 100])
+    w = window_factory(model)
+    w.redraw_all()
+    panel = w.convergence
+    assert panel.headline == "~ 2 h 00 min (at 150 px/h)"
+    drawn = []
+    panel.bands["l_delta_nm"].show = lambda *a: drawn.append(a)  # type: ignore[method-assign]
+    model.update_status(state="running", pixels_per_hour=300.0)  # twice the rate, no new snapshot
+    w.redraw_all()
+    assert panel.headline == "~ 1 h 00 min (at 300 px/h)" and "(at 300 px/h)" in panel.text.text()
+    assert drawn == []
+    # a new snapshot is drawn
+    history = model.history
+    history.append(SimpleNamespace(time=1.7e9 + 3600.0, l_delta_nm=10.0, l_delta_nm_ci90=(9.5, 10.5)), n_measured=200)
+    model.set_history(history)
+    w.redraw_all()
+    assert len(drawn) == 1 and 200 in drawn[0][0]
+
+
 def test_panel_survives_nan_bands_a_single_row_and_non_monotone_n(window_factory) -> None:
     nan_bands = model_with_history([25, 50, 100], width=lambda n: math.nan)
     single = model_with_history([60])
