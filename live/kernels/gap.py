@@ -180,7 +180,6 @@ def model_tables(bias_key: bytes, model: GapModel) -> JointTables:
         model.bank(),
         (slice(*halves[0]), slice(*halves[1])),
         win.origin_V,
-        gap_eV=model.gap_eV,
         width_eV=model.width_eV,
         temperature_K=model.temperature_K,
         modulation_Vrms=model.modulation_Vrms,
@@ -330,11 +329,11 @@ def gap_rows(
                 refine = np.flatnonzero(loose & ~bad)
                 if refine.size:
                     tables = model_tables(bias_key, model)
-                    start = (fit.best % bank.n_shifts).reshape(rows, 2)[refine]
-                    if model.coarse:  # from the searched grid shift, iterated
+                    if model.coarse:  # from the searched (or given) grid shift, iterated
                         begin = None if start_edge_V is None else shift_index(tables, start_edge_V[refine])
                         joint = joint_fit(refit[refine], begin, noise[refine], tables, iterations=COARSE_ITERATIONS)
-                    else:
+                    else:  # from the per-peak fit's best grid shift
+                        start = (fit.best % bank.n_shifts).reshape(rows, 2)[refine]
                         joint = joint_fit(refit[refine], start, noise[refine], tables)
                     position[refine] = np.stack([joint.peak_pos_V, joint.peak_neg_V], axis=1)
                     chi2[refine] = joint.chi2[:, None]

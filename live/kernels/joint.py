@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stslive.live.kernels.templates import WIDTH_STEP, Drawing, TemplateBank, draw
+from stslive.live.kernels.templates import WIDTH_STEP, Drawing, TemplateBank, draw, refined_argmax
 
 __all__ = [
     "DEGREE",
@@ -81,9 +81,10 @@ class JointTables:
 
 def joint_tables(
     bias_key: bytes, bank: TemplateBank, columns: tuple[slice, slice], origin_V: tuple[float, float], *,
-    gap_eV: float, width_eV: float, temperature_K: float, modulation_Vrms: float, integrated: bool,
+    width_eV: float, temperature_K: float, modulation_Vrms: float, integrated: bool,
 ) -> JointTables:  # fmt: skip
-    """:func:`_tables` keyed by the grid's values and the map's peak (cached)."""
+    """:func:`_tables` keyed by the grid's values and the map's peak (cached; each grid shift's gap
+    is ``origin_V`` + shift x step, so the map's gap needs no key of its own)."""
     return _tables(
         bias_key,
         bank.fine,
@@ -91,7 +92,6 @@ def joint_tables(
         tuple(float(s) for s in bank.shifts),
         (columns[0].start, columns[0].stop, columns[1].start, columns[1].stop),
         origin_V,
-        gap_eV,
         width_eV,
         temperature_K,
         modulation_Vrms,
@@ -107,7 +107,6 @@ def _tables(
     shifts: tuple[float, ...],
     bounds: tuple[int, int, int, int],
     origin_V: tuple[float, float],
-    gap_eV: float,
     width_eV: float,
     temperature_K: float,
     modulation_Vrms: float,
@@ -207,10 +206,10 @@ def _draw(fine: float, half: int, **kwargs: float) -> Drawing:
 def _thermal_peak(thermal: np.ndarray, half: int, gap_eV: float, fine: float) -> tuple[float, float, float]:
     """(peak from the gap edge (V), value, second derivative per V^2) of a drawn thermal dI/dV."""
     below = min(half - 2, int(0.5 * gap_eV / fine))
-    i = int(np.argmax(thermal[half - below : half + half // 2])) + half - below
+    peak = refined_argmax(thermal, slice(half - below, half + half // 2))
+    i = round(peak)
     y0, y1, y2 = thermal[i - 1], thermal[i], thermal[i + 1]
-    frac = 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
-    return float((i + frac - half) * fine), float(y1), float((y0 - 2 * y1 + y2) / fine**2)
+    return float((peak - half) * fine), float(y1), float((y0 - 2 * y1 + y2) / fine**2)
 
 
 class JointFit(NamedTuple):
@@ -263,14 +262,13 @@ def joint_fit(
         index = np.clip(np.nan_to_num(start, nan=last // 2).astype(np.intp), 0, last)
     fit, edges = _step(w, index, noise, tables)
     for _ in range(iterations - 1):
-        nearest = np.stack([shift_index(tables, edges[:, side])[:, side] for side in (0, 1)], axis=1)
+        nearest = shift_index(tables, edges)
         moved = np.flatnonzero((nearest != index).any(axis=1) & np.isfinite(edges).all(axis=1))
         if not moved.size:
             break
         index[moved] = nearest[moved]
         again, edges[moved] = _step(w[moved], index[moved], noise[moved], tables)
-        fit = JointFit(*(np.asarray(a).copy() for a in fit))
-        for mine, new in zip(fit, again, strict=True):
+        for mine, new in zip(fit, again, strict=True):  # _step's arrays are fresh: written in place
             mine[moved] = new
     return fit
 
@@ -299,10 +297,11 @@ def _search(w: np.ndarray, tables: JointTables) -> np.ndarray:
 
 
 def shift_index(tables: JointTables, edge_V: np.ndarray) -> np.ndarray:
-    """(n, 2) the grid shift of each side nearest the gap edge ``edge_V`` (n,), V."""
+    """(n, 2) the grid shift of each side nearest the gap edges ``edge_V``, V: (n,) one for both sides, or (n, 2)."""
     last = tables.shifts.size - 1
     spacing = float(tables.shifts[1] - tables.shifts[0]) if last else 1.0
-    at = (np.asarray(edge_V, np.float64)[:, None] - np.asarray(tables.origin_V)[None, :]) / tables.step_V
+    edges = np.asarray(edge_V, np.float64)
+    at = ((edges[:, None] if edges.ndim == 1 else edges) - np.asarray(tables.origin_V)[None, :]) / tables.step_V
     return np.clip(np.rint((np.nan_to_num(at) - tables.shifts[0]) / spacing), 0, last).astype(np.intp)
 
 

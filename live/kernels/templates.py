@@ -37,6 +37,7 @@ __all__ = [
     "draw",
     "dynes_dos",
     "locate_peaks",
+    "refined_argmax",
     "rowwise_matmul",
     "template_bank",
 ]
@@ -181,7 +182,7 @@ def _modulation_weights(fine: float, modulation_Vrms: float) -> np.ndarray | Non
     return w / w.sum()
 
 
-def _refined_argmax(y: np.ndarray, region: slice) -> float:
+def refined_argmax(y: np.ndarray, region: slice) -> float:
     """Index of the maximum of ``y`` within ``region``, refined by a parabola through 3 points."""
     i = int(np.argmax(y[region])) + (region.start or 0)
     y0, y1, y2 = y[i - 1], y[i], y[i + 1]
@@ -310,7 +311,7 @@ def template_bank(
     units, norms, backgrounds, width_derivative = [], [], [], []
     for iw, width in enumerate(widths):
         v, g_th, _ = templates(width)
-        peak = _refined_argmax(g_th, region)
+        peak = refined_argmax(g_th, region)
         i = round(peak)
         peak_offset[iw] = (peak - centre) / oversample
         second = (g_th[i - 1] - 2 * g_th[i] + g_th[i + 1]) / fine**2  # per V^2

@@ -88,14 +88,7 @@ def estimate_width(bias: np.ndarray, refit: np.ndarray, noise: np.ndarray, model
     loglike = (proj * proj / (2 * sigma[:, None] ** 2)).reshape(rows * 2, bank.n_widths, bank.n_shifts)
     top = loglike.max(axis=2, keepdims=True)
     marginal = (top[..., 0] + np.log(np.exp(loglike - top).sum(axis=2))).sum(axis=0)
-    k = int(np.argmax(marginal))
-    logw = np.log(np.asarray(DYNES_WIDTHS_EV))
-    if 0 < k < len(logw) - 1:
-        y0, y1, y2 = marginal[k - 1], marginal[k], marginal[k + 1]
-        denom = y0 - 2 * y1 + y2
-        frac = 0.5 * (y0 - y2) / denom if denom < 0 else 0.0
-        return float(np.exp(logw[k] + np.clip(frac, -0.5, 0.5) * (logw[k + 1] - logw[k])))
-    return float(DYNES_WIDTHS_EV[k])
+    return _ladder_vertex(np.arange(marginal.size), marginal)
 
 
 def profile_width(
@@ -147,13 +140,22 @@ def profile_width(
             break
         for j in missing:
             evaluate(j)
-    i = int(np.nanargmin(total))
+    return _ladder_vertex(ks, -total)
+
+
+def _ladder_vertex(ks: np.ndarray, score: np.ndarray) -> float:
+    """The width (eV) of greatest ``score`` over :data:`~stslive.live.kernels.templates.DYNES_WIDTHS_EV`
+    indices ``ks`` (ascending), refined by a parabola in ln(width) through it and its neighbours
+    when both were scored (at most half a ladder step)."""
+    ladder = np.log(np.asarray(DYNES_WIDTHS_EV))
+    i = int(np.nanargmax(score))
+    k = int(ks[i])
     if 0 < i < ks.size - 1 and ks[i + 1] - ks[i - 1] == 2:
-        y0, y1, y2 = total[i - 1], total[i], total[i + 1]
+        y0, y1, y2 = score[i - 1], score[i], score[i + 1]
         denom = y0 - 2 * y1 + y2
-        frac = 0.5 * (y0 - y2) / denom if denom > 0 else 0.0
-        return float(np.exp(ladder[ks[i]] + np.clip(frac, -0.5, 0.5) * (ladder[ks[i] + 1] - ladder[ks[i]])))
-    return float(np.exp(ladder[ks[i]]))
+        frac = 0.5 * (y0 - y2) / denom if denom < 0 else 0.0
+        return float(np.exp(ladder[k] + np.clip(frac, -0.5, 0.5) * (ladder[k + 1] - ladder[k])))
+    return float(np.exp(ladder[k]))
 
 
 def _gap_edge(bias: np.ndarray, refit: np.ndarray, model: GapModel) -> float:

@@ -134,8 +134,7 @@ class ConvergencePanel:
         self.tab_text = "convergence"
         self.forecasts: dict[str, Forecast] = {}
         self._shown: tuple[int, RunProgress] | None = None
-        #: the snapshot version and stop-rule figures the bands show, and their series
-        self._drawn: tuple[int, tuple[str, ...]] | None = None
+        #: the series of the snapshots shown (``_shown``'s version), None: none drawn
         self._series: dict[str, Series] | None = None
 
     # -- drawing -----------------------------------------------------------------------------
@@ -148,10 +147,13 @@ class ConvergencePanel:
             return
         # the snapshots drawn already (the 0.5 s status tick moves only the progress): the
         # bands, titles and ranges stay; the forecasts, trend lines and text follow the progress
-        drawn = (version, progress.target.figures)
-        same = version >= 0 and self._series is not None and self._drawn == drawn
+        same = (
+            self._series is not None
+            and self._shown is not None
+            and self._shown[0] == version
+            and self._shown[1].target.figures == progress.target.figures
+        )
         self._shown = (version, progress) if version >= 0 else None
-        self._drawn = drawn
         if same:
             assert self._series is not None
             k = int(np.asarray(arrays.get("n_measured", ())).size) if arrays is not None else 0
